@@ -1,0 +1,1 @@
+"""Shared by all three services: the record contract, NATS subjects, codec, runtime."""

@@ -1,0 +1,60 @@
+"""Community ID v1 (https://github.com/corelight/community-id-spec), seed 0 by default.
+
+A flow's 5-tuple is hashed direction-free: the endpoints are ordered so the smaller
+(address, port) comes first, so both directions of a connection share one ID. ICMP and
+ICMPv6 use the message type as the source "port" and the counterpart type (or, for
+one-way messages, the code) as the destination "port", following Zeek.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import struct
+
+ICMP = 1
+TCP = 6
+UDP = 17
+ICMPV6 = 58
+SCTP = 132
+
+_PORTED = frozenset({TCP, UDP, SCTP})
+
+# request ↔ reply pairs; any other type is a one-way message and is never reordered.
+_ICMP4_COUNTERPART = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
+_ICMP6_COUNTERPART = {
+    128: 129, 129: 128, 130: 131, 131: 130, 133: 134, 134: 133,
+    135: 136, 136: 135, 139: 140, 140: 139, 144: 145, 145: 144,
+}  # fmt: skip
+
+
+def _icmp_ports(proto: int, icmp_type: int, icmp_code: int) -> tuple[int, int, bool]:
+    """(sport, dport, one_way) for an ICMP message of this type and code."""
+    table = _ICMP4_COUNTERPART if proto == ICMP else _ICMP6_COUNTERPART
+    counterpart = table.get(icmp_type)
+    if counterpart is None:
+        return icmp_type, icmp_code, True
+    return icmp_type, counterpart, False
+
+
+def community_id(
+    proto: int, saddr: str, daddr: str, sport: int = 0, dport: int = 0, seed: int = 0
+) -> str:
+    """Community ID v1 of a flow.
+
+    For ICMP/ICMPv6 pass the message type as ``sport`` and the code as ``dport``.
+    Protocols other than TCP, UDP, SCTP, ICMP and ICMPv6 hash addresses only.
+    """
+    src = ipaddress.ip_address(saddr).packed
+    dst = ipaddress.ip_address(daddr).packed
+    one_way = False
+    if proto in (ICMP, ICMPV6):
+        sport, dport, one_way = _icmp_ports(proto, sport, dport)
+    has_ports = proto in _PORTED or proto in (ICMP, ICMPV6)
+    if not one_way and (dst, dport) < (src, sport):
+        src, dst, sport, dport = dst, src, dport, sport
+    data = struct.pack("!H", seed) + src + dst + struct.pack("!BB", proto, 0)
+    if has_ports:
+        data += struct.pack("!HH", sport, dport)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")

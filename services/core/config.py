@@ -1,0 +1,250 @@
+"""Settings: dataclasses whose fields document themselves, loaded at the edge.
+
+Every leaf field of a settings dataclass is one setting. Its value comes from, in order
+of precedence: a command-line flag (``--nats-url``), a ``FLOWSCOPE_*`` environment
+variable (``FLOWSCOPE_NATS_URL``), the YAML file given by ``--config`` /
+``FLOWSCOPE_CONFIG`` (``nats: {url: ...}``), or the field's default. Nested dataclasses
+are sections; a section declared with ``section(..., flat=True)`` adds its fields
+without a prefix (the runtime settings every service shares).
+
+A bad value raises :class:`~flowscope.core.errors.ConfigError` naming the setting as the
+user wrote it (flag, variable or file key); the CLI turns that into one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from flowscope.core.errors import ConfigError
+
+ENV_PREFIX = "FLOWSCOPE_"
+T = TypeVar("T")
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    parse: Callable[[Any], Any] | None = None,
+    choices: tuple[str, ...] | None = None,
+    secret: bool = False,
+) -> Any:
+    """Declare a setting: its default, a doc (unit, and why this default) and a parser.
+
+    ``parse`` receives the raw value (a string from flags/environment, or whatever YAML
+    produced) after the type conversion and raises ``ValueError`` with a short reason.
+    """
+    meta = {"doc": doc, "parse": parse, "choices": choices, "secret": secret}
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type[Any], doc: str = "", *, flat: bool = False) -> Any:
+    """Declare a nested settings section (``flat``: its fields carry no prefix)."""
+    return field(default_factory=cls, metadata={"doc": doc, "section": True, "flat": flat})
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One setting as the loader sees it."""
+
+    path: tuple[str, ...]  # attribute path from the root settings object
+    name: str  # dotted name, e.g. "nats.url"
+    hint: Any
+    default: Any
+    doc: str
+    parse: Callable[[Any], Any] | None
+    choices: tuple[str, ...] | None
+    secret: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace(".", "-").replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.replace(".", "_").upper()
+
+
+def leaves(cls: type[Any], path: tuple[str, ...] = (), name: tuple[str, ...] = ()) -> Iterator[Leaf]:
+    """Every setting of a settings class, depth first, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("section"):
+            sub_name = name if f.metadata.get("flat") else (*name, f.name)
+            yield from leaves(hints[f.name], (*path, f.name), sub_name)
+            continue
+        yield Leaf(
+            path=(*path, f.name),
+            name=".".join((*name, f.name)),
+            hint=hints[f.name],
+            default=f.default,
+            doc=f.metadata.get("doc", ""),
+            parse=f.metadata.get("parse"),
+            choices=f.metadata.get("choices"),
+            secret=f.metadata.get("secret", False),
+        )
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or value == "":
+            return None
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        origin = typing.get_origin(hint)
+    if hint is bool:
+        return _bool(value)
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not {'an integer' if hint is int else 'a number'}")
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError("expected a string")
+        return str(value)
+    if hint is Path:
+        return Path(str(value))
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    raise TypeError(f"unsupported setting type {hint}")  # a bug in a settings class
+
+
+def _parse_leaf(leaf: Leaf, value: Any, source: str) -> Any:
+    try:
+        converted = _convert(leaf.hint, value)
+        if leaf.choices is not None and converted not in leaf.choices:
+            raise ValueError(f"{converted!r} is not one of {', '.join(leaf.choices)}")
+        return leaf.parse(converted) if leaf.parse is not None else converted
+    except ValueError as e:
+        raise ConfigError(source, str(e)) from e
+
+
+# ---------------------------------------------------------------- argparse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a :class:`ConfigError` (one line, exit 2)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError("command line", message)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """Add one flag per setting of ``cls`` (and ``--config``) to ``parser``."""
+    parser.add_argument(
+        "--config",
+        dest="__config",
+        default=argparse.SUPPRESS,
+        help=f"YAML settings file (env {ENV_PREFIX}CONFIG)",
+    )
+    for leaf in leaves(cls):
+        default = "(unset)" if leaf.default in (None, "", ()) else leaf.default
+        if leaf.secret and leaf.default:
+            default = "(set)"
+        parser.add_argument(
+            leaf.flag,
+            dest=leaf.name,
+            default=argparse.SUPPRESS,
+            metavar=leaf.name.rsplit(".", 1)[-1].upper(),
+            help=f"{leaf.doc} [env {leaf.env}; default {default}]",
+        )
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError("--config", f"{path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path} must hold a mapping of settings")
+    return data
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}".replace("-", "_")
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def load(cls: type[T], args: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> T:
+    """Build a settings object of ``cls`` from parsed flags, environment and YAML."""
+    args = dict(args or {})
+    env = os.environ if env is None else env
+    config_path = args.pop("__config", None) or env.get(ENV_PREFIX + "CONFIG")
+    from_file = _flatten(_read_yaml(config_path)) if config_path else {}
+    all_leaves = list(leaves(cls))
+    known = {leaf.name for leaf in all_leaves}
+    for key in from_file:
+        if key not in known:
+            raise ConfigError(f"{config_path}: {key}", "unknown setting")
+    values: dict[tuple[str, ...], Any] = {}
+    for leaf in all_leaves:
+        if leaf.name in args and args[leaf.name] is not None:
+            values[leaf.path] = _parse_leaf(leaf, args[leaf.name], leaf.flag)
+        elif leaf.env in env:
+            values[leaf.path] = _parse_leaf(leaf, env[leaf.env], leaf.env)
+        elif leaf.name in from_file:
+            values[leaf.path] = _parse_leaf(leaf, from_file[leaf.name], f"{config_path}: {leaf.name}")
+        elif leaf.parse is not None and leaf.default not in (None, "", ()):
+            values[leaf.path] = _parse_leaf(leaf, leaf.default, leaf.flag)
+    return _build(cls, values, ())
+
+
+def _build(cls: type[T], values: Mapping[tuple[str, ...], Any], path: tuple[str, ...]) -> T:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        p = (*path, f.name)
+        if f.metadata.get("section"):
+            kwargs[f.name] = _build(hints[f.name], values, p)
+        elif p in values:
+            kwargs[f.name] = values[p]
+    return cls(**kwargs)
+
+
+def describe(cls: type[Any]) -> list[tuple[str, str, str, str]]:
+    """(flag, environment variable, default, doc) for every setting: the reference table."""
+    rows = []
+    for leaf in leaves(cls):
+        default = "" if leaf.default in (None, ()) else str(leaf.default)
+        if isinstance(leaf.default, tuple):
+            default = ",".join(leaf.default)
+        rows.append((leaf.flag, leaf.env, default, leaf.doc))
+    return rows

@@ -1,0 +1,56 @@
+"""flowscope's own error hierarchy.
+
+One base class; typed subclasses carry their context and build their own message.
+Library errors are chained as ``__cause__`` by the code that raises these.
+"""
+
+from __future__ import annotations
+
+
+class FlowscopeError(Exception):
+    """Base of every error flowscope raises on purpose."""
+
+
+class ConfigError(FlowscopeError):
+    """A setting has a bad value: start-up stops with this one line and exit status 2."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"invalid setting {setting}: {problem}")
+
+
+class StartupError(FlowscopeError):
+    """The environment cannot run the service (missing capability, no BPF, ...): exit 2."""
+
+    def __init__(self, check: str, problem: str) -> None:
+        self.check = check
+        self.problem = problem
+        super().__init__(f"start-up check {check} failed: {problem}")
+
+
+class CodecError(FlowscopeError):
+    """A message could not be decoded. ``reason`` is short and goes into DLQ headers."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class SchemaMismatchError(CodecError):
+    """The message names a schema or version this build does not read."""
+
+    def __init__(self, expected: str, got: str | None) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__("schema-mismatch", f"expected {expected}, got {got!r}")
+
+
+class RecordError(CodecError):
+    """One record in a batch does not satisfy the contract (missing key, wrong type)."""
+
+    def __init__(self, schema: str, index: int, problem: str) -> None:
+        self.schema = schema
+        self.index = index
+        super().__init__("bad-record", f"{schema} record #{index}: {problem}")

@@ -1,0 +1,221 @@
+"""The NATS connection every service uses, and the JetStream streams of DESIGN.md.
+
+``connect`` reconnects forever with capped backoff and counts disconnects; it supports
+user/password, token, a credentials (JWT/NKey) file and TLS with a CA and a client
+certificate — secrets come only from files or the environment. ``ensure_streams``
+creates the streams idempotently (or updates their retention when they exist).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from flowscope.core import subjects
+from flowscope.core.config import setting
+from flowscope.core.errors import ConfigError, StartupError
+
+log = logging.getLogger("flowscope.nats")
+
+_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def parse_urls(value: str) -> str:
+    """Validate a comma-separated list of NATS URLs (``nats://host:port``)."""
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("no URL given")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in _SCHEMES or not parts.hostname:
+            raise ValueError(f"{url!r} is not a NATS URL (nats://host:port)")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as e:
+            raise ValueError(f"{url!r} has a bad port") from e
+    return ",".join(urls)
+
+
+def _readable(value: str) -> str:
+    if value and not Path(value).is_file():
+        raise ValueError(f"{value} is not a readable file")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class NatsSettings:
+    """How to reach NATS (``--nats-*``, ``FLOWSCOPE_NATS_*``, ``nats:`` in YAML)."""
+
+    url: str = setting(
+        "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated", parse=parse_urls
+    )
+    user: str = setting("", "user name for user/password authentication")
+    password: str = setting("", "password (prefer the environment variable)", secret=True)
+    token: str = setting("", "authentication token (prefer the environment variable)", secret=True)
+    creds_file: str = setting("", "NATS credentials file (JWT + NKey seed)", parse=_readable)
+    tls_ca: str = setting("", "CA bundle to verify the server (enables TLS)", parse=_readable)
+    tls_cert: str = setting("", "client certificate for mutual TLS", parse=_readable)
+    tls_key: str = setting("", "client certificate's private key", parse=_readable)
+    connect_timeout: float = setting(5.0, "seconds to wait for one connection attempt")
+    reconnect_wait_max: float = setting(
+        5.0, "upper bound in seconds of the backoff between reconnection attempts"
+    )
+    stream_max_age: float = setting(
+        86400.0, "seconds JetStream keeps messages (bounded retention; 1 day)"
+    )
+    stream_max_bytes: int = setting(
+        1 << 30, "bytes each flowscope stream may hold before discarding the oldest (1 GiB)"
+    )
+    stream_replicas: int = setting(1, "JetStream stream replicas (3 in a clustered NATS)")
+
+
+@dataclass(slots=True)
+class NatsMetrics:
+    """Connection health as Prometheus metrics."""
+
+    disconnects: Counter
+    reconnects: Counter
+    errors: Counter
+    connected: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> NatsMetrics:
+        return cls(
+            Counter("flowscope_nats_disconnects", "NATS disconnections", registry=registry),
+            Counter("flowscope_nats_reconnects", "NATS reconnections", registry=registry),
+            Counter("flowscope_nats_errors", "NATS client errors", registry=registry),
+            Gauge("flowscope_nats_connected", "1 while connected to NATS", registry=registry),
+        )
+
+
+def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """TLS context from the CA / client certificate settings (None: plain TCP)."""
+    wants_tls = settings.tls_ca or settings.tls_cert or any(
+        u.startswith(("tls://", "wss://")) for u in settings.url.split(",")
+    )
+    if not wants_tls:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=settings.tls_ca or None)
+        if settings.tls_cert:
+            ctx.load_cert_chain(settings.tls_cert, settings.tls_key or None)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError("nats.tls_*", f"cannot load TLS files: {e}") from e
+    return ctx
+
+
+def connect_options(settings: NatsSettings, name: str, metrics: NatsMetrics) -> dict[str, Any]:
+    """Keyword arguments for ``nats.connect`` (split out so tests can inspect them)."""
+
+    async def disconnected() -> None:
+        metrics.disconnects.inc()
+        metrics.connected.set(0)
+        log.warning("NATS disconnected")
+
+    async def reconnected() -> None:
+        metrics.reconnects.inc()
+        metrics.connected.set(1)
+        log.info("NATS reconnected")
+
+    async def error(e: Exception) -> None:
+        metrics.errors.inc()
+        log.warning("NATS error", extra={"error": str(e) or type(e).__name__})
+
+    opts: dict[str, Any] = {
+        "servers": settings.url.split(","),
+        "name": f"flowscope-{name}",
+        "connect_timeout": settings.connect_timeout,
+        "reconnect_time_wait": settings.reconnect_wait_max,
+        "max_reconnect_attempts": -1,
+        "allow_reconnect": True,
+        "disconnected_cb": disconnected,
+        "reconnected_cb": reconnected,
+        "error_cb": error,
+        # Buffer publishes while reconnecting (bytes); beyond it publish raises and the
+        # caller's bounded buffer takes over.
+        "pending_size": 8 * 1024 * 1024,
+    }
+    if settings.user:
+        opts["user"], opts["password"] = settings.user, settings.password
+    if settings.token:
+        opts["token"] = settings.token
+    if settings.creds_file:
+        opts["user_credentials"] = settings.creds_file
+    tls = tls_context(settings)
+    if tls is not None:
+        opts["tls"] = tls
+    return opts
+
+
+async def connect(
+    settings: NatsSettings, name: str, registry: CollectorRegistry, *, retry: bool = True
+) -> NATS:
+    """Connect to NATS; with ``retry``, keep trying (logged) until it answers.
+
+    Without ``retry`` an unreachable server is a :class:`StartupError` (exit 2).
+    """
+    metrics = NatsMetrics.create(registry)
+    opts = connect_options(settings, name, metrics)
+    if retry:
+        # nats-py retries the initial connection too when this is set.
+        opts["retry_on_failed_connect"] = True
+    try:
+        nc = await nats.connect(**opts)
+    except Exception as e:  # nats-py raises a variety of errors for "unreachable"
+        raise StartupError("nats", f"cannot connect to {settings.url}: {e}") from e
+    metrics.connected.set(1)
+    log.info("NATS connected", extra={"url": nc.connected_url.netloc if nc.connected_url else ""})
+    return nc
+
+
+def stream_config(spec: subjects.StreamSpec, settings: NatsSettings) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        description=spec.description,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=settings.stream_max_age,
+        max_bytes=settings.stream_max_bytes,
+        num_replicas=settings.stream_replicas,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
+    """Create every flowscope stream, or update its limits if it exists (idempotent)."""
+    for spec in subjects.STREAMS:
+        config = stream_config(spec, settings)
+        try:
+            await js.stream_info(spec.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+                log.info("stream created", extra={"stream": spec.name})
+                continue
+            except BadRequestError:
+                pass  # another replica created it meanwhile: update below
+        await js.update_stream(config)
+
+
+async def dead_letter(
+    nc: NATS, component: str, subject: str, headers: dict[str, str] | None, body: bytes, reason: str
+) -> None:
+    """Copy a message this component could not process to ``flowscope.dlq.<component>``.
+
+    The original subject and the reason travel in headers; the body is kept byte for byte.
+    """
+    out = dict(headers or {})
+    out[subjects.DLQ_REASON_HEADER] = reason[:1024]
+    out[subjects.DLQ_SUBJECT_HEADER] = subject
+    await nc.publish(subjects.dlq(component), body, headers=out)

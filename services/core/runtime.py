@@ -1,0 +1,183 @@
+"""The lifecycle every flowscope service shares.
+
+``run(name, settings, body)``: signals only set a flag; ``body`` sets up resources on the
+runtime's exit stack and starts *root tasks*. If any root task ends — returns or raises —
+the service stops. Stopping means: the ``stopping`` event is set, root tasks get
+``drain_timeout`` seconds to finish their work (flush, ack), then the rest are cancelled,
+and resources are released in reverse order of acquisition.
+
+Exit status: 0 after a signal or a clean end, 1 when a root task crashed (logged with its
+traceback: bugs crash loudly), 2 for a :class:`ConfigError` / :class:`StartupError`
+raised while starting (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from flowscope.core import logs, serving
+from flowscope.core.config import setting
+from flowscope.core.errors import ConfigError, FlowscopeError, StartupError
+from flowscope.core.serving import Health
+
+log = logging.getLogger("flowscope.runtime")
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _address(value: str) -> str:
+    if value:
+        serving.parse_address(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """Settings every service has (flat: ``--log-format``, ``FLOWSCOPE_LOG_FORMAT``)."""
+
+    log_format: str = setting("json", "log format on stderr", choices=("json", "text"))
+    log_level: str = setting(
+        "info", "log level", choices=("debug", "info", "warning", "error")
+    )
+    http_address: str = setting(
+        "0.0.0.0:9090",
+        "host:port serving /metrics, /healthz and /readyz (empty: no HTTP endpoint)",
+        parse=_address,
+    )
+    drain_timeout: float = setting(
+        10.0,
+        "seconds to finish in-flight work after SIGTERM before a hard stop; below "
+        "Kubernetes' default 30 s grace period so the drain completes",
+        parse=_positive,
+    )
+
+
+@dataclass
+class Runtime:
+    """What a service body gets: exit stack, stop flag, health, metrics registry."""
+
+    name: str
+    settings: RuntimeSettings
+    stack: AsyncExitStack
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    health: Health = field(default_factory=Health)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    http_port: int = 0
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _first_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a root task: when it ends, for any reason, the service stops."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(lambda _: self._first_done.set())
+        return task
+
+    def stop(self) -> None:
+        """Ask the service to stop (what SIGTERM does)."""
+        self.stopping.set()
+        self._first_done.set()
+
+    async def wait_stopping(self) -> None:
+        await self.stopping.wait()
+
+
+Body = Callable[[Runtime], Awaitable[None]]
+
+
+async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
+    """Run a service body to completion inside the event loop; returns the exit status."""
+    async with AsyncExitStack() as stack:
+        rt = Runtime(name, settings, stack)
+        _install_signals(rt)
+        if settings.http_address:
+            runner, rt.http_port = await serving.start(settings.http_address, rt.registry, rt.health)
+            stack.push_async_callback(runner.cleanup)
+        await body(rt)
+        if not rt._tasks:
+            return 0
+        await rt._first_done.wait()
+        crashed = _crashed(rt)
+        rt.stopping.set()
+        await _drain(rt)
+        crashed += _crashed(rt, cancelled_ok=True)
+        log.info("stopped", extra={"service": name})
+        return 1 if crashed else 0
+    return 0  # pragma: no cover - unreachable, keeps mypy happy
+
+
+def _crashed(rt: Runtime, cancelled_ok: bool = False) -> int:
+    """Log each finished root task that raised; returns how many did (once each)."""
+    count = 0
+    for task in [t for t in rt._tasks if t.done()]:
+        rt._tasks.discard(task)
+        if task.cancelled():
+            continue
+        exc = task.exception()
+        if exc is not None:
+            count += 1
+            log.error(f"root task {task.get_name()} crashed", exc_info=exc)
+        elif not rt.stopping.is_set():
+            log.info(f"root task {task.get_name()} ended; stopping")
+    return count
+
+
+async def _drain(rt: Runtime) -> None:
+    pending = list(rt._tasks)
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=rt.settings.drain_timeout)
+    if still:
+        log.warning(
+            "drain deadline passed; cancelling",
+            extra={"tasks": sorted(t.get_name() for t in still)},
+        )
+        for task in still:
+            task.cancel()
+        await asyncio.gather(*still, return_exceptions=True)
+
+
+def _install_signals(rt: Runtime) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if rt.stopping.is_set():
+            log.warning("second signal: hard stop")
+            for task in rt._tasks:
+                task.cancel()
+            return
+        log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
+        rt.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+
+def run(name: str, settings: RuntimeSettings, body: Body) -> int:
+    """Entry point for a service: configure logs, run the loop, map errors to exit codes."""
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        return asyncio.run(serve(name, settings, body))
+    except (ConfigError, StartupError) as e:
+        print(f"flowscope {name}: {e}", file=sys.stderr)
+        return 2
+    except FlowscopeError as e:
+        log.error(str(e), exc_info=e)
+        return 1
+    except KeyboardInterrupt:
+        return 0

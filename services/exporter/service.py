@@ -1,0 +1,11 @@
+"""The exporter service: `flowscope exporter`."""
+
+from __future__ import annotations
+
+from flowscope.exporter.settings import Settings
+from flowscope.core.errors import StartupError
+
+
+def main(settings: Settings) -> int:
+    """Run the exporter until signalled; returns the exit status."""
+    raise StartupError("exporter", "not yet built")
