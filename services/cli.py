@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Network-flow observability for Kubernetes, over eBPF and NATS.",
     )
     parser.add_argument("--version", action="version", version=f"flowscope {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=config.OneLineParser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=config.OneLineParser
+    )
     for name, (settings_module, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         settings_cls = importlib.import_module(settings_module).Settings

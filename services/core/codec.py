@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
 from flowscope.core.errors import CodecError, SchemaMismatchError
 
 SCHEMA_HEADER = "Flowscope-Schema"

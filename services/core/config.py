@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-
 from flowscope.core.errors import ConfigError
 
 ENV_PREFIX = "FLOWSCOPE_"
@@ -75,7 +74,9 @@ class Leaf:
         return ENV_PREFIX + self.name.replace(".", "_").upper()
 
 
-def leaves(cls: type[Any], path: tuple[str, ...] = (), name: tuple[str, ...] = ()) -> Iterator[Leaf]:
+def leaves(
+    cls: type[Any], path: tuple[str, ...] = (), name: tuple[str, ...] = ()
+) -> Iterator[Leaf]:
     """Every setting of a settings class, depth first, in declaration order."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -124,7 +125,9 @@ def _convert(hint: Any, value: Any) -> Any:
         try:
             return hint(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{value!r} is not {'an integer' if hint is int else 'a number'}")
+            raise ValueError(
+                f"{value!r} is not {'an integer' if hint is int else 'a number'}"
+            ) from None
     if hint is str:
         if isinstance(value, (dict, list)):
             raise ValueError("expected a string")
@@ -203,7 +206,9 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load(cls: type[T], args: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> T:
+def load(
+    cls: type[T], args: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> T:
     """Build a settings object of ``cls`` from parsed flags, environment and YAML."""
     args = dict(args or {})
     env = os.environ if env is None else env
@@ -221,7 +226,9 @@ def load(cls: type[T], args: Mapping[str, Any] | None = None, env: Mapping[str, 
         elif leaf.env in env:
             values[leaf.path] = _parse_leaf(leaf, env[leaf.env], leaf.env)
         elif leaf.name in from_file:
-            values[leaf.path] = _parse_leaf(leaf, from_file[leaf.name], f"{config_path}: {leaf.name}")
+            values[leaf.path] = _parse_leaf(
+                leaf, from_file[leaf.name], f"{config_path}: {leaf.name}"
+            )
         elif leaf.parse is not None and leaf.default not in (None, "", ()):
             values[leaf.path] = _parse_leaf(leaf, leaf.default, leaf.flag)
     return _build(cls, values, ())

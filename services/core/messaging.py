@@ -16,15 +16,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import nats
+from flowscope.core import subjects
+from flowscope.core.config import setting
+from flowscope.core.errors import ConfigError, StartupError
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge
-
-from flowscope.core import subjects
-from flowscope.core.config import setting
-from flowscope.core.errors import ConfigError, StartupError
 
 log = logging.getLogger("flowscope.nats")
 
@@ -101,8 +100,10 @@ class NatsMetrics:
 
 def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     """TLS context from the CA / client certificate settings (None: plain TCP)."""
-    wants_tls = settings.tls_ca or settings.tls_cert or any(
-        u.startswith(("tls://", "wss://")) for u in settings.url.split(",")
+    wants_tls = (
+        settings.tls_ca
+        or settings.tls_cert
+        or any(u.startswith(("tls://", "wss://")) for u in settings.url.split(","))
     )
     if not wants_tls:
         return None

@@ -291,9 +291,9 @@ def _validate(schema: str, data: Any, index: int, required: Mapping[str, type]) 
         if type(value) is not t:
             raise RecordError(schema, index, f"{key} must be {t.__name__}")
     for key, value in data.items():
-        t = FLOW_OPTIONAL.get(key)
-        if t is not None and type(value) is not t:
-            raise RecordError(schema, index, f"{key} must be {t.__name__}")
+        optional = FLOW_OPTIONAL.get(key)
+        if optional is not None and type(value) is not optional:
+            raise RecordError(schema, index, f"{key} must be {optional.__name__}")
     return data
 
 

@@ -23,12 +23,11 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
 from flowscope.core import logs, serving
 from flowscope.core.config import setting
 from flowscope.core.errors import ConfigError, FlowscopeError, StartupError
 from flowscope.core.serving import Health
+from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("flowscope.runtime")
 
@@ -50,9 +49,7 @@ class RuntimeSettings:
     """Settings every service has (flat: ``--log-format``, ``FLOWSCOPE_LOG_FORMAT``)."""
 
     log_format: str = setting("json", "log format on stderr", choices=("json", "text"))
-    log_level: str = setting(
-        "info", "log level", choices=("debug", "info", "warning", "error")
-    )
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
     http_address: str = setting(
         "0.0.0.0:9090",
         "host:port serving /metrics, /healthz and /readyz (empty: no HTTP endpoint)",
@@ -105,7 +102,9 @@ async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
         rt = Runtime(name, settings, stack)
         _install_signals(rt)
         if settings.http_address:
-            runner, rt.http_port = await serving.start(settings.http_address, rt.registry, rt.health)
+            runner, rt.http_port = await serving.start(
+                settings.http_address, rt.registry, rt.health
+            )
             stack.push_async_callback(runner.cleanup)
         await body(rt)
         if not rt._tasks:

@@ -40,7 +40,9 @@ def parse_address(text: str) -> tuple[str, int]:
 def application(registry: CollectorRegistry, health: Health) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         body = prometheus_client.generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
+        )
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -55,7 +57,9 @@ def application(registry: CollectorRegistry, health: Health) -> web.Application:
     return app
 
 
-async def start(address: str, registry: CollectorRegistry, health: Health) -> tuple[web.AppRunner, int]:
+async def start(
+    address: str, registry: CollectorRegistry, health: Health
+) -> tuple[web.AppRunner, int]:
     """Start serving; returns the runner (to clean up) and the bound port."""
     host, port = parse_address(address)
     runner = web.AppRunner(application(registry, health), access_log=None)

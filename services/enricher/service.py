@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flowscope.enricher.settings import Settings
 from flowscope.core.errors import StartupError
+from flowscope.enricher.settings import Settings
 
 
 def main(settings: Settings) -> int:

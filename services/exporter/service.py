@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flowscope.exporter.settings import Settings
 from flowscope.core.errors import StartupError
+from flowscope.exporter.settings import Settings
 
 
 def main(settings: Settings) -> int:

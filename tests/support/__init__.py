@@ -1,0 +1,1 @@
+"""Test support: real peers (nats-server, network namespaces, fake APIs over real HTTP)."""
