@@ -1,11 +1,210 @@
-"""The enricher service: `flowscope enricher`."""
+"""The enricher service: `flowscope enricher`.
+
+Wiring only: settings → metadata source (Kubernetes informers, or local mode) → join
+state → NATS consumers → root tasks. See :mod:`consuming` for the message flow and
+docs/enricher.md for the choices.
+"""
 
 from __future__ import annotations
 
-from flowscope.core.errors import StartupError
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from flowscope.core import messaging
+from flowscope.core.errors import ConfigError, StartupError
+from flowscope.core.runtime import Runtime, run, serve
+from flowscope.enricher import consuming, local
+from flowscope.enricher.enriching import Enricher, Observers
+from flowscope.enricher.identities import Resolver
+from flowscope.enricher.inventory import Inventory
+from flowscope.enricher.metrics import Metrics
+from flowscope.enricher.names import NameCache
+from flowscope.enricher.processes import SocketTable
 from flowscope.enricher.settings import Settings
+from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, resources
+
+log = logging.getLogger("flowscope.enricher")
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+STALE_AFTER = 30.0  # seconds without the API before /readyz detail says "stale"
 
 
 def main(settings: Settings) -> int:
     """Run the enricher until signalled; returns the exit status."""
-    raise StartupError("enricher", "not yet built")
+    return run("enricher", settings.runtime, lambda rt: body(rt, settings))
+
+
+async def serve_in_process(settings: Settings) -> int:
+    """The service inside the caller's event loop (tests run replicas this way)."""
+    return await serve("enricher", settings.runtime, lambda rt: body(rt, settings))
+
+
+def kubeconfig_path(settings: Settings, env: dict[str, str] | None = None) -> str | None:
+    """The kubeconfig to use: the setting, else KUBECONFIG, else ~/.kube/config if present."""
+    env = dict(os.environ) if env is None else env
+    if settings.kubeconfig:
+        if not Path(settings.kubeconfig).is_file():
+            raise ConfigError("--kubeconfig", f"{settings.kubeconfig} is not a readable file")
+        return settings.kubeconfig
+    for candidate in (env.get("KUBECONFIG") or "").split(os.pathsep):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    default = Path.home() / ".kube" / "config"
+    return str(default) if default.is_file() else None
+
+
+def in_cluster(env: dict[str, str] | None = None) -> bool:
+    env = dict(os.environ) if env is None else env
+    return bool(env.get("KUBERNETES_SERVICE_HOST")) and IN_CLUSTER_TOKEN.is_file()
+
+
+async def kube_client(settings: Settings) -> Any | None:
+    """A kubernetes-asyncio ApiClient, or None for local mode (per ``kubernetes.mode``)."""
+    mode = settings.kubernetes.mode
+    if mode == "local":
+        return None
+    path = kubeconfig_path(settings)
+    cluster = in_cluster()
+    if path is None and not cluster:
+        if mode == "kubernetes":
+            raise StartupError("kubernetes", "no kubeconfig and not running in a cluster")
+        log.info("no Kubernetes found (no kubeconfig, not in a cluster): local mode")
+        return None
+    from kubernetes_asyncio import client, config
+
+    configuration = client.Configuration()
+    try:
+        if path is not None and (settings.kubeconfig or not cluster):
+            await config.load_kube_config(
+                config_file=path, client_configuration=configuration, persist_config=False
+            )
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+    except Exception as e:  # the loader raises several types for a bad file
+        raise ConfigError("--kubeconfig", f"cannot load Kubernetes configuration: {e}") from e
+    log.info("Kubernetes metadata from the API", extra={"server": configuration.host})
+    return client.ApiClient(configuration)
+
+
+async def body(rt: Runtime, settings: Settings) -> None:
+    """Set everything up on the runtime's stack and start the root tasks."""
+    metrics = Metrics.create(rt.registry)
+    api = await kube_client(settings)
+    resolver: Resolver
+    inventory: Inventory | None = None
+    if api is not None:
+        rt.stack.push_async_callback(api.close)
+        inventory = Inventory(settings.kubernetes.deleted_grace)
+        resolver = inventory
+    else:
+        resolver = local.LocalResolver(local.local_addresses())
+    join = settings.join
+    enricher = Enricher(
+        resolver,
+        SocketTable(join.socket_max_entries, join.socket_grace),
+        NameCache(join.dns_ttl_min, join.dns_ttl_max, join.dns_max_entries),
+        Observers(join.observer_ttl),
+    )
+    nc = await messaging.connect(settings.nats, "enricher", rt.registry)
+    rt.stack.push_async_callback(_close_nats, nc)
+    js = nc.jetstream()
+    await messaging.ensure_streams(js, settings.nats)
+    pipeline = consuming.Pipeline(nc, enricher, metrics, join)
+
+    rt.health.set("state", False, "replaying socket and DNS events")
+    rt.health.set("consumers", False, "waiting for join state and metadata")
+    state_subs, caught_up = await consuming.state_feed(js, pipeline, join.state_lookback)
+    for sub in state_subs:
+        rt.stack.push_async_callback(_unsubscribe, sub)
+    api_health = ApiHealth()
+    if api is not None and inventory is not None:
+        _start_informers(rt, settings, api, inventory, metrics, api_health)
+    else:
+        rt.spawn(_refresh_local(resolver, rt.stopping), "local-addresses")
+    rt.spawn(_start_work(rt, settings, pipeline, js, caught_up, inventory), "work")
+    sweep = inventory.sweep if inventory is not None else (lambda: 0)
+
+    def chores() -> None:
+        sweep()
+        staleness = api_health.staleness()
+        metrics.staleness.set(staleness)
+        if inventory is not None and inventory.ready:
+            detail = f"API unreachable for {staleness:.0f}s; serving last known metadata"
+            rt.health.set("kubernetes", True, detail if staleness > STALE_AFTER else "synced")
+
+    durables = {w.kind: f"{settings.consumer.durable}-{w.suffix}" for w in consuming.WORK}
+    rt.spawn(consuming.upkeep_loop(pipeline, durables, chores, rt.stopping, 2.0), "upkeep")
+
+
+def _start_informers(
+    rt: Runtime,
+    settings: Settings,
+    api: Any,
+    inventory: Inventory,
+    metrics: Metrics,
+    api_health: ApiHealth,
+) -> None:
+    k8s = settings.kubernetes
+    watch = WatchSettings(k8s.page_size, k8s.watch_timeout, k8s.resync_backoff_max)
+    rt.health.set("kubernetes", False, "first LIST of every resource pending")
+    for resource in resources(k8s.label_keys):
+        inventory.expected.add(resource.name)
+        informer = Informer(api, resource, inventory, metrics, api_health, watch)
+        rt.spawn(informer.run(rt.stopping), f"informer-{resource.name}")
+
+
+async def _start_work(
+    rt: Runtime,
+    settings: Settings,
+    pipeline: consuming.Pipeline,
+    js: Any,
+    caught_up: asyncio.Event,
+    inventory: Inventory | None,
+) -> None:
+    """Wait for the join state (replayed) and metadata (synced), then consume work.
+
+    Enriching before then would publish records without names that a moment later
+    would have had them.
+    """
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(caught_up.wait(), 30)
+    rt.health.set("state", True, "socket and DNS events replayed")
+    if inventory is not None:
+        ready = asyncio.ensure_future(inventory.became_ready.wait())
+        stop = asyncio.ensure_future(rt.stopping.wait())
+        await asyncio.wait((ready, stop), return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (ready, stop):
+            waiter.cancel()
+        if inventory.ready:
+            rt.health.set("kubernetes", True, "synced")
+    c = settings.consumer
+    loops = []
+    for work in consuming.WORK:
+        sub = await consuming.work_subscription(js, work, c)
+        hold = settings.join.merge_window if work.kind == "flow" else 0.0
+        loops.append(consuming.work_loop(sub, work.kind, pipeline, c, hold, rt.stopping))
+    rt.health.set("consumers", True, "consuming")
+    await asyncio.gather(*loops)
+
+
+async def _refresh_local(resolver: Resolver, stopping: asyncio.Event) -> None:
+    """Re-read this machine's addresses every 30 s (interfaces come and go)."""
+    assert isinstance(resolver, local.LocalResolver)
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 30)
+        with contextlib.suppress(OSError):
+            resolver.update(local.local_addresses())
+
+
+async def _close_nats(nc: Any) -> None:
+    with contextlib.suppress(Exception):
+        await nc.drain()
+
+
+async def _unsubscribe(sub: Any) -> None:
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()

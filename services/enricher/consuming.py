@@ -1,0 +1,297 @@
+"""NATS in and out: the shared work consumers, the per-replica state feeds, publishing.
+
+*Work* — raw flow batches, and raw DNS batches (each becomes DNS records) — is shared:
+one durable pull consumer per kind on ``FLOWSCOPE_RAW``, the same durable name in every
+replica, explicit acks sent only after the enriched output was published to JetStream
+and acknowledged. A replica that dies leaves its unacked messages to be redelivered to
+another after ``ack_wait``; the enriched messages carry a ``Nats-Msg-Id`` derived from
+the raw message's stream sequence, so a batch published just before the crash is not
+stored twice (JetStream's duplicate window).
+
+*State* — socket events and DNS answers — is needed by every replica to join any flow,
+so each replica reads all of it through its own ordered consumer, starting
+``state_lookback`` seconds in the past. Raw socket batches are also read by a (cheap)
+shared work consumer whose only job is to dead-letter bad ones exactly once.
+
+Raw flow batches are held ``merge_window`` seconds after they arrive before being
+enriched, so that the other node's socket events of a cross-node connection are in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from flowscope.core import codec, messaging, subjects
+from flowscope.core.errors import CodecError, RecordError
+from flowscope.core.logs import RateLimitedLog
+from flowscope.enricher.enriching import Enricher, Output
+from flowscope.enricher.metrics import Metrics
+from flowscope.enricher.settings import ConsumerSettings, JoinSettings
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+log = logging.getLogger("flowscope.enricher")
+COMPONENT = "enricher"
+PAYLOAD_HEADROOM = 4096  # bytes left for headers under the server's max payload
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One kind of shared work: which raw subjects, under which durable suffix."""
+
+    kind: str  # flow, dns, socket
+    subject: str
+    suffix: str
+
+
+WORK = (
+    Work("flow", f"{subjects.RAW_FLOWS}.>", "flows"),
+    Work("dns", f"{subjects.RAW_DNS}.>", "dns"),
+    Work("socket", f"{subjects.RAW_SOCKETS}.>", "sockets"),
+)
+
+
+class Pipeline:
+    """Decoding, enriching, publishing and acknowledging raw messages."""
+
+    def __init__(self, nc: NATS, enricher: Enricher, metrics: Metrics, join: JoinSettings) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.enricher = enricher
+        self.metrics = metrics
+        self.join = join
+        self.bad_log = RateLimitedLog(log)
+        self.max_bytes = max(nc.max_payload - PAYLOAD_HEADROOM, 1024)
+
+    # ------------------------------------------------------------ work
+
+    async def handle(self, kind: str, msg: Msg) -> None:
+        """Process one raw work message to completion: publish, then ack (or DLQ + term)."""
+        schema = {"flow": codec.RAW_FLOW, "dns": codec.RAW_DNS, "socket": codec.RAW_SOCKET}[kind]
+        try:
+            records = codec.decode(schema, msg.headers, msg.data)
+        except CodecError as e:
+            await self._reject(kind, msg, e)
+            return
+        if kind == "flow":
+            output = self.enricher.flows(records)
+            self.metrics.add_flows(output.tally)
+            published = await self._publish(codec.FLOW, output, msg)
+        elif kind == "dns":
+            output = self.enricher.dns(records)
+            self.metrics.records_in.labels("dns").inc(output.tally.records_in)
+            published = await self._publish(codec.DNS, output, msg)
+            self.metrics.records_out.labels("dns").inc(output.tally.records_out)
+        else:
+            output = Output(bad=self.enricher.check_sockets(records))
+            published = True
+        if not published:
+            await msg.nak(delay=1.0)
+            return
+        if output.bad:
+            await self._dead_letter_records(kind, schema, msg, output.bad)
+        await msg.ack()
+
+    async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> bool:
+        """Publish every subject's records to JetStream; True once all are stored."""
+        seq = msg.metadata.sequence.stream
+        acks: list[Awaitable[Any]] = []
+        for subject, records in output.by_subject.items():
+            try:
+                chunks = list(codec.encode_chunks(schema, records, self.max_bytes))
+            except CodecError as e:  # one record larger than a NATS message: cannot ship
+                self.bad_log.warning("oversize", "enriched record too large", error=str(e))
+                continue
+            for n, batch in enumerate(chunks):
+                headers = dict(batch.headers)
+                headers[MSG_ID_HEADER] = f"enricher:{schema.name}:{seq}:{subject}:{n}"
+                acks.append(self.js.publish(subject, batch.body, headers=headers))
+        try:
+            await asyncio.gather(*acks)
+        except Exception as e:  # timeouts, no responders, stream errors: retry the batch
+            self.bad_log.warning("publish", "publishing enriched records failed", error=repr(e))
+            return False
+        return True
+
+    async def _reject(self, kind: str, msg: Msg, error: CodecError) -> None:
+        """A raw message that cannot be decoded: count, log, dead-letter, terminate."""
+        self.metrics.bad_messages.labels(error.reason).inc()
+        self.bad_log.warning(
+            f"bad-{kind}-message",
+            "raw message dead-lettered",
+            subject=msg.subject,
+            reason=error.reason,
+            detail=error.detail[:200],
+        )
+        await messaging.dead_letter(
+            self.nc, COMPONENT, msg.subject, msg.headers, msg.data, str(error)
+        )
+        self.metrics.dead_lettered.inc()
+        await msg.term()
+
+    async def _dead_letter_records(
+        self, kind: str, schema: codec.Schema, msg: Msg, bad: list[tuple[Any, RecordError]]
+    ) -> None:
+        """The bad records of an otherwise good batch, as one dead-lettered batch."""
+        self.metrics.bad_records.labels(kind).inc(len(bad))
+        first = bad[0][1]
+        self.bad_log.warning(
+            f"bad-{kind}-record", "raw records dead-lettered", subject=msg.subject,
+            count=len(bad), reason=str(first),
+        )  # fmt: skip
+        body = b"".join(orjson.dumps(record) + b"\n" for record, _ in bad)
+        headers = {codec.SCHEMA_HEADER: schema.header, codec.COUNT_HEADER: str(len(bad))}
+        await messaging.dead_letter(self.nc, COMPONENT, msg.subject, headers, body, str(first))
+        self.metrics.dead_lettered.inc()
+
+    # ------------------------------------------------------------ state
+
+    def learn(self, msg: Msg) -> None:
+        """Apply one socket or DNS message to this replica's join tables."""
+        is_socket = msg.subject.startswith(subjects.RAW_SOCKETS + ".")
+        schema = codec.RAW_SOCKET if is_socket else codec.RAW_DNS
+        try:
+            records = codec.decode(schema, msg.headers, msg.data)
+        except CodecError:
+            return  # counted and dead-lettered once, by the shared work consumer
+        if is_socket:
+            self.enricher.learn_sockets(records)
+            self.metrics.records_in.labels("socket").inc(len(records))
+        else:
+            self.enricher.learn_dns(records)
+
+
+# ---------------------------------------------------------------- consumer set-up
+
+
+async def work_subscription(
+    js: JetStreamContext, work: Work, settings: ConsumerSettings
+) -> JetStreamContext.PullSubscription:
+    """Bind to (creating if needed) the shared durable pull consumer for one kind."""
+    durable = f"{settings.durable}-{work.suffix}"
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait,
+        max_ack_pending=settings.max_ack_pending,
+        filter_subject=work.subject,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    return await js.pull_subscribe(
+        work.subject, durable=durable, stream=subjects.STREAM_RAW, config=config
+    )
+
+
+async def state_feed(
+    js: JetStreamContext, pipeline: Pipeline, lookback: float
+) -> tuple[list[Any], asyncio.Event]:
+    """This replica's ordered consumers of socket and DNS events; event set when caught up."""
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=lookback)
+    caught_up = asyncio.Event()
+    remaining: dict[str, bool] = {}
+
+    def callback_for(subject: str) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(msg: Msg) -> None:
+            pipeline.learn(msg)
+            if msg.metadata.num_pending == 0:
+                remaining[subject] = False
+                if not any(remaining.values()):
+                    caught_up.set()
+
+        return on_message
+
+    subs = []
+    for subject in (f"{subjects.RAW_SOCKETS}.>", f"{subjects.RAW_DNS}.>"):
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=start,  # type: ignore[arg-type]
+        )
+        sub = await js.subscribe(
+            subject, stream=subjects.STREAM_RAW, cb=callback_for(subject),
+            ordered_consumer=True, config=config,
+        )  # fmt: skip
+        info = await sub.consumer_info()
+        remaining[subject] = (info.num_pending or 0) > 0
+        subs.append(sub)
+    if not any(remaining.values()):
+        caught_up.set()
+    return subs, caught_up
+
+
+# ---------------------------------------------------------------- loops
+
+
+async def work_loop(
+    sub: JetStreamContext.PullSubscription,
+    kind: str,
+    pipeline: Pipeline,
+    settings: ConsumerSettings,
+    hold: float,
+    stopping: asyncio.Event,
+) -> None:
+    """Fetch raw messages and handle each ``hold`` seconds after it arrived.
+
+    Fetching and handling run concurrently through a bounded queue: the hold delays
+    each message, not the throughput. On stop, fetching ends and what was fetched is
+    finished (anything left unacked is redelivered after ``ack_wait``).
+    """
+    queue: asyncio.Queue[tuple[float, Msg] | None] = asyncio.Queue(maxsize=settings.batch * 2)
+
+    async def fetch() -> None:
+        while not stopping.is_set():
+            try:
+                msgs = await sub.fetch(settings.batch, timeout=0.5)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            due = time.monotonic() + hold
+            for msg in msgs:
+                await queue.put((due, msg))
+        await queue.put(None)
+
+    async def process() -> None:
+        while (item := await queue.get()) is not None:
+            due, msg = item
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await pipeline.handle(kind, msg)
+
+    await asyncio.gather(fetch(), process())
+
+
+async def upkeep_loop(
+    pipeline: Pipeline,
+    durables: dict[str, str],
+    sweep: Callable[[], None],
+    stopping: asyncio.Event,
+    interval: float = 5.0,
+) -> None:
+    """Periodic chores: consumer lag, expiring joins and deleted objects, gauges."""
+    metrics = pipeline.metrics
+    while not stopping.is_set():
+        for kind, durable in durables.items():
+            try:
+                info = await pipeline.js.consumer_info(subjects.STREAM_RAW, durable)
+            except Exception:  # NATS briefly away: lag is reported next time
+                continue
+            metrics.consumer_pending.labels(kind).set(info.num_pending or 0)
+        sweep()
+        enricher = pipeline.enricher
+        enricher.sockets.expire()
+        metrics.sockets.set(len(enricher.sockets))
+        metrics.names.set(len(enricher.names))
+        metrics.observers.set(len(enricher.observers))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval)

@@ -1,0 +1,457 @@
+"""Raw events in, enriched records out: the enricher's pure core (no I/O).
+
+:class:`Enricher` holds the join state — a :class:`Resolver` (Kubernetes or local),
+the socket table, the DNS name cache, and the nodes known to run collectors — and turns
+raw flow and DNS wire dicts into DESIGN.md records grouped by output subject.
+
+Per flow, in order:
+
+1. check the raw record and canonicalise both addresses (cached);
+2. resolve both addresses to identities; find the process behind each end from socket
+   events, first on the reporting node, then on the endpoint's own node — so a
+   cross-node connection gets both processes; a container id refines an endpoint to the
+   exact pod and container (hostNetwork pods resolve to their node until then);
+3. orient: ``source`` is the initiator when the raw record says so (SYN seen) or a
+   socket event does (``connect`` on one end, ``accept`` on the other), else the
+   collector's orientation with ``flow.direction = unknown``; swapping the ends swaps
+   the forward and reverse counters;
+4. cross-node dedup (see :func:`merge_owner`): of the two reports of one connection,
+   keep exactly one, chosen by a rule both reports agree on without coordination;
+5. DNS names: the destination's name as resolved by the source, and vice versa.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowscope.core import subjects
+from flowscope.core.community_id import community_id
+from flowscope.core.errors import RecordError
+from flowscope.core.records import (
+    DIRECTIONS,
+    END_REASONS,
+    SOCKET_EVENTS,
+    RawDns,
+    tcp_flag_tags,
+    transport_name,
+)
+from flowscope.enricher.identities import Identity, Resolver
+from flowscope.enricher.names import NameCache
+from flowscope.enricher.processes import SocketOwner, SocketTable
+
+TCP = 6
+ICMP_PROTOS = frozenset({1, 58})  # ports carry ICMP type/code: reported as 0
+MAX_ADDRESSES = 200_000  # canonical-address cache bound
+
+_FLAG_TAGS = [tcp_flag_tags(bits) for bits in range(256)]
+_TRANSPORTS = {p: transport_name(p) for p in range(256)}
+_FORWARD, _UNKNOWN = DIRECTIONS
+
+# (key, type) of every RawFlow field, required first; checked per record on the hot path
+# without building a RawFlow (``RawFlow.from_wire`` reflects on type hints per call).
+_FLOW_REQUIRED = (
+    ("observer", str), ("start_ns", int), ("end_ns", int), ("end_reason", str),
+    ("proto", int), ("src", str), ("dst", str), ("sport", int), ("dport", int),
+    ("bytes", int), ("packets", int), ("rbytes", int), ("rpackets", int),
+)  # fmt: skip
+_FLOW_OPTIONAL = (("tcp_flags", int), ("initiator", bool), ("ifindex", int))
+_SOCKET_REQUIRED = (
+    ("observer", str), ("time_ns", int), ("event", str), ("proto", int), ("src", str),
+    ("sport", int), ("dst", str), ("dport", int), ("pid", int), ("tid", int), ("comm", str),
+)  # fmt: skip
+_SOCKET_OPTIONAL = (("cgroup_id", int), ("container_id", str), ("netns", int))
+
+
+def check(
+    record: Any,
+    schema: str,
+    index: int,
+    required: tuple[tuple[str, type], ...],
+    optional: tuple[tuple[str, type], ...] = (),
+) -> dict[str, Any]:
+    """Check a raw wire dict's keys and types; :class:`RecordError` names the first fault."""
+    if type(record) is not dict:
+        raise RecordError(schema, index, "expected an object")
+    for key, kind in required:
+        if type(record.get(key)) is not kind:
+            problem = "missing" if key not in record else f"must be {kind.__name__}"
+            raise RecordError(schema, index, f"{key} {problem}")
+    for key, kind in optional:
+        if key in record and type(record[key]) is not kind:
+            raise RecordError(schema, index, f"{key} must be {kind.__name__}")
+    return record
+
+
+def merge_owner(src: tuple[str, int], dst: tuple[str, int], src_home: str, dst_home: str) -> str:
+    """The node whose report of a cross-node connection is kept: direction-free.
+
+    Both collectors see the same 5-tuple, possibly oriented differently; ordering the
+    two (address, port) ends makes the choice the same for both reports, so every
+    replica, with no coordination, keeps one report and drops the other.
+    """
+    return src_home if src <= dst else dst_home
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one batch did, in plain integers (folded into Prometheus per batch)."""
+
+    records_in: int = 0
+    records_out: int = 0
+    dedup_dropped: int = 0
+    lookups: dict[str, int] = field(default_factory=dict)
+    process_hits: int = 0
+    process_misses: int = 0
+    dns_hits: int = 0
+    dns_misses: int = 0
+
+    def lookup(self, kind: str) -> None:
+        self.lookups[kind] = self.lookups.get(kind, 0) + 1
+
+
+@dataclass(slots=True)
+class Output:
+    """Enriched records grouped by subject, the batch's tally, and its bad records."""
+
+    by_subject: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    tally: Tally = field(default_factory=Tally)
+    bad: list[tuple[Any, RecordError]] = field(default_factory=list)
+
+
+class Observers:
+    """Nodes known to run a collector: any raw message from them in the last ``ttl`` s."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._seen: dict[str, float] = {}
+
+    def saw(self, node: str, now: float | None = None) -> None:
+        self._seen[node] = self._clock() if now is None else now
+
+    def active(self, node: str, now: float) -> bool:
+        seen = self._seen.get(node)
+        return seen is not None and now - seen < self._ttl
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class Enricher:
+    """The join state and the two record transformations (flows, DNS)."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        sockets: SocketTable,
+        names: NameCache,
+        observers: Observers,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.resolver = resolver
+        self.sockets = sockets
+        self.names = names
+        self.observers = observers
+        self._clock = clock
+        self._addresses: dict[str, tuple[str, str] | None] = {}
+
+    # ------------------------------------------------------------ state
+
+    def learn_sockets(self, records: Iterable[Any]) -> list[tuple[Any, RecordError]]:
+        """Apply socket events; returns the bad ones."""
+        bad = []
+        now = self._clock()
+        for i, record in enumerate(records):
+            try:
+                event = self._socket(record, i)
+            except RecordError as e:
+                bad.append((record, e))
+                continue
+            self.observers.saw(event["observer"], now)
+            self.sockets.learn(event)
+        return bad
+
+    def check_sockets(self, records: Iterable[Any]) -> list[tuple[Any, RecordError]]:
+        """The bad socket events of a batch (without learning the good ones)."""
+        bad = []
+        for i, record in enumerate(records):
+            try:
+                self._socket(record, i)
+            except RecordError as e:
+                bad.append((record, e))
+        return bad
+
+    def _socket(self, record: Any, i: int) -> dict[str, Any]:
+        """A checked socket event with canonical addresses."""
+        event = check(record, "raw.socket", i, _SOCKET_REQUIRED, _SOCKET_OPTIONAL)
+        if event["event"] not in SOCKET_EVENTS:
+            raise RecordError("raw.socket", i, f"unknown event {event['event']!r}")
+        event["src"] = self._address(event["src"], "raw.socket", i, "src")[0]
+        if event["dst"]:
+            event["dst"] = self._address(event["dst"], "raw.socket", i, "dst")[0]
+        return event
+
+    def learn_dns(self, records: Iterable[Any]) -> list[tuple[Any, RecordError]]:
+        """Remember the names clients resolved; returns the bad records."""
+        bad = []
+        now = self._clock()
+        for i, record in enumerate(records):
+            try:
+                dns = RawDns.from_wire(record, i)
+                client = self._address(dns.client, "raw.dns", i, "client")[0]
+            except RecordError as e:
+                bad.append((record, e))
+                continue
+            self.observers.saw(dns.observer, now)
+            answers = [a for a in dns.answers if _valid_answer(a)]
+            self.names.learn(client, dns.qname, answers)
+        return bad
+
+    # ------------------------------------------------------------ flows
+
+    def flows(self, records: Iterable[Any]) -> Output:
+        """Enrich a batch of raw flow dicts; bad records are returned, not raised."""
+        out = Output()
+        now = self._clock()
+        for i, record in enumerate(records):
+            out.tally.records_in += 1
+            try:
+                raw = check(record, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
+                enriched = self._flow(raw, i, now, out.tally)
+            except RecordError as e:
+                out.bad.append((record, e))
+                continue
+            if enriched is None:
+                out.tally.dedup_dropped += 1
+                continue
+            subject, wire = enriched
+            bucket = out.by_subject.get(subject)
+            if bucket is None:
+                out.by_subject[subject] = [wire]
+            else:
+                bucket.append(wire)
+            out.tally.records_out += 1
+        return out
+
+    def _flow(
+        self, raw: dict[str, Any], i: int, now: float, tally: Tally
+    ) -> tuple[str, dict[str, Any]] | None:
+        if raw["end_reason"] not in END_REASONS:
+            raise RecordError("raw.flow", i, f"unknown end_reason {raw['end_reason']!r}")
+        observer: str = raw["observer"]
+        proto: int = raw["proto"]
+        src, network = self._address(raw["src"], "raw.flow", i, "src")
+        dst, _ = self._address(raw["dst"], "raw.flow", i, "dst")
+        sport: int = raw["sport"]
+        dport: int = raw["dport"]
+        self.observers.saw(observer, now)
+        src_id = self._resolve(src, tally)
+        dst_id = self._resolve(dst, tally)
+        src_proc = self._process(observer, src_id, proto, src, sport, dst, dport, tally)
+        dst_proc = self._process(observer, dst_id, proto, dst, dport, src, sport, tally)
+        src_id = self._refine(src_id, src_proc)
+        dst_id = self._refine(dst_id, dst_proc)
+
+        fwd_b, fwd_p, rev_b, rev_p = raw["bytes"], raw["packets"], raw["rbytes"], raw["rpackets"]
+        direction = _FORWARD
+        if raw.get("initiator") or _initiated(src_proc, dst_proc):
+            pass
+        elif _initiated(dst_proc, src_proc):
+            src, dst, sport, dport = dst, src, dport, sport
+            src_id, dst_id, src_proc, dst_proc = dst_id, src_id, dst_proc, src_proc
+            fwd_b, fwd_p, rev_b, rev_p = rev_b, rev_p, fwd_b, fwd_p
+        else:
+            direction = _UNKNOWN
+
+        src_home, dst_home = src_id.home, dst_id.home
+        if (
+            src_home
+            and dst_home
+            and src_home != dst_home
+            and self.observers.active(src_home, now)
+            and self.observers.active(dst_home, now)
+            and merge_owner((src, sport), (dst, dport), src_home, dst_home) != observer
+        ):
+            return None
+
+        ported = proto not in ICMP_PROTOS
+        wire: dict[str, Any] = {
+            "flow.community_id": community_id(proto, src, dst, sport, dport),
+            "flow.start_ns": raw["start_ns"],
+            "flow.end_ns": raw["end_ns"],
+            "flow.end_reason": raw["end_reason"],
+            "flow.direction": direction,
+            "network.type": network,
+            "network.transport": _TRANSPORTS.get(proto) or transport_name(proto),
+            "source.port": sport if ported else 0,
+            "destination.port": dport if ported else 0,
+            "flow.bytes.delta": fwd_b,
+            "flow.packets.delta": fwd_p,
+            "flow.reverse.bytes.delta": rev_b,
+            "flow.reverse.packets.delta": rev_p,
+            "observer.node.name": observer,
+        }
+        if proto == TCP:
+            wire["flow.tcp.flags.tags"] = _FLAG_TAGS[raw.get("tcp_flags", 0) & 0xFF]
+        wire.update(src_id.source)
+        wire.update(dst_id.destination)
+        if src_proc is not None:
+            _put_process(wire, "source.", src_proc)
+        if dst_proc is not None:
+            _put_process(wire, "destination.", dst_proc)
+        name = self.names.lookup(src, dst)
+        if name is not None:
+            wire["destination.domain"] = name
+            tally.dns_hits += 1
+        else:
+            tally.dns_misses += 1
+        name = self.names.lookup(dst, src)
+        if name is not None:
+            wire["source.domain"] = name
+        return f"{subjects.FLOWS}.{src_id.token}.{dst_id.token}", wire
+
+    # ------------------------------------------------------------ DNS records
+
+    def dns(self, records: Iterable[Any]) -> Output:
+        """Enrich a batch of raw DNS exchanges into DNS records (client = source)."""
+        out = Output()
+        for i, record in enumerate(records):
+            out.tally.records_in += 1
+            try:
+                subject, wire = self._dns(RawDns.from_wire(record, i), i, out.tally)
+            except RecordError as e:
+                out.bad.append((record, e))
+                continue
+            out.by_subject.setdefault(subject, []).append(wire)
+            out.tally.records_out += 1
+        return out
+
+    def _dns(self, dns: RawDns, i: int, tally: Tally) -> tuple[str, dict[str, Any]]:
+        client, _ = self._address(dns.client, "raw.dns", i, "client")
+        server, _ = self._address(dns.server, "raw.dns", i, "server")
+        client_id = self._resolve(client, tally)
+        server_id = self._resolve(server, tally)
+        proc = self._process(
+            dns.observer, client_id, dns.proto, client, dns.client_port, server,
+            dns.server_port, tally,
+        )  # fmt: skip
+        client_id = self._refine(client_id, proc)
+        wire: dict[str, Any] = {
+            "time_ns": dns.time_ns,
+            "dns.id": dns.id,
+            "dns.question.name": dns.qname,
+            "dns.question.type": dns.qtype,
+            "dns.response_code": dns.rcode,
+            "dns.answers": dns.answers,
+            "dns.latency_ns": dns.latency_ns,
+            "observer.node.name": dns.observer,
+            "source.port": dns.client_port,
+            "destination.port": dns.server_port,
+        }
+        wire.update(client_id.source)
+        wire.update(server_id.destination)
+        if proc is not None:
+            _put_process(wire, "source.", proc)
+        return subjects.dns(client_id.token), wire
+
+    # ------------------------------------------------------------ joins
+
+    def _address(self, text: str, schema: str, i: int, key: str) -> tuple[str, str]:
+        """(canonical text, network.type) of an address; RecordError when not one."""
+        found = self._addresses.get(text)
+        if found is None:
+            try:
+                ip = ipaddress.ip_address(text)
+            except ValueError:
+                raise RecordError(schema, i, f"{key} is not an IP address: {text[:64]!r}") from None
+            found = (str(ip), "ipv6" if ip.version == 6 else "ipv4")
+            if len(self._addresses) >= MAX_ADDRESSES:
+                self._addresses.clear()
+            self._addresses[text] = found
+        return found
+
+    def _resolve(self, address: str, tally: Tally) -> Identity:
+        found = self.resolver.resolve(address)
+        kind = found.kind
+        if kind == "external" and not self.resolver.ready:
+            kind = "unknown"
+        tally.lookups[kind] = tally.lookups.get(kind, 0) + 1
+        return found
+
+    def _process(
+        self,
+        observer: str,
+        ident: Identity,
+        proto: int,
+        laddr: str,
+        lport: int,
+        raddr: str,
+        rport: int,
+        tally: Tally,
+    ) -> SocketOwner | None:
+        """The process owning this end: on the reporting node, else on the end's node."""
+        found = self.sockets.find(observer, proto, laddr, lport, raddr, rport)
+        if found is None and ident.home and ident.home != observer:
+            found = self.sockets.find(ident.home, proto, laddr, lport, raddr, rport)
+        if found is None:
+            tally.process_misses += 1
+        else:
+            tally.process_hits += 1
+        return found
+
+    def _refine(self, ident: Identity, proc: SocketOwner | None) -> Identity:
+        """The exact pod and container when the socket's container id names one.
+
+        A hostNetwork pod shares its node's address, so only the process tells them
+        apart; for ordinary pods this picks the container that owns the socket.
+        """
+        if proc is None or not proc.container_id or ident.kind not in ("pod", "node"):
+            return ident
+        found = self.resolver.by_container(proc.container_id)
+        if found is None:
+            return ident
+        if ident.kind == "pod" and found.pod_uid != ident.pod_uid:
+            return ident
+        if ident.kind == "node" and found.home != ident.home:
+            return ident
+        if found.source["source.address"] != ident.source["source.address"]:
+            found = _readdressed(found, ident.source["source.address"])
+        return found
+
+
+def _initiated(this: SocketOwner | None, other: SocketOwner | None) -> bool:
+    """Whether the socket events say ``this`` end opened the connection."""
+    return (this is not None and this.event == "connect") or (
+        other is not None and other.event == "accept"
+    )
+
+
+def _put_process(wire: dict[str, Any], prefix: str, proc: SocketOwner) -> None:
+    wire[prefix + "process.pid"] = proc.pid
+    wire[prefix + "process.executable.name"] = proc.comm
+    if proc.container_id:
+        wire[prefix + "container.id"] = proc.container_id
+
+
+def _readdressed(ident: Identity, address: str) -> Identity:
+    """The same identity at another address (a hostNetwork pod uses its node's address)."""
+    source = dict(ident.source)
+    destination = dict(ident.destination)
+    source["source.address"] = address
+    destination["destination.address"] = address
+    return Identity(ident.kind, ident.token, ident.home, source, destination, ident.pod_uid)
+
+
+def _valid_answer(answer: dict[str, Any]) -> bool:
+    """Address answers must carry an address; anything else is kept for the record only."""
+    if answer.get("type") not in ("A", "AAAA"):
+        return True
+    try:
+        ipaddress.ip_address(answer.get("data", ""))
+    except ValueError:
+        return False
+    return True

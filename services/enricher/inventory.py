@@ -1,0 +1,260 @@
+"""The cluster as the enricher knows it: objects from the informers, indexed by address.
+
+The informers (``watching``) feed :meth:`Inventory.upsert` / :meth:`Inventory.delete` /
+:meth:`Inventory.replace`; flows ask :meth:`Inventory.resolve`. Deleted objects stay
+indexed for ``deleted_grace`` seconds (a pod's last flows are reported after it ended)
+unless a live object claims the address first; :meth:`Inventory.sweep` forgets them.
+
+Resolved identities are cached per address; any change to the inventory drops the cache
+(rebuilding an identity costs a few microseconds; changes are rare next to flows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flowscope.core import subjects
+from flowscope.core.records import LABEL_PREFIX, OWNER_KEYS
+from flowscope.enricher.identities import Identity, external, identity
+from flowscope.enricher.objects import EndpointSlice, Node, Pod, Service, Workload
+
+MAX_OWNER_DEPTH = 6  # Pod → ReplicaSet → Deployment is 2; guards against reference loops
+MAX_CACHED = 100_000  # identities cached (external addresses are unbounded)
+
+Key = tuple[str, ...]
+Obj = Pod | Service | Node | Workload | EndpointSlice
+# Controller kind → the informer resource (store) holding it.
+WORKLOAD_RESOURCES = {
+    "ReplicaSet": "replicasets",
+    "Deployment": "deployments",
+    "StatefulSet": "statefulsets",
+    "DaemonSet": "daemonsets",
+    "Job": "jobs",
+    "CronJob": "cronjobs",
+}
+
+
+def object_key(resource: str, obj: Obj) -> Key:
+    """The store key of an object: (namespace, name), or (kind, namespace, name)."""
+    if isinstance(obj, Node):
+        return ("", obj.name)
+    if isinstance(obj, Workload):
+        return (obj.kind, obj.namespace, obj.name)
+    return (obj.namespace, obj.name)
+
+
+class Inventory:
+    """Stores and address indexes of pods, services, nodes, slices and controllers."""
+
+    def __init__(self, deleted_grace: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._grace = deleted_grace
+        self._clock = clock
+        self.synced: set[str] = set()  # resources whose first full LIST is applied
+        self.became_ready = asyncio.Event()
+        self.expected: set[str] = set()  # resources that must sync before ready
+        self.stores: dict[str, dict[Key, Any]] = {}
+        self._pod_ips: dict[str, Pod] = {}
+        self._containers: dict[str, Pod] = {}
+        self._service_ips: dict[str, Service] = {}
+        self._node_ips: dict[str, Node] = {}
+        self._slice_ips: dict[str, dict[Key, str]] = {}  # pod ip → {slice key: service}
+        self._graveyard: deque[tuple[float, str, Key, Obj]] = deque()
+        self._cache: dict[str, Identity] = {}
+        self._container_cache: dict[str, Identity | None] = {}
+
+    # ------------------------------------------------------------ readiness
+
+    @property
+    def ready(self) -> bool:
+        return self.expected <= self.synced
+
+    def mark_synced(self, resource: str) -> None:
+        self.synced.add(resource)
+        if self.ready:
+            self.became_ready.set()
+
+    # ------------------------------------------------------------ changes
+
+    def upsert(self, resource: str, obj: Obj) -> None:
+        """An object was added or modified."""
+        store = self.stores.setdefault(resource, {})
+        key = object_key(resource, obj)
+        old = store.get(key)
+        if old is not None:
+            self._unindex(old)
+        store[key] = obj
+        self._index(obj)
+        self._changed()
+
+    def delete(self, resource: str, key: Key) -> None:
+        """An object was deleted: it stays resolvable for the grace period."""
+        obj = self.stores.get(resource, {}).get(key)
+        if obj is None or obj.deleted_at:
+            return
+        now = self._clock()
+        obj.deleted_at = now
+        self._graveyard.append((now + self._grace, resource, key, obj))
+        self._changed()
+
+    def replace(self, resource: str, objs: Iterable[Obj]) -> None:
+        """A full LIST: upsert everything, delete (with grace) what is gone."""
+        seen: set[Key] = set()
+        for obj in objs:
+            seen.add(object_key(resource, obj))
+            self.upsert(resource, obj)
+        for key in [k for k in self.stores.get(resource, {}) if k not in seen]:
+            self.delete(resource, key)
+
+    def sweep(self) -> int:
+        """Forget deleted objects whose grace period is over; returns how many."""
+        now = self._clock()
+        forgotten = 0
+        while self._graveyard and self._graveyard[0][0] <= now:
+            _, resource, key, obj = self._graveyard.popleft()
+            store = self.stores.get(resource, {})
+            if obj is not None and store.get(key) is obj:
+                del store[key]
+                self._unindex(obj)
+                forgotten += 1
+        if forgotten:
+            self._changed()
+        return forgotten
+
+    def count(self, resource: str) -> int:
+        return len(self.stores.get(resource, {}))
+
+    def _changed(self) -> None:
+        self._cache.clear()
+        self._container_cache.clear()
+
+    def _index(self, obj: Obj) -> None:
+        if isinstance(obj, Pod):
+            if not obj.host_network:
+                for ip in obj.ips:
+                    current = self._pod_ips.get(ip)
+                    # A live pod owns its address over a deleted one still in its grace.
+                    if current is None or current.deleted_at or not obj.deleted_at:
+                        self._pod_ips[ip] = obj
+            for cid in obj.container_ids:
+                self._containers[cid] = obj
+        elif isinstance(obj, Service):
+            for ip in obj.ips:
+                self._service_ips[ip] = obj
+        elif isinstance(obj, Node):
+            for ip in obj.ips:
+                self._node_ips[ip] = obj
+        elif isinstance(obj, EndpointSlice):
+            key = (obj.namespace, obj.name)
+            for ip in obj.addresses:
+                self._slice_ips.setdefault(ip, {})[key] = obj.service
+
+    def _unindex(self, obj: Obj) -> None:
+        if isinstance(obj, Pod):
+            for ip in obj.ips:
+                if self._pod_ips.get(ip) is obj:
+                    del self._pod_ips[ip]
+            for cid in obj.container_ids:
+                if self._containers.get(cid) is obj:
+                    del self._containers[cid]
+        elif isinstance(obj, Service):
+            _drop(self._service_ips, obj.ips, obj)
+        elif isinstance(obj, Node):
+            _drop(self._node_ips, obj.ips, obj)
+        elif isinstance(obj, EndpointSlice):
+            key = (obj.namespace, obj.name)
+            for ip in obj.addresses:
+                services = self._slice_ips.get(ip)
+                if services is not None:
+                    services.pop(key, None)
+                    if not services:
+                        del self._slice_ips[ip]
+
+    # ------------------------------------------------------------ lookups
+
+    def resolve(self, address: str) -> Identity:
+        """The identity of an address: pod, service, node, or external."""
+        found = self._cache.get(address)
+        if found is None:
+            found = self._build(address)
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            self._cache[address] = found
+        return found
+
+    def by_container(self, container_id: str) -> Identity | None:
+        """The pod owning a container id, with that container's name."""
+        if container_id in self._container_cache:
+            return self._container_cache[container_id]
+        pod = self._containers.get(container_id)
+        found = None
+        if pod is not None:
+            address = pod.ips[0] if pod.ips else ""
+            found = self._pod_identity(pod, address, pod.container_ids[container_id])
+        if len(self._container_cache) >= MAX_CACHED:
+            self._container_cache.clear()
+        self._container_cache[container_id] = found
+        return found
+
+    def _build(self, address: str) -> Identity:
+        pod = self._pod_ips.get(address)
+        if pod is not None:
+            return self._pod_identity(pod, address, pod.containers[0] if pod.containers else "")
+        service = self._service_ips.get(address)
+        if service is not None:
+            meta = {"k8s.namespace.name": service.namespace, "k8s.service.name": service.name}
+            return identity("service", service.namespace, "", address, meta)
+        node = self._node_ips.get(address)
+        if node is not None:
+            meta = {"k8s.node.name": node.name}
+            return identity("node", subjects.NODE_TOKEN, node.name, address, meta)
+        return external(address)
+
+    def _pod_identity(self, pod: Pod, address: str, container: str) -> Identity:
+        meta: dict[str, Any] = {
+            "k8s.namespace.name": pod.namespace,
+            "k8s.pod.name": pod.name,
+        }
+        if pod.uid:
+            meta["k8s.pod.uid"] = pod.uid
+        if container:
+            meta["k8s.container.name"] = container
+        if pod.node:
+            meta["k8s.node.name"] = pod.node
+        meta.update(self._owner_chain(pod))
+        services = self._slice_ips.get(address)
+        if services:
+            meta["k8s.service.name"] = min(services.values())
+        for key, value in pod.labels.items():
+            meta[LABEL_PREFIX + key] = value
+        ident = identity("pod", pod.namespace, pod.node, address, meta)
+        ident.pod_uid = pod.uid or f"{pod.namespace}/{pod.name}"
+        return ident
+
+    def _owner_chain(self, pod: Pod) -> dict[str, str]:
+        """``k8s.<kind>.name`` for each owner up the chain, and the top as the workload."""
+        out: dict[str, str] = {}
+        kind, name = "Pod", pod.name
+        ref = pod.owner
+        for _ in range(MAX_OWNER_DEPTH):
+            if ref is None:
+                break
+            kind, name = ref.kind, ref.name
+            key = OWNER_KEYS.get(kind)
+            if key is not None:
+                out[key] = name
+            store = self.stores.get(WORKLOAD_RESOURCES.get(kind, ""), {})
+            owner = store.get((kind, pod.namespace, name))
+            ref = owner.owner if owner is not None else None
+        out["k8s.workload.kind"] = kind
+        out["k8s.workload.name"] = name
+        return out
+
+
+def _drop(index: dict[str, Any], ips: tuple[str, ...], obj: Any) -> None:
+    for ip in ips:
+        if index.get(ip) is obj:
+            del index[ip]

@@ -1,0 +1,96 @@
+"""Every metric the enricher exports, in one catalogue (``flowscope_enricher_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowscope.enricher.enriching import Tally
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+P = "flowscope_enricher"
+
+
+@dataclass(slots=True)
+class Metrics:
+    """The enricher's Prometheus metrics."""
+
+    records_in: Counter  # by kind: flow, socket, dns
+    records_out: Counter  # by kind: flow, dns
+    lookups: Counter  # by result: pod, service, node, host, external, unknown
+    process_joins: Counter  # by result: hit, miss
+    dns_joins: Counter  # by result: hit, miss
+    dedup_dropped: Counter
+    bad_records: Counter  # by kind
+    bad_messages: Counter  # by reason
+    dead_lettered: Counter
+    informer_synced: Gauge  # by resource
+    informer_events: Counter  # by resource, type
+    informer_objects: Gauge  # by resource
+    informer_errors: Counter  # by resource
+    odd_objects: Counter  # by resource
+    relists: Counter  # by resource, reason
+    staleness: Gauge
+    consumer_pending: Gauge  # by consumer
+    sockets: Gauge
+    names: Gauge
+    observers: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> Metrics:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(f"{P}_{name}", doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(f"{P}_{name}", doc, labels, registry=registry)
+
+        return cls(
+            records_in=counter("records_in", "raw records received", ("kind",)),
+            records_out=counter("records_out", "enriched records published", ("kind",)),
+            lookups=counter("lookups", "address lookups by result kind", ("result",)),
+            process_joins=counter("process_joins", "flow ends joined to a process", ("result",)),
+            dns_joins=counter("dns_joins", "flow destinations joined to a DNS name", ("result",)),
+            dedup_dropped=counter(
+                "dedup_dropped", "cross-node duplicate flow reports dropped (kept on the other)"
+            ),
+            bad_records=counter("bad_records", "raw records failing the contract", ("kind",)),
+            bad_messages=counter(
+                "bad_messages", "raw messages that could not be decoded", ("reason",)
+            ),
+            dead_lettered=counter("dead_lettered", "messages sent to flowscope.dlq.enricher"),
+            informer_synced=gauge(
+                "informer_synced", "1 once a resource's first full LIST is applied", ("resource",)
+            ),
+            informer_events=counter(
+                "informer_events", "watch events applied", ("resource", "type")
+            ),
+            informer_objects=gauge("informer_objects", "objects held", ("resource",)),
+            informer_errors=counter(
+                "informer_errors", "LIST/WATCH failures (then retried with backoff)", ("resource",)
+            ),
+            odd_objects=counter(
+                "odd_objects", "Kubernetes objects skipped for missing fields", ("resource",)
+            ),
+            relists=counter("relists", "full re-LISTs", ("resource", "reason")),
+            staleness=gauge(
+                "kubernetes_staleness_seconds",
+                "seconds since the Kubernetes API was last reachable (0 while it is)",
+            ),
+            consumer_pending=gauge(
+                "consumer_pending", "raw messages not yet delivered (lag)", ("consumer",)
+            ),
+            sockets=gauge("sockets", "sockets in the process-join table"),
+            names=gauge("dns_names", "(client, address) entries in the DNS name cache"),
+            observers=gauge("observers", "nodes seen sending raw events"),
+        )
+
+    def add_flows(self, tally: Tally) -> None:
+        """Fold one batch's tally into the counters."""
+        self.records_in.labels("flow").inc(tally.records_in)
+        self.records_out.labels("flow").inc(tally.records_out)
+        self.dedup_dropped.inc(tally.dedup_dropped)
+        for kind, n in tally.lookups.items():
+            self.lookups.labels(kind).inc(n)
+        self.process_joins.labels("hit").inc(tally.process_hits)
+        self.process_joins.labels("miss").inc(tally.process_misses)
+        self.dns_joins.labels("hit").inc(tally.dns_hits)
+        self.dns_joins.labels("miss").inc(tally.dns_misses)

@@ -1,0 +1,107 @@
+"""Which process owns a socket: the table socket events build and flows join against.
+
+A socket event says "on node N, process P owns the socket local=(addr, port) ↔
+remote=(addr, port)". Entries are keyed by (observer, proto, local addr, local port,
+remote addr, remote port); a second index by the local end only answers for unconnected
+UDP sockets and listeners (an event with an empty remote). Memory is bounded: the
+table is an LRU (a flow hit refreshes an entry, so long-lived connections keep their
+process), and a closed socket is forgotten ``grace`` seconds after its close event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SocketKey = tuple[str, int, str, int, str, int]
+LocalKey = tuple[str, int, str, int]
+
+
+@dataclass(slots=True)
+class SocketOwner:
+    """The process behind one socket, and how the socket came to be."""
+
+    pid: int
+    comm: str
+    container_id: str
+    event: str  # connect (this end initiated), accept (the peer did), udp
+    closed_at: float = 0.0
+
+
+class SocketTable:
+    """Bounded (LRU) map of sockets to their owning process."""
+
+    def __init__(
+        self, max_entries: int, grace: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._max = max_entries
+        self._grace = grace
+        self._clock = clock
+        self._sockets: OrderedDict[SocketKey, SocketOwner] = OrderedDict()
+        self._locals: OrderedDict[LocalKey, SocketOwner] = OrderedDict()
+        self._closing: deque[tuple[float, SocketKey, SocketOwner]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._sockets) + len(self._locals)
+
+    def learn(self, event: dict) -> None:
+        """Apply one raw socket event (a validated ``RawSocket`` wire dict)."""
+        key: SocketKey = (
+            event["observer"], event["proto"], event["src"], event["sport"],
+            event["dst"], event["dport"],
+        )  # fmt: skip
+        if event["event"] == "close":
+            self._close(key)
+            return
+        owner = SocketOwner(event["pid"], event["comm"], event.get("container_id", ""),
+                            event["event"])  # fmt: skip
+        if not event["dst"] or event["dst"] in ("0.0.0.0", "::"):
+            self._put(self._locals, key[:4], owner)
+        else:
+            self._put(self._sockets, key, owner)
+
+    def find(
+        self, observer: str, proto: int, laddr: str, lport: int, raddr: str, rport: int
+    ) -> SocketOwner | None:
+        """The process owning local (laddr, lport) talking to (raddr, rport) on a node."""
+        key = (observer, proto, laddr, lport, raddr, rport)
+        owner = self._sockets.get(key)
+        if owner is not None:
+            self._sockets.move_to_end(key)
+            return owner
+        if self._locals:
+            lkey = (observer, proto, laddr, lport)
+            owner = self._locals.get(lkey)
+            if owner is not None:
+                self._locals.move_to_end(lkey)
+        return owner
+
+    def expire(self) -> int:
+        """Forget sockets closed more than ``grace`` seconds ago; returns how many."""
+        now = self._clock()
+        gone = 0
+        while self._closing and self._closing[0][0] <= now:
+            _, key, owner = self._closing.popleft()
+            if self._sockets.get(key) is owner:
+                del self._sockets[key]
+                gone += 1
+            elif self._locals.get(key[:4]) is owner:
+                del self._locals[key[:4]]
+                gone += 1
+        return gone
+
+    def _close(self, key: SocketKey) -> None:
+        owner = self._sockets.get(key) or self._locals.get(key[:4])
+        if owner is None or owner.closed_at:
+            return
+        owner.closed_at = self._clock()
+        self._closing.append((owner.closed_at + self._grace, key, owner))
+
+    def _put(self, table: OrderedDict, key: tuple, owner: SocketOwner) -> None:
+        table[key] = owner
+        table.move_to_end(key)
+        while len(self._sockets) + len(self._locals) > self._max:
+            victim = self._sockets if len(self._sockets) >= len(self._locals) else self._locals
+            victim.popitem(last=False)

@@ -1,0 +1,289 @@
+"""Kubernetes informers: LIST, remember resourceVersion, WATCH, on 410 LIST again.
+
+One :class:`Informer` per resource keeps the :class:`Inventory` current:
+
+- LIST in pages (``limit`` / ``continue``); a 410 on a ``continue`` token (the snapshot
+  expired) restarts the LIST. The complete result replaces the resource's store
+  (objects gone since are deleted, with the grace period).
+- WATCH from the list's resourceVersion with ``allowWatchBookmarks=true``; ADDED and
+  MODIFIED upsert, DELETED deletes, BOOKMARK only advances the resourceVersion. Every
+  applied event advances it, so a WATCH that ends (server timeout, broken stream — a
+  partial last line is discarded) resumes exactly where it stopped.
+- An ``ERROR`` event with a 410 Status (``Expired``/``Gone``), or a 410 response, means
+  the resourceVersion is too old: LIST again.
+- Any other failure (connection refused, 5xx, a malformed line) is counted and retried
+  with capped exponential backoff; meanwhile the last known metadata keeps serving and
+  :class:`ApiHealth` reports how stale it is.
+
+Requests go through kubernetes-asyncio's ``ApiClient`` (its configuration, TLS and
+authentication), with the body read raw and parsed by orjson straight into the slim
+objects of :mod:`objects` — the generated models would cost several times the memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from flowscope.core.errors import FlowscopeError
+from flowscope.core.logs import RateLimitedLog
+from flowscope.enricher import objects
+from flowscope.enricher.inventory import Inventory, Obj, object_key
+from flowscope.enricher.metrics import Metrics
+
+log = logging.getLogger("flowscope.enricher.kubernetes")
+
+
+class Expired(FlowscopeError):
+    """The resourceVersion (or continue token) is too old: a full LIST is needed."""
+
+
+class ApiError(FlowscopeError):
+    """The API answered with an error (not 410) or an unreadable stream."""
+
+    def __init__(self, resource: str, problem: str) -> None:
+        self.resource = resource
+        self.problem = problem
+        super().__init__(f"{resource}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A watched resource: informer name, list path, converter to a slim object."""
+
+    name: str
+    path: str
+    convert: Callable[[Mapping[str, Any]], Obj]
+
+
+def resources(label_keys: tuple[str, ...]) -> tuple[Resource, ...]:
+    """Every resource the enricher watches (cluster-wide)."""
+    wl = objects.workload_from_json
+    return (
+        Resource("pods", "/api/v1/pods", lambda o: objects.pod_from_json(o, label_keys)),
+        Resource("services", "/api/v1/services", objects.service_from_json),
+        Resource(
+            "endpointslices",
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            objects.endpointslice_from_json,
+        ),
+        Resource("nodes", "/api/v1/nodes", objects.node_from_json),
+        Resource("replicasets", "/apis/apps/v1/replicasets", wl("ReplicaSet")),
+        Resource("deployments", "/apis/apps/v1/deployments", wl("Deployment")),
+        Resource("statefulsets", "/apis/apps/v1/statefulsets", wl("StatefulSet")),
+        Resource("daemonsets", "/apis/apps/v1/daemonsets", wl("DaemonSet")),
+        Resource("jobs", "/apis/batch/v1/jobs", wl("Job")),
+        Resource("cronjobs", "/apis/batch/v1/cronjobs", wl("CronJob")),
+    )
+
+
+@dataclass(slots=True)
+class ApiHealth:
+    """Whether the API is reachable, and since when it is not (staleness)."""
+
+    clock: Callable[[], float] = time.monotonic
+    failing: set[str] = field(default_factory=set)
+    down_since: float | None = None
+
+    def ok(self, resource: str) -> None:
+        self.failing.discard(resource)
+        if not self.failing:
+            self.down_since = None
+
+    def failed(self, resource: str) -> None:
+        self.failing.add(resource)
+        if self.down_since is None:
+            self.down_since = self.clock()
+
+    def staleness(self) -> float:
+        return 0.0 if self.down_since is None else self.clock() - self.down_since
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """What the informers need from the settings."""
+
+    page_size: int
+    watch_timeout: int
+    backoff_max: float
+
+
+class Informer:
+    """LIST + WATCH one resource into the inventory, forever (until stopped)."""
+
+    def __init__(
+        self,
+        api: Any,  # kubernetes_asyncio.client.ApiClient
+        resource: Resource,
+        inventory: Inventory,
+        metrics: Metrics,
+        health: ApiHealth,
+        settings: WatchSettings,
+    ) -> None:
+        self.api = api
+        self.resource = resource
+        self.inventory = inventory
+        self.metrics = metrics
+        self.health = health
+        self.settings = settings
+        self.bad_log = RateLimitedLog(log)
+        self.synced = asyncio.Event()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        backoff = 0.2
+        version: str | None = None
+        name = self.resource.name
+        while not stopping.is_set():
+            try:
+                if version is None:
+                    version = await self._list()
+                    self.metrics.informer_synced.labels(name).set(1)
+                    self.synced.set()
+                version = await self._watch(version)
+                backoff = 0.2
+            except Expired:
+                self.metrics.relists.labels(name, "expired").inc()
+                version = None
+            except (aiohttp.ClientError, OSError, TimeoutError, ApiError) as e:
+                self.metrics.informer_errors.labels(name).inc()
+                self.health.failed(name)
+                self.bad_log.warning(f"api-{name}", "Kubernetes API request failed",
+                                     resource=name, error=str(e) or type(e).__name__)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), backoff)
+                backoff = min(backoff * 2, self.settings.backoff_max)
+
+    async def _request(self, query: list[tuple[str, Any]], read_timeout: float) -> Any:
+        return await self.api.call_api(
+            self.resource.path,
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=(10, read_timeout),
+        )
+
+    async def _list(self) -> str:
+        """A complete, paginated LIST; replaces the store; returns its resourceVersion."""
+        items: list[Obj] = []
+        token = ""
+        while True:
+            query: list[tuple[str, Any]] = [("limit", self.settings.page_size)]
+            if token:
+                query.append(("continue", token))
+            resp = await self._request(query, 60)
+            try:
+                if resp.status == 410:
+                    raise Expired(f"{self.resource.name}: continue token expired")
+                if resp.status != 200:
+                    raise ApiError(self.resource.name, f"LIST answered HTTP {resp.status}")
+                page = _json(await resp.read(), self.resource.name)
+            finally:
+                resp.release()
+            self.health.ok(self.resource.name)
+            items += self._convert_all(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or ""
+            if not token:
+                break
+        self.inventory.replace(self.resource.name, items)
+        self.inventory.mark_synced(self.resource.name)
+        self.metrics.informer_objects.labels(self.resource.name).set(
+            self.inventory.count(self.resource.name)
+        )
+        return str(meta.get("resourceVersion") or "")
+
+    def _convert_all(self, raw_items: list[Any]) -> list[Obj]:
+        out = []
+        for raw in raw_items:
+            obj = self._convert(raw)
+            if obj is not None:
+                out.append(obj)
+        return out
+
+    def _convert(self, raw: Any) -> Obj | None:
+        try:
+            if not isinstance(raw, Mapping):
+                raise objects.OddObject(self.resource.name, "not an object")
+            return self.resource.convert(raw)
+        except objects.OddObject as e:
+            self.metrics.odd_objects.labels(self.resource.name).inc()
+            self.bad_log.warning(f"odd-{self.resource.name}", "Kubernetes object skipped",
+                                 resource=self.resource.name, problem=e.problem)  # fmt: skip
+            return None
+
+    async def _watch(self, version: str) -> str:
+        """One WATCH stream from ``version``; returns the last resourceVersion applied."""
+        query: list[tuple[str, Any]] = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", self.settings.watch_timeout),
+        ]
+        if version:
+            query.append(("resourceVersion", version))
+        resp = await self._request(query, self.settings.watch_timeout + 30)
+        try:
+            if resp.status == 410:
+                raise Expired(f"{self.resource.name}: resourceVersion {version} expired")
+            if resp.status != 200:
+                raise ApiError(self.resource.name, f"WATCH answered HTTP {resp.status}")
+            self.health.ok(self.resource.name)
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        version = self._apply(_json(line, self.resource.name), version)
+            # A partial last line (stream broken mid-event) is dropped: the event was not
+            # applied, so resuming from ``version`` receives it again.
+        finally:
+            resp.release()
+        return version
+
+    def _apply(self, event: Mapping[str, Any], version: str) -> str:
+        """Apply one watch event; returns the resourceVersion to resume from."""
+        kind = event.get("type")
+        obj = event.get("object")
+        if not isinstance(obj, Mapping):
+            raise ApiError(self.resource.name, f"watch event without object: {kind}")
+        if kind == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise Expired(f"{self.resource.name}: {obj.get('message', 'expired')}")
+            raise ApiError(self.resource.name, f"watch ERROR {code}: {obj.get('message')}")
+        name = self.resource.name
+        meta = obj.get("metadata")
+        meta = meta if isinstance(meta, Mapping) else {}
+        new_version = str(meta.get("resourceVersion") or version)
+        if kind in ("ADDED", "MODIFIED"):
+            converted = self._convert(obj)
+            if converted is not None:
+                self.inventory.upsert(name, converted)
+        elif kind == "DELETED":
+            converted = self._convert(obj)
+            if converted is not None:
+                self.inventory.delete(name, object_key(name, converted))
+        elif kind != "BOOKMARK":
+            raise ApiError(name, f"unknown watch event type {kind!r}")
+        self.metrics.informer_events.labels(name, str(kind)).inc()
+        self.metrics.informer_objects.labels(name).set(self.inventory.count(name))
+        return new_version
+
+
+def _json(body: bytes, resource: str) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise ApiError(resource, f"unreadable JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ApiError(resource, "expected a JSON object")
+    return data
