@@ -45,14 +45,15 @@ class Replica:
     def rt(self) -> Runtime:
         return self.runtime[0]
 
-    async def ready(self, timeout: float = 20) -> None:
+    async def ready(self, within: float = 20) -> None:
         async def wait() -> None:
+            # Health has no event to wait on: poll it (tests only).
             while not self.runtime or not self.rt.health.ready:
                 if self.task.done():
                     raise AssertionError(f"enricher ended: {self.task.result()}")
                 await asyncio.sleep(0.05)
 
-        await asyncio.wait_for(wait(), timeout)
+        await asyncio.wait_for(wait(), within)
 
     async def stop(self) -> int:
         if self.runtime:
@@ -90,6 +91,7 @@ class Collected:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict[str, str], list[dict[str, Any]]]] = []
+        self.arrived = asyncio.Event()
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -102,13 +104,14 @@ class Collected:
         return out
 
     async def wait_for(
-        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 15
+        self, predicate: Callable[[list[dict[str, Any]]], bool], within: float = 15
     ) -> list[dict[str, Any]]:
         async def wait() -> None:
             while not predicate(self.records):
-                await asyncio.sleep(0.05)
+                self.arrived.clear()
+                await self.arrived.wait()
 
-        await asyncio.wait_for(wait(), timeout)
+        await asyncio.wait_for(wait(), within)
         return self.records
 
 
@@ -119,6 +122,7 @@ async def collect(nc: NATS, pattern: str, schema: codec.Schema) -> Collected:
         collected.messages.append(
             (msg.subject, dict(msg.headers or {}), codec.decode(schema, msg.headers, msg.data))
         )
+        collected.arrived.set()
 
     await nc.subscribe(pattern, cb=on_message)
     return collected

@@ -1,0 +1,177 @@
+"""Raw flows → enriched records: orientation, joins, dedup rule, bad records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flowscope.core import records
+from flowscope.enricher import objects
+from flowscope.enricher.enriching import Enricher, Observers, merge_owner
+from flowscope.enricher.inventory import Inventory
+from flowscope.enricher.names import NameCache
+from flowscope.enricher.processes import SocketTable
+
+from tests.unit.enricher import cluster
+from tests.unit.enricher.cluster import Clock
+
+A, B = "10.1.0.5", "10.2.0.7"  # pod a on node-1, pod b on node-2
+
+
+def enricher(clock: Clock | None = None) -> Enricher:
+    clock = clock or Clock()
+    inv = Inventory(60, clock=clock)
+    for raw in (
+        cluster.pod("a", ips=(A,), node="node-1", container_ids={"ca": "main"}),
+        cluster.pod("b", namespace="data", ips=(B,), node="node-2", container_ids={"cb": "main"}),
+        cluster.pod("agent", namespace="kube-system", ips=("192.168.0.1",), node="node-1",
+                    host_network=True, container_ids={"cagent": "agent"}, containers=("agent",)),
+    ):  # fmt: skip
+        inv.upsert("pods", objects.pod_from_json(raw, ()))
+    inv.upsert("nodes", objects.node_from_json(cluster.node("node-1", "192.168.0.1")))
+    inv.upsert("nodes", objects.node_from_json(cluster.node("node-2", "192.168.0.2")))
+    return Enricher(
+        inv, SocketTable(1000, 30, clock), NameCache(60, 3600, 1000, clock), Observers(300, clock),
+        clock,
+    )  # fmt: skip
+
+
+def flow(observer: str, src: str, dst: str, sport: int, dport: int, **kw: Any) -> dict:
+    rec = {"observer": observer, "start_ns": 1, "end_ns": 2, "end_reason": "active_timeout",
+           "proto": 6, "src": src, "dst": dst, "sport": sport, "dport": dport, "bytes": 100,
+           "packets": 2, "rbytes": 900, "rpackets": 3, "tcp_flags": 0x18}  # fmt: skip
+    rec.update(kw)
+    return rec
+
+
+def sock(observer: str, event: str, src: str, sport: int, dst: str, dport: int, pid: int,
+         cid: str = "") -> dict:  # fmt: skip
+    return {"observer": observer, "time_ns": 1, "event": event, "proto": 6, "src": src,
+            "sport": sport, "dst": dst, "dport": dport, "pid": pid, "tid": pid,
+            "comm": f"p{pid}", "container_id": cid}  # fmt: skip
+
+
+def only(e: Enricher, raw: list[dict]) -> dict[str, Any]:
+    out = e.flows(raw)
+    assert not out.bad
+    (recs,) = out.by_subject.values()
+    (rec,) = recs
+    return records.validate_flow(rec)
+
+
+def test_collector_orientation_kept_when_nothing_known() -> None:
+    rec = only(enricher(), [flow("node-1", A, B, 40000, 80)])
+    assert rec["flow.direction"] == "unknown"
+    assert (rec["source.address"], rec["flow.bytes.delta"]) == (A, 100)
+    assert "source.process.pid" not in rec
+
+
+def test_initiator_flag_means_forward() -> None:
+    rec = only(enricher(), [flow("node-1", A, B, 40000, 80, initiator=True)])
+    assert rec["flow.direction"] == "forward" and rec["source.address"] == A
+
+
+def test_accept_on_the_first_end_swaps_ends_and_counters() -> None:
+    e = enricher()
+    e.learn_sockets([sock("node-1", "accept", A, 80, B, 40000, 11, "ca")])
+    rec = only(e, [flow("node-1", A, B, 80, 40000)])
+    assert rec["flow.direction"] == "forward"
+    assert (rec["source.address"], rec["source.port"]) == (B, 40000)
+    assert (rec["destination.address"], rec["destination.port"]) == (A, 80)
+    assert (rec["flow.bytes.delta"], rec["flow.packets.delta"]) == (900, 3)
+    assert (rec["flow.reverse.bytes.delta"], rec["flow.reverse.packets.delta"]) == (100, 2)
+    assert rec["destination.process.pid"] == 11 and rec["destination.container.id"] == "ca"
+    assert rec["destination.k8s.pod.name"] == "a"
+
+
+def test_host_network_pod_refined_by_container_id() -> None:
+    e = enricher()
+    e.learn_sockets([sock("node-1", "connect", "192.168.0.1", 5000, B, 80, 12, "cagent")])
+    rec = only(e, [flow("node-1", "192.168.0.1", B, 5000, 80)])
+    assert rec["source.kind"] == "pod"
+    assert rec["source.address"] == "192.168.0.1"
+    assert rec["source.k8s.pod.name"] == "agent"
+    assert rec["source.k8s.container.name"] == "agent"
+    assert rec["source.k8s.namespace.name"] == "kube-system"
+    plain = only(enricher(), [flow("node-1", "192.168.0.1", B, 5001, 80)])
+    assert plain["source.kind"] == "node" and plain["source.k8s.node.name"] == "node-1"
+
+
+def test_dns_name_joined_per_client_and_subject_tokens() -> None:
+    e = enricher()
+    e.learn_dns([{"observer": "node-1", "time_ns": 1, "id": 1, "qname": "api.example.com",
+                  "qtype": "A", "rcode": "NOERROR", "client": A, "client_port": 3333,
+                  "server": "10.96.0.10", "server_port": 53,
+                  "answers": [{"name": "api.example.com", "type": "A", "ttl": 30,
+                               "data": "203.0.113.5"}]}])  # fmt: skip
+    out = e.flows([flow("node-1", A, "203.0.113.5", 40000, 443, initiator=True)])
+    assert list(out.by_subject) == ["flowscope.flows.shop._external"]
+    assert (
+        out.by_subject["flowscope.flows.shop._external"][0]["destination.domain"]
+        == "api.example.com"
+    )
+
+
+def test_icmp_ports_reported_as_zero_ipv6_canonical() -> None:
+    rec = only(enricher(), [flow("node-1", "2001:DB8:0:0::1", "2001:db8::2", 128, 0, proto=58)])
+    assert rec["source.address"] == "2001:db8::1"
+    assert (rec["source.port"], rec["destination.port"]) == (0, 0)
+    assert rec["network.type"] == "ipv6" and rec["network.transport"] == "ipv6-icmp"
+    assert "flow.tcp.flags.tags" not in rec
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"bytes": "1"}, {"src": "not-an-ip"}, {"end_reason": "bored"}, {"observer": None},
+     {"initiator": 1}, {"proto": 6.0}],
+)  # fmt: skip
+def test_bad_records_returned_not_raised(change: dict) -> None:
+    e = enricher()
+    bad = {**flow("node-1", A, B, 1, 2), **change}
+    out = e.flows([bad, flow("node-1", A, B, 3, 4), "junk"])
+    assert len(out.bad) == 2 and out.tally.records_out == 1
+
+
+def test_merge_owner_is_direction_free() -> None:
+    a, b = (A, 40000), (B, 80)
+    assert merge_owner(a, b, "node-1", "node-2") == merge_owner(b, a, "node-2", "node-1")
+
+
+def test_cross_node_report_from_the_non_owner_is_dropped_and_owner_has_both_processes() -> None:
+    e = enricher()
+    e.learn_sockets([sock("node-1", "connect", A, 40000, B, 80, 11, "ca"),
+                     sock("node-2", "accept", B, 80, A, 40000, 22, "cb")])  # fmt: skip
+    owner = merge_owner((A, 40000), (B, 80), "node-1", "node-2")
+    other = "node-2" if owner == "node-1" else "node-1"
+    reports = {"node-1": flow("node-1", A, B, 40000, 80), "node-2": flow("node-2", B, A, 80, 40000,
+               bytes=900, packets=3, rbytes=100, rpackets=2)}  # fmt: skip
+    dropped = e.flows([reports[other]])
+    assert dropped.tally.dedup_dropped == 1 and not dropped.by_subject
+    rec = only(e, [reports[owner]])
+    assert rec["observer.node.name"] == owner
+    assert (rec["source.process.pid"], rec["destination.process.pid"]) == (11, 22)
+    assert (rec["flow.bytes.delta"], rec["flow.reverse.bytes.delta"]) == (100, 900)
+
+
+def test_report_kept_while_the_other_node_has_no_collector() -> None:
+    e = enricher()
+    owner = merge_owner((A, 40000), (B, 80), "node-1", "node-2")
+    other = "node-2" if owner == "node-1" else "node-1"
+    src, dst = (A, B) if other == "node-1" else (B, A)
+    sport, dport = (40000, 80) if other == "node-1" else (80, 40000)
+    out = e.flows([flow(other, src, dst, sport, dport)])
+    assert out.tally.records_out == 1  # the owner node never reported anything
+
+
+def test_dns_record_enriches_client_and_server() -> None:
+    e = enricher()
+    e.learn_sockets([{**sock("node-1", "udp", A, 3333, "10.2.0.7", 53, 11, "ca"), "proto": 17}])
+    out = e.dns([{"observer": "node-1", "time_ns": 5, "id": 9, "qname": "db.data.svc",
+                  "qtype": "A", "rcode": "NOERROR", "client": A, "client_port": 3333,
+                  "server": B, "server_port": 53, "latency_ns": 1000,
+                  "answers": [{"name": "db.data.svc", "type": "A", "ttl": 5, "data": B}]}])  # fmt: skip
+    (subject,) = out.by_subject
+    assert subject == "flowscope.dns.shop"
+    rec = records.validate_dns(out.by_subject[subject][0])
+    assert rec["source.k8s.pod.name"] == "a" and rec["destination.k8s.pod.name"] == "b"
+    assert rec["source.process.pid"] == 11 and rec["dns.latency_ns"] == 1000

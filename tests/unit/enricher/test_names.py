@@ -1,0 +1,85 @@
+"""DNS name cache: TTL clamping, LRU bound, CNAME folding (property tests)."""
+
+from __future__ import annotations
+
+from flowscope.enricher.names import NameCache
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.enricher.cluster import Clock
+
+addresses = st.sampled_from([f"192.0.2.{i}" for i in range(8)] + ["2001:db8::1", "2001:db8::2"])
+clients = st.sampled_from(["10.1.0.1", "10.1.0.2", "fd00::1"])
+names = st.from_regex(r"[a-z]{1,8}\.(com|net|example)", fullmatch=True)
+ttls = st.integers(min_value=0, max_value=100_000)
+
+
+def answer_chain(qname: str, cnames: list[str], address: str, ttl: int) -> list[dict]:
+    chain, previous = [], qname
+    for cname in cnames:
+        chain.append({"name": previous, "type": "CNAME", "ttl": ttl, "data": cname})
+        previous = cname
+    kind = "AAAA" if ":" in address else "A"
+    return [*chain, {"name": previous, "type": kind, "ttl": ttl, "data": address}]
+
+
+@given(client=clients, qname=names, cnames=st.lists(names, max_size=4), address=addresses,
+       ttl=ttls)  # fmt: skip
+def test_cname_chain_folds_to_the_question_name(
+    client: str, qname: str, cnames: list[str], address: str, ttl: int
+) -> None:
+    cache = NameCache(ttl_min=60, ttl_max=3600, max_entries=100, clock=Clock())
+    cache.learn(client, qname.upper() + ".", answer_chain(qname, cnames, address, ttl))
+    assert cache.lookup(client, address) == qname  # lower-case, no trailing dot
+    for other in ("10.9.9.9",):
+        assert cache.lookup(other, address) is None  # per client
+
+
+@given(ttl=ttls, ttl_min=st.integers(0, 600), ttl_max=st.integers(1, 7200))
+def test_lifetime_is_the_ttl_clamped_to_floor_and_cap(ttl: int, ttl_min: int, ttl_max: int) -> None:
+    clock = Clock()
+    cache = NameCache(ttl_min, ttl_max, 10, clock=clock)
+    cache.learn("10.1.0.1", "a.com", answer_chain("a.com", [], "192.0.2.1", ttl))
+    lifetime = min(max(ttl, ttl_min), max(ttl_max, ttl_min))
+    probe = NameCache(ttl_min, ttl_max, 10, clock=clock)  # a hit extends: probe a twin
+    probe.learn("10.1.0.1", "a.com", answer_chain("a.com", [], "192.0.2.1", ttl))
+    clock.now += lifetime - 0.001
+    if lifetime > 0.001:
+        assert probe.lookup("10.1.0.1", "192.0.2.1") == "a.com"
+    clock.now += 0.002
+    assert cache.lookup("10.1.0.1", "192.0.2.1") is None
+
+
+@settings(max_examples=50)
+@given(ops=st.lists(st.tuples(clients, names, addresses), min_size=1, max_size=60),
+       bound=st.integers(1, 10))  # fmt: skip
+def test_lru_bound_holds_and_recent_entries_survive(
+    ops: list[tuple[str, str, str]], bound: int
+) -> None:
+    cache = NameCache(60, 3600, bound, clock=Clock())
+    for client, name, address in ops:
+        cache.learn(client, name, answer_chain(name, [], address, 300))
+        assert len(cache) <= bound
+    client, name, address = ops[-1]
+    assert cache.lookup(client, address) == name  # the newest answer always wins
+
+
+def test_hit_extends_entry_to_the_floor() -> None:
+    clock = Clock()
+    cache = NameCache(ttl_min=60, ttl_max=3600, max_entries=10, clock=clock)
+    cache.learn("10.1.0.1", "a.com", answer_chain("a.com", [], "192.0.2.1", 5))
+    for _ in range(5):  # a long-lived connection keeps reporting: the name stays
+        clock.now += 50
+        assert cache.lookup("10.1.0.1", "192.0.2.1") == "a.com"
+    clock.now += 61
+    assert cache.lookup("10.1.0.1", "192.0.2.1") is None
+
+
+def test_non_address_answers_and_empty_names_ignored() -> None:
+    cache = NameCache(60, 3600, 10, clock=Clock())
+    assert (
+        cache.learn("10.1.0.1", "a.com", [{"name": "a.com", "type": "TXT", "ttl": 1, "data": "x"}])
+        == 0
+    )
+    assert cache.learn("10.1.0.1", ".", answer_chain(".", [], "192.0.2.1", 5)) == 0
+    assert len(cache) == 0
