@@ -29,7 +29,6 @@ from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, reso
 
 log = logging.getLogger("flowscope.enricher")
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-STALE_AFTER = 30.0  # seconds without the API before /readyz detail says "stale"
 
 
 def main(settings: Settings) -> int:
@@ -132,8 +131,9 @@ async def body(rt: Runtime, settings: Settings) -> None:
         staleness = api_health.staleness()
         metrics.staleness.set(staleness)
         if inventory is not None and inventory.ready:
+            # Still ready: the last known metadata keeps serving; the detail says how old.
             detail = f"API unreachable for {staleness:.0f}s; serving last known metadata"
-            rt.health.set("kubernetes", True, detail if staleness > STALE_AFTER else "synced")
+            rt.health.set("kubernetes", True, detail if staleness > 0 else "synced")
 
     durables = {w.kind: f"{settings.consumer.durable}-{w.suffix}" for w in consuming.WORK}
     rt.spawn(consuming.upkeep_loop(pipeline, durables, chores, rt.stopping, 2.0), "upkeep")

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,22 +135,24 @@ class Informer:
         self.settings = settings
         self.bad_log = RateLimitedLog(log)
         self.synced = asyncio.Event()
+        # The resourceVersion to resume from: advanced by every applied event, so a
+        # stream that breaks resumes where it stopped (None: LIST first).
+        self.version: str | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = 0.2
-        version: str | None = None
         name = self.resource.name
         while not stopping.is_set():
             try:
-                if version is None:
-                    version = await self._list()
+                if self.version is None:
+                    self.version = await self._list()
                     self.metrics.informer_synced.labels(name).set(1)
                     self.synced.set()
-                version = await self._watch(version)
+                await _until_stopped(self._watch(self.version), stopping)
                 backoff = 0.2
             except Expired:
                 self.metrics.relists.labels(name, "expired").inc()
-                version = None
+                self.version = None
             except (aiohttp.ClientError, OSError, TimeoutError, ApiError) as e:
                 self.metrics.informer_errors.labels(name).inc()
                 self.health.failed(name)
@@ -220,8 +222,8 @@ class Informer:
                                  resource=self.resource.name, problem=e.problem)  # fmt: skip
             return None
 
-    async def _watch(self, version: str) -> str:
-        """One WATCH stream from ``version``; returns the last resourceVersion applied."""
+    async def _watch(self, version: str) -> None:
+        """One WATCH stream from ``version``; each applied event advances ``self.version``."""
         query: list[tuple[str, Any]] = [
             ("watch", "true"),
             ("allowWatchBookmarks", "true"),
@@ -242,12 +244,12 @@ class Informer:
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        version = self._apply(_json(line, self.resource.name), version)
+                        self.version = self._apply(_json(line, self.resource.name), version)
+                        version = self.version
             # A partial last line (stream broken mid-event) is dropped: the event was not
             # applied, so resuming from ``version`` receives it again.
         finally:
             resp.release()
-        return version
 
     def _apply(self, event: Mapping[str, Any], version: str) -> str:
         """Apply one watch event; returns the resourceVersion to resume from."""
@@ -277,6 +279,22 @@ class Informer:
         self.metrics.informer_events.labels(name, str(kind)).inc()
         self.metrics.informer_objects.labels(name).set(self.inventory.count(name))
         return new_version
+
+
+async def _until_stopped(work: Coroutine[Any, Any, None], stopping: asyncio.Event) -> None:
+    """Run ``work`` until it ends or ``stopping`` is set (a quiet WATCH may last minutes)."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not task.cancelled():
+        task.result()
 
 
 def _json(body: bytes, resource: str) -> dict[str, Any]:
