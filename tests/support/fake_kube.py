@@ -260,10 +260,10 @@ class FakeKube:
         return response
 
     async def _stream(
-        self, watcher: Watcher, response: web.StreamResponse, request: web.Request, timeout: float
+        self, watcher: Watcher, response: web.StreamResponse, request: web.Request, lifetime: float
     ) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + lifetime
         while True:
             try:
                 line = await asyncio.wait_for(watcher.queue.get(), deadline - loop.time())
