@@ -90,6 +90,7 @@ async def kube_client(settings: Settings) -> Any | None:
 
 async def body(rt: Runtime, settings: Settings) -> None:
     """Set everything up on the runtime's stack and start the root tasks."""
+    rt.health.set("consumers", False, "starting")
     metrics = Metrics.create(rt.registry)
     api = await kube_client(settings)
     resolver: Resolver
@@ -112,9 +113,9 @@ async def body(rt: Runtime, settings: Settings) -> None:
     js = nc.jetstream()
     await messaging.ensure_streams(js, settings.nats)
     pipeline = consuming.Pipeline(nc, enricher, metrics, join)
+    rt.health.set("consumers", False, "waiting for join state and metadata")
 
     rt.health.set("state", False, "replaying socket and DNS events")
-    rt.health.set("consumers", False, "waiting for join state and metadata")
     state_subs, caught_up = await consuming.state_feed(js, pipeline, join.state_lookback)
     for sub in state_subs:
         rt.stack.push_async_callback(_unsubscribe, sub)
@@ -201,8 +202,12 @@ async def _refresh_local(resolver: Resolver, stopping: asyncio.Event) -> None:
 
 
 async def _close_nats(nc: Any) -> None:
+    """Flush and close. Not ``drain``: every publish was already awaited and every ack
+    sent, and draining pull subscriptions waits out their pending fetches."""
     with contextlib.suppress(Exception):
-        await nc.drain()
+        await nc.flush(timeout=2)
+    with contextlib.suppress(Exception):
+        await nc.close()
 
 
 async def _unsubscribe(sub: Any) -> None:

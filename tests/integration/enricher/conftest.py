@@ -55,6 +55,12 @@ class Replica:
 
         await asyncio.wait_for(wait(), within)
 
+    def _consuming(self) -> bool:
+        if not self.runtime:
+            return False
+        health = self.rt.health
+        return health.ready and health.checks.get("consumers", (False, ""))[0]
+
     async def stop(self) -> int:
         if self.runtime:
             self.rt.stop()
