@@ -80,6 +80,8 @@ class Pipeline:
     async def handle(self, kind: str, msg: Msg) -> None:
         """Process one raw work message to completion: publish, then ack (or DLQ + term)."""
         schema = {"flow": codec.RAW_FLOW, "dns": codec.RAW_DNS, "socket": codec.RAW_SOCKET}[kind]
+        if msg.metadata.num_delivered > 1:
+            self.metrics.redelivered.labels(kind).inc()
         try:
             records = codec.decode(schema, msg.headers, msg.data)
         except CodecError as e:

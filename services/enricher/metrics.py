@@ -23,6 +23,7 @@ class Metrics:
     bad_records: Counter  # by kind
     bad_messages: Counter  # by reason
     dead_lettered: Counter
+    redelivered: Counter  # by kind
     informer_synced: Gauge  # by resource
     informer_events: Counter  # by resource, type
     informer_objects: Gauge  # by resource
@@ -57,6 +58,11 @@ class Metrics:
                 "bad_messages", "raw messages that could not be decoded", ("reason",)
             ),
             dead_lettered=counter("dead_lettered", "messages sent to flowscope.dlq.enricher"),
+            redelivered=counter(
+                "redelivered",
+                "raw messages handled again after another replica died or timed out",
+                ("kind",),
+            ),
             informer_synced=gauge(
                 "informer_synced", "1 once a resource's first full LIST is applied", ("resource",)
             ),
