@@ -9,6 +9,7 @@ one-way messages, the code) as the destination "port", following Zeek.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import struct
@@ -38,6 +39,13 @@ def _icmp_ports(proto: int, icmp_type: int, icmp_code: int) -> tuple[int, int, b
     return icmp_type, counterpart, False
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _packed(address: str) -> bytes:
+    """An address's network-order bytes; cached, as the same addresses recur in every
+    interval and parsing dominates the hash's cost."""
+    return ipaddress.ip_address(address).packed
+
+
 def community_id(
     proto: int, saddr: str, daddr: str, sport: int = 0, dport: int = 0, seed: int = 0
 ) -> str:
@@ -46,8 +54,8 @@ def community_id(
     For ICMP/ICMPv6 pass the message type as ``sport`` and the code as ``dport``.
     Protocols other than TCP, UDP, SCTP, ICMP and ICMPv6 hash addresses only.
     """
-    src = ipaddress.ip_address(saddr).packed
-    dst = ipaddress.ip_address(daddr).packed
+    src = _packed(saddr)
+    dst = _packed(daddr)
     one_way = False
     if proto in (ICMP, ICMPV6):
         sport, dport, one_way = _icmp_ports(proto, sport, dport)

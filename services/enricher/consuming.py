@@ -45,6 +45,8 @@ log = logging.getLogger("flowscope.enricher")
 COMPONENT = "enricher"
 PAYLOAD_HEADROOM = 4096  # bytes left for headers under the server's max payload
 MSG_ID_HEADER = "Nats-Msg-Id"
+HANDLERS = 8  # raw batches awaiting their publish acknowledgements at once, per kind
+PUBLISH_TIMEOUT = 10.0  # seconds for JetStream to acknowledge one raw batch's output
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,22 +109,29 @@ class Pipeline:
         await msg.ack()
 
     async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> bool:
-        """Publish every subject's records to JetStream; True once all are stored."""
+        """Publish every subject's records to JetStream; True once all are stored.
+
+        Publishes are pipelined (``publish_async``: one shared reply subscription, no
+        round trip each) and their acknowledgements awaited together, bounded by
+        ``PUBLISH_TIMEOUT``.
+        """
         seq = msg.metadata.sequence.stream
-        acks: list[Awaitable[Any]] = []
-        for subject, records in output.by_subject.items():
-            try:
-                chunks = list(codec.encode_chunks(schema, records, self.max_bytes))
-            except CodecError as e:  # one record larger than a NATS message: cannot ship
-                self.bad_log.warning("oversize", "enriched record too large", error=str(e))
-                continue
-            for n, batch in enumerate(chunks):
-                headers = dict(batch.headers)
-                headers[MSG_ID_HEADER] = f"enricher:{schema.name}:{seq}:{subject}:{n}"
-                acks.append(self.js.publish(subject, batch.body, headers=headers))
+        acks: list[asyncio.Future[Any]] = []
         try:
-            await asyncio.gather(*acks)
+            for subject, records in output.by_subject.items():
+                try:
+                    chunks = list(codec.encode_chunks(schema, records, self.max_bytes))
+                except CodecError as e:  # one record larger than a NATS message
+                    self.bad_log.warning("oversize", "enriched record too large", error=str(e))
+                    continue
+                for n, batch in enumerate(chunks):
+                    headers = dict(batch.headers)
+                    headers[MSG_ID_HEADER] = f"enricher:{schema.name}:{seq}:{subject}:{n}"
+                    acks.append(await self.js.publish_async(subject, batch.body, headers=headers))
+            await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
         except Exception as e:  # timeouts, no responders, stream errors: retry the batch
+            for ack in acks:
+                ack.cancel()
             self.bad_log.warning("publish", "publishing enriched records failed", error=repr(e))
             return False
         return True
@@ -263,12 +272,23 @@ async def work_loop(
         await queue.put(None)
 
     async def process() -> None:
+        # Enriching is synchronous, so batches are enriched in arrival order; up to
+        # HANDLERS of them wait for their publish acknowledgements at the same time.
+        slots = asyncio.Semaphore(HANDLERS)
+        running: set[asyncio.Task[None]] = set()
         while (item := await queue.get()) is not None:
             due, msg = item
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await pipeline.handle(kind, msg)
+            await slots.acquire()
+            for task in [t for t in running if t.done()]:
+                running.discard(task)
+                task.result()  # a bug in handling crashes the service loudly
+            task = asyncio.create_task(pipeline.handle(kind, msg))
+            task.add_done_callback(lambda _: slots.release())
+            running.add(task)
+        await asyncio.gather(*running)
 
     await asyncio.gather(fetch(), process())
 

@@ -46,6 +46,7 @@ from flowscope.enricher.processes import SocketOwner, SocketTable
 TCP = 6
 ICMP_PROTOS = frozenset({1, 58})  # ports carry ICMP type/code: reported as 0
 MAX_ADDRESSES = 200_000  # canonical-address cache bound
+LOOKUP_KINDS = ("pod", "service", "node", "host", "external", "unknown")
 
 _FLAG_TAGS = [tcp_flag_tags(bits) for bits in range(256)]
 _TRANSPORTS = {p: transport_name(p) for p in range(256)}
@@ -64,6 +65,26 @@ _SOCKET_REQUIRED = (
     ("sport", int), ("dst", str), ("dport", int), ("pid", int), ("tid", int), ("comm", str),
 )  # fmt: skip
 _SOCKET_OPTIONAL = (("cgroup_id", int), ("container_id", str), ("netns", int))
+_DNS_REQUIRED = (
+    ("observer", str), ("time_ns", int), ("id", int), ("qname", str), ("qtype", str),
+    ("rcode", str), ("client", str), ("client_port", int), ("server", str), ("server_port", int),
+)  # fmt: skip
+_DNS_OPTIONAL = (("proto", int), ("latency_ns", int), ("answers", list))
+_ANSWER_REQUIRED = (("name", str), ("type", str), ("ttl", int), ("data", str))
+
+
+def check_dns(record: Any, index: int) -> RawDns:
+    """A checked raw DNS exchange (the fast equivalent of ``RawDns.from_wire``)."""
+    check(record, "raw.dns", index, _DNS_REQUIRED, _DNS_OPTIONAL)
+    answers = record.get("answers", [])
+    for answer in answers:
+        check(answer, "dns.answer", index, _ANSWER_REQUIRED)
+    return RawDns(
+        record["observer"], record["time_ns"], record["id"], record["qname"], record["qtype"],
+        record["rcode"], record["client"], record["client_port"], record["server"],
+        record["server_port"], record.get("proto", 17), record.get("latency_ns", 0),
+        [{k: a[k] for k in ("name", "type", "ttl", "data")} for a in answers],
+    )  # fmt: skip
 
 
 def check(
@@ -201,7 +222,7 @@ class Enricher:
         now = self._clock()
         for i, record in enumerate(records):
             try:
-                dns = RawDns.from_wire(record, i)
+                dns = check_dns(record, i)
                 client = self._address(dns.client, "raw.dns", i, "client")[0]
             except RecordError as e:
                 bad.append((record, e))
@@ -216,49 +237,85 @@ class Enricher:
     def flows(self, records: Iterable[Any]) -> Output:
         """Enrich a batch of raw flow dicts; bad records are returned, not raised."""
         out = Output()
+        tally = out.tally
+        tally.lookups = dict.fromkeys(LOOKUP_KINDS, 0)
+        by_subject = out.by_subject
         now = self._clock()
+        ready = self.resolver.ready
+        flow = self._flow
         for i, record in enumerate(records):
-            out.tally.records_in += 1
+            tally.records_in += 1
             try:
-                raw = check(record, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
-                enriched = self._flow(raw, i, now, out.tally)
+                enriched = flow(record, i, now, tally, ready)
             except RecordError as e:
                 out.bad.append((record, e))
                 continue
             if enriched is None:
-                out.tally.dedup_dropped += 1
+                tally.dedup_dropped += 1
                 continue
             subject, wire = enriched
-            bucket = out.by_subject.get(subject)
+            bucket = by_subject.get(subject)
             if bucket is None:
-                out.by_subject[subject] = [wire]
+                by_subject[subject] = [wire]
             else:
                 bucket.append(wire)
-            out.tally.records_out += 1
+            tally.records_out += 1
         return out
 
     def _flow(
-        self, raw: dict[str, Any], i: int, now: float, tally: Tally
+        self, raw: Any, i: int, now: float, tally: Tally, ready: bool
     ) -> tuple[str, dict[str, Any]] | None:
-        if raw["end_reason"] not in END_REASONS:
-            raise RecordError("raw.flow", i, f"unknown end_reason {raw['end_reason']!r}")
-        observer: str = raw["observer"]
-        proto: int = raw["proto"]
-        src, network = self._address(raw["src"], "raw.flow", i, "src")
-        dst, _ = self._address(raw["dst"], "raw.flow", i, "dst")
-        sport: int = raw["sport"]
-        dport: int = raw["dport"]
+        """One raw flow → (subject, wire dict), or None when it is a dropped duplicate.
+
+        The hot path: keys are read once and type-checked in one expression; only a
+        record failing that goes through :func:`check` for a precise error.
+        """
+        try:
+            observer: str = raw["observer"]
+            proto: int = raw["proto"]
+            src_text: str = raw["src"]
+            dst_text: str = raw["dst"]
+            sport: int = raw["sport"]
+            dport: int = raw["dport"]
+            start_ns, end_ns, reason = raw["start_ns"], raw["end_ns"], raw["end_reason"]
+            fwd_b, fwd_p, rev_b, rev_p = raw["bytes"], raw["packets"], raw["rbytes"], raw["rpackets"]
+            flags = raw.get("tcp_flags", 0)
+            initiator = raw.get("initiator", False)
+        except (KeyError, TypeError, AttributeError):
+            check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
+            raise  # check always raises for such a record
+        if not (
+            type(observer) is str and type(proto) is int and type(src_text) is str
+            and type(dst_text) is str and type(sport) is int and type(dport) is int
+            and type(start_ns) is int and type(end_ns) is int and type(reason) is str
+            and type(fwd_b) is int and type(fwd_p) is int and type(rev_b) is int
+            and type(rev_p) is int and type(flags) is int and type(initiator) is bool
+            and type(raw.get("ifindex", 0)) is int
+        ):  # fmt: skip
+            check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
+        if reason not in END_REASONS:
+            raise RecordError("raw.flow", i, f"unknown end_reason {reason!r}")
+        addresses = self._addresses
+        src_found = addresses.get(src_text) or self._address(src_text, "raw.flow", i, "src")
+        dst_found = addresses.get(dst_text) or self._address(dst_text, "raw.flow", i, "dst")
+        src, network = src_found
+        dst = dst_found[0]
         self.observers.saw(observer, now)
-        src_id = self._resolve(src, tally)
-        dst_id = self._resolve(dst, tally)
+        resolve = self.resolver.resolve
+        lookups = tally.lookups
+        src_id = resolve(src)
+        dst_id = resolve(dst)
+        for kind in (src_id.kind, dst_id.kind):
+            lookups[kind if ready or kind != "external" else "unknown"] += 1
         src_proc = self._process(observer, src_id, proto, src, sport, dst, dport, tally)
         dst_proc = self._process(observer, dst_id, proto, dst, dport, src, sport, tally)
-        src_id = self._refine(src_id, src_proc)
-        dst_id = self._refine(dst_id, dst_proc)
+        if src_proc is not None:
+            src_id = self._refine(src_id, src_proc)
+        if dst_proc is not None:
+            dst_id = self._refine(dst_id, dst_proc)
 
-        fwd_b, fwd_p, rev_b, rev_p = raw["bytes"], raw["packets"], raw["rbytes"], raw["rpackets"]
         direction = _FORWARD
-        if raw.get("initiator") or _initiated(src_proc, dst_proc):
+        if initiator or _initiated(src_proc, dst_proc):
             pass
         elif _initiated(dst_proc, src_proc):
             src, dst, sport, dport = dst, src, dport, sport
@@ -281,9 +338,9 @@ class Enricher:
         ported = proto not in ICMP_PROTOS
         wire: dict[str, Any] = {
             "flow.community_id": community_id(proto, src, dst, sport, dport),
-            "flow.start_ns": raw["start_ns"],
-            "flow.end_ns": raw["end_ns"],
-            "flow.end_reason": raw["end_reason"],
+            "flow.start_ns": start_ns,
+            "flow.end_ns": end_ns,
+            "flow.end_reason": reason,
             "flow.direction": direction,
             "network.type": network,
             "network.transport": _TRANSPORTS.get(proto) or transport_name(proto),
@@ -296,20 +353,21 @@ class Enricher:
             "observer.node.name": observer,
         }
         if proto == TCP:
-            wire["flow.tcp.flags.tags"] = _FLAG_TAGS[raw.get("tcp_flags", 0) & 0xFF]
+            wire["flow.tcp.flags.tags"] = _FLAG_TAGS[flags & 0xFF]
         wire.update(src_id.source)
         wire.update(dst_id.destination)
         if src_proc is not None:
             _put_process(wire, "source.", src_proc)
         if dst_proc is not None:
             _put_process(wire, "destination.", dst_proc)
-        name = self.names.lookup(src, dst)
+        lookup = self.names.lookup
+        name = lookup(src, dst, now)
         if name is not None:
             wire["destination.domain"] = name
             tally.dns_hits += 1
         else:
             tally.dns_misses += 1
-        name = self.names.lookup(dst, src)
+        name = lookup(dst, src, now)
         if name is not None:
             wire["source.domain"] = name
         return f"{subjects.FLOWS}.{src_id.token}.{dst_id.token}", wire
@@ -322,7 +380,7 @@ class Enricher:
         for i, record in enumerate(records):
             out.tally.records_in += 1
             try:
-                subject, wire = self._dns(RawDns.from_wire(record, i), i, out.tally)
+                subject, wire = self._dns(check_dns(record, i), i, out.tally)
             except RecordError as e:
                 out.bad.append((record, e))
                 continue
@@ -379,7 +437,7 @@ class Enricher:
         kind = found.kind
         if kind == "external" and not self.resolver.ready:
             kind = "unknown"
-        tally.lookups[kind] = tally.lookups.get(kind, 0) + 1
+        tally.lookup(kind)
         return found
 
     def _process(

@@ -59,12 +59,13 @@ class NameCache:
             self._entries.popitem(last=False)
         return learned
 
-    def lookup(self, client: str, address: str) -> str | None:
-        """The name ``client`` resolved to ``address``, if still valid."""
+    def lookup(self, client: str, address: str, now: float | None = None) -> str | None:
+        """The name ``client`` resolved to ``address``, if still valid (``now``: clock)."""
         entry = self._entries.get((client, address))
         if entry is None:
             return None
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         if entry[1] <= now:
             del self._entries[(client, address)]
             return None

@@ -175,3 +175,32 @@ def test_dns_record_enriches_client_and_server() -> None:
     rec = records.validate_dns(out.by_subject[subject][0])
     assert rec["source.k8s.pod.name"] == "a" and rec["destination.k8s.pod.name"] == "b"
     assert rec["source.process.pid"] == 11 and rec["dns.latency_ns"] == 1000
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"observer": "n", "time_ns": 1, "id": 1, "qname": "a", "qtype": "A", "rcode": "NOERROR",
+         "client": "10.0.0.1", "client_port": 1, "server": "10.0.0.2", "server_port": 53,
+         "answers": [{"name": "a", "type": "A", "ttl": 1, "data": "192.0.2.1"}], "latency_ns": 5},
+        {"observer": "n", "time_ns": 1, "id": 1, "qname": "a", "qtype": "A", "rcode": "NOERROR",
+         "client": "10.0.0.1", "client_port": 1, "server": "10.0.0.2", "server_port": 53},
+        {"observer": "n", "time_ns": 1, "id": 1, "qname": "a", "qtype": "A", "rcode": "NOERROR",
+         "client": "10.0.0.1", "client_port": 1, "server": "10.0.0.2", "server_port": 53,
+         "answers": [{"name": "a", "type": "A", "ttl": "1", "data": "192.0.2.1"}]},
+        {"observer": "n", "time_ns": 1, "id": "1", "qname": "a"},
+        ["not", "a", "record"],
+    ],
+)  # fmt: skip
+def test_fast_dns_check_agrees_with_the_contract(record: Any) -> None:
+    from flowscope.core.errors import RecordError
+    from flowscope.core.records import RawDns
+    from flowscope.enricher.enriching import check_dns
+
+    try:
+        expected = RawDns.from_wire(record)
+    except RecordError:
+        with pytest.raises(RecordError):
+            check_dns(record, 0)
+        return
+    assert check_dns(record, 0) == expected

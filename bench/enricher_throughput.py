@@ -1,0 +1,315 @@
+"""Enricher throughput and metadata memory (not a test: prints figures).
+
+    .venv/bin/python bench/enricher_throughput.py [--batches 200] [--batch-size 1000]
+
+Three figures, measured in the same run so that they can be compared:
+
+1. **Ceiling**: the raw NATS batched publish → subscribe rate of the very raw batches
+   the enricher will read (core NATS, one Python publisher, one Python subscriber
+   counting records from the ``Flowscope-Count`` header) — what moving those bytes
+   through NATS with nats-py costs at best.
+2. **End to end**: ``flowscope enricher`` as a subprocess (one process = one core) with
+   10,000 pods, 2,000 services, 100 nodes and their controllers from a fake Kubernetes
+   API, and 50,000 DNS names learned from raw DNS events; raw flow batches published to
+   JetStream; enriched records counted as they arrive on ``flowscope.flows.>``.
+   Reported per core: records ÷ the enricher's CPU seconds (user + system, from
+   /proc) over the run, and its wall-clock rate.
+3. **Hot path in process** (decode → enrich → encode, no I/O), for the breakdown.
+
+Metadata memory: tracemalloc of the inventory holding 10,000 pods (plus the services,
+nodes and controllers), with every pod's identity cached as it is after traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+from flowscope.core import codec, subjects
+from flowscope.enricher import objects
+from flowscope.enricher.enriching import Enricher, Observers
+from flowscope.enricher.inventory import Inventory
+from flowscope.enricher.names import NameCache
+from flowscope.enricher.processes import SocketTable
+from flowscope.enricher.watching import resources
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support import nats_server  # noqa: E402
+from tests.support.fake_kube import FakeKube  # noqa: E402
+from tests.unit.enricher import cluster  # noqa: E402
+
+PODS, SERVICES, NODES, NAMESPACES, DNS_NAMES = 10_000, 2_000, 100, 20, 50_000
+LABELS = ("app", "app.kubernetes.io/name", "app.kubernetes.io/instance", "version")
+
+
+def pod_ip(i: int) -> str:
+    return f"10.{64 + i // 65536}.{i // 256 % 256}.{i % 256}"
+
+
+def service_ip(i: int) -> str:
+    return f"10.96.{i // 256}.{i % 256}"
+
+
+def external_ip(i: int) -> str:
+    return f"100.{64 + i // 65536}.{i // 256 % 256}.{i % 256}"
+
+
+def cluster_objects() -> list[tuple[str, dict[str, Any]]]:
+    """(resource, JSON object) for the whole benchmark cluster."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for n in range(NODES):
+        out.append(("nodes", cluster.node(f"node-{n}", f"192.168.{n // 256}.{n % 256}")))
+    for d in range(PODS // 5):
+        ns = f"ns-{d % NAMESPACES}"
+        out.append(("deployments", cluster.workload("Deployment", f"app-{d}", ns)))
+        out.append(("replicasets", cluster.workload("ReplicaSet", f"app-{d}-5d", ns,
+                                                     owner=("Deployment", f"app-{d}"))))  # fmt: skip
+    for i in range(PODS):
+        d = i // 5
+        ns = f"ns-{d % NAMESPACES}"
+        out.append(("pods", cluster.pod(
+            f"app-{d}-5d-{i}", ns, ips=(pod_ip(i),), node=f"node-{i % NODES}",
+            owner=("ReplicaSet", f"app-{d}-5d"), containers=("main", "sidecar"),
+            container_ids={f"c{i:060d}": "main"}, labels={"app": f"app-{d}", "version": "v1"},
+        )))  # fmt: skip
+    for s in range(SERVICES):
+        ns = f"ns-{s % NAMESPACES}"
+        out.append(("services", cluster.service(f"app-{s}", ns, cluster_ips=(service_ip(s),))))
+        addresses = tuple(pod_ip(s * 5 + k) for k in range(5))
+        out.append(("endpointslices", cluster.endpointslice(f"app-{s}-x", f"app-{s}", addresses, ns)))
+    return out
+
+
+def raw_batches(batches: int, size: int, seed: int = 1) -> list[codec.Batch]:
+    """Raw flow batches: pod → service 40 %, pod → pod 30 %, pod → named external 30 %."""
+    rnd = random.Random(seed)
+    out = []
+    for b in range(batches):
+        recs = []
+        for i in range(size):
+            src = rnd.randrange(PODS)
+            kind = rnd.random()
+            if kind < 0.4:
+                dst, dport = service_ip(rnd.randrange(SERVICES)), 80
+            elif kind < 0.7:
+                dst, dport = pod_ip(rnd.randrange(PODS)), 8080
+            else:  # from one of the 10 clients that resolved this name
+                n = rnd.randrange(DNS_NAMES // 10)
+                src = (n * 10 + rnd.randrange(10)) % PODS
+                dst, dport = external_ip(n), 443
+            recs.append({
+                "observer": f"node-{src % NODES}", "start_ns": 1_700_000_000_000_000_000 + b,
+                "end_ns": 1_700_000_010_000_000_000 + b, "end_reason": "active_timeout",
+                "proto": 6, "src": pod_ip(src), "dst": dst, "sport": 10_000 + (b * size + i) % 50_000,
+                "dport": dport, "bytes": 1500 * i, "packets": i + 1, "rbytes": 900 * i,
+                "rpackets": i, "tcp_flags": 0x1B, "initiator": True,
+            })  # fmt: skip
+        out.append(codec.encode(codec.RAW_FLOW, recs))
+    return out
+
+
+def dns_events() -> list[dict[str, Any]]:
+    """50,000 (client, address) → name entries: 5,000 external addresses × 10 clients."""
+    events = []
+    for n in range(DNS_NAMES // 10):
+        for c in range(10):
+            client = pod_ip((n * 10 + c) % PODS)
+            events.append({
+                "observer": "node-0", "time_ns": 1, "id": n % 65536, "qname": f"svc-{n}.example.com",
+                "qtype": "A", "rcode": "NOERROR", "client": client, "client_port": 5353,
+                "server": service_ip(0), "server_port": 53,
+                "answers": [{"name": f"svc-{n}.example.com", "type": "A", "ttl": 3600,
+                             "data": external_ip(n)}],
+            })  # fmt: skip
+    return events
+
+
+# ---------------------------------------------------------------- memory
+
+
+def metadata_memory() -> tuple[float, float]:
+    """MB held by the inventory for the benchmark cluster: (objects, objects + caches)."""
+    objs = cluster_objects()
+    converters = {r.name: r.convert for r in resources(LABELS)}
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    inventory = Inventory(60)
+    for resource, obj in objs:
+        inventory.upsert(resource, converters[resource](obj))
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    for i in range(PODS):
+        inventory.resolve(pod_ip(i))
+    for s in range(SERVICES):
+        inventory.resolve(service_ip(s))
+    gc.collect()
+    with_cache = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held / 1e6, with_cache / 1e6
+
+
+# ---------------------------------------------------------------- in process
+
+
+def in_process(batches: list[codec.Batch]) -> tuple[float, int]:
+    """(raw records/s of decode → enrich → encode on this core, records out); no I/O."""
+    converters = {r.name: r.convert for r in resources(LABELS)}
+    inventory = Inventory(60)
+    for resource, obj in cluster_objects():
+        inventory.upsert(resource, converters[resource](obj))
+    names = NameCache(60, 3600, 200_000)
+    enricher = Enricher(inventory, SocketTable(200_000, 30), names, Observers(300))
+    enricher.learn_dns(dns_events())
+    records = raw_records = 0
+    start = time.process_time()
+    for batch in batches:
+        raw = codec.decode(codec.RAW_FLOW, batch.headers, batch.body)
+        raw_records += len(raw)
+        out = enricher.flows(raw)
+        for recs in out.by_subject.values():
+            for chunk in codec.encode_chunks(codec.FLOW, recs, 1 << 20):
+                records += chunk.count
+    return raw_records / (time.process_time() - start), records
+
+
+# ---------------------------------------------------------------- over NATS
+
+
+async def ceiling(url: str, batches: list[codec.Batch]) -> float:
+    """Records/s of the raw batches through core NATS, publisher → subscriber."""
+    pub, sub_nc = await nats.connect(url), await nats.connect(url)
+    total = sum(b.count for b in batches)
+    got = 0
+    done = asyncio.Event()
+
+    async def on_message(msg: Any) -> None:
+        nonlocal got
+        got += int(msg.headers[codec.COUNT_HEADER])
+        if got >= total:
+            done.set()
+
+    await sub_nc.subscribe("bench.ceiling", cb=on_message, pending_bytes_limit=1 << 30)
+    await sub_nc.flush()
+    start = time.perf_counter()
+    for b in batches:
+        await pub.publish("bench.ceiling", b.body, headers=b.headers)
+    await pub.flush()
+    await asyncio.wait_for(done.wait(), 120)
+    elapsed = time.perf_counter() - start
+    await pub.close()
+    await sub_nc.close()
+    return total / elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as http:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"enricher exited with {proc.returncode}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+
+
+async def end_to_end(
+    url: str, batches: list[codec.Batch], expected: int, workdir: Path
+) -> tuple[float, float, int]:
+    """(raw records per enricher CPU second, per wall second, enriched records out)."""
+    fake = FakeKube()
+    await fake.start()
+    for resource, obj in cluster_objects():
+        fake.add(resource, obj)
+    kubeconfig = fake.write_kubeconfig(workdir / "kubeconfig")
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    http_port = 19_000 + os.getpid() % 10_000
+    env = {**os.environ, "FLOWSCOPE_NATS_URL": url, "FLOWSCOPE_KUBECONFIG": str(kubeconfig),
+           "FLOWSCOPE_KUBERNETES_MODE": "kubernetes", "FLOWSCOPE_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
+           "FLOWSCOPE_JOIN_MERGE_WINDOW": "0.2", "FLOWSCOPE_LOG_LEVEL": "warning",
+           "FLOWSCOPE_KUBERNETES_PAGE_SIZE": "1000"}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "flowscope.cli", "enricher"], env=env)
+    try:
+        await wait_ready(http_port, proc)
+        events = dns_events()
+        for i in range(0, len(events), 500):
+            b = codec.encode(codec.RAW_DNS, events[i : i + 500])
+            await js.publish(subjects.raw_dns("node-0"), b.body, headers=b.headers)
+        total = sum(b.count for b in batches)
+        got = 0
+        last = time.perf_counter()
+
+        async def on_message(msg: Any) -> None:
+            nonlocal got, last
+            got += int(msg.headers[codec.COUNT_HEADER])
+            last = time.perf_counter()
+
+        await asyncio.sleep(3)  # the DNS events are learned (state feed) and published
+        await nc.subscribe(subjects.FLOWS_ALL, cb=on_message, pending_bytes_limit=1 << 30)
+        cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
+        for b in batches:
+            await js.publish(subjects.raw_flows("node-0"), b.body, headers=b.headers)
+        # Done when every expected record is out, or nothing came for 5 s (reported).
+        while got < expected and time.perf_counter() - last < 5:
+            await asyncio.sleep(0.05)
+        cpu, wall = cpu_seconds(proc.pid) - cpu0, last - wall0
+        return total / cpu, total / wall, got
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        await nc.close()
+        await fake.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    args = parser.parse_args()
+    batches = raw_batches(args.batches, args.batch_size)
+    records = args.batches * args.batch_size
+    print(f"cluster: {PODS} pods, {SERVICES} services, {NODES} nodes, {DNS_NAMES} DNS names; "
+          f"{records} raw flow records in {args.batches} batches")  # fmt: skip
+    held, with_cache = metadata_memory()
+    print(f"metadata memory: {held:.1f} MB (objects + indexes), {with_cache:.1f} MB with "
+          f"every pod and service identity cached  [target < 150 MB]")  # fmt: skip
+    hot, expected = in_process(batches)
+    print(f"hot path in process (decode → enrich → encode): {hot:,.0f} raw records/s; "
+          f"{expected} enriched out (the rest: cross-node duplicates dropped)")  # fmt: skip
+    server = nats_server.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            roof = await ceiling(server.url, batches)
+            per_core, wall, got = await end_to_end(server.url, batches, expected, Path(tmp))
+    finally:
+        server.close()
+    print(f"ceiling, raw NATS batched publish → subscribe: {roof:,.0f} records/s")
+    print(f"end to end: {got} of {expected} enriched records arrived")
+    print(f"end to end (raw in over NATS → enriched out): {per_core:,.0f} records/s per enricher "
+          f"core (CPU time); {wall:,.0f} records/s wall clock  [target ≥ 200,000 per core]")  # fmt: skip
+    print(f"ratio per core / ceiling: {per_core / roof:.0%}  [target ≥ 25%]")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
