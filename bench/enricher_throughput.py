@@ -233,8 +233,18 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
             await asyncio.sleep(0.2)
 
 
+async def dns_done(js: Any) -> None:
+    """Wait until the shared DNS consumer has handled every raw DNS batch."""
+    while True:
+        await asyncio.sleep(0.5)
+        info = await js.consumer_info(subjects.STREAM_RAW, "enricher-dns")
+        if not info.num_pending and not info.num_ack_pending:
+            await asyncio.sleep(1)  # the state feed's copy, too
+            return
+
+
 async def end_to_end(
-    url: str, batches: list[codec.Batch], expected: int, workdir: Path
+    url: str, batches: list[codec.Batch], expected: int, workdir: Path, profile: str = ""
 ) -> tuple[float, float, int]:
     """(raw records per enricher CPU second, per wall second, enriched records out)."""
     fake = FakeKube()
@@ -249,7 +259,8 @@ async def end_to_end(
            "FLOWSCOPE_KUBERNETES_MODE": "kubernetes", "FLOWSCOPE_HTTP_ADDRESS": f"127.0.0.1:{http_port}",
            "FLOWSCOPE_JOIN_MERGE_WINDOW": "0.2", "FLOWSCOPE_LOG_LEVEL": "warning",
            "FLOWSCOPE_KUBERNETES_PAGE_SIZE": "1000"}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "flowscope.cli", "enricher"], env=env)
+    wrap = ["-m", "cProfile", "-o", profile] if profile else []
+    proc = subprocess.Popen([sys.executable, *wrap, "-m", "flowscope.cli", "enricher"], env=env)
     try:
         await wait_ready(http_port, proc)
         events = dns_events()
@@ -265,7 +276,7 @@ async def end_to_end(
             got += int(msg.headers[codec.COUNT_HEADER])
             last = time.perf_counter()
 
-        await asyncio.sleep(3)  # the DNS events are learned (state feed) and published
+        await dns_done(js)  # learned (state feed) and published as DNS records: not timed
         await nc.subscribe(subjects.FLOWS_ALL, cb=on_message, pending_bytes_limit=1 << 30)
         cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
         for b in batches:
@@ -286,6 +297,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--profile", default="", help="cProfile output of the enricher process")
     args = parser.parse_args()
     batches = raw_batches(args.batches, args.batch_size)
     records = args.batches * args.batch_size
@@ -301,7 +313,9 @@ async def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             roof = await ceiling(server.url, batches)
-            per_core, wall, got = await end_to_end(server.url, batches, expected, Path(tmp))
+            per_core, wall, got = await end_to_end(
+                server.url, batches, expected, Path(tmp), args.profile
+            )
     finally:
         server.close()
     print(f"ceiling, raw NATS batched publish → subscribe: {roof:,.0f} records/s")
