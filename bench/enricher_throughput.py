@@ -38,7 +38,6 @@ from typing import Any
 import aiohttp
 import nats
 from flowscope.core import codec, subjects
-from flowscope.enricher import objects
 from flowscope.enricher.enriching import Enricher, Observers
 from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.names import NameCache
@@ -46,9 +45,9 @@ from flowscope.enricher.processes import SocketTable
 from flowscope.enricher.watching import resources
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support import nats_server  # noqa: E402
-from tests.support.fake_kube import FakeKube  # noqa: E402
-from tests.unit.enricher import cluster  # noqa: E402
+from tests.support import nats_server
+from tests.support.fake_kube import FakeKube
+from tests.unit.enricher import cluster
 
 PODS, SERVICES, NODES, NAMESPACES, DNS_NAMES = 10_000, 2_000, 100, 20, 50_000
 LABELS = ("app", "app.kubernetes.io/name", "app.kubernetes.io/instance", "version")
@@ -88,7 +87,9 @@ def cluster_objects() -> list[tuple[str, dict[str, Any]]]:
         ns = f"ns-{s % NAMESPACES}"
         out.append(("services", cluster.service(f"app-{s}", ns, cluster_ips=(service_ip(s),))))
         addresses = tuple(pod_ip(s * 5 + k) for k in range(5))
-        out.append(("endpointslices", cluster.endpointslice(f"app-{s}-x", f"app-{s}", addresses, ns)))
+        out.append(
+            ("endpointslices", cluster.endpointslice(f"app-{s}-x", f"app-{s}", addresses, ns))
+        )
     return out
 
 

@@ -278,7 +278,12 @@ class Enricher:
             sport: int = raw["sport"]
             dport: int = raw["dport"]
             start_ns, end_ns, reason = raw["start_ns"], raw["end_ns"], raw["end_reason"]
-            fwd_b, fwd_p, rev_b, rev_p = raw["bytes"], raw["packets"], raw["rbytes"], raw["rpackets"]
+            fwd_b, fwd_p, rev_b, rev_p = (
+                raw["bytes"],
+                raw["packets"],
+                raw["rbytes"],
+                raw["rpackets"],
+            )
             flags = raw.get("tcp_flags", 0)
             initiator = raw.get("initiator", False)
         except (KeyError, TypeError, AttributeError):

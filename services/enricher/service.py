@@ -91,6 +91,12 @@ async def kube_client(settings: Settings) -> Any | None:
 async def body(rt: Runtime, settings: Settings) -> None:
     """Set everything up on the runtime's stack and start the root tasks."""
     rt.health.set("consumers", False, "starting")
+    if settings.consumer.ack_wait <= settings.join.merge_window + 1:
+        raise ConfigError(
+            "--consumer-ack-wait",
+            f"{settings.consumer.ack_wait}s must exceed the merge window "
+            f"({settings.join.merge_window}s) by more than 1s, or every batch is redelivered",
+        )
     metrics = Metrics.create(rt.registry)
     api = await kube_client(settings)
     resolver: Resolver
