@@ -27,7 +27,6 @@ import asyncio
 import gc
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -122,7 +121,7 @@ def raw_batches(batches: int, size: int, seed: int = 1) -> list[codec.Batch]:
 
 
 def dns_events() -> list[dict[str, Any]]:
-    """50,000 (client, address) → name entries: 5,000 external addresses × 10 clients."""
+    """50,000 (client, address) → name entries: 5,000 external addresses x 10 clients."""
     events = []
     for n in range(DNS_NAMES // 10):
         for c in range(10):
@@ -220,10 +219,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+async def wait_ready(port: int, proc: asyncio.subprocess.Process) -> None:
     async with aiohttp.ClientSession() as http:
         while True:
-            if proc.poll() is not None:
+            if proc.returncode is not None:
                 raise RuntimeError(f"enricher exited with {proc.returncode}")
             try:
                 async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
@@ -261,7 +260,9 @@ async def end_to_end(
            "FLOWSCOPE_JOIN_MERGE_WINDOW": "0.2", "FLOWSCOPE_LOG_LEVEL": "warning",
            "FLOWSCOPE_KUBERNETES_PAGE_SIZE": "1000"}  # fmt: skip
     wrap = ["-m", "cProfile", "-o", profile] if profile else []
-    proc = subprocess.Popen([sys.executable, *wrap, "-m", "flowscope.cli", "enricher"], env=env)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *wrap, "-m", "flowscope.cli", "enricher", env=env
+    )
     try:
         await wait_ready(http_port, proc)
         events = dns_events()
@@ -283,13 +284,13 @@ async def end_to_end(
         for b in batches:
             await js.publish(subjects.raw_flows("node-0"), b.body, headers=b.headers)
         # Done when every expected record is out, or nothing came for 5 s (reported).
-        while got < expected and time.perf_counter() - last < 5:
+        while got < expected and time.perf_counter() - last < 5:  # noqa: ASYNC110 - counter
             await asyncio.sleep(0.05)
         cpu, wall = cpu_seconds(proc.pid) - cpu0, last - wall0
         return total / cpu, total / wall, got
     finally:
         proc.terminate()
-        proc.wait(30)
+        await asyncio.wait_for(proc.wait(), 30)
         await nc.close()
         await fake.stop()
 

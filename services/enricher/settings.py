@@ -121,7 +121,7 @@ class ConsumerSettings:
 
     durable: str = setting(
         "enricher",
-        "durable consumer name shared by all replicas (suffixed -flows and -dns)",
+        "durable consumer name shared by all replicas (suffixed -flows, -dns and -sockets)",
         parse=_durable,
     )
     batch: int = setting(64, "raw messages fetched per pull request", parse=_count)
