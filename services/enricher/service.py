@@ -41,8 +41,10 @@ async def serve_in_process(settings: Settings) -> int:
     return await serve("enricher", settings.runtime, lambda rt: body(rt, settings))
 
 
-def kubeconfig_path(settings: Settings, env: dict[str, str] | None = None) -> str | None:
-    """The kubeconfig to use: the setting, else KUBECONFIG, else ~/.kube/config if present."""
+def kubeconfig_path(
+    settings: Settings, env: dict[str, str] | None = None, *, home: bool = True
+) -> str | None:
+    """The kubeconfig to use: the setting, else KUBECONFIG, else (``home``) ~/.kube/config."""
     env = dict(os.environ) if env is None else env
     if settings.kubeconfig:
         if not Path(settings.kubeconfig).is_file():
@@ -52,7 +54,7 @@ def kubeconfig_path(settings: Settings, env: dict[str, str] | None = None) -> st
         if candidate and Path(candidate).is_file():
             return candidate
     default = Path.home() / ".kube" / "config"
-    return str(default) if default.is_file() else None
+    return str(default) if home and default.is_file() else None
 
 
 def in_cluster(env: dict[str, str] | None = None) -> bool:
@@ -65,8 +67,9 @@ async def kube_client(settings: Settings) -> Any | None:
     mode = settings.kubernetes.mode
     if mode == "local":
         return None
-    path = kubeconfig_path(settings)
+    # --kubeconfig, else KUBECONFIG, else in-cluster, else ~/.kube/config.
     cluster = in_cluster()
+    path = kubeconfig_path(settings, home=not cluster)
     if path is None and not cluster:
         if mode == "kubernetes":
             raise StartupError("kubernetes", "no kubeconfig and not running in a cluster")
@@ -76,7 +79,7 @@ async def kube_client(settings: Settings) -> Any | None:
 
     configuration = client.Configuration()
     try:
-        if path is not None and (settings.kubeconfig or not cluster):
+        if path is not None:
             await config.load_kube_config(
                 config_file=path, client_configuration=configuration, persist_config=False
             )
