@@ -9,7 +9,7 @@ counters are one report's counters.
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.enricher.test_enriching import A, B, enricher, flow, sock
@@ -38,6 +38,7 @@ def report(node: str, flipped: bool, s: dict) -> dict:
                 rbytes=ab_b, rpackets=ab_p)  # fmt: skip
 
 
+@settings(deadline=None, max_examples=200)  # no timing: CI machines are shared
 @given(scenario())
 def test_no_interleaving_doubles_or_loses_counters(s: dict) -> None:
     replicas = [enricher(), enricher()]

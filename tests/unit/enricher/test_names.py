@@ -23,6 +23,7 @@ def answer_chain(qname: str, cnames: list[str], address: str, ttl: int) -> list[
     return [*chain, {"name": previous, "type": kind, "ttl": ttl, "data": address}]
 
 
+@settings(deadline=None)
 @given(client=clients, qname=names, cnames=st.lists(names, max_size=4), address=addresses,
        ttl=ttls)  # fmt: skip
 def test_cname_chain_folds_to_the_question_name(
@@ -35,6 +36,7 @@ def test_cname_chain_folds_to_the_question_name(
         assert cache.lookup(other, address) is None  # per client
 
 
+@settings(deadline=None)
 @given(ttl=ttls, ttl_min=st.integers(0, 600), ttl_max=st.integers(1, 7200))
 def test_lifetime_is_the_ttl_clamped_to_floor_and_cap(ttl: int, ttl_min: int, ttl_max: int) -> None:
     clock = Clock()
@@ -50,7 +52,7 @@ def test_lifetime_is_the_ttl_clamped_to_floor_and_cap(ttl: int, ttl_min: int, tt
     assert cache.lookup("10.1.0.1", "192.0.2.1") is None
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(ops=st.lists(st.tuples(clients, names, addresses), min_size=1, max_size=60),
        bound=st.integers(1, 10))  # fmt: skip
 def test_lru_bound_holds_and_recent_entries_survive(
