@@ -262,3 +262,29 @@ async def test_changes_through_the_api_show_in_later_records(env: Env) -> None:
     assert subject_of(env, late) == "flowscope.flows.batch.batch"
     node3 = await one(env, **{"source.port": 46002})
     assert (node3["destination.kind"], node3["destination.k8s.node.name"]) == ("node", "node-3")
+
+
+async def test_api_outage_keeps_metadata_reports_staleness_and_recovers(env: Env) -> None:
+    rt = env.replica.rt
+
+    def kubernetes_check() -> tuple[bool, str]:
+        return rt.health.checks["kubernetes"]
+
+    await env.fake.stop()
+    async with asyncio.timeout(15):
+        while "unreachable" not in kubernetes_check()[1]:  # noqa: ASYNC110 - health polling
+            await asyncio.sleep(0.1)
+    assert kubernetes_check()[0] is True  # still serving the last known metadata
+    assert (
+        rt.registry.get_sample_value("flowscope_enricher_kubernetes_staleness_seconds") or 0
+    ) > 0
+    await send(env, "node-1", flows=[raw_flow("node-1", WEB, DB_SVC, 47000, 5432, initiator=True)])
+    rec = await one(env, **{"source.port": 47000})
+    assert rec["source.k8s.pod.name"] == "web-5d-x" and rec["destination.k8s.service.name"] == "db"
+    await env.fake.start()  # the API returns, with a change made meanwhile
+    env.fake.add("pods", cluster.pod("after-outage", ips=("10.1.0.77",), node="node-1"))
+    async with asyncio.timeout(20):
+        while kubernetes_check()[1] != "synced":  # noqa: ASYNC110 - health polling
+            await asyncio.sleep(0.1)
+    await send(env, "node-1", flows=[raw_flow("node-1", "10.1.0.77", DB_SVC, 47001, 5432)])
+    assert (await one(env, **{"source.port": 47001}))["source.k8s.pod.name"] == "after-outage"
