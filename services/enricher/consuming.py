@@ -34,6 +34,7 @@ from flowscope.core.errors import CodecError, RecordError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.enricher.enriching import Enricher, Output
 from flowscope.enricher.metrics import Metrics
+from flowscope.enricher.publishing import AckedPublisher, cancel_all
 from flowscope.enricher.settings import ConsumerSettings, JoinSettings
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -76,6 +77,7 @@ class Pipeline:
         self.join = join
         self.bad_log = RateLimitedLog(log)
         self.max_bytes = max(nc.max_payload - PAYLOAD_HEADROOM, 1024)
+        self.publisher = AckedPublisher(nc)
 
     # ------------------------------------------------------------ work
 
@@ -111,9 +113,9 @@ class Pipeline:
     async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> bool:
         """Publish every subject's records to JetStream; True once all are stored.
 
-        Publishes are pipelined (``publish_async``: one shared reply subscription, no
-        round trip each) and their acknowledgements awaited together, bounded by
-        ``PUBLISH_TIMEOUT``.
+        Publishes are pipelined (:class:`AckedPublisher`: one shared reply
+        subscription, no round trip each) and their acknowledgements awaited together,
+        bounded by ``PUBLISH_TIMEOUT``.
         """
         seq = msg.metadata.sequence.stream
         acks: list[asyncio.Future[Any]] = []
@@ -127,11 +129,10 @@ class Pipeline:
                 for n, batch in enumerate(chunks):
                     headers = dict(batch.headers)
                     headers[MSG_ID_HEADER] = f"enricher:{schema.name}:{seq}:{subject}:{n}"
-                    acks.append(await self.js.publish_async(subject, batch.body, headers=headers))
+                    acks.append(await self.publisher.publish(subject, batch.body, headers))
             await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
-        except Exception as e:  # timeouts, no responders, stream errors: retry the batch
-            for ack in acks:
-                ack.cancel()
+        except Exception as e:  # timeouts, no stream, stream errors: retry the batch
+            cancel_all(acks)
             self.bad_log.warning("publish", "publishing enriched records failed", error=repr(e))
             return False
         return True

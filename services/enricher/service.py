@@ -122,6 +122,8 @@ async def body(rt: Runtime, settings: Settings) -> None:
     js = nc.jetstream()
     await messaging.ensure_streams(js, settings.nats)
     pipeline = consuming.Pipeline(nc, enricher, metrics, join)
+    await pipeline.publisher.start()
+    rt.stack.push_async_callback(pipeline.publisher.close)
     rt.health.set("consumers", False, "waiting for join state and metadata")
 
     rt.health.set("state", False, "replaying socket and DNS events")
