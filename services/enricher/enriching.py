@@ -76,6 +76,9 @@ _ANSWER_REQUIRED = (("name", str), ("type", str), ("ttl", int), ("data", str))
 def check_dns(record: Any, index: int) -> RawDns:
     """A checked raw DNS exchange (the fast equivalent of ``RawDns.from_wire``)."""
     check(record, "raw.dns", index, _DNS_REQUIRED, _DNS_OPTIONAL)
+    if not (0 <= record["client_port"] <= 65535 and 0 <= record["server_port"] <= 65535
+            and 0 <= record.get("proto", 17) <= 255):  # fmt: skip
+        raise RecordError("raw.dns", index, "proto or port out of range")
     answers = record.get("answers", [])
     for answer in answers:
         check(answer, "dns.answer", index, _ANSWER_REQUIRED)
@@ -211,6 +214,9 @@ class Enricher:
         event = check(record, "raw.socket", i, _SOCKET_REQUIRED, _SOCKET_OPTIONAL)
         if event["event"] not in SOCKET_EVENTS:
             raise RecordError("raw.socket", i, f"unknown event {event['event']!r}")
+        if not (0 <= event["proto"] <= 255 and 0 <= event["sport"] <= 65535
+                and 0 <= event["dport"] <= 65535):  # fmt: skip
+            raise RecordError("raw.socket", i, "proto or port out of range")
         event["src"] = self._address(event["src"], "raw.socket", i, "src")[0]
         if event["dst"]:
             event["dst"] = self._address(event["dst"], "raw.socket", i, "dst")[0]
@@ -301,6 +307,11 @@ class Enricher:
             check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
         if reason not in END_REASONS:
             raise RecordError("raw.flow", i, f"unknown end_reason {reason!r}")
+        if not (
+            0 <= proto <= 255 and 0 <= sport <= 65535 and 0 <= dport <= 65535
+            and 0 <= flags <= 255 and min(fwd_b, fwd_p, rev_b, rev_p) >= 0
+        ):  # fmt: skip
+            raise RecordError("raw.flow", i, "proto, port, flag or counter out of range")
         addresses = self._addresses
         src_found = addresses.get(src_text) or self._address(src_text, "raw.flow", i, "src")
         dst_found = addresses.get(dst_text) or self._address(dst_text, "raw.flow", i, "dst")

@@ -123,7 +123,8 @@ def test_icmp_ports_reported_as_zero_ipv6_canonical() -> None:
 @pytest.mark.parametrize(
     "change",
     [{"bytes": "1"}, {"src": "not-an-ip"}, {"end_reason": "bored"}, {"observer": None},
-     {"initiator": 1}, {"proto": 6.0}],
+     {"initiator": 1}, {"proto": 6.0}, {"proto": 300}, {"sport": 70000}, {"dport": -1},
+     {"bytes": -5}, {"tcp_flags": 256}],
 )  # fmt: skip
 def test_bad_records_returned_not_raised(change: dict) -> None:
     e = enricher()
