@@ -103,13 +103,23 @@ def _meta(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     return meta
 
 
+def _items(value: Any) -> list[Any]:
+    """A JSON list field, or nothing when it is missing or not a list."""
+    return value if isinstance(value, list) else []
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    """A JSON object field, or an empty one when it is missing or not an object."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _strings(values: Any) -> list[str]:
     return [v for v in values if isinstance(v, str) and v] if isinstance(values, list) else []
 
 
 def _owner(meta: Mapping[str, Any]) -> OwnerRef | None:
     """The controller owner reference (``controller: true``), else the first one."""
-    refs = [r for r in meta.get("ownerReferences") or () if isinstance(r, Mapping)]
+    refs = [r for r in _items(meta.get("ownerReferences")) if isinstance(r, Mapping)]
     refs = [r for r in refs if isinstance(r.get("kind"), str) and isinstance(r.get("name"), str)]
     if not refs:
         return None
@@ -125,32 +135,26 @@ def strip_container_id(raw: str) -> str:
     return raw
 
 
-def key_of(obj: Mapping[str, Any]) -> tuple[str, str]:
-    """(namespace, name) of a raw object, for deletes; OddObject when unnamed."""
-    meta = _meta(obj, str(obj.get("kind", "object")))
-    return str(meta.get("namespace") or ""), meta["name"]
-
-
 def pod_from_json(obj: Mapping[str, Any], label_keys: tuple[str, ...]) -> Pod:
     meta = _meta(obj, "Pod")
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
         raise OddObject("Pod", "spec/status is not an object")
-    ips = _strings([p.get("ip") for p in status.get("podIPs") or () if isinstance(p, Mapping)])
+    ips = _strings([p.get("ip") for p in _items(status.get("podIPs")) if isinstance(p, Mapping)])
     if not ips and isinstance(status.get("podIP"), str) and status["podIP"]:
         ips = [status["podIP"]]
     containers = tuple(
         _intern(c["name"])
-        for c in spec.get("containers") or ()
+        for c in _items(spec.get("containers"))
         if isinstance(c, Mapping) and isinstance(c.get("name"), str)
     )
     ids: dict[str, str] = {}
     for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
-        for cs in status.get(key) or ():
+        for cs in _items(status.get(key)):
             if isinstance(cs, Mapping) and isinstance(cs.get("containerID"), str):
                 ids[strip_container_id(cs["containerID"])] = _intern(str(cs.get("name", "")))
-    labels = meta.get("labels") or {}
+    labels = _object(meta.get("labels"))
     return Pod(
         namespace=_intern(str(meta.get("namespace") or "default")),
         name=meta["name"],
@@ -176,20 +180,18 @@ def service_from_json(obj: Mapping[str, Any]) -> Service:
     ips = _strings(spec.get("clusterIPs")) or _strings([spec.get("clusterIP")])
     ips = [ip for ip in ips if ip != "None"]  # headless services have no virtual IP
     ips += _strings(spec.get("externalIPs"))
-    lb = status.get("loadBalancer") or {}
-    ingress = lb.get("ingress") if isinstance(lb, Mapping) else None
-    ips += _strings([i.get("ip") for i in ingress or () if isinstance(i, Mapping)])
+    ingress = _items(_object(status.get("loadBalancer")).get("ingress"))
+    ips += _strings([i.get("ip") for i in ingress if isinstance(i, Mapping)])
     return Service(_intern(str(meta.get("namespace") or "default")), meta["name"], tuple(ips))
 
 
 def node_from_json(obj: Mapping[str, Any]) -> Node:
     meta = _meta(obj, "Node")
-    status = obj.get("status") or {}
-    addresses = status.get("addresses") if isinstance(status, Mapping) else None
+    addresses = _items(_object(obj.get("status")).get("addresses"))
     ips = _strings(
         [
             a.get("address")
-            for a in addresses or ()
+            for a in addresses
             if isinstance(a, Mapping) and a.get("type") in ("InternalIP", "ExternalIP")
         ]
     )
@@ -209,12 +211,11 @@ def workload_from_json(kind: str) -> Callable[[Mapping[str, Any]], Workload]:
 
 def endpointslice_from_json(obj: Mapping[str, Any]) -> EndpointSlice:
     meta = _meta(obj, "EndpointSlice")
-    labels = meta.get("labels") or {}
-    service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, Mapping) else None
+    service = _object(meta.get("labels")).get(SERVICE_NAME_LABEL)
     if not isinstance(service, str) or not service:
         raise OddObject("EndpointSlice", f"label {SERVICE_NAME_LABEL} missing")
     addresses: list[str] = []
-    for ep in obj.get("endpoints") or ():
+    for ep in _items(obj.get("endpoints")):
         if isinstance(ep, Mapping):
             addresses += _strings(ep.get("addresses"))
     namespace = _intern(str(meta.get("namespace") or "default"))
