@@ -37,6 +37,7 @@ from flowscope.core.logs import RateLimitedLog
 from flowscope.enricher import objects
 from flowscope.enricher.inventory import Inventory, Obj, object_key
 from flowscope.enricher.metrics import Metrics
+from kubernetes_asyncio.client.exceptions import ApiException
 
 log = logging.getLogger("flowscope.enricher.kubernetes")
 
@@ -153,7 +154,7 @@ class Informer:
             except Expired:
                 self.metrics.relists.labels(name, "expired").inc()
                 self.version = None
-            except (aiohttp.ClientError, OSError, TimeoutError, ApiError) as e:
+            except (aiohttp.ClientError, OSError, TimeoutError, ApiError, ApiException) as e:
                 self.metrics.informer_errors.labels(name).inc()
                 self.health.failed(name)
                 self.bad_log.warning(f"api-{name}", "Kubernetes API request failed",
