@@ -8,6 +8,7 @@ creates the streams idempotently (or updates their retention when they exist).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
@@ -162,19 +163,32 @@ def connect_options(settings: NatsSettings, name: str, metrics: NatsMetrics) -> 
 async def connect(
     settings: NatsSettings, name: str, registry: CollectorRegistry, *, retry: bool = True
 ) -> NATS:
-    """Connect to NATS; with ``retry``, keep trying (logged) until it answers.
+    """Connect to NATS; with ``retry``, keep trying (logged, capped backoff) until it answers.
 
-    Without ``retry`` an unreachable server is a :class:`StartupError` (exit 2).
+    Without ``retry`` an unreachable server is a :class:`StartupError` (exit 2). Once
+    connected, the client reconnects by itself forever.
     """
     metrics = NatsMetrics.create(registry)
+    # A bounded initial attempt (nats-py would otherwise loop silently forever on an
+    # unreachable server); our loop below retries with logging. Once connected, the
+    # client reconnects by itself without limit.
     opts = connect_options(settings, name, metrics)
-    if retry:
-        # nats-py retries the initial connection too when this is set.
-        opts["retry_on_failed_connect"] = True
-    try:
-        nc = await nats.connect(**opts)
-    except Exception as e:  # nats-py raises a variety of errors for "unreachable"
-        raise StartupError("nats", f"cannot connect to {settings.url}: {e}") from e
+    opts.update(allow_reconnect=False, max_reconnect_attempts=1)
+    delay = 0.1
+    while True:
+        try:
+            nc = await nats.connect(**opts)
+            nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1)
+            break
+        except Exception as e:  # nats-py raises a variety of errors for "unreachable"
+            if not retry:
+                raise StartupError("nats", f"cannot connect to {settings.url}: {e}") from e
+            log.warning(
+                "NATS unreachable; retrying",
+                extra={"url": settings.url, "error": str(e) or type(e).__name__, "retry_in": delay},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.reconnect_wait_max)
     metrics.connected.set(1)
     log.info("NATS connected", extra={"url": nc.connected_url.netloc if nc.connected_url else ""})
     return nc
