@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.js.api import StreamConfig
-from prometheus_client import CollectorRegistry
-
 from flowscope.core import messaging, subjects
 from flowscope.core.errors import StartupError
 from flowscope.core.messaging import NatsSettings
+from nats.js.api import StreamConfig
+from prometheus_client import CollectorRegistry
+
 from tests.support import nats_server
 
 

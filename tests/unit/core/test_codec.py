@@ -6,12 +6,11 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from flowscope.core import codec
 from flowscope.core.errors import CodecError, SchemaMismatchError
 from flowscope.core.records import RawFlow
+from hypothesis import given
+from hypothesis import strategies as st
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from flowscope.core.community_id import community_id
 
 VECTORS = json.loads((Path(__file__).parent / "community_id_vectors.json").read_text())

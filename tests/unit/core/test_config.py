@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from flowscope.core import config
 from flowscope.core.config import section, setting
 from flowscope.core.errors import ConfigError
@@ -105,7 +104,7 @@ def test_file_problems(tmp_path: Path) -> None:
         config.load(Sample, {"__config": str(bad)}, env={})
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("inner:\n  colour: red\n")
-    with pytest.raises(ConfigError, match="inner.colour"):
+    with pytest.raises(ConfigError, match=r"inner\.colour"):
         config.load(Sample, {"__config": str(unknown)}, env={})
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("42\n")
@@ -113,7 +112,7 @@ def test_file_problems(tmp_path: Path) -> None:
         config.load(Sample, {"__config": str(scalar)}, env={})
     typed = tmp_path / "typed.yaml"
     typed.write_text("inner:\n  size: [1]\n")
-    with pytest.raises(ConfigError, match="inner.size"):
+    with pytest.raises(ConfigError, match=r"inner\.size"):
         config.load(Sample, {"__config": str(typed)}, env={})
 
 

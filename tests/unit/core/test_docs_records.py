@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
 from flowscope.core import records
 
 DOC = (Path(__file__).parents[3] / "docs" / "records.md").read_text()

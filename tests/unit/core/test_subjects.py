@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from flowscope.core import subjects
 from hypothesis import given
 from hypothesis import strategies as st
-
-from flowscope.core import subjects
 
 
 def test_node_names_are_one_token() -> None:
