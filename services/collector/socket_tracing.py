@@ -133,7 +133,7 @@ def check_layout(fields: list[tuple[str, str]]) -> None:
     ``fields`` are (name, C type) in declaration order as bcc derived them from the
     compiled program. A difference means abi.py and flowscope_abi.h disagree.
     """
-    mirror = [(name, ctypes.sizeof(ctype)) for name, ctype in SocketEvent._fields_]
+    mirror = [(field[0], ctypes.sizeof(field[1])) for field in SocketEvent._fields_]
     derived = [(name, _c_size(ctype)) for name, ctype in fields]
     if derived != mirror:
         raise StartupError(
