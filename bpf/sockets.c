@@ -26,7 +26,7 @@
 #define FS_UDP_PEERS_MAX 65536
 #endif
 #ifndef FS_RINGBUF_PAGES
-#define FS_RINGBUF_PAGES 64
+#define FS_RINGBUF_PAGES 512
 #endif
 
 /* Spelled out rather than included: kernel headers and bcc's bpf.h clash on some. */
@@ -303,28 +303,36 @@ int fs_so_ops(struct bpf_sock_ops *ctx)
  * anything that is not UDP, and report each (socket, peer) once. */
 static __always_inline int udp_peer(struct __sk_buff *skb, int egress)
 {
+    /* Cheapest test first: the socket's protocol, without touching the packet
+     * (protocol is only readable on a full socket, hence bpf_sk_fullsock). */
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return 1;
+    sk = bpf_sk_fullsock(sk);
+    if (!sk || sk->protocol != FS_IPPROTO_UDP)
+        return 1;
     u8 saddr[16] = {}, daddr[16] = {};
     u16 ports[2];
-    u8 family, proto;
+    u8 family;
     if (skb->protocol == bpf_htons(FS_ETH_P_IP)) {
-        u8 vihl;
-        u16 frag;
-        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1) ||
-            bpf_skb_load_bytes(skb, 6, &frag, 2))
+        u8 h[20]; /* the fixed IPv4 header, in one helper call */
+        if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
             return 1;
-        if (proto != FS_IPPROTO_UDP || (frag & bpf_htons(0x1fff)))
+        if (h[9] != FS_IPPROTO_UDP || (h[6] & 0x1f) || h[7])
             return 1; /* not UDP, or a later fragment without the UDP header */
-        if (bpf_skb_load_bytes(skb, 12, saddr, 4) || bpf_skb_load_bytes(skb, 16, daddr, 4) ||
-            bpf_skb_load_bytes(skb, (vihl & 0xf) * 4, ports, 4))
+        __builtin_memcpy(saddr, h + 12, 4);
+        __builtin_memcpy(daddr, h + 16, 4);
+        if (bpf_skb_load_bytes(skb, (h[0] & 0xf) * 4, ports, 4))
             return 1;
         family = FS_AF_INET;
     } else if (skb->protocol == bpf_htons(FS_ETH_P_IPV6)) {
         /* UDP directly after the fixed header; extension headers are not followed. */
-        if (bpf_skb_load_bytes(skb, 6, &proto, 1) || proto != FS_IPPROTO_UDP)
+        u8 h[44]; /* fixed header and the UDP ports */
+        if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) || h[6] != FS_IPPROTO_UDP)
             return 1;
-        if (bpf_skb_load_bytes(skb, 8, saddr, 16) || bpf_skb_load_bytes(skb, 24, daddr, 16) ||
-            bpf_skb_load_bytes(skb, 40, ports, 4))
-            return 1;
+        __builtin_memcpy(saddr, h + 8, 16);
+        __builtin_memcpy(daddr, h + 24, 16);
+        __builtin_memcpy(ports, h + 40, 4);
         family = FS_AF_INET6;
     } else {
         return 1;

@@ -165,7 +165,7 @@ class SocketTracer:
         registry: prometheus_client.CollectorRegistry,
         cgroup_path: str = "/sys/fs/cgroup",
         *,
-        ringbuf_pages: int = 64,
+        ringbuf_pages: int = 512,
         owners_max: int = 65536,
     ) -> None:
         self.observer = observer
@@ -204,7 +204,11 @@ class SocketTracer:
         )
 
     def open(self) -> None:
-        """Compile, check the ABI, attach every program. Raises StartupError."""
+        """Compile, check the ABI, attach every program. Raises StartupError.
+
+        May be called again after :meth:`close`.
+        """
+        self.program_ids = []
         try:
             self._cgroup_fd = self._open_cgroup()
             self._bpf = self._compile()
