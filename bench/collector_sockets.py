@@ -130,10 +130,19 @@ def one_round(work: Callable[[], int]) -> float:
 def bench_sockets() -> None:
     """Rounds alternate without/with the tracer, so machine noise hits both alike."""
     import prometheus_client
+    from bcc import BPF
     from bcc.libbcc import lib
-    from flowscope.collector.containers import ContainerResolver
+    from flowscope.collector import cgroup_links
+    from flowscope.collector.containers import ContainerResolver, find_cgroup2_root
     from flowscope.collector.socket_tracing import SocketTracer
 
+    # Baseline for the per-program figures: an empty cgroup skb program on the egress hook,
+    # attached for the whole run (so it is in both the "without" and "with" rounds).
+    noop = BPF(text=b"int fsb_noop(struct __sk_buff *skb) { return 1; }")
+    noop_fd = noop.load_func(b"fsb_noop", BPF.CGROUP_SKB, attach_type=1).fd
+    root_fd = os.open(find_cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    noop_link = cgroup_links.link_create(noop_fd, root_fd, 1)  # BPF_CGROUP_INET_EGRESS
+    noop_id = cgroup_links.prog_info(noop_fd).id
     tcp, udp = tcp_rounds(300), udp_rounds(2000)
     registry = prometheus_client.CollectorRegistry()
     tracer = SocketTracer("bench", ContainerResolver(), registry)
@@ -152,7 +161,7 @@ def bench_sockets() -> None:
             events += len(tracer.poll(0))
             on["udp"].append(one_round(udp))
             events += len(tracer.poll(0)) + len(tracer.poll(0))
-            for name, (run_ns, runs) in program_stats(tracer.program_ids).items():
+            for name, (run_ns, runs) in program_stats([*tracer.program_ids, noop_id]).items():
                 total_ns, total_runs = stats.get(name, (0, 0))
                 stats[name] = (total_ns + run_ns, total_runs + runs)
             tracer.close()
@@ -160,6 +169,9 @@ def bench_sockets() -> None:
         if stats_fd >= 0:
             os.close(stats_fd)
         tracer.close()
+        os.close(noop_link)
+        os.close(root_fd)
+        noop.cleanup()
     print(f"Socket owners (loopback, this process; median of {ROUNDS} alternating rounds):")
     for kind, label in (("tcp", "TCP connect+accept+close"), ("udp", "UDP sendto+recvfrom")):
         without, with_ = statistics.median(off[kind]), statistics.median(on[kind])
