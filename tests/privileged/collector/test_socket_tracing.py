@@ -277,3 +277,32 @@ def test_listener_older_than_tracer_gives_pid_0_and_close_detaches_everything(
     finally:
         tracer.close()
         os.close(root_fd)
+
+
+def test_full_ring_buffer_losses_are_counted(namespaces: None) -> None:
+    """A one-page ring buffer that nobody reads overflows: the loss shows in the metric."""
+    import socket
+
+    registry = prometheus_client.CollectorRegistry()
+    tracer = SocketTracer("test-node", ContainerResolver(), registry, ringbuf_pages=1)
+    tracer.open()
+    try:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        connections = 50
+        for _ in range(connections):  # connect, accept and two closes each
+            client = socket.create_connection(server.getsockname())
+            accepted, _ = server.accept()
+            client.close()
+            accepted.close()
+        port = server.getsockname()[1]
+        server.close()
+        time.sleep(0.2)  # let the TIME_WAIT side's CLOSE callbacks run
+        events = tracer.poll(0) + tracer.poll(0)
+    finally:
+        tracer.close()
+    ours = [e for e in events if port in (e.sport, e.dport)]
+    lost = registry.get_sample_value("flowscope_collector_socket_events_lost_total")
+    assert lost is not None and lost > 0
+    assert lost >= 4 * connections - len(ours)
