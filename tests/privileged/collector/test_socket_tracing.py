@@ -306,3 +306,47 @@ def test_full_ring_buffer_losses_are_counted(namespaces: None) -> None:
     lost = registry.get_sample_value("flowscope_collector_socket_events_lost_total")
     assert lost is not None and lost > 0
     assert lost >= 4 * connections - len(ours)
+
+
+TRACER_PROCESS = """
+import sys, time, prometheus_client
+from flowscope.collector.containers import ContainerResolver
+from flowscope.collector.socket_tracing import SocketTracer
+tracer = SocketTracer("killed", ContainerResolver(), prometheus_client.CollectorRegistry())
+tracer.open()
+print(" ".join(map(str, tracer.program_ids)), flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigkilled_tracer_leaves_nothing_attached(namespaces: None) -> None:
+    """BPF links die with their process: SIGKILL, and the root cgroup is clean."""
+    from flowscope.collector import cgroup_links
+    from flowscope.collector.containers import find_cgroup2_root
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRACER_PROCESS], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    ids = {int(word) for word in proc.stdout.readline().split()}
+    root_fd = os.open(find_cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+
+        def attached_ids() -> set[int]:
+            return {
+                entry.prog_id
+                for p in PROGRAMS
+                for entry in cgroup_links.attached(root_fd, p.attach_type)
+            }
+
+        assert len(ids) == len(PROGRAMS) and ids <= attached_ids()
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while ids & attached_ids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not ids & attached_ids()
+    finally:
+        os.close(root_fd)
+        if proc.poll() is None:
+            proc.kill()
