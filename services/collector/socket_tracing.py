@@ -232,7 +232,6 @@ class SocketTracer:
         except BaseException:
             self.close()
             raise
-        self._offset_ns = realtime_offset_ns()
 
     def poll(self, timeout_ms: int) -> list[RawSocket]:
         """Wait up to ``timeout_ms`` for events; returns those read (possibly none)."""
@@ -240,6 +239,7 @@ class SocketTracer:
             raise RuntimeError("SocketTracer.poll() before open()")
         self._bpf.ring_buffer_poll(timeout_ms)
         raw, self._raw = self._raw, []
+        self._offset_ns = realtime_offset_ns()  # follows clock steps (NTP) between polls
         self._count_lost()
         return [event for data in raw if (event := self._convert(data)) is not None]
 
