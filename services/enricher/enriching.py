@@ -506,8 +506,11 @@ def _initiated(this: SocketOwner | None, other: SocketOwner | None) -> bool:
 
 
 def _put_process(wire: dict[str, Any], prefix: str, proc: SocketOwner) -> None:
-    wire[prefix + "process.pid"] = proc.pid
-    wire[prefix + "process.executable.name"] = proc.comm
+    """The process keys of one end. pid 0 means the collector saw the socket but not
+    its owner (a listener older than the collector): the event still orients the flow."""
+    if proc.pid > 0:
+        wire[prefix + "process.pid"] = proc.pid
+        wire[prefix + "process.executable.name"] = proc.comm
     if proc.container_id:
         wire[prefix + "container.id"] = proc.container_id
 

@@ -205,3 +205,11 @@ def test_fast_dns_check_agrees_with_the_contract(record: Any) -> None:
             check_dns(record, 0)
         return
     assert check_dns(record, 0) == expected
+
+
+def test_socket_without_known_owner_orients_but_names_no_process() -> None:
+    e = enricher()
+    e.learn_sockets([{**sock("node-1", "accept", A, 80, B, 40000, 0), "comm": ""}])
+    rec = only(e, [flow("node-1", A, B, 80, 40000)])
+    assert rec["flow.direction"] == "forward" and rec["source.address"] == B
+    assert "destination.process.pid" not in rec and "destination.process.executable.name" not in rec
