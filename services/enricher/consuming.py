@@ -35,7 +35,7 @@ from flowscope.core.logs import RateLimitedLog
 from flowscope.enricher.enriching import Enricher, Output
 from flowscope.enricher.metrics import Metrics
 from flowscope.enricher.publishing import AckedPublisher, cancel_all
-from flowscope.enricher.settings import ConsumerSettings, JoinSettings
+from flowscope.enricher.settings import ConsumerSettings
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -69,12 +69,11 @@ WORK = (
 class Pipeline:
     """Decoding, enriching, publishing and acknowledging raw messages."""
 
-    def __init__(self, nc: NATS, enricher: Enricher, metrics: Metrics, join: JoinSettings) -> None:
+    def __init__(self, nc: NATS, enricher: Enricher, metrics: Metrics) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.enricher = enricher
         self.metrics = metrics
-        self.join = join
         self.bad_log = RateLimitedLog(log)
         self.max_bytes = max(nc.max_payload - PAYLOAD_HEADROOM, 1024)
         self.publisher = AckedPublisher(nc)

@@ -121,7 +121,7 @@ async def body(rt: Runtime, settings: Settings) -> None:
     rt.stack.push_async_callback(_close_nats, nc)
     js = nc.jetstream()
     await messaging.ensure_streams(js, settings.nats)
-    pipeline = consuming.Pipeline(nc, enricher, metrics, join)
+    pipeline = consuming.Pipeline(nc, enricher, metrics)
     await pipeline.publisher.start()
     rt.stack.push_async_callback(pipeline.publisher.close)
     rt.health.set("consumers", False, "waiting for join state and metadata")

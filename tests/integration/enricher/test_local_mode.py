@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from flowscope.core import codec, records, subjects
 from flowscope.enricher.local import local_addresses
 from nats.aio.client import Client as NATS
@@ -57,4 +59,15 @@ async def test_local_mode_host_external_process_and_dns(
     assert rec["network.type"] == "ipv4" and rec["network.transport"] == "tcp"
     assert rec["flow.tcp.flags.tags"] == ["SYN", "ACK"]
     assert rec["flow.community_id"].startswith("1:")
+    registry = replica.rt.registry
+    lag = ("flowscope_enricher_consumer_pending", {"consumer": "flow"})
+    async with asyncio.timeout(10):  # the upkeep loop reads consumer info every 2 s
+        while registry.get_sample_value(*lag) is None:  # noqa: ASYNC110 - metric polling
+            await asyncio.sleep(0.1)
+    assert registry.get_sample_value(*lag) == 0
+    assert registry.get_sample_value("flowscope_enricher_lookups_total", {"result": "host"}) == 1
+    assert (
+        registry.get_sample_value("flowscope_enricher_process_joins_total", {"result": "hit"}) == 1
+    )
+    assert registry.get_sample_value("flowscope_enricher_dns_joins_total", {"result": "hit"}) == 1
     assert await replica.stop() == 0
