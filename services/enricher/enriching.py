@@ -234,9 +234,22 @@ class Enricher:
                 bad.append((record, e))
                 continue
             self.observers.saw(dns.observer, now)
-            answers = [a for a in dns.answers if _valid_answer(a)]
-            self.names.learn(client, dns.qname, answers)
+            self.names.learn(client, dns.qname, self._address_answers(dns.answers))
         return bad
+
+    def _address_answers(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A/AAAA answers with canonical addresses (flows carry canonical text);
+        answers whose data is not an address are left out."""
+        out = []
+        for answer in answers:
+            if answer["type"] not in ("A", "AAAA"):
+                continue
+            try:
+                canonical = self._address(answer["data"], "raw.dns", 0, "answer")[0]
+            except RecordError:
+                continue
+            out.append({**answer, "data": canonical})
+        return out
 
     # ------------------------------------------------------------ flows
 
@@ -317,6 +330,8 @@ class Enricher:
         dst_found = addresses.get(dst_text) or self._address(dst_text, "raw.flow", i, "dst")
         src, network = src_found
         dst = dst_found[0]
+        if dst_found[1] != network:
+            raise RecordError("raw.flow", i, "src and dst are of different address families")
         self.observers.saw(observer, now)
         resolve = self.resolver.resolve
         lookups = tally.lookups
@@ -522,14 +537,3 @@ def _readdressed(ident: Identity, address: str) -> Identity:
     source["source.address"] = address
     destination["destination.address"] = address
     return Identity(ident.kind, ident.token, ident.home, source, destination, ident.pod_uid)
-
-
-def _valid_answer(answer: dict[str, Any]) -> bool:
-    """Address answers must carry an address; anything else is kept for the record only."""
-    if answer.get("type") not in ("A", "AAAA"):
-        return True
-    try:
-        ipaddress.ip_address(answer.get("data", ""))
-    except ValueError:
-        return False
-    return True

@@ -213,3 +213,17 @@ def test_socket_without_known_owner_orients_but_names_no_process() -> None:
     rec = only(e, [flow("node-1", A, B, 80, 40000)])
     assert rec["flow.direction"] == "forward" and rec["source.address"] == B
     assert "destination.process.pid" not in rec and "destination.process.executable.name" not in rec
+
+
+def test_aaaa_answers_match_flows_by_canonical_address() -> None:
+    e = enricher()
+    e.learn_dns([{"observer": "node-1", "time_ns": 1, "id": 1, "qname": "v6.example",
+                  "qtype": "AAAA", "rcode": "NOERROR", "client": "fd00::5", "client_port": 3333,
+                  "server": B, "server_port": 53,
+                  "answers": [{"name": "v6.example", "type": "AAAA", "ttl": 30,
+                               "data": "2001:DB8:0::7"},
+                              {"name": "v6.example", "type": "A", "ttl": 30, "data": "junk"}]}])  # fmt: skip
+    rec = only(e, [flow("node-1", "fd00::5", "2001:db8::7", 40000, 443, initiator=True)])
+    assert rec["destination.domain"] == "v6.example"
+    mixed = e.flows([flow("node-1", A, "2001:db8::7", 40000, 443)])
+    assert len(mixed.bad) == 1 and "address families" in str(mixed.bad[0][1])
