@@ -102,21 +102,15 @@ async def body(rt: Runtime, settings: Settings) -> None:
         )
     metrics = Metrics.create(rt.registry)
     api = await kube_client(settings)
-    resolver: Resolver
     inventory: Inventory | None = None
+    resolver: Resolver
     if api is not None:
         rt.stack.push_async_callback(api.close)
-        inventory = Inventory(settings.kubernetes.deleted_grace)
-        resolver = inventory
+        resolver = inventory = Inventory(settings.kubernetes.deleted_grace)
     else:
         resolver = local.LocalResolver(local.local_addresses())
     join = settings.join
-    enricher = Enricher(
-        resolver,
-        SocketTable(join.socket_max_entries, join.socket_grace),
-        NameCache(join.dns_ttl_min, join.dns_ttl_max, join.dns_max_entries),
-        Observers(join.observer_ttl),
-    )
+    enricher = build_enricher(settings, resolver)
     nc = await messaging.connect(settings.nats, "enricher", rt.registry)
     rt.stack.push_async_callback(_close_nats, nc)
     js = nc.jetstream()
@@ -149,6 +143,17 @@ async def body(rt: Runtime, settings: Settings) -> None:
 
     durables = {w.kind: f"{settings.consumer.durable}-{w.suffix}" for w in consuming.WORK}
     rt.spawn(consuming.upkeep_loop(pipeline, durables, chores, rt.stopping, 2.0), "upkeep")
+
+
+def build_enricher(settings: Settings, resolver: Resolver) -> Enricher:
+    """The join state, sized by the settings, over a metadata source."""
+    join = settings.join
+    return Enricher(
+        resolver,
+        SocketTable(join.socket_max_entries, join.socket_grace),
+        NameCache(join.dns_ttl_min, join.dns_ttl_max, join.dns_max_entries),
+        Observers(join.observer_ttl),
+    )
 
 
 def _start_informers(
