@@ -152,17 +152,17 @@ class Observers:
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl
         self._clock = clock
-        self._seen: dict[str, float] = {}
+        self.seen: dict[str, float] = {}  # node → last raw message (monotonic)
 
     def saw(self, node: str, now: float | None = None) -> None:
-        self._seen[node] = self._clock() if now is None else now
+        self.seen[node] = self._clock() if now is None else now
 
     def active(self, node: str, now: float) -> bool:
-        seen = self._seen.get(node)
+        seen = self.seen.get(node)
         return seen is not None and now - seen < self._ttl
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self.seen)
 
 
 class Enricher:
@@ -279,6 +279,7 @@ class Enricher:
             else:
                 bucket.append(wire)
             tally.records_out += 1
+        tally.process_misses = 2 * (tally.records_in - len(out.bad)) - tally.process_hits
         return out
 
     def _flow(
@@ -332,18 +333,25 @@ class Enricher:
         dst = dst_found[0]
         if dst_found[1] != network:
             raise RecordError("raw.flow", i, "src and dst are of different address families")
-        self.observers.saw(observer, now)
+        self.observers.seen[observer] = now
         resolve = self.resolver.resolve
         lookups = tally.lookups
         src_id = resolve(src)
         dst_id = resolve(dst)
         for kind in (src_id.kind, dst_id.kind):
             lookups[kind if ready or kind != "external" else "unknown"] += 1
-        src_proc = self._process(observer, src_id, proto, src, sport, dst, dport, tally)
-        dst_proc = self._process(observer, dst_id, proto, dst, dport, src, sport, tally)
+        find = self.sockets.find
+        src_proc = find(observer, proto, src, sport, dst, dport)
+        if src_proc is None and src_id.home and src_id.home != observer:
+            src_proc = find(src_id.home, proto, src, sport, dst, dport)
+        dst_proc = find(observer, proto, dst, dport, src, sport)
+        if dst_proc is None and dst_id.home and dst_id.home != observer:
+            dst_proc = find(dst_id.home, proto, dst, dport, src, sport)
         if src_proc is not None:
+            tally.process_hits += 1
             src_id = self._refine(src_id, src_proc)
         if dst_proc is not None:
+            tally.process_hits += 1
             dst_id = self._refine(dst_id, dst_proc)
 
         direction = _FORWARD
