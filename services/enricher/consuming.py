@@ -38,6 +38,7 @@ from flowscope.enricher.publishing import AckedPublisher, cancel_all
 from flowscope.enricher.settings import ConsumerSettings
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -103,11 +104,11 @@ class Pipeline:
             output = Output(bad=self.enricher.check_sockets(records))
             published = True
         if not published:
-            await msg.nak(delay=1.0)
+            await _settle(msg.nak(delay=1.0), "nak", self)
             return
         if output.bad:
             await self._dead_letter_records(kind, schema, msg, output.bad)
-        await msg.ack()
+        await _settle(msg.ack(), "ack", self)
 
     async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> bool:
         """Publish every subject's records to JetStream; True once all are stored.
@@ -150,7 +151,7 @@ class Pipeline:
             self.nc, COMPONENT, msg.subject, msg.headers, msg.data, str(error)
         )
         self.metrics.dead_lettered.inc()
-        await msg.term()
+        await _settle(msg.term(), "term", self)
 
     async def _dead_letter_records(
         self, kind: str, schema: codec.Schema, msg: Msg, bad: list[tuple[Any, RecordError]]
@@ -182,6 +183,15 @@ class Pipeline:
             self.metrics.records_in.labels("socket").inc(len(records))
         else:
             self.enricher.learn_dns(records)
+
+
+async def _settle(reply: Awaitable[None], what: str, pipeline: Pipeline) -> None:
+    """Send an ack/nak/term; when NATS is away it is lost and the message comes back
+    after ``ack_wait`` (its output is deduplicated by ``Nats-Msg-Id``)."""
+    try:
+        await reply
+    except NatsError as e:
+        pipeline.bad_log.warning(f"{what}-failed", f"{what} not sent", error=repr(e))
 
 
 # ---------------------------------------------------------------- consumer set-up
@@ -265,6 +275,10 @@ async def work_loop(
             try:
                 msgs = await sub.fetch(settings.batch, timeout=0.5)
             except (NatsTimeoutError, TimeoutError):
+                continue
+            except NatsError as e:  # disconnected: the client reconnects by itself
+                pipeline.bad_log.warning("fetch", "fetching raw messages failed", error=repr(e))
+                await asyncio.sleep(0.5)
                 continue
             due = time.monotonic() + hold
             for msg in msgs:
