@@ -288,3 +288,14 @@ async def test_api_outage_keeps_metadata_reports_staleness_and_recovers(env: Env
             await asyncio.sleep(0.1)
     await send(env, "node-1", flows=[raw_flow("node-1", "10.1.0.77", DB_SVC, 47001, 5432)])
     assert (await one(env, **{"source.port": 47001}))["source.k8s.pod.name"] == "after-outage"
+
+
+async def test_merge_window_lets_the_other_nodes_socket_event_arrive_first(env: Env) -> None:
+    # The flow report comes first; node-2's socket event only after it, within the window.
+    await send(env, "node-1", flows=[raw_flow("node-1", WEB, DB, 48000, 5432, initiator=True)],
+               sockets=[raw_socket("node-1", "connect", WEB, 48000, DB, 5432, 100, "psql", "c-web")])  # fmt: skip
+    await asyncio.sleep(0.05)
+    await send(env, "node-2",
+               sockets=[raw_socket("node-2", "accept", DB, 5432, WEB, 48000, 200, "postgres", "c-db")])  # fmt: skip
+    rec = await one(env, **{"source.port": 48000})
+    assert (rec["source.process.pid"], rec["destination.process.pid"]) == (100, 200)
