@@ -219,6 +219,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 async def wait_ready(port: int, proc: asyncio.subprocess.Process) -> None:
     async with aiohttp.ClientSession() as http:
         while True:
@@ -265,6 +272,7 @@ async def end_to_end(
     )
     try:
         await wait_ready(http_port, proc)
+        rss_ready = rss_mb(proc.pid)
         events = dns_events()
         for i in range(0, len(events), 500):
             b = codec.encode(codec.RAW_DNS, events[i : i + 500])
@@ -279,6 +287,7 @@ async def end_to_end(
             last = time.perf_counter()
 
         await dns_done(js)  # learned (state feed) and published as DNS records: not timed
+        rss_dns = rss_mb(proc.pid)
         await nc.subscribe(subjects.FLOWS_ALL, cb=on_message, pending_bytes_limit=1 << 30)
         cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
         for b in batches:
@@ -287,6 +296,8 @@ async def end_to_end(
         while got < expected and time.perf_counter() - last < 5:  # noqa: ASYNC110 - counter
             await asyncio.sleep(0.05)
         cpu, wall = cpu_seconds(proc.pid) - cpu0, last - wall0
+        print(f"enricher process resident memory: {rss_ready:.0f} MB synced, {rss_dns:.0f} MB "
+              f"with the DNS names, {rss_mb(proc.pid):.0f} MB after the flows")  # fmt: skip
         return total / cpu, total / wall, got
     finally:
         proc.terminate()

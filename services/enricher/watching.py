@@ -37,7 +37,6 @@ from flowscope.core.logs import RateLimitedLog
 from flowscope.enricher import objects
 from flowscope.enricher.inventory import Inventory, Obj, object_key
 from flowscope.enricher.metrics import Metrics
-from kubernetes_asyncio.client.exceptions import ApiException
 
 log = logging.getLogger("flowscope.enricher.kubernetes")
 
@@ -136,6 +135,11 @@ class Informer:
         self.settings = settings
         self.bad_log = RateLimitedLog(log)
         self.synced = asyncio.Event()
+        # Imported here, not at module level: kubernetes-asyncio's client package loads
+        # every generated model (~50 MB), which local mode never needs.
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        self._client_error: type[Exception] = ApiException
         # The resourceVersion to resume from: advanced by every applied event, so a
         # stream that breaks resumes where it stopped (None: LIST first).
         self.version: str | None = None
@@ -154,7 +158,7 @@ class Informer:
             except Expired:
                 self.metrics.relists.labels(name, "expired").inc()
                 self.version = None
-            except (aiohttp.ClientError, OSError, TimeoutError, ApiError, ApiException) as e:
+            except (aiohttp.ClientError, OSError, TimeoutError, ApiError, self._client_error) as e:
                 self.metrics.informer_errors.labels(name).inc()
                 self.health.failed(name)
                 self.bad_log.warning(f"api-{name}", "Kubernetes API request failed",
