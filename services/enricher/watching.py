@@ -153,8 +153,13 @@ class Informer:
                     self.version = await self._list()
                     self.metrics.informer_synced.labels(name).set(1)
                     self.synced.set()
+                opened = time.monotonic()
                 await _until_stopped(self._watch(self.version), stopping)
-                backoff = 0.2
+                if time.monotonic() - opened > 1.0:
+                    backoff = 0.2
+                else:  # a server ending every stream at once must not make this spin
+                    await _sleep_unless_stopped(backoff, stopping)
+                    backoff = min(backoff * 2, self.settings.backoff_max)
             except Expired:
                 self.metrics.relists.labels(name, "expired").inc()
                 self.version = None
@@ -163,8 +168,7 @@ class Informer:
                 self.health.failed(name)
                 self.bad_log.warning(f"api-{name}", "Kubernetes API request failed",
                                      resource=name, error=str(e) or type(e).__name__)  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), backoff)
+                await _sleep_unless_stopped(backoff, stopping)
                 backoff = min(backoff * 2, self.settings.backoff_max)
 
     async def _request(self, query: list[tuple[str, Any]], read_timeout: float) -> Any:
@@ -284,6 +288,11 @@ class Informer:
         self.metrics.informer_events.labels(name, str(kind)).inc()
         self.metrics.informer_objects.labels(name).set(self.inventory.count(name))
         return new_version
+
+
+async def _sleep_unless_stopped(seconds: float, stopping: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
 
 
 async def _until_stopped(work: Coroutine[Any, Any, None], stopping: asyncio.Event) -> None:

@@ -98,6 +98,7 @@ class FakeKube:
         self._snapshots: dict[str, list[dict[str, Any]]] = {}
         self._expired_tokens: set[str] = set()
         self.expire_after_first_page = False  # the next LIST's continue token expires
+        self.end_watches_at_once = False  # every WATCH ends right after its backlog
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -252,6 +253,8 @@ class FakeKube:
         for version, change, obj in self.history[kind.resource]:
             if version > since:
                 watcher.queue.put_nowait(_line(change, obj))
+        if self.end_watches_at_once:
+            watcher.queue.put_nowait(None)
         self.watchers.append(watcher)
         try:
             await self._stream(watcher, response, request, timeout)

@@ -197,3 +197,14 @@ async def test_odd_objects_skipped_and_counted(harness: Harness) -> None:
     harness.fake.add("pods", cluster.pod("fine", ips=("10.1.0.90",)))
     await eventually(lambda: harness.name_of("10.1.0.90") == "fine")
     assert harness.metric("odd_objects", resource="pods") == 1
+
+
+async def test_streams_ending_at_once_back_off_instead_of_spinning(harness: Harness) -> None:
+    harness.fake.end_watches_at_once = True
+    harness.start()
+    await asyncio.wait_for(harness.informer.synced.wait(), 10)
+    harness.fake.add("pods", cluster.pod("meanwhile", ips=("10.1.0.40",)))
+    await eventually(lambda: harness.name_of("10.1.0.40") == "meanwhile")  # still applied
+    before = len(harness.watches())
+    await asyncio.sleep(1.5)
+    assert len(harness.watches()) - before <= 8  # backoff 0.2 s doubling to 0.3 s: ~5
