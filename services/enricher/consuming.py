@@ -93,19 +93,21 @@ class Pipeline:
             return
         if kind == "flow":
             output = self.enricher.flows(records)
-            self.metrics.add_flows(output.tally)
             published = await self._publish(codec.FLOW, output, msg)
         elif kind == "dns":
             output = self.enricher.dns(records)
-            self.metrics.records_in.labels("dns").inc(output.tally.records_in)
             published = await self._publish(codec.DNS, output, msg)
-            self.metrics.records_out.labels("dns").inc(output.tally.records_out)
         else:
             output = Output(bad=self.enricher.check_sockets(records))
             published = True
         if not published:
             await _settle(msg.nak(delay=1.0), "nak", self)
             return
+        if kind == "flow":
+            self.metrics.add_flows(output.tally)
+        elif kind == "dns":
+            self.metrics.records_in.labels("dns").inc(output.tally.records_in)
+            self.metrics.records_out.labels("dns").inc(output.tally.records_out)
         if output.bad:
             await self._dead_letter_records(kind, schema, msg, output.bad)
         await _settle(msg.ack(), "ack", self)
