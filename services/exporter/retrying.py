@@ -14,6 +14,10 @@ import random
 from dataclasses import dataclass, field
 
 
+# A server asking for a longer pause than this is more likely confused than right.
+SERVER_HINT_LIMIT = 300.0
+
+
 @dataclass(slots=True)
 class Backoff:
     """Delays ``initial * 2**n`` capped at ``maximum``, each jittered into [d/2, d]."""
@@ -23,11 +27,11 @@ class Backoff:
     attempt: int = 0
 
     def next_delay(self, server_hint: float | None = None) -> float:
-        """The delay before the next attempt; a server's hint wins (capped at ``maximum``)."""
+        """The delay before the next attempt; a server's hint wins (up to 5 minutes)."""
         ceiling = min(self.maximum, self.initial * (2**self.attempt))
         self.attempt += 1
         if server_hint is not None and server_hint >= 0:
-            return min(server_hint, self.maximum)
+            return min(server_hint, SERVER_HINT_LIMIT)
         return random.uniform(ceiling / 2, ceiling)
 
 

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import ipaddress
 import time
 from collections import Counter, deque
 from typing import Any
@@ -162,6 +164,14 @@ class FakeElasticsearch:
             return self._failed(
                 op, head, 400, "data stream timestamp field [@timestamp] is missing"
             )
+        bad_field = self._unparsable_ip(index, doc)
+        if bad_field:
+            return self._failed(
+                op,
+                head,
+                400,
+                f"failed to parse field [{bad_field}] of type [ip] in document with id '{doc_id}'",
+            )
         stream = self.documents.setdefault(index, {})
         if doc_id in stream:
             return self._failed(
@@ -186,6 +196,20 @@ class FakeElasticsearch:
             }
         }
 
+    def _unparsable_ip(self, index: str, doc: dict[str, Any]) -> str:
+        """The first field mapped as ``ip`` (by a template matching ``index``) that is no IP."""
+        for template in self.templates.values():
+            if not any(fnmatch.fnmatchcase(index, p) for p in template.get("index_patterns", ())):
+                continue
+            props = template.get("template", {}).get("mappings", {}).get("properties", {})
+            for name, kind in _flatten(props):
+                if kind == "ip" and name in doc:
+                    try:
+                        ipaddress.ip_address(doc[name])
+                    except ValueError:
+                        return name
+        return ""
+
     def _failed(
         self, op: str, head: dict[str, Any], status: int, reason: str, kind: str = ""
     ) -> dict[str, Any]:
@@ -196,6 +220,17 @@ class FakeElasticsearch:
             "index": head["_index"],
         }
         return {op: {**head, "status": status, "error": error}}
+
+
+def _flatten(properties: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Mapping ``properties`` → (dotted field, type) pairs."""
+    out = []
+    for name, spec in properties.items():
+        if "properties" in spec:
+            out.extend(_flatten(spec["properties"], f"{prefix}{name}."))
+        else:
+            out.append((f"{prefix}{name}", spec.get("type", "")))
+    return out
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -173,7 +173,8 @@ class HttpReceiver:
         body = await request.read()
         encoding = request.headers.get("Content-Encoding", "")
         self.encodings.append(encoding)
-        if encoding == "gzip":
+        if encoding == "gzip" and body[:2] == b"\x1f\x8b":
+            # aiohttp's server already inflates gzip request bodies; older releases did not.
             body = gzip.decompress(body)
         answer = self.received.next_answer()
         self.received.metadata.append({k.lower(): v for k, v in request.headers.items()})

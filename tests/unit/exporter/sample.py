@@ -68,7 +68,9 @@ def dns(i: int = 0) -> dict[str, Any]:
         question_name="api.payments.svc.cluster.local",
         question_type="A",
         response_code="NOERROR",
-        answers=[{"name": "api.payments.svc.cluster.local", "type": "A", "ttl": 30, "data": "10.0.1.2"}],
+        answers=[
+            {"name": "api.payments.svc.cluster.local", "type": "A", "ttl": 30, "data": "10.0.1.2"}
+        ],
         latency_ns=250_000,
         client=Endpoint("10.0.0.1", 53000 + i % 1000, "pod", {"k8s.namespace.name": "shop"}),
         server=Endpoint("10.96.0.10", 53, "service", {"k8s.service.name": "kube-dns"}),
