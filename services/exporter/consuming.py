@@ -110,9 +110,12 @@ class SinkLane:
                         group.create_task(self._consume(source))
                     group.create_task(self._shutdown_when_stopping())
         finally:
-            await self.sink.shutdown()
-            await self._settle()
-            await self.sink.close()
+            log.debug("lane settling", extra={"sink": self.sink.name, "exports": len(self._tasks)})
+            try:
+                await self.sink.shutdown()
+                await self._settle()
+            finally:  # also when the drain deadline cancels us: release connections
+                await self.sink.close()
         if self._closed.is_set():
             log.info("sink output closed; stopping", extra={"sink": self.sink.name})
 
@@ -158,6 +161,7 @@ class SinkLane:
                 ):
                     await self._submit(source.kind, batch)
                     batch = Batch()
+            log.debug("consumer draining", extra={"sink": self.sink.name, "stream": source.stream})
             if batch.spans and not self._closed.is_set():
                 await self._submit(source.kind, batch)  # flush the partial batch on drain
         finally:

@@ -13,7 +13,6 @@ import contextlib
 import random
 from dataclasses import dataclass, field
 
-
 # A server asking for a longer pause than this is more likely confused than right.
 SERVER_HINT_LIMIT = 300.0
 

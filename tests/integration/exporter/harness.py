@@ -80,15 +80,17 @@ class Exporter:
             )
         return self
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    async def stop(self, sig: int = signal.SIGTERM, within: float = 20) -> int:
+        """Signal the process and wait for it without blocking this event loop (the
+        fake peers it may be talking to while draining run on this loop)."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            return self.process.wait(timeout)
+            return await asyncio.to_thread(self.process.wait, within)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            return await asyncio.to_thread(self.process.wait)
 
     def stdout_records(self) -> list[dict[str, Any]]:
         if not self.stdout_path.exists():

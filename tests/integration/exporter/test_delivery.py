@@ -110,7 +110,7 @@ async def test_elasticsearch_outage_loses_nothing_and_holds_back_no_other_sink(
         assert metric(text, "flowscope_exporter_records_exported_total", "otlp") == 410
         assert metric(text, "flowscope_exporter_records_retried_total", "elasticsearch") > 0
     finally:
-        assert exporter.stop() == 0, exporter.stderr()
+        assert await exporter.stop() == 0, exporter.stderr()
     assert "Traceback" not in exporter.stderr()
 
 
@@ -132,10 +132,10 @@ async def test_restart_mid_stream_loses_and_doubles_nothing(
     exporter = Exporter(tmp_path, env).start()
     publisher = asyncio.create_task(publish())
     await eventually(lambda: len(es.stored(FLOWS)) > 50, what="first records")
-    exporter.stop(signal.SIGKILL)  # no drain: unacked messages come back after ack_wait
+    await exporter.stop(signal.SIGKILL)  # no drain: unacked messages come back after ack_wait
     exporter.start()
     await eventually(lambda: len(es.stored(FLOWS)) > 300, what="more records")
-    assert exporter.stop(signal.SIGTERM) == 0  # a drain: in-flight batches finish or nak
+    assert await exporter.stop(signal.SIGTERM) == 0  # a drain: in-flight batches finish or nak
     exporter.start()
     await publisher
     try:
@@ -145,7 +145,7 @@ async def test_restart_mid_stream_loses_and_doubles_nothing(
         assert set(es.stored(FLOWS)) == {document_id(Kind.FLOW, r) for r in records}
         assert set(es.creates.values()) == {1}  # nothing stored twice
     finally:
-        assert exporter.stop() == 0, exporter.stderr()
+        assert await exporter.stop() == 0, exporter.stderr()
 
 
 def run_into_head(nats_url: str) -> tuple[int, str, bytes]:
@@ -225,4 +225,4 @@ async def test_bad_input_is_dead_lettered_and_the_rest_delivered(
         assert metric(text, "flowscope_exporter_bad_messages_total", "elasticsearch") == 2
         assert metric(text, "flowscope_exporter_records_dead_lettered_total", "elasticsearch") == 2
     finally:
-        assert exporter.stop() == 0, exporter.stderr()
+        assert await exporter.stop() == 0, exporter.stderr()
