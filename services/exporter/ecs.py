@@ -64,45 +64,62 @@ DNS_CONSUMED = frozenset({"time_ns"})
 
 
 class Timestamps:
-    """Unix nanoseconds → ISO 8601 with nanoseconds (``date_nanos``), cached per second."""
+    """Unix nanoseconds → ISO 8601 with nanoseconds (``date_nanos``).
+
+    The formatted second is cached: a batch's records fall into few distinct seconds.
+    """
+
+    LIMIT = 4096
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._prefixes: dict[int, str] = {}
 
     def iso(self, ns: int) -> str:
         second, fraction = divmod(ns, 1_000_000_000)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        return f"{self._prefix}{fraction:09d}Z"
+        prefix = self._prefixes.get(second)
+        if prefix is None:
+            if len(self._prefixes) >= self.LIMIT:
+                self._prefixes.clear()
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            self._prefixes[second] = prefix
+        return f"{prefix}{fraction:09d}Z"
 
 
-def _side(doc: dict[str, Any], side: str, rest: str, value: Any) -> None:
-    target = SIDE_FIELDS.get(rest)
+def target_field(key: str, fields: dict[str, str]) -> str | None:
+    """The document field a record key goes to (None: consumed elsewhere)."""
+    target = fields.get(key)
     if target is not None:
-        doc[f"{side}.{target}"] = value
-    elif rest.startswith(LABEL_PREFIX):
-        # Elastic de-dots label keys (app.kubernetes.io/name → app_kubernetes_io/name) so a
-        # label cannot turn a keyword into an object.
-        doc[f"{side}.kubernetes.labels.{rest[len(LABEL_PREFIX) :].replace('.', '_')}"] = value
-    else:
-        doc[f"flowscope.{side}.{rest}"] = value
+        return target
+    side, _, rest = key.partition(".")
+    if side in ("source", "destination"):
+        mapped = SIDE_FIELDS.get(rest)
+        if mapped is not None:
+            return f"{side}.{mapped}"
+        if rest.startswith(LABEL_PREFIX):
+            # Elastic de-dots label keys (app.kubernetes.io/name → app_kubernetes_io/name)
+            # so that a label cannot turn a keyword into an object.
+            return f"{side}.kubernetes.labels.{rest[len(LABEL_PREFIX) :].replace('.', '_')}"
+    return f"flowscope.{key}"
 
 
-def _common(
-    doc: dict[str, Any], record: Record, fields: dict[str, str], consumed: frozenset[str]
-) -> None:
-    for key, value in record.items():
-        target = fields.get(key)
-        if target is not None:
-            doc[target] = value
-        elif key.startswith("source."):
-            _side(doc, "source", key[7:], value)
-        elif key.startswith("destination."):
-            _side(doc, "destination", key[12:], value)
-        elif key not in consumed:
-            doc[f"flowscope.{key}"] = value
+class Renames(dict[str, str]):
+    """Record key → document field, computed once per distinct key (the hot path)."""
+
+    def __init__(self, fields: dict[str, str], consumed: frozenset[str]) -> None:
+        super().__init__()
+        self._fields = fields
+        self._consumed = consumed
+
+    def __missing__(self, key: str) -> str:
+        target = "" if key in self._consumed else target_field(key, self._fields)
+        if len(self) < 100_000:  # bounded: label keys are user data
+            self[key] = target or ""
+        return target or ""
+
+
+def _common(doc: dict[str, Any], record: Record, renames: Renames) -> None:
+    doc.update({renames[key]: value for key, value in record.items()})
+    doc.pop("", None)  # the consumed keys
 
 
 class EcsMapper:
@@ -110,6 +127,8 @@ class EcsMapper:
 
     def __init__(self, cluster_name: str = "") -> None:
         self._stamps = Timestamps()
+        self._flow_renames = Renames(FLOW_FIELDS, FLOW_CONSUMED)
+        self._dns_renames = Renames(DNS_FIELDS, DNS_CONSUMED)
         self._orchestrator = (
             {"orchestrator.type": "kubernetes", "orchestrator.cluster.name": cluster_name}
             if cluster_name
@@ -118,20 +137,21 @@ class EcsMapper:
 
     def flow(self, record: Record) -> dict[str, Any]:
         start, end = record["flow.start_ns"], record["flow.end_ns"]
+        end_text = self._stamps.iso(end)
         doc: dict[str, Any] = {
-            "@timestamp": self._stamps.iso(end),
+            "@timestamp": end_text,
             "event.kind": "event",
             "event.category": ["network"],
             "event.type": ["connection"],
             "event.dataset": "flowscope.flows",
             "event.start": self._stamps.iso(start),
-            "event.end": self._stamps.iso(end),
+            "event.end": end_text,
             "event.duration": end - start,
             "network.bytes": record["flow.bytes.delta"] + record["flow.reverse.bytes.delta"],
             "network.packets": record["flow.packets.delta"] + record["flow.reverse.packets.delta"],
             **self._orchestrator,
         }
-        _common(doc, record, FLOW_FIELDS, FLOW_CONSUMED)
+        _common(doc, record, self._flow_renames)
         return doc
 
     def dns(self, record: Record) -> dict[str, Any]:
@@ -145,7 +165,7 @@ class EcsMapper:
             "dns.type": "answer",
             **self._orchestrator,
         }
-        _common(doc, record, DNS_FIELDS, DNS_CONSUMED)
+        _common(doc, record, self._dns_renames)
         return doc
 
     def document(self, kind: Kind, record: Record) -> dict[str, Any]:

@@ -107,34 +107,45 @@ class LogsEncoder:
             body = self._attributes(record)
             when = record.get(time_key)
             stamp = b"\x09" + _pack_fixed64(when) if type(when) is int and when >= 0 else b""
-            log = stamp + observed + body + event
-            logs.append(b"\x12" + varint(len(log)) + log)
+            size = len(stamp) + len(observed) + len(body) + len(event)
+            logs.append(b"".join((b"\x12", varint(size), stamp, observed, body, event)))
         scope_logs = b"".join(logs)
         resource_logs = self._resource + b"\x12" + varint(len(scope_logs)) + scope_logs
         return b"\x0a" + varint(len(resource_logs)) + resource_logs
 
     def _attributes(self, record: Record) -> bytes:
-        cache = self._cache
+        cached = self._cache.get
         parts = []
+        append = parts.append
         for key, value in record.items():
             t = type(value)
-            if t is int:
-                prefix = self._int_prefix.get(key)
-                if prefix is None:
-                    prefix = self._int_prefix[key] = (
-                        b"\x0a" + varint(len(key.encode())) + key.encode()
-                    )
-                v = varint(value)
-                kv = prefix + b"\x12" + varint(len(v) + 1) + b"\x18" + v
-                parts.append(b"\x32" + varint(len(kv)) + kv)
-            elif t is str or t is bool:
-                encoded = cache.get((key, value))
+            if t is str or t is bool or (t is int and 0 <= value < 65536):
+                encoded = cached((key, value))
                 if encoded is None:
                     encoded = self._remember((key, value), _attribute(key, value))
-                parts.append(encoded)
+                append(encoded)
+            elif t is int:
+                append(self._int_attribute(key, value))
+            elif t is list and all(type(v) is str for v in value):  # TCP flag tags recur
+                frozen = (key, tuple(value))
+                encoded = cached(frozen)
+                if encoded is None:
+                    encoded = self._remember(frozen, _attribute(key, value))
+                append(encoded)
             elif value is not None:
-                parts.append(_attribute(key, value))
+                append(_attribute(key, value))
         return b"".join(parts)
+
+    def _int_attribute(self, key: str, value: int) -> bytes:
+        """A large integer attribute: the key's encoded prefix, then a fresh varint."""
+        prefix = self._int_prefix.get(key)
+        if prefix is None:
+            prefix = self._int_prefix[key] = _field(0x0A, key.encode())
+        v = varint(value)
+        size = len(prefix) + 3 + len(v)
+        if size < 0x80:  # every flowscope key is short: one length byte (the fast case)
+            return b"\x32%c%b\x12%c\x18%b" % (size, prefix, len(v) + 1, v)
+        return _attribute(key, value)
 
     def _remember(self, cache_key: tuple[str, Any], encoded: bytes) -> bytes:
         if len(self._cache) >= self.CACHE_LIMIT:

@@ -58,7 +58,8 @@ class FakeElasticsearch:
 
     async def start(self, port: int = 0) -> FakeElasticsearch:
         """Listen on 127.0.0.1 (``port`` 0: any; pass the old port to come back)."""
-        app = web.Application(middlewares=[self._product_header])
+        # http.max_content_length of Elasticsearch is 100 MB (aiohttp's default is 1 MB).
+        app = web.Application(middlewares=[self._product_header], client_max_size=100 << 20)
         app.router.add_get("/", self._info)
         app.router.add_put("/_index_template/{name}", self._put_template)
         app.router.add_get("/_index_template/{name}", self._get_template)
@@ -91,7 +92,10 @@ class FakeElasticsearch:
                 401,
             )
         else:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as e:  # aiohttp's own errors (413, 404, 405) too
+                response = e
         response.headers.update(PRODUCT)
         return response
 

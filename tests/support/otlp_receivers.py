@@ -150,7 +150,7 @@ class HttpReceiver:
         self._runner: web.AppRunner | None = None
 
     async def start(self, port: int = 0) -> HttpReceiver:
-        app = web.Application()
+        app = web.Application(client_max_size=64 << 20)  # a collector's limit, not 1 MB
         app.router.add_post("/v1/logs", self._logs)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
