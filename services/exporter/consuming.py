@@ -238,8 +238,17 @@ class SinkLane:
             await msg.ack()
 
     async def _submit(self, kind: Kind, batch: Batch) -> None:
-        """Hand a batch to the sink once an in-flight slot is free (bounds memory)."""
-        await self._slots.acquire()
+        """Hand a batch to the sink once an in-flight slot is free (bounds memory).
+
+        Waiting for a slot can last as long as the backend is down: the batch's messages
+        are kept alive meanwhile, or JetStream would redeliver them behind our back.
+        """
+        while True:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._batch.ack_wait / 3)
+                break
+            except TimeoutError:
+                await _touch(batch)
         self._metrics.in_flight.labels(self.sink.name).inc()
         task = asyncio.create_task(self._export(kind, batch))
         self._tasks.add(task)
@@ -265,9 +274,7 @@ class SinkLane:
             done, _ = await asyncio.wait({task}, timeout=self._batch.ack_wait / 3)
             if done:
                 return task.result()
-            for msg, _, _ in batch.spans:
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
+            await _touch(batch)
 
     async def _settle_messages(self, kind: Kind, batch: Batch, result: ExportResult) -> None:
         """Ack, dead-letter or nak each message of a finished batch; count the records."""
@@ -302,6 +309,13 @@ class SinkLane:
         """Wait for exports under way (the sink was told to stop retrying)."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def _touch(batch: Batch) -> None:
+    """Tell JetStream the batch's messages are still being worked on (resets ack_wait)."""
+    for msg, _, _ in batch.spans:
+        with contextlib.suppress(Exception):  # a lost in_progress only risks a redelivery
+            await msg.in_progress()
 
 
 async def _first(*aws: Awaitable[object]) -> None:

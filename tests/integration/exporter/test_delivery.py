@@ -90,7 +90,9 @@ async def test_elasticsearch_outage_loses_nothing_and_holds_back_no_other_sink(
         # stdout and OTLP deliver the new records while Elasticsearch is down.
         await eventually(lambda: len(exporter.stdout_records()) == 410, what="stdout during outage")
         await eventually(lambda: len(otlp.received.log_records) == 410, what="OTLP during outage")
-        await asyncio.sleep(1.0)  # a few failed retries against the absent peer
+        # Stay down longer than ack_wait (3 s): the held messages must be kept alive
+        # (in_progress), not redelivered behind the exporter's back.
+        await asyncio.sleep(4.0)
         await es.start(es.port)
         await eventually(lambda: len(es.stored(FLOWS)) == 400, what="all flows in ES")
 
@@ -99,6 +101,7 @@ async def test_elasticsearch_outage_loses_nothing_and_holds_back_no_other_sink(
         assert es.stored(FLOWS) == {document_id(Kind.FLOW, r): mapper.flow(r) for r in records}
         assert es.stored(DNS) == {document_id(Kind.DNS, r): mapper.dns(r) for r in dns_records}
         assert set(es.creates.values()) == {1}
+        assert es.item_statuses[409] == 0  # nothing was delivered twice
         assert sorted(orjson.dumps(r) for r in exporter.stdout_records()) == sorted(
             orjson.dumps(r) for r in records + dns_records
         )
