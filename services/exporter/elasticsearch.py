@@ -17,6 +17,7 @@ import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -83,11 +84,11 @@ class BulkClient:
         self._settings = settings
         self._base = settings.url.rstrip("/")
         self._headers = {"Accept": "application/json"}
-        if settings.api_key:
-            self._headers["Authorization"] = f"ApiKey {settings.api_key}"
-        self._auth = (
-            aiohttp.BasicAuth(settings.username, settings.password) if settings.username else None
-        )
+        api_key = _secret(settings.api_key_file) or settings.api_key
+        if api_key:
+            self._headers["Authorization"] = f"ApiKey {api_key}"
+        password = _secret(settings.password_file) or settings.password
+        self._auth = aiohttp.BasicAuth(settings.username, password) if settings.username else None
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -134,6 +135,11 @@ class BulkClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _secret(path: str) -> str:
+    """A credential from a file (surrounding whitespace, e.g. a final newline, dropped)."""
+    return Path(path).read_text().strip() if path else ""
 
 
 def _reason(payload: Any) -> str:

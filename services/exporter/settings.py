@@ -133,6 +133,14 @@ class ElasticsearchSettings:
         "", "API key (base64 id:key, as Elasticsearch returns it; use the environment)",
         secret=True,
     )  # fmt: skip
+    password_file: str = setting(
+        "", "file holding the password (a mounted Secret); wins over password",
+        parse=readable_file,
+    )  # fmt: skip
+    api_key_file: str = setting(
+        "", "file holding the API key (a mounted Secret); wins over api_key",
+        parse=readable_file,
+    )  # fmt: skip
     ca_file: str = setting("", "CA bundle verifying Elasticsearch (TLS)", parse=readable_file)
     flows_data_stream: str = setting(
         "logs-flowscope.flows-default",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -138,12 +139,17 @@ async def test_shutdown_during_outage_defers(es: FakeElasticsearch) -> None:
     assert result.deferred == {0}
 
 
-async def test_api_key_is_sent(es: FakeElasticsearch) -> None:
+async def test_api_key_is_sent(es: FakeElasticsearch, tmp_path: Path) -> None:
     es.api_key = "c2VjcmV0"
     sink, _ = make_sink(es.url, api_key="c2VjcmV0")
     await sink.start()
     assert not (await sink.export(Kind.FLOW, [flow(1)])).deferred
     await sink.close()
+    key_file = tmp_path / "api-key"
+    key_file.write_text("c2VjcmV0\n")
+    from_file, _ = make_sink(es.url, api_key="bm9wZQ==", api_key_file=str(key_file))
+    await from_file.start()  # the file wins over the (wrong) setting
+    await from_file.close()
     wrong, _ = make_sink(es.url, api_key="bm9wZQ==")
     with pytest.raises(Exception, match="401"):
         await wrong.start()
