@@ -115,7 +115,7 @@ class LogsEncoder:
 
     def _attributes(self, record: Record) -> bytes:
         cached = self._cache.get
-        parts = []
+        parts: list[bytes] = []
         append = parts.append
         for key, value in record.items():
             t = type(value)
