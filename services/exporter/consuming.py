@@ -214,28 +214,23 @@ class SinkLane:
                 subject=msg.subject,
                 reason=str(e),
             )
-            await dead_letter(
-                self._nc,
-                DLQ_COMPONENT,
-                msg.subject,
-                msg.headers,
-                msg.data,
-                f"{self.sink.name}: {e}",
-            )
-            await msg.ack()
+            reason = f"{self.sink.name}: {e}"
+            if await self._publish_dead(msg.subject, msg.headers, msg.data, reason):
+                await _ack(msg)
             return
         good = []
         for i, record in enumerate(records):
             try:
                 good.append(source.validate(record, i))
             except RecordError as e:
-                await self._dead_letter_records(
+                if not await self._dead_letter_records(
                     source.kind, msg, [record], f"{self.sink.name}: {e}"
-                )
+                ):
+                    return  # not dead-lettered: leave the whole message for redelivery
         if good:
             batch.add(msg, good)
         else:
-            await msg.ack()
+            await _ack(msg)
 
     async def _submit(self, kind: Kind, batch: Batch) -> None:
         """Hand a batch to the sink once an in-flight slot is free (bounds memory).
@@ -261,6 +256,9 @@ class SinkLane:
         except SinkClosedError:
             self._closed.set()
             result = ExportResult.all_deferred(len(batch.records))
+        except Exception:  # a bug in a sink: loud, but the records stay in the stream
+            log.exception("export failed unexpectedly", extra={"sink": self.sink.name})
+            result = ExportResult.all_deferred(len(batch.records))
         finally:
             self._slots.release()
             self._metrics.in_flight.labels(self.sink.name).dec()
@@ -285,30 +283,52 @@ class SinkLane:
         for msg, first, count in batch.spans:
             span = range(first, first + count)
             if any(i in result.deferred for i in span):
-                with contextlib.suppress(Exception):
-                    await msg.nak()
+                await _nak(msg)
                 continue
             rejected = [i for i in span if i in result.rejected]
             if rejected:
                 reason = f"{name}: {result.rejected[rejected[0]]}"
-                await self._dead_letter_records(
-                    kind, msg, [batch.records[i] for i in rejected], reason
-                )
-            await msg.ack()
+                records = [batch.records[i] for i in rejected]
+                if not await self._dead_letter_records(kind, msg, records, reason):
+                    await _nak(msg)  # redelivered: stored records answer 409 next time
+                    continue
+            await _ack(msg)
 
     async def _dead_letter_records(
         self, kind: Kind, msg: Msg, records: list[Record], reason: str
-    ) -> None:
+    ) -> bool:
+        """Publish refused records to the DLQ (with the original subject); False if that failed."""
         encoded = codec.encode(codec.FLOW if kind is Kind.FLOW else codec.DNS, records)
-        await dead_letter(
-            self._nc, DLQ_COMPONENT, msg.subject, encoded.headers, encoded.body, reason
-        )
+        if not await self._publish_dead(msg.subject, encoded.headers, encoded.body, reason):
+            return False
         self._metrics.dead_lettered.labels(self.sink.name).inc(len(records))
+        return True
+
+    async def _publish_dead(
+        self, subject: str, headers: dict[str, str] | None, body: bytes, reason: str
+    ) -> bool:
+        try:
+            await dead_letter(self._nc, DLQ_COMPONENT, subject, headers, body, reason)
+        except Exception as e:  # NATS gone for now: the message is not acked, so not lost
+            self._bad.warning("dlq-failed", "cannot dead-letter; will retry", error=str(e))
+            return False
+        return True
 
     async def _settle(self) -> None:
         """Wait for exports under way (the sink was told to stop retrying)."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def _ack(msg: Msg) -> None:
+    """Ack; a failed ack (NATS reconnecting) only means a redelivery later."""
+    with contextlib.suppress(Exception):
+        await msg.ack()
+
+
+async def _nak(msg: Msg) -> None:
+    with contextlib.suppress(Exception):
+        await msg.nak()
 
 
 async def _touch(batch: Batch) -> None:

@@ -186,10 +186,13 @@ class ElasticsearchSink:
 
     async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
         index = self._streams[kind]
-        docs = [self._mapper.document(kind, r) for r in records]
-        ids = [ecs.document_id(kind, r) for r in records]
-        pending = list(range(len(records)))
         result = ExportResult()
+        try:
+            docs = [self._mapper.document(kind, r) for r in records]
+            ids = [ecs.document_id(kind, r) for r in records]
+            pending = list(range(len(records)))
+        except Exception:  # a record the mapping cannot handle: find it, map the rest
+            docs, ids, pending = self._map_one_by_one(kind, records, result)
         backoff = Backoff(*self._backoff)
         while pending:
             pending = await self._attempt(index, ids, docs, pending, result)
@@ -200,6 +203,24 @@ class ElasticsearchSink:
                 break
             self._metrics.retried.labels(self.name).inc(len(pending))
         return result
+
+    def _map_one_by_one(
+        self, kind: Kind, records: Sequence[Record], result: ExportResult
+    ) -> tuple[list[dict[str, Any]], list[str], list[int]]:
+        """The slow path: map each record alone; unmappable ones are rejected."""
+        docs: list[dict[str, Any]] = []
+        ids: list[str] = []
+        pending = []
+        for i, record in enumerate(records):
+            try:
+                docs.append(self._mapper.document(kind, record))
+                ids.append(ecs.document_id(kind, record))
+                pending.append(i)
+            except Exception as e:  # the record is at fault: it goes to the DLQ
+                docs.append({})
+                ids.append("")
+                result.rejected[i] = f"cannot map to ECS: {type(e).__name__}: {e}"
+        return docs, ids, pending
 
     async def _attempt(
         self,

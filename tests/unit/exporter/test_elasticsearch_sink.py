@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -174,3 +175,23 @@ async def test_a_peer_that_is_not_elasticsearch_is_refused() -> None:
     finally:
         await sink.close()
         await runner.cleanup()
+
+
+class PickyMapper(EcsMapper):
+    """A mapper (the sink's seam) that cannot map records of one observer."""
+
+    def flow(self, record: dict[str, Any]) -> dict[str, Any]:
+        if record["observer.node.name"] == "unmappable":
+            raise ValueError("no mapping for this record")
+        return super().flow(record)
+
+
+async def test_record_the_mapping_cannot_handle_is_rejected_alone(es: FakeElasticsearch) -> None:
+    metrics = ExporterMetrics.create(CollectorRegistry())
+    sink = ElasticsearchSink(ElasticsearchSettings(url=es.url), PickyMapper(), metrics)
+    odd = flow(1, **{"observer.node.name": "unmappable"})
+    result = await sink.export(Kind.FLOW, [flow(0), odd, flow(2)])
+    await sink.close()
+    assert list(result.rejected) == [1]
+    assert result.rejected[1] == "cannot map to ECS: ValueError: no mapping for this record"
+    assert set(es.stored(FLOWS)) == {document_id(Kind.FLOW, flow(i)) for i in (0, 2)}
