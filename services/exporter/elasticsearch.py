@@ -13,6 +13,7 @@ Elasticsearch``; a peer without it is treated as unavailable.
 
 from __future__ import annotations
 
+import base64
 import logging
 import ssl
 from collections.abc import Sequence
@@ -88,7 +89,9 @@ class BulkClient:
         if api_key:
             self._headers["Authorization"] = f"ApiKey {api_key}"
         password = _secret(settings.password_file) or settings.password
-        self._auth = aiohttp.BasicAuth(settings.username, password) if settings.username else None
+        if settings.username and not api_key:
+            token = base64.b64encode(f"{settings.username}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -99,7 +102,6 @@ class BulkClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=tls if tls is not None else False),
                 timeout=aiohttp.ClientTimeout(total=self._settings.timeout),
-                auth=self._auth,
                 headers=self._headers,
             )
         return self._session

@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import ipaddress
+import ssl
 import time
 from collections import Counter, deque
 from typing import Any
@@ -41,13 +43,15 @@ class FakeElasticsearch:
         self.bulk_requests = 0
         self.item_statuses: Counter[int] = Counter()
         self.api_key = api_key
+        self.basic_auth: tuple[str, str] | None = None  # (user, password) required when set
+        self.scheme = "http"
         self._inject: deque[int] = deque()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def inject(self, *statuses: int) -> None:
         """The next bulk items (in order) fail with these statuses instead of being stored."""
@@ -56,8 +60,12 @@ class FakeElasticsearch:
     def stored(self, data_stream: str) -> dict[str, dict[str, Any]]:
         return self.documents.get(data_stream, {})
 
-    async def start(self, port: int = 0) -> FakeElasticsearch:
-        """Listen on 127.0.0.1 (``port`` 0: any; pass the old port to come back)."""
+    async def start(
+        self, port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> FakeElasticsearch:
+        """Listen on 127.0.0.1 (``port`` 0: any; pass the old port to come back); HTTPS
+        with ``ssl_context``."""
+        self.scheme = "https" if ssl_context else "http"
         # http.max_content_length of Elasticsearch is 100 MB (aiohttp's default is 1 MB).
         app = web.Application(middlewares=[self._product_header], client_max_size=100 << 20)
         app.router.add_get("/", self._info)
@@ -66,7 +74,13 @@ class FakeElasticsearch:
         app.router.add_post("/_bulk", self._bulk)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner,
+            "127.0.0.1",
+            port or self.port,
+            reuse_address=True,
+            ssl_context=ssl_context,
+        )
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
@@ -80,7 +94,7 @@ class FakeElasticsearch:
 
     @web.middleware
     async def _product_header(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if self.api_key and request.headers.get("Authorization") != f"ApiKey {self.api_key}":
+        if not self._authorized(request.headers.get("Authorization", "")):
             response: web.StreamResponse = _json(
                 {
                     "error": {
@@ -98,6 +112,15 @@ class FakeElasticsearch:
                 response = e
         response.headers.update(PRODUCT)
         return response
+
+    def _authorized(self, header: str) -> bool:
+        if self.api_key:
+            return header == f"ApiKey {self.api_key}"
+        if self.basic_auth:
+            user, password = self.basic_auth
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            return header == f"Basic {token}"
+        return True
 
     async def _info(self, request: web.Request) -> web.Response:
         return _json(

@@ -12,9 +12,12 @@ in the ``grpc-status-details-bin`` trailer, INVALID_ARGUMENT (permanent), HTTP 5
 from __future__ import annotations
 
 import gzip
+import ssl
+import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -27,6 +30,41 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceResponse,
 )
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A test CA and a certificate/key it signed (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+
+def make_tls(directory: Path) -> tuple[TlsFiles, TlsFiles]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl CLI)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=flowscope test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", f"{name}.pem")  # fmt: skip
+    ca = directory / "ca.pem"
+    return (
+        TlsFiles(ca, directory / "server.pem", directory / "server.key"),
+        TlsFiles(ca, directory / "client.pem", directory / "client.key"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +158,26 @@ class GrpcReceiver:
     def __init__(self) -> None:
         self.received = Received()
         self.port = 0
+        self.tls = False
         self._server: grpc.aio.Server | None = None
 
-    async def start(self, port: int = 0) -> GrpcReceiver:
+    async def start(self, port: int = 0, tls: TlsFiles | None = None) -> GrpcReceiver:
+        """Listen; with ``tls``, TLS with that certificate and client certificates required."""
         self._server = grpc.aio.server()
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(
             _Servicer(self.received), self._server
         )
-        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
+        address = f"127.0.0.1:{port}"
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(tls.key.read_bytes(), tls.cert.read_bytes())],
+                root_certificates=tls.ca.read_bytes(),
+                require_client_auth=True,
+            )
+            self.port = self._server.add_secure_port(address, creds)
+        self.tls = tls is not None
         await self._server.start()
         return self
 
@@ -137,7 +187,7 @@ class GrpcReceiver:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
 
 class HttpReceiver:
@@ -146,15 +196,20 @@ class HttpReceiver:
     def __init__(self) -> None:
         self.received = Received()
         self.port = 0
+        self.tls = False
         self.encodings: list[str] = []
         self._runner: web.AppRunner | None = None
 
-    async def start(self, port: int = 0) -> HttpReceiver:
+    async def start(self, port: int = 0, tls: TlsFiles | None = None) -> HttpReceiver:
+        """Listen; with ``tls``, HTTPS with that certificate."""
         app = web.Application(client_max_size=64 << 20)  # a collector's limit, not 1 MB
         app.router.add_post("/v1/logs", self._logs)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        self.tls = tls is not None
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", port, ssl_context=tls.server_context() if tls else None
+        )
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
@@ -165,7 +220,7 @@ class HttpReceiver:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def _logs(self, request: web.Request) -> web.Response:
         if request.content_type != "application/x-protobuf":
