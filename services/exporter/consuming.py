@@ -147,6 +147,7 @@ class SinkLane:
 
     async def _consume(self, source: Source) -> None:
         sub = await self._subscribe(source)
+        watcher = asyncio.create_task(self._watch_lag(sub, source))
         batch = Batch()
         try:
             while not self._done():
@@ -165,6 +166,7 @@ class SinkLane:
             if batch.spans and not self._closed.is_set():
                 await self._submit(source.kind, batch)  # flush the partial batch on drain
         finally:
+            watcher.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # the durable consumer stays on the server
 
@@ -195,11 +197,19 @@ class SinkLane:
             self._bad.warning("fetch", "fetch failed", sink=self.sink.name, error=str(e))
             await asyncio.sleep(min(wait, 0.5))
             return []
-        if msgs:
-            with contextlib.suppress(Exception):
-                pending = msgs[-1].metadata.num_pending
-                self._metrics.lag.labels(self.sink.name, source.stream).set(pending)
         return msgs
+
+    async def _watch_lag(self, sub: JetStreamContext.PullSubscription, source: Source) -> None:
+        """Publish the consumer's lag: messages not yet delivered plus delivered but not
+        yet acked — everything this sink has not confirmed. Asked of the server, so it
+        keeps growing while the sink is stuck and its consumer no longer fetches."""
+        gauge = self._metrics.lag.labels(self.sink.name, source.stream)
+        interval = max(1.0, min(5.0, self._batch.ack_wait / 3))
+        while True:
+            with contextlib.suppress(Exception):  # NATS away: keep the last figure
+                info = await sub.consumer_info()
+                gauge.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+            await asyncio.sleep(interval)
 
     async def _take(self, source: Source, msg: Msg, batch: Batch) -> None:
         """Decode one message into the batch; bad messages/records are dead-lettered."""

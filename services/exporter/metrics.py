@@ -52,7 +52,7 @@ class ExporterMetrics:
             ),
             lag=Gauge(
                 "flowscope_exporter_consumer_lag",
-                "messages in the stream not yet delivered to the sink's consumer",
+                "messages the sink has not confirmed yet (pending + delivered unacked)",
                 ["sink", "stream"],
                 registry=registry,
             ),

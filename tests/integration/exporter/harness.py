@@ -125,9 +125,10 @@ async def eventually(
     raise AssertionError(f"timed out waiting for {what or check}")
 
 
-def metric(text: str, name: str, sink: str) -> float:
+def metric(text: str, name: str, sink: str, stream: str = "") -> float:
     """A sample's value from Prometheus text (0 when absent)."""
-    prefix = f'{name}{{sink="{sink}"}} '
+    labels = f'sink="{sink}"' + (f',stream="{stream}"' if stream else "")
+    prefix = f"{name}{{{labels}}} "
     for line in text.splitlines():
         if line.startswith(prefix):
             return float(line[len(prefix) :])

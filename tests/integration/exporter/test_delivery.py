@@ -93,6 +93,10 @@ async def test_elasticsearch_outage_loses_nothing_and_holds_back_no_other_sink(
         # Stay down longer than ack_wait (3 s): the held messages must be kept alive
         # (in_progress), not redelivered behind the exporter's back.
         await asyncio.sleep(4.0)
+        text = await exporter.metrics()
+        lag = "flowscope_exporter_consumer_lag"
+        assert metric(text, lag, "elasticsearch", "FLOWSCOPE_FLOWS") == 10  # messages held
+        assert metric(text, lag, "stdout", "FLOWSCOPE_FLOWS") == 0
         await es.start(es.port)
         await eventually(lambda: len(es.stored(FLOWS)) == 400, what="all flows in ES")
 
@@ -112,6 +116,12 @@ async def test_elasticsearch_outage_loses_nothing_and_holds_back_no_other_sink(
         assert metric(text, "flowscope_exporter_records_exported_total", "stdout") == 410
         assert metric(text, "flowscope_exporter_records_exported_total", "otlp") == 410
         assert metric(text, "flowscope_exporter_records_retried_total", "elasticsearch") > 0
+
+        async def caught_up() -> bool:
+            text = await exporter.metrics()
+            return metric(text, lag, "elasticsearch", "FLOWSCOPE_FLOWS") == 0
+
+        await eventually(caught_up, what="the Elasticsearch consumer's lag back to 0")
     finally:
         assert await exporter.stop() == 0, exporter.stderr()
     assert "Traceback" not in exporter.stderr()
