@@ -239,10 +239,12 @@ class ElasticsearchSink:
         except BackendError as e:
             self._log.warning("es-unavailable", "Elasticsearch unavailable; retrying", error=str(e))
             return pending
-        outcome = classify(answer)
         if len(answer.get("items", ())) != len(pending):
             self._log.warning("es-short", "_bulk answered a different item count; retrying all")
             return pending
+        if answer.get("errors") is False:  # every item stored: no need to walk them
+            return []
+        outcome = classify(answer)
         self._metrics.already_stored.labels(self.name).inc(outcome.already)
         for i, reason in outcome.rejected.items():
             result.rejected[pending[i]] = reason
