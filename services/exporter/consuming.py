@@ -156,11 +156,11 @@ class SinkLane:
                     timeout = max(0.01, batch.opened + self._batch.max_delay - time.monotonic())
                 for msg in await self._fetch(sub, min(timeout, 1.0), source):
                     await self._take(source, msg, batch)
-                if batch.records and (
-                    len(batch.records) >= self._batch.max_records
-                    or time.monotonic() - batch.opened >= self._batch.max_delay
-                ):
-                    await self._submit(source.kind, batch)
+                    if len(batch.records) >= self._batch.max_records:  # full
+                        await self._submit(source.kind, batch)
+                        batch = Batch()
+                if batch.records and time.monotonic() - batch.opened >= self._batch.max_delay:
+                    await self._submit(source.kind, batch)  # waited long enough
                     batch = Batch()
             log.debug("consumer draining", extra={"sink": self.sink.name, "stream": source.stream})
             if batch.spans and not self._closed.is_set():
