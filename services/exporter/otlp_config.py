@@ -99,14 +99,24 @@ def _endpoint_url(endpoint: str, source: str, protocol: str, insecure: bool) -> 
     return endpoint
 
 
+def _protocol_for(endpoint: str | None) -> str:
+    """No protocol named anywhere: gRPC for an endpoint on the gRPC port 4317, else the
+    specification's default, HTTP/protobuf (a convenience: ``localhost:4317`` means gRPC)."""
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+        if parts.port == 4317:
+            return GRPC
+    return HTTP
+
+
 def resolve(settings: OtlpSettings, env: Mapping[str, str]) -> OtlpTarget:
     """Merge settings, OTEL variables and defaults into one :class:`OtlpTarget`."""
     protocol, _ = _pick(settings.protocol, env, "PROTOCOL", _choice(GRPC, HTTP, "http/json"))
-    protocol = protocol or HTTP
     if protocol == "http/json":
         raise ConfigError("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json is not supported")
     insecure, _ = _pick(settings.insecure, env, "INSECURE", _bool)
     endpoint, source = _pick(settings.endpoint, env, "ENDPOINT", parse_endpoint)
+    protocol = protocol or _protocol_for(endpoint)
     if not endpoint:
         endpoint = DEFAULT_GRPC_ENDPOINT if protocol == GRPC else DEFAULT_HTTP_ENDPOINT
     url = _endpoint_url(endpoint, source, protocol, bool(insecure))

@@ -77,6 +77,13 @@ def test_logs_endpoint_is_used_as_is_and_flowscope_settings_win() -> None:
     assert target.tls is False
 
 
+def test_protocol_follows_the_well_known_port_when_unset() -> None:
+    assert resolve(OtlpSettings(endpoint="http://collector:4317"), {}).protocol == "grpc"
+    assert resolve(OtlpSettings(endpoint="collector:4318"), {}).protocol == "http/protobuf"
+    named = OtlpSettings(endpoint="http://collector:4317", protocol="http/protobuf")
+    assert resolve(named, {}).protocol == "http/protobuf"
+
+
 def test_spec_defaults() -> None:
     target = resolve(OtlpSettings(), {})
     assert target.protocol == "http/protobuf"
