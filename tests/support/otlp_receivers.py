@@ -73,11 +73,13 @@ class Answer:
 
     ``kind``: ``ok``, ``partial`` (``rejected`` records), ``unavailable``,
     ``exhausted`` (RESOURCE_EXHAUSTED; with ``retry_delay`` it carries RetryInfo),
-    ``invalid`` (permanent error), ``http503`` (``retry_after`` seconds), ``http400``.
+    ``invalid`` (permanent error), ``http503`` (``retry_after`` seconds), ``http400``,
+    ``http`` (any ``status``).
     """
 
     kind: str = "ok"
     rejected: int = 0
+    status: int = 0  # kind "http": answer this HTTP status with a google.rpc.Status body
     retry_delay: float | None = None
     retry_after: int | None = None
 
@@ -236,6 +238,8 @@ class HttpReceiver:
         if answer.kind == "http503":
             headers = {} if answer.retry_after is None else {"Retry-After": str(answer.retry_after)}
             return _status_response(503, code_pb2.UNAVAILABLE, "test: unavailable", headers)
+        if answer.kind == "http":
+            return _status_response(answer.status, code_pb2.UNAVAILABLE, "test: scripted", {})
         if answer.kind == "http400":
             return _status_response(400, code_pb2.INVALID_ARGUMENT, "test: bad request", {})
         self.received.requests.append(ExportLogsServiceRequest.FromString(body))

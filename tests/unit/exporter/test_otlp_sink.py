@@ -147,6 +147,24 @@ async def test_http_503_honours_retry_after(http_receiver: HttpReceiver) -> None
     assert count(metrics.retried) == 1
 
 
+@pytest.mark.parametrize(
+    ("status", "retried"), [(429, True), (502, True), (504, True), (500, False), (413, False)]
+)
+async def test_http_statuses_retried_per_the_specification(
+    status: int, retried: bool, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.received.script.append(Answer("http", status=status))
+    sink, _ = make_sink(http_receiver.endpoint, "http/protobuf")
+    result = await sink.export(Kind.FLOW, [flow(1)])
+    await sink.close()
+    if retried:
+        assert not result.rejected and len(http_receiver.received.log_records) == 1
+        assert len(http_receiver.received.attempts) == 2
+    else:
+        assert result.rejected[0] == f"HTTP {status}: test: scripted"
+        assert len(http_receiver.received.attempts) == 1
+
+
 async def test_http_400_is_rejected_with_the_reason(http_receiver: HttpReceiver) -> None:
     http_receiver.received.script.append(Answer("http400"))
     sink, _ = make_sink(http_receiver.endpoint, "http/protobuf")
