@@ -12,6 +12,7 @@ Enriched records use the flat dotted keys of DESIGN.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -69,16 +70,29 @@ def _check(schema: str, index: int, name: str, value: Any, hint: Any) -> Any:
     return value
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, type hint, required) per field; resolving hints is slow, so once per class."""
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (
+            f.name,
+            hints[f.name],
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+    )
+
+
 def _from_wire(cls: type[T], schema: str, data: Any, index: int) -> T:
     if not isinstance(data, Mapping):
         raise RecordError(schema, index, f"expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in data:
-            kwargs[f.name] = _check(schema, index, f.name, data[f.name], hints[f.name])
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RecordError(schema, index, f"missing key {f.name!r}")
+    for name, hint, required in _fields(cls):
+        if name in data:
+            kwargs[name] = _check(schema, index, name, data[name], hint)
+        elif required:
+            raise RecordError(schema, index, f"missing key {name!r}")
     return cls(**kwargs)
 
 
