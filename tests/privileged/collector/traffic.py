@@ -70,6 +70,14 @@ def udp_client(addr: str, port: str, count: str, size: str, sport: str = "0") ->
     print(json.dumps({"sport": s.getsockname()[1]}), flush=True)
 
 
+def udp_spray(addr: str, first_port: str, ports: str) -> None:
+    """One datagram to each of `ports` consecutive ports (many flows, no replies needed)."""
+    s = socket.socket(_family(addr), socket.SOCK_DGRAM)
+    for port in range(int(first_port), int(first_port) + int(ports)):
+        s.sendto(b"x" * 32, (addr, port))
+    print(json.dumps({"sport": s.getsockname()[1]}), flush=True)
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
