@@ -1,11 +1,189 @@
-"""The collector service: `flowscope collector`."""
+"""The collector service: `flowscope collector`.
+
+Start-up: checks (exit 2 on failure) → NATS (retrying, logged) → compile and load the
+flow program (ABI checked) → remove filters a crashed earlier run left → attach to the
+selected interfaces and watch for new ones → root tasks:
+
+- ``link-watching``: attaches new interfaces, forgets removed ones;
+- ``producing``: drains the flow map every active timeout, reads DNS packets (and socket
+  events when socket tracing is available); on stop it detaches the filters, drains one
+  last time with ``forced_end`` and tells the publisher it is done;
+- ``publishing``: batches to ``flowscope.raw.<kind>.<node>`` and flushes at the end.
+
+bcc calls that may take long (compiling, draining a large map) run in worker threads so
+the event loop keeps serving metrics and NATS.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from flowscope.collector import checks
+from flowscope.collector.attaching import Attacher
+from flowscope.collector.draining import DirectionMemory, Drainer
+from flowscope.collector.link_watching import InterfaceSelection, LinkWatcher
+from flowscope.collector.loading import FlowProgram, FlowProgramConfig, load_flow_program
+from flowscope.collector.metrics import CollectorMetrics, read_counters
+from flowscope.collector.publishing import Publisher, PublishLimits
 from flowscope.collector.settings import Settings
-from flowscope.core.errors import StartupError
+from flowscope.core import runtime
+from flowscope.core.messaging import connect, ensure_streams
+from flowscope.core.records import RawDns
+
+log = logging.getLogger("flowscope.collector")
+
+
+def node_name(settings: Settings, env: dict[str, str] | None = None) -> str:
+    """The configured node name, else env NODE_NAME (Kubernetes downward API), else host name."""
+    env = dict(os.environ) if env is None else env
+    return settings.node_name or env.get("NODE_NAME") or socket.gethostname()
+
+
+def program_config(settings: Settings) -> FlowProgramConfig:
+    return FlowProgramConfig(
+        max_flows=settings.flows.max_entries,
+        dns_port=settings.dns.port,
+        dns_capture_len=settings.dns.capture_bytes,
+        dns_ringbuf_pages=settings.dns.ring_buffer_pages,
+    )
 
 
 def main(settings: Settings) -> int:
     """Run the collector until signalled; returns the exit status."""
-    raise StartupError("collector", "not yet built")
+    return runtime.run("collector", settings.runtime, lambda rt: body(rt, settings))
+
+
+async def body(rt: runtime.Runtime, settings: Settings) -> None:
+    """Acquire everything on the runtime's exit stack and start the root tasks."""
+    checks.run_all()
+    node = node_name(settings)
+    metrics = CollectorMetrics.create(rt.registry)
+    nc = await connect(settings.nats, "collector", rt.registry, retry=True)
+    rt.stack.push_async_callback(nc.close)
+    js = nc.jetstream()
+    await ensure_streams(js, settings.nats)
+
+    program = await asyncio.to_thread(load_flow_program, program_config(settings))
+    rt.stack.callback(program.close)
+    attacher = Attacher(program.ingress_fd, program.egress_fd)
+    rt.stack.callback(attacher.close)
+    rt.stack.callback(attacher.detach_all)
+    remove_leftovers(attacher, metrics)
+
+    selection = InterfaceSelection(
+        settings.interfaces.include, settings.interfaces.exclude, settings.interfaces.skip_bridges
+    )
+    watcher = LinkWatcher(attacher, selection, metrics)
+    rt.stack.callback(watcher.close)
+    attached = watcher.start()
+    metrics.map_capacity.set(settings.flows.max_entries)
+    log.info("collector started", extra={"node": node, "interfaces": attached})
+
+    limits = PublishLimits(
+        batch_max_records=settings.publish.batch_max_records,
+        batch_max_delay=settings.publish.batch_max_delay,
+        buffer_bytes=settings.publish.buffer_bytes,
+        max_payload=nc.max_payload,
+    )
+    publisher = Publisher(js, node, limits, metrics)
+    producers_done = asyncio.Event()
+    producing = Producing(rt, settings, node, program, attacher, publisher, metrics)
+    rt.spawn(watcher.run(rt.stopping), "link-watching")
+    rt.spawn(producing.run(producers_done), "producing")
+    rt.spawn(publisher.run(producers_done, settings.runtime.drain_timeout / 2), "publishing")
+    rt.health.set("collector", True, f"{attached} interfaces attached")
+
+
+def remove_leftovers(attacher: Attacher, metrics: CollectorMetrics) -> None:
+    """Remove filters of an earlier run that did not clean up (SIGKILL, OOM kill)."""
+    indexes = [link["index"] for link in attacher.ipr.get_links()]
+    removed = attacher.remove_leftovers(indexes)
+    metrics.leftover_filters_removed.inc(removed)
+    log.info(
+        f"removed {removed} leftover TC filters of an earlier run",
+        extra={"leftover_filters_removed": removed},
+    )
+
+
+class Producing:
+    """The producer root task: flow drains, DNS packets, socket events."""
+
+    def __init__(
+        self,
+        rt: runtime.Runtime,
+        settings: Settings,
+        node: str,
+        program: FlowProgram,
+        attacher: Attacher,
+        publisher: Publisher,
+        metrics: CollectorMetrics,
+    ) -> None:
+        self._rt = rt
+        self._settings = settings
+        self._program = program
+        self._attacher = attacher
+        self._publisher = publisher
+        self._metrics = metrics
+        capacity = max(1024, settings.flows.max_entries * 2)
+        self._drainer = Drainer(
+            program.flows, node, settings.flows.idle_timeout, DirectionMemory(capacity)
+        )
+        self._dns = start_dns_reading(program, node, publisher, metrics)
+
+    async def run(self, done: asyncio.Event) -> None:
+        try:
+            tasks = [asyncio.create_task(self._drain_loop(), name="draining")]
+            if self._dns is not None:
+                tasks.append(asyncio.create_task(self._dns.run(self._rt.stopping), name="dns"))
+            await asyncio.gather(*tasks)
+        finally:
+            done.set()
+
+    async def _drain_loop(self) -> None:
+        stopping = self._rt.stopping
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), self._settings.flows.active_timeout)
+            except TimeoutError:
+                await self._drain(forced=False)
+        # Detach first so nothing is counted after the last drain.
+        await asyncio.to_thread(self._attacher.detach_all)
+        await self._drain(forced=True)
+
+    async def _drain(self, forced: bool) -> None:
+        result = await asyncio.to_thread(self._drainer.drain, forced)
+        self._metrics.drains.inc()
+        self._metrics.flows_drained.inc(len(result.flows))
+        self._metrics.map_entries.set(result.entries)
+        self._metrics.observe_kernel(read_counters(self._program.counters))
+        self._publisher.submit("flows", [f.to_wire() for f in result.flows])
+
+
+def start_dns_reading(
+    program: FlowProgram, node: str, publisher: Publisher, metrics: CollectorMetrics
+) -> Any:
+    """The DNS reader, or None (logged) when this build has no DNS parser."""
+    try:
+        from flowscope.collector import dns_parsing
+    except ImportError:
+        log.warning("DNS parsing is not available in this build; DNS packets are not read")
+        return None
+    from flowscope.collector.dns_reading import DnsReader
+
+    emit: Callable[[list[RawDns]], None] = lambda records: publisher.submit(  # noqa: E731
+        "dns", [r.to_wire() for r in records]
+    )
+    return DnsReader(
+        program.bpf,
+        program.dns_events,
+        program.config.dns_capture_len,
+        dns_parsing.DnsExchanges(node),
+        emit,
+        metrics,
+        (dns_parsing.DnsParseError,),
+    )

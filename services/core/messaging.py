@@ -8,6 +8,7 @@ creates the streams idempotently (or updates their retention when they exist).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
@@ -168,13 +169,21 @@ async def connect(
     """
     metrics = NatsMetrics.create(registry)
     opts = connect_options(settings, name, metrics)
-    if retry:
-        # nats-py retries the initial connection too when this is set.
-        opts["retry_on_failed_connect"] = True
-    try:
-        nc = await nats.connect(**opts)
-    except Exception as e:  # nats-py raises a variety of errors for "unreachable"
-        raise StartupError("nats", f"cannot connect to {settings.url}: {e}") from e
+    delay = 0.5
+    while True:
+        try:
+            nc = await nats.connect(**opts)
+            break
+        except Exception as e:  # nats-py raises a variety of errors for "unreachable"
+            if not retry:
+                raise StartupError("nats", f"cannot connect to {settings.url}: {e}") from e
+            # nats-py 2.16 has no retry for the first connection: retry here, logged.
+            log.warning(
+                "NATS unreachable; retrying",
+                extra={"url": settings.url, "error": str(e) or type(e).__name__, "in_s": delay},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.reconnect_wait_max)
     metrics.connected.set(1)
     log.info("NATS connected", extra={"url": nc.connected_url.netloc if nc.connected_url else ""})
     return nc
