@@ -53,6 +53,7 @@ def missing_capabilities(cap_eff: int) -> list[str]:
     tracepoints needs CAP_BPF + CAP_PERFMON (kernel ≥ 5.8), or CAP_SYS_ADMIN, which also
     covers older kernels and the cgroup attachments of socket tracing.
     """
+
     def has(cap: int) -> bool:
         return bool(cap_eff >> cap & 1)
 

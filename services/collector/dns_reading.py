@@ -9,6 +9,7 @@ counted in ``flowscope_collector_dns_parse_errors_total``, logged rate-limited, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes as ct
 import logging
 import time
@@ -110,10 +111,8 @@ class DnsReader:
             if time.monotonic() >= next_expiry:
                 self._deliver(self._observer.expire(time.time_ns()))
                 next_expiry = time.monotonic() + EXPIRE_INTERVAL
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), POLL_INTERVAL)
-            except TimeoutError:
-                pass
         self._deliver(self.poll())
 
     def _deliver(self, records: list[RawDns]) -> None:

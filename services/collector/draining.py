@@ -37,7 +37,7 @@ _ICMP_PAIRED = {
 
 
 def monotonic_to_realtime_offset(samples: int = 5) -> int:
-    """realtime − monotonic in ns, from the tightest of a few bracketed readings."""
+    """realtime - monotonic in ns, from the tightest of a few bracketed readings."""
     best: tuple[int, int] | None = None
     for _ in range(samples):
         before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)

@@ -14,12 +14,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from flowscope.collector.attaching import Attaching
+from flowscope.collector.metrics import CollectorMetrics
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
-
-from flowscope.collector.attaching import Attaching
-from flowscope.collector.metrics import CollectorMetrics
 
 log = logging.getLogger("flowscope.collector.link_watching")
 

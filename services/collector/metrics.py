@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
 from flowscope.collector import abi
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 KINDS = ("flows", "sockets", "dns")
 
@@ -25,7 +24,7 @@ class KernelCounters:
 def read_counters(table: Any) -> KernelCounters:
     """Sum the per-CPU ``counters`` array (entry 0) of the flow program."""
     per_cpu = table[table.Key(0)]
-    sums = {name: 0 for name, _ in abi.CollectorCounters._fields_}
+    sums = {field[0]: 0 for field in abi.CollectorCounters._fields_}
     for cpu in per_cpu:
         for name in sums:
             sums[name] += getattr(cpu, name)

@@ -38,9 +38,13 @@ class JetStreamPublisher(Protocol):
     """The one call publishing needs (nats-py's JetStreamContext has it)."""
 
     async def publish(
-        self, subject: str, payload: bytes, timeout: float | None = ..., stream: str | None = ...,
+        self,
+        subject: str,
+        payload: bytes,
+        timeout: float | None = ...,  # noqa: ASYNC109 - nats-py's signature
+        stream: str | None = ...,
         headers: dict[str, str] | None = ...,
-    ) -> Any: ...  # fmt: skip
+    ) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +115,9 @@ class Publisher:
             lost = sum(b.count for b in lane.outbox)
             if lost:
                 self._metrics.publish_dropped.labels(lane.kind, "shutdown").inc(lost)
-                log.warning("records not published at shutdown", extra={"kind": lane.kind, "records": lost})
+                log.warning(
+                    "records not published at shutdown", extra={"kind": lane.kind, "records": lost}
+                )
 
     # ------------------------------------------------------------ batching
 
@@ -126,13 +132,17 @@ class Publisher:
         records, lane.pending = lane.pending, []
         limit = self._limits.max_payload - HEADER_ROOM
         for start in range(0, len(records), self._limits.batch_max_records):
-            for batch in self._encode(lane.kind, records[start : start + self._limits.batch_max_records], limit):
+            for batch in self._encode(
+                lane.kind, records[start : start + self._limits.batch_max_records], limit
+            ):
                 lane.outbox.append(batch)
                 lane.outbox_bytes += len(batch.body)
         self._bound(lane)
         self._wake.set()
 
-    def _encode(self, kind: str, records: Sequence[Mapping[str, Any]], limit: int) -> list[codec.Batch]:
+    def _encode(
+        self, kind: str, records: Sequence[Mapping[str, Any]], limit: int
+    ) -> list[codec.Batch]:
         schema = SCHEMAS[kind]
         try:
             return list(codec.encode_chunks(schema, records, limit))
@@ -169,7 +179,9 @@ class Publisher:
 
     async def _publish(self, lane: _Lane, batch: codec.Batch) -> bool:
         try:
-            await self._js.publish(lane.subject, batch.body, timeout=PUBLISH_TIMEOUT, headers=batch.headers)
+            await self._js.publish(
+                lane.subject, batch.body, timeout=PUBLISH_TIMEOUT, headers=batch.headers
+            )
         except Exception as e:  # nats-py: timeouts, no responders, disconnected, ...
             self._metrics.publish_errors.labels(lane.kind).inc()
             self._failed_log.warning(

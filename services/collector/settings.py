@@ -87,7 +87,9 @@ class FlowSettings:
 class DnsSettings:
     """In-kernel capture of DNS packets."""
 
-    port: int = setting(53, "UDP/TCP port whose packets are captured as DNS", parse=_between(1, 65535))
+    port: int = setting(
+        53, "UDP/TCP port whose packets are captured as DNS", parse=_between(1, 65535)
+    )
     capture_bytes: int = setting(
         512,
         "bytes copied per DNS packet from its IP header on; 512 holds a classic UDP "
@@ -107,7 +109,9 @@ class PublishSettings:
     """Batching and buffering of raw events on their way to NATS."""
 
     batch_max_records: int = setting(
-        1000, "records per message at most (then split further under max payload)", parse=_between(1, 1_000_000)
+        1000,
+        "records per message at most (then split further under max payload)",
+        parse=_between(1, 1_000_000),
     )
     batch_max_delay: float = setting(
         1.0, "seconds a record may wait for its batch to fill before it is sent", parse=_positive

@@ -68,7 +68,9 @@ class CollectorProcess:
                     return entry
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"collector exited {self.proc.returncode}: {self.logs()[-10:]}")
+                raise AssertionError(
+                    f"collector exited {self.proc.returncode}: {self.logs()[-10:]}"
+                )
             time.sleep(0.05)
         raise AssertionError(f"no log line {text!r}: {self.logs()[-10:]}")
 

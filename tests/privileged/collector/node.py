@@ -197,11 +197,17 @@ def parse_frame(frame: bytes) -> tuple[FlowId, int, int] | None:
     if ethertype == 0x0800:
         ihl = (ip[0] & 0x0F) * 4
         size, proto = struct.unpack("!H", ip[2:4])[0], ip[9]
-        src, dst = socket.inet_ntop(socket.AF_INET, ip[12:16]), socket.inet_ntop(socket.AF_INET, ip[16:20])
+        src, dst = (
+            socket.inet_ntop(socket.AF_INET, ip[12:16]),
+            socket.inet_ntop(socket.AF_INET, ip[16:20]),
+        )
         l4 = ip[ihl:]
     elif ethertype == 0x86DD:
         size, proto = struct.unpack("!H", ip[4:6])[0] + 40, ip[6]
-        src, dst = socket.inet_ntop(socket.AF_INET6, ip[8:24]), socket.inet_ntop(socket.AF_INET6, ip[24:40])
+        src, dst = (
+            socket.inet_ntop(socket.AF_INET6, ip[8:24]),
+            socket.inet_ntop(socket.AF_INET6, ip[24:40]),
+        )
         l4 = ip[40:]
     else:
         return None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from flowscope.core.records import RawFlow, tcp_flag_tags
+
 from tests.privileged.collector.conftest import Kernel
 from tests.privileged.collector.node import Capture, Node, finish, wait_listening
 
@@ -23,7 +23,9 @@ def only(flows: list[RawFlow], proto: int, a: str, b: str) -> RawFlow:
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_tcp_transfer_counted_exactly_per_direction(node: Node, kernel: Kernel, family: str) -> None:
+def test_tcp_transfer_counted_exactly_per_direction(
+    node: Node, kernel: Kernel, family: str
+) -> None:
     client, server = node.pods
     caddr, saddr = (client.ip4, server.ip4) if family == "ipv4" else (client.ip6, server.ip6)
     with node.inside():

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-
 from flowscope.core import codec, subjects
+
 from tests.privileged.collector.collector_process import CollectorProcess
 from tests.privileged.collector.node import Node, finish, wait_listening
 from tests.support import nats_server
@@ -46,15 +45,15 @@ class Flows:
     async def handler(self, msg: Any) -> None:
         self.records.extend(codec.decode(codec.RAW_FLOW, msg.headers, msg.data))
 
-    async def wait_for(self, match: Any, timeout: float = 10) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, match: Any, within: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             found = [r for r in self.records if match(r)]
             if found:
                 await asyncio.sleep(1.5)  # one more interval: nothing else may arrive
                 return [r for r in self.records if match(r)]
             await asyncio.sleep(0.1)
-        raise AssertionError(f"no matching flow in {self.records[-5:]})
+        raise AssertionError(f"no matching flow in {self.records[-5:]}")
 
 
 @pytest.fixture
@@ -77,7 +76,9 @@ def filters(node: Node, ifname: str) -> list[str]:
     return lines
 
 
-async def test_tcp_flow_published_and_decodable(node: Node, collector: CollectorProcess, flows: Flows) -> None:
+async def test_tcp_flow_published_and_decodable(
+    node: Node, collector: CollectorProcess, flows: Flows
+) -> None:
     client, server = node.pods
     srv = node.start(server, "tcp-server", server.ip4, "9090", "5000")
     wait_listening(srv)
@@ -91,10 +92,14 @@ async def test_tcp_flow_published_and_decodable(node: Node, collector: Collector
     assert flow["bytes"] > 20000 and flow["rbytes"] > 5000
     assert flow["end_reason"] == "end_of_flow_detected"
     assert collector.metric("flowscope_collector_flows_drained_total") >= 1
-    assert collector.metric("flowscope_collector_interfaces_attached") == 2  # veths, not br0, not lo
+    assert (
+        collector.metric("flowscope_collector_interfaces_attached") == 2
+    )  # veths, not br0, not lo
 
 
-async def test_host_to_pod_through_bridge_counted_once(node: Node, collector: CollectorProcess, flows: Flows) -> None:
+async def test_host_to_pod_through_bridge_counted_once(
+    node: Node, collector: CollectorProcess, flows: Flows
+) -> None:
     """The bridge is skipped: a pod↔host exchange is counted on the pod's veth only."""
     client = node.pods[0]
     assert node.run(client, "ping", "10.203.0.1", "4")["replies"] == 4
@@ -102,10 +107,12 @@ async def test_host_to_pod_through_bridge_counted_once(node: Node, collector: Co
     assert sum(r["packets"] for r in got) == 4 and sum(r["rpackets"] for r in got) == 4
 
 
-async def test_new_veth_attached_within_a_second_and_counted(node: Node, collector: CollectorProcess, flows: Flows) -> None:
+async def test_new_veth_attached_within_a_second_and_counted(
+    node: Node, collector: CollectorProcess, flows: Flows
+) -> None:
     pod = node.add_pod()
     deadline = time.monotonic() + 1.0
-    while not filters(node, pod.host_if) and time.monotonic() < deadline:
+    while not filters(node, pod.host_if) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     assert len(filters(node, pod.host_if)) == 2, "not attached within 1 s"
     other = node.pods[0]
@@ -117,7 +124,9 @@ async def test_new_veth_attached_within_a_second_and_counted(node: Node, collect
     assert sum(r["packets"] for r in got) == 3 and sum(r["rpackets"] for r in got) == 3
 
 
-def test_sigkill_then_restart_leaves_no_stale_filters(node: Node, nats_in_node: nats_server.NatsServer) -> None:
+def test_sigkill_then_restart_leaves_no_stale_filters(
+    node: Node, nats_in_node: nats_server.NatsServer
+) -> None:
     with node.inside():
         first = CollectorProcess(nats_in_node.url, node.host).start()
     try:
