@@ -45,7 +45,6 @@ class CollectorMetrics:
     dns_captured: Counter
     dns_parse_errors: Counter
     dns_events: Counter
-    socket_events: Counter
     publish_batches: Counter
     publish_bytes: Counter
     publish_records: Counter
@@ -72,7 +71,6 @@ class CollectorMetrics:
             Counter(p + "dns_captured", "DNS packets copied to the ring buffer", registry=registry),
             Counter(p + "dns_parse_errors", "captured DNS packets that did not parse", registry=registry),
             Counter(p + "dns_events", "DNS exchanges produced", registry=registry),
-            Counter(p + "socket_events", "socket-owner events produced", registry=registry),
             Counter(p + "publish_batches", "messages published", kind, registry=registry),
             Counter(p + "publish_bytes", "message body bytes published", kind, registry=registry),
             Counter(p + "publish_records", "records published", kind, registry=registry),

@@ -5,8 +5,8 @@ flow program (ABI checked) → remove filters a crashed earlier run left → att
 selected interfaces and watch for new ones → root tasks:
 
 - ``link-watching``: attaches new interfaces, forgets removed ones;
-- ``producing``: drains the flow map every active timeout, reads DNS packets (and socket
-  events when socket tracing is available); on stop it detaches the filters, drains one
+- ``producing``: drains the flow map every active timeout, reads DNS packets and socket
+  events; on stop it detaches the filters, drains one
   last time with ``forced_end`` and tells the publisher it is done;
 - ``publishing``: batches to ``flowscope.raw.<kind>.<node>`` and flushes at the end.
 
@@ -20,22 +20,26 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable
-from typing import Any
 
 from flowscope.collector import checks
 from flowscope.collector.attaching import Attacher
+from flowscope.collector.containers import ContainerResolver
+from flowscope.collector.dns_parsing import DnsExchanges, DnsParseError
+from flowscope.collector.dns_reading import DnsReader
 from flowscope.collector.draining import DirectionMemory, Drainer
 from flowscope.collector.link_watching import InterfaceSelection, LinkWatcher
 from flowscope.collector.loading import FlowProgram, FlowProgramConfig, load_flow_program
 from flowscope.collector.metrics import CollectorMetrics, read_counters
 from flowscope.collector.publishing import Publisher, PublishLimits
 from flowscope.collector.settings import Settings
+from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core import runtime
 from flowscope.core.messaging import connect, ensure_streams
 from flowscope.core.records import RawDns
 
 log = logging.getLogger("flowscope.collector")
+
+SOCKET_POLL_MS = 100  # a blocking poll in a worker thread; bounds the stop latency too
 
 
 def node_name(settings: Settings, env: dict[str, str] | None = None) -> str:
@@ -93,6 +97,7 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     publisher = Publisher(js, node, limits, metrics)
     producers_done = asyncio.Event()
     producing = Producing(rt, settings, node, program, attacher, publisher, metrics)
+    await producing.open_socket_tracing(node)
     rt.spawn(watcher.run(rt.stopping), "link-watching")
     rt.spawn(producing.run(producers_done), "producing")
     rt.spawn(publisher.run(producers_done, settings.runtime.drain_timeout / 2), "publishing")
@@ -134,12 +139,21 @@ class Producing:
             program.flows, node, settings.flows.idle_timeout, DirectionMemory(capacity)
         )
         self._dns = start_dns_reading(program, node, publisher, metrics)
+        self._sockets: SocketTracer | None = None
+
+    async def open_socket_tracing(self, node: str) -> None:
+        """Compile and attach the socket-owner programs (StartupError on failure)."""
+        tracer = SocketTracer(node, ContainerResolver(), self._rt.registry)
+        await asyncio.to_thread(tracer.open)
+        self._rt.stack.callback(tracer.close)
+        self._sockets = tracer
 
     async def run(self, done: asyncio.Event) -> None:
         try:
             tasks = [asyncio.create_task(self._drain_loop(), name="draining")]
-            if self._dns is not None:
-                tasks.append(asyncio.create_task(self._dns.run(self._rt.stopping), name="dns"))
+            tasks.append(asyncio.create_task(self._dns.run(self._rt.stopping), name="dns"))
+            if self._sockets is not None:
+                tasks.append(asyncio.create_task(self._socket_loop(self._sockets), name="sockets"))
             await asyncio.gather(*tasks)
         finally:
             done.set()
@@ -155,6 +169,15 @@ class Producing:
         await asyncio.to_thread(self._attacher.detach_all)
         await self._drain(forced=True)
 
+    async def _socket_loop(self, tracer: SocketTracer) -> None:
+        """Socket events until stopping; bcc's poll blocks, so it runs in a worker thread."""
+        while not self._rt.stopping.is_set():
+            events = await asyncio.to_thread(tracer.poll, SOCKET_POLL_MS)
+            self._publisher.submit("sockets", [e.to_wire() for e in events])
+        self._publisher.submit(
+            "sockets", [e.to_wire() for e in await asyncio.to_thread(tracer.poll, 0)]
+        )
+
     async def _drain(self, forced: bool) -> None:
         result = await asyncio.to_thread(self._drainer.drain, forced)
         self._metrics.drains.inc()
@@ -166,24 +189,18 @@ class Producing:
 
 def start_dns_reading(
     program: FlowProgram, node: str, publisher: Publisher, metrics: CollectorMetrics
-) -> Any:
-    """The DNS reader, or None (logged) when this build has no DNS parser."""
-    try:
-        from flowscope.collector import dns_parsing
-    except ImportError:
-        log.warning("DNS parsing is not available in this build; DNS packets are not read")
-        return None
-    from flowscope.collector.dns_reading import DnsReader
+) -> DnsReader:
+    """Read captured DNS packets, pair queries with responses, publish to raw.dns."""
 
-    emit: Callable[[list[RawDns]], None] = lambda records: publisher.submit(  # noqa: E731
-        "dns", [r.to_wire() for r in records]
-    )
+    def emit(records: list[RawDns]) -> None:
+        publisher.submit("dns", [r.to_wire() for r in records])
+
     return DnsReader(
         program.bpf,
         program.dns_events,
         program.config.dns_capture_len,
-        dns_parsing.DnsExchanges(node),
+        DnsExchanges(node),
         emit,
         metrics,
-        (dns_parsing.DnsParseError,),
+        (DnsParseError,),
     )

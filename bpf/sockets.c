@@ -1,0 +1,358 @@
+/* Socket owners: which process owns each TCP connection and each UDP peer.
+ *
+ * The rule that keeps pids honest: the owner (pid, tid, comm, cgroup) is read ONLY in
+ * hooks that run in the owning process's context (the socket(), bind(), connect(),
+ * sendmsg() and recvmsg() system calls) and stored by socket cookie. Hooks that see the
+ * full 5-tuple but may run in softirq (sock_ops establishment and state callbacks, the
+ * cgroup skb hooks) never call bpf_get_current_*: they look the owner up by cookie, or
+ * for a connection accepted from a listener by (netns, local port) of the listener.
+ * When no owner is known the event carries pid 0, never the interrupted task.
+ *
+ * Only UAPI contexts (bpf_sock_addr, bpf_sock, bpf_sock_ops, __sk_buff) and helpers are
+ * read: the headers bcc compiles against may not match the running kernel (DESIGN.md).
+ *
+ * Tunables, passed by user space as -D flags: FS_OWNERS_MAX, FS_LISTENERS_MAX,
+ * FS_UDP_PEERS_MAX (map sizes), FS_RINGBUF_PAGES (power of two).
+ */
+#include "flowscope_abi.h"
+
+#ifndef FS_OWNERS_MAX
+#define FS_OWNERS_MAX 65536
+#endif
+#ifndef FS_LISTENERS_MAX
+#define FS_LISTENERS_MAX 8192
+#endif
+#ifndef FS_UDP_PEERS_MAX
+#define FS_UDP_PEERS_MAX 65536
+#endif
+#ifndef FS_RINGBUF_PAGES
+#define FS_RINGBUF_PAGES 64
+#endif
+
+/* Spelled out rather than included: kernel headers and bcc's bpf.h clash on some. */
+#define FS_AF_INET 2
+#define FS_AF_INET6 10
+#define FS_IPPROTO_TCP 6
+#define FS_IPPROTO_UDP 17
+#define FS_TCP_CLOSE 7
+#define FS_TCP_LISTEN 10
+#define FS_ETH_P_IP 0x0800
+#define FS_ETH_P_IPV6 0x86DD
+
+/* bcc 0.26 declares bpf_get_socket_cookie() as returning u32, which truncates the
+ * 64-bit cookie; declare the helper with its real type. */
+static u64 (*fs_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
+
+/* Who owns a socket, captured in process context. Kernel-internal (not in the ABI). */
+struct fs_owner {
+    u64 cgroup_id;
+    u64 netns;
+    u32 pid;
+    u32 tid;
+    u32 bound_port; /* TCP port this socket bound (a listener), else 0 */
+    u32 pad;
+    char comm[16];
+};
+
+/* A TCP port bound in a network namespace: the server side of accepted connections. */
+struct fs_listener_key {
+    u64 netns;
+    u32 port;
+    u32 pad;
+};
+
+struct fs_listener {
+    struct fs_owner owner;
+    u64 cookie; /* the bound socket: only its own release removes the entry */
+};
+
+/* A UDP socket's peer, reported once (again once the owner becomes known). */
+struct fs_peer_key {
+    u64 cookie;
+    u8 addr[16];
+    u32 port;
+    u32 pad;
+};
+
+/* LRU maps: a socket whose release we miss (or that outlives a full map) ages out
+ * instead of filling the map for good. */
+BPF_TABLE("lru_hash", u64, struct fs_owner, owners, FS_OWNERS_MAX);
+BPF_TABLE("lru_hash", struct fs_listener_key, struct fs_listener, listeners, FS_LISTENERS_MAX);
+BPF_TABLE("lru_hash", struct fs_peer_key, u8, udp_peers, FS_UDP_PEERS_MAX);
+BPF_RINGBUF_OUTPUT(socket_events, FS_RINGBUF_PAGES);
+/* Ring-buffer reserve failures: per CPU so counting never contends; user space sums. */
+BPF_PERCPU_ARRAY(socket_lost, u64, 1);
+
+static __always_inline int is_tcp_or_udp(u32 protocol)
+{
+    return protocol == FS_IPPROTO_TCP || protocol == FS_IPPROTO_UDP;
+}
+
+/* The current task as owner. Call only from process-context hooks. */
+static __always_inline void current_owner(struct fs_owner *o, u64 netns)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    o->pid = id >> 32;
+    o->tid = (u32)id;
+    o->cgroup_id = bpf_get_current_cgroup_id();
+    o->netns = netns;
+    bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+/* Record the current task as the owner of a socket; skip the map write when the same
+ * thread already owns it (sendmsg runs this for every unconnected UDP datagram). */
+static __always_inline void remember(u64 cookie, u64 netns, struct fs_owner *out)
+{
+    struct fs_owner o = {};
+    current_owner(&o, netns);
+    struct fs_owner *old = owners.lookup(&cookie);
+    if (!old || old->tid != o.tid || old->cgroup_id != o.cgroup_id)
+        owners.update(&cookie, &o);
+    if (out)
+        __builtin_memcpy(out, &o, sizeof(o));
+}
+
+static __always_inline struct fs_socket_event *
+reserve_event(u8 kind, u8 proto, u64 cookie, u64 netns, struct fs_owner *o)
+{
+    struct fs_socket_event *e = socket_events.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        int zero = 0;
+        u64 *lost = socket_lost.lookup(&zero);
+        if (lost)
+            __sync_fetch_and_add(lost, 1);
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->time_ns = bpf_ktime_get_ns();
+    e->cookie = cookie;
+    e->netns = netns;
+    e->event = kind;
+    e->proto = proto;
+    if (o) {
+        e->pid = o->pid;
+        e->tid = o->tid;
+        e->cgroup_id = o->cgroup_id;
+        __builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
+    }
+    return e;
+}
+
+/* ---------------------------------------------------------------- process context */
+
+/* connect(), sendmsg() and recvmsg() with an address (cgroup sock_addr hooks). */
+static __always_inline int on_sock_addr(struct bpf_sock_addr *ctx)
+{
+    if (is_tcp_or_udp(ctx->protocol))
+        remember(fs_socket_cookie(ctx), bpf_get_netns_cookie(ctx), 0);
+    return 1; /* 1 = allow: this program only watches */
+}
+
+int fs_so_connect4(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx); }
+int fs_so_connect6(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx); }
+int fs_so_sendmsg4(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx); }
+int fs_so_sendmsg6(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx); }
+int fs_so_recvmsg4(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx); }
+int fs_so_recvmsg6(struct bpf_sock_addr *ctx) { return on_sock_addr(ctx); }
+
+/* socket(): the creator owns the socket until a later call says otherwise. Covers
+ * connected UDP sockets, whose send()/recv() run no sock_addr hook. */
+int fs_so_create(struct bpf_sock *ctx)
+{
+    if (is_tcp_or_udp(ctx->protocol))
+        remember(fs_socket_cookie(ctx), bpf_get_netns_cookie(ctx), 0);
+    return 1;
+}
+
+/* After bind(): the port is known (also when the kernel chose it). A TCP port's binder
+ * is the server of every connection later accepted on it. */
+static __always_inline int on_post_bind(struct bpf_sock *ctx)
+{
+    if (!is_tcp_or_udp(ctx->protocol))
+        return 1;
+    u64 cookie = fs_socket_cookie(ctx);
+    u64 netns = bpf_get_netns_cookie(ctx);
+    struct fs_listener l = {};
+    if (ctx->protocol != FS_IPPROTO_TCP || !ctx->src_port) {
+        remember(cookie, netns, 0);
+        return 1;
+    }
+    current_owner(&l.owner, netns);
+    l.owner.bound_port = ctx->src_port; /* so release can find the listener entry */
+    owners.update(&cookie, &l.owner);
+    struct fs_listener_key key = {.netns = netns, .port = ctx->src_port};
+    l.cookie = cookie;
+    listeners.update(&key, &l);
+    return 1;
+}
+
+int fs_so_bind4(struct bpf_sock *ctx) { return on_post_bind(ctx); }
+int fs_so_bind6(struct bpf_sock *ctx) { return on_post_bind(ctx); }
+
+/* close() of the last reference. A TCP connection still open keeps its owner until the
+ * CLOSE state callback (which runs after this, from tcp_close or a timer). */
+int fs_so_release(struct bpf_sock *ctx)
+{
+    if (!is_tcp_or_udp(ctx->protocol))
+        return 1;
+    u64 cookie = fs_socket_cookie(ctx);
+    struct fs_owner *o = owners.lookup(&cookie);
+    /* src_port cannot be read in this hook; the owner entry remembers the bound port. */
+    if (o && o->bound_port) {
+        struct fs_listener_key key = {.netns = o->netns, .port = o->bound_port};
+        struct fs_listener *l = listeners.lookup(&key);
+        if (l && l->cookie == cookie)
+            listeners.delete(&key);
+    }
+    if (ctx->protocol == FS_IPPROTO_UDP || ctx->state == FS_TCP_CLOSE ||
+        ctx->state == FS_TCP_LISTEN)
+        owners.delete(&cookie);
+    return 1;
+}
+
+/* ---------------------------------------------------------------- any context */
+
+static __always_inline void tuple_from_ops(struct fs_socket_event *e, struct bpf_sock_ops *ctx)
+{
+    e->family = ctx->family;
+    if (e->family == FS_AF_INET) {
+        u32 local = ctx->local_ip4, remote = ctx->remote_ip4;
+        __builtin_memcpy(e->saddr, &local, 4);
+        __builtin_memcpy(e->daddr, &remote, 4);
+    } else {
+        /* Constant indexes: sock_ops context reads must have fixed offsets. */
+        u32 l0 = ctx->local_ip6[0], l1 = ctx->local_ip6[1];
+        u32 l2 = ctx->local_ip6[2], l3 = ctx->local_ip6[3];
+        u32 r0 = ctx->remote_ip6[0], r1 = ctx->remote_ip6[1];
+        u32 r2 = ctx->remote_ip6[2], r3 = ctx->remote_ip6[3];
+        __builtin_memcpy(e->saddr, &l0, 4);
+        __builtin_memcpy(e->saddr + 4, &l1, 4);
+        __builtin_memcpy(e->saddr + 8, &l2, 4);
+        __builtin_memcpy(e->saddr + 12, &l3, 4);
+        __builtin_memcpy(e->daddr, &r0, 4);
+        __builtin_memcpy(e->daddr + 4, &r1, 4);
+        __builtin_memcpy(e->daddr + 8, &r2, 4);
+        __builtin_memcpy(e->daddr + 12, &r3, 4);
+    }
+    e->sport = ctx->local_port;              /* host byte order in bpf_sock_ops */
+    e->dport = bpf_ntohl(ctx->remote_port); /* network order, in the upper half */
+}
+
+/* Established: client side (owner from connect/socket) or server side (owner of the
+ * listening port). Runs in softirq for the server side: no bpf_get_current_* here. */
+static __always_inline void on_established(struct bpf_sock_ops *ctx, u8 kind)
+{
+    u64 cookie = fs_socket_cookie(ctx);
+    u64 netns = bpf_get_netns_cookie(ctx);
+    struct fs_owner *o;
+    if (kind == FS_SOCK_CONNECT) {
+        o = owners.lookup(&cookie);
+    } else {
+        struct fs_listener_key key = {.netns = netns, .port = ctx->local_port};
+        struct fs_listener *l = listeners.lookup(&key);
+        o = l ? &l->owner : 0;
+        if (o) {
+            struct fs_owner child = *o;
+            child.bound_port = 0; /* the accepted socket is not the listener */
+            owners.update(&cookie, &child); /* its owner, for its close */
+        }
+    }
+    /* Ask for state callbacks on this socket only, so CLOSE is reported for
+     * connections we reported and no others. */
+    bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    struct fs_socket_event *e = reserve_event(kind, FS_IPPROTO_TCP, cookie, netns, o);
+    if (!e)
+        return;
+    tuple_from_ops(e, ctx);
+    socket_events.ringbuf_submit(e, 0);
+}
+
+static __always_inline void on_close(struct bpf_sock_ops *ctx)
+{
+    u64 cookie = fs_socket_cookie(ctx);
+    struct fs_owner *o = owners.lookup(&cookie);
+    struct fs_socket_event *e =
+        reserve_event(FS_SOCK_CLOSE, FS_IPPROTO_TCP, cookie, bpf_get_netns_cookie(ctx), o);
+    if (e) {
+        tuple_from_ops(e, ctx);
+        socket_events.ringbuf_submit(e, 0);
+    }
+    owners.delete(&cookie);
+}
+
+int fs_so_ops(struct bpf_sock_ops *ctx)
+{
+    switch (ctx->op) {
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+        on_established(ctx, FS_SOCK_CONNECT);
+        break;
+    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+        on_established(ctx, FS_SOCK_ACCEPT);
+        break;
+    case BPF_SOCK_OPS_STATE_CB:
+        if (ctx->args[1] == FS_TCP_CLOSE)
+            on_close(ctx);
+        break;
+    }
+    return 1;
+}
+
+/* UDP peers. A UDP socket's local address is only settled when a datagram is routed, so
+ * the tuple is taken from the packet at the cgroup skb hooks (data starts at the IP
+ * header there) and the owner from the map. Every packet passes here: return early for
+ * anything that is not UDP, and report each (socket, peer) once. */
+static __always_inline int udp_peer(struct __sk_buff *skb, int egress)
+{
+    u8 saddr[16] = {}, daddr[16] = {};
+    u16 ports[2];
+    u8 family, proto;
+    if (skb->protocol == bpf_htons(FS_ETH_P_IP)) {
+        u8 vihl;
+        u16 frag;
+        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1) ||
+            bpf_skb_load_bytes(skb, 6, &frag, 2))
+            return 1;
+        if (proto != FS_IPPROTO_UDP || (frag & bpf_htons(0x1fff)))
+            return 1; /* not UDP, or a later fragment without the UDP header */
+        if (bpf_skb_load_bytes(skb, 12, saddr, 4) || bpf_skb_load_bytes(skb, 16, daddr, 4) ||
+            bpf_skb_load_bytes(skb, (vihl & 0xf) * 4, ports, 4))
+            return 1;
+        family = FS_AF_INET;
+    } else if (skb->protocol == bpf_htons(FS_ETH_P_IPV6)) {
+        /* UDP directly after the fixed header; extension headers are not followed. */
+        if (bpf_skb_load_bytes(skb, 6, &proto, 1) || proto != FS_IPPROTO_UDP)
+            return 1;
+        if (bpf_skb_load_bytes(skb, 8, saddr, 16) || bpf_skb_load_bytes(skb, 24, daddr, 16) ||
+            bpf_skb_load_bytes(skb, 40, ports, 4))
+            return 1;
+        family = FS_AF_INET6;
+    } else {
+        return 1;
+    }
+    u64 cookie = fs_socket_cookie(skb);
+    if (!cookie)
+        return 1;
+    struct fs_owner *o = owners.lookup(&cookie);
+    struct fs_peer_key key = {.cookie = cookie};
+    __builtin_memcpy(key.addr, egress ? daddr : saddr, 16);
+    key.port = bpf_ntohs(egress ? ports[1] : ports[0]);
+    u8 has_owner = o ? 1 : 0;
+    u8 *known = udp_peers.lookup(&key);
+    if (known && (*known || !has_owner))
+        return 1; /* reported already (or reported ownerless and still ownerless) */
+    udp_peers.update(&key, &has_owner);
+    struct fs_socket_event *e =
+        reserve_event(FS_SOCK_UDP, FS_IPPROTO_UDP, cookie, o ? o->netns : 0, o);
+    if (!e)
+        return 1;
+    e->family = family;
+    __builtin_memcpy(e->saddr, egress ? saddr : daddr, 16);
+    __builtin_memcpy(e->daddr, egress ? daddr : saddr, 16);
+    e->sport = bpf_ntohs(egress ? ports[0] : ports[1]);
+    e->dport = key.port;
+    socket_events.ringbuf_submit(e, 0);
+    return 1; /* 1 = let the packet pass: this program only watches */
+}
+
+int fs_so_egress(struct __sk_buff *skb) { return udp_peer(skb, 1); }
+int fs_so_ingress(struct __sk_buff *skb) { return udp_peer(skb, 0); }

@@ -1,0 +1,497 @@
+"""DNS packets captured by the kernel → DNS exchanges (query, response, latency).
+
+The kernel side copies every packet to or from the DNS port into a ring buffer as a
+bounded prefix that starts at the IP header (IPv4 or IPv6). This module is the pure
+user-space half: :func:`parse_packet` turns those bytes into a :class:`DnsPacket`, and
+:class:`DnsExchanges` pairs queries with their responses into
+:class:`~flowscope.core.records.RawDns` events.
+
+The bytes are attacker-controlled. Every way they can be wrong raises
+:class:`DnsParseError` and nothing else, and every loop is bounded by the input length
+or a constant: names follow compression pointers only strictly backwards (so loops are
+impossible), labels are at most 63 bytes and names at most 255 wire bytes, and section
+counts are checked against the bytes that remain.
+
+Contract details (also in docs/collector-sockets.md):
+
+- Answers kept: A, AAAA and CNAME of class IN, with their TTL (RFC 2181: a TTL with the
+  top bit set counts as 0). Every other record type is skipped.
+- Names are lower-cased (DNS is case-insensitive; resolvers randomise case) and written
+  in presentation form: dots between labels, ``\\.`` for a dot inside a label, ``\\DDD``
+  for bytes outside printable ASCII; the root is ``.``.
+- A TCP segment without payload (handshake, bare ACK) carries no DNS message: the parser
+  returns ``None`` for it rather than an error. A TCP segment must start with the 2-byte
+  length prefix of a message (continuation segments are rejected).
+- When the capture was cut short (the IP header says the packet is longer than the
+  bytes we got), the answers that fit are kept and ``truncated`` is set; the header and
+  question must be complete. A packet that is short by its own lengths is an error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from flowscope.core.errors import CodecError
+from flowscope.core.records import DnsAnswer, RawDns
+
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+RCODE_NAMES = {
+    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 11: "DSOTYPENI",
+}  # fmt: skip
+QTYPE_NAMES = {
+    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT",
+    17: "RP", 18: "AFSDB", 24: "SIG", 25: "KEY", 28: "AAAA", 29: "LOC", 33: "SRV",
+    35: "NAPTR", 36: "KX", 37: "CERT", 39: "DNAME", 41: "OPT", 42: "APL", 43: "DS",
+    44: "SSHFP", 45: "IPSECKEY", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 49: "DHCID",
+    50: "NSEC3", 51: "NSEC3PARAM", 52: "TLSA", 53: "SMIMEA", 55: "HIP", 59: "CDS",
+    60: "CDNSKEY", 61: "OPENPGPKEY", 62: "CSYNC", 63: "ZONEMD", 64: "SVCB", 65: "HTTPS",
+    99: "SPF", 108: "EUI48", 109: "EUI64", 249: "TKEY", 250: "TSIG", 251: "IXFR",
+    252: "AXFR", 255: "ANY", 256: "URI", 257: "CAA",
+}  # fmt: skip
+
+TYPE_A = 1
+TYPE_CNAME = 5
+TYPE_AAAA = 28
+CLASS_IN = 1
+
+MAX_LABEL = 63
+MAX_NAME_WIRE = 255  # RFC 1035 §2.3.4, including length bytes and the root's 0
+# IPv6 extension headers skipped on the way to UDP/TCP; more than this many is hostile.
+MAX_EXTENSION_HEADERS = 8
+IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_DEST_OPTS, IPV6_AH = 0, 43, 44, 60, 51
+IPV6_SKIPPED = frozenset({IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS, IPV6_AH})
+
+_HEADER = struct.Struct("!HHHHHH")
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_PRINTABLE = frozenset(range(0x21, 0x7F)) - {ord("."), ord("\\")}
+
+
+class DnsParseError(CodecError):
+    """Captured bytes are not a DNS packet this parser accepts (``reason`` is short)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+
+
+def rcode_name(rcode: int) -> str:
+    """DNS response code → its mnemonic; unknown codes as ``RCODE<n>``."""
+    return RCODE_NAMES.get(rcode, f"RCODE{rcode}")
+
+
+def qtype_name(qtype: int) -> str:
+    """DNS record type → its mnemonic; unknown types as ``TYPE<n>`` (RFC 3597)."""
+    return QTYPE_NAMES.get(qtype, f"TYPE{qtype}")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsMessage:
+    """The parts of one DNS message flowscope reports."""
+
+    id: int
+    is_response: bool
+    rcode: str
+    qname: str
+    qtype: str
+    answers: tuple[DnsAnswer, ...] = ()
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DnsPacket:
+    """A DNS message with the addresses and ports of the packet that carried it."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    proto: int
+    message: DnsMessage
+
+
+@dataclass(slots=True)
+class _Segment:
+    """Transport payload of a packet, and whether the capture cut it short."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    proto: int
+    payload: bytes
+    cut: bool
+
+
+# ---------------------------------------------------------------- IP and transport
+
+
+def parse_packet(data: bytes) -> DnsPacket | None:
+    """Parse captured bytes (from the IP header on) into a DNS packet.
+
+    Returns ``None`` for a TCP segment without payload; raises :class:`DnsParseError`
+    for anything malformed.
+    """
+    segment = _parse_ip(bytes(data))
+    if segment.proto == PROTO_TCP:
+        body, cut = _tcp_message(segment)
+        if body is None:
+            return None
+    else:
+        body, cut = segment.payload, segment.cut
+    message = parse_message(body, cut)
+    return DnsPacket(segment.src, segment.sport, segment.dst, segment.dport, segment.proto, message)
+
+
+def _parse_ip(data: bytes) -> _Segment:
+    if not data:
+        raise DnsParseError("short-ip", "no bytes")
+    version = data[0] >> 4
+    if version == 4:
+        return _parse_ipv4(data)
+    if version == 6:
+        return _parse_ipv6(data)
+    raise DnsParseError("bad-ip-version", str(version))
+
+
+def _parse_ipv4(data: bytes) -> _Segment:
+    if len(data) < 20:
+        raise DnsParseError("short-ip", f"{len(data)} bytes of IPv4 header")
+    header_len = (data[0] & 0x0F) * 4
+    total_len = int.from_bytes(data[2:4], "big")
+    if header_len < 20 or total_len < header_len:
+        raise DnsParseError("bad-ipv4-length", f"header {header_len}, total {total_len}")
+    if len(data) < header_len:
+        raise DnsParseError("short-ip", "IPv4 options cut off")
+    if int.from_bytes(data[6:8], "big") & 0x1FFF:
+        raise DnsParseError("ip-fragment", "not the first fragment")
+    src = str(ipaddress.IPv4Address(data[12:16]))
+    dst = str(ipaddress.IPv4Address(data[16:20]))
+    return _parse_transport(data[9], src, dst, data[header_len:total_len], len(data) < total_len)
+
+
+def _parse_ipv6(data: bytes) -> _Segment:
+    if len(data) < 40:
+        raise DnsParseError("short-ip", f"{len(data)} bytes of IPv6 header")
+    payload_len = int.from_bytes(data[4:6], "big")
+    src = str(ipaddress.IPv6Address(data[8:24]))
+    dst = str(ipaddress.IPv6Address(data[24:40]))
+    cut = len(data) < 40 + payload_len
+    payload = data[40 : 40 + payload_len]
+    next_header = data[6]
+    for _ in range(MAX_EXTENSION_HEADERS):
+        if next_header not in IPV6_SKIPPED and next_header != IPV6_FRAGMENT:
+            return _parse_transport(next_header, src, dst, payload, cut)
+        next_header, payload = _skip_extension(next_header, payload)
+    raise DnsParseError("ipv6-extensions", f"more than {MAX_EXTENSION_HEADERS} headers")
+
+
+def _skip_extension(kind: int, payload: bytes) -> tuple[int, bytes]:
+    """Skip one IPv6 extension header; returns (next header, rest)."""
+    if len(payload) < 8:
+        raise DnsParseError("short-ip", "IPv6 extension header cut off")
+    if kind == IPV6_FRAGMENT:
+        if int.from_bytes(payload[2:4], "big") & 0xFFF8:
+            raise DnsParseError("ip-fragment", "not the first fragment")
+        size = 8
+    elif kind == IPV6_AH:
+        size = (payload[1] + 2) * 4  # AH counts 4-byte words (RFC 4302)
+    else:
+        size = (payload[1] + 1) * 8
+    if len(payload) < size:
+        raise DnsParseError("short-ip", "IPv6 extension header cut off")
+    return payload[0], payload[size:]
+
+
+def _parse_transport(proto: int, src: str, dst: str, payload: bytes, cut: bool) -> _Segment:
+    if proto == PROTO_UDP:
+        return _parse_udp(src, dst, payload, cut)
+    if proto == PROTO_TCP:
+        return _parse_tcp(src, dst, payload, cut)
+    raise DnsParseError("bad-transport", f"IP protocol {proto}")
+
+
+def _parse_udp(src: str, dst: str, payload: bytes, cut: bool) -> _Segment:
+    if len(payload) < 8:
+        raise DnsParseError("short-udp", f"{len(payload)} bytes")
+    sport, dport, length = struct.unpack_from("!HHH", payload)
+    if length < 8 or (length > len(payload) and not cut):
+        raise DnsParseError("bad-udp-length", str(length))
+    return _Segment(src, sport, dst, dport, PROTO_UDP, payload[8:length], cut)
+
+
+def _parse_tcp(src: str, dst: str, payload: bytes, cut: bool) -> _Segment:
+    if len(payload) < 20:
+        raise DnsParseError("short-tcp", f"{len(payload)} bytes")
+    sport, dport = struct.unpack_from("!HH", payload)
+    header_len = (payload[12] >> 4) * 4
+    if header_len < 20 or header_len > len(payload):
+        raise DnsParseError("bad-tcp-offset", str(header_len))
+    return _Segment(src, sport, dst, dport, PROTO_TCP, payload[header_len:], cut)
+
+
+def _tcp_message(segment: _Segment) -> tuple[bytes | None, bool]:
+    """The DNS message in a TCP segment (after its 2-byte length), or None if no payload."""
+    payload = segment.payload
+    if not payload:
+        return None, False
+    if len(payload) < 2:
+        raise DnsParseError("short-tcp-dns", "length prefix cut off")
+    length = int.from_bytes(payload[:2], "big")
+    body = payload[2 : 2 + length]
+    # Shorter than its prefix: the capture was cut, or the message continues in later
+    # segments we do not reassemble. Either way keep what the bytes hold.
+    return body, len(body) < length
+
+
+# ---------------------------------------------------------------- DNS message
+
+
+def parse_message(msg: bytes, cut: bool = False) -> DnsMessage:
+    """Parse a DNS message (RFC 1035). ``cut``: the capture ended before the message did."""
+    if len(msg) < _HEADER.size:
+        raise DnsParseError("short-dns", f"{len(msg)} bytes of header")
+    ident, flags, qdcount, ancount, _, _ = _HEADER.unpack_from(msg)
+    if flags >> 11 & 0xF not in (0, 1, 2, 4, 5, 6):  # QUERY, IQUERY, STATUS, NOTIFY, UPDATE, DSO
+        raise DnsParseError("bad-opcode", str(flags >> 11 & 0xF))
+    offset = _HEADER.size
+    qname, qtype = "", ""
+    for i in range(qdcount):
+        name, offset = read_name(msg, offset)
+        if offset + 4 > len(msg):
+            raise DnsParseError("short-dns", "question cut off")
+        if i == 0:
+            qname, qtype = name, qtype_name(int.from_bytes(msg[offset : offset + 2], "big"))
+        offset += 4
+    answers, truncated = _read_answers(msg, offset, ancount, cut)
+    return DnsMessage(
+        ident, bool(flags & 0x8000), rcode_name(flags & 0xF), qname, qtype, answers, truncated
+    )
+
+
+def _read_answers(
+    msg: bytes, offset: int, count: int, cut: bool
+) -> tuple[tuple[DnsAnswer, ...], bool]:
+    """Answers of the types flowscope keeps; stops quietly where a cut capture ends."""
+    answers: list[DnsAnswer] = []
+    for _ in range(count):
+        if offset >= len(msg) and cut:
+            return tuple(answers), True
+        try:
+            answer, offset = _read_record(msg, offset)
+        except DnsParseError as error:
+            if cut and error.reason.startswith("short"):
+                return tuple(answers), True
+            raise
+        if answer is not None:
+            answers.append(answer)
+    return tuple(answers), False
+
+
+def _read_record(msg: bytes, offset: int) -> tuple[DnsAnswer | None, int]:
+    name, offset = read_name(msg, offset)
+    if offset + _RR_FIXED.size > len(msg):
+        raise DnsParseError("short-dns", "record header cut off")
+    rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(msg, offset)
+    start = offset + _RR_FIXED.size
+    end = start + rdlength
+    if end > len(msg):
+        raise DnsParseError("short-dns", "record data cut off")
+    if ttl & 0x80000000:
+        ttl = 0  # RFC 2181 §8
+    if rclass != CLASS_IN or rtype not in (TYPE_A, TYPE_AAAA, TYPE_CNAME):
+        return None, end
+    return DnsAnswer(name, qtype_name(rtype), ttl, _rdata(msg, rtype, start, end)), end
+
+
+def _rdata(msg: bytes, rtype: int, start: int, end: int) -> str:
+    if rtype == TYPE_CNAME:
+        target, after = read_name(msg, start)
+        if after != end:
+            raise DnsParseError("bad-rdata", "CNAME length does not match its name")
+        return target
+    size = 4 if rtype == TYPE_A else 16
+    if end - start != size:
+        raise DnsParseError("bad-rdata", f"{qtype_name(rtype)} with {end - start} bytes")
+    if size == 4:
+        return str(ipaddress.IPv4Address(msg[start:end]))
+    return str(ipaddress.IPv6Address(msg[start:end]))
+
+
+def read_name(msg: bytes, offset: int) -> tuple[str, int]:
+    """Read a possibly compressed name at ``offset``; returns (name, offset after it).
+
+    A compression pointer must point strictly before the start of the labels that led
+    to it, so every jump lowers the position and a loop cannot exist; together with the
+    255-byte name limit this bounds the work by the message length.
+    """
+    labels: list[str] = []
+    wire_len = 0
+    floor = offset  # the next pointer must point below this
+    end: int | None = None  # where the name ends in the record that holds it
+    while True:
+        if offset >= len(msg):
+            raise DnsParseError("short-name", f"name runs past the end at {offset}")
+        length = msg[offset]
+        if length & 0xC0 == 0xC0:
+            target = _pointer_target(msg, offset, floor)
+            end = offset + 2 if end is None else end
+            offset = floor = target
+            continue
+        if length & 0xC0:
+            raise DnsParseError("bad-label", f"label type {length & 0xC0:#x}")
+        if length == 0:
+            return _name_text(labels), offset + 1 if end is None else end
+        wire_len += length + 1
+        if wire_len + 1 > MAX_NAME_WIRE:
+            raise DnsParseError("long-name", f"over {MAX_NAME_WIRE} bytes")
+        if offset + 1 + length > len(msg):
+            raise DnsParseError("short-name", "label cut off")
+        labels.append(_label_text(msg[offset + 1 : offset + 1 + length]))
+        offset += 1 + length
+
+
+def _pointer_target(msg: bytes, offset: int, floor: int) -> int:
+    if offset + 2 > len(msg):
+        raise DnsParseError("short-name", "compression pointer cut off")
+    target = (msg[offset] & 0x3F) << 8 | msg[offset + 1]
+    if target >= floor:
+        raise DnsParseError("bad-pointer", f"pointer at {offset} to {target} does not go back")
+    return target
+
+
+def _label_text(label: bytes) -> str:
+    """One label in presentation form, lower-cased, with dots and odd bytes escaped."""
+    out = []
+    for byte in label.lower():
+        if byte in _PRINTABLE:
+            out.append(chr(byte))
+        elif byte in (0x2E, 0x5C):  # "." and "\\" inside a label
+            out.append("\\" + chr(byte))
+        else:
+            out.append(f"\\{byte:03d}")
+    return "".join(out)
+
+
+def _name_text(labels: list[str]) -> str:
+    return ".".join(labels) if labels else "."
+
+
+# ---------------------------------------------------------------- query/response pairing
+
+ExchangeKey = tuple[str, int, str, int, int, int]  # client, cport, server, sport, id, proto
+
+
+@dataclass(slots=True)
+class _Pending:
+    time_ns: int
+    packet: DnsPacket
+
+
+@dataclass(slots=True)
+class ExchangeCounts:
+    """What the pairing dropped or could not pair, for the collector's metrics."""
+
+    evicted: int = 0  # queries pushed out of a full pending table
+    expired: int = 0  # queries that saw no response within the timeout
+    unmatched: int = 0  # responses without a remembered query
+    retransmits: int = 0  # queries already pending under the same key
+
+
+@dataclass(slots=True)
+class DnsExchanges:
+    """Pairs DNS queries with their responses into :class:`RawDns` events.
+
+    A query is remembered under (client address, client port, server address, server
+    port, id, transport). Its response yields one event with ``latency_ns`` and the
+    query's time; a response with no remembered query yields an event with latency 0 and
+    the response's time. A retransmitted query keeps the first one's time (the latency the
+    client saw). The pending table holds at most ``max_pending`` queries; the oldest is
+    evicted (and counted) to make room. :meth:`expire` emits queries older than
+    ``timeout_ns`` as events with ``rcode=""`` and no answers: the question was asked,
+    no answer was seen.
+    """
+
+    observer: str
+    max_pending: int = 10000
+    timeout_ns: int = 5_000_000_000
+    counts: ExchangeCounts = field(default_factory=ExchangeCounts)
+    _pending: OrderedDict[ExchangeKey, _Pending] = field(default_factory=OrderedDict)
+
+    def observe(self, data: bytes, ts_unix_ns: int) -> RawDns | None:
+        """Take one captured packet; returns an event when it completes an exchange.
+
+        Raises :class:`DnsParseError` for a malformed packet (the caller counts it).
+        """
+        packet = parse_packet(data)
+        if packet is None:
+            return None
+        if not packet.message.is_response:
+            self._remember(packet, ts_unix_ns)
+            return None
+        key = (packet.dst, packet.dport, packet.src, packet.sport, packet.message.id, packet.proto)
+        query = self._pending.pop(key, None)
+        if query is None:
+            self.counts.unmatched += 1
+            return _event(self.observer, packet, ts_unix_ns, 0, response=True)
+        latency = max(0, ts_unix_ns - query.time_ns)
+        return _event(self.observer, packet, query.time_ns, latency, response=True)
+
+    def expire(self, now_ns: int) -> list[RawDns]:
+        """Queries pending longer than the timeout, as unanswered events (oldest first).
+
+        The table is in arrival order; events from different CPUs can arrive slightly out
+        of time order, so a query behind a younger one waits for that one's turn.
+        """
+        out = []
+        while self._pending:
+            key, query = next(iter(self._pending.items()))
+            if now_ns - query.time_ns < self.timeout_ns:
+                break
+            del self._pending[key]
+            self.counts.expired += 1
+            out.append(_event(self.observer, query.packet, query.time_ns, 0, response=False))
+        return out
+
+    def pending(self) -> int:
+        """How many queries wait for a response."""
+        return len(self._pending)
+
+    def _remember(self, packet: DnsPacket, ts_unix_ns: int) -> None:
+        key = (packet.src, packet.sport, packet.dst, packet.dport, packet.message.id, packet.proto)
+        if key in self._pending:
+            self.counts.retransmits += 1
+            return
+        while len(self._pending) >= self.max_pending:
+            self._pending.popitem(last=False)
+            self.counts.evicted += 1
+        self._pending[key] = _Pending(ts_unix_ns, packet)
+
+
+def _event(observer: str, packet: DnsPacket, time_ns: int, latency: int, response: bool) -> RawDns:
+    """One exchange as a raw event; ``response`` says whether ``packet`` is the answer."""
+    msg = packet.message
+    client, cport, server, sport = (
+        (packet.dst, packet.dport, packet.src, packet.sport)
+        if response
+        else (packet.src, packet.sport, packet.dst, packet.dport)
+    )
+    return RawDns(
+        observer=observer,
+        time_ns=time_ns,
+        id=msg.id,
+        qname=msg.qname,
+        qtype=msg.qtype,
+        rcode=msg.rcode if response else "",
+        client=client,
+        client_port=cport,
+        server=server,
+        server_port=sport,
+        proto=packet.proto,
+        latency_ns=latency,
+        answers=[a.to_wire() for a in msg.answers] if response else [],
+    )

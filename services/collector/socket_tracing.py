@@ -1,0 +1,327 @@
+"""Socket owners from the kernel: which process is at each end of a connection.
+
+:class:`SocketTracer` compiles ``bpf/sockets.c`` with bcc, attaches its programs to the
+cgroup v2 root as BPF links (so they see every socket on the node, share the cgroup with
+other programs, and vanish with this process however it ends), and turns the ring
+buffer's :class:`~flowscope.collector.abi.SocketEvent` records into
+:class:`~flowscope.core.records.RawSocket` events. Why these hooks, and how the pids are
+kept honest, is explained in ``bpf/sockets.c`` and docs/collector-sockets.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flowscope.bpf
+import prometheus_client
+from flowscope.collector.abi import SOCKET_EVENT_NAMES, SocketEvent
+from flowscope.collector.containers import ContainerResolver, find_cgroup2_root
+from flowscope.core.errors import CodecError, StartupError
+from flowscope.core.logs import RateLimitedLog
+from flowscope.core.records import RawSocket
+
+log = logging.getLogger(__name__)
+
+PROGRAM_PREFIX = "fs_so_"  # every program of bpf/sockets.c; recognisable in bpftool
+RING_BUFFER = "socket_events"
+LOST_COUNTER = "socket_lost"
+AF_INET, AF_INET6 = 2, 10
+
+# bcc program types (bcc.BPF constants) and kernel attach types (enum bpf_attach_type),
+# spelled out so this table can be read without bcc at hand.
+CGROUP_SKB, CGROUP_SOCK, SOCK_OPS, CGROUP_SOCK_ADDR = 8, 9, 13, 18
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """One function of bpf/sockets.c and the cgroup hook it attaches to."""
+
+    name: str
+    prog_type: int
+    attach_type: int
+
+
+PROGRAMS = (
+    Program("fs_so_create", CGROUP_SOCK, 2),  # BPF_CGROUP_INET_SOCK_CREATE
+    Program("fs_so_release", CGROUP_SOCK, 34),  # BPF_CGROUP_INET_SOCK_RELEASE
+    Program("fs_so_bind4", CGROUP_SOCK, 12),  # BPF_CGROUP_INET4_POST_BIND
+    Program("fs_so_bind6", CGROUP_SOCK, 13),  # BPF_CGROUP_INET6_POST_BIND
+    Program("fs_so_connect4", CGROUP_SOCK_ADDR, 10),  # BPF_CGROUP_INET4_CONNECT
+    Program("fs_so_connect6", CGROUP_SOCK_ADDR, 11),  # BPF_CGROUP_INET6_CONNECT
+    Program("fs_so_sendmsg4", CGROUP_SOCK_ADDR, 14),  # BPF_CGROUP_UDP4_SENDMSG
+    Program("fs_so_sendmsg6", CGROUP_SOCK_ADDR, 15),  # BPF_CGROUP_UDP6_SENDMSG
+    Program("fs_so_recvmsg4", CGROUP_SOCK_ADDR, 19),  # BPF_CGROUP_UDP4_RECVMSG
+    Program("fs_so_recvmsg6", CGROUP_SOCK_ADDR, 20),  # BPF_CGROUP_UDP6_RECVMSG
+    Program("fs_so_ops", SOCK_OPS, 3),  # BPF_CGROUP_SOCK_OPS
+    Program("fs_so_egress", CGROUP_SKB, 1),  # BPF_CGROUP_INET_EGRESS
+    Program("fs_so_ingress", CGROUP_SKB, 0),  # BPF_CGROUP_INET_INGRESS
+)
+
+# Type names clang reports for the ring buffer's struct (bcc's derivation) → size.
+_C_SIZES = {
+    "__u64": 8, "u64": 8, "__u32": 4, "u32": 4, "__u16": 2, "u16": 2,
+    "__u8": 1, "u8": 1, "char": 1, "unsigned char": 1,
+}  # fmt: skip
+
+
+def bpf_source() -> Path:
+    """bpf/sockets.c as installed (package data of ``flowscope.bpf``)."""
+    return Path(flowscope.bpf.__file__).parent / "sockets.c"
+
+
+# ---------------------------------------------------------------- decoding (pure)
+
+
+def decode_event(raw: bytes) -> SocketEvent:
+    """Ring-buffer bytes → the ABI struct (a copy, safe after the callback returns)."""
+    if len(raw) < ctypes.sizeof(SocketEvent):
+        raise CodecError("short-socket-event", f"{len(raw)} bytes")
+    return SocketEvent.from_buffer_copy(raw[: ctypes.sizeof(SocketEvent)])
+
+
+def address_text(family: int, raw: bytes) -> str:
+    """An address from the event in canonical text; IPv4-mapped IPv6 as IPv4 (that is
+    what the packets on the wire carry)."""
+    if family == AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if family == AF_INET6:
+        address = ipaddress.IPv6Address(raw[:16])
+        return str(address.ipv4_mapped or address)
+    raise CodecError("bad-socket-event", f"address family {family}")
+
+
+def to_raw_socket(
+    event: SocketEvent, observer: str, realtime_offset_ns: int, container_id: str
+) -> RawSocket:
+    """The one conversion from the kernel's struct to the raw socket record."""
+    name = SOCKET_EVENT_NAMES.get(event.event)
+    if name is None:
+        raise CodecError("bad-socket-event", f"event kind {event.event}")
+    return RawSocket(
+        observer=observer,
+        time_ns=event.time_ns + realtime_offset_ns,
+        event=name,
+        proto=event.proto,
+        src=address_text(event.family, bytes(event.saddr)),
+        sport=event.sport,
+        dst=address_text(event.family, bytes(event.daddr)),
+        dport=event.dport,
+        pid=event.pid,
+        tid=event.tid,
+        comm=event.comm.decode("utf-8", errors="replace"),
+        cgroup_id=event.cgroup_id,
+        container_id=container_id,
+        netns=event.netns,
+    )
+
+
+def realtime_offset_ns() -> int:
+    """unix time minus CLOCK_MONOTONIC (bpf_ktime_get_ns's clock), sampled now."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def check_layout(fields: list[tuple[str, str]]) -> None:
+    """Compare bcc's view of ``struct fs_socket_event`` with the Python mirror.
+
+    ``fields`` are (name, C type) in declaration order as bcc derived them from the
+    compiled program. A difference means abi.py and flowscope_abi.h disagree.
+    """
+    mirror = [(field[0], ctypes.sizeof(field[1])) for field in SocketEvent._fields_]
+    derived = [(name, _c_size(ctype)) for name, ctype in fields]
+    if derived != mirror:
+        raise StartupError(
+            "bpf-abi", f"struct fs_socket_event is {derived} in C but {mirror} in abi.py"
+        )
+
+
+def _c_size(ctype: str) -> int:
+    base, _, count = ctype.partition("[")
+    size = _C_SIZES.get(base.strip(), -1)
+    return size * int(count.rstrip("]")) if count else size
+
+
+# ---------------------------------------------------------------- the tracer
+
+
+class SocketTracer:
+    """Loads and attaches the socket-owner programs; yields :class:`RawSocket` events.
+
+    ``observer`` is the node name put on every event; ``containers`` resolves cgroup ids;
+    ``registry`` receives the metrics; ``cgroup_path`` is where the cgroup2 filesystem
+    is (on a hybrid v1+v2 host, its ``unified`` child is used).
+    """
+
+    def __init__(
+        self,
+        observer: str,
+        containers: ContainerResolver,
+        registry: prometheus_client.CollectorRegistry,
+        cgroup_path: str = "/sys/fs/cgroup",
+        *,
+        ringbuf_pages: int = 64,
+        owners_max: int = 65536,
+    ) -> None:
+        self.observer = observer
+        self.containers = containers
+        self.cgroup_path = cgroup_path
+        self.ringbuf_pages = ringbuf_pages
+        self.owners_max = owners_max
+        self.program_ids: list[int] = []
+        self._bpf: Any = None
+        self._cgroup_fd = -1
+        self._links: list[int] = []
+        self._raw: list[bytes] = []
+        self._lost_seen = 0
+        self._offset_ns = realtime_offset_ns()
+        self._bad_log = RateLimitedLog(log)
+        self._events = prometheus_client.Counter(
+            "flowscope_collector_socket_events",
+            "Socket-owner events read from the kernel, by kind",
+            ["event"],
+            registry=registry,
+        )
+        self._lost = prometheus_client.Counter(
+            "flowscope_collector_socket_events_lost",
+            "Socket-owner events the kernel could not deliver (ring buffer full)",
+            registry=registry,
+        )
+        self._bad = prometheus_client.Counter(
+            "flowscope_collector_socket_events_bad",
+            "Socket-owner events skipped because they could not be decoded",
+            registry=registry,
+        )
+        self._attached = prometheus_client.Gauge(
+            "flowscope_collector_socket_programs_attached",
+            "Socket-owner BPF programs attached to the cgroup v2 root",
+            registry=registry,
+        )
+
+    def open(self) -> None:
+        """Compile, check the ABI, attach every program. Raises StartupError."""
+        try:
+            self._cgroup_fd = self._open_cgroup()
+            self._bpf = self._compile()
+            check_layout(self._derived_fields())
+            self._attach_all()
+            self._bpf[RING_BUFFER].open_ring_buffer(self._on_event)
+        except BaseException:
+            self.close()
+            raise
+        self._offset_ns = realtime_offset_ns()
+
+    def poll(self, timeout_ms: int) -> list[RawSocket]:
+        """Wait up to ``timeout_ms`` for events; returns those read (possibly none)."""
+        if self._bpf is None:
+            raise RuntimeError("SocketTracer.poll() before open()")
+        self._bpf.ring_buffer_poll(timeout_ms)
+        raw, self._raw = self._raw, []
+        self._count_lost()
+        return [event for data in raw if (event := self._convert(data)) is not None]
+
+    def close(self) -> None:
+        """Detach everything this tracer attached and unload its programs (idempotent)."""
+        for fd in self._links:
+            os.close(fd)  # closing a link's last fd detaches it
+        self._links = []
+        self._attached.set(0)
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+        if self._cgroup_fd >= 0:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = -1
+
+    # ------------------------------------------------------------ open() steps
+
+    def _open_cgroup(self) -> int:
+        root = find_cgroup2_root(self.cgroup_path)
+        try:
+            return os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as error:
+            raise StartupError("cgroup2", f"cannot open {root}: {error}") from error
+
+    def _compile(self) -> Any:
+        try:
+            from bcc import BPF
+        except ImportError as error:
+            raise StartupError("bcc", "python3-bpfcc is not importable") from error
+        source = bpf_source()
+        cflags = [
+            f"-I{source.parent}",
+            f"-DFS_RINGBUF_PAGES={self.ringbuf_pages}",
+            f"-DFS_OWNERS_MAX={self.owners_max}",
+        ]
+        try:
+            return BPF(src_file=str(source).encode(), cflags=cflags)
+        except Exception as error:  # bcc raises bare Exception for compile failures
+            raise StartupError("bpf-compile", f"{source}: {error}") from error
+
+    def _derived_fields(self) -> list[tuple[str, str]]:
+        from bcc.libbcc import lib
+
+        module, name = self._bpf.module, RING_BUFFER.encode()
+        count = lib.bpf_perf_event_fields(module, name)
+        pairs = [lib.bpf_perf_event_field(module, name, i).decode() for i in range(count)]
+        return [tuple(pair.split("#", 1)) for pair in pairs]  # type: ignore[misc]
+
+    def _attach_all(self) -> None:
+        from flowscope.collector import cgroup_links
+
+        left = sum(
+            cgroup_links.detach_by_name(self._cgroup_fd, p.attach_type, PROGRAM_PREFIX)
+            for p in PROGRAMS
+        )
+        if left:
+            log.warning("removed %d socket-owner programs an earlier run left attached", left)
+        for program in PROGRAMS:
+            fd = self._load(program)
+            self.program_ids.append(cgroup_links.prog_info(fd).id)
+            try:
+                self._links.append(
+                    cgroup_links.link_create(fd, self._cgroup_fd, program.attach_type)
+                )
+            except OSError as error:
+                raise StartupError(
+                    "bpf-attach", f"{program.name} to the cgroup v2 root: {error}"
+                ) from error
+            self._attached.inc()
+
+    def _load(self, program: Program) -> int:
+        try:
+            fn = self._bpf.load_func(
+                program.name.encode(), program.prog_type, attach_type=program.attach_type
+            )
+        except Exception as error:  # verifier rejection; bcc prints the log to stderr
+            raise StartupError("bpf-load", f"{program.name}: {error}") from error
+        return int(fn.fd)
+
+    # ------------------------------------------------------------ events
+
+    def _on_event(self, _ctx: object, data: int, size: int) -> None:
+        # The pointer is valid only during this callback: copy the bytes now.
+        self._raw.append(ctypes.string_at(data, size))
+
+    def _convert(self, data: bytes) -> RawSocket | None:
+        try:
+            event = decode_event(data)
+            container = self.containers.container_id(event.cgroup_id) if event.cgroup_id else ""
+            record = to_raw_socket(event, self.observer, self._offset_ns, container)
+        except CodecError as error:
+            self._bad.inc()
+            self._bad_log.warning(error.reason, f"socket event skipped: {error}")
+            return None
+        self._events.labels(record.event).inc()
+        return record
+
+    def _count_lost(self) -> None:
+        total = sum(self._bpf[LOST_COUNTER][ctypes.c_int(0)])
+        if total > self._lost_seen:
+            self._lost.inc(total - self._lost_seen)
+            self._lost_seen = total

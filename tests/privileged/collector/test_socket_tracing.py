@@ -1,0 +1,247 @@
+"""Socket owners in the real kernel: two network namespaces joined by a veth pair, a
+server in one and a client in the other, each a separate process whose pid we know.
+
+Ground truth: the subprocesses' pids and /proc/<pid>/comm, the addresses we assign and
+the client's local port as it reports it. Over veth, the server side's handshake runs in
+softirq on the client's CPU, so a tracer that trusted the current task in that hook would
+name the client as the server: these tests would catch it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import prometheus_client
+import pytest
+from flowscope.collector.containers import ContainerResolver
+from flowscope.collector.socket_tracing import PROGRAMS, SocketTracer
+from flowscope.core.records import RawSocket
+
+TAG = f"csock{os.getpid()}"
+NS_A, NS_B = f"{TAG}a", f"{TAG}b"
+V4_A, V4_B = "10.204.7.1", "10.204.7.2"
+V6_A, V6_B = "fd00:204::1", "fd00:204::2"
+
+# Both scripts print what the test needs, then wait for a line on stdin before exiting so
+# /proc/<pid>/comm can be read while they are alive.
+TCP_SERVER = """
+import socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port)); s.listen()
+print('ready', flush=True)
+c, _ = s.accept(); c.sendall(c.recv(100)); c.close()
+sys.stdin.readline()
+"""
+TCP_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print(c.getsockname()[1], flush=True)
+c.sendall(b'hello'); c.recv(100); c.close()
+sys.stdin.readline()
+"""
+UDP_SERVER = """
+import socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port))
+print('ready', flush=True)
+data, peer = s.recvfrom(100); s.sendto(data, peer)
+sys.stdin.readline()
+"""
+UDP_CLIENT = """
+import socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+c = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_DGRAM)
+c.sendto(b'ping', (addr, port)); c.recvfrom(100)
+print(c.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def namespaces() -> Iterator[None]:
+    """NS_A and NS_B joined by a veth pair, IPv4 and IPv6 (no DAD), removed afterwards."""
+    try:
+        for ns in (NS_A, NS_B):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        ip(
+            "link",
+            "add",
+            f"{TAG}x",
+            "netns",
+            NS_A,
+            "type",
+            "veth",
+            "peer",
+            f"{TAG}y",
+            "netns",
+            NS_B,
+        )
+        for ns, dev, v4, v6 in ((NS_A, f"{TAG}x", V4_A, V6_A), (NS_B, f"{TAG}y", V4_B, V6_B)):
+            ip("-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
+            ip("-n", ns, "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            ip("-n", ns, "link", "set", dev, "up")
+        yield
+    finally:
+        for ns in (NS_A, NS_B):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def tracer(namespaces: None) -> Iterator[SocketTracer]:
+    tracer = SocketTracer("test-node", ContainerResolver(), prometheus_client.CollectorRegistry())
+    tracer.open()
+    yield tracer
+    tracer.close()
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[str]
+    comm: str
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def start(ns: str, script: str, *args: str) -> tuple[Proc, str]:
+    """Run ``script`` in ``ns``; returns the process and its first output line."""
+    popen = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert popen.stdout is not None
+    line = popen.stdout.readline().strip()
+    with open(f"/proc/{popen.pid}/comm") as file:  # `ip netns exec` execs: same pid
+        comm = file.read().strip()
+    return Proc(popen, comm), line
+
+
+def finish(*procs: Proc) -> None:
+    for proc in procs:
+        proc.popen.communicate("done\n", timeout=10)
+
+
+def collect(tracer: SocketTracer, done: Callable[[list[RawSocket]], bool]) -> list[RawSocket]:
+    events: list[RawSocket] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not done(events):
+        events += tracer.poll(100)
+    return events
+
+
+def tuple_of(e: RawSocket) -> tuple[str, int, str, int]:
+    return (e.src, e.sport, e.dst, e.dport)
+
+
+@pytest.mark.parametrize(("client_addr", "server_addr"), [(V4_A, V4_B), (V6_A, V6_B)])
+def test_tcp_connect_and_accept_name_the_right_processes(
+    tracer: SocketTracer, client_addr: str, server_addr: str
+) -> None:
+    port = 8000 + os.getpid() % 1000
+    server, ready = start(NS_B, TCP_SERVER, server_addr, str(port))
+    assert ready == "ready"
+    client, cport_text = start(NS_A, TCP_CLIENT, server_addr, str(port))
+    cport = int(cport_text)
+    forward = (client_addr, cport, server_addr, port)
+    reverse = (server_addr, port, client_addr, cport)
+
+    def seen_all(events: list[RawSocket]) -> bool:
+        kinds = {(e.event, tuple_of(e)) for e in events}
+        return {("close", forward), ("close", reverse)} <= kinds
+
+    events = collect(tracer, seen_all)
+    finish(client, server)
+    ours = [e for e in events if tuple_of(e) in (forward, reverse)]
+    (connect,) = [e for e in ours if e.event == "connect"]
+    (accept,) = [e for e in ours if e.event == "accept"]
+    assert (connect.pid, connect.comm, tuple_of(connect), connect.proto) == (
+        client.pid, client.comm, forward, 6,
+    )  # fmt: skip
+    assert connect.tid == client.pid  # single-threaded
+    assert (accept.pid, accept.comm, tuple_of(accept), accept.proto) == (
+        server.pid, server.comm, reverse, 6,
+    )  # fmt: skip
+    assert connect.netns and accept.netns and connect.netns != accept.netns
+    assert connect.cgroup_id and accept.cgroup_id
+    # Every event about this connection names the process on its own end, never another.
+    for event in ours:
+        expected = client.pid if tuple_of(event) == forward else server.pid
+        assert event.pid == expected, event
+    assert {e.event for e in ours} == {"connect", "accept", "close"}
+    assert abs(connect.time_ns - time.time_ns()) < 60 * 10**9  # unix ns, not boot time
+
+
+@pytest.mark.parametrize(("client_addr", "server_addr"), [(V4_A, V4_B), (V6_A, V6_B)])
+def test_udp_send_and_receive_name_the_right_processes(
+    tracer: SocketTracer, client_addr: str, server_addr: str
+) -> None:
+    port = 9000 + os.getpid() % 1000
+    server, ready = start(NS_B, UDP_SERVER, server_addr, str(port))
+    assert ready == "ready"
+    client, cport_text = start(NS_A, UDP_CLIENT, server_addr, str(port))
+    forward = (client_addr, int(cport_text), server_addr, port)
+    reverse = (server_addr, port, client_addr, int(cport_text))
+
+    def seen_both(events: list[RawSocket]) -> bool:
+        return {forward, reverse} <= {tuple_of(e) for e in events if e.event == "udp"}
+
+    events = collect(tracer, seen_both)
+    finish(client, server)
+    ours = [e for e in events if tuple_of(e) in (forward, reverse)]
+    (sent,) = [e for e in ours if tuple_of(e) == forward]
+    (received,) = [e for e in ours if tuple_of(e) == reverse]
+    assert (sent.event, sent.pid, sent.comm, sent.proto) == ("udp", client.pid, client.comm, 17)
+    assert (received.event, received.pid, received.comm) == ("udp", server.pid, server.comm)
+    assert sent.netns and received.netns and sent.netns != received.netns
+
+
+def test_listener_older_than_tracer_gives_pid_0_and_close_detaches_everything(
+    namespaces: None,
+) -> None:
+    """A server bound before the tracer started has no known owner: pid 0, not a guess.
+    After close(), none of the tracer's programs is attached to the cgroup v2 root."""
+    from flowscope.collector import cgroup_links
+    from flowscope.collector.containers import find_cgroup2_root
+
+    port = 7000 + os.getpid() % 1000
+    server, _ = start(NS_B, TCP_SERVER, V4_B, str(port))
+    tracer = SocketTracer("test-node", ContainerResolver(), prometheus_client.CollectorRegistry())
+    tracer.open()
+    root_fd = os.open(find_cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+
+        def attached_ids() -> set[int]:
+            return {
+                entry.prog_id
+                for p in PROGRAMS
+                for entry in cgroup_links.attached(root_fd, p.attach_type)
+            }
+
+        assert set(tracer.program_ids) <= attached_ids()
+        client, cport = start(NS_A, TCP_CLIENT, V4_B, str(port))
+        reverse = (V4_B, port, V4_A, int(cport))
+        events = collect(tracer, lambda es: any(tuple_of(e) == reverse for e in es))
+        finish(client, server)
+        (accept,) = [e for e in events if tuple_of(e) == reverse and e.event == "accept"]
+        assert (accept.pid, accept.comm, accept.cgroup_id) == (0, "", 0)
+        tracer.close()
+        assert not set(tracer.program_ids) & attached_ids()
+    finally:
+        tracer.close()
+        os.close(root_fd)

@@ -1,0 +1,143 @@
+"""Cgroup path → container id parsing, and the resolver's cache over a directory tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flowscope.collector.containers import (
+    ContainerResolver,
+    cgroup_id_of,
+    container_id_from_path,
+    find_cgroup2_root,
+)
+from flowscope.core.errors import StartupError
+
+CID = "4f3c9a1b2d8e7f60" * 4
+OTHER = "0123456789abcdef" * 4
+POD = "pod0c8e3a41_2b7d_4e0f_9a55_1f2e3d4c5b6a"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        # containerd, systemd driver
+        f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-{POD}.slice/cri-containerd-{CID}.scope",
+        # containerd, cgroupfs driver
+        f"/kubepods/burstable/{POD.replace('_', '-')}/{CID}",
+        f"/kubepods/{POD}/{CID}",
+        # containerd nested under its service (systemd driver, non-systemd cgroup tree)
+        f"/system.slice/containerd.service/kubepods-besteffort-{POD}.slice:cri-containerd:{CID}",
+        # CRI-O
+        f"/kubepods.slice/kubepods-{POD}.slice/crio-{CID}.scope",
+        f"/kubepods-besteffort-{POD}.slice:crio:{CID}",
+        # Docker, systemd and cgroupfs drivers
+        f"/system.slice/docker-{CID}.scope",
+        f"/docker/{CID}",
+        # podman
+        f"/machine.slice/libpod-{CID}.scope",
+        # a cgroup the container made below its own scope still belongs to it
+        f"/kubepods.slice/cri-containerd-{CID}.scope/init.scope",
+        f"/docker/{CID}/child/grandchild",
+    ],
+)
+def test_container_forms(path: str) -> None:
+    assert container_id_from_path(path) == CID
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "",
+        "/system.slice/containerd.service",
+        f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-{POD}.slice",
+        f"/kubepods.slice/crio-conmon-{CID}.scope",  # CRI-O's monitor, not the container
+        f"/system.slice/docker-{CID[:-1]}.scope",  # 63 hex
+        f"/system.slice/docker-{CID.upper()}.scope",  # runtimes write lower-case hex
+        f"/docker/{CID}x",
+        "/user.slice/user-1000.slice/session-3.scope",
+    ],
+)
+def test_not_containers(path: str) -> None:
+    assert container_id_from_path(path) == ""
+
+
+def test_deepest_match_wins() -> None:
+    assert container_id_from_path(f"/docker/{OTHER}/docker/{CID}") == CID
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_tree(root: Path, *paths: str) -> dict[str, int]:
+    ids = {}
+    for path in paths:
+        (root / path).mkdir(parents=True, exist_ok=True)
+        ids[path] = cgroup_id_of(root / path)
+    return ids
+
+
+def test_resolver_finds_directories_by_inode(tmp_path: Path) -> None:
+    ids = make_tree(
+        tmp_path,
+        f"kubepods.slice/kubepods-{POD}.slice/cri-containerd-{CID}.scope",
+        f"system.slice/docker-{OTHER}.scope",
+        "system.slice/sshd.service",
+    )
+    resolver = ContainerResolver(root=str(tmp_path), clock=FakeClock())
+    assert (
+        resolver.container_id(
+            ids[f"kubepods.slice/kubepods-{POD}.slice/cri-containerd-{CID}.scope"]
+        )
+        == CID
+    )
+    # The first scan cached every container: no second scan for the other one.
+    assert resolver.container_id(ids[f"system.slice/docker-{OTHER}.scope"]) == OTHER
+    assert resolver.counts.scans == 1 and resolver.counts.hits == 1
+    assert resolver.container_id(cgroup_id_of(tmp_path)) == ""
+
+
+def test_resolver_rescans_at_most_once_per_interval(tmp_path: Path) -> None:
+    clock = FakeClock()
+    resolver = ContainerResolver(root=str(tmp_path), rescan_interval_s=1.0, clock=clock)
+    make_tree(tmp_path, "system.slice")
+    assert resolver.container_id(999_999_999) == ""  # scan 1: unknown
+    late = make_tree(tmp_path, f"system.slice/crio-{CID}.scope")[f"system.slice/crio-{CID}.scope"]
+    assert resolver.container_id(late) == ""  # within the interval: no scan
+    assert resolver.counts.scans == 1
+    clock.now += 1.0
+    assert resolver.container_id(late) == CID  # scan 2 finds the new cgroup
+    assert resolver.counts.scans == 2
+
+
+def test_resolver_cache_is_bounded_lru(tmp_path: Path) -> None:
+    paths = [f"docker/{i:064x}" for i in range(6)]
+    ids = make_tree(tmp_path, *paths)
+    clock = FakeClock()
+    resolver = ContainerResolver(capacity=3, root=str(tmp_path), clock=clock)
+    assert resolver.container_id(ids[paths[0]]) == f"{0:064x}"
+    assert len(resolver._cache) == 3
+    assert ids[paths[0]] in resolver._cache  # the asked-for id is kept even when full
+
+
+def test_find_cgroup2_root_prefers_given_then_unified(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
+        "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+    )
+    assert find_cgroup2_root("/sys/fs/cgroup", str(mounts)) == "/sys/fs/cgroup/unified"
+    mounts.write_text("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n")
+    assert find_cgroup2_root("/sys/fs/cgroup/", str(mounts)) == "/sys/fs/cgroup"
+    mounts.write_text("cgroup2 /run/cg2 cgroup2 rw 0 0\n")
+    assert find_cgroup2_root("/sys/fs/cgroup", str(mounts)) == "/run/cg2"
+    mounts.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\n")
+    with pytest.raises(StartupError, match="cgroup2"):
+        find_cgroup2_root("/sys/fs/cgroup", str(mounts))
