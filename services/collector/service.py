@@ -86,7 +86,6 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     rt.stack.callback(watcher.close)
     attached = watcher.start()
     metrics.map_capacity.set(settings.flows.max_entries)
-    log.info("collector started", extra={"node": node, "interfaces": attached})
 
     limits = PublishLimits(
         batch_max_records=settings.publish.batch_max_records,
@@ -102,6 +101,7 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     rt.spawn(producing.run(producers_done), "producing")
     rt.spawn(publisher.run(producers_done, settings.runtime.drain_timeout / 2), "publishing")
     rt.health.set("collector", True, f"{attached} interfaces attached")
+    log.info("collector started", extra={"node": node, "interfaces": attached})
 
 
 def remove_leftovers(attacher: Attacher, metrics: CollectorMetrics) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
+PACKET_OUTGOING = 4
 TRAFFIC = str(Path(__file__).with_name("traffic.py"))
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -69,6 +70,7 @@ class Node:
 
     tag: str = field(default_factory=lambda: f"cf{os.getpid()}")
     pods: list[Pod] = field(default_factory=list)
+    ipv6: bool = True  # False: no IPv6 at all, hence no link-local chatter (MLD, RS)
 
     @property
     def host(self) -> str:
@@ -79,10 +81,12 @@ class Node:
 
     def create(self, pods: int = 2) -> Node:
         sh("ip", "netns", "add", self.host)
+        self._quiet(self.host)
         self.hx("ip", "link", "set", "lo", "up")
         self.hx("ip", "link", "add", "br0", "type", "bridge")
         self.hx("ip", "addr", "add", "10.203.0.1/24", "dev", "br0")
-        self.hx("ip", "addr", "add", "fd00:203::1/64", "dev", "br0", "nodad")
+        if self.ipv6:
+            self.hx("ip", "addr", "add", "fd00:203::1/64", "dev", "br0", "nodad")
         self.hx("ip", "link", "set", "br0", "up")
         for _ in range(pods):
             self.add_pod()
@@ -92,17 +96,32 @@ class Node:
         n = len(self.pods) + 10
         pod = Pod(f"{self.tag}p{n}", f"veth{n}", f"10.203.0.{n}", f"fd00:203::{n}")
         sh("ip", "netns", "add", pod.ns)
+        self._quiet(pod.ns)
         px = ("ip", "netns", "exec", pod.ns)
         self.hx("ip", "link", "add", pod.host_if, "gso_max_segs", "1", "type", "veth",
                 "peer", "name", "eth0", "gso_max_segs", "1", "netns", pod.ns)  # fmt: skip
         self.hx("ip", "link", "set", pod.host_if, "master", "br0", "up")
         sh(*px, "ip", "link", "set", "lo", "up")
         sh(*px, "ip", "addr", "add", f"{pod.ip4}/24", "dev", "eth0")
-        sh(*px, "ip", "addr", "add", f"{pod.ip6}/64", "dev", "eth0", "nodad")
+        if self.ipv6:
+            sh(*px, "ip", "addr", "add", f"{pod.ip6}/64", "dev", "eth0", "nodad")
         sh(*px, "ip", "link", "set", "eth0", "up")
         sh(*px, "ip", "route", "add", "default", "via", "10.203.0.1")
         self.pods.append(pod)
         return pod
+
+    def _quiet(self, ns: str) -> None:
+        if not self.ipv6:
+            for scope in ("all", "default"):
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-q",
+                    f"net.ipv6.conf.{scope}.disable_ipv6=1",
+                )
 
     def destroy(self) -> None:
         for pod in self.pods:
@@ -159,6 +178,9 @@ class Capture:
         self.packets: Counter[FlowId] = Counter()
         self.bytes: Counter[FlowId] = Counter()
         self.flags: Counter[FlowId] = Counter()
+        # Per (direction, source MAC): packets and IP bytes, any flow.
+        self.by_origin_packets: Counter[tuple[str, bytes]] = Counter()
+        self.by_origin_bytes: Counter[tuple[str, bytes]] = Counter()
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
         self._sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: no drops
         self._sock.bind((ifname, 0))
@@ -170,7 +192,7 @@ class Capture:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                frame = self._sock.recv(65536)
+                frame, address = self._sock.recvfrom(65536)
             except TimeoutError:
                 continue
             parsed = parse_frame(frame)
@@ -179,6 +201,9 @@ class Capture:
                 self.packets[fid] += 1
                 self.bytes[fid] += size
                 self.flags[fid] |= flags
+                origin = ("egress" if address[2] == PACKET_OUTGOING else "ingress", frame[6:12])
+                self.by_origin_packets[origin] += 1
+                self.by_origin_bytes[origin] += size
 
     def stop(self) -> None:
         """Stop capturing; fails if the socket dropped any frame (no exact ground truth)."""

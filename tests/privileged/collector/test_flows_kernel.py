@@ -26,7 +26,7 @@ def only(flows: list[RawFlow], proto: int, a: str, b: str) -> RawFlow:
 def test_tcp_transfer_counted_exactly_per_direction(
     node: Node, kernel: Kernel, family: str
 ) -> None:
-    client, server = node.pods
+    client, server = node.pods[:2]
     caddr, saddr = (client.ip4, server.ip4) if family == "ipv4" else (client.ip6, server.ip6)
     with node.inside():
         drain(kernel)
@@ -53,7 +53,7 @@ def test_tcp_transfer_counted_exactly_per_direction(
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_udp_exchange_counted_exactly(node: Node, kernel: Kernel, family: str) -> None:
-    client, server = node.pods
+    client, server = node.pods[:2]
     caddr, saddr = (client.ip4, server.ip4) if family == "ipv4" else (client.ip6, server.ip6)
     with node.inside():
         drain(kernel)
@@ -74,7 +74,7 @@ def test_udp_exchange_counted_exactly(node: Node, kernel: Kernel, family: str) -
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_icmp_echo_counted_exactly(node: Node, kernel: Kernel, family: str) -> None:
-    client, server = node.pods
+    client, server = node.pods[:2]
     caddr, saddr = (client.ip4, server.ip4) if family == "ipv4" else (client.ip6, server.ip6)
     proto, request = (1, 8) if family == "ipv4" else (58, 128)
     with node.inside():
@@ -90,7 +90,7 @@ def test_icmp_echo_counted_exactly(node: Node, kernel: Kernel, family: str) -> N
 
 def test_same_node_pod_to_pod_counted_once(node: Node, kernel: Kernel) -> None:
     """pod→pod crosses two monitored veths (ingress on one, egress on the other)."""
-    client, server = node.pods
+    client, server = node.pods[:2]
     with node.inside():
         drain(kernel)
         at_client, at_server = Capture(client.host_if), Capture(server.host_if)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -35,15 +36,15 @@ def collector(node: Node, nats_in_node: nats_server.NatsServer) -> Iterator[Coll
         proc.close()
 
 
-class Flows:
-    """Raw flow records arriving on flowscope.raw.flows.<node>, decoded with the codec."""
+class Records:
+    """Raw records arriving on flowscope.raw.<kind>.<node>, decoded with the codec."""
 
-    def __init__(self) -> None:
+    def __init__(self, schema: codec.Schema) -> None:
+        self.schema = schema
         self.records: list[dict[str, Any]] = []
-        self.sub: Any = None
 
     async def handler(self, msg: Any) -> None:
-        self.records.extend(codec.decode(codec.RAW_FLOW, msg.headers, msg.data))
+        self.records.extend(codec.decode(self.schema, msg.headers, msg.data))
 
     async def wait_for(self, match: Any, within: float = 10) -> list[dict[str, Any]]:
         deadline = time.monotonic() + within
@@ -53,17 +54,26 @@ class Flows:
                 await asyncio.sleep(1.5)  # one more interval: nothing else may arrive
                 return [r for r in self.records if match(r)]
             await asyncio.sleep(0.1)
-        raise AssertionError(f"no matching flow in {self.records[-5:]}")
+        raise AssertionError(f"no matching record in {self.records[-5:]}")
+
+
+@dataclass
+class Raw:
+    flows: Records
+    sockets: Records
+    dns: Records
 
 
 @pytest.fixture
-async def flows(node: Node, nats_in_node: nats_server.NatsServer) -> AsyncIterator[Flows]:
+async def raw(node: Node, nats_in_node: nats_server.NatsServer) -> AsyncIterator[Raw]:
     import nats
 
     with node.inside():
         nc = await nats.connect(nats_in_node.url)
-    got = Flows()
-    got.sub = await nc.subscribe(subjects.raw_flows("testnode"), cb=got.handler)
+    got = Raw(Records(codec.RAW_FLOW), Records(codec.RAW_SOCKET), Records(codec.RAW_DNS))
+    await nc.subscribe(subjects.raw_flows("testnode"), cb=got.flows.handler)
+    await nc.subscribe(subjects.raw_sockets("testnode"), cb=got.sockets.handler)
+    await nc.subscribe(subjects.raw_dns("testnode"), cb=got.dns.handler)
     yield got
     await nc.close()
 
@@ -77,14 +87,15 @@ def filters(node: Node, ifname: str) -> list[str]:
 
 
 async def test_tcp_flow_published_and_decodable(
-    node: Node, collector: CollectorProcess, flows: Flows
+    node: Node, collector: CollectorProcess, raw: Raw
 ) -> None:
-    client, server = node.pods
+    client, server = node.pods[:2]
     srv = node.start(server, "tcp-server", server.ip4, "9090", "5000")
     wait_listening(srv)
-    sent = node.run(client, "tcp-client", server.ip4, "9090", "20000")
+    cli = node.start(client, "tcp-client", server.ip4, "9090", "20000")
+    sent = finish(cli)
     finish(srv)
-    got = await flows.wait_for(lambda r: r["proto"] == 6 and r["dport"] == 9090)
+    got = await raw.flows.wait_for(lambda r: r["proto"] == 6 and r["dport"] == 9090)
     assert len(got) == 1, got
     flow = got[0]
     assert (flow["src"], flow["sport"], flow["dst"]) == (client.ip4, sent["sport"], server.ip4)
@@ -92,23 +103,31 @@ async def test_tcp_flow_published_and_decodable(
     assert flow["bytes"] > 20000 and flow["rbytes"] > 5000
     assert flow["end_reason"] == "end_of_flow_detected"
     assert collector.metric("flowscope_collector_flows_drained_total") >= 1
+    # The socket owners of both ends, on raw.sockets.
+    owners = await raw.sockets.wait_for(
+        lambda r: 9090 in (r["sport"], r["dport"]) and r["proto"] == 6
+    )
+    by_event = {r["event"]: r for r in owners}
+    assert by_event["connect"]["pid"] == cli.pid and by_event["connect"]["sport"] == sent["sport"]
+    assert by_event["accept"]["pid"] == srv.pid
+    assert by_event["connect"]["comm"].startswith("python")
     assert (
         collector.metric("flowscope_collector_interfaces_attached") == 2
     )  # veths, not br0, not lo
 
 
 async def test_host_to_pod_through_bridge_counted_once(
-    node: Node, collector: CollectorProcess, flows: Flows
+    node: Node, collector: CollectorProcess, raw: Raw
 ) -> None:
     """The bridge is skipped: a pod↔host exchange is counted on the pod's veth only."""
     client = node.pods[0]
     assert node.run(client, "ping", "10.203.0.1", "4")["replies"] == 4
-    got = await flows.wait_for(lambda r: r["proto"] == 1 and r["dst"] == "10.203.0.1")
+    got = await raw.flows.wait_for(lambda r: r["proto"] == 1 and r["dst"] == "10.203.0.1")
     assert sum(r["packets"] for r in got) == 4 and sum(r["rpackets"] for r in got) == 4
 
 
 async def test_new_veth_attached_within_a_second_and_counted(
-    node: Node, collector: CollectorProcess, flows: Flows
+    node: Node, collector: CollectorProcess, raw: Raw
 ) -> None:
     pod = node.add_pod()
     deadline = time.monotonic() + 1.0
@@ -120,7 +139,7 @@ async def test_new_veth_attached_within_a_second_and_counted(
     wait_listening(srv)
     node.run(pod, "udp-client", other.ip4, "6000", "3", "100")
     finish(srv)
-    got = await flows.wait_for(lambda r: r["proto"] == 17 and r["src"] == pod.ip4)
+    got = await raw.flows.wait_for(lambda r: r["proto"] == 17 and r["src"] == pod.ip4)
     assert sum(r["packets"] for r in got) == 3 and sum(r["rpackets"] for r in got) == 3
 
 
@@ -146,3 +165,26 @@ def test_sigkill_then_restart_leaves_no_stale_filters(
             second.close()
     finally:
         first.close()
+
+
+async def test_dns_query_published_with_answers_and_latency(
+    node: Node, collector: CollectorProcess, raw: Raw
+) -> None:
+    client, server = node.pods[:2]
+    srv = node.start(server, "dns-server", server.ip4, "53", "1")
+    wait_listening(srv)
+    answer = node.run(client, "dns-query", server.ip4, "53", "shop.flowscope.test")
+    finish(srv)
+    assert answer["answer"] == "10.203.0.99"
+    events = await raw.dns.wait_for(lambda r: r["qname"].startswith("shop.flowscope.test"))
+    assert len(events) == 1, events
+    event = events[0]
+    assert (event["id"], event["qtype"], event["rcode"]) == (answer["id"], "A", "NOERROR")
+    assert (event["client"], event["server"], event["server_port"]) == (client.ip4, server.ip4, 53)
+    assert event["answers"] == [
+        {"name": "shop.flowscope.test", "type": "A", "ttl": 60, "data": "10.203.0.99"}
+    ]
+    assert event["latency_ns"] > 0
+    assert (
+        collector.metric("flowscope_collector_dns_captured_total") == 2
+    )  # query + response, once each

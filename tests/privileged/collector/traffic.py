@@ -78,6 +78,31 @@ def udp_spray(addr: str, first_port: str, ports: str) -> None:
     print(json.dumps({"sport": s.getsockname()[1]}), flush=True)
 
 
+def dns_server(addr: str, port: str, count: str) -> None:
+    """Answer count UDP queries: every A question gets 10.203.0.99 (TTL 60)."""
+    from dnslib import QTYPE, RR, A, DNSRecord
+
+    s = socket.socket(_family(addr), socket.SOCK_DGRAM)
+    s.bind((addr, int(port)))
+    print(json.dumps({"listening": True}), flush=True)
+    for _ in range(int(count)):
+        data, peer = s.recvfrom(4096)
+        query = DNSRecord.parse(data)
+        reply = query.reply()
+        if query.q.qtype == QTYPE.A:
+            reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A("10.203.0.99"), ttl=60))
+        s.sendto(reply.pack(), peer)
+    print(json.dumps({"answered": int(count)}), flush=True)
+
+
+def dns_query(server: str, port: str, name: str) -> None:
+    """One A query over UDP; prints the answer's address."""
+    from dnslib import DNSRecord
+
+    reply = DNSRecord.parse(DNSRecord.question(name, "A").send(server, int(port), timeout=2))
+    print(json.dumps({"id": reply.header.id, "answer": str(reply.rr[0].rdata)}), flush=True)
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
