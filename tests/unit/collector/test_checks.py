@@ -59,7 +59,7 @@ def test_tracefs_not_mounted(tmp_path: Path) -> None:
 
 
 def test_kernel_headers_missing(tmp_path: Path) -> None:
-    with pytest.raises(StartupError, match="kernel headers not found .*6.9.9"):
+    with pytest.raises(StartupError, match=r"kernel headers not found .*6\.9\.9"):
         checks.check_kernel_headers(host(tmp_path), "6.9.9", {})
     with pytest.raises(StartupError, match="BCC_KERNEL_SOURCE"):
         checks.check_kernel_headers(host(tmp_path / "x"), "6.1.0", {"BCC_KERNEL_SOURCE": "/nope"})
