@@ -26,7 +26,7 @@ from flowscope.collector.attaching import Attacher
 from flowscope.collector.containers import ContainerResolver
 from flowscope.collector.dns_parsing import DnsExchanges, DnsParseError
 from flowscope.collector.dns_reading import DnsReader
-from flowscope.collector.draining import DirectionMemory, Drainer
+from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
 from flowscope.collector.link_watching import InterfaceSelection, LinkWatcher
 from flowscope.collector.loading import FlowProgram, FlowProgramConfig, load_flow_program
 from flowscope.collector.metrics import CollectorMetrics, read_counters
@@ -136,7 +136,10 @@ class Producing:
         self._metrics = metrics
         capacity = max(1024, settings.flows.max_entries * 2)
         self._drainer = Drainer(
-            program.flows, node, settings.flows.idle_timeout, DirectionMemory(capacity)
+            BatchReader(program.flows.map_fd, min(4096, settings.flows.max_entries)),
+            node,
+            settings.flows.idle_timeout,
+            DirectionMemory(capacity),
         )
         self._dns = start_dns_reading(program, node, publisher, metrics)
         self._sockets: SocketTracer | None = None

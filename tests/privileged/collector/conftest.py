@@ -31,7 +31,7 @@ class Kernel:
 @pytest.fixture(scope="module")
 def kernel(node: Node) -> Iterator[Kernel]:
     from flowscope.collector.attaching import Attacher
-    from flowscope.collector.draining import DirectionMemory, Drainer
+    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
     from flowscope.collector.loading import FlowProgramConfig, load_flow_program
 
     with node.inside():
@@ -40,7 +40,9 @@ def kernel(node: Node) -> Iterator[Kernel]:
         for pod in node.pods:
             (index,) = attacher.ipr.link_lookup(ifname=pod.host_if)
             assert attacher.attach(index, pod.host_if)
-        drainer = Drainer(program.flows, "test-node", 3.0, DirectionMemory(1024))
+        drainer = Drainer(
+            BatchReader(program.flows.map_fd), "test-node", 3.0, DirectionMemory(1024)
+        )
         try:
             yield Kernel(program, attacher, drainer)
         finally:

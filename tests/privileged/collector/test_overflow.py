@@ -22,7 +22,7 @@ def small_node() -> Iterator[Node]:
 
 def test_map_full_packets_and_bytes_are_counted(small_node: Node) -> None:
     from flowscope.collector.attaching import Attacher
-    from flowscope.collector.draining import DirectionMemory, Drainer
+    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
     from flowscope.collector.loading import FlowProgramConfig, load_flow_program
     from flowscope.collector.metrics import read_counters
 
@@ -37,7 +37,11 @@ def test_map_full_packets_and_bytes_are_counted(small_node: Node) -> None:
             small_node.run(client, "udp-spray", server.ip4, "20000", "200")
             time.sleep(0.3)
             capture.stop()
-            flows = Drainer(program.flows, "n", 3.0, DirectionMemory(16)).drain().flows
+            flows = (
+                Drainer(BatchReader(program.flows.map_fd, 8), "n", 3.0, DirectionMemory(16))
+                .drain()
+                .flows
+            )
             counters = read_counters(program.counters)
         finally:
             attacher.detach_all()

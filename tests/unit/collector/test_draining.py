@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from flowscope.collector import abi
 from flowscope.collector.draining import (
@@ -16,13 +17,13 @@ from flowscope.core.community_id import community_id
 CTX = DrainContext("node-a", now_mono_ns=10_000_000_000, offset_ns=1_000, idle_ns=3_000_000_000, forced=False)  # fmt: skip
 
 
-def key(lo: str, hi: str, port_lo: int, port_hi: int, proto: int) -> abi.FlowKey:
+def key(lo: str, hi: str, port_lo: int, port_hi: int, proto: int) -> tuple[Any, ...]:
     k = abi.FlowKey(port_lo=port_lo, port_hi=port_hi, proto=proto)
     a, b = ipaddress.ip_address(lo), ipaddress.ip_address(hi)
     k.family = abi.AF_INET if a.version == 4 else abi.AF_INET6
     k.addr_lo[: len(a.packed)] = list(a.packed)
     k.addr_hi[: len(b.packed)] = list(b.packed)
-    return k
+    return abi.FLOW_KEY.unpack(bytes(k))
 
 
 def value(
@@ -31,7 +32,7 @@ def value(
     v = abi.FlowValue(first_ns=8_000_000_000, last_ns=last, tcp_flags=flags, ifindex=3, fwd=fwd, initiator=initiator)  # fmt: skip
     v.packets[:] = [10, 20]
     v.bytes[:] = [1000, 2000]
-    return v
+    return abi.FLOW_VALUE.unpack(bytes(v))
 
 
 def test_forward_lo_to_hi() -> None:
@@ -74,17 +75,27 @@ def test_end_reasons() -> None:
 def test_direction_memory_keeps_initiator_across_intervals() -> None:
     memory = DirectionMemory(capacity=2)
     k = key("10.0.0.1", "10.0.0.2", 40000, 80, 6)
-    assert memory.resolve(k, value(fwd=1, initiator=1), ended=False) == (1, True)
+    assert memory.resolve(abi.FLOW_KEY.pack(*k), value(fwd=1, initiator=1), ended=False) == (
+        1,
+        True,
+    )
     # Next interval: the entry was re-created by the server's packet (fwd 0, no SYN).
-    assert memory.resolve(k, value(fwd=0), ended=False) == (1, True)
-    assert memory.resolve(k, value(fwd=0, flags=0x11), ended=True) == (1, True)
-    assert memory.resolve(k, value(fwd=0), ended=False) == (0, False)  # forgotten at FIN
+    assert memory.resolve(abi.FLOW_KEY.pack(*k), value(fwd=0), ended=False) == (1, True)
+    assert memory.resolve(abi.FLOW_KEY.pack(*k), value(fwd=0, flags=0x11), ended=True) == (1, True)
+    assert memory.resolve(abi.FLOW_KEY.pack(*k), value(fwd=0), ended=False) == (
+        0,
+        False,
+    )  # forgotten at FIN
 
 
 def test_direction_memory_is_bounded() -> None:
     memory = DirectionMemory(capacity=2)
     for port in range(5):
-        memory.resolve(key("10.0.0.1", "10.0.0.2", port, 80, 6), value(initiator=1), ended=False)
+        memory.resolve(
+            abi.FLOW_KEY.pack(*key("10.0.0.1", "10.0.0.2", port, 80, 6)),
+            value(initiator=1),
+            ended=False,
+        )
     assert len(memory) == 2
 
 
