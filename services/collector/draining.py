@@ -161,14 +161,6 @@ class DirectionMemory:
         return len(self._known)
 
 
-@dataclass(slots=True)
-class DrainResult:
-    """One drain: the records and what the map looked like."""
-
-    flows: list[RawFlow]
-    entries: int
-
-
 class BatchReader:
     """Lookup-and-delete of a whole BPF hash map, chunk by chunk, into reused buffers."""
 
