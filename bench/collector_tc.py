@@ -203,6 +203,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--packets", type=int, default=200_000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--kernel-only", action="store_true", help="skip the collector process part"
+    )
     args = parser.parse_args()
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = stats.read_text().strip()
@@ -210,7 +213,8 @@ def main() -> None:
     node = Node(tag=f"cfb{os.getpid()}", ipv6=False).create(pods=2)
     try:
         per_packet(node, args.packets)
-        collector_load(node, args.seconds)
+        if not args.kernel_only:
+            collector_load(node, args.seconds)
     finally:
         node.destroy()
         stats.write_text(old)

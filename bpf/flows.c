@@ -1,8 +1,8 @@
 /* flows.c — TC clsact classifiers (ingress and egress) that aggregate flows in a map and
  * copy DNS packets to a ring buffer.
  *
- * Reads only the stable __sk_buff context and packet bytes (bpf_skb_load_bytes, which
- * also works on non-linear skbs); never a struct sock field. Every program returns
+ * Reads only the stable __sk_buff context and packet bytes (direct packet access, or
+ * bpf_skb_load_bytes for bytes outside the linear area); never a struct sock field. Every program returns
  * TC_ACT_UNSPEC: "no verdict, continue with the next filter", so the packet's fate is
  * whatever it would have been without flowscope — also when another product's filters
  * sit behind ours on the same hook (TC_ACT_OK would end the classification and skip them).
@@ -45,6 +45,27 @@ BPF_RINGBUF_OUTPUT(dns_events, DNS_RINGBUF_PAGES);
 /* Never written: it only exposes struct dns_event's compiled layout to user space, which
  * checks it against abi.py at start-up (bcc derives table types, not ring buffer ones). */
 BPF_ARRAY(dns_event_layout, struct dns_event, 1);
+
+/* Header bytes at `off`, LEN a compile-time constant. Direct packet access when the
+ * bytes are in the skb's linear area (the common case: no helper call), else
+ * bpf_skb_load_bytes, which also reads paged data. MAX_DIRECT_OFF bounds the offset
+ * so the verifier can check the packet pointer arithmetic. */
+#define MAX_DIRECT_OFF 256
+#define LOAD(skb, off, to, LEN) load_header(skb, off, to, LEN)
+
+static __always_inline int load_header(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    if (off <= MAX_DIRECT_OFF) {
+        void *from = data + off;
+        if (from + len <= data_end) {
+            __builtin_memcpy(to, from, len);
+            return 0;
+        }
+    }
+    return bpf_skb_load_bytes(skb, off, to, len);
+}
 
 /* What one packet contributes, parsed from its headers. */
 struct packet {
@@ -94,14 +115,14 @@ static __always_inline int icmp6_counterpart(__u8 type)
 static __always_inline int parse_l2(struct __sk_buff *skb, __u32 *off, __u16 *proto)
 {
     __be16 type;
-    if (bpf_skb_load_bytes(skb, 12, &type, sizeof(type)) < 0)
+    if (LOAD(skb, 12, &type, sizeof(type)) < 0)
         return -1;
     *off = ETH_HLEN_;
 #pragma unroll
     for (int i = 0; i < MAX_VLAN_TAGS; i++) {
         if (type != bpf_htons(ETH_P_8021Q) && type != bpf_htons(ETH_P_8021AD))
             break;
-        if (bpf_skb_load_bytes(skb, *off + 2, &type, sizeof(type)) < 0)
+        if (LOAD(skb, *off + 2, &type, sizeof(type)) < 0)
             return -1;
         *off += VLAN_HLEN_;
     }
@@ -112,7 +133,7 @@ static __always_inline int parse_l2(struct __sk_buff *skb, __u32 *off, __u16 *pr
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p)
 {
     __u8 hdr[20];
-    if (bpf_skb_load_bytes(skb, p->l3_off, hdr, sizeof(hdr)) < 0)
+    if (LOAD(skb, p->l3_off, hdr, sizeof(hdr)) < 0)
         return -1;
     __u32 ihl = (hdr[0] & 0x0f) * 4;   /* options included: IHL counts 32-bit words */
     if (ihl < 20)
@@ -138,7 +159,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p)
 static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p)
 {
     __u8 hdr[40];
-    if (bpf_skb_load_bytes(skb, p->l3_off, hdr, sizeof(hdr)) < 0)
+    if (LOAD(skb, p->l3_off, hdr, sizeof(hdr)) < 0)
         return -1;
     __u32 payload = ((__u32)hdr[4] << 8) | hdr[5];
     __u8 next = hdr[6];
@@ -153,7 +174,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p)
         if (next != IPPROTO_HOPOPTS_ && next != IPPROTO_ROUTING_ && next != IPPROTO_DSTOPTS_ &&
             next != IPPROTO_FRAGMENT_ && next != IPPROTO_AH_)
             break;
-        if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0)
+        if (LOAD(skb, off, ext, sizeof(ext)) < 0)
             return -1;
         if (next == IPPROTO_FRAGMENT_) {
             __u16 frag_off = (((__u16)ext[2] << 8) | ext[3]) & 0xfff8;
@@ -184,7 +205,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct packet *p)
         return;
     switch (p->proto) {
     case IPPROTO_TCP:
-        if (bpf_skb_load_bytes(skb, p->l4_off, l4, 14) < 0)
+        if (LOAD(skb, p->l4_off, l4, 14) < 0)
             break;
         p->sport = ((__u16)l4[0] << 8) | l4[1];
         p->dport = ((__u16)l4[2] << 8) | l4[3];
@@ -193,7 +214,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct packet *p)
         return;
     case IPPROTO_UDP:
     case IPPROTO_SCTP_:
-        if (bpf_skb_load_bytes(skb, p->l4_off, l4, 4) < 0)
+        if (LOAD(skb, p->l4_off, l4, 4) < 0)
             break;
         p->sport = ((__u16)l4[0] << 8) | l4[1];
         p->dport = ((__u16)l4[2] << 8) | l4[3];
@@ -201,7 +222,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct packet *p)
         return;
     case IPPROTO_ICMP:
     case IPPROTO_ICMPV6_: {
-        if (bpf_skb_load_bytes(skb, p->l4_off, l4, 2) < 0)
+        if (LOAD(skb, p->l4_off, l4, 2) < 0)
             break;
         int other = p->proto == IPPROTO_ICMP ? icmp4_counterpart(l4[0])
                                              : icmp6_counterpart(l4[0]);
