@@ -23,7 +23,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,7 +215,17 @@ class Drainer:
     memory: DirectionMemory
 
     def drain(self, forced: bool = False) -> DrainResult:
-        """Take every entry out of the map and convert it."""
+        """Take every entry out of the map and convert it; all records at once."""
+        flows: list[RawFlow] = []
+        entries = self.drain_into(flows.extend, forced)
+        return DrainResult(flows, entries)
+
+    def drain_into(self, sink: Callable[[list[RawFlow]], None], forced: bool = False) -> int:
+        """Take every entry out of the map, handing records to ``sink`` chunk by chunk.
+
+        A chunk at a time keeps memory flat when a drain holds hundreds of thousands of
+        flows. Returns how many entries the map held.
+        """
         ctx = DrainContext(
             observer=self.observer,
             now_mono_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC),
@@ -223,10 +233,12 @@ class Drainer:
             idle_ns=int(self.idle_timeout_s * 1e9),
             forced=forced,
         )
-        flows: list[RawFlow] = []
+        entries = 0
         for keys, values in self.reader.chunks():
-            flows.extend(self._convert(keys, values, ctx))
-        return DrainResult(flows, len(flows))
+            flows = list(self._convert(keys, values, ctx))
+            entries += len(flows)
+            sink(flows)
+        return entries
 
     def _convert(self, keys: bytes, values: bytes, ctx: DrainContext) -> Iterator[RawFlow]:
         key_size = abi.FLOW_KEY.size

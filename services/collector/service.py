@@ -35,7 +35,7 @@ from flowscope.collector.settings import Settings
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core import runtime
 from flowscope.core.messaging import connect, ensure_streams
-from flowscope.core.records import RawDns
+from flowscope.core.records import RawDns, RawFlow
 
 log = logging.getLogger("flowscope.collector")
 
@@ -182,12 +182,17 @@ class Producing:
         )
 
     async def _drain(self, forced: bool) -> None:
-        result = await asyncio.to_thread(self._drainer.drain, forced)
+        loop = asyncio.get_running_loop()
+
+        def sink(flows: list[RawFlow]) -> None:  # runs in the worker thread
+            wires = [f.to_wire() for f in flows]
+            loop.call_soon_threadsafe(self._publisher.submit, "flows", wires)
+
+        entries = await asyncio.to_thread(self._drainer.drain_into, sink, forced)
         self._metrics.drains.inc()
-        self._metrics.flows_drained.inc(len(result.flows))
-        self._metrics.map_entries.set(result.entries)
+        self._metrics.flows_drained.inc(entries)
+        self._metrics.map_entries.set(entries)
         self._metrics.observe_kernel(read_counters(self._program.counters))
-        self._publisher.submit("flows", [f.to_wire() for f in result.flows])
 
 
 def start_dns_reading(
