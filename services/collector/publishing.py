@@ -13,6 +13,7 @@ itself when NATS answers again.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -32,6 +33,7 @@ SUBJECTS = {"flows": subjects.raw_flows, "sockets": subjects.raw_sockets, "dns":
 HEADER_ROOM = 512  # bytes kept free under max_payload for the headers
 PUBLISH_TIMEOUT = 5.0
 RETRY_MAX = 2.0
+MAX_IN_FLIGHT = 4  # messages per kind awaiting their JetStream ack at once
 
 
 class JetStreamPublisher(Protocol):
@@ -66,6 +68,7 @@ class _Lane:
     outbox: deque[codec.Batch] = field(default_factory=deque)
     outbox_bytes: int = 0
     failures: int = 0  # consecutive publish failures: the retry backoff grows with it
+    in_flight: set[int] = field(default_factory=set)  # ids of messages being published
 
 
 class Publisher:
@@ -157,25 +160,43 @@ class Publisher:
             return batches
 
     def _bound(self, lane: _Lane) -> None:
-        """Drop the oldest messages while the outbox exceeds its byte budget."""
-        while lane.outbox_bytes > self._limits.buffer_bytes and lane.outbox:
-            dropped = lane.outbox.popleft()
-            lane.outbox_bytes -= len(dropped.body)
-            self._metrics.publish_dropped.labels(lane.kind, "buffer_full").inc(dropped.count)
+        """Drop the oldest messages not being sent while the outbox exceeds its budget."""
+        while lane.outbox_bytes > self._limits.buffer_bytes:
+            index = next(
+                (i for i, b in enumerate(lane.outbox) if id(b) not in lane.in_flight), None
+            )
+            if index is None:
+                break
+            victim = lane.outbox[index]
+            del lane.outbox[index]
+            lane.outbox_bytes -= len(victim.body)
+            self._metrics.publish_dropped.labels(lane.kind, "buffer_full").inc(victim.count)
         self._metrics.publish_buffered_bytes.labels(lane.kind).set(lane.outbox_bytes)
 
     # ------------------------------------------------------------ sending
 
     async def _send_ready(self) -> bool:
-        """Publish the head message of each lane; False when nothing was sent."""
-        sent = False
-        for lane in self._lanes.values():
-            if not lane.outbox:
-                continue
-            if await self._publish(lane, lane.outbox[0]):
-                lane.outbox.popleft()
-                sent = True
-        return sent
+        """Publish the oldest messages of every lane; False when nothing was sent."""
+        results = await asyncio.gather(*(self._send_lane(lane) for lane in self._lanes.values()))
+        return any(results)
+
+    async def _send_lane(self, lane: _Lane) -> bool:
+        """Up to MAX_IN_FLIGHT messages at once: JetStream acks pipeline, one RTT each."""
+        batches = list(itertools.islice(lane.outbox, MAX_IN_FLIGHT))
+        if not batches:
+            return False
+        lane.in_flight = {id(b) for b in batches}
+        try:
+            results = await asyncio.gather(*(self._publish(lane, b) for b in batches))
+        finally:
+            lane.in_flight = set()
+        done = {id(b) for b, ok in zip(batches, results, strict=True) if ok}
+        if done:
+            kept = deque(b for b in lane.outbox if id(b) not in done)
+            lane.outbox_bytes = sum(len(b.body) for b in kept)
+            lane.outbox = kept
+            self._metrics.publish_buffered_bytes.labels(lane.kind).set(lane.outbox_bytes)
+        return bool(done)
 
     async def _publish(self, lane: _Lane, batch: codec.Batch) -> bool:
         try:
@@ -191,11 +212,9 @@ class Publisher:
             await asyncio.sleep(min(RETRY_MAX, 0.05 * 2**lane.failures))
             return False
         lane.failures = 0
-        lane.outbox_bytes -= len(batch.body)
         self._metrics.publish_batches.labels(lane.kind).inc()
         self._metrics.publish_bytes.labels(lane.kind).inc(len(batch.body))
         self._metrics.publish_records.labels(lane.kind).inc(batch.count)
-        self._metrics.publish_buffered_bytes.labels(lane.kind).set(lane.outbox_bytes)
         return True
 
     async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:

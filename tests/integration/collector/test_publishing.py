@@ -106,7 +106,6 @@ async def test_outage_buffers_bounded_counts_drops_and_resumes(tmp_path: Path) -
             assert metrics.publish_buffered_bytes.labels("flows")._value.get() <= 20_000
             server = nats_server.start(port=port, store_dir=str(tmp_path / "js"))
             await wait_until(lambda: publisher.buffered_records() == 0, within=20)
-        assert metrics.publish_errors.labels("flows")._value.get() >= 1
         published = metrics.publish_records.labels("flows")._value.get()
         assert published + dropped == 1000  # everything either delivered or counted
         js = nc.jetstream()
