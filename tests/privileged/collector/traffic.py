@@ -103,6 +103,15 @@ def dns_query(server: str, port: str, name: str) -> None:
     print(json.dumps({"id": reply.header.id, "answer": str(reply.rr[0].rdata)}), flush=True)
 
 
+def inject(ifname: str, *frames_hex: str) -> None:
+    """Send raw Ethernet frames (hex) out of ifname: odd packets the stack would not build."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    for frame in frames_hex:
+        s.send(bytes.fromhex(frame))
+    print(json.dumps({"sent": len(frames_hex)}), flush=True)
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
