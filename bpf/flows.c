@@ -376,12 +376,20 @@ static __always_inline void capture_dns(struct __sk_buff *skb, const struct pack
         c->dns_captured++;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
+/* One packet. `ethernet`: the device has an Ethernet header (veth, physical NICs,
+ * bridges); otherwise (tun, WireGuard, IP-in-IP) the data starts at the IP header and
+ * skb->protocol names it. */
+static __always_inline int handle(struct __sk_buff *skb, __u8 direction, const int ethernet)
 {
     struct packet p = {};
     __u16 l3;
-    if (parse_l2(skb, &p.l3_off, &l3) < 0)
-        return TC_ACT_UNSPEC;
+    if (ethernet) {
+        if (parse_l2(skb, &p.l3_off, &l3) < 0)
+            return TC_ACT_UNSPEC;
+    } else {
+        p.l3_off = 0;
+        l3 = bpf_ntohs(skb->protocol);
+    }
     if (l3 == ETH_P_IP) {
         if (parse_ipv4(skb, &p) < 0)
             return TC_ACT_UNSPEC;
@@ -398,15 +406,29 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction)
     return TC_ACT_UNSPEC;
 }
 
+/* Forwarded packets were counted where they entered this host (see top comment). */
+#define FORWARDED(skb) ((skb)->ingress_ifindex != 0)
+
 int flowscope_ingress(struct __sk_buff *skb)
 {
-    return handle(skb, 0);
+    return handle(skb, 0, 1);
 }
 
 int flowscope_egress(struct __sk_buff *skb)
 {
-    /* Forwarded packets were counted where they entered this host (see top comment). */
-    if (skb->ingress_ifindex != 0)
+    if (FORWARDED(skb))
         return TC_ACT_UNSPEC;
-    return handle(skb, 1);
+    return handle(skb, 1, 1);
+}
+
+int flowscope_ingress_ip(struct __sk_buff *skb)
+{
+    return handle(skb, 0, 0);
+}
+
+int flowscope_egress_ip(struct __sk_buff *skb)
+{
+    if (FORWARDED(skb))
+        return TC_ACT_UNSPEC;
+    return handle(skb, 1, 0);
 }

@@ -35,7 +35,7 @@ HOOKS = (("ingress", PARENT_INGRESS), ("egress", PARENT_EGRESS))
 class Attaching(Protocol):
     """What link watching needs from an attacher (a seam for unit tests)."""
 
-    def attach(self, ifindex: int, ifname: str) -> bool: ...
+    def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool: ...
 
     def forget(self, ifindex: int) -> None: ...
 
@@ -47,15 +47,27 @@ class Attacher:
     ingress_fd: int
     egress_fd: int
     ipr: Any = field(default_factory=IPRoute)
+    ingress_ip_fd: int = -1  # programs for devices without an Ethernet header
+    egress_ip_fd: int = -1
     attached: dict[int, str] = field(default_factory=dict)  # ifindex → name
 
-    def attach(self, ifindex: int, ifname: str) -> bool:
-        """Add clsact (if missing) and both filters; False if the interface vanished."""
+    def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
+        """Add clsact (if missing) and both filters; False if the interface vanished.
+
+        ``ethernet``: the device's frames start with an Ethernet header; otherwise the
+        IP-header programs are used (tun, WireGuard, IP-in-IP).
+        """
+        fds = (
+            {"ingress": self.ingress_fd, "egress": self.egress_fd}
+            if ethernet
+            else {"ingress": self.ingress_ip_fd, "egress": self.egress_ip_fd}
+        )
         try:
             self._ensure_clsact(ifindex)
             for direction, parent in HOOKS:
-                fd = self.ingress_fd if direction == "ingress" else self.egress_fd
-                self._add_filter(ifindex, parent, fd, f"{FILTER_NAME_PREFIX}-{direction}")
+                self._add_filter(
+                    ifindex, parent, fds[direction], f"{FILTER_NAME_PREFIX}-{direction}"
+                )
         except NetlinkError as e:
             if e.code in (errno.ENODEV, errno.EINVAL, errno.ENOENT):
                 log.info("interface gone before attach", extra={"ifname": ifname})

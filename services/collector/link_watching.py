@@ -16,6 +16,7 @@ from typing import Any
 
 from flowscope.collector.attaching import Attaching
 from flowscope.collector.metrics import CollectorMetrics
+from flowscope.core.logs import RateLimitedLog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
@@ -39,6 +40,11 @@ class InterfaceSelection:
         return any(fnmatch.fnmatchcase(name, p) for p in self.include)
 
 
+# Link-layer types (linux/if_arp.h) by where the IP header starts in a TC program.
+ETHERNET_TYPES = frozenset({1, 772})  # ARPHRD_ETHER, ARPHRD_LOOPBACK
+IP_TYPES = frozenset({65534, 768, 769, 776, 519})  # NONE (tun, wg), TUNNEL, TUNNEL6, SIT, RAWIP
+
+
 @dataclass(frozen=True, slots=True)
 class LinkEvent:
     """The parts of an RTM_NEWLINK / RTM_DELLINK message that matter here."""
@@ -47,6 +53,7 @@ class LinkEvent:
     index: int
     name: str
     kind: str
+    link_type: int = 1  # ARPHRD_*
 
 
 def link_event(msg: Any) -> LinkEvent | None:
@@ -57,7 +64,7 @@ def link_event(msg: Any) -> LinkEvent | None:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = (info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
     name = msg.get_attr("IFLA_IFNAME") or ""
-    return LinkEvent(event == "RTM_NEWLINK", msg["index"], name, kind)
+    return LinkEvent(event == "RTM_NEWLINK", msg["index"], name, kind, msg.get("ifi_type", 1))
 
 
 class LinkWatcher:
@@ -71,6 +78,7 @@ class LinkWatcher:
         self._metrics = metrics
         self._attached: set[int] = set()
         self._events: Any = None
+        self._unsupported = RateLimitedLog(log, interval=3600.0)
 
     def start(self) -> int:
         """Subscribe to link events, then attach to the existing links; returns how many."""
@@ -92,8 +100,15 @@ class LinkWatcher:
                 self._attached.discard(event.index)
                 self._attacher.forget(event.index)
         elif event.index not in self._attached and self._selection.wants(event.name, event.kind):
+            if event.link_type not in ETHERNET_TYPES | IP_TYPES:
+                self._unsupported.warning(
+                    f"link-type-{event.link_type}", "link type not supported; not attached",
+                    ifname=event.name, link_type=event.link_type,
+                )  # fmt: skip
+                return
             try:
-                if self._attacher.attach(event.index, event.name):
+                ethernet = event.link_type in ETHERNET_TYPES
+                if self._attacher.attach(event.index, event.name, ethernet):
                     self._attached.add(event.index)
             except NetlinkError as e:
                 self._metrics.attach_errors.inc()

@@ -15,6 +15,9 @@ log = logging.getLogger("flowscope.collector.loading")
 
 INGRESS_FUNC = "flowscope_ingress"
 EGRESS_FUNC = "flowscope_egress"
+# Variants for devices without an Ethernet header (tun, WireGuard, IP-in-IP).
+INGRESS_IP_FUNC = "flowscope_ingress_ip"
+EGRESS_IP_FUNC = "flowscope_egress_ip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,8 @@ class FlowProgram:
     ingress_fd: int
     egress_fd: int
     config: FlowProgramConfig
+    ingress_ip_fd: int = -1
+    egress_ip_fd: int = -1
 
     @property
     def flows(self) -> Any:
@@ -76,11 +81,11 @@ def load_flow_program(config: FlowProgramConfig) -> FlowProgram:
     src = bpf_dir() / "flows.c"
     try:
         bpf = BPF(src_file=str(src).encode(), cflags=config.cflags())
-        ingress = bpf.load_func(INGRESS_FUNC.encode(), BPF.SCHED_CLS)
-        egress = bpf.load_func(EGRESS_FUNC.encode(), BPF.SCHED_CLS)
+        fds = [bpf.load_func(f.encode(), BPF.SCHED_CLS).fd for f in (
+            INGRESS_FUNC, EGRESS_FUNC, INGRESS_IP_FUNC, EGRESS_IP_FUNC)]  # fmt: skip
     except Exception as e:  # bcc raises bare Exception for compile and verifier errors
         raise StartupError("bpf", f"cannot compile or load {src.name}: {e}") from e
-    program = FlowProgram(bpf, ingress.fd, egress.fd, config)
+    program = FlowProgram(bpf, fds[0], fds[1], config, fds[2], fds[3])
     try:
         check_abi(program)
     except StartupError:

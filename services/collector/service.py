@@ -74,7 +74,12 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
 
     program = await asyncio.to_thread(load_flow_program, program_config(settings))
     rt.stack.callback(program.close)
-    attacher = Attacher(program.ingress_fd, program.egress_fd)
+    attacher = Attacher(
+        program.ingress_fd,
+        program.egress_fd,
+        ingress_ip_fd=program.ingress_ip_fd,
+        egress_ip_fd=program.egress_ip_fd,
+    )
     rt.stack.callback(attacher.close)
     rt.stack.callback(attacher.detach_all)
     remove_leftovers(attacher, metrics)

@@ -36,7 +36,12 @@ def kernel(node: Node) -> Iterator[Kernel]:
 
     with node.inside():
         program = load_flow_program(FlowProgramConfig(max_flows=4096))
-        attacher = Attacher(program.ingress_fd, program.egress_fd)
+        attacher = Attacher(
+            program.ingress_fd,
+            program.egress_fd,
+            ingress_ip_fd=program.ingress_ip_fd,
+            egress_ip_fd=program.egress_ip_fd,
+        )
         for pod in node.pods:
             (index,) = attacher.ipr.link_lookup(ifname=pod.host_if)
             assert attacher.attach(index, pod.host_if)

@@ -29,7 +29,12 @@ def test_map_full_packets_and_bytes_are_counted(small_node: Node) -> None:
     client, server = small_node.pods
     with small_node.inside():
         program = load_flow_program(FlowProgramConfig(max_flows=16))
-        attacher = Attacher(program.ingress_fd, program.egress_fd)
+        attacher = Attacher(
+            program.ingress_fd,
+            program.egress_fd,
+            ingress_ip_fd=program.ingress_ip_fd,
+            egress_ip_fd=program.egress_ip_fd,
+        )
         try:
             (index,) = attacher.ipr.link_lookup(ifname=client.host_if)
             attacher.attach(index, client.host_if)

@@ -123,3 +123,42 @@ def test_garbage_frames_are_ignored_and_packets_still_pass(node: Node, kernel: K
     # The program neither crashed nor changed the packets' fate: traffic still flows.
     client, server = node.pods[:2]
     assert node.run(client, "ping", server.ip4, "1")["replies"] == 1
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+
+def test_device_without_ethernet_header(node: Node, kernel: Kernel) -> None:
+    """A tun device (like WireGuard): frames start at the IP header; both hooks count."""
+    import fcntl
+
+    node.hx("ip", "tuntap", "add", "dev", "tun0", "mode", "tun")
+    node.hx("ip", "addr", "add", "10.203.99.1/24", "dev", "tun0")
+    node.hx("ip", "link", "set", "tun0", "up")
+    try:
+        with node.inside():
+            tun = open("/dev/net/tun", "r+b", buffering=0)  # noqa: SIM115 - closed below
+            fcntl.ioctl(tun, 0x400454CA, struct.pack("16sH", b"tun0", 0x0001 | 0x1000))
+            (index,) = kernel.attacher.ipr.link_lookup(ifname="tun0")  # type: ignore[attr-defined]
+            assert kernel.attacher.attach(index, "tun0", ethernet=False)  # type: ignore[attr-defined]
+            kernel.drainer.drain()  # type: ignore[attr-defined]
+            packet = bytearray(ipv4("10.203.99.2", "10.203.99.1", 17, udp(4000, 5000, b"t" * 40)))
+            packet[10:12] = struct.pack("!H", _ip_checksum(bytes(packet[:20])))
+            for _ in range(3):
+                tun.write(bytes(packet))  # received on tun0: TC ingress
+            reply = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            reply.bind(("10.203.99.1", 5000))
+            for _ in range(2):
+                reply.sendto(b"r" * 10, ("10.203.99.2", 4000))  # sent via tun0: TC egress
+            reply.close()
+            time.sleep(0.1)
+            flows = kernel.drainer.drain().flows  # type: ignore[attr-defined]
+            tun.close()
+    finally:
+        node.hx("ip", "link", "del", "tun0")
+    f = flow_between(flows, "10.203.99.2", "10.203.99.1")
+    assert (f.proto, f.sport, f.dport) == (17, 4000, 5000)
+    assert (f.packets, f.bytes, f.rpackets, f.rbytes) == (3, 3 * len(packet), 2, 2 * (28 + 10))

@@ -27,8 +27,8 @@ class RecordingAttacher:
     attached: list[str] = field(default_factory=list)
     forgotten: list[int] = field(default_factory=list)
 
-    def attach(self, ifindex: int, ifname: str) -> bool:
-        self.attached.append(ifname)
+    def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
+        self.attached.append(ifname if ethernet else f"{ifname} (ip)")
         return ifname != "gone0"
 
     def forget(self, ifindex: int) -> None:
@@ -43,9 +43,12 @@ def test_events_attach_once_and_forget_removed() -> None:
     watcher.apply(LinkEvent(True, 5, "veth5", "veth"))  # state change: no second attach
     watcher.apply(LinkEvent(True, 6, "br0", "bridge"))
     watcher.apply(LinkEvent(True, 7, "gone0", "veth"))  # vanished before attach
-    assert attacher.attached == ["veth5", "gone0"]
-    assert metrics.interfaces_attached._value.get() == 1
+    watcher.apply(LinkEvent(True, 8, "wg0", "wireguard", 65534))  # no Ethernet header
+    watcher.apply(LinkEvent(True, 9, "ib0", "", 32))  # InfiniBand: not supported
+    assert attacher.attached == ["veth5", "gone0", "wg0 (ip)"]
+    assert metrics.interfaces_attached._value.get() == 2
+    watcher.apply(LinkEvent(False, 8, "wg0", "wireguard", 65534))
     watcher.apply(LinkEvent(False, 5, "veth5", "veth"))
     watcher.apply(LinkEvent(False, 6, "br0", "bridge"))  # never attached: nothing to forget
-    assert attacher.forgotten == [5]
+    assert attacher.forgotten == [8, 5]
     assert metrics.interfaces_attached._value.get() == 0
