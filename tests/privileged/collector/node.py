@@ -71,6 +71,7 @@ class Node:
     tag: str = field(default_factory=lambda: f"cf{os.getpid()}")
     pods: list[Pod] = field(default_factory=list)
     ipv6: bool = True  # False: no IPv6 at all, hence no link-local chatter (MLD, RS)
+    gso: bool = False  # True: veth offloads as the kernel sets them (TSO super-packets)
 
     @property
     def host(self) -> str:
@@ -98,8 +99,9 @@ class Node:
         sh("ip", "netns", "add", pod.ns)
         self._quiet(pod.ns)
         px = ("ip", "netns", "exec", pod.ns)
-        self.hx("ip", "link", "add", pod.host_if, "gso_max_segs", "1", "type", "veth",
-                "peer", "name", "eth0", "gso_max_segs", "1", "netns", pod.ns)  # fmt: skip
+        limit = () if self.gso else ("gso_max_segs", "1")
+        self.hx("ip", "link", "add", pod.host_if, *limit, "type", "veth",
+                "peer", "name", "eth0", *limit, "netns", pod.ns)  # fmt: skip
         self.hx("ip", "link", "set", pod.host_if, "master", "br0", "up")
         sh(*px, "ip", "link", "set", "lo", "up")
         sh(*px, "ip", "addr", "add", f"{pod.ip4}/24", "dev", "eth0")
@@ -142,6 +144,13 @@ class Node:
         out = sh("ip", "netns", "exec", pod.ns, sys.executable, TRAFFIC, *args)
         return json.loads(out.strip().splitlines()[-1])
 
+    def tcp_segments(self, pod: Pod) -> tuple[int, int]:
+        """(InSegs, OutSegs) of the pod's TCP: the kernel counts GSO segments one by one."""
+        out = sh("ip", "netns", "exec", pod.ns, "cat", "/proc/net/snmp")
+        names, values = [line.split()[1:] for line in out.splitlines() if line.startswith("Tcp:")]
+        tcp = dict(zip(names, values, strict=True))
+        return int(tcp["InSegs"]), int(tcp["OutSegs"])
+
     def tx_rx(self, pod: Pod) -> tuple[int, int]:
         """(tx_packets, rx_packets) of the pod's eth0, from the kernel's own counters."""
         out = sh("ip", "netns", "exec", pod.ns, "cat",
@@ -174,7 +183,12 @@ class Capture:
     namespace that holds the interface.
     """
 
-    def __init__(self, ifname: str) -> None:
+    def __init__(self, ifname: str, vnet: bool = False) -> None:
+        self.vnet = vnet
+        # With vnet (PACKET_VNET_HDR) each frame comes with its GSO size, so a super-packet
+        # can be counted as the wire segments it stands for.
+        self.segments: Counter[FlowId] = Counter()
+        self.wire_bytes: Counter[FlowId] = Counter()
         self.packets: Counter[FlowId] = Counter()
         self.bytes: Counter[FlowId] = Counter()
         self.flags: Counter[FlowId] = Counter()
@@ -183,6 +197,8 @@ class Capture:
         self.by_origin_bytes: Counter[tuple[str, bytes]] = Counter()
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
         self._sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: no drops
+        if vnet:
+            self._sock.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR
         self._sock.bind((ifname, 0))
         self._sock.settimeout(0.1)
         self._stop = threading.Event()
@@ -195,7 +211,21 @@ class Capture:
                 frame, address = self._sock.recvfrom(65536)
             except TimeoutError:
                 continue
+            gso_size = 0
+            if self.vnet:
+                gso_type, gso_size = frame[1], struct.unpack("<H", frame[4:6])[0]
+                gso_size = gso_size if gso_type else 0
+                frame = frame[10:]
             parsed = parse_frame(frame)
+            if parsed is not None and gso_size:
+                fid, size, _ = parsed
+                headers = l34_header_length(frame)
+                segments = -(-(size - headers) // gso_size)
+                self.segments[fid] += segments
+                self.wire_bytes[fid] += size + (segments - 1) * headers
+            elif parsed is not None:
+                self.segments[parsed[0]] += 1
+                self.wire_bytes[parsed[0]] += parsed[1]
             if parsed is not None:
                 fid, size, flags = parsed
                 self.packets[fid] += 1
@@ -213,6 +243,16 @@ class Capture:
         _, drops = struct.unpack("II", self._sock.getsockopt(263, 6, 8))
         self._sock.close()
         assert drops == 0, f"capture dropped {drops} frames"
+
+
+def l34_header_length(frame: bytes) -> int:
+    """IPv4/IPv6 + TCP/UDP header bytes of a frame (what each GSO segment repeats)."""
+    ip = frame[14:]
+    if ip[0] >> 4 == 4:
+        l3, proto = (ip[0] & 0x0F) * 4, ip[9]
+    else:
+        l3, proto = 40, ip[6]
+    return l3 + ((ip[l3 + 12] >> 4) * 4 if proto == 6 else 8)
 
 
 def parse_frame(frame: bytes) -> tuple[FlowId, int, int] | None:
