@@ -68,3 +68,32 @@ def test_map_full_packets_and_bytes_are_counted(small_node: Node) -> None:
     counted_bytes = sum(f.bytes + f.rbytes for f in flows)
     assert counted + counters.map_full_packets == total_packets
     assert counted_bytes + counters.map_full_bytes == total_bytes
+
+
+def test_dns_ring_buffer_full_is_counted(small_node: Node) -> None:
+    """A one-page ring buffer nobody reads: every DNS packet is captured or counted."""
+    from flowscope.collector import abi
+    from flowscope.collector.attaching import Attacher
+    from flowscope.collector.loading import FlowProgramConfig, load_flow_program
+    from flowscope.collector.metrics import read_counters
+
+    client, server = small_node.pods
+    config = FlowProgramConfig(
+        max_flows=1024, dns_port=53, dns_capture_len=512, dns_ringbuf_pages=1
+    )
+    with small_node.inside():
+        program = load_flow_program(config)
+        attacher = Attacher(program.ingress_fd, program.egress_fd)
+        try:
+            (index,) = attacher.ipr.link_lookup(ifname=client.host_if)
+            attacher.attach(index, client.host_if)
+            small_node.run(client, "udp-repeat", server.ip4, "53", "40")
+            time.sleep(0.2)
+            counters = read_counters(program.counters)
+        finally:
+            attacher.detach_all()
+            attacher.close()
+            program.close()
+    slots = 4096 // (abi.DNS_EVENT_HEADER + 512 + 8)  # ring buffer records carry 8 header bytes
+    assert counters.dns_captured + counters.dns_ringbuf_full == 40
+    assert 0 < counters.dns_captured <= slots

@@ -188,3 +188,27 @@ async def test_dns_query_published_with_answers_and_latency(
     assert (
         collector.metric("flowscope_collector_dns_captured_total") == 2
     )  # query + response, once each
+
+
+def test_tiny_map_overflow_reported_in_metrics(
+    node: Node, nats_in_node: nats_server.NatsServer
+) -> None:
+    with node.inside():
+        proc = CollectorProcess(
+            nats_in_node.url, node.host, extra=["--flows-max-entries", "16"]
+        ).start()
+    try:
+        client, server = node.pods[:2]
+        node.run(client, "udp-spray", server.ip4, "30000", "100")
+        deadline = time.monotonic() + 5
+        while (
+            proc.metric("flowscope_collector_map_full_packets_total") == 0
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert proc.metric("flowscope_collector_map_full_packets_total") > 0
+        assert proc.metric("flowscope_collector_map_full_bytes_total") > 0
+        assert proc.metric("flowscope_collector_map_capacity") == 16
+        assert proc.stop() == 0
+    finally:
+        proc.close()

@@ -112,6 +112,14 @@ def inject(ifname: str, *frames_hex: str) -> None:
     print(json.dumps({"sent": len(frames_hex)}), flush=True)
 
 
+def udp_repeat(addr: str, port: str, count: str) -> None:
+    """count datagrams to one port as fast as possible (nobody answers)."""
+    s = socket.socket(_family(addr), socket.SOCK_DGRAM)
+    for _ in range(int(count)):
+        s.sendto(b"q" * 40, (addr, int(port)))
+    print(json.dumps({"sport": s.getsockname()[1]}), flush=True)
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
