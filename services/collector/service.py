@@ -28,7 +28,12 @@ from flowscope.collector.dns_parsing import DnsExchanges, DnsParseError
 from flowscope.collector.dns_reading import DnsReader
 from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
 from flowscope.collector.link_watching import InterfaceSelection, LinkWatcher
-from flowscope.collector.loading import FlowProgram, FlowProgramConfig, load_flow_program
+from flowscope.collector.loading import (
+    FlowProgram,
+    FlowProgramConfig,
+    load_flow_program,
+    release_compiler_memory,
+)
 from flowscope.collector.metrics import CollectorMetrics, read_counters
 from flowscope.collector.publishing import Publisher, PublishLimits
 from flowscope.collector.settings import Settings
@@ -102,6 +107,7 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     producers_done = asyncio.Event()
     producing = Producing(rt, settings, node, program, attacher, publisher, metrics)
     await producing.open_socket_tracing(node)
+    release_compiler_memory()
     rt.spawn(watcher.run(rt.stopping), "link-watching")
     rt.spawn(producing.run(producers_done), "producing")
     rt.spawn(publisher.run(producers_done, settings.runtime.drain_timeout / 2), "publishing")
