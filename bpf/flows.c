@@ -276,7 +276,9 @@ static __always_inline void add_to(struct flow_value *v, const struct packet *p,
     __sync_fetch_and_add(&v->packets[dir & 1], packets);
     __sync_fetch_and_add(&v->bytes[dir & 1], bytes);
     if (p->proto == IPPROTO_TCP && p->tcp_flags) {
-        __sync_fetch_and_or(&v->tcp_flags, (__u64)p->tcp_flags);
+        /* Established flows repeat the same flags (ACK, PSH): skip the locked OR then. */
+        if ((v->tcp_flags & p->tcp_flags) != p->tcp_flags)
+            __sync_fetch_and_or(&v->tcp_flags, (__u64)p->tcp_flags);
         if ((p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
             v->fwd = dir;   /* the SYN sender is the initiator: that is "forward" */
             v->initiator = 1;
