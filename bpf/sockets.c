@@ -11,8 +11,18 @@
  * Only UAPI contexts (bpf_sock_addr, bpf_sock, bpf_sock_ops, __sk_buff) and helpers are
  * read: the headers bcc compiles against may not match the running kernel (DESIGN.md).
  *
+ * The server side is reported by the process that accept()s the connection when the
+ * kernel allows an fexit program on inet_csk_accept (FS_ACCEPT_HOOK=1, the default): the
+ * established connection waits in pending_accepts until accept() returns it in process
+ * context. That names the worker of a pre-fork server and works for listeners bound
+ * before the collector started. A connection closed before anyone accepts it is
+ * reported with the listener's owner. With FS_ACCEPT_HOOK=0 (no fentry/fexit on this
+ * kernel) the accept event is sent at establishment with the listener's owner.
+ *
  * Tunables, passed by user space as -D flags: FS_OWNERS_MAX, FS_LISTENERS_MAX,
- * FS_UDP_PEERS_MAX (map sizes), FS_RINGBUF_PAGES (power of two).
+ * FS_UDP_PEERS_MAX, FS_PENDING_MAX (map sizes), FS_RINGBUF_PAGES (power of two),
+ * FS_ACCEPT_HOOK (0/1), FS_ACCEPT_ARGS (inet_csk_accept's argument count: 2 since
+ * Linux 6.10, 4 before).
  */
 #include "flowscope_abi.h"
 
@@ -25,8 +35,17 @@
 #ifndef FS_UDP_PEERS_MAX
 #define FS_UDP_PEERS_MAX 65536
 #endif
+#ifndef FS_PENDING_MAX
+#define FS_PENDING_MAX 16384
+#endif
+#ifndef FS_ACCEPT_HOOK
+#define FS_ACCEPT_HOOK 1
+#endif
+#ifndef FS_ACCEPT_ARGS
+#define FS_ACCEPT_ARGS 2
+#endif
 #ifndef FS_RINGBUF_PAGES
-#define FS_RINGBUF_PAGES 64
+#define FS_RINGBUF_PAGES 512
 #endif
 
 /* Spelled out rather than included: kernel headers and bcc's bpf.h clash on some. */
@@ -79,6 +98,8 @@ struct fs_peer_key {
 BPF_TABLE("lru_hash", u64, struct fs_owner, owners, FS_OWNERS_MAX);
 BPF_TABLE("lru_hash", struct fs_listener_key, struct fs_listener, listeners, FS_LISTENERS_MAX);
 BPF_TABLE("lru_hash", struct fs_peer_key, u8, udp_peers, FS_UDP_PEERS_MAX);
+/* Established server-side connections not yet accept()ed, as ready-made events. */
+BPF_TABLE("lru_hash", u64, struct fs_socket_event, pending_accepts, FS_PENDING_MAX);
 BPF_RINGBUF_OUTPUT(socket_events, FS_RINGBUF_PAGES);
 /* Ring-buffer reserve failures: per CPU so counting never contends; user space sums. */
 BPF_PERCPU_ARRAY(socket_lost, u64, 1);
@@ -238,28 +259,90 @@ static __always_inline void tuple_from_ops(struct fs_socket_event *e, struct bpf
     e->dport = bpf_ntohl(ctx->remote_port); /* network order, in the upper half */
 }
 
-/* Established: client side (owner from connect/socket) or server side (owner of the
- * listening port). Runs in softirq for the server side: no bpf_get_current_* here. */
+static __always_inline void owner_into(struct fs_socket_event *e, struct fs_owner *o)
+{
+    e->pid = o->pid;
+    e->tid = o->tid;
+    e->cgroup_id = o->cgroup_id;
+    __builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
+}
+
+/* Send a copy of a prepared event (from pending_accepts). */
+static __always_inline void emit_copy(struct fs_socket_event *prepared)
+{
+    struct fs_socket_event *e = socket_events.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        int zero = 0;
+        u64 *lost = socket_lost.lookup(&zero);
+        if (lost)
+            __sync_fetch_and_add(lost, 1);
+        return;
+    }
+    __builtin_memcpy(e, prepared, sizeof(*e));
+    socket_events.ringbuf_submit(e, 0);
+}
+
+/* Server side established (softirq): the owner of the listening port, if known. */
+static __always_inline struct fs_owner *listener_owner(struct bpf_sock_ops *ctx, u64 netns)
+{
+    struct fs_listener_key key = {.netns = netns, .port = ctx->local_port};
+    struct fs_listener *l = listeners.lookup(&key);
+    return l ? &l->owner : 0;
+}
+
+#if FS_ACCEPT_HOOK
+/* Wait for accept() to name the server process, unless it already has (accept() can
+ * dequeue the new socket on another CPU before this callback runs). */
+static __always_inline void on_passive(struct bpf_sock_ops *ctx, u64 cookie, u64 netns)
+{
+    struct fs_owner *o = owners.lookup(&cookie); /* set by accept() if it ran first */
+    struct fs_socket_event e = {};
+    e.time_ns = bpf_ktime_get_ns();
+    e.cookie = cookie;
+    e.netns = netns;
+    e.event = FS_SOCK_ACCEPT;
+    e.proto = FS_IPPROTO_TCP;
+    tuple_from_ops(&e, ctx);
+    if (o) {
+        owner_into(&e, o);
+        emit_copy(&e);
+        return;
+    }
+    o = listener_owner(ctx, netns); /* used if the connection closes unaccepted */
+    if (o)
+        owner_into(&e, o);
+    pending_accepts.update(&cookie, &e);
+}
+#else
+static __always_inline void on_passive(struct bpf_sock_ops *ctx, u64 cookie, u64 netns)
+{
+    struct fs_owner *o = listener_owner(ctx, netns);
+    if (o) {
+        struct fs_owner child = *o;
+        child.bound_port = 0; /* the accepted socket is not the listener */
+        owners.update(&cookie, &child); /* its owner, for its close */
+    }
+    struct fs_socket_event *e = reserve_event(FS_SOCK_ACCEPT, FS_IPPROTO_TCP, cookie, netns, o);
+    if (!e)
+        return;
+    tuple_from_ops(e, ctx);
+    socket_events.ringbuf_submit(e, 0);
+}
+#endif
+
+/* Established. Runs in softirq for the server side: no bpf_get_current_* here. */
 static __always_inline void on_established(struct bpf_sock_ops *ctx, u8 kind)
 {
     u64 cookie = fs_socket_cookie(ctx);
     u64 netns = bpf_get_netns_cookie(ctx);
-    struct fs_owner *o;
-    if (kind == FS_SOCK_CONNECT) {
-        o = owners.lookup(&cookie);
-    } else {
-        struct fs_listener_key key = {.netns = netns, .port = ctx->local_port};
-        struct fs_listener *l = listeners.lookup(&key);
-        o = l ? &l->owner : 0;
-        if (o) {
-            struct fs_owner child = *o;
-            child.bound_port = 0; /* the accepted socket is not the listener */
-            owners.update(&cookie, &child); /* its owner, for its close */
-        }
-    }
     /* Ask for state callbacks on this socket only, so CLOSE is reported for
      * connections we reported and no others. */
     bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    if (kind == FS_SOCK_ACCEPT) {
+        on_passive(ctx, cookie, netns);
+        return;
+    }
+    struct fs_owner *o = owners.lookup(&cookie);
     struct fs_socket_event *e = reserve_event(kind, FS_IPPROTO_TCP, cookie, netns, o);
     if (!e)
         return;
@@ -270,6 +353,17 @@ static __always_inline void on_established(struct bpf_sock_ops *ctx, u8 kind)
 static __always_inline void on_close(struct bpf_sock_ops *ctx)
 {
     u64 cookie = fs_socket_cookie(ctx);
+    struct fs_socket_event *pending = pending_accepts.lookup(&cookie);
+    if (pending) {
+        /* Closed before accept(): report it with the listener's owner, then close. */
+        emit_copy(pending);
+        pending->event = FS_SOCK_CLOSE;
+        pending->time_ns = bpf_ktime_get_ns();
+        emit_copy(pending);
+        pending_accepts.delete(&cookie);
+        owners.delete(&cookie);
+        return;
+    }
     struct fs_owner *o = owners.lookup(&cookie);
     struct fs_socket_event *e =
         reserve_event(FS_SOCK_CLOSE, FS_IPPROTO_TCP, cookie, bpf_get_netns_cookie(ctx), o);
@@ -297,34 +391,69 @@ int fs_so_ops(struct bpf_sock_ops *ctx)
     return 1;
 }
 
+#if FS_ACCEPT_HOOK
+/* accept() returned a socket: process context, the task is the server. Only the return
+ * value is used; the arguments are declared as untyped words because their types
+ * changed across kernels (the verifier checks the real types from the kernel's BTF). */
+struct sock;
+#if FS_ACCEPT_ARGS == 2
+KRETFUNC_PROBE(inet_csk_accept, void *sk, void *arg, struct sock *ret)
+#else
+KRETFUNC_PROBE(inet_csk_accept, void *sk, u64 flags, void *err, u64 kern, struct sock *ret)
+#endif
+{
+    if (!ret)
+        return 0;
+    u64 cookie = fs_socket_cookie(ret);
+    struct fs_owner o = {};
+    struct fs_socket_event *pending = pending_accepts.lookup(&cookie);
+    current_owner(&o, pending ? pending->netns : 0);
+    owners.update(&cookie, &o); /* the server, for this connection's close */
+    if (!pending)
+        return 0; /* established callback not run yet: it will find the owner */
+    owner_into(pending, &o);
+    emit_copy(pending);
+    pending_accepts.delete(&cookie);
+    return 0;
+}
+#endif
+
 /* UDP peers. A UDP socket's local address is only settled when a datagram is routed, so
  * the tuple is taken from the packet at the cgroup skb hooks (data starts at the IP
  * header there) and the owner from the map. Every packet passes here: return early for
  * anything that is not UDP, and report each (socket, peer) once. */
 static __always_inline int udp_peer(struct __sk_buff *skb, int egress)
 {
+    /* Cheapest test first: the socket's protocol, without touching the packet
+     * (protocol is only readable on a full socket, hence bpf_sk_fullsock). */
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return 1;
+    sk = bpf_sk_fullsock(sk);
+    if (!sk || sk->protocol != FS_IPPROTO_UDP)
+        return 1;
     u8 saddr[16] = {}, daddr[16] = {};
     u16 ports[2];
-    u8 family, proto;
+    u8 family;
     if (skb->protocol == bpf_htons(FS_ETH_P_IP)) {
-        u8 vihl;
-        u16 frag;
-        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) || bpf_skb_load_bytes(skb, 9, &proto, 1) ||
-            bpf_skb_load_bytes(skb, 6, &frag, 2))
+        u8 h[20]; /* the fixed IPv4 header, in one helper call */
+        if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
             return 1;
-        if (proto != FS_IPPROTO_UDP || (frag & bpf_htons(0x1fff)))
+        if (h[9] != FS_IPPROTO_UDP || (h[6] & 0x1f) || h[7])
             return 1; /* not UDP, or a later fragment without the UDP header */
-        if (bpf_skb_load_bytes(skb, 12, saddr, 4) || bpf_skb_load_bytes(skb, 16, daddr, 4) ||
-            bpf_skb_load_bytes(skb, (vihl & 0xf) * 4, ports, 4))
+        __builtin_memcpy(saddr, h + 12, 4);
+        __builtin_memcpy(daddr, h + 16, 4);
+        if (bpf_skb_load_bytes(skb, (h[0] & 0xf) * 4, ports, 4))
             return 1;
         family = FS_AF_INET;
     } else if (skb->protocol == bpf_htons(FS_ETH_P_IPV6)) {
         /* UDP directly after the fixed header; extension headers are not followed. */
-        if (bpf_skb_load_bytes(skb, 6, &proto, 1) || proto != FS_IPPROTO_UDP)
+        u8 h[44]; /* fixed header and the UDP ports */
+        if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) || h[6] != FS_IPPROTO_UDP)
             return 1;
-        if (bpf_skb_load_bytes(skb, 8, saddr, 16) || bpf_skb_load_bytes(skb, 24, daddr, 16) ||
-            bpf_skb_load_bytes(skb, 40, ports, 4))
-            return 1;
+        __builtin_memcpy(saddr, h + 8, 16);
+        __builtin_memcpy(daddr, h + 24, 16);
+        __builtin_memcpy(ports, h + 40, 4);
         family = FS_AF_INET6;
     } else {
         return 1;

@@ -30,6 +30,7 @@ Contract details (also in docs/collector-sockets.md):
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ IPV6_SKIPPED = frozenset({IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS, IPV6_AH
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _PRINTABLE = frozenset(range(0x21, 0x7F)) - {ord("."), ord("\\")}
+_PLAIN_LABEL = re.compile(rb"[!-\-/-\[\]-~]*")  # printable ASCII except "." and "\\"
 
 
 class DnsParseError(CodecError):
@@ -253,6 +255,7 @@ def _tcp_message(segment: _Segment) -> tuple[bytes | None, bool]:
 
 def parse_message(msg: bytes, cut: bool = False) -> DnsMessage:
     """Parse a DNS message (RFC 1035). ``cut``: the capture ended before the message did."""
+    msg = bytes(msg)  # slices of a bytearray/memoryview would not make addresses
     if len(msg) < _HEADER.size:
         raise DnsParseError("short-dns", f"{len(msg)} bytes of header")
     ident, flags, qdcount, ancount, _, _ = _HEADER.unpack_from(msg)
@@ -366,6 +369,8 @@ def _pointer_target(msg: bytes, offset: int, floor: int) -> int:
 
 def _label_text(label: bytes) -> str:
     """One label in presentation form, lower-cased, with dots and odd bytes escaped."""
+    if _PLAIN_LABEL.fullmatch(label):  # the common case, without a per-byte loop
+        return label.lower().decode("ascii")
     out = []
     for byte in label.lower():
         if byte in _PRINTABLE:

@@ -64,6 +64,15 @@ PROGRAMS = (
     Program("fs_so_ingress", CGROUP_SKB, 0),  # BPF_CGROUP_INET_INGRESS
 )
 
+# How the server side of a connection is named, best first (see bpf/sockets.c). The
+# fexit modes are opt-in (``accept_hook=True``): fexit programs cannot be loaded on the
+# development and CI machines (EPERM), so only their fallback is tested there.
+ACCEPT_MODES = (
+    ("fexit inet_csk_accept/2", ["-DFS_ACCEPT_HOOK=1", "-DFS_ACCEPT_ARGS=2"]),  # Linux >= 6.10
+    ("fexit inet_csk_accept/4", ["-DFS_ACCEPT_HOOK=1", "-DFS_ACCEPT_ARGS=4"]),  # older
+    ("listener owner at establishment", ["-DFS_ACCEPT_HOOK=0"]),  # no fexit
+)
+
 # Type names clang reports for the ring buffer's struct (bcc's derivation) → size.
 _C_SIZES = {
     "__u64": 8, "u64": 8, "__u32": 4, "u32": 4, "__u16": 2, "u16": 2,
@@ -155,7 +164,9 @@ class SocketTracer:
 
     ``observer`` is the node name put on every event; ``containers`` resolves cgroup ids;
     ``registry`` receives the metrics; ``cgroup_path`` is where the cgroup2 filesystem
-    is (on a hybrid v1+v2 host, its ``unified`` child is used).
+    is (on a hybrid v1+v2 host, its ``unified`` child is used). ``accept_hook`` asks for
+    the accepting process (fexit on inet_csk_accept) rather than the listening port's
+    binder as the server side, where the kernel allows it (see :data:`ACCEPT_MODES`).
     """
 
     def __init__(
@@ -165,15 +176,18 @@ class SocketTracer:
         registry: prometheus_client.CollectorRegistry,
         cgroup_path: str = "/sys/fs/cgroup",
         *,
-        ringbuf_pages: int = 64,
+        ringbuf_pages: int = 512,
         owners_max: int = 65536,
+        accept_hook: bool = False,
     ) -> None:
         self.observer = observer
         self.containers = containers
         self.cgroup_path = cgroup_path
         self.ringbuf_pages = ringbuf_pages
         self.owners_max = owners_max
+        self.accept_hook = accept_hook
         self.program_ids: list[int] = []
+        self.accept_mode = ""  # which of ACCEPT_MODES open() could use
         self._bpf: Any = None
         self._cgroup_fd = -1
         self._links: list[int] = []
@@ -204,7 +218,11 @@ class SocketTracer:
         )
 
     def open(self) -> None:
-        """Compile, check the ABI, attach every program. Raises StartupError."""
+        """Compile, check the ABI, attach every program. Raises StartupError.
+
+        May be called again after :meth:`close`.
+        """
+        self.program_ids = []
         try:
             self._cgroup_fd = self._open_cgroup()
             self._bpf = self._compile()
@@ -214,7 +232,6 @@ class SocketTracer:
         except BaseException:
             self.close()
             raise
-        self._offset_ns = realtime_offset_ns()
 
     def poll(self, timeout_ms: int) -> list[RawSocket]:
         """Wait up to ``timeout_ms`` for events; returns those read (possibly none)."""
@@ -222,6 +239,7 @@ class SocketTracer:
             raise RuntimeError("SocketTracer.poll() before open()")
         self._bpf.ring_buffer_poll(timeout_ms)
         raw, self._raw = self._raw, []
+        self._offset_ns = realtime_offset_ns()  # follows clock steps (NTP) between polls
         self._count_lost()
         return [event for data in raw if (event := self._convert(data)) is not None]
 
@@ -248,6 +266,7 @@ class SocketTracer:
             raise StartupError("cgroup2", f"cannot open {root}: {error}") from error
 
     def _compile(self) -> Any:
+        """Compile and load; the accept hook in the first form this kernel takes."""
         try:
             from bcc import BPF
         except ImportError as error:
@@ -258,10 +277,20 @@ class SocketTracer:
             f"-DFS_RINGBUF_PAGES={self.ringbuf_pages}",
             f"-DFS_OWNERS_MAX={self.owners_max}",
         ]
-        try:
-            return BPF(src_file=str(source).encode(), cflags=cflags)
-        except Exception as error:  # bcc raises bare Exception for compile failures
-            raise StartupError("bpf-compile", f"{source}: {error}") from error
+        problems = []
+        modes = ACCEPT_MODES if self.accept_hook else ACCEPT_MODES[-1:]
+        for mode, flags in modes:
+            try:
+                # bcc loads and attaches the kretfunc program while constructing.
+                bpf = BPF(src_file=str(source).encode(), cflags=cflags + flags)
+            except Exception as error:  # bcc raises bare Exception for compile/load failures
+                problems.append(f"{mode}: {error}")
+                continue
+            self.accept_mode = mode
+            if problems:
+                log.warning("accept() owners: falling back to %s (%s)", mode, "; ".join(problems))
+            return bpf
+        raise StartupError("bpf-compile", f"{source}: {'; '.join(problems)}")
 
     def _derived_fields(self) -> list[tuple[str, str]]:
         from bcc.libbcc import lib

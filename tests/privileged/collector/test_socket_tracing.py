@@ -46,6 +46,18 @@ print(c.getsockname()[1], flush=True)
 c.sendall(b'hello'); c.recv(100); c.close()
 sys.stdin.readline()
 """
+# Pre-fork: the parent binds and listens, a forked worker accepts.
+PREFORK_SERVER = """
+import os, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()
+worker = os.fork()
+if worker == 0:
+    c, _ = s.accept(); c.sendall(c.recv(100)); c.close(); os._exit(0)
+print(worker, flush=True)
+os.waitpid(worker, 0)
+sys.stdin.readline()
+"""
 UDP_SERVER = """
 import socket, sys
 addr, port = sys.argv[1], int(sys.argv[2])
@@ -211,17 +223,34 @@ def test_udp_send_and_receive_name_the_right_processes(
     assert sent.netns and received.netns and sent.netns != received.netns
 
 
+def test_prefork_server_accept_names_the_binder_not_another_process(tracer: SocketTracer) -> None:
+    """Without the accept hook the server side is the process that bound the port."""
+    port = 6000 + os.getpid() % 1000
+    parent, worker_text = start(NS_B, PREFORK_SERVER, V4_B, str(port))
+    client, cport = start(NS_A, TCP_CLIENT, V4_B, str(port))
+    reverse = (V4_B, port, V4_A, int(cport))
+    events = collect(tracer, lambda es: any(tuple_of(e) == reverse for e in es))
+    finish(client, parent)
+    (accept,) = [e for e in events if tuple_of(e) == reverse and e.event == "accept"]
+    assert tracer.accept_mode == "listener owner at establishment"
+    assert accept.pid == parent.pid and accept.pid != int(worker_text)
+
+
 def test_listener_older_than_tracer_gives_pid_0_and_close_detaches_everything(
     namespaces: None,
 ) -> None:
-    """A server bound before the tracer started has no known owner: pid 0, not a guess.
+    """A server bound before the tracer started has no known owner: pid 0, not a guess
+    (unless the accept hook could be loaded, which names the accepting server). The
+    accept hook is asked for, so its fallback is exercised where fexit cannot load.
     After close(), none of the tracer's programs is attached to the cgroup v2 root."""
     from flowscope.collector import cgroup_links
     from flowscope.collector.containers import find_cgroup2_root
 
     port = 7000 + os.getpid() % 1000
     server, _ = start(NS_B, TCP_SERVER, V4_B, str(port))
-    tracer = SocketTracer("test-node", ContainerResolver(), prometheus_client.CollectorRegistry())
+    tracer = SocketTracer(
+        "test-node", ContainerResolver(), prometheus_client.CollectorRegistry(), accept_hook=True
+    )
     tracer.open()
     root_fd = os.open(find_cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -239,9 +268,85 @@ def test_listener_older_than_tracer_gives_pid_0_and_close_detaches_everything(
         events = collect(tracer, lambda es: any(tuple_of(e) == reverse for e in es))
         finish(client, server)
         (accept,) = [e for e in events if tuple_of(e) == reverse and e.event == "accept"]
-        assert (accept.pid, accept.comm, accept.cgroup_id) == (0, "", 0)
+        if tracer.accept_mode == "listener owner at establishment":
+            assert (accept.pid, accept.comm, accept.cgroup_id) == (0, "", 0)
+        else:
+            assert (accept.pid, accept.comm) == (server.pid, server.comm)
         tracer.close()
         assert not set(tracer.program_ids) & attached_ids()
     finally:
         tracer.close()
         os.close(root_fd)
+
+
+def test_full_ring_buffer_losses_are_counted(namespaces: None) -> None:
+    """A one-page ring buffer that nobody reads overflows: the loss shows in the metric."""
+    import socket
+
+    registry = prometheus_client.CollectorRegistry()
+    tracer = SocketTracer("test-node", ContainerResolver(), registry, ringbuf_pages=1)
+    tracer.open()
+    try:
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        connections = 50
+        for _ in range(connections):  # connect, accept and two closes each
+            client = socket.create_connection(server.getsockname())
+            accepted, _ = server.accept()
+            client.close()
+            accepted.close()
+        port = server.getsockname()[1]
+        server.close()
+        time.sleep(0.2)  # let the TIME_WAIT side's CLOSE callbacks run
+        events = tracer.poll(0) + tracer.poll(0)
+    finally:
+        tracer.close()
+    ours = [e for e in events if port in (e.sport, e.dport)]
+    lost = registry.get_sample_value("flowscope_collector_socket_events_lost_total")
+    assert lost is not None and lost > 0
+    assert lost >= 4 * connections - len(ours)
+
+
+TRACER_PROCESS = """
+import sys, time, prometheus_client
+from flowscope.collector.containers import ContainerResolver
+from flowscope.collector.socket_tracing import SocketTracer
+tracer = SocketTracer("killed", ContainerResolver(), prometheus_client.CollectorRegistry())
+tracer.open()
+print(" ".join(map(str, tracer.program_ids)), flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigkilled_tracer_leaves_nothing_attached(namespaces: None) -> None:
+    """BPF links die with their process: SIGKILL, and the root cgroup is clean."""
+    from flowscope.collector import cgroup_links
+    from flowscope.collector.containers import find_cgroup2_root
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRACER_PROCESS], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    ids = {int(word) for word in proc.stdout.readline().split()}
+    root_fd = os.open(find_cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+
+        def attached_ids() -> set[int]:
+            return {
+                entry.prog_id
+                for p in PROGRAMS
+                for entry in cgroup_links.attached(root_fd, p.attach_type)
+            }
+
+        assert len(ids) == len(PROGRAMS) and ids <= attached_ids()
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while ids & attached_ids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not ids & attached_ids()
+    finally:
+        os.close(root_fd)
+        if proc.poll() is None:
+            proc.kill()

@@ -71,10 +71,16 @@ def ipv6(
     return header + body
 
 
+def _question(name: str, qtype: str, ident: int) -> dnslib.DNSRecord:
+    """A query record with a fixed id (dnslib's ``question()`` would draw a random one)."""
+    return dnslib.DNSRecord(
+        dnslib.DNSHeader(id=ident, rd=1),
+        q=dnslib.DNSQuestion(name, getattr(dnslib.QTYPE, qtype)),
+    )
+
+
 def query(name: str, qtype: str = "A", ident: int = 4660) -> bytes:
-    q = dnslib.DNSRecord.question(name, qtype)
-    q.header.id = ident
-    return q.pack()
+    return bytes(_question(name, qtype, ident).pack())
 
 
 def response(
@@ -82,9 +88,7 @@ def response(
     rcode: int = 0,
 ) -> bytes:  # fmt: skip
     """A response to ``name`` with (rname, type, ttl, data) answers."""
-    q = dnslib.DNSRecord.question(name, qtype)
-    q.header.id = ident
-    r = q.reply()
+    r = _question(name, qtype, ident).reply()
     r.header.rcode = rcode
     for rname, rtype, ttl, data in answers:
         rdata = {
@@ -95,7 +99,7 @@ def response(
             "TXT": dnslib.TXT,
         }[rtype](data)
         r.add_answer(dnslib.RR(rname, getattr(dnslib.QTYPE, rtype), rdata=rdata, ttl=ttl))
-    return r.pack()
+    return bytes(r.pack())
 
 
 def tcp_dns(message: bytes) -> bytes:

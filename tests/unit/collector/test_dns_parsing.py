@@ -442,3 +442,68 @@ def test_expire_emits_unanswered_queries() -> None:
 def test_observe_raises_parse_error_for_bad_packet() -> None:
     with pytest.raises(DnsParseError):
         DnsExchanges("n").observe(b"\x45garbage", 0)
+
+
+@st.composite
+def traffic(draw: st.DrawFn) -> list[tuple[bytes, int, bool | None]]:
+    """Queries, responses (some matching) and garbage with rising timestamps.
+
+    Each item: (bytes, timestamp, is_response or None for garbage).
+    """
+    items = []
+    now = 0
+    for _ in range(draw(st.integers(1, 40))):
+        now += draw(st.integers(1, 2_000_000_000))  # rising: a matched latency is > 0
+        kind = draw(st.sampled_from(["query", "response", "garbage"]))
+        ident = draw(st.integers(0, 3))
+        port = draw(st.sampled_from([40000, 40001]))
+        if kind == "query":
+            data = pb.ipv4(
+                CLIENT4, SERVER4, 17, pb.udp(port, 53, pb.query("p.example", ident=ident))
+            )
+        elif kind == "response":
+            message = pb.response("p.example", ANSWERS[1:2], ident=ident)
+            data = pb.ipv4(SERVER4, CLIENT4, 17, pb.udp(53, port, message))
+        else:
+            data = draw(st.binary(max_size=40))
+        items.append((data, now, None if kind == "garbage" else kind == "response"))
+    return items
+
+
+@FUZZ
+@given(traffic(), st.integers(1, 4))
+def test_pairing_properties(items: list[tuple[bytes, int, bool | None]], max_pending: int) -> None:
+    exchanges = DnsExchanges("n", max_pending=max_pending, timeout_ns=3_000_000_000)
+    responses = matched = 0
+    emitted: list[RawDns] = []
+    for data, ts, is_response in items:
+        try:
+            event = exchanges.observe(data, ts)
+        except DnsParseError:
+            assert is_response is None
+            continue
+        emitted += exchanges.expire(ts)
+        assert exchanges.pending() <= max_pending
+        if is_response:
+            responses += 1
+            assert event is not None
+            matched += event.latency_ns > 0
+        else:
+            assert event is None
+        if event is not None:
+            emitted.append(event)
+    assert responses == matched + exchanges.counts.unmatched
+    for record in emitted:
+        assert RawDns.from_wire(record.to_wire()) == record
+        assert record.latency_ns >= 0
+        assert (record.client, record.server, record.server_port) == (CLIENT4, SERVER4, 53)
+
+
+def test_bytearray_and_memoryview_inputs() -> None:
+    """Ring-buffer readers may hand over a bytearray or memoryview: same result."""
+    message = pb.response("www.example.com", ANSWERS)
+    expected = parse_message(message)
+    assert parse_message(bytearray(message)) == expected
+    assert parse_message(memoryview(message)) == expected  # type: ignore[arg-type]
+    packet = udp4(message, to_server=False)
+    assert parse_packet(bytearray(packet)) == parse_packet(memoryview(packet))  # type: ignore[arg-type]
