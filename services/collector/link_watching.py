@@ -86,10 +86,18 @@ class LinkWatcher:
         self._events.bind(groups=RTMGRP_LINK)
         # Read with plain non-blocking recv + parse: IPRoute.get() may block for more.
         self._events.setblocking(False)
-        with IPRoute() as ipr:
-            for msg in ipr.get_links():
-                self.apply(link_event(msg))
+        self.resync()
         return len(self._attached)
+
+    def resync(self) -> None:
+        """List the links again: attach what is new, forget what vanished unseen."""
+        with IPRoute() as ipr:
+            events = [e for e in (link_event(m) for m in ipr.get_links()) if e is not None]
+        present = {e.index for e in events}
+        for index in sorted(self._attached - present):
+            self.apply(LinkEvent(False, index, "", ""))
+        for event in events:
+            self.apply(event)
 
     def apply(self, event: LinkEvent | None) -> None:
         """Attach a new selected interface, forget a removed one."""
@@ -144,8 +152,7 @@ class LinkWatcher:
                 return msgs
             except OSError as e:  # ENOBUFS: events were lost; resynchronise by listing
                 log.warning("link events overflowed; listing links again", extra={"error": str(e)})
-                with IPRoute() as ipr:
-                    msgs.extend(ipr.get_links())
+                self.resync()
                 continue
             msgs.extend(self._events.marshal.parse(data))
 
