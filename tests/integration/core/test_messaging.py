@@ -1,0 +1,158 @@
+"""The NATS helper against real nats-servers: auth, TLS, streams, DLQ, disconnect metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flowscope.core import messaging, subjects
+from flowscope.core.errors import StartupError
+from flowscope.core.messaging import NatsSettings
+from nats.js.api import StreamConfig
+from prometheus_client import CollectorRegistry
+
+from tests.support import nats_server
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[nats_server.NatsServer]:
+    server = nats_server.start()
+    yield server
+    server.close()
+
+
+async def test_streams_created_idempotently_with_retention(fresh_server: Any) -> None:
+    settings = NatsSettings(url=fresh_server.url, stream_max_age=3600, stream_max_bytes=1 << 20)
+    nc = await messaging.connect(settings, "test", CollectorRegistry())
+    js = nc.jetstream()
+    await messaging.ensure_streams(js, settings)
+    await messaging.ensure_streams(js, settings)  # again: no error
+    info = await js.stream_info(subjects.STREAM_RAW)
+    assert info.config.subjects == [subjects.RAW_ALL]
+    assert info.config.max_age == 3600
+    assert info.config.max_bytes == 1 << 20
+    # a changed retention updates the existing stream
+    wider = NatsSettings(url=fresh_server.url, stream_max_age=7200, stream_max_bytes=2 << 20)
+    await messaging.ensure_streams(js, wider)
+    info = await js.stream_info(subjects.STREAM_FLOWS)
+    assert (info.config.max_age, info.config.max_bytes) == (7200, 2 << 20)
+    ack = await js.publish(subjects.raw_flows("n1"), b"{}\n")
+    assert ack.stream == subjects.STREAM_RAW
+    await nc.close()
+
+
+async def test_dead_letter_keeps_body_and_reason(fresh_server: Any) -> None:
+    settings = NatsSettings(url=fresh_server.url)
+    nc = await messaging.connect(settings, "test", CollectorRegistry())
+    sub = await nc.subscribe(subjects.dlq("enricher"))
+    await messaging.dead_letter(
+        nc, "enricher", "flowscope.raw.flows.n1", {"Flowscope-Schema": "x/9"}, b"\xffjunk", "bad"
+    )
+    msg = await sub.next_msg(timeout=2)
+    assert msg.data == b"\xffjunk"
+    assert msg.headers[subjects.DLQ_REASON_HEADER] == "bad"
+    assert msg.headers[subjects.DLQ_SUBJECT_HEADER] == "flowscope.raw.flows.n1"
+    assert msg.headers["Flowscope-Schema"] == "x/9"
+    await nc.close()
+
+
+async def test_user_password_and_token_auth() -> None:
+    server = nats_server.start(extra=["--user", "flow", "--pass", "s3cret"])
+    try:
+        ok = NatsSettings(url=server.url, user="flow", password="s3cret")
+        nc = await messaging.connect(ok, "test", CollectorRegistry(), retry=False)
+        assert nc.is_connected
+        await nc.close()
+        bad = NatsSettings(url=server.url, user="flow", password="wrong", connect_timeout=1)
+        with pytest.raises(StartupError, match="cannot connect"):
+            await messaging.connect(bad, "test", CollectorRegistry(), retry=False)
+    finally:
+        server.close()
+    server = nats_server.start(extra=["--auth", "tok3n"])
+    try:
+        nc = await messaging.connect(
+            NatsSettings(url=server.url, token="tok3n"), "test", CollectorRegistry(), retry=False
+        )
+        assert nc.is_connected
+        await nc.close()
+    finally:
+        server.close()
+
+
+def _make_certs(d: Path) -> None:
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=flowscope-test-ca")  # fmt: skip
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        ext = d / f"{name}.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", ext.name)  # fmt: skip
+
+
+async def test_mutual_tls(tmp_path: Path) -> None:
+    _make_certs(tmp_path)
+    server = nats_server.start(
+        extra=["--tlsverify", "--tlscert", str(tmp_path / "server.pem"),
+               "--tlskey", str(tmp_path / "server.key"), "--tlscacert", str(tmp_path / "ca.pem")]
+    )  # fmt: skip
+    try:
+        settings = NatsSettings(
+            url=f"tls://127.0.0.1:{server.port}",
+            tls_ca=str(tmp_path / "ca.pem"),
+            tls_cert=str(tmp_path / "client.pem"),
+            tls_key=str(tmp_path / "client.key"),
+        )
+        nc = await messaging.connect(settings, "test", CollectorRegistry(), retry=False)
+        sub = await nc.subscribe("t")
+        await nc.publish("t", b"over tls")
+        assert (await sub.next_msg(timeout=2)).data == b"over tls"
+        await nc.close()
+        no_client_cert = NatsSettings(url=settings.url, tls_ca=settings.tls_ca, connect_timeout=1)
+        with pytest.raises(StartupError):
+            await messaging.connect(no_client_cert, "test", CollectorRegistry(), retry=False)
+    finally:
+        server.close()
+
+
+async def test_disconnect_is_counted_and_reconnect_resumes(tmp_path: Path) -> None:
+    server = nats_server.start(store_dir=str(tmp_path / "a"))
+    port = server.port
+    registry = CollectorRegistry()
+    settings = NatsSettings(url=server.url, reconnect_wait_max=0.2)
+    nc = await messaging.connect(settings, "test", registry)
+    server.stop()
+    for _ in range(100):
+        if registry.get_sample_value("flowscope_nats_disconnects_total"):
+            break
+        await asyncio.sleep(0.05)
+    assert registry.get_sample_value("flowscope_nats_disconnects_total") == 1
+    assert registry.get_sample_value("flowscope_nats_connected") == 0
+    server2 = nats_server.start(port=port, store_dir=str(tmp_path / "b"))
+    try:
+        for _ in range(200):
+            if nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        assert nc.is_connected
+        assert registry.get_sample_value("flowscope_nats_reconnects_total") == 1
+        sub = await nc.subscribe("again")
+        await nc.publish("again", b"x")
+        assert (await sub.next_msg(timeout=2)).data == b"x"
+    finally:
+        await nc.close()
+        server2.close()
+        server.close()
+
+
+def test_stream_config_is_bounded() -> None:
+    cfg: StreamConfig = messaging.stream_config(subjects.STREAMS[0], NatsSettings())
+    assert cfg.max_age and cfg.max_bytes and cfg.max_bytes > 0

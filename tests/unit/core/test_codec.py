@@ -1,0 +1,103 @@
+"""The codec: round trips, and one typed error for anything malformed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from flowscope.core import codec
+from flowscope.core.errors import CodecError, SchemaMismatchError
+from flowscope.core.records import RawFlow
+from hypothesis import given
+from hypothesis import strategies as st
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+records = st.lists(st.dictionaries(st.text(max_size=10), json_values, max_size=6), max_size=20)
+
+
+@given(records)
+def test_round_trip(recs: list[dict[str, Any]]) -> None:
+    batch = codec.encode(codec.FLOW, recs)
+    assert batch.headers == {"Flowscope-Schema": "flow/1", "Flowscope-Count": str(len(recs))}
+    assert codec.decode(codec.FLOW, batch.headers, batch.body) == recs
+
+
+@given(st.binary(max_size=200))
+def test_garbage_raises_codec_error_only(body: bytes) -> None:
+    headers = {"Flowscope-Schema": "flow/1"}
+    try:
+        out = codec.decode(codec.FLOW, headers, body)
+    except CodecError:
+        return
+    assert all(isinstance(r, dict) for r in out)
+    assert len(out) == body.count(b"\n")
+
+
+@given(records.filter(bool), st.data())
+def test_truncated_body_raises_codec_error(recs: list[dict[str, Any]], data: st.DataObject) -> None:
+    batch = codec.encode(codec.RAW_FLOW, recs)
+    cut = data.draw(st.integers(0, len(batch.body) - 1))
+    truncated = batch.body[:cut]
+    with pytest.raises(CodecError):
+        if not truncated:  # an empty body is a valid empty batch; the count header says not
+            codec.decode(codec.RAW_FLOW, batch.headers, truncated)
+        codec.decode(codec.RAW_FLOW, batch.headers, truncated)
+
+
+@given(st.one_of(st.none(), st.text(max_size=12), st.just("flow/2"), st.just("raw.flow/1")))
+def test_wrong_schema_or_version(header: str | None) -> None:
+    headers = {} if header is None else {"Flowscope-Schema": header}
+    with pytest.raises(SchemaMismatchError) as e:
+        codec.decode(codec.FLOW, headers, b'{"a":1}\n')
+    assert e.value.reason == "schema-mismatch"
+
+
+def test_two_values_on_one_line_are_rejected() -> None:
+    with pytest.raises(CodecError, match="more than one"):
+        codec.decode(codec.FLOW, {"Flowscope-Schema": "flow/1"}, b'{"a":1},{"b":2}\n')
+
+
+def test_count_mismatch() -> None:
+    headers = {"Flowscope-Schema": "flow/1", "Flowscope-Count": "3"}
+    with pytest.raises(CodecError, match="count"):
+        codec.decode(codec.FLOW, headers, b'{"a":1}\n')
+
+
+def test_non_object_lines_rejected() -> None:
+    with pytest.raises(CodecError):
+        codec.decode(codec.FLOW, {"Flowscope-Schema": "flow/1"}, b"[1,2]\n")
+
+
+def test_chunks_stay_under_max_bytes_and_keep_every_record() -> None:
+    recs = [{"i": i, "pad": "x" * (i % 50)} for i in range(1000)]
+    batches = list(codec.encode_chunks(codec.RAW_FLOW, recs, max_bytes=4096))
+    assert len(batches) > 1
+    assert all(len(b.body) <= 4096 for b in batches)
+    out = [r for b in batches for r in codec.decode(codec.RAW_FLOW, b.headers, b.body)]
+    assert out == recs
+
+
+def test_record_larger_than_max_is_an_error() -> None:
+    with pytest.raises(CodecError, match="too-large"):
+        list(codec.encode_chunks(codec.RAW_FLOW, [{"x": "y" * 100}], max_bytes=50))
+
+
+def test_schema_of() -> None:
+    assert codec.schema_of({"Flowscope-Schema": "raw.dns/1"}) is codec.RAW_DNS
+    with pytest.raises(SchemaMismatchError):
+        codec.schema_of({"Flowscope-Schema": "raw.dns/9"})
+
+
+def test_raw_flow_wire_round_trip() -> None:
+    flow = RawFlow("node-1", 1, 2, "active_timeout", 6, "10.0.0.1", "10.0.0.2", 1, 2, 3, 4, 5, 6)
+    batch = codec.encode(codec.RAW_FLOW, [flow.to_wire()])
+    (d,) = codec.decode(codec.RAW_FLOW, batch.headers, batch.body)
+    assert RawFlow.from_wire(d) == flow
+    assert orjson.loads(batch.body)["src"] == "10.0.0.1"

@@ -1,0 +1,113 @@
+"""The service runtime: signals drain, root tasks stop the service, errors map to exits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import urllib.request
+
+from flowscope.core import runtime
+from flowscope.core.errors import StartupError
+from flowscope.core.runtime import Runtime, RuntimeSettings
+
+QUIET = RuntimeSettings(http_address="", drain_timeout=0.5)
+
+
+async def test_sigterm_drains_root_tasks() -> None:
+    drained: list[str] = []
+    released: list[str] = []
+
+    async def worker(rt: Runtime) -> None:
+        await rt.stopping.wait()
+        await asyncio.sleep(0.05)  # in-flight work finishing
+        drained.append("worker")
+
+    async def body(rt: Runtime) -> None:
+        rt.stack.callback(released.append, "first")
+        rt.stack.callback(released.append, "second")
+        rt.spawn(worker(rt), "worker")
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+
+    assert await runtime.serve("test", QUIET, body) == 0
+    assert drained == ["worker"]
+    assert released == ["second", "first"]  # reverse order
+
+
+async def test_a_root_task_ending_stops_the_others() -> None:
+    stopped = asyncio.Event()
+
+    async def finishes() -> None:
+        await asyncio.sleep(0.01)
+
+    async def waits(rt: Runtime) -> None:
+        await rt.stopping.wait()
+        stopped.set()
+
+    async def body(rt: Runtime) -> None:
+        rt.spawn(finishes(), "finishes")
+        rt.spawn(waits(rt), "waits")
+
+    assert await runtime.serve("test", QUIET, body) == 0
+    assert stopped.is_set()
+
+
+async def test_crash_exits_1_and_drain_deadline_cancels() -> None:
+    cancelled = asyncio.Event()
+
+    async def crashes() -> None:
+        raise RuntimeError("bug")
+
+    async def ignores_stop() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def body(rt: Runtime) -> None:
+        rt.spawn(ignores_stop(), "stubborn")
+        rt.spawn(crashes(), "crashes")
+
+    assert await runtime.serve("test", QUIET, body) == 1
+    assert cancelled.is_set()
+
+
+def test_startup_error_exits_2(capsys) -> None:  # type: ignore[no-untyped-def]
+    async def body(rt: Runtime) -> None:
+        raise StartupError("capabilities", "CAP_BPF missing")
+
+    assert runtime.run("test", QUIET, body) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["flowscope test: start-up check capabilities failed: CAP_BPF missing"]
+
+
+async def test_http_endpoint_serves_metrics_health_ready() -> None:
+    settings = RuntimeSettings(http_address="127.0.0.1:0", drain_timeout=0.5)
+    seen: dict[str, tuple[int, bytes]] = {}
+
+    def get(port: int, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    async def probe(rt: Runtime) -> None:
+        rt.health.set("informers", False, "syncing")
+        seen["ready-before"] = await asyncio.to_thread(get, rt.http_port, "/readyz")
+        rt.health.set("informers", True)
+        for path in ("/metrics", "/healthz", "/readyz"):
+            seen[path] = await asyncio.to_thread(get, rt.http_port, path)
+
+    async def body(rt: Runtime) -> None:
+        from prometheus_client import Counter
+
+        Counter("flowscope_test_things", "things", registry=rt.registry).inc(3)
+        rt.spawn(probe(rt), "probe")
+
+    assert await runtime.serve("test", settings, body) == 0
+    assert seen["ready-before"][0] == 503 and b"syncing" in seen["ready-before"][1]
+    assert seen["/readyz"][0] == 200
+    assert seen["/healthz"][0] == 200
+    assert b"flowscope_test_things_total 3.0" in seen["/metrics"][1]
