@@ -71,6 +71,11 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     """Acquire everything on the runtime's exit stack and start the root tasks."""
     checks.run_all()
     node = node_name(settings)
+    if settings.flows.idle_timeout >= settings.flows.active_timeout:
+        log.warning(
+            "flows.idle_timeout is not below flows.active_timeout: the map is emptied at "
+            "every drain, so no flow will end with idle_timeout"
+        )
     metrics = CollectorMetrics.create(rt.registry)
     nc = await connect(settings.nats, "collector", rt.registry, retry=True)
     rt.stack.push_async_callback(nc.close)
