@@ -17,9 +17,12 @@ the event loop keeps serving metrics and NATS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from flowscope.collector import checks
 from flowscope.collector.attaching import Attacher
@@ -43,6 +46,7 @@ from flowscope.core.messaging import connect, ensure_streams
 from flowscope.core.records import RawDns, RawFlow
 
 log = logging.getLogger("flowscope.collector")
+T = TypeVar("T")
 
 SOCKET_POLL_MS = 100  # a blocking poll in a worker thread; bounds the stop latency too
 
@@ -77,7 +81,9 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
             "every drain, so no flow will end with idle_timeout"
         )
     metrics = CollectorMetrics.create(rt.registry)
-    nc = await connect(settings.nats, "collector", rt.registry, retry=True)
+    nc = await unless_stopped(rt, connect(settings.nats, "collector", rt.registry, retry=True))
+    if nc is None:
+        return  # SIGTERM while NATS was still unreachable: nothing to drain
     rt.stack.push_async_callback(nc.close)
     js = nc.jetstream()
     await ensure_streams(js, settings.nats)
@@ -118,6 +124,20 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     rt.spawn(publisher.run(producers_done, settings.runtime.drain_timeout / 2), "publishing")
     rt.health.set("collector", True, f"{attached} interfaces attached")
     log.info("collector started", extra={"node": node, "interfaces": attached})
+
+
+async def unless_stopped(rt: runtime.Runtime, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None when the service is told to stop first (then cancelled)."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(rt.stopping.wait())
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 def remove_leftovers(attacher: Attacher, metrics: CollectorMetrics) -> None:
