@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -212,3 +215,24 @@ def test_tiny_map_overflow_reported_in_metrics(
         assert proc.stop() == 0
     finally:
         proc.close()
+
+
+def test_sigterm_while_nats_unreachable_exits_cleanly(node: Node) -> None:
+    with node.inside():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flowscope.cli", "collector", "--http-address", "",
+             "--nats-url", "nats://127.0.0.1:1", "--nats-connect-timeout", "0.5"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, "must keep retrying NATS, not exit"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=5)
+        assert proc.returncode == 0, out
+        assert "NATS" in out
+        assert filters(node, node.pods[0].host_if) == []  # never got as far as attaching
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
