@@ -88,6 +88,27 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     js = nc.jetstream()
     await ensure_streams(js, settings.nats)
 
+    program, attacher, watcher = await start_kernel(rt, settings, metrics)
+    attached = watcher.start()
+    publisher = Publisher(js, node, publish_limits(settings, nc.max_payload), metrics)
+    producers_done = asyncio.Event()
+    producing = Producing(rt, settings, node, program, attacher, publisher, metrics)
+    await producing.open_socket_tracing(node)
+    release_compiler_memory()
+    rt.spawn(watcher.run(rt.stopping), "link-watching")
+    rt.spawn(producing.run(producers_done), "producing")
+    rt.spawn(publisher.run(producers_done, settings.runtime.drain_timeout / 2), "publishing")
+    rt.health.set("collector", True, f"{attached} interfaces attached")
+    log.info("collector started", extra={"node": node, "interfaces": attached})
+
+
+async def start_kernel(
+    rt: runtime.Runtime, settings: Settings, metrics: CollectorMetrics
+) -> tuple[FlowProgram, Attacher, LinkWatcher]:
+    """Load the flow program, clear a crashed run's filters, prepare link watching.
+
+    Released in reverse on stop: link watching, filters (detach), netlink, program.
+    """
     program = await asyncio.to_thread(load_flow_program, program_config(settings))
     rt.stack.callback(program.close)
     attacher = Attacher(
@@ -99,31 +120,22 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     rt.stack.callback(attacher.close)
     rt.stack.callback(attacher.detach_all)
     remove_leftovers(attacher, metrics)
-
     selection = InterfaceSelection(
         settings.interfaces.include, settings.interfaces.exclude, settings.interfaces.skip_bridges
     )
     watcher = LinkWatcher(attacher, selection, metrics)
     rt.stack.callback(watcher.close)
-    attached = watcher.start()
     metrics.map_capacity.set(settings.flows.max_entries)
+    return program, attacher, watcher
 
-    limits = PublishLimits(
+
+def publish_limits(settings: Settings, max_payload: int) -> PublishLimits:
+    return PublishLimits(
         batch_max_records=settings.publish.batch_max_records,
         batch_max_delay=settings.publish.batch_max_delay,
         buffer_bytes=settings.publish.buffer_bytes,
-        max_payload=nc.max_payload,
+        max_payload=max_payload,
     )
-    publisher = Publisher(js, node, limits, metrics)
-    producers_done = asyncio.Event()
-    producing = Producing(rt, settings, node, program, attacher, publisher, metrics)
-    await producing.open_socket_tracing(node)
-    release_compiler_memory()
-    rt.spawn(watcher.run(rt.stopping), "link-watching")
-    rt.spawn(producing.run(producers_done), "producing")
-    rt.spawn(publisher.run(producers_done, settings.runtime.drain_timeout / 2), "publishing")
-    rt.health.set("collector", True, f"{attached} interfaces attached")
-    log.info("collector started", extra={"node": node, "interfaces": attached})
 
 
 async def unless_stopped(rt: runtime.Runtime, work: Coroutine[Any, Any, T]) -> T | None:
