@@ -1,12 +1,194 @@
-"""Settings of the exporter (flags, FLOWSCOPE_* variables, YAML): see docs/configuration.md."""
+"""Settings of the exporter (flags, FLOWSCOPE_* variables, YAML): see docs/exporter.md.
+
+Parsers here reject a bad value at start-up (unknown sink, malformed URL, unreadable
+file) so the CLI stops with one line naming the setting and exit status 2. The OTLP
+section falls back to the standard ``OTEL_EXPORTER_OTLP_*`` variables; that merge
+happens in :mod:`flowscope.exporter.otlp_config`, because it needs the environment.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
-from flowscope.core.config import section
+from flowscope.core.config import section, setting
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
+
+SINK_NAMES = ("stdout", "otlp", "elasticsearch")
+
+
+def parse_sinks(value: tuple[str, ...]) -> tuple[str, ...]:
+    """At least one sink, each one of :data:`SINK_NAMES`, no duplicates."""
+    if not value:
+        raise ValueError(f"name at least one sink ({', '.join(SINK_NAMES)})")
+    for name in value:
+        if name not in SINK_NAMES:
+            raise ValueError(f"unknown sink {name!r} (known: {', '.join(SINK_NAMES)})")
+    if len(set(value)) != len(value):
+        raise ValueError("a sink is named twice")
+    return value
+
+
+def parse_endpoint(value: str) -> str:
+    """An OTLP endpoint: ``scheme://host:port[/path]`` or ``host:port`` (gRPC)."""
+    if not value:
+        return value
+    has_scheme = "://" in value
+    parts = urlsplit(value if has_scheme else f"//{value}")
+    if has_scheme and parts.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r}: scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"{value!r} has no host")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise ValueError(f"{value!r} has a bad port") from e
+    return value
+
+
+def parse_http_url(value: str) -> str:
+    """An http(s) URL with a host (the Elasticsearch endpoint)."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return parse_endpoint(value)
+
+
+def parse_headers(value: str) -> str:
+    """``key=value,key2=value2`` as in ``OTEL_EXPORTER_OTLP_HEADERS``."""
+    for item in value.split(","):
+        if item.strip() and "=" not in item:
+            raise ValueError(f"header {item.strip()!r} is not key=value")
+    return value
+
+
+def readable_file(value: str) -> str:
+    """A path that names a readable file (or empty: not used)."""
+    if not value:
+        return value
+    try:
+        with Path(value).open("rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot read {value}: {e.strerror}") from e
+    return value
+
+
+def positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpSettings:
+    """OTLP logs export (``--otlp-*``); empty values fall back to ``OTEL_EXPORTER_OTLP_*``."""
+
+    endpoint: str = setting(
+        "",
+        "OTLP endpoint URL; empty: OTEL_EXPORTER_OTLP_LOGS_ENDPOINT / _ENDPOINT, else "
+        "localhost:4317 (gRPC) or http://localhost:4318/v1/logs (HTTP)",
+        parse=parse_endpoint,
+    )
+    protocol: str = setting(
+        "",
+        "grpc or http/protobuf; empty: OTEL_EXPORTER_OTLP_(LOGS_)PROTOCOL, else http/protobuf "
+        "(the OTel specification's default)",
+        choices=("", "grpc", "http/protobuf"),
+    )
+    headers: str = setting(
+        "",
+        "extra request headers key=value,... (auth tokens: prefer the environment variable)",
+        parse=parse_headers,
+        secret=True,
+    )
+    compression: str = setting(
+        "", "gzip or none; empty: OTEL_EXPORTER_OTLP_(LOGS_)COMPRESSION, else gzip",
+        choices=("", "gzip", "none"),
+    )  # fmt: skip
+    ca_file: str = setting("", "CA bundle verifying the collector (TLS)", parse=readable_file)
+    client_cert: str = setting("", "client certificate for mutual TLS", parse=readable_file)
+    client_key: str = setting("", "client certificate's private key", parse=readable_file)
+    insecure: bool | None = setting(
+        None,
+        "plaintext gRPC for an endpoint without scheme (a local collector); empty: "
+        "OTEL_EXPORTER_OTLP_(LOGS_)INSECURE, else false",
+    )
+    timeout: float | None = setting(
+        None,
+        "seconds one export request may take; empty: OTEL_EXPORTER_OTLP_(LOGS_)TIMEOUT "
+        "(milliseconds), else 10 s as in the specification",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ElasticsearchSettings:
+    """Elasticsearch ``_bulk`` export into data streams (``--elasticsearch-*``)."""
+
+    url: str = setting("http://localhost:9200", "Elasticsearch URL", parse=parse_http_url)
+    username: str = setting("", "user for basic authentication")
+    password: str = setting("", "password for basic auth (use the environment)", secret=True)
+    api_key: str = setting(
+        "", "API key (base64 id:key, as Elasticsearch returns it; use the environment)",
+        secret=True,
+    )  # fmt: skip
+    password_file: str = setting(
+        "", "file holding the password (a mounted Secret); wins over password",
+        parse=readable_file,
+    )  # fmt: skip
+    api_key_file: str = setting(
+        "", "file holding the API key (a mounted Secret); wins over api_key",
+        parse=readable_file,
+    )  # fmt: skip
+    ca_file: str = setting("", "CA bundle verifying Elasticsearch (TLS)", parse=readable_file)
+    flows_data_stream: str = setting(
+        "logs-flowscope.flows-default",
+        "data stream for flow records (logs-<dataset>-<namespace> matches the template)",
+    )
+    dns_data_stream: str = setting("logs-flowscope.dns-default", "data stream for DNS records")
+    install_template: bool = setting(
+        True,
+        "install the flowscope index template at start-up (needs manage_index_templates; "
+        "turn off when an administrator manages templates)",
+    )
+    timeout: float = setting(30.0, "seconds one _bulk request may take", parse=positive)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """How each sink batches and retries (``--batch-*``)."""
+
+    max_records: int = setting(
+        1000,
+        "records per export request at most: large enough to amortise a request, small "
+        "enough for one _bulk body of about 1 MB",
+        parse=lambda v: int(positive(v)),
+    )
+    max_delay: float = setting(
+        0.5,
+        "seconds a partial batch waits for more records before it is exported (latency bound)",
+        parse=positive,
+    )
+    max_in_flight: int = setting(
+        4,
+        "export requests per sink at once; beyond it the sink's consumers stop fetching",
+        parse=lambda v: int(positive(v)),
+    )
+    ack_wait: float = setting(
+        30.0,
+        "seconds JetStream waits for an ack before redelivering (batches waiting on a "
+        "backend are kept alive every ack_wait/3); applies when the consumer is created",
+        parse=positive,
+    )
+    retry_initial: float = setting(
+        0.5, "seconds before the first retry of a failed export (then doubled, jittered)",
+        parse=positive,
+    )  # fmt: skip
+    retry_max: float = setting(
+        30.0, "upper bound in seconds of the retry backoff (a backend down for long)",
+        parse=positive,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,3 +197,14 @@ class Settings:
 
     runtime: RuntimeSettings = section(RuntimeSettings, "logs, HTTP endpoint, drain", flat=True)
     nats: NatsSettings = section(NatsSettings, "NATS connection and streams")
+    sinks: tuple[str, ...] = setting(
+        ("stdout",),
+        "sinks to deliver to, comma-separated: stdout, otlp, elasticsearch",
+        parse=parse_sinks,
+    )
+    cluster_name: str = setting(
+        "", "cluster name sent as k8s.cluster.name / orchestrator.cluster.name (empty: none)"
+    )
+    otlp: OtlpSettings = section(OtlpSettings, "OTLP logs export")
+    elasticsearch: ElasticsearchSettings = section(ElasticsearchSettings, "Elasticsearch")
+    batch: BatchSettings = section(BatchSettings, "batching and retries per sink")

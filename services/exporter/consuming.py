@@ -1,0 +1,358 @@
+"""One durable JetStream pull consumer per sink and stream, batching into the sink.
+
+Each sink gets its own durable consumer (``flowscope-exporter-<sink>``) on each of the
+two streams it reads (``FLOWSCOPE_FLOWS``, ``FLOWSCOPE_DNS``), so each sink moves at its
+own pace: a sink that is down stops fetching (its in-flight bound is reached) while the
+others go on. Messages are decoded, records validated, and accumulated into a batch
+until ``max_records`` or ``max_delay``; the batch goes to the sink; when the sink
+answers, each message is acked if every one of its records was delivered or
+dead-lettered, and nak'ed (redelivered) if any was deferred. While a batch waits on a
+slow or absent backend, its messages are kept alive with ``in_progress`` so JetStream
+does not redeliver them behind our back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import nats.errors
+from flowscope.core import codec, subjects
+from flowscope.core.errors import CodecError, RecordError
+from flowscope.core.logs import RateLimitedLog
+from flowscope.core.messaging import dead_letter
+from flowscope.core.records import validate_dns, validate_flow
+from flowscope.exporter.metrics import ExporterMetrics
+from flowscope.exporter.settings import BatchSettings
+from flowscope.exporter.sink import ExportResult, Kind, Record, Sink, SinkClosedError
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+log = logging.getLogger("flowscope.exporter.consuming")
+
+DLQ_COMPONENT = "exporter"
+FETCH_MESSAGES = 64  # messages per pull request (each holds a batch of records)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A stream the exporter reads, the schema its messages carry and how to check records."""
+
+    kind: Kind
+    stream: str
+    subject: str
+    schema: codec.Schema
+    validate: Callable[[object, int], Record]
+
+
+SOURCES = (
+    Source(Kind.FLOW, subjects.STREAM_FLOWS, subjects.FLOWS_ALL, codec.FLOW, validate_flow),
+    Source(Kind.DNS, subjects.STREAM_DNS, subjects.DNS_ALL, codec.DNS, validate_dns),
+)
+
+
+def durable_name(sink: str) -> str:
+    return f"flowscope-exporter-{sink}"
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records bound for one export, and which message each came from."""
+
+    records: list[Record] = field(default_factory=list)
+    spans: list[tuple[Msg, int, int]] = field(default_factory=list)  # msg, first, count
+    opened: float = 0.0
+
+    def add(self, msg: Msg, records: list[Record]) -> None:
+        if not self.spans:
+            self.opened = time.monotonic()
+        self.spans.append((msg, len(self.records), len(records)))
+        self.records.extend(records)
+
+
+class SinkLane:
+    """Everything one sink runs: start-up retries, consumers, bounded in-flight exports."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        js: JetStreamContext,
+        nc: NATS,
+        batch: BatchSettings,
+        metrics: ExporterMetrics,
+        stopping: asyncio.Event,
+        on_ready: Callable[[str, bool, str], None] = lambda *_: None,
+    ) -> None:
+        self.sink = sink
+        self._js = js
+        self._nc = nc
+        self._batch = batch
+        self._metrics = metrics
+        self._stopping = stopping
+        self._on_ready = on_ready
+        self._slots = asyncio.Semaphore(batch.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()  # the sink's output is gone (stdout reader left)
+        self._bad = RateLimitedLog(log)
+
+    async def run(self) -> None:
+        """Until stopping (or the sink's output closes): start the sink, then consume."""
+        try:
+            if await self._start_sink():
+                async with asyncio.TaskGroup() as group:
+                    for source in SOURCES:
+                        group.create_task(self._consume(source))
+                    group.create_task(self._shutdown_when_stopping())
+        finally:
+            log.debug("lane settling", extra={"sink": self.sink.name, "exports": len(self._tasks)})
+            try:
+                await self.sink.shutdown()
+                await self._settle()
+            finally:  # also when the drain deadline cancels us: release connections
+                await self.sink.close()
+        if self._closed.is_set():
+            log.info("sink output closed; stopping", extra={"sink": self.sink.name})
+
+    async def _start_sink(self) -> bool:
+        """Retry the sink's start-up (logged) until it works; False if stopped first."""
+        delay = self._batch.retry_initial
+        while not self._stopping.is_set():
+            try:
+                await self.sink.start()
+                self._on_ready(self.sink.name, True, "")
+                return True
+            except Exception as e:  # any start-up failure of a backend is retried
+                self._on_ready(self.sink.name, False, str(e))
+                log.warning(
+                    "sink not ready; retrying",
+                    extra={"sink": self.sink.name, "error": str(e), "delay": delay},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, self._batch.retry_max)
+        return False
+
+    async def _shutdown_when_stopping(self) -> None:
+        await _first(self._stopping.wait(), self._closed.wait())
+        await self.sink.shutdown()  # pending retries give up: their messages are nak'ed
+
+    def _done(self) -> bool:
+        return self._stopping.is_set() or self._closed.is_set()
+
+    async def _consume(self, source: Source) -> None:
+        sub = await self._subscribe(source)
+        watcher = asyncio.create_task(self._watch_lag(sub, source))
+        batch = Batch()
+        try:
+            while not self._done():
+                timeout = self._batch.max_delay
+                if batch.spans:
+                    timeout = max(0.01, batch.opened + self._batch.max_delay - time.monotonic())
+                for msg in await self._fetch(sub, min(timeout, 1.0), source):
+                    await self._take(source, msg, batch)
+                    if len(batch.records) >= self._batch.max_records:  # full
+                        await self._submit(source.kind, batch)
+                        batch = Batch()
+                if batch.records and time.monotonic() - batch.opened >= self._batch.max_delay:
+                    await self._submit(source.kind, batch)  # waited long enough
+                    batch = Batch()
+            log.debug("consumer draining", extra={"sink": self.sink.name, "stream": source.stream})
+            if batch.spans and not self._closed.is_set():
+                await self._submit(source.kind, batch)  # flush the partial batch on drain
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # the durable consumer stays on the server
+
+    async def _subscribe(self, source: Source) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            durable_name=durable_name(self.sink.name),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self._batch.ack_wait,
+            max_ack_pending=self._batch.max_in_flight * self._batch.max_records + FETCH_MESSAGES,
+            filter_subject=source.subject,
+        )
+        return await self._js.pull_subscribe(
+            source.subject,
+            durable=durable_name(self.sink.name),
+            stream=source.stream,
+            config=config,
+        )
+
+    async def _fetch(
+        self, sub: JetStreamContext.PullSubscription, wait: float, source: Source
+    ) -> list[Msg]:
+        try:
+            msgs = await sub.fetch(FETCH_MESSAGES, timeout=wait)
+        except (nats.errors.TimeoutError, TimeoutError):
+            return []
+        except nats.errors.Error as e:  # disconnected: nats-py reconnects; try again shortly
+            self._bad.warning("fetch", "fetch failed", sink=self.sink.name, error=str(e))
+            await asyncio.sleep(min(wait, 0.5))
+            return []
+        return msgs
+
+    async def _watch_lag(self, sub: JetStreamContext.PullSubscription, source: Source) -> None:
+        """Publish the consumer's lag: messages not yet delivered plus delivered but not
+        yet acked — everything this sink has not confirmed. Asked of the server, so it
+        keeps growing while the sink is stuck and its consumer no longer fetches."""
+        gauge = self._metrics.lag.labels(self.sink.name, source.stream)
+        interval = max(1.0, min(5.0, self._batch.ack_wait / 3))
+        while True:
+            with contextlib.suppress(Exception):  # NATS away: keep the last figure
+                info = await sub.consumer_info()
+                gauge.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+            await asyncio.sleep(interval)
+
+    async def _take(self, source: Source, msg: Msg, batch: Batch) -> None:
+        """Decode one message into the batch; bad messages/records are dead-lettered."""
+        try:
+            records = codec.decode(source.schema, msg.headers, msg.data)
+        except CodecError as e:
+            self._metrics.bad_messages.labels(self.sink.name).inc()
+            self._bad.warning(
+                "bad-message",
+                "undecodable message",
+                sink=self.sink.name,
+                subject=msg.subject,
+                reason=str(e),
+            )
+            reason = f"{self.sink.name}: {e}"
+            if await self._publish_dead(msg.subject, msg.headers, msg.data, reason):
+                await _ack(msg)
+            return
+        good = []
+        for i, record in enumerate(records):
+            try:
+                good.append(source.validate(record, i))
+            except RecordError as e:
+                if not await self._dead_letter_records(
+                    source.kind, msg, [record], f"{self.sink.name}: {e}"
+                ):
+                    return  # not dead-lettered: leave the whole message for redelivery
+        if good:
+            batch.add(msg, good)
+        else:
+            await _ack(msg)
+
+    async def _submit(self, kind: Kind, batch: Batch) -> None:
+        """Hand a batch to the sink once an in-flight slot is free (bounds memory).
+
+        Waiting for a slot can last as long as the backend is down: the batch's messages
+        are kept alive meanwhile, or JetStream would redeliver them behind our back.
+        """
+        while True:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._batch.ack_wait / 3)
+                break
+            except TimeoutError:
+                await _touch(batch)
+        self._metrics.in_flight.labels(self.sink.name).inc()
+        task = asyncio.create_task(self._export(kind, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _export(self, kind: Kind, batch: Batch) -> None:
+        started = time.monotonic()
+        try:
+            result = await self._keep_alive(batch, self.sink.export(kind, batch.records))
+        except SinkClosedError:
+            self._closed.set()
+            result = ExportResult.all_deferred(len(batch.records))
+        except Exception:  # a bug in a sink: loud, but the records stay in the stream
+            log.exception("export failed unexpectedly", extra={"sink": self.sink.name})
+            result = ExportResult.all_deferred(len(batch.records))
+        finally:
+            self._slots.release()
+            self._metrics.in_flight.labels(self.sink.name).dec()
+        self._metrics.batch_seconds.labels(self.sink.name).observe(time.monotonic() - started)
+        await self._settle_messages(kind, batch, result)
+
+    async def _keep_alive(self, batch: Batch, export: Awaitable[ExportResult]) -> ExportResult:
+        """Await the export, telling JetStream every ack_wait/3 that the messages are in work."""
+        task = asyncio.ensure_future(export)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self._batch.ack_wait / 3)
+            if done:
+                return task.result()
+            await _touch(batch)
+
+    async def _settle_messages(self, kind: Kind, batch: Batch, result: ExportResult) -> None:
+        """Ack, dead-letter or nak each message of a finished batch; count the records."""
+        name = self.sink.name
+        delivered = len(batch.records) - len(result.rejected) - len(result.deferred)
+        self._metrics.exported.labels(name).inc(delivered)
+        self._metrics.failed.labels(name).inc(len(result.rejected))
+        for msg, first, count in batch.spans:
+            span = range(first, first + count)
+            if any(i in result.deferred for i in span):
+                await _nak(msg)
+                continue
+            rejected = [i for i in span if i in result.rejected]
+            if rejected:
+                reason = f"{name}: {result.rejected[rejected[0]]}"
+                records = [batch.records[i] for i in rejected]
+                if not await self._dead_letter_records(kind, msg, records, reason):
+                    await _nak(msg)  # redelivered: stored records answer 409 next time
+                    continue
+            await _ack(msg)
+
+    async def _dead_letter_records(
+        self, kind: Kind, msg: Msg, records: list[Record], reason: str
+    ) -> bool:
+        """Publish refused records to the DLQ (with the original subject); False if that failed."""
+        encoded = codec.encode(codec.FLOW if kind is Kind.FLOW else codec.DNS, records)
+        if not await self._publish_dead(msg.subject, encoded.headers, encoded.body, reason):
+            return False
+        self._metrics.dead_lettered.labels(self.sink.name).inc(len(records))
+        return True
+
+    async def _publish_dead(
+        self, subject: str, headers: dict[str, str] | None, body: bytes, reason: str
+    ) -> bool:
+        try:
+            await dead_letter(self._nc, DLQ_COMPONENT, subject, headers, body, reason)
+        except Exception as e:  # NATS gone for now: the message is not acked, so not lost
+            self._bad.warning("dlq-failed", "cannot dead-letter; will retry", error=str(e))
+            return False
+        return True
+
+    async def _settle(self) -> None:
+        """Wait for exports under way (the sink was told to stop retrying)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def _ack(msg: Msg) -> None:
+    """Ack; a failed ack (NATS reconnecting) only means a redelivery later."""
+    with contextlib.suppress(Exception):
+        await msg.ack()
+
+
+async def _nak(msg: Msg) -> None:
+    with contextlib.suppress(Exception):
+        await msg.nak()
+
+
+async def _touch(batch: Batch) -> None:
+    """Tell JetStream the batch's messages are still being worked on (resets ack_wait)."""
+    for msg, _, _ in batch.spans:
+        with contextlib.suppress(Exception):  # a lost in_progress only risks a redelivery
+            await msg.in_progress()
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    """Return when the first of ``aws`` completes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

@@ -1,0 +1,266 @@
+"""The Elasticsearch sink: ``_bulk`` ``create`` actions into data streams.
+
+Per item of a bulk response: 201 stored; 409 (``version_conflict_engine_exception``) means
+a redelivered record was already stored under its deterministic ``_id`` — success; 429
+and 5xx are retried (only those items) with backoff; any other 4xx is permanent and the
+record is dead-lettered with Elasticsearch's reason. A whole request that fails (peer
+down, 429/5xx, 401/403 while credentials are being fixed) is retried, never
+dead-lettered: those records are fine, the backend is not.
+
+Like the official client, every response must carry ``X-Elastic-Product:
+Elasticsearch``; a peer without it is treated as unavailable.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from flowscope.core.logs import RateLimitedLog
+from flowscope.exporter import ecs
+from flowscope.exporter.metrics import ExporterMetrics
+from flowscope.exporter.retrying import Backoff, Stopper
+from flowscope.exporter.settings import ElasticsearchSettings
+from flowscope.exporter.sink import ExportResult, Kind, Record
+
+log = logging.getLogger("flowscope.exporter.elasticsearch")
+
+PRODUCT_HEADER = "X-Elastic-Product"
+NDJSON = "application/x-ndjson"
+
+
+class BackendError(Exception):
+    """The whole request failed in a way worth retrying (unreachable, 5xx, not ES, ...)."""
+
+
+@dataclass(slots=True)
+class BulkOutcome:
+    """Per-item classification of one ``_bulk`` response (indices into the request)."""
+
+    stored: int = 0
+    already: int = 0
+    retry: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+
+
+def bulk_body(index: str, ids: Sequence[str], docs: Sequence[dict[str, Any]]) -> bytes:
+    """NDJSON: a ``create`` action line then the document, per record."""
+    dumps = orjson.dumps
+    prefix = b'{"create":{"_index":' + dumps(index) + b',"_id":"'
+    parts = []
+    for doc_id, doc in zip(ids, docs, strict=True):
+        parts.append(prefix + doc_id.encode() + b'"}}\n' + dumps(doc) + b"\n")
+    return b"".join(parts)
+
+
+def classify(response: dict[str, Any]) -> BulkOutcome:
+    """Sort a ``_bulk`` response's items by what to do next."""
+    outcome = BulkOutcome()
+    for i, item in enumerate(response.get("items", ())):
+        result = next(iter(item.values()))
+        status = result.get("status", 0)
+        if status in (200, 201):
+            outcome.stored += 1
+        elif status == 409:
+            outcome.already += 1
+        elif status == 429 or status >= 500:
+            outcome.retry.append(i)
+        else:
+            error = result.get("error") or {}
+            outcome.rejected[i] = f"{status} {error.get('type', '')}: {error.get('reason', '')}"
+    return outcome
+
+
+class BulkClient:
+    """The few Elasticsearch endpoints the sink uses, over one aiohttp session."""
+
+    def __init__(self, settings: ElasticsearchSettings) -> None:
+        self._settings = settings
+        self._base = settings.url.rstrip("/")
+        self._headers = {"Accept": "application/json"}
+        api_key = _secret(settings.api_key_file) or settings.api_key
+        if api_key:
+            self._headers["Authorization"] = f"ApiKey {api_key}"
+        password = _secret(settings.password_file) or settings.password
+        if settings.username and not api_key:
+            token = base64.b64encode(f"{settings.username}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            tls: ssl.SSLContext | None = None
+            if self._base.startswith("https://"):
+                tls = ssl.create_default_context(cafile=self._settings.ca_file or None)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=tls if tls is not None else False),
+                timeout=aiohttp.ClientTimeout(total=self._settings.timeout),
+                headers=self._headers,
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        """Send one request; (status, decoded JSON). Unreachable or not ES → BackendError."""
+        headers = {"Content-Type": content_type} if body is not None else {}
+        try:
+            async with self._client().request(
+                method, self._base + path, data=body, headers=headers
+            ) as r:
+                payload = await r.read()
+                if r.headers.get(PRODUCT_HEADER) != "Elasticsearch":
+                    raise BackendError(f"{self._base} is not Elasticsearch (no {PRODUCT_HEADER})")
+                return r.status, orjson.loads(payload) if payload else None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise BackendError(f"{type(e).__name__}: {e}") from e
+        except orjson.JSONDecodeError as e:
+            raise BackendError(f"unreadable response: {e}") from e
+
+    async def bulk(self, body: bytes) -> dict[str, Any]:
+        status, payload = await self.request("POST", "/_bulk", body, NDJSON)
+        if status != 200 or not isinstance(payload, dict):
+            raise BackendError(f"_bulk answered {status}: {_reason(payload)}")
+        return payload
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _secret(path: str) -> str:
+    """A credential from a file (surrounding whitespace, e.g. a final newline, dropped)."""
+    return Path(path).read_text().strip() if path else ""
+
+
+def _reason(payload: Any) -> str:
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return str(payload["error"].get("reason", payload["error"]))
+    return str(payload)[:200]
+
+
+class ElasticsearchSink:
+    """Delivers batches with ``_bulk``; installs the index template at start."""
+
+    name = "elasticsearch"
+
+    def __init__(
+        self,
+        settings: ElasticsearchSettings,
+        mapper: ecs.EcsMapper,
+        metrics: ExporterMetrics,
+        backoff: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self._settings = settings
+        self._mapper = mapper
+        self._metrics = metrics
+        self._backoff = backoff
+        self._client = BulkClient(settings)
+        self._stopper = Stopper()
+        self._log = RateLimitedLog(log)
+        self._streams = {Kind.FLOW: settings.flows_data_stream, Kind.DNS: settings.dns_data_stream}
+
+    async def start(self) -> None:
+        """Check the peer is Elasticsearch; install the template if allowed (raises to retry)."""
+        status, info = await self._client.request("GET", "/")
+        if status != 200:
+            raise BackendError(f"GET / answered {status}: {_reason(info)}")
+        version = (info or {}).get("version", {}).get("number", "?")
+        if self._settings.install_template:
+            body = orjson.dumps(ecs.index_template(tuple(self._streams.values())))
+            status, answer = await self._client.request(
+                "PUT", f"/_index_template/{ecs.TEMPLATE_NAME}", body
+            )
+            if status != 200:
+                raise BackendError(f"index template refused ({status}): {_reason(answer)}")
+        log.info("Elasticsearch sink ready", extra={"version": version})
+
+    async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
+        index = self._streams[kind]
+        result = ExportResult()
+        try:
+            docs = [self._mapper.document(kind, r) for r in records]
+            ids = [ecs.document_id(kind, r) for r in records]
+            pending = list(range(len(records)))
+        except Exception:  # a record the mapping cannot handle: find it, map the rest
+            docs, ids, pending = self._map_one_by_one(kind, records, result)
+        backoff = Backoff(*self._backoff)
+        while pending:
+            pending = await self._attempt(index, ids, docs, pending, result)
+            if not pending:
+                break
+            if self._stopper.stopped or not await self._stopper.sleep(backoff.next_delay()):
+                result.deferred.update(pending)
+                break
+            self._metrics.retried.labels(self.name).inc(len(pending))
+        return result
+
+    def _map_one_by_one(
+        self, kind: Kind, records: Sequence[Record], result: ExportResult
+    ) -> tuple[list[dict[str, Any]], list[str], list[int]]:
+        """The slow path: map each record alone; unmappable ones are rejected."""
+        docs: list[dict[str, Any]] = []
+        ids: list[str] = []
+        pending = []
+        for i, record in enumerate(records):
+            try:
+                docs.append(self._mapper.document(kind, record))
+                ids.append(ecs.document_id(kind, record))
+                pending.append(i)
+            except Exception as e:  # the record is at fault: it goes to the DLQ
+                docs.append({})
+                ids.append("")
+                result.rejected[i] = f"cannot map to ECS: {type(e).__name__}: {e}"
+        return docs, ids, pending
+
+    async def _attempt(
+        self,
+        index: str,
+        ids: list[str],
+        docs: list[dict[str, Any]],
+        pending: list[int],
+        result: ExportResult,
+    ) -> list[int]:
+        """One ``_bulk`` of the pending records; returns those to send again."""
+        body = bulk_body(index, [ids[i] for i in pending], [docs[i] for i in pending])
+        try:
+            answer = await self._client.bulk(body)
+        except BackendError as e:
+            self._log.warning("es-unavailable", "Elasticsearch unavailable; retrying", error=str(e))
+            return pending
+        if len(answer.get("items", ())) != len(pending):
+            self._log.warning("es-short", "_bulk answered a different item count; retrying all")
+            return pending
+        if answer.get("errors") is False:  # every item stored: no need to walk them
+            return []
+        outcome = classify(answer)
+        self._metrics.already_stored.labels(self.name).inc(outcome.already)
+        for i, reason in outcome.rejected.items():
+            result.rejected[pending[i]] = reason
+        if outcome.rejected:
+            self._log.warning(
+                "es-rejected",
+                "Elasticsearch rejected documents",
+                example=next(iter(outcome.rejected.values())),
+            )
+        return [pending[i] for i in outcome.retry]
+
+    async def force_flush(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        self._stopper.stop()
+
+    async def close(self) -> None:
+        await self._client.close()

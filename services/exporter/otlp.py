@@ -1,0 +1,277 @@
+"""The OTLP sink: logs over gRPC (``grpc.aio``) or HTTP/protobuf (aiohttp).
+
+:class:`LogsEncoder` makes the request bytes once; a transport sends them and classifies
+the answer per the OTLP specification:
+
+- gRPC: UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS are
+  retryable; RESOURCE_EXHAUSTED only when the server attached a ``google.rpc.RetryInfo``
+  (in the ``grpc-status-details-bin`` trailer), whose delay is honoured.
+- HTTP: 429, 502, 503, 504 are retryable, honouring ``Retry-After``; connection errors too.
+- Anything else is permanent: the records are dead-lettered.
+- A ``partial_success`` with rejected log records is logged and counted, not retried.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import ssl
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+import grpc
+from flowscope.core.logs import RateLimitedLog
+from flowscope.exporter.metrics import ExporterMetrics
+from flowscope.exporter.otlp_config import GRPC, OtlpTarget
+from flowscope.exporter.otlp_encoding import LogsEncoder
+from flowscope.exporter.retrying import Backoff, Stopper
+from flowscope.exporter.sink import ExportResult, Kind, Record
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+log = logging.getLogger("flowscope.exporter.otlp")
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+RETRYABLE_GRPC = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+GZIP_LEVEL = 1  # flows compress ~10x even at level 1; higher levels cost CPU, gain little
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's answer: delivered (with a response), retry (maybe after a hint), or failed."""
+
+    response: ExportLogsServiceResponse | None = None
+    retry: bool = False
+    retry_after: float | None = None
+    error: str = ""
+
+
+class Transport(Protocol):
+    async def send(self, body: bytes) -> Outcome: ...
+
+    async def close(self) -> None: ...
+
+
+def ssl_context(target: OtlpTarget) -> ssl.SSLContext:
+    """TLS context: the configured CA (else system roots) and an optional client cert."""
+    ctx = ssl.create_default_context(cafile=target.ca_file or None)
+    if target.client_cert:
+        ctx.load_cert_chain(target.client_cert, target.client_key or None)
+    return ctx
+
+
+def retry_delay(trailers: Sequence[tuple[str, str | bytes]] | None) -> float | None:
+    """The delay of a ``google.rpc.RetryInfo`` in ``grpc-status-details-bin``, if any."""
+    for key, value in trailers or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return None
+
+
+class GrpcTransport:
+    """``LogsService/Export`` over a ``grpc.aio`` channel; the request is pre-encoded."""
+
+    def __init__(self, target: OtlpTarget) -> None:
+        self._target = target
+        if target.tls:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(target.ca_file),
+                private_key=_read(target.client_key),
+                certificate_chain=_read(target.client_cert),
+            )
+            self._channel = grpc.aio.secure_channel(target.grpc_target, creds)
+        else:
+            self._channel = grpc.aio.insecure_channel(target.grpc_target)
+        # No request serializer: the encoder already produced the protobuf bytes.
+        self._export = self._channel.unary_unary(
+            EXPORT_METHOD, response_deserializer=ExportLogsServiceResponse.FromString
+        )
+
+    async def send(self, body: bytes) -> Outcome:
+        try:
+            response = await self._export(
+                body,
+                timeout=self._target.timeout,
+                metadata=self._target.headers or None,
+                compression=grpc.Compression.Gzip if self._target.gzip else None,
+            )
+        except grpc.aio.AioRpcError as e:
+            return _grpc_outcome(e)
+        return Outcome(response=response)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def _grpc_outcome(e: grpc.aio.AioRpcError) -> Outcome:
+    code = e.code()
+    error = f"gRPC {code.name}: {e.details()}"
+    if code in RETRYABLE_GRPC:
+        return Outcome(retry=True, retry_after=retry_delay(e.trailing_metadata()), error=error)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        delay = retry_delay(e.trailing_metadata())
+        if delay is not None:  # the server says it will recover: retry after its delay
+            return Outcome(retry=True, retry_after=delay, error=error)
+    return Outcome(error=error)
+
+
+class HttpTransport:
+    """``POST /v1/logs`` with ``Content-Type: application/x-protobuf`` (optionally gzip)."""
+
+    def __init__(self, target: OtlpTarget) -> None:
+        self._target = target
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {**dict(target.headers), "Content-Type": "application/x-protobuf"}
+        if target.gzip:
+            self._headers["Content-Encoding"] = "gzip"
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ssl_arg: ssl.SSLContext | bool = (
+                ssl_context(self._target) if self._target.tls else False
+            )
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ssl_arg),
+                timeout=aiohttp.ClientTimeout(total=self._target.timeout),
+            )
+        return self._session
+
+    async def send(self, body: bytes) -> Outcome:
+        data = gzip_compress(body) if self._target.gzip else body
+        try:
+            async with self._client().post(self._target.url, data=data, headers=self._headers) as r:
+                payload = await r.read()
+                if r.status == 200:
+                    return Outcome(response=ExportLogsServiceResponse.FromString(payload))
+                error = f"HTTP {r.status}: {_http_reason(payload)}"
+                if r.status in RETRYABLE_HTTP:
+                    hint = parse_retry_after(r.headers.get("Retry-After"))
+                    return Outcome(retry=True, retry_after=hint, error=error)
+                return Outcome(error=error)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            return Outcome(retry=True, error=f"HTTP {type(e).__name__}: {e}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def gzip_compress(body: bytes) -> bytes:
+    """gzip framing (wbits 31) at a cheap level."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    return compressor.compress(body) + compressor.flush()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After``: delay seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _http_reason(payload: bytes) -> str:
+    """The message of a ``google.rpc.Status`` body, else the start of the body as text."""
+    try:
+        message = status_pb2.Status.FromString(payload).message
+    except Exception:  # any decode failure: the body is not a Status
+        message = ""
+    return message or payload[:200].decode("utf-8", "replace")
+
+
+def _read(path: str) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+class OtlpSink:
+    """Delivers batches as OTLP log requests, retrying transient failures."""
+
+    name = "otlp"
+
+    def __init__(
+        self,
+        target: OtlpTarget,
+        encoder: LogsEncoder,
+        metrics: ExporterMetrics,
+        backoff: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self._target = target
+        self._encoder = encoder
+        self._metrics = metrics
+        self._backoff = backoff
+        self._stopper = Stopper()
+        self._transport: Transport = (
+            GrpcTransport(target) if target.protocol == GRPC else HttpTransport(target)
+        )
+        self._bad = RateLimitedLog(log)
+
+    async def start(self) -> None:
+        log.info(
+            "OTLP sink ready", extra={"url": self._target.url, "protocol": self._target.protocol}
+        )
+
+    async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
+        body = self._encoder.encode(kind, records, time.time_ns())
+        backoff = Backoff(*self._backoff)
+        while True:
+            outcome = await self._transport.send(body)
+            if outcome.response is not None:
+                self._note_partial(outcome.response, len(records))
+                return ExportResult()
+            if not outcome.retry:
+                self._bad.warning("otlp-rejected", "OTLP export refused", error=outcome.error)
+                return ExportResult.all_rejected(len(records), outcome.error)
+            delay = backoff.next_delay(outcome.retry_after)
+            self._bad.warning(
+                "otlp-retry", "OTLP export failed; retrying", error=outcome.error, delay=delay
+            )
+            if self._stopper.stopped or not await self._stopper.sleep(delay):
+                return ExportResult.all_deferred(len(records))
+            self._metrics.retried.labels(self.name).inc(len(records))
+
+    def _note_partial(self, response: ExportLogsServiceResponse, count: int) -> None:
+        rejected = response.partial_success.rejected_log_records
+        if rejected > 0:
+            self._metrics.partial_rejected.labels(self.name).inc(rejected)
+            self._bad.warning(
+                "otlp-partial",
+                "OTLP receiver rejected part of a batch",
+                rejected=rejected,
+                of=count,
+                error=response.partial_success.error_message,
+            )
+
+    async def force_flush(self) -> None:
+        return None  # nothing buffered here: export() sends before it returns
+
+    async def shutdown(self) -> None:
+        self._stopper.stop()
+
+    async def close(self) -> None:
+        await self._transport.close()

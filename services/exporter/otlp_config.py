@@ -1,0 +1,143 @@
+"""Where and how to send OTLP: flowscope settings over the standard OTEL variables.
+
+Precedence for every option: a flowscope setting (flag, ``FLOWSCOPE_OTLP_*``, YAML),
+then ``OTEL_EXPORTER_OTLP_LOGS_*``, then ``OTEL_EXPORTER_OTLP_*``, then the OTLP
+exporter specification's default. A bad value raises :class:`ConfigError` naming the
+variable it came from (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from flowscope.core.errors import ConfigError
+from flowscope.exporter.settings import OtlpSettings, parse_endpoint, parse_headers, readable_file
+
+GRPC = "grpc"
+HTTP = "http/protobuf"
+DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
+DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
+LOGS_PATH = "/v1/logs"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpTarget:
+    """The resolved OTLP destination and transport options."""
+
+    protocol: str
+    url: str  # HTTP: full URL of the logs endpoint; gRPC: scheme://host:port
+    tls: bool
+    headers: tuple[tuple[str, str], ...]
+    gzip: bool
+    ca_file: str
+    client_cert: str
+    client_key: str
+    timeout: float
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` for a gRPC channel."""
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port or (443 if self.tls else 4317)}"
+
+
+def _pick(
+    setting_value: Any, env: Mapping[str, str], name: str, parse: Callable[[str], T]
+) -> tuple[T | Any, str]:
+    """The first value set among setting, LOGS variable and generic variable."""
+    if setting_value not in (None, ""):
+        return setting_value, "flowscope setting"
+    for var in (f"OTEL_EXPORTER_OTLP_LOGS_{name}", f"OTEL_EXPORTER_OTLP_{name}"):
+        raw = env.get(var, "").strip()
+        if raw:
+            try:
+                return parse(raw), var
+            except ValueError as e:
+                raise ConfigError(var, str(e)) from e
+    return None, ""
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def parse_header_list(text: str) -> tuple[tuple[str, str], ...]:
+    """``k=v,k2=v2`` (values URL-encoded, as the OTel specification says)."""
+    out = []
+    for item in parse_headers(text).split(","):
+        if item.strip():
+            key, _, value = item.partition("=")
+            out.append((key.strip().lower(), unquote(value.strip())))
+    return tuple(out)
+
+
+def _endpoint_url(endpoint: str, source: str, protocol: str, insecure: bool) -> str:
+    """Normalise an endpoint; the generic variable gets ``/v1/logs`` appended for HTTP."""
+    if "://" not in endpoint:
+        endpoint = ("http://" if insecure else "https://") + endpoint
+    if protocol == HTTP:
+        path = urlsplit(endpoint).path
+        if source == "OTEL_EXPORTER_OTLP_ENDPOINT" or path in ("", "/"):
+            endpoint = endpoint.rstrip("/") + LOGS_PATH
+    return endpoint
+
+
+def _protocol_for(endpoint: str | None) -> str:
+    """No protocol named anywhere: gRPC for an endpoint on the gRPC port 4317, else the
+    specification's default, HTTP/protobuf (a convenience: ``localhost:4317`` means gRPC)."""
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+        if parts.port == 4317:
+            return GRPC
+    return HTTP
+
+
+def resolve(settings: OtlpSettings, env: Mapping[str, str]) -> OtlpTarget:
+    """Merge settings, OTEL variables and defaults into one :class:`OtlpTarget`."""
+    protocol, _ = _pick(settings.protocol, env, "PROTOCOL", _choice(GRPC, HTTP, "http/json"))
+    if protocol == "http/json":
+        raise ConfigError("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json is not supported")
+    insecure, _ = _pick(settings.insecure, env, "INSECURE", _bool)
+    endpoint, source = _pick(settings.endpoint, env, "ENDPOINT", parse_endpoint)
+    protocol = protocol or _protocol_for(endpoint)
+    if not endpoint:
+        endpoint = DEFAULT_GRPC_ENDPOINT if protocol == GRPC else DEFAULT_HTTP_ENDPOINT
+    url = _endpoint_url(endpoint, source, protocol, bool(insecure))
+    headers, _ = _pick(settings.headers, env, "HEADERS", parse_header_list)
+    if isinstance(headers, str):
+        headers = parse_header_list(headers)
+    compression, _ = _pick(settings.compression, env, "COMPRESSION", _choice("gzip", "none"))
+    timeout, _ = _pick(settings.timeout, env, "TIMEOUT", lambda t: float(t) / 1000.0)
+    return OtlpTarget(
+        protocol=protocol,
+        url=url,
+        tls=url.startswith("https://"),
+        headers=headers or (),
+        gzip=(compression or "gzip") == "gzip",
+        ca_file=_file(settings.ca_file, env, "CERTIFICATE"),
+        client_cert=_file(settings.client_cert, env, "CLIENT_CERTIFICATE"),
+        client_key=_file(settings.client_key, env, "CLIENT_KEY"),
+        timeout=timeout if timeout and timeout > 0 else 10.0,
+    )
+
+
+def _file(value: str, env: Mapping[str, str], name: str) -> str:
+    path, _ = _pick(value, env, name, readable_file)
+    return path or ""

@@ -1,0 +1,54 @@
+"""Exponential backoff with full jitter, interruptible by shutdown.
+
+Both remote sinks retry transient failures the way the OTLP specification asks:
+exponential backoff with jitter, unless the server names a delay (gRPC RetryInfo,
+HTTP Retry-After), which is honoured instead. Waiting ends early when the sink shuts
+down, so a drain never sits out a long backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass, field
+
+# A server asking for a longer pause than this is more likely confused than right.
+SERVER_HINT_LIMIT = 300.0
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Delays ``initial * 2**n`` capped at ``maximum``, each jittered into [d/2, d]."""
+
+    initial: float
+    maximum: float
+    attempt: int = 0
+
+    def next_delay(self, server_hint: float | None = None) -> float:
+        """The delay before the next attempt; a server's hint wins (up to 5 minutes)."""
+        ceiling = min(self.maximum, self.initial * (2**self.attempt))
+        self.attempt += 1
+        if server_hint is not None and server_hint >= 0:
+            return min(server_hint, SERVER_HINT_LIMIT)
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(slots=True)
+class Stopper:
+    """A shutdown flag that retry waits can be interrupted by."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def stopped(self) -> bool:
+        return self.event.is_set()
+
+    def stop(self) -> None:
+        self.event.set()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False if shutdown began meanwhile (stop retrying)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), seconds)
+        return not self.event.is_set()

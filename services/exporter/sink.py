@@ -1,0 +1,69 @@
+"""The seam between consuming and delivering: what every sink implements.
+
+A sink receives a batch of records of one kind (flow or DNS, decoded wire dicts) and
+answers, per record, whether the backend confirmed it. The consumer acks a message only
+when every record in it is confirmed or dead-lettered; anything ``deferred`` (the backend
+could not be reached before the sink was told to shut down) is redelivered later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+Record = dict[str, Any]
+
+
+class Kind(Enum):
+    """Which record schema a batch holds; each stream carries exactly one."""
+
+    FLOW = "flow"
+    DNS = "dns"
+
+
+@dataclass(slots=True)
+class ExportResult:
+    """What became of a batch: indices not listed here were delivered.
+
+    ``rejected`` maps a record's index to why the backend refused it for good (it goes to
+    the dead-letter subject); ``deferred`` lists records not delivered yet (redeliver).
+    """
+
+    rejected: dict[int, str] = field(default_factory=dict)
+    deferred: set[int] = field(default_factory=set)
+
+    @classmethod
+    def all_deferred(cls, count: int) -> ExportResult:
+        return cls(deferred=set(range(count)))
+
+    @classmethod
+    def all_rejected(cls, count: int, reason: str) -> ExportResult:
+        return cls(rejected=dict.fromkeys(range(count), reason))
+
+
+class SinkClosedError(Exception):
+    """The sink's output is gone for good (stdout's reader left): stop the exporter."""
+
+
+class Sink(Protocol):
+    """A backend the exporter delivers to."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Prepare the backend (index template, channel); retried by the caller on error."""
+
+    async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
+        """Deliver ``records``; retries transient failures until done or shutting down."""
+        ...
+
+    async def force_flush(self) -> None:
+        """Push out anything the sink itself buffers."""
+
+    async def shutdown(self) -> None:
+        """Stop retrying: exports under way answer ``deferred`` instead of waiting."""
+
+    async def close(self) -> None:
+        """Release connections (after the last export returned)."""

@@ -1,0 +1,197 @@
+"""The Elasticsearch sink against a faithful fake ``_bulk`` endpoint over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from flowscope.exporter.ecs import EcsMapper, document_id
+from flowscope.exporter.elasticsearch import ElasticsearchSink
+from flowscope.exporter.metrics import ExporterMetrics
+from flowscope.exporter.settings import ElasticsearchSettings
+from flowscope.exporter.sink import Kind
+from prometheus_client import CollectorRegistry
+
+from tests.support.fake_elasticsearch import FakeElasticsearch
+from tests.unit.exporter.sample import dns, flow
+
+FLOWS = "logs-flowscope.flows-default"
+
+
+@pytest.fixture
+async def es() -> AsyncIterator[FakeElasticsearch]:
+    server = await FakeElasticsearch().start()
+    yield server
+    await server.stop()
+
+
+def make_sink(url: str, **settings: object) -> tuple[ElasticsearchSink, ExporterMetrics]:
+    metrics = ExporterMetrics.create(CollectorRegistry())
+    es_settings = ElasticsearchSettings(url=url, **settings)  # type: ignore[arg-type]
+    return ElasticsearchSink(es_settings, EcsMapper("c1"), metrics, backoff=(0.05, 0.2)), metrics
+
+
+def count(metric: object) -> float:
+    return metric.labels("elasticsearch")._value.get()  # type: ignore[attr-defined]
+
+
+async def test_start_installs_the_index_template(es: FakeElasticsearch) -> None:
+    sink, _ = make_sink(es.url)
+    await sink.start()
+    await sink.close()
+    template = es.templates["flowscope"]
+    assert template["index_patterns"] == [FLOWS, "logs-flowscope.dns-default"]
+    assert template["priority"] == 200
+    assert template["data_stream"] == {}
+
+
+async def test_start_without_template_permission_skips_it(es: FakeElasticsearch) -> None:
+    sink, _ = make_sink(es.url, install_template=False)
+    await sink.start()
+    await sink.close()
+    assert es.templates == {}
+
+
+async def test_documents_stored_are_exactly_the_records(es: FakeElasticsearch) -> None:
+    sink, _ = make_sink(es.url)
+    records = [flow(i) for i in range(20)]
+    result = await sink.export(Kind.FLOW, records)
+    result_dns = await sink.export(Kind.DNS, [dns(0)])
+    await sink.close()
+    assert not result.rejected and not result.deferred and not result_dns.deferred
+    mapper = EcsMapper("c1")
+    stored = es.stored(FLOWS)
+    assert stored == {document_id(Kind.FLOW, r): mapper.flow(r) for r in records}
+    assert es.stored("logs-flowscope.dns-default") == {
+        document_id(Kind.DNS, dns(0)): mapper.dns(dns(0))
+    }
+
+
+async def test_redelivery_is_idempotent(es: FakeElasticsearch) -> None:
+    sink, metrics = make_sink(es.url)
+    records = [flow(i) for i in range(10)]
+    await sink.export(Kind.FLOW, records[:6])
+    result = await sink.export(Kind.FLOW, records)  # the first six again
+    await sink.close()
+    assert not result.rejected and not result.deferred
+    assert len(es.stored(FLOWS)) == 10
+    assert set(es.creates.values()) == {1}
+    assert count(metrics.already_stored) == 6
+
+
+async def test_429_and_5xx_items_are_retried_alone_400_is_rejected(es: FakeElasticsearch) -> None:
+    es.inject(429, 503, 400)  # the first three items of the first request
+    sink, metrics = make_sink(es.url)
+    records = [flow(i) for i in range(5)]
+    result = await sink.export(Kind.FLOW, records)
+    await sink.close()
+    assert not result.deferred
+    assert list(result.rejected) == [2]
+    assert result.rejected[2].startswith("400 document_parsing_exception")
+    assert es.bulk_requests == 2  # the retry carried only the two failed items
+    assert count(metrics.retried) == 2
+    assert set(es.stored(FLOWS)) == {
+        document_id(Kind.FLOW, r) for i, r in enumerate(records) if i != 2
+    }
+    assert set(es.creates.values()) == {1}
+
+
+async def test_document_elasticsearch_refuses_is_rejected_with_its_reason(
+    es: FakeElasticsearch,
+) -> None:
+    sink, _ = make_sink(es.url)
+    await sink.start()  # the template maps source.ip as ip
+    bad = flow(1, **{"source.address": "not-an-address"})
+    result = await sink.export(Kind.FLOW, [flow(0), bad])
+    await sink.close()
+    assert list(result.rejected) == [1]
+    assert "failed to parse field [source.ip] of type [ip]" in result.rejected[1]
+    assert list(es.stored(FLOWS)) == [document_id(Kind.FLOW, flow(0))]
+
+
+async def test_down_elasticsearch_is_retried_until_it_returns(es: FakeElasticsearch) -> None:
+    port = es.port
+    await es.stop()
+    sink, metrics = make_sink(f"http://127.0.0.1:{port}")
+    export = asyncio.create_task(sink.export(Kind.FLOW, [flow(1), flow(2)]))
+    await asyncio.sleep(0.6)
+    assert not export.done()
+    await es.start(port)
+    result = await asyncio.wait_for(export, 10)
+    await sink.close()
+    assert not result.deferred and not result.rejected
+    assert len(es.stored(FLOWS)) == 2
+    assert count(metrics.retried) >= 2
+
+
+async def test_shutdown_during_outage_defers(es: FakeElasticsearch) -> None:
+    port = es.port
+    await es.stop()
+    sink, _ = make_sink(f"http://127.0.0.1:{port}")
+    export = asyncio.create_task(sink.export(Kind.FLOW, [flow(1)]))
+    await asyncio.sleep(0.3)
+    await sink.shutdown()
+    result = await asyncio.wait_for(export, 5)
+    await sink.close()
+    assert result.deferred == {0}
+
+
+async def test_api_key_is_sent(es: FakeElasticsearch, tmp_path: Path) -> None:
+    es.api_key = "c2VjcmV0"
+    sink, _ = make_sink(es.url, api_key="c2VjcmV0")
+    await sink.start()
+    assert not (await sink.export(Kind.FLOW, [flow(1)])).deferred
+    await sink.close()
+    key_file = tmp_path / "api-key"
+    key_file.write_text("c2VjcmV0\n")
+    from_file, _ = make_sink(es.url, api_key="bm9wZQ==", api_key_file=str(key_file))
+    await from_file.start()  # the file wins over the (wrong) setting
+    await from_file.close()
+    wrong, _ = make_sink(es.url, api_key="bm9wZQ==")
+    with pytest.raises(Exception, match="401"):
+        await wrong.start()
+    await wrong.close()
+
+
+async def test_a_peer_that_is_not_elasticsearch_is_refused() -> None:
+    async def info(_: web.Request) -> web.Response:
+        return web.json_response({"version": {"number": "8.0.0"}})  # no X-Elastic-Product
+
+    app = web.Application()
+    app.router.add_get("/", info)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sink, _ = make_sink(f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(Exception, match="not Elasticsearch"):
+            await sink.start()
+    finally:
+        await sink.close()
+        await runner.cleanup()
+
+
+class PickyMapper(EcsMapper):
+    """A mapper (the sink's seam) that cannot map records of one observer."""
+
+    def flow(self, record: dict[str, Any]) -> dict[str, Any]:
+        if record["observer.node.name"] == "unmappable":
+            raise ValueError("no mapping for this record")
+        return super().flow(record)
+
+
+async def test_record_the_mapping_cannot_handle_is_rejected_alone(es: FakeElasticsearch) -> None:
+    metrics = ExporterMetrics.create(CollectorRegistry())
+    sink = ElasticsearchSink(ElasticsearchSettings(url=es.url), PickyMapper(), metrics)
+    odd = flow(1, **{"observer.node.name": "unmappable"})
+    result = await sink.export(Kind.FLOW, [flow(0), odd, flow(2)])
+    await sink.close()
+    assert list(result.rejected) == [1]
+    assert result.rejected[1] == "cannot map to ECS: ValueError: no mapping for this record"
+    assert set(es.stored(FLOWS)) == {document_id(Kind.FLOW, flow(i)) for i in (0, 2)}

@@ -1,0 +1,114 @@
+"""The hand-written OTLP encoder, checked with the official opentelemetry-proto parser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowscope.exporter.otlp_encoding import LogsEncoder, resource_attributes, varint
+from flowscope.exporter.sink import Kind
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.unit.exporter.sample import dns, flow
+
+
+def plain(value: AnyValue) -> Any:
+    """An AnyValue back to a JSON value, failing on a type the encoder must not produce."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value
+    if which == "int_value":
+        return value.int_value
+    if which == "bool_value":
+        return value.bool_value
+    if which == "double_value":
+        return value.double_value
+    if which == "array_value":
+        return [plain(v) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: plain(kv.value) for kv in value.kvlist_value.values}
+    raise AssertionError(f"unexpected AnyValue {which}")
+
+
+def decode(data: bytes) -> ExportLogsServiceRequest:
+    return ExportLogsServiceRequest.FromString(data)
+
+
+def test_flow_records_become_log_records_attribute_by_attribute() -> None:
+    records = [flow(i) for i in range(3)]
+    req = decode(LogsEncoder(resource_attributes("prod-eu")).encode(Kind.FLOW, records, 77))
+    (rl,) = req.resource_logs
+    assert {kv.key: plain(kv.value) for kv in rl.resource.attributes} == {
+        "service.name": "flowscope",
+        "service.version": "0.1.0",
+        "k8s.cluster.name": "prod-eu",
+    }
+    (sl,) = rl.scope_logs
+    assert sl.scope.name == "flowscope.exporter"
+    assert len(sl.log_records) == 3
+    for record, lr in zip(records, sl.log_records, strict=True):
+        assert lr.event_name == "flowscope.flow"
+        assert lr.time_unix_nano == record["flow.end_ns"]
+        assert lr.observed_time_unix_nano == 77
+        attributes = {kv.key: plain(kv.value) for kv in lr.attributes}
+        assert attributes == {**record, "event.name": "flowscope.flow"}
+        types = {kv.key: kv.value.WhichOneof("value") for kv in lr.attributes}
+        assert types["flow.bytes.delta"] == "int_value"
+        assert types["source.port"] == "int_value"
+        assert types["source.address"] == "string_value"
+        assert types["flow.tcp.flags.tags"] == "array_value"
+
+
+def test_dns_record_answers_are_a_list_of_kvlists() -> None:
+    record = dns(5)
+    req = decode(LogsEncoder(resource_attributes("")).encode(Kind.DNS, [record], 1))
+    rl = req.resource_logs[0]
+    assert "k8s.cluster.name" not in {kv.key for kv in rl.resource.attributes}
+    lr = rl.scope_logs[0].log_records[0]
+    assert lr.event_name == "flowscope.dns"
+    assert lr.time_unix_nano == record["time_ns"]
+    attributes = {kv.key: plain(kv.value) for kv in lr.attributes}
+    assert attributes == {**record, "event.name": "flowscope.dns"}
+    answers = next(kv.value for kv in lr.attributes if kv.key == "dns.answers")
+    assert answers.array_value.values[0].kvlist_value.values[2].value.int_value == 30
+
+
+def test_odd_values_keep_their_types() -> None:
+    record = flow(1, **{"x.neg": -5, "x.big": 2**63 - 1, "x.flag": True, "x.ratio": 0.25,
+                        "x.unicode": "München ✓", "x.empty": "", "x.none": None})  # fmt: skip
+    lr = (
+        decode(LogsEncoder({}).encode(Kind.FLOW, [record], 1))
+        .resource_logs[0]
+        .scope_logs[0]
+        .log_records[0]
+    )
+    attributes = {kv.key: plain(kv.value) for kv in lr.attributes}
+    assert attributes["x.neg"] == -5
+    assert attributes["x.big"] == 2**63 - 1
+    assert attributes["x.flag"] is True
+    assert attributes["x.ratio"] == 0.25
+    assert attributes["x.unicode"] == "München ✓"
+    assert attributes["x.empty"] == ""
+    assert "x.none" not in attributes
+
+
+def test_cached_encoding_is_identical_to_fresh_encoding() -> None:
+    records = [flow(i) for i in range(50)] + [flow(3)]
+    warm = LogsEncoder(resource_attributes("c"))
+    warm.encode(Kind.FLOW, records, 9)
+    assert warm.encode(Kind.FLOW, records, 9) == LogsEncoder(resource_attributes("c")).encode(
+        Kind.FLOW, records, 9
+    )
+
+
+def test_cache_stays_bounded() -> None:
+    encoder = LogsEncoder({})
+    encoder.CACHE_LIMIT = 100
+    encoder.encode(Kind.FLOW, [flow(i, **{"x.id": f"v{i}"}) for i in range(500)], 1)
+    assert len(encoder._cache) <= 100
+
+
+def test_varint_matches_protobuf() -> None:
+    for value in (0, 1, 127, 128, 300, 2**32, 2**63 - 1, -1, -(2**63)):
+        encoded = AnyValue(int_value=value).SerializeToString()
+        assert encoded == b"\x18" + varint(value)

@@ -1,0 +1,226 @@
+"""The OTLP sink against real gRPC and HTTP receivers: delivery and each retry rule."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from flowscope.exporter.metrics import ExporterMetrics
+from flowscope.exporter.otlp import OtlpSink, parse_retry_after
+from flowscope.exporter.otlp_config import resolve
+from flowscope.exporter.otlp_encoding import LogsEncoder, resource_attributes
+from flowscope.exporter.settings import OtlpSettings
+from flowscope.exporter.sink import Kind
+from prometheus_client import CollectorRegistry
+
+from tests.support.otlp_receivers import Answer, GrpcReceiver, HttpReceiver
+from tests.unit.exporter.sample import dns, flow
+from tests.unit.exporter.test_otlp_encoding import plain
+
+
+@pytest.fixture
+async def grpc_receiver() -> AsyncIterator[GrpcReceiver]:
+    receiver = await GrpcReceiver().start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+async def http_receiver() -> AsyncIterator[HttpReceiver]:
+    receiver = await HttpReceiver().start()
+    yield receiver
+    await receiver.stop()
+
+
+def make_sink(endpoint: str, protocol: str, **settings: object) -> tuple[OtlpSink, ExporterMetrics]:
+    target = resolve(OtlpSettings(endpoint=endpoint, protocol=protocol, **settings), {})  # type: ignore[arg-type]
+    metrics = ExporterMetrics.create(CollectorRegistry())
+    encoder = LogsEncoder(resource_attributes("test-cluster"))
+    return OtlpSink(target, encoder, metrics, backoff=(0.05, 0.2)), metrics
+
+
+def count(metric: object) -> float:
+    return metric.labels("otlp")._value.get()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_records_arrive_attribute_by_attribute(
+    protocol: str, grpc_receiver: GrpcReceiver, http_receiver: HttpReceiver
+) -> None:
+    receiver = grpc_receiver if protocol == "grpc" else http_receiver
+    sink, _ = make_sink(receiver.endpoint, protocol, headers="authorization=Bearer%20t0k")
+    records = [flow(i) for i in range(5)]
+    result = await sink.export(Kind.FLOW, records)
+    assert not result.rejected and not result.deferred
+    result = await sink.export(Kind.DNS, [dns(1)])
+    assert not result.rejected and not result.deferred
+    await sink.close()
+    logs = receiver.received.log_records
+    assert len(logs) == 6
+    for record, lr in zip(records, logs, strict=False):
+        assert lr.event_name == "flowscope.flow"
+        assert lr.time_unix_nano == record["flow.end_ns"]
+        assert lr.observed_time_unix_nano > record["flow.end_ns"]
+        assert {kv.key: plain(kv.value) for kv in lr.attributes} == {
+            **record,
+            "event.name": "flowscope.flow",
+        }
+    assert logs[5].event_name == "flowscope.dns"
+    assert logs[5].time_unix_nano == dns(1)["time_ns"]
+    resource = receiver.received.requests[0].resource_logs[0].resource
+    assert {kv.key: plain(kv.value) for kv in resource.attributes}[
+        "k8s.cluster.name"
+    ] == "test-cluster"
+    assert receiver.received.metadata[0]["authorization"] == "Bearer t0k"
+
+
+async def test_http_bodies_are_gzip(http_receiver: HttpReceiver) -> None:
+    sink, _ = make_sink(http_receiver.endpoint, "http/protobuf")
+    await sink.export(Kind.FLOW, [flow(1)])
+    sink2, _ = make_sink(http_receiver.endpoint, "http/protobuf", compression="none")
+    await sink2.export(Kind.FLOW, [flow(2)])
+    await sink.close()
+    await sink2.close()
+    assert http_receiver.encodings == ["gzip", ""]
+    assert len(http_receiver.received.log_records) == 2
+
+
+async def test_grpc_unavailable_is_retried(grpc_receiver: GrpcReceiver) -> None:
+    grpc_receiver.received.script.extend([Answer("unavailable"), Answer("unavailable")])
+    sink, metrics = make_sink(grpc_receiver.endpoint, "grpc")
+    result = await sink.export(Kind.FLOW, [flow(1), flow(2)])
+    await sink.close()
+    assert not result.rejected and not result.deferred
+    assert [kind for _, kind in grpc_receiver.received.attempts] == [
+        "unavailable",
+        "unavailable",
+        "ok",
+    ]
+    assert len(grpc_receiver.received.log_records) == 2
+    assert count(metrics.retried) == 4  # two records, two retries
+
+
+async def test_grpc_resource_exhausted_with_retry_info_waits_the_given_delay(
+    grpc_receiver: GrpcReceiver,
+) -> None:
+    grpc_receiver.received.script.append(Answer("exhausted", retry_delay=0.6))
+    sink, _ = make_sink(grpc_receiver.endpoint, "grpc")
+    result = await sink.export(Kind.FLOW, [flow(1)])
+    await sink.close()
+    assert not result.rejected and not result.deferred
+    (first, _), (second, _) = grpc_receiver.received.attempts
+    assert second - first >= 0.6  # the server's RetryInfo, not the 0.05 s backoff
+    assert len(grpc_receiver.received.log_records) == 1
+
+
+async def test_grpc_resource_exhausted_without_retry_info_is_permanent(
+    grpc_receiver: GrpcReceiver,
+) -> None:
+    grpc_receiver.received.script.append(Answer("exhausted"))
+    sink, _ = make_sink(grpc_receiver.endpoint, "grpc")
+    result = await sink.export(Kind.FLOW, [flow(1), flow(2)])
+    await sink.close()
+    assert set(result.rejected) == {0, 1}
+    assert "RESOURCE_EXHAUSTED" in result.rejected[0]
+    assert len(grpc_receiver.received.attempts) == 1
+
+
+async def test_grpc_invalid_argument_is_not_retried(grpc_receiver: GrpcReceiver) -> None:
+    grpc_receiver.received.script.append(Answer("invalid"))
+    sink, metrics = make_sink(grpc_receiver.endpoint, "grpc")
+    result = await sink.export(Kind.FLOW, [flow(1)])
+    await sink.close()
+    assert "INVALID_ARGUMENT" in result.rejected[0]
+    assert len(grpc_receiver.received.attempts) == 1
+    assert count(metrics.retried) == 0
+
+
+async def test_http_503_honours_retry_after(http_receiver: HttpReceiver) -> None:
+    http_receiver.received.script.append(Answer("http503", retry_after=1))
+    sink, metrics = make_sink(http_receiver.endpoint, "http/protobuf")
+    result = await sink.export(Kind.FLOW, [flow(1)])
+    await sink.close()
+    assert not result.rejected and not result.deferred
+    (first, _), (second, _) = http_receiver.received.attempts
+    assert second - first >= 1.0
+    assert count(metrics.retried) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "retried"), [(429, True), (502, True), (504, True), (500, False), (413, False)]
+)
+async def test_http_statuses_retried_per_the_specification(
+    status: int, retried: bool, http_receiver: HttpReceiver
+) -> None:
+    http_receiver.received.script.append(Answer("http", status=status))
+    sink, _ = make_sink(http_receiver.endpoint, "http/protobuf")
+    result = await sink.export(Kind.FLOW, [flow(1)])
+    await sink.close()
+    if retried:
+        assert not result.rejected and len(http_receiver.received.log_records) == 1
+        assert len(http_receiver.received.attempts) == 2
+    else:
+        assert result.rejected[0] == f"HTTP {status}: test: scripted"
+        assert len(http_receiver.received.attempts) == 1
+
+
+async def test_http_400_is_rejected_with_the_reason(http_receiver: HttpReceiver) -> None:
+    http_receiver.received.script.append(Answer("http400"))
+    sink, _ = make_sink(http_receiver.endpoint, "http/protobuf")
+    result = await sink.export(Kind.FLOW, [flow(1)])
+    await sink.close()
+    assert result.rejected[0] == "HTTP 400: test: bad request"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_partial_success_is_counted_not_retried(
+    protocol: str, grpc_receiver: GrpcReceiver, http_receiver: HttpReceiver
+) -> None:
+    receiver = grpc_receiver if protocol == "grpc" else http_receiver
+    receiver.received.script.append(Answer("partial", rejected=2))
+    sink, metrics = make_sink(receiver.endpoint, protocol)
+    result = await sink.export(Kind.FLOW, [flow(i) for i in range(3)])
+    await sink.close()
+    assert not result.rejected and not result.deferred
+    assert len(receiver.received.attempts) == 1
+    assert count(metrics.partial_rejected) == 2
+
+
+async def test_unreachable_receiver_is_retried_until_shutdown_then_deferred() -> None:
+    receiver = await GrpcReceiver().start()
+    port = receiver.port
+    await receiver.stop()
+    sink, metrics = make_sink(f"http://127.0.0.1:{port}", "grpc", timeout=0.5)
+    export = asyncio.create_task(sink.export(Kind.FLOW, [flow(1), flow(2)]))
+    await asyncio.sleep(1.0)
+    assert not export.done()
+    await sink.shutdown()
+    result = await asyncio.wait_for(export, 5)
+    await sink.close()
+    assert result.deferred == {0, 1}
+    assert count(metrics.retried) >= 2
+
+
+async def test_receiver_coming_back_gets_the_batch() -> None:
+    receiver = await HttpReceiver().start()
+    port = receiver.port
+    await receiver.stop()
+    sink, _ = make_sink(f"http://127.0.0.1:{port}", "http/protobuf")
+    export = asyncio.create_task(sink.export(Kind.FLOW, [flow(1)]))
+    await asyncio.sleep(0.5)
+    back = await HttpReceiver().start(port)
+    try:
+        result = await asyncio.wait_for(export, 10)
+    finally:
+        await sink.close()
+        await back.stop()
+    assert not result.deferred and not result.rejected
+    assert len(back.received.log_records) == 1
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
