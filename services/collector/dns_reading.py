@@ -99,6 +99,15 @@ class DnsReader:
                     error=str(e), ifindex=packet.ifindex, length=packet.pkt_len,
                 )  # fmt: skip
                 continue
+            except Exception as e:
+                # A parser bug, triggered by a packet from the wire: crashing would let
+                # anyone stop the collector with one packet. Count it, log it loudly.
+                self._metrics.dns_parse_errors.inc()
+                self._bad.warning(
+                    "dns-parser-bug", "DNS parser failed unexpectedly; packet skipped",
+                    error=repr(e), packet=packet.data[:64].hex(),
+                )  # fmt: skip
+                continue
             if record is not None:
                 out.append(record)
         return out
