@@ -22,6 +22,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -521,9 +522,14 @@ async def observe(rt: Runtime, settings: Settings, out: TextIO) -> None:
     except TimeoutError as e:
         raise StartupError("replay", f"JetStream did not answer: {e!r}") from e
     await nc.flush()  # the server has our subscriptions before we say we are ready
-    print(f"observing {', '.join(patterns)} on {settings.nats.url} (Ctrl-C to stop)",
+    print(f"observing {', '.join(patterns)} on {without_secrets(settings.nats.url)} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)  # fmt: skip
     rt.spawn(rt.wait_stopping(), "observe")
+
+
+def without_secrets(urls: str) -> str:
+    """NATS URL(s) for display: any ``user:password@`` / ``token@`` part left out."""
+    return ",".join(re.sub(r"//[^/@]*@", "//", url) for url in urls.split(","))
 
 
 def main(settings: Settings) -> int:

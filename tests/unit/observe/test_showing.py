@@ -19,6 +19,7 @@ from flowscope.observe import (
     render_line,
     subject_matches,
     subscription_subjects,
+    without_secrets,
 )
 
 from tests.support.flows import external, flow, pod
@@ -195,3 +196,10 @@ def test_ascii_terminal_gets_an_ascii_arrow() -> None:
 )
 def test_human_bytes(n: int, text: str) -> None:
     assert human_bytes(n) == text
+
+
+def test_banner_url_leaves_credentials_out() -> None:
+    assert (
+        without_secrets("nats://u:secret@h:4222,tls://tok@h2:4222") == "nats://h:4222,tls://h2:4222"
+    )
+    assert without_secrets("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
