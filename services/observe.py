@@ -25,7 +25,8 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -405,25 +406,24 @@ def _from_sequence(start: int) -> ConsumerConfig:
     return ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
 
 
-async def read_range(js: JetStreamContext, subject: str, start: int, end: int) -> list[Msg]:
+async def messages_in_range(
+    js: JetStreamContext, subject: str, start: int, end: int
+) -> AsyncIterator[Msg]:
     """The stream's messages on ``subject`` with sequences in ``[start, end]``, in order."""
     sub = await js.subscribe(
         subject, stream=subjects.STREAM_FLOWS, ordered_consumer=True, config=_from_sequence(start)
     )
     try:
-        info = await sub.consumer_info()
-        out: list[Msg] = []
-        pending = info.num_pending
+        pending = (await sub.consumer_info()).num_pending
         while pending:
             msg = await sub.next_msg(timeout=10)
             meta = msg.metadata
             if meta.sequence.stream > end:
                 break
-            out.append(msg)
+            yield msg
             pending = meta.num_pending
             if meta.sequence.stream == end:
                 break
-        return out
     finally:
         await sub.unsubscribe()
 
@@ -434,23 +434,21 @@ async def newest_records(
     """The newest ``count`` matching records with stream sequences in ``[first, last]``.
 
     Reads backwards in windows of sequences that grow fourfold, so a short replay of a
-    long stream reads only its tail.
+    long stream reads only its tail; each window keeps only the records still needed,
+    so memory stays bounded by ``count`` records whatever the window size.
     """
     subject = stream_filter(patterns)
-    windows: list[list[Record]] = []
-    found, end, size = 0, last, max(count, 64)
-    while end >= first and found < count:
+    found: deque[Record] = deque()
+    end, size = last, max(count, 64)
+    while end >= first and len(found) < count:
         start = max(first, end - size + 1)
-        window = [
-            record
-            for msg in await read_range(js, subject, start, end)
-            if first_match(patterns, msg.subject) >= 0
-            for record in viewer.records(msg.subject, msg.headers, msg.data)
-        ]
-        windows.insert(0, window)
-        found += len(window)
+        window: deque[Record] = deque(maxlen=count - len(found))
+        async for msg in messages_in_range(js, subject, start, end):
+            if first_match(patterns, msg.subject) >= 0:
+                window.extend(viewer.records(msg.subject, msg.headers, msg.data))
+        found.extendleft(reversed(window))
         end, size = start - 1, size * 4
-    return [record for window in windows for record in window][-count:] if count else []
+    return list(found)
 
 
 async def replay_then_follow(nc: NATS, patterns: list[str], viewer: Viewer, count: int) -> None:

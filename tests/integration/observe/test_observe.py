@@ -204,9 +204,12 @@ async def test_last_replays_newest_matching_records_then_follows_live(
     for chunk in (shop[:2], [flow(FRONT, API), shop[2]], shop[3:]):
         b = flows.batch(*chunk)
         await js.publish(subjects.flows("shop", "db"), b.body, headers=b.headers)
+    # One more matching record lands in the newest window, so the replay spans two.
+    middle = flow(PAY, INVENTORY, sent=77)
     for i in range(150):
-        b = flows.batch(flow(FRONT, API, sent=i))
-        await js.publish(subjects.flows("web", "web"), b.body, headers=b.headers)
+        record = middle if i == 100 else flow(FRONT, API, sent=i)
+        b = flows.batch(record)
+        await js.publish(flows.subject_of(record), b.body, headers=b.headers)
 
     async with observe(nats_srv, "--last", "3", "--namespace", "shop", "-o", "json") as obs:
         replayed = [orjson.loads(line) for line in await obs.lines(3)]
@@ -215,7 +218,7 @@ async def test_last_replays_newest_matching_records_then_follows_live(
         await js.publish(subjects.flows("shop", "shop"), b.body, headers=b.headers)
         followed = [orjson.loads(line) for line in await obs.lines(1)]
         assert await obs.interrupt() == 0
-    assert replayed == shop[2:]
+    assert replayed == [*shop[3:], middle]
     assert followed == [live]
 
 
