@@ -414,7 +414,10 @@ async def messages_in_range(
         subject, stream=subjects.STREAM_FLOWS, ordered_consumer=True, config=_from_sequence(start)
     )
     try:
-        pending = (await sub.consumer_info()).num_pending
+        info = await sub.consumer_info()
+        # The server may already have pushed some (or all) messages when the info is
+        # taken: what the consumer has to give is what it delivered plus what is pending.
+        pending = info.num_pending + info.delivered.consumer_seq
         while pending:
             msg = await sub.next_msg(timeout=10)
             meta = msg.metadata

@@ -44,9 +44,14 @@ async def publish_raw(js: Any, schema: codec.Schema, subject: str, recs: list[di
     await js.publish(subject, batch.body, headers=batch.headers)
 
 
-async def streams_created(js: Any) -> None:
+async def streams_created(js: Any, enricher: asyncio.subprocess.Process) -> None:
+    """Wait until the enricher has created the streams; fail at once if it exits."""
     async with asyncio.timeout(TIMEOUT * 2):
         while True:
+            if enricher.returncode is not None:
+                assert enricher.stderr is not None
+                problem = (await enricher.stderr.read()).decode().strip()
+                raise AssertionError(f"the enricher exited ({enricher.returncode}): {problem}")
             try:
                 await js.stream_info(subjects.STREAM_RAW)
                 return
@@ -69,12 +74,7 @@ async def test_observe_shows_enriched_flows_of_a_running_pipeline(
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        try:
-            await streams_created(js)
-        except TimeoutError:
-            assert enricher.stderr is not None
-            problem = (await enricher.stderr.read()).decode() if enricher.returncode else ""
-            raise AssertionError(f"the enricher did not start: {problem}") from None
+        await streams_created(js, enricher)
         udp_published = asyncio.Event()
 
         async def seen(msg: Any) -> None:
