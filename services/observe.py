@@ -417,7 +417,8 @@ async def messages_in_range(
         info = await sub.consumer_info()
         # The server may already have pushed some (or all) messages when the info is
         # taken: what the consumer has to give is what it delivered plus what is pending.
-        pending = info.num_pending + info.delivered.consumer_seq
+        delivered = info.delivered.consumer_seq if info.delivered else 0
+        pending = (info.num_pending or 0) + delivered
         while pending:
             msg = await sub.next_msg(timeout=10)
             meta = msg.metadata
