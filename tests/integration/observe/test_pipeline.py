@@ -66,10 +66,12 @@ async def test_observe_shows_enriched_flows_of_a_running_pipeline(
     for spec in subjects.STREAMS:
         with contextlib.suppress(Exception):
             await js.delete_stream(spec.name)
+    # The enricher's default merge window (1.5 s): socket events published just before
+    # a flow are joined even when this shared machine is slow.
     enricher = await asyncio.create_subprocess_exec(
         FLOWSCOPE, "enricher",
         env=_env(FLOWSCOPE_NATS_URL=nats_srv.url, FLOWSCOPE_HTTP_ADDRESS="127.0.0.1:0",
-                 FLOWSCOPE_KUBERNETES_MODE="local", FLOWSCOPE_JOIN_MERGE_WINDOW="0.2",
+                 FLOWSCOPE_KUBERNETES_MODE="local", FLOWSCOPE_JOIN_MERGE_WINDOW="1.5",
                  FLOWSCOPE_LOG_LEVEL="warning", FLOWSCOPE_LOG_FORMAT="text"),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
