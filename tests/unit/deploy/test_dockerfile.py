@@ -8,8 +8,12 @@ import asyncio
 import json
 import re
 import shlex
+import shutil
+import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from flowscope.core import serving
@@ -150,3 +154,36 @@ def test_healthcheck_defaults_to_the_services_default_port(
 
     code = _healthcheck_argv(instructions)[2]
     assert re.search(r"'0\.0\.0\.0:(\d+)'", code)[1] == RuntimeSettings().http_address.split(":")[1]  # type: ignore[index]
+
+
+def test_what_the_build_stage_copies_installs_every_module(
+    instructions: list[Instruction], tmp_path: Path
+) -> None:
+    """Build a wheel from exactly the files the build stage COPYs (as `pip install .`
+    in the image does): every module and BPF source must end up in the package."""
+    (build, _final) = stages(instructions)
+    for copy in (i for i in build if i.keyword == "COPY"):
+        *sources, dest = shlex.split(copy.args)
+        for source in sources:
+            target = (
+                tmp_path / "src" / (Path(dest) / Path(source).name if dest.endswith("/") else dest)
+            )
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO / source, target)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(tmp_path / "src")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("flowscope-*.whl")
+    packaged = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        "flowscope/" + str(p.relative_to(REPO / "services"))
+        for p in (REPO / "services").rglob("*.py")
+        if "__pycache__" not in p.parts
+    } | {"flowscope/bpf/" + p.name for p in (REPO / "bpf").iterdir() if p.suffix in (".c", ".h")}
+    assert sorted(expected - packaged) == []
+    assert "flowscope/observe.py" in packaged
