@@ -170,10 +170,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         "--config",
         dest="__config",
         default=argparse.SUPPRESS,
+        metavar="FILE",
         help=f"YAML settings file (env {ENV_PREFIX}CONFIG)",
     )
     for leaf in leaves(cls):
         default = "(unset)" if leaf.default in (None, "", ()) else leaf.default
+        if isinstance(leaf.default, tuple) and leaf.default:
+            default = ",".join(leaf.default)
         if leaf.secret and leaf.default:
             default = "(set)"
         flags = (leaf.flag,) if leaf.short is None else (leaf.short, leaf.flag)
