@@ -86,6 +86,7 @@ def test_up_shows_enriched_flows_then_stops_cleanly(node: Node) -> None:
             return None
 
         record = _wait_for(out, ours, started + 10)
+        print(f"enriched record after {time.monotonic() - started:.1f} s")
         assert record, "no enriched record for the TCP exchange within 10 s"
         assert record["source.address"] == client_pod.ip4
         assert record["destination.address"] == server_pod.ip4
