@@ -103,7 +103,7 @@ class Pipeline:
             await self._reject(kind, msg, e)
             return
         if kind == "flow":
-            output = self.enricher.flows(records)
+            output = self.enricher.flow_lines(records)
             published = await self._publish(codec.FLOW, output, msg)
         elif kind == "dns":
             output = self.enricher.dns(records)
@@ -148,9 +148,16 @@ class Pipeline:
     def _messages(self, schema: codec.Schema, output: Output, seq: int) -> list[Message]:
         """The enriched messages of one raw batch, each with its ``Nats-Msg-Id``."""
         messages: list[Message] = []
-        for subject, records in output.by_subject.items():
+        groups = [
+            (subject, codec.encode_chunks(schema, records, self.max_bytes))
+            for subject, records in output.by_subject.items()
+        ] + [
+            (subject, codec.chunk_lines(schema, lines, self.max_bytes))
+            for subject, lines in output.lines.items()
+        ]
+        for subject, batches in groups:
             try:
-                chunks = list(codec.encode_chunks(schema, records, self.max_bytes))
+                chunks = list(batches)
             except CodecError as e:  # one record larger than a NATS message
                 self.bad_log.warning("oversize", "enriched record too large", error=str(e))
                 continue
