@@ -180,10 +180,10 @@ async def test_a_peer_that_is_not_elasticsearch_is_refused() -> None:
 class PickyMapper(EcsMapper):
     """A mapper (the sink's seam) that cannot map records of one observer."""
 
-    def flow(self, record: dict[str, Any]) -> dict[str, Any]:
+    def document_json(self, kind: Kind, record: dict[str, Any]) -> bytes:
         if record["observer.node.name"] == "unmappable":
             raise ValueError("no mapping for this record")
-        return super().flow(record)
+        return super().document_json(kind, record)
 
 
 async def test_record_the_mapping_cannot_handle_is_rejected_alone(es: FakeElasticsearch) -> None:
