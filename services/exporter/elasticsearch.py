@@ -34,6 +34,10 @@ log = logging.getLogger("flowscope.exporter.elasticsearch")
 
 PRODUCT_HEADER = "X-Elastic-Product"
 NDJSON = "application/x-ndjson"
+# Only what classify() reads: the full answer repeats index, id, version, shards, …
+# for every item (~230 bytes each) and parsing it cost more than writing the request.
+# Beats' Elasticsearch output asks for the same filter.
+BULK_PATH = "/_bulk?filter_path=errors,items.*.status,items.*.error"
 
 
 class BackendError(Exception):
@@ -145,7 +149,7 @@ class BulkClient:
             raise BackendError(f"unreadable response: {e}") from e
 
     async def bulk(self, body: bytes | bytearray) -> dict[str, Any]:
-        status, payload = await self.request("POST", "/_bulk", body, NDJSON)
+        status, payload = await self.request("POST", BULK_PATH, body, NDJSON)
         if status != 200 or not isinstance(payload, dict):
             raise BackendError(f"_bulk answered {status}: {_reason(payload)}")
         return payload
