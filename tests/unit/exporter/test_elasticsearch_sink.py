@@ -207,7 +207,7 @@ def test_fake_filters_responses_as_elasticsearch_does() -> None:
             {"create": {"_id": "b", "status": 429, "error": {"type": "t", "reason": "r"}}},
         ],
     }
-    patterns = [p.split(".") for p in "errors,items.*.status,items.*.error".split(",")]
+    patterns = [p.split(".") for p in ["errors", "items.*.status", "items.*.error"]]
     assert filtered(answer, patterns) == {
         "errors": True,
         "items": [
