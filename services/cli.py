@@ -33,6 +33,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "flowscope.exporter.service",
         "delivers enriched records to OTLP, Elasticsearch and stdout",
     ),
+    "observe": (
+        "flowscope.observe",
+        "flowscope.observe",
+        "live view of enriched flows from NATS, filtered (like hubble observe)",
+    ),
     "up": (
         "flowscope.up",
         "flowscope.up",

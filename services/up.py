@@ -146,6 +146,9 @@ async def _spawn(name: str, settings: Settings, nats_url: str) -> Child:
         stdin=asyncio.subprocess.DEVNULL,
         # Only the exporter writes records; the others' stdout is not part of the output.
         stdout=None if name == "exporter" else asyncio.subprocess.DEVNULL,
+        # Own session: a terminal's Ctrl-C reaches only `up`, which stops the children
+        # in data-path order (each once), so each drains into the next.
+        start_new_session=True,
     )  # fmt: skip
     return Child(name, proc, port)
 
@@ -180,25 +183,25 @@ async def _wait_ready(pipeline: Pipeline, limit: float, stop: asyncio.Event) -> 
 
 def _summary(pipeline: Pipeline, reports: dict[str, dict], settings: Settings) -> str:
     checks = reports.get("collector", {}).get("checks", {})
-    detail = checks.get("interfaces", {}).get("detail", "") if isinstance(checks, dict) else ""
+    detail = checks.get("collector", {}).get("detail", "") if isinstance(checks, dict) else ""
     sinks = ["stdout"]
     if settings.otlp_endpoint:
         sinks.append(f"otlp={settings.otlp_endpoint}")
     if settings.elasticsearch_url:
         sinks.append(f"elasticsearch={settings.elasticsearch_url}")
     return (
-        f"flowscope up: ready; nats {pipeline.nats_url}; interfaces {detail or '?'}; "
+        f"flowscope up: ready; nats {pipeline.nats_url}; {detail or 'interfaces: unknown'}; "
         f"sinks {', '.join(sinks)}; Ctrl-C to stop"
     )
 
 
 async def _stop_children(pipeline: Pipeline, grace: float) -> list[int | None]:
+    """Stop the children one by one in list order: each drains before the next stops."""
+    statuses: list[int | None] = []
     for child in pipeline.children:
         if child.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 child.process.send_signal(signal.SIGTERM)
-    statuses: list[int | None] = []
-    for child in pipeline.children:
         try:
             statuses.append(await asyncio.wait_for(child.process.wait(), grace))
         except TimeoutError:
@@ -233,7 +236,8 @@ async def _run(settings: Settings, workdir: Path) -> int:
         if crashed:
             log.error(f"stopping: {', '.join(crashed)} exited")
     finally:
-        # Collector first: it removes its filters; then the rest drain what is in flight.
+        # Collector first (it flushes its last flows and removes its filters), then the
+        # enricher and the exporter drain what is in flight; NATS last.
         pipeline.children.reverse()
         statuses = await _stop_children(pipeline, settings.runtime.drain_timeout + 20)
         if nats_proc is not None and nats_proc.returncode is None:

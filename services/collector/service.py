@@ -1,11 +1,262 @@
-"""The collector service: `flowscope collector`."""
+"""The collector service: `flowscope collector`.
+
+Start-up: checks (exit 2 on failure) → NATS (retrying, logged) → compile and load the
+flow program (ABI checked) → remove filters a crashed earlier run left → attach to the
+selected interfaces and watch for new ones → root tasks:
+
+- ``link-watching``: attaches new interfaces, forgets removed ones;
+- ``producing``: drains the flow map every active timeout, reads DNS packets and socket
+  events; on stop it detaches the filters, drains one
+  last time with ``forced_end`` and tells the publisher it is done;
+- ``publishing``: batches to ``flowscope.raw.<kind>.<node>`` and flushes at the end.
+
+bcc calls that may take long (compiling, draining a large map) run in worker threads so
+the event loop keeps serving metrics and NATS.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from flowscope.collector import checks
+from flowscope.collector.attaching import Attacher
+from flowscope.collector.containers import ContainerResolver
+from flowscope.collector.dns_parsing import DnsExchanges, DnsParseError
+from flowscope.collector.dns_reading import DnsReader
+from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
+from flowscope.collector.link_watching import InterfaceSelection, LinkWatcher
+from flowscope.collector.loading import (
+    FlowProgram,
+    FlowProgramConfig,
+    load_flow_program,
+    release_compiler_memory,
+)
+from flowscope.collector.metrics import CollectorMetrics, read_counters
+from flowscope.collector.publishing import Publisher, PublishLimits
 from flowscope.collector.settings import Settings
-from flowscope.core.errors import StartupError
+from flowscope.collector.socket_tracing import SocketTracer
+from flowscope.core import runtime
+from flowscope.core.messaging import connect, ensure_streams
+from flowscope.core.records import RawDns, RawFlow
+
+log = logging.getLogger("flowscope.collector")
+T = TypeVar("T")
+
+SOCKET_POLL_MS = 100  # a blocking poll in a worker thread; bounds the stop latency too
+
+
+def node_name(settings: Settings, env: dict[str, str] | None = None) -> str:
+    """The configured node name, else env NODE_NAME (Kubernetes downward API), else host name."""
+    env = dict(os.environ) if env is None else env
+    return settings.node_name or env.get("NODE_NAME") or socket.gethostname()
+
+
+def program_config(settings: Settings) -> FlowProgramConfig:
+    return FlowProgramConfig(
+        max_flows=settings.flows.max_entries,
+        dns_port=settings.dns.port,
+        dns_capture_len=settings.dns.capture_bytes,
+        dns_ringbuf_pages=settings.dns.ring_buffer_pages,
+    )
 
 
 def main(settings: Settings) -> int:
     """Run the collector until signalled; returns the exit status."""
-    raise StartupError("collector", "not yet built")
+    return runtime.run("collector", settings.runtime, lambda rt: body(rt, settings))
+
+
+async def body(rt: runtime.Runtime, settings: Settings) -> None:
+    """Acquire everything on the runtime's exit stack and start the root tasks."""
+    checks.run_all()
+    node = node_name(settings)
+    if settings.flows.idle_timeout >= settings.flows.active_timeout:
+        log.warning(
+            "flows.idle_timeout is not below flows.active_timeout: the map is emptied at "
+            "every drain, so no flow will end with idle_timeout"
+        )
+    metrics = CollectorMetrics.create(rt.registry)
+    nc = await unless_stopped(rt, connect(settings.nats, "collector", rt.registry, retry=True))
+    if nc is None:
+        return  # SIGTERM while NATS was still unreachable: nothing to drain
+    rt.stack.push_async_callback(nc.close)
+    js = nc.jetstream()
+    await ensure_streams(js, settings.nats)
+
+    program, attacher, watcher = await start_kernel(rt, settings, metrics)
+    attached = watcher.start()
+    publisher = Publisher(js, node, publish_limits(settings, nc.max_payload), metrics)
+    producers_done = asyncio.Event()
+    producing = Producing(rt, settings, node, program, attacher, publisher, metrics)
+    await producing.open_socket_tracing(node)
+    release_compiler_memory()
+    rt.spawn(watcher.run(rt.stopping), "link-watching")
+    rt.spawn(producing.run(producers_done), "producing")
+    rt.spawn(publisher.run(producers_done, settings.runtime.drain_timeout / 2), "publishing")
+    rt.health.set("collector", True, f"{attached} interfaces attached")
+    log.info("collector started", extra={"node": node, "interfaces": attached})
+
+
+async def start_kernel(
+    rt: runtime.Runtime, settings: Settings, metrics: CollectorMetrics
+) -> tuple[FlowProgram, Attacher, LinkWatcher]:
+    """Load the flow program, clear a crashed run's filters, prepare link watching.
+
+    Released in reverse on stop: link watching, filters (detach), netlink, program.
+    """
+    program = await asyncio.to_thread(load_flow_program, program_config(settings))
+    rt.stack.callback(program.close)
+    attacher = Attacher(
+        program.ingress_fd,
+        program.egress_fd,
+        ingress_ip_fd=program.ingress_ip_fd,
+        egress_ip_fd=program.egress_ip_fd,
+    )
+    rt.stack.callback(attacher.close)
+    rt.stack.callback(attacher.detach_all)
+    remove_leftovers(attacher, metrics)
+    selection = InterfaceSelection(
+        settings.interfaces.include, settings.interfaces.exclude, settings.interfaces.skip_bridges
+    )
+    watcher = LinkWatcher(attacher, selection, metrics)
+    rt.stack.callback(watcher.close)
+    metrics.map_capacity.set(settings.flows.max_entries)
+    return program, attacher, watcher
+
+
+def publish_limits(settings: Settings, max_payload: int) -> PublishLimits:
+    return PublishLimits(
+        batch_max_records=settings.publish.batch_max_records,
+        batch_max_delay=settings.publish.batch_max_delay,
+        buffer_bytes=settings.publish.buffer_bytes,
+        max_payload=max_payload,
+    )
+
+
+async def unless_stopped(rt: runtime.Runtime, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None when the service is told to stop first (then cancelled)."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(rt.stopping.wait())
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+def remove_leftovers(attacher: Attacher, metrics: CollectorMetrics) -> None:
+    """Remove filters of an earlier run that did not clean up (SIGKILL, OOM kill)."""
+    indexes = [link["index"] for link in attacher.ipr.get_links()]
+    removed = attacher.remove_leftovers(indexes)
+    metrics.leftover_filters_removed.inc(removed)
+    log.info(
+        f"removed {removed} leftover TC filters of an earlier run",
+        extra={"leftover_filters_removed": removed},
+    )
+
+
+class Producing:
+    """The producer root task: flow drains, DNS packets, socket events."""
+
+    def __init__(
+        self,
+        rt: runtime.Runtime,
+        settings: Settings,
+        node: str,
+        program: FlowProgram,
+        attacher: Attacher,
+        publisher: Publisher,
+        metrics: CollectorMetrics,
+    ) -> None:
+        self._rt = rt
+        self._settings = settings
+        self._program = program
+        self._attacher = attacher
+        self._publisher = publisher
+        self._metrics = metrics
+        capacity = max(1024, settings.flows.max_entries * 2)
+        self._drainer = Drainer(
+            BatchReader(program.flows.map_fd, min(4096, settings.flows.max_entries)),
+            node,
+            settings.flows.idle_timeout,
+            DirectionMemory(capacity),
+        )
+        self._dns = start_dns_reading(program, node, publisher, metrics)
+        self._sockets: SocketTracer | None = None
+
+    async def open_socket_tracing(self, node: str) -> None:
+        """Compile and attach the socket-owner programs (StartupError on failure)."""
+        tracer = SocketTracer(node, ContainerResolver(), self._rt.registry)
+        await asyncio.to_thread(tracer.open)
+        self._rt.stack.callback(tracer.close)
+        self._sockets = tracer
+
+    async def run(self, done: asyncio.Event) -> None:
+        try:
+            tasks = [asyncio.create_task(self._drain_loop(), name="draining")]
+            tasks.append(asyncio.create_task(self._dns.run(self._rt.stopping), name="dns"))
+            if self._sockets is not None:
+                tasks.append(asyncio.create_task(self._socket_loop(self._sockets), name="sockets"))
+            await asyncio.gather(*tasks)
+        finally:
+            done.set()
+
+    async def _drain_loop(self) -> None:
+        stopping = self._rt.stopping
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), self._settings.flows.active_timeout)
+            except TimeoutError:
+                await self._drain(forced=False)
+        # Detach first so nothing is counted after the last drain.
+        await asyncio.to_thread(self._attacher.detach_all)
+        await self._drain(forced=True)
+
+    async def _socket_loop(self, tracer: SocketTracer) -> None:
+        """Socket events until stopping; bcc's poll blocks, so it runs in a worker thread."""
+        while not self._rt.stopping.is_set():
+            events = await asyncio.to_thread(tracer.poll, SOCKET_POLL_MS)
+            self._publisher.submit("sockets", [e.to_wire() for e in events])
+        self._publisher.submit(
+            "sockets", [e.to_wire() for e in await asyncio.to_thread(tracer.poll, 0)]
+        )
+
+    async def _drain(self, forced: bool) -> None:
+        loop = asyncio.get_running_loop()
+
+        def sink(flows: list[RawFlow]) -> None:  # runs in the worker thread
+            wires = [f.to_wire() for f in flows]
+            loop.call_soon_threadsafe(self._publisher.submit, "flows", wires)
+
+        entries = await asyncio.to_thread(self._drainer.drain_into, sink, forced)
+        self._metrics.drains.inc()
+        self._metrics.flows_drained.inc(entries)
+        self._metrics.map_entries.set(entries)
+        self._metrics.observe_kernel(read_counters(self._program.counters))
+
+
+def start_dns_reading(
+    program: FlowProgram, node: str, publisher: Publisher, metrics: CollectorMetrics
+) -> DnsReader:
+    """Read captured DNS packets, pair queries with responses, publish to raw.dns."""
+
+    def emit(records: list[RawDns]) -> None:
+        publisher.submit("dns", [r.to_wire() for r in records])
+
+    return DnsReader(
+        program.bpf,
+        program.dns_events,
+        program.config.dns_capture_len,
+        DnsExchanges(node),
+        emit,
+        metrics,
+        (DnsParseError,),
+    )

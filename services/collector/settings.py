@@ -1,17 +1,140 @@
-"""Settings of the collector (flags, FLOWSCOPE_* variables, YAML): see docs/configuration.md."""
+"""Settings of the collector (flags, FLOWSCOPE_* variables, YAML): see docs/collector.md."""
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
-from flowscope.core.config import section
+from flowscope.core.config import section, setting
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _between(low: int, high: int):  # type: ignore[no-untyped-def]
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return check
+
+
+def _power_of_two(value: int) -> int:
+    if value < 1 or value & (value - 1):
+        raise ValueError("must be a power of two")
+    return value
+
+
+def _patterns(value: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in value:
+        fnmatch.translate(pattern)  # any text is a valid glob; keeps the intent explicit
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceSettings:
+    """Which interfaces of the host network namespace get the TC programs."""
+
+    include: tuple[str, ...] = setting(
+        ("*",),
+        "glob patterns of interface names to attach to (comma-separated); new interfaces "
+        "matching them are attached within 1 s",
+        parse=_patterns,
+    )
+    exclude: tuple[str, ...] = setting(
+        ("lo",),
+        "glob patterns of interface names never attached; `lo` by default because "
+        "loopback traffic never leaves the node",
+        parse=_patterns,
+    )
+    skip_bridges: bool = setting(
+        True,
+        "do not attach to bridge master devices: a frame between a pod and the host "
+        "crosses the bridge port (veth) and the bridge, and would be counted twice",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSettings:
+    """In-kernel flow aggregation and how often it is drained."""
+
+    active_timeout: float = setting(
+        5.0,
+        "seconds between drains of the flow map; a long flow is reported once per interval",
+        parse=_positive,
+    )
+    idle_timeout: float = setting(
+        3.0,
+        "seconds without a packet after which a drained flow ends with `idle_timeout`; "
+        "meaningful below active_timeout, since the map is emptied at every drain",
+        parse=_positive,
+    )
+    max_entries: int = setting(
+        65536,
+        "entries of the kernel flow map (64 B key+value each, preallocated); packets of "
+        "new flows beyond it are counted in flowscope_collector_map_full_* metrics",
+        parse=_between(16, 1 << 24),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """In-kernel capture of DNS packets."""
+
+    port: int = setting(
+        53, "UDP/TCP port whose packets are captured as DNS", parse=_between(1, 65535)
+    )
+    capture_bytes: int = setting(
+        512,
+        "bytes copied per DNS packet from its IP header on; 512 holds a classic UDP "
+        "answer, longer packets are parsed as truncated",
+        parse=_between(64, 4096),
+    )
+    ring_buffer_pages: int = setting(
+        64,
+        "size of the DNS ring buffer in 4 KiB pages (a power of two); a full buffer "
+        "drops packets, counted in flowscope_collector_dns_ringbuf_full_total",
+        parse=_power_of_two,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSettings:
+    """Batching and buffering of raw events on their way to NATS."""
+
+    batch_max_records: int = setting(
+        1000,
+        "records per message at most (then split further under max payload)",
+        parse=_between(1, 1_000_000),
+    )
+    batch_max_delay: float = setting(
+        1.0, "seconds a record may wait for its batch to fill before it is sent", parse=_positive
+    )
+    buffer_bytes: int = setting(
+        32 * 1024 * 1024,
+        "encoded bytes held per kind while NATS is down or slow; beyond it the oldest "
+        "batches are dropped and counted (flowscope_collector_publish_dropped_records_total)",
+        parse=_between(1024, 1 << 34),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the collector can be told."""
 
+    node_name: str = setting(
+        "",
+        "this node's name in subjects and records (default: env NODE_NAME, else the host name)",
+    )
+    interfaces: InterfaceSettings = section(InterfaceSettings, "interfaces to attach to")
+    flows: FlowSettings = section(FlowSettings, "flow aggregation")
+    dns: DnsSettings = section(DnsSettings, "DNS capture")
+    publish: PublishSettings = section(PublishSettings, "publishing to NATS")
     runtime: RuntimeSettings = section(RuntimeSettings, "logs, HTTP endpoint, drain", flat=True)
     nats: NatsSettings = section(NatsSettings, "NATS connection and streams")

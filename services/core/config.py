@@ -37,13 +37,15 @@ def setting(
     parse: Callable[[Any], Any] | None = None,
     choices: tuple[str, ...] | None = None,
     secret: bool = False,
+    short: str | None = None,
 ) -> Any:
     """Declare a setting: its default, a doc (unit, and why this default) and a parser.
 
     ``parse`` receives the raw value (a string from flags/environment, or whatever YAML
     produced) after the type conversion and raises ``ValueError`` with a short reason.
+    ``short`` is an optional one-letter flag alias (``-o``) for interactive commands.
     """
-    meta = {"doc": doc, "parse": parse, "choices": choices, "secret": secret}
+    meta = {"doc": doc, "parse": parse, "choices": choices, "secret": secret, "short": short}
     return field(default=default, metadata=meta)
 
 
@@ -64,6 +66,7 @@ class Leaf:
     parse: Callable[[Any], Any] | None
     choices: tuple[str, ...] | None
     secret: bool
+    short: str | None = None
 
     @property
     def flag(self) -> str:
@@ -93,6 +96,7 @@ def leaves(
             parse=f.metadata.get("parse"),
             choices=f.metadata.get("choices"),
             secret=f.metadata.get("secret", False),
+            short=f.metadata.get("short"),
         )
 
 
@@ -166,14 +170,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         "--config",
         dest="__config",
         default=argparse.SUPPRESS,
+        metavar="FILE",
         help=f"YAML settings file (env {ENV_PREFIX}CONFIG)",
     )
     for leaf in leaves(cls):
         default = "(unset)" if leaf.default in (None, "", ()) else leaf.default
+        if isinstance(leaf.default, tuple) and leaf.default:
+            default = ",".join(leaf.default)
         if leaf.secret and leaf.default:
             default = "(set)"
+        flags = (leaf.flag,) if leaf.short is None else (leaf.short, leaf.flag)
         parser.add_argument(
-            leaf.flag,
+            *flags,
             dest=leaf.name,
             default=argparse.SUPPRESS,
             metavar=leaf.name.rsplit(".", 1)[-1].upper(),

@@ -88,12 +88,18 @@ def _from_wire(cls: type[T], schema: str, data: Any, index: int) -> T:
     if not isinstance(data, Mapping):
         raise RecordError(schema, index, f"expected an object, got {type(data).__name__}")
     kwargs = {}
-    for name, hint, required in _fields(cls):
+    for name, hint, required in _fields(cls):  # type: ignore[arg-type]
         if name in data:
             kwargs[name] = _check(schema, index, name, data[name], hint)
         elif required:
             raise RecordError(schema, index, f"missing key {name!r}")
     return cls(**kwargs)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    """Field names of a dataclass, computed once (to_wire runs per record, 10k+/s)."""
+    return tuple(name for name, _, _ in _fields(cls))
 
 
 class _Wire:
@@ -102,7 +108,7 @@ class _Wire:
     SCHEMA: ClassVar[str]
 
     def to_wire(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {name: getattr(self, name) for name in _field_names(type(self))}  # type: ignore[arg-type]
 
     @classmethod
     def from_wire(cls: type[T], data: Any, index: int = 0) -> T:

@@ -106,7 +106,10 @@ async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
                 settings.http_address, rt.registry, rt.health
             )
             stack.push_async_callback(runner.cleanup)
+        # Not ready until the body has set everything up (and its own checks say so).
+        rt.health.set("started", False, "starting")
         await body(rt)
+        rt.health.set("started", True, "started")
         if not rt._tasks:
             return 0
         await rt._first_done.wait()

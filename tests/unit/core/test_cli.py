@@ -31,7 +31,7 @@ def test_top_level_help() -> None:
 def test_subcommand_help(command: str) -> None:
     r = flowscope(command, "--help")
     assert r.returncode == 0, r.stderr
-    assert "--log-format" in r.stdout
+    assert "--nats-url" in r.stdout
 
 
 @pytest.mark.parametrize("command", ["collector", "enricher", "exporter"])

@@ -1,0 +1,436 @@
+/* flows.c — TC clsact classifiers (ingress and egress) that aggregate flows in a map and
+ * copy DNS packets to a ring buffer.
+ *
+ * Reads only the stable __sk_buff context and packet bytes (direct packet access, or
+ * bpf_skb_load_bytes for bytes outside the linear area); never a struct sock field. Every program returns
+ * TC_ACT_UNSPEC: "no verdict, continue with the next filter", so the packet's fate is
+ * whatever it would have been without flowscope — also when another product's filters
+ * sit behind ours on the same hook (TC_ACT_OK would end the classification and skip them).
+ *
+ * No double counting on a node (docs/collector.md): every packet is counted at TC
+ * ingress; at TC egress only packets that originate on this host (skb->ingress_ifindex
+ * == 0). A forwarded packet (pod→pod, pod→uplink, uplink→pod) is thereby counted once,
+ * where it entered. Bridge master devices are not attached by default (user space),
+ * since a frame reaching the host through a bridge port crosses the port and the bridge.
+ *
+ * Constants (-D): MAX_FLOWS, DNS_PORT, DNS_CAPTURE_LEN, DNS_RINGBUF_PAGES.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+
+#include "flowscope_abi.h"
+
+#define ETH_HLEN_ 14
+#define VLAN_HLEN_ 4
+#define MAX_VLAN_TAGS 2
+#define MAX_IPV6_EXT 6
+
+#define IPPROTO_HOPOPTS_ 0
+#define IPPROTO_ROUTING_ 43
+#define IPPROTO_FRAGMENT_ 44
+#define IPPROTO_AH_ 51
+#define IPPROTO_ICMPV6_ 58
+#define IPPROTO_DSTOPTS_ 60
+#define IPPROTO_SCTP_ 132
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_ACK 0x10
+
+BPF_TABLE("hash", struct flow_key, struct flow_value, flows, MAX_FLOWS);
+BPF_PERCPU_ARRAY(counters, struct collector_counters, 1);
+BPF_RINGBUF_OUTPUT(dns_events, DNS_RINGBUF_PAGES);
+/* Never written: it only exposes struct dns_event's compiled layout to user space, which
+ * checks it against abi.py at start-up (bcc derives table types, not ring buffer ones). */
+BPF_ARRAY(dns_event_layout, struct dns_event, 1);
+
+/* Header bytes at `off`, LEN a compile-time constant. Direct packet access when the
+ * bytes are in the skb's linear area (the common case: no helper call), else
+ * bpf_skb_load_bytes, which also reads paged data. MAX_DIRECT_OFF bounds the offset
+ * so the verifier can check the packet pointer arithmetic. */
+#define MAX_DIRECT_OFF 256
+#define LOAD(skb, off, to, LEN) load_header(skb, off, to, LEN)
+
+static __always_inline int load_header(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    if (off <= MAX_DIRECT_OFF) {
+        void *from = data + off;
+        if (from + len <= data_end) {
+            __builtin_memcpy(to, from, len);
+            return 0;
+        }
+    }
+    return bpf_skb_load_bytes(skb, off, to, len);
+}
+
+/* What one packet contributes, parsed from its headers. */
+struct packet {
+    __u8  saddr[16];
+    __u8  daddr[16];
+    __u16 sport;
+    __u16 dport;
+    __u8  proto;
+    __u8  family;
+    __u8  tcp_flags;
+    __u8  has_ports;
+    __u32 l3_off;           /* offset of the IP header in the packet */
+    __u32 l4_off;           /* offset of the L4 header (valid when has_ports) */
+    __u32 ip_len;           /* IP-level bytes of this skb */
+    __u32 hdr_len;          /* IP + L4 header bytes (replicated per GSO segment) */
+    __u32 payload_len;      /* L4 payload bytes (TCP: after the TCP header) */
+};
+
+/* ICMP request/reply counterparts, as Community ID: both directions get the same ports. */
+static __always_inline int icmp4_counterpart(__u8 type)
+{
+    switch (type) {
+    case 8: return 0;  case 0: return 8;
+    case 13: return 14; case 14: return 13;
+    case 15: return 16; case 16: return 15;
+    case 10: return 9;  case 9: return 10;
+    case 17: return 18; case 18: return 17;
+    }
+    return -1;
+}
+
+static __always_inline int icmp6_counterpart(__u8 type)
+{
+    switch (type) {
+    case 128: return 129; case 129: return 128;
+    case 130: return 131; case 131: return 130;
+    case 133: return 134; case 134: return 133;
+    case 135: return 136; case 136: return 135;
+    case 139: return 140; case 140: return 139;
+    case 144: return 145; case 145: return 144;
+    }
+    return -1;
+}
+
+/* Ethernet + up to two 802.1Q/802.1ad tags → offset of the L3 header and its EtherType.
+ * A tag the NIC stripped (skb->vlan_present) is not in the data, so it needs no skip. */
+static __always_inline int parse_l2(struct __sk_buff *skb, __u32 *off, __u16 *proto)
+{
+    __be16 type;
+    if (LOAD(skb, 12, &type, sizeof(type)) < 0)
+        return -1;
+    *off = ETH_HLEN_;
+#pragma unroll
+    for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+        if (type != bpf_htons(ETH_P_8021Q) && type != bpf_htons(ETH_P_8021AD))
+            break;
+        if (LOAD(skb, *off + 2, &type, sizeof(type)) < 0)
+            return -1;
+        *off += VLAN_HLEN_;
+    }
+    *proto = bpf_ntohs(type);
+    return 0;
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p)
+{
+    __u8 hdr[20];
+    if (LOAD(skb, p->l3_off, hdr, sizeof(hdr)) < 0)
+        return -1;
+    __u32 ihl = (hdr[0] & 0x0f) * 4;   /* options included: IHL counts 32-bit words */
+    if (ihl < 20)
+        return -1;
+    __u32 tot_len = ((__u32)hdr[2] << 8) | hdr[3];
+    __u16 frag = (((__u16)hdr[6] << 8) | hdr[7]) & 0x1fff;
+    p->family = FLOWSCOPE_AF_INET;
+    p->proto = hdr[9];
+    __builtin_memcpy(p->saddr, &hdr[12], 4);
+    __builtin_memcpy(p->daddr, &hdr[16], 4);
+    /* Ethernet pads short frames: trust tot_len when it is plausible. A TSO super-packet
+     * may carry 0 (BIG TCP); then the skb length is the truth. */
+    __u32 avail = skb->len - p->l3_off;
+    p->ip_len = (tot_len >= ihl && tot_len <= avail) ? tot_len : avail;
+    p->l4_off = p->l3_off + ihl;
+    p->hdr_len = ihl;
+    p->has_ports = frag == 0;           /* a non-first fragment carries no L4 header */
+    return 0;
+}
+
+/* IPv6 with the common extension headers skipped (hop-by-hop, routing, destination
+ * options, fragment, AH); a bounded loop keeps the verifier happy. */
+static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p)
+{
+    __u8 hdr[40];
+    if (LOAD(skb, p->l3_off, hdr, sizeof(hdr)) < 0)
+        return -1;
+    __u32 payload = ((__u32)hdr[4] << 8) | hdr[5];
+    __u8 next = hdr[6];
+    __u32 off = p->l3_off + 40;
+    p->family = FLOWSCOPE_AF_INET6;
+    __builtin_memcpy(p->saddr, &hdr[8], 16);
+    __builtin_memcpy(p->daddr, &hdr[24], 16);
+    p->has_ports = 1;
+#pragma unroll
+    for (int i = 0; i < MAX_IPV6_EXT; i++) {
+        __u8 ext[4];
+        if (next != IPPROTO_HOPOPTS_ && next != IPPROTO_ROUTING_ && next != IPPROTO_DSTOPTS_ &&
+            next != IPPROTO_FRAGMENT_ && next != IPPROTO_AH_)
+            break;
+        if (LOAD(skb, off, ext, sizeof(ext)) < 0)
+            return -1;
+        if (next == IPPROTO_FRAGMENT_) {
+            __u16 frag_off = (((__u16)ext[2] << 8) | ext[3]) & 0xfff8;
+            if (frag_off != 0)
+                p->has_ports = 0;
+            off += 8;
+        } else if (next == IPPROTO_AH_) {
+            off += ((__u32)ext[1] + 2) * 4;
+        } else {
+            off += ((__u32)ext[1] + 1) * 8;
+        }
+        next = ext[0];
+    }
+    p->proto = next;
+    __u32 avail = skb->len - p->l3_off;
+    __u32 tot = payload + 40;
+    p->ip_len = (payload != 0 && tot <= avail) ? tot : avail;
+    p->l4_off = off;
+    p->hdr_len = off - p->l3_off;
+    return 0;
+}
+
+/* Ports (or ICMP type/counterpart), TCP flags and header length of the L4 header. */
+static __always_inline void parse_l4(struct __sk_buff *skb, struct packet *p)
+{
+    __u8 l4[16];
+    if (!p->has_ports)
+        return;
+    switch (p->proto) {
+    case IPPROTO_TCP:
+        if (LOAD(skb, p->l4_off, l4, 14) < 0)
+            break;
+        p->sport = ((__u16)l4[0] << 8) | l4[1];
+        p->dport = ((__u16)l4[2] << 8) | l4[3];
+        p->tcp_flags = l4[13];
+        p->hdr_len += (l4[12] >> 4) * 4;
+        return;
+    case IPPROTO_UDP:
+    case IPPROTO_SCTP_:
+        if (LOAD(skb, p->l4_off, l4, 4) < 0)
+            break;
+        p->sport = ((__u16)l4[0] << 8) | l4[1];
+        p->dport = ((__u16)l4[2] << 8) | l4[3];
+        p->hdr_len += p->proto == IPPROTO_UDP ? 8 : 12;
+        return;
+    case IPPROTO_ICMP:
+    case IPPROTO_ICMPV6_: {
+        if (LOAD(skb, p->l4_off, l4, 2) < 0)
+            break;
+        int other = p->proto == IPPROTO_ICMP ? icmp4_counterpart(l4[0])
+                                             : icmp6_counterpart(l4[0]);
+        p->sport = l4[0];
+        p->dport = other >= 0 ? (__u16)other : l4[1];
+        p->hdr_len += 8;
+        return;
+    }
+    }
+    p->has_ports = 0;   /* unknown protocol or truncated header: addresses only */
+}
+
+/* -1 / 0 / 1 as (a_addr, a_port) compares with (b_addr, b_port); any total order works. */
+static __always_inline int endpoint_cmp(const __u8 *a, __u16 ap, const __u8 *b, __u16 bp)
+{
+    const __u64 *a64 = (const __u64 *)a, *b64 = (const __u64 *)b;
+    if (a64[0] != b64[0])
+        return a64[0] < b64[0] ? -1 : 1;
+    if (a64[1] != b64[1])
+        return a64[1] < b64[1] ? -1 : 1;
+    if (ap != bp)
+        return ap < bp ? -1 : 1;
+    return 0;
+}
+
+/* Canonical key; returns the packet's direction relative to it. */
+static __always_inline __u8 make_key(const struct packet *p, struct flow_key *k)
+{
+    __u8 dir = endpoint_cmp(p->saddr, p->sport, p->daddr, p->dport) <= 0
+                   ? FLOWSCOPE_DIR_LO_HI : FLOWSCOPE_DIR_HI_LO;
+    if (dir == FLOWSCOPE_DIR_LO_HI) {
+        __builtin_memcpy(k->addr_lo, p->saddr, 16);
+        __builtin_memcpy(k->addr_hi, p->daddr, 16);
+        k->port_lo = p->sport;
+        k->port_hi = p->dport;
+    } else {
+        __builtin_memcpy(k->addr_lo, p->daddr, 16);
+        __builtin_memcpy(k->addr_hi, p->saddr, 16);
+        k->port_lo = p->dport;
+        k->port_hi = p->sport;
+    }
+    k->proto = p->proto;
+    k->family = p->family;
+    return dir;
+}
+
+static __always_inline void add_to(struct flow_value *v, const struct packet *p, __u8 dir,
+                                   __u64 packets, __u64 bytes, __u64 now)
+{
+    /* Several CPUs update one entry concurrently: counters are atomic adds. */
+    __sync_fetch_and_add(&v->packets[dir & 1], packets);
+    __sync_fetch_and_add(&v->bytes[dir & 1], bytes);
+    if (p->proto == IPPROTO_TCP && p->tcp_flags) {
+        /* Established flows repeat the same flags (ACK, PSH): skip the locked OR then. */
+        if ((v->tcp_flags & p->tcp_flags) != p->tcp_flags)
+            __sync_fetch_and_or(&v->tcp_flags, (__u64)p->tcp_flags);
+        if ((p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+            v->fwd = dir;   /* the SYN sender is the initiator: that is "forward" */
+            v->initiator = 1;
+        }
+    }
+    v->last_ns = now;
+}
+
+static __always_inline void count_lost(__u64 packets, __u64 bytes)
+{
+    int zero = 0;
+    struct collector_counters *c = counters.lookup(&zero);
+    if (c) {
+        c->map_full_packets += packets;   /* per-CPU: no atomics needed */
+        c->map_full_bytes += bytes;
+    }
+}
+
+static __always_inline void account(struct __sk_buff *skb, const struct packet *p)
+{
+    struct flow_key key = {};
+    __u8 dir = make_key(p, &key);
+    __u64 now = bpf_ktime_get_ns();
+    /* A GSO/GRO super-packet stands for gso_segs wire packets, each with its own headers. */
+    __u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+    __u64 bytes = p->ip_len + (segs - 1) * p->hdr_len;
+
+    struct flow_value *v = flows.lookup(&key);
+    if (v) {
+        add_to(v, p, dir, segs, bytes, now);
+        return;
+    }
+    struct flow_value fresh = {};
+    fresh.first_ns = now;
+    fresh.last_ns = now;
+    fresh.ifindex = skb->ifindex;
+    fresh.fwd = dir;
+    fresh.packets[dir & 1] = segs;
+    fresh.bytes[dir & 1] = bytes;
+    if (p->proto == IPPROTO_TCP) {
+        fresh.tcp_flags = p->tcp_flags;
+        fresh.initiator = (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+    }
+    int err = flows.insert(&key, &fresh);
+    if (err == 0)
+        return;
+    /* -EEXIST: another CPU created the entry between our lookup and insert. */
+    v = flows.lookup(&key);
+    if (v) {
+        add_to(v, p, dir, segs, bytes, now);
+        return;
+    }
+    count_lost(segs, bytes);   /* -E2BIG / -ENOMEM: the map is full */
+}
+
+static __always_inline int is_dns(const struct packet *p)
+{
+    return p->has_ports && (p->proto == IPPROTO_UDP || p->proto == IPPROTO_TCP) &&
+           (p->sport == DNS_PORT || p->dport == DNS_PORT);
+}
+
+/* Copy the packet from its IP header on, bounded, to the ring buffer. */
+static __always_inline void capture_dns(struct __sk_buff *skb, const struct packet *p, __u8 direction)
+{
+    int zero = 0;
+    struct collector_counters *c = counters.lookup(&zero);
+    /* TCP segments without payload (handshake, bare ACKs) carry no DNS message. */
+    if (p->proto == IPPROTO_TCP && p->ip_len <= p->hdr_len)
+        return;
+    struct dns_event *e = dns_events.ringbuf_reserve(sizeof(struct dns_event));
+    if (!e) {
+        if (c)
+            c->dns_ringbuf_full++;
+        return;
+    }
+    __u64 len = skb->len - p->l3_off;
+    if (len > p->ip_len)
+        len = p->ip_len;
+    if (len > DNS_CAPTURE_LEN)
+        len = DNS_CAPTURE_LEN;
+    /* The verifier needs the copy length's bounds on the very register passed to the
+     * helper; clang otherwise checks one copy and passes another. The empty asm makes
+     * the value opaque so the checks below apply to the register actually used. */
+    asm volatile("" : "+r"(len));
+    if (len < 1 || len > DNS_CAPTURE_LEN ||
+        bpf_skb_load_bytes(skb, p->l3_off, e->data, len) < 0) {
+        dns_events.ringbuf_discard(e, 0);
+        return;
+    }
+    e->ts_ns = bpf_ktime_get_ns();
+    e->ifindex = skb->ifindex;
+    e->pkt_len = p->ip_len;
+    e->cap_len = len;
+    e->direction = direction;
+    dns_events.ringbuf_submit(e, 0);
+    if (c)
+        c->dns_captured++;
+}
+
+/* One packet. `ethernet`: the device has an Ethernet header (veth, physical NICs,
+ * bridges); otherwise (tun, WireGuard, IP-in-IP) the data starts at the IP header and
+ * skb->protocol names it. */
+static __always_inline int handle(struct __sk_buff *skb, __u8 direction, const int ethernet)
+{
+    struct packet p = {};
+    __u16 l3;
+    if (ethernet) {
+        if (parse_l2(skb, &p.l3_off, &l3) < 0)
+            return TC_ACT_UNSPEC;
+    } else {
+        p.l3_off = 0;
+        l3 = bpf_ntohs(skb->protocol);
+    }
+    if (l3 == ETH_P_IP) {
+        if (parse_ipv4(skb, &p) < 0)
+            return TC_ACT_UNSPEC;
+    } else if (l3 == ETH_P_IPV6) {
+        if (parse_ipv6(skb, &p) < 0)
+            return TC_ACT_UNSPEC;
+    } else {
+        return TC_ACT_UNSPEC;   /* ARP, LLDP, …: not IP, not a flow */
+    }
+    parse_l4(skb, &p);
+    account(skb, &p);
+    if (is_dns(&p))
+        capture_dns(skb, &p, direction);
+    return TC_ACT_UNSPEC;
+}
+
+/* Forwarded packets were counted where they entered this host (see top comment). */
+#define FORWARDED(skb) ((skb)->ingress_ifindex != 0)
+
+int flowscope_ingress(struct __sk_buff *skb)
+{
+    return handle(skb, 0, 1);
+}
+
+int flowscope_egress(struct __sk_buff *skb)
+{
+    if (FORWARDED(skb))
+        return TC_ACT_UNSPEC;
+    return handle(skb, 1, 1);
+}
+
+int flowscope_ingress_ip(struct __sk_buff *skb)
+{
+    return handle(skb, 0, 0);
+}
+
+int flowscope_egress_ip(struct __sk_buff *skb)
+{
+    if (FORWARDED(skb))
+        return TC_ACT_UNSPEC;
+    return handle(skb, 1, 0);
+}

@@ -1,0 +1,163 @@
+{{/*
+Names, labels and the settings every flowscope container shares.
+*/}}
+
+{{/* Chart name, or nameOverride. */}}
+{{- define "flowscope.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "<release>-<chart>" (or fullnameOverride), at most 63 characters. */}}
+{{- define "flowscope.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "flowscope.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "flowscope.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector labels of one component: call with (dict "root" $ "component" "collector"). */}}
+{{- define "flowscope.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "flowscope.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* The image reference. */}}
+{{- define "flowscope.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/*
+The NATS URL: the bundled NATS chart's client Service (its fullname rule: the release
+name when it already contains "nats", else "<release>-nats"), or nats.externalUrl.
+*/}}
+{{- define "flowscope.natsUrl" -}}
+{{- if .Values.nats.enabled }}
+{{- $svc := ternary .Release.Name (printf "%s-nats" .Release.Name) (contains "nats" .Release.Name) }}
+{{- printf "nats://%s.%s.svc:4222" $svc .Release.Namespace }}
+{{- else }}
+{{- required "nats.externalUrl is required when nats.enabled is false" .Values.nats.externalUrl }}
+{{- end }}
+{{- end }}
+
+{{/*
+FLOWSCOPE_* variables every component gets: NATS (credentials only from Secrets),
+logging, and the HTTP endpoint on the given port. Call with
+(dict "root" $ "port" <metrics port>).
+*/}}
+{{- define "flowscope.commonEnv" -}}
+- name: FLOWSCOPE_NATS_URL
+  value: {{ include "flowscope.natsUrl" .root | quote }}
+- name: FLOWSCOPE_LOG_FORMAT
+  value: {{ .root.Values.log.format | quote }}
+- name: FLOWSCOPE_LOG_LEVEL
+  value: {{ .root.Values.log.level | quote }}
+- name: FLOWSCOPE_HTTP_ADDRESS
+  value: {{ printf "0.0.0.0:%v" .port | quote }}
+{{- if .root.Values.nats.auth.existingSecret }}
+{{- if .root.Values.nats.auth.userKey }}
+- name: FLOWSCOPE_NATS_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.nats.auth.existingSecret }}
+      key: {{ .root.Values.nats.auth.userKey }}
+{{- end }}
+{{- if .root.Values.nats.auth.passwordKey }}
+- name: FLOWSCOPE_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.nats.auth.existingSecret }}
+      key: {{ .root.Values.nats.auth.passwordKey }}
+{{- end }}
+{{- if .root.Values.nats.auth.tokenKey }}
+- name: FLOWSCOPE_NATS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .root.Values.nats.auth.existingSecret }}
+      key: {{ .root.Values.nats.auth.tokenKey }}
+{{- end }}
+{{- if .root.Values.nats.auth.credsKey }}
+- name: FLOWSCOPE_NATS_CREDS_FILE
+  value: /etc/flowscope/nats-auth/{{ .root.Values.nats.auth.credsKey }}
+{{- end }}
+{{- end }}
+{{- if .root.Values.nats.tls.existingSecret }}
+- name: FLOWSCOPE_NATS_TLS_CA
+  value: /etc/flowscope/nats-tls/ca.crt
+{{- if .root.Values.nats.tls.clientCertificate }}
+- name: FLOWSCOPE_NATS_TLS_CERT
+  value: /etc/flowscope/nats-tls/tls.crt
+- name: FLOWSCOPE_NATS_TLS_KEY
+  value: /etc/flowscope/nats-tls/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Volume mounts for NATS credentials and TLS files (pairs with flowscope.natsVolumes). */}}
+{{- define "flowscope.natsVolumeMounts" -}}
+{{- if and .Values.nats.auth.existingSecret .Values.nats.auth.credsKey }}
+- name: nats-auth
+  mountPath: /etc/flowscope/nats-auth
+  readOnly: true
+{{- end }}
+{{- if .Values.nats.tls.existingSecret }}
+- name: nats-tls
+  mountPath: /etc/flowscope/nats-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Volumes for NATS credentials and TLS files. */}}
+{{- define "flowscope.natsVolumes" -}}
+{{- if and .Values.nats.auth.existingSecret .Values.nats.auth.credsKey }}
+- name: nats-auth
+  secret:
+    secretName: {{ .Values.nats.auth.existingSecret }}
+    items:
+      - key: {{ .Values.nats.auth.credsKey }}
+        path: {{ .Values.nats.auth.credsKey }}
+{{- end }}
+{{- if .Values.nats.tls.existingSecret }}
+- name: nats-tls
+  secret:
+    secretName: {{ .Values.nats.tls.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/* Extra FLOWSCOPE_* variables from a component's extraEnv map. */}}
+{{- define "flowscope.extraEnv" -}}
+{{- range $name, $value := . }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Probes on a component's HTTP endpoint. */}}
+{{- define "flowscope.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 10
+  failureThreshold: 6
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: 5
+{{- end }}

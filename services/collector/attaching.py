@@ -1,0 +1,169 @@
+"""Attach the flow program to interfaces through TC clsact, and take it away again.
+
+Every filter flowscope adds is recognisable: kind ``bpf``, priority :data:`FILTER_PRIO`,
+handle :data:`FILTER_HANDLE`, protocol ETH_P_ALL and a name starting with
+:data:`FILTER_NAME_PREFIX`. On SIGTERM the collector removes the filters it added; bcc's
+cleanup does not. After a crash (SIGKILL) the next start finds filters carrying that
+priority/handle or name on every interface and removes them before attaching anew.
+
+The clsact qdisc itself is left in place: it is harmless when empty, and another
+program (a CNI, for example) may have added filters to it meanwhile.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger("flowscope.collector.attaching")
+
+FILTER_PRIO = 0x2F5C  # fixed and unusual, so it neither collides nor hides other filters
+FILTER_HANDLE = 0xF5C0
+FILTER_NAME_PREFIX = "flowscope"
+ETH_P_ALL = 0x0003
+PARENT_INGRESS = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
+PARENT_EGRESS = 0xFFFFFFF3  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)
+HOOKS = (("ingress", PARENT_INGRESS), ("egress", PARENT_EGRESS))
+
+
+class Attaching(Protocol):
+    """What link watching needs from an attacher (a seam for unit tests)."""
+
+    def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool: ...
+
+    def forget(self, ifindex: int) -> None: ...
+
+
+@dataclass(slots=True)
+class Attacher:
+    """Adds and removes flowscope's TC filters in the current network namespace."""
+
+    ingress_fd: int
+    egress_fd: int
+    ipr: Any = field(default_factory=IPRoute)
+    ingress_ip_fd: int = -1  # programs for devices without an Ethernet header
+    egress_ip_fd: int = -1
+    attached: dict[int, str] = field(default_factory=dict)  # ifindex → name
+
+    def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
+        """Add clsact (if missing) and both filters; False if the interface vanished.
+
+        ``ethernet``: the device's frames start with an Ethernet header; otherwise the
+        IP-header programs are used (tun, WireGuard, IP-in-IP).
+        """
+        fds = (
+            {"ingress": self.ingress_fd, "egress": self.egress_fd}
+            if ethernet
+            else {"ingress": self.ingress_ip_fd, "egress": self.egress_ip_fd}
+        )
+        try:
+            self._ensure_clsact(ifindex)
+            for direction, parent in HOOKS:
+                self._add_filter(
+                    ifindex, parent, fds[direction], f"{FILTER_NAME_PREFIX}-{direction}"
+                )
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.EINVAL, errno.ENOENT):
+                log.info("interface gone before attach", extra={"ifname": ifname})
+                return False
+            raise
+        self.attached[ifindex] = ifname
+        log.info("attached", extra={"ifname": ifname, "ifindex": ifindex})
+        return True
+
+    def forget(self, ifindex: int) -> None:
+        """The interface is gone (its filters went with it): stop tracking it."""
+        name = self.attached.pop(ifindex, None)
+        if name is not None:
+            log.info("interface removed", extra={"ifname": name, "ifindex": ifindex})
+
+    def detach_all(self) -> int:
+        """Remove every filter this attacher added; returns how many interfaces."""
+        count = 0
+        for ifindex in list(self.attached):
+            if self._remove_ours(ifindex):
+                count += 1
+            self.attached.pop(ifindex, None)
+        log.info("filters removed", extra={"interfaces": count})
+        return count
+
+    def remove_leftovers(self, ifindexes: Iterable[int]) -> int:
+        """Remove flowscope filters an earlier (crashed) run left; returns how many."""
+        removed = 0
+        for ifindex in ifindexes:
+            for _direction, parent in HOOKS:
+                for prio, handle in self._our_filters(ifindex, parent):
+                    if self._delete_filter(ifindex, parent, prio, handle):
+                        removed += 1
+        return removed
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    # ------------------------------------------------------------ netlink details
+
+    def _ensure_clsact(self, ifindex: int) -> None:
+        try:
+            self.ipr.tc("add", "clsact", ifindex)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+
+    def _add_filter(self, ifindex: int, parent: int, fd: int, name: str) -> None:
+        self.ipr.tc(
+            "add-filter",
+            "bpf",
+            ifindex,
+            FILTER_HANDLE,
+            fd=fd,
+            name=name,
+            parent=parent,
+            prio=FILTER_PRIO,
+            protocol=ETH_P_ALL,
+            classid=1,
+            direct_action=True,
+        )
+
+    def _remove_ours(self, ifindex: int) -> bool:
+        removed = False
+        for _direction, parent in HOOKS:
+            removed |= self._delete_filter(ifindex, parent, FILTER_PRIO, FILTER_HANDLE)
+        return removed
+
+    def _delete_filter(self, ifindex: int, parent: int, prio: int, handle: int) -> bool:
+        try:
+            self.ipr.tc(
+                "del-filter", "bpf", ifindex, handle, parent=parent, prio=prio, protocol=ETH_P_ALL
+            )
+        except NetlinkError as e:
+            if e.code in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                return False  # already gone (interface deleted, filter removed)
+            raise
+        return True
+
+    def _our_filters(self, ifindex: int, parent: int) -> list[tuple[int, int]]:
+        """(prio, handle) of flowscope filters on one hook, recognised by prio+handle or name."""
+        try:
+            msgs = self.ipr.get_filters(index=ifindex, parent=parent)
+        except NetlinkError:
+            return []  # no clsact qdisc on this interface: nothing of ours
+        found = set()
+        for msg in msgs:
+            if msg.get_attr("TCA_KIND") != "bpf":
+                continue
+            handle = msg["handle"]
+            prio = msg["info"] >> 16
+            options = msg.get_attr("TCA_OPTIONS")
+            name = (options.get_attr("TCA_BPF_NAME") or "") if options is not None else ""
+            if handle and (
+                (prio == FILTER_PRIO and handle == FILTER_HANDLE)
+                or name.startswith(FILTER_NAME_PREFIX)
+            ):
+                found.add((prio, handle))
+        return sorted(found)

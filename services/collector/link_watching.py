@@ -1,0 +1,161 @@
+"""Keep the TC programs on the right interfaces as links come and go (netlink link events).
+
+The watcher subscribes to RTNLGRP_LINK *before* listing the existing links, so no
+interface created in between is missed; each RTM_NEWLINK for an interface not yet
+attached and selected by the include/exclude patterns is attached at once (well within
+the 1 s the issue asks), each RTM_DELLINK forgotten (its filters vanish with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flowscope.collector.attaching import Attaching
+from flowscope.collector.metrics import CollectorMetrics
+from flowscope.core.logs import RateLimitedLog
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+log = logging.getLogger("flowscope.collector.link_watching")
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceSelection:
+    """Which interfaces get the programs: include/exclude globs, bridges or not."""
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ("lo",)
+    skip_bridges: bool = True
+
+    def wants(self, name: str, kind: str) -> bool:
+        if self.skip_bridges and kind == "bridge":
+            return False
+        if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
+            return False
+        return any(fnmatch.fnmatchcase(name, p) for p in self.include)
+
+
+# Link-layer types (linux/if_arp.h) by where the IP header starts in a TC program.
+ETHERNET_TYPES = frozenset({1, 772})  # ARPHRD_ETHER, ARPHRD_LOOPBACK
+IP_TYPES = frozenset({65534, 768, 769, 776, 519})  # NONE (tun, wg), TUNNEL, TUNNEL6, SIT, RAWIP
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    """The parts of an RTM_NEWLINK / RTM_DELLINK message that matter here."""
+
+    added: bool
+    index: int
+    name: str
+    kind: str
+    link_type: int = 1  # ARPHRD_*
+
+
+def link_event(msg: Any) -> LinkEvent | None:
+    """The one conversion of a pyroute2 link message; None for other messages."""
+    event = msg.get("event")
+    if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+        return None
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = (info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
+    name = msg.get_attr("IFLA_IFNAME") or ""
+    return LinkEvent(event == "RTM_NEWLINK", msg["index"], name, kind, msg.get("ifi_type", 1))
+
+
+class LinkWatcher:
+    """Applies link events to an attacher; ``run`` is a root task."""
+
+    def __init__(
+        self, attacher: Attaching, selection: InterfaceSelection, metrics: CollectorMetrics
+    ) -> None:
+        self._attacher = attacher
+        self._selection = selection
+        self._metrics = metrics
+        self._attached: set[int] = set()
+        self._events: Any = None
+        self._unsupported = RateLimitedLog(log, interval=3600.0)
+
+    def start(self) -> int:
+        """Subscribe to link events, then attach to the existing links; returns how many."""
+        self._events = IPRoute()
+        self._events.bind(groups=RTMGRP_LINK)
+        # Read with plain non-blocking recv + parse: IPRoute.get() may block for more.
+        self._events.setblocking(False)
+        self.resync()
+        return len(self._attached)
+
+    def resync(self) -> None:
+        """List the links again: attach what is new, forget what vanished unseen."""
+        with IPRoute() as ipr:
+            events = [e for e in (link_event(m) for m in ipr.get_links()) if e is not None]
+        present = {e.index for e in events}
+        for index in sorted(self._attached - present):
+            self.apply(LinkEvent(False, index, "", ""))
+        for event in events:
+            self.apply(event)
+
+    def apply(self, event: LinkEvent | None) -> None:
+        """Attach a new selected interface, forget a removed one."""
+        if event is None:
+            return
+        if not event.added:
+            if event.index in self._attached:
+                self._attached.discard(event.index)
+                self._attacher.forget(event.index)
+        elif event.index not in self._attached and self._selection.wants(event.name, event.kind):
+            if event.link_type not in ETHERNET_TYPES | IP_TYPES:
+                self._unsupported.warning(
+                    f"link-type-{event.link_type}", "link type not supported; not attached",
+                    ifname=event.name, link_type=event.link_type,
+                )  # fmt: skip
+                return
+            try:
+                ethernet = event.link_type in ETHERNET_TYPES
+                if self._attacher.attach(event.index, event.name, ethernet):
+                    self._attached.add(event.index)
+            except NetlinkError as e:
+                self._metrics.attach_errors.inc()
+                log.warning("cannot attach", extra={"ifname": event.name, "error": str(e)})
+        self._metrics.interfaces_attached.set(len(self._attached))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Apply link events as they arrive until ``stopping`` is set."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        fd = self._events.fileno()
+        loop.add_reader(fd, ready.set)
+        try:
+            while not stopping.is_set():
+                waiter = asyncio.ensure_future(ready.wait())
+                stop = asyncio.ensure_future(stopping.wait())
+                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stop.cancel()
+                if ready.is_set():
+                    ready.clear()
+                    for msg in self._pending_messages():
+                        self.apply(link_event(msg))
+        finally:
+            loop.remove_reader(fd)
+
+    def _pending_messages(self) -> list[Any]:
+        msgs: list[Any] = []
+        while True:
+            try:
+                data = self._events.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                return msgs
+            except OSError as e:  # ENOBUFS: events were lost; resynchronise by listing
+                log.warning("link events overflowed; listing links again", extra={"error": str(e)})
+                self.resync()
+                continue
+            msgs.extend(self._events.marshal.parse(data))
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()

@@ -1,0 +1,121 @@
+"""Compile and load bpf/flows.c with bcc; constants travel as -D flags, never as text edits."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from flowscope.collector import abi
+from flowscope.core.errors import StartupError
+
+log = logging.getLogger("flowscope.collector.loading")
+
+INGRESS_FUNC = "flowscope_ingress"
+EGRESS_FUNC = "flowscope_egress"
+# Variants for devices without an Ethernet header (tun, WireGuard, IP-in-IP).
+INGRESS_IP_FUNC = "flowscope_ingress_ip"
+EGRESS_IP_FUNC = "flowscope_egress_ip"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowProgramConfig:
+    """The compile-time constants of the flow program."""
+
+    max_flows: int = 65536
+    dns_port: int = 53
+    dns_capture_len: int = 512
+    dns_ringbuf_pages: int = 64
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-I{bpf_dir()}",
+            f"-DMAX_FLOWS={self.max_flows}",
+            f"-DDNS_PORT={self.dns_port}",
+            f"-DDNS_CAPTURE_LEN={self.dns_capture_len}",
+            f"-DDNS_RINGBUF_PAGES={self.dns_ringbuf_pages}",
+        ]
+
+
+@dataclass(slots=True)
+class FlowProgram:
+    """The loaded flow program: bcc object, the two TC program fds and its tables."""
+
+    bpf: Any
+    ingress_fd: int
+    egress_fd: int
+    config: FlowProgramConfig
+    ingress_ip_fd: int = -1
+    egress_ip_fd: int = -1
+
+    @property
+    def flows(self) -> Any:
+        return self.bpf[b"flows"]
+
+    @property
+    def counters(self) -> Any:
+        return self.bpf[b"counters"]
+
+    @property
+    def dns_events(self) -> Any:
+        return self.bpf[b"dns_events"]
+
+    def close(self) -> None:
+        """Close the program and map fds (filters must be removed first: attaching.py)."""
+        self.bpf.cleanup()
+
+
+def bpf_dir() -> Path:
+    """Directory of the shipped C sources (package ``flowscope.bpf``)."""
+    return Path(str(resources.files("flowscope.bpf")))
+
+
+def load_flow_program(config: FlowProgramConfig) -> FlowProgram:
+    """Compile bpf/flows.c, load both TC programs and check the ABI; StartupError on failure."""
+    try:
+        from bcc import BPF
+    except ImportError as e:
+        raise StartupError("bcc", "python3-bpfcc is not importable") from e
+    src = bpf_dir() / "flows.c"
+    try:
+        bpf = BPF(src_file=str(src).encode(), cflags=config.cflags())
+        fds = [bpf.load_func(f.encode(), BPF.SCHED_CLS).fd for f in (
+            INGRESS_FUNC, EGRESS_FUNC, INGRESS_IP_FUNC, EGRESS_IP_FUNC)]  # fmt: skip
+    except Exception as e:  # bcc raises bare Exception for compile and verifier errors
+        raise StartupError("bpf", f"cannot compile or load {src.name}: {e}") from e
+    program = FlowProgram(bpf, fds[0], fds[1], config, fds[2], fds[3])
+    try:
+        check_abi(program)
+    except StartupError:
+        program.close()
+        raise
+    log.info("flow program loaded", extra={"max_flows": config.max_flows})
+    return program
+
+
+def release_compiler_memory() -> None:
+    """Give the heap LLVM used while compiling back to the OS (glibc ``malloc_trim``).
+
+    bcc compiles in-process; the freed compiler memory otherwise stays in the process's
+    heap for good (about 45 MB after the flow and socket programs). No-op without glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def check_abi(program: FlowProgram) -> None:
+    """Compare every kernel-boundary struct of the compiled program with abi.py."""
+    abi.check_layout("struct flow_key", abi.FlowKey, program.flows.Key)
+    abi.check_layout("struct flow_value", abi.FlowValue, program.flows.Leaf)
+    abi.check_layout(
+        "struct collector_counters", abi.CollectorCounters, program.counters.Leaf._type_
+    )
+    abi.check_layout(
+        "struct dns_event",
+        abi.dns_event_type(program.config.dns_capture_len),
+        program.bpf[b"dns_event_layout"].Leaf,
+    )

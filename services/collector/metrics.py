@@ -1,0 +1,93 @@
+"""The collector's one catalogue of metrics, and the kernel counters they come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flowscope.collector import abi
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+KINDS = ("flows", "sockets", "dns")
+
+
+@dataclass(frozen=True, slots=True)
+class KernelCounters:
+    """Sum over CPUs of ``struct collector_counters``."""
+
+    map_full_packets: int = 0
+    map_full_bytes: int = 0
+    dns_ringbuf_full: int = 0
+    dns_captured: int = 0
+
+
+def read_counters(table: Any) -> KernelCounters:
+    """Sum the per-CPU ``counters`` array (entry 0) of the flow program."""
+    per_cpu = table[table.Key(0)]
+    sums = {field[0]: 0 for field in abi.CollectorCounters._fields_}
+    for cpu in per_cpu:
+        for name in sums:
+            sums[name] += getattr(cpu, name)
+    return KernelCounters(**sums)
+
+
+@dataclass(slots=True)
+class CollectorMetrics:
+    """Every metric the collector exports (names: flowscope_collector_*)."""
+
+    flows_drained: Counter
+    drains: Counter
+    map_entries: Gauge
+    map_capacity: Gauge
+    map_full_packets: Counter
+    map_full_bytes: Counter
+    dns_ringbuf_full: Counter
+    dns_captured: Counter
+    dns_parse_errors: Counter
+    dns_events: Counter
+    publish_batches: Counter
+    publish_bytes: Counter
+    publish_records: Counter
+    publish_errors: Counter
+    publish_dropped: Counter
+    publish_buffered_bytes: Gauge
+    interfaces_attached: Gauge
+    attach_errors: Counter
+    leftover_filters_removed: Counter
+    _last: KernelCounters
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> CollectorMetrics:
+        p = "flowscope_collector_"
+        kind = ["kind"]
+        return cls(
+            Counter(p + "flows_drained", "flow records drained from the kernel map", registry=registry),
+            Counter(p + "drains", "drains of the kernel flow map", registry=registry),
+            Gauge(p + "map_entries", "flow map entries at the last drain (occupancy)", registry=registry),
+            Gauge(p + "map_capacity", "flow map size (flows.max_entries)", registry=registry),
+            Counter(p + "map_full_packets", "packets not aggregated because the flow map was full", registry=registry),
+            Counter(p + "map_full_bytes", "IP bytes not aggregated because the flow map was full", registry=registry),
+            Counter(p + "dns_ringbuf_full", "DNS packets not captured: ring buffer full", registry=registry),
+            Counter(p + "dns_captured", "DNS packets copied to the ring buffer", registry=registry),
+            Counter(p + "dns_parse_errors", "captured DNS packets that did not parse", registry=registry),
+            Counter(p + "dns_events", "DNS exchanges produced", registry=registry),
+            Counter(p + "publish_batches", "messages published", kind, registry=registry),
+            Counter(p + "publish_bytes", "message body bytes published", kind, registry=registry),
+            Counter(p + "publish_records", "records published", kind, registry=registry),
+            Counter(p + "publish_errors", "failed publish attempts (retried)", kind, registry=registry),
+            Counter(p + "publish_dropped_records", "records dropped before publishing", ["kind", "reason"], registry=registry),
+            Gauge(p + "publish_buffered_bytes", "encoded bytes waiting for NATS", kind, registry=registry),
+            Gauge(p + "interfaces_attached", "interfaces with the TC programs attached", registry=registry),
+            Counter(p + "attach_errors", "interfaces the TC programs could not be attached to", registry=registry),
+            Counter(p + "leftover_filters_removed", "TC filters of an earlier run removed at start", registry=registry),
+            KernelCounters(),
+        )  # fmt: skip
+
+    def observe_kernel(self, now: KernelCounters) -> None:
+        """Advance the kernel-loss counters by what changed since the last reading."""
+        last = self._last
+        self.map_full_packets.inc(max(0, now.map_full_packets - last.map_full_packets))
+        self.map_full_bytes.inc(max(0, now.map_full_bytes - last.map_full_bytes))
+        self.dns_ringbuf_full.inc(max(0, now.dns_ringbuf_full - last.dns_ringbuf_full))
+        self.dns_captured.inc(max(0, now.dns_captured - last.dns_captured))
+        self._last = now

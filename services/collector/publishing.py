@@ -1,0 +1,225 @@
+"""Batch raw records and publish them to ``flowscope.raw.<kind>.<node>`` on JetStream.
+
+Per kind (flows, sockets, dns) records wait in a short *pending* list until the batch
+holds ``batch_max_records`` or its oldest record is ``batch_max_delay`` old; then they are
+encoded (``codec.encode_chunks``, each message under the server's max payload) into an
+*outbox* of ready messages. A sender task publishes the outbox in order and waits for
+JetStream's ack. While NATS is down or slow the outbox grows up to ``buffer_bytes``; past
+that the oldest messages are dropped and their records counted — the service never
+blocks the kernel drain and never crashes on a publish error, and sending resumes by
+itself when NATS answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flowscope.collector.metrics import CollectorMetrics
+from flowscope.core import codec, subjects
+from flowscope.core.errors import CodecError
+from flowscope.core.logs import RateLimitedLog
+
+log = logging.getLogger("flowscope.collector.publishing")
+
+SCHEMAS = {"flows": codec.RAW_FLOW, "sockets": codec.RAW_SOCKET, "dns": codec.RAW_DNS}
+SUBJECTS = {"flows": subjects.raw_flows, "sockets": subjects.raw_sockets, "dns": subjects.raw_dns}
+HEADER_ROOM = 512  # bytes kept free under max_payload for the headers
+PUBLISH_TIMEOUT = 5.0
+RETRY_MAX = 2.0
+MAX_IN_FLIGHT = 4  # messages per kind awaiting their JetStream ack at once
+
+
+class JetStreamPublisher(Protocol):
+    """The one call publishing needs (nats-py's JetStreamContext has it)."""
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout: float | None = ...,  # noqa: ASYNC109 - nats-py's signature
+        stream: str | None = ...,
+        headers: dict[str, str] | None = ...,
+    ) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PublishLimits:
+    batch_max_records: int = 1000
+    batch_max_delay: float = 1.0
+    buffer_bytes: int = 32 * 1024 * 1024
+    max_payload: int = 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Lane:
+    """Pending records and ready messages of one kind."""
+
+    kind: str
+    subject: str
+    pending: list[Mapping[str, Any]] = field(default_factory=list)
+    oldest: float = 0.0
+    outbox: deque[codec.Batch] = field(default_factory=deque)
+    outbox_bytes: int = 0
+    failures: int = 0  # consecutive publish failures: the retry backoff grows with it
+    in_flight: set[int] = field(default_factory=set)  # ids of messages being published
+
+
+class Publisher:
+    """Bounded, batching, never-crashing publisher of raw records."""
+
+    def __init__(
+        self, js: JetStreamPublisher, node: str, limits: PublishLimits, metrics: CollectorMetrics
+    ) -> None:
+        self._js = js
+        self._limits = limits
+        self._metrics = metrics
+        self._lanes = {kind: _Lane(kind, SUBJECTS[kind](node)) for kind in SCHEMAS}
+        self._wake = asyncio.Event()
+        self._failed_log = RateLimitedLog(log)
+
+    def submit(self, kind: str, records: Sequence[Mapping[str, Any]]) -> None:
+        """Queue wire dicts of one kind; never blocks."""
+        if not records:
+            return
+        lane = self._lanes[kind]
+        if not lane.pending:
+            lane.oldest = time.monotonic()
+        lane.pending.extend(records)
+        if len(lane.pending) >= self._limits.batch_max_records:
+            self._seal(lane)
+
+    def buffered_records(self) -> int:
+        return sum(len(x.pending) + sum(b.count for b in x.outbox) for x in self._lanes.values())
+
+    async def run(self, stopping: asyncio.Event, drain_deadline: float = 5.0) -> None:
+        """Send until ``stopping``; then flush what is left, for at most ``drain_deadline``."""
+        while not stopping.is_set():
+            self._seal_due()
+            sent = await self._send_ready()
+            if not sent:
+                await self._sleep(stopping, 0.05)
+        await self.flush(drain_deadline)
+
+    async def flush(self, deadline: float) -> None:
+        """Seal everything pending and publish the outbox, giving up after ``deadline`` s."""
+        for lane in self._lanes.values():
+            self._seal(lane)
+        end = time.monotonic() + deadline
+        while any(lane.outbox for lane in self._lanes.values()) and time.monotonic() < end:
+            await self._send_ready()
+        for lane in self._lanes.values():
+            lost = sum(b.count for b in lane.outbox)
+            if lost:
+                self._metrics.publish_dropped.labels(lane.kind, "shutdown").inc(lost)
+                log.warning(
+                    "records not published at shutdown", extra={"kind": lane.kind, "records": lost}
+                )
+
+    # ------------------------------------------------------------ batching
+
+    def _seal_due(self) -> None:
+        now = time.monotonic()
+        for lane in self._lanes.values():
+            if lane.pending and now - lane.oldest >= self._limits.batch_max_delay:
+                self._seal(lane)
+
+    def _seal(self, lane: _Lane) -> None:
+        """Encode the pending records into messages under max payload, into the outbox."""
+        records, lane.pending = lane.pending, []
+        limit = self._limits.max_payload - HEADER_ROOM
+        for start in range(0, len(records), self._limits.batch_max_records):
+            for batch in self._encode(
+                lane.kind, records[start : start + self._limits.batch_max_records], limit
+            ):
+                lane.outbox.append(batch)
+                lane.outbox_bytes += len(batch.body)
+        self._bound(lane)
+        self._wake.set()
+
+    def _encode(
+        self, kind: str, records: Sequence[Mapping[str, Any]], limit: int
+    ) -> list[codec.Batch]:
+        schema = SCHEMAS[kind]
+        try:
+            return list(codec.encode_chunks(schema, records, limit))
+        except CodecError:
+            # One record exceeds a whole message: publish the others, count that one.
+            batches: list[codec.Batch] = []
+            for record in records:
+                try:
+                    batches.extend(codec.encode_chunks(schema, [record], limit))
+                except CodecError:
+                    self._metrics.publish_dropped.labels(kind, "too_large").inc()
+            return batches
+
+    def _bound(self, lane: _Lane) -> None:
+        """Drop the oldest messages not being sent while the outbox exceeds its budget."""
+        while lane.outbox_bytes > self._limits.buffer_bytes:
+            index = next(
+                (i for i, b in enumerate(lane.outbox) if id(b) not in lane.in_flight), None
+            )
+            if index is None:
+                break
+            victim = lane.outbox[index]
+            del lane.outbox[index]
+            lane.outbox_bytes -= len(victim.body)
+            self._metrics.publish_dropped.labels(lane.kind, "buffer_full").inc(victim.count)
+        self._metrics.publish_buffered_bytes.labels(lane.kind).set(lane.outbox_bytes)
+
+    # ------------------------------------------------------------ sending
+
+    async def _send_ready(self) -> bool:
+        """Publish the oldest messages of every lane; False when nothing was sent."""
+        results = await asyncio.gather(*(self._send_lane(lane) for lane in self._lanes.values()))
+        return any(results)
+
+    async def _send_lane(self, lane: _Lane) -> bool:
+        """Up to MAX_IN_FLIGHT messages at once: JetStream acks pipeline, one RTT each."""
+        batches = list(itertools.islice(lane.outbox, MAX_IN_FLIGHT))
+        if not batches:
+            return False
+        lane.in_flight = {id(b) for b in batches}
+        try:
+            results = await asyncio.gather(*(self._publish(lane, b) for b in batches))
+        finally:
+            lane.in_flight = set()
+        done = {id(b) for b, ok in zip(batches, results, strict=True) if ok}
+        if done:
+            kept = deque(b for b in lane.outbox if id(b) not in done)
+            lane.outbox_bytes = sum(len(b.body) for b in kept)
+            lane.outbox = kept
+            self._metrics.publish_buffered_bytes.labels(lane.kind).set(lane.outbox_bytes)
+        return bool(done)
+
+    async def _publish(self, lane: _Lane, batch: codec.Batch) -> bool:
+        try:
+            await self._js.publish(
+                lane.subject, batch.body, timeout=PUBLISH_TIMEOUT, headers=batch.headers
+            )
+        except Exception as e:  # nats-py: timeouts, no responders, disconnected, ...
+            self._metrics.publish_errors.labels(lane.kind).inc()
+            self._failed_log.warning(
+                f"publish-failed-{lane.kind}", "publish failed; will retry", error=repr(e)
+            )
+            lane.failures += 1
+            await asyncio.sleep(min(RETRY_MAX, 0.05 * 2**lane.failures))
+            return False
+        lane.failures = 0
+        self._metrics.publish_batches.labels(lane.kind).inc()
+        self._metrics.publish_bytes.labels(lane.kind).inc(len(batch.body))
+        self._metrics.publish_records.labels(lane.kind).inc(batch.count)
+        return True
+
+    async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
+        self._wake.clear()
+        waits = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())}
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()

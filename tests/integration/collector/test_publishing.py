@@ -1,0 +1,116 @@
+"""Publishing raw records to a real nats-server: batching, max payload, outage and resume."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from flowscope.collector.metrics import CollectorMetrics
+from flowscope.collector.publishing import Publisher, PublishLimits
+from flowscope.core import codec, subjects
+from flowscope.core.messaging import NatsSettings, ensure_streams
+from prometheus_client import CollectorRegistry
+
+from tests.support import nats_server
+
+
+def flow(i: int) -> dict[str, Any]:
+    return {
+        "observer": "n1", "start_ns": i, "end_ns": i + 1, "end_reason": "active_timeout",
+        "proto": 6, "src": "10.0.0.1", "dst": "10.0.0.2", "sport": i % 65536, "dport": 80,
+        "bytes": 100, "packets": 1, "rbytes": 0, "rpackets": 0,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def small_server(tmp_path: Path) -> Iterator[nats_server.NatsServer]:
+    conf = tmp_path / "small.conf"
+    conf.write_text("max_payload: 4096\n")
+    server = nats_server.start(extra=["-c", str(conf)])
+    yield server
+    server.close()
+
+
+class Received:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.sizes: list[int] = []
+
+    async def handler(self, msg: Any) -> None:
+        self.sizes.append(len(msg.data))
+        self.records.extend(codec.decode(codec.RAW_FLOW, msg.headers, msg.data))
+
+
+@contextlib.asynccontextmanager
+async def running(publisher: Publisher) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(publisher.run(stop, drain_deadline=5))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await task
+
+
+async def wait_until(predicate: Any, within: float = 10) -> None:
+    for _ in range(int(within / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_batches_stay_under_max_payload_and_all_arrive(
+    small_server: nats_server.NatsServer,
+) -> None:
+    nc = await nats.connect(small_server.url)
+    await ensure_streams(nc.jetstream(), NatsSettings())
+    got = Received()
+    await nc.subscribe(subjects.raw_flows("n1"), cb=got.handler)
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    limits = PublishLimits(batch_max_records=50, batch_max_delay=0.1, max_payload=nc.max_payload)
+    publisher = Publisher(nc.jetstream(), "n1", limits, metrics)
+    async with running(publisher):
+        publisher.submit("flows", [flow(i) for i in range(500)])
+        await wait_until(lambda: len(got.records) == 500)
+    assert [r["start_ns"] for r in got.records] == list(range(500))  # in order, none twice
+    assert max(got.sizes) <= 4096 and len(got.sizes) >= 500 // 50
+    assert metrics.publish_records.labels("flows")._value.get() == 500
+    await nc.close()
+
+
+async def test_outage_buffers_bounded_counts_drops_and_resumes(tmp_path: Path) -> None:
+    (tmp_path / "js").mkdir()
+    server = nats_server.start(store_dir=str(tmp_path / "js"))
+    port = server.port
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    await ensure_streams(nc.jetstream(), NatsSettings())
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    limits = PublishLimits(batch_max_records=10, batch_max_delay=0.05, buffer_bytes=20_000)
+    publisher = Publisher(nc.jetstream(), "n1", limits, metrics)
+    try:
+        async with running(publisher):
+            server.stop()
+            for i in range(0, 1000, 10):  # ~200 B per record: far more than 20 kB
+                publisher.submit("flows", [flow(j) for j in range(i, i + 10)])
+                await asyncio.sleep(0.005)
+            await wait_until(
+                lambda: metrics.publish_dropped.labels("flows", "buffer_full")._value.get() > 0
+            )
+            dropped = metrics.publish_dropped.labels("flows", "buffer_full")._value.get()
+            assert metrics.publish_buffered_bytes.labels("flows")._value.get() <= 20_000
+            server = nats_server.start(port=port, store_dir=str(tmp_path / "js"))
+            await wait_until(lambda: publisher.buffered_records() == 0, within=20)
+        published = metrics.publish_records.labels("flows")._value.get()
+        assert published + dropped == 1000  # everything either delivered or counted
+        js = nc.jetstream()
+        info = await js.stream_info("FLOWSCOPE_RAW")
+        assert info.state.messages >= 1
+    finally:
+        await nc.close()
+        server.close()

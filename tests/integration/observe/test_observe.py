@@ -1,0 +1,299 @@
+"""`flowscope observe` as a user runs it: a subprocess against a real nats-server.
+
+The test publishes enriched flow records (built with the contract's value types and the
+real codec) on the subjects the enricher uses and reads what observe prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pty
+import select
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from flowscope.core import codec, messaging, subjects
+
+from tests.support import flows
+from tests.support.flows import external, flow, pod
+from tests.support.nats_server import NatsServer
+
+FLOWSCOPE = str(Path(sys.executable).parent / "flowscope")
+TIMEOUT = 30.0  # generous: the machine is shared with other test runs
+
+CART = pod("shop", "cart-1", "10.0.0.5", 41234, process_executable_name="curl", process_pid=4321)
+PG = pod("db", "postgres-0", "10.0.1.9", 5432)
+INVENTORY = pod("shop", "inventory-2", "10.0.0.7", 8080)
+FRONT = pod("web", "front-1", "10.0.2.3", 51000)
+API = pod("web", "api-1", "10.0.2.4", 8443)
+PAY = pod("payments", "pay-0", "10.0.3.1", 52000)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The test's environment without FLOWSCOPE_* or NO_COLOR leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWSCOPE_")}
+    env.pop("NO_COLOR", None)
+    return {**env, **extra}
+
+
+@dataclass
+class Observer:
+    """A running `flowscope observe` with its stdout lines and stderr collected."""
+
+    proc: asyncio.subprocess.Process
+    stderr: list[str] = field(default_factory=list)
+    _stderr_task: asyncio.Task[None] | None = None
+
+    async def ready(self) -> None:
+        """Wait for the one-line banner observe prints once subscribed."""
+        assert self.proc.stderr is not None
+        while True:
+            line = await asyncio.wait_for(self.proc.stderr.readline(), TIMEOUT)
+            assert line, f"observe exited early: {''.join(self.stderr)}"
+            self.stderr.append(line.decode())
+            if line.startswith(b"observing "):
+                break
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr.append(line.decode())
+
+    async def lines(self, count: int) -> list[str]:
+        assert self.proc.stdout is not None
+        out = []
+        for _ in range(count):
+            line = await asyncio.wait_for(self.proc.stdout.readline(), TIMEOUT)
+            assert line, f"observe exited: {''.join(self.stderr)}"
+            out.append(line.decode().rstrip("\n"))
+        return out
+
+    async def until(self, marker: str) -> list[str]:
+        """Lines up to and including the first one containing ``marker``."""
+        out: list[str] = []
+        while not out or marker not in out[-1]:
+            out += await self.lines(1)
+        return out
+
+    async def interrupt(self) -> int:
+        """Ctrl-C: observe must stop cleanly with status 0."""
+        self.proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(self.proc.wait(), TIMEOUT)
+        if self._stderr_task is not None:
+            await asyncio.wait_for(self._stderr_task, TIMEOUT)
+        return code
+
+
+@contextlib.asynccontextmanager
+async def observe(server: NatsServer, *args: str) -> AsyncIterator[Observer]:
+    proc = await asyncio.create_subprocess_exec(
+        FLOWSCOPE, "observe", "--nats-url", server.url, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    observer = Observer(proc)
+    try:
+        await observer.ready()
+        yield observer
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def publish(nc: Any, *records: dict[str, Any]) -> None:
+    """Each record in its own message, on the subject the enricher would use."""
+    for record in records:
+        b = flows.batch(record)
+        await nc.publish(flows.subject_of(record), b.body, headers=b.headers)
+    await nc.flush()
+
+
+def after_time(line: str) -> str:
+    """A text line without its local-time prefix (``Nov 14 22:13:20.000``)."""
+    return line.split("  ", 1)[1]
+
+
+async def test_namespace_filter_prints_readable_lines_once(nats_srv: NatsServer, nc: Any) -> None:
+    async with observe(nats_srv, "--namespace", "shop") as obs:
+        await publish(
+            nc,
+            flow(CART, PG),  # shop → db: on flowscope.flows.shop.db
+            flow(FRONT, API),  # web → web: not even delivered
+            flow(CART, INVENTORY, flags=["SYN", "ACK", "FIN"]),  # shop.shop: both subscriptions
+            flow(PAY, INVENTORY, transport="udp"),  # payments → shop
+            flow(CART, external("93.184.216.34", 443, "example.com")),  # shop → _external
+        )
+        # One sentinel per subscription: each subscription is FIFO, so once both show,
+        # everything published before them has been shown (or filtered).
+        await publish(nc, flow(CART, pod("shop", "sentinel-a", "10.0.0.99", 1)))
+        await publish(nc, flow(pod("zz", "sentinel-b", "10.9.9.9", 2), INVENTORY))
+        lines = await obs.until("sentinel")
+        lines += await obs.until("sentinel")
+        assert await obs.interrupt() == 0
+
+    shown = sorted(after_time(line) for line in lines if "sentinel" not in line)
+    assert shown == sorted([
+        "shop/cart-1:41234 [curl pid 4321] → db/postgres-0:5432  tcp  1.2 KiB → 3.3 KiB back"
+        "  SYN,ACK  on node-a",
+        "shop/cart-1:41234 [curl pid 4321] → shop/inventory-2:8080  tcp  1.2 KiB → 3.3 KiB back"
+        "  SYN,ACK,FIN  on node-a",
+        "payments/pay-0:52000 → shop/inventory-2:8080  udp  1.2 KiB → 3.3 KiB back  on node-a",
+        "shop/cart-1:41234 [curl pid 4321] → 93.184.216.34:443 (example.com)  tcp"
+        "  1.2 KiB → 3.3 KiB back  SYN,ACK  on node-a",
+    ])  # fmt: skip
+    assert not any("\x1b" in line for line in lines), "colour on a pipe"
+
+
+FILTER_CASES = {
+    "pod with namespace and wildcard": (["--pod", "db/postgres-*"], [0]),
+    "port and protocol": (["--port", "53", "--protocol", "UDP"], [2]),
+    "domain wildcard": (["--domain", "*.example.com"], [3]),
+    "observing node, comma list": (["--node", "node-b,node-c"], [1, 4]),
+    "workload name": (["--workload", "web/api"], [4]),
+}
+
+
+@pytest.mark.parametrize("case", FILTER_CASES)
+async def test_filters_select_the_right_records_as_json(
+    nats_srv: NatsServer, nc: Any, case: str
+) -> None:
+    args, expected = FILTER_CASES[case]
+    dns_server = pod("kube-system", "coredns-1", "10.0.9.2", 53)
+    api = pod("web", "api-1", "10.0.2.4", 8443, k8s_workload_name="api")
+    published = [
+        flow(CART, PG),
+        flow(FRONT, API, node="node-b"),
+        flow(CART, dns_server, transport="udp"),
+        flow(CART, external("203.0.113.7", 443, "api.example.com.")),
+        flow(FRONT, api, node="node-c"),
+    ]
+    async with observe(nats_srv, "-o", "json", *args) as obs:
+        await publish(nc, *published)
+        # A single subscription is FIFO: reading exactly as many lines as expected and
+        # finding exactly the expected records proves nothing else was let through
+        # before the last expected one.
+        got = [orjson.loads(line) for line in await obs.lines(len(expected))]
+        assert await obs.interrupt() == 0
+    assert got == [published[i] for i in expected]
+
+
+async def _fresh_flows_stream(nc: Any) -> Any:
+    js = nc.jetstream()
+    with contextlib.suppress(Exception):
+        await js.delete_stream(subjects.STREAM_FLOWS)
+    await messaging.ensure_streams(js, messaging.NatsSettings())
+    return js
+
+
+async def test_last_replays_newest_matching_records_then_follows_live(
+    nats_srv: NatsServer, nc: Any
+) -> None:
+    js = await _fresh_flows_stream(nc)
+    shop = [flow(CART, PG, sent=i) for i in range(1, 6)]
+    # Matching records in multi-record batches, then enough other traffic that the
+    # backwards replay needs more than its first window of stream sequences.
+    for chunk in (shop[:2], [flow(FRONT, API), shop[2]], shop[3:]):
+        b = flows.batch(*chunk)
+        await js.publish(subjects.flows("shop", "db"), b.body, headers=b.headers)
+    # One more matching record lands in the newest window, so the replay spans two.
+    middle = flow(PAY, INVENTORY, sent=77)
+    for i in range(150):
+        record = middle if i == 100 else flow(FRONT, API, sent=i)
+        b = flows.batch(record)
+        await js.publish(flows.subject_of(record), b.body, headers=b.headers)
+
+    async with observe(nats_srv, "--last", "3", "--namespace", "shop", "-o", "json") as obs:
+        replayed = [orjson.loads(line) for line in await obs.lines(3)]
+        live = flow(CART, INVENTORY, sent=99)
+        b = flows.batch(live)
+        await js.publish(subjects.flows("shop", "shop"), b.body, headers=b.headers)
+        followed = [orjson.loads(line) for line in await obs.lines(1)]
+        assert await obs.interrupt() == 0
+    assert replayed == [*shop[3:], middle]
+    assert followed == [live]
+
+
+async def test_last_larger_than_the_stream_replays_everything(
+    nats_srv: NatsServer, nc: Any
+) -> None:
+    js = await _fresh_flows_stream(nc)
+    records = [flow(CART, PG, sent=1), flow(PAY, INVENTORY, sent=2)]
+    for record in records:
+        b = flows.batch(record)
+        await js.publish(flows.subject_of(record), b.body, headers=b.headers)
+    async with observe(nats_srv, "--last", "50", "-o", "json") as obs:
+        got = [orjson.loads(line) for line in await obs.lines(2)]
+        assert await obs.interrupt() == 0
+    assert got == records
+
+
+async def test_bad_messages_are_skipped_with_one_warning(nats_srv: NatsServer, nc: Any) -> None:
+    subject = subjects.flows("shop", "db")
+    good = flow(CART, PG)
+    missing_key = {k: v for k, v in good.items() if k != "source.port"}
+    async with observe(nats_srv, "-o", "json") as obs:
+        for _ in range(20):
+            await nc.publish(subject, b"{not json\n", headers={codec.SCHEMA_HEADER: "flow/1"})
+        await nc.publish(subject, b"", headers={codec.SCHEMA_HEADER: "flow/99"})
+        bad = codec.encode(codec.FLOW, [missing_key, good])
+        await nc.publish(subject, bad.body, headers=bad.headers)
+        got = [orjson.loads(line) for line in await obs.lines(1)]
+        assert obs.proc.returncode is None
+        assert await obs.interrupt() == 0
+    assert got == [good]
+    stderr = "".join(obs.stderr)
+    assert stderr.count("skipped a message") == 1, stderr  # rate-limited, not 21 lines
+    assert "malformed" in stderr
+    assert "skipped a record" in stderr and "source.port" in stderr
+
+
+def _read_pty(fd: int, marker: bytes) -> bytes:
+    """Read a pseudo-terminal until ``marker`` arrives (or the timeout passes)."""
+    data = b""
+    while marker not in data:
+        ready, _, _ = select.select([fd], [], [], TIMEOUT)
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(("no_color", "coloured"), [(None, True), ("1", False)])
+async def test_colour_only_on_a_terminal_without_no_color(
+    nats_srv: NatsServer, nc: Any, no_color: str | None, coloured: bool
+) -> None:
+    master, slave = pty.openpty()
+    env = _env() if no_color is None else _env(NO_COLOR=no_color)
+    proc = await asyncio.create_subprocess_exec(
+        FLOWSCOPE, "observe", "--nats-url", nats_srv.url, "--pod", "tty-*",
+        stdout=slave, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    os.close(slave)
+    observer = Observer(proc)
+    try:
+        await observer.ready()
+        await publish(nc, flow(pod("shop", "tty-1", "10.0.0.1", 1000), PG))
+        out = await asyncio.to_thread(_read_pty, master, b"node-a")
+        assert await observer.interrupt() == 0
+    finally:
+        os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"shop/tty-1:1000" in out
+    assert (b"\x1b[" in out) is coloured

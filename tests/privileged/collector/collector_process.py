@@ -1,0 +1,108 @@
+"""The collector as a real process inside a test node (started from inside its netns)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.privileged.collector.node import netns
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class CollectorProcess:
+    """``flowscope collector`` started in the calling thread's network namespace."""
+
+    nats_url: str
+    netns: str  # the namespace it runs in (metrics are fetched from there)
+    node: str = "testnode"
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: str = ""
+    http_port: int = 0
+
+    def start(self) -> CollectorProcess:
+        self.http_port = free_port()
+        fd, self.log_path = tempfile.mkstemp(prefix="flowscope-collector-", suffix=".log")
+        args = [
+            sys.executable, "-m", "flowscope.cli", "collector",
+            "--nats-url", self.nats_url, "--node-name", self.node,
+            "--http-address", f"127.0.0.1:{self.http_port}",
+            "--flows-active-timeout", "1", "--flows-idle-timeout", "0.5",
+            "--publish-batch-max-delay", "0.2", "--drain-timeout", "5",
+            *self.extra,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=fd, stderr=fd)
+        os.close(fd)
+        self.wait_log("collector started")
+        return self
+
+    def logs(self) -> list[dict[str, object]]:
+        out = []
+        for line in Path(self.log_path).read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"msg": line})
+        return out
+
+    def wait_log(self, text: str, timeout: float = 30) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in self.logs():
+                if text in str(entry.get("msg", "")):
+                    return entry
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"collector exited {self.proc.returncode}: {self.logs()[-10:]}"
+                )
+            time.sleep(0.05)
+        raise AssertionError(f"no log line {text!r}: {self.logs()[-10:]}")
+
+    def metric(self, name: str) -> float:
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with netns(self.netns), urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.log_path:
+            Path(self.log_path).unlink(missing_ok=True)

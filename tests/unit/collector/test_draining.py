@@ -1,0 +1,106 @@
+"""Kernel flow entries → RawFlow: orientation, ICMP ports, end reasons, direction memory."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from flowscope.collector import abi
+from flowscope.collector.draining import (
+    DirectionMemory,
+    DrainContext,
+    monotonic_to_realtime_offset,
+    raw_flow,
+)
+from flowscope.core.community_id import community_id
+
+CTX = DrainContext("node-a", now_mono_ns=10_000_000_000, offset_ns=1_000, idle_ns=3_000_000_000, forced=False)  # fmt: skip
+
+
+def key(lo: str, hi: str, port_lo: int, port_hi: int, proto: int) -> tuple[Any, ...]:
+    k = abi.FlowKey(port_lo=port_lo, port_hi=port_hi, proto=proto)
+    a, b = ipaddress.ip_address(lo), ipaddress.ip_address(hi)
+    k.family = abi.AF_INET if a.version == 4 else abi.AF_INET6
+    k.addr_lo[: len(a.packed)] = list(a.packed)
+    k.addr_hi[: len(b.packed)] = list(b.packed)
+    return abi.FLOW_KEY.unpack(bytes(k))
+
+
+def value(
+    fwd: int = 0, flags: int = 0, last: int = 9_000_000_000, initiator: int = 0
+) -> abi.FlowValue:
+    v = abi.FlowValue(first_ns=8_000_000_000, last_ns=last, tcp_flags=flags, ifindex=3, fwd=fwd, initiator=initiator)  # fmt: skip
+    v.packets[:] = [10, 20]
+    v.bytes[:] = [1000, 2000]
+    return abi.FLOW_VALUE.unpack(bytes(v))
+
+
+def test_forward_lo_to_hi() -> None:
+    f = raw_flow(key("10.0.0.1", "10.0.0.2", 40000, 80, 6), value(0, 0x12), 0, True, CTX)
+    assert (f.src, f.sport, f.dst, f.dport) == ("10.0.0.1", 40000, "10.0.0.2", 80)
+    assert (f.packets, f.bytes, f.rpackets, f.rbytes) == (10, 1000, 20, 2000)
+    assert (f.start_ns, f.end_ns) == (8_000_001_000, 9_000_001_000)
+    assert f.initiator and f.ifindex == 3 and f.observer == "node-a"
+
+
+def test_forward_hi_to_lo_swaps_endpoints_and_counters() -> None:
+    f = raw_flow(key("fd00::1", "fd00::2", 53, 40000, 17), value(1), 1, False, CTX)
+    assert (f.src, f.sport, f.dst, f.dport) == ("fd00::2", 40000, "fd00::1", 53)
+    assert (f.packets, f.bytes, f.rpackets, f.rbytes) == (20, 2000, 10, 1000)
+
+
+def test_icmp_echo_ports_are_type_and_code_for_community_id() -> None:
+    # The kernel keyed an echo request (type 8) with its counterpart (0) as "port".
+    f = raw_flow(key("10.0.0.1", "10.0.0.2", 8, 0, 1), value(0), 0, False, CTX)
+    assert (f.sport, f.dport) == (8, 0)
+    reply = raw_flow(key("10.0.0.1", "10.0.0.2", 8, 0, 1), value(1), 1, False, CTX)
+    assert (reply.src, reply.sport, reply.dport) == ("10.0.0.2", 0, 0)
+    assert community_id(1, f.src, f.dst, f.sport, f.dport) == community_id(
+        1, reply.src, reply.dst, reply.sport, reply.dport
+    )
+    unreachable = raw_flow(key("10.0.0.1", "10.0.0.2", 3, 1, 1), value(0), 0, False, CTX)
+    assert (unreachable.sport, unreachable.dport) == (3, 1)  # one-way: type and code
+
+
+def test_end_reasons() -> None:
+    k = key("10.0.0.1", "10.0.0.2", 1, 2, 6)
+    assert raw_flow(k, value(flags=0x11), 0, False, CTX).end_reason == "end_of_flow_detected"
+    assert raw_flow(k, value(flags=0x14), 0, False, CTX).end_reason == "end_of_flow_detected"
+    assert raw_flow(k, value(last=9_000_000_000), 0, False, CTX).end_reason == "active_timeout"
+    assert raw_flow(k, value(last=6_000_000_000), 0, False, CTX).end_reason == "idle_timeout"
+    forced = DrainContext("n", CTX.now_mono_ns, 0, CTX.idle_ns, forced=True)
+    assert raw_flow(k, value(flags=0x11), 0, False, forced).end_reason == "forced_end"
+
+
+def test_direction_memory_keeps_initiator_across_intervals() -> None:
+    memory = DirectionMemory(capacity=2)
+    k = key("10.0.0.1", "10.0.0.2", 40000, 80, 6)
+    assert memory.resolve(abi.FLOW_KEY.pack(*k), value(fwd=1, initiator=1), ended=False) == (
+        1,
+        True,
+    )
+    # Next interval: the entry was re-created by the server's packet (fwd 0, no SYN).
+    assert memory.resolve(abi.FLOW_KEY.pack(*k), value(fwd=0), ended=False) == (1, True)
+    assert memory.resolve(abi.FLOW_KEY.pack(*k), value(fwd=0, flags=0x11), ended=True) == (1, True)
+    assert memory.resolve(abi.FLOW_KEY.pack(*k), value(fwd=0), ended=False) == (
+        0,
+        False,
+    )  # forgotten at FIN
+
+
+def test_direction_memory_is_bounded() -> None:
+    memory = DirectionMemory(capacity=2)
+    for port in range(5):
+        memory.resolve(
+            abi.FLOW_KEY.pack(*key("10.0.0.1", "10.0.0.2", port, 80, 6)),
+            value(initiator=1),
+            ended=False,
+        )
+    assert len(memory) == 2
+
+
+def test_clock_offset_matches_realtime() -> None:
+    import time
+
+    offset = monotonic_to_realtime_offset()
+    assert abs(time.clock_gettime_ns(time.CLOCK_MONOTONIC) + offset - time.time_ns()) < 50_000_000

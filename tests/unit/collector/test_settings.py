@@ -1,0 +1,60 @@
+"""Collector settings: names other parts rely on, defaults, bad values."""
+
+from __future__ import annotations
+
+import pytest
+from flowscope.collector.service import node_name, program_config
+from flowscope.collector.settings import Settings
+from flowscope.core import config
+from flowscope.core.errors import ConfigError
+
+
+def test_defaults() -> None:
+    s = config.load(Settings, {}, {})
+    assert s.interfaces.include == ("*",) and s.interfaces.exclude == ("lo",)
+    assert s.interfaces.skip_bridges is True
+    assert (s.flows.active_timeout, s.flows.max_entries) == (5.0, 65536)
+    assert (s.dns.port, s.dns.capture_bytes) == (53, 512)
+    assert program_config(s).cflags()[1:] == [
+        "-DMAX_FLOWS=65536", "-DDNS_PORT=53", "-DDNS_CAPTURE_LEN=512", "-DDNS_RINGBUF_PAGES=64",
+    ]  # fmt: skip
+
+
+def test_environment_names() -> None:
+    env = {
+        "FLOWSCOPE_NODE_NAME": "n1",
+        "FLOWSCOPE_INTERFACES_INCLUDE": "eth*,veth*",
+        "FLOWSCOPE_INTERFACES_EXCLUDE": "lo,docker0",
+        "FLOWSCOPE_INTERFACES_SKIP_BRIDGES": "false",
+        "FLOWSCOPE_FLOWS_MAX_ENTRIES": "1024",
+        "FLOWSCOPE_DNS_PORT": "5353",
+    }
+    s = config.load(Settings, {}, env)
+    assert s.node_name == "n1" and s.interfaces.include == ("eth*", "veth*")
+    assert s.interfaces.exclude == ("lo", "docker0") and s.interfaces.skip_bridges is False
+    assert s.flows.max_entries == 1024 and s.dns.port == 5353
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("FLOWSCOPE_FLOWS_MAX_ENTRIES", "0"),
+        ("FLOWSCOPE_FLOWS_ACTIVE_TIMEOUT", "-1"),
+        ("FLOWSCOPE_DNS_PORT", "70000"),
+        ("FLOWSCOPE_DNS_CAPTURE_BYTES", "10"),
+        ("FLOWSCOPE_DNS_RING_BUFFER_PAGES", "3"),
+    ],
+)
+def test_bad_values_name_the_setting(var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=var):
+        config.load(Settings, {}, {var: value})
+
+
+def test_node_name_fallbacks() -> None:
+    s = config.load(Settings, {}, {})
+    assert node_name(s, {"NODE_NAME": "k8s-node"}) == "k8s-node"
+    assert node_name(s, {}) != ""
+    assert (
+        node_name(config.load(Settings, {}, {"FLOWSCOPE_NODE_NAME": "x"}), {"NODE_NAME": "y"})
+        == "x"
+    )
