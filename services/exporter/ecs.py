@@ -157,6 +157,9 @@ class FlowPlan:
 
     fields: tuple[str, ...]  # FLOW_COMPUTED, then the target field of each taken key
     take: Callable[[Record], tuple[Any, ...]]  # the record's values of the taken keys
+    # The document, reused: the constant fields stay, every other field is overwritten
+    # per record, so filling it (no allocation, no resizing) equals building a new one.
+    doc: dict[str, Any]
 
 
 def _taker(keys: tuple[str, ...]) -> Callable[[Record], tuple[Any, ...]]:
@@ -171,7 +174,9 @@ class EcsMapper:
 
     ``flow`` / ``dns`` return documents as dicts (the reference mapping);
     ``flow_json`` / ``document_json`` write the same document straight to JSON bytes,
-    which is what the sink sends.
+    which is what the sink sends. ``flow_json`` fills one reused document per record
+    shape, so a mapper must not be shared between threads (the sink calls it from
+    the event loop only).
     """
 
     PLAN_LIMIT = 10_000  # shapes remembered; label keys are user data, so bounded
@@ -185,15 +190,13 @@ class EcsMapper:
             if cluster_name
             else {}
         )
-        constant = {
+        self._flow_constants = {
             "event.kind": "event",
             "event.category": ["network"],
             "event.type": ["connection"],
             "event.dataset": "flowscope.flows",
             **self._orchestrator,
         }
-        # '{' and the constant fields, ready for the rest of the object to follow.
-        self._flow_head = orjson.dumps(constant)[:-1] + b","
         self._flow_plans: dict[tuple[str, ...], FlowPlan] = {}
 
     def flow(self, record: Record) -> dict[str, Any]:
@@ -237,24 +240,26 @@ class EcsMapper:
 
         Per record shape the target fields are resolved once (a ``FlowPlan``); then the
         record's values are fetched with one ``itemgetter`` call, zipped with the fields
-        in C and serialised after a pre-encoded head holding the constant fields.
+        in C into the shape's document, whose constant fields were set when it was made.
         """
         shape = tuple(record)
         plan = self._flow_plans.get(shape)
         if plan is None:
             plan = self._learn_flow(shape)
         start, end = record["flow.start_ns"], record["flow.end_ns"]
-        end_text = self._stamps.iso(end)
+        iso = self._stamps.iso
+        end_text = iso(end)
         computed = (
             end_text,
-            self._stamps.iso(start),
+            iso(start),
             end_text,
             end - start,
             record["flow.bytes.delta"] + record["flow.reverse.bytes.delta"],
             record["flow.packets.delta"] + record["flow.reverse.packets.delta"],
         )
-        body = orjson.dumps(dict(zip(plan.fields, computed + plan.take(record), strict=True)))
-        return self._flow_head + body[1:]
+        doc = plan.doc
+        doc.update(zip(plan.fields, computed + plan.take(record), strict=True))
+        return orjson.dumps(doc)
 
     def document_json(self, kind: Kind, record: Record) -> bytes:
         """The document of ``record`` as JSON bytes (what the ``_bulk`` body carries)."""
@@ -269,7 +274,7 @@ class EcsMapper:
         # orchestrator.*, @timestamp, network.bytes/packets), so zip() cannot collide
         # with them; record keys mapping to one field keep the last value, as flow() does.
         fields = FLOW_COMPUTED + tuple(targets[key] or "" for key in taken)
-        plan = FlowPlan(fields, _taker(taken))
+        plan = FlowPlan(fields, _taker(taken), {**self._flow_constants, **dict.fromkeys(fields)})
         if len(self._flow_plans) >= self.PLAN_LIMIT:
             self._flow_plans.clear()
         self._flow_plans[shape] = plan
