@@ -119,7 +119,7 @@ def test_index_template_outranks_builtin_logs_template() -> None:
     assert k8s["pod"]["properties"]["name"] == {"type": "keyword"}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(records=st.lists(flow_records(odd_types=True), min_size=1, max_size=5))
 def test_flow_json_is_the_flow_document(records: list[dict[str, Any]]) -> None:
     """The fast path (per-shape plan, pre-encoded head) decodes to exactly ``flow()``

@@ -128,7 +128,7 @@ class TinyCaches(LogsEncoder):
     CACHE_LIMIT = 7  # caches emptied every few records: refilling must not change bytes
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(records=st.lists(flow_records(odd_types=True), min_size=1, max_size=6))
 def test_cached_attributes_are_the_plain_encoding(records: list[dict[str, Any]]) -> None:
     """Per-shape encoders and caches give byte for byte what encoding every attribute
