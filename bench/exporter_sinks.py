@@ -7,7 +7,7 @@ separate process, so only the exporter's own work is counted: the figure is reco
 per second of CPU time of this process (per core). Next to each figure is the same
 run's baseline — plain ``orjson.dumps`` of each record — and the ratio.
 
-    .venv/bin/python bench/exporter_sinks.py [--records 20000] [--rounds 5]
+    .venv/bin/python bench/exporter_sinks.py [--records 20000] [--rounds 5] [--batch 1000]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.otlp import OtlpSink
 from flowscope.exporter.otlp_config import resolve
 from flowscope.exporter.otlp_encoding import LogsEncoder, resource_attributes
-from flowscope.exporter.settings import ElasticsearchSettings, OtlpSettings
+from flowscope.exporter.settings import BatchSettings, ElasticsearchSettings, OtlpSettings
 from flowscope.exporter.sink import Kind, Sink
 from flowscope.exporter.stdout import StdoutSink
 from prometheus_client import CollectorRegistry
@@ -40,7 +40,7 @@ from tests.support.fake_elasticsearch import FakeElasticsearch
 from tests.support.otlp_receivers import GrpcReceiver, HttpReceiver
 from tests.unit.exporter.sample import flow
 
-BATCH = 1000
+BATCH = BatchSettings().max_records  # the default; --batch changes it
 # Baseline: orjson.dumps of each record, the bytes dropped at once — the pure encoding
 # cost. The second line keeps every result in a list; on glibc that is many times
 # slower (orjson over-allocates then shrinks each buffer, so kept results fragment the
@@ -92,9 +92,9 @@ async def async_cpu_rate(count: int, run: Callable[[], Awaitable[None]]) -> floa
     return count / (time.process_time() - started)
 
 
-async def export_all(sink: Sink, records: list[dict[str, Any]]) -> None:
-    for i in range(0, len(records), BATCH):
-        result = await sink.export(Kind.FLOW, records[i : i + BATCH])
+async def export_all(sink: Sink, records: list[dict[str, Any]], batch: int) -> None:
+    for i in range(0, len(records), batch):
+        result = await sink.export(Kind.FLOW, records[i : i + batch])
         assert not result.rejected and not result.deferred, result
 
 
@@ -123,7 +123,7 @@ def start_reader() -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sh", "-c", "cat > /dev/null"], stdin=subprocess.PIPE)
 
 
-async def bench(n: int, rounds: int) -> None:
+async def bench(n: int, rounds: int, batch: int) -> None:
     ports: Any = multiprocessing.get_context("spawn").Queue()
     peers = multiprocessing.get_context("spawn").Process(
         target=serve_peers, args=(ports,), daemon=True
@@ -153,7 +153,7 @@ async def bench(n: int, rounds: int) -> None:
             )
             for name, sink in sinks.items():
                 figures[name].append(
-                    await async_cpu_rate(n, lambda s=sink, rs=records: export_all(s, rs))
+                    await async_cpu_rate(n, lambda s=sink, rs=records: export_all(s, rs, batch))
                 )  # type: ignore[misc]
     finally:
         for sink in sinks.values():
@@ -162,7 +162,7 @@ async def bench(n: int, rounds: int) -> None:
         cat.wait()
         peers.kill()
     baseline = statistics.median(figures[BASELINE])
-    print(f"{n} flow records x {rounds} rounds, batches of {BATCH}; median records per CPU-second")
+    print(f"{n} flow records x {rounds} rounds, batches of {batch}; median records per CPU-second")
     print(f"{'path':28} {'records/s':>12} {'vs orjson':>10}")
     for name, values in figures.items():
         rate = statistics.median(values)
@@ -173,8 +173,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=BATCH, help="records per export")
     args = parser.parse_args()
-    asyncio.run(bench(args.records, args.rounds))
+    asyncio.run(bench(args.records, args.rounds, args.batch))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, ClassVar, TypeVar
 
 from flowscope.core.errors import RecordError
@@ -317,6 +318,50 @@ def _validate(schema: str, data: Any, index: int, required: Mapping[str, type]) 
     return data
 
 
+class ShapeCheck:
+    """``_validate`` for the record shapes seen before, in C.
+
+    Records of one producer come in few shapes (the same keys in the same order). Per
+    shape the keys to check — every required key, and the optional keys present — and
+    their types are worked out once; a record then passes with one ``itemgetter``
+    call and a comparison of the types of its values. A shape missing a required key,
+    or a record with a wrong type (``None`` included), goes to ``_validate``, which
+    raises the error it always raised.
+    """
+
+    LIMIT = 10_000  # shapes remembered; label keys are user data, so bounded
+
+    def __init__(self, schema: str, required: Mapping[str, type]) -> None:
+        self._schema = schema
+        self._required = required
+        self._shapes: dict[tuple[str, ...], tuple[Callable[[dict], Any], tuple[type, ...]]] = {}
+
+    def __call__(self, data: Any, index: int = 0) -> dict[str, Any]:
+        if type(data) is dict:
+            shape = tuple(data)
+            check = self._shapes.get(shape)
+            if check is None and self._required.keys() <= data.keys():
+                check = self._learn(shape)
+            if check is not None and tuple(map(type, check[0](data))) == check[1]:
+                return data
+        return _validate(self._schema, data, index, self._required)
+
+    def _learn(self, shape: tuple[str, ...]) -> tuple[Callable[[dict], Any], tuple[type, ...]]:
+        # Pairs, not a dict: a key in both tables would be checked against both types.
+        expected = list(self._required.items())
+        expected += [(key, FLOW_OPTIONAL[key]) for key in shape if key in FLOW_OPTIONAL]
+        keys, types = zip(*expected, strict=True)
+        check = (itemgetter(*keys), types)  # ≥ 14 keys: itemgetter returns a tuple
+        if len(self._shapes) >= self.LIMIT:
+            self._shapes.clear()
+        self._shapes[shape] = check
+        return check
+
+
+_check_flow = ShapeCheck("flow", FLOW_REQUIRED)
+_check_dns = ShapeCheck("dns", DNS_REQUIRED)
+
+
 @dataclass(slots=True)
 class Endpoint:
     """One end of an enriched flow: address, port, kind, and what is known about it.
@@ -418,12 +463,12 @@ class FlowRecord:
 
 def validate_flow(data: Any, index: int = 0) -> dict[str, Any]:
     """Check a flow wire dict against the contract; returns it unchanged."""
-    return _validate("flow", data, index, FLOW_REQUIRED)
+    return _check_flow(data, index)
 
 
 def validate_dns(data: Any, index: int = 0) -> dict[str, Any]:
     """Check a DNS wire dict against the contract; returns it unchanged."""
-    return _validate("dns", data, index, DNS_REQUIRED)
+    return _check_dns(data, index)
 
 
 @dataclass(slots=True)

@@ -13,8 +13,12 @@ from __future__ import annotations
 import binascii
 import hashlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
+import orjson
 from flowscope.exporter.sink import Kind, Record
 
 # Record keys (without the source./destination. prefix) → ECS field under the same side.
@@ -136,8 +140,46 @@ class Renames:
         return targets
 
 
+# The six flow document fields computed per record, in the order flow_json() fills them.
+FLOW_COMPUTED = (
+    "@timestamp",
+    "event.start",
+    "event.end",
+    "event.duration",
+    "network.bytes",
+    "network.packets",
+)
+
+
+@dataclass(slots=True, frozen=True)
+class FlowPlan:
+    """How flow_json() writes records of one shape (the same keys in the same order)."""
+
+    fields: tuple[str, ...]  # FLOW_COMPUTED, then the target field of each taken key
+    take: Callable[[Record], tuple[Any, ...]]  # the record's values of the taken keys
+    # The document, reused: the constant fields stay, every other field is overwritten
+    # per record, so filling it (no allocation, no resizing) equals building a new one.
+    doc: dict[str, Any]
+
+
+def _taker(keys: tuple[str, ...]) -> Callable[[Record], tuple[Any, ...]]:
+    """``itemgetter`` (values fetched in C) that always returns a tuple."""
+    if len(keys) >= 2:
+        return itemgetter(*keys)
+    return lambda record: tuple(record[k] for k in keys)
+
+
 class EcsMapper:
-    """Maps records to documents; carries the cluster name and a timestamp cache."""
+    """Maps records to documents; carries the cluster name and a timestamp cache.
+
+    ``flow`` / ``dns`` return documents as dicts (the reference mapping);
+    ``flow_json`` / ``document_json`` write the same document straight to JSON bytes,
+    which is what the sink sends. ``flow_json`` fills one reused document per record
+    shape, so a mapper must not be shared between threads (the sink calls it from
+    the event loop only).
+    """
+
+    PLAN_LIMIT = 10_000  # shapes remembered; label keys are user data, so bounded
 
     def __init__(self, cluster_name: str = "") -> None:
         self._stamps = Timestamps()
@@ -148,6 +190,14 @@ class EcsMapper:
             if cluster_name
             else {}
         )
+        self._flow_constants = {
+            "event.kind": "event",
+            "event.category": ["network"],
+            "event.type": ["connection"],
+            "event.dataset": "flowscope.flows",
+            **self._orchestrator,
+        }
+        self._flow_plans: dict[tuple[str, ...], FlowPlan] = {}
 
     def flow(self, record: Record) -> dict[str, Any]:
         start, end = record["flow.start_ns"], record["flow.end_ns"]
@@ -185,6 +235,51 @@ class EcsMapper:
     def document(self, kind: Kind, record: Record) -> dict[str, Any]:
         return self.flow(record) if kind is Kind.FLOW else self.dns(record)
 
+    def flow_json(self, record: Record) -> bytes:
+        """``flow(record)`` as JSON bytes, without building the document dict field by field.
+
+        Per record shape the target fields are resolved once (a ``FlowPlan``); then the
+        record's values are fetched with one ``itemgetter`` call, zipped with the fields
+        in C into the shape's document, whose constant fields were set when it was made.
+        """
+        shape = tuple(record)
+        plan = self._flow_plans.get(shape)
+        if plan is None:
+            plan = self._learn_flow(shape)
+        start, end = record["flow.start_ns"], record["flow.end_ns"]
+        iso = self._stamps.iso
+        end_text = iso(end)
+        computed = (
+            end_text,
+            iso(start),
+            end_text,
+            end - start,
+            record["flow.bytes.delta"] + record["flow.reverse.bytes.delta"],
+            record["flow.packets.delta"] + record["flow.reverse.packets.delta"],
+        )
+        doc = plan.doc
+        doc.update(zip(plan.fields, computed + plan.take(record), strict=True))
+        return orjson.dumps(doc)
+
+    def document_json(self, kind: Kind, record: Record) -> bytes:
+        """The document of ``record`` as JSON bytes (what the ``_bulk`` body carries)."""
+        if kind is Kind.FLOW:
+            return self.flow_json(record)
+        return orjson.dumps(self.dns(record))
+
+    def _learn_flow(self, shape: tuple[str, ...]) -> FlowPlan:
+        targets = {key: target_field(key, FLOW_FIELDS) for key in shape if key not in FLOW_CONSUMED}
+        taken = tuple(key for key, target in targets.items() if target)
+        # No record key maps to a constant or computed field (those are event.*,
+        # orchestrator.*, @timestamp, network.bytes/packets), so zip() cannot collide
+        # with them; record keys mapping to one field keep the last value, as flow() does.
+        fields = FLOW_COMPUTED + tuple(targets[key] or "" for key in taken)
+        plan = FlowPlan(fields, _taker(taken), {**self._flow_constants, **dict.fromkeys(fields)})
+        if len(self._flow_plans) >= self.PLAN_LIMIT:
+            self._flow_plans.clear()
+        self._flow_plans[shape] = plan
+        return plan
+
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
@@ -195,6 +290,11 @@ def document_id(kind: Kind, record: Record) -> str:
     Flow: community ID, observer, start and end of the interval. DNS: time, query id,
     client address and port, observer. 120-bit BLAKE2b, URL-safe base64 (20 characters).
     """
+    return document_id_bytes(kind, record).decode()
+
+
+def document_id_bytes(kind: Kind, record: Record) -> bytes:
+    """``document_id`` as ASCII bytes, for writing into a ``_bulk`` body."""
     if kind is Kind.FLOW:
         key = (
             f"{record['flow.community_id']}|{record['observer.node.name']}|"
@@ -207,7 +307,7 @@ def document_id(kind: Kind, record: Record) -> str:
         )
     digest = hashlib.blake2b(key.encode(), digest_size=15).digest()
     # binascii + translate: a third cheaper than base64.urlsafe_b64encode per call.
-    return binascii.b2a_base64(digest, newline=False).translate(_URLSAFE).decode()
+    return binascii.b2a_base64(digest, newline=False).translate(_URLSAFE)
 
 
 # ---------------------------------------------------------------- index template

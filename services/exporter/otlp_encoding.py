@@ -17,8 +17,10 @@ opentelemetry-proto parser in tests/unit/exporter/test_otlp_encoding.py.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Mapping
+from operator import getitem
 from typing import Any
 
 from flowscope import __version__
@@ -38,12 +40,26 @@ def varint(value: int) -> bytes:
         value += 1 << 64
     if value < 0x80:
         return bytes((value,))
+    if value < 0x4000:  # message lengths: two bytes
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value >= 0x10000000:
+        # Nanosecond timestamps, byte counters: the low 28 bits are four bytes with the
+        # continuation bit set, their 7-bit groups spread in two steps (14|14, then
+        # 7|7 per half) instead of a byte-by-byte loop; the rest changes rarely
+        # (every 0.27 s for a timestamp), so its encoding is remembered.
+        low = value & 0xFFFFFFF
+        low = (low & 0x3FFF) | (low & 0xFFFC000) << 2
+        low = (low & 0x7F007F) | (low & 0x3F803F80) << 1
+        return (low | 0x80808080).to_bytes(4, "little") + _high_varint(value >> 28)
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_high_varint = functools.lru_cache(maxsize=4096)(varint)
 
 
 def _field(tag: int, payload: bytes) -> bytes:
@@ -73,15 +89,178 @@ def key_value(key: str, value: Any) -> bytes:
     return _field(0x0A, key.encode()) + _field(0x12, any_value(value))
 
 
+class AttributeCache(dict[Any, bytes]):
+    """Encoded ``attributes`` fields of one record key, by value — values of one type
+    only (str, bool or int), so that equal-but-different values (``1``/``True``) never
+    share an entry. Lookups happen in C (``map(getitem, …)``); a miss lands here."""
+
+    __slots__ = ("budget", "key")
+
+    def __init__(self, key: str, budget: CacheBudget) -> None:
+        super().__init__()
+        self.key = key
+        self.budget = budget
+
+    def __missing__(self, value: Any) -> bytes:
+        encoded = self.fresh(value)
+        self.budget.spend()
+        self[value] = encoded
+        return encoded
+
+    def fresh(self, value: Any) -> bytes:
+        """The attribute encoded without the cache."""
+        return _attribute(self.key, value)
+
+
+class Heads:
+    """Everything of a scalar attribute before the value's own bytes, by their length:
+    ``0x32 size KeyValue{key, 0x12 size AnyValue{tag [length]}}``. With it a fresh
+    attribute is one concatenation; None where a length needs more than one byte."""
+
+    __slots__ = ("_key_field", "_length_delimited", "_value_tag", "by_size")
+
+    def __init__(self, key: str, value_tag: int, length_delimited: bool) -> None:
+        self._key_field = _field(0x0A, key.encode())
+        self._value_tag = value_tag
+        self._length_delimited = length_delimited
+        self.by_size: dict[int, bytes | None] = {}
+
+    def __call__(self, size: int) -> bytes | None:
+        """The head for a value of ``size`` bytes (None: use the general encoder)."""
+        if size in self.by_size:
+            return self.by_size[size]
+        value_head = bytes((self._value_tag,))
+        if self._length_delimited:
+            value_head += varint(size)
+        any_value = len(value_head) + size
+        key_value = len(self._key_field) + 2 + any_value
+        head = None
+        if any_value < 0x80 and key_value < 0x80:
+            head = b"\x32%c%b\x12%c%b" % (key_value, self._key_field, any_value, value_head)
+        self.by_size[size] = head
+        return head
+
+
+class StrAttributes(AttributeCache):
+    """String values (namespaces, pod, node, service names, kinds, …)."""
+
+    __slots__ = ("heads",)
+
+    def __init__(self, key: str, budget: CacheBudget) -> None:
+        super().__init__(key, budget)
+        self.heads = Heads(key, 0x0A, True)
+
+    def fresh(self, value: str) -> bytes:
+        v = value.encode()
+        head = self.heads(len(v))
+        return _attribute(self.key, value) if head is None else head + v
+
+
+class IntAttributes(AttributeCache):
+    """Integer values: small ones (ports, pids, small counters) are cached; large ones
+    (nanosecond timestamps, byte counters) rarely repeat and are encoded afresh."""
+
+    __slots__ = ("heads",)
+
+    def __init__(self, key: str, budget: CacheBudget) -> None:
+        super().__init__(key, budget)
+        heads = Heads(key, 0x18, False)
+        self.heads = tuple(heads(size) for size in range(11))  # a varint has ≤ 10 bytes
+
+    def __missing__(self, value: int) -> bytes:
+        if 0 <= value < 65536:
+            return super().__missing__(value)
+        return self.fresh(value)
+
+    def fresh(self, value: int) -> bytes:
+        v = varint(value)
+        head = self.heads[len(v)] if len(v) < 11 else None
+        return _attribute(self.key, value) if head is None else head + v
+
+
+class Uncached:
+    """Values encoded afresh every time: floats, objects, ``None`` (omitted, as the
+    encoder omits nulls)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __getitem__(self, value: Any) -> bytes:
+        return b"" if value is None else _attribute(self.key, value)
+
+
+class UncachedStr(Uncached):
+    """Strings unique per flow (``flow.community_id``): caching them would only evict
+    the values that do recur."""
+
+    __slots__ = ("heads",)
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.heads = Heads(key, 0x0A, True)
+
+    def __getitem__(self, value: str) -> bytes:
+        v = value.encode()
+        head = self.heads(len(v))
+        return _attribute(self.key, value) if head is None else head + v
+
+
+class ListAttributes(Uncached):
+    """Lists: lists of strings (TCP flag tags) are cached by their tuple."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self, key: str, budget: CacheBudget) -> None:
+        super().__init__(key)
+        self.cache = AttributeCache(key, budget)
+
+    def __getitem__(self, value: list[Any]) -> bytes:
+        try:
+            "".join(value)  # TypeError unless every item is a str (checked in C)
+        except TypeError:
+            return _attribute(self.key, value)
+        return self.cache[tuple(value)]
+
+
+Encoders = tuple["AttributeCache | Uncached", ...]
+
+
+class CacheBudget:
+    """The total number of cached encodings across all keys: past the limit every
+    cache is emptied (crude but bounded; what recurs is cached again)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.caches: list[dict[Any, bytes]] = []
+
+    def spend(self) -> None:
+        self.used += 1
+        if self.used > self.limit:
+            for cache in self.caches:
+                cache.clear()
+            self.used = 1
+
+
+# Keys whose string values are unique per flow: caching them would only evict the rest.
+UNCACHED_STRINGS = frozenset({"flow.community_id"})
+
+
 class LogsEncoder:
     """Encodes batches of records into ExportLogsServiceRequest bytes.
 
-    Keeps a bounded cache of encoded attributes (a ``KeyValue`` field per key and
-    string/bool value, a key prefix per key for integers): the same namespace, pod and
-    node names recur in every batch.
+    Per record *shape* (keys in order, and the type of each value) it keeps one encoder
+    per key — a cache of encoded attributes by value for strings, booleans and small
+    ints (the same namespace, pod and node names recur in every batch), a pre-encoded
+    key prefix for large ints — so a record's attributes are one ``map`` over its
+    values in C, calling Python only on a miss. ``plain_attributes`` is the
+    straightforward encoding the tests compare it with, byte for byte.
     """
 
-    CACHE_LIMIT = 200_000
+    CACHE_LIMIT = 200_000  # cached attribute encodings, all keys together
+    SHAPE_LIMIT = 10_000  # shapes remembered; label keys are user data, so bounded
 
     def __init__(self, resource_attributes: Mapping[str, Any]) -> None:
         attributes = b"".join(_field(0x0A, key_value(k, v)) for k, v in resource_attributes.items())
@@ -90,8 +269,9 @@ class LogsEncoder:
         self._scope = _field(
             0x0A, _field(0x0A, SCOPE_NAME.encode()) + _field(0x12, __version__.encode())
         )
-        self._cache: dict[tuple[str, Any], bytes] = {}
-        self._int_prefix: dict[str, bytes] = {}
+        self._budget = CacheBudget(self.CACHE_LIMIT)
+        self._encoders: dict[tuple[str, type], AttributeCache | Uncached] = {}
+        self._shapes: dict[tuple[str, ...], tuple[tuple[type, ...], Encoders]] = {}
         self._event = {
             k: _field(0x62, n.encode()) + _attribute("event.name", n)
             for k, n in EVENT_NAMES.items()
@@ -113,45 +293,64 @@ class LogsEncoder:
         resource_logs = self._resource + b"\x12" + varint(len(scope_logs)) + scope_logs
         return b"\x0a" + varint(len(resource_logs)) + resource_logs
 
+    def cached_entries(self) -> int:
+        """Attribute encodings held in the caches now."""
+        return sum(len(cache) for cache in self._budget.caches)
+
     def _attributes(self, record: Record) -> bytes:
-        cached = self._cache.get
-        parts: list[bytes] = []
-        append = parts.append
-        for key, value in record.items():
-            t = type(value)
-            if t is str or t is bool or (t is int and 0 <= value < 65536):
-                encoded = cached((key, value))
-                if encoded is None:
-                    encoded = self._remember((key, value), _attribute(key, value))
-                append(encoded)
-            elif t is int:
-                append(self._int_attribute(key, value))
-            elif t is list and all(type(v) is str for v in value):  # TCP flag tags recur
-                frozen = (key, tuple(value))
-                encoded = cached(frozen)
-                if encoded is None:
-                    encoded = self._remember(frozen, _attribute(key, value))
-                append(encoded)
-            elif value is not None:
-                append(_attribute(key, value))
-        return b"".join(parts)
+        values = tuple(record.values())
+        shape = tuple(record)
+        learned = self._shapes.get(shape)
+        if learned is None or tuple(map(type, values)) != learned[0]:
+            learned = self._learn(shape, values)
+        return b"".join(map(getitem, learned[1], values))
 
-    def _int_attribute(self, key: str, value: int) -> bytes:
-        """A large integer attribute: the key's encoded prefix, then a fresh varint."""
-        prefix = self._int_prefix.get(key)
-        if prefix is None:
-            prefix = self._int_prefix[key] = _field(0x0A, key.encode())
-        v = varint(value)
-        size = len(prefix) + 3 + len(v)
-        if size < 0x80:  # every flowscope key is short: one length byte (the fast case)
-            return b"\x32%c%b\x12%c\x18%b" % (size, prefix, len(v) + 1, v)
-        return _attribute(key, value)
+    def _learn(
+        self, shape: tuple[str, ...], values: tuple[Any, ...]
+    ) -> tuple[tuple[type, ...], Encoders]:
+        types = tuple(map(type, values))
+        learned = (types, tuple(map(self._encoder, shape, types)))
+        if len(self._shapes) >= self.SHAPE_LIMIT:
+            self._shapes.clear()
+        self._shapes[shape] = learned
+        return learned
 
-    def _remember(self, cache_key: tuple[str, Any], encoded: bytes) -> bytes:
-        if len(self._cache) >= self.CACHE_LIMIT:
-            self._cache.clear()  # crude but bounded; refills with what recurs
-        self._cache[cache_key] = encoded
-        return encoded
+    def _encoder(self, key: str, t: type) -> AttributeCache | Uncached:
+        """The one encoder of attribute ``key`` for values of type ``t``."""
+        encoder = self._encoders.get((key, t))
+        if encoder is None:
+            if len(self._encoders) >= self.SHAPE_LIMIT:  # keys are user data: bounded
+                self._encoders.clear()
+                self._shapes.clear()
+                self._budget.caches.clear()
+                self._budget.used = 0
+            encoder = self._encoders[(key, t)] = self._new_encoder(key, t)
+        return encoder
+
+    def _new_encoder(self, key: str, t: type) -> AttributeCache | Uncached:
+        encoder: AttributeCache | Uncached
+        if t is int:
+            encoder = IntAttributes(key, self._budget)
+        elif t is str and key in UNCACHED_STRINGS:
+            return UncachedStr(key)
+        elif t is str:
+            encoder = StrAttributes(key, self._budget)
+        elif t is bool:
+            encoder = AttributeCache(key, self._budget)
+        elif t is list:
+            encoder = ListAttributes(key, self._budget)
+            self._budget.caches.append(encoder.cache)
+            return encoder
+        else:
+            return Uncached(key)
+        self._budget.caches.append(encoder)
+        return encoder
+
+
+def plain_attributes(record: Record) -> bytes:
+    """Every non-null record value as a LogRecord attribute, encoded one by one: the
+    reference for ``LogsEncoder``'s cached encoding."""
+    return b"".join([_attribute(k, v) for k, v in record.items() if v is not None])
 
 
 def _attribute(key: str, value: Any) -> bytes:

@@ -6,6 +6,8 @@
   ``items: [{"create": {"_index", "_id", "status", "result" | "error": {"type",
   "reason"}}}]``). Data-stream rules: only ``create`` is allowed, ``@timestamp`` is
   required, a duplicate ``_id`` is a 409 ``version_conflict_engine_exception``.
+- ``filter_path`` (comma-separated dotted patterns, ``*`` matching one field name,
+  arrays filtered element by element) trims ``_bulk`` responses as Elasticsearch does.
 - Every response carries ``X-Elastic-Product: Elasticsearch``.
 - Per-item failures can be injected (``inject(429, 400, 503, ...)``: the next items get
   those statuses), and the server can be stopped and started again on the same port.
@@ -170,7 +172,11 @@ class FakeElasticsearch:
             return _error(400, "x_content_parse_exception", str(e))
         errors = any("error" in next(iter(item.values())) for item in items)
         took = int((time.monotonic() - started) * 1000)
-        return _json({"took": took, "errors": errors, "items": items})
+        answer: Any = {"took": took, "errors": errors, "items": items}
+        if "filter_path" in request.query:
+            patterns = [p.split(".") for p in request.query["filter_path"].split(",") if p]
+            answer = filtered(answer, patterns) or {}
+        return _json(answer)
 
     def _item(self, action: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
         op, meta = next(iter(action.items()))
@@ -258,6 +264,27 @@ def _flatten(properties: dict[str, Any], prefix: str = "") -> list[tuple[str, st
         else:
             out.append((f"{prefix}{name}", spec.get("type", "")))
     return out
+
+
+def filtered(node: Any, patterns: list[list[str]]) -> Any:
+    """Elasticsearch's response filtering: only the fields a dotted pattern reaches
+    (``*`` and other wildcards match within one field name; arrays are transparent).
+    None when nothing matched (Elasticsearch then leaves the field out)."""
+    if any(not p for p in patterns):  # a pattern ended here: all of this node
+        return node
+    if isinstance(node, list):
+        kept = [filtered(v, patterns) for v in node]
+        return [v for v in kept if v is not None] or None
+    if not isinstance(node, dict):
+        return None
+    out = {}
+    for key, value in node.items():
+        rest = [p[1:] for p in patterns if fnmatch.fnmatchcase(key, p[0])]
+        if rest:
+            kept = filtered(value, rest)
+            if kept is not None:
+                out[key] = kept
+    return out or None
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -8,8 +8,21 @@ from typing import Any
 import pytest
 from flowscope.core import records
 from flowscope.core.errors import RecordError
-from flowscope.core.records import DnsRecord, Endpoint, FlowRecord, RawDns, RawFlow, RawSocket
-from hypothesis import given
+from flowscope.core.records import (
+    DNS_REQUIRED,
+    FLOW_OPTIONAL,
+    FLOW_REQUIRED,
+    DnsRecord,
+    Endpoint,
+    FlowRecord,
+    RawDns,
+    RawFlow,
+    RawSocket,
+    _validate,
+    validate_dns,
+    validate_flow,
+)
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
@@ -111,3 +124,53 @@ def test_helpers() -> None:
     assert records.transport_name(250) == "250"
     assert records.tcp_flag_tags(0x12) == ["SYN", "ACK"]
     assert records.tcp_flag_tags(0xFF) == list(records.TCP_FLAG_NAMES)
+
+
+# Values of every JSON type, so contract keys get right and wrong types (None included).
+_any_value = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=5)
+    | (st.lists(st.text(max_size=3), max_size=2))
+)
+_keys = st.sampled_from(
+    sorted({*FLOW_REQUIRED, *FLOW_OPTIONAL, *DNS_REQUIRED, "source.k8s.pod.labels.app", "x"})
+)
+
+
+def _outcome(check: Any, data: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", check(data) is data)
+    except RecordError as e:
+        return ("error", str(e))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    base=st.sampled_from(["flow", "dns"]),
+    drop=st.lists(_keys, max_size=2),
+    changes=st.dictionaries(_keys, _any_value, max_size=4),
+    order=st.randoms(use_true_random=False),
+)
+def test_shape_checked_validation_is_the_plain_validation(
+    base: str, drop: list[str], changes: dict[str, Any], order: Any
+) -> None:
+    """validate_flow / validate_dns (per-shape check in C) accept and reject exactly
+    what the key-by-key check does, with the same error, cold and warm."""
+    required = FLOW_REQUIRED if base == "flow" else DNS_REQUIRED
+    data = {k: {int: 7, str: "a", list: []}[t] for k, t in required.items()}
+    for key in drop:
+        data.pop(key, None)
+    data.update(changes)
+    items = list(data.items())
+    order.shuffle(items)
+    data = dict(items)
+    for schema, fast, table in (
+        ("flow", validate_flow, FLOW_REQUIRED),
+        ("dns", validate_dns, DNS_REQUIRED),
+    ):
+        expected = _outcome(lambda d, s=schema, t=table: _validate(s, d, 0, t), data)
+        assert _outcome(fast, data) == expected
+        assert _outcome(fast, data) == expected  # shape now known

@@ -16,7 +16,7 @@ from flowscope.exporter.settings import ElasticsearchSettings
 from flowscope.exporter.sink import Kind
 from prometheus_client import CollectorRegistry
 
-from tests.support.fake_elasticsearch import FakeElasticsearch
+from tests.support.fake_elasticsearch import FakeElasticsearch, filtered
 from tests.unit.exporter.sample import dns, flow
 
 FLOWS = "logs-flowscope.flows-default"
@@ -180,10 +180,10 @@ async def test_a_peer_that_is_not_elasticsearch_is_refused() -> None:
 class PickyMapper(EcsMapper):
     """A mapper (the sink's seam) that cannot map records of one observer."""
 
-    def flow(self, record: dict[str, Any]) -> dict[str, Any]:
+    def document_json(self, kind: Kind, record: dict[str, Any]) -> bytes:
         if record["observer.node.name"] == "unmappable":
             raise ValueError("no mapping for this record")
-        return super().flow(record)
+        return super().document_json(kind, record)
 
 
 async def test_record_the_mapping_cannot_handle_is_rejected_alone(es: FakeElasticsearch) -> None:
@@ -195,3 +195,24 @@ async def test_record_the_mapping_cannot_handle_is_rejected_alone(es: FakeElasti
     assert list(result.rejected) == [1]
     assert result.rejected[1] == "cannot map to ECS: ValueError: no mapping for this record"
     assert set(es.stored(FLOWS)) == {document_id(Kind.FLOW, flow(i)) for i in (0, 2)}
+
+
+def test_fake_filters_responses_as_elasticsearch_does() -> None:
+    """The fake's filter_path (which the sink's _bulk uses) keeps what a pattern reaches."""
+    answer = {
+        "took": 3,
+        "errors": True,
+        "items": [
+            {"create": {"_id": "a", "status": 201, "result": "created"}},
+            {"create": {"_id": "b", "status": 429, "error": {"type": "t", "reason": "r"}}},
+        ],
+    }
+    patterns = [p.split(".") for p in ["errors", "items.*.status", "items.*.error"]]
+    assert filtered(answer, patterns) == {
+        "errors": True,
+        "items": [
+            {"create": {"status": 201}},
+            {"create": {"status": 429, "error": {"type": "t", "reason": "r"}}},
+        ],
+    }
+    assert filtered(answer, [["nothing"]]) is None

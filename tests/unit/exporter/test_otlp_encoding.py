@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowscope.exporter.otlp_encoding import LogsEncoder, resource_attributes, varint
+from flowscope.exporter.otlp_encoding import (
+    LogsEncoder,
+    plain_attributes,
+    resource_attributes,
+    varint,
+)
 from flowscope.exporter.sink import Kind
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from tests.unit.exporter.sample import dns, flow
+from tests.unit.exporter.strategies import flow_records
 
 
 def plain(value: AnyValue) -> Any:
@@ -102,13 +110,44 @@ def test_cached_encoding_is_identical_to_fresh_encoding() -> None:
 
 
 def test_cache_stays_bounded() -> None:
-    encoder = LogsEncoder({})
-    encoder.CACHE_LIMIT = 100
+    class Small(LogsEncoder):
+        CACHE_LIMIT = 100
+
+    encoder = Small({})
     encoder.encode(Kind.FLOW, [flow(i, **{"x.id": f"v{i}"}) for i in range(500)], 1)
-    assert len(encoder._cache) <= 100
+    assert 0 < encoder.cached_entries() <= 100
 
 
 def test_varint_matches_protobuf() -> None:
     for value in (0, 1, 127, 128, 300, 2**32, 2**63 - 1, -1, -(2**63)):
         encoded = AnyValue(int_value=value).SerializeToString()
         assert encoded == b"\x18" + varint(value)
+
+
+class TinyCaches(LogsEncoder):
+    CACHE_LIMIT = 7  # caches emptied every few records: refilling must not change bytes
+
+
+@settings(max_examples=150, deadline=None)
+@given(records=st.lists(flow_records(odd_types=True), min_size=1, max_size=6))
+def test_cached_attributes_are_the_plain_encoding(records: list[dict[str, Any]]) -> None:
+    """Per-shape encoders and caches give byte for byte what encoding every attribute
+    one by one gives — for odd types (1 vs True vs 1.0 in one key), None, nested
+    values, large and negative ints, repeated shapes and warm or emptied caches."""
+    for encoder in (LogsEncoder({}), TinyCaches({})):
+        for record in records + records:
+            assert encoder._attributes(record) == plain_attributes(record)
+
+
+@given(value=st.integers(-(2**63), 2**64 - 1))
+def test_varint_matches_protobuf_everywhere(value: int) -> None:
+    if value < 2**63:
+        assert AnyValue(int_value=value).SerializeToString() == b"\x18" + varint(value)
+    else:  # uint64 range: protobuf's own field of that type
+        assert b"\x18" + varint(value) == _uint64_field(value)
+
+
+def _uint64_field(value: int) -> bytes:
+    from google.protobuf.wrappers_pb2 import UInt64Value
+
+    return UInt64Value(value=value).SerializeToString().replace(b"\x08", b"\x18", 1)
