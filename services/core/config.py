@@ -100,6 +100,31 @@ def leaves(
         )
 
 
+# ---------------------------------------------------------------- common checks
+# Parsers shared by every service's settings (``setting(..., parse=positive)``).
+
+
+def positive(value: float) -> float:
+    """A number greater than 0 (timeouts, intervals)."""
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def not_negative(value: float) -> float:
+    """A number of 0 or more."""
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def at_least_one(value: int) -> int:
+    """A count of 1 or more (sizes, batch limits)."""
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
 # ---------------------------------------------------------------- conversion
 
 

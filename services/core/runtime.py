@@ -24,18 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowscope.core import logs, serving
-from flowscope.core.config import setting
+from flowscope.core.config import positive, setting
 from flowscope.core.errors import ConfigError, FlowscopeError, StartupError
 from flowscope.core.serving import Health
 from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("flowscope.runtime")
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
 
 
 def _address(value: str) -> str:
@@ -59,7 +53,7 @@ class RuntimeSettings:
         10.0,
         "seconds to finish in-flight work after SIGTERM before a hard stop; below "
         "Kubernetes' default 30 s grace period so the drain completes",
-        parse=_positive,
+        parse=positive,
     )
 
 

@@ -4,27 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowscope.core.config import section, setting
+from flowscope.core.config import at_least_one, not_negative, positive, section, setting
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-def _not_negative(value: float) -> float:
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
-def _count(value: int) -> int:
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
 
 
 def _durable(value: str) -> str:
@@ -52,21 +34,23 @@ class KubernetesSettings:
         60.0,
         "seconds a deleted pod/service/node stays resolvable, so the last flows of a pod "
         "that just ended still get its name (flows are reported up to an active timeout late)",
-        parse=_not_negative,
+        parse=not_negative,
     )
     resync_backoff_max: float = setting(
         30.0,
         "upper bound in seconds of the backoff between reconnections to the Kubernetes API",
-        parse=_positive,
+        parse=positive,
     )
     watch_timeout: int = setting(
         300,
         "seconds a WATCH request asks the API server to keep the stream open before it "
         "is renewed from the last resourceVersion (the API server's own default is 30-60 min)",
-        parse=_count,
+        parse=at_least_one,
     )
     page_size: int = setting(
-        500, "objects per LIST page (`limit`); bounds the memory of one response", parse=_count
+        500,
+        "objects per LIST page (`limit`); bounds the memory of one response",
+        parse=at_least_one,
     )
 
 
@@ -78,40 +62,40 @@ class JoinSettings:
         1.5,
         "seconds a raw flow batch is held before enrichment so that socket events from "
         "the other node of a cross-node connection arrive first",
-        parse=_not_negative,
+        parse=not_negative,
     )
     socket_grace: float = setting(
         30.0,
         "seconds a socket stays joinable after its close event (its last flow interval "
         "is reported after the close)",
-        parse=_not_negative,
+        parse=not_negative,
     )
     socket_max_entries: int = setting(
-        200_000, "sockets remembered per replica (LRU bound; about 200 B each)", parse=_count
+        200_000, "sockets remembered per replica (LRU bound; about 200 B each)", parse=at_least_one
     )
     dns_ttl_min: float = setting(
         60.0,
         "seconds: floor of a DNS answer's lifetime in the name cache (clients keep using "
         "addresses past tiny TTLs); a hit extends an entry to at least this",
-        parse=_not_negative,
+        parse=not_negative,
     )
     dns_ttl_max: float = setting(
-        3600.0, "seconds: cap of a DNS answer's lifetime in the name cache", parse=_positive
+        3600.0, "seconds: cap of a DNS answer's lifetime in the name cache", parse=positive
     )
     dns_max_entries: int = setting(
-        200_000, "(client, address) → name entries remembered (LRU bound)", parse=_count
+        200_000, "(client, address) → name entries remembered (LRU bound)", parse=at_least_one
     )
     state_lookback: float = setting(
         300.0,
         "seconds of socket and DNS events a starting replica replays from the raw stream "
         "to rebuild its join tables",
-        parse=_not_negative,
+        parse=not_negative,
     )
     observer_ttl: float = setting(
         300.0,
         "seconds a node counts as running a collector after its last raw message "
         "(cross-node dedup only drops a report when both nodes have collectors)",
-        parse=_positive,
+        parse=positive,
     )
 
 
@@ -124,15 +108,15 @@ class ConsumerSettings:
         "durable consumer name shared by all replicas (suffixed -flows, -dns and -sockets)",
         parse=_durable,
     )
-    batch: int = setting(64, "raw messages fetched per pull request", parse=_count)
+    batch: int = setting(64, "raw messages fetched per pull request", parse=at_least_one)
     ack_wait: float = setting(
         30.0,
         "seconds before an unacknowledged raw message is redelivered (to another replica "
         "when this one died); must exceed the merge window plus processing time",
-        parse=_positive,
+        parse=positive,
     )
     max_ack_pending: int = setting(
-        512, "raw messages in flight across all replicas (bounds memory)", parse=_count
+        512, "raw messages in flight across all replicas (bounds memory)", parse=at_least_one
     )
 
 

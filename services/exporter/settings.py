@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flowscope.core.config import section, setting
+from flowscope.core.config import positive, section, setting
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
 
@@ -72,12 +72,6 @@ def readable_file(value: str) -> str:
             pass
     except OSError as e:
         raise ValueError(f"cannot read {value}: {e.strerror}") from e
-    return value
-
-
-def positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
     return value
 
 
