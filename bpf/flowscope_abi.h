@@ -57,7 +57,8 @@ struct flow_key {
 /* Counters of one flow since user space last drained it. Indices [0]/[1] are the
  * directions lo→hi and hi→lo. Bytes are IP-level: IP header + payload, no L2 header
  * (for a GSO/GRO super-packet, the headers each wire segment carries are added back, and
- * packets counts wire segments). first_ns/last_ns are bpf_ktime_get_ns() (CLOCK_MONOTONIC). */
+ * packets counts wire segments). first_ns/last_ns are bpf_ktime_get_coarse_ns()
+ * (CLOCK_MONOTONIC_COARSE: CLOCK_MONOTONIC at the last tick, 1-4 ms resolution). */
 struct flow_value {
     __u64 first_ns;
     __u64 last_ns;

@@ -10,9 +10,9 @@ first packet's unless a SYN without ACK said otherwise; since a deleted entry fo
 that, the drainer remembers (bounded) the direction of flows whose initiator it saw, so
 a long connection keeps its source and destination across intervals.
 
-Times: the kernel stamps packets with ``bpf_ktime_get_ns()`` (CLOCK_MONOTONIC); records
-carry unix nanoseconds, converted with an offset measured at each drain
-(:class:`ClockOffset`).
+Times: the kernel stamps packets with ``bpf_ktime_get_coarse_ns()`` (CLOCK_MONOTONIC as
+of the last tick); records carry unix nanoseconds, converted with an offset measured at
+each drain (:func:`monotonic_to_realtime_offset`).
 """
 
 from __future__ import annotations
