@@ -142,17 +142,16 @@ def per_packet(node: Node, packets: int) -> None:
 
 
 def drain_cost(node: Node, drainer: Drainer, packets: int) -> None:
-    """User-space cost per flow of the flow path: drain, convert, to_wire, encode."""
+    """User-space cost per flow of the flow path: drain, convert to wire dicts, encode."""
     from flowscope.core import codec
 
-    print("== flow path in user space (drain + RawFlow + to_wire + NDJSON), per flow")
+    print("== flow path in user space (drain + wire dicts + NDJSON), per flow")
     drainer.drain()
     send(node, "many", packets)
     encoded = 0
 
-    def sink(flows: list) -> None:  # type: ignore[type-arg]
+    def sink(wires: list) -> None:  # type: ignore[type-arg]
         nonlocal encoded
-        wires = [f.to_wire() for f in flows]
         encoded += sum(b.count for b in codec.encode_chunks(codec.RAW_FLOW, wires, 1 << 20))
 
     cpu0, t0 = time.process_time(), time.perf_counter()

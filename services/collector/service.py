@@ -43,7 +43,7 @@ from flowscope.collector.settings import Settings
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core import runtime
 from flowscope.core.messaging import connect, ensure_streams
-from flowscope.core.records import RawDns, RawFlow
+from flowscope.core.records import RawDns
 
 log = logging.getLogger("flowscope.collector")
 T = TypeVar("T")
@@ -232,8 +232,7 @@ class Producing:
     async def _drain(self, forced: bool) -> None:
         loop = asyncio.get_running_loop()
 
-        def sink(flows: list[RawFlow]) -> None:  # runs in the worker thread
-            wires = [f.to_wire() for f in flows]
+        def sink(wires: list[dict[str, Any]]) -> None:  # runs in the worker thread
             loop.call_soon_threadsafe(self._publisher.submit, "flows", wires)
 
         entries = await asyncio.to_thread(self._drainer.drain_into, sink, forced)
