@@ -89,7 +89,7 @@ def dns_event_type(capture_len: int) -> type[ct.Structure]:
 
 _FORMAT_CODES = {
     ct.c_uint8: "B", ct.c_uint16: "H", ct.c_uint32: "I", ct.c_uint64: "Q",
-    ct.c_int8: "b", ct.c_int16: "h", ct.c_int32: "i", ct.c_int64: "q",
+    ct.c_int8: "b", ct.c_int16: "h", ct.c_int32: "i", ct.c_int64: "q", ct.c_char: "c",
 }  # fmt: skip
 
 
@@ -104,7 +104,7 @@ def struct_format(cls: type[Any]) -> str:
     for _name, ctype in cls._fields_:
         if issubclass(ctype, ct.Array):
             code = _FORMAT_CODES[ctype._type_]
-            out += f"{ctype._length_}s" if code == "B" else f"{ctype._length_}{code}"
+            out += f"{ctype._length_}s" if code in "Bc" else f"{ctype._length_}{code}"
         else:
             out += _FORMAT_CODES[ctype]
     if struct.calcsize(out) != ct.sizeof(cls):
@@ -165,3 +165,6 @@ class SocketEvent(ctypes.Structure):
         ("pad", ctypes.c_uint8),
         ("comm", ctypes.c_char * 16),
     ]
+
+
+SOCKET_EVENT = struct.Struct(struct_format(SocketEvent))

@@ -223,11 +223,10 @@ class Producing:
     async def _socket_loop(self, tracer: SocketTracer) -> None:
         """Socket events until stopping; bcc's poll blocks, so it runs in a worker thread."""
         while not self._rt.stopping.is_set():
-            events = await asyncio.to_thread(tracer.poll, SOCKET_POLL_MS)
-            self._publisher.submit("sockets", [e.to_wire() for e in events])
-        self._publisher.submit(
-            "sockets", [e.to_wire() for e in await asyncio.to_thread(tracer.poll, 0)]
-        )
+            self._publisher.submit(
+                "sockets", await asyncio.to_thread(tracer.poll_wire, SOCKET_POLL_MS)
+            )
+        self._publisher.submit("sockets", await asyncio.to_thread(tracer.poll_wire, 0))
 
     async def _drain(self, forced: bool) -> None:
         loop = asyncio.get_running_loop()
