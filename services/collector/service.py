@@ -48,7 +48,9 @@ from flowscope.core.records import RawDns
 log = logging.getLogger("flowscope.collector")
 T = TypeVar("T")
 
-SOCKET_POLL_MS = 100  # a blocking poll in a worker thread; bounds the stop latency too
+SOCKET_POLL_MS = (
+    100  # socket events are read in a worker thread for this long; bounds the stop latency too
+)
 
 
 def node_name(settings: Settings, env: dict[str, str] | None = None) -> str:
@@ -224,7 +226,7 @@ class Producing:
         """Socket events until stopping; bcc's poll blocks, so it runs in a worker thread."""
         while not self._rt.stopping.is_set():
             self._publisher.submit(
-                "sockets", await asyncio.to_thread(tracer.poll_wire, SOCKET_POLL_MS)
+                "sockets", await asyncio.to_thread(tracer.read_for, SOCKET_POLL_MS)
             )
         self._publisher.submit("sockets", await asyncio.to_thread(tracer.poll_wire, 0))
 
