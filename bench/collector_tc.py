@@ -1,6 +1,7 @@
 """Benchmark of the collector's flow path; prints figures (not a test). Needs root.
 
     .venv/bin/python bench/collector_tc.py [--packets 200000] [--seconds 10]
+                                           [--kernel-only | --process-only]
 
 1. ns/packet of the TC programs (kernel.bpf_stats_enabled, run_time_ns / run_cnt from
    the program fd's fdinfo) next to a minimal counting TC program attached to the same
@@ -232,13 +233,17 @@ def main() -> None:
     parser.add_argument(
         "--kernel-only", action="store_true", help="skip the collector process part"
     )
+    parser.add_argument(
+        "--process-only", action="store_true", help="only the collector process part"
+    )
     args = parser.parse_args()
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = stats.read_text().strip()
     stats.write_text("1")
     node = Node(tag=f"cfb{os.getpid()}", ipv6=False).create(pods=2)
     try:
-        per_packet(node, args.packets)
+        if not args.process_only:
+            per_packet(node, args.packets)
         if not args.kernel_only:
             collector_load(node, args.seconds)
     finally:

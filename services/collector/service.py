@@ -113,6 +113,9 @@ async def start_kernel(
     """
     program = await asyncio.to_thread(load_flow_program, program_config(settings))
     rt.stack.callback(program.close)
+    # Before the socket programs are compiled too: keeps the start-up peak RSS lower
+    # (the two compilations' heaps do not add up).
+    release_compiler_memory()
     attacher = Attacher(
         program.ingress_fd,
         program.egress_fd,
