@@ -11,6 +11,7 @@ kept honest, is explained in ``bpf/sockets.c`` and docs/collector-sockets.md.
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import logging
 import os
@@ -131,6 +132,11 @@ def address_text(family: int, raw: bytes) -> str:
     raise CodecError("bad-socket-event", f"address family {family}")
 
 
+# A node's sockets talk to few distinct addresses: remembering their text saves two
+# conversions per event. lru_cache is bounded and does not cache the CodecError.
+_address_text = functools.lru_cache(maxsize=16384)(address_text)
+
+
 def socket_wire(
     event: tuple[Any, ...], observer: str, realtime_offset_ns: int, container_id: str
 ) -> dict[str, Any]:
@@ -149,9 +155,9 @@ def socket_wire(
         "time_ns": event[E_TIME] + realtime_offset_ns,
         "event": name,
         "proto": event[E_PROTO],
-        "src": address_text(family, event[E_SADDR]),
+        "src": _address_text(family, event[E_SADDR]),
         "sport": event[E_SPORT],
-        "dst": address_text(family, event[E_DADDR]),
+        "dst": _address_text(family, event[E_DADDR]),
         "dport": event[E_DPORT],
         "pid": event[E_PID],
         "tid": event[E_TID],
