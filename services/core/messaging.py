@@ -204,6 +204,9 @@ def stream_config(spec: subjects.StreamSpec, settings: NatsSettings) -> StreamCo
         max_age=settings.stream_max_age,
         max_bytes=settings.stream_max_bytes,
         num_replicas=settings.stream_replicas,
+        # Atomic batch publish (nats-server 2.12+): one ack per batch of messages, which
+        # the enricher uses for its fan-out. Older servers ignore the field.
+        allow_atomic=True,
     )
 
 

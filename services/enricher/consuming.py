@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,7 +35,14 @@ from flowscope.core.errors import CodecError, RecordError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.enricher.enriching import Enricher, Output
 from flowscope.enricher.metrics import Metrics
-from flowscope.enricher.publishing import AckedPublisher, cancel_all
+from flowscope.enricher.publishing import (
+    ATOMIC_DISABLED,
+    ATOMIC_MAX,
+    AckedPublisher,
+    Message,
+    PublishError,
+    cancel_all,
+)
 from flowscope.enricher.settings import ConsumerSettings
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -49,6 +57,7 @@ PAYLOAD_HEADROOM = 4096  # bytes left for headers under the server's max payload
 MSG_ID_HEADER = "Nats-Msg-Id"
 HANDLERS = 8  # raw batches awaiting their publish acknowledgements at once, per kind
 PUBLISH_TIMEOUT = 10.0  # seconds for JetStream to acknowledge one raw batch's output
+ATOMIC_RETRY = 60.0  # seconds without atomic batches after a stream refused them
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,8 @@ class Pipeline:
         self.bad_log = RateLimitedLog(log)
         self.max_bytes = max(nc.max_payload - PAYLOAD_HEADROOM, 1024)
         self.publisher = AckedPublisher(nc)
+        # monotonic time from which atomic batches are used (inf: never; see use_atomic)
+        self.atomic_after = math.inf
 
     # ------------------------------------------------------------ work
 
@@ -92,7 +103,7 @@ class Pipeline:
             await self._reject(kind, msg, e)
             return
         if kind == "flow":
-            output = self.enricher.flows(records)
+            output = self.enricher.flow_lines(records)
             published = await self._publish(codec.FLOW, output, msg)
         elif kind == "dns":
             output = self.enricher.dns(records)
@@ -115,28 +126,91 @@ class Pipeline:
     async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> bool:
         """Publish every subject's records to JetStream; True once all are stored.
 
-        Publishes are pipelined (:class:`AckedPublisher`: one shared reply
-        subscription, no round trip each) and their acknowledgements awaited together,
-        bounded by ``PUBLISH_TIMEOUT``.
+        With atomic batches (:meth:`use_atomic`) a raw batch's output goes out as one
+        batch per :data:`ATOMIC_MAX` messages, acknowledged once; otherwise, and for a
+        batch the stream rejects as partly stored already, message by message,
+        pipelined (:class:`AckedPublisher`). Either way bounded by ``PUBLISH_TIMEOUT``.
         """
-        seq = msg.metadata.sequence.stream
+        messages = self._messages(schema, output, msg.metadata.sequence.stream)
         acks: list[asyncio.Future[Any]] = []
         try:
-            for subject, records in output.by_subject.items():
-                try:
-                    chunks = list(codec.encode_chunks(schema, records, self.max_bytes))
-                except CodecError as e:  # one record larger than a NATS message
-                    self.bad_log.warning("oversize", "enriched record too large", error=str(e))
-                    continue
-                for n, batch in enumerate(chunks):
-                    headers = dict(batch.headers)
-                    headers[MSG_ID_HEADER] = f"enricher:{schema.name}:{seq}:{subject}:{n}"
-                    acks.append(await self.publisher.publish(subject, batch.body, headers))
+            if self.atomic_after <= time.monotonic():
+                messages = await self._publish_atomic(messages)
+            for subject, body, headers in messages:
+                acks.append(await self.publisher.publish(subject, body, headers))
             await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
         except Exception as e:  # timeouts, no stream, stream errors: retry the batch
             cancel_all(acks)
             self.bad_log.warning("publish", "publishing enriched records failed", error=repr(e))
             return False
+        return True
+
+    def _messages(self, schema: codec.Schema, output: Output, seq: int) -> list[Message]:
+        """The enriched messages of one raw batch, each with its ``Nats-Msg-Id``."""
+        messages: list[Message] = []
+        groups = [
+            (subject, codec.encode_chunks(schema, records, self.max_bytes))
+            for subject, records in output.by_subject.items()
+        ] + [
+            (subject, codec.chunk_lines(schema, lines, self.max_bytes))
+            for subject, lines in output.lines.items()
+        ]
+        for subject, batches in groups:
+            try:
+                chunks = list(batches)
+            except CodecError as e:  # one record larger than a NATS message
+                self.bad_log.warning("oversize", "enriched record too large", error=str(e))
+                continue
+            for n, batch in enumerate(chunks):
+                headers = dict(batch.headers)
+                headers[MSG_ID_HEADER] = f"enricher:{schema.name}:{seq}:{subject}:{n}"
+                messages.append((subject, batch.body, headers))
+        return messages
+
+    async def _publish_atomic(self, messages: list[Message]) -> list[Message]:
+        """Publish as atomic batches; returns the messages still to publish one by one.
+
+        A batch the stream refuses (an ``err_code`` answer) stored nothing, so its
+        messages go out one by one, the path every message can take. The refusals seen:
+        one of its ``Nats-Msg-Id`` is already stored (a redelivered raw batch whose
+        output, or part of it, an earlier attempt stored: one by one, JetStream drops
+        just the stored ones — the exactly-once scheme of the per-message path); more
+        than 50 batches in flight on the stream (many replicas at once); a batch larger
+        than the server's limit. A stream that does not allow atomic batches (changed
+        behind our back) turns them off for a minute.
+        """
+        groups = [messages[i : i + ATOMIC_MAX] for i in range(0, len(messages), ATOMIC_MAX)]
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            for group in groups:
+                acks.append(await self.publisher.publish_atomic(group))
+            results = await asyncio.wait_for(
+                asyncio.gather(*acks, return_exceptions=True), PUBLISH_TIMEOUT
+            )
+        except BaseException:
+            cancel_all(acks)
+            raise
+        left: list[Message] = []
+        for group, result in zip(groups, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if not isinstance(result, PublishError) or not result.code:
+                raise result  # no stream, timeouts, …: the whole raw batch is retried
+            if result.code == ATOMIC_DISABLED:
+                self.atomic_after = time.monotonic() + ATOMIC_RETRY
+                self.bad_log.warning("atomic", "stream refuses atomic batches", error=str(result))
+            left.extend(group)
+        return left
+
+    async def use_atomic(self) -> bool:
+        """Publish atomic batches when both output streams allow them (nats-server
+        2.12+; an older server does not echo ``allow_atomic`` back)."""
+        for stream in (subjects.STREAM_FLOWS, subjects.STREAM_DNS):
+            info = await self.js.stream_info(stream)
+            if not getattr(info.config, "allow_atomic", False):
+                self.atomic_after = math.inf
+                return False
+        self.atomic_after = 0.0
         return True
 
     async def _reject(self, kind: str, msg: Msg, error: CodecError) -> None:

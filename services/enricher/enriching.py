@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from flowscope.core import subjects
 from flowscope.core.community_id import community_id
 from flowscope.core.errors import RecordError
@@ -139,9 +140,11 @@ class Tally:
 
 @dataclass(slots=True)
 class Output:
-    """Enriched records grouped by subject, the batch's tally, and its bad records."""
+    """Enriched records grouped by subject — as wire dicts (``by_subject``) or as
+    rendered NDJSON lines (``lines``) — the batch's tally, and its bad records."""
 
     by_subject: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    lines: dict[str, list[bytes]] = field(default_factory=dict)  # NDJSON lines instead
     tally: Tally = field(default_factory=Tally)
     bad: list[tuple[Any, RecordError]] = field(default_factory=list)
 
@@ -254,18 +257,32 @@ class Enricher:
     # ------------------------------------------------------------ flows
 
     def flows(self, records: Iterable[Any]) -> Output:
-        """Enrich a batch of raw flow dicts; bad records are returned, not raised."""
+        """Enrich a batch of raw flow dicts into wire dicts (``by_subject``); bad records
+        are returned, not raised."""
         out = Output()
+        self._flows(records, render_wire, out.by_subject, out)
+        return out
+
+    def flow_lines(self, records: Iterable[Any]) -> Output:
+        """Like :meth:`flows`, but each record rendered straight to its NDJSON line
+        (``lines``): byte for byte ``orjson.dumps(wire) + b"\\n"`` of the same record,
+        at a fraction of the cost (the pipeline's path)."""
+        out = Output()
+        self._flows(records, render_line, out.lines, out)
+        return out
+
+    def _flows(
+        self, records: Iterable[Any], render: Render, by_subject: dict[str, list[Any]], out: Output
+    ) -> None:
         tally = out.tally
         tally.lookups = dict.fromkeys(LOOKUP_KINDS, 0)
-        by_subject = out.by_subject
         now = self._clock()
         ready = self.resolver.ready
         flow = self._flow
         for i, record in enumerate(records):
             tally.records_in += 1
             try:
-                enriched = flow(record, i, now, tally, ready)
+                enriched = flow(record, i, now, tally, ready, render)
             except RecordError as e:
                 out.bad.append((record, e))
                 continue
@@ -280,12 +297,11 @@ class Enricher:
                 bucket.append(wire)
             tally.records_out += 1
         tally.process_misses = 2 * (tally.records_in - len(out.bad)) - tally.process_hits
-        return out
 
     def _flow(
-        self, raw: Any, i: int, now: float, tally: Tally, ready: bool
-    ) -> tuple[str, dict[str, Any]] | None:
-        """One raw flow → (subject, wire dict), or None when it is a dropped duplicate.
+        self, raw: Any, i: int, now: float, tally: Tally, ready: bool, render: Render
+    ) -> tuple[str, Any] | None:
+        """One raw flow → (subject, rendered record), or None when it is a dropped duplicate.
 
         The hot path, kept in one function on purpose (a call costs about as much as
         a lookup here): keys are read once and type-checked in one expression; only a
@@ -375,42 +391,20 @@ class Enricher:
         ):
             return None
 
-        ported = proto not in ICMP_PROTOS
-        wire: dict[str, Any] = {
-            "flow.community_id": community_id(proto, src, dst, sport, dport),
-            "flow.start_ns": start_ns,
-            "flow.end_ns": end_ns,
-            "flow.end_reason": reason,
-            "flow.direction": direction,
-            "network.type": network,
-            "network.transport": _TRANSPORTS.get(proto) or transport_name(proto),
-            "source.port": sport if ported else 0,
-            "destination.port": dport if ported else 0,
-            "flow.bytes.delta": fwd_b,
-            "flow.packets.delta": fwd_p,
-            "flow.reverse.bytes.delta": rev_b,
-            "flow.reverse.packets.delta": rev_p,
-            "observer.node.name": observer,
-        }
-        if proto == TCP:
-            wire["flow.tcp.flags.tags"] = _FLAG_TAGS[flags & 0xFF]
-        wire.update(src_id.source)
-        wire.update(dst_id.destination)
-        if src_proc is not None:
-            _put_process(wire, "source.", src_proc)
-        if dst_proc is not None:
-            _put_process(wire, "destination.", dst_proc)
         lookup = self.names.lookup
-        name = lookup(src, dst, now)
-        if name is not None:
-            wire["destination.domain"] = name
+        dst_name = lookup(src, dst, now)
+        src_name = lookup(dst, src, now)
+        if dst_name is not None:
             tally.dns_hits += 1
         else:
             tally.dns_misses += 1
-        name = lookup(dst, src, now)
-        if name is not None:
-            wire["source.domain"] = name
-        return f"{subjects.FLOWS}.{src_id.token}.{dst_id.token}", wire
+        ported = proto not in ICMP_PROTOS
+        record = render(
+            community_id(proto, src, dst, sport, dport), start_ns, end_ns, reason, direction,
+            network, proto, sport if ported else 0, dport if ported else 0, fwd_b, fwd_p,
+            rev_b, rev_p, observer, flags, src_id, dst_id, src_proc, dst_proc, dst_name, src_name,
+        )  # fmt: skip
+        return f"{subjects.FLOWS}.{src_id.token}.{dst_id.token}", record
 
     # ------------------------------------------------------------ DNS records
 
@@ -536,6 +530,122 @@ def _put_process(wire: dict[str, Any], prefix: str, proc: SocketOwner) -> None:
         wire[prefix + "process.executable.name"] = proc.comm
     if proc.container_id:
         wire[prefix + "container.id"] = proc.container_id
+
+
+# ---------------------------------------------------------------- rendering a flow record
+
+Render = Callable[..., Any]  # the arguments of render_wire → one record
+
+
+def render_wire(
+    cid: str, start_ns: int, end_ns: int, reason: str, direction: str, network: str,
+    proto: int, sport: int, dport: int, fwd_b: int, fwd_p: int, rev_b: int, rev_p: int,
+    observer: str, flags: int, src_id: Identity, dst_id: Identity,
+    src_proc: SocketOwner | None, dst_proc: SocketOwner | None,
+    dst_name: str | None, src_name: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """A flow record as a wire dict: the definition of the record's keys and their order."""
+    wire: dict[str, Any] = {
+        "flow.community_id": cid,
+        "flow.start_ns": start_ns,
+        "flow.end_ns": end_ns,
+        "flow.end_reason": reason,
+        "flow.direction": direction,
+        "network.type": network,
+        "network.transport": _TRANSPORTS.get(proto) or transport_name(proto),
+        "source.port": sport,
+        "destination.port": dport,
+        "flow.bytes.delta": fwd_b,
+        "flow.packets.delta": fwd_p,
+        "flow.reverse.bytes.delta": rev_b,
+        "flow.reverse.packets.delta": rev_p,
+        "observer.node.name": observer,
+    }
+    if proto == TCP:
+        wire["flow.tcp.flags.tags"] = _FLAG_TAGS[flags & 0xFF]
+    wire.update(src_id.source)
+    wire.update(dst_id.destination)
+    if src_proc is not None:
+        _put_process(wire, "source.", src_proc)
+    if dst_proc is not None:
+        _put_process(wire, "destination.", dst_proc)
+    if dst_name is not None:
+        wire["destination.domain"] = dst_name
+    if src_name is not None:
+        wire["source.domain"] = src_name
+    return wire
+
+
+# The record's fixed members, in render_wire's order; %b are JSON strings, %d integers
+# (orjson writes integers exactly as %d does).
+_HEAD = (
+    b'{"flow.community_id":"%b","flow.start_ns":%d,"flow.end_ns":%d,"flow.end_reason":%b,'
+    b'"flow.direction":%b,"network.type":%b,"network.transport":%b,"source.port":%d,'
+    b'"destination.port":%d,"flow.bytes.delta":%d,"flow.packets.delta":%d,'
+    b'"flow.reverse.bytes.delta":%d,"flow.reverse.packets.delta":%d,"observer.node.name":%b'
+)
+_FLAGS_JSON = [b',"flow.tcp.flags.tags":' + orjson.dumps(tags) for tags in _FLAG_TAGS]
+_STRINGS: dict[str, bytes] = {}  # str → its JSON form: node names, reasons, domains recur
+MAX_STRINGS = 100_000
+
+
+def json_str(text: str) -> bytes:
+    """``orjson.dumps(text)``, cached (bounded)."""
+    found = _STRINGS.get(text)
+    if found is None:
+        if len(_STRINGS) >= MAX_STRINGS:
+            _STRINGS.clear()
+        found = _STRINGS[text] = orjson.dumps(text)
+    return found
+
+
+def process_json(proc: SocketOwner) -> tuple[bytes, bytes]:
+    """A socket owner's process keys as JSON members (each led by a comma, or empty)
+    for the source and the destination side; rendered once per owner."""
+    found = proc.json
+    if found is None:
+        sides = []
+        for prefix in ("source.", "destination."):
+            keys: dict[str, Any] = {}
+            _put_process(keys, prefix, proc)
+            sides.append(b"," + orjson.dumps(keys)[1:-1] if keys else b"")
+        found = proc.json = (sides[0], sides[1])
+    return found
+
+
+def render_line(
+    cid: str, start_ns: int, end_ns: int, reason: str, direction: str, network: str,
+    proto: int, sport: int, dport: int, fwd_b: int, fwd_p: int, rev_b: int, rev_p: int,
+    observer: str, flags: int, src_id: Identity, dst_id: Identity,
+    src_proc: SocketOwner | None, dst_proc: SocketOwner | None,
+    dst_name: str | None, src_name: str | None,
+) -> bytes:  # fmt: skip
+    """The same record as :func:`render_wire`, rendered straight to its NDJSON line
+    (``orjson.dumps(render_wire(...)) + b"\\n"``, byte for byte — property-tested),
+    joined from pre-rendered pieces: identities and processes carry theirs. ``cid`` is
+    a Community ID ("1:" + base64), which JSON needs no escapes for."""
+    parts = [
+        _HEAD % (
+            cid.encode(), start_ns, end_ns, json_str(reason), json_str(direction),
+            json_str(network), json_str(_TRANSPORTS.get(proto) or transport_name(proto)),
+            sport, dport, fwd_b, fwd_p, rev_b, rev_p, json_str(observer),
+        ),
+        _FLAGS_JSON[flags & 0xFF] if proto == TCP else b"",
+        b",",
+        src_id.source_json,
+        b",",
+        dst_id.destination_json,
+    ]  # fmt: skip
+    if src_proc is not None:
+        parts.append(process_json(src_proc)[0])
+    if dst_proc is not None:
+        parts.append(process_json(dst_proc)[1])
+    if dst_name is not None:
+        parts.append(b',"destination.domain":' + json_str(dst_name))
+    if src_name is not None:
+        parts.append(b',"source.domain":' + json_str(src_name))
+    parts.append(b"}\n")
+    return b"".join(parts)
 
 
 def _readdressed(ident: Identity, address: str) -> Identity:

@@ -9,9 +9,10 @@ the local host's addresses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 from flowscope.core import subjects
 
 SIDES = ("source", "destination")
@@ -27,6 +28,14 @@ class Identity:
     source: dict[str, Any]  # source.* wire keys (address, kind, metadata)
     destination: dict[str, Any]  # destination.* wire keys
     pod_uid: str = ""  # the pod, when the identity is one (container-id refinement)
+    # The same keys as JSON object members, without braces (``"source.address":"…",…``),
+    # rendered once: a record's line is joined from them (see enriching.render_line).
+    source_json: bytes = field(init=False, repr=False, compare=False)
+    destination_json: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.source_json = orjson.dumps(self.source)[1:-1]
+        self.destination_json = orjson.dumps(self.destination)[1:-1]
 
 
 def identity(kind: str, token: str, home: str, address: str, meta: dict[str, Any]) -> Identity:

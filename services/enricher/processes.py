@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SocketKey = tuple[str, int, str, int, str, int]
 LocalKey = tuple[str, int, str, int]
@@ -28,6 +28,9 @@ class SocketOwner:
     container_id: str
     event: str  # connect (this end initiated), accept (the peer did), udp
     closed_at: float = 0.0
+    # this owner's record keys as JSON members for the source and destination side,
+    # rendered on first use (enriching.process_json)
+    json: tuple[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 
 
 class SocketTable:

@@ -120,6 +120,8 @@ async def body(rt: Runtime, settings: Settings) -> None:
     await messaging.ensure_streams(js, settings.nats)
     pipeline = consuming.Pipeline(nc, enricher, metrics)
     await pipeline.publisher.start()
+    if not await pipeline.use_atomic():
+        log.info("output streams do not allow atomic batches: one ack per message")
     rt.stack.push_async_callback(pipeline.publisher.close)
     rt.health.set("consumers", False, "waiting for join state and metadata")
 

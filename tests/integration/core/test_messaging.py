@@ -42,6 +42,21 @@ async def test_streams_created_idempotently_with_retention(fresh_server: Any) ->
     assert (info.config.max_age, info.config.max_bytes) == (7200, 2 << 20)
     ack = await js.publish(subjects.raw_flows("n1"), b"{}\n")
     assert ack.stream == subjects.STREAM_RAW
+    assert info.config.allow_atomic is True  # atomic batch publish allowed
+    await nc.close()
+
+
+async def test_existing_streams_get_atomic_batches_allowed(fresh_server: Any) -> None:
+    """Streams created before flowscope allowed atomic batches are updated in place."""
+    settings = NatsSettings(url=fresh_server.url)
+    nc = await messaging.connect(settings, "test", CollectorRegistry())
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=subjects.STREAM_FLOWS, subjects=[subjects.FLOWS_ALL]))
+    await js.publish(subjects.flows("a", "b"), b"{}\n")
+    await messaging.ensure_streams(js, settings)
+    info = await js.stream_info(subjects.STREAM_FLOWS)
+    assert info.config.allow_atomic is True
+    assert info.state.messages == 1  # kept
     await nc.close()
 
 

@@ -1,0 +1,120 @@
+"""Flow records rendered straight to NDJSON lines are the wire dicts, byte for byte.
+
+The pipeline publishes :meth:`Enricher.flow_lines` (records joined from pre-rendered
+JSON pieces); every other test reads :meth:`Enricher.flows` (wire dicts). These
+properties tie the two together: any record, any state, the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flowscope.core import records
+from flowscope.enricher import identities
+from flowscope.enricher.enriching import render_line, render_wire
+from flowscope.enricher.processes import SocketOwner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.enricher.test_enriching import A, B, enricher, flow, sock
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)  # any valid UTF-8
+u64 = st.integers(0, 2**64 - 1)
+community_id = st.from_regex(r"1:[A-Za-z0-9+/]{27}=", fullmatch=True)  # base64: no escapes
+meta = st.dictionaries(
+    st.sampled_from(["k8s.pod.name", "k8s.namespace.name", "k8s.pod.uid", "k8s.service.name",
+                     "k8s.pod.labels.app", "k8s.pod.labels.a\"b\\c", "k8s.node.name"]),
+    text, max_size=5,
+)  # fmt: skip
+identity = st.builds(
+    identities.identity, st.sampled_from(["pod", "service", "node", "host", "external"]),
+    text, text, st.sampled_from(["10.1.0.5", "2001:db8::1", "0.0.0.0"]), meta,
+)  # fmt: skip
+owner = st.builds(
+    SocketOwner, st.integers(0, 2**31), text, text, st.sampled_from(["connect", "accept", "udp"])
+)
+optional_owner = st.none() | owner
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.tuples(
+        community_id,
+        u64,
+        u64,
+        text,
+        text,
+        text,
+        st.integers(0, 255),
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        text,
+        st.integers(0, 255),
+        identity,
+        identity,
+        optional_owner,
+        optional_owner,
+        st.none() | text,
+        st.none() | text,
+    )
+)
+def test_a_rendered_line_is_the_wire_dict(args: tuple[Any, ...]) -> None:
+    line = render_line(*args)
+    wire = render_wire(*args)
+    assert line == orjson.dumps(wire) + b"\n"
+    assert orjson.loads(line) == wire
+
+
+ADDRESSES = [A, B, "192.168.0.1", "203.0.113.9", "10.9.9.9"]
+
+
+@st.composite
+def raw_flow(draw: st.DrawFn) -> dict[str, Any]:
+    src, dst = draw(st.sampled_from(ADDRESSES)), draw(st.sampled_from(ADDRESSES))
+    return flow(
+        draw(st.sampled_from(["node-1", "node-2", "node-3"])), src, dst,
+        draw(st.sampled_from([80, 40000, 53])), draw(st.sampled_from([80, 40000, 53])),
+        proto=draw(st.sampled_from([6, 17, 1, 132])), tcp_flags=draw(st.integers(0, 255)),
+        initiator=draw(st.booleans()), bytes=draw(u64), end_reason="idle_timeout",
+    )  # fmt: skip
+
+
+@st.composite
+def socket_event(draw: st.DrawFn) -> dict[str, Any]:
+    return sock(
+        draw(st.sampled_from(["node-1", "node-2"])), draw(st.sampled_from(["connect", "accept"])),
+        draw(st.sampled_from(ADDRESSES)), draw(st.sampled_from([80, 40000, 53])),
+        draw(st.sampled_from(ADDRESSES)), draw(st.sampled_from([80, 40000, 53])),
+        draw(st.integers(0, 3)), draw(st.sampled_from(["", "ca", "cb", "cagent", "zz"])),
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flows=st.lists(raw_flow(), max_size=8),
+    sockets=st.lists(socket_event(), max_size=6),
+    names=st.lists(st.tuples(st.sampled_from(ADDRESSES), st.sampled_from(ADDRESSES), text),
+                   max_size=4),
+)  # fmt: skip
+def test_the_pipeline_publishes_exactly_the_records_of_the_dict_path(
+    flows: list[dict[str, Any]], sockets: list[dict[str, Any]], names: list[tuple[str, str, str]]
+) -> None:
+    replicas = [enricher(), enricher()]
+    for e in replicas:
+        e.learn_sockets([dict(s) for s in sockets])
+        for client, address, name in names:
+            e.names.learn(client, name or "x", [{"type": "A", "ttl": 60, "data": address}])
+    wires = replicas[0].flows([dict(f) for f in flows])
+    lines = replicas[1].flow_lines([dict(f) for f in flows])
+    assert list(lines.lines) == list(wires.by_subject)
+    for subject, recs in wires.by_subject.items():
+        assert lines.lines[subject] == [orjson.dumps(r) + b"\n" for r in recs]
+        for line in lines.lines[subject]:
+            records.validate_flow(orjson.loads(line))
+    assert lines.tally == wires.tally
+    assert not lines.by_subject and not wires.lines
