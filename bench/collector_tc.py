@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flowscope.collector.attaching import ETH_P_ALL, PARENT_EGRESS, PARENT_INGRESS, Attacher
-from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
+from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
 from flowscope.collector.loading import FlowProgramConfig, load_flow_program
 from flowscope.collector.metrics import read_counters
 
@@ -182,7 +182,13 @@ def per_packet(node: Node, packets: int) -> None:
             (index,) = attacher.ipr.link_lookup(ifname=pod.host_if)
             attacher.attach(index, pod.host_if)
         baseline_bpf, base_in, base_eg = attach_baseline(node)
-        drainer = Drainer(BatchReader(program.flows.map_fd), "bench", 3.0, DirectionMemory(1024))
+        drainer = Drainer(
+            BatchReader(program.flows.map_fd),
+            TickClock(program.clock_pair),
+            "bench",
+            3.0,
+            DirectionMemory(1024),
+        )
         try:
             for mode in ("one", "many"):
                 drainer.drain()

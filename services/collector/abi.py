@@ -17,7 +17,7 @@ from typing import Any
 
 from flowscope.core.errors import StartupError
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 AF_INET = 4
 AF_INET6 = 6
@@ -43,8 +43,8 @@ class FlowValue(ct.Structure):
     """``struct flow_value``: per-direction counters since the last drain."""
 
     _fields_ = [
-        ("first_ns", ct.c_uint64),
-        ("last_ns", ct.c_uint64),
+        ("first_tick", ct.c_uint64),
+        ("last_tick", ct.c_uint64),
         ("packets", ct.c_uint64 * 2),
         ("bytes", ct.c_uint64 * 2),
         ("tcp_flags", ct.c_uint64),
@@ -52,6 +52,15 @@ class FlowValue(ct.Structure):
         ("fwd", ct.c_uint8),
         ("initiator", ct.c_uint8),
         ("pad", ct.c_uint8 * 2),
+    ]
+
+
+class ClockPair(ct.Structure):
+    """``struct clock_pair``: a tick count and CLOCK_MONOTONIC_COARSE read together."""
+
+    _fields_ = [
+        ("jiffies", ct.c_uint64),
+        ("coarse_ns", ct.c_uint64),
     ]
 
 

@@ -10,9 +10,10 @@ first packet's unless a SYN without ACK said otherwise; since a deleted entry fo
 that, the drainer remembers (bounded) the direction of flows whose initiator it saw, so
 a long connection keeps its source and destination across intervals.
 
-Times: the kernel stamps packets with ``bpf_ktime_get_coarse_ns()`` (CLOCK_MONOTONIC as
-of the last tick); records carry unix nanoseconds, converted with an offset measured at
-each drain (:func:`monotonic_to_realtime_offset`).
+Times: the kernel stamps packets with timer ticks (``bpf_jiffies64()``, 1/HZ); records
+carry unix nanoseconds: ticks become CLOCK_MONOTONIC through the kernel's tick/clock
+pair (:class:`TickClock`), then unix time with an offset measured at each drain
+(:func:`monotonic_to_realtime_offset`).
 """
 
 from __future__ import annotations
@@ -97,9 +98,34 @@ def _icmp_ports(proto: int, sport: int, dport: int) -> tuple[int, int]:
     return sport, dport
 
 
+CLOCK_MONOTONIC_COARSE = 6  # Linux clock id (not in Python's time module)
+
+
+class TickClock:
+    """Kernel timer ticks (jiffies) → CLOCK_MONOTONIC ns, from the flow program's pair.
+
+    The program writes one (jiffies, coarse ns) pair with its first flow; both advance
+    in the same timer tick, so ns = coarse_ns + (tick - jiffies) * tick length, where
+    the tick length is CLOCK_MONOTONIC_COARSE's resolution (the kernel's TICK_NSEC).
+    """
+
+    def __init__(self, pair_table: Any) -> None:
+        self._table = pair_table
+        self.tick_ns = round(time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1e9)
+
+    def pair(self) -> tuple[int, int]:
+        """(jiffies, coarse ns) as the kernel recorded them; (0, 0) before any flow."""
+        value = self._table[ct.c_int(0)]
+        return int(value.jiffies), int(value.coarse_ns)
+
+
 @dataclass(frozen=True, slots=True)
 class DrainContext:
-    """What converting one entry needs besides the entry."""
+    """What converting one entry needs besides the entry.
+
+    Kernel times are ticks: monotonic ns = ``base_ns + (tick - base_tick) * tick_ns``
+    (the defaults make ticks nanoseconds, for tests), unix ns adds ``offset_ns``.
+    """
 
     observer: str
     now_mono_ns: int
@@ -107,10 +133,17 @@ class DrainContext:
     idle_ns: int
     forced: bool
     names: AddressNames = field(default_factory=AddressNames, compare=False)
+    tick_ns: int = 1
+    base_tick: int = 0
+    base_ns: int = 0
+
+    def mono_ns(self, tick: int) -> int:
+        return self.base_ns + (tick - self.base_tick) * self.tick_ns
 
 
 def end_reason(tcp_flags: int, last_ns: int, ctx: DrainContext) -> str:
-    """Why this interval's record ends (DESIGN.md ``flow.end_reason``)."""
+    """Why this interval's record ends (DESIGN.md ``flow.end_reason``); ``last_ns``: the
+    last packet's CLOCK_MONOTONIC time."""
     if ctx.forced:
         return "forced_end"
     if tcp_flags & (TCP_FIN | TCP_RST):
@@ -150,10 +183,10 @@ def raw_flow_wire(
     if proto in _ICMP_PAIRED:
         sport, dport = _icmp_ports(proto, sport, dport)
     flags = value[V_FLAGS] & 0xFF
-    last = value[V_LAST]
+    last = ctx.mono_ns(value[V_LAST])
     return {
         "observer": ctx.observer,
-        "start_ns": value[V_FIRST] + ctx.offset_ns,
+        "start_ns": ctx.mono_ns(value[V_FIRST]) + ctx.offset_ns,
         "end_ns": last + ctx.offset_ns,
         "end_reason": end_reason(flags, last, ctx),
         "proto": proto,
@@ -255,6 +288,7 @@ class Drainer:
     """Turns the kernel flow map into raw flow records (call from a worker thread)."""
 
     reader: BatchReader
+    clock: TickClock
     observer: str
     idle_timeout_s: float
     memory: DirectionMemory
@@ -273,20 +307,29 @@ class Drainer:
         A chunk at a time keeps memory flat when a drain holds hundreds of thousands of
         flows. Returns how many entries the map held.
         """
-        ctx = DrainContext(
+        entries = 0
+        ctx: DrainContext | None = None
+        for keys, values in self.reader.chunks():
+            # Read after the first chunk: the pair exists once any entry does.
+            ctx = ctx or self._context(forced)
+            wires = self._convert(keys, values, ctx)
+            entries += len(wires)
+            sink(wires)
+        return entries
+
+    def _context(self, forced: bool) -> DrainContext:
+        base_tick, base_ns = self.clock.pair()
+        return DrainContext(
             observer=self.observer,
             now_mono_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC),
             offset_ns=monotonic_to_realtime_offset(),
             idle_ns=int(self.idle_timeout_s * 1e9),
             forced=forced,
             names=self.names,
+            tick_ns=self.clock.tick_ns,
+            base_tick=base_tick,
+            base_ns=base_ns,
         )
-        entries = 0
-        for keys, values in self.reader.chunks():
-            wires = self._convert(keys, values, ctx)
-            entries += len(wires)
-            sink(wires)
-        return entries
 
     def _convert(self, keys: bytes, values: bytes, ctx: DrainContext) -> list[dict[str, Any]]:
         key_size = abi.FLOW_KEY.size

@@ -61,6 +61,10 @@ class FlowProgram:
         return self.bpf[b"counters"]
 
     @property
+    def clock_pair(self) -> Any:
+        return self.bpf[b"clock_pair"]
+
+    @property
     def dns_events(self) -> Any:
         return self.bpf[b"dns_events"]
 
@@ -160,6 +164,7 @@ def check_abi(program: FlowProgram) -> None:
     abi.check_layout(
         "struct collector_counters", abi.CollectorCounters, program.counters.Leaf._type_
     )
+    abi.check_layout("struct clock_pair", abi.ClockPair, program.clock_pair.Leaf)
     abi.check_layout(
         "struct dns_event",
         abi.dns_event_type(program.config.dns_capture_len),

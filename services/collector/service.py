@@ -29,7 +29,7 @@ from flowscope.collector.attaching import Attacher
 from flowscope.collector.containers import ContainerResolver
 from flowscope.collector.dns_parsing import DnsExchanges, DnsParseError
 from flowscope.collector.dns_reading import DnsReader
-from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
+from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
 from flowscope.collector.link_watching import InterfaceSelection, LinkWatcher
 from flowscope.collector.loading import (
     FlowProgram,
@@ -190,6 +190,7 @@ class Producing:
         capacity = max(1024, settings.flows.max_entries * 2)
         self._drainer = Drainer(
             BatchReader(program.flows.map_fd, min(4096, settings.flows.max_entries)),
+            TickClock(program.clock_pair),
             node,
             settings.flows.idle_timeout,
             DirectionMemory(capacity),

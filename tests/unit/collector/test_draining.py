@@ -37,7 +37,7 @@ def key(lo: str, hi: str, port_lo: int, port_hi: int, proto: int) -> tuple[Any, 
 def value(
     fwd: int = 0, flags: int = 0, last: int = 9_000_000_000, initiator: int = 0
 ) -> abi.FlowValue:
-    v = abi.FlowValue(first_ns=8_000_000_000, last_ns=last, tcp_flags=flags, ifindex=3, fwd=fwd, initiator=initiator)  # fmt: skip
+    v = abi.FlowValue(first_tick=8_000_000_000, last_tick=last, tcp_flags=flags, ifindex=3, fwd=fwd, initiator=initiator)  # fmt: skip
     v.packets[:] = [10, 20]
     v.bytes[:] = [1000, 2000]
     return abi.FLOW_VALUE.unpack(bytes(v))
@@ -78,6 +78,23 @@ def test_end_reasons() -> None:
     assert raw_flow(k, value(last=6_000_000_000), 0, False, CTX).end_reason == "idle_timeout"
     forced = DrainContext("n", CTX.now_mono_ns, 0, CTX.idle_ns, forced=True)
     assert raw_flow(k, value(flags=0x11), 0, False, forced).end_reason == "forced_end"
+
+
+def test_ticks_become_monotonic_then_unix_ns() -> None:
+    # HZ=250: 4 ms ticks; the kernel's pair says tick 1000 was at 5 s monotonic.
+    ctx = DrainContext("n", now_mono_ns=10_000_000_000, offset_ns=1_000, idle_ns=3_000_000_000,
+                       forced=False, tick_ns=4_000_000, base_tick=1_000, base_ns=5_000_000_000)  # fmt: skip
+    v = abi.FlowValue(first_tick=1_250, last_tick=1_000 + 2_000, ifindex=1)  # 6 s and 13 s
+    f = raw_flow(
+        key("10.0.0.1", "10.0.0.2", 1, 2, 17), abi.FLOW_VALUE.unpack(bytes(v)), 0, False, ctx
+    )
+    assert (f.start_ns, f.end_ns) == (6_000_001_000, 13_000_001_000)
+    assert f.end_reason == "active_timeout"
+    earlier = abi.FlowValue(first_tick=0, last_tick=500, ifindex=1)  # before the pair: 1 s, 3 s
+    f = raw_flow(
+        key("10.0.0.1", "10.0.0.2", 1, 2, 17), abi.FLOW_VALUE.unpack(bytes(earlier)), 0, False, ctx
+    )
+    assert (f.start_ns, f.end_ns, f.end_reason) == (1_000_001_000, 3_000_001_000, "idle_timeout")
 
 
 def test_direction_memory_keeps_initiator_across_intervals() -> None:
