@@ -136,9 +136,11 @@ class DrainContext:
     tick_ns: int = 1
     base_tick: int = 0
     base_ns: int = 0
+    # base_ns - base_tick * tick_ns: monotonic ns = tick * tick_ns + this (once per drain)
+    mono_origin_ns: int = field(init=False)
 
-    def mono_ns(self, tick: int) -> int:
-        return self.base_ns + (tick - self.base_tick) * self.tick_ns
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mono_origin_ns", self.base_ns - self.base_tick * self.tick_ns)
 
 
 def end_reason(tcp_flags: int, last_ns: int, ctx: DrainContext) -> str:
@@ -183,10 +185,11 @@ def raw_flow_wire(
     if proto in _ICMP_PAIRED:
         sport, dport = _icmp_ports(proto, sport, dport)
     flags = value[V_FLAGS] & 0xFF
-    last = ctx.mono_ns(value[V_LAST])
+    tick_ns, origin = ctx.tick_ns, ctx.mono_origin_ns
+    last = value[V_LAST] * tick_ns + origin  # CLOCK_MONOTONIC ns
     return {
         "observer": ctx.observer,
-        "start_ns": ctx.mono_ns(value[V_FIRST]) + ctx.offset_ns,
+        "start_ns": value[V_FIRST] * tick_ns + origin + ctx.offset_ns,
         "end_ns": last + ctx.offset_ns,
         "end_reason": end_reason(flags, last, ctx),
         "proto": proto,
