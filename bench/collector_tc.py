@@ -1,10 +1,13 @@
 """Benchmark of the collector's flow path; prints figures (not a test). Needs root.
 
     .venv/bin/python bench/collector_tc.py [--packets 200000] [--seconds 10]
+                                           [--kernel-only | --process-only]
 
 1. ns/packet of the TC programs (kernel.bpf_stats_enabled, run_time_ns / run_cnt from
    the program fd's fdinfo) next to a minimal counting TC program attached to the same
-   hooks in the same run (baseline), for one flow and for many flows.
+   hooks in the same run (baseline), for one flow and for many flows; and the same
+   comparison with BPF_PROG_TEST_RUN (one packet run in a loop in the kernel: no sender,
+   softirq or statistics noise; x86-64 syscall number).
 2. Packets counted vs the interface's own counters at the highest rate one Python
    sender reaches here.
 3. The collector process's CPU (% of one core) and RSS while new flows arrive at 10k/s
@@ -17,8 +20,11 @@ Everything runs in network namespaces built as in the privileged tests
 from __future__ import annotations
 
 import argparse
+import ctypes as ct
 import os
 import re
+import statistics
+import struct
 import sys
 import time
 from pathlib import Path
@@ -26,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flowscope.collector.attaching import ETH_P_ALL, PARENT_EGRESS, PARENT_INGRESS, Attacher
-from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
+from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
 from flowscope.collector.loading import FlowProgramConfig, load_flow_program
 from flowscope.collector.metrics import read_counters
 
@@ -46,6 +52,8 @@ int baseline_in(struct __sk_buff *skb) { return count(0); }
 int baseline_eg(struct __sk_buff *skb) { return count(1); }
 """
 BASELINE_PRIO = 1  # runs before flowscope's filter on the same hook
+SYS_BPF = 321  # x86-64
+BPF_PROG_TEST_RUN = 10
 
 SENDER = r"""
 import socket, sys, time
@@ -65,6 +73,68 @@ while sent < total:
             time.sleep(ahead)
 print(sent / (time.monotonic() - start))
 """
+
+
+class TestRunAttr(ct.Structure):
+    """``union bpf_attr`` for BPF_PROG_TEST_RUN (the ``test`` member)."""
+
+    _fields_ = [
+        ("prog_fd", ct.c_uint32), ("retval", ct.c_uint32), ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32), ("data_in", ct.c_uint64), ("data_out", ct.c_uint64),
+        ("repeat", ct.c_uint32), ("duration", ct.c_uint32), ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32), ("ctx_in", ct.c_uint64), ("ctx_out", ct.c_uint64),
+        ("flags", ct.c_uint32), ("cpu", ct.c_uint32), ("batch_size", ct.c_uint32),
+        ("pad", ct.c_uint32),
+    ]  # fmt: skip
+
+
+def test_run_ns(fd: int, frame: bytes, repeat: int) -> int:
+    """Mean ns per run of a TC program on ``frame`` (BPF_PROG_TEST_RUN, in this thread)."""
+    data = ct.create_string_buffer(frame, len(frame))
+    out = ct.create_string_buffer(len(frame) + 256)
+    attr = TestRunAttr(prog_fd=fd, data_size_in=len(frame), data_in=ct.addressof(data),
+                       data_out=ct.addressof(out), data_size_out=len(out), repeat=repeat)  # fmt: skip
+    libc = ct.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, ct.byref(attr), ct.sizeof(attr)) != 0:
+        raise OSError(ct.get_errno(), "BPF_PROG_TEST_RUN")
+    return int(attr.duration)
+
+
+def frame(proto: int) -> bytes:
+    """Ethernet + IPv4 + UDP or TCP (ACK) + 64 bytes: a packet of one existing flow."""
+    payload = b"x" * 64
+    if proto == 6:
+        l4 = struct.pack("!HHIIBBHHH", 40000, 9000, 1, 1, 5 << 4, 0x10, 100, 0, 0)
+    else:
+        l4 = struct.pack("!HHHH", 40000, 9000, 8 + len(payload), 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4) + len(payload), 1, 0, 64, proto,
+                     0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))  # fmt: skip
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + l4 + payload
+
+
+def per_run(program: object, base_in: int) -> None:
+    """The programs' own cost, free of sender and softirq noise: the same packet run
+    200 000 times in the kernel, flowscope and the baseline alternating, 7 rounds."""
+    print("== TC ingress cost without traffic (BPF_PROG_TEST_RUN, median of 7 x 200k runs,")
+    print("   run-time statistics off: they add to every run)")
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    stats.write_text("0")
+    try:
+        run_both(program, base_in)
+    finally:
+        stats.write_text("1")
+
+
+def run_both(program: object, base_in: int) -> None:
+    for proto, name in ((17, "UDP"), (6, "TCP ACK")):
+        packet = frame(proto)
+        ours, base = [], []
+        for _ in range(7):
+            ours.append(test_run_ns(program.ingress_fd, packet, 200_000))  # type: ignore[attr-defined]
+            base.append(test_run_ns(base_in, packet, 200_000))
+        o, b = statistics.median(ours), statistics.median(base)
+        print(f"  {name:>7}, existing flow: flowscope {o:5.1f} ns/run, baseline {b:5.1f} ns/run, "
+              f"ratio {o / b:.2f}x, difference {o - b:.0f} ns")  # fmt: skip
 
 
 def prog_stats(fd: int) -> tuple[int, int]:
@@ -112,7 +182,13 @@ def per_packet(node: Node, packets: int) -> None:
             (index,) = attacher.ipr.link_lookup(ifname=pod.host_if)
             attacher.attach(index, pod.host_if)
         baseline_bpf, base_in, base_eg = attach_baseline(node)
-        drainer = Drainer(BatchReader(program.flows.map_fd), "bench", 3.0, DirectionMemory(1024))
+        drainer = Drainer(
+            BatchReader(program.flows.map_fd),
+            TickClock(program.clock_pair),
+            "bench",
+            3.0,
+            DirectionMemory(1024),
+        )
         try:
             for mode in ("one", "many"):
                 drainer.drain()
@@ -132,6 +208,7 @@ def per_packet(node: Node, packets: int) -> None:
                     ours, base = ns[f"flowscope {hook}"], ns[f"baseline {hook}"]
                     print(f"    {hook:>7}: flowscope {ours[0]:6.1f} ns/pkt, baseline {base[0]:6.1f} "
                           f"ns/pkt, ratio {ours[0] / base[0]:.2f}x ({ours[1]} runs)")  # fmt: skip
+            per_run(program, base_in)
             drain_cost(node, drainer, packets)
             accuracy(node, program, drainer, packets)
         finally:
@@ -142,17 +219,16 @@ def per_packet(node: Node, packets: int) -> None:
 
 
 def drain_cost(node: Node, drainer: Drainer, packets: int) -> None:
-    """User-space cost per flow of the flow path: drain, convert, to_wire, encode."""
+    """User-space cost per flow of the flow path: drain, convert to wire dicts, encode."""
     from flowscope.core import codec
 
-    print("== flow path in user space (drain + RawFlow + to_wire + NDJSON), per flow")
+    print("== flow path in user space (drain + wire dicts + NDJSON), per flow")
     drainer.drain()
     send(node, "many", packets)
     encoded = 0
 
-    def sink(flows: list) -> None:  # type: ignore[type-arg]
+    def sink(wires: list) -> None:  # type: ignore[type-arg]
         nonlocal encoded
-        wires = [f.to_wire() for f in flows]
         encoded += sum(b.count for b in codec.encode_chunks(codec.RAW_FLOW, wires, 1 << 20))
 
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -233,13 +309,17 @@ def main() -> None:
     parser.add_argument(
         "--kernel-only", action="store_true", help="skip the collector process part"
     )
+    parser.add_argument(
+        "--process-only", action="store_true", help="only the collector process part"
+    )
     args = parser.parse_args()
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = stats.read_text().strip()
     stats.write_text("1")
     node = Node(tag=f"cfb{os.getpid()}", ipv6=False).create(pods=2)
     try:
-        per_packet(node, args.packets)
+        if not args.process_only:
+            per_packet(node, args.packets)
         if not args.kernel_only:
             collector_load(node, args.seconds)
     finally:

@@ -41,6 +41,7 @@
 
 BPF_TABLE("hash", struct flow_key, struct flow_value, flows, MAX_FLOWS);
 BPF_PERCPU_ARRAY(counters, struct collector_counters, 1);
+BPF_ARRAY(clock_pair, struct clock_pair, 1);
 BPF_RINGBUF_OUTPUT(dns_events, DNS_RINGBUF_PAGES);
 /* Never written: it only exposes struct dns_event's compiled layout to user space, which
  * checks it against abi.py at start-up (bcc derives table types, not ring buffer ones). */
@@ -284,7 +285,7 @@ static __always_inline void add_to(struct flow_value *v, const struct packet *p,
             v->initiator = 1;
         }
     }
-    v->last_ns = now;
+    v->last_tick = now;
 }
 
 static __always_inline void count_lost(__u64 packets, __u64 bytes)
@@ -297,11 +298,31 @@ static __always_inline void count_lost(__u64 packets, __u64 bytes)
     }
 }
 
+/* The tick ↔ CLOCK_MONOTONIC pair user space needs, written once, by the first new flow
+ * (before its insert, so that every entry user space finds comes with a pair). Ticks
+ * and the coarse clock advance in the same timer interrupt; should one fall between the
+ * two reads, the pair is off by one tick, within the ticks' own precision. */
+static __always_inline void remember_clock(void)
+{
+    int zero = 0;
+    struct clock_pair *c = clock_pair.lookup(&zero);
+    if (c && c->jiffies == 0) {
+        c->coarse_ns = bpf_ktime_get_coarse_ns();
+        c->jiffies = bpf_jiffies64();
+    }
+}
+
 static __always_inline void account(struct __sk_buff *skb, const struct packet *p)
 {
     struct flow_key key = {};
     __u8 dir = make_key(p, &key);
-    __u64 now = bpf_ktime_get_ns();
+    /* Timer ticks (jiffies, 1/HZ: 1-4 ms), not nanoseconds. A clock read is paid on
+     * every packet: bpf_ktime_get_ns cost ~30 ns of a ~80 ns program, the coarse clock
+     * ~12 ns, bpf_jiffies64 next to nothing (it reads one variable). Flow start/end
+     * need no more than millisecond precision: records cover seconds-long intervals and
+     * idle_timeout is seconds. User space converts ticks with struct clock_pair. DNS
+     * events keep bpf_ktime_get_ns: their latency is measured in microseconds. */
+    __u64 now = bpf_jiffies64();
     /* A GSO/GRO super-packet stands for gso_segs wire packets, each with its own headers. */
     __u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
     __u64 bytes = p->ip_len + (segs - 1) * p->hdr_len;
@@ -311,9 +332,10 @@ static __always_inline void account(struct __sk_buff *skb, const struct packet *
         add_to(v, p, dir, segs, bytes, now);
         return;
     }
+    remember_clock();
     struct flow_value fresh = {};
-    fresh.first_ns = now;
-    fresh.last_ns = now;
+    fresh.first_tick = now;
+    fresh.last_tick = now;
     fresh.ifindex = skb->ifindex;
     fresh.fwd = dir;
     fresh.packets[dir & 1] = segs;

@@ -14,7 +14,7 @@
 #ifndef FLOWSCOPE_ABI_H
 #define FLOWSCOPE_ABI_H
 
-#define FLOWSCOPE_ABI_VERSION 1
+#define FLOWSCOPE_ABI_VERSION 2
 
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 65536          /* entries of the flow map (settings flows.max_entries) */
@@ -57,10 +57,11 @@ struct flow_key {
 /* Counters of one flow since user space last drained it. Indices [0]/[1] are the
  * directions lo→hi and hi→lo. Bytes are IP-level: IP header + payload, no L2 header
  * (for a GSO/GRO super-packet, the headers each wire segment carries are added back, and
- * packets counts wire segments). first_ns/last_ns are bpf_ktime_get_ns() (CLOCK_MONOTONIC). */
+ * packets counts wire segments). first_tick/last_tick are bpf_jiffies64(): timer ticks
+ * (1/HZ, 1-4 ms), converted to CLOCK_MONOTONIC by user space through struct clock_pair. */
 struct flow_value {
-    __u64 first_ns;
-    __u64 last_ns;
+    __u64 first_tick;
+    __u64 last_tick;
     __u64 packets[2];
     __u64 bytes[2];
     __u64 tcp_flags;        /* union of TCP flag bytes seen in either direction (FIN=bit 0);
@@ -70,6 +71,15 @@ struct flow_value {
     __u8  initiator;        /* 1: a SYN without ACK was seen from the forward source */
     __u8  pad[2];
 };                          /* 64 bytes */
+
+/* One reading of the tick counter and CLOCK_MONOTONIC_COARSE taken together (array
+ * `clock_pair`, written by the first new flow). Both advance in the same timer tick, so
+ * any one pair converts every tick value: ns = coarse_ns + (tick - jiffies) * TICK_NSEC
+ * (TICK_NSEC is CLOCK_MONOTONIC_COARSE's resolution), exact to one tick. */
+struct clock_pair {
+    __u64 jiffies;
+    __u64 coarse_ns;
+};                          /* 16 bytes */
 
 /* Per-CPU counters of what the kernel could not deliver (never silent). User space sums
  * the CPUs and exports them as metrics. */

@@ -17,7 +17,7 @@ from typing import Any
 
 from flowscope.core.errors import StartupError
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 AF_INET = 4
 AF_INET6 = 6
@@ -43,8 +43,8 @@ class FlowValue(ct.Structure):
     """``struct flow_value``: per-direction counters since the last drain."""
 
     _fields_ = [
-        ("first_ns", ct.c_uint64),
-        ("last_ns", ct.c_uint64),
+        ("first_tick", ct.c_uint64),
+        ("last_tick", ct.c_uint64),
         ("packets", ct.c_uint64 * 2),
         ("bytes", ct.c_uint64 * 2),
         ("tcp_flags", ct.c_uint64),
@@ -52,6 +52,15 @@ class FlowValue(ct.Structure):
         ("fwd", ct.c_uint8),
         ("initiator", ct.c_uint8),
         ("pad", ct.c_uint8 * 2),
+    ]
+
+
+class ClockPair(ct.Structure):
+    """``struct clock_pair``: a tick count and CLOCK_MONOTONIC_COARSE read together."""
+
+    _fields_ = [
+        ("jiffies", ct.c_uint64),
+        ("coarse_ns", ct.c_uint64),
     ]
 
 
@@ -89,7 +98,7 @@ def dns_event_type(capture_len: int) -> type[ct.Structure]:
 
 _FORMAT_CODES = {
     ct.c_uint8: "B", ct.c_uint16: "H", ct.c_uint32: "I", ct.c_uint64: "Q",
-    ct.c_int8: "b", ct.c_int16: "h", ct.c_int32: "i", ct.c_int64: "q",
+    ct.c_int8: "b", ct.c_int16: "h", ct.c_int32: "i", ct.c_int64: "q", ct.c_char: "c",
 }  # fmt: skip
 
 
@@ -104,7 +113,7 @@ def struct_format(cls: type[Any]) -> str:
     for _name, ctype in cls._fields_:
         if issubclass(ctype, ct.Array):
             code = _FORMAT_CODES[ctype._type_]
-            out += f"{ctype._length_}s" if code == "B" else f"{ctype._length_}{code}"
+            out += f"{ctype._length_}s" if code in "Bc" else f"{ctype._length_}{code}"
         else:
             out += _FORMAT_CODES[ctype]
     if struct.calcsize(out) != ct.sizeof(cls):
@@ -165,3 +174,6 @@ class SocketEvent(ctypes.Structure):
         ("pad", ctypes.c_uint8),
         ("comm", ctypes.c_char * 16),
     ]
+
+
+SOCKET_EVENT = struct.Struct(struct_format(SocketEvent))

@@ -10,9 +10,10 @@ first packet's unless a SYN without ACK said otherwise; since a deleted entry fo
 that, the drainer remembers (bounded) the direction of flows whose initiator it saw, so
 a long connection keeps its source and destination across intervals.
 
-Times: the kernel stamps packets with ``bpf_ktime_get_ns()`` (CLOCK_MONOTONIC); records
-carry unix nanoseconds, converted with an offset measured at each drain
-(:class:`ClockOffset`).
+Times: the kernel stamps packets with timer ticks (``bpf_jiffies64()``, 1/HZ); records
+carry unix nanoseconds: ticks become CLOCK_MONOTONIC through the kernel's tick/clock
+pair (:class:`TickClock`), then unix time with an offset measured at each drain
+(:func:`monotonic_to_realtime_offset`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,29 @@ def _address(raw: bytes, family: int) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw)
 
 
+class AddressNames:
+    """Kernel address bytes → canonical text, remembered (bounded) across entries.
+
+    A node's flows share few addresses (its pods, a few peers), and ``inet_ntop`` plus the
+    slicing around it was a sixth of the per-flow cost. Emptied when full: a simple
+    bound that never grows past ``capacity`` entries.
+    """
+
+    __slots__ = ("_capacity", "_names")
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self._names: dict[tuple[bytes, int], str] = {}
+        self._capacity = capacity
+
+    def text(self, raw: bytes, family: int) -> str:
+        name = self._names.get((raw, family))
+        if name is None:
+            if len(self._names) >= self._capacity:
+                self._names.clear()
+            name = self._names[(raw, family)] = _address(raw, family)
+        return name
+
+
 def _icmp_ports(proto: int, sport: int, dport: int) -> tuple[int, int]:
     """Kernel ICMP "ports" (type, counterpart-or-code) → (type, code) for records.
 
@@ -74,19 +98,54 @@ def _icmp_ports(proto: int, sport: int, dport: int) -> tuple[int, int]:
     return sport, dport
 
 
+CLOCK_MONOTONIC_COARSE = 6  # Linux clock id (not in Python's time module)
+
+
+class TickClock:
+    """Kernel timer ticks (jiffies) → CLOCK_MONOTONIC ns, from the flow program's pair.
+
+    The program writes one (jiffies, coarse ns) pair with its first flow; both advance
+    in the same timer tick, so ns = coarse_ns + (tick - jiffies) * tick length, where
+    the tick length is CLOCK_MONOTONIC_COARSE's resolution (the kernel's TICK_NSEC).
+    """
+
+    def __init__(self, pair_table: Any) -> None:
+        self._table = pair_table
+        self.tick_ns = round(time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1e9)
+
+    def pair(self) -> tuple[int, int]:
+        """(jiffies, coarse ns) as the kernel recorded them; (0, 0) before any flow."""
+        value = self._table[ct.c_int(0)]
+        return int(value.jiffies), int(value.coarse_ns)
+
+
 @dataclass(frozen=True, slots=True)
 class DrainContext:
-    """What converting one entry needs besides the entry."""
+    """What converting one entry needs besides the entry.
+
+    Kernel times are ticks: monotonic ns = ``base_ns + (tick - base_tick) * tick_ns``
+    (the defaults make ticks nanoseconds, for tests), unix ns adds ``offset_ns``.
+    """
 
     observer: str
     now_mono_ns: int
     offset_ns: int
     idle_ns: int
     forced: bool
+    names: AddressNames = field(default_factory=AddressNames, compare=False)
+    tick_ns: int = 1
+    base_tick: int = 0
+    base_ns: int = 0
+    # base_ns - base_tick * tick_ns: monotonic ns = tick * tick_ns + this (once per drain)
+    mono_origin_ns: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mono_origin_ns", self.base_ns - self.base_tick * self.tick_ns)
 
 
 def end_reason(tcp_flags: int, last_ns: int, ctx: DrainContext) -> str:
-    """Why this interval's record ends (DESIGN.md ``flow.end_reason``)."""
+    """Why this interval's record ends (DESIGN.md ``flow.end_reason``); ``last_ns``: the
+    last packet's CLOCK_MONOTONIC time."""
     if ctx.forced:
         return "forced_end"
     if tcp_flags & (TCP_FIN | TCP_RST):
@@ -101,36 +160,58 @@ K_ADDR_LO, K_ADDR_HI, K_PORT_LO, K_PORT_HI, K_PROTO, K_FAMILY = range(6)
 V_FIRST, V_LAST, V_PKT0, V_PKT1, V_BYTES0, V_BYTES1, V_FLAGS, V_IFINDEX, V_FWD, V_INIT = range(10)
 
 
+def raw_flow_wire(
+    key: tuple[Any, ...], value: tuple[Any, ...], fwd: int, initiator: bool, ctx: DrainContext
+) -> dict[str, Any]:
+    """The one conversion of a kernel flow entry (unpacked key, value) into a record.
+
+    Returns the ``raw.flow`` wire dict — exactly ``RawFlow.to_wire()``'s keys, order and
+    types (tests/unit/collector/test_draining.py proves it) — because the drain publishes
+    dicts: building a :class:`RawFlow` only to turn it into this dict again cost ~1.5 µs
+    per flow. :func:`raw_flow` gives the value object where one is wanted.
+    """
+    family, proto = key[K_FAMILY], key[K_PROTO]
+    text = ctx.names.text
+    if fwd == abi.DIR_LO_HI:
+        src, sport = text(key[K_ADDR_LO], family), key[K_PORT_LO]
+        dst, dport = text(key[K_ADDR_HI], family), key[K_PORT_HI]
+        packets, nbytes = value[V_PKT0], value[V_BYTES0]
+        rpackets, rbytes = value[V_PKT1], value[V_BYTES1]
+    else:
+        src, sport = text(key[K_ADDR_HI], family), key[K_PORT_HI]
+        dst, dport = text(key[K_ADDR_LO], family), key[K_PORT_LO]
+        packets, nbytes = value[V_PKT1], value[V_BYTES1]
+        rpackets, rbytes = value[V_PKT0], value[V_BYTES0]
+    if proto in _ICMP_PAIRED:
+        sport, dport = _icmp_ports(proto, sport, dport)
+    flags = value[V_FLAGS] & 0xFF
+    tick_ns, origin = ctx.tick_ns, ctx.mono_origin_ns
+    last = value[V_LAST] * tick_ns + origin  # CLOCK_MONOTONIC ns
+    return {
+        "observer": ctx.observer,
+        "start_ns": value[V_FIRST] * tick_ns + origin + ctx.offset_ns,
+        "end_ns": last + ctx.offset_ns,
+        "end_reason": end_reason(flags, last, ctx),
+        "proto": proto,
+        "src": src,
+        "dst": dst,
+        "sport": sport,
+        "dport": dport,
+        "bytes": nbytes,
+        "packets": packets,
+        "rbytes": rbytes,
+        "rpackets": rpackets,
+        "tcp_flags": flags,
+        "initiator": initiator,
+        "ifindex": value[V_IFINDEX],
+    }
+
+
 def raw_flow(
     key: tuple[Any, ...], value: tuple[Any, ...], fwd: int, initiator: bool, ctx: DrainContext
 ) -> RawFlow:
-    """The one conversion of a kernel flow entry (unpacked key, value) into a RawFlow."""
-    family, proto = key[K_FAMILY], key[K_PROTO]
-    lo = (_address(key[K_ADDR_LO], family), key[K_PORT_LO])
-    hi = (_address(key[K_ADDR_HI], family), key[K_PORT_HI])
-    (src, sport), (dst, dport) = (lo, hi) if fwd == abi.DIR_LO_HI else (hi, lo)
-    if proto in _ICMP_PAIRED:
-        sport, dport = _icmp_ports(proto, sport, dport)
-    packets, nbytes = (value[V_PKT0], value[V_PKT1]), (value[V_BYTES0], value[V_BYTES1])
-    flags = value[V_FLAGS] & 0xFF
-    return RawFlow(
-        observer=ctx.observer,
-        start_ns=value[V_FIRST] + ctx.offset_ns,
-        end_ns=value[V_LAST] + ctx.offset_ns,
-        end_reason=end_reason(flags, value[V_LAST], ctx),
-        proto=proto,
-        src=src,
-        dst=dst,
-        sport=sport,
-        dport=dport,
-        bytes=nbytes[fwd],
-        packets=packets[fwd],
-        rbytes=nbytes[1 - fwd],
-        rpackets=packets[1 - fwd],
-        tcp_flags=flags,
-        initiator=initiator,
-        ifindex=value[V_IFINDEX],
-    )
+    """A kernel flow entry as the :class:`RawFlow` value object (via :func:`raw_flow_wire`)."""
+    return RawFlow(**raw_flow_wire(key, value, fwd, initiator, ctx))
 
 
 @dataclass(slots=True)
@@ -207,46 +288,62 @@ class DrainResult:
 
 @dataclass(slots=True)
 class Drainer:
-    """Turns the kernel flow map into RawFlow records (call from a worker thread)."""
+    """Turns the kernel flow map into raw flow records (call from a worker thread)."""
 
     reader: BatchReader
+    clock: TickClock
     observer: str
     idle_timeout_s: float
     memory: DirectionMemory
+    names: AddressNames = field(default_factory=AddressNames)
 
     def drain(self, forced: bool = False) -> DrainResult:
-        """Take every entry out of the map and convert it; all records at once."""
-        flows: list[RawFlow] = []
-        entries = self.drain_into(flows.extend, forced)
-        return DrainResult(flows, entries)
+        """Take every entry out of the map and convert it; all records at once, as RawFlow."""
+        wires: list[dict[str, Any]] = []
+        entries = self.drain_into(wires.extend, forced)
+        return DrainResult([RawFlow(**w) for w in wires], entries)
 
-    def drain_into(self, sink: Callable[[list[RawFlow]], None], forced: bool = False) -> int:
-        """Take every entry out of the map, handing records to ``sink`` chunk by chunk.
+    def drain_into(self, sink: Callable[[list[dict[str, Any]]], None], forced: bool = False) -> int:
+        """Take every entry out of the map, handing ``raw.flow`` wire dicts to ``sink``
+        chunk by chunk.
 
         A chunk at a time keeps memory flat when a drain holds hundreds of thousands of
         flows. Returns how many entries the map held.
         """
-        ctx = DrainContext(
+        entries = 0
+        ctx: DrainContext | None = None
+        for keys, values in self.reader.chunks():
+            # Read after the first chunk: the pair exists once any entry does.
+            ctx = ctx or self._context(forced)
+            wires = self._convert(keys, values, ctx)
+            entries += len(wires)
+            sink(wires)
+        return entries
+
+    def _context(self, forced: bool) -> DrainContext:
+        base_tick, base_ns = self.clock.pair()
+        return DrainContext(
             observer=self.observer,
             now_mono_ns=time.clock_gettime_ns(time.CLOCK_MONOTONIC),
             offset_ns=monotonic_to_realtime_offset(),
             idle_ns=int(self.idle_timeout_s * 1e9),
             forced=forced,
+            names=self.names,
+            tick_ns=self.clock.tick_ns,
+            base_tick=base_tick,
+            base_ns=base_ns,
         )
-        entries = 0
-        for keys, values in self.reader.chunks():
-            flows = list(self._convert(keys, values, ctx))
-            entries += len(flows)
-            sink(flows)
-        return entries
 
-    def _convert(self, keys: bytes, values: bytes, ctx: DrainContext) -> Iterator[RawFlow]:
+    def _convert(self, keys: bytes, values: bytes, ctx: DrainContext) -> list[dict[str, Any]]:
         key_size = abi.FLOW_KEY.size
-        entries = zip(
+        resolve = self.memory.resolve
+        out = []
+        start = 0
+        for key, value in zip(
             abi.FLOW_KEY.iter_unpack(keys), abi.FLOW_VALUE.iter_unpack(values), strict=True
-        )
-        for i, (key, value) in enumerate(entries):
-            ended = bool(value[V_FLAGS] & (TCP_FIN | TCP_RST))
-            ident = keys[i * key_size : (i + 1) * key_size]
-            fwd, initiator = self.memory.resolve(ident, value, ended or ctx.forced)
-            yield raw_flow(key, value, fwd, initiator, ctx)
+        ):
+            ended = ctx.forced or bool(value[V_FLAGS] & (TCP_FIN | TCP_RST))
+            fwd, initiator = resolve(keys[start : start + key_size], value, ended)
+            start += key_size
+            out.append(raw_flow_wire(key, value, fwd, initiator, ctx))
+        return out

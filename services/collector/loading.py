@@ -61,6 +61,10 @@ class FlowProgram:
         return self.bpf[b"counters"]
 
     @property
+    def clock_pair(self) -> Any:
+        return self.bpf[b"clock_pair"]
+
+    @property
     def dns_events(self) -> Any:
         return self.bpf[b"dns_events"]
 
@@ -97,14 +101,60 @@ def load_flow_program(config: FlowProgramConfig) -> FlowProgram:
     return program
 
 
-def release_compiler_memory() -> None:
-    """Give the heap LLVM used while compiling back to the OS (glibc ``malloc_trim``).
+def release_compiler_memory(smaps: str = "/proc/self/smaps") -> int:
+    """Give back the memory compiling took; returns the bytes of compiler code dropped.
 
-    bcc compiles in-process; the freed compiler memory otherwise stays in the process's
-    heap for good (about 45 MB after the flow and socket programs). No-op without glibc.
+    bcc compiles in-process, which leaves two things resident for good: the heap LLVM
+    freed (about 45 MB after the flow and socket programs; glibc ``malloc_trim`` returns
+    it), and the LLVM and clang machine code that ran (~75 MB of ``libLLVM``/
+    ``libclang-cpp`` text), which nothing executes again once the programs are loaded.
+    That code is dropped from this process with ``madvise(MADV_DONTNEED)``; should it
+    run again (another compile) the kernel pages it back in from the library file.
+    Only executable, private mappings with no copied-on-write page (``Anonymous: 0``)
+    are touched, where dropping a page can only mean reading the same bytes back.
+    Best effort: a no-op where glibc or /proc is missing.
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
+    dropped = 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mappings = compiler_code_mappings(Path(smaps).read_text())
+    except (OSError, AttributeError):
+        return 0
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    for start, end in mappings:
+        if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+            dropped += end - start
+    log.info("compiler memory released", extra={"compiler_code_bytes": dropped})
+    return dropped
+
+
+MADV_DONTNEED = 4
+COMPILER_LIBRARIES = ("libLLVM", "libclang")
+
+
+def compiler_code_mappings(smaps: str) -> list[tuple[int, int]]:
+    """(start, end) of the LLVM/clang code mappings that are safe to drop, from smaps text.
+
+    Safe: executable, private, file-backed by a compiler library, and without an
+    anonymous (copied-on-write) page, so the file holds exactly what is mapped.
+    """
+    found: list[tuple[int, int]] = []
+    current: tuple[int, int] | None = None
+    for line in smaps.splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+            current = None
+            path = fields[5] if len(fields) > 5 else ""
+            if fields[1] == "r-xp" and Path(path).name.startswith(COMPILER_LIBRARIES):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                current = (start, end)
+        elif current is not None and fields[:1] == ["Anonymous:"]:
+            if fields[1] == "0":
+                found.append(current)
+            current = None
+    return found
 
 
 def check_abi(program: FlowProgram) -> None:
@@ -114,6 +164,7 @@ def check_abi(program: FlowProgram) -> None:
     abi.check_layout(
         "struct collector_counters", abi.CollectorCounters, program.counters.Leaf._type_
     )
+    abi.check_layout("struct clock_pair", abi.ClockPair, program.clock_pair.Leaf)
     abi.check_layout(
         "struct dns_event",
         abi.dns_event_type(program.config.dns_capture_len),

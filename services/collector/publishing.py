@@ -34,6 +34,7 @@ HEADER_ROOM = 512  # bytes kept free under max_payload for the headers
 PUBLISH_TIMEOUT = 5.0
 RETRY_MAX = 2.0
 MAX_IN_FLIGHT = 4  # messages per kind awaiting their JetStream ack at once
+RETRY_PACE = 0.05  # s between send attempts while messages wait after a failed publish
 
 
 class JetStreamPublisher(Protocol):
@@ -91,6 +92,7 @@ class Publisher:
         lane = self._lanes[kind]
         if not lane.pending:
             lane.oldest = time.monotonic()
+            self._wake.set()  # the sender sleeps until something is due: a batch now is
         lane.pending.extend(records)
         if len(lane.pending) >= self._limits.batch_max_records:
             self._seal(lane)
@@ -104,7 +106,7 @@ class Publisher:
             self._seal_due()
             sent = await self._send_ready()
             if not sent:
-                await self._sleep(stopping, 0.05)
+                await self._sleep(stopping)
         await self.flush(drain_deadline)
 
     async def flush(self, deadline: float) -> None:
@@ -121,6 +123,20 @@ class Publisher:
                 log.warning(
                     "records not published at shutdown", extra={"kind": lane.kind, "records": lost}
                 )
+
+    def _next_due(self) -> float | None:
+        """Seconds until the sender has work without being woken; None: nothing to do.
+
+        Messages still in an outbox (their publish failed) are retried at RETRY_PACE;
+        else the oldest pending batch is due at its ``batch_max_delay``.
+        """
+        lanes = self._lanes.values()
+        if any(lane.outbox for lane in lanes):
+            return RETRY_PACE
+        due = [lane.oldest + self._limits.batch_max_delay for lane in lanes if lane.pending]
+        if due:
+            return max(0.0, min(due) - time.monotonic())
+        return None
 
     # ------------------------------------------------------------ batching
 
@@ -217,9 +233,16 @@ class Publisher:
         self._metrics.publish_records.labels(lane.kind).inc(batch.count)
         return True
 
-    async def _sleep(self, stopping: asyncio.Event, seconds: float) -> None:
+    async def _sleep(self, stopping: asyncio.Event) -> None:
+        """Until woken (a batch started or sealed), stopping, or the next thing is due.
+
+        No polling while idle: the sender used to wake every 50 ms, which was most of
+        an idle collector's CPU. The wait is computed after clearing the wake flag, with
+        no await in between, so a submit cannot slip past unnoticed.
+        """
         self._wake.clear()
+        timeout = self._next_due()
         waits = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())}
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
             w.cancel()

@@ -84,6 +84,36 @@ async def test_batches_stay_under_max_payload_and_all_arrive(
     await nc.close()
 
 
+async def test_idle_sender_wakes_for_a_lone_record_of_any_kind(
+    small_server: nats_server.NatsServer,
+) -> None:
+    """The sender sleeps without polling while idle; a record below the batch size must
+    still go out once its batch_max_delay has passed, every time and for every kind."""
+    nc = await nats.connect(small_server.url)
+    await ensure_streams(nc.jetstream(), NatsSettings())
+    got = Received()
+    await nc.subscribe(subjects.raw_flows("n1"), cb=got.handler)
+    sockets: list[Any] = []
+
+    async def on_socket(msg: Any) -> None:
+        sockets.append(msg)
+
+    await nc.subscribe(subjects.raw_sockets("n1"), cb=on_socket)
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    limits = PublishLimits(batch_max_records=1000, batch_max_delay=0.1, max_payload=nc.max_payload)
+    publisher = Publisher(nc.jetstream(), "n1", limits, metrics)
+    async with running(publisher):
+        for i in range(3):
+            await asyncio.sleep(0.3)  # idle: nothing pending, nothing in the outbox
+            publisher.submit("flows", [flow(i)])
+            await wait_until(lambda: len(got.records) == i + 1)  # noqa: B023
+        publisher.submit("sockets", [{"observer": "n1"}])
+        await wait_until(lambda: len(sockets) == 1)
+    assert [r["start_ns"] for r in got.records] == [0, 1, 2]
+    assert publisher.buffered_records() == 0
+    await nc.close()
+
+
 async def test_outage_buffers_bounded_counts_drops_and_resumes(tmp_path: Path) -> None:
     (tmp_path / "js").mkdir()
     server = nats_server.start(store_dir=str(tmp_path / "js"))

@@ -31,7 +31,7 @@ class Kernel:
 @pytest.fixture(scope="module")
 def kernel(node: Node) -> Iterator[Kernel]:
     from flowscope.collector.attaching import Attacher
-    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
+    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
     from flowscope.collector.loading import FlowProgramConfig, load_flow_program
 
     with node.inside():
@@ -46,7 +46,11 @@ def kernel(node: Node) -> Iterator[Kernel]:
             (index,) = attacher.ipr.link_lookup(ifname=pod.host_if)
             assert attacher.attach(index, pod.host_if)
         drainer = Drainer(
-            BatchReader(program.flows.map_fd), "test-node", 3.0, DirectionMemory(1024)
+            BatchReader(program.flows.map_fd),
+            TickClock(program.clock_pair),
+            "test-node",
+            3.0,
+            DirectionMemory(1024),
         )
         try:
             yield Kernel(program, attacher, drainer)

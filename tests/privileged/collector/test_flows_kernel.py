@@ -72,6 +72,24 @@ def test_udp_exchange_counted_exactly(node: Node, kernel: Kernel, family: str) -
     assert flow.end_reason == "active_timeout"
 
 
+def test_flow_times_are_unix_ns_within_a_tick_of_the_packets(node: Node, kernel: Kernel) -> None:
+    """The kernel stamps timer ticks; records carry unix ns exact to about one tick."""
+    client, server = node.pods[:2]
+    tick = round(time.clock_getres(6) * 1e9)  # CLOCK_MONOTONIC_COARSE resolution: a tick
+    with node.inside():
+        drain(kernel)
+        srv = node.start(server, "udp-echo", server.ip4, "5355", "3")
+        wait_listening(srv)
+        before = time.time_ns()
+        node.run(client, "udp-client", server.ip4, "5355", "3", "100")
+        after = time.time_ns()
+        finish(srv)
+        flows = drain(kernel)
+    flow = only(flows, 17, client.ip4, server.ip4)
+    slack = 2 * tick + 5_000_000  # the tick grid, the pair, and the realtime offset's error
+    assert before - slack <= flow.start_ns <= flow.end_ns <= after + slack
+
+
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_icmp_echo_counted_exactly(node: Node, kernel: Kernel, family: str) -> None:
     client, server = node.pods[:2]

@@ -28,7 +28,7 @@ def gso_node() -> Iterator[Node]:
 
 def test_super_packets_count_wire_segments(gso_node: Node) -> None:
     from flowscope.collector.attaching import Attacher
-    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
+    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
     from flowscope.collector.loading import FlowProgramConfig, load_flow_program
 
     client, server = gso_node.pods
@@ -49,7 +49,13 @@ def test_super_packets_count_wire_segments(gso_node: Node) -> None:
             _, client_out1 = gso_node.tcp_segments(client)
             capture.stop()
             flows = (
-                Drainer(BatchReader(program.flows.map_fd), "n", 3.0, DirectionMemory(16))
+                Drainer(
+                    BatchReader(program.flows.map_fd),
+                    TickClock(program.clock_pair),
+                    "n",
+                    3.0,
+                    DirectionMemory(16),
+                )
                 .drain()
                 .flows
             )

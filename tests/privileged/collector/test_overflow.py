@@ -22,7 +22,7 @@ def small_node() -> Iterator[Node]:
 
 def test_map_full_packets_and_bytes_are_counted(small_node: Node) -> None:
     from flowscope.collector.attaching import Attacher
-    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer
+    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
     from flowscope.collector.loading import FlowProgramConfig, load_flow_program
     from flowscope.collector.metrics import read_counters
 
@@ -43,7 +43,13 @@ def test_map_full_packets_and_bytes_are_counted(small_node: Node) -> None:
             time.sleep(0.3)
             capture.stop()
             flows = (
-                Drainer(BatchReader(program.flows.map_fd, 8), "n", 3.0, DirectionMemory(16))
+                Drainer(
+                    BatchReader(program.flows.map_fd, 8),
+                    TickClock(program.clock_pair),
+                    "n",
+                    3.0,
+                    DirectionMemory(16),
+                )
                 .drain()
                 .flows
             )

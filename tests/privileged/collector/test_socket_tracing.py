@@ -223,6 +223,41 @@ def test_udp_send_and_receive_name_the_right_processes(
     assert sent.netns and received.netns and sent.netns != received.netns
 
 
+UDP_SPRAY = """
+import socket, sys, time
+addr, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.bind((sys.argv[4], 0))
+print(c.getsockname()[1], flush=True)
+sys.stdin.readline()
+for i in range(count):  # one new peer per datagram, spread over ~0.2 s
+    c.sendto(b'x', (addr, first + i))
+    if i % 20 == 0:
+        time.sleep(0.02)
+print('sent', flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_read_for_returns_every_event_of_its_period_as_wire_dicts(tracer: SocketTracer) -> None:
+    """The collector's batched read: all events that arrive during the period, once each."""
+    tracer.read_for(50)  # whatever earlier tests left
+    first, count = 20000 + os.getpid() % 1000 * 10, 200
+    client, sport = start(NS_A, UDP_SPRAY, V4_B, str(first), str(count), V4_A)
+    assert client.popen.stdin is not None and client.popen.stdout is not None
+    client.popen.stdin.write("go\n")
+    client.popen.stdin.flush()
+    wires = tracer.read_for(1500)
+    assert client.popen.stdout.readline().strip() == "sent"  # all sent within the period
+    finish(client)
+    expected = {(V4_A, int(sport), V4_B, first + i) for i in range(count)}
+    ours = [RawSocket.from_wire(w) for w in wires if w["pid"] == client.pid]
+    assert sorted(tuple_of(e) for e in ours) == sorted(expected)  # each once, none missing
+    assert {(e.event, e.comm, e.proto, e.observer) for e in ours} == {
+        ("udp", client.comm, 17, "test-node")
+    }
+
+
 def test_prefork_server_accept_names_the_binder_not_another_process(tracer: SocketTracer) -> None:
     """Without the accept hook the server side is the process that bound the port."""
     port = 6000 + os.getpid() % 1000

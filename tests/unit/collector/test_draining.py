@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import socket
 from typing import Any
 
 from flowscope.collector import abi
 from flowscope.collector.draining import (
+    AddressNames,
     DirectionMemory,
     DrainContext,
     monotonic_to_realtime_offset,
     raw_flow,
+    raw_flow_wire,
 )
+from flowscope.core import codec
 from flowscope.core.community_id import community_id
+from flowscope.core.records import RawFlow
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 CTX = DrainContext("node-a", now_mono_ns=10_000_000_000, offset_ns=1_000, idle_ns=3_000_000_000, forced=False)  # fmt: skip
 
@@ -29,7 +37,7 @@ def key(lo: str, hi: str, port_lo: int, port_hi: int, proto: int) -> tuple[Any, 
 def value(
     fwd: int = 0, flags: int = 0, last: int = 9_000_000_000, initiator: int = 0
 ) -> abi.FlowValue:
-    v = abi.FlowValue(first_ns=8_000_000_000, last_ns=last, tcp_flags=flags, ifindex=3, fwd=fwd, initiator=initiator)  # fmt: skip
+    v = abi.FlowValue(first_tick=8_000_000_000, last_tick=last, tcp_flags=flags, ifindex=3, fwd=fwd, initiator=initiator)  # fmt: skip
     v.packets[:] = [10, 20]
     v.bytes[:] = [1000, 2000]
     return abi.FLOW_VALUE.unpack(bytes(v))
@@ -72,6 +80,23 @@ def test_end_reasons() -> None:
     assert raw_flow(k, value(flags=0x11), 0, False, forced).end_reason == "forced_end"
 
 
+def test_ticks_become_monotonic_then_unix_ns() -> None:
+    # HZ=250: 4 ms ticks; the kernel's pair says tick 1000 was at 5 s monotonic.
+    ctx = DrainContext("n", now_mono_ns=10_000_000_000, offset_ns=1_000, idle_ns=3_000_000_000,
+                       forced=False, tick_ns=4_000_000, base_tick=1_000, base_ns=5_000_000_000)  # fmt: skip
+    v = abi.FlowValue(first_tick=1_250, last_tick=1_000 + 2_000, ifindex=1)  # 6 s and 13 s
+    f = raw_flow(
+        key("10.0.0.1", "10.0.0.2", 1, 2, 17), abi.FLOW_VALUE.unpack(bytes(v)), 0, False, ctx
+    )
+    assert (f.start_ns, f.end_ns) == (6_000_001_000, 13_000_001_000)
+    assert f.end_reason == "active_timeout"
+    earlier = abi.FlowValue(first_tick=0, last_tick=500, ifindex=1)  # before the pair: 1 s, 3 s
+    f = raw_flow(
+        key("10.0.0.1", "10.0.0.2", 1, 2, 17), abi.FLOW_VALUE.unpack(bytes(earlier)), 0, False, ctx
+    )
+    assert (f.start_ns, f.end_ns, f.end_reason) == (1_000_001_000, 3_000_001_000, "idle_timeout")
+
+
 def test_direction_memory_keeps_initiator_across_intervals() -> None:
     memory = DirectionMemory(capacity=2)
     k = key("10.0.0.1", "10.0.0.2", 40000, 80, 6)
@@ -104,3 +129,55 @@ def test_clock_offset_matches_realtime() -> None:
 
     offset = monotonic_to_realtime_offset()
     assert abs(time.clock_gettime_ns(time.CLOCK_MONOTONIC) + offset - time.time_ns()) < 50_000_000
+
+
+# ---- the wire dict the drain publishes is exactly RawFlow's wire form
+
+ADDRESS_BYTES = st.one_of(
+    st.binary(min_size=4, max_size=4).map(lambda b: b + bytes(12)),
+    st.binary(min_size=16, max_size=16),
+    st.sampled_from([bytes(16), bytes(15) + b"\x01", bytes(10) + b"\xff\xff" + b"\x0a\0\0\x01"]),
+)
+U16, U64 = st.integers(0, 0xFFFF), st.integers(0, 2**63)
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> tuple[tuple[Any, ...], tuple[Any, ...], int, bool, DrainContext]:
+    family = draw(st.sampled_from([abi.AF_INET, abi.AF_INET6]))
+    proto = draw(st.sampled_from([1, 6, 17, 58, 132, 47]))
+    k = (draw(ADDRESS_BYTES), draw(ADDRESS_BYTES), draw(U16), draw(U16), proto, family, b"\0\0")
+    v = (draw(U64), draw(U64), draw(U64), draw(U64), draw(U64), draw(U64), draw(U64),
+         draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 1)), draw(st.integers(0, 1)), b"\0\0")  # fmt: skip
+    ctx = DrainContext(draw(st.text(min_size=1, max_size=20)), draw(U64), draw(st.integers(-2**62, 2**62)),
+                       draw(st.integers(0, 2**40)), draw(st.booleans()))  # fmt: skip
+    return k, v, draw(st.integers(0, 1)), draw(st.booleans()), ctx
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries())
+def test_wire_dict_is_exactly_rawflow_to_wire(entry: tuple[Any, ...]) -> None:
+    k, v, fwd, initiator, ctx = entry
+    wire = raw_flow_wire(k, v, fwd, initiator, ctx)
+    # from_wire checks every key and exact type (int is not bool); to_wire is the contract.
+    canonical = RawFlow.from_wire(wire).to_wire()
+    assert list(wire) == list(canonical) == [f.name for f in dataclasses.fields(RawFlow)]
+    assert [type(x) for x in wire.values()] == [type(x) for x in canonical.values()]
+    assert (
+        codec.encode(codec.RAW_FLOW, [wire]).body == codec.encode(codec.RAW_FLOW, [canonical]).body
+    )
+    assert raw_flow(k, v, fwd, initiator, ctx) == RawFlow.from_wire(wire)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=16, max_size=16), st.sampled_from([abi.AF_INET, abi.AF_INET6]))
+def test_address_names_match_inet_ntop_and_stay_bounded(raw: bytes, family: int) -> None:
+    names = AddressNames(capacity=2)
+    expected = (
+        str(ipaddress.IPv4Address(raw[:4]))
+        if family == abi.AF_INET
+        else socket.inet_ntop(socket.AF_INET6, raw)
+    )
+    assert names.text(raw, family) == expected == names.text(raw, family)
+    names.text(bytes(16), family)
+    names.text(b"\x01" * 16, family)
+    assert len(names._names) <= 2

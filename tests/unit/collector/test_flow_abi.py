@@ -20,8 +20,8 @@ FLOW_KEY_GOLDEN = bytes.fromhex(
     "0000"  # pad
 )
 FLOW_VALUE_GOLDEN = bytes.fromhex(
-    "0100000000000000"  # first_ns 1
-    "0200000000000000"  # last_ns 2
+    "0100000000000000"  # first_tick 1
+    "0200000000000000"  # last_tick 2
     "0300000000000000" "0400000000000000"  # packets [3, 4]
     "0500000000000000" "0600000000000000"  # bytes [5, 6]
     "1300000000000000"  # tcp_flags FIN|SYN|ACK
@@ -45,12 +45,19 @@ def test_flow_key_golden_bytes() -> None:
 
 
 def test_flow_value_golden_bytes() -> None:
-    value = abi.FlowValue(first_ns=1, last_ns=2, tcp_flags=0x13, ifindex=7, fwd=1, initiator=1)
+    value = abi.FlowValue(first_tick=1, last_tick=2, tcp_flags=0x13, ifindex=7, fwd=1, initiator=1)
     value.packets[:] = [3, 4]
     value.bytes[:] = [5, 6]
     assert ctypes.sizeof(abi.FlowValue) == 64
     assert bytes(value) == FLOW_VALUE_GOLDEN
     assert abi.FlowValue.from_buffer_copy(FLOW_VALUE_GOLDEN).bytes[1] == 6
+
+
+def test_clock_pair_golden_bytes() -> None:
+    assert ctypes.sizeof(abi.ClockPair) == 16
+    assert bytes(abi.ClockPair(jiffies=0x0102, coarse_ns=0x0304)) == bytes.fromhex(
+        "0201000000000000" "0403000000000000"
+    )  # fmt: skip
 
 
 def test_counters_golden_bytes() -> None:
@@ -69,7 +76,7 @@ def test_dns_event_header_then_data() -> None:
 
 def test_layout_mismatch_is_a_startup_error() -> None:
     class Other(ctypes.Structure):
-        _fields_ = [("first_ns", ctypes.c_uint32)]
+        _fields_ = [("first_tick", ctypes.c_uint32)]
 
     abi.check_layout("struct flow_value", abi.FlowValue, abi.FlowValue)
     with pytest.raises(StartupError, match="struct flow_value layout"):

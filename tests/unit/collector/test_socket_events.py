@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import ipaddress
 import struct
 
 import pytest
-from flowscope.collector.abi import SocketEvent
-from flowscope.collector.socket_tracing import check_layout, decode_event, to_raw_socket
+from flowscope.collector.abi import SOCKET_EVENT, SocketEvent
+from flowscope.collector.socket_tracing import (
+    address_text,
+    check_layout,
+    decode_event,
+    socket_wire,
+    to_raw_socket,
+)
+from flowscope.core import codec
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.records import RawSocket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # struct fs_socket_event as C lays it out on x86-64 / arm64 (little-endian).
 LAYOUT = struct.Struct("<QQQQII16s16sHHBBBB16s")
@@ -41,7 +51,7 @@ def test_mirror_matches_golden_layout() -> None:
 
 def test_golden_bytes_decode_to_raw_socket() -> None:
     event = decode_event(golden() + b"trailing ring-buffer padding")
-    assert bytes(event) == golden()
+    assert SOCKET_EVENT.pack(*event) == golden()
     record = to_raw_socket(event, "node-1", 5_000, "c" * 64)
     assert record == RawSocket(
         observer="node-1", time_ns=6_000, event="connect", proto=6, src="10.204.0.1",
@@ -93,3 +103,66 @@ def test_layout_check_accepts_bcc_view_and_rejects_drift() -> None:
         check_layout(drifted)
     with pytest.raises(StartupError):
         check_layout(BCC_FIELDS[:-1])
+
+
+# ---- the published wire dict is exactly RawSocket's wire form; addresses as ipaddress writes them
+
+
+def ipaddress_text(family: int, raw: bytes) -> str:
+    """The reference: the form socket events always had (ipaddress, v4-mapped as IPv4)."""
+    if family == 2:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    address = ipaddress.IPv6Address(raw[:16])
+    return str(address.ipv4_mapped or address)
+
+
+V6_BYTES = st.one_of(
+    st.binary(min_size=16, max_size=16),
+    st.binary(min_size=4, max_size=4).map(lambda b: bytes(12) + b),  # ::a.b.c.d, ::, ::1
+    st.binary(min_size=4, max_size=4).map(lambda b: bytes(10) + b"\xff\xff" + b),  # v4-mapped
+    st.lists(st.sampled_from([b"\0\0", b"\0\1", b"\xfd\0"]), min_size=8, max_size=8).map(b"".join),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(st.just(2), st.binary(min_size=16, max_size=16)), st.tuples(st.just(10), V6_BYTES)
+    )
+)
+def test_address_text_matches_ipaddress(case: tuple[int, bytes]) -> None:
+    family, raw = case
+    assert address_text(family, raw) == ipaddress_text(family, raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([2, 10]), V6_BYTES, V6_BYTES, st.integers(1, 4), st.binary(max_size=16),
+    st.integers(0, 2**63), st.integers(0, 2**32 - 1), st.integers(0, 0xFFFF),
+    st.integers(-(2**62), 2**62), st.text(max_size=70),
+)  # fmt: skip
+def test_socket_wire_is_exactly_rawsocket_to_wire(
+    family: int, saddr: bytes, daddr: bytes, kind: int, comm: bytes,
+    big: int, small: int, port: int, offset: int, container: str,
+) -> None:  # fmt: skip
+    raw = LAYOUT.pack(big, big, big, big, small, small, saddr, daddr, port, port, family, 17,
+                      kind, 0, comm.ljust(16, b"\0"))  # fmt: skip
+    event = decode_event(raw)
+    wire = socket_wire(event, "node", offset, container)
+    canonical = RawSocket.from_wire(wire).to_wire()
+    assert list(wire) == list(canonical) == [f.name for f in dataclasses.fields(RawSocket)]
+    assert [type(x) for x in wire.values()] == [type(x) for x in canonical.values()]
+    assert (
+        codec.encode(codec.RAW_SOCKET, [wire]).body
+        == codec.encode(codec.RAW_SOCKET, [canonical]).body
+    )
+    # Same values as reading the ctypes mirror field by field (the previous decoding).
+    mirror = SocketEvent.from_buffer_copy(raw)
+    assert (wire["time_ns"], wire["pid"], wire["tid"], wire["cgroup_id"], wire["netns"]) == (
+        mirror.time_ns + offset, mirror.pid, mirror.tid, mirror.cgroup_id, mirror.netns,
+    )  # fmt: skip
+    assert wire["comm"] == mirror.comm.decode("utf-8", errors="replace")
+    assert (wire["src"], wire["dst"]) == (
+        ipaddress_text(family, bytes(mirror.saddr)), ipaddress_text(family, bytes(mirror.daddr)),
+    )  # fmt: skip
+    assert to_raw_socket(event, "node", offset, container) == RawSocket.from_wire(wire)
