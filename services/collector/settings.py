@@ -5,15 +5,9 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from flowscope.core.config import section, setting
+from flowscope.core.config import positive, section, setting
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
 
 
 def _between(low: int, high: int):  # type: ignore[no-untyped-def]
@@ -67,13 +61,13 @@ class FlowSettings:
     active_timeout: float = setting(
         5.0,
         "seconds between drains of the flow map; a long flow is reported once per interval",
-        parse=_positive,
+        parse=positive,
     )
     idle_timeout: float = setting(
         3.0,
         "seconds without a packet after which a drained flow ends with `idle_timeout`; "
         "meaningful below active_timeout, since the map is emptied at every drain",
-        parse=_positive,
+        parse=positive,
     )
     max_entries: int = setting(
         65536,
@@ -114,7 +108,7 @@ class PublishSettings:
         parse=_between(1, 1_000_000),
     )
     batch_max_delay: float = setting(
-        1.0, "seconds a record may wait for its batch to fill before it is sent", parse=_positive
+        1.0, "seconds a record may wait for its batch to fill before it is sent", parse=positive
     )
     buffer_bytes: int = setting(
         32 * 1024 * 1024,
