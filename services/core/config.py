@@ -125,6 +125,22 @@ def at_least_one(value: int) -> int:
     return value
 
 
+def readable_file(value: str) -> str:
+    """A path naming a file this process can read (or empty: not used).
+
+    Opening it (rather than checking that it exists) also catches permissions, so a CA
+    bundle or key the service cannot read stops start-up instead of the first connect.
+    """
+    if not value:
+        return value
+    try:
+        with Path(value).open("rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot read {value}: {e.strerror}") from e
+    return value
+
+
 # ---------------------------------------------------------------- conversion
 
 

@@ -12,13 +12,12 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import nats
 from flowscope.core import subjects
-from flowscope.core.config import setting
+from flowscope.core.config import readable_file, setting
 from flowscope.core.errors import ConfigError, StartupError
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -47,12 +46,6 @@ def parse_urls(value: str) -> str:
     return ",".join(urls)
 
 
-def _readable(value: str) -> str:
-    if value and not Path(value).is_file():
-        raise ValueError(f"{value} is not a readable file")
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class NatsSettings:
     """How to reach NATS (``--nats-*``, ``FLOWSCOPE_NATS_*``, ``nats:`` in YAML)."""
@@ -63,10 +56,10 @@ class NatsSettings:
     user: str = setting("", "user name for user/password authentication")
     password: str = setting("", "password (prefer the environment variable)", secret=True)
     token: str = setting("", "authentication token (prefer the environment variable)", secret=True)
-    creds_file: str = setting("", "NATS credentials file (JWT + NKey seed)", parse=_readable)
-    tls_ca: str = setting("", "CA bundle to verify the server (enables TLS)", parse=_readable)
-    tls_cert: str = setting("", "client certificate for mutual TLS", parse=_readable)
-    tls_key: str = setting("", "client certificate's private key", parse=_readable)
+    creds_file: str = setting("", "NATS credentials file (JWT + NKey seed)", parse=readable_file)
+    tls_ca: str = setting("", "CA bundle to verify the server (enables TLS)", parse=readable_file)
+    tls_cert: str = setting("", "client certificate for mutual TLS", parse=readable_file)
+    tls_key: str = setting("", "client certificate's private key", parse=readable_file)
     connect_timeout: float = setting(5.0, "seconds to wait for one connection attempt")
     reconnect_wait_max: float = setting(
         5.0, "upper bound in seconds of the backoff between reconnection attempts"

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from flowscope.core.config import readable_file
 from flowscope.core.errors import ConfigError
-from flowscope.exporter.settings import OtlpSettings, parse_endpoint, parse_headers, readable_file
+from flowscope.exporter.settings import OtlpSettings, parse_endpoint, parse_headers
 
 GRPC = "grpc"
 HTTP = "http/protobuf"

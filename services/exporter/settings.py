@@ -9,10 +9,9 @@ happens in :mod:`flowscope.exporter.otlp_config`, because it needs the environme
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from flowscope.core.config import positive, section, setting
+from flowscope.core.config import positive, readable_file, section, setting
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
 
@@ -60,18 +59,6 @@ def parse_headers(value: str) -> str:
     for item in value.split(","):
         if item.strip() and "=" not in item:
             raise ValueError(f"header {item.strip()!r} is not key=value")
-    return value
-
-
-def readable_file(value: str) -> str:
-    """A path that names a readable file (or empty: not used)."""
-    if not value:
-        return value
-    try:
-        with Path(value).open("rb"):
-            pass
-    except OSError as e:
-        raise ValueError(f"cannot read {value}: {e.strerror}") from e
     return value
 
 
