@@ -31,11 +31,8 @@ def _lines(stream: IO[str], into: queue.Queue[str]) -> None:
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    built = Node(tag=f"up{os.getpid()}", ipv6=False).create(pods=2)
-    try:
+    with Node(tag=f"up{os.getpid()}", ipv6=False).built() as built:
         yield built
-    finally:
-        built.destroy()
 
 
 def _wait_for(q: queue.Queue[str], predicate: Any, deadline: float) -> Any:

@@ -3,58 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from tests.privileged.collector.node import Node
+from tests.privileged.collector.programs import Kernel, attached
 
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
-    built = Node().create(pods=2)
-    try:
+    with Node().built() as built:
         yield built
-    finally:
-        built.destroy()
-
-
-@dataclass
-class Kernel:
-    """The loaded flow program, attached to the node's pod veths, and its drainer."""
-
-    program: object
-    attacher: object
-    drainer: object
 
 
 @pytest.fixture(scope="module")
 def kernel(node: Node) -> Iterator[Kernel]:
-    from flowscope.collector.attaching import Attacher
-    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
-    from flowscope.collector.loading import FlowProgramConfig, load_flow_program
+    from flowscope.collector.loading import FlowProgramConfig
 
-    with node.inside():
-        program = load_flow_program(FlowProgramConfig(max_flows=4096))
-        attacher = Attacher(
-            program.ingress_fd,
-            program.egress_fd,
-            ingress_ip_fd=program.ingress_ip_fd,
-            egress_ip_fd=program.egress_ip_fd,
-        )
-        for pod in node.pods:
-            (index,) = attacher.ipr.link_lookup(ifname=pod.host_if)
-            assert attacher.attach(index, pod.host_if)
-        drainer = Drainer(
-            BatchReader(program.flows.map_fd),
-            TickClock(program.clock_pair),
-            "test-node",
-            3.0,
-            DirectionMemory(1024),
-        )
-        try:
-            yield Kernel(program, attacher, drainer)
-        finally:
-            attacher.detach_all()
-            attacher.close()
-            program.close()
+    ifnames = [pod.host_if for pod in node.pods]
+    config = FlowProgramConfig(max_flows=4096)
+    with attached(node, config, ifnames, memory=1024, observer="test-node") as loaded:
+        yield loaded

@@ -125,6 +125,15 @@ class Node:
                     f"net.ipv6.conf.{scope}.disable_ipv6=1",
                 )
 
+    @contextlib.contextmanager
+    def built(self, pods: int = 2) -> Iterator[Node]:
+        """Create the namespaces for the block, delete them after, whatever happens."""
+        self.create(pods)
+        try:
+            yield self
+        finally:
+            self.destroy()
+
     def destroy(self) -> None:
         for pod in self.pods:
             subprocess.run(["ip", "netns", "del", pod.ns], capture_output=True)

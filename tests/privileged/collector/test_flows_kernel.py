@@ -7,8 +7,8 @@ import time
 import pytest
 from flowscope.core.records import RawFlow, tcp_flag_tags
 
-from tests.privileged.collector.conftest import Kernel
 from tests.privileged.collector.node import Capture, Node, finish, wait_listening
+from tests.privileged.collector.programs import Kernel
 
 
 def drain(kernel: Kernel) -> list[RawFlow]:

@@ -9,55 +9,28 @@ from collections.abc import Iterator
 import pytest
 
 from tests.privileged.collector.node import Capture, Node
+from tests.privileged.collector.programs import attached
 
 
 @pytest.fixture
 def small_node() -> Iterator[Node]:
-    built = Node(tag=f"cfo{os.getpid()}", ipv6=False).create(pods=2)
-    try:
+    with Node(tag=f"cfo{os.getpid()}", ipv6=False).built() as built:
         yield built
-    finally:
-        built.destroy()
 
 
 def test_map_full_packets_and_bytes_are_counted(small_node: Node) -> None:
-    from flowscope.collector.attaching import Attacher
-    from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
-    from flowscope.collector.loading import FlowProgramConfig, load_flow_program
+    from flowscope.collector.loading import FlowProgramConfig
     from flowscope.collector.metrics import read_counters
 
     client, server = small_node.pods
-    with small_node.inside():
-        program = load_flow_program(FlowProgramConfig(max_flows=16))
-        attacher = Attacher(
-            program.ingress_fd,
-            program.egress_fd,
-            ingress_ip_fd=program.ingress_ip_fd,
-            egress_ip_fd=program.egress_ip_fd,
-        )
-        try:
-            (index,) = attacher.ipr.link_lookup(ifname=client.host_if)
-            attacher.attach(index, client.host_if)
-            capture = Capture(client.host_if)
-            small_node.run(client, "udp-spray", server.ip4, "20000", "200")
-            time.sleep(0.3)
-            capture.stop()
-            flows = (
-                Drainer(
-                    BatchReader(program.flows.map_fd, 8),
-                    TickClock(program.clock_pair),
-                    "n",
-                    3.0,
-                    DirectionMemory(16),
-                )
-                .drain()
-                .flows
-            )
-            counters = read_counters(program.counters)
-        finally:
-            attacher.detach_all()
-            attacher.close()
-            program.close()
+    config = FlowProgramConfig(max_flows=16)
+    with attached(small_node, config, [client.host_if], chunk=8) as kernel:
+        capture = Capture(client.host_if)
+        small_node.run(client, "udp-spray", server.ip4, "20000", "200")
+        time.sleep(0.3)
+        capture.stop()
+        flows = kernel.drainer.drain().flows
+        counters = read_counters(kernel.program.counters)
     assert len(flows) == 16
     assert counters.map_full_packets > 0
     # Only the client's veth is attached (IPv6 is off: no link-local chatter). Ground
@@ -79,27 +52,17 @@ def test_map_full_packets_and_bytes_are_counted(small_node: Node) -> None:
 def test_dns_ring_buffer_full_is_counted(small_node: Node) -> None:
     """A one-page ring buffer nobody reads: every DNS packet is captured or counted."""
     from flowscope.collector import abi
-    from flowscope.collector.attaching import Attacher
-    from flowscope.collector.loading import FlowProgramConfig, load_flow_program
+    from flowscope.collector.loading import FlowProgramConfig
     from flowscope.collector.metrics import read_counters
 
     client, server = small_node.pods
     config = FlowProgramConfig(
         max_flows=1024, dns_port=53, dns_capture_len=512, dns_ringbuf_pages=1
     )
-    with small_node.inside():
-        program = load_flow_program(config)
-        attacher = Attacher(program.ingress_fd, program.egress_fd)
-        try:
-            (index,) = attacher.ipr.link_lookup(ifname=client.host_if)
-            attacher.attach(index, client.host_if)
-            small_node.run(client, "udp-repeat", server.ip4, "53", "40")
-            time.sleep(0.2)
-            counters = read_counters(program.counters)
-        finally:
-            attacher.detach_all()
-            attacher.close()
-            program.close()
+    with attached(small_node, config, [client.host_if]) as kernel:
+        small_node.run(client, "udp-repeat", server.ip4, "53", "40")
+        time.sleep(0.2)
+        counters = read_counters(kernel.program.counters)
     slots = 4096 // (abi.DNS_EVENT_HEADER + 512 + 8)  # ring buffer records carry 8 header bytes
     assert counters.dns_captured + counters.dns_ringbuf_full == 40
     assert 0 < counters.dns_captured <= slots

@@ -13,8 +13,8 @@ import time
 
 from flowscope.core.records import RawFlow
 
-from tests.privileged.collector.conftest import Kernel
 from tests.privileged.collector.node import Node
+from tests.privileged.collector.programs import Kernel
 
 DST_MAC = bytes.fromhex("02aabbccddee")
 SRC_MAC = bytes.fromhex("02aabbccdd01")
