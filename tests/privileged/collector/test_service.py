@@ -106,9 +106,15 @@ async def test_tcp_flow_published_and_decodable(
     assert flow["bytes"] > 20000 and flow["rbytes"] > 5000
     assert flow["end_reason"] == "end_of_flow_detected"
     assert collector.metric("flowscope_collector_flows_drained_total") >= 1
-    # The socket owners of both ends, on raw.sockets.
+    # The socket owners of both ends, on raw.sockets. The tracer sees every socket on
+    # the host, including those of a test run in other namespaces with the same
+    # addresses and port: match this connection's exact 4-tuple (its ephemeral port).
+    forward = (client.ip4, sent["sport"], server.ip4, 9090)
+    reverse = (server.ip4, 9090, client.ip4, sent["sport"])
     owners = await raw.sockets.wait_for(
-        lambda r: 9090 in (r["sport"], r["dport"]) and r["proto"] == 6
+        lambda r: (
+            r["proto"] == 6 and (r["src"], r["sport"], r["dst"], r["dport"]) in (forward, reverse)
+        )
     )
     by_event = {r["event"]: r for r in owners}
     assert by_event["connect"]["pid"] == cli.pid and by_event["connect"]["sport"] == sent["sport"]
