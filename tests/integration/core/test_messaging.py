@@ -15,7 +15,7 @@ from flowscope.core.messaging import NatsSettings
 from nats.js.api import StreamConfig
 from prometheus_client import CollectorRegistry
 
-from tests.support import nats_server
+from tests.support import nats_jwt, nats_server
 
 
 @pytest.fixture
@@ -94,6 +94,32 @@ async def test_user_password_and_token_auth() -> None:
         )
         assert nc.is_connected
         await nc.close()
+    finally:
+        server.close()
+
+
+async def test_creds_file_auth_in_operator_mode(tmp_path: Path) -> None:
+    """A ``.creds`` file (user JWT + NKey seed) against a server that trusts only its
+    operator's accounts: connects, publishes to JetStream; a user of an account the
+    operator never signed is refused."""
+    chain = nats_jwt.trust(tmp_path)
+    server = nats_server.start(extra=["-c", str(chain.server_config)])
+    try:
+        settings = NatsSettings(url=server.url, creds_file=str(chain.creds_file))
+        nc = await messaging.connect(settings, "test", CollectorRegistry(), retry=False)
+        js = nc.jetstream()
+        await messaging.ensure_streams(js, settings)
+        ack = await js.publish(subjects.raw_flows("node-a"), b"{}")
+        assert ack.stream == subjects.STREAM_RAW
+        await nc.close()
+        stranger = nats_jwt.keypair(nats_jwt.nkeys.PREFIX_BYTE_ACCOUNT)
+        bad = NatsSettings(
+            url=server.url,
+            creds_file=str(chain.user_creds(tmp_path / "stranger.creds", stranger)),
+            connect_timeout=1,
+        )
+        with pytest.raises(StartupError, match="cannot connect"):
+            await messaging.connect(bad, "test", CollectorRegistry(), retry=False)
     finally:
         server.close()
 
