@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 from flowscope.core import records
+from flowscope.core.community_id import community_id as community_id_of
+from flowscope.core.records import END_REASONS
 from flowscope.enricher import identities
 from flowscope.enricher.enriching import render_line, render_wire
 from flowscope.enricher.processes import SocketOwner
@@ -71,6 +73,7 @@ def test_a_rendered_line_is_the_wire_dict(args: tuple[Any, ...]) -> None:
 
 
 ADDRESSES = [A, B, "192.168.0.1", "203.0.113.9", "10.9.9.9"]
+PROTOS = {"tcp": 6, "udp": 17, "sctp": 132}
 
 
 @st.composite
@@ -118,3 +121,36 @@ def test_the_pipeline_publishes_exactly_the_records_of_the_dict_path(
             records.validate_flow(orjson.loads(line))
     assert lines.tally == wires.tally
     assert not lines.by_subject and not wires.lines
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    passes=st.lists(
+        st.tuples(st.lists(raw_flow(), max_size=6), st.lists(socket_event(), max_size=3),
+                  st.lists(st.sampled_from(END_REASONS), min_size=6, max_size=6)),
+        min_size=1, max_size=5,
+    ),
+    bound=st.sampled_from([1, 2, 65_536]),
+)  # fmt: skip
+def test_community_ids_remembered_per_flow_are_the_ones_computed(
+    passes: list[tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]], bound: int
+) -> None:
+    """The Community ID cache (per oriented 5-tuple, dropped at a flow's final report,
+    cleared when full) changes no byte: the same flows reported over several intervals,
+    with socket events changing their orientation in between, against no cache at all."""
+    cached, uncached = enricher(cid_cache=bound), enricher(cid_cache=0)
+    for flows, sockets, reasons in passes:
+        flows = [{**f, "end_reason": r} for f, r in zip(flows, reasons, strict=False)]
+        for e in (cached, uncached):
+            e.learn_sockets([dict(s) for s in sockets])
+        got = cached.flow_lines([dict(f) for f in flows])
+        want = uncached.flow_lines([dict(f) for f in flows])
+        assert got.lines == want.lines and got.tally == want.tally
+        for subject_lines in got.lines.values():
+            for line in subject_lines:
+                rec = orjson.loads(line)
+                if rec["network.transport"] in ("tcp", "udp", "sctp"):
+                    assert rec["flow.community_id"] == community_id_of(
+                        PROTOS[rec["network.transport"]], rec["source.address"],
+                        rec["destination.address"], rec["source.port"], rec["destination.port"],
+                    )  # fmt: skip
