@@ -14,7 +14,10 @@ Three figures, measured in the same run so that they can be compared:
    JetStream; enriched records counted as they arrive on ``flowscope.flows.>``.
    Reported per core: records ÷ the enricher's CPU seconds (user + system, from
    /proc) over the run, and its wall-clock rate.
-3. **Hot path in process** (decode → enrich → encode, no I/O), for the breakdown.
+3. **Hot path in process** (decode → enrich → encode, no I/O), for the breakdown; also
+   for a second workload where each flow is reported in 5 intervals (as the collector
+   re-reports a flow every active timeout), which per-flow caches would see.
+   ``--intervals 5`` runs the end-to-end figure on such a workload instead.
 
 Metadata memory: tracemalloc of the inventory holding 10,000 pods (plus the services,
 nodes and controllers), with every pod's identity cached as it is after traffic.
@@ -49,6 +52,7 @@ from tests.support.fake_kube import FakeKube
 from tests.unit.enricher import cluster
 
 PODS, SERVICES, NODES, NAMESPACES, DNS_NAMES = 10_000, 2_000, 100, 20, 50_000
+RECURRING = 5  # the second workload: each flow reported in this many intervals
 LABELS = ("app", "app.kubernetes.io/name", "app.kubernetes.io/instance", "version")
 
 
@@ -92,11 +96,18 @@ def cluster_objects() -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def raw_batches(batches: int, size: int, seed: int = 1) -> list[codec.Batch]:
-    """Raw flow batches: pod → service 40 %, pod → pod 30 %, pod → named external 30 %."""
+def raw_batches(batches: int, size: int, seed: int = 1, intervals: int = 1) -> list[codec.Batch]:
+    """Raw flow batches: pod → service 40 %, pod → pod 30 %, pod → named external 30 %.
+
+    ``intervals`` 1: every record a distinct 5-tuple. ``intervals`` k: the same flows
+    reported k times, as the collector does every active timeout — the first
+    ``batches / k`` batches, then again with timestamps 10 s later, k times over.
+    """
+    if batches % intervals:
+        raise ValueError("batches must be a multiple of intervals")
     rnd = random.Random(seed)
-    out = []
-    for b in range(batches):
+    flows = []
+    for b in range(batches // intervals):
         recs = []
         for i in range(size):
             src = rnd.randrange(PODS)
@@ -116,8 +127,16 @@ def raw_batches(batches: int, size: int, seed: int = 1) -> list[codec.Batch]:
                 "dport": dport, "bytes": 1500 * i, "packets": i + 1, "rbytes": 900 * i,
                 "rpackets": i, "tcp_flags": 0x1B, "initiator": True,
             })  # fmt: skip
-        out.append(codec.encode(codec.RAW_FLOW, recs))
-    return out
+        flows.append(recs)
+    shift = 10_000_000_000  # ns: one active timeout
+    return [
+        codec.encode(codec.RAW_FLOW, [
+            {**r, "start_ns": r["start_ns"] + k * shift, "end_ns": r["end_ns"] + k * shift}
+            for r in recs
+        ] if k else recs)
+        for k in range(intervals)
+        for recs in flows
+    ]  # fmt: skip
 
 
 def dns_events() -> list[dict[str, Any]]:
@@ -325,8 +344,13 @@ async def main() -> None:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--profile", default="", help="cProfile output of the enricher process")
+    parser.add_argument(
+        "--intervals", type=int, default=1,
+        help="end to end: each flow reported this many times (1: all distinct 5-tuples)",
+    )  # fmt: skip
     args = parser.parse_args()
     batches = raw_batches(args.batches, args.batch_size)
+    recurring = raw_batches(args.batches, args.batch_size, intervals=RECURRING)
     records = args.batches * args.batch_size
     print(f"cluster: {PODS} pods, {SERVICES} services, {NODES} nodes, {DNS_NAMES} DNS names; "
           f"{records} raw flow records in {args.batches} batches")  # fmt: skip
@@ -338,6 +362,13 @@ async def main() -> None:
     print(f"hot path in process (decode → enrich → encode): {hot:,.0f} raw records/s; "
           f"{expected} enriched out (the rest: cross-node duplicates dropped); "
           f"records built as dicts and encoded by orjson instead: {dict_path:,.0f}")  # fmt: skip
+    hot_recurring, _ = in_process(recurring)
+    print(f"hot path in process, each flow reported {RECURRING} times instead of all distinct: "
+          f"{hot_recurring:,.0f} raw records/s")  # fmt: skip
+    if args.intervals != 1:
+        batches = raw_batches(args.batches, args.batch_size, intervals=args.intervals)
+        expected = in_process(batches)[1]
+        print(f"end to end below: each flow reported {args.intervals} times")
     server = nats_server.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -47,6 +47,8 @@ from flowscope.enricher.processes import SocketOwner, SocketTable
 TCP = 6
 ICMP_PROTOS = frozenset({1, 58})  # ports carry ICMP type/code: reported as 0
 MAX_ADDRESSES = 200_000  # canonical-address cache bound
+MAX_CIDS = 65_536  # Community ID cache bound (5-tuples; ~12 MB when full)
+FINAL_REASONS = frozenset({"end_of_flow_detected", "forced_end"})  # no report follows
 LOOKUP_KINDS = ("pod", "service", "node", "host", "external", "unknown")
 
 _FLAG_TAGS = [tcp_flag_tags(bits) for bits in range(256)]
@@ -178,13 +180,20 @@ class Enricher:
         names: NameCache,
         observers: Observers,
         clock: Callable[[], float] = time.monotonic,
+        cid_cache: int = MAX_CIDS,
     ) -> None:
+        """``cid_cache``: Community IDs remembered (oriented 5-tuples); 0 turns it off."""
         self.resolver = resolver
         self.sockets = sockets
         self.names = names
         self.observers = observers
         self._clock = clock
         self._addresses: dict[str, tuple[str, str] | None] = {}
+        # Community ID per oriented 5-tuple of a flow still open: a pure function of the
+        # tuple (SHA-1 + base64, ~1 µs), and an open flow is reported again every active
+        # timeout; a flow's final report (FIN/RST seen, collector stopping) drops it
+        self._cids: dict[tuple[int, str, str, int, int], str] = {}
+        self._max_cids = cid_cache
 
     # ------------------------------------------------------------ state
 
@@ -275,14 +284,14 @@ class Enricher:
         self, records: Iterable[Any], render: Render, by_subject: dict[str, list[Any]], out: Output
     ) -> None:
         tally = out.tally
-        tally.lookups = dict.fromkeys(LOOKUP_KINDS, 0)
+        lookups = tally.lookups = dict.fromkeys(LOOKUP_KINDS, 0)
         now = self._clock()
         ready = self.resolver.ready
         flow = self._flow
         for i, record in enumerate(records):
             tally.records_in += 1
             try:
-                enriched = flow(record, i, now, tally, ready, render)
+                enriched = flow(record, i, now, tally, render)
             except RecordError as e:
                 out.bad.append((record, e))
                 continue
@@ -296,10 +305,13 @@ class Enricher:
             else:
                 bucket.append(wire)
             tally.records_out += 1
+        if not ready:  # nothing is known to be external before the first full sync
+            lookups["unknown"] += lookups["external"]
+            lookups["external"] = 0
         tally.process_misses = 2 * (tally.records_in - len(out.bad)) - tally.process_hits
 
     def _flow(
-        self, raw: Any, i: int, now: float, tally: Tally, ready: bool, render: Render
+        self, raw: Any, i: int, now: float, tally: Tally, render: Render
     ) -> tuple[str, Any] | None:
         """One raw flow → (subject, rendered record), or None when it is a dropped duplicate.
 
@@ -339,7 +351,7 @@ class Enricher:
             raise RecordError("raw.flow", i, f"unknown end_reason {reason!r}")
         if not (
             0 <= proto <= 255 and 0 <= sport <= 65535 and 0 <= dport <= 65535
-            and 0 <= flags <= 255 and min(fwd_b, fwd_p, rev_b, rev_p) >= 0
+            and 0 <= flags <= 255 and fwd_b >= 0 and fwd_p >= 0 and rev_b >= 0 and rev_p >= 0
         ):  # fmt: skip
             raise RecordError("raw.flow", i, "proto, port, flag or counter out of range")
         addresses = self._addresses
@@ -354,8 +366,8 @@ class Enricher:
         lookups = tally.lookups
         src_id = resolve(src)
         dst_id = resolve(dst)
-        for kind in (src_id.kind, dst_id.kind):
-            lookups[kind if ready or kind != "external" else "unknown"] += 1
+        lookups[src_id.kind] += 1  # "external" becomes "unknown" per batch when not ready
+        lookups[dst_id.kind] += 1
         find = self.sockets.find
         src_proc = find(observer, proto, src, sport, dst, dport)
         if src_proc is None and src_id.home and src_id.home != observer:
@@ -399,10 +411,20 @@ class Enricher:
         else:
             tally.dns_misses += 1
         ported = proto not in ICMP_PROTOS
+        cids = self._cids
+        cid = cids.get(key := (proto, src, dst, sport, dport))
+        if cid is None:
+            cid = community_id(proto, src, dst, sport, dport)
+            if reason not in FINAL_REASONS and self._max_cids:
+                if len(cids) >= self._max_cids:
+                    cids.clear()
+                cids[key] = cid
+        elif reason in FINAL_REASONS:
+            del cids[key]  # the connection is over: this was its last report
         record = render(
-            community_id(proto, src, dst, sport, dport), start_ns, end_ns, reason, direction,
-            network, proto, sport if ported else 0, dport if ported else 0, fwd_b, fwd_p,
-            rev_b, rev_p, observer, flags, src_id, dst_id, src_proc, dst_proc, dst_name, src_name,
+            cid, start_ns, end_ns, reason, direction, network, proto, sport if ported else 0,
+            dport if ported else 0, fwd_b, fwd_p, rev_b, rev_p, observer, flags, src_id, dst_id,
+            src_proc, dst_proc, dst_name, src_name,
         )  # fmt: skip
         return f"{subjects.FLOWS}.{src_id.token}.{dst_id.token}", record
 
@@ -576,15 +598,19 @@ def render_wire(
     return wire
 
 
-# The record's fixed members, in render_wire's order; %b are JSON strings, %d integers
-# (orjson writes integers exactly as %d does).
-_HEAD = (
+# The record's members, in render_wire's order, up to the identities; %b are JSON
+# pieces (strings already quoted, or whole members), %d integers (orjson writes integers
+# exactly as %d does); the last %b is what follows the identities, closing brace included.
+_LINE = (
     b'{"flow.community_id":"%b","flow.start_ns":%d,"flow.end_ns":%d,"flow.end_reason":%b,'
     b'"flow.direction":%b,"network.type":%b,"network.transport":%b,"source.port":%d,'
     b'"destination.port":%d,"flow.bytes.delta":%d,"flow.packets.delta":%d,'
     b'"flow.reverse.bytes.delta":%d,"flow.reverse.packets.delta":%d,"observer.node.name":%b'
+    b"%b,%b,%b%b"
 )
+_END = b"}\n"
 _FLAGS_JSON = [b',"flow.tcp.flags.tags":' + orjson.dumps(tags) for tags in _FLAG_TAGS]
+_TRANSPORTS_JSON = [orjson.dumps(_TRANSPORTS[p]) for p in range(256)]
 _STRINGS: dict[str, bytes] = {}  # str → its JSON form: node names, reasons, domains recur
 MAX_STRINGS = 100_000
 
@@ -623,29 +649,38 @@ def render_line(
     """The same record as :func:`render_wire`, rendered straight to its NDJSON line
     (``orjson.dumps(render_wire(...)) + b"\\n"``, byte for byte — property-tested),
     joined from pre-rendered pieces: identities and processes carry theirs. ``cid`` is
-    a Community ID ("1:" + base64), which JSON needs no escapes for."""
-    parts = [
-        _HEAD % (
-            cid.encode(), start_ns, end_ns, json_str(reason), json_str(direction),
-            json_str(network), json_str(_TRANSPORTS.get(proto) or transport_name(proto)),
-            sport, dport, fwd_b, fwd_p, rev_b, rev_p, json_str(observer),
-        ),
-        _FLAGS_JSON[flags & 0xFF] if proto == TCP else b"",
-        b",",
-        src_id.source_json,
-        b",",
-        dst_id.destination_json,
-    ]  # fmt: skip
-    if src_proc is not None:
-        parts.append(process_json(src_proc)[0])
-    if dst_proc is not None:
-        parts.append(process_json(dst_proc)[1])
-    if dst_name is not None:
-        parts.append(b',"destination.domain":' + json_str(dst_name))
-    if src_name is not None:
-        parts.append(b',"source.domain":' + json_str(src_name))
-    parts.append(b"}\n")
-    return b"".join(parts)
+    a Community ID ("1:" + base64), which JSON needs no escapes for.
+
+    One ``bytes %`` builds the line (a list and a join only when a process or a name
+    follows the identities); the strings' JSON forms are looked up inline, not through
+    :func:`json_str`, which only renders the ones not seen yet.
+    """
+    strings = _STRINGS
+    end = _END
+    if (
+        src_proc is not None or dst_proc is not None or dst_name is not None
+        or src_name is not None
+    ):  # fmt: skip
+        parts = []
+        if src_proc is not None:
+            parts.append(process_json(src_proc)[0])
+        if dst_proc is not None:
+            parts.append(process_json(dst_proc)[1])
+        if dst_name is not None:
+            parts.append(b',"destination.domain":' + json_str(dst_name))
+        if src_name is not None:
+            parts.append(b',"source.domain":' + json_str(src_name))
+        parts.append(end)
+        end = b"".join(parts)
+    return _LINE % (
+        cid.encode(), start_ns, end_ns, strings.get(reason) or json_str(reason),
+        strings.get(direction) or json_str(direction),
+        strings.get(network) or json_str(network),
+        _TRANSPORTS_JSON[proto] if 0 <= proto <= 255 else json_str(transport_name(proto)),
+        sport, dport, fwd_b, fwd_p, rev_b, rev_p, strings.get(observer) or json_str(observer),
+        _FLAGS_JSON[flags & 0xFF] if proto == TCP else b"", src_id.source_json,
+        dst_id.destination_json, end,
+    )  # fmt: skip
 
 
 def _readdressed(ident: Identity, address: str) -> Identity:

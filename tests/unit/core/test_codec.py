@@ -84,9 +84,25 @@ def test_chunks_stay_under_max_bytes_and_keep_every_record() -> None:
     assert out == recs
 
 
+@given(
+    lines=st.lists(st.binary(min_size=1, max_size=40).map(lambda b: b + b"\n"), max_size=30),
+    max_bytes=st.integers(41, 400),
+)
+def test_a_list_of_lines_chunks_as_a_stream_of_them_does(
+    lines: list[bytes], max_bytes: int
+) -> None:
+    """A list that fits is joined at once; the batches are those of the line-by-line path."""
+    from_list = list(codec.chunk_lines(codec.FLOW, lines, max_bytes))
+    from_stream = list(codec.chunk_lines(codec.FLOW, iter(lines), max_bytes))
+    assert from_list == from_stream
+    assert b"".join(b.body for b in from_list) == b"".join(lines)
+
+
 def test_record_larger_than_max_is_an_error() -> None:
     with pytest.raises(CodecError, match="too-large"):
         list(codec.encode_chunks(codec.RAW_FLOW, [{"x": "y" * 100}], max_bytes=50))
+    with pytest.raises(CodecError, match="too-large"):
+        list(codec.chunk_lines(codec.FLOW, [b"{}\n", b"y" * 100 + b"\n"], max_bytes=50))
 
 
 def test_schema_of() -> None:

@@ -18,7 +18,8 @@ from tests.unit.enricher.cluster import Clock
 A, B = "10.1.0.5", "10.2.0.7"  # pod a on node-1, pod b on node-2
 
 
-def enricher(clock: Clock | None = None) -> Enricher:
+def enricher(clock: Clock | None = None, **options: Any) -> Enricher:
+    """An enricher knowing pods a, b and a hostNetwork agent; ``options``: Enricher's."""
     clock = clock or Clock()
     inv = Inventory(60, clock=clock)
     for raw in (
@@ -32,7 +33,7 @@ def enricher(clock: Clock | None = None) -> Enricher:
     inv.upsert("nodes", objects.node_from_json(cluster.node("node-2", "192.168.0.2")))
     return Enricher(
         inv, SocketTable(1000, 30, clock), NameCache(60, 3600, 1000, clock), Observers(300, clock),
-        clock,
+        clock, **options,
     )  # fmt: skip
 
 

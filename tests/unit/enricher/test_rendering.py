@@ -11,12 +11,17 @@ from typing import Any
 
 import orjson
 from flowscope.core import records
-from flowscope.enricher import identities
-from flowscope.enricher.enriching import render_line, render_wire
+from flowscope.core.community_id import community_id as community_id_of
+from flowscope.core.records import END_REASONS
+from flowscope.enricher import identities, objects
+from flowscope.enricher.enriching import Enricher, render_line, render_wire
+from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.processes import SocketOwner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.enricher import cluster
+from tests.unit.enricher.cluster import Clock
 from tests.unit.enricher.test_enriching import A, B, enricher, flow, sock
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)  # any valid UTF-8
@@ -71,6 +76,7 @@ def test_a_rendered_line_is_the_wire_dict(args: tuple[Any, ...]) -> None:
 
 
 ADDRESSES = [A, B, "192.168.0.1", "203.0.113.9", "10.9.9.9"]
+PROTOS = {"tcp": 6, "udp": 17, "sctp": 132}
 
 
 @st.composite
@@ -118,3 +124,66 @@ def test_the_pipeline_publishes_exactly_the_records_of_the_dict_path(
             records.validate_flow(orjson.loads(line))
     assert lines.tally == wires.tally
     assert not lines.by_subject and not wires.lines
+
+
+CHANGES = ("none", "pod", "close", "time")  # what happens between two intervals
+
+
+def _change(e: Enricher, clock: Clock, change: str, sockets: list[dict[str, Any]]) -> None:
+    """One change of the join state between intervals, applied alike to every replica."""
+    inventory = e.resolver
+    assert isinstance(inventory, Inventory)
+    if change == "pod":  # pod a replaced at the same address, on the other node
+        raw = cluster.pod("a", ips=(A,), node="node-2", uid="uid-a2", container_ids={"ca": "main"})
+        inventory.upsert("pods", objects.pod_from_json(raw, ()))
+    elif change == "close":  # every socket seen so far closes, and is forgotten
+        e.learn_sockets([{**s, "event": "close"} for s in sockets])
+        clock.now += 31
+        e.sockets.expire()
+    elif change == "time":  # past every DNS TTL, observer lifetime and deleted grace
+        clock.now += 4000
+        inventory.sweep()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    passes=st.lists(
+        st.tuples(st.lists(raw_flow(), max_size=6), st.lists(socket_event(), max_size=3),
+                  st.lists(st.sampled_from(END_REASONS), min_size=6, max_size=6),
+                  st.lists(st.tuples(st.sampled_from(ADDRESSES), st.sampled_from(ADDRESSES)),
+                           max_size=2),
+                  st.sampled_from(CHANGES)),
+        min_size=1, max_size=5,
+    ),
+    bound=st.sampled_from([1, 2, 65_536]),
+)  # fmt: skip
+def test_community_ids_remembered_per_flow_are_the_ones_computed(
+    passes: list[tuple[Any, ...]], bound: int
+) -> None:
+    """The Community ID cache (per oriented 5-tuple, dropped at a flow's final report,
+    cleared when full) changes no byte against no cache at all: the same flows reported
+    over several intervals while pods are replaced, sockets open and close (re-orienting
+    flows), DNS names are learned and expire, and observers go quiet."""
+    clocks = [Clock(), Clock()]
+    cached, uncached = enricher(clocks[0], cid_cache=bound), enricher(clocks[1], cid_cache=0)
+    seen: list[dict[str, Any]] = []
+    for flows, sockets, reasons, names, change in passes:
+        flows = [{**f, "end_reason": r} for f, r in zip(flows, reasons, strict=False)]
+        seen += sockets
+        for e in (cached, uncached):
+            e.learn_sockets([dict(s) for s in sockets])
+            for client, address in names:
+                e.names.learn(client, "n.example", [{"type": "A", "ttl": 60, "data": address}])
+        got = cached.flow_lines([dict(f) for f in flows])
+        want = uncached.flow_lines([dict(f) for f in flows])
+        assert got.lines == want.lines and got.tally == want.tally
+        for subject_lines in got.lines.values():
+            for line in subject_lines:
+                rec = orjson.loads(line)
+                if rec["network.transport"] in PROTOS:
+                    assert rec["flow.community_id"] == community_id_of(
+                        PROTOS[rec["network.transport"]], rec["source.address"],
+                        rec["destination.address"], rec["source.port"], rec["destination.port"],
+                    )  # fmt: skip
+        for e, clock in zip((cached, uncached), clocks, strict=True):
+            _change(e, clock, change, seen)
