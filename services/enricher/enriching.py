@@ -48,7 +48,7 @@ TCP = 6
 ICMP_PROTOS = frozenset({1, 58})  # ports carry ICMP type/code: reported as 0
 MAX_ADDRESSES = 200_000  # canonical-address cache bound
 MAX_CIDS = 65_536  # Community ID cache bound (5-tuples; ~12 MB when full)
-FINAL_REASONS = frozenset({"end_of_flow_detected", "forced_end"})  # no report follows
+FINAL_REASONS = frozenset({"idle_timeout", "end_of_flow_detected", "forced_end"})  # last report
 LOOKUP_KINDS = ("pod", "service", "node", "host", "external", "unknown")
 
 _FLAG_TAGS = [tcp_flag_tags(bits) for bits in range(256)]
@@ -191,7 +191,7 @@ class Enricher:
         self._addresses: dict[str, tuple[str, str] | None] = {}
         # Community ID per oriented 5-tuple of a flow still open: a pure function of the
         # tuple (SHA-1 + base64, ~1 µs), and an open flow is reported again every active
-        # timeout; a flow's final report (FIN/RST seen, collector stopping) drops it
+        # timeout; a flow's final report (idle, FIN/RST seen, collector stopping) drops it
         self._cids: dict[tuple[int, str, str, int, int], str] = {}
         self._max_cids = cid_cache
 
