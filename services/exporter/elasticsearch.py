@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractStreamWriter
 from flowscope.core.logs import RateLimitedLog
 from flowscope.exporter import ecs
 from flowscope.exporter.metrics import ExporterMetrics
@@ -73,6 +74,38 @@ class BulkLines:
             return self.body
         view = memoryview(self.body)
         return b"".join([view[slice(*self.spans[i])] for i in indices])
+
+
+class BulkBody(aiohttp.BytesPayload):
+    """A ``_bulk`` body handed to aiohttp without being copied.
+
+    A body is ~1.6 MB per 1,000 records. Given the ``bytearray``, aiohttp copied it
+    twice before the socket saw it: once slicing it to the Content-Length (a
+    ``bytearray`` slice is a copy, a ``memoryview`` slice is not), and once joining it
+    with the buffered request headers, which go out with the first write of the body.
+    So the body is a ``memoryview`` written in two parts: a small first one that the
+    headers are joined with, then the rest, which goes to the transport as it is.
+    That saved ~0.3 µs of the exporter's CPU per record (docs/performance.md).
+    """
+
+    HEAD = 4096  # bytes of body written with the request headers
+
+    def __init__(self, body: bytes | bytearray) -> None:
+        self._view = memoryview(body)
+        super().__init__(self._view, content_type=NDJSON)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = self._view
+        if content_length is not None:
+            view = view[:content_length]
+        await writer.write(view[: self.HEAD])
+        if len(view) > self.HEAD:
+            await writer.write(view[self.HEAD :])
 
 
 def action_prefix(index: str) -> bytes:
@@ -130,7 +163,7 @@ class BulkClient:
         self,
         method: str,
         path: str,
-        body: bytes | bytearray | None = None,
+        body: bytes | bytearray | BulkBody | None = None,
         content_type: str = "application/json",
     ) -> tuple[int, Any]:
         """Send one request; (status, decoded JSON). Unreachable or not ES → BackendError."""
@@ -149,7 +182,7 @@ class BulkClient:
             raise BackendError(f"unreadable response: {e}") from e
 
     async def bulk(self, body: bytes | bytearray) -> dict[str, Any]:
-        status, payload = await self.request("POST", BULK_PATH, body, NDJSON)
+        status, payload = await self.request("POST", BULK_PATH, BulkBody(body), NDJSON)
         if status != 200 or not isinstance(payload, dict):
             raise BackendError(f"_bulk answered {status}: {_reason(payload)}")
         return payload
@@ -227,15 +260,15 @@ class ElasticsearchSink:
         lines = BulkLines()
         body = lines.body
         prefix = action_prefix(self._streams[kind])
-        document_json = self._mapper.document_json
+        entry = self._mapper.entry(kind)
         for i, record in enumerate(records):
             start = len(body)
             try:
+                doc_id, document_line = entry(record)
                 body += prefix
-                body += ecs.document_id_bytes(kind, record)
+                body += doc_id
                 body += b'"}}\n'
-                body += document_json(kind, record)
-                body += b"\n"
+                body += document_line
             except Exception as e:  # the record is at fault: it goes to the DLQ
                 del body[start:]
                 result.rejected[i] = f"cannot map to ECS: {type(e).__name__}: {e}"

@@ -180,10 +180,10 @@ async def test_a_peer_that_is_not_elasticsearch_is_refused() -> None:
 class PickyMapper(EcsMapper):
     """A mapper (the sink's seam) that cannot map records of one observer."""
 
-    def document_json(self, kind: Kind, record: dict[str, Any]) -> bytes:
+    def flow_entry(self, record: dict[str, Any]) -> tuple[bytes, bytes]:
         if record["observer.node.name"] == "unmappable":
             raise ValueError("no mapping for this record")
-        return super().document_json(kind, record)
+        return super().flow_entry(record)
 
 
 async def test_record_the_mapping_cannot_handle_is_rejected_alone(es: FakeElasticsearch) -> None:
