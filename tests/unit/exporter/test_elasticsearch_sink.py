@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from flowscope.exporter.ecs import EcsMapper, document_id
-from flowscope.exporter.elasticsearch import ElasticsearchSink
+from flowscope.exporter.elasticsearch import Buffers, ElasticsearchSink
 from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.settings import ElasticsearchSettings
 from flowscope.exporter.sink import Kind
@@ -69,6 +69,36 @@ async def test_documents_stored_are_exactly_the_records(es: FakeElasticsearch) -
     assert es.stored("logs-flowscope.dns-default") == {
         document_id(Kind.DNS, dns(0)): mapper.dns(dns(0))
     }
+
+
+async def test_concurrent_and_shrinking_batches_store_exactly_their_records(
+    es: FakeElasticsearch,
+) -> None:
+    """Bodies are written into reused buffers: batches under way at once each get their
+    own, and a smaller batch after a larger one sends only its own bytes."""
+    sink, _ = make_sink(es.url)
+    batches = [[flow(i) for i in range(b * 100, b * 100 + 50 - 10 * b)] for b in range(4)]
+    await asyncio.gather(*(sink.export(Kind.FLOW, batch) for batch in batches[:2]))
+    for batch in batches[2:]:
+        await sink.export(Kind.FLOW, batch)
+    await sink.close()
+    mapper = EcsMapper("c1")
+    records = [r for batch in batches for r in batch]
+    assert es.stored(FLOWS) == {document_id(Kind.FLOW, r): mapper.flow(r) for r in records}
+
+
+def test_a_buffer_is_reused_only_when_nothing_reads_it() -> None:
+    buffers = Buffers()
+    first = buffers.take()
+    first.write(b"first body")
+    reader = first.getbuffer()
+    buffers.give(first)
+    second = buffers.take()
+    assert second is not first  # still read through `reader`: not overwritten
+    reader.release()
+    buffers.give(second)
+    assert buffers.take() is second
+    assert second.tell() == 0
 
 
 async def test_redelivery_is_idempotent(es: FakeElasticsearch) -> None:
