@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from flowscope.exporter.ecs import EcsMapper, document_id
@@ -205,6 +206,38 @@ async def test_a_peer_that_is_not_elasticsearch_is_refused() -> None:
     finally:
         await sink.close()
         await runner.cleanup()
+
+
+async def test_an_answer_with_another_item_count_is_retried_whole() -> None:
+    """All-stored answers are counted, not decoded: a count that does not match the
+    request (here the first answer names one item for three) sends the batch again."""
+    sent: list[int] = []
+
+    async def bulk(request: web.Request) -> web.Response:
+        sent.append((await request.read()).count(b"\n") // 2)
+        items = 1 if len(sent) == 1 else sent[-1]
+        answer = {"errors": False, "items": [{"create": {"status": 201}}] * items}
+        return web.Response(  # compact, as Elasticsearch writes it
+            body=orjson.dumps(answer),
+            content_type="application/json",
+            headers={"X-Elastic-Product": "Elasticsearch"},
+        )
+
+    app = web.Application()
+    app.router.add_post("/_bulk", bulk)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sink, _ = make_sink(f"http://127.0.0.1:{port}")
+    try:
+        result = await sink.export(Kind.FLOW, [flow(i) for i in range(3)])
+    finally:
+        await sink.close()
+        await runner.cleanup()
+    assert sent == [3, 3]
+    assert not result.rejected and not result.deferred
 
 
 class PickyMapper(EcsMapper):
