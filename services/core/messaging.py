@@ -25,6 +25,8 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+MSG_ID_HEADER = "Nats-Msg-Id"  # JetStream drops a message whose id it already stored
+
 log = logging.getLogger("flowscope.nats")
 
 _SCHEMES = ("nats", "tls", "ws", "wss")
@@ -200,6 +202,8 @@ def stream_config(spec: subjects.StreamSpec, settings: NatsSettings) -> StreamCo
         # Atomic batch publish (nats-server 2.12+): one ack per batch of messages, which
         # the enricher uses for its fan-out. Older servers ignore the field.
         allow_atomic=True,
+        # 0: the server's default (two minutes); the window may not exceed max_age.
+        duplicate_window=settings.stream_max_age if spec.dedup_whole_retention else 0,
     )
 
 
@@ -220,13 +224,28 @@ async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
 
 
 async def dead_letter(
-    nc: NATS, component: str, subject: str, headers: dict[str, str] | None, body: bytes, reason: str
-) -> None:
+    nc: NATS,
+    component: str,
+    subject: str,
+    headers: dict[str, str] | None,
+    body: bytes,
+    reason: str,
+    msg_id: str = "",
+) -> bool:
     """Copy a message this component could not process to ``flowscope.dlq.<component>``.
 
     The original subject and the reason travel in headers; the body is kept byte for byte.
+    With ``msg_id`` the copy is published through JetStream with that ``Nats-Msg-Id``:
+    copies that several consumers make of one bad message (each exporter sink has its
+    own consumer) are stored once, the DLQ stream dropping the others over its whole
+    retention. Returns whether this copy was stored (False: a duplicate, dropped).
     """
     out = dict(headers or {})
     out[subjects.DLQ_REASON_HEADER] = reason[:1024]
     out[subjects.DLQ_SUBJECT_HEADER] = subject
-    await nc.publish(subjects.dlq(component), body, headers=out)
+    if not msg_id:
+        await nc.publish(subjects.dlq(component), body, headers=out)
+        return True
+    out[MSG_ID_HEADER] = msg_id
+    ack = await nc.jetstream().publish(subjects.dlq(component), body, headers=out)
+    return not ack.duplicate

@@ -71,12 +71,17 @@ class StreamSpec:
     name: str
     subjects: tuple[str, ...]
     description: str
+    # Drop a message whose Nats-Msg-Id is already stored for as long as messages are
+    # kept, instead of the server's default two minutes. For the DLQ: every exporter
+    # sink has its own consumer and dead-letters a bad message itself, possibly hours
+    # after another sink did (it was down), and the copy must still be stored once.
+    dedup_whole_retention: bool = False
 
 
 STREAMS = (
     StreamSpec("FLOWSCOPE_RAW", (RAW_ALL,), "collector → enricher raw events"),
     StreamSpec("FLOWSCOPE_FLOWS", (FLOWS_ALL,), "enriched flow records"),
     StreamSpec("FLOWSCOPE_DNS", (DNS_ALL,), "enriched DNS records"),
-    StreamSpec("FLOWSCOPE_DLQ", (DLQ_ALL,), "messages a component could not process"),
+    StreamSpec("FLOWSCOPE_DLQ", (DLQ_ALL,), "messages a component could not process", True),
 )
 STREAM_RAW, STREAM_FLOWS, STREAM_DNS, STREAM_DLQ = (s.name for s in STREAMS)

@@ -57,6 +57,13 @@ SOURCES = (
 )
 
 
+def stream_position(msg: Msg) -> str:
+    """Where a JetStream message is stored (``FLOWSCOPE_FLOWS:1234``): the same for
+    every consumer that receives it, so it names the DLQ copy of a bad message."""
+    metadata = msg.metadata
+    return f"{metadata.stream}:{metadata.sequence.stream}"
+
+
 def durable_name(sink: str) -> str:
     return f"flowscope-exporter-{sink}"
 
@@ -224,8 +231,12 @@ class SinkLane:
                 subject=msg.subject,
                 reason=str(e),
             )
-            reason = f"{self.sink.name}: {e}"
-            if await self._publish_dead(msg.subject, msg.headers, msg.data, reason):
+            # The message is at fault, not this sink: every sink's consumer comes here
+            # with it, and the DLQ stores the copy of the first one (same msg_id).
+            dead = await self._publish_dead(
+                msg.subject, msg.headers, msg.data, str(e), stream_position(msg)
+            )
+            if dead:
                 await _ack(msg)
             return
         good = []
@@ -233,9 +244,8 @@ class SinkLane:
             try:
                 good.append(source.validate(record, i))
             except RecordError as e:
-                if not await self._dead_letter_records(
-                    source.kind, msg, [record], f"{self.sink.name}: {e}"
-                ):
+                msg_id = f"{stream_position(msg)}:{i}"  # one copy for all sinks, as above
+                if not await self._dead_letter_records(source.kind, msg, [record], str(e), msg_id):
                     return  # not dead-lettered: leave the whole message for redelivery
         if good:
             batch.add(msg, good)
@@ -305,23 +315,34 @@ class SinkLane:
             await _ack(msg)
 
     async def _dead_letter_records(
-        self, kind: Kind, msg: Msg, records: list[Record], reason: str
+        self, kind: Kind, msg: Msg, records: list[Record], reason: str, msg_id: str = ""
     ) -> bool:
         """Publish refused records to the DLQ (with the original subject); False if that failed."""
         encoded = codec.encode(codec.FLOW if kind is Kind.FLOW else codec.DNS, records)
-        if not await self._publish_dead(msg.subject, encoded.headers, encoded.body, reason):
-            return False
-        self._metrics.dead_lettered.labels(self.sink.name).inc(len(records))
-        return True
+        return await self._publish_dead(
+            msg.subject, encoded.headers, encoded.body, reason, msg_id, len(records)
+        )
 
     async def _publish_dead(
-        self, subject: str, headers: dict[str, str] | None, body: bytes, reason: str
+        self,
+        subject: str,
+        headers: dict[str, str] | None,
+        body: bytes,
+        reason: str,
+        msg_id: str = "",
+        records: int = 0,
     ) -> bool:
+        """Dead-letter (``msg_id``: de-duplicated, see ``dead_letter``); False if that
+        failed. ``records`` are counted if this copy was stored."""
         try:
-            await dead_letter(self._nc, DLQ_COMPONENT, subject, headers, body, reason)
+            stored = await dead_letter(
+                self._nc, DLQ_COMPONENT, subject, headers, body, reason, msg_id
+            )
         except Exception as e:  # NATS gone for now: the message is not acked, so not lost
             self._bad.warning("dlq-failed", "cannot dead-letter; will retry", error=str(e))
             return False
+        if stored:
+            self._metrics.dead_lettered.labels(self.sink.name).inc(records)
         return True
 
     async def _settle(self) -> None:

@@ -15,7 +15,6 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -80,13 +79,25 @@ class Timestamps:
 
     def iso(self, ns: int) -> str:
         second, fraction = divmod(ns, 1_000_000_000)
-        prefix = self._prefixes.get(second)
-        if prefix is None:
-            if len(self._prefixes) >= self.LIMIT:
-                self._prefixes.clear()
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-            self._prefixes[second] = prefix
+        prefix = self._prefixes.get(second) or self._learn(second)
         return f"{prefix}{fraction:09d}Z"
+
+    def interval(self, start: int, end: int) -> tuple[str, str]:
+        """``(iso(start), iso(end))`` in one call (a flow document has both)."""
+        prefixes = self._prefixes
+        start_second, start_fraction = divmod(start, 1_000_000_000)
+        end_second, end_fraction = divmod(end, 1_000_000_000)
+        return (
+            f"{prefixes.get(start_second) or self._learn(start_second)}{start_fraction:09d}Z",
+            f"{prefixes.get(end_second) or self._learn(end_second)}{end_fraction:09d}Z",
+        )
+
+    def _learn(self, second: int) -> str:
+        if len(self._prefixes) >= self.LIMIT:
+            self._prefixes.clear()
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        self._prefixes[second] = prefix
+        return prefix
 
 
 def target_field(key: str, fields: dict[str, str]) -> str | None:
@@ -140,7 +151,7 @@ class Renames:
         return targets
 
 
-# The six flow document fields computed per record, in the order flow_json() fills them.
+# The six flow document fields computed per record, in the order _flow_document() fills them.
 FLOW_COMPUTED = (
     "@timestamp",
     "event.start",
@@ -153,20 +164,15 @@ FLOW_COMPUTED = (
 
 @dataclass(slots=True, frozen=True)
 class FlowPlan:
-    """How flow_json() writes records of one shape (the same keys in the same order)."""
+    """How _flow_document() fills records of one shape (the same keys in the same order)."""
 
-    fields: tuple[str, ...]  # FLOW_COMPUTED, then the target field of each taken key
-    take: Callable[[Record], tuple[Any, ...]]  # the record's values of the taken keys
+    # The document field of each record key, in the record's order; keys that have no
+    # field of their own (start_ns, end_ns) write into a computed field, which is then
+    # overwritten, so the record's values can be zipped in as they are, in C.
+    fields: tuple[str, ...]
     # The document, reused: the constant fields stay, every other field is overwritten
     # per record, so filling it (no allocation, no resizing) equals building a new one.
     doc: dict[str, Any]
-
-
-def _taker(keys: tuple[str, ...]) -> Callable[[Record], tuple[Any, ...]]:
-    """``itemgetter`` (values fetched in C) that always returns a tuple."""
-    if len(keys) >= 2:
-        return itemgetter(*keys)
-    return lambda record: tuple(record[k] for k in keys)
 
 
 class EcsMapper:
@@ -174,8 +180,9 @@ class EcsMapper:
 
     ``flow`` / ``dns`` return documents as dicts (the reference mapping);
     ``flow_json`` / ``document_json`` write the same document straight to JSON bytes,
-    which is what the sink sends. ``flow_json`` fills one reused document per record
-    shape, so a mapper must not be shared between threads (the sink calls it from
+    and ``flow_entry`` / ``dns_entry`` give a record's ``_id`` and document line in one
+    call, which is what the sink sends. The flow paths fill one reused document per
+    record shape, so a mapper must not be shared between threads (the sink calls it from
     the event loop only).
     """
 
@@ -236,30 +243,25 @@ class EcsMapper:
         return self.flow(record) if kind is Kind.FLOW else self.dns(record)
 
     def flow_json(self, record: Record) -> bytes:
-        """``flow(record)`` as JSON bytes, without building the document dict field by field.
+        """``flow(record)`` as JSON bytes, without building the document dict field by field."""
+        return orjson.dumps(self._flow_document(record))
 
-        Per record shape the target fields are resolved once (a ``FlowPlan``); then the
-        record's values are fetched with one ``itemgetter`` call, zipped with the fields
-        in C into the shape's document, whose constant fields were set when it was made.
-        """
-        shape = tuple(record)
-        plan = self._flow_plans.get(shape)
-        if plan is None:
-            plan = self._learn_flow(shape)
-        start, end = record["flow.start_ns"], record["flow.end_ns"]
-        iso = self._stamps.iso
-        end_text = iso(end)
-        computed = (
-            end_text,
-            iso(start),
-            end_text,
-            end - start,
-            record["flow.bytes.delta"] + record["flow.reverse.bytes.delta"],
-            record["flow.packets.delta"] + record["flow.reverse.packets.delta"],
+    def flow_entry(self, record: Record) -> tuple[bytes, bytes]:
+        """What a ``_bulk`` body carries for a flow record: its ``_id`` (as
+        ``document_id_bytes``) and its document line (``flow_json`` and a newline)."""
+        return flow_id_bytes(record), orjson.dumps(
+            self._flow_document(record), option=orjson.OPT_APPEND_NEWLINE
         )
-        doc = plan.doc
-        doc.update(zip(plan.fields, computed + plan.take(record), strict=True))
-        return orjson.dumps(doc)
+
+    def dns_entry(self, record: Record) -> tuple[bytes, bytes]:
+        """``flow_entry`` for a DNS record."""
+        return document_id_bytes(Kind.DNS, record), orjson.dumps(
+            self.dns(record), option=orjson.OPT_APPEND_NEWLINE
+        )
+
+    def entry(self, kind: Kind) -> Callable[[Record], tuple[bytes, bytes]]:
+        """``flow_entry`` or ``dns_entry``: chosen once per batch, called per record."""
+        return self.flow_entry if kind is Kind.FLOW else self.dns_entry
 
     def document_json(self, kind: Kind, record: Record) -> bytes:
         """The document of ``record`` as JSON bytes (what the ``_bulk`` body carries)."""
@@ -267,14 +269,43 @@ class EcsMapper:
             return self.flow_json(record)
         return orjson.dumps(self.dns(record))
 
+    def _flow_document(self, record: Record) -> dict[str, Any]:
+        """``flow(record)`` written into the shape's reused document (valid until the
+        next call).
+
+        Per record shape the target fields are resolved once (a ``FlowPlan``); then the
+        record's values are zipped with them in C into the shape's document, whose
+        constant fields were set when it was made, and the computed fields are written.
+        """
+        shape = tuple(record)
+        plan = self._flow_plans.get(shape)
+        if plan is None:
+            plan = self._learn_flow(shape)
+        start, end = record["flow.start_ns"], record["flow.end_ns"]
+        start_text, end_text = self._stamps.interval(start, end)
+        doc = plan.doc
+        doc.update(zip(plan.fields, record.values(), strict=True))
+        # The FLOW_COMPUTED fields, stored one by one: cheaper than a tuple and a zip.
+        doc["@timestamp"] = end_text
+        doc["event.start"] = start_text
+        doc["event.end"] = end_text
+        doc["event.duration"] = end - start
+        doc["network.bytes"] = record["flow.bytes.delta"] + record["flow.reverse.bytes.delta"]
+        doc["network.packets"] = record["flow.packets.delta"] + record["flow.reverse.packets.delta"]
+        return doc
+
     def _learn_flow(self, shape: tuple[str, ...]) -> FlowPlan:
-        targets = {key: target_field(key, FLOW_FIELDS) for key in shape if key not in FLOW_CONSUMED}
-        taken = tuple(key for key, target in targets.items() if target)
+        placeholder = FLOW_COMPUTED[0]  # overwritten after the record's values
+        targets = tuple(
+            placeholder if key in FLOW_CONSUMED else target_field(key, FLOW_FIELDS) or placeholder
+            for key in shape
+        )
         # No record key maps to a constant or computed field (those are event.*,
-        # orchestrator.*, @timestamp, network.bytes/packets), so zip() cannot collide
-        # with them; record keys mapping to one field keep the last value, as flow() does.
-        fields = FLOW_COMPUTED + tuple(targets[key] or "" for key in taken)
-        plan = FlowPlan(fields, _taker(taken), {**self._flow_constants, **dict.fromkeys(fields)})
+        # orchestrator.*, @timestamp, network.bytes/packets), so only the placeholders
+        # write there; record keys mapping to one field keep the last value, as flow()
+        # does. The document's fields are in flow()'s order: constants, computed, record.
+        doc = {**self._flow_constants, **dict.fromkeys(FLOW_COMPUTED), **dict.fromkeys(targets)}
+        plan = FlowPlan(targets, doc)
         if len(self._flow_plans) >= self.PLAN_LIMIT:
             self._flow_plans.clear()
         self._flow_plans[shape] = plan
@@ -296,15 +327,22 @@ def document_id(kind: Kind, record: Record) -> str:
 def document_id_bytes(kind: Kind, record: Record) -> bytes:
     """``document_id`` as ASCII bytes, for writing into a ``_bulk`` body."""
     if kind is Kind.FLOW:
-        key = (
-            f"{record['flow.community_id']}|{record['observer.node.name']}|"
-            f"{record['flow.start_ns']}|{record['flow.end_ns']}"
-        )
-    else:
-        key = (
-            f"{record['time_ns']}|{record['dns.id']}|{record['source.address']}|"
-            f"{record['source.port']}|{record['observer.node.name']}"
-        )
+        return flow_id_bytes(record)
+    return _id_text(
+        f"{record['time_ns']}|{record['dns.id']}|{record['source.address']}|"
+        f"{record['source.port']}|{record['observer.node.name']}"
+    )
+
+
+def flow_id_bytes(record: Record) -> bytes:
+    """``document_id_bytes`` of a flow record."""
+    return _id_text(
+        f"{record['flow.community_id']}|{record['observer.node.name']}|"
+        f"{record['flow.start_ns']}|{record['flow.end_ns']}"
+    )
+
+
+def _id_text(key: str) -> bytes:
     digest = hashlib.blake2b(key.encode(), digest_size=15).digest()
     # binascii + translate: a third cheaper than base64.urlsafe_b64encode per call.
     return binascii.b2a_base64(digest, newline=False).translate(_URLSAFE)

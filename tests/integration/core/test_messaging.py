@@ -75,6 +75,35 @@ async def test_dead_letter_keeps_body_and_reason(fresh_server: Any) -> None:
     await nc.close()
 
 
+async def test_dead_letter_with_msg_id_is_stored_once(fresh_server: Any) -> None:
+    """Copies of one bad message from several consumers (each exporter sink has its own)
+    land in the DLQ stream once, also after the server's default two-minute window."""
+    settings = NatsSettings(url=fresh_server.url, stream_max_age=3600)
+    nc = await messaging.connect(settings, "test", CollectorRegistry())
+    js = nc.jetstream()
+    await messaging.ensure_streams(js, settings)
+    info = await js.stream_info(subjects.STREAM_DLQ)
+    assert info.config.duplicate_window == 3600  # the whole retention
+    flows = await js.stream_info(subjects.STREAM_FLOWS)
+    assert flows.config.duplicate_window == 120  # the server's default, unchanged
+    copies = [
+        await messaging.dead_letter(
+            nc, "exporter", "flowscope.flows.a.b", None, b"{bad", f"bad ({sink})", "FLOWS:7"
+        )
+        for sink in ("stdout", "otlp", "elasticsearch")
+    ]
+    assert copies == [True, False, False]
+    other = await messaging.dead_letter(nc, "exporter", "s", None, b"x", "bad", "FLOWS:8")
+    assert other is True
+    info = await js.stream_info(subjects.STREAM_DLQ)
+    assert info.state.messages == 2
+    stored = await js.get_msg(subjects.STREAM_DLQ, 1)
+    assert stored.data == b"{bad"
+    assert stored.headers is not None
+    assert stored.headers[subjects.DLQ_REASON_HEADER] == "bad (stdout)"
+    await nc.close()
+
+
 async def test_user_password_and_token_auth() -> None:
     server = nats_server.start(extra=["--user", "flow", "--pass", "s3cret"])
     try:

@@ -22,6 +22,7 @@ from flowscope.core import codec, subjects
 from flowscope.exporter.ecs import EcsMapper, document_id
 from flowscope.exporter.sink import Kind
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from tests.integration.exporter.harness import (
     REPO,
@@ -237,5 +238,51 @@ async def test_bad_input_is_dead_lettered_and_the_rest_delivered(
         text = await exporter.metrics()
         assert metric(text, "flowscope_exporter_bad_messages_total", "elasticsearch") == 2
         assert metric(text, "flowscope_exporter_records_dead_lettered_total", "elasticsearch") == 2
+    finally:
+        assert await exporter.stop() == 0, exporter.stderr()
+
+
+async def test_a_bad_message_is_dead_lettered_once_for_all_sinks(
+    nc: NATS, nats_srv: NatsServer, streams: None, es: FakeElasticsearch, otlp: GrpcReceiver,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Every sink's consumer meets the bad message and the invalid record and
+    dead-letters them; the DLQ stream stores one copy of each."""
+    exporter = Exporter(tmp_path, all_sinks_env(nats_srv.url, es, otlp)).start()
+    try:
+        js = nc.jetstream()
+        subject = subjects.flows("shop", "payments")
+        await js.publish(subject, b"{not json\n", headers={codec.SCHEMA_HEADER: "flow/1"})
+        missing_key = {k: v for k, v in flow(1).items() if k != "flow.end_ns"}
+        batch = codec.encode(codec.FLOW, [flow(0), missing_key])
+        await js.publish(subject, batch.body, headers=batch.headers)
+
+        async def all_acked() -> bool:
+            for sink in ("stdout", "otlp", "elasticsearch"):
+                name = f"flowscope-exporter-{sink}"
+                try:
+                    info = await js.consumer_info(subjects.STREAM_FLOWS, name)
+                except NotFoundError:
+                    return False  # that sink has not started yet
+                if info.num_ack_pending or info.num_pending:
+                    return False
+            return True
+
+        await eventually(all_acked, what="every sink done")
+        info = await js.stream_info(subjects.STREAM_DLQ)
+        assert info.state.messages == 2
+        first = await js.get_msg(subjects.STREAM_DLQ, 1)
+        second = await js.get_msg(subjects.STREAM_DLQ, 2)
+        assert first.data == b"{not json\n"
+        assert second.data is not None
+        assert codec.decode_body(second.data) == [missing_key]
+        text = await exporter.metrics()
+        sinks = ("stdout", "otlp", "elasticsearch")
+        assert [metric(text, "flowscope_exporter_bad_messages_total", s) for s in sinks] == [1] * 3
+        stored = sum(
+            metric(text, "flowscope_exporter_records_dead_lettered_total", s) for s in sinks
+        )
+        assert stored == 1  # counted by the sink whose copy was stored
+        assert len(es.stored(FLOWS)) == 1
     finally:
         assert await exporter.stop() == 0, exporter.stderr()

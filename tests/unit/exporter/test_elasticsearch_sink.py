@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from flowscope.exporter.ecs import EcsMapper, document_id
-from flowscope.exporter.elasticsearch import ElasticsearchSink
+from flowscope.exporter.elasticsearch import Buffers, ElasticsearchSink
 from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.settings import ElasticsearchSettings
 from flowscope.exporter.sink import Kind
@@ -69,6 +70,36 @@ async def test_documents_stored_are_exactly_the_records(es: FakeElasticsearch) -
     assert es.stored("logs-flowscope.dns-default") == {
         document_id(Kind.DNS, dns(0)): mapper.dns(dns(0))
     }
+
+
+async def test_concurrent_and_shrinking_batches_store_exactly_their_records(
+    es: FakeElasticsearch,
+) -> None:
+    """Bodies are written into reused buffers: batches under way at once each get their
+    own, and a smaller batch after a larger one sends only its own bytes."""
+    sink, _ = make_sink(es.url)
+    batches = [[flow(i) for i in range(b * 100, b * 100 + 50 - 10 * b)] for b in range(4)]
+    await asyncio.gather(*(sink.export(Kind.FLOW, batch) for batch in batches[:2]))
+    for batch in batches[2:]:
+        await sink.export(Kind.FLOW, batch)
+    await sink.close()
+    mapper = EcsMapper("c1")
+    records = [r for batch in batches for r in batch]
+    assert es.stored(FLOWS) == {document_id(Kind.FLOW, r): mapper.flow(r) for r in records}
+
+
+def test_a_buffer_is_reused_only_when_nothing_reads_it() -> None:
+    buffers = Buffers()
+    first = buffers.take()
+    first.write(b"first body")
+    reader = first.getbuffer()
+    buffers.give(first)
+    second = buffers.take()
+    assert second is not first  # still read through `reader`: not overwritten
+    reader.release()
+    buffers.give(second)
+    assert buffers.take() is second
+    assert second.tell() == 0
 
 
 async def test_redelivery_is_idempotent(es: FakeElasticsearch) -> None:
@@ -177,13 +208,45 @@ async def test_a_peer_that_is_not_elasticsearch_is_refused() -> None:
         await runner.cleanup()
 
 
+async def test_an_answer_with_another_item_count_is_retried_whole() -> None:
+    """All-stored answers are counted, not decoded: a count that does not match the
+    request (here the first answer names one item for three) sends the batch again."""
+    sent: list[int] = []
+
+    async def bulk(request: web.Request) -> web.Response:
+        sent.append((await request.read()).count(b"\n") // 2)
+        items = 1 if len(sent) == 1 else sent[-1]
+        answer = {"errors": False, "items": [{"create": {"status": 201}}] * items}
+        return web.Response(  # compact, as Elasticsearch writes it
+            body=orjson.dumps(answer),
+            content_type="application/json",
+            headers={"X-Elastic-Product": "Elasticsearch"},
+        )
+
+    app = web.Application()
+    app.router.add_post("/_bulk", bulk)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sink, _ = make_sink(f"http://127.0.0.1:{port}")
+    try:
+        result = await sink.export(Kind.FLOW, [flow(i) for i in range(3)])
+    finally:
+        await sink.close()
+        await runner.cleanup()
+    assert sent == [3, 3]
+    assert not result.rejected and not result.deferred
+
+
 class PickyMapper(EcsMapper):
     """A mapper (the sink's seam) that cannot map records of one observer."""
 
-    def document_json(self, kind: Kind, record: dict[str, Any]) -> bytes:
+    def flow_entry(self, record: dict[str, Any]) -> tuple[bytes, bytes]:
         if record["observer.node.name"] == "unmappable":
             raise ValueError("no mapping for this record")
-        return super().document_json(kind, record)
+        return super().flow_entry(record)
 
 
 async def test_record_the_mapping_cannot_handle_is_rejected_alone(es: FakeElasticsearch) -> None:
