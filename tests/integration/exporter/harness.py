@@ -80,6 +80,22 @@ class Exporter:
             )
         return self
 
+    async def ready(self, within: float = 30) -> None:
+        """Wait for ``/readyz`` to answer 200: signal handlers are installed by then, so
+        a SIGTERM drains instead of killing a process still importing its modules."""
+
+        async def answered() -> bool:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.http_port)
+            except OSError:
+                return False
+            writer.write(b"GET /readyz HTTP/1.0\r\n\r\n")
+            status = await reader.readline()
+            writer.close()
+            return status.split(b" ")[1:2] == [b"200"]
+
+        await eventually(answered, within=within, what="exporter ready")
+
     async def stop(self, sig: int = signal.SIGTERM, within: float = 20) -> int:
         """Signal the process and wait for it without blocking this event loop (the
         fake peers it may be talking to while draining run on this loop)."""
