@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import logging
 import os
+import select
 import socket
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ import flowscope.bpf
 import prometheus_client
 from flowscope.collector.abi import SOCKET_EVENT, SOCKET_EVENT_NAMES, SocketEvent
 from flowscope.collector.containers import ContainerResolver, find_cgroup2_root
+from flowscope.collector.ring_reading import RingReader, supported
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.records import RawSocket
@@ -236,7 +238,9 @@ class SocketTracer:
         self._bpf: Any = None
         self._cgroup_fd = -1
         self._links: list[int] = []
-        self._raw: list[bytes] = []
+        self._raw: list[bytes] = []  # bcc callback path: copied records
+        self._ring: RingReader | None = None  # mmap path (x86): see ring_reading
+        self._ring_poll: select.poll | None = None
         self._lost_seen = 0
         self._offset_ns = realtime_offset_ns()
         self._bad_log = RateLimitedLog(log)
@@ -273,7 +277,7 @@ class SocketTracer:
             self._bpf = self._compile()
             check_layout(self._derived_fields())
             self._attach_all()
-            self._bpf[RING_BUFFER].open_ring_buffer(self._on_event)
+            self._open_ring()
         except BaseException:
             self.close()
             raise
@@ -286,8 +290,21 @@ class SocketTracer:
         """As :meth:`poll`, as ``raw.socket`` wire dicts (what the collector publishes)."""
         if self._bpf is None:
             raise RuntimeError("SocketTracer.poll() before open()")
-        self._bpf.ring_buffer_poll(timeout_ms)
+        self._wait(timeout_ms)
         return self._take()
+
+    def fileno(self) -> int:
+        """The ring buffer's fd: readable (epoll) while events wait to be read."""
+        if self._bpf is None:
+            raise RuntimeError("SocketTracer.fileno() before open()")
+        return int(self._bpf[RING_BUFFER].map_fd)
+
+    def _wait(self, timeout_ms: int) -> None:
+        """Until events are there or ``timeout_ms`` passed (bcc path: reads them too)."""
+        if self._ring_poll is None:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        elif timeout_ms and self._ring is not None and not self._ring.available():
+            self._ring_poll.poll(timeout_ms)
 
     def read_for(self, period_ms: int) -> list[dict[str, Any]]:
         """Wire dicts of the events that arrive during ``period_ms``, read in bursts.
@@ -301,18 +318,37 @@ class SocketTracer:
         if self._bpf is None:
             raise RuntimeError("SocketTracer.read_for() before open()")
         deadline = time.monotonic() + period_ms / 1000
+        wires: list[dict[str, Any]] = []
         while (remaining := deadline - time.monotonic()) > 0:
-            self._bpf.ring_buffer_poll(max(1, int(remaining * 1000)))
-            if self._raw and remaining > READ_PAUSE_S:
+            self._wait(max(1, int(remaining * 1000)))
+            got = self._take()
+            wires += got
+            if got and remaining > READ_PAUSE_S:
                 time.sleep(READ_PAUSE_S)
+        return wires
+
+    def read_wire(self) -> list[dict[str, Any]]:
+        """Wire dicts of the events waiting now, without blocking (for an event loop
+        that waits on :meth:`fileno`)."""
+        if self._bpf is None:
+            raise RuntimeError("SocketTracer.read_wire() before open()")
+        if self._ring is None:
+            self._bpf.ring_buffer_consume()
         return self._take()
 
     def _take(self) -> list[dict[str, Any]]:
-        """Convert and count what the ring buffer callback copied so far."""
-        raw, self._raw = self._raw, []
+        """Read (mmap path) or take what the callback copied (bcc path); convert, count."""
+        if self._ring is not None:
+            skipped = self._ring.skipped
+            events = self._ring.read()
+            if self._ring.skipped > skipped:  # not a struct fs_socket_event: a bug
+                self._bad.inc(self._ring.skipped - skipped)
+        else:
+            raw, self._raw = self._raw, []
+            events = [event for data in raw if (event := self._decode(data)) is not None]
         self._offset_ns = realtime_offset_ns()  # follows clock steps (NTP) between polls
         self._count_lost()
-        wires = [wire for data in raw if (wire := self._convert(data)) is not None]
+        wires = [wire for event in events if (wire := self._convert(event)) is not None]
         # One metric update per kind and poll, not per event (labels() + inc() cost ~1 µs).
         for kind, n in Counter(wire["event"] for wire in wires).items():
             self._events.labels(kind).inc(n)
@@ -320,6 +356,10 @@ class SocketTracer:
 
     def close(self) -> None:
         """Detach everything this tracer attached and unload its programs (idempotent)."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+            self._ring_poll = None
         for fd in self._links:
             os.close(fd)  # closing a link's last fd detaches it
         self._links = []
@@ -408,19 +448,39 @@ class SocketTracer:
 
     # ------------------------------------------------------------ events
 
+    def _open_ring(self) -> None:
+        """Read the ring buffer from its mapped pages where that is correct (x86), else
+        through bcc's per-event callback."""
+        table = self._bpf[RING_BUFFER]
+        if supported():
+            self._ring = RingReader(int(table.map_fd), int(table.max_entries), SOCKET_EVENT)
+            self._ring_poll = select.poll()
+            self._ring_poll.register(self._ring.fd, select.POLLIN)
+        else:
+            table.open_ring_buffer(self._on_event)
+
     def _on_event(self, _ctx: object, data: int, size: int) -> None:
         # The pointer is valid only during this callback: copy the bytes now.
         self._raw.append(ctypes.string_at(data, size))
 
-    def _convert(self, data: bytes) -> dict[str, Any] | None:
+    def _decode(self, data: bytes) -> tuple[Any, ...] | None:
         try:
-            event = decode_event(data)
+            return decode_event(data)
+        except CodecError as error:
+            self._skip(error)
+            return None
+
+    def _skip(self, error: CodecError) -> None:
+        self._bad.inc()
+        self._bad_log.warning(error.reason, f"socket event skipped: {error}")
+
+    def _convert(self, event: tuple[Any, ...]) -> dict[str, Any] | None:
+        try:
             cgroup_id = event[E_CGROUP]
             container = self.containers.container_id(cgroup_id) if cgroup_id else ""
             return socket_wire(event, self.observer, self._offset_ns, container)
         except CodecError as error:
-            self._bad.inc()
-            self._bad_log.warning(error.reason, f"socket event skipped: {error}")
+            self._skip(error)
             return None
 
     def _count_lost(self) -> None:
