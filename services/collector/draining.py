@@ -72,19 +72,28 @@ class AddressNames:
     bound that never grows past ``capacity`` entries.
     """
 
-    __slots__ = ("_capacity", "_names")
+    __slots__ = ("_capacity", "by_family")
 
     def __init__(self, capacity: int = 65536) -> None:
-        self._names: dict[tuple[bytes, int], str] = {}
+        # One dict per family keyed by the raw bytes: no (bytes, family) tuple to build
+        # and hash per lookup. ``by_family`` is read directly by the drain's loop.
+        self.by_family: dict[int, dict[bytes, str]] = {abi.AF_INET: {}, abi.AF_INET6: {}}
         self._capacity = capacity
 
     def text(self, raw: bytes, family: int) -> str:
-        name = self._names.get((raw, family))
+        names = self.by_family.get(family)
+        if names is None:  # not a family the kernel program writes: not cached
+            return _address(raw, family)
+        name = names.get(raw)
         if name is None:
-            if len(self._names) >= self._capacity:
-                self._names.clear()
-            name = self._names[(raw, family)] = _address(raw, family)
+            if len(self) >= self._capacity:  # the bound applies to both together
+                for known in self.by_family.values():
+                    known.clear()
+            name = names[raw] = _address(raw, family)
         return name
+
+    def __len__(self) -> int:
+        return sum(map(len, self.by_family.values()))
 
 
 def _icmp_ports(proto: int, sport: int, dport: int) -> tuple[int, int]:
@@ -219,27 +228,28 @@ class DirectionMemory:
     """Bounded memory of flows whose initiator was seen: canonical key → forward dir."""
 
     capacity: int
-    _known: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
+    # Read (truthiness) by the drain's loop: while empty, no entry needs resolve().
+    known: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
 
     def resolve(self, ident: bytes, value: tuple[Any, ...], ended: bool) -> tuple[int, bool]:
         """(forward direction, initiator known) for this interval's entry (``ident``: key bytes)."""
         if value[V_INIT]:
-            fwd, known = int(value[V_FWD]), True
-        elif ident in self._known:
-            fwd, known = self._known[ident], True
+            fwd, is_known = int(value[V_FWD]), True
+        elif ident in self.known:
+            fwd, is_known = self.known[ident], True
         else:
             return int(value[V_FWD]), False
         if ended:
-            self._known.pop(ident, None)
+            self.known.pop(ident, None)
         else:
-            self._known[ident] = fwd
-            self._known.move_to_end(ident)
-            while len(self._known) > self.capacity:
-                self._known.popitem(last=False)
-        return fwd, known
+            self.known[ident] = fwd
+            self.known.move_to_end(ident)
+            while len(self.known) > self.capacity:
+                self.known.popitem(last=False)
+        return fwd, is_known
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self.known)
 
 
 class BatchReader:
@@ -315,7 +325,7 @@ class Drainer:
         for keys, values in self.reader.chunks():
             # Read after the first chunk: the pair exists once any entry does.
             ctx = ctx or self._context(forced)
-            wires = self._convert(keys, values, ctx)
+            wires = self.convert_chunk(keys, values, ctx)
             entries += len(wires)
             sink(wires)
         return entries
@@ -334,16 +344,74 @@ class Drainer:
             base_ns=base_ns,
         )
 
-    def _convert(self, keys: bytes, values: bytes, ctx: DrainContext) -> list[dict[str, Any]]:
+    def convert_chunk(self, keys: bytes, values: bytes, ctx: DrainContext) -> list[dict[str, Any]]:
+        """:func:`raw_flow_wire` of every entry of a chunk, with :class:`DirectionMemory`.
+
+        The same conversion as :func:`raw_flow_wire` written out in one loop (tests prove
+        the results identical): at 50k flows/s the function calls per entry (the record,
+        two address texts, the end reason, the direction) were a third of its cost.
+        """
         key_size = abi.FLOW_KEY.size
-        resolve = self.memory.resolve
-        out = []
-        start = 0
+        memory = self.memory
+        resolve, remembered = memory.resolve, memory.known
+        by_family, text = ctx.names.by_family, ctx.names.text
+        observer, offset, tick_ns, origin = (
+            ctx.observer,
+            ctx.offset_ns,
+            ctx.tick_ns,
+            ctx.mono_origin_ns,
+        )
+        forced, now, idle = ctx.forced, ctx.now_mono_ns, ctx.idle_ns
+        reasons = ("active_timeout", "idle_timeout")
+        out: list[dict[str, Any]] = []
+        append = out.append
+        start = -key_size
         for key, value in zip(
             abi.FLOW_KEY.iter_unpack(keys), abi.FLOW_VALUE.iter_unpack(values), strict=True
         ):
-            ended = ctx.forced or bool(value[V_FLAGS] & (TCP_FIN | TCP_RST))
-            fwd, initiator = resolve(keys[start : start + key_size], value, ended)
             start += key_size
-            out.append(raw_flow_wire(key, value, fwd, initiator, ctx))
+            addr_lo, addr_hi, port_lo, port_hi, proto, family, _ = key
+            first, last, pkt0, pkt1, bytes0, bytes1, flags, ifindex, fwd, init, _ = value
+            flags &= 0xFF
+            if init or remembered:  # else: forward as the kernel saw it, initiator unknown
+                ended = forced or bool(flags & (TCP_FIN | TCP_RST))
+                fwd, initiator = resolve(keys[start : start + key_size], value, ended)
+            else:
+                initiator = False
+            names = by_family.get(family) or {}
+            lo = names.get(addr_lo) or text(addr_lo, family)
+            hi = names.get(addr_hi) or text(addr_hi, family)
+            if fwd == abi.DIR_LO_HI:
+                src, sport, dst, dport = lo, port_lo, hi, port_hi
+                packets, nbytes, rpackets, rbytes = pkt0, bytes0, pkt1, bytes1
+            else:
+                src, sport, dst, dport = hi, port_hi, lo, port_lo
+                packets, nbytes, rpackets, rbytes = pkt1, bytes1, pkt0, bytes0
+            if proto in _ICMP_PAIRED:
+                sport, dport = _icmp_ports(proto, sport, dport)
+            last = last * tick_ns + origin  # CLOCK_MONOTONIC ns
+            if forced:
+                reason = "forced_end"
+            elif flags & (TCP_FIN | TCP_RST):
+                reason = "end_of_flow_detected"
+            else:
+                reason = reasons[now - last > idle]
+            append({
+                "observer": observer,
+                "start_ns": first * tick_ns + origin + offset,
+                "end_ns": last + offset,
+                "end_reason": reason,
+                "proto": proto,
+                "src": src,
+                "dst": dst,
+                "sport": sport,
+                "dport": dport,
+                "bytes": nbytes,
+                "packets": packets,
+                "rbytes": rbytes,
+                "rpackets": rpackets,
+                "tcp_flags": flags,
+                "initiator": initiator,
+                "ifindex": ifindex,
+            })  # fmt: skip
         return out
