@@ -277,9 +277,11 @@ class BatchReader:
             err = ct.get_errno()
             n = count.value
             if n:
+                # string_at copies just the n entries (``.raw[:k]`` copied the whole
+                # buffer, then the slice again).
                 yield (
-                    self._keys.raw[: n * abi.FLOW_KEY.size],
-                    self._values.raw[: n * abi.FLOW_VALUE.size],
+                    ct.string_at(self._keys, n * abi.FLOW_KEY.size),
+                    ct.string_at(self._values, n * abi.FLOW_VALUE.size),
                 )
             if res != 0:
                 if err == errno.ENOENT:
