@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from flowscope.collector import abi
 from flowscope.core.records import RawFlow
 
@@ -65,11 +66,13 @@ def _address(raw: bytes, family: int) -> str:
 
 
 class AddressNames:
-    """Kernel address bytes → canonical text, remembered (bounded) across entries.
+    """Kernel address bytes → canonical text as a JSON string, remembered (bounded).
 
     A node's flows share few addresses (its pods, a few peers), and ``inet_ntop`` plus the
-    slicing around it was a sixth of the per-flow cost. Emptied when full: a simple
-    bound that never grows past ``capacity`` entries.
+    slicing around it was a sixth of the per-flow cost. The drain writes NDJSON lines
+    itself, so what is kept is the JSON form (``b'"10.0.0.1"'``: address text is ASCII
+    and never needs escaping). Emptied when full: a simple bound that never grows past
+    ``capacity`` entries.
     """
 
     __slots__ = ("_capacity", "by_family")
@@ -77,20 +80,25 @@ class AddressNames:
     def __init__(self, capacity: int = 65536) -> None:
         # One dict per family keyed by the raw bytes: no (bytes, family) tuple to build
         # and hash per lookup. ``by_family`` is read directly by the drain's loop.
-        self.by_family: dict[int, dict[bytes, str]] = {abi.AF_INET: {}, abi.AF_INET6: {}}
+        self.by_family: dict[int, dict[bytes, bytes]] = {abi.AF_INET: {}, abi.AF_INET6: {}}
         self._capacity = capacity
 
-    def text(self, raw: bytes, family: int) -> str:
+    def json(self, raw: bytes, family: int) -> bytes:
+        """The address as a JSON string (quotes included)."""
         names = self.by_family.get(family)
         if names is None:  # not a family the kernel program writes: not cached
-            return _address(raw, family)
+            return b'"%s"' % _address(raw, family).encode()
         name = names.get(raw)
         if name is None:
             if len(self) >= self._capacity:  # the bound applies to both together
                 for known in self.by_family.values():
                     known.clear()
-            name = names[raw] = _address(raw, family)
+            name = names[raw] = b'"%s"' % _address(raw, family).encode()
         return name
+
+    def text(self, raw: bytes, family: int) -> str:
+        """The address in canonical text."""
+        return self.json(raw, family)[1:-1].decode()
 
     def __len__(self) -> int:
         return sum(map(len, self.by_family.values()))
@@ -310,13 +318,14 @@ class Drainer:
     names: AddressNames = field(default_factory=AddressNames)
 
     def drain(self, forced: bool = False) -> DrainResult:
-        """Take every entry out of the map and convert it; all records at once, as RawFlow."""
-        wires: list[dict[str, Any]] = []
-        entries = self.drain_into(wires.extend, forced)
-        return DrainResult([RawFlow(**w) for w in wires], entries)
+        """Take every entry out of the map and convert it; all records at once, as RawFlow
+        (decoded from the lines :meth:`drain_into` publishes, so they are checked too)."""
+        lines: list[bytes] = []
+        entries = self.drain_into(lines.extend, forced)
+        return DrainResult([RawFlow.from_wire(orjson.loads(line)) for line in lines], entries)
 
-    def drain_into(self, sink: Callable[[list[dict[str, Any]]], None], forced: bool = False) -> int:
-        """Take every entry out of the map, handing ``raw.flow`` wire dicts to ``sink``
+    def drain_into(self, sink: Callable[[list[bytes]], None], forced: bool = False) -> int:
+        """Take every entry out of the map, handing ``raw.flow`` NDJSON lines to ``sink``
         chunk by chunk.
 
         A chunk at a time keeps memory flat when a drain holds hundreds of thousands of
@@ -327,9 +336,9 @@ class Drainer:
         for keys, values in self.reader.chunks():
             # Read after the first chunk: the pair exists once any entry does.
             ctx = ctx or self._context(forced)
-            wires = self.convert_chunk(keys, values, ctx)
-            entries += len(wires)
-            sink(wires)
+            lines = self.render_chunk(keys, values, ctx)
+            entries += len(lines)
+            sink(lines)
         return entries
 
     def _context(self, forced: bool) -> DrainContext:
@@ -346,26 +355,26 @@ class Drainer:
             base_ns=base_ns,
         )
 
-    def convert_chunk(self, keys: bytes, values: bytes, ctx: DrainContext) -> list[dict[str, Any]]:
-        """:func:`raw_flow_wire` of every entry of a chunk, with :class:`DirectionMemory`.
+    def render_chunk(self, keys: bytes, values: bytes, ctx: DrainContext) -> list[bytes]:
+        """Every entry of a chunk as its ``raw.flow`` NDJSON line (newline included).
 
-        The same conversion as :func:`raw_flow_wire` written out in one loop (tests prove
-        the results identical): at 50k flows/s the function calls per entry (the record,
-        two address texts, the end reason, the direction) were a third of its cost.
+        Byte for byte ``orjson.dumps(raw_flow_wire(...)) + b"\\n"`` with the
+        :class:`DirectionMemory` applied entry by entry (property-tested), written out
+        in one loop into one ``bytes`` template: building the wire dict and encoding it
+        took ~1.3 µs per flow, the template ~0.8, and the function calls per entry (two
+        address texts, the end reason, the direction) were a third of the old loop.
         """
         key_size = abi.FLOW_KEY.size
         memory = self.memory
         resolve, remembered = memory.resolve, memory.known
-        by_family, text = ctx.names.by_family, ctx.names.text
-        observer, offset, tick_ns, origin = (
-            ctx.observer,
-            ctx.offset_ns,
-            ctx.tick_ns,
-            ctx.mono_origin_ns,
-        )
+        by_family, address = ctx.names.by_family, ctx.names.json
+        observer = orjson.dumps(ctx.observer)
+        offset, tick_ns, origin = ctx.offset_ns, ctx.tick_ns, ctx.mono_origin_ns
         forced, now, idle = ctx.forced, ctx.now_mono_ns, ctx.idle_ns
-        reasons = ("active_timeout", "idle_timeout")
-        out: list[dict[str, Any]] = []
+        reasons = (b'"active_timeout"', b'"idle_timeout"')
+        booleans = (b"false", b"true")
+        template = _FLOW_LINE
+        out: list[bytes] = []
         append = out.append
         start = -key_size
         for key, value in zip(
@@ -381,8 +390,8 @@ class Drainer:
             else:
                 initiator = False
             names = by_family.get(family) or {}
-            lo = names.get(addr_lo) or text(addr_lo, family)
-            hi = names.get(addr_hi) or text(addr_hi, family)
+            lo = names.get(addr_lo) or address(addr_lo, family)
+            hi = names.get(addr_hi) or address(addr_hi, family)
             if fwd == abi.DIR_LO_HI:
                 src, sport, dst, dport = lo, port_lo, hi, port_hi
                 packets, nbytes, rpackets, rbytes = pkt0, bytes0, pkt1, bytes1
@@ -393,27 +402,22 @@ class Drainer:
                 sport, dport = _icmp_ports(proto, sport, dport)
             last = last * tick_ns + origin  # CLOCK_MONOTONIC ns
             if forced:
-                reason = "forced_end"
+                reason = b'"forced_end"'
             elif flags & (TCP_FIN | TCP_RST):
-                reason = "end_of_flow_detected"
+                reason = b'"end_of_flow_detected"'
             else:
                 reason = reasons[now - last > idle]
-            append({
-                "observer": observer,
-                "start_ns": first * tick_ns + origin + offset,
-                "end_ns": last + offset,
-                "end_reason": reason,
-                "proto": proto,
-                "src": src,
-                "dst": dst,
-                "sport": sport,
-                "dport": dport,
-                "bytes": nbytes,
-                "packets": packets,
-                "rbytes": rbytes,
-                "rpackets": rpackets,
-                "tcp_flags": flags,
-                "initiator": initiator,
-                "ifindex": ifindex,
-            })  # fmt: skip
+            append(template % (
+                observer, first * tick_ns + origin + offset, last + offset, reason, proto,
+                src, dst, sport, dport, nbytes, packets, rbytes, rpackets, flags,
+                booleans[initiator], ifindex,
+            ))  # fmt: skip
         return out
+
+
+# raw_flow_wire()'s dict as orjson writes it, plus the newline (key order: RawFlow's).
+_FLOW_LINE = (
+    b'{"observer":%b,"start_ns":%d,"end_ns":%d,"end_reason":%b,"proto":%d,"src":%b,'
+    b'"dst":%b,"sport":%d,"dport":%d,"bytes":%d,"packets":%d,"rbytes":%d,"rpackets":%d,'
+    b'"tcp_flags":%d,"initiator":%b,"ifindex":%d}\n'
+)

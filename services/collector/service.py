@@ -237,20 +237,20 @@ class Producing:
         """
         stopping = self._rt.stopping
         while not stopping.is_set():
-            wires = tracer.read_wire()
-            if wires:
-                self._publisher.submit("sockets", wires)
+            lines = tracer.read_lines()
+            if lines:
+                self._publisher.submit_lines("sockets", lines)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), SOCKET_READ_PAUSE)
             else:
                 await readable(tracer.fileno(), stopping, SOCKET_IDLE_WAIT)
-        self._publisher.submit("sockets", tracer.read_wire())
+        self._publisher.submit_lines("sockets", tracer.read_lines())
 
     async def _drain(self, forced: bool) -> None:
         loop = asyncio.get_running_loop()
 
-        def sink(wires: list[dict[str, Any]]) -> None:  # runs in the worker thread
-            loop.call_soon_threadsafe(self._publisher.submit, "flows", wires)
+        def sink(lines: list[bytes]) -> None:  # runs in the worker thread
+            loop.call_soon_threadsafe(self._publisher.submit_lines, "flows", lines)
 
         entries = await asyncio.to_thread(self._drainer.drain_into, sink, forced)
         self._metrics.drains.inc()

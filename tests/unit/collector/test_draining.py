@@ -7,6 +7,7 @@ import ipaddress
 import socket
 from typing import Any
 
+import orjson
 from flowscope.collector import abi
 from flowscope.collector.draining import (
     TCP_FIN,
@@ -187,11 +188,11 @@ def test_address_names_match_inet_ntop_and_stay_bounded(raw: bytes, family: int)
     assert len(names) <= 2
 
 
-# ---- the drain's loop is raw_flow_wire + DirectionMemory, entry by entry
+# ---- the drain's loop is raw_flow_wire + DirectionMemory + orjson, entry by entry
 
 
 class _NoReader:
-    """convert_chunk() reads no map; the reader is never called."""
+    """render_chunk() reads no map; the reader is never called."""
 
     def chunks(self) -> Any:
         raise AssertionError("not used")
@@ -206,7 +207,7 @@ class _Clock:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(entries(), min_size=1, max_size=12), st.data())
-def test_convert_chunk_equals_raw_flow_wire_with_direction_memory(
+def test_render_chunk_is_raw_flow_wire_as_ndjson_with_direction_memory(
     drawn: list[tuple[Any, ...]], data: st.DataObject
 ) -> None:
     ctx = drawn[0][4]
@@ -225,10 +226,7 @@ def test_convert_chunk_equals_raw_flow_wire_with_direction_memory(
         ended = ctx.forced or bool(v[V_FLAGS] & (TCP_FIN | TCP_RST))
         fwd, initiator = reference.resolve(abi.FLOW_KEY.pack(*k), v, ended)
         expected.append(raw_flow_wire(k, v, fwd, initiator, ctx))
-    got = drainer.convert_chunk(keys, values, ctx)
-    assert got == expected
-    assert [list(w) for w in got] == [list(w) for w in expected]
-    assert [[type(x) for x in w.values()] for w in got] == [
-        [type(x) for x in w.values()] for w in expected
-    ]
+    got = drainer.render_chunk(keys, values, ctx)
+    assert got == [orjson.dumps(wire) + b"\n" for wire in expected]
+    assert codec.decode_body(b"".join(got)) == expected
     assert list(drainer.memory.known.items()) == list(reference.known.items())
