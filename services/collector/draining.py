@@ -374,19 +374,21 @@ class Drainer:
         reasons = (b'"active_timeout"', b'"idle_timeout"')
         booleans = (b"false", b"true")
         template = _FLOW_LINE
+        starts: dict[int, bytes] = {}
+        ends: dict[int, tuple[bytes, bytes]] = {}
         out: list[bytes] = []
         append = out.append
-        start = -key_size
+        at = -key_size
         for key, value in zip(
             abi.FLOW_KEY.iter_unpack(keys), abi.FLOW_VALUE.iter_unpack(values), strict=True
         ):
-            start += key_size
+            at += key_size
             addr_lo, addr_hi, port_lo, port_hi, proto, family, _ = key
             first, last, pkt0, pkt1, bytes0, bytes1, flags, ifindex, fwd, init, _ = value
             flags &= 0xFF
             if init or remembered:  # else: forward as the kernel saw it, initiator unknown
                 ended = forced or bool(flags & (TCP_FIN | TCP_RST))
-                fwd, initiator = resolve(keys[start : start + key_size], value, ended)
+                fwd, initiator = resolve(keys[at : at + key_size], value, ended)
             else:
                 initiator = False
             names = by_family.get(family) or {}
@@ -400,24 +402,31 @@ class Drainer:
                 packets, nbytes, rpackets, rbytes = pkt1, bytes1, pkt0, bytes0
             if proto in _ICMP_PAIRED:
                 sport, dport = _icmp_ports(proto, sport, dport)
-            last = last * tick_ns + origin  # CLOCK_MONOTONIC ns
+            # Times are ticks, and a chunk's entries share few: each is converted and
+            # printed once (19-digit ints were a fifth of the formatting).
+            start = starts.get(first)
+            if start is None:
+                start = starts[first] = b"%d" % (first * tick_ns + origin + offset)
+            end = ends.get(last)
+            if end is None:
+                mono = last * tick_ns + origin  # CLOCK_MONOTONIC ns
+                end = ends[last] = (b"%d" % (mono + offset), reasons[now - mono > idle])
             if forced:
                 reason = b'"forced_end"'
             elif flags & (TCP_FIN | TCP_RST):
                 reason = b'"end_of_flow_detected"'
             else:
-                reason = reasons[now - last > idle]
+                reason = end[1]
             append(template % (
-                observer, first * tick_ns + origin + offset, last + offset, reason, proto,
-                src, dst, sport, dport, nbytes, packets, rbytes, rpackets, flags,
-                booleans[initiator], ifindex,
+                observer, start, end[0], reason, proto, src, dst, sport, dport, nbytes,
+                packets, rbytes, rpackets, flags, booleans[initiator], ifindex,
             ))  # fmt: skip
         return out
 
 
 # raw_flow_wire()'s dict as orjson writes it, plus the newline (key order: RawFlow's).
 _FLOW_LINE = (
-    b'{"observer":%b,"start_ns":%d,"end_ns":%d,"end_reason":%b,"proto":%d,"src":%b,'
+    b'{"observer":%b,"start_ns":%b,"end_ns":%b,"end_reason":%b,"proto":%d,"src":%b,'
     b'"dst":%b,"sport":%d,"dport":%d,"bytes":%d,"packets":%d,"rbytes":%d,"rpackets":%d,'
     b'"tcp_flags":%d,"initiator":%b,"ifindex":%d}\n'
 )

@@ -194,6 +194,9 @@ def socket_lines(
     containers = {cgroup: orjson.dumps(c) for cgroup, c in container_ids(cgroups).items()}
     containers[0] = b'""'
     comms: dict[bytes, bytes] = {}
+    # Per family (equal bytes are different addresses): raw → JSON text, for this read.
+    seen4: dict[bytes, bytes] = {}
+    seen6: dict[bytes, bytes] = {}
     names, address = _EVENT_JSON, _address_json
     observer_json, template = orjson.dumps(observer), _SOCKET_LINE
     out: list[bytes] = []
@@ -211,9 +214,16 @@ def socket_lines(
             # char[16] as ctypes reads it: up to the first NUL.
             text = comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
             command = comms[comm] = orjson.dumps(text)
+        seen = seen4 if family == AF_INET else seen6
+        src = seen.get(saddr)
+        if src is None:
+            src = seen[saddr] = address(family, saddr)
+        dst = seen.get(daddr)
+        if dst is None:
+            dst = seen[daddr] = address(family, daddr)
         append(template % (
-            observer_json, time_ns + realtime_offset_ns, name, proto, address(family, saddr), sport,
-            address(family, daddr), dport, pid, tid, command, cgroup, containers[cgroup], netns,
+            observer_json, time_ns + realtime_offset_ns, name, proto, src, sport, dst, dport,
+            pid, tid, command, cgroup, containers[cgroup], netns,
         ))  # fmt: skip
     return out, odd
 
