@@ -48,7 +48,7 @@ from flowscope.core.records import RawDns
 log = logging.getLogger("flowscope.collector")
 T = TypeVar("T")
 
-SOCKET_READ_PAUSE = 0.02  # s after a read that found socket events: they gather meanwhile
+SOCKET_READ_PAUSE = 0.05  # s after a read that found socket events: they gather meanwhile
 SOCKET_IDLE_WAIT = 1.0  # s at most between reads while none arrive (the lost-event count)
 
 
@@ -232,14 +232,21 @@ class Producing:
         consumed by bcc without waiting), so there is no worker thread: handing each
         read's events from a worker to the loop cost a GIL hand-over and a loop
         wake-up. After a read that found events the loop pauses SOCKET_READ_PAUSE so
-        the next read takes a batch (2 MiB of ring buffer hold ~20 000 events, 0.4 s
-        at 50k/s); when none came it sleeps until the ring buffer's fd is readable.
+        the next read takes a batch (fewer, larger reads: 20 -> 50 ms took the
+        collector from 4.2-4.4 to 3.4-3.5 % of a core at 10k events/s), unless the
+        read took half the ring buffer or more (2 MiB hold ~20 000 events: no pause
+        above ~200 000 events/s); when none came it sleeps until the ring buffer's fd
+        is readable.
         """
         stopping = self._rt.stopping
+        half = tracer.capacity // 2
         while not stopping.is_set():
             lines = tracer.read_lines()
             if lines:
                 self._publisher.submit_lines("sockets", lines)
+                if len(lines) >= half:
+                    await asyncio.sleep(0)  # let the loop run, then read again
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), SOCKET_READ_PAUSE)
             else:

@@ -14,6 +14,7 @@ import ctypes
 import functools
 import ipaddress
 import logging
+import mmap
 import os
 import select
 import socket
@@ -30,7 +31,7 @@ import orjson
 import prometheus_client
 from flowscope.collector.abi import SOCKET_EVENT, SOCKET_EVENT_NAMES, SocketEvent
 from flowscope.collector.containers import ContainerResolver, find_cgroup2_root
-from flowscope.collector.ring_reading import RingReader, supported
+from flowscope.collector.ring_reading import RingReader, record_stride, supported
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.records import RawSocket
@@ -368,6 +369,11 @@ class SocketTracer:
             raise RuntimeError("SocketTracer.poll() before open()")
         self._wait(timeout_ms)
         return _decoded(self._take())
+
+    @property
+    def capacity(self) -> int:
+        """Events the ring buffer holds when full."""
+        return self.ringbuf_pages * mmap.PAGESIZE // record_stride(SOCKET_EVENT.size)
 
     def fileno(self) -> int:
         """The ring buffer's fd: readable (epoll) while events wait to be read."""
