@@ -332,14 +332,19 @@ class Drainer:
         flows. Returns how many entries the map held.
         """
         entries = 0
+        for lines in self.drain_chunks(forced):
+            entries += len(lines)
+            sink(lines)
+        return entries
+
+    def drain_chunks(self, forced: bool = False) -> Iterator[list[bytes]]:
+        """As :meth:`drain_into`, one chunk's lines per step: a caller can do other work
+        between chunks (the collector's event loop does; each chunk is a few ms)."""
         ctx: DrainContext | None = None
         for keys, values in self.reader.chunks():
             # Read after the first chunk: the pair exists once any entry does.
             ctx = ctx or self._context(forced)
-            lines = self.render_chunk(keys, values, ctx)
-            entries += len(lines)
-            sink(lines)
-        return entries
+            yield self.render_chunk(keys, values, ctx)
 
     def _context(self, forced: bool) -> DrainContext:
         base_tick, base_ns = self.clock.pair()
