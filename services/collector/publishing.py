@@ -84,6 +84,7 @@ class Publisher:
         self._metrics = metrics
         self._lanes = {kind: _Lane(kind, SUBJECTS[kind](node)) for kind in SCHEMAS}
         self._wake = asyncio.Event()
+        self._sent = asyncio.Event()  # set whenever messages were acknowledged
         self._failed_log = RateLimitedLog(log)
 
     def submit(self, kind: str, records: Sequence[Mapping[str, Any]]) -> None:
@@ -103,6 +104,25 @@ class Publisher:
         lane.pending.extend(lines)
         if len(lane.pending) >= self._limits.batch_max_records:
             self._seal(lane)
+
+    async def catch_up(self, kind: str) -> None:
+        """Wait while ``kind``'s ready messages fill more than half of ``buffer_bytes``
+        and the sender is getting them acknowledged.
+
+        For a producer that can wait (the drain between map chunks: entries not yet
+        taken out go on counting in the kernel, nothing is lost): a drain of hundreds
+        of thousands of flows renders faster than JetStream acknowledges, and would
+        otherwise overflow the buffer, whose bound drops the oldest messages. Returns
+        at once while publishing fails (NATS down: then the bound applies, counted),
+        and when no message was acknowledged for PUBLISH_TIMEOUT.
+        """
+        lane = self._lanes[kind]
+        while lane.outbox_bytes > self._limits.buffer_bytes // 2 and not lane.failures:
+            self._sent.clear()
+            try:
+                await asyncio.wait_for(self._sent.wait(), PUBLISH_TIMEOUT)
+            except TimeoutError:
+                return
 
     def buffered_records(self) -> int:
         return sum(len(x.pending) + sum(b.count for b in x.outbox) for x in self._lanes.values())
@@ -213,6 +233,7 @@ class Publisher:
             lane.outbox_bytes = sum(len(b.body) for b in kept)
             lane.outbox = kept
             self._metrics.publish_buffered_bytes.labels(lane.kind).set(lane.outbox_bytes)
+            self._sent.set()
         return bool(done)
 
     async def _publish(self, lane: _Lane, batch: codec.Batch) -> bool:

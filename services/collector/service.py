@@ -258,12 +258,14 @@ class Producing:
 
     async def _drain(self, forced: bool) -> None:
         """Empty the flow map chunk by chunk in the event loop thread, letting the loop
-        run between chunks (4096 entries, a few ms each)."""
+        run between chunks (4096 entries, a few ms each) and waiting there while the
+        publisher's buffer is more than half full of flows it is still sending."""
         entries = 0
         for lines in self._drainer.drain_chunks(forced):
             self._publisher.submit_lines("flows", lines)
             entries += len(lines)
             await asyncio.sleep(0)
+            await self._publisher.catch_up("flows")
         self._metrics.drains.inc()
         self._metrics.flows_drained.inc(entries)
         self._metrics.map_entries.set(entries)
