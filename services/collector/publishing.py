@@ -4,11 +4,12 @@ Per kind (flows, sockets, dns) records wait as NDJSON lines (encoded on submit, 
 rendered by the producer itself: :meth:`Publisher.submit_lines`) in a short *pending*
 list until the batch holds ``batch_max_records`` or its oldest record is
 ``batch_max_delay`` old; then they are joined (``codec.chunk_lines``, each message under
-the server's max payload) into an *outbox* of ready messages. A sender task publishes the outbox in order and waits for
-JetStream's ack. While NATS is down or slow the outbox grows up to ``buffer_bytes``; past
-that the oldest messages are dropped and their records counted — the service never
-blocks the kernel drain and never crashes on a publish error, and sending resumes by
-itself when NATS answers again.
+the server's max payload) into an *outbox* of ready messages. A sender task publishes
+the outbox in order and waits for JetStream's ack. While NATS is down or slow the outbox
+grows up to ``buffer_bytes``; past that the oldest messages are dropped and their records
+counted — a failing NATS never blocks the kernel drain (which only waits in
+:meth:`Publisher.catch_up` while sending succeeds), nothing crashes on a publish error,
+and sending resumes by itself when NATS answers again.
 """
 
 from __future__ import annotations
