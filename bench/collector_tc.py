@@ -219,17 +219,19 @@ def per_packet(node: Node, packets: int) -> None:
 
 
 def drain_cost(node: Node, drainer: Drainer, packets: int) -> None:
-    """User-space cost per flow of the flow path: drain, convert to wire dicts, encode."""
+    """User-space cost per flow of the flow path: drain, convert, encode to NDJSON bodies
+    (the drain renders NDJSON lines itself since collector-cpu; before, it built wire
+    dicts that codec.encode_chunks encoded: the same work from map to message body)."""
     from flowscope.core import codec
 
-    print("== flow path in user space (drain + wire dicts + NDJSON), per flow")
+    print("== flow path in user space (drain + NDJSON lines + message bodies), per flow")
     drainer.drain()
     send(node, "many", packets)
     encoded = 0
 
-    def sink(wires: list) -> None:  # type: ignore[type-arg]
+    def sink(lines: list[bytes]) -> None:
         nonlocal encoded
-        encoded += sum(b.count for b in codec.encode_chunks(codec.RAW_FLOW, wires, 1 << 20))
+        encoded += sum(b.count for b in codec.chunk_lines(codec.RAW_FLOW, lines, 1 << 20))
 
     cpu0, t0 = time.process_time(), time.perf_counter()
     entries = drainer.drain_into(sink)

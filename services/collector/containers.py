@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +143,10 @@ class ContainerResolver:
             return ""
         found = self._scan(cgroup_id)
         return found if found is not None else ""
+
+    def container_ids(self, cgroup_ids: Iterable[int]) -> dict[int, str]:
+        """:meth:`container_id` of each id (a batch of events looks each id up once)."""
+        return {cgroup_id: self.container_id(cgroup_id) for cgroup_id in cgroup_ids}
 
     def _may_scan(self) -> bool:
         now = self._clock()

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from flowscope.collector import abi
 from flowscope.core.records import RawFlow
 
@@ -65,26 +66,42 @@ def _address(raw: bytes, family: int) -> str:
 
 
 class AddressNames:
-    """Kernel address bytes → canonical text, remembered (bounded) across entries.
+    """Kernel address bytes → canonical text as a JSON string, remembered (bounded).
 
     A node's flows share few addresses (its pods, a few peers), and ``inet_ntop`` plus the
-    slicing around it was a sixth of the per-flow cost. Emptied when full: a simple
-    bound that never grows past ``capacity`` entries.
+    slicing around it was a sixth of the per-flow cost. The drain writes NDJSON lines
+    itself, so what is kept is the JSON form (``b'"10.0.0.1"'``: address text is ASCII
+    and never needs escaping). Emptied when full: a simple bound that never grows past
+    ``capacity`` entries.
     """
 
-    __slots__ = ("_capacity", "_names")
+    __slots__ = ("_capacity", "by_family")
 
     def __init__(self, capacity: int = 65536) -> None:
-        self._names: dict[tuple[bytes, int], str] = {}
+        # One dict per family keyed by the raw bytes: no (bytes, family) tuple to build
+        # and hash per lookup. ``by_family`` is read directly by the drain's loop.
+        self.by_family: dict[int, dict[bytes, bytes]] = {abi.AF_INET: {}, abi.AF_INET6: {}}
         self._capacity = capacity
 
-    def text(self, raw: bytes, family: int) -> str:
-        name = self._names.get((raw, family))
+    def json(self, raw: bytes, family: int) -> bytes:
+        """The address as a JSON string (quotes included)."""
+        names = self.by_family.get(family)
+        if names is None:  # not a family the kernel program writes: not cached
+            return b'"%s"' % _address(raw, family).encode()
+        name = names.get(raw)
         if name is None:
-            if len(self._names) >= self._capacity:
-                self._names.clear()
-            name = self._names[(raw, family)] = _address(raw, family)
+            if len(self) >= self._capacity:  # the bound applies to both together
+                for known in self.by_family.values():
+                    known.clear()
+            name = names[raw] = b'"%s"' % _address(raw, family).encode()
         return name
+
+    def text(self, raw: bytes, family: int) -> str:
+        """The address in canonical text."""
+        return self.json(raw, family)[1:-1].decode()
+
+    def __len__(self) -> int:
+        return sum(map(len, self.by_family.values()))
 
 
 def _icmp_ports(proto: int, sport: int, dport: int) -> tuple[int, int]:
@@ -219,27 +236,28 @@ class DirectionMemory:
     """Bounded memory of flows whose initiator was seen: canonical key → forward dir."""
 
     capacity: int
-    _known: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
+    # Read (truthiness) by the drain's loop: while empty, no entry needs resolve().
+    known: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
 
     def resolve(self, ident: bytes, value: tuple[Any, ...], ended: bool) -> tuple[int, bool]:
         """(forward direction, initiator known) for this interval's entry (``ident``: key bytes)."""
         if value[V_INIT]:
-            fwd, known = int(value[V_FWD]), True
-        elif ident in self._known:
-            fwd, known = self._known[ident], True
+            fwd, is_known = int(value[V_FWD]), True
+        elif ident in self.known:
+            fwd, is_known = self.known[ident], True
         else:
             return int(value[V_FWD]), False
         if ended:
-            self._known.pop(ident, None)
+            self.known.pop(ident, None)
         else:
-            self._known[ident] = fwd
-            self._known.move_to_end(ident)
-            while len(self._known) > self.capacity:
-                self._known.popitem(last=False)
-        return fwd, known
+            self.known[ident] = fwd
+            self.known.move_to_end(ident)
+            while len(self.known) > self.capacity:
+                self.known.popitem(last=False)
+        return fwd, is_known
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self.known)
 
 
 class BatchReader:
@@ -267,9 +285,11 @@ class BatchReader:
             err = ct.get_errno()
             n = count.value
             if n:
+                # string_at copies just the n entries (``.raw[:k]`` copied the whole
+                # buffer, then the slice again).
                 yield (
-                    self._keys.raw[: n * abi.FLOW_KEY.size],
-                    self._values.raw[: n * abi.FLOW_VALUE.size],
+                    ct.string_at(self._keys, n * abi.FLOW_KEY.size),
+                    ct.string_at(self._values, n * abi.FLOW_VALUE.size),
                 )
             if res != 0:
                 if err == errno.ENOENT:
@@ -298,27 +318,33 @@ class Drainer:
     names: AddressNames = field(default_factory=AddressNames)
 
     def drain(self, forced: bool = False) -> DrainResult:
-        """Take every entry out of the map and convert it; all records at once, as RawFlow."""
-        wires: list[dict[str, Any]] = []
-        entries = self.drain_into(wires.extend, forced)
-        return DrainResult([RawFlow(**w) for w in wires], entries)
+        """Take every entry out of the map and convert it; all records at once, as RawFlow
+        (decoded from the lines :meth:`drain_into` publishes, so they are checked too)."""
+        lines: list[bytes] = []
+        entries = self.drain_into(lines.extend, forced)
+        return DrainResult([RawFlow.from_wire(orjson.loads(line)) for line in lines], entries)
 
-    def drain_into(self, sink: Callable[[list[dict[str, Any]]], None], forced: bool = False) -> int:
-        """Take every entry out of the map, handing ``raw.flow`` wire dicts to ``sink``
+    def drain_into(self, sink: Callable[[list[bytes]], None], forced: bool = False) -> int:
+        """Take every entry out of the map, handing ``raw.flow`` NDJSON lines to ``sink``
         chunk by chunk.
 
         A chunk at a time keeps memory flat when a drain holds hundreds of thousands of
         flows. Returns how many entries the map held.
         """
         entries = 0
+        for lines in self.drain_chunks(forced):
+            entries += len(lines)
+            sink(lines)
+        return entries
+
+    def drain_chunks(self, forced: bool = False) -> Iterator[list[bytes]]:
+        """As :meth:`drain_into`, one chunk's lines per step: a caller can do other work
+        between chunks (the collector's event loop does; each chunk is a few ms)."""
         ctx: DrainContext | None = None
         for keys, values in self.reader.chunks():
             # Read after the first chunk: the pair exists once any entry does.
             ctx = ctx or self._context(forced)
-            wires = self._convert(keys, values, ctx)
-            entries += len(wires)
-            sink(wires)
-        return entries
+            yield self.render_chunk(keys, values, ctx)
 
     def _context(self, forced: bool) -> DrainContext:
         base_tick, base_ns = self.clock.pair()
@@ -334,16 +360,78 @@ class Drainer:
             base_ns=base_ns,
         )
 
-    def _convert(self, keys: bytes, values: bytes, ctx: DrainContext) -> list[dict[str, Any]]:
+    def render_chunk(self, keys: bytes, values: bytes, ctx: DrainContext) -> list[bytes]:
+        """Every entry of a chunk as its ``raw.flow`` NDJSON line (newline included).
+
+        Byte for byte ``orjson.dumps(raw_flow_wire(...)) + b"\\n"`` with the
+        :class:`DirectionMemory` applied entry by entry (property-tested), written out
+        in one loop into one ``bytes`` template: building the wire dict and encoding it
+        took ~1.3 µs per flow, the template ~0.8, and the function calls per entry (two
+        address texts, the end reason, the direction) were a third of the old loop.
+        """
         key_size = abi.FLOW_KEY.size
-        resolve = self.memory.resolve
-        out = []
-        start = 0
+        memory = self.memory
+        resolve, remembered = memory.resolve, memory.known
+        by_family, address = ctx.names.by_family, ctx.names.json
+        observer = orjson.dumps(ctx.observer)
+        offset, tick_ns, origin = ctx.offset_ns, ctx.tick_ns, ctx.mono_origin_ns
+        forced, now, idle = ctx.forced, ctx.now_mono_ns, ctx.idle_ns
+        reasons = (b'"active_timeout"', b'"idle_timeout"')
+        booleans = (b"false", b"true")
+        template = _FLOW_LINE
+        starts: dict[int, bytes] = {}
+        ends: dict[int, tuple[bytes, bytes]] = {}
+        out: list[bytes] = []
+        append = out.append
+        at = -key_size
         for key, value in zip(
             abi.FLOW_KEY.iter_unpack(keys), abi.FLOW_VALUE.iter_unpack(values), strict=True
         ):
-            ended = ctx.forced or bool(value[V_FLAGS] & (TCP_FIN | TCP_RST))
-            fwd, initiator = resolve(keys[start : start + key_size], value, ended)
-            start += key_size
-            out.append(raw_flow_wire(key, value, fwd, initiator, ctx))
+            at += key_size
+            addr_lo, addr_hi, port_lo, port_hi, proto, family, _ = key
+            first, last, pkt0, pkt1, bytes0, bytes1, flags, ifindex, fwd, init, _ = value
+            flags &= 0xFF
+            if init or remembered:  # else: forward as the kernel saw it, initiator unknown
+                ended = forced or bool(flags & (TCP_FIN | TCP_RST))
+                fwd, initiator = resolve(keys[at : at + key_size], value, ended)
+            else:
+                initiator = False
+            names = by_family.get(family) or {}
+            lo = names.get(addr_lo) or address(addr_lo, family)
+            hi = names.get(addr_hi) or address(addr_hi, family)
+            if fwd == abi.DIR_LO_HI:
+                src, sport, dst, dport = lo, port_lo, hi, port_hi
+                packets, nbytes, rpackets, rbytes = pkt0, bytes0, pkt1, bytes1
+            else:
+                src, sport, dst, dport = hi, port_hi, lo, port_lo
+                packets, nbytes, rpackets, rbytes = pkt1, bytes1, pkt0, bytes0
+            if proto in _ICMP_PAIRED:
+                sport, dport = _icmp_ports(proto, sport, dport)
+            # Times are ticks, and a chunk's entries share few: each is converted and
+            # printed once (19-digit ints were a fifth of the formatting).
+            start = starts.get(first)
+            if start is None:
+                start = starts[first] = b"%d" % (first * tick_ns + origin + offset)
+            end = ends.get(last)
+            if end is None:
+                mono = last * tick_ns + origin  # CLOCK_MONOTONIC ns
+                end = ends[last] = (b"%d" % (mono + offset), reasons[now - mono > idle])
+            if forced:
+                reason = b'"forced_end"'
+            elif flags & (TCP_FIN | TCP_RST):
+                reason = b'"end_of_flow_detected"'
+            else:
+                reason = end[1]
+            append(template % (
+                observer, start, end[0], reason, proto, src, dst, sport, dport, nbytes,
+                packets, rbytes, rpackets, flags, booleans[initiator], ifindex,
+            ))  # fmt: skip
         return out
+
+
+# raw_flow_wire()'s dict as orjson writes it, plus the newline (key order: RawFlow's).
+_FLOW_LINE = (
+    b'{"observer":%b,"start_ns":%b,"end_ns":%b,"end_reason":%b,"proto":%d,"src":%b,'
+    b'"dst":%b,"sport":%d,"dport":%d,"bytes":%d,"packets":%d,"rbytes":%d,"rpackets":%d,'
+    b'"tcp_flags":%d,"initiator":%b,"ifindex":%d}\n'
+)

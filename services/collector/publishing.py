@@ -1,13 +1,15 @@
 """Batch raw records and publish them to ``flowscope.raw.<kind>.<node>`` on JetStream.
 
-Per kind (flows, sockets, dns) records wait in a short *pending* list until the batch
-holds ``batch_max_records`` or its oldest record is ``batch_max_delay`` old; then they are
-encoded (``codec.encode_chunks``, each message under the server's max payload) into an
-*outbox* of ready messages. A sender task publishes the outbox in order and waits for
-JetStream's ack. While NATS is down or slow the outbox grows up to ``buffer_bytes``; past
-that the oldest messages are dropped and their records counted — the service never
-blocks the kernel drain and never crashes on a publish error, and sending resumes by
-itself when NATS answers again.
+Per kind (flows, sockets, dns) records wait as NDJSON lines (encoded on submit, or
+rendered by the producer itself: :meth:`Publisher.submit_lines`) in a short *pending*
+list until the batch holds ``batch_max_records`` or its oldest record is
+``batch_max_delay`` old; then they are joined (``codec.chunk_lines``, each message under
+the server's max payload) into an *outbox* of ready messages. A sender task publishes
+the outbox in order and waits for JetStream's ack. While NATS is down or slow the outbox
+grows up to ``buffer_bytes``; past that the oldest messages are dropped and their records
+counted — a failing NATS never blocks the kernel drain (which only waits in
+:meth:`Publisher.catch_up` while sending succeeds), nothing crashes on a publish error,
+and sending resumes by itself when NATS answers again.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class _Lane:
 
     kind: str
     subject: str
-    pending: list[Mapping[str, Any]] = field(default_factory=list)
+    pending: list[bytes] = field(default_factory=list)  # NDJSON lines
     oldest: float = 0.0
     outbox: deque[codec.Batch] = field(default_factory=deque)
     outbox_bytes: int = 0
@@ -83,19 +85,45 @@ class Publisher:
         self._metrics = metrics
         self._lanes = {kind: _Lane(kind, SUBJECTS[kind](node)) for kind in SCHEMAS}
         self._wake = asyncio.Event()
+        self._sent = asyncio.Event()  # set whenever messages were acknowledged
         self._failed_log = RateLimitedLog(log)
 
     def submit(self, kind: str, records: Sequence[Mapping[str, Any]]) -> None:
         """Queue wire dicts of one kind; never blocks."""
-        if not records:
+        if records:
+            self.submit_lines(kind, codec.encode_lines(records))
+
+    def submit_lines(self, kind: str, lines: list[bytes]) -> None:
+        """Queue records of one kind already encoded as NDJSON lines (each ending in a
+        newline, as ``codec.encode_lines`` writes them); never blocks."""
+        if not lines:
             return
         lane = self._lanes[kind]
         if not lane.pending:
             lane.oldest = time.monotonic()
             self._wake.set()  # the sender sleeps until something is due: a batch now is
-        lane.pending.extend(records)
+        lane.pending.extend(lines)
         if len(lane.pending) >= self._limits.batch_max_records:
             self._seal(lane)
+
+    async def catch_up(self, kind: str) -> None:
+        """Wait while ``kind``'s ready messages fill more than half of ``buffer_bytes``
+        and the sender is getting them acknowledged.
+
+        For a producer that can wait (the drain between map chunks: entries not yet
+        taken out go on counting in the kernel, nothing is lost): a drain of hundreds
+        of thousands of flows renders faster than JetStream acknowledges, and would
+        otherwise overflow the buffer, whose bound drops the oldest messages. Returns
+        at once while publishing fails (NATS down: then the bound applies, counted),
+        and when no message was acknowledged for PUBLISH_TIMEOUT.
+        """
+        lane = self._lanes[kind]
+        while lane.outbox_bytes > self._limits.buffer_bytes // 2 and not lane.failures:
+            self._sent.clear()
+            try:
+                await asyncio.wait_for(self._sent.wait(), PUBLISH_TIMEOUT)
+            except TimeoutError:
+                return
 
     def buffered_records(self) -> int:
         return sum(len(x.pending) + sum(b.count for b in x.outbox) for x in self._lanes.values())
@@ -147,33 +175,27 @@ class Publisher:
                 self._seal(lane)
 
     def _seal(self, lane: _Lane) -> None:
-        """Encode the pending records into messages under max payload, into the outbox."""
-        records, lane.pending = lane.pending, []
+        """Join the pending lines into messages under max payload, into the outbox."""
+        lines, lane.pending = lane.pending, []
         limit = self._limits.max_payload - HEADER_ROOM
-        for start in range(0, len(records), self._limits.batch_max_records):
-            for batch in self._encode(
-                lane.kind, records[start : start + self._limits.batch_max_records], limit
+        for start in range(0, len(lines), self._limits.batch_max_records):
+            for batch in self._join(
+                lane.kind, lines[start : start + self._limits.batch_max_records], limit
             ):
                 lane.outbox.append(batch)
                 lane.outbox_bytes += len(batch.body)
         self._bound(lane)
         self._wake.set()
 
-    def _encode(
-        self, kind: str, records: Sequence[Mapping[str, Any]], limit: int
-    ) -> list[codec.Batch]:
+    def _join(self, kind: str, lines: list[bytes], limit: int) -> list[codec.Batch]:
         schema = SCHEMAS[kind]
         try:
-            return list(codec.encode_chunks(schema, records, limit))
+            return list(codec.chunk_lines(schema, lines, limit))
         except CodecError:
-            # One record exceeds a whole message: publish the others, count that one.
-            batches: list[codec.Batch] = []
-            for record in records:
-                try:
-                    batches.extend(codec.encode_chunks(schema, [record], limit))
-                except CodecError:
-                    self._metrics.publish_dropped.labels(kind, "too_large").inc()
-            return batches
+            # A record exceeds a whole message: publish the others, count those.
+            fitting = [line for line in lines if len(line) <= limit]
+            self._metrics.publish_dropped.labels(kind, "too_large").inc(len(lines) - len(fitting))
+            return list(codec.chunk_lines(schema, fitting, limit))
 
     def _bound(self, lane: _Lane) -> None:
         """Drop the oldest messages not being sent while the outbox exceeds its budget."""
@@ -212,6 +234,7 @@ class Publisher:
             lane.outbox_bytes = sum(len(b.body) for b in kept)
             lane.outbox = kept
             self._metrics.publish_buffered_bytes.labels(lane.kind).set(lane.outbox_bytes)
+            self._sent.set()
         return bool(done)
 
     async def _publish(self, lane: _Lane, batch: codec.Batch) -> bool:

@@ -14,18 +14,24 @@ import ctypes
 import functools
 import ipaddress
 import logging
+import mmap
 import os
+import select
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import flowscope.bpf
+import orjson
 import prometheus_client
 from flowscope.collector.abi import SOCKET_EVENT, SOCKET_EVENT_NAMES, SocketEvent
 from flowscope.collector.containers import ContainerResolver, find_cgroup2_root
+from flowscope.collector.ring_reading import RingReader, record_stride, supported
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.records import RawSocket
@@ -169,6 +175,79 @@ def socket_wire(
     }
 
 
+def socket_lines(
+    events: list[tuple[Any, ...]],
+    observer: str,
+    realtime_offset_ns: int,
+    container_ids: Callable[[Iterable[int]], dict[int, str]],
+) -> tuple[list[bytes], list[tuple[Any, ...]]]:
+    """Every event of one read as its ``raw.socket`` NDJSON line (newline included).
+
+    Returns (lines, events :func:`socket_wire` would reject — an unknown kind or address
+    family — for the caller to count). Byte for byte ``orjson.dumps(socket_wire(...)) +
+    b"\\n"`` (property-tested), written out in one loop into one ``bytes`` template
+    instead of a dict per event encoded afterwards: each cgroup is resolved once per
+    read (``container_ids`` maps the distinct ids to container ids; id 0 is "" here),
+    each distinct ``comm`` and container id encoded once.
+    """
+    cgroups = set(map(itemgetter(E_CGROUP), events))
+    cgroups.discard(0)
+    containers = {cgroup: orjson.dumps(c) for cgroup, c in container_ids(cgroups).items()}
+    containers[0] = b'""'
+    comms: dict[bytes, bytes] = {}
+    # Per family (equal bytes are different addresses): raw → JSON text, for this read.
+    seen4: dict[bytes, bytes] = {}
+    seen6: dict[bytes, bytes] = {}
+    names, address = _EVENT_JSON, _address_json
+    observer_json, template = orjson.dumps(observer), _SOCKET_LINE
+    out: list[bytes] = []
+    odd: list[tuple[Any, ...]] = []
+    append = out.append
+    for event in events:
+        (time_ns, _cookie, cgroup, netns, pid, tid, saddr, daddr,
+         sport, dport, family, proto, kind, _pad, comm) = event  # fmt: skip
+        name = names.get(kind)
+        if name is None or (family != AF_INET and family != AF_INET6):
+            odd.append(event)
+            continue
+        command = comms.get(comm)
+        if command is None:
+            # char[16] as ctypes reads it: up to the first NUL.
+            text = comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+            command = comms[comm] = orjson.dumps(text)
+        seen = seen4 if family == AF_INET else seen6
+        src = seen.get(saddr)
+        if src is None:
+            src = seen[saddr] = address(family, saddr)
+        dst = seen.get(daddr)
+        if dst is None:
+            dst = seen[daddr] = address(family, daddr)
+        append(template % (
+            observer_json, time_ns + realtime_offset_ns, name, proto, src, sport, dst, dport,
+            pid, tid, command, cgroup, containers[cgroup], netns,
+        ))  # fmt: skip
+    return out, odd
+
+
+# socket_wire()'s dict as orjson writes it, plus the newline (key order: RawSocket's).
+_SOCKET_LINE = (
+    b'{"observer":%b,"time_ns":%d,"event":%b,"proto":%d,"src":%b,"sport":%d,"dst":%b,'
+    b'"dport":%d,"pid":%d,"tid":%d,"comm":%b,"cgroup_id":%d,"container_id":%b,"netns":%d}\n'
+)
+_EVENT_JSON = {kind: orjson.dumps(name) for kind, name in SOCKET_EVENT_NAMES.items()}
+
+
+@functools.lru_cache(maxsize=16384)
+def _address_json(family: int, raw: bytes) -> bytes:
+    """:func:`address_text` as a JSON string (ASCII: nothing to escape), remembered."""
+    return b'"%s"' % address_text(family, raw).encode()
+
+
+def _decoded(lines: list[bytes]) -> list[dict[str, Any]]:
+    """Lines of :func:`socket_lines` back as wire dicts (for callers that want them)."""
+    return [orjson.loads(line) for line in lines]
+
+
 def to_raw_socket(
     event: tuple[Any, ...], observer: str, realtime_offset_ns: int, container_id: str
 ) -> RawSocket:
@@ -236,7 +315,9 @@ class SocketTracer:
         self._bpf: Any = None
         self._cgroup_fd = -1
         self._links: list[int] = []
-        self._raw: list[bytes] = []
+        self._raw: list[bytes] = []  # bcc callback path: copied records
+        self._ring: RingReader | None = None  # mmap path (x86): see ring_reading
+        self._ring_poll: select.poll | None = None
         self._lost_seen = 0
         self._offset_ns = realtime_offset_ns()
         self._bad_log = RateLimitedLog(log)
@@ -273,21 +354,39 @@ class SocketTracer:
             self._bpf = self._compile()
             check_layout(self._derived_fields())
             self._attach_all()
-            self._bpf[RING_BUFFER].open_ring_buffer(self._on_event)
+            self._open_ring()
         except BaseException:
             self.close()
             raise
 
     def poll(self, timeout_ms: int) -> list[RawSocket]:
         """Wait up to ``timeout_ms`` for events; returns those read (possibly none)."""
-        return [RawSocket(**wire) for wire in self.poll_wire(timeout_ms)]
+        return [RawSocket.from_wire(wire) for wire in self.poll_wire(timeout_ms)]
 
     def poll_wire(self, timeout_ms: int) -> list[dict[str, Any]]:
         """As :meth:`poll`, as ``raw.socket`` wire dicts (what the collector publishes)."""
         if self._bpf is None:
             raise RuntimeError("SocketTracer.poll() before open()")
-        self._bpf.ring_buffer_poll(timeout_ms)
-        return self._take()
+        self._wait(timeout_ms)
+        return _decoded(self._take())
+
+    @property
+    def capacity(self) -> int:
+        """Events the ring buffer holds when full."""
+        return self.ringbuf_pages * mmap.PAGESIZE // record_stride(SOCKET_EVENT.size)
+
+    def fileno(self) -> int:
+        """The ring buffer's fd: readable (epoll) while events wait to be read."""
+        if self._bpf is None:
+            raise RuntimeError("SocketTracer.fileno() before open()")
+        return int(self._bpf[RING_BUFFER].map_fd)
+
+    def _wait(self, timeout_ms: int) -> None:
+        """Until events are there or ``timeout_ms`` passed (bcc path: reads them too)."""
+        if self._ring_poll is None:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        elif timeout_ms and self._ring is not None and not self._ring.available():
+            self._ring_poll.poll(timeout_ms)
 
     def read_for(self, period_ms: int) -> list[dict[str, Any]]:
         """Wire dicts of the events that arrive during ``period_ms``, read in bursts.
@@ -301,25 +400,55 @@ class SocketTracer:
         if self._bpf is None:
             raise RuntimeError("SocketTracer.read_for() before open()")
         deadline = time.monotonic() + period_ms / 1000
+        lines: list[bytes] = []
         while (remaining := deadline - time.monotonic()) > 0:
-            self._bpf.ring_buffer_poll(max(1, int(remaining * 1000)))
-            if self._raw and remaining > READ_PAUSE_S:
+            self._wait(max(1, int(remaining * 1000)))
+            got = self._take()
+            lines += got
+            if got and remaining > READ_PAUSE_S:
                 time.sleep(READ_PAUSE_S)
+        return _decoded(lines)
+
+    def read_lines(self) -> list[bytes]:
+        """The events waiting now as ``raw.socket`` NDJSON lines, without blocking (for
+        an event loop that waits on :meth:`fileno`; what the collector publishes)."""
+        if self._bpf is None:
+            raise RuntimeError("SocketTracer.read_lines() before open()")
+        if self._ring is None:
+            self._bpf.ring_buffer_consume()
         return self._take()
 
-    def _take(self) -> list[dict[str, Any]]:
-        """Convert and count what the ring buffer callback copied so far."""
-        raw, self._raw = self._raw, []
+    def _take(self) -> list[bytes]:
+        """Read (mmap path) or take what the callback copied (bcc path); convert, count."""
+        if self._ring is not None:
+            skipped = self._ring.skipped
+            events = self._ring.read()
+            if self._ring.skipped > skipped:  # not a struct fs_socket_event: a bug
+                self._bad.inc(self._ring.skipped - skipped)
+        else:
+            raw, self._raw = self._raw, []
+            events = [event for data in raw if (event := self._decode(data)) is not None]
         self._offset_ns = realtime_offset_ns()  # follows clock steps (NTP) between polls
         self._count_lost()
-        wires = [wire for data in raw if (wire := self._convert(data)) is not None]
+        lines, odd = socket_lines(
+            events, self.observer, self._offset_ns, self.containers.container_ids
+        )
+        kinds = Counter(map(itemgetter(E_EVENT), events))
+        for event in odd:  # socket_wire names what is wrong with it
+            self._convert(event)
+            kinds[event[E_EVENT]] -= 1
         # One metric update per kind and poll, not per event (labels() + inc() cost ~1 µs).
-        for kind, n in Counter(wire["event"] for wire in wires).items():
-            self._events.labels(kind).inc(n)
-        return wires
+        for kind, n in kinds.items():
+            if n:
+                self._events.labels(SOCKET_EVENT_NAMES[kind]).inc(n)
+        return lines
 
     def close(self) -> None:
         """Detach everything this tracer attached and unload its programs (idempotent)."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+            self._ring_poll = None
         for fd in self._links:
             os.close(fd)  # closing a link's last fd detaches it
         self._links = []
@@ -408,19 +537,39 @@ class SocketTracer:
 
     # ------------------------------------------------------------ events
 
+    def _open_ring(self) -> None:
+        """Read the ring buffer from its mapped pages where that is correct (x86), else
+        through bcc's per-event callback."""
+        table = self._bpf[RING_BUFFER]
+        if supported():
+            self._ring = RingReader(int(table.map_fd), int(table.max_entries), SOCKET_EVENT)
+            self._ring_poll = select.poll()
+            self._ring_poll.register(self._ring.fd, select.POLLIN)
+        else:
+            table.open_ring_buffer(self._on_event)
+
     def _on_event(self, _ctx: object, data: int, size: int) -> None:
         # The pointer is valid only during this callback: copy the bytes now.
         self._raw.append(ctypes.string_at(data, size))
 
-    def _convert(self, data: bytes) -> dict[str, Any] | None:
+    def _decode(self, data: bytes) -> tuple[Any, ...] | None:
         try:
-            event = decode_event(data)
+            return decode_event(data)
+        except CodecError as error:
+            self._skip(error)
+            return None
+
+    def _skip(self, error: CodecError) -> None:
+        self._bad.inc()
+        self._bad_log.warning(error.reason, f"socket event skipped: {error}")
+
+    def _convert(self, event: tuple[Any, ...]) -> dict[str, Any] | None:
+        try:
             cgroup_id = event[E_CGROUP]
             container = self.containers.container_id(cgroup_id) if cgroup_id else ""
             return socket_wire(event, self.observer, self._offset_ns, container)
         except CodecError as error:
-            self._bad.inc()
-            self._bad_log.warning(error.reason, f"socket event skipped: {error}")
+            self._skip(error)
             return None
 
     def _count_lost(self) -> None:

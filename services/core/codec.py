@@ -56,6 +56,12 @@ def encode(schema: Schema, records: Iterable[Mapping[str, Any]]) -> Batch:
     return Batch(body, _headers(schema, len(lines)), len(lines))
 
 
+def encode_lines(records: Iterable[Mapping[str, Any]]) -> list[bytes]:
+    """Each record as its NDJSON line (newline included), as :func:`encode_chunks` writes
+    it; :func:`chunk_lines` batches them."""
+    return [orjson.dumps(r) + b"\n" for r in records]
+
+
 def encode_chunks(
     schema: Schema, records: Iterable[Mapping[str, Any]], max_bytes: int
 ) -> Iterator[Batch]:

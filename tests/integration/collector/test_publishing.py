@@ -84,6 +84,33 @@ async def test_batches_stay_under_max_payload_and_all_arrive(
     await nc.close()
 
 
+async def test_a_producer_that_catches_up_loses_nothing_past_the_buffer(
+    small_server: nats_server.NatsServer,
+) -> None:
+    """A drain renders faster than JetStream acknowledges: 200 chunks of 25 records
+    (~5 kB each, ~1 MB in all) through a 20 kB buffer arrive complete when the producer
+    waits in catch_up() between chunks (the bound would otherwise drop the oldest
+    messages)."""
+    nc = await nats.connect(small_server.url)
+    await ensure_streams(nc.jetstream(), NatsSettings())
+    got = Received()
+    await nc.subscribe(subjects.raw_flows("n1"), cb=got.handler)
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    limits = PublishLimits(
+        batch_max_records=20, batch_max_delay=0.05, buffer_bytes=20_000, max_payload=nc.max_payload
+    )
+    publisher = Publisher(nc.jetstream(), "n1", limits, metrics)
+    async with running(publisher):
+        for i in range(0, 5000, 25):
+            publisher.submit_lines("flows", codec.encode_lines([flow(j) for j in range(i, i + 25)]))
+            await publisher.catch_up("flows")
+            assert metrics.publish_buffered_bytes.labels("flows")._value.get() <= 20_000
+        await wait_until(lambda: len(got.records) == 5000, within=30)
+    assert [r["start_ns"] for r in got.records] == list(range(5000))
+    assert metrics.publish_dropped.labels("flows", "buffer_full")._value.get() == 0
+    await nc.close()
+
+
 async def test_idle_sender_wakes_for_a_lone_record_of_any_kind(
     small_server: nats_server.NatsServer,
 ) -> None:

@@ -7,11 +7,16 @@ import ipaddress
 import socket
 from typing import Any
 
+import orjson
 from flowscope.collector import abi
 from flowscope.collector.draining import (
+    TCP_FIN,
+    TCP_RST,
+    V_FLAGS,
     AddressNames,
     DirectionMemory,
     DrainContext,
+    Drainer,
     monotonic_to_realtime_offset,
     raw_flow,
     raw_flow_wire,
@@ -180,4 +185,48 @@ def test_address_names_match_inet_ntop_and_stay_bounded(raw: bytes, family: int)
     assert names.text(raw, family) == expected == names.text(raw, family)
     names.text(bytes(16), family)
     names.text(b"\x01" * 16, family)
-    assert len(names._names) <= 2
+    assert len(names) <= 2
+
+
+# ---- the drain's loop is raw_flow_wire + DirectionMemory + orjson, entry by entry
+
+
+class _NoReader:
+    """render_chunk() reads no map; the reader is never called."""
+
+    def chunks(self) -> Any:
+        raise AssertionError("not used")
+
+
+class _Clock:
+    tick_ns = 1
+
+    def pair(self) -> tuple[int, int]:
+        return 0, 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(entries(), min_size=1, max_size=12), st.data())
+def test_render_chunk_is_raw_flow_wire_as_ndjson_with_direction_memory(
+    drawn: list[tuple[Any, ...]], data: st.DataObject
+) -> None:
+    ctx = drawn[0][4]
+    # Later intervals of some flows (same key, another entry's counters), so what the
+    # memory learnt from an initiator is used.
+    index = st.integers(0, len(drawn) - 1)
+    pairs = data.draw(st.lists(st.tuples(index, index), max_size=12))
+    picks = [(drawn[i][0], drawn[j][1]) for i, j in pairs]
+    rows = [(k, v) for k, v, *_ in drawn] + picks
+    keys = b"".join(abi.FLOW_KEY.pack(*k) for k, _ in rows)
+    values = b"".join(abi.FLOW_VALUE.pack(*v) for _, v in rows)
+    drainer = Drainer(_NoReader(), _Clock(), ctx.observer, 1.0, DirectionMemory(4))  # type: ignore[arg-type]
+    reference = DirectionMemory(4)
+    expected = []
+    for k, v in rows:
+        ended = ctx.forced or bool(v[V_FLAGS] & (TCP_FIN | TCP_RST))
+        fwd, initiator = reference.resolve(abi.FLOW_KEY.pack(*k), v, ended)
+        expected.append(raw_flow_wire(k, v, fwd, initiator, ctx))
+    got = drainer.render_chunk(keys, values, ctx)
+    assert got == [orjson.dumps(wire) + b"\n" for wire in expected]
+    assert codec.decode_body(b"".join(got)) == expected
+    assert list(drainer.memory.known.items()) == list(reference.known.items())

@@ -6,13 +6,17 @@ import ctypes
 import dataclasses
 import ipaddress
 import struct
+from collections.abc import Iterable
+from typing import Any
 
+import orjson
 import pytest
 from flowscope.collector.abi import SOCKET_EVENT, SocketEvent
 from flowscope.collector.socket_tracing import (
     address_text,
     check_layout,
     decode_event,
+    socket_lines,
     socket_wire,
     to_raw_socket,
 )
@@ -166,3 +170,40 @@ def test_socket_wire_is_exactly_rawsocket_to_wire(
         ipaddress_text(family, bytes(mirror.saddr)), ipaddress_text(family, bytes(mirror.daddr)),
     )  # fmt: skip
     assert to_raw_socket(event, "node", offset, container) == RawSocket.from_wire(wire)
+
+
+# (family, saddr, daddr, kind, comm, cgroup id, u64, port): some kinds and families bad
+EVENT_ROWS = st.tuples(
+    st.sampled_from([2, 10, 2, 10, 7]), V6_BYTES, V6_BYTES, st.integers(0, 5),
+    st.sampled_from([b"curl", b"nginx", b"\xff\xfebad", b"", b'q"\\\x01\x7f']), st.sampled_from([0, 7, 9]),
+    st.integers(0, 2**63), st.integers(0, 0xFFFF),
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(EVENT_ROWS, max_size=20), st.integers(-(2**62), 2**62), st.text(max_size=12))
+def test_socket_lines_are_socket_wire_as_ndjson(
+    rows: list[tuple[Any, ...]], offset: int, node: str
+) -> None:
+    events = []
+    for family, saddr, daddr, kind, comm, cgroup, big, port in rows:
+        fields = (big, big, cgroup, big, 7, 8, saddr, daddr, port, port, family, 6, kind, 0, comm.ljust(16, b"\0"))  # fmt: skip
+        events.append(decode_event(LAYOUT.pack(*fields)))
+    containers = {7: "c" * 64, 9: ""}
+    asked: list[set[int]] = []
+
+    def container_ids(ids: Iterable[int]) -> dict[int, str]:
+        asked.append(set(ids))
+        return {i: containers[i] for i in asked[-1]}
+
+    lines, odd = socket_lines(events, node, offset, container_ids)
+    expected, rejected = [], []
+    for event in events:
+        try:
+            expected.append(socket_wire(event, node, offset, containers.get(event[2], "")))
+        except CodecError:
+            rejected.append(event)
+    assert lines == [orjson.dumps(wire) + b"\n" for wire in expected]
+    assert odd == rejected
+    assert codec.decode_body(b"".join(lines)) == expected
+    assert asked == [{e[2] for e in events} - {0}]  # each cgroup resolved once per read
