@@ -205,6 +205,10 @@ class EcsMapper:
             **self._orchestrator,
         }
         self._flow_plans: dict[tuple[str, ...], FlowPlan] = {}
+        # The last shape and its plan: consecutive records nearly always share a shape,
+        # and comparing with the last one (its keys are the same string objects: literals,
+        # or orjson's cached keys) is cheaper than hashing 30-odd keys for the dict.
+        self._last: tuple[tuple[str, ...], FlowPlan | None] = ((), None)
 
     def flow(self, record: Record) -> dict[str, Any]:
         start, end = record["flow.start_ns"], record["flow.end_ns"]
@@ -278,9 +282,10 @@ class EcsMapper:
         constant fields were set when it was made, and the computed fields are written.
         """
         shape = tuple(record)
-        plan = self._flow_plans.get(shape)
-        if plan is None:
-            plan = self._learn_flow(shape)
+        last_shape, plan = self._last
+        if plan is None or shape != last_shape:
+            plan = self._flow_plans.get(shape) or self._learn_flow(shape)
+            self._last = (shape, plan)
         start, end = record["flow.start_ns"], record["flow.end_ns"]
         start_text, end_text = self._stamps.interval(start, end)
         doc = plan.doc
@@ -342,8 +347,13 @@ def flow_id_bytes(record: Record) -> bytes:
     )
 
 
+_BLAKE2B_120 = hashlib.blake2b(digest_size=15)  # copied per id: cheaper than a constructor
+
+
 def _id_text(key: str) -> bytes:
-    digest = hashlib.blake2b(key.encode(), digest_size=15).digest()
+    hasher = _BLAKE2B_120.copy()
+    hasher.update(key.encode())
+    digest = hasher.digest()
     # binascii + translate: a third cheaper than base64.urlsafe_b64encode per call.
     return binascii.b2a_base64(digest, newline=False).translate(_URLSAFE)
 
