@@ -183,9 +183,9 @@ def raw_flow_wire(
     """The one conversion of a kernel flow entry (unpacked key, value) into a record.
 
     Returns the ``raw.flow`` wire dict — exactly ``RawFlow.to_wire()``'s keys, order and
-    types (tests/unit/collector/test_draining.py proves it) — because the drain publishes
-    dicts: building a :class:`RawFlow` only to turn it into this dict again cost ~1.5 µs
-    per flow. :func:`raw_flow` gives the value object where one is wanted.
+    types (tests/unit/collector/test_draining.py proves it). The drain itself writes the
+    same record straight to its NDJSON line (:meth:`Drainer.render_chunk`, property-tested
+    against this function); :func:`raw_flow` gives the value object where one is wanted.
     """
     family, proto = key[K_FAMILY], key[K_PROTO]
     text = ctx.names.text
