@@ -42,7 +42,6 @@ PROGRAM_PREFIX = "fs_so_"  # every program of bpf/sockets.c; recognisable in bpf
 RING_BUFFER = "socket_events"
 LOST_COUNTER = "socket_lost"
 AF_INET, AF_INET6 = 2, 10
-READ_PAUSE_S = 0.01  # read_for(): pause after a burst so events gather (≤ 100 wake-ups/s)
 
 # bcc program types (bcc.BPF constants) and kernel attach types (enum bpf_attach_type),
 # spelled out so this table can be read without bcc at hand.
@@ -387,27 +386,6 @@ class SocketTracer:
             self._bpf.ring_buffer_poll(timeout_ms)
         elif timeout_ms and self._ring is not None and not self._ring.available():
             self._ring_poll.poll(timeout_ms)
-
-    def read_for(self, period_ms: int) -> list[dict[str, Any]]:
-        """Wire dicts of the events that arrive during ``period_ms``, read in bursts.
-
-        :meth:`poll` returns at the first wake-up, which under load is every few events:
-        the collector then paid a worker-thread round trip (executor, future, event-loop
-        wake-up) per handful of events. Here the worker stays until the period is over
-        and, after each burst, pauses ``READ_PAUSE_S`` so events gather in the ring
-        buffer (2 MiB: ~20 000 events, far more than a pause's worth at 50k/s).
-        """
-        if self._bpf is None:
-            raise RuntimeError("SocketTracer.read_for() before open()")
-        deadline = time.monotonic() + period_ms / 1000
-        lines: list[bytes] = []
-        while (remaining := deadline - time.monotonic()) > 0:
-            self._wait(max(1, int(remaining * 1000)))
-            got = self._take()
-            lines += got
-            if got and remaining > READ_PAUSE_S:
-                time.sleep(READ_PAUSE_S)
-        return _decoded(lines)
 
     def read_lines(self) -> list[bytes]:
         """The events waiting now as ``raw.socket`` NDJSON lines, without blocking (for

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import orjson
 import prometheus_client
 import pytest
 from flowscope.collector.containers import ContainerResolver
@@ -239,15 +240,25 @@ sys.stdin.readline()
 """
 
 
-def test_read_for_returns_every_event_of_its_period_as_wire_dicts(tracer: SocketTracer) -> None:
-    """The collector's batched read: all events that arrive during the period, once each."""
-    tracer.read_for(50)  # whatever earlier tests left
+def read_lines_for(tracer: SocketTracer, seconds: float) -> list[bytes]:
+    """What the collector's loop does: non-blocking reads, a pause after each."""
+    lines: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lines += tracer.read_lines()
+        time.sleep(0.05)
+    return lines + tracer.read_lines()
+
+
+def test_read_lines_returns_every_event_once_as_wire_lines(tracer: SocketTracer) -> None:
+    """The collector's read: all events that arrive, once each, as raw.socket lines."""
+    tracer.read_lines()  # whatever earlier tests left
     first, count = 20000 + os.getpid() % 1000 * 10, 200
     client, sport = start(NS_A, UDP_SPRAY, V4_B, str(first), str(count), V4_A)
     assert client.popen.stdin is not None and client.popen.stdout is not None
     client.popen.stdin.write("go\n")
     client.popen.stdin.flush()
-    wires = tracer.read_for(1500)
+    wires = [orjson.loads(line) for line in read_lines_for(tracer, 1.5)]
     assert client.popen.stdout.readline().strip() == "sent"  # all sent within the period
     finish(client)
     expected = {(V4_A, int(sport), V4_B, first + i) for i in range(count)}
