@@ -188,17 +188,22 @@ async def test_api_key_is_sent(es: FakeElasticsearch, tmp_path: Path) -> None:
     await wrong.close()
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """A hand-written peer on a free loopback port; clean up with ``runner.cleanup()``."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 async def test_a_peer_that_is_not_elasticsearch_is_refused() -> None:
     async def info(_: web.Request) -> web.Response:
         return web.json_response({"version": {"number": "8.0.0"}})  # no X-Elastic-Product
 
     app = web.Application()
     app.router.add_get("/", info)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve(app)
     sink, _ = make_sink(f"http://127.0.0.1:{port}")
     try:
         with pytest.raises(Exception, match="not Elasticsearch"):
@@ -225,11 +230,7 @@ async def test_an_answer_with_another_item_count_is_retried_whole() -> None:
 
     app = web.Application()
     app.router.add_post("/_bulk", bulk)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve(app)
     sink, _ = make_sink(f"http://127.0.0.1:{port}")
     try:
         result = await sink.export(Kind.FLOW, [flow(i) for i in range(3)])
