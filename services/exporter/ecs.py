@@ -179,9 +179,8 @@ class EcsMapper:
     """Maps records to documents; carries the cluster name and a timestamp cache.
 
     ``flow`` / ``dns`` return documents as dicts (the reference mapping);
-    ``flow_json`` / ``document_json`` write the same document straight to JSON bytes,
-    and ``flow_entry`` / ``dns_entry`` give a record's ``_id`` and document line in one
-    call, which is what the sink sends. The flow paths fill one reused document per
+    ``flow_entry`` / ``dns_entry`` give a record's ``_id`` and the same document as its
+    JSON line in one call, which is what the sink sends. The flow paths fill one reused document per
     record shape, so a mapper must not be shared between threads (the sink calls it from
     the event loop only).
     """
@@ -243,16 +242,10 @@ class EcsMapper:
         self._dns_renames.fill(doc, record)
         return doc
 
-    def document(self, kind: Kind, record: Record) -> dict[str, Any]:
-        return self.flow(record) if kind is Kind.FLOW else self.dns(record)
-
-    def flow_json(self, record: Record) -> bytes:
-        """``flow(record)`` as JSON bytes, without building the document dict field by field."""
-        return orjson.dumps(self._flow_document(record))
-
     def flow_entry(self, record: Record) -> tuple[bytes, bytes]:
         """What a ``_bulk`` body carries for a flow record: its ``_id`` (as
-        ``document_id_bytes``) and its document line (``flow_json`` and a newline)."""
+        ``document_id_bytes``) and its document line: ``flow(record)`` as JSON and a newline,
+        written from the shape's reused document instead of a dict built field by field."""
         return flow_id_bytes(record), orjson.dumps(
             self._flow_document(record), option=orjson.OPT_APPEND_NEWLINE
         )
@@ -266,12 +259,6 @@ class EcsMapper:
     def entry(self, kind: Kind) -> Callable[[Record], tuple[bytes, bytes]]:
         """``flow_entry`` or ``dns_entry``: chosen once per batch, called per record."""
         return self.flow_entry if kind is Kind.FLOW else self.dns_entry
-
-    def document_json(self, kind: Kind, record: Record) -> bytes:
-        """The document of ``record`` as JSON bytes (what the ``_bulk`` body carries)."""
-        if kind is Kind.FLOW:
-            return self.flow_json(record)
-        return orjson.dumps(self.dns(record))
 
     def _flow_document(self, record: Record) -> dict[str, Any]:
         """``flow(record)`` written into the shape's reused document (valid until the

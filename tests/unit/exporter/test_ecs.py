@@ -123,22 +123,17 @@ def test_index_template_outranks_builtin_logs_template() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(records=st.lists(flow_records(odd_types=True), min_size=1, max_size=5))
-def test_flow_json_is_the_flow_document(records: list[dict[str, Any]]) -> None:
+def test_flow_entry_is_the_id_and_flow_document(records: list[dict[str, Any]]) -> None:
     """The fast path (per-shape plan, pre-encoded head) decodes to exactly ``flow()``
     serialised as before, also when shapes repeat with other values."""
     mapper = ecs.EcsMapper("prod")
     for record in records + records:
         expected = orjson.loads(orjson.dumps(mapper.flow(record)))  # inf → null, as before
-        assert orjson.loads(mapper.flow_json(record)) == expected
-        assert orjson.loads(mapper.document_json(Kind.FLOW, record)) == expected
         doc_id, line = mapper.flow_entry(record)
-        assert line == mapper.flow_json(record) + b"\n"
+        assert orjson.loads(line) == expected
+        assert line.endswith(b"}\n") and line.count(b"\n") == 1  # one NDJSON line
+        assert mapper.entry(Kind.FLOW)(record) == (doc_id, line)
         assert doc_id == ecs.document_id_bytes(Kind.FLOW, record)
-
-
-def test_document_json_of_dns_is_the_dns_document() -> None:
-    mapper = ecs.EcsMapper()
-    assert orjson.loads(mapper.document_json(Kind.DNS, dns(3))) == mapper.dns(dns(3))
 
 
 def test_document_id_bytes_is_the_id() -> None:
@@ -167,7 +162,7 @@ def test_dns_entry_is_the_id_and_document_line() -> None:
     mapper = ecs.EcsMapper()
     doc_id, line = mapper.entry(Kind.DNS)(dns(3))
     assert doc_id == ecs.document_id_bytes(Kind.DNS, dns(3))
-    assert line == mapper.document_json(Kind.DNS, dns(3)) + b"\n"
+    assert line == orjson.dumps(mapper.dns(dns(3))) + b"\n"
 
 
 @given(
