@@ -33,7 +33,7 @@ import ipaddress
 import re
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flowscope.core.errors import CodecError
 from flowscope.core.records import DnsAnswer, RawDns
@@ -389,6 +389,7 @@ def _name_text(labels: list[str]) -> str:
 # ---------------------------------------------------------------- query/response pairing
 
 ExchangeKey = tuple[str, int, str, int, int, int]  # client, cport, server, sport, id, proto
+ClientKey = tuple[str, int, int, int]  # client, cport, id, proto: the key without the server
 
 
 @dataclass(slots=True)
@@ -405,6 +406,7 @@ class ExchangeCounts:
     expired: int = 0  # queries that saw no response within the timeout
     unmatched: int = 0  # responses without a remembered query
     retransmits: int = 0  # queries already pending under the same key
+    translated: int = 0  # responses paired although they came from another server (DNAT)
 
 
 @dataclass(slots=True)
@@ -419,6 +421,14 @@ class DnsExchanges:
     evicted (and counted) to make room. :meth:`expire` emits queries older than
     ``timeout_ns`` as events with ``rcode=""`` and no answers: the question was asked,
     no answer was seen.
+
+    Destination NAT: a pod asks the cluster DNS Service's address (kube-proxy DNATs it
+    after TC ingress), and the answer leaves the DNS pod with the pod's own address
+    (un-NATed after TC ingress too), so the response's server is not the query's. A
+    response that matches no query exactly is paired with the oldest pending query from
+    the same client address and port with the same id and transport; the event reports
+    the server the client asked (the query's destination), as it does for an unanswered
+    query, and is counted as ``translated``.
     """
 
     observer: str
@@ -426,6 +436,7 @@ class DnsExchanges:
     timeout_ns: int = 5_000_000_000
     counts: ExchangeCounts = field(default_factory=ExchangeCounts)
     _pending: OrderedDict[ExchangeKey, _Pending] = field(default_factory=OrderedDict)
+    _by_client: dict[ClientKey, list[ExchangeKey]] = field(default_factory=dict)
 
     def observe(self, data: bytes, ts_unix_ns: int) -> RawDns | None:
         """Take one captured packet; returns an event when it completes an exchange.
@@ -441,8 +452,14 @@ class DnsExchanges:
         key = (packet.dst, packet.dport, packet.src, packet.sport, packet.message.id, packet.proto)
         query = self._pending.pop(key, None)
         if query is None:
-            self.counts.unmatched += 1
-            return _event(self.observer, packet, ts_unix_ns, 0, response=True)
+            query = self._pop_translated(packet)
+            if query is None:
+                self.counts.unmatched += 1
+                return _event(self.observer, packet, ts_unix_ns, 0, response=True)
+            self.counts.translated += 1
+            packet = replace(packet, src=query.packet.dst, sport=query.packet.dport)
+        else:
+            self._forget(key)
         latency = max(0, ts_unix_ns - query.time_ns)
         return _event(self.observer, packet, query.time_ns, latency, response=True)
 
@@ -458,6 +475,7 @@ class DnsExchanges:
             if now_ns - query.time_ns < self.timeout_ns:
                 break
             del self._pending[key]
+            self._forget(key)
             self.counts.expired += 1
             out.append(_event(self.observer, query.packet, query.time_ns, 0, response=False))
         return out
@@ -472,9 +490,29 @@ class DnsExchanges:
             self.counts.retransmits += 1
             return
         while len(self._pending) >= self.max_pending:
-            self._pending.popitem(last=False)
+            evicted, _ = self._pending.popitem(last=False)
+            self._forget(evicted)
             self.counts.evicted += 1
         self._pending[key] = _Pending(ts_unix_ns, packet)
+        self._by_client.setdefault((key[0], key[1], key[4], key[5]), []).append(key)
+
+    def _pop_translated(self, response: DnsPacket) -> _Pending | None:
+        """The oldest pending query this response answers from another server, if any."""
+        client = (response.dst, response.dport, response.message.id, response.proto)
+        keys = self._by_client.get(client)
+        if not keys:
+            return None
+        key = keys[0]
+        self._forget(key)
+        return self._pending.pop(key)
+
+    def _forget(self, key: ExchangeKey) -> None:
+        """Drop a query that left the pending table from the per-client index."""
+        client = (key[0], key[1], key[4], key[5])
+        keys = self._by_client[client]
+        keys.remove(key)
+        if not keys:
+            del self._by_client[client]
 
 
 def _event(observer: str, packet: DnsPacket, time_ns: int, latency: int, response: bool) -> RawDns:

@@ -439,6 +439,62 @@ def test_expire_emits_unanswered_queries() -> None:
     assert exchanges.counts.expired == 2 and exchanges.pending() == 0
 
 
+BACKEND4 = "10.204.1.7"  # the DNS pod behind the Service address SERVER4
+
+
+def test_response_from_the_dnat_backend_pairs_with_the_query() -> None:
+    """kube-proxy DNATs the Service address after TC ingress: the query is seen going to
+    the Service, the response coming from the DNS pod. One event, the client's view."""
+    exchanges = DnsExchanges("n")
+    exchanges.observe(udp4(pb.query("svc.example", ident=7)), 1_000)
+    response = pb.ipv4(
+        BACKEND4, CLIENT4, 17, pb.udp(5353, 40000, pb.response("svc.example", ANSWERS, ident=7))
+    )
+    event = exchanges.observe(response, 1_800)
+    assert event is not None
+    assert (event.client, event.client_port, event.server, event.server_port) == (
+        CLIENT4,
+        40000,
+        SERVER4,
+        53,
+    )
+    assert (event.time_ns, event.latency_ns, event.rcode, event.answers) == (
+        1_000,
+        800,
+        "NOERROR",
+        KEPT,
+    )
+    assert exchanges.pending() == 0 and exchanges.expire(10**12) == []
+    assert (exchanges.counts.translated, exchanges.counts.unmatched) == (1, 0)
+
+
+def test_translated_pairing_needs_the_same_client_port_id_and_transport() -> None:
+    exchanges = DnsExchanges("n")
+    exchanges.observe(udp4(pb.query("svc.example", ident=7)), 1_000)
+    for sport, dport, ident, proto in [(53, 40001, 7, 17), (53, 40000, 8, 17)]:
+        message = pb.response("svc.example", [], ident=ident)
+        event = exchanges.observe(
+            pb.ipv4(BACKEND4, CLIENT4, proto, pb.udp(sport, dport, message)), 2_000
+        )
+        assert event is not None and event.latency_ns == 0 and event.server == BACKEND4
+    assert exchanges.counts.unmatched == 2 and exchanges.pending() == 1
+
+
+def test_exact_server_wins_over_an_older_translated_candidate() -> None:
+    exchanges = DnsExchanges("n")
+    exchanges.observe(udp4(pb.query("a.example", ident=4)), 100)  # to SERVER4
+    other = pb.ipv4(CLIENT4, BACKEND4, 17, pb.udp(40000, 53, pb.query("a.example", ident=4)))
+    exchanges.observe(other, 200)  # the same question to a second server
+    answer = pb.ipv4(
+        BACKEND4, CLIENT4, 17, pb.udp(53, 40000, pb.response("a.example", [], ident=4))
+    )
+    event = exchanges.observe(answer, 500)
+    assert event is not None and (event.server, event.latency_ns) == (BACKEND4, 300)
+    assert exchanges.counts.translated == 0
+    (left,) = exchanges.expire(10**12)
+    assert left.server == SERVER4
+
+
 def test_observe_raises_parse_error_for_bad_packet() -> None:
     with pytest.raises(DnsParseError):
         DnsExchanges("n").observe(b"\x45garbage", 0)
@@ -463,7 +519,8 @@ def traffic(draw: st.DrawFn) -> list[tuple[bytes, int, bool | None]]:
             )
         elif kind == "response":
             message = pb.response("p.example", ANSWERS[1:2], ident=ident)
-            data = pb.ipv4(SERVER4, CLIENT4, 17, pb.udp(53, port, message))
+            server = draw(st.sampled_from([SERVER4, BACKEND4]))  # BACKEND4: behind a DNAT
+            data = pb.ipv4(server, CLIENT4, 17, pb.udp(53, port, message))
         else:
             data = draw(st.binary(max_size=40))
         items.append((data, now, None if kind == "garbage" else kind == "response"))
@@ -493,10 +550,18 @@ def test_pairing_properties(items: list[tuple[bytes, int, bool | None]], max_pen
         if event is not None:
             emitted.append(event)
     assert responses == matched + exchanges.counts.unmatched
+    questions = sum(is_response is False for _, _, is_response in items)
+    asked = questions - exchanges.counts.retransmits  # each remembered query leaves once:
+    left = exchanges.pending() + exchanges.counts.evicted + exchanges.counts.expired
+    assert asked == matched + left  # answered, still pending, evicted or expired
     for record in emitted:
         assert RawDns.from_wire(record.to_wire()) == record
         assert record.latency_ns >= 0
-        assert (record.client, record.server, record.server_port) == (CLIENT4, SERVER4, 53)
+        # a paired answer reports the server the client asked; only an unpaired one
+        # from the DNS pod names the pod
+        expected = {SERVER4} if record.latency_ns > 0 or not record.rcode else {SERVER4, BACKEND4}
+        assert record.server in expected and record.server_port == 53
+        assert record.client == CLIENT4
 
 
 def test_bytearray_and_memoryview_inputs() -> None:
