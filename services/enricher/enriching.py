@@ -433,21 +433,40 @@ class Enricher:
     def dns(self, records: Iterable[Any]) -> Output:
         """Enrich a batch of raw DNS exchanges into DNS records (client = source)."""
         out = Output()
+        now = self._clock()
         for i, record in enumerate(records):
             out.tally.records_in += 1
             try:
-                subject, wire = self._dns(check_dns(record, i), i, out.tally)
+                enriched = self._dns(check_dns(record, i), i, now, out.tally)
             except RecordError as e:
                 out.bad.append((record, e))
                 continue
+            if enriched is None:
+                out.tally.dedup_dropped += 1
+                continue
+            subject, wire = enriched
             out.by_subject.setdefault(subject, []).append(wire)
             out.tally.records_out += 1
         return out
 
-    def _dns(self, dns: RawDns, i: int, tally: Tally) -> tuple[str, dict[str, Any]]:
+    def _dns(
+        self, dns: RawDns, i: int, now: float, tally: Tally
+    ) -> tuple[str, dict[str, Any]] | None:
+        """One raw exchange → (subject, DNS record), or None when it is a dropped duplicate.
+
+        Cross-node dedup: a client and its DNS server on two nodes are both seen, by both
+        collectors. The client's own node always sees the whole exchange (the query
+        leaves the client there, the answer comes back there), so while that node runs a
+        collector, the other node's report is dropped — without coordination, like
+        flows. Only the client's node names the server the client asked (a Service
+        address, not the DNS pod behind its DNAT).
+        """
         client, _ = self._address(dns.client, "raw.dns", i, "client")
         server, _ = self._address(dns.server, "raw.dns", i, "server")
         client_id = self._resolve(client, tally)
+        home = client_id.home
+        if home and home != dns.observer and self.observers.active(home, now):
+            return None
         server_id = self._resolve(server, tally)
         proc = self._process(
             dns.observer, client_id, dns.proto, client, dns.client_port, server,

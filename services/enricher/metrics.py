@@ -51,7 +51,8 @@ class Metrics:
             process_joins=counter("process_joins", "flow ends joined to a process", ("result",)),
             dns_joins=counter("dns_joins", "flow destinations joined to a DNS name", ("result",)),
             dedup_dropped=counter(
-                "dedup_dropped", "cross-node duplicate flow reports dropped (kept on the other)"
+                "dedup_dropped",
+                "cross-node duplicate flow and DNS reports dropped (kept on the other)",
             ),
             bad_records=counter("bad_records", "raw records failing the contract", ("kind",)),
             bad_messages=counter(

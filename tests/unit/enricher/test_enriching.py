@@ -179,6 +179,34 @@ def test_dns_record_enriches_client_and_server() -> None:
     assert rec["source.process.pid"] == 11 and rec["dns.latency_ns"] == 1000
 
 
+def dns_exchange(observer: str, client: str, server: str) -> dict[str, Any]:
+    return {"observer": observer, "time_ns": 5, "id": 9, "qname": "db.data.svc", "qtype": "A",
+            "rcode": "NOERROR", "client": client, "client_port": 3333, "server": server,
+            "server_port": 53, "latency_ns": 1000,
+            "answers": [{"name": "db.data.svc", "type": "A", "ttl": 5, "data": B}]}  # fmt: skip
+
+
+def test_dns_exchange_seen_by_two_nodes_is_kept_on_the_clients_node() -> None:
+    """Pod a (node-1) asks pod b (node-2): both collectors see the exchange; node-1,
+    the client's node, always sees all of it, so node-2's report is the duplicate."""
+    e = enricher()
+    e.learn_sockets([sock("node-1", "connect", A, 1, B, 2, 1)])  # node-1 runs a collector
+    dropped = e.dns([dns_exchange("node-2", A, B)])
+    assert dropped.tally.dedup_dropped == 1 and not dropped.by_subject
+    kept = e.dns([dns_exchange("node-1", A, "10.96.0.10")])  # the Service address it asked
+    assert kept.tally.records_out == 1 and kept.tally.dedup_dropped == 0
+    (rec,) = kept.by_subject["flowscope.dns.shop"]
+    assert rec["observer.node.name"] == "node-1" and rec["destination.address"] == "10.96.0.10"
+
+
+def test_dns_exchange_kept_while_the_clients_node_has_no_collector() -> None:
+    e = enricher()
+    out = e.dns([dns_exchange("node-2", A, B)])  # node-1 never sent anything
+    assert out.tally.records_out == 1 and out.tally.dedup_dropped == 0
+    outside = e.dns([dns_exchange("node-2", "198.51.100.7", B)])  # no home: kept
+    assert outside.tally.records_out == 1
+
+
 @pytest.mark.parametrize(
     "record",
     [
