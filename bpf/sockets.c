@@ -57,6 +57,12 @@
 #define FS_TCP_LISTEN 10
 #define FS_ETH_P_IP 0x0800
 #define FS_ETH_P_IPV6 0x86DD
+#define FS_IPPROTO_HOPOPTS 0
+#define FS_IPPROTO_ROUTING 43
+#define FS_IPPROTO_FRAGMENT 44
+#define FS_IPPROTO_AH 51
+#define FS_IPPROTO_DSTOPTS 60
+#define FS_MAX_IPV6_EXT 6
 
 /* bcc 0.26 declares bpf_get_socket_cookie() as returning u32, which truncates the
  * 64-bit cookie; declare the helper with its real type. */
@@ -447,13 +453,41 @@ static __always_inline int udp_peer(struct __sk_buff *skb, int egress)
             return 1;
         family = FS_AF_INET;
     } else if (skb->protocol == bpf_htons(FS_ETH_P_IPV6)) {
-        /* UDP directly after the fixed header; extension headers are not followed. */
-        u8 h[44]; /* fixed header and the UDP ports */
-        if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)) || h[6] != FS_IPPROTO_UDP)
+        u8 h[44]; /* fixed header and, in the common case, the UDP ports */
+        if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
             return 1;
         __builtin_memcpy(saddr, h + 8, 16);
         __builtin_memcpy(daddr, h + 24, 16);
-        __builtin_memcpy(ports, h + 40, 4);
+        if (h[6] == FS_IPPROTO_UDP) {
+            __builtin_memcpy(ports, h + 40, 4);
+        } else {
+            /* Extension headers before UDP (hop-by-hop, routing, destination options,
+             * fragment, AH): walk them as flows.c does. */
+            u8 next = h[6];
+            u32 off = 40;
+#pragma unroll
+            for (int i = 0; i < FS_MAX_IPV6_EXT; i++) {
+                u8 ext[4];
+                if (next != FS_IPPROTO_HOPOPTS && next != FS_IPPROTO_ROUTING &&
+                    next != FS_IPPROTO_DSTOPTS && next != FS_IPPROTO_FRAGMENT &&
+                    next != FS_IPPROTO_AH)
+                    break;
+                if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+                    return 1;
+                if (next == FS_IPPROTO_FRAGMENT) {
+                    if ((ext[2] << 8 | ext[3]) & 0xfff8)
+                        return 1; /* a later fragment: no UDP header */
+                    off += 8;
+                } else if (next == FS_IPPROTO_AH) {
+                    off += ((u32)ext[1] + 2) * 4;
+                } else {
+                    off += ((u32)ext[1] + 1) * 8;
+                }
+                next = ext[0];
+            }
+            if (next != FS_IPPROTO_UDP || bpf_skb_load_bytes(skb, off, ports, 4))
+                return 1;
+        }
         family = FS_AF_INET6;
     } else {
         return 1;

@@ -59,23 +59,37 @@ print(worker, flush=True)
 os.waitpid(worker, 0)
 sys.stdin.readline()
 """
-UDP_SERVER = """
+# argv[3] == "dstopts": every datagram carries an IPv6 destination options header (a
+# PadN option) before UDP, as a sticky socket option (IPV6_DSTOPTS, 59 on Linux).
+UDP_OPTIONS = """
 import socket, sys
+def extension_headers(s):
+    if len(sys.argv) > 3 and sys.argv[3] == 'dstopts':
+        s.setsockopt(socket.IPPROTO_IPV6, 59, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+"""
+UDP_SERVER = (
+    UDP_OPTIONS
+    + """
 addr, port = sys.argv[1], int(sys.argv[2])
 s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((addr, port))
+extension_headers(s)
 print('ready', flush=True)
 data, peer = s.recvfrom(100); s.sendto(data, peer)
 sys.stdin.readline()
 """
-UDP_CLIENT = """
-import socket, sys
+)
+UDP_CLIENT = (
+    UDP_OPTIONS
+    + """
 addr, port = sys.argv[1], int(sys.argv[2])
 c = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_DGRAM)
+extension_headers(c)
 c.sendto(b'ping', (addr, port)); c.recvfrom(100)
 print(c.getsockname()[1], flush=True)
 sys.stdin.readline()
 """
+)
 
 
 def ip(*args: str) -> None:
@@ -200,14 +214,17 @@ def test_tcp_connect_and_accept_name_the_right_processes(
     assert abs(connect.time_ns - time.time_ns()) < 60 * 10**9  # unix ns, not boot time
 
 
-@pytest.mark.parametrize(("client_addr", "server_addr"), [(V4_A, V4_B), (V6_A, V6_B)])
+@pytest.mark.parametrize(
+    ("client_addr", "server_addr", "extension"),
+    [(V4_A, V4_B, ""), (V6_A, V6_B, ""), (V6_A, V6_B, "dstopts")],
+)
 def test_udp_send_and_receive_name_the_right_processes(
-    tracer: SocketTracer, client_addr: str, server_addr: str
+    tracer: SocketTracer, client_addr: str, server_addr: str, extension: str
 ) -> None:
-    port = 9000 + os.getpid() % 1000
-    server, ready = start(NS_B, UDP_SERVER, server_addr, str(port))
+    port = 9000 + os.getpid() % 1000 + (1 if extension else 0)
+    server, ready = start(NS_B, UDP_SERVER, server_addr, str(port), extension)
     assert ready == "ready"
-    client, cport_text = start(NS_A, UDP_CLIENT, server_addr, str(port))
+    client, cport_text = start(NS_A, UDP_CLIENT, server_addr, str(port), extension)
     forward = (client_addr, int(cport_text), server_addr, port)
     reverse = (server_addr, port, client_addr, int(cport_text))
 
