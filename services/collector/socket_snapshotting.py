@@ -23,9 +23,14 @@ docs/collector-sockets.md.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
+import socket
 import struct
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -61,6 +66,8 @@ WILDCARDS = ("0.0.0.0", "::")
 # retrnsmt, uid, timeout, inode, ... (tcp and udp agree up to the inode).
 _MIN_FIELDS = 10
 _ADDRESS_HEX = {AF_INET: 8, AF_INET6: 32}
+CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71  # asm-generic/socket.h, Linux >= 5.14
 
 
 class SnapshotParseError(CodecError):
@@ -189,12 +196,12 @@ def socket_inode(link: str) -> int:
 
 
 def snapshot_wire(
-    event: str, entry: TableEntry, owner: Owner, observer: str, time_ns: int
+    event: str, entry: TableEntry, owner: Owner, observer: str, time_ns: int, netns: int = 0
 ) -> dict[str, Any]:
     """The ``raw.socket`` wire dict of one snapshot socket (``RawSocket.to_wire()``'s
     keys and order). ``tid`` is 0 ("not known"): fds belong to the whole process, and
-    which thread called connect() or accept() is not recorded anywhere. ``netns`` is 0
-    too: the namespace cookie the hooks report is not shown under /proc."""
+    which thread called connect() or accept() is not recorded anywhere. ``netns``
+    is the namespace cookie (the hooks' ``bpf_get_netns_cookie``), 0 when unknown."""
     return {
         "observer": observer,
         "time_ns": time_ns,
@@ -209,7 +216,7 @@ def snapshot_wire(
         "comm": owner.comm,
         "cgroup_id": owner.cgroup_id,
         "container_id": owner.container_id,
-        "netns": 0,
+        "netns": netns,
     }
 
 
@@ -247,6 +254,43 @@ def fd_sockets(proc: Path, pid: int) -> Iterator[int]:
             continue
         if inode:
             yield inode
+
+
+def netns_cookie(namespace: Path) -> int:
+    """The cookie of the network namespace at ``namespace`` (a ``/proc/<pid>/ns/net``
+    file), as the BPF hooks report it; 0 when it cannot be had (kernel before 5.14, no
+    CAP_SYS_ADMIN, the process exited).
+
+    ``setns`` moves only the calling thread, so it runs in a thread of its own that ends
+    right after: the worker threads of the event loop never change namespace.
+    """
+    cookie = [0]
+
+    def inside() -> None:
+        try:
+            fd = os.open(namespace, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            if _libc().setns(fd, CLONE_NEWNET) != 0:
+                return
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                raw = probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+            cookie[0] = int.from_bytes(raw, sys.byteorder)  # a __u64 in host order
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=inside, name="netns-cookie")
+    thread.start()
+    thread.join()
+    return cookie[0]
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def cgroups_by_pid(root: str) -> dict[int, tuple[int, str]]:
@@ -326,23 +370,27 @@ class SocketSnapshot:
         """The steps of :meth:`take`, stopping at ``deadline`` (monotonic seconds)."""
         result = SnapshotResult()
         now_ns = time.time_ns()
-        found: list[tuple[str, TableEntry]] = []
+        found: list[tuple[str, TableEntry, int]] = []  # (event, entry, netns cookie)
         for pids in namespaces(self.proc, process_ids(self.proc)).values():
             if time.monotonic() > deadline or len(found) > self.limits.max_sockets:
                 result.timed_out = len(found) <= self.limits.max_sockets
                 break
-            found += self._namespace_sockets(pids, result)
+            sockets = self._namespace_sockets(pids, result)
+            if sockets:
+                cookie = netns_cookie(self.proc / str(pids[0]) / "ns" / "net")
+                found += [(event, entry, cookie) for event, entry in sockets]
         if len(found) > self.limits.max_sockets:
             result.skipped["limit"] += len(found) - self.limits.max_sockets
             found = found[: self.limits.max_sockets]
-        owners = self._owners({entry.inode for _, entry in found}, deadline, result)
+        owners = self._owners({entry.inode for _, entry, _ in found}, deadline, result)
         unowned = "deadline" if result.timed_out else "no_owner"
-        for event, entry in found:
+        for event, entry, cookie in found:
             owner = owners.get(entry.inode)
             if owner is None:
                 result.skipped[unowned] += 1
                 continue
-            result.records.append(snapshot_wire(event, entry, owner, self.observer, now_ns))
+            wire = snapshot_wire(event, entry, owner, self.observer, now_ns, cookie)
+            result.records.append(wire)
         if result.timed_out:
             result.errors["deadline"] += 1
         return result
