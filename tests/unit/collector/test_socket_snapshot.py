@@ -21,6 +21,7 @@ from flowscope.collector.metrics import SocketSnapshotMetrics
 from flowscope.collector.socket_snapshotting import (
     TCP,
     UDP,
+    Owner,
     SnapshotLimits,
     SocketSnapshot,
     TableEntry,
@@ -197,8 +198,6 @@ def test_socket_inode_of_fd_links() -> None:
 
 def test_snapshot_wire_is_a_raw_socket_record() -> None:
     entry = TableEntry(TCP, "10.0.0.1", 80, "10.0.0.9", 5000, 1, 2)
-    from flowscope.collector.socket_snapshotting import Owner
-
     wire = snapshot_wire("accept", entry, Owner(7, "nginx", 42, CONTAINER), "node-a", 10**18, 99)
     assert RawSocket.from_wire(wire).to_wire() == wire
     assert list(wire) == [f for f in RawSocket.__dataclass_fields__ if f != "SCHEMA"]
