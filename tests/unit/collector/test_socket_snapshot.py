@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
 
 import prometheus_client
@@ -352,3 +353,13 @@ def test_unreadable_tables_are_counted_and_the_next_process_used(tmp_path: Path)
     assert [r["pid"] for r in snapshot.take()] == [300]
     errors = "flowscope_collector_socket_snapshot_errors_total"
     assert metric(registry, errors, reason="unreadable") == 1
+
+
+def test_a_passed_deadline_reports_nothing_and_says_so(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path)
+    host.process(200, "pod", "client", [787703])
+    host.tables(200, tcp=TCP4)
+    snapshot, _ = host.snapshot()
+    result = snapshot.collect(deadline=time.monotonic() - 1)
+    assert result.records == [] and result.timed_out
+    assert result.errors == {"deadline": 1}
