@@ -352,7 +352,10 @@ class SocketSnapshot:
 
     def may_read_fds(self) -> bool:
         """Whether CAP_SYS_PTRACE is effective (other users' fds are readable)."""
-        return bool(effective_capabilities(self.status) >> CAP_SYS_PTRACE & 1)
+        try:
+            return bool(effective_capabilities(self.status) >> CAP_SYS_PTRACE & 1)
+        except (OSError, StartupError):  # no CapEff to read: as if missing, never fatal
+            return False
 
     def take(self) -> list[dict[str, Any]]:
         """The snapshot's ``raw.socket`` wire dicts; metrics updated; never raises on input.
@@ -386,6 +389,7 @@ class SocketSnapshot:
         now_ns = time.time_ns()
         found: list[tuple[str, TableEntry, int]] = []  # (event, entry, netns cookie)
         for pids in namespaces(self.proc, process_ids(self.proc)).values():
+            # Past the limit, the namespaces not read yet are not counted: "at least".
             if time.monotonic() > deadline or len(found) > self.limits.max_sockets:
                 result.timed_out = len(found) <= self.limits.max_sockets
                 break
