@@ -14,12 +14,14 @@ from flowscope.core.errors import StartupError
 
 # Capability numbers (linux/capability.h).
 CAP_NET_ADMIN = 12
+CAP_SYS_PTRACE = 19  # optional: the socket snapshot reads other processes' fds
 CAP_SYS_ADMIN = 21
 CAP_SYS_RESOURCE = 24
 CAP_PERFMON = 38
 CAP_BPF = 39
 CAP_NAMES = {
     CAP_NET_ADMIN: "CAP_NET_ADMIN",
+    CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
     CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
     CAP_SYS_RESOURCE: "CAP_SYS_RESOURCE",
     CAP_PERFMON: "CAP_PERFMON",

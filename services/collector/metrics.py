@@ -91,3 +91,23 @@ class CollectorMetrics:
         self.dns_ringbuf_full.inc(max(0, now.dns_ringbuf_full - last.dns_ringbuf_full))
         self.dns_captured.inc(max(0, now.dns_captured - last.dns_captured))
         self._last = now
+
+
+@dataclass(slots=True)
+class SocketSnapshotMetrics:
+    """The start-up snapshot of existing connections (``socket_snapshotting``)."""
+
+    sockets: Counter
+    skipped: Counter
+    errors: Counter
+    seconds: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SocketSnapshotMetrics:
+        p = "flowscope_collector_socket_snapshot_"
+        return cls(
+            Counter(p + "sockets", "connections that existed at start-up, reported with their owner, by event", ["event"], registry=registry),
+            Counter(p + "skipped", "connections found at start-up but not reported (no_owner, limit, deadline)", ["reason"], registry=registry),
+            Counter(p + "errors", "problems met by the start-up snapshot (malformed table lines, unreadable tables, deadline)", ["reason"], registry=registry),
+            Gauge(p + "seconds", "how long the start-up snapshot took", registry=registry),
+        )  # fmt: skip

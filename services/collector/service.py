@@ -40,9 +40,10 @@ from flowscope.collector.loading import (
     load_flow_program,
     release_compiler_memory,
 )
-from flowscope.collector.metrics import CollectorMetrics, read_counters
+from flowscope.collector.metrics import CollectorMetrics, SocketSnapshotMetrics, read_counters
 from flowscope.collector.publishing import Publisher, PublishLimits
 from flowscope.collector.settings import Settings
+from flowscope.collector.socket_snapshotting import SnapshotLimits, SocketSnapshot
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core import runtime
 from flowscope.core.messaging import connect, ensure_streams
@@ -53,6 +54,7 @@ T = TypeVar("T")
 
 SOCKET_READ_PAUSE = 0.05  # s after a read that found socket events: they gather meanwhile
 SOCKET_IDLE_WAIT = 1.0  # s at most between reads while none arrive (the lost-event count)
+SNAPSHOT_CHUNK = 1000  # snapshot records submitted between waits for the publisher
 
 
 def node_name(settings: Settings, env: dict[str, str] | None = None) -> str:
@@ -199,6 +201,7 @@ class Producing:
         )
         self._dns = start_dns_reading(program, node, publisher, metrics)
         self._sockets: SocketTracer | None = None
+        self._snapshot: SocketSnapshot | None = None
 
     async def open_socket_tracing(self, node: str) -> None:
         """Compile and attach the socket-owner programs (StartupError on failure)."""
@@ -206,6 +209,11 @@ class Producing:
         await asyncio.to_thread(tracer.open)
         self._rt.stack.callback(tracer.close)
         self._sockets = tracer
+        sockets = self._settings.sockets
+        if sockets.snapshot:
+            limits = SnapshotLimits(sockets.snapshot_max_sockets, sockets.snapshot_timeout)
+            metrics = SocketSnapshotMetrics.create(self._rt.registry)
+            self._snapshot = SocketSnapshot(node, metrics, limits)
 
     async def run(self, done: asyncio.Event) -> None:
         try:
@@ -213,6 +221,10 @@ class Producing:
             tasks.append(asyncio.create_task(self._dns.run(self._rt.stopping), name="dns"))
             if self._sockets is not None:
                 tasks.append(asyncio.create_task(self._socket_loop(self._sockets), name="sockets"))
+            if self._snapshot is not None:
+                tasks.append(
+                    asyncio.create_task(self._take_snapshot(self._snapshot), name="snapshot")
+                )
             await asyncio.gather(*tasks)
         finally:
             done.set()
@@ -255,6 +267,19 @@ class Producing:
             else:
                 await readable(tracer.fileno(), stopping, SOCKET_IDLE_WAIT)
         self._publisher.submit_lines("sockets", tracer.read_lines())
+
+    async def _take_snapshot(self, snapshot: SocketSnapshot) -> None:
+        """Report the connections that existed before the socket hooks were attached.
+
+        Runs once, after the hooks are attached (a connection made meanwhile is reported
+        by them too; the enricher keeps one owner per 5-tuple), reading /proc in a worker
+        thread, then hands the records to the publisher in chunks, waiting while its
+        buffer is half full, so a node with many connections does not overflow it.
+        """
+        records = await asyncio.to_thread(snapshot.take)
+        for start in range(0, len(records), SNAPSHOT_CHUNK):
+            self._publisher.submit("sockets", records[start : start + SNAPSHOT_CHUNK])
+            await self._publisher.catch_up("sockets")
 
     async def _drain(self, forced: bool) -> None:
         """Empty the flow map chunk by chunk in the event loop thread, letting the loop

@@ -99,6 +99,30 @@ class DnsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SocketSettings:
+    """Socket owners: the start-up snapshot of connections the hooks never saw."""
+
+    snapshot: bool = setting(
+        True,
+        "at start-up, report the owners of connections that already existed (read from "
+        "/proc, needs CAP_SYS_PTRACE; skipped with one log line without it), so they do not "
+        "lose their process until they reconnect",
+    )
+    snapshot_max_sockets: int = setting(
+        65536,
+        "connections the start-up snapshot reports at most (as many as the kernel's owner "
+        "map holds); the rest are counted in flowscope_collector_socket_snapshot_skipped_total",
+        parse=_between(1, 1 << 24),
+    )
+    snapshot_timeout: float = setting(
+        30.0,
+        "seconds the start-up snapshot may take (it runs beside the collector's work, in a "
+        "worker thread); what it has not read by then is counted, not reported",
+        parse=positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class PublishSettings:
     """Batching and buffering of raw events on their way to NATS."""
 
@@ -129,6 +153,7 @@ class Settings:
     interfaces: InterfaceSettings = section(InterfaceSettings, "interfaces to attach to")
     flows: FlowSettings = section(FlowSettings, "flow aggregation")
     dns: DnsSettings = section(DnsSettings, "DNS capture")
+    sockets: SocketSettings = section(SocketSettings, "socket owners")
     publish: PublishSettings = section(PublishSettings, "publishing to NATS")
     runtime: RuntimeSettings = section(RuntimeSettings, "logs, HTTP endpoint, drain", flat=True)
     nats: NatsSettings = section(NatsSettings, "NATS connection and streams")

@@ -31,6 +31,7 @@ class CollectorProcess:
     netns: str  # the namespace it runs in (metrics are fetched from there)
     node: str = "testnode"
     extra: list[str] = field(default_factory=list)
+    launcher: list[str] = field(default_factory=list)  # e.g. setpriv ... to drop a capability
     proc: subprocess.Popen[bytes] | None = None
     log_path: str = ""
     http_port: int = 0
@@ -39,7 +40,7 @@ class CollectorProcess:
         self.http_port = free_port()
         fd, self.log_path = tempfile.mkstemp(prefix="flowscope-collector-", suffix=".log")
         args = [
-            sys.executable, "-m", "flowscope.cli", "collector",
+            *self.launcher, sys.executable, "-m", "flowscope.cli", "collector",
             "--nats-url", self.nats_url, "--node-name", self.node,
             "--http-address", f"127.0.0.1:{self.http_port}",
             "--flows-active-timeout", "1", "--flows-idle-timeout", "0.5",

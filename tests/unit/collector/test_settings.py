@@ -58,3 +58,18 @@ def test_node_name_fallbacks() -> None:
         node_name(config.load(Settings, {}, {"FLOWSCOPE_NODE_NAME": "x"}), {"NODE_NAME": "y"})
         == "x"
     )
+
+
+def test_socket_snapshot_settings() -> None:
+    s = config.load(Settings, {}, {})
+    assert (s.sockets.snapshot, s.sockets.snapshot_max_sockets) == (True, 65536)
+    env = {
+        "FLOWSCOPE_SOCKETS_SNAPSHOT": "false",
+        "FLOWSCOPE_SOCKETS_SNAPSHOT_MAX_SOCKETS": "100",
+        "FLOWSCOPE_SOCKETS_SNAPSHOT_TIMEOUT": "2.5",
+    }
+    s = config.load(Settings, {}, env)
+    assert (s.sockets.snapshot, s.sockets.snapshot_max_sockets) == (False, 100)
+    assert s.sockets.snapshot_timeout == 2.5
+    with pytest.raises(ConfigError, match="FLOWSCOPE_SOCKETS_SNAPSHOT_TIMEOUT"):
+        config.load(Settings, {}, {"FLOWSCOPE_SOCKETS_SNAPSHOT_TIMEOUT": "0"})

@@ -14,7 +14,7 @@ from tests.support.deploying import REPO, env_names, settings_class, shared_file
 
 COMPOSE = REPO / "docker-compose.yml"
 FLOWSCOPE_IMAGE = "flowscope:local"
-COLLECTOR_CAPS = {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"}
+COLLECTOR_CAPS = {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"}
 HOST_MOUNTS = ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup", "/lib/modules", "/usr/src"]
 
 
