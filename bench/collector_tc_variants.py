@@ -8,7 +8,8 @@ ingress of both pods' host veths at its own priority, behind bench/collector_tc.
 minimal baseline program (priority 1), together with ``floor``: a program that only
 looks one 40-byte key up in its own hash map of the same size and adds 1 atomically
 (key: the IPv4 source address, the rest zero), the least any exact per-flow count in a
-hash map costs. One UDP flow (``--many``: each packet a new flow) of 200 000 packets per
+hash map costs for a packet of an existing flow (with ``--many`` the floor still sees one
+flow: its key has no ports). One UDP flow (``--many``: each packet a new flow) of 200 000 packets per
 round, the order of the variants rotated every round; per program the median over the
 rounds of kernel.bpf_stats_enabled run_time_ns / run_cnt, and of BPF_PROG_TEST_RUN
 (statistics off) for the UDP and TCP ACK frames of bench/collector_tc.py. Every program
