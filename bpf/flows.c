@@ -321,11 +321,11 @@ struct contribution {
     __u8  dir;              /* FLOWSCOPE_DIR_* of the packet relative to the key */
 };
 
-static __always_inline void account(struct __sk_buff *skb, const struct flow_key *key,
+static __always_inline void account(struct __sk_buff *skb, struct flow_key *key,
                                     const struct contribution *c)
 {
-    /* Timer ticks (jiffies, 1/HZ: 1-4 ms), not nanoseconds. A clock is read on every packet:
-     * bpf_ktime_get_ns cost ~30 ns of a ~80 ns program, the coarse clock
+    /* Timer ticks (jiffies, 1/HZ: 1-4 ms), not nanoseconds. A clock read is paid on
+     * every packet: bpf_ktime_get_ns cost ~30 ns of a ~80 ns program, the coarse clock
      * ~12 ns, bpf_jiffies64 next to nothing (it reads one variable). Flow start/end
      * need no more than millisecond precision: records cover seconds-long intervals and
      * idle_timeout is seconds. User space converts ticks with struct clock_pair. DNS
@@ -336,7 +336,7 @@ static __always_inline void account(struct __sk_buff *skb, const struct flow_key
     __u64 bytes = c->ip_len + (segs - 1) * c->hdr_len;
     __u8 dir = c->dir;
 
-    struct flow_value *v = flows.lookup((struct flow_key *)key);
+    struct flow_value *v = flows.lookup(key);
     if (v) {
         add_to(v, c->proto, c->tcp_flags, dir, segs, bytes, now);
         return;
@@ -353,11 +353,11 @@ static __always_inline void account(struct __sk_buff *skb, const struct flow_key
         fresh.tcp_flags = c->tcp_flags;
         fresh.initiator = (c->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
     }
-    int err = flows.insert((struct flow_key *)key, &fresh);
+    int err = flows.insert(key, &fresh);
     if (err == 0)
         return;
     /* -EEXIST: another CPU created the entry between our lookup and insert. */
-    v = flows.lookup((struct flow_key *)key);
+    v = flows.lookup(key);
     if (v) {
         add_to(v, c->proto, c->tcp_flags, dir, segs, bytes, now);
         return;
