@@ -270,17 +270,17 @@ static __always_inline __u8 make_key(const struct packet *p, struct flow_key *k)
     return dir;
 }
 
-static __always_inline void add_to(struct flow_value *v, const struct packet *p, __u8 dir,
+static __always_inline void add_to(struct flow_value *v, __u8 proto, __u8 tcp_flags, __u8 dir,
                                    __u64 packets, __u64 bytes, __u64 now)
 {
     /* Several CPUs update one entry concurrently: counters are atomic adds. */
     __sync_fetch_and_add(&v->packets[dir & 1], packets);
     __sync_fetch_and_add(&v->bytes[dir & 1], bytes);
-    if (p->proto == IPPROTO_TCP && p->tcp_flags) {
+    if (proto == IPPROTO_TCP && tcp_flags) {
         /* Established flows repeat the same flags (ACK, PSH): skip the locked OR then. */
-        if ((v->tcp_flags & p->tcp_flags) != p->tcp_flags)
-            __sync_fetch_and_or(&v->tcp_flags, (__u64)p->tcp_flags);
-        if ((p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+        if ((v->tcp_flags & tcp_flags) != tcp_flags)
+            __sync_fetch_and_or(&v->tcp_flags, (__u64)tcp_flags);
+        if ((tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
             v->fwd = dir;   /* the SYN sender is the initiator: that is "forward" */
             v->initiator = 1;
         }
@@ -312,10 +312,18 @@ static __always_inline void remember_clock(void)
     }
 }
 
-static __always_inline void account(struct __sk_buff *skb, const struct packet *p)
+/* What one packet adds to its flow, whichever path parsed it. */
+struct contribution {
+    __u32 ip_len;           /* IP-level bytes of this skb */
+    __u32 hdr_len;          /* IP + L4 header bytes (replicated per GSO segment) */
+    __u8  proto;
+    __u8  tcp_flags;
+    __u8  dir;              /* FLOWSCOPE_DIR_* of the packet relative to the key */
+};
+
+static __always_inline void account(struct __sk_buff *skb, struct flow_key *key,
+                                    const struct contribution *c)
 {
-    struct flow_key key = {};
-    __u8 dir = make_key(p, &key);
     /* Timer ticks (jiffies, 1/HZ: 1-4 ms), not nanoseconds. A clock read is paid on
      * every packet: bpf_ktime_get_ns cost ~30 ns of a ~80 ns program, the coarse clock
      * ~12 ns, bpf_jiffies64 next to nothing (it reads one variable). Flow start/end
@@ -325,11 +333,12 @@ static __always_inline void account(struct __sk_buff *skb, const struct packet *
     __u64 now = bpf_jiffies64();
     /* A GSO/GRO super-packet stands for gso_segs wire packets, each with its own headers. */
     __u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
-    __u64 bytes = p->ip_len + (segs - 1) * p->hdr_len;
+    __u64 bytes = c->ip_len + (segs - 1) * c->hdr_len;
+    __u8 dir = c->dir;
 
-    struct flow_value *v = flows.lookup(&key);
+    struct flow_value *v = flows.lookup(key);
     if (v) {
-        add_to(v, p, dir, segs, bytes, now);
+        add_to(v, c->proto, c->tcp_flags, dir, segs, bytes, now);
         return;
     }
     remember_clock();
@@ -340,17 +349,17 @@ static __always_inline void account(struct __sk_buff *skb, const struct packet *
     fresh.fwd = dir;
     fresh.packets[dir & 1] = segs;
     fresh.bytes[dir & 1] = bytes;
-    if (p->proto == IPPROTO_TCP) {
-        fresh.tcp_flags = p->tcp_flags;
-        fresh.initiator = (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+    if (c->proto == IPPROTO_TCP) {
+        fresh.tcp_flags = c->tcp_flags;
+        fresh.initiator = (c->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
     }
-    int err = flows.insert(&key, &fresh);
+    int err = flows.insert(key, &fresh);
     if (err == 0)
         return;
     /* -EEXIST: another CPU created the entry between our lookup and insert. */
-    v = flows.lookup(&key);
+    v = flows.lookup(key);
     if (v) {
-        add_to(v, p, dir, segs, bytes, now);
+        add_to(v, c->proto, c->tcp_flags, dir, segs, bytes, now);
         return;
     }
     count_lost(segs, bytes);   /* -E2BIG / -ENOMEM: the map is full */
@@ -400,10 +409,10 @@ static __always_inline void capture_dns(struct __sk_buff *skb, const struct pack
         c->dns_captured++;
 }
 
-/* One packet. `ethernet`: the device has an Ethernet header (veth, physical NICs,
- * bridges); otherwise (tun, WireGuard, IP-in-IP) the data starts at the IP header and
- * skb->protocol names it. */
-static __always_inline int handle(struct __sk_buff *skb, __u8 direction, const int ethernet)
+/* One packet, any shape, through the general parser. `ethernet`: the device has an
+ * Ethernet header (veth, physical NICs, bridges); otherwise (tun, WireGuard, IP-in-IP)
+ * the data starts at the IP header and skb->protocol names it. */
+static __always_inline int handle_general(struct __sk_buff *skb, __u8 direction, const int ethernet)
 {
     struct packet p = {};
     __u16 l3;
@@ -424,10 +433,116 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 direction, const i
         return TC_ACT_UNSPEC;   /* ARP, LLDP, …: not IP, not a flow */
     }
     parse_l4(skb, &p);
-    account(skb, &p);
+    struct flow_key key = {};
+    struct contribution c = {
+        .ip_len = p.ip_len, .hdr_len = p.hdr_len, .proto = p.proto,
+        .tcp_flags = p.tcp_flags, .dir = make_key(&p, &key),
+    };
+    account(skb, &key, &c);
     if (is_dns(&p))
         capture_dns(skb, &p, direction);
     return TC_ACT_UNSPEC;
+}
+
+/* handle_common's second half: L4 header, key and accounting. `ip_total`: the IP
+ * header's own length figure (IPv6: payload + 40), trusted when at least `ip_min` and
+ * at most `avail` (the skb's bytes from the IP header on), as parse_ipv4/parse_ipv6 do. */
+static __always_inline int count_common(struct __sk_buff *skb, __u8 *ip, __u8 *l4, __u8 proto,
+                                        __u8 family, __u32 ip_total, __u32 ip_min,
+                                        __u32 ip_hdr, __u32 avail)
+{
+    struct contribution c = {.proto = proto, .hdr_len = ip_hdr};
+    if (proto == IPPROTO_TCP) {
+        c.tcp_flags = l4[13];
+        c.hdr_len += (l4[12] >> 4) * 4;
+    } else if (proto == IPPROTO_UDP) {
+        c.hdr_len += 8;
+    } else {
+        return 0;
+    }
+    /* Ethernet pads short frames; a TSO super-packet may carry 0 (see parse_ipv4). The
+     * bounds check makes avail >= ip_min, so one unsigned compare tests both ends. */
+    c.ip_len = ip_total - ip_min <= avail - ip_min ? ip_total : avail;
+    __u16 sport = bpf_ntohs(*(__u16 *)l4);
+    __u16 dport = bpf_ntohs(*(__u16 *)(l4 + 2));
+    if (sport == DNS_PORT || dport == DNS_PORT)
+        return 0;           /* DNS packets are also copied: the general path does both */
+    struct flow_key key = {};
+    __u64 swap;             /* all ones when the destination endpoint is the lower one */
+    if (family == FLOWSCOPE_AF_INET) {
+        /* (address as a host-order word, port) as one number: endpoint_cmp's order */
+        __u64 s = (__u64)*(__u32 *)(ip + 12) << 16 | sport;
+        __u64 d = (__u64)*(__u32 *)(ip + 16) << 16 | dport;
+        swap = (__u64)((__s64)(d - s) >> 63);   /* no branch: s, d < 2^48 */
+        __u64 lo = s ^ ((s ^ d) & swap), hi = d ^ ((s ^ d) & swap);
+        *(__u32 *)key.addr_lo = lo >> 16;
+        *(__u32 *)key.addr_hi = hi >> 16;
+        key.port_lo = lo;
+        key.port_hi = hi;
+    } else {
+        __u64 s0 = *(__u64 *)(ip + 8), s1 = *(__u64 *)(ip + 16);
+        __u64 d0 = *(__u64 *)(ip + 24), d1 = *(__u64 *)(ip + 32);
+        swap = s0 != d0 ? s0 > d0 : s1 != d1 ? s1 > d1 : sport > dport;
+        swap = -swap;
+        __u64 *lo = (__u64 *)key.addr_lo, *hi = (__u64 *)key.addr_hi;
+        lo[0] = s0 ^ ((s0 ^ d0) & swap);
+        lo[1] = s1 ^ ((s1 ^ d1) & swap);
+        hi[0] = d0 ^ ((s0 ^ d0) & swap);
+        hi[1] = d1 ^ ((s1 ^ d1) & swap);
+        key.port_lo = sport ^ ((sport ^ dport) & swap);
+        key.port_hi = dport ^ ((sport ^ dport) & swap);
+    }
+    key.proto = proto;
+    key.family = family;
+    c.dir = swap & FLOWSCOPE_DIR_HI_LO;
+    account(skb, &key, &c);
+    return 1;
+}
+
+/* The common case, parsed in one pass: no VLAN tag in the data, IPv4 without options
+ * and not a non-first fragment, or IPv6 without extension headers, then TCP or UDP
+ * (neither port DNS_PORT), headers in the linear area. Returns 1 when the packet was
+ * counted, 0 when it needs the general parser, which then does everything (nothing is
+ * counted twice: this path decides before it touches the map). Same key, direction and
+ * counts as the general path (a privileged test sends the same flows both ways), with
+ * fewer instructions: one bounds check per family, each header field read with one
+ * load straight from the packet, no parse state in memory (docs/performance.md: ~15
+ * ns a packet). The verifier checks no alignment of packet loads on x86-64 and arm64
+ * (efficient unaligned access); behind an Ethernet header, with the 2-byte IP alignment
+ * the verifier assumes elsewhere, every load here is aligned anyway. */
+static __always_inline int handle_common(struct __sk_buff *skb, const int ethernet)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    const __u32 l3_off = ethernet ? ETH_HLEN_ : 0;
+    __u8 *ip = data + l3_off;
+    /* IPv4 + the 14 TCP header bytes read below (UDP reads 4 of them) */
+    if ((void *)(ip + 34) > data_end)
+        return 0;
+    __u16 l3 = ethernet ? *(__u16 *)(data + 12) : (__u16)skb->protocol;
+    __u32 avail = skb->len - l3_off;
+    if (l3 == bpf_htons(ETH_P_IP)) {
+        /* version 4, IHL 5; fragment offset 0 (the first fragment has the ports) */
+        if (((ip[0] ^ 0x45) | (*(__u16 *)(ip + 6) & bpf_htons(0x1fff))) != 0)
+            return 0;
+        return count_common(skb, ip, ip + 20, ip[9], FLOWSCOPE_AF_INET,
+                            bpf_ntohs(*(__u16 *)(ip + 2)), 20, 20, avail);
+    }
+    if (l3 == bpf_htons(ETH_P_IPV6)) {
+        if ((void *)(ip + 54) > data_end)
+            return 0;
+        /* an extension header is neither TCP nor UDP: general path */
+        return count_common(skb, ip, ip + 40, ip[6], FLOWSCOPE_AF_INET6,
+                            bpf_ntohs(*(__u16 *)(ip + 4)) + 40, 41, 40, avail);
+    }
+    return 0;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 direction, const int ethernet)
+{
+    if (handle_common(skb, ethernet))
+        return TC_ACT_UNSPEC;
+    return handle_general(skb, direction, ethernet);
 }
 
 /* Forwarded packets were counted where they entered this host (see top comment). */

@@ -109,6 +109,64 @@ def test_ipv6_extension_headers_are_skipped(node: Node, kernel: Kernel) -> None:
     assert (f.proto, f.sport, f.dport, f.packets, f.bytes) == (17, 7777, 8888, 1, len(packet))
 
 
+def tcp(sport: int, dport: int, data: bytes, flags: int = 0x18) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 1000, 0, 0) + data
+
+
+def test_common_case_path_and_general_parser_key_flows_alike(node: Node, kernel: Kernel) -> None:
+    """Plain TCP/UDP packets take the program's common-case path; the same flows with a
+    VLAN tag, IPv4 options or an IPv6 extension header take the general parser. Both
+    must build the same key and direction: one entry per flow, both directions counted
+    (each address order: source lower, source higher, equal so that the ports decide;
+    IPv6 addresses differing in their first or their last 8 bytes)."""
+    endpoints = [
+        ("10.203.78.1", "10.203.78.2", 1000, 2000),
+        ("10.203.78.4", "10.203.78.3", 1000, 2000),
+        ("10.203.78.5", "10.203.78.5", 3000, 2000),
+        ("fd00:203:78::1", "fd00:203:78::2", 1000, 2000),
+        ("fd00:203:79::1", "fd00:203:78::9", 1000, 2000),
+        ("fd00:203:78::7", "fd00:203:78::7", 3000, 2000),
+    ]
+    dest_opts = b"\x00\x01\x04\x00\x00\x00\x00"  # after the next-header byte: padding
+    frames: list[bytes] = []
+    expected = {}
+    for a, b, pa, pb in endpoints:
+        for proto, l4 in ((17, udp), (6, tcp)):
+            if ":" in a:
+                ethertype = 0x86DD
+                plain_ab = ipv6(a, b, proto, l4(pa, pb, b"x" * 30))
+                plain_ba = ipv6(b, a, proto, l4(pb, pa, b"y" * 20))
+                tagged_ab = ipv6(a, b, proto, l4(pa, pb, b"z" * 10))
+                general_ba = ipv6(b, a, 60, bytes([proto]) + dest_opts + l4(pb, pa, b"w" * 5))
+            else:
+                ethertype = 0x0800
+                plain_ab = ipv4(a, b, proto, l4(pa, pb, b"x" * 30))
+                plain_ba = ipv4(b, a, proto, l4(pb, pa, b"y" * 20))
+                tagged_ab = ipv4(a, b, proto, l4(pa, pb, b"z" * 10))
+                general_ba = ipv4(b, a, proto, l4(pb, pa, b"w" * 5), options=b"\x01" * 4)
+            # First packet a → b: a is the forward source. Trailing bytes like Ethernet
+            # padding after plain_ab: the IP length field counts, not the frame.
+            frames += [
+                eth(ethertype, plain_ab + b"\x00" * 6),
+                eth(ethertype, general_ba),
+                eth(ethertype, tagged_ab, (100,)),
+                eth(ethertype, plain_ba),
+            ]
+            forward = len(plain_ab) + len(tagged_ab)
+            expected[(proto, a, pa)] = (2, forward, 2, len(general_ba) + len(plain_ba))
+    flows = send(node, frames, kernel)
+    for (proto, a, pa), counts in expected.items():
+        found = [
+            f
+            for f in flows
+            if f.proto == proto and a in (f.src, f.dst) and pa in (f.sport, f.dport)
+        ]
+        assert len(found) == 1, found  # two would mean two keys for one flow
+        f = found[0]
+        assert (f.src, f.sport) == (a, pa)
+        assert (f.packets, f.bytes, f.rpackets, f.rbytes) == counts
+
+
 def test_garbage_frames_are_ignored_and_packets_still_pass(node: Node, kernel: Kernel) -> None:
     frames = [
         eth(0x0800, b"\x45\x00"),  # IPv4 header cut short
