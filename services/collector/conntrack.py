@@ -171,11 +171,13 @@ def decode_tuple(data: bytes) -> CtTuple:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What the kernel said to one request: the entry's reply tuple and status bits, or
-    ``errno`` (``ENOENT``: no such entry)."""
+    """What the kernel said to one request: the entry's reply and original tuples and
+    status bits, or ``errno`` (``ENOENT``: no such entry). The kernel finds an entry by
+    either direction, so ``orig`` may differ from the tuple asked for."""
 
     seq: int
     reply: CtTuple | None = None
+    orig: CtTuple | None = None
     status: int = 0
     errno: int = 0
 
@@ -206,15 +208,18 @@ def decode_entry(seq: int, body: bytes) -> Answer:
     if len(body) < NFGENMSG.size:
         raise ConntrackError("entry without its nfgenmsg header")
     reply: CtTuple | None = None
+    orig: CtTuple | None = None
     status = 0
     for kind, payload in attributes(body[NFGENMSG.size :]):
         if kind == CTA_TUPLE_REPLY:
             reply = decode_tuple(payload)
+        elif kind == CTA_TUPLE_ORIG:
+            orig = decode_tuple(payload)
         elif kind == CTA_STATUS and len(payload) == 4:
             status = struct.unpack("!I", payload)[0]
-    if reply is None:
-        raise ConntrackError("entry without CTA_TUPLE_REPLY")
-    return Answer(seq, reply, status)
+    if reply is None or orig is None:
+        raise ConntrackError("entry without CTA_TUPLE_ORIG and CTA_TUPLE_REPLY")
+    return Answer(seq, reply, orig, status)
 
 
 class Conntrack:

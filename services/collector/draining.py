@@ -26,11 +26,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from flowscope.collector import abi
 from flowscope.core.records import RawFlow
+
+if TYPE_CHECKING:
+    from flowscope.collector.nat_pairing import NatPairing
 
 TCP = 6
 ICMP = 1
@@ -316,6 +319,8 @@ class Drainer:
     idle_timeout_s: float
     memory: DirectionMemory
     names: AddressNames = field(default_factory=AddressNames)
+    # Joins the one-way halves of DNAT'ed connections (nat_pairing.py); None: off.
+    pairing: NatPairing | None = None
 
     def drain(self, forced: bool = False) -> DrainResult:
         """Take every entry out of the map and convert it; all records at once, as RawFlow
@@ -340,11 +345,39 @@ class Drainer:
     def drain_chunks(self, forced: bool = False) -> Iterator[list[bytes]]:
         """As :meth:`drain_into`, one chunk's lines per step: a caller can do other work
         between chunks (the collector's event loop does; each chunk is a few ms)."""
+        if self.pairing is not None and self.pairing.enabled:
+            yield from self._paired_chunks(self.pairing, forced)
+            return
         ctx: DrainContext | None = None
         for keys, values in self.reader.chunks():
             # Read after the first chunk: the pair exists once any entry does.
             ctx = ctx or self._context(forced)
             yield self.render_chunk(keys, values, ctx)
+
+    def _paired_chunks(self, pairing: NatPairing, forced: bool) -> Iterator[list[bytes]]:
+        """:meth:`drain_chunks` with NAT pairing: the whole map is read first (raw bytes,
+        yielding an empty step after each chunk), since the two halves of a connection
+        may sit in any two chunks; then each chunk is rendered without the entries the
+        pairing holds back, and those last, resolved."""
+        chunks = []
+        for chunk in self.reader.chunks():
+            chunks.append(chunk)
+            yield []
+        if not chunks:
+            return
+        ctx = self._context(forced)
+        held_at = pairing.candidates(chunks)
+        chunks.reverse()  # popped from the end: each chunk's bytes freed once rendered
+        held_at.reverse()
+        while chunks:
+            keys, values = chunks.pop()
+            positions = held_at.pop()
+            if positions:
+                keys, values = pairing.hold(keys, values, positions)
+            if keys:
+                yield self.render_chunk(keys, values, ctx)
+        if pairing.held:
+            yield pairing.resolve(self.memory, ctx)
 
     def _context(self, forced: bool) -> DrainContext:
         base_tick, base_ns = self.clock.pair()

@@ -60,6 +60,7 @@ def test_dnat_entry_gives_the_backend_as_reply_source(nat_node: NatNode, v6: boo
     # The entry outlives the connection (TIME_WAIT), as it does for a drain after FIN.
     assert tcp.errno == 0 and tcp.status & IPS_DST_NAT
     assert tcp.reply == CtTuple(6, packed(baddr), packed(caddr), TCP_TARGET, sport)
+    assert tcp.orig == CtTuple(6, packed(caddr), packed(vip), sport, TCP_PORT)
     assert udp_answer.reply == CtTuple(17, packed(baddr), packed(caddr), UDP_TARGET, usport)
     assert missing.reply is None and missing.errno == 2  # ENOENT
 

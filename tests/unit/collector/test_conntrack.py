@@ -6,9 +6,6 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from flowscope.collector.conntrack import (
     Answer,
     ConntrackError,
@@ -16,6 +13,8 @@ from flowscope.collector.conntrack import (
     decode_messages,
     encode_get,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 A, VIP, B = bytes([10, 0, 0, 1]), bytes([10, 96, 0, 10]), bytes([10, 0, 1, 7])
 
@@ -28,7 +27,11 @@ def attr(kind: int, payload: bytes, nested: bool = False) -> bytes:
 def tuple_attrs(src: bytes, dst: bytes, proto: int, sport: int, dport: int) -> bytes:
     v4 = len(src) == 4
     ip = attr(1 if v4 else 3, src) + attr(2 if v4 else 4, dst)  # CTA_IP_V4_SRC/DST, V6: 3/4
-    pr = attr(1, bytes([proto])) + attr(2, struct.pack("!H", sport)) + attr(3, struct.pack("!H", dport))
+    pr = (
+        attr(1, bytes([proto]))
+        + attr(2, struct.pack("!H", sport))
+        + attr(3, struct.pack("!H", dport))
+    )
     return attr(1, ip, nested=True) + attr(2, pr, nested=True)  # CTA_TUPLE_IP, CTA_TUPLE_PROTO
 
 
@@ -67,7 +70,7 @@ def test_answers_are_decoded_in_order() -> None:
     )
     data += message(2, 6, struct.pack("=i", -2) + bytes(16))  # NLMSG_ERROR: -ENOENT
     assert list(decode_messages(data)) == [
-        Answer(5, CtTuple(6, B, A, 8080, 40000), 0x1BE),
+        Answer(5, CtTuple(6, B, A, 8080, 40000), CtTuple(6, A, VIP, 40000, 80), 0x1BE),
         Answer(6, errno=2),
     ]
 
@@ -98,9 +101,10 @@ def test_malformed_answers_raise_conntrack_error(data: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_raise_conntrack_error_only(data: bytes) -> None:
     try:
-        list(decode_messages(data))
+        answers = list(decode_messages(data))
     except ConntrackError:
-        pass
+        return
+    assert all(isinstance(a, Answer) and (a.reply is None) == (a.orig is None) for a in answers)
 
 
 @settings(max_examples=200, deadline=None)
