@@ -14,7 +14,9 @@ when there is nothing to pair: the drain reads the whole map first (raw bytes on
 a prefilter made of C-level passes over each chunk's bytes (strided ``memoryview``
 slices, ``zip``/``compress``/set intersection: no Python code per entry) finds the
 entries whose client end is the destination end of another one-way flow of the same
-drain (or of a flow known to be DNAT'ed from an earlier drain). Only those are held
+drain (or of a flow known to be DNAT'ed from an earlier drain). Its first gate compares
+addresses only (a cheap pass: most drains stop there); ends are compared only when an
+address both sends and receives one-way flows. Only those are held
 back, looked up (batched; answers cached for the life of the flow) and rendered at the
 end of the drain; every other entry is rendered by :meth:`Drainer.render_chunk` exactly
 as without pairing. One-way flows that share no end with another one-way flow (the
@@ -114,6 +116,22 @@ def _ends(
     lo_only = list(map(not_, v[3::8].tolist()))  # no packet hi→lo
     hi_only = list(map(not_, v[2::8].tolist()))
     return lo, hi, lo_only, hi_only
+
+
+def chunk_addresses(keys: bytes, values: bytes) -> tuple[set[int], set[int]]:
+    """(sending, receiving) addresses of a chunk's one-way flows, each as its first 8
+    bytes (an IPv4 address whole, an IPv6 address's /64 prefix): the first, cheapest
+    gate — in most drains no address both sends and receives one-way flows."""
+    q = memoryview(keys).cast("Q")
+    v = memoryview(values).cast("Q")
+    lo_only = list(map(not_, v[3::8].tolist()))  # no packet hi→lo
+    hi_only = list(map(not_, v[2::8].tolist()))
+    lo, hi = q[0::5].tolist(), q[2::5].tolist()
+    senders = set(compress(lo, lo_only))
+    senders.update(compress(hi, hi_only))
+    receivers = set(compress(hi, lo_only))
+    receivers.update(compress(lo, hi_only))
+    return senders, receivers
 
 
 def chunk_senders(keys: bytes, values: bytes) -> set[PreEnd]:
@@ -249,6 +267,8 @@ class NatPairing:
         flow's client end is another one-way flow's destination end (or a known
         DNAT'ed client). Starts a drain: forgets what an unfinished one held."""
         self.held.clear()
+        if not self._shared_addresses(chunks):
+            return [[] for _ in chunks]
         senders: set[PreEnd] = set()
         for keys, values in chunks:
             senders |= chunk_senders(keys, values)
@@ -258,6 +278,17 @@ class NatPairing:
         if not shared:
             return [[] for _ in chunks]
         return [chunk_touching(keys, values, shared) for keys, values in chunks]
+
+    def _shared_addresses(self, chunks: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Whether an address sends one one-way flow and receives another (or is the
+        client of a known DNAT): needed by any pair, and cheap to rule out."""
+        senders: set[int] = set()
+        receivers = {end[0] for end in self._nat_senders}
+        for keys, values in chunks:
+            sent, received = chunk_addresses(keys, values)
+            senders |= sent
+            receivers |= received
+        return not senders.isdisjoint(receivers)
 
     def hold(self, keys: bytes, values: bytes, positions: list[int]) -> tuple[bytes, bytes]:
         """A chunk without the entries at ``positions`` (ascending), which are held."""
