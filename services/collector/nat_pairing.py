@@ -329,8 +329,9 @@ class NatPairing:
         """Original tuple → backend end, for those conntrack says were DNAT'ed (cached
         answers first; the rest asked in one batch)."""
         ask = list(dict.fromkeys(o for o in origs if o not in self.cache))
-        if ask:
-            for orig, answer in zip(ask, self._ask(ask), strict=True):
+        answers = self._ask(ask) if ask else None
+        if answers is not None:  # None: conntrack failed; nothing learnt, nothing cached
+            for orig, answer in zip(ask, answers, strict=True):
                 self._remember(orig, _backend(orig, answer))
         found = {}
         for orig in origs:
@@ -340,7 +341,7 @@ class NatPairing:
                 found[orig] = backend
         return found
 
-    def _ask(self, origs: list[CtTuple]) -> list[Answer | None]:
+    def _ask(self, origs: list[CtTuple]) -> list[Answer] | None:
         self.tally.lookups += len(origs)
         try:
             return list(self.conntrack.lookup_many(origs))
@@ -354,7 +355,7 @@ class NatPairing:
             if not self._warned:
                 self._warned = True
                 log.warning(f"{e}: these flows are published unpaired (logged once)")
-        return [None] * len(origs)
+        return None
 
     def _remember(self, orig: CtTuple, backend: End | None) -> None:
         if backend is None:
@@ -413,10 +414,10 @@ def _end_of(t: CtTuple, source: bool) -> End:
     return (t.proto, family, addr.ljust(16, b"\0"), t.sport if source else t.dport)
 
 
-def _backend(orig: CtTuple, answer: Answer | None) -> End | None:
+def _backend(orig: CtTuple, answer: Answer) -> End | None:
     """The backend end when conntrack's reply tuple says ``orig`` was DNAT'ed and the
     replies go back to the client unchanged (no SNAT); else None."""
-    if answer is None or answer.reply is None or answer.orig != orig:
+    if answer.reply is None or answer.orig != orig:
         return None  # no entry; or orig matched an entry's reply direction: not a client
     reply = answer.reply
     if (reply.dst, reply.dport) != (orig.src, orig.sport) or reply.proto != orig.proto:
