@@ -8,7 +8,9 @@ drain; at 50k flows/s that dominated the collector's CPU and memory, hence
 :class:`BatchReader`. The kernel's "forward" direction is the
 first packet's unless a SYN without ACK said otherwise; since a deleted entry forgets
 that, the drainer remembers (bounded) the direction of flows whose initiator it saw, so
-a long connection keeps its source and destination across intervals.
+a long connection keeps its source and destination across intervals. With NAT pairing
+(:mod:`~flowscope.collector.nat_pairing`) the map is read whole before it is rendered, and
+the one-way halves of DNAT'ed connections are joined into one record.
 
 Times: the kernel stamps packets with timer ticks (``bpf_jiffies64()``, 1/HZ); records
 carry unix nanoseconds: ticks become CLOCK_MONOTONIC through the kernel's tick/clock
@@ -335,8 +337,9 @@ class Drainer:
         """Take every entry out of the map, handing ``raw.flow`` NDJSON lines to ``sink``
         chunk by chunk.
 
-        A chunk at a time keeps memory flat when a drain holds hundreds of thousands of
-        flows. Returns how many entries the map held.
+        A chunk of lines at a time keeps memory flat when a drain holds hundreds of
+        thousands of flows (with NAT pairing the chunks' raw bytes, 104 B per entry, are
+        read ahead; see :meth:`_paired_chunks`). Returns how many entries the map held.
         """
         entries = 0
         for lines in self.drain_chunks(forced):
