@@ -82,3 +82,27 @@ def test_lookup_without_cap_net_admin_is_unavailable_not_a_crash(nat_node: NatNo
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["unavailable", "1"]  # EPERM
+
+
+def test_many_lookups_answered_in_order_across_batches(nat_node: NatNode) -> None:
+    """More requests than one datagram carries (BATCH): every answer lands on its tuple."""
+    from flowscope.collector.conntrack import BATCH, Conntrack, CtTuple
+
+    client, backend = nat_node.pods
+    echo = nat_node.start(backend, "udp-echo", backend.ip4, str(UDP_TARGET), "1")
+    wait_listening(echo)
+    usport = int(nat_node.run(client, "udp-client", VIP4, str(UDP_PORT), "1", "20")["sport"])
+    finish(echo)
+    real = CtTuple(17, packed(client.ip4), packed(VIP4), usport, UDP_PORT)
+    absent = [CtTuple(17, packed(client.ip4), packed(VIP4), 1 + i, 9) for i in range(2 * BATCH + 5)]
+    asked = [*absent[:BATCH], real, *absent[BATCH:]]
+    with nat_node.inside():
+        ct = Conntrack()
+        try:
+            answers = ct.lookup_many(asked)
+        finally:
+            ct.close()
+    assert [a.reply is not None for a in answers] == [t == real for t in asked]
+    assert answers[BATCH].reply == CtTuple(
+        17, packed(backend.ip4), packed(client.ip4), UDP_TARGET, usport
+    )
