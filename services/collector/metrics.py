@@ -89,7 +89,7 @@ class CollectorMetrics:
             Counter(p + "leftover_filters_removed", "TC filters of an earlier run removed at start", registry=registry),
             Counter(p + "nat_lookups", "flow tuples looked up in conntrack (NAT pairing)", registry=registry),
             Counter(p + "nat_pairs", "DNAT'ed connections whose two one-way halves were joined into one flow", registry=registry),
-            Counter(p + "nat_rewritten", "DNAT'ed client flows rewritten to their backend without their replies in the drain", registry=registry),
+            Counter(p + "nat_rewritten", "halves of DNAT'ed connections rewritten alone (the other half not in the drain)", registry=registry),
             Counter(p + "nat_misses", "conntrack lookups that found no DNAT (no entry, or not DNAT'ed)", registry=registry),
             KernelCounters(),
         )  # fmt: skip

@@ -17,7 +17,7 @@ entries whose client end is the destination end of another one-way flow of the s
 drain (or of a flow known to be DNAT'ed from an earlier drain). Its first gate compares
 addresses only (a cheap pass: most drains stop there); ends are compared only when an
 address both sends and receives one-way flows. Only those are held
-back, looked up (batched; answers cached for the life of the flow) and rendered at the
+back, looked up (batched; answers cached while the flow lasts, 20 s at most) and rendered at the
 end of the drain; every other entry is rendered by :meth:`Drainer.render_chunk` exactly
 as without pairing. One-way flows that share no end with another one-way flow (the
 collector benchmark's workload) cause no lookup.
@@ -73,7 +73,14 @@ PreEnd = tuple[int, int, int, int]
 End = tuple[int, int, bytes, int]
 # Records keep the stronger reason: a connection is idle only when both halves are.
 _REASON_RANK = {"idle_timeout": 0, "active_timeout": 1, "end_of_flow_detected": 2, "forced_end": 3}
-_FINAL = frozenset({"idle_timeout", "end_of_flow_detected", "forced_end"})
+# Reports after which a connection is over: its cached answer is dropped. (An idle
+# report is not one: the other half may go on; the LRU bound and the TTL handle those.)
+_ENDED = frozenset({"end_of_flow_detected", "forced_end"})
+# How long an answer is used without asking again. A reused tuple maps to the same
+# conntrack entry, hence the same backend, while that entry lives; a UDP entry outlives
+# the last packet by nf_conntrack_udp_timeout (30 s by default), and the packets behind
+# an answer were at most one active timeout older than it: 20 s stays inside.
+ANSWER_TTL_NS = 20_000_000_000
 _KEY_SIZE = abi.FLOW_KEY.size
 _VALUE_SIZE = abi.FLOW_VALUE.size
 _HALVES = struct.Struct("<QQ")
@@ -91,7 +98,7 @@ class NatTally:
 
     lookups: int = 0  # tuples asked to conntrack
     pairs: int = 0  # X and Y joined into one flow
-    rewritten: int = 0  # X alone given its backend (its Y not in the same drain)
+    rewritten: int = 0  # one half alone given the backend 5-tuple (the other not in the drain)
     misses: int = 0  # asked, and conntrack had no DNAT for it (no entry, or not NAT'ed)
 
 
@@ -240,18 +247,24 @@ def _pre_end(end: End) -> PreEnd:
 class NatPairing:
     """The pairing state of one drainer: the conntrack seam, cached answers, counts.
 
-    ``cache``: original tuple of a client's one-way flow → the backend end it was DNAT'ed
-    to, or None (not DNAT'ed); kept until the flow's final report, LRU-bounded.
+    ``cache``: original tuple of a client's one-way flow → (the backend end it was
+    DNAT'ed to, or None: not DNAT'ed; CLOCK_MONOTONIC ns of the answer). Used for
+    ``ANSWER_TTL_NS``, dropped at the connection's end (FIN/RST, shutdown), LRU-bounded.
     """
 
     conntrack: Lookup
-    capacity: int = 65536
+    capacity: int = 32768  # answers (~0.7 KB each with their indexes)
+    ttl_ns: int = ANSWER_TTL_NS
     enabled: bool = True
-    cache: OrderedDict[CtTuple, End | None] = field(default_factory=OrderedDict)
+    cache: OrderedDict[CtTuple, tuple[End | None, int]] = field(default_factory=OrderedDict)
     tally: NatTally = field(default_factory=NatTally)
     # Prefilter ends of the clients of cached DNAT'ed flows (with multiplicity): such a
-    # flow is held even when its replies are not in the drain, to be rewritten alone.
+    # flow, or the backend's replies to it, is held even when the other half is not in
+    # the drain, to be rewritten alone.
     _nat_senders: Counter[PreEnd] = field(default_factory=Counter)
+    # (backend end, client end) of each cached DNAT → the client's original tuple: the
+    # replies' flow, when it comes without the requests.
+    _by_reply: dict[tuple[End, End], CtTuple] = field(default_factory=dict)
     # Entries held back in the current drain: (key bytes, value bytes).
     held: list[tuple[bytes, bytes]] = field(default_factory=list)
     _warned: bool = False
@@ -273,8 +286,11 @@ class NatPairing:
         for keys, values in chunks:
             senders |= chunk_senders(keys, values)
         shared = senders.intersection(self._nat_senders)
+        known = set(self._nat_senders)
         for keys, values in chunks:
             shared |= chunk_receivers_in(keys, values, senders)
+            if known:  # replies to a known DNAT'ed client
+                shared |= chunk_receivers_in(keys, values, known)
         if not shared:
             return [[] for _ in chunks]
         return [chunk_touching(keys, values, shared) for keys, values in chunks]
@@ -283,12 +299,17 @@ class NatPairing:
         """Whether an address sends one one-way flow and receives another (or is the
         client of a known DNAT): needed by any pair, and cheap to rule out."""
         senders: set[int] = set()
-        receivers = {end[0] for end in self._nat_senders}
+        receivers: set[int] = set()
         for keys, values in chunks:
             sent, received = chunk_addresses(keys, values)
             senders |= sent
             receivers |= received
-        return not senders.isdisjoint(receivers)
+        clients = {end[0] for end in self._nat_senders}
+        return not (
+            senders.isdisjoint(receivers)
+            and senders.isdisjoint(clients)
+            and receivers.isdisjoint(clients)
+        )
 
     def hold(self, keys: bytes, values: bytes, positions: list[int]) -> tuple[bytes, bytes]:
         """A chunk without the entries at ``positions`` (ascending), which are held."""
@@ -305,7 +326,8 @@ class NatPairing:
         for h in held:
             by_receiver[h.receiver].append(h)
         clients = [h for h in held if h.proto in PORTED and self._worth_asking(h, by_receiver)]
-        backends = self._backends([h.orig() for h in clients])
+        self._expire(ctx.now_mono_ns)
+        backends = self._backends([h.orig() for h in clients], ctx.now_mono_ns)
         lines = []
         for client in clients:
             backend = backends.get(client.orig())
@@ -314,6 +336,10 @@ class NatPairing:
             reply = next((y for y in by_receiver.get(client.sender, ()) if not y.used
                           and y is not client and y.sender == backend), None)  # fmt: skip
             lines.append(self._joined(client, reply, backend, ctx))
+        for h in held:
+            orig = None if h.used else self._by_reply.get((h.sender, h.receiver))
+            if orig is not None and self._fresh(orig, ctx.now_mono_ns):
+                lines.append(self._replies_alone(h, orig, ctx))
         lines += [orjson.dumps(h.wire) + b"\n" for h in held if not h.used]
         return lines
 
@@ -323,21 +349,38 @@ class NatPairing:
         """A client half: another one-way flow goes to its end, or it is a known DNAT."""
         if any(y is not h for y in by_receiver.get(h.sender, ())):
             return True
-        return self.cache.get(h.orig()) is not None
+        cached = self.cache.get(h.orig())
+        return cached is not None and cached[0] is not None
 
-    def _backends(self, origs: list[CtTuple]) -> dict[CtTuple, End]:
-        """Original tuple → backend end, for those conntrack says were DNAT'ed (cached
-        answers first; the rest asked in one batch)."""
-        ask = list(dict.fromkeys(o for o in origs if o not in self.cache))
+    def _expire(self, now: int) -> None:
+        """Drop answers older than the TTL from the least recently used end: memory
+        follows the connections of the last seconds, not the LRU bound."""
+        cache = self.cache
+        while cache:
+            orig, (_, verified) = next(iter(cache.items()))
+            if now - verified <= self.ttl_ns:
+                return
+            self._forget(orig)
+
+    def _fresh(self, orig: CtTuple, now: int) -> bool:
+        cached = self.cache.get(orig)
+        return cached is not None and now - cached[1] <= self.ttl_ns
+
+    def _backends(self, origs: list[CtTuple], now: int) -> dict[CtTuple, End]:
+        """Original tuple → backend end, for those conntrack says were DNAT'ed (answers
+        younger than ANSWER_TTL_NS from the cache; the rest asked in one batch)."""
+        ask = list(dict.fromkeys(o for o in origs if not self._fresh(o, now)))
         answers = self._ask(ask) if ask else None
         if answers is not None:  # None: conntrack failed; nothing learnt, nothing cached
             for orig, answer in zip(ask, answers, strict=True):
-                self._remember(orig, _backend(orig, answer))
+                self._remember(orig, _backend(orig, answer), now)
         found = {}
         for orig in origs:
-            backend = self.cache.get(orig)
+            if not self._fresh(orig, now):
+                continue  # asking failed: no answer younger than the TTL
+            backend = self.cache[orig][0]
+            self.cache.move_to_end(orig)
             if backend is not None:
-                self.cache.move_to_end(orig)
                 found[orig] = backend
         return found
 
@@ -357,18 +400,21 @@ class NatPairing:
                 log.warning(f"{e}: these flows are published unpaired (logged once)")
         return None
 
-    def _remember(self, orig: CtTuple, backend: End | None) -> None:
+    def _remember(self, orig: CtTuple, backend: End | None, now: int) -> None:
         if backend is None:
             self.tally.misses += 1
-        self.cache[orig] = backend
+        self._forget(orig)  # an answer asked again: its old one's indexes go first
+        self.cache[orig] = (backend, now)
         if backend is not None:
             self._nat_senders[_pre_end(_end_of(orig, True))] += 1
+            self._by_reply[(backend, _end_of(orig, True))] = orig
         while len(self.cache) > self.capacity:
             self._forget(next(iter(self.cache)))
 
     def _forget(self, orig: CtTuple) -> None:
-        backend = self.cache.pop(orig, None)
+        backend = self.cache.pop(orig, (None, 0))[0]
         if backend is not None:
+            self._by_reply.pop((backend, _end_of(orig, True)), None)
             end = _pre_end(_end_of(orig, True))
             self._nat_senders[end] -= 1
             if self._nat_senders[end] <= 0:
@@ -402,8 +448,29 @@ class NatPairing:
             self.tally.pairs += 1
         wire["nat_dst"] = text(client.receiver[2], client.receiver[1])
         wire["nat_dport"] = client.receiver[3]
-        if wire["end_reason"] in _FINAL:
+        if wire["end_reason"] in _ENDED:
             self._forget(client.orig())
+        return orjson.dumps(wire) + b"\n"
+
+    def _replies_alone(self, reply: Held, orig: CtTuple, ctx: DrainContext) -> bytes:
+        """The backend's half of a known DNAT'ed connection without the client's half in
+        this drain: oriented client → backend like every other report of it, its
+        packets as the reverse counters, with the NAT keys."""
+        reply.used = True
+        text = ctx.names.text
+        wire = dict(reply.wire)
+        rbytes, rpackets = _sent(reply)
+        service = _end_of(orig, False)
+        wire.update(
+            src=text(reply.receiver[2], reply.receiver[1]), sport=reply.receiver[3],
+            dst=text(reply.sender[2], reply.sender[1]), dport=reply.sender[3],
+            bytes=0, packets=0, rbytes=rbytes, rpackets=rpackets, initiator=False,
+        )  # fmt: skip
+        wire["nat_dst"] = text(service[2], service[1])
+        wire["nat_dport"] = service[3]
+        self.tally.rewritten += 1
+        if wire["end_reason"] in _ENDED:
+            self._forget(orig)
         return orjson.dumps(wire) + b"\n"
 
 

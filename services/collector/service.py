@@ -198,7 +198,7 @@ class Producing:
             node,
             settings.flows.idle_timeout,
             DirectionMemory(capacity),
-            pairing=nat_pairing(rt, capacity),
+            pairing=nat_pairing(rt),
         )
         self._dns = start_dns_reading(program, node, publisher, metrics)
         self._sockets: SocketTracer | None = None
@@ -277,7 +277,7 @@ class Producing:
         self._metrics.observe_kernel(read_counters(self._program.counters))
 
 
-def nat_pairing(rt: runtime.Runtime, capacity: int) -> NatPairing | None:
+def nat_pairing(rt: runtime.Runtime) -> NatPairing | None:
     """Pairing of DNAT'ed halves through this network namespace's conntrack; None (one
     log line) when ctnetlink cannot be opened: flows are then published unpaired."""
     try:
@@ -286,7 +286,7 @@ def nat_pairing(rt: runtime.Runtime, capacity: int) -> NatPairing | None:
         log.warning(f"{e}: NAT pairing is off; flows through a Service stay two one-way records")
         return None
     rt.stack.callback(conntrack.close)
-    return NatPairing(conntrack, capacity)
+    return NatPairing(conntrack)
 
 
 async def readable(fd: int, stopping: asyncio.Event, at_most: float) -> None:

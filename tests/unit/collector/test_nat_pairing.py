@@ -100,8 +100,8 @@ def dnat(
     return {orig: CtTuple(proto, packed(backend[0]), packed(client[0]), backend[1], client[1])}
 
 
-def drainer(reader: Reader, conntrack: Conntrack | None, idle: float = 1e9) -> Drainer:
-    pairing = NatPairing(conntrack) if conntrack is not None else None
+def drainer(reader: Reader, conntrack: Conntrack | None, idle: float = 1e9, **kw: Any) -> Drainer:
+    pairing = NatPairing(conntrack, **kw) if conntrack is not None else None
     return Drainer(reader, Clock(), "node-a", idle, DirectionMemory(64), pairing=pairing)  # type: ignore[arg-type]
 
 
@@ -277,3 +277,32 @@ def test_paired_line_is_what_rawflow_writes() -> None:
     )
     (line,) = out
     assert line == orjson.dumps(RawFlow.from_wire(orjson.loads(line)).to_wire()) + b"\n"
+
+
+def test_replies_alone_of_a_known_dnat_are_oriented_client_to_backend() -> None:
+    """The client silent for an interval (a server pushing): the backend's half alone
+    carries the same 5-tuple as every other report, the NAT keys, reverse counters."""
+    x, y = tcp_halves(fin=False)
+    y_later = entry(B, 8080, A, 40000, packets=3, nbytes=3000, flags=ACK)
+    ct = Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)))
+    d = drainer(Reader([[x, y]], [[y_later, entry(C, 1, B, 2, UDP)]]), ct)
+    drained(d)
+    flows = by_ends(drained(d))
+    alone = flows[(A, 40000, B, 8080)]
+    assert (alone["packets"], alone["rpackets"], alone["rbytes"]) == (0, 3, 3000)
+    assert (alone["nat_dst"], alone["nat_dport"], alone["initiator"]) == (VIP, 80, False)
+    assert len(ct.asked) == 1 and (C, 1, B, 2) in flows
+
+
+def test_answers_older_than_the_ttl_are_asked_again() -> None:
+    """After the conntrack entry of a reused tuple changed (another backend), the old
+    answer is not used: answers live ANSWER_TTL_NS at most (0 here)."""
+    x, y = tcp_halves(fin=False)
+    y2 = entry(C, 8080, A, 40000, packets=4, nbytes=900)
+    ct = Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)))
+    d = drainer(Reader([[x, y]], [[x, y2]]), ct, ttl_ns=0)
+    assert by_ends(drained(d))[(A, 40000, B, 8080)]["nat_dst"] == VIP
+    ct.entries = dnat((A, 40000), (VIP, 80), (C, 8080))
+    flows = by_ends(drained(d))
+    assert flows[(A, 40000, C, 8080)]["rpackets"] == 4 and len(flows) == 1
+    assert len(ct.asked) == 2
