@@ -112,3 +112,39 @@ async def test_tcp_and_udp_through_the_service_are_one_flow_each(
     assert any(r["initiator"] for r in tcp) and tcp[-1]["end_reason"] == "end_of_flow_detected"
     assert collector.metric("flowscope_collector_nat_pairs_total") >= 2
     assert collector.metric("flowscope_collector_nat_lookups_total") >= 2
+
+
+async def test_connection_over_several_drains_is_looked_up_once(
+    nat_node: NatNode, collector: CollectorProcess, flows: Records, capture: Capture
+) -> None:
+    """Every interval's report of a long connection is paired, or rewritten when a drain
+    fell between a segment and its ACK (the collector drains every second here);
+    conntrack is asked once, the rest comes from the cache."""
+    client, backend = nat_node.pods
+
+    def joined() -> float:  # both halves joined, or one half alone (a drain between them)
+        return collector.metric("flowscope_collector_nat_pairs_total") + collector.metric(
+            "flowscope_collector_nat_rewritten_total"
+        )
+
+    lookups, before = collector.metric("flowscope_collector_nat_lookups_total"), joined()
+    srv = nat_node.start(backend, "tcp-server", backend.ip4, str(TCP_TARGET), "4000")
+    wait_listening(srv)
+    cli = nat_node.start(client, "tcp-client-paced", VIP4, str(TCP_PORT), "30000", "3", "1.2")
+    sport = int(finish(cli)["sport"])
+    finish(srv)
+    records = await flows.wait_for(
+        lambda r: r["proto"] == 6 and sport in (r["sport"], r["dport"]), within=15
+    )
+    capture.stop()
+    assert len(records) >= 3, records  # the connection spans several drains
+    assert {(r["src"], r["sport"], r["dst"], r["dport"], r["nat_dst"]) for r in records} == {
+        (client.ip4, sport, backend.ip4, TCP_TARGET, VIP4)
+    }
+    request, reply = (6, client.ip4, VIP4, sport, TCP_PORT), (6, VIP4, client.ip4, TCP_PORT, sport)
+    assert sum(r["packets"] for r in records) == capture.packets[request]
+    assert sum(r["bytes"] for r in records) == capture.bytes[request]
+    assert sum(r["rpackets"] for r in records) == capture.packets[reply]
+    assert sum(r["rbytes"] for r in records) == capture.bytes[reply]
+    assert collector.metric("flowscope_collector_nat_lookups_total") - lookups == 1
+    assert joined() - before == len(records)
