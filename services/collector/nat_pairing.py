@@ -16,10 +16,10 @@ slices, ``zip``/``compress``/set intersection: no Python code per entry) finds t
 entries whose client end is the destination end of another one-way flow of the same
 drain (or of a flow known to be DNAT'ed from an earlier drain). Its first gate compares
 addresses only (a cheap pass: most drains stop there); ends are compared only when an
-address both sends and receives one-way flows. Only those are held
-back, looked up (batched; answers cached while the flow lasts, 20 s at most) and rendered at the
-end of the drain; every other entry is rendered by :meth:`Drainer.render_chunk` exactly
-as without pairing. One-way flows that share no end with another one-way flow (the
+address both sends and receives one-way flows. Only those entries are held back, looked
+up (batched; answers cached while the flow lasts, 20 s at most) and rendered at the end
+of the drain; every other entry is rendered by :meth:`Drainer.render_chunk` exactly as
+without pairing. One-way flows that share no end with another one-way flow (the
 collector benchmark's workload) cause no lookup.
 """
 
