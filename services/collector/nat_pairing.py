@@ -128,16 +128,28 @@ def _ends(
 def chunk_addresses(keys: bytes, values: bytes) -> tuple[set[int], set[int]]:
     """(sending, receiving) addresses of a chunk's one-way flows, each as its first 8
     bytes (an IPv4 address whole, an IPv6 address's /64 prefix): the first, cheapest
-    gate — in most drains no address both sends and receives one-way flows."""
+    gate — in most drains no address both sends and receives one-way flows.
+
+    A chunk whose flows all went one way in the same key order (the benchmark's: one
+    pod's sockets to another pod's ports) is two set builds; other chunks select the
+    one-way flows with ``compress`` (~85 ns per entry in all, against ~35).
+    """
     q = memoryview(keys).cast("Q")
     v = memoryview(values).cast("Q")
-    lo_only = list(map(not_, v[3::8].tolist()))  # no packet hi→lo
-    hi_only = list(map(not_, v[2::8].tolist()))
-    lo, hi = q[0::5].tolist(), q[2::5].tolist()
-    senders = set(compress(lo, lo_only))
-    senders.update(compress(hi, hi_only))
-    receivers = set(compress(hi, lo_only))
-    receivers.update(compress(lo, hi_only))
+    lo, hi = q[0::5], q[2::5]
+    backward = v[3::8].tolist()  # packets hi→lo
+    if backward.count(0) == len(backward):  # every flow lo→hi only
+        return set(lo), set(hi)
+    forward = v[2::8].tolist()
+    if forward.count(0) == len(forward):  # every flow hi→lo only
+        return set(hi), set(lo)
+    lo_only = list(map(not_, backward))
+    hi_only = list(map(not_, forward))
+    lo_list, hi_list = lo.tolist(), hi.tolist()
+    senders = set(compress(lo_list, lo_only))
+    senders.update(compress(hi_list, hi_only))
+    receivers = set(compress(hi_list, lo_only))
+    receivers.update(compress(lo_list, hi_only))
     return senders, receivers
 
 

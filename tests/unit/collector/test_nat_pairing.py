@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,8 +19,16 @@ from flowscope.collector.conntrack import (
     CtTuple,
 )
 from flowscope.collector.draining import DirectionMemory, Drainer
-from flowscope.collector.nat_pairing import NatPairing
+from flowscope.collector.nat_pairing import (
+    NatPairing,
+    chunk_addresses,
+    chunk_receivers_in,
+    chunk_senders,
+    chunk_touching,
+)
 from flowscope.core.records import RawFlow
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 A, VIP, B, C = "10.0.0.5", "10.96.0.10", "10.0.1.7", "10.0.2.9"
 TCP, UDP = 6, 17
@@ -306,3 +315,43 @@ def test_answers_older_than_the_ttl_are_asked_again() -> None:
     flows = by_ends(drained(d))
     assert flows[(A, 40000, C, 8080)]["rpackets"] == 4 and len(flows) == 1
     assert len(ct.asked) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([A, B, C, VIP]), st.sampled_from([A, B, C, VIP]),
+                  st.integers(1, 3), st.integers(1, 3), st.sampled_from(["fwd", "rev", "both"])),
+        min_size=1, max_size=20,
+    ),
+    st.sampled_from(["mixed", "fwd", "rev"]),
+)  # fmt: skip
+def test_prefilter_passes_agree_with_their_definition(rows: list[Any], only: str) -> None:
+    """chunk_addresses / chunk_senders / chunk_receivers_in / chunk_touching (C-level
+    passes, with fast paths for chunks going one way only) against a plain loop."""
+    made = []
+    for src, dst, sport, dport, way in rows:
+        way = way if only == "mixed" else only
+        k, v = entry(src, sport, dst, dport, UDP)
+        key, value = abi.FLOW_KEY.unpack(k), list(abi.FLOW_VALUE.unpack(v))
+        value[2:6] = {"fwd": [5, 0, 50, 0], "rev": [0, 5, 0, 50], "both": [5, 5, 50, 50]}[way]
+        made.append((key, abi.FLOW_KEY.pack(*key), abi.FLOW_VALUE.pack(*value), value))
+    keys = b"".join(m[1] for m in made)
+    values = b"".join(m[2] for m in made)
+    senders, receivers, ends_s, ends_r = set(), set(), set(), set()
+    for key, _, _, value in made:
+        lo = (*struct.unpack("<QQ", key[0]), key[2], key[4])
+        hi = (*struct.unpack("<QQ", key[1]), key[3], key[4])
+        if value[3] == 0 or value[2] == 0:
+            s, r = (lo, hi) if value[3] == 0 else (hi, lo)
+            senders.add(s[0])
+            receivers.add(r[0])
+            ends_s.add(s)
+            ends_r.add(r)
+    assert chunk_addresses(keys, values) == (senders, receivers)
+    assert chunk_senders(keys, values) == ends_s
+    assert chunk_receivers_in(keys, values, ends_s) == ends_r & ends_s
+    touching = [i for i, (key, _, _, value) in enumerate(made) if (value[2] == 0 or value[3] == 0)
+                and ({(*struct.unpack("<QQ", key[0]), key[2], key[4]),
+                      (*struct.unpack("<QQ", key[1]), key[3], key[4])} & ends_s)]  # fmt: skip
+    assert chunk_touching(keys, values, ends_s) == touching
