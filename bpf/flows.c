@@ -13,7 +13,7 @@
  * where it entered. Bridge master devices are not attached by default (user space),
  * since a frame reaching the host through a bridge port crosses the port and the bridge.
  *
- * Constants (-D): MAX_FLOWS, DNS_PORT, DNS_CAPTURE_LEN, DNS_RINGBUF_PAGES.
+ * Constants (-D): MAX_FLOWS, FLOW_CACHE_SLOTS, DNS_PORT, DNS_CAPTURE_LEN, DNS_RINGBUF_PAGES.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -42,6 +42,18 @@
 BPF_TABLE("hash", struct flow_key, struct flow_value, flows, MAX_FLOWS);
 BPF_PERCPU_ARRAY(counters, struct collector_counters, 1);
 BPF_ARRAY(clock_pair, struct clock_pair, 1);
+#if FLOW_CACHE_SLOTS > 0
+#if FLOW_CACHE_SLOTS & (FLOW_CACHE_SLOTS - 1)
+#error "FLOW_CACHE_SLOTS must be a power of two"
+#endif
+/* The flow cache (see account_cached): two halves of FLOW_CACHE_SLOTS slots per CPU. */
+BPF_PERCPU_ARRAY(flow_cache, struct flow_cache_slot, 2 * FLOW_CACHE_SLOTS);
+/* The cache's generation, written by user space only: memory-mapped (BPF_F_MMAPABLE) so
+ * that user space stores it with one aligned 8-byte store; the map-update syscall
+ * copies values with memcpy, which may store byte by byte (x86 `rep movsb`), and a
+ * program reading a torn generation would count into slots nobody reads. */
+BPF_F_TABLE("array", int, __u64, flow_cache_generation, 1, BPF_F_MMAPABLE);
+#endif
 BPF_RINGBUF_OUTPUT(dns_events, DNS_RINGBUF_PAGES);
 /* Never written: it only exposes struct dns_event's compiled layout to user space, which
  * checks it against abi.py at start-up (bcc derives table types, not ring buffer ones). */
@@ -365,6 +377,132 @@ static __always_inline void account(struct __sk_buff *skb, struct flow_key *key,
     count_lost(segs, bytes);   /* -E2BIG / -ENOMEM: the map is full */
 }
 
+#if FLOW_CACHE_SLOTS > 0
+/* A flow taken out of the cache joins its map entry (or becomes one) exactly as the
+ * packets it counted would have: atomic adds (other CPUs update the same entry), the
+ * union of flags, the earliest first and latest last tick, and the SYN sender as forward. */
+static __always_inline void merge_into(struct flow_value *v, const struct flow_value *s)
+{
+    if (s->packets[0]) {
+        __sync_fetch_and_add(&v->packets[0], s->packets[0]);
+        __sync_fetch_and_add(&v->bytes[0], s->bytes[0]);
+    }
+    if (s->packets[1]) {
+        __sync_fetch_and_add(&v->packets[1], s->packets[1]);
+        __sync_fetch_and_add(&v->bytes[1], s->bytes[1]);
+    }
+    if ((v->tcp_flags & s->tcp_flags) != s->tcp_flags)
+        __sync_fetch_and_or(&v->tcp_flags, s->tcp_flags);
+    if (s->initiator) {
+        v->fwd = s->fwd;
+        v->initiator = 1;
+    }
+    if (v->first_tick > s->first_tick)
+        v->first_tick = s->first_tick;
+    if (v->last_tick < s->last_tick)
+        v->last_tick = s->last_tick;
+}
+
+/* Move a valid slot's flow into the flow map (the map-full rule of account() applies). */
+static __always_inline void evict(struct flow_cache_slot *s)
+{
+    struct flow_value *v = flows.lookup(&s->key);
+    if (v) {
+        merge_into(v, &s->value);
+        return;
+    }
+    if (flows.insert(&s->key, &s->value) == 0)
+        return;
+    v = flows.lookup(&s->key);   /* -EEXIST: another CPU created it meanwhile */
+    if (v) {
+        merge_into(v, &s->value);
+        return;
+    }
+    count_lost(s->value.packets[0] + s->value.packets[1], s->value.bytes[0] + s->value.bytes[1]);
+}
+
+/* Slot of a key in one half: a few multiply-adds over the key's five words (the map's
+ * jhash over 40 bytes, bucket walk and memcmp call were most of a packet's cost). */
+static __always_inline __u32 cache_index(const struct flow_key *key)
+{
+    const __u64 *w = (const __u64 *)key;
+    const __u64 m = 0x9e3779b97f4a7c15ULL;
+    __u64 h = w[0];
+    h = h * m + w[1];
+    h = h * m + w[2];
+    h = h * m + w[3];
+    h = h * m + w[4];
+    h *= m;
+    return (__u32)(h >> 32) & (FLOW_CACHE_SLOTS - 1);
+}
+
+/* account() through the per-CPU flow cache (docs/collector.md, "Flow cache"). The
+ * generation g (user space increments it at each drain) picks the half, g & 1; a slot
+ * is valid only when its tag is g, so a half reused two generations later needs no
+ * clearing. A packet of the cached flow is counted with plain adds: the slot belongs to
+ * this CPU, and TC programs on one CPU do not nest (ingress runs in softirq, egress
+ * with bottom halves disabled, both with migration disabled; netpoll transmits bypass
+ * TC), so nothing else writes it meanwhile. User space reads the previous generation's
+ * half only after an RCU grace period (membarrier), when no program that read the old
+ * g still runs. Another flow takes the slot over: the old one goes to the map first. */
+static __always_inline void account_cached(struct __sk_buff *skb, struct flow_key *key,
+                                           const struct contribution *c)
+{
+    int zero = 0;
+    __u64 *gp = flow_cache_generation.lookup(&zero);
+    if (!gp) {
+        account(skb, key, c);
+        return;
+    }
+    __u64 g = *(volatile __u64 *)gp;
+    __u32 index = ((__u32)g & 1) * FLOW_CACHE_SLOTS + cache_index(key);
+    struct flow_cache_slot *s = flow_cache.lookup(&index);
+    if (!s) {
+        account(skb, key, c);
+        return;
+    }
+    __u64 now = bpf_jiffies64();
+    __u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+    __u64 bytes = c->ip_len + (segs - 1) * c->hdr_len;
+    __u8 dir = c->dir & 1;
+    const __u64 *a = (const __u64 *)key, *b = (const __u64 *)&s->key;
+    if (s->generation == g &&
+        ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0) {
+        struct flow_value *v = &s->value;
+        v->packets[dir] += segs;
+        v->bytes[dir] += bytes;
+        if (c->proto == IPPROTO_TCP) {
+            v->tcp_flags |= c->tcp_flags;
+            if ((c->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+                v->fwd = dir;
+                v->initiator = 1;
+            }
+        }
+        v->last_tick = now;
+        return;
+    }
+    if (s->generation == g)
+        evict(s);
+    remember_clock();   /* before the slot can be read: every flow comes with a pair */
+    s->key = *key;
+    struct flow_value *v = &s->value;
+    __builtin_memset(v, 0, sizeof(*v));
+    v->first_tick = now;
+    v->last_tick = now;
+    v->ifindex = skb->ifindex;
+    v->fwd = dir;
+    v->packets[dir] = segs;
+    v->bytes[dir] = bytes;
+    if (c->proto == IPPROTO_TCP) {
+        v->tcp_flags = c->tcp_flags;
+        v->initiator = (c->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+    }
+    s->generation = g;
+}
+#else
+#define account_cached account
+#endif
+
 static __always_inline int is_dns(const struct packet *p)
 {
     return p->has_ports && (p->proto == IPPROTO_UDP || p->proto == IPPROTO_TCP) &&
@@ -495,7 +633,7 @@ static __always_inline int count_common(struct __sk_buff *skb, __u8 *ip, __u8 *l
     key.proto = proto;
     key.family = family;
     c.dir = swap & FLOWSCOPE_DIR_HI_LO;
-    account(skb, &key, &c);
+    account_cached(skb, &key, &c);
     return 1;
 }
 

@@ -14,10 +14,14 @@
 #ifndef FLOWSCOPE_ABI_H
 #define FLOWSCOPE_ABI_H
 
-#define FLOWSCOPE_ABI_VERSION 2
+#define FLOWSCOPE_ABI_VERSION 3
 
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 65536          /* entries of the flow map (settings flows.max_entries) */
+#endif
+#ifndef FLOW_CACHE_SLOTS
+#define FLOW_CACHE_SLOTS 1024    /* flow cache slots per half per CPU, a power of two; 0: no
+                                  * cache (settings flows.cache_slots) */
 #endif
 #ifndef DNS_PORT
 #define DNS_PORT 53              /* UDP/TCP port whose packets are copied (dns.port) */
@@ -71,6 +75,18 @@ struct flow_value {
     __u8  initiator;        /* 1: a SYN without ACK was seen from the forward source */
     __u8  pad[2];
 };                          /* 64 bytes */
+
+/* One slot of the per-CPU flow cache (docs/collector.md, "Flow cache"): a flow's
+ * counters since it was installed, in the same form as the flow map's value, valid only
+ * while `generation` equals the generation the slot's half was written under. The
+ * program counts a cached flow's packets here with plain adds and moves the slot into the
+ * flow map when another flow takes the slot; user space reads the half of the previous
+ * generation at each drain and merges its valid slots with the map's entries. */
+struct flow_cache_slot {
+    struct flow_key key;
+    struct flow_value value;
+    __u64 generation;
+};                          /* 112 bytes */
 
 /* One reading of the tick counter and CLOCK_MONOTONIC_COARSE taken together (array
  * `clock_pair`, written by the first new flow). Both advance in the same timer tick, so
