@@ -188,6 +188,7 @@ def per_packet(node: Node, packets: int) -> None:
             "bench",
             3.0,
             DirectionMemory(1024),
+            cache=program.cache,  # the per-CPU flow cache, when compiled in (the default)
         )
         try:
             for mode in ("one", "many"):

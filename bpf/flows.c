@@ -455,6 +455,10 @@ static __always_inline void account_cached(struct __sk_buff *skb, struct flow_ke
         return;
     }
     __u64 g = *(volatile __u64 *)gp;
+    if (g == 0) {           /* user space does not drain the cache (yet): map only */
+        account(skb, key, c);
+        return;
+    }
     __u32 index = ((__u32)g & 1) * FLOW_CACHE_SLOTS + cache_index(key);
     struct flow_cache_slot *s = flow_cache.lookup(&index);
     if (!s) {

@@ -17,7 +17,7 @@ from typing import Any
 
 from flowscope.core.errors import StartupError
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 AF_INET = 4
 AF_INET6 = 6
@@ -52,6 +52,16 @@ class FlowValue(ct.Structure):
         ("fwd", ct.c_uint8),
         ("initiator", ct.c_uint8),
         ("pad", ct.c_uint8 * 2),
+    ]
+
+
+class FlowCacheSlot(ct.Structure):
+    """``struct flow_cache_slot``: one per-CPU flow cache slot, valid in its generation."""
+
+    _fields_ = [
+        ("key", FlowKey),
+        ("value", FlowValue),
+        ("generation", ct.c_uint64),
     ]
 
 

@@ -33,9 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from flowscope.collector import abi
+from flowscope.collector.cache_reading import merge_chunk
 from flowscope.core.records import RawFlow
 
 if TYPE_CHECKING:
+    from flowscope.collector.cache_reading import FlowCache
     from flowscope.collector.nat_pairing import NatPairing
 
 TCP = 6
@@ -325,6 +327,8 @@ class Drainer:
     names: AddressNames = field(default_factory=AddressNames)
     # Joins the one-way halves of DNAT'ed connections (nat_pairing.py); None: off.
     pairing: NatPairing | None = None
+    # The kernel's per-CPU flow cache (cache_reading.py); None: compiled without it.
+    cache: FlowCache | None = None
 
     def drain(self, forced: bool = False) -> DrainResult:
         """Take every entry out of the map and convert it; all records at once, as RawFlow
@@ -349,27 +353,48 @@ class Drainer:
 
     def drain_chunks(self, forced: bool = False) -> Iterator[list[bytes]]:
         """As :meth:`drain_into`, one chunk's lines per step: a caller can do other work
-        between chunks (the collector's event loop does; each chunk is a few ms)."""
+        between chunks (the collector's event loop does; each chunk is a few ms).
+
+        With the flow cache, the generation advances first (unless the caller already did
+        it: :meth:`FlowCache.advance` waits for a grace period, the collector runs it in a
+        worker thread), the retired half is read, and each cached flow is added to its map
+        entry of this drain, or rendered after the map's entries when it has none."""
+        cached: dict[bytes, tuple[Any, ...]] = {}
+        if self.cache is not None:
+            if not self.cache.pending:
+                self.cache.advance()
+            cached = self.cache.take()
         if self.pairing is not None and self.pairing.enabled:
-            yield from self._paired_chunks(self.pairing, forced)
+            yield from self._paired_chunks(self.pairing, forced, cached)
             return
         ctx: DrainContext | None = None
         for keys, values in self.reader.chunks():
             # Read after the first chunk: the pair exists once any entry does.
             ctx = ctx or self._context(forced)
+            if cached:
+                values = merge_chunk(keys, values, cached)
+            yield self.render_chunk(keys, values, ctx)
+        for keys, values in _cached_chunks(cached):
+            ctx = ctx or self._context(forced)
             yield self.render_chunk(keys, values, ctx)
 
-    def _paired_chunks(self, pairing: NatPairing, forced: bool) -> Iterator[list[bytes]]:
+    def _paired_chunks(
+        self, pairing: NatPairing, forced: bool, cached: dict[bytes, tuple[Any, ...]]
+    ) -> Iterator[list[bytes]]:
         """:meth:`drain_chunks` with NAT pairing: the whole map is read first (raw bytes,
         yielding an empty step after each chunk), since the two halves of a connection
         may sit in any two chunks; then each chunk is rendered without the entries the
-        pairing holds back, and those last, resolved."""
+        pairing holds back, and those last, resolved. Cached flows are merged into the
+        chunks (or appended as chunks of their own) before the pairing sees them."""
         chunks = []
         read = 0
-        for chunk in self.reader.chunks():
-            chunks.append(chunk)
-            read += len(chunk[0]) + len(chunk[1])
+        for keys, values in self.reader.chunks():
+            if cached:
+                values = merge_chunk(keys, values, cached)
+            chunks.append((keys, values))
+            read += len(keys) + len(values)
             yield []
+        chunks.extend(_cached_chunks(cached))
         if not chunks:
             return
         ctx = self._context(forced)
@@ -473,6 +498,18 @@ class Drainer:
                 packets, rbytes, rpackets, flags, booleans[initiator], ifindex,
             ))  # fmt: skip
         return out
+
+
+def _cached_chunks(
+    cached: dict[bytes, tuple[Any, ...]], chunk: int = 4096
+) -> Iterator[tuple[bytes, bytes]]:
+    """(keys, values) bytes of the cached flows no map entry took, ``chunk`` at a time."""
+    items = list(cached.items())
+    cached.clear()
+    pack = abi.FLOW_VALUE.pack
+    for at in range(0, len(items), chunk):
+        part = items[at : at + chunk]
+        yield b"".join(key for key, _ in part), b"".join(pack(*value) for _, value in part)
 
 
 # raw_flow_wire()'s dict as orjson writes it, plus the newline (key order: RawFlow's).

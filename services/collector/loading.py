@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flowscope.collector import abi
+from flowscope.collector.cache_reading import FlowCache, possible_cpus
 from flowscope.core.errors import StartupError
 
 log = logging.getLogger("flowscope.collector.loading")
@@ -27,6 +28,7 @@ class FlowProgramConfig:
     """The compile-time constants of the flow program."""
 
     max_flows: int = 65536
+    cache_slots: int = 1024  # flow cache slots per half per CPU; 0: no cache
     dns_port: int = 53
     dns_capture_len: int = 512
     dns_ringbuf_pages: int = 64
@@ -35,6 +37,7 @@ class FlowProgramConfig:
         return [
             f"-I{bpf_dir()}",
             f"-DMAX_FLOWS={self.max_flows}",
+            f"-DFLOW_CACHE_SLOTS={self.cache_slots}",
             f"-DDNS_PORT={self.dns_port}",
             f"-DDNS_CAPTURE_LEN={self.dns_capture_len}",
             f"-DDNS_RINGBUF_PAGES={self.dns_ringbuf_pages}",
@@ -51,6 +54,8 @@ class FlowProgram:
     config: FlowProgramConfig
     ingress_ip_fd: int = -1
     egress_ip_fd: int = -1
+    # User space's side of the per-CPU flow cache; None when compiled without it.
+    cache: FlowCache | None = None
 
     @property
     def flows(self) -> Any:
@@ -70,6 +75,8 @@ class FlowProgram:
 
     def close(self) -> None:
         """Close the program and map fds (filters must be removed first: attaching.py)."""
+        if self.cache is not None:
+            self.cache.close()
         self.bpf.cleanup()
 
 
@@ -94,10 +101,22 @@ def load_flow_program(config: FlowProgramConfig) -> FlowProgram:
     program = FlowProgram(bpf, fds[0], fds[1], config, fds[2], fds[3])
     try:
         check_abi(program)
-    except StartupError:
+        if config.cache_slots:
+            program.cache = FlowCache(
+                bpf[b"flow_cache"].map_fd,
+                bpf[b"flow_cache_generation"].map_fd,
+                config.cache_slots,
+                possible_cpus(),
+            )
+    except (StartupError, OSError) as e:
         program.close()
+        if isinstance(e, OSError):
+            raise StartupError("bpf", f"cannot map the flow cache's generation: {e}") from e
         raise
-    log.info("flow program loaded", extra={"max_flows": config.max_flows})
+    log.info(
+        "flow program loaded",
+        extra={"max_flows": config.max_flows, "cache_slots": config.cache_slots},
+    )
     return program
 
 
@@ -165,6 +184,9 @@ def check_abi(program: FlowProgram) -> None:
         "struct collector_counters", abi.CollectorCounters, program.counters.Leaf._type_
     )
     abi.check_layout("struct clock_pair", abi.ClockPair, program.clock_pair.Leaf)
+    if program.config.cache_slots:
+        leaf = program.bpf[b"flow_cache"].Leaf
+        abi.check_layout("struct flow_cache_slot", abi.FlowCacheSlot, leaf._type_)
     abi.check_layout(
         "struct dns_event",
         abi.dns_event_type(program.config.dns_capture_len),

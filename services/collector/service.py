@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from flowscope.collector import checks
 from flowscope.collector.attaching import Attacher
+from flowscope.collector.cache_reading import membarrier_global_available
 from flowscope.collector.conntrack import Conntrack, ConntrackUnavailable
 from flowscope.collector.containers import ContainerResolver
 from flowscope.collector.dns_parsing import DnsExchanges, DnsParseError
@@ -66,8 +67,17 @@ def node_name(settings: Settings, env: dict[str, str] | None = None) -> str:
 
 
 def program_config(settings: Settings) -> FlowProgramConfig:
+    cache_slots = settings.flows.cache_slots
+    if cache_slots and not membarrier_global_available():
+        log.warning(
+            "membarrier(MEMBARRIER_CMD_GLOBAL) is unavailable: the flow cache is off, every "
+            "packet is counted in the flow map",
+            extra={"cache_slots": cache_slots},
+        )
+        cache_slots = 0
     return FlowProgramConfig(
         max_flows=settings.flows.max_entries,
+        cache_slots=cache_slots,
         dns_port=settings.dns.port,
         dns_capture_len=settings.dns.capture_bytes,
         dns_ringbuf_pages=settings.dns.ring_buffer_pages,
@@ -201,6 +211,7 @@ class Producing:
             settings.flows.idle_timeout,
             DirectionMemory(capacity),
             pairing=nat_pairing(rt),
+            cache=program.cache,
         )
         self._dns = start_dns_reading(program, node, publisher, metrics)
         self._sockets: SocketTracer | None = None
@@ -289,6 +300,9 @@ class Producing:
         run between chunks (4096 entries, a few ms each) and waiting there while the
         publisher's buffer is more than half full of flows it is still sending."""
         entries = 0
+        if self._drainer.cache is not None:
+            # A grace period (a few ms): not in the event loop's thread.
+            await asyncio.to_thread(self._drainer.cache.advance)
         for lines in self._drainer.drain_chunks(forced):
             self._publisher.submit_lines("flows", lines)
             entries += len(lines)

@@ -25,6 +25,14 @@ def _power_of_two(value: int) -> int:
     return value
 
 
+def _power_of_two_or_zero(value: int) -> int:
+    if value == 0:
+        return value
+    if value > 1 << 20:
+        raise ValueError("must be at most 1048576")
+    return _power_of_two(value)
+
+
 def _patterns(value: tuple[str, ...]) -> tuple[str, ...]:
     for pattern in value:
         fnmatch.translate(pattern)  # any text is a valid glob; keeps the intent explicit
@@ -74,6 +82,14 @@ class FlowSettings:
         "entries of the kernel flow map (64 B key+value each, preallocated); packets of "
         "new flows beyond it are counted in flowscope_collector_map_full_* metrics",
         parse=_between(16, 1 << 24),
+    )
+    cache_slots: int = setting(
+        1024,
+        "slots per half of the per-CPU flow cache (a power of two; 112 B each, two halves "
+        "per possible CPU: 224 KiB per CPU at 1024); packets of a cached flow are counted "
+        "without a flow-map lookup. 0 turns the cache off (also done, with one log line, "
+        "where membarrier(MEMBARRIER_CMD_GLOBAL) is unavailable)",
+        parse=_power_of_two_or_zero,
     )
 
 

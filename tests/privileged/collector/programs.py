@@ -61,6 +61,7 @@ def attached(
                 observer,
                 3.0,
                 DirectionMemory(memory),
+                cache=program.cache,
             )
             yield Kernel(program, attacher, drainer)
         finally:

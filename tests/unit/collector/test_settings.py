@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from flowscope.collector.cache_reading import membarrier_global_available
 from flowscope.collector.service import node_name, program_config
 from flowscope.collector.settings import Settings
 from flowscope.core import config
@@ -15,9 +16,20 @@ def test_defaults() -> None:
     assert s.interfaces.skip_bridges is True
     assert (s.flows.active_timeout, s.flows.max_entries) == (5.0, 65536)
     assert (s.dns.port, s.dns.capture_bytes) == (53, 512)
+    assert s.flows.cache_slots == 1024
+    # The cache is compiled in where membarrier(MEMBARRIER_CMD_GLOBAL) can retire a half.
+    slots = 1024 if membarrier_global_available() else 0
     assert program_config(s).cflags()[1:] == [
-        "-DMAX_FLOWS=65536", "-DDNS_PORT=53", "-DDNS_CAPTURE_LEN=512", "-DDNS_RINGBUF_PAGES=64",
+        "-DMAX_FLOWS=65536", f"-DFLOW_CACHE_SLOTS={slots}", "-DDNS_PORT=53",
+        "-DDNS_CAPTURE_LEN=512", "-DDNS_RINGBUF_PAGES=64",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["3", "-1", "2097152"])
+def test_cache_slots_must_be_a_power_of_two_or_zero(value: str) -> None:
+    with pytest.raises(ConfigError):
+        config.load(Settings, {}, {"FLOWSCOPE_FLOWS_CACHE_SLOTS": value})
+    assert config.load(Settings, {}, {"FLOWSCOPE_FLOWS_CACHE_SLOTS": "0"}).flows.cache_slots == 0
 
 
 def test_environment_names() -> None:
