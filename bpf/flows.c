@@ -397,8 +397,14 @@ static __always_inline void merge_into(struct flow_value *v, const struct flow_v
         v->fwd = s->fwd;
         v->initiator = 1;
     }
-    if (v->first_tick > s->first_tick)
+    if (v->first_tick > s->first_tick) {
+        /* The slot's first packet came first (another CPU's slot was moved here before):
+         * its direction and interface are the flow's, as with one map entry. */
         v->first_tick = s->first_tick;
+        v->ifindex = s->ifindex;
+        if (!v->initiator)
+            v->fwd = s->fwd;
+    }
     if (v->last_tick < s->last_tick)
         v->last_tick = s->last_tick;
 }
@@ -488,6 +494,9 @@ static __always_inline void account_cached(struct __sk_buff *skb, struct flow_ke
     if (s->generation == g)
         evict(s);
     remember_clock();   /* before the slot can be read: every flow comes with a pair */
+    /* Paid once per installed flow, not per packet (ticks are 1-4 ms: two CPUs' slots of
+     * one request/response flow usually start in the same tick). */
+    s->first_ns = bpf_ktime_get_ns();
     s->key = *key;
     struct flow_value *v = &s->value;
     __builtin_memset(v, 0, sizeof(*v));
@@ -580,7 +589,9 @@ static __always_inline int handle_general(struct __sk_buff *skb, __u8 direction,
         .ip_len = p.ip_len, .hdr_len = p.hdr_len, .proto = p.proto,
         .tcp_flags = p.tcp_flags, .dir = make_key(&p, &key),
     };
-    account(skb, &key, &c);
+    /* Through the cache too: a flow whose packets take both paths on one CPU (a VLAN tag
+     * or IP options on some of them) then has one slot, and its first packet's direction. */
+    account_cached(skb, &key, &c);
     if (is_dns(&p))
         capture_dns(skb, &p, direction);
     return TC_ACT_UNSPEC;

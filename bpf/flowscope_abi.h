@@ -86,7 +86,10 @@ struct flow_cache_slot {
     struct flow_key key;
     struct flow_value value;
     __u64 generation;
-};                          /* 112 bytes */
+    __u64 first_ns;         /* bpf_ktime_get_ns() of the slot's first packet: orders one
+                             * flow's slots on several CPUs within a tick, so that the
+                             * record's forward direction is the first packet's */
+};                          /* 120 bytes */
 
 /* One reading of the tick counter and CLOCK_MONOTONIC_COARSE taken together (array
  * `clock_pair`, written by the first new flow). Both advance in the same timer tick, so

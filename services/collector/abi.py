@@ -62,6 +62,7 @@ class FlowCacheSlot(ct.Structure):
         ("key", FlowKey),
         ("value", FlowValue),
         ("generation", ct.c_uint64),
+        ("first_ns", ct.c_uint64),
     ]
 
 

@@ -42,8 +42,9 @@ MEMBARRIER_CMD_QUERY = 0
 MEMBARRIER_CMD_GLOBAL = 1
 FIRST_GENERATION = 2  # 0 means "no user space": the program then counts in the map only
 
-# A slot's bytes: key and value as the flow map's (one struct each), then the generation.
-SLOT = struct.Struct(f"<{abi.FLOW_KEY.size + abi.FLOW_VALUE.size}sQ")
+# A slot's bytes: key and value as the flow map's (one struct each), the generation, and
+# the first packet's bpf_ktime_get_ns.
+SLOT = struct.Struct(f"<{abi.FLOW_KEY.size + abi.FLOW_VALUE.size}sQQ")
 KEY_SIZE = abi.FLOW_KEY.size
 V_FIRST, V_LAST, V_PKT0, V_PKT1, V_BYTES0, V_BYTES1, V_FLAGS, V_IFINDEX, V_FWD, V_INIT = range(10)
 
@@ -93,7 +94,9 @@ def merge_values(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
     Counters add, flags join; first/last are the earliest and latest; the interface is
     the earlier part's (the first packet's). Forward is the SYN sender's when a part saw
     the initiator (the later of two such parts, as the kernel's later SYN overwrites it),
-    else the earlier part's first packet's. Ties keep ``a``'s.
+    else the earlier part's first packet's. Ties keep ``a``'s: pass the part whose first
+    packet came first as ``a`` when the ticks cannot tell (:func:`merge_cpus`); a map entry
+    is ``a`` next to a cached part (docs/collector.md, "Flow cache": direction).
     """
     earlier = b if b[V_FIRST] < a[V_FIRST] else a
     if a[V_INIT] and b[V_INIT]:
@@ -115,6 +118,19 @@ def merge_values(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
         direction[V_INIT],
         b"\0\0",
     )
+
+
+def merge_cpus(parts: list[tuple[int, tuple[Any, ...]]]) -> tuple[Any, ...]:
+    """One flow's slots on several CPUs ((first packet's ns, FLOW_VALUE tuple) each) as
+    one value, merged in the order their first packets came (ticks are too coarse for
+    that: a request and its response on two CPUs usually share one)."""
+    if len(parts) == 1:
+        return parts[0][1]
+    parts.sort(key=lambda part: part[0])
+    merged = parts[0][1]
+    for _, value in parts[1:]:
+        merged = merge_values(merged, value)
+    return merged
 
 
 def merge_chunk(keys: bytes, values: bytes, cached: dict[bytes, tuple[Any, ...]]) -> bytes:
@@ -177,16 +193,12 @@ class FlowCache:
         generation, self._pending = self._pending, None
         first = (generation & 1) * self.slots
         raw = self._read(first)
-        flows: dict[bytes, tuple[Any, ...]] = {}
+        parts: dict[bytes, list[tuple[int, tuple[Any, ...]]]] = {}
         unpack = abi.FLOW_VALUE.unpack_from
-        for slot, tag in SLOT.iter_unpack(raw):
-            if tag != generation:
-                continue
-            key = slot[:KEY_SIZE]
-            value = unpack(slot, KEY_SIZE)
-            known = flows.get(key)
-            flows[key] = value if known is None else merge_values(known, value)
-        return flows
+        for slot, tag, first_ns in SLOT.iter_unpack(raw):
+            if tag == generation:
+                parts.setdefault(slot[:KEY_SIZE], []).append((first_ns, unpack(slot, KEY_SIZE)))
+        return {key: merge_cpus(found) for key, found in parts.items()}
 
     def _read(self, first: int) -> bytes:
         """Every CPU's values of slots first … first + slots - 1, one batch lookup."""

@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from flowscope.collector import abi
@@ -37,7 +37,6 @@ from flowscope.collector.cache_reading import merge_chunk
 from flowscope.core.records import RawFlow
 
 if TYPE_CHECKING:
-    from flowscope.collector.cache_reading import FlowCache
     from flowscope.collector.nat_pairing import NatPairing
 
 TCP = 6
@@ -307,6 +306,23 @@ class BatchReader:
             first = False
 
 
+class CacheHalves(Protocol):
+    """The kernel flow cache as the drain sees it (:class:`~flowscope.collector.
+    cache_reading.FlowCache`; unit tests substitute a dict-backed fake)."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether a generation was retired and not read yet."""
+        ...
+
+    def advance(self) -> None:
+        """Retire the current generation (waits for a grace period)."""
+
+    def take(self) -> dict[bytes, tuple[Any, ...]]:
+        """The retired generation's flows: key bytes → FLOW_VALUE tuple."""
+        ...
+
+
 @dataclass(slots=True)
 class DrainResult:
     """One drain: the records and what the map looked like."""
@@ -328,7 +344,7 @@ class Drainer:
     # Joins the one-way halves of DNAT'ed connections (nat_pairing.py); None: off.
     pairing: NatPairing | None = None
     # The kernel's per-CPU flow cache (cache_reading.py); None: compiled without it.
-    cache: FlowCache | None = None
+    cache: CacheHalves | None = None
 
     def drain(self, forced: bool = False) -> DrainResult:
         """Take every entry out of the map and convert it; all records at once, as RawFlow

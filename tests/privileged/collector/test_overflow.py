@@ -23,7 +23,9 @@ def test_map_full_packets_and_bytes_are_counted(small_node: Node) -> None:
     from flowscope.collector.metrics import read_counters
 
     client, server = small_node.pods
-    config = FlowProgramConfig(max_flows=16)
+    # The map alone (no flow cache, which would hold flows the map has no room for:
+    # test_flow_cache.py has the same rule with the cache in play).
+    config = FlowProgramConfig(max_flows=16, cache_slots=0)
     with attached(small_node, config, [client.host_if], chunk=8) as kernel:
         capture = Capture(client.host_if)
         small_node.run(client, "udp-spray", server.ip4, "20000", "200")

@@ -203,9 +203,11 @@ def test_tiny_map_overflow_reported_in_metrics(
     node: Node, nats_in_node: nats_server.NatsServer
 ) -> None:
     with node.inside():
+        # A 4-slot flow cache: 100 new flows still overflow the 16 map entries.
         proc = CollectorProcess(
-            nats_in_node.url, node.host, extra=["--flows-max-entries", "16"]
-        ).start()
+            nats_in_node.url, node.host,
+            extra=["--flows-max-entries", "16", "--flows-cache-slots", "4"],
+        ).start()  # fmt: skip
     try:
         client, server = node.pods[:2]
         node.run(client, "udp-spray", server.ip4, "30000", "100")

@@ -87,9 +87,12 @@ def udp_client(addr: str, port: str, count: str, size: str, sport: str = "0") ->
     print(json.dumps({"sport": s.getsockname()[1]}), flush=True)
 
 
-def udp_spray(addr: str, first_port: str, ports: str) -> None:
-    """One datagram to each of `ports` consecutive ports (many flows, no replies needed)."""
+def udp_spray(addr: str, first_port: str, ports: str, sport: str = "0") -> None:
+    """One datagram to each of `ports` consecutive ports (many flows, no replies needed),
+    from source port `sport` (0: any), so that a second spray repeats the same flows."""
     s = socket.socket(_family(addr), socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::" if ":" in addr else "0.0.0.0", int(sport)))
     for port in range(int(first_port), int(first_port) + int(ports)):
         s.sendto(b"x" * 32, (addr, port))
     print(json.dumps({"sport": s.getsockname()[1]}), flush=True)
