@@ -141,7 +141,11 @@ def merge_chunk(keys: bytes, values: bytes, cached: dict[bytes, tuple[Any, ...]]
     if cached.keys().isdisjoint(split):
         return values
     out = bytearray(values)
-    unpack, pack_into, vsize = abi.FLOW_VALUE.unpack_from, abi.FLOW_VALUE.pack_into, abi.FLOW_VALUE.size
+    unpack, pack_into, vsize = (
+        abi.FLOW_VALUE.unpack_from,
+        abi.FLOW_VALUE.pack_into,
+        abi.FLOW_VALUE.size,
+    )
     for index, key in enumerate(split):
         part = cached.pop(key, None)
         if part is not None:

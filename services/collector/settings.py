@@ -85,8 +85,8 @@ class FlowSettings:
     )
     cache_slots: int = setting(
         1024,
-        "slots per half of the per-CPU flow cache (a power of two; 112 B each, two halves "
-        "per possible CPU: 224 KiB per CPU at 1024); packets of a cached flow are counted "
+        "slots per half of the per-CPU flow cache (a power of two; 120 B each, two halves "
+        "per possible CPU: 240 KiB per CPU at 1024); packets of a cached flow are counted "
         "without a flow-map lookup. 0 turns the cache off (also done, with one log line, "
         "where membarrier(MEMBARRIER_CMD_GLOBAL) is unavailable)",
         parse=_power_of_two_or_zero,

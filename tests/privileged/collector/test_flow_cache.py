@@ -60,7 +60,9 @@ def test_a_connection_over_many_drains_and_both_cpus_is_counted_exactly(
     from flowscope.collector.loading import FlowProgramConfig
 
     client, server = cache_node.pods
-    with attached(cache_node, FlowProgramConfig(max_flows=1024), [client.host_if, server.host_if]) as kernel:
+    with attached(
+        cache_node, FlowProgramConfig(max_flows=1024), [client.host_if, server.host_if]
+    ) as kernel:
         assert kernel.program.cache is not None
         capture = Capture(client.host_if)
         srv = cache_node.start(server, "tcp-server", server.ip4, "8081", "200000")
@@ -96,7 +98,10 @@ def test_a_connection_over_many_drains_and_both_cpus_is_counted_exactly(
     fid = (6, client.ip4, server.ip4, int(sent["sport"]), 8081)  # type: ignore[call-overload]
     rid = (6, server.ip4, client.ip4, 8081, int(sent["sport"]))  # type: ignore[call-overload]
     assert sums(records, fid) == (
-        capture.packets[fid], capture.bytes[fid], capture.packets[rid], capture.bytes[rid]
+        capture.packets[fid],
+        capture.bytes[fid],
+        capture.packets[rid],
+        capture.bytes[rid],
     )
     assert capture.bytes[fid] > 1_800_000 and moves > 10
     assert len(per_drain) > 20 and max(per_drain) <= 1  # one record per interval at most
@@ -184,7 +189,9 @@ def test_without_user_space_the_program_counts_in_the_map_only(cache_node: Node)
     from flowscope.collector.loading import FlowProgramConfig
 
     client, server = cache_node.pods
-    with attached(cache_node, FlowProgramConfig(max_flows=1024), [client.host_if, server.host_if]) as kernel:
+    with attached(
+        cache_node, FlowProgramConfig(max_flows=1024), [client.host_if, server.host_if]
+    ) as kernel:
         cache = kernel.program.cache
         assert cache is not None
         cache._generation.value = 0  # as before user space set it

@@ -87,7 +87,9 @@ class Cache:
         return dict(self.halves.pop(0))
 
 
-def split(entries: list[tuple[bytes, tuple[Any, ...]]], chunk: int) -> list[list[tuple[bytes, bytes]]]:
+def split(
+    entries: list[tuple[bytes, tuple[Any, ...]]], chunk: int
+) -> list[list[tuple[bytes, bytes]]]:
     rows = [(k, abi.FLOW_VALUE.pack(*v)) for k, v in entries]
     return [rows[at : at + chunk] for at in range(0, len(rows), chunk)]
 
