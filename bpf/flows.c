@@ -409,17 +409,15 @@ static __always_inline void merge_into(struct flow_value *v, const struct flow_v
         v->last_tick = s->last_tick;
 }
 
-/* Move a valid slot's flow into the flow map (the map-full rule of account() applies). */
+/* Move a valid slot's flow into the flow map (the map-full rule of account() applies).
+ * Insert first: a flow leaving the cache is most often one the map does not hold (a
+ * short flow pushed out by newer ones), and the insert (BPF_NOEXIST) finds an existing
+ * entry itself, so the common case costs one hash-table walk, not a lookup and an insert. */
 static __always_inline void evict(struct flow_cache_slot *s)
 {
-    struct flow_value *v = flows.lookup(&s->key);
-    if (v) {
-        merge_into(v, &s->value);
-        return;
-    }
     if (flows.insert(&s->key, &s->value) == 0)
         return;
-    v = flows.lookup(&s->key);   /* -EEXIST: another CPU created it meanwhile */
+    struct flow_value *v = flows.lookup(&s->key);   /* -EEXIST */
     if (v) {
         merge_into(v, &s->value);
         return;
