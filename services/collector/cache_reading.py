@@ -133,25 +133,38 @@ def merge_cpus(parts: list[tuple[int, tuple[Any, ...]]]) -> tuple[Any, ...]:
     return merged
 
 
-def merge_chunk(keys: bytes, values: bytes, cached: dict[bytes, tuple[Any, ...]]) -> bytes:
+def last_words(cached: dict[bytes, tuple[Any, ...]]) -> set[int]:
+    """The last 8-byte word of each cached key (ports, protocol, family): the prefilter
+    :func:`merge_chunk` tests a whole chunk against at C speed."""
+    return {int.from_bytes(key[KEY_SIZE - 8 :], "little") for key in cached}
+
+
+def merge_chunk(
+    keys: bytes, values: bytes, cached: dict[bytes, tuple[Any, ...]], words: set[int]
+) -> bytes:
     """``values`` of a drained map chunk with the cached part of each of its flows added
-    (taken out of ``cached``); the same bytes object when none of them has one."""
-    size = KEY_SIZE
-    split = [keys[at : at + size] for at in range(0, len(keys), size)]
-    if cached.keys().isdisjoint(split):
+    (taken out of ``cached``); the same bytes object when none of them has one.
+
+    ``words``: :func:`last_words` of ``cached`` (a superset is fine). Most chunks share
+    no flow with the cache; one set test over each key's last word (a strided memoryview
+    of the keys, no Python code per entry: ~20 ns an entry, slicing every key out was
+    ~85) says so, and only a chunk that may share one is searched entry by entry.
+    """
+    tags = memoryview(keys).cast("Q")[KEY_SIZE // 8 - 1 :: KEY_SIZE // 8]
+    if words.isdisjoint(tags):
         return values
-    out = bytearray(values)
-    unpack, pack_into, vsize = (
-        abi.FLOW_VALUE.unpack_from,
-        abi.FLOW_VALUE.pack_into,
-        abi.FLOW_VALUE.size,
-    )
-    for index, key in enumerate(split):
-        part = cached.pop(key, None)
+    out: bytearray | None = None
+    unpack, pack_into = abi.FLOW_VALUE.unpack_from, abi.FLOW_VALUE.pack_into
+    vsize = abi.FLOW_VALUE.size
+    for index, tag in enumerate(tags):
+        if tag not in words:
+            continue
+        part = cached.pop(keys[index * KEY_SIZE : (index + 1) * KEY_SIZE], None)
         if part is not None:
+            out = bytearray(values) if out is None else out
             at = index * vsize
             pack_into(out, at, *merge_values(unpack(out, at), part))
-    return bytes(out)
+    return values if out is None else bytes(out)
 
 
 class FlowCache:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from flowscope.collector import abi
-from flowscope.collector.cache_reading import merge_chunk
+from flowscope.collector.cache_reading import last_words, merge_chunk
 from flowscope.core.records import RawFlow
 
 if TYPE_CHECKING:
@@ -384,11 +384,12 @@ class Drainer:
             yield from self._paired_chunks(self.pairing, forced, cached)
             return
         ctx: DrainContext | None = None
+        words = last_words(cached)
         for keys, values in self.reader.chunks():
             # Read after the first chunk: the pair exists once any entry does.
             ctx = ctx or self._context(forced)
             if cached:
-                values = merge_chunk(keys, values, cached)
+                values = merge_chunk(keys, values, cached, words)
             yield self.render_chunk(keys, values, ctx)
         for keys, values in _cached_chunks(cached):
             ctx = ctx or self._context(forced)
@@ -404,9 +405,10 @@ class Drainer:
         chunks (or appended as chunks of their own) before the pairing sees them."""
         chunks = []
         read = 0
+        words = last_words(cached)
         for keys, values in self.reader.chunks():
             if cached:
-                values = merge_chunk(keys, values, cached)
+                values = merge_chunk(keys, values, cached, words)
             chunks.append((keys, values))
             read += len(keys) + len(values)
             yield []

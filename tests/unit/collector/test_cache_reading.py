@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from flowscope.collector import abi
-from flowscope.collector.cache_reading import merge_chunk, merge_values, possible_cpus
+from flowscope.collector.cache_reading import (
+    last_words,
+    merge_chunk,
+    merge_values,
+    possible_cpus,
+)
 from flowscope.collector.draining import DirectionMemory, Drainer
 from flowscope.collector.nat_pairing import NatPairing
 from hypothesis import given, settings
@@ -55,12 +60,16 @@ def test_merge_chunk_adds_only_the_flows_it_holds_and_takes_them_out() -> None:
     keys = [key(n) for n in range(5)]
     values = [value((n + 1, 0)) for n in range(5)]
     raw_keys, raw_values = b"".join(keys), b"".join(abi.FLOW_VALUE.pack(*v) for v in values)
-    cached = {keys[1]: value((10, 2)), keys[4]: value((0, 7)), key(99): value()}
-    out = merge_chunk(raw_keys, raw_values, cached)
+    # key(99) shares its last word (ports 1123/80, UDP, IPv4) with no key of the chunk;
+    # other99 shares key(3)'s last word but not its addresses: a prefilter hit, no flow.
+    other99 = key(3)[:4] + b"\x7f" + key(3)[5:]
+    cached = {keys[1]: value((10, 2)), keys[4]: value((0, 7)), key(99): value(), other99: value()}
+    words = last_words(cached)
+    out = merge_chunk(raw_keys, raw_values, cached, words)
     got = list(abi.FLOW_VALUE.iter_unpack(out))
     assert [(v[2], v[3]) for v in got] == [(1, 0), (12, 2), (3, 0), (4, 0), (5, 7)]
-    assert list(cached) == [key(99)]
-    assert merge_chunk(raw_keys, raw_values, cached) is raw_values  # nothing to add: no copy
+    assert list(cached) == [key(99), other99]
+    assert merge_chunk(raw_keys, raw_values, cached, words) is raw_values  # no copy
 
 
 def test_possible_cpus_reads_ranges_and_singles(tmp_path: Path) -> None:
