@@ -1,5 +1,5 @@
-/* flows.c — TC clsact classifiers (ingress and egress) that aggregate flows in a map and
- * copy DNS packets to a ring buffer.
+/* flows.c — TC clsact classifiers (ingress and egress) that aggregate flows in a per-CPU
+ * cache backed by a map, and copy DNS packets to a ring buffer.
  *
  * Reads only the stable __sk_buff context and packet bytes (direct packet access, or
  * bpf_skb_load_bytes for bytes outside the linear area); never a struct sock field. Every program returns

@@ -10,7 +10,9 @@ first packet's unless a SYN without ACK said otherwise; since a deleted entry fo
 that, the drainer remembers (bounded) the direction of flows whose initiator it saw, so
 a long connection keeps its source and destination across intervals. With NAT pairing
 (:mod:`~flowscope.collector.nat_pairing`) the map is read whole before it is rendered, and
-the one-way halves of DNAT'ed connections are joined into one record.
+the one-way halves of DNAT'ed connections are joined into one record. Flows the kernel
+still holds in its per-CPU flow cache (:mod:`~flowscope.collector.cache_reading`) are
+read before the map and added to their map entries, so a flow is one record per drain.
 
 Times: the kernel stamps packets with timer ticks (``bpf_jiffies64()``, 1/HZ); records
 carry unix nanoseconds: ticks become CLOCK_MONOTONIC through the kernel's tick/clock
