@@ -294,10 +294,12 @@ def collector_load(node: Node, seconds: float) -> None:
             lost = collector.metric("flowscope_collector_map_full_packets_total")
             sockets = collector.metric("flowscope_collector_socket_events_total")
             dropped = collector.metric("flowscope_collector_publish_dropped_records_total")
+            lookups = collector.metric("flowscope_collector_nat_lookups_total")
             print(f"  target {rate:,}/s (achieved {achieved:,.0f}/s): CPU {100 * (cpu1 - cpu0) / (t1 - t0):.1f}% "
                   f"of one core over {t1 - t0:.1f} s; RSS {rss:.0f} MB (peak {hwm:.0f} MB); "
                   f"so far: flows drained {drained:,.0f}, socket events {sockets:,.0f}, "
-                  f"map-full packets {lost:,.0f}, records dropped {dropped:,.0f}")  # fmt: skip
+                  f"map-full packets {lost:,.0f}, records dropped {dropped:,.0f}, "
+                  f"conntrack lookups {lookups:,.0f}")  # fmt: skip
     finally:
         collector.stop()
         collector.close()

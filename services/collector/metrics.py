@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowscope.collector import abi
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+if TYPE_CHECKING:
+    from flowscope.collector.nat_pairing import NatTally
 
 KINDS = ("flows", "sockets", "dns")
 
@@ -54,6 +57,10 @@ class CollectorMetrics:
     interfaces_attached: Gauge
     attach_errors: Counter
     leftover_filters_removed: Counter
+    nat_lookups: Counter
+    nat_pairs: Counter
+    nat_rewritten: Counter
+    nat_misses: Counter
     _last: KernelCounters
 
     @classmethod
@@ -80,8 +87,19 @@ class CollectorMetrics:
             Gauge(p + "interfaces_attached", "interfaces with the TC programs attached", registry=registry),
             Counter(p + "attach_errors", "interfaces the TC programs could not be attached to", registry=registry),
             Counter(p + "leftover_filters_removed", "TC filters of an earlier run removed at start", registry=registry),
+            Counter(p + "nat_lookups", "flow tuples looked up in conntrack (NAT pairing)", registry=registry),
+            Counter(p + "nat_pairs", "DNAT'ed connections whose two one-way halves were joined into one flow", registry=registry),
+            Counter(p + "nat_rewritten", "halves of DNAT'ed connections rewritten alone (the other half not in the drain)", registry=registry),
+            Counter(p + "nat_misses", "conntrack lookups that found no DNAT (no entry, or not DNAT'ed)", registry=registry),
             KernelCounters(),
         )  # fmt: skip
+
+    def observe_nat(self, tally: NatTally) -> None:
+        """Add one drain's NAT-pairing counts."""
+        self.nat_lookups.inc(tally.lookups)
+        self.nat_pairs.inc(tally.pairs)
+        self.nat_rewritten.inc(tally.rewritten)
+        self.nat_misses.inc(tally.misses)
 
     def observe_kernel(self, now: KernelCounters) -> None:
         """Advance the kernel-loss counters by what changed since the last reading."""

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from flowscope.collector import checks
 from flowscope.collector.attaching import Attacher
+from flowscope.collector.conntrack import Conntrack, ConntrackUnavailable
 from flowscope.collector.containers import ContainerResolver
 from flowscope.collector.dns_parsing import DnsExchanges, DnsParseError
 from flowscope.collector.dns_reading import DnsReader
@@ -41,6 +42,7 @@ from flowscope.collector.loading import (
     release_compiler_memory,
 )
 from flowscope.collector.metrics import CollectorMetrics, SocketSnapshotMetrics, read_counters
+from flowscope.collector.nat_pairing import NatPairing
 from flowscope.collector.publishing import Publisher, PublishLimits
 from flowscope.collector.settings import Settings
 from flowscope.collector.socket_snapshotting import SnapshotLimits, SocketSnapshot
@@ -198,6 +200,7 @@ class Producing:
             node,
             settings.flows.idle_timeout,
             DirectionMemory(capacity),
+            pairing=nat_pairing(rt),
         )
         self._dns = start_dns_reading(program, node, publisher, metrics)
         self._sockets: SocketTracer | None = None
@@ -293,8 +296,22 @@ class Producing:
             await self._publisher.catch_up("flows")
         self._metrics.drains.inc()
         self._metrics.flows_drained.inc(entries)
+        if self._drainer.pairing is not None:
+            self._metrics.observe_nat(self._drainer.pairing.take_tally())
         self._metrics.map_entries.set(entries)
         self._metrics.observe_kernel(read_counters(self._program.counters))
+
+
+def nat_pairing(rt: runtime.Runtime) -> NatPairing | None:
+    """Pairing of DNAT'ed halves through this network namespace's conntrack; None (one
+    log line) when ctnetlink cannot be opened: flows are then published unpaired."""
+    try:
+        conntrack = Conntrack()
+    except ConntrackUnavailable as e:
+        log.warning(f"{e}: NAT pairing is off; flows through a Service stay two one-way records")
+        return None
+    rt.stack.callback(conntrack.close)
+    return NatPairing(conntrack)
 
 
 async def readable(fd: int, stopping: asyncio.Event, at_most: float) -> None:

@@ -146,6 +146,18 @@ class RawFlow(_Wire):
     tcp_flags: int = 0
     initiator: bool = False
     ifindex: int = 0
+    # Present only on a flow the collector found DNAT'ed in conntrack (docs/collector.md,
+    # "NAT pairing"): the address and port the client sent to before the NAT (a Service
+    # address); ``dst``/``dport`` are then the backend it reached.
+    nat_dst: str | None = None
+    nat_dport: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The wire dict; the NAT keys only when set (optional keys of ``raw.flow/1``)."""
+        wire = _Wire.to_wire(self)
+        if self.nat_dst is None:
+            del wire["nat_dst"], wire["nat_dport"]
+        return wire
 
 
 @dataclass(slots=True)

@@ -62,7 +62,10 @@ _FLOW_REQUIRED = (
     ("proto", int), ("src", str), ("dst", str), ("sport", int), ("dport", int),
     ("bytes", int), ("packets", int), ("rbytes", int), ("rpackets", int),
 )  # fmt: skip
-_FLOW_OPTIONAL = (("tcp_flags", int), ("initiator", bool), ("ifindex", int))
+_FLOW_OPTIONAL = (
+    ("tcp_flags", int), ("initiator", bool), ("ifindex", int), ("nat_dst", str), ("nat_dport", int),
+)  # fmt: skip
+MAX_NAT_IDENTITIES = 10_000  # backend identities with the dialled Service's name
 _SOCKET_REQUIRED = (
     ("observer", str), ("time_ns", int), ("event", str), ("proto", int), ("src", str),
     ("sport", int), ("dst", str), ("dport", int), ("pid", int), ("tid", int), ("comm", str),
@@ -194,6 +197,9 @@ class Enricher:
         # timeout; a flow's final report (idle, FIN/RST seen, collector stopping) drops it
         self._cids: dict[tuple[int, str, str, int, int], str] = {}
         self._max_cids = cid_cache
+        # (backend identity, Service name) → the identity naming that Service (NAT'ed
+        # flows); the first item guards against a re-used id() after the cache dropped it.
+        self._nat_ids: dict[tuple[int, str], tuple[Identity, Identity]] = {}
 
     # ------------------------------------------------------------ state
 
@@ -335,6 +341,7 @@ class Enricher:
             )
             flags = raw.get("tcp_flags", 0)
             initiator = raw.get("initiator", False)
+            nat_dst = raw.get("nat_dst")  # set on a DNAT'ed flow (see _nat_ends)
         except (KeyError, TypeError, AttributeError):
             check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
             raise  # check always raises for such a record
@@ -372,6 +379,8 @@ class Enricher:
         src_proc = find(observer, proto, src, sport, dst, dport)
         if src_proc is None and src_id.home and src_id.home != observer:
             src_proc = find(src_id.home, proto, src, sport, dst, dport)
+        if src_proc is None and nat_dst is not None:  # the client's socket names the Service
+            src_proc = self._nat_client(raw, i, observer, src_id, proto, src, sport)
         dst_proc = find(observer, proto, dst, dport, src, sport)
         if dst_proc is None and dst_id.home and dst_id.home != observer:
             dst_proc = find(dst_id.home, proto, dst, dport, src, sport)
@@ -404,8 +413,13 @@ class Enricher:
             return None
 
         lookup = self.names.lookup
-        dst_name = lookup(src, dst, now)
-        src_name = lookup(dst, src, now)
+        if nat_dst is None:
+            dst_name = lookup(src, dst, now)
+            src_name = lookup(dst, src, now)
+        else:
+            src_id, dst_id, src_name, dst_name = self._nat_ends(
+                raw, i, now, src, dst, src_id, dst_id, dst == dst_found[0]
+            )
         if dst_name is not None:
             tally.dns_hits += 1
         else:
@@ -427,6 +441,65 @@ class Enricher:
             src_proc, dst_proc, dst_name, src_name,
         )  # fmt: skip
         return f"{subjects.FLOWS}.{src_id.token}.{dst_id.token}", record
+
+    # ------------------------------------------------------------ DNAT'ed flows
+
+    def _nat(self, raw: dict[str, Any], i: int) -> tuple[str, int]:
+        """(canonical pre-NAT address, port) of a DNAT'ed raw flow (RecordError if bad)."""
+        text, port = raw["nat_dst"], raw.get("nat_dport")
+        if type(text) is not str or type(port) is not int or not 0 <= port <= 65535:
+            raise RecordError("raw.flow", i, "nat_dst must be str and nat_dport a port")
+        return self._address(text, "raw.flow", i, "nat_dst")[0], port
+
+    def _nat_client(
+        self, raw: dict[str, Any], i: int, observer: str, ident: Identity, proto: int,
+        client: str, cport: int,
+    ) -> SocketOwner | None:  # fmt: skip
+        """The client's socket of a DNAT'ed flow: it is connected to the Service address."""
+        service, port = self._nat(raw, i)
+        found = self.sockets.find(observer, proto, client, cport, service, port)
+        if found is None and ident.home and ident.home != observer:
+            found = self.sockets.find(ident.home, proto, client, cport, service, port)
+        return found
+
+    def _nat_ends(
+        self, raw: dict[str, Any], i: int, now: float, src: str, dst: str, src_id: Identity,
+        dst_id: Identity, backend_is_dst: bool,
+    ) -> tuple[Identity, Identity, str | None, str | None]:  # fmt: skip
+        """(source identity, destination identity, source domain, destination domain) of a
+        DNAT'ed flow: the backend end names the Service whose address the client dialled,
+        and its domain is what the client resolved to that address (it asked for the
+        Service's name, not the pod's), else to the backend's own address."""
+        service, _ = self._nat(raw, i)
+        client, backend = (src, dst) if backend_is_dst else (dst, src)
+        lookup = self.names.lookup
+        backend_name = lookup(client, service, now) or lookup(client, backend, now)
+        client_name = lookup(backend, client, now)
+        found = self.resolver.resolve(service)
+        if found.kind == "service":
+            name = found.destination["destination.k8s.service.name"]
+            if backend_is_dst:
+                dst_id = self._named_service(dst_id, name)
+            else:
+                src_id = self._named_service(src_id, name)
+        if backend_is_dst:
+            return src_id, dst_id, client_name, backend_name
+        return src_id, dst_id, backend_name, client_name
+
+    def _named_service(self, ident: Identity, service: str) -> Identity:
+        """``ident`` with ``k8s.service.name`` = ``service`` on both sides (cached)."""
+        found = self._nat_ids.get((id(ident), service))
+        if found is not None and found[0] is ident:
+            return found[1]
+        named = Identity(
+            ident.kind, ident.token, ident.home,
+            {**ident.source, "source.k8s.service.name": service},
+            {**ident.destination, "destination.k8s.service.name": service}, ident.pod_uid,
+        )  # fmt: skip
+        if len(self._nat_ids) >= MAX_NAT_IDENTITIES:
+            self._nat_ids.clear()
+        self._nat_ids[(id(ident), service)] = (ident, named)
+        return named
 
     # ------------------------------------------------------------ DNS records
 

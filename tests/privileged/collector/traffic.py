@@ -48,6 +48,23 @@ def tcp_client(addr: str, port: str, send_bytes: str) -> None:
     print(json.dumps({"received": got, "sport": sport}), flush=True)
 
 
+def tcp_client_paced(addr: str, port: str, send_bytes: str, parts: str, pause: str) -> None:
+    """Like tcp_client, but send_bytes in ``parts`` writes ``pause`` seconds apart (a
+    connection that spans several drains)."""
+    c = socket.socket(_family(addr), socket.SOCK_STREAM)
+    c.connect((addr, int(port)))
+    for _ in range(int(parts)):
+        c.sendall(b"s" * (int(send_bytes) // int(parts)))
+        time.sleep(float(pause))
+    c.shutdown(socket.SHUT_WR)
+    got = 0
+    while chunk := c.recv(65536):
+        got += len(chunk)
+    sport = c.getsockname()[1]
+    c.close()
+    print(json.dumps({"received": got, "sport": sport}), flush=True)
+
+
 def udp_echo(addr: str, port: str, count: str) -> None:
     """Answer count datagrams, each with the same payload."""
     s = socket.socket(_family(addr), socket.SOCK_DGRAM)

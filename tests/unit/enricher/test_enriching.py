@@ -256,3 +256,51 @@ def test_aaaa_answers_match_flows_by_canonical_address() -> None:
     assert rec["destination.domain"] == "v6.example"
     mixed = e.flows([flow("node-1", A, "2001:db8::7", 40000, 443)])
     assert len(mixed.bad) == 1 and "address families" in str(mixed.bad[0][1])
+
+
+def test_dnat_fields_name_the_dialled_service_and_its_domain() -> None:
+    """A flow the collector found DNAT'ed: the record stays client → backend pod (so its
+    Community ID is the backend node's), the Service is the one whose address the client
+    dialled, the domain the name the client resolved to that address."""
+    import orjson
+    from flowscope.core.community_id import community_id
+
+    vip = "10.96.0.20"
+    e = enricher()
+    inv = e.resolver
+    assert isinstance(inv, Inventory)
+    inv.upsert("services", objects.service_from_json(cluster.service("db", "data", (vip,))))
+    inv.upsert(
+        "services", objects.service_from_json(cluster.service("aaa", "data", ("10.96.0.21",)))
+    )
+    for name in ("db", "aaa"):  # both select pod b; without NAT the first name is reported
+        slice_ = cluster.endpointslice(f"{name}-x", name, (B,), namespace="data")
+        inv.upsert("endpointslices", objects.endpointslice_from_json(slice_))
+    e.learn_dns([{"observer": "node-1", "time_ns": 1, "id": 1, "qname": "db.data.svc.cluster.local",
+                  "qtype": "A", "rcode": "NOERROR", "client": A, "client_port": 3333,
+                  "server": "10.96.0.10", "server_port": 53,
+                  "answers": [{"name": "db.data.svc.cluster.local", "type": "A", "ttl": 30,
+                               "data": vip}]}])  # fmt: skip
+    e.learn_sockets([sock("node-1", "connect", A, 40000, vip, 80, 11, "ca")])
+    raw = flow("node-1", A, B, 40000, 8080, initiator=True, nat_dst=vip, nat_dport=80)
+    rec = only(e, [raw])
+    assert (rec["destination.address"], rec["destination.port"]) == (B, 8080)
+    assert rec["destination.kind"] == "pod" and rec["destination.k8s.pod.name"] == "b"
+    assert rec["destination.k8s.service.name"] == "db"
+    assert rec["destination.domain"] == "db.data.svc.cluster.local"
+    assert rec["source.process.pid"] == 11  # its socket is connected to the Service
+    assert rec["flow.community_id"] == community_id(6, A, B, 40000, 8080)
+    assert e.flow_lines([raw]).lines == {
+        s: [orjson.dumps(r) + b"\n" for r in rs] for s, rs in e.flows([raw]).by_subject.items()
+    }
+    plain = only(e, [flow("node-1", A, B, 40001, 8080, initiator=True)])
+    assert plain["destination.k8s.service.name"] == "aaa" and "destination.domain" not in plain
+
+
+@pytest.mark.parametrize(
+    "change", [{"nat_dst": 5}, {"nat_dst": "not-an-ip"}, {"nat_dport": 70000}, {"nat_dport": "80"}]
+)
+def test_bad_dnat_fields_are_bad_records(change: dict) -> None:
+    raw = flow("node-1", A, B, 40000, 8080, nat_dst="10.96.0.20", nat_dport=80) | change
+    out = enricher().flows([raw])
+    assert len(out.bad) == 1 and not out.by_subject

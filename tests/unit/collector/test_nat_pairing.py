@@ -1,0 +1,357 @@
+"""NAT pairing in the drain: which flows are held, looked up, joined, rewritten, or left
+exactly as they are (the conntrack seam answered by a table, as the kernel would)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+import pytest
+from flowscope.collector import abi
+from flowscope.collector.conntrack import (
+    Answer,
+    ConntrackError,
+    ConntrackUnavailable,
+    CtTuple,
+)
+from flowscope.collector.draining import DirectionMemory, Drainer
+from flowscope.collector.nat_pairing import (
+    NatPairing,
+    chunk_addresses,
+    chunk_receivers_in,
+    chunk_senders,
+    chunk_touching,
+)
+from flowscope.core.records import RawFlow
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+A, VIP, B, C = "10.0.0.5", "10.96.0.10", "10.0.1.7", "10.0.2.9"
+TCP, UDP = 6, 17
+SYN, ACK, FIN = 0x02, 0x10, 0x01
+
+
+def packed(address: str) -> bytes:
+    return ipaddress.ip_address(address).packed
+
+
+def entry(
+    src: str, sport: int, dst: str, dport: int, proto: int = TCP, *, packets: int = 5,
+    nbytes: int = 500, flags: int = 0, first: int = 100, last: int = 900, syn: bool = False,
+) -> tuple[bytes, bytes]:  # fmt: skip
+    """A one-way flow entry (key bytes, value bytes) as the kernel stores it: ends in
+    canonical order, the counters in the sender's slot."""
+    ends = sorted([(packed(src).ljust(16, b"\0"), sport), (packed(dst).ljust(16, b"\0"), dport)])
+    sender_lo = ends[0] == (packed(src).ljust(16, b"\0"), sport)
+    family = abi.AF_INET if ":" not in src else abi.AF_INET6
+    key = abi.FLOW_KEY.pack(ends[0][0], ends[1][0], ends[0][1], ends[1][1], proto, family, b"\0\0")
+    counts = (packets, 0, nbytes, 0) if sender_lo else (0, packets, 0, nbytes)
+    fwd = abi.DIR_LO_HI if sender_lo else abi.DIR_HI_LO
+    value = abi.FLOW_VALUE.pack(first, last, counts[0], counts[1], counts[2], counts[3], flags,
+                                7, fwd, int(syn), b"\0\0")  # fmt: skip
+    return key, value
+
+
+def two_way(src: str, sport: int, dst: str, dport: int) -> tuple[bytes, bytes]:
+    key, value = entry(src, sport, dst, dport, UDP)
+    v = list(abi.FLOW_VALUE.unpack(value))
+    v[2:6] = [3, 4, 300, 400]
+    return key, abi.FLOW_VALUE.pack(*v)
+
+
+class Reader:
+    """The map as a list of chunks; each drain takes the next list."""
+
+    def __init__(self, *drains: list[list[tuple[bytes, bytes]]]) -> None:
+        self.drains = list(drains)
+
+    def chunks(self) -> Iterator[tuple[bytes, bytes]]:
+        for chunk in self.drains.pop(0):
+            yield b"".join(k for k, _ in chunk), b"".join(v for _, v in chunk)
+
+
+class Clock:
+    tick_ns = 1
+
+    def pair(self) -> tuple[int, int]:
+        return 0, 0
+
+
+class Conntrack:
+    """The kernel's table as a dict: original tuple → reply tuple (the lookup seam)."""
+
+    def __init__(
+        self, entries: dict[CtTuple, CtTuple] | None = None, fail: Exception | None = None
+    ) -> None:
+        self.entries = entries or {}
+        self.fail = fail
+        self.asked: list[CtTuple] = []
+
+    def lookup_many(self, origs: Sequence[CtTuple]) -> list[Answer]:
+        self.asked += origs
+        if self.fail is not None:
+            raise self.fail
+        out = []
+        for orig in origs:
+            reply = self.entries.get(orig)
+            out.append(Answer(0, reply, orig) if reply else Answer(0, errno=2))
+        return out
+
+
+def dnat(
+    client: tuple[str, int], service: tuple[str, int], backend: tuple[str, int], proto: int = TCP
+) -> dict[CtTuple, CtTuple]:
+    orig = CtTuple(proto, packed(client[0]), packed(service[0]), client[1], service[1])
+    return {orig: CtTuple(proto, packed(backend[0]), packed(client[0]), backend[1], client[1])}
+
+
+def drainer(reader: Reader, conntrack: Conntrack | None, idle: float = 1e9, **kw: Any) -> Drainer:
+    pairing = NatPairing(conntrack, **kw) if conntrack is not None else None
+    return Drainer(reader, Clock(), "node-a", idle, DirectionMemory(64), pairing=pairing)  # type: ignore[arg-type]
+
+
+def drained(d: Drainer) -> list[dict[str, Any]]:
+    return [f.to_wire() for f in d.drain().flows]
+
+
+def lines(d: Drainer) -> list[bytes]:
+    """The lines a drain publishes, sorted, each with its times made relative (unix time
+    = monotonic + an offset the drain measures, so it differs between two drains)."""
+    out: list[bytes] = []
+    d.drain_into(out.extend)
+    rows = []
+    for line in out:
+        wire = orjson.loads(line)
+        start = wire["start_ns"]
+        wire["start_ns"], wire["end_ns"] = 0, wire["end_ns"] - start
+        rows.append(orjson.dumps(wire))
+    return sorted(rows)
+
+
+def by_ends(flows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    return {(f["src"], f["sport"], f["dst"], f["dport"]): f for f in flows}
+
+
+def tcp_halves(fin: bool = True) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """X (the client's requests to the Service) and Y (the backend's replies)."""
+    x = entry(
+        A, 40000, VIP, 80, packets=6, nbytes=1400, flags=SYN | ACK, first=100, last=800, syn=True
+    )
+    y_flags = SYN | ACK | (FIN if fin else 0)
+    y = entry(B, 8080, A, 40000, packets=4, nbytes=900, flags=y_flags, first=150, last=950)
+    return x, y
+
+
+def test_halves_in_different_chunks_become_one_flow_to_the_backend() -> None:
+    x, y = tcp_halves()
+    other = [entry(C, 5000 + i, B, 9000, UDP) for i in range(3)]
+    ct = Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)))
+    d = drainer(Reader([[x, other[0]], [other[1]], [y, other[2]]]), ct)
+    flows = by_ends(drained(d))
+    joined = flows[(A, 40000, B, 8080)]
+    assert (joined["packets"], joined["bytes"], joined["rpackets"], joined["rbytes"]) == (
+        6,
+        1400,
+        4,
+        900,
+    )
+    assert (joined["nat_dst"], joined["nat_dport"]) == (VIP, 80)
+    assert joined["tcp_flags"] == SYN | ACK | FIN and joined["initiator"] is True
+    assert (joined["start_ns"], joined["end_ns"]) == (
+        100 + joined["start_ns"] - 100,
+        joined["end_ns"],
+    )
+    assert joined["end_ns"] - joined["start_ns"] == 850  # first of X .. last of Y (ticks = ns)
+    assert joined["end_reason"] == "end_of_flow_detected"  # Y's FIN: the stronger reason
+    assert len(flows) == 4 and (A, 40000, VIP, 80) not in flows and (B, 8080, A, 40000) not in flows
+    assert ct.asked == [CtTuple(TCP, packed(A), packed(VIP), 40000, 80)]
+    assert d.pairing is not None and d.pairing.take_tally().pairs == 1
+
+
+def test_answers_are_cached_for_the_life_of_the_flow_and_x_alone_is_rewritten() -> None:
+    x, y = tcp_halves(fin=False)
+    x_later = entry(A, 40000, VIP, 80, packets=2, nbytes=104, flags=ACK)
+    x_end = entry(A, 40000, VIP, 80, packets=1, nbytes=52, flags=ACK | FIN)
+    ct = Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)))
+    d = drainer(Reader([[x, y]], [[x_later]], [[x_end]], [[x_later]]), ct)
+    drained(d)
+    (alone,) = drained(d)  # the replies were not in this interval: X alone, rewritten
+    assert (alone["dst"], alone["dport"], alone["packets"], alone["rpackets"]) == (B, 8080, 2, 0)
+    assert (alone["nat_dst"], alone["nat_dport"]) == (VIP, 80)
+    assert len(ct.asked) == 1  # from the cache
+    (last,) = drained(d)
+    assert last["dst"] == B and last["end_reason"] == "end_of_flow_detected"
+    # The FIN ended the flow: its answer is forgotten; a later flow with the same tuple
+    # (port reuse) is not rewritten from the old entry, and is not held at all.
+    (reused,) = drained(d)
+    assert (reused["dst"], "nat_dst" in reused) == (VIP, False)
+    assert len(ct.asked) == 1
+
+
+def test_same_client_end_without_nat_stays_as_it_is() -> None:
+    """An unconnected UDP socket sending to C and receiving from B (no NAT): conntrack
+    has no DNAT for it, so both flows are published exactly as without pairing."""
+    chunk = [entry(A, 5353, C, 53, UDP), entry(B, 53, A, 5353, UDP)]
+    orig = CtTuple(UDP, packed(A), packed(C), 5353, 53)
+    ct = Conntrack({orig: CtTuple(UDP, packed(C), packed(A), 53, 5353)})  # plain entry
+    d = drainer(Reader([chunk], [chunk]), ct)
+    assert lines(d) == lines(drainer(Reader([chunk]), None))
+    assert ct.asked == [orig]
+    assert d.pairing is not None and d.pairing.take_tally().misses == 1
+    assert lines(d) == lines(drainer(Reader([chunk]), None))
+    assert ct.asked == [orig]  # the negative answer is cached too
+
+
+def test_snat_as_well_is_not_paired() -> None:
+    """Masquerade after DNAT: the replies go to the node, not to the client."""
+    x, y = tcp_halves()
+    orig = CtTuple(TCP, packed(A), packed(VIP), 40000, 80)
+    ct = Conntrack({orig: CtTuple(TCP, packed(B), packed("10.0.0.1"), 8080, 61000)})
+    d = drainer(Reader([[x, y]]), ct)
+    assert lines(d) == lines(drainer(Reader([[x, y]]), None))
+
+
+def test_replies_without_their_requests_are_left_alone_and_not_looked_up() -> None:
+    _, y = tcp_halves()
+    ct = Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)))
+    d = drainer(Reader([[y, entry(C, 1, B, 2, UDP)]]), ct)
+    assert lines(d) == lines(drainer(Reader([[y, entry(C, 1, B, 2, UDP)]]), None))
+    assert ct.asked == []
+
+
+def test_one_way_flows_sharing_no_end_cause_no_lookup_and_no_change() -> None:
+    """The collector benchmark's workload: 8 sockets spraying one-way datagrams."""
+    flows = [entry(A, 40000 + i % 8, B, 1024 + i, UDP) for i in range(600)]
+    chunks = [flows[i : i + 128] for i in range(0, 600, 128)]
+    ct = Conntrack()
+    d = drainer(Reader(chunks), ct)
+    assert lines(d) == lines(drainer(Reader(chunks), None))
+    assert ct.asked == [] and d.pairing is not None and d.pairing.held == []
+
+
+@pytest.mark.parametrize(
+    "failure", [ConntrackUnavailable(1, "ctnetlink request"), ConntrackError("garbage")]
+)
+def test_conntrack_failing_publishes_unpaired_and_logs_once(
+    failure: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    x, y = tcp_halves()
+    x2, y2 = entry(A, 40001, VIP, 80), entry(B, 8080, A, 40001)
+    ct = Conntrack(fail=failure)
+    d = drainer(Reader([[x, y]], [[x2, y2]]), ct)
+    with caplog.at_level(logging.WARNING):
+        assert lines(d) == lines(drainer(Reader([[x, y]]), None))
+        assert lines(d) == lines(drainer(Reader([[x2, y2]]), None))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert d.pairing is not None
+    if isinstance(failure, ConntrackUnavailable):
+        assert "NAT pairing is off" in warnings[0].getMessage()
+        assert d.pairing.enabled is False and len(ct.asked) == 1  # not asked again
+
+
+def test_two_way_flows_are_never_held() -> None:
+    chunk = [two_way(A, 40000, B, 80), two_way(B, 80, A, 40000), entry(C, 1, A, 40000, UDP)]
+    ct = Conntrack()
+    d = drainer(Reader([chunk]), ct)
+    assert lines(d) == lines(drainer(Reader([chunk]), None))
+    assert ct.asked == []
+
+
+def test_ipv6_and_udp_halves_are_joined() -> None:
+    a6, vip6, b6 = "fd00::5", "fd00:96::10", "fd00:1::7"
+    x = entry(a6, 5000, vip6, 53, UDP, packets=2, nbytes=130)
+    y = entry(b6, 5353, a6, 5000, UDP, packets=2, nbytes=250)
+    ct = Conntrack(dnat((a6, 5000), (vip6, 53), (b6, 5353), UDP))
+    (joined,) = drained(drainer(Reader([[y], [x]]), ct))
+    assert RawFlow.from_wire(joined).to_wire() == joined
+    assert (joined["src"], joined["dst"], joined["dport"], joined["nat_dst"]) == (
+        a6,
+        b6,
+        5353,
+        vip6,
+    )
+    assert (joined["bytes"], joined["rbytes"], joined["initiator"]) == (130, 250, False)
+
+
+def test_paired_line_is_what_rawflow_writes() -> None:
+    x, y = tcp_halves()
+    out: list[bytes] = []
+    drainer(Reader([[x, y]]), Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)))).drain_into(
+        out.extend
+    )
+    (line,) = out
+    assert line == orjson.dumps(RawFlow.from_wire(orjson.loads(line)).to_wire()) + b"\n"
+
+
+def test_replies_alone_of_a_known_dnat_are_oriented_client_to_backend() -> None:
+    """The client silent for an interval (a server pushing): the backend's half alone
+    carries the same 5-tuple as every other report, the NAT keys, reverse counters."""
+    x, y = tcp_halves(fin=False)
+    y_later = entry(B, 8080, A, 40000, packets=3, nbytes=3000, flags=ACK)
+    ct = Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)))
+    d = drainer(Reader([[x, y]], [[y_later, entry(C, 1, B, 2, UDP)]]), ct)
+    drained(d)
+    flows = by_ends(drained(d))
+    alone = flows[(A, 40000, B, 8080)]
+    assert (alone["packets"], alone["rpackets"], alone["rbytes"]) == (0, 3, 3000)
+    assert (alone["nat_dst"], alone["nat_dport"], alone["initiator"]) == (VIP, 80, False)
+    assert len(ct.asked) == 1 and (C, 1, B, 2) in flows
+
+
+def test_answers_older_than_the_ttl_are_asked_again() -> None:
+    """After the conntrack entry of a reused tuple changed (another backend), the old
+    answer is not used: answers live ANSWER_TTL_NS at most (0 here)."""
+    x, y = tcp_halves(fin=False)
+    y2 = entry(C, 8080, A, 40000, packets=4, nbytes=900)
+    ct = Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)))
+    d = drainer(Reader([[x, y]], [[x, y2]]), ct, ttl_ns=0)
+    assert by_ends(drained(d))[(A, 40000, B, 8080)]["nat_dst"] == VIP
+    ct.entries = dnat((A, 40000), (VIP, 80), (C, 8080))
+    flows = by_ends(drained(d))
+    assert flows[(A, 40000, C, 8080)]["rpackets"] == 4 and len(flows) == 1
+    assert len(ct.asked) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([A, B, C, VIP]), st.sampled_from([A, B, C, VIP]),
+                  st.integers(1, 3), st.integers(1, 3), st.sampled_from(["fwd", "rev", "both"])),
+        min_size=1, max_size=20,
+    ),
+    st.sampled_from(["mixed", "fwd", "rev"]),
+)  # fmt: skip
+def test_prefilter_passes_agree_with_their_definition(rows: list[Any], only: str) -> None:
+    """chunk_addresses / chunk_senders / chunk_receivers_in / chunk_touching (C-level
+    passes, with fast paths for chunks going one way only) against a plain loop."""
+    made = []
+    for src, dst, sport, dport, way in rows:
+        way = way if only == "mixed" else only
+        k, v = entry(src, sport, dst, dport, UDP)
+        key, value = abi.FLOW_KEY.unpack(k), list(abi.FLOW_VALUE.unpack(v))
+        value[2:6] = {"fwd": [5, 0, 50, 0], "rev": [0, 5, 0, 50], "both": [5, 5, 50, 50]}[way]
+        made.append((key, abi.FLOW_KEY.pack(*key), abi.FLOW_VALUE.pack(*value), value))
+    keys = b"".join(m[1] for m in made)
+    values = b"".join(m[2] for m in made)
+    senders, receivers, ends_s, ends_r = set(), set(), set(), set()
+    for key, _, _, value in made:
+        lo = (*struct.unpack("<QQ", key[0]), key[2], key[4])
+        hi = (*struct.unpack("<QQ", key[1]), key[3], key[4])
+        if value[3] == 0 or value[2] == 0:
+            s, r = (lo, hi) if value[3] == 0 else (hi, lo)
+            senders.add(s[0])
+            receivers.add(r[0])
+            ends_s.add(s)
+            ends_r.add(r)
+    assert chunk_addresses(keys, values) == (senders, receivers)
+    assert chunk_senders(keys, values) == ends_s
+    assert chunk_receivers_in(keys, values, ends_s) == ends_r & ends_s
+    touching = [i for i, (key, _, _, value) in enumerate(made) if (value[2] == 0 or value[3] == 0)
+                and ({(*struct.unpack("<QQ", key[0]), key[2], key[4]),
+                      (*struct.unpack("<QQ", key[1]), key[3], key[4])} & ends_s)]  # fmt: skip
+    assert chunk_touching(keys, values, ends_s) == touching
