@@ -25,12 +25,6 @@ from tests.support import nats_server
 
 
 @pytest.fixture(scope="module")
-def nat_node() -> Iterator[NatNode]:
-    with NatNode().built() as built:
-        yield built
-
-
-@pytest.fixture(scope="module")
 def nats_in_node(nat_node: NatNode) -> Iterator[nats_server.NatsServer]:
     with nat_node.inside():
         server = nats_server.start()
@@ -149,7 +143,7 @@ async def test_connection_over_several_drains_is_looked_up_once(
     lookups, before = collector.metric("flowscope_collector_nat_lookups_total"), joined()
     srv = nat_node.start(backend, "tcp-server", backend.ip4, str(TCP_TARGET), "4000")
     wait_listening(srv)
-    cli = nat_node.start(client, "tcp-client-paced", VIP4, str(TCP_PORT), "30000", "3", "1.2")
+    cli = nat_node.start(client, "tcp-client", VIP4, str(TCP_PORT), "30000", "3", "1.2")
     sport = int(finish(cli)["sport"])
     finish(srv)
     records = await flows.wait_for(
