@@ -400,8 +400,9 @@ class _Pending:
 
 @dataclass(slots=True)
 class ExchangeCounts:
-    """What the pairing dropped or could not pair, for the collector's metrics."""
+    """How queries and responses paired, for the collector's metrics (only ever grow)."""
 
+    answered: int = 0  # responses paired with their query exactly
     evicted: int = 0  # queries pushed out of a full pending table
     expired: int = 0  # queries that saw no response within the timeout
     unmatched: int = 0  # responses without a remembered query
@@ -460,6 +461,7 @@ class DnsExchanges:
             packet = replace(packet, src=query.packet.dst, sport=query.packet.dport)
         else:
             self._forget(key)
+            self.counts.answered += 1
         latency = max(0, ts_unix_ns - query.time_ns)
         return _event(self.observer, packet, query.time_ns, latency, response=True)
 

@@ -14,10 +14,11 @@ import ctypes as ct
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from flowscope.collector import abi
+from flowscope.collector.dns_parsing import ExchangeCounts
 from flowscope.collector.draining import monotonic_to_realtime_offset
 from flowscope.collector.metrics import CollectorMetrics
 from flowscope.core.logs import RateLimitedLog
@@ -35,6 +36,9 @@ class DnsObserver(Protocol):
     def observe(self, data: bytes, ts_unix_ns: int) -> RawDns | None: ...
 
     def expire(self, now_ns: int) -> list[RawDns]: ...
+
+    @property
+    def counts(self) -> ExchangeCounts: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,7 @@ class DnsReader:
         self._metrics = metrics
         self._parse_errors = parse_errors
         self._batch: list[CapturedPacket] = []
+        self._counted = ExchangeCounts()  # the pairing counts already in the metrics
         self._bad = RateLimitedLog(log)
         table.open_ring_buffer(self._on_event)
 
@@ -125,6 +130,9 @@ class DnsReader:
         self._deliver(self.poll())
 
     def _deliver(self, records: list[RawDns]) -> None:
+        now = self._observer.counts
+        self._metrics.observe_dns_pairing(now, self._counted)
+        self._counted = replace(now)
         if records:
             self._metrics.dns_events.inc(len(records))
             self._emit(records)

@@ -9,9 +9,12 @@ from flowscope.collector import abi
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 if TYPE_CHECKING:
+    from flowscope.collector.dns_parsing import ExchangeCounts
     from flowscope.collector.nat_pairing import NatTally
 
 KINDS = ("flows", "sockets", "dns")
+# dns_parsing.ExchangeCounts fields, each an outcome label of dns_pairing_total
+DNS_OUTCOMES = ("answered", "translated", "unmatched", "expired", "evicted", "retransmits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,7 @@ class CollectorMetrics:
     dns_captured: Counter
     dns_parse_errors: Counter
     dns_events: Counter
+    dns_pairing: Counter
     publish_batches: Counter
     publish_bytes: Counter
     publish_records: Counter
@@ -78,6 +82,7 @@ class CollectorMetrics:
             Counter(p + "dns_captured", "DNS packets copied to the ring buffer", registry=registry),
             Counter(p + "dns_parse_errors", "captured DNS packets that did not parse", registry=registry),
             Counter(p + "dns_events", "DNS exchanges produced", registry=registry),
+            Counter(p + "dns_pairing", "DNS queries and responses by pairing outcome", ["outcome"], registry=registry),
             Counter(p + "publish_batches", "messages published", kind, registry=registry),
             Counter(p + "publish_bytes", "message body bytes published", kind, registry=registry),
             Counter(p + "publish_records", "records published", kind, registry=registry),
@@ -100,6 +105,13 @@ class CollectorMetrics:
         self.nat_pairs.inc(tally.pairs)
         self.nat_rewritten.inc(tally.rewritten)
         self.nat_misses.inc(tally.misses)
+
+    def observe_dns_pairing(self, now: ExchangeCounts, last: ExchangeCounts) -> None:
+        """Advance ``dns_pairing_total{outcome}`` by what the pairing counted since ``last``."""
+        for outcome in DNS_OUTCOMES:
+            delta = getattr(now, outcome) - getattr(last, outcome)
+            if delta:
+                self.dns_pairing.labels(outcome).inc(delta)
 
     def observe_kernel(self, now: KernelCounters) -> None:
         """Advance the kernel-loss counters by what changed since the last reading."""

@@ -1,4 +1,5 @@
-"""Fixtures: a namespace "node" and the flow program attached to its host interfaces."""
+"""Fixtures: a namespace "node" (and a routed one with DNAT) and the flow program attached
+to its host interfaces."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.privileged.collector.nat_node import NatNode
 from tests.privileged.collector.node import Node
 from tests.privileged.collector.programs import Kernel, attached
 
@@ -13,6 +15,13 @@ from tests.privileged.collector.programs import Kernel, attached
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     with Node().built() as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def nat_node() -> Iterator[NatNode]:
+    """A routed node with a kube-proxy-like DNAT rule (nat_node.py)."""
+    with NatNode().built() as built:
         yield built
 
 

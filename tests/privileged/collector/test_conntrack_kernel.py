@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,12 +19,6 @@ from tests.privileged.collector.nat_node import (
     NatNode,
 )
 from tests.privileged.collector.node import finish, wait_listening
-
-
-@pytest.fixture(scope="module")
-def nat_node() -> Iterator[NatNode]:
-    with NatNode().built() as built:
-        yield built
 
 
 def packed(address: str) -> bytes:

@@ -3,6 +3,7 @@ a routed namespace node with a kube-proxy-like nftables DNAT rule (nat_node.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -21,12 +22,6 @@ from tests.privileged.collector.nat_node import (
 from tests.privileged.collector.node import Capture, finish, wait_listening
 from tests.privileged.collector.test_service import Records
 from tests.support import nats_server
-
-
-@pytest.fixture(scope="module")
-def nat_node() -> Iterator[NatNode]:
-    with NatNode().built() as built:
-        yield built
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +46,34 @@ def collector(
         proc.close()
 
 
-@pytest.fixture
-async def flows(nat_node: NatNode, nats_in_node: nats_server.NatsServer) -> AsyncIterator[Records]:
+async def subscribed(
+    nat_node: NatNode, url: str, schema: codec.Schema, subject: str
+) -> AsyncIterator[Records]:
+    """Raw records of one kind from the collector in the node, for the test's duration."""
     import nats
 
     with nat_node.inside():
-        nc = await nats.connect(nats_in_node.url)
-    got = Records(codec.RAW_FLOW)
-    await nc.subscribe(subjects.raw_flows("testnode"), cb=got.handler)
+        nc = await nats.connect(url)
+    got = Records(schema)
+    await nc.subscribe(subject, cb=got.handler)
     yield got
     await nc.close()
+
+
+@pytest.fixture
+async def flows(nat_node: NatNode, nats_in_node: nats_server.NatsServer) -> AsyncIterator[Records]:
+    async for got in subscribed(
+        nat_node, nats_in_node.url, codec.RAW_FLOW, subjects.raw_flows("testnode")
+    ):
+        yield got
+
+
+@pytest.fixture
+async def dns(nat_node: NatNode, nats_in_node: nats_server.NatsServer) -> AsyncIterator[Records]:
+    async for got in subscribed(
+        nat_node, nats_in_node.url, codec.RAW_DNS, subjects.raw_dns("testnode")
+    ):
+        yield got
 
 
 @pytest.fixture
@@ -130,7 +143,7 @@ async def test_connection_over_several_drains_is_looked_up_once(
     lookups, before = collector.metric("flowscope_collector_nat_lookups_total"), joined()
     srv = nat_node.start(backend, "tcp-server", backend.ip4, str(TCP_TARGET), "4000")
     wait_listening(srv)
-    cli = nat_node.start(client, "tcp-client-paced", VIP4, str(TCP_PORT), "30000", "3", "1.2")
+    cli = nat_node.start(client, "tcp-client", VIP4, str(TCP_PORT), "30000", "3", "1.2")
     sport = int(finish(cli)["sport"])
     finish(srv)
     records = await flows.wait_for(
@@ -148,3 +161,32 @@ async def test_connection_over_several_drains_is_looked_up_once(
     assert sum(r["rbytes"] for r in records) == capture.bytes[reply]
     assert collector.metric("flowscope_collector_nat_lookups_total") - lookups == 1
     assert joined() - before == len(records)
+
+
+DNS_VIP4 = "10.209.100.53"  # a cluster DNS Service address, DNAT'ed to pod B port 53
+
+
+async def test_dns_through_the_service_is_one_exchange_with_latency(
+    nat_node: NatNode, collector: CollectorProcess, dns: Records
+) -> None:
+    """The query is captured going to the Service address, the answer coming from the DNS
+    pod (un-NATed only after TC): paired into one event naming the Service, and no
+    "unanswered" twin of the query once the 5 s query timeout has passed."""
+    client, backend = nat_node.pods
+    nat_node.hx(
+        "nft", "add", "rule", "inet", "natpair", "prerouting",
+        "ip", "daddr", DNS_VIP4, "udp", "dport", "53", "dnat", "ip", "to", f"{backend.ip4}:53",
+    )  # fmt: skip
+    srv = nat_node.start(backend, "dns-server", backend.ip4, "53", "1")
+    wait_listening(srv)
+    answer = nat_node.run(client, "dns-query", DNS_VIP4, "53", "svc.natpair.test")
+    finish(srv)
+    (event,) = await dns.wait_for(lambda r: r["qname"] == "svc.natpair.test")
+    assert (event["client"], event["server"], event["server_port"]) == (client.ip4, DNS_VIP4, 53)
+    assert (event["id"], event["rcode"]) == (answer["id"], "NOERROR")
+    assert event["answers"] == [
+        {"name": "svc.natpair.test", "type": "A", "ttl": 60, "data": "10.203.0.99"}
+    ]
+    assert event["latency_ns"] > 0
+    await asyncio.sleep(6.5)  # past the query timeout (5 s) and one more expiry pass
+    assert [r for r in dns.records if r["qname"] == "svc.natpair.test"] == [event]

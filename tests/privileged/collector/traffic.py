@@ -34,23 +34,9 @@ def tcp_server(addr: str, port: str, reply_bytes: str) -> None:
     print(json.dumps({"received": got, "peer": list(peer[:2])}), flush=True)
 
 
-def tcp_client(addr: str, port: str, send_bytes: str) -> None:
-    """Connect, send send_bytes, half-close, read the reply to EOF."""
-    c = socket.socket(_family(addr), socket.SOCK_STREAM)
-    c.connect((addr, int(port)))
-    c.sendall(b"s" * int(send_bytes))
-    c.shutdown(socket.SHUT_WR)
-    got = 0
-    while chunk := c.recv(65536):
-        got += len(chunk)
-    sport = c.getsockname()[1]
-    c.close()
-    print(json.dumps({"received": got, "sport": sport}), flush=True)
-
-
-def tcp_client_paced(addr: str, port: str, send_bytes: str, parts: str, pause: str) -> None:
-    """Like tcp_client, but send_bytes in ``parts`` writes ``pause`` seconds apart (a
-    connection that spans several drains)."""
+def tcp_client(addr: str, port: str, send_bytes: str, parts: str = "1", pause: str = "0") -> None:
+    """Connect, send send_bytes (in ``parts`` writes ``pause`` seconds apart: a connection
+    that spans several drains), half-close, read the reply to EOF."""
     c = socket.socket(_family(addr), socket.SOCK_STREAM)
     c.connect((addr, int(port)))
     for _ in range(int(parts)):

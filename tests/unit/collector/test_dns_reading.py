@@ -6,10 +6,13 @@ import ctypes
 from typing import Any
 
 from flowscope.collector import abi
+from flowscope.collector.dns_parsing import DnsExchanges, ExchangeCounts
 from flowscope.collector.dns_reading import DnsReader
 from flowscope.collector.metrics import CollectorMetrics
 from flowscope.core.records import RawDns
 from prometheus_client import CollectorRegistry
+
+from tests.unit.collector import packet_building as pb
 
 
 class ParseError(Exception):
@@ -18,6 +21,8 @@ class ParseError(Exception):
 
 class Observer:
     """Behaves by the packet's first byte: 'e' parse error, 'b' bug, else an event."""
+
+    counts = ExchangeCounts()
 
     def observe(self, data: bytes, ts_unix_ns: int) -> RawDns | None:
         if data[:1] == b"e":
@@ -57,3 +62,30 @@ def test_errors_counted_events_delivered() -> None:
     assert len(events) == 2 and events[0].time_ns > 5
     assert metrics.dns_parse_errors._value.get() == 2
     assert reader.poll() == []
+
+
+def test_pairing_outcomes_counted_once_each() -> None:
+    """dns_pairing_total{outcome} follows the parser's counts: deltas, never twice."""
+    client, server, backend = "10.9.0.2", "10.96.0.10", "10.9.1.7"
+
+    def udp(src: str, dst: str, sport: int, dport: int, message: bytes) -> bytes:
+        return pb.ipv4(src, dst, 17, pb.udp(sport, dport, message))
+
+    ring = Ring([
+        udp(client, server, 4000, 53, pb.query("a.test", ident=1)),
+        udp(server, client, 53, 4000, pb.response("a.test", [], ident=1)),  # answered
+        udp(client, server, 4001, 53, pb.query("b.test", ident=2)),
+        udp(backend, client, 53, 4001, pb.response("b.test", [], ident=2)),  # translated
+        udp(server, client, 53, 4002, pb.response("c.test", [], ident=3)),  # unmatched
+    ])  # fmt: skip
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    delivered: list[RawDns] = []
+    reader = DnsReader(ring, ring, 64, DnsExchanges("n"), delivered.extend, metrics, (ParseError,))
+    reader._deliver(reader.poll())
+    reader._deliver(reader.poll())  # nothing new: nothing added
+
+    def outcome(name: str) -> float:
+        return metrics.dns_pairing.labels(name)._value.get()
+
+    assert [outcome(o) for o in ("answered", "translated", "unmatched")] == [1, 1, 1]
+    assert outcome("expired") == 0 and len(delivered) == 3
