@@ -81,7 +81,7 @@ def test_a_connection_over_many_drains_and_both_cpus_is_counted_exactly(
         drainer = threading.Thread(target=drain_often)
         drainer.start()
         try:
-            proc = cache_node.start(client, "tcp-client-paced", server.ip4, "8081", "1800000", "60", "0.01")  # fmt: skip
+            proc = cache_node.start(client, "tcp-client", server.ip4, "8081", "1800000", "60", "0.01")  # fmt: skip
             moves = 0
             while proc.poll() is None:
                 pin(proc.pid, moves % 2)
