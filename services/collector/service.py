@@ -210,7 +210,7 @@ class Producing:
             node,
             settings.flows.idle_timeout,
             DirectionMemory(capacity),
-            pairing=nat_pairing(rt),
+            pairing=nat_pairing(rt) if settings.flows.nat_pairing else None,
             cache=program.cache,
         )
         self._dns = start_dns_reading(program, node, publisher, metrics)

@@ -91,6 +91,13 @@ class FlowSettings:
         "where membarrier(MEMBARRIER_CMD_GLOBAL) is unavailable)",
         parse=_power_of_two_or_zero,
     )
+    nat_pairing: bool = setting(
+        True,
+        "join the two one-way halves of a connection DNAT'ed by kube-proxy (ClusterIP, "
+        "NodePort) into one flow through conntrack (docs/collector.md, NAT pairing); off "
+        "saves reading the whole map before rendering it where no DNAT happens (a "
+        "kube-proxy-free cluster)",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert (s.flows.active_timeout, s.flows.max_entries) == (5.0, 65536)
     assert (s.dns.port, s.dns.capture_bytes) == (53, 512)
     assert s.flows.cache_slots == 1024
+    assert s.flows.nat_pairing is True
     # The cache is compiled in where membarrier(MEMBARRIER_CMD_GLOBAL) can retire a half.
     slots = 1024 if membarrier_global_available() else 0
     assert program_config(s).cflags()[1:] == [
@@ -85,3 +86,8 @@ def test_socket_snapshot_settings() -> None:
     assert s.sockets.snapshot_timeout == 2.5
     with pytest.raises(ConfigError, match="FLOWSCOPE_SOCKETS_SNAPSHOT_TIMEOUT"):
         config.load(Settings, {}, {"FLOWSCOPE_SOCKETS_SNAPSHOT_TIMEOUT": "0"})
+
+
+def test_nat_pairing_can_be_turned_off() -> None:
+    settings = config.load(Settings, {}, {"FLOWSCOPE_FLOWS_NAT_PAIRING": "false"})
+    assert settings.flows.nat_pairing is False
