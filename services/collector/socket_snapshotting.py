@@ -145,12 +145,8 @@ def _address(hex_words: str, family: int) -> str:
     return address_text(family, struct.pack(f"={len(words)}I", *words))
 
 
-def parse_line(line: str, family: int, proto: int) -> TableEntry:
-    """One table line → :class:`TableEntry` (ValueError naming what is wrong)."""
-    return _parse_fields(line.split(), family, proto)
-
-
 def _parse_fields(fields: list[str], family: int, proto: int) -> TableEntry:
+    """One table line's fields → :class:`TableEntry` (ValueError naming what is wrong)."""
     if len(fields) < _MIN_FIELDS:
         raise ValueError(f"{len(fields)} fields, expected at least {_MIN_FIELDS}")
     local, lport = parse_address(fields[1], family)
