@@ -66,8 +66,11 @@ class RingReader:
         self._sample = sample
         self._stride = record_stride(sample.size)
         padding = self._stride - HEADER.size - sample.size
-        # Header + sample + padding as one format: one iter_unpack per contiguous run.
-        self._record = struct.Struct(f"<II{sample.format.lstrip('<@=!>')}{padding}x")
+        # The sample between the header and the padding, as one format skipping both:
+        # one iter_unpack per contiguous run of committed records yields the samples
+        # themselves (no per-record header check, slice or append in Python).
+        self._record = struct.Struct(f"<8x{sample.format.lstrip('<@=!>')}{padding}x")
+        self._words = self._stride // 4  # u32 words per record: the header's stride
         self._consumer_map = mmap.mmap(
             map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
         )
@@ -98,11 +101,14 @@ class RingReader:
             run = min(producer - consumer, self._size) // stride * stride
             taken = 0
             if run:
-                for record in self._record.iter_unpack(self._data[start : start + run]):
-                    if record[0] != length:
-                        break
-                    out.append(record[2:])
-                    taken += stride
+                block = self._data[start : start + run]
+                # Every record's first u32 (its len with BUSY / DISCARD), strided: the
+                # leading records that are whole committed samples are unpacked at once.
+                heads = block.cast("I")[:: self._words].tolist()
+                whole = len(heads) if heads.count(length) == len(heads) else _leading(heads, length)
+                if whole:
+                    taken = whole * stride
+                    out.extend(self._record.iter_unpack(block[:taken]))
             consumer += taken
             if run and taken == run:
                 continue
@@ -128,3 +134,11 @@ class RingReader:
         self._data.release()
         self._consumer_map.close()
         self._data_map.close()
+
+
+def _leading(heads: list[int], length: int) -> int:
+    """How many of ``heads`` from the start equal ``length``."""
+    for n, head in enumerate(heads):
+        if head != length:
+            return n
+    return len(heads)
