@@ -172,11 +172,12 @@ def test_socket_wire_is_exactly_rawsocket_to_wire(
     assert to_raw_socket(event, "node", offset, container) == RawSocket.from_wire(wire)
 
 
-# (family, saddr, daddr, kind, comm, cgroup id, u64, port): some kinds and families bad
+# (family, saddr, daddr, kind, comm, cgroup id, u64, port, pid): some kinds and families
+# bad; few pids and netns values (u64 % 3), so that lines share their owner part
 EVENT_ROWS = st.tuples(
     st.sampled_from([2, 10, 2, 10, 7]), V6_BYTES, V6_BYTES, st.integers(0, 5),
     st.sampled_from([b"curl", b"nginx", b"\xff\xfebad", b"", b'q"\\\x01\x7f']), st.sampled_from([0, 7, 9]),
-    st.integers(0, 2**63), st.integers(0, 0xFFFF),
+    st.integers(0, 2**63), st.integers(0, 0xFFFF), st.sampled_from([7, 8, 2**31 - 1]),
 )  # fmt: skip
 
 
@@ -186,8 +187,8 @@ def test_socket_lines_are_socket_wire_as_ndjson(
     rows: list[tuple[Any, ...]], offset: int, node: str
 ) -> None:
     events = []
-    for family, saddr, daddr, kind, comm, cgroup, big, port in rows:
-        fields = (big, big, cgroup, big, 7, 8, saddr, daddr, port, port, family, 6, kind, 0, comm.ljust(16, b"\0"))  # fmt: skip
+    for family, saddr, daddr, kind, comm, cgroup, big, port, pid in rows:
+        fields = (big, big, cgroup, big % 3, pid, pid - 1, saddr, daddr, port, port, family, 6, kind, 0, comm.ljust(16, b"\0"))  # fmt: skip
         events.append(decode_event(LAYOUT.pack(*fields)))
     containers = {7: "c" * 64, 9: ""}
     asked: list[set[int]] = []
