@@ -464,12 +464,12 @@ class Drainer:
         memory = self.memory
         resolve, remembered = memory.resolve, memory.known
         by_family, address = ctx.names.by_family, ctx.names.json
-        observer = orjson.dumps(ctx.observer)
+        # The observer is the same in every line: part of the template (``%`` escaped).
+        template = b'{"observer":' + orjson.dumps(ctx.observer).replace(b"%", b"%%") + _FLOW_REST
         offset, tick_ns, origin = ctx.offset_ns, ctx.tick_ns, ctx.mono_origin_ns
         forced, now, idle = ctx.forced, ctx.now_mono_ns, ctx.idle_ns
         reasons = (b'"active_timeout"', b'"idle_timeout"')
         booleans = (b"false", b"true")
-        template = _FLOW_LINE
         starts: dict[int, bytes] = {}
         ends: dict[int, tuple[bytes, bytes]] = {}
         out: list[bytes] = []
@@ -514,7 +514,7 @@ class Drainer:
             else:
                 reason = end[1]
             append(template % (
-                observer, start, end[0], reason, proto, src, dst, sport, dport, nbytes,
+                start, end[0], reason, proto, src, dst, sport, dport, nbytes,
                 packets, rbytes, rpackets, flags, booleans[initiator], ifindex,
             ))  # fmt: skip
         return out
@@ -533,8 +533,9 @@ def _cached_chunks(
 
 
 # raw_flow_wire()'s dict as orjson writes it, plus the newline (key order: RawFlow's).
-_FLOW_LINE = (
-    b'{"observer":%b,"start_ns":%b,"end_ns":%b,"end_reason":%b,"proto":%d,"src":%b,'
+# A raw.flow line is b'{"observer":' + the observer's JSON + _FLOW_REST % (...).
+_FLOW_REST = (
+    b',"start_ns":%b,"end_ns":%b,"end_reason":%b,"proto":%d,"src":%b,'
     b'"dst":%b,"sport":%d,"dport":%d,"bytes":%d,"packets":%d,"rbytes":%d,"rpackets":%d,'
     b'"tcp_flags":%d,"initiator":%b,"ifindex":%d}\n'
 )
