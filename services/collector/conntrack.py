@@ -9,8 +9,12 @@ This module asks the kernel for that entry: ``IPCTNL_MSG_CT_GET`` on a
 ``NETLINK_NETFILTER`` socket with ``CTA_TUPLE_ORIG`` (nested ``CTA_TUPLE_IP`` and
 ``CTA_TUPLE_PROTO``), and reads ``CTA_TUPLE_REPLY`` from the answer. Encoding and
 decoding are pure functions (golden-byte tested against the UAPI constants below);
-:class:`Conntrack` only adds the socket. No library: the messages are a few nested
-TLVs, and pyroute2's conntrack support would be a new dependency for two functions.
+:class:`Conntrack` only adds the socket. Not pyroute2's ``NFCTSocket`` (pyroute2 is
+already a dependency, for links and filters): its ``entry("get", tuple_orig=...)`` is one
+request and one round trip per lookup, decoded through its generic attribute classes —
+~145 µs of CPU per lookup against ~24 µs here for 1,000 lookups of absent tuples in a
+fresh namespace (2026-11-21, process time), and a drain may ask for thousands. The
+messages are a few nested TLVs.
 
 The kernel answers each GET with one ``IPCTNL_MSG_CT_NEW`` message, or an
 ``NLMSG_ERROR`` (``ENOENT``: no entry). Requests are sent in batches (many netlink
