@@ -8,7 +8,7 @@ one-way messages, the code) as the destination "port", following Zeek.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import hashlib
 import ipaddress
@@ -21,6 +21,14 @@ ICMPV6 = 58
 SCTP = 132
 
 _PORTED = frozenset({TCP, UDP, SCTP})
+
+# The hashed input, by address length and with or without ports: seed, source, destination,
+# protocol, a zero byte[, source port, destination port] (network order). One precompiled
+# pack per ID instead of three packs and three concatenations.
+_INPUT = {
+    (4, True): struct.Struct("!H4s4sBxHH"), (4, False): struct.Struct("!H4s4sBx"),
+    (16, True): struct.Struct("!H16s16sBxHH"), (16, False): struct.Struct("!H16s16sBx"),
+}  # fmt: skip
 
 # request ↔ reply pairs; any other type is a one-way message and is never reordered.
 _ICMP4_COUNTERPART = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
@@ -59,10 +67,14 @@ def community_id(
     one_way = False
     if proto in (ICMP, ICMPV6):
         sport, dport, one_way = _icmp_ports(proto, sport, dport)
-    has_ports = proto in _PORTED or proto in (ICMP, ICMPV6)
-    if not one_way and (dst, dport) < (src, sport):
+        has_ports = True
+    else:
+        has_ports = proto in _PORTED
+    if not one_way and (dst < src or (dst == src and dport < sport)):
         src, dst, sport, dport = dst, src, dport, sport
-    data = struct.pack("!H", seed) + src + dst + struct.pack("!BB", proto, 0)
     if has_ports:
-        data += struct.pack("!HH", sport, dport)
-    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
+        data = _INPUT[len(src), True].pack(seed, src, dst, proto, sport, dport)
+    else:
+        data = _INPUT[len(src), False].pack(seed, src, dst, proto)
+    digest = hashlib.sha1(data).digest()
+    return "1:" + binascii.b2a_base64(digest, newline=False).decode("ascii")

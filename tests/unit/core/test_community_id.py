@@ -6,11 +6,17 @@ and ICMPv6 the baseline's sport/dport are the message type and code.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ipaddress
 import json
+import struct
 from pathlib import Path
 
 import pytest
-from flowscope.core.community_id import community_id
+from flowscope.core.community_id import _ICMP4_COUNTERPART, _ICMP6_COUNTERPART, community_id
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 VECTORS = json.loads((Path(__file__).parent / "community_id_vectors.json").read_text())
 
@@ -32,3 +38,44 @@ def test_one_way_icmp_is_not_reordered() -> None:
     assert community_id(1, "10.0.0.2", "10.0.0.1", 3, 1) != community_id(
         1, "10.0.0.1", "10.0.0.2", 3, 1
     )
+
+
+def _reference(proto: int, saddr: str, daddr: str, sport: int, dport: int, seed: int) -> str:
+    """The specification written out plainly (the module's previous implementation)."""
+    src, dst = ipaddress.ip_address(saddr).packed, ipaddress.ip_address(daddr).packed
+    one_way = False
+    if proto in (1, 58):
+        pairs = _ICMP4_COUNTERPART if proto == 1 else _ICMP6_COUNTERPART
+        if sport in pairs:
+            dport = pairs[sport]
+        else:
+            one_way = True
+    if not one_way and (dst, dport) < (src, sport):
+        src, dst, sport, dport = dst, src, dport, sport
+    data = struct.pack("!H", seed) + src + dst + struct.pack("!BB", proto, 0)
+    if proto in (1, 6, 17, 58, 132):
+        data += struct.pack("!HH", sport, dport)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from([1, 6, 17, 47, 58, 132]),
+    st.booleans(),
+    st.integers(0, 2),
+    st.integers(0, 2),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+)
+def test_matches_the_specification_written_out(
+    proto: int, v6: bool, a: int, b: int, sport: int, dport: int, seed: int
+) -> None:
+    """Any protocol (with ports or without, ICMP types with and without a counterpart),
+    either family, equal or ordered addresses, any seed."""
+    hosts = ["fd00::1", "fd00::2", "fd00::1:0"] if v6 else ["10.0.0.1", "10.0.0.2", "9.255.0.1"]
+    if proto in (1, 58):
+        sport %= 256
+        dport %= 256
+    got = community_id(proto, hosts[a], hosts[b], sport, dport, seed)
+    assert got == _reference(proto, hosts[a], hosts[b], sport, dport, seed)
