@@ -31,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 A, VIP, B, C = "10.0.0.5", "10.96.0.10", "10.0.1.7", "10.0.2.9"
+E, N = "203.0.113.9", "10.0.0.1"  # an outside server; the node's uplink address (SNAT)
 TCP, UDP = 6, 17
 SYN, ACK, FIN = 0x02, 0x10, 0x01
 
@@ -332,6 +333,58 @@ def test_answers_older_than_the_ttl_are_asked_again() -> None:
     assert len(ct.asked) == 2
 
 
+def candidates_unnarrowed(
+    pairing: NatPairing, chunks: list[tuple[bytes, bytes]]
+) -> list[list[int]]:
+    """NatPairing.candidates' definition, its end passes over every entry of every chunk
+    (what it did before narrowing them to the one-way flows at shared addresses)."""
+    senders: set[Any] = set()
+    for keys, values in chunks:
+        senders |= chunk_senders(keys, values)
+    known = set(pairing._nat_senders)
+    shared = senders & known
+    for keys, values in chunks:
+        shared |= chunk_receivers_in(keys, values, senders)
+        shared |= chunk_receivers_in(keys, values, known)
+    return [chunk_touching(keys, values, shared) for keys, values in chunks]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from([A, B, C, VIP, E, N]), st.sampled_from([A, B, C, VIP, E, N]),
+                      st.integers(1, 3), st.integers(1, 3),
+                      st.sampled_from(["fwd", "rev", "both"])),
+            max_size=12,
+        ),
+        min_size=1, max_size=4,
+    ),
+    st.booleans(),
+)  # fmt: skip
+def test_candidates_narrowed_to_shared_addresses_hold_what_the_end_passes_would(
+    chunks_rows: list[list[Any]], primed: bool
+) -> None:
+    """Narrowing the end passes to the one-way flows at shared addresses (chunk_near,
+    take) changes nothing: the same positions as those passes over every entry, with and
+    without known NAT'ed ends from an earlier drain."""
+    pairing = NatPairing(Conntrack(dnat((A, 2), (VIP, 80), (B, 8080), UDP)))
+    if primed:  # an earlier drain cached a DNAT: its client end A:2 is known
+        x, y = entry(A, 2, VIP, 80, UDP), entry(B, 8080, A, 2, UDP)
+        Drainer(Reader([[x, y]]), Clock(), "n", 1e9, DirectionMemory(8), pairing=pairing).drain()  # type: ignore[arg-type]
+        assert pairing._nat_senders
+    chunks = []
+    for rows in chunks_rows:
+        made = []
+        for src, dst, sport, dport, way in rows:
+            k, v = entry(src, sport, dst, dport, UDP)
+            value = list(abi.FLOW_VALUE.unpack(v))
+            value[2:6] = {"fwd": [5, 0, 50, 0], "rev": [0, 5, 0, 50], "both": [5, 5, 50, 50]}[way]
+            made.append((k, abi.FLOW_VALUE.pack(*value)))
+        chunks.append((b"".join(k for k, _ in made), b"".join(v for _, v in made)))
+    assert pairing.candidates(chunks) == candidates_unnarrowed(pairing, chunks)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
@@ -373,8 +426,6 @@ def test_prefilter_passes_agree_with_their_definition(rows: list[Any], only: str
 
 
 # ---------------------------------------------------------------- SNAT (masquerade)
-
-E, N = "203.0.113.9", "10.0.0.1"  # an outside server; the node's uplink address
 
 
 def snat_halves(fin: bool = True) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
@@ -472,7 +523,7 @@ def test_prefilter_holds_both_halves_of_a_snat_and_nothing_else() -> None:
     end (the SNAT shape) — both of them, from any chunks — and no other entry is."""
     x, y = snat_halves()
     spray = [entry(A, 40000 + i % 8, B, 1024 + i, UDP) for i in range(300)]
-    chunks = [spray[:100] + [x], spray[100:200], [y] + spray[200:]]
+    chunks = [[*spray[:100], x], spray[100:200], [y, *spray[200:]]]
     raw = [(b"".join(k for k, _ in c), b"".join(v for _, v in c)) for c in chunks]
     pairing = NatPairing(Conntrack())
     assert pairing.candidates(raw) == [[100], [], [0]]
