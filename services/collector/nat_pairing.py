@@ -342,8 +342,10 @@ class NatPairing:
         # end passes would otherwise walk whole, ~500 ns an entry, once any pair exists).
         # A chunk whose one-way flows have none of those addresses is not read again.
         near = [
-            [] if addresses.isdisjoint(at) else chunk_near(keys, values, addresses)
-            for (keys, values), at in zip(chunks, seen, strict=True)
+            []
+            if addresses.isdisjoint(sent) and addresses.isdisjoint(received)
+            else chunk_near(keys, values, addresses)
+            for (keys, values), (sent, received) in zip(chunks, seen, strict=True)
         ]
         if not any(near):
             return [[] for _ in chunks]
@@ -366,11 +368,11 @@ class NatPairing:
 
     def _shared_addresses(
         self, chunks: Sequence[tuple[bytes, bytes]]
-    ) -> tuple[set[int], list[set[int]]]:
+    ) -> tuple[set[int], list[tuple[set[int], set[int]]]]:
         """(the addresses, first 8 bytes, that send one one-way flow and receive another,
         or that are an address of a known NAT'ed flow and of a one-way flow; per chunk,
-        its one-way flows' addresses). The first is needed by any pair, and cheap to rule
-        out (most drains find none)."""
+        its one-way flows' sending and receiving addresses). The first is needed by any
+        pair, and cheap to rule out (most drains find none)."""
         senders: set[int] = set()
         receivers: set[int] = set()
         seen = []
@@ -378,7 +380,7 @@ class NatPairing:
             sent, received = chunk_addresses(keys, values)
             senders |= sent
             receivers |= received
-            seen.append(sent | received)
+            seen.append((sent, received))
         shared = senders & receivers
         if self._nat_senders:
             clients = {end[0] for end in self._nat_senders}
