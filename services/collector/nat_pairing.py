@@ -29,11 +29,13 @@ receives at — the client end A:s for DNAT (X sends from it, Y returns to it), 
 end E:e for SNAT (X goes to it, Y comes from it) — or an end of a flow known to be NAT'ed
 from an earlier drain. Its first gate compares addresses only (a cheap pass: most drains
 stop there); ends are compared only when an address both sends and receives one-way
-flows. Only those entries are held back, looked up (batched; answers cached while the
-flow lasts, 20 s at most) and rendered at the end of the drain; every other entry is
-rendered by :meth:`Drainer.render_chunk` exactly as without pairing. One-way flows that
-share no end with another one-way flow (the collector benchmark's workload) cause no
-lookup.
+flows, and only among the one-way flows at such addresses. Only the entries touching
+those ends are held back and rendered at the end of the drain; every other entry is
+rendered by :meth:`Drainer.render_chunk` exactly as without pairing. Of the held ones,
+a flow that another goes to the source end of is looked up (X for DNAT, Y for SNAT: the
+kernel finds an entry by either direction and answers with both tuples), in one batch;
+answers are cached while the flow lasts, 20 s at most. One-way flows that share no end
+with another one-way flow (the collector benchmark's workload) cause no lookup.
 """
 
 from __future__ import annotations
