@@ -508,7 +508,8 @@ class NatPairing:
     def _forget(self, orig: CtTuple) -> None:
         replies = self.cache.pop(orig, (None, 0))[0]
         if replies is not None:
-            self._by_reply.pop(replies, None)
+            if self._by_reply.get(replies) == orig:  # not a newer entry's with that reply
+                del self._by_reply[replies]
             for end in (_pre_end(_end_of(orig, True)), _pre_end(replies[1])):
                 self._nat_senders[end] -= 1
                 if self._nat_senders[end] <= 0:
