@@ -1,9 +1,11 @@
 """Conntrack lookups over ctnetlink: what did the kernel's NAT make of a connection?
 
-kube-proxy's DNAT (ClusterIP, NodePort) happens in netfilter, after the TC hooks have
-counted the packet, so a connection through a Service reaches the flow map as two
-one-way halves (docs/collector.md, "NAT pairing"). The conntrack entry of the client's
-original tuple names the backend: its *reply* tuple is what the backend sends back.
+kube-proxy's DNAT (ClusterIP, NodePort) and the masquerade of a pod's connection leaving
+the node happen in netfilter, after the TC hooks have counted the packet, so such a
+connection reaches the flow map as two one-way halves (docs/collector.md, "NAT
+pairing"). The conntrack entry of the client's original tuple names the other half: its
+*reply* tuple is what comes back (from the backend after DNAT, to the node's translated
+address and port after SNAT).
 
 This module asks the kernel for that entry: ``IPCTNL_MSG_CT_GET`` on a
 ``NETLINK_NETFILTER`` socket with ``CTA_TUPLE_ORIG`` (nested ``CTA_TUPLE_IP`` and

@@ -93,9 +93,9 @@ class CollectorMetrics:
             Counter(p + "attach_errors", "interfaces the TC programs could not be attached to", registry=registry),
             Counter(p + "leftover_filters_removed", "TC filters of an earlier run removed at start", registry=registry),
             Counter(p + "nat_lookups", "flow tuples looked up in conntrack (NAT pairing)", registry=registry),
-            Counter(p + "nat_pairs", "DNAT'ed connections whose two one-way halves were joined into one flow", registry=registry),
-            Counter(p + "nat_rewritten", "halves of DNAT'ed connections rewritten alone (the other half not in the drain)", registry=registry),
-            Counter(p + "nat_misses", "conntrack lookups that found no DNAT (no entry, or not DNAT'ed)", registry=registry),
+            Counter(p + "nat_pairs", "NAT'ed connections (DNAT or SNAT) whose two one-way halves were joined into one flow", registry=registry),
+            Counter(p + "nat_rewritten", "halves of NAT'ed connections rewritten alone (the other half not in the drain)", registry=registry),
+            Counter(p + "nat_misses", "conntrack lookups that found nothing to pair (no entry, not NAT'ed, or DNAT'ed and SNAT'ed at once)", registry=registry),
             KernelCounters(),
         )  # fmt: skip
 

@@ -1,26 +1,41 @@
-"""Join the two one-way halves of a connection through kube-proxy's DNAT into one flow.
+"""Join the two one-way halves of a connection NAT'ed on this node into one flow.
 
-The TC hooks count a packet before netfilter rewrites it. A pod A that connects to a
-Service address VIP:v, DNAT'ed by the node to a backend B:t, is counted as two one-way
-flows on that node: X = A:s → VIP:v (the requests, as A sent them) and Y = B:t → A:s
-(the replies, as B sent them, before they are un-NATed). Conntrack knows the mapping:
-the entry whose original tuple is X has the reply tuple B:t → A:s. With it, X and Y
-become one raw flow A:s → B:t (forward counters from X, reverse from Y) carrying the
-address the client dialled in ``nat_dst``/``nat_dport`` — the same 5-tuple the backend's
-node reports, so the enricher's cross-node dedup and Community ID agree.
+The TC hooks count a packet before netfilter rewrites it, so a connection NAT'ed by the
+node is counted as two one-way flows there: X, the client's requests as it sent them
+(conntrack's *original* tuple), and Y, the replies as they arrived, before they were
+un-NATed (conntrack's *reply* tuple, source → destination). Two cases:
 
-Exact, no heuristics: a flow is changed only when conntrack says it was DNAT'ed. Cheap
+- **DNAT** (kube-proxy: ClusterIP, NodePort). A pod A connects to a Service address
+  VIP:v, rewritten to a backend B:t: X = A:s → VIP:v, Y = B:t → A:s. X and Y become one
+  raw flow A:s → B:t carrying the address the client dialled in ``nat_dst``/``nat_dport``
+  — the same 5-tuple the backend's node reports, so the enricher's cross-node dedup and
+  Community ID agree.
+- **SNAT** (masquerade of a pod's connection leaving the node). A pod A connects to an
+  outside address E:e, its source rewritten to the node's N:n: X = A:s → E:e (counted at
+  the pod's veth), Y = E:e → N:n (counted at the uplink). X and Y become one raw flow
+  A:s → E:e carrying the translated source in ``nat_src``/``nat_sport``, so the pod's
+  received bytes are the pod's, not a one-way flow of the node's.
+
+In both, the joined flow is original source → reply source, forward counters from X,
+reverse from Y. A connection both DNAT'ed and SNAT'ed is left unpaired (see
+:func:`_replies_of`).
+
+Exact, no heuristics: a flow is changed only when conntrack says it was NAT'ed. Cheap
 when there is nothing to pair: the drain reads the whole map first (raw bytes only), and
 a prefilter made of C-level passes over each chunk's bytes (strided ``memoryview``
 slices, ``zip``/``compress``/set intersection: no Python code per entry) finds the
-entries whose client end is the destination end of another one-way flow of the same
-drain (or of a flow known to be DNAT'ed from an earlier drain). Its first gate compares
-addresses only (a cheap pass: most drains stop there); ends are compared only when an
-address both sends and receives one-way flows. Only those entries are held back, looked
-up (batched; answers cached while the flow lasts, 20 s at most) and rendered at the end
-of the drain; every other entry is rendered by :meth:`Drainer.render_chunk` exactly as
-without pairing. One-way flows that share no end with another one-way flow (the
-collector benchmark's workload) cause no lookup.
+entries with an end that one one-way flow of the same drain sends from and another
+receives at — the client end A:s for DNAT (X sends from it, Y returns to it), the outside
+end E:e for SNAT (X goes to it, Y comes from it) — or an end of a flow known to be NAT'ed
+from an earlier drain. Its first gate compares addresses only (a cheap pass: most drains
+stop there); ends are compared only when an address both sends and receives one-way
+flows, and only among the one-way flows at such addresses. Only the entries touching
+those ends are held back and rendered at the end of the drain; every other entry is
+rendered by :meth:`Drainer.render_chunk` exactly as without pairing. Of the held ones,
+a flow that another goes to the source end of is looked up (X for DNAT, Y for SNAT: the
+kernel finds an entry by either direction and answers with both tuples), in one batch;
+answers are cached while the flow lasts, 20 s at most. One-way flows that share no end
+with another one-way flow (the collector benchmark's workload) cause no lookup.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import not_
@@ -71,6 +86,9 @@ log = logging.getLogger("flowscope.collector.nat_pairing")
 PreEnd = tuple[int, int, int, int]
 # An end exactly: (proto, family, packed address as in the key: 16 bytes, port).
 End = tuple[int, int, bytes, int]
+# A NAT'ed client flow's replies as the TC hooks count them, before they are un-NATed:
+# (sending end, receiving end) — conntrack's reply tuple.
+Replies = tuple[End, End]
 # Records keep the stronger reason: a connection is idle only when both halves are.
 _REASON_RANK = {"idle_timeout": 0, "active_timeout": 1, "end_of_flow_detected": 2, "forced_end": 3}
 # Reports after which a connection is over: its cached answer is dropped. (An idle
@@ -98,8 +116,8 @@ class NatTally:
 
     lookups: int = 0  # tuples asked to conntrack
     pairs: int = 0  # X and Y joined into one flow
-    rewritten: int = 0  # one half alone given the backend 5-tuple (the other not in the drain)
-    misses: int = 0  # asked, and conntrack had no DNAT for it (no entry, or not NAT'ed)
+    rewritten: int = 0  # one half alone given the joined 5-tuple (the other not in the drain)
+    misses: int = 0  # asked, and conntrack had no NAT to pair (no entry, not NAT'ed, or both)
 
 
 # ---------------------------------------------------------------- prefilter (C-level passes)
@@ -162,6 +180,28 @@ def chunk_addresses(keys: bytes, values: bytes) -> tuple[set[int], set[int]]:
     receivers = set(compress(hi_list, lo_only))
     receivers.update(compress(lo_list, hi_only))
     return senders, receivers
+
+
+def chunk_near(keys: bytes, values: bytes, addresses: set[int]) -> list[int]:
+    """Positions of a chunk's one-way flows with an address (first 8 bytes, as in
+    :func:`chunk_addresses`) in ``addresses``: a set test per end (C-level), then the
+    one-way test for the entries found only (half the cost of testing every entry)."""
+    q = memoryview(keys).cast("Q")
+    lo, hi = q[0::5].tolist(), q[2::5].tolist()
+    contains = addresses.__contains__
+    found = compress(range(len(lo)), map(bool.__or__, map(contains, lo), map(contains, hi)))
+    v = memoryview(values).cast("Q")
+    forward, backward = v[2::8], v[3::8]  # packets lo→hi, hi→lo
+    return [i for i in found if not forward[i] or not backward[i]]
+
+
+def take(keys: bytes, values: bytes, positions: list[int]) -> tuple[bytes, bytes]:
+    """The (keys, values) bytes of the entries at ``positions``, in that order."""
+    k, v = _KEY_SIZE, _VALUE_SIZE
+    return (
+        b"".join([keys[i * k : i * k + k] for i in positions]),
+        b"".join([values[i * v : i * v + v] for i in positions]),
+    )
 
 
 def chunk_senders(keys: bytes, values: bytes) -> set[PreEnd]:
@@ -232,7 +272,8 @@ class Held:
         return int(self.key[K_PROTO])
 
     def orig(self) -> CtTuple:
-        """The conntrack original tuple of this flow, taken as the client's request."""
+        """This flow's tuple (sender → receiver) as conntrack keys it: the original tuple
+        when it is a client's requests, the reply tuple when it is the replies."""
         size = 4 if self.key[K_FAMILY] == abi.AF_INET else 16
         return CtTuple(self.proto, self.sender[2][:size], self.receiver[2][:size],
                        self.sender[3], self.receiver[3])  # fmt: skip
@@ -270,24 +311,26 @@ def _pre_end(end: End) -> PreEnd:
 class NatPairing:
     """The pairing state of one drainer: the conntrack seam, cached answers, counts.
 
-    ``cache``: original tuple of a client's one-way flow → (the backend end it was
-    DNAT'ed to, or None: not DNAT'ed; CLOCK_MONOTONIC ns of the answer). Used for
-    ``ANSWER_TTL_NS``, dropped at the connection's end (FIN/RST, shutdown), LRU-bounded.
+    ``cache``: original tuple of a client's one-way flow → (the ends of its replies'
+    flow when it was NAT'ed, or None: nothing to pair; CLOCK_MONOTONIC ns of the answer).
+    Used for ``ANSWER_TTL_NS``, dropped at the connection's end (FIN/RST, shutdown),
+    LRU-bounded.
     """
 
     conntrack: Lookup
     capacity: int = 32768  # answers (~0.7 KB each with their indexes)
     ttl_ns: int = ANSWER_TTL_NS
     enabled: bool = True
-    cache: OrderedDict[CtTuple, tuple[End | None, int]] = field(default_factory=OrderedDict)
+    cache: OrderedDict[CtTuple, tuple[Replies | None, int]] = field(default_factory=OrderedDict)
     tally: NatTally = field(default_factory=NatTally)
-    # Prefilter ends of the clients of cached DNAT'ed flows (with multiplicity): such a
-    # flow, or the backend's replies to it, is held even when the other half is not in
-    # the drain, to be rewritten alone.
+    # Prefilter ends of cached NAT'ed flows (with multiplicity): the client's end, which
+    # the requests come from, and the end the replies go to (the same end for DNAT; the
+    # translated source for SNAT). Such a flow, or its replies, is held even when the
+    # other half is not in the drain, to be rewritten alone.
     _nat_senders: Counter[PreEnd] = field(default_factory=Counter)
-    # (backend end, client end) of each cached DNAT → the client's original tuple: the
-    # replies' flow, when it comes without the requests.
-    _by_reply: dict[tuple[End, End], CtTuple] = field(default_factory=dict)
+    # The replies' ends of each cached NAT → the client's original tuple: the replies'
+    # flow, when it comes without the requests.
+    _by_reply: dict[Replies, CtTuple] = field(default_factory=dict)
     # Entries held back in the current drain: (key bytes, value bytes).
     held: list[tuple[bytes, bytes]] = field(default_factory=list)
     _warned: bool = False
@@ -299,40 +342,64 @@ class NatPairing:
     # ------------------------------------------------------------ the drain's steps
 
     def candidates(self, chunks: Sequence[tuple[bytes, bytes]]) -> list[list[int]]:
-        """Per chunk, the positions to hold back (ascending); all empty when no one-way
-        flow's client end is another one-way flow's destination end (or a known
-        DNAT'ed client). Starts a drain: forgets what an unfinished one held."""
+        """Per chunk, the positions to hold back (ascending); all empty when no end is
+        the source of one one-way flow and the destination of another (DNAT: the
+        client's end; SNAT: the outside end), nor an end of a known NAT'ed flow. Starts
+        a drain: forgets what an unfinished one held."""
         self.held.clear()
-        if not self._shared_addresses(chunks):
+        addresses, seen = self._shared_addresses(chunks)
+        if not addresses:
             return [[] for _ in chunks]
+        # The ends are compared among the one-way flows at those addresses only: any
+        # pair's two halves are among them, and they are few next to the map (which the
+        # end passes would otherwise walk whole, ~500 ns an entry, once any pair exists).
+        # A chunk whose one-way flows have none of those addresses is not read again.
+        near = [
+            []
+            if addresses.isdisjoint(sent) and addresses.isdisjoint(received)
+            else chunk_near(keys, values, addresses)
+            for (keys, values), (sent, received) in zip(chunks, seen, strict=True)
+        ]
+        if not any(near):
+            return [[] for _ in chunks]
+        parts = [take(keys, values, at) for (keys, values), at in zip(chunks, near, strict=True)]
         senders: set[PreEnd] = set()
-        for keys, values in chunks:
+        for keys, values in parts:
             senders |= chunk_senders(keys, values)
         shared = senders.intersection(self._nat_senders)
         known = set(self._nat_senders)
-        for keys, values in chunks:
+        for keys, values in parts:
             shared |= chunk_receivers_in(keys, values, senders)
-            if known:  # replies to a known DNAT'ed client
+            if known:  # replies of a known NAT'ed flow
                 shared |= chunk_receivers_in(keys, values, known)
         if not shared:
             return [[] for _ in chunks]
-        return [chunk_touching(keys, values, shared) for keys, values in chunks]
+        return [
+            [at[i] for i in chunk_touching(keys, values, shared)] if at else []
+            for (keys, values), at in zip(parts, near, strict=True)
+        ]
 
-    def _shared_addresses(self, chunks: Sequence[tuple[bytes, bytes]]) -> bool:
-        """Whether an address sends one one-way flow and receives another (or is the
-        client of a known DNAT): needed by any pair, and cheap to rule out."""
+    def _shared_addresses(
+        self, chunks: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[set[int], list[tuple[set[int], set[int]]]]:
+        """(the addresses, first 8 bytes, that send one one-way flow and receive another,
+        or that are an address of a known NAT'ed flow and of a one-way flow; per chunk,
+        its one-way flows' sending and receiving addresses). The first is needed by any
+        pair, and cheap to rule out (most drains find none)."""
         senders: set[int] = set()
         receivers: set[int] = set()
+        seen = []
         for keys, values in chunks:
             sent, received = chunk_addresses(keys, values)
             senders |= sent
             receivers |= received
-        clients = {end[0] for end in self._nat_senders}
-        return not (
-            senders.isdisjoint(receivers)
-            and senders.isdisjoint(clients)
-            and receivers.isdisjoint(clients)
-        )
+            seen.append((sent, received))
+        shared = senders & receivers
+        if self._nat_senders:
+            clients = {end[0] for end in self._nat_senders}
+            shared |= senders & clients
+            shared |= receivers & clients
+        return shared, seen
 
     def hold(self, keys: bytes, values: bytes, positions: list[int]) -> tuple[bytes, bytes]:
         """A chunk without the entries at ``positions`` (ascending), which are held."""
@@ -348,17 +415,18 @@ class NatPairing:
         by_receiver: defaultdict[End, list[Held]] = defaultdict(list)
         for h in held:
             by_receiver[h.receiver].append(h)
-        clients = [h for h in held if h.proto in PORTED and self._worth_asking(h, by_receiver)]
-        self._expire(ctx.now_mono_ns)
-        backends = self._backends([h.orig() for h in clients], ctx.now_mono_ns)
+        now = ctx.now_mono_ns
+        self._expire(now)
+        self._learn([h.orig() for h in held if h.proto in PORTED
+                     and self._worth_asking(h, by_receiver, now)], now)  # fmt: skip
         lines = []
-        for client in clients:
-            backend = backends.get(client.orig())
-            if backend is None or client.used:
+        for client in held:
+            replies = None if client.used else self._nat_of(client.orig(), now)
+            if replies is None:
                 continue
-            reply = next((y for y in by_receiver.get(client.sender, ()) if not y.used
-                          and y is not client and y.sender == backend), None)  # fmt: skip
-            lines.append(self._joined(client, reply, backend, ctx))
+            reply = next((y for y in by_receiver.get(replies[1], ()) if not y.used
+                          and y is not client and y.sender == replies[0]), None)  # fmt: skip
+            lines.append(self._joined(client, reply, replies, ctx))
         for h in held:
             orig = None if h.used else self._by_reply.get((h.sender, h.receiver))
             if orig is not None and self._fresh(orig, ctx.now_mono_ns):
@@ -368,8 +436,14 @@ class NatPairing:
 
     # ------------------------------------------------------------ exact decisions
 
-    def _worth_asking(self, h: Held, by_receiver: dict[End, list[Held]]) -> bool:
-        """A client half: another one-way flow goes to its end, or it is a known DNAT."""
+    def _worth_asking(self, h: Held, by_receiver: dict[End, list[Held]], now: int) -> bool:
+        """Another one-way flow goes to this flow's source end — it is the client's half
+        of a DNAT (the replies come back to it), or the replies' half of an SNAT (the
+        client's half went to it) — or it is a known NAT's client half. Not the replies'
+        half of a NAT known from a fresh answer: nothing to ask."""
+        known = self._by_reply.get((h.sender, h.receiver))
+        if known is not None and self._fresh(known, now):
+            return False
         if any(y is not h for y in by_receiver.get(h.sender, ())):
             return True
         cached = self.cache.get(h.orig())
@@ -389,23 +463,30 @@ class NatPairing:
         cached = self.cache.get(orig)
         return cached is not None and now - cached[1] <= self.ttl_ns
 
-    def _backends(self, origs: list[CtTuple], now: int) -> dict[CtTuple, End]:
-        """Original tuple → backend end, for those conntrack says were DNAT'ed (answers
-        younger than ANSWER_TTL_NS from the cache; the rest asked in one batch)."""
-        ask = list(dict.fromkeys(o for o in origs if not self._fresh(o, now)))
+    def _learn(self, tuples: list[CtTuple], now: int) -> None:
+        """Ask conntrack, in one batch, about the tuples without an answer younger than
+        ANSWER_TTL_NS. The kernel finds an entry by either direction: a tuple that is an
+        entry's reply direction (the replies' half of an SNAT, asked because the client's
+        half went to its source) teaches the entry's original tuple, the client's."""
+        ask = list(dict.fromkeys(t for t in tuples if not self._fresh(t, now)))
         answers = self._ask(ask) if ask else None
-        if answers is not None:  # None: conntrack failed; nothing learnt, nothing cached
-            for orig, answer in zip(ask, answers, strict=True):
-                self._remember(orig, _backend(orig, answer), now)
-        found = {}
-        for orig in origs:
-            if not self._fresh(orig, now):
-                continue  # asking failed: no answer younger than the TTL
-            backend = self.cache[orig][0]
-            self.cache.move_to_end(orig)
-            if backend is not None:
-                found[orig] = backend
-        return found
+        if answers is None:  # conntrack failed: nothing learnt, nothing cached
+            return
+        for asked, answer in zip(ask, answers, strict=True):
+            if answer.orig is not None and answer.orig != asked and answer.reply == asked:
+                replies = _replies_of(answer.orig, answer)
+                if replies is not None:  # the client's tuple; ``asked`` is in _by_reply
+                    self._remember(answer.orig, replies, now)
+                    continue
+            self._remember(asked, _replies_of(asked, answer), now)
+
+    def _nat_of(self, orig: CtTuple, now: int) -> Replies | None:
+        """The replies' ends of a client's tuple that conntrack said was NAT'ed, from an
+        answer younger than ANSWER_TTL_NS; else None (not NAT'ed, or not known)."""
+        if not self._fresh(orig, now):
+            return None  # not asked, or asking failed
+        self.cache.move_to_end(orig)
+        return self.cache[orig][0]
 
     def _ask(self, origs: list[CtTuple]) -> list[Answer] | None:
         self.tally.lookups += len(origs)
@@ -414,7 +495,7 @@ class NatPairing:
         except ConntrackUnavailable as e:
             self.enabled = False
             log.warning(
-                f"{e}: NAT pairing is off; flows through a Service stay two one-way records",
+                f"{e}: NAT pairing is off; NAT'ed connections stay two one-way records",
                 extra={"errno": e.errno},
             )
         except ConntrackError as e:
@@ -423,38 +504,43 @@ class NatPairing:
                 log.warning(f"{e}: these flows are published unpaired (logged once)")
         return None
 
-    def _remember(self, orig: CtTuple, backend: End | None, now: int) -> None:
-        if backend is None:
+    def _remember(self, orig: CtTuple, replies: Replies | None, now: int) -> None:
+        if replies is None:
             self.tally.misses += 1
         self._forget(orig)  # an answer asked again: its old one's indexes go first
-        self.cache[orig] = (backend, now)
-        if backend is not None:
+        self.cache[orig] = (replies, now)
+        if replies is not None:
             self._nat_senders[_pre_end(_end_of(orig, True))] += 1
-            self._by_reply[(backend, _end_of(orig, True))] = orig
+            self._nat_senders[_pre_end(replies[1])] += 1
+            self._by_reply[replies] = orig
         while len(self.cache) > self.capacity:
             self._forget(next(iter(self.cache)))
 
     def _forget(self, orig: CtTuple) -> None:
-        backend = self.cache.pop(orig, (None, 0))[0]
-        if backend is not None:
-            self._by_reply.pop((backend, _end_of(orig, True)), None)
-            end = _pre_end(_end_of(orig, True))
-            self._nat_senders[end] -= 1
-            if self._nat_senders[end] <= 0:
-                del self._nat_senders[end]
+        replies = self.cache.pop(orig, (None, 0))[0]
+        if replies is not None:
+            if self._by_reply.get(replies) == orig:  # not a newer entry's with that reply
+                del self._by_reply[replies]
+            for end in (_pre_end(_end_of(orig, True)), _pre_end(replies[1])):
+                self._nat_senders[end] -= 1
+                if self._nat_senders[end] <= 0:
+                    del self._nat_senders[end]
 
-    def _joined(self, client: Held, reply: Held | None, backend: End, ctx: DrainContext) -> bytes:
-        """The one record of a DNAT'ed connection: client → backend, the address the
-        client dialled in ``nat_dst``/``nat_dport``; the reverse counters from the
-        backend's half when it is in this drain."""
+    def _joined(
+        self, client: Held, reply: Held | None, replies: Replies, ctx: DrainContext
+    ) -> bytes:
+        """The one record of a NAT'ed connection: client → the end its replies come from
+        (the backend after DNAT, the outside end itself after SNAT), with the NAT keys;
+        the reverse counters from the replies' half when it is in this drain."""
         client.used = True
         x = client.wire
         text = ctx.names.text
         sent_bytes, sent_packets = _sent(client)
         src = text(client.sender[2], client.sender[1])
+        peer = replies[0]
         wire = dict(x)
         wire.update(
-            src=src, sport=client.sender[3], dst=text(backend[2], backend[1]), dport=backend[3],
+            src=src, sport=client.sender[3], dst=text(peer[2], peer[1]), dport=peer[3],
             bytes=sent_bytes, packets=sent_packets, rbytes=0, rpackets=0,
             initiator=bool(x["initiator"] and x["src"] == src and x["sport"] == client.sender[3]),
         )  # fmt: skip
@@ -469,28 +555,26 @@ class NatPairing:
             wire["end_reason"] = max(x["end_reason"], y["end_reason"], key=_REASON_RANK.__getitem__)
             wire["tcp_flags"] = x["tcp_flags"] | y["tcp_flags"]
             self.tally.pairs += 1
-        wire["nat_dst"] = text(client.receiver[2], client.receiver[1])
-        wire["nat_dport"] = client.receiver[3]
+        _add_nat_keys(wire, client.orig(), replies, text)
         if wire["end_reason"] in _ENDED:
             self._forget(client.orig())
         return orjson.dumps(wire) + b"\n"
 
     def _replies_alone(self, reply: Held, orig: CtTuple, ctx: DrainContext) -> bytes:
-        """The backend's half of a known DNAT'ed connection without the client's half in
-        this drain: oriented client → backend like every other report of it, its
-        packets as the reverse counters, with the NAT keys."""
+        """The replies' half of a known NAT'ed connection without the client's half in
+        this drain: oriented client → peer like every other report of it, its packets as
+        the reverse counters, with the NAT keys."""
         reply.used = True
         text = ctx.names.text
         wire = dict(reply.wire)
         rbytes, rpackets = _sent(reply)
-        service = _end_of(orig, False)
+        client = _end_of(orig, True)
         wire.update(
-            src=text(reply.receiver[2], reply.receiver[1]), sport=reply.receiver[3],
+            src=text(client[2], client[1]), sport=client[3],
             dst=text(reply.sender[2], reply.sender[1]), dport=reply.sender[3],
             bytes=0, packets=0, rbytes=rbytes, rpackets=rpackets, initiator=False,
         )  # fmt: skip
-        wire["nat_dst"] = text(service[2], service[1])
-        wire["nat_dport"] = service[3]
+        _add_nat_keys(wire, orig, (reply.sender, reply.receiver), text)
         self.tally.rewritten += 1
         if wire["end_reason"] in _ENDED:
             self._forget(orig)
@@ -504,14 +588,40 @@ def _end_of(t: CtTuple, source: bool) -> End:
     return (t.proto, family, addr.ljust(16, b"\0"), t.sport if source else t.dport)
 
 
-def _backend(orig: CtTuple, answer: Answer) -> End | None:
-    """The backend end when conntrack's reply tuple says ``orig`` was DNAT'ed and the
-    replies go back to the client unchanged (no SNAT); else None."""
+def _replies_of(orig: CtTuple, answer: Answer) -> Replies | None:
+    """The replies' ends when conntrack's reply tuple says ``orig`` was NAT'ed in one
+    direction: DNAT (the replies come from another end than ``orig``'s destination, back
+    to its source) or SNAT (from its destination, to another end than its source); else
+    None.
+
+    Both at once (masquerade after DNAT: NodePort with ``externalTrafficPolicy: Cluster``,
+    hairpin, ``--masquerade-all``) is None, left unpaired: the backend's node, when it is
+    another, reports the connection as translated source ↔ backend, the 5-tuple of the
+    replies' half here, and the enricher's cross-node dedup keeps one of those two; a
+    joined client → backend record would match neither, and the dedup could drop both.
+    """
     if answer.reply is None or answer.orig != orig:
         return None  # no entry; or orig matched an entry's reply direction: not a client
     reply = answer.reply
-    if (reply.dst, reply.dport) != (orig.src, orig.sport) or reply.proto != orig.proto:
-        return None  # SNAT too (masquerade): the replies do not come back to this end
-    if (reply.src, reply.sport) == (orig.dst, orig.dport):
-        return None  # not DNAT'ed
-    return _end_of(reply, True)
+    if reply.proto != orig.proto:
+        return None
+    dnat = (reply.src, reply.sport) != (orig.dst, orig.dport)
+    snat = (reply.dst, reply.dport) != (orig.src, orig.sport)
+    if dnat == snat:
+        return None  # not NAT'ed; or both (above)
+    return _end_of(reply, True), _end_of(reply, False)
+
+
+def _add_nat_keys(
+    wire: dict[str, Any], orig: CtTuple, replies: Replies, text: Callable[[bytes, int], str]
+) -> None:
+    """The optional raw keys of a joined or rewritten record: ``nat_dst``/``nat_dport``
+    (the end the client sent to) after DNAT, ``nat_src``/``nat_sport`` (the end its
+    source was translated to) after SNAT; in :class:`RawFlow`'s key order."""
+    service, client = _end_of(orig, False), _end_of(orig, True)
+    if replies[0] != service:
+        wire["nat_dst"], wire["nat_dport"] = text(service[2], service[1]), service[3]
+    if replies[1] != client:
+        translated = replies[1]
+        wire["nat_src"] = text(translated[2], translated[1])
+        wire["nat_sport"] = translated[3]

@@ -317,12 +317,12 @@ class Producing:
 
 
 def nat_pairing(rt: runtime.Runtime) -> NatPairing | None:
-    """Pairing of DNAT'ed halves through this network namespace's conntrack; None (one
+    """Pairing of NAT'ed halves through this network namespace's conntrack; None (one
     log line) when ctnetlink cannot be opened: flows are then published unpaired."""
     try:
         conntrack = Conntrack()
     except ConntrackUnavailable as e:
-        log.warning(f"{e}: NAT pairing is off; flows through a Service stay two one-way records")
+        log.warning(f"{e}: NAT pairing is off; NAT'ed connections stay two one-way records")
         return None
     rt.stack.callback(conntrack.close)
     return NatPairing(conntrack)

@@ -93,10 +93,10 @@ class FlowSettings:
     )
     nat_pairing: bool = setting(
         True,
-        "join the two one-way halves of a connection DNAT'ed by kube-proxy (ClusterIP, "
-        "NodePort) into one flow through conntrack (docs/collector.md, NAT pairing); off "
-        "saves reading the whole map before rendering it where no DNAT happens (a "
-        "kube-proxy-free cluster)",
+        "join the two one-way halves of a connection NAT'ed on the node (DNAT by "
+        "kube-proxy: ClusterIP, NodePort; SNAT: a pod's connection masqueraded on its way "
+        "out) into one flow through conntrack (docs/collector.md, NAT pairing); off saves "
+        "reading the whole map before rendering it where no NAT happens on the node",
     )
 
 

@@ -151,12 +151,19 @@ class RawFlow(_Wire):
     # address); ``dst``/``dport`` are then the backend it reached.
     nat_dst: str | None = None
     nat_dport: int | None = None
+    # Present only on a flow the collector found SNAT'ed in conntrack (a pod's connection
+    # masqueraded on its way out): the address and port its source was translated to (the
+    # node's); ``src``/``sport`` are then the pod's own.
+    nat_src: str | None = None
+    nat_sport: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The wire dict; the NAT keys only when set (optional keys of ``raw.flow/1``)."""
         wire = _Wire.to_wire(self)
         if self.nat_dst is None:
             del wire["nat_dst"], wire["nat_dport"]
+        if self.nat_src is None:
+            del wire["nat_src"], wire["nat_sport"]
         return wire
 
 

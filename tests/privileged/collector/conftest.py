@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.privileged.collector.nat_node import NatNode
+from tests.privileged.collector.nat_node import NatNode, SnatNode
 from tests.privileged.collector.node import Node
 from tests.privileged.collector.programs import Kernel, attached
 
@@ -22,6 +22,14 @@ def node() -> Iterator[Node]:
 def nat_node() -> Iterator[NatNode]:
     """A routed node with a kube-proxy-like DNAT rule (nat_node.py)."""
     with NatNode().built() as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def snat_node() -> Iterator[SnatNode]:
+    """A routed node with one pod and an uplink to an "outside" namespace, masquerading
+    the pod's connections leaving through it (nat_node.py)."""
+    with SnatNode().built() as built:
         yield built
 
 

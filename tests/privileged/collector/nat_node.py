@@ -1,4 +1,5 @@
-"""A routed "node" with a kube-proxy-like DNAT rule, for the NAT-pairing tests.
+"""A routed "node" with a kube-proxy-like DNAT rule (and one with an uplink that
+masquerades, :class:`SnatNode`), for the NAT-pairing tests.
 
 A *host* namespace routes between two *pod* namespaces (a /24 per veth pair: pod A
 10.209.1.2, pod B 10.209.2.2; fd00:209:1::2, fd00:209:2::2), as routed CNIs do. Its
@@ -89,3 +90,63 @@ class NatNode(Node):
 
     def inside(self) -> contextlib.AbstractContextManager[None]:
         return netns(self.host)
+
+
+# ---------------------------------------------------------------- SNAT: a pod leaving the node
+
+OUTSIDE4, OUTSIDE6 = "10.209.250.2", "fd00:209:250::2"  # a server "outside the cluster"
+UPLINK4, UPLINK6 = "10.209.250.1", "fd00:209:250::1"  # the node's address on the uplink
+UPLINK = "vup"
+# Masquerade picks source ports in this range, outside the pods' ephemeral ports
+# (32768-60999), so the translated port always differs from the pod's.
+MASQ_PORTS = (20000, 29999)
+
+MASQ_RULES = f"""
+table inet snatpair {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "{UPLINK}" meta l4proto {{ tcp, udp }} masquerade to :{MASQ_PORTS[0]}-{MASQ_PORTS[1]}
+  }}
+}}
+"""
+
+
+@dataclass
+class SnatNode(NatNode):
+    """A NatNode whose host also has an uplink (veth ``vup``) to an *outside* namespace,
+    and masquerades the pods' TCP and UDP leaving through it, as a node does for a pod's
+    connection to the internet. The outside has no route to the pods: a reply reaches
+    a pod only through the node's de-SNAT."""
+
+    tag: str = field(default_factory=lambda: f"snatpair{os.getpid()}")
+    outside: Pod | None = None
+
+    def create(self, pods: int = 1) -> SnatNode:
+        super().create(pods)
+        out = Pod(f"{self.tag}o", UPLINK, OUTSIDE4, OUTSIDE6)
+        self.outside = out
+        sh("ip", "netns", "add", out.ns)
+        ox = ("ip", "netns", "exec", out.ns)
+        self.hx("ip", "link", "add", UPLINK, "gso_max_segs", "1", "type", "veth",
+                "peer", "name", "eth0", "gso_max_segs", "1", "netns", out.ns)  # fmt: skip
+        self.hx("ip", "addr", "add", f"{UPLINK4}/24", "dev", UPLINK)
+        self.hx("ip", "addr", "add", f"{UPLINK6}/64", "dev", UPLINK, "nodad")
+        self.hx("ip", "link", "set", UPLINK, "up")
+        sh(*ox, "ip", "link", "set", "lo", "up")
+        sh(*ox, "ip", "addr", "add", f"{OUTSIDE4}/24", "dev", "eth0")
+        sh(*ox, "ip", "addr", "add", f"{OUTSIDE6}/64", "dev", "eth0", "nodad")
+        sh(*ox, "ip", "link", "set", "eth0", "up")
+        self.hx("nft", "-f", "-", stdin=MASQ_RULES)
+        return self
+
+    @contextlib.contextmanager
+    def built(self, pods: int = 1) -> Iterator[SnatNode]:
+        try:
+            self.create(pods)
+            yield self
+        finally:
+            self.destroy()
+
+    def destroy(self) -> None:
+        super().destroy()
+        subprocess.run(["ip", "netns", "del", f"{self.tag}o"], capture_output=True)

@@ -31,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 A, VIP, B, C = "10.0.0.5", "10.96.0.10", "10.0.1.7", "10.0.2.9"
+E, N = "203.0.113.9", "10.0.0.1"  # an outside server; the node's uplink address (SNAT)
 ICMP, TCP, UDP = 1, 6, 17
 SYN, ACK, FIN = 0x02, 0x10, 0x01
 
@@ -82,7 +83,8 @@ class Clock:
 
 
 class Conntrack:
-    """The kernel's table as a dict: original tuple → reply tuple (the lookup seam)."""
+    """The kernel's table as a dict: original tuple → reply tuple (the lookup seam). As
+    the kernel does, an entry is found by either direction's tuple."""
 
     def __init__(
         self, entries: dict[CtTuple, CtTuple] | None = None, fail: Exception | None = None
@@ -95,10 +97,16 @@ class Conntrack:
         self.asked += origs
         if self.fail is not None:
             raise self.fail
+        by_reply = {reply: orig for orig, reply in self.entries.items()}
         out = []
-        for orig in origs:
-            reply = self.entries.get(orig)
-            out.append(Answer(0, reply, orig) if reply else Answer(0, errno=2))
+        for asked in origs:
+            reply = self.entries.get(asked)
+            if reply is not None:
+                out.append(Answer(0, reply, asked))
+            elif asked in by_reply:
+                out.append(Answer(0, asked, by_reply[asked]))
+            else:
+                out.append(Answer(0, errno=2))
         return out
 
 
@@ -107,6 +115,14 @@ def dnat(
 ) -> dict[CtTuple, CtTuple]:
     orig = CtTuple(proto, packed(client[0]), packed(service[0]), client[1], service[1])
     return {orig: CtTuple(proto, packed(backend[0]), packed(client[0]), backend[1], client[1])}
+
+
+def snat(
+    client: tuple[str, int], server: tuple[str, int], translated: tuple[str, int], proto: int = TCP
+) -> dict[CtTuple, CtTuple]:
+    orig = CtTuple(proto, packed(client[0]), packed(server[0]), client[1], server[1])
+    return {orig: CtTuple(proto, packed(server[0]), packed(translated[0]), server[1],
+                          translated[1])}  # fmt: skip
 
 
 def drainer(reader: Reader, conntrack: Conntrack | None, idle: float = 1e9, **kw: Any) -> Drainer:
@@ -317,6 +333,58 @@ def test_answers_older_than_the_ttl_are_asked_again() -> None:
     assert len(ct.asked) == 2
 
 
+def candidates_unnarrowed(
+    pairing: NatPairing, chunks: list[tuple[bytes, bytes]]
+) -> list[list[int]]:
+    """NatPairing.candidates' definition, its end passes over every entry of every chunk
+    (what it did before narrowing them to the one-way flows at shared addresses)."""
+    senders: set[Any] = set()
+    for keys, values in chunks:
+        senders |= chunk_senders(keys, values)
+    known = set(pairing._nat_senders)
+    shared = senders & known
+    for keys, values in chunks:
+        shared |= chunk_receivers_in(keys, values, senders)
+        shared |= chunk_receivers_in(keys, values, known)
+    return [chunk_touching(keys, values, shared) for keys, values in chunks]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from([A, B, C, VIP, E, N]), st.sampled_from([A, B, C, VIP, E, N]),
+                      st.integers(1, 3), st.integers(1, 3),
+                      st.sampled_from(["fwd", "rev", "both"])),
+            max_size=12,
+        ),
+        min_size=1, max_size=4,
+    ),
+    st.booleans(),
+)  # fmt: skip
+def test_candidates_narrowed_to_shared_addresses_hold_what_the_end_passes_would(
+    chunks_rows: list[list[Any]], primed: bool
+) -> None:
+    """Narrowing the end passes to the one-way flows at shared addresses (chunk_near,
+    take) changes nothing: the same positions as those passes over every entry, with and
+    without known NAT'ed ends from an earlier drain."""
+    pairing = NatPairing(Conntrack(dnat((A, 2), (VIP, 80), (B, 8080), UDP)))
+    if primed:  # an earlier drain cached a DNAT: its client end A:2 is known
+        x, y = entry(A, 2, VIP, 80, UDP), entry(B, 8080, A, 2, UDP)
+        Drainer(Reader([[x, y]]), Clock(), "n", 1e9, DirectionMemory(8), pairing=pairing).drain()  # type: ignore[arg-type]
+        assert pairing._nat_senders
+    chunks = []
+    for rows in chunks_rows:
+        made = []
+        for src, dst, sport, dport, way in rows:
+            k, v = entry(src, sport, dst, dport, UDP)
+            value = list(abi.FLOW_VALUE.unpack(v))
+            value[2:6] = {"fwd": [5, 0, 50, 0], "rev": [0, 5, 0, 50], "both": [5, 5, 50, 50]}[way]
+            made.append((k, abi.FLOW_VALUE.pack(*value)))
+        chunks.append((b"".join(k for k, _ in made), b"".join(v for _, v in made)))
+    assert pairing.candidates(chunks) == candidates_unnarrowed(pairing, chunks)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
@@ -358,3 +426,109 @@ def test_prefilter_passes_agree_with_their_definition(rows: list[Any], only: str
                 and ({(*struct.unpack("<QQ", key[0]), key[2], key[4]),
                       (*struct.unpack("<QQ", key[1]), key[3], key[4])} & ends_s)]  # fmt: skip
     assert chunk_touching(keys, values, ends_s) == touching
+
+
+# ---------------------------------------------------------------- SNAT (masquerade)
+
+
+def snat_halves(fin: bool = True) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """X (the pod's requests, counted at its veth) and Y (the outside's replies, counted
+    at the uplink before they are un-NATed: to the node's address and port)."""
+    x = entry(A, 40000, E, 443, packets=6, nbytes=1400, flags=SYN | ACK, first=100, last=800,
+              syn=True)  # fmt: skip
+    y_flags = SYN | ACK | (FIN if fin else 0)
+    y = entry(E, 443, N, 61000, packets=4, nbytes=900, flags=y_flags, first=150, last=950)
+    return x, y
+
+
+def test_snat_halves_in_different_chunks_become_one_flow_to_the_outside() -> None:
+    x, y = snat_halves()
+    other = [entry(C, 5000 + i, B, 9000, UDP) for i in range(3)]
+    ct = Conntrack(snat((A, 40000), (E, 443), (N, 61000)))
+    d = drainer(Reader([[x, other[0]], [other[1]], [y, other[2]]]), ct)
+    flows = by_ends(drained(d))
+    joined = flows[(A, 40000, E, 443)]
+    assert (joined["packets"], joined["bytes"], joined["rpackets"], joined["rbytes"]) == (
+        6, 1400, 4, 900,
+    )  # fmt: skip
+    assert (joined["nat_src"], joined["nat_sport"]) == (N, 61000) and "nat_dst" not in joined
+    assert joined["tcp_flags"] == SYN | ACK | FIN and joined["initiator"] is True
+    assert joined["end_ns"] - joined["start_ns"] == 850  # first of X .. last of Y
+    assert joined["end_reason"] == "end_of_flow_detected"
+    assert len(flows) == 4 and (E, 443, N, 61000) not in flows
+    # One lookup: the replies' half is asked (the pod's half went to its source end); the
+    # kernel finds the entry by its reply direction, whose original tuple is X.
+    assert ct.asked == [CtTuple(TCP, packed(E), packed(N), 443, 61000)]
+    assert d.pairing is not None
+    tally = d.pairing.take_tally()
+    assert (tally.pairs, tally.misses, tally.lookups) == (1, 0, 1)
+
+
+def test_snat_halves_alone_in_later_drains_are_rewritten_from_the_cache() -> None:
+    x, y = snat_halves(fin=False)
+    x_later = entry(A, 40000, E, 443, packets=2, nbytes=104, flags=ACK)
+    y_later = entry(E, 443, N, 61000, packets=3, nbytes=3000, flags=ACK)
+    unrelated = entry(C, 1, B, 2, UDP)
+    ct = Conntrack(snat((A, 40000), (E, 443), (N, 61000)))
+    d = drainer(Reader([[x, y]], [[x_later, unrelated]], [[y_later, unrelated]]), ct)
+    drained(d)
+    flows = by_ends(drained(d))  # the pod's half alone
+    alone = flows[(A, 40000, E, 443)]
+    assert (alone["packets"], alone["bytes"], alone["rpackets"]) == (2, 104, 0)
+    assert (alone["nat_src"], alone["nat_sport"]) == (N, 61000) and (C, 1, B, 2) in flows
+    flows = by_ends(drained(d))  # the replies alone: oriented pod → outside
+    alone = flows[(A, 40000, E, 443)]
+    assert (alone["packets"], alone["rpackets"], alone["rbytes"]) == (0, 3, 3000)
+    assert (alone["nat_src"], alone["nat_sport"], alone["initiator"]) == (N, 61000, False)
+    assert len(ct.asked) == 1 and len(flows) == 2
+    assert d.pairing is not None and d.pairing.take_tally().rewritten == 2
+
+
+def test_ipv6_udp_snat_halves_are_joined() -> None:
+    a6, e6, n6 = "fd00::5", "2001:db8::9", "fd00:ffff::1"
+    x = entry(a6, 5000, e6, 53, UDP, packets=2, nbytes=130)
+    y = entry(e6, 53, n6, 20000, UDP, packets=2, nbytes=250)
+    ct = Conntrack(snat((a6, 5000), (e6, 53), (n6, 20000), UDP))
+    (joined,) = drained(drainer(Reader([[y], [x]]), ct))
+    assert RawFlow.from_wire(joined).to_wire() == joined
+    assert (joined["src"], joined["sport"], joined["dst"], joined["dport"]) == (a6, 5000, e6, 53)
+    assert (joined["nat_src"], joined["nat_sport"], joined["bytes"], joined["rbytes"]) == (
+        n6, 20000, 130, 250,
+    )  # fmt: skip
+
+
+def test_snat_paired_line_is_what_rawflow_writes() -> None:
+    x, y = snat_halves()
+    out: list[bytes] = []
+    drainer(Reader([[x, y]]), Conntrack(snat((A, 40000), (E, 443), (N, 61000)))).drain_into(
+        out.extend
+    )
+    (line,) = out
+    assert line == orjson.dumps(RawFlow.from_wire(orjson.loads(line)).to_wire()) + b"\n"
+
+
+def test_shared_outside_end_without_snat_stays_as_it_is() -> None:
+    """A pod's flow to E and a flow from E to the node that conntrack does not tie to it
+    (another connection of the node's own, no NAT): nothing is changed."""
+    x, y = snat_halves()
+    plain = {CtTuple(TCP, packed(N), packed(E), 61000, 443): CtTuple(
+        TCP, packed(E), packed(N), 443, 61000)}  # fmt: skip
+    for entries in ({}, plain):
+        ct = Conntrack(entries)
+        d = drainer(Reader([[x, y]]), ct)
+        assert lines(d) == lines(drainer(Reader([[x, y]]), None))
+        assert ct.asked == [CtTuple(TCP, packed(E), packed(N), 443, 61000)]
+        assert d.pairing is not None and d.pairing.take_tally().misses == 1
+
+
+def test_prefilter_holds_both_halves_of_a_snat_and_nothing_else() -> None:
+    """A one-way flow is held when its destination end is another one-way flow's source
+    end (the SNAT shape) — both of them, from any chunks — and no other entry is."""
+    x, y = snat_halves()
+    spray = [entry(A, 40000 + i % 8, B, 1024 + i, UDP) for i in range(300)]
+    chunks = [[*spray[:100], x], spray[100:200], [y, *spray[200:]]]
+    raw = [(b"".join(k for k, _ in c), b"".join(v for _, v in c)) for c in chunks]
+    pairing = NatPairing(Conntrack())
+    assert pairing.candidates(raw) == [[100], [], [0]]
+    bare = [(b"".join(k for k, _ in c), b"".join(v for _, v in c)) for c in (spray,)]
+    assert pairing.candidates(bare) == [[]]
