@@ -10,7 +10,7 @@ first packet's unless a SYN without ACK said otherwise; since a deleted entry fo
 that, the drainer remembers (bounded) the direction of flows whose initiator it saw, so
 a long connection keeps its source and destination across intervals. With NAT pairing
 (:mod:`~flowscope.collector.nat_pairing`) the map is read whole before it is rendered, and
-the one-way halves of DNAT'ed connections are joined into one record. Flows the kernel
+the one-way halves of DNAT'ed or SNAT'ed connections are joined into one record. Flows the kernel
 still holds in its per-CPU flow cache (:mod:`~flowscope.collector.cache_reading`) are
 read before the map and added to their map entries, so a flow is one record per drain.
 
@@ -343,7 +343,7 @@ class Drainer:
     idle_timeout_s: float
     memory: DirectionMemory
     names: AddressNames = field(default_factory=AddressNames)
-    # Joins the one-way halves of DNAT'ed connections (nat_pairing.py); None: off.
+    # Joins the one-way halves of DNAT'ed or SNAT'ed connections (nat_pairing.py); None: off.
     pairing: NatPairing | None = None
     # The kernel's per-CPU flow cache (cache_reading.py); None: compiled without it.
     cache: CacheHalves | None = None
