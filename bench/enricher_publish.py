@@ -12,7 +12,8 @@ nats-server is another process) per message, medians and best of ``--rounds`` ro
    (each message with the 3 headers the pipeline gives it; the publisher adds 2);
 2. ``Pipeline._publish``: the same output from the enricher's per-subject lines — building
    the messages (chunks, headers, ``Nats-Msg-Id``) included — as one atomic batch;
-3. one ack per message (the path of servers without atomic batches, and of refused ones).
+3. one ack per message, built beforehand (the path of servers without atomic batches,
+   and of refused ones).
 
 Importable code under test is whatever ``flowscope`` resolves to, so a copy of another
 revision can be measured through ``PYTHONPATH`` with this same script.
@@ -98,7 +99,7 @@ async def main() -> None:
         def batch_of(seq: int) -> list[tuple[str, bytes, dict[str, str]]]:
             return pipeline._messages(codec.FLOW, outputs[seq % 2], seq)
 
-        prebuilt = [batch_of(next(sequence)) for _ in range(5 + args.rounds)]
+        prebuilt: list[list[tuple[str, bytes, dict[str, str]]]] = []
 
         async def atomic(r: int) -> None:  # the messages built beforehand: publishing only
             await (await pipeline.publisher.publish_atomic(prebuilt[r]))
@@ -107,14 +108,19 @@ async def main() -> None:
             seq = next(sequence)
             assert await pipeline._publish(codec.FLOW, outputs[r % 2], raw_message(nc, seq))
 
-        async def one_by_one(_: int) -> None:
-            acks = [await pipeline.publisher.publish(*m) for m in batch_of(next(sequence))]
+        async def one_by_one(r: int) -> None:  # as Pipeline._publish does (prebuilt)
+            publisher = pipeline.publisher
+            if hasattr(publisher, "publish_each"):
+                acks = await publisher.publish_each(prebuilt[r])
+            else:  # revisions before publish_each
+                acks = [await publisher.publish(*m) for m in prebuilt[r]]
             await asyncio.gather(*acks)
 
         print(f"{args.messages} messages of ~{args.size} bytes per batch, {args.rounds} rounds; "
               "client CPU µs per message, median (best):")  # fmt: skip
         for name, run in (("publish_atomic", atomic), ("Pipeline._publish, atomic", through_pipeline),
                           ("one ack per message", one_by_one)):  # fmt: skip
+            prebuilt[:] = [batch_of(next(sequence)) for _ in range(5 + args.rounds)]
             median, best = await measure(args.rounds, args.messages, run)
             print(f"  {name}: {median:.2f} ({best:.2f})")
         stored = (await js.stream_info(subjects.STREAM_FLOWS)).state.messages

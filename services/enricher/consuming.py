@@ -136,8 +136,7 @@ class Pipeline:
         try:
             if self.atomic_after <= time.monotonic():
                 messages = await self._publish_atomic(messages)
-            for subject, body, headers in messages:
-                acks.append(await self.publisher.publish(subject, body, headers))
+            acks.extend(await self.publisher.publish_each(messages))
             await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
         except Exception as e:  # timeouts, no stream, stream errors: retry the batch
             cancel_all(acks)

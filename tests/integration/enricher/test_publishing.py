@@ -23,14 +23,15 @@ from flowscope.enricher.publishing import (
     ATOMIC_DISABLED,
     ATOMIC_DUPLICATE,
     ATOMIC_MAX,
-    BATCH_ID,
     AckedPublisher,
     Message,
     PublishError,
-    encode_batch,
+    cancel_all,
+    encode,
 )
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from prometheus_client import CollectorRegistry
 
@@ -255,29 +256,40 @@ def _normalised(frame: bytes, *inboxes: str) -> bytes:
     return frame
 
 
-async def test_encoded_batches_are_the_bytes_nats_py_publish_writes(nats_srv: NatsServer) -> None:
-    """The same atomic batch from both publishers, as the server relays it to a
-    subscriber: identical bytes — the encoded one, and one the encoder leaves to
-    ``publish`` (a header value nats-py would strip)."""
+async def test_encoded_messages_are_the_bytes_nats_py_publish_writes(nats_srv: NatsServer) -> None:
+    """The same messages from both publishers, as an atomic batch and one ack each, as
+    the server relays them to a subscriber: identical bytes — encoded ones, and ones
+    the encoder leaves to ``publish`` (a header value nats-py would strip)."""
     tap = await WireTap.open(nats_srv, "enricher-wire.>")
     nc = await nats.connect(nats_srv.url)
     encoded, plain = AckedPublisher(nc), AckedPublisher(nc, encode=False)
+
+    async def publish(publisher: AckedPublisher, messages: list[Message], atomic: bool) -> None:
+        # no stream: the tap is the only responder, and stays silent
+        if atomic:
+            (await publisher.publish_atomic(messages)).cancel()
+        else:
+            cancel_all(list(await publisher.publish_each(messages)))
+
     try:
         await encoded.start()
         await plain.start()
         batch = _wire_batch("enricher-wire")
-        assert encode_batch(batch, "b", "r", nc.max_payload) is not None  # the new path
+        replies = ["r"] * len(batch)
+        assert encode(batch, replies, "b", nc.max_payload) is not None  # the new path
+        assert encode(batch, replies, None, nc.max_payload) is not None
         left = [*batch[:3], ("enricher-wire.x", b"{}\n", {"K": "padded "})]
-        assert encode_batch(left, "b", "r", nc.max_payload) is None  # left to publish
-        for messages in (batch, left):
+        assert encode(left, replies[:4], "b", nc.max_payload) is None  # left to publish
+        for messages, atomic in ((batch, True), (batch, False), (left, True), (left, False)):
             frames = []
-            for publisher in (encoded, plain):  # (no stream: the tap's silence is the answer)
-                (await publisher.publish_atomic(messages)).cancel()
+            for publisher in (encoded, plain):
+                await publish(publisher, messages, atomic)
                 frames.append(await tap.frames(len(messages)))
             inboxes = (encoded._prefix, plain._prefix)
             ours, theirs = ([_normalised(f, *inboxes) for f in fs] for fs in frames)
             assert ours == theirs
-            assert b"Nats-Batch-Commit: 1" in ours[-1] and b"INBOX" in ours[-1]
+            assert all(b"INBOX" in f for f in (ours if not atomic else ours[-1:]))
+            assert (b"Nats-Batch-Commit: 1" in ours[-1]) is atomic
         assert b"padded \r\n" not in ours[-1]  # nats-py stripped it, as always
     finally:
         tap.close()
@@ -286,31 +298,53 @@ async def test_encoded_batches_are_the_bytes_nats_py_publish_writes(nats_srv: Na
         await nc.close()
 
 
-async def test_encoded_batches_are_stored_as_nats_py_publish_stores_them(clean_nc: NATS) -> None:
-    """Stored messages (subject, raw header block, body) from both publishers are equal
-    but for the batch id; duplicates are refused alike."""
+async def test_encoded_messages_are_stored_as_nats_py_publish_stores_them(clean_nc: NATS) -> None:
+    """Stored messages (subject, raw header block, body) from both publishers, as an
+    atomic batch and one ack each, are equal but for the batch id; duplicates are
+    refused (atomic) or dropped (one ack each) alike."""
     js = clean_nc.jetstream()
-    stored: list[list[tuple[str, bytes, bytes]]] = []
-    for publisher in (AckedPublisher(clean_nc), AckedPublisher(clean_nc, encode=False)):
-        await js.add_stream(StreamConfig(name="ENRICHER_WIRE_TEST", subjects=["enricher-store.>"],
-                                         allow_atomic=True))  # fmt: skip
-        await publisher.start()
-        try:
-            batch = _wire_batch("enricher-store")
-            ack = orjson.loads(await (await publisher.publish_atomic(batch)))
-            assert (ack["seq"], ack["count"]) == (len(batch), len(batch))
-            with pytest.raises(PublishError) as refused:
-                await (await publisher.publish_atomic(batch[5:9]))
-            assert refused.value.code == ATOMIC_DUPLICATE
-            messages = []
-            for seq in range(1, len(batch) + 1):
-                got = await js.get_msg("ENRICHER_WIRE_TEST", seq)
-                assert got.headers is not None and len(got.headers[BATCH_ID]) == 32
-                block = base64.b64decode(got.hdrs or "")  # the stored header block, raw
-                messages.append((got.subject or "", _normalised(block), got.data or b""))
-            stored.append(messages)
-        finally:
-            await publisher.close()
-            await js.delete_stream("ENRICHER_WIRE_TEST")
-    assert stored[0] == stored[1]
-    assert [data for _, _, data in stored[0]] == [body for _, body, _ in _wire_batch("x")]
+    stored: dict[tuple[bool, bool], list[tuple[str, bytes, bytes]]] = {}
+    for encoded in (True, False):
+        for atomic in (True, False):
+            publisher = AckedPublisher(clean_nc, encode=encoded)
+            await js.add_stream(StreamConfig(name="ENRICHER_WIRE_TEST",
+                                             subjects=["enricher-store.>"], allow_atomic=True))  # fmt: skip
+            await publisher.start()
+            try:
+                stored[encoded, atomic] = await _publish_and_read(js, publisher, atomic)
+            finally:
+                await publisher.close()
+                await js.delete_stream("ENRICHER_WIRE_TEST")
+    for atomic in (True, False):
+        assert stored[True, atomic] == stored[False, atomic]
+        assert [data for _, _, data in stored[True, atomic]] == [
+            body for _, body, _ in _wire_batch("x")
+        ]
+    assert b"Nats-Batch-Id: B" in stored[True, True][0][1]
+    assert b"Nats-Batch" not in stored[True, False][0][1]
+
+
+async def _publish_and_read(
+    js: JetStreamContext, publisher: AckedPublisher, atomic: bool
+) -> list[tuple[str, bytes, bytes]]:
+    """Publish the wire batch, then part of it again; (subject, header block, body)
+    of every stored message."""
+    batch = _wire_batch("enricher-store")
+    if atomic:
+        ack = orjson.loads(await (await publisher.publish_atomic(batch)))
+        assert (ack["seq"], ack["count"]) == (len(batch), len(batch))
+        with pytest.raises(PublishError) as refused:
+            await (await publisher.publish_atomic(batch[5:9]))
+        assert refused.value.code == ATOMIC_DUPLICATE
+    else:
+        acks = [orjson.loads(a) for a in await asyncio.gather(*await publisher.publish_each(batch))]
+        assert [a["seq"] for a in acks] == list(range(1, len(batch) + 1))
+        again = await asyncio.gather(*await publisher.publish_each(batch[5:9]))
+        assert all(orjson.loads(a)["duplicate"] for a in again)
+    assert (await js.stream_info("ENRICHER_WIRE_TEST")).state.messages == len(batch)
+    messages = []
+    for seq in range(1, len(batch) + 1):
+        got = await js.get_msg("ENRICHER_WIRE_TEST", seq)
+        block = base64.b64decode(got.hdrs or "")  # the stored header block, raw
+        messages.append((got.subject or "", _normalised(block), got.data or b""))
+    return messages
