@@ -20,14 +20,18 @@ them or none and acknowledges once. Measured on the development machine with 320
 messages of 3.4 KB: 7.5 µs of client CPU per message against 14 to 16.5 µs with one ack
 each.
 
-An atomic batch's messages are encoded here, all at once, and handed to nats-py as one
-write (:func:`encode`, :func:`_write`), and so are the messages of one raw batch published
-one ack each: nats-py's ``publish`` validates and encodes
-each message's headers in Python, about half of its cost per message, and a raw batch's
-~320 messages repeat the same few header keys. The bytes are those ``publish`` would
-write (tested against a real nats-server); nats-py has no public call for a pre-encoded
-write, so :func:`_write` uses two of its internals and the batch falls back to
-``publish`` when they are missing or the connection is not up.
+The messages of an atomic batch, and those of one raw batch published with one ack
+each (:meth:`AckedPublisher.publish_each`), are encoded here all at once
+(:func:`encode`) and handed to nats-py as one write (:func:`_write`): nats-py's
+``publish`` checks and encodes each message's headers in Python and queues each
+message with its own awaits, most of its cost per message. The bytes are those
+``publish`` writes (tested against a real nats-server: relayed frames and stored
+header blocks). nats-py has no public call for a pre-encoded write, so :func:`_write`
+uses its internals (``_send_command``, ``_flush_pending``, ``_flush_queue``), and the
+messages go through ``publish`` instead when those are missing, the connection is not
+up, or a message is one ``publish`` would refuse or change. With bench/enricher_publish.py
+(320 messages of 3.4 KB, client CPU per message): an atomic batch 12.1 → 3.7 µs, one ack
+each 14.2 → 11.1 µs.
 """
 
 from __future__ import annotations
