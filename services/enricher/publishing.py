@@ -77,8 +77,8 @@ class AckedPublisher:
     """Publishes to JetStream; :meth:`publish` returns a future of the stream's ack."""
 
     def __init__(self, nc: NATS, encode: bool = True) -> None:
-        """``encode``: write atomic batches encoded here (see the module docstring) when
-        the client allows it; False always publishes through nats-py (tests compare)."""
+        """``encode``: write messages encoded here (see the module docstring) when the
+        client allows it; False: always through nats-py's ``publish`` (tests compare)."""
         self._nc = nc
         self._writes = encode and _writable(nc)
         self._prefix = ""
