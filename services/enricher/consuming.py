@@ -136,8 +136,7 @@ class Pipeline:
         try:
             if self.atomic_after <= time.monotonic():
                 messages = await self._publish_atomic(messages)
-            for subject, body, headers in messages:
-                acks.append(await self.publisher.publish(subject, body, headers))
+            acks.extend(await self.publisher.publish_each(messages))
             await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
         except Exception as e:  # timeouts, no stream, stream errors: retry the batch
             cancel_all(acks)
@@ -146,25 +145,32 @@ class Pipeline:
         return True
 
     def _messages(self, schema: codec.Schema, output: Output, seq: int) -> list[Message]:
-        """The enriched messages of one raw batch, each with its ``Nats-Msg-Id``."""
+        """The enriched messages of one raw batch, each with its ``Nats-Msg-Id``.
+
+        A subject's lines that fit in one message (the usual case: its share of a raw
+        batch) are joined here; ``codec.chunk_lines`` would make the same one message
+        through a generator and a ``Batch`` per subject (~1 µs, ~320 times per batch).
+        """
         messages: list[Message] = []
-        groups = [
-            (subject, codec.encode_chunks(schema, records, self.max_bytes))
-            for subject, records in output.by_subject.items()
-        ] + [
-            (subject, codec.chunk_lines(schema, lines, self.max_bytes))
-            for subject, lines in output.lines.items()
-        ]
-        for subject, batches in groups:
-            try:
-                chunks = list(batches)
-            except CodecError as e:  # one record larger than a NATS message
-                self.bad_log.warning("oversize", "enriched record too large", error=str(e))
-                continue
-            for n, batch in enumerate(chunks):
-                headers = dict(batch.headers)
-                headers[MSG_ID_HEADER] = f"enricher:{schema.name}:{seq}:{subject}:{n}"
-                messages.append((subject, batch.body, headers))
+        header, msg_id = schema.header, f"enricher:{schema.name}:{seq}:"
+        records = [(subject, codec.encode_lines(r)) for subject, r in output.by_subject.items()]
+        for subject, lines in [*records, *output.lines.items()]:
+            if lines and sum(map(len, lines)) <= self.max_bytes:
+                bodies = [(b"".join(lines), len(lines))]
+            else:
+                try:
+                    chunks = codec.chunk_lines(schema, lines, self.max_bytes)
+                    bodies = [(chunk.body, chunk.count) for chunk in chunks]
+                except CodecError as e:  # one record larger than a NATS message
+                    self.bad_log.warning("oversize", "enriched record too large", error=str(e))
+                    continue
+            for n, (body, count) in enumerate(bodies):
+                headers = {
+                    codec.SCHEMA_HEADER: header,
+                    codec.COUNT_HEADER: str(count),
+                    MSG_ID_HEADER: f"{msg_id}{subject}:{n}",
+                }
+                messages.append((subject, body, headers))
         return messages
 
     async def _publish_atomic(self, messages: list[Message]) -> list[Message]:

@@ -19,12 +19,26 @@ on the last, and only that last one carries a reply subject — the stream store
 them or none and acknowledges once. Measured on the development machine with 320
 messages of 3.4 KB: 7.5 µs of client CPU per message against 14 to 16.5 µs with one ack
 each.
+
+The messages of an atomic batch, and those of one raw batch published with one ack
+each (:meth:`AckedPublisher.publish_each`), are encoded here all at once
+(:func:`encode`) and handed to nats-py as one write (:func:`_write`): nats-py's
+``publish`` checks and encodes each message's headers in Python and queues each
+message with its own awaits, most of its cost per message. The bytes are those
+``publish`` writes (tested against a real nats-server: relayed frames and stored
+header blocks). nats-py has no public call for a pre-encoded write, so :func:`_write`
+uses its internals (``_send_command``, ``_flush_pending``, ``_flush_queue``), and the
+messages go through ``publish`` instead when those are missing, the connection is not
+up, or a message is one ``publish`` would refuse or change. With bench/enricher_publish.py
+(320 messages of 3.4 KB, client CPU per message): an atomic batch 12.1 → 3.7 µs, one ack
+each 14.2 → 11.1 µs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -39,8 +53,11 @@ ATOMIC_MAX = 1000  # messages per atomic batch: the server's limit (ADR-50)
 ATOMIC_DISABLED = 10174  # JetStream err_code: the stream does not allow atomic batches
 ATOMIC_DUPLICATE = 10201  # err_code: a message id of the batch is already stored
 BATCH_ID, BATCH_SEQUENCE, BATCH_COMMIT = "Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Batch-Commit"
+BATCH_HEADERS = frozenset((BATCH_ID, BATCH_SEQUENCE, BATCH_COMMIT))
 
 Message = tuple[str, bytes, dict[str, str]]  # subject, body, headers
+CRLF = b"\r\n"
+HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's check of a header key
 
 
 class PublishError(FlowscopeError):
@@ -59,8 +76,11 @@ class PublishError(FlowscopeError):
 class AckedPublisher:
     """Publishes to JetStream; :meth:`publish` returns a future of the stream's ack."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, encode: bool = True) -> None:
+        """``encode``: write messages encoded here (see the module docstring) when the
+        client allows it; False: always through nats-py's ``publish`` (tests compare)."""
         self._nc = nc
+        self._writes = encode and _writable(nc)
         self._prefix = ""
         self._pending: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
         self._tokens = itertools.count()
@@ -81,12 +101,27 @@ class AckedPublisher:
         self, subject: str, body: bytes, headers: dict[str, str]
     ) -> asyncio.Future[bytes]:
         """Send one message; the future resolves to the PubAck body, or fails."""
-        token = str(next(self._tokens))
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda _: self._pending.pop(token, None))
-        self._pending[token] = (subject, future)
-        await self._nc.publish(subject, body, reply=f"{self._prefix}.{token}", headers=headers)
+        reply, future = self._expect(subject)
+        await self._nc.publish(subject, body, reply=reply, headers=headers)
         return future
+
+    async def publish_each(self, messages: Sequence[Message]) -> list[asyncio.Future[bytes]]:
+        """:meth:`publish` every message (one ack each), encoded and written at once
+        when the client allows it (see the module docstring)."""
+        if self._writes and messages:
+            expected = [self._expect(subject) for subject, _, _ in messages]
+            data = encode(messages, [reply for reply, _ in expected], None, self._nc.max_payload)
+            futures = [future for _, future in expected]
+            if await self._send(messages, data, futures):
+                return futures
+        futures = []
+        try:
+            for subject, body, headers in messages:
+                futures.append(await self.publish(subject, body, headers))
+        except BaseException:
+            cancel_all(futures)
+            raise
+        return futures
 
     async def publish_atomic(self, messages: Sequence[Message]) -> asyncio.Future[bytes]:
         """Send up to :data:`ATOMIC_MAX` messages (one stream) as one atomic batch.
@@ -99,6 +134,12 @@ class AckedPublisher:
             raise ValueError(f"an atomic batch holds 1 to {ATOMIC_MAX} messages")
         batch_id = uuid.uuid4().hex  # fresh per attempt: a retried batch is a new batch
         last = len(messages)
+        if self._writes:
+            reply, future = self._expect(messages[-1][0])
+            replies = [""] * (last - 1) + [reply]  # only the commit is acknowledged
+            data = encode(messages, replies, batch_id, self._nc.max_payload)
+            if await self._send(messages, data, [future]):
+                return future
         for n, (subject, body, headers) in enumerate(messages, 1):
             marked = {**headers, BATCH_ID: batch_id, BATCH_SEQUENCE: str(n)}
             if n == last:
@@ -106,6 +147,29 @@ class AckedPublisher:
                 return await self.publish(subject, body, marked)
             await self._nc.publish(subject, body, headers=marked)
         raise AssertionError("unreachable: the last message returns")
+
+    async def _send(
+        self, messages: Sequence[Message], data: bytes | None, futures: list[asyncio.Future[bytes]]
+    ) -> bool:
+        """Write encoded messages whose acks ``futures`` await; False, the futures
+        cancelled, when they are to go through ``publish`` instead (``data`` None: the
+        encoder left them to it; or the connection is not up)."""
+        try:
+            if data is not None and await _write(self._nc, data, messages):
+                return True
+        except BaseException:
+            cancel_all(futures)
+            raise
+        cancel_all(futures)
+        return False
+
+    def _expect(self, subject: str) -> tuple[str, asyncio.Future[bytes]]:
+        """A reply subject under the inbox and the future its answer resolves."""
+        token = str(next(self._tokens))
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self._pending.pop(token, None))
+        self._pending[token] = (subject, future)
+        return f"{self._prefix}.{token}", future
 
     async def _on_ack(self, msg: Msg) -> None:
         entry = self._pending.get(msg.subject[len(self._prefix) + 1 :])
@@ -120,6 +184,79 @@ class AckedPublisher:
             future.set_exception(PublishError(subject, problem, _error_code(msg.data)))
         else:
             future.set_result(msg.data)
+
+
+def encode(
+    messages: Sequence[Message], replies: Sequence[str], batch_id: str | None, max_payload: int
+) -> bytes | None:
+    """The HPUB commands nats-py's ``publish`` writes for ``messages``, byte for byte:
+    each with its reply subject (``""``: none) and, with a ``batch_id``, the headers of
+    an atomic batch added as :meth:`AckedPublisher.publish_atomic` adds them.
+
+    None when a message is not one ``publish`` would send as given — a subject with
+    white space, a header key that is not a token, a header value with a line break,
+    another control character or surrounding white space (nats-py rejects the first
+    two and changes the value), a body over ``max_payload`` — so that ``publish``
+    deals with it as it always did.
+    """
+    out: list[bytes] = []
+    keys: set[str] = set()
+    marks = f"{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: "
+    last = len(messages)
+    for n, ((subject, body, headers), reply) in enumerate(zip(messages, replies, strict=True), 1):
+        if not _as_given(subject, body, headers, max_payload):
+            return None
+        keys.update(headers)
+        own = "".join([f"{key}: {value}\r\n" for key, value in headers.items()])
+        if batch_id is None:
+            head = f"NATS/1.0\r\n{own}\r\n".encode()
+        else:
+            commit = f"{BATCH_COMMIT}: 1\r\n" if n == last else ""
+            head = f"NATS/1.0\r\n{own}{marks}{n}\r\n{commit}\r\n".encode()
+        size = len(head)
+        out += f"HPUB {subject} {reply} {size} {size + len(body)}\r\n".encode(), head, body, CRLF
+    if not all(map(HEADER_KEY.fullmatch, keys)):
+        return None
+    if batch_id is not None and not keys.isdisjoint(BATCH_HEADERS):
+        return None  # (publish_atomic's dict merge would put ours in their place)
+    return b"".join(out)
+
+
+def _as_given(subject: str, body: bytes, headers: dict[str, str], max_payload: int) -> bool:
+    """Whether nats-py's ``publish`` sends this message unchanged (see :func:`encode`)."""
+    if not subject.isprintable() or " " in subject or len(body) > max_payload:
+        return False
+    for value in headers.values():  # isprintable: no CR, LF, tab, NEL, NBSP, …
+        if not value.isprintable() or value.strip(" ") != value:
+            return False
+    return bool(subject)
+
+
+async def _write(nc: NATS, data: bytes, messages: Sequence[Message]) -> bool:
+    """Queue encoded commands on nats-py's connection as its ``publish`` does; False,
+    with nothing sent, when the connection is not up (reconnecting, draining, closed):
+    ``publish`` buffers or refuses then, and the caller falls back to it.
+
+    nats-py internals (2.x, checked by :func:`_writable` at start): ``_send_command``
+    appends to the pending buffer (flushing when that is over its limit) and, while
+    the flush queue is empty, ``_flush_pending`` wakes the flusher task, which writes
+    everything pending to the socket in one call — how ``publish`` ends too.
+    """
+    if not nc.is_connected or nc.is_draining:
+        return False
+    nc.stats["out_msgs"] += len(messages)
+    nc.stats["out_bytes"] += sum(len(body) for _, body, _ in messages)
+    await nc._send_command(data)
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
+    return True
+
+
+def _writable(nc: NATS) -> bool:
+    """Whether this nats-py client has the internals :func:`_write` uses."""
+    return all(
+        callable(getattr(nc, name, None)) for name in ("_send_command", "_flush_pending")
+    ) and hasattr(nc, "_flush_queue")
 
 
 def _error_code(body: bytes) -> int:

@@ -1,9 +1,12 @@
 """The pipelined JetStream publisher: acks, no-stream and stream errors, duplicates,
-atomic batches and the pipeline's fallback to one ack per message."""
+atomic batches (encoded by the publisher: the same bytes and stored messages as nats-py's
+``publish``) and the pipeline's fallback to one ack per message."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 
 import nats
 import orjson
@@ -21,14 +24,19 @@ from flowscope.enricher.publishing import (
     ATOMIC_DUPLICATE,
     ATOMIC_MAX,
     AckedPublisher,
+    Message,
     PublishError,
+    cancel_all,
+    encode,
 )
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from prometheus_client import CollectorRegistry
 
 from tests.support import nats_server
+from tests.support.nats_server import NatsServer
 
 
 async def test_acks_errors_and_duplicates(clean_nc: NATS) -> None:
@@ -188,3 +196,155 @@ async def test_streams_without_atomic_batches_get_one_ack_per_message() -> None:
     finally:
         await nc.close()
         server.close()
+
+
+class WireTap:
+    """A subscriber speaking the NATS protocol over a plain socket: it keeps every
+    delivered message exactly as the server relays it (``HMSG`` line, header block and
+    payload bytes), which nats-py's parser would not show."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, server: NatsServer, subject: str) -> WireTap:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"headers":true,"protocol":1}\r\n'
+                     b"SUB %s 1\r\nPING\r\n" % subject.encode())  # fmt: skip
+        while await reader.readline() != b"PONG\r\n":  # an INFO update may come first
+            pass
+        return cls(reader, writer)
+
+    async def frames(self, n: int) -> list[bytes]:
+        """The next ``n`` messages, each its HMSG line with the sid dropped + its bytes."""
+        out: list[bytes] = []
+        while len(out) < n:
+            line = await asyncio.wait_for(self.reader.readline(), 10)
+            if line == b"PING\r\n":
+                self.writer.write(b"PONG\r\n")
+            if not line.startswith(b"HMSG "):
+                continue  # PING, INFO
+            op, subject, _sid, *rest = line.split()
+            assert op == b"HMSG", line
+            data = await self.reader.readexactly(int(rest[-1]) + 2)
+            out.append(b" ".join([subject, *rest]) + b"\n" + data)
+        return out
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _wire_batch(prefix: str) -> list[Message]:
+    """A raw batch's output as the pipeline builds it, plus the odd shapes it can take."""
+    batch: list[Message] = [
+        (f"{prefix}.ns{i}.ns{i % 3}", b'{"flow.n":%d}\n' % i * (i + 1),
+         {"Flowscope-Schema": "flow/1", "Flowscope-Count": str(i + 1),
+          "Nats-Msg-Id": f"enricher:flow:7:{prefix}.ns{i}.ns{i % 3}:0"})
+        for i in range(40)
+    ]  # fmt: skip
+    batch.append((f"{prefix}.ünï.cödé", '{"é":"ü"}\n'.encode(), {"Nats-Msg-Id": "ü:é", "K": ""}))
+    batch.append((f"{prefix}.empty.body", b"", {}))
+    return batch
+
+
+def _normalised(frame: bytes, *inboxes: str) -> bytes:
+    """A frame with its batch id and reply subject replaced (random per publisher)."""
+    frame = re.sub(rb"Nats-Batch-Id: [0-9a-f]{32}", b"Nats-Batch-Id: B", frame)
+    for inbox in inboxes:  # (and the reply's token: a fallback takes a fresh one)
+        frame = re.sub(re.escape(inbox.encode()) + rb"\.\d+", b"INBOX", frame)
+    return frame
+
+
+async def test_encoded_messages_are_the_bytes_nats_py_publish_writes(nats_srv: NatsServer) -> None:
+    """The same messages from both publishers, as an atomic batch and one ack each, as
+    the server relays them to a subscriber: identical bytes — encoded ones, and ones
+    the encoder leaves to ``publish`` (a header value nats-py would strip)."""
+    tap = await WireTap.open(nats_srv, "enricher-wire.>")
+    nc = await nats.connect(nats_srv.url)
+    encoded, plain = AckedPublisher(nc), AckedPublisher(nc, encode=False)
+
+    async def publish(publisher: AckedPublisher, messages: list[Message], atomic: bool) -> None:
+        # no stream: the tap is the only responder, and stays silent
+        if atomic:
+            (await publisher.publish_atomic(messages)).cancel()
+        else:
+            cancel_all(list(await publisher.publish_each(messages)))
+
+    try:
+        await encoded.start()
+        await plain.start()
+        batch = _wire_batch("enricher-wire")
+        replies = ["r"] * len(batch)
+        assert encode(batch, replies, "b", nc.max_payload) is not None  # the new path
+        assert encode(batch, replies, None, nc.max_payload) is not None
+        left = [*batch[:3], ("enricher-wire.x", b"{}\n", {"K": "padded "})]
+        assert encode(left, replies[:4], "b", nc.max_payload) is None  # left to publish
+        for messages, atomic in ((batch, True), (batch, False), (left, True), (left, False)):
+            frames = []
+            for publisher in (encoded, plain):
+                await publish(publisher, messages, atomic)
+                frames.append(await tap.frames(len(messages)))
+            inboxes = (encoded._prefix, plain._prefix)
+            ours, theirs = ([_normalised(f, *inboxes) for f in fs] for fs in frames)
+            assert ours == theirs
+            assert all(b"INBOX" in f for f in (ours if not atomic else ours[-1:]))
+            assert (b"Nats-Batch-Commit: 1" in ours[-1]) is atomic
+        assert b"padded \r\n" not in ours[-1]  # nats-py stripped it, as always
+    finally:
+        tap.close()
+        await encoded.close()
+        await plain.close()
+        await nc.close()
+
+
+async def test_encoded_messages_are_stored_as_nats_py_publish_stores_them(clean_nc: NATS) -> None:
+    """Stored messages (subject, raw header block, body) from both publishers, as an
+    atomic batch and one ack each, are equal but for the batch id; duplicates are
+    refused (atomic) or dropped (one ack each) alike."""
+    js = clean_nc.jetstream()
+    stored: dict[tuple[bool, bool], list[tuple[str, bytes, bytes]]] = {}
+    for encoded in (True, False):
+        for atomic in (True, False):
+            publisher = AckedPublisher(clean_nc, encode=encoded)
+            await js.add_stream(StreamConfig(name="ENRICHER_WIRE_TEST",
+                                             subjects=["enricher-store.>"], allow_atomic=True))  # fmt: skip
+            await publisher.start()
+            try:
+                stored[encoded, atomic] = await _publish_and_read(js, publisher, atomic)
+            finally:
+                await publisher.close()
+                await js.delete_stream("ENRICHER_WIRE_TEST")
+    for atomic in (True, False):
+        assert stored[True, atomic] == stored[False, atomic]
+        assert [data for _, _, data in stored[True, atomic]] == [
+            body for _, body, _ in _wire_batch("x")
+        ]
+    assert b"Nats-Batch-Id: B" in stored[True, True][0][1]
+    assert b"Nats-Batch" not in stored[True, False][0][1]
+
+
+async def _publish_and_read(
+    js: JetStreamContext, publisher: AckedPublisher, atomic: bool
+) -> list[tuple[str, bytes, bytes]]:
+    """Publish the wire batch, then part of it again; (subject, header block, body)
+    of every stored message."""
+    batch = _wire_batch("enricher-store")
+    if atomic:
+        ack = orjson.loads(await (await publisher.publish_atomic(batch)))
+        assert (ack["seq"], ack["count"]) == (len(batch), len(batch))
+        with pytest.raises(PublishError) as refused:
+            await (await publisher.publish_atomic(batch[5:9]))
+        assert refused.value.code == ATOMIC_DUPLICATE
+    else:
+        acks = [orjson.loads(a) for a in await asyncio.gather(*await publisher.publish_each(batch))]
+        assert [a["seq"] for a in acks] == list(range(1, len(batch) + 1))
+        again = await asyncio.gather(*await publisher.publish_each(batch[5:9]))
+        assert all(orjson.loads(a)["duplicate"] for a in again)
+    assert (await js.stream_info("ENRICHER_WIRE_TEST")).state.messages == len(batch)
+    messages = []
+    for seq in range(1, len(batch) + 1):
+        got = await js.get_msg("ENRICHER_WIRE_TEST", seq)
+        block = base64.b64decode(got.hdrs or "")  # the stored header block, raw
+        messages.append((got.subject or "", _normalised(block), got.data or b""))
+    return messages

@@ -1,0 +1,135 @@
+"""The enricher's publish path alone, against a real nats-server (not a test: prints figures).
+
+    .venv/bin/python bench/enricher_publish.py [--rounds 40] [--messages 320] [--size 3400]
+
+The fan-out of one raw batch, as the end-to-end benchmark produces it: ``--messages``
+``flowscope.flows.<src-ns>.<dst-ns>`` messages of ``--size`` bytes of NDJSON each (320 of
+3.4 KB for a raw batch of 1,000 records). Client CPU time (this process, user + system;
+nats-server is another process) per message, medians and best of ``--rounds`` rounds after
+5 warm-up rounds, for:
+
+1. ``publish_atomic``: the messages as one JetStream atomic batch, its ack awaited
+   (each message with the 3 headers the pipeline gives it; the publisher adds 2);
+2. ``Pipeline._publish``: the same output from the enricher's per-subject lines — building
+   the messages (chunks, headers, ``Nats-Msg-Id``) included — as one atomic batch;
+3. one ack per message, built beforehand (the path of servers without atomic batches,
+   and of refused ones).
+
+Importable code under test is whatever ``flowscope`` resolves to, so a copy of another
+revision can be measured through ``PYTHONPATH`` with this same script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+from flowscope.core import codec, messaging, subjects
+from flowscope.core.messaging import NatsSettings
+from flowscope.enricher.consuming import Pipeline
+from flowscope.enricher.enriching import Enricher, Observers, Output
+from flowscope.enricher.local import LocalResolver
+from flowscope.enricher.metrics import Metrics
+from flowscope.enricher.names import NameCache
+from flowscope.enricher.processes import SocketTable
+from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support import nats_server
+
+LINE = 1_100  # bytes per NDJSON line, about an enriched flow record's
+
+
+def output(messages: int, size: int, round_: int) -> Output:
+    """One raw batch's enriched lines: ``messages`` subjects of ~``size`` bytes each."""
+    per = max(size // LINE, 1)
+    lines = {}
+    for m in range(messages):
+        subject = subjects.flows(f"ns-{m // 20}", f"ns-{m % 20}-{round_ % 2}")
+        lines[subject] = [b'{"flow.n":%d,"pad":"%s"}' % (i, b"x" * (LINE - 30)) for i in range(per)]
+    return Output(lines=lines)
+
+
+def raw_message(nc: nats.NATS, sequence: int) -> Msg:
+    """A work message as the pull consumer delivers it (its reply carries the sequence)."""
+    reply = f"$JS.ACK.{subjects.STREAM_RAW}.enricher-flows.1.{sequence}.{sequence}.1700000000.0"
+    return Msg(_client=nc, subject=subjects.raw_flows("n1"), reply=reply, data=b"")
+
+
+async def measure(
+    rounds: int, messages: int, run: Callable[[int], Awaitable[None]]
+) -> tuple[float, float]:
+    """(median, best) µs of client CPU per message over ``rounds`` after 5 warm-up rounds."""
+    per_message = []
+    for r in range(5 + rounds):
+        start = time.process_time()
+        await run(r)
+        if r >= 5:
+            per_message.append((time.process_time() - start) / messages * 1e6)
+    return statistics.median(per_message), min(per_message)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--messages", type=int, default=320)
+    parser.add_argument("--size", type=int, default=3400)
+    args = parser.parse_args()
+    server = nats_server.start()
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        await messaging.ensure_streams(js, NatsSettings(url=server.url))
+        enricher = Enricher(LocalResolver(frozenset()), SocketTable(10, 1), NameCache(1, 2, 10),
+                            Observers(1))  # fmt: skip
+        pipeline = Pipeline(nc, enricher, Metrics.create(CollectorRegistry()))
+        await pipeline.publisher.start()
+        if not await pipeline.use_atomic():
+            raise SystemExit("nats-server without atomic batches")
+        sequence = iter(range(1, 1 << 30))
+        outputs = [output(args.messages, args.size, r) for r in range(2)]
+
+        def batch_of(seq: int) -> list[tuple[str, bytes, dict[str, str]]]:
+            return pipeline._messages(codec.FLOW, outputs[seq % 2], seq)
+
+        prebuilt: list[list[tuple[str, bytes, dict[str, str]]]] = []
+
+        async def atomic(r: int) -> None:  # the messages built beforehand: publishing only
+            await (await pipeline.publisher.publish_atomic(prebuilt[r]))
+
+        async def through_pipeline(r: int) -> None:
+            seq = next(sequence)
+            assert await pipeline._publish(codec.FLOW, outputs[r % 2], raw_message(nc, seq))
+
+        async def one_by_one(r: int) -> None:  # as Pipeline._publish does (prebuilt)
+            publisher = pipeline.publisher
+            if hasattr(publisher, "publish_each"):
+                acks = await publisher.publish_each(prebuilt[r])
+            else:  # revisions before publish_each
+                acks = [await publisher.publish(*m) for m in prebuilt[r]]
+            await asyncio.gather(*acks)
+
+        print(f"{args.messages} messages of ~{args.size} bytes per batch, {args.rounds} rounds; "
+              "client CPU µs per message, median (best):")  # fmt: skip
+        for name, run in (("publish_atomic", atomic), ("Pipeline._publish, atomic", through_pipeline),
+                          ("one ack per message", one_by_one)):  # fmt: skip
+            prebuilt[:] = [batch_of(next(sequence)) for _ in range(5 + args.rounds)]
+            median, best = await measure(args.rounds, args.messages, run)
+            print(f"  {name}: {median:.2f} ({best:.2f})")
+        stored = (await js.stream_info(subjects.STREAM_FLOWS)).state.messages
+        print(f"stored: {stored} messages")
+        await pipeline.publisher.close()
+    finally:
+        await nc.close()
+        server.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,50 @@
+"""The enriched messages of one raw batch (``Pipeline._messages``): bodies, headers and
+``Nats-Msg-Id`` exactly as the codec's chunking names them, whatever the sizes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowscope.core import codec
+from flowscope.enricher.consuming import MSG_ID_HEADER, Pipeline
+from flowscope.enricher.enriching import Output
+from flowscope.enricher.publishing import Message
+from hypothesis import given
+from hypothesis import strategies as st
+
+line = st.binary(max_size=60).map(lambda b: b'{"x":"' + b.hex().encode() + b'"}\n')
+lines = st.dictionaries(st.sampled_from([f"flowscope.flows.a.b{i}" for i in range(6)]),
+                        st.lists(line, min_size=1, max_size=12), max_size=6)  # fmt: skip
+records = st.dictionaries(st.sampled_from(["flowscope.dns.a", "flowscope.dns.b"]),
+                          st.lists(st.fixed_dictionaries({"n": st.integers(-(2**63), 2**64 - 1)}), max_size=5),
+                          max_size=2)  # fmt: skip
+
+
+def reference(schema: codec.Schema, output: Output, seq: int, max_bytes: int) -> list[Message]:
+    """Every chunk the codec makes, with its headers and ``Nats-Msg-Id`` added."""
+    groups: list[tuple[str, Any]] = [
+        *((s, codec.encode_chunks(schema, r, max_bytes)) for s, r in output.by_subject.items()),
+        *((s, codec.chunk_lines(schema, ls, max_bytes)) for s, ls in output.lines.items()),
+    ]
+    return [
+        (subject, batch.body,
+         {**batch.headers, MSG_ID_HEADER: f"enricher:{schema.name}:{seq}:{subject}:{n}"})
+        for subject, batches in groups
+        for n, batch in enumerate(batches)
+    ]  # fmt: skip
+
+
+def pipeline(max_bytes: int) -> Pipeline:
+    made = Pipeline.__new__(Pipeline)  # only the chunk size matters to _messages
+    made.max_bytes = max_bytes
+    return made
+
+
+@given(lines, records, st.integers(200, 2000), st.integers(0, 2**40))
+def test_messages_are_the_codecs_chunks_with_their_ids(
+    by_lines: dict[str, list[bytes]], by_records: dict[str, list[dict[str, Any]]],
+    max_bytes: int, seq: int,
+) -> None:  # fmt: skip
+    output = Output(by_subject=by_records, lines=by_lines)
+    got = pipeline(max_bytes)._messages(codec.FLOW, output, seq)
+    assert got == reference(codec.FLOW, output, seq, max_bytes)
