@@ -91,6 +91,13 @@ End = tuple[int, int, bytes, int]
 Replies = tuple[End, End]
 # Records keep the stronger reason: a connection is idle only when both halves are.
 _REASON_RANK = {"idle_timeout": 0, "active_timeout": 1, "end_of_flow_detected": 2, "forced_end": 3}
+# How long an address the clients of a DNAT'ed connection dialled (a Service address) is
+# remembered after the last answer that named it, and how many are: a one-way flow to
+# such an address is asked about even alone in its drain (its replies' half may be in
+# the next one), so that a connection split across two drains is not published half
+# unpaired. Service addresses are stable and few next to the answers.
+DIALLED_TTL_NS = 600 * 10**9
+DIALLED_MAX = 4096
 # Reports after which a connection is over: its cached answer is dropped. (An idle
 # report is not one: the other half may go on; the LRU bound and the TTL handle those.)
 _ENDED = frozenset({"end_of_flow_detected", "forced_end"})
@@ -220,6 +227,14 @@ def chunk_receivers_in(keys: bytes, values: bytes, ends: set[PreEnd]) -> set[Pre
     return found
 
 
+def chunk_receivers(keys: bytes, values: bytes) -> set[PreEnd]:
+    """The receiving ends of a chunk's one-way flows."""
+    lo, hi, lo_only, hi_only = _ends(keys, values)
+    found = set(compress(hi, lo_only))
+    found.update(compress(lo, hi_only))
+    return found
+
+
 def chunk_touching(keys: bytes, values: bytes, ends: set[PreEnd]) -> list[int]:
     """Positions of a chunk's one-way flows with either end in ``ends``."""
     lo, hi, lo_only, hi_only = _ends(keys, values)
@@ -331,6 +346,10 @@ class NatPairing:
     # The replies' ends of each cached NAT → the client's original tuple: the replies'
     # flow, when it comes without the requests.
     _by_reply: dict[Replies, CtTuple] = field(default_factory=dict)
+    # Addresses (first 8 bytes, as the prefilter keys them) that clients dialled and
+    # conntrack DNAT'ed → CLOCK_MONOTONIC ns of the last such answer (DIALLED_TTL_NS,
+    # LRU-bounded to DIALLED_MAX): kept past their connections' answers.
+    _dialled: OrderedDict[int, int] = field(default_factory=OrderedDict)
     # Entries held back in the current drain: (key bytes, value bytes).
     held: list[tuple[bytes, bytes]] = field(default_factory=list)
     _warned: bool = False
@@ -368,10 +387,13 @@ class NatPairing:
             senders |= chunk_senders(keys, values)
         shared = senders.intersection(self._nat_senders)
         known = set(self._nat_senders)
+        dialled = self._dialled
         for keys, values in parts:
             shared |= chunk_receivers_in(keys, values, senders)
             if known:  # replies of a known NAT'ed flow
                 shared |= chunk_receivers_in(keys, values, known)
+            if dialled:  # requests to an address known to be DNAT'ed, alone or not
+                shared.update(e for e in chunk_receivers(keys, values) if e[0] in dialled)
         if not shared:
             return [[] for _ in chunks]
         return [
@@ -399,6 +421,8 @@ class NatPairing:
             clients = {end[0] for end in self._nat_senders}
             shared |= senders & clients
             shared |= receivers & clients
+        if self._dialled:
+            shared |= receivers.intersection(self._dialled)
         return shared, seen
 
     def hold(self, keys: bytes, values: bytes, positions: list[int]) -> tuple[bytes, bytes]:
@@ -446,12 +470,20 @@ class NatPairing:
             return False
         if any(y is not h for y in by_receiver.get(h.sender, ())):
             return True
+        if _HALVES.unpack(h.receiver[2])[0] in self._dialled:
+            return True  # to a DNAT'ed address: its replies may be in another drain
         cached = self.cache.get(h.orig())
         return cached is not None and cached[0] is not None
 
     def _expire(self, now: int) -> None:
         """Drop answers older than the TTL from the least recently used end: memory
         follows the connections of the last seconds, not the LRU bound."""
+        dialled = self._dialled
+        while dialled:
+            address, seen = next(iter(dialled.items()))
+            if now - seen <= DIALLED_TTL_NS:
+                break
+            del dialled[address]
         cache = self.cache
         while cache:
             orig, (_, verified) = next(iter(cache.items()))
@@ -513,6 +545,13 @@ class NatPairing:
             self._nat_senders[_pre_end(_end_of(orig, True))] += 1
             self._nat_senders[_pre_end(replies[1])] += 1
             self._by_reply[replies] = orig
+            service = _end_of(orig, False)
+            if replies[0] != service:  # DNAT: the client dialled this address
+                address = _HALVES.unpack(service[2])[0]
+                self._dialled[address] = now
+                self._dialled.move_to_end(address)
+                if len(self._dialled) > DIALLED_MAX:
+                    self._dialled.popitem(last=False)
         while len(self.cache) > self.capacity:
             self._forget(next(iter(self.cache)))
 

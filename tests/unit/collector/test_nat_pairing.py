@@ -22,6 +22,7 @@ from flowscope.collector.draining import DirectionMemory, Drainer
 from flowscope.collector.nat_pairing import (
     NatPairing,
     chunk_addresses,
+    chunk_receivers,
     chunk_receivers_in,
     chunk_senders,
     chunk_touching,
@@ -202,10 +203,12 @@ def test_answers_are_cached_for_the_life_of_the_flow_and_x_alone_is_rewritten() 
     (last,) = drained(d)
     assert last["dst"] == B and last["end_reason"] == "end_of_flow_detected"
     # The FIN ended the flow: its answer is forgotten; a later flow with the same tuple
-    # (port reuse) is not rewritten from the old entry, and is not held at all.
+    # (port reuse) is not rewritten from the old entry: conntrack is asked again (the
+    # Service address is a known DNAT'ed one), and has no entry for it now.
+    ct.entries = {}
     (reused,) = drained(d)
     assert (reused["dst"], "nat_dst" in reused) == (VIP, False)
-    assert len(ct.asked) == 1
+    assert len(ct.asked) == 2
 
 
 def test_same_client_end_without_nat_stays_as_it_is() -> None:
@@ -346,6 +349,8 @@ def candidates_unnarrowed(
     for keys, values in chunks:
         shared |= chunk_receivers_in(keys, values, senders)
         shared |= chunk_receivers_in(keys, values, known)
+        # the receiving ends at addresses clients dialled before (a DNAT'ed Service)
+        shared |= {e for e in chunk_receivers(keys, values) if e[0] in pairing._dialled}
     return [chunk_touching(keys, values, shared) for keys, values in chunks]
 
 
@@ -367,12 +372,12 @@ def test_candidates_narrowed_to_shared_addresses_hold_what_the_end_passes_would(
 ) -> None:
     """Narrowing the end passes to the one-way flows at shared addresses (chunk_near,
     take) changes nothing: the same positions as those passes over every entry, with and
-    without known NAT'ed ends from an earlier drain."""
+    without known NAT'ed ends and a dialled Service address from an earlier drain."""
     pairing = NatPairing(Conntrack(dnat((A, 2), (VIP, 80), (B, 8080), UDP)))
     if primed:  # an earlier drain cached a DNAT: its client end A:2 is known
         x, y = entry(A, 2, VIP, 80, UDP), entry(B, 8080, A, 2, UDP)
         Drainer(Reader([[x, y]]), Clock(), "n", 1e9, DirectionMemory(8), pairing=pairing).drain()  # type: ignore[arg-type]
-        assert pairing._nat_senders
+        assert pairing._nat_senders and pairing._dialled
     chunks = []
     for rows in chunks_rows:
         made = []
@@ -532,3 +537,38 @@ def test_prefilter_holds_both_halves_of_a_snat_and_nothing_else() -> None:
     assert pairing.candidates(raw) == [[100], [], [0]]
     bare = [(b"".join(k for k, _ in c), b"".join(v for _, v in c)) for c in (spray,)]
     assert pairing.candidates(bare) == [[]]
+
+
+def test_requests_alone_to_a_dnated_address_are_asked_and_rewritten() -> None:
+    """A connection split across two drains (its requests in one, its replies only in
+    the next) is not published half unpaired when its Service address is known from an
+    earlier DNAT'ed connection — even one that has ended, to another port: the requests
+    alone are looked up and rewritten to the backend, then the halves joined."""
+    x, y = tcp_halves()  # A:40000 → VIP:80, ended (FIN): its answer is forgotten
+    ux = entry(A, 5000, VIP, 53, UDP, packets=1, nbytes=60)
+    ux_more = entry(A, 5000, VIP, 53, UDP, packets=2, nbytes=120)
+    uy = entry(B, 5353, A, 5000, UDP, packets=3, nbytes=180)
+    ct = Conntrack({**dnat((A, 40000), (VIP, 80), (B, 8080)),
+                    **dnat((A, 5000), (VIP, 53), (B, 5353), UDP)})  # fmt: skip
+    d = drainer(Reader([[x, y]], [[ux]], [[ux_more, uy]]), ct)
+    drained(d)
+    (alone,) = drained(d)
+    assert (alone["src"], alone["sport"], alone["dst"], alone["dport"]) == (A, 5000, B, 5353)
+    assert (alone["nat_dst"], alone["nat_dport"], alone["packets"]) == (VIP, 53, 1)
+    (joined,) = drained(d)
+    assert (joined["dst"], joined["dport"], joined["nat_dst"]) == (B, 5353, VIP)
+    assert (joined["packets"], joined["rpackets"]) == (2, 3)
+    assert ct.asked[1:] == [CtTuple(UDP, packed(A), packed(VIP), 5000, 53)]  # then cached
+
+
+def test_one_way_flows_to_other_addresses_are_not_asked_alone() -> None:
+    """Only addresses conntrack DNAT'ed are remembered: a lone one-way flow elsewhere (to
+    C, or to the backend B itself) is neither held nor looked up."""
+    x, y = tcp_halves()
+    ct = Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)))
+    lone = [entry(A, 6000, C, 53, UDP), entry(A, 6001, B, 8080, UDP)]
+    d = drainer(Reader([[x, y]], [lone]), ct)
+    drained(d)
+    flows = by_ends(drained(d))
+    assert set(flows) == {(A, 6000, C, 53), (A, 6001, B, 8080)}
+    assert len(ct.asked) == 1
