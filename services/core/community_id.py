@@ -62,8 +62,15 @@ def community_id(
     For ICMP/ICMPv6 pass the message type as ``sport`` and the code as ``dport``.
     Protocols other than TCP, UDP, SCTP, ICMP and ICMPv6 hash addresses only.
     """
-    src = _packed(saddr)
-    dst = _packed(daddr)
+    return community_id_packed(proto, _packed(saddr), _packed(daddr), sport, dport, seed)
+
+
+def community_id_packed(
+    proto: int, src: bytes, dst: bytes, sport: int = 0, dport: int = 0, seed: int = 0
+) -> str:
+    """:func:`community_id` of addresses already in network order (4 or 16 bytes each):
+    for a caller that keeps them with its own per-address state (the enricher's
+    canonical-address cache), sparing the two probes of the packing cache."""
     one_way = False
     if proto in (ICMP, ICMPV6):
         sport, dport, one_way = _icmp_ports(proto, sport, dport)

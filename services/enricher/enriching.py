@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 from flowscope.core import subjects
-from flowscope.core.community_id import community_id
+from flowscope.core.community_id import community_id_packed
 from flowscope.core.errors import RecordError
 from flowscope.core.records import (
     DIRECTIONS,
@@ -191,7 +191,9 @@ class Enricher:
         self.names = names
         self.observers = observers
         self._clock = clock
-        self._addresses: dict[str, tuple[str, str] | None] = {}
+        # raw address text → (canonical text, network.type, network-order bytes): the
+        # bytes feed the Community ID, sparing its own per-address cache two probes
+        self._addresses: dict[str, tuple[str, str, bytes]] = {}
         # Community ID per oriented 5-tuple of a flow still open: a pure function of the
         # tuple (SHA-1 + base64, ~1 µs), and an open flow is reported again every active
         # timeout; a flow's final report (idle, FIN/RST seen, collector stopping) drops it
@@ -364,9 +366,9 @@ class Enricher:
         addresses = self._addresses
         src_found = addresses.get(src_text) or self._address(src_text, "raw.flow", i, "src")
         dst_found = addresses.get(dst_text) or self._address(dst_text, "raw.flow", i, "dst")
-        src, network = src_found
-        dst = dst_found[0]
-        if dst_found[1] != network:
+        src, network, src_packed = src_found
+        dst, dst_network, dst_packed = dst_found
+        if dst_network != network:
             raise RecordError("raw.flow", i, "src and dst are of different address families")
         self.observers.seen[observer] = now
         resolve = self.resolver.resolve
@@ -375,15 +377,22 @@ class Enricher:
         dst_id = resolve(dst)
         lookups[src_id.kind] += 1  # "external" becomes "unknown" per batch when not ready
         lookups[dst_id.kind] += 1
-        find = self.sockets.find
-        src_proc = find(observer, proto, src, sport, dst, dport)
-        if src_proc is None and src_id.home and src_id.home != observer:
-            src_proc = find(src_id.home, proto, src, sport, dst, dport)
+        sockets = self.sockets
+        # an empty table (no socket events yet, or collectors sending none) answers None
+        # to every probe: the four calls are spared
+        probing = bool(sockets)
+        src_proc = dst_proc = None
+        if probing:
+            find = sockets.find
+            src_proc = find(observer, proto, src, sport, dst, dport)
+            if src_proc is None and src_id.home and src_id.home != observer:
+                src_proc = find(src_id.home, proto, src, sport, dst, dport)
         if src_proc is None and nat_dst is not None:  # the client's socket names the Service
             src_proc = self._nat_client(raw, i, observer, src_id, proto, src, sport)
-        dst_proc = find(observer, proto, dst, dport, src, sport)
-        if dst_proc is None and dst_id.home and dst_id.home != observer:
-            dst_proc = find(dst_id.home, proto, dst, dport, src, sport)
+        if probing:
+            dst_proc = find(observer, proto, dst, dport, src, sport)
+            if dst_proc is None and dst_id.home and dst_id.home != observer:
+                dst_proc = find(dst_id.home, proto, dst, dport, src, sport)
         if src_proc is not None:
             tally.process_hits += 1
             src_id = self._refine(src_id, src_proc)
@@ -396,6 +405,7 @@ class Enricher:
             pass
         elif _initiated(dst_proc, src_proc):
             src, dst, sport, dport = dst, src, dport, sport
+            src_packed, dst_packed = dst_packed, src_packed
             src_id, dst_id, src_proc, dst_proc = dst_id, src_id, dst_proc, src_proc
             fwd_b, fwd_p, rev_b, rev_p = rev_b, rev_p, fwd_b, fwd_p
         else:
@@ -428,7 +438,7 @@ class Enricher:
         cids = self._cids
         cid = cids.get(key := (proto, src, dst, sport, dport))
         if cid is None:
-            cid = community_id(proto, src, dst, sport, dport)
+            cid = community_id_packed(proto, src_packed, dst_packed, sport, dport)
             if reason not in FINAL_REASONS and self._max_cids:
                 if len(cids) >= self._max_cids:
                     cids.clear()
@@ -534,8 +544,8 @@ class Enricher:
         flows. Only the client's node names the server the client asked (a Service
         address, not the DNS pod behind its DNAT).
         """
-        client, _ = self._address(dns.client, "raw.dns", i, "client")
-        server, _ = self._address(dns.server, "raw.dns", i, "server")
+        client = self._address(dns.client, "raw.dns", i, "client")[0]
+        server = self._address(dns.server, "raw.dns", i, "server")[0]
         client_id = self._resolve(client, tally)
         home = client_id.home
         if home and home != dns.observer and self.observers.active(home, now):
@@ -566,15 +576,16 @@ class Enricher:
 
     # ------------------------------------------------------------ joins
 
-    def _address(self, text: str, schema: str, i: int, key: str) -> tuple[str, str]:
-        """(canonical text, network.type) of an address; RecordError when not one."""
+    def _address(self, text: str, schema: str, i: int, key: str) -> tuple[str, str, bytes]:
+        """(canonical text, network.type, network-order bytes) of an address; RecordError
+        when not one."""
         found = self._addresses.get(text)
         if found is None:
             try:
                 ip = ipaddress.ip_address(text)
             except ValueError:
                 raise RecordError(schema, i, f"{key} is not an IP address: {text[:64]!r}") from None
-            found = (str(ip), "ipv6" if ip.version == 6 else "ipv4")
+            found = (str(ip), "ipv6" if ip.version == 6 else "ipv4", ip.packed)
             if len(self._addresses) >= MAX_ADDRESSES:
                 self._addresses.clear()
             self._addresses[text] = found

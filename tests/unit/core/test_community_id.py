@@ -14,7 +14,12 @@ import struct
 from pathlib import Path
 
 import pytest
-from flowscope.core.community_id import _ICMP4_COUNTERPART, _ICMP6_COUNTERPART, community_id
+from flowscope.core.community_id import (
+    _ICMP4_COUNTERPART,
+    _ICMP6_COUNTERPART,
+    community_id,
+    community_id_packed,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +29,15 @@ VECTORS = json.loads((Path(__file__).parent / "community_id_vectors.json").read_
 @pytest.mark.parametrize("v", VECTORS, ids=lambda v: f"{v['proto']}-{v['saddr']}-{v['sport']}")
 def test_baseline_vector(v: dict) -> None:
     got = community_id(v["proto"], v["saddr"], v["daddr"], v["sport"] or 0, v["dport"] or 0)
+    assert got == v["communityid"]
+
+
+@pytest.mark.parametrize("v", VECTORS, ids=lambda v: f"{v['proto']}-{v['saddr']}-{v['sport']}")
+def test_packed_addresses_give_the_same_id(v: dict) -> None:
+    """The entry point for addresses already in network order (the enricher's)."""
+    src = ipaddress.ip_address(v["saddr"]).packed
+    dst = ipaddress.ip_address(v["daddr"]).packed
+    got = community_id_packed(v["proto"], src, dst, v["sport"] or 0, v["dport"] or 0)
     assert got == v["communityid"]
 
 

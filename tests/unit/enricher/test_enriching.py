@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from flowscope.core import records
+from flowscope.core.community_id import community_id
 from flowscope.enricher import objects
 from flowscope.enricher.enriching import Enricher, Observers, merge_owner
 from flowscope.enricher.inventory import Inventory
@@ -83,6 +85,8 @@ def test_accept_on_the_first_end_swaps_ends_and_counters() -> None:
     assert (rec["flow.reverse.bytes.delta"], rec["flow.reverse.packets.delta"]) == (100, 2)
     assert rec["destination.process.pid"] == 11 and rec["destination.container.id"] == "ca"
     assert rec["destination.k8s.pod.name"] == "a"
+    # hashed from the swapped ends' network-order bytes (the address cache keeps them)
+    assert rec["flow.community_id"] == community_id(6, B, A, 40000, 80)
 
 
 def test_host_network_pod_refined_by_container_id() -> None:
@@ -297,10 +301,47 @@ def test_dnat_fields_name_the_dialled_service_and_its_domain() -> None:
     assert plain["destination.k8s.service.name"] == "aaa" and "destination.domain" not in plain
 
 
+@pytest.mark.parametrize("sockets", [[], [sock("node-1", "connect", A, 1, B, 2, 7)]])
 @pytest.mark.parametrize(
     "change", [{"nat_dst": 5}, {"nat_dst": "not-an-ip"}, {"nat_dport": 70000}, {"nat_dport": "80"}]
 )
-def test_bad_dnat_fields_are_bad_records(change: dict) -> None:
+def test_bad_dnat_fields_are_bad_records(change: dict, sockets: list[dict]) -> None:
+    """Rejected whether or not the socket table is probed (it is not while empty)."""
     raw = flow("node-1", A, B, 40000, 8080, nat_dst="10.96.0.20", nat_dport=80) | change
-    out = enricher().flows([raw])
+    e = enricher()
+    e.learn_sockets(sockets)
+    out = e.flows([raw])
     assert len(out.bad) == 1 and not out.by_subject
+    assert "nat_d" in str(out.bad[0][1])
+
+
+def test_an_empty_socket_table_is_not_probed_and_changes_nothing() -> None:
+    """Flows enriched while the socket table is empty (its four probes skipped) read
+    exactly as against a table holding other sockets; the Community ID, hashed from the
+    address cache's network-order bytes, is that of the canonical addresses, in either
+    family and orientation."""
+    v6a, v6b = "fd00:0:0::1", "FD00::2"  # not canonical: the cache canonicalises them
+    raws = [
+        flow("node-1", A, B, 40000, 8080, initiator=True),
+        flow("node-2", B, A, 8080, 40000),
+        flow("node-1", v6a, v6b, 5353, 53, proto=17),
+        flow("node-1", v6b, v6a, 53, 5353, proto=17, end_reason="idle_timeout"),
+        flow("node-1", A, "203.0.113.9", 40001, 443, proto=1),
+    ]
+    empty, other = enricher(), enricher()
+    assert not other.learn_sockets([sock("node-3", "connect", "10.9.9.9", 1, B, 2, 7)])
+    got, want = empty.flow_lines([dict(r) for r in raws]), other.flow_lines([dict(r) for r in raws])
+    assert got.lines == want.lines and got.tally == want.tally and not got.bad
+    assert got.tally.process_misses == 2 * len(raws) and got.tally.process_hits == 0
+    ids = [orjson.loads(line) for lines in got.lines.values() for line in lines]
+    assert len(ids) == len(raws) - 1 and got.tally.dedup_dropped == 1  # node-2's B → A
+    for rec in ids:
+        if rec["network.transport"] == "icmp":  # its ports (type, code) are reported as 0
+            want_id = community_id(1, A, "203.0.113.9", 40001, 443)
+        else:
+            want_id = community_id(
+                {"tcp": 6, "udp": 17}[rec["network.transport"]], rec["source.address"],
+                rec["destination.address"], rec["source.port"], rec["destination.port"],
+            )  # fmt: skip
+        assert rec["flow.community_id"] == want_id
+    assert {r["source.address"] for r in ids} >= {"fd00::1", "fd00::2"}
