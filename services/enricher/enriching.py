@@ -377,22 +377,15 @@ class Enricher:
         dst_id = resolve(dst)
         lookups[src_id.kind] += 1  # "external" becomes "unknown" per batch when not ready
         lookups[dst_id.kind] += 1
-        sockets = self.sockets
-        # an empty table (no socket events yet, or collectors sending none) answers None
-        # to every probe: the four calls are spared
-        probing = bool(sockets)
-        src_proc = dst_proc = None
-        if probing:
-            find = sockets.find
-            src_proc = find(observer, proto, src, sport, dst, dport)
-            if src_proc is None and src_id.home and src_id.home != observer:
-                src_proc = find(src_id.home, proto, src, sport, dst, dport)
+        find = self.sockets.find
+        src_proc = find(observer, proto, src, sport, dst, dport)
+        if src_proc is None and src_id.home and src_id.home != observer:
+            src_proc = find(src_id.home, proto, src, sport, dst, dport)
         if src_proc is None and nat_dst is not None:  # the client's socket names the Service
             src_proc = self._nat_client(raw, i, observer, src_id, proto, src, sport)
-        if probing:
-            dst_proc = find(observer, proto, dst, dport, src, sport)
-            if dst_proc is None and dst_id.home and dst_id.home != observer:
-                dst_proc = find(dst_id.home, proto, dst, dport, src, sport)
+        dst_proc = find(observer, proto, dst, dport, src, sport)
+        if dst_proc is None and dst_id.home and dst_id.home != observer:
+            dst_proc = find(dst_id.home, proto, dst, dport, src, sport)
         if src_proc is not None:
             tally.process_hits += 1
             src_id = self._refine(src_id, src_proc)
