@@ -91,13 +91,14 @@ End = tuple[int, int, bytes, int]
 Replies = tuple[End, End]
 # Records keep the stronger reason: a connection is idle only when both halves are.
 _REASON_RANK = {"idle_timeout": 0, "active_timeout": 1, "end_of_flow_detected": 2, "forced_end": 3}
-# How long an address the clients of a DNAT'ed connection dialled (a Service address) is
-# remembered after the last answer that named it, and how many are: a one-way flow to
-# such an address is asked about even alone in its drain (its replies' half may be in
-# the next one), so that a connection split across two drains is not published half
-# unpaired. Service addresses are stable and few next to the answers.
-DIALLED_TTL_NS = 600 * 10**9
-DIALLED_MAX = 4096
+# How long an address conntrack NAT'ed is remembered after the last answer that named it,
+# and how many are, per kind: the addresses clients dialled that were DNAT'ed (Service
+# addresses) and the clients whose source was SNAT'ed (pods that reach the outside). A
+# one-way flow to the first or from the second is asked about even alone in its drain
+# (its replies' half may be in the next one), so that a connection split across two
+# drains is not published half unpaired. Both are stable and few next to the answers.
+KNOWN_TTL_NS = 600 * 10**9
+KNOWN_MAX = 4096
 # Reports after which a connection is over: its cached answer is dropped. (An idle
 # report is not one: the other half may go on; the LRU bound and the TTL handle those.)
 _ENDED = frozenset({"end_of_flow_detected", "forced_end"})
@@ -347,9 +348,11 @@ class NatPairing:
     # flow, when it comes without the requests.
     _by_reply: dict[Replies, CtTuple] = field(default_factory=dict)
     # Addresses (first 8 bytes, as the prefilter keys them) that clients dialled and
-    # conntrack DNAT'ed → CLOCK_MONOTONIC ns of the last such answer (DIALLED_TTL_NS,
-    # LRU-bounded to DIALLED_MAX): kept past their connections' answers.
+    # conntrack DNAT'ed, and clients' addresses it SNAT'ed → CLOCK_MONOTONIC ns of the
+    # last such answer (KNOWN_TTL_NS, LRU-bounded to KNOWN_MAX each): kept past their
+    # connections' answers.
     _dialled: OrderedDict[int, int] = field(default_factory=OrderedDict)
+    _masqueraded: OrderedDict[int, int] = field(default_factory=OrderedDict)
     # Entries held back in the current drain: (key bytes, value bytes).
     held: list[tuple[bytes, bytes]] = field(default_factory=list)
     _warned: bool = False
@@ -388,6 +391,9 @@ class NatPairing:
         shared = senders.intersection(self._nat_senders)
         known = set(self._nat_senders)
         dialled = self._dialled
+        masqueraded = self._masqueraded
+        if masqueraded:  # requests from a client known to be SNAT'ed, alone or not
+            shared.update(e for e in senders if e[0] in masqueraded)
         for keys, values in parts:
             shared |= chunk_receivers_in(keys, values, senders)
             if known:  # replies of a known NAT'ed flow
@@ -423,6 +429,8 @@ class NatPairing:
             shared |= receivers & clients
         if self._dialled:
             shared |= receivers.intersection(self._dialled)
+        if self._masqueraded:
+            shared |= senders.intersection(self._masqueraded)
         return shared, seen
 
     def hold(self, keys: bytes, values: bytes, positions: list[int]) -> tuple[bytes, bytes]:
@@ -439,10 +447,11 @@ class NatPairing:
         by_receiver: defaultdict[End, list[Held]] = defaultdict(list)
         for h in held:
             by_receiver[h.receiver].append(h)
+        sending = {h.sender for h in held}
         now = ctx.now_mono_ns
         self._expire(now)
         self._learn([h.orig() for h in held if h.proto in PORTED
-                     and self._worth_asking(h, by_receiver, now)], now)  # fmt: skip
+                     and self._worth_asking(h, by_receiver, sending, now)], now)  # fmt: skip
         lines = []
         for client in held:
             replies = None if client.used else self._nat_of(client.orig(), now)
@@ -460,11 +469,16 @@ class NatPairing:
 
     # ------------------------------------------------------------ exact decisions
 
-    def _worth_asking(self, h: Held, by_receiver: dict[End, list[Held]], now: int) -> bool:
+    def _worth_asking(
+        self, h: Held, by_receiver: dict[End, list[Held]], sending: set[End], now: int
+    ) -> bool:
         """Another one-way flow goes to this flow's source end — it is the client's half
         of a DNAT (the replies come back to it), or the replies' half of an SNAT (the
-        client's half went to it) — or it is a known NAT's client half. Not the replies'
-        half of a NAT known from a fresh answer: nothing to ask."""
+        client's half went to it) — or it goes to a dialled address, or comes from a
+        masqueraded client (its replies may be in another drain; for an SNAT, only when
+        no flow comes from its destination end: that one, the replies, is asked then),
+        or it is a known NAT's client half. Not the replies' half of a NAT known from a
+        fresh answer: nothing to ask. ``sending``: the held flows' source ends."""
         known = self._by_reply.get((h.sender, h.receiver))
         if known is not None and self._fresh(known, now):
             return False
@@ -472,18 +486,20 @@ class NatPairing:
             return True
         if _HALVES.unpack(h.receiver[2])[0] in self._dialled:
             return True  # to a DNAT'ed address: its replies may be in another drain
+        if h.receiver not in sending and _HALVES.unpack(h.sender[2])[0] in self._masqueraded:
+            return True  # from an SNAT'ed client, its replies not in this drain
         cached = self.cache.get(h.orig())
         return cached is not None and cached[0] is not None
 
     def _expire(self, now: int) -> None:
         """Drop answers older than the TTL from the least recently used end: memory
         follows the connections of the last seconds, not the LRU bound."""
-        dialled = self._dialled
-        while dialled:
-            address, seen = next(iter(dialled.items()))
-            if now - seen <= DIALLED_TTL_NS:
-                break
-            del dialled[address]
+        for known in (self._dialled, self._masqueraded):
+            while known:
+                address, seen = next(iter(known.items()))
+                if now - seen <= KNOWN_TTL_NS:
+                    break
+                del known[address]
         cache = self.cache
         while cache:
             orig, (_, verified) = next(iter(cache.items()))
@@ -545,13 +561,11 @@ class NatPairing:
             self._nat_senders[_pre_end(_end_of(orig, True))] += 1
             self._nat_senders[_pre_end(replies[1])] += 1
             self._by_reply[replies] = orig
-            service = _end_of(orig, False)
+            service, client = _end_of(orig, False), _end_of(orig, True)
             if replies[0] != service:  # DNAT: the client dialled this address
-                address = _HALVES.unpack(service[2])[0]
-                self._dialled[address] = now
-                self._dialled.move_to_end(address)
-                if len(self._dialled) > DIALLED_MAX:
-                    self._dialled.popitem(last=False)
+                _note(self._dialled, _HALVES.unpack(service[2])[0], now)
+            if replies[1] != client:  # SNAT: this client's source was translated
+                _note(self._masqueraded, _HALVES.unpack(client[2])[0], now)
         while len(self.cache) > self.capacity:
             self._forget(next(iter(self.cache)))
 
@@ -618,6 +632,15 @@ class NatPairing:
         if wire["end_reason"] in _ENDED:
             self._forget(orig)
         return orjson.dumps(wire) + b"\n"
+
+
+def _note(known: OrderedDict[int, int], address: int, now: int) -> None:
+    """Remember a NAT'ed address as of ``now`` (most recent last; the oldest beyond
+    KNOWN_MAX dropped)."""
+    known[address] = now
+    known.move_to_end(address)
+    if len(known) > KNOWN_MAX:
+        known.popitem(last=False)
 
 
 def _end_of(t: CtTuple, source: bool) -> End:

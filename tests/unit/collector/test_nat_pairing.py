@@ -349,8 +349,10 @@ def candidates_unnarrowed(
     for keys, values in chunks:
         shared |= chunk_receivers_in(keys, values, senders)
         shared |= chunk_receivers_in(keys, values, known)
-        # the receiving ends at addresses clients dialled before (a DNAT'ed Service)
+        # the receiving ends at addresses clients dialled before (a DNAT'ed Service), the
+        # sending ends at clients SNAT'ed before
         shared |= {e for e in chunk_receivers(keys, values) if e[0] in pairing._dialled}
+        shared |= {e for e in chunk_senders(keys, values) if e[0] in pairing._masqueraded}
     return [chunk_touching(keys, values, shared) for keys, values in chunks]
 
 
@@ -373,11 +375,15 @@ def test_candidates_narrowed_to_shared_addresses_hold_what_the_end_passes_would(
     """Narrowing the end passes to the one-way flows at shared addresses (chunk_near,
     take) changes nothing: the same positions as those passes over every entry, with and
     without known NAT'ed ends and a dialled Service address from an earlier drain."""
-    pairing = NatPairing(Conntrack(dnat((A, 2), (VIP, 80), (B, 8080), UDP)))
-    if primed:  # an earlier drain cached a DNAT: its client end A:2 is known
+    pairing = NatPairing(Conntrack({**dnat((A, 2), (VIP, 80), (B, 8080), UDP),
+                                    **snat((C, 3), (E, 443), (N, 9), UDP)}))  # fmt: skip
+    if primed:  # an earlier drain cached a DNAT (client end A:2) and an SNAT (client C)
         x, y = entry(A, 2, VIP, 80, UDP), entry(B, 8080, A, 2, UDP)
-        Drainer(Reader([[x, y]]), Clock(), "n", 1e9, DirectionMemory(8), pairing=pairing).drain()  # type: ignore[arg-type]
-        assert pairing._nat_senders and pairing._dialled
+        sx, sy = entry(C, 3, E, 443, UDP), entry(E, 443, N, 9, UDP)
+        Drainer(
+            Reader([[x, y, sx, sy]]), Clock(), "n", 1e9, DirectionMemory(8), pairing=pairing
+        ).drain()  # type: ignore[arg-type]
+        assert pairing._nat_senders and pairing._dialled and pairing._masqueraded
     chunks = []
     for rows in chunks_rows:
         made = []
@@ -572,3 +578,24 @@ def test_one_way_flows_to_other_addresses_are_not_asked_alone() -> None:
     flows = by_ends(drained(d))
     assert set(flows) == {(A, 6000, C, 53), (A, 6001, B, 8080)}
     assert len(ct.asked) == 1
+
+
+def test_requests_alone_from_an_snated_client_are_asked_and_rewritten() -> None:
+    """The SNAT analogue: a pod whose connections conntrack masqueraded before (an ended
+    TCP connection) sends a UDP exchange split across two drains; its requests alone are
+    looked up and published with the translated source, then the halves joined."""
+    x, y = snat_halves()  # A:40000 → E:443, ended (FIN)
+    ux = entry(A, 5000, E, 53, UDP, packets=1, nbytes=60)
+    ux_more = entry(A, 5000, E, 53, UDP, packets=2, nbytes=120)
+    uy = entry(E, 53, N, 62000, UDP, packets=3, nbytes=180)
+    ct = Conntrack({**snat((A, 40000), (E, 443), (N, 61000)),
+                    **snat((A, 5000), (E, 53), (N, 62000), UDP)})  # fmt: skip
+    d = drainer(Reader([[x, y]], [[ux]], [[ux_more, uy]]), ct)
+    drained(d)
+    (alone,) = drained(d)
+    assert (alone["src"], alone["sport"], alone["dst"], alone["dport"]) == (A, 5000, E, 53)
+    assert (alone["nat_src"], alone["nat_sport"], alone["packets"]) == (N, 62000, 1)
+    (joined,) = drained(d)
+    assert (joined["nat_src"], joined["nat_sport"]) == (N, 62000)
+    assert (joined["packets"], joined["rpackets"]) == (2, 3)
+    assert ct.asked[1:] == [CtTuple(UDP, packed(A), packed(E), 5000, 53)]  # then cached
