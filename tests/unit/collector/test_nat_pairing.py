@@ -23,7 +23,6 @@ from flowscope.collector.nat_pairing import (
     NatPairing,
     chunk_addresses,
     chunk_receivers,
-    chunk_receivers_in,
     chunk_senders,
     chunk_touching,
 )
@@ -347,8 +346,8 @@ def candidates_unnarrowed(
     known = set(pairing._nat_senders)
     shared = senders & known
     for keys, values in chunks:
-        shared |= chunk_receivers_in(keys, values, senders)
-        shared |= chunk_receivers_in(keys, values, known)
+        shared |= chunk_receivers(keys, values) & senders
+        shared |= chunk_receivers(keys, values) & known
         # the receiving ends at addresses clients dialled before (a DNAT'ed Service), the
         # sending ends at clients SNAT'ed before
         shared |= {e for e in chunk_receivers(keys, values) if e[0] in pairing._dialled}
@@ -407,7 +406,7 @@ def test_candidates_narrowed_to_shared_addresses_hold_what_the_end_passes_would(
     st.sampled_from(["mixed", "fwd", "rev"]),
 )  # fmt: skip
 def test_prefilter_passes_agree_with_their_definition(rows: list[Any], only: str) -> None:
-    """chunk_addresses / chunk_senders / chunk_receivers_in / chunk_touching (C-level
+    """chunk_addresses / chunk_senders / chunk_receivers / chunk_touching (C-level
     passes, with fast paths for chunks going one way only) against a plain loop. The
     address gate counts only protocols with ports (an ICMP error back does not open it)."""
     made = []
@@ -432,7 +431,7 @@ def test_prefilter_passes_agree_with_their_definition(rows: list[Any], only: str
             ends_r.add(r)
     assert chunk_addresses(keys, values) == (senders, receivers)
     assert chunk_senders(keys, values) == ends_s
-    assert chunk_receivers_in(keys, values, ends_s) == ends_r & ends_s
+    assert chunk_receivers(keys, values) == ends_r
     touching = [i for i, (key, _, _, value) in enumerate(made) if (value[2] == 0 or value[3] == 0)
                 and ({(*struct.unpack("<QQ", key[0]), key[2], key[4]),
                       (*struct.unpack("<QQ", key[1]), key[3], key[4])} & ends_s)]  # fmt: skip
