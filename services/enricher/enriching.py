@@ -44,6 +44,12 @@ from flowscope.enricher.identities import Identity, Resolver
 from flowscope.enricher.names import NameCache
 from flowscope.enricher.processes import SocketOwner, SocketTable
 
+try:  # the compiled core (flowcore.c), built by `pip install`; the Python path otherwise
+    from flowscope.enricher import _flowcore
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _flowcore = None  # type: ignore[assignment]
+NATIVE_AVAILABLE = _flowcore is not None
+
 TCP = 6
 ICMP_PROTOS = frozenset({1, 58})  # ports carry ICMP type/code: reported as 0
 MAX_ADDRESSES = 200_000  # canonical-address cache bound
@@ -184,8 +190,12 @@ class Enricher:
         observers: Observers,
         clock: Callable[[], float] = time.monotonic,
         cid_cache: int = MAX_CIDS,
+        native: bool = True,
     ) -> None:
-        """``cid_cache``: Community IDs remembered (oriented 5-tuples); 0 turns it off."""
+        """``cid_cache``: Community IDs remembered (oriented 5-tuples); 0 turns it off.
+        ``native``: render flow lines with the compiled core when it is built
+        (:attr:`native` says whether it is in use); its output is the Python path's,
+        byte for byte."""
         self.resolver = resolver
         self.sockets = sockets
         self.names = names
@@ -202,6 +212,7 @@ class Enricher:
         # (backend identity, Service name) → the identity naming that Service (NAT'ed
         # flows); the first item guards against a re-used id() after the cache dropped it.
         self._nat_ids: dict[tuple[int, str], tuple[Identity, Identity]] = {}
+        self.native = native and NATIVE_AVAILABLE
 
     # ------------------------------------------------------------ state
 
@@ -295,6 +306,12 @@ class Enricher:
         lookups = tally.lookups = dict.fromkeys(LOOKUP_KINDS, 0)
         now = self._clock()
         ready = self.resolver.ready
+        if self.native and render is render_line:
+            # The same loop in C: the common record's lookups, Community ID and line;
+            # any other record (bad, NAT'ed, an address not seen yet, …) goes through
+            # _flow below, in order, so the output is this loop's.
+            _flowcore.flow_lines(self, records, now, out)
+            records = ()
         flow = self._flow
         for i, record in enumerate(records):
             tally.records_in += 1

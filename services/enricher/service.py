@@ -162,6 +162,7 @@ def build_enricher(settings: Settings, resolver: Resolver) -> Enricher:
         SocketTable(join.socket_max_entries, join.socket_grace),
         NameCache(join.dns_ttl_min, join.dns_ttl_max, join.dns_max_entries),
         Observers(join.observer_ttl),
+        native=settings.native_core,
     )
 
 

@@ -133,3 +133,8 @@ class Settings:
     kubernetes: KubernetesSettings = section(KubernetesSettings, "Kubernetes metadata")
     join: JoinSettings = section(JoinSettings, "process, DNS and cross-node joins")
     consumer: ConsumerSettings = section(ConsumerSettings, "shared raw-flow work consumer")
+    native_core: bool = setting(
+        True,
+        "enrich flows with the compiled core (services/enricher/flowcore.c) when it was "
+        "built; false, or a build without it, uses the Python path (same output, slower)",
+    )
