@@ -796,6 +796,10 @@ def render_line(
     )  # fmt: skip
 
 
+if _flowcore is not None:
+    _flowcore.configure(render_line=render_line, record_error=RecordError)
+
+
 def _readdressed(ident: Identity, address: str) -> Identity:
     """The same identity at another address (a hostNetwork pod uses its node's address)."""
     source = dict(ident.source)
