@@ -1,0 +1,642 @@
+"""The compiled flow core (flowcore.c) does exactly what the Python path does.
+
+``Enricher(..., native=True).flow_lines`` runs the flow loop in C; ``native=False`` runs
+``Enricher._flow`` with ``render_line``, the definition of a record. Every test here
+builds two identical join states, feeds both the same raw flow batches (and the same
+socket events, DNS exchanges and clock ticks between them) and asserts after every
+step: the same lines (subjects in the same order, lines in the same order), the same
+tally, the same bad records with the same errors, and the same join state afterwards
+(LRU orders, TTLs extended by lookups, observers, caches). The C may take any shortcut
+except one that shows.
+
+That a single line is ``orjson.dumps(render_wire(...)) + b"\\n"`` is test_rendering.py's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flowscope.core.records import END_REASONS, SOCKET_EVENTS
+from flowscope.enricher import enriching
+from flowscope.enricher.enriching import Enricher, Observers, Output
+from flowscope.enricher.inventory import Inventory
+from flowscope.enricher.local import LocalResolver
+from flowscope.enricher.names import NameCache
+from flowscope.enricher.processes import SocketTable
+from flowscope.enricher.watching import resources
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.unit.enricher import cluster
+from tests.unit.enricher.cluster import Clock
+
+# ---------------------------------------------------------------- the cluster
+
+NODE_1, NODE_2, NODE_3 = "node-1", "node-2", "node-3"  # node-3 reports nothing by itself
+A, A6 = "10.1.0.5", "fd00:1::5"  # pod web-5d-a on node-1 (Deployment, behind Service web)
+B, B6 = "10.2.0.7", "fd00:2::7"  # pod db-0 on node-2 (StatefulSet)
+C = "10.3.0.9"  # pod c on node-3
+AGENT = "192.168.0.1"  # node-1's address, shared by its hostNetwork agent pod
+WEB, WEB6, DNS = "10.96.0.10", "fd00:96::10", "10.96.0.53"  # Services
+OUT4, OUT6 = "203.0.113.9", "2001:db8::1"  # outside the cluster
+HOST, HOST6 = "10.0.0.1", "fd00::1"  # local mode: this machine's addresses
+ESCAPES = 'q"u\\o\u00e9\u2603\x01\x1f\n\x7f'  # needs JSON escapes, and non-ASCII
+LABELS = ("app", "note")  # label allow-list: "note" carries ESCAPES
+
+V4 = (A, B, C, AGENT, WEB, DNS, OUT4, HOST, "192.168.0.2", "127.0.0.1", "0.0.0.0")
+V6 = (A6, B6, WEB6, OUT6, HOST6, "fd00:ff::1", "::1", "::ffff:10.1.0.5", "fe80::1%eth0")
+# other spellings of the same addresses: every one canonicalises to the key above
+SPELLINGS = {
+    OUT6: ("2001:DB8::0:1", "2001:db8:0:0:0:0:0:1"),
+    A6: ("FD00:1::5", "fd00:1:0:0::5"),
+    B6: ("fd00:0002::0007",),
+    "::ffff:10.1.0.5": ("::ffff:a01:5", "::FFFF:10.1.0.5"),
+}
+BAD_ADDRESSES = ("", "10.1.0.256", "1.2.3.04", " 10.1.0.5", "fd00::1::2", "host-a", "x" * 100)
+PORTS = (0, 53, 80, 443, 40000, 65535)
+PROTOS = (6, 6, 6, 17, 17, 1, 58, 132, 47, 0, 255)
+CONTAINER_IDS = ("", "ca", "ca2", "cb", "cc", "cagent", "gone")
+OBSERVERS = (NODE_1, NODE_1, NODE_2, NODE_2, NODE_3, "host-a", ESCAPES, "n\u00f6de \u2603")
+QNAMES = ("web.shop.svc.cluster.local.", "Example.COM", "b\u00fccher.example",
+          'q"uote\\s.example', "ctl\x01\x7f.example", "", ".")  # fmt: skip
+TTLS = (0, 4, 5, 6, 30, 61, 3600)
+TICKS = (0.0, 0.5, 1.0, 4.9, 5.0, 5.1, 29.0, 31.0, 59.0, 61.0, 299.0, 301.0)
+
+
+def cluster_objects() -> list[tuple[str, dict[str, Any]]]:
+    """(resource, JSON object): three nodes, four pods (one hostNetwork), two Services."""
+    return [
+        ("nodes", cluster.node(NODE_1, AGENT, "fd00:ff::1")),
+        ("nodes", cluster.node(NODE_2, "192.168.0.2")),
+        ("nodes", cluster.node(NODE_3, "192.168.0.3")),
+        ("deployments", cluster.workload("Deployment", "web")),
+        ("replicasets", cluster.workload("ReplicaSet", "web-5d", owner=("Deployment", "web"))),
+        ("statefulsets", cluster.workload("StatefulSet", "db", "data")),
+        ("pods", cluster.pod(
+            "web-5d-a", ips=(A, A6), node=NODE_1, owner=("ReplicaSet", "web-5d"),
+            containers=("main", "sidecar"), container_ids={"ca": "main", "ca2": "sidecar"},
+            labels={"app": "web", "note": ESCAPES},
+        )),
+        ("pods", cluster.pod("db-0", "data", ips=(B, B6), node=NODE_2,
+                             owner=("StatefulSet", "db"), container_ids={"cb": "main"})),
+        ("pods", cluster.pod("c", "batch", ips=(C,), node=NODE_3, container_ids={"cc": "main"})),
+        ("pods", cluster.pod("agent", "kube-system", ips=(AGENT,), node=NODE_1,
+                             host_network=True, containers=("agent",),
+                             container_ids={"cagent": "agent"})),
+        ("services", cluster.service("web", cluster_ips=(WEB, WEB6))),
+        ("services", cluster.service("dns", "kube-system", cluster_ips=(DNS,))),
+        ("endpointslices", cluster.endpointslice("web-x", "web", (A, A6))),
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- two join states
+
+
+@dataclass(slots=True)
+class World:
+    """One join state, its clock, and the enricher over it."""
+
+    clock: Clock
+    resolver: Inventory | LocalResolver
+    enricher: Enricher
+
+
+def world(mode: str, native: bool, ready: bool = True, cid_cache: int = 64) -> World:
+    """A join state built the same way every time; ``mode``: kubernetes or local. Small
+    socket and name tables, so their LRU order decides evictions within a test."""
+    clock = Clock()
+    resolver: Inventory | LocalResolver
+    if mode == "kubernetes":
+        resolver = Inventory(60, clock=clock)
+        convert = {r.name: r.convert for r in resources(LABELS)}
+        for resource, obj in cluster_objects():
+            resolver.upsert(resource, convert[resource](obj))
+        resolver.expected = {"pods"}
+        if ready:
+            resolver.mark_synced("pods")
+    else:
+        resolver = LocalResolver(frozenset({HOST, HOST6, "127.0.0.1", "::1"}), "host-a")
+    enricher = Enricher(
+        resolver, SocketTable(8, 30, clock), NameCache(5, 60, 6, clock), Observers(300, clock),
+        clock, cid_cache=cid_cache, native=native,
+    )  # fmt: skip
+    return World(clock, resolver, enricher)
+
+
+def outcome(out: Output | Exception) -> dict[str, Any]:
+    """What a flow_lines call gave, in comparable values (errors by type and text)."""
+    if isinstance(out, Exception):
+        return {"raised": (type(out), str(out))}
+    return {
+        "lines": list(out.lines.items()),
+        "by_subject": out.by_subject,
+        "tally": out.tally,
+        "bad": [(rec, type(e), e.schema, e.index, str(e)) for rec, e in out.bad],
+    }
+
+
+def state(w: World) -> dict[str, Any]:
+    """The join state a flow batch reads and changes, in comparable values: orders
+    where they decide evictions (LRU tables), contents where a cache is dropped whole."""
+    e = w.enricher
+    return {
+        "names": [(key, list(entry)) for key, entry in e.names._entries.items()],
+        "sockets": list(e.sockets._sockets.items()),
+        "locals": list(e.sockets._locals.items()),
+        "closing": list(e.sockets._closing),
+        "observers": list(e.observers.seen.items()),
+        "addresses": dict(e._addresses),
+        "cids": dict(e._cids),
+        "nat_ids": [(key[1], pair[1]) for key, pair in e._nat_ids.items()],
+        "identities": dict(w.resolver._cache),
+        "containers": dict(getattr(w.resolver, "_container_cache", {})),
+    }
+
+
+class Twins:
+    """Two identical join states, one enricher with the compiled core, one without."""
+
+    def __init__(self, mode: str = "kubernetes", **options: Any) -> None:
+        self.native = world(mode, True, **options)
+        self.python = world(mode, False, **options)
+        assert self.native.enricher.native and not self.python.enricher.native
+        self.worlds = (self.native, self.python)
+
+    def flows(self, batch: list[Any]) -> Output:
+        """Both render the batch (each a deep copy); asserts the same outcome and state.
+        Returns the Python path's output, for a test to check what it exercised."""
+        results = []
+        for w in self.worlds:
+            records = copy.deepcopy(batch)
+            try:
+                results.append(w.enricher.flow_lines(records))
+            except Exception as e:  # compared below: both must fail alike
+                results.append(e)
+            assert records == batch  # neither path changes a raw record in place
+        native, python = (outcome(r) for r in results)
+        for key in python:
+            assert native[key] == python[key], key
+        self.same_state()
+        out = results[1]
+        assert isinstance(out, Output)
+        return out
+
+    def sockets(self, events: list[Any]) -> None:
+        for w in self.worlds:
+            w.enricher.learn_sockets(copy.deepcopy(events))
+        self.same_state()
+
+    def dns(self, events: list[Any]) -> None:
+        for w in self.worlds:
+            w.enricher.learn_dns(copy.deepcopy(events))
+        self.same_state()
+
+    def tick(self, seconds: float) -> None:
+        """Time passes: TTLs run out, closed sockets are forgotten."""
+        for w in self.worlds:
+            w.clock.now += seconds
+            w.enricher.sockets.expire()
+        self.same_state()
+
+    def same_state(self) -> None:
+        native, python = state(self.native), state(self.python)
+        for key in python:
+            assert native[key] == python[key], key
+
+
+def lines_of(out: Output) -> list[bytes]:
+    return [line for lines in out.lines.values() for line in lines]
+
+
+# ---------------------------------------------------------------- raw records
+
+
+def flow(
+    observer: str, src: str, dst: str, sport: int, dport: int, proto: int = 6, **more: Any
+) -> dict[str, Any]:
+    """A raw flow record (the collector's wire dict)."""
+    return {"observer": observer, "start_ns": 1_700_000_000_000_000_000,
+            "end_ns": 1_700_000_010_000_000_000, "end_reason": "active_timeout", "proto": proto,
+            "src": src, "dst": dst, "sport": sport, "dport": dport, "bytes": 1500,
+            "packets": 3, "rbytes": 900, "rpackets": 2, **more}  # fmt: skip
+
+
+def sock(
+    observer: str, event: str, src: str, sport: int, dst: str, dport: int, pid: int = 7,
+    container_id: str = "", proto: int = 6,
+) -> dict[str, Any]:  # fmt: skip
+    """A raw socket event: on ``observer``, ``pid`` owns src:sport ↔ dst:dport."""
+    return {"observer": observer, "time_ns": 1, "event": event, "proto": proto, "src": src,
+            "sport": sport, "dst": dst, "dport": dport, "pid": pid, "tid": pid,
+            "comm": f"p{pid}", "container_id": container_id}  # fmt: skip
+
+
+def dns(client: str, qname: str, address: str, ttl: int, observer: str = NODE_1) -> dict[str, Any]:
+    """A raw DNS exchange: ``client`` asked ``qname`` and got ``address``."""
+    return {"observer": observer, "time_ns": 1, "id": 1, "qname": qname, "qtype": "A",
+            "rcode": "NOERROR", "client": client, "client_port": 5353, "server": DNS,
+            "server_port": 53, "answers": [{"name": qname, "type": "A" if ":" not in address
+                                            else "AAAA", "ttl": ttl, "data": address}]}  # fmt: skip
+
+
+class Sub(int):
+    """An int subclass: not an int on the wire (type checks are exact)."""
+
+
+class Text(str):
+    """A str subclass: not a str on the wire."""
+
+
+GOOD = flow(NODE_1, A, B, 40000, 80, tcp_flags=0x12, initiator=True)
+JUNK = (None, True, False, -1, 256, 65536, -(2**63), 2**64, 1.5, "6", "", [], {}, Sub(6),
+        Text("10.1.0.5"), "bogus")  # fmt: skip
+
+
+def bad_records() -> list[Any]:
+    """One record for every way a raw flow can be bad."""
+    out: list[Any] = [None, [], "flow", 7, b"{}", (GOOD,), {}]
+    for key in GOOD:
+        if key not in ("tcp_flags", "initiator"):
+            out.append({k: v for k, v in GOOD.items() if k != key})  # each key missing
+    for key in GOOD:
+        for junk in (None, True, "1", 1.0, Sub(1), Text("x")):
+            if type(junk) is not type(GOOD[key]):
+                out.append({**GOOD, key: junk})  # each key of a wrong type
+    for key in ("sport", "dport"):
+        out += [{**GOOD, key: -1}, {**GOOD, key: 65536}, {**GOOD, key: 2**64}]
+    out += [{**GOOD, "proto": -1}, {**GOOD, "proto": 256}, {**GOOD, "tcp_flags": 256},
+            {**GOOD, "tcp_flags": -1}, {**GOOD, "initiator": 1}, {**GOOD, "initiator": None},
+            {**GOOD, "ifindex": None}, {**GOOD, "ifindex": True}, {**GOOD, "ifindex": "2"}]  # fmt: skip
+    for key in ("bytes", "packets", "rbytes", "rpackets"):
+        out += [{**GOOD, key: -1}, {**GOOD, key: -(2**70)}]
+    out += [{**GOOD, "end_reason": r} for r in ("", "Active_timeout", "timeout", ESCAPES)]
+    out += [{**GOOD, "src": text} for text in BAD_ADDRESSES]
+    out += [{**GOOD, "dst": text} for text in BAD_ADDRESSES]
+    out += [{**GOOD, "dst": B6}, {**GOOD, "src": "::ffff:10.1.0.5"}]  # mixed families
+    out += [{**GOOD, "end_reason": "bogus", "sport": -1, "src": ""}]  # the first fault wins
+    return out
+
+
+# Not what the collector sends, but records all the same: the Python path reads keys
+# from any dict (a defaultdict's default is never asked for: every key is there).
+ODD_BUT_GOOD = [
+    OrderedDict(GOOD),
+    defaultdict(int, GOOD),
+    {k: v for k, v in GOOD.items() if k not in ("tcp_flags", "initiator")},
+    {**GOOD, "nat_dst": None},  # no NAT
+    {"extra": [1, {"a": None}], **GOOD, "ifindex": 2**70},
+]
+
+
+# ---------------------------------------------------------------- explicit cases
+
+
+def test_the_compiled_core_is_compared() -> None:
+    # Without the C module both twins would run the Python path and agree trivially.
+    assert enriching.NATIVE_AVAILABLE
+    assert Twins().native.enricher.native
+
+
+def test_first_use_then_cached_addresses_every_protocol_and_family() -> None:
+    twins = Twins()
+    batch = [
+        flow(NODE_1, A, B, 40000, 80, tcp_flags=0x12, initiator=True),
+        flow(NODE_1, A, OUT4, 0, 65535, tcp_flags=0xFF),
+        flow(NODE_2, B6, "2001:DB8::0:1", 65535, 0, tcp_flags=0),
+        flow(NODE_1, AGENT, DNS, 5353, 53, proto=17, ifindex=3, vlan="x"),
+        flow(NODE_1, A, B, 8, 0, proto=1),  # ICMP echo request: a counterpart type
+        flow(NODE_2, B, A, 0, 0, proto=1),  # its reply
+        flow(NODE_1, A, B, 3, 1, proto=1),  # destination unreachable: one-way
+        flow(NODE_1, A6, B6, 128, 0, proto=58),  # ICMPv6 echo request
+        flow(NODE_1, A6, "::ffff:10.1.0.5", 1, 4, proto=58),  # one-way, IPv4-mapped
+        flow(NODE_1, "fe80::1%eth0", A6, 5, 6, proto=132),
+        flow(NODE_3, C, WEB, 1, 2, proto=47, initiator=False),
+        flow(NODE_1, "127.0.0.1", "127.0.0.1", 80, 80, proto=0),
+    ]
+    first = twins.flows(batch)
+    assert first.tally.records_out == len(batch) - 1 and not first.bad  # the reply: merged
+    again = twins.flows(batch)  # addresses and Community IDs cached now
+    assert lines_of(again) == lines_of(first)
+    twins.flows([{**r, "end_reason": "idle_timeout"} for r in batch])  # final: IDs dropped
+    assert not twins.python.enricher._cids
+    twins.flows([{**r, "end_reason": "end_of_flow_detected"} for r in batch])
+
+
+def test_counters_timestamps_and_flags_at_their_limits() -> None:
+    twins = Twins()
+    big = (0, 1, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**100)
+    batch = [
+        flow(NODE_1, A, B, 40000, 80, bytes=n, packets=n, rbytes=n, rpackets=n,
+             start_ns=-n, end_ns=n, tcp_flags=n % 256)
+        for n in big
+    ]  # fmt: skip
+    batch += [flow(NODE_1, A, B, 1, 2, tcp_flags=bits) for bits in range(256)]
+    batch += [flow(NODE_1, A, B, 1, 2, start_ns=-(2**70), ifindex=-(2**70))]
+    out = twins.flows(batch)
+    assert out.tally.records_out == len(batch)
+
+
+def test_every_kind_of_bad_record_in_between_good_ones() -> None:
+    twins = Twins()
+    bad = bad_records()
+    batch: list[Any] = []
+    for record in bad:
+        batch += [record, GOOD]
+    twins.flows([GOOD])  # the good one's addresses cached: the rest take the fast path
+    out = twins.flows(batch + ODD_BUT_GOOD)
+    assert len(out.bad) == len(bad)
+    assert out.tally.records_out == len(bad) + len(ODD_BUT_GOOD)
+    twins.flows(bad)  # a batch of nothing but bad records
+
+
+def test_sockets_orient_flows_refine_containers_and_two_reports_become_one() -> None:
+    twins = Twins()
+    twins.flows([flow(NODE_1, A, B, 40000, 80), flow(NODE_2, B, A, 80, 40000)])
+    twins.sockets([
+        sock(NODE_1, "connect", A, 40000, B, 80, 11, "ca2"),  # the sidecar container
+        sock(NODE_2, "accept", B, 80, A, 40000, 12, "cb"),
+        sock(NODE_2, "udp", B, 53, "", 0, 13, "cb", proto=17),  # listeners: local table
+        sock(NODE_2, "accept", B6, 443, "::", 0, 0, proto=6),  # pid 0: orients only
+        sock(NODE_1, "connect", AGENT, 41000, OUT4, 443, 14, "cagent"),  # hostNetwork pod
+        sock(NODE_1, "accept", A, 80, C, 42000, 15, "ca"),
+        sock(NODE_1, "accept", A, 80, "0.0.0.0", 0, 16, "gone"),  # an unknown container
+    ])  # fmt: skip
+    batch = [
+        flow(NODE_1, A, B, 40000, 80),  # connect on A: forward
+        flow(NODE_2, B, A, 80, 40000),  # the same connection, reported oriented B → A
+        flow(NODE_2, B, A, 53, 40001, proto=17),
+        flow(NODE_2, "FD00:2::7", A6, 443, 50000),  # accept on B6: swapped
+        flow(NODE_1, OUT4, AGENT, 443, 41000),  # connect on the agent: swapped, refined
+        flow(NODE_1, A, C, 80, 42000),  # node-3 runs no collector (yet): kept
+    ]
+    out = twins.flows(batch)
+    dropped = out.tally.dedup_dropped
+    assert dropped and out.tally.process_hits >= 6
+    text = b"".join(lines_of(out))
+    assert b'"flow.direction":"forward"' in text and b'.k8s.container.name":"agent"' in text
+    twins.sockets([sock(NODE_3, "udp", C, 9, "", 0, 3, "cc")])  # node-3 reports: now active
+    batch.append(flow(NODE_3, C, A, 42000, 80))
+    out = twins.flows(batch)
+    assert out.tally.dedup_dropped == dropped + 1  # one of the two reports of A ↔ C
+    twins.sockets([sock(NODE_1, "close", A, 40000, B, 80), sock(NODE_2, "close", B, 53, "", 0,
+                                                                 proto=17)])  # fmt: skip
+    twins.flows(batch)  # closed, within the grace period
+    twins.tick(31)
+    twins.flows(batch)  # forgotten
+    twins.tick(301)
+    twins.flows(list(reversed(batch)))  # every observer inactive again but the reporters
+
+
+def test_dns_names_expire_and_lookups_extend_them() -> None:
+    twins = Twins()
+    twins.dns([dns(A, "Example.COM.", OUT4, 3), dns(A, "b\u00fccher.example", OUT6, 3600),
+               dns(B, ESCAPES, A, 30), dns(A6, "v6.example", "2001:DB8::0:1", 6),
+               dns(A, "web.shop", WEB, 60, observer=ESCAPES)])  # fmt: skip
+    batch = [flow(NODE_1, A, OUT4, 40000, 443), flow(NODE_1, A, OUT6, 40001, 443),
+             flow(NODE_1, B, A, 40002, 80), flow(NODE_1, A6, OUT6, 40003, 443),
+             flow(NODE_1, A, WEB, 40004, 80)]  # fmt: skip
+    out = twins.flows(batch)
+    assert out.tally.dns_hits == 4
+    twins.tick(4.9)  # the 3 s answer was clamped to 5 s; the lookup extended it
+    twins.flows(batch)
+    twins.tick(4.0)
+    twins.flows(batch[:1])
+    twins.tick(5.0)  # expired, unless looked up in between
+    twins.flows(batch)
+    twins.tick(61)
+    out = twins.flows(batch)
+    assert out.tally.dns_hits == 0
+
+
+def test_nat_records_valid_and_not() -> None:
+    twins = Twins()
+    twins.sockets([sock(NODE_1, "connect", A, 40000, WEB, 80, 11, "ca")])
+    twins.dns([dns(A, "web.shop.svc", WEB, 60)])
+    nat = {"nat_dst": WEB, "nat_dport": 80}
+    batch = [
+        flow(NODE_1, A, B, 40000, 8080, **nat),
+        flow(NODE_2, B, A, 8080, 40000, **nat),
+        flow(NODE_1, A, B, 40000, 8080, nat_dst=WEB),  # no port: bad
+        flow(NODE_1, A, B, 40000, 8080, nat_dst=WEB, nat_dport=70000),
+        flow(NODE_1, A, B, 40000, 8080, nat_dst="web", nat_dport=80),
+        flow(NODE_1, A, B, 40000, 8080, nat_dst=5, nat_dport=80),
+        flow(NODE_1, A, B, 40000, 8080, nat_dst=None),  # None: not NAT'ed
+        flow(NODE_1, A, B, 40000, 8080, nat_dst=OUT6, nat_dport=80),  # another family
+        flow(NODE_1, A, B, 40000, 8080, nat_dst=DNS, nat_dport=53, initiator=True),
+    ]
+    out = twins.flows(batch)
+    assert out.bad and out.tally.records_out
+    twins.flows(batch)
+
+
+def test_names_needing_escapes() -> None:
+    twins = Twins()
+    observers = [ESCAPES, "n\u00f6de \u2603", 'a"b', "c\\d", "\x00", "\U0001f600", "x" * 300]
+    twins.dns([dns(A, name, OUT4, 60, observer=name) for name in observers])
+    twins.sockets([sock(name, "connect", A, 40000, OUT4, 443, 5, "ca") for name in observers])
+    batch = [flow(name, A, OUT4, 40000, 443) for name in observers]
+    batch += [flow(name, OUT4, A, 443, 40000) for name in observers]
+    out = twins.flows(batch)
+    assert out.tally.records_out == len(batch) and out.tally.dns_hits
+    twins.flows(batch)
+
+
+def test_local_mode() -> None:
+    twins = Twins("local")
+    twins.sockets([sock("host-a", "connect", HOST, 40000, OUT4, 443, 3),
+                   sock("host-a", "accept", HOST6, 22, "::", 0, 4),
+                   sock("host-a", "udp", "127.0.0.1", 53, "", 0, 5, proto=17)])  # fmt: skip
+    twins.dns([dns(HOST, "example.com", OUT4, 60, "host-a")])
+    batch = [flow("host-a", OUT4, HOST, 443, 40000), flow("host-a", OUT6, "FD00::1", 50000, 22),
+             flow("host-a", "127.0.0.1", "127.0.0.1", 40000, 53, proto=17),
+             flow("other", HOST, OUT4, 40000, 443)]  # fmt: skip
+    out = twins.flows(batch)
+    assert out.tally.lookups["host"] and out.tally.process_hits
+    twins.flows(batch)
+
+
+def test_before_the_first_sync_and_after_changes_to_the_cluster() -> None:
+    twins = Twins(ready=False)  # externals counted as unknown
+    batch = [flow(NODE_1, A, OUT4, 40000, 443), flow(NODE_1, B, "198.51.100.1", 1, 2)]
+    assert twins.flows(batch).tally.lookups["unknown"] == 2
+    convert = {r.name: r.convert for r in resources(LABELS)}
+    late = convert["pods"](cluster.pod("late", "new", ips=(OUT4,), node=NODE_2))
+    for w in twins.worlds:
+        assert isinstance(w.resolver, Inventory)
+        w.resolver.mark_synced("pods")
+        w.resolver.upsert("pods", late)  # the identity cache is dropped
+    twins.same_state()
+    out = twins.flows(batch)
+    assert out.tally.lookups["pod"] == 3 and out.tally.lookups["external"] == 1
+
+
+def test_any_iterable_of_records() -> None:
+    twins = Twins()
+    batch = [GOOD, flow(NODE_2, B, A, 80, 40000), None]
+    for w in twins.worlds:
+        w.enricher.flow_lines(batch)  # the addresses seen once
+    outs = [w.enricher.flow_lines(iter(copy.deepcopy(batch))) for w in twins.worlds]
+    assert outcome(outs[0]) == outcome(outs[1])
+    outs = [w.enricher.flow_lines(tuple(copy.deepcopy(batch))) for w in twins.worlds]
+    assert outcome(outs[0]) == outcome(outs[1])
+    twins.same_state()
+
+
+def test_the_caches_bounds_hit_in_the_middle_of_a_batch() -> None:
+    twins = Twins(cid_cache=3)
+    twins.flows([flow(NODE_1, A, B, 40000, port) for port in range(8)])
+    for w in twins.worlds:  # one address short of the bound: the batch's second new one clears it
+        addresses = w.enricher._addresses
+        addresses.update((f"filler-{n}", (A, "ipv4", bytes(4)))
+                         for n in range(enriching.MAX_ADDRESSES - len(addresses) - 1))  # fmt: skip
+    batch = [flow(NODE_1, A, B, 40000, 80), flow(NODE_1, A, OUT4, 1, 2),
+             flow(NODE_1, A, B, 40000, 81), flow(NODE_1, OUT4, "198.51.100.7", 1, 2),
+             flow(NODE_1, A, B, 40000, 82), flow(NODE_1, A, OUT4, 1, 2)]  # fmt: skip
+    batch += [flow(f"node-{n}", A, B, n, 80) for n in range(10)]  # new strings
+    results = []
+    for w in twins.worlds:
+        strings = enriching._STRINGS  # shared: filled to one short of its bound per path
+        strings.update((f"filler-{n}", b'"x"') for n in range(enriching.MAX_STRINGS))
+        while len(strings) >= enriching.MAX_STRINGS:
+            strings.popitem()
+        results.append(outcome(w.enricher.flow_lines(copy.deepcopy(batch))))
+    assert results[0] == results[1]
+    twins.same_state()
+    assert len(twins.python.enricher._addresses) < 10
+
+
+# ---------------------------------------------------------------- generated cases
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Two ends the generated records share, so socket and name lookups hit."""
+
+    proto: int
+    a: str
+    a_port: int
+    b: str
+    b_port: int
+
+
+@st.composite
+def connection(draw: st.DrawFn) -> Connection:
+    family = draw(st.sampled_from((V4, V6)))
+    return Connection(
+        draw(st.sampled_from(PROTOS)), draw(st.sampled_from(family)), draw(st.sampled_from(PORTS)),
+        draw(st.sampled_from(family)), draw(st.sampled_from(PORTS)),
+    )  # fmt: skip
+
+
+def spelled(draw: st.DrawFn, address: str) -> str:
+    """The address, sometimes in another spelling."""
+    return draw(st.sampled_from((address, address, *SPELLINGS.get(address, ()))))
+
+
+def ends(draw: st.DrawFn, conn: Connection) -> tuple[str, int, str, int]:
+    """The connection's ends in either orientation."""
+    if draw(st.booleans()):
+        return conn.a, conn.a_port, conn.b, conn.b_port
+    return conn.b, conn.b_port, conn.a, conn.a_port
+
+
+counters = st.integers(0, 10**6) | st.sampled_from((2**32, 2**63 - 1, 2**63, 2**64 - 1, 2**64))
+nanoseconds = st.integers(0, 2**63) | st.integers(-(2**64), 2**65)
+
+
+@st.composite
+def raw_flow(draw: st.DrawFn, conns: list[Connection]) -> Any:
+    """A flow on one of the connections, with any optional keys, sometimes spoiled."""
+    conn = draw(st.sampled_from(conns))
+    src, sport, dst, dport = ends(draw, conn)
+    record: dict[str, Any] = {
+        "observer": draw(st.sampled_from(OBSERVERS)), "start_ns": draw(nanoseconds),
+        "end_ns": draw(nanoseconds), "end_reason": draw(st.sampled_from(END_REASONS)),
+        "proto": conn.proto, "src": spelled(draw, src), "dst": spelled(draw, dst),
+        "sport": sport, "dport": dport, "bytes": draw(counters), "packets": draw(counters),
+        "rbytes": draw(counters), "rpackets": draw(counters),
+    }  # fmt: skip
+    optional = {
+        "tcp_flags": st.integers(0, 255), "initiator": st.booleans(),
+        "ifindex": st.integers(-1, 2**32), "vlan": st.integers(0, 4095),
+        "nat_dst": st.sampled_from((WEB, WEB6, DNS, "web")), "nat_dport": st.sampled_from(PORTS),
+    }  # fmt: skip
+    for key in draw(st.lists(st.sampled_from(sorted(optional)), unique=True, max_size=3)):
+        if not key.startswith("nat") or draw(st.integers(0, 3)) == 0:
+            record[key] = draw(optional[key])
+    if draw(st.integers(0, 9)) == 0:  # spoiled: a key dropped or of a wrong type
+        key = draw(st.sampled_from(sorted(record)))
+        if draw(st.booleans()):
+            del record[key]
+        else:
+            record[key] = draw(st.sampled_from((*JUNK, *BAD_ADDRESSES)))
+    if draw(st.integers(0, 30)) == 0:
+        return draw(st.sampled_from((None, [], "flow", OrderedDict(record))))
+    return record
+
+
+@st.composite
+def socket_event(draw: st.DrawFn, conns: list[Connection]) -> dict[str, Any]:
+    """A socket event naming a connection's end, or a listener on it."""
+    conn = draw(st.sampled_from(conns))
+    local, lport, remote, rport = ends(draw, conn)
+    if draw(st.integers(0, 3)) == 0:
+        remote, rport = draw(st.sampled_from(("", "0.0.0.0", "::"))), 0
+    return sock(
+        draw(st.sampled_from(OBSERVERS)), draw(st.sampled_from(SOCKET_EVENTS)),
+        spelled(draw, local), lport, spelled(draw, remote) if remote else remote, rport,
+        draw(st.integers(0, 3)), draw(st.sampled_from(CONTAINER_IDS)), conn.proto,
+    )  # fmt: skip
+
+
+@st.composite
+def dns_event(draw: st.DrawFn, conns: list[Connection]) -> dict[str, Any]:
+    """A client on one end of a connection resolving the other end."""
+    conn = draw(st.sampled_from(conns))
+    client, _, address, _ = ends(draw, conn)
+    return dns(
+        spelled(draw, client), draw(st.sampled_from(QNAMES)), spelled(draw, address),
+        draw(st.sampled_from(TTLS)), draw(st.sampled_from(OBSERVERS)),
+    )  # fmt: skip
+
+
+def steps(conns: list[Connection]) -> st.SearchStrategy[tuple[str, Any]]:
+    return st.one_of(
+        st.tuples(st.just("flows"), st.lists(raw_flow(conns), min_size=1, max_size=12)),
+        st.tuples(st.just("sockets"), st.lists(socket_event(conns), min_size=1, max_size=6)),
+        st.tuples(st.just("dns"), st.lists(dns_event(conns), min_size=1, max_size=4)),
+        st.tuples(st.just("tick"), st.sampled_from(TICKS)),
+    )
+
+
+def play(twins: Twins, data: st.DataObject) -> None:
+    """Connections first, then a run of steps on them, every flow batch twice (the second
+    time the addresses are known and the Community IDs of open flows cached)."""
+    conns = data.draw(st.lists(connection(), min_size=1, max_size=4))
+    for kind, arg in data.draw(st.lists(steps(conns), min_size=1, max_size=10)):
+        if kind == "flows":
+            twins.flows(arg)
+            twins.flows(arg)
+        elif kind == "sockets":
+            twins.sockets(arg)
+        elif kind == "dns":
+            twins.dns(arg)
+        else:
+            twins.tick(arg)
+
+
+@pytest.mark.parametrize("mode", ["kubernetes", "local"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_sequence_of_batches_and_events(mode: str, data: st.DataObject) -> None:
+    play(Twins(mode), data)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), ready=st.booleans())
+def test_any_sequence_with_tiny_caches(data: st.DataObject, ready: bool) -> None:
+    play(Twins(ready=ready, cid_cache=data.draw(st.sampled_from((0, 1, 2)))), data)
