@@ -1,7 +1,20 @@
 """Types of the compiled flow core (services/enricher/flowcore.c)."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-def configure(*, render_line: Callable[..., bytes], record_error: type[Exception]) -> None: ...
+def configure(
+    *,
+    render_line: Callable[..., bytes],
+    record_error: type[Exception],
+    strings: dict[str, bytes],
+    json_str: Callable[[str], bytes],
+    process_json: Callable[[Any], tuple[bytes, bytes]],
+    transports: list[bytes],
+    flags: list[bytes],
+    end_reasons: Iterable[str],
+    flows_prefix: str,
+    directions: Sequence[str],
+    kinds: Sequence[str],
+) -> None: ...
 def flow_lines(enricher: Any, records: Iterable[Any], now: float, out: Any) -> None: ...

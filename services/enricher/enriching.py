@@ -797,7 +797,12 @@ def render_line(
 
 
 if _flowcore is not None:
-    _flowcore.configure(render_line=render_line, record_error=RecordError)
+    _flowcore.configure(
+        render_line=render_line, record_error=RecordError, strings=_STRINGS, json_str=json_str,
+        process_json=process_json, transports=_TRANSPORTS_JSON, flags=_FLAGS_JSON,
+        end_reasons=END_REASONS, flows_prefix=subjects.FLOWS, directions=DIRECTIONS,
+        kinds=LOOKUP_KINDS,
+    )  # fmt: skip
 
 
 def _readdressed(ident: Identity, address: str) -> Identity:
