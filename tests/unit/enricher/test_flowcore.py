@@ -186,7 +186,9 @@ def outcome(out: Output | Exception) -> dict[str, Any]:
 
 def state(w: World) -> dict[str, Any]:
     """The join state a flow batch reads and changes, in comparable values: orders
-    where they decide evictions (LRU tables), contents where a cache is dropped whole."""
+    where they decide evictions (LRU tables), contents where a cache is dropped whole.
+    Not the Community ID cache: the C core hashes every record instead (a pure function
+    of the 5-tuple, so the cache never shows in a line)."""
     e = w.enricher
     return {
         "names": [(key, list(entry)) for key, entry in e.names._entries.items()],
@@ -195,7 +197,6 @@ def state(w: World) -> dict[str, Any]:
         "closing": list(e.sockets._closing),
         "observers": list(e.observers.seen.items()),
         "addresses": dict(e._addresses),
-        "cids": dict(e._cids),
         "nat_ids": [(key[1], pair[1]) for key, pair in e._nat_ids.items()],
         "identities": dict(getattr(w.resolver, "_cache", {})),
         "containers": dict(getattr(w.resolver, "_container_cache", {})),
