@@ -63,11 +63,11 @@ BAD_ADDRESSES = ("", "10.1.0.256", "1.2.3.04", " 10.1.0.5", "fd00::1::2", "host-
 PORTS = (0, 53, 80, 443, 40000, 65535)
 PROTOS = (6, 6, 6, 17, 17, 1, 58, 132, 47, 0, 255)
 CONTAINER_IDS = ("", "ca", "ca2", "cb", "cc", "cagent", "cl", "gone", 'c"\\\u00e9')
-# 0 and below: the owner is not known; 2**64 and above: the Python path raises
-# orjson's TypeError rendering it (socket events do not range-check pids)
 # the containers of the pods (and of the hostNetwork agent) at an address
 CONTAINERS_AT = {A: ("ca", "ca2"), A6: ("ca2",), B: ("cb",), B6: ("cb",), C: ("cc",),
                  AGENT: ("cagent",), "fd00:ff::1": ("cagent",), OUT4: ("cl",)}  # fmt: skip
+# 0 and below: the owner is not known; 2**64 and above: the Python path raises
+# orjson's TypeError rendering it (socket events do not range-check pids)
 PIDS = (0, 1, 7, -1, 2**31, 2**64 - 1, 2**64 + 1)
 COMMS = ("p", "", ESCAPES, "n\u00f6de", "x" * 40)
 OBSERVERS = (NODE_1, NODE_1, NODE_2, NODE_2, NODE_3, "host-a", ESCAPES, "n\u00f6de \u2603")
@@ -178,6 +178,9 @@ def outcome(out: Output | Exception) -> dict[str, Any]:
         return {"raised": (type(out), str(out))}
     return {
         "lines": list(out.lines.items()),
+        "types": {
+            (type(subject), type(line)) for subject, lines in out.lines.items() for line in lines
+        },
         "by_subject": out.by_subject,
         "tally": out.tally,
         "bad": [(rec, type(e), e.schema, e.index, str(e)) for rec, e in out.bad],
@@ -227,9 +230,12 @@ class Twins:
         for w in self.worlds:
             records = copy.deepcopy(batch)
             try:
-                results.append(w.enricher.flow_lines(records))
+                out = w.enricher.flow_lines(records)
             except Exception as e:  # compared below: both must fail alike
                 results.append(e)
+            else:
+                results.append(out)
+                assert all(any(rec is r for r in records) for rec, _ in out.bad)  # as they came
             assert records == batch  # neither path changes a raw record in place
         native, python = (outcome(r) for r in results)
         for key in python:
