@@ -24,7 +24,9 @@
  *   enricher._addresses        dict  raw text → (canonical text, network.type, packed)
  *   enricher.resolver._cache   dict  canonical address → Identity (a miss calls resolve())
  *   enricher.sockets._sockets / _locals   OrderedDicts of SocketOwner (hits: move_to_end)
- *   enricher.names._entries    OrderedDict; a hit calls names.lookup() for TTL and order
+ *   enricher.names._entries    OrderedDict (client, address) → [name, expiry]; a hit is
+ *                              expired, or moved to the end and refreshed, as
+ *                              NameCache.lookup does (reordering through move_to_end)
  *   enricher.observers.seen / _ttl        dict node → last raw message (monotonic s)
  * Only CPython's public C API is used.
  */
@@ -60,7 +62,7 @@ static PyObject *subject_cache;   /* source token → {destination token → sub
 static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_out,
     *s_dedup_dropped, *s_process_hits, *s_dns_hits, *s_dns_misses, *s_lookups, *s_addresses,
     *s_resolver, *s_resolve, *s_cache, *s_sockets, *s_sockets_table, *s_locals, *s_names,
-    *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_refine, *s_move_to_end,
+    *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
     *s_container_id, *s_connect, *s_accept;
 /* raw record keys */
@@ -220,6 +222,7 @@ typedef struct {
     PyObject *names_lookup;      /* bound NameCache.lookup */
     PyObject *seen;              /* Observers.seen */
     double observer_ttl;
+    double ttl_min;              /* NameCache.ttl_min */
     Py_ssize_t n_in, n_out, n_dropped, process_hits, dns_hits, dns_misses;
     Py_ssize_t kind_counts[N_KINDS];
 } Batch;
@@ -502,7 +505,10 @@ active(Batch *b, PyObject *node)
     return b->now_s - at < b->observer_ttl;
 }
 
-/* NameCache.lookup(client, address, now): a name (new reference) or NULL, no exception. */
+/* NameCache.lookup(client, address, now): a name (new reference) or NULL, no exception.
+ * Its steps, on the cache's own OrderedDict of (client, address) → [name, expiry]: an
+ * expired entry is deleted; a live one moves to the end (LRU) and lives at least
+ * ttl_min from now. */
 static PyObject *
 name_of(Batch *b, PyObject *client, PyObject *address)
 {
@@ -511,16 +517,39 @@ name_of(Batch *b, PyObject *client, PyObject *address)
     PyObject *key = PyTuple_Pack(2, client, address);
     if (key == NULL)
         return NULL;
+    PyObject *name = NULL;
     PyObject *entry = PyDict_GetItemWithError(b->entries, key);
-    Py_DECREF(key);
     if (entry == NULL)
-        return NULL;
-    /* a hit: the Python method expires, refreshes and reorders the entry */
-    PyObject *name = PyObject_CallFunctionObjArgs(b->names_lookup, client, address, b->now, NULL);
-    if (name == Py_None) {
-        Py_DECREF(name);
-        return NULL;
+        goto done;
+    Py_INCREF(entry);
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 2) {
+        /* not the shape NameCache.learn writes: ask the method itself */
+        name = PyObject_CallFunctionObjArgs(b->names_lookup, client, address, b->now, NULL);
+        if (name == Py_None)
+            Py_CLEAR(name);
+        goto release;
     }
+    double expiry = PyFloat_AsDouble(PyList_GET_ITEM(entry, 1));
+    if (expiry == -1.0 && PyErr_Occurred())
+        goto release;
+    if (expiry <= b->now_s) {
+        PyObject_DelItem(b->entries, key); /* an error stays set */
+        goto release;
+    }
+    PyObject *moved = PyObject_CallMethodOneArg(b->entries, s_move_to_end, key);
+    if (moved == NULL)
+        goto release;
+    Py_DECREF(moved);
+    if (expiry < b->now_s + b->ttl_min) {
+        PyObject *later = PyFloat_FromDouble(b->now_s + b->ttl_min);
+        if (later == NULL || PyList_SetItem(entry, 1, later) < 0) /* steals later */
+            goto release;
+    }
+    name = Py_NewRef(PyList_GET_ITEM(entry, 0));
+release:
+    Py_DECREF(entry);
+done:
+    Py_DECREF(key);
     return name;
 }
 
@@ -1050,7 +1079,7 @@ release(Batch *b)
 static int
 prepare(Batch *b, PyObject *enricher, PyObject *out)
 {
-    PyObject *resolver = NULL, *ttl = NULL;
+    PyObject *resolver = NULL, *ttl = NULL, *ttl_min = NULL;
     if ((b->tally = PyObject_GetAttr(out, s_tally)) == NULL ||
         (b->lines = PyObject_GetAttr(out, s_lines)) == NULL ||
         (b->bad = PyObject_GetAttr(out, s_bad)) == NULL ||
@@ -1064,7 +1093,8 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
         (b->entries = attr2(enricher, s_names, s_entries)) == NULL ||
         (b->names_lookup = attr2(enricher, s_names, s_lookup)) == NULL ||
         (b->seen = attr2(enricher, s_observers, s_seen)) == NULL ||
-        (ttl = attr2(enricher, s_observers, s_ttl)) == NULL)
+        (ttl = attr2(enricher, s_observers, s_ttl)) == NULL ||
+        (ttl_min = attr2(enricher, s_names, s_ttl_min)) == NULL)
         goto fail;
     /* a resolver without an identity cache is asked every time */
     b->resolved = PyObject_GetAttr(resolver, s_cache);
@@ -1086,15 +1116,20 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
     b->observer_ttl = PyFloat_AsDouble(ttl);
     if (b->observer_ttl == -1.0 && PyErr_Occurred())
         goto fail;
+    b->ttl_min = PyFloat_AsDouble(ttl_min);
+    if (b->ttl_min == -1.0 && PyErr_Occurred())
+        goto fail;
     b->now_s = PyFloat_AsDouble(b->now);
     if (b->now_s == -1.0 && PyErr_Occurred())
         goto fail;
     Py_DECREF(resolver);
     Py_DECREF(ttl);
+    Py_DECREF(ttl_min);
     return 0;
 fail:
     Py_XDECREF(resolver);
     Py_XDECREF(ttl);
+    Py_XDECREF(ttl_min);
     return -1;
 }
 
@@ -1228,6 +1263,7 @@ PyInit__flowcore(void)
     INTERN(s_observers, "observers");
     INTERN(s_seen, "seen");
     INTERN(s_ttl, "_ttl");
+    INTERN(s_ttl_min, "ttl_min");
     INTERN(s_refine, "_refine");
     INTERN(s_move_to_end, "move_to_end");
     INTERN(s_kind, "kind");
