@@ -153,24 +153,28 @@ class Pipeline:
         """
         messages: list[Message] = []
         header, msg_id = schema.header, f"enricher:{schema.name}:{seq}:"
+        schema_key, count_key, max_bytes = codec.SCHEMA_HEADER, codec.COUNT_HEADER, self.max_bytes
         records = [(subject, codec.encode_lines(r)) for subject, r in output.by_subject.items()]
         for subject, lines in [*records, *output.lines.items()]:
-            if lines and sum(map(len, lines)) <= self.max_bytes:
-                bodies = [(b"".join(lines), len(lines))]
-            else:
-                try:
-                    chunks = codec.chunk_lines(schema, lines, self.max_bytes)
-                    bodies = [(chunk.body, chunk.count) for chunk in chunks]
-                except CodecError as e:  # one record larger than a NATS message
-                    self.bad_log.warning("oversize", "enriched record too large", error=str(e))
-                    continue
-            for n, (body, count) in enumerate(bodies):
+            body = b"".join(lines)  # joined first: a subject over max_bytes is rare
+            if lines and len(body) <= max_bytes:
+                messages.append((subject, body, {
+                    schema_key: header, count_key: str(len(lines)),
+                    MSG_ID_HEADER: f"{msg_id}{subject}:0",
+                }))  # fmt: skip
+                continue
+            try:
+                chunks = list(codec.chunk_lines(schema, lines, max_bytes))
+            except CodecError as e:  # one record larger than a NATS message
+                self.bad_log.warning("oversize", "enriched record too large", error=str(e))
+                continue
+            for n, chunk in enumerate(chunks):
                 headers = {
-                    codec.SCHEMA_HEADER: header,
-                    codec.COUNT_HEADER: str(count),
+                    schema_key: header,
+                    count_key: str(chunk.count),
                     MSG_ID_HEADER: f"{msg_id}{subject}:{n}",
                 }
-                messages.append((subject, body, headers))
+                messages.append((subject, chunk.body, headers))
         return messages
 
     async def _publish_atomic(self, messages: list[Message]) -> list[Message]:

@@ -203,11 +203,23 @@ def encode(
     keys: set[str] = set()
     marks = f"{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: "
     last = len(messages)
-    for n, ((subject, body, headers), reply) in enumerate(zip(messages, replies, strict=True), 1):
-        if not _as_given(subject, body, headers, max_payload):
+    if len(replies) != last:
+        raise ValueError("one reply subject per message")
+    subjects_seen: set[str] = set()  # a raw batch's messages share few subjects
+    for n, (subject, body, headers) in enumerate(messages, 1):
+        if subject not in subjects_seen:
+            if not _subject_as_given(subject):
+                return None
+            subjects_seen.add(subject)
+        if len(body) > max_payload:
             return None
-        keys.update(headers)
-        own = "".join([f"{key}: {value}\r\n" for key, value in headers.items()])
+        own = ""
+        for key, value in headers.items():  # isprintable: no CR, LF, tab, NEL, NBSP, …
+            if not value.isprintable() or value.strip(" ") != value:
+                return None
+            keys.add(key)
+            own += f"{key}: {value}\r\n"
+        reply = replies[n - 1]
         if batch_id is None:
             head = f"NATS/1.0\r\n{own}\r\n".encode()
         else:
@@ -222,14 +234,10 @@ def encode(
     return b"".join(out)
 
 
-def _as_given(subject: str, body: bytes, headers: dict[str, str], max_payload: int) -> bool:
-    """Whether nats-py's ``publish`` sends this message unchanged (see :func:`encode`)."""
-    if not subject.isprintable() or " " in subject or len(body) > max_payload:
-        return False
-    for value in headers.values():  # isprintable: no CR, LF, tab, NEL, NBSP, …
-        if not value.isprintable() or value.strip(" ") != value:
-            return False
-    return bool(subject)
+def _subject_as_given(subject: str) -> bool:
+    """Whether nats-py's ``publish`` sends this subject unchanged (see :func:`encode`;
+    the headers' values and the body's size are checked there)."""
+    return bool(subject) and subject.isprintable() and " " not in subject
 
 
 async def _write(nc: NATS, data: bytes, messages: Sequence[Message]) -> bool:

@@ -157,13 +157,18 @@ async def body(rt: Runtime, settings: Settings) -> None:
 def build_enricher(settings: Settings, resolver: Resolver) -> Enricher:
     """The join state, sized by the settings, over a metadata source."""
     join = settings.join
-    return Enricher(
+    enricher = Enricher(
         resolver,
         SocketTable(join.socket_max_entries, join.socket_grace),
         NameCache(join.dns_ttl_min, join.dns_ttl_max, join.dns_max_entries),
         Observers(join.observer_ttl),
         native=settings.native_core,
     )
+    if enricher.native:
+        log.info("flows enriched by the compiled core")
+    elif settings.native_core:
+        log.warning("compiled flow core not built (no C compiler at install): Python path")
+    return enricher
 
 
 def _start_informers(
