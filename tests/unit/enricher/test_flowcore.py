@@ -386,7 +386,7 @@ def test_first_use_then_cached_addresses_every_protocol_and_family() -> None:
     ]
     first = twins.flows(batch)
     assert first.tally.records_out == len(batch) - 1 and not first.bad  # the reply: merged
-    again = twins.flows(batch)  # addresses and Community IDs cached now
+    again = twins.flows(batch)  # the addresses cached now: the C core takes these itself
     assert lines_of(again) == lines_of(first)
     twins.flows([{**r, "end_reason": "idle_timeout"} for r in batch])  # final: IDs dropped
     assert not twins.python.enricher._cids
