@@ -18,3 +18,12 @@ def configure(
     kinds: Sequence[str],
 ) -> None: ...
 def flow_lines(enricher: Any, records: Iterable[Any], now: float, out: Any) -> None: ...
+def frame_atomic(
+    lines: dict[str, list[bytes]],
+    head: bytes,
+    msg_id: bytes,
+    marks: bytes,
+    commit: bytes,
+    reply: str,
+    max_body: int,
+) -> tuple[bytes, int, int] | None: ...

@@ -38,6 +38,7 @@ from flowscope.enricher.metrics import Metrics
 from flowscope.enricher.publishing import (
     ATOMIC_DISABLED,
     ATOMIC_MAX,
+    MSG_ID_HEADER,
     AckedPublisher,
     Message,
     PublishError,
@@ -54,7 +55,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 log = logging.getLogger("flowscope.enricher")
 COMPONENT = "enricher"
 PAYLOAD_HEADROOM = 4096  # bytes left for headers under the server's max payload
-MSG_ID_HEADER = "Nats-Msg-Id"
 HANDLERS = 8  # raw batches awaiting their publish acknowledgements at once, per kind
 PUBLISH_TIMEOUT = 10.0  # seconds for JetStream to acknowledge one raw batch's output
 ATOMIC_RETRY = 60.0  # seconds without atomic batches after a stream refused them
@@ -131,16 +131,42 @@ class Pipeline:
         batch the stream rejects as partly stored already, message by message,
         pipelined (:class:`AckedPublisher`). Either way bounded by ``PUBLISH_TIMEOUT``.
         """
-        messages = self._messages(schema, output, msg.metadata.sequence.stream)
+        seq = msg.metadata.sequence.stream
         acks: list[asyncio.Future[Any]] = []
         try:
             if self.atomic_after <= time.monotonic():
-                messages = await self._publish_atomic(messages)
+                if await self._publish_framed(schema, output, seq):
+                    return True
+                messages = await self._publish_atomic(self._messages(schema, output, seq))
+            else:
+                messages = self._messages(schema, output, seq)
             acks.extend(await self.publisher.publish_each(messages))
             await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
         except Exception as e:  # timeouts, no stream, stream errors: retry the batch
             cancel_all(acks)
             self.bad_log.warning("publish", "publishing enriched records failed", error=repr(e))
+            return False
+        return True
+
+    async def _publish_framed(self, schema: codec.Schema, output: Output, seq: int) -> bool:
+        """The usual raw batch in one piece: its flow lines framed by the compiled core as
+        one atomic batch of :meth:`_messages`'s messages. False when that does not apply
+        (see ``AckedPublisher.publish_lines_atomic``) or the stream refused the batch —
+        nothing was stored then, and :meth:`_publish` goes the general way, which sorts
+        out every refusal. Other errors (no stream, a timeout) are raised."""
+        if output.by_subject:
+            return False
+        msg_id = f"enricher:{schema.name}:{seq}:"
+        future = await self.publisher.publish_lines_atomic(
+            output.lines, schema.header, msg_id, self.max_bytes
+        )
+        if future is None:
+            return False
+        try:
+            await asyncio.wait_for(future, PUBLISH_TIMEOUT)
+        except PublishError as e:
+            if not e.code:
+                raise
             return False
         return True
 

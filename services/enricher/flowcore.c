@@ -1175,6 +1175,131 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ framing the output */
+
+/* A subject nats-py's publish sends as given, in ASCII: printable, no space. */
+static int
+plain_subject(PyObject *subject)
+{
+    if (!PyUnicode_CheckExact(subject) || !PyUnicode_IS_ASCII(subject) ||
+        PyUnicode_GET_LENGTH(subject) == 0)
+        return 0;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(subject);
+    for (Py_ssize_t i = 0; i < PyUnicode_GET_LENGTH(subject); i++)
+        if (s[i] <= 0x20 || s[i] > 0x7E)
+            return 0;
+    return 1;
+}
+
+static char *
+put(char *o, const char *s, Py_ssize_t n)
+{
+    memcpy(o, s, (size_t)n);
+    return o + n;
+}
+
+/* frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): one raw batch's flow
+ * lines (subject → lines, in order) as the HPUB commands of one JetStream atomic batch,
+ * byte for byte what publishing.encode writes for Pipeline._messages's messages:
+ *   HPUB <subject> <reply on the last, else nothing> <head size> <total size>\r\n
+ *   NATS/1.0\r\n<head><count><msg_id><subject><marks><n>\r\n[<commit>]\r\n<body>\r\n
+ * `head`, `msg_id`, `marks`, `commit` are the header text around the count, the subject
+ * and the batch sequence, made (and checked) by the caller. Returns (data, messages,
+ * body bytes), or None when a message is not of that plain shape (a subject that is not
+ * printable ASCII without spaces, a subject's lines over max_body or none, no subject
+ * at all): the caller then builds the messages in Python. */
+static PyObject *
+frame_atomic(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyDict_CheckExact(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) || !PyBytes_Check(args[4]) ||
+        !PyUnicode_Check(args[5]) || !PyLong_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "frame_atomic(lines: dict, head: bytes, msg_id: bytes, "
+                                         "marks: bytes, commit: bytes, reply: str, max_body: int)");
+        return NULL;
+    }
+    PyObject *lines = args[0], *head = args[1], *msg_id = args[2], *marks = args[3],
+             *commit = args[4], *reply = args[5];
+    Py_ssize_t max_body = PyLong_AsSsize_t(args[6]);
+    if (max_body == -1 && PyErr_Occurred())
+        return NULL;
+    if (!plain_subject(reply))
+        Py_RETURN_NONE;
+    static const char nats[] = "NATS/1.0\r\n";
+    const Py_ssize_t nats_len = sizeof nats - 1, reply_len = PyUnicode_GET_LENGTH(reply);
+    Py_ssize_t n = PyDict_GET_SIZE(lines), total = 0, body_bytes = 0, pos = 0, i = 0;
+    PyObject *subject, *list;
+    if (n == 0)
+        Py_RETURN_NONE; /* nothing to publish: not a batch */
+    /* sizes first: every message's head and body */
+    while (PyDict_Next(lines, &pos, &subject, &list)) {
+        if (!plain_subject(subject) || !PyList_CheckExact(list) || PyList_GET_SIZE(list) == 0)
+            Py_RETURN_NONE;
+        Py_ssize_t body = 0;
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(list); k++) {
+            PyObject *line = PyList_GET_ITEM(list, k);
+            if (!PyBytes_CheckExact(line))
+                Py_RETURN_NONE;
+            body += PyBytes_GET_SIZE(line);
+        }
+        if (body > max_body)
+            Py_RETURN_NONE;
+        body_bytes += body;
+        total += 64 + 2 * PyUnicode_GET_LENGTH(subject) + reply_len + nats_len +
+                 PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(msg_id) + PyBytes_GET_SIZE(marks) +
+                 PyBytes_GET_SIZE(commit) + body + 3 * 24;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, total); /* an upper bound, cut below */
+    if (data == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(data), *start = o;
+    pos = 0;
+    while (PyDict_Next(lines, &pos, &subject, &list)) {
+        i++;
+        Py_ssize_t count = PyList_GET_SIZE(list), body = 0;
+        for (Py_ssize_t k = 0; k < count; k++)
+            body += PyBytes_GET_SIZE(PyList_GET_ITEM(list, k));
+        const char *subj = (const char *)PyUnicode_1BYTE_DATA(subject);
+        Py_ssize_t subj_len = PyUnicode_GET_LENGTH(subject);
+        char count_text[24], seq_text[24], size_text[24], total_text[24];
+        Py_ssize_t count_len = format_int(count, count_text), seq_len = format_int(i, seq_text);
+        Py_ssize_t head_size = nats_len + PyBytes_GET_SIZE(head) + count_len +
+                               PyBytes_GET_SIZE(msg_id) + subj_len + PyBytes_GET_SIZE(marks) +
+                               seq_len + 2 + (i == n ? PyBytes_GET_SIZE(commit) : 0) + 2;
+        Py_ssize_t size_len = format_int(head_size, size_text);
+        Py_ssize_t total_len = format_int(head_size + body, total_text);
+        o = put(o, "HPUB ", 5);
+        o = put(o, subj, subj_len);
+        o = put(o, " ", 1);
+        if (i == n)
+            o = put(o, (const char *)PyUnicode_1BYTE_DATA(reply), reply_len);
+        o = put(o, " ", 1);
+        o = put(o, size_text, size_len);
+        o = put(o, " ", 1);
+        o = put(o, total_text, total_len);
+        o = put(o, "\r\n", 2);
+        o = put(o, nats, nats_len);
+        o = put(o, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
+        o = put(o, count_text, count_len);
+        o = put(o, PyBytes_AS_STRING(msg_id), PyBytes_GET_SIZE(msg_id));
+        o = put(o, subj, subj_len);
+        o = put(o, PyBytes_AS_STRING(marks), PyBytes_GET_SIZE(marks));
+        o = put(o, seq_text, seq_len);
+        o = put(o, "\r\n", 2);
+        if (i == n)
+            o = put(o, PyBytes_AS_STRING(commit), PyBytes_GET_SIZE(commit));
+        o = put(o, "\r\n", 2);
+        for (Py_ssize_t k = 0; k < count; k++) {
+            PyObject *line = PyList_GET_ITEM(list, k);
+            o = put(o, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line));
+        }
+        o = put(o, "\r\n", 2);
+    }
+    if (_PyBytes_Resize(&data, o - start) < 0)
+        return NULL;
+    return Py_BuildValue("(Nnn)", data, n, body_bytes);
+}
+
 static PyObject *
 configure(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -1223,6 +1348,9 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
 static PyMethodDef methods[] = {
     {"flow_lines", (PyCFunction)(void (*)(void))flow_lines, METH_FASTCALL,
      "flow_lines(enricher, records, now, out): Enricher._flows's loop (lines path)."},
+    {"frame_atomic", (PyCFunction)(void (*)(void))frame_atomic, METH_FASTCALL,
+     "frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): a raw batch's\n"
+     "flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      "configure(*, render_line, record_error, strings, json_str, process_json, transports,\n"
      "flags, end_reasons, flows_prefix, directions, kinds): the Python path's pieces."},

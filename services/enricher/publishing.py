@@ -44,10 +44,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from flowscope.core.codec import COUNT_HEADER, SCHEMA_HEADER
 from flowscope.core.errors import FlowscopeError
+from flowscope.core.messaging import MSG_ID_HEADER
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+try:  # the compiled core frames a raw batch's flow lines (flowcore.c, frame_atomic)
+    from flowscope.enricher import _flowcore
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _flowcore = None  # type: ignore[assignment]
 
 ATOMIC_MAX = 1000  # messages per atomic batch: the server's limit (ADR-50)
 ATOMIC_DISABLED = 10174  # JetStream err_code: the stream does not allow atomic batches
@@ -148,6 +155,33 @@ class AckedPublisher:
             await self._nc.publish(subject, body, headers=marked)
         raise AssertionError("unreachable: the last message returns")
 
+    async def publish_lines_atomic(
+        self, lines: dict[str, list[bytes]], schema: str, msg_id: str, max_body: int
+    ) -> asyncio.Future[bytes] | None:
+        """A raw batch's flow lines (subject → NDJSON lines) as one atomic batch, one
+        message per subject with the headers ``Pipeline._messages`` gives them
+        (``Nats-Msg-Id``: ``msg_id`` + subject + ``:0``), framed by the enricher's
+        compiled core: the bytes :meth:`publish_atomic` writes for those messages. None,
+        nothing sent, when that does not apply — no compiled core, encoding off, more
+        than :data:`ATOMIC_MAX` subjects, a header value ``publish`` would change, a
+        subject or size the core leaves to Python — and the caller builds the messages."""
+        if _flowcore is None or not self._writes or not 0 < len(lines) <= ATOMIC_MAX:
+            return None
+        if not (_value_as_given(schema) and _value_as_given(msg_id)):
+            return None
+        reply, future = self._expect(next(reversed(lines)))
+        framed = frame_lines(
+            lines, schema, msg_id, uuid.uuid4().hex, reply, min(max_body, self._nc.max_payload)
+        )
+        try:
+            if framed is not None and await _write(self._nc, *framed):
+                return future
+        except BaseException:
+            future.cancel()
+            raise
+        future.cancel()
+        return None
+
     async def _send(
         self, messages: Sequence[Message], data: bytes | None, futures: list[asyncio.Future[bytes]]
     ) -> bool:
@@ -155,7 +189,8 @@ class AckedPublisher:
         cancelled, when they are to go through ``publish`` instead (``data`` None: the
         encoder left them to it; or the connection is not up)."""
         try:
-            if data is not None and await _write(self._nc, data, messages):
+            body_bytes = sum(len(body) for _, body, _ in messages)
+            if data is not None and await _write(self._nc, data, len(messages), body_bytes):
                 return True
         except BaseException:
             cancel_all(futures)
@@ -184,6 +219,27 @@ class AckedPublisher:
             future.set_exception(PublishError(subject, problem, _error_code(msg.data)))
         else:
             future.set_result(msg.data)
+
+
+def frame_lines(
+    lines: dict[str, list[bytes]], schema: str, msg_id: str, batch_id: str, reply: str,
+    max_body: int,
+) -> tuple[bytes, int, int] | None:  # fmt: skip
+    """(data, messages, body bytes) of ``lines`` as one atomic batch — one message per
+    subject, headers schema, count, ``Nats-Msg-Id`` ``msg_id`` + subject + ``:0``, the
+    commit's reply ``reply`` — byte for byte :func:`encode` of those messages; framed by
+    the compiled core, None when it leaves them to Python (see flowcore.c)."""
+    if _flowcore is None:
+        return None
+    return _flowcore.frame_atomic(
+        lines,
+        f"{SCHEMA_HEADER}: {schema}\r\n{COUNT_HEADER}: ".encode(),
+        f"\r\n{MSG_ID_HEADER}: {msg_id}".encode(),
+        f":0\r\n{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: ".encode(),
+        f"{BATCH_COMMIT}: 1\r\n".encode(),
+        reply,
+        max_body,
+    )
 
 
 def encode(
@@ -215,7 +271,7 @@ def encode(
             return None
         own = ""
         for key, value in headers.items():  # isprintable: no CR, LF, tab, NEL, NBSP, …
-            if not value.isprintable() or value.strip(" ") != value:
+            if not _value_as_given(value):
                 return None
             keys.add(key)
             own += f"{key}: {value}\r\n"
@@ -234,13 +290,18 @@ def encode(
     return b"".join(out)
 
 
+def _value_as_given(value: str) -> bool:
+    """Whether nats-py's ``publish`` sends this header value unchanged."""
+    return value.isprintable() and value.strip(" ") == value
+
+
 def _subject_as_given(subject: str) -> bool:
     """Whether nats-py's ``publish`` sends this subject unchanged (see :func:`encode`;
     the headers' values and the body's size are checked there)."""
     return bool(subject) and subject.isprintable() and " " not in subject
 
 
-async def _write(nc: NATS, data: bytes, messages: Sequence[Message]) -> bool:
+async def _write(nc: NATS, data: bytes, count: int, body_bytes: int) -> bool:
     """Queue encoded commands on nats-py's connection as its ``publish`` does; False,
     with nothing sent, when the connection is not up (reconnecting, draining, closed):
     ``publish`` buffers or refuses then, and the caller falls back to it.
@@ -252,8 +313,8 @@ async def _write(nc: NATS, data: bytes, messages: Sequence[Message]) -> bool:
     """
     if not nc.is_connected or nc.is_draining:
         return False
-    nc.stats["out_msgs"] += len(messages)
-    nc.stats["out_bytes"] += sum(len(body) for _, body, _ in messages)
+    nc.stats["out_msgs"] += count
+    nc.stats["out_bytes"] += body_bytes
     await nc._send_command(data)
     if nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()

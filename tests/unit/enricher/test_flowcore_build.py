@@ -1,5 +1,8 @@
 """The compiled flow core is built by every install (setup.py) and used by default."""
 
+import gc
+import tracemalloc
+
 from flowscope.enricher import enriching
 from flowscope.enricher.enriching import Enricher, Observers
 from flowscope.enricher.local import LocalResolver
@@ -23,3 +26,53 @@ def test_the_compiled_core_is_built() -> None:
 def test_native_is_the_default_and_can_be_turned_off() -> None:
     assert _enricher(True).native
     assert not _enricher(False).native
+
+
+def test_the_compiled_core_keeps_no_reference_after_a_batch() -> None:
+    """A reference counted once too often in C is memory that is never freed: the same
+    batches enriched again must leave the heap exactly as they found it (socket and DNS
+    hits, dedup, bad and DNAT'ed records included)."""
+    made = _enricher(True)
+    made.learn_sockets([
+        {"observer": "node-a", "time_ns": 1, "event": "connect", "proto": 6, "src": "10.0.0.1",
+         "sport": 40000 + i, "dst": "8.8.8.8", "dport": 443, "pid": 7, "tid": 7, "comm": "curl",
+         "container_id": "c" * 12}
+        for i in range(10)
+    ])  # fmt: skip
+    made.learn_dns([
+        {"observer": "node-a", "time_ns": 1, "id": 1, "qname": "example.com", "qtype": "A",
+         "rcode": "NOERROR", "client": "10.0.0.1", "client_port": 5353, "server": "10.0.0.2",
+         "server_port": 53, "answers": [{"name": "example.com", "type": "A", "ttl": 30,
+                                         "data": "8.8.8.8"}]},
+    ])  # fmt: skip
+    flow = {
+        "observer": "node-a", "start_ns": 1, "end_ns": 2, "end_reason": "active_timeout",
+        "proto": 6, "src": "10.0.0.1", "dst": "8.8.8.8", "sport": 40000, "dport": 443,
+        "bytes": 100, "packets": 2, "rbytes": 50, "rpackets": 1, "tcp_flags": 0x12,
+    }  # fmt: skip
+    batch = [
+        *({**flow, "sport": 40000 + i} for i in range(20)),
+        {**flow, "src": "8.8.8.8", "dst": "10.0.0.1", "sport": 443, "dport": 40001},
+        {**flow, "proto": 17, "src": "::1", "dst": "2001:db8::1"},
+        {**flow, "nat_dst": "10.0.0.2", "nat_dport": 80},
+        {**flow, "bytes": -1},
+        {**flow, "src": "not an address"},
+        "not a record",
+    ]
+
+    def enrich_all() -> None:
+        for _ in range(5):
+            made.flow_lines([dict(r) if isinstance(r, dict) else r for r in batch])
+
+    enrich_all()  # caches filled: addresses, identities, JSON pieces, subjects
+    gc.collect()
+    tracemalloc.start()
+    try:
+        enrich_all()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        enrich_all()
+        gc.collect()
+        assert tracemalloc.get_traced_memory()[0] == before
+    finally:
+        tracemalloc.stop()

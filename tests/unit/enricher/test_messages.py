@@ -8,7 +8,7 @@ from typing import Any
 from flowscope.core import codec
 from flowscope.enricher.consuming import MSG_ID_HEADER, Pipeline
 from flowscope.enricher.enriching import Output
-from flowscope.enricher.publishing import Message
+from flowscope.enricher.publishing import Message, encode, frame_lines
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -48,3 +48,41 @@ def test_messages_are_the_codecs_chunks_with_their_ids(
     output = Output(by_subject=by_records, lines=by_lines)
     got = pipeline(max_bytes)._messages(codec.FLOW, output, seq)
     assert got == reference(codec.FLOW, output, seq, max_bytes)
+
+
+subjects = st.one_of(
+    st.sampled_from([f"flowscope.flows.ns-{i}.ns-{i % 3}" for i in range(6)]),
+    st.sampled_from(["flowscope.flows.ü.b", "a b", "", "flowscope.flows.a\tb"]),  # not plain
+)
+
+
+@given(
+    st.dictionaries(subjects, st.lists(line, max_size=12), max_size=8),
+    st.integers(200, 2000),
+    st.integers(0, 2**40),
+    st.sampled_from(["_INBOX.abc.7", "_INBOX.x y", ""]),
+)
+def test_the_compiled_frame_is_the_encoded_messages(
+    by_lines: dict[str, list[bytes]], max_bytes: int, seq: int, reply: str
+) -> None:
+    """``frame_lines`` (the compiled core's framing of a raw batch's flow lines) writes
+    exactly what ``encode`` writes for ``_messages``' messages, or leaves them to it."""
+    output = Output(lines=by_lines)
+    messages = pipeline(max_bytes)._messages(codec.FLOW, output, seq)
+    msg_id = f"enricher:{codec.FLOW.name}:{seq}:"
+    framed = frame_lines(by_lines, codec.FLOW.header, msg_id, "b1", reply, max_bytes)
+    plain = (
+        all(s.isascii() and s.isprintable() and " " not in s and s for s in by_lines)
+        and all(by_lines.values())
+        and all(sum(map(len, ls)) <= max_bytes for ls in by_lines.values())
+        and reply.isascii() and reply.isprintable() and " " not in reply and reply != ""
+    )  # fmt: skip
+    if not plain or not by_lines:
+        assert framed is None
+        return
+    assert framed is not None
+    data, count, body_bytes = framed
+    replies = [""] * (len(messages) - 1) + [reply]
+    assert data == encode(messages, replies, "b1", 1 << 30)
+    assert count == len(messages) == len(by_lines)
+    assert body_bytes == sum(len(body) for _, body, _ in messages)
