@@ -60,8 +60,8 @@ def test_the_compiled_core_keeps_no_reference_after_a_batch() -> None:
         "not a record",
     ]
 
-    def enrich_all() -> None:
-        for _ in range(5):
+    def enrich_all(rounds: int = 5) -> None:
+        for _ in range(rounds):
             made.flow_lines([dict(r) if isinstance(r, dict) else r for r in batch])
 
     enrich_all()  # caches filled: addresses, identities, JSON pieces, subjects
@@ -71,8 +71,12 @@ def test_the_compiled_core_keeps_no_reference_after_a_batch() -> None:
         enrich_all()
         gc.collect()
         before = tracemalloc.get_traced_memory()[0]
-        enrich_all()
+        enrich_all(100)
         gc.collect()
-        assert tracemalloc.get_traced_memory()[0] == before
+        # Not exactly equal: floats come and go outside the core (each batch's clock
+        # reading; the gc callback any earlier hypothesis test leaves installed), a few
+        # dozen bytes either way. One object kept per record would be 100 rounds x 26
+        # records x at least 24 bytes: over 60 kB.
+        assert tracemalloc.get_traced_memory()[0] - before < 4096
     finally:
         tracemalloc.stop()
