@@ -197,6 +197,7 @@ class Inventory:
                 self._container_cache.pop(cid, None)
 
     def _forget_container(self, cid: str) -> None:
+        """Drop one container entry, and its line in the address → container ids index."""
         found = self._container_cache.pop(cid, None)
         if found is not None:
             cids = self._cached_containers.get(found.source["source.address"])
