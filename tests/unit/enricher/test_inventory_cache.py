@@ -311,3 +311,14 @@ def test_delete_keeps_entries_until_the_sweep() -> None:
     clock.now += 61
     assert inv.sweep() == 1
     assert inv.resolve("10.1.0.9").kind == "external" and inv.by_container("cd") is None
+
+
+def test_equal_upsert_of_a_pod_that_lost_its_address_takes_it_back() -> None:
+    # A completed pod keeps its IP in its status while the IP is reused: two live pods on
+    # one address, the last upserted owns it. An equal re-upsert is not skipped then.
+    inv = Inventory(deleted_grace=60, clock=Clock())
+    inv.upsert("pods", pod("done", ips=("10.1.0.4",)))
+    inv.upsert("pods", pod("running", ips=("10.1.0.4",)))
+    assert inv.resolve("10.1.0.4").source["source.k8s.pod.name"] == "running"
+    inv.upsert("pods", pod("done", ips=("10.1.0.4",)))
+    assert inv.resolve("10.1.0.4").source["source.k8s.pod.name"] == "done"
