@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/enricher_throughput.py [--batches 200] [--batch-size 1000]
 
-Three figures, measured in the same run so that they can be compared:
+Four figures, measured in the same run so that they can be compared:
 
 1. **Ceiling**: the raw NATS batched publish → subscribe rate of the very raw batches
    the enricher will read (core NATS, one Python publisher, one Python subscriber
@@ -24,6 +24,12 @@ Three figures, measured in the same run so that they can be compared:
    every address's first sighting (parsing it, building its identity: ~17,000 distinct
    addresses in 100,000 records), which a running enricher has behind it. In process
    it is printed for the compiled core and for the Python path.
+5. **Hot path in process under metadata churn** (an additional figure; the ones above
+   are unchanged): the all-distinct workload of 3. while the inventory receives, before
+   every raw batch of 1,000 records, the updates a busy cluster sends — pod status
+   updates (equal slim objects), pod label changes, EndpointSlices losing or regaining
+   an address, ReplicaSet status updates (``CHURN``; printed). The updates are
+   converted beforehand; applying them to the inventory is timed with the flows.
 
 Metadata memory: tracemalloc of the inventory holding 10,000 pods (plus the services,
 nodes and controllers), with every pod's identity cached as it is after traffic.
@@ -60,7 +66,26 @@ from tests.unit.enricher import cluster
 
 PODS, SERVICES, NODES, NAMESPACES, DNS_NAMES = 10_000, 2_000, 100, 20, 50_000
 RECURRING = 5  # the second workload: each flow reported in this many intervals
+# Metadata updates applied before every raw batch (figure 4): pod status updates, pod
+# label changes, EndpointSlice address changes, ReplicaSet status updates.
+CHURN = {"pod_status": 8, "pod_labels": 2, "slice_addresses": 2, "replicaset_status": 2}
 LABELS = ("app", "app.kubernetes.io/name", "app.kubernetes.io/instance", "version")
+
+
+def pod_json(i: int, version: str = "v1") -> dict[str, Any]:
+    d = i // 5
+    ns = f"ns-{d % NAMESPACES}"
+    return cluster.pod(
+        f"app-{d}-5d-{i}", ns, ips=(pod_ip(i),), node=f"node-{i % NODES}",
+        owner=("ReplicaSet", f"app-{d}-5d"), containers=("main", "sidecar"),
+        container_ids={f"c{i:060d}": "main"}, labels={"app": f"app-{d}", "version": version},
+    )  # fmt: skip
+
+
+def slice_json(s: int, pods: int = 5) -> dict[str, Any]:
+    ns = f"ns-{s % NAMESPACES}"
+    addresses = tuple(pod_ip(s * 5 + k) for k in range(pods))
+    return cluster.endpointslice(f"app-{s}-x", f"app-{s}", addresses, ns)
 
 
 def pod_ip(i: int) -> str:
@@ -86,20 +111,45 @@ def cluster_objects() -> list[tuple[str, dict[str, Any]]]:
         out.append(("replicasets", cluster.workload("ReplicaSet", f"app-{d}-5d", ns,
                                                      owner=("Deployment", f"app-{d}"))))  # fmt: skip
     for i in range(PODS):
-        d = i // 5
-        ns = f"ns-{d % NAMESPACES}"
-        out.append(("pods", cluster.pod(
-            f"app-{d}-5d-{i}", ns, ips=(pod_ip(i),), node=f"node-{i % NODES}",
-            owner=("ReplicaSet", f"app-{d}-5d"), containers=("main", "sidecar"),
-            container_ids={f"c{i:060d}": "main"}, labels={"app": f"app-{d}", "version": "v1"},
-        )))  # fmt: skip
+        out.append(("pods", pod_json(i)))
     for s in range(SERVICES):
         ns = f"ns-{s % NAMESPACES}"
         out.append(("services", cluster.service(f"app-{s}", ns, cluster_ips=(service_ip(s),))))
-        addresses = tuple(pod_ip(s * 5 + k) for k in range(5))
-        out.append(
-            ("endpointslices", cluster.endpointslice(f"app-{s}-x", f"app-{s}", addresses, ns))
-        )
+        out.append(("endpointslices", slice_json(s)))
+    return out
+
+
+def churn_updates(batches: int, seed: int = 2) -> list[list[tuple[str, Any]]]:
+    """Per raw batch, the converted metadata updates (``CHURN``) applied before it.
+
+    Status updates convert to objects equal to the stored ones; a label change flips a
+    pod's ``version`` label (and back, the next time it is picked); a slice update
+    drops its last address, or restores it.
+    """
+    converters = {r.name: r.convert for r in resources(LABELS)}
+    rnd = random.Random(seed)
+    labelled: set[int] = set()
+    shrunk: set[int] = set()
+    out = []
+    for _ in range(batches):
+        updates: list[tuple[str, Any]] = []
+        for _ in range(CHURN["pod_status"]):
+            i = rnd.randrange(PODS)
+            updates.append(("pods", pod_json(i, "v2" if i in labelled else "v1")))
+        for _ in range(CHURN["pod_labels"]):
+            i = rnd.randrange(PODS)
+            labelled ^= {i}
+            updates.append(("pods", pod_json(i, "v2" if i in labelled else "v1")))
+        for _ in range(CHURN["slice_addresses"]):
+            s = rnd.randrange(SERVICES)
+            shrunk ^= {s}
+            updates.append(("endpointslices", slice_json(s, 4 if s in shrunk else 5)))
+        for _ in range(CHURN["replicaset_status"]):
+            d = rnd.randrange(PODS // 5)
+            rs = cluster.workload("ReplicaSet", f"app-{d}-5d", f"ns-{d % NAMESPACES}",
+                                  owner=("Deployment", f"app-{d}"))  # fmt: skip
+            updates.append(("replicasets", rs))
+        out.append([(resource, converters[resource](obj)) for resource, obj in updates])
     return out
 
 
@@ -195,6 +245,7 @@ def in_process(
     lines: bool = True,
     native: bool = True,
     warm: list[codec.Batch] | None = None,
+    churn: list[list[tuple[str, Any]]] | None = None,
 ) -> tuple[float, int]:
     """(raw records/s of decode → enrich → encode on this core, records out); no I/O.
 
@@ -203,6 +254,7 @@ def in_process(
     ``native``: the compiled flow core (lines path only), else the Python path.
     ``warm``: batches enriched first, untimed (the steady state: addresses, identities
     and names already seen).
+    ``churn``: metadata updates upserted into the inventory before each batch (timed).
     """
     converters = {r.name: r.convert for r in resources(LABELS)}
     inventory = Inventory(60)
@@ -215,7 +267,9 @@ def in_process(
         enricher.flow_lines(codec.decode(codec.RAW_FLOW, batch.headers, batch.body))
     records = raw_records = 0
     start = time.process_time()
-    for batch in batches:
+    for n, batch in enumerate(batches):
+        for resource, obj in churn[n] if churn else ():
+            inventory.upsert(resource, obj)
         raw = codec.decode(codec.RAW_FLOW, batch.headers, batch.body)
         raw_records += len(raw)
         if lines:
@@ -403,6 +457,10 @@ async def main() -> None:
     print(f"hot path in process, steady state (new connections after the first {records} "
           f"records): {warm:,.0f} raw records/s; the Python path instead of the compiled "
           f"core: {warm_python:,.0f}")  # fmt: skip
+    hot_churn, _ = in_process(batches, churn=churn_updates(args.batches))
+    rates = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in CHURN.items())
+    print(f"hot path in process, all distinct, under metadata churn ({rates} upserts before "
+          f"every raw batch of {args.batch_size}): {hot_churn:,.0f} raw records/s")  # fmt: skip
     if args.intervals != 1:
         batches = raw_batches(args.batches, args.batch_size, intervals=args.intervals)
         expected = in_process(batches)[1]

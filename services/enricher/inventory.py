@@ -5,8 +5,25 @@ The informers (``watching``) feed :meth:`Inventory.upsert` / :meth:`Inventory.de
 indexed for ``deleted_grace`` seconds (a pod's last flows are reported after it ended)
 unless a live object claims the address first; :meth:`Inventory.sweep` forgets them.
 
-Resolved identities are cached per address; any change to the inventory drops the cache
-(rebuilding an identity costs a few microseconds; changes are rare next to flows).
+Resolved identities are cached per address (and per container id). A change drops only
+the entries it can affect — a cluster's pods, slices and controllers change several times
+a second, and rebuilding an identity costs tens of microseconds against a dictionary
+probe for a cached one. What an identity reads, and so what must drop it:
+
+- the pod, service or node indexed at its address, and that object's fields: an upsert
+  or sweep of a pod, service or node drops the old and the new object's addresses (and
+  a pod's container ids);
+- the EndpointSlices listing the address (the pod's ``k8s.service.name``): a slice
+  change drops its old and new addresses, with the container entries built for them;
+- for a pod, every controller its owner chain looks up: a controller change drops the
+  entries of every pod whose chain passes through it (found through owner → referrer
+  indexes).
+
+An upsert of an object equal to the stored one (a status-only update: the slim objects
+keep none of the status) that leaves every index as it was changes nothing and drops
+nothing. A delete changes no identity either (deleted objects stay indexed for their
+grace; ``deleted_at`` is read only when a later upsert claims an address, which then
+drops its addresses itself).
 """
 
 from __future__ import annotations
@@ -63,8 +80,16 @@ class Inventory:
         self._node_ips: dict[str, Node] = {}
         self._slice_ips: dict[str, dict[Key, str]] = {}  # pod ip → {slice key: service}
         self._graveyard: deque[tuple[float, str, Key, Obj]] = deque()
+        # Owner → referrer indexes, for the controller changes' invalidation: the owner's
+        # store key (kind, namespace, name) → pods and controllers whose owner reference
+        # names it (whether or not the owner is known).
+        self._owned_pods: dict[Key, dict[Key, Pod]] = {}
+        self._owned_workloads: dict[Key, set[Key]] = {}
+        # The identity caches. ``_cache`` is probed directly by the compiled flow core: a
+        # plain dict, only ever changed in place, never holding a stale identity.
         self._cache: dict[str, Identity] = {}
         self._container_cache: dict[str, Identity | None] = {}
+        self._cached_containers: dict[str, set[str]] = {}  # address → container ids cached
 
     # ------------------------------------------------------------ readiness
 
@@ -85,10 +110,16 @@ class Inventory:
         key = object_key(resource, obj)
         old = store.get(key)
         if old is not None:
+            if old == obj and self._claims_all(old):
+                # Replacing it would re-index an equal object in its own place: nothing
+                # any identity reads would change. The stored (equal) object stays.
+                return
             self._unindex(old)
         store[key] = obj
         self._index(obj)
-        self._changed()
+        if old is not None and not isinstance(old, Workload):  # a controller: the same pods
+            self._forget(old)
+        self._forget(obj)
 
     def delete(self, resource: str, key: Key) -> None:
         """An object was deleted: it stays resolvable for the grace period."""
@@ -98,7 +129,7 @@ class Inventory:
         now = self._clock()
         obj.deleted_at = now
         self._graveyard.append((now + self._grace, resource, key, obj))
-        self._changed()
+        # No identity reads ``deleted_at`` and no index changes: nothing cached is stale.
 
     def replace(self, resource: str, objs: Iterable[Obj]) -> None:
         """A full LIST: upsert everything, delete (with grace) what is gone."""
@@ -119,17 +150,76 @@ class Inventory:
             if obj is not None and store.get(key) is obj:
                 del store[key]
                 self._unindex(obj)
+                self._forget(obj)
                 forgotten += 1
-        if forgotten:
-            self._changed()
         return forgotten
 
     def count(self, resource: str) -> int:
         return len(self.stores.get(resource, {}))
 
-    def _changed(self) -> None:
-        self._cache.clear()
-        self._container_cache.clear()
+    def _claims_all(self, obj: Obj) -> bool:
+        """Whether every index entry ``obj`` would write already holds it."""
+        if isinstance(obj, Pod):
+            return all(self._containers.get(cid) is obj for cid in obj.container_ids) and (
+                obj.host_network or all(self._pod_ips.get(ip) is obj for ip in obj.ips)
+            )
+        if isinstance(obj, Service):
+            return all(self._service_ips.get(ip) is obj for ip in obj.ips)
+        if isinstance(obj, Node):
+            return all(self._node_ips.get(ip) is obj for ip in obj.ips)
+        return True  # slices are indexed per slice, controllers not by address
+
+    # ------------------------------------------------------------ invalidation
+
+    def _forget(self, obj: Obj) -> None:
+        """Drop the cached identities that ``obj`` (added, replaced or removed) can change."""
+        if isinstance(obj, Pod):
+            self._forget_pod(obj)
+        elif isinstance(obj, Service | Node):
+            self._forget_addresses(obj.ips)
+        elif isinstance(obj, EndpointSlice):
+            self._forget_addresses(obj.addresses)
+        elif isinstance(obj, Workload):
+            for pod in self._pods_below((obj.kind, obj.namespace, obj.name)):
+                self._forget_pod(pod)
+
+    def _forget_pod(self, pod: Pod) -> None:
+        self._forget_addresses(pod.ips)
+        for cid in pod.container_ids:
+            self._forget_container(cid)
+
+    def _forget_addresses(self, addresses: Iterable[str]) -> None:
+        """Drop the identities of these addresses, and the container entries built for them
+        (a container's identity reads the EndpointSlices of its pod's first address)."""
+        for address in addresses:
+            self._cache.pop(address, None)
+            for cid in self._cached_containers.pop(address, ()):
+                self._container_cache.pop(cid, None)
+
+    def _forget_container(self, cid: str) -> None:
+        """Drop one container entry, and its line in the address → container ids index."""
+        found = self._container_cache.pop(cid, None)
+        if found is not None:
+            cids = self._cached_containers.get(found.source["source.address"])
+            if cids is not None:
+                cids.discard(cid)
+                if not cids:
+                    del self._cached_containers[found.source["source.address"]]
+
+    def _pods_below(self, top: Key) -> list[Pod]:
+        """Every pod whose owner chain looks ``top`` up (and a few more past the chain's
+        depth limit, which costs only a rebuild)."""
+        pods: list[Pod] = []
+        seen = {top}
+        todo = [top]
+        while todo:
+            key = todo.pop()
+            pods += self._owned_pods.get(key, {}).values()
+            for child in self._owned_workloads.get(key, ()):
+                if child not in seen:  # owner references can loop
+                    seen.add(child)
+                    todo.append(child)
+        return pods
 
     def _index(self, obj: Obj) -> None:
         if isinstance(obj, Pod):
@@ -141,6 +231,13 @@ class Inventory:
                         self._pod_ips[ip] = obj
             for cid in obj.container_ids:
                 self._containers[cid] = obj
+            if obj.owner is not None:
+                owner = (obj.owner.kind, obj.namespace, obj.owner.name)
+                self._owned_pods.setdefault(owner, {})[(obj.namespace, obj.name)] = obj
+        elif isinstance(obj, Workload):
+            if obj.owner is not None:
+                owner = (obj.owner.kind, obj.namespace, obj.owner.name)
+                self._owned_workloads.setdefault(owner, set()).add(object_key("", obj))
         elif isinstance(obj, Service):
             for ip in obj.ips:
                 self._service_ips[ip] = obj
@@ -160,6 +257,21 @@ class Inventory:
             for cid in obj.container_ids:
                 if self._containers.get(cid) is obj:
                     del self._containers[cid]
+            if obj.owner is not None:
+                owner = (obj.owner.kind, obj.namespace, obj.owner.name)
+                pods = self._owned_pods.get(owner)
+                if pods is not None and pods.get((obj.namespace, obj.name)) is obj:
+                    del pods[(obj.namespace, obj.name)]
+                    if not pods:
+                        del self._owned_pods[owner]
+        elif isinstance(obj, Workload):
+            if obj.owner is not None:
+                owner = (obj.owner.kind, obj.namespace, obj.owner.name)
+                children = self._owned_workloads.get(owner)
+                if children is not None:
+                    children.discard(object_key("", obj))
+                    if not children:
+                        del self._owned_workloads[owner]
         elif isinstance(obj, Service):
             _drop(self._service_ips, obj.ips, obj)
         elif isinstance(obj, Node):
@@ -189,15 +301,22 @@ class Inventory:
         """The pod owning a container id, with that container's name."""
         if container_id in self._container_cache:
             return self._container_cache[container_id]
-        pod = self._containers.get(container_id)
-        found = None
-        if pod is not None:
-            address = pod.ips[0] if pod.ips else ""
-            found = self._pod_identity(pod, address, pod.container_ids[container_id])
+        found = self._build_container(container_id)
         if len(self._container_cache) >= MAX_CACHED:
             self._container_cache.clear()
+            self._cached_containers.clear()
         self._container_cache[container_id] = found
+        if found is not None:
+            address = found.source["source.address"]
+            self._cached_containers.setdefault(address, set()).add(container_id)
         return found
+
+    def _build_container(self, container_id: str) -> Identity | None:
+        pod = self._containers.get(container_id)
+        if pod is None:
+            return None
+        address = pod.ips[0] if pod.ips else ""
+        return self._pod_identity(pod, address, pod.container_ids[container_id])
 
     def _build(self, address: str) -> Identity:
         pod = self._pod_ips.get(address)

@@ -1,0 +1,324 @@
+"""The inventory's identity caches drop exactly what a change can affect.
+
+A property test applies random sequences of changes (pods — hostNetwork, addresses
+shared between a deleted and a live pod, IPv6, container ids moving between pods —,
+services, nodes, EndpointSlices, controllers with owner chains that may loop; upserts of
+equal and changed objects, deletes, full LISTs, sweeps) interleaved with lookups, and
+holds every cached answer equal to the identity built afresh from the same inventory
+with the caches bypassed. Explicit tests check that unrelated changes leave entries in
+place (the point of targeted invalidation).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flowscope.enricher import objects
+from flowscope.enricher.identities import Identity
+from flowscope.enricher.inventory import Inventory, Obj, object_key
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.unit.enricher import cluster
+from tests.unit.enricher.cluster import Clock
+
+LABELS = ("app",)
+NAMESPACES = ("a", "b")
+# Pod, service and node addresses drawn from one small pool, so that they collide.
+ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "192.168.0.1", "10.96.0.1")
+CONTAINER_IDS = ("c0", "c1", "c2", "c3")
+KINDS = ("ReplicaSet", "Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+RESOURCES = {
+    "ReplicaSet": "replicasets",
+    "Deployment": "deployments",
+    "StatefulSet": "statefulsets",
+    "DaemonSet": "daemonsets",
+    "Job": "jobs",
+    "CronJob": "cronjobs",
+}
+OWNER_NAMES = ("w0", "w0", "w1")  # mostly one name, so that chains form
+
+# Mostly one namespace, so that owner references and addresses meet.
+namespaces = st.sampled_from(NAMESPACES + NAMESPACES[:1] * 3)
+# Mostly ReplicaSet and Deployment, so that chains of two and more form.
+owner_kinds = st.sampled_from(KINDS[:2] * 4 + KINDS[2:])
+owner_refs = st.tuples(owner_kinds, st.sampled_from(OWNER_NAMES))
+owners = st.none() | owner_refs
+# Controllers mostly have an owner: changing one then changes the chains below it.
+workload_owners = st.one_of(st.none(), owner_refs, owner_refs, owner_refs)
+some_addresses = st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True).map(tuple)
+
+
+@st.composite
+def pods(draw: st.DrawFn) -> tuple[str, Obj]:
+    containers = draw(st.sampled_from((("main",), ("main", "side"))))
+    ids = draw(st.dictionaries(st.sampled_from(CONTAINER_IDS), st.sampled_from(containers),
+                               max_size=2))  # fmt: skip
+    raw = cluster.pod(
+        draw(st.sampled_from(("p0", "p1", "p2", "p3"))),
+        draw(namespaces),
+        ips=draw(some_addresses),
+        node=draw(st.sampled_from(("n0", "n1"))),
+        owner=draw(owners),
+        containers=containers,
+        container_ids=ids,
+        labels=draw(st.sampled_from(({}, {"app": "v1"}, {"app": "v2"}))),
+        host_network=draw(st.booleans()),
+    )
+    return "pods", objects.pod_from_json(raw, LABELS)
+
+
+@st.composite
+def services(draw: st.DrawFn) -> tuple[str, Obj]:
+    raw = cluster.service(draw(st.sampled_from(("s0", "s1"))), draw(namespaces),
+                          cluster_ips=draw(some_addresses))  # fmt: skip
+    return "services", objects.service_from_json(raw)
+
+
+@st.composite
+def nodes(draw: st.DrawFn) -> tuple[str, Obj]:
+    internal = draw(st.sampled_from(ADDRESSES))
+    external = draw(st.none() | st.sampled_from(ADDRESSES))
+    raw = cluster.node(draw(st.sampled_from(("n0", "n1"))), internal, external)
+    return "nodes", objects.node_from_json(raw)
+
+
+@st.composite
+def slices(draw: st.DrawFn) -> tuple[str, Obj]:
+    raw = cluster.endpointslice(draw(st.sampled_from(("e0", "e1", "e2"))),
+                                draw(st.sampled_from(("s0", "s1"))), draw(some_addresses),
+                                draw(namespaces))  # fmt: skip
+    return "endpointslices", objects.endpointslice_from_json(raw)
+
+
+@st.composite
+def workloads(draw: st.DrawFn) -> tuple[str, Obj]:
+    kind = draw(owner_kinds)
+    raw = cluster.workload(kind, draw(st.sampled_from(OWNER_NAMES)), draw(namespaces),
+                           owner=draw(workload_owners))  # fmt: skip
+    return RESOURCES[kind], objects.workload_from_json(kind)(raw)
+
+
+any_object = st.one_of(pods(), services(), nodes(), slices(), workloads())
+operations = st.one_of(
+    st.tuples(st.just("upsert"), any_object),
+    # An object upserted before, again (a status-only update: an equal slim object).
+    st.tuples(st.just("again"), st.sampled_from((1, 2, 3, 0))),
+    st.tuples(st.just("delete"), any_object),
+    st.tuples(st.just("sweep"), st.sampled_from((10.0, 30.0, 61.0))),
+    st.tuples(st.just("replace"), st.lists(pods(), max_size=3)),
+    st.tuples(st.just("resolve"), st.sampled_from(ADDRESSES)),
+    st.tuples(st.just("container"), st.sampled_from(CONTAINER_IDS)),
+)
+
+
+class Reference(Inventory):
+    """The inventory as it was before targeted invalidation, without caches: every upsert
+    re-indexes (an equal object too), every answer is built afresh."""
+
+    def upsert(self, resource: str, obj: Obj) -> None:
+        store = self.stores.setdefault(resource, {})
+        key = object_key(resource, obj)
+        old = store.get(key)
+        if old is not None:
+            self._unindex(old)
+        store[key] = obj
+        self._index(obj)
+
+    def resolve(self, address: str) -> Identity:
+        return self._build(address)
+
+    def by_container(self, container_id: str) -> Identity | None:
+        return self._build_container(container_id)
+
+
+def check(inv: Inventory, ref: Reference, address: str = "", container: str = "") -> None:
+    """The cached answer equals the one built afresh, and the reference inventory's."""
+    if address:
+        assert inv.resolve(address) == inv._build(address) == ref.resolve(address), address
+    if container:
+        found = inv.by_container(container)
+        assert found == inv._build_container(container) == ref.by_container(container)
+
+
+def check_all(inv: Inventory, ref: Reference) -> None:
+    for address in ADDRESSES:
+        check(inv, ref, address=address)
+    for cid in CONTAINER_IDS:
+        check(inv, ref, container=cid)
+
+
+def apply(inv: Inventory, clock: Clock, op: str, arg: Any) -> None:
+    if op == "upsert":
+        inv.upsert(*arg)
+    elif op == "delete":
+        resource, obj = arg
+        inv.delete(resource, object_key(resource, obj))
+    elif op == "sweep":
+        clock.now += arg
+        inv.sweep()
+    elif op == "replace":
+        inv.replace("pods", [obj for _, obj in arg])
+
+
+def copied(op: str, arg: Any) -> Any:
+    """The same change with objects of its own (an inventory marks deleted objects)."""
+    if op == "upsert" or op == "delete" or op == "again":
+        return (arg[0], copy.deepcopy(arg[1]))
+    if op == "replace":
+        return copy.deepcopy(arg)
+    return arg
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(operations, min_size=20, max_size=80),
+       st.lists(st.booleans(), min_size=80, max_size=80))  # fmt: skip
+def test_cached_answers_equal_fresh_ones_after_any_changes(
+    ops: list[tuple[str, Any]], full_checks: list[bool]
+) -> None:
+    clock, ref_clock = Clock(), Clock()
+    inv = Inventory(deleted_grace=60, clock=clock)
+    ref = Reference(deleted_grace=60, clock=ref_clock)
+    cache, container_cache = inv._cache, inv._container_cache
+    upserted: list[tuple[str, Obj]] = []
+    for i, (op, arg) in enumerate(ops):
+        if op == "upsert":  # kept as converted (an inventory marks deleted objects)
+            upserted.append(copied(op, arg))
+        elif op == "again":
+            if not upserted:
+                continue
+            # one of the last few: likely still the stored object, so an equal one
+            op, arg = "upsert", copied(op, upserted[-1 - arg % len(upserted)])
+        if op == "resolve":
+            check(inv, ref, address=arg)
+        elif op == "container":
+            check(inv, ref, container=arg)
+        else:
+            apply(ref, ref_clock, op, copied(op, arg))
+            apply(inv, clock, op, arg)
+        check_bookkeeping(inv)
+        if full_checks[i]:  # else the caches stay partly filled, as between flows
+            check_all(inv, ref)
+    check_all(inv, ref)
+    check_bookkeeping(inv)
+    # The compiled flow core holds ``_cache`` itself: changed in place, never rebound.
+    assert inv._cache is cache and inv._container_cache is container_cache
+
+
+def check_bookkeeping(inv: Inventory) -> None:
+    """The address → container index holds exactly the cached container identities."""
+    indexed = {(a, c) for a, cids in inv._cached_containers.items() for c in cids}
+    cached = {(f.source["source.address"], c) for c, f in inv._container_cache.items() if f}
+    assert indexed == cached
+
+
+# ---------------------------------------------------------------- unrelated changes
+
+
+def pod(name: str, **kw: Any) -> Obj:
+    return objects.pod_from_json(cluster.pod(name, **kw), LABELS)
+
+
+def make() -> Inventory:
+    inv = Inventory(deleted_grace=60, clock=Clock())
+    wl = objects.workload_from_json
+    inv.upsert("deployments", wl("Deployment")(cluster.workload("Deployment", "web")))
+    inv.upsert("replicasets", wl("ReplicaSet")(
+        cluster.workload("ReplicaSet", "web-5d", owner=("Deployment", "web"))))  # fmt: skip
+    inv.upsert("pods", pod("web-5d-a", ips=("10.1.0.1",), owner=("ReplicaSet", "web-5d"),
+                           container_ids={"ca": "main"}, labels={"app": "web"}))  # fmt: skip
+    inv.upsert("pods", pod("db-0", ips=("10.1.0.2",), owner=("StatefulSet", "db"),
+                           container_ids={"cb": "main"}))  # fmt: skip
+    return inv
+
+
+def test_entry_survives_changes_to_other_objects() -> None:
+    inv = make()
+    a, a_container = inv.resolve("10.1.0.1"), inv.by_container("ca")
+    inv.upsert("pods", pod("db-0", ips=("10.1.0.2",), owner=("StatefulSet", "db"),
+                           container_ids={"cb": "main"}, labels={"app": "db"}))  # fmt: skip
+    inv.upsert(
+        "services", objects.service_from_json(cluster.service("db", cluster_ips=("10.96.0.2",)))
+    )
+    inv.upsert("nodes", objects.node_from_json(cluster.node("node-1", "192.168.0.1")))
+    inv.upsert("endpointslices", objects.endpointslice_from_json(
+        cluster.endpointslice("db-x", "db", ("10.1.0.2",))))  # fmt: skip
+    inv.upsert("statefulsets", objects.workload_from_json("StatefulSet")(
+        cluster.workload("StatefulSet", "db")))  # fmt: skip
+    inv.delete("pods", ("shop", "db-0"))
+    assert inv.resolve("10.1.0.1") is a and inv.by_container("ca") is a_container
+    assert inv.resolve("10.1.0.2").source["source.k8s.service.name"] == "db"
+    assert inv.resolve("10.1.0.2").source["source.k8s.pod.labels.app"] == "db"
+
+
+def test_status_only_update_keeps_the_pods_own_entry() -> None:
+    inv = make()
+    a, a_container = inv.resolve("10.1.0.1"), inv.by_container("ca")
+    # What a readiness or status change leaves of the pod: an equal slim object.
+    inv.upsert("pods", pod("web-5d-a", ips=("10.1.0.1",), owner=("ReplicaSet", "web-5d"),
+                           container_ids={"ca": "main"}, labels={"app": "web"}))  # fmt: skip
+    inv.upsert("replicasets", objects.workload_from_json("ReplicaSet")(
+        cluster.workload("ReplicaSet", "web-5d", owner=("Deployment", "web"))))  # fmt: skip
+    assert inv.resolve("10.1.0.1") is a and inv.by_container("ca") is a_container
+
+
+def test_label_change_rebuilds_only_that_pod() -> None:
+    inv = make()
+    a, b = inv.resolve("10.1.0.1"), inv.resolve("10.1.0.2")
+    inv.upsert("pods", pod("web-5d-a", ips=("10.1.0.1",), owner=("ReplicaSet", "web-5d"),
+                           container_ids={"ca": "main"}, labels={"app": "web2"}))  # fmt: skip
+    assert inv.resolve("10.1.0.1").source["source.k8s.pod.labels.app"] == "web2"
+    assert inv.by_container("ca").source["source.k8s.pod.labels.app"] == "web2"  # type: ignore[union-attr]
+    assert inv.resolve("10.1.0.1") is not a and inv.resolve("10.1.0.2") is b
+
+
+def test_controller_change_reaches_pods_below_it_only() -> None:
+    inv = make()
+    a, b = inv.resolve("10.1.0.1"), inv.resolve("10.1.0.2")
+    # The Deployment gains an owner: the pod two levels below sees it, db-0 does not.
+    inv.upsert("deployments", objects.workload_from_json("Deployment")(
+        cluster.workload("Deployment", "web", owner=("Rollout", "web"))))  # fmt: skip
+    moved = inv.resolve("10.1.0.1")
+    assert moved is not a and moved.source["source.k8s.workload.kind"] == "Rollout"
+    assert inv.resolve("10.1.0.2") is b
+    inv.upsert("cronjobs", objects.workload_from_json("CronJob")(
+        cluster.workload("CronJob", "nightly")))  # fmt: skip
+    assert inv.resolve("10.1.0.1") is moved and inv.resolve("10.1.0.2") is b
+
+
+def test_slice_change_reaches_host_network_pod_container_on_node_address() -> None:
+    inv = make()
+    inv.upsert("nodes", objects.node_from_json(cluster.node("node-1", "192.168.0.1")))
+    inv.upsert("pods", pod("agent", ips=("192.168.0.1",), host_network=True,
+                           container_ids={"cc": "main"}))  # fmt: skip
+    node, agent = inv.resolve("192.168.0.1"), inv.by_container("cc")
+    assert agent is not None and "source.k8s.service.name" not in agent.source
+    inv.upsert("endpointslices", objects.endpointslice_from_json(
+        cluster.endpointslice("agent-x", "agent", ("192.168.0.1",))))  # fmt: skip
+    refined = inv.by_container("cc")
+    assert refined is not None and refined.source["source.k8s.service.name"] == "agent"
+    assert inv.resolve("192.168.0.1") == node  # a node's identity names no service
+
+
+def test_delete_keeps_entries_until_the_sweep() -> None:
+    clock = Clock()
+    inv = Inventory(deleted_grace=60, clock=clock)
+    inv.upsert("pods", pod("short", ips=("10.1.0.9",), container_ids={"cd": "main"}))
+    ident = inv.resolve("10.1.0.9")
+    inv.delete("pods", ("shop", "short"))
+    assert inv.resolve("10.1.0.9") is ident
+    clock.now += 61
+    assert inv.sweep() == 1
+    assert inv.resolve("10.1.0.9").kind == "external" and inv.by_container("cd") is None
+
+
+def test_equal_upsert_of_a_pod_that_lost_its_address_takes_it_back() -> None:
+    # A completed pod keeps its IP in its status while the IP is reused: two live pods on
+    # one address, the last upserted owns it. An equal re-upsert is not skipped then.
+    inv = Inventory(deleted_grace=60, clock=Clock())
+    inv.upsert("pods", pod("done", ips=("10.1.0.4",)))
+    inv.upsert("pods", pod("running", ips=("10.1.0.4",)))
+    assert inv.resolve("10.1.0.4").source["source.k8s.pod.name"] == "running"
+    inv.upsert("pods", pod("done", ips=("10.1.0.4",)))
+    assert inv.resolve("10.1.0.4").source["source.k8s.pod.name"] == "done"
