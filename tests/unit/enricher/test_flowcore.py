@@ -117,6 +117,14 @@ CHANGES = (
         "web-5d-a", ips=(A6, A), node=NODE_1, owner=("ReplicaSet", "web-5d"),
         container_ids={"ca": "main"}, labels={"app": "web2"}))),
     lambda inv: inv.delete("services", ("shop", "web")),
+    lambda inv: inv.upsert("endpointslices", CONVERT["endpointslices"](
+        cluster.endpointslice("web-y", "web", (B, B6), "data"))),  # db-0 behind web too
+    lambda inv: inv.upsert("replicasets", CONVERT["replicasets"](
+        cluster.workload("ReplicaSet", "web-5d", owner=("StatefulSet", "web")))),
+    lambda inv: inv.upsert("nodes", CONVERT["nodes"](cluster.node(NODE_2, "192.168.0.2", OUT6))),
+    lambda inv: inv.upsert("pods", CONVERT["pods"](cluster.pod(  # the agent moves its container
+        "agent", "kube-system", ips=(AGENT,), node=NODE_1, host_network=True,
+        containers=("agent",), container_ids={"cagent2": "agent", "ca2": "agent"}))),
 )  # fmt: skip
 
 
