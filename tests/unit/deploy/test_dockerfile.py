@@ -187,3 +187,5 @@ def test_what_the_build_stage_copies_installs_every_module(
     } | {"flowscope/bpf/" + p.name for p in (REPO / "bpf").iterdir() if p.suffix in (".c", ".h")}
     assert sorted(expected - packaged) == []
     assert "flowscope/observe.py" in packaged
+    # the enricher's compiled flow core is built in the build stage (setup.py is copied)
+    assert any(re.fullmatch(r"flowscope/enricher/_flowcore\..*\.so", n) for n in packaged)
