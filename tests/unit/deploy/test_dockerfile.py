@@ -169,7 +169,9 @@ def test_what_the_build_stage_copies_installs_every_module(
                 tmp_path / "src" / (Path(dest) / Path(source).name if dest.endswith("/") else dest)
             )
             if (REPO / source).is_dir():
-                shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(
+                    REPO / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.so")
+                )
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(REPO / source, target)
