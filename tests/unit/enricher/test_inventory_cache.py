@@ -16,7 +16,7 @@ from typing import Any
 
 from flowscope.enricher import objects
 from flowscope.enricher.identities import Identity
-from flowscope.enricher.inventory import Inventory, Obj, object_key
+from flowscope.enricher.inventory import WORKLOAD_RESOURCES, Inventory, Obj, object_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,14 +29,6 @@ NAMESPACES = ("a", "b")
 ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "192.168.0.1", "10.96.0.1")
 CONTAINER_IDS = ("c0", "c1", "c2", "c3")
 KINDS = ("ReplicaSet", "Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
-RESOURCES = {
-    "ReplicaSet": "replicasets",
-    "Deployment": "deployments",
-    "StatefulSet": "statefulsets",
-    "DaemonSet": "daemonsets",
-    "Job": "jobs",
-    "CronJob": "cronjobs",
-}
 OWNER_NAMES = ("w0", "w0", "w1")  # mostly one name, so that chains form
 
 # Mostly one namespace, so that owner references and addresses meet.
@@ -97,7 +89,7 @@ def workloads(draw: st.DrawFn) -> tuple[str, Obj]:
     kind = draw(owner_kinds)
     raw = cluster.workload(kind, draw(st.sampled_from(OWNER_NAMES)), draw(namespaces),
                            owner=draw(workload_owners))  # fmt: skip
-    return RESOURCES[kind], objects.workload_from_json(kind)(raw)
+    return WORKLOAD_RESOURCES[kind], objects.workload_from_json(kind)(raw)
 
 
 any_object = st.one_of(pods(), services(), nodes(), slices(), workloads())
