@@ -71,6 +71,7 @@ _FLOW_REQUIRED = (
 _FLOW_OPTIONAL = (
     ("tcp_flags", int), ("initiator", bool), ("ifindex", int), ("nat_dst", str), ("nat_dport", int),
 )  # fmt: skip
+PID_MAX = 2**32 - 1  # process and thread ids are 32-bit in the kernel (and in bpf/)
 MAX_NAT_IDENTITIES = 10_000  # backend identities with the dialled Service's name
 _SOCKET_REQUIRED = (
     ("observer", str), ("time_ns", int), ("event", str), ("proto", int), ("src", str),
@@ -248,6 +249,10 @@ class Enricher:
         if not (0 <= event["proto"] <= 255 and 0 <= event["sport"] <= 65535
                 and 0 <= event["dport"] <= 65535):  # fmt: skip
             raise RecordError("raw.socket", i, "proto or port out of range")
+        if not (0 <= event["pid"] <= PID_MAX and 0 <= event["tid"] <= PID_MAX):
+            # the kernel's ids are 32-bit; a larger one would fail every flow it joins
+            # when the record is rendered (orjson writes at most 64-bit integers)
+            raise RecordError("raw.socket", i, "pid or tid out of range")
         event["src"] = self._address(event["src"], "raw.socket", i, "src")[0]
         if event["dst"]:
             event["dst"] = self._address(event["dst"], "raw.socket", i, "dst")[0]

@@ -345,3 +345,15 @@ def test_an_empty_socket_table_is_not_probed_and_changes_nothing() -> None:
             )  # fmt: skip
         assert rec["flow.community_id"] == want_id
     assert {r["source.address"] for r in ids} >= {"fd00::1", "fd00::2"}
+
+
+@pytest.mark.parametrize("pid", [-1, 2**32, 2**64])
+def test_a_socket_event_with_an_impossible_pid_is_bad_and_joins_nothing(pid: int) -> None:
+    # a pid orjson cannot write made every flow it joined fail to render, for good
+    e = enricher()
+    bad = e.learn_sockets([sock("node-1", "connect", "10.1.0.5", 40000, "10.2.0.7", 80, pid)])
+    assert [str(error) for _, error in bad] == [
+        "bad-record: raw.socket record #0: pid or tid out of range"
+    ]
+    record = only(e, [flow("node-1", "10.1.0.5", "10.2.0.7", 40000, 80)])
+    assert "source.process.pid" not in record

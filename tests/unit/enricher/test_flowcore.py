@@ -66,8 +66,8 @@ CONTAINER_IDS = ("", "ca", "ca2", "cb", "cc", "cagent", "cl", "gone", 'c"\\\u00e
 # the containers of the pods (and of the hostNetwork agent) at an address
 CONTAINERS_AT = {A: ("ca", "ca2"), A6: ("ca2",), B: ("cb",), B6: ("cb",), C: ("cc",),
                  AGENT: ("cagent",), "fd00:ff::1": ("cagent",), OUT4: ("cl",)}  # fmt: skip
-# 0 and below: the owner is not known; 2**64 and above: the Python path raises
-# orjson's TypeError rendering it (socket events do not range-check pids)
+# 0: the owner is not known; below 0 and above 2**32 - 1: the socket event is bad (before
+# pids were range-checked, one of 2**64 or more made every flow it joined fail to render)
 PIDS = (0, 1, 7, -1, 2**31, 2**64 - 1, 2**64 + 1)
 COMMS = ("p", "", ESCAPES, "n\u00f6de", "x" * 40)
 OBSERVERS = (NODE_1, NODE_1, NODE_2, NODE_2, NODE_3, "host-a", ESCAPES, "n\u00f6de \u2603")
