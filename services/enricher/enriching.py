@@ -299,7 +299,9 @@ class Enricher:
     def flow_lines(self, records: Iterable[Any]) -> Output:
         """Like :meth:`flows`, but each record rendered straight to its NDJSON line
         (``lines``): byte for byte ``orjson.dumps(wire) + b"\\n"`` of the same record,
-        at a fraction of the cost (the pipeline's path)."""
+        at a fraction of the cost (the pipeline's path). The compiled core reads an
+        iterator of records whole before the first one is enriched (the pipeline passes
+        a list), so an iterator that fails part-way leaves the join state untouched."""
         out = Output()
         self._flows(records, render_line, out.lines, out)
         return out
