@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,10 +12,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.privileged.collector.node import netns
+from tests.privileged.collector.node import Node, netns
+from tests.support import nats_server
 
 
 def free_port() -> int:
@@ -107,3 +110,25 @@ class CollectorProcess:
             self.proc.wait()
         if self.log_path:
             Path(self.log_path).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def nats_inside(node: Node) -> Iterator[nats_server.NatsServer]:
+    """A real nats-server started inside ``node``'s host namespace; closed afterwards."""
+    with node.inside():
+        server = nats_server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def collector_inside(node: Node, nats_url: str) -> Iterator[CollectorProcess]:
+    """``flowscope collector`` for ``node``, started inside it; stopped afterwards."""
+    with node.inside():
+        proc = CollectorProcess(nats_url, node.host).start()
+    try:
+        yield proc
+    finally:
+        proc.close()

@@ -9,7 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from flowscope.core import codec, subjects
 
-from tests.privileged.collector.collector_process import CollectorProcess
+from tests.privileged.collector.collector_process import (
+    CollectorProcess,
+    collector_inside,
+    nats_inside,
+)
 from tests.privileged.collector.nat_node import (
     TCP_PORT,
     TCP_TARGET,
@@ -26,24 +30,16 @@ from tests.support import nats_server
 
 @pytest.fixture(scope="module")
 def nats_in_node(nat_node: NatNode) -> Iterator[nats_server.NatsServer]:
-    with nat_node.inside():
-        server = nats_server.start()
-    try:
+    with nats_inside(nat_node) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")
 def collector(
     nat_node: NatNode, nats_in_node: nats_server.NatsServer
 ) -> Iterator[CollectorProcess]:
-    with nat_node.inside():
-        proc = CollectorProcess(nats_in_node.url, nat_node.host).start()
-    try:
+    with collector_inside(nat_node, nats_in_node.url) as proc:
         yield proc
-    finally:
-        proc.close()
 
 
 async def subscribed(

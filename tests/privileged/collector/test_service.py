@@ -14,29 +14,25 @@ from typing import Any
 import pytest
 from flowscope.core import codec, subjects
 
-from tests.privileged.collector.collector_process import CollectorProcess
+from tests.privileged.collector.collector_process import (
+    CollectorProcess,
+    collector_inside,
+    nats_inside,
+)
 from tests.privileged.collector.node import Node, finish, wait_listening
 from tests.support import nats_server
 
 
 @pytest.fixture(scope="module")
 def nats_in_node(node: Node) -> Iterator[nats_server.NatsServer]:
-    with node.inside():
-        server = nats_server.start()
-    try:
+    with nats_inside(node) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 def collector(node: Node, nats_in_node: nats_server.NatsServer) -> Iterator[CollectorProcess]:
-    with node.inside():
-        proc = CollectorProcess(nats_in_node.url, node.host).start()
-    try:
+    with collector_inside(node, nats_in_node.url) as proc:
         yield proc
-    finally:
-        proc.close()
 
 
 class Records:

@@ -9,7 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from flowscope.core import codec, subjects
 
-from tests.privileged.collector.collector_process import CollectorProcess
+from tests.privileged.collector.collector_process import (
+    CollectorProcess,
+    collector_inside,
+    nats_inside,
+)
 from tests.privileged.collector.nat_node import (
     MASQ_PORTS,
     UPLINK,
@@ -27,24 +31,16 @@ TCP_PORT, UDP_PORT = 443, 5353
 
 @pytest.fixture(scope="module")
 def nats_in_snat_node(snat_node: SnatNode) -> Iterator[nats_server.NatsServer]:
-    with snat_node.inside():
-        server = nats_server.start()
-    try:
+    with nats_inside(snat_node) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")
 def collector(
     snat_node: SnatNode, nats_in_snat_node: nats_server.NatsServer
 ) -> Iterator[CollectorProcess]:
-    with snat_node.inside():
-        proc = CollectorProcess(nats_in_snat_node.url, snat_node.host).start()
-    try:
+    with collector_inside(snat_node, nats_in_snat_node.url) as proc:
         yield proc
-    finally:
-        proc.close()
 
 
 @pytest.fixture

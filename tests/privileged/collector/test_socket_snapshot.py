@@ -25,7 +25,7 @@ from flowscope.collector.containers import find_cgroup2_root
 from flowscope.collector.socket_snapshotting import SO_NETNS_COOKIE
 from flowscope.core import codec, subjects
 
-from tests.privileged.collector.collector_process import CollectorProcess
+from tests.privileged.collector.collector_process import CollectorProcess, nats_inside
 from tests.privileged.collector.node import Node, Pod, netns
 from tests.support import nats_server
 
@@ -80,12 +80,8 @@ def snap_node() -> Iterator[Node]:
 
 @pytest.fixture(scope="module")
 def nats_in_snap_node(snap_node: Node) -> Iterator[nats_server.NatsServer]:
-    with snap_node.inside():
-        server = nats_server.start()
-    try:
+    with nats_inside(snap_node) as server:
         yield server
-    finally:
-        server.close()
 
 
 class Peers:
