@@ -156,9 +156,8 @@ class Pipeline:
         out every refusal. Other errors (no stream, a timeout) are raised."""
         if output.by_subject:
             return False
-        msg_id = f"enricher:{schema.name}:{seq}:"
         future = await self.publisher.publish_lines_atomic(
-            output.lines, schema.header, msg_id, self.max_bytes
+            output.lines, schema.header, msg_id_prefix(schema, seq), self.max_bytes
         )
         if future is None:
             return False
@@ -178,29 +177,26 @@ class Pipeline:
         through a generator and a ``Batch`` per subject (~1 µs, ~320 times per batch).
         """
         messages: list[Message] = []
-        header, msg_id = schema.header, f"enricher:{schema.name}:{seq}:"
-        schema_key, count_key, max_bytes = codec.SCHEMA_HEADER, codec.COUNT_HEADER, self.max_bytes
+        msg_id = msg_id_prefix(schema, seq)
         records = [(subject, codec.encode_lines(r)) for subject, r in output.by_subject.items()]
         for subject, lines in [*records, *output.lines.items()]:
             body = b"".join(lines)  # joined first: a subject over max_bytes is rare
-            if lines and len(body) <= max_bytes:
-                messages.append((subject, body, {
-                    schema_key: header, count_key: str(len(lines)),
-                    MSG_ID_HEADER: f"{msg_id}{subject}:0",
-                }))  # fmt: skip
-                continue
-            try:
-                chunks = list(codec.chunk_lines(schema, lines, max_bytes))
-            except CodecError as e:  # one record larger than a NATS message
-                self.bad_log.warning("oversize", "enriched record too large", error=str(e))
-                continue
-            for n, chunk in enumerate(chunks):
+            if lines and len(body) <= self.max_bytes:
+                bodies = [(body, len(lines))]
+            else:
+                try:
+                    chunks = codec.chunk_lines(schema, lines, self.max_bytes)
+                    bodies = [(chunk.body, chunk.count) for chunk in chunks]
+                except CodecError as e:  # one record larger than a NATS message
+                    self.bad_log.warning("oversize", "enriched record too large", error=str(e))
+                    continue
+            for n, (body, count) in enumerate(bodies):
                 headers = {
-                    schema_key: header,
-                    count_key: str(chunk.count),
+                    codec.SCHEMA_HEADER: schema.header,
+                    codec.COUNT_HEADER: str(count),
                     MSG_ID_HEADER: f"{msg_id}{subject}:{n}",
                 }
-                messages.append((subject, chunk.body, headers))
+                messages.append((subject, body, headers))
         return messages
 
     async def _publish_atomic(self, messages: list[Message]) -> list[Message]:
@@ -295,6 +291,13 @@ class Pipeline:
             self.metrics.records_in.labels("socket").inc(len(records))
         else:
             self.enricher.learn_dns(records)
+
+
+def msg_id_prefix(schema: codec.Schema, seq: int) -> str:
+    """What every ``Nats-Msg-Id`` of a raw message's output starts with (subject and
+    chunk number follow): the raw message's stream sequence, so that a redelivered raw
+    message's output is the same ids and JetStream stores it once."""
+    return f"enricher:{schema.name}:{seq}:"
 
 
 async def _settle(reply: Awaitable[None], what: str, pipeline: Pipeline) -> None:

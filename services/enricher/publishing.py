@@ -189,9 +189,10 @@ class AckedPublisher:
         cancelled, when they are to go through ``publish`` instead (``data`` None: the
         encoder left them to it; or the connection is not up)."""
         try:
-            body_bytes = sum(len(body) for _, body, _ in messages)
-            if data is not None and await _write(self._nc, data, len(messages), body_bytes):
-                return True
+            if data is not None:
+                body_bytes = sum(len(body) for _, body, _ in messages)
+                if await _write(self._nc, data, len(messages), body_bytes):
+                    return True
         except BaseException:
             cancel_all(futures)
             raise
