@@ -231,12 +231,10 @@ class Inventory:
                         self._pod_ips[ip] = obj
             for cid in obj.container_ids:
                 self._containers[cid] = obj
-            if obj.owner is not None:
-                owner = (obj.owner.kind, obj.namespace, obj.owner.name)
+            if (owner := _owner_key(obj)) is not None:
                 self._owned_pods.setdefault(owner, {})[(obj.namespace, obj.name)] = obj
         elif isinstance(obj, Workload):
-            if obj.owner is not None:
-                owner = (obj.owner.kind, obj.namespace, obj.owner.name)
+            if (owner := _owner_key(obj)) is not None:
                 self._owned_workloads.setdefault(owner, set()).add(object_key("", obj))
         elif isinstance(obj, Service):
             for ip in obj.ips:
@@ -257,16 +255,14 @@ class Inventory:
             for cid in obj.container_ids:
                 if self._containers.get(cid) is obj:
                     del self._containers[cid]
-            if obj.owner is not None:
-                owner = (obj.owner.kind, obj.namespace, obj.owner.name)
+            if (owner := _owner_key(obj)) is not None:
                 pods = self._owned_pods.get(owner)
                 if pods is not None and pods.get((obj.namespace, obj.name)) is obj:
                     del pods[(obj.namespace, obj.name)]
                     if not pods:
                         del self._owned_pods[owner]
         elif isinstance(obj, Workload):
-            if obj.owner is not None:
-                owner = (obj.owner.kind, obj.namespace, obj.owner.name)
+            if (owner := _owner_key(obj)) is not None:
                 children = self._owned_workloads.get(owner)
                 if children is not None:
                     children.discard(object_key("", obj))
@@ -371,6 +367,12 @@ class Inventory:
         out["k8s.workload.kind"] = kind
         out["k8s.workload.name"] = name
         return out
+
+
+def _owner_key(obj: Pod | Workload) -> Key | None:
+    """The store key (kind, namespace, name) of the controller owning ``obj``: the key the
+    owner chain looks up, and the owner → referrer indexes are kept under."""
+    return None if obj.owner is None else (obj.owner.kind, obj.namespace, obj.owner.name)
 
 
 def _drop(index: dict[str, Any], ips: tuple[str, ...], obj: Any) -> None:
