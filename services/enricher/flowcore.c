@@ -28,7 +28,8 @@
  *                              expired, or moved to the end and refreshed, as
  *                              NameCache.lookup does (reordering through move_to_end)
  *   enricher.observers.seen / _ttl        dict node → last raw message (monotonic s)
- * Only CPython's public C API is used.
+ * Only CPython's documented C API is used (_PyBytes_Resize, underscore and all, is in the
+ * reference manual: frame_atomic trims its buffer with it).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
