@@ -125,6 +125,16 @@ def decode(
     return records
 
 
+def framed(expected: Schema, headers: Mapping[str, str] | None, body: bytes) -> bool:
+    """Whether :func:`decode`'s checks of a message's framing pass — its schema, a body
+    of lines each ending in a newline, as many as its count header says — so that only
+    the lines themselves remain to be read (the enricher's compiled core reads them)."""
+    if (headers or {}).get(SCHEMA_HEADER) != expected.header or not body.endswith(b"\n"):
+        return False
+    count = (headers or {}).get(COUNT_HEADER)
+    return count is None or count == str(body.count(b"\n"))
+
+
 def decode_body(body: bytes) -> list[dict[str, Any]]:
     """Parse an NDJSON body; every line must be a JSON object."""
     if not body:

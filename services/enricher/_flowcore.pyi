@@ -16,8 +16,10 @@ def configure(
     flows_prefix: str,
     directions: Sequence[str],
     kinds: Sequence[str],
+    loads: Callable[[bytes], Any],
 ) -> None: ...
 def flow_lines(enricher: Any, records: Iterable[Any], now: float, out: Any) -> None: ...
+def flow_body(enricher: Any, body: bytes, now: float, out: Any) -> bool: ...
 def frame_atomic(
     lines: dict[str, list[bytes]],
     head: bytes,

@@ -98,12 +98,14 @@ class Pipeline:
         if msg.metadata.num_delivered > 1:
             self.metrics.redelivered.labels(kind).inc()
         try:
-            records = codec.decode(schema, msg.headers, msg.data)
+            if kind == "flow":  # decoded by the enricher (its compiled core reads lines)
+                output = self.enricher.flow_batch(msg.headers, msg.data)
+            else:
+                records = codec.decode(schema, msg.headers, msg.data)
         except CodecError as e:
             await self._reject(kind, msg, e)
             return
         if kind == "flow":
-            output = self.enricher.flow_lines(records)
             published = await self._publish(codec.FLOW, output, msg)
         elif kind == "dns":
             output = self.enricher.dns(records)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from flowscope.core import subjects
+from flowscope.core import codec, subjects
 from flowscope.core.community_id import community_id_packed
 from flowscope.core.errors import RecordError
 from flowscope.core.records import (
@@ -306,9 +306,30 @@ class Enricher:
         self._flows(records, render_line, out.lines, out)
         return out
 
+    def flow_batch(self, headers: Mapping[str, str] | None, body: bytes) -> Output:
+        """:meth:`flow_lines` of one raw flow message as it arrives, decoded as
+        :func:`codec.decode` decodes it (its :class:`CodecError` when the message is not
+        a batch of records). The compiled core reads the body itself when its framing
+        holds: a line written the way the collector writes it goes straight into the
+        core's record, with no dict built (flowcore.c, ``flow_body``); the output and
+        the join state are :meth:`flow_lines`'s on the decoded records."""
+        if self.native and codec.framed(codec.RAW_FLOW, headers, body):
+            out = Output()
+            if self._flows((), render_line, out.lines, out, body):
+                return out
+        return self.flow_lines(codec.decode(codec.RAW_FLOW, headers, body))
+
     def _flows(
-        self, records: Iterable[Any], render: Render, by_subject: dict[str, list[Any]], out: Output
-    ) -> None:
+        self,
+        records: Iterable[Any],
+        render: Render,
+        by_subject: dict[str, list[Any]],
+        out: Output,
+        body: bytes | None = None,
+    ) -> bool:
+        """Enrich ``records`` (or, natively, the NDJSON ``body``) into ``out``; False
+        when the compiled core found a line of ``body`` that is not a JSON object (then
+        nothing was done)."""
         tally = out.tally
         lookups = tally.lookups = dict.fromkeys(LOOKUP_KINDS, 0)
         now = self._clock()
@@ -317,7 +338,10 @@ class Enricher:
             # The same loop in C: the common record's lookups, Community ID and line;
             # any other record (bad, NAT'ed, an address not seen yet, …) goes through
             # _flow below, in order, so the output is this loop's.
-            _flowcore.flow_lines(self, records, now, out)
+            if body is None:
+                _flowcore.flow_lines(self, records, now, out)
+            elif not _flowcore.flow_body(self, body, now, out):
+                return False
             records = ()
         flow = self._flow
         for i, record in enumerate(records):
@@ -341,6 +365,7 @@ class Enricher:
             lookups["unknown"] += lookups["external"]
             lookups["external"] = 0
         tally.process_misses = 2 * (tally.records_in - len(out.bad)) - tally.process_hits
+        return True
 
     def _flow(
         self, raw: Any, i: int, now: float, tally: Tally, render: Render
@@ -808,7 +833,7 @@ if _flowcore is not None:
         render_line=render_line, record_error=RecordError, strings=_STRINGS, json_str=json_str,
         process_json=process_json, transports=_TRANSPORTS_JSON, flags=_FLAGS_JSON,
         end_reasons=END_REASONS, flows_prefix=subjects.FLOWS, directions=DIRECTIONS,
-        kinds=LOOKUP_KINDS,
+        kinds=LOOKUP_KINDS, loads=orjson.loads,
     )  # fmt: skip
 
 

@@ -33,6 +33,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -47,6 +48,7 @@
 
 /* Set once by configure(): the Python path's pieces this core calls or reads. */
 static PyObject *render_line;     /* enriching.render_line (passed to _flow) */
+static PyObject *json_loads;      /* orjson.loads: a raw line that is not plain */
 static PyObject *record_error;    /* RecordError: a deferred record's error is reported */
 static PyObject *strings;         /* enriching._STRINGS: str → its JSON form */
 static PyObject *json_str;        /* enriching.json_str: renders and caches a miss */
@@ -222,8 +224,13 @@ typedef struct {
     PyObject *entries;           /* NameCache._entries */
     PyObject *names_lookup;      /* bound NameCache.lookup */
     PyObject *seen;              /* Observers.seen */
+    PyObject *names_move;        /* bound NameCache._entries.move_to_end */
     double observer_ttl;
     double ttl_min;              /* NameCache.ttl_min */
+    /* json_of of the few str objects every record renders (observer, end reason,
+     * network type, direction), by identity: the same objects come again and again */
+    PyObject *json_keys[8], *json_values[8];
+    int json_used;
     Py_ssize_t n_in, n_out, n_dropped, process_hits, dns_hits, dns_misses;
     Py_ssize_t kind_counts[N_KINDS];
 } Batch;
@@ -265,6 +272,9 @@ wide_int(PyObject *obj, int counter, long long *out)
     return 1;
 }
 
+static int entry_parts(PyObject *found, PyObject **canonical, PyObject **network,
+                       PyObject **packed);
+
 /* A cached canonical address: (canonical text, network.type, packed bytes). */
 static int
 cached_address(PyObject *addresses, PyObject *text, PyObject **canonical, PyObject **network,
@@ -273,6 +283,13 @@ cached_address(PyObject *addresses, PyObject *text, PyObject **canonical, PyObje
     PyObject *found = PyDict_GetItemWithError(addresses, text);
     if (found == NULL)
         return PyErr_Occurred() ? -1 : 0;
+    return entry_parts(found, canonical, network, packed);
+}
+
+/* The parts of an _addresses entry (borrowed), when it has the expected shape. */
+static int
+entry_parts(PyObject *found, PyObject **canonical, PyObject **network, PyObject **packed)
+{
     if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 3)
         return 0;
     *canonical = PyTuple_GET_ITEM(found, 0);
@@ -283,6 +300,16 @@ cached_address(PyObject *addresses, PyObject *text, PyObject **canonical, PyObje
         return 0;
     Py_ssize_t n = PyBytes_GET_SIZE(*packed);
     return n == 4 || n == 16;
+}
+
+/* Both ends of the same family (the addresses are read): 1 yes, 0 no, -1 error. */
+static int
+same_family(const Raw *r, PyObject *dst_network)
+{
+    int rc = PyUnicode_Compare(r->network, dst_network);
+    if (rc == -1 && PyErr_Occurred())
+        return -1;
+    return rc == 0 && PyBytes_GET_SIZE(r->src_packed) == PyBytes_GET_SIZE(r->dst_packed);
 }
 
 #define GET(key) PyDict_GetItemWithError(raw, key)
@@ -345,10 +372,7 @@ read_raw(Batch *b, PyObject *raw, Raw *r)
     rc = cached_address(b->addresses, r->dst_text, &r->dst, &dst_network, &r->dst_packed);
     if (rc <= 0)
         return rc;
-    rc = PyUnicode_Compare(r->network, dst_network);
-    if (rc == -1 && PyErr_Occurred())
-        return -1;
-    return rc == 0 && PyBytes_GET_SIZE(r->src_packed) == PyBytes_GET_SIZE(r->dst_packed);
+    return same_family(r, dst_network);
 }
 
 #undef GET
@@ -537,7 +561,7 @@ name_of(Batch *b, PyObject *client, PyObject *address)
         PyObject_DelItem(b->entries, key); /* an error stays set */
         goto release;
     }
-    PyObject *moved = PyObject_CallMethodOneArg(b->entries, s_move_to_end, key);
+    PyObject *moved = PyObject_CallOneArg(b->names_move, key);
     if (moved == NULL)
         goto release;
     Py_DECREF(moved);
@@ -570,6 +594,22 @@ json_of(PyObject *text)
         return NULL;
     }
     return made;
+}
+
+/* json_of(text) through the batch's small cache of recent str objects (by identity;
+ * the cache holds them, so an address is never reused while it is in there). */
+static PyObject *
+json_cached(Batch *b, PyObject *text)
+{
+    for (int i = 0; i < b->json_used; i++)
+        if (b->json_keys[i] == text)
+            return Py_NewRef(b->json_values[i]);
+    PyObject *json = json_of(text);
+    if (json != NULL && b->json_used < (int)(sizeof(b->json_keys) / sizeof(b->json_keys[0]))) {
+        b->json_keys[b->json_used] = Py_NewRef(text);
+        b->json_values[b->json_used++] = Py_NewRef(json);
+    }
+    return json;
 }
 
 /* One side of process_json(proc): proc.json[side], rendered on first use. New ref. */
@@ -686,7 +726,7 @@ render(const Raw *r, const char *cid, PyObject *direction_json, PyObject *reason
     PyObject *flags = r->proto == TCP ? PyList_GET_ITEM(flag_tags, r->flags & 0xFF) : NULL;
 #define B(o) {PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o)}
 #define N(i) {nums[i], lens[i]}
-    Piece pieces[40] = {
+    Piece pieces[42] = { /* 30 here, then at most 12 below */
         LIT("{\"flow.community_id\":\""), {cid, CID_LEN},
         LIT("\",\"flow.start_ns\":"), N(0),
         LIT(",\"flow.end_ns\":"), N(1),
@@ -896,8 +936,10 @@ enrich(Batch *b, Raw *r)
         goto done;
     if (src_name != NULL && (src_nj = json_of(src_name)) == NULL)
         goto done;
-    if ((reason_j = json_of(r->reason)) == NULL || (dir_j = json_of(direction)) == NULL ||
-        (net_j = json_of(r->network)) == NULL || (obs_j = json_of(r->observer)) == NULL)
+    if ((reason_j = json_cached(b, r->reason)) == NULL ||
+        (dir_j = json_cached(b, direction)) == NULL ||
+        (net_j = json_cached(b, r->network)) == NULL ||
+        (obs_j = json_cached(b, r->observer)) == NULL)
         goto done;
     if (bytes_attr(src_id, s_source_json, &src_json) < 0 ||
         bytes_attr(dst_id, s_destination_json, &dst_json) < 0)
@@ -1074,6 +1116,12 @@ release(Batch *b)
     Py_CLEAR(b->entries);
     Py_CLEAR(b->names_lookup);
     Py_CLEAR(b->seen);
+    Py_CLEAR(b->names_move);
+    for (int i = 0; i < b->json_used; i++) {
+        Py_CLEAR(b->json_keys[i]);
+        Py_CLEAR(b->json_values[i]);
+    }
+    b->json_used = 0;
 }
 
 /* The batch's view of the enricher's state (see the header comment). */
@@ -1093,6 +1141,7 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
         (b->locals = attr2(enricher, s_sockets, s_locals)) == NULL ||
         (b->entries = attr2(enricher, s_names, s_entries)) == NULL ||
         (b->names_lookup = attr2(enricher, s_names, s_lookup)) == NULL ||
+        (b->names_move = PyObject_GetAttr(b->entries, s_move_to_end)) == NULL ||
         (b->seen = attr2(enricher, s_observers, s_seen)) == NULL ||
         (ttl = attr2(enricher, s_observers, s_ttl)) == NULL ||
         (ttl_min = attr2(enricher, s_names, s_ttl_min)) == NULL)
@@ -1172,6 +1221,433 @@ flow_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     result = Py_NewRef(Py_None);
 done:
     Py_XDECREF(seq);
+    release(&b);
+    return result;
+}
+
+/* ------------------------------------------------------------------ raw bodies */
+
+/* flow_body reads a raw batch's NDJSON body itself instead of receiving orjson's dicts:
+ * a line written the way the collector writes it (see `plain`) is read straight into a
+ * Raw, with no Python object per field; any other line is parsed by orjson.loads and
+ * goes the dict way above. Decoding a body into dicts cost about as much as enriching
+ * them here (per record: ~1.5-2 µs of orjson, ~0.7 µs of reading the dict back). */
+
+enum {
+    F_OBSERVER, F_START_NS, F_END_NS, F_END_REASON, F_PROTO, F_SRC, F_DST, F_SPORT, F_DPORT,
+    F_BYTES, F_PACKETS, F_RBYTES, F_RPACKETS, /* the fields every record has */
+    F_TCP_FLAGS, F_INITIATOR, F_IFINDEX, N_FIELDS
+};
+#define REQUIRED ((1u << F_TCP_FLAGS) - 1)
+
+typedef struct {
+    const char *at[N_FIELDS]; /* text fields: into the body */
+    Py_ssize_t len[N_FIELDS];
+    long long value[N_FIELDS]; /* integer and boolean fields */
+    unsigned present;
+} Line;
+
+/* The field a key names, or -1 (an unknown key: the line goes the dict way). */
+static int
+field_of(const char *k, Py_ssize_t n)
+{
+#define IS(s) (n == (Py_ssize_t)sizeof(s) - 1 && memcmp(k, s, sizeof(s) - 1) == 0)
+    switch (k[0]) {
+    case 'o': return IS("observer") ? F_OBSERVER : -1;
+    case 's': return IS("start_ns") ? F_START_NS : IS("src") ? F_SRC : IS("sport") ? F_SPORT : -1;
+    case 'e': return IS("end_ns") ? F_END_NS : IS("end_reason") ? F_END_REASON : -1;
+    case 'p': return IS("proto") ? F_PROTO : IS("packets") ? F_PACKETS : -1;
+    case 'd': return IS("dst") ? F_DST : IS("dport") ? F_DPORT : -1;
+    case 'b': return IS("bytes") ? F_BYTES : -1;
+    case 'r': return IS("rbytes") ? F_RBYTES : IS("rpackets") ? F_RPACKETS : -1;
+    case 't': return IS("tcp_flags") ? F_TCP_FLAGS : -1;
+    case 'i': return IS("initiator") ? F_INITIATOR : IS("ifindex") ? F_IFINDEX : -1;
+    default: return -1;
+    }
+#undef IS
+}
+
+/* A JSON string of printable ASCII without escapes, from p (at its opening quote);
+ * returns the position after the closing quote, or NULL. */
+static const char *
+plain_string(const char *p, const char *end, const char **at, Py_ssize_t *len)
+{
+    if (p >= end || *p != '"')
+        return NULL;
+    const char *s = ++p;
+    while (p < end && *p != '"') {
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e || *p == '\\')
+            return NULL;
+        p++;
+    }
+    if (p >= end)
+        return NULL;
+    *at = s;
+    *len = p - s;
+    return p + 1;
+}
+
+/* A JSON integer (no fraction or exponent) that fits in 64 bits signed. */
+static const char *
+plain_int(const char *p, const char *end, long long *out)
+{
+    int negative = p < end && *p == '-';
+    if (negative)
+        p++;
+    if (p >= end || *p < '0' || *p > '9' || (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9'))
+        return NULL;
+    unsigned long long u = 0;
+    for (; p < end && *p >= '0' && *p <= '9'; p++) {
+        if (u > (ULLONG_MAX - 9) / 10)
+            return NULL;
+        u = u * 10 + (unsigned long long)(*p - '0');
+    }
+    if (u > (unsigned long long)LLONG_MAX + negative)
+        return NULL;
+    *out = negative ? (long long)(0ULL - u) : (long long)u;
+    return p;
+}
+
+/* Whether [p, end) is a raw flow record as the collector writes it: one JSON object,
+ * no white space, each known key once, values of the type and range the fields have
+ * (the checks of read_raw), strings of printable ASCII without escapes. Everything else
+ * — other keys, nat_dst, escapes, floats, null, duplicate keys, invalid JSON — is left
+ * to orjson and the dict way, so a plain line means exactly what orjson reads in it. */
+static int
+plain(const char *p, const char *end, Line *l)
+{
+    l->present = 0;
+    if (p >= end || *p++ != '{')
+        return 0;
+    for (;;) {
+        const char *key;
+        Py_ssize_t klen;
+        if ((p = plain_string(p, end, &key, &klen)) == NULL || klen == 0 || p >= end ||
+            *p++ != ':')
+            return 0;
+        int f = field_of(key, klen);
+        if (f < 0 || (l->present & (1u << f)))
+            return 0;
+        l->present |= 1u << f;
+        switch (f) {
+        case F_OBSERVER: case F_END_REASON: case F_SRC: case F_DST:
+            if ((p = plain_string(p, end, &l->at[f], &l->len[f])) == NULL)
+                return 0;
+            break;
+        case F_INITIATOR:
+            if (end - p >= 4 && memcmp(p, "true", 4) == 0)
+                l->value[f] = 1, p += 4;
+            else if (end - p >= 5 && memcmp(p, "false", 5) == 0)
+                l->value[f] = 0, p += 5;
+            else
+                return 0;
+            break;
+        default: {
+            long long v;
+            if ((p = plain_int(p, end, &v)) == NULL)
+                return 0;
+            long long hi = f == F_PROTO || f == F_TCP_FLAGS ? 255
+                           : f == F_SPORT || f == F_DPORT   ? 65535
+                                                            : LLONG_MAX;
+            int bounded = f != F_START_NS && f != F_END_NS && f != F_IFINDEX;
+            if (bounded && (v < 0 || v > hi))
+                return 0;
+            l->value[f] = v;
+        }
+        }
+        if (p >= end)
+            return 0;
+        if (*p == '}')
+            return p + 1 == end && (l->present & REQUIRED) == REQUIRED;
+        if (*p++ != ',')
+            return 0;
+    }
+}
+
+/* The address table: raw address text → the enricher's _addresses entry, probed by the
+ * text's bytes (no str is built). It caches what _addresses holds — a pure function of
+ * the text — and is emptied when it is handed another _addresses dict, or one that
+ * shrank (Enricher._address clears its dict at MAX_ADDRESSES). */
+#define KEY_MAX 46
+#define TABLE_MAX (1 << 16) /* entries; then emptied (4 MB of slots at most) */
+
+typedef struct {
+    uint64_t hash; /* 0: free */
+    PyObject *entry;
+    uint8_t len;
+    char key[KEY_MAX + 1];
+} Slot;
+
+static Slot *slots;
+static size_t slot_mask;
+static Py_ssize_t slots_used;
+static const void *slots_of; /* the _addresses dict mirrored (compared, never used) */
+
+static uint64_t
+text_hash(const char *s, Py_ssize_t n)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h | 1;
+}
+
+static void
+table_clear(void)
+{
+    for (size_t i = 0; slots != NULL && i <= slot_mask; i++)
+        if (slots[i].hash)
+            Py_CLEAR(slots[i].entry);
+    PyMem_Free(slots);
+    slots = NULL;
+    slot_mask = 0;
+    slots_used = 0;
+}
+
+static int
+table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry)
+{
+    if (slots_used >= TABLE_MAX)
+        table_clear();
+    if (slots == NULL || (size_t)(slots_used + 1) * 2 > slot_mask + 1) {
+        size_t size = slots == NULL ? 1024 : (slot_mask + 1) * 2;
+        Slot *grown = PyMem_Calloc(size, sizeof(Slot));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (size_t i = 0; slots != NULL && i <= slot_mask; i++) {
+            if (!slots[i].hash)
+                continue;
+            size_t j = slots[i].hash & (size - 1);
+            while (grown[j].hash)
+                j = (j + 1) & (size - 1);
+            grown[j] = slots[i];
+        }
+        PyMem_Free(slots);
+        slots = grown;
+        slot_mask = size - 1;
+    }
+    size_t j = h & slot_mask;
+    while (slots[j].hash)
+        j = (j + 1) & slot_mask;
+    slots[j].hash = h;
+    slots[j].entry = Py_NewRef(entry);
+    slots[j].len = (uint8_t)n;
+    memcpy(slots[j].key, s, (size_t)n);
+    slots_used++;
+    return 0;
+}
+
+/* The _addresses entry of an address's text (new reference), or NULL: none (no
+ * exception) or an error. */
+static PyObject *
+address_entry(Batch *b, const char *s, Py_ssize_t n)
+{
+    uint64_t h = 0;
+    if (n <= KEY_MAX && slots != NULL) {
+        h = text_hash(s, n);
+        for (size_t j = h & slot_mask; slots[j].hash; j = (j + 1) & slot_mask)
+            if (slots[j].hash == h && slots[j].len == n && memcmp(slots[j].key, s, (size_t)n) == 0)
+                return Py_NewRef(slots[j].entry);
+    }
+    PyObject *text = PyUnicode_FromStringAndSize(s, n);
+    if (text == NULL)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(b->addresses, text);
+    Py_DECREF(text);
+    if (entry == NULL)
+        return NULL;
+    if (n <= KEY_MAX && table_insert(h ? h : text_hash(s, n), s, n, entry) < 0)
+        return NULL;
+    return Py_NewRef(entry);
+}
+
+/* The same str object for the same text in a row (a raw batch has one observer, and few
+ * end reasons): *cache holds the last one. New reference. */
+static PyObject *
+text_of(PyObject **cache, const char *s, Py_ssize_t n)
+{
+    PyObject *last = *cache;
+    if (last != NULL && PyUnicode_GET_LENGTH(last) == n &&
+        memcmp(PyUnicode_DATA(last), s, (size_t)n) == 0)
+        return Py_NewRef(last);
+    PyObject *text = PyUnicode_FromStringAndSize(s, n);
+    if (text != NULL)
+        Py_XSETREF(*cache, Py_NewRef(text));
+    return text;
+}
+
+/* The objects a plain line's Raw points at, released after the record. */
+typedef struct {
+    PyObject *observer, *reason, *proto, *sport, *dport, *src_entry, *dst_entry;
+} Held;
+
+static void
+let_go(Held *h)
+{
+    Py_CLEAR(h->observer);
+    Py_CLEAR(h->reason);
+    Py_CLEAR(h->proto);
+    Py_CLEAR(h->sport);
+    Py_CLEAR(h->dport);
+    Py_CLEAR(h->src_entry);
+    Py_CLEAR(h->dst_entry);
+}
+
+/* read_raw for a plain line: 1 this core handles it, 0 the Python path does, -1 error. */
+static int
+read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
+          PyObject **last_reason)
+{
+    if ((h->observer = text_of(last_observer, l->at[F_OBSERVER], l->len[F_OBSERVER])) == NULL ||
+        (h->reason = text_of(last_reason, l->at[F_END_REASON], l->len[F_END_REASON])) == NULL)
+        return -1;
+    int known = PySet_Contains(end_reasons, h->reason);
+    if (known <= 0)
+        return known;
+    if ((h->src_entry = address_entry(b, l->at[F_SRC], l->len[F_SRC])) == NULL ||
+        (h->dst_entry = address_entry(b, l->at[F_DST], l->len[F_DST])) == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *dst_network;
+    if (!entry_parts(h->src_entry, &r->src, &r->network, &r->src_packed) ||
+        !entry_parts(h->dst_entry, &r->dst, &dst_network, &r->dst_packed))
+        return 0;
+    int rc = same_family(r, dst_network);
+    if (rc <= 0)
+        return rc;
+    r->proto = (long)l->value[F_PROTO];
+    r->sport = (long)l->value[F_SPORT];
+    r->dport = (long)l->value[F_DPORT];
+    if ((h->proto = PyLong_FromLong(r->proto)) == NULL ||
+        (h->sport = PyLong_FromLong(r->sport)) == NULL ||
+        (h->dport = PyLong_FromLong(r->dport)) == NULL)
+        return -1;
+    r->observer = h->observer;
+    r->reason = h->reason;
+    r->proto_obj = h->proto;
+    r->sport_obj = h->sport;
+    r->dport_obj = h->dport;
+    r->src_text = r->dst_text = NULL; /* read by read_raw only */
+    r->start_ns = l->value[F_START_NS];
+    r->end_ns = l->value[F_END_NS];
+    r->fwd_b = l->value[F_BYTES];
+    r->fwd_p = l->value[F_PACKETS];
+    r->rev_b = l->value[F_RBYTES];
+    r->rev_p = l->value[F_RPACKETS];
+    r->flags = l->present & (1u << F_TCP_FLAGS) ? (long)l->value[F_TCP_FLAGS] : 0;
+    r->initiator = l->present & (1u << F_INITIATOR) ? (int)l->value[F_INITIATOR] : 0;
+    return 1;
+}
+
+/* orjson.loads of one line: a new dict, or NULL: not one (no exception; the body is
+ * then left to codec.decode, which reports it) or an error. */
+static PyObject *
+loads_line(const char *p, Py_ssize_t n)
+{
+    PyObject *text = PyBytes_FromStringAndSize(p, n);
+    if (text == NULL)
+        return NULL;
+    PyObject *value = PyObject_CallOneArg(json_loads, text);
+    Py_DECREF(text);
+    if (value == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError))
+            PyErr_Clear(); /* orjson.JSONDecodeError */
+        return NULL;
+    }
+    if (!PyDict_CheckExact(value))
+        Py_CLEAR(value);
+    return value;
+}
+
+/* flow_body(enricher, body, now, out): flow_lines on a raw batch's NDJSON body (bytes,
+ * ending in a newline). False, with nothing done, when a line is not a JSON object:
+ * the caller decodes the body with codec.decode, which names the fault. */
+static PyObject *
+flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "flow_body(enricher, body: bytes, now, out)");
+        return NULL;
+    }
+    if (render_line == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_flowcore.configure() was not called");
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(args[1]), *end = data + PyBytes_GET_SIZE(args[1]);
+    if (data == end || end[-1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "a body of lines, each ending in a newline");
+        return NULL;
+    }
+    Py_ssize_t n = 0;
+    for (const char *p = data; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+        n++;
+    Line *lines = PyMem_Malloc((size_t)n * sizeof(Line));
+    PyObject **dicts = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    const char **starts = PyMem_Malloc((size_t)(n + 1) * sizeof(char *));
+    Batch b = {.now = args[2]};
+    PyObject *last_observer = NULL, *last_reason = NULL, *result = NULL;
+    if (lines == NULL || dicts == NULL || starts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* every line read before any state is touched */
+    const char *p = data;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        starts[i] = p;
+        if (!plain(p, nl, &lines[i]) && (dicts[i] = loads_line(p, nl - p)) == NULL) {
+            if (!PyErr_Occurred())
+                result = Py_NewRef(Py_False);
+            goto done;
+        }
+        p = nl + 1;
+    }
+    starts[n] = end;
+    if (prepare(&b, args[0], args[3]) < 0)
+        goto done;
+    if (b.addresses != slots_of || PyDict_GET_SIZE(b.addresses) < slots_used) {
+        table_clear();
+        slots_of = b.addresses;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Raw r;
+        Held held = {0};
+        int rc;
+        b.n_in++;
+        if (dicts[i] != NULL) {
+            rc = read_raw(&b, dicts[i], &r);
+        } else {
+            rc = read_line(&b, &lines[i], &r, &held, &last_observer, &last_reason);
+            if (rc == 0 && (dicts[i] = loads_line(starts[i], starts[i + 1] - starts[i] - 1)) == NULL) {
+                if (!PyErr_Occurred()) /* a plain line is a JSON object */
+                    PyErr_SetString(PyExc_SystemError, "flow_body: a plain line did not load");
+                rc = -1;
+            }
+        }
+        if (rc > 0)
+            rc = enrich(&b, &r);
+        else if (rc == 0)
+            rc = python_path(&b, dicts[i], i);
+        let_go(&held);
+        if (rc < 0)
+            goto done;
+        if (rc == 1)
+            b.n_out++;
+        else if (rc == 0)
+            b.n_dropped++;
+    }
+    if (commit_tally(&b) < 0)
+        goto done;
+    result = Py_NewRef(Py_True);
+done:
+    for (Py_ssize_t i = 0; dicts != NULL && i < n; i++)
+        Py_XDECREF(dicts[i]);
+    PyMem_Free(lines);
+    PyMem_Free(dicts);
+    PyMem_Free(starts);
+    Py_XDECREF(last_observer);
+    Py_XDECREF(last_reason);
     release(&b);
     return result;
 }
@@ -1306,11 +1782,13 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"render_line", "record_error", "strings", "json_str",
                             "process_json", "transports", "flags", "end_reasons",
-                            "flows_prefix", "directions", "kinds", NULL};
-    PyObject *render, *error, *strs, *js, *pj, *tr, *fl, *reasons, *prefix, *dirs, *kind_tuple;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOO!OOO!O!OUOO:configure", names, &render,
+                            "flows_prefix", "directions", "kinds", "loads", NULL};
+    PyObject *render, *error, *strs, *js, *pj, *tr, *fl, *reasons, *prefix, *dirs, *kind_tuple,
+        *loads;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$OOO!OOO!O!OUOOO:configure", names, &render,
                                      &error, &PyDict_Type, &strs, &js, &pj, &PyList_Type, &tr,
-                                     &PyList_Type, &fl, &reasons, &prefix, &dirs, &kind_tuple))
+                                     &PyList_Type, &fl, &reasons, &prefix, &dirs, &kind_tuple,
+                                     &loads))
         return NULL;
     if (PyList_GET_SIZE(tr) != 256 || PyList_GET_SIZE(fl) != 256) {
         PyErr_SetString(PyExc_ValueError, "transports and flags need 256 entries each");
@@ -1330,6 +1808,7 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
     if (reason_set == NULL)
         return NULL;
     Py_XSETREF(render_line, Py_NewRef(render));
+    Py_XSETREF(json_loads, Py_NewRef(loads));
     Py_XSETREF(record_error, Py_NewRef(error));
     Py_XSETREF(strings, Py_NewRef(strs));
     Py_XSETREF(json_str, Py_NewRef(js));
@@ -1349,12 +1828,15 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
 static PyMethodDef methods[] = {
     {"flow_lines", (PyCFunction)(void (*)(void))flow_lines, METH_FASTCALL,
      "flow_lines(enricher, records, now, out): Enricher._flows's loop (lines path)."},
+    {"flow_body", (PyCFunction)(void (*)(void))flow_body, METH_FASTCALL,
+     "flow_body(enricher, body, now, out): flow_lines on a raw batch's NDJSON body; False\n"
+     "when a line is not a JSON object (nothing done: decode it with codec.decode)."},
     {"frame_atomic", (PyCFunction)(void (*)(void))frame_atomic, METH_FASTCALL,
      "frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): a raw batch's\n"
      "flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      "configure(*, render_line, record_error, strings, json_str, process_json, transports,\n"
-     "flags, end_reasons, flows_prefix, directions, kinds): the Python path's pieces."},
+     "flags, end_reasons, flows_prefix, directions, kinds, loads): the Python path's pieces."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import orjson
 import pytest
-from flowscope.core import subjects
+from flowscope.core import codec, subjects
+from flowscope.core.errors import CodecError
 from flowscope.core.records import END_REASONS, SOCKET_EVENTS
 from flowscope.enricher import enriching
 from flowscope.enricher.enriching import Enricher, Observers, Output
@@ -215,13 +216,20 @@ def state(w: World) -> dict[str, Any]:
 
 
 class Twins:
-    """Two identical join states, one enricher with the compiled core, one without."""
+    """Two identical join states, one enricher with the compiled core, one without; and
+    a second such pair fed the same batches as a message body would bring them: the
+    compiled core reads the NDJSON body itself (``Enricher.flow_batch``), the Python path
+    enriches what ``codec.decode`` makes of it (JSON has no int or str subclasses, no
+    tuples: a record may read differently after the trip, so each pair is compared
+    within itself). A batch that cannot be encoded reaches the second pair as records."""
 
     def __init__(self, mode: str = "kubernetes", **options: Any) -> None:
         self.native = world(mode, True, **options)
         self.python = world(mode, False, **options)
+        self.body_native = world(mode, True, **options)
+        self.body_python = world(mode, False, **options)
         assert self.native.enricher.native and not self.python.enricher.native
-        self.worlds = (self.native, self.python)
+        self.worlds = (self.native, self.python, self.body_native, self.body_python)
 
     def flows(self, batch: list[Any]) -> Output:
         """Both render the batch (each a deep copy); asserts the same outcome and state.
@@ -235,7 +243,7 @@ class Twins:
         """:meth:`flows`, but what the Python path raised is returned: the C must raise
         the same (hostile socket events can make the Python path fail, see PIDS)."""
         results: list[Output | Exception] = []
-        for w in self.worlds:
+        for w in self.worlds[:2]:
             records = copy.deepcopy(batch)
             try:
                 out = w.enricher.flow_lines(records)
@@ -248,8 +256,45 @@ class Twins:
         native, python = (outcome(r) for r in results)
         for key in python:
             assert native[key] == python[key], key
+        try:
+            message = codec.encode(codec.RAW_FLOW, batch)
+        except (TypeError, orjson.JSONEncodeError):
+            self.as_records(batch)
+        else:
+            self.body(message.headers, message.body)
         self.same_state()
         return results[1]
+
+    def body(self, headers: dict[str, str] | None, body: bytes) -> Output | Exception:
+        """The second pair: one raw flow message, read by the compiled core
+        (``flow_batch``) and by the Python path after ``codec.decode``; asserts the same
+        outcome — a CodecError for a message that is not a batch of records — and state."""
+        results: list[Output | Exception] = []
+        try:
+            results.append(self.body_native.enricher.flow_batch(headers, body))
+        except Exception as e:  # compared below
+            results.append(e)
+        try:
+            records = codec.decode(codec.RAW_FLOW, headers, body)
+            results.append(self.body_python.enricher.flow_lines(records))
+        except Exception as e:
+            results.append(e)
+        native, python = (outcome(r) for r in results)
+        for key in python:
+            assert native[key] == python[key], key
+        self.same_state()
+        return results[1]
+
+    def as_records(self, batch: list[Any]) -> None:
+        results: list[Output | Exception] = []
+        for w in self.worlds[2:]:
+            try:
+                results.append(w.enricher.flow_lines(copy.deepcopy(batch)))
+            except Exception as e:  # compared below
+                results.append(e)
+        native, python = (outcome(r) for r in results)
+        for key in python:
+            assert native[key] == python[key], key
 
     def sockets(self, events: list[Any]) -> None:
         for w in self.worlds:
@@ -278,9 +323,10 @@ class Twins:
         self.same_state()
 
     def same_state(self) -> None:
-        native, python = state(self.native), state(self.python)
-        for key in python:
-            assert native[key] == python[key], key
+        for one, other in ((self.native, self.python), (self.body_native, self.body_python)):
+            native, python = state(one), state(other)
+            for key in python:
+                assert native[key] == python[key], key
 
 
 def lines_of(out: Output) -> list[bytes]:
@@ -415,6 +461,22 @@ def test_counters_timestamps_and_flags_at_their_limits() -> None:
     assert out.tally.records_out == len(batch)
 
 
+def test_a_record_with_every_optional_part() -> None:
+    # TCP flags, a process at both ends, a name for both addresses: the longest line (a
+    # fixed array of its pieces in flowcore.c's render once held two too few).
+    twins = Twins()
+    twins.sockets([sock(NODE_1, "connect", A, 40000, B, 80, 11, "ca"),
+                   sock(NODE_2, "accept", B, 80, A, 40000, 12, "cb")])  # fmt: skip
+    twins.dns([dns(A, "db.example", B, 600), dns(B, "web.example", A, 600, NODE_2)])
+    record = flow(NODE_1, A, B, 40000, 80, tcp_flags=0x1B)
+    for _ in range(2):  # the addresses are cached the second time: the C core's own path
+        (line,) = lines_of(twins.flows([record]))
+        wire = orjson.loads(line)
+        assert wire["destination.domain"] == "db.example" and wire["source.domain"] == "web.example"
+        assert wire["source.process.pid"] == 11 and wire["destination.process.pid"] == 12
+        assert wire["flow.tcp.flags.tags"] == ["FIN", "SYN", "PSH", "ACK"]
+
+
 def test_every_kind_of_bad_record_in_between_good_ones() -> None:
     twins = Twins()
     bad = bad_records()
@@ -426,6 +488,116 @@ def test_every_kind_of_bad_record_in_between_good_ones() -> None:
     assert len(out.bad) == len(bad)
     assert out.tally.records_out == len(bad) + len(ODD_BUT_GOOD)
     twins.flows(bad)  # a batch of nothing but bad records
+
+
+def message(lines: list[bytes], **headers: str) -> tuple[dict[str, str], bytes]:
+    """A raw flow message of these lines (each given without its newline)."""
+    body = b"".join(line + b"\n" for line in lines)
+    return {codec.SCHEMA_HEADER: codec.RAW_FLOW.header, codec.COUNT_HEADER: str(len(lines)),
+            **headers}, body  # fmt: skip
+
+
+GOOD_LINE = orjson.dumps(GOOD)
+# Lines the compiled core does not read itself (not as the collector writes them) but
+# orjson does: the core hands them over as orjson's dicts. Every one must come out as the
+# Python path has it — a record, or a bad record with its error.
+ORJSON_LINES = [
+    orjson.dumps(GOOD, option=orjson.OPT_INDENT_2).replace(b"\n", b""),  # white space
+    GOOD_LINE.replace(b'"node-1"', b'"node\\u002d1"'),  # an escape in a value
+    GOOD_LINE.replace(b'"observer"', b'"\\u006fbserver"'),  # ... in a key
+    GOOD_LINE.replace(b'"node-1"', '"n\u00f6de"'.encode()),  # UTF-8
+    GOOD_LINE.replace(b'"bytes":1500', b'"bytes":1500.0'),  # a float: bad
+    GOOD_LINE.replace(b'"bytes":1500', b'"bytes":15e2'),
+    GOOD_LINE.replace(b'"tcp_flags":18', b'"tcp_flags":null'),
+    GOOD_LINE.replace(b'"sport":40000', b'"sport":1,"sport":40000'),  # the last one counts
+    GOOD_LINE.replace(b'"sport":40000', b'"sport":40000,"sport":"x"'),
+    GOOD_LINE.replace(b"{", b'{"extra":[1,{"a":null}],'),  # a key of no use
+    GOOD_LINE.replace(b"{", b'{"nat_dst":"10.96.0.10","nat_dport":80,'),
+    GOOD_LINE.replace(b"{", b'{"nat_dst":null,'),
+    GOOD_LINE.replace(b'"bytes":1500', b'"bytes":18446744073709551615'),  # 2**64 - 1
+    GOOD_LINE.replace(b'"packets":3', b'"packets":9223372036854775808'),  # 2**63
+    GOOD_LINE.replace(b'"start_ns":1700000000000000000', b'"start_ns":-9223372036854775809'),
+    GOOD_LINE.replace(b'"proto":6', b'"proto":256'),
+    GOOD_LINE.replace(b'"dport":80', b'"dport":-1'),
+    GOOD_LINE.replace(b'"initiator":true', b'"initiator":1'),
+    GOOD_LINE.replace(b',"rpackets":2', b""),  # a key missing
+    b"{}",
+]
+# Lines the core reads itself: every field at its limits, optional keys absent or not.
+PLAIN_LINES = [
+    GOOD_LINE,
+    GOOD_LINE.replace(b'"packets":3', b'"packets":9223372036854775807'),  # 2**63 - 1
+    GOOD_LINE.replace(b'"start_ns":1700000000000000000', b'"start_ns":-9223372036854775808'),
+    GOOD_LINE.replace(b'"start_ns":1700000000000000000', b'"start_ns":-0'),
+    GOOD_LINE.replace(b'"initiator":true', b'"initiator":false'),
+    GOOD_LINE.replace(b'"sport":40000', b'"sport":0').replace(b'"dport":80', b'"dport":65535'),
+    GOOD_LINE.replace(b"{", b'{"ifindex":-9223372036854775808,'),
+    orjson.dumps({k: v for k, v in GOOD.items() if k not in ("tcp_flags", "initiator")}),
+    orjson.dumps({**GOOD, "end_reason": "bogus"}),  # plain, but a bad record
+    orjson.dumps({**GOOD, "src": "10.1.0.256"}),
+    orjson.dumps({**GOOD, "dst": B6}),  # families differ: bad
+    orjson.dumps({**GOOD, "src": "x" * 100}),  # longer than any address
+    orjson.dumps({**GOOD, "src": ""}),
+    orjson.dumps({**GOOD, "src": OUT4, "dst": OUT4, "proto": 1, "sport": 8, "dport": 0}),
+]
+# Bodies that are not a batch of records: codec.decode's error, and nothing enriched.
+NOT_RECORDS = [
+    [GOOD_LINE, b"[]", GOOD_LINE],
+    [GOOD_LINE, b"null"],
+    [b'"flow"'],
+    [GOOD_LINE[:-1]],  # truncated
+    [GOOD_LINE + GOOD_LINE],  # two values on a line
+    [GOOD_LINE.replace(b"}", b",}")],  # a trailing comma
+    [GOOD_LINE.replace(b'"sport":40000', b'"sport":040000')],  # a leading zero
+    [GOOD_LINE.replace(b'"node-1"', b'"node\x01"')],  # a control character
+    [GOOD_LINE.replace(b'"node-1"', b'"node\xff"')],  # not UTF-8
+    [GOOD_LINE, b""],  # an empty line
+    [GOOD_LINE, b" "],
+]
+
+
+def test_message_bodies_read_by_the_compiled_core() -> None:
+    twins = Twins()
+    for _ in range(2):  # addresses seen for the first time, then cached
+        out = twins.body(*message(PLAIN_LINES + ORJSON_LINES + PLAIN_LINES))
+        assert isinstance(out, Output) and out.tally.records_in == 2 * len(PLAIN_LINES) + len(
+            ORJSON_LINES
+        )
+        assert 10 < len(out.bad) < 30 and out.tally.records_out > 10
+    for lines in NOT_RECORDS:
+        assert isinstance(twins.body(*message(lines)), CodecError)
+    headers, body = message([GOOD_LINE] * 3)
+    for bad_headers, bad_body in [
+        ({**headers, codec.COUNT_HEADER: "2"}, body),  # the count is wrong
+        ({**headers, codec.COUNT_HEADER: "03"}, body),
+        ({**headers, codec.SCHEMA_HEADER: codec.RAW_DNS.header}, body),
+        ({}, body),
+        (None, body),
+        (headers, body[:-1]),  # no final newline
+        (headers, b""),  # no records, where the count says 3
+    ]:
+        assert isinstance(twins.body(bad_headers, bad_body), CodecError)
+    out = twins.body({codec.SCHEMA_HEADER: codec.RAW_FLOW.header}, body)  # no count: fine
+    assert isinstance(out, Output) and out.tally.records_out == 3
+    out = twins.body({codec.SCHEMA_HEADER: codec.RAW_FLOW.header, codec.COUNT_HEADER: "0"}, b"")
+    assert isinstance(out, Output) and out.tally.records_in == 0
+
+
+def test_the_address_table_under_many_addresses_and_another_enricher() -> None:
+    # More distinct address texts than the core's table keeps (65,536), spelled several
+    # ways, with a second enricher (another _addresses dict) in between: it only caches.
+    twins = Twins()
+    other = world("kubernetes", True)
+    lines = []
+    for i in range(70_000):
+        src = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        lines.append(orjson.dumps(flow(NODE_1, src, A, 1000 + i % 5000, 80)))
+    for start in range(0, len(lines), 10_000):
+        chunk = lines[start : start + 10_000]
+        twins.body(*message(chunk))
+        twins.body(*message(chunk))
+        other.enricher.flow_batch(*message(chunk[:100]))
+    twins.body(*message(lines[:1000]))
 
 
 def test_sockets_orient_flows_refine_containers_and_two_reports_become_one() -> None:

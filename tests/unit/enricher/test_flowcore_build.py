@@ -4,6 +4,9 @@ import gc
 import sys
 import tracemalloc
 
+import pytest
+from flowscope.core import codec
+from flowscope.core.errors import CodecError
 from flowscope.enricher import enriching
 from flowscope.enricher.enriching import Enricher, Observers
 from flowscope.enricher.local import LocalResolver
@@ -61,9 +64,18 @@ def test_the_compiled_core_keeps_no_reference_after_a_batch() -> None:
         "not a record",
     ]
 
+    # the same records as a message body, which the core reads itself (flow_batch), and
+    # one it gives up on part-way (a line that is not an object: codec.decode's error)
+    message = codec.encode(codec.RAW_FLOW, [r for r in batch if isinstance(r, dict)])
+    broken = message.body + b"[]\n" + message.body
+    broken_headers = {**message.headers, codec.COUNT_HEADER: str(broken.count(b"\n"))}
+
     def enrich_all(rounds: int) -> None:
         for _ in range(rounds):
             made.flow_lines([dict(r) if isinstance(r, dict) else r for r in batch])
+            made.flow_batch(message.headers, message.body)
+            with pytest.raises(CodecError, match="not a JSON object"):
+                made.flow_batch(broken_headers, broken)
 
     enrich_all(5)  # caches filled: addresses, identities, JSON pieces, subjects
     # the long-lived objects every record touches: an extra reference kept per record
