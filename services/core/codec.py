@@ -125,14 +125,18 @@ def decode(
     return records
 
 
-def framed(expected: Schema, headers: Mapping[str, str] | None, body: bytes) -> bool:
-    """Whether :func:`decode`'s checks of a message's framing pass — its schema, a body
-    of lines each ending in a newline, as many as its count header says — so that only
-    the lines themselves remain to be read (the enricher's compiled core reads them)."""
+def framed(expected: Schema, headers: Mapping[str, str] | None, body: bytes) -> int | None:
+    """How many lines a message's body must hold for :func:`decode` to accept its
+    framing — its schema, a body of lines each ending in a newline, as many as its
+    count header says (-1: there is none, any number) — or None when the schema, the
+    final newline or the header itself already fails (so that the enricher's compiled
+    core, which reads the lines and counts them, is left only the lines to check)."""
     if (headers or {}).get(SCHEMA_HEADER) != expected.header or not body.endswith(b"\n"):
-        return False
+        return None
     count = (headers or {}).get(COUNT_HEADER)
-    return count is None or count == str(body.count(b"\n"))
+    if count is None:
+        return -1
+    return int(count) if count.isascii() and count.isdigit() and count == str(int(count)) else None
 
 
 def decode_body(body: bytes) -> list[dict[str, Any]]:

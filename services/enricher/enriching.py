@@ -313,9 +313,9 @@ class Enricher:
         holds: a line written the way the collector writes it goes straight into the
         core's record, with no dict built (flowcore.c, ``flow_body``); the output and
         the join state are :meth:`flow_lines`'s on the decoded records."""
-        if self.native and codec.framed(codec.RAW_FLOW, headers, body):
+        if self.native and (lines := codec.framed(codec.RAW_FLOW, headers, body)) is not None:
             out = Output()
-            if self._flows((), render_line, out.lines, out, body):
+            if self._flows((), render_line, out.lines, out, (body, lines)):
                 return out
         return self.flow_lines(codec.decode(codec.RAW_FLOW, headers, body))
 
@@ -325,11 +325,11 @@ class Enricher:
         render: Render,
         by_subject: dict[str, list[Any]],
         out: Output,
-        body: bytes | None = None,
+        body: tuple[bytes, int] | None = None,
     ) -> bool:
-        """Enrich ``records`` (or, natively, the NDJSON ``body``) into ``out``; False
-        when the compiled core found a line of ``body`` that is not a JSON object (then
-        nothing was done)."""
+        """Enrich ``records`` (or, natively, an NDJSON body of so many lines, -1: any)
+        into ``out``; False when the compiled core found the body has another number of
+        lines or one that is not a JSON object (then nothing was done)."""
         tally = out.tally
         lookups = tally.lookups = dict.fromkeys(LOOKUP_KINDS, 0)
         now = self._clock()
@@ -340,7 +340,7 @@ class Enricher:
             # _flow below, in order, so the output is this loop's.
             if body is None:
                 _flowcore.flow_lines(self, records, now, out)
-            elif not _flowcore.flow_body(self, body, now, out):
+            elif not _flowcore.flow_body(self, *body, now, out):
                 return False
             records = ()
         flow = self._flow

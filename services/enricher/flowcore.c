@@ -1560,16 +1560,20 @@ loads_line(const char *p, Py_ssize_t n)
     return value;
 }
 
-/* flow_body(enricher, body, now, out): flow_lines on a raw batch's NDJSON body (bytes,
- * ending in a newline). False, with nothing done, when a line is not a JSON object:
- * the caller decodes the body with codec.decode, which names the fault. */
+/* flow_body(enricher, body, lines, now, out): flow_lines on a raw batch's NDJSON body
+ * (bytes, ending in a newline) of `lines` lines (-1: any number). False, with nothing
+ * done, when it has another number of lines or a line is not a JSON object: the caller
+ * decodes the body with codec.decode, which names the fault. */
 static PyObject *
 flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "flow_body(enricher, body: bytes, now, out)");
+    if (nargs != 5 || !PyBytes_Check(args[1]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "flow_body(enricher, body: bytes, lines: int, now, out)");
         return NULL;
     }
+    Py_ssize_t expected = PyLong_AsSsize_t(args[2]);
+    if (expected == -1 && PyErr_Occurred())
+        return NULL;
     if (render_line == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_flowcore.configure() was not called");
         return NULL;
@@ -1582,10 +1586,12 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = 0;
     for (const char *p = data; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
         n++;
+    if (expected >= 0 && n != expected)
+        Py_RETURN_FALSE;
     Line *lines = PyMem_Malloc((size_t)n * sizeof(Line));
     PyObject **dicts = PyMem_Calloc((size_t)n, sizeof(PyObject *));
     const char **starts = PyMem_Malloc((size_t)(n + 1) * sizeof(char *));
-    Batch b = {.now = args[2]};
+    Batch b = {.now = args[3]};
     PyObject *last_observer = NULL, *last_reason = NULL, *result = NULL;
     if (lines == NULL || dicts == NULL || starts == NULL) {
         PyErr_NoMemory();
@@ -1604,7 +1610,7 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         p = nl + 1;
     }
     starts[n] = end;
-    if (prepare(&b, args[0], args[3]) < 0)
+    if (prepare(&b, args[0], args[4]) < 0)
         goto done;
     if (b.addresses != slots_of || PyDict_GET_SIZE(b.addresses) < slots_used) {
         table_clear();
@@ -1829,8 +1835,9 @@ static PyMethodDef methods[] = {
     {"flow_lines", (PyCFunction)(void (*)(void))flow_lines, METH_FASTCALL,
      "flow_lines(enricher, records, now, out): Enricher._flows's loop (lines path)."},
     {"flow_body", (PyCFunction)(void (*)(void))flow_body, METH_FASTCALL,
-     "flow_body(enricher, body, now, out): flow_lines on a raw batch's NDJSON body; False\n"
-     "when a line is not a JSON object (nothing done: decode it with codec.decode)."},
+     "flow_body(enricher, body, lines, now, out): flow_lines on a raw batch's NDJSON body;\n"
+     "False when it has another number of lines (-1: any) or a line is not a JSON object\n"
+     "(nothing done: decode it with codec.decode)."},
     {"frame_atomic", (PyCFunction)(void (*)(void))frame_atomic, METH_FASTCALL,
      "frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): a raw batch's\n"
      "flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},

@@ -70,6 +70,39 @@ def test_count_mismatch() -> None:
         codec.decode(codec.FLOW, headers, b'{"a":1}\n')
 
 
+@pytest.mark.parametrize(
+    ("headers", "body", "lines"),
+    [
+        ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "2"}, b"{}\n{}\n", 2),
+        (
+            {"Flowscope-Schema": "flow/1", "Flowscope-Count": "3"},
+            b"{}\n{}\n",
+            3,
+        ),  # lines checked later
+        ({"Flowscope-Schema": "flow/1"}, b"{}\n", -1),  # no count: any number
+        ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "02"}, b"{}\n{}\n", None),
+        ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "+2"}, b"{}\n{}\n", None),
+        ({"Flowscope-Schema": "flow/1", "Flowscope-Count": " 2"}, b"{}\n{}\n", None),
+        ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "²"}, b"{}\n", None),  # a digit, not 0-9
+        ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "1"}, b"{}", None),  # no newline
+        ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "0"}, b"", None),
+        ({"Flowscope-Schema": "flow/2", "Flowscope-Count": "1"}, b"{}\n", None),
+        (None, b"{}\n", None),
+    ],
+)
+def test_framed_says_how_many_lines_decode_would_want(
+    headers: dict[str, str] | None, body: bytes, lines: int | None
+) -> None:
+    assert codec.framed(codec.FLOW, headers, body) == lines
+    if lines is None:  # what decode says of it, then, is decode's business
+        return
+    if lines in (-1, body.count(b"\n")):
+        assert len(codec.decode(codec.FLOW, headers, body)) == body.count(b"\n")
+    else:
+        with pytest.raises(CodecError, match="count"):
+            codec.decode(codec.FLOW, headers, body)
+
+
 def test_non_object_lines_rejected() -> None:
     with pytest.raises(CodecError):
         codec.decode(codec.FLOW, {"Flowscope-Schema": "flow/1"}, b"[1,2]\n")

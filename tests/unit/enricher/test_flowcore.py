@@ -570,6 +570,8 @@ def test_message_bodies_read_by_the_compiled_core() -> None:
     for bad_headers, bad_body in [
         ({**headers, codec.COUNT_HEADER: "2"}, body),  # the count is wrong
         ({**headers, codec.COUNT_HEADER: "03"}, body),
+        ({**headers, codec.COUNT_HEADER: "\u00b3"}, body),  # a digit, not 0-9
+        ({**headers, codec.COUNT_HEADER: "4"}, body),
         ({**headers, codec.SCHEMA_HEADER: codec.RAW_DNS.header}, body),
         ({}, body),
         (None, body),
