@@ -67,7 +67,7 @@ static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_o
     *s_resolver, *s_resolve, *s_cache, *s_sockets, *s_sockets_table, *s_locals, *s_names,
     *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
-    *s_container_id, *s_connect, *s_accept;
+    *s_container_id, *s_connect, *s_accept, *s_generation;
 /* raw record keys */
 static PyObject *k_observer, *k_start_ns, *k_end_ns, *k_end_reason, *k_proto, *k_src, *k_dst,
     *k_sport, *k_dport, *k_bytes, *k_packets, *k_rbytes, *k_rpackets, *k_tcp_flags,
@@ -218,8 +218,13 @@ typedef struct {
     PyObject *flow;              /* bound Enricher._flow: the Python path */
     PyObject *refine;            /* bound Enricher._refine */
     PyObject *addresses;         /* dict */
+    PyObject *resolver;
     PyObject *resolve;           /* bound resolver.resolve */
     PyObject *resolved;          /* resolver._cache (dict) or NULL */
+    /* resolver.generation (see resolve_at): known, and to be read again after Python
+     * code ran that may have resolved something (a miss may empty _cache) */
+    Py_ssize_t generation;
+    int has_generation, generation_stale;
     PyObject *sockets, *locals;  /* SocketTable._sockets, ._locals */
     PyObject *entries;           /* NameCache._entries */
     PyObject *names_lookup;      /* bound NameCache.lookup */
@@ -235,6 +240,17 @@ typedef struct {
     Py_ssize_t kind_counts[N_KINDS];
 } Batch;
 
+/* A slot of flow_body's address table (see "raw bodies" below). */
+#define KEY_MAX 46
+typedef struct Slot {
+    uint64_t hash; /* 0: free */
+    PyObject *entry;
+    PyObject *ident;       /* the address's identity as resolver._cache had it, or NULL */
+    Py_ssize_t generation; /* ... at this resolver.generation */
+    uint8_t len;
+    char key[KEY_MAX + 1];
+} Slot;
+
 /* The fields of one raw record that this core can handle (borrowed references). */
 typedef struct {
     PyObject *observer, *reason, *proto_obj, *src_text, *dst_text, *sport_obj, *dport_obj;
@@ -242,6 +258,7 @@ typedef struct {
     long proto, sport, dport, flags;
     int initiator;
     PyObject *src, *dst, *network, *src_packed, *dst_packed; /* from the address cache */
+    Slot *src_slot, *dst_slot; /* flow_body's address table slots, or NULL */
 } Raw;
 
 /* An exact int in [lo, hi] (0 when not: the record goes to the Python path). */
@@ -321,6 +338,7 @@ read_raw(Batch *b, PyObject *raw, Raw *r)
 {
     if (!PyDict_CheckExact(raw))
         return 0;
+    r->src_slot = r->dst_slot = NULL;
     PyObject *v;
     if ((v = GET(k_nat_dst)) != NULL)
         return 0; /* DNAT'ed: the Service's name and the client's socket (Python path) */
@@ -400,6 +418,48 @@ resolve(Batch *b, PyObject *address)
         if (PyErr_Occurred())
             return NULL;
     }
+    b->generation_stale = 1; /* resolve() may empty the cache (Inventory.generation) */
+    return PyObject_CallOneArg(b->resolve, address);
+}
+
+/* resolver.generation read again when Python code ran since it was read. */
+static int
+fresh_generation(Batch *b)
+{
+    if (!b->generation_stale)
+        return 0;
+    PyObject *g = PyObject_GetAttr(b->resolver, s_generation);
+    if (g == NULL)
+        return -1;
+    b->generation = PyLong_AsSsize_t(g);
+    Py_DECREF(g);
+    if (b->generation == -1 && PyErr_Occurred())
+        return -1;
+    b->generation_stale = 0;
+    return 0;
+}
+
+/* resolve(), through the identity a slot of the address table keeps: the one
+ * resolver._cache held for the address, valid while resolver.generation is the one it
+ * was read at (the resolver bumps it whenever _cache loses an entry). New reference. */
+static PyObject *
+resolve_at(Batch *b, Slot *slot, PyObject *address)
+{
+    if (slot == NULL || !b->has_generation || b->resolved == NULL)
+        return resolve(b, address);
+    if (fresh_generation(b) < 0)
+        return NULL;
+    if (slot->ident != NULL && slot->generation == b->generation)
+        return Py_NewRef(slot->ident);
+    PyObject *found = PyDict_GetItemWithError(b->resolved, address);
+    if (found != NULL && found != Py_None) {
+        Py_XSETREF(slot->ident, Py_NewRef(found));
+        slot->generation = b->generation;
+        return Py_NewRef(found);
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    b->generation_stale = 1;
     return PyObject_CallOneArg(b->resolve, address);
 }
 
@@ -493,6 +553,7 @@ refine(Batch *b, PyObject *ident, PyObject *proc)
     Py_DECREF(cid);
     if (!named)
         return ident;
+    b->generation_stale = 1;
     PyObject *refined = PyObject_CallFunctionObjArgs(b->refine, ident, proc, NULL);
     Py_DECREF(ident);
     return refined;
@@ -818,7 +879,8 @@ enrich(Batch *b, Raw *r)
     long sport = r->sport, dport = r->dport;
     long long fwd_b = r->fwd_b, fwd_p = r->fwd_p, rev_b = r->rev_b, rev_p = r->rev_p;
 
-    if ((src_id = resolve(b, src)) == NULL || (dst_id = resolve(b, dst)) == NULL ||
+    if ((src_id = resolve_at(b, r->src_slot, src)) == NULL ||
+        (dst_id = resolve_at(b, r->dst_slot, dst)) == NULL ||
         count_kind(b, src_id) < 0 || count_kind(b, dst_id) < 0)
         goto done;
     if ((src_home = PyObject_GetAttr(src_id, s_home)) == NULL ||
@@ -994,6 +1056,7 @@ python_path(Batch *b, PyObject *raw, Py_ssize_t i)
     if (index == NULL)
         return -1;
     PyObject *args[5] = {raw, index, b->now, b->tally, render_line};
+    b->generation_stale = 1;
     PyObject *result = PyObject_Vectorcall(b->flow, args, 5, NULL);
     Py_DECREF(index);
     if (result == NULL) {
@@ -1109,6 +1172,7 @@ release(Batch *b)
     Py_CLEAR(b->flow);
     Py_CLEAR(b->refine);
     Py_CLEAR(b->addresses);
+    Py_CLEAR(b->resolver);
     Py_CLEAR(b->resolve);
     Py_CLEAR(b->resolved);
     Py_CLEAR(b->sockets);
@@ -1135,7 +1199,7 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
         (b->flow = PyObject_GetAttr(enricher, s_flow)) == NULL ||
         (b->refine = PyObject_GetAttr(enricher, s_refine)) == NULL ||
         (b->addresses = PyObject_GetAttr(enricher, s_addresses)) == NULL ||
-        (resolver = PyObject_GetAttr(enricher, s_resolver)) == NULL ||
+        (b->resolver = resolver = PyObject_GetAttr(enricher, s_resolver)) == NULL ||
         (b->resolve = PyObject_GetAttr(resolver, s_resolve)) == NULL ||
         (b->sockets = attr2(enricher, s_sockets, s_sockets_table)) == NULL ||
         (b->locals = attr2(enricher, s_sockets, s_locals)) == NULL ||
@@ -1172,12 +1236,23 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
     b->now_s = PyFloat_AsDouble(b->now);
     if (b->now_s == -1.0 && PyErr_Occurred())
         goto fail;
-    Py_DECREF(resolver);
+    /* a resolver with a generation lets flow_body keep identities (resolve_at) */
+    PyObject *generation = PyObject_GetAttr(resolver, s_generation);
+    if (generation == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            goto fail;
+        PyErr_Clear();
+    } else {
+        b->generation = PyLong_AsSsize_t(generation);
+        Py_DECREF(generation);
+        if (b->generation == -1 && PyErr_Occurred())
+            goto fail;
+        b->has_generation = 1;
+    }
     Py_DECREF(ttl);
     Py_DECREF(ttl_min);
     return 0;
 fail:
-    Py_XDECREF(resolver);
     Py_XDECREF(ttl);
     Py_XDECREF(ttl_min);
     return -1;
@@ -1368,20 +1443,16 @@ plain(const char *p, const char *end, Line *l)
  * text's bytes (no str is built). It caches what _addresses holds — a pure function of
  * the text — and is emptied when it is handed another _addresses dict, or one that
  * shrank (Enricher._address clears its dict at MAX_ADDRESSES). */
-#define KEY_MAX 46
 #define TABLE_MAX (1 << 16) /* entries; then emptied (4 MB of slots at most) */
 
-typedef struct {
-    uint64_t hash; /* 0: free */
-    PyObject *entry;
-    uint8_t len;
-    char key[KEY_MAX + 1];
-} Slot;
 
 static Slot *slots;
 static size_t slot_mask;
 static Py_ssize_t slots_used;
-static const void *slots_of; /* the _addresses dict mirrored (compared, never used) */
+static uint64_t slots_moved; /* counts growths and clears: a Slot pointer is stale */
+/* the _addresses dict and the resolver the table was filled from (held, so that another
+ * one can never have the same address) */
+static PyObject *slots_addresses, *slots_resolver;
 
 static uint64_t
 text_hash(const char *s, Py_ssize_t n)
@@ -1396,15 +1467,18 @@ static void
 table_clear(void)
 {
     for (size_t i = 0; slots != NULL && i <= slot_mask; i++)
-        if (slots[i].hash)
+        if (slots[i].hash) {
             Py_CLEAR(slots[i].entry);
+            Py_CLEAR(slots[i].ident);
+        }
     PyMem_Free(slots);
     slots = NULL;
     slot_mask = 0;
     slots_used = 0;
+    slots_moved++;
 }
 
-static int
+static Slot *
 table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry)
 {
     if (slots_used >= TABLE_MAX)
@@ -1414,7 +1488,7 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry)
         Slot *grown = PyMem_Calloc(size, sizeof(Slot));
         if (grown == NULL) {
             PyErr_NoMemory();
-            return -1;
+            return NULL;
         }
         for (size_t i = 0; slots != NULL && i <= slot_mask; i++) {
             if (!slots[i].hash)
@@ -1427,30 +1501,39 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry)
         PyMem_Free(slots);
         slots = grown;
         slot_mask = size - 1;
+        slots_moved++;
     }
     size_t j = h & slot_mask;
     while (slots[j].hash)
         j = (j + 1) & slot_mask;
     slots[j].hash = h;
     slots[j].entry = Py_NewRef(entry);
+    slots[j].ident = NULL;
     slots[j].len = (uint8_t)n;
     memcpy(slots[j].key, s, (size_t)n);
     slots_used++;
-    return 0;
+    return &slots[j];
 }
 
-/* The _addresses entry of an address's text (new reference), or NULL: none (no
- * exception) or an error. */
-static PyObject *
-address_entry(Batch *b, const char *s, Py_ssize_t n)
+/* The slot of an address's text, or NULL. */
+static Slot *
+table_find(uint64_t h, const char *s, Py_ssize_t n)
 {
-    uint64_t h = 0;
-    if (n <= KEY_MAX && slots != NULL) {
-        h = text_hash(s, n);
-        for (size_t j = h & slot_mask; slots[j].hash; j = (j + 1) & slot_mask)
-            if (slots[j].hash == h && slots[j].len == n && memcmp(slots[j].key, s, (size_t)n) == 0)
-                return Py_NewRef(slots[j].entry);
-    }
+    for (size_t j = h & slot_mask; slots != NULL && slots[j].hash; j = (j + 1) & slot_mask)
+        if (slots[j].hash == h && slots[j].len == n && memcmp(slots[j].key, s, (size_t)n) == 0)
+            return &slots[j];
+    return NULL;
+}
+
+/* The _addresses entry of an address's text (new reference) and its slot (NULL when
+ * the text is too long for one), or NULL: none (no exception) or an error. */
+static PyObject *
+address_entry(Batch *b, const char *s, Py_ssize_t n, Slot **slot)
+{
+    uint64_t h = n <= KEY_MAX ? text_hash(s, n) : 0;
+    *slot = h ? table_find(h, s, n) : NULL;
+    if (*slot != NULL)
+        return Py_NewRef((*slot)->entry);
     PyObject *text = PyUnicode_FromStringAndSize(s, n);
     if (text == NULL)
         return NULL;
@@ -1458,7 +1541,7 @@ address_entry(Batch *b, const char *s, Py_ssize_t n)
     Py_DECREF(text);
     if (entry == NULL)
         return NULL;
-    if (n <= KEY_MAX && table_insert(h ? h : text_hash(s, n), s, n, entry) < 0)
+    if (h && (*slot = table_insert(h, s, n, entry)) == NULL)
         return NULL;
     return Py_NewRef(entry);
 }
@@ -1506,9 +1589,14 @@ read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
     int known = PySet_Contains(end_reasons, h->reason);
     if (known <= 0)
         return known;
-    if ((h->src_entry = address_entry(b, l->at[F_SRC], l->len[F_SRC])) == NULL ||
-        (h->dst_entry = address_entry(b, l->at[F_DST], l->len[F_DST])) == NULL)
+    if ((h->src_entry = address_entry(b, l->at[F_SRC], l->len[F_SRC], &r->src_slot)) == NULL)
         return PyErr_Occurred() ? -1 : 0;
+    uint64_t moved = slots_moved;
+    if ((h->dst_entry = address_entry(b, l->at[F_DST], l->len[F_DST], &r->dst_slot)) == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (slots_moved != moved && r->src_slot != NULL) /* the table grew or was emptied */
+        r->src_slot = table_find(text_hash(l->at[F_SRC], l->len[F_SRC]), l->at[F_SRC],
+                                 l->len[F_SRC]);
     PyObject *dst_network;
     if (!entry_parts(h->src_entry, &r->src, &r->network, &r->src_packed) ||
         !entry_parts(h->dst_entry, &r->dst, &dst_network, &r->dst_packed))
@@ -1612,9 +1700,11 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     starts[n] = end;
     if (prepare(&b, args[0], args[4]) < 0)
         goto done;
-    if (b.addresses != slots_of || PyDict_GET_SIZE(b.addresses) < slots_used) {
+    if (b.addresses != slots_addresses || b.resolver != slots_resolver ||
+        PyDict_GET_SIZE(b.addresses) < slots_used) {
         table_clear();
-        slots_of = b.addresses;
+        Py_XSETREF(slots_addresses, Py_NewRef(b.addresses));
+        Py_XSETREF(slots_resolver, Py_NewRef(b.resolver));
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         Raw r;
@@ -1872,6 +1962,7 @@ PyInit__flowcore(void)
     INTERN(s_resolver, "resolver");
     INTERN(s_resolve, "resolve");
     INTERN(s_cache, "_cache");
+    INTERN(s_generation, "generation");
     INTERN(s_sockets, "sockets");
     INTERN(s_sockets_table, "_sockets");
     INTERN(s_locals, "_locals");

@@ -88,6 +88,9 @@ class Inventory:
         # The identity caches. ``_cache`` is probed directly by the compiled flow core: a
         # plain dict, only ever changed in place, never holding a stale identity.
         self._cache: dict[str, Identity] = {}
+        # bumped whenever _cache loses an entry: the compiled core keeps identities it
+        # read from _cache beside its address table and trusts them while this holds
+        self.generation = 0
         self._container_cache: dict[str, Identity | None] = {}
         self._cached_containers: dict[str, set[str]] = {}  # address → container ids cached
 
@@ -192,7 +195,8 @@ class Inventory:
         """Drop the identities of these addresses, and the container entries built for them
         (a container's identity reads the EndpointSlices of its pod's first address)."""
         for address in addresses:
-            self._cache.pop(address, None)
+            if self._cache.pop(address, None) is not None:
+                self.generation += 1
             for cid in self._cached_containers.pop(address, ()):
                 self._container_cache.pop(cid, None)
 
@@ -290,6 +294,7 @@ class Inventory:
             found = self._build(address)
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
+                self.generation += 1
             self._cache[address] = found
         return found
 

@@ -36,6 +36,7 @@ class LocalResolver:
         self.host_name = host_name or socket.gethostname()
         self._addresses = addresses
         self._cache: dict[str, Identity] = {}
+        self.generation = 0  # bumped when _cache loses entries (as Inventory.generation)
 
     @property
     def ready(self) -> bool:
@@ -45,6 +46,7 @@ class LocalResolver:
         if addresses != self._addresses:
             self._addresses = addresses
             self._cache.clear()
+            self.generation += 1
 
     def resolve(self, address: str) -> Identity:
         found = self._cache.get(address)
@@ -55,6 +57,7 @@ class LocalResolver:
                 found = external(address)
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
+                self.generation += 1
             self._cache[address] = found
         return found
 

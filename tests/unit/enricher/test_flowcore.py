@@ -741,6 +741,29 @@ def test_before_the_first_sync_and_after_changes_to_the_cluster() -> None:
     assert out.tally.lookups["pod"] == 3 and out.tally.lookups["external"] == 1
 
 
+def test_every_change_to_the_cluster_reaches_the_identities_the_core_keeps() -> None:
+    # flow_body keeps each address's identity beside its address table while
+    # resolver.generation holds: every change that drops a cached identity must show.
+    pairs = ((A, B), (A6, B6), (AGENT, OUT4), (C, WEB), (OUT4, A), (B, "192.168.0.2"),
+             (OUT6, A6), (B, WEB))  # fmt: skip
+    batch = [flow(NODE_1, src, dst, 40000 + i, 80) for i, (src, dst) in enumerate(pairs)]
+    changed = set()
+    for n in range(len(CHANGES)):
+        twins = Twins()
+        twins.flows(batch)
+        before = lines_of(twins.flows(batch))  # the identities kept by now
+        twins.change(n)
+        if lines_of(twins.flows(batch)) != before:
+            changed.add(n)
+    assert {0, 3, 5, 6, 7} <= changed  # pod at OUT4, labels, slice, owner, node (a deleted
+    # Service stays resolvable for its grace period)
+    twins = Twins()  # and all of them one after the other, on one state
+    for n in range(len(CHANGES)):
+        twins.flows(batch)
+        twins.change(n)
+    twins.flows(batch)
+
+
 def test_any_iterable_of_records() -> None:
     twins = Twins()
     batch = [GOOD, flow(NODE_2, B, A, 80, 40000), None]
