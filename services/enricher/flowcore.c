@@ -595,12 +595,32 @@ active(Batch *b, PyObject *node)
  * Its steps, on the cache's own OrderedDict of (client, address) → [name, expiry]: an
  * expired entry is deleted; a live one moves to the end (LRU) and lives at least
  * ttl_min from now. */
+/* The key (client, address) to probe NameCache._entries with: one tuple, reused while
+ * nothing else holds it (a probe, move_to_end and a deletion keep no reference to the
+ * key they are given). New reference. */
+static PyObject *scratch_pair;
+
+static PyObject *
+pair_of(PyObject *a, PyObject *b)
+{
+    if (scratch_pair == NULL || Py_REFCNT(scratch_pair) != 1) {
+        Py_XSETREF(scratch_pair, PyTuple_Pack(2, a, b));
+        return Py_XNewRef(scratch_pair);
+    }
+    PyObject *old_a = PyTuple_GET_ITEM(scratch_pair, 0), *old_b = PyTuple_GET_ITEM(scratch_pair, 1);
+    PyTuple_SET_ITEM(scratch_pair, 0, Py_NewRef(a));
+    PyTuple_SET_ITEM(scratch_pair, 1, Py_NewRef(b));
+    Py_DECREF(old_a);
+    Py_DECREF(old_b);
+    return Py_NewRef(scratch_pair);
+}
+
 static PyObject *
 name_of(Batch *b, PyObject *client, PyObject *address)
 {
     if (PyDict_GET_SIZE(b->entries) == 0)
         return NULL;
-    PyObject *key = PyTuple_Pack(2, client, address);
+    PyObject *key = pair_of(client, address);
     if (key == NULL)
         return NULL;
     PyObject *name = NULL;
@@ -892,15 +912,28 @@ enrich(Batch *b, Raw *r)
     dst_proc = find_end(b, r->observer, dst_home, r->proto_obj, dst, dport_obj, src, sport_obj);
     if (dst_proc == NULL && PyErr_Occurred())
         goto done;
+    /* a refined identity has its own home (a hostNetwork pod's, not its node's) */
     if (src_proc != NULL) {
         b->process_hits++;
+        PyObject *before = src_id;
         if ((src_id = refine(b, src_id, src_proc)) == NULL)
             goto done;
+        if (src_id != before) {
+            Py_SETREF(src_home, PyObject_GetAttr(src_id, s_home));
+            if (src_home == NULL)
+                goto done;
+        }
     }
     if (dst_proc != NULL) {
         b->process_hits++;
+        PyObject *before = dst_id;
         if ((dst_id = refine(b, dst_id, dst_proc)) == NULL)
             goto done;
+        if (dst_id != before) {
+            Py_SETREF(dst_home, PyObject_GetAttr(dst_id, s_home));
+            if (dst_home == NULL)
+                goto done;
+        }
     }
 
     PyObject *direction = forward;
@@ -917,6 +950,7 @@ enrich(Batch *b, Raw *r)
             t = src_packed, src_packed = dst_packed, dst_packed = t;
             t = sport_obj, sport_obj = dport_obj, dport_obj = t;
             t = src_id, src_id = dst_id, dst_id = t;
+            t = src_home, src_home = dst_home, dst_home = t;
             t = src_proc, src_proc = dst_proc, dst_proc = t;
             long p = sport;
             sport = dport, dport = p;
@@ -929,11 +963,6 @@ enrich(Batch *b, Raw *r)
     }
 
     /* cross-node dedup (enriching.merge_owner) */
-    Py_CLEAR(src_home);
-    Py_CLEAR(dst_home);
-    if ((src_home = PyObject_GetAttr(src_id, s_home)) == NULL ||
-        (dst_home = PyObject_GetAttr(dst_id, s_home)) == NULL)
-        goto done;
     int truthy_s = PyObject_IsTrue(src_home), truthy_d = PyObject_IsTrue(dst_home);
     if (truthy_s < 0 || truthy_d < 0)
         goto done;
