@@ -244,11 +244,13 @@ typedef struct {
 #define KEY_MAX 46
 typedef struct Slot {
     uint64_t hash; /* 0: free */
-    PyObject *entry;
+    PyObject *entry;          /* the _addresses entry (held), and its parts (borrowed): */
+    PyObject *canonical, *network;
     PyObject *ident;       /* the address's identity as resolver._cache had it, or NULL */
     Py_ssize_t generation; /* ... at this resolver.generation */
-    uint8_t len;
+    uint8_t len, alen;
     char key[KEY_MAX + 1];
+    uint8_t packed[16];    /* the entry's packed bytes, alen of them */
 } Slot;
 
 /* The fields of one raw record that this core can handle (borrowed references). */
@@ -258,6 +260,8 @@ typedef struct {
     long proto, sport, dport, flags;
     int initiator;
     PyObject *src, *dst, *network, *src_packed, *dst_packed; /* from the address cache */
+    const uint8_t *src_bytes, *dst_bytes; /* the packed addresses, alen bytes each */
+    Py_ssize_t alen;
     Slot *src_slot, *dst_slot; /* flow_body's address table slots, or NULL */
 } Raw;
 
@@ -329,6 +333,15 @@ same_family(const Raw *r, PyObject *dst_network)
     return rc == 0 && PyBytes_GET_SIZE(r->src_packed) == PyBytes_GET_SIZE(r->dst_packed);
 }
 
+/* read_raw's packed addresses as flow_body's (bytes and length). */
+static void
+packed_bytes(Raw *r)
+{
+    r->src_bytes = (const uint8_t *)PyBytes_AS_STRING(r->src_packed);
+    r->dst_bytes = (const uint8_t *)PyBytes_AS_STRING(r->dst_packed);
+    r->alen = PyBytes_GET_SIZE(r->src_packed);
+}
+
 #define GET(key) PyDict_GetItemWithError(raw, key)
 
 /* Read and check one raw record. 1: this core handles it; 0: the Python path does;
@@ -390,6 +403,7 @@ read_raw(Batch *b, PyObject *raw, Raw *r)
     rc = cached_address(b->addresses, r->dst_text, &r->dst, &dst_network, &r->dst_packed);
     if (rc <= 0)
         return rc;
+    packed_bytes(r);
     return same_family(r, dst_network);
 }
 
@@ -890,10 +904,10 @@ enrich(Batch *b, Raw *r)
 
     /* The address cache's entries are held while Python code runs (resolve, _refine,
      * names.lookup): none of it touches that cache, but nothing here relies on it. */
-    PyObject *held[4] = {Py_NewRef(r->src), Py_NewRef(r->dst), Py_NewRef(r->src_packed),
-                         Py_NewRef(r->dst_packed)};
-    PyObject *src = r->src, *dst = r->dst, *src_packed = r->src_packed,
-             *dst_packed = r->dst_packed, *sport_obj = r->sport_obj, *dport_obj = r->dport_obj;
+    PyObject *held[4] = {Py_NewRef(r->src), Py_NewRef(r->dst), Py_XNewRef(r->src_packed),
+                         Py_XNewRef(r->dst_packed)};
+    PyObject *src = r->src, *dst = r->dst, *sport_obj = r->sport_obj, *dport_obj = r->dport_obj;
+    const uint8_t *src_bytes = r->src_bytes, *dst_bytes = r->dst_bytes;
     if (PyDict_SetItem(b->seen, r->observer, b->now) < 0)
         goto done;
     long sport = r->sport, dport = r->dport;
@@ -947,7 +961,8 @@ enrich(Batch *b, Raw *r)
         if (reverse) { /* the destination opened it: swap the ends */
             PyObject *t;
             t = src, src = dst, dst = t;
-            t = src_packed, src_packed = dst_packed, dst_packed = t;
+            const uint8_t *u = src_bytes;
+            src_bytes = dst_bytes, dst_bytes = u;
             t = sport_obj, sport_obj = dport_obj, dport_obj = t;
             t = src_id, src_id = dst_id, dst_id = t;
             t = src_home, src_home = dst_home, dst_home = t;
@@ -1014,8 +1029,7 @@ enrich(Batch *b, Raw *r)
         b->dns_misses++;
 
     char cid[CID_LEN];
-    community_id((int)r->proto, (const uint8_t *)PyBytes_AS_STRING(src_packed),
-                 (const uint8_t *)PyBytes_AS_STRING(dst_packed), PyBytes_GET_SIZE(src_packed),
+    community_id((int)r->proto, src_bytes, dst_bytes, r->alen,
                  sport, dport, cid);
     int ported = r->proto != ICMP && r->proto != ICMPV6;
 
@@ -1049,7 +1063,7 @@ enrich(Batch *b, Raw *r)
     result = 1;
 done:
     for (int i = 0; i < 4; i++)
-        Py_DECREF(held[i]);
+        Py_XDECREF(held[i]);
     Py_XDECREF(src_id);
     Py_XDECREF(dst_id);
     Py_XDECREF(src_proc);
@@ -1508,10 +1522,9 @@ table_clear(void)
 }
 
 static Slot *
-table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry)
+table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry, PyObject *canonical,
+             PyObject *network, PyObject *packed)
 {
-    if (slots_used >= TABLE_MAX)
-        table_clear();
     if (slots == NULL || (size_t)(slots_used + 1) * 2 > slot_mask + 1) {
         size_t size = slots == NULL ? 1024 : (slot_mask + 1) * 2;
         Slot *grown = PyMem_Calloc(size, sizeof(Slot));
@@ -1537,9 +1550,13 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry)
         j = (j + 1) & slot_mask;
     slots[j].hash = h;
     slots[j].entry = Py_NewRef(entry);
+    slots[j].canonical = canonical;
+    slots[j].network = network;
     slots[j].ident = NULL;
     slots[j].len = (uint8_t)n;
     memcpy(slots[j].key, s, (size_t)n);
+    slots[j].alen = (uint8_t)PyBytes_GET_SIZE(packed);
+    memcpy(slots[j].packed, PyBytes_AS_STRING(packed), slots[j].alen);
     slots_used++;
     return &slots[j];
 }
@@ -1554,25 +1571,28 @@ table_find(uint64_t h, const char *s, Py_ssize_t n)
     return NULL;
 }
 
-/* The _addresses entry of an address's text (new reference) and its slot (NULL when
- * the text is too long for one), or NULL: none (no exception) or an error. */
-static PyObject *
-address_entry(Batch *b, const char *s, Py_ssize_t n, Slot **slot)
+/* The slot of an address's text, added from _addresses on first use; NULL: the text
+ * is not there, or too long, or its entry has another shape (no exception: the record
+ * goes the Python way), or an error. The table is never emptied while a record is read
+ * (read_line empties it before), so the slot's entry lives until the next record. */
+static Slot *
+address_slot(Batch *b, const char *s, Py_ssize_t n)
 {
-    uint64_t h = n <= KEY_MAX ? text_hash(s, n) : 0;
-    *slot = h ? table_find(h, s, n) : NULL;
-    if (*slot != NULL)
-        return Py_NewRef((*slot)->entry);
+    if (n > KEY_MAX)
+        return NULL;
+    uint64_t h = text_hash(s, n);
+    Slot *slot = table_find(h, s, n);
+    if (slot != NULL)
+        return slot;
     PyObject *text = PyUnicode_FromStringAndSize(s, n);
     if (text == NULL)
         return NULL;
     PyObject *entry = PyDict_GetItemWithError(b->addresses, text);
     Py_DECREF(text);
-    if (entry == NULL)
+    PyObject *canonical, *network, *packed;
+    if (entry == NULL || !entry_parts(entry, &canonical, &network, &packed))
         return NULL;
-    if (h && (*slot = table_insert(h, s, n, entry)) == NULL)
-        return NULL;
-    return Py_NewRef(entry);
+    return table_insert(h, s, n, entry, canonical, network, packed);
 }
 
 /* The same str object for the same text in a row (a raw batch has one observer, and few
@@ -1592,7 +1612,7 @@ text_of(PyObject **cache, const char *s, Py_ssize_t n)
 
 /* The objects a plain line's Raw points at, released after the record. */
 typedef struct {
-    PyObject *observer, *reason, *proto, *sport, *dport, *src_entry, *dst_entry;
+    PyObject *observer, *reason, *proto, *sport, *dport;
 } Held;
 
 static void
@@ -1603,8 +1623,6 @@ let_go(Held *h)
     Py_CLEAR(h->proto);
     Py_CLEAR(h->sport);
     Py_CLEAR(h->dport);
-    Py_CLEAR(h->src_entry);
-    Py_CLEAR(h->dst_entry);
 }
 
 /* read_raw for a plain line: 1 this core handles it, 0 the Python path does, -1 error. */
@@ -1618,21 +1636,33 @@ read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
     int known = PySet_Contains(end_reasons, h->reason);
     if (known <= 0)
         return known;
-    if ((h->src_entry = address_entry(b, l->at[F_SRC], l->len[F_SRC], &r->src_slot)) == NULL)
+    if (slots_used > TABLE_MAX - 2) /* room for both ends: never emptied in between */
+        table_clear();
+    Slot *src = address_slot(b, l->at[F_SRC], l->len[F_SRC]);
+    if (src == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    uint64_t moved = slots_moved;
-    if ((h->dst_entry = address_entry(b, l->at[F_DST], l->len[F_DST], &r->dst_slot)) == NULL)
+    uint64_t moved = slots_moved, src_hash = src->hash;
+    Slot *dst = address_slot(b, l->at[F_DST], l->len[F_DST]);
+    if (dst == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    if (slots_moved != moved && r->src_slot != NULL) /* the table grew or was emptied */
-        r->src_slot = table_find(text_hash(l->at[F_SRC], l->len[F_SRC]), l->at[F_SRC],
-                                 l->len[F_SRC]);
-    PyObject *dst_network;
-    if (!entry_parts(h->src_entry, &r->src, &r->network, &r->src_packed) ||
-        !entry_parts(h->dst_entry, &r->dst, &dst_network, &r->dst_packed))
+    if (slots_moved != moved) /* the table grew: the source's slot moved */
+        src = table_find(src_hash, l->at[F_SRC], l->len[F_SRC]);
+    r->src_slot = src;
+    r->dst_slot = dst;
+    r->src = src->canonical;
+    r->dst = dst->canonical;
+    r->network = src->network;
+    r->src_packed = r->dst_packed = NULL; /* held by the slots' entries */
+    r->src_bytes = src->packed;
+    r->dst_bytes = dst->packed;
+    r->alen = src->alen;
+    if (src->alen != dst->alen) /* families differ: a bad record */
         return 0;
-    int rc = same_family(r, dst_network);
-    if (rc <= 0)
-        return rc;
+    int rc = PyUnicode_Compare(src->network, dst->network);
+    if (rc == -1 && PyErr_Occurred())
+        return -1;
+    if (rc != 0)
+        return 0;
     r->proto = (long)l->value[F_PROTO];
     r->sport = (long)l->value[F_SPORT];
     r->dport = (long)l->value[F_DPORT];

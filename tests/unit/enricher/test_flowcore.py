@@ -591,9 +591,10 @@ def test_the_address_table_under_many_addresses_and_another_enricher() -> None:
     twins = Twins()
     other = world("kubernetes", True)
     lines = []
-    for i in range(70_000):
-        src = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
-        lines.append(orjson.dumps(flow(NODE_1, src, A, 1000 + i % 5000, 80)))
+    for i in range(70_000):  # the table grows (and is emptied) on either end's address
+        new = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        src, dst = ((new, A), (A, new), (new, f"172.16.{(i >> 8) & 255}.{i & 255}"))[i % 3]
+        lines.append(orjson.dumps(flow(NODE_1, src, dst, 1000 + i % 5000, 80)))
     for start in range(0, len(lines), 10_000):
         chunk = lines[start : start + 10_000]
         twins.body(*message(chunk))
