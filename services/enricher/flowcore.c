@@ -75,26 +75,18 @@ static PyObject *k_observer, *k_start_ns, *k_end_ns, *k_end_reason, *k_proto, *k
 
 /* ------------------------------------------------------------------ Community ID (SHA-1) */
 
-/* SHA-1 (FIPS 180-4) of a message of at most 55 bytes: one block. */
+/* The SHA-1 compression of one block, portably (FIPS 180-4). */
 static void
-sha1_short(const uint8_t *msg, size_t len, uint8_t out[20])
+sha1_block(uint32_t state[5], const uint8_t block[64])
 {
-    uint8_t block[64] = {0};
     uint32_t w[80];
-    uint32_t h0 = 0x67452301, h1 = 0xEFCDAB89, h2 = 0x98BADCFE, h3 = 0x10325476,
-             h4 = 0xC3D2E1F0;
-    memcpy(block, msg, len);
-    block[len] = 0x80;
-    uint64_t bits = (uint64_t)len * 8;
-    for (int i = 0; i < 8; i++)
-        block[63 - i] = (uint8_t)(bits >> (8 * i));
     for (int i = 0; i < 16; i++)
         w[i] = (uint32_t)block[4 * i] << 24 | (uint32_t)block[4 * i + 1] << 16 |
                (uint32_t)block[4 * i + 2] << 8 | block[4 * i + 3];
 #define ROL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
     for (int i = 16; i < 80; i++)
         w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    uint32_t a = h0, b = h1, c = h2, d = h3, e = h4;
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3], e = state[4];
     for (int i = 0; i < 80; i++) {
         uint32_t f, k;
         if (i < 20) {
@@ -118,13 +110,134 @@ sha1_short(const uint8_t *msg, size_t len, uint8_t out[20])
         a = t;
     }
 #undef ROL
-    uint32_t h[5] = {h0 + a, h1 + b, h2 + c, h3 + d, h4 + e};
+    state[0] += a;
+    state[1] += b;
+    state[2] += c;
+    state[3] += d;
+    state[4] += e;
+}
+
+/* The SHA-1 compression of one block with the x86 SHA extensions (SHA-NI), when the CPU
+ * has them (checked once, at import): ~10x fewer cycles than the portable rounds below,
+ * which were ~8 % of the core's time. The sequence is Intel's published one (the
+ * "Intel SHA Extensions" white paper, 2013, as in Linux's sha1_ni_asm.S and Jeffrey
+ * Walton's public-domain sha1-x86.c). `state` is h0..h4. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHA_NI 1
+
+__attribute__((target("sha,sse4.1"))) static void
+sha1_block_ni(uint32_t state[5], const uint8_t block[64])
+{
+    const __m128i mask = _mm_set_epi64x(0x0001020304050607ULL, 0x08090a0b0c0d0e0fULL);
+    __m128i abcd = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)state), 0x1B);
+    __m128i e0 = _mm_set_epi32((int)state[4], 0, 0, 0), e1;
+    const __m128i abcd_save = abcd, e0_save = e0;
+    __m128i m0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 0)), mask);
+    __m128i m1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16)), mask);
+    __m128i m2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 32)), mask);
+    __m128i m3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 48)), mask);
+
+    /* rounds 0-3 */
+    e0 = _mm_add_epi32(e0, m0);
+    e1 = abcd;
+    abcd = _mm_sha1rnds4_epu32(abcd, e0, 0);
+    /* 4-7 */
+    e1 = _mm_sha1nexte_epu32(e1, m1);
+    e0 = abcd;
+    abcd = _mm_sha1rnds4_epu32(abcd, e1, 0);
+    m0 = _mm_sha1msg1_epu32(m0, m1);
+    /* 8-11 */
+    e0 = _mm_sha1nexte_epu32(e0, m2);
+    e1 = abcd;
+    abcd = _mm_sha1rnds4_epu32(abcd, e0, 0);
+    m1 = _mm_sha1msg1_epu32(m1, m2);
+    m0 = _mm_xor_si128(m0, m2);
+    /* 12-15 */
+    e1 = _mm_sha1nexte_epu32(e1, m3);
+    e0 = abcd;
+    m0 = _mm_sha1msg2_epu32(m0, m3);
+    abcd = _mm_sha1rnds4_epu32(abcd, e1, 0);
+    m2 = _mm_sha1msg1_epu32(m2, m3);
+    m1 = _mm_xor_si128(m1, m3);
+/* Four rounds 16-67 in the steady pattern: the message words rotate through m0..m3. */
+#define FOUR(ea, eb, a, b, c, d, f)                                                          \
+    ea = _mm_sha1nexte_epu32(ea, a);                                                        \
+    eb = abcd;                                                                              \
+    b = _mm_sha1msg2_epu32(b, a);                                                           \
+    abcd = _mm_sha1rnds4_epu32(abcd, ea, f);                                                \
+    d = _mm_sha1msg1_epu32(d, a);                                                           \
+    c = _mm_xor_si128(c, a);
+    FOUR(e0, e1, m0, m1, m2, m3, 0) /* 16-19 */
+    FOUR(e1, e0, m1, m2, m3, m0, 1) /* 20-23 */
+    FOUR(e0, e1, m2, m3, m0, m1, 1) /* 24-27 */
+    FOUR(e1, e0, m3, m0, m1, m2, 1) /* 28-31 */
+    FOUR(e0, e1, m0, m1, m2, m3, 1) /* 32-35 */
+    FOUR(e1, e0, m1, m2, m3, m0, 1) /* 36-39 */
+    FOUR(e0, e1, m2, m3, m0, m1, 2) /* 40-43 */
+    FOUR(e1, e0, m3, m0, m1, m2, 2) /* 44-47 */
+    FOUR(e0, e1, m0, m1, m2, m3, 2) /* 48-51 */
+    FOUR(e1, e0, m1, m2, m3, m0, 2) /* 52-55 */
+    FOUR(e0, e1, m2, m3, m0, m1, 2) /* 56-59 */
+    FOUR(e1, e0, m3, m0, m1, m2, 3) /* 60-63 */
+    FOUR(e0, e1, m0, m1, m2, m3, 3) /* 64-67 */
+#undef FOUR
+    /* 68-71 */
+    e1 = _mm_sha1nexte_epu32(e1, m1);
+    e0 = abcd;
+    m2 = _mm_sha1msg2_epu32(m2, m1);
+    abcd = _mm_sha1rnds4_epu32(abcd, e1, 3);
+    m3 = _mm_xor_si128(m3, m1);
+    /* 72-75 */
+    e0 = _mm_sha1nexte_epu32(e0, m2);
+    e1 = abcd;
+    m3 = _mm_sha1msg2_epu32(m3, m2);
+    abcd = _mm_sha1rnds4_epu32(abcd, e0, 3);
+    /* 76-79 */
+    e1 = _mm_sha1nexte_epu32(e1, m3);
+    e0 = abcd;
+    abcd = _mm_sha1rnds4_epu32(abcd, e1, 3);
+
+    e0 = _mm_sha1nexte_epu32(e0, e0_save);
+    abcd = _mm_add_epi32(abcd, abcd_save);
+    _mm_storeu_si128((__m128i *)state, _mm_shuffle_epi32(abcd, 0x1B));
+    state[4] = (uint32_t)_mm_extract_epi32(e0, 3);
+}
+#endif
+
+static int use_sha_ni; /* set at import when the CPU has the SHA extensions */
+
+/* SHA-1 of a message of at most 55 bytes (one block), with the SHA extensions when
+ * `hardware` and the CPU has them. */
+static void
+sha1_short_with(const uint8_t *msg, size_t len, uint8_t out[20], int hardware)
+{
+    uint8_t block[64] = {0};
+    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    memcpy(block, msg, len);
+    block[len] = 0x80;
+    uint64_t bits = (uint64_t)len * 8;
+    for (int i = 0; i < 8; i++)
+        block[63 - i] = (uint8_t)(bits >> (8 * i));
+#ifdef HAVE_SHA_NI
+    if (hardware && use_sha_ni)
+        sha1_block_ni(h, block);
+    else
+#endif
+        sha1_block(h, block);
     for (int i = 0; i < 5; i++) {
         out[4 * i] = (uint8_t)(h[i] >> 24);
         out[4 * i + 1] = (uint8_t)(h[i] >> 16);
         out[4 * i + 2] = (uint8_t)(h[i] >> 8);
         out[4 * i + 3] = (uint8_t)h[i];
     }
+}
+
+static void
+sha1_short(const uint8_t *msg, size_t len, uint8_t out[20])
+{
+    sha1_short_with(msg, len, out, 1);
 }
 
 #define CID_LEN 30 /* "1:" + base64 of 20 bytes (28 characters, one '=') */
@@ -1980,6 +2093,26 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* sha1(data, hardware) — for the tests: the core's SHA-1 of up to 55 bytes, with the
+ * SHA extensions (when the CPU has them) or the portable rounds. */
+static PyObject *
+sha1(PyObject *module, PyObject *args)
+{
+    Py_buffer data;
+    int hardware;
+    if (!PyArg_ParseTuple(args, "y*p:sha1", &data, &hardware))
+        return NULL;
+    if (data.len > 55) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "one block: at most 55 bytes");
+        return NULL;
+    }
+    uint8_t out[20];
+    sha1_short_with(data.buf, (size_t)data.len, out, hardware);
+    PyBuffer_Release(&data);
+    return PyBytes_FromStringAndSize((const char *)out, 20);
+}
+
 static PyMethodDef methods[] = {
     {"flow_lines", (PyCFunction)(void (*)(void))flow_lines, METH_FASTCALL,
      "flow_lines(enricher, records, now, out): Enricher._flows's loop (lines path)."},
@@ -1990,6 +2123,8 @@ static PyMethodDef methods[] = {
     {"frame_atomic", (PyCFunction)(void (*)(void))frame_atomic, METH_FASTCALL,
      "frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): a raw batch's\n"
      "flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},
+    {"sha1", sha1, METH_VARARGS,
+     "sha1(data, hardware): the core's SHA-1 of at most 55 bytes (for the tests)."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
      "configure(*, render_line, record_error, strings, json_str, process_json, transports,\n"
      "flags, end_reasons, flows_prefix, directions, kinds, loads): the Python path's pieces."},
@@ -2064,5 +2199,13 @@ PyInit__flowcore(void)
 #undef INTERN
     if ((subject_cache = PyDict_New()) == NULL)
         return NULL;
-    return PyModule_Create(&module);
+#ifdef HAVE_SHA_NI
+    unsigned int a, b, c, d;
+    int ssse3_sse41 = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 9)) && (c & (1u << 19));
+    use_sha_ni = ssse3_sse41 && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29));
+#endif
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "SHA_NI", use_sha_ni) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -1,6 +1,8 @@
 """The compiled flow core is built by every install (setup.py) and used by default."""
 
 import gc
+import hashlib
+import random
 import sys
 import tracemalloc
 
@@ -103,3 +105,20 @@ def test_the_compiled_core_keeps_no_reference_after_a_batch() -> None:
         assert [sys.getrefcount(obj) for obj in kept] == counts
     finally:
         tracemalloc.stop()
+
+
+def test_the_cores_sha1_both_ways_is_hashlibs() -> None:
+    # The Community ID's SHA-1: with the x86 SHA extensions when the CPU has them
+    # (_flowcore.SHA_NI), else the portable rounds; both must be SHA-1 for every length
+    # one block takes. On a CPU without the extensions both calls take the portable way.
+    from flowscope.enricher import _flowcore
+
+    rnd = random.Random(7)
+    for length in range(56):
+        for _ in range(50):
+            data = rnd.randbytes(length)
+            digest = hashlib.sha1(data).digest()
+            assert _flowcore.sha1(data, True) == digest
+            assert _flowcore.sha1(data, False) == digest
+    with pytest.raises(ValueError, match="55 bytes"):
+        _flowcore.sha1(bytes(56), True)
