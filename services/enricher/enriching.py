@@ -633,6 +633,15 @@ class Enricher:
             self._addresses[text] = found
         return found
 
+    def _known_address(self, text: str) -> tuple[str, str, bytes] | None:
+        """:meth:`_address` for the compiled core, which reads a raw line itself: None
+        when ``text`` is not an address (the record then goes through :meth:`_flow`,
+        which reports it)."""
+        try:
+            return self._address(text, "", 0, "")
+        except RecordError:
+            return None
+
     def _resolve(self, address: str, tally: Tally) -> Identity:
         found = self.resolver.resolve(address)
         kind = found.kind

@@ -67,7 +67,7 @@ static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_o
     *s_resolver, *s_resolve, *s_cache, *s_sockets, *s_sockets_table, *s_locals, *s_names,
     *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
-    *s_container_id, *s_connect, *s_accept, *s_generation;
+    *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address;
 /* raw record keys */
 static PyObject *k_observer, *k_start_ns, *k_end_ns, *k_end_reason, *k_proto, *k_src, *k_dst,
     *k_sport, *k_dport, *k_bytes, *k_packets, *k_rbytes, *k_rpackets, *k_tcp_flags,
@@ -331,6 +331,7 @@ typedef struct {
     PyObject *flow;              /* bound Enricher._flow: the Python path */
     PyObject *refine;            /* bound Enricher._refine */
     PyObject *addresses;         /* dict */
+    PyObject *known_address;     /* bound Enricher._known_address (flow_body), or NULL */
     PyObject *resolver;
     PyObject *resolve;           /* bound resolver.resolve */
     PyObject *resolved;          /* resolver._cache (dict) or NULL */
@@ -1328,6 +1329,7 @@ release(Batch *b)
     Py_CLEAR(b->flow);
     Py_CLEAR(b->refine);
     Py_CLEAR(b->addresses);
+    Py_CLEAR(b->known_address);
     Py_CLEAR(b->resolver);
     Py_CLEAR(b->resolve);
     Py_CLEAR(b->resolved);
@@ -1700,12 +1702,21 @@ address_slot(Batch *b, const char *s, Py_ssize_t n)
     PyObject *text = PyUnicode_FromStringAndSize(s, n);
     if (text == NULL)
         return NULL;
-    PyObject *entry = PyDict_GetItemWithError(b->addresses, text);
+    PyObject *entry = Py_XNewRef(PyDict_GetItemWithError(b->addresses, text));
+    if (entry == NULL && !PyErr_Occurred() && b->known_address != NULL) {
+        /* seen for the first time: parsed and cached as the Python path would, in the
+         * same order (source, then destination); not an address: the Python path */
+        entry = PyObject_CallOneArg(b->known_address, text);
+        if (entry == Py_None)
+            Py_CLEAR(entry);
+    }
     Py_DECREF(text);
     PyObject *canonical, *network, *packed;
-    if (entry == NULL || !entry_parts(entry, &canonical, &network, &packed))
-        return NULL;
-    return table_insert(h, s, n, entry, canonical, network, packed);
+    slot = NULL;
+    if (entry != NULL && entry_parts(entry, &canonical, &network, &packed))
+        slot = table_insert(h, s, n, entry, canonical, network, packed);
+    Py_XDECREF(entry); /* held by the slot, and by _addresses */
+    return slot;
 }
 
 /* The same str object for the same text in a row (a raw batch has one observer, and few
@@ -1872,6 +1883,12 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     starts[n] = end;
     if (prepare(&b, args[0], args[4]) < 0)
         goto done;
+    b.known_address = PyObject_GetAttr(args[0], s_known_address);
+    if (b.known_address == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            goto done;
+        PyErr_Clear();
+    }
     if (b.addresses != slots_addresses || b.resolver != slots_resolver ||
         PyDict_GET_SIZE(b.addresses) < slots_used) {
         table_clear();
@@ -2157,6 +2174,7 @@ PyInit__flowcore(void)
     INTERN(s_resolve, "resolve");
     INTERN(s_cache, "_cache");
     INTERN(s_generation, "generation");
+    INTERN(s_known_address, "_known_address");
     INTERN(s_sockets, "sockets");
     INTERN(s_sockets_table, "_sockets");
     INTERN(s_locals, "_locals");
