@@ -1472,6 +1472,11 @@ enum {
     F_TCP_FLAGS, F_INITIATOR, F_IFINDEX, N_FIELDS
 };
 #define REQUIRED ((1u << F_TCP_FLAGS) - 1)
+/* the shortest plain line: every required key, each value one character or "" */
+#define MIN_PLAIN                                                                          \
+    ((Py_ssize_t)sizeof("{\"observer\":\"\",\"start_ns\":0,\"end_ns\":0,\"end_reason\":\"\","  \
+                        "\"proto\":0,\"src\":\"\",\"dst\":\"\",\"sport\":0,\"dport\":0,"          \
+                        "\"bytes\":0,\"packets\":0,\"rbytes\":0,\"rpackets\":0}") - 1)
 
 typedef struct {
     const char *at[N_FIELDS]; /* text fields: into the body */
@@ -1859,12 +1864,17 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         n++;
     if (expected >= 0 && n != expected)
         Py_RETURN_FALSE;
-    Line *lines = PyMem_Malloc((size_t)n * sizeof(Line));
+    /* A plain line holds every required key: at least MIN_PLAIN bytes. So a body of
+     * tiny lines (orjson's dicts, as codec.decode would make) cannot make the core ask
+     * for a Line per line: 20 bytes per line, a Line (~400) per plain one. */
+    Py_ssize_t room = Py_MIN(n, (end - data) / MIN_PLAIN + 1), used = 0;
+    Line *lines = PyMem_Malloc((size_t)room * sizeof(Line));
     PyObject **dicts = PyMem_Calloc((size_t)n, sizeof(PyObject *));
     const char **starts = PyMem_Malloc((size_t)(n + 1) * sizeof(char *));
+    int32_t *which = PyMem_Malloc((size_t)n * sizeof(int32_t)); /* its Line, or -1 */
     Batch b = {.now = args[3]};
     PyObject *last_observer = NULL, *last_reason = NULL, *result = NULL;
-    if (lines == NULL || dicts == NULL || starts == NULL) {
+    if (lines == NULL || dicts == NULL || starts == NULL || which == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1873,7 +1883,10 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         starts[i] = p;
-        if (!plain(p, nl, &lines[i]) && (dicts[i] = loads_line(p, nl - p)) == NULL) {
+        which[i] = -1;
+        if (used < room && plain(p, nl, &lines[used]))
+            which[i] = (int32_t)used++;
+        else if ((dicts[i] = loads_line(p, nl - p)) == NULL) {
             if (!PyErr_Occurred())
                 result = Py_NewRef(Py_False);
             goto done;
@@ -1903,7 +1916,7 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (dicts[i] != NULL) {
             rc = read_raw(&b, dicts[i], &r);
         } else {
-            rc = read_line(&b, &lines[i], &r, &held, &last_observer, &last_reason);
+            rc = read_line(&b, &lines[which[i]], &r, &held, &last_observer, &last_reason);
             if (rc == 0 && (dicts[i] = loads_line(starts[i], starts[i + 1] - starts[i] - 1)) == NULL) {
                 if (!PyErr_Occurred()) /* a plain line is a JSON object */
                     PyErr_SetString(PyExc_SystemError, "flow_body: a plain line did not load");
@@ -1931,6 +1944,7 @@ done:
     PyMem_Free(lines);
     PyMem_Free(dicts);
     PyMem_Free(starts);
+    PyMem_Free(which);
     Py_XDECREF(last_observer);
     Py_XDECREF(last_reason);
     release(&b);
