@@ -589,6 +589,18 @@ def test_message_bodies_read_by_the_compiled_core() -> None:
     assert isinstance(out, Output) and out.tally.records_in == 0
 
 
+def test_flow_batch_without_the_compiled_core_decodes_then_enriches() -> None:
+    python, reference = world("kubernetes", False), world("kubernetes", False)
+    lines = PLAIN_LINES + ORJSON_LINES
+    out = python.enricher.flow_batch(*message(lines))
+    expected = reference.enricher.flow_lines(codec.decode(codec.RAW_FLOW, *message(lines)))
+    assert outcome(out) == outcome(expected)
+    with pytest.raises(CodecError, match="count"):
+        python.enricher.flow_batch(
+            {**message(lines)[0], codec.COUNT_HEADER: "1"}, message(lines)[1]
+        )
+
+
 def test_the_address_table_under_many_addresses_and_another_enricher() -> None:
     # More distinct address texts than the core's table keeps (65,536), spelled several
     # ways, with a second enricher (another _addresses dict) in between: it only caches.
