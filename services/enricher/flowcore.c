@@ -1269,6 +1269,17 @@ add_to(PyObject *obj, PyObject *name, Py_ssize_t n)
     return rc;
 }
 
+/* One record's outcome (enrich or python_path): 1 a line, 0 a dropped duplicate,
+ * 2 a bad record (listed in out.bad). */
+static void
+counted(Batch *b, int rc)
+{
+    if (rc == 1)
+        b->n_out++;
+    else if (rc == 0)
+        b->n_dropped++;
+}
+
 static int
 commit_tally(Batch *b)
 {
@@ -1444,10 +1455,7 @@ flow_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         rc = rc ? enrich(&b, &r) : python_path(&b, items[i], i);
         if (rc < 0)
             goto done;
-        if (rc == 1)
-            b.n_out++;
-        else if (rc == 0)
-            b.n_dropped++;
+        counted(&b, rc);
     }
     if (commit_tally(&b) < 0)
         goto done;
@@ -1930,10 +1938,7 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         let_go(&held);
         if (rc < 0)
             goto done;
-        if (rc == 1)
-            b.n_out++;
-        else if (rc == 0)
-            b.n_dropped++;
+        counted(&b, rc);
     }
     if (commit_tally(&b) < 0)
         goto done;
