@@ -15,8 +15,6 @@ from typing import Any, Protocol
 import orjson
 from flowscope.core import subjects
 
-SIDES = ("source", "destination")
-
 
 @dataclass(slots=True)
 class Identity:
@@ -38,16 +36,29 @@ class Identity:
         self.destination_json = orjson.dumps(self.destination)[1:-1]
 
 
+# meta key → its source.* and destination.* wire keys (a few dozen distinct keys: the
+# k8s.* names and the allow-listed labels); an address seen for the first time builds
+# its identity, so this is on the path of every new connection's first record
+_SIDED: dict[str, tuple[str, str]] = {}
+
+
+def _sided(key: str) -> tuple[str, str]:
+    found = _SIDED.get(key)
+    if found is None:
+        found = _SIDED[key] = (f"source.{key}", f"destination.{key}")
+    return found
+
+
 def identity(kind: str, token: str, home: str, address: str, meta: dict[str, Any]) -> Identity:
     """Build an identity whose wire keys are ``<side>.address``, ``<side>.kind``, meta."""
-    wires = []
-    for side in SIDES:
-        wire: dict[str, Any] = {f"{side}.address": address, f"{side}.kind": kind}
-        for key, value in meta.items():
-            wire[f"{side}.{key}"] = value
-        wires.append(wire)
+    source: dict[str, Any] = {"source.address": address, "source.kind": kind}
+    destination: dict[str, Any] = {"destination.address": address, "destination.kind": kind}
+    for key, value in meta.items():
+        source_key, destination_key = _SIDED.get(key) or _sided(key)
+        source[source_key] = value
+        destination[destination_key] = value
     uid = str(meta.get("k8s.pod.uid", ""))
-    return Identity(kind, subjects.token(token), home, wires[0], wires[1], uid)
+    return Identity(kind, subjects.token(token), home, source, destination, uid)
 
 
 def external(address: str) -> Identity:
