@@ -50,6 +50,7 @@ from flowscope.core.messaging import MSG_ID_HEADER
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
 
 try:  # the compiled core frames a raw batch's flow lines (flowcore.c, frame_atomic)
     from flowscope.enricher import _flowcore
@@ -303,19 +304,38 @@ def _subject_as_given(subject: str) -> bool:
 
 
 async def _write(nc: NATS, data: bytes, count: int, body_bytes: int) -> bool:
-    """Queue encoded commands on nats-py's connection as its ``publish`` does; False,
-    with nothing sent, when the connection is not up (reconnecting, draining, closed):
-    ``publish`` buffers or refuses then, and the caller falls back to it.
+    """Write encoded commands to nats-py's connection; False, with nothing sent, when
+    the connection is not up (reconnecting, draining, closed): ``publish`` buffers or
+    refuses then, and the caller falls back to it.
 
-    nats-py internals (2.x, checked by :func:`_writable` at start): ``_send_command``
-    appends to the pending buffer (flushing when that is over its limit) and, while
-    the flush queue is empty, ``_flush_pending`` wakes the flusher task, which writes
-    everything pending to the socket in one call — how ``publish`` ends too.
+    Over TCP (and TLS) the bytes go to the socket's transport here, after whatever
+    nats-py has pending (its flusher would write that first), and the caller waits
+    while the transport is over its high-water mark, as nats-py's flusher does after a
+    write. Queued on nats-py's pending list instead, a raw batch's ~1.1 MB output waited
+    there for the flusher, which joins every pending command into one new buffer — the
+    outputs of several raw batches, several MB, copied once more, onto freshly mapped
+    pages — and asyncio copies what a partial ``send`` leaves of a ``bytes`` object
+    twice more (a slice, then its buffer); from a ``memoryview`` it copies it once.
+
+    nats-py internals (2.x, checked by :func:`_writable` at start): ``_transport``,
+    its pending list ``_pending`` / ``_pending_data_size`` (what ``_flusher`` writes and
+    resets); for another transport (WebSocket) ``_send_command`` appends to the pending
+    list and, while the flush queue is empty, ``_flush_pending`` wakes the flusher —
+    how ``publish`` ends.
     """
     if not nc.is_connected or nc.is_draining:
         return False
     nc.stats["out_msgs"] += count
     nc.stats["out_bytes"] += body_bytes
+    transport = nc._transport
+    if isinstance(transport, TcpTransport):
+        if nc._pending:
+            transport.writelines(nc._pending)
+            nc._pending = []
+            nc._pending_data_size = 0
+        transport.write(memoryview(data))
+        await transport.drain()
+        return True
     await nc._send_command(data)
     if nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()
@@ -324,9 +344,11 @@ async def _write(nc: NATS, data: bytes, count: int, body_bytes: int) -> bool:
 
 def _writable(nc: NATS) -> bool:
     """Whether this nats-py client has the internals :func:`_write` uses."""
-    return all(
-        callable(getattr(nc, name, None)) for name in ("_send_command", "_flush_pending")
-    ) and hasattr(nc, "_flush_queue")
+    return (
+        all(callable(getattr(nc, name, None)) for name in ("_send_command", "_flush_pending"))
+        and all(hasattr(nc, name) for name in ("_flush_queue", "_transport", "_pending"))
+        and hasattr(nc, "_pending_data_size")
+    )
 
 
 def _error_code(body: bytes) -> int:
