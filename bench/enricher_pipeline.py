@@ -8,9 +8,10 @@ compiled core): the durable pull consumer fetching raw batches of 1,000 records 
 from JetStream (``work_loop``, as the service runs it, hold 0), ``Pipeline.handle`` with
 its metrics, the output framed and published as one atomic batch (~1.1 MB: 320 subjects of
 ~3.4 KB, a raw batch's fan-out), the stream's acknowledgement, the raw message's ack. The
-enricher is a stand-in whose ``flow_batch`` returns prepared outputs, so this process's
-CPU time (user + system; nats-server is another process) is the path's own cost. The raw
-batches are published beforehand (not timed); every output is checked stored.
+enricher is a stand-in whose ``flow_batch`` returns prepared outputs (fresh objects, one
+per raw batch, freed after it as the compiled core's are), so this process's CPU time
+(user + system; nats-server is another process) is the path's own cost. The raw batches
+are published beforehand (not timed); every output is checked stored.
 
 Importable code under test is whatever ``flowscope`` resolves to, so a copy of another
 revision can be measured through ``PYTHONPATH`` with this same script.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import resource
 import statistics
 import sys
@@ -45,15 +47,14 @@ SUBJECTS = 320  # subjects a raw batch of 1,000 records fans out to
 
 
 class PreparedEnricher:
-    """Stands in for ``Enricher``: ``flow_batch`` hands out prepared outputs in turn."""
+    """Stands in for ``Enricher``: ``flow_batch`` hands out prepared outputs, each once
+    (its lines are fresh objects, freed after publishing, as the compiled core's are)."""
 
     def __init__(self, outputs: list[Output]) -> None:
-        self.outputs = outputs
-        self.calls = 0
+        self.outputs = collections.deque(outputs)
 
     def flow_batch(self, headers: dict[str, str] | None, body: bytes) -> Output:
-        self.calls += 1
-        return self.outputs[self.calls % len(self.outputs)]
+        return self.outputs.popleft()
 
 
 def prepared_output(round_: int, records: int) -> Output:
@@ -61,7 +62,7 @@ def prepared_output(round_: int, records: int) -> Output:
     lines: dict[str, list[bytes]] = {}
     for n in range(records):
         m = n % SUBJECTS
-        subject = subjects.flows(f"ns-{m // 20}", f"ns-{m % 20}-{round_}")
+        subject = subjects.flows(f"ns-{m // 20}", f"ns-{m % 20}-{round_ % 4}")
         lines.setdefault(subject, []).append(
             b'{"flow.n":%d,"pad":"%s"}\n' % (n, b"x" * (LINE - 30))
         )
@@ -89,8 +90,9 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def one_run(batches: list[codec.Batch], outputs: list[Output]) -> tuple[float, int]:
+async def one_run(batches: list[codec.Batch], records: int) -> tuple[float, int]:
     """(ms of this process's CPU per raw batch, outputs stored) for one fresh server."""
+    outputs = [prepared_output(r, records) for r in range(len(batches))]
     server = nats_server.start()
     nc = await nats.connect(server.url)
     try:
@@ -130,14 +132,14 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     batches = raw_batches(args.batches, args.batch_size)
-    outputs = [prepared_output(r, args.batch_size) for r in range(4)]
-    size = sum(len(line) for lines in outputs[0].lines.values() for line in lines)
+    sample = prepared_output(0, args.batch_size)
+    size = sum(len(line) for lines in sample.lines.values() for line in lines)
     print(f"{args.batches} raw batches of {args.batch_size} records (~{len(batches[0].body) // 1000} "
           f"KB) → {SUBJECTS} subjects, ~{size // 1000} KB out each; enrichment left out")  # fmt: skip
     results = []
     for _ in range(args.runs):
-        ms, stored = await one_run(batches, outputs)
-        expected = args.batches * len(outputs[0].lines)
+        ms, stored = await one_run(batches, args.batch_size)
+        expected = args.batches * len(sample.lines)
         if stored != expected:
             raise SystemExit(f"{stored} of {expected} outputs stored")
         results.append(ms)
