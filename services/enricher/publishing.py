@@ -29,11 +29,11 @@ message with its own awaits, most of its cost per message. The bytes are those
 header blocks). nats-py has no public call for a pre-encoded write, so :func:`_write`
 uses its internals (its transport and pending list; see there), and the messages go
 through ``publish`` instead when those are missing, the connection is not up, or a
-message is one ``publish`` would refuse or change. Over TCP the write goes to the
-socket's transport at once rather than through nats-py's pending list and flusher,
-which copied a raw batch's ~1.1 MB output (with other batches') once more. With bench/enricher_publish.py
-(320 messages of 3.4 KB, client CPU per message): an atomic batch 12.1 → 3.7 µs, one ack
-each 14.2 → 11.1 µs.
+message is one ``publish`` would refuse or change. With bench/enricher_publish.py (320
+messages of 3.4 KB, client CPU per message): an atomic batch 12.1 → 3.7 µs, one ack
+each 14.2 → 11.1 µs. Over TCP the write goes to the socket's transport at once rather
+than through nats-py's pending list and flusher, which copied a raw batch's ~1.1 MB
+output (with other batches') once more onto fresh pages (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -346,10 +346,11 @@ async def _write(nc: NATS, data: bytes, count: int, body_bytes: int) -> bool:
 
 def _writable(nc: NATS) -> bool:
     """Whether this nats-py client has the internals :func:`_write` uses."""
-    return (
-        all(callable(getattr(nc, name, None)) for name in ("_send_command", "_flush_pending"))
-        and all(hasattr(nc, name) for name in ("_flush_queue", "_transport", "_pending"))
-        and hasattr(nc, "_pending_data_size")
+    return all(
+        callable(getattr(nc, name, None)) for name in ("_send_command", "_flush_pending")
+    ) and all(
+        hasattr(nc, name)
+        for name in ("_flush_queue", "_transport", "_pending", "_pending_data_size")
     )
 
 
