@@ -217,9 +217,9 @@ class AckedPublisher:
         mapped pages — and asyncio copies what a partial ``send`` leaves of a ``bytes``
         object twice more (a slice, then its buffer); of a ``memoryview``, once. The
         writes of one turn of the event loop go out together, at its end, as the
-        flusher's did: sent one by one, each as its batch is framed, the kernel's copy
-        of ~1.1 MB between two raw batches' enrichment cost the enrichment more than
-        the copies saved (its tables out of the CPU's cache every batch).
+        flusher grouped them: written one by one as each batch was framed, the
+        enrichment between them measured slower by about what the copies saved
+        (docs/performance.md).
 
         nats-py internals (2.x, checked by :func:`_writable` at start): ``_transport``,
         its pending list ``_pending`` / ``_pending_data_size`` (what ``_flusher`` writes

@@ -52,9 +52,9 @@ def keep_freed_memory() -> bool:
     top over twice that back to the kernel as soon as it is free, to take it again
     for the next batch. Fixed thresholds (32 MB for mappings, 64 MB kept at the top)
     keep that memory in the heap; the periodic :func:`release_free_memory` still
-    returns it every 30 s. Measured end to end (docs/performance.md, the same
-    settings through glibc's environment variables): 6 to 15 % less CPU per raw batch,
-    most of it inside the compiled core's allocations; resident memory unchanged.
+    returns it every 30 s. Measured end to end (docs/performance.md: the same settings
+    through glibc's environment variables, 2 alternating pairs): 6 to 15 % less CPU per
+    raw batch, most of it inside the compiled core; resident memory unchanged.
     """
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
