@@ -27,11 +27,13 @@ each (:meth:`AckedPublisher.publish_each`), are encoded here all at once
 message with its own awaits, most of its cost per message. The bytes are those
 ``publish`` writes (tested against a real nats-server: relayed frames and stored
 header blocks). nats-py has no public call for a pre-encoded write, so :func:`_write`
-uses its internals (``_send_command``, ``_flush_pending``, ``_flush_queue``), and the
-messages go through ``publish`` instead when those are missing, the connection is not
-up, or a message is one ``publish`` would refuse or change. With bench/enricher_publish.py
-(320 messages of 3.4 KB, client CPU per message): an atomic batch 12.1 → 3.7 µs, one ack
-each 14.2 → 11.1 µs.
+uses its internals (its transport and pending list; see there), and the messages go
+through ``publish`` instead when those are missing, the connection is not up, or a
+message is one ``publish`` would refuse or change. With bench/enricher_publish.py (320
+messages of 3.4 KB, client CPU per message): an atomic batch 12.1 → 3.7 µs, one ack
+each 14.2 → 11.1 µs. Over TCP the write goes to the socket's transport at once rather
+than through nats-py's pending list and flusher, which copied a raw batch's ~1.1 MB
+output (with other batches') once more onto fresh pages (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from flowscope.core.messaging import MSG_ID_HEADER
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
 
 try:  # the compiled core frames a raw batch's flow lines (flowcore.c, frame_atomic)
     from flowscope.enricher import _flowcore
@@ -92,6 +95,7 @@ class AckedPublisher:
         self._pending: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
         self._tokens = itertools.count()
         self._sub: Subscription | None = None
+        self._outgoing: list[memoryview] = []  # encoded writes waiting for _flush_outgoing
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox()
@@ -174,7 +178,7 @@ class AckedPublisher:
             lines, schema, msg_id, uuid.uuid4().hex, reply, min(max_body, self._nc.max_payload)
         )
         try:
-            if framed is not None and await _write(self._nc, *framed):
+            if framed is not None and await self._write(*framed):
                 return future
         except BaseException:
             future.cancel()
@@ -191,13 +195,69 @@ class AckedPublisher:
         try:
             if data is not None:
                 body_bytes = sum(len(body) for _, body, _ in messages)
-                if await _write(self._nc, data, len(messages), body_bytes):
+                if await self._write(data, len(messages), body_bytes):
                     return True
         except BaseException:
             cancel_all(futures)
             raise
         cancel_all(futures)
         return False
+
+    async def _write(self, data: bytes, count: int, body_bytes: int) -> bool:
+        """Write encoded commands to nats-py's connection; False, with nothing sent, when
+        the connection is not up (reconnecting, draining, closed): ``publish`` buffers
+        or refuses then, and the caller falls back to it.
+
+        Over TCP (and TLS) the bytes go to the socket's transport from here
+        (:meth:`_flush_outgoing`), after whatever nats-py has pending, once the
+        transport is under its high-water mark, as nats-py's flusher writes. Queued on
+        nats-py's pending list instead, a raw batch's ~1.1 MB output waited there for
+        the flusher, which joins every pending command into one new buffer — the
+        outputs of several raw batches, several MB, copied once more, onto freshly
+        mapped pages — and asyncio copies what a partial ``send`` leaves of a ``bytes``
+        object twice more (a slice, then its buffer); of a ``memoryview``, once. The
+        writes of one turn of the event loop go out together, at its end, as the
+        flusher grouped them: written one by one as each batch was framed, the
+        enrichment between them measured slower by about what the copies saved
+        (docs/performance.md).
+
+        nats-py internals (2.x, checked by :func:`_writable` at start): ``_transport``,
+        its pending list ``_pending`` / ``_pending_data_size`` (what ``_flusher`` writes
+        and resets); for another transport (WebSocket) ``_send_command`` appends to the
+        pending list and, while the flush queue is empty, ``_flush_pending`` wakes the
+        flusher — how ``publish`` ends.
+        """
+        nc = self._nc
+        if not nc.is_connected or nc.is_draining:
+            return False
+        nc.stats["out_msgs"] += count
+        nc.stats["out_bytes"] += body_bytes
+        transport = nc._transport
+        if isinstance(transport, TcpTransport):
+            await transport.drain()
+            self._outgoing.append(memoryview(data))
+            if len(self._outgoing) == 1:
+                asyncio.get_running_loop().call_soon(self._flush_outgoing, transport)
+            return True
+        await nc._send_command(data)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
+        return True
+
+    def _flush_outgoing(self, transport: TcpTransport) -> None:
+        """Write what :meth:`_write` queued (and, first, what nats-py has pending) to
+        the transport it was queued for; gone with it when the connection was lost
+        meanwhile (its acks then time out and the raw batch is published again)."""
+        outgoing, self._outgoing = self._outgoing, []
+        nc = self._nc
+        if nc._transport is not transport or not nc.is_connected:
+            return
+        if nc._pending:
+            transport.writelines(nc._pending)
+            nc._pending = []
+            nc._pending_data_size = 0
+        for data in outgoing:
+            transport.write(data)
 
     def _expect(self, subject: str) -> tuple[str, asyncio.Future[bytes]]:
         """A reply subject under the inbox and the future its answer resolves."""
@@ -302,31 +362,14 @@ def _subject_as_given(subject: str) -> bool:
     return bool(subject) and subject.isprintable() and " " not in subject
 
 
-async def _write(nc: NATS, data: bytes, count: int, body_bytes: int) -> bool:
-    """Queue encoded commands on nats-py's connection as its ``publish`` does; False,
-    with nothing sent, when the connection is not up (reconnecting, draining, closed):
-    ``publish`` buffers or refuses then, and the caller falls back to it.
-
-    nats-py internals (2.x, checked by :func:`_writable` at start): ``_send_command``
-    appends to the pending buffer (flushing when that is over its limit) and, while
-    the flush queue is empty, ``_flush_pending`` wakes the flusher task, which writes
-    everything pending to the socket in one call — how ``publish`` ends too.
-    """
-    if not nc.is_connected or nc.is_draining:
-        return False
-    nc.stats["out_msgs"] += count
-    nc.stats["out_bytes"] += body_bytes
-    await nc._send_command(data)
-    if nc._flush_queue is not None and nc._flush_queue.empty():
-        await nc._flush_pending()
-    return True
-
-
 def _writable(nc: NATS) -> bool:
     """Whether this nats-py client has the internals :func:`_write` uses."""
     return all(
         callable(getattr(nc, name, None)) for name in ("_send_command", "_flush_pending")
-    ) and hasattr(nc, "_flush_queue")
+    ) and all(
+        hasattr(nc, name)
+        for name in ("_flush_queue", "_transport", "_pending", "_pending_data_size")
+    )
 
 
 def _error_code(body: bytes) -> int:

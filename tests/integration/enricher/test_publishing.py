@@ -298,6 +298,42 @@ async def test_encoded_messages_are_the_bytes_nats_py_publish_writes(nats_srv: N
         await nc.close()
 
 
+async def test_a_large_write_arrives_whole_after_what_nats_py_had_pending(
+    nats_srv: NatsServer,
+) -> None:
+    """Encoded messages go to the socket's transport directly: a batch larger than the
+    socket takes in one ``send`` (asyncio keeps the rest) arrives whole, after a command
+    nats-py still had pending, byte for byte as nats-py's ``publish`` sends it."""
+    tap = await WireTap.open(nats_srv, "enricher-big.>")
+    nc = await nats.connect(nats_srv.url)
+    encoded, plain = AckedPublisher(nc), AckedPublisher(nc, encode=False)
+    batch: list[Message] = [
+        (f"enricher-big.{i}", bytes([65 + i]) * 900_000 + b"\n", {"Nats-Msg-Id": f"big{i}"})
+        for i in range(12)
+    ]  # ~10.8 MB: more than the socket's send buffer (4 MB at most by default)
+    try:
+        await encoded.start()
+        await plain.start()
+        frames = []
+        for publisher in (encoded, plain):
+            await nc.publish("enricher-big.before", b"queued first", headers={"K": "v"})
+            assert nc.pending_data_size > 0  # still with nats-py: its flusher has not run
+            (await publisher.publish_atomic(batch)).cancel()
+            frames.append(await tap.frames(len(batch) + 1))
+        ours, theirs = ([_normalised(f, encoded._prefix, plain._prefix) for f in fs]
+                        for fs in frames)  # fmt: skip
+        assert ours == theirs
+        assert ours[0].endswith(b"queued first\r\n")
+        assert [f.rsplit(b"\r\n\r\n", 1)[1] for f in ours[1:]] == [
+            body + b"\r\n" for _, body, _ in batch
+        ]
+    finally:
+        tap.close()
+        await encoded.close()
+        await plain.close()
+        await nc.close()
+
+
 async def test_encoded_messages_are_stored_as_nats_py_publish_stores_them(clean_nc: NATS) -> None:
     """Stored messages (subject, raw header block, body) from both publishers, as an
     atomic batch and one ack each, are equal but for the batch id; duplicates are

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,10 @@ def test_kubeconfig_precedence(tmp_path: Path) -> None:
     assert kubeconfig_path(plain, {"KUBECONFIG": f"{missing}:{from_env}"}) == str(from_env)
     with pytest.raises(ConfigError):
         kubeconfig_path(config.load(Settings, {"kubeconfig": missing}, env={}), {})
+
+
+def test_the_enricher_process_keeps_freed_memory_for_the_next_batch() -> None:
+    """glibc takes the allocator thresholds (in a fresh process: they are process-wide)."""
+    code = "from flowscope.enricher.service import keep_freed_memory; print(keep_freed_memory())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
