@@ -19,8 +19,15 @@
  * SHA-1 of 37 bytes costs less than probing one), the line is written straight into its
  * bytes object, and the lookups read the same Python dictionaries the Python path reads.
  *
+ * Two entries: flow_lines takes decoded records (dicts); flow_body, the pipeline's, takes
+ * a raw message's NDJSON body and reads each line written the way the collector writes it
+ * straight into its record, with no Python object per field (any other line goes through
+ * orjson.loads and the dict way; "raw bodies" below).
+ *
  * The join state stays in Python objects owned by enriching.py and its collaborators; the
- * pieces read here (all per batch, never kept across calls):
+ * pieces read here (per batch, never kept across calls — except by flow_body's address
+ * table, a cache of _addresses that also keeps each address's identity while
+ * resolver.generation says _cache has lost nothing since):
  *   enricher._addresses        dict  raw text → (canonical text, network.type, packed)
  *   enricher.resolver._cache   dict  canonical address → Identity (a miss calls resolve())
  *   enricher.sockets._sockets / _locals   OrderedDicts of SocketOwner (hits: move_to_end)
