@@ -444,14 +444,16 @@ entry_parts(PyObject *found, PyObject **canonical, PyObject **network, PyObject 
     return n == 4 || n == 16;
 }
 
-/* Both ends of the same family (the addresses are read): 1 yes, 0 no, -1 error. */
+/* Both ends of the same family, by their network types and packed lengths (read_raw's
+ * and read_line's addresses alike): 1 yes, 0 no (a bad record), -1 error. */
 static int
-same_family(const Raw *r, PyObject *dst_network)
+same_family(PyObject *src_network, PyObject *dst_network, Py_ssize_t src_len,
+            Py_ssize_t dst_len)
 {
-    int rc = PyUnicode_Compare(r->network, dst_network);
+    int rc = PyUnicode_Compare(src_network, dst_network);
     if (rc == -1 && PyErr_Occurred())
         return -1;
-    return rc == 0 && PyBytes_GET_SIZE(r->src_packed) == PyBytes_GET_SIZE(r->dst_packed);
+    return rc == 0 && src_len == dst_len;
 }
 
 /* read_raw's packed addresses as flow_body's (bytes and length). */
@@ -525,7 +527,8 @@ read_raw(Batch *b, PyObject *raw, Raw *r)
     if (rc <= 0)
         return rc;
     packed_bytes(r);
-    return same_family(r, dst_network);
+    return same_family(r->network, dst_network, PyBytes_GET_SIZE(r->src_packed),
+                       PyBytes_GET_SIZE(r->dst_packed));
 }
 
 #undef GET
@@ -1800,13 +1803,9 @@ read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
     r->src_bytes = src->packed;
     r->dst_bytes = dst->packed;
     r->alen = src->alen;
-    if (src->alen != dst->alen) /* families differ: a bad record */
-        return 0;
-    int rc = PyUnicode_Compare(src->network, dst->network);
-    if (rc == -1 && PyErr_Occurred())
-        return -1;
-    if (rc != 0)
-        return 0;
+    int rc = same_family(src->network, dst->network, src->alen, dst->alen);
+    if (rc <= 0)
+        return rc;
     r->proto = (long)l->value[F_PROTO];
     r->sport = (long)l->value[F_SPORT];
     r->dport = (long)l->value[F_DPORT];
