@@ -43,9 +43,8 @@ _SIDED: dict[str, tuple[str, str]] = {}
 
 
 def _sided(key: str) -> tuple[str, str]:
-    found = _SIDED.get(key)
-    if found is None:
-        found = _SIDED[key] = (f"source.{key}", f"destination.{key}")
+    """A meta key's wire keys, on its first use (identity() looks _SIDED up itself)."""
+    found = _SIDED[key] = (f"source.{key}", f"destination.{key}")
     return found
 
 
