@@ -26,14 +26,17 @@
  *
  * The join state stays in Python objects owned by enriching.py and its collaborators; the
  * pieces read here (per batch, never kept across calls — except by flow_body's address
- * table, a cache of _addresses that also keeps each address's identity while
- * resolver.generation says _cache has lost nothing since):
+ * table, a cache of _addresses that also keeps each address's identity, with the parts
+ * a record reads of it, while resolver.generation says _cache has lost nothing since):
  *   enricher._addresses        dict  raw text → (canonical text, network.type, packed)
  *   enricher.resolver._cache   dict  canonical address → Identity (a miss calls resolve())
  *   enricher.sockets._sockets / _locals   OrderedDicts of SocketOwner (hits: move_to_end)
  *   enricher.names._entries    OrderedDict (client, address) → [name, expiry]; a hit is
  *                              expired, or moved to the end and refreshed, as
  *                              NameCache.lookup does (reordering through move_to_end)
+ *   enricher.names._answers / generation   dict address → entries answering it, and
+ *                              the count of addresses that got a first entry (an
+ *                              address's slot keeps "unanswered" until it moves)
  *   enricher.observers.seen / _ttl        dict node → last raw message (monotonic s)
  * Only CPython's documented C API is used (_PyBytes_Resize, underscore and all, is in the
  * reference manual: frame_atomic trims its buffer with it).
@@ -74,7 +77,7 @@ static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_o
     *s_resolver, *s_resolve, *s_cache, *s_sockets, *s_sockets_table, *s_locals, *s_names,
     *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
-    *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address;
+    *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address, *s_answers;
 /* raw record keys */
 static PyObject *k_observer, *k_start_ns, *k_end_ns, *k_end_reason, *k_proto, *k_src, *k_dst,
     *k_sport, *k_dport, *k_bytes, *k_packets, *k_rbytes, *k_rpackets, *k_tcp_flags,
@@ -348,6 +351,8 @@ typedef struct {
     int has_generation, generation_stale;
     PyObject *sockets, *locals;  /* SocketTable._sockets, ._locals */
     PyObject *entries;           /* NameCache._entries */
+    PyObject *answers;           /* NameCache._answers: address → entries answering it */
+    Py_ssize_t names_generation; /* NameCache.generation */
     PyObject *names_lookup;      /* bound NameCache.lookup */
     PyObject *seen;              /* Observers.seen */
     PyObject *names_move;        /* bound NameCache._entries.move_to_end */
@@ -363,12 +368,33 @@ typedef struct {
 
 /* A slot of flow_body's address table (see "raw bodies" below). */
 #define KEY_MAX 46
+/* One end's identity and what a record reads of it (new references, or all NULL). */
+typedef struct {
+    PyObject *ident, *home, *token, *source_json, *destination_json;
+    int kind; /* its kind's index in kinds (the lookups counter) */
+} End;
+
+static void
+end_clear(End *e)
+{
+    Py_CLEAR(e->ident);
+    Py_CLEAR(e->home);
+    Py_CLEAR(e->token);
+    Py_CLEAR(e->source_json);
+    Py_CLEAR(e->destination_json);
+}
+
 typedef struct Slot {
     uint64_t hash; /* 0: free */
     PyObject *entry;          /* the _addresses entry (held), and its parts (borrowed): */
     PyObject *canonical, *network;
-    PyObject *ident;       /* the address's identity as resolver._cache had it, or NULL */
+    /* the address's identity as resolver._cache had it, with its parts (kept.ident NULL:
+     * none); Identity attributes are never reassigned, so the parts stay its own */
+    End kept;
     Py_ssize_t generation; /* ... at this resolver.generation */
+    /* the NameCache.generation at which no entry answered this address (-1: not known):
+     * until an address gets its first entry, lookups of this one miss (name_of) */
+    Py_ssize_t unanswered;
     uint8_t len, alen;
     char key[KEY_MAX + 1];
     uint8_t packed[16];    /* the entry's packed bytes, alen of them */
@@ -577,52 +603,107 @@ fresh_generation(Batch *b)
     return 0;
 }
 
-/* resolve(), through the identity a slot of the address table keeps: the one
- * resolver._cache held for the address, valid while resolver.generation is the one it
- * was read at (the resolver bumps it whenever _cache loses an entry). New reference. */
-static PyObject *
-resolve_at(Batch *b, Slot *slot, PyObject *address)
+static int
+bytes_attr(PyObject *obj, PyObject *name, PyObject **out)
 {
-    if (slot == NULL || !b->has_generation || b->resolved == NULL)
-        return resolve(b, address);
-    if (fresh_generation(b) < 0)
-        return NULL;
-    if (slot->ident != NULL && slot->generation == b->generation)
-        return Py_NewRef(slot->ident);
-    PyObject *found = PyDict_GetItemWithError(b->resolved, address);
-    if (found != NULL && found != Py_None) {
-        Py_XSETREF(slot->ident, Py_NewRef(found));
-        slot->generation = b->generation;
-        return Py_NewRef(found);
+    *out = PyObject_GetAttr(obj, name);
+    if (*out == NULL)
+        return -1;
+    if (!PyBytes_Check(*out)) {
+        PyErr_Format(PyExc_TypeError, "%U must be bytes", name);
+        Py_CLEAR(*out);
+        return -1;
     }
-    if (PyErr_Occurred())
-        return NULL;
-    b->generation_stale = 1;
-    return PyObject_CallOneArg(b->resolve, address);
+    return 0;
 }
 
-/* lookups[kind] += 1, counted here and added to the tally's dict at the end. */
+/* An identity's parts (End). Steals ident. */
 static int
-count_kind(Batch *b, PyObject *ident)
+end_of(Batch *b, PyObject *ident, End *e)
 {
+    *e = (End){.ident = ident};
+    if (ident == NULL)
+        return -1;
     PyObject *kind = PyObject_GetAttr(ident, s_kind);
     if (kind == NULL)
-        return -1;
-    for (int i = 0; i < N_KINDS; i++) {
+        goto fail;
+    e->kind = -1;
+    for (int i = 0; i < N_KINDS && e->kind < 0; i++) {
         int eq = kind == kinds[i] ? 1 : PyObject_RichCompareBool(kind, kinds[i], Py_EQ);
         if (eq < 0) {
             Py_DECREF(kind);
-            return -1;
+            goto fail;
         }
-        if (eq) {
-            b->kind_counts[i]++;
-            Py_DECREF(kind);
-            return 0;
-        }
+        if (eq)
+            e->kind = i;
     }
-    PyErr_SetObject(PyExc_KeyError, kind); /* as the Python path's lookups[kind] */
+    if (e->kind < 0) {
+        PyErr_SetObject(PyExc_KeyError, kind); /* as the Python path's lookups[kind] */
+        Py_DECREF(kind);
+        goto fail;
+    }
     Py_DECREF(kind);
+    if ((e->home = PyObject_GetAttr(ident, s_home)) == NULL ||
+        (e->token = PyObject_GetAttr(ident, s_token)) == NULL ||
+        bytes_attr(ident, s_source_json, &e->source_json) < 0 ||
+        bytes_attr(ident, s_destination_json, &e->destination_json) < 0)
+        goto fail;
+    return 0;
+fail:
+    end_clear(e);
     return -1;
+}
+
+/* A copy of a kept End: new references. */
+static void
+end_copy(End *to, const End *from)
+{
+    *to = *from;
+    Py_INCREF(to->ident);
+    Py_INCREF(to->home);
+    Py_INCREF(to->token);
+    Py_INCREF(to->source_json);
+    Py_INCREF(to->destination_json);
+}
+
+/* resolve() and end_of, through the identity a slot of the address table keeps: the one
+ * resolver._cache held for the address, valid while resolver.generation is the one it
+ * was read at (the resolver bumps it whenever _cache loses an entry). */
+static int
+end_at(Batch *b, Slot *slot, PyObject *address, End *e)
+{
+    if (slot == NULL || !b->has_generation || b->resolved == NULL)
+        return end_of(b, resolve(b, address), e);
+    if (fresh_generation(b) < 0)
+        return -1;
+    if (slot->kept.ident != NULL && slot->generation == b->generation) {
+        end_copy(e, &slot->kept);
+        return 0;
+    }
+    PyObject *found = PyDict_GetItemWithError(b->resolved, address);
+    if (found != NULL && found != Py_None) {
+        if (end_of(b, Py_NewRef(found), e) < 0)
+            return -1;
+        end_clear(&slot->kept);
+        end_copy(&slot->kept, e);
+        slot->generation = b->generation;
+        return 0;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    b->generation_stale = 1;
+    return end_of(b, PyObject_CallOneArg(b->resolve, address), e);
+}
+
+/* end_at, and the end's kind counted: lookups[kind] += 1 (counted here, added to the
+ * tally's dict at the end). */
+static int
+resolve_at(Batch *b, Slot *slot, PyObject *address, End *e)
+{
+    if (end_at(b, slot, address, e) < 0)
+        return -1;
+    b->kind_counts[e->kind]++;
+    return 0;
 }
 
 /* SocketTable.find(observer, proto, laddr, lport, raddr, rport): the owner (new
@@ -677,24 +758,26 @@ find_end(Batch *b, PyObject *observer, PyObject *home, PyObject *proto, PyObject
     return find(b, home, proto, laddr, lport, raddr, rport);
 }
 
-/* Enricher._refine(ident, proc) when the socket names a container (else ident). Steals
- * ident; new reference. */
-static PyObject *
-refine(Batch *b, PyObject *ident, PyObject *proc)
+/* The end as Enricher._refine(ident, proc) makes it when the socket names a container
+ * (else unchanged). */
+static int
+refine(Batch *b, End *e, PyObject *proc)
 {
     PyObject *cid = PyObject_GetAttr(proc, s_container_id);
-    if (cid == NULL) {
-        Py_DECREF(ident);
-        return NULL;
-    }
+    if (cid == NULL)
+        return -1;
     int named = !(PyUnicode_CheckExact(cid) && PyUnicode_GET_LENGTH(cid) == 0);
     Py_DECREF(cid);
     if (!named)
-        return ident;
+        return 0;
     b->generation_stale = 1;
-    PyObject *refined = PyObject_CallFunctionObjArgs(b->refine, ident, proc, NULL);
-    Py_DECREF(ident);
-    return refined;
+    PyObject *refined = PyObject_CallFunctionObjArgs(b->refine, e->ident, proc, NULL);
+    if (refined == e->ident) {
+        Py_DECREF(refined);
+        return 0;
+    }
+    end_clear(e);
+    return end_of(b, refined, e);
 }
 
 /* Whether the socket events say `this` end opened the connection (enriching._initiated). */
@@ -729,10 +812,6 @@ active(Batch *b, PyObject *node)
     return b->now_s - at < b->observer_ttl;
 }
 
-/* NameCache.lookup(client, address, now): a name (new reference) or NULL, no exception.
- * Its steps, on the cache's own OrderedDict of (client, address) → [name, expiry]: an
- * expired entry is deleted; a live one moves to the end (LRU) and lives at least
- * ttl_min from now. */
 /* The key (client, address) to probe NameCache._entries with: one tuple, reused while
  * nothing else holds it (a probe, move_to_end and a deletion keep no reference to the
  * key they are given). New reference. */
@@ -753,11 +832,24 @@ pair_of(PyObject *a, PyObject *b)
     return Py_NewRef(scratch_pair);
 }
 
+/* NameCache.lookup(client, address, now): a name (new reference) or NULL, no exception.
+ * Its steps, on the cache's own dicts: an address no entry answers is a miss (kept in
+ * its slot, when it has one, until NameCache.generation moves); in the OrderedDict of
+ * (client, address) → [name, expiry], a live entry moves to the end (LRU) and lives at
+ * least ttl_min from now; an expired one is left to the method, which deletes it. */
 static PyObject *
-name_of(Batch *b, PyObject *client, PyObject *address)
+name_of(Batch *b, PyObject *client, PyObject *address, Slot *slot)
 {
     if (PyDict_GET_SIZE(b->entries) == 0)
         return NULL;
+    if (slot != NULL && slot->unanswered == b->names_generation)
+        return NULL;
+    int answered = PyDict_Contains(b->answers, address);
+    if (answered <= 0) { /* no entry answers this address: a miss (or an error) */
+        if (answered == 0 && slot != NULL)
+            slot->unanswered = b->names_generation;
+        return NULL;
+    }
     PyObject *key = pair_of(client, address);
     if (key == NULL)
         return NULL;
@@ -766,18 +858,18 @@ name_of(Batch *b, PyObject *client, PyObject *address)
     if (entry == NULL)
         goto done;
     Py_INCREF(entry);
-    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 2) {
-        /* not the shape NameCache.learn writes: ask the method itself */
+    double expiry = 0;
+    if (PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 2) {
+        expiry = PyFloat_AsDouble(PyList_GET_ITEM(entry, 1));
+        if (expiry == -1.0 && PyErr_Occurred())
+            goto release;
+    }
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 2 || expiry <= b->now_s) {
+        /* expired (deleted, and no longer counted in _answers), or not the shape
+         * NameCache.learn writes: the method itself does it */
         name = PyObject_CallFunctionObjArgs(b->names_lookup, client, address, b->now, NULL);
         if (name == Py_None)
             Py_CLEAR(name);
-        goto release;
-    }
-    double expiry = PyFloat_AsDouble(PyList_GET_ITEM(entry, 1));
-    if (expiry == -1.0 && PyErr_Occurred())
-        goto release;
-    if (expiry <= b->now_s) {
-        PyObject_DelItem(b->entries, key); /* an error stays set */
         goto release;
     }
     PyObject *moved = PyObject_CallOneArg(b->names_move, key);
@@ -999,32 +1091,17 @@ render(const Raw *r, const char *cid, PyObject *direction_json, PyObject *reason
 
 /* ------------------------------------------------------------------ one record */
 
-static int
-bytes_attr(PyObject *obj, PyObject *name, PyObject **out)
-{
-    *out = PyObject_GetAttr(obj, name);
-    if (*out == NULL)
-        return -1;
-    if (!PyBytes_Check(*out)) {
-        PyErr_Format(PyExc_TypeError, "%U must be bytes", name);
-        Py_CLEAR(*out);
-        return -1;
-    }
-    return 0;
-}
-
 /* Enricher._flow for a record read_raw accepted: 1 a line was added, 0 a dropped
  * duplicate, -1 error. */
 static int
 enrich(Batch *b, Raw *r)
 {
     int result = -1;
-    PyObject *src_id = NULL, *dst_id = NULL, *src_proc = NULL, *dst_proc = NULL;
-    PyObject *src_home = NULL, *dst_home = NULL, *dst_name = NULL, *src_name = NULL;
-    PyObject *src_json = NULL, *dst_json = NULL, *src_pj = NULL, *dst_pj = NULL;
+    End src_end = {0}, dst_end = {0};
+    PyObject *src_proc = NULL, *dst_proc = NULL, *dst_name = NULL, *src_name = NULL;
+    PyObject *src_pj = NULL, *dst_pj = NULL;
     PyObject *dst_nj = NULL, *src_nj = NULL, *reason_j = NULL, *dir_j = NULL, *net_j = NULL;
-    PyObject *obs_j = NULL, *src_token = NULL, *dst_token = NULL, *subject = NULL;
-    PyObject *line = NULL;
+    PyObject *obs_j = NULL, *subject = NULL, *line = NULL;
 
     /* The address cache's entries are held while Python code runs (resolve, _refine,
      * names.lookup): none of it touches that cache, but nothing here relies on it. */
@@ -1032,46 +1109,33 @@ enrich(Batch *b, Raw *r)
                          Py_XNewRef(r->dst_packed)};
     PyObject *src = r->src, *dst = r->dst, *sport_obj = r->sport_obj, *dport_obj = r->dport_obj;
     const uint8_t *src_bytes = r->src_bytes, *dst_bytes = r->dst_bytes;
+    Slot *src_slot = r->src_slot, *dst_slot = r->dst_slot;
     if (PyDict_SetItem(b->seen, r->observer, b->now) < 0)
         goto done;
     long sport = r->sport, dport = r->dport;
     long long fwd_b = r->fwd_b, fwd_p = r->fwd_p, rev_b = r->rev_b, rev_p = r->rev_p;
 
-    if ((src_id = resolve_at(b, r->src_slot, src)) == NULL ||
-        (dst_id = resolve_at(b, r->dst_slot, dst)) == NULL ||
-        count_kind(b, src_id) < 0 || count_kind(b, dst_id) < 0)
+    if (resolve_at(b, r->src_slot, src, &src_end) < 0 ||
+        resolve_at(b, r->dst_slot, dst, &dst_end) < 0)
         goto done;
-    if ((src_home = PyObject_GetAttr(src_id, s_home)) == NULL ||
-        (dst_home = PyObject_GetAttr(dst_id, s_home)) == NULL)
-        goto done;
-    src_proc = find_end(b, r->observer, src_home, r->proto_obj, src, sport_obj, dst, dport_obj);
+    src_proc = find_end(b, r->observer, src_end.home, r->proto_obj, src, sport_obj, dst,
+                        dport_obj);
     if (src_proc == NULL && PyErr_Occurred())
         goto done;
-    dst_proc = find_end(b, r->observer, dst_home, r->proto_obj, dst, dport_obj, src, sport_obj);
+    dst_proc = find_end(b, r->observer, dst_end.home, r->proto_obj, dst, dport_obj, src,
+                        sport_obj);
     if (dst_proc == NULL && PyErr_Occurred())
         goto done;
-    /* a refined identity has its own home (a hostNetwork pod's, not its node's) */
+    /* a refined identity has its own parts (a hostNetwork pod's home, not its node's) */
     if (src_proc != NULL) {
         b->process_hits++;
-        PyObject *before = src_id;
-        if ((src_id = refine(b, src_id, src_proc)) == NULL)
+        if (refine(b, &src_end, src_proc) < 0)
             goto done;
-        if (src_id != before) {
-            Py_SETREF(src_home, PyObject_GetAttr(src_id, s_home));
-            if (src_home == NULL)
-                goto done;
-        }
     }
     if (dst_proc != NULL) {
         b->process_hits++;
-        PyObject *before = dst_id;
-        if ((dst_id = refine(b, dst_id, dst_proc)) == NULL)
+        if (refine(b, &dst_end, dst_proc) < 0)
             goto done;
-        if (dst_id != before) {
-            Py_SETREF(dst_home, PyObject_GetAttr(dst_id, s_home));
-            if (dst_home == NULL)
-                goto done;
-        }
     }
 
     PyObject *direction = forward;
@@ -1087,9 +1151,11 @@ enrich(Batch *b, Raw *r)
             t = src, src = dst, dst = t;
             const uint8_t *u = src_bytes;
             src_bytes = dst_bytes, dst_bytes = u;
+            Slot *v = src_slot;
+            src_slot = dst_slot, dst_slot = v;
             t = sport_obj, sport_obj = dport_obj, dport_obj = t;
-            t = src_id, src_id = dst_id, dst_id = t;
-            t = src_home, src_home = dst_home, dst_home = t;
+            End e = src_end;
+            src_end = dst_end, dst_end = e;
             t = src_proc, src_proc = dst_proc, dst_proc = t;
             long p = sport;
             sport = dport, dport = p;
@@ -1102,6 +1168,7 @@ enrich(Batch *b, Raw *r)
     }
 
     /* cross-node dedup (enriching.merge_owner) */
+    PyObject *src_home = src_end.home, *dst_home = dst_end.home;
     int truthy_s = PyObject_IsTrue(src_home), truthy_d = PyObject_IsTrue(dst_home);
     if (truthy_s < 0 || truthy_d < 0)
         goto done;
@@ -1141,10 +1208,10 @@ enrich(Batch *b, Raw *r)
         }
     }
 
-    dst_name = name_of(b, src, dst);
+    dst_name = name_of(b, src, dst, dst_slot);
     if (dst_name == NULL && PyErr_Occurred())
         goto done;
-    src_name = name_of(b, dst, src);
+    src_name = name_of(b, dst, src, src_slot);
     if (src_name == NULL && PyErr_Occurred())
         goto done;
     if (dst_name != NULL)
@@ -1170,17 +1237,12 @@ enrich(Batch *b, Raw *r)
         (net_j = json_cached(b, r->network)) == NULL ||
         (obs_j = json_cached(b, r->observer)) == NULL)
         goto done;
-    if (bytes_attr(src_id, s_source_json, &src_json) < 0 ||
-        bytes_attr(dst_id, s_destination_json, &dst_json) < 0)
-        goto done;
     line = render(r, cid, dir_j, reason_j, net_j, obs_j, ported ? sport : 0, ported ? dport : 0,
-                  fwd_b, fwd_p, rev_b, rev_p, src_json, dst_json, src_pj, dst_pj, dst_nj,
-                  src_nj);
+                  fwd_b, fwd_p, rev_b, rev_p, src_end.source_json, dst_end.destination_json,
+                  src_pj, dst_pj, dst_nj, src_nj);
     if (line == NULL)
         goto done;
-    if ((src_token = PyObject_GetAttr(src_id, s_token)) == NULL ||
-        (dst_token = PyObject_GetAttr(dst_id, s_token)) == NULL ||
-        (subject = subject_of(src_token, dst_token)) == NULL)
+    if ((subject = subject_of(src_end.token, dst_end.token)) == NULL)
         goto done;
     if (bucket_append(b->lines, subject, line) < 0)
         goto done;
@@ -1188,16 +1250,12 @@ enrich(Batch *b, Raw *r)
 done:
     for (int i = 0; i < 4; i++)
         Py_XDECREF(held[i]);
-    Py_XDECREF(src_id);
-    Py_XDECREF(dst_id);
+    end_clear(&src_end);
+    end_clear(&dst_end);
     Py_XDECREF(src_proc);
     Py_XDECREF(dst_proc);
-    Py_XDECREF(src_home);
-    Py_XDECREF(dst_home);
     Py_XDECREF(dst_name);
     Py_XDECREF(src_name);
-    Py_XDECREF(src_json);
-    Py_XDECREF(dst_json);
     Py_XDECREF(src_pj);
     Py_XDECREF(dst_pj);
     Py_XDECREF(dst_nj);
@@ -1206,8 +1264,6 @@ done:
     Py_XDECREF(dir_j);
     Py_XDECREF(net_j);
     Py_XDECREF(obs_j);
-    Py_XDECREF(src_token);
-    Py_XDECREF(dst_token);
     Py_XDECREF(subject);
     Py_XDECREF(line);
     return result;
@@ -1357,6 +1413,7 @@ release(Batch *b)
     Py_CLEAR(b->sockets);
     Py_CLEAR(b->locals);
     Py_CLEAR(b->entries);
+    Py_CLEAR(b->answers);
     Py_CLEAR(b->names_lookup);
     Py_CLEAR(b->seen);
     Py_CLEAR(b->names_move);
@@ -1371,7 +1428,7 @@ release(Batch *b)
 static int
 prepare(Batch *b, PyObject *enricher, PyObject *out)
 {
-    PyObject *resolver = NULL, *ttl = NULL, *ttl_min = NULL;
+    PyObject *resolver = NULL, *ttl = NULL, *ttl_min = NULL, *names_generation = NULL;
     if ((b->tally = PyObject_GetAttr(out, s_tally)) == NULL ||
         (b->lines = PyObject_GetAttr(out, s_lines)) == NULL ||
         (b->bad = PyObject_GetAttr(out, s_bad)) == NULL ||
@@ -1383,6 +1440,8 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
         (b->sockets = attr2(enricher, s_sockets, s_sockets_table)) == NULL ||
         (b->locals = attr2(enricher, s_sockets, s_locals)) == NULL ||
         (b->entries = attr2(enricher, s_names, s_entries)) == NULL ||
+        (b->answers = attr2(enricher, s_names, s_answers)) == NULL ||
+        (names_generation = attr2(enricher, s_names, s_generation)) == NULL ||
         (b->names_lookup = attr2(enricher, s_names, s_lookup)) == NULL ||
         (b->names_move = PyObject_GetAttr(b->entries, s_move_to_end)) == NULL ||
         (b->seen = attr2(enricher, s_observers, s_seen)) == NULL ||
@@ -1404,7 +1463,10 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
     }
     if (require_dict(b->addresses, "_addresses") < 0 || require_dict(b->sockets, "_sockets") < 0 ||
         require_dict(b->locals, "_locals") < 0 || require_dict(b->entries, "_entries") < 0 ||
-        require_dict(b->seen, "observers.seen") < 0)
+        require_dict(b->answers, "_answers") < 0 || require_dict(b->seen, "observers.seen") < 0)
+        goto fail;
+    b->names_generation = PyLong_AsSsize_t(names_generation);
+    if (b->names_generation == -1 && PyErr_Occurred())
         goto fail;
     b->observer_ttl = PyFloat_AsDouble(ttl);
     if (b->observer_ttl == -1.0 && PyErr_Occurred())
@@ -1430,10 +1492,12 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
     }
     Py_DECREF(ttl);
     Py_DECREF(ttl_min);
+    Py_DECREF(names_generation);
     return 0;
 fail:
     Py_XDECREF(ttl);
     Py_XDECREF(ttl_min);
+    Py_XDECREF(names_generation);
     return -1;
 }
 
@@ -1631,9 +1695,9 @@ static Slot *slots;
 static size_t slot_mask;
 static Py_ssize_t slots_used;
 static uint64_t slots_moved; /* counts growths and clears: a Slot pointer is stale */
-/* the _addresses dict and the resolver the table was filled from (held, so that another
- * one can never have the same address) */
-static PyObject *slots_addresses, *slots_resolver;
+/* the _addresses dict, the resolver and the NameCache._answers dict the table was filled
+ * from (held, so that another one can never have the same address) */
+static PyObject *slots_addresses, *slots_resolver, *slots_answers;
 
 static uint64_t
 text_hash(const char *s, Py_ssize_t n)
@@ -1650,7 +1714,7 @@ table_clear(void)
     for (size_t i = 0; slots != NULL && i <= slot_mask; i++)
         if (slots[i].hash) {
             Py_CLEAR(slots[i].entry);
-            Py_CLEAR(slots[i].ident);
+            end_clear(&slots[i].kept);
         }
     PyMem_Free(slots);
     slots = NULL;
@@ -1690,7 +1754,8 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry, PyObject 
     slots[j].entry = Py_NewRef(entry);
     slots[j].canonical = canonical;
     slots[j].network = network;
-    slots[j].ident = NULL;
+    slots[j].kept = (End){0};
+    slots[j].unanswered = -1;
     slots[j].len = (uint8_t)n;
     memcpy(slots[j].key, s, (size_t)n);
     slots[j].alen = (uint8_t)PyBytes_GET_SIZE(packed);
@@ -1917,10 +1982,11 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();
     }
     if (b.addresses != slots_addresses || b.resolver != slots_resolver ||
-        PyDict_GET_SIZE(b.addresses) < slots_used) {
+        b.answers != slots_answers || PyDict_GET_SIZE(b.addresses) < slots_used) {
         table_clear();
         Py_XSETREF(slots_addresses, Py_NewRef(b.addresses));
         Py_XSETREF(slots_resolver, Py_NewRef(b.resolver));
+        Py_XSETREF(slots_answers, Py_NewRef(b.answers));
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         Raw r;
@@ -2205,6 +2271,7 @@ PyInit__flowcore(void)
     INTERN(s_locals, "_locals");
     INTERN(s_names, "names");
     INTERN(s_entries, "_entries");
+    INTERN(s_answers, "_answers");
     INTERN(s_lookup, "lookup");
     INTERN(s_observers, "observers");
     INTERN(s_seen, "seen");

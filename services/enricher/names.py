@@ -8,6 +8,13 @@ Lifetimes follow the answers' TTLs clamped to ``[ttl_min, ttl_max]``: the floor 
 clients keep using an address past a tiny TTL, the cap to bound staleness. A lookup hit
 extends an entry to at least ``ttl_min`` from now, so a long-lived connection keeps the
 name it was opened with. The table is an LRU bounded to ``max_entries``.
+
+Most lookups miss: a pod talking to a Service or another pod asked no name for that
+address, and the reverse lookup (the name the destination resolved for the source)
+rarely finds one. ``_answers`` counts the entries each address answers, so a lookup of
+an address no entry has is a miss without building the key; ``generation`` is bumped
+whenever an address gets its first entry, so the compiled core may keep "no entry
+answers this address" per address until then (flowcore.c, ``unanswered``).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ class NameCache:
         self.max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
+        self._answers: dict[str, int] = {}  # address → entries whose address it is
+        self.generation = 0  # bumped when an address gets its first entry
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -47,20 +56,29 @@ class NameCache:
         now = self._clock()
         name = qname.rstrip(".").lower()
         learned = 0
+        entries, counts = self._entries, self._answers
         for answer in answers:
             if answer.get("type") not in ADDRESS_TYPES or not name:
                 continue
-            key = (client, str(answer.get("data", "")))
+            address = str(answer.get("data", ""))
+            key = (client, address)
+            if key not in entries:
+                count = counts.get(address, 0)
+                if not count:
+                    self.generation += 1
+                counts[address] = count + 1
             ttl = answer.get("ttl", 0)
-            self._entries[key] = [name, now + self.clamp(ttl if isinstance(ttl, int) else 0)]
-            self._entries.move_to_end(key)
+            entries[key] = [name, now + self.clamp(ttl if isinstance(ttl, int) else 0)]
+            entries.move_to_end(key)
             learned += 1
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        while len(entries) > self.max_entries:
+            self._forget(entries.popitem(last=False)[0][1])
         return learned
 
     def lookup(self, client: str, address: str, now: float | None = None) -> str | None:
         """The name ``client`` resolved to ``address``, if still valid (``now``: clock)."""
+        if address not in self._answers:
+            return None
         entry = self._entries.get((client, address))
         if entry is None:
             return None
@@ -68,9 +86,18 @@ class NameCache:
             now = self._clock()
         if entry[1] <= now:
             del self._entries[(client, address)]
+            self._forget(address)
             return None
         self._entries.move_to_end((client, address))
         if entry[1] < now + self.ttl_min:
             entry[1] = now + self.ttl_min
         name: str = entry[0]
         return name
+
+    def _forget(self, address: str) -> None:
+        """One entry answering ``address`` is gone."""
+        count = self._answers[address] - 1
+        if count:
+            self._answers[address] = count
+        else:
+            del self._answers[address]

@@ -85,3 +85,33 @@ def test_non_address_answers_and_empty_names_ignored() -> None:
     )
     assert cache.learn("10.1.0.1", ".", answer_chain(".", [], "192.0.2.1", 5)) == 0
     assert len(cache) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["learn", "lookup", "wait"]), clients, names,
+                              addresses, st.integers(0, 120)), min_size=1, max_size=80),
+       bound=st.integers(1, 12))  # fmt: skip
+def test_answer_counts_follow_the_entries(
+    ops: list[tuple[str, str, str, str, int]], bound: int
+) -> None:
+    """``_answers`` counts the entries per address through learning, LRU evictions and
+    expiries; ``generation`` moves whenever an address gets its first entry, so that an
+    address once seen unanswered is rechecked (what the compiled core relies on)."""
+    clock = Clock()
+    cache = NameCache(ttl_min=10, ttl_max=100, max_entries=bound, clock=clock)
+    for op, client, name, address, amount in ops:
+        before, answered = cache.generation, set(cache._answers)
+        if op == "learn":
+            cache.learn(client, name, answer_chain(name, [], address, amount))
+        elif op == "lookup":
+            found = cache.lookup(client, address)
+            assert found is None or found == cache._entries[(client, address)][0]
+        else:
+            clock.now += amount
+        counts: dict[str, int] = {}
+        for _, addr in cache._entries:
+            counts[addr] = counts.get(addr, 0) + 1
+        assert cache._answers == counts
+        assert (cache.generation != before) == bool(set(counts) - answered)
+        if op == "lookup" and address not in counts:
+            assert cache.lookup(client, address) is None
