@@ -26,6 +26,7 @@ import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from socket import AF_INET, inet_pton
 from typing import Any
 
 import orjson
@@ -624,10 +625,9 @@ class Enricher:
         found = self._addresses.get(text)
         if found is None:
             try:
-                ip = ipaddress.ip_address(text)
+                found = address_parts(text)
             except ValueError:
                 raise RecordError(schema, i, f"{key} is not an IP address: {text[:64]!r}") from None
-            found = (str(ip), "ipv6" if ip.version == 6 else "ipv4", ip.packed)
             if len(self._addresses) >= MAX_ADDRESSES:
                 self._addresses.clear()
             self._addresses[text] = found
@@ -765,6 +765,22 @@ _LINE = (
 _END = b"}\n"
 _FLAGS_JSON = [b',"flow.tcp.flags.tags":' + orjson.dumps(tags) for tags in _FLAG_TAGS]
 _TRANSPORTS_JSON = [orjson.dumps(_TRANSPORTS[p]) for p in range(256)]
+
+
+def address_parts(text: str) -> tuple[str, str, bytes]:
+    """(canonical text, network.type, network-order bytes) of an IP address's text, as
+    ``ipaddress.ip_address`` reads it; ValueError when it is not one.
+
+    A dotted quad ``inet_pton`` takes (four decimal numbers ≤ 255 without leading zeros,
+    nothing around them) is its own canonical text: it is read there, ~10x faster than
+    by ``ipaddress``, which reads everything else (IPv6, and the texts it rejects)."""
+    try:
+        return (text, "ipv4", inet_pton(AF_INET, text))
+    except (OSError, ValueError):  # ValueError: an embedded NUL, or not encodable
+        ip = ipaddress.ip_address(text)
+        return (str(ip), "ipv6" if ip.version == 6 else "ipv4", ip.packed)
+
+
 _STRINGS: dict[str, bytes] = {}  # str → its JSON form: node names, reasons, domains recur
 MAX_STRINGS = 100_000
 

@@ -7,6 +7,7 @@ properties tie the two together: any record, any state, the same bytes.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ from flowscope.core import records
 from flowscope.core.community_id import community_id as community_id_of
 from flowscope.core.records import END_REASONS
 from flowscope.enricher import identities, objects
-from flowscope.enricher.enriching import Enricher, render_line, render_wire
+from flowscope.enricher.enriching import Enricher, address_parts, render_line, render_wire
 from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.processes import SocketOwner
 from hypothesis import given, settings
@@ -187,3 +188,32 @@ def test_community_ids_remembered_per_flow_are_the_ones_computed(
                     )  # fmt: skip
         for e, clock in zip((cached, uncached), clocks, strict=True):
             _change(e, clock, change, seen)
+
+
+def _ipaddress_parts(text: str) -> tuple[str, str, bytes] | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return (str(ip), "ipv6" if ip.version == 6 else "ipv4", ip.packed)
+
+
+octet = st.one_of(st.integers(0, 999).map(str), st.from_regex(r"0[0-9]{1,2}", fullmatch=True))
+address_texts = st.one_of(
+    st.lists(octet, min_size=1, max_size=5).map(".".join),  # dotted, leading zeros, > 255
+    st.integers(0, 2**32 - 1).map(lambda n: ".".join(str(n >> s & 255) for s in (24, 16, 8, 0))),
+    st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n))),
+    st.text(st.sampled_from("0123456789.:abcdefx% \n\x00\u0661\u0664"), max_size=20),
+    st.sampled_from(["::ffff:1.2.3.4", "1.2.3.4%eth0", "fe80::1%eth0", "0x1.2.3.4", " 1.2.3.4"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=address_texts)
+def test_address_parts_read_an_address_as_ipaddress_does(text: str) -> None:
+    """The dotted-quad fast path accepts nothing ipaddress rejects, and agrees with it."""
+    try:
+        got: tuple[str, str, bytes] | None = address_parts(text)
+    except ValueError:
+        got = None
+    assert got == _ipaddress_parts(text)
