@@ -368,15 +368,21 @@ typedef struct {
 
 /* A slot of flow_body's address table (see "raw bodies" below). */
 #define KEY_MAX 46
-/* One end's identity and what a record reads of it (new references, or all NULL). */
+/* One end's identity and what a record reads of it: new references when `owned`, else
+ * borrowed from a slot of the address table that keeps them (see end_at). */
 typedef struct {
     PyObject *ident, *home, *token, *source_json, *destination_json;
-    int kind; /* its kind's index in kinds (the lookups counter) */
+    int kind;  /* its kind's index in kinds (the lookups counter) */
+    int owned;
 } End;
 
 static void
 end_clear(End *e)
 {
+    if (!e->owned) {
+        *e = (End){0};
+        return;
+    }
     Py_CLEAR(e->ident);
     Py_CLEAR(e->home);
     Py_CLEAR(e->token);
@@ -621,7 +627,7 @@ bytes_attr(PyObject *obj, PyObject *name, PyObject **out)
 static int
 end_of(Batch *b, PyObject *ident, End *e)
 {
-    *e = (End){.ident = ident};
+    *e = (End){.ident = ident, .owned = 1};
     if (ident == NULL)
         return -1;
     PyObject *kind = PyObject_GetAttr(ident, s_kind);
@@ -654,11 +660,12 @@ fail:
     return -1;
 }
 
-/* A copy of a kept End: new references. */
+/* A copy of an End that owns its references. */
 static void
 end_copy(End *to, const End *from)
 {
     *to = *from;
+    to->owned = 1;
     Py_INCREF(to->ident);
     Py_INCREF(to->home);
     Py_INCREF(to->token);
@@ -668,16 +675,24 @@ end_copy(End *to, const End *from)
 
 /* resolve() and end_of, through the identity a slot of the address table keeps: the one
  * resolver._cache held for the address, valid while resolver.generation is the one it
- * was read at (the resolver bumps it whenever _cache loses an entry). */
+ * was read at (the resolver bumps it whenever _cache loses an entry). With `borrow`, a
+ * kept End is lent (no reference taken: cache lines not touched): the caller does not
+ * let this slot's End be replaced while it holds the loan — only end_at replaces it, and
+ * a record's two ends have two slots, or the second End is owned. */
 static int
-end_at(Batch *b, Slot *slot, PyObject *address, End *e)
+end_at(Batch *b, Slot *slot, PyObject *address, End *e, int borrow)
 {
     if (slot == NULL || !b->has_generation || b->resolved == NULL)
         return end_of(b, resolve(b, address), e);
     if (fresh_generation(b) < 0)
         return -1;
     if (slot->kept.ident != NULL && slot->generation == b->generation) {
-        end_copy(e, &slot->kept);
+        if (borrow) {
+            *e = slot->kept;
+            e->owned = 0;
+        } else {
+            end_copy(e, &slot->kept);
+        }
         return 0;
     }
     PyObject *found = PyDict_GetItemWithError(b->resolved, address);
@@ -698,9 +713,9 @@ end_at(Batch *b, Slot *slot, PyObject *address, End *e)
 /* end_at, and the end's kind counted: lookups[kind] += 1 (counted here, added to the
  * tally's dict at the end). */
 static int
-resolve_at(Batch *b, Slot *slot, PyObject *address, End *e)
+resolve_at(Batch *b, Slot *slot, PyObject *address, End *e, int borrow)
 {
-    if (end_at(b, slot, address, e) < 0)
+    if (end_at(b, slot, address, e, borrow) < 0)
         return -1;
     b->kind_counts[e->kind]++;
     return 0;
@@ -1115,8 +1130,11 @@ enrich(Batch *b, Raw *r)
     long sport = r->sport, dport = r->dport;
     long long fwd_b = r->fwd_b, fwd_p = r->fwd_p, rev_b = r->rev_b, rev_p = r->rev_p;
 
-    if (resolve_at(b, r->src_slot, src, &src_end) < 0 ||
-        resolve_at(b, r->dst_slot, dst, &dst_end) < 0)
+    /* the ends borrow what their slots keep; one address at both ends: one slot, which
+     * the destination's end_at may refill, so the source's End is owned then */
+    int two_slots = r->src_slot != r->dst_slot;
+    if (resolve_at(b, r->src_slot, src, &src_end, two_slots) < 0 ||
+        resolve_at(b, r->dst_slot, dst, &dst_end, 1) < 0)
         goto done;
     src_proc = find_end(b, r->observer, src_end.home, r->proto_obj, src, sport_obj, dst,
                         dport_obj);
