@@ -904,12 +904,23 @@ done:
     return name;
 }
 
+/* PyObject_IsTrue, without its calls for the str and bytes every caller has. */
+static inline int
+truthy(PyObject *obj)
+{
+    if (PyUnicode_CheckExact(obj))
+        return PyUnicode_GET_LENGTH(obj) > 0;
+    if (PyBytes_CheckExact(obj))
+        return PyBytes_GET_SIZE(obj) > 0;
+    return PyObject_IsTrue(obj);
+}
+
 /* A str's JSON form: _STRINGS.get(text) or json_str(text). New reference. */
 static PyObject *
 json_of(PyObject *text)
 {
     PyObject *found = PyDict_GetItemWithError(strings, text);
-    if (found != NULL && PyObject_IsTrue(found) == 1)
+    if (found != NULL && truthy(found) == 1)
         return Py_NewRef(found);
     if (PyErr_Occurred())
         return NULL;
@@ -1187,7 +1198,7 @@ enrich(Batch *b, Raw *r)
 
     /* cross-node dedup (enriching.merge_owner) */
     PyObject *src_home = src_end.home, *dst_home = dst_end.home;
-    int truthy_s = PyObject_IsTrue(src_home), truthy_d = PyObject_IsTrue(dst_home);
+    int truthy_s = truthy(src_home), truthy_d = truthy(dst_home);
     if (truthy_s < 0 || truthy_d < 0)
         goto done;
     if (truthy_s && truthy_d) {
