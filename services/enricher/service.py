@@ -248,12 +248,24 @@ async def _start_work(
 
 
 def release_free_memory() -> None:
-    """Hand freed heap back to the OS (after the first LISTs, then periodically).
+    """Collect every generation, freeze what survived, and hand freed heap back to the
+    OS (after the first LISTs, then every 30 s).
+
+    The enricher's heap is mostly long-lived: the cluster's objects, identities, DNS
+    names, socket owners (~150,000 tracked objects for 10,000 pods). Python's automatic
+    collection of the oldest generation walks all of it — 30 to 90 ms each time, a
+    dozen times while the first ~17,000 identities and 50,000 DNS names are built — to
+    find nothing: that state holds no cycles. Frozen (``gc.freeze``), it is left out of
+    the automatic collections; each call unfreezes it first, so every 30 s one full
+    collection still finds any cycle among the old objects (nothing leaks for more
+    than 30 s). Reference counting frees frozen objects as usual.
 
     glibc keeps freed memory in its arenas; the initial LIST of a large cluster and
     every decoded batch leave megabytes of garbage at once. No-op without glibc.
     """
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
