@@ -678,7 +678,8 @@ end_copy(End *to, const End *from)
  * was read at (the resolver bumps it whenever _cache loses an entry). With `borrow`, a
  * kept End is lent (no reference taken: cache lines not touched): the caller does not
  * let this slot's End be replaced while it holds the loan — only end_at replaces it, and
- * a record's two ends have two slots, or the second End is owned. */
+ * a record's two ends have two slots, or (one address at both ends) the source's End is
+ * an owned copy. */
 static int
 end_at(Batch *b, Slot *slot, PyObject *address, End *e, int borrow)
 {
