@@ -874,15 +874,14 @@ name_of(Batch *b, PyObject *client, PyObject *address, Slot *slot)
     if (entry == NULL)
         goto done;
     Py_INCREF(entry);
-    double expiry = 0;
-    if (PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 2) {
-        expiry = PyFloat_AsDouble(PyList_GET_ITEM(entry, 1));
-        if (expiry == -1.0 && PyErr_Occurred())
-            goto release;
-    }
-    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 2 || expiry <= b->now_s) {
-        /* expired (deleted, and no longer counted in _answers), or not the shape
-         * NameCache.learn writes: the method itself does it */
+    /* the shape NameCache.learn writes: [name, expiry] */
+    int learned = PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 2;
+    double expiry = learned ? PyFloat_AsDouble(PyList_GET_ITEM(entry, 1)) : 0;
+    if (expiry == -1.0 && PyErr_Occurred())
+        goto release;
+    if (!learned || expiry <= b->now_s) {
+        /* expired (deleted, and no longer counted in _answers), or another shape: the
+         * method itself does it */
         name = PyObject_CallFunctionObjArgs(b->names_lookup, client, address, b->now, NULL);
         if (name == Py_None)
             Py_CLEAR(name);
