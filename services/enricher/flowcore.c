@@ -46,6 +46,8 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
+#include <sys/mman.h>
 
 #define TCP 6
 #define UDP 17
@@ -1594,6 +1596,12 @@ typedef struct {
     Py_ssize_t len[N_FIELDS];
     long long value[N_FIELDS]; /* integer and boolean fields */
     unsigned present;
+    /* the address table's hashes of src and dst, and (see look_ahead) their slots as
+     * found a few records ahead, while the table had moved `moved` times (NULL: not
+     * there then) */
+    uint64_t hash[2];
+    struct Slot *slot[2];
+    uint64_t moved;
 } Line;
 
 /* The field a key names, or -1 (an unknown key: the line goes the dict way). */
@@ -1737,6 +1745,34 @@ text_hash(const char *s, Py_ssize_t n)
     return h | 1;
 }
 
+/* The table's memory: aligned to 2 MB and advised as huge pages once it is that large,
+ * so that its random probes (and look_far's prefetches) do not each miss the TLB. */
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static Slot *
+slots_alloc(size_t count)
+{
+    size_t bytes = count * sizeof(Slot);
+    if (bytes < HUGE_PAGE)
+        return PyMem_Calloc(count, sizeof(Slot));
+    bytes = (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    void *p = aligned_alloc(HUGE_PAGE, bytes);
+    if (p == NULL)
+        return NULL;
+    madvise(p, bytes, MADV_HUGEPAGE); /* advice: without it, ordinary pages */
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void
+slots_free(Slot *p, size_t count)
+{
+    if (count * sizeof(Slot) < HUGE_PAGE)
+        PyMem_Free(p);
+    else
+        free(p);
+}
+
 static void
 table_clear(void)
 {
@@ -1745,7 +1781,8 @@ table_clear(void)
             Py_CLEAR(slots[i].entry);
             end_clear(&slots[i].kept);
         }
-    PyMem_Free(slots);
+    if (slots != NULL)
+        slots_free(slots, slot_mask + 1);
     slots = NULL;
     slot_mask = 0;
     slots_used = 0;
@@ -1758,7 +1795,7 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry, PyObject 
 {
     if (slots == NULL || (size_t)(slots_used + 1) * 2 > slot_mask + 1) {
         size_t size = slots == NULL ? 1024 : (slot_mask + 1) * 2;
-        Slot *grown = PyMem_Calloc(size, sizeof(Slot));
+        Slot *grown = slots_alloc(size);
         if (grown == NULL) {
             PyErr_NoMemory();
             return NULL;
@@ -1771,7 +1808,8 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry, PyObject 
                 j = (j + 1) & (size - 1);
             grown[j] = slots[i];
         }
-        PyMem_Free(slots);
+        if (slots != NULL)
+            slots_free(slots, slot_mask + 1);
         slots = grown;
         slot_mask = size - 1;
         slots_moved++;
@@ -1803,17 +1841,17 @@ table_find(uint64_t h, const char *s, Py_ssize_t n)
     return NULL;
 }
 
-/* The slot of an address's text, added from _addresses on first use; NULL: the text
+/* The slot of an address's text (h: its text_hash; found: its slot if known), added
+ * from _addresses on first use; NULL: the text
  * is not there, or too long, or its entry has another shape (no exception: the record
  * goes the Python way), or an error. The table is never emptied while a record is read
  * (read_line empties it before), so the slot's entry lives until the next record. */
 static Slot *
-address_slot(Batch *b, const char *s, Py_ssize_t n)
+address_slot(Batch *b, const char *s, Py_ssize_t n, uint64_t h, Slot *found)
 {
     if (n > KEY_MAX)
         return NULL;
-    uint64_t h = text_hash(s, n);
-    Slot *slot = table_find(h, s, n);
+    Slot *slot = found != NULL ? found : table_find(h, s, n);
     if (slot != NULL)
         return slot;
     PyObject *text = PyUnicode_FromStringAndSize(s, n);
@@ -1851,6 +1889,48 @@ text_of(PyObject **cache, const char *s, Py_ssize_t n)
     return text;
 }
 
+/* Looking ahead. The address table's slots and what they keep (the canonical str, an
+ * identity's JSON) are spread over several MB, so each was a cache miss per record,
+ * waited for in turn. flow_body asks for them a few records early: LOOK_FAR lines ahead
+ * the two slots, LOOK_NEAR lines ahead (the slots are in the cache by then) what they
+ * point at — and keeps the slots found in the Line, valid while the table has not moved
+ * (read_line). A prefetch never faults, and a stale one costs nothing but the fetch. */
+#define LOOK_FAR 6
+#define LOOK_NEAR 3
+#define NOT_LOOKED UINT64_MAX /* Line.moved before look_near */
+
+static inline void
+prefetch_span(const void *p, size_t n)
+{
+    for (size_t o = 0; o < n; o += 64)
+        __builtin_prefetch((const char *)p + o);
+}
+
+static void
+look_far(const Line *l)
+{
+    if (slots == NULL)
+        return;
+    for (int k = 0; k < 2; k++)
+        prefetch_span(&slots[l->hash[k] & slot_mask], sizeof(Slot));
+}
+
+static void
+look_near(Line *l)
+{
+    l->moved = slots_moved;
+    for (int k = 0; k < 2; k++) {
+        Slot *slot = table_find(l->hash[k], l->at[F_SRC + k], l->len[F_SRC + k]);
+        l->slot[k] = slot;
+        if (slot == NULL)
+            continue;
+        __builtin_prefetch(slot->canonical);
+        PyObject *json = k == 0 ? slot->kept.source_json : slot->kept.destination_json;
+        if (slot->kept.ident != NULL && json != NULL)
+            prefetch_span(PyBytes_AS_STRING(json), 256);
+    }
+}
+
 /* The objects a plain line's Raw points at, released after the record. */
 typedef struct {
     PyObject *observer, *reason, *proto, *sport, *dport;
@@ -1879,11 +1959,14 @@ read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
         return known;
     if (slots_used > TABLE_MAX - 2) /* room for both ends: never emptied in between */
         table_clear();
-    Slot *src = address_slot(b, l->at[F_SRC], l->len[F_SRC]);
+    int ahead = l->moved == slots_moved; /* look_ahead's slots are still where they were */
+    Slot *src = address_slot(b, l->at[F_SRC], l->len[F_SRC], l->hash[0],
+                             ahead ? l->slot[0] : NULL);
     if (src == NULL)
         return PyErr_Occurred() ? -1 : 0;
     uint64_t moved = slots_moved, src_hash = src->hash;
-    Slot *dst = address_slot(b, l->at[F_DST], l->len[F_DST]);
+    Slot *dst = address_slot(b, l->at[F_DST], l->len[F_DST], l->hash[1],
+                             ahead && slots_moved == moved ? l->slot[1] : NULL);
     if (dst == NULL)
         return PyErr_Occurred() ? -1 : 0;
     if (slots_moved != moved) /* the table grew: the source's slot moved */
@@ -1992,8 +2075,13 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         starts[i] = p;
         which[i] = -1;
-        if (used < room && plain(p, nl, &lines[used]))
+        if (used < room && plain(p, nl, &lines[used])) {
+            Line *l = &lines[used];
+            l->hash[0] = text_hash(l->at[F_SRC], l->len[F_SRC]);
+            l->hash[1] = text_hash(l->at[F_DST], l->len[F_DST]);
+            l->moved = NOT_LOOKED;
             which[i] = (int32_t)used++;
+        }
         else if ((dicts[i] = loads_line(p, nl - p)) == NULL) {
             if (!PyErr_Occurred())
                 result = Py_NewRef(Py_False);
@@ -2022,6 +2110,10 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Held held = {0};
         int rc;
         b.n_in++;
+        if (i + LOOK_FAR < n && which[i + LOOK_FAR] >= 0)
+            look_far(&lines[which[i + LOOK_FAR]]);
+        if (i + LOOK_NEAR < n && which[i + LOOK_NEAR] >= 0)
+            look_near(&lines[which[i + LOOK_NEAR]]);
         if (dicts[i] != NULL) {
             rc = read_raw(&b, dicts[i], &r);
         } else {
