@@ -31,9 +31,9 @@
  *   enricher._addresses        dict  raw text → (canonical text, network.type, packed)
  *   enricher.resolver._cache   dict  canonical address → Identity (a miss calls resolve())
  *   enricher.sockets._sockets / _locals   OrderedDicts of SocketOwner (hits: move_to_end)
- *   enricher.names._entries    OrderedDict (client, address) → [name, expiry]; a hit is
- *                              expired, or moved to the end and refreshed, as
- *                              NameCache.lookup does (reordering through move_to_end)
+ *   enricher.names._entries    OrderedDict (client, address) → [name, expiry, JSON,
+ *                              used]; a hit is expired, or marked used and refreshed,
+ *                              as NameCache.lookup does
  *   enricher.names._answers / generation   dict address → entries answering it, and
  *                              the count of addresses that got a first entry (an
  *                              address's slot keeps "unanswered" until it moves)
@@ -357,7 +357,6 @@ typedef struct {
     Py_ssize_t names_generation; /* NameCache.generation */
     PyObject *names_lookup;      /* bound NameCache.lookup */
     PyObject *seen;              /* Observers.seen */
-    PyObject *names_move;        /* bound NameCache._entries.move_to_end */
     double observer_ttl;
     double ttl_min;              /* NameCache.ttl_min */
     /* json_of of the few str objects every record renders (observer, end reason,
@@ -401,8 +400,9 @@ typedef struct Slot {
     End kept;
     Py_ssize_t generation; /* ... at this resolver.generation */
     /* the NameCache.generation at which no entry answered this address (-1: not known):
-     * until an address gets its first entry, lookups of this one miss (name_of) */
+     * until an address gets its first entry, lookups of this one miss (name_json) */
     Py_ssize_t unanswered;
+    int answered; /* an entry answered this address once (name_json) */
     uint8_t len, alen;
     char key[KEY_MAX + 1];
     uint8_t packed[16];    /* the entry's packed bytes, alen of them */
@@ -850,60 +850,69 @@ pair_of(PyObject *a, PyObject *b)
     return Py_NewRef(scratch_pair);
 }
 
-/* NameCache.lookup(client, address, now): a name (new reference) or NULL, no exception.
- * Its steps, on the cache's own dicts: an address no entry answers is a miss (kept in
- * its slot, when it has one, until NameCache.generation moves); in the OrderedDict of
- * (client, address) → [name, expiry], a live entry moves to the end (LRU) and lives at
- * least ttl_min from now; an expired one is left to the method, which deletes it. */
+static PyObject *json_of(PyObject *text);
+
+/* NameCache.lookup(client, address, now), as the name's JSON form: a new reference
+ * (bytes) or NULL, no exception. Its steps, on the cache's own dicts: an address no
+ * entry answers is a miss (kept in its slot, when it has one, until
+ * NameCache.generation moves; an address once answered skips that probe: the entry's
+ * own is then the test); in the OrderedDict of (client, address) → [name, expiry, JSON,
+ * used], a live entry is marked used (second-chance eviction) and lives at least
+ * ttl_min from now; an expired one, or another shape, is left to the method, which
+ * deletes it, and its name rendered by json_of. */
 static PyObject *
-name_of(Batch *b, PyObject *client, PyObject *address, Slot *slot)
+name_json(Batch *b, PyObject *client, PyObject *address, Slot *slot)
 {
     if (PyDict_GET_SIZE(b->entries) == 0)
         return NULL;
     if (slot != NULL && slot->unanswered == b->names_generation)
         return NULL;
-    int answered = PyDict_Contains(b->answers, address);
-    if (answered <= 0) { /* no entry answers this address: a miss (or an error) */
-        if (answered == 0 && slot != NULL)
-            slot->unanswered = b->names_generation;
-        return NULL;
+    if (slot == NULL || !slot->answered) {
+        int answered = PyDict_Contains(b->answers, address);
+        if (answered <= 0) { /* no entry answers this address: a miss (or an error) */
+            if (answered == 0 && slot != NULL)
+                slot->unanswered = b->names_generation;
+            return NULL;
+        }
+        if (slot != NULL)
+            slot->answered = 1;
     }
     PyObject *key = pair_of(client, address);
     if (key == NULL)
         return NULL;
-    PyObject *name = NULL;
+    PyObject *json = NULL;
     PyObject *entry = PyDict_GetItemWithError(b->entries, key);
     if (entry == NULL)
         goto done;
     Py_INCREF(entry);
-    /* the shape NameCache.learn writes: [name, expiry] */
-    int learned = PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 2;
+    /* the shape NameCache.learn writes: [name, expiry, JSON, used] */
+    int learned = PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 4 &&
+                  PyBytes_CheckExact(PyList_GET_ITEM(entry, 2));
     double expiry = learned ? PyFloat_AsDouble(PyList_GET_ITEM(entry, 1)) : 0;
     if (expiry == -1.0 && PyErr_Occurred())
         goto release;
     if (!learned || expiry <= b->now_s) {
-        /* expired (deleted, and no longer counted in _answers), or another shape: the
-         * method itself does it */
-        name = PyObject_CallFunctionObjArgs(b->names_lookup, client, address, b->now, NULL);
-        if (name == Py_None)
-            Py_CLEAR(name);
+        PyObject *name = PyObject_CallFunctionObjArgs(b->names_lookup, client, address,
+                                                      b->now, NULL);
+        if (name != NULL && name != Py_None)
+            json = json_of(name);
+        Py_XDECREF(name);
         goto release;
     }
-    PyObject *moved = PyObject_CallOneArg(b->names_move, key);
-    if (moved == NULL)
+    if (PyList_GET_ITEM(entry, 3) != Py_True &&
+        PyList_SetItem(entry, 3, Py_NewRef(Py_True)) < 0) /* steals the reference */
         goto release;
-    Py_DECREF(moved);
     if (expiry < b->now_s + b->ttl_min) {
         PyObject *later = PyFloat_FromDouble(b->now_s + b->ttl_min);
         if (later == NULL || PyList_SetItem(entry, 1, later) < 0) /* steals later */
             goto release;
     }
-    name = Py_NewRef(PyList_GET_ITEM(entry, 0));
+    json = Py_NewRef(PyList_GET_ITEM(entry, 2));
 release:
     Py_DECREF(entry);
 done:
     Py_DECREF(key);
-    return name;
+    return json;
 }
 
 /* PyObject_IsTrue, without its calls for the str and bytes every caller has. */
@@ -1126,7 +1135,7 @@ enrich(Batch *b, Raw *r)
 {
     int result = -1;
     End src_end = {0}, dst_end = {0};
-    PyObject *src_proc = NULL, *dst_proc = NULL, *dst_name = NULL, *src_name = NULL;
+    PyObject *src_proc = NULL, *dst_proc = NULL;
     PyObject *src_pj = NULL, *dst_pj = NULL;
     PyObject *dst_nj = NULL, *src_nj = NULL, *reason_j = NULL, *dir_j = NULL, *net_j = NULL;
     PyObject *obs_j = NULL, *subject = NULL, *line = NULL;
@@ -1239,13 +1248,13 @@ enrich(Batch *b, Raw *r)
         }
     }
 
-    dst_name = name_of(b, src, dst, dst_slot);
-    if (dst_name == NULL && PyErr_Occurred())
+    dst_nj = name_json(b, src, dst, dst_slot);
+    if (dst_nj == NULL && PyErr_Occurred())
         goto done;
-    src_name = name_of(b, dst, src, src_slot);
-    if (src_name == NULL && PyErr_Occurred())
+    src_nj = name_json(b, dst, src, src_slot);
+    if (src_nj == NULL && PyErr_Occurred())
         goto done;
-    if (dst_name != NULL)
+    if (dst_nj != NULL)
         b->dns_hits++;
     else
         b->dns_misses++;
@@ -1258,10 +1267,6 @@ enrich(Batch *b, Raw *r)
     if (src_proc != NULL && (src_pj = process_part(src_proc, 0)) == NULL)
         goto done;
     if (dst_proc != NULL && (dst_pj = process_part(dst_proc, 1)) == NULL)
-        goto done;
-    if (dst_name != NULL && (dst_nj = json_of(dst_name)) == NULL)
-        goto done;
-    if (src_name != NULL && (src_nj = json_of(src_name)) == NULL)
         goto done;
     if ((reason_j = json_cached(b, r->reason)) == NULL ||
         (dir_j = json_cached(b, direction)) == NULL ||
@@ -1285,8 +1290,6 @@ done:
     end_clear(&dst_end);
     Py_XDECREF(src_proc);
     Py_XDECREF(dst_proc);
-    Py_XDECREF(dst_name);
-    Py_XDECREF(src_name);
     Py_XDECREF(src_pj);
     Py_XDECREF(dst_pj);
     Py_XDECREF(dst_nj);
@@ -1447,7 +1450,6 @@ release(Batch *b)
     Py_CLEAR(b->answers);
     Py_CLEAR(b->names_lookup);
     Py_CLEAR(b->seen);
-    Py_CLEAR(b->names_move);
     for (int i = 0; i < b->json_used; i++) {
         Py_CLEAR(b->json_keys[i]);
         Py_CLEAR(b->json_values[i]);
@@ -1474,7 +1476,6 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
         (b->answers = attr2(enricher, s_names, s_answers)) == NULL ||
         (names_generation = attr2(enricher, s_names, s_generation)) == NULL ||
         (b->names_lookup = attr2(enricher, s_names, s_lookup)) == NULL ||
-        (b->names_move = PyObject_GetAttr(b->entries, s_move_to_end)) == NULL ||
         (b->seen = attr2(enricher, s_observers, s_seen)) == NULL ||
         (ttl = attr2(enricher, s_observers, s_ttl)) == NULL ||
         (ttl_min = attr2(enricher, s_names, s_ttl_min)) == NULL)
@@ -1823,6 +1824,7 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry, PyObject 
     slots[j].network = network;
     slots[j].kept = (End){0};
     slots[j].unanswered = -1;
+    slots[j].answered = 0;
     slots[j].len = (uint8_t)n;
     memcpy(slots[j].key, s, (size_t)n);
     slots[j].alen = (uint8_t)PyBytes_GET_SIZE(packed);

@@ -7,7 +7,16 @@ Built from the DNS exchanges the collectors capture. An answer's address maps to
 Lifetimes follow the answers' TTLs clamped to ``[ttl_min, ttl_max]``: the floor because
 clients keep using an address past a tiny TTL, the cap to bound staleness. A lookup hit
 extends an entry to at least ``ttl_min`` from now, so a long-lived connection keeps the
-name it was opened with. The table is an LRU bounded to ``max_entries``.
+name it was opened with.
+
+The table is bounded to ``max_entries`` by second-chance eviction (CLOCK, an
+approximation of LRU): a hit only marks its entry used, and eviction takes entries from
+the oldest end, moving a used one to the newest end with its mark cleared instead of
+dropping it. So an entry looked up since the eviction last passed it stays, as it would
+in an LRU, while a hit writes one list item rather than relinking the OrderedDict (a
+``move_to_end`` per flow record that named its destination). A new entry starts marked,
+so the newest answer is never the one evicted. Each entry also holds its name's JSON form
+(``orjson.dumps(name)``), which records render.
 
 Most lookups miss: a pod talking to a Service or another pod asked no name for that
 address, and the reverse lookup (the name the destination resolved for the source)
@@ -24,11 +33,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import orjson
+
 ADDRESS_TYPES = ("A", "AAAA")
+NAME, EXPIRY, NAME_JSON, USED = range(4)  # an entry: [name, expiry, its JSON, hit mark]
 
 
 class NameCache:
-    """Bounded LRU of (client, address) → (name, expiry)."""
+    """Bounded (second chance) map of (client, address) → [name, expiry, JSON, used]."""
 
     def __init__(
         self,
@@ -55,10 +67,16 @@ class NameCache:
         """Remember every address answer for ``client`` under ``qname``; returns how many."""
         now = self._clock()
         name = qname.rstrip(".").lower()
+        if not name:
+            return 0
+        try:
+            form = orjson.dumps(name)
+        except orjson.JSONEncodeError:  # a lone surrogate: no record could carry it
+            return 0
         learned = 0
         entries, counts = self._entries, self._answers
         for answer in answers:
-            if answer.get("type") not in ADDRESS_TYPES or not name:
+            if answer.get("type") not in ADDRESS_TYPES:
                 continue
             address = str(answer.get("data", ""))
             key = (client, address)
@@ -68,11 +86,16 @@ class NameCache:
                     self.generation += 1
                 counts[address] = count + 1
             ttl = answer.get("ttl", 0)
-            entries[key] = [name, now + self.clamp(ttl if isinstance(ttl, int) else 0)]
+            entries[key] = [name, now + self.clamp(ttl if isinstance(ttl, int) else 0), form, True]
             entries.move_to_end(key)
             learned += 1
         while len(entries) > self.max_entries:
-            self._forget(entries.popitem(last=False)[0][1])
+            key, entry = entries.popitem(last=False)
+            if entry[USED]:  # a second chance, at the newest end
+                entry[USED] = False
+                entries[key] = entry
+            else:
+                self._forget(key[1])
         return learned
 
     def lookup(self, client: str, address: str, now: float | None = None) -> str | None:
@@ -84,14 +107,14 @@ class NameCache:
             return None
         if now is None:
             now = self._clock()
-        if entry[1] <= now:
+        if entry[EXPIRY] <= now:
             del self._entries[(client, address)]
             self._forget(address)
             return None
-        self._entries.move_to_end((client, address))
-        if entry[1] < now + self.ttl_min:
-            entry[1] = now + self.ttl_min
-        name: str = entry[0]
+        entry[USED] = True
+        if entry[EXPIRY] < now + self.ttl_min:
+            entry[EXPIRY] = now + self.ttl_min
+        name: str = entry[NAME]
         return name
 
     def _forget(self, address: str) -> None:

@@ -66,6 +66,28 @@ def test_lru_bound_holds_and_recent_entries_survive(
     assert cache.lookup(client, address) == name  # the newest answer always wins
 
 
+def test_a_hit_keeps_the_entry_eviction_would_take_next() -> None:
+    # second chance: learning marks an entry, a hit marks it again; eviction passes
+    # marked entries to the newest end (unmarked) and drops the first unmarked one
+    cache = NameCache(60, 3600, 3, clock=Clock())
+
+    def learn(name: str) -> None:
+        cache.learn("10.1.0.1", name, answer_chain(name, [], f"192.0.2.{ord(name[0])}", 300))
+
+    def held() -> list[str]:
+        return [n for n in "abcde" if cache.lookup("10.1.0.1", f"192.0.2.{ord(n)}") == n]
+
+    for name in "abcd":  # every entry marked: one pass clears them all, then the oldest goes
+        learn(name)
+    assert [entry[0] for entry in cache._entries.values()] == ["b", "c", "d"]
+    assert cache.lookup("10.1.0.1", f"192.0.2.{ord('b')}") == "b"  # the oldest, now marked
+    learn("e")  # "c", the oldest unmarked, goes instead of "b"
+    assert [entry[0] for entry in cache._entries.values()] == ["d", "e", "b"]
+    assert [entry[3] for entry in cache._entries.values()] == [False, True, False]
+    assert held() == ["b", "d", "e"]
+    assert cache._entries[("10.1.0.1", f"192.0.2.{ord('e')}")][2] == b'"e"'  # its JSON form
+
+
 def test_hit_extends_entry_to_the_floor() -> None:
     clock = Clock()
     cache = NameCache(ttl_min=60, ttl_max=3600, max_entries=10, clock=clock)
