@@ -46,8 +46,6 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
-#include <stdlib.h>
-#include <sys/mman.h>
 
 #define TCP 6
 #define UDP 17
@@ -1746,34 +1744,6 @@ text_hash(const char *s, Py_ssize_t n)
     return h | 1;
 }
 
-/* The table's memory: aligned to 2 MB and advised as huge pages once it is that large,
- * so that its random probes (and look_far's prefetches) do not each miss the TLB. */
-#define HUGE_PAGE ((size_t)2 << 20)
-
-static Slot *
-slots_alloc(size_t count)
-{
-    size_t bytes = count * sizeof(Slot);
-    if (bytes < HUGE_PAGE)
-        return PyMem_Calloc(count, sizeof(Slot));
-    bytes = (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
-    void *p = aligned_alloc(HUGE_PAGE, bytes);
-    if (p == NULL)
-        return NULL;
-    madvise(p, bytes, MADV_HUGEPAGE); /* advice: without it, ordinary pages */
-    memset(p, 0, bytes);
-    return p;
-}
-
-static void
-slots_free(Slot *p, size_t count)
-{
-    if (count * sizeof(Slot) < HUGE_PAGE)
-        PyMem_Free(p);
-    else
-        free(p);
-}
-
 static void
 table_clear(void)
 {
@@ -1782,8 +1752,7 @@ table_clear(void)
             Py_CLEAR(slots[i].entry);
             end_clear(&slots[i].kept);
         }
-    if (slots != NULL)
-        slots_free(slots, slot_mask + 1);
+    PyMem_Free(slots);
     slots = NULL;
     slot_mask = 0;
     slots_used = 0;
@@ -1796,7 +1765,7 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry, PyObject 
 {
     if (slots == NULL || (size_t)(slots_used + 1) * 2 > slot_mask + 1) {
         size_t size = slots == NULL ? 1024 : (slot_mask + 1) * 2;
-        Slot *grown = slots_alloc(size);
+        Slot *grown = PyMem_Calloc(size, sizeof(Slot));
         if (grown == NULL) {
             PyErr_NoMemory();
             return NULL;
@@ -1809,8 +1778,7 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry, PyObject 
                 j = (j + 1) & (size - 1);
             grown[j] = slots[i];
         }
-        if (slots != NULL)
-            slots_free(slots, slot_mask + 1);
+        PyMem_Free(slots);
         slots = grown;
         slot_mask = size - 1;
         slots_moved++;
