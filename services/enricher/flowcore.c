@@ -1929,14 +1929,15 @@ read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
         return known;
     if (slots_used > TABLE_MAX - 2) /* room for both ends: never emptied in between */
         table_clear();
-    int ahead = l->moved == slots_moved; /* look_ahead's slots are still where they were */
+    /* look_near's slots, while the table has not moved since (the source's insertion
+     * may grow it: asked again for the destination) */
     Slot *src = address_slot(b, l->at[F_SRC], l->len[F_SRC], l->hash[0],
-                             ahead ? l->slot[0] : NULL);
+                             l->moved == slots_moved ? l->slot[0] : NULL);
     if (src == NULL)
         return PyErr_Occurred() ? -1 : 0;
     uint64_t moved = slots_moved, src_hash = src->hash;
     Slot *dst = address_slot(b, l->at[F_DST], l->len[F_DST], l->hash[1],
-                             ahead && slots_moved == moved ? l->slot[1] : NULL);
+                             l->moved == slots_moved ? l->slot[1] : NULL);
     if (dst == NULL)
         return PyErr_Occurred() ? -1 : 0;
     if (slots_moved != moved) /* the table grew: the source's slot moved */
