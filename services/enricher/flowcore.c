@@ -1595,7 +1595,7 @@ typedef struct {
     Py_ssize_t len[N_FIELDS];
     long long value[N_FIELDS]; /* integer and boolean fields */
     unsigned present;
-    /* the address table's hashes of src and dst, and (see look_ahead) their slots as
+    /* the address table's hashes of src and dst, and (see look_near) their slots as
      * found a few records ahead, while the table had moved `moved` times (NULL: not
      * there then) */
     uint64_t hash[2];

@@ -1,4 +1,4 @@
-"""DNS name cache: TTL clamping, LRU bound, CNAME folding (property tests)."""
+"""DNS name cache: TTL clamping, second-chance bound, CNAME folding (property tests)."""
 
 from __future__ import annotations
 
