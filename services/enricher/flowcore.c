@@ -1869,11 +1869,14 @@ text_of(PyObject **cache, const char *s, Py_ssize_t n)
 #define LOOK_NEAR 3
 #define NOT_LOOKED UINT64_MAX /* Line.moved before look_near */
 
+/* Every 64-byte cache line [p, p + n) touches (a slot straddles one more line than
+ * n / 64 unless it starts on a line's first byte). */
 static inline void
 prefetch_span(const void *p, size_t n)
 {
-    for (size_t o = 0; o < n; o += 64)
-        __builtin_prefetch((const char *)p + o);
+    const char *c = (const char *)((uintptr_t)p & ~(uintptr_t)63), *end = (const char *)p + n;
+    for (; c < end; c += 64)
+        __builtin_prefetch(c);
 }
 
 static void
