@@ -829,8 +829,8 @@ active(Batch *b, PyObject *node)
 }
 
 /* The key (client, address) to probe NameCache._entries with: one tuple, reused while
- * nothing else holds it (a probe, move_to_end and a deletion keep no reference to the
- * key they are given). New reference. */
+ * nothing else holds it (a probe keeps no reference to the key it is given). New
+ * reference. */
 static PyObject *scratch_pair;
 
 static PyObject *
