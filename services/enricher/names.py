@@ -102,13 +102,14 @@ class NameCache:
         """The name ``client`` resolved to ``address``, if still valid (``now``: clock)."""
         if address not in self._answers:
             return None
-        entry = self._entries.get((client, address))
+        key = (client, address)
+        entry = self._entries.get(key)
         if entry is None:
             return None
         if now is None:
             now = self._clock()
         if entry[EXPIRY] <= now:
-            del self._entries[(client, address)]
+            del self._entries[key]
             self._forget(address)
             return None
         entry[USED] = True
