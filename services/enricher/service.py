@@ -14,6 +14,7 @@ import gc
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,19 @@ def keep_freed_memory() -> bool:
     through glibc's environment variables, 2 alternating pairs): 6 to 15 % less CPU per
     raw batch, most of it inside the compiled core; resident memory unchanged.
     """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 64 << 20))
+
+
+def _glibc(function: str) -> Callable[..., int] | None:
+    """A glibc function through ctypes, or None on a libc without it (musl, macOS)."""
+    try:
+        found: Callable[..., int] = getattr(ctypes.CDLL("libc.so.6"), function)
+    except (OSError, AttributeError):
+        return None
+    return found
 
 
 async def serve_in_process(settings: Settings) -> int:
@@ -266,8 +275,9 @@ def release_free_memory() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 async def _refresh_local(resolver: Resolver, stopping: asyncio.Event) -> None:
