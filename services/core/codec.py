@@ -40,6 +40,18 @@ DNS = Schema("dns", 1)
 SCHEMAS = {s.header: s for s in (RAW_FLOW, RAW_SOCKET, RAW_DNS, FLOW, DNS)}
 
 
+def kept_json(value: Any) -> bytes:
+    """``orjson.dumps(value)`` in a bytes object of its own length, for keeping.
+
+    orjson writes into a buffer of at least 4 KiB and returns that buffer as the bytes
+    object without shrinking it (orjson 3.13: ``sys.getsizeof`` says 52 bytes for a
+    19-byte result, tracemalloc 4,097). A short-lived result costs nothing by it; one
+    kept in a cache holds 4 KiB whatever its length — 50,000 DNS names' JSON forms held
+    195 MB, each on a page of its own. The copy holds its length.
+    """
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """One encoded message: body and headers, ready for ``publish``."""

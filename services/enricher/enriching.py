@@ -764,7 +764,7 @@ _LINE = (
 )
 _END = b"}\n"
 _FLAGS_JSON = [b',"flow.tcp.flags.tags":' + orjson.dumps(tags) for tags in _FLAG_TAGS]
-_TRANSPORTS_JSON = [orjson.dumps(_TRANSPORTS[p]) for p in range(256)]
+_TRANSPORTS_JSON = [codec.kept_json(_TRANSPORTS[p]) for p in range(256)]
 
 
 def address_parts(text: str) -> tuple[str, str, bytes]:
@@ -791,7 +791,7 @@ def json_str(text: str) -> bytes:
     if found is None:
         if len(_STRINGS) >= MAX_STRINGS:
             _STRINGS.clear()
-        found = _STRINGS[text] = orjson.dumps(text)
+        found = _STRINGS[text] = codec.kept_json(text)
     return found
 
 

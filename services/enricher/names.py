@@ -16,7 +16,8 @@ dropping it. So an entry looked up since the eviction last passed it stays, as i
 in an LRU, while a hit writes one list item rather than relinking the OrderedDict (a
 ``move_to_end`` per flow record that named its destination). A new entry starts marked,
 so the newest answer is never the one evicted. Each entry also holds its name's JSON form
-(``orjson.dumps(name)``), which records render.
+(``orjson.dumps(name)``, copied to its length: ``codec.kept_json``), which records
+render.
 
 Most lookups miss: a pod talking to a Service or another pod asked no name for that
 address, and the reverse lookup (the name the destination resolved for the source)
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
+from flowscope.core.codec import kept_json
 
 ADDRESS_TYPES = ("A", "AAAA")
 NAME, EXPIRY, NAME_JSON, USED = range(4)  # an entry: [name, expiry, its JSON, hit mark]
@@ -70,7 +72,7 @@ class NameCache:
         if not name:
             return 0
         try:
-            form = orjson.dumps(name)
+            form = kept_json(name)
         except orjson.JSONEncodeError:  # a lone surrogate: no record could carry it
             return 0
         learned = 0
