@@ -354,6 +354,9 @@ typedef struct {
     PyObject *answers;           /* NameCache._answers: address → entries answering it */
     Py_ssize_t names_generation; /* NameCache.generation */
     PyObject *names_lookup;      /* bound NameCache.lookup */
+    /* calls into Python code that may change NameCache's entries (NameCache.lookup,
+     * the Python path): a Probe made ahead is good while this has not moved */
+    Py_ssize_t names_touched;
     PyObject *seen;              /* Observers.seen */
     double observer_ttl;
     double ttl_min;              /* NameCache.ttl_min */
@@ -406,6 +409,16 @@ typedef struct Slot {
     uint8_t packed[16];    /* the entry's packed bytes, alen of them */
 } Slot;
 
+/* A probe of NameCache._entries made a few records ahead of its record (look_near): the
+ * entry (client, address) had, while Batch.names_touched was `touched`. name_json takes
+ * it instead of probing again while no Python code that may change the entries ran
+ * since; the references keep the three objects alive, so identity compares them. */
+typedef struct Probe {
+    PyObject *client, *address; /* new references; client NULL: no probe made */
+    PyObject *entry;            /* new reference, NULL: no entry */
+    Py_ssize_t touched;
+} Probe;
+
 /* The fields of one raw record that this core can handle (borrowed references). */
 typedef struct {
     PyObject *observer, *reason, *proto_obj, *src_text, *dst_text, *sport_obj, *dport_obj;
@@ -416,6 +429,7 @@ typedef struct {
     const uint8_t *src_bytes, *dst_bytes; /* the packed addresses, alen bytes each */
     Py_ssize_t alen;
     Slot *src_slot, *dst_slot; /* flow_body's address table slots, or NULL */
+    const struct Probe *probes; /* flow_body's name probes for this record (2), or NULL */
 } Raw;
 
 /* An exact int in [lo, hi] (0 when not: the record goes to the Python path). */
@@ -507,6 +521,7 @@ read_raw(Batch *b, PyObject *raw, Raw *r)
     if (!PyDict_CheckExact(raw))
         return 0;
     r->src_slot = r->dst_slot = NULL;
+    r->probes = NULL;
     PyObject *v;
     if ((v = GET(k_nat_dst)) != NULL)
         return 0; /* DNAT'ed: the Service's name and the client's socket (Python path) */
@@ -857,9 +872,11 @@ static PyObject *json_of(PyObject *text);
  * own is then the test); in the OrderedDict of (client, address) → [name, expiry, JSON,
  * used], a live entry is marked used (second-chance eviction) and lives at least
  * ttl_min from now; an expired one, or another shape, is left to the method, which
- * deletes it, and its name rendered by json_of. */
+ * deletes it, and its name rendered by json_of. `probes` (flow_body's, or NULL): the
+ * entry probed ahead for this (client, address), when still good, instead of the
+ * OrderedDict's. */
 static PyObject *
-name_json(Batch *b, PyObject *client, PyObject *address, Slot *slot)
+name_json(Batch *b, PyObject *client, PyObject *address, Slot *slot, const Probe *probes)
 {
     if (PyDict_GET_SIZE(b->entries) == 0)
         return NULL;
@@ -875,14 +892,24 @@ name_json(Batch *b, PyObject *client, PyObject *address, Slot *slot)
         if (slot != NULL)
             slot->answered = 1;
     }
-    PyObject *key = pair_of(client, address);
-    if (key == NULL)
-        return NULL;
-    PyObject *json = NULL;
-    PyObject *entry = PyDict_GetItemWithError(b->entries, key);
-    if (entry == NULL)
-        goto done;
-    Py_INCREF(entry);
+    PyObject *key = NULL, *json = NULL, *entry = NULL;
+    for (int k = 0; probes != NULL && k < 2; k++) {
+        const Probe *p = &probes[k];
+        if (p->client == client && p->address == address && p->touched == b->names_touched) {
+            if (p->entry == NULL)
+                return NULL;
+            entry = Py_NewRef(p->entry);
+            break;
+        }
+    }
+    if (entry == NULL) {
+        if ((key = pair_of(client, address)) == NULL)
+            return NULL;
+        entry = PyDict_GetItemWithError(b->entries, key);
+        if (entry == NULL)
+            goto done;
+        Py_INCREF(entry);
+    }
     /* the shape NameCache.learn writes: [name, expiry, JSON, used] */
     int learned = PyList_CheckExact(entry) && PyList_GET_SIZE(entry) == 4 &&
                   PyBytes_CheckExact(PyList_GET_ITEM(entry, 2));
@@ -890,6 +917,7 @@ name_json(Batch *b, PyObject *client, PyObject *address, Slot *slot)
     if (expiry == -1.0 && PyErr_Occurred())
         goto release;
     if (!learned || expiry <= b->now_s) {
+        b->names_touched++;
         PyObject *name = PyObject_CallFunctionObjArgs(b->names_lookup, client, address,
                                                       b->now, NULL);
         if (name != NULL && name != Py_None)
@@ -909,7 +937,7 @@ name_json(Batch *b, PyObject *client, PyObject *address, Slot *slot)
 release:
     Py_DECREF(entry);
 done:
-    Py_DECREF(key);
+    Py_XDECREF(key);
     return json;
 }
 
@@ -1246,10 +1274,10 @@ enrich(Batch *b, Raw *r)
         }
     }
 
-    dst_nj = name_json(b, src, dst, dst_slot);
+    dst_nj = name_json(b, src, dst, dst_slot, r->probes);
     if (dst_nj == NULL && PyErr_Occurred())
         goto done;
-    src_nj = name_json(b, dst, src, src_slot);
+    src_nj = name_json(b, dst, src, src_slot, r->probes);
     if (src_nj == NULL && PyErr_Occurred())
         goto done;
     if (dst_nj != NULL)
@@ -1312,6 +1340,7 @@ python_path(Batch *b, PyObject *raw, Py_ssize_t i)
         return -1;
     PyObject *args[5] = {raw, index, b->now, b->tally, render_line};
     b->generation_stale = 1;
+    b->names_touched++;
     PyObject *result = PyObject_Vectorcall(b->flow, args, 5, NULL);
     Py_DECREF(index);
     if (result == NULL) {
@@ -1601,6 +1630,9 @@ typedef struct {
     uint64_t hash[2];
     struct Slot *slot[2];
     uint64_t moved;
+    /* look_near's probes of NameCache._entries: [0] the name of dst as src asked for
+     * it, [1] the name of src as dst asked for it (released after the record) */
+    Probe probe[2];
 } Line;
 
 /* The field a key names, or -1 (an unknown key: the line goes the dict way). */
@@ -1889,7 +1921,7 @@ look_far(const Line *l)
 }
 
 static void
-look_near(Line *l)
+look_near(Batch *b, Line *l)
 {
     l->moved = slots_moved;
     for (int k = 0; k < 2; k++) {
@@ -1901,6 +1933,63 @@ look_near(Line *l)
         PyObject *json = k == 0 ? slot->kept.source_json : slot->kept.destination_json;
         if (slot->kept.ident != NULL && json != NULL)
             prefetch_span(PyBytes_AS_STRING(json), 256);
+    }
+    /* A name hit is a chain of misses: the OrderedDict's index and entry, the key, the
+     * entry's list, its items, the expiry's float and the JSON. The probe is made here,
+     * for an address an entry answered (name_json probes any other as before), and the
+     * rest is asked for in steps (look_items) by the time the record reads it. */
+    if (l->slot[0] == NULL || l->slot[1] == NULL || PyDict_GET_SIZE(b->entries) == 0)
+        return;
+    for (int k = 0; k < 2; k++) {
+        Slot *client = l->slot[k], *address = l->slot[1 - k];
+        if (!address->answered || address->unanswered == b->names_generation)
+            continue;
+        PyObject *key = pair_of(client->canonical, address->canonical);
+        if (key == NULL) {
+            PyErr_Clear(); /* name_json probes again, and reports it */
+            continue;
+        }
+        PyObject *entry = PyDict_GetItemWithError(b->entries, key);
+        Py_DECREF(key);
+        if (entry == NULL && PyErr_Occurred()) {
+            PyErr_Clear();
+            continue;
+        }
+        Probe *p = &l->probe[k];
+        p->client = Py_NewRef(client->canonical);
+        p->address = Py_NewRef(address->canonical);
+        p->entry = Py_XNewRef(entry);
+        p->touched = b->names_touched;
+        if (entry != NULL)
+            __builtin_prefetch(entry);
+    }
+}
+
+/* The steps after look_near's probe: `step` 1 (two records later) the entry list's item
+ * array, 2 (one later) the expiry's float and the JSON. */
+static void
+look_items(const Line *l, int step)
+{
+    for (int k = 0; k < 2; k++) {
+        PyObject *entry = l->probe[k].entry;
+        if (entry == NULL || !PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 4)
+            continue;
+        if (step == 1) {
+            __builtin_prefetch(&PyList_GET_ITEM(entry, 0));
+        } else {
+            __builtin_prefetch(PyList_GET_ITEM(entry, 1));
+            prefetch_span(PyList_GET_ITEM(entry, 2), 96);
+        }
+    }
+}
+
+static void
+probes_release(Line *l)
+{
+    for (int k = 0; k < 2; k++) {
+        Py_CLEAR(l->probe[k].client);
+        Py_CLEAR(l->probe[k].address);
+        Py_CLEAR(l->probe[k].entry);
     }
 }
 
@@ -2054,6 +2143,7 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             l->hash[0] = text_hash(l->at[F_SRC], l->len[F_SRC]);
             l->hash[1] = text_hash(l->at[F_DST], l->len[F_DST]);
             l->moved = NOT_LOOKED;
+            l->probe[0] = l->probe[1] = (Probe){0};
             which[i] = (int32_t)used++;
         }
         else if ((dicts[i] = loads_line(p, nl - p)) == NULL) {
@@ -2087,11 +2177,16 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (i + LOOK_FAR < n && which[i + LOOK_FAR] >= 0)
             look_far(&lines[which[i + LOOK_FAR]]);
         if (i + LOOK_NEAR < n && which[i + LOOK_NEAR] >= 0)
-            look_near(&lines[which[i + LOOK_NEAR]]);
+            look_near(&b, &lines[which[i + LOOK_NEAR]]);
+        if (i + 2 < n && which[i + 2] >= 0)
+            look_items(&lines[which[i + 2]], 1);
+        if (i + 1 < n && which[i + 1] >= 0)
+            look_items(&lines[which[i + 1]], 2);
         if (dicts[i] != NULL) {
             rc = read_raw(&b, dicts[i], &r);
         } else {
             rc = read_line(&b, &lines[which[i]], &r, &held, &last_observer, &last_reason);
+            r.probes = lines[which[i]].probe;
             if (rc == 0 && (dicts[i] = loads_line(starts[i], starts[i + 1] - starts[i] - 1)) == NULL) {
                 if (!PyErr_Occurred()) /* a plain line is a JSON object */
                     PyErr_SetString(PyExc_SystemError, "flow_body: a plain line did not load");
@@ -2103,6 +2198,8 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         else if (rc == 0)
             rc = python_path(&b, dicts[i], i);
         let_go(&held);
+        if (which[i] >= 0)
+            probes_release(&lines[which[i]]);
         if (rc < 0)
             goto done;
         counted(&b, rc);
@@ -2113,6 +2210,8 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 done:
     for (Py_ssize_t i = 0; dicts != NULL && i < n; i++)
         Py_XDECREF(dicts[i]);
+    for (Py_ssize_t i = 0; lines != NULL && i < used; i++)
+        probes_release(&lines[i]);
     PyMem_Free(lines);
     PyMem_Free(dicts);
     PyMem_Free(starts);

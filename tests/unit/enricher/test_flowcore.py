@@ -956,3 +956,37 @@ def test_any_sequence_of_batches_and_events(mode: str, data: st.DataObject) -> N
 @given(data=st.data(), ready=st.booleans())
 def test_any_sequence_with_tiny_caches(data: st.DataObject, ready: bool) -> None:
     play(Twins(ready=ready, cid_cache=data.draw(st.sampled_from((0, 1, 2)))), data)
+
+
+def test_names_probed_ahead_of_their_records() -> None:
+    """flow_body probes a record's DNS name a few records ahead of it. An entry that has
+    expired by then is deleted by the first record that reads it, and the Python path (a
+    NAT record) may run in between: the records after read the names as the Python path
+    reads them."""
+    twins = Twins()
+    twins.dns([dns(A, "x.example", OUT4, 5), dns(B, "y.example", OUT4, 60)])
+    same = [flow(NODE_1, A, OUT4, 40000 + i, 443) for i in range(8)]
+    nat = flow(NODE_1, A, OUT4, 41000, 443, nat_dst=OUT4, nat_dport=443)
+    batch = [*same[:4], nat, *same[4:], flow(NODE_1, B, OUT4, 42000, 443)]
+    assert twins.flows(batch).tally.dns_hits == 10
+    # Probed ahead from here on (the address is known to be answered).
+    twins.tick(5.5)  # x.example's entry expired: deleted by the first record that reads it
+    assert twins.flows(batch).tally.dns_hits == 1  # y.example's
+    twins.dns([dns(A, "x.example", OUT4, 5)])
+    twins.tick(5.5)
+    assert twins.flows([nat, *batch]).tally.dns_hits == 1  # the Python path deletes it first
+    # Both ends named (each asked for the other's name), both ways, one way reoriented
+    # (the socket event says the destination connected): each end gets its own name.
+    twins.dns([dns(A, "b.example", B, 60), dns(B, "a.example", A, 60)])
+    twins.sockets([sock(NODE_1, "connect", B, 8080, A, 40100, 9)])
+    pairs = [flow(NODE_1, A, B, 40100 + i, 8080) for i in range(4)]
+    pairs += [flow(NODE_1, B, A, 8080, 40100), flow(NODE_1, A, B, 40100, 8080)]
+    for _ in range(2):  # the first batch finds the addresses, the second probes ahead
+        out = twins.flows(pairs * 2)
+        assert out.tally.dns_hits == len(pairs) * 2
+        names = {A: "a.example", B: "b.example"}
+        records = [orjson.loads(line) for line in lines_of(out)]
+        assert {r["source.address"] for r in records} == {A, B}
+        for r in records:
+            assert r["source.domain"] == names[r["source.address"]]
+            assert r["destination.domain"] == names[r["destination.address"]]
