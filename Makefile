@@ -11,8 +11,8 @@ test: bootstrap
 	@scripts/test
 
 lint: bootstrap
-	.venv/bin/ruff check services tests bench
-	.venv/bin/ruff format --check services tests bench
+	.venv/bin/ruff check services tests bench scripts
+	.venv/bin/ruff format --check services tests bench scripts
 
 bench: bootstrap
 	@for b in bench/*.py; do echo "== $$b"; .venv/bin/python $$b || exit 1; done

@@ -18,11 +18,10 @@ import inspect
 import sys
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
 from flowscope.cli import COMMANDS
 from flowscope.core import config
 from flowscope.core.messaging import NatsMetrics
+from prometheus_client import CollectorRegistry
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKERS = {
