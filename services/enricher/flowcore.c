@@ -640,7 +640,7 @@ bytes_attr(PyObject *obj, PyObject *name, PyObject **out)
 
 /* An identity's parts (End). Steals ident. */
 static int
-end_of(Batch *b, PyObject *ident, End *e)
+end_of(PyObject *ident, End *e)
 {
     *e = (End){.ident = ident, .owned = 1};
     if (ident == NULL)
@@ -699,7 +699,7 @@ static int
 end_at(Batch *b, Slot *slot, PyObject *address, End *e, int borrow)
 {
     if (slot == NULL || !b->has_generation || b->resolved == NULL)
-        return end_of(b, resolve(b, address), e);
+        return end_of(resolve(b, address), e);
     if (fresh_generation(b) < 0)
         return -1;
     if (slot->kept.ident != NULL && slot->generation == b->generation) {
@@ -713,7 +713,7 @@ end_at(Batch *b, Slot *slot, PyObject *address, End *e, int borrow)
     }
     PyObject *found = PyDict_GetItemWithError(b->resolved, address);
     if (found != NULL && found != Py_None) {
-        if (end_of(b, Py_NewRef(found), e) < 0)
+        if (end_of(Py_NewRef(found), e) < 0)
             return -1;
         end_clear(&slot->kept);
         end_copy(&slot->kept, e);
@@ -723,7 +723,7 @@ end_at(Batch *b, Slot *slot, PyObject *address, End *e, int borrow)
     if (PyErr_Occurred())
         return -1;
     b->generation_stale = 1;
-    return end_of(b, PyObject_CallOneArg(b->resolve, address), e);
+    return end_of(PyObject_CallOneArg(b->resolve, address), e);
 }
 
 /* end_at, and the end's kind counted: lookups[kind] += 1 (counted here, added to the
@@ -808,7 +808,7 @@ refine(Batch *b, End *e, PyObject *proc)
         return 0;
     }
     end_clear(e);
-    return end_of(b, refined, e);
+    return end_of(refined, e);
 }
 
 /* Whether the socket events say `this` end opened the connection (enriching._initiated). */
@@ -1844,9 +1844,8 @@ table_find(uint64_t h, const char *s, Py_ssize_t n)
 }
 
 /* The slot of an address's text (h: its text_hash; found: its slot if known), added
- * from _addresses on first use; NULL: the text
- * is not there, or too long, or its entry has another shape (no exception: the record
- * goes the Python way), or an error. The table is never emptied while a record is read
+ * from _addresses on first use; NULL: the text is not there, or too long, or its entry
+ * has another shape (no exception: the record goes the Python way), or an error. The table is never emptied while a record is read
  * (read_line empties it before), so the slot's entry lives until the next record. */
 static Slot *
 address_slot(Batch *b, const char *s, Py_ssize_t n, uint64_t h, Slot *found)
@@ -2036,6 +2035,7 @@ read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
         src = table_find(src_hash, l->at[F_SRC], l->len[F_SRC]);
     r->src_slot = src;
     r->dst_slot = dst;
+    r->probes = l->probe;
     r->src = src->canonical;
     r->dst = dst->canonical;
     r->network = src->network;
@@ -2186,7 +2186,6 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             rc = read_raw(&b, dicts[i], &r);
         } else {
             rc = read_line(&b, &lines[which[i]], &r, &held, &last_observer, &last_reason);
-            r.probes = lines[which[i]].probe;
             if (rc == 0 && (dicts[i] = loads_line(starts[i], starts[i + 1] - starts[i] - 1)) == NULL) {
                 if (!PyErr_Occurred()) /* a plain line is a JSON object */
                     PyErr_SetString(PyExc_SystemError, "flow_body: a plain line did not load");
