@@ -530,7 +530,7 @@ class Enricher:
         client_name = lookup(backend, client, now)
         found = self.resolver.resolve(service)
         if found.kind == "service":
-            name = found.destination["destination.k8s.service.name"]
+            name = found.meta["k8s.service.name"]
             if backend_is_dst:
                 dst_id = self._named_service(dst_id, name)
             else:
@@ -545,9 +545,8 @@ class Enricher:
         if found is not None and found[0] is ident:
             return found[1]
         named = Identity(
-            ident.kind, ident.token, ident.home,
-            {**ident.source, "source.k8s.service.name": service},
-            {**ident.destination, "destination.k8s.service.name": service}, ident.pod_uid,
+            ident.kind, ident.token, ident.home, ident.address,
+            {**ident.meta, "k8s.service.name": service}, ident.pod_uid,
         )  # fmt: skip
         if len(self._nat_ids) >= MAX_NAT_IDENTITIES:
             self._nat_ids.clear()
@@ -686,8 +685,8 @@ class Enricher:
             return ident
         if ident.kind == "node" and found.home != ident.home:
             return ident
-        if found.source["source.address"] != ident.source["source.address"]:
-            found = _readdressed(found, ident.source["source.address"])
+        if found.address != ident.address:
+            found = _readdressed(found, ident.address)
         return found
 
 
@@ -864,8 +863,4 @@ if _flowcore is not None:
 
 def _readdressed(ident: Identity, address: str) -> Identity:
     """The same identity at another address (a hostNetwork pod uses its node's address)."""
-    source = dict(ident.source)
-    destination = dict(ident.destination)
-    source["source.address"] = address
-    destination["destination.address"] = address
-    return Identity(ident.kind, ident.token, ident.home, source, destination, ident.pod_uid)
+    return Identity(ident.kind, ident.token, ident.home, address, ident.meta, ident.pod_uid)

@@ -77,7 +77,8 @@ static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_o
     *s_resolver, *s_resolve, *s_cache, *s_sockets, *s_sockets_table, *s_locals, *s_names,
     *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
-    *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address, *s_answers;
+    *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address, *s_answers,
+    *s_address;
 /* raw record keys */
 static PyObject *k_observer, *k_start_ns, *k_end_ns, *k_end_reason, *k_proto, *k_src, *k_dst,
     *k_sport, *k_dport, *k_bytes, *k_packets, *k_rbytes, *k_rpackets, *k_tcp_flags,
@@ -2394,6 +2395,99 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ identities */
+
+/* A str that JSON writes as it is: exact str, printable ASCII, no '"' or '\'. */
+static int
+plain_text(PyObject *text)
+{
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text))
+        return 0;
+    const unsigned char *c = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (c[i] < 0x20 || c[i] > 0x7e || c[i] == '"' || c[i] == '\\')
+            return 0;
+    return 1;
+}
+
+/* One side's members `"<side>.address":"…","<side>.kind":"…","<side>.<key>":"…",…`. */
+static PyObject *
+sided_members(const char *side, Py_ssize_t side_len, PyObject *const *keys,
+              PyObject *const *values, Py_ssize_t n)
+{
+    Py_ssize_t total = n - 1; /* the commas */
+    for (Py_ssize_t i = 0; i < n; i++) /* "side.key":"value" */
+        total += 1 + side_len + PyUnicode_GET_LENGTH(keys[i]) + 3 +
+                 PyUnicode_GET_LENGTH(values[i]) + 1;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i)
+            *o++ = ',';
+        *o++ = '"';
+        memcpy(o, side, (size_t)side_len);
+        o += side_len;
+        Py_ssize_t k = PyUnicode_GET_LENGTH(keys[i]), v = PyUnicode_GET_LENGTH(values[i]);
+        memcpy(o, PyUnicode_1BYTE_DATA(keys[i]), (size_t)k);
+        o += k;
+        memcpy(o, "\":\"", 3);
+        o += 3;
+        memcpy(o, PyUnicode_1BYTE_DATA(values[i]), (size_t)v);
+        o += v;
+        *o++ = '"';
+    }
+    return out;
+}
+
+/* sided_json(address, kind, meta): (source_json, destination_json) of an identity, as
+ * orjson.dumps({"source.address": address, "source.kind": kind, "source.<key>": value
+ * for each meta item})[1:-1] writes them (and the same with "destination."); None when
+ * a key or value is not a plain str (plain_text) or a key is "address" or "kind": the
+ * caller renders that identity with orjson. */
+#define SIDED_MAX 64
+static PyObject *
+sided_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "sided_json(address: str, kind: str, meta: dict)");
+        return NULL;
+    }
+    PyObject *meta = args[2];
+    Py_ssize_t n = 2 + PyDict_GET_SIZE(meta);
+    if (n > SIDED_MAX || !plain_text(args[0]) || !plain_text(args[1]))
+        Py_RETURN_NONE;
+    PyObject *keys[SIDED_MAX], *values[SIDED_MAX];
+    keys[0] = s_address, values[0] = args[0];
+    keys[1] = s_kind, values[1] = args[1];
+    Py_ssize_t pos = 0, i = 2;
+    PyObject *key, *value;
+    /* borrowed: nothing here runs Python code that could change the dict */
+    while (PyDict_Next(meta, &pos, &key, &value)) {
+        if (!plain_text(key) || !plain_text(value))
+            Py_RETURN_NONE;
+        Py_ssize_t k = PyUnicode_GET_LENGTH(key);
+        const void *d = PyUnicode_1BYTE_DATA(key);
+        if ((k == 7 && memcmp(d, "address", 7) == 0) || (k == 4 && memcmp(d, "kind", 4) == 0))
+            Py_RETURN_NONE;
+        keys[i] = key, values[i++] = value;
+    }
+    PyObject *source = sided_members("source.", 7, keys, values, n);
+    if (source == NULL)
+        return NULL;
+    PyObject *destination = sided_members("destination.", 12, keys, values, n);
+    if (destination == NULL) {
+        Py_DECREF(source);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_Pack(2, source, destination);
+    Py_DECREF(source);
+    Py_DECREF(destination);
+    return pair;
+}
+
 /* sha1(data, hardware) — for the tests: the core's SHA-1 of up to 55 bytes, with the
  * SHA extensions (when the CPU has them) or the portable rounds. */
 static PyObject *
@@ -2424,6 +2518,9 @@ static PyMethodDef methods[] = {
     {"frame_atomic", (PyCFunction)(void (*)(void))frame_atomic, METH_FASTCALL,
      "frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): a raw batch's\n"
      "flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},
+    {"sided_json", (PyCFunction)(void (*)(void))sided_json, METH_FASTCALL,
+     "sided_json(address, kind, meta): an identity's (source_json, destination_json), as\n"
+     "orjson writes its source.*/destination.* members; None: not plain text (use orjson)."},
     {"sha1", sha1, METH_VARARGS,
      "sha1(data, hardware): the core's SHA-1 of at most 55 bytes (for the tests)."},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_VARARGS | METH_KEYWORDS,
@@ -2473,6 +2570,7 @@ PyInit__flowcore(void)
     INTERN(s_refine, "_refine");
     INTERN(s_move_to_end, "move_to_end");
     INTERN(s_kind, "kind");
+    INTERN(s_address, "address");
     INTERN(s_token, "token");
     INTERN(s_home, "home");
     INTERN(s_source_json, "source_json");

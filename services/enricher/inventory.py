@@ -204,11 +204,11 @@ class Inventory:
         """Drop one container entry, and its line in the address → container ids index."""
         found = self._container_cache.pop(cid, None)
         if found is not None:
-            cids = self._cached_containers.get(found.source["source.address"])
+            cids = self._cached_containers.get(found.address)
             if cids is not None:
                 cids.discard(cid)
                 if not cids:
-                    del self._cached_containers[found.source["source.address"]]
+                    del self._cached_containers[found.address]
 
     def _pods_below(self, top: Key) -> list[Pod]:
         """Every pod whose owner chain looks ``top`` up (and a few more past the chain's
@@ -308,7 +308,7 @@ class Inventory:
             self._cached_containers.clear()
         self._container_cache[container_id] = found
         if found is not None:
-            address = found.source["source.address"]
+            address = found.address
             self._cached_containers.setdefault(address, set()).add(container_id)
         return found
 
@@ -344,19 +344,19 @@ class Inventory:
             meta["k8s.container.name"] = container
         if pod.node:
             meta["k8s.node.name"] = pod.node
-        meta.update(self._owner_chain(pod))
+        self._owner_chain(pod, meta)
         services = self._slice_ips.get(address)
         if services:
             meta["k8s.service.name"] = min(services.values())
         for key, value in pod.labels.items():
-            meta[LABEL_PREFIX + key] = value
+            meta[_LABEL_KEYS.get(key) or _label_key(key)] = value
         ident = identity("pod", pod.namespace, pod.node, address, meta)
         ident.pod_uid = pod.uid or f"{pod.namespace}/{pod.name}"
         return ident
 
-    def _owner_chain(self, pod: Pod) -> dict[str, str]:
-        """``k8s.<kind>.name`` for each owner up the chain, and the top as the workload."""
-        out: dict[str, str] = {}
+    def _owner_chain(self, pod: Pod, meta: dict[str, Any]) -> None:
+        """``k8s.<kind>.name`` for each owner up the chain, and the top as the workload,
+        into ``meta``."""
         kind, name = "Pod", pod.name
         ref = pod.owner
         for _ in range(MAX_OWNER_DEPTH):
@@ -365,13 +365,23 @@ class Inventory:
             kind, name = ref.kind, ref.name
             key = OWNER_KEYS.get(kind)
             if key is not None:
-                out[key] = name
-            store = self.stores.get(WORKLOAD_RESOURCES.get(kind, ""), {})
-            owner = store.get((kind, pod.namespace, name))
+                meta[key] = name
+            store = self.stores.get(WORKLOAD_RESOURCES.get(kind, ""))
+            owner = store.get((kind, pod.namespace, name)) if store is not None else None
             ref = owner.owner if owner is not None else None
-        out["k8s.workload.kind"] = kind
-        out["k8s.workload.name"] = name
-        return out
+        meta["k8s.workload.kind"] = kind
+        meta["k8s.workload.name"] = name
+
+
+# allow-listed label key → its meta key (k8s.pod.labels.<key>), on first use
+_LABEL_KEYS: dict[str, str] = {}
+
+
+def _label_key(key: str) -> str:
+    found = _LABEL_KEYS[key] = LABEL_PREFIX + key
+    if len(_LABEL_KEYS) > 10_000:  # the allow-list is short; anything else is not kept
+        _LABEL_KEYS.clear()
+    return found
 
 
 def _owner_key(obj: Pod | Workload) -> Key | None:
