@@ -158,8 +158,9 @@ class Pipeline:
         out every refusal. Other errors (no stream, a timeout) are raised."""
         if output.by_subject:
             return False
+        lines = output.lines if output.rendered is None else output.rendered
         future = await self.publisher.publish_lines_atomic(
-            output.lines, schema.header, msg_id_prefix(schema, seq), self.max_bytes
+            lines, schema.header, msg_id_prefix(schema, seq), self.max_bytes
         )
         if future is None:
             return False

@@ -151,15 +151,42 @@ class Tally:
         self.lookups[kind] = self.lookups.get(kind, 0) + 1
 
 
-@dataclass(slots=True)
 class Output:
     """Enriched records grouped by subject — as wire dicts (``by_subject``) or as
-    rendered NDJSON lines (``lines``) — the batch's tally, and its bad records."""
+    rendered NDJSON lines (``lines``) — the batch's tally, and its bad records.
 
-    by_subject: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    lines: dict[str, list[bytes]] = field(default_factory=dict)  # NDJSON lines instead
-    tally: Tally = field(default_factory=Tally)
-    bad: list[tuple[Any, RecordError]] = field(default_factory=list)
+    The compiled core's ``flow_body`` leaves its lines in ``rendered`` (a
+    ``_flowcore.Lines``: one buffer, no object per line), which the publisher frames
+    as they are; ``lines`` is made from it on first use.
+    """
+
+    __slots__ = ("_lines", "bad", "by_subject", "rendered", "tally")
+
+    def __init__(
+        self,
+        by_subject: dict[str, list[dict[str, Any]]] | None = None,
+        lines: dict[str, list[bytes]] | None = None,
+        tally: Tally | None = None,
+        bad: list[tuple[Any, RecordError]] | None = None,
+    ) -> None:
+        self.by_subject = {} if by_subject is None else by_subject
+        self._lines = lines
+        self.rendered: Any = None  # set by flow_body
+        self.tally = Tally() if tally is None else tally
+        self.bad = [] if bad is None else bad
+
+    @property
+    def lines(self) -> dict[str, list[bytes]]:
+        """Subject → NDJSON lines, in order (those of ``rendered`` when it is set)."""
+        if self._lines is None:
+            self._lines = {} if self.rendered is None else self.rendered.lines()
+        return self._lines
+
+    def __repr__(self) -> str:
+        return (
+            f"Output(by_subject={self.by_subject!r}, lines={self.lines!r}, "
+            f"tally={self.tally!r}, bad={self.bad!r})"
+        )
 
 
 class Observers:
@@ -316,7 +343,7 @@ class Enricher:
         the join state are :meth:`flow_lines`'s on the decoded records."""
         if self.native and (lines := codec.framed(codec.RAW_FLOW, headers, body)) is not None:
             out = Output()
-            if self._flows((), render_line, out.lines, out, (body, lines)):
+            if self._flows((), render_line, {}, out, (body, lines)):
                 return out
         return self.flow_lines(codec.decode(codec.RAW_FLOW, headers, body))
 

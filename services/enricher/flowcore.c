@@ -78,7 +78,7 @@ static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_o
     *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
     *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address, *s_answers,
-    *s_address;
+    *s_address, *s_rendered;
 /* raw record keys */
 static PyObject *k_observer, *k_start_ns, *k_end_ns, *k_end_reason, *k_proto, *k_src, *k_dst,
     *k_sport, *k_dport, *k_bytes, *k_packets, *k_rbytes, *k_rpackets, *k_tcp_flags,
@@ -333,12 +333,206 @@ community_id(int proto, const uint8_t *src, const uint8_t *dst, Py_ssize_t alen,
     *o++ = '=';
 }
 
+/* ------------------------------------------------------------------ rendered lines */
+
+/* A raw batch's enriched lines as flow_body renders them: one buffer, the lines in
+ * record order, each linked to its subject's next one. What the pipeline does with them
+ * — frame each subject's lines as one message (frame_atomic) — needs no object per line,
+ * so none is made: a bytes object per line cost its allocation, its list slot and its
+ * free (~10 % of the steady state in process). Lines.lines() makes the subject → list
+ * of lines dict the Python path makes, for everything else. */
+typedef struct {
+    Py_ssize_t offset, len;
+    Py_ssize_t next; /* the subject's next line, -1: none */
+} LineAt;
+
+typedef struct {
+    Py_ssize_t first, last, count, bytes;
+} SubjectAt;
+
+typedef struct {
+    PyObject_HEAD
+    char *buf;
+    Py_ssize_t used, cap;
+    LineAt *at;
+    Py_ssize_t n, at_cap;
+    SubjectAt *per;    /* per subject, in the order of `subjects` */
+    PyObject *subjects; /* list of str: each subject once, in the order of its first line */
+    PyObject *index;    /* dict: subject → its index in `subjects` */
+} Lines;
+
+static PyTypeObject LinesType;
+
+static Lines *
+lines_new(Py_ssize_t bytes, Py_ssize_t lines)
+{
+    Lines *l = PyObject_New(Lines, &LinesType);
+    if (l == NULL)
+        return NULL;
+    l->cap = Py_MAX(bytes, 4096);
+    l->at_cap = Py_MAX(lines, 16);
+    l->used = l->n = 0;
+    l->buf = PyMem_Malloc((size_t)l->cap);
+    l->at = PyMem_Malloc((size_t)l->at_cap * sizeof(LineAt));
+    l->per = PyMem_Malloc((size_t)l->at_cap * sizeof(SubjectAt)); /* a subject has a line */
+    l->subjects = PyList_New(0);
+    l->index = PyDict_New();
+    if (l->buf == NULL || l->at == NULL || l->per == NULL || l->subjects == NULL ||
+        l->index == NULL) {
+        Py_DECREF(l);
+        return (Lines *)PyErr_NoMemory();
+    }
+    return l;
+}
+
+static void
+lines_dealloc(Lines *l)
+{
+    PyMem_Free(l->buf);
+    PyMem_Free(l->at);
+    PyMem_Free(l->per);
+    Py_XDECREF(l->subjects);
+    Py_XDECREF(l->index);
+    PyObject_Free(l);
+}
+
+/* Room for one more line of `len` bytes under `subject`: where to write it, or NULL. */
+static char *
+lines_reserve(Lines *l, PyObject *subject, Py_ssize_t len)
+{
+    Py_ssize_t s;
+    PyObject *found = PyDict_GetItemWithError(l->index, subject);
+    if (found != NULL) {
+        s = PyLong_AsSsize_t(found);
+    } else {
+        if (PyErr_Occurred())
+            return NULL;
+        if (!PyUnicode_CheckExact(subject)) {
+            PyErr_SetString(PyExc_TypeError, "a subject must be a str");
+            return NULL;
+        }
+        s = PyList_GET_SIZE(l->subjects);
+        PyObject *number = PyLong_FromSsize_t(s);
+        int rc = number == NULL ? -1 : PyDict_SetItem(l->index, subject, number);
+        Py_XDECREF(number);
+        if (rc < 0 || PyList_Append(l->subjects, subject) < 0)
+            return NULL;
+        l->per[s] = (SubjectAt){.first = -1, .last = -1};
+    }
+    if (l->n == l->at_cap) {
+        Py_ssize_t cap = l->at_cap * 2;
+        LineAt *at = PyMem_Realloc(l->at, (size_t)cap * sizeof(LineAt));
+        SubjectAt *per = at == NULL ? NULL : PyMem_Realloc(l->per, (size_t)cap * sizeof(SubjectAt));
+        if (at != NULL)
+            l->at = at;
+        if (per == NULL)
+            return (char *)PyErr_NoMemory();
+        l->per = per;
+        l->at_cap = cap;
+    }
+    if (l->used + len > l->cap) {
+        Py_ssize_t cap = Py_MAX(l->cap * 2, l->used + len);
+        char *buf = PyMem_Realloc(l->buf, (size_t)cap);
+        if (buf == NULL)
+            return (char *)PyErr_NoMemory();
+        l->buf = buf;
+        l->cap = cap;
+    }
+    SubjectAt *per = &l->per[s];
+    l->at[l->n] = (LineAt){.offset = l->used, .len = len, .next = -1};
+    if (per->last >= 0)
+        l->at[per->last].next = l->n;
+    else
+        per->first = l->n;
+    per->last = l->n++;
+    per->count++;
+    per->bytes += len;
+    char *o = l->buf + l->used;
+    l->used += len;
+    return o;
+}
+
+/* Lines.lines(): {subject: [line, ...]} — what the Python path's dict would hold. */
+static PyObject *
+lines_lines(Lines *l, PyObject *unused)
+{
+    PyObject *out = PyDict_New();
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t s = 0; s < PyList_GET_SIZE(l->subjects); s++) {
+        PyObject *list = PyList_New(l->per[s].count);
+        if (list == NULL || PyDict_SetItem(out, PyList_GET_ITEM(l->subjects, s), list) < 0) {
+            Py_XDECREF(list);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(list); /* the dict holds it */
+        Py_ssize_t k = 0;
+        for (Py_ssize_t i = l->per[s].first; i >= 0; i = l->at[i].next) {
+            PyObject *line = PyBytes_FromStringAndSize(l->buf + l->at[i].offset, l->at[i].len);
+            if (line == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, k++, line);
+        }
+    }
+    return out;
+}
+
+static PyObject *
+lines_subjects(Lines *l, void *closure)
+{
+    return PyList_AsTuple(l->subjects);
+}
+
+static PyObject *
+lines_count(Lines *l, void *closure)
+{
+    return PyLong_FromSsize_t(l->n);
+}
+
+static Py_ssize_t
+lines_length(Lines *l)
+{
+    return PyList_GET_SIZE(l->subjects);
+}
+
+static PyMethodDef lines_methods[] = {
+    {"lines", (PyCFunction)lines_lines, METH_NOARGS,
+     "lines(): {subject: [line, ...]}, each subject's lines in order (a new dict)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef lines_getset[] = {
+    {"subjects", (getter)lines_subjects, NULL, "the subjects, in the order of their first line",
+     NULL},
+    {"count", (getter)lines_count, NULL, "the number of lines", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods lines_sequence = {.sq_length = (lenfunc)lines_length};
+
+static PyTypeObject LinesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flowscope.enricher._flowcore.Lines",
+    .tp_basicsize = sizeof(Lines),
+    .tp_dealloc = (destructor)lines_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A raw batch's enriched lines by subject, as flow_body rendered them "
+              "(len: the number of subjects).",
+    .tp_methods = lines_methods,
+    .tp_getset = lines_getset,
+    .tp_as_sequence = &lines_sequence,
+};
+
 /* ------------------------------------------------------------------ one batch */
 
 typedef struct {
     PyObject *now;               /* the batch's clock reading (float) */
     double now_s;
     PyObject *tally, *lines, *bad;
+    Lines *rendered;             /* flow_body: lines go here (lines NULL), else to lines */
     PyObject *flow;              /* bound Enricher._flow: the Python path */
     PyObject *refine;            /* bound Enricher._refine */
     PyObject *addresses;         /* dict */
@@ -1084,9 +1278,36 @@ typedef struct {
 
 #define LIT(s) {s, (Py_ssize_t)(sizeof(s) - 1)}
 
-/* The record's line, as render_line writes it; pieces of bytes objects are borrowed. */
-static PyObject *
-render(const Raw *r, const char *cid, PyObject *direction_json, PyObject *reason_json,
+/* A line of `total` bytes joined from n pieces, added under `subject`: to the batch's
+ * Lines (flow_body), else as a bytes object to its lines dict. 0, or -1: an error. */
+static int
+emit(Batch *b, PyObject *subject, const Piece *pieces, int n, Py_ssize_t total)
+{
+    PyObject *line = NULL;
+    char *o;
+    if (b->rendered != NULL) {
+        if ((o = lines_reserve(b->rendered, subject, total)) == NULL)
+            return -1;
+    } else {
+        if ((line = PyBytes_FromStringAndSize(NULL, total)) == NULL)
+            return -1;
+        o = PyBytes_AS_STRING(line);
+    }
+    for (int i = 0; i < n; i++) {
+        memcpy(o, pieces[i].data, (size_t)pieces[i].len);
+        o += pieces[i].len;
+    }
+    if (line == NULL)
+        return 0;
+    int rc = bucket_append(b->lines, subject, line);
+    Py_DECREF(line);
+    return rc;
+}
+
+/* The record's line, as render_line writes it, emitted under `subject`; pieces of bytes
+ * objects are borrowed. */
+static int
+render(Batch *b, PyObject *subject, const Raw *r, const char *cid, PyObject *direction_json, PyObject *reason_json,
        PyObject *network_json, PyObject *observer_json, long sport, long dport,
        long long fwd_b, long long fwd_p, long long rev_b, long long rev_p, PyObject *src_json,
        PyObject *dst_json, PyObject *src_proc_json, PyObject *dst_proc_json,
@@ -1142,15 +1363,7 @@ render(const Raw *r, const char *cid, PyObject *direction_json, PyObject *reason
     Py_ssize_t total = 0;
     for (int i = 0; i < n; i++)
         total += pieces[i].len;
-    PyObject *line = PyBytes_FromStringAndSize(NULL, total);
-    if (line == NULL)
-        return NULL;
-    char *o = PyBytes_AS_STRING(line);
-    for (int i = 0; i < n; i++) {
-        memcpy(o, pieces[i].data, (size_t)pieces[i].len);
-        o += pieces[i].len;
-    }
-    return line;
+    return emit(b, subject, pieces, n, total);
 }
 
 /* ------------------------------------------------------------------ one record */
@@ -1165,7 +1378,7 @@ enrich(Batch *b, Raw *r)
     PyObject *src_proc = NULL, *dst_proc = NULL;
     PyObject *src_pj = NULL, *dst_pj = NULL;
     PyObject *dst_nj = NULL, *src_nj = NULL, *reason_j = NULL, *dir_j = NULL, *net_j = NULL;
-    PyObject *obs_j = NULL, *subject = NULL, *line = NULL;
+    PyObject *obs_j = NULL, *subject = NULL;
 
     /* The address cache's entries are held while Python code runs (resolve, _refine,
      * names.lookup): none of it touches that cache, but nothing here relies on it. */
@@ -1300,14 +1513,11 @@ enrich(Batch *b, Raw *r)
         (net_j = json_cached(b, r->network)) == NULL ||
         (obs_j = json_cached(b, r->observer)) == NULL)
         goto done;
-    line = render(r, cid, dir_j, reason_j, net_j, obs_j, ported ? sport : 0, ported ? dport : 0,
-                  fwd_b, fwd_p, rev_b, rev_p, src_end.source_json, dst_end.destination_json,
-                  src_pj, dst_pj, dst_nj, src_nj);
-    if (line == NULL)
-        goto done;
     if ((subject = subject_of(src_end.token, dst_end.token)) == NULL)
         goto done;
-    if (bucket_append(b->lines, subject, line) < 0)
+    if (render(b, subject, r, cid, dir_j, reason_j, net_j, obs_j, ported ? sport : 0,
+               ported ? dport : 0, fwd_b, fwd_p, rev_b, rev_p, src_end.source_json,
+               dst_end.destination_json, src_pj, dst_pj, dst_nj, src_nj) < 0)
         goto done;
     result = 1;
 done:
@@ -1326,7 +1536,6 @@ done:
     Py_XDECREF(net_j);
     Py_XDECREF(obs_j);
     Py_XDECREF(subject);
-    Py_XDECREF(line);
     return result;
 }
 
@@ -1367,9 +1576,17 @@ python_path(Batch *b, PyObject *raw, Py_ssize_t i)
         return 0;
     }
     int rc = -1;
-    if (PyTuple_CheckExact(result) && PyTuple_GET_SIZE(result) == 2)
-        rc = bucket_append(b->lines, PyTuple_GET_ITEM(result, 0), PyTuple_GET_ITEM(result, 1));
-    else
+    if (PyTuple_CheckExact(result) && PyTuple_GET_SIZE(result) == 2) {
+        PyObject *subject = PyTuple_GET_ITEM(result, 0), *line = PyTuple_GET_ITEM(result, 1);
+        if (b->rendered == NULL) {
+            rc = bucket_append(b->lines, subject, line);
+        } else if (PyBytes_CheckExact(line)) {
+            Piece piece = {PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line)};
+            rc = emit(b, subject, &piece, 1, piece.len);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "_flow must render a line as bytes");
+        }
+    } else
         PyErr_SetString(PyExc_TypeError, "_flow must return (subject, line) or None");
     Py_DECREF(result);
     return rc < 0 ? -1 : 1;
@@ -1464,6 +1681,7 @@ release(Batch *b)
 {
     Py_CLEAR(b->tally);
     Py_CLEAR(b->lines);
+    Py_CLEAR(b->rendered);
     Py_CLEAR(b->bad);
     Py_CLEAR(b->flow);
     Py_CLEAR(b->refine);
@@ -1487,11 +1705,12 @@ release(Batch *b)
 
 /* The batch's view of the enricher's state (see the header comment). */
 static int
-prepare(Batch *b, PyObject *enricher, PyObject *out)
+prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
 {
     PyObject *resolver = NULL, *ttl = NULL, *ttl_min = NULL, *names_generation = NULL;
+    b->rendered = (Lines *)Py_XNewRef(rendered);
     if ((b->tally = PyObject_GetAttr(out, s_tally)) == NULL ||
-        (b->lines = PyObject_GetAttr(out, s_lines)) == NULL ||
+        (rendered == NULL && (b->lines = PyObject_GetAttr(out, s_lines)) == NULL) ||
         (b->bad = PyObject_GetAttr(out, s_bad)) == NULL ||
         (b->flow = PyObject_GetAttr(enricher, s_flow)) == NULL ||
         (b->refine = PyObject_GetAttr(enricher, s_refine)) == NULL ||
@@ -1517,7 +1736,7 @@ prepare(Batch *b, PyObject *enricher, PyObject *out)
     } else if (!PyDict_CheckExact(b->resolved)) {
         Py_CLEAR(b->resolved);
     }
-    if (!PyDict_CheckExact(b->lines) || !PyList_CheckExact(b->bad)) {
+    if ((rendered == NULL && !PyDict_CheckExact(b->lines)) || !PyList_CheckExact(b->bad)) {
         PyErr_SetString(PyExc_TypeError, "out.lines must be a dict and out.bad a list");
         goto fail;
     }
@@ -1574,7 +1793,7 @@ flow_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Batch b = {.now = args[2]};
     PyObject *seq = NULL, *result = NULL;
-    if (prepare(&b, args[0], args[3]) < 0)
+    if (prepare(&b, args[0], args[3], NULL) < 0)
         goto done;
     if ((seq = PySequence_Fast(args[1], "records must be iterable")) == NULL)
         goto done;
@@ -2129,6 +2348,7 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int32_t *which = PyMem_Malloc((size_t)n * sizeof(int32_t)); /* its Line, or -1 */
     Batch b = {.now = args[3]};
     PyObject *last_observer = NULL, *last_reason = NULL, *result = NULL;
+    Lines *rendered = NULL;
     if (lines == NULL || dicts == NULL || starts == NULL || which == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -2155,7 +2375,9 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         p = nl + 1;
     }
     starts[n] = end;
-    if (prepare(&b, args[0], args[4]) < 0)
+    /* the enriched lines: ~4 times the raw bytes (grown if not enough), one per record */
+    if ((rendered = lines_new(4 * (end - data) + 65536, n)) == NULL ||
+        prepare(&b, args[0], args[4], rendered) < 0)
         goto done;
     b.known_address = PyObject_GetAttr(args[0], s_known_address);
     if (b.known_address == NULL) {
@@ -2204,10 +2426,11 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         counted(&b, rc);
     }
-    if (commit_tally(&b) < 0)
+    if (commit_tally(&b) < 0 || PyObject_SetAttr(args[4], s_rendered, (PyObject *)rendered) < 0)
         goto done;
     result = Py_NewRef(Py_True);
 done:
+    Py_XDECREF(rendered);
     for (Py_ssize_t i = 0; dicts != NULL && i < n; i++)
         Py_XDECREF(dicts[i]);
     for (Py_ssize_t i = 0; lines != NULL && i < used; i++)
@@ -2245,9 +2468,64 @@ put(char *o, const char *s, Py_ssize_t n)
     return o + n;
 }
 
+/* The subjects and lines frame_atomic frames: a Lines, or a dict of subject → list of
+ * bytes (items: its items, for their order). */
+typedef struct {
+    Lines *rendered;
+    PyObject *items;
+} Framed;
+
+static PyObject *
+framed_subject(const Framed *f, Py_ssize_t s)
+{
+    if (f->rendered != NULL)
+        return PyList_GET_ITEM(f->rendered->subjects, s);
+    return PyTuple_GET_ITEM(PyList_GET_ITEM(f->items, s), 0);
+}
+
+/* A subject's line count and body size; -1: not all its lines are bytes, or none. */
+static Py_ssize_t
+framed_size(const Framed *f, Py_ssize_t s, Py_ssize_t *count)
+{
+    if (f->rendered != NULL) {
+        *count = f->rendered->per[s].count;
+        return f->rendered->per[s].bytes;
+    }
+    PyObject *list = PyTuple_GET_ITEM(PyList_GET_ITEM(f->items, s), 1);
+    if (!PyList_CheckExact(list) || PyList_GET_SIZE(list) == 0)
+        return -1;
+    Py_ssize_t body = 0;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(list); k++) {
+        PyObject *line = PyList_GET_ITEM(list, k);
+        if (!PyBytes_CheckExact(line))
+            return -1;
+        body += PyBytes_GET_SIZE(line);
+    }
+    *count = PyList_GET_SIZE(list);
+    return body;
+}
+
+static char *
+framed_body(const Framed *f, Py_ssize_t s, char *o)
+{
+    if (f->rendered != NULL) {
+        const Lines *l = f->rendered;
+        for (Py_ssize_t i = l->per[s].first; i >= 0; i = l->at[i].next)
+            o = put(o, l->buf + l->at[i].offset, l->at[i].len);
+        return o;
+    }
+    PyObject *list = PyTuple_GET_ITEM(PyList_GET_ITEM(f->items, s), 1);
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(list); k++) {
+        PyObject *line = PyList_GET_ITEM(list, k);
+        o = put(o, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line));
+    }
+    return o;
+}
+
 /* frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): one raw batch's flow
- * lines (subject → lines, in order) as the HPUB commands of one JetStream atomic batch,
- * byte for byte what publishing.encode writes for Pipeline._messages's messages:
+ * lines (a Lines, or subject → lines, in order) as the HPUB commands of one JetStream
+ * atomic batch, byte for byte what publishing.encode writes for Pipeline._messages's
+ * messages:
  *   HPUB <subject> <reply on the last, else nothing> <head size> <total size>\r\n
  *   NATS/1.0\r\n<head><count><msg_id><subject><marks><n>\r\n[<commit>]\r\n<body>\r\n
  * `head`, `msg_id`, `marks`, `commit` are the header text around the count, the subject
@@ -2258,54 +2536,51 @@ put(char *o, const char *s, Py_ssize_t n)
 static PyObject *
 frame_atomic(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7 || !PyDict_CheckExact(args[0]) || !PyBytes_Check(args[1]) ||
-        !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) || !PyBytes_Check(args[4]) ||
-        !PyUnicode_Check(args[5]) || !PyLong_Check(args[6])) {
-        PyErr_SetString(PyExc_TypeError, "frame_atomic(lines: dict, head: bytes, msg_id: bytes, "
-                                         "marks: bytes, commit: bytes, reply: str, max_body: int)");
+    if (nargs != 7 || !(PyDict_CheckExact(args[0]) || Py_IS_TYPE(args[0], &LinesType)) ||
+        !PyBytes_Check(args[1]) || !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) ||
+        !PyBytes_Check(args[4]) || !PyUnicode_Check(args[5]) || !PyLong_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "frame_atomic(lines: Lines | dict, head: bytes, msg_id: bytes, "
+                        "marks: bytes, commit: bytes, reply: str, max_body: int)");
         return NULL;
     }
-    PyObject *lines = args[0], *head = args[1], *msg_id = args[2], *marks = args[3],
-             *commit = args[4], *reply = args[5];
+    PyObject *head = args[1], *msg_id = args[2], *marks = args[3], *commit = args[4],
+             *reply = args[5], *result = NULL, *data = NULL;
     Py_ssize_t max_body = PyLong_AsSsize_t(args[6]);
     if (max_body == -1 && PyErr_Occurred())
         return NULL;
     if (!plain_subject(reply))
         Py_RETURN_NONE;
+    Framed f = {0};
+    if (Py_IS_TYPE(args[0], &LinesType))
+        f.rendered = (Lines *)args[0];
+    else if ((f.items = PyDict_Items(args[0])) == NULL)
+        return NULL;
     static const char nats[] = "NATS/1.0\r\n";
     const Py_ssize_t nats_len = sizeof nats - 1, reply_len = PyUnicode_GET_LENGTH(reply);
-    Py_ssize_t n = PyDict_GET_SIZE(lines), total = 0, body_bytes = 0, pos = 0, i = 0;
-    PyObject *subject, *list;
-    if (n == 0)
-        Py_RETURN_NONE; /* nothing to publish: not a batch */
+    Py_ssize_t n = f.rendered != NULL ? PyList_GET_SIZE(f.rendered->subjects)
+                                      : PyList_GET_SIZE(f.items);
+    Py_ssize_t total = 0, body_bytes = 0;
+    if (n == 0) /* nothing to publish: not a batch */
+        goto none;
     /* sizes first: every message's head and body */
-    while (PyDict_Next(lines, &pos, &subject, &list)) {
-        if (!plain_subject(subject) || !PyList_CheckExact(list) || PyList_GET_SIZE(list) == 0)
-            Py_RETURN_NONE;
-        Py_ssize_t body = 0;
-        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(list); k++) {
-            PyObject *line = PyList_GET_ITEM(list, k);
-            if (!PyBytes_CheckExact(line))
-                Py_RETURN_NONE;
-            body += PyBytes_GET_SIZE(line);
-        }
-        if (body > max_body)
-            Py_RETURN_NONE;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        PyObject *subject = framed_subject(&f, s);
+        Py_ssize_t count, body = framed_size(&f, s, &count);
+        if (!plain_subject(subject) || body < 0 || body > max_body)
+            goto none;
         body_bytes += body;
         total += 64 + 2 * PyUnicode_GET_LENGTH(subject) + reply_len + nats_len +
                  PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(msg_id) + PyBytes_GET_SIZE(marks) +
                  PyBytes_GET_SIZE(commit) + body + 3 * 24;
     }
-    PyObject *data = PyBytes_FromStringAndSize(NULL, total); /* an upper bound, cut below */
+    data = PyBytes_FromStringAndSize(NULL, total); /* an upper bound, cut below */
     if (data == NULL)
-        return NULL;
+        goto done;
     char *o = PyBytes_AS_STRING(data), *start = o;
-    pos = 0;
-    while (PyDict_Next(lines, &pos, &subject, &list)) {
-        i++;
-        Py_ssize_t count = PyList_GET_SIZE(list), body = 0;
-        for (Py_ssize_t k = 0; k < count; k++)
-            body += PyBytes_GET_SIZE(PyList_GET_ITEM(list, k));
+    for (Py_ssize_t s = 0; s < n; s++) {
+        Py_ssize_t i = s + 1, count, body = framed_size(&f, s, &count);
+        PyObject *subject = framed_subject(&f, s);
         const char *subj = (const char *)PyUnicode_1BYTE_DATA(subject);
         Py_ssize_t subj_len = PyUnicode_GET_LENGTH(subject);
         char count_text[24], seq_text[24], size_text[24], total_text[24];
@@ -2336,15 +2611,20 @@ frame_atomic(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (i == n)
             o = put(o, PyBytes_AS_STRING(commit), PyBytes_GET_SIZE(commit));
         o = put(o, "\r\n", 2);
-        for (Py_ssize_t k = 0; k < count; k++) {
-            PyObject *line = PyList_GET_ITEM(list, k);
-            o = put(o, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line));
-        }
+        o = framed_body(&f, s, o);
         o = put(o, "\r\n", 2);
     }
     if (_PyBytes_Resize(&data, o - start) < 0)
-        return NULL;
-    return Py_BuildValue("(Nnn)", data, n, body_bytes);
+        goto done;
+    result = Py_BuildValue("(Nnn)", data, n, body_bytes);
+    data = NULL;
+    goto done;
+none:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(data);
+    Py_XDECREF(f.items);
+    return result;
 }
 
 static PyObject *
@@ -2571,6 +2851,7 @@ PyInit__flowcore(void)
     INTERN(s_move_to_end, "move_to_end");
     INTERN(s_kind, "kind");
     INTERN(s_address, "address");
+    INTERN(s_rendered, "rendered");
     INTERN(s_token, "token");
     INTERN(s_home, "home");
     INTERN(s_source_json, "source_json");
@@ -2605,8 +2886,11 @@ PyInit__flowcore(void)
     int ssse3_sse41 = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 9)) && (c & (1u << 19));
     use_sha_ni = ssse3_sse41 && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29));
 #endif
+    if (PyType_Ready(&LinesType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "SHA_NI", use_sha_ni) < 0)
+    if (m != NULL && (PyModule_AddIntConstant(m, "SHA_NI", use_sha_ni) < 0 ||
+                      PyModule_AddObjectRef(m, "Lines", (PyObject *)&LinesType) < 0))
         Py_CLEAR(m);
     return m;
 }

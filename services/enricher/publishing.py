@@ -160,9 +160,11 @@ class AckedPublisher:
         raise AssertionError("unreachable: the last message returns")
 
     async def publish_lines_atomic(
-        self, lines: dict[str, list[bytes]], schema: str, msg_id: str, max_body: int
-    ) -> asyncio.Future[bytes] | None:
-        """A raw batch's flow lines (subject → NDJSON lines) as one atomic batch, one
+        self, lines: dict[str, list[bytes]] | _flowcore.Lines, schema: str, msg_id: str,
+        max_body: int,
+    ) -> asyncio.Future[bytes] | None:  # fmt: skip
+        """A raw batch's flow lines (subject → NDJSON lines, or the compiled core's
+        ``Lines``) as one atomic batch, one
         message per subject with the headers ``Pipeline._messages`` gives them
         (``Nats-Msg-Id``: ``msg_id`` + subject + ``:0``), framed by the enricher's
         compiled core: the bytes :meth:`publish_atomic` writes for those messages. None,
@@ -173,7 +175,8 @@ class AckedPublisher:
             return None
         if not (_value_as_given(schema) and _value_as_given(msg_id)):
             return None
-        reply, future = self._expect(next(reversed(lines)))
+        last = next(reversed(lines)) if isinstance(lines, dict) else lines.subjects[-1]
+        reply, future = self._expect(last)
         framed = frame_lines(
             lines, schema, msg_id, uuid.uuid4().hex, reply, min(max_body, self._nc.max_payload)
         )
@@ -283,8 +286,8 @@ class AckedPublisher:
 
 
 def frame_lines(
-    lines: dict[str, list[bytes]], schema: str, msg_id: str, batch_id: str, reply: str,
-    max_body: int,
+    lines: dict[str, list[bytes]] | _flowcore.Lines, schema: str, msg_id: str, batch_id: str,
+    reply: str, max_body: int,
 ) -> tuple[bytes, int, int] | None:  # fmt: skip
     """(data, messages, body bytes) of ``lines`` as one atomic batch — one message per
     subject, headers schema, count, ``Nats-Msg-Id`` ``msg_id`` + subject + ``:0``, the

@@ -24,13 +24,14 @@ import pytest
 from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError
 from flowscope.core.records import END_REASONS, SOCKET_EVENTS
-from flowscope.enricher import enriching
+from flowscope.enricher import _flowcore, enriching
 from flowscope.enricher.enriching import Enricher, Observers, Output
 from flowscope.enricher.identities import Identity, external, identity
 from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.local import LocalResolver
 from flowscope.enricher.names import NameCache
 from flowscope.enricher.processes import SocketTable
+from flowscope.enricher.publishing import frame_lines
 from flowscope.enricher.watching import resources
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -230,6 +231,7 @@ class Twins:
         self.body_python = world(mode, False, **options)
         assert self.native.enricher.native and not self.python.enricher.native
         self.worlds = (self.native, self.python, self.body_native, self.body_python)
+        self.rendered = 0  # bodies whose flow_body lines were checked (assert_rendered)
 
     def flows(self, batch: list[Any]) -> Output:
         """Both render the batch (each a deep copy); asserts the same outcome and state.
@@ -282,6 +284,9 @@ class Twins:
         native, python = (outcome(r) for r in results)
         for key in python:
             assert native[key] == python[key], key
+        if isinstance(results[0], Output) and results[0].rendered is not None:
+            assert_rendered(results[0])  # None: the body went codec.decode's way
+            self.rendered += 1
         self.same_state()
         return results[1]
 
@@ -327,6 +332,19 @@ class Twins:
             native, python = state(one), state(other)
             for key in python:
                 assert native[key] == python[key], key
+
+
+def assert_rendered(out: Output) -> None:
+    """flow_body's lines (a ``_flowcore.Lines``, framed as they are) hold exactly its
+    ``lines`` dict: the same subjects in order, the same count, the same frame."""
+    rendered = out.rendered
+    assert isinstance(rendered, _flowcore.Lines)
+    assert rendered.subjects == tuple(out.lines) and len(rendered) == len(out.lines)
+    assert rendered.count == sum(map(len, out.lines.values())) == out.tally.records_out
+    assert rendered.lines() == out.lines and rendered.lines() is not rendered.lines()
+    for max_body, reply in [(1 << 20, "_INBOX.r.1"), (300, "_INBOX.r.1"), (1 << 20, "a b")]:
+        args = (codec.FLOW.header, "enricher:flow:7:", "b1", reply, max_body)
+        assert frame_lines(rendered, *args) == frame_lines(out.lines, *args)
 
 
 def lines_of(out: Output) -> list[bytes]:
@@ -585,8 +603,34 @@ def test_message_bodies_read_by_the_compiled_core() -> None:
         assert isinstance(twins.body(bad_headers, bad_body), CodecError)
     out = twins.body({codec.SCHEMA_HEADER: codec.RAW_FLOW.header}, body)  # no count: fine
     assert isinstance(out, Output) and out.tally.records_out == 3
+    assert twins.rendered >= 4
     out = twins.body({codec.SCHEMA_HEADER: codec.RAW_FLOW.header, codec.COUNT_HEADER: "0"}, b"")
     assert isinstance(out, Output) and out.tally.records_in == 0
+
+
+class Wide(Plain):
+    """Every address a pod with 40 long labels: each line ~30 times its raw record, so
+    flow_body's buffer (4 times the raw body, and 64 KiB) grows several times."""
+
+    def resolve(self, address: str) -> Identity:
+        meta = {f"k8s.pod.labels.l{i}": f"{address}-{i}-" + "v" * 80 for i in range(40)}
+        return identity("pod", "wide", "", address, meta)
+
+
+def test_lines_longer_than_the_buffer_they_start_in() -> None:
+    native, python = (
+        Enricher(Wide(), SocketTable(8, 30), NameCache(5, 60, 6), Observers(300), native=n)
+        for n in (True, False)
+    )  # fmt: skip
+    records = [
+        orjson.dumps({**GOOD, "src": f"10.9.{i // 250}.{i % 250}", "sport": 1000 + i})
+        for i in range(400)
+    ] + ORJSON_LINES  # and lines through the Python path, appended in between
+    out = native.flow_batch(*message(records))
+    expected = python.flow_lines(codec.decode(codec.RAW_FLOW, *message(records)))
+    assert outcome(out) == outcome(expected)
+    assert_rendered(out)
+    assert sum(map(len, lines_of(out))) > 30 * len(message(records)[1])
 
 
 def test_flow_batch_without_the_compiled_core_decodes_then_enriches() -> None:
