@@ -1252,23 +1252,35 @@ bucket_append(PyObject *lines, PyObject *subject, PyObject *line)
 
 /* ------------------------------------------------------------------ the line */
 
+/* "00" "01" ... "99": two digits at a time */
+static const char digit_pairs[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 /* Decimal text of v into buf (at least 21 bytes); returns its length. */
 static Py_ssize_t
 format_int(long long v, char *buf)
 {
-    char tmp[24];
-    int n = 0;
+    char tmp[24], *p = tmp + sizeof tmp;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    Py_ssize_t len = 0;
+    while (u >= 100) {
+        unsigned r = (unsigned)(u % 100);
+        u /= 100;
+        p -= 2;
+        memcpy(p, digit_pairs + 2 * r, 2);
+    }
+    if (u >= 10) {
+        p -= 2;
+        memcpy(p, digit_pairs + 2 * u, 2);
+    } else {
+        *--p = (char)('0' + u);
+    }
+    Py_ssize_t len = 0, n = tmp + sizeof tmp - p;
     if (v < 0)
         buf[len++] = '-';
-    while (n)
-        buf[len++] = tmp[--n];
-    return len;
+    memcpy(buf + len, p, (size_t)n);
+    return len + n;
 }
 
 typedef struct {
@@ -1921,19 +1933,43 @@ plain_int(const char *p, const char *end, long long *out)
  * (the checks of read_raw), strings of printable ASCII without escapes. Everything else
  * — other keys, nat_dst, escapes, floats, null, duplicate keys, invalid JSON — is left
  * to orjson and the dict way, so a plain line means exactly what orjson reads in it. */
+/* Each field's key as the collector writes it, with its colon, in the collector's order
+ * (the order of the enum): plain() tries the one after the last key first. */
+static const struct {
+    const char *text;
+    Py_ssize_t len;
+} key_texts[N_FIELDS + 1] = {
+#define KEY(s) {"\"" s "\":", (Py_ssize_t)sizeof(s) + 2}
+    KEY("observer"), KEY("start_ns"), KEY("end_ns"), KEY("end_reason"), KEY("proto"),
+    KEY("src"), KEY("dst"), KEY("sport"), KEY("dport"), KEY("bytes"), KEY("packets"),
+    KEY("rbytes"), KEY("rpackets"), KEY("tcp_flags"), KEY("initiator"), KEY("ifindex"),
+    {"", 0} /* after the last: none expected */
+#undef KEY
+};
+
 static int
 plain(const char *p, const char *end, Line *l)
 {
     l->present = 0;
     if (p >= end || *p++ != '{')
         return 0;
+    int f = -1;
     for (;;) {
-        const char *key;
-        Py_ssize_t klen;
-        if ((p = plain_string(p, end, &key, &klen)) == NULL || klen == 0 || p >= end ||
-            *p++ != ':')
-            return 0;
-        int f = field_of(key, klen);
+        /* the key the collector writes next, else any key (plain_string, field_of):
+         * the same field either way */
+        int next = f + 1;
+        Py_ssize_t n = key_texts[next].len;
+        if (n > 0 && end - p > n && memcmp(p, key_texts[next].text, (size_t)n) == 0) {
+            f = next;
+            p += n;
+        } else {
+            const char *key;
+            Py_ssize_t klen;
+            if ((p = plain_string(p, end, &key, &klen)) == NULL || klen == 0 || p >= end ||
+                *p++ != ':')
+                return 0;
+            f = field_of(key, klen);
+        }
         if (f < 0 || (l->present & (1u << f)))
             return 0;
         l->present |= 1u << f;

@@ -557,6 +557,10 @@ PLAIN_LINES = [
     orjson.dumps({**GOOD, "src": "x" * 100}),  # longer than any address
     orjson.dumps({**GOOD, "src": ""}),
     orjson.dumps({**GOOD, "src": OUT4, "dst": OUT4, "proto": 1, "sport": 8, "dport": 0}),
+    # the keys in the collector's order (each tried first), then in others
+    orjson.dumps({**GOOD, "ifindex": 7}),
+    orjson.dumps(dict(reversed(list({**GOOD, "ifindex": 7}.items())))),
+    orjson.dumps({"src": A, **{k: v for k, v in GOOD.items() if k != "src"}}),
 ]
 # Bodies that are not a batch of records: codec.decode's error, and nothing enriched.
 NOT_RECORDS = [
