@@ -363,6 +363,8 @@ typedef struct {
 
 static PyTypeObject LinesType;
 
+/* A Lines starting with `bytes` of buffer (grown when short), with room for `lines`
+ * lines: a batch's records, each of which makes one line at most. */
 static Lines *
 lines_new(Py_ssize_t bytes, Py_ssize_t lines)
 {
@@ -374,7 +376,7 @@ lines_new(Py_ssize_t bytes, Py_ssize_t lines)
     l->used = l->n = 0;
     l->buf = PyMem_Malloc((size_t)l->cap);
     l->at = PyMem_Malloc((size_t)l->at_cap * sizeof(LineAt));
-    l->per = PyMem_Malloc((size_t)l->at_cap * sizeof(SubjectAt)); /* a subject has a line */
+    l->per = PyMem_Malloc((size_t)l->at_cap * sizeof(SubjectAt)); /* each has a line */
     l->subjects = PyList_New(0);
     l->index = PyDict_New();
     if (l->buf == NULL || l->at == NULL || l->per == NULL || l->subjects == NULL ||
@@ -400,6 +402,10 @@ lines_dealloc(Lines *l)
 static char *
 lines_reserve(Lines *l, PyObject *subject, Py_ssize_t len)
 {
+    if (l->n == l->at_cap) { /* lines_new had room for one line per record */
+        PyErr_SetString(PyExc_SystemError, "Lines: more lines than records");
+        return NULL;
+    }
     Py_ssize_t s;
     PyObject *found = PyDict_GetItemWithError(l->index, subject);
     if (found != NULL) {
@@ -418,17 +424,6 @@ lines_reserve(Lines *l, PyObject *subject, Py_ssize_t len)
         if (rc < 0 || PyList_Append(l->subjects, subject) < 0)
             return NULL;
         l->per[s] = (SubjectAt){.first = -1, .last = -1};
-    }
-    if (l->n == l->at_cap) {
-        Py_ssize_t cap = l->at_cap * 2;
-        LineAt *at = PyMem_Realloc(l->at, (size_t)cap * sizeof(LineAt));
-        SubjectAt *per = at == NULL ? NULL : PyMem_Realloc(l->per, (size_t)cap * sizeof(SubjectAt));
-        if (at != NULL)
-            l->at = at;
-        if (per == NULL)
-            return (char *)PyErr_NoMemory();
-        l->per = per;
-        l->at_cap = cap;
     }
     if (l->used + len > l->cap) {
         Py_ssize_t cap = Py_MAX(l->cap * 2, l->used + len);

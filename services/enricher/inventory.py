@@ -349,7 +349,7 @@ class Inventory:
         if services:
             meta["k8s.service.name"] = min(services.values())
         for key, value in pod.labels.items():
-            meta[_LABEL_KEYS.get(key) or _label_key(key)] = value
+            meta[LABEL_PREFIX + key] = value
         ident = identity("pod", pod.namespace, pod.node, address, meta)
         ident.pod_uid = pod.uid or f"{pod.namespace}/{pod.name}"
         return ident
@@ -371,17 +371,6 @@ class Inventory:
             ref = owner.owner if owner is not None else None
         meta["k8s.workload.kind"] = kind
         meta["k8s.workload.name"] = name
-
-
-# allow-listed label key → its meta key (k8s.pod.labels.<key>), on first use
-_LABEL_KEYS: dict[str, str] = {}
-
-
-def _label_key(key: str) -> str:
-    found = _LABEL_KEYS[key] = LABEL_PREFIX + key
-    if len(_LABEL_KEYS) > 10_000:  # the allow-list is short; anything else is not kept
-        _LABEL_KEYS.clear()
-    return found
 
 
 def _owner_key(obj: Pod | Workload) -> Key | None:

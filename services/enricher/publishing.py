@@ -29,9 +29,9 @@ each message with its own awaits, most of its cost per message. The bytes are th
 header blocks). nats-py has no public call for a pre-encoded write, so
 :meth:`AckedPublisher._write` uses its internals (its transport and pending list; see
 there), and the messages go through ``publish`` instead when those are missing, the
-connection is not up, or a message is one ``publish`` would refuse or change. With bench/enricher_publish.py (320
-messages of 3.4 KB, client CPU per message): an atomic batch 12.1 → 3.7 µs, one ack
-each 14.2 → 11.1 µs. Over TCP the write goes to the socket's transport at once rather
+connection is not up, or a message is one ``publish`` would refuse or change. With
+bench/enricher_publish.py (320 messages of 3.4 KB, client CPU per message): an atomic
+batch 12.1 → 3.7 µs, one ack each 14.2 → 11.1 µs. Over TCP the write goes to the socket's transport at once rather
 than through nats-py's pending list and flusher, which copied a raw batch's ~1.1 MB
 output (with other batches') once more onto fresh pages (docs/performance.md).
 """
@@ -164,13 +164,13 @@ class AckedPublisher:
         max_body: int,
     ) -> asyncio.Future[bytes] | None:  # fmt: skip
         """A raw batch's flow lines (subject → NDJSON lines, or the compiled core's
-        ``Lines``) as one atomic batch, one
-        message per subject with the headers ``Pipeline._messages`` gives them
-        (``Nats-Msg-Id``: ``msg_id`` + subject + ``:0``), framed by the enricher's
-        compiled core: the bytes :meth:`publish_atomic` writes for those messages. None,
-        nothing sent, when that does not apply — no compiled core, encoding off, more
-        than :data:`ATOMIC_MAX` subjects, a header value ``publish`` would change, a
-        subject or size the core leaves to Python — and the caller builds the messages."""
+        ``Lines``) as one atomic batch, one message per subject with the headers
+        ``Pipeline._messages`` gives them (``Nats-Msg-Id``: ``msg_id`` + subject +
+        ``:0``), framed by the enricher's compiled core: the bytes :meth:`publish_atomic`
+        writes for those messages. None, nothing sent, when that does not apply — no
+        compiled core, encoding off, more than :data:`ATOMIC_MAX` subjects, a header
+        value ``publish`` would change, a subject or size the core leaves to Python —
+        and the caller builds the messages."""
         if _flowcore is None or not self._writes or not 0 < len(lines) <= ATOMIC_MAX:
             return None
         if not (_value_as_given(schema) and _value_as_given(msg_id)):
