@@ -42,7 +42,13 @@ NAME, EXPIRY, NAME_JSON, USED = range(4)  # an entry: [name, expiry, its JSON, h
 
 
 class NameCache:
-    """Bounded (second chance) map of (client, address) → [name, expiry, JSON, used]."""
+    """Bounded (second chance) map of (client, address) → [name, expiry, JSON, used].
+
+    An entry list is the one under its key for as long as it has its four items:
+    learning a key again updates its entry in place, and an entry that is dropped
+    (evicted, or expired by :meth:`lookup`) is emptied. The enricher's compiled core
+    keeps entries it found by identity on that promise (flowcore.c, "name ways").
+    """
 
     def __init__(
         self,
@@ -82,13 +88,17 @@ class NameCache:
                 continue
             address = str(answer.get("data", ""))
             key = (client, address)
-            if key not in entries:
+            ttl = answer.get("ttl", 0)
+            expiry = now + self.clamp(ttl if isinstance(ttl, int) else 0)
+            entry = entries.get(key)
+            if entry is None:
                 count = counts.get(address, 0)
                 if not count:
                     self.generation += 1
                 counts[address] = count + 1
-            ttl = answer.get("ttl", 0)
-            entries[key] = [name, now + self.clamp(ttl if isinstance(ttl, int) else 0), form, True]
+                entries[key] = [name, expiry, form, True]
+            else:  # in place: the entry stays the one under its key (see the class)
+                entry[:] = (name, expiry, form, True)
             entries.move_to_end(key)
             learned += 1
         while len(entries) > self.max_entries:
@@ -98,6 +108,7 @@ class NameCache:
                 entries[key] = entry
             else:
                 self._forget(key[1])
+                entry.clear()  # dropped: emptied (see the class)
         return learned
 
     def lookup(self, client: str, address: str, now: float | None = None) -> str | None:
@@ -113,6 +124,7 @@ class NameCache:
         if entry[EXPIRY] <= now:
             del self._entries[key]
             self._forget(address)
+            entry.clear()  # dropped: emptied (see the class)
             return None
         entry[USED] = True
         if entry[EXPIRY] < now + self.ttl_min:

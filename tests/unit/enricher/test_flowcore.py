@@ -1006,6 +1006,32 @@ def test_any_sequence_with_tiny_caches(data: st.DataObject, ready: bool) -> None
     play(Twins(ready=ready, cid_cache=data.draw(st.sampled_from((0, 1, 2)))), data)
 
 
+def test_names_kept_from_batch_to_batch() -> None:
+    """flow_body keeps the entries it finds (flowcore.c, name ways) from one raw batch to
+    the next: an entry learned again with another name, evicted, expired, and learned
+    again after each, is read as the Python path reads the name cache then."""
+    twins = Twins()  # NameCache(5, 60, 6): six entries at most
+
+    def domains() -> set[str | None]:
+        out = twins.flows([flow(NODE_1, A, OUT4, 40000 + i, 443) for i in range(12)])
+        return {orjson.loads(line).get("destination.domain") for line in lines_of(out)}
+
+    twins.dns([dns(A, "first.example", OUT4, 60)])
+    assert domains() == {"first.example"}  # the addresses found
+    assert domains() == {"first.example"}  # probed ahead: the entry kept
+    twins.dns([dns(A, "second.example", OUT4, 60)])  # the same entry, in place
+    assert domains() == {"second.example"}
+    twins.dns([dns(B, f"n{n}.example", f"198.51.100.{n}", 60) for n in range(6)])
+    assert domains() == {None}  # evicted: the kept entry is empty now
+    twins.dns([dns(A, "third.example", OUT4, 60)])  # a new entry for the key
+    assert domains() == {"third.example"}
+    assert domains() == {"third.example"}
+    twins.tick(61)
+    assert domains() == {None}  # expired: the first record's lookup deletes it
+    twins.dns([dns(A, "fourth.example", OUT4, 60)])
+    assert domains() == {"fourth.example"}
+
+
 def test_names_probed_ahead_of_their_records() -> None:
     """flow_body probes a record's DNS name a few records ahead of it. An entry that has
     expired by then is deleted by the first record that reads it, and the Python path (a

@@ -137,3 +137,45 @@ def test_answer_counts_follow_the_entries(
         assert (cache.generation != before) == bool(set(counts) - answered)
         if op == "lookup" and address not in counts:
             assert cache.lookup(client, address) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["learn", "lookup", "wait"]), clients, names,
+                              addresses, st.integers(0, 120)), min_size=1, max_size=80),
+       bound=st.integers(1, 12))  # fmt: skip
+def test_an_entry_is_its_keys_while_it_has_four_items(
+    ops: list[tuple[str, str, str, str, int]], bound: int
+) -> None:
+    """The promise the compiled core keeps entries on (flowcore.c, name ways): learning a
+    key again updates its entry in place, and an entry dropped (evicted, or expired by a
+    lookup) is emptied — so any entry list ever handed out is the one under its key
+    exactly while it has its four items."""
+    clock = Clock()
+    cache = NameCache(ttl_min=10, ttl_max=100, max_entries=bound, clock=clock)
+    seen: list[tuple[tuple[str, str], list]] = []
+    for op, client, name, address, amount in ops:
+        if op == "learn":
+            cache.learn(client, name, answer_chain(name, [], address, amount))
+        elif op == "lookup":
+            cache.lookup(client, address)
+        else:
+            clock.now += amount
+        seen += [(key, entry) for key, entry in cache._entries.items()]
+        for key, entry in seen:
+            current = cache._entries.get(key)
+            assert (current is entry) == (len(entry) == 4), (key, entry, current)
+            assert len(entry) in (0, 4)
+
+
+def test_learning_a_key_again_updates_its_entry_in_place() -> None:
+    clock = Clock()
+    cache = NameCache(ttl_min=10, ttl_max=100, max_entries=2, clock=clock)
+    cache.learn("10.1.0.1", "a.com", answer_chain("a.com", [], "192.0.2.1", 30))
+    entry = cache._entries[("10.1.0.1", "192.0.2.1")]
+    clock.now += 5
+    cache.learn("10.1.0.1", "b.com", answer_chain("b.com", [], "192.0.2.1", 50))
+    assert cache._entries[("10.1.0.1", "192.0.2.1")] is entry
+    assert entry == ["b.com", clock.now + 50, b'"b.com"', True]
+    for n in range(2):  # evicted (a second chance first): emptied
+        cache.learn("10.1.0.2", "c.com", answer_chain("c.com", [], f"192.0.2.{9 + n}", 50))
+    assert ("10.1.0.1", "192.0.2.1") not in cache._entries and entry == []
