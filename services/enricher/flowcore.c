@@ -610,6 +610,9 @@ typedef struct Probe {
     struct NameWay *way; /* the name way the entry was found in or kept in, or NULL */
 } Probe;
 
+/* flow_body calls so far: the current one's number (observer table, Raw.observer_marked) */
+static uint64_t flow_bodies;
+
 /* The fields of one raw record that this core can handle (borrowed references). */
 typedef struct {
     PyObject *observer, *reason, *proto_obj, *src_text, *dst_text, *sport_obj, *dport_obj;
@@ -621,6 +624,10 @@ typedef struct {
     Py_ssize_t alen;
     Slot *src_slot, *dst_slot; /* flow_body's address table slots, or NULL */
     const struct Probe *probes; /* flow_body's name probes for this record (2), or NULL */
+    /* flow_body's observer table entry: the observer's JSON, and the flow_body call
+     * that last set observers.seen for it (NULL, NULL: json_cached, and set it) */
+    PyObject *observer_json;
+    uint64_t *observer_marked;
 } Raw;
 
 /* An exact int in [lo, hi] (0 when not: the record goes to the Python path). */
@@ -713,6 +720,8 @@ read_raw(Batch *b, PyObject *raw, Raw *r)
         return 0;
     r->src_slot = r->dst_slot = NULL;
     r->probes = NULL;
+    r->observer_json = NULL;
+    r->observer_marked = NULL;
     PyObject *v;
     if ((v = GET(k_nat_dst)) != NULL)
         return 0; /* DNAT'ed: the Service's name and the client's socket (Python path) */
@@ -1314,7 +1323,7 @@ process_part(PyObject *proc, int side)
 
 /* The subject f"{FLOWS}.{source token}.{destination token}", cached. New reference. */
 static PyObject *
-subject_of(PyObject *src_token, PyObject *dst_token)
+subject_made(PyObject *src_token, PyObject *dst_token)
 {
     PyObject *inner = PyDict_GetItemWithError(subject_cache, src_token);
     if (inner == NULL) {
@@ -1340,6 +1349,42 @@ subject_of(PyObject *src_token, PyObject *dst_token)
         Py_XDECREF(subject);
         return NULL;
     }
+    return subject;
+}
+
+/* subject_made's answers by the tokens' identity: a record's two dict probes were 2 %
+ * of the steady state in process, and identities share their token str (identities.py,
+ * _TOKENS). Direct-mapped; each way holds its tokens, so an address is never reused
+ * while it is here, and its subject. Emptied by configure (another prefix). */
+#define SUBJECT_WAYS 1024
+typedef struct {
+    PyObject *src, *dst, *subject;
+} SubjectWay;
+static SubjectWay subject_ways[SUBJECT_WAYS];
+
+static void
+subject_ways_clear(void)
+{
+    for (int i = 0; i < SUBJECT_WAYS; i++) {
+        Py_CLEAR(subject_ways[i].src);
+        Py_CLEAR(subject_ways[i].dst);
+        Py_CLEAR(subject_ways[i].subject);
+    }
+}
+
+static PyObject *
+subject_of(PyObject *src_token, PyObject *dst_token)
+{
+    uint64_t x = ((uint64_t)(uintptr_t)src_token * 0x9E3779B97F4A7C15ULL) ^ (uintptr_t)dst_token;
+    SubjectWay *w = &subject_ways[((x * 0xBF58476D1CE4E5B9ULL) >> 40) & (SUBJECT_WAYS - 1)];
+    if (w->src == src_token && w->dst == dst_token)
+        return Py_NewRef(w->subject);
+    PyObject *subject = subject_made(src_token, dst_token);
+    if (subject == NULL)
+        return NULL;
+    Py_XSETREF(w->src, Py_NewRef(src_token));
+    Py_XSETREF(w->dst, Py_NewRef(dst_token));
+    Py_XSETREF(w->subject, Py_NewRef(subject));
     return subject;
 }
 
@@ -1509,8 +1554,15 @@ enrich(Batch *b, Raw *r)
     PyObject *src = r->src, *dst = r->dst, *sport_obj = r->sport_obj, *dport_obj = r->dport_obj;
     const uint8_t *src_bytes = r->src_bytes, *dst_bytes = r->dst_bytes;
     Slot *src_slot = r->src_slot, *dst_slot = r->dst_slot;
-    if (PyDict_SetItem(b->seen, r->observer, b->now) < 0)
-        goto done;
+    /* observers.seen[observer] = now, once per flow_body call and observer: the same
+     * value again is no change (nothing else writes the dict while a batch is read;
+     * the Python path's records write the same now) */
+    if (r->observer_marked == NULL || *r->observer_marked != flow_bodies) {
+        if (PyDict_SetItem(b->seen, r->observer, b->now) < 0)
+            goto done;
+        if (r->observer_marked != NULL)
+            *r->observer_marked = flow_bodies;
+    }
     long sport = r->sport, dport = r->dport;
     long long fwd_b = r->fwd_b, fwd_p = r->fwd_p, rev_b = r->rev_b, rev_p = r->rev_p;
 
@@ -1633,7 +1685,8 @@ enrich(Batch *b, Raw *r)
     if ((reason_j = json_cached(b, r->reason)) == NULL ||
         (dir_j = json_cached(b, direction)) == NULL ||
         (net_j = json_cached(b, r->network)) == NULL ||
-        (obs_j = json_cached(b, r->observer)) == NULL)
+        (obs_j = r->observer_json != NULL ? Py_NewRef(r->observer_json)
+                                          : json_cached(b, r->observer)) == NULL)
         goto done;
     if ((subject = subject_of(src_end.token, dst_end.token)) == NULL)
         goto done;
@@ -2256,6 +2309,61 @@ text_of(PyObject **cache, const char *s, Py_ssize_t n)
     return text;
 }
 
+/* The observer table: the node names raw lines carry, by their text — the str, its
+ * JSON, and the flow_body call that last set observers.seen for it. A collector's raw
+ * batch has one observer (text_of's last one would do), but a batch may mix them: then
+ * each line's observer was a new str, hashed for observers.seen, and its JSON a probe of
+ * _STRINGS (json_cached keeps 8). Direct-mapped by the text's hash; an entry holds its
+ * str and JSON until another observer takes its place. */
+#define OBSERVERS 256
+#define OBSERVER_MAX 63 /* longer names: text_of */
+typedef struct {
+    uint64_t hash; /* 0: empty */
+    PyObject *text, *json;
+    uint64_t marked; /* the flow_body call that set observers.seen[text] (0: none) */
+    Py_ssize_t len;
+    char key[OBSERVER_MAX + 1];
+} Observer;
+static Observer observer_table[OBSERVERS];
+
+static void
+observers_clear(void)
+{
+    for (int i = 0; i < OBSERVERS; i++) {
+        Py_CLEAR(observer_table[i].text);
+        Py_CLEAR(observer_table[i].json);
+        observer_table[i].hash = 0;
+    }
+}
+
+/* The table's entry for an observer's text (plain ASCII, from plain()), filled on first
+ * use; NULL: too long (no exception), or an error. */
+static Observer *
+observer_of(const char *s, Py_ssize_t n)
+{
+    if (n > OBSERVER_MAX)
+        return NULL;
+    uint64_t h = text_hash(s, n);
+    Observer *o = &observer_table[(h >> 8) & (OBSERVERS - 1)];
+    if (o->hash == h && o->len == n && memcmp(o->key, s, (size_t)n) == 0)
+        return o;
+    PyObject *text = PyUnicode_FromStringAndSize(s, n);
+    if (text == NULL)
+        return NULL;
+    PyObject *json = json_of(text);
+    if (json == NULL) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    Py_XSETREF(o->text, text);
+    Py_XSETREF(o->json, json);
+    o->hash = h;
+    o->len = n;
+    o->marked = 0;
+    memcpy(o->key, s, (size_t)n);
+    return o;
+}
+
 /* Looking ahead. The address table's slots and what they keep (the canonical str, an
  * identity's JSON) are spread over several MB, so each was a cache miss per record,
  * waited for in turn. flow_body asks for them a few records early: LOOK_FAR to
@@ -2413,8 +2521,13 @@ static int
 read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
           PyObject **last_reason)
 {
-    if ((h->observer = text_of(last_observer, l->at[F_OBSERVER], l->len[F_OBSERVER])) == NULL ||
-        (h->reason = text_of(last_reason, l->at[F_END_REASON], l->len[F_END_REASON])) == NULL)
+    Observer *o = observer_of(l->at[F_OBSERVER], l->len[F_OBSERVER]);
+    if (o != NULL)
+        h->observer = Py_NewRef(o->text);
+    else if (PyErr_Occurred() ||
+             (h->observer = text_of(last_observer, l->at[F_OBSERVER], l->len[F_OBSERVER])) == NULL)
+        return -1;
+    if ((h->reason = text_of(last_reason, l->at[F_END_REASON], l->len[F_END_REASON])) == NULL)
         return -1;
     int known = PySet_Contains(end_reasons, h->reason);
     if (known <= 0)
@@ -2455,6 +2568,8 @@ read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
         (h->dport = PyLong_FromLong(r->dport)) == NULL)
         return -1;
     r->observer = h->observer;
+    r->observer_json = o != NULL ? o->json : NULL;
+    r->observer_marked = o != NULL ? &o->marked : NULL;
     r->reason = h->reason;
     r->proto_obj = h->proto;
     r->sport_obj = h->sport;
@@ -2505,6 +2620,7 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t expected = PyLong_AsSsize_t(args[2]);
     if (expected == -1 && PyErr_Occurred())
         return NULL;
+    flow_bodies++;
     if (render_line == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_flowcore.configure() was not called");
         return NULL;
@@ -2859,6 +2975,8 @@ configure(PyObject *module, PyObject *args, PyObject *kwargs)
     for (int i = 0; i < N_KINDS; i++)
         Py_XSETREF(kinds[i], Py_NewRef(PyTuple_GET_ITEM(kind_tuple, i)));
     PyDict_Clear(subject_cache);
+    subject_ways_clear();
+    observers_clear(); /* their JSON came from the strings and json_str configured before */
     Py_RETURN_NONE;
 }
 

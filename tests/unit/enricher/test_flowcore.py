@@ -1006,6 +1006,23 @@ def test_any_sequence_with_tiny_caches(data: st.DataObject, ready: bool) -> None
     play(Twins(ready=ready, cid_cache=data.draw(st.sampled_from((0, 1, 2)))), data)
 
 
+def test_many_observers_in_one_batch() -> None:
+    """A raw batch mixing observers — more than the core's observer table holds, one too
+    long for it, each first seen at some record of the batch — marks each seen when its
+    first record is read, as the Python path does: a cross-node pair is merged only from
+    the record on where both ends' nodes have reported."""
+    twins = Twins()
+    observers = [NODE_1, *(f"node-x{n}" for n in range(300)), "n" * 80, NODE_2]
+    batch = []
+    for n, observer in enumerate(observers * 2):
+        batch.append(flow(observer, A, B, 40000 + n % 7, 8080))
+        batch.append(flow(NODE_2 if n % 3 else NODE_1, B, A, 8080, 40000 + n % 7))
+    out = twins.flows(batch)
+    assert 0 < out.tally.records_out < len(batch)  # merged from NODE_2's first record on
+    twins.tick(301)  # every observer inactive again
+    twins.flows(list(reversed(batch)))
+
+
 def test_names_kept_from_batch_to_batch() -> None:
     """flow_body keeps the entries it finds (flowcore.c, name ways) from one raw batch to
     the next: an entry learned again with another name, evicted, expired, and learned
