@@ -978,6 +978,8 @@ static PyObject *
 find_end(Batch *b, PyObject *observer, PyObject *home, PyObject *proto, PyObject *laddr,
          PyObject *lport, PyObject *raddr, PyObject *rport)
 {
+    if (PyDict_GET_SIZE(b->sockets) == 0 && PyDict_GET_SIZE(b->locals) == 0)
+        return NULL; /* no socket known: nothing to find on either node */
     PyObject *owner = find(b, observer, proto, laddr, lport, raddr, rport);
     if (owner != NULL || PyErr_Occurred())
         return owner;
@@ -1638,18 +1640,10 @@ enrich(Batch *b, Raw *r)
                 goto done;
             if (a) {
                 /* merge_owner: (src, sport) <= (dst, dport) picks the source's node */
-                int same = str_eq(src, dst);
-                if (same < 0)
+                int order = src == dst ? 0 : PyUnicode_Compare(src, dst);
+                if (order == -1 && PyErr_Occurred())
                     goto done;
-                int first;
-                if (same)
-                    first = sport <= dport;
-                else {
-                    int order = PyUnicode_Compare(src, dst);
-                    if (order == -1 && PyErr_Occurred())
-                        goto done;
-                    first = order < 0;
-                }
+                int first = order == 0 ? sport <= dport : order < 0;
                 int other = PyObject_RichCompareBool(first ? src_home : dst_home, r->observer,
                                                      Py_NE);
                 if (other < 0)
