@@ -27,7 +27,10 @@
  * The join state stays in Python objects owned by enriching.py and its collaborators; the
  * pieces read here (per batch, never kept across calls — except by flow_body's address
  * table, a cache of _addresses that also keeps each address's identity, with the parts
- * a record reads of it, while resolver.generation says _cache has lost nothing since):
+ * a record reads of it, while resolver.generation says _cache has lost nothing since;
+ * its name ways, the _entries lists it found, on NameCache's promise that an entry is
+ * its key's while it has four items; its observer table, each observer's str and JSON;
+ * and the subjects by their tokens):
  *   enricher._addresses        dict  raw text → (canonical text, network.type, packed)
  *   enricher.resolver._cache   dict  canonical address → Identity (a miss calls resolve())
  *   enricher.sockets._sockets / _locals   OrderedDicts of SocketOwner (hits: move_to_end)

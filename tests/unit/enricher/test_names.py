@@ -12,6 +12,12 @@ addresses = st.sampled_from([f"192.0.2.{i}" for i in range(8)] + ["2001:db8::1",
 clients = st.sampled_from(["10.1.0.1", "10.1.0.2", "fd00::1"])
 names = st.from_regex(r"[a-z]{1,8}\.(com|net|example)", fullmatch=True)
 ttls = st.integers(min_value=0, max_value=100_000)
+# (learn | lookup | wait, client, name, address, TTL or seconds waited)
+cache_ops = st.lists(
+    st.tuples(st.sampled_from(["learn", "lookup", "wait"]), clients, names, addresses,
+              st.integers(0, 120)),
+    min_size=1, max_size=80,
+)  # fmt: skip
 
 
 def answer_chain(qname: str, cnames: list[str], address: str, ttl: int) -> list[dict]:
@@ -110,9 +116,7 @@ def test_non_address_answers_and_empty_names_ignored() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(ops=st.lists(st.tuples(st.sampled_from(["learn", "lookup", "wait"]), clients, names,
-                              addresses, st.integers(0, 120)), min_size=1, max_size=80),
-       bound=st.integers(1, 12))  # fmt: skip
+@given(ops=cache_ops, bound=st.integers(1, 12))
 def test_answer_counts_follow_the_entries(
     ops: list[tuple[str, str, str, str, int]], bound: int
 ) -> None:
@@ -140,9 +144,7 @@ def test_answer_counts_follow_the_entries(
 
 
 @settings(max_examples=100, deadline=None)
-@given(ops=st.lists(st.tuples(st.sampled_from(["learn", "lookup", "wait"]), clients, names,
-                              addresses, st.integers(0, 120)), min_size=1, max_size=80),
-       bound=st.integers(1, 12))  # fmt: skip
+@given(ops=cache_ops, bound=st.integers(1, 12))
 def test_an_entry_is_its_keys_while_it_has_four_items(
     ops: list[tuple[str, str, str, str, int]], bound: int
 ) -> None:
