@@ -941,13 +941,12 @@ resolve_at(Batch *b, Slot *slot, PyObject *address, End *e, int borrow)
 }
 
 /* SocketTable.find(observer, proto, laddr, lport, raddr, rport): the owner (new
- * reference), or NULL with no exception when there is none. */
+ * reference), or NULL with no exception when there is none (find_end asks only while
+ * some socket is known). */
 static PyObject *
 find(Batch *b, PyObject *observer, PyObject *proto, PyObject *laddr, PyObject *lport,
      PyObject *raddr, PyObject *rport)
 {
-    if (PyDict_GET_SIZE(b->sockets) == 0 && PyDict_GET_SIZE(b->locals) == 0)
-        return NULL;
     PyObject *key = PyTuple_Pack(6, observer, proto, laddr, lport, raddr, rport);
     if (key == NULL)
         return NULL;

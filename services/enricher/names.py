@@ -107,8 +107,7 @@ class NameCache:
                 entry[USED] = False
                 entries[key] = entry
             else:
-                self._forget(key[1])
-                entry.clear()  # dropped: emptied (see the class)
+                self._forget(key[1], entry)
         return learned
 
     def lookup(self, client: str, address: str, now: float | None = None) -> str | None:
@@ -123,8 +122,7 @@ class NameCache:
             now = self._clock()
         if entry[EXPIRY] <= now:
             del self._entries[key]
-            self._forget(address)
-            entry.clear()  # dropped: emptied (see the class)
+            self._forget(address, entry)
             return None
         entry[USED] = True
         if entry[EXPIRY] < now + self.ttl_min:
@@ -132,8 +130,10 @@ class NameCache:
         name: str = entry[NAME]
         return name
 
-    def _forget(self, address: str) -> None:
-        """One entry answering ``address`` is gone."""
+    def _forget(self, address: str, entry: list[Any]) -> None:
+        """``entry``, answering ``address``, was dropped: counted out, and emptied
+        (see the class)."""
+        entry.clear()
         count = self._answers[address] - 1
         if count:
             self._answers[address] = count
