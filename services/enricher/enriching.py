@@ -659,6 +659,17 @@ class Enricher:
             self._addresses[text] = found
         return found
 
+    def learn_addresses(self, addresses: list[str]) -> None:
+        """Addresses whose identities the resolver has just built ahead of the flows
+        (``Inventory.warm``), taken in as a flow's first record naming them would: their
+        canonical forms and, natively, the compiled core's address table with the
+        identities. Nothing is counted; a text that is not an address is skipped."""
+        if self.native:
+            _flowcore.learn_addresses(self, addresses, Output())
+            return
+        for text in addresses:
+            self._known_address(text)
+
     def _known_address(self, text: str) -> tuple[str, str, bytes] | None:
         """:meth:`_address` for the compiled core, which reads a raw line itself: None
         when ``text`` is not an address (the record then goes through :meth:`_flow`,

@@ -22,7 +22,9 @@
  * Two entries: flow_lines takes decoded records (dicts); flow_body, the pipeline's, takes
  * a raw message's NDJSON body and reads each line written the way the collector writes it
  * straight into its record, with no Python object per field (any other line goes through
- * orjson.loads and the dict way; "raw bodies" below).
+ * orjson.loads and the dict way; "raw bodies" below). learn_addresses fills flow_body's
+ * address table ahead of the flows, with the addresses whose identities the enricher's
+ * warming task has just built.
  *
  * The join state stays in Python objects owned by enriching.py and its collaborators; the
  * pieces read here (per batch, never kept across calls — except by flow_body's address
@@ -2206,30 +2208,37 @@ table_clear(void)
     slots_moved++;
 }
 
+/* The table moved to `size` slots (a power of two, larger than it has). */
+static int
+table_grow(size_t size)
+{
+    Slot *grown = PyMem_Calloc(size, sizeof(Slot));
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; slots != NULL && i <= slot_mask; i++) {
+        if (!slots[i].hash)
+            continue;
+        size_t j = slots[i].hash & (size - 1);
+        while (grown[j].hash)
+            j = (j + 1) & (size - 1);
+        grown[j] = slots[i];
+    }
+    PyMem_Free(slots);
+    slots = grown;
+    slot_mask = size - 1;
+    slots_moved++;
+    return 0;
+}
+
 static Slot *
 table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry, PyObject *canonical,
              PyObject *network, PyObject *packed)
 {
-    if (slots == NULL || (size_t)(slots_used + 1) * 2 > slot_mask + 1) {
-        size_t size = slots == NULL ? 1024 : (slot_mask + 1) * 2;
-        Slot *grown = PyMem_Calloc(size, sizeof(Slot));
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return NULL;
-        }
-        for (size_t i = 0; slots != NULL && i <= slot_mask; i++) {
-            if (!slots[i].hash)
-                continue;
-            size_t j = slots[i].hash & (size - 1);
-            while (grown[j].hash)
-                j = (j + 1) & (size - 1);
-            grown[j] = slots[i];
-        }
-        PyMem_Free(slots);
-        slots = grown;
-        slot_mask = size - 1;
-        slots_moved++;
-    }
+    if ((slots == NULL || (size_t)(slots_used + 1) * 2 > slot_mask + 1) &&
+        table_grow(slots == NULL ? 1024 : (slot_mask + 1) * 2) < 0)
+        return NULL;
     size_t j = h & slot_mask;
     while (slots[j].hash)
         j = (j + 1) & slot_mask;
@@ -2606,6 +2615,93 @@ loads_line(const char *p, Py_ssize_t n)
  * (bytes, ending in a newline) of `lines` lines (-1: any number). False, with nothing
  * done, when it has another number of lines or a line is not a JSON object: the caller
  * decodes the body with codec.decode, which names the fault. */
+/* The address table, emptied when it was filled from another enricher's state, or
+ * its _addresses dict was emptied (see address_slot). */
+static void
+table_for(Batch *b)
+{
+    if (b->addresses != slots_addresses || b->resolver != slots_resolver ||
+        b->answers != slots_answers || PyDict_GET_SIZE(b->addresses) < slots_used) {
+        table_clear();
+        Py_XSETREF(slots_addresses, Py_NewRef(b->addresses));
+        Py_XSETREF(slots_resolver, Py_NewRef(b->resolver));
+        Py_XSETREF(slots_answers, Py_NewRef(b->answers));
+    }
+}
+
+/* learn_addresses for one ASCII str: 0, or -1 with an exception. */
+static int
+learn_address(Batch *b, PyObject *text)
+{
+    const char *s = (const char *)PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    Slot *slot = address_slot(b, s, n, text_hash(s, n), NULL);
+    if (slot == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!b->has_generation || b->resolved == NULL)
+        return 0;
+    PyObject *found = PyDict_GetItemWithError(b->resolved, slot->canonical);
+    if (found == NULL)
+        return PyErr_Occurred() ? -1 : 0; /* not built: resolve() is the flows' */
+    End e;
+    if (end_at(b, slot, slot->canonical, &e, 0) < 0)
+        return -1;
+    end_clear(&e);
+    return 0;
+}
+
+/* learn_addresses(enricher, texts, out): each address text into the address table,
+ * with the identity resolver._cache holds for it, as a record naming the address would
+ * put them there (and into _addresses; nothing is counted). The enricher's warming
+ * task calls it with the addresses whose identities it has just built, so that a
+ * cluster's addresses are not first seen by a flow: a first sight is a parse, two dict
+ * probes and a slot, and the table's growth faults in fresh pages (a fifth of the first
+ * flows' time at a start, ~100 page faults per raw batch of 1,000). A text that is not
+ * an address, or has no cached identity, is left for the flows, and so is every text
+ * once the table is half full. */
+static PyObject *
+learn_addresses(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "learn_addresses(enricher, texts: list, out)");
+        return NULL;
+    }
+    if (render_line == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_flowcore.configure() was not called");
+        return NULL;
+    }
+    PyObject *now = PyFloat_FromDouble(0.0), *result = NULL;
+    Batch b = {.now = now};
+    if (now == NULL || prepare(&b, args[0], args[2], NULL) < 0)
+        goto done;
+    if ((b.known_address = PyObject_GetAttr(args[0], s_known_address)) == NULL)
+        goto done;
+    table_for(&b);
+    /* room for as many addresses again as the table will hold (the flows' external
+     * ones), so that the flows' first sights grow it no further for a while */
+    size_t want = 1024, room = (size_t)(slots_used + PyList_GET_SIZE(args[1])) * 4;
+    while (want < room && want < 2 * (size_t)TABLE_MAX)
+        want *= 2;
+    if ((slots == NULL || want > slot_mask + 1) && table_grow(want) < 0)
+        goto done;
+    /* at most half the table's entries: the rest are the flows' (external addresses) */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(args[1]) && slots_used < TABLE_MAX / 2; i++) {
+        PyObject *text = PyList_GET_ITEM(args[1], i);
+        if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text))
+            continue;
+        Py_INCREF(text); /* its characters are read across calls into Python */
+        int rc = learn_address(&b, text);
+        Py_DECREF(text);
+        if (rc < 0)
+            goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    release(&b);
+    Py_XDECREF(now);
+    return result;
+}
+
 static PyObject *
 flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2678,13 +2774,7 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         PyErr_Clear();
     }
-    if (b.addresses != slots_addresses || b.resolver != slots_resolver ||
-        b.answers != slots_answers || PyDict_GET_SIZE(b.addresses) < slots_used) {
-        table_clear();
-        Py_XSETREF(slots_addresses, Py_NewRef(b.addresses));
-        Py_XSETREF(slots_resolver, Py_NewRef(b.resolver));
-        Py_XSETREF(slots_answers, Py_NewRef(b.answers));
-    }
+    table_for(&b);
     if (b.entries != name_ways_entries)
         name_ways_reset(b.entries);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -3096,6 +3186,9 @@ static PyMethodDef methods[] = {
      "flow_body(enricher, body, lines, now, out): flow_lines on a raw batch's NDJSON body;\n"
      "False when it has another number of lines (-1: any) or a line is not a JSON object\n"
      "(nothing done: decode it with codec.decode)."},
+    {"learn_addresses", (PyCFunction)(void (*)(void))learn_addresses, METH_FASTCALL,
+     "learn_addresses(enricher, texts, out): addresses into the address table, with "
+     "their cached identities."},
     {"frame_atomic", (PyCFunction)(void (*)(void))frame_atomic, METH_FASTCALL,
      "frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): a raw batch's\n"
      "flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},

@@ -35,6 +35,7 @@ class Metrics:
     sockets: Gauge
     names: Gauge
     observers: Gauge
+    identities: Gauge
     # add_flows' labelled counters, looked up once each: ``labels()`` takes a lock and
     # builds a key on every call (~2.5 µs), a dozen times per raw flow batch.
     _children: dict[tuple[str, str], Counter] = field(default_factory=dict, init=False)
@@ -91,6 +92,11 @@ class Metrics:
             sockets=gauge("sockets", "sockets in the process-join table"),
             names=gauge("dns_names", "(client, address) entries in the DNS name cache"),
             observers=gauge("observers", "nodes seen sending raw events"),
+            identities=gauge(
+                "identities",
+                "address identities built and cached (pods, services, nodes, "
+                "the external addresses flows named)",
+            ),
         )
 
     def add_flows(self, tally: Tally) -> None:

@@ -33,6 +33,7 @@ from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, reso
 
 log = logging.getLogger("flowscope.enricher")
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+WARM_SLICE = 256  # identities built ahead per turn of the event loop (~1.3 ms)
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -165,6 +166,7 @@ async def body(rt: Runtime, settings: Settings) -> None:
     api_health = ApiHealth()
     if api is not None and inventory is not None:
         _start_informers(rt, settings, api, inventory, metrics, api_health)
+        rt.spawn(_keep_warm(inventory, enricher, rt.stopping), "identities")
     else:
         rt.spawn(_refresh_local(resolver, rt.stopping), "local-addresses")
     rt.spawn(_start_work(rt, settings, pipeline, js, caught_up, inventory), "work")
@@ -178,6 +180,8 @@ async def body(rt: Runtime, settings: Settings) -> None:
             release_free_memory()
         staleness = api_health.staleness()
         metrics.staleness.set(staleness)
+        if inventory is not None:
+            metrics.identities.set(inventory.cached)
         if inventory is not None and inventory.ready:
             # Still ready: the last known metadata keeps serving; the detail says how old.
             detail = f"API unreachable for {staleness:.0f}s; serving last known metadata"
@@ -238,13 +242,10 @@ async def _start_work(
         await asyncio.wait_for(caught_up.wait(), 30)
     rt.health.set("state", True, "socket and DNS events replayed")
     if inventory is not None:
-        ready = asyncio.ensure_future(inventory.became_ready.wait())
-        stop = asyncio.ensure_future(rt.stopping.wait())
-        await asyncio.wait((ready, stop), return_when=asyncio.FIRST_COMPLETED)
-        for waiter in (ready, stop):
-            waiter.cancel()
+        await _first_of(inventory.became_ready, rt.stopping)
         if inventory.ready:
             rt.health.set("kubernetes", True, "synced")
+            await _warm(inventory, pipeline.enricher)  # the cluster's identities, first
             release_free_memory()
     c = settings.consumer
     loops = []
@@ -254,6 +255,36 @@ async def _start_work(
         loops.append(consuming.work_loop(sub, work.kind, pipeline, c, hold, rt.stopping))
     rt.health.set("consumers", True, "consuming")
     await asyncio.gather(*loops)
+
+
+async def _keep_warm(inventory: Inventory, enricher: Enricher, stopping: asyncio.Event) -> None:
+    """Build the identities that metadata changes leave cold (``Inventory.warm``), and
+    hand them to the enricher's address table, so that flows find their addresses'
+    identities built, until the service stops."""
+    await _first_of(inventory.became_ready, stopping)
+    while not stopping.is_set():
+        await _warm(inventory, enricher)
+        await _first_of(inventory.cold, stopping)
+
+
+async def _warm(inventory: Inventory, enricher: Enricher) -> None:
+    """Build every cold identity, a slice per turn of the event loop."""
+    while True:
+        built = inventory.warm(WARM_SLICE)
+        if not built:
+            return
+        enricher.learn_addresses(built)
+        await asyncio.sleep(0)  # the batches' turn
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def release_free_memory() -> None:

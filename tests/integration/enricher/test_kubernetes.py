@@ -239,6 +239,22 @@ async def test_pod_deleted_moments_before_its_last_flow(env: Env) -> None:
     assert rec["source.k8s.pod.name"] == "web-5d-x" and rec["source.k8s.deployment.name"] == "web"
 
 
+async def test_identities_built_once_synced_before_any_flow(env: Env) -> None:
+    # Every address a pod (not hostNetwork), service or node holds: web, db, the db
+    # Service and the two nodes (the hostNetwork agent's address is node-1's).
+    registry = env.replica.rt.registry
+
+    async def identities(n: int) -> None:
+        gauge = "flowscope_enricher_identities"  # set every 2 s
+        while registry.get_sample_value(gauge) != n:  # noqa: ASYNC110 - metric polling
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(identities(5), 10)
+    env.fake.add("pods", cluster.pod("late", namespace="batch", ips=("10.1.0.99",), node="node-1"))
+    await asyncio.wait_for(identities(6), 10)
+    assert not env.flows.records  # no flow asked for any of them
+
+
 async def test_changes_through_the_api_show_in_later_records(env: Env) -> None:
     env.fake.modify("pods", cluster.pod("web-5d-x", ips=(WEB,), node="node-1",
                                         owner=("ReplicaSet", "web-5d"), labels={"app": "web-v2"}))  # fmt: skip

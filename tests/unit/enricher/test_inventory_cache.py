@@ -14,7 +14,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from flowscope.enricher import objects
+import pytest
+from flowscope.enricher import inventory, objects
 from flowscope.enricher.identities import Identity
 from flowscope.enricher.inventory import WORKLOAD_RESOURCES, Inventory, Obj, object_key
 from hypothesis import HealthCheck, given, settings
@@ -102,6 +103,8 @@ operations = st.one_of(
     st.tuples(st.just("replace"), st.lists(pods(), max_size=3)),
     st.tuples(st.just("resolve"), st.sampled_from(ADDRESSES)),
     st.tuples(st.just("container"), st.sampled_from(CONTAINER_IDS)),
+    # Identities built ahead, as the enricher's warming task does between batches.
+    st.tuples(st.just("warm"), st.sampled_from((1, 2, 100))),
 )
 
 
@@ -186,6 +189,8 @@ def test_cached_answers_equal_fresh_ones_after_any_changes(
             check(inv, ref, address=arg)
         elif op == "container":
             check(inv, ref, container=arg)
+        elif op == "warm":
+            inv.warm(arg)
         else:
             apply(ref, ref_clock, op, copied(op, arg))
             apply(inv, clock, op, arg)
@@ -196,6 +201,15 @@ def test_cached_answers_equal_fresh_ones_after_any_changes(
     check_bookkeeping(inv)
     # The compiled flow core holds ``_cache`` itself: changed in place, never rebound.
     assert inv._cache is cache and inv._container_cache is container_cache
+    # Warmed through, every address a pod, service or node holds has its identity built
+    # (the one built afresh: check_all above), and nothing else was built ahead.
+    cache.clear()
+    inv._cold.update(dict.fromkeys(ADDRESSES))
+    while inv.warm(2):
+        pass
+    held = {*inv._pod_ips, *inv._service_ips, *inv._node_ips}
+    assert set(cache) == held and not inv._cold and not inv.cold.is_set()
+    check_all(inv, ref)
 
 
 def check_bookkeeping(inv: Inventory) -> None:
@@ -314,3 +328,47 @@ def test_equal_upsert_of_a_pod_that_lost_its_address_takes_it_back() -> None:
     assert inv.resolve("10.1.0.4").source["source.k8s.pod.name"] == "running"
     inv.upsert("pods", pod("done", ips=("10.1.0.4",)))
     assert inv.resolve("10.1.0.4").source["source.k8s.pod.name"] == "done"
+
+
+# ---------------------------------------------------------------- built ahead
+
+
+def test_warm_builds_what_changes_left_cold_once_synced() -> None:
+    inv = make()
+    inv.expected.add("pods")
+    assert inv.warm(100) == [] and not inv._cache  # the first LISTs are not all in
+    inv.mark_synced("pods")
+    assert inv.cold.is_set()
+    assert len(inv.warm(1)) == 1 and inv.cold.is_set()
+    assert len(inv.warm(100)) == 1 and not inv.cold.is_set()
+    web, db = inv._cache["10.1.0.1"], inv._cache["10.1.0.2"]
+    assert web == inv._build("10.1.0.1") and db.source["source.k8s.pod.name"] == "db-0"
+    assert inv.warm(100) == []
+    # A label change leaves that pod's address cold; warming builds it alone again.
+    inv.upsert("pods", pod("web-5d-a", ips=("10.1.0.1",), owner=("ReplicaSet", "web-5d"),
+                           container_ids={"ca": "main"}, labels={"app": "api"}))  # fmt: skip
+    assert "10.1.0.1" not in inv._cache and inv.cold.is_set()
+    assert inv.warm(100) == ["10.1.0.1"] and inv._cache["10.1.0.2"] is db
+    assert inv.resolve("10.1.0.1").source["source.k8s.pod.labels.app"] == "api"
+
+
+def test_warm_leaves_external_and_host_network_addresses_alone() -> None:
+    clock = Clock()
+    inv = Inventory(deleted_grace=60, clock=clock)
+    inv.upsert("pods", pod("host", ips=("10.0.9.1",), host_network=True))
+    inv.upsert("pods", pod("gone", ips=("10.1.0.9",)))
+    inv.delete("pods", ("shop", "gone"))
+    assert inv.warm(100) == ["10.1.0.9"] and set(inv._cache) == {"10.1.0.9"}  # still in its grace
+    clock.now += 61
+    inv.sweep()  # the address goes cold, and holds nothing now: not built ahead
+    assert inv.warm(100) == [] and not inv._cache and not inv.cold.is_set()
+
+
+def test_warm_fills_the_cache_only_half_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inventory, "MAX_WARM", 3)
+    inv = Inventory(deleted_grace=60, clock=Clock())
+    for n in range(6):
+        inv.upsert("pods", pod(f"p{n}", ips=(f"10.1.0.{n}",)))
+    assert len(inv.warm(100)) == 3 and len(inv._cache) == 3
+    assert not inv.cold.is_set()  # the rest are built when a flow asks
+    assert inv.resolve("10.1.0.5").source["source.k8s.pod.name"] == "p5"
