@@ -2611,10 +2611,6 @@ loads_line(const char *p, Py_ssize_t n)
     return value;
 }
 
-/* flow_body(enricher, body, lines, now, out): flow_lines on a raw batch's NDJSON body
- * (bytes, ending in a newline) of `lines` lines (-1: any number). False, with nothing
- * done, when it has another number of lines or a line is not a JSON object: the caller
- * decodes the body with codec.decode, which names the fault. */
 /* The address table, emptied when it was filled from another enricher's state, or
  * its _addresses dict was emptied (see address_slot). */
 static void
@@ -2702,6 +2698,10 @@ done:
     return result;
 }
 
+/* flow_body(enricher, body, lines, now, out): flow_lines on a raw batch's NDJSON body
+ * (bytes, ending in a newline) of `lines` lines (-1: any number). False, with nothing
+ * done, when it has another number of lines or a line is not a JSON object: the caller
+ * decodes the body with codec.decode, which names the fault. */
 static PyObject *
 flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {

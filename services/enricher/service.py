@@ -182,10 +182,10 @@ async def body(rt: Runtime, settings: Settings) -> None:
         metrics.staleness.set(staleness)
         if inventory is not None:
             metrics.identities.set(inventory.cached)
-        if inventory is not None and inventory.ready:
-            # Still ready: the last known metadata keeps serving; the detail says how old.
-            detail = f"API unreachable for {staleness:.0f}s; serving last known metadata"
-            rt.health.set("kubernetes", True, detail if staleness > 0 else "synced")
+            if inventory.ready:
+                # Still ready: the last known metadata keeps serving; the detail says how old.
+                detail = f"API unreachable for {staleness:.0f}s; serving last known metadata"
+                rt.health.set("kubernetes", True, detail if staleness > 0 else "synced")
 
     durables = {w.kind: f"{settings.consumer.durable}-{w.suffix}" for w in consuming.WORK}
     rt.spawn(consuming.upkeep_loop(pipeline, durables, chores, rt.stopping, 2.0), "upkeep")
