@@ -15,6 +15,18 @@ nats-server is another process) per message, medians and best of ``--rounds`` ro
 3. one ack per message, built beforehand (the path of servers without atomic batches,
    and of refused ones).
 
+Then, per raw batch of 1,000 records (client CPU ms, user and system apart), the
+output as the compiled core renders it — the ``_flowcore.Lines`` of the end-to-end
+benchmark's raw batches and cluster (bench/enricher_throughput.py), ~1.1 MB and ~325
+subjects each — published by ``AckedPublisher.publish_lines_atomic`` with ``--window``
+raw batches awaiting their acks at once, as the pipeline's handlers do while enriching
+a backlog:
+
+4. gathered (``publishing.gather_lines``, the pipeline's path): the heads written, the
+   lines sent by ``sendmsg`` from where flow_body rendered them;
+5. the same lines joined into one buffer (``publishing.frame_lines``; the path before
+   ``gather_lines``, and still that of lines held in a dict), alternating with 4.
+
 Importable code under test is whatever ``flowscope`` resolves to, so a copy of another
 revision can be measured through ``PYTHONPATH`` with this same script.
 """
@@ -23,10 +35,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -34,10 +47,12 @@ from flowscope.core import codec, messaging, subjects
 from flowscope.core.messaging import NatsSettings
 from flowscope.enricher.consuming import Pipeline
 from flowscope.enricher.enriching import Enricher, Observers, Output
+from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.local import LocalResolver
 from flowscope.enricher.metrics import Metrics
 from flowscope.enricher.names import NameCache
 from flowscope.enricher.processes import SocketTable
+from flowscope.enricher.watching import resources
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
@@ -81,6 +96,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--messages", type=int, default=320)
     parser.add_argument("--size", type=int, default=3400)
+    parser.add_argument("--window", type=int, default=8, help="raw batches awaiting acks")
     args = parser.parse_args()
     server = nats_server.start()
     nc = await nats.connect(server.url)
@@ -125,10 +141,62 @@ async def main() -> None:
             print(f"  {name}: {median:.2f} ({best:.2f})")
         stored = (await js.stream_info(subjects.STREAM_FLOWS)).state.messages
         print(f"stored: {stored} messages")
+        await rendered_batches(pipeline, args.window, sequence)
         await pipeline.publisher.close()
     finally:
         await nc.close()
         server.close()
+
+
+async def rendered_batches(pipeline: Pipeline, window: int, sequence: Iterator[int]) -> None:
+    """Figures 4 and 5: the compiled core's lines of 100 raw batches, gathered and joined
+    in turn, 5 rounds each."""
+    from bench import enricher_throughput as e2e  # its cluster and raw batches
+
+    converters = {r.name: r.convert for r in resources(e2e.LABELS)}
+    inventory = Inventory(60)
+    for kind, obj in e2e.cluster_objects():
+        inventory.upsert(kind, converters[kind](obj))
+    enricher = Enricher(inventory, SocketTable(200_000, 30), NameCache(60, 3600, 200_000),
+                        Observers(300))  # fmt: skip
+    enricher.learn_addresses(inventory.warm(1 << 30))
+    enricher.learn_dns(e2e.dns_events())
+    rendered = []
+    for raw in e2e.raw_batches(100, 1000):
+        lines = enricher.flow_batch(raw.headers, raw.body).rendered
+        assert lines is not None
+        rendered.append(lines)
+    publisher = pipeline.publisher
+    figures: dict[str, tuple[list[float], list[float]]] = {"gathered": ([], []), "joined": ([], [])}
+    for _ in range(5):
+        for name, figure in figures.items():
+            given = rendered if name == "gathered" else [lines.lines() for lines in rendered]
+            acks: list[asyncio.Future[bytes]] = []
+            user, system = process_cpu()
+            for lines in given:
+                msg_id = f"enricher:flow:{next(sequence)}:"
+                ack = await publisher.publish_lines_atomic(
+                    lines, codec.FLOW.header, msg_id, 1 << 20
+                )
+                assert ack is not None
+                acks.append(ack)
+                if len(acks) >= window:
+                    await acks.pop(0)
+            await asyncio.gather(*acks)
+            after = process_cpu()
+            figure[0].append((after[0] - user) / len(given) * 1e3)
+            figure[1].append((after[1] - system) / len(given) * 1e3)
+    print(f"a raw batch's lines as the compiled core renders them (~1.1 MB, ~325 subjects), "
+          f"{window} raw batches awaiting acks; client CPU ms per raw batch, median of 5:")  # fmt: skip
+    for name, (user_ms, system_ms) in figures.items():
+        print(f"  {name}: {statistics.median(user_ms):.2f} user + "
+              f"{statistics.median(system_ms):.2f} system")  # fmt: skip
+
+
+def process_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
 
 
 if __name__ == "__main__":

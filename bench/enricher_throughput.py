@@ -61,7 +61,7 @@ from flowscope.enricher.enriching import Enricher, Observers
 from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.names import NameCache
 from flowscope.enricher.processes import SocketTable
-from flowscope.enricher.publishing import frame_lines
+from flowscope.enricher.publishing import gather_lines
 from flowscope.enricher.watching import resources
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -256,9 +256,10 @@ def in_process(
     """(raw records/s of decode → enrich → encode on this core, records out); no I/O.
 
     ``lines``: records rendered straight to NDJSON lines and, as the pipeline publishes
-    them, framed as one atomic batch's HPUB commands (``publishing.frame_lines``; the
-    Python path's lines chunked by ``codec.chunk_lines``), else built as wire dicts and
-    encoded by orjson (the dict path, for comparison).
+    them, framed as one atomic batch's HPUB commands (``publishing.gather_lines``: the
+    heads written, the lines gathered where they are, for ``sendmsg`` to copy — I/O,
+    not timed here; the Python path's lines chunked by ``codec.chunk_lines``), else
+    built as wire dicts and encoded by orjson (the dict path, for comparison).
     ``native``: the compiled flow core (lines path only), else the Python path.
     ``warm``: batches enriched first, untimed (the steady state: addresses, identities
     and names already seen).
@@ -295,8 +296,8 @@ def in_process(
             out = enricher.flow_batch(batch.headers, batch.body)
             framed = None
             if out.rendered is not None:  # framed as one atomic batch, as published
-                framed = frame_lines(out.rendered, codec.FLOW.header, "bench:1:", "b1",
-                                     "_INBOX.bench.1", 1 << 20)  # fmt: skip
+                framed = gather_lines(out.rendered, codec.FLOW.header, "bench:1:", "b1",
+                                      "_INBOX.bench.1", 1 << 20)  # fmt: skip
             if framed is not None:
                 records += out.rendered.count
                 continue

@@ -46,3 +46,20 @@ def frame_atomic(
     reply: str,
     max_body: int,
 ) -> tuple[bytes, int, int] | None: ...
+
+class Frame:
+    """frame_atomic's bytes of a Lines, gathered where they are, to be sent."""
+
+    def send(self, fd: int) -> int: ...
+    def rest(self) -> bytes: ...
+    def __len__(self) -> int: ...
+
+def gather_atomic(
+    lines: Lines,
+    head: bytes,
+    msg_id: bytes,
+    marks: bytes,
+    commit: bytes,
+    reply: str,
+    max_body: int,
+) -> tuple[Frame, int, int] | None: ...

@@ -48,9 +48,12 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #define TCP 6
 #define UDP 17
@@ -2911,6 +2914,114 @@ framed_body(const Framed *f, Py_ssize_t s, char *o)
     return o;
 }
 
+/* The header text around a message's count, subject and batch sequence (made and
+ * checked by the caller), and the commit's reply subject. */
+typedef struct {
+    const char *head, *msg_id, *marks, *commit, *reply;
+    Py_ssize_t head_len, msg_id_len, marks_len, commit_len, reply_len;
+} FrameText;
+
+static const char nats_line[] = "NATS/1.0\r\n";
+#define NATS_LINE_LEN ((Py_ssize_t)sizeof nats_line - 1)
+
+/* At most how many bytes framed_head writes for a subject of `subject_len`. */
+static Py_ssize_t
+framed_head_room(const FrameText *t, Py_ssize_t subject_len)
+{
+    return 64 + 2 * subject_len + t->reply_len + NATS_LINE_LEN + t->head_len + t->msg_id_len +
+           t->marks_len + t->commit_len + 3 * 24;
+}
+
+/* Message i (1-based) of n, subject s: its HPUB line and header block up to the body,
+ * written at o; returns the end. */
+static char *
+framed_head(const Framed *f, Py_ssize_t s, Py_ssize_t n, const FrameText *t, char *o)
+{
+    Py_ssize_t i = s + 1, count, body = framed_size(f, s, &count);
+    PyObject *subject = framed_subject(f, s);
+    const char *subj = (const char *)PyUnicode_1BYTE_DATA(subject);
+    Py_ssize_t subj_len = PyUnicode_GET_LENGTH(subject);
+    char count_text[24], seq_text[24], size_text[24], total_text[24];
+    Py_ssize_t count_len = format_int(count, count_text), seq_len = format_int(i, seq_text);
+    Py_ssize_t head_size = NATS_LINE_LEN + t->head_len + count_len + t->msg_id_len + subj_len +
+                           t->marks_len + seq_len + 2 + (i == n ? t->commit_len : 0) + 2;
+    Py_ssize_t size_len = format_int(head_size, size_text);
+    Py_ssize_t total_len = format_int(head_size + body, total_text);
+    o = put(o, "HPUB ", 5);
+    o = put(o, subj, subj_len);
+    o = put(o, " ", 1);
+    if (i == n)
+        o = put(o, t->reply, t->reply_len);
+    o = put(o, " ", 1);
+    o = put(o, size_text, size_len);
+    o = put(o, " ", 1);
+    o = put(o, total_text, total_len);
+    o = put(o, "\r\n", 2);
+    o = put(o, nats_line, NATS_LINE_LEN);
+    o = put(o, t->head, t->head_len);
+    o = put(o, count_text, count_len);
+    o = put(o, t->msg_id, t->msg_id_len);
+    o = put(o, subj, subj_len);
+    o = put(o, t->marks, t->marks_len);
+    o = put(o, seq_text, seq_len);
+    o = put(o, "\r\n", 2);
+    if (i == n)
+        o = put(o, t->commit, t->commit_len);
+    return put(o, "\r\n", 2);
+}
+
+/* The arguments of frame_atomic and gather_atomic, checked: 1 the messages are of the
+ * plain shape (*n of them, *heads_room: at most the bytes of their heads and line ends,
+ * *body_bytes: of their bodies), 0 they are not (the caller builds them in Python),
+ * -1 an error. f->items is a new reference when set. */
+static int
+framed_args(const char *name, PyObject *const *args, Py_ssize_t nargs, int lines_only,
+            Framed *f, FrameText *t, Py_ssize_t *n, Py_ssize_t *heads_room,
+            Py_ssize_t *body_bytes)
+{
+    int lines = nargs == 7 && Py_IS_TYPE(args[0], &LinesType);
+    if (nargs != 7 || !(lines || (!lines_only && PyDict_CheckExact(args[0]))) ||
+        !PyBytes_Check(args[1]) || !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) ||
+        !PyBytes_Check(args[4]) || !PyUnicode_Check(args[5]) || !PyLong_Check(args[6])) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s(lines: %s, head: bytes, msg_id: bytes, marks: bytes, commit: bytes, "
+                     "reply: str, max_body: int)",
+                     name, lines_only ? "Lines" : "Lines | dict");
+        return -1;
+    }
+    Py_ssize_t max_body = PyLong_AsSsize_t(args[6]);
+    if (max_body == -1 && PyErr_Occurred())
+        return -1;
+    if (!plain_subject(args[5]))
+        return 0;
+    *t = (FrameText){
+        .head = PyBytes_AS_STRING(args[1]), .head_len = PyBytes_GET_SIZE(args[1]),
+        .msg_id = PyBytes_AS_STRING(args[2]), .msg_id_len = PyBytes_GET_SIZE(args[2]),
+        .marks = PyBytes_AS_STRING(args[3]), .marks_len = PyBytes_GET_SIZE(args[3]),
+        .commit = PyBytes_AS_STRING(args[4]), .commit_len = PyBytes_GET_SIZE(args[4]),
+        .reply = (const char *)PyUnicode_1BYTE_DATA(args[5]),
+        .reply_len = PyUnicode_GET_LENGTH(args[5]),
+    };
+    *f = (Framed){0};
+    if (lines)
+        f->rendered = (Lines *)args[0];
+    else if ((f->items = PyDict_Items(args[0])) == NULL)
+        return -1;
+    *n = f->rendered != NULL ? PyList_GET_SIZE(f->rendered->subjects) : PyList_GET_SIZE(f->items);
+    if (*n == 0) /* nothing to publish: not a batch */
+        return 0;
+    *heads_room = *body_bytes = 0;
+    for (Py_ssize_t s = 0; s < *n; s++) {
+        PyObject *subject = framed_subject(f, s);
+        Py_ssize_t count, body = framed_size(f, s, &count);
+        if (!plain_subject(subject) || body < 0 || body > max_body)
+            return 0;
+        *body_bytes += body;
+        *heads_room += framed_head_room(t, PyUnicode_GET_LENGTH(subject)) + 2;
+    }
+    return 1;
+}
+
 /* frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): one raw batch's flow
  * lines (a Lines, or subject → lines, in order) as the HPUB commands of one JetStream
  * atomic batch, byte for byte what publishing.encode writes for Pipeline._messages's
@@ -2925,81 +3036,21 @@ framed_body(const Framed *f, Py_ssize_t s, char *o)
 static PyObject *
 frame_atomic(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7 || !(PyDict_CheckExact(args[0]) || Py_IS_TYPE(args[0], &LinesType)) ||
-        !PyBytes_Check(args[1]) || !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) ||
-        !PyBytes_Check(args[4]) || !PyUnicode_Check(args[5]) || !PyLong_Check(args[6])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "frame_atomic(lines: Lines | dict, head: bytes, msg_id: bytes, "
-                        "marks: bytes, commit: bytes, reply: str, max_body: int)");
-        return NULL;
-    }
-    PyObject *head = args[1], *msg_id = args[2], *marks = args[3], *commit = args[4],
-             *reply = args[5], *result = NULL, *data = NULL;
-    Py_ssize_t max_body = PyLong_AsSsize_t(args[6]);
-    if (max_body == -1 && PyErr_Occurred())
-        return NULL;
-    if (!plain_subject(reply))
-        Py_RETURN_NONE;
     Framed f = {0};
-    if (Py_IS_TYPE(args[0], &LinesType))
-        f.rendered = (Lines *)args[0];
-    else if ((f.items = PyDict_Items(args[0])) == NULL)
-        return NULL;
-    static const char nats[] = "NATS/1.0\r\n";
-    const Py_ssize_t nats_len = sizeof nats - 1, reply_len = PyUnicode_GET_LENGTH(reply);
-    Py_ssize_t n = f.rendered != NULL ? PyList_GET_SIZE(f.rendered->subjects)
-                                      : PyList_GET_SIZE(f.items);
-    Py_ssize_t total = 0, body_bytes = 0;
-    if (n == 0) /* nothing to publish: not a batch */
-        goto none;
-    /* sizes first: every message's head and body */
-    for (Py_ssize_t s = 0; s < n; s++) {
-        PyObject *subject = framed_subject(&f, s);
-        Py_ssize_t count, body = framed_size(&f, s, &count);
-        if (!plain_subject(subject) || body < 0 || body > max_body)
-            goto none;
-        body_bytes += body;
-        total += 64 + 2 * PyUnicode_GET_LENGTH(subject) + reply_len + nats_len +
-                 PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(msg_id) + PyBytes_GET_SIZE(marks) +
-                 PyBytes_GET_SIZE(commit) + body + 3 * 24;
+    FrameText t;
+    Py_ssize_t n, heads_room, body_bytes;
+    PyObject *result = NULL, *data = NULL;
+    int rc = framed_args("frame_atomic", args, nargs, 0, &f, &t, &n, &heads_room, &body_bytes);
+    if (rc <= 0) {
+        result = rc == 0 ? Py_NewRef(Py_None) : NULL;
+        goto done;
     }
-    data = PyBytes_FromStringAndSize(NULL, total); /* an upper bound, cut below */
+    data = PyBytes_FromStringAndSize(NULL, heads_room + body_bytes); /* cut below */
     if (data == NULL)
         goto done;
     char *o = PyBytes_AS_STRING(data), *start = o;
     for (Py_ssize_t s = 0; s < n; s++) {
-        Py_ssize_t i = s + 1, count, body = framed_size(&f, s, &count);
-        PyObject *subject = framed_subject(&f, s);
-        const char *subj = (const char *)PyUnicode_1BYTE_DATA(subject);
-        Py_ssize_t subj_len = PyUnicode_GET_LENGTH(subject);
-        char count_text[24], seq_text[24], size_text[24], total_text[24];
-        Py_ssize_t count_len = format_int(count, count_text), seq_len = format_int(i, seq_text);
-        Py_ssize_t head_size = nats_len + PyBytes_GET_SIZE(head) + count_len +
-                               PyBytes_GET_SIZE(msg_id) + subj_len + PyBytes_GET_SIZE(marks) +
-                               seq_len + 2 + (i == n ? PyBytes_GET_SIZE(commit) : 0) + 2;
-        Py_ssize_t size_len = format_int(head_size, size_text);
-        Py_ssize_t total_len = format_int(head_size + body, total_text);
-        o = put(o, "HPUB ", 5);
-        o = put(o, subj, subj_len);
-        o = put(o, " ", 1);
-        if (i == n)
-            o = put(o, (const char *)PyUnicode_1BYTE_DATA(reply), reply_len);
-        o = put(o, " ", 1);
-        o = put(o, size_text, size_len);
-        o = put(o, " ", 1);
-        o = put(o, total_text, total_len);
-        o = put(o, "\r\n", 2);
-        o = put(o, nats, nats_len);
-        o = put(o, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
-        o = put(o, count_text, count_len);
-        o = put(o, PyBytes_AS_STRING(msg_id), PyBytes_GET_SIZE(msg_id));
-        o = put(o, subj, subj_len);
-        o = put(o, PyBytes_AS_STRING(marks), PyBytes_GET_SIZE(marks));
-        o = put(o, seq_text, seq_len);
-        o = put(o, "\r\n", 2);
-        if (i == n)
-            o = put(o, PyBytes_AS_STRING(commit), PyBytes_GET_SIZE(commit));
-        o = put(o, "\r\n", 2);
+        o = framed_head(&f, s, n, &t, o);
         o = framed_body(&f, s, o);
         o = put(o, "\r\n", 2);
     }
@@ -3007,13 +3058,177 @@ frame_atomic(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     result = Py_BuildValue("(Nnn)", data, n, body_bytes);
     data = NULL;
-    goto done;
-none:
-    result = Py_NewRef(Py_None);
 done:
     Py_XDECREF(data);
     Py_XDECREF(f.items);
     return result;
+}
+
+/* A Frame: frame_atomic's bytes, gathered rather than copied — the messages' heads and
+ * line ends in a buffer of its own, the lines where flow_body rendered them (the Lines
+ * is held) — and sent from there by send(); what a full socket did not take, rest()
+ * copies (the socket's transport buffers it). A raw batch's output is ~1.1 MB: copied
+ * into one bytes object, it was written onto fresh memory and read again by the kernel. */
+typedef struct {
+    PyObject_HEAD
+    Lines *lines;
+    char *heads;
+    struct iovec *iov;
+    Py_ssize_t n_iov, at; /* iov[at:] is unsent; iov[at] moved past what was sent of it */
+    Py_ssize_t left;      /* bytes unsent */
+} Frame;
+
+static PyTypeObject FrameType;
+
+static void
+frame_dealloc(Frame *fr)
+{
+    Py_XDECREF(fr->lines);
+    PyMem_Free(fr->heads);
+    PyMem_Free(fr->iov);
+    PyObject_Free(fr);
+}
+
+/* Mark `sent` bytes of iov[at:] sent. */
+static void
+frame_advance(Frame *fr, size_t sent)
+{
+    fr->left -= (Py_ssize_t)sent;
+    while (sent > 0 && fr->at < fr->n_iov) {
+        struct iovec *v = &fr->iov[fr->at];
+        if (sent < v->iov_len) {
+            v->iov_base = (char *)v->iov_base + sent;
+            v->iov_len -= sent;
+            return;
+        }
+        sent -= v->iov_len;
+        fr->at++;
+    }
+}
+
+/* Frame.send(fd): sendmsg the unsent bytes to the (non-blocking) socket `fd` until all
+ * are sent or it would block; returns the bytes sent. OSError as sendmsg reports it. */
+static PyObject *
+frame_send(Frame *fr, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    Py_ssize_t sent = 0;
+    while (fr->left > 0) {
+        struct msghdr m = {0};
+        m.msg_iov = fr->iov + fr->at;
+        m.msg_iovlen = (size_t)Py_MIN(fr->n_iov - fr->at, (Py_ssize_t)IOV_MAX);
+        ssize_t r;
+        Py_BEGIN_ALLOW_THREADS
+        r = sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+        Py_END_ALLOW_THREADS
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        frame_advance(fr, (size_t)r);
+        sent += r;
+    }
+    return PyLong_FromSsize_t(sent);
+}
+
+/* Frame.rest(): the unsent bytes, copied; all of them count as sent then. */
+static PyObject *
+frame_rest(Frame *fr, PyObject *unused)
+{
+    PyObject *data = PyBytes_FromStringAndSize(NULL, fr->left);
+    if (data == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(data);
+    for (Py_ssize_t k = fr->at; k < fr->n_iov; k++)
+        o = put(o, fr->iov[k].iov_base, (Py_ssize_t)fr->iov[k].iov_len);
+    fr->at = fr->n_iov;
+    fr->left = 0;
+    return data;
+}
+
+static Py_ssize_t
+frame_length(Frame *fr)
+{
+    return fr->left;
+}
+
+static PyMethodDef frame_methods[] = {
+    {"send", (PyCFunction)frame_send, METH_O,
+     "send(fd): send the unsent bytes to a non-blocking socket until it would block;\n"
+     "returns how many were sent."},
+    {"rest", (PyCFunction)frame_rest, METH_NOARGS,
+     "rest(): the unsent bytes (a new bytes object); none are left unsent after it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods frame_sequence = {.sq_length = (lenfunc)frame_length};
+
+static PyTypeObject FrameType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flowscope.enricher._flowcore.Frame",
+    .tp_basicsize = sizeof(Frame),
+    .tp_dealloc = (destructor)frame_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "frame_atomic's bytes of a Lines, gathered where they are, to be sent "
+              "(len: the bytes not sent yet).",
+    .tp_methods = frame_methods,
+    .tp_as_sequence = &frame_sequence,
+};
+
+/* gather_atomic(lines, head, msg_id, marks, commit, reply, max_body): frame_atomic of a
+ * Lines, as a Frame: (Frame, messages, body bytes), or None as frame_atomic. */
+static PyObject *
+gather_atomic(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Framed f = {0};
+    FrameText t;
+    Py_ssize_t n, heads_room, body_bytes;
+    int rc = framed_args("gather_atomic", args, nargs, 1, &f, &t, &n, &heads_room, &body_bytes);
+    if (rc <= 0)
+        return rc == 0 ? Py_NewRef(Py_None) : NULL;
+    const Lines *l = f.rendered;
+    Frame *fr = PyObject_New(Frame, &FrameType);
+    if (fr == NULL)
+        return NULL;
+    fr->lines = (Lines *)Py_NewRef(l);
+    fr->heads = PyMem_Malloc((size_t)heads_room); /* never moved: the iovecs point into it */
+    fr->iov = PyMem_Malloc((size_t)(n + l->n + 1) * sizeof(struct iovec));
+    fr->n_iov = fr->at = fr->left = 0;
+    if (fr->heads == NULL || fr->iov == NULL) {
+        Py_DECREF(fr);
+        return PyErr_NoMemory();
+    }
+    char *o = fr->heads;
+    /* each message's head, with the line end of the one before (one vector), then its
+     * lines, one vector each, or one for a run that lies end to end in the buffer */
+    for (Py_ssize_t s = 0; s < n; s++) {
+        char *head = o;
+        if (s > 0)
+            o = put(o, "\r\n", 2);
+        o = framed_head(&f, s, n, &t, o);
+        fr->iov[fr->n_iov++] = (struct iovec){head, (size_t)(o - head)};
+        struct iovec *last = NULL;
+        for (Py_ssize_t i = l->per[s].first; i >= 0; i = l->at[i].next) {
+            char *line = l->buf + l->at[i].offset;
+            if (last != NULL && (char *)last->iov_base + last->iov_len == line) {
+                last->iov_len += (size_t)l->at[i].len;
+                continue;
+            }
+            last = &fr->iov[fr->n_iov++];
+            *last = (struct iovec){line, (size_t)l->at[i].len};
+        }
+    }
+    char *end = o;
+    o = put(o, "\r\n", 2);
+    fr->iov[fr->n_iov++] = (struct iovec){end, 2};
+    for (Py_ssize_t k = 0; k < fr->n_iov; k++)
+        fr->left += (Py_ssize_t)fr->iov[k].iov_len;
+    return Py_BuildValue("(Nnn)", fr, n, body_bytes);
 }
 
 static PyObject *
@@ -3192,6 +3407,9 @@ static PyMethodDef methods[] = {
     {"frame_atomic", (PyCFunction)(void (*)(void))frame_atomic, METH_FASTCALL,
      "frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): a raw batch's\n"
      "flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},
+    {"gather_atomic", (PyCFunction)(void (*)(void))gather_atomic, METH_FASTCALL,
+     "gather_atomic(lines, head, msg_id, marks, commit, reply, max_body): frame_atomic of\n"
+     "a Lines as a Frame, sent from where the lines are, or None (see flowcore.c)."},
     {"sided_json", (PyCFunction)(void (*)(void))sided_json, METH_FASTCALL,
      "sided_json(address, kind, meta): an identity's (source_json, destination_json), as\n"
      "orjson writes its source.*/destination.* members; None: not plain text (use orjson)."},
@@ -3280,11 +3498,12 @@ PyInit__flowcore(void)
     int ssse3_sse41 = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 9)) && (c & (1u << 19));
     use_sha_ni = ssse3_sse41 && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29));
 #endif
-    if (PyType_Ready(&LinesType) < 0)
+    if (PyType_Ready(&LinesType) < 0 || PyType_Ready(&FrameType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "SHA_NI", use_sha_ni) < 0 ||
-                      PyModule_AddObjectRef(m, "Lines", (PyObject *)&LinesType) < 0))
+                      PyModule_AddObjectRef(m, "Lines", (PyObject *)&LinesType) < 0 ||
+                      PyModule_AddObjectRef(m, "Frame", (PyObject *)&FrameType) < 0))
         Py_CLEAR(m);
     return m;
 }

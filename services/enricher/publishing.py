@@ -34,11 +34,18 @@ bench/enricher_publish.py (320 messages of 3.4 KB, client CPU per message): an a
 batch 12.1 → 3.7 µs, one ack each 14.2 → 11.1 µs. Over TCP the write goes to the socket's transport at once rather
 than through nats-py's pending list and flusher, which copied a raw batch's ~1.1 MB
 output (with other batches') once more onto fresh pages (docs/performance.md).
+
+A raw batch's lines as the compiled core rendered them (``_flowcore.Lines``) are not
+even joined: :func:`gather_lines` frames them as a ``_flowcore.Frame`` — the messages'
+heads in a buffer of their own, the lines where they are — which ``sendmsg`` sends
+straight from there when the socket's transport has nothing buffered; only what a full
+socket does not take is copied, for the transport to buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 import uuid
@@ -59,6 +66,10 @@ try:  # the compiled core frames a raw batch's flow lines (flowcore.c, frame_ato
 except ImportError:  # pragma: no cover - a build without a C compiler
     _flowcore = None  # type: ignore[assignment]
 
+# asyncio's transport of a plain socket (a TLS connection has another, over it)
+_SOCKET_TRANSPORT: type[asyncio.Transport] | None = getattr(
+    asyncio.selector_events, "_SelectorSocketTransport", None
+)
 ATOMIC_MAX = 1000  # messages per atomic batch: the server's limit (ADR-50)
 ATOMIC_DISABLED = 10174  # JetStream err_code: the stream does not allow atomic batches
 ATOMIC_DUPLICATE = 10201  # err_code: a message id of the batch is already stored
@@ -95,7 +106,8 @@ class AckedPublisher:
         self._pending: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
         self._tokens = itertools.count()
         self._sub: Subscription | None = None
-        self._outgoing: list[memoryview] = []  # encoded writes waiting for _flush_outgoing
+        # encoded writes waiting for _flush_outgoing
+        self._outgoing: list[memoryview | _flowcore.Frame] = []
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox()
@@ -177,9 +189,12 @@ class AckedPublisher:
             return None
         last = next(reversed(lines)) if isinstance(lines, dict) else lines.subjects[-1]
         reply, future = self._expect(last)
-        framed = frame_lines(
-            lines, schema, msg_id, uuid.uuid4().hex, reply, min(max_body, self._nc.max_payload)
-        )
+        texts = (schema, msg_id, uuid.uuid4().hex, reply, min(max_body, self._nc.max_payload))
+        framed: tuple[bytes | _flowcore.Frame, int, int] | None
+        if isinstance(lines, dict):
+            framed = frame_lines(lines, *texts)
+        else:
+            framed = gather_lines(lines, *texts)
         try:
             if framed is not None and await self._write(*framed):
                 return future
@@ -206,7 +221,7 @@ class AckedPublisher:
         cancel_all(futures)
         return False
 
-    async def _write(self, data: bytes, count: int, body_bytes: int) -> bool:
+    async def _write(self, data: bytes | _flowcore.Frame, count: int, body_bytes: int) -> bool:
         """Write encoded commands to nats-py's connection; False, with nothing sent, when
         the connection is not up (reconnecting, draining, closed): ``publish`` buffers
         or refuses then, and the caller falls back to it.
@@ -238,10 +253,12 @@ class AckedPublisher:
         transport = nc._transport
         if isinstance(transport, TcpTransport):
             await transport.drain()
-            self._outgoing.append(memoryview(data))
+            self._outgoing.append(data if isinstance(data, _flowcore.Frame) else memoryview(data))
             if len(self._outgoing) == 1:
                 asyncio.get_running_loop().call_soon(self._flush_outgoing, transport)
             return True
+        if not isinstance(data, bytes):
+            data = data.rest()
         await nc._send_command(data)
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()
@@ -260,7 +277,12 @@ class AckedPublisher:
             nc._pending = []
             nc._pending_data_size = 0
         for data in outgoing:
-            transport.write(data)
+            if isinstance(data, memoryview):
+                transport.write(data)
+                continue
+            _send_frame(transport, data)
+            if len(data):
+                transport.write(data.rest())
 
     def _expect(self, subject: str) -> tuple[str, asyncio.Future[bytes]]:
         """A reply subject under the inbox and the future its answer resolves."""
@@ -285,6 +307,27 @@ class AckedPublisher:
             future.set_result(msg.data)
 
 
+def gather_lines(
+    lines: _flowcore.Lines, schema: str, msg_id: str, batch_id: str, reply: str, max_body: int
+) -> tuple[_flowcore.Frame, int, int] | None:
+    """:func:`frame_lines` of the compiled core's ``Lines``, the bytes gathered where
+    they are rather than joined: (frame, messages, body bytes); ``frame.rest()`` gives
+    the bytes :func:`frame_lines` does."""
+    if _flowcore is None:
+        return None
+    return _flowcore.gather_atomic(lines, *_frame_texts(schema, msg_id, batch_id), reply, max_body)
+
+
+def _frame_texts(schema: str, msg_id: str, batch_id: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """The header text around a message's count, subject and sequence, and the commit."""
+    return (
+        f"{SCHEMA_HEADER}: {schema}\r\n{COUNT_HEADER}: ".encode(),
+        f"\r\n{MSG_ID_HEADER}: {msg_id}".encode(),
+        f":0\r\n{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: ".encode(),
+        f"{BATCH_COMMIT}: 1\r\n".encode(),
+    )
+
+
 def frame_lines(
     lines: dict[str, list[bytes]] | _flowcore.Lines, schema: str, msg_id: str, batch_id: str,
     reply: str, max_body: int,
@@ -295,15 +338,7 @@ def frame_lines(
     the compiled core, None when it leaves them to Python (see flowcore.c)."""
     if _flowcore is None:
         return None
-    return _flowcore.frame_atomic(
-        lines,
-        f"{SCHEMA_HEADER}: {schema}\r\n{COUNT_HEADER}: ".encode(),
-        f"\r\n{MSG_ID_HEADER}: {msg_id}".encode(),
-        f":0\r\n{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: ".encode(),
-        f"{BATCH_COMMIT}: 1\r\n".encode(),
-        reply,
-        max_body,
-    )
+    return _flowcore.frame_atomic(lines, *_frame_texts(schema, msg_id, batch_id), reply, max_body)
 
 
 def encode(
@@ -363,6 +398,31 @@ def _subject_as_given(subject: str) -> bool:
     """Whether nats-py's ``publish`` sends this subject unchanged (see :func:`encode`;
     the headers' values and the body's size are checked there)."""
     return bool(subject) and subject.isprintable() and " " not in subject
+
+
+def _send_frame(transport: TcpTransport, frame: _flowcore.Frame) -> None:
+    """Send what ``frame`` holds straight to the connection's socket, as much as it
+    takes now, when that is where the transport would write it next: a plain TCP
+    socket (not TLS) with nothing buffered ahead. asyncio's transport keeps no count
+    of its own that this write bypasses; what is left, the caller writes to it.
+
+    An error leaves the frame's rest to the transport, whose own write meets the
+    error and closes the connection as it always does (the raw batch's ack times out
+    and it is enriched again)."""
+    writer = getattr(transport, "_io_writer", None)
+    sock_transport = getattr(writer, "transport", None)
+    if (
+        _SOCKET_TRANSPORT is None
+        or not isinstance(sock_transport, _SOCKET_TRANSPORT)
+        or sock_transport.is_closing()
+        or sock_transport.get_write_buffer_size()
+    ):
+        return
+    sock = sock_transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        frame.send(sock.fileno())
 
 
 def _writable(nc: NATS) -> bool:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import socket
 
 import nats
 import orjson
 import pytest
 from flowscope.core import codec, messaging, subjects
 from flowscope.core.messaging import NatsSettings
+from flowscope.enricher import _flowcore
 from flowscope.enricher.consuming import Pipeline
 from flowscope.enricher.enriching import Enricher, Observers, Output
 from flowscope.enricher.local import LocalResolver
@@ -26,8 +28,11 @@ from flowscope.enricher.publishing import (
     AckedPublisher,
     Message,
     PublishError,
+    _send_frame,
     cancel_all,
     encode,
+    frame_lines,
+    gather_lines,
 )
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -332,6 +337,73 @@ async def test_a_large_write_arrives_whole_after_what_nats_py_had_pending(
         await encoded.close()
         await plain.close()
         await nc.close()
+
+
+async def test_rendered_lines_are_sent_from_where_they_lie() -> None:
+    """A raw batch's lines as the compiled core rendered them (a ``_flowcore.Lines``)
+    are gathered, not joined, and sent straight to the socket; what its (small) send
+    buffer does not take goes through asyncio's transport. After a command nats-py had
+    pending, or with the transport already holding bytes (then all of it goes through
+    the transport), the server relays exactly the bytes of the same lines framed as one
+    buffer (``frame_lines``: the bytes nats-py's ``publish`` writes, test_messages.py)."""
+    server = nats_server.start()
+    tap = await WireTap.open(server, "flowscope.flows.>")
+    nc = await nats.connect(server.url)
+    sock_transport = nc._transport._io_writer.transport
+    sock_transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16_384)
+    publisher = AckedPublisher(nc)
+    enricher = Enricher(LocalResolver(frozenset({"10.0.0.1", "10.0.0.2"})), SocketTable(10, 1),
+                        NameCache(1, 2, 10), Observers(1))  # fmt: skip
+    records = [{"observer": "n1", "start_ns": 1, "end_ns": 2, "end_reason": "active_timeout",
+                "proto": 6, "src": f"10.0.{i % 4}.{i % 3 + 1}", "dst": f"10.0.{i % 3}.{i % 5 + 1}",
+                "sport": 10_000 + i, "dport": 443, "bytes": 100 * i, "packets": i, "rbytes": 7,
+                "rpackets": 1, "tcp_flags": 0x1B} for i in range(1500)]  # fmt: skip
+    raw = codec.encode(codec.RAW_FLOW, records)
+    lines = enricher.flow_batch(raw.headers, raw.body).rendered
+    assert isinstance(lines, _flowcore.Lines) and len(lines) > 1
+    args = (codec.FLOW.header, "enricher:flow:9:", 1 << 20)
+    texts = (codec.FLOW.header, "enricher:flow:9:", "b" * 32, "_INBOX.x.1", 1 << 20)
+    size = len(frame_lines(lines, *texts)[0])
+    assert size > 500_000  # far more than the socket's send buffer
+    big: list[Message] = [(f"flowscope.flows.big.{i}", b"x" * 900_000 + b"\n", {})
+                          for i in range(12)]  # fmt: skip
+    try:
+        await publisher.start()
+        # the helper alone: part of the frame straight to the socket, the rest after it
+        frame = gather_lines(lines, *texts)[0]
+        _send_frame(nc._transport, frame)
+        assert 0 < size - len(frame) < size
+        nc._transport.write(frame.rest())
+        helper = [_normalised(f, "_INBOX.x") for f in await tap.frames(len(lines))]
+        received = []
+        for case in ("direct", "pending", "buffered", "joined"):
+            if case == "pending":
+                await nc.publish("flowscope.flows.x.before", b"queued first", headers={"K": "v"})
+                assert nc.pending_data_size > 0
+            if case == "buffered":  # ~10.8 MB just written: asyncio holds most of it
+                (await publisher.publish_atomic(big)).cancel()
+            future = await publisher.publish_lines_atomic(
+                lines.lines() if case == "joined" else lines, *args
+            )
+            assert future is not None
+            future.cancel()
+            ahead = {"direct": 0, "pending": 1, "buffered": len(big), "joined": 0}[case]
+            frames = await tap.frames(ahead + len(lines))
+            if case == "pending":
+                assert frames[0].endswith(b"queued first\r\n")
+            received.append([_normalised(f, publisher._prefix) for f in frames[ahead:]])
+        direct, pending, buffered, joined = received
+        assert direct == pending == buffered == joined
+        assert [f.split(b" ", 1)[0].decode() for f in joined] == list(lines.subjects)
+        assert helper == joined
+        assert b"".join(f.rsplit(b"\r\n\r\n", 1)[1][:-2] for f in joined) == b"".join(
+            b"".join(ls) for ls in lines.lines().values()
+        )
+    finally:
+        tap.close()
+        await publisher.close()
+        await nc.close()
+        server.close()
 
 
 async def test_encoded_messages_are_stored_as_nats_py_publish_stores_them(clean_nc: NATS) -> None:

@@ -15,6 +15,7 @@ That a single line is ``orjson.dumps(render_wire(...)) + b"\\n"`` is test_render
 from __future__ import annotations
 
 import copy
+import socket
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.local import LocalResolver
 from flowscope.enricher.names import NameCache
 from flowscope.enricher.processes import SocketTable
-from flowscope.enricher.publishing import frame_lines
+from flowscope.enricher.publishing import frame_lines, gather_lines
 from flowscope.enricher.watching import resources
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -352,7 +353,40 @@ def assert_rendered(out: Output) -> None:
     assert rendered.lines() == out.lines and rendered.lines() is not rendered.lines()
     for max_body, reply in [(1 << 20, "_INBOX.r.1"), (300, "_INBOX.r.1"), (1 << 20, "a b")]:
         args = (codec.FLOW.header, "enricher:flow:7:", "b1", reply, max_body)
-        assert frame_lines(rendered, *args) == frame_lines(out.lines, *args)
+        framed = frame_lines(rendered, *args)
+        assert framed == frame_lines(out.lines, *args)
+        gathered = gather_lines(rendered, *args)
+        if framed is None:
+            assert gathered is None
+            continue
+        assert gathered is not None and gathered[1:] == framed[1:]
+        assert len(gathered[0]) == len(framed[0])
+        assert gathered[0].rest() == framed[0] and len(gathered[0]) == 0
+        assert sent_through_a_small_socket(gather_lines(rendered, *args)[0]) == framed[0]
+
+
+def sent_through_a_small_socket(frame: _flowcore.Frame) -> bytes:
+    """What arrives at the other end of a socket pair with a small send buffer as
+    ``frame.send`` sends a piece at a time (a full buffer: it would block) and, after
+    a few pieces, ``frame.rest()`` gives the remainder."""
+    sender, receiver = socket.socketpair()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sender.setblocking(False)
+    receiver.setblocking(False)
+    got = bytearray()
+    try:
+        for _ in range(3):
+            before = len(frame)
+            assert frame.send(sender.fileno()) == before - len(frame)
+            while True:
+                try:
+                    got += receiver.recv(1 << 16)
+                except BlockingIOError:
+                    break
+        return bytes(got) + frame.rest()
+    finally:
+        sender.close()
+        receiver.close()
 
 
 def lines_of(out: Output) -> list[bytes]:
