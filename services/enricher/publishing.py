@@ -31,9 +31,10 @@ header blocks). nats-py has no public call for a pre-encoded write, so
 there), and the messages go through ``publish`` instead when those are missing, the
 connection is not up, or a message is one ``publish`` would refuse or change. With
 bench/enricher_publish.py (320 messages of 3.4 KB, client CPU per message): an atomic
-batch 12.1 → 3.7 µs, one ack each 14.2 → 11.1 µs. Over TCP the write goes to the socket's transport at once rather
-than through nats-py's pending list and flusher, which copied a raw batch's ~1.1 MB
-output (with other batches') once more onto fresh pages (docs/performance.md).
+batch 12.1 → 3.7 µs, one ack each 14.2 → 11.1 µs. Over TCP the write goes to the
+socket's transport at once rather than through nats-py's pending list and flusher,
+which copied a raw batch's ~1.1 MB output (with other batches') once more onto fresh
+pages (docs/performance.md).
 
 A raw batch's lines as the compiled core rendered them (``_flowcore.Lines``) are not
 even joined: :func:`gather_lines` frames them as a ``_flowcore.Frame`` — the messages'
