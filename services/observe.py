@@ -507,7 +507,7 @@ async def connect(nats: NatsSettings, rt: Runtime) -> NATS:
             nc = await messaging.connect(nats, "observe", rt.registry, retry=False)
     except TimeoutError as e:
         raise StartupError("nats", f"cannot connect to {nats.url} within {timeout:g} s") from e
-    rt.stack.push_async_callback(nc.close)
+    rt.stack.push_async_callback(messaging.close, nc)
     return nc
 
 

@@ -107,6 +107,9 @@ async def _start_nats(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
         _nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir / "js"),
         "-l", str(log_path), stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        # Own session, as the children's: a terminal's Ctrl-C must not stop the server
+        # before the services have drained into it (it is stopped last, in _run).
+        start_new_session=True,
     )  # fmt: skip
     for _ in range(300):
         if proc.returncode is not None:

@@ -49,7 +49,7 @@ from flowscope.collector.settings import Settings
 from flowscope.collector.socket_snapshotting import SnapshotLimits, SocketSnapshot
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core import runtime
-from flowscope.core.messaging import connect, ensure_streams
+from flowscope.core.messaging import close, connect, ensure_streams
 from flowscope.core.records import RawDns
 
 log = logging.getLogger("flowscope.collector")
@@ -102,7 +102,7 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     nc = await unless_stopped(rt, connect(settings.nats, "collector", rt.registry, retry=True))
     if nc is None:
         return  # SIGTERM while NATS was still unreachable: nothing to drain
-    rt.stack.push_async_callback(nc.close)
+    rt.stack.push_async_callback(close, nc)
     js = nc.jetstream()
     await ensure_streams(js, settings.nats)
 

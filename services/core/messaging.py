@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -87,7 +88,11 @@ class NatsMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry) -> NatsMetrics:
         return cls(
-            Counter("flowscope_nats_disconnects", "NATS disconnections", registry=registry),
+            Counter(
+                "flowscope_nats_disconnects",
+                "NATS connections lost (not a close as the service stops)",
+                registry=registry,
+            ),
             Counter("flowscope_nats_reconnects", "NATS reconnections", registry=registry),
             Counter("flowscope_nats_errors", "NATS client errors", registry=registry),
             Gauge("flowscope_nats_connected", "1 while connected to NATS", registry=registry),
@@ -112,12 +117,24 @@ def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def connect_options(settings: NatsSettings, name: str, metrics: NatsMetrics) -> dict[str, Any]:
-    """Keyword arguments for ``nats.connect`` (split out so tests can inspect them)."""
+def connect_options(
+    settings: NatsSettings,
+    name: str,
+    metrics: NatsMetrics,
+    closing: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
+    """Keyword arguments for ``nats.connect`` (split out so tests can inspect them).
+
+    ``closing``: whether the client is being closed on purpose (the service stopping),
+    when nats-py reports the disconnection: that is neither a warning nor counted.
+    """
 
     async def disconnected() -> None:
-        metrics.disconnects.inc()
         metrics.connected.set(0)
+        if closing():
+            log.info("NATS connection closed")
+            return
+        metrics.disconnects.inc()
         log.warning("NATS disconnected")
 
     async def reconnected() -> None:
@@ -167,13 +184,15 @@ async def connect(
     # A bounded initial attempt (nats-py would otherwise loop silently forever on an
     # unreachable server); our loop below retries with logging. Once connected, the
     # client reconnects by itself without limit.
-    opts = connect_options(settings, name, metrics)
+    client: list[NATS] = []  # nats-py marks a client closed before it disconnects it
+    opts = connect_options(settings, name, metrics, lambda: bool(client) and client[0].is_closed)
     opts.update(allow_reconnect=False, max_reconnect_attempts=1)
     delay = 0.1
     while True:
         try:
             nc = await nats.connect(**opts)
             nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1)
+            client.append(nc)
             break
         except Exception as e:  # nats-py raises a variety of errors for "unreachable"
             if not retry:
@@ -187,6 +206,31 @@ async def connect(
     metrics.connected.set(1)
     log.info("NATS connected", extra={"url": nc.connected_url.netloc if nc.connected_url else ""})
     return nc
+
+
+async def close(nc: NATS, flush_timeout: int = 2) -> None:
+    """Flush and close a service's connection as it stops; never raises.
+
+    Not ``drain``: a service has awaited its publishes and sent its acks by now, and
+    draining pull subscriptions waits out their pending fetches. A server that has gone
+    away (stopped first, or unreachable) is logged, and the stop goes on: nats-py's
+    ``close`` raises ``ConnectionResetError`` when it holds commands for a connection
+    that is already lost.
+    """
+    if nc.is_closed:
+        return
+    try:
+        await nc.flush(timeout=flush_timeout)
+    except Exception as e:  # timeout, no connection, closed: what close meets too
+        error = str(e) or type(e).__name__
+    else:
+        error = ""
+    try:
+        await nc.close()
+    except Exception as e:
+        error = error or str(e) or type(e).__name__
+    if error:
+        log.warning("NATS closed without a final flush", extra={"error": error})
 
 
 def stream_config(spec: subjects.StreamSpec, settings: NatsSettings) -> StreamConfig:

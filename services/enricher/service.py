@@ -149,7 +149,7 @@ async def body(rt: Runtime, settings: Settings) -> None:
     join = settings.join
     enricher = build_enricher(settings, resolver)
     nc = await messaging.connect(settings.nats, "enricher", rt.registry)
-    rt.stack.push_async_callback(_close_nats, nc)
+    rt.stack.push_async_callback(messaging.close, nc)
     js = nc.jetstream()
     await messaging.ensure_streams(js, settings.nats)
     pipeline = consuming.Pipeline(nc, enricher, metrics)
@@ -319,15 +319,6 @@ async def _refresh_local(resolver: Resolver, stopping: asyncio.Event) -> None:
             await asyncio.wait_for(stopping.wait(), 30)
         with contextlib.suppress(OSError):
             resolver.update(local.local_addresses())
-
-
-async def _close_nats(nc: Any) -> None:
-    """Flush and close. Not ``drain``: every publish was already awaited and every ack
-    sent, and draining pull subscriptions waits out their pending fetches."""
-    with contextlib.suppress(Exception):
-        await nc.flush(timeout=2)
-    with contextlib.suppress(Exception):
-        await nc.close()
 
 
 async def _unsubscribe(sub: Any) -> None:

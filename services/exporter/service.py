@@ -52,7 +52,7 @@ def body_for(settings: Settings, env: Mapping[str, str] | None = None) -> runtim
         otlp_target = resolve(settings.otlp, environ) if "otlp" in settings.sinks else None
         metrics = ExporterMetrics.create(rt.registry)
         nc = await messaging.connect(settings.nats, "exporter", rt.registry)
-        rt.stack.push_async_callback(nc.close)
+        rt.stack.push_async_callback(messaging.close, nc)
         js = nc.jetstream()
         await messaging.ensure_streams(js, settings.nats)
         for sink in build_sinks(settings, metrics, otlp_target):

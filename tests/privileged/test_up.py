@@ -1,5 +1,9 @@
 """`flowscope up`, as the README runs it: enriched flows for local traffic, clean Ctrl-C.
 
+Ctrl-C is sent as a terminal sends it: SIGINT to the whole foreground process group, so
+it reaches `up` and anything it started in that group (nats-server once was, and stopped
+before the services had drained into it; the exporter then died with a traceback).
+
 The whole command runs inside a namespace "node" (a host namespace with a bridge and pod
 namespaces on veths), so its default interface selection — every interface but `lo` —
 applies to interfaces this test created, and its nats-server listens on that node's
@@ -53,12 +57,14 @@ def test_up_shows_enriched_flows_then_stops_cleanly(node: Node) -> None:
         up = subprocess.Popen(
             [sys.executable, "-m", "flowscope.cli", "up", "--log-format", "text"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # its own process group, as a shell's foreground job
         )  # fmt: skip
     out: queue.Queue[str] = queue.Queue()
     err: queue.Queue[str] = queue.Queue()
     assert up.stdout is not None and up.stderr is not None
     threading.Thread(target=_lines, args=(up.stdout, out), daemon=True).start()
-    threading.Thread(target=_lines, args=(up.stderr, err), daemon=True).start()
+    err_reader = threading.Thread(target=_lines, args=(up.stderr, err), daemon=True)
+    err_reader.start()
     try:
         summary = _wait_for(
             err, lambda line: line if "flowscope up: ready" in line else None,
@@ -96,13 +102,18 @@ def test_up_shows_enriched_flows_then_stops_cleanly(node: Node) -> None:
         assert record["source.kind"] in ("host", "external")
         assert record["observer.node.name"]
     finally:
-        up.send_signal(signal.SIGINT)
+        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C
         try:
             status = up.wait(90)
         except subprocess.TimeoutExpired:
             up.kill()
             raise
-    assert status == 0
+    err_reader.join(10)
+    stopping = "".join(err.get() for _ in range(err.qsize()))
+    assert "Traceback" not in stopping, stopping
+    assert "NATS closed without a final flush" not in stopping, stopping
+    assert "NATS disconnected" not in stopping, stopping  # NATS is stopped last
+    assert status == 0, stopping
     for pod in node.pods:
         for direction in ("ingress", "egress"):
             shown = node.hx("tc", "filter", "show", "dev", pod.host_if, direction)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,6 +221,56 @@ async def test_disconnect_is_counted_and_reconnect_resumes(tmp_path: Path) -> No
     finally:
         await nc.close()
         server2.close()
+        server.close()
+
+
+async def test_close_flushes_what_is_buffered_and_is_quiet(
+    fresh_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flowscope.nats")
+    settings = NatsSettings(url=fresh_server.url)
+    registry = CollectorRegistry()
+    nc = await messaging.connect(settings, "test", registry)
+    reader = await messaging.connect(settings, "reader", CollectorRegistry())
+    sub = await reader.subscribe("last")
+    await reader.flush()
+    await nc.publish("last", b"words")  # buffered by nats-py: close must send it
+    await messaging.close(nc)
+    assert nc.is_closed
+    assert (await sub.next_msg(timeout=2)).data == b"words"
+    await messaging.close(nc)  # closed already: nothing to do, nothing logged
+    await messaging.close(reader)
+    # closed on purpose: no warning, and not counted as a disconnection (the log may
+    # hold other tests' clients' lines: this client's own counters are the test)
+    assert not [r for r in caplog.records if r.getMessage() == "NATS closed without a final flush"]
+    assert registry.get_sample_value("flowscope_nats_disconnects_total") == 0
+    assert any(r.getMessage() == "NATS connection closed" for r in caplog.records)
+    assert registry.get_sample_value("flowscope_nats_connected") == 0
+
+
+async def test_close_after_the_server_went_away_does_not_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The service's stop goes on when NATS is gone with commands still buffered for it
+    (nats-py's own close raises ConnectionResetError then: `flowscope up`'s exporter
+    died with that traceback on Ctrl-C, when the server had stopped first)."""
+    server = nats_server.start()
+    try:
+        nc = await messaging.connect(NatsSettings(url=server.url), "test", CollectorRegistry())
+        server.stop()
+        for _ in range(100):
+            if not nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        await nc.publish("lost", b"x" * 100)  # buffered while reconnecting
+        await messaging.close(nc, flush_timeout=1)
+        assert nc.is_closed
+        warned = [
+            r for r in caplog.records if r.getMessage() == "NATS closed without a final flush"
+        ]
+        assert len(warned) == 1
+        assert getattr(warned[0], "error", "")
+    finally:
         server.close()
 
 
