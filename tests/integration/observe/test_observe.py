@@ -22,7 +22,7 @@ import orjson
 import pytest
 from flowscope.core import codec, messaging, subjects
 
-from tests.support import flows
+from tests.support import flows, nats_server
 from tests.support.flows import external, flow, pod
 from tests.support.nats_server import NatsServer
 
@@ -297,3 +297,21 @@ async def test_colour_only_on_a_terminal_without_no_color(
             await proc.wait()
     assert b"shop/tty-1:1000" in out
     assert (b"\x1b[" in out) is coloured
+
+
+async def test_ctrl_c_after_the_server_went_away_exits_cleanly() -> None:
+    """NATS stops under a running observe, then Ctrl-C: status 0 and no traceback."""
+    server = nats_server.start()
+    try:
+        async with observe(server) as watcher:
+            server.stop()
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while not any("NATS disconnected" in line for line in watcher.stderr):
+                assert asyncio.get_running_loop().time() < deadline, "".join(watcher.stderr)
+                await asyncio.sleep(0.05)
+            code = await watcher.interrupt()
+    finally:
+        server.close()
+    stderr = "".join(watcher.stderr)
+    assert code == 0, stderr
+    assert "Traceback" not in stderr, stderr
