@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -125,8 +126,8 @@ def connect_options(
 ) -> dict[str, Any]:
     """Keyword arguments for ``nats.connect`` (split out so tests can inspect them).
 
-    ``closing``: whether the client is being closed on purpose (the service stopping),
-    when nats-py reports the disconnection: that is neither a warning nor counted.
+    ``closing``: whether :func:`close` is closing the client (the service stopping) when
+    nats-py reports the disconnection: that is neither a warning nor counted.
     """
 
     async def disconnected() -> None:
@@ -184,8 +185,8 @@ async def connect(
     # A bounded initial attempt (nats-py would otherwise loop silently forever on an
     # unreachable server); our loop below retries with logging. Once connected, the
     # client reconnects by itself without limit.
-    client: list[NATS] = []  # nats-py marks a client closed before it disconnects it
-    opts = connect_options(settings, name, metrics, lambda: bool(client) and client[0].is_closed)
+    client: list[NATS] = []
+    opts = connect_options(settings, name, metrics, lambda: bool(client) and client[0] in _closing)
     opts.update(allow_reconnect=False, max_reconnect_attempts=1)
     delay = 0.1
     while True:
@@ -208,6 +209,11 @@ async def connect(
     return nc
 
 
+# Clients that close() is closing: their disconnection is the service stopping, not a
+# lost connection (nats-py also closes a client itself, on a server's -ERR).
+_closing: weakref.WeakSet[NATS] = weakref.WeakSet()
+
+
 async def close(nc: NATS, flush_timeout: int = 2) -> None:
     """Flush and close a service's connection as it stops; never raises.
 
@@ -219,12 +225,12 @@ async def close(nc: NATS, flush_timeout: int = 2) -> None:
     """
     if nc.is_closed:
         return
+    _closing.add(nc)
+    error = ""
     try:
         await nc.flush(timeout=flush_timeout)
     except Exception as e:  # timeout, no connection, closed: what close meets too
         error = str(e) or type(e).__name__
-    else:
-        error = ""
     try:
         await nc.close()
     except Exception as e:

@@ -274,6 +274,29 @@ async def test_close_after_the_server_went_away_does_not_raise(
         server.close()
 
 
+async def test_a_close_by_the_server_is_a_disconnection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nats-py closes the client itself on a server's -ERR (here a command over the
+    server's max_control_line): lost, not a service stopping — counted and warned."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_control_line: 256\n")
+    server = nats_server.start(store_dir=str(tmp_path / "js"), extra=["-c", str(conf)])
+    registry = CollectorRegistry()
+    try:
+        nc = await messaging.connect(NatsSettings(url=server.url), "test", registry)
+        await nc.publish("a" * 400, b"x")
+        for _ in range(100):  # the disconnection callback runs once the close is done
+            if registry.get_sample_value("flowscope_nats_disconnects_total"):
+                break
+            await asyncio.sleep(0.05)
+        assert nc.is_closed
+        assert registry.get_sample_value("flowscope_nats_disconnects_total") == 1
+        assert any(r.getMessage() == "NATS disconnected" for r in caplog.records)
+    finally:
+        server.close()
+
+
 def test_stream_config_is_bounded() -> None:
     cfg: StreamConfig = messaging.stream_config(subjects.STREAMS[0], NatsSettings())
     assert cfg.max_age and cfg.max_bytes and cfg.max_bytes > 0
