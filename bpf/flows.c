@@ -2,10 +2,11 @@
  * cache backed by a map, and copy DNS packets to a ring buffer.
  *
  * Reads only the stable __sk_buff context and packet bytes (direct packet access, or
- * bpf_skb_load_bytes for bytes outside the linear area); never a struct sock field. Every program returns
- * TC_ACT_UNSPEC: "no verdict, continue with the next filter", so the packet's fate is
- * whatever it would have been without flowscope — also when another product's filters
- * sit behind ours on the same hook (TC_ACT_OK would end the classification and skip them).
+ * bpf_skb_load_bytes for bytes outside the linear area); never a struct sock field.
+ * Every program returns TC_ACT_UNSPEC: "no verdict, continue with the next filter", so
+ * the packet's fate is whatever it would have been without flowscope — also when another
+ * product's filters sit behind ours on the same hook (TC_ACT_OK would end the
+ * classification and skip them).
  *
  * No double counting on a node (docs/collector.md): every packet is counted at TC
  * ingress; at TC egress only packets that originate on this host (skb->ingress_ifindex

@@ -2272,8 +2272,9 @@ table_find(uint64_t h, const char *s, Py_ssize_t n)
 
 /* The slot of an address's text (h: its text_hash; found: its slot if known), added
  * from _addresses on first use; NULL: the text is not there, or too long, or its entry
- * has another shape (no exception: the record goes the Python way), or an error. The table is never emptied while a record is read
- * (read_line empties it before), so the slot's entry lives until the next record. */
+ * has another shape (no exception: the record goes the Python way), or an error. The
+ * table is never emptied while a record is read (read_line empties it before), so the
+ * slot's entry lives until the next record. */
 static Slot *
 address_slot(Batch *b, const char *s, Py_ssize_t n, uint64_t h, Slot *found)
 {
