@@ -245,6 +245,22 @@ def metadata_memory() -> tuple[float, float]:
 # ---------------------------------------------------------------- in process
 
 
+def loaded_enricher(native: bool = True, cold: bool = False) -> tuple[Enricher, Inventory]:
+    """An enricher (and its inventory) over the benchmark cluster, its DNS names learned,
+    every identity built ahead as the running enricher builds them once synced (not
+    ``cold``); ``native``: with the compiled core."""
+    converters = {r.name: r.convert for r in resources(LABELS)}
+    inventory = Inventory(60)
+    for resource, obj in cluster_objects():
+        inventory.upsert(resource, converters[resource](obj))
+    names = NameCache(60, 3600, 200_000)
+    enricher = Enricher(inventory, SocketTable(200_000, 30), names, Observers(300), native=native)
+    if not cold:
+        enricher.learn_addresses(inventory.warm(1 << 30))
+    enricher.learn_dns(dns_events())
+    return enricher, inventory
+
+
 def in_process(
     batches: list[codec.Batch],
     lines: bool = True,
@@ -268,15 +284,7 @@ def in_process(
     ``cold``: no identity built ahead and no address taken in (as the enricher does
     once synced): each address's first record does both.
     """
-    converters = {r.name: r.convert for r in resources(LABELS)}
-    inventory = Inventory(60)
-    for resource, obj in cluster_objects():
-        inventory.upsert(resource, converters[resource](obj))
-    names = NameCache(60, 3600, 200_000)
-    enricher = Enricher(inventory, SocketTable(200_000, 30), names, Observers(300), native=native)
-    if not cold:
-        enricher.learn_addresses(inventory.warm(1 << 30))
-    enricher.learn_dns(dns_events())
+    enricher, inventory = loaded_enricher(native, cold)
     for batch in warm or ():
         enricher.flow_batch(batch.headers, batch.body)
     records = raw_records = 0
@@ -368,10 +376,11 @@ def rss_mb(pid: int) -> float:
 
 
 async def wait_ready(port: int, proc: asyncio.subprocess.Process) -> None:
+    """Until the service process ``proc`` answers 200 on /readyz at ``port``."""
     async with aiohttp.ClientSession() as http:
         while True:
             if proc.returncode is not None:
-                raise RuntimeError(f"enricher exited with {proc.returncode}")
+                raise RuntimeError(f"the service exited with {proc.returncode}")
             try:
                 async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
                     if resp.status == 200:

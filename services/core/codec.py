@@ -18,6 +18,7 @@ from flowscope.core.errors import CodecError, SchemaMismatchError
 
 SCHEMA_HEADER = "Flowscope-Schema"
 COUNT_HEADER = "Flowscope-Count"
+LONG_LINE = 128  # bytes a line on average from which decode_body counts lines by find
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,24 @@ def framed(expected: Schema, headers: Mapping[str, str] | None, body: bytes) -> 
     return int(count) if count.isascii() and count.isdigit() and count == str(int(count)) else None
 
 
+def _lines(body: bytes, records: int) -> int:
+    """``body.count(b"\\n")`` for a body that parsed as ``records`` values (no more lines
+    than that: each line break became a comma between two of them).
+
+    CPython 3.11 counts a one-byte needle a byte at a time, 0.8 to 1.5 ns a byte: about
+    1 ms for a 1 MB message of enriched flows. ``find`` is ``memchr``, ~0.15 µs a line
+    from Python: the faster of the two once lines average more than 100 to 200 bytes (an
+    enriched flow's is ~1.2 KB, a raw record's ~280 bytes).
+    """
+    if len(body) < LONG_LINE * records:
+        return body.count(b"\n")
+    lines, at = 0, body.find(b"\n")
+    while at >= 0:
+        lines += 1
+        at = body.find(b"\n", at + 1)
+    return lines
+
+
 def decode_body(body: bytes) -> list[dict[str, Any]]:
     """Parse an NDJSON body; every line must be a JSON object."""
     if not body:
@@ -164,7 +183,7 @@ def decode_body(body: bytes) -> list[dict[str, Any]]:
         records = orjson.loads(b"[" + body[:-1].replace(b"\n", b",") + b"]")
     except orjson.JSONDecodeError as e:
         raise CodecError("malformed", str(e)) from e
-    if len(records) != body.count(b"\n"):
+    if len(records) != _lines(body, len(records)):
         raise CodecError("malformed", "a line holds more than one JSON value")
     for i, r in enumerate(records):
         if type(r) is not dict:

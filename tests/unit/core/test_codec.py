@@ -10,7 +10,7 @@ import pytest
 from flowscope.core import codec
 from flowscope.core.errors import CodecError, SchemaMismatchError
 from flowscope.core.records import RawFlow
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 json_values = st.recursive(
@@ -63,6 +63,22 @@ def test_wrong_schema_or_version(header: str | None) -> None:
 def test_two_values_on_one_line_are_rejected() -> None:
     with pytest.raises(CodecError, match="more than one"):
         codec.decode(codec.FLOW, {"Flowscope-Schema": "flow/1"}, b'{"a":1},{"b":2}\n')
+
+
+@given(st.lists(st.integers(0, 600), min_size=1, max_size=12), st.data())
+@example([0, 0, 0], None)  # short lines: bytes.count
+@example([1000, 1000, 1000], None)  # long lines: find (codec.LONG_LINE)
+def test_lines_of_any_length_counted_alike(pads: list[int], data: st.DataObject | None) -> None:
+    """decode_body counts a body's lines one way for short lines and another for long
+    ones: either way the records come back, and a line holding two values is refused."""
+    recs = [{"pad": "x" * n} for n in pads]
+    body = codec.encode(codec.FLOW, recs).body
+    assert codec.decode_body(body) == recs
+    lines = body.split(b"\n")[:-1]
+    i = 0 if data is None else data.draw(st.integers(0, len(lines) - 1))
+    lines[i] += b"," + lines[i]
+    with pytest.raises(CodecError, match="more than one"):
+        codec.decode_body(b"".join(line + b"\n" for line in lines))
 
 
 def test_count_mismatch() -> None:
