@@ -412,32 +412,39 @@ async def test_encoded_messages_are_stored_as_nats_py_publish_stores_them(clean_
     refused (atomic) or dropped (one ack each) alike."""
     js = clean_nc.jetstream()
     stored: dict[tuple[bool, bool], list[tuple[str, bytes, bytes]]] = {}
-    for encoded in (True, False):
-        for atomic in (True, False):
-            publisher = AckedPublisher(clean_nc, encode=encoded)
-            await js.add_stream(StreamConfig(name="ENRICHER_WIRE_TEST",
-                                             subjects=["enricher-store.>"], allow_atomic=True))  # fmt: skip
-            await publisher.start()
-            try:
-                stored[encoded, atomic] = await _publish_and_read(js, publisher, atomic)
-            finally:
-                await publisher.close()
-                await js.delete_stream("ENRICHER_WIRE_TEST")
+    cases = [(encoded, atomic) for encoded in (True, False) for atomic in (True, False)]
+    for n, (encoded, atomic) in enumerate(cases):
+        # each case its own stream, subjects and message ids: nothing one case stored
+        # (or the server still holds of it) can be taken for a duplicate in the next
+        stream, prefix = f"ENRICHER_WIRE_TEST_{n}", f"enricher-store{n}"
+        publisher = AckedPublisher(clean_nc, encode=encoded)
+        await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.>"], allow_atomic=True))
+        await publisher.start()
+        try:
+            stored[encoded, atomic] = await _publish_and_read(js, publisher, atomic, stream, prefix)
+        except PublishError as e:
+            raise AssertionError(f"encoded={encoded} atomic={atomic}: {e}") from e
+        finally:
+            await publisher.close()
+            await js.delete_stream(stream)
     for atomic in (True, False):
         assert stored[True, atomic] == stored[False, atomic]
         assert [data for _, _, data in stored[True, atomic]] == [
             body for _, body, _ in _wire_batch("x")
+        ]
+        assert [subject for subject, _, _ in stored[True, atomic]] == [
+            subject for subject, _, _ in _wire_batch("P")
         ]
     assert b"Nats-Batch-Id: B" in stored[True, True][0][1]
     assert b"Nats-Batch" not in stored[True, False][0][1]
 
 
 async def _publish_and_read(
-    js: JetStreamContext, publisher: AckedPublisher, atomic: bool
+    js: JetStreamContext, publisher: AckedPublisher, atomic: bool, stream: str, prefix: str
 ) -> list[tuple[str, bytes, bytes]]:
-    """Publish the wire batch, then part of it again; (subject, header block, body)
-    of every stored message."""
-    batch = _wire_batch("enricher-store")
+    """Publish the wire batch under ``prefix``, then part of it again; (subject, header
+    block, body) of every message stored in ``stream``, the prefix written ``P``."""
+    batch = _wire_batch(prefix)
     if atomic:
         ack = orjson.loads(await (await publisher.publish_atomic(batch)))
         assert (ack["seq"], ack["count"]) == (len(batch), len(batch))
@@ -449,10 +456,12 @@ async def _publish_and_read(
         assert [a["seq"] for a in acks] == list(range(1, len(batch) + 1))
         again = await asyncio.gather(*await publisher.publish_each(batch[5:9]))
         assert all(orjson.loads(a)["duplicate"] for a in again)
-    assert (await js.stream_info("ENRICHER_WIRE_TEST")).state.messages == len(batch)
+    assert (await js.stream_info(stream)).state.messages == len(batch)
     messages = []
     for seq in range(1, len(batch) + 1):
-        got = await js.get_msg("ENRICHER_WIRE_TEST", seq)
+        got = await js.get_msg(stream, seq)
         block = base64.b64decode(got.hdrs or "")  # the stored header block, raw
-        messages.append((got.subject or "", _normalised(block), got.data or b""))
+        block = _normalised(block).replace(prefix.encode() + b".", b"P.")
+        subject = (got.subject or "").replace(prefix + ".", "P.", 1)
+        messages.append((subject, block, got.data or b""))
     return messages
