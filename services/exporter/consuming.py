@@ -70,17 +70,27 @@ def durable_name(sink: str) -> str:
 
 @dataclass(slots=True)
 class Batch:
-    """Records bound for one export, and which message each came from."""
+    """Records bound for one export, and which message each came from.
+
+    ``bodies``: for a sink that writes NDJSON (``export_lines``), the records as
+    NDJSON: the body of each message as it came when every record of it was valid, and
+    the valid records encoded again when some went to the dead-letter subject. None
+    for other sinks.
+    """
 
     records: list[Record] = field(default_factory=list)
     spans: list[tuple[Msg, int, int]] = field(default_factory=list)  # msg, first, count
     opened: float = 0.0
+    bodies: list[bytes] | None = None
 
-    def add(self, msg: Msg, records: list[Record]) -> None:
+    def add(self, msg: Msg, records: list[Record], whole: bool) -> None:
+        """Add a message's valid ``records``; ``whole``: they are all its records."""
         if not self.spans:
             self.opened = time.monotonic()
         self.spans.append((msg, len(self.records), len(records)))
         self.records.extend(records)
+        if self.bodies is not None:
+            self.bodies.append(msg.data if whole else b"".join(codec.encode_lines(records)))
 
 
 class SinkLane:
@@ -107,6 +117,9 @@ class SinkLane:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()  # the sink's output is gone (stdout reader left)
         self._bad = RateLimitedLog(log)
+        # Writes whole NDJSON bodies, validated, as they came (the stdout sink)
+        self._export_lines: Callable[[Kind, list[bytes], int], Awaitable[ExportResult]] | None
+        self._export_lines = getattr(sink, "export_lines", None)
 
     async def run(self) -> None:
         """Until stopping (or the sink's output closes): start the sink, then consume."""
@@ -155,7 +168,7 @@ class SinkLane:
     async def _consume(self, source: Source) -> None:
         sub = await self._subscribe(source)
         watcher = asyncio.create_task(self._watch_lag(sub, source))
-        batch = Batch()
+        batch = self._batch_of()
         try:
             while not self._done():
                 timeout = self._batch.max_delay
@@ -165,10 +178,10 @@ class SinkLane:
                     await self._take(source, msg, batch)
                     if len(batch.records) >= self._batch.max_records:  # full
                         await self._submit(source.kind, batch)
-                        batch = Batch()
+                        batch = self._batch_of()
                 if batch.records and time.monotonic() - batch.opened >= self._batch.max_delay:
                     await self._submit(source.kind, batch)  # waited long enough
-                    batch = Batch()
+                    batch = self._batch_of()
             log.debug("consumer draining", extra={"sink": self.sink.name, "stream": source.stream})
             if batch.spans and not self._closed.is_set():
                 await self._submit(source.kind, batch)  # flush the partial batch on drain
@@ -176,6 +189,10 @@ class SinkLane:
             watcher.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # the durable consumer stays on the server
+
+    def _batch_of(self) -> Batch:
+        """A new, empty batch (collecting message bodies for a sink that takes them)."""
+        return Batch(bodies=[] if self._export_lines is not None else None)
 
     async def _subscribe(self, source: Source) -> JetStreamContext.PullSubscription:
         config = ConsumerConfig(
@@ -248,7 +265,7 @@ class SinkLane:
                 if not await self._dead_letter_records(source.kind, msg, [record], str(e), msg_id):
                     return  # not dead-lettered: leave the whole message for redelivery
         if good:
-            batch.add(msg, good)
+            batch.add(msg, good, whole=len(good) == len(records))
         else:
             await _ack(msg)
 
@@ -272,7 +289,11 @@ class SinkLane:
     async def _export(self, kind: Kind, batch: Batch) -> None:
         started = time.monotonic()
         try:
-            result = await self._keep_alive(batch, self.sink.export(kind, batch.records))
+            if batch.bodies is not None and self._export_lines is not None:
+                export = self._export_lines(kind, batch.bodies, len(batch.records))
+            else:
+                export = self.sink.export(kind, batch.records)
+            result = await self._keep_alive(batch, export)
         except SinkClosedError:
             self._closed.set()
             result = ExportResult.all_deferred(len(batch.records))

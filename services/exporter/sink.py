@@ -48,7 +48,13 @@ class SinkClosedError(Exception):
 
 
 class Sink(Protocol):
-    """A backend the exporter delivers to."""
+    """A backend the exporter delivers to.
+
+    A sink that writes NDJSON may also have ``export_lines(kind, bodies, count)``: the
+    consumer then hands it the batch's ``count`` records as NDJSON bodies instead (each
+    message's body as published when all its records validated, the valid ones encoded
+    again otherwise), and ``export`` is not called.
+    """
 
     name: str
 

@@ -289,3 +289,36 @@ async def test_a_bad_message_is_dead_lettered_once_for_all_sinks(
         assert len(es.stored(FLOWS)) == 1
     finally:
         assert await exporter.stop() == 0, exporter.stderr()
+
+
+async def test_stdout_writes_whole_messages_as_they_came_and_the_rest_encoded(
+    nc: NATS, nats_srv: NatsServer, streams: None, tmp_path: Path
+) -> None:
+    """A message whose records are all valid reaches stdout byte for byte; one that lost
+    a record to the DLQ has its other records encoded again, the lost one left out."""
+    dead: list[bytes] = []
+
+    async def on_dead(msg: object) -> None:
+        dead.append(msg.data)  # type: ignore[attr-defined]
+
+    await nc.subscribe(subjects.dlq("exporter"), cb=on_dead)
+    exporter = Exporter(tmp_path, {"FLOWSCOPE_NATS_URL": nats_srv.url, "FLOWSCOPE_SINKS": "stdout"})
+    exporter.start()
+    try:
+        js = nc.jetstream()
+        subject = subjects.flows("shop", "payments")
+        # valid NDJSON as no encoder here writes it: spaces, an escaped character
+        spaced = orjson.dumps(flow(0)).replace(b'":', b'": ').replace(b"node-a", b"node-\\u0061")
+        whole = spaced + b"\n" + orjson.dumps(flow(1)) + b"\n"
+        await js.publish(subject, whole, headers={codec.SCHEMA_HEADER: "flow/1"})
+        missing_key = {k: v for k, v in flow(3).items() if k != "flow.end_ns"}
+        partial = codec.encode(codec.FLOW, [flow(2), missing_key, flow(4)])
+        await js.publish(subject, partial.body, headers=partial.headers)
+        await eventually(lambda: len(exporter.stdout_records()) == 4, what="four records out")
+        await eventually(lambda: len(dead) == 1, what="the invalid record dead-lettered")
+        out = exporter.stdout_path.read_bytes()
+        assert out == whole + orjson.dumps(flow(2)) + b"\n" + orjson.dumps(flow(4)) + b"\n"
+        assert exporter.stdout_records()[0] == flow(0)
+        assert codec.decode_body(dead[0]) == [missing_key]
+    finally:
+        assert await exporter.stop() == 0, exporter.stderr()

@@ -34,3 +34,14 @@ async def test_a_closed_pipe_closes_the_sink() -> None:
         await sink.export(Kind.FLOW, [flow(2)])
     os.write(write_end, b"x")  # now /dev/null: the interpreter's exit flush cannot fail
     os.close(write_end)
+
+
+async def test_message_bodies_are_written_as_they_came() -> None:
+    read_end, write_end = os.pipe()
+    sink = StdoutSink(write_end)
+    first = b'{"a": "\\u00e9"}\n{"b":1}\n'  # valid NDJSON, not as orjson writes it
+    await sink.export_lines(Kind.FLOW, [first, b'{"c":2}\n'], 3)
+    await sink.export(Kind.FLOW, [{"d": "é"}])
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.read() == first + b'{"c":2}\n' + '{"d":"é"}\n'.encode()
