@@ -523,7 +523,7 @@ async def observe(rt: Runtime, settings: Settings, out: TextIO) -> None:
             await follow_core(nc, patterns, viewer)
     except TimeoutError as e:
         raise StartupError("replay", f"JetStream did not answer: {e!r}") from e
-    await nc.flush()  # the server has our subscriptions before we say we are ready
+    await messaging.flush(nc)  # the server has our subscriptions before we say we are ready
     print(f"observing {', '.join(patterns)} on {without_secrets(settings.nats.url)} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)  # fmt: skip
     rt.spawn(rt.wait_stopping(), "observe")

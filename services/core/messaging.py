@@ -209,6 +209,21 @@ async def connect(
     return nc
 
 
+async def flush(nc: NATS, flush_timeout: int = 2) -> None:
+    """Return once the server has handled every command this client has sent or buffered
+    (a SUB before another client publishes to it, a PUB before the client closes).
+
+    nats-py's ``flush`` writes its PING straight to the socket, ahead of the commands
+    still in its own buffer, which its flusher task writes after it: the server answers
+    that PING before it reads them, so the PONG confirms none of them (the server's trace
+    shows ``PING`` before ``SUB``). The first flush lets the flusher write them; the
+    second one's PING follows them on the wire, and nats-server handles a connection's
+    commands in order. Raises what nats-py's ``flush`` raises (``flush_timeout``: each).
+    """
+    await nc.flush(flush_timeout)
+    await nc.flush(flush_timeout)
+
+
 # Clients that close() is closing: their disconnection is the service stopping, not a
 # lost connection (nats-py also closes a client itself, on a server's -ERR).
 _closing: weakref.WeakSet[NATS] = weakref.WeakSet()
@@ -228,7 +243,7 @@ async def close(nc: NATS, flush_timeout: int = 2) -> None:
     _closing.add(nc)
     error = ""
     try:
-        await nc.flush(timeout=flush_timeout)
+        await flush(nc, flush_timeout)
     except Exception as e:  # timeout, no connection, closed: what close meets too
         error = str(e) or type(e).__name__
     try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from flowscope.core import messaging, subjects
 from flowscope.core.errors import StartupError
@@ -233,7 +235,7 @@ async def test_close_flushes_what_is_buffered_and_is_quiet(
     nc = await messaging.connect(settings, "test", registry)
     reader = await messaging.connect(settings, "reader", CollectorRegistry())
     sub = await reader.subscribe("last")
-    await reader.flush()
+    await messaging.flush(reader)  # the server has the SUB before nc publishes
     await nc.publish("last", b"words")  # buffered by nats-py: close must send it
     await messaging.close(nc)
     assert nc.is_closed
@@ -246,6 +248,57 @@ async def test_close_flushes_what_is_buffered_and_is_quiet(
     assert registry.get_sample_value("flowscope_nats_disconnects_total") == 0
     assert any(r.getMessage() == "NATS connection closed" for r in caplog.records)
     assert registry.get_sample_value("flowscope_nats_connected") == 0
+
+
+def traced_commands(log_path: str) -> list[tuple[str, str]]:
+    """(operation, first argument) of each command a ``-V`` server's log traced as read."""
+    return re.findall(r"<<- \[(\w+)(?: (\S+))?", Path(log_path).read_text())
+
+
+async def test_flush_returns_after_the_server_handled_what_was_buffered() -> None:
+    """nats-py's own flush writes its PING ahead of the commands it still buffers, so its
+    PONG confirms none of them (CI lost a message published right after another client
+    subscribed and flushed). The server's trace (``-V``: each command as it reads it)
+    shows ``messaging.flush``'s last PING after the SUB and the PUB made before it."""
+    server = nats_server.start(extra=["-V"])
+    try:
+        nc = await messaging.connect(NatsSettings(url=server.url), "test", CollectorRegistry())
+        await nc.subscribe("traced.sub")
+        await nc.publish("traced.pub", b"x")
+        await messaging.flush(nc)
+        await nc.close()
+        server.stop()
+        read = traced_commands(server.log_path)
+    finally:
+        server.close()
+    assert ("SUB", "traced.sub") in read and ("PUB", "traced.pub") in read
+    last_ping = max(i for i, (op, _) in enumerate(read) if op == "PING")
+    assert last_ping > read.index(("SUB", "traced.sub"))
+    assert last_ping > read.index(("PUB", "traced.pub"))
+
+
+async def test_what_another_client_publishes_after_a_flushed_subscribe_arrives(
+    fresh_server: Any,
+) -> None:
+    """The trace test's race, end to end: subscribe, ``messaging.flush``, and a message
+    another client publishes next arrives, each of 300 times (subscribe and nats-py's
+    ``flush`` alone lost 66 of 3 000 here)."""
+    settings = NatsSettings(url=fresh_server.url)
+    reader = await messaging.connect(settings, "reader", CollectorRegistry())
+    writer = await messaging.connect(settings, "writer", CollectorRegistry())
+    missed = []
+    for i in range(300):
+        sub = await reader.subscribe(f"race.{i}")
+        await messaging.flush(reader)
+        await writer.publish(f"race.{i}", b"x")
+        try:
+            await sub.next_msg(timeout=2)
+        except nats.errors.TimeoutError:
+            missed.append(i)
+        await sub.unsubscribe()
+    await messaging.close(writer)
+    await messaging.close(reader)
+    assert missed == []
 
 
 async def test_close_after_the_server_went_away_does_not_raise(

@@ -10,7 +10,7 @@ from typing import Any
 
 import nats
 import pytest
-from flowscope.core import codec, config, subjects
+from flowscope.core import codec, config, messaging, subjects
 from flowscope.core.runtime import Runtime, serve
 from flowscope.enricher import service
 from flowscope.enricher.settings import Settings
@@ -131,6 +131,7 @@ async def collect(nc: NATS, pattern: str, schema: codec.Schema) -> Collected:
         collected.arrived.set()
 
     await nc.subscribe(pattern, cb=on_message)
+    await messaging.flush(nc)  # subscribed before another client publishes
     return collected
 
 

@@ -114,7 +114,7 @@ async def publish(nc: Any, *records: dict[str, Any]) -> None:
     for record in records:
         b = flows.batch(record)
         await nc.publish(flows.subject_of(record), b.body, headers=b.headers)
-    await nc.flush()
+    await messaging.flush(nc)
 
 
 def after_time(line: str) -> str:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from flowscope.core import codec, records, subjects
+from flowscope.core import codec, messaging, records, subjects
 from nats.js.errors import NotFoundError
 
 from tests.integration.observe.test_observe import FLOWSCOPE, TIMEOUT, _env, observe
@@ -87,6 +87,7 @@ async def test_observe_shows_enriched_flows_of_a_running_pipeline(
                 udp_published.set()
 
         await nc.subscribe(subjects.FLOWS_ALL, cb=seen)
+        await messaging.flush(nc)  # subscribed before the enricher publishes
         async with observe(nats_srv, "--port", "443", "--protocol", "tcp") as obs:
             await publish_raw(js, codec.RAW_SOCKET, subjects.raw_sockets(NODE),
                               [raw_socket(40000, 321, "curl"), raw_socket(40001, 322, "wget")])  # fmt: skip
