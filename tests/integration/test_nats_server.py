@@ -8,7 +8,7 @@ from typing import Any
 async def test_publish_subscribe_roundtrip(nc: Any) -> None:
     sub = await nc.subscribe("flowscope.test.roundtrip")
     await nc.publish("flowscope.test.roundtrip", b"hello", headers={"A": "b"})
-    msg = await sub.next_msg(timeout=2)
+    msg = await sub.next_msg(timeout=10)
     assert msg.data == b"hello"
     assert msg.headers == {"A": "b"}
 

@@ -70,7 +70,7 @@ async def test_dead_letter_keeps_body_and_reason(fresh_server: Any) -> None:
     await messaging.dead_letter(
         nc, "enricher", "flowscope.raw.flows.n1", {"Flowscope-Schema": "x/9"}, b"\xffjunk", "bad"
     )
-    msg = await sub.next_msg(timeout=2)
+    msg = await sub.next_msg(timeout=10)
     assert msg.data == b"\xffjunk"
     assert msg.headers[subjects.DLQ_REASON_HEADER] == "bad"
     assert msg.headers[subjects.DLQ_SUBJECT_HEADER] == "flowscope.raw.flows.n1"
@@ -187,7 +187,7 @@ async def test_mutual_tls(tmp_path: Path) -> None:
         nc = await messaging.connect(settings, "test", CollectorRegistry(), retry=False)
         sub = await nc.subscribe("t")
         await nc.publish("t", b"over tls")
-        assert (await sub.next_msg(timeout=2)).data == b"over tls"
+        assert (await sub.next_msg(timeout=10)).data == b"over tls"
         await nc.close()
         no_client_cert = NatsSettings(url=settings.url, tls_ca=settings.tls_ca, connect_timeout=1)
         with pytest.raises(StartupError):
@@ -219,7 +219,7 @@ async def test_disconnect_is_counted_and_reconnect_resumes(tmp_path: Path) -> No
         assert registry.get_sample_value("flowscope_nats_reconnects_total") == 1
         sub = await nc.subscribe("again")
         await nc.publish("again", b"x")
-        assert (await sub.next_msg(timeout=2)).data == b"x"
+        assert (await sub.next_msg(timeout=10)).data == b"x"
     finally:
         await nc.close()
         server2.close()
@@ -239,7 +239,7 @@ async def test_close_flushes_what_is_buffered_and_is_quiet(
     await nc.publish("last", b"words")  # buffered by nats-py: close must send it
     await messaging.close(nc)
     assert nc.is_closed
-    assert (await sub.next_msg(timeout=2)).data == b"words"
+    assert (await sub.next_msg(timeout=10)).data == b"words"
     await messaging.close(nc)  # closed already: nothing to do, nothing logged
     await messaging.close(reader)
     # closed on purpose: no warning, and not counted as a disconnection (the log may
@@ -292,7 +292,7 @@ async def test_what_another_client_publishes_after_a_flushed_subscribe_arrives(
         await messaging.flush(reader)
         await writer.publish(f"race.{i}", b"x")
         try:
-            await sub.next_msg(timeout=2)
+            await sub.next_msg(timeout=10)
         except nats.errors.TimeoutError:
             missed.append(i)
         await sub.unsubscribe()
