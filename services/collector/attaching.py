@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pyroute2 import IPRoute
+from flowscope.core.netlink import Netlink
 from pyroute2.netlink.exceptions import NetlinkError
 
 log = logging.getLogger("flowscope.collector.attaching")
@@ -46,7 +46,7 @@ class Attacher:
 
     ingress_fd: int
     egress_fd: int
-    ipr: Any = field(default_factory=IPRoute)
+    ipr: Any = field(default_factory=Netlink)
     ingress_ip_fd: int = -1  # programs for devices without an Ethernet header
     egress_ip_fd: int = -1
     attached: dict[int, str] = field(default_factory=dict)  # ifindex → name

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from flowscope.collector.attaching import Attaching
 from flowscope.collector.metrics import CollectorMetrics
 from flowscope.core.logs import RateLimitedLog
-from pyroute2 import IPRoute
+from flowscope.core.netlink import Netlink
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 log = logging.getLogger("flowscope.collector.link_watching")
 
@@ -67,6 +69,23 @@ def link_event(msg: Any) -> LinkEvent | None:
     return LinkEvent(event == "RTM_NEWLINK", msg["index"], name, kind, msg.get("ifi_type", 1))
 
 
+def link_events_socket() -> socket.socket:
+    """A non-blocking NETLINK_ROUTE socket subscribed to RTNLGRP_LINK.
+
+    A plain socket read with ``recv`` and parsed by pyroute2's marshal: the same in
+    pyroute2 0.8 and 0.9, and never blocking the event loop for more.
+    """
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, RTMGRP_LINK))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class LinkWatcher:
     """Applies link events to an attacher; ``run`` is a root task."""
 
@@ -77,21 +96,19 @@ class LinkWatcher:
         self._selection = selection
         self._metrics = metrics
         self._attached: set[int] = set()
-        self._events: Any = None
+        self._events: socket.socket | None = None
+        self._marshal = MarshalRtnl()
         self._unsupported = RateLimitedLog(log, interval=3600.0)
 
     def start(self) -> int:
         """Subscribe to link events, then attach to the existing links; returns how many."""
-        self._events = IPRoute()
-        self._events.bind(groups=RTMGRP_LINK)
-        # Read with plain non-blocking recv + parse: IPRoute.get() may block for more.
-        self._events.setblocking(False)
+        self._events = link_events_socket()
         self.resync()
         return len(self._attached)
 
     def resync(self) -> None:
         """List the links again: attach what is new, forget what vanished unseen."""
-        with IPRoute() as ipr:
+        with Netlink() as ipr:
             events = [e for e in (link_event(m) for m in ipr.get_links()) if e is not None]
         present = {e.index for e in events}
         for index in sorted(self._attached - present):
@@ -127,6 +144,7 @@ class LinkWatcher:
         """Apply link events as they arrive until ``stopping`` is set."""
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
+        assert self._events is not None, "start() first"
         fd = self._events.fileno()
         loop.add_reader(fd, ready.set)
         try:
@@ -145,6 +163,7 @@ class LinkWatcher:
 
     def _pending_messages(self) -> list[Any]:
         msgs: list[Any] = []
+        assert self._events is not None
         while True:
             try:
                 data = self._events.recv(1 << 20)
@@ -154,7 +173,7 @@ class LinkWatcher:
                 log.warning("link events overflowed; listing links again", extra={"error": str(e)})
                 self.resync()
                 continue
-            msgs.extend(self._events.marshal.parse(data))
+            msgs.extend(self._marshal.parse(data))
 
     def close(self) -> None:
         if self._events is not None:

@@ -11,6 +11,7 @@ import ipaddress
 import socket
 
 from flowscope.core import subjects
+from flowscope.core.netlink import Netlink
 from flowscope.enricher.identities import Identity, external, identity
 
 MAX_CACHED = 100_000
@@ -18,10 +19,8 @@ MAX_CACHED = 100_000
 
 def local_addresses() -> frozenset[str]:
     """Every address configured on this machine's interfaces (canonical text)."""
-    from pyroute2 import IPRoute
-
     found: set[str] = set()
-    with IPRoute() as ip:
+    with Netlink() as ip:
         for addr in ip.get_addr():
             text = addr.get_attr("IFA_ADDRESS") or addr.get_attr("IFA_LOCAL")
             if text:
