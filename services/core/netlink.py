@@ -21,8 +21,9 @@ from typing import Any
 class Netlink:
     """``IPRoute``'s methods, each run on one dedicated thread; answers as lists.
 
-    A method's answer that is an iterator (0.9 returns generators for dumps unless told
-    otherwise) is read to the end on that thread, so no netlink I/O happens elsewhere.
+    A method's answer that is an iterator (pyroute2 returns generators for dumps when
+    its ``nlm_generator`` option is set) is read to the end on that thread, so no netlink
+    I/O happens elsewhere.
     """
 
     def __init__(self) -> None:
