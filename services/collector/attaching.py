@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,13 +51,25 @@ class Attacher:
     ingress_ip_fd: int = -1  # programs for devices without an Ethernet header
     egress_ip_fd: int = -1
     attached: dict[int, str] = field(default_factory=dict)  # ifindex → name
+    # Link watching attaches on a worker thread while stopping detaches on another: one
+    # operation at a time, and none after detach_all (its filters would outlive the run).
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _detached: bool = field(default=False, init=False)
 
     def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
         """Add clsact (if missing) and both filters; False if the interface vanished.
 
         ``ethernet``: the device's frames start with an Ethernet header; otherwise the
-        IP-header programs are used (tun, WireGuard, IP-in-IP).
+        IP-header programs are used (tun, WireGuard, IP-in-IP). After :meth:`detach_all`
+        nothing is attached any more (False).
         """
+        with self._lock:
+            if self._detached:
+                log.info("not attached: the filters are being removed", extra={"ifname": ifname})
+                return False
+            return self._attach(ifindex, ifname, ethernet)
+
+    def _attach(self, ifindex: int, ifname: str, ethernet: bool) -> bool:
         fds = (
             {"ingress": self.ingress_fd, "egress": self.egress_fd}
             if ethernet
@@ -79,17 +92,23 @@ class Attacher:
 
     def forget(self, ifindex: int) -> None:
         """The interface is gone (its filters went with it): stop tracking it."""
-        name = self.attached.pop(ifindex, None)
+        with self._lock:
+            name = self.attached.pop(ifindex, None)
         if name is not None:
             log.info("interface removed", extra={"ifname": name, "ifindex": ifindex})
 
     def detach_all(self) -> int:
-        """Remove every filter this attacher added; returns how many interfaces."""
+        """Remove every filter this attacher added; returns how many interfaces.
+
+        Waits for an attach under way to finish, and stops any later one.
+        """
         count = 0
-        for ifindex in list(self.attached):
-            if self._remove_ours(ifindex):
-                count += 1
-            self.attached.pop(ifindex, None)
+        with self._lock:
+            self._detached = True
+            for ifindex in list(self.attached):
+                if self._remove_ours(ifindex):
+                    count += 1
+                self.attached.pop(ifindex, None)
         log.info("filters removed", extra={"interfaces": count})
         return count
 
@@ -104,7 +123,8 @@ class Attacher:
         return removed
 
     def close(self) -> None:
-        self.ipr.close()
+        with self._lock:
+            self.ipr.close()
 
     # ------------------------------------------------------------ netlink details
 

@@ -4,6 +4,10 @@ The watcher subscribes to RTNLGRP_LINK *before* listing the existing links, so n
 interface created in between is missed; each RTM_NEWLINK for an interface not yet
 attached and selected by the include/exclude patterns is attached at once (well within
 the 1 s the issue asks), each RTM_DELLINK forgotten (its filters vanish with it).
+
+Events are read on the event loop (the socket never blocks); attaching, forgetting and
+listing run on a worker thread, so a burst of new interfaces (each attach is three netlink
+requests, ~1 ms) does not hold up the loop's ring-buffer reads and NATS traffic meanwhile.
 """
 
 from __future__ import annotations
@@ -101,7 +105,10 @@ class LinkWatcher:
         self._unsupported = RateLimitedLog(log, interval=3600.0)
 
     def start(self) -> int:
-        """Subscribe to link events, then attach to the existing links; returns how many."""
+        """Subscribe to link events, then attach to the existing links; returns how many.
+
+        Blocking (a listing and an attach per link): the service calls it off the loop.
+        """
         self._events = link_events_socket()
         self.resync()
         return len(self._attached)
@@ -156,24 +163,39 @@ class LinkWatcher:
                 stop.cancel()
                 if ready.is_set():
                     ready.clear()
-                    for msg in self._pending_messages():
-                        self.apply(link_event(msg))
+                    await self.catch_up(*self._pending_events())
         finally:
             loop.remove_reader(fd)
 
-    def _pending_messages(self) -> list[Any]:
-        msgs: list[Any] = []
+    async def catch_up(self, events: list[LinkEvent | None], overflowed: bool = False) -> None:
+        """Apply ``events`` in order, then list the links again if some were lost.
+
+        On a worker thread: the event loop goes on meanwhile. One catch-up at a time (the
+        caller awaits it), so the watcher's state is only ever changed by one thread.
+        """
+        await asyncio.to_thread(self._catch_up, events, overflowed)
+
+    def _catch_up(self, events: list[LinkEvent | None], overflowed: bool) -> None:
+        for event in events:
+            self.apply(event)
+        if overflowed:  # the listing is newer than every event read before it
+            self.resync()
+
+    def _pending_events(self) -> tuple[list[LinkEvent | None], bool]:
+        """The link events waiting on the socket; True if the kernel dropped some (ENOBUFS)."""
+        events: list[LinkEvent | None] = []
+        overflowed = False
         assert self._events is not None
         while True:
             try:
                 data = self._events.recv(1 << 20)
             except (BlockingIOError, InterruptedError):
-                return msgs
+                return events, overflowed
             except OSError as e:  # ENOBUFS: events were lost; resynchronise by listing
                 log.warning("link events overflowed; listing links again", extra={"error": str(e)})
-                self.resync()
+                overflowed = True
                 continue
-            msgs.extend(self._marshal.parse(data))
+            events.extend(link_event(msg) for msg in self._marshal.parse(data))
 
     def close(self) -> None:
         if self._events is not None:

@@ -107,7 +107,7 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     await ensure_streams(js, settings.nats)
 
     program, attacher, watcher = await start_kernel(rt, settings, metrics)
-    attached = watcher.start()
+    attached = await asyncio.to_thread(watcher.start)
     publisher = Publisher(js, node, publish_limits(settings, nc.max_payload), metrics)
     producers_done = asyncio.Event()
     producing = Producing(rt, settings, node, program, attacher, publisher, metrics)
@@ -140,7 +140,7 @@ async def start_kernel(
     )
     rt.stack.callback(attacher.close)
     rt.stack.callback(attacher.detach_all)
-    remove_leftovers(attacher, metrics)
+    await asyncio.to_thread(remove_leftovers, attacher, metrics)
     selection = InterfaceSelection(
         settings.interfaces.include, settings.interfaces.exclude, settings.interfaces.skip_bridges
     )

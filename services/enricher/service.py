@@ -145,7 +145,7 @@ async def body(rt: Runtime, settings: Settings) -> None:
         rt.stack.push_async_callback(api.close)
         resolver = inventory = Inventory(settings.kubernetes.deleted_grace)
     else:
-        resolver = local.LocalResolver(local.local_addresses())
+        resolver = local.LocalResolver(await asyncio.to_thread(local.local_addresses))
     join = settings.join
     enricher = build_enricher(settings, resolver)
     nc = await messaging.connect(settings.nats, "enricher", rt.registry)
@@ -318,7 +318,7 @@ async def _refresh_local(resolver: Resolver, stopping: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), 30)
         with contextlib.suppress(OSError):
-            resolver.update(local.local_addresses())
+            resolver.update(await asyncio.to_thread(local.local_addresses))
 
 
 async def _unsubscribe(sub: Any) -> None:

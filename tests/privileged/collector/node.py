@@ -80,6 +80,14 @@ class Node:
     def hx(self, *args: str) -> str:
         return sh("ip", "netns", "exec", self.host, *args)
 
+    def flowscope_filters(self, ifname: str) -> list[str]:
+        """flowscope's TC filters on one of the host namespace's interfaces, per hook."""
+        lines = []
+        for hook in ("ingress", "egress"):
+            out = self.hx("tc", "filter", "show", "dev", ifname, hook)
+            lines += [f"{hook} {line}" for line in out.splitlines() if "flowscope" in line]
+        return lines
+
     def create(self, pods: int = 2) -> Node:
         sh("ip", "netns", "add", self.host)
         self._quiet(self.host)

@@ -77,14 +77,6 @@ async def raw(node: Node, nats_in_node: nats_server.NatsServer) -> AsyncIterator
     await nc.close()
 
 
-def filters(node: Node, ifname: str) -> list[str]:
-    lines = []
-    for hook in ("ingress", "egress"):
-        out = node.hx("tc", "filter", "show", "dev", ifname, hook)
-        lines += [f"{hook} {line}" for line in out.splitlines() if "flowscope" in line]
-    return lines
-
-
 async def test_tcp_flow_published_and_decodable(
     node: Node, collector: CollectorProcess, raw: Raw
 ) -> None:
@@ -136,9 +128,9 @@ async def test_new_veth_attached_within_a_second_and_counted(
 ) -> None:
     pod = node.add_pod()
     deadline = time.monotonic() + 1.0
-    while not filters(node, pod.host_if) and time.monotonic() < deadline:  # noqa: ASYNC110
+    while not node.flowscope_filters(pod.host_if) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
-    assert len(filters(node, pod.host_if)) == 2, "not attached within 1 s"
+    assert len(node.flowscope_filters(pod.host_if)) == 2, "not attached within 1 s"
     other = node.pods[0]
     srv = node.start(other, "udp-echo", other.ip4, "6000", "3")
     wait_listening(srv)
@@ -155,17 +147,19 @@ def test_sigkill_then_restart_leaves_no_stale_filters(
         first = CollectorProcess(nats_in_node.url, node.host).start()
     try:
         veths = [p.host_if for p in node.pods]
-        assert all(len(filters(node, v)) == 2 for v in veths)
+        assert all(len(node.flowscope_filters(v)) == 2 for v in veths)
         first.kill()
-        assert all(len(filters(node, v)) == 2 for v in veths)  # left behind by the crash
+        assert all(len(node.flowscope_filters(v)) == 2 for v in veths)  # left behind by the crash
         with node.inside():
             second = CollectorProcess(nats_in_node.url, node.host).start()
         try:
             line = second.wait_log("leftover TC filters")
             assert line["leftover_filters_removed"] == 2 * len(veths)
-            assert all(len(filters(node, v)) == 2 for v in veths)  # its own, once
+            assert all(len(node.flowscope_filters(v)) == 2 for v in veths)  # its own, once
             assert second.stop() == 0
-            assert all(filters(node, v) == [] for v in veths), "SIGTERM must remove filters"
+            assert all(node.flowscope_filters(v) == [] for v in veths), (
+                "SIGTERM must remove filters"
+            )
         finally:
             second.close()
     finally:
@@ -235,7 +229,7 @@ def test_sigterm_while_nats_unreachable_exits_cleanly(node: Node) -> None:
         out, _ = proc.communicate(timeout=5)
         assert proc.returncode == 0, out
         assert "NATS" in out
-        assert filters(node, node.pods[0].host_if) == []  # never got as far as attaching
+        assert node.flowscope_filters(node.pods[0].host_if) == []  # never got as far as attaching
     finally:
         if proc.poll() is None:
             proc.kill()

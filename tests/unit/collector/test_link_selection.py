@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass, field
 
 from flowscope.collector.link_watching import InterfaceSelection, LinkEvent, LinkWatcher
@@ -52,3 +54,49 @@ def test_events_attach_once_and_forget_removed() -> None:
     watcher.apply(LinkEvent(False, 6, "br0", "bridge"))  # never attached: nothing to forget
     assert attacher.forgotten == [8, 5]
     assert metrics.interfaces_attached._value.get() == 0
+
+
+class HeldAttacher:
+    """Attaches only once the event loop has run a callback meanwhile (``go``), so an
+    attach made on the loop's own thread would wait out the 5 s and say so."""
+
+    def __init__(self) -> None:
+        self.attaching = threading.Event()
+        self.go = threading.Event()
+        self.loop_ran_meanwhile: list[bool] = []
+
+    def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
+        self.attaching.set()
+        self.loop_ran_meanwhile.append(self.go.wait(5))
+        return True
+
+    def forget(self, ifindex: int) -> None:
+        pass
+
+
+async def test_events_are_applied_off_the_event_loop() -> None:
+    attacher = HeldAttacher()
+    watcher = LinkWatcher(
+        attacher, InterfaceSelection(), CollectorMetrics.create(CollectorRegistry())
+    )
+    catching_up = asyncio.create_task(watcher.catch_up([LinkEvent(True, 5, "veth5", "veth")]))
+    assert await asyncio.to_thread(attacher.attaching.wait, 5)
+    attacher.go.set()  # only reachable while the attach waits on another thread
+    await catching_up
+    assert attacher.loop_ran_meanwhile == [True]
+
+
+async def test_lost_events_are_followed_by_a_listing() -> None:
+    # The listing (this machine's real links) has no index 2**30: the interface an event
+    # attached is gone by the time of the listing, so it is forgotten, after the events.
+    attacher = RecordingAttacher()
+    watcher = LinkWatcher(
+        attacher, InterfaceSelection(include=("flowscope-none*",)),
+        CollectorMetrics.create(CollectorRegistry()),
+    )  # fmt: skip
+    events: list[LinkEvent | None] = [LinkEvent(True, 2**30, "flowscope-none0", "veth"), None]
+    await watcher.catch_up(events, overflowed=True)
+    assert attacher.attached == ["flowscope-none0"]
+    assert attacher.forgotten == [2**30]
+    await watcher.catch_up([LinkEvent(True, 2**30 + 1, "flowscope-none1", "veth")])
+    assert attacher.forgotten == [2**30]  # no listing without an overflow
