@@ -52,7 +52,11 @@ class CollectorProcess:
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=fd, stderr=fd)
         os.close(fd)
-        self.wait_log("collector started")
+        try:
+            self.wait_log("collector started")
+        except BaseException:
+            self.close()  # the caller never gets the process: nothing of it stays behind
+            raise
         return self
 
     def logs(self) -> list[dict[str, object]]:
