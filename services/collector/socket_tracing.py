@@ -39,8 +39,8 @@ from flowscope.core.records import RawSocket
 log = logging.getLogger(__name__)
 
 PROGRAM_PREFIX = "fs_so_"  # every program of bpf/sockets.c; recognisable in bpftool
-RING_BUFFER = "socket_events"
-LOST_COUNTER = "socket_lost"
+RING_BUFFER = b"socket_events"
+LOST_COUNTER = b"socket_lost"
 AF_INET, AF_INET6 = 2, 10
 
 # bcc program types (bcc.BPF constants) and kernel attach types (enum bpf_attach_type),
@@ -485,7 +485,7 @@ class SocketTracer:
     def _derived_fields(self) -> list[tuple[str, str]]:
         from bcc.libbcc import lib
 
-        module, name = self._bpf.module, RING_BUFFER.encode()
+        module, name = self._bpf.module, RING_BUFFER
         count = lib.bpf_perf_event_fields(module, name)
         pairs = [lib.bpf_perf_event_field(module, name, i).decode() for i in range(count)]
         return [tuple(pair.split("#", 1)) for pair in pairs]  # type: ignore[misc]

@@ -25,14 +25,14 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
 def test_tracepoint_event_seen() -> None:
     from bcc import BPF
 
-    bpf = BPF(text=BPF_TEXT)
+    bpf = BPF(text=BPF_TEXT.encode())
     seen: list[tuple[int, bytes]] = []
 
     def on_event(_ctx: object, data: int, _size: int) -> None:
-        event = bpf["events"].event(data)
+        event = bpf[b"events"].event(data)
         seen.append((event.tgid, bytes(event.comm)))
 
-    bpf["events"].open_ring_buffer(on_event)
+    bpf[b"events"].open_ring_buffer(on_event)
     child = subprocess.Popen(["/bin/true"])
     child.wait()
     for _ in range(50):

@@ -49,14 +49,14 @@ def test_kernel_cgroup_id_resolves_to_container(scope: tuple[Path, str]) -> None
     from bcc import BPF
 
     leaf, container = scope
-    bpf = BPF(text=BPF_TEXT)
+    bpf = BPF(text=BPF_TEXT.encode())
     seen: dict[int, int] = {}
 
     def on_event(_ctx: object, data: int, _size: int) -> None:
-        event = bpf["events"].event(data)
+        event = bpf[b"events"].event(data)
         seen[event.tgid] = event.cgroup_id
 
-    bpf["events"].open_ring_buffer(on_event)
+    bpf[b"events"].open_ring_buffer(on_event)
     child = subprocess.Popen(
         [
             sys.executable,
