@@ -73,15 +73,16 @@ def link_event(msg: Any) -> LinkEvent | None:
     return LinkEvent(event == "RTM_NEWLINK", msg["index"], name, kind, msg.get("ifi_type", 1))
 
 
-def link_events_socket() -> socket.socket:
+def link_events_socket(receive_buffer: int = 1 << 20) -> socket.socket:
     """A non-blocking NETLINK_ROUTE socket subscribed to RTNLGRP_LINK.
 
     A plain socket read with ``recv`` and parsed by pyroute2's marshal: the same in
-    pyroute2 0.8 and 0.9, and never blocking the event loop for more.
+    pyroute2 0.8 and 0.9, and never blocking the event loop for more. Events beyond
+    ``receive_buffer`` bytes waiting are lost (ENOBUFS), and the watcher lists again.
     """
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.bind((0, RTMGRP_LINK))
         sock.setblocking(False)
     except OSError:
@@ -94,8 +95,13 @@ class LinkWatcher:
     """Applies link events to an attacher; ``run`` is a root task."""
 
     def __init__(
-        self, attacher: Attaching, selection: InterfaceSelection, metrics: CollectorMetrics
+        self,
+        attacher: Attaching,
+        selection: InterfaceSelection,
+        metrics: CollectorMetrics,
+        receive_buffer: int = 1 << 20,
     ) -> None:
+        self._receive_buffer = receive_buffer
         self._attacher = attacher
         self._selection = selection
         self._metrics = metrics
@@ -109,7 +115,7 @@ class LinkWatcher:
 
         Blocking (a listing and an attach per link): the service calls it off the loop.
         """
-        self._events = link_events_socket()
+        self._events = link_events_socket(self._receive_buffer)
         self.resync()
         return len(self._attached)
 
@@ -193,6 +199,7 @@ class LinkWatcher:
                 return events, overflowed
             except OSError as e:  # ENOBUFS: events were lost; resynchronise by listing
                 log.warning("link events overflowed; listing links again", extra={"error": str(e)})
+                self._metrics.link_event_overflows.inc()
                 overflowed = True
                 continue
             events.extend(link_event(msg) for msg in self._marshal.parse(data))

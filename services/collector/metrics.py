@@ -61,6 +61,7 @@ class CollectorMetrics:
     interfaces_attached: Gauge
     attach_errors: Counter
     leftover_filters_removed: Counter
+    link_event_overflows: Counter
     nat_lookups: Counter
     nat_pairs: Counter
     nat_rewritten: Counter
@@ -92,6 +93,7 @@ class CollectorMetrics:
             Gauge(p + "interfaces_attached", "interfaces with the TC programs attached", registry=registry),
             Counter(p + "attach_errors", "interfaces the TC programs could not be attached to", registry=registry),
             Counter(p + "leftover_filters_removed", "TC filters of an earlier run removed at start", registry=registry),
+            Counter(p + "link_event_overflows", "times link events were lost (socket overflow) and the links listed again", registry=registry),
             Counter(p + "nat_lookups", "flow tuples looked up in conntrack (NAT pairing)", registry=registry),
             Counter(p + "nat_pairs", "NAT'ed connections (DNAT or SNAT) whose two one-way halves were joined into one flow", registry=registry),
             Counter(p + "nat_rewritten", "halves of NAT'ed connections rewritten alone (the other half not in the drain)", registry=registry),

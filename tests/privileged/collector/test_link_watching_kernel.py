@@ -1,22 +1,26 @@
 """Link watching against the kernel: links listed at start (through flowscope.core.netlink's
 thread, which must inherit the caller's network namespace) and links added and deleted
-afterwards (RTNLGRP_LINK events on the watcher's own netlink socket), in a namespace of
-the test's own. The attacher records instead of attaching: this is about the events."""
+afterwards (RTNLGRP_LINK events on the watcher's own netlink socket), and a burst that
+overflows that socket (ENOBUFS: the links are listed again), in a namespace of the
+test's own. The attacher records instead of attaching: this is about the events."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flowscope.collector.link_watching import InterfaceSelection, LinkWatcher
 from flowscope.collector.metrics import CollectorMetrics
 from prometheus_client import CollectorRegistry
 
 from tests.privileged.collector.node import Node, netns
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,29 +73,66 @@ async def watch(node: Node) -> dict[str, Any]:
     return seen
 
 
+async def overflow(node: Node) -> dict[str, Any]:
+    attacher = RecordingAttacher()
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    # The smallest receive buffer the kernel allows: a burst of new links overflows it.
+    watcher = LinkWatcher(attacher, InterfaceSelection(), metrics, receive_buffer=1)
+    watcher.start()
+    burst = "".join(f"link add ov{i}a type veth peer name ov{i}b\n" for i in range(10))
+    # While the watcher is not reading yet: the events pile up, then the kernel drops some.
+    await asyncio.to_thread(
+        subprocess.run, ["ip", "-n", node.host, "-batch", "-"], input=burst, text=True, check=True
+    )
+    stopping = asyncio.Event()
+    running = asyncio.create_task(watcher.run(stopping))
+    try:
+        await until(lambda: len(attacher.attached) == 20, "all 20 attached")
+    finally:
+        stopping.set()
+        await running
+        watcher.close()
+    return {
+        "attached": sorted(attacher.attached.values()),
+        "overflows": metrics.link_event_overflows._value.get(),
+    }
+
+
+def in_node(node: Node, coroutine: Callable[[Node], Coroutine[Any, Any, T]]) -> T:
+    """``coroutine(node)`` run to its end on a thread inside the node's host namespace."""
+    outcome: dict[str, Any] = {}
+
+    def inside() -> None:
+        try:
+            with netns(node.host):
+                outcome["result"] = asyncio.run(coroutine(node))
+        except BaseException as e:  # re-raised in the test's thread below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]  # type: ignore[no-any-return]
+
+
 def test_links_listed_at_start_then_added_and_deleted_reach_the_watcher() -> None:
     with Node(tag=f"lw{os.getpid()}", ipv6=False).built(pods=0) as node:
         # Present before the watcher starts: found by listing, not by events.
         node.hx("ip", "link", "add", "lwp", "type", "veth", "peer", "name", "lwq")
-        outcome: dict[str, Any] = {}
-
-        def in_node() -> None:
-            try:
-                with netns(node.host):
-                    outcome["seen"] = asyncio.run(watch(node))
-            except BaseException as e:  # re-raised in the test's thread below
-                outcome["error"] = e
-
-        thread = threading.Thread(target=in_node)
-        thread.start()
-        thread.join(60)
-        assert not thread.is_alive()
-        if "error" in outcome:
-            raise outcome["error"]
-    seen = outcome["seen"]
+        seen = in_node(node, watch)
     # lo is excluded and br0 is a bridge; only the node's own links, none of the test host's.
     assert seen["at_start"] == 2 and seen["listed"] == ["lwp", "lwq"]
     assert seen["after_add"] == ["lwa", "lwb", "lwp", "lwq"]
     assert seen["gauge"] == 4
     assert seen["forgotten"] == ["lwa", "lwb"]
     assert seen["left"] == ["lwp", "lwq"]
+
+
+def test_lost_link_events_are_made_good_by_listing_again() -> None:
+    with Node(tag=f"lo{os.getpid()}", ipv6=False).built(pods=0) as node:
+        seen = in_node(node, overflow)
+    assert seen["overflows"] >= 1, "the burst did not overflow the socket"
+    assert seen["attached"] == sorted(f"ov{i}{end}" for i in range(10) for end in "ab")
