@@ -17,6 +17,7 @@ from flowscope.core.messaging import NatsSettings, ensure_streams
 from prometheus_client import CollectorRegistry
 
 from tests.support import nats_server
+from tests.support.waiting import eventually
 
 
 def flow(i: int) -> dict[str, Any]:
@@ -57,14 +58,6 @@ async def running(publisher: Publisher) -> AsyncIterator[asyncio.Event]:
         await task
 
 
-async def wait_until(predicate: Any, within: float = 10) -> None:
-    for _ in range(int(within / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 async def test_batches_stay_under_max_payload_and_all_arrive(
     small_server: nats_server.NatsServer,
 ) -> None:
@@ -77,7 +70,7 @@ async def test_batches_stay_under_max_payload_and_all_arrive(
     publisher = Publisher(nc.jetstream(), "n1", limits, metrics)
     async with running(publisher):
         publisher.submit("flows", [flow(i) for i in range(500)])
-        await wait_until(lambda: len(got.records) == 500)
+        await eventually(lambda: len(got.records) == 500, within=10)
     assert [r["start_ns"] for r in got.records] == list(range(500))  # in order, none twice
     assert max(got.sizes) <= 4096 and len(got.sizes) >= 500 // 50
     assert metrics.publish_records.labels("flows")._value.get() == 500
@@ -105,7 +98,7 @@ async def test_a_producer_that_catches_up_loses_nothing_past_the_buffer(
             publisher.submit_lines("flows", codec.encode_lines([flow(j) for j in range(i, i + 25)]))
             await publisher.catch_up("flows")
             assert metrics.publish_buffered_bytes.labels("flows")._value.get() <= 20_000
-        await wait_until(lambda: len(got.records) == 5000, within=30)
+        await eventually(lambda: len(got.records) == 5000, within=30)
     assert [r["start_ns"] for r in got.records] == list(range(5000))
     assert metrics.publish_dropped.labels("flows", "buffer_full")._value.get() == 0
     await nc.close()
@@ -133,9 +126,9 @@ async def test_idle_sender_wakes_for_a_lone_record_of_any_kind(
         for i in range(3):
             await asyncio.sleep(0.3)  # idle: nothing pending, nothing in the outbox
             publisher.submit("flows", [flow(i)])
-            await wait_until(lambda: len(got.records) == i + 1)  # noqa: B023
+            await eventually(lambda: len(got.records) == i + 1, within=10)  # noqa: B023
         publisher.submit("sockets", [{"observer": "n1"}])
-        await wait_until(lambda: len(sockets) == 1)
+        await eventually(lambda: len(sockets) == 1, within=10)
     assert [r["start_ns"] for r in got.records] == [0, 1, 2]
     assert publisher.buffered_records() == 0
     await nc.close()
@@ -156,13 +149,14 @@ async def test_outage_buffers_bounded_counts_drops_and_resumes(tmp_path: Path) -
             for i in range(0, 1000, 10):  # ~200 B per record: far more than 20 kB
                 publisher.submit("flows", [flow(j) for j in range(i, i + 10)])
                 await asyncio.sleep(0.005)
-            await wait_until(
-                lambda: metrics.publish_dropped.labels("flows", "buffer_full")._value.get() > 0
+            await eventually(
+                lambda: metrics.publish_dropped.labels("flows", "buffer_full")._value.get() > 0,
+                within=10,
             )
             dropped = metrics.publish_dropped.labels("flows", "buffer_full")._value.get()
             assert metrics.publish_buffered_bytes.labels("flows")._value.get() <= 20_000
             server = nats_server.start(port=port, store_dir=str(tmp_path / "js"))
-            await wait_until(lambda: publisher.buffered_records() == 0, within=20)
+            await eventually(lambda: publisher.buffered_records() == 0, within=20)
         published = metrics.publish_records.labels("flows")._value.get()
         assert published + dropped == 1000  # everything either delivered or counted
         js = nc.jetstream()

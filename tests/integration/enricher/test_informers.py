@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,10 @@ from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, reso
 from prometheus_client import CollectorRegistry
 
 from tests.support.fake_kube import FakeKube
+from tests.support.waiting import eventually
 from tests.unit.enricher import cluster
 
 PODS = next(r for r in resources(("app",)) if r.name == "pods")
-
-
-async def eventually(check: Callable[[], bool], within: float = 10) -> None:
-    async def wait() -> None:
-        while not check():  # noqa: ASYNC110 - polling shared state the informer changes
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(wait(), within)
 
 
 class Harness:
@@ -91,7 +84,7 @@ async def test_paginated_list_then_watch_from_its_resource_version(harness: Harn
     lists = [q for r, q in harness.fake.requests if r == "pods" and "watch" not in q]
     assert len(lists) == 3 and all(q["limit"] == "2" for q in lists)  # 5 pods, pages of 2
     assert "continue" not in lists[0] and all("continue" in q for q in lists[1:])
-    await eventually(lambda: bool(harness.watches()))
+    await eventually(lambda: bool(harness.watches()), within=10)
     watch = harness.watches()[0]
     assert watch["resourceVersion"] == str(version)
     assert watch["allowWatchBookmarks"] == "true"
@@ -101,15 +94,15 @@ async def test_paginated_list_then_watch_from_its_resource_version(harness: Harn
 async def test_watch_events_applied(harness: Harness) -> None:
     add_pods(harness.fake, 1)
     harness.start()
-    await eventually(lambda: harness.fake.watch_count("pods") == 1)
+    await eventually(lambda: harness.fake.watch_count("pods") == 1, within=10)
     harness.fake.add("pods", cluster.pod("new", ips=("10.1.0.50",)))
-    await eventually(lambda: harness.name_of("10.1.0.50") == "new")
+    await eventually(lambda: harness.name_of("10.1.0.50") == "new", within=10)
     harness.fake.modify("pods", cluster.pod("new", ips=("10.1.0.51",)))
-    await eventually(lambda: harness.name_of("10.1.0.51") == "new")
+    await eventually(lambda: harness.name_of("10.1.0.51") == "new", within=10)
     assert harness.name_of("10.1.0.50") is None
     harness.fake.delete("pods", "shop", "new")
     await eventually(
-        lambda: harness.metric("informer_events", resource="pods", type="DELETED") == 1
+        lambda: harness.metric("informer_events", resource="pods", type="DELETED") == 1, within=10
     )
     assert harness.name_of("10.1.0.51") == "new"  # within the deleted grace period
     await asyncio.sleep(0.6)
@@ -119,27 +112,27 @@ async def test_watch_events_applied(harness: Harness) -> None:
 
 async def test_bookmark_advances_resume_point(harness: Harness) -> None:
     harness.start()
-    await eventually(lambda: harness.fake.watch_count("pods") == 1)
+    await eventually(lambda: harness.fake.watch_count("pods") == 1, within=10)
     harness.fake.add("services", cluster.service("unrelated"))  # moves the global version
     harness.fake.bookmark()
     await eventually(
-        lambda: harness.metric("informer_events", resource="pods", type="BOOKMARK") == 1
+        lambda: harness.metric("informer_events", resource="pods", type="BOOKMARK") == 1, within=10
     )
     harness.fake.end_watches()
-    await eventually(lambda: len(harness.watches()) == 2)
+    await eventually(lambda: len(harness.watches()) == 2, within=10)
     assert harness.watches()[1]["resourceVersion"] == str(harness.fake.version)
 
 
 async def test_stream_broken_mid_line_resumes_without_relist(harness: Harness) -> None:
     add_pods(harness.fake, 1)
     harness.start()
-    await eventually(lambda: harness.fake.watch_count("pods") == 1)
+    await eventually(lambda: harness.fake.watch_count("pods") == 1, within=10)
     harness.fake.add("pods", cluster.pod("before", ips=("10.1.0.60",)))
-    await eventually(lambda: harness.name_of("10.1.0.60") == "before")
+    await eventually(lambda: harness.name_of("10.1.0.60") == "before", within=10)
     harness.fake.break_watches()
-    await eventually(lambda: len(harness.watches()) == 2)
+    await eventually(lambda: len(harness.watches()) == 2, within=10)
     harness.fake.add("pods", cluster.pod("after", ips=("10.1.0.61",)))
-    await eventually(lambda: harness.name_of("10.1.0.61") == "after")
+    await eventually(lambda: harness.name_of("10.1.0.61") == "after", within=10)
     lists = [q for r, q in harness.fake.requests if r == "pods" and "watch" not in q]
     assert len(lists) == 1  # resumed from its resourceVersion: no re-LIST
     assert harness.watches()[1]["resourceVersion"] == str(harness.fake.version - 1)
@@ -148,14 +141,16 @@ async def test_stream_broken_mid_line_resumes_without_relist(harness: Harness) -
 async def test_410_expired_relists_and_catches_up_on_missed_deletes(harness: Harness) -> None:
     add_pods(harness.fake, 2)
     harness.start()
-    await eventually(lambda: harness.fake.watch_count("pods") == 1)
+    await eventually(lambda: harness.fake.watch_count("pods") == 1, within=10)
     # While the client is away: a pod is deleted and history is compacted.
     harness.fake.break_watches()
     harness.fake.delete("pods", "shop", "p0")
     harness.fake.add("pods", cluster.pod("fresh", ips=("10.1.0.70",)))
     harness.fake.compact()
-    await eventually(lambda: harness.metric("relists", resource="pods", reason="expired") >= 1)
-    await eventually(lambda: harness.name_of("10.1.0.70") == "fresh")
+    await eventually(
+        lambda: harness.metric("relists", resource="pods", reason="expired") >= 1, within=10
+    )
+    await eventually(lambda: harness.name_of("10.1.0.70") == "fresh", within=10)
     await asyncio.sleep(0.6)
     harness.inventory.sweep()
     assert harness.name_of("10.1.0.1") is None  # p0: gone after the relist + grace
@@ -176,26 +171,26 @@ async def test_api_unreachable_keeps_metadata_reports_staleness_and_recovers(
 ) -> None:
     add_pods(harness.fake, 1)
     harness.start()
-    await eventually(lambda: harness.fake.watch_count("pods") == 1)
+    await eventually(lambda: harness.fake.watch_count("pods") == 1, within=10)
     await harness.fake.stop()
-    await eventually(lambda: harness.health.staleness() > 0)
+    await eventually(lambda: harness.health.staleness() > 0, within=10)
     assert harness.name_of("10.1.0.1") == "p0"  # last known metadata still served
     assert harness.metric("informer_errors", resource="pods") >= 1
     await harness.fake.start()  # same port
     harness.fake.add("pods", cluster.pod("back", ips=("10.1.0.80",)))
-    await eventually(lambda: harness.name_of("10.1.0.80") == "back")
+    await eventually(lambda: harness.name_of("10.1.0.80") == "back", within=10)
     assert harness.health.staleness() == 0
 
 
 async def test_odd_objects_skipped_and_counted(harness: Harness) -> None:
     add_pods(harness.fake, 1)
     harness.start()
-    await eventually(lambda: harness.fake.watch_count("pods") == 1)
+    await eventually(lambda: harness.fake.watch_count("pods") == 1, within=10)
     odd = cluster.pod("odd")
     odd["spec"] = "not-a-spec"
     harness.fake.add("pods", odd)
     harness.fake.add("pods", cluster.pod("fine", ips=("10.1.0.90",)))
-    await eventually(lambda: harness.name_of("10.1.0.90") == "fine")
+    await eventually(lambda: harness.name_of("10.1.0.90") == "fine", within=10)
     assert harness.metric("odd_objects", resource="pods") == 1
 
 
@@ -204,7 +199,9 @@ async def test_streams_ending_at_once_back_off_instead_of_spinning(harness: Harn
     harness.start()
     await asyncio.wait_for(harness.informer.synced.wait(), 10)
     harness.fake.add("pods", cluster.pod("meanwhile", ips=("10.1.0.40",)))
-    await eventually(lambda: harness.name_of("10.1.0.40") == "meanwhile")  # still applied
+    await eventually(
+        lambda: harness.name_of("10.1.0.40") == "meanwhile", within=10
+    )  # still applied
     before = len(harness.watches())
     await asyncio.sleep(1.5)
     assert len(harness.watches()) - before <= 8  # backoff 0.2 s doubling to 0.3 s: ~5

@@ -9,8 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,8 @@ from flowscope.core import codec, messaging, subjects
 from flowscope.core.messaging import NatsSettings
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
+
+from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -124,21 +124,6 @@ class Exporter:
         data = await reader.read()
         writer.close()
         return data.decode()
-
-
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], within: float = 30, what: str = ""
-) -> None:
-    """Poll ``check`` until true; fail with ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what or check}")
 
 
 def metric(text: str, name: str, sink: str, stream: str = "") -> float:

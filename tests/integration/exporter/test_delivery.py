@@ -27,7 +27,6 @@ from nats.js.errors import NotFoundError
 from tests.integration.exporter.harness import (
     REPO,
     Exporter,
-    eventually,
     fresh_streams,
     metric,
     publish_dns,
@@ -36,6 +35,7 @@ from tests.integration.exporter.harness import (
 from tests.support.fake_elasticsearch import FakeElasticsearch
 from tests.support.nats_server import NatsServer
 from tests.support.otlp_receivers import GrpcReceiver
+from tests.support.waiting import eventually
 from tests.unit.exporter.sample import dns, flow
 
 FLOWS = "logs-flowscope.flows-default"

@@ -7,10 +7,11 @@ test's own. The attacher records instead of attaching: this is about the events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from flowscope.collector.metrics import CollectorMetrics
 from prometheus_client import CollectorRegistry
 
 from tests.privileged.collector.node import Node, netns
+from tests.support.waiting import eventually
 
 T = TypeVar("T")
 
@@ -36,13 +38,17 @@ class RecordingAttacher:
         self.forgotten.append(self.attached.pop(ifindex))
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for ``condition``; fail naming ``what`` after 5 s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5.0
-    while not condition():
-        assert loop.time() < deadline, f"not within 5 s: {what}"
-        await asyncio.sleep(0.01)
+@contextlib.asynccontextmanager
+async def running(watcher: LinkWatcher) -> AsyncIterator[None]:
+    """``watcher.run`` as a task for the block; then stopped and the watcher closed."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stopping))
+    try:
+        yield
+    finally:
+        stopping.set()
+        await task
+        watcher.close()
 
 
 async def watch(node: Node) -> dict[str, Any]:
@@ -53,23 +59,17 @@ async def watch(node: Node) -> dict[str, Any]:
         "at_start": watcher.start(),
         "listed": sorted(attacher.attached.values()),
     }
-    stopping = asyncio.Event()
-    running = asyncio.create_task(watcher.run(stopping))
-    try:
+    async with running(watcher):
         await asyncio.to_thread(
             node.hx, "ip", "link", "add", "lwa", "type", "veth", "peer", "name", "lwb"
         )
-        await until(lambda: len(attacher.attached) == 4, "lwa and lwb attached")
+        await eventually(lambda: len(attacher.attached) == 4, 5, "lwa and lwb attached")
         seen["after_add"] = sorted(attacher.attached.values())
         seen["gauge"] = metrics.interfaces_attached._value.get()
         await asyncio.to_thread(node.hx, "ip", "link", "del", "lwa")  # takes lwb with it
-        await until(lambda: len(attacher.forgotten) == 2, "lwa and lwb forgotten")
+        await eventually(lambda: len(attacher.forgotten) == 2, 5, "lwa and lwb forgotten")
         seen["forgotten"] = sorted(attacher.forgotten)
         seen["left"] = sorted(attacher.attached.values())
-    finally:
-        stopping.set()
-        await running
-        watcher.close()
     return seen
 
 
@@ -84,14 +84,8 @@ async def overflow(node: Node) -> dict[str, Any]:
     await asyncio.to_thread(
         subprocess.run, ["ip", "-n", node.host, "-batch", "-"], input=burst, text=True, check=True
     )
-    stopping = asyncio.Event()
-    running = asyncio.create_task(watcher.run(stopping))
-    try:
-        await until(lambda: len(attacher.attached) == 20, "all 20 attached")
-    finally:
-        stopping.set()
-        await running
-        watcher.close()
+    async with running(watcher):
+        await eventually(lambda: len(attacher.attached) == 20, 5, "all 20 attached")
     return {
         "attached": sorted(attacher.attached.values()),
         "overflows": metrics.link_event_overflows._value.get(),
