@@ -33,8 +33,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flowscope.collector.attaching import Attacher
-from flowscope.collector.link_watching import InterfaceSelection, LinkEvent, LinkWatcher
+from flowscope.collector.link_watching import (
+    InterfaceSelection,
+    LinkEvent,
+    LinkWatcher,
+    link_event,
+)
 from flowscope.collector.metrics import CollectorMetrics
+from flowscope.core.netlink import Netlink
 from prometheus_client import CollectorRegistry
 
 from tests.privileged.collector.node import netns
@@ -79,12 +85,9 @@ async def one(fd: int, events: list[LinkEvent], off_loop: bool) -> tuple[float, 
 
 
 async def measure(fd: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
-    with Attacher(0, 0).ipr as ip:
-        events = [
-            LinkEvent(True, m["index"], name, "veth")
-            for m in ip.get_links()
-            if (name := m.get_attr("IFLA_IFNAME") or "").startswith(PREFIX)
-        ]
+    with Netlink() as ip:
+        listed = [link_event(m) for m in ip.get_links()]
+    events = [e for e in listed if e is not None and e.name.startswith(PREFIX)]
     ways: dict[str, Callable[[], Awaitable[tuple[float, float]]]] = {
         "off the loop": lambda: one(fd, events, True),
         "on the loop": lambda: one(fd, events, False),
