@@ -16,6 +16,7 @@ import asyncio
 import fnmatch
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,12 @@ def link_event(msg: Any) -> LinkEvent | None:
     return LinkEvent(event == "RTM_NEWLINK", msg["index"], name, kind, msg.get("ifi_type", 1))
 
 
+def listed_links() -> list[LinkEvent]:
+    """The links there are now, as RTM_NEWLINK events (one netlink dump)."""
+    with Netlink() as ipr:
+        return [e for e in (link_event(m) for m in ipr.get_links()) if e is not None]
+
+
 def link_events_socket(receive_buffer: int = 1 << 20) -> socket.socket:
     """A non-blocking NETLINK_ROUTE socket subscribed to RTNLGRP_LINK.
 
@@ -110,19 +117,25 @@ class LinkWatcher:
         self._marshal = MarshalRtnl()
         self._unsupported = RateLimitedLog(log, interval=3600.0)
 
-    def start(self) -> int:
+    def start(self, before_attaching: Callable[[list[int]], object] | None = None) -> int:
         """Subscribe to link events, then attach to the existing links; returns how many.
 
-        Blocking (a listing and an attach per link): the service calls it off the loop.
+        ``before_attaching`` gets the listed links' indexes first (the service removes a
+        crashed run's filters there: one listing serves both). Blocking (a listing and an
+        attach per link): the service calls it off the loop.
         """
         self._events = link_events_socket(self._receive_buffer)
-        self.resync()
+        links = listed_links()
+        if before_attaching is not None:
+            before_attaching([e.index for e in links])
+        self._resync(links)
         return len(self._attached)
 
     def resync(self) -> None:
         """List the links again: attach what is new, forget what vanished unseen."""
-        with Netlink() as ipr:
-            events = [e for e in (link_event(m) for m in ipr.get_links()) if e is not None]
+        self._resync(listed_links())
+
+    def _resync(self, events: list[LinkEvent]) -> None:
         present = {e.index for e in events}
         for index in sorted(self._attached - present):
             self.apply(LinkEvent(False, index, "", ""))

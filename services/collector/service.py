@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -107,7 +108,9 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     await ensure_streams(js, settings.nats)
 
     program, attacher, watcher = await start_kernel(rt, settings, metrics)
-    attached = await asyncio.to_thread(watcher.start)
+    attached = await asyncio.to_thread(
+        watcher.start, functools.partial(remove_leftovers, attacher, metrics)
+    )
     publisher = Publisher(js, node, publish_limits(settings, nc.max_payload), metrics)
     producers_done = asyncio.Event()
     producing = Producing(rt, settings, node, program, attacher, publisher, metrics)
@@ -123,7 +126,7 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
 async def start_kernel(
     rt: runtime.Runtime, settings: Settings, metrics: CollectorMetrics
 ) -> tuple[FlowProgram, Attacher, LinkWatcher]:
-    """Load the flow program, clear a crashed run's filters, prepare link watching.
+    """Load the flow program, prepare attaching and link watching.
 
     Released in reverse on stop: link watching, filters (detach), netlink, program.
     """
@@ -140,7 +143,6 @@ async def start_kernel(
     )
     rt.stack.callback(attacher.close)
     rt.stack.callback(attacher.detach_all)
-    await asyncio.to_thread(remove_leftovers, attacher, metrics)
     selection = InterfaceSelection(
         settings.interfaces.include, settings.interfaces.exclude, settings.interfaces.skip_bridges
     )
@@ -173,9 +175,9 @@ async def unless_stopped(rt: runtime.Runtime, work: Coroutine[Any, Any, T]) -> T
     return None
 
 
-def remove_leftovers(attacher: Attacher, metrics: CollectorMetrics) -> None:
-    """Remove filters of an earlier run that did not clean up (SIGKILL, OOM kill)."""
-    indexes = [link["index"] for link in attacher.ipr.get_links()]
+def remove_leftovers(attacher: Attacher, metrics: CollectorMetrics, indexes: list[int]) -> None:
+    """Remove filters of an earlier run that did not clean up (SIGKILL, OOM kill) from
+    the links ``indexes``: the watcher's start listing, before it attaches."""
     removed = attacher.remove_leftovers(indexes)
     metrics.leftover_filters_removed.inc(removed)
     log.info(

@@ -1,14 +1,16 @@
 """Link watching against the kernel: links listed at start (through flowscope.core.netlink's
-thread, which must inherit the caller's network namespace) and links added and deleted
-afterwards (RTNLGRP_LINK events on the watcher's own netlink socket), and a burst that
-overflows that socket (ENOBUFS: the links are listed again), in a namespace of the
-test's own. The attacher records instead of attaching: this is about the events."""
+thread, which must inherit the caller's network namespace; the listing is handed to the
+leftover removal before any attach) and links added and deleted afterwards (RTNLGRP_LINK
+events on the watcher's own netlink socket), and a burst that overflows that socket
+(ENOBUFS: the links are listed again), in a namespace of the test's own. The attacher
+records instead of attaching: this is about the events."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -55,10 +57,15 @@ async def watch(node: Node) -> dict[str, Any]:
     attacher = RecordingAttacher()
     metrics = CollectorMetrics.create(CollectorRegistry())
     watcher = LinkWatcher(attacher, InterfaceSelection(), metrics)
-    seen: dict[str, Any] = {
-        "at_start": watcher.start(),
-        "listed": sorted(attacher.attached.values()),
-    }
+    seen: dict[str, Any] = {}
+
+    def before_attaching(indexes: list[int]) -> None:  # the service removes leftovers here
+        seen["handed"] = sorted(indexes)
+        seen["all_links"] = sorted(index for index, _name in socket.if_nameindex())
+        seen["attached_before"] = len(attacher.attached)
+
+    seen["at_start"] = watcher.start(before_attaching)
+    seen["listed"] = sorted(attacher.attached.values())
     async with running(watcher):
         await asyncio.to_thread(
             node.hx, "ip", "link", "add", "lwa", "type", "veth", "peer", "name", "lwb"
@@ -119,6 +126,10 @@ def test_links_listed_at_start_then_added_and_deleted_reach_the_watcher() -> Non
         seen = in_node(node, watch)
     # lo is excluded and br0 is a bridge; only the node's own links, none of the test host's.
     assert seen["at_start"] == 2 and seen["listed"] == ["lwp", "lwq"]
+    # Every link of the one listing (lo and br0 too: leftovers are looked for on all),
+    # handed over before anything was attached.
+    assert seen["handed"] == seen["all_links"] and len(seen["handed"]) == 4
+    assert seen["attached_before"] == 0
     assert seen["after_add"] == ["lwa", "lwb", "lwp", "lwq"]
     assert seen["gauge"] == 4
     assert seen["forgotten"] == ["lwa", "lwb"]
