@@ -654,6 +654,52 @@ def test_message_bodies_read_by_the_compiled_core() -> None:
     assert isinstance(out, Output) and out.tally.records_in == 0
 
 
+# Bytes that mean something to a JSON reader (and a few that must not appear), for
+# damaging a body a byte at a time.
+SIGNIFICANT = b'"\\{}[],:-+.0123456789eEntfrul \t\r\n\x00\x01\x7f\xc3\xa9\xff'
+
+
+@st.composite
+def damaged(draw: st.DrawFn) -> tuple[dict[str, str], bytes]:
+    """A raw flow message of good and orjson-read lines, then damaged: bytes replaced,
+    put in or taken out, a stretch repeated elsewhere, the body cut short; its count
+    header as the lines were, or as the damaged body has them."""
+    headers, body = message(draw(st.lists(st.sampled_from(PLAIN_LINES + ORJSON_LINES),
+                                          min_size=1, max_size=4)))  # fmt: skip
+    data = bytearray(body)
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        byte = draw(st.sampled_from(SIGNIFICANT))
+        kind = draw(st.sampled_from(("replace", "replace", "insert", "delete", "repeat", "cut")))
+        if kind == "replace" and at < len(data):
+            data[at] = byte
+        elif kind == "insert":
+            data.insert(at, byte)
+        elif kind == "delete":
+            del data[at : at + draw(st.integers(1, 8))]
+        elif kind == "repeat":
+            start = draw(st.integers(0, len(data)))
+            data[at:at] = data[start : start + draw(st.integers(1, 24))]
+        elif kind == "cut":
+            del data[at:]
+    if draw(st.booleans()):
+        headers[codec.COUNT_HEADER] = str(data.count(b"\n"))
+    return headers, bytes(data)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages=st.lists(damaged(), min_size=1, max_size=3))
+def test_any_damage_to_a_body_is_read_as_the_python_path_reads_it(
+    messages: list[tuple[dict[str, str], bytes]],
+) -> None:
+    """The compiled core's own NDJSON reader against codec.decode (orjson) on damaged
+    bodies: the same records, the same bad records and errors, or the same CodecError
+    for the whole message, and the same state after; never a crash."""
+    twins = Twins()
+    for headers, body in messages:
+        twins.body(headers, body)
+
+
 class Wide(Plain):
     """Every address a pod with 40 long labels: each line ~30 times its raw record, so
     flow_body's buffer (4 times the raw body, and 64 KiB) grows several times."""
