@@ -21,6 +21,7 @@ from tests.privileged.collector.collector_process import (
 )
 from tests.privileged.collector.node import Node, finish, wait_listening
 from tests.support import nats_server
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +128,9 @@ async def test_new_veth_attached_within_a_second_and_counted(
     node: Node, collector: CollectorProcess, raw: Raw
 ) -> None:
     pod = node.add_pod()
-    deadline = time.monotonic() + 1.0
-    while not node.flowscope_filters(pod.host_if) and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    assert len(node.flowscope_filters(pod.host_if)) == 2, "not attached within 1 s"
+    await eventually(
+        lambda: len(node.flowscope_filters(pod.host_if)) == 2, within=1.0, what="attached (1 s)"
+    )
     other = node.pods[0]
     srv = node.start(other, "udp-echo", other.ip4, "6000", "3")
     wait_listening(srv)
