@@ -37,10 +37,9 @@ from flowscope.collector.link_watching import (
     InterfaceSelection,
     LinkEvent,
     LinkWatcher,
-    link_event,
+    listed_links,
 )
 from flowscope.collector.metrics import CollectorMetrics
-from flowscope.core.netlink import Netlink
 from prometheus_client import CollectorRegistry
 
 from tests.privileged.collector.node import netns
@@ -85,9 +84,7 @@ async def one(fd: int, events: list[LinkEvent], off_loop: bool) -> tuple[float, 
 
 
 async def measure(fd: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
-    with Netlink() as ip:
-        listed = [link_event(m) for m in ip.get_links()]
-    events = [e for e in listed if e is not None and e.name.startswith(PREFIX)]
+    events = [e for e in listed_links() if e.name.startswith(PREFIX)]
     ways: dict[str, Callable[[], Awaitable[tuple[float, float]]]] = {
         "off the loop": lambda: one(fd, events, True),
         "on the loop": lambda: one(fd, events, False),
