@@ -32,7 +32,9 @@ Four figures, measured in the same run so that they can be compared:
    converted beforehand; applying them to the inventory is timed with the flows.
 6. **The enricher per raw batch**, end to end and in the steady state (additional
    figures, from the same passes as 2. and 4.): its user and system CPU and its minor
-   page faults (copies onto freshly mapped memory show up there), from /proc.
+   page faults (copies onto freshly mapped memory show up there), from /proc; and
+   nats-server's CPU over the same pass (storing the raw and enriched messages,
+   delivering them), which is what bounds the wall-clock rate here.
 
 Metadata memory: tracemalloc of the inventory holding 10,000 pods (plus the services,
 nodes and controllers), with every pod's identity cached as it is after traffic.
@@ -418,12 +420,14 @@ class PassResult:
     user: float  # enricher CPU seconds in user space
     system: float  # … in the kernel
     faults: int  # minor page faults of the enricher
+    server: float  # nats-server CPU seconds (user + system): storing, delivering
 
 
 async def end_to_end(
-    url: str, passes: list[Pass], workdir: Path, profile: str = ""
+    url: str, server_pid: int, passes: list[Pass], workdir: Path, profile: str = ""
 ) -> list[PassResult]:
-    """Per pass, in order, into the same enricher process: its rates and counters."""
+    """Per pass, in order, into the same enricher process: its rates and counters, and
+    the CPU of the nats-server process ``server_pid`` over the pass."""
     fake = FakeKube()
     await fake.start()
     for resource, obj in cluster_objects():
@@ -463,6 +467,7 @@ async def end_to_end(
             got = 0
             total = sum(b.count for b in one.batches)
             (user0, system0, faults0), wall0 = process_counters(proc.pid), time.perf_counter()
+            server0 = sum(process_counters(server_pid)[:2])
             last = wall0  # the silence timeout counts from the first raw batch
             for b in one.batches:
                 await js.publish(subjects.raw_flows("node-0"), b.body, headers=b.headers)
@@ -471,8 +476,9 @@ async def end_to_end(
                 await asyncio.sleep(0.05)
             user, system, faults = process_counters(proc.pid)
             user, system, faults = user - user0, system - system0, faults - faults0
+            server = sum(process_counters(server_pid)[:2]) - server0
             cpu, wall = user + system, last - wall0
-            results.append(PassResult(total / cpu, total / wall, got, user, system, faults))
+            results.append(PassResult(total / cpu, total / wall, got, user, system, faults, server))
         print(f"enricher process resident memory: {rss_ready:.0f} MB synced, {rss_dns:.0f} MB "
               f"with the DNS names, {rss_mb(proc.pid):.0f} MB after the flows")  # fmt: skip
         return results
@@ -534,6 +540,7 @@ async def main() -> None:
             roofs = await ceiling(server.url, batches)
             first, then = await end_to_end(
                 server.url,
+                server.process.pid,
                 [Pass(batches, expected), Pass(steady, steady_expected)],
                 Path(tmp),
                 args.profile,
@@ -557,7 +564,8 @@ async def main() -> None:
         print(f"{name}, the enricher per raw batch of {args.batch_size}: "
               f"{one.user / args.batches * 1e3:.2f} ms user + "
               f"{one.system / args.batches * 1e3:.2f} ms system CPU, "
-              f"{one.faults / args.batches:.0f} minor page faults")  # fmt: skip
+              f"{one.faults / args.batches:.0f} minor page faults; nats-server "
+              f"{one.server / args.batches * 1e3:.2f} ms CPU")  # fmt: skip
 
 
 if __name__ == "__main__":
