@@ -7,8 +7,13 @@ others go on. Messages are decoded, records validated, and accumulated into a ba
 until ``max_records`` or ``max_delay``; the batch goes to the sink; when the sink
 answers, each message is acked if every one of its records was delivered or
 dead-lettered, and nak'ed (redelivered) if any was deferred. While a batch waits on a
-slow or absent backend, its messages are kept alive with ``in_progress`` so JetStream
-does not redeliver them behind our back.
+slow or absent backend, its messages — and those fetched with it that wait for the
+next batch — are kept alive with ``in_progress`` so JetStream does not redeliver them
+behind our back (they would be exported twice).
+
+A sink that raises (a bug) or a dead-letter stream that cannot store a refused record
+never makes the lane go round in a loop: the batch is retried after the lane's
+backoff (``batch.retry_initial`` doubling up to ``batch.retry_max``).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import nats.errors
 from flowscope.core import codec, subjects
@@ -27,6 +34,7 @@ from flowscope.core.logs import RateLimitedLog
 from flowscope.core.messaging import dead_letter
 from flowscope.core.records import validate_dns, validate_flow
 from flowscope.exporter.metrics import ExporterMetrics
+from flowscope.exporter.retrying import Backoff
 from flowscope.exporter.settings import BatchSettings
 from flowscope.exporter.sink import ExportResult, Kind, Record, Sink, SinkClosedError
 from nats.aio.client import Client as NATS
@@ -36,8 +44,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 log = logging.getLogger("flowscope.exporter.consuming")
 
+T = TypeVar("T")
 DLQ_COMPONENT = "exporter"
 FETCH_MESSAGES = 64  # messages per pull request (each holds a batch of records)
+CRASH_LOG_INTERVAL = 10.0  # seconds between two tracebacks of a sink that keeps raising
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,10 @@ class Batch:
         if self.bodies is not None:
             self.bodies.append(msg.data if whole else b"".join(codec.encode_lines(records)))
 
+    @property
+    def messages(self) -> Iterator[Msg]:
+        return (msg for msg, _, _ in self.spans)
+
 
 class SinkLane:
     """Everything one sink runs: start-up retries, consumers, bounded in-flight exports."""
@@ -117,6 +131,11 @@ class SinkLane:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()  # the sink's output is gone (stdout reader left)
         self._bad = RateLimitedLog(log)
+        # Waits after an export raised / a dead letter could not be stored.
+        self._crash_backoff = Backoff(batch.retry_initial, batch.retry_max)
+        self._dlq_backoff = Backoff(batch.retry_initial, batch.retry_max)
+        self._crash_logged = -CRASH_LOG_INTERVAL  # when the last traceback was logged
+        self._crashes_unlogged = 0
         # Writes whole NDJSON bodies, validated, as they came (the stdout sink)
         self._export_lines: Callable[[Kind, list[bytes], int], Awaitable[ExportResult]] | None
         self._export_lines = getattr(sink, "export_lines", None)
@@ -174,10 +193,13 @@ class SinkLane:
                 timeout = self._batch.max_delay
                 if batch.spans:
                     timeout = max(0.01, batch.opened + self._batch.max_delay - time.monotonic())
-                for msg in await self._fetch(sub, min(timeout, 1.0), source):
-                    await self._take(source, msg, batch)
+                # Fetched messages not yet in a batch are kept alive while a full
+                # batch waits for a slot: they were delivered too.
+                fetched = deque(await self._fetch(sub, min(timeout, 1.0), source))
+                while fetched:
+                    await self._take(source, fetched.popleft(), batch)
                     if len(batch.records) >= self._batch.max_records:  # full
-                        await self._submit(source.kind, batch)
+                        await self._submit(source.kind, batch, fetched)
                         batch = self._batch_of()
                 if batch.records and time.monotonic() - batch.opened >= self._batch.max_delay:
                     await self._submit(source.kind, batch)  # waited long enough
@@ -269,18 +291,20 @@ class SinkLane:
         else:
             await _ack(msg)
 
-    async def _submit(self, kind: Kind, batch: Batch) -> None:
+    async def _submit(self, kind: Kind, batch: Batch, waiting: Iterable[Msg] = ()) -> None:
         """Hand a batch to the sink once an in-flight slot is free (bounds memory).
 
-        Waiting for a slot can last as long as the backend is down: the batch's messages
-        are kept alive meanwhile, or JetStream would redeliver them behind our back.
+        Waiting for a slot can last as long as the backend is down: the batch's messages,
+        and ``waiting`` (fetched with them, not yet in a batch), are kept alive meanwhile,
+        or JetStream would redeliver them behind our back and they would be exported twice.
         """
         while True:
             try:
                 await asyncio.wait_for(self._slots.acquire(), self._batch.ack_wait / 3)
                 break
             except TimeoutError:
-                await _touch(batch)
+                await _touch(batch.messages)
+                await _touch(waiting)
         self._metrics.in_flight.labels(self.sink.name).inc()
         task = asyncio.create_task(self._export(kind, batch))
         self._tasks.add(task)
@@ -289,6 +313,21 @@ class SinkLane:
     async def _export(self, kind: Kind, batch: Batch) -> None:
         started = time.monotonic()
         try:
+            result = await self._answer(kind, batch)
+        finally:
+            self._slots.release()
+            self._metrics.in_flight.labels(self.sink.name).dec()
+        self._metrics.batch_seconds.labels(self.sink.name).observe(time.monotonic() - started)
+        await self._settle_messages(kind, batch, result)
+
+    async def _answer(self, kind: Kind, batch: Batch) -> ExportResult:
+        """The sink's answer for a batch; all deferred if its output closed or it raised.
+
+        A sink that raises has a bug: the traceback is logged (rate-limited) and the
+        batch keeps its slot for the lane's backoff before it is nak'ed, so a sink that
+        always raises cannot make JetStream redeliver in a tight loop.
+        """
+        try:
             if batch.bodies is not None and self._export_lines is not None:
                 export = self._export_lines(kind, batch.bodies, len(batch.records))
             else:
@@ -296,24 +335,37 @@ class SinkLane:
             result = await self._keep_alive(batch, export)
         except SinkClosedError:
             self._closed.set()
-            result = ExportResult.all_deferred(len(batch.records))
+            return ExportResult.all_deferred(len(batch.records))
         except Exception:  # a bug in a sink: loud, but the records stay in the stream
-            log.exception("export failed unexpectedly", extra={"sink": self.sink.name})
-            result = ExportResult.all_deferred(len(batch.records))
-        finally:
-            self._slots.release()
-            self._metrics.in_flight.labels(self.sink.name).dec()
-        self._metrics.batch_seconds.labels(self.sink.name).observe(time.monotonic() - started)
-        await self._settle_messages(kind, batch, result)
+            delay = self._crash_backoff.next_delay()
+            self._log_crash(delay)
+            pause = _first(asyncio.sleep(delay), self._stopping.wait(), self._closed.wait())
+            await self._keep_alive(batch, pause)
+            return ExportResult.all_deferred(len(batch.records))
+        self._crash_backoff.reset()
+        return result
 
-    async def _keep_alive(self, batch: Batch, export: Awaitable[ExportResult]) -> ExportResult:
-        """Await the export, telling JetStream every ack_wait/3 that the messages are in work."""
-        task = asyncio.ensure_future(export)
+    def _log_crash(self, delay: float) -> None:
+        """Log the exception being handled with its traceback, once per CRASH_LOG_INTERVAL."""
+        now = time.monotonic()
+        if now - self._crash_logged < CRASH_LOG_INTERVAL:
+            self._crashes_unlogged += 1
+            return
+        log.error(
+            "export failed unexpectedly; retrying after backoff",
+            exc_info=True,
+            extra={"sink": self.sink.name, "delay": delay, "suppressed": self._crashes_unlogged},
+        )
+        self._crash_logged, self._crashes_unlogged = now, 0
+
+    async def _keep_alive(self, batch: Batch, work: Awaitable[T]) -> T:
+        """Await ``work``, telling JetStream every ack_wait/3 that the messages are in work."""
+        task = asyncio.ensure_future(work)
         while True:
             done, _ = await asyncio.wait({task}, timeout=self._batch.ack_wait / 3)
             if done:
                 return task.result()
-            await _touch(batch)
+            await _touch(batch.messages)
 
     async def _settle_messages(self, kind: Kind, batch: Batch, result: ExportResult) -> None:
         """Ack, dead-letter or nak each message of a finished batch; count the records."""
@@ -330,13 +382,19 @@ class SinkLane:
             if rejected:
                 reason = f"{name}: {result.rejected[rejected[0]]}"
                 records = [batch.records[i] for i in rejected]
-                if not await self._dead_letter_records(kind, msg, records, reason):
-                    await _nak(msg)  # redelivered: stored records answer 409 next time
+                # This sink's verdict (another sink may refuse the same message): one
+                # copy per sink, however often the message comes back.
+                msg_id = f"{stream_position(msg)}:{name}"
+                if not await self._dead_letter_records(kind, msg, records, reason, msg_id):
+                    # Not stored: not acked either. Redelivered after the backoff, when
+                    # the stored records answer 409 and the refused ones are tried again.
+                    await _nak(msg, self._dlq_backoff.next_delay())
                     continue
+                self._dlq_backoff.reset()
             await _ack(msg)
 
     async def _dead_letter_records(
-        self, kind: Kind, msg: Msg, records: list[Record], reason: str, msg_id: str = ""
+        self, kind: Kind, msg: Msg, records: list[Record], reason: str, msg_id: str
     ) -> bool:
         """Publish refused records to the DLQ (with the original subject); False if that failed."""
         encoded = codec.encode(codec.FLOW if kind is Kind.FLOW else codec.DNS, records)
@@ -350,11 +408,12 @@ class SinkLane:
         headers: dict[str, str] | None,
         body: bytes,
         reason: str,
-        msg_id: str = "",
+        msg_id: str,
         records: int = 0,
     ) -> bool:
-        """Dead-letter (``msg_id``: de-duplicated, see ``dead_letter``); False if that
-        failed. ``records`` are counted if this copy was stored."""
+        """Dead-letter through JetStream, de-duplicated by ``msg_id`` (see
+        ``dead_letter``); False if the stream did not confirm it. ``records`` are
+        counted if this copy was stored."""
         try:
             stored = await dead_letter(
                 self._nc, DLQ_COMPONENT, subject, headers, body, reason, msg_id
@@ -378,14 +437,15 @@ async def _ack(msg: Msg) -> None:
         await msg.ack()
 
 
-async def _nak(msg: Msg) -> None:
+async def _nak(msg: Msg, delay: float | None = None) -> None:
+    """Nak: redelivered at once, or after ``delay`` seconds."""
     with contextlib.suppress(Exception):
-        await msg.nak()
+        await msg.nak(delay=delay)
 
 
-async def _touch(batch: Batch) -> None:
-    """Tell JetStream the batch's messages are still being worked on (resets ack_wait)."""
-    for msg, _, _ in batch.spans:
+async def _touch(msgs: Iterable[Msg]) -> None:
+    """Tell JetStream these messages are still being worked on (resets ack_wait)."""
+    for msg in msgs:
         with contextlib.suppress(Exception):  # a lost in_progress only risks a redelivery
             await msg.in_progress()
 

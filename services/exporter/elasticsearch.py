@@ -9,6 +9,9 @@ dead-lettered: those records are fine, the backend is not.
 
 Like the official client, every response must carry ``X-Elastic-Product:
 Elasticsearch``; a peer without it is treated as unavailable.
+
+TLS (CA, client certificate and key for mutual TLS) is loaded when the sink is built,
+before any connection: a file that is not PEM stops start-up (:func:`tls_context`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.retrying import Backoff, Stopper
 from flowscope.exporter.settings import ElasticsearchSettings
 from flowscope.exporter.sink import ExportResult, Kind, Record
+from flowscope.exporter.tls import TlsFile, client_context, setting_name
 
 log = logging.getLogger("flowscope.exporter.elasticsearch")
 
@@ -178,11 +182,24 @@ def classify(response: dict[str, Any]) -> BulkOutcome:
     return outcome
 
 
+def tls_context(settings: ElasticsearchSettings) -> ssl.SSLContext | None:
+    """The client context for an ``https://`` URL or configured TLS files (None: plain
+    HTTP); a file that is not PEM, or a certificate without its key, is a ConfigError."""
+    files = [
+        TlsFile(getattr(settings, name), setting_name("elasticsearch", name))
+        for name in ("ca_file", "client_cert", "client_key")
+    ]
+    if not settings.url.startswith("https://") and not any(f.path for f in files):
+        return None
+    return client_context(*files)
+
+
 class BulkClient:
     """The few Elasticsearch endpoints the sink uses, over one aiohttp session."""
 
     def __init__(self, settings: ElasticsearchSettings) -> None:
         self._settings = settings
+        self._tls = tls_context(settings)  # now: bad TLS files stop start-up
         self._base = settings.url.rstrip("/")
         self._headers = {"Accept": "application/json"}
         api_key = _secret(settings.api_key_file) or settings.api_key
@@ -196,9 +213,7 @@ class BulkClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            tls: ssl.SSLContext | None = None
-            if self._base.startswith("https://"):
-                tls = ssl.create_default_context(cafile=self._settings.ca_file or None)
+            tls = self._tls if self._base.startswith("https://") else None
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=tls if tls is not None else False),
                 timeout=aiohttp.ClientTimeout(total=self._settings.timeout),

@@ -18,6 +18,7 @@ class ExporterMetrics:
     partial_rejected: Counter
     already_stored: Counter
     bad_messages: Counter
+    bad_responses: Counter
     batch_seconds: Histogram
     lag: Gauge
     in_flight: Gauge
@@ -42,6 +43,9 @@ class ExporterMetrics:
             ),
             bad_messages=counter(
                 "bad_messages", "messages that could not be decoded (dead-lettered)"
+            ),
+            bad_responses=counter(
+                "bad_responses", "success answers whose body could not be read (retried)"
             ),
             batch_seconds=Histogram(
                 "flowscope_exporter_batch_seconds",

@@ -6,9 +6,12 @@ the answer per the OTLP specification:
 - gRPC: UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS are
   retryable; RESOURCE_EXHAUSTED only when the server attached a ``google.rpc.RetryInfo``
   (in the ``grpc-status-details-bin`` trailer), whose delay is honoured.
-- HTTP: 429, 502, 503, 504 are retryable, honouring ``Retry-After``; connection errors too.
+- HTTP: 429, 502, 503, 504 are retryable, honouring ``Retry-After``; connection errors too,
+  and a 200 whose body is not an ``ExportLogsServiceResponse`` (a proxy's page: whether
+  the receiver got the records is unknown, and at least once means sending again).
 - Anything else is permanent: the records are dead-lettered.
-- A ``partial_success`` with rejected log records is logged and counted, not retried.
+- A ``partial_success`` with rejected log records is logged and counted, not retried;
+  one with only an ``error_message`` (a warning from the receiver) is logged.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.otlp_config import GRPC, OtlpTarget
 from flowscope.exporter.otlp_encoding import LogsEncoder
 from flowscope.exporter.retrying import Backoff, Stopper
+from flowscope.exporter.settings import redacted
 from flowscope.exporter.sink import ExportResult, Kind, Record
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
@@ -53,26 +58,21 @@ GZIP_LEVEL = 1  # flows compress ~10x even at level 1; higher levels cost CPU, g
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One attempt's answer: delivered (with a response), retry (maybe after a hint), or failed."""
+    """One attempt's answer: delivered (with a response), retry (maybe after a hint), or
+    failed. ``unreadable``: the receiver answered success with a body that is no OTLP
+    response (retried, and counted)."""
 
     response: ExportLogsServiceResponse | None = None
     retry: bool = False
     retry_after: float | None = None
     error: str = ""
+    unreadable: bool = False
 
 
 class Transport(Protocol):
     async def send(self, body: bytes) -> Outcome: ...
 
     async def close(self) -> None: ...
-
-
-def ssl_context(target: OtlpTarget) -> ssl.SSLContext:
-    """TLS context: the configured CA (else system roots) and an optional client cert."""
-    ctx = ssl.create_default_context(cafile=target.ca_file or None)
-    if target.client_cert:
-        ctx.load_cert_chain(target.client_cert, target.client_key or None)
-    return ctx
 
 
 def retry_delay(trailers: Sequence[tuple[str, str | bytes]] | None) -> float | None:
@@ -148,9 +148,10 @@ class HttpTransport:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            ssl_arg: ssl.SSLContext | bool = (
-                ssl_context(self._target) if self._target.tls else False
-            )
+            # The context was built (and its files checked) when the target was resolved.
+            ssl_arg: ssl.SSLContext | bool = False
+            if self._target.tls:
+                ssl_arg = self._target.ssl or True
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=ssl_arg),
                 timeout=aiohttp.ClientTimeout(total=self._target.timeout),
@@ -163,7 +164,7 @@ class HttpTransport:
             async with self._client().post(self._target.url, data=data, headers=self._headers) as r:
                 payload = await r.read()
                 if r.status == 200:
-                    return Outcome(response=ExportLogsServiceResponse.FromString(payload))
+                    return _decoded(payload)
                 error = f"HTTP {r.status}: {_http_reason(payload)}"
                 if r.status in RETRYABLE_HTTP:
                     hint = parse_retry_after(r.headers.get("Retry-After"))
@@ -175,6 +176,16 @@ class HttpTransport:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _decoded(payload: bytes) -> Outcome:
+    """A 200's body: the response, or (not protobuf) a retry counted as unreadable."""
+    try:
+        return Outcome(response=ExportLogsServiceResponse.FromString(payload))
+    except DecodeError:
+        start = payload[:80].decode("utf-8", "replace")
+        error = f"HTTP 200 with a body that is not an OTLP response: {start!r}"
+        return Outcome(retry=True, error=error, unreadable=True)
 
 
 def gzip_compress(body: bytes) -> bytes:
@@ -233,7 +244,8 @@ class OtlpSink:
 
     async def start(self) -> None:
         log.info(
-            "OTLP sink ready", extra={"url": self._target.url, "protocol": self._target.protocol}
+            "OTLP sink ready",
+            extra={"url": redacted(self._target.url), "protocol": self._target.protocol},
         )
 
     async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
@@ -247,6 +259,8 @@ class OtlpSink:
             if not outcome.retry:
                 self._bad.warning("otlp-rejected", "OTLP export refused", error=outcome.error)
                 return ExportResult.all_rejected(len(records), outcome.error)
+            if outcome.unreadable:
+                self._metrics.bad_responses.labels(self.name).inc()
             delay = backoff.next_delay(outcome.retry_after)
             self._bad.warning(
                 "otlp-retry", "OTLP export failed; retrying", error=outcome.error, delay=delay
@@ -256,7 +270,9 @@ class OtlpSink:
             self._metrics.retried.labels(self.name).inc(len(records))
 
     def _note_partial(self, response: ExportLogsServiceResponse, count: int) -> None:
+        """Count and log rejected records; log a receiver's warning (a message, 0 rejected)."""
         rejected = response.partial_success.rejected_log_records
+        message = response.partial_success.error_message
         if rejected > 0:
             self._metrics.partial_rejected.labels(self.name).inc(rejected)
             self._bad.warning(
@@ -264,8 +280,10 @@ class OtlpSink:
                 "OTLP receiver rejected part of a batch",
                 rejected=rejected,
                 of=count,
-                error=response.partial_success.error_message,
+                error=message,
             )
+        elif message:
+            self._bad.warning("otlp-warning", "OTLP receiver warned", of=count, error=message)
 
     async def force_flush(self) -> None:
         return None  # nothing buffered here: export() sends before it returns

@@ -3,19 +3,23 @@
 Precedence for every option: a flowscope setting (flag, ``FLOWSCOPE_OTLP_*``, YAML),
 then ``OTEL_EXPORTER_OTLP_LOGS_*``, then ``OTEL_EXPORTER_OTLP_*``, then the OTLP
 exporter specification's default. A bad value raises :class:`ConfigError` naming the
-variable it came from (one line, exit 2).
+variable it came from (one line, exit 2). The TLS files are loaded here too, into the
+target's context, so a file that is not PEM is such an error rather than a failure of
+every request.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from flowscope.core.config import readable_file
+from flowscope.core.config import positive, readable_file
 from flowscope.core.errors import ConfigError
 from flowscope.exporter.settings import OtlpSettings, parse_endpoint, parse_headers
+from flowscope.exporter.tls import TlsFile, client_context, setting_name
 
 GRPC = "grpc"
 HTTP = "http/protobuf"
@@ -38,12 +42,17 @@ class OtlpTarget:
     client_cert: str
     client_key: str
     timeout: float
+    # The files above loaded (when TLS is used or a file is set); the HTTP transport's.
+    ssl: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @property
     def grpc_target(self) -> str:
-        """``host:port`` for a gRPC channel."""
+        """``host:port`` for a gRPC channel (an IPv6 literal keeps its brackets)."""
         parts = urlsplit(self.url)
-        return f"{parts.hostname}:{parts.port or (443 if self.tls else 4317)}"
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{parts.port or (443 if self.tls else 4317)}"
 
 
 def _pick(
@@ -125,20 +134,33 @@ def resolve(settings: OtlpSettings, env: Mapping[str, str]) -> OtlpTarget:
     if isinstance(headers, str):
         headers = parse_header_list(headers)
     compression, _ = _pick(settings.compression, env, "COMPRESSION", _choice("gzip", "none"))
-    timeout, _ = _pick(settings.timeout, env, "TIMEOUT", lambda t: float(t) / 1000.0)
+    timeout, _ = _pick(settings.timeout, env, "TIMEOUT", _milliseconds)
+    ca = _file(settings.ca_file, env, "CERTIFICATE", "ca_file")
+    cert = _file(settings.client_cert, env, "CLIENT_CERTIFICATE", "client_cert")
+    key = _file(settings.client_key, env, "CLIENT_KEY", "client_key")
+    tls = url.startswith("https://")
     return OtlpTarget(
         protocol=protocol,
         url=url,
-        tls=url.startswith("https://"),
+        tls=tls,
         headers=headers or (),
         gzip=(compression or "gzip") == "gzip",
-        ca_file=_file(settings.ca_file, env, "CERTIFICATE"),
-        client_cert=_file(settings.client_cert, env, "CLIENT_CERTIFICATE"),
-        client_key=_file(settings.client_key, env, "CLIENT_KEY"),
-        timeout=timeout if timeout and timeout > 0 else 10.0,
+        ca_file=ca.path,
+        client_cert=cert.path,
+        client_key=key.path,
+        timeout=timeout or 10.0,
+        ssl=client_context(ca, cert, key) if tls or ca.path or cert.path or key.path else None,
     )
 
 
-def _file(value: str, env: Mapping[str, str], name: str) -> str:
-    path, _ = _pick(value, env, name, readable_file)
-    return path or ""
+def _milliseconds(text: str) -> float:
+    """``OTEL_EXPORTER_OTLP_TIMEOUT``: milliseconds, greater than 0, as seconds."""
+    return positive(float(text)) / 1000.0
+
+
+def _file(value: str, env: Mapping[str, str], variable: str, setting: str) -> TlsFile:
+    """A TLS file and the name of the setting or variable it came from."""
+    path, source = _pick(value, env, variable, readable_file)
+    if source in ("flowscope setting", ""):  # unset: named as flowscope's, to be set
+        source = setting_name("otlp", setting)
+    return TlsFile(path or "", source)

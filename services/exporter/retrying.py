@@ -1,7 +1,8 @@
-"""Exponential backoff with full jitter, interruptible by shutdown.
+"""Exponential backoff with jitter, interruptible by shutdown.
 
 Both remote sinks retry transient failures the way the OTLP specification asks:
-exponential backoff with jitter, unless the server names a delay (gRPC RetryInfo,
+exponential backoff with jitter (each delay drawn from the upper half of its step,
+[d/2, d], so a retry never comes sooner than half the step), unless the server names a delay (gRPC RetryInfo,
 HTTP Retry-After), which is honoured instead. Waiting ends early when the sink shuts
 down, so a drain never sits out a long backoff.
 """
@@ -15,6 +16,9 @@ from dataclasses import dataclass, field
 
 # A server asking for a longer pause than this is more likely confused than right.
 SERVER_HINT_LIMIT = 300.0
+# Doublings counted at most: 2**64 times any sane initial delay is past any maximum,
+# and an unbounded exponent overflows a float after 1,023 retries (hours of outage).
+MAX_DOUBLINGS = 64
 
 
 @dataclass(slots=True)
@@ -27,11 +31,15 @@ class Backoff:
 
     def next_delay(self, server_hint: float | None = None) -> float:
         """The delay before the next attempt; a server's hint wins (up to 5 minutes)."""
-        ceiling = min(self.maximum, self.initial * (2**self.attempt))
+        ceiling = min(self.maximum, self.initial * 2.0 ** min(self.attempt, MAX_DOUBLINGS))
         self.attempt += 1
         if server_hint is not None and server_hint >= 0:
             return min(server_hint, SERVER_HINT_LIMIT)
         return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Start again from ``initial`` (the last attempt worked)."""
+        self.attempt = 0
 
 
 @dataclass(slots=True)

@@ -49,14 +49,18 @@ def body_for(settings: Settings, env: Mapping[str, str] | None = None) -> runtim
     environ = os.environ if env is None else env
 
     async def body(rt: Runtime) -> None:
-        # Configuration first: a bad OTEL_* variable is a one-line exit 2, before any I/O.
+        # Configuration first: a bad OTEL_* variable or a TLS file that is not PEM is a
+        # one-line exit 2, before any I/O (the sinks load their TLS files when built).
         otlp_target = resolve(settings.otlp, environ) if "otlp" in settings.sinks else None
         metrics = ExporterMetrics.create(rt.registry)
+        sinks = build_sinks(settings, metrics, otlp_target)
+        for sink in sinks:  # released even if stopped before its lane runs (closing twice is fine)
+            rt.stack.push_async_callback(sink.close)
         nc = await messaging.connect(settings.nats, "exporter", rt.registry)
         rt.stack.push_async_callback(messaging.close, nc)
         js = nc.jetstream()
         await messaging.ensure_streams(js, settings.nats)
-        for sink in build_sinks(settings, metrics, otlp_target):
+        for sink in sinks:
             lane = SinkLane(sink, js, nc, settings.batch, metrics, rt.stopping, _health(rt))
             rt.spawn(lane.run(), f"sink-{sink.name}")
 

@@ -4,6 +4,11 @@ Parsers here reject a bad value at start-up (unknown sink, malformed URL, unread
 file) so the CLI stops with one line naming the setting and exit status 2. The OTLP
 section falls back to the standard ``OTEL_EXPORTER_OTLP_*`` variables; that merge
 happens in :mod:`flowscope.exporter.otlp_config`, because it needs the environment.
+Checks that need several settings at once (TLS files loaded together into a context)
+happen when the sink's configuration is built, still before any I/O.
+
+Error messages never repeat a secret: a malformed header item is named by its
+position, and a URL is shown without its ``user:password@`` part.
 """
 
 from __future__ import annotations
@@ -30,36 +35,65 @@ def parse_sinks(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+def redacted(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (for logs and errors)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
 def parse_endpoint(value: str) -> str:
     """An OTLP endpoint: ``scheme://host:port[/path]`` or ``host:port`` (gRPC)."""
     if not value:
         return value
     has_scheme = "://" in value
     parts = urlsplit(value if has_scheme else f"//{value}")
+    shown = repr(redacted(value))
     if has_scheme and parts.scheme not in ("http", "https"):
-        raise ValueError(f"{value!r}: scheme must be http or https")
+        raise ValueError(f"{shown}: scheme must be http or https")
     if not parts.hostname:
-        raise ValueError(f"{value!r} has no host")
+        raise ValueError(f"{shown} has no host")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as e:
-        raise ValueError(f"{value!r} has a bad port") from e
+        raise ValueError(f"{shown} has a bad port") from e
     return value
 
 
 def parse_http_url(value: str) -> str:
-    """An http(s) URL with a host (the Elasticsearch endpoint)."""
+    """An http(s) URL with a host and no credentials (the Elasticsearch endpoint).
+
+    ``user:password@`` is refused rather than used: the URL appears in logs and error
+    messages, a password does not belong there.
+    """
     if not value.startswith(("http://", "https://")):
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        raise ValueError(f"{redacted(value)!r} is not an http:// or https:// URL")
+    if "@" in value.partition("://")[2].partition("/")[0]:
+        raise ValueError(
+            "credentials in the URL are refused (URLs are logged): set username with "
+            "password or password_file, or api_key / api_key_file, instead"
+        )
     return parse_endpoint(value)
 
 
 def parse_headers(value: str) -> str:
-    """``key=value,key2=value2`` as in ``OTEL_EXPORTER_OTLP_HEADERS``."""
-    for item in value.split(","):
+    """``key=value,key2=value2`` as in ``OTEL_EXPORTER_OTLP_HEADERS``.
+
+    A bad item is named by its position, never shown: it is often a bare token.
+    """
+    for position, item in enumerate(value.split(","), 1):
         if item.strip() and "=" not in item:
-            raise ValueError(f"header {item.strip()!r} is not key=value")
+            raise ValueError(f"item {position} of the header list is not key=value")
     return value
+
+
+def optional_positive(value: float | None) -> float | None:
+    """Unset (None: another source or a default decides), or a number greater than 0."""
+    return value if value is None else positive(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +123,14 @@ class OtlpSettings:
         choices=("", "gzip", "none"),
     )  # fmt: skip
     ca_file: str = setting("", "CA bundle verifying the collector (TLS)", parse=readable_file)
-    client_cert: str = setting("", "client certificate for mutual TLS", parse=readable_file)
-    client_key: str = setting("", "client certificate's private key", parse=readable_file)
+    client_cert: str = setting(
+        "", "client certificate for mutual TLS (PEM; set client_key with it)",
+        parse=readable_file,
+    )  # fmt: skip
+    client_key: str = setting(
+        "", "client certificate's private key (PEM; set client_cert with it)",
+        parse=readable_file,
+    )  # fmt: skip
     insecure: bool | None = setting(
         None,
         "plaintext gRPC for an endpoint without scheme (a local collector); empty: "
@@ -98,8 +138,9 @@ class OtlpSettings:
     )
     timeout: float | None = setting(
         None,
-        "seconds one export request may take; empty: OTEL_EXPORTER_OTLP_(LOGS_)TIMEOUT "
-        "(milliseconds), else 10 s as in the specification",
+        "seconds one export request may take (greater than 0); empty: "
+        "OTEL_EXPORTER_OTLP_(LOGS_)TIMEOUT (milliseconds), else 10 s as in the specification",
+        parse=optional_positive,
     )
 
 
@@ -123,6 +164,14 @@ class ElasticsearchSettings:
         parse=readable_file,
     )  # fmt: skip
     ca_file: str = setting("", "CA bundle verifying Elasticsearch (TLS)", parse=readable_file)
+    client_cert: str = setting(
+        "", "client certificate for mutual TLS (PEM; set client_key with it)",
+        parse=readable_file,
+    )  # fmt: skip
+    client_key: str = setting(
+        "", "client certificate's private key (PEM; set client_cert with it)",
+        parse=readable_file,
+    )  # fmt: skip
     flows_data_stream: str = setting(
         "logs-flowscope.flows-default",
         "data stream for flow records (logs-<dataset>-<namespace> matches the template)",

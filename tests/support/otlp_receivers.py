@@ -40,9 +40,13 @@ class TlsFiles:
     cert: Path
     key: Path
 
-    def server_context(self) -> ssl.SSLContext:
+    def server_context(self, require_client_cert: bool = False) -> ssl.SSLContext:
+        """A server's context; ``require_client_cert``: mutual TLS, clients signed by the CA."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.cert, self.key)
+        if require_client_cert:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(self.ca)
         return ctx
 
 
@@ -74,11 +78,14 @@ class Answer:
     ``kind``: ``ok``, ``partial`` (``rejected`` records), ``unavailable``,
     ``exhausted`` (RESOURCE_EXHAUSTED; with ``retry_delay`` it carries RetryInfo),
     ``invalid`` (permanent error), ``http503`` (``retry_after`` seconds), ``http400``,
-    ``http`` (any ``status``).
+    ``http`` (any ``status``), ``garbage`` (HTTP 200 whose body is an HTML page, as a
+    misconfigured proxy answers: the request is not recorded as accepted).
+    ``message``: the ``partial_success.error_message`` of a ``partial`` answer.
     """
 
     kind: str = "ok"
     rejected: int = 0
+    message: str = "test receiver rejected some"
     status: int = 0  # kind "http": answer this HTTP status with a google.rpc.Status body
     retry_delay: float | None = None
     retry_after: int | None = None
@@ -120,10 +127,10 @@ def status_details(code: int, message: str, retry_delay: float | None) -> bytes:
     return status.SerializeToString()
 
 
-def partial(rejected: int) -> ExportLogsServiceResponse:
+def partial(answer: Answer) -> ExportLogsServiceResponse:
     return ExportLogsServiceResponse(
         partial_success=ExportLogsPartialSuccess(
-            rejected_log_records=rejected, error_message="test receiver rejected some"
+            rejected_log_records=answer.rejected, error_message=answer.message
         )
     )
 
@@ -151,17 +158,23 @@ class _Servicer(logs_service_pb2_grpc.LogsServiceServicer):
         if answer.kind == "invalid":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "test: bad request")
         self.received.requests.append(request)
-        return partial(answer.rejected) if answer.kind == "partial" else ExportLogsServiceResponse()
+        return partial(answer) if answer.kind == "partial" else ExportLogsServiceResponse()
 
 
 class GrpcReceiver:
-    """An OTLP/gRPC logs receiver on 127.0.0.1 (port 0 unless given)."""
+    """An OTLP/gRPC logs receiver on 127.0.0.1 (or ``host``; port 0 unless given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.received = Received()
+        self.host = host
         self.port = 0
         self.tls = False
         self._server: grpc.aio.Server | None = None
+
+    @property
+    def _host(self) -> str:
+        """The host as a URL or gRPC address writes it (an IPv6 literal in brackets)."""
+        return f"[{self.host}]" if ":" in self.host else self.host
 
     async def start(self, port: int = 0, tls: TlsFiles | None = None) -> GrpcReceiver:
         """Listen; with ``tls``, TLS with that certificate and client certificates required."""
@@ -169,7 +182,7 @@ class GrpcReceiver:
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(
             _Servicer(self.received), self._server
         )
-        address = f"127.0.0.1:{port}"
+        address = f"{self._host}:{port}"
         if tls is None:
             self.port = self._server.add_insecure_port(address)
         else:
@@ -189,7 +202,7 @@ class GrpcReceiver:
 
     @property
     def endpoint(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self._host}:{self.port}"
 
 
 class HttpReceiver:
@@ -242,10 +255,10 @@ class HttpReceiver:
             return _status_response(answer.status, code_pb2.UNAVAILABLE, "test: scripted", {})
         if answer.kind == "http400":
             return _status_response(400, code_pb2.INVALID_ARGUMENT, "test: bad request", {})
+        if answer.kind == "garbage":
+            return web.Response(text="<html><body>Welcome</body></html>", content_type="text/html")
         self.received.requests.append(ExportLogsServiceRequest.FromString(body))
-        response = (
-            partial(answer.rejected) if answer.kind == "partial" else ExportLogsServiceResponse()
-        )
+        response = partial(answer) if answer.kind == "partial" else ExportLogsServiceResponse()
         return web.Response(
             body=response.SerializeToString(), content_type="application/x-protobuf"
         )

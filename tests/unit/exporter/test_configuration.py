@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from flowscope.core import config
 from flowscope.core.errors import ConfigError
+from flowscope.exporter.elasticsearch import tls_context
 from flowscope.exporter.otlp_config import resolve
 from flowscope.exporter.settings import OtlpSettings, Settings
+
+from tests.support.otlp_receivers import TlsFiles, make_tls
 
 
 def load(env: dict[str, str]) -> Settings:
@@ -140,3 +144,180 @@ def test_bad_configuration_exits_2_with_one_line(
     assert named in lines[0]
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("var", ["FLOWSCOPE_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"])
+def test_a_malformed_header_item_is_named_by_position_never_echoed(var: str) -> None:
+    """A header list holds tokens: an item missing its ``=`` is often a bare secret."""
+    env = {var: "x-tenant=a,Bearer s3cr3t-t0ken"}
+    with pytest.raises(ConfigError) as e:
+        resolve(load(env).otlp, env)
+    assert var in str(e.value)
+    assert "item 2" in str(e.value)
+    assert "s3cr3t" not in str(e.value)
+
+
+def test_elasticsearch_url_with_credentials_is_refused_without_echoing_them() -> None:
+    env = {"FLOWSCOPE_ELASTICSEARCH_URL": "https://elastic:hunter2@es.example:9200"}
+    with pytest.raises(ConfigError) as e:
+        load(env)
+    assert "FLOWSCOPE_ELASTICSEARCH_URL" in str(e.value)
+    assert "username" in str(e.value)  # where credentials go instead
+    assert "hunter2" not in str(e.value)
+    bad_port = {"FLOWSCOPE_ELASTICSEARCH_URL": "https://elastic:hunter2@es.example:nope"}
+    with pytest.raises(ConfigError) as e:
+        load(bad_port)
+    assert "hunter2" not in str(e.value)
+
+
+def test_otlp_endpoint_errors_do_not_echo_credentials() -> None:
+    with pytest.raises(ConfigError) as e:
+        load({"FLOWSCOPE_OTLP_ENDPOINT": "ftp://user:hunter2@collector:4317"})
+    assert "hunter2" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"FLOWSCOPE_OTLP_TIMEOUT": "0"}, "FLOWSCOPE_OTLP_TIMEOUT"),
+        ({"FLOWSCOPE_OTLP_TIMEOUT": "-2"}, "FLOWSCOPE_OTLP_TIMEOUT"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "0"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ({"OTEL_EXPORTER_OTLP_LOGS_TIMEOUT": "-1"}, "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT"),
+    ],
+)
+def test_otlp_timeout_must_be_positive(env: dict[str, str], named: str) -> None:
+    """Before, a timeout of 0 or less silently became 10 s."""
+    with pytest.raises(ConfigError) as e:
+        resolve(load(env).otlp, env)
+    assert named in str(e.value)
+    assert load({"FLOWSCOPE_OTLP_TIMEOUT": "0.5"}).otlp.timeout == 0.5
+
+
+def test_grpc_target_keeps_an_ipv6_literal_in_brackets() -> None:
+    target = resolve(OtlpSettings(endpoint="http://[::1]:4317", protocol="grpc"), {})
+    assert target.grpc_target == "[::1]:4317"
+    target = resolve(OtlpSettings(endpoint="https://[fd00::2]", protocol="grpc"), {})
+    assert target.grpc_target == "[fd00::2]:443"
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsFiles, TlsFiles]:
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def not_pem(tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    path.write_text("this is not a certificate\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("field", ["CA_FILE", "CLIENT_CERT", "CLIENT_KEY"])
+def test_tls_files_that_are_not_pem_are_configuration_errors(
+    field: str, not_pem: str, tls_files: tuple[TlsFiles, TlsFiles]
+) -> None:
+    """Readable but not PEM: a start-up error naming the setting, not an exception at the
+    first request (OTLP) or a backend that stays "unavailable" (Elasticsearch)."""
+    _, client = tls_files
+    good = {
+        "CA_FILE": str(client.ca),
+        "CLIENT_CERT": str(client.cert),
+        "CLIENT_KEY": str(client.key),
+    }
+    files = {**good, field: not_pem}
+    otlp_env = {f"FLOWSCOPE_OTLP_{k}": v for k, v in files.items()}
+    otlp_env["FLOWSCOPE_OTLP_ENDPOINT"] = "https://collector:4318"
+    with pytest.raises(ConfigError) as e:
+        resolve(load(otlp_env).otlp, otlp_env)
+    assert f"FLOWSCOPE_OTLP_{field}" in str(e.value)
+    es_env = {f"FLOWSCOPE_ELASTICSEARCH_{k}": v for k, v in files.items()}
+    es_env["FLOWSCOPE_ELASTICSEARCH_URL"] = "https://es:9200"
+    with pytest.raises(ConfigError) as e:
+        tls_context(load(es_env).elasticsearch)
+    assert f"FLOWSCOPE_ELASTICSEARCH_{field}" in str(e.value)
+
+
+def test_otel_certificate_that_is_not_pem_names_the_variable(not_pem: str) -> None:
+    env = {"OTEL_EXPORTER_OTLP_CERTIFICATE": not_pem}
+    with pytest.raises(ConfigError) as e:
+        resolve(OtlpSettings(endpoint="https://collector:4318"), env)
+    assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in str(e.value)
+
+
+@pytest.mark.parametrize("prefix", ["FLOWSCOPE_OTLP_", "FLOWSCOPE_ELASTICSEARCH_"])
+def test_client_cert_and_key_come_together(
+    prefix: str, tls_files: tuple[TlsFiles, TlsFiles]
+) -> None:
+    _, client = tls_files
+    for present, missing in (("CLIENT_CERT", "CLIENT_KEY"), ("CLIENT_KEY", "CLIENT_CERT")):
+        env = {prefix + present: str(client.cert if present == "CLIENT_CERT" else client.key)}
+        with pytest.raises(ConfigError) as e:
+            settings = load(env)
+            if prefix == "FLOWSCOPE_OTLP_":
+                resolve(settings.otlp, env)
+            else:
+                tls_context(settings.elasticsearch)
+        assert prefix + missing in str(e.value)
+
+
+def test_good_tls_files_make_a_context(tls_files: tuple[TlsFiles, TlsFiles]) -> None:
+    _, client = tls_files
+    files = {
+        "CA_FILE": str(client.ca),
+        "CLIENT_CERT": str(client.cert),
+        "CLIENT_KEY": str(client.key),
+    }
+    es_env = {f"FLOWSCOPE_ELASTICSEARCH_{k}": v for k, v in files.items()}
+    es_env["FLOWSCOPE_ELASTICSEARCH_URL"] = "https://es:9200"
+    assert tls_context(load(es_env).elasticsearch) is not None
+    assert tls_context(load({}).elasticsearch) is None  # http://, no files: no TLS
+    otlp_env = {f"FLOWSCOPE_OTLP_{k}": v for k, v in files.items()}
+    otlp_env["FLOWSCOPE_OTLP_ENDPOINT"] = "https://collector:4318"
+    assert resolve(load(otlp_env).otlp, otlp_env).ssl is not None
+
+
+def run_exporter(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowscope.cli", "exporter", "--http-address", "", *args],
+        env={"PATH": "/usr/bin:/bin", "FLOWSCOPE_NATS_URL": "nats://127.0.0.1:1", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--sinks", "elasticsearch", "--elasticsearch-url", "https://es:9200",
+          "--elasticsearch-ca-file"], "FLOWSCOPE_ELASTICSEARCH_CA_FILE"),
+        (["--sinks", "otlp", "--otlp-endpoint", "https://collector:4318", "--otlp-ca-file"],
+         "FLOWSCOPE_OTLP_CA_FILE"),
+    ],
+)  # fmt: skip
+def test_a_ca_file_that_is_not_pem_exits_2_with_one_line(
+    args: list[str], named: str, not_pem: str
+) -> None:
+    """Before, the exporter started and then failed every request to that backend."""
+    proc = run_exporter([*args, not_pem], {})
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert named in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"FLOWSCOPE_ELASTICSEARCH_URL": "https://elastic:hunter2@es:9200"},
+         "FLOWSCOPE_ELASTICSEARCH_URL"),
+        ({"FLOWSCOPE_SINKS": "otlp", "OTEL_EXPORTER_OTLP_HEADERS": "api-key=1,hunter2"},
+         "OTEL_EXPORTER_OTLP_HEADERS"),
+        ({"FLOWSCOPE_OTLP_HEADERS": "hunter2"}, "FLOWSCOPE_OTLP_HEADERS"),
+    ],
+)  # fmt: skip
+def test_bad_secrets_exit_2_without_printing_them(env: dict[str, str], named: str) -> None:
+    proc = run_exporter([], env)
+    assert proc.returncode == 2, proc.stderr
+    assert named in proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout

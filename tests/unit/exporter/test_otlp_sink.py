@@ -224,3 +224,55 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+async def test_http_200_with_an_unreadable_body_is_retried_with_backoff(
+    http_receiver: HttpReceiver,
+) -> None:
+    """A proxy's HTML page with status 200 is no OTLP answer: retried after backoff and
+    counted, not an exception escaping the sink (which made the lane nak in a hot loop)."""
+    http_receiver.received.script.extend([Answer("garbage"), Answer("garbage")])
+    sink, metrics = make_sink(http_receiver.endpoint, "http/protobuf")
+    result = await sink.export(Kind.FLOW, [flow(1), flow(2)])
+    await sink.close()
+    assert not result.rejected and not result.deferred
+    times = [t for t, _ in http_receiver.received.attempts]
+    assert [kind for _, kind in http_receiver.received.attempts] == ["garbage", "garbage", "ok"]
+    assert times[1] - times[0] >= 0.025 and times[2] - times[1] >= 0.05  # [d/2, d] of 0.05, 0.1
+    assert count(metrics.bad_responses) == 2
+    assert count(metrics.retried) == 4
+    assert len(http_receiver.received.log_records) == 2
+
+
+async def test_grpc_to_an_ipv6_literal_endpoint() -> None:
+    receiver = await GrpcReceiver(host="::1").start()
+    try:
+        assert receiver.endpoint.startswith("http://[::1]:")
+        sink, _ = make_sink(receiver.endpoint, "grpc", timeout=2.0)
+        export = asyncio.create_task(sink.export(Kind.FLOW, [flow(1)]))
+        done, _ = await asyncio.wait({export}, timeout=5)
+        await sink.shutdown()
+        result = await export
+        await sink.close()
+    finally:
+        await receiver.stop()
+    assert done and not result.deferred and not result.rejected
+    assert len(receiver.received.log_records) == 1
+
+
+async def test_partial_success_with_only_a_message_is_logged(
+    http_receiver: HttpReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The specification: rejected 0 with an error_message is a warning worth reading."""
+    message = "attribute values longer than 4096 bytes were truncated"
+    http_receiver.received.script.append(Answer("partial", rejected=0, message=message))
+    sink, metrics = make_sink(http_receiver.endpoint, "http/protobuf")
+    with caplog.at_level("WARNING", logger="flowscope.exporter.otlp"):
+        result = await sink.export(Kind.FLOW, [flow(1)])
+        await sink.export(Kind.FLOW, [flow(2)])  # a plain success: nothing more logged
+    await sink.close()
+    assert not result.rejected and not result.deferred
+    assert count(metrics.partial_rejected) == 0
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].__dict__["error"] == message

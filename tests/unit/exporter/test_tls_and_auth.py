@@ -97,3 +97,21 @@ async def test_elasticsearch_https_with_the_ca_and_basic_auth(
     finally:
         await es.stop()
     assert len(es.stored("logs-flowscope.flows-default")) == 1
+
+
+async def test_elasticsearch_mutual_tls(tls: tuple[TlsFiles, TlsFiles]) -> None:
+    server, client = tls
+    es = await FakeElasticsearch().start(
+        ssl_context=server.server_context(require_client_cert=True)
+    )
+    try:
+        sink = es_sink(
+            es.url, ca_file=str(client.ca), client_cert=str(client.cert), client_key=str(client.key)
+        )
+        await sink.start()
+        assert not (await export_or_give_up(sink)).deferred
+        no_client_cert = es_sink(es.url, ca_file=str(client.ca))
+        assert (await export_or_give_up(no_client_cert)).deferred == {0}  # retried, not dropped
+    finally:
+        await es.stop()
+    assert len(es.stored("logs-flowscope.flows-default")) == 1

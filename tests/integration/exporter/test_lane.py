@@ -1,0 +1,179 @@
+"""One sink's lane in process against a real nats-server and the real test peers:
+what it does while a backend is away, when a sink fails unexpectedly, and when the
+dead-letter stream cannot take a refused record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from flowscope.core import messaging, subjects
+from flowscope.core.messaging import NatsSettings
+from flowscope.exporter.consuming import SinkLane, durable_name
+from flowscope.exporter.ecs import EcsMapper, document_id
+from flowscope.exporter.elasticsearch import ElasticsearchSink
+from flowscope.exporter.metrics import ExporterMetrics
+from flowscope.exporter.otlp import OtlpSink
+from flowscope.exporter.otlp_config import resolve
+from flowscope.exporter.otlp_encoding import LogsEncoder, resource_attributes
+from flowscope.exporter.settings import BatchSettings, ElasticsearchSettings, OtlpSettings
+from flowscope.exporter.sink import ExportResult, Kind, Record, Sink
+from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry
+
+from tests.integration.exporter.harness import fresh_streams, publish_flows
+from tests.support.fake_elasticsearch import FakeElasticsearch
+from tests.support.nats_server import NatsServer
+from tests.support.otlp_receivers import HttpReceiver
+from tests.support.waiting import eventually
+from tests.unit.exporter.sample import flow
+
+FLOWS = "logs-flowscope.flows-default"
+
+
+@pytest.fixture
+async def streams(nc: NATS, nats_srv: NatsServer) -> None:
+    await fresh_streams(nc, nats_srv.url)
+
+
+class Lane:
+    """A :class:`SinkLane` running as a task until :meth:`stop`."""
+
+    def __init__(self, sink: Sink, nc: NATS, batch: BatchSettings) -> None:
+        self.metrics = ExporterMetrics.create(CollectorRegistry())
+        self.stopping = asyncio.Event()
+        self.lane = SinkLane(sink, nc.jetstream(), nc, batch, self.metrics, self.stopping)
+        self.task = asyncio.create_task(self.lane.run())
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await asyncio.wait_for(self.task, 20)
+
+
+async def acked(nc: NATS, sink: str) -> bool:
+    """Whether the sink's flow consumer has acked every message of the stream."""
+    js = nc.jetstream()
+    info = await js.consumer_info(subjects.STREAM_FLOWS, durable_name(sink))
+    stream = await js.stream_info(subjects.STREAM_FLOWS)
+    return info.ack_floor.stream_seq == stream.state.last_seq and not info.num_ack_pending
+
+
+async def test_messages_waiting_for_a_slot_are_kept_alive_and_exported_once(
+    nc: NATS, streams: None
+) -> None:
+    """One in-flight slot, a backend down for more than 3 times ack_wait: the messages
+    fetched with the first but not yet in a batch must get in_progress too, or JetStream
+    redelivers them behind the lane's back and each is exported twice."""
+    receiver = await HttpReceiver().start()
+    port = receiver.port
+    await receiver.stop()
+    target = resolve(OtlpSettings(endpoint=f"http://127.0.0.1:{port}", timeout=1.0), {})
+    metrics = ExporterMetrics.create(CollectorRegistry())
+    sink = OtlpSink(target, LogsEncoder(resource_attributes("")), metrics, (0.2, 0.5))
+    batch = BatchSettings(max_records=1, max_delay=0.1, max_in_flight=1, ack_wait=2.0)
+    records = [flow(i) for i in range(20)]
+    await publish_flows(nc, records, per_message=1)
+    lane = Lane(sink, nc, batch)
+    back = HttpReceiver()
+    try:
+        await asyncio.sleep(7.0)  # the backend is down for 3.5 times ack_wait
+        await back.start(port)
+        await eventually(lambda: len(back.received.log_records) >= 20, what="every record")
+        await eventually(lambda: acked(nc, "otlp"), what="every message acked")
+        await asyncio.sleep(3.0)  # past ack_wait: a redelivery would have arrived by now
+    finally:
+        await lane.stop()
+        await back.stop()
+    starts = Counter(
+        next(kv.value.int_value for kv in lr.attributes if kv.key == "flow.start_ns")
+        for lr in back.received.log_records
+    )
+    assert starts == Counter(r["flow.start_ns"] for r in records)  # each exactly once
+
+
+@dataclass
+class RaisingSink:
+    """A sink with a bug: every export raises (the seam every sink implements)."""
+
+    name: str = "raising"
+    calls: list[float] = field(default_factory=list)
+
+    async def start(self) -> None:
+        return None
+
+    async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
+        self.calls.append(time.monotonic())
+        raise RuntimeError("a bug in the sink")
+
+    async def force_flush(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_export_that_raises_is_retried_with_backoff_not_in_a_hot_loop(
+    nc: NATS, streams: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, the lane logged a traceback and nak'ed at once: JetStream redelivered at
+    once and the same batch went round hundreds of times a second."""
+    await publish_flows(nc, [flow(i) for i in range(3)])
+    sink = RaisingSink()
+    batch = BatchSettings(max_delay=0.05, retry_initial=0.4, retry_max=2.0, ack_wait=5.0)
+    with caplog.at_level(logging.ERROR, logger="flowscope.exporter.consuming"):
+        lane = Lane(sink, nc, batch)
+        await asyncio.sleep(3.0)
+        stopped = time.monotonic()
+        await lane.stop()  # the drain gives the batch one more attempt
+    calls = [t for t in sink.calls if t < stopped]
+    # backoff 0.4, 0.8, 1.6 (each jittered into [d/2, d]): a handful of attempts in 3 s
+    assert 2 <= len(calls) <= 6, len(calls)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert all(gap >= 0.2 for gap in gaps), gaps
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1  # rate-limited
+    assert not await acked(nc, "raising")  # the records stay in the stream
+
+
+async def test_refused_records_are_acked_only_once_stored_in_the_dead_letter_stream(
+    nc: NATS, nats_srv: NatsServer, streams: None
+) -> None:
+    """A record Elasticsearch refuses goes to the DLQ through JetStream: while that
+    stream cannot store it, the source message is not acked (it comes back), and
+    nothing is lost once the stream is back."""
+    es = await FakeElasticsearch().start()
+    js = nc.jetstream()
+    await js.delete_stream(subjects.STREAM_DLQ)  # JetStream cannot store dead letters now
+    refused = flow(2, **{"source.address": "not-an-ip"})  # valid record, ES refuses it
+    await publish_flows(nc, [flow(1), refused, flow(3)])
+    metrics = ExporterMetrics.create(CollectorRegistry())
+    settings = ElasticsearchSettings(url=es.url)
+    sink = ElasticsearchSink(settings, EcsMapper(), metrics, (0.05, 0.2))
+    batch = BatchSettings(max_delay=0.05, retry_initial=0.2, retry_max=0.5, ack_wait=5.0)
+    lane = Lane(sink, nc, batch)
+    try:
+        await eventually(lambda: len(es.stored(FLOWS)) == 2, what="the accepted records")
+        await eventually(lambda: es.item_statuses[400] >= 2, what="the message redelivered")
+        assert not await acked(nc, "elasticsearch")
+        await messaging.ensure_streams(js, NatsSettings(url=nats_srv.url))
+        await eventually(lambda: acked(nc, "elasticsearch"), what="the message acked")
+        info = await js.stream_info(subjects.STREAM_DLQ)
+        assert info.state.messages == 1
+        dead = await js.get_msg(subjects.STREAM_DLQ, info.state.first_seq)
+        assert dead.headers is not None
+        assert "elasticsearch: 400" in dead.headers[subjects.DLQ_REASON_HEADER]
+    finally:
+        await lane.stop()
+        await es.stop()
+    assert set(es.stored(FLOWS)) == {document_id(Kind.FLOW, flow(i)) for i in (1, 3)}
+    assert set(es.creates.values()) == {1}
