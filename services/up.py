@@ -8,6 +8,12 @@ reports flows every 2 s here (5 s in a cluster) unless FLOWSCOPE_FLOWS_* say oth
 answers ``/readyz`` it prints one summary line to stderr. SIGINT/SIGTERM are passed to
 the children, which drain and remove what they attached; ``up`` exits 0 when they did.
 
+Nothing the user sets is silently ignored: each child gets its own free loopback port for
+``/metrics``, ``/healthz`` and ``/readyz`` (three services cannot share one address), so
+``FLOWSCOPE_HTTP_ADDRESS`` is refused rather than overwritten; ``FLOWSCOPE_SINKS``, when
+set, is the exporter's exact sink list, and a sink flag it leaves out is refused
+(:func:`exporter_sinks`); the summary names the sinks that actually run.
+
 Children rather than tasks in one process: each service keeps its own lifecycle, signal
 handling and exit status exactly as in a cluster, and a crash of one is visible as such.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -25,14 +32,15 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from flowscope.core import logs
 from flowscope.core.config import section, setting
-from flowscope.core.errors import StartupError
+from flowscope.core.errors import ConfigError, StartupError
 from flowscope.core.messaging import parse_urls
 from flowscope.core.runtime import RuntimeSettings
 
@@ -45,21 +53,98 @@ def _optional_urls(value: str) -> str:
     return parse_urls(value) if value else ""
 
 
+def _as_in_services(name: str) -> Any:
+    """The field ``name`` of the services' RuntimeSettings: same default, doc and check."""
+    (f,) = [f for f in dataclasses.fields(RuntimeSettings) if f.name == name]
+    return field(default=f.default, metadata=f.metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class UpRuntimeSettings:
+    """The runtime settings ``up`` hands to every service: the services' own minus the
+    HTTP address, which ``up`` chooses per service (a free loopback port each)."""
+
+    log_format: str = _as_in_services("log_format")
+    log_level: str = _as_in_services("log_level")
+    drain_timeout: float = _as_in_services("drain_timeout")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Settings of ``flowscope up`` (every other setting reaches the services unchanged
     through their own ``FLOWSCOPE_*`` variables)."""
 
-    runtime: RuntimeSettings = section(RuntimeSettings, "logs, drain", flat=True)
+    runtime: UpRuntimeSettings = section(UpRuntimeSettings, "logs, drain", flat=True)
     nats_url: str = setting(
         "", "use this NATS instead of starting a local nats-server", parse=_optional_urls
     )
-    kubeconfig: str = setting("", "kubeconfig for the enricher (else KUBECONFIG, else local mode)")
-    otlp_endpoint: str = setting("", "also export to this OTLP endpoint")
-    elasticsearch_url: str = setting("", "also export to this Elasticsearch")
+    kubeconfig: str = setting(
+        "",
+        "kubeconfig for the enricher; without it the enricher tries KUBECONFIG, then the "
+        "in-cluster configuration, then ~/.kube/config, and uses local mode when none is "
+        "found",
+    )
+    otlp_endpoint: str = setting(
+        "", "also export to this OTLP endpoint (when FLOWSCOPE_SINKS is set, it must name otlp)"
+    )
+    elasticsearch_url: str = setting(
+        "",
+        "also export to this Elasticsearch (when FLOWSCOPE_SINKS is set, it must name "
+        "elasticsearch)",
+    )
     ready_timeout: float = setting(
         120.0, "seconds to wait for every service to be ready (BPF compilation takes a while)"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Sink:
+    """One sink the exporter runs, with its target when ``up`` knows it."""
+
+    name: str
+    target: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.target}" if self.target else self.name
+
+
+# sink → (its target's field in Settings, the flag and variable that set it)
+SINK_SETTINGS = {
+    "otlp": ("otlp_endpoint", "--otlp-endpoint / FLOWSCOPE_OTLP_ENDPOINT"),
+    "elasticsearch": ("elasticsearch_url", "--elasticsearch-url / FLOWSCOPE_ELASTICSEARCH_URL"),
+}
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """Refuse what ``up`` would otherwise have to overwrite without a word."""
+    if "FLOWSCOPE_HTTP_ADDRESS" in env:
+        raise ConfigError(
+            "FLOWSCOPE_HTTP_ADDRESS",
+            "flowscope up gives each service its own free loopback port for /metrics, "
+            "/healthz and /readyz (three services cannot share one address); unset it",
+        )
+
+
+def exporter_sinks(settings: Settings, env: Mapping[str, str]) -> list[Sink]:
+    """The sinks the exporter will run: exactly FLOWSCOPE_SINKS when it is set, else stdout
+    plus one per sink setting given. A sink setting that FLOWSCOPE_SINKS leaves out is a
+    :class:`ConfigError` (the exporter would ignore it)."""
+    given = env.get("FLOWSCOPE_SINKS")
+    if given is None:
+        names = ["stdout"] + [
+            n for n, (attr, _) in SINK_SETTINGS.items() if getattr(settings, attr)
+        ]
+    else:
+        names = [n.strip() for n in given.split(",") if n.strip()]
+        for name, (attr, source) in SINK_SETTINGS.items():
+            if getattr(settings, attr) and name not in names:
+                raise ConfigError(
+                    source,
+                    f"FLOWSCOPE_SINKS={given} leaves out {name}, so the exporter would not "
+                    f"use it: add {name} to FLOWSCOPE_SINKS or unset the {name} target",
+                )
+    targets = {n: getattr(settings, attr) for n, (attr, _) in SINK_SETTINGS.items()}
+    return [Sink(n, targets.get(n, "")) for n in names]
 
 
 @dataclass
@@ -121,7 +206,9 @@ async def _start_nats(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
     raise StartupError("nats-server", "not ready within 15 s")
 
 
-def _child_env(name: str, settings: Settings, nats_url: str, port: int) -> dict[str, str]:
+def _child_env(
+    name: str, settings: Settings, nats_url: str, port: int, sinks: list[Sink]
+) -> dict[str, str]:
     env = dict(os.environ)
     env["FLOWSCOPE_NATS_URL"] = nats_url
     env["FLOWSCOPE_HTTP_ADDRESS"] = f"127.0.0.1:{port}"
@@ -136,22 +223,19 @@ def _child_env(name: str, settings: Settings, nats_url: str, port: int) -> dict[
     if name == "enricher" and settings.kubeconfig:
         env["FLOWSCOPE_KUBECONFIG"] = settings.kubeconfig
     if name == "exporter":
-        sinks = ["stdout"]
+        env["FLOWSCOPE_SINKS"] = ",".join(sink.name for sink in sinks)
         if settings.otlp_endpoint:
-            sinks.append("otlp")
             env["FLOWSCOPE_OTLP_ENDPOINT"] = settings.otlp_endpoint
         if settings.elasticsearch_url:
-            sinks.append("elasticsearch")
             env["FLOWSCOPE_ELASTICSEARCH_URL"] = settings.elasticsearch_url
-        env.setdefault("FLOWSCOPE_SINKS", ",".join(sinks))
     return env
 
 
-async def _spawn(name: str, settings: Settings, nats_url: str) -> Child:
+async def _spawn(name: str, settings: Settings, nats_url: str, sinks: list[Sink]) -> Child:
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flowscope.cli", name,
-        env=_child_env(name, settings, nats_url, port),
+        env=_child_env(name, settings, nats_url, port, sinks),
         stdin=asyncio.subprocess.DEVNULL,
         # Only the exporter writes records; the others' stdout is not part of the output.
         stdout=None if name == "exporter" else asyncio.subprocess.DEVNULL,
@@ -190,17 +274,12 @@ async def _wait_ready(pipeline: Pipeline, limit: float, stop: asyncio.Event) -> 
     return reports
 
 
-def _summary(pipeline: Pipeline, reports: dict[str, dict], settings: Settings) -> str:
+def _summary(pipeline: Pipeline, reports: dict[str, dict], sinks: list[Sink]) -> str:
     checks = reports.get("collector", {}).get("checks", {})
     detail = checks.get("collector", {}).get("detail", "") if isinstance(checks, dict) else ""
-    sinks = ["stdout"]
-    if settings.otlp_endpoint:
-        sinks.append(f"otlp={settings.otlp_endpoint}")
-    if settings.elasticsearch_url:
-        sinks.append(f"elasticsearch={settings.elasticsearch_url}")
     return (
         f"flowscope up: ready; nats {pipeline.nats_url}; {detail or 'interfaces: unknown'}; "
-        f"sinks {', '.join(sinks)}; Ctrl-C to stop"
+        f"sinks {', '.join(str(s) for s in sinks)}; Ctrl-C to stop"
     )
 
 
@@ -220,7 +299,7 @@ async def _stop_children(pipeline: Pipeline, grace: float) -> list[int | None]:
     return statuses
 
 
-async def _run(settings: Settings, workdir: Path) -> int:
+async def _run(settings: Settings, workdir: Path, sinks: list[Sink]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -233,10 +312,10 @@ async def _run(settings: Settings, workdir: Path) -> int:
     try:
         # Order follows the data path's consumers first, so streams exist before data.
         for name in ("exporter", "enricher", "collector"):
-            pipeline.children.append(await _spawn(name, settings, nats_url))
+            pipeline.children.append(await _spawn(name, settings, nats_url, sinks))
         reports = await _wait_ready(pipeline, settings.ready_timeout, stop)
         if not stop.is_set():
-            print(_summary(pipeline, reports, settings), file=sys.stderr, flush=True)
+            print(_summary(pipeline, reports, sinks), file=sys.stderr, flush=True)
         waits = [asyncio.ensure_future(c.process.wait()) for c in pipeline.children]
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -260,7 +339,9 @@ async def _run(settings: Settings, workdir: Path) -> int:
 def main(settings: Settings) -> int:
     """Run the pipeline until Ctrl-C / SIGTERM; returns the exit status."""
     logs.configure(settings.runtime.log_format, settings.runtime.log_level)
+    check_environment(os.environ)
+    sinks = exporter_sinks(settings, os.environ)
     if os.geteuid() != 0:
         raise StartupError("root", "flowscope up runs the eBPF collector: run it as root")
     with _workdir() as workdir:
-        return asyncio.run(_run(settings, workdir))
+        return asyncio.run(_run(settings, workdir, sinks))

@@ -1,12 +1,20 @@
 """Start-up checks: each failure is one clear line and exit status 2 (StartupError).
 
-Paths are parameters so the checks can be exercised against crafted files; the service
-calls :func:`run_all` with the real ones.
+Paths, the kernel release and the memlock limit are parameters so the checks can be
+exercised against crafted inputs; the service calls :func:`run_all` with the real ones.
+
+Of the four capabilities the deployments grant (docs/collector.md), CAP_NET_ADMIN and
+CAP_SYS_ADMIN are always required and CAP_SYS_RESOURCE only where the kernel needs it
+(:func:`missing_capabilities`). CAP_SYS_PTRACE is optional: the socket snapshot
+(:mod:`flowscope.collector.socket_snapshotting`) checks it and, without it, logs one
+warning and skips itself instead of stopping the collector.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,19 +22,11 @@ from flowscope.core.errors import StartupError
 
 # Capability numbers (linux/capability.h).
 CAP_NET_ADMIN = 12
-CAP_SYS_PTRACE = 19  # optional: the socket snapshot reads other processes' fds
+CAP_SYS_PTRACE = 19  # optional: checked by the socket snapshot, which warns and skips
 CAP_SYS_ADMIN = 21
 CAP_SYS_RESOURCE = 24
-CAP_PERFMON = 38
-CAP_BPF = 39
-CAP_NAMES = {
-    CAP_NET_ADMIN: "CAP_NET_ADMIN",
-    CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
-    CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
-    CAP_SYS_RESOURCE: "CAP_SYS_RESOURCE",
-    CAP_PERFMON: "CAP_PERFMON",
-    CAP_BPF: "CAP_BPF",
-}
+# Before 5.11 the kernel charges BPF maps to RLIMIT_MEMLOCK (later: to the memory cgroup).
+MEMLOCK_CHARGED_BEFORE = (5, 11)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,26 +48,47 @@ def effective_capabilities(status: Path) -> int:
     raise StartupError("capabilities", f"no CapEff line in {status}")
 
 
-def missing_capabilities(cap_eff: int) -> list[str]:
-    """Capabilities the collector lacks, by name (empty: enough).
+def kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release such as ``5.10.0-21-amd64``; (0, 0) when it
+    cannot be read, so an odd release string is treated as an old kernel (the cautious
+    side: the memlock limit is then checked)."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
-    Attaching TC programs needs CAP_NET_ADMIN. Loading BPF and reading kernel time and
-    tracepoints needs CAP_BPF + CAP_PERFMON (kernel ≥ 5.8), or CAP_SYS_ADMIN, which also
-    covers older kernels and the cgroup attachments of socket tracing.
+
+def missing_capabilities(cap_eff: int, release: str, memlock_hard: int) -> list[str]:
+    """Capabilities the collector lacks, each with why it is needed (empty: enough).
+
+    CAP_NET_ADMIN attaches the TC programs. CAP_SYS_ADMIN covers loading BPF, attaching
+    tracepoints and the cgroup programs of socket tracing (the kernel's bpf_capable() and
+    perfmon_capable() accept it in place of CAP_BPF and CAP_PERFMON). CAP_SYS_RESOURCE is
+    needed only where the kernel charges BPF maps to RLIMIT_MEMLOCK (before 5.11) and the
+    hard limit is finite: bcc raises the limit to unlimited before creating maps.
+    ``memlock_hard`` is the RLIMIT_MEMLOCK hard limit (``resource.RLIM_INFINITY``: none).
     """
 
     def has(cap: int) -> bool:
         return bool(cap_eff >> cap & 1)
 
-    missing = [] if has(CAP_NET_ADMIN) else ["CAP_NET_ADMIN"]
+    missing = [] if has(CAP_NET_ADMIN) else ["CAP_NET_ADMIN (TC filters)"]
     if not has(CAP_SYS_ADMIN):
-        missing += [CAP_NAMES[c] for c in (CAP_BPF, CAP_PERFMON) if not has(c)]
-        missing += ["CAP_SYS_ADMIN"]  # socket tracing attaches cgroup programs
+        missing.append("CAP_SYS_ADMIN (BPF programs, tracepoints, cgroup hooks)")
+    version = kernel_version(release)
+    if (
+        version < MEMLOCK_CHARGED_BEFORE
+        and memlock_hard != resource.RLIM_INFINITY
+        and not has(CAP_SYS_RESOURCE)
+    ):
+        missing.append(
+            f"CAP_SYS_RESOURCE (kernel {version[0]}.{version[1]} charges BPF maps to "
+            f"RLIMIT_MEMLOCK, whose hard limit is {memlock_hard} bytes, not unlimited)"
+        )
     return missing
 
 
-def check_capabilities(paths: HostPaths) -> None:
-    missing = missing_capabilities(effective_capabilities(paths.proc_status))
+def check_capabilities(paths: HostPaths, release: str, memlock_hard: int) -> None:
+    cap_eff = effective_capabilities(paths.proc_status)
+    missing = missing_capabilities(cap_eff, release, memlock_hard)
     if missing:
         raise StartupError(
             "capabilities",
@@ -109,7 +130,8 @@ def check_kernel_headers(paths: HostPaths, release: str, env: dict[str, str]) ->
 def run_all(paths: HostPaths | None = None) -> None:
     """Every start-up check, in the order a user would fix them."""
     paths = paths or HostPaths()
-    check_capabilities(paths)
+    release = os.uname().release
+    check_capabilities(paths, release, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1])
     check_bpf(paths)
     check_tracefs(paths)
-    check_kernel_headers(paths, os.uname().release, dict(os.environ))
+    check_kernel_headers(paths, release, dict(os.environ))

@@ -36,6 +36,13 @@ def env_names(command: str) -> set[str]:
     return {leaf.env for leaf in leaves(settings_class(command))} | {"FLOWSCOPE_CONFIG"}
 
 
+def cap_eff(names: list[str]) -> int:
+    """The CapEff mask of a container granted exactly ``names`` (``NET_ADMIN``, ...)."""
+    from flowscope.collector import checks
+
+    return sum(1 << getattr(checks, f"CAP_{name}") for name in names)
+
+
 def shared_file(*parts: str) -> Path | None:
     """A file under the ``shared/`` directory beside the clone (CI), or beside the
     worktrees directory (a worktree at ``<work>/wt/<name>``); None when absent."""

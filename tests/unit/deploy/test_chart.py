@@ -8,14 +8,19 @@ from typing import Any
 
 import pytest
 import yaml
+from flowscope.core import config
 
 from tests.support.chart_templates import (
     PLACEHOLDER,
+    TemplateError,
+    TemplateFailure,
+    render,
+    render_objects,
     strip_actions,
     value_paths,
     values_keys,
 )
-from tests.support.deploying import REPO, env_names, subcommands
+from tests.support.deploying import REPO, cap_eff, env_names, settings_class, subcommands
 
 CHART = REPO / "deploy" / "helm" / "flowscope"
 TEMPLATES = sorted((CHART / "templates").glob("*.yaml"))
@@ -24,7 +29,7 @@ COMPONENT_TEMPLATES = {
     "enricher": "enricher-deployment.yaml",
     "exporter": "exporter-deployment.yaml",
 }
-COLLECTOR_CAPS = ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"]
+COLLECTOR_CAPS = ["NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"]
 HOST_PATHS = ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup", "/lib/modules", "/usr/src"]
 # The enricher's watched resources as the issue lists them; used only while the
 # enricher's own list (flowscope.enricher.watching.resources) is not importable.
@@ -273,3 +278,215 @@ def test_optional_objects_are_behind_their_switches(values: dict[str, Any]) -> N
         )
         assert first_action is not None and first_action.group(1).strip() == switch
     assert values["serviceMonitor"]["enabled"] is False
+
+
+# ---------------------------------------------------------------- the rendering function
+
+
+def _render_one(template: str, values: dict[str, Any] | None = None) -> str:
+    """Render a one-template chart built in a temporary directory."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Path(tmp)
+        (chart / "templates").mkdir()
+        (chart / "Chart.yaml").write_text("name: t\nversion: 1.0.0\nappVersion: '2'\n")
+        (chart / "values.yaml").write_text(yaml.safe_dump(values or {}))
+        (chart / "templates" / "t.yaml").write_text(template)
+        return render(chart)["t.yaml"]
+
+
+def test_render_trims_branches_ranges_and_includes() -> None:
+    template = (
+        '{{- define "t.x" -}}\nx: {{ .v | quote }}\n{{- end }}\n'
+        "a:\n"
+        "  {{- if .Values.on }}\n"
+        "  first: ok\n"
+        "  {{- else if .Values.other }}\n"
+        "  second: ok\n"
+        "  {{- else }}\n"
+        "  third: ok\n"
+        "  {{- end }}\n"
+        "  {{- range $k, $v := .Values.m }}\n"
+        "  {{ $k }}: {{ $v }}\n"
+        "  {{- end }}\n"
+        '  {{- include "t.x" (dict "v" .Chart.AppVersion) | nindent 2 }}\n'
+    )
+    assert yaml.safe_load(_render_one(template, {"on": False, "other": True, "m": {"b": 1}})) == {
+        "a": {"second": "ok", "b": 1, "x": "2"}
+    }
+    assert yaml.safe_load(_render_one(template, {"on": True, "m": {}})) == {
+        "a": {"first": "ok", "x": "2"}
+    }
+
+
+def test_render_prints_numbers_as_helm_does() -> None:
+    """Helm reads values through JSON: big whole numbers print in exponent form unless a
+    template converts them, which is the mistake the chart's number helper avoids."""
+    out = _render_one("a: {{ .Values.n }}\nb: {{ int64 .Values.n }}\nc: {{ .Values.s }}\n",
+                      {"n": 1073741824, "s": 86400})  # fmt: skip
+    assert out == "a: 1.073741824e+09\nb: 1073741824\nc: 86400\n"
+
+
+def test_render_stops_at_required_and_fail() -> None:
+    with pytest.raises(TemplateFailure, match=r"^x is required$"):
+        _render_one('a: {{ required "x is required" .Values.x }}\n', {"x": ""})
+    assert _render_one('a: {{ required "x is required" .Values.x }}\n', {"x": "y"}) == "a: y\n"
+    with pytest.raises(TemplateFailure, match=r"^no$"):
+        _render_one('{{- if .Values.x }}{{ fail "no" }}{{ end }}\n', {"x": True})
+
+
+def test_render_refuses_what_it_does_not_know() -> None:
+    with pytest.raises(TemplateError, match="lookup"):
+        _render_one('a: {{ lookup "v1" "Secret" "ns" "n" }}\n')
+
+
+# ---------------------------------------------------------------- the chart, rendered
+
+
+def rendered(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return render_objects(CHART, values)
+
+
+def rendered_container(objects: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    (workload,) = [
+        o for o in objects
+        if o["kind"] in ("Deployment", "DaemonSet")
+        and o["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]  # fmt: skip
+    (c,) = workload["spec"]["template"]["spec"]["containers"]
+    return dict(c)
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def volumes_of(objects: list[dict[str, Any]], component: str) -> dict[str, dict[str, Any]]:
+    (workload,) = [
+        o for o in objects
+        if o["kind"] == "Deployment"
+        and o["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]  # fmt: skip
+    return {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"] or []}
+
+
+def test_chart_renders_with_its_defaults() -> None:
+    kinds = sorted(o["kind"] for o in rendered())
+    assert kinds.count("Deployment") == 2 and kinds.count("DaemonSet") == 1
+    collector = rendered_container(rendered(), "collector")
+    assert collector["securityContext"]["capabilities"]["add"] == COLLECTOR_CAPS
+
+
+def test_collector_capabilities_pass_its_own_start_up_check() -> None:
+    from flowscope.collector import checks
+
+    granted = rendered_container(rendered(), "collector")["securityContext"]["capabilities"]
+    mask = cap_eff(granted["add"])
+    assert checks.missing_capabilities(mask, "5.10.0-21-amd64", 64 << 10) == []
+
+
+STREAM_ENV = ("FLOWSCOPE_NATS_STREAM_MAX_AGE", "FLOWSCOPE_NATS_STREAM_MAX_BYTES",
+              "FLOWSCOPE_NATS_STREAM_REPLICAS")  # fmt: skip
+
+
+def test_stream_limits_reach_every_component_identically() -> None:
+    """Each component creates or updates every stream from its own settings, so the
+    limits must be the same everywhere, and must load as the numbers given (Helm's
+    float64 values would otherwise arrive as 1.073741824e+10, which is no int)."""
+    objects = rendered(
+        {"nats": {"stream": {"maxAge": 1209600, "maxBytes": 10737418240, "replicas": 3}}}
+    )
+    loaded = {}
+    for component in COMPONENT_TEMPLATES:
+        env = env_of(rendered_container(objects, component))
+        assert {name: env[name] for name in STREAM_ENV} == {
+            "FLOWSCOPE_NATS_STREAM_MAX_AGE": "1209600",
+            "FLOWSCOPE_NATS_STREAM_MAX_BYTES": "10737418240",
+            "FLOWSCOPE_NATS_STREAM_REPLICAS": "3",
+        }
+        stream_env = {name: env[name] for name in STREAM_ENV}
+        settings = config.load(settings_class(component), {}, env=stream_env)
+        loaded[component] = (settings.nats.stream_max_age, settings.nats.stream_max_bytes,
+                             settings.nats.stream_replicas)  # fmt: skip
+    assert set(loaded.values()) == {(1209600.0, 10737418240, 3)}
+
+
+def test_stream_limits_default_to_the_services_own() -> None:
+    for component in COMPONENT_TEMPLATES:
+        env = env_of(rendered_container(rendered(), component))
+        assert not set(STREAM_ENV) & set(env)
+
+
+def test_stream_limit_fractions_and_strings_pass_unchanged() -> None:
+    objects = rendered({"nats": {"stream": {"maxAge": 0.5, "maxBytes": "2048", "replicas": ""}}})
+    env = env_of(rendered_container(objects, "enricher"))
+    assert env["FLOWSCOPE_NATS_STREAM_MAX_AGE"] == "0.5"
+    assert env["FLOWSCOPE_NATS_STREAM_MAX_BYTES"] == "2048"
+    assert "FLOWSCOPE_NATS_STREAM_REPLICAS" not in env
+
+
+def test_otlp_tls_secret_is_mounted_and_wired() -> None:
+    objects = rendered({"exporter": {"sinks": "otlp", "otlp": {"tlsSecret": "otlp-certs"}}})
+    exporter = rendered_container(objects, "exporter")
+    env = env_of(exporter)
+    assert env["FLOWSCOPE_OTLP_CA_FILE"] == "/etc/flowscope/otlp-tls/ca.crt"
+    assert "FLOWSCOPE_OTLP_CLIENT_CERT" not in env and "FLOWSCOPE_OTLP_CLIENT_KEY" not in env
+    (mount,) = [m for m in exporter["volumeMounts"] if m["name"] == "otlp-tls"]
+    assert mount == {"name": "otlp-tls", "mountPath": "/etc/flowscope/otlp-tls", "readOnly": True}
+    assert volumes_of(objects, "exporter")["otlp-tls"]["secret"] == {"secretName": "otlp-certs"}
+
+    mutual = {"tlsSecret": "otlp-certs", "clientCertificate": True}
+    env = env_of(rendered_container(rendered({"exporter": {"otlp": mutual}}), "exporter"))
+    assert env["FLOWSCOPE_OTLP_CLIENT_CERT"] == "/etc/flowscope/otlp-tls/tls.crt"
+    assert env["FLOWSCOPE_OTLP_CLIENT_KEY"] == "/etc/flowscope/otlp-tls/tls.key"
+
+
+def test_no_tls_files_without_a_secret() -> None:
+    objects = rendered()
+    exporter = rendered_container(objects, "exporter")
+    assert not {n for n in env_of(exporter) if n.endswith(("_CA_FILE", "_CERT", "_KEY"))}
+    assert exporter["volumeMounts"] is None and volumes_of(objects, "exporter") == {}
+
+
+@pytest.mark.parametrize("sink", ["otlp", "elasticsearch"])
+def test_client_certificate_without_its_secret_fails(sink: str) -> None:
+    values = {"exporter": {sink: {"clientCertificate": True}, "elasticsearch": {"url": "http://e"}}}
+    values["exporter"][sink]["clientCertificate"] = True
+    with pytest.raises(TemplateFailure, match=f"exporter.{sink}.clientCertificate needs"):
+        rendered(values)
+
+
+def test_elasticsearch_tls_secret_with_client_certificate() -> None:
+    es = {"url": "https://es:9200", "caSecret": "es-certs", "clientCertificate": True}
+    objects = rendered({"exporter": {"sinks": "elasticsearch", "elasticsearch": es}})
+    exporter = rendered_container(objects, "exporter")
+    env = env_of(exporter)
+    assert env["FLOWSCOPE_ELASTICSEARCH_CA_FILE"] == "/etc/flowscope/elasticsearch-tls/ca.crt"
+    assert env["FLOWSCOPE_ELASTICSEARCH_CLIENT_CERT"] == "/etc/flowscope/elasticsearch-tls/tls.crt"
+    assert env["FLOWSCOPE_ELASTICSEARCH_CLIENT_KEY"] == "/etc/flowscope/elasticsearch-tls/tls.key"
+    (mount,) = [m for m in exporter["volumeMounts"] if m["name"] == "elasticsearch-tls"]
+    assert mount["readOnly"] is True
+    assert volumes_of(objects, "exporter")["elasticsearch-tls"]["secret"] == {
+        "secretName": "es-certs"
+    }
+    only_ca = {"url": "https://es:9200", "caSecret": "es-certs"}
+    env = env_of(rendered_container(rendered({"exporter": {"elasticsearch": only_ca}}), "exporter"))
+    assert "FLOWSCOPE_ELASTICSEARCH_CA_FILE" in env
+    assert "FLOWSCOPE_ELASTICSEARCH_CLIENT_CERT" not in env
+
+
+@pytest.mark.parametrize("sinks", ["elasticsearch", "stdout,elasticsearch", "otlp, elasticsearch"])
+def test_elasticsearch_sink_without_url_fails_the_install(sinks: str) -> None:
+    """Without a URL the exporter would deliver to http://localhost:9200, i.e. nowhere."""
+    with pytest.raises(TemplateFailure, match=r"exporter\.elasticsearch\.url is required"):
+        rendered({"exporter": {"sinks": sinks}})
+    objects = rendered({"exporter": {"sinks": sinks, "elasticsearch": {"url": "http://es:9200"}}})
+    assert env_of(rendered_container(objects, "exporter"))["FLOWSCOPE_ELASTICSEARCH_URL"] == (
+        "http://es:9200"
+    )
+
+
+def test_no_elasticsearch_url_needed_without_the_sink() -> None:
+    env = env_of(rendered_container(rendered({"exporter": {"sinks": "stdout,otlp"}}), "exporter"))
+    assert "FLOWSCOPE_ELASTICSEARCH_URL" not in env

@@ -56,9 +56,13 @@ name when it already contains "nats", else "<release>-nats"), or nats.externalUr
 {{- end }}
 
 {{/*
-FLOWSCOPE_* variables every component gets: NATS (credentials only from Secrets),
-logging, and the HTTP endpoint on the given port. Call with
+FLOWSCOPE_* variables every component gets: NATS (credentials only from Secrets), the
+JetStream stream limits, logging, and the HTTP endpoint on the given port. Call with
 (dict "root" $ "port" <metrics port>).
+
+The stream limits must be identical in every component: each one creates or updates
+all of flowscope's streams at start-up from its own settings, so a limit given to one
+component only would be reverted by the next start of another.
 */}}
 {{- define "flowscope.commonEnv" -}}
 - name: FLOWSCOPE_NATS_URL
@@ -69,6 +73,20 @@ logging, and the HTTP endpoint on the given port. Call with
   value: {{ .root.Values.log.level | quote }}
 - name: FLOWSCOPE_HTTP_ADDRESS
   value: {{ printf "0.0.0.0:%v" .port | quote }}
+{{- with .root.Values.nats.stream }}
+{{- if ne (toString .maxAge) "" }}
+- name: FLOWSCOPE_NATS_STREAM_MAX_AGE
+  value: {{ include "flowscope.number" .maxAge }}
+{{- end }}
+{{- if ne (toString .maxBytes) "" }}
+- name: FLOWSCOPE_NATS_STREAM_MAX_BYTES
+  value: {{ include "flowscope.number" .maxBytes }}
+{{- end }}
+{{- if ne (toString .replicas) "" }}
+- name: FLOWSCOPE_NATS_STREAM_REPLICAS
+  value: {{ include "flowscope.number" .replicas }}
+{{- end }}
+{{- end }}
 {{- if .root.Values.nats.auth.existingSecret }}
 {{- if .root.Values.nats.auth.userKey }}
 - name: FLOWSCOPE_NATS_USER
@@ -105,6 +123,18 @@ logging, and the HTTP endpoint on the given port. Call with
 - name: FLOWSCOPE_NATS_TLS_KEY
   value: /etc/flowscope/nats-tls/tls.key
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A numeric setting as a quoted env value. Helm reads numbers in values as float64, which
+print as 1.073741824e+09: whole ones are written through int64, others as they are.
+Strings pass unchanged (the service rejects a malformed one at start-up, naming it).
+*/}}
+{{- define "flowscope.number" -}}
+{{- if kindIs "string" . }}{{ . | quote }}
+{{- else if eq (float64 (int64 .)) (float64 .) }}{{ int64 . | quote }}
+{{- else }}{{ . | toString | quote }}
 {{- end }}
 {{- end }}
 
