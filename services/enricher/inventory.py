@@ -3,7 +3,15 @@
 The informers (``watching``) feed :meth:`Inventory.upsert` / :meth:`Inventory.delete` /
 :meth:`Inventory.replace`; flows ask :meth:`Inventory.resolve`. Deleted objects stay
 indexed for ``deleted_grace`` seconds (a pod's last flows are reported after it ended)
-unless a live object claims the address first; :meth:`Inventory.sweep` forgets them.
+unless a live object claims the address first; :meth:`Inventory.sweep` forgets them. A
+deleted object replaced within its grace by a new one of the same name (a StatefulSet's
+pod, a re-created Service) keeps what the new one does not claim — its other addresses,
+its container ids — for the rest of its grace; a pod replaced by another of the same name
+(another uid) without a DELETED event (a re-LIST) is deleted by the replacement.
+
+A finished pod (phase Succeeded or Failed) keeps its address in its status while the
+address goes to a new pod: it never takes an address from a running pod, and holds a
+free one only for ``deleted_grace`` after it was first seen finished.
 
 Resolved identities are cached per address (and per container id). A change drops only
 the entries it can affect — a cluster's pods, slices and controllers change several times
@@ -17,7 +25,8 @@ probe for a cached one. What an identity reads, and so what must drop it:
   change drops its old and new addresses, with the container entries built for them;
 - for a pod, every controller its owner chain looks up: a controller change drops the
   entries of every pod whose chain passes through it (found through owner → referrer
-  indexes).
+  indexes);
+- the end of a finished pod's grace drops the addresses it lets go of.
 
 An upsert of an object equal to the stored one (a status-only update: the slim objects
 keep none of the status) that leaves every index as it was changes nothing and drops
@@ -46,7 +55,6 @@ from flowscope.core.records import LABEL_PREFIX, OWNER_KEYS
 from flowscope.enricher.identities import Identity, external, identity
 from flowscope.enricher.objects import EndpointSlice, Node, Pod, Service, Workload
 
-MAX_OWNER_DEPTH = 6  # Pod → ReplicaSet → Deployment is 2; guards against reference loops
 MAX_CACHED = 100_000  # identities cached (external addresses are unbounded)
 MAX_WARM = MAX_CACHED // 2  # identities built ahead fill the cache up to this
 
@@ -61,6 +69,11 @@ WORKLOAD_RESOURCES = {
     "Job": "jobs",
     "CronJob": "cronjobs",
 }
+# The workload chains (DESIGN.md): a pod's controller of one of the kinds above, then
+# only ReplicaSet → Deployment and Job → CronJob. Any other owner (a Node owning a static
+# pod, an operator's custom resource owning a ReplicaSet) is not a workload: the chain
+# stops below it, so k8s.workload.kind is always one of these kinds or Pod.
+CHAIN_PARENTS = {"ReplicaSet": "Deployment", "Job": "CronJob"}
 
 
 def object_key(resource: str, obj: Obj) -> Key:
@@ -86,12 +99,17 @@ class Inventory:
         self._containers: dict[str, Pod] = {}
         self._service_ips: dict[str, Service] = {}
         self._node_ips: dict[str, Node] = {}
-        self._slice_ips: dict[str, dict[Key, str]] = {}  # pod ip → {slice key: service}
+        self._slice_ips: dict[str, dict[Key, EndpointSlice]] = {}  # pod ip → {slice key: slice}
+        # (grace end, resource, key, deleted object), in time order: each is forgotten at
+        # its grace end, whether still stored or replaced by a new one (buried)
         self._graveyard: deque[tuple[float, str, Key, Obj]] = deque()
+        # (grace end, resource, key, pod) for each pod first seen finished, in time order
+        self._finishing: deque[tuple[float, str, Key, Pod]] = deque()
         # Owner → referrer indexes, for the controller changes' invalidation: the owner's
-        # store key (kind, namespace, name) → pods and controllers whose owner reference
-        # names it (whether or not the owner is known).
-        self._owned_pods: dict[Key, dict[Key, Pod]] = {}
+        # store key (kind, namespace, name) → pods (by id: a buried pod and its successor
+        # share a name) and controllers whose owner reference names it (whether or not
+        # the owner is known).
+        self._owned_pods: dict[Key, dict[int, Pod]] = {}
         self._owned_workloads: dict[Key, set[Key]] = {}
         # The identity caches. ``_cache`` is probed directly by the compiled flow core: a
         # plain dict, only ever changed in place, never holding a stale identity.
@@ -124,17 +142,41 @@ class Inventory:
         store = self.stores.setdefault(resource, {})
         key = object_key(resource, obj)
         old = store.get(key)
+        if isinstance(obj, Pod) and obj.finished:
+            self._finished(resource, key, old, obj)
         if old is not None:
             if old == obj and self._claims_all(old):
                 # Replacing it would re-index an equal object in its own place: nothing
                 # any identity reads would change. The stored (equal) object stays.
                 return
-            self._unindex(old)
+            self._release(resource, key, old, obj)
         store[key] = obj
         self._index(obj)
         if old is not None and not isinstance(old, Workload):  # a controller: the same pods
             self._forget(old)
         self._forget(obj)
+
+    def _finished(self, resource: str, key: Key, old: Obj | None, pod: Pod) -> None:
+        """Stamp a finished pod with the time it was first seen finished (kept from the
+        stored version of the same pod); its grace end is queued for :meth:`sweep`."""
+        if isinstance(old, Pod) and old.uid == pod.uid and old.finished_at:
+            pod.finished_at = old.finished_at
+            return
+        pod.finished_at = now = self._clock()
+        self._finishing.append((now + self._grace, resource, key, pod))
+
+    def _release(self, resource: str, key: Key, old: Obj, new: Obj) -> None:
+        """The stored ``old`` gives way to ``new`` (same key): unindexed, or buried."""
+        if isinstance(old, Pod) and isinstance(new, Pod) and old.uid != new.uid:
+            # Another pod of that name: the old one is gone (its DELETED event was missed,
+            # e.g. while a re-LIST replaced the store), and gets its grace.
+            self.delete(resource, key)
+        if old.deleted_at and not isinstance(old, Workload):
+            # Buried: in its grace, it keeps the index entries ``new`` does not claim
+            # (``new`` is indexed over it) until sweep() unindexes it. A controller is
+            # indexed by its key only: the new one is all the chains read.
+            return
+        self._unindex(old)
 
     def delete(self, resource: str, key: Key) -> None:
         """An object was deleted: it stays resolvable for the grace period."""
@@ -156,18 +198,41 @@ class Inventory:
             self.delete(resource, key)
 
     def sweep(self) -> int:
-        """Forget deleted objects whose grace period is over; returns how many."""
+        """Forget deleted objects whose grace period is over, and let the addresses of
+        finished pods whose grace is over go; returns how many objects were forgotten."""
         now = self._clock()
         forgotten = 0
         while self._graveyard and self._graveyard[0][0] <= now:
             _, resource, key, obj = self._graveyard.popleft()
             store = self.stores.get(resource, {})
-            if obj is not None and store.get(key) is obj:
+            if store.get(key) is obj:
                 del store[key]
-                self._unindex(obj)
-                self._forget(obj)
-                forgotten += 1
+            elif isinstance(obj, Workload):
+                continue  # replaced: its key is the new controller's in every index
+            # Stored or buried: only the index entries still its own are removed.
+            self._unindex(obj)
+            self._forget(obj)
+            forgotten += 1
+        while self._finishing and self._finishing[0][0] <= now:
+            _, resource, key, pod = self._finishing.popleft()
+            current = self.stores.get(resource, {}).get(key)
+            self._let_go(pod.ips + current.ips if isinstance(current, Pod) else pod.ips, now)
         return forgotten
+
+    def _let_go(self, addresses: Iterable[str], now: float) -> None:
+        """Unindex those of ``addresses`` held by a finished pod whose grace is over."""
+        gone = []
+        for ip in addresses:
+            holder = self._pod_ips.get(ip)
+            if holder is not None and not self._may_hold(holder, now):
+                del self._pod_ips[ip]
+                gone.append(ip)
+        self._forget_addresses(gone)
+
+    def _may_hold(self, pod: Pod, now: float) -> bool:
+        """Whether a pod's addresses may be indexed at all: not once it is finished for
+        longer than the grace (its address is in its status for as long as it exists)."""
+        return not pod.finished_at or now < pod.finished_at + self._grace
 
     @property
     def cached(self) -> int:
@@ -180,6 +245,8 @@ class Inventory:
     def _claims_all(self, obj: Obj) -> bool:
         """Whether every index entry ``obj`` would write already holds it."""
         if isinstance(obj, Pod):
+            if obj.finished:  # holds what nobody else does, for a while: index it afresh
+                return False
             return all(self._containers.get(cid) is obj for cid in obj.container_ids) and (
                 obj.host_network or all(self._pod_ips.get(ip) is obj for ip in obj.ips)
             )
@@ -248,16 +315,18 @@ class Inventory:
 
     def _index(self, obj: Obj) -> None:
         if isinstance(obj, Pod):
-            if not obj.host_network:
+            if not obj.host_network and self._may_hold(obj, self._clock()):
+                running = _running(obj)
                 for ip in obj.ips:
                     current = self._pod_ips.get(ip)
-                    # A live pod owns its address over a deleted one still in its grace.
-                    if current is None or current.deleted_at or not obj.deleted_at:
+                    # A running pod owns its address over a deleted or finished one (the
+                    # address may well be its now); among running pods, the last upserted.
+                    if current is None or running or not _running(current):
                         self._pod_ips[ip] = obj
             for cid in obj.container_ids:
                 self._containers[cid] = obj
             if (owner := _owner_key(obj)) is not None:
-                self._owned_pods.setdefault(owner, {})[(obj.namespace, obj.name)] = obj
+                self._owned_pods.setdefault(owner, {})[id(obj)] = obj
         elif isinstance(obj, Workload):
             if (owner := _owner_key(obj)) is not None:
                 self._owned_workloads.setdefault(owner, set()).add(object_key("", obj))
@@ -270,7 +339,7 @@ class Inventory:
         elif isinstance(obj, EndpointSlice):
             key = (obj.namespace, obj.name)
             for ip in obj.addresses:
-                self._slice_ips.setdefault(ip, {})[key] = obj.service
+                self._slice_ips.setdefault(ip, {})[key] = obj
 
     def _unindex(self, obj: Obj) -> None:
         if isinstance(obj, Pod):
@@ -282,10 +351,8 @@ class Inventory:
                     del self._containers[cid]
             if (owner := _owner_key(obj)) is not None:
                 pods = self._owned_pods.get(owner)
-                if pods is not None and pods.get((obj.namespace, obj.name)) is obj:
-                    del pods[(obj.namespace, obj.name)]
-                    if not pods:
-                        del self._owned_pods[owner]
+                if pods is not None and pods.pop(id(obj), None) is not None and not pods:
+                    del self._owned_pods[owner]
         elif isinstance(obj, Workload):
             if (owner := _owner_key(obj)) is not None:
                 children = self._owned_workloads.get(owner)
@@ -300,10 +367,10 @@ class Inventory:
         elif isinstance(obj, EndpointSlice):
             key = (obj.namespace, obj.name)
             for ip in obj.addresses:
-                services = self._slice_ips.get(ip)
-                if services is not None:
-                    services.pop(key, None)
-                    if not services:
+                slices = self._slice_ips.get(ip)
+                if slices is not None and slices.get(key) is obj:
+                    del slices[key]
+                    if not slices:
                         del self._slice_ips[ip]
 
     # ------------------------------------------------------------ lookups
@@ -398,9 +465,9 @@ class Inventory:
         if pod.node:
             meta["k8s.node.name"] = pod.node
         self._owner_chain(pod, meta)
-        services = self._slice_ips.get(address)
-        if services:
-            meta["k8s.service.name"] = min(services.values())
+        slices = self._slice_ips.get(address)
+        if slices:
+            meta["k8s.service.name"] = min(s.service for s in slices.values())
         for key, value in pod.labels.items():
             meta[LABEL_PREFIX + key] = value
         ident = identity("pod", pod.namespace, pod.node, address, meta)
@@ -408,22 +475,28 @@ class Inventory:
         return ident
 
     def _owner_chain(self, pod: Pod, meta: dict[str, Any]) -> None:
-        """``k8s.<kind>.name`` for each owner up the chain, and the top as the workload,
-        into ``meta``."""
+        """``k8s.<kind>.name`` for each workload up the chain (CHAIN_PARENTS), and the top
+        as the workload, into ``meta``: the pod itself when its owner is no workload."""
         kind, name = "Pod", pod.name
         ref = pod.owner
-        for _ in range(MAX_OWNER_DEPTH):
-            if ref is None:
-                break
+        if ref is not None and ref.kind in WORKLOAD_RESOURCES:
             kind, name = ref.kind, ref.name
-            key = OWNER_KEYS.get(kind)
-            if key is not None:
-                meta[key] = name
-            store = self.stores.get(WORKLOAD_RESOURCES.get(kind, ""))
-            owner = store.get((kind, pod.namespace, name)) if store is not None else None
-            ref = owner.owner if owner is not None else None
+            meta[OWNER_KEYS[kind]] = name
+            parent = CHAIN_PARENTS.get(kind)
+            if parent is not None:
+                store = self.stores.get(WORKLOAD_RESOURCES[kind])
+                owner = store.get((kind, pod.namespace, name)) if store is not None else None
+                up = owner.owner if owner is not None else None
+                if up is not None and up.kind == parent:
+                    kind, name = up.kind, up.name
+                    meta[OWNER_KEYS[kind]] = name
         meta["k8s.workload.kind"] = kind
         meta["k8s.workload.name"] = name
+
+
+def _running(pod: Pod) -> bool:
+    """Neither deleted nor finished: the pod its addresses belong to."""
+    return not pod.deleted_at and not pod.finished
 
 
 def _owner_key(obj: Pod | Workload) -> Key | None:

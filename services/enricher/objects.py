@@ -3,13 +3,17 @@
 Each resource's JSON becomes one small slots dataclass in exactly one function
 (``*_from_json``); everything else in the object is dropped at once, which is what keeps
 10,000 pods in a few tens of megabytes. An object missing a field the enricher relies
-on raises :class:`OddObject`; the informer counts and skips it.
+on raises :class:`OddObject`; the informer counts and skips it. An address that is not
+an IP address is left out of the object and named in ``skipped`` (the informer counts
+and logs it; the rest of the object is kept); every other address is kept in its
+canonical text form (``ipaddress``: IPv6 compressed, lower case), the form flows look up.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +21,7 @@ from flowscope.core.errors import FlowscopeError
 
 CONTAINER_ID_PREFIXES = ("containerd://", "docker://", "cri-o://", "crio://")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+FINISHED_PHASES = ("Succeeded", "Failed")  # a pod that will not run again
 
 _intern = sys.intern
 
@@ -52,7 +57,13 @@ class Pod:
     container_ids: dict[str, str]  # runtime container id (no prefix) → container name
     labels: dict[str, str]  # only the allow-listed keys
     owner: OwnerRef | None
+    # status.phase Succeeded or Failed: its containers ended for good and its addresses
+    # may already be another pod's (the inventory lets them go, see Inventory)
+    finished: bool = False
     deleted_at: float = 0.0  # monotonic time of deletion (0: alive)
+    # monotonic time the inventory first saw it finished (0: not finished), kept across
+    # its updates: its addresses resolve for the deleted grace after that at most
+    finished_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -117,6 +128,22 @@ def _strings(values: Any) -> list[str]:
     return [v for v in values if isinstance(v, str) and v] if isinstance(values, list) else []
 
 
+def _addresses(values: Iterable[str], field: str, skipped: list[str] | None) -> list[str]:
+    """Address texts in canonical form; one that is no IP address is left out (named in
+    ``skipped``), and so is a repeated one."""
+    out: list[str] = []
+    for value in values:
+        try:
+            address = str(ipaddress.ip_address(value))
+        except ValueError:
+            if skipped is not None:
+                skipped.append(f"{field}: not an IP address: {value[:64]!r}")
+            continue
+        if address not in out:
+            out.append(address)
+    return out
+
+
 def _owner(meta: Mapping[str, Any]) -> OwnerRef | None:
     """The controller owner reference (``controller: true``), else the first one."""
     refs = [r for r in _items(meta.get("ownerReferences")) if isinstance(r, Mapping)]
@@ -135,7 +162,9 @@ def strip_container_id(raw: str) -> str:
     return raw
 
 
-def pod_from_json(obj: Mapping[str, Any], label_keys: tuple[str, ...]) -> Pod:
+def pod_from_json(
+    obj: Mapping[str, Any], label_keys: tuple[str, ...], skipped: list[str] | None = None
+) -> Pod:
     meta = _meta(obj, "Pod")
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
@@ -144,6 +173,7 @@ def pod_from_json(obj: Mapping[str, Any], label_keys: tuple[str, ...]) -> Pod:
     ips = _strings([p.get("ip") for p in _items(status.get("podIPs")) if isinstance(p, Mapping)])
     if not ips and isinstance(status.get("podIP"), str) and status["podIP"]:
         ips = [status["podIP"]]
+    ips = _addresses(ips, "status.podIPs", skipped)
     containers = tuple(
         _intern(c["name"])
         for c in _items(spec.get("containers"))
@@ -168,24 +198,33 @@ def pod_from_json(obj: Mapping[str, Any], label_keys: tuple[str, ...]) -> Pod:
             k: str(labels[k]) for k in label_keys if isinstance(labels, Mapping) and k in labels
         },
         owner=_owner(meta),
+        finished=status.get("phase") in FINISHED_PHASES,
     )
 
 
-def service_from_json(obj: Mapping[str, Any]) -> Service:
+def service_from_json(obj: Mapping[str, Any], skipped: list[str] | None = None) -> Service:
     meta = _meta(obj, "Service")
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
         raise OddObject("Service", "spec/status is not an object")
-    ips = _strings(spec.get("clusterIPs")) or _strings([spec.get("clusterIP")])
-    ips = [ip for ip in ips if ip != "None"]  # headless services have no virtual IP
-    ips += _strings(spec.get("externalIPs"))
+    cluster = _strings(spec.get("clusterIPs")) or _strings([spec.get("clusterIP")])
+    cluster = [ip for ip in cluster if ip != "None"]  # headless services have no virtual IP
     ingress = _items(_object(status.get("loadBalancer")).get("ingress"))
-    ips += _strings([i.get("ip") for i in ingress if isinstance(i, Mapping)])
-    return Service(_intern(str(meta.get("namespace") or "default")), meta["name"], tuple(ips))
+    ips = (
+        _addresses(cluster, "spec.clusterIPs", skipped)
+        + _addresses(_strings(spec.get("externalIPs")), "spec.externalIPs", skipped)
+        + _addresses(
+            _strings([i.get("ip") for i in ingress if isinstance(i, Mapping)]),
+            "status.loadBalancer.ingress",
+            skipped,
+        )
+    )
+    namespace = _intern(str(meta.get("namespace") or "default"))
+    return Service(namespace, meta["name"], tuple(dict.fromkeys(ips)))
 
 
-def node_from_json(obj: Mapping[str, Any]) -> Node:
+def node_from_json(obj: Mapping[str, Any], skipped: list[str] | None = None) -> Node:
     meta = _meta(obj, "Node")
     addresses = _items(_object(obj.get("status")).get("addresses"))
     ips = _strings(
@@ -195,13 +234,13 @@ def node_from_json(obj: Mapping[str, Any]) -> Node:
             if isinstance(a, Mapping) and a.get("type") in ("InternalIP", "ExternalIP")
         ]
     )
-    return Node(_intern(meta["name"]), tuple(ips))
+    return Node(_intern(meta["name"]), tuple(_addresses(ips, "status.addresses", skipped)))
 
 
-def workload_from_json(kind: str) -> Callable[[Mapping[str, Any]], Workload]:
+def workload_from_json(kind: str) -> Callable[..., Workload]:
     """The converter for one controller kind (the list's items may lack ``kind``)."""
 
-    def convert(obj: Mapping[str, Any]) -> Workload:
+    def convert(obj: Mapping[str, Any], skipped: list[str] | None = None) -> Workload:
         meta = _meta(obj, kind)
         namespace = _intern(str(meta.get("namespace") or "default"))
         return Workload(kind, namespace, meta["name"], _owner(meta))
@@ -209,7 +248,9 @@ def workload_from_json(kind: str) -> Callable[[Mapping[str, Any]], Workload]:
     return convert
 
 
-def endpointslice_from_json(obj: Mapping[str, Any]) -> EndpointSlice:
+def endpointslice_from_json(
+    obj: Mapping[str, Any], skipped: list[str] | None = None
+) -> EndpointSlice:
     meta = _meta(obj, "EndpointSlice")
     service = _object(meta.get("labels")).get(SERVICE_NAME_LABEL)
     if not isinstance(service, str) or not service:
@@ -218,5 +259,8 @@ def endpointslice_from_json(obj: Mapping[str, Any]) -> EndpointSlice:
     for ep in _items(obj.get("endpoints")):
         if isinstance(ep, Mapping):
             addresses += _strings(ep.get("addresses"))
+    # An FQDN slice (addressType FQDN) lists names, not addresses: nothing to index.
+    fqdn = obj.get("addressType") == "FQDN"
+    kept = [] if fqdn else _addresses(addresses, "endpoints.addresses", skipped)
     namespace = _intern(str(meta.get("namespace") or "default"))
-    return EndpointSlice(namespace, meta["name"], service, tuple(addresses))
+    return EndpointSlice(namespace, meta["name"], service, tuple(kept))

@@ -10,7 +10,10 @@ One :class:`Informer` per resource keeps the :class:`Inventory` current:
   applied event advances it, so a WATCH that ends (server timeout, broken stream — a
   partial last line is discarded) resumes exactly where it stopped.
 - An ``ERROR`` event with a 410 Status (``Expired``/``Gone``), or a 410 response, means
-  the resourceVersion is too old: LIST again.
+  the resourceVersion is too old: LIST again — at once the first time, after the capped
+  exponential backoff below when the LIST before it led to a 410 too without a single
+  watch event applied in between (an API server that expires every version it hands
+  out must not be re-LISTed in a loop).
 - Any other failure (connection refused, 5xx, a malformed line) is counted and retried
   with capped exponential backoff; meanwhile the last known metadata keeps serving and
   :class:`ApiHealth` reports how stale it is.
@@ -28,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -54,20 +57,34 @@ class ApiError(FlowscopeError):
         super().__init__(f"{resource}: {problem}")
 
 
+BACKOFF_FIRST = 0.2  # seconds: the first backoff, doubled each time up to backoff_max
+
+
+class Convert(Protocol):
+    """A resource's JSON → slim object (:mod:`objects`), naming the fields it left out
+    in ``skipped`` (an address that is no IP address) when given a list."""
+
+    def __call__(self, obj: Mapping[str, Any], skipped: list[str] | None = None, /) -> Obj: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Resource:
     """A watched resource: informer name, list path, converter to a slim object."""
 
     name: str
     path: str
-    convert: Callable[[Mapping[str, Any]], Obj]
+    convert: Convert
 
 
 def resources(label_keys: tuple[str, ...]) -> tuple[Resource, ...]:
     """Every resource the enricher watches (cluster-wide)."""
     wl = objects.workload_from_json
     return (
-        Resource("pods", "/api/v1/pods", lambda o: objects.pod_from_json(o, label_keys)),
+        Resource(
+            "pods",
+            "/api/v1/pods",
+            lambda o, skipped=None: objects.pod_from_json(o, label_keys, skipped),
+        ),
         Resource("services", "/api/v1/services", objects.service_from_json),
         Resource(
             "endpointslices",
@@ -143,9 +160,12 @@ class Informer:
         # The resourceVersion to resume from: advanced by every applied event, so a
         # stream that breaks resumes where it stopped (None: LIST first).
         self.version: str | None = None
+        # 410s since the last watch event applied: from the second on, LIST after a
+        # backoff (BACKOFF_FIRST doubling up to backoff_max), not at once.
+        self.expired_in_a_row = 0
 
     async def run(self, stopping: asyncio.Event) -> None:
-        backoff = 0.2
+        backoff = BACKOFF_FIRST
         name = self.resource.name
         while not stopping.is_set():
             try:
@@ -156,13 +176,16 @@ class Informer:
                 opened = time.monotonic()
                 await _until_stopped(self._watch(self.version), stopping)
                 if time.monotonic() - opened > 1.0:
-                    backoff = 0.2
+                    backoff = BACKOFF_FIRST
                 else:  # a server ending every stream at once must not make this spin
                     await _sleep_unless_stopped(backoff, stopping)
                     backoff = min(backoff * 2, self.settings.backoff_max)
             except Expired:
                 self.metrics.relists.labels(name, "expired").inc()
                 self.version = None
+                self.expired_in_a_row += 1
+                if self.expired_in_a_row > 1:  # LIST, WATCH, 410 again: nothing gained
+                    await _sleep_unless_stopped(self._expired_backoff(), stopping)
             except (aiohttp.ClientError, OSError, TimeoutError, ApiError, self._client_error) as e:
                 self.metrics.informer_errors.labels(name).inc()
                 self.health.failed(name)
@@ -170,6 +193,11 @@ class Informer:
                                      resource=name, error=str(e) or type(e).__name__)  # fmt: skip
                 await _sleep_unless_stopped(backoff, stopping)
                 backoff = min(backoff * 2, self.settings.backoff_max)
+
+    def _expired_backoff(self) -> float:
+        """The wait before the next LIST after consecutive 410s (from the second on)."""
+        doublings = min(self.expired_in_a_row - 2, 32)
+        return float(min(BACKOFF_FIRST * 2**doublings, self.settings.backoff_max))
 
     async def _request(self, query: list[tuple[str, Any]], read_timeout: float) -> Any:
         return await self.api.call_api(
@@ -221,15 +249,24 @@ class Informer:
         return out
 
     def _convert(self, raw: Any) -> Obj | None:
+        name = self.resource.name
+        skipped: list[str] = []
         try:
             if not isinstance(raw, Mapping):
-                raise objects.OddObject(self.resource.name, "not an object")
-            return self.resource.convert(raw)
+                raise objects.OddObject(name, "not an object")
+            obj = self.resource.convert(raw, skipped)
         except objects.OddObject as e:
-            self.metrics.odd_objects.labels(self.resource.name).inc()
-            self.bad_log.warning(f"odd-{self.resource.name}", "Kubernetes object skipped",
-                                 resource=self.resource.name, problem=e.problem)  # fmt: skip
+            self.metrics.odd_objects.labels(name).inc()
+            self.bad_log.warning(f"odd-{name}", "Kubernetes object skipped",
+                                 resource=name, problem=e.problem)  # fmt: skip
             return None
+        if skipped:  # kept without the odd fields: counted as an odd object all the same
+            self.metrics.odd_objects.labels(name).inc()
+            where = getattr(obj, "namespace", "")
+            self.bad_log.warning(f"odd-field-{name}", "Kubernetes object field skipped",
+                                 resource=name, object=f"{where}/{obj.name}".lstrip("/"),
+                                 problem="; ".join(skipped))  # fmt: skip
+        return obj
 
     async def _watch(self, version: str) -> None:
         """One WATCH stream from ``version``; each applied event advances ``self.version``."""
@@ -275,6 +312,7 @@ class Informer:
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
         new_version = str(meta.get("resourceVersion") or version)
+        self.expired_in_a_row = 0  # the version is good: a 410 after this relists at once
         if kind in ("ADDED", "MODIFIED"):
             converted = self._convert(obj)
             if converted is not None:

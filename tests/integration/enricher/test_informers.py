@@ -194,6 +194,18 @@ async def test_odd_objects_skipped_and_counted(harness: Harness) -> None:
     assert harness.metric("odd_objects", resource="pods") == 1
 
 
+async def test_odd_addresses_skipped_and_counted_and_the_rest_canonical(
+    harness: Harness,
+) -> None:
+    harness.start()
+    await eventually(lambda: harness.fake.watch_count("pods") == 1, within=10)
+    harness.fake.add("pods", cluster.pod("dual", ips=("10.1.0.91", "FD00:10:0:0::91", "10.1.0.")))
+    await eventually(lambda: harness.name_of("10.1.0.91") == "dual", within=10)
+    assert harness.name_of("fd00:10::91") == "dual"  # the flows' spelling
+    assert harness.metric("odd_objects", resource="pods") == 1
+    assert harness.inventory.stores["pods"][("shop", "dual")].ips == ("10.1.0.91", "fd00:10::91")
+
+
 async def test_streams_ending_at_once_back_off_instead_of_spinning(harness: Harness) -> None:
     harness.fake.end_watches_at_once = True
     harness.start()

@@ -1,7 +1,8 @@
 """The inventory's identity caches drop exactly what a change can affect.
 
 A property test applies random sequences of changes (pods — hostNetwork, addresses
-shared between a deleted and a live pod, IPv6, container ids moving between pods —,
+shared between a deleted and a live pod, IPv6, container ids moving between pods,
+finished pods, pods re-created under their name with another uid —,
 services, nodes, EndpointSlices, controllers with owner chains that may loop; upserts of
 equal and changed objects, deletes, full LISTs, sweeps) interleaved with lookups, and
 holds every cached answer equal to the identity built afresh from the same inventory
@@ -58,7 +59,9 @@ def pods(draw: st.DrawFn) -> tuple[str, Obj]:
         container_ids=ids,
         labels=draw(st.sampled_from(({}, {"app": "v1"}, {"app": "v2"}))),
         host_network=draw(st.booleans()),
+        uid=draw(st.sampled_from(("u0", "u0", "u1"))),  # mostly the same pod again
     )
+    raw["status"]["phase"] = draw(st.sampled_from(("Running", "Running", "Succeeded", "Failed")))
     return "pods", objects.pod_from_json(raw, LABELS)
 
 
@@ -116,8 +119,10 @@ class Reference(Inventory):
         store = self.stores.setdefault(resource, {})
         key = object_key(resource, obj)
         old = store.get(key)
+        if isinstance(obj, objects.Pod) and obj.finished:
+            self._finished(resource, key, old, obj)
         if old is not None:
-            self._unindex(old)
+            self._release(resource, key, old, obj)
         store[key] = obj
         self._index(obj)
 
@@ -282,11 +287,11 @@ def test_label_change_rebuilds_only_that_pod() -> None:
 def test_controller_change_reaches_pods_below_it_only() -> None:
     inv = make()
     a, b = inv.resolve("10.1.0.1"), inv.resolve("10.1.0.2")
-    # The Deployment gains an owner: the pod two levels below sees it, db-0 does not.
-    inv.upsert("deployments", objects.workload_from_json("Deployment")(
-        cluster.workload("Deployment", "web", owner=("Rollout", "web"))))  # fmt: skip
+    # The ReplicaSet changes hands: the pod below it sees it, db-0 does not.
+    inv.upsert("replicasets", objects.workload_from_json("ReplicaSet")(
+        cluster.workload("ReplicaSet", "web-5d", owner=("Deployment", "web2"))))  # fmt: skip
     moved = inv.resolve("10.1.0.1")
-    assert moved is not a and moved.source["source.k8s.workload.kind"] == "Rollout"
+    assert moved is not a and moved.source["source.k8s.workload.name"] == "web2"
     assert inv.resolve("10.1.0.2") is b
     inv.upsert("cronjobs", objects.workload_from_json("CronJob")(
         cluster.workload("CronJob", "nightly")))  # fmt: skip

@@ -77,3 +77,42 @@ def test_odd_fields_inside_lists_are_ignored() -> None:
     raw["spec"]["containers"] = [{"noname": 1}, {"name": "main"}]
     pod = objects.pod_from_json(raw, ())
     assert pod.ips == ("10.1.0.9",) and pod.containers == ("main",)
+
+
+def test_addresses_canonical_and_odd_ones_skipped_by_name() -> None:
+    raw = cluster.pod("a", ips=("10.1.0.9", "FD00:10:244:0:0:0:0:5", "10.1.0.999", "fd00::5"))
+    skipped: list[str] = []
+    pod = objects.pod_from_json(raw, (), skipped)
+    assert pod.ips == ("10.1.0.9", "fd00:10:244::5", "fd00::5")
+    assert skipped == ["status.podIPs: not an IP address: '10.1.0.999'"]
+    raw = cluster.service("s", cluster_ips=("FD00:96::0:10",), external_ips=("2001:DB8::1", "x"),
+                          lb_ips=("2001:db8:0:0::2", "2001:DB8::1"))  # fmt: skip
+    skipped = []
+    svc = objects.service_from_json(raw, skipped)
+    assert svc.ips == ("fd00:96::10", "2001:db8::1", "2001:db8::2")
+    assert skipped == ["spec.externalIPs: not an IP address: 'x'"]
+    node = objects.node_from_json(cluster.node("n", "FD00:0:0:0::A", "203.0.113.01"), skipped := [])
+    assert node.ips == ("fd00::a",) and len(skipped) == 1
+    eps = objects.endpointslice_from_json(
+        cluster.endpointslice("e", "s", ("FD00::7", "nope")), skipped := []
+    )
+    assert eps.addresses == ("fd00::7",) and len(skipped) == 1
+    assert objects.pod_from_json(cluster.pod("b", ips=("bad",)), ()).ips == ()
+
+
+def test_fqdn_endpointslice_indexes_no_addresses() -> None:
+    raw = cluster.endpointslice("e", "s", ("db.example.com",))
+    raw["addressType"] = "FQDN"
+    skipped: list[str] = []
+    assert objects.endpointslice_from_json(raw, skipped).addresses == () and not skipped
+
+
+@pytest.mark.parametrize(
+    "phase,finished",
+    [("Pending", False), ("Running", False), ("Succeeded", True), ("Failed", True),
+     ("Unknown", False), (None, False), (["Failed"], False)],
+)  # fmt: skip
+def test_pod_finished_from_its_phase(phase: object, finished: bool) -> None:
+    raw = cluster.pod("a")
+    raw["status"]["phase"] = phase
+    assert objects.pod_from_json(raw, ()).finished is finished
