@@ -116,11 +116,13 @@ class Pipeline:
         if not published:
             await _settle(msg.nak(delay=1.0), "nak", self)
             return
+        if output.oversize:  # enriched but not published
+            output.tally.records_out -= output.oversize
+            self.metrics.oversize_records.labels(kind).inc(output.oversize)
         if kind == "flow":
             self.metrics.add_flows(output.tally)
         elif kind == "dns":
-            self.metrics.records_in.labels("dns").inc(output.tally.records_in)
-            self.metrics.records_out.labels("dns").inc(output.tally.records_out)
+            self.metrics.add_dns(output.tally)
         if output.bad:
             await self._dead_letter_records(kind, schema, msg, output.bad)
         await _settle(msg.ack(), "ack", self)
@@ -181,18 +183,15 @@ class Pipeline:
         """
         messages: list[Message] = []
         msg_id = msg_id_prefix(schema, seq)
+        output.oversize = 0
         records = [(subject, codec.encode_lines(r)) for subject, r in output.by_subject.items()]
         for subject, lines in [*records, *output.lines.items()]:
             body = b"".join(lines)  # joined first: a subject over max_bytes is rare
             if lines and len(body) <= self.max_bytes:
                 bodies = [(body, len(lines))]
             else:
-                try:
-                    chunks = codec.chunk_lines(schema, lines, self.max_bytes)
-                    bodies = [(chunk.body, chunk.count) for chunk in chunks]
-                except CodecError as e:  # one record larger than a NATS message
-                    self.bad_log.warning("oversize", "enriched record too large", error=str(e))
-                    continue
+                chunks = codec.chunk_lines(schema, self._fitting(lines, output), self.max_bytes)
+                bodies = [(chunk.body, chunk.count) for chunk in chunks]
             for n, (body, count) in enumerate(bodies):
                 headers = {
                     codec.SCHEMA_HEADER: schema.header,
@@ -201,6 +200,20 @@ class Pipeline:
                 }
                 messages.append((subject, body, headers))
         return messages
+
+    def _fitting(self, lines: list[bytes], output: Output) -> list[bytes]:
+        """The lines that fit in one message. A larger record is dropped alone (no NATS
+        message can carry it, to its subject or to the dead-letter subject): counted in
+        ``output.oversize`` and logged; the rest of its subject is published."""
+        fitting = [line for line in lines if len(line) <= self.max_bytes]
+        if len(fitting) < len(lines):
+            output.oversize += len(lines) - len(fitting)
+            self.bad_log.warning(
+                "oversize", "enriched record too large for one message, dropped",
+                count=len(lines) - len(fitting), largest=max(map(len, lines)),
+                max_bytes=self.max_bytes,
+            )  # fmt: skip
+        return fitting
 
     async def _publish_atomic(self, messages: list[Message]) -> list[Message]:
         """Publish as atomic batches; returns the messages still to publish one by one.

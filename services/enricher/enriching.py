@@ -23,6 +23,7 @@ Per flow, in order:
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -157,10 +158,11 @@ class Output:
 
     The compiled core's ``flow_body`` leaves its lines in ``rendered`` (a
     ``_flowcore.Lines``: one buffer, no object per line), which the publisher frames
-    as they are; ``lines`` is made from it on first use.
+    as they are; ``lines`` is made from it on first use. ``oversize``: the records the
+    publisher dropped as too large for one NATS message (``Pipeline._messages``).
     """
 
-    __slots__ = ("_lines", "bad", "by_subject", "rendered", "tally")
+    __slots__ = ("_lines", "bad", "by_subject", "oversize", "rendered", "tally")
 
     def __init__(
         self,
@@ -174,6 +176,7 @@ class Output:
         self.rendered: Any = None  # set by flow_body
         self.tally = Tally() if tally is None else tally
         self.bad = [] if bad is None else bad
+        self.oversize = 0  # records too large for one message (set when published)
 
     @property
     def lines(self) -> dict[str, list[bytes]]:
@@ -190,22 +193,48 @@ class Output:
 
 
 class Observers:
-    """Nodes known to run a collector: any raw message from them in the last ``ttl`` s."""
+    """Nodes known to run a collector, by the time of their newest raw event.
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl = ttl
+    A node counts as running a collector at time ``t`` when its newest event (a socket
+    event's or DNS exchange's ``time_ns``, a flow's ``end_ns``) is within ``ttl`` of
+    ``t`` — the time of the report being judged, not of its arrival: the state replayed
+    at start (``state_lookback``) arrives at once, and a node whose collector stopped
+    minutes before must not look live because its old events were just read again. An
+    event time is the node's own clock (kept within seconds by NTP; ``ttl`` is minutes).
+    Either way off by more than ``ttl`` (a clock far off, a hostile time) the node is
+    not active, which keeps both reports of a connection: duplicated, never lost.
+    Times are unix nanoseconds, held in ``[0, MAX_TIME_NS]``.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.time_ns) -> None:
+        """``clock``: unix nanoseconds, for :meth:`saw` without an event time."""
+        self.ttl_ns = math.ceil(ttl * 1e9)  # an int: a time's distance is compared exactly
         self._clock = clock
-        self.seen: dict[str, float] = {}  # node → last raw message (monotonic)
+        self.seen: dict[str, int] = {}  # node → its newest event time (unix ns)
 
-    def saw(self, node: str, now: float | None = None) -> None:
-        self.seen[node] = self._clock() if now is None else now
-
-    def active(self, node: str, now: float) -> bool:
+    def saw(self, node: str, at: int | None = None) -> None:
+        """An event of ``node`` at ``at`` (unix ns; the clock's now when None)."""
+        at = event_time(int(self._clock()) if at is None else at)
         seen = self.seen.get(node)
-        return seen is not None and now - seen < self._ttl
+        if seen is None or at > seen:
+            self.seen[node] = at
+
+    def active(self, node: str, at: int) -> bool:
+        """Whether ``node`` ran a collector at ``at`` (unix ns, the report's time)."""
+        seen = self.seen.get(node)
+        return seen is not None and abs(event_time(at) - seen) < self.ttl_ns
 
     def __len__(self) -> int:
         return len(self.seen)
+
+
+MAX_TIME_NS = 2**63 - 1  # event times beyond (or before 0) are held at the bound
+
+
+def event_time(at: int) -> int:
+    """An event time (unix ns) held in ``[0, MAX_TIME_NS]``: what the compiled core,
+    which reads times as signed 64-bit, holds them to as well."""
+    return 0 if at < 0 else MAX_TIME_NS if at > MAX_TIME_NS else at
 
 
 class Enricher:
@@ -248,14 +277,13 @@ class Enricher:
     def learn_sockets(self, records: Iterable[Any]) -> list[tuple[Any, RecordError]]:
         """Apply socket events; returns the bad ones."""
         bad = []
-        now = self._clock()
         for i, record in enumerate(records):
             try:
                 event = self._socket(record, i)
             except RecordError as e:
                 bad.append((record, e))
                 continue
-            self.observers.saw(event["observer"], now)
+            self.observers.saw(event["observer"], event["time_ns"])
             self.sockets.learn(event)
         return bad
 
@@ -289,7 +317,6 @@ class Enricher:
     def learn_dns(self, records: Iterable[Any]) -> list[tuple[Any, RecordError]]:
         """Remember the names clients resolved; returns the bad records."""
         bad = []
-        now = self._clock()
         for i, record in enumerate(records):
             try:
                 dns = check_dns(record, i)
@@ -297,9 +324,38 @@ class Enricher:
             except RecordError as e:
                 bad.append((record, e))
                 continue
-            self.observers.saw(dns.observer, now)
-            self.names.learn(client, dns.qname, self._address_answers(dns.answers))
+            self.observers.saw(dns.observer, dns.time_ns)
+            answers = self._address_answers(dns.answers)
+            if answers:
+                self.names.learn(client, dns.qname, answers, self._other_addresses(client))
         return bad
+
+    def _other_addresses(self, client: str) -> tuple[str, ...]:
+        """The other addresses of the pod ``client`` is an address of (dual-stack
+        ``status.podIPs``), canonical; none for any other client.
+
+        A pod may ask the IPv4 DNS server for an AAAA record and connect over IPv6, so
+        the names it learns are learned for each of its addresses. The pod is the one
+        the resolver's stores hold under the identity's namespace and name (the
+        inventory's ``stores``; local mode has none), and each address must still
+        resolve to that pod (an address another pod took over is left out)."""
+        ident = self.resolver.resolve(client)
+        stores = getattr(self.resolver, "stores", None)
+        if ident.kind != "pod" or not isinstance(stores, dict):
+            return ()
+        meta = ident.meta
+        key = (meta.get("k8s.namespace.name"), meta.get("k8s.pod.name"))
+        ips = getattr(stores.get("pods", {}).get(key), "ips", ())
+        if len(ips) < 2:
+            return ()
+        others = []
+        for ip in ips:
+            found = self._known_address(ip) if type(ip) is str else None
+            if found is None or found[0] == client:
+                continue
+            if self.resolver.resolve(found[0]).pod_uid == ident.pod_uid:
+                others.append(found[0])
+        return tuple(others)
 
     def _address_answers(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A/AAAA answers with canonical addresses (flows carry canonical text);
@@ -447,7 +503,12 @@ class Enricher:
         dst, dst_network, dst_packed = dst_found
         if dst_network != network:
             raise RecordError("raw.flow", i, "src and dst are of different address families")
-        self.observers.seen[observer] = now
+        # the observer's newest event (Observers.saw, inline); the report is judged
+        # at its own end time
+        at = end_ns if 0 <= end_ns <= MAX_TIME_NS else event_time(end_ns)
+        seen = self.observers.seen
+        if at > seen.get(observer, -1):
+            seen[observer] = at
         resolve = self.resolver.resolve
         lookups = tally.lookups
         src_id = resolve(src)
@@ -486,8 +547,8 @@ class Enricher:
             src_home
             and dst_home
             and src_home != dst_home
-            and self.observers.active(src_home, now)
-            and self.observers.active(dst_home, now)
+            and self.observers.active(src_home, at)
+            and self.observers.active(dst_home, at)
             and merge_owner((src, sport), (dst, dport), src_home, dst_home) != observer
         ):
             return None
@@ -585,11 +646,10 @@ class Enricher:
     def dns(self, records: Iterable[Any]) -> Output:
         """Enrich a batch of raw DNS exchanges into DNS records (client = source)."""
         out = Output()
-        now = self._clock()
         for i, record in enumerate(records):
             out.tally.records_in += 1
             try:
-                enriched = self._dns(check_dns(record, i), i, now, out.tally)
+                enriched = self._dns(check_dns(record, i), i, out.tally)
             except RecordError as e:
                 out.bad.append((record, e))
                 continue
@@ -601,15 +661,14 @@ class Enricher:
             out.tally.records_out += 1
         return out
 
-    def _dns(
-        self, dns: RawDns, i: int, now: float, tally: Tally
-    ) -> tuple[str, dict[str, Any]] | None:
+    def _dns(self, dns: RawDns, i: int, tally: Tally) -> tuple[str, dict[str, Any]] | None:
         """One raw exchange → (subject, DNS record), or None when it is a dropped duplicate.
 
         Cross-node dedup: a client and its DNS server on two nodes are both seen, by both
         collectors. The client's own node always sees the whole exchange (the query
         leaves the client there, the answer comes back there), so while that node runs a
-        collector, the other node's report is dropped — without coordination, like
+        collector (at the exchange's time, see :class:`Observers`), the other node's
+        report is dropped — without coordination, like
         flows. Only the client's node names the server the client asked (a Service
         address, not the DNS pod behind its DNAT).
         """
@@ -617,7 +676,7 @@ class Enricher:
         server = self._address(dns.server, "raw.dns", i, "server")[0]
         client_id = self._resolve(client, tally)
         home = client_id.home
-        if home and home != dns.observer and self.observers.active(home, now):
+        if home and home != dns.observer and self.observers.active(home, dns.time_ns):
             return None
         server_id = self._resolve(server, tally)
         proc = self._process(

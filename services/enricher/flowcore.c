@@ -42,7 +42,8 @@
  *   enricher.names._answers / generation   dict address → entries answering it, and
  *                              the count of addresses that got a first entry (an
  *                              address's slot keeps "unanswered" until it moves)
- *   enricher.observers.seen / _ttl        dict node → last raw message (monotonic s)
+ *   enricher.observers.seen / ttl_ns      dict node → its newest event time (unix ns, an
+ *                              int in [0, 2^63)); a report is judged at its end_ns
  * Only CPython's documented C API is used (_PyBytes_Resize, underscore and all, is in the
  * reference manual: frame_atomic trims its buffer with it).
  */
@@ -83,7 +84,7 @@ static PyObject *subject_cache;   /* source token → {destination token → sub
 static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_out,
     *s_dedup_dropped, *s_process_hits, *s_dns_hits, *s_dns_misses, *s_lookups, *s_addresses,
     *s_resolver, *s_resolve, *s_cache, *s_sockets, *s_sockets_table, *s_locals, *s_names,
-    *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_ttl_min, *s_refine, *s_move_to_end,
+    *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_active, *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
     *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address, *s_answers,
     *s_address, *s_rendered;
@@ -556,7 +557,8 @@ typedef struct {
      * the Python path): a Probe made ahead is good while this has not moved */
     Py_ssize_t names_touched;
     PyObject *seen;              /* Observers.seen */
-    double observer_ttl;
+    PyObject *observers_active;  /* bound Observers.active: a seen value not a 64-bit int */
+    long long observer_ttl_ns;   /* Observers.ttl_ns */
     double ttl_min;              /* NameCache.ttl_min */
     /* json_of of the few str objects every record renders (observer, end reason,
      * network type, direction), by identity: the same objects come again and again */
@@ -618,9 +620,6 @@ typedef struct Probe {
     struct NameWay *way; /* the name way the entry was found in or kept in, or NULL */
 } Probe;
 
-/* flow_body calls so far: the current one's number (observer table, Raw.observer_marked) */
-static uint64_t flow_bodies;
-
 /* The fields of one raw record that this core can handle (borrowed references). */
 typedef struct {
     PyObject *observer, *reason, *proto_obj, *src_text, *dst_text, *sport_obj, *dport_obj;
@@ -632,10 +631,8 @@ typedef struct {
     Py_ssize_t alen;
     Slot *src_slot, *dst_slot; /* flow_body's address table slots, or NULL */
     const struct Probe *probes; /* flow_body's name probes for this record (2), or NULL */
-    /* flow_body's observer table entry: the observer's JSON, and the flow_body call
-     * that last set observers.seen for it (NULL, NULL: json_cached, and set it) */
+    /* flow_body's observer table entry: the observer's JSON (NULL: json_cached) */
     PyObject *observer_json;
-    uint64_t *observer_marked;
 } Raw;
 
 /* An exact int in [lo, hi] (0 when not: the record goes to the Python path). */
@@ -729,7 +726,6 @@ read_raw(Batch *b, PyObject *raw, Raw *r)
     r->src_slot = r->dst_slot = NULL;
     r->probes = NULL;
     r->observer_json = NULL;
-    r->observer_marked = NULL;
     PyObject *v;
     if ((v = GET(k_nat_dst)) != NULL)
         return 0; /* DNAT'ed: the Service's name and the client's socket (Python path) */
@@ -1039,17 +1035,78 @@ initiated(PyObject *this, PyObject *other)
     return 0;
 }
 
-/* Observers.active(node, now). */
+/* enriching.event_time: an event time held in [0, 2^63) (a long long is below). */
+static inline long long
+event_time(long long at)
+{
+    return at < 0 ? 0 : at;
+}
+
+/* observers.seen[node] as a long long: 1, 0 (no entry), -1 (an error), 2 (a value that
+ * is not an int in [0, 2^63): Observers.active decides then). */
 static int
-active(Batch *b, PyObject *node)
+seen_at(Batch *b, PyObject *node, long long *at)
 {
     PyObject *seen = PyDict_GetItemWithError(b->seen, node);
-    if (seen == NULL || seen == Py_None)
+    if (seen == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    double at = PyFloat_AsDouble(seen);
-    if (at == -1.0 && PyErr_Occurred())
+    if (!PyLong_CheckExact(seen))
+        return 2;
+    int overflow;
+    *at = PyLong_AsLongLongAndOverflow(seen, &overflow);
+    if (*at == -1 && PyErr_Occurred())
         return -1;
-    return b->now_s - at < b->observer_ttl;
+    return overflow || *at < 0 ? 2 : 1;
+}
+
+/* Observers.active(node, at): node's newest event within ttl_ns of `at` (an
+ * event_time), |at - seen| < ttl_ns — both in [0, 2^63), so the difference fits. */
+static int
+active(Batch *b, PyObject *node, long long at)
+{
+    long long seen;
+    int found = seen_at(b, node, &seen);
+    if (found == 2) {
+        PyObject *when = PyLong_FromLongLong(at);
+        PyObject *yes = when == NULL ? NULL
+                                     : PyObject_CallFunctionObjArgs(b->observers_active, node,
+                                                                    when, NULL);
+        Py_XDECREF(when);
+        int result = yes == NULL ? -1 : PyObject_IsTrue(yes);
+        Py_XDECREF(yes);
+        return result;
+    }
+    if (found <= 0)
+        return found;
+    long long distance = at > seen ? at - seen : seen - at;
+    return distance < b->observer_ttl_ns;
+}
+
+/* The observer's newest event (Observers.saw, as enriching._flow writes it inline):
+ * observers.seen[observer] = at when it has none or an older one. */
+static int
+observe(Batch *b, PyObject *observer, long long at)
+{
+    long long seen;
+    int found = seen_at(b, observer, &seen);
+    if (found < 0)
+        return -1;
+    if (found == 1 && at <= seen)
+        return 0;
+    if (found == 2) { /* as Python compares: at > seen (any int) */
+        PyObject *when = PyLong_FromLongLong(at);
+        PyObject *old = when == NULL ? NULL : PyDict_GetItemWithError(b->seen, observer);
+        int later = old == NULL ? -1 : PyObject_RichCompareBool(when, old, Py_GT);
+        Py_XDECREF(when);
+        if (later <= 0)
+            return later;
+    }
+    PyObject *when = PyLong_FromLongLong(at);
+    if (when == NULL)
+        return -1;
+    int failed = PyDict_SetItem(b->seen, observer, when);
+    Py_DECREF(when);
+    return failed;
 }
 
 /* The key (client, address) to probe NameCache._entries with: one tuple, reused while
@@ -1563,15 +1620,10 @@ enrich(Batch *b, Raw *r)
     PyObject *src = r->src, *dst = r->dst, *sport_obj = r->sport_obj, *dport_obj = r->dport_obj;
     const uint8_t *src_bytes = r->src_bytes, *dst_bytes = r->dst_bytes;
     Slot *src_slot = r->src_slot, *dst_slot = r->dst_slot;
-    /* observers.seen[observer] = now, once per flow_body call and observer: the same
-     * value again is no change (nothing else writes the dict while a batch is read;
-     * the Python path's records write the same now) */
-    if (r->observer_marked == NULL || *r->observer_marked != flow_bodies) {
-        if (PyDict_SetItem(b->seen, r->observer, b->now) < 0)
-            goto done;
-        if (r->observer_marked != NULL)
-            *r->observer_marked = flow_bodies;
-    }
+    /* the observer's newest event; the report is judged at its own end time */
+    long long at = event_time(r->end_ns);
+    if (observe(b, r->observer, at) < 0)
+        goto done;
     long sport = r->sport, dport = r->dport;
     long long fwd_b = r->fwd_b, fwd_p = r->fwd_p, rev_b = r->rev_b, rev_p = r->rev_p;
 
@@ -1640,10 +1692,10 @@ enrich(Batch *b, Raw *r)
         if (differ < 0)
             goto done;
         if (differ) {
-            int a = active(b, src_home);
+            int a = active(b, src_home, at);
             if (a < 0)
                 goto done;
-            if (a && (a = active(b, dst_home)) < 0)
+            if (a && (a = active(b, dst_home, at)) < 0)
                 goto done;
             if (a) {
                 /* merge_owner: (src, sport) <= (dst, dport) picks the source's node */
@@ -1872,6 +1924,7 @@ release(Batch *b)
     Py_CLEAR(b->answers);
     Py_CLEAR(b->names_lookup);
     Py_CLEAR(b->seen);
+    Py_CLEAR(b->observers_active);
     for (int i = 0; i < b->json_used; i++) {
         Py_CLEAR(b->json_keys[i]);
         Py_CLEAR(b->json_values[i]);
@@ -1901,6 +1954,7 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
         (b->names_lookup = attr2(enricher, s_names, s_lookup)) == NULL ||
         (b->seen = attr2(enricher, s_observers, s_seen)) == NULL ||
         (ttl = attr2(enricher, s_observers, s_ttl)) == NULL ||
+        (b->observers_active = attr2(enricher, s_observers, s_active)) == NULL ||
         (ttl_min = attr2(enricher, s_names, s_ttl_min)) == NULL)
         goto fail;
     /* a resolver without an identity cache is asked every time */
@@ -1923,8 +1977,8 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
     b->names_generation = PyLong_AsSsize_t(names_generation);
     if (b->names_generation == -1 && PyErr_Occurred())
         goto fail;
-    b->observer_ttl = PyFloat_AsDouble(ttl);
-    if (b->observer_ttl == -1.0 && PyErr_Occurred())
+    b->observer_ttl_ns = PyLong_AsLongLong(ttl);
+    if (b->observer_ttl_ns == -1 && PyErr_Occurred())
         goto fail;
     b->ttl_min = PyFloat_AsDouble(ttl_min);
     if (b->ttl_min == -1.0 && PyErr_Occurred())
@@ -2318,8 +2372,8 @@ text_of(PyObject **cache, const char *s, Py_ssize_t n)
     return text;
 }
 
-/* The observer table: the node names raw lines carry, by their text — the str, its
- * JSON, and the flow_body call that last set observers.seen for it. A collector's raw
+/* The observer table: the node names raw lines carry, by their text — the str and its
+ * JSON. A collector's raw
  * batch has one observer (text_of's last one would do), but a batch may mix them: then
  * each line's observer was a new str, hashed for observers.seen, and its JSON a probe of
  * _STRINGS (json_cached keeps 8). Direct-mapped by the text's hash; an entry holds its
@@ -2329,7 +2383,6 @@ text_of(PyObject **cache, const char *s, Py_ssize_t n)
 typedef struct {
     uint64_t hash; /* 0: empty */
     PyObject *text, *json;
-    uint64_t marked; /* the flow_body call that set observers.seen[text] (0: none) */
     Py_ssize_t len;
     char key[OBSERVER_MAX + 1];
 } Observer;
@@ -2368,7 +2421,6 @@ observer_of(const char *s, Py_ssize_t n)
     Py_XSETREF(o->json, json);
     o->hash = h;
     o->len = n;
-    o->marked = 0;
     memcpy(o->key, s, (size_t)n);
     return o;
 }
@@ -2578,7 +2630,6 @@ read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
         return -1;
     r->observer = h->observer;
     r->observer_json = o != NULL ? o->json : NULL;
-    r->observer_marked = o != NULL ? &o->marked : NULL;
     r->reason = h->reason;
     r->proto_obj = h->proto;
     r->sport_obj = h->sport;
@@ -2716,7 +2767,6 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t expected = PyLong_AsSsize_t(args[2]);
     if (expected == -1 && PyErr_Occurred())
         return NULL;
-    flow_bodies++;
     if (render_line == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_flowcore.configure() was not called");
         return NULL;
@@ -3458,7 +3508,8 @@ PyInit__flowcore(void)
     INTERN(s_lookup, "lookup");
     INTERN(s_observers, "observers");
     INTERN(s_seen, "seen");
-    INTERN(s_ttl, "_ttl");
+    INTERN(s_ttl, "ttl_ns");
+    INTERN(s_active, "active");
     INTERN(s_ttl_min, "ttl_min");
     INTERN(s_refine, "_refine");
     INTERN(s_move_to_end, "move_to_end");

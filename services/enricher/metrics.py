@@ -20,6 +20,7 @@ class Metrics:
     process_joins: Counter  # by result: hit, miss
     dns_joins: Counter  # by result: hit, miss
     dedup_dropped: Counter
+    oversize_records: Counter  # by kind: flow, dns
     bad_records: Counter  # by kind
     bad_messages: Counter  # by reason
     dead_lettered: Counter
@@ -58,6 +59,11 @@ class Metrics:
                 "dedup_dropped",
                 "cross-node duplicate flow and DNS reports dropped (kept on the other)",
             ),
+            oversize_records=counter(
+                "oversize_records",
+                "enriched records dropped: larger than one NATS message (the rest published)",
+                ("kind",),
+            ),
             bad_records=counter("bad_records", "raw records failing the contract", ("kind",)),
             bad_messages=counter(
                 "bad_messages", "raw messages that could not be decoded", ("reason",)
@@ -79,7 +85,9 @@ class Metrics:
                 "informer_errors", "LIST/WATCH failures (then retried with backoff)", ("resource",)
             ),
             odd_objects=counter(
-                "odd_objects", "Kubernetes objects skipped for missing fields", ("resource",)
+                "odd_objects",
+                "Kubernetes objects skipped for missing fields, or kept without odd fields",
+                ("resource",),
             ),
             relists=counter("relists", "full re-LISTs", ("resource", "reason")),
             staleness=gauge(
@@ -111,6 +119,14 @@ class Metrics:
         child("process_joins", "miss").inc(tally.process_misses)
         child("dns_joins", "hit").inc(tally.dns_hits)
         child("dns_joins", "miss").inc(tally.dns_misses)
+
+    def add_dns(self, tally: Tally) -> None:
+        """Fold one raw DNS batch's tally into the counters (its cross-node duplicates
+        too: ``dedup_dropped`` counts flow and DNS reports alike)."""
+        child = self._child
+        child("records_in", "dns").inc(tally.records_in)
+        child("records_out", "dns").inc(tally.records_out)
+        self.dedup_dropped.inc(tally.dedup_dropped)
 
     def _child(self, metric: str, label: str) -> Counter:
         """``getattr(self, metric).labels(label)``, remembered (the series appears on

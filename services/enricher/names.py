@@ -19,6 +19,11 @@ so the newest answer is never the one evicted. Each entry also holds its name's 
 (``orjson.dumps(name)``, copied to its length: ``codec.kept_json``), which records
 render.
 
+A client is an address, and a pod may have several (dual-stack ``status.podIPs``): it
+may ask the IPv4 DNS server for an AAAA record and connect over IPv6. So an answer can
+be learned for the client's other addresses too (``also``; the enricher passes the
+pod's other addresses), one entry each, bounded like any other.
+
 Most lookups miss: a pod talking to a Service or another pod asked no name for that
 address, and the reverse lookup (the name the destination resolved for the source)
 rarely finds one. ``_answers`` counts the entries each address answers, so a lookup of
@@ -71,8 +76,15 @@ class NameCache:
     def clamp(self, ttl: float) -> float:
         return min(max(ttl, self.ttl_min), self.ttl_max)
 
-    def learn(self, client: str, qname: str, answers: Iterable[Mapping[str, Any]]) -> int:
-        """Remember every address answer for ``client`` under ``qname``; returns how many."""
+    def learn(
+        self,
+        client: str,
+        qname: str,
+        answers: Iterable[Mapping[str, Any]],
+        also: Iterable[str] = (),
+    ) -> int:
+        """Remember every address answer for ``client`` (and each of ``also``: the
+        client's other addresses) under ``qname``; returns how many answers."""
         now = self._clock()
         name = qname.rstrip(".").lower()
         if not name:
@@ -83,23 +95,25 @@ class NameCache:
             return 0
         learned = 0
         entries, counts = self._entries, self._answers
+        clients = (client, *also)
         for answer in answers:
             if answer.get("type") not in ADDRESS_TYPES:
                 continue
             address = str(answer.get("data", ""))
-            key = (client, address)
             ttl = answer.get("ttl", 0)
             expiry = now + self.clamp(ttl if isinstance(ttl, int) else 0)
-            entry = entries.get(key)
-            if entry is None:
-                count = counts.get(address, 0)
-                if not count:
-                    self.generation += 1
-                counts[address] = count + 1
-                entries[key] = [name, expiry, form, True]
-            else:  # in place: the entry stays the one under its key (see the class)
-                entry[:] = (name, expiry, form, True)
-            entries.move_to_end(key)
+            for asker in clients:
+                key = (asker, address)
+                entry = entries.get(key)
+                if entry is None:
+                    count = counts.get(address, 0)
+                    if not count:
+                        self.generation += 1
+                    counts[address] = count + 1
+                    entries[key] = [name, expiry, form, True]
+                else:  # in place: the entry stays the one under its key (see the class)
+                    entry[:] = (name, expiry, form, True)
+                entries.move_to_end(key)
             learned += 1
         while len(entries) > self.max_entries:
             key, entry = entries.popitem(last=False)

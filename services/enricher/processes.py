@@ -60,7 +60,7 @@ class SocketTable:
             return
         owner = SocketOwner(event["pid"], event["comm"], event.get("container_id", ""),
                             event["event"])  # fmt: skip
-        if not event["dst"] or event["dst"] in ("0.0.0.0", "::"):
+        if _unconnected(event["dst"]):
             self._put(self._locals, key[:4], owner)
         else:
             self._put(self._sockets, key, owner)
@@ -96,7 +96,11 @@ class SocketTable:
         return gone
 
     def _close(self, key: SocketKey) -> None:
-        owner = self._sockets.get(key) or self._locals.get(key[:4])
+        """Start the grace of the socket a close names: its exact entry only. A close
+        is sent for a TCP connection (local → remote); with no entry for it (its
+        ``accept`` missed or evicted) it must not expire the listener that answers for
+        the local end — every other connection to that port joins through it."""
+        owner = self._locals.get(key[:4]) if _unconnected(key[4]) else self._sockets.get(key)
         if owner is None or owner.closed_at:
             return
         owner.closed_at = self._clock()
@@ -108,3 +112,9 @@ class SocketTable:
         while len(self._sockets) + len(self._locals) > self._max:
             victim = self._sockets if len(self._sockets) >= len(self._locals) else self._locals
             victim.popitem(last=False)
+
+
+def _unconnected(remote: str) -> bool:
+    """Whether a socket event's remote address is empty or unspecified (a listener or
+    an unconnected UDP socket: keyed by its local end)."""
+    return not remote or remote in ("0.0.0.0", "::")

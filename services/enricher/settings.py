@@ -93,8 +93,9 @@ class JoinSettings:
     )
     observer_ttl: float = setting(
         300.0,
-        "seconds a node counts as running a collector after its last raw message "
-        "(cross-node dedup only drops a report when both nodes have collectors)",
+        "seconds, in the events' own times, a node counts as running a collector around "
+        "its newest raw event (cross-node dedup only drops a report when both nodes have "
+        "collectors)",
         parse=positive,
     )
 
@@ -128,7 +129,8 @@ class Settings:
     nats: NatsSettings = section(NatsSettings, "NATS connection and streams")
     kubeconfig: str = setting(
         "",
-        "kubeconfig file (else KUBECONFIG, else ~/.kube/config, else in-cluster config)",
+        "kubeconfig file (else KUBECONFIG, else the in-cluster configuration, else "
+        "~/.kube/config; none found: local mode in auto mode, an error in kubernetes mode)",
     )
     kubernetes: KubernetesSettings = section(KubernetesSettings, "Kubernetes metadata")
     join: JoinSettings = section(JoinSettings, "process, DNS and cross-node joins")

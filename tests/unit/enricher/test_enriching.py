@@ -357,3 +357,28 @@ def test_a_socket_event_with_an_impossible_pid_is_bad_and_joins_nothing(pid: int
     ]
     record = only(e, [flow("node-1", "10.1.0.5", "10.2.0.7", 40000, 80)])
     assert "source.process.pid" not in record
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_dual_stack_pod_keeps_its_names_on_either_address(native: bool) -> None:
+    """A pod with an IPv4 and an IPv6 address asks the IPv4 DNS server for AAAA, then
+    connects over IPv6 (and the other way round): the flow gets its destination's name."""
+    e = enricher(native=native)
+    e.resolver.upsert("pods", objects.pod_from_json(  # type: ignore[attr-defined]
+        cluster.pod("dual", ips=("10.1.0.8", "FD00:10:1:0::8"), node="node-1"), ()))  # fmt: skip
+
+    def asked(client: str, qtype: str, name: str, address: str) -> dict[str, Any]:
+        return {"observer": "node-1", "time_ns": 1, "id": 1, "qname": name, "qtype": qtype,
+                "rcode": "NOERROR", "client": client, "client_port": 3333,
+                "server": "10.96.0.10", "server_port": 53,
+                "answers": [{"name": name, "type": qtype, "ttl": 30, "data": address}]}  # fmt: skip
+
+    e.learn_dns([asked("10.1.0.8", "AAAA", "v6.example", "2001:db8::443"),
+                 asked("fd00:10:1::8", "A", "v4.example", "203.0.113.9"),
+                 asked(A, "AAAA", "single.example", "2001:db8::5")])  # fmt: skip
+    v6 = only(e, [flow("node-1", "fd00:10:1::8", "2001:db8::443", 40000, 443, initiator=True)])
+    assert (v6["source.k8s.pod.name"], v6["destination.domain"]) == ("dual", "v6.example")
+    v4 = only(e, [flow("node-1", "10.1.0.8", "203.0.113.9", 40001, 443, initiator=True)])
+    assert v4["destination.domain"] == "v4.example"
+    # learned under each of the pod's addresses; a single-stack pod's answer once
+    assert len(e.names) == 2 + 2 + 1

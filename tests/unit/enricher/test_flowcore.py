@@ -26,7 +26,7 @@ from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError
 from flowscope.core.records import END_REASONS, SOCKET_EVENTS
 from flowscope.enricher import _flowcore, enriching
-from flowscope.enricher.enriching import Enricher, Observers, Output
+from flowscope.enricher.enriching import Enricher, Observers, Output, merge_owner
 from flowscope.enricher.identities import Identity, external, identity
 from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.local import LocalResolver
@@ -160,7 +160,9 @@ class Plain:
         return None
 
 
-def world(mode: str, native: bool, ready: bool = True, cid_cache: int = 64) -> World:
+def world(
+    mode: str, native: bool, ready: bool = True, cid_cache: int = 64, names: int = 6
+) -> World:
     """A join state built the same way every time; ``mode``: kubernetes, local or plain.
     Small socket and name tables, so their LRU order decides evictions within a test."""
     clock = Clock()
@@ -177,7 +179,7 @@ def world(mode: str, native: bool, ready: bool = True, cid_cache: int = 64) -> W
     else:
         resolver = Plain()
     enricher = Enricher(
-        resolver, SocketTable(8, 30, clock), NameCache(5, 60, 6, clock), Observers(300, clock),
+        resolver, SocketTable(8, 30, clock), NameCache(5, 60, names, clock), Observers(300, clock),
         clock, cid_cache=cid_cache, native=native,
     )  # fmt: skip
     return World(clock, resolver, enricher)
@@ -396,6 +398,11 @@ def lines_of(out: Output) -> list[bytes]:
 # ---------------------------------------------------------------- raw records
 
 
+# socket events and DNS exchanges a few seconds before the flows end: their observers
+# count as running collectors for the flows (Observers judges a report at its end time)
+EVENT_NS = 1_700_000_005_000_000_000
+
+
 def flow(
     observer: str, src: str, dst: str, sport: int, dport: int, proto: int = 6, **more: Any
 ) -> dict[str, Any]:
@@ -411,14 +418,14 @@ def sock(
     container_id: str = "", proto: int = 6, comm: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """A raw socket event: on ``observer``, ``pid`` owns src:sport ↔ dst:dport."""
-    return {"observer": observer, "time_ns": 1, "event": event, "proto": proto, "src": src,
+    return {"observer": observer, "time_ns": EVENT_NS, "event": event, "proto": proto, "src": src,
             "sport": sport, "dst": dst, "dport": dport, "pid": pid, "tid": pid,
             "comm": f"p{pid}" if comm is None else comm, "container_id": container_id}  # fmt: skip
 
 
 def dns(client: str, qname: str, address: str, ttl: int, observer: str = NODE_1) -> dict[str, Any]:
     """A raw DNS exchange: ``client`` asked ``qname`` and got ``address``."""
-    return {"observer": observer, "time_ns": 1, "id": 1, "qname": qname, "qtype": "A",
+    return {"observer": observer, "time_ns": EVENT_NS, "id": 1, "qname": qname, "qtype": "A",
             "rcode": "NOERROR", "client": client, "client_port": 5353, "server": DNS,
             "server_port": 53, "answers": [{"name": qname, "type": "A" if ":" not in address
                                             else "AAAA", "ttl": ttl, "data": address}]}  # fmt: skip
@@ -789,12 +796,53 @@ def test_sockets_orient_flows_refine_containers_and_two_reports_become_one() -> 
     twins.flows(batch)  # closed, within the grace period
     twins.tick(31)
     twins.flows(batch)  # forgotten
-    twins.tick(301)
-    twins.flows(list(reversed(batch)))  # every observer inactive again but the reporters
+    later = [{**f, "end_ns": f["end_ns"] + 301 * 10**9} for f in reversed(batch)]
+    twins.flows(later)  # 301 s on: every observer inactive again but the reporters
+
+
+def test_observers_are_judged_by_event_times() -> None:
+    """A node counts as running a collector by the time of its newest event, compared
+    with the time of the report: replayed old events do not make a silent node live
+    (its connections' reports by the other node would be dropped, and lost), events out
+    of order do not make it older, and both cores agree at every step."""
+    twins = Twins()
+    second = 10**9
+    at = EVENT_NS + 5 * second  # when flow() ends
+    assert merge_owner((A, 40000), (B, 80), NODE_1, NODE_2) == NODE_1
+    # node-1's newest event is 290 s before `at`, replayed at start, with older ones
+    twins.sockets([{**sock(NODE_1, "connect", A, 40000, B, 80, 11, "ca"),
+                    "time_ns": at - 290 * second}])  # fmt: skip
+    twins.sockets([{**sock(NODE_1, "udp", A, 53, "", 0, 13, "ca", proto=17),
+                    "time_ns": at - 900 * second}])  # fmt: skip
+    dropped = twins.flows([flow(NODE_2, B, A, 80, 40000)])  # node-1 live at `at`
+    assert dropped.tally.dedup_dropped == 1
+    later = {"end_ns": at + 20 * second}  # node-1 silent for 310 s by then
+    kept = twins.flows([flow(NODE_2, B, A, 80, 40000, **later)])
+    assert (kept.tally.records_out, kept.tally.dedup_dropped) == (1, 0)
+    twins.sockets([{**sock(NODE_1, "connect", A, 40000, B, 80, 11, "ca"),
+                    "time_ns": at - 290 * second}])  # replayed again: nothing changes  # fmt: skip
+    kept = twins.flows([flow(NODE_2, B, A, 80, 40000, **later)])
+    assert (kept.tally.records_out, kept.tally.dedup_dropped) == (1, 0)
+    # one batch mixing observers, 400 s on: node-2's first report is kept (node-1 was
+    # last heard of 690 s before), node-1's report makes it live again: node-2's next
+    # is dropped
+    mixed = twins.flows([flow(NODE_2, B, A, 80, 40000, end_ns=at + 400 * second),
+                         flow(NODE_1, A, B, 40000, 80, end_ns=at + 400 * second),
+                         flow(NODE_2, B, A, 80, 40000, end_ns=at + 401 * second),
+                         flow(NODE_1, A, B, 40000, 80, end_ns=at + 401 * second)])  # fmt: skip
+    assert (mixed.tally.records_out, mixed.tally.dedup_dropped) == (3, 1)
+    # node-1's clock far ahead: it is not live for node-2's reports (kept twice, not lost)
+    twins.flows([flow(NODE_1, A, B, 40000, 80, end_ns=at + 1200 * second)])
+    ahead = twins.flows([flow(NODE_2, B, A, 80, 40000, end_ns=at + 402 * second)])
+    assert ahead.tally.dedup_dropped == 0
+    # times the compiled core holds to 64 bits, and beyond (the Python path's records)
+    for end_ns in (-1, 0, 2**63 - 1, 2**63, 2**64 - 1, 2**64 + 5):
+        twins.flows([flow(NODE_2, B, A, 80, 40000, end_ns=end_ns),
+                     flow(NODE_1, A, B, 40000, 80, end_ns=end_ns)])  # fmt: skip
 
 
 def test_dns_names_expire_and_lookups_extend_them() -> None:
-    twins = Twins()
+    twins = Twins(names=10)  # pod a is dual-stack: its answers take two entries each
     twins.dns([dns(A, "Example.COM.", OUT4, 3), dns(A, "b\u00fccher.example", OUT6, 3600),
                dns(B, ESCAPES, A, 30), dns(A6, "v6.example", "2001:DB8::0:1", 6),
                dns(A, "web.shop", WEB, 60, observer=ESCAPES)])  # fmt: skip
@@ -1009,6 +1057,8 @@ def ends(draw: st.DrawFn, conn: Connection) -> tuple[str, int, str, int]:
 
 counters = st.integers(0, 10**6) | st.sampled_from((2**32, 2**63 - 1, 2**63, 2**64 - 1, 2**64))
 nanoseconds = st.integers(0, 2**63) | st.integers(-(2**64), 2**65)
+# end times mostly around the socket events' (EVENT_NS), so observers are live or not
+times = st.integers(EVENT_NS - 400 * 10**9, EVENT_NS + 400 * 10**9) | nanoseconds
 
 
 @st.composite
@@ -1018,7 +1068,7 @@ def raw_flow(draw: st.DrawFn, conns: list[Connection]) -> Any:
     src, sport, dst, dport = ends(draw, conn)
     record: dict[str, Any] = {
         "observer": draw(st.sampled_from(OBSERVERS)), "start_ns": draw(nanoseconds),
-        "end_ns": draw(nanoseconds), "end_reason": draw(st.sampled_from(END_REASONS)),
+        "end_ns": draw(times), "end_reason": draw(st.sampled_from(END_REASONS)),
         "proto": conn.proto, "src": spelled(draw, src), "dst": spelled(draw, dst),
         "sport": sport, "dport": dport, "bytes": draw(counters), "packets": draw(counters),
         "rbytes": draw(counters), "rpackets": draw(counters),

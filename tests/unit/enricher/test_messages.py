@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flowscope.core import codec
+from flowscope.core.logs import RateLimitedLog
 from flowscope.enricher.consuming import MSG_ID_HEADER, Pipeline
 from flowscope.enricher.enriching import Output
 from flowscope.enricher.publishing import Message, encode, frame_lines
@@ -86,3 +88,21 @@ def test_the_compiled_frame_is_the_encoded_messages(
     assert data == encode(messages, replies, "b1", 1 << 30)
     assert count == len(messages) == len(by_lines)
     assert body_bytes == sum(len(body) for _, body, _ in messages)
+
+
+def test_an_oversize_record_is_dropped_alone() -> None:
+    """A record larger than one message is dropped (and counted); the other records of
+    its subject are published, numbered as if it had never been there."""
+    made = pipeline(300)
+    made.bad_log = RateLimitedLog(logging.getLogger("test"))
+    small = [b'{"n":%d}\n' % n for n in range(40)]
+    huge = b'{"pad":"' + b"x" * 400 + b'"}\n'
+    output = Output(lines={"flowscope.flows.a.b": [small[0], huge, *small[1:], huge],
+                           "flowscope.flows.a.c": small[:3]})  # fmt: skip
+    got = made._messages(codec.FLOW, output, 7)
+    assert output.oversize == 2
+    expected = Output(lines={"flowscope.flows.a.b": small, "flowscope.flows.a.c": small[:3]})
+    assert got == reference(codec.FLOW, expected, 7, 300)
+    assert sum(int(headers[codec.COUNT_HEADER]) for _, _, headers in got) == 43
+    made._messages(codec.FLOW, output, 7)  # counted once per attempt, not summed
+    assert output.oversize == 2

@@ -61,3 +61,26 @@ def test_lru_bound_evicts_least_recently_used() -> None:
     assert len(table) == 3
     assert table.find("n1", 6, "10.1.0.5", 2, "10.1.0.9", 80) is None
     assert table.find("n1", 6, "10.1.0.5", 1, "10.1.0.9", 80) is not None
+
+
+def test_a_close_without_its_entry_leaves_the_listener_alone() -> None:
+    """A connection's close whose accept was never seen (or was evicted) names no entry:
+    the listener answering for the local end stays joinable past the grace."""
+    clock = Clock()
+    table = SocketTable(100, 30, clock=clock)
+    table.learn(event("accept", sport=80, dst=""))  # the listener, keyed by its local end
+    table.learn({**event("close", sport=80), "dport": 5555})
+    clock.now += 31
+    assert table.expire() == 0
+    owner = table.find("n1", 6, "10.1.0.5", 80, "10.1.0.99", 4444)
+    assert owner is not None and owner.event == "accept" and not owner.closed_at
+
+
+def test_a_close_with_no_remote_closes_the_local_entry() -> None:
+    clock = Clock()
+    table = SocketTable(100, 30, clock=clock)
+    table.learn(event("udp", sport=53, dst=""))
+    table.learn(event("close", sport=53, dst="::"))
+    clock.now += 31
+    assert table.expire() == 1
+    assert table.find("n1", 6, "10.1.0.5", 53, "192.0.2.1", 5555) is None
