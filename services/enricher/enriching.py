@@ -327,35 +327,10 @@ class Enricher:
             self.observers.saw(dns.observer, dns.time_ns)
             answers = self._address_answers(dns.answers)
             if answers:
-                self.names.learn(client, dns.qname, answers, self._other_addresses(client))
+                # a dual-stack pod may ask over IPv4 and connect over IPv6: learned for both
+                others = self.resolver.other_addresses(client)
+                self.names.learn(client, dns.qname, answers, others)
         return bad
-
-    def _other_addresses(self, client: str) -> tuple[str, ...]:
-        """The other addresses of the pod ``client`` is an address of (dual-stack
-        ``status.podIPs``), canonical; none for any other client.
-
-        A pod may ask the IPv4 DNS server for an AAAA record and connect over IPv6, so
-        the names it learns are learned for each of its addresses. The pod is the one
-        the resolver's stores hold under the identity's namespace and name (the
-        inventory's ``stores``; local mode has none), and each address must still
-        resolve to that pod (an address another pod took over is left out)."""
-        ident = self.resolver.resolve(client)
-        stores = getattr(self.resolver, "stores", None)
-        if ident.kind != "pod" or not isinstance(stores, dict):
-            return ()
-        meta = ident.meta
-        key = (meta.get("k8s.namespace.name"), meta.get("k8s.pod.name"))
-        ips = getattr(stores.get("pods", {}).get(key), "ips", ())
-        if len(ips) < 2:
-            return ()
-        others = []
-        for ip in ips:
-            found = self._known_address(ip) if type(ip) is str else None
-            if found is None or found[0] == client:
-                continue
-            if self.resolver.resolve(found[0]).pod_uid == ident.pod_uid:
-                others.append(found[0])
-        return tuple(others)
 
     def _address_answers(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A/AAAA answers with canonical addresses (flows carry canonical text);

@@ -126,3 +126,8 @@ class Resolver(Protocol):
     def by_container(self, container_id: str) -> Identity | None:
         """The pod (and that exact container) a runtime container id belongs to."""
         ...
+
+    def other_addresses(self, address: str) -> tuple[str, ...]:
+        """The other addresses of the pod ``address`` resolves to (dual-stack
+        ``status.podIPs``) that still resolve to it; none for anything but a pod."""
+        ...

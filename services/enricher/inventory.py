@@ -432,6 +432,18 @@ class Inventory:
             self._cached_containers.setdefault(address, set()).add(container_id)
         return found
 
+    def other_addresses(self, address: str) -> tuple[str, ...]:
+        """The other addresses of the pod holding ``address`` that it (that pod, by uid)
+        still holds: a dual-stack pod's names are learned for each of them."""
+        pod = self._pod_ips.get(address)
+        if pod is None or len(pod.ips) < 2:
+            return ()
+        held = self._pod_ips.get
+        return tuple(
+            ip for ip in pod.ips
+            if ip != address and (holder := held(ip)) is not None and holder.uid == pod.uid
+        )  # fmt: skip
+
     def _build_container(self, container_id: str) -> Identity | None:
         pod = self._containers.get(container_id)
         if pod is None:

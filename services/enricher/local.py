@@ -62,3 +62,6 @@ class LocalResolver:
 
     def by_container(self, container_id: str) -> Identity | None:
         return None
+
+    def other_addresses(self, address: str) -> tuple[str, ...]:
+        return ()

@@ -159,6 +159,9 @@ class Plain:
     def by_container(self, container_id: str) -> Identity | None:
         return None
 
+    def other_addresses(self, address: str) -> tuple[str, ...]:
+        return ()
+
 
 def world(
     mode: str, native: bool, ready: bool = True, cid_cache: int = 64, names: int = 6
