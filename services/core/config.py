@@ -70,11 +70,21 @@ class Leaf:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace(".", "-").replace("_", "-")
+        return flag_name(self.name)
 
     @property
     def env(self) -> str:
-        return ENV_PREFIX + self.name.replace(".", "_").upper()
+        return env_name(self.name)
+
+
+def flag_name(dotted: str) -> str:
+    """The command-line flag of a setting by its dotted name: ``--nats-url``."""
+    return "--" + dotted.replace(".", "-").replace("_", "-")
+
+
+def env_name(dotted: str) -> str:
+    """The environment variable of a setting by its dotted name: ``FLOWSCOPE_NATS_URL``."""
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
 
 
 def leaves(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
+from flowscope.core.config import env_name, flag_name
 from flowscope.core.errors import ConfigError
 
 
@@ -25,8 +26,8 @@ class TlsFile:
 
 def setting_name(section: str, name: str) -> str:
     """How a user names a flowscope setting: its variable and its flag."""
-    dotted = f"{section}_{name}"
-    return f"FLOWSCOPE_{dotted.upper()} / --{dotted.replace('_', '-')}"
+    dotted = f"{section}.{name}"
+    return f"{env_name(dotted)} / {flag_name(dotted)}"
 
 
 def client_context(ca: TlsFile, cert: TlsFile, key: TlsFile) -> ssl.SSLContext:
