@@ -203,7 +203,7 @@ async def rendered_batches(
             for lines in given:
                 msg_id = f"enricher:flow:{next(sequence)}:"
                 ack = await publisher.publish_lines_atomic(
-                    lines, codec.FLOW.header, msg_id, 1 << 20
+                    lines, codec.FLOW.header, msg_id, "done", 1 << 20
                 )
                 assert ack is not None
                 acks.append(ack)

@@ -306,7 +306,7 @@ def in_process(
             out = enricher.flow_batch(batch.headers, batch.body)
             framed = None
             if out.rendered is not None:  # framed as one atomic batch, as published
-                framed = gather_lines(out.rendered, codec.FLOW.header, "bench:1:", "b1",
+                framed = gather_lines(out.rendered, codec.FLOW.header, "bench:1:", "done", "b1",
                                       "_INBOX.bench.1", 1 << 20)  # fmt: skip
             if framed is not None:
                 records += out.rendered.count

@@ -43,6 +43,7 @@ def frame_atomic(
     msg_id: bytes,
     marks: bytes,
     commit: bytes,
+    last_id: bytes,
     reply: str,
     max_body: int,
 ) -> tuple[bytes, int, int] | None: ...
@@ -60,6 +61,7 @@ def gather_atomic(
     msg_id: bytes,
     marks: bytes,
     commit: bytes,
+    last_id: bytes,
     reply: str,
     max_body: int,
 ) -> tuple[Frame, int, int] | None: ...

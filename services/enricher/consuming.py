@@ -37,6 +37,7 @@ from flowscope.enricher.enriching import Enricher, Output
 from flowscope.enricher.metrics import Metrics
 from flowscope.enricher.publishing import (
     ATOMIC_DISABLED,
+    ATOMIC_DUPLICATE,
     ATOMIC_MAX,
     MSG_ID_HEADER,
     AckedPublisher,
@@ -58,6 +59,7 @@ PAYLOAD_HEADROOM = 4096  # bytes left for headers under the server's max payload
 HANDLERS = 8  # raw batches awaiting their publish acknowledgements at once, per kind
 PUBLISH_TIMEOUT = 10.0  # seconds for JetStream to acknowledge one raw batch's output
 ATOMIC_RETRY = 60.0  # seconds without atomic batches after a stream refused them
+DONE = "done"  # how the last message's Nats-Msg-Id ends: the raw batch's marker
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,9 @@ class Pipeline:
         self.publisher = AckedPublisher(nc)
         # monotonic time from which atomic batches are used (inf: never; see use_atomic)
         self.atomic_after = math.inf
+        # the output's last message carries the raw batch's marker id (see _publish); off
+        # for good if the stream ever stores the question whether a marker is stored
+        self.markers = True
 
     # ------------------------------------------------------------ work
 
@@ -132,50 +137,78 @@ class Pipeline:
 
         With atomic batches (:meth:`use_atomic`) a raw batch's output goes out as one
         batch per :data:`ATOMIC_MAX` messages, acknowledged once; otherwise, and for a
-        batch the stream rejects as partly stored already, message by message,
-        pipelined (:class:`AckedPublisher`). Either way bounded by ``PUBLISH_TIMEOUT``.
+        batch the stream refuses, message by message, pipelined (:class:`AckedPublisher`).
+        Either way bounded by ``PUBLISH_TIMEOUT``.
+
+        Stored once. A message's ``Nats-Msg-Id`` is the raw message's stream sequence
+        (:func:`msg_id_prefix`), its subject and its chunk number, so a raw batch
+        enriched again (redelivered after ``ack_wait``: its replica died, or its acks
+        were lost) into the same messages is stored once. But which subject a record
+        goes to can depend on a replica's join state (a socket event one replica has
+        and a restarted one has not replayed orients a flow the other way), so the
+        output's last message carries the raw batch's *marker* id instead
+        (``<prefix>done``), and is stored only with or after all the others: it is the
+        commit of the (last) atomic batch; one by one, it is sent once the others are
+        acknowledged. A redelivered raw batch, and a batch refused for a duplicate id,
+        ask the stream whether the marker is stored (:meth:`AckedPublisher.stored`): if
+        it is, an earlier attempt stored the whole output, whatever it held; if not, the
+        refused messages go one by one, JetStream dropping those stored already.
         """
         seq = msg.metadata.sequence.stream
-        acks: list[asyncio.Future[Any]] = []
         try:
+            if msg.metadata.num_delivered > 1 and await self._marked(schema, output, seq):
+                return True
             if self.atomic_after <= time.monotonic():
-                if await self._publish_framed(schema, output, seq):
+                refused = await self._publish_framed(schema, output, seq)
+                if refused is True:
                     return True
-                messages = await self._publish_atomic(self._messages(schema, output, seq))
+                messages = self._messages(schema, output, seq)
+                if isinstance(refused, PublishError):
+                    messages = await self._refused(refused, messages, messages)
+                else:
+                    messages = await self._publish_atomic(messages)
             else:
                 messages = self._messages(schema, output, seq)
-            acks.extend(await self.publisher.publish_each(messages))
-            await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
+            await self._publish_each(messages)
         except Exception as e:  # timeouts, no stream, stream errors: retry the batch
-            cancel_all(acks)
+            if isinstance(e, PublishError) and e.unexpected:
+                self.markers = False  # (the stream stored the question: see __init__)
+                self.bad_log.warning(
+                    "markers-off", "the stream stored a question: raw batch markers off, "
+                    "a crash can now store a record twice", error=str(e),
+                )  # fmt: skip
             self.bad_log.warning("publish", "publishing enriched records failed", error=repr(e))
             return False
         return True
 
-    async def _publish_framed(self, schema: codec.Schema, output: Output, seq: int) -> bool:
+    async def _publish_framed(
+        self, schema: codec.Schema, output: Output, seq: int
+    ) -> PublishError | bool | None:
         """The usual raw batch in one piece: its flow lines framed by the compiled core as
-        one atomic batch of :meth:`_messages`'s messages. False when that does not apply
-        (see ``AckedPublisher.publish_lines_atomic``) or the stream refused the batch —
-        nothing was stored then, and :meth:`_publish` goes the general way, which sorts
-        out every refusal. Other errors (no stream, a timeout) are raised."""
+        one atomic batch of :meth:`_messages`'s messages. True when stored; the stream's
+        refusal (nothing was stored then); None when framing does not apply (see
+        ``AckedPublisher.publish_lines_atomic``). Unless stored, :meth:`_publish` goes
+        the general way. Other errors (no stream, a timeout) are raised."""
         if output.by_subject:
-            return False
+            return None
         lines = output.lines if output.rendered is None else output.rendered
         future = await self.publisher.publish_lines_atomic(
-            lines, schema.header, msg_id_prefix(schema, seq), self.max_bytes
-        )
+            lines, schema.header, msg_id_prefix(schema, seq), DONE if self.markers else None,
+            self.max_bytes,
+        )  # fmt: skip
         if future is None:
-            return False
+            return None
         try:
             await asyncio.wait_for(future, PUBLISH_TIMEOUT)
         except PublishError as e:
             if not e.code:
                 raise
-            return False
+            return e
         return True
 
     def _messages(self, schema: codec.Schema, output: Output, seq: int) -> list[Message]:
-        """The enriched messages of one raw batch, each with its ``Nats-Msg-Id``.
+        """The enriched messages of one raw batch, each with its ``Nats-Msg-Id`` (the last
+        one the raw batch's marker, see :meth:`_publish`).
 
         A subject's lines that fit in one message (the usual case: its share of a raw
         batch) are joined here; ``codec.chunk_lines`` would make the same one message
@@ -199,6 +232,8 @@ class Pipeline:
                     MSG_ID_HEADER: f"{msg_id}{subject}:{n}",
                 }
                 messages.append((subject, body, headers))
+        if messages and self.markers:
+            messages[-1][2][MSG_ID_HEADER] = msg_id + DONE
         return messages
 
     def _fitting(self, lines: list[bytes], output: Output) -> list[bytes]:
@@ -218,37 +253,81 @@ class Pipeline:
     async def _publish_atomic(self, messages: list[Message]) -> list[Message]:
         """Publish as atomic batches; returns the messages still to publish one by one.
 
-        A batch the stream refuses (an ``err_code`` answer) stored nothing, so its
-        messages go out one by one, the path every message can take. The refusals seen:
-        one of its ``Nats-Msg-Id`` is already stored (a redelivered raw batch whose
-        output, or part of it, an earlier attempt stored: one by one, JetStream drops
-        just the stored ones — the exactly-once scheme of the per-message path); more
-        than 50 batches in flight on the stream (many replicas at once); a batch larger
-        than the server's limit. A stream that does not allow atomic batches (changed
-        behind our back) turns them off for a minute.
+        The last batch, which holds the marker (see :meth:`_publish`), goes once the
+        others are stored, and one by one after them when one of them was refused. A
+        refused batch stored nothing (:meth:`_refused` says what to do with it); other
+        errors (no stream, timeouts) are raised and the whole raw batch is retried.
         """
         groups = [messages[i : i + ATOMIC_MAX] for i in range(0, len(messages), ATOMIC_MAX)]
-        acks: list[asyncio.Future[Any]] = []
-        try:
-            for group in groups:
-                acks.append(await self.publisher.publish_atomic(group))
-            results = await asyncio.wait_for(
-                asyncio.gather(*acks, return_exceptions=True), PUBLISH_TIMEOUT
-            )
-        except BaseException:
-            cancel_all(acks)
-            raise
         left: list[Message] = []
-        for group, result in zip(groups, results, strict=True):
-            if not isinstance(result, BaseException):
-                continue
-            if not isinstance(result, PublishError) or not result.code:
-                raise result  # no stream, timeouts, …: the whole raw batch is retried
-            if result.code == ATOMIC_DISABLED:
-                self.atomic_after = time.monotonic() + ATOMIC_RETRY
-                self.bad_log.warning("atomic", "stream refuses atomic batches", error=str(result))
-            left.extend(group)
+        for batch in (groups[:-1], groups[-1:]):
+            if left:  # an earlier batch was refused: the marker's goes after it
+                return left + batch[0]
+            acks: list[asyncio.Future[Any]] = []
+            try:
+                for group in batch:
+                    acks.append(await self.publisher.publish_atomic(group))
+                results = await asyncio.wait_for(
+                    asyncio.gather(*acks, return_exceptions=True), PUBLISH_TIMEOUT
+                )
+            except BaseException:
+                cancel_all(acks)
+                raise
+            for group, result in zip(batch, results, strict=True):
+                if not isinstance(result, BaseException):
+                    continue
+                if not isinstance(result, PublishError) or not result.code:
+                    raise result
+                left.extend(await self._refused(result, group, messages))
         return left
+
+    async def _refused(
+        self, refusal: PublishError, group: list[Message], output: list[Message]
+    ) -> list[Message]:
+        """What to publish one by one of an atomic batch the stream refused (nothing of it
+        was stored): nothing when it was refused for a duplicate id and the output's
+        marker (its last message's id) is stored — an earlier attempt stored it all;
+        else the whole batch. The refusals seen besides duplicates: more than 50 batches
+        in flight on the stream (many replicas at once); a batch larger than the
+        server's limit. A stream that does not allow atomic batches (changed behind our
+        back) turns them off for a minute."""
+        if refusal.code == ATOMIC_DISABLED:
+            self.atomic_after = time.monotonic() + ATOMIC_RETRY
+            self.bad_log.warning("atomic", "stream refuses atomic batches", error=str(refusal))
+        elif refusal.code == ATOMIC_DUPLICATE and self.markers:
+            subject, _, headers = output[-1]
+            stored = self.publisher.stored(subject, headers[MSG_ID_HEADER])
+            if await asyncio.wait_for(stored, PUBLISH_TIMEOUT):
+                return []
+        return group
+
+    async def _marked(self, schema: codec.Schema, output: Output, seq: int) -> bool:
+        """Whether the raw batch's marker is stored (see :meth:`_publish`): then an
+        earlier attempt stored its whole output."""
+        if not self.markers:
+            return False
+        if output.rendered is not None:
+            subject = next(iter(output.rendered.subjects), None)
+        else:  # any subject of the output: the stream that captures it is the one asked
+            subject = next(iter([*output.by_subject, *output.lines]), None)
+        if subject is None:
+            return False
+        stored = self.publisher.stored(subject, msg_id_prefix(schema, seq) + DONE)
+        return await asyncio.wait_for(stored, PUBLISH_TIMEOUT)
+
+    async def _publish_each(self, messages: list[Message]) -> None:
+        """Publish one by one, pipelined; the last message (the marker, see
+        :meth:`_publish`) once the others are acknowledged."""
+        parts = [messages[:-1], messages[-1:]] if self.markers else [messages]
+        for part in parts:
+            if not part:
+                continue
+            acks = await self.publisher.publish_each(part)
+            try:
+                await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
+            except BaseException:
+                cancel_all(acks)
+                raise
 
     async def use_atomic(self) -> bool:
         """Publish atomic batches when both output streams allow them (nats-server

@@ -2966,10 +2966,11 @@ framed_body(const Framed *f, Py_ssize_t s, char *o)
 }
 
 /* The header text around a message's count, subject and batch sequence (made and
- * checked by the caller), and the commit's reply subject. */
+ * checked by the caller), the end of the commit's message id, and the commit's reply
+ * subject. */
 typedef struct {
-    const char *head, *msg_id, *marks, *commit, *reply;
-    Py_ssize_t head_len, msg_id_len, marks_len, commit_len, reply_len;
+    const char *head, *msg_id, *marks, *commit, *last_id, *reply;
+    Py_ssize_t head_len, msg_id_len, marks_len, commit_len, last_id_len, reply_len;
 } FrameText;
 
 static const char nats_line[] = "NATS/1.0\r\n";
@@ -2980,7 +2981,7 @@ static Py_ssize_t
 framed_head_room(const FrameText *t, Py_ssize_t subject_len)
 {
     return 64 + 2 * subject_len + t->reply_len + NATS_LINE_LEN + t->head_len + t->msg_id_len +
-           t->marks_len + t->commit_len + 3 * 24;
+           t->marks_len + t->commit_len + t->last_id_len + 3 * 24;
 }
 
 /* Message i (1-based) of n, subject s: its HPUB line and header block up to the body,
@@ -2994,7 +2995,8 @@ framed_head(const Framed *f, Py_ssize_t s, Py_ssize_t n, const FrameText *t, cha
     Py_ssize_t subj_len = PyUnicode_GET_LENGTH(subject);
     char count_text[24], seq_text[24], size_text[24], total_text[24];
     Py_ssize_t count_len = format_int(count, count_text), seq_len = format_int(i, seq_text);
-    Py_ssize_t head_size = NATS_LINE_LEN + t->head_len + count_len + t->msg_id_len + subj_len +
+    Py_ssize_t id_len = i == n ? t->last_id_len : subj_len + 2; /* <subject>:0 */
+    Py_ssize_t head_size = NATS_LINE_LEN + t->head_len + count_len + t->msg_id_len + id_len +
                            t->marks_len + seq_len + 2 + (i == n ? t->commit_len : 0) + 2;
     Py_ssize_t size_len = format_int(head_size, size_text);
     Py_ssize_t total_len = format_int(head_size + body, total_text);
@@ -3012,7 +3014,12 @@ framed_head(const Framed *f, Py_ssize_t s, Py_ssize_t n, const FrameText *t, cha
     o = put(o, t->head, t->head_len);
     o = put(o, count_text, count_len);
     o = put(o, t->msg_id, t->msg_id_len);
-    o = put(o, subj, subj_len);
+    if (i == n) {
+        o = put(o, t->last_id, t->last_id_len);
+    } else {
+        o = put(o, subj, subj_len);
+        o = put(o, ":0", 2);
+    }
     o = put(o, t->marks, t->marks_len);
     o = put(o, seq_text, seq_len);
     o = put(o, "\r\n", 2);
@@ -3030,28 +3037,30 @@ framed_args(const char *name, PyObject *const *args, Py_ssize_t nargs, int lines
             Framed *f, FrameText *t, Py_ssize_t *n, Py_ssize_t *heads_room,
             Py_ssize_t *body_bytes)
 {
-    int lines = nargs == 7 && Py_IS_TYPE(args[0], &LinesType);
-    if (nargs != 7 || !(lines || (!lines_only && PyDict_CheckExact(args[0]))) ||
+    int lines = nargs == 8 && Py_IS_TYPE(args[0], &LinesType);
+    if (nargs != 8 || !(lines || (!lines_only && PyDict_CheckExact(args[0]))) ||
         !PyBytes_Check(args[1]) || !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) ||
-        !PyBytes_Check(args[4]) || !PyUnicode_Check(args[5]) || !PyLong_Check(args[6])) {
+        !PyBytes_Check(args[4]) || !PyBytes_Check(args[5]) || !PyUnicode_Check(args[6]) ||
+        !PyLong_Check(args[7])) {
         PyErr_Format(PyExc_TypeError,
                      "%s(lines: %s, head: bytes, msg_id: bytes, marks: bytes, commit: bytes, "
-                     "reply: str, max_body: int)",
+                     "last_id: bytes, reply: str, max_body: int)",
                      name, lines_only ? "Lines" : "Lines | dict");
         return -1;
     }
-    Py_ssize_t max_body = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t max_body = PyLong_AsSsize_t(args[7]);
     if (max_body == -1 && PyErr_Occurred())
         return -1;
-    if (!plain_subject(args[5]))
+    if (!plain_subject(args[6]))
         return 0;
     *t = (FrameText){
         .head = PyBytes_AS_STRING(args[1]), .head_len = PyBytes_GET_SIZE(args[1]),
         .msg_id = PyBytes_AS_STRING(args[2]), .msg_id_len = PyBytes_GET_SIZE(args[2]),
         .marks = PyBytes_AS_STRING(args[3]), .marks_len = PyBytes_GET_SIZE(args[3]),
         .commit = PyBytes_AS_STRING(args[4]), .commit_len = PyBytes_GET_SIZE(args[4]),
-        .reply = (const char *)PyUnicode_1BYTE_DATA(args[5]),
-        .reply_len = PyUnicode_GET_LENGTH(args[5]),
+        .last_id = PyBytes_AS_STRING(args[5]), .last_id_len = PyBytes_GET_SIZE(args[5]),
+        .reply = (const char *)PyUnicode_1BYTE_DATA(args[6]),
+        .reply_len = PyUnicode_GET_LENGTH(args[6]),
     };
     *f = (Framed){0};
     if (lines)
@@ -3073,12 +3082,14 @@ framed_args(const char *name, PyObject *const *args, Py_ssize_t nargs, int lines
     return 1;
 }
 
-/* frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): one raw batch's flow
- * lines (a Lines, or subject → lines, in order) as the HPUB commands of one JetStream
- * atomic batch, byte for byte what publishing.encode writes for Pipeline._messages's
- * messages:
+/* frame_atomic(lines, head, msg_id, marks, commit, last_id, reply, max_body): one raw
+ * batch's flow lines (a Lines, or subject → lines, in order) as the HPUB commands of one
+ * JetStream atomic batch, byte for byte what publishing.encode writes for
+ * Pipeline._messages's messages:
  *   HPUB <subject> <reply on the last, else nothing> <head size> <total size>\r\n
- *   NATS/1.0\r\n<head><count><msg_id><subject><marks><n>\r\n[<commit>]\r\n<body>\r\n
+ *   NATS/1.0\r\n<head><count><msg_id><subject>:0<marks><n>\r\n<body>\r\n
+ * and the last one, the commit, with the id ending `last_id` instead of the subject
+ *   NATS/1.0\r\n<head><count><msg_id><last_id><marks><n>\r\n<commit>\r\n<body>\r\n
  * `head`, `msg_id`, `marks`, `commit` are the header text around the count, the subject
  * and the batch sequence, made (and checked) by the caller. Returns (data, messages,
  * body bytes), or None when a message is not of that plain shape (a subject that is not
@@ -3231,8 +3242,8 @@ static PyTypeObject FrameType = {
     .tp_as_sequence = &frame_sequence,
 };
 
-/* gather_atomic(lines, head, msg_id, marks, commit, reply, max_body): frame_atomic of a
- * Lines, as a Frame: (Frame, messages, body bytes), or None as frame_atomic. */
+/* gather_atomic(lines, head, msg_id, marks, commit, last_id, reply, max_body): frame_atomic
+ * of a Lines, as a Frame: (Frame, messages, body bytes), or None as frame_atomic. */
 static PyObject *
 gather_atomic(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -3456,11 +3467,12 @@ static PyMethodDef methods[] = {
      "learn_addresses(enricher, texts, out): addresses into the address table, with "
      "their cached identities."},
     {"frame_atomic", (PyCFunction)(void (*)(void))frame_atomic, METH_FASTCALL,
-     "frame_atomic(lines, head, msg_id, marks, commit, reply, max_body): a raw batch's\n"
-     "flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},
+     "frame_atomic(lines, head, msg_id, marks, commit, last_id, reply, max_body): a raw\n"
+     "batch's flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},
     {"gather_atomic", (PyCFunction)(void (*)(void))gather_atomic, METH_FASTCALL,
-     "gather_atomic(lines, head, msg_id, marks, commit, reply, max_body): frame_atomic of\n"
-     "a Lines as a Frame, sent from where the lines are, or None (see flowcore.c)."},
+     "gather_atomic(lines, head, msg_id, marks, commit, last_id, reply, max_body):\n"
+     "frame_atomic of a Lines as a Frame, sent from where the lines are, or None (see\n"
+     "flowcore.c)."},
     {"sided_json", (PyCFunction)(void (*)(void))sided_json, METH_FASTCALL,
      "sided_json(address, kind, meta): an identity's (source_json, destination_json), as\n"
      "orjson writes its source.*/destination.* members; None: not plain text (use orjson)."},

@@ -74,6 +74,9 @@ _SOCKET_TRANSPORT: type[asyncio.Transport] | None = getattr(
 ATOMIC_MAX = 1000  # messages per atomic batch: the server's limit (ADR-50)
 ATOMIC_DISABLED = 10174  # JetStream err_code: the stream does not allow atomic batches
 ATOMIC_DUPLICATE = 10201  # err_code: a message id of the batch is already stored
+WRONG_LAST_MSG_ID = 10070  # err_code: Nats-Expected-Last-Msg-Id did not match
+EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+NO_SUCH_ID = "flowscope:no-such-message"  # never a message's id (see AckedPublisher.stored)
 BATCH_ID, BATCH_SEQUENCE, BATCH_COMMIT = "Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Batch-Commit"
 BATCH_HEADERS = frozenset((BATCH_ID, BATCH_SEQUENCE, BATCH_COMMIT))
 
@@ -85,13 +88,15 @@ HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's check of a
 class PublishError(FlowscopeError):
     """JetStream did not store a message (no stream, or the stream refused it).
 
-    ``code`` is JetStream's ``err_code`` when the stream answered with one, else 0.
+    ``code`` is JetStream's ``err_code`` when the stream answered with one, else 0;
+    ``unexpected``: the stream did something flowscope relies on it not doing.
     """
 
-    def __init__(self, subject: str, problem: str, code: int = 0) -> None:
+    def __init__(self, subject: str, problem: str, code: int = 0, unexpected: bool = False) -> None:
         self.subject = subject
         self.problem = problem
         self.code = code
+        self.unexpected = unexpected
         super().__init__(f"publish to {subject} failed: {problem}")
 
 
@@ -128,6 +133,29 @@ class AckedPublisher:
         reply, future = self._expect(subject)
         await self._nc.publish(subject, body, reply=reply, headers=headers)
         return future
+
+    async def stored(self, subject: str, msg_id: str) -> bool:
+        """Whether the stream capturing ``subject`` holds a message ``msg_id`` (within its
+        duplicate window), asked without storing anything.
+
+        JetStream has no look-up by message id. The question is an empty message with
+        that id and ``Nats-Expected-Last-Msg-Id`` set to an id no message has: the stream
+        checks for a duplicate id before that expectation, so it answers a PubAck marked
+        ``duplicate`` when the id is stored and refuses the message (err_code 10070)
+        when it is not (tests/integration/enricher/test_publishing.py pins this against
+        nats-server). Any other answer raises :class:`PublishError` — one that stored the
+        empty message with ``unexpected`` set, for the caller to stop asking.
+        """
+        headers = {MSG_ID_HEADER: msg_id, EXPECTED_LAST_MSG_ID: NO_SUCH_ID}
+        try:
+            answer = await (await self.publish(subject, b"", headers))
+        except PublishError as e:
+            if e.code == WRONG_LAST_MSG_ID:
+                return False
+            raise
+        if orjson.loads(answer).get("duplicate") is True:
+            return True
+        raise PublishError(subject, f"the stream stored the question for {msg_id}", unexpected=True)
 
     async def publish_each(self, messages: Sequence[Message]) -> list[asyncio.Future[bytes]]:
         """:meth:`publish` every message (one ack each), encoded and written at once
@@ -174,23 +202,27 @@ class AckedPublisher:
 
     async def publish_lines_atomic(
         self, lines: dict[str, list[bytes]] | _flowcore.Lines, schema: str, msg_id: str,
-        max_body: int,
+        last_id: str | None, max_body: int,
     ) -> asyncio.Future[bytes] | None:  # fmt: skip
         """A raw batch's flow lines (subject → NDJSON lines, or the compiled core's
         ``Lines``) as one atomic batch, one message per subject with the headers
         ``Pipeline._messages`` gives them (``Nats-Msg-Id``: ``msg_id`` + subject +
-        ``:0``), framed by the enricher's compiled core: the bytes :meth:`publish_atomic`
-        writes for those messages. None, nothing sent, when that does not apply — no
+        ``:0``, the last one's ``msg_id`` + ``last_id`` unless that is None), framed by
+        the enricher's compiled core: the bytes :meth:`publish_atomic` writes for those
+        messages. None, nothing sent, when that does not apply — no
         compiled core, encoding off, more than :data:`ATOMIC_MAX` subjects, a header
         value ``publish`` would change, a subject or size the core leaves to Python —
         and the caller builds the messages."""
         if _flowcore is None or not self._writes or not 0 < len(lines) <= ATOMIC_MAX:
             return None
-        if not (_value_as_given(schema) and _value_as_given(msg_id)):
-            return None
         last = next(reversed(lines)) if isinstance(lines, dict) else lines.subjects[-1]
+        if last_id is None:
+            last_id = f"{last}:0"
+        if not all(map(_value_as_given, (schema, msg_id, msg_id + last_id))):
+            return None
         reply, future = self._expect(last)
-        texts = (schema, msg_id, uuid.uuid4().hex, reply, min(max_body, self._nc.max_payload))
+        texts = (schema, msg_id, last_id, uuid.uuid4().hex, reply,
+                 min(max_body, self._nc.max_payload))  # fmt: skip
         framed: tuple[bytes | _flowcore.Frame, int, int] | None
         if isinstance(lines, dict):
             framed = frame_lines(lines, *texts)
@@ -309,37 +341,45 @@ class AckedPublisher:
 
 
 def gather_lines(
-    lines: _flowcore.Lines, schema: str, msg_id: str, batch_id: str, reply: str, max_body: int
-) -> tuple[_flowcore.Frame, int, int] | None:
+    lines: _flowcore.Lines, schema: str, msg_id: str, last_id: str, batch_id: str, reply: str,
+    max_body: int,
+) -> tuple[_flowcore.Frame, int, int] | None:  # fmt: skip
     """:func:`frame_lines` of the compiled core's ``Lines``, the bytes gathered where
     they are rather than joined: (frame, messages, body bytes); ``frame.rest()`` gives
     the bytes :func:`frame_lines` does."""
     if _flowcore is None:
         return None
-    return _flowcore.gather_atomic(lines, *_frame_texts(schema, msg_id, batch_id), reply, max_body)
+    texts = _frame_texts(schema, msg_id, last_id, batch_id)
+    return _flowcore.gather_atomic(lines, *texts, reply, max_body)
 
 
-def _frame_texts(schema: str, msg_id: str, batch_id: str) -> tuple[bytes, bytes, bytes, bytes]:
-    """The header text around a message's count, subject and sequence, and the commit."""
+def _frame_texts(
+    schema: str, msg_id: str, last_id: str, batch_id: str
+) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """The header text around a message's count, subject and sequence, the commit, and
+    the end of the commit's message id."""
     return (
         f"{SCHEMA_HEADER}: {schema}\r\n{COUNT_HEADER}: ".encode(),
         f"\r\n{MSG_ID_HEADER}: {msg_id}".encode(),
-        f":0\r\n{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: ".encode(),
+        f"\r\n{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: ".encode(),
         f"{BATCH_COMMIT}: 1\r\n".encode(),
+        last_id.encode(),
     )
 
 
 def frame_lines(
-    lines: dict[str, list[bytes]] | _flowcore.Lines, schema: str, msg_id: str, batch_id: str,
-    reply: str, max_body: int,
+    lines: dict[str, list[bytes]] | _flowcore.Lines, schema: str, msg_id: str, last_id: str,
+    batch_id: str, reply: str, max_body: int,
 ) -> tuple[bytes, int, int] | None:  # fmt: skip
     """(data, messages, body bytes) of ``lines`` as one atomic batch — one message per
-    subject, headers schema, count, ``Nats-Msg-Id`` ``msg_id`` + subject + ``:0``, the
-    commit's reply ``reply`` — byte for byte :func:`encode` of those messages; framed by
-    the compiled core, None when it leaves them to Python (see flowcore.c)."""
+    subject, headers schema, count, ``Nats-Msg-Id`` ``msg_id`` + subject + ``:0`` (the
+    last one's ``msg_id`` + ``last_id``), the commit's reply ``reply`` — byte for byte
+    :func:`encode` of those messages; framed by the compiled core, None when it leaves
+    them to Python (see flowcore.c)."""
     if _flowcore is None:
         return None
-    return _flowcore.frame_atomic(lines, *_frame_texts(schema, msg_id, batch_id), reply, max_body)
+    texts = _frame_texts(schema, msg_id, last_id, batch_id)
+    return _flowcore.frame_atomic(lines, *texts, reply, max_body)
 
 
 def encode(

@@ -25,6 +25,7 @@ from flowscope.enricher.publishing import (
     ATOMIC_DISABLED,
     ATOMIC_DUPLICATE,
     ATOMIC_MAX,
+    NO_SUCH_ID,
     AckedPublisher,
     Message,
     PublishError,
@@ -99,10 +100,12 @@ async def test_atomic_batches_store_all_or_nothing(clean_nc: NATS) -> None:
         await js.delete_stream("ENRICHER_PLAIN_TEST")
 
 
-def _raw_message(nc: NATS, sequence: int) -> Msg:
+def _raw_message(nc: NATS, sequence: int, delivered: int = 1) -> Msg:
     """A work message as a pull consumer delivers it (its reply subject carries the
-    raw stream sequence the output's message ids are derived from)."""
-    reply = f"$JS.ACK.{subjects.STREAM_RAW}.enricher-flows.1.{sequence}.{sequence}.1700000000.0"
+    raw stream sequence the output's message ids are derived from, and how many times
+    it was delivered)."""
+    reply = (f"$JS.ACK.{subjects.STREAM_RAW}.enricher-flows.{delivered}.{sequence}.{sequence}"
+             ".1700000000.0")  # fmt: skip
     return Msg(_client=nc, subject=subjects.raw_flows("n1"), reply=reply, data=b"")
 
 
@@ -139,6 +142,132 @@ async def test_pipeline_publishes_a_redelivered_batch_exactly_once() -> None:
         for msg in await sub.fetch(2 * expected, timeout=5):
             records += len(codec.decode(codec.FLOW, msg.headers, msg.data))
         assert records == 2 * sum(i + 1 for i in range(12))
+        await pipeline.publisher.close()
+    finally:
+        await nc.close()
+        server.close()
+
+
+def _oriented(shape: str, client_first: bool) -> Output:
+    """One raw batch's output as two replicas can make it: a flow the replica with the
+    client's connect event orients ``shop`` → ``data`` and a replica without it the
+    other way (another subject), next to records both orient alike."""
+    flow = {"flow.n": 1, "source.port": 40000 if client_first else 5432}
+    pair = ("shop", "data") if client_first else ("data", "shop")
+    records = {subjects.flows(*pair): [flow],
+               **{subjects.flows("web", f"api{i}"): [{"flow.n": 2 + i}] for i in range(3)}}  # fmt: skip
+    if shape == "records":
+        return Output(by_subject=records)
+    return Output(lines={s: [orjson.dumps(r) + b"\n" for r in rs] for s, rs in records.items()})
+
+
+async def _pipeline(nc: NATS, atomic: bool) -> Pipeline:
+    """A started pipeline over fresh output streams, with or without atomic batches."""
+    js = nc.jetstream()
+    if atomic:
+        await messaging.ensure_streams(js, NatsSettings(url=nc.connected_url.geturl()))
+    else:
+        for spec in subjects.STREAMS:
+            await js.add_stream(StreamConfig(name=spec.name, subjects=list(spec.subjects)))
+    enricher = Enricher(LocalResolver(frozenset()), SocketTable(10, 1), NameCache(1, 2, 10),
+                        Observers(1))  # fmt: skip
+    pipeline = Pipeline(nc, enricher, Metrics.create(CollectorRegistry()))
+    await pipeline.publisher.start()
+    assert await pipeline.use_atomic() is atomic
+    return pipeline
+
+
+async def _stored(js: JetStreamContext) -> list[tuple[str, str]]:
+    """(subject, Nats-Msg-Id) of every message in the flows stream, in stream order."""
+    count = (await js.stream_info(subjects.STREAM_FLOWS)).state.messages
+    got = [await js.get_msg(subjects.STREAM_FLOWS, seq) for seq in range(1, count + 1)]
+    return [(m.subject or "", (m.headers or {}).get("Nats-Msg-Id", "")) for m in got]
+
+
+@pytest.mark.parametrize(
+    ("shape", "atomic", "delivered"),
+    [
+        ("lines", True, 1),
+        ("lines", True, 2),
+        ("records", True, 1),
+        ("records", True, 2),
+        ("records", False, 2),
+    ],
+)
+async def test_a_batch_enriched_otherwise_after_a_crash_is_stored_once(
+    shape: str, atomic: bool, delivered: int
+) -> None:
+    """A replica stores a raw batch's output and dies before acking; the replica it is
+    redelivered to lacks the client's connect event (older than its replay) and puts a
+    flow under another subject. Its output is not stored again: the raw batch's marker
+    (the last message's id) says the first one stored it all. (``delivered`` 1: as if
+    this replica did not know; the atomic batch is refused for the marker.)"""
+    server = nats_server.start()
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        pipeline = await _pipeline(nc, atomic)
+        assert await pipeline._publish(codec.FLOW, _oriented(shape, True), _raw_message(nc, 9))
+        first = await _stored(js)
+        assert len(first) == 4 and first[-1][1] == "enricher:flow:9:done"
+        again = _raw_message(nc, 9, delivered)
+        assert await pipeline._publish(codec.FLOW, _oriented(shape, False), again)
+        assert await _stored(js) == first  # nothing more: not data.shop next to shop.data
+        # another raw batch's output is stored in full, its marker last
+        assert await pipeline._publish(codec.FLOW, _oriented(shape, False), _raw_message(nc, 10))
+        stored = await _stored(js)
+        assert len(stored) == 8 and stored[-1][1] == "enricher:flow:10:done"
+        assert subjects.flows("data", "shop") in {subject for subject, _ in stored[4:]}
+        await pipeline.publisher.close()
+    finally:
+        await nc.close()
+        server.close()
+
+
+async def test_whether_a_marker_is_stored_is_asked_without_storing(clean_nc: NATS) -> None:
+    """``AckedPublisher.stored``: true for an id stored (one by one or in an atomic
+    batch), false for one not stored, and the stream holds nothing more for asking —
+    the order of nats-server's checks (duplicate id before ``Nats-Expected-Last-Msg-Id``)
+    the pipeline's exactly-once relies on."""
+    js = clean_nc.jetstream()
+    stream, prefix = "ASKED", "enricher-asked"
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.>"], allow_atomic=True))
+    publisher = AckedPublisher(clean_nc)
+    await publisher.start()
+    try:
+        await (await publisher.publish(f"{prefix}.a", b"1\n", {"Nats-Msg-Id": "one"}))
+        await (await publisher.publish_atomic(
+            [(f"{prefix}.b", b"2\n", {"Nats-Msg-Id": "two"}),
+             (f"{prefix}.c", b"3\n", {"Nats-Msg-Id": "three"})]
+        ))  # fmt: skip
+        for msg_id, stored in [("one", True), ("three", True), ("two", True), ("four", False)]:
+            assert await publisher.stored(f"{prefix}.z", msg_id) is stored
+        assert await publisher.stored(f"{prefix}.z", "four") is False  # still not
+        assert (await js.stream_info(stream)).state.messages == 3
+    finally:
+        await publisher.close()
+        await js.delete_stream(stream)
+
+
+async def test_a_stream_that_stores_the_question_turns_the_marker_off() -> None:
+    """Should the stream ever store the question (here: its last message has the id
+    the question expects, which only this test gives a message), the pipeline stops
+    relying on the marker and the raw batch is published again, whole, ids by subject."""
+    server = nats_server.start()
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        pipeline = await _pipeline(nc, atomic=True)
+        given = subjects.flows("x", "y")
+        await (await pipeline.publisher.publish(given, b"{}\n", {"Nats-Msg-Id": NO_SUCH_ID}))
+        assert not await pipeline._publish(codec.FLOW, _oriented("records", True),
+                                           _raw_message(nc, 3, delivered=2))  # fmt: skip
+        assert pipeline.markers is False
+        assert await pipeline._publish(codec.FLOW, _oriented("records", True),
+                                       _raw_message(nc, 3, delivered=3))  # fmt: skip
+        ids = [msg_id for _, msg_id in await _stored(js)]
+        assert ids[2:] == [f"enricher:flow:3:{subject}:0" for subject in
+                           _oriented("records", True).by_subject]  # fmt: skip
         await pipeline.publisher.close()
     finally:
         await nc.close()
@@ -361,8 +490,8 @@ async def test_rendered_lines_are_sent_from_where_they_lie() -> None:
     raw = codec.encode(codec.RAW_FLOW, records)
     lines = enricher.flow_batch(raw.headers, raw.body).rendered
     assert isinstance(lines, _flowcore.Lines) and len(lines) > 1
-    args = (codec.FLOW.header, "enricher:flow:9:", 1 << 20)
-    texts = (codec.FLOW.header, "enricher:flow:9:", "b" * 32, "_INBOX.x.1", 1 << 20)
+    args = (codec.FLOW.header, "enricher:flow:9:", "done", 1 << 20)
+    texts = (codec.FLOW.header, "enricher:flow:9:", "done", "b" * 32, "_INBOX.x.1", 1 << 20)
     size = len(frame_lines(lines, *texts)[0])
     assert size > 500_000  # far more than the socket's send buffer
     big: list[Message] = [(f"flowscope.flows.big.{i}", b"x" * 900_000 + b"\n", {})

@@ -357,7 +357,7 @@ def assert_rendered(out: Output) -> None:
     assert rendered.count == sum(map(len, out.lines.values())) == out.tally.records_out
     assert rendered.lines() == out.lines and rendered.lines() is not rendered.lines()
     for max_body, reply in [(1 << 20, "_INBOX.r.1"), (300, "_INBOX.r.1"), (1 << 20, "a b")]:
-        args = (codec.FLOW.header, "enricher:flow:7:", "b1", reply, max_body)
+        args = (codec.FLOW.header, "enricher:flow:7:", "done", "b1", reply, max_body)
         framed = frame_lines(rendered, *args)
         assert framed == frame_lines(out.lines, *args)
         gathered = gather_lines(rendered, *args)

@@ -28,17 +28,21 @@ def reference(schema: codec.Schema, output: Output, seq: int, max_bytes: int) ->
         *((s, codec.encode_chunks(schema, r, max_bytes)) for s, r in output.by_subject.items()),
         *((s, codec.chunk_lines(schema, ls, max_bytes)) for s, ls in output.lines.items()),
     ]
-    return [
+    made = [
         (subject, batch.body,
          {**batch.headers, MSG_ID_HEADER: f"enricher:{schema.name}:{seq}:{subject}:{n}"})
         for subject, batches in groups
         for n, batch in enumerate(batches)
     ]  # fmt: skip
+    if made:  # the last one carries the raw batch's marker (Pipeline._publish)
+        made[-1][2][MSG_ID_HEADER] = f"enricher:{schema.name}:{seq}:done"
+    return made
 
 
 def pipeline(max_bytes: int) -> Pipeline:
-    made = Pipeline.__new__(Pipeline)  # only the chunk size matters to _messages
+    made = Pipeline.__new__(Pipeline)  # only the chunk size and markers matter to _messages
     made.max_bytes = max_bytes
+    made.markers = True
     return made
 
 
@@ -72,7 +76,7 @@ def test_the_compiled_frame_is_the_encoded_messages(
     output = Output(lines=by_lines)
     messages = pipeline(max_bytes)._messages(codec.FLOW, output, seq)
     msg_id = f"enricher:{codec.FLOW.name}:{seq}:"
-    framed = frame_lines(by_lines, codec.FLOW.header, msg_id, "b1", reply, max_bytes)
+    framed = frame_lines(by_lines, codec.FLOW.header, msg_id, "done", "b1", reply, max_bytes)
     plain = (
         all(s.isascii() and s.isprintable() and " " not in s and s for s in by_lines)
         and all(by_lines.values())
