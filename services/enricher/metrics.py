@@ -122,11 +122,16 @@ class Metrics:
 
     def add_dns(self, tally: Tally) -> None:
         """Fold one raw DNS batch's tally into the counters (its cross-node duplicates
-        too: ``dedup_dropped`` counts flow and DNS reports alike)."""
+        too: ``dedup_dropped`` counts flow and DNS reports alike; its client and server
+        lookups and process joins count as a flow's do)."""
         child = self._child
         child("records_in", "dns").inc(tally.records_in)
         child("records_out", "dns").inc(tally.records_out)
         self.dedup_dropped.inc(tally.dedup_dropped)
+        for kind, n in tally.lookups.items():
+            child("lookups", kind).inc(n)
+        child("process_joins", "hit").inc(tally.process_hits)
+        child("process_joins", "miss").inc(tally.process_misses)
 
     def _child(self, metric: str, label: str) -> Counter:
         """``getattr(self, metric).labels(label)``, remembered (the series appears on

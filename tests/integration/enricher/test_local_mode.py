@@ -65,7 +65,8 @@ async def test_local_mode_host_external_process_and_dns(
         while registry.get_sample_value(*lag) is None:  # noqa: ASYNC110 - metric polling
             await asyncio.sleep(0.1)
     assert registry.get_sample_value(*lag) == 0
-    assert registry.get_sample_value("flowscope_enricher_lookups_total", {"result": "host"}) == 1
+    # the flow's source and the DNS exchange's client are this host
+    assert registry.get_sample_value("flowscope_enricher_lookups_total", {"result": "host"}) == 2
     assert (
         registry.get_sample_value("flowscope_enricher_process_joins_total", {"result": "hit"}) == 1
     )
