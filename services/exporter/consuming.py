@@ -368,11 +368,12 @@ class SinkLane:
             await _touch(batch.messages)
 
     async def _settle_messages(self, kind: Kind, batch: Batch, result: ExportResult) -> None:
-        """Ack, dead-letter or nak each message of a finished batch; count the records."""
+        """Ack, dead-letter or nak each message of a finished batch; count the records
+        (the refused ones once their dead-letter copy is stored: a message that comes
+        back while the DLQ is away is refused again, not counted again)."""
         name = self.sink.name
         delivered = len(batch.records) - len(result.rejected) - len(result.deferred)
         self._metrics.exported.labels(name).inc(delivered)
-        self._metrics.failed.labels(name).inc(len(result.rejected))
         for msg, first, count in batch.spans:
             span = range(first, first + count)
             if any(i in result.deferred for i in span):
@@ -412,8 +413,8 @@ class SinkLane:
         records: int = 0,
     ) -> bool:
         """Dead-letter through JetStream, de-duplicated by ``msg_id`` (see
-        ``dead_letter``); False if the stream did not confirm it. ``records`` are
-        counted if this copy was stored."""
+        ``dead_letter``); False if the stream did not confirm it. ``records`` (refused
+        by the backend) are counted, failed and dead-lettered, if this copy was stored."""
         try:
             stored = await dead_letter(
                 self._nc, DLQ_COMPONENT, subject, headers, body, reason, msg_id
@@ -423,6 +424,7 @@ class SinkLane:
             return False
         if stored:
             self._metrics.dead_lettered.labels(self.sink.name).inc(records)
+            self._metrics.failed.labels(self.sink.name).inc(records)
         return True
 
     async def _settle(self) -> None:

@@ -47,7 +47,8 @@ class Lane:
     """A :class:`SinkLane` running as a task until :meth:`stop`."""
 
     def __init__(self, sink: Sink, nc: NATS, batch: BatchSettings) -> None:
-        self.metrics = ExporterMetrics.create(CollectorRegistry())
+        self.registry = CollectorRegistry()
+        self.metrics = ExporterMetrics.create(self.registry)
         self.stopping = asyncio.Event()
         self.lane = SinkLane(sink, nc.jetstream(), nc, batch, self.metrics, self.stopping)
         self.task = asyncio.create_task(self.lane.run())
@@ -172,6 +173,9 @@ async def test_refused_records_are_acked_only_once_stored_in_the_dead_letter_str
         dead = await js.get_msg(subjects.STREAM_DLQ, info.state.first_seq)
         assert dead.headers is not None
         assert "elasticsearch: 400" in dead.headers[subjects.DLQ_REASON_HEADER]
+        for counted in ("failed", "dead_lettered"):  # once, however often it was refused
+            name = f"flowscope_exporter_records_{counted}_total"
+            assert lane.registry.get_sample_value(name, {"sink": "elasticsearch"}) == 1
     finally:
         await lane.stop()
         await es.stop()
