@@ -19,6 +19,7 @@ sees the same packets, so the machine's load moves all of them together.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import statistics
 import sys
@@ -66,6 +67,10 @@ def load(name: str, source: Path | None) -> tuple[str, object, int]:
         bpf = BPF(text=FLOOR, cflags=cflags)
     else:
         bpf = BPF(src_file=str(source).encode(), cflags=cflags)
+        if b"flows_a" in bpf:  # flows.c's maps behind its outer array, as the collector
+            outer, fd = bpf[b"flows"], bpf[b"flows_a"].map_fd  # sets them up (loading.py)
+            for slot, inner in ((1, fd), (2, bpf[b"flows_b"].map_fd), (0, fd)):
+                outer[ctypes.c_int(slot)] = ctypes.c_int(inner)
     return name, bpf, bpf.load_func(b"flowscope_ingress", BPF.SCHED_CLS).fd
 
 
@@ -127,7 +132,8 @@ def measure(
                 attacher.ipr.tc("del-filter", "bpf", index, 1, parent=PARENT_INGRESS,
                                 prio=prio, protocol=ETH_P_ALL)  # fmt: skip
         for _, bpf, _ in programs:
-            bpf[b"flows"].clear()  # type: ignore[index]
+            for table in (b"flows_a", b"flows_b") if b"flows_a" in bpf else (b"flows",):  # type: ignore[operator]
+                bpf[table].clear()  # type: ignore[index]
         stats.write_text("0")
         for proto in (17, 6):
             frame = tc.frame(proto)

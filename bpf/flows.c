@@ -35,12 +35,24 @@
 #define IPPROTO_ICMPV6_ 58
 #define IPPROTO_DSTOPTS_ 60
 #define IPPROTO_SCTP_ 132
+#define IPPROTO_UDPLITE_ 136
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_ACK 0x10
 
-BPF_TABLE("hash", struct flow_key, struct flow_value, flows, MAX_FLOWS);
+/* Two flow maps, and the outer array `flows` that says which one the programs count
+ * into: flows[0], the active map; flows[1] and flows[2], the two maps, for user space to
+ * find (set once). A drain puts the other map into flows[0], then empties the map it
+ * took out (services/collector/draining.py, BatchReader). Updating a map-in-map from
+ * user space returns only after an RCU grace period (kernel/bpf/syscall.c,
+ * maybe_wait_bpf_programs), when no program run that looked up the old map is still
+ * running, so nothing adds to an entry the drain has copied and deleted (a batched
+ * lookup-and-delete of the active map lost such adds: the entry's memory went back to
+ * the map's free list, or to another flow). */
+BPF_TABLE("hash", struct flow_key, struct flow_value, flows_a, MAX_FLOWS);
+BPF_TABLE("hash", struct flow_key, struct flow_value, flows_b, MAX_FLOWS);
+BPF_ARRAY_OF_MAPS(flows, "flows_a", 3);
 BPF_PERCPU_ARRAY(counters, struct collector_counters, 1);
 BPF_ARRAY(clock_pair, struct clock_pair, 1);
 #if FLOW_CACHE_SLOTS > 0
@@ -149,6 +161,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p)
     __u8 hdr[20];
     if (LOAD(skb, p->l3_off, hdr, sizeof(hdr)) < 0)
         return -1;
+    if (hdr[0] >> 4 != 4)
+        return -1;                      /* EtherType IPv4, but not an IPv4 header */
     __u32 ihl = (hdr[0] & 0x0f) * 4;   /* options included: IHL counts 32-bit words */
     if (ihl < 20)
         return -1;
@@ -169,12 +183,15 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct packet *p)
 }
 
 /* IPv6 with the common extension headers skipped (hop-by-hop, routing, destination
- * options, fragment, AH); a bounded loop keeps the verifier happy. */
+ * options, fragment, AH) up to a non-first fragment's payload; a bounded loop keeps the
+ * verifier happy. */
 static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p)
 {
     __u8 hdr[40];
     if (LOAD(skb, p->l3_off, hdr, sizeof(hdr)) < 0)
         return -1;
+    if (hdr[0] >> 4 != 6)
+        return -1;                      /* EtherType IPv6, but not an IPv6 header */
     __u32 payload = ((__u32)hdr[4] << 8) | hdr[5];
     __u8 next = hdr[6];
     __u32 off = p->l3_off + 40;
@@ -201,6 +218,10 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct packet *p)
             off += ((__u32)ext[1] + 1) * 8;
         }
         next = ext[0];
+        /* A non-first fragment: what follows is payload, not headers. Its protocol is the
+         * fragment header's next header, as IPv4's is the header's protocol field. */
+        if (!p->has_ports)
+            break;
     }
     p->proto = next;
     __u32 avail = skb->len - p->l3_off;
@@ -227,12 +248,13 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct packet *p)
         p->hdr_len += (l4[12] >> 4) * 4;
         return;
     case IPPROTO_UDP:
+    case IPPROTO_UDPLITE_:      /* UDP's header layout (RFC 3828), a coverage field for length */
     case IPPROTO_SCTP_:
         if (LOAD(skb, p->l4_off, l4, 4) < 0)
             break;
         p->sport = ((__u16)l4[0] << 8) | l4[1];
         p->dport = ((__u16)l4[2] << 8) | l4[3];
-        p->hdr_len += p->proto == IPPROTO_UDP ? 8 : 12;
+        p->hdr_len += p->proto == IPPROTO_SCTP_ ? 12 : 8;
         return;
     case IPPROTO_ICMP:
     case IPPROTO_ICMPV6_: {
@@ -301,6 +323,13 @@ static __always_inline void add_to(struct flow_value *v, __u8 proto, __u8 tcp_fl
     v->last_tick = now;
 }
 
+/* The flow map the programs count into (see `flows`). */
+static __always_inline void *active_flows(void)
+{
+    int zero = 0;
+    return flows.lookup(&zero);
+}
+
 static __always_inline void count_lost(__u64 packets, __u64 bytes)
 {
     int zero = 0;
@@ -349,7 +378,12 @@ static __always_inline void account(struct __sk_buff *skb, struct flow_key *key,
     __u64 bytes = c->ip_len + (segs - 1) * c->hdr_len;
     __u8 dir = c->dir;
 
-    struct flow_value *v = flows.lookup(key);
+    void *map = active_flows();
+    if (!map) {
+        count_lost(segs, bytes);   /* flows[0] empty: user space has not set it up */
+        return;
+    }
+    struct flow_value *v = bpf_map_lookup_elem(map, key);
     if (v) {
         add_to(v, c->proto, c->tcp_flags, dir, segs, bytes, now);
         return;
@@ -366,11 +400,11 @@ static __always_inline void account(struct __sk_buff *skb, struct flow_key *key,
         fresh.tcp_flags = c->tcp_flags;
         fresh.initiator = (c->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
     }
-    int err = flows.insert(key, &fresh);
+    int err = bpf_map_update_elem(map, key, &fresh, BPF_NOEXIST);
     if (err == 0)
         return;
     /* -EEXIST: another CPU created the entry between our lookup and insert. */
-    v = flows.lookup(key);
+    v = bpf_map_lookup_elem(map, key);
     if (v) {
         add_to(v, c->proto, c->tcp_flags, dir, segs, bytes, now);
         return;
@@ -416,9 +450,10 @@ static __always_inline void merge_into(struct flow_value *v, const struct flow_v
  * entry itself, so the common case costs one hash-table walk, not a lookup and an insert. */
 static __always_inline void evict(struct flow_cache_slot *s)
 {
-    if (flows.insert(&s->key, &s->value) == 0)
+    void *map = active_flows();
+    if (map && bpf_map_update_elem(map, &s->key, &s->value, BPF_NOEXIST) == 0)
         return;
-    struct flow_value *v = flows.lookup(&s->key);   /* -EEXIST */
+    struct flow_value *v = map ? bpf_map_lookup_elem(map, &s->key) : 0;   /* -EEXIST */
     if (v) {
         merge_into(v, &s->value);
         return;
@@ -681,7 +716,8 @@ static __always_inline int handle_common(struct __sk_buff *skb, const int ethern
                             bpf_ntohs(*(__u16 *)(ip + 2)), 20, 20, avail);
     }
     if (l3 == bpf_htons(ETH_P_IPV6)) {
-        if ((void *)(ip + 54) > data_end)
+        /* version 6 (else the general parser drops it); the 54 bytes in the linear area */
+        if ((ip[0] & 0xf0) != 0x60 || (void *)(ip + 54) > data_end)
             return 0;
         /* an extension header is neither TCP nor UDP: general path */
         return count_common(skb, ip, ip + 40, ip[6], FLOWSCOPE_AF_INET6,

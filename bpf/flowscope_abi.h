@@ -2,7 +2,7 @@
  *
  * The Python mirror is services/collector/abi.py (ctypes). At start-up the collector
  * compares each mirror's size and field offsets with the layout bcc derives from the
- * compiled program and refuses to run on a mismatch; tests/unit/collector/test_abi.py
+ * compiled program and refuses to run on a mismatch; tests/unit/collector/test_flow_abi.py
  * pins the layout with golden bytes. Change both files together, and bump ABI_VERSION.
  *
  * Layout rules: fixed-width types only, explicit padding, every struct a multiple of 8

@@ -11,13 +11,14 @@
  * Only UAPI contexts (bpf_sock_addr, bpf_sock, bpf_sock_ops, __sk_buff) and helpers are
  * read: the headers bcc compiles against may not match the running kernel (DESIGN.md).
  *
- * The server side is reported by the process that accept()s the connection when the
- * kernel allows an fexit program on inet_csk_accept (FS_ACCEPT_HOOK=1, the default): the
- * established connection waits in pending_accepts until accept() returns it in process
- * context. That names the worker of a pre-fork server and works for listeners bound
- * before the collector started. A connection closed before anyone accepts it is
- * reported with the listener's owner. With FS_ACCEPT_HOOK=0 (no fentry/fexit on this
- * kernel) the accept event is sent at establishment with the listener's owner.
+ * The server side is reported by the process that accept()s the connection when asked
+ * (FS_ACCEPT_HOOK=1: setting sockets.accept_hook, off by default) and the kernel allows
+ * an fexit program on inet_csk_accept: the established connection waits in
+ * pending_accepts until accept() returns it in process context. That names the worker
+ * of a pre-fork server and works for listeners bound before the collector started. A
+ * connection closed before anyone accepts it is reported with the listener's owner.
+ * With FS_ACCEPT_HOOK=0 (the setting off, or no fexit on this kernel) the accept event
+ * is sent at establishment with the listener's owner.
  *
  * Tunables, passed by user space as -D flags: FS_OWNERS_MAX, FS_LISTENERS_MAX,
  * FS_UDP_PEERS_MAX, FS_PENDING_MAX (map sizes), FS_RINGBUF_PAGES (power of two),
@@ -39,7 +40,7 @@
 #define FS_PENDING_MAX 16384
 #endif
 #ifndef FS_ACCEPT_HOOK
-#define FS_ACCEPT_HOOK 1
+#define FS_ACCEPT_HOOK 0  /* user space always passes it: sockets.accept_hook */
 #endif
 #ifndef FS_ACCEPT_ARGS
 #define FS_ACCEPT_ARGS 2

@@ -3,8 +3,8 @@
 At start-up :func:`check_layout` compares each mirror with the layout bcc derived from
 the compiled program (its table ``Key``/``Leaf`` types and the ring buffer's event
 type); a difference in size or in any field's offset or size is a
-:class:`~flowscope.core.errors.StartupError`. tests/unit/collector/test_abi.py pins the
-layout with golden bytes.
+:class:`~flowscope.core.errors.StartupError`. tests/unit/collector/test_flow_abi.py pins
+the layout with golden bytes.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from flowscope.core.errors import FlowscopeError
 from flowscope.core.netlink import Netlink
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -28,15 +29,28 @@ FILTER_PRIO = 0x2F5C  # fixed and unusual, so it neither collides nor hides othe
 FILTER_HANDLE = 0xF5C0
 FILTER_NAME_PREFIX = "flowscope"
 ETH_P_ALL = 0x0003
+TC_H_INGRESS = 0xFFFFFFF1  # where clsact (or a legacy ingress qdisc) hangs
 PARENT_INGRESS = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
 PARENT_EGRESS = 0xFFFFFFF3  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS)
 HOOKS = (("ingress", PARENT_INGRESS), ("egress", PARENT_EGRESS))
+
+
+class AttachError(FlowscopeError):
+    """The programs could not be attached to an interface that is still there; nothing
+    of flowscope's is left on it."""
+
+    def __init__(self, ifname: str, problem: str) -> None:
+        self.ifname = ifname
+        self.problem = problem
+        super().__init__(f"cannot attach to {ifname}: {problem}")
 
 
 class Attaching(Protocol):
     """What link watching needs from an attacher (a seam for unit tests)."""
 
     def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool: ...
+
+    def detach(self, ifindex: int) -> bool: ...
 
     def forget(self, ifindex: int) -> None: ...
 
@@ -59,7 +73,9 @@ class Attacher:
     def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
         """Add clsact (if missing) and both filters; False if the interface vanished.
 
-        ``ethernet``: the device's frames start with an Ethernet header; otherwise the
+        Both filters or none: :class:`AttachError` when the interface is there but
+        cannot take them (a foreign ``ingress`` qdisc, a clashing filter), with nothing
+        of flowscope's left on it. ``ethernet``: the device's frames start with an Ethernet header; otherwise the
         IP-header programs are used (tun, WireGuard, IP-in-IP). After :meth:`detach_all`
         nothing is attached any more (False).
         """
@@ -75,19 +91,36 @@ class Attacher:
             if ethernet
             else {"ingress": self.ingress_ip_fd, "egress": self.egress_ip_fd}
         )
+        added: list[int] = []
         try:
-            self._ensure_clsact(ifindex)
+            self._ensure_clsact(ifindex, ifname)
             for direction, parent in HOOKS:
                 self._add_filter(
                     ifindex, parent, fds[direction], f"{FILTER_NAME_PREFIX}-{direction}"
                 )
+                added.append(parent)
         except NetlinkError as e:
-            if e.code in (errno.ENODEV, errno.EINVAL, errno.ENOENT):
+            # Half attached counts each packet one way only, and an untracked filter
+            # would outlive the run: take back what was added.
+            for parent in added:
+                self._delete_filter(ifindex, parent, FILTER_PRIO, FILTER_HANDLE)
+            if not self._exists(ifindex):
                 log.info("interface gone before attach", extra={"ifname": ifname})
                 return False
-            raise
+            raise AttachError(ifname, f"netlink: {e}") from e
         self.attached[ifindex] = ifname
         log.info("attached", extra={"ifname": ifname, "ifindex": ifindex})
+        return True
+
+    def detach(self, ifindex: int) -> bool:
+        """Remove this attacher's filters from one interface (it is no longer wanted:
+        a stacked device whose lower device is attached); False if none were there."""
+        with self._lock:
+            name = self.attached.pop(ifindex, None)
+            if name is None:
+                return False
+            self._remove_ours(ifindex)
+        log.info("detached", extra={"ifname": name, "ifindex": ifindex})
         return True
 
     def forget(self, ifindex: int) -> None:
@@ -128,12 +161,35 @@ class Attacher:
 
     # ------------------------------------------------------------ netlink details
 
-    def _ensure_clsact(self, ifindex: int) -> None:
+    def _ensure_clsact(self, ifindex: int, ifname: str) -> None:
+        """Add clsact; when the ingress slot is taken, it must be a clsact already.
+
+        A legacy ``ingress`` qdisc (shaping through IFB, an older CNI) takes the same
+        slot (ffff:) and has no egress hook: it is the user's, so it is left alone and
+        the interface is not attached.
+        """
         try:
             self.ipr.tc("add", "clsact", ifindex)
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
+            kind = self._ingress_qdisc_kind(ifindex)
+            if kind != "clsact":
+                raise AttachError(
+                    ifname, f"it has an {kind!r} qdisc where clsact goes; left alone"
+                ) from e
+
+    def _ingress_qdisc_kind(self, ifindex: int) -> str | None:
+        for msg in self.ipr.get_qdiscs(index=ifindex):
+            if msg["parent"] == TC_H_INGRESS:
+                return str(msg.get_attr("TCA_KIND"))
+        return None
+
+    def _exists(self, ifindex: int) -> bool:
+        try:
+            return bool(self.ipr.get_links(ifindex))
+        except NetlinkError:
+            return False
 
     def _add_filter(self, ifindex: int, parent: int, fd: int, name: str) -> None:
         self.ipr.tc(

@@ -36,7 +36,6 @@ class HostPaths:
     proc_status: Path = Path("/proc/self/status")
     btf: Path = Path("/sys/kernel/btf/vmlinux")
     bpf_syscall_knob: Path = Path("/proc/sys/kernel/unprivileged_bpf_disabled")
-    tracefs: tuple[Path, ...] = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
     modules: Path = Path("/lib/modules")
 
 
@@ -59,9 +58,9 @@ def kernel_version(release: str) -> tuple[int, int]:
 def missing_capabilities(cap_eff: int, release: str, memlock_hard: int) -> list[str]:
     """Capabilities the collector lacks, each with why it is needed (empty: enough).
 
-    CAP_NET_ADMIN attaches the TC programs. CAP_SYS_ADMIN covers loading BPF, attaching
-    tracepoints and the cgroup programs of socket tracing (the kernel's bpf_capable() and
-    perfmon_capable() accept it in place of CAP_BPF and CAP_PERFMON). CAP_SYS_RESOURCE is
+    CAP_NET_ADMIN attaches the TC programs. CAP_SYS_ADMIN covers loading BPF, the cgroup
+    programs of socket tracing and its optional fexit program (the kernel's bpf_capable()
+    and perfmon_capable() accept it in place of CAP_BPF and CAP_PERFMON). CAP_SYS_RESOURCE is
     needed only where the kernel charges BPF maps to RLIMIT_MEMLOCK (before 5.11) and the
     hard limit is finite: bcc raises the limit to unlimited before creating maps.
     ``memlock_hard`` is the RLIMIT_MEMLOCK hard limit (``resource.RLIM_INFINITY``: none).
@@ -72,7 +71,7 @@ def missing_capabilities(cap_eff: int, release: str, memlock_hard: int) -> list[
 
     missing = [] if has(CAP_NET_ADMIN) else ["CAP_NET_ADMIN (TC filters)"]
     if not has(CAP_SYS_ADMIN):
-        missing.append("CAP_SYS_ADMIN (BPF programs, tracepoints, cgroup hooks)")
+        missing.append("CAP_SYS_ADMIN (BPF programs, cgroup hooks)")
     version = kernel_version(release)
     if (
         version < MEMLOCK_CHARGED_BEFORE
@@ -103,15 +102,6 @@ def check_bpf(paths: HostPaths) -> None:
         raise StartupError("btf", f"no kernel BTF at {paths.btf} (CONFIG_DEBUG_INFO_BTF)")
 
 
-def check_tracefs(paths: HostPaths) -> None:
-    if not any((p / "events").is_dir() for p in paths.tracefs):
-        raise StartupError(
-            "tracefs",
-            f"tracefs is not mounted at {paths.tracefs[0]} "
-            "(mount -t tracefs nodev /sys/kernel/tracing, or mount the host's /sys)",
-        )
-
-
 def check_kernel_headers(paths: HostPaths, release: str, env: dict[str, str]) -> None:
     if env.get("BCC_KERNEL_SOURCE"):
         source = Path(env["BCC_KERNEL_SOURCE"])
@@ -128,10 +118,14 @@ def check_kernel_headers(paths: HostPaths, release: str, env: dict[str, str]) ->
 
 
 def run_all(paths: HostPaths | None = None) -> None:
-    """Every start-up check, in the order a user would fix them."""
+    """Every start-up check, in the order a user would fix them.
+
+    No tracefs check: nothing the collector loads attaches through it (TC and cgroup
+    programs, and the optional fexit program, which bcc attaches by BTF id with
+    ``BPF_RAW_TRACEPOINT_OPEN``; there are no tracepoints or kprobes).
+    """
     paths = paths or HostPaths()
     release = os.uname().release
     check_capabilities(paths, release, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1])
     check_bpf(paths)
-    check_tracefs(paths)
     check_kernel_headers(paths, release, dict(os.environ))

@@ -23,7 +23,9 @@ The kernel answers each GET with one ``IPCTNL_MSG_CT_NEW`` message, or an
 messages in one datagram, answered in order) so a drain with many candidates costs a
 few system calls, not one round trip each. ctnetlink needs ``CAP_NET_ADMIN`` in the
 socket's network namespace, which the collector has; without it every request fails
-with ``EPERM`` (:class:`ConntrackUnavailable`).
+with ``EPERM`` (:class:`ConntrackUnavailable`: asking again is pointless). A request
+that times out or whose answers the kernel dropped (``ENOBUFS``) fails alone
+(:class:`ConntrackFailed`): the socket is replaced, and the next request may succeed.
 """
 
 from __future__ import annotations
@@ -87,11 +89,27 @@ class ConntrackError(FlowscopeError):
 
 
 class ConntrackUnavailable(FlowscopeError):
-    """Conntrack cannot be asked here (no permission, no ctnetlink, socket error)."""
+    """Conntrack cannot be asked here (no permission, no ctnetlink): for good."""
 
     def __init__(self, err: int, detail: str) -> None:
         self.errno = err
         super().__init__(f"conntrack lookups unavailable: {detail} ({os.strerror(err)})")
+
+
+class ConntrackFailed(FlowscopeError):
+    """One batch of requests got no answer (timeout, ``ENOBUFS``, another socket error);
+    later ones may. ``reason``: ``timeout``, ``enobufs`` or ``socket`` (a metric label)."""
+
+    def __init__(self, err: int, detail: str) -> None:
+        self.errno = err
+        self.reason = failure_reason(err)
+        super().__init__(f"conntrack lookups failed: {detail} ({os.strerror(err)})")
+
+
+def failure_reason(err: int) -> str:
+    if err in (errno.ETIMEDOUT, errno.EAGAIN):
+        return "timeout"
+    return "enobufs" if err == errno.ENOBUFS else "socket"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,14 +251,23 @@ class Conntrack:
     timeout: a drain must not hang on it)."""
 
     def __init__(self, timeout: float = 1.0) -> None:
+        self._timeout = timeout
         try:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            self._sock: socket.socket | None = self._open()
         except OSError as e:
             raise ConntrackUnavailable(e.errno or errno.EIO, "no NETLINK_NETFILTER socket") from e
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        self._sock.settimeout(timeout)
-        self._sock.bind((0, 0))
         self._seq = 0
+
+    def _open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+            sock.settimeout(self._timeout)
+            sock.bind((0, 0))
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def lookup(self, orig: CtTuple) -> Answer:
         """The answer for one original tuple."""
@@ -248,7 +275,8 @@ class Conntrack:
 
     def lookup_many(self, origs: Sequence[CtTuple]) -> list[Answer]:
         """One answer per original tuple, in order; ConntrackUnavailable when the kernel
-        refuses the requests (EPERM, no ctnetlink) or does not answer in time."""
+        refuses the requests (EPERM, no ctnetlink), ConntrackFailed when it does not
+        answer in time or the socket fails otherwise."""
         answers: list[Answer] = []
         for first in range(0, len(origs), BATCH):
             answers += self._batch(origs[first : first + BATCH])
@@ -261,17 +289,31 @@ class Conntrack:
         by_seq: dict[int, Answer] = {}
         wanted = {(base + i) & 0x7FFFFFFF for i in range(len(origs))}
         try:
-            self._sock.send(request)
+            sock = self._sock or self._reopen()
+            sock.send(request)
             while not wanted <= by_seq.keys():
-                for answer in decode_messages(self._sock.recv(RECV_BUFFER)):
+                for answer in decode_messages(sock.recv(RECV_BUFFER)):
                     by_seq[answer.seq] = answer  # stale answers of a timed-out batch: ignored
         except OSError as e:  # TimeoutError included
-            raise ConntrackUnavailable(e.errno or errno.ETIMEDOUT, "ctnetlink request") from e
+            err = e.errno or errno.ETIMEDOUT
+            if err in REFUSED:
+                raise ConntrackUnavailable(err, "ctnetlink request") from e
+            self._discard()  # late or partial answers must not meet the next batch
+            raise ConntrackFailed(err, "ctnetlink request") from e
         out = [by_seq[(base + i) & 0x7FFFFFFF] for i in range(len(origs))]
         for answer in out:
             if answer.errno in REFUSED:
                 raise ConntrackUnavailable(answer.errno, "ctnetlink refused the request")
         return out
 
+    def _reopen(self) -> socket.socket:
+        self._sock = self._open()
+        return self._sock
+
+    def _discard(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
     def close(self) -> None:
-        self._sock.close()
+        self._discard()

@@ -6,9 +6,13 @@ names that directory after the container, so the id is found by walking the tree
 directory with that inode and parsing its path (:func:`container_id_from_path`).
 
 Walking is not free (a node has thousands of cgroups), so results live in a bounded LRU
-cache, a miss triggers at most one rescan per ``rescan_interval_s``, and a rescan fills
-the cache with every container cgroup it passes. Cgroup ids are never reused, so a cached
-answer stays right for as long as it is cached.
+cache, a rescan fills the cache with every container cgroup it passes, and a miss
+triggers a rescan only within a budget (``rescan_burst`` per ``rescan_interval_s``), so
+a flood of unknown ids costs a bounded number of walks. The budget is a burst, not one
+walk per interval: a container started just after a scan (a scale-up) has its events
+read after its cgroup exists, so a rescan finds it; answering "" until the next interval
+would publish its first connections as "not a container" for good. Cgroup ids are never
+reused, so a cached answer stays right for as long as it is cached.
 """
 
 from __future__ import annotations
@@ -106,14 +110,16 @@ class ResolverCounts:
     hits: int = 0
     misses: int = 0
     scans: int = 0
+    throttled: int = 0  # misses answered "" because the rescan budget was spent
 
 
 class ContainerResolver:
     """Resolves cgroup v2 ids to container ids with a bounded LRU cache.
 
     ``capacity`` bounds the cache; ``root`` is the cgroup2 mount (found from
-    ``/sys/fs/cgroup`` when not given); ``rescan_interval_s`` limits how often a miss
-    may walk the tree again; ``clock`` is the monotonic clock (a seam for tests).
+    ``/sys/fs/cgroup`` when not given); misses may walk the tree again at most
+    ``rescan_burst`` times per ``rescan_interval_s``; ``clock`` is the monotonic clock
+    (a seam for tests).
     """
 
     def __init__(
@@ -121,15 +127,18 @@ class ContainerResolver:
         capacity: int = 4096,
         root: str | None = None,
         rescan_interval_s: float = 1.0,
+        rescan_burst: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.capacity = capacity
         self.root = root
         self.rescan_interval_s = rescan_interval_s
+        self.rescan_burst = rescan_burst
         self.counts = ResolverCounts()
         self._clock = clock
         self._cache: OrderedDict[int, str] = OrderedDict()
-        self._last_scan: float | None = None
+        self._window_start: float | None = None  # when the current budget interval began
+        self._window_scans = 0
 
     def container_id(self, cgroup_id: int) -> str:
         """The container of cgroup ``cgroup_id``, or "" (not a container, or not found)."""
@@ -140,6 +149,7 @@ class ContainerResolver:
             return cached
         self.counts.misses += 1
         if not self._may_scan():
+            self.counts.throttled += 1
             return ""
         found = self._scan(cgroup_id)
         return found if found is not None else ""
@@ -150,9 +160,11 @@ class ContainerResolver:
 
     def _may_scan(self) -> bool:
         now = self._clock()
-        if self._last_scan is not None and now - self._last_scan < self.rescan_interval_s:
+        if self._window_start is None or now - self._window_start >= self.rescan_interval_s:
+            self._window_start, self._window_scans = now, 0
+        if self._window_scans >= self.rescan_burst:
             return False
-        self._last_scan = now
+        self._window_scans += 1
         return True
 
     def _scan(self, wanted: int) -> str | None:

@@ -20,8 +20,12 @@ Contract details (also in docs/collector-sockets.md):
   in presentation form: dots between labels, ``\\.`` for a dot inside a label, ``\\DDD``
   for bytes outside printable ASCII; the root is ``.``.
 - A TCP segment without payload (handshake, bare ACK) carries no DNS message: the parser
-  returns ``None`` for it rather than an error. A TCP segment must start with the 2-byte
-  length prefix of a message (continuation segments are rejected).
+  returns ``None`` for it rather than an error. Alone, :func:`parse_packet` reads a TCP
+  segment as starting with the 2-byte length prefix of a message; with a
+  :class:`TcpStreams` (as :class:`DnsExchanges` uses it) only segments where a message
+  starts are parsed, and the others (continuations of a longer message, retransmits)
+  return ``None`` and are counted as ``tcp_skipped``. No reassembly: a message longer
+  than its first segment keeps the answers that segment holds and is ``truncated``.
 - When the capture was cut short (the IP header says the packet is longer than the
   bytes we got), the answers that fit are kept and ``truncated`` is set; the header and
   question must be complete. A packet that is short by its own lengths is an error.
@@ -126,26 +130,31 @@ class _Segment:
     dport: int
     proto: int
     payload: bytes
-    cut: bool
+    missing: int  # payload bytes the capture cut off (the IP header says they exist)
+    seq: int = 0  # TCP sequence number of the payload's first byte
+
+    @property
+    def cut(self) -> bool:
+        return self.missing > 0
 
 
 # ---------------------------------------------------------------- IP and transport
 
 
-def parse_packet(data: bytes) -> DnsPacket | None:
+def parse_packet(data: bytes, streams: TcpStreams | None = None) -> DnsPacket | None:
     """Parse captured bytes (from the IP header on) into a DNS packet.
 
-    Returns ``None`` for a TCP segment without payload; raises :class:`DnsParseError`
-    for anything malformed.
+    Returns ``None`` for a TCP segment without payload, and, given ``streams``, for a
+    TCP segment where no message starts; raises :class:`DnsParseError` for anything
+    malformed.
     """
     segment = _parse_ip(bytes(data))
     if segment.proto == PROTO_TCP:
-        body, cut = _tcp_message(segment)
-        if body is None:
+        message = _parse_tcp_message(segment, streams)
+        if message is None:
             return None
     else:
-        body, cut = segment.payload, segment.cut
-    message = parse_message(body, cut)
+        message = parse_message(segment.payload, segment.cut)
     return DnsPacket(segment.src, segment.sport, segment.dst, segment.dport, segment.proto, message)
 
 
@@ -173,7 +182,8 @@ def _parse_ipv4(data: bytes) -> _Segment:
         raise DnsParseError("ip-fragment", "not the first fragment")
     src = str(ipaddress.IPv4Address(data[12:16]))
     dst = str(ipaddress.IPv4Address(data[16:20]))
-    return _parse_transport(data[9], src, dst, data[header_len:total_len], len(data) < total_len)
+    payload = data[header_len:total_len]
+    return _parse_transport(data[9], src, dst, payload, max(0, total_len - len(data)))
 
 
 def _parse_ipv6(data: bytes) -> _Segment:
@@ -182,12 +192,12 @@ def _parse_ipv6(data: bytes) -> _Segment:
     payload_len = int.from_bytes(data[4:6], "big")
     src = str(ipaddress.IPv6Address(data[8:24]))
     dst = str(ipaddress.IPv6Address(data[24:40]))
-    cut = len(data) < 40 + payload_len
+    missing = max(0, 40 + payload_len - len(data))
     payload = data[40 : 40 + payload_len]
     next_header = data[6]
     for _ in range(MAX_EXTENSION_HEADERS):
         if next_header not in IPV6_SKIPPED and next_header != IPV6_FRAGMENT:
-            return _parse_transport(next_header, src, dst, payload, cut)
+            return _parse_transport(next_header, src, dst, payload, missing)
         next_header, payload = _skip_extension(next_header, payload)
     raise DnsParseError("ipv6-extensions", f"more than {MAX_EXTENSION_HEADERS} headers")
 
@@ -209,45 +219,142 @@ def _skip_extension(kind: int, payload: bytes) -> tuple[int, bytes]:
     return payload[0], payload[size:]
 
 
-def _parse_transport(proto: int, src: str, dst: str, payload: bytes, cut: bool) -> _Segment:
+def _parse_transport(proto: int, src: str, dst: str, payload: bytes, missing: int) -> _Segment:
     if proto == PROTO_UDP:
-        return _parse_udp(src, dst, payload, cut)
+        return _parse_udp(src, dst, payload, missing)
     if proto == PROTO_TCP:
-        return _parse_tcp(src, dst, payload, cut)
+        return _parse_tcp(src, dst, payload, missing)
     raise DnsParseError("bad-transport", f"IP protocol {proto}")
 
 
-def _parse_udp(src: str, dst: str, payload: bytes, cut: bool) -> _Segment:
+def _parse_udp(src: str, dst: str, payload: bytes, missing: int) -> _Segment:
     if len(payload) < 8:
         raise DnsParseError("short-udp", f"{len(payload)} bytes")
     sport, dport, length = struct.unpack_from("!HHH", payload)
-    if length < 8 or (length > len(payload) and not cut):
+    if length < 8 or (length > len(payload) and not missing):
         raise DnsParseError("bad-udp-length", str(length))
-    return _Segment(src, sport, dst, dport, PROTO_UDP, payload[8:length], cut)
+    return _Segment(src, sport, dst, dport, PROTO_UDP, payload[8:length], missing)
 
 
-def _parse_tcp(src: str, dst: str, payload: bytes, cut: bool) -> _Segment:
+def _parse_tcp(src: str, dst: str, payload: bytes, missing: int) -> _Segment:
     if len(payload) < 20:
         raise DnsParseError("short-tcp", f"{len(payload)} bytes")
-    sport, dport = struct.unpack_from("!HH", payload)
+    sport, dport, seq = struct.unpack_from("!HHI", payload)
     header_len = (payload[12] >> 4) * 4
     if header_len < 20 or header_len > len(payload):
         raise DnsParseError("bad-tcp-offset", str(header_len))
-    return _Segment(src, sport, dst, dport, PROTO_TCP, payload[header_len:], cut)
+    return _Segment(src, sport, dst, dport, PROTO_TCP, payload[header_len:], missing, seq)
 
 
-def _tcp_message(segment: _Segment) -> tuple[bytes | None, bool]:
-    """The DNS message in a TCP segment (after its 2-byte length), or None if no payload."""
-    payload = segment.payload
-    if not payload:
-        return None, False
+def _parse_tcp_message(segment: _Segment, streams: TcpStreams | None) -> DnsMessage | None:
+    """The first DNS message that starts in a TCP segment, if one does.
+
+    A message whose header or question continues in the next segment cannot be reported
+    (no reassembly), but neither is it malformed: it is skipped like a continuation.
+    """
+    if not segment.payload and not segment.missing:
+        return None  # handshake or bare ACK
+    offset = 0 if streams is None else streams.message_offset(segment)
+    if offset is None:
+        return None
+    body, cut = _tcp_message(segment.payload[offset:], segment.cut)
+    try:
+        return parse_message(body, cut)
+    except DnsParseError as error:
+        if segment.cut or not cut or not error.reason.startswith("short"):
+            raise
+    if streams is not None:
+        streams.counts.tcp_skipped += 1
+    return None
+
+
+def _tcp_message(payload: bytes, cut: bool) -> tuple[bytes, bool]:
+    """The DNS message at the start of ``payload`` (after its 2-byte length)."""
     if len(payload) < 2:
         raise DnsParseError("short-tcp-dns", "length prefix cut off")
     length = int.from_bytes(payload[:2], "big")
     body = payload[2 : 2 + length]
     # Shorter than its prefix: the capture was cut, or the message continues in later
     # segments we do not reassemble. Either way keep what the bytes hold.
-    return body, len(body) < length
+    return body, cut or len(body) < length
+
+
+# ---------------------------------------------------------------- TCP streams
+
+SEQ_MOD = 1 << 32
+# How far (either way) a segment may lie from the previous one of its stream and still
+# belong to the same connection: two DNS messages with their prefixes. Further away, a
+# new connection reuses the 4-tuple (its initial sequence number is random; one in
+# 16384 lands this close by chance, and its segments are skipped until it moves on).
+SAME_CONNECTION = 1 << 17
+
+StreamKey = tuple[str, int, str, int]  # src, sport, dst, dport: one direction
+
+
+@dataclass(slots=True)
+class _Stream:
+    next: int | None  # sequence number where the next message starts; None: track lost
+    end: int  # sequence number just after the last segment seen
+
+
+@dataclass(slots=True)
+class TcpStreams:
+    """Where DNS messages start in each direction of each TCP connection.
+
+    The kernel copies no segment without payload (no SYN), so the first payload segment
+    seen in a direction is taken to start a message: true when the connection is seen
+    from its start, since each side's first bytes are a length prefix. From there each
+    length prefix says where the next message starts, and a segment is parsed from there
+    only if it holds that point: continuations of a longer message and retransmits are
+    skipped (counted as ``tcp_skipped``), never parsed mid-record. Track is lost when a
+    prefix lies beyond the captured bytes or the segment holding a message start was not
+    captured; the direction's segments are then skipped until a far sequence number
+    shows a new connection on the same 4-tuple. At most ``max_streams`` directions are
+    remembered, the least recently seen forgotten first (its next segment is then taken
+    to start a message, like a first one).
+    """
+
+    counts: ExchangeCounts
+    max_streams: int = 10000
+    _streams: OrderedDict[StreamKey, _Stream] = field(default_factory=OrderedDict)
+
+    def message_offset(self, segment: _Segment) -> int | None:
+        """Offset in the captured payload where a message starts, or None (counted)."""
+        key = (segment.src, segment.sport, segment.dst, segment.dport)
+        stream = self._streams.pop(key, None)
+        first: int | None = segment.seq
+        if stream is not None and _near(segment.seq, stream.end):
+            first = stream.next
+        end = (segment.seq + len(segment.payload) + segment.missing) % SEQ_MOD
+        self._streams[key] = _Stream(_follow(segment, first), end)
+        while len(self._streams) > self.max_streams:
+            self._streams.popitem(last=False)
+        offset = None if first is None else (first - segment.seq) % SEQ_MOD
+        if offset is None or offset + 2 > len(segment.payload):
+            self.counts.tcp_skipped += 1
+            return None
+        return offset
+
+
+def _near(seq: int, end: int) -> bool:
+    distance = (seq - end) % SEQ_MOD
+    return distance <= SAME_CONNECTION or distance >= SEQ_MOD - SAME_CONNECTION
+
+
+def _follow(segment: _Segment, start: int | None) -> int | None:
+    """Where the first message after this segment starts, following length prefixes.
+
+    ``start`` is where a message starts (in this segment or later). Each step moves on
+    by at least 2 bytes, so the loop is bounded by the segment's length.
+    """
+    if start is None:
+        return None
+    size = len(segment.payload) + segment.missing
+    while (offset := (start - segment.seq) % SEQ_MOD) < size:
+        if offset + 2 > len(segment.payload):
+            return None  # the prefix was not captured, or continues in the next segment
+        start = (start + 2 + int.from_bytes(segment.payload[offset : offset + 2], "big")) % SEQ_MOD
+    return start
 
 
 # ---------------------------------------------------------------- DNS message
@@ -408,6 +515,7 @@ class ExchangeCounts:
     unmatched: int = 0  # responses without a remembered query
     retransmits: int = 0  # queries already pending under the same key
     translated: int = 0  # responses paired although they came from another server (DNAT)
+    tcp_skipped: int = 0  # TCP segments where no message starts (continuations, retransmits)
 
 
 @dataclass(slots=True)
@@ -430,6 +538,9 @@ class DnsExchanges:
     the same client address and port with the same id and transport; the event reports
     the server the client asked (the query's destination), as it does for an unanswered
     query, and is counted as ``translated``.
+
+    TCP: only segments where a message starts are parsed (:class:`TcpStreams`, as many
+    directions remembered as queries pending).
     """
 
     observer: str
@@ -438,13 +549,17 @@ class DnsExchanges:
     counts: ExchangeCounts = field(default_factory=ExchangeCounts)
     _pending: OrderedDict[ExchangeKey, _Pending] = field(default_factory=OrderedDict)
     _by_client: dict[ClientKey, list[ExchangeKey]] = field(default_factory=dict)
+    _streams: TcpStreams = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._streams = TcpStreams(self.counts, self.max_pending)
 
     def observe(self, data: bytes, ts_unix_ns: int) -> RawDns | None:
         """Take one captured packet; returns an event when it completes an exchange.
 
         Raises :class:`DnsParseError` for a malformed packet (the caller counts it).
         """
-        packet = parse_packet(data)
+        packet = parse_packet(data, self._streams)
         if packet is None:
             return None
         if not packet.message.is_response:
@@ -481,6 +596,11 @@ class DnsExchanges:
             self.counts.expired += 1
             out.append(_event(self.observer, query.packet, query.time_ns, 0, response=False))
         return out
+
+    def expire_all(self) -> list[RawDns]:
+        """Every pending query as an unanswered event (at shutdown: none can be answered)."""
+        newest = max((query.time_ns for query in self._pending.values()), default=0)
+        return self.expire(newest + self.timeout_ns)
 
     def pending(self) -> int:
         """How many queries wait for a response."""

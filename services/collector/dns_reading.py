@@ -37,6 +37,8 @@ class DnsObserver(Protocol):
 
     def expire(self, now_ns: int) -> list[RawDns]: ...
 
+    def expire_all(self) -> list[RawDns]: ...
+
     @property
     def counts(self) -> ExchangeCounts: ...
 
@@ -118,7 +120,7 @@ class DnsReader:
         return out
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Poll until ``stopping``; then a last poll and expiry of unanswered queries."""
+        """Poll until ``stopping``; then a last poll, and every query still pending as unanswered."""
         next_expiry = time.monotonic() + EXPIRE_INTERVAL
         while not stopping.is_set():
             self._deliver(self.poll())
@@ -128,6 +130,9 @@ class DnsReader:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), POLL_INTERVAL)
         self._deliver(self.poll())
+        # Queries still unanswered will not be answered by this process: report them as
+        # expiry would (the question was asked, no answer was seen).
+        self._deliver(self._observer.expire_all())
 
     def _deliver(self, records: list[RawDns]) -> None:
         now = self._observer.counts

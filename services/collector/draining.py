@@ -1,12 +1,13 @@
 """Drain the kernel flow map into :class:`RawFlow` records, every active timeout.
 
-Each drain takes every entry out of the map with batched lookup-and-delete
+Each drain first makes the programs count into the other of the two flow maps, then
+takes every entry out of the retired one with batched lookup-and-delete
 (BPF_MAP_LOOKUP_AND_DELETE_BATCH, in chunks through reused buffers), so an entry holds
-the counters of one interval. bcc's ``items_lookup_and_delete_batch()`` does the same
-syscall but allocates max_entries-sized arrays and a ctypes object per entry at every
-drain; at 50k flows/s that dominated the collector's CPU and memory, hence
-:class:`BatchReader`. The kernel's "forward" direction is the
-first packet's unless a SYN without ACK said otherwise; since a deleted entry forgets
+the counters of one interval and no packet lands in an entry being deleted. bcc's
+``items_lookup_and_delete_batch()`` does the same syscall but allocates
+max_entries-sized arrays and a ctypes object per entry at every drain; at 50k flows/s
+that dominated the collector's CPU and memory, hence :class:`BatchReader`. The kernel's
+"forward" direction is the first packet's unless a SYN without ACK said otherwise; since a deleted entry forgets
 that, the drainer remembers (bounded) the direction of flows whose initiator it saw, so
 a long connection keeps its source and destination across intervals. With NAT pairing
 (:mod:`~flowscope.collector.nat_pairing`) the map is read whole before it is rendered, and
@@ -271,7 +272,16 @@ class DirectionMemory:
 
 
 class BatchReader:
-    """Lookup-and-delete of a whole BPF hash map, chunk by chunk, into reused buffers."""
+    """Lookup-and-delete of a whole flow map the programs no longer count into, chunk by
+    chunk, into reused buffers.
+
+    ``map_fd`` is the program's outer array ``flows`` (bpf/flows.c): slot 0 holds the map
+    the programs count into, slots 1 and 2 the two flow maps, for user space to find. A
+    drain first puts the other map into slot 0 (:meth:`retire`); the kernel returns from
+    that update only after an RCU grace period, when no program run that found the old
+    map still runs, and only then is the old map emptied. Draining the map the programs
+    count into lost the packets added between the copy and the delete of an entry.
+    """
 
     def __init__(self, map_fd: int, chunk: int = 4096) -> None:
         from bcc.libbcc import lib  # the BPF syscall wrapper bcc itself uses
@@ -281,15 +291,49 @@ class BatchReader:
         self._chunk = chunk
         self._keys = ct.create_string_buffer(abi.FLOW_KEY.size * chunk)
         self._values = ct.create_string_buffer(abi.FLOW_VALUE.size * chunk)
+        self._maps = (self._map_id(1), self._map_id(2))
+        self._retired: int | None = None  # fd of the map retire() took out, until drained
+
+    @property
+    def pending(self) -> bool:
+        """Whether retire() took a map out that chunks() has not drained yet."""
+        return self._retired is not None
+
+    def retire(self) -> None:
+        """Make the programs count into the other (empty) map; blocks for a grace period
+        (~10 ms): the collector runs it in a worker thread."""
+        if self._retired is not None:
+            return  # the retired map is still to be drained: swapping would bring it back
+        active = self._map_id(0)
+        spare = self._maps[1] if active == self._maps[0] else self._maps[0]
+        old, new = self._map_fd(active), self._map_fd(spare)
+        try:
+            self._set_active(new)
+        except OSError:
+            os.close(old)
+            raise
+        finally:
+            os.close(new)
+        self._retired = old
 
     def chunks(self) -> Iterator[tuple[bytes, bytes]]:
-        """(keys, values) raw bytes of each chunk taken out of the map."""
+        """(keys, values) raw bytes of each chunk taken out of the retired map (retiring
+        the active one first unless :meth:`retire` already did)."""
+        self.retire()
+        fd, self._retired = self._retired, None
+        assert fd is not None
+        try:
+            yield from self._drain(fd)
+        finally:
+            os.close(fd)  # entries left behind (an error) are drained after a later swap
+
+    def _drain(self, fd: int) -> Iterator[tuple[bytes, bytes]]:
         token = ct.c_uint32(0)
         first = True
         while True:
             count = ct.c_uint32(self._chunk)
             res = self._lib.bpf_lookup_and_delete_batch(
-                self._fd, None if first else ct.byref(token), ct.byref(token),
+                fd, None if first else ct.byref(token), ct.byref(token),
                 self._keys, self._values, ct.byref(count),
             )  # fmt: skip
             err = ct.get_errno()
@@ -306,6 +350,27 @@ class BatchReader:
                     return  # the whole map has been walked
                 raise OSError(err, f"BPF_MAP_LOOKUP_AND_DELETE_BATCH: {os.strerror(err)}")
             first = False
+
+    def _map_id(self, slot: int) -> int:
+        """The id of the map in one slot of ``flows`` (the syscall reads inner maps as ids)."""
+        key, value = ct.c_int(slot), ct.c_uint32(0)
+        if self._lib.bpf_lookup_elem(self._fd, ct.byref(key), ct.byref(value)) != 0:
+            err = ct.get_errno()
+            raise OSError(err, f"flows[{slot}]: {os.strerror(err)}")
+        return value.value
+
+    def _map_fd(self, map_id: int) -> int:
+        fd = self._lib.bpf_map_get_fd_by_id(ct.c_uint32(map_id))
+        if fd < 0:
+            err = ct.get_errno()
+            raise OSError(err, f"flow map {map_id}: {os.strerror(err)}")
+        return int(fd)
+
+    def _set_active(self, fd: int) -> None:
+        key, value = ct.c_int(0), ct.c_int(fd)
+        if self._lib.bpf_update_elem(self._fd, ct.byref(key), ct.byref(value), 0) != 0:
+            err = ct.get_errno()
+            raise OSError(err, f"flows[0] = flow map: {os.strerror(err)}")
 
 
 class CacheHalves(Protocol):
@@ -347,6 +412,9 @@ class Drainer:
     pairing: NatPairing | None = None
     # The kernel's per-CPU flow cache (cache_reading.py); None: compiled without it.
     cache: CacheHalves | None = None
+    # Entries the last drain took out of the flow map: its occupancy, for the
+    # map_entries gauge (not the lines: cache-only flows add lines, NAT pairing joins two).
+    map_entries: int = field(default=0, init=False)
 
     def drain(self, forced: bool = False) -> DrainResult:
         """Take every entry out of the map and convert it; all records at once, as RawFlow
@@ -356,18 +424,17 @@ class Drainer:
         return DrainResult([RawFlow.from_wire(orjson.loads(line)) for line in lines], entries)
 
     def drain_into(self, sink: Callable[[list[bytes]], None], forced: bool = False) -> int:
-        """Take every entry out of the map, handing ``raw.flow`` NDJSON lines to ``sink``
-        chunk by chunk.
+        """Take every entry out of the (retired) map, handing ``raw.flow`` NDJSON lines to
+        ``sink`` chunk by chunk.
 
         A chunk of lines at a time keeps memory flat when a drain holds hundreds of
         thousands of flows (with NAT pairing the chunks' raw bytes, 104 B per entry, are
-        read ahead; see :meth:`_paired_chunks`). Returns how many entries the map held.
+        read ahead; see :meth:`_paired_chunks`). Returns how many entries the map held
+        (:attr:`map_entries`).
         """
-        entries = 0
         for lines in self.drain_chunks(forced):
-            entries += len(lines)
             sink(lines)
-        return entries
+        return self.map_entries
 
     def drain_chunks(self, forced: bool = False) -> Iterator[list[bytes]]:
         """As :meth:`drain_into`, one chunk's lines per step: a caller can do other work
@@ -382,12 +449,14 @@ class Drainer:
             if not self.cache.pending:
                 self.cache.advance()
             cached = self.cache.take()
+        self.map_entries = 0
         if self.pairing is not None and self.pairing.enabled:
             yield from self._paired_chunks(self.pairing, forced, cached)
             return
         ctx: DrainContext | None = None
         words = last_words(cached)
         for keys, values in self.reader.chunks():
+            self.map_entries += len(keys) // abi.FLOW_KEY.size
             # Read after the first chunk: the pair exists once any entry does.
             ctx = ctx or self._context(forced)
             if cached:
@@ -409,6 +478,7 @@ class Drainer:
         read = 0
         words = last_words(cached)
         for keys, values in self.reader.chunks():
+            self.map_entries += len(keys) // abi.FLOW_KEY.size
             if cached:
                 values = merge_chunk(keys, values, cached, words)
             chunks.append((keys, values))

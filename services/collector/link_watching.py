@@ -5,6 +5,12 @@ interface created in between is missed; each RTM_NEWLINK for an interface not ye
 attached and selected by the include/exclude patterns is attached at once (well within
 the 1 s the issue asks), each RTM_DELLINK forgotten (its filters vanish with it).
 
+Devices stacked on another (macvlan, ipvlan, VLAN over their lower device; a bond or team
+over its slaves) are skipped while a device under them is attached, and loopback is never
+attached: each packet through them would be counted twice (docs/collector.md, "No double
+counting on a node"). Stacks change (a slave enslaved after its bond was attached, the
+last slave released), so the devices stacked on a link are reconsidered when it changes.
+
 Events are read on the event loop (the socket never blocks); attaching, forgetting and
 listing run on a worker thread, so a burst of new interfaces (each attach is three netlink
 requests, ~1 ms) does not hold up the loop's ring-buffer reads and NATS traffic meanwhile.
@@ -20,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flowscope.collector.attaching import Attaching
+from flowscope.collector.attaching import AttachError, Attaching
 from flowscope.collector.metrics import CollectorMetrics
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.netlink import Netlink
@@ -48,8 +54,15 @@ class InterfaceSelection:
 
 
 # Link-layer types (linux/if_arp.h) by where the IP header starts in a TC program.
-ETHERNET_TYPES = frozenset({1, 772})  # ARPHRD_ETHER, ARPHRD_LOOPBACK
+ETHERNET_TYPES = frozenset({1})  # ARPHRD_ETHER
 IP_TYPES = frozenset({65534, 768, 769, 776, 519})  # NONE (tun, wg), TUNNEL, TUNNEL6, SIT, RAWIP
+# A packet on lo passes TC egress (sent here) and then TC ingress: counted twice.
+ARPHRD_LOOPBACK = 772
+# Devices whose packets pass TC again on the one lower device they name (IFLA_LINK): sent
+# through egress of both, received through ingress of both.
+LINKED_KINDS = frozenset({"macvlan", "macvtap", "ipvlan", "ipvtap", "vlan"})
+# Devices whose packets pass TC again on their slaves (the slaves' IFLA_MASTER).
+MASTER_KINDS = frozenset({"bond", "team"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +74,8 @@ class LinkEvent:
     name: str
     kind: str
     link_type: int = 1  # ARPHRD_*
+    lower: int = 0  # IFLA_LINK when that device is in this namespace (a veth's: its peer)
+    master: int = 0  # IFLA_MASTER: the bond, team or bridge this device is enslaved to
 
 
 def link_event(msg: Any) -> LinkEvent | None:
@@ -71,7 +86,14 @@ def link_event(msg: Any) -> LinkEvent | None:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = (info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
     name = msg.get_attr("IFLA_IFNAME") or ""
-    return LinkEvent(event == "RTM_NEWLINK", msg["index"], name, kind, msg.get("ifi_type", 1))
+    index = msg["index"]
+    lower = msg.get_attr("IFLA_LINK") or 0
+    if lower == index or msg.get_attr("IFLA_LINK_NETNSID") is not None:
+        lower = 0  # itself, or an index in another namespace
+    master = msg.get_attr("IFLA_MASTER") or 0
+    return LinkEvent(
+        event == "RTM_NEWLINK", index, name, kind, msg.get("ifi_type", 1), lower, master
+    )
 
 
 def listed_links() -> list[LinkEvent]:
@@ -113,6 +135,8 @@ class LinkWatcher:
         self._selection = selection
         self._metrics = metrics
         self._attached: set[int] = set()
+        self._links: dict[int, LinkEvent] = {}  # present links as last seen
+        self._uppers: set[int] = set()  # those of a stacking kind (LINKED_ or MASTER_KINDS)
         self._events: socket.socket | None = None
         self._marshal = MarshalRtnl()
         self._unsupported = RateLimitedLog(log, interval=3600.0)
@@ -137,34 +161,107 @@ class LinkWatcher:
 
     def _resync(self, events: list[LinkEvent]) -> None:
         present = {e.index for e in events}
-        for index in sorted(self._attached - present):
+        for index in sorted((self._attached | self._links.keys()) - present):
             self.apply(LinkEvent(False, index, "", ""))
         for event in events:
             self.apply(event)
 
     def apply(self, event: LinkEvent | None) -> None:
-        """Attach a new selected interface, forget a removed one."""
+        """Attach a new selected interface, forget a removed one; then reconsider the
+        devices stacked on it."""
         if event is None:
             return
-        if not event.added:
-            if event.index in self._attached:
-                self._attached.discard(event.index)
-                self._attacher.forget(event.index)
-        elif event.index not in self._attached and self._selection.wants(event.name, event.kind):
-            if event.link_type not in ETHERNET_TYPES | IP_TYPES:
-                self._unsupported.warning(
-                    f"link-type-{event.link_type}", "link type not supported; not attached",
-                    ifname=event.name, link_type=event.link_type,
-                )  # fmt: skip
-                return
-            try:
-                ethernet = event.link_type in ETHERNET_TYPES
-                if self._attacher.attach(event.index, event.name, ethernet):
-                    self._attached.add(event.index)
-            except NetlinkError as e:
-                self._metrics.attach_errors.inc()
-                log.warning("cannot attach", extra={"ifname": event.name, "error": str(e)})
+        before = self._links.pop(event.index, None)
+        was_attached = event.index in self._attached
+        self._uppers.discard(event.index)
+        if event.added:
+            self._links[event.index] = event
+            if event.kind in LINKED_KINDS | MASTER_KINDS:
+                self._uppers.add(event.index)
+            if event.index not in self._attached and not self._stacked_on_attached(event):
+                self._attach(event)
+        elif event.index in self._attached:
+            self._attached.discard(event.index)
+            self._attacher.forget(event.index)
+        old_master = before.master if before is not None else 0
+        if (
+            before is None
+            or not event.added
+            or was_attached != (event.index in self._attached)
+            or old_master != event.master
+        ):  # not on every state change: an upper that failed to attach is not retried
+            self._restack(event.index, old_master)
         self._metrics.interfaces_attached.set(len(self._attached))
+
+    def _attach(self, event: LinkEvent) -> None:
+        if not self._selection.wants(event.name, event.kind):
+            return
+        if event.link_type == ARPHRD_LOOPBACK:
+            self._unsupported.warning(
+                "loopback", "loopback is never attached: each packet would be counted twice",
+                ifname=event.name,
+            )  # fmt: skip
+            return
+        if event.link_type not in ETHERNET_TYPES | IP_TYPES:
+            self._unsupported.warning(
+                f"link-type-{event.link_type}", "link type not supported; not attached",
+                ifname=event.name, link_type=event.link_type,
+            )  # fmt: skip
+            return
+        try:
+            ethernet = event.link_type in ETHERNET_TYPES
+            if self._attacher.attach(event.index, event.name, ethernet):
+                self._attached.add(event.index)
+        except (AttachError, NetlinkError) as e:
+            self._metrics.attach_errors.inc()
+            log.warning("cannot attach", extra={"ifname": event.name, "error": str(e)})
+
+    # ------------------------------------------------------------ stacked devices
+
+    def _restack(self, index: int, old_master: int) -> None:
+        """Attach or detach the devices stacked on ``index`` (and on those, in turn) now
+        that it changed: attached, forgotten, enslaved or released (``old_master``)."""
+        todo = self._stacked_on(index) | ({old_master} & self._uppers)
+        seen = {index}
+        while todo:
+            upper = todo.pop()
+            seen.add(upper)
+            event = self._links[upper]
+            covered = self._stacked_on_attached(event)
+            if covered and upper in self._attached:
+                self._attacher.detach(upper)
+                self._attached.discard(upper)
+            elif not covered and upper not in self._attached:
+                self._attach(event)
+            todo |= self._stacked_on(upper) - seen
+
+    def _stacked_on(self, index: int) -> set[int]:
+        """The present devices stacked directly on ``index``."""
+        found = {u for u in self._uppers if self._links[u].lower == index
+                 and self._links[u].kind in LINKED_KINDS}  # fmt: skip
+        link = self._links.get(index)
+        master = self._links.get(link.master) if link is not None else None
+        if master is not None and master.kind in MASTER_KINDS:
+            found.add(master.index)
+        return found
+
+    def _lowers(self, event: LinkEvent) -> set[int]:
+        """The present devices ``event``'s device is stacked on."""
+        if event.kind in LINKED_KINDS:
+            return {event.lower} & self._links.keys()
+        if event.kind in MASTER_KINDS:
+            return {i for i, link in self._links.items() if link.master == event.index}
+        return set()
+
+    def _stacked_on_attached(self, event: LinkEvent, seen: frozenset[int] = frozenset()) -> bool:
+        """A device under ``event``'s, however deep, has the programs: its packets are
+        counted there already."""
+        for lower in self._lowers(event) - seen:
+            if lower in self._attached or self._stacked_on_attached(
+                self._links[lower], seen | {event.index}
+            ):
+                return True
+        return False
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Apply link events as they arrive until ``stopping`` is set."""

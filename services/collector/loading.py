@@ -59,6 +59,7 @@ class FlowProgram:
 
     @property
     def flows(self) -> Any:
+        """The outer array of the two flow maps (bpf/flows.c, ``flows``)."""
         return self.bpf[b"flows"]
 
     @property
@@ -101,6 +102,7 @@ def load_flow_program(config: FlowProgramConfig) -> FlowProgram:
     program = FlowProgram(bpf, fds[0], fds[1], config, fds[2], fds[3])
     try:
         check_abi(program)
+        set_up_flow_maps(program)
         if config.cache_slots:
             program.cache = FlowCache(
                 bpf[b"flow_cache"].map_fd,
@@ -176,10 +178,28 @@ def compiler_code_mappings(smaps: str) -> list[tuple[int, int]]:
     return found
 
 
+FLOW_MAPS = (b"flows_a", b"flows_b")
+
+
+def set_up_flow_maps(program: FlowProgram) -> None:
+    """Fill the outer array ``flows``: the first map active (slot 0), both maps in slots
+    1 and 2 for :class:`~flowscope.collector.draining.BatchReader` to find. Before any
+    attach: until then the programs find no map and count packets as lost."""
+    outer = program.flows
+    first, second = (program.bpf[name].map_fd for name in FLOW_MAPS)
+    try:
+        for slot, fd in ((1, first), (2, second), (0, first)):
+            outer[ctypes.c_int(slot)] = ctypes.c_int(fd)
+    except Exception as e:  # bcc raises bare Exception when an update fails
+        raise StartupError("bpf", f"cannot set up the flow maps: {e}") from e
+
+
 def check_abi(program: FlowProgram) -> None:
     """Compare every kernel-boundary struct of the compiled program with abi.py."""
-    abi.check_layout("struct flow_key", abi.FlowKey, program.flows.Key)
-    abi.check_layout("struct flow_value", abi.FlowValue, program.flows.Leaf)
+    for name in FLOW_MAPS:
+        table = program.bpf[name]
+        abi.check_layout("struct flow_key", abi.FlowKey, table.Key)
+        abi.check_layout("struct flow_value", abi.FlowValue, table.Leaf)
     abi.check_layout(
         "struct collector_counters", abi.CollectorCounters, program.counters.Leaf._type_
     )

@@ -52,6 +52,7 @@ class CollectorMetrics:
     dns_parse_errors: Counter
     dns_events: Counter
     dns_pairing: Counter
+    dns_tcp_skipped: Counter
     publish_batches: Counter
     publish_bytes: Counter
     publish_records: Counter
@@ -66,6 +67,7 @@ class CollectorMetrics:
     nat_pairs: Counter
     nat_rewritten: Counter
     nat_misses: Counter
+    conntrack_errors: Counter
     _last: KernelCounters
 
     @classmethod
@@ -84,6 +86,7 @@ class CollectorMetrics:
             Counter(p + "dns_parse_errors", "captured DNS packets that did not parse", registry=registry),
             Counter(p + "dns_events", "DNS exchanges produced", registry=registry),
             Counter(p + "dns_pairing", "DNS queries and responses by pairing outcome", ["outcome"], registry=registry),
+            Counter(p + "dns_tcp_skipped", "captured TCP segments where no DNS message starts (continuations, retransmits)", registry=registry),
             Counter(p + "publish_batches", "messages published", kind, registry=registry),
             Counter(p + "publish_bytes", "message body bytes published", kind, registry=registry),
             Counter(p + "publish_records", "records published", kind, registry=registry),
@@ -98,6 +101,7 @@ class CollectorMetrics:
             Counter(p + "nat_pairs", "NAT'ed connections (DNAT or SNAT) whose two one-way halves were joined into one flow", registry=registry),
             Counter(p + "nat_rewritten", "halves of NAT'ed connections rewritten alone (the other half not in the drain)", registry=registry),
             Counter(p + "nat_misses", "conntrack lookups that found nothing to pair (no entry, not NAT'ed, or DNAT'ed and SNAT'ed at once)", registry=registry),
+            Counter(p + "conntrack_errors", "batches of conntrack lookups that failed (timeout, enobufs, socket, malformed); their flows were published unpaired", ["reason"], registry=registry),
             KernelCounters(),
         )  # fmt: skip
 
@@ -107,6 +111,8 @@ class CollectorMetrics:
         self.nat_pairs.inc(tally.pairs)
         self.nat_rewritten.inc(tally.rewritten)
         self.nat_misses.inc(tally.misses)
+        for reason, count in tally.errors.items():
+            self.conntrack_errors.labels(reason).inc(count)
 
     def observe_dns_pairing(self, now: ExchangeCounts, last: ExchangeCounts) -> None:
         """Advance ``dns_pairing_total{outcome}`` by what the pairing counted since ``last``."""
@@ -114,6 +120,7 @@ class CollectorMetrics:
             delta = getattr(now, outcome) - getattr(last, outcome)
             if delta:
                 self.dns_pairing.labels(outcome).inc(delta)
+        self.dns_tcp_skipped.inc(now.tcp_skipped - last.tcp_skipped)
 
     def observe_kernel(self, now: KernelCounters) -> None:
         """Advance the kernel-loss counters by what changed since the last reading."""

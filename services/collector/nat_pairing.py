@@ -53,10 +53,13 @@ import orjson
 from flowscope.collector import abi
 from flowscope.collector.conntrack import (
     PORTED,
+    REFUSED,
     Answer,
     ConntrackError,
+    ConntrackFailed,
     ConntrackUnavailable,
     CtTuple,
+    failure_reason,
 )
 from flowscope.collector.draining import (
     K_ADDR_HI,
@@ -78,6 +81,7 @@ from flowscope.collector.draining import (
     DrainContext,
     raw_flow_wire,
 )
+from flowscope.core.logs import RateLimitedLog
 
 log = logging.getLogger("flowscope.collector.nat_pairing")
 
@@ -126,6 +130,9 @@ class NatTally:
     pairs: int = 0  # X and Y joined into one flow
     rewritten: int = 0  # one half alone given the joined 5-tuple (the other not in the drain)
     misses: int = 0  # asked, and conntrack had no NAT to pair (no entry, not NAT'ed, or both)
+    # batches of lookups that failed, by reason (timeout, enobufs, socket, malformed):
+    # their flows were published unpaired
+    errors: Counter[str] = field(default_factory=Counter)
 
 
 # ---------------------------------------------------------------- prefilter (C-level passes)
@@ -352,7 +359,7 @@ class NatPairing:
     _masqueraded: OrderedDict[int, int] = field(default_factory=OrderedDict)
     # Entries held back in the current drain: (key bytes, value bytes).
     held: list[tuple[bytes, bytes]] = field(default_factory=list)
-    _warned: bool = False
+    _failures: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, 300.0))
 
     def take_tally(self) -> NatTally:
         tally, self.tally = self.tally, NatTally()
@@ -535,20 +542,33 @@ class NatPairing:
         return self.cache[orig][0]
 
     def _ask(self, origs: list[CtTuple]) -> list[Answer] | None:
+        """The answers; None when conntrack failed (counted, logged rate-limited): this
+        drain's flows are published unpaired, and the next drain asks again — unless
+        conntrack refused (no permission, no ctnetlink), which turns pairing off."""
         self.tally.lookups += len(origs)
         try:
             return list(self.conntrack.lookup_many(origs))
         except ConntrackUnavailable as e:
+            if e.errno not in REFUSED:  # a Lookup reporting a passing failure so
+                self._failed(failure_reason(e.errno), e)
+                return None
             self.enabled = False
             log.warning(
                 f"{e}: NAT pairing is off; NAT'ed connections stay two one-way records",
                 extra={"errno": e.errno},
             )
+        except ConntrackFailed as e:
+            self._failed(e.reason, e)
         except ConntrackError as e:
-            if not self._warned:
-                self._warned = True
-                log.warning(f"{e}: these flows are published unpaired (logged once)")
+            self._failed("malformed", e)
         return None
+
+    def _failed(self, reason: str, e: Exception) -> None:
+        self.tally.errors[reason] += 1
+        self._failures.warning(
+            f"conntrack-{reason}", f"{e}: these flows are published unpaired; asked again "
+            "at the next drain", reason=reason,
+        )  # fmt: skip
 
     def _remember(self, orig: CtTuple, replies: Replies | None, now: int) -> None:
         if replies is None:

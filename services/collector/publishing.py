@@ -5,18 +5,36 @@ rendered by the producer itself: :meth:`Publisher.submit_lines`) in a short *pen
 list until the batch holds ``batch_max_records`` or its oldest record is
 ``batch_max_delay`` old; then they are joined (``codec.chunk_lines``, each message under
 the server's max payload) into an *outbox* of ready messages. A sender task publishes
-the outbox in order and waits for JetStream's ack. While NATS is down or slow the outbox
-grows up to ``buffer_bytes``; past that the oldest messages are dropped and their records
-counted — a failing NATS never blocks the kernel drain (which only waits in
-:meth:`Publisher.catch_up` while sending succeeds), nothing crashes on a publish error,
-and sending resumes by itself when NATS answers again.
+the outbox in order, one message at a time per kind: the next is sent once JetStream
+has acknowledged the one before, so the stream holds each kind's records in the order they
+were submitted whichever publish fails (a socket's ``close`` is never stored before its
+``connect``). While NATS is down or slow the outbox grows up to ``buffer_bytes``; past
+that the oldest messages are dropped and their records counted — a failing NATS never
+blocks the kernel drain (which only waits in :meth:`Publisher.catch_up` while sending
+succeeds), nothing crashes on a publish error, and sending resumes by itself when NATS
+answers again.
+
+Every message gets a ``Nats-Msg-Id`` when it is sealed (node, kind, a random id of this
+publisher, a sequence number), the same on every retry: JetStream stores it once. Retries
+do send copies — while nats-py reconnects it buffers each attempt and sends them all when
+the server is back, and an attempt may time out after the server stored it — and the raw
+stream's duplicate window (the server's default, two minutes: ``core.subjects``) drops
+them. Copies buffered in the client arrive together on reconnection, so the window only
+has to cover one retry (PUBLISH_TIMEOUT + RETRY_MAX); what it cannot cover is a message
+stored just before the connection broke whose ack was lost, when NATS then stays away
+longer than the window: that message may be stored twice.
+
+At shutdown whatever was not acknowledged — the flush deadline passed, or the task was
+cancelled — is counted as ``dropped{reason="shutdown"}``: published + dropped = submitted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import dataclasses
 import logging
+import math
+import secrets
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -27,6 +45,7 @@ from flowscope.collector.metrics import CollectorMetrics
 from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError
 from flowscope.core.logs import RateLimitedLog
+from flowscope.core.messaging import MSG_ID_HEADER
 
 log = logging.getLogger("flowscope.collector.publishing")
 
@@ -35,7 +54,6 @@ SUBJECTS = {"flows": subjects.raw_flows, "sockets": subjects.raw_sockets, "dns":
 HEADER_ROOM = 512  # bytes kept free under max_payload for the headers
 PUBLISH_TIMEOUT = 5.0
 RETRY_MAX = 2.0
-MAX_IN_FLIGHT = 4  # messages per kind awaiting their JetStream ack at once
 RETRY_PACE = 0.05  # s between send attempts while messages wait after a failed publish
 
 
@@ -71,7 +89,8 @@ class _Lane:
     outbox: deque[codec.Batch] = field(default_factory=deque)
     outbox_bytes: int = 0
     failures: int = 0  # consecutive publish failures: the retry backoff grows with it
-    in_flight: set[int] = field(default_factory=set)  # ids of messages being published
+    sending: codec.Batch | None = None  # the message being published (never dropped)
+    sealed: int = 0  # messages sealed so far: the sequence in their Nats-Msg-Id
 
 
 class Publisher:
@@ -84,6 +103,9 @@ class Publisher:
         self._limits = limits
         self._metrics = metrics
         self._lanes = {kind: _Lane(kind, SUBJECTS[kind](node)) for kind in SCHEMAS}
+        # Restarted, the collector counts from 0 again: the random part keeps its ids
+        # apart from those of the process before (still in the duplicate window).
+        self._msg_id_prefix = f"{subjects.token(node)}.{secrets.token_hex(8)}"
         self._wake = asyncio.Event()
         self._sent = asyncio.Event()  # set whenever messages were acknowledged
         self._failed_log = RateLimitedLog(log)
@@ -129,23 +151,35 @@ class Publisher:
         return sum(len(x.pending) + sum(b.count for b in x.outbox) for x in self._lanes.values())
 
     async def run(self, stopping: asyncio.Event, drain_deadline: float = 5.0) -> None:
-        """Send until ``stopping``; then flush what is left, for at most ``drain_deadline``."""
-        while not stopping.is_set():
-            self._seal_due()
-            sent = await self._send_ready()
-            if not sent:
-                await self._sleep(stopping)
-        await self.flush(drain_deadline)
+        """Send until ``stopping``; then flush what is left, for at most ``drain_deadline``.
+
+        Records still unacknowledged when it returns or is cancelled (the runtime's own
+        drain deadline) are counted as dropped at shutdown.
+        """
+        try:
+            while not stopping.is_set():
+                self._seal_due()
+                sent = await self._send_ready(math.inf)
+                if not sent:
+                    await self._sleep(stopping)
+            await self.flush(drain_deadline)
+        finally:
+            self._drop_leftovers()
 
     async def flush(self, deadline: float) -> None:
-        """Seal everything pending and publish the outbox, giving up after ``deadline`` s."""
+        """Seal everything pending and publish the outbox, giving up after ``deadline`` s:
+        no publish attempt or retry backoff runs past it."""
         for lane in self._lanes.values():
             self._seal(lane)
         end = time.monotonic() + deadline
         while any(lane.outbox for lane in self._lanes.values()) and time.monotonic() < end:
-            await self._send_ready()
+            await self._send_ready(end)
+
+    def _drop_leftovers(self) -> None:
+        """Count (and forget) every record not acknowledged as dropped at shutdown."""
         for lane in self._lanes.values():
-            lost = sum(b.count for b in lane.outbox)
+            lost = len(lane.pending) + sum(b.count for b in lane.outbox)
+            lane.pending, lane.outbox, lane.outbox_bytes = [], deque(), 0
             if lost:
                 self._metrics.publish_dropped.labels(lane.kind, "shutdown").inc(lost)
                 log.warning(
@@ -182,10 +216,16 @@ class Publisher:
             for batch in self._join(
                 lane.kind, lines[start : start + self._limits.batch_max_records], limit
             ):
-                lane.outbox.append(batch)
+                lane.outbox.append(self._identified(lane, batch))
                 lane.outbox_bytes += len(batch.body)
         self._bound(lane)
         self._wake.set()
+
+    def _identified(self, lane: _Lane, batch: codec.Batch) -> codec.Batch:
+        """The batch with its ``Nats-Msg-Id``, fixed now so that every retry carries it."""
+        lane.sealed += 1
+        msg_id = f"{self._msg_id_prefix}.{lane.kind}.{lane.sealed}"
+        return dataclasses.replace(batch, headers={**batch.headers, MSG_ID_HEADER: msg_id})
 
     def _join(self, kind: str, lines: list[bytes], limit: int) -> list[codec.Batch]:
         schema = SCHEMAS[kind]
@@ -200,9 +240,7 @@ class Publisher:
     def _bound(self, lane: _Lane) -> None:
         """Drop the oldest messages not being sent while the outbox exceeds its budget."""
         while lane.outbox_bytes > self._limits.buffer_bytes:
-            index = next(
-                (i for i, b in enumerate(lane.outbox) if id(b) not in lane.in_flight), None
-            )
+            index = next((i for i, b in enumerate(lane.outbox) if b is not lane.sending), None)
             if index is None:
                 break
             victim = lane.outbox[index]
@@ -213,34 +251,41 @@ class Publisher:
 
     # ------------------------------------------------------------ sending
 
-    async def _send_ready(self) -> bool:
-        """Publish the oldest messages of every lane; False when nothing was sent."""
-        results = await asyncio.gather(*(self._send_lane(lane) for lane in self._lanes.values()))
+    async def _send_ready(self, end: float) -> bool:
+        """Publish the oldest message of every lane, each attempt over by ``end``
+        (``time.monotonic()``); False when nothing was sent."""
+        results = await asyncio.gather(
+            *(self._send_lane(lane, end) for lane in self._lanes.values())
+        )
         return any(results)
 
-    async def _send_lane(self, lane: _Lane) -> bool:
-        """Up to MAX_IN_FLIGHT messages at once: JetStream acks pipeline, one RTT each."""
-        batches = list(itertools.islice(lane.outbox, MAX_IN_FLIGHT))
-        if not batches:
+    async def _send_lane(self, lane: _Lane, end: float) -> bool:
+        """The lane's oldest message, taken out of the outbox once JetStream acknowledged it.
+
+        One at a time, not pipelined: of several messages in flight one may fail while a
+        later one is stored, and its retry would then be stored after it.
+        """
+        if not lane.outbox:
             return False
-        lane.in_flight = {id(b) for b in batches}
+        batch = lane.sending = lane.outbox[0]
         try:
-            results = await asyncio.gather(*(self._publish(lane, b) for b in batches))
+            sent = await self._publish(lane, batch, end)
         finally:
-            lane.in_flight = set()
-        done = {id(b) for b, ok in zip(batches, results, strict=True) if ok}
-        if done:
-            kept = deque(b for b in lane.outbox if id(b) not in done)
-            lane.outbox_bytes = sum(len(b.body) for b in kept)
-            lane.outbox = kept
+            lane.sending = None
+        if sent:
+            lane.outbox.popleft()
+            lane.outbox_bytes -= len(batch.body)
             self._metrics.publish_buffered_bytes.labels(lane.kind).set(lane.outbox_bytes)
             self._sent.set()
-        return bool(done)
+        return sent
 
-    async def _publish(self, lane: _Lane, batch: codec.Batch) -> bool:
+    async def _publish(self, lane: _Lane, batch: codec.Batch, end: float) -> bool:
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
         try:
             await self._js.publish(
-                lane.subject, batch.body, timeout=PUBLISH_TIMEOUT, headers=batch.headers
+                lane.subject, batch.body, timeout=min(PUBLISH_TIMEOUT, left), headers=batch.headers
             )
         except Exception as e:  # nats-py: timeouts, no responders, disconnected, ...
             self._metrics.publish_errors.labels(lane.kind).inc()
@@ -248,7 +293,8 @@ class Publisher:
                 f"publish-failed-{lane.kind}", "publish failed; will retry", error=repr(e)
             )
             lane.failures += 1
-            await asyncio.sleep(min(RETRY_MAX, 0.05 * 2**lane.failures))
+            backoff = min(RETRY_MAX, 0.05 * 2**lane.failures, end - time.monotonic())
+            await asyncio.sleep(max(0.0, backoff))
             return False
         lane.failures = 0
         self._metrics.publish_batches.labels(lane.kind).inc()

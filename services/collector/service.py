@@ -221,7 +221,8 @@ class Producing:
 
     async def open_socket_tracing(self, node: str) -> None:
         """Compile and attach the socket-owner programs (StartupError on failure)."""
-        tracer = SocketTracer(node, ContainerResolver(), self._rt.registry)
+        accept_hook = self._settings.sockets.accept_hook
+        tracer = SocketTracer(node, ContainerResolver(), self._rt.registry, accept_hook=accept_hook)
         await asyncio.to_thread(tracer.open)
         self._rt.stack.callback(tracer.close)
         self._sockets = tracer
@@ -305,6 +306,8 @@ class Producing:
         if self._drainer.cache is not None:
             # A grace period (a few ms): not in the event loop's thread.
             await asyncio.to_thread(self._drainer.cache.advance)
+        # The other flow map made active, after a grace period (~10 ms): not in the loop.
+        await asyncio.to_thread(self._drainer.reader.retire)
         for lines in self._drainer.drain_chunks(forced):
             self._publisher.submit_lines("flows", lines)
             entries += len(lines)
@@ -314,7 +317,7 @@ class Producing:
         self._metrics.flows_drained.inc(entries)
         if self._drainer.pairing is not None:
             self._metrics.observe_nat(self._drainer.pairing.take_tally())
-        self._metrics.map_entries.set(entries)
+        self._metrics.map_entries.set(self._drainer.map_entries)
         self._metrics.observe_kernel(read_counters(self._program.counters))
 
 

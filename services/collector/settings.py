@@ -143,6 +143,13 @@ class SocketSettings:
         "worker thread); what it has not read by then is counted, not reported",
         parse=positive,
     )
+    accept_hook: bool = setting(
+        False,
+        "report a server-side connection with the process that accept()s it (an fexit "
+        "program on inet_csk_accept: the worker of a pre-fork server) instead of the "
+        "listener's owner; off by default because many kernels refuse fexit programs and "
+        "it is untested there (the tracer then falls back, with one log line)",
+    )
 
 
 @dataclass(frozen=True, slots=True)

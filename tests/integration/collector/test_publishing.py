@@ -12,7 +12,7 @@ import nats
 import pytest
 from flowscope.collector.metrics import CollectorMetrics
 from flowscope.collector.publishing import Publisher, PublishLimits
-from flowscope.core import codec, subjects
+from flowscope.core import codec, messaging, subjects
 from flowscope.core.messaging import NatsSettings, ensure_streams
 from prometheus_client import CollectorRegistry
 
@@ -164,4 +164,75 @@ async def test_outage_buffers_bounded_counts_drops_and_resumes(tmp_path: Path) -
         assert info.state.messages >= 1
     finally:
         await nc.close()
+        server.close()
+
+
+async def stored_records(js: Any, subject: str) -> list[dict[str, Any]]:
+    """Every record the raw stream holds for ``subject``, in stream order."""
+    info = await js.stream_info(subjects.STREAM_RAW)
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    records: list[dict[str, Any]] = []
+    for _ in range(info.state.messages):
+        msg = await sub.next_msg(timeout=5)
+        records.extend(codec.decode(codec.RAW_SOCKET, msg.headers, msg.data))
+    await sub.unsubscribe()
+    return records
+
+
+async def test_retries_across_a_nats_restart_are_stored_once(tmp_path: Path) -> None:
+    """While nats-py reconnects it buffers every publish attempt, and sends them all when
+    the server is back: each retry of a message is one more copy. The message's
+    Nats-Msg-Id, the same on every attempt, has JetStream store it once."""
+    server = nats_server.start(store_dir=str(tmp_path / "js"))
+    port = server.port
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    js = nc.jetstream()
+    await ensure_streams(js, NatsSettings())
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    limits = PublishLimits(batch_max_records=1000, batch_max_delay=0.05)
+    publisher = Publisher(js, "n1", limits, metrics)
+    try:
+        async with running(publisher):
+            publisher.submit("sockets", [{"seq": 0}])
+            await eventually(lambda: publisher.buffered_records() == 0, within=10)
+            server.stop()
+            publisher.submit("sockets", [{"seq": i} for i in range(1, 11)])
+            errors = metrics.publish_errors.labels("sockets")
+            await eventually(lambda: errors._value.get() >= 2, within=30)  # two copies buffered
+            server = nats_server.start(port=port, store_dir=str(tmp_path / "js"))
+            await eventually(lambda: publisher.buffered_records() == 0, within=30)
+        records = await stored_records(js, subjects.raw_sockets("n1"))
+        assert [r["seq"] for r in records] == list(range(11))
+    finally:
+        await nc.close()
+        server.close()
+
+
+async def test_records_unsent_when_cancelled_at_shutdown_are_counted(tmp_path: Path) -> None:
+    """NATS is down as the collector stops and the runtime cancels the flush at its own
+    drain deadline: every record is either published or counted as dropped."""
+    server = nats_server.start(store_dir=str(tmp_path / "js"))
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    await ensure_streams(nc.jetstream(), NatsSettings())
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    publisher = Publisher(nc.jetstream(), "n1", PublishLimits(batch_max_delay=0.05), metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(publisher.run(stop, drain_deadline=60))
+    try:
+        publisher.submit("flows", [flow(i) for i in range(50)])
+        await eventually(lambda: publisher.buffered_records() == 0, within=10)
+        server.stop()
+        publisher.submit("flows", [flow(i) for i in range(50, 150)])
+        stop.set()  # the flush starts and cannot reach NATS
+        errors = metrics.publish_errors.labels("flows")
+        await eventually(lambda: errors._value.get() >= 1, within=30)
+        task.cancel()  # the runtime's drain deadline
+        await asyncio.gather(task, return_exceptions=True)
+        published = metrics.publish_records.labels("flows")._value.get()
+        dropped = metrics.publish_dropped.labels("flows", "shutdown")._value.get()
+        assert (published, dropped) == (50, 100)
+        assert publisher.buffered_records() == 0
+    finally:
+        task.cancel()
+        await messaging.close(nc)  # nats-py's close raises while it holds unsent commands
         server.close()

@@ -27,7 +27,7 @@ def test_release_drops_compiler_code_and_a_later_compile_still_works() -> None:
         assert before - after > 10 << 10  # ... and it left this process's RSS (kB)
         assert release_compiler_memory() >= 0  # idempotent
         # The program keeps working: its fds do not depend on the compiler's pages.
-        assert len(program.flows) == 0
+        assert len(program.bpf[b"flows_a"]) == 0
     finally:
         program.close()
     # The dropped code pages come back from the library file when compiling again.

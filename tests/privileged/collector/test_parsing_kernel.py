@@ -74,6 +74,8 @@ def test_vlan_tags_ipv4_options_sctp_fragments_icmp(node: Node, kernel: Kernel) 
     unreachable = ipv4(
         "10.203.77.11", "10.203.77.12", 1, struct.pack("!BBHI", 3, 1, 0, 0) + b"f" * 28
     )
+    # UDP-Lite: UDP's header layout, a checksum coverage where UDP has its length
+    udplite = ipv4("10.203.77.13", "10.203.77.14", 136, struct.pack("!HHHH", 7000, 8000, 8, 0))
     frames = [
         eth(0x0800, single, (100,)),
         eth(0x0800, double, (100, 200)),
@@ -82,6 +84,7 @@ def test_vlan_tags_ipv4_options_sctp_fragments_icmp(node: Node, kernel: Kernel) 
         eth(0x0800, sctp),
         eth(0x0800, later_fragment),
         eth(0x0800, unreachable),
+        eth(0x0800, udplite),
     ]
     flows = send(node, frames, kernel)
     f = flow_between(flows, "10.203.77.1", "10.203.77.2")
@@ -96,6 +99,8 @@ def test_vlan_tags_ipv4_options_sctp_fragments_icmp(node: Node, kernel: Kernel) 
     assert (f.proto, f.sport, f.dport, f.bytes) == (17, 0, 0, len(later_fragment))
     f = flow_between(flows, "10.203.77.11", "10.203.77.12")
     assert (f.proto, f.sport, f.dport) == (1, 3, 1)  # one-way ICMP: type and code
+    f = flow_between(flows, "10.203.77.13", "10.203.77.14")
+    assert (f.proto, f.sport, f.dport, f.bytes) == (136, 7000, 8000, len(udplite))
 
 
 def test_ipv6_extension_headers_are_skipped(node: Node, kernel: Kernel) -> None:
@@ -107,6 +112,23 @@ def test_ipv6_extension_headers_are_skipped(node: Node, kernel: Kernel) -> None:
     flows = send(node, [eth(0x86DD, packet, (300,))], kernel)
     f = flow_between(flows, "fd00:203:77::1", "fd00:203:77::2")
     assert (f.proto, f.sport, f.dport, f.packets, f.bytes) == (17, 7777, 8888, 1, len(packet))
+
+
+def test_ipv6_non_first_fragment_is_payload_not_headers(node: Node, kernel: Kernel) -> None:
+    """A datagram fragmented after a destination options header (RFC 8200 lets it sit in
+    the fragmentable part): the first fragment has it and the UDP header; the second is
+    payload from its fragment header on, whatever its bytes look like (here a first byte
+    6, which read as a header would make the fragment a TCP flow with made-up ports)."""
+    src, dst = "fd00:203:77::3", "fd00:203:77::4"
+    dest_opts = struct.pack("!BB", 17, 0) + b"\x01\x04\x00\x00\x00\x00"  # → UDP
+    first = struct.pack("!BBHI", 60, 0, 0x0001, 7) + dest_opts + udp(5000, 6000, b"A" * 8)
+    second = struct.pack("!BBHI", 60, 0, 2 << 3, 7) + b"\x06\x00" + b"B" * 14
+    frames = [eth(0x86DD, ipv6(src, dst, 44, first)), eth(0x86DD, ipv6(src, dst, 44, second))]
+    flows = send(node, frames, kernel)
+    found = sorted((f.proto, f.sport, f.dport, f.packets, f.bytes) for f in flows if f.src == src)
+    # The second fragment's protocol is its fragment header's next header: the options
+    # header, as the fragment cannot show the protocol behind it.
+    assert found == [(17, 5000, 6000, 1, 40 + len(first)), (60, 0, 0, 1, 40 + len(second))]
 
 
 def tcp(sport: int, dport: int, data: bytes, flags: int = 0x18) -> bytes:
@@ -174,6 +196,9 @@ def test_garbage_frames_are_ignored_and_packets_still_pass(node: Node, kernel: K
         eth(0x86DD, b"\x60" + b"\x00" * 10),  # IPv6 header cut short
         eth(0x0806, b"\x00" * 28),  # ARP-like: not IP
         eth(0x8100, b""),  # a VLAN tag with nothing behind it
+        # EtherType and version nibble disagree (both parsers look at the nibble)
+        eth(0x0800, b"\x65" + ipv4("10.203.77.20", "10.203.77.21", 17, udp(1, 2, b"h" * 9))[1:]),
+        eth(0x86DD, b"\x40" + ipv6("fd00:203:77::20", "fd00:203:77::21", 17, udp(1, 2, b"i"))[1:]),
     ]
     flows = send(node, frames, kernel)
     # Nothing but the pods' own IPv6 link-local chatter (MLD, router solicitations).

@@ -17,11 +17,11 @@ def udp(sport: int, dport: int, payload: bytes) -> bytes:
     return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
 
-def tcp(sport: int, dport: int, payload: bytes, options: bytes = b"") -> bytes:
+def tcp(sport: int, dport: int, payload: bytes, options: bytes = b"", seq: int = 1) -> bytes:
     """A TCP segment (PSH|ACK) with ``options`` padded to 4 bytes."""
     options += b"\x01" * (-len(options) % 4)
     offset = (20 + len(options)) // 4
-    header = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, offset << 4, 0x18, 65535, 0, 0)
+    header = struct.pack("!HHIIBBHHH", sport, dport, seq, 1, offset << 4, 0x18, 65535, 0, 0)
     return header + options + payload
 
 

@@ -167,3 +167,14 @@ def test_a_cached_flow_keeps_the_initiator_the_drain_remembers() -> None:
     second = d.drain().flows
     assert [(f.src, f.initiator) for f in first] == [("10.1.0.1", True)]
     assert [(f.src, f.initiator, f.packets) for f in second] == [("10.1.0.1", True, 3)]
+
+
+def test_the_drain_reports_map_entries_not_records() -> None:
+    """map_entries is the flow map's occupancy: flows only the cache held are records
+    of the drain, not entries of the map."""
+    cache = Cache({key(n): value() for n in (2, 3, 4)})
+    d = Drainer(Reader(split([(key(1), value())], 4)), Clock(), "node-a", 1e9,  # type: ignore[arg-type]
+                DirectionMemory(64), cache=cache)  # fmt: skip
+    out: list[bytes] = []
+    assert d.drain_into(out.extend) == 1 == d.map_entries
+    assert len(out) == 4

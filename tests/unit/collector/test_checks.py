@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
 
@@ -16,11 +17,11 @@ def host(tmp_path: Path, cap_eff: int = 0x1FFFFFFFFFF) -> checks.HostPaths:
     status.write_text(f"Name:\tx\nCapEff:\t{cap_eff:016x}\n")
     (tmp_path / "btf").write_text("")
     (tmp_path / "knob").write_text("2\n")
-    (tmp_path / "tracing" / "events").mkdir(parents=True)
-    (tmp_path / "modules" / "6.1.0" / "build" / "include").mkdir(parents=True)
+    for release in ("6.1.0", os.uname().release):
+        (tmp_path / "modules" / release / "build" / "include").mkdir(parents=True, exist_ok=True)
     return checks.HostPaths(
         proc_status=status, btf=tmp_path / "btf", bpf_syscall_knob=tmp_path / "knob",
-        tracefs=(tmp_path / "tracing",), modules=tmp_path / "modules",
+        modules=tmp_path / "modules",
     )  # fmt: skip
 
 
@@ -36,8 +37,15 @@ def test_all_present_passes(tmp_path: Path) -> None:
     paths = host(tmp_path)
     checks.check_capabilities(paths, "6.1.0", 64 << 10)
     checks.check_bpf(paths)
-    checks.check_tracefs(paths)
     checks.check_kernel_headers(paths, "6.1.0", {})
+
+
+def test_run_all_needs_no_tracefs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing the collector loads attaches through tracefs (TC, cgroup hooks, fexit by
+    BTF id): a host without it passes (tests/privileged/collector/test_no_tracefs.py
+    loads the programs with tracefs unmounted)."""
+    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    checks.run_all(host(tmp_path))
 
 
 def test_exactly_the_granted_capabilities_are_enough() -> None:
@@ -109,13 +117,6 @@ def test_no_btf(tmp_path: Path) -> None:
     paths.btf.unlink()
     with pytest.raises(StartupError, match="BTF"):
         checks.check_bpf(paths)
-
-
-def test_tracefs_not_mounted(tmp_path: Path) -> None:
-    paths = host(tmp_path)
-    (tmp_path / "tracing" / "events").rmdir()
-    with pytest.raises(StartupError, match="tracefs is not mounted"):
-        checks.check_tracefs(paths)
 
 
 def test_kernel_headers_missing(tmp_path: Path) -> None:

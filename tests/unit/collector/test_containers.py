@@ -103,17 +103,34 @@ def test_resolver_finds_directories_by_inode(tmp_path: Path) -> None:
     assert resolver.container_id(cgroup_id_of(tmp_path)) == ""
 
 
-def test_resolver_rescans_at_most_once_per_interval(tmp_path: Path) -> None:
+def test_resolver_finds_a_container_started_just_after_a_scan(tmp_path: Path) -> None:
+    """A scale-up: container B starts half a second after A was resolved. Its first
+    events must name it, not "" (which would be published for good)."""
     clock = FakeClock()
     resolver = ContainerResolver(root=str(tmp_path), rescan_interval_s=1.0, clock=clock)
-    make_tree(tmp_path, "system.slice")
-    assert resolver.container_id(999_999_999) == ""  # scan 1: unknown
-    late = make_tree(tmp_path, f"system.slice/crio-{CID}.scope")[f"system.slice/crio-{CID}.scope"]
-    assert resolver.container_id(late) == ""  # within the interval: no scan
-    assert resolver.counts.scans == 1
-    clock.now += 1.0
-    assert resolver.container_id(late) == CID  # scan 2 finds the new cgroup
+    a = f"kubepods.slice/cri-containerd-{CID}.scope"
+    assert resolver.container_id(make_tree(tmp_path, a)[a]) == CID
+    clock.now += 0.5
+    b = f"kubepods.slice/cri-containerd-{OTHER}.scope"
+    assert resolver.container_ids([make_tree(tmp_path, b)[b]]) == {
+        cgroup_id_of(tmp_path / b): OTHER
+    }
     assert resolver.counts.scans == 2
+
+
+def test_resolver_rescans_are_bounded_under_a_flood_of_unknown_ids(tmp_path: Path) -> None:
+    clock = FakeClock()
+    resolver = ContainerResolver(
+        root=str(tmp_path), rescan_interval_s=1.0, rescan_burst=3, clock=clock
+    )
+    make_tree(tmp_path, "system.slice")
+    assert all(resolver.container_id(999_000_000 + i) == "" for i in range(100))
+    assert resolver.counts.scans == 3 and resolver.counts.throttled == 97
+    late = make_tree(tmp_path, f"system.slice/crio-{CID}.scope")[f"system.slice/crio-{CID}.scope"]
+    assert resolver.container_id(late) == ""  # budget spent: no scan
+    clock.now += 1.0
+    assert resolver.container_id(late) == CID  # a new interval: the scan finds it
+    assert resolver.counts.scans == 4
 
 
 def test_resolver_cache_is_bounded_lru(tmp_path: Path) -> None:

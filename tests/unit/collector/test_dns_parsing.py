@@ -127,6 +127,70 @@ def test_tcp_message_spanning_segments_keeps_what_is_there() -> None:
     assert answers_of(packet) == KEPT[: len(answers_of(packet))]
 
 
+BIG_ANSWERS = [("big.example", "A", 60, f"10.1.{i // 256}.{i % 256}") for i in range(300)]
+BIG_ANSWERS += [("big.example", "TXT", 60, f"v=spf1 include:x{i:03d}.example") for i in range(60)]
+
+
+def tcp4(src: str, dst: str, sport: int, dport: int, payload: bytes, seq: int) -> bytes:
+    return pb.ipv4(src, dst, 6, pb.tcp(sport, dport, payload, seq=seq))
+
+
+def response_segments(stream: bytes, mss: int, isn: int) -> list[bytes]:
+    """The server's side of a TCP connection, cut into segments of ``mss`` bytes."""
+    return [
+        tcp4(SERVER4, CLIENT4, 53, 41000, stream[i : i + mss], (isn + 1 + i) % 2**32)
+        for i in range(0, len(stream), mss)
+    ]
+
+
+@pytest.mark.parametrize("mss", [536, 1000, 1220, 1448, 8948])
+def test_tcp_response_in_many_segments_is_one_event(mss: int) -> None:
+    """Only the segment where the message starts is parsed; continuations (which could
+    parse as bogus messages or fail mid-record) are skipped, not errors."""
+    exchanges = DnsExchanges("n")
+    query = pb.tcp_dns(pb.query("big.example", ident=77))
+    assert exchanges.observe(tcp4(CLIENT4, SERVER4, 41000, 53, query, 1000), 10) is None
+    message = pb.response("big.example", BIG_ANSWERS, ident=77)
+    segments = response_segments(pb.tcp_dns(message), mss, isn=2**32 - 700)  # wraps
+    events = [exchanges.observe(segment, 20 + i) for i, segment in enumerate(segments)]
+    found = [e for e in events if e is not None]
+    assert len(found) == 1 and found[0].id == 77 and found[0].latency_ns == 10
+    assert found[0].qname == "big.example" and found[0].answers
+    assert exchanges.counts.tcp_skipped == len(segments) - 1
+    assert exchanges.pending() == 0 and exchanges.expire(10**12) == []
+
+
+def test_tcp_stream_follows_length_prefixes_across_segments() -> None:
+    """Responses on one connection starting at a segment's start, inside a continuation
+    segment, and with their header split by a segment boundary; a retransmit."""
+    first = pb.tcp_dns(pb.response("big.example", BIG_ANSWERS, ident=1))
+    second = pb.tcp_dns(pb.response("t.example", ANSWERS, ident=2))
+    stream = first + second + first
+    cut = len(first) + len(second)
+
+    def ids_of(bounds: list[tuple[int, int]]) -> tuple[list[int], int]:
+        exchanges = DnsExchanges("n")
+        events = [
+            exchanges.observe(tcp4(SERVER4, CLIENT4, 53, 41000, stream[a:b], 5000 + a), 1)
+            for a, b in bounds
+        ]
+        return [e.id for e in events if e is not None], exchanges.counts.tcp_skipped
+
+    assert ids_of([(0, 1448), (1448, cut - 20), (cut - 20, len(stream))]) == ([1, 2, 1], 0)
+    split_header = [(0, 1448), (1448, len(first) + 10), (len(first) + 10, cut)]
+    retransmit = [(0, 1448), (cut, len(stream))]
+    assert ids_of(split_header + retransmit) == ([1, 1], 3)
+
+
+def test_tcp_new_connection_on_the_same_ports_starts_a_message() -> None:
+    exchanges = DnsExchanges("n")
+    message = pb.tcp_dns(pb.response("t.example", ANSWERS, ident=5))
+    for isn in (100, 3_000_000_000):
+        event = exchanges.observe(tcp4(SERVER4, CLIENT4, 53, 41000, message, isn), 1)
+        assert event is not None and event.id == 5
+    assert exchanges.counts.tcp_skipped == 0
+
+
 def test_rcode_and_qtype_names() -> None:
     packet = parse_packet(udp4(pb.response("nope.example", [], rcode=3), to_server=False))
     assert packet is not None and packet.message.rcode == "NXDOMAIN"

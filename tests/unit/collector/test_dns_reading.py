@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 from typing import Any
 
@@ -32,6 +33,9 @@ class Observer:
         return RawDns("n", ts_unix_ns, 1, "x.test", "A", "NOERROR", "10.0.0.1", 1, "10.0.0.2", 53)
 
     def expire(self, now_ns: int) -> list[RawDns]:
+        return []
+
+    def expire_all(self) -> list[RawDns]:
         return []
 
 
@@ -89,3 +93,38 @@ def test_pairing_outcomes_counted_once_each() -> None:
 
     assert [outcome(o) for o in ("answered", "translated", "unmatched")] == [1, 1, 1]
     assert outcome("expired") == 0 and len(delivered) == 3
+
+
+def udp4(src: str, dst: str, sport: int, dport: int, message: bytes) -> bytes:
+    return pb.ipv4(src, dst, 17, pb.udp(sport, dport, message))
+
+
+async def test_queries_pending_at_stop_are_delivered_unanswered() -> None:
+    """run() ends with a last poll, then every query still pending, as expiry would."""
+    ring = Ring([udp4("10.9.0.2", "10.96.0.10", 4000, 53, pb.query("late.test", ident=4))])
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    delivered: list[RawDns] = []
+    exchanges = DnsExchanges("n")
+    reader = DnsReader(ring, ring, 64, exchanges, delivered.extend, metrics, (ParseError,))
+    stopping = asyncio.Event()
+    stopping.set()
+    await reader.run(stopping)
+    assert [(r.qname, r.rcode, r.latency_ns) for r in delivered] == [("late.test", "", 0)]
+    assert exchanges.pending() == 0
+    assert metrics.dns_pairing.labels("expired")._value.get() == 1
+
+
+def test_tcp_continuations_counted_as_skipped_not_errors() -> None:
+    """A message split inside its question (the ring holds 64 bytes): no event can be
+    made of it, but the first part is not malformed and the second not a message."""
+    message = pb.tcp_dns(pb.response("t.test", [], ident=8))
+    ring = Ring([
+        pb.ipv4("10.96.0.10", "10.9.0.2", 6, pb.tcp(53, 4000, message[:20], seq=1)),
+        pb.ipv4("10.96.0.10", "10.9.0.2", 6, pb.tcp(53, 4000, message[20:], seq=21)),
+    ])  # fmt: skip
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    delivered: list[RawDns] = []
+    reader = DnsReader(ring, ring, 64, DnsExchanges("n"), delivered.extend, metrics, (ParseError,))
+    reader._deliver(reader.poll())
+    assert metrics.dns_tcp_skipped._value.get() == 2 and delivered == []
+    assert metrics.dns_parse_errors._value.get() == 0

@@ -28,13 +28,24 @@ def test_include_and_exclude_globs() -> None:
 class RecordingAttacher:
     attached: list[str] = field(default_factory=list)
     forgotten: list[int] = field(default_factory=list)
+    detached: list[int] = field(default_factory=list)
+    on: set[int] = field(default_factory=set)
 
     def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
         self.attached.append(ifname if ethernet else f"{ifname} (ip)")
-        return ifname != "gone0"
+        if ifname == "gone0":
+            return False
+        self.on.add(ifindex)
+        return True
+
+    def detach(self, ifindex: int) -> bool:
+        self.detached.append(ifindex)
+        self.on.discard(ifindex)
+        return True
 
     def forget(self, ifindex: int) -> None:
         self.forgotten.append(ifindex)
+        self.on.discard(ifindex)
 
 
 def test_events_attach_once_and_forget_removed() -> None:
@@ -100,3 +111,74 @@ async def test_lost_events_are_followed_by_a_listing() -> None:
     assert attacher.forgotten == [2**30]
     await watcher.catch_up([LinkEvent(True, 2**30 + 1, "flowscope-none1", "veth")])
     assert attacher.forgotten == [2**30]  # no listing without an overflow
+
+
+def watching(selection: InterfaceSelection | None = None) -> tuple[LinkWatcher, RecordingAttacher]:
+    attacher = RecordingAttacher()
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    return LinkWatcher(attacher, selection or InterfaceSelection(), metrics), attacher
+
+
+def attached_gauge(watcher: LinkWatcher) -> float:
+    return float(watcher._metrics.interfaces_attached._value.get())
+
+
+def test_loopback_is_never_attached_even_when_selected() -> None:
+    """A packet on lo passes TC egress and then TC ingress: it would count twice."""
+    for selection in (InterfaceSelection(exclude=("veth*",)), InterfaceSelection(("lo*",), ())):
+        watcher, attacher = watching(selection)
+        watcher.apply(LinkEvent(True, 1, "lo", "", 772))
+        watcher.apply(LinkEvent(True, 2, "lo2", "dummy", 1))
+        assert attacher.attached == ["lo2"] and attacher.on == {2}
+
+
+def test_devices_stacked_on_an_attached_lower_are_skipped() -> None:
+    watcher, attacher = watching()
+    watcher.apply(LinkEvent(True, 2, "eth0", ""))
+    for index, kind in enumerate(("macvlan", "ipvlan", "vlan", "macvtap"), start=3):
+        watcher.apply(LinkEvent(True, index, f"up{index}", kind, lower=2))
+    watcher.apply(LinkEvent(True, 9, "vlan9", "vlan", lower=3))  # on a skipped macvlan
+    assert attacher.attached == ["eth0"] and attacher.on == {2}
+
+
+def test_pod_veths_are_attached_as_before() -> None:
+    """A veth's IFLA_LINK is its peer (here, or in a pod's namespace): not a stack."""
+    watcher, attacher = watching()
+    watcher.apply(LinkEvent(True, 2, "eth0", ""))
+    watcher.apply(LinkEvent(True, 5, "veth5", "veth", lower=0))  # peer in a pod
+    watcher.apply(LinkEvent(True, 6, "vetha", "veth", lower=7))  # both ends here
+    watcher.apply(LinkEvent(True, 7, "vethb", "veth", lower=6))
+    watcher.apply(LinkEvent(True, 8, "veth8", "veth", master=4))  # a bridge port
+    assert attacher.on == {2, 5, 6, 7, 8}
+
+
+def test_a_device_stacked_on_an_excluded_lower_is_attached() -> None:
+    watcher, attacher = watching(InterfaceSelection(exclude=("lo", "eth0")))
+    watcher.apply(LinkEvent(True, 2, "eth0", ""))
+    watcher.apply(LinkEvent(True, 3, "mv0", "macvlan", lower=2))
+    assert attacher.attached == ["mv0"] and attacher.on == {3}
+
+
+def test_a_bond_is_detached_when_a_slave_is_attached_and_back_when_none_is() -> None:
+    watcher, attacher = watching()
+    watcher.apply(LinkEvent(True, 5, "bond0", "bond"))  # no slave yet: attached
+    watcher.apply(LinkEvent(True, 6, "bond0.100", "vlan", lower=5))  # on an attached bond
+    assert attacher.on == {5}
+    watcher.apply(LinkEvent(True, 2, "eth0", ""))
+    watcher.apply(LinkEvent(True, 2, "eth0", "", master=5))  # enslaved after
+    assert attacher.on == {2} and attacher.detached == [5]
+    watcher.apply(LinkEvent(True, 3, "eth1", "", master=5))  # listed enslaved
+    assert attacher.on == {2, 3}
+    watcher.apply(LinkEvent(True, 2, "eth0", ""))  # released: eth1 still under the bond
+    assert attacher.on == {2, 3}
+    watcher.apply(LinkEvent(False, 3, "eth1", ""))  # the last slave gone
+    assert attacher.on == {2, 5}
+    assert attached_gauge(watcher) == 2
+
+
+def test_a_team_listed_after_its_slaves_is_skipped() -> None:
+    watcher, attacher = watching()
+    watcher.apply(LinkEvent(True, 2, "eth0", "", master=4))
+    watcher.apply(LinkEvent(True, 4, "team0", "team"))
+    watcher.apply(LinkEvent(True, 4, "team0", "team"))  # a state change: nothing new
+    assert attacher.attached == ["eth0"]

@@ -3,6 +3,7 @@ exactly as they are (the conntrack seam answered by a table, as the kernel would
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import struct
@@ -15,10 +16,12 @@ from flowscope.collector import abi
 from flowscope.collector.conntrack import (
     Answer,
     ConntrackError,
+    ConntrackFailed,
     ConntrackUnavailable,
     CtTuple,
 )
 from flowscope.collector.draining import DirectionMemory, Drainer
+from flowscope.collector.metrics import CollectorMetrics
 from flowscope.collector.nat_pairing import (
     NatPairing,
     chunk_addresses,
@@ -29,6 +32,7 @@ from flowscope.collector.nat_pairing import (
 from flowscope.core.records import RawFlow
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 A, VIP, B, C = "10.0.0.5", "10.96.0.10", "10.0.1.7", "10.0.2.9"
 E, N = "203.0.113.9", "10.0.0.1"  # an outside server; the node's uplink address (SNAT)
@@ -188,6 +192,15 @@ def test_halves_in_different_chunks_become_one_flow_to_the_backend() -> None:
     assert d.pairing is not None and d.pairing.take_tally().pairs == 1
 
 
+def test_a_joined_pair_is_two_map_entries() -> None:
+    """The drain reports the map's occupancy (map_entries), not its joined records."""
+    x, y = tcp_halves()
+    d = drainer(Reader([[x, y]]), Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080))))
+    out: list[bytes] = []
+    assert d.drain_into(out.extend) == 2
+    assert len(out) == 1
+
+
 def test_answers_are_cached_for_the_life_of_the_flow_and_x_alone_is_rewritten() -> None:
     x, y = tcp_halves(fin=False)
     x_later = entry(A, 40000, VIP, 80, packets=2, nbytes=104, flags=ACK)
@@ -270,6 +283,38 @@ def test_conntrack_failing_publishes_unpaired_and_logs_once(
     if isinstance(failure, ConntrackUnavailable):
         assert "NAT pairing is off" in warnings[0].getMessage()
         assert d.pairing.enabled is False and len(ct.asked) == 1  # not asked again
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (ConntrackFailed(errno.ETIMEDOUT, "ctnetlink request"), "timeout"),
+        (ConntrackFailed(errno.ENOBUFS, "ctnetlink request"), "enobufs"),
+        (ConntrackUnavailable(errno.ETIMEDOUT, "ctnetlink request"), "timeout"),
+        (ConntrackError("garbage"), "malformed"),
+    ],
+)
+def test_a_failed_lookup_costs_one_drain_its_pairs_and_is_counted(
+    failure: Exception, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a refusal (EPERM, no ctnetlink) turns pairing off; a timeout, lost answers
+    (ENOBUFS) or a garbled answer leave that drain's flows unpaired, and the next drain
+    asks again."""
+    x, y = tcp_halves(fin=False)
+    ct = Conntrack(dnat((A, 40000), (VIP, 80), (B, 8080)), fail=failure)
+    d = drainer(Reader([[x, y]], [[x, y]], [[x, y]]), ct)
+    assert d.pairing is not None
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    with caplog.at_level(logging.WARNING):
+        assert lines(d) == lines(drainer(Reader([[x, y]]), None))
+        ct.fail = None
+        assert [len(drained(d)) for _ in range(2)] == [1, 1]
+    metrics.observe_nat(d.pairing.take_tally())
+    assert d.pairing.enabled
+    assert metrics.conntrack_errors.labels(reason)._value.get() == 1
+    assert [r.kind for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"conntrack-{reason}"
+    ]
 
 
 def test_two_way_flows_are_never_held() -> None:

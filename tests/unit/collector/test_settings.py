@@ -91,3 +91,11 @@ def test_socket_snapshot_settings() -> None:
 def test_nat_pairing_can_be_turned_off() -> None:
     settings = config.load(Settings, {}, {"FLOWSCOPE_FLOWS_NAT_PAIRING": "false"})
     assert settings.flows.nat_pairing is False
+
+
+def test_accept_hook_setting() -> None:
+    """Off by default; FLOWSCOPE_SOCKETS_ACCEPT_HOOK turns it on (the service passes it
+    to SocketTracer)."""
+    assert config.load(Settings, {}, {}).sockets.accept_hook is False
+    env = {"FLOWSCOPE_SOCKETS_ACCEPT_HOOK": "true"}
+    assert config.load(Settings, {}, env).sockets.accept_hook is True

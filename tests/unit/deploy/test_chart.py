@@ -30,7 +30,7 @@ COMPONENT_TEMPLATES = {
     "exporter": "exporter-deployment.yaml",
 }
 COLLECTOR_CAPS = ["NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"]
-HOST_PATHS = ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup", "/lib/modules", "/usr/src"]
+HOST_PATHS = ["/sys/fs/bpf", "/sys/fs/cgroup", "/lib/modules", "/usr/src"]
 # The enricher's watched resources as the issue lists them; used only while the
 # enricher's own list (flowscope.enricher.watching.resources) is not importable.
 DOCUMENTED_WATCHES = {
