@@ -109,27 +109,25 @@ class Metrics:
 
     def add_flows(self, tally: Tally) -> None:
         """Fold one batch's tally into the counters."""
-        child = self._child
-        child("records_in", "flow").inc(tally.records_in)
-        child("records_out", "flow").inc(tally.records_out)
-        self.dedup_dropped.inc(tally.dedup_dropped)
-        for kind, n in tally.lookups.items():
-            child("lookups", kind).inc(n)
-        child("process_joins", "hit").inc(tally.process_hits)
-        child("process_joins", "miss").inc(tally.process_misses)
-        child("dns_joins", "hit").inc(tally.dns_hits)
-        child("dns_joins", "miss").inc(tally.dns_misses)
+        self._add("flow", tally)
+        self._child("dns_joins", "hit").inc(tally.dns_hits)
+        self._child("dns_joins", "miss").inc(tally.dns_misses)
 
     def add_dns(self, tally: Tally) -> None:
         """Fold one raw DNS batch's tally into the counters (its cross-node duplicates
         too: ``dedup_dropped`` counts flow and DNS reports alike; its client and server
         lookups and process joins count as a flow's do)."""
+        self._add("dns", tally)
+
+    def _add(self, kind: str, tally: Tally) -> None:
+        """What a flow and a DNS batch's tallies have alike: records, duplicates dropped,
+        address lookups and process joins."""
         child = self._child
-        child("records_in", "dns").inc(tally.records_in)
-        child("records_out", "dns").inc(tally.records_out)
+        child("records_in", kind).inc(tally.records_in)
+        child("records_out", kind).inc(tally.records_out)
         self.dedup_dropped.inc(tally.dedup_dropped)
-        for kind, n in tally.lookups.items():
-            child("lookups", kind).inc(n)
+        for result, n in tally.lookups.items():
+            child("lookups", result).inc(n)
         child("process_joins", "hit").inc(tally.process_hits)
         child("process_joins", "miss").inc(tally.process_misses)
 

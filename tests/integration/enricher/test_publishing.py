@@ -109,6 +109,22 @@ def _raw_message(nc: NATS, sequence: int, delivered: int = 1) -> Msg:
     return Msg(_client=nc, subject=subjects.raw_flows("n1"), reply=reply, data=b"")
 
 
+async def _pipeline(nc: NATS, atomic: bool) -> Pipeline:
+    """A started pipeline over fresh output streams, with or without atomic batches."""
+    js = nc.jetstream()
+    if atomic:
+        await messaging.ensure_streams(js, NatsSettings(url=nc.connected_url.geturl()))
+    else:
+        for spec in subjects.STREAMS:
+            await js.add_stream(StreamConfig(name=spec.name, subjects=list(spec.subjects)))
+    enricher = Enricher(LocalResolver(frozenset()), SocketTable(10, 1), NameCache(1, 2, 10),
+                        Observers(1))  # fmt: skip
+    pipeline = Pipeline(nc, enricher, Metrics.create(CollectorRegistry()))
+    await pipeline.publisher.start()
+    assert await pipeline.use_atomic() is atomic
+    return pipeline
+
+
 async def test_pipeline_publishes_a_redelivered_batch_exactly_once() -> None:
     """The output of one raw batch, published again after part or all of it was stored
     (a crash between publishing and acking), ends up stored exactly once."""
@@ -116,13 +132,8 @@ async def test_pipeline_publishes_a_redelivered_batch_exactly_once() -> None:
     nc = await nats.connect(server.url)
     try:
         js = nc.jetstream()
-        await messaging.ensure_streams(js, NatsSettings(url=server.url))
-        enricher = Enricher(LocalResolver(frozenset()), SocketTable(10, 1), NameCache(1, 2, 10),
-                            Observers(1))  # fmt: skip
-        pipeline = Pipeline(nc, enricher, Metrics.create(CollectorRegistry()))
+        pipeline = await _pipeline(nc, atomic=True)
         pipeline.max_bytes = 2048  # several chunks per subject
-        await pipeline.publisher.start()
-        assert await pipeline.use_atomic()
         output = Output(by_subject={
             subjects.flows(f"ns{i}", "_external"): [{"flow.n": i, "pad": "x" * 500}] * (i + 1)
             for i in range(12)
@@ -159,22 +170,6 @@ def _oriented(shape: str, client_first: bool) -> Output:
     if shape == "records":
         return Output(by_subject=records)
     return Output(lines={s: [orjson.dumps(r) + b"\n" for r in rs] for s, rs in records.items()})
-
-
-async def _pipeline(nc: NATS, atomic: bool) -> Pipeline:
-    """A started pipeline over fresh output streams, with or without atomic batches."""
-    js = nc.jetstream()
-    if atomic:
-        await messaging.ensure_streams(js, NatsSettings(url=nc.connected_url.geturl()))
-    else:
-        for spec in subjects.STREAMS:
-            await js.add_stream(StreamConfig(name=spec.name, subjects=list(spec.subjects)))
-    enricher = Enricher(LocalResolver(frozenset()), SocketTable(10, 1), NameCache(1, 2, 10),
-                        Observers(1))  # fmt: skip
-    pipeline = Pipeline(nc, enricher, Metrics.create(CollectorRegistry()))
-    await pipeline.publisher.start()
-    assert await pipeline.use_atomic() is atomic
-    return pipeline
 
 
 async def _stored(js: JetStreamContext) -> list[tuple[str, str]]:
@@ -281,15 +276,10 @@ async def test_a_refused_atomic_batch_is_published_one_by_one() -> None:
     nc = await nats.connect(server.url)
     try:
         js = nc.jetstream()
-        await messaging.ensure_streams(js, NatsSettings(url=server.url))
+        pipeline = await _pipeline(nc, atomic=True)
         for n in range(50):  # batches started and never committed (abandoned after 10 s)
             headers = {"Nats-Batch-Id": f"open{n}", "Nats-Batch-Sequence": "1"}
             await nc.publish(subjects.flows("other", "x"), b"{}\n", headers=headers)
-        enricher = Enricher(LocalResolver(frozenset()), SocketTable(10, 1), NameCache(1, 2, 10),
-                            Observers(1))  # fmt: skip
-        pipeline = Pipeline(nc, enricher, Metrics.create(CollectorRegistry()))
-        await pipeline.publisher.start()
-        assert await pipeline.use_atomic()
         probe = [(subjects.flows("a", "probe"), b"{}\n", {})]
         with pytest.raises(PublishError) as refused:  # the stream refuses atomic batches now
             await (await pipeline.publisher.publish_atomic(probe))
@@ -311,13 +301,7 @@ async def test_streams_without_atomic_batches_get_one_ack_per_message() -> None:
     nc = await nats.connect(server.url)
     try:
         js = nc.jetstream()
-        for spec in subjects.STREAMS:
-            await js.add_stream(StreamConfig(name=spec.name, subjects=list(spec.subjects)))
-        enricher = Enricher(LocalResolver(frozenset()), SocketTable(10, 1), NameCache(1, 2, 10),
-                            Observers(1))  # fmt: skip
-        pipeline = Pipeline(nc, enricher, Metrics.create(CollectorRegistry()))
-        await pipeline.publisher.start()
-        assert not await pipeline.use_atomic()
+        pipeline = await _pipeline(nc, atomic=False)
         output = Output(by_subject={subjects.flows("a", "b"): [{"flow.n": 1}]})
         assert await pipeline._publish(codec.FLOW, output, _raw_message(nc, 1))
         # a replica that believes they are allowed (the stream was changed since its
