@@ -5,7 +5,8 @@
  * sendmsg() and recvmsg() system calls) and stored by socket cookie. Hooks that see the
  * full 5-tuple but may run in softirq (sock_ops establishment and state callbacks, the
  * cgroup skb hooks) never call bpf_get_current_*: they look the owner up by cookie, or
- * for a connection accepted from a listener by (netns, local port) of the listener.
+ * for a connection accepted from a listener by (netns, local address, local port) of the
+ * listener.
  * When no owner is known the event carries pid 0, never the interrupted task.
  *
  * Only UAPI contexts (bpf_sock_addr, bpf_sock, bpf_sock_ops, __sk_buff) and helpers are
@@ -75,21 +76,35 @@ struct fs_owner {
     u64 netns;
     u32 pid;
     u32 tid;
-    u32 bound_port; /* TCP port this socket bound (a listener), else 0 */
-    u32 pad;
     char comm[16];
 };
 
-/* A TCP port bound in a network namespace: the server side of accepted connections. */
+/* A TCP (address, port) bound in a network namespace: the server side of connections
+ * accepted there. IPv4 addresses are IPv4-mapped (::ffff:a.b.c.d), so an IPv6 socket
+ * bound to a mapped address and an IPv4 socket bound to that address have one key; the
+ * wildcards are ::ffff:0.0.0.0 (IPv4) and :: (IPv6, dual-stack unless V6ONLY). */
 struct fs_listener_key {
     u64 netns;
+    u8 addr[16];
     u32 port;
     u32 pad;
 };
 
-struct fs_listener {
+/* The sockets bound to one key, newest first, contiguous (cookie 0: free slot). Several
+ * sockets share a key with SO_REUSEPORT (or SO_REUSEADDR before listen()): the newest
+ * still bound names the server, and each socket's release removes only its own slot, so
+ * the key stays known while any of its binders remains. A bind beyond FS_LISTENER_SLOTS
+ * drops the oldest slot: once the newest FS_LISTENER_SLOTS are closed, the survivors
+ * are unknown (pid 0). Updates copy the whole value (readers in softirq never see half
+ * an update); two binds of one key racing on two CPUs may lose one slot. */
+#define FS_LISTENER_SLOTS 4
+struct fs_binder {
+    u64 cookie;
     struct fs_owner owner;
-    u64 cookie; /* the bound socket: only its own release removes the entry */
+};
+
+struct fs_listener {
+    struct fs_binder binders[FS_LISTENER_SLOTS];
 };
 
 /* A UDP socket's peer, reported once (again once the owner becomes known). */
@@ -104,6 +119,8 @@ struct fs_peer_key {
  * instead of filling the map for good. */
 BPF_TABLE("lru_hash", u64, struct fs_owner, owners, FS_OWNERS_MAX);
 BPF_TABLE("lru_hash", struct fs_listener_key, struct fs_listener, listeners, FS_LISTENERS_MAX);
+/* Socket cookie -> the listener key it bound: release cannot read the bound address. */
+BPF_TABLE("lru_hash", u64, struct fs_listener_key, bound, FS_LISTENERS_MAX);
 BPF_TABLE("lru_hash", struct fs_peer_key, u8, udp_peers, FS_UDP_PEERS_MAX);
 /* Established server-side connections not yet accept()ed, as ready-made events. */
 BPF_TABLE("lru_hash", u64, struct fs_socket_event, pending_accepts, FS_PENDING_MAX);
@@ -192,30 +209,89 @@ int fs_so_create(struct bpf_sock *ctx)
     return 1;
 }
 
-/* After bind(): the port is known (also when the kernel chose it). A TCP port's binder
- * is the server of every connection later accepted on it. */
-static __always_inline int on_post_bind(struct bpf_sock *ctx)
+/* A new binder of key: the newest slot; the others move down (the oldest drops out). */
+static __always_inline void add_binder(struct fs_listener_key *key, u64 cookie,
+                                       struct fs_owner *o)
+{
+    struct fs_listener l = {};
+    struct fs_listener *old = listeners.lookup(key);
+    l.binders[0].cookie = cookie;
+    __builtin_memcpy(&l.binders[0].owner, o, sizeof(*o));
+    if (old) {
+#pragma unroll
+        for (int i = 1; i < FS_LISTENER_SLOTS; i++)
+            l.binders[i] = old->binders[i - 1];
+    }
+    listeners.update(key, &l);
+}
+
+/* A binder of key released its socket: remove its slot (the later ones move up), and
+ * the entry with the last slot. Constant indexes only, for the verifier. */
+static __always_inline void remove_binder(struct fs_listener_key *key, u64 cookie)
+{
+    struct fs_listener *old = listeners.lookup(key);
+    if (!old)
+        return;
+    struct fs_listener l = {};
+    int found = 0;
+#pragma unroll
+    for (int i = 0; i < FS_LISTENER_SLOTS - 1; i++) {
+        if (old->binders[i].cookie == cookie)
+            found = 1;
+        l.binders[i] = found ? old->binders[i + 1] : old->binders[i];
+    }
+    if (old->binders[FS_LISTENER_SLOTS - 1].cookie == cookie)
+        found = 1;
+    else if (!found)
+        return; /* dropped from a full entry, or never added */
+    if (l.binders[0].cookie)
+        listeners.update(key, &l);
+    else
+        listeners.delete(key);
+}
+
+/* After bind(): the address and port are known (also when the kernel chose the port).
+ * A TCP binder is the server of every connection later accepted on that (address,
+ * port). key->addr is filled by the caller: src_ip4 is readable only in the IPv4 hook,
+ * src_ip6 only in the IPv6 one. */
+static __always_inline int on_post_bind(struct bpf_sock *ctx, struct fs_listener_key *key)
 {
     if (!is_tcp_or_udp(ctx->protocol))
         return 1;
     u64 cookie = fs_socket_cookie(ctx);
     u64 netns = bpf_get_netns_cookie(ctx);
-    struct fs_listener l = {};
-    if (ctx->protocol != FS_IPPROTO_TCP || !ctx->src_port) {
-        remember(cookie, netns, 0);
+    struct fs_owner o = {};
+    remember(cookie, netns, &o);
+    if (ctx->protocol != FS_IPPROTO_TCP || !ctx->src_port)
         return 1;
-    }
-    current_owner(&l.owner, netns);
-    l.owner.bound_port = ctx->src_port; /* so release can find the listener entry */
-    owners.update(&cookie, &l.owner);
-    struct fs_listener_key key = {.netns = netns, .port = ctx->src_port};
-    l.cookie = cookie;
-    listeners.update(&key, &l);
+    key->netns = netns;
+    key->port = ctx->src_port;
+    add_binder(key, cookie, &o);
+    bound.update(&cookie, key); /* so release can find the entry */
     return 1;
 }
 
-int fs_so_bind4(struct bpf_sock *ctx) { return on_post_bind(ctx); }
-int fs_so_bind6(struct bpf_sock *ctx) { return on_post_bind(ctx); }
+int fs_so_bind4(struct bpf_sock *ctx)
+{
+    struct fs_listener_key key = {};
+    u32 addr = ctx->src_ip4;
+    key.addr[10] = 0xff;
+    key.addr[11] = 0xff;
+    __builtin_memcpy(key.addr + 12, &addr, 4);
+    return on_post_bind(ctx, &key);
+}
+
+int fs_so_bind6(struct bpf_sock *ctx)
+{
+    struct fs_listener_key key = {};
+    /* Constant indexes: context reads must have fixed offsets. */
+    u32 a0 = ctx->src_ip6[0], a1 = ctx->src_ip6[1], a2 = ctx->src_ip6[2], a3 = ctx->src_ip6[3];
+    __builtin_memcpy(key.addr, &a0, 4);
+    __builtin_memcpy(key.addr + 4, &a1, 4);
+    __builtin_memcpy(key.addr + 8, &a2, 4);
+    __builtin_memcpy(key.addr + 12, &a3, 4);
+    return on_post_bind(ctx, &key);
+}
 
 /* close() of the last reference. A TCP connection still open keeps its owner until the
  * CLOSE state callback (which runs after this, from tcp_close or a timer). */
@@ -224,13 +300,14 @@ int fs_so_release(struct bpf_sock *ctx)
     if (!is_tcp_or_udp(ctx->protocol))
         return 1;
     u64 cookie = fs_socket_cookie(ctx);
-    struct fs_owner *o = owners.lookup(&cookie);
-    /* src_port cannot be read in this hook; the owner entry remembers the bound port. */
-    if (o && o->bound_port) {
-        struct fs_listener_key key = {.netns = o->netns, .port = o->bound_port};
-        struct fs_listener *l = listeners.lookup(&key);
-        if (l && l->cookie == cookie)
-            listeners.delete(&key);
+    if (ctx->protocol == FS_IPPROTO_TCP) {
+        /* src_ip4/6 and src_port cannot be read in this hook: `bound` remembers them. */
+        struct fs_listener_key *bound_key = bound.lookup(&cookie);
+        if (bound_key) {
+            struct fs_listener_key key = *bound_key;
+            remove_binder(&key, cookie);
+            bound.delete(&cookie);
+        }
     }
     if (ctx->protocol == FS_IPPROTO_UDP || ctx->state == FS_TCP_CLOSE ||
         ctx->state == FS_TCP_LISTEN)
@@ -289,12 +366,39 @@ static __always_inline void emit_copy(struct fs_socket_event *prepared)
     socket_events.ringbuf_submit(e, 0);
 }
 
-/* Server side established (softirq): the owner of the listening port, if known. */
+/* Server side established (softirq): the owner of the listener, if known. The kernel
+ * prefers a listener on the connection's own local address to a wildcard one, and so
+ * does this lookup: the exact address, then (IPv4 or IPv4-mapped) 0.0.0.0, then ::,
+ * which a dual-stack IPv6 listener's IPv4 connections (IPv4-mapped) also reach. */
 static __always_inline struct fs_owner *listener_owner(struct bpf_sock_ops *ctx, u64 netns)
 {
     struct fs_listener_key key = {.netns = netns, .port = ctx->local_port};
+    int mapped = 1;
+    if (ctx->family == FS_AF_INET) {
+        u32 addr = ctx->local_ip4;
+        key.addr[10] = 0xff;
+        key.addr[11] = 0xff;
+        __builtin_memcpy(key.addr + 12, &addr, 4);
+    } else {
+        /* Constant indexes: sock_ops context reads must have fixed offsets. */
+        u32 a0 = ctx->local_ip6[0], a1 = ctx->local_ip6[1];
+        u32 a2 = ctx->local_ip6[2], a3 = ctx->local_ip6[3];
+        __builtin_memcpy(key.addr, &a0, 4);
+        __builtin_memcpy(key.addr + 4, &a1, 4);
+        __builtin_memcpy(key.addr + 8, &a2, 4);
+        __builtin_memcpy(key.addr + 12, &a3, 4);
+        mapped = !a0 && !a1 && a2 == bpf_htonl(0xffff);
+    }
     struct fs_listener *l = listeners.lookup(&key);
-    return l ? &l->owner : 0;
+    if (!l && mapped) {
+        __builtin_memset(key.addr + 12, 0, 4);
+        l = listeners.lookup(&key);
+    }
+    if (!l) {
+        __builtin_memset(key.addr, 0, 16);
+        l = listeners.lookup(&key);
+    }
+    return l && l->binders[0].cookie ? &l->binders[0].owner : 0;
 }
 
 #if FS_ACCEPT_HOOK
@@ -324,11 +428,8 @@ static __always_inline void on_passive(struct bpf_sock_ops *ctx, u64 cookie, u64
 static __always_inline void on_passive(struct bpf_sock_ops *ctx, u64 cookie, u64 netns)
 {
     struct fs_owner *o = listener_owner(ctx, netns);
-    if (o) {
-        struct fs_owner child = *o;
-        child.bound_port = 0; /* the accepted socket is not the listener */
-        owners.update(&cookie, &child); /* its owner, for its close */
-    }
+    if (o)
+        owners.update(&cookie, o); /* the accepted socket's owner, for its close */
     struct fs_socket_event *e = reserve_event(FS_SOCK_ACCEPT, FS_IPPROTO_TCP, cookie, netns, o);
     if (!e)
         return;
