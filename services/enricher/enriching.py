@@ -478,6 +478,9 @@ class Enricher:
         dst, dst_network, dst_packed = dst_found
         if dst_network != network:
             raise RecordError("raw.flow", i, "src and dst are of different address families")
+        # (Service address, port) the client dialled, and the backend's address
+        nat = None if nat_dst is None else self._nat(raw, i)
+        backend = dst
         # the observer's newest event (Observers.saw, inline); the report is judged
         # at its own end time
         at = end_ns if 0 <= end_ns <= MAX_TIME_NS else event_time(end_ns)
@@ -494,11 +497,22 @@ class Enricher:
         src_proc = find(observer, proto, src, sport, dst, dport)
         if src_proc is None and src_id.home and src_id.home != observer:
             src_proc = find(src_id.home, proto, src, sport, dst, dport)
-        if src_proc is None and nat_dst is not None:  # the client's socket names the Service
-            src_proc = self._nat_client(raw, i, observer, src_id, proto, src, sport)
+        if src_proc is None and nat is not None:  # the client's socket names the Service
+            src_proc = self._nat_client(nat, observer, src_id, proto, src, sport)
         dst_proc = find(observer, proto, dst, dport, src, sport)
         if dst_proc is None and dst_id.home and dst_id.home != observer:
             dst_proc = find(dst_id.home, proto, dst, dport, src, sport)
+        if nat is None and (src_proc is None or dst_proc is None) and self.sockets.dialling:
+            # the backend's node reports a connection the client's node DNAT'ed
+            if src_proc is None and (
+                via := self._via(observer, src_id, dst_id, proto, src, sport, dst)
+            ):
+                nat, src_proc = via
+            elif dst_proc is None and (
+                via := self._via(observer, dst_id, src_id, proto, dst, dport, src)
+            ):
+                nat, dst_proc = via
+                backend = src
         if src_proc is not None:
             tally.process_hits += 1
             src_id = self._refine(src_id, src_proc)
@@ -529,12 +543,12 @@ class Enricher:
             return None
 
         lookup = self.names.lookup
-        if nat_dst is None:
+        if nat is None:
             dst_name = lookup(src, dst, now)
             src_name = lookup(dst, src, now)
         else:
             src_id, dst_id, src_name, dst_name = self._nat_ends(
-                raw, i, now, src, dst, src_id, dst_id, dst == dst_found[0]
+                nat[0], now, src, dst, src_id, dst_id, dst == backend
             )
         if dst_name is not None:
             tally.dns_hits += 1
@@ -568,25 +582,45 @@ class Enricher:
         return self._address(text, "raw.flow", i, "nat_dst")[0], port
 
     def _nat_client(
-        self, raw: dict[str, Any], i: int, observer: str, ident: Identity, proto: int,
-        client: str, cport: int,
+        self, nat: tuple[str, int], observer: str, ident: Identity, proto: int, client: str,
+        cport: int,
     ) -> SocketOwner | None:  # fmt: skip
         """The client's socket of a DNAT'ed flow: it is connected to the Service address."""
-        service, port = self._nat(raw, i)
+        service, port = nat
         found = self.sockets.find(observer, proto, client, cport, service, port)
         if found is None and ident.home and ident.home != observer:
             found = self.sockets.find(ident.home, proto, client, cport, service, port)
         return found
 
+    def _via(
+        self, observer: str, ident: Identity, peer_id: Identity, proto: int, addr: str,
+        port: int, peer: str,
+    ) -> tuple[tuple[str, int], SocketOwner] | None:  # fmt: skip
+        """((Service address, port), the client's owner) when the socket at (addr, port)
+        dialled a Service address, not ``peer``, on its own node — another than the
+        reporting one and the peer's: the backend's node reports, after the DNAT on the
+        client's node, the connection the client's socket opened to the Service (the
+        report of the client's node, which carries ``nat_dst``, is the duplicate the
+        merge rule may drop)."""
+        home = ident.home
+        if not home or not peer_id.home or home == observer or home == peer_id.home:
+            return None
+        found = self.sockets.dialled(home, proto, addr, port)
+        if found is None:
+            return None
+        service, service_port, owner = found
+        if service == peer or self.resolver.resolve(service).kind != "service":
+            return None
+        return (service, service_port), owner
+
     def _nat_ends(
-        self, raw: dict[str, Any], i: int, now: float, src: str, dst: str, src_id: Identity,
+        self, service: str, now: float, src: str, dst: str, src_id: Identity,
         dst_id: Identity, backend_is_dst: bool,
     ) -> tuple[Identity, Identity, str | None, str | None]:  # fmt: skip
         """(source identity, destination identity, source domain, destination domain) of a
         DNAT'ed flow: the backend end names the Service whose address the client dialled,
         and its domain is what the client resolved to that address (it asked for the
         Service's name, not the pod's), else to the backend's own address."""
-        service, _ = self._nat(raw, i)
         client, backend = (src, dst) if backend_is_dst else (dst, src)
         lookup = self.names.lookup
         backend_name = lookup(client, service, now) or lookup(client, backend, now)

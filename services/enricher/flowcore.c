@@ -87,7 +87,7 @@ static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_o
     *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_active, *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
     *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address, *s_answers,
-    *s_address, *s_rendered;
+    *s_address, *s_rendered, *s_dialled;
 /* raw record keys */
 static PyObject *k_observer, *k_start_ns, *k_end_ns, *k_end_reason, *k_proto, *k_src, *k_dst,
     *k_sport, *k_dport, *k_bytes, *k_packets, *k_rbytes, *k_rpackets, *k_tcp_flags,
@@ -549,6 +549,7 @@ typedef struct {
     Py_ssize_t generation;
     int has_generation, generation_stale;
     PyObject *sockets, *locals;  /* SocketTable._sockets, ._locals */
+    PyObject *dialled;           /* SocketTable._dialled */
     PyObject *entries;           /* NameCache._entries */
     PyObject *answers;           /* NameCache._answers: address → entries answering it */
     Py_ssize_t names_generation; /* NameCache.generation */
@@ -992,6 +993,30 @@ find_end(Batch *b, PyObject *observer, PyObject *home, PyObject *proto, PyObject
     if (same != 0)
         return NULL; /* same node (or an error, which stays set) */
     return find(b, home, proto, laddr, lport, raddr, rport);
+}
+
+/* Whether the socket at local (laddr, lport) dialled some remote on its own node, when
+ * that node is neither the reporting one nor the other end's (SocketTable._dialled holds
+ * its key): 1 yes, 0 no, -1 error. The record is then the Python path's (Enricher._via:
+ * a Service the client's node DNAT'ed, reported by the backend's node). */
+static int
+dialled_end(Batch *b, PyObject *observer, PyObject *home, PyObject *other_home,
+            PyObject *proto, PyObject *laddr, PyObject *lport)
+{
+    if (!PyUnicode_Check(home) || PyUnicode_GET_LENGTH(home) == 0 ||
+        !PyUnicode_Check(other_home) || PyUnicode_GET_LENGTH(other_home) == 0)
+        return 0;
+    int same = str_eq(home, observer);
+    if (same == 0)
+        same = str_eq(home, other_home);
+    if (same != 0)
+        return same < 0 ? -1 : 0;
+    PyObject *key = PyTuple_Pack(4, home, proto, laddr, lport);
+    if (key == NULL)
+        return -1;
+    int found = PyDict_Contains(b->dialled, key);
+    Py_DECREF(key);
+    return found;
 }
 
 /* The end as Enricher._refine(ident, proc) makes it when the socket names a container
@@ -1601,8 +1626,12 @@ render(Batch *b, PyObject *subject, const Raw *r, const char *cid, PyObject *dir
 
 /* ------------------------------------------------------------------ one record */
 
+/* enrich's answer for a record that is the Python path's after all (nothing changed but
+ * the observer's newest time, which the Python path sets alike, and LRU positions) */
+#define DEFERRED 3
+
 /* Enricher._flow for a record read_raw accepted: 1 a line was added, 0 a dropped
- * duplicate, -1 error. */
+ * duplicate, DEFERRED, -1 error. */
 static int
 enrich(Batch *b, Raw *r)
 {
@@ -1641,6 +1670,22 @@ enrich(Batch *b, Raw *r)
                         sport_obj);
     if (dst_proc == NULL && PyErr_Occurred())
         goto done;
+    if ((src_proc == NULL || dst_proc == NULL) && PyDict_GET_SIZE(b->dialled) > 0) {
+        int via = src_proc == NULL ? dialled_end(b, r->observer, src_end.home, dst_end.home,
+                                                 r->proto_obj, src, sport_obj)
+                                   : 0;
+        if (via == 0 && dst_proc == NULL)
+            via = dialled_end(b, r->observer, dst_end.home, src_end.home, r->proto_obj, dst,
+                              dport_obj);
+        if (via < 0)
+            goto done;
+        if (via) { /* the Python path: its lookups are counted there */
+            b->kind_counts[src_end.kind]--;
+            b->kind_counts[dst_end.kind]--;
+            result = DEFERRED;
+            goto done;
+        }
+    }
     /* a refined identity has its own parts (a hostNetwork pod's home, not its node's) */
     if (src_proc != NULL) {
         b->process_hits++;
@@ -1920,6 +1965,7 @@ release(Batch *b)
     Py_CLEAR(b->resolved);
     Py_CLEAR(b->sockets);
     Py_CLEAR(b->locals);
+    Py_CLEAR(b->dialled);
     Py_CLEAR(b->entries);
     Py_CLEAR(b->answers);
     Py_CLEAR(b->names_lookup);
@@ -1948,6 +1994,7 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
         (b->resolve = PyObject_GetAttr(resolver, s_resolve)) == NULL ||
         (b->sockets = attr2(enricher, s_sockets, s_sockets_table)) == NULL ||
         (b->locals = attr2(enricher, s_sockets, s_locals)) == NULL ||
+        (b->dialled = attr2(enricher, s_sockets, s_dialled)) == NULL ||
         (b->entries = attr2(enricher, s_names, s_entries)) == NULL ||
         (b->answers = attr2(enricher, s_names, s_answers)) == NULL ||
         (names_generation = attr2(enricher, s_names, s_generation)) == NULL ||
@@ -1971,8 +2018,9 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
         goto fail;
     }
     if (require_dict(b->addresses, "_addresses") < 0 || require_dict(b->sockets, "_sockets") < 0 ||
-        require_dict(b->locals, "_locals") < 0 || require_dict(b->entries, "_entries") < 0 ||
-        require_dict(b->answers, "_answers") < 0 || require_dict(b->seen, "observers.seen") < 0)
+        require_dict(b->locals, "_locals") < 0 || require_dict(b->dialled, "_dialled") < 0 ||
+        require_dict(b->entries, "_entries") < 0 || require_dict(b->answers, "_answers") < 0 ||
+        require_dict(b->seen, "observers.seen") < 0)
         goto fail;
     b->names_generation = PyLong_AsSsize_t(names_generation);
     if (b->names_generation == -1 && PyErr_Occurred())
@@ -2035,7 +2083,9 @@ flow_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         int rc = read_raw(&b, items[i], &r);
         if (rc < 0)
             goto done;
-        rc = rc ? enrich(&b, &r) : python_path(&b, items[i], i);
+        rc = rc > 0 ? enrich(&b, &r) : rc == 0 ? DEFERRED : rc;
+        if (rc == DEFERRED)
+            rc = python_path(&b, items[i], i);
         if (rc < 0)
             goto done;
         counted(&b, rc);
@@ -2858,9 +2908,14 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 rc = -1;
             }
         }
-        if (rc > 0)
-            rc = enrich(&b, &r);
-        else if (rc == 0)
+        rc = rc > 0 ? enrich(&b, &r) : rc == 0 ? DEFERRED : rc;
+        if (rc == DEFERRED && dicts[i] == NULL &&
+            (dicts[i] = loads_line(starts[i], starts[i + 1] - starts[i] - 1)) == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_SystemError, "flow_body: a plain line did not load");
+            rc = -1;
+        }
+        if (rc == DEFERRED)
             rc = python_path(&b, dicts[i], i);
         let_go(&held);
         if (which[i] >= 0)
@@ -3513,6 +3568,7 @@ PyInit__flowcore(void)
     INTERN(s_known_address, "_known_address");
     INTERN(s_sockets, "sockets");
     INTERN(s_sockets_table, "_sockets");
+    INTERN(s_dialled, "_dialled");
     INTERN(s_locals, "_locals");
     INTERN(s_names, "names");
     INTERN(s_entries, "_entries");

@@ -3,7 +3,10 @@
 A socket event says "on node N, process P owns the socket local=(addr, port) ↔
 remote=(addr, port)". Entries are keyed by (observer, proto, local addr, local port,
 remote addr, remote port); a second index by the local end only answers for unconnected
-UDP sockets and listeners (an event with an empty remote). Memory is bounded: the
+UDP sockets and listeners (an event with an empty remote). A third names, per local end,
+the remote a connected socket dialled (:meth:`SocketTable.dialled`): a client's socket
+connected to a Service address, whose connection a node without the client's DNAT
+reports to the backend pod instead. Memory is bounded: the
 table is an LRU (a flow hit refreshes an entry, so long-lived connections keep their
 process), and a closed socket is forgotten ``grace`` seconds after its close event.
 """
@@ -44,6 +47,9 @@ class SocketTable:
         self._clock = clock
         self._sockets: OrderedDict[SocketKey, SocketOwner] = OrderedDict()
         self._locals: OrderedDict[LocalKey, SocketOwner] = OrderedDict()
+        # local end → the full key of the last connect event from it (in _sockets while
+        # that entry is; no entry of its own towards the bound)
+        self._dialled: dict[LocalKey, SocketKey] = {}
         self._closing: deque[tuple[float, SocketKey, SocketOwner]] = deque()
 
     def __len__(self) -> int:
@@ -64,6 +70,8 @@ class SocketTable:
             self._put(self._locals, key[:4], owner)
         else:
             self._put(self._sockets, key, owner)
+            if owner.event == "connect":
+                self._dialled[key[:4]] = key
 
     def find(
         self, observer: str, proto: int, laddr: str, lport: int, raddr: str, rport: int
@@ -81,6 +89,25 @@ class SocketTable:
                 self._locals.move_to_end(lkey)
         return owner
 
+    @property
+    def dialling(self) -> bool:
+        """Whether any connected socket's dialled remote is known."""
+        return bool(self._dialled)
+
+    def dialled(
+        self, observer: str, proto: int, laddr: str, lport: int
+    ) -> tuple[str, int, SocketOwner] | None:
+        """(remote address, remote port, owner) of the connection the socket at local
+        (laddr, lport) on a node last initiated, while its entry is held."""
+        key = self._dialled.get((observer, proto, laddr, lport))
+        if key is None:
+            return None
+        owner = self._sockets.get(key)
+        if owner is None or owner.event != "connect":
+            return None
+        self._sockets.move_to_end(key)
+        return key[4], key[5], owner
+
     def expire(self) -> int:
         """Forget sockets closed more than ``grace`` seconds ago; returns how many."""
         now = self._clock()
@@ -89,6 +116,7 @@ class SocketTable:
             _, key, owner = self._closing.popleft()
             if self._sockets.get(key) is owner:
                 del self._sockets[key]
+                self._undial(key)
                 gone += 1
             elif self._locals.get(key[:4]) is owner:
                 del self._locals[key[:4]]
@@ -110,8 +138,15 @@ class SocketTable:
         table[key] = owner
         table.move_to_end(key)
         while len(self._sockets) + len(self._locals) > self._max:
-            victim = self._sockets if len(self._sockets) >= len(self._locals) else self._locals
-            victim.popitem(last=False)
+            if len(self._sockets) >= len(self._locals):
+                self._undial(self._sockets.popitem(last=False)[0])
+            else:
+                self._locals.popitem(last=False)
+
+    def _undial(self, key: SocketKey) -> None:
+        """Forget the local end's dialled remote if it is the entry ``key`` just gone."""
+        if self._dialled.get(key[:4]) == key:
+            del self._dialled[key[:4]]
 
 
 def _unconnected(remote: str) -> bool:

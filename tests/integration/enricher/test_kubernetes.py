@@ -30,7 +30,7 @@ from tests.support.nats_server import NatsServer
 from tests.unit.enricher import cluster
 
 WEB, DB, AGENT, NODE1, NODE2 = "10.1.0.5", "10.2.0.7", "192.168.0.1", "192.168.0.1", "192.168.0.2"
-DB_SVC = "10.96.0.10"
+DB_SVC, WEB_SVC = "10.96.0.10", "10.96.0.20"
 
 
 def populate(fake: FakeKube) -> None:
@@ -52,6 +52,8 @@ def populate(fake: FakeKube) -> None:
                                  container_ids={"c-agent": "main"}))  # fmt: skip
     fake.add("services", cluster.service("db", namespace="data", cluster_ips=(DB_SVC,)))
     fake.add("endpointslices", cluster.endpointslice("db-abc", "db", (DB,), namespace="data"))
+    fake.add("services", cluster.service("web", cluster_ips=(WEB_SVC,)))
+    fake.add("endpointslices", cluster.endpointslice("web-abc", "web", (WEB,)))
 
 
 @dataclass
@@ -171,6 +173,40 @@ async def test_pod_to_pod_across_nodes_merged_with_both_processes(env: Env) -> N
     assert dropped == 1
 
 
+async def test_service_across_nodes_named_when_the_backends_node_reports(env: Env) -> None:
+    """db-0 (node-2) dials the web Service; node-2 DNATs it to web-5d-x (node-1). The
+    merge keeps node-1's report (web's end is the smaller), which has no pre-NAT address:
+    the client's connect event still names the Service, the name db-0 resolved and its
+    process."""
+    await publish_raw(env.nc, codec.RAW_DNS, subjects.raw_dns("node-2"), [{
+        "observer": "node-2", "time_ns": 1, "id": 5, "qname": "web.shop.svc.cluster.local",
+        "qtype": "A", "rcode": "NOERROR", "client": DB, "client_port": 5355, "server": DB_SVC,
+        "server_port": 53, "latency_ns": 1000, "answers": [
+            {"name": "web.shop.svc.cluster.local", "type": "A", "ttl": 60, "data": WEB_SVC}],
+    }])  # fmt: skip
+    await send(env, "node-2",
+               sockets=[raw_socket("node-2", "connect", DB, 44000, WEB_SVC, 80, 300, "curl", "c-db")])  # fmt: skip
+    await send(env, "node-1",
+               sockets=[raw_socket("node-1", "accept", WEB, 8080, DB, 44000, 100, "nginx", "c-web")],
+               flows=[raw_flow("node-1", WEB, DB, 8080, 44000, bytes=5000, packets=8,
+                               rbytes=1000, rpackets=10)])  # fmt: skip
+    await send(env, "node-2", flows=[raw_flow("node-2", DB, WEB, 44000, 8080, initiator=True,
+                                              nat_dst=WEB_SVC, nat_dport=80)])  # fmt: skip
+    await send(env, "node-2", flows=[raw_flow("node-2", DB, "203.0.113.2", 1, 1)])  # sentinel
+    await one(env, **{"destination.address": "203.0.113.2"})
+    (rec,) = [r for r in env.flows.records if r["source.port"] == 44000]
+    rec = records.validate_flow(rec)
+    assert rec["observer.node.name"] == "node-1" and rec["flow.direction"] == "forward"
+    assert subject_of(env, rec) == "flowscope.flows.data.shop"
+    assert (rec["source.address"], rec["source.k8s.pod.name"]) == (DB, "db-0")
+    assert (rec["source.process.pid"], rec["source.process.executable.name"]) == (300, "curl")
+    assert (rec["destination.address"], rec["destination.port"]) == (WEB, 8080)
+    assert (rec["destination.process.pid"], rec["destination.k8s.pod.name"]) == (100, "web-5d-x")
+    assert rec["destination.k8s.service.name"] == "web"
+    assert rec["destination.domain"] == "web.shop.svc.cluster.local"
+    assert (rec["flow.bytes.delta"], rec["flow.reverse.bytes.delta"]) == (1000, 5000)
+
+
 async def test_pod_to_external_with_dns_name(env: Env) -> None:
     await publish_raw(env.nc, codec.RAW_DNS, subjects.raw_dns("node-1"), [{
         "observer": "node-1", "time_ns": 1, "id": 3, "qname": "api.stripe.example", "qtype": "A",
@@ -240,8 +276,8 @@ async def test_pod_deleted_moments_before_its_last_flow(env: Env) -> None:
 
 
 async def test_identities_built_once_synced_before_any_flow(env: Env) -> None:
-    # Every address a pod (not hostNetwork), service or node holds: web, db, the db
-    # Service and the two nodes (the hostNetwork agent's address is node-1's).
+    # Every address a pod (not hostNetwork), service or node holds: web, db, the db and
+    # web Services and the two nodes (the hostNetwork agent's address is node-1's).
     registry = env.replica.rt.registry
 
     async def identities(n: int) -> None:
@@ -249,9 +285,9 @@ async def test_identities_built_once_synced_before_any_flow(env: Env) -> None:
         while registry.get_sample_value(gauge) != n:  # noqa: ASYNC110 - metric polling
             await asyncio.sleep(0.1)
 
-    await asyncio.wait_for(identities(5), 10)
-    env.fake.add("pods", cluster.pod("late", namespace="batch", ips=("10.1.0.99",), node="node-1"))
     await asyncio.wait_for(identities(6), 10)
+    env.fake.add("pods", cluster.pod("late", namespace="batch", ips=("10.1.0.99",), node="node-1"))
+    await asyncio.wait_for(identities(7), 10)
     assert not env.flows.records  # no flow asked for any of them
 
 

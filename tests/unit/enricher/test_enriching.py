@@ -301,6 +301,64 @@ def test_dnat_fields_name_the_dialled_service_and_its_domain() -> None:
     assert plain["destination.k8s.service.name"] == "aaa" and "destination.domain" not in plain
 
 
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("reported", ["client_first", "backend_first"])
+def test_a_service_dialled_across_nodes_is_named_when_the_backends_node_reports(
+    native: bool, reported: str
+) -> None:
+    """Client b (node-2) dials Service web, whose backend is pod a (node-1). The merge
+    keeps the backend node's report (a's end is the smaller), which has no ``nat_dst``:
+    the client's connect event, keyed by its local end, still names the Service, its
+    domain and the client's process, as the client node's report would have."""
+    vip = "10.96.0.30"
+    e = enricher(native=native)
+    inv = e.resolver
+    assert isinstance(inv, Inventory)
+    inv.upsert("services", objects.service_from_json(cluster.service("web", "shop", (vip,))))
+    for name in ("aaa", "web"):  # both select pod a; without the join "aaa" is reported
+        if name == "aaa":
+            svc = cluster.service("aaa", "shop", ("10.96.0.31",))
+            inv.upsert("services", objects.service_from_json(svc))
+        slice_ = cluster.endpointslice(f"{name}-x", name, (A,), namespace="shop")
+        inv.upsert("endpointslices", objects.endpointslice_from_json(slice_))
+    e.learn_dns([{"observer": "node-2", "time_ns": 1, "id": 1, "qname": "web.shop.svc.cluster.local",
+                  "qtype": "A", "rcode": "NOERROR", "client": B, "client_port": 3333,
+                  "server": "10.96.0.10", "server_port": 53,
+                  "answers": [{"name": "web.shop.svc.cluster.local", "type": "A", "ttl": 30,
+                               "data": vip}]}])  # fmt: skip
+    e.learn_sockets([sock("node-2", "connect", B, 40000, vip, 80, 21, "cb"),
+                     sock("node-1", "accept", A, 8080, B, 40000, 11, "ca")])  # fmt: skip
+    client_node = flow("node-2", B, A, 40000, 8080, initiator=True, nat_dst=vip, nat_dport=80)
+    backend_node = (
+        flow("node-1", B, A, 40000, 8080)
+        if reported == "client_first"
+        else flow("node-1", A, B, 8080, 40000, bytes=900, packets=3, rbytes=100, rpackets=2)
+    )
+    e.flows([flow("node-1", A, B, 1, 2), flow("node-2", B, A, 3, 4)])  # both nodes report
+    assert e.flows([client_node]).tally.dedup_dropped == 1  # the backend's node owns it
+    rec = only(e, [backend_node])
+    assert rec["flow.direction"] == "forward"
+    assert (rec["source.address"], rec["source.port"]) == (B, 40000)
+    assert (rec["destination.address"], rec["destination.port"]) == (A, 8080)
+    assert (rec["flow.bytes.delta"], rec["flow.reverse.bytes.delta"]) == (100, 900)
+    assert rec["source.process.pid"] == 21 and rec["source.container.id"] == "cb"
+    assert rec["destination.process.pid"] == 11 and rec["destination.k8s.pod.name"] == "a"
+    assert rec["destination.k8s.service.name"] == "web"
+    assert rec["destination.domain"] == "web.shop.svc.cluster.local"
+    assert rec["flow.community_id"] == community_id(6, B, A, 40000, 8080)
+    assert e.flow_lines([backend_node]).lines == {
+        s: [orjson.dumps(r) + b"\n" for r in rs]
+        for s, rs in e.flows([backend_node]).by_subject.items()
+    }
+    # another client port, or a socket that dialled the backend itself: no Service
+    plain = only(e, [flow("node-1", B, A, 40001, 8080)])
+    assert plain["destination.k8s.service.name"] == "aaa" and "destination.domain" not in plain
+    e.learn_sockets([sock("node-2", "connect", B, 40002, A, 8080, 22, "cb")])
+    direct = only(e, [flow("node-1", B, A, 40002, 8080)])
+    assert direct["source.process.pid"] == 22
+    assert direct["destination.k8s.service.name"] == "aaa"
+
+
 @pytest.mark.parametrize("sockets", [[], [sock("node-1", "connect", A, 1, B, 2, 7)]])
 @pytest.mark.parametrize(
     "change", [{"nat_dst": 5}, {"nat_dst": "not-an-ip"}, {"nat_dport": 70000}, {"nat_dport": "80"}]

@@ -213,6 +213,7 @@ def state(w: World) -> dict[str, Any]:
         "names": [(key, list(entry)) for key, entry in e.names._entries.items()],
         "sockets": list(e.sockets._sockets.items()),
         "locals": list(e.sockets._locals.items()),
+        "dialled": dict(e.sockets._dialled),
         "closing": list(e.sockets._closing),
         "observers": list(e.observers.seen.items()),
         "addresses": dict(e._addresses),
@@ -883,6 +884,31 @@ def test_nat_records_valid_and_not() -> None:
     ]
     out = twins.flows(batch)
     assert out.bad and out.tally.records_out
+    twins.flows(batch)
+
+
+def test_a_service_dialled_from_another_node_reported_by_the_backends_node() -> None:
+    """No ``nat_dst``, but the client's connect event names a Service address: the
+    compiled core leaves the record to the Python path, which joins it as DNAT'ed; a
+    socket that dialled a pod or an external address, or nothing, stays the core's."""
+    twins = Twins()
+    twins.sockets([sock(NODE_2, "connect", B, 40000, WEB, 80, 21, "cb"),
+                   sock(NODE_2, "connect", B, 40001, OUT4, 443, 22, "cb"),
+                   sock(NODE_1, "accept", A, 8080, B, 40000, 11, "ca")])  # fmt: skip
+    twins.dns([dns(B, "web.shop.svc", WEB, 60, NODE_2)])
+    twins.flows([flow(NODE_1, A, OUT4, 1, 2), flow(NODE_2, B, OUT4, 3, 4)])  # both report
+    batch = [
+        flow(NODE_2, B, A, 40000, 8080, nat_dst=WEB, nat_dport=80, initiator=True),
+        flow(NODE_1, B, A, 40000, 8080),
+        flow(NODE_1, A, B, 8080, 40000),
+        flow(NODE_1, B, A, 40001, 8080),  # dialled an external address: not a Service
+        flow(NODE_1, B, A, 40002, 8080),
+    ]
+    out = twins.flows(batch)
+    assert out.tally.dedup_dropped == 1 and out.tally.records_out == 4
+    joined = [orjson.loads(line) for line in next(iter(out.lines.values()))[:2]]
+    for rec in joined:
+        assert rec["source.process.pid"] == 21 and rec["destination.domain"] == "web.shop.svc"
     twins.flows(batch)
 
 

@@ -84,3 +84,30 @@ def test_a_close_with_no_remote_closes_the_local_entry() -> None:
     clock.now += 31
     assert table.expire() == 1
     assert table.find("n1", 6, "10.1.0.5", 53, "192.0.2.1", 5555) is None
+
+
+def test_a_connected_socket_names_what_it_dialled_while_its_entry_is_held() -> None:
+    """The local end's last connect answers ``dialled`` until that entry is evicted or
+    expires; accept and unconnected events never do; the index holds no more."""
+    clock = Clock()
+    table = SocketTable(3, 30, clock=clock)
+    table.learn(event("connect", dst="10.96.0.10"))
+    table.learn(event("accept", sport=8080))
+    table.learn(event("udp", sport=53, dst=""))
+    found = table.dialled("n1", 6, "10.1.0.5", 40000)
+    assert found is not None and found[:2] == ("10.96.0.10", 80) and found[2].pid == 7
+    assert table.dialling
+    assert table.dialled("n2", 6, "10.1.0.5", 40000) is None
+    assert table.dialled("n1", 6, "10.1.0.5", 8080) is None  # accepted, not dialled
+    assert table.dialled("n1", 6, "10.1.0.5", 53) is None
+    table.learn(event("connect", dst="10.96.0.11"))  # the same port dials elsewhere
+    assert table.dialled("n1", 6, "10.1.0.5", 40000)[:2] == ("10.96.0.11", 80)  # type: ignore[index]
+    table.learn(event("close", dst="10.96.0.11"))
+    clock.now += 31
+    assert table.expire() == 1
+    assert table.dialled("n1", 6, "10.1.0.5", 40000) is None and not table.dialling
+    for port in range(10, 20):  # evictions forget what the evicted entries dialled
+        table.learn(event("connect", sport=port, dst="10.96.0.12"))
+    assert len(table._dialled) <= 3
+    assert table.dialled("n1", 6, "10.1.0.5", 10) is None
+    assert table.dialled("n1", 6, "10.1.0.5", 19) is not None
