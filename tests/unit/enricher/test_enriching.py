@@ -54,6 +54,14 @@ def sock(observer: str, event: str, src: str, sport: int, dst: str, dport: int, 
             "comm": f"p{pid}", "container_id": cid}  # fmt: skip
 
 
+def answered(observer: str, client: str, qname: str, address: str) -> dict:
+    """A raw DNS exchange: ``client`` asked ``qname`` (A) and got ``address``."""
+    return {"observer": observer, "time_ns": 1, "id": 1, "qname": qname, "qtype": "A",
+            "rcode": "NOERROR", "client": client, "client_port": 3333, "server": "10.96.0.10",
+            "server_port": 53, "answers": [{"name": qname, "type": "A", "ttl": 30,
+                                            "data": address}]}  # fmt: skip
+
+
 def only(e: Enricher, raw: list[dict]) -> dict[str, Any]:
     out = e.flows(raw)
     assert not out.bad
@@ -104,11 +112,7 @@ def test_host_network_pod_refined_by_container_id() -> None:
 
 def test_dns_name_joined_per_client_and_subject_tokens() -> None:
     e = enricher()
-    e.learn_dns([{"observer": "node-1", "time_ns": 1, "id": 1, "qname": "api.example.com",
-                  "qtype": "A", "rcode": "NOERROR", "client": A, "client_port": 3333,
-                  "server": "10.96.0.10", "server_port": 53,
-                  "answers": [{"name": "api.example.com", "type": "A", "ttl": 30,
-                               "data": "203.0.113.5"}]}])  # fmt: skip
+    e.learn_dns([answered("node-1", A, "api.example.com", "203.0.113.5")])
     out = e.flows([flow("node-1", A, "203.0.113.5", 40000, 443, initiator=True)])
     assert list(out.by_subject) == ["flowscope.flows.shop._external"]
     assert (
@@ -280,11 +284,7 @@ def test_dnat_fields_name_the_dialled_service_and_its_domain() -> None:
     for name in ("db", "aaa"):  # both select pod b; without NAT the first name is reported
         slice_ = cluster.endpointslice(f"{name}-x", name, (B,), namespace="data")
         inv.upsert("endpointslices", objects.endpointslice_from_json(slice_))
-    e.learn_dns([{"observer": "node-1", "time_ns": 1, "id": 1, "qname": "db.data.svc.cluster.local",
-                  "qtype": "A", "rcode": "NOERROR", "client": A, "client_port": 3333,
-                  "server": "10.96.0.10", "server_port": 53,
-                  "answers": [{"name": "db.data.svc.cluster.local", "type": "A", "ttl": 30,
-                               "data": vip}]}])  # fmt: skip
+    e.learn_dns([answered("node-1", A, "db.data.svc.cluster.local", vip)])
     e.learn_sockets([sock("node-1", "connect", A, 40000, vip, 80, 11, "ca")])
     raw = flow("node-1", A, B, 40000, 8080, initiator=True, nat_dst=vip, nat_dport=80)
     rec = only(e, [raw])
@@ -314,18 +314,12 @@ def test_a_service_dialled_across_nodes_is_named_when_the_backends_node_reports(
     e = enricher(native=native)
     inv = e.resolver
     assert isinstance(inv, Inventory)
-    inv.upsert("services", objects.service_from_json(cluster.service("web", "shop", (vip,))))
-    for name in ("aaa", "web"):  # both select pod a; without the join "aaa" is reported
-        if name == "aaa":
-            svc = cluster.service("aaa", "shop", ("10.96.0.31",))
-            inv.upsert("services", objects.service_from_json(svc))
+    for name, address in (("web", vip), ("aaa", "10.96.0.31")):
+        inv.upsert("services", objects.service_from_json(cluster.service(name, "shop", (address,))))
         slice_ = cluster.endpointslice(f"{name}-x", name, (A,), namespace="shop")
         inv.upsert("endpointslices", objects.endpointslice_from_json(slice_))
-    e.learn_dns([{"observer": "node-2", "time_ns": 1, "id": 1, "qname": "web.shop.svc.cluster.local",
-                  "qtype": "A", "rcode": "NOERROR", "client": B, "client_port": 3333,
-                  "server": "10.96.0.10", "server_port": 53,
-                  "answers": [{"name": "web.shop.svc.cluster.local", "type": "A", "ttl": 30,
-                               "data": vip}]}])  # fmt: skip
+    # both select pod a: without the join, "aaa" (the first by name) is reported
+    e.learn_dns([answered("node-2", B, "web.shop.svc.cluster.local", vip)])
     e.learn_sockets([sock("node-2", "connect", B, 40000, vip, 80, 21, "cb"),
                      sock("node-1", "accept", A, 8080, B, 40000, 11, "ca")])  # fmt: skip
     client_node = flow("node-2", B, A, 40000, 8080, initiator=True, nat_dst=vip, nat_dport=80)
