@@ -58,6 +58,16 @@ int flowscope_ingress(struct __sk_buff *skb)
 """
 
 
+def two_maps(bpf: object) -> bool:
+    """Whether a program has flows.c's two flow maps (``in`` on a bcc object only sees
+    the tables already asked for)."""
+    try:
+        bpf[b"flows_a"]  # type: ignore[index]
+    except KeyError:
+        return False
+    return True
+
+
 def load(name: str, source: Path | None) -> tuple[str, object, int]:
     """(label, bcc object, ingress program fd) of a variant file, or of FLOOR."""
     from bcc import BPF
@@ -67,7 +77,7 @@ def load(name: str, source: Path | None) -> tuple[str, object, int]:
         bpf = BPF(text=FLOOR, cflags=cflags)
     else:
         bpf = BPF(src_file=str(source).encode(), cflags=cflags)
-        if b"flows_a" in bpf:  # flows.c's maps behind its outer array, as the collector
+        if two_maps(bpf):  # flows.c's maps behind its outer array, as the collector
             outer, fd = bpf[b"flows"], bpf[b"flows_a"].map_fd  # sets them up (loading.py)
             for slot, inner in ((1, fd), (2, bpf[b"flows_b"].map_fd), (0, fd)):
                 outer[ctypes.c_int(slot)] = ctypes.c_int(inner)
@@ -132,7 +142,7 @@ def measure(
                 attacher.ipr.tc("del-filter", "bpf", index, 1, parent=PARENT_INGRESS,
                                 prio=prio, protocol=ETH_P_ALL)  # fmt: skip
         for _, bpf, _ in programs:
-            for table in (b"flows_a", b"flows_b") if b"flows_a" in bpf else (b"flows",):  # type: ignore[operator]
+            for table in (b"flows_a", b"flows_b") if two_maps(bpf) else (b"flows",):
                 bpf[table].clear()  # type: ignore[index]
         stats.write_text("0")
         for proto in (17, 6):
