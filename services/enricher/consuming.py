@@ -5,8 +5,8 @@ one durable pull consumer per kind on ``FLOWSCOPE_RAW``, the same durable name i
 replica, explicit acks sent only after the enriched output was published to JetStream
 and acknowledged. A replica that dies leaves its unacked messages to be redelivered to
 another after ``ack_wait``; the enriched messages carry a ``Nats-Msg-Id`` derived from
-the raw message's stream sequence, so a batch published just before the crash is not
-stored twice (JetStream's duplicate window).
+the raw message's stream sequence and stored time, so a batch published just before the
+crash is not stored twice (JetStream's duplicate window).
 
 *State* — socket events and DNS answers — is needed by every replica to join any flow,
 so each replica reads all of it through its own ordered consumer, starting
@@ -141,7 +141,7 @@ class Pipeline:
         Either way bounded by ``PUBLISH_TIMEOUT``.
 
         Stored once. A message's ``Nats-Msg-Id`` is the raw message's stream sequence
-        (:func:`msg_id_prefix`), its subject and its chunk number, so a raw batch
+        and stored time (:func:`msg_id_prefix`), its subject and its chunk number, so a raw batch
         enriched again (redelivered after ``ack_wait``: its replica died, or its acks
         were lost) into the same messages is stored once. But which subject a record
         goes to can depend on a replica's join state (a socket event one replica has
@@ -154,21 +154,21 @@ class Pipeline:
         it is, an earlier attempt stored the whole output, whatever it held; if not, the
         refused messages go one by one, JetStream dropping those stored already.
         """
-        seq = msg.metadata.sequence.stream
+        raw_id = raw_message_id(msg.metadata)
         try:
-            if msg.metadata.num_delivered > 1 and await self._marked(schema, output, seq):
+            if msg.metadata.num_delivered > 1 and await self._marked(schema, output, raw_id):
                 return True
             if self.atomic_after <= time.monotonic():
-                refused = await self._publish_framed(schema, output, seq)
+                refused = await self._publish_framed(schema, output, raw_id)
                 if refused is True:
                     return True
-                messages = self._messages(schema, output, seq)
+                messages = self._messages(schema, output, raw_id)
                 if isinstance(refused, PublishError):
                     messages = await self._refused(refused, messages, messages)
                 else:
                     messages = await self._publish_atomic(messages)
             else:
-                messages = self._messages(schema, output, seq)
+                messages = self._messages(schema, output, raw_id)
             await self._publish_each(messages)
         except Exception as e:  # timeouts, no stream, stream errors: retry the batch
             if isinstance(e, PublishError) and e.unexpected:
@@ -182,7 +182,7 @@ class Pipeline:
         return True
 
     async def _publish_framed(
-        self, schema: codec.Schema, output: Output, seq: int
+        self, schema: codec.Schema, output: Output, raw_id: str
     ) -> PublishError | bool | None:
         """The usual raw batch in one piece: its flow lines framed by the compiled core as
         one atomic batch of :meth:`_messages`'s messages. True when stored; the stream's
@@ -193,7 +193,7 @@ class Pipeline:
             return None
         lines = output.lines if output.rendered is None else output.rendered
         future = await self.publisher.publish_lines_atomic(
-            lines, schema.header, msg_id_prefix(schema, seq), DONE if self.markers else None,
+            lines, schema.header, msg_id_prefix(schema, raw_id), DONE if self.markers else None,
             self.max_bytes,
         )  # fmt: skip
         if future is None:
@@ -206,7 +206,7 @@ class Pipeline:
             return e
         return True
 
-    def _messages(self, schema: codec.Schema, output: Output, seq: int) -> list[Message]:
+    def _messages(self, schema: codec.Schema, output: Output, raw_id: str) -> list[Message]:
         """The enriched messages of one raw batch, each with its ``Nats-Msg-Id`` (the last
         one the raw batch's marker, see :meth:`_publish`).
 
@@ -215,7 +215,7 @@ class Pipeline:
         through a generator and a ``Batch`` per subject (~1 µs, ~320 times per batch).
         """
         messages: list[Message] = []
-        msg_id = msg_id_prefix(schema, seq)
+        msg_id = msg_id_prefix(schema, raw_id)
         output.oversize = 0
         records = [(subject, codec.encode_lines(r)) for subject, r in output.by_subject.items()]
         for subject, lines in [*records, *output.lines.items()]:
@@ -296,12 +296,14 @@ class Pipeline:
             self.bad_log.warning("atomic", "stream refuses atomic batches", error=str(refusal))
         elif refusal.code == ATOMIC_DUPLICATE and self.markers:
             subject, _, headers = output[-1]
-            stored = self.publisher.stored(subject, headers[MSG_ID_HEADER])
+            stored = self.publisher.stored(
+                subject, headers[MSG_ID_HEADER], headers[codec.SCHEMA_HEADER]
+            )
             if await asyncio.wait_for(stored, PUBLISH_TIMEOUT):
                 return []
         return group
 
-    async def _marked(self, schema: codec.Schema, output: Output, seq: int) -> bool:
+    async def _marked(self, schema: codec.Schema, output: Output, raw_id: str) -> bool:
         """Whether the raw batch's marker is stored (see :meth:`_publish`): then an
         earlier attempt stored its whole output."""
         if not self.markers:
@@ -312,7 +314,7 @@ class Pipeline:
             subject = next(iter([*output.by_subject, *output.lines]), None)
         if subject is None:
             return False
-        stored = self.publisher.stored(subject, msg_id_prefix(schema, seq) + DONE)
+        stored = self.publisher.stored(subject, msg_id_prefix(schema, raw_id) + DONE, schema.header)
         return await asyncio.wait_for(stored, PUBLISH_TIMEOUT)
 
     async def _publish_each(self, messages: list[Message]) -> None:
@@ -388,11 +390,24 @@ class Pipeline:
             self.enricher.learn_dns(records)
 
 
-def msg_id_prefix(schema: codec.Schema, seq: int) -> str:
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def raw_message_id(metadata: Msg.Metadata) -> str:
+    """A raw message's own name: its stream sequence and the time it was stored (µs),
+    the same on every delivery. The sequence alone restarts at 1 when the raw stream is
+    deleted and made again, and a new batch would then take the ids of one stored in the
+    enriched stream's duplicate window: refused as a duplicate, its marker found,
+    nothing published — its records lost."""
+    micros = (metadata.timestamp - EPOCH) // datetime.timedelta(microseconds=1)
+    return f"{metadata.sequence.stream}@{micros}"
+
+
+def msg_id_prefix(schema: codec.Schema, raw_id: str) -> str:
     """What every ``Nats-Msg-Id`` of a raw message's output starts with (subject and
-    chunk number follow): the raw message's stream sequence, so that a redelivered raw
-    message's output is the same ids and JetStream stores it once."""
-    return f"enricher:{schema.name}:{seq}:"
+    chunk number follow): the raw message's :func:`raw_message_id`, so that a
+    redelivered raw message's output is the same ids and JetStream stores it once."""
+    return f"enricher:{schema.name}:{raw_id}:"
 
 
 async def _settle(reply: Awaitable[None], what: str, pipeline: Pipeline) -> None:

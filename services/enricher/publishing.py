@@ -134,7 +134,7 @@ class AckedPublisher:
         await self._nc.publish(subject, body, reply=reply, headers=headers)
         return future
 
-    async def stored(self, subject: str, msg_id: str) -> bool:
+    async def stored(self, subject: str, msg_id: str, schema: str) -> bool:
         """Whether the stream capturing ``subject`` holds a message ``msg_id`` (within its
         duplicate window), asked without storing anything.
 
@@ -145,8 +145,16 @@ class AckedPublisher:
         when it is not (tests/integration/enricher/test_publishing.py pins this against
         nats-server). Any other answer raises :class:`PublishError` — one that stored the
         empty message with ``unexpected`` set, for the caller to stop asking.
+
+        Core NATS subscribers of ``subject`` receive the question all the same (the
+        stream refusing it does not stop its delivery): it carries ``schema`` (the
+        ``Flowscope-Schema`` value of what is published there) and a count of 0, so that
+        it decodes as a batch of no records.
         """
-        headers = {MSG_ID_HEADER: msg_id, EXPECTED_LAST_MSG_ID: NO_SUCH_ID}
+        headers = {
+            MSG_ID_HEADER: msg_id, EXPECTED_LAST_MSG_ID: NO_SUCH_ID,
+            SCHEMA_HEADER: schema, COUNT_HEADER: "0",
+        }  # fmt: skip
         try:
             answer = await (await self.publish(subject, b"", headers))
         except PublishError as e:

@@ -15,7 +15,7 @@ import pytest
 from flowscope.core import codec, messaging, subjects
 from flowscope.core.messaging import NatsSettings
 from flowscope.enricher import _flowcore
-from flowscope.enricher.consuming import Pipeline
+from flowscope.enricher.consuming import Pipeline, raw_message_id
 from flowscope.enricher.enriching import Enricher, Observers, Output
 from flowscope.enricher.local import LocalResolver
 from flowscope.enricher.metrics import Metrics
@@ -100,13 +100,18 @@ async def test_atomic_batches_store_all_or_nothing(clean_nc: NATS) -> None:
         await js.delete_stream("ENRICHER_PLAIN_TEST")
 
 
-def _raw_message(nc: NATS, sequence: int, delivered: int = 1) -> Msg:
+def _raw_message(nc: NATS, sequence: int, delivered: int = 1, stored_ns: int = 1700000000) -> Msg:
     """A work message as a pull consumer delivers it (its reply subject carries the
-    raw stream sequence the output's message ids are derived from, and how many times
-    it was delivered)."""
+    raw stream sequence and stored time the output's message ids are derived from, and
+    how many times it was delivered)."""
     reply = (f"$JS.ACK.{subjects.STREAM_RAW}.enricher-flows.{delivered}.{sequence}.{sequence}"
-             ".1700000000.0")  # fmt: skip
+             f".{stored_ns}.0")  # fmt: skip
     return Msg(_client=nc, subject=subjects.raw_flows("n1"), reply=reply, data=b"")
+
+
+def _raw_id(sequence: int) -> str:
+    """The raw message id of ``_raw_message(nc, sequence)``."""
+    return raw_message_id(_raw_message(NATS(), sequence).metadata)
 
 
 async def _pipeline(nc: NATS, atomic: bool) -> Pipeline:
@@ -138,9 +143,9 @@ async def test_pipeline_publishes_a_redelivered_batch_exactly_once() -> None:
             subjects.flows(f"ns{i}", "_external"): [{"flow.n": i, "pad": "x" * 500}] * (i + 1)
             for i in range(12)
         })  # fmt: skip
-        expected = len(pipeline._messages(codec.FLOW, output, 5))
+        expected = len(pipeline._messages(codec.FLOW, output, _raw_id(5)))
         # an earlier attempt stored a few of the messages one by one, then crashed
-        for subject, body, headers in pipeline._messages(codec.FLOW, output, 5)[:3]:
+        for subject, body, headers in pipeline._messages(codec.FLOW, output, _raw_id(5))[:3]:
             await (await pipeline.publisher.publish(subject, body, headers))
         for _ in range(2):  # redelivered, then redelivered again after everything is stored
             assert await pipeline._publish(codec.FLOW, output, _raw_message(nc, 5))
@@ -204,14 +209,14 @@ async def test_a_batch_enriched_otherwise_after_a_crash_is_stored_once(
         pipeline = await _pipeline(nc, atomic)
         assert await pipeline._publish(codec.FLOW, _oriented(shape, True), _raw_message(nc, 9))
         first = await _stored(js)
-        assert len(first) == 4 and first[-1][1] == "enricher:flow:9:done"
+        assert len(first) == 4 and first[-1][1] == f"enricher:flow:{_raw_id(9)}:done"
         again = _raw_message(nc, 9, delivered)
         assert await pipeline._publish(codec.FLOW, _oriented(shape, False), again)
         assert await _stored(js) == first  # nothing more: not data.shop next to shop.data
         # another raw batch's output is stored in full, its marker last
         assert await pipeline._publish(codec.FLOW, _oriented(shape, False), _raw_message(nc, 10))
         stored = await _stored(js)
-        assert len(stored) == 8 and stored[-1][1] == "enricher:flow:10:done"
+        assert len(stored) == 8 and stored[-1][1] == f"enricher:flow:{_raw_id(10)}:done"
         assert subjects.flows("data", "shop") in {subject for subject, _ in stored[4:]}
         await pipeline.publisher.close()
     finally:
@@ -223,12 +228,22 @@ async def test_whether_a_marker_is_stored_is_asked_without_storing(clean_nc: NAT
     """``AckedPublisher.stored``: true for an id stored (one by one or in an atomic
     batch), false for one not stored, and the stream holds nothing more for asking —
     the order of nats-server's checks (duplicate id before ``Nats-Expected-Last-Msg-Id``)
-    the pipeline's exactly-once relies on."""
+    the pipeline's exactly-once relies on. A core subscriber of the subject asked on
+    receives each question as a batch of no records of the schema given."""
     js = clean_nc.jetstream()
     stream, prefix = "ASKED", "enricher-asked"
     await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.>"], allow_atomic=True))
     publisher = AckedPublisher(clean_nc)
     await publisher.start()
+    questions: list[list] = []
+
+    async def heard(msg: Msg) -> None:
+        try:
+            questions.append(codec.decode(codec.FLOW, msg.headers, msg.data))
+        except codec.CodecError as e:
+            questions.append([str(e)])
+
+    sub = await clean_nc.subscribe(f"{prefix}.z", cb=heard)
     try:
         await (await publisher.publish(f"{prefix}.a", b"1\n", {"Nats-Msg-Id": "one"}))
         await (await publisher.publish_atomic(
@@ -236,12 +251,43 @@ async def test_whether_a_marker_is_stored_is_asked_without_storing(clean_nc: NAT
              (f"{prefix}.c", b"3\n", {"Nats-Msg-Id": "three"})]
         ))  # fmt: skip
         for msg_id, stored in [("one", True), ("three", True), ("two", True), ("four", False)]:
-            assert await publisher.stored(f"{prefix}.z", msg_id) is stored
-        assert await publisher.stored(f"{prefix}.z", "four") is False  # still not
+            assert await publisher.stored(f"{prefix}.z", msg_id, codec.FLOW.header) is stored
+        assert await publisher.stored(f"{prefix}.z", "four", codec.FLOW.header) is False
         assert (await js.stream_info(stream)).state.messages == 3
+        await clean_nc.flush()
+        for _ in range(500):  # delivered before their answers; bounded all the same
+            if len(questions) == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert questions == [[]] * 5
     finally:
+        await sub.unsubscribe()
         await publisher.close()
         await js.delete_stream(stream)
+
+
+async def test_a_raw_stream_made_again_does_not_take_a_stored_batchs_ids() -> None:
+    """The raw stream deleted and made again: its sequences restart at 1 while the
+    enriched stream still remembers the ids of what it stored (its duplicate window). A
+    new raw batch with an old one's sequence has another stored time: its output is
+    stored, not refused as a duplicate (nor skipped for the old one's marker)."""
+    server = nats_server.start()
+    nc = await nats.connect(server.url)
+    try:
+        js = nc.jetstream()
+        pipeline = await _pipeline(nc, atomic=True)
+        assert await pipeline._publish(codec.FLOW, _oriented("records", True), _raw_message(nc, 1))
+        assert len(await _stored(js)) == 4
+        made_again = _raw_message(nc, 1, stored_ns=1800000000000)
+        assert await pipeline._publish(codec.FLOW, _oriented("records", True), made_again)
+        assert len(await _stored(js)) == 8
+        redelivered = _raw_message(nc, 1, delivered=2, stored_ns=1800000000000)
+        assert await pipeline._publish(codec.FLOW, _oriented("records", True), redelivered)
+        assert len(await _stored(js)) == 8
+        await pipeline.publisher.close()
+    finally:
+        await nc.close()
+        server.close()
 
 
 async def test_a_stream_that_stores_the_question_turns_the_marker_off() -> None:
@@ -261,7 +307,7 @@ async def test_a_stream_that_stores_the_question_turns_the_marker_off() -> None:
         assert await pipeline._publish(codec.FLOW, _oriented("records", True),
                                        _raw_message(nc, 3, delivered=3))  # fmt: skip
         ids = [msg_id for _, msg_id in await _stored(js)]
-        assert ids[2:] == [f"enricher:flow:3:{subject}:0" for subject in
+        assert ids[2:] == [f"enricher:flow:{_raw_id(3)}:{subject}:0" for subject in
                            _oriented("records", True).by_subject]  # fmt: skip
         await pipeline.publisher.close()
     finally:
