@@ -443,15 +443,24 @@ async def work_subscription(
 async def state_feed(
     js: JetStreamContext, pipeline: Pipeline, lookback: float
 ) -> tuple[list[Any], asyncio.Event]:
-    """This replica's ordered consumers of socket and DNS events; event set when caught up."""
+    """This replica's ordered consumers of socket and DNS events; event set when caught up.
+
+    Caught up means every feed has handed over its last pending message (or had none
+    when it was subscribed). Both feeds count as behind until then — also the second
+    while the first, subscribed and replaying already, reaches its end — and a feed
+    whose last message came before its subscription's ``num_pending`` was read is not
+    put behind again by that older figure."""
     start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=lookback)
     caught_up = asyncio.Event()
-    remaining: dict[str, bool] = {}
+    feeds = (f"{subjects.RAW_SOCKETS}.>", f"{subjects.RAW_DNS}.>")
+    remaining = dict.fromkeys(feeds, True)
+    ended: set[str] = set()
 
     def callback_for(subject: str) -> Callable[[Msg], Awaitable[None]]:
         async def on_message(msg: Msg) -> None:
             pipeline.learn(msg)
             if msg.metadata.num_pending == 0:
+                ended.add(subject)
                 remaining[subject] = False
                 if not any(remaining.values()):
                     caught_up.set()
@@ -459,7 +468,7 @@ async def state_feed(
         return on_message
 
     subs = []
-    for subject in (f"{subjects.RAW_SOCKETS}.>", f"{subjects.RAW_DNS}.>"):
+    for subject in feeds:
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=start,  # type: ignore[arg-type]
@@ -469,7 +478,7 @@ async def state_feed(
             ordered_consumer=True, config=config,
         )  # fmt: skip
         info = await sub.consumer_info()
-        remaining[subject] = (info.num_pending or 0) > 0
+        remaining[subject] = subject not in ended and (info.num_pending or 0) > 0
         subs.append(sub)
     if not any(remaining.values()):
         caught_up.set()

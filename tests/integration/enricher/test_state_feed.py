@@ -1,0 +1,57 @@
+"""The state feeds' replay: a replica starts its work only once every socket and DNS
+event in ``state_lookback`` is learned (real nats-server, the real pipeline)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flowscope.core import codec, messaging, subjects
+from flowscope.core.messaging import NatsSettings
+from flowscope.enricher import consuming
+from flowscope.enricher.consuming import Pipeline
+from flowscope.enricher.enriching import Enricher, Observers
+from flowscope.enricher.local import LocalResolver
+from flowscope.enricher.metrics import Metrics
+from flowscope.enricher.names import NameCache
+from flowscope.enricher.processes import SocketTable
+from nats.aio.client import Client as NATS
+from prometheus_client import CollectorRegistry
+
+from tests.integration.enricher.conftest import publish_raw, raw_socket
+
+BATCHES, PER_BATCH = 300, 20
+
+
+def answer(n: int) -> dict:
+    """A raw DNS exchange: client 10.9.0.1 asked ``name-<n>.example`` and got its own
+    address for it."""
+    name = f"name-{n}.example"
+    return {"observer": "n1", "time_ns": 1, "id": n % 65536, "qname": name, "qtype": "A",
+            "rcode": "NOERROR", "client": "10.9.0.1", "client_port": 5353,
+            "server": "10.96.0.10", "server_port": 53,
+            "answers": [{"name": name, "type": "A", "ttl": 300,
+                         "data": f"10.10.{n // 250}.{n % 250}"}]}  # fmt: skip
+
+
+async def test_caught_up_only_once_both_feeds_are_replayed(clean_nc: NATS) -> None:
+    """One socket event and many DNS answers stored before the replica starts: the
+    socket feed, subscribed first, reaches its end long before the DNS feed is
+    replayed; caught up must wait for both."""
+    js = clean_nc.jetstream()
+    await messaging.ensure_streams(js, NatsSettings(url=clean_nc.connected_url.geturl()))
+    await publish_raw(clean_nc, codec.RAW_SOCKET, subjects.raw_sockets("n1"),
+                      [raw_socket("n1", "connect", "10.9.0.1", 4000, "10.9.0.2", 80, 7, "app")])  # fmt: skip
+    for b in range(BATCHES):
+        batch = [answer(b * PER_BATCH + i) for i in range(PER_BATCH)]
+        await publish_raw(clean_nc, codec.RAW_DNS, subjects.raw_dns("n1"), batch)
+    enricher = Enricher(LocalResolver(frozenset()), SocketTable(100, 30),
+                        NameCache(60, 3600, 100_000), Observers(300))  # fmt: skip
+    pipeline = Pipeline(clean_nc, enricher, Metrics.create(CollectorRegistry()))
+    subs, caught_up = await consuming.state_feed(js, pipeline, 300)
+    try:
+        await asyncio.wait_for(caught_up.wait(), 30)
+        assert len(enricher.names) == BATCHES * PER_BATCH
+        assert len(enricher.sockets) == 1
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
