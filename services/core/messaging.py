@@ -304,8 +304,13 @@ async def dead_letter(
     copies that several consumers make of one bad message (each exporter sink has its
     own consumer) are stored once, the DLQ stream dropping the others over its whole
     retention. Returns whether this copy was stored (False: a duplicate, dropped).
+
+    The original's ``Nats-*`` headers are dropped: they describe how it was published
+    (``Nats-Msg-Id``, ``Nats-Batch-Id`` of an atomic batch, expected-last checks) and
+    would make the server treat this copy as part of that publish (a broken batch,
+    a duplicate) instead of storing it.
     """
-    out = dict(headers or {})
+    out = {k: v for k, v in (headers or {}).items() if not k.lower().startswith("nats-")}
     out[subjects.DLQ_REASON_HEADER] = reason[:1024]
     out[subjects.DLQ_SUBJECT_HEADER] = subject
     if not msg_id:

@@ -13,7 +13,8 @@ behind our back (they would be exported twice).
 
 A sink that raises (a bug) or a dead-letter stream that cannot store a refused record
 never makes the lane go round in a loop: the batch is retried after the lane's
-backoff (``batch.retry_initial`` doubling up to ``batch.retry_max``).
+backoff (``batch.retry_initial`` doubling up to ``batch.retry_max``). So is subscribing,
+at start and whenever a consumer is gone (deleted, or its stream created again).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import nats.errors
+import nats.js.errors
 from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError, RecordError
 from flowscope.core.logs import RateLimitedLog
@@ -68,10 +70,13 @@ SOURCES = (
 
 
 def stream_position(msg: Msg) -> str:
-    """Where a JetStream message is stored (``FLOWSCOPE_FLOWS:1234``): the same for
-    every consumer that receives it, so it names the DLQ copy of a bad message."""
+    """Which stored message this is (``FLOWSCOPE_FLOWS:1234:<stored at, µs>``): the same
+    for every consumer that receives it and every redelivery, so it names the DLQ copy
+    of a bad message. The time tells apart the messages of a stream deleted and created
+    again, whose sequences restart at 1."""
     metadata = msg.metadata
-    return f"{metadata.stream}:{metadata.sequence.stream}"
+    stored_us = round(metadata.timestamp.timestamp() * 1_000_000)
+    return f"{metadata.stream}:{metadata.sequence.stream}:{stored_us}"
 
 
 def durable_name(sink: str) -> str:
@@ -136,6 +141,8 @@ class SinkLane:
         self._dlq_backoff = Backoff(batch.retry_initial, batch.retry_max)
         self._crash_logged = -CRASH_LOG_INTERVAL  # when the last traceback was logged
         self._crashes_unlogged = 0
+        # Each consumer's ack_wait as the server has it: keep-alives are timed from it.
+        self._ack_wait = dict.fromkeys(Kind, batch.ack_wait)
         # Writes whole NDJSON bodies, validated, as they came (the stdout sink)
         self._export_lines: Callable[[Kind, list[bytes], int], Awaitable[ExportResult]] | None
         self._export_lines = getattr(sink, "export_lines", None)
@@ -185,17 +192,26 @@ class SinkLane:
         return self._stopping.is_set() or self._closed.is_set()
 
     async def _consume(self, source: Source) -> None:
-        sub = await self._subscribe(source)
-        watcher = asyncio.create_task(self._watch_lag(sub, source))
+        sub = await self._subscribe_retrying(source)
+        if sub is None:
+            return
+        watcher = asyncio.create_task(self._watch_lag(source))
         batch = self._batch_of()
         try:
             while not self._done():
                 timeout = self._batch.max_delay
                 if batch.spans:
                     timeout = max(0.01, batch.opened + self._batch.max_delay - time.monotonic())
+                msgs = await self._fetch(sub, min(timeout, 1.0), source)
+                if msgs is None:  # the consumer is gone
+                    renewed = await self._resubscribe(source, sub)
+                    if renewed is None:  # stopped meanwhile
+                        break
+                    sub = renewed
+                    continue
                 # Fetched messages not yet in a batch are kept alive while a full
                 # batch waits for a slot: they were delivered too.
-                fetched = deque(await self._fetch(sub, min(timeout, 1.0), source))
+                fetched = deque(msgs)
                 while fetched:
                     await self._take(source, fetched.popleft(), batch)
                     if len(batch.records) >= self._batch.max_records:  # full
@@ -216,53 +232,109 @@ class SinkLane:
         """A new, empty batch (collecting message bodies for a sink that takes them)."""
         return Batch(bodies=[] if self._export_lines is not None else None)
 
+    async def _resubscribe(
+        self, source: Source, gone: JetStreamContext.PullSubscription
+    ) -> JetStreamContext.PullSubscription | None:
+        """Subscribe again (creating the consumer anew) after ``gone``'s consumer went."""
+        with contextlib.suppress(Exception):
+            await gone.unsubscribe()
+        self._metrics.resubscribed.labels(self.sink.name).inc()
+        return await self._subscribe_retrying(source)
+
+    async def _subscribe_retrying(self, source: Source) -> JetStreamContext.PullSubscription | None:
+        """Subscribe, retrying with the lane's backoff (logged) while the stream or
+        JetStream is away; None if stopped first."""
+        backoff = Backoff(self._batch.retry_initial, self._batch.retry_max)
+        while not self._done():
+            try:
+                return await self._subscribe(source)
+            except Exception as e:  # no stream (yet), JetStream away: try again
+                delay = backoff.next_delay()
+                where = {"sink": self.sink.name, "stream": source.stream}
+                log.warning(
+                    "cannot subscribe; retrying", extra={**where, "error": str(e), "delay": delay}
+                )
+                await _first(asyncio.sleep(delay), self._stopping.wait(), self._closed.wait())
+        return None
+
     async def _subscribe(self, source: Source) -> JetStreamContext.PullSubscription:
+        """Create the durable consumer, or bring an existing one's ``ack_wait`` and
+        ``max_ack_pending`` to the settings (JetStream lets both change), and pull from it.
+        Keep-alives are timed from the ``ack_wait`` the server then reports."""
+        name = durable_name(self.sink.name)
         config = ConsumerConfig(
-            durable_name=durable_name(self.sink.name),
+            name=name,
+            durable_name=name,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._batch.ack_wait,
             max_ack_pending=self._batch.max_in_flight * self._batch.max_records + FETCH_MESSAGES,
             filter_subject=source.subject,
         )
-        return await self._js.pull_subscribe(
-            source.subject,
-            durable=durable_name(self.sink.name),
-            stream=source.stream,
-            config=config,
+        try:
+            await self._js.add_consumer(source.stream, config)  # creates or updates
+        except nats.js.errors.BadRequestError as e:  # a change the server refuses
+            log.warning(
+                "consumer settings not applied; keeping the consumer's",
+                extra={"sink": self.sink.name, "stream": source.stream, "error": str(e)},
+            )
+        sub = await self._js.pull_subscribe(
+            source.subject, durable=name, stream=source.stream, config=config
         )
+        info = await sub.consumer_info()
+        self._ack_wait[source.kind] = info.config.ack_wait or self._batch.ack_wait
+        return sub
 
     async def _fetch(
         self, sub: JetStreamContext.PullSubscription, wait: float, source: Source
-    ) -> list[Msg]:
+    ) -> list[Msg] | None:
+        """Up to FETCH_MESSAGES messages; None if the consumer is gone."""
         try:
             msgs = await sub.fetch(FETCH_MESSAGES, timeout=wait)
         except (nats.errors.TimeoutError, TimeoutError):
             return []
-        except nats.errors.Error as e:  # disconnected: nats-py reconnects; try again shortly
+        except nats.errors.Error as e:
+            # A deleted consumer answers like a brief disconnection (no responders):
+            # ask the server which it is once the connection is up.
+            if self._nc.is_connected and await self._consumer_gone(source):
+                log.warning(
+                    "consumer gone; subscribing again",
+                    extra={"sink": self.sink.name, "stream": source.stream, "error": str(e)},
+                )
+                return None
+            # disconnected: nats-py reconnects; try again shortly
             self._bad.warning("fetch", "fetch failed", sink=self.sink.name, error=str(e))
             await asyncio.sleep(min(wait, 0.5))
             return []
         return msgs
 
-    async def _watch_lag(self, sub: JetStreamContext.PullSubscription, source: Source) -> None:
+    async def _consumer_gone(self, source: Source) -> bool:
+        """Whether the server says this sink's consumer (or its stream) does not exist."""
+        try:
+            await self._js.consumer_info(source.stream, durable_name(self.sink.name))
+        except nats.js.errors.NotFoundError:
+            return True
+        except Exception:  # cannot tell (NATS away): treat as a disconnection
+            return False
+        return False
+
+    async def _watch_lag(self, source: Source) -> None:
         """Publish the consumer's lag: messages not yet delivered plus delivered but not
         yet acked — everything this sink has not confirmed. Asked of the server, so it
         keeps growing while the sink is stuck and its consumer no longer fetches."""
         gauge = self._metrics.lag.labels(self.sink.name, source.stream)
-        interval = max(1.0, min(5.0, self._batch.ack_wait / 3))
+        name = durable_name(self.sink.name)
         while True:
             with contextlib.suppress(Exception):  # NATS away: keep the last figure
-                info = await sub.consumer_info()
+                info = await self._js.consumer_info(source.stream, name)
                 gauge.set((info.num_pending or 0) + (info.num_ack_pending or 0))
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(1.0, min(5.0, self._ack_wait[source.kind] / 3)))
 
     async def _take(self, source: Source, msg: Msg, batch: Batch) -> None:
         """Decode one message into the batch; bad messages/records are dead-lettered."""
         try:
             records = codec.decode(source.schema, msg.headers, msg.data)
         except CodecError as e:
-            self._metrics.bad_messages.labels(self.sink.name).inc()
             self._bad.warning(
                 "bad-message",
                 "undecodable message",
@@ -275,7 +347,8 @@ class SinkLane:
             dead = await self._publish_dead(
                 msg.subject, msg.headers, msg.data, str(e), stream_position(msg)
             )
-            if dead:
+            if dead:  # counted once it is settled, not at every redelivery before
+                self._metrics.bad_messages.labels(self.sink.name).inc()
                 await _ack(msg)
             return
         good = []
@@ -300,7 +373,7 @@ class SinkLane:
         """
         while True:
             try:
-                await asyncio.wait_for(self._slots.acquire(), self._batch.ack_wait / 3)
+                await asyncio.wait_for(self._slots.acquire(), self._ack_wait[kind] / 3)
                 break
             except TimeoutError:
                 await _touch(batch.messages)
@@ -332,7 +405,7 @@ class SinkLane:
                 export = self._export_lines(kind, batch.bodies, len(batch.records))
             else:
                 export = self.sink.export(kind, batch.records)
-            result = await self._keep_alive(batch, export)
+            result = await self._keep_alive(kind, batch, export)
         except SinkClosedError:
             self._closed.set()
             return ExportResult.all_deferred(len(batch.records))
@@ -340,7 +413,7 @@ class SinkLane:
             delay = self._crash_backoff.next_delay()
             self._log_crash(delay)
             pause = _first(asyncio.sleep(delay), self._stopping.wait(), self._closed.wait())
-            await self._keep_alive(batch, pause)
+            await self._keep_alive(kind, batch, pause)
             return ExportResult.all_deferred(len(batch.records))
         self._crash_backoff.reset()
         return result
@@ -358,11 +431,11 @@ class SinkLane:
         )
         self._crash_logged, self._crashes_unlogged = now, 0
 
-    async def _keep_alive(self, batch: Batch, work: Awaitable[T]) -> T:
+    async def _keep_alive(self, kind: Kind, batch: Batch, work: Awaitable[T]) -> T:
         """Await ``work``, telling JetStream every ack_wait/3 that the messages are in work."""
         task = asyncio.ensure_future(work)
         while True:
-            done, _ = await asyncio.wait({task}, timeout=self._batch.ack_wait / 3)
+            done, _ = await asyncio.wait({task}, timeout=self._ack_wait[kind] / 3)
             if done:
                 return task.result()
             await _touch(batch.messages)
@@ -371,28 +444,45 @@ class SinkLane:
         """Ack, dead-letter or nak each message of a finished batch; count the records
         (the refused ones once their dead-letter copy is stored: a message that comes
         back while the DLQ is away is refused again, not counted again)."""
-        name = self.sink.name
-        delivered = len(batch.records) - len(result.rejected) - len(result.deferred)
-        self._metrics.exported.labels(name).inc(delivered)
+        stored = len(batch.records) - len(result.rejected) - len(result.deferred)
+        self._metrics.exported.labels(self.sink.name).inc(max(0, stored - result.unconfirmed))
         for msg, first, count in batch.spans:
             span = range(first, first + count)
             if any(i in result.deferred for i in span):
                 await _nak(msg)
                 continue
-            rejected = [i for i in span if i in result.rejected]
-            if rejected:
-                reason = f"{name}: {result.rejected[rejected[0]]}"
-                records = [batch.records[i] for i in rejected]
-                # This sink's verdict (another sink may refuse the same message): one
-                # copy per sink, however often the message comes back.
-                msg_id = f"{stream_position(msg)}:{name}"
-                if not await self._dead_letter_records(kind, msg, records, reason, msg_id):
+            refused = {
+                i - first: (batch.records[i], result.rejected[i])
+                for i in span
+                if i in result.rejected
+            }
+            if refused:
+                if not await self._dead_letter_refused(kind, msg, refused):
                     # Not stored: not acked either. Redelivered after the backoff, when
                     # the stored records answer 409 and the refused ones are tried again.
                     await _nak(msg, self._dlq_backoff.next_delay())
                     continue
                 self._dlq_backoff.reset()
             await _ack(msg)
+
+    async def _dead_letter_refused(
+        self, kind: Kind, msg: Msg, refused: dict[int, tuple[Record, str]]
+    ) -> bool:
+        """Dead-letter the records of ``msg`` this sink's backend refused, with why (keyed
+        by their index in the message): one copy per distinct reason, so each record
+        keeps its own. This sink's verdict (another sink may refuse the same message):
+        a copy's id names the sink and the index of its first record, the same however
+        often the message comes back. False if a copy was not stored."""
+        by_reason: dict[str, list[int]] = {}
+        for i, (_, reason) in refused.items():
+            by_reason.setdefault(reason, []).append(i)
+        for reason, indices in by_reason.items():
+            msg_id = f"{stream_position(msg)}:{self.sink.name}:{indices[0]}"
+            records = [refused[i][0] for i in indices]
+            labelled = f"{self.sink.name}: {reason}"
+            if not await self._dead_letter_records(kind, msg, records, labelled, msg_id):
+                return False
+        return True
 
     async def _dead_letter_records(
         self, kind: Kind, msg: Msg, records: list[Record], reason: str, msg_id: str

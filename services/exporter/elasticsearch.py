@@ -2,10 +2,13 @@
 
 Per item of a bulk response: 201 stored; 409 (``version_conflict_engine_exception``) means
 a redelivered record was already stored under its deterministic ``_id`` — success; 429
-and 5xx are retried (only those items) with backoff; any other 4xx is permanent and the
-record is dead-lettered with Elasticsearch's reason. A whole request that fails (peer
-down, 429/5xx, 401/403 while credentials are being fixed) is retried, never
-dead-lettered: those records are fine, the backend is not.
+and 5xx are retried (only those items) with backoff, and so are refusals about the
+cluster's setup rather than the document: 401/403 (``security_exception``: a missing
+index privilege is reported per item) and 404 (``index_not_found_exception``: a data
+stream that cannot be created yet). Any other 4xx (``document_parsing_exception``, …) is
+the document's fault: the record is dead-lettered with Elasticsearch's reason. A whole
+request that fails (peer down, 429/5xx, 401/403 while credentials are being fixed) is
+retried, never dead-lettered: those records are fine, the backend is not.
 
 Like the official client, every response must carry ``X-Elastic-Product:
 Elasticsearch``; a peer without it is treated as unavailable.
@@ -49,6 +52,12 @@ BULK_PATH = "/_bulk?filter_path=errors,items.*.status,items.*.error"
 # build, with nothing to read in them. Any other answer is decoded and walked.
 ALL_STORED = b'{"errors":false,"items":['
 ITEM_STATUS = b'"status":'  # once per item of such an answer
+# Per-item refusals about the cluster's setup (privileges, a missing data stream), not
+# the document: the record is fine and is stored once the setup is fixed, as Logstash's
+# output retries them too. Matched by status and, should a proxy or version differ in
+# status, by error type.
+SETUP_STATUSES = frozenset({401, 403, 404})
+SETUP_ERRORS = frozenset({"security_exception", "index_not_found_exception"})
 
 
 class BackendError(Exception):
@@ -72,6 +81,7 @@ class BulkOutcome:
     already: int = 0
     retry: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
+    setup: str = ""  # the reason of a setup refusal among ``retry`` (one, for the log)
 
 
 @dataclass(slots=True)
@@ -178,7 +188,12 @@ def classify(response: dict[str, Any]) -> BulkOutcome:
             outcome.retry.append(i)
         else:
             error = result.get("error") or {}
-            outcome.rejected[i] = f"{status} {error.get('type', '')}: {error.get('reason', '')}"
+            reason = f"{status} {error.get('type', '')}: {error.get('reason', '')}"
+            if status in SETUP_STATUSES or error.get("type") in SETUP_ERRORS:
+                outcome.retry.append(i)
+                outcome.setup = outcome.setup or reason
+            else:
+                outcome.rejected[i] = reason
     return outcome
 
 
@@ -378,6 +393,7 @@ class ElasticsearchSink:
             return []  # every item stored: no need to walk them
         outcome = classify(answer.response)
         self._metrics.already_stored.labels(self.name).inc(outcome.already)
+        result.unconfirmed += outcome.already
         for i, reason in outcome.rejected.items():
             result.rejected[pending[i]] = reason
         if outcome.rejected:
@@ -385,6 +401,13 @@ class ElasticsearchSink:
                 "es-rejected",
                 "Elasticsearch rejected documents",
                 example=next(iter(outcome.rejected.values())),
+            )
+        if outcome.setup:  # retried until fixed: someone has to fix it
+            self._log.warning(
+                "es-setup",
+                "Elasticsearch refused documents for its setup (privileges, missing data "
+                "stream); retrying",
+                example=outcome.setup,
             )
         return [pending[i] for i in outcome.retry]
 

@@ -19,6 +19,7 @@ class ExporterMetrics:
     already_stored: Counter
     bad_messages: Counter
     bad_responses: Counter
+    resubscribed: Counter
     batch_seconds: Histogram
     lag: Gauge
     in_flight: Gauge
@@ -46,6 +47,9 @@ class ExporterMetrics:
             ),
             bad_responses=counter(
                 "bad_responses", "success answers whose body could not be read (retried)"
+            ),
+            resubscribed=counter(
+                "consumers_resubscribed", "times a consumer was gone and was subscribed again"
             ),
             batch_seconds=Histogram(
                 "flowscope_exporter_batch_seconds",

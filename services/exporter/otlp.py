@@ -6,10 +6,15 @@ the answer per the OTLP specification:
 - gRPC: UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, DATA_LOSS are
   retryable; RESOURCE_EXHAUSTED only when the server attached a ``google.rpc.RetryInfo``
   (in the ``grpc-status-details-bin`` trailer), whose delay is honoured.
-- HTTP: 429, 502, 503, 504 are retryable, honouring ``Retry-After``; connection errors too,
-  and a 200 whose body is not an ``ExportLogsServiceResponse`` (a proxy's page: whether
-  the receiver got the records is unknown, and at least once means sending again).
+- HTTP: any 2xx is success, as for the Collector's own otlphttp exporter (204 No
+  Content, 202 Accepted from queueing gateways); its body, when there is one, is the
+  ``ExportLogsServiceResponse`` (protobuf, or JSON when the receiver says so). 429, 502,
+  503, 504 are retryable, honouring ``Retry-After``; connection errors too, and a 2xx
+  whose body is not an ``ExportLogsServiceResponse`` (a proxy's page: whether the
+  receiver got the records is unknown, and at least once means sending again).
 - Anything else is permanent: the records are dead-lettered.
+- A record the encoder cannot carry (an integer outside int64, see
+  ``otlp_encoding.OutOfRangeError``) is left out of the request and dead-lettered alone.
 - A ``partial_success`` with rejected log records is logged and counted, not retried;
   one with only an ``error_message`` (a warning from the receiver) is logged.
 """
@@ -35,6 +40,7 @@ from flowscope.exporter.otlp_encoding import LogsEncoder
 from flowscope.exporter.retrying import Backoff, Stopper
 from flowscope.exporter.settings import redacted
 from flowscope.exporter.sink import ExportResult, Kind, Record
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
@@ -163,8 +169,8 @@ class HttpTransport:
         try:
             async with self._client().post(self._target.url, data=data, headers=self._headers) as r:
                 payload = await r.read()
-                if r.status == 200:
-                    return _decoded(payload)
+                if 200 <= r.status < 300:
+                    return _decoded(r.status, payload, r.content_type)
                 error = f"HTTP {r.status}: {_http_reason(payload)}"
                 if r.status in RETRYABLE_HTTP:
                     hint = parse_retry_after(r.headers.get("Retry-After"))
@@ -178,14 +184,20 @@ class HttpTransport:
             await self._session.close()
 
 
-def _decoded(payload: bytes) -> Outcome:
-    """A 200's body: the response, or (not protobuf) a retry counted as unreadable."""
+def _decoded(status: int, payload: bytes, content_type: str) -> Outcome:
+    """A 2xx's body: the response (an empty one when there is no body, as with 204), or
+    (neither protobuf nor the JSON it says it is) a retry counted as unreadable."""
+    response = ExportLogsServiceResponse()
     try:
-        return Outcome(response=ExportLogsServiceResponse.FromString(payload))
-    except DecodeError:
+        if payload and content_type == "application/json":
+            json_format.Parse(payload, response, ignore_unknown_fields=True)
+        else:
+            response.ParseFromString(payload)
+    except (DecodeError, json_format.ParseError, UnicodeDecodeError):
         start = payload[:80].decode("utf-8", "replace")
-        error = f"HTTP 200 with a body that is not an OTLP response: {start!r}"
+        error = f"HTTP {status} with a body that is not an OTLP response: {start!r}"
         return Outcome(retry=True, error=error, unreadable=True)
+    return Outcome(response=response)
 
 
 def gzip_compress(body: bytes) -> bytes:
@@ -249,16 +261,26 @@ class OtlpSink:
         )
 
     async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
-        body = self._encoder.encode(kind, records, time.time_ns())
+        unencodable: dict[int, str] = {}
+        body = self._encoder.encode(kind, records, time.time_ns(), unencodable)
+        if unencodable:
+            self._bad.warning(
+                "otlp-unencodable",
+                "records OTLP cannot carry",
+                example=next(iter(unencodable.values())),
+            )
+        sent = [i for i in range(len(records)) if i not in unencodable]
+        if not sent:
+            return ExportResult(rejected=unencodable)
         backoff = Backoff(*self._backoff)
         while True:
             outcome = await self._transport.send(body)
             if outcome.response is not None:
-                self._note_partial(outcome.response, len(records))
-                return ExportResult()
+                dropped = self._note_partial(outcome.response, len(sent))
+                return ExportResult(rejected=unencodable, unconfirmed=dropped)
             if not outcome.retry:
                 self._bad.warning("otlp-rejected", "OTLP export refused", error=outcome.error)
-                return ExportResult.all_rejected(len(records), outcome.error)
+                return ExportResult(rejected={**dict.fromkeys(sent, outcome.error), **unencodable})
             if outcome.unreadable:
                 self._metrics.bad_responses.labels(self.name).inc()
             delay = backoff.next_delay(outcome.retry_after)
@@ -266,11 +288,12 @@ class OtlpSink:
                 "otlp-retry", "OTLP export failed; retrying", error=outcome.error, delay=delay
             )
             if self._stopper.stopped or not await self._stopper.sleep(delay):
-                return ExportResult.all_deferred(len(records))
-            self._metrics.retried.labels(self.name).inc(len(records))
+                return ExportResult(rejected=unencodable, deferred=set(sent))
+            self._metrics.retried.labels(self.name).inc(len(sent))
 
-    def _note_partial(self, response: ExportLogsServiceResponse, count: int) -> None:
-        """Count and log rejected records; log a receiver's warning (a message, 0 rejected)."""
+    def _note_partial(self, response: ExportLogsServiceResponse, count: int) -> int:
+        """Count and log rejected records; log a receiver's warning (a message, 0 rejected).
+        Returns how many of the ``count`` sent the receiver dropped (which, it does not say)."""
         rejected = response.partial_success.rejected_log_records
         message = response.partial_success.error_message
         if rejected > 0:
@@ -284,6 +307,7 @@ class OtlpSink:
             )
         elif message:
             self._bad.warning("otlp-warning", "OTLP receiver warned", of=count, error=message)
+        return min(max(rejected, 0), count)
 
     async def force_flush(self) -> None:
         return None  # nothing buffered here: export() sends before it returns

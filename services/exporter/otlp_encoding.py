@@ -8,6 +8,10 @@ before that field existed), ``time_unix_nano`` = flow end (DNS: ``time_ns``),
 value (str → string_value, int → int_value, bool → bool_value, float → double_value,
 list → array_value, object → kvlist_value).
 
+An integer outside int64 (the record contract allows any JSON integer, counters are
+u64) cannot be an ``int_value``: the record is left out of the request and reported,
+so the OTLP sink dead-letters it naming the key (:class:`OutOfRangeError`).
+
 The bytes are written by hand rather than through the generated message classes: the
 records are flat and their keys and most string values repeat, so encoding each
 ``KeyValue`` once and reusing it is about five times faster than building message
@@ -32,6 +36,20 @@ SCOPE_NAME = "flowscope.exporter"
 
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_double = struct.Struct("<d").pack
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class OutOfRangeError(ValueError):
+    """An integer OTLP cannot carry: ``AnyValue.int_value`` is int64, so 2**63 and up
+    would arrive as a negative number.
+
+    Such a record is refused (dead-lettered), not sent in another form: a
+    ``string_value`` or ``double_value`` (inexact above 2**53) would change the type of
+    a key that is an integer in every other record, which typed backends refuse or
+    store apart, and queries on the number would silently miss it. Elasticsearch
+    (``long``) refuses the same record, so both sinks agree: it is in the DLQ, with the
+    key, for someone to look at — no real counter gets there (2**63 bytes is 8 EiB).
+    """
 
 
 def varint(value: int) -> bytes:
@@ -74,6 +92,8 @@ def any_value(value: Any) -> bytes:
     if type(value) is bool:
         return b"\x10\x01" if value else b"\x10\x00"
     if type(value) is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise OutOfRangeError(f"{value} is outside int64")
         return b"\x18" + varint(value)
     if type(value) is float:
         return b"\x21" + _pack_double(value)
@@ -173,6 +193,8 @@ class IntAttributes(AttributeCache):
         return self.fresh(value)
 
     def fresh(self, value: int) -> bytes:
+        if not INT64_MIN <= value <= INT64_MAX:
+            return _attribute(self.key, value)  # raises OutOfRangeError naming the key
         v = varint(value)
         head = self.heads[len(v)] if len(v) < 11 else None
         return _attribute(self.key, value) if head is None else head + v
@@ -277,14 +299,29 @@ class LogsEncoder:
             for k, n in EVENT_NAMES.items()
         }
 
-    def encode(self, kind: Kind, records: Iterable[Record], observed_ns: int) -> bytes:
-        """One request holding every record as a LogRecord of one resource and scope."""
+    def encode(
+        self,
+        kind: Kind,
+        records: Iterable[Record],
+        observed_ns: int,
+        rejected: dict[int, str] | None = None,
+    ) -> bytes:
+        """One request holding every record as a LogRecord of one resource and scope.
+
+        A record OTLP cannot carry (:class:`OutOfRangeError`) is left out and its index
+        and reason put in ``rejected``; without ``rejected`` the error is raised."""
         observed = b"\x59" + _pack_fixed64(observed_ns)
         event = self._event[kind]
         time_key = TIME_KEYS[kind]
         logs = [self._scope]
-        for record in records:
-            body = self._attributes(record)
+        for i, record in enumerate(records):
+            try:
+                body = self._attributes(record)
+            except OutOfRangeError as e:
+                if rejected is None:
+                    raise
+                rejected[i] = f"cannot encode as OTLP: {e}"
+                continue
             when = record.get(time_key)
             stamp = b"\x09" + _pack_fixed64(when) if type(when) is int and when >= 0 else b""
             size = len(stamp) + len(observed) + len(body) + len(event)
@@ -355,7 +392,10 @@ def plain_attributes(record: Record) -> bytes:
 
 def _attribute(key: str, value: Any) -> bytes:
     """A LogRecord ``attributes`` field (field 6)."""
-    return _field(0x32, key_value(key, value))
+    try:
+        return _field(0x32, key_value(key, value))
+    except OutOfRangeError as e:
+        raise OutOfRangeError(f"attribute {key}: {e}") from None
 
 
 def resource_attributes(cluster_name: str) -> dict[str, str]:

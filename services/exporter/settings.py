@@ -208,7 +208,7 @@ class BatchSettings:
     ack_wait: float = setting(
         30.0,
         "seconds JetStream waits for an ack before redelivering (batches waiting on a "
-        "backend are kept alive every ack_wait/3); applies when the consumer is created",
+        "backend are kept alive every ack_wait/3); an existing consumer is updated to it",
         parse=positive,
     )
     retry_initial: float = setting(

@@ -29,18 +29,18 @@ class ExportResult:
 
     ``rejected`` maps a record's index to why the backend refused it for good (it goes to
     the dead-letter subject); ``deferred`` lists records not delivered yet (redeliver).
+    ``unconfirmed`` counts delivered records the backend did not store anew, without
+    naming which: Elasticsearch already held them (409), or an OTLP ``partial_success``
+    dropped them. They are acked like the others but not counted as exported.
     """
 
     rejected: dict[int, str] = field(default_factory=dict)
     deferred: set[int] = field(default_factory=set)
+    unconfirmed: int = 0
 
     @classmethod
     def all_deferred(cls, count: int) -> ExportResult:
         return cls(deferred=set(range(count)))
-
-    @classmethod
-    def all_rejected(cls, count: int, reason: str) -> ExportResult:
-        return cls(rejected=dict.fromkeys(range(count), reason))
 
 
 class SinkClosedError(Exception):

@@ -30,6 +30,9 @@ PRODUCT = {"X-Elastic-Product": "Elasticsearch"}
 ERROR_TYPES = {
     429: "es_rejected_execution_exception",
     400: "document_parsing_exception",
+    401: "security_exception",
+    403: "security_exception",  # e.g. a missing index privilege, reported per item
+    404: "index_not_found_exception",  # a data stream missing and not auto-created
     500: "internal_server_error",
     503: "unavailable_shards_exception",
 }

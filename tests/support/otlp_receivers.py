@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
@@ -79,7 +80,10 @@ class Answer:
     ``exhausted`` (RESOURCE_EXHAUSTED; with ``retry_delay`` it carries RetryInfo),
     ``invalid`` (permanent error), ``http503`` (``retry_after`` seconds), ``http400``,
     ``http`` (any ``status``), ``garbage`` (HTTP 200 whose body is an HTML page, as a
-    misconfigured proxy answers: the request is not recorded as accepted).
+    misconfigured proxy answers: the request is not recorded as accepted), ``empty``
+    (HTTP: the records accepted, answered with ``status`` — 204, 202 — and no body),
+    ``json`` (HTTP: the records accepted, the response, a ``partial`` one when
+    ``rejected``, as JSON with ``status``).
     ``message``: the ``partial_success.error_message`` of a ``partial`` answer.
     """
 
@@ -258,6 +262,15 @@ class HttpReceiver:
         if answer.kind == "garbage":
             return web.Response(text="<html><body>Welcome</body></html>", content_type="text/html")
         self.received.requests.append(ExportLogsServiceRequest.FromString(body))
+        if answer.kind == "empty":
+            return web.Response(status=answer.status)
+        if answer.kind == "json":
+            response = partial(answer) if answer.rejected else ExportLogsServiceResponse()
+            return web.Response(
+                status=answer.status,
+                text=json_format.MessageToJson(response),
+                content_type="application/json",
+            )
         response = partial(answer) if answer.kind == "partial" else ExportLogsServiceResponse()
         return web.Response(
             body=response.SerializeToString(), content_type="application/x-protobuf"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from flowscope.core import messaging, subjects
+from flowscope.core import codec, messaging, subjects
 from flowscope.core.messaging import NatsSettings
 from flowscope.exporter.consuming import SinkLane, durable_name
 from flowscope.exporter.ecs import EcsMapper, document_id
@@ -26,6 +26,8 @@ from flowscope.exporter.otlp_encoding import LogsEncoder, resource_attributes
 from flowscope.exporter.settings import BatchSettings, ElasticsearchSettings, OtlpSettings
 from flowscope.exporter.sink import ExportResult, Kind, Record, Sink
 from nats.aio.client import Client as NATS
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
 
 from tests.integration.exporter.harness import fresh_streams, publish_flows
@@ -181,3 +183,256 @@ async def test_refused_records_are_acked_only_once_stored_in_the_dead_letter_str
         await es.stop()
     assert set(es.stored(FLOWS)) == {document_id(Kind.FLOW, flow(i)) for i in (1, 3)}
     assert set(es.creates.values()) == {1}
+
+
+@dataclass
+class BlockingSink:
+    """Holds every export until ``release`` is set; records each export's records."""
+
+    name: str = "blocking"
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    exported: list[Record] = field(default_factory=list)
+
+    async def start(self) -> None:
+        return None
+
+    async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
+        await self.release.wait()
+        self.exported.extend(records)
+        return ExportResult()
+
+    async def force_flush(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def dead_letters(nc: NATS) -> list[RawStreamMsg]:
+    """Every message the DLQ stream holds, oldest first."""
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.STREAM_DLQ)
+    if not info.state.messages:
+        return []
+    seqs = range(info.state.first_seq, info.state.last_seq + 1)
+    return [await js.get_msg(subjects.STREAM_DLQ, seq) for seq in seqs]
+
+
+def lane_counter(lane: Lane, name: str, sink: str) -> float:
+    value = lane.registry.get_sample_value(f"flowscope_exporter_{name}", {"sink": sink})
+    return value or 0.0
+
+
+async def consumer_exists(nc: NATS, sink: str) -> bool:
+    try:
+        await nc.jetstream().consumer_info(subjects.STREAM_FLOWS, durable_name(sink))
+    except NotFoundError:
+        return False
+    return True
+
+
+async def all_acked(nc: NATS, sink: str) -> bool:
+    """:func:`acked`, False while the lane has not created its consumer yet."""
+    return await consumer_exists(nc, sink) and await acked(nc, sink)
+
+
+async def test_a_bad_message_of_an_atomic_batch_is_dead_lettered_once_and_counted_once(
+    nc: NATS, nats_srv: NatsServer, streams: None
+) -> None:
+    """Before, the DLQ copy carried the stored message's Nats-Batch-* headers: its
+    publish was a broken atomic-batch publish, never stored, the message never acked
+    (redelivered forever) and bad_messages_total counted every redelivery."""
+    js = nc.jetstream()
+    await js.delete_stream(subjects.STREAM_DLQ)  # the first deliveries cannot be stored
+    subject = subjects.flows("shop", "payments")
+    good = codec.encode(codec.FLOW, [flow(1)])
+    batch_id = "b" * 22
+    garbage = b"not json\n"
+    await nc.publish(
+        subject,
+        garbage,
+        headers={codec.SCHEMA_HEADER: "flow/1", "Nats-Batch-Id": batch_id,
+                 "Nats-Batch-Sequence": "1"},
+    )  # fmt: skip
+    await nc.request(
+        subject,
+        good.body,
+        headers={**good.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": "2",
+                 "Nats-Batch-Commit": "1"},
+        timeout=5,
+    )  # fmt: skip
+    stored = await js.get_msg(subjects.STREAM_FLOWS, 1)
+    assert stored.headers is not None and stored.headers.get("Nats-Batch-Id") == batch_id
+    sink = BlockingSink()
+    sink.release.set()
+    lane = Lane(sink, nc, BatchSettings(max_delay=0.05, ack_wait=1.0, retry_initial=0.1))
+    try:
+
+        async def redelivered() -> bool:
+            if not await consumer_exists(nc, sink.name):
+                return False
+            info = await js.consumer_info(subjects.STREAM_FLOWS, durable_name(sink.name))
+            return (info.num_redelivered or 0) >= 1
+
+        await eventually(redelivered, what="the bad message delivered again")
+        await messaging.ensure_streams(js, NatsSettings(url=nats_srv.url))
+        await eventually(lambda: all_acked(nc, sink.name), what="both messages acked")
+    finally:
+        await lane.stop()
+    dead = await dead_letters(nc)
+    assert [m.data for m in dead] == [garbage]
+    assert dead[0].headers is not None
+    assert not [h for h in dead[0].headers if h.startswith("Nats-Batch")]
+    assert dead[0].headers[codec.SCHEMA_HEADER] == "flow/1"
+    assert lane_counter(lane, "bad_messages_total", sink.name) == 1
+
+
+async def test_dead_letters_of_a_recreated_stream_are_not_taken_for_duplicates(
+    nc: NATS, nats_srv: NatsServer, streams: None
+) -> None:
+    """Before, the DLQ id was only ``<stream>:<sequence>``: once the stream was deleted
+    and created again (sequences restart at 1), the next bad record at a reused position
+    was dropped by the DLQ as a duplicate and its message acked: lost."""
+    js = nc.jetstream()
+    invalid = flow(1)
+    del invalid["flow.end_ns"]
+    sink = BlockingSink()
+    sink.release.set()
+    batch = BatchSettings(max_delay=0.05, ack_wait=3.0)
+    for bad in (invalid, {**flow(7), "flow.bytes.delta": "lots"}):
+        await publish_flows(nc, [flow(0), bad])  # FLOWSCOPE_FLOWS:1 both times
+        lane = Lane(sink, nc, batch)
+        try:
+            await eventually(lambda: all_acked(nc, sink.name), what="the message acked")
+        finally:
+            await lane.stop()
+        await js.delete_stream(subjects.STREAM_FLOWS)  # its consumer goes with it
+        await messaging.ensure_streams(js, NatsSettings(url=nats_srv.url))
+    dead = await dead_letters(nc)
+    assert len(dead) == 2
+    assert len({m.headers[messaging.MSG_ID_HEADER] for m in dead if m.headers}) == 2
+
+
+async def test_each_refused_record_is_dead_lettered_with_its_own_reason(
+    nc: NATS, streams: None
+) -> None:
+    """Before, the refused records of one message went to the DLQ as one copy labelled
+    with the first record's reason."""
+    es = await FakeElasticsearch().start()
+    records = [
+        flow(1),
+        flow(2, **{"source.address": "bad-src"}),
+        flow(3, **{"destination.address": "bad-dst"}),
+    ]
+    await publish_flows(nc, records)  # one message
+    metrics = ExporterMetrics.create(CollectorRegistry())
+    sink = ElasticsearchSink(ElasticsearchSettings(url=es.url), EcsMapper(), metrics, (0.05, 0.2))
+    lane = Lane(sink, nc, BatchSettings(max_delay=0.05, ack_wait=3.0))
+    try:
+        await eventually(lambda: all_acked(nc, "elasticsearch"), what="the message acked")
+    finally:
+        await lane.stop()
+        await es.stop()
+    copies = {}
+    for dead in await dead_letters(nc):
+        assert dead.headers is not None
+        (record,) = codec.decode(codec.FLOW, dead.headers, dead.data)
+        copies[record["flow.start_ns"]] = dead.headers[subjects.DLQ_REASON_HEADER]
+    assert copies.keys() == {records[1]["flow.start_ns"], records[2]["flow.start_ns"]}
+    assert "[source.ip]" in copies[records[1]["flow.start_ns"]]
+    assert "[destination.ip]" in copies[records[2]["flow.start_ns"]]
+
+
+@dataclass
+class PartlyConfirmingSink:
+    """Refuses the first record, and says two more were not stored anew (as an OTLP
+    partial_success or an Elasticsearch 409 does)."""
+
+    name: str = "partly"
+
+    async def start(self) -> None:
+        return None
+
+    async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
+        return ExportResult(rejected={0: "refused"}, unconfirmed=2)
+
+    async def force_flush(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_only_records_the_backend_confirmed_are_counted_exported(
+    nc: NATS, streams: None
+) -> None:
+    """Before, records_exported_total was the batch minus rejected and deferred: records
+    an OTLP partial_success dropped, or Elasticsearch already held, counted too."""
+    await publish_flows(nc, [flow(i) for i in range(5)])
+    lane = Lane(PartlyConfirmingSink(), nc, BatchSettings(max_delay=0.05, ack_wait=3.0))
+    try:
+        await eventually(lambda: all_acked(nc, "partly"), what="the message acked")
+    finally:
+        await lane.stop()
+    assert lane_counter(lane, "records_exported_total", "partly") == 2
+    assert lane_counter(lane, "records_failed_total", "partly") == 1
+
+
+async def test_a_changed_ack_wait_reaches_the_existing_consumer(nc: NATS, streams: None) -> None:
+    """Before, the durable kept the ack_wait it was created with while keep-alives were
+    timed from the new setting: raised from 1 s to 6 s, in_progress came every 2 s while
+    JetStream redelivered after 1 s, and records were exported again."""
+    sink = BlockingSink()
+    sink.release.set()
+    lane = Lane(sink, nc, BatchSettings(max_delay=0.05, ack_wait=1.0))
+    await eventually(lambda: consumer_exists(nc, sink.name), what="the consumer")
+    await lane.stop()
+    records = [flow(i) for i in range(3)]
+    await publish_flows(nc, records, per_message=1)
+    sink = BlockingSink()
+    lane = Lane(sink, nc, BatchSettings(max_delay=0.05, ack_wait=6.0, max_in_flight=4))
+    try:
+        await asyncio.sleep(3.0)  # the backend holds the batch for 3 times the old ack_wait
+        sink.release.set()
+        await eventually(lambda: all_acked(nc, sink.name), what="every message acked")
+    finally:
+        await lane.stop()
+    assert Counter(r["flow.start_ns"] for r in sink.exported) == Counter(
+        r["flow.start_ns"] for r in records
+    )  # each exactly once
+    info = await nc.jetstream().consumer_info(subjects.STREAM_FLOWS, durable_name(sink.name))
+    assert info.config.ack_wait == 6.0
+
+
+async def test_a_lane_subscribes_again_when_its_consumer_is_gone(
+    nc: NATS, nats_srv: NatsServer, streams: None
+) -> None:
+    """Before, a deleted consumer (``nats consumer rm``, the stream deleted and created
+    again) looked like a disconnection forever: the lane never fetched again."""
+    js = nc.jetstream()
+    sink = BlockingSink()
+    sink.release.set()
+    lane = Lane(sink, nc, BatchSettings(max_delay=0.05, ack_wait=3.0, retry_initial=0.1))
+
+    def exported(start: int) -> bool:
+        return any(r["flow.start_ns"] == flow(start)["flow.start_ns"] for r in sink.exported)
+
+    try:
+        await publish_flows(nc, [flow(1)])
+        await eventually(lambda: exported(1), what="the first record")
+        await js.delete_consumer(subjects.STREAM_FLOWS, durable_name(sink.name))
+        await publish_flows(nc, [flow(2)])
+        await eventually(lambda: exported(2), what="a record after the consumer was deleted")
+        await js.delete_stream(subjects.STREAM_FLOWS)
+        await messaging.ensure_streams(js, NatsSettings(url=nats_srv.url))
+        await publish_flows(nc, [flow(3)])
+        await eventually(lambda: exported(3), what="a record after the stream was recreated")
+    finally:
+        await lane.stop()
+    assert lane_counter(lane, "consumers_resubscribed_total", sink.name) >= 2

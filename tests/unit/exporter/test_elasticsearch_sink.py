@@ -112,6 +112,7 @@ async def test_redelivery_is_idempotent(es: FakeElasticsearch) -> None:
     assert len(es.stored(FLOWS)) == 10
     assert set(es.creates.values()) == {1}
     assert count(metrics.already_stored) == 6
+    assert result.unconfirmed == 6  # acked, but not counted as exported again
 
 
 async def test_429_and_5xx_items_are_retried_alone_400_is_rejected(es: FakeElasticsearch) -> None:
@@ -129,6 +130,42 @@ async def test_429_and_5xx_items_are_retried_alone_400_is_rejected(es: FakeElast
         document_id(Kind.FLOW, r) for i, r in enumerate(records) if i != 2
     }
     assert set(es.creates.values()) == {1}
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_items_refused_for_the_setup_are_retried_not_dead_lettered(
+    status: int, es: FakeElasticsearch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A missing index privilege (403 security_exception) or data stream (404
+    index_not_found_exception) comes per item in a 200 answer: the records are fine and
+    are stored once the setup is fixed; only the document's own errors go to the DLQ."""
+    es.inject(status, status, 400)  # the setup is fixed after the first answer
+    sink, metrics = make_sink(es.url)
+    records = [flow(i) for i in range(4)]
+    with caplog.at_level("WARNING", logger="flowscope.exporter.elasticsearch"):
+        result = await sink.export(Kind.FLOW, records)
+    await sink.close()
+    assert not result.deferred
+    assert list(result.rejected) == [2]
+    assert es.bulk_requests == 2 and count(metrics.retried) == 2
+    assert set(es.stored(FLOWS)) == {
+        document_id(Kind.FLOW, r) for i, r in enumerate(records) if i != 2
+    }
+    assert any("for its setup" in r.getMessage() for r in caplog.records)
+
+
+async def test_items_refused_for_the_setup_are_deferred_at_shutdown(
+    es: FakeElasticsearch,
+) -> None:
+    es.inject(*[403] * 1000)  # the privilege stays missing
+    sink, _ = make_sink(es.url)
+    export = asyncio.create_task(sink.export(Kind.FLOW, [flow(1), flow(2)]))
+    await asyncio.sleep(0.3)
+    await sink.shutdown()
+    result = await asyncio.wait_for(export, 5)
+    await sink.close()
+    assert result.deferred == {0, 1} and not result.rejected
+    assert not es.stored(FLOWS)
 
 
 async def test_document_elasticsearch_refuses_is_rejected_with_its_reason(

@@ -151,3 +151,45 @@ def _uint64_field(value: int) -> bytes:
     from google.protobuf.wrappers_pb2 import UInt64Value
 
     return UInt64Value(value=value).SerializeToString().replace(b"\x08", b"\x18", 1)
+
+
+def test_integers_outside_int64_are_refused_naming_the_key() -> None:
+    """int_value is int64: a u64 counter of 2**63 or more (valid in the record contract)
+    would arrive as a negative number. Such a record is left out of the request and
+    reported, whatever path its value takes (cached, large, nested, list, first or
+    repeated shape); the others are encoded as usual."""
+    cases = [
+        ("flow.bytes.delta", 2**64 - 1000),
+        ("flow.bytes.delta", 2**63),
+        ("flow.packets", -(2**63) - 1),
+        ("x.list", [1, 2**63]),
+        ("x.object", {"inner": 2**64 - 1}),
+    ]
+    encoder = LogsEncoder({})
+    for key, value in cases:
+        records = [flow(0), flow(1, **{key: value}), flow(2)]
+        for _ in range(2):  # a learned shape and a warm cache refuse it too
+            rejected: dict[int, str] = {}
+            request = decode(encoder.encode(Kind.FLOW, records, 1, rejected))
+            assert list(rejected) == [1]
+            assert rejected[1].startswith(f"cannot encode as OTLP: attribute {key}: ")
+            assert "outside int64" in rejected[1]
+            logs = request.resource_logs[0].scope_logs[0].log_records
+            assert [lr.time_unix_nano for lr in logs] == [
+                flow(0)["flow.end_ns"],
+                flow(2)["flow.end_ns"],
+            ]
+
+
+def test_int64_limits_are_encoded() -> None:
+    record = flow(1, **{"x.max": 2**63 - 1, "x.min": -(2**63)})
+    rejected: dict[int, str] = {}
+    lr = (
+        decode(LogsEncoder({}).encode(Kind.FLOW, [record], 1, rejected))
+        .resource_logs[0]
+        .scope_logs[0]
+        .log_records[0]
+    )
+    attributes = {kv.key: plain(kv.value) for kv in lr.attributes}
+    assert not rejected
+    assert (attributes["x.max"], attributes["x.min"]) == (2**63 - 1, -(2**63))

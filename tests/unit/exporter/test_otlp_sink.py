@@ -165,6 +165,31 @@ async def test_http_statuses_retried_per_the_specification(
         assert len(http_receiver.received.attempts) == 1
 
 
+@pytest.mark.parametrize("status", [204, 202, 200])
+async def test_http_2xx_without_a_body_is_success(status: int, http_receiver: HttpReceiver) -> None:
+    """Any 2xx means the receiver took the records (the Collector's otlphttp exporter
+    agrees): 204 No Content, 202 Accepted from a queueing gateway."""
+    http_receiver.received.script.append(Answer("empty", status=status))
+    sink, metrics = make_sink(http_receiver.endpoint, "http/protobuf")
+    result = await sink.export(Kind.FLOW, [flow(i) for i in range(3)])
+    await sink.close()
+    assert not result.rejected and not result.deferred
+    assert len(http_receiver.received.attempts) == 1
+    assert len(http_receiver.received.log_records) == 3
+    assert count(metrics.bad_responses) == 0
+
+
+@pytest.mark.parametrize("status", [200, 202])
+async def test_http_json_partial_success_is_read(status: int, http_receiver: HttpReceiver) -> None:
+    http_receiver.received.script.append(Answer("json", status=status, rejected=2))
+    sink, metrics = make_sink(http_receiver.endpoint, "http/protobuf")
+    result = await sink.export(Kind.FLOW, [flow(i) for i in range(3)])
+    await sink.close()
+    assert not result.rejected and not result.deferred
+    assert len(http_receiver.received.attempts) == 1
+    assert count(metrics.partial_rejected) == 2
+
+
 async def test_http_400_is_rejected_with_the_reason(http_receiver: HttpReceiver) -> None:
     http_receiver.received.script.append(Answer("http400"))
     sink, _ = make_sink(http_receiver.endpoint, "http/protobuf")
@@ -183,6 +208,7 @@ async def test_partial_success_is_counted_not_retried(
     result = await sink.export(Kind.FLOW, [flow(i) for i in range(3)])
     await sink.close()
     assert not result.rejected and not result.deferred
+    assert result.unconfirmed == 2  # dropped by the receiver: not counted as exported
     assert len(receiver.received.attempts) == 1
     assert count(metrics.partial_rejected) == 2
 
@@ -271,8 +297,48 @@ async def test_partial_success_with_only_a_message_is_logged(
         result = await sink.export(Kind.FLOW, [flow(1)])
         await sink.export(Kind.FLOW, [flow(2)])  # a plain success: nothing more logged
     await sink.close()
-    assert not result.rejected and not result.deferred
+    assert not result.rejected and not result.deferred and result.unconfirmed == 0
     assert count(metrics.partial_rejected) == 0
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert warnings[0].__dict__["error"] == message
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_a_record_with_an_integer_outside_int64_is_rejected_alone(
+    protocol: str, grpc_receiver: GrpcReceiver, http_receiver: HttpReceiver
+) -> None:
+    """A u64 counter of 2**63 or more would arrive as a negative int_value: that record
+    goes to the DLQ naming the key (as Elasticsearch refuses it); the rest is delivered."""
+    receiver = grpc_receiver if protocol == "grpc" else http_receiver
+    sink, _ = make_sink(receiver.endpoint, protocol)
+    records = [flow(0), flow(1, **{"flow.bytes.delta": 2**64 - 1000}), flow(2)]
+    result = await sink.export(Kind.FLOW, records)
+    only_bad = await sink.export(Kind.FLOW, [records[1]])
+    await sink.close()
+    assert not result.deferred and list(result.rejected) == [1]
+    assert "flow.bytes.delta" in result.rejected[1]
+    assert list(only_bad.rejected) == [0] and not only_bad.deferred
+    logs = receiver.received.log_records
+    assert [lr.time_unix_nano for lr in logs] == [flow(0)["flow.end_ns"], flow(2)["flow.end_ns"]]
+    assert len(receiver.received.attempts) == 1  # nothing sent for a batch of only bad ones
+    assert all(
+        kv.value.int_value >= 0
+        for lr in logs
+        for kv in lr.attributes
+        if kv.key == "flow.bytes.delta"
+    )
+
+
+async def test_unencodable_records_are_rejected_not_deferred_at_shutdown() -> None:
+    receiver = await GrpcReceiver().start()
+    port = receiver.port
+    await receiver.stop()
+    sink, _ = make_sink(f"http://127.0.0.1:{port}", "grpc", timeout=0.5)
+    records = [flow(0), flow(1, **{"flow.packets": 2**63})]
+    export = asyncio.create_task(sink.export(Kind.FLOW, records))
+    await asyncio.sleep(0.3)
+    await sink.shutdown()
+    result = await asyncio.wait_for(export, 5)
+    await sink.close()
+    assert result.deferred == {0} and list(result.rejected) == [1]
