@@ -311,11 +311,33 @@ async def dead_letter(
     a duplicate) instead of storing it.
     """
     out = {k: v for k, v in (headers or {}).items() if not k.lower().startswith("nats-")}
-    out[subjects.DLQ_REASON_HEADER] = reason[:1024]
     out[subjects.DLQ_SUBJECT_HEADER] = subject
+    if msg_id:
+        out[MSG_ID_HEADER] = msg_id
+    body = _fit(out, body, reason[:1024], nc.max_payload)
     if not msg_id:
         await nc.publish(subjects.dlq(component), body, headers=out)
         return True
-    out[MSG_ID_HEADER] = msg_id
     ack = await nc.jetstream().publish(subjects.dlq(component), body, headers=out)
     return not ack.duplicate
+
+
+def _fit(headers: dict[str, str], body: bytes, reason: str, limit: int) -> bytes:
+    """Add the reason to ``headers`` and return the body, both cut so that the copy fits
+    the server's ``max_payload`` (``limit``), which counts headers and body together: a
+    larger message makes the server close the connection (nats-py checks the body
+    alone). The reason is shortened first; a body that still does not fit (an original
+    within a few hundred bytes of the limit) is cut, its length in a header."""
+    room = limit - len(body) - header_size(headers) - header_size({subjects.DLQ_REASON_HEADER: ""})
+    text = reason.encode()[: max(room, 0)].decode(errors="ignore")
+    headers[subjects.DLQ_REASON_HEADER] = text
+    if room >= 0:
+        return body
+    headers[subjects.DLQ_TRUNCATED_HEADER] = str(len(body))
+    return body[: max(0, limit - header_size(headers))]
+
+
+def header_size(headers: dict[str, str]) -> int:
+    """Bytes nats-py writes for ``headers`` (``NATS/1.0``, a line each, a blank line)."""
+    lines = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return len(b"NATS/1.0\r\n") + lines + 2

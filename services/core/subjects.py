@@ -31,6 +31,8 @@ EXTERNAL_TOKEN = "_external"
 # Header carrying the reason on dead-lettered messages.
 DLQ_REASON_HEADER = "Flowscope-Dlq-Reason"
 DLQ_SUBJECT_HEADER = "Flowscope-Dlq-Subject"
+# on a copy cut to fit the server's max_payload: the original body's length in bytes
+DLQ_TRUNCATED_HEADER = "Flowscope-Dlq-Truncated"
 
 _UNSAFE = re.compile(r"[.*>\s\x00-\x1f\x7f]")
 

@@ -128,8 +128,9 @@ class Pipeline:
             self.metrics.add_flows(output.tally)
         elif kind == "dns":
             self.metrics.add_dns(output.tally)
-        if output.bad:
-            await self._dead_letter_records(kind, schema, msg, output.bad)
+        if output.bad and not await self._dead_letter_records(kind, schema, msg, output.bad):
+            await _settle(msg.nak(delay=1.0), "nak", self)
+            return
         await _settle(msg.ack(), "ack", self)
 
     async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> bool:
@@ -352,26 +353,60 @@ class Pipeline:
             reason=error.reason,
             detail=error.detail[:200],
         )
-        await messaging.dead_letter(
-            self.nc, COMPONENT, msg.subject, msg.headers, msg.data, str(error)
-        )
-        self.metrics.dead_lettered.inc()
+        copy = messaging.dead_letter(
+            self.nc, COMPONENT, msg.subject, msg.headers, msg.data, str(error),
+            msg_id=f"enricher:dlq:{raw_message_id(msg.metadata)}",
+        )  # fmt: skip
+        if not await self._dead(copy):
+            await _settle(msg.nak(delay=1.0), "nak", self)
+            return
         await _settle(msg.term(), "term", self)
 
     async def _dead_letter_records(
         self, kind: str, schema: codec.Schema, msg: Msg, bad: list[tuple[Any, RecordError]]
-    ) -> None:
-        """The bad records of an otherwise good batch, as one dead-lettered batch."""
-        self.metrics.bad_records.labels(kind).inc(len(bad))
+    ) -> bool:
+        """The bad records of an otherwise good batch, dead-lettered as batches that fit
+        the server's limit (a record re-encoded can be longer than it came: ``1e9``
+        becomes ``1000000000.0``), each stored once however often the raw batch comes
+        back (its id: the raw message and its first record's place). False if one was
+        not stored: the raw batch is then redelivered."""
         first = bad[0][1]
+        if msg.metadata.num_delivered == 1:
+            self.metrics.bad_records.labels(kind).inc(len(bad))
         self.bad_log.warning(
             f"bad-{kind}-record", "raw records dead-lettered", subject=msg.subject,
             count=len(bad), reason=str(first),
         )  # fmt: skip
-        body = b"".join(orjson.dumps(record) + b"\n" for record, _ in bad)
-        headers = {codec.SCHEMA_HEADER: schema.header, codec.COUNT_HEADER: str(len(bad))}
-        await messaging.dead_letter(self.nc, COMPONENT, msg.subject, headers, body, str(first))
-        self.metrics.dead_lettered.inc()
+        lines = [orjson.dumps(record) + b"\n" for record, _ in bad]
+        limit = max(1024, self.nc.max_payload - PAYLOAD_HEADROOM)
+        if max(map(len, lines)) > limit:  # one record alone does not fit: the batch as it came
+            copies = [(dict(msg.headers or {}), msg.data, str(first))]
+        else:
+            copies, start = [], 0
+            for chunk in codec.chunk_lines(schema, lines, limit):
+                copies.append((chunk.headers, chunk.body, str(bad[start][1])))
+                start += chunk.count
+        raw_id = raw_message_id(msg.metadata)
+        for n, (headers, body, reason) in enumerate(copies):
+            copy = messaging.dead_letter(
+                self.nc, COMPONENT, msg.subject, headers, body, reason,
+                msg_id=f"enricher:dlq:{raw_id}:{n}",
+            )  # fmt: skip
+            if not await self._dead(copy):
+                return False
+        return True
+
+    async def _dead(self, copy: Awaitable[bool]) -> bool:
+        """Await a dead-letter copy through JetStream: True once stored (counted when new:
+        a redelivered message's copy is a duplicate), False if it was not."""
+        try:
+            new = await asyncio.wait_for(copy, PUBLISH_TIMEOUT)
+        except Exception as e:  # DLQ stream away, timeout, a refusal: redelivered later
+            self.bad_log.warning("dlq", "dead-letter copy not stored", error=repr(e))
+            return False
+        if new:
+            self.metrics.dead_lettered.inc()
+        return True
 
     # ------------------------------------------------------------ state
 
