@@ -101,19 +101,12 @@ async def test_messages_waiting_for_a_slot_are_kept_alive_and_exported_once(
     assert starts == Counter(r["flow.start_ns"] for r in records)  # each exactly once
 
 
-@dataclass
-class RaisingSink:
-    """A sink with a bug: every export raises (the seam every sink implements)."""
-
-    name: str = "raising"
-    calls: list[float] = field(default_factory=list)
+class StubSink:
+    """The lifecycle of a sink that holds nothing (start, flush, shutdown, close do
+    nothing); a test's sink adds ``name`` and ``export``."""
 
     async def start(self) -> None:
         return None
-
-    async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
-        self.calls.append(time.monotonic())
-        raise RuntimeError("a bug in the sink")
 
     async def force_flush(self) -> None:
         return None
@@ -123,6 +116,18 @@ class RaisingSink:
 
     async def close(self) -> None:
         return None
+
+
+@dataclass
+class RaisingSink(StubSink):
+    """A sink with a bug: every export raises (the seam every sink implements)."""
+
+    name: str = "raising"
+    calls: list[float] = field(default_factory=list)
+
+    async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
+        self.calls.append(time.monotonic())
+        raise RuntimeError("a bug in the sink")
 
 
 async def test_an_export_that_raises_is_retried_with_backoff_not_in_a_hot_loop(
@@ -347,26 +352,14 @@ async def test_each_refused_record_is_dead_lettered_with_its_own_reason(
 
 
 @dataclass
-class PartlyConfirmingSink:
+class PartlyConfirmingSink(StubSink):
     """Refuses the first record, and says two more were not stored anew (as an OTLP
     partial_success or an Elasticsearch 409 does)."""
 
     name: str = "partly"
 
-    async def start(self) -> None:
-        return None
-
     async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
         return ExportResult(rejected={0: "refused"}, unconfirmed=2)
-
-    async def force_flush(self) -> None:
-        return None
-
-    async def shutdown(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_only_records_the_backend_confirmed_are_counted_exported(
