@@ -328,7 +328,7 @@ def _fit(headers: dict[str, str], body: bytes, reason: str, limit: int) -> bytes
     larger message makes the server close the connection (nats-py checks the body
     alone). The reason is shortened first; a body that still does not fit (an original
     within a few hundred bytes of the limit) is cut, its length in a header."""
-    room = limit - len(body) - header_size(headers) - header_size({subjects.DLQ_REASON_HEADER: ""})
+    room = limit - len(body) - header_size({**headers, subjects.DLQ_REASON_HEADER: ""})
     text = reason.encode()[: max(room, 0)].decode(errors="ignore")
     headers[subjects.DLQ_REASON_HEADER] = text
     if room >= 0:
