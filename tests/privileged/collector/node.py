@@ -162,11 +162,14 @@ class Node:
         return json.loads(out.strip().splitlines()[-1])
 
     def tcp_segments(self, pod: Pod) -> tuple[int, int]:
-        """(InSegs, OutSegs) of the pod's TCP: the kernel counts GSO segments one by one."""
+        """(segments received, segments sent) by the pod's TCP: the kernel counts GSO
+        segments one by one. Sent is OutSegs plus RetransSegs: OutSegs leaves out
+        segments holding only retransmitted bytes, which are on the wire all the same (a
+        loaded machine retransmits now and then)."""
         out = sh("ip", "netns", "exec", pod.ns, "cat", "/proc/net/snmp")
         names, values = [line.split()[1:] for line in out.splitlines() if line.startswith("Tcp:")]
         tcp = dict(zip(names, values, strict=True))
-        return int(tcp["InSegs"]), int(tcp["OutSegs"])
+        return int(tcp["InSegs"]), int(tcp["OutSegs"]) + int(tcp["RetransSegs"])
 
     def tx_rx(self, pod: Pod) -> tuple[int, int]:
         """(tx_packets, rx_packets) of the pod's eth0, from the kernel's own counters."""
