@@ -508,6 +508,7 @@ async def connect(nats: NatsSettings, rt: Runtime) -> NATS:
     except TimeoutError as e:
         raise StartupError("nats", f"cannot connect to {nats.url} within {timeout:g} s") from e
     rt.stack.push_async_callback(messaging.close, nc)
+    rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
     return nc
 
 

@@ -50,7 +50,7 @@ from flowscope.collector.settings import Settings
 from flowscope.collector.socket_snapshotting import SnapshotLimits, SocketSnapshot
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core import runtime
-from flowscope.core.messaging import close, connect, ensure_streams
+from flowscope.core.messaging import close, connect, ensure_streams, until_lost
 from flowscope.core.records import RawDns
 
 log = logging.getLogger("flowscope.collector")
@@ -104,6 +104,7 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     if nc is None:
         return  # SIGTERM while NATS was still unreachable: nothing to drain
     rt.stack.push_async_callback(close, nc)
+    rt.spawn(until_lost(nc, rt.stopping), "nats")
     js = nc.jetstream()
     await ensure_streams(js, settings.nats)
 

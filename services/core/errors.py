@@ -29,6 +29,16 @@ class StartupError(FlowscopeError):
         super().__init__(f"start-up check {check} failed: {problem}")
 
 
+class ConnectionLostError(FlowscopeError):
+    """A connection the service cannot get back by itself (nats-py closed it for good):
+    the service stops with exit status 1 and its orchestrator starts it again."""
+
+    def __init__(self, peer: str, problem: str) -> None:
+        self.peer = peer
+        self.problem = problem
+        super().__init__(f"{peer} connection lost for good: {problem}")
+
+
 class CodecError(FlowscopeError):
     """A message could not be decoded. ``reason`` is short and goes into DLQ headers."""
 

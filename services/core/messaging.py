@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import nats
 from flowscope.core import subjects
 from flowscope.core.config import readable_file, setting
-from flowscope.core.errors import ConfigError, StartupError
+from flowscope.core.errors import ConfigError, ConnectionLostError, StartupError
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -123,11 +123,15 @@ def connect_options(
     name: str,
     metrics: NatsMetrics,
     closing: Callable[[], bool] = lambda: False,
+    lost: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``nats.connect`` (split out so tests can inspect them).
 
     ``closing``: whether :func:`close` is closing the client (the service stopping) when
     nats-py reports the disconnection: that is neither a warning nor counted.
+    ``lost``: called when nats-py closes the client by itself, which it does for good
+    on most of the server's ``-ERR`` lines (an ``Authorization Violation`` after the
+    server's users changed, an expired JWT): nothing reconnects it after that.
     """
 
     async def disconnected() -> None:
@@ -147,6 +151,11 @@ def connect_options(
         metrics.errors.inc()
         log.warning("NATS error", extra={"error": str(e) or type(e).__name__})
 
+    async def closed() -> None:
+        metrics.connected.set(0)
+        if not closing():
+            lost()
+
     opts: dict[str, Any] = {
         "servers": settings.url.split(","),
         "name": f"flowscope-{name}",
@@ -157,6 +166,7 @@ def connect_options(
         "disconnected_cb": disconnected,
         "reconnected_cb": reconnected,
         "error_cb": error,
+        "closed_cb": closed,
         # Buffer publishes while reconnecting (bytes); beyond it publish raises and the
         # caller's bounded buffer takes over.
         "pending_size": 8 * 1024 * 1024,
@@ -179,14 +189,18 @@ async def connect(
     """Connect to NATS; with ``retry``, keep trying (logged, capped backoff) until it answers.
 
     Without ``retry`` an unreachable server is a :class:`StartupError` (exit 2). Once
-    connected, the client reconnects by itself forever.
+    connected, the client reconnects by itself forever — unless nats-py closes it, which
+    :func:`until_lost` turns into the service's stop.
     """
     metrics = NatsMetrics.create(registry)
     # A bounded initial attempt (nats-py would otherwise loop silently forever on an
     # unreachable server); our loop below retries with logging. Once connected, the
     # client reconnects by itself without limit.
     client: list[NATS] = []
-    opts = connect_options(settings, name, metrics, lambda: bool(client) and client[0] in _closing)
+    lost = asyncio.Event()
+    opts = connect_options(
+        settings, name, metrics, lambda: bool(client) and client[0] in _closing, lost.set
+    )
     opts.update(allow_reconnect=False, max_reconnect_attempts=1)
     delay = 0.1
     while True:
@@ -194,6 +208,7 @@ async def connect(
             nc = await nats.connect(**opts)
             nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1)
             client.append(nc)
+            _lost[nc] = lost
             break
         except Exception as e:  # nats-py raises a variety of errors for "unreachable"
             if not retry:
@@ -227,6 +242,30 @@ async def flush(nc: NATS, flush_timeout: int = 2) -> None:
 # Clients that close() is closing: their disconnection is the service stopping, not a
 # lost connection (nats-py also closes a client itself, on a server's -ERR).
 _closing: weakref.WeakSet[NATS] = weakref.WeakSet()
+# Each connected client's event, set when nats-py closed it by itself.
+_lost: weakref.WeakKeyDictionary[NATS, asyncio.Event] = weakref.WeakKeyDictionary()
+
+
+async def until_lost(nc: NATS, stopping: asyncio.Event) -> None:
+    """A root task for a service: returns once the service is stopping; raises
+    :class:`ConnectionLostError` if nats-py closes the client by itself first.
+
+    A closed client never reconnects: its publishes, fetches and acks fail from then on
+    while ``/readyz`` would go on saying ready. Stopping (exit status 1) lets the
+    orchestrator start the service again with a fresh connection — reading the
+    credentials file anew — and the durable consumers resume where they were acked.
+    """
+    lost = _lost[nc]
+    waits = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(stopping.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+    if lost.is_set() and not stopping.is_set():
+        error = nc.last_error
+        problem = (str(error) or type(error).__name__) if error else "closed by the client"
+        raise ConnectionLostError("NATS", problem)
 
 
 async def close(nc: NATS, flush_timeout: int = 2) -> None:

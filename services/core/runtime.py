@@ -7,7 +7,8 @@ the service stops. Stopping means: the ``stopping`` event is set, root tasks get
 and resources are released in reverse order of acquisition.
 
 Exit status: 0 after a signal or a clean end, 1 when a root task crashed (logged with its
-traceback: bugs crash loudly), 2 for a :class:`ConfigError` / :class:`StartupError`
+traceback: bugs crash loudly) or failed with a :class:`FlowscopeError` (one line: a
+lost connection), 2 for a :class:`ConfigError` / :class:`StartupError`
 raised while starting (one line, no traceback).
 """
 
@@ -124,7 +125,10 @@ def _crashed(rt: Runtime, cancelled_ok: bool = False) -> int:
         if task.cancelled():
             continue
         exc = task.exception()
-        if exc is not None:
+        if isinstance(exc, FlowscopeError):  # a failure the service names: one line
+            count += 1
+            log.error(f"root task {task.get_name()} failed: {exc}")
+        elif exc is not None:
             count += 1
             log.error(f"root task {task.get_name()} crashed", exc_info=exc)
         elif not rt.stopping.is_set():

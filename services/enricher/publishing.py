@@ -120,7 +120,7 @@ class AckedPublisher:
         self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_ack)
 
     async def close(self) -> None:
-        if self._sub is not None:
+        if self._sub is not None and not self._nc.is_closed:  # closed: nothing to undo
             await self._sub.unsubscribe()
         for _, future in self._pending.values():
             future.cancel()

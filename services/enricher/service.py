@@ -150,6 +150,7 @@ async def body(rt: Runtime, settings: Settings) -> None:
     enricher = build_enricher(settings, resolver)
     nc = await messaging.connect(settings.nats, "enricher", rt.registry)
     rt.stack.push_async_callback(messaging.close, nc)
+    rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
     js = nc.jetstream()
     await messaging.ensure_streams(js, settings.nats)
     pipeline = consuming.Pipeline(nc, enricher, metrics)

@@ -58,6 +58,7 @@ def body_for(settings: Settings, env: Mapping[str, str] | None = None) -> runtim
             rt.stack.push_async_callback(sink.close)
         nc = await messaging.connect(settings.nats, "exporter", rt.registry)
         rt.stack.push_async_callback(messaging.close, nc)
+        rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
         js = nc.jetstream()
         await messaging.ensure_streams(js, settings.nats)
         for sink in sinks:

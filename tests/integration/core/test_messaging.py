@@ -13,7 +13,7 @@ from typing import Any
 import nats
 import pytest
 from flowscope.core import messaging, subjects
-from flowscope.core.errors import StartupError
+from flowscope.core.errors import ConnectionLostError, StartupError
 from flowscope.core.messaging import NatsSettings
 from nats.js.api import StreamConfig
 from prometheus_client import CollectorRegistry
@@ -348,6 +348,43 @@ async def test_a_close_by_the_server_is_a_disconnection(
         assert any(r.getMessage() == "NATS disconnected" for r in caplog.records)
     finally:
         server.close()
+
+
+async def test_until_lost_raises_when_nats_py_closes_the_client(tmp_path: Path) -> None:
+    """A client nats-py closed by itself never reconnects: ``until_lost`` names it, so the
+    service stops (exit 1) instead of running on with a dead connection."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_control_line: 256\n")
+    server = nats_server.start(store_dir=str(tmp_path / "js"), extra=["-c", str(conf)])
+    try:
+        nc = await messaging.connect(NatsSettings(url=server.url), "test", CollectorRegistry())
+        watch = asyncio.create_task(messaging.until_lost(nc, asyncio.Event()))
+        await nc.publish("a" * 400, b"x")  # the server answers -ERR and closes
+        with pytest.raises(ConnectionLostError, match="NATS connection lost for good"):
+            await asyncio.wait_for(watch, 10)
+        assert nc.is_closed
+    finally:
+        server.close()
+
+
+async def test_until_lost_returns_when_stopping_or_closed_by_the_service(
+    fresh_server: Any,
+) -> None:
+    settings = NatsSettings(url=fresh_server.url)
+    nc = await messaging.connect(settings, "test", CollectorRegistry())
+    stopping = asyncio.Event()
+    watch = asyncio.create_task(messaging.until_lost(nc, stopping))
+    await asyncio.sleep(0.05)
+    assert not watch.done()  # connected, not stopping: waits
+    stopping.set()
+    await asyncio.wait_for(watch, 5)  # returns, no error
+    other = await messaging.connect(settings, "test", CollectorRegistry())
+    watch = asyncio.create_task(messaging.until_lost(other, asyncio.Event()))
+    await messaging.close(other)  # the service's own close is not a loss
+    await asyncio.sleep(0.1)
+    assert not watch.done()
+    watch.cancel()
+    await messaging.close(nc)
 
 
 def test_stream_config_is_bounded() -> None:

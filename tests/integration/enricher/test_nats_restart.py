@@ -1,11 +1,15 @@
-"""The NATS server restarts mid-stream: the enricher reconnects and carries on, losing nothing."""
+"""The NATS server restarts mid-stream: the enricher reconnects and carries on, losing
+nothing; a connection nats-py closes for good stops it."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+from pathlib import Path
 
 import nats
 import nats.errors
+import pytest
 from flowscope.core import codec, subjects
 
 from tests.integration.enricher.conftest import (
@@ -46,4 +50,32 @@ async def test_enricher_survives_a_nats_restart() -> None:
         await client.close()
     finally:
         assert await replica.stop() == 0
+        server.close()
+
+
+async def test_enricher_stops_when_nats_closes_its_connection_for_good(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's users change under a running enricher (a reload): the server answers
+    ``-ERR 'Authorization Violation'`` and nats-py closes the client for good. The
+    enricher stops with exit status 1 and one line saying why, so that its orchestrator
+    starts it again, instead of staying "ready" on a connection nothing reconnects."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text("authorization { users = [ {user: flow, password: one} ] }\n")
+    server = nats_server.start(store_dir=str(tmp_path / "js"), extra=["-c", str(conf)])
+    settings = make_settings(server.url, **{"nats.user": "flow", "nats.password": "one"})
+    replica = start_replica(settings)
+    try:
+        await replica.ready()
+        conf.write_text("authorization { users = [ {user: flow, password: two} ] }\n")
+        server.process.send_signal(signal.SIGHUP)  # nats-server reloads its configuration
+        assert await asyncio.wait_for(replica.task, 20) == 1
+        lines = [r.getMessage() for r in caplog.records]
+        reason = "NATS connection lost for good: nats: authorization failed"
+        assert [line for line in lines if "root task nats" in line] == [
+            f"root task nats failed: {reason}"
+        ]
+    finally:
+        if not replica.task.done():
+            await replica.stop()
         server.close()

@@ -315,3 +315,33 @@ async def test_ctrl_c_after_the_server_went_away_exits_cleanly() -> None:
     stderr = "".join(watcher.stderr)
     assert code == 0, stderr
     assert "Traceback" not in stderr, stderr
+
+
+async def test_exits_with_the_reason_when_nats_closes_the_connection_for_good(
+    tmp_path: Path,
+) -> None:
+    """The server's users change (a reload): nats-py closes the client for good on the
+    ``Authorization Violation``. observe says so in one line and exits 1 instead of
+    waiting for flows that can no longer come."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text("authorization { users = [ {user: flow, password: one} ] }\n")
+    server = nats_server.start(store_dir=str(tmp_path / "js"), extra=["-c", str(conf)])
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            FLOWSCOPE, "observe", "--nats-url", server.url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=_env(FLOWSCOPE_NATS_USER="flow", FLOWSCOPE_NATS_PASSWORD="one"),
+        )  # fmt: skip
+        watcher = Observer(proc)
+        await watcher.ready()
+        conf.write_text("authorization { users = [ {user: flow, password: two} ] }\n")
+        server.process.send_signal(signal.SIGHUP)  # nats-server reloads its configuration
+        code = await asyncio.wait_for(proc.wait(), TIMEOUT)
+        assert watcher._stderr_task is not None
+        await asyncio.wait_for(watcher._stderr_task, TIMEOUT)
+    finally:
+        server.close()
+    stderr = "".join(watcher.stderr)
+    assert code == 1, stderr
+    assert "NATS connection lost for good: nats: authorization failed" in stderr, stderr
+    assert "Traceback" not in stderr, stderr

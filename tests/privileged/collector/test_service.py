@@ -234,3 +234,30 @@ def test_sigterm_while_nats_unreachable_exits_cleanly(node: Node) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_exits_with_the_reason_when_nats_closes_the_connection_for_good(
+    node: Node, tmp_path: Any
+) -> None:
+    """The server's users change under a running collector (a reload): nats-py closes
+    the client for good on the ``Authorization Violation``. The collector stops with
+    status 1 and one line naming the cause — its programs detached as on SIGTERM — so
+    that its DaemonSet starts it again, instead of aggregating flows it can never send."""
+    conf = tmp_path / "nats.conf"
+    conf.write_text("authorization { users = [ {user: flow, password: one} ] }\n")
+    with node.inside():
+        server = nats_server.start(store_dir=str(tmp_path / "js"), extra=["-c", str(conf)])
+    try:
+        url = server.url.replace("nats://", "nats://flow:one@")
+        with collector_inside(node, url) as proc:
+            conf.write_text("authorization { users = [ {user: flow, password: two} ] }\n")
+            server.process.send_signal(signal.SIGHUP)  # nats-server reloads its configuration
+            assert proc.proc is not None
+            code = proc.proc.wait(30)
+            lines = [str(entry.get("msg", "")) for entry in proc.logs()]
+            assert code == 1, lines[-10:]
+            assert any("NATS connection lost for good" in line for line in lines), lines[-10:]
+            assert not any("Traceback" in line for line in lines), lines
+        assert node.flowscope_filters(node.pods[0].host_if) == []
+    finally:
+        server.close()
