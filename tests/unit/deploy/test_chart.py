@@ -426,6 +426,50 @@ def test_stream_limit_fractions_and_strings_pass_unchanged() -> None:
     assert "FLOWSCOPE_NATS_STREAM_REPLICAS" not in env
 
 
+def test_collector_numbers_and_extra_env_load_as_the_numbers_given() -> None:
+    """Helm's float64 values printed through ``quote`` arrive as ``1e+06``, which no
+    integer setting accepts (the pod would exit 2 at every start): written whole."""
+    objects = rendered({
+        "collector": {
+            "flows": {"maxEntries": 1000000, "activeTimeout": 30, "idleTimeout": 2.5},
+            "dns": {"port": 5353},
+            "extraEnv": {"FLOWSCOPE_PUBLISH_BUFFER_BYTES": 67108864,
+                         "FLOWSCOPE_SOCKETS_SNAPSHOT": False},
+        },
+        "enricher": {"extraEnv": {"FLOWSCOPE_JOIN_SOCKET_MAX_ENTRIES": 1000000,
+                                  "FLOWSCOPE_JOIN_DNS_TTL_MIN": "5"}},
+    })  # fmt: skip
+    collector = env_of(rendered_container(objects, "collector"))
+    given = {k: v for k, v in collector.items() if k.startswith(("FLOWSCOPE_FLOWS", "FLOWSCOPE_DNS",
+             "FLOWSCOPE_PUBLISH", "FLOWSCOPE_SOCKETS"))}  # fmt: skip
+    assert given == {
+        "FLOWSCOPE_FLOWS_MAX_ENTRIES": "1000000",
+        "FLOWSCOPE_FLOWS_ACTIVE_TIMEOUT": "30",
+        "FLOWSCOPE_FLOWS_IDLE_TIMEOUT": "2.5",
+        "FLOWSCOPE_DNS_PORT": "5353",
+        "FLOWSCOPE_PUBLISH_BUFFER_BYTES": "67108864",
+        "FLOWSCOPE_SOCKETS_SNAPSHOT": "false",
+    }
+    settings = config.load(settings_class("collector"), {}, env=given)
+    assert settings.flows.max_entries == 1000000
+    assert settings.publish.buffer_bytes == 67108864
+    assert settings.sockets.snapshot is False
+    enricher = env_of(rendered_container(objects, "enricher"))
+    extra = {
+        k: enricher[k] for k in ("FLOWSCOPE_JOIN_SOCKET_MAX_ENTRIES", "FLOWSCOPE_JOIN_DNS_TTL_MIN")
+    }
+    assert extra == {
+        "FLOWSCOPE_JOIN_SOCKET_MAX_ENTRIES": "1000000",
+        "FLOWSCOPE_JOIN_DNS_TTL_MIN": "5",
+    }
+    assert config.load(settings_class("enricher"), {}, env=extra).join.socket_max_entries == 1000000
+
+
+def test_nats_client_certificate_without_its_secret_fails() -> None:
+    with pytest.raises(TemplateFailure, match=r"nats\.tls\.clientCertificate needs"):
+        rendered({"nats": {"tls": {"clientCertificate": True}}})
+
+
 def test_otlp_tls_secret_is_mounted_and_wired() -> None:
     objects = rendered({"exporter": {"sinks": "otlp", "otlp": {"tlsSecret": "otlp-certs"}}})
     exporter = rendered_container(objects, "exporter")

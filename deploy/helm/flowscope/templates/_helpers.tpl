@@ -123,16 +123,19 @@ component only would be reverted by the next start of another.
 - name: FLOWSCOPE_NATS_TLS_KEY
   value: /etc/flowscope/nats-tls/tls.key
 {{- end }}
+{{- else if .root.Values.nats.tls.clientCertificate }}
+{{- fail "nats.tls.clientCertificate needs nats.tls.existingSecret (the Secret holding ca.crt, tls.crt and tls.key)" }}
 {{- end }}
 {{- end }}
 
 {{/*
-A numeric setting as a quoted env value. Helm reads numbers in values as float64, which
-print as 1.073741824e+09: whole ones are written through int64, others as they are.
-Strings pass unchanged (the service rejects a malformed one at start-up, naming it).
+A setting as a quoted env value. Helm reads numbers in values as float64, which print
+as 1.073741824e+09 (or 1e+06): whole ones are written through int64, others as they are.
+Strings and booleans pass unchanged (the service rejects a malformed one at start-up,
+naming it).
 */}}
 {{- define "flowscope.number" -}}
-{{- if kindIs "string" . }}{{ . | quote }}
+{{- if or (kindIs "string" .) (kindIs "bool" .) }}{{ . | quote }}
 {{- else if eq (float64 (int64 .)) (float64 .) }}{{ int64 . | quote }}
 {{- else }}{{ . | toString | quote }}
 {{- end }}
@@ -173,7 +176,7 @@ Strings pass unchanged (the service rejects a malformed one at start-up, naming 
 {{- define "flowscope.extraEnv" -}}
 {{- range $name, $value := . }}
 - name: {{ $name }}
-  value: {{ $value | quote }}
+  value: {{ include "flowscope.number" $value }}
 {{- end }}
 {{- end }}
 
