@@ -11,6 +11,10 @@ slow or absent backend, its messages — and those fetched with it that wait for
 next batch — are kept alive with ``in_progress`` so JetStream does not redeliver them
 behind our back (they would be exported twice).
 
+A consumer created again while the lane runs (deleted by an operator or the server)
+starts after the last message the lane settled, not from the oldest one the stream
+holds (see :class:`Position`); from the oldest when the stream itself was created again.
+
 A sink that raises (a bug) or a dead-letter stream that cannot store a refused record
 never makes the lane go round in a loop: the batch is retried after the lane's
 backoff (``batch.retry_initial`` doubling up to ``batch.retry_max``). So is subscribing,
@@ -26,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 import nats.errors
@@ -42,7 +47,7 @@ from flowscope.exporter.sink import ExportResult, Kind, Record, Sink, SinkClosed
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, StreamInfo
 
 log = logging.getLogger("flowscope.exporter.consuming")
 
@@ -81,6 +86,93 @@ def stream_position(msg: Msg) -> str:
 
 def durable_name(sink: str) -> str:
     return f"flowscope-exporter-{sink}"
+
+
+@dataclass(slots=True)
+class Position:
+    """How far a sink has settled one stream, as this lane knows it: where a consumer
+    created again (deleted while the lane ran) starts, so the records the stream still
+    holds are not all exported again.
+
+    The floor is a stream sequence up to which every message is settled: below the
+    oldest delivered message not yet acked (nak'ed or in an export), else the newest
+    delivered one — or the consumer's ack floor as the server last reported it, if
+    higher. A message acked out of order above one that is not is delivered again.
+    What the lane cannot see holds the floor down until the server's ack floor passes
+    it: messages an existing consumer had delivered before this lane subscribed, and
+    deliveries that never arrived (a gap in the consumer's delivery sequence, lost with
+    a connection or taken by another process sharing the consumer).
+    """
+
+    stream_created: datetime | None = None  # tells apart a stream created again
+    first_seq: int = 0
+    consumer_created: datetime | None = None  # whose ack floor counts
+    server_floor: int | None = None
+    newest: int | None = None  # newest stream sequence delivered
+    delivery: int = 0  # the consumer's delivery sequence last seen
+    unsettled: dict[int, datetime] = field(default_factory=dict)  # sequence: stored at
+    holds: list[tuple[int, int]] = field(default_factory=list)  # floor at most, until
+
+    def floor(self) -> int | None:
+        """Every message up to this stream sequence is settled; None if unknown."""
+        local = self.newest
+        if local is not None:
+            if self.unsettled:
+                local = min(local, min(self.unsettled) - 1)
+            local = min([local, *(bound for bound, _ in self.holds)])
+        known = [f for f in (local, self.server_floor) if f is not None]
+        return max(known) if known else None
+
+    def of_another_stream(self, stream: StreamInfo) -> bool:
+        """Whether ``stream`` was created again since this position was taken (its
+        sequences restarted): another creation time, or sequences it cannot have."""
+        floor = self.floor()
+        return (
+            stream.created != self.stream_created
+            or stream.state.first_seq < self.first_seq
+            or (floor is not None and stream.state.last_seq < floor)
+        )
+
+    def start(self, stream: StreamInfo) -> int | None:
+        """The stream sequence a consumer created now starts from; None for the oldest
+        (nothing known yet, or nothing settled that the stream still holds)."""
+        first = self.first_seq = stream.state.first_seq
+        for seq in [s for s in self.unsettled if s < first]:  # removed from the stream
+            del self.unsettled[seq]
+        floor = self.floor()
+        return None if floor is None or floor < first else floor + 1
+
+    def subscribed(self, consumer: ConsumerInfo) -> None:
+        """The consumer this lane now pulls from, before anything is fetched."""
+        self.consumer_created = consumer.created
+        self.delivery = consumer.delivered.consumer_seq if consumer.delivered else 0
+        self.acked_by_server(consumer)
+        if consumer.num_ack_pending and consumer.ack_floor and consumer.delivered:
+            self.holds.append((consumer.ack_floor.stream_seq, consumer.delivered.stream_seq))
+
+    def acked_by_server(self, consumer: ConsumerInfo) -> None:
+        """The current consumer's ack floor: settled, whatever this lane saw."""
+        if consumer.created != self.consumer_created or consumer.ack_floor is None:
+            return  # a consumer gone meanwhile, maybe of a stream gone too
+        acked = consumer.ack_floor.stream_seq or 0
+        self.server_floor = max(self.server_floor or 0, acked)
+        self.holds = [(bound, until) for bound, until in self.holds if until > acked]
+        for seq in [s for s in self.unsettled if s <= acked]:  # settled all the same
+            del self.unsettled[seq]
+
+    def delivered(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence
+        if seq.consumer > self.delivery + 1:  # deliveries that never came
+            self.holds.append((self.newest or 0, seq.stream))
+        self.delivery = max(self.delivery, seq.consumer)
+        self.newest = max(self.newest or 0, seq.stream)
+        self.unsettled[seq.stream] = msg.metadata.timestamp
+
+    def settled(self, msg: Msg) -> None:
+        """``msg`` acked (for good: exported, dead-lettered)."""
+        seq, stored = msg.metadata.sequence.stream, msg.metadata.timestamp
+        if self.unsettled.get(seq) == stored:  # not a message of a stream gone since
+            del self.unsettled[seq]
 
 
 @dataclass(slots=True)
@@ -143,6 +235,7 @@ class SinkLane:
         self._crashes_unlogged = 0
         # Each consumer's ack_wait as the server has it: keep-alives are timed from it.
         self._ack_wait = dict.fromkeys(Kind, batch.ack_wait)
+        self._positions = {kind: Position() for kind in Kind}
         # Writes whole NDJSON bodies, validated, as they came (the stdout sink)
         self._export_lines: Callable[[Kind, list[bytes], int], Awaitable[ExportResult]] | None
         self._export_lines = getattr(sink, "export_lines", None)
@@ -260,17 +353,28 @@ class SinkLane:
     async def _subscribe(self, source: Source) -> JetStreamContext.PullSubscription:
         """Create the durable consumer, or bring an existing one's ``ack_wait`` and
         ``max_ack_pending`` to the settings (JetStream lets both change), and pull from it.
-        Keep-alives are timed from the ``ack_wait`` the server then reports."""
+        Keep-alives are timed from the ``ack_wait`` the server then reports.
+
+        A consumer created anew starts after what this lane settled of the same stream
+        (see :class:`Position`), else from the oldest message; an existing one keeps
+        where it started (JetStream refuses to change it)."""
         name = durable_name(self.sink.name)
+        start = self._start(source, await self._js.stream_info(source.stream))
         config = ConsumerConfig(
             name=name,
             durable_name=name,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL if start is None else DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
             ack_wait=self._batch.ack_wait,
             max_ack_pending=self._batch.max_in_flight * self._batch.max_records + FETCH_MESSAGES,
             filter_subject=source.subject,
         )
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            existing = (await self._js.consumer_info(source.stream, name)).config
+            config.deliver_policy = existing.deliver_policy
+            config.opt_start_seq = existing.opt_start_seq
+            config.opt_start_time = existing.opt_start_time
         try:
             await self._js.add_consumer(source.stream, config)  # creates or updates
         except nats.js.errors.BadRequestError as e:  # a change the server refuses
@@ -283,7 +387,22 @@ class SinkLane:
         )
         info = await sub.consumer_info()
         self._ack_wait[source.kind] = info.config.ack_wait or self._batch.ack_wait
+        self._positions[source.kind].subscribed(info)
         return sub
+
+    def _start(self, source: Source, stream: StreamInfo) -> int | None:
+        """Where a consumer created now on ``stream`` starts (None: its oldest message)."""
+        position = self._positions[source.kind]
+        if position.of_another_stream(stream):  # or the first subscription
+            position = Position(stream_created=stream.created, first_seq=stream.state.first_seq)
+            self._positions[source.kind] = position
+        start = position.start(stream)
+        if start is not None:
+            log.info(
+                "consumer created again; resuming after the messages settled",
+                extra={"sink": self.sink.name, "stream": source.stream, "start": start},
+            )
+        return start
 
     async def _fetch(
         self, sub: JetStreamContext.PullSubscription, wait: float, source: Source
@@ -328,10 +447,12 @@ class SinkLane:
             with contextlib.suppress(Exception):  # NATS away: keep the last figure
                 info = await self._js.consumer_info(source.stream, name)
                 gauge.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+                self._positions[source.kind].acked_by_server(info)
             await asyncio.sleep(max(1.0, min(5.0, self._ack_wait[source.kind] / 3)))
 
     async def _take(self, source: Source, msg: Msg, batch: Batch) -> None:
         """Decode one message into the batch; bad messages/records are dead-lettered."""
+        self._positions[source.kind].delivered(msg)
         try:
             records = codec.decode(source.schema, msg.headers, msg.data)
         except CodecError as e:
@@ -349,7 +470,7 @@ class SinkLane:
             )
             if dead:  # counted once it is settled, not at every redelivery before
                 self._metrics.bad_messages.labels(self.sink.name).inc()
-                await _ack(msg)
+                await self._ack_settled(source.kind, msg)
             return
         good = []
         for i, record in enumerate(records):
@@ -362,7 +483,7 @@ class SinkLane:
         if good:
             batch.add(msg, good, whole=len(good) == len(records))
         else:
-            await _ack(msg)
+            await self._ack_settled(source.kind, msg)
 
     async def _submit(self, kind: Kind, batch: Batch, waiting: Iterable[Msg] = ()) -> None:
         """Hand a batch to the sink once an in-flight slot is free (bounds memory).
@@ -463,7 +584,12 @@ class SinkLane:
                     await _nak(msg, self._dlq_backoff.next_delay())
                     continue
                 self._dlq_backoff.reset()
-            await _ack(msg)
+            await self._ack_settled(kind, msg)
+
+    async def _ack_settled(self, kind: Kind, msg: Msg) -> None:
+        """Ack a message settled for good, and count it settled (see :class:`Position`)."""
+        self._positions[kind].settled(msg)
+        await _ack(msg)
 
     async def _dead_letter_refused(
         self, kind: Kind, msg: Msg, refused: dict[int, tuple[Record, str]]
