@@ -14,9 +14,11 @@ One :class:`Informer` per resource keeps the :class:`Inventory` current:
   exponential backoff below when the LIST before it led to a 410 too without a single
   watch event applied in between (an API server that expires every version it hands
   out must not be re-LISTed in a loop).
-- Any other failure (connection refused, 5xx, a malformed line) is counted and retried
-  with capped exponential backoff; meanwhile the last known metadata keeps serving and
-  :class:`ApiHealth` reports how stale it is.
+- Any other failure (connection refused, 5xx, a LIST or a line of odd shape, a stream
+  silent past :attr:`WatchSettings.silence_limit`) is counted and retried with capped
+  exponential backoff; meanwhile the last known metadata keeps serving and
+  :class:`ApiHealth` reports how stale it is — from the last word heard from the API,
+  which also covers an API gone silent behind a partition (no error to notice).
 
 Requests go through kubernetes-asyncio's ``ApiClient`` (its configuration, TLS and
 authentication), with the body read raw and parsed by orjson straight into the slim
@@ -103,24 +105,40 @@ def resources(label_keys: tuple[str, ...]) -> tuple[Resource, ...]:
 
 @dataclass(slots=True)
 class ApiHealth:
-    """Whether the API is reachable, and since when it is not (staleness)."""
+    """How old the metadata is: the time since each informer last heard from the API.
+
+    A healthy informer hears something at least every ``silence_limit`` seconds (a LIST
+    answered, a WATCH opened, an event or BOOKMARK, the server ending the stream at its
+    timeout). So an informer is stale while its requests fail, or once its last word is
+    older than that — the API silent behind a partition raises no error for a while —
+    and staleness counts from its last word either way, not from when that was noticed.
+    """
 
     clock: Callable[[], float] = time.monotonic
+    heard: dict[str, float] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)
     failing: set[str] = field(default_factory=set)
-    down_since: float | None = None
 
-    def ok(self, resource: str) -> None:
+    def expect(self, resource: str, silence_limit: float) -> None:
+        """An informer starts: no word from the API yet, counted from now."""
+        self.heard[resource] = self.clock()
+        self.limits[resource] = silence_limit
+
+    def heard_from(self, resource: str) -> None:
+        self.heard[resource] = self.clock()
         self.failing.discard(resource)
-        if not self.failing:
-            self.down_since = None
 
     def failed(self, resource: str) -> None:
         self.failing.add(resource)
-        if self.down_since is None:
-            self.down_since = self.clock()
 
     def staleness(self) -> float:
-        return 0.0 if self.down_since is None else self.clock() - self.down_since
+        """Seconds since the stalest informer last heard from the API (0: none is)."""
+        now = self.clock()
+        stale = [now - at for r, at in self.heard.items() if self._stale(r, now - at)]
+        return max(stale, default=0.0)
+
+    def _stale(self, resource: str, silent_for: float) -> bool:
+        return resource in self.failing or silent_for > self.limits[resource]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +148,13 @@ class WatchSettings:
     page_size: int
     watch_timeout: int
     backoff_max: float
+
+    @property
+    def silence_limit(self) -> float:
+        """The longest a healthy WATCH stays silent: the server ends it after
+        ``watch_timeout`` (plus a margin for a busy server); a stream silent for longer
+        is given up as dead (its read timeout) and the metadata counts as stale."""
+        return self.watch_timeout + max(2.0, self.watch_timeout / 10)
 
 
 class Informer:
@@ -163,6 +188,7 @@ class Informer:
         # 410s since the last watch event applied: from the second on, LIST after a
         # backoff (BACKOFF_FIRST doubling up to backoff_max), not at once.
         self.expired_in_a_row = 0
+        health.expect(resource.name, settings.silence_limit)
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = BACKOFF_FIRST
@@ -227,10 +253,9 @@ class Informer:
                 page = _json(await resp.read(), self.resource.name)
             finally:
                 resp.release()
-            self.health.ok(self.resource.name)
-            items += self._convert_all(page.get("items") or [])
-            meta = page.get("metadata") or {}
-            token = meta.get("continue") or ""
+            raw_items, token, version = _envelope(page, self.resource.name)
+            self.health.heard_from(self.resource.name)
+            items += self._convert_all(raw_items)
             if not token:
                 break
         self.inventory.replace(self.resource.name, items)
@@ -238,7 +263,7 @@ class Informer:
         self.metrics.informer_objects.labels(self.resource.name).set(
             self.inventory.count(self.resource.name)
         )
-        return str(meta.get("resourceVersion") or "")
+        return version
 
     def _convert_all(self, raw_items: list[Any]) -> list[Obj]:
         out = []
@@ -277,23 +302,29 @@ class Informer:
         ]
         if version:
             query.append(("resourceVersion", version))
-        resp = await self._request(query, self.settings.watch_timeout + 30)
+        # The read timeout bounds the silence between two chunks: a stream the server
+        # neither feeds nor ends (a partition, a frozen server) is given up.
+        resp = await self._request(query, self.settings.silence_limit)
+        name = self.resource.name
         try:
             if resp.status == 410:
-                raise Expired(f"{self.resource.name}: resourceVersion {version} expired")
+                raise Expired(f"{name}: resourceVersion {version} expired")
             if resp.status != 200:
-                raise ApiError(self.resource.name, f"WATCH answered HTTP {resp.status}")
-            self.health.ok(self.resource.name)
+                raise ApiError(name, f"WATCH answered HTTP {resp.status}")
+            self.health.heard_from(name)
             buffer = b""
             async for chunk in resp.content.iter_any():
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        self.version = self._apply(_json(line, self.resource.name), version)
+                        event = _json(line, name)
+                        self.health.heard_from(name)
+                        self.version = self._apply(event, version)
                         version = self.version
             # A partial last line (stream broken mid-event) is dropped: the event was not
             # applied, so resuming from ``version`` receives it again.
+            self.health.heard_from(name)  # the server ended the stream (its timeout)
         finally:
             resp.release()
 
@@ -311,7 +342,9 @@ class Informer:
         name = self.resource.name
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
-        new_version = str(meta.get("resourceVersion") or version)
+        new_version = meta.get("resourceVersion")
+        if not isinstance(new_version, str) or not new_version:
+            new_version = version  # an odd version must not become the resume point
         self.expired_in_a_row = 0  # the version is good: a 410 after this relists at once
         if kind in ("ADDED", "MODIFIED"):
             converted = self._convert(obj)
@@ -347,6 +380,21 @@ async def _until_stopped(work: Coroutine[Any, Any, None], stopping: asyncio.Even
                 await task
     if not task.cancelled():
         task.result()
+
+
+def _envelope(page: Mapping[str, Any], resource: str) -> tuple[list[Any], str, str]:
+    """A LIST page's items, continue token and resourceVersion (missing: none).
+
+    A page of odd shape is an API error (retried), not a crash of the informer."""
+    items = page.get("items") or []
+    meta = page.get("metadata") or {}
+    if not isinstance(items, list) or not isinstance(meta, Mapping):
+        raise ApiError(resource, "LIST answer of odd shape (items, metadata)")
+    token = meta.get("continue") or ""
+    version = meta.get("resourceVersion") or ""
+    if not isinstance(token, str) or not isinstance(version, str):
+        raise ApiError(resource, "LIST answer of odd shape (continue, resourceVersion)")
+    return items, token, version
 
 
 def _json(body: bytes, resource: str) -> dict[str, Any]:

@@ -17,6 +17,9 @@ What a client sees is what an API server sends:
   :meth:`FakeKube.break_watches` writes half an event line and drops the connection.
 - :meth:`FakeKube.stop` / :meth:`FakeKube.start` take the server away and bring it
   back on the same port (the API unreachable, then recovered).
+- :meth:`FakeKube.go_silent` / :meth:`FakeKube.speak_again`: the API silent (a network
+  partition, a frozen server) — connections are accepted, nothing comes back — then
+  answering again.
 - Requests must carry ``Authorization: Bearer <token>`` (the token in the kubeconfig
   :meth:`FakeKube.write_kubeconfig` writes), else ``401``.
 
@@ -99,6 +102,8 @@ class FakeKube:
         self._expired_tokens: set[str] = set()
         self.expire_after_first_page = False  # the next LIST's continue token expires
         self.end_watches_at_once = False  # every WATCH ends right after its backlog
+        self._speaking = asyncio.Event()  # cleared: silent
+        self._speaking.set()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -176,6 +181,15 @@ class FakeKube:
             watcher.queue.put_nowait(b'{"type": "MODIFIED", "object": {"kind": "Po')
             watcher.queue.put_nowait(b"")
 
+    def go_silent(self) -> None:
+        """Open streams send nothing more and outlive their timeout; new requests are
+        accepted and not answered — until :meth:`speak_again`."""
+        self._speaking.clear()
+
+    def speak_again(self) -> None:
+        """Answer the requests held while silent, and stream again."""
+        self._speaking.set()
+
     def watch_count(self, resource: str) -> int:
         return sum(1 for w in self.watchers if w.resource == resource)
 
@@ -201,6 +215,7 @@ class FakeKube:
     def _collection(self, kind: Kind) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             self.requests.append((kind.resource, dict(request.query)))
+            await self._speaking.wait()
             if request.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return web.json_response(status(401, "Unauthorized", "Unauthorized"), status=401)
             if request.query.get("watch") in ("true", "1"):
@@ -272,6 +287,7 @@ class FakeKube:
                 line = await asyncio.wait_for(watcher.queue.get(), deadline - loop.time())
             except TimeoutError:
                 line = None
+            await self._speaking.wait()
             if line is None:  # the server ends the watch (timeoutSeconds, or the test)
                 with contextlib.suppress(ConnectionError):
                     await response.write_eof()

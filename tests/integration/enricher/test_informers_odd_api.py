@@ -1,0 +1,206 @@
+"""An API server that goes silent, or answers in odd shapes: the informer reports how old
+its metadata is, keeps serving it, and never ends (an ended informer stops the service)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from flowscope.core import config
+from flowscope.enricher import service
+from flowscope.enricher.inventory import Inventory
+from flowscope.enricher.metrics import Metrics
+from flowscope.enricher.settings import Settings
+from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, resources
+from prometheus_client import CollectorRegistry
+
+from tests.support.fake_kube import FakeKube, Kind
+from tests.support.waiting import eventually
+from tests.unit.enricher import cluster
+
+PODS = next(r for r in resources(("app",)) if r.name == "pods")
+
+
+class OddKube(FakeKube):
+    """The fake API, answering the next LISTs with the bodies in ``odd_lists``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.odd_lists: list[Any] = []
+
+    def _list(self, kind: Kind, request: web.Request) -> web.Response:
+        if self.odd_lists:
+            return web.json_response(self.odd_lists.pop(0))
+        return super()._list(kind, request)
+
+    def send_line(self, line: bytes) -> None:
+        """One raw line on every open WATCH stream."""
+        for watcher in self.watchers:
+            watcher.queue.put_nowait(line + b"\n")
+
+
+class Clock:
+    """The staleness clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Setup:
+    def __init__(self, fake: OddKube, api: Any) -> None:
+        self.fake = fake
+        self.clock = Clock()
+        self.inventory = Inventory(deleted_grace=60)
+        self.registry = CollectorRegistry()
+        self.health = ApiHealth(clock=self.clock)
+        # A WATCH asks for 1 s: a healthy stream says something at least every second.
+        settings = WatchSettings(page_size=100, watch_timeout=1, backoff_max=0.3)
+        self.informer = Informer(api, PODS, self.inventory, Metrics.create(self.registry),
+                                 self.health, settings)  # fmt: skip
+        self.stopping = asyncio.Event()
+        self.task = asyncio.create_task(self.informer.run(self.stopping))
+
+    def metric(self, name: str, **labels: str) -> float:
+        sample = f"flowscope_enricher_{name}_total"
+        return self.registry.get_sample_value(sample, {"resource": "pods", **labels}) or 0.0
+
+    def name_of(self, ip: str) -> str | None:
+        return self.inventory.resolve(ip).source.get("source.k8s.pod.name")
+
+    def watches(self) -> list[dict[str, str]]:
+        return [q for r, q in self.fake.requests if r == "pods" and q.get("watch") == "true"]
+
+
+@pytest.fixture
+async def fake(tmp_path: Path) -> AsyncIterator[tuple[OddKube, Any]]:
+    kube = OddKube()
+    await kube.start()
+    settings = config.load(
+        Settings, {"kubeconfig": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}, env={}
+    )
+    api = await service.kube_client(settings)
+    yield kube, api
+    kube.speak_again()
+    kube.end_watches()
+    await api.close()
+    await kube.stop()
+
+
+async def stop(setup: Setup) -> None:
+    setup.stopping.set()
+    await asyncio.wait_for(setup.task, 5)  # also raises what ended the informer
+
+
+async def test_silent_api_staleness_counts_from_the_last_word_and_recovers(
+    fake: tuple[OddKube, Any],
+) -> None:
+    kube, api = fake
+    kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
+    setup = Setup(kube, api)
+    try:
+        await eventually(lambda: kube.watch_count("pods") == 1, within=10)
+        kube.bookmark()  # the last word from the API, heard at 0 on the staleness clock
+        await eventually(lambda: setup.metric("informer_events", type="BOOKMARK") == 1, within=10)
+        kube.go_silent()  # the stream stays open; nothing more comes, no end at timeout
+        setup.clock.now = 100.0  # far longer than a healthy 1 s WATCH stays quiet
+        assert setup.health.staleness() == 100.0
+        # The silent stream is given up (read timeout), not waited on for ever.
+        await eventually(lambda: setup.metric("informer_errors") >= 1, within=20)
+        setup.clock.now = 130.0
+        assert setup.health.staleness() == 130.0  # from the last word, not from the failure
+        assert setup.name_of("10.1.0.1") == "p0"  # last known metadata still served
+        kube.speak_again()
+        kube.add("pods", cluster.pod("back", ips=("10.1.0.2",)))
+        await eventually(lambda: setup.name_of("10.1.0.2") == "back", within=10)
+        assert setup.health.staleness() == 0.0
+    finally:
+        await stop(setup)
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"kind": "PodList", "metadata": ["x"], "items": []},
+        {"kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": 5},
+        {"kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": {"a": {}}},
+        {"kind": "PodList", "metadata": {"resourceVersion": ["1"]}, "items": []},
+        {
+            "kind": "PodList",
+            "metadata": {"resourceVersion": "1", "continue": {"a": 1}},
+            "items": [],
+        },
+        [{"kind": "PodList"}],
+    ],
+    ids=[
+        "metadata-list",
+        "items-int",
+        "items-object",
+        "version-list",
+        "continue-object",
+        "not-an-object",
+    ],
+)
+async def test_odd_list_envelope_is_an_api_error_retried(
+    fake: tuple[OddKube, Any], envelope: Any
+) -> None:
+    kube, api = fake
+    kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
+    kube.odd_lists = [envelope, envelope]
+    setup = Setup(kube, api)
+    try:
+        await asyncio.wait_for(setup.informer.synced.wait(), 10)  # the third LIST is fine
+        assert setup.metric("informer_errors") == 2
+        assert setup.name_of("10.1.0.1") == "p0"
+        assert setup.health.staleness() == 0.0
+    finally:
+        await stop(setup)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"[1, 2]", b'"ADDED"', b'{"type": "ADDED", "object": [1]}', b'{"type": "ADDED"}'],
+    ids=["list", "string", "object-a-list", "no-object"],
+)
+async def test_odd_watch_line_is_an_api_error_retried(
+    fake: tuple[OddKube, Any], line: bytes
+) -> None:
+    kube, api = fake
+    setup = Setup(kube, api)
+    try:
+        await eventually(lambda: kube.watch_count("pods") == 1, within=10)
+        kube.send_line(line)
+        await eventually(lambda: setup.metric("informer_errors") >= 1, within=10)
+        kube.add("pods", cluster.pod("after", ips=("10.1.0.3",)))
+        await eventually(lambda: setup.name_of("10.1.0.3") == "after", within=10)
+    finally:
+        await stop(setup)
+
+
+async def test_odd_resource_version_in_an_event_keeps_the_resume_point(
+    fake: tuple[OddKube, Any],
+) -> None:
+    kube, api = fake
+    setup = Setup(kube, api)
+    try:
+        await eventually(lambda: kube.watch_count("pods") == 1, within=10)
+        version = str(kube.version)
+        odd = cluster.pod("odd-version", ips=("10.1.0.4",))
+        odd["metadata"]["resourceVersion"] = {"not": "a version"}
+        kube.send_line(orjson.dumps({"type": "ADDED", "object": odd}))
+        await eventually(lambda: setup.name_of("10.1.0.4") == "odd-version", within=10)
+        kube.end_watches()
+        await eventually(lambda: len(setup.watches()) >= 2, within=10)
+        assert setup.watches()[-1]["resourceVersion"] == version
+        kube.add("pods", cluster.pod("after", ips=("10.1.0.5",)))
+        await eventually(lambda: setup.name_of("10.1.0.5") == "after", within=10)
+        assert setup.metric("informer_errors") == 0
+    finally:
+        await stop(setup)
