@@ -792,7 +792,8 @@ class Enricher:
         if ident.kind == "node" and found.home != ident.home:
             return ident
         if found.address != ident.address:
-            found = _readdressed(found, ident.address)
+            at = found.elsewhere.get(ident.address) if found.elsewhere else None
+            found = at or _readdressed(found, ident.address)
         return found
 
 
@@ -968,5 +969,7 @@ if _flowcore is not None:
 
 
 def _readdressed(ident: Identity, address: str) -> Identity:
-    """The same identity at another address (a hostNetwork pod uses its node's address)."""
-    return Identity(ident.kind, ident.token, ident.home, address, ident.meta, ident.pod_uid)
+    """The same identity at another address (a hostNetwork pod's node address that is not
+    among its podIPs), without the Services of its own address: none lists this one."""
+    meta = {k: v for k, v in ident.meta.items() if k != "k8s.service.name"}
+    return Identity(ident.kind, ident.token, ident.home, address, meta, ident.pod_uid)

@@ -38,6 +38,10 @@ class Identity:
     address: str  # canonical text
     meta: dict[str, Any]  # the other wire keys, without the side's prefix (k8s.*)
     pod_uid: str = ""  # the pod, when the identity is one (container-id refinement)
+    # A container's identity (Resolver.by_container) at its pod's first address: the same
+    # container at each of the pod's other addresses (a dual-stack pod), whose Services may
+    # differ; a socket's container id refines an endpoint to the one at its address.
+    elsewhere: dict[str, Identity] | None = field(default=None, repr=False)
     # The wire keys as JSON object members, without braces (``"source.address":"…",…``),
     # rendered once: a record's line is joined from them (see enriching.render_line).
     source_json: bytes = field(init=False, repr=False, compare=False)

@@ -21,8 +21,10 @@ probe for a cached one. What an identity reads, and so what must drop it:
 - the pod, service or node indexed at its address, and that object's fields: an upsert
   or sweep of a pod, service or node drops the old and the new object's addresses (and
   a pod's container ids);
-- the EndpointSlices listing the address (the pod's ``k8s.service.name``): a slice
-  change drops its old and new addresses, with the container entries built for them;
+- the EndpointSlices listing the address (the pod's ``k8s.service.name``, from the
+  endpoints there that are the pod's: see ``EndpointSlice.selects``): a slice change
+  drops its old and new addresses, with the container entries built for them (a
+  container's entry is built for each of its pod's addresses);
 - for a pod, every controller its owner chain looks up: a controller change drops the
   entries of every pod whose chain passes through it (found through owner → referrer
   indexes);
@@ -277,13 +279,13 @@ class Inventory:
 
     def _forget_addresses(self, addresses: Iterable[str]) -> None:
         """Drop the identities of these addresses, and the container entries built for them
-        (a container's identity reads the EndpointSlices of its pod's first address)."""
+        (a container's identity reads the EndpointSlices of each of its pod's addresses)."""
         cold = self._cold
         for address in addresses:
             if self._cache.pop(address, None) is not None:
                 self.generation += 1
             for cid in self._cached_containers.pop(address, ()):
-                self._container_cache.pop(cid, None)
+                self._forget_container(cid)  # and its lines at its pod's other addresses
             cold[address] = None
         if cold:
             self.cold.set()
@@ -292,11 +294,12 @@ class Inventory:
         """Drop one container entry, and its line in the address → container ids index."""
         found = self._container_cache.pop(cid, None)
         if found is not None:
-            cids = self._cached_containers.get(found.address)
-            if cids is not None:
-                cids.discard(cid)
-                if not cids:
-                    del self._cached_containers[found.address]
+            for address in _built_at(found):
+                cids = self._cached_containers.get(address)
+                if cids is not None:
+                    cids.discard(cid)
+                    if not cids:
+                        del self._cached_containers[address]
 
     def _pods_below(self, top: Key) -> list[Pod]:
         """Every pod whose owner chain looks ``top`` up (and a few more past the chain's
@@ -376,7 +379,7 @@ class Inventory:
     # ------------------------------------------------------------ lookups
 
     def resolve(self, address: str) -> Identity:
-        """The identity of an address: pod, service, node, or external."""
+        """The identity of an address: pod, node, service, or external, in that order."""
         found = self._cache.get(address)
         if found is None:
             found = self._build(address)
@@ -428,8 +431,8 @@ class Inventory:
             self._cached_containers.clear()
         self._container_cache[container_id] = found
         if found is not None:
-            address = found.address
-            self._cached_containers.setdefault(address, set()).add(container_id)
+            for address in _built_at(found):
+                self._cached_containers.setdefault(address, set()).add(container_id)
         return found
 
     def other_addresses(self, address: str) -> tuple[str, ...]:
@@ -445,24 +448,35 @@ class Inventory:
         )  # fmt: skip
 
     def _build_container(self, container_id: str) -> Identity | None:
+        """The container's identity at its pod's first address, with the identities at
+        the others in ``elsewhere`` (each names the Services of its own address)."""
         pod = self._containers.get(container_id)
         if pod is None:
             return None
-        address = pod.ips[0] if pod.ips else ""
-        return self._pod_identity(pod, address, pod.container_ids[container_id])
+        container = pod.container_ids[container_id]
+        if not pod.ips:
+            return self._pod_identity(pod, "", container)
+        found = self._pod_identity(pod, pod.ips[0], container)
+        if len(pod.ips) > 1:
+            found.elsewhere = {ip: self._pod_identity(pod, ip, container) for ip in pod.ips[1:]}
+        return found
 
     def _build(self, address: str) -> Identity:
         pod = self._pod_ips.get(address)
         if pod is not None:
             return self._pod_identity(pod, address, pod.containers[0] if pod.containers else "")
-        service = self._service_ips.get(address)
-        if service is not None:
-            meta = {"k8s.namespace.name": service.namespace, "k8s.service.name": service.name}
-            return identity("service", service.namespace, "", address, meta)
+        # A node's address is the node's even when a Service lists it as an external or
+        # load-balancer IP (k3s ServiceLB puts node addresses there): its hostNetwork pods
+        # are told apart by the container id only on a node identity. No ClusterIP is
+        # ever a node's address.
         node = self._node_ips.get(address)
         if node is not None:
             meta = {"k8s.node.name": node.name}
             return identity("node", subjects.NODE_TOKEN, node.name, address, meta)
+        service = self._service_ips.get(address)
+        if service is not None:
+            meta = {"k8s.namespace.name": service.namespace, "k8s.service.name": service.name}
+            return identity("service", service.namespace, "", address, meta)
         return external(address)
 
     def _pod_identity(self, pod: Pod, address: str, container: str) -> Identity:
@@ -479,7 +493,9 @@ class Inventory:
         self._owner_chain(pod, meta)
         slices = self._slice_ips.get(address)
         if slices:
-            meta["k8s.service.name"] = min(s.service for s in slices.values())
+            services = [s.service for s in slices.values() if s.selects(pod, address)]
+            if services:
+                meta["k8s.service.name"] = min(services)
         for key, value in pod.labels.items():
             meta[LABEL_PREFIX + key] = value
         ident = identity("pod", pod.namespace, pod.node, address, meta)
@@ -515,6 +531,11 @@ def _owner_key(obj: Pod | Workload) -> Key | None:
     """The store key (kind, namespace, name) of the controller owning ``obj``: the key the
     owner chain looks up, and the owner → referrer indexes are kept under."""
     return None if obj.owner is None else (obj.owner.kind, obj.namespace, obj.owner.name)
+
+
+def _built_at(found: Identity) -> list[str]:
+    """The addresses a container identity was built for (their slices name its Services)."""
+    return [found.address, *(found.elsewhere or ())]
 
 
 def _drop(index: dict[str, Any], ips: tuple[str, ...], obj: Any) -> None:

@@ -21,6 +21,7 @@ from flowscope.core.errors import FlowscopeError
 
 CONTAINER_ID_PREFIXES = ("containerd://", "docker://", "cri-o://", "crio://")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ELSEWHERE = "/"  # an endpoint's target that is no pod of the slice's namespace (never a name)
 FINISHED_PHASES = ("Succeeded", "Failed")  # a pod that will not run again
 
 _intern = sys.intern
@@ -98,13 +99,32 @@ class Workload:
 
 @dataclass(slots=True)
 class EndpointSlice:
-    """The pod addresses a Service selects, from one EndpointSlice."""
+    """The pod addresses a Service selects, from one EndpointSlice.
+
+    An endpoint's address alone does not say whose it is: the apiserver's ``kubernetes``
+    slice lists the control-plane nodes' addresses, a hostNetwork pod's endpoint lists its
+    node's, a stale one an address since given to another pod. ``targets`` keeps, beside
+    each address, the pod its endpoint's ``targetRef`` names (see :meth:`selects`).
+    """
 
     namespace: str
     name: str
     service: str
     addresses: tuple[str, ...]
+    # per address: the name of the pod its targetRef names in this namespace; "" when the
+    # endpoint has no targetRef; ELSEWHERE when it names anything else
+    targets: tuple[str, ...]
     deleted_at: float = 0.0
+
+    def selects(self, pod: Pod, address: str) -> bool:
+        """Whether the endpoint at ``address`` (one of :attr:`addresses`) is ``pod``'s: its
+        targetRef names the pod; or it has none and the pod is in this namespace and not
+        hostNetwork (a hostNetwork pod shares its address with its node and every other
+        hostNetwork pod there, so only a targetRef can name it)."""
+        if pod.namespace != self.namespace:
+            return False
+        target = self.targets[self.addresses.index(address)]
+        return target == pod.name if target else not pod.host_network
 
 
 def _meta(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -187,7 +207,7 @@ def pod_from_json(
     labels = _object(meta.get("labels"))
     return Pod(
         namespace=_intern(str(meta.get("namespace") or "default")),
-        name=meta["name"],
+        name=_intern(meta["name"]),  # shared with the EndpointSlices' targets
         uid=str(meta.get("uid") or ""),
         node=_intern(str(spec.get("nodeName") or "")),
         host_network=bool(spec.get("hostNetwork")),
@@ -255,12 +275,25 @@ def endpointslice_from_json(
     service = _object(meta.get("labels")).get(SERVICE_NAME_LABEL)
     if not isinstance(service, str) or not service:
         raise OddObject("EndpointSlice", f"label {SERVICE_NAME_LABEL} missing")
-    addresses: list[str] = []
-    for ep in _items(obj.get("endpoints")):
-        if isinstance(ep, Mapping):
-            addresses += _strings(ep.get("addresses"))
-    # An FQDN slice (addressType FQDN) lists names, not addresses: nothing to index.
-    fqdn = obj.get("addressType") == "FQDN"
-    kept = [] if fqdn else _addresses(addresses, "endpoints.addresses", skipped)
     namespace = _intern(str(meta.get("namespace") or "default"))
-    return EndpointSlice(namespace, meta["name"], service, tuple(kept))
+    targets: dict[str, str] = {}  # address → its endpoint's target (the first endpoint's)
+    # An FQDN slice (addressType FQDN) lists names, not addresses: nothing to index.
+    if obj.get("addressType") != "FQDN":
+        for ep in _items(obj.get("endpoints")):
+            if isinstance(ep, Mapping):
+                target = _target(ep.get("targetRef"), namespace)
+                for address in _addresses(
+                    _strings(ep.get("addresses")), "endpoints.addresses", skipped
+                ):
+                    targets.setdefault(address, target)
+    return EndpointSlice(namespace, meta["name"], service, tuple(targets), tuple(targets.values()))
+
+
+def _target(ref: Any, namespace: str) -> str:
+    """An endpoint's target (EndpointSlice.targets): interned, as a pod's name is held
+    once by the pod and once by each slice listing it."""
+    if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str) or not ref["name"]:
+        return ""  # names nothing: as if absent
+    if ref.get("kind") != "Pod" or (ref.get("namespace") or namespace) != namespace:
+        return ELSEWHERE
+    return _intern(ref["name"])

@@ -70,13 +70,17 @@ def service(name: str, namespace: str = "shop", cluster_ips: tuple[str, ...] = (
 
 
 def endpointslice(name: str, service_name: str, addresses: tuple[str, ...],
-                  namespace: str = "shop") -> dict[str, Any]:  # fmt: skip
+                  namespace: str = "shop", pods: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+    """A slice whose i-th endpoint's targetRef names pod ``pods[i]`` (in ``namespace``);
+    past the end of ``pods``, a targetRef that names no pod (as if it had none)."""
+    refs = [{"kind": "Pod", "namespace": namespace, "name": p} for p in pods]
+    refs += [{"kind": "Pod"} for _ in addresses[len(pods) :]]
     return {
         "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1", "addressType": "IPv4",
         "metadata": {"name": name, "namespace": namespace,
                      "labels": {"kubernetes.io/service-name": service_name}},
-        "endpoints": [{"addresses": [a], "conditions": {"ready": True},
-                       "targetRef": {"kind": "Pod", "name": "x"}} for a in addresses],
+        "endpoints": [{"addresses": [a], "conditions": {"ready": True}, "targetRef": ref}
+                      for a, ref in zip(addresses, refs, strict=False)],
         "ports": [{"port": 80, "protocol": "TCP"}],
     }  # fmt: skip
 

@@ -31,6 +31,7 @@ NAMESPACES = ("a", "b")
 ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "192.168.0.1", "10.96.0.1")
 CONTAINER_IDS = ("c0", "c1", "c2", "c3")
 KINDS = ("ReplicaSet", "Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+POD_NAMES = ("p0", "p1", "p2", "p3")
 OWNER_NAMES = ("w0", "w0", "w1")  # mostly one name, so that chains form
 
 # Mostly one namespace, so that owner references and addresses meet.
@@ -50,7 +51,7 @@ def pods(draw: st.DrawFn) -> tuple[str, Obj]:
     ids = draw(st.dictionaries(st.sampled_from(CONTAINER_IDS), st.sampled_from(containers),
                                max_size=2))  # fmt: skip
     raw = cluster.pod(
-        draw(st.sampled_from(("p0", "p1", "p2", "p3"))),
+        draw(st.sampled_from(POD_NAMES)),
         draw(namespaces),
         ips=draw(some_addresses),
         node=draw(st.sampled_from(("n0", "n1"))),
@@ -82,9 +83,11 @@ def nodes(draw: st.DrawFn) -> tuple[str, Obj]:
 
 @st.composite
 def slices(draw: st.DrawFn) -> tuple[str, Obj]:
+    # endpoints whose targetRef names one of the pods, or no pod
+    targets = st.lists(st.sampled_from(POD_NAMES), max_size=2).map(tuple)
     raw = cluster.endpointslice(draw(st.sampled_from(("e0", "e1", "e2"))),
                                 draw(st.sampled_from(("s0", "s1"))), draw(some_addresses),
-                                draw(namespaces))  # fmt: skip
+                                draw(namespaces), draw(targets))  # fmt: skip
     return "endpointslices", objects.endpointslice_from_json(raw)
 
 
@@ -220,7 +223,10 @@ def test_cached_answers_equal_fresh_ones_after_any_changes(
 def check_bookkeeping(inv: Inventory) -> None:
     """The address → container index holds exactly the cached container identities."""
     indexed = {(a, c) for a, cids in inv._cached_containers.items() for c in cids}
-    cached = {(f.source["source.address"], c) for c, f in inv._container_cache.items() if f}
+    cached = {
+        (a, c) for c, f in inv._container_cache.items() if f
+        for a in (f.source["source.address"], *(f.elsewhere or ()))
+    }  # fmt: skip
     assert indexed == cached
 
 
@@ -306,7 +312,7 @@ def test_slice_change_reaches_host_network_pod_container_on_node_address() -> No
     node, agent = inv.resolve("192.168.0.1"), inv.by_container("cc")
     assert agent is not None and "source.k8s.service.name" not in agent.source
     inv.upsert("endpointslices", objects.endpointslice_from_json(
-        cluster.endpointslice("agent-x", "agent", ("192.168.0.1",))))  # fmt: skip
+        cluster.endpointslice("agent-x", "agent", ("192.168.0.1",), pods=("agent",))))  # fmt: skip
     refined = inv.by_container("cc")
     assert refined is not None and refined.source["source.k8s.service.name"] == "agent"
     assert inv.resolve("192.168.0.1") == node  # a node's identity names no service
