@@ -193,17 +193,28 @@ class Output:
 
 
 class Observers:
-    """Nodes known to run a collector, by the time of their newest raw event.
+    """Nodes known to run a collector, by the times of their raw events.
 
-    A node counts as running a collector at time ``t`` when its newest event (a socket
-    event's or DNS exchange's ``time_ns``, a flow's ``end_ns``) is within ``ttl`` of
-    ``t`` — the time of the report being judged, not of its arrival: the state replayed
-    at start (``state_lookback``) arrives at once, and a node whose collector stopped
+    A node counts as running a collector at time ``t`` when it has an event (a socket
+    event's or DNS exchange's ``time_ns``, a flow's ``end_ns``) within ``ttl`` of ``t``
+    — the time of the report being judged, not of its arrival: the state replayed at
+    start (``state_lookback``) arrives at once, and a node whose collector stopped
     minutes before must not look live because its old events were just read again. An
     event time is the node's own clock (kept within seconds by NTP; ``ttl`` is minutes).
-    Either way off by more than ``ttl`` (a clock far off, a hostile time) the node is
-    not active, which keeps both reports of a connection: duplicated, never lost.
-    Times are unix nanoseconds, held in ``[0, MAX_TIME_NS]``.
+
+    ``seen`` keeps each node's newest event time (the compiled core's fast answer: an
+    event within ``ttl``); ``minutes`` keeps which minutes (of event time) it had events
+    in, so that a report older than ``ttl`` before the newest event — a backlog read
+    after an outage or a restart, which has just seen the nodes' newest events — is
+    judged by the events around its own time, and one event far ahead (a clock stepped)
+    does not make a node's current reports look inactive. Only minutes wholly within
+    ``ttl`` of the report count (the minutes shorten ``ttl`` by up to one, never
+    lengthen it). Up to ``HISTORY`` minutes a node (a day: the raw stream's default
+    retention), the oldest forgotten first. With no event of the node found within
+    ``ttl`` of a report (a clock far off, a hostile time, a report older than what is
+    kept) the node is not active, which keeps both reports of a connection: duplicated,
+    never lost. Times are unix nanoseconds, held in
+    ``[0, MAX_TIME_NS]``.
     """
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.time_ns) -> None:
@@ -211,6 +222,7 @@ class Observers:
         self.ttl_ns = math.ceil(ttl * 1e9)  # an int: a time's distance is compared exactly
         self._clock = clock
         self.seen: dict[str, int] = {}  # node → its newest event time (unix ns)
+        self.minutes: dict[str, set[int]] = {}  # node → minutes with events
 
     def saw(self, node: str, at: int | None = None) -> None:
         """An event of ``node`` at ``at`` (unix ns; the clock's now when None)."""
@@ -218,14 +230,42 @@ class Observers:
         seen = self.seen.get(node)
         if seen is None or at > seen:
             self.seen[node] = at
+        self.in_minute(node, at // MINUTE_NS)
+
+    def in_minute(self, node: str, minute: int) -> None:
+        """``node`` had an event in ``minute`` (of event time)."""
+        minutes = self.minutes.get(node)
+        if minutes is None:
+            minutes = self.minutes[node] = set()
+        elif minute in minutes:
+            return
+        minutes.add(minute)
+        if len(minutes) > HISTORY:
+            minutes.discard(min(minutes))
 
     def active(self, node: str, at: int) -> bool:
-        """Whether ``node`` ran a collector at ``at`` (unix ns, the report's time)."""
+        """Whether ``node`` ran a collector at ``at`` (unix ns, the report's time): its
+        newest event within ``ttl``, or a minute with events wholly within ``ttl`` (so
+        never an event further away: short of a minute, both reports are kept)."""
         seen = self.seen.get(node)
-        return seen is not None and abs(event_time(at) - seen) < self.ttl_ns
+        if seen is None:
+            return False
+        at = event_time(at)
+        if abs(at - seen) < self.ttl_ns:
+            return True
+        minutes = self.minutes.get(node, ())
+        first = (at - self.ttl_ns) // MINUTE_NS + 1
+        last = (at + self.ttl_ns) // MINUTE_NS - 1
+        if last - first < len(minutes):
+            return any(m in minutes for m in range(first, last + 1))
+        return any(first <= m <= last for m in minutes)
 
     def __len__(self) -> int:
         return len(self.seen)
+
+
+MINUTE_NS = 60 * 10**9
+HISTORY = 1_500  # minutes of events kept per node (a day and some)
 
 
 MAX_TIME_NS = 2**63 - 1  # event times beyond (or before 0) are held at the bound
@@ -481,12 +521,16 @@ class Enricher:
         # (Service address, port) the client dialled, and the backend's address
         nat = None if nat_dst is None else self._nat(raw, i)
         backend = dst
-        # the observer's newest event (Observers.saw, inline); the report is judged
-        # at its own end time
+        # the observer's event (Observers.saw, inline); the report is judged at its
+        # own end time
         at = end_ns if 0 <= end_ns <= MAX_TIME_NS else event_time(end_ns)
-        seen = self.observers.seen
+        observers = self.observers
+        seen = observers.seen
         if at > seen.get(observer, -1):
             seen[observer] = at
+        minutes = observers.minutes.get(observer)
+        if minutes is None or at // MINUTE_NS not in minutes:
+            observers.in_minute(observer, at // MINUTE_NS)
         resolve = self.resolver.resolve
         lookups = tally.lookups
         src_id = resolve(src)

@@ -44,6 +44,10 @@
  *                              address's slot keeps "unanswered" until it moves)
  *   enricher.observers.seen / ttl_ns      dict node → its newest event time (unix ns, an
  *                              int in [0, 2^63)); a report is judged at its end_ns
+ *   enricher.observers.minutes             dict node → set of minutes (event time // 60 s)
+ *                              it had events in: added to through Observers.in_minute
+ *                              (which bounds them), read by Observers.active when the
+ *                              newest event is not within ttl_ns
  * Only CPython's documented C API is used (_PyBytes_Resize, underscore and all, is in the
  * reference manual: frame_atomic trims its buffer with it).
  */
@@ -84,7 +88,8 @@ static PyObject *subject_cache;   /* source token → {destination token → sub
 static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_out,
     *s_dedup_dropped, *s_process_hits, *s_dns_hits, *s_dns_misses, *s_lookups, *s_addresses,
     *s_resolver, *s_resolve, *s_cache, *s_sockets, *s_sockets_table, *s_locals, *s_names,
-    *s_entries, *s_lookup, *s_observers, *s_seen, *s_ttl, *s_active, *s_ttl_min, *s_refine, *s_move_to_end,
+    *s_entries, *s_lookup, *s_observers, *s_seen, *s_minutes, *s_in_minute, *s_ttl, *s_active,
+    *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
     *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address, *s_answers,
     *s_address, *s_rendered, *s_dialled;
@@ -558,8 +563,15 @@ typedef struct {
      * the Python path): a Probe made ahead is good while this has not moved */
     Py_ssize_t names_touched;
     PyObject *seen;              /* Observers.seen */
-    PyObject *observers_active;  /* bound Observers.active: a seen value not a 64-bit int */
+    PyObject *observers_active;  /* bound Observers.active: when seen is not within ttl */
     long long observer_ttl_ns;   /* Observers.ttl_ns */
+    PyObject *minutes;           /* Observers.minutes */
+    PyObject *in_minute;         /* bound Observers.in_minute */
+    /* the (observer, minute) last found in or added to minutes: the records of a raw
+     * batch are one node's and minutes apart at most, so minutes is asked once or twice
+     * a batch (forgotten when the Python path ran: it may have added and evicted) */
+    PyObject *minute_node;
+    long long minute_last;
     double ttl_min;              /* NameCache.ttl_min */
     /* json_of of the few str objects every record renders (observer, end reason,
      * network type, direction), by identity: the same objects come again and again */
@@ -1084,33 +1096,40 @@ seen_at(Batch *b, PyObject *node, long long *at)
     return overflow || *at < 0 ? 2 : 1;
 }
 
+/* Observers.active(node, at), in Python: what the minutes say. */
+static int
+active_by_minutes(Batch *b, PyObject *node, long long at)
+{
+    PyObject *when = PyLong_FromLongLong(at);
+    PyObject *yes = when == NULL ? NULL
+                                 : PyObject_CallFunctionObjArgs(b->observers_active, node,
+                                                                when, NULL);
+    Py_XDECREF(when);
+    int result = yes == NULL ? -1 : PyObject_IsTrue(yes);
+    Py_XDECREF(yes);
+    return result;
+}
+
 /* Observers.active(node, at): node's newest event within ttl_ns of `at` (an
- * event_time), |at - seen| < ttl_ns — both in [0, 2^63), so the difference fits. */
+ * event_time), |at - seen| < ttl_ns — both in [0, 2^63), so the difference fits; else
+ * (a backlog's report, an event far ahead) Observers.active reads the minutes. */
 static int
 active(Batch *b, PyObject *node, long long at)
 {
     long long seen;
     int found = seen_at(b, node, &seen);
-    if (found == 2) {
-        PyObject *when = PyLong_FromLongLong(at);
-        PyObject *yes = when == NULL ? NULL
-                                     : PyObject_CallFunctionObjArgs(b->observers_active, node,
-                                                                    when, NULL);
-        Py_XDECREF(when);
-        int result = yes == NULL ? -1 : PyObject_IsTrue(yes);
-        Py_XDECREF(yes);
-        return result;
-    }
+    if (found == 2)
+        return active_by_minutes(b, node, at);
     if (found <= 0)
         return found;
     long long distance = at > seen ? at - seen : seen - at;
-    return distance < b->observer_ttl_ns;
+    return distance < b->observer_ttl_ns ? 1 : active_by_minutes(b, node, at);
 }
 
 /* The observer's newest event (Observers.saw, as enriching._flow writes it inline):
  * observers.seen[observer] = at when it has none or an older one. */
 static int
-observe(Batch *b, PyObject *observer, long long at)
+observe_newest(Batch *b, PyObject *observer, long long at)
 {
     long long seen;
     int found = seen_at(b, observer, &seen);
@@ -1132,6 +1151,44 @@ observe(Batch *b, PyObject *observer, long long at)
     int failed = PyDict_SetItem(b->seen, observer, when);
     Py_DECREF(when);
     return failed;
+}
+
+#define MINUTE_NS 60000000000LL /* enriching.MINUTE_NS */
+
+/* The observer's minute (Observers.saw): added to observers.minutes[observer] through
+ * Observers.in_minute when it is not there. */
+static int
+observe_minute(Batch *b, PyObject *observer, long long minute)
+{
+    if (observer == b->minute_node && minute == b->minute_last)
+        return 0;
+    PyObject *minutes = PyDict_GetItemWithError(b->minutes, observer);
+    if (minutes == NULL && PyErr_Occurred())
+        return -1;
+    PyObject *m = PyLong_FromLongLong(minute);
+    if (m == NULL)
+        return -1;
+    int known = minutes != NULL && PySet_CheckExact(minutes) ? PySet_Contains(minutes, m) : 0;
+    if (known == 0) {
+        PyObject *added = PyObject_CallFunctionObjArgs(b->in_minute, observer, m, NULL);
+        known = added == NULL ? -1 : 1;
+        Py_XDECREF(added);
+    }
+    Py_DECREF(m);
+    if (known < 0)
+        return -1;
+    Py_XSETREF(b->minute_node, Py_NewRef(observer));
+    b->minute_last = minute;
+    return 0;
+}
+
+/* Observers.saw(observer, at) for a record judged at `at` (an event_time). */
+static int
+observe(Batch *b, PyObject *observer, long long at)
+{
+    if (observe_newest(b, observer, at) < 0)
+        return -1;
+    return observe_minute(b, observer, at / MINUTE_NS);
 }
 
 /* The key (client, address) to probe NameCache._entries with: one tuple, reused while
@@ -1824,6 +1881,7 @@ python_path(Batch *b, PyObject *raw, Py_ssize_t i)
     PyObject *args[5] = {raw, index, b->now, b->tally, render_line};
     b->generation_stale = 1;
     b->names_touched++;
+    Py_CLEAR(b->minute_node);
     PyObject *result = PyObject_Vectorcall(b->flow, args, 5, NULL);
     Py_DECREF(index);
     if (result == NULL) {
@@ -1971,6 +2029,9 @@ release(Batch *b)
     Py_CLEAR(b->names_lookup);
     Py_CLEAR(b->seen);
     Py_CLEAR(b->observers_active);
+    Py_CLEAR(b->minutes);
+    Py_CLEAR(b->in_minute);
+    Py_CLEAR(b->minute_node);
     for (int i = 0; i < b->json_used; i++) {
         Py_CLEAR(b->json_keys[i]);
         Py_CLEAR(b->json_values[i]);
@@ -2002,6 +2063,8 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
         (b->seen = attr2(enricher, s_observers, s_seen)) == NULL ||
         (ttl = attr2(enricher, s_observers, s_ttl)) == NULL ||
         (b->observers_active = attr2(enricher, s_observers, s_active)) == NULL ||
+        (b->minutes = attr2(enricher, s_observers, s_minutes)) == NULL ||
+        (b->in_minute = attr2(enricher, s_observers, s_in_minute)) == NULL ||
         (ttl_min = attr2(enricher, s_names, s_ttl_min)) == NULL)
         goto fail;
     /* a resolver without an identity cache is asked every time */
@@ -2020,7 +2083,8 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
     if (require_dict(b->addresses, "_addresses") < 0 || require_dict(b->sockets, "_sockets") < 0 ||
         require_dict(b->locals, "_locals") < 0 || require_dict(b->dialled, "_dialled") < 0 ||
         require_dict(b->entries, "_entries") < 0 || require_dict(b->answers, "_answers") < 0 ||
-        require_dict(b->seen, "observers.seen") < 0)
+        require_dict(b->seen, "observers.seen") < 0 ||
+        require_dict(b->minutes, "observers.minutes") < 0)
         goto fail;
     b->names_generation = PyLong_AsSsize_t(names_generation);
     if (b->names_generation == -1 && PyErr_Occurred())
@@ -3576,6 +3640,8 @@ PyInit__flowcore(void)
     INTERN(s_lookup, "lookup");
     INTERN(s_observers, "observers");
     INTERN(s_seen, "seen");
+    INTERN(s_minutes, "minutes");
+    INTERN(s_in_minute, "in_minute");
     INTERN(s_ttl, "ttl_ns");
     INTERN(s_active, "active");
     INTERN(s_ttl_min, "ttl_min");

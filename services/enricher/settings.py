@@ -94,7 +94,7 @@ class JoinSettings:
     observer_ttl: float = setting(
         300.0,
         "seconds, in the events' own times, a node counts as running a collector around "
-        "its newest raw event (cross-node dedup only drops a report when both nodes have "
+        "each of its raw events (cross-node dedup only drops a report when both nodes have "
         "collectors)",
         parse=positive,
     )

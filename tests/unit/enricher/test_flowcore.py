@@ -26,7 +26,7 @@ from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError
 from flowscope.core.records import END_REASONS, SOCKET_EVENTS
 from flowscope.enricher import _flowcore, enriching
-from flowscope.enricher.enriching import Enricher, Observers, Output, merge_owner
+from flowscope.enricher.enriching import HISTORY, Enricher, Observers, Output, merge_owner
 from flowscope.enricher.identities import Identity, external, identity
 from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.local import LocalResolver
@@ -216,6 +216,7 @@ def state(w: World) -> dict[str, Any]:
         "dialled": dict(e.sockets._dialled),
         "closing": list(e.sockets._closing),
         "observers": list(e.observers.seen.items()),
+        "minutes": {node: sorted(minutes) for node, minutes in e.observers.minutes.items()},
         "addresses": dict(e._addresses),
         "nat_ids": [(key[1], pair[1]) for key, pair in e._nat_ids.items()],
         "identities": dict(getattr(w.resolver, "_cache", {})),
@@ -805,10 +806,10 @@ def test_sockets_orient_flows_refine_containers_and_two_reports_become_one() -> 
 
 
 def test_observers_are_judged_by_event_times() -> None:
-    """A node counts as running a collector by the time of its newest event, compared
-    with the time of the report: replayed old events do not make a silent node live
-    (its connections' reports by the other node would be dropped, and lost), events out
-    of order do not make it older, and both cores agree at every step."""
+    """A node counts as running a collector by the times of its events, compared with
+    the time of the report: replayed old events do not make a silent node live (its
+    connections' reports by the other node would be dropped, and lost), events out of
+    order do not make it older, and both cores agree at every step."""
     twins = Twins()
     second = 10**9
     at = EVENT_NS + 5 * second  # when flow() ends
@@ -835,14 +836,55 @@ def test_observers_are_judged_by_event_times() -> None:
                          flow(NODE_2, B, A, 80, 40000, end_ns=at + 401 * second),
                          flow(NODE_1, A, B, 40000, 80, end_ns=at + 401 * second)])  # fmt: skip
     assert (mixed.tally.records_out, mixed.tally.dedup_dropped) == (3, 1)
-    # node-1's clock far ahead: it is not live for node-2's reports (kept twice, not lost)
+    # one event of node-1 far ahead (a clock stepped) does not hide its events around
+    # node-2's report (by the minutes they fell in): still dropped
     twins.flows([flow(NODE_1, A, B, 40000, 80, end_ns=at + 1200 * second)])
     ahead = twins.flows([flow(NODE_2, B, A, 80, 40000, end_ns=at + 402 * second)])
-    assert ahead.tally.dedup_dropped == 0
+    assert ahead.tally.dedup_dropped == 1
+    # node-2's report where node-1 had no event within ttl, its newest far away either
+    # side: not live (kept twice, not lost)
+    for end_ns in (at + 800 * second, at + 1600 * second):
+        alone = twins.flows([flow(NODE_2, B, A, 80, 40000, end_ns=end_ns)])
+        assert (alone.tally.records_out, alone.tally.dedup_dropped) == (1, 0)
     # times the compiled core holds to 64 bits, and beyond (the Python path's records)
     for end_ns in (-1, 0, 2**63 - 1, 2**63, 2**64 - 1, 2**64 + 5):
         twins.flows([flow(NODE_2, B, A, 80, 40000, end_ns=end_ns),
                      flow(NODE_1, A, B, 40000, 80, end_ns=end_ns)])  # fmt: skip
+
+
+def test_a_backlog_older_than_the_ttl_is_merged_by_the_events_around_it() -> None:
+    """Reports read long after they were made (an enricher outage, a lagging consumer):
+    the replayed state has just shown both nodes' newest events, 400 s after the
+    reports. Both nodes' earlier reports in the backlog show them running collectors at
+    the time, so the connection both counted is kept once, as it is when fresh."""
+    twins = Twins()
+    second = 10**9
+    now = EVENT_NS + 3600 * second
+    old = now - 400 * second
+    assert merge_owner((A, 40000), (B, 80), NODE_1, NODE_2) == NODE_1
+    twins.sockets([{**sock(NODE_1, "connect", A, 41000, OUT4, 443, 11, "ca"), "time_ns": now},
+                   {**sock(NODE_2, "connect", B, 41000, OUT4, 443, 12, "cb"), "time_ns": now}])  # fmt: skip
+    # the backlog: each node's earlier reports (other connections), then both reports
+    # of one A → B connection, in either order
+    twins.flows([flow(NODE_2, B, OUT4, 42000, 443, end_ns=old - 30 * second)])
+    twins.flows([flow(NODE_1, A, OUT4, 42000, 443, end_ns=old - 30 * second)])
+    both = twins.flows([flow(NODE_2, B, A, 80, 40000, end_ns=old),
+                        flow(NODE_1, A, B, 40000, 80, end_ns=old)])  # fmt: skip
+    assert (both.tally.records_out, both.tally.dedup_dropped) == (1, 1)
+    # an hour further back than anything either node sent: not live, both kept
+    older = twins.flows([flow(NODE_2, B, A, 80, 40001, end_ns=old - 3600 * second),
+                         flow(NODE_1, A, B, 40001, 80, end_ns=old - 3600 * second)])  # fmt: skip
+    assert (older.tally.records_out, older.tally.dedup_dropped) == (2, 0)
+
+
+def test_observers_keep_a_bounded_history() -> None:
+    observers = Observers(300.0)
+    minute = 60 * 10**9
+    for m in range(HISTORY + 50):
+        observers.saw(NODE_1, m * minute)
+    assert len(observers.minutes[NODE_1]) == HISTORY
+    assert min(observers.minutes[NODE_1]) == 50  # the oldest forgotten first
+    assert observers.active(NODE_1, 600 * minute) and not observers.active(NODE_1, 20 * minute)
 
 
 def test_dns_names_expire_and_lookups_extend_them() -> None:
