@@ -373,10 +373,14 @@ class Enricher:
         return bad
 
     def _address_answers(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """A/AAAA answers with canonical addresses (flows carry canonical text);
-        answers whose data is not an address are left out."""
+        """A/AAAA answers with canonical addresses (flows carry canonical text), and the
+        CNAME answers that put them on the question's chain (NameCache.learn); answers
+        whose data is not an address are left out."""
         out = []
         for answer in answers:
+            if answer["type"] == "CNAME":
+                out.append(answer)
+                continue
             if answer["type"] not in ("A", "AAAA"):
                 continue
             try:

@@ -2,20 +2,34 @@
 
 Built from the DNS exchanges the collectors capture. An answer's address maps to the
 *question* name — the name the client asked for — so a CNAME chain
-(``www.example.com → edge.cdn.net → 192.0.2.7``) folds to ``www.example.com``.
+(``www.example.com → edge.cdn.net → 192.0.2.7``) folds to ``www.example.com``. Only the
+address answers on that chain count: their owner is the question name or a name the
+exchange's CNAME answers lead to from it. An address record for any other owner (extra
+records a server added, or injected ones) answered no question of the client's, and
+naming its address after the question would be wrong.
 
 Lifetimes follow the answers' TTLs clamped to ``[ttl_min, ttl_max]``: the floor because
 clients keep using an address past a tiny TTL, the cap to bound staleness. A lookup hit
 extends an entry to at least ``ttl_min`` from now, so a long-lived connection keeps the
 name it was opened with.
 
+One (client, address) holds one name, and an address can answer several names (a CDN's or
+a load balancer's). An answer for the name an entry holds renews it with the answer's
+lifetime. An answer for another name replaces the entry unless the entry is still valid
+and outlives the new answer: then the entry stays as it is. So no valid mapping is cut
+short by a shorter-lived one (a TTL 0 answer for ``tracker.example`` does not take the
+address from ``api.example`` for good 60 s later), and the newest name takes over once it
+is the longest-lived.
+
 The table is bounded to ``max_entries`` by second-chance eviction (CLOCK, an
 approximation of LRU): a hit only marks its entry used, and eviction takes entries from
 the oldest end, moving a used one to the newest end with its mark cleared instead of
 dropping it. So an entry looked up since the eviction last passed it stays, as it would
 in an LRU, while a hit writes one list item rather than relinking the OrderedDict (a
-``move_to_end`` per flow record that named its destination). A new entry starts marked,
-so the newest answer is never the one evicted. Each entry also holds its name's JSON form
+``move_to_end`` per flow record that named its destination). A new entry starts
+unmarked — only a lookup earns the second chance, or a burst of answers would make every
+entry look used — and eviction passes over it, so the answer being learned is not the one
+its own learning evicts. Each entry also holds its name's JSON form
 (``orjson.dumps(name)``, copied to its length: ``codec.kept_json``), which records
 render.
 
@@ -36,7 +50,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -80,11 +94,12 @@ class NameCache:
         self,
         client: str,
         qname: str,
-        answers: Iterable[Mapping[str, Any]],
+        answers: Sequence[Mapping[str, Any]],
         also: Iterable[str] = (),
     ) -> int:
-        """Remember every address answer for ``client`` (and each of ``also``: the
-        client's other addresses) under ``qname``; returns how many answers."""
+        """Remember every address answer on ``qname``'s CNAME chain for ``client``
+        (and each of ``also``: the client's other addresses) under ``qname``; returns
+        how many answers. ``answers``: the exchange's, its CNAME answers included."""
         now = self._clock()
         name = qname.rstrip(".").lower()
         if not name:
@@ -96,9 +111,16 @@ class NameCache:
         learned = 0
         entries, counts = self._entries, self._answers
         clients = (client, *also)
+        chain: set[str] | None = None  # walked when an answer's owner is not the question
         for answer in answers:
             if answer.get("type") not in ADDRESS_TYPES:
                 continue
+            owner = answer.get("name")
+            if owner != name:
+                if chain is None:
+                    chain = _chain(name, answers)
+                if _plain(owner) not in chain:
+                    continue
             address = str(answer.get("data", ""))
             ttl = answer.get("ttl", 0)
             expiry = now + self.clamp(ttl if isinstance(ttl, int) else 0)
@@ -110,19 +132,30 @@ class NameCache:
                     if not count:
                         self.generation += 1
                     counts[address] = count + 1
-                    entries[key] = [name, expiry, form, True]
-                else:  # in place: the entry stays the one under its key (see the class)
-                    entry[:] = (name, expiry, form, True)
+                    entries[key] = entry = [name, expiry, form, False]
+                    if len(entries) > self.max_entries:
+                        self._evict(entry)
+                    continue
+                # another name's entry that outlives this answer stays (see the module);
+                # else updated in place: the entry stays the one under its key (the class)
+                if entry[NAME] == name or entry[EXPIRY] <= expiry:
+                    entry[:] = (name, expiry, form, entry[USED])
                 entries.move_to_end(key)
             learned += 1
-        while len(entries) > self.max_entries:
+        return learned
+
+    def _evict(self, new: list[Any]) -> None:
+        """Drop one entry: the first unused one from the oldest end that is not ``new``,
+        the entry just added (second chance)."""
+        entries = self._entries
+        while True:
             key, entry = entries.popitem(last=False)
-            if entry[USED]:  # a second chance, at the newest end
+            if entry is new or entry[USED]:  # a second chance, at the newest end
                 entry[USED] = False
                 entries[key] = entry
             else:
                 self._forget(key[1], entry)
-        return learned
+                return
 
     def lookup(self, client: str, address: str, now: float | None = None) -> str | None:
         """The name ``client`` resolved to ``address``, if still valid (``now``: clock)."""
@@ -153,3 +186,25 @@ class NameCache:
             self._answers[address] = count
         else:
             del self._answers[address]
+
+
+def _chain(name: str, answers: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The names the CNAME answers lead to from ``name``, ``name`` included. Each name
+    is followed once (a loop ends there), so the walk takes a step per CNAME answer at
+    most; an owner with several CNAMEs (no valid response has one) leads to each."""
+    targets: dict[str, list[str]] = {}
+    for answer in answers:
+        if answer.get("type") == "CNAME":
+            targets.setdefault(_plain(answer.get("name")), []).append(_plain(answer.get("data")))
+    chain, todo = {name}, [name]
+    while todo and targets:
+        for target in targets.get(todo.pop(), ()):
+            if target not in chain:
+                chain.add(target)
+                todo.append(target)
+    return chain
+
+
+def _plain(name: Any) -> str:
+    """A DNS name as a question is kept: lower-cased, no trailing dot ("" if not a str)."""
+    return name.rstrip(".").lower() if isinstance(name, str) else ""

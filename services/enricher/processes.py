@@ -9,12 +9,20 @@ connected to a Service address, whose connection a node without the client's DNA
 reports to the backend pod instead. Memory is bounded: the
 table is an LRU (a flow hit refreshes an entry, so long-lived connections keep their
 process), and a closed socket is forgotten ``grace`` seconds after its close event.
+
+Events can arrive out of order: a start-up snapshot's connect may be published after the
+live close of the same socket. A close with no entry is remembered for ``grace`` seconds
+(at most ``max_entries`` of them, oldest dropped first), and the connect or accept it
+names, arriving within that time, starts out closed: its grace runs from the close, so
+it is forgotten on the close's schedule instead of living on until the LRU drops it.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,7 +58,12 @@ class SocketTable:
         # local end → the full key of the last connect event from it (in _sockets while
         # that entry is; no entry of its own towards the bound)
         self._dialled: dict[LocalKey, SocketKey] = {}
-        self._closing: deque[tuple[float, SocketKey, SocketOwner]] = deque()
+        # (forget at, arrival, key, owner), a heap: a close applied late (see the module)
+        # may be due before closes that came after it
+        self._closing: list[tuple[float, int, SocketKey, SocketOwner]] = []
+        self._arrivals = itertools.count()
+        # table key (as _sockets or _locals has it) → when a close with no entry came
+        self._closed_early: OrderedDict[tuple, float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sockets) + len(self._locals)
@@ -72,6 +85,10 @@ class SocketTable:
             self._put(self._sockets, key, owner)
             if owner.event == "connect":
                 self._dialled[key[:4]] = key
+        if self._closed_early:
+            closed_at = self._closed_early.pop(_table_key(key), None)
+            if closed_at is not None:
+                self._closes(key, owner, closed_at)
 
     def find(
         self, observer: str, proto: int, laddr: str, lport: int, raddr: str, rport: int
@@ -111,9 +128,12 @@ class SocketTable:
     def expire(self) -> int:
         """Forget sockets closed more than ``grace`` seconds ago; returns how many."""
         now = self._clock()
+        early = self._closed_early
+        while early and next(iter(early.values())) + self._grace <= now:
+            early.popitem(last=False)
         gone = 0
         while self._closing and self._closing[0][0] <= now:
-            _, key, owner = self._closing.popleft()
+            _, _, key, owner = heapq.heappop(self._closing)
             if self._sockets.get(key) is owner:
                 del self._sockets[key]
                 self._undial(key)
@@ -127,12 +147,22 @@ class SocketTable:
         """Start the grace of the socket a close names: its exact entry only. A close
         is sent for a TCP connection (local → remote); with no entry for it (its
         ``accept`` missed or evicted) it must not expire the listener that answers for
-        the local end — every other connection to that port joins through it."""
+        the local end — every other connection to that port joins through it. A close
+        that finds no entry is remembered for the one it names (see the module)."""
         owner = self._locals.get(key[:4]) if _unconnected(key[4]) else self._sockets.get(key)
-        if owner is None or owner.closed_at:
-            return
-        owner.closed_at = self._clock()
-        self._closing.append((owner.closed_at + self._grace, key, owner))
+        if owner is None:
+            early = self._closed_early
+            early.setdefault(_table_key(key), self._clock())
+            if len(early) > self._max:
+                early.popitem(last=False)
+        elif not owner.closed_at:
+            self._closes(key, owner, self._clock())
+
+    def _closes(self, key: SocketKey, owner: SocketOwner, closed_at: float) -> None:
+        """``owner``, the entry for ``key``, was closed at ``closed_at``: its grace."""
+        owner.closed_at = closed_at
+        entry = (closed_at + self._grace, next(self._arrivals), key, owner)
+        heapq.heappush(self._closing, entry)
 
     def _put(self, table: OrderedDict, key: tuple, owner: SocketOwner) -> None:
         table[key] = owner
@@ -147,6 +177,11 @@ class SocketTable:
         """Forget the local end's dialled remote if it is the entry ``key`` just gone."""
         if self._dialled.get(key[:4]) == key:
             del self._dialled[key[:4]]
+
+
+def _table_key(key: SocketKey) -> tuple:
+    """The key a socket event's entry has: its local end when it is unconnected."""
+    return key[:4] if _unconnected(key[4]) else key
 
 
 def _unconnected(remote: str) -> bool:

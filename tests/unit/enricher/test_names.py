@@ -73,7 +73,7 @@ def test_lru_bound_holds_and_recent_entries_survive(
 
 
 def test_a_hit_keeps_the_entry_eviction_would_take_next() -> None:
-    # second chance: learning marks an entry, a hit marks it again; eviction passes
+    # second chance: a new entry starts unmarked, a hit marks it; eviction passes
     # marked entries to the newest end (unmarked) and drops the first unmarked one
     cache = NameCache(60, 3600, 3, clock=Clock())
 
@@ -83,13 +83,13 @@ def test_a_hit_keeps_the_entry_eviction_would_take_next() -> None:
     def held() -> list[str]:
         return [n for n in "abcde" if cache.lookup("10.1.0.1", f"192.0.2.{ord(n)}") == n]
 
-    for name in "abcd":  # every entry marked: one pass clears them all, then the oldest goes
+    for name in "abcd":  # none marked: the oldest goes
         learn(name)
     assert [entry[0] for entry in cache._entries.values()] == ["b", "c", "d"]
     assert cache.lookup("10.1.0.1", f"192.0.2.{ord('b')}") == "b"  # the oldest, now marked
     learn("e")  # "c", the oldest unmarked, goes instead of "b"
     assert [entry[0] for entry in cache._entries.values()] == ["d", "e", "b"]
-    assert [entry[3] for entry in cache._entries.values()] == [False, True, False]
+    assert [entry[3] for entry in cache._entries.values()] == [False, False, False]
     assert held() == ["b", "d", "e"]
     assert cache._entries[("10.1.0.1", f"192.0.2.{ord('e')}")][2] == b'"e"'  # its JSON form
 
@@ -177,7 +177,7 @@ def test_learning_a_key_again_updates_its_entry_in_place() -> None:
     clock.now += 5
     cache.learn("10.1.0.1", "b.com", answer_chain("b.com", [], "192.0.2.1", 50))
     assert cache._entries[("10.1.0.1", "192.0.2.1")] is entry
-    assert entry == ["b.com", clock.now + 50, b'"b.com"', True]
+    assert entry == ["b.com", clock.now + 50, b'"b.com"', False]  # never looked up
     for n in range(2):  # evicted (a second chance first): emptied
         cache.learn("10.1.0.2", "c.com", answer_chain("c.com", [], f"192.0.2.{9 + n}", 50))
     assert ("10.1.0.1", "192.0.2.1") not in cache._entries and entry == []
