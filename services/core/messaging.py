@@ -21,6 +21,7 @@ import nats
 from flowscope.core import subjects
 from flowscope.core.config import readable_file, setting
 from flowscope.core.errors import ConfigError, ConnectionLostError, StartupError
+from flowscope.core.runtime import first_of
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -256,12 +257,7 @@ async def until_lost(nc: NATS, stopping: asyncio.Event) -> None:
     credentials file anew — and the durable consumers resume where they were acked.
     """
     lost = _lost[nc]
-    waits = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(stopping.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
+    await first_of(lost.wait(), stopping.wait())
     if lost.is_set() and not stopping.is_set():
         error = nc.last_error
         problem = (str(error) or type(error).__name__) if error else "closed by the client"

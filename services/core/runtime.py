@@ -91,6 +91,17 @@ class Runtime:
 Body = Callable[[Runtime], Awaitable[None]]
 
 
+async def first_of(*aws: Awaitable[object]) -> None:
+    """Return when the first of ``aws`` completes (an event set, a sleep over); cancel
+    the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
     """Run a service body to completion inside the event loop; returns the exit status."""
     async with AsyncExitStack() as stack:

@@ -20,7 +20,7 @@ from typing import Any
 
 from flowscope.core import messaging
 from flowscope.core.errors import ConfigError, StartupError
-from flowscope.core.runtime import Runtime, run, serve
+from flowscope.core.runtime import Runtime, first_of, run, serve
 from flowscope.enricher import consuming, local
 from flowscope.enricher.enriching import Enricher, Observers
 from flowscope.enricher.identities import Resolver
@@ -243,7 +243,7 @@ async def _start_work(
         await asyncio.wait_for(caught_up.wait(), 30)
     rt.health.set("state", True, "socket and DNS events replayed")
     if inventory is not None:
-        await _first_of(inventory.became_ready, rt.stopping)
+        await first_of(inventory.became_ready.wait(), rt.stopping.wait())
         if inventory.ready:
             rt.health.set("kubernetes", True, "synced")
             await _warm(inventory, pipeline.enricher)  # the cluster's identities, first
@@ -262,10 +262,10 @@ async def _keep_warm(inventory: Inventory, enricher: Enricher, stopping: asyncio
     """Build the identities that metadata changes leave cold (``Inventory.warm``), and
     hand them to the enricher's address table, so that flows find their addresses'
     identities built, until the service stops."""
-    await _first_of(inventory.became_ready, stopping)
+    await first_of(inventory.became_ready.wait(), stopping.wait())
     while not stopping.is_set():
         await _warm(inventory, enricher)
-        await _first_of(inventory.cold, stopping)
+        await first_of(inventory.cold.wait(), stopping.wait())
 
 
 async def _warm(inventory: Inventory, enricher: Enricher) -> None:
@@ -276,16 +276,6 @@ async def _warm(inventory: Inventory, enricher: Enricher) -> None:
             return
         enricher.learn_addresses(built)
         await asyncio.sleep(0)  # the batches' turn
-
-
-async def _first_of(*events: asyncio.Event) -> None:
-    """Wait until one of ``events`` is set."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 def release_free_memory() -> None:

@@ -40,6 +40,7 @@ from flowscope.core.errors import CodecError, RecordError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.messaging import dead_letter
 from flowscope.core.records import validate_dns, validate_flow
+from flowscope.core.runtime import first_of
 from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.retrying import Backoff
 from flowscope.exporter.settings import BatchSettings
@@ -278,7 +279,7 @@ class SinkLane:
         return False
 
     async def _shutdown_when_stopping(self) -> None:
-        await _first(self._stopping.wait(), self._closed.wait())
+        await first_of(self._stopping.wait(), self._closed.wait())
         await self.sink.shutdown()  # pending retries give up: their messages are nak'ed
 
     def _done(self) -> bool:
@@ -347,7 +348,7 @@ class SinkLane:
                 log.warning(
                     "cannot subscribe; retrying", extra={**where, "error": str(e), "delay": delay}
                 )
-                await _first(asyncio.sleep(delay), self._stopping.wait(), self._closed.wait())
+                await first_of(asyncio.sleep(delay), self._stopping.wait(), self._closed.wait())
         return None
 
     async def _subscribe(self, source: Source) -> JetStreamContext.PullSubscription:
@@ -533,7 +534,7 @@ class SinkLane:
         except Exception:  # a bug in a sink: loud, but the records stay in the stream
             delay = self._crash_backoff.next_delay()
             self._log_crash(delay)
-            pause = _first(asyncio.sleep(delay), self._stopping.wait(), self._closed.wait())
+            pause = first_of(asyncio.sleep(delay), self._stopping.wait(), self._closed.wait())
             await self._keep_alive(kind, batch, pause)
             return ExportResult.all_deferred(len(batch.records))
         self._crash_backoff.reset()
@@ -666,13 +667,3 @@ async def _touch(msgs: Iterable[Msg]) -> None:
     for msg in msgs:
         with contextlib.suppress(Exception):  # a lost in_progress only risks a redelivery
             await msg.in_progress()
-
-
-async def _first(*aws: Awaitable[object]) -> None:
-    """Return when the first of ``aws`` completes; cancel the rest."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
