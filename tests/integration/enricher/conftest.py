@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -16,7 +17,22 @@ from flowscope.enricher import service
 from flowscope.enricher.settings import Settings
 from nats.aio.client import Client as NATS
 
+from tests.support.fake_kube import FakeKube
 from tests.support.nats_server import NatsServer
+
+
+@contextlib.asynccontextmanager
+async def kube_api(kube: FakeKube, tmp_path: Path) -> AsyncIterator[Any]:
+    """The enricher's Kubernetes client for a fake API started here (stopped after)."""
+    await kube.start()
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    api = await service.kube_client(config.load(Settings, {"kubeconfig": str(kubeconfig)}, env={}))
+    try:
+        yield api
+    finally:
+        kube.end_watches()
+        await api.close()
+        await kube.stop()
 
 
 def make_settings(url: str, **overrides: Any) -> Settings:

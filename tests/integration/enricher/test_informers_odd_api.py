@@ -11,14 +11,12 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from flowscope.core import config
-from flowscope.enricher import service
 from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.metrics import Metrics
-from flowscope.enricher.settings import Settings
 from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, resources
 from prometheus_client import CollectorRegistry
 
+from tests.integration.enricher.conftest import kube_api
 from tests.support.fake_kube import FakeKube, Kind
 from tests.support.waiting import eventually
 from tests.unit.enricher import cluster
@@ -82,16 +80,9 @@ class Setup:
 @pytest.fixture
 async def fake(tmp_path: Path) -> AsyncIterator[tuple[OddKube, Any]]:
     kube = OddKube()
-    await kube.start()
-    settings = config.load(
-        Settings, {"kubeconfig": str(kube.write_kubeconfig(tmp_path / "kubeconfig"))}, env={}
-    )
-    api = await service.kube_client(settings)
-    yield kube, api
-    kube.speak_again()
-    kube.end_watches()
-    await api.close()
-    await kube.stop()
+    async with kube_api(kube, tmp_path) as api:
+        yield kube, api
+        kube.speak_again()
 
 
 async def stop(setup: Setup) -> None:
