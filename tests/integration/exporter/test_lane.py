@@ -191,29 +191,17 @@ async def test_refused_records_are_acked_only_once_stored_in_the_dead_letter_str
 
 
 @dataclass
-class BlockingSink:
+class BlockingSink(StubSink):
     """Holds every export until ``release`` is set; records each export's records."""
 
     name: str = "blocking"
     release: asyncio.Event = field(default_factory=asyncio.Event)
     exported: list[Record] = field(default_factory=list)
 
-    async def start(self) -> None:
-        return None
-
     async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
         await self.release.wait()
         self.exported.extend(records)
         return ExportResult()
-
-    async def force_flush(self) -> None:
-        return None
-
-    async def shutdown(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 async def dead_letters(nc: NATS) -> list[RawStreamMsg]:
