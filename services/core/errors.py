@@ -63,4 +63,21 @@ class RecordError(CodecError):
     def __init__(self, schema: str, index: int, problem: str) -> None:
         self.schema = schema
         self.index = index
+        self.problem = problem
         super().__init__("bad-record", f"{schema} record #{index}: {problem}")
+
+    @staticmethod
+    def summary(errors: list[RecordError], most: int = 8) -> str:
+        """One reason for several bad records of one batch (a dead-letter copy's header):
+        each problem once, with the places of the records that have it (the first
+        ``most`` of them)."""
+        by_problem: dict[str, list[int]] = {}
+        for e in errors:
+            by_problem.setdefault(e.problem, []).append(e.index)
+        parts = []
+        for problem, places in by_problem.items():
+            listed = ", ".join(f"#{i}" for i in places[:most])
+            more = f" and {len(places) - most} more" if len(places) > most else ""
+            noun = "record" if len(places) == 1 else "records"
+            parts.append(f"{noun} {listed}{more}: {problem}")
+        return f"bad-record: {errors[0].schema} " + "; ".join(parts)

@@ -367,9 +367,10 @@ class Pipeline:
     ) -> bool:
         """The bad records of an otherwise good batch, dead-lettered as batches that fit
         the server's limit (a record re-encoded can be longer than it came: ``1e9``
-        becomes ``1000000000.0``), each stored once however often the raw batch comes
-        back (its id: the raw message and its first record's place). False if one was
-        not stored: the raw batch is then redelivered."""
+        becomes ``1000000000.0``), one set of copies per distinct problem so that each
+        copy's reason is true of every record in it, each stored once however often the
+        raw batch comes back (its id: the raw message and the copy's place). False if
+        one was not stored: the raw batch is then redelivered."""
         first = bad[0][1]
         if msg.metadata.num_delivered == 1:
             self.metrics.bad_records.labels(kind).inc(len(bad))
@@ -380,12 +381,19 @@ class Pipeline:
         lines = [orjson.dumps(record) + b"\n" for record, _ in bad]
         limit = max(1024, self.nc.max_payload - PAYLOAD_HEADROOM)
         if max(map(len, lines)) > limit:  # one record alone does not fit: the batch as it came
-            copies = [(dict(msg.headers or {}), msg.data, str(first))]
+            errors = [error for _, error in bad]
+            copies = [(dict(msg.headers or {}), msg.data, RecordError.summary(errors))]
         else:
-            copies, start = [], 0
-            for chunk in codec.chunk_lines(schema, lines, limit):
-                copies.append((chunk.headers, chunk.body, str(bad[start][1])))
-                start += chunk.count
+            copies = []
+            by_problem: dict[str, list[int]] = {}
+            for i, (_, error) in enumerate(bad):
+                by_problem.setdefault(error.problem, []).append(i)
+            for places in by_problem.values():
+                start = 0
+                for chunk in codec.chunk_lines(schema, [lines[i] for i in places], limit):
+                    errors = [bad[i][1] for i in places[start : start + chunk.count]]
+                    copies.append((chunk.headers, chunk.body, RecordError.summary(errors)))
+                    start += chunk.count
         raw_id = raw_message_id(msg.metadata)
         for n, (headers, body, reason) in enumerate(copies):
             copy = messaging.dead_letter(

@@ -152,3 +152,37 @@ async def test_a_redelivered_batchs_bad_records_are_stored_once(small_nc: NATS) 
         registry.get_sample_value("flowscope_enricher_bad_records_total", {"kind": "socket"}) == 1
     )
     await p.publisher.close()
+
+
+async def test_each_dead_letter_copy_names_the_problem_of_every_record_in_it(
+    small_nc: NATS,
+) -> None:
+    """Bad records with different problems in one raw batch, between good ones: one copy
+    per problem, whose reason lists the places of exactly the records it holds (a copy
+    used to carry its first record's reason for all of them)."""
+    good = [raw_flow("n1", "127.0.0.1", "192.0.2.1", i, 80) for i in (10, 11)]
+    batch = [
+        good[0],
+        raw_flow("n1", "127.0.0.1", "192.0.2.1", 1, 80, bytes="x"),
+        raw_flow("n1", "127.0.0.1", "192.0.2.1", 2, 80, end_reason="teleport"),
+        raw_flow("n1", "127.0.0.1", "192.0.2.1", 3, 80, bytes="y"),
+        good[1],
+    ]
+    encoded = codec.encode(codec.RAW_FLOW, batch)
+    (msg,) = await fetched(small_nc, subjects.raw_flows("n1"), encoded.headers, encoded.body)
+    p, registry = pipeline(small_nc)
+    await p.publisher.start()
+    await p.handle("flow", msg)
+    copies = await dead_letters(small_nc)
+    held = {
+        c.headers[subjects.DLQ_REASON_HEADER]: [
+            r["sport"] for r in codec.decode(codec.RAW_FLOW, c.headers, c.data)
+        ]
+        for c in copies
+    }
+    assert held == {
+        "bad-record: raw.flow records #1, #3: bytes must be int": [1, 3],
+        "bad-record: raw.flow record #2: unknown end_reason 'teleport'": [2],
+    }
+    assert registry.get_sample_value("flowscope_enricher_bad_records_total", {"kind": "flow"}) == 3
+    await p.publisher.close()
