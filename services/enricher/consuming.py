@@ -429,8 +429,10 @@ class Pipeline:
         if is_socket:
             self.enricher.learn_sockets(records)
             self.metrics.records_in.labels("socket").inc(len(records))
-        else:
-            self.enricher.learn_dns(records)
+        else:  # an answer's lifetime runs from when it was stored (a replay reads it late)
+            age = datetime.datetime.now(datetime.UTC) - msg.metadata.timestamp
+            with self.enricher.names.received_ago(age.total_seconds()):
+                self.enricher.learn_dns(records)
 
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)

@@ -9,9 +9,12 @@ records a server added, or injected ones) answered no question of the client's, 
 naming its address after the question would be wrong.
 
 Lifetimes follow the answers' TTLs clamped to ``[ttl_min, ttl_max]``: the floor because
-clients keep using an address past a tiny TTL, the cap to bound staleness. A lookup hit
-extends an entry to at least ``ttl_min`` from now, so a long-lived connection keeps the
-name it was opened with.
+clients keep using an address past a tiny TTL, the cap to bound staleness. A lifetime
+runs from when the answer was received (:meth:`NameCache.received_ago`), not from when it
+is learned: a replica that starts replays minutes of answers at once, and one whose
+lifetime had run out by then must not name the flows of now, nor outlive a newer answer.
+A lookup hit extends an entry to at least ``ttl_min`` from now, so a long-lived
+connection keeps the name it was opened with.
 
 One (client, address) holds one name, and an address can answer several names (a CDN's or
 a load balancer's). An answer for the name an entry holds renews it with the answer's
@@ -48,9 +51,10 @@ answers this address" per address until then (flowcore.c, ``unanswered``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -83,12 +87,25 @@ class NameCache:
         self._entries: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
         self._answers: dict[str, int] = {}  # address → entries whose address it is
         self.generation = 0  # bumped when an address gets its first entry
+        self._age = 0.0  # seconds since the answers being learned were received
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clamp(self, ttl: float) -> float:
         return min(max(ttl, self.ttl_min), self.ttl_max)
+
+    @contextlib.contextmanager
+    def received_ago(self, age: float) -> Iterator[None]:
+        """Within: the answers learned were received ``age`` seconds ago (a message
+        read from the raw stream after it was stored), so their lifetimes run from then.
+        A negative age (the stream's clock ahead of this one) counts as now: a lifetime
+        is never lengthened."""
+        self._age = max(age, 0.0)
+        try:
+            yield
+        finally:
+            self._age = 0.0
 
     def learn(
         self,
@@ -99,8 +116,10 @@ class NameCache:
     ) -> int:
         """Remember every address answer on ``qname``'s CNAME chain for ``client``
         (and each of ``also``: the client's other addresses) under ``qname``; returns
-        how many answers. ``answers``: the exchange's, its CNAME answers included."""
+        how many answers (not those that ran out before they were read: see the module).
+        ``answers``: the exchange's, its CNAME answers included."""
         now = self._clock()
+        received = now - self._age
         name = qname.rstrip(".").lower()
         if not name:
             return 0
@@ -123,7 +142,9 @@ class NameCache:
                     continue
             address = str(answer.get("data", ""))
             ttl = answer.get("ttl", 0)
-            expiry = now + self.clamp(ttl if isinstance(ttl, int) else 0)
+            expiry = received + self.clamp(ttl if isinstance(ttl, int) else 0)
+            if expiry < now:  # ran out before it was read: it names nothing now
+                continue
             for asker in clients:
                 key = (asker, address)
                 entry = entries.get(key)
