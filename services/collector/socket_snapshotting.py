@@ -68,6 +68,9 @@ _MIN_FIELDS = 10
 _ADDRESS_HEX = {AF_INET: 8, AF_INET6: 32}
 CLONE_NEWNET = 0x40000000
 SO_NETNS_COOKIE = 71  # asm-generic/socket.h, Linux >= 5.14
+# errors reasons: processes whose fd directory could not be listed / whose fds not read
+FD_LIST_DENIED, FD_READ_DENIED = "fd_list_denied", "fd_read_denied"
+_CONSEQUENCE = "their connections that existed before the collector started are not reported"
 
 
 class SnapshotParseError(CodecError):
@@ -251,15 +254,26 @@ def namespaces(proc: Path, pids: Iterable[int]) -> dict[int, list[int]]:
 
 
 def fd_sockets(proc: Path, pid: int) -> Iterator[int]:
-    """Socket inodes of ``pid``'s open fds (none when it exited meanwhile)."""
+    """Socket inodes of ``pid``'s open fds (none when it exited meanwhile).
+
+    Raises PermissionError where the kernel refuses, so that the caller can say why
+    instead of reporting fewer owners silently: listing the directory of another user's
+    process needs CAP_DAC_READ_SEARCH (it is mode 0500, owned by that user); reading a
+    link needs ptrace read access, which an AppArmor or SELinux profile (or a user
+    namespace) can refuse with CAP_SYS_PTRACE effective.
+    """
     directory = proc / str(pid) / "fd"
     try:
         names = os.listdir(directory)
+    except PermissionError:
+        raise
     except OSError:
         return
     for name in names:
         try:
             inode = socket_inode(os.readlink(directory / name))
+        except PermissionError:
+            raise
         except OSError:  # closed meanwhile
             continue
         if inode:
@@ -373,11 +387,29 @@ class SocketSnapshot:
             self._metrics.skipped.labels(reason).inc(n)
         for reason, n in result.errors.items():
             self._metrics.errors.labels(reason).inc(n)
+        self._log_denials(result.errors)
         log.info(
             f"socket snapshot: {len(result.records)} existing connections reported",
             extra={"sockets": len(result.records), "skipped": dict(result.skipped)},
         )
         return result.records
+
+    @staticmethod
+    def _log_denials(errors: Counter[str]) -> None:
+        """One line per kind of refusal, naming its cause (see :func:`fd_sockets`)."""
+        if errors[FD_LIST_DENIED]:
+            log.warning(
+                f"socket snapshot incomplete: /proc/<pid>/fd of {errors[FD_LIST_DENIED]} "
+                "processes of other users could not be listed (listing them needs "
+                f"CAP_DAC_READ_SEARCH); {_CONSEQUENCE}"
+            )
+        if errors[FD_READ_DENIED]:
+            log.warning(
+                f"socket snapshot incomplete: ptrace read access to {errors[FD_READ_DENIED]} "
+                "processes was refused although CAP_SYS_PTRACE is effective (an AppArmor or "
+                "SELinux profile denies it, e.g. the container runtime's default AppArmor "
+                f"profile: see docs/deploy.md, AppArmor); {_CONSEQUENCE}"
+            )
 
     def collect(self, deadline: float) -> SnapshotResult:
         """The steps of :meth:`take`, stopping at ``deadline`` (monotonic seconds)."""
@@ -456,9 +488,13 @@ class SocketSnapshot:
             if time.monotonic() > deadline:
                 result.timed_out = True
                 break
-            for inode in fd_sockets(self.proc, pid):
-                if inode in wanted:
-                    holders.setdefault(inode, pid)
+            try:
+                for inode in fd_sockets(self.proc, pid):
+                    if inode in wanted:
+                        holders.setdefault(inode, pid)
+            except PermissionError as error:
+                listing = Path(str(error.filename)).name == "fd"
+                result.errors[FD_LIST_DENIED if listing else FD_READ_DENIED] += 1
         if not holders:
             return {}
         cgroups = self._cgroups()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from flowscope.core import config
+from flowscope.core import config, serving
+from prometheus_client import CollectorRegistry
 
 from tests.support.chart_templates import (
     PLACEHOLDER,
@@ -534,3 +537,79 @@ def test_elasticsearch_sink_without_url_fails_the_install(sinks: str) -> None:
 def test_no_elasticsearch_url_needed_without_the_sink() -> None:
     env = env_of(rendered_container(rendered({"exporter": {"sinks": "stdout,otlp"}}), "exporter"))
     assert "FLOWSCOPE_ELASTICSEARCH_URL" not in env
+
+
+def _healthz(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect((host, port))
+            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            return sock.recv(64).split(b" ")[1] == b"200"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("component", COMPONENT_TEMPLATES)
+async def test_http_address_answers_ipv4_and_ipv6(component: str) -> None:
+    """The kubelet probes (and Prometheus scrapes) the pod IP, which is IPv6 in an
+    IPv6-only cluster: the address the chart sets, served for real on a free port, must
+    answer on both families without any value changed."""
+    objects = rendered()
+    address = env_of(rendered_container(objects, component))["FLOWSCOPE_HTTP_ADDRESS"]
+    host, port = serving.parse_address(address)
+    metrics_port = rendered_container(objects, component)["ports"][0]["containerPort"]
+    assert port == metrics_port
+    runner, free = await serving.start(
+        f"[{host}]:0" if ":" in host else f"{host}:0", CollectorRegistry(), serving.Health()
+    )
+    try:
+        answers = [await asyncio.to_thread(_healthz, h, free) for h in ("127.0.0.1", "::1")]
+    finally:
+        await runner.cleanup()
+    assert answers == [True, True]
+
+
+def _collector_pod(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    (daemonset,) = [o for o in rendered(values) if o["kind"] == "DaemonSet"]
+    return dict(daemonset["spec"]["template"])
+
+
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/collector"
+
+
+def test_apparmor_is_left_to_the_node_by_default() -> None:
+    """Naming any profile but Unconfined makes the kubelet refuse the pod on a node
+    without AppArmor, so the default names none."""
+    pod = _collector_pod({"collector": {"podAnnotations": {"a": "b"}}})
+    assert "appArmorProfile" not in pod["spec"]["containers"][0]["securityContext"]
+    assert pod["metadata"]["annotations"] == {"a": "b"}
+
+
+@pytest.mark.parametrize(
+    ("appArmor", "field", "annotation"),
+    [
+        ({"profile": "Unconfined"}, {"type": "Unconfined"}, "unconfined"),
+        ({"profile": "RuntimeDefault"}, {"type": "RuntimeDefault"}, "runtime/default"),
+        ({"profile": "Localhost", "localhostProfile": "flowscope"},
+         {"type": "Localhost", "localhostProfile": "flowscope"}, "localhost/flowscope"),
+    ],
+)  # fmt: skip
+def test_apparmor_profile_as_field_or_annotation(
+    appArmor: dict[str, str], field: dict[str, str], annotation: str
+) -> None:
+    pod = _collector_pod({"collector": {"appArmor": appArmor}})
+    assert pod["spec"]["containers"][0]["securityContext"]["appArmorProfile"] == field
+    assert not pod["metadata"]["annotations"]
+    # Before Kubernetes 1.30: the annotation only (the field does not exist there).
+    pod = _collector_pod({"collector": {"appArmor": {**appArmor, "annotation": True}}})
+    assert "appArmorProfile" not in pod["spec"]["containers"][0]["securityContext"]
+    assert pod["metadata"]["annotations"] == {APPARMOR_ANNOTATION: annotation}
+
+
+def test_apparmor_profile_mistakes_fail_the_install() -> None:
+    with pytest.raises(TemplateFailure, match=r"collector\.appArmor\.profile must be"):
+        _collector_pod({"collector": {"appArmor": {"profile": "unconfined"}}})
+    with pytest.raises(TemplateFailure, match=r"Localhost needs collector\.appArmor\.localhost"):
+        _collector_pod({"collector": {"appArmor": {"profile": "Localhost"}}})

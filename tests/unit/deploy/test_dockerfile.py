@@ -147,6 +147,20 @@ async def test_healthcheck_probes_a_real_healthz_endpoint(
     assert await _run(argv, {"FLOWSCOPE_HTTP_ADDRESS": f"0.0.0.0:{port}"}) != 0
 
 
+@pytest.mark.parametrize("host", ["", "[::]"])
+async def test_healthcheck_probes_an_endpoint_on_every_address(
+    instructions: list[Instruction], host: str
+) -> None:
+    """The chart's address (``:<port>``) and its bracketed form: the probe on 127.0.0.1
+    reaches the dual-stack socket."""
+    argv = _healthcheck_argv(instructions)
+    runner, port = await serving.start(f"{host}:0", CollectorRegistry(), serving.Health())
+    try:
+        assert await _run(argv, {"FLOWSCOPE_HTTP_ADDRESS": f"{host}:{port}"}) == 0
+    finally:
+        await runner.cleanup()
+
+
 def test_healthcheck_defaults_to_the_services_default_port(
     instructions: list[Instruction],
 ) -> None:

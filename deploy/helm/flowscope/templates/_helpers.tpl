@@ -71,8 +71,10 @@ component only would be reverted by the next start of another.
   value: {{ .root.Values.log.format | quote }}
 - name: FLOWSCOPE_LOG_LEVEL
   value: {{ .root.Values.log.level | quote }}
+{{- /* No host: every address of both families (IPv4 alone on a kernel without IPv6),
+so probes and scrapes reach the pod IP in IPv4-only, IPv6-only and dual-stack clusters. */}}
 - name: FLOWSCOPE_HTTP_ADDRESS
-  value: {{ printf "0.0.0.0:%v" .port | quote }}
+  value: {{ printf ":%v" .port | quote }}
 {{- with .root.Values.nats.stream }}
 {{- if ne (toString .maxAge) "" }}
 - name: FLOWSCOPE_NATS_STREAM_MAX_AGE
@@ -193,4 +195,39 @@ readinessProbe:
     path: /readyz
     port: metrics
   periodSeconds: 5
+{{- end }}
+
+{{/*
+The collector's AppArmor profile (collector.appArmor) as securityContext.appArmorProfile
+(Kubernetes 1.30 and later), or nothing when collector.appArmor.annotation asks for the
+annotation instead (flowscope.collectorAppArmorAnnotation). An empty profile sets
+nothing: the runtime's default profile where AppArmor is enabled, none elsewhere (the
+kubelet refuses a pod that names any profile but Unconfined on a node without AppArmor).
+*/}}
+{{- define "flowscope.collectorAppArmorProfile" -}}
+{{- with .Values.collector.appArmor }}
+{{- if and .profile (not (has .profile (list "RuntimeDefault" "Unconfined" "Localhost"))) }}
+{{- fail (printf "collector.appArmor.profile must be RuntimeDefault, Unconfined, Localhost or empty, not %q" .profile) }}
+{{- end }}
+{{- if and (eq .profile "Localhost") (not .localhostProfile) }}
+{{- fail "collector.appArmor.profile Localhost needs collector.appArmor.localhostProfile (the name of a profile loaded on every node)" }}
+{{- end }}
+{{- if and .profile (not .annotation) }}
+appArmorProfile:
+  type: {{ .profile }}
+  {{- if eq .profile "Localhost" }}
+  localhostProfile: {{ .localhostProfile | quote }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The same profile as the beta annotation's value, for clusters before 1.30. */}}
+{{- define "flowscope.collectorAppArmorAnnotation" -}}
+{{- with .Values.collector.appArmor }}
+{{- if eq .profile "RuntimeDefault" }}runtime/default
+{{- else if eq .profile "Unconfined" }}unconfined
+{{- else }}localhost/{{ .localhostProfile }}
+{{- end }}
+{{- end }}
 {{- end }}
