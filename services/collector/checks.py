@@ -3,11 +3,12 @@
 Paths, the kernel release and the memlock limit are parameters so the checks can be
 exercised against crafted inputs; the service calls :func:`run_all` with the real ones.
 
-Of the four capabilities the deployments grant (docs/collector.md), CAP_NET_ADMIN and
+Of the five capabilities the deployments grant (docs/collector.md), CAP_NET_ADMIN and
 CAP_SYS_ADMIN are always required and CAP_SYS_RESOURCE only where the kernel needs it
-(:func:`missing_capabilities`). CAP_SYS_PTRACE is optional: the socket snapshot
-(:mod:`flowscope.collector.socket_snapshotting`) checks it and, without it, logs one
-warning and skips itself instead of stopping the collector.
+(:func:`missing_capabilities`). CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH are optional: the
+socket snapshot (:mod:`flowscope.collector.socket_snapshotting`) needs them and, without
+them, logs one warning and skips itself (or the processes of other users) instead of
+stopping the collector.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from flowscope.core.errors import StartupError
 
 # Capability numbers (linux/capability.h).
+CAP_DAC_READ_SEARCH = 2  # optional: the socket snapshot lists other users' fds with it
 CAP_NET_ADMIN = 12
 CAP_SYS_PTRACE = 19  # optional: checked by the socket snapshot, which warns and skips
 CAP_SYS_ADMIN = 21

@@ -147,6 +147,6 @@ class SocketSnapshotMetrics:
         return cls(
             Counter(p + "sockets", "connections that existed at start-up, reported with their owner, by event", ["event"], registry=registry),
             Counter(p + "skipped", "connections found at start-up but not reported (no_owner, limit, deadline)", ["reason"], registry=registry),
-            Counter(p + "errors", "problems met by the start-up snapshot (malformed table lines, unreadable tables, deadline)", ["reason"], registry=registry),
+            Counter(p + "errors", "problems met by the start-up snapshot (malformed table lines, unreadable tables, deadline, fd_list_denied, fd_read_denied)", ["reason"], registry=registry),
             Gauge(p + "seconds", "how long the start-up snapshot took", registry=registry),
         )  # fmt: skip

@@ -128,8 +128,9 @@ class SocketSettings:
     snapshot: bool = setting(
         True,
         "at start-up, report the owners of connections that already existed (read from "
-        "/proc, needs CAP_SYS_PTRACE; skipped with one log line without it), so they do not "
-        "lose their process until they reconnect",
+        "/proc, needs CAP_SYS_PTRACE, skipped with one log line without it, and "
+        "CAP_DAC_READ_SEARCH for other users' processes), so they do not lose their process "
+        "until they reconnect",
     )
     snapshot_max_sockets: int = setting(
         65536,

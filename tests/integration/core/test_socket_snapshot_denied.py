@@ -2,8 +2,9 @@
 processes' fds: it says why, once, and carries on (flowscope.collector.socket_snapshotting).
 
 Real refusals, no fakes: a connection is held by a process of uid 65534, and the snapshot
-runs in a child (i) as root with exactly the chart's four capabilities (no
-CAP_DAC_READ_SEARCH: that process's /proc/<pid>/fd, mode 0500, cannot be listed), and
+runs in a child (i) as root with the chart's capabilities less CAP_DAC_READ_SEARCH
+(that process's /proc/<pid>/fd, mode 0500, cannot be listed), and with exactly the
+chart's (it can), and
 (ii) in a new user namespace, where CapEff shows CAP_SYS_PTRACE but the kernel refuses
 ptrace read access to the host's processes — the refusal an AppArmor profile gives.
 Needs root (setpriv, unshare).
@@ -22,7 +23,8 @@ import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for setpriv and unshare")
 
-CHART_CAPS = "-all,+net_admin,+sys_admin,+sys_resource,+sys_ptrace"
+CHART_CAPS = "-all,+net_admin,+sys_admin,+sys_resource,+sys_ptrace,+dac_read_search"
+WITHOUT_DAC_READ_SEARCH = CHART_CAPS.removesuffix(",+dac_read_search")
 SNAPSHOT = r"""
 import json, logging, sys
 from flowscope.collector.metrics import SocketSnapshotMetrics
@@ -83,7 +85,8 @@ def test_unlistable_fds_are_named_once_with_the_missing_capability(
     other_users_connection: tuple[int, int],
 ) -> None:
     port, _ = other_users_connection
-    result = snapshot(["setpriv", "--inh-caps=-all", f"--bounding-set={CHART_CAPS}"], port)
+    bounds = f"--bounding-set={WITHOUT_DAC_READ_SEARCH}"
+    result = snapshot(["setpriv", "--inh-caps=-all", bounds], port)
     assert result["owners"] == []
     (warning,) = [w for w in result["warnings"] if "could not be listed" in w]  # type: ignore[attr-defined]
     assert "CAP_DAC_READ_SEARCH" in warning
@@ -107,5 +110,14 @@ def test_with_every_capability_the_other_users_connection_has_its_owner(
     """(A process of the machine itself may still refuse ptrace read: that is said.)"""
     port, pid = other_users_connection
     result = snapshot([], port)
+    assert result["owners"] == [pid]
+    assert not [w for w in result["warnings"] if "could not be listed" in w]  # type: ignore[attr-defined]
+
+
+def test_with_the_charts_capabilities_the_other_users_connection_has_its_owner(
+    other_users_connection: tuple[int, int],
+) -> None:
+    port, pid = other_users_connection
+    result = snapshot(["setpriv", "--inh-caps=-all", f"--bounding-set={CHART_CAPS}"], port)
     assert result["owners"] == [pid]
     assert not [w for w in result["warnings"] if "could not be listed" in w]  # type: ignore[attr-defined]

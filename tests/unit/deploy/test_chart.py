@@ -32,7 +32,7 @@ COMPONENT_TEMPLATES = {
     "enricher": "enricher-deployment.yaml",
     "exporter": "exporter-deployment.yaml",
 }
-COLLECTOR_CAPS = ["NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"]
+COLLECTOR_CAPS = ["NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH"]
 HOST_PATHS = ["/sys/fs/bpf", "/sys/fs/cgroup", "/lib/modules", "/usr/src"]
 # The enricher's watched resources as the issue lists them; used only while the
 # enricher's own list (flowscope.enricher.watching.resources) is not importable.

@@ -24,7 +24,7 @@ COMPOSE = REPO / "docker-compose.yml"
 FLOWSCOPE_IMAGE = "flowscope:local"
 # The collector's capabilities (docs/collector.md): CAP_BPF and CAP_PERFMON are not among
 # them because CAP_SYS_ADMIN, which the collector requires anyway, covers both.
-COLLECTOR_CAPS = ["NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"]
+COLLECTOR_CAPS = ["NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH"]
 HOST_MOUNTS = ["/sys/fs/bpf", "/sys/fs/cgroup", "/lib/modules", "/usr/src"]
 
 
