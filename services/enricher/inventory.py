@@ -12,6 +12,9 @@ its container ids — for the rest of its grace; a pod replaced by another of th
 A finished pod (phase Succeeded or Failed) keeps its address in its status while the
 address goes to a new pod: it never takes an address from a running pod, and holds a
 free one only for ``deleted_grace`` after it was first seen finished.
+A terminating pod (deletionTimestamp set, still Running) never takes an address from a
+running pod either (its address may be released before its object goes); it holds a free
+one until it is deleted, then for its grace.
 
 Resolved identities are cached per address (and per container id). A change drops only
 the entries it can affect — a cluster's pods, slices and controllers change several times
@@ -71,6 +74,7 @@ WORKLOAD_RESOURCES = {
     "Job": "jobs",
     "CronJob": "cronjobs",
 }
+RESOURCE_KINDS = {resource: kind for kind, resource in WORKLOAD_RESOURCES.items()}
 # The workload chains (DESIGN.md): a pod's controller of one of the kinds above, then
 # only ReplicaSet → Deployment and Job → CronJob. Any other owner (a Node owning a static
 # pod, an operator's custom resource owning a ReplicaSet) is not a workload: the chain
@@ -85,6 +89,15 @@ def object_key(resource: str, obj: Obj) -> Key:
     if isinstance(obj, Workload):
         return (obj.kind, obj.namespace, obj.name)
     return (obj.namespace, obj.name)
+
+
+def named_key(resource: str, namespace: str, name: str) -> Key:
+    """The store key :func:`object_key` gives the object of ``resource`` so named: the
+    key of an object known by its metadata alone (one whose new version did not convert)."""
+    if resource == "nodes":
+        return ("", name)
+    kind = RESOURCE_KINDS.get(resource)
+    return (namespace, name) if kind is None else (kind, namespace, name)
 
 
 class Inventory:
@@ -322,8 +335,9 @@ class Inventory:
                 running = _running(obj)
                 for ip in obj.ips:
                     current = self._pod_ips.get(ip)
-                    # A running pod owns its address over a deleted or finished one (the
-                    # address may well be its now); among running pods, the last upserted.
+                    # A running pod owns its address over a deleted, terminating or
+                    # finished one (the address may well be its now); among running pods,
+                    # the last upserted.
                     if current is None or running or not _running(current):
                         self._pod_ips[ip] = obj
             for cid in obj.container_ids:
@@ -523,8 +537,8 @@ class Inventory:
 
 
 def _running(pod: Pod) -> bool:
-    """Neither deleted nor finished: the pod its addresses belong to."""
-    return not pod.deleted_at and not pod.finished
+    """Neither deleted, terminating nor finished: the pod its addresses belong to."""
+    return not pod.deleted_at and not pod.terminating and not pod.finished
 
 
 def _owner_key(obj: Pod | Workload) -> Key | None:

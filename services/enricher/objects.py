@@ -61,6 +61,9 @@ class Pod:
     # status.phase Succeeded or Failed: its containers ended for good and its addresses
     # may already be another pod's (the inventory lets them go, see Inventory)
     finished: bool = False
+    # metadata.deletionTimestamp set: shutting down, its address likely released already
+    # and given to a new pod (the inventory lets a live pod have it, see Inventory)
+    terminating: bool = False
     deleted_at: float = 0.0  # monotonic time of deletion (0: alive)
     # monotonic time the inventory first saw it finished (0: not finished), kept across
     # its updates: its addresses resolve for the deleted grace after that at most
@@ -125,6 +128,15 @@ class EndpointSlice:
             return False
         target = self.targets[self.addresses.index(address)]
         return target == pod.name if target else not pod.host_network
+
+
+def name_from_json(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The namespace (defaulted as the converters do) and name an object's metadata gives,
+    even when the rest of it does not convert; None when it names nothing."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
+        return None
+    return str(meta.get("namespace") or "default"), meta["name"]
 
 
 def _meta(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -219,6 +231,7 @@ def pod_from_json(
         },
         owner=_owner(meta),
         finished=status.get("phase") in FINISHED_PHASES,
+        terminating=bool(meta.get("deletionTimestamp")),
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from flowscope.core import messaging
 from flowscope.core.errors import ConfigError, StartupError
 from flowscope.core.runtime import Runtime, first_of, run, serve
@@ -81,15 +82,38 @@ async def serve_in_process(settings: Settings) -> int:
 def kubeconfig_path(
     settings: Settings, env: dict[str, str] | None = None, *, home: bool = True
 ) -> str | None:
-    """The kubeconfig to use: the setting, else KUBECONFIG, else (``home``) ~/.kube/config."""
+    """The kubeconfig to use: the setting, else KUBECONFIG, else (``home``) ~/.kube/config.
+
+    KUBECONFIG may list several files (``os.pathsep``), merged as kubectl merges them:
+    missing and empty files are skipped; the first file to name a cluster, user or context
+    wins (kubernetes-asyncio's loader merges them so when given the list); the
+    current-context is the first file's that sets one — the loader takes the last file's,
+    so that file is listed once more at the end (merging it again adds nothing else).
+    """
     env = dict(os.environ) if env is None else env
     if settings.kubeconfig:
         if not Path(settings.kubeconfig).is_file():
             raise ConfigError("--kubeconfig", f"{settings.kubeconfig} is not a readable file")
         return settings.kubeconfig
-    for candidate in (env.get("KUBECONFIG") or "").split(os.pathsep):
-        if candidate and Path(candidate).is_file():
-            return candidate
+    files, current = [], None
+    for candidate in dict.fromkeys((env.get("KUBECONFIG") or "").split(os.pathsep)):
+        if not candidate or not Path(candidate).is_file():
+            continue
+        try:
+            loaded = yaml.safe_load(Path(candidate).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError("KUBECONFIG", f"{candidate}: unreadable kubeconfig: {e}") from e
+        if loaded is None:  # an empty file (the loader cannot merge it)
+            continue
+        if not isinstance(loaded, dict):
+            raise ConfigError("KUBECONFIG", f"{candidate}: not a kubeconfig (no mapping)")
+        files.append(candidate)
+        if current is None and loaded.get("current-context"):
+            current = candidate
+    if current is not None and files[-1] != current:
+        files.append(current)
+    if files:
+        return os.pathsep.join(files)
     default = Path.home() / ".kube" / "config"
     return str(default) if home and default.is_file() else None
 
@@ -183,10 +207,17 @@ async def body(rt: Runtime, settings: Settings) -> None:
         metrics.staleness.set(staleness)
         if inventory is not None:
             metrics.identities.set(inventory.cached)
+            # What the API refuses (a 403 where RBAC lacks a resource) is what to fix.
+            refused = api_health.refusals()
             if inventory.ready:
                 # Still ready: the last known metadata keeps serving; the detail says how old.
-                detail = f"API unreachable for {staleness:.0f}s; serving last known metadata"
+                why = "refusing" if refused else "unreachable"
+                detail = f"API {why} for {staleness:.0f}s; serving last known metadata"
+                detail += f"; {refused}" if refused else ""
                 rt.health.set("kubernetes", True, detail if staleness > 0 else "synced")
+            else:
+                pending = "first LIST of every resource pending"
+                rt.health.set("kubernetes", False, f"{pending}; {refused}" if refused else pending)
 
     durables = {w.kind: f"{settings.consumer.durable}-{w.suffix}" for w in consuming.WORK}
     rt.spawn(consuming.upkeep_loop(pipeline, durables, chores, rt.stopping, 2.0), "upkeep")

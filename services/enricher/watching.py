@@ -6,9 +6,10 @@ One :class:`Informer` per resource keeps the :class:`Inventory` current:
   expired) restarts the LIST. The complete result replaces the resource's store
   (objects gone since are deleted, with the grace period).
 - WATCH from the list's resourceVersion with ``allowWatchBookmarks=true``; ADDED and
-  MODIFIED upsert, DELETED deletes, BOOKMARK only advances the resourceVersion. Every
-  applied event advances it, so a WATCH that ends (server timeout, broken stream — a
-  partial last line is discarded) resumes exactly where it stopped.
+  MODIFIED upsert, DELETED deletes, BOOKMARK only advances the resourceVersion; an event
+  whose object does not convert (counted as odd) deletes the object it names. Every
+  applied event advances the resourceVersion, so a WATCH that ends (server timeout,
+  broken stream — a partial last line is discarded) resumes exactly where it stopped.
 - An ``ERROR`` event with a 410 Status (``Expired``/``Gone``), or a 410 response, means
   the resourceVersion is too old: LIST again — at once the first time, after the capped
   exponential backoff below when the LIST before it led to a 410 too without a single
@@ -40,7 +41,7 @@ import orjson
 from flowscope.core.errors import FlowscopeError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.enricher import objects
-from flowscope.enricher.inventory import Inventory, Obj, object_key
+from flowscope.enricher.inventory import Inventory, Obj, named_key, object_key
 from flowscope.enricher.metrics import Metrics
 
 log = logging.getLogger("flowscope.enricher.kubernetes")
@@ -60,6 +61,7 @@ class ApiError(FlowscopeError):
 
 
 BACKOFF_FIRST = 0.2  # seconds: the first backoff, doubled each time up to backoff_max
+STATUS_MAX = 4096  # bytes of an error answer read for its Status (a Status is far smaller)
 
 
 class Convert(Protocol):
@@ -118,6 +120,9 @@ class ApiHealth:
     heard: dict[str, float] = field(default_factory=dict)
     limits: dict[str, float] = field(default_factory=dict)
     failing: set[str] = field(default_factory=set)
+    # failing resource → what the API answered instead (e.g. a 403 where RBAC lacks the
+    # resource): none for requests that got no answer (the API unreachable or silent)
+    refused: dict[str, str] = field(default_factory=dict)
 
     def expect(self, resource: str, silence_limit: float) -> None:
         """An informer starts: no word from the API yet, counted from now."""
@@ -127,9 +132,20 @@ class ApiHealth:
     def heard_from(self, resource: str) -> None:
         self.heard[resource] = self.clock()
         self.failing.discard(resource)
+        self.refused.pop(resource, None)
 
-    def failed(self, resource: str) -> None:
+    def failed(self, resource: str, answer: str = "") -> None:
+        """A request failed: ``answer`` is what the API answered, "" when nothing came."""
         self.failing.add(resource)
+        if answer:
+            self.refused[resource] = answer
+        else:
+            self.refused.pop(resource, None)
+
+    def refusals(self) -> str:
+        """The failing resources the API answers with an error, and its answers (for the
+        readiness detail: what an operator must fix); "" when there are none."""
+        return "; ".join(f"{r}: {self.refused[r]}" for r in sorted(self.refused))
 
     def staleness(self) -> float:
         """Seconds since the stalest informer last heard from the API (0: none is)."""
@@ -214,7 +230,7 @@ class Informer:
                     await _sleep_unless_stopped(self._expired_backoff(), stopping)
             except (aiohttp.ClientError, OSError, TimeoutError, ApiError, self._client_error) as e:
                 self.metrics.informer_errors.labels(name).inc()
-                self.health.failed(name)
+                self.health.failed(name, e.problem if isinstance(e, ApiError) else "")
                 self.bad_log.warning(f"api-{name}", "Kubernetes API request failed",
                                      resource=name, error=str(e) or type(e).__name__)  # fmt: skip
                 await _sleep_unless_stopped(backoff, stopping)
@@ -249,7 +265,7 @@ class Informer:
                 if resp.status == 410:
                     raise Expired(f"{self.resource.name}: continue token expired")
                 if resp.status != 200:
-                    raise ApiError(self.resource.name, f"LIST answered HTTP {resp.status}")
+                    raise await self._refusal("LIST", resp)
                 page = _json(await resp.read(), self.resource.name)
             finally:
                 resp.release()
@@ -264,6 +280,15 @@ class Informer:
             self.inventory.count(self.resource.name)
         )
         return version
+
+    async def _refusal(self, verb: str, resp: Any) -> ApiError:
+        """The error for an answer other than 200 or 410, with the reason and message of
+        the Status it carries (``403 Forbidden: … cannot list resource …``): what the
+        readiness detail shows an operator."""
+        problem = f"{verb} answered HTTP {resp.status}"
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            problem += _status_text(await resp.content.read(STATUS_MAX))
+        return ApiError(self.resource.name, problem)
 
     def _convert_all(self, raw_items: list[Any]) -> list[Obj]:
         out = []
@@ -310,7 +335,7 @@ class Informer:
             if resp.status == 410:
                 raise Expired(f"{name}: resourceVersion {version} expired")
             if resp.status != 200:
-                raise ApiError(name, f"WATCH answered HTTP {resp.status}")
+                raise await self._refusal("WATCH", resp)
             self.health.heard_from(name)
             buffer = b""
             async for chunk in resp.content.iter_any():
@@ -346,19 +371,28 @@ class Informer:
         if not isinstance(new_version, str) or not new_version:
             new_version = version  # an odd version must not become the resume point
         self.expired_in_a_row = 0  # the version is good: a 410 after this relists at once
-        if kind in ("ADDED", "MODIFIED"):
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
             converted = self._convert(obj)
-            if converted is not None:
-                self.inventory.upsert(name, converted)
-        elif kind == "DELETED":
-            converted = self._convert(obj)
-            if converted is not None:
+            if converted is None:
+                self._unreadable(obj)
+            elif kind == "DELETED":
                 self.inventory.delete(name, object_key(name, converted))
+            else:
+                self.inventory.upsert(name, converted)
         elif kind != "BOOKMARK":
             raise ApiError(name, f"unknown watch event type {kind!r}")
         self.metrics.informer_events.labels(name, str(kind)).inc()
         self.metrics.informer_objects.labels(name).set(self.inventory.count(name))
         return new_version
+
+    def _unreadable(self, obj: Mapping[str, Any]) -> None:
+        """An event's object did not convert (counted): the version held is outdated and
+        its successor unreadable, so the object counts as deleted (with the grace) — as
+        the next LIST, which skips it, would have it; a readable version brings it back.
+        An object that names nothing changes nothing."""
+        named = objects.name_from_json(obj)
+        if named is not None:
+            self.inventory.delete(self.resource.name, named_key(self.resource.name, *named))
 
 
 async def _sleep_unless_stopped(seconds: float, stopping: asyncio.Event) -> None:
@@ -395,6 +429,19 @@ def _envelope(page: Mapping[str, Any], resource: str) -> tuple[list[Any], str, s
     if not isinstance(token, str) or not isinstance(version, str):
         raise ApiError(resource, "LIST answer of odd shape (continue, resourceVersion)")
     return items, token, version
+
+
+def _status_text(body: bytes) -> str:
+    """`` <reason>: <message>`` of a ``meta/v1 Status`` body; "" for any other body."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        status = orjson.loads(body)
+        if isinstance(status, dict) and status.get("kind") == "Status":
+            reason, message = status.get("reason"), status.get("message")
+            text = f" {reason}" if isinstance(reason, str) and reason else ""
+            if isinstance(message, str) and message:
+                text += f": {message[:512]}"  # a readiness detail: bounded
+            return text
+    return ""
 
 
 def _json(body: bytes, resource: str) -> dict[str, Any]:

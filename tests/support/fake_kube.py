@@ -22,6 +22,8 @@ What a client sees is what an API server sends:
   answering again.
 - Requests must carry ``Authorization: Bearer <token>`` (the token in the kubeconfig
   :meth:`FakeKube.write_kubeconfig` writes), else ``401``.
+- :meth:`FakeKube.forbid` / :meth:`FakeKube.allow`: a resource's requests answered
+  ``403`` with the ``Forbidden`` Status the API server sends when RBAC lacks a rule.
 
 The test changes objects with :meth:`FakeKube.add`, :meth:`FakeKube.modify` and
 :meth:`FakeKube.delete` while the client runs.
@@ -75,6 +77,18 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
             "message": message, "reason": reason, "code": code}  # fmt: skip
 
 
+def forbidden(kind: Kind, request: web.Request) -> dict[str, Any]:
+    """The ``403 Forbidden`` Status the API server answers when RBAC lacks the rule."""
+    group = kind.api_version.rpartition("/")[0]
+    verb = "watch" if request.query.get("watch") in ("true", "1") else "list"
+    qualified = f"{kind.resource}.{group}" if group else kind.resource
+    message = (f'{qualified} is forbidden: User "system:serviceaccount:flowscope:enricher" '
+               f'cannot {verb} resource "{kind.resource}" in API group "{group}" at the cluster scope')  # fmt: skip
+    body = status(403, "Forbidden", message)
+    body["details"] = {"group": group, "kind": kind.resource}
+    return body
+
+
 @dataclass
 class Watcher:
     """One open WATCH stream: its queue of lines (None ends it, b"" breaks it)."""
@@ -102,6 +116,7 @@ class FakeKube:
         self._expired_tokens: set[str] = set()
         self.expire_after_first_page = False  # the next LIST's continue token expires
         self.end_watches_at_once = False  # every WATCH ends right after its backlog
+        self.forbidden: set[str] = set()  # resources whose requests RBAC refuses (403)
         self._speaking = asyncio.Event()  # cleared: silent
         self._speaking.set()
         self._runner: web.AppRunner | None = None
@@ -190,6 +205,17 @@ class FakeKube:
         """Answer the requests held while silent, and stream again."""
         self._speaking.set()
 
+    def forbid(self, resource: str) -> None:
+        """Refuse every new request for ``resource`` (403), as when the client's RBAC role
+        lacks it; open WATCH streams are ended (a WATCH asked again is refused)."""
+        self.forbidden.add(resource)
+        for watcher in list(self.watchers):
+            if watcher.resource == resource:
+                watcher.queue.put_nowait(None)
+
+    def allow(self, resource: str) -> None:
+        self.forbidden.discard(resource)
+
     def watch_count(self, resource: str) -> int:
         return sum(1 for w in self.watchers if w.resource == resource)
 
@@ -218,6 +244,8 @@ class FakeKube:
             await self._speaking.wait()
             if request.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return web.json_response(status(401, "Unauthorized", "Unauthorized"), status=401)
+            if kind.resource in self.forbidden:
+                return web.json_response(forbidden(kind, request), status=403)
             if request.query.get("watch") in ("true", "1"):
                 return await self._watch(kind, request)
             return self._list(kind, request)
