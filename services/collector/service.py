@@ -25,8 +25,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from flowscope.collector import checks
 from flowscope.collector.attaching import Attacher
@@ -54,7 +53,6 @@ from flowscope.core.messaging import close, connect, ensure_streams, until_lost
 from flowscope.core.records import RawDns
 
 log = logging.getLogger("flowscope.collector")
-T = TypeVar("T")
 
 SOCKET_READ_PAUSE = 0.05  # s after a read that found socket events: they gather meanwhile
 SOCKET_IDLE_WAIT = 1.0  # s at most between reads while none arrive (the lost-event count)
@@ -100,7 +98,9 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
             "every drain, so no flow will end with idle_timeout"
         )
     metrics = CollectorMetrics.create(rt.registry)
-    nc = await unless_stopped(rt, connect(settings.nats, "collector", rt.registry, retry=True))
+    nc = await runtime.unless_stopped(
+        rt, connect(settings.nats, "collector", rt.registry, retry=True)
+    )
     if nc is None:
         return  # SIGTERM while NATS was still unreachable: nothing to drain
     rt.stack.push_async_callback(close, nc)
@@ -160,20 +160,6 @@ def publish_limits(settings: Settings, max_payload: int) -> PublishLimits:
         buffer_bytes=settings.publish.buffer_bytes,
         max_payload=max_payload,
     )
-
-
-async def unless_stopped(rt: runtime.Runtime, work: Coroutine[Any, Any, T]) -> T | None:
-    """``work``'s result, or None when the service is told to stop first (then cancelled)."""
-    task = asyncio.ensure_future(work)
-    stop = asyncio.ensure_future(rt.stopping.wait())
-    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-    stop.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
 
 
 def remove_leftovers(attacher: Attacher, metrics: CollectorMetrics, indexes: list[int]) -> None:

@@ -22,13 +22,15 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flowscope.core import logs, serving
 from flowscope.core.config import positive, setting
 from flowscope.core.errors import ConfigError, FlowscopeError, StartupError
 from flowscope.core.serving import Health
 from prometheus_client import CollectorRegistry
+
+T = TypeVar("T")
 
 log = logging.getLogger("flowscope.runtime")
 
@@ -89,6 +91,21 @@ class Runtime:
 
 
 Body = Callable[[Runtime], Awaitable[None]]
+
+
+async def unless_stopped(rt: Runtime, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None when the service is told to stop first (then
+    cancelled): a SIGTERM while NATS is still unreachable at start-up ends the service."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(rt.stopping.wait())
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 async def first_of(*aws: Awaitable[object]) -> None:

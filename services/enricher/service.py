@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from flowscope.core import messaging
 from flowscope.core.errors import ConfigError, StartupError
-from flowscope.core.runtime import Runtime, first_of, run, serve
+from flowscope.core.runtime import Runtime, first_of, run, serve, unless_stopped
 from flowscope.enricher import consuming, local
 from flowscope.enricher.enriching import Enricher, Observers
 from flowscope.enricher.identities import Resolver
@@ -172,7 +172,9 @@ async def body(rt: Runtime, settings: Settings) -> None:
         resolver = local.LocalResolver(await asyncio.to_thread(local.local_addresses))
     join = settings.join
     enricher = build_enricher(settings, resolver)
-    nc = await messaging.connect(settings.nats, "enricher", rt.registry)
+    nc = await unless_stopped(rt, messaging.connect(settings.nats, "enricher", rt.registry))
+    if nc is None:
+        return  # SIGTERM while NATS was still unreachable
     rt.stack.push_async_callback(messaging.close, nc)
     rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
     js = nc.jetstream()

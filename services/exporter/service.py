@@ -56,7 +56,11 @@ def body_for(settings: Settings, env: Mapping[str, str] | None = None) -> runtim
         sinks = build_sinks(settings, metrics, otlp_target)
         for sink in sinks:  # released even if stopped before its lane runs (closing twice is fine)
             rt.stack.push_async_callback(sink.close)
-        nc = await messaging.connect(settings.nats, "exporter", rt.registry)
+        nc = await runtime.unless_stopped(
+            rt, messaging.connect(settings.nats, "exporter", rt.registry)
+        )
+        if nc is None:
+            return  # SIGTERM while NATS was still unreachable
         rt.stack.push_async_callback(messaging.close, nc)
         rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
         js = nc.jetstream()
