@@ -14,7 +14,10 @@ Like the official client, every response must carry ``X-Elastic-Product:
 Elasticsearch``; a peer without it is treated as unavailable.
 
 TLS (CA, client certificate and key for mutual TLS) is loaded when the sink is built,
-before any connection: a file that is not PEM stops start-up (:func:`tls_context`).
+before any connection: a file that is not PEM, or one set for an ``http://`` URL (it
+would be ignored), stops start-up (:func:`tls_context`). So do credentials that would
+not all be sent (:class:`Credentials`); a credential file is read again when it changes,
+so a fixed or rotated Secret is used without a restart.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractStreamWriter
+from flowscope.core.errors import ConfigError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.exporter import ecs
 from flowscope.exporter.metrics import ExporterMetrics
@@ -198,15 +203,142 @@ def classify(response: dict[str, Any]) -> BulkOutcome:
 
 
 def tls_context(settings: ElasticsearchSettings) -> ssl.SSLContext | None:
-    """The client context for an ``https://`` URL or configured TLS files (None: plain
-    HTTP); a file that is not PEM, or a certificate without its key, is a ConfigError."""
+    """The client context for an ``https://`` URL (None: plain HTTP); a file that is not
+    PEM, a certificate without its key, or a file set for an ``http://`` URL (loaded,
+    then never used: the connection would be plaintext) is a ConfigError."""
     files = [
         TlsFile(getattr(settings, name), setting_name("elasticsearch", name))
         for name in ("ca_file", "client_cert", "client_key")
     ]
     if not settings.url.startswith("https://") and not any(f.path for f in files):
         return None
-    return client_context(*files)
+    context = client_context(*files)
+    if not settings.url.startswith("https://"):
+        first = next(f for f in files if f.path)
+        raise ConfigError(
+            first.setting,
+            f"a TLS file is set but {setting_name('elasticsearch', 'url')} is plaintext "
+            "http://: use https:// or unset the TLS files",
+        )
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFile:
+    """A configured credential file (empty path: not set) and the setting naming it."""
+
+    path: str
+    setting: str
+
+
+class Credentials:
+    """The ``Authorization`` header: an API key or basic authentication, from settings
+    or from files (mounted Secrets).
+
+    Checked when built: a password without a user, a user without a password, an empty
+    file, or an API key set along with basic authentication would have been sent in
+    part or not at all, silently: each is a ConfigError naming the setting. A file is
+    read again when it changes (Kubernetes replaces a mounted Secret's file when the
+    Secret is updated) and after Elasticsearch refuses the credentials (401/403), so a
+    fixed or rotated Secret is used without a restart; a file that cannot be read, or
+    is empty for a moment while it is written, keeps the last value.
+    """
+
+    def __init__(self, settings: ElasticsearchSettings) -> None:
+        _check_credentials(settings)
+        self._username = settings.username
+        name = "api_key_file" if settings.api_key_file else "password_file"
+        self._file = SecretFile(getattr(settings, name), setting_name("elasticsearch", name))
+        self._seen: tuple[int, int, int, int] | None = None  # the file's, when last read
+        self._log = RateLimitedLog(log)
+        secret = settings.api_key or settings.password
+        if self._file.path:
+            self._seen, secret = _read_secret(self._file)
+        self._header = self._authorization(secret)
+
+    def header(self) -> str:
+        """The current header value ("" without credentials)."""
+        if self._file.path:
+            self._reread()
+        return self._header
+
+    def refused(self) -> None:
+        """Elasticsearch refused them: read the file again before the next request,
+        even if it looks unchanged (a rewrite within the file clock's resolution)."""
+        self._seen = None
+
+    def _reread(self) -> None:
+        try:
+            if _signature(self._file.path) == self._seen:
+                return
+            seen, secret = _read_secret(self._file)
+        except (OSError, ConfigError) as e:
+            problem = getattr(e, "problem", None) or getattr(e, "strerror", None) or str(e)
+            self._log.warning(
+                "es-credentials-file",
+                "Elasticsearch credentials file unusable; keeping the last value",
+                setting=self._file.setting,
+                error=problem,
+            )
+            return
+        header = self._authorization(secret)
+        if header != self._header:
+            log.info(
+                "Elasticsearch credentials file changed", extra={"setting": self._file.setting}
+            )
+        self._seen, self._header = seen, header
+
+    def _authorization(self, secret: str) -> str:
+        if not secret:
+            return ""
+        if not self._username:
+            return f"ApiKey {secret}"
+        token = base64.b64encode(f"{self._username}:{secret}".encode()).decode()
+        return f"Basic {token}"
+
+
+def _check_credentials(settings: ElasticsearchSettings) -> None:
+    """Refuse credentials that would be sent in part or not at all."""
+
+    def name(setting: str) -> str:
+        return setting_name("elasticsearch", setting)
+
+    password = "password_file" if settings.password_file else "password"
+    api_key = "api_key_file" if settings.api_key_file else "api_key"
+    if getattr(settings, password) and not settings.username:
+        raise ConfigError(name(password), f"basic authentication needs {name('username')} too")
+    if settings.username and not getattr(settings, password):
+        raise ConfigError(
+            name("username"),
+            f"basic authentication needs {name('password')} or {name('password_file')} too",
+        )
+    if settings.username and getattr(settings, api_key):
+        raise ConfigError(
+            name(api_key),
+            f"set with {name('username')}: use either an API key or basic authentication",
+        )
+
+
+def _signature(path: str) -> tuple[int, int, int, int]:
+    """What changes when a file is replaced or rewritten (``stat`` follows the symlinks
+    of a mounted Secret to the current file)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _read_secret(file: SecretFile) -> tuple[tuple[int, int, int, int], str]:
+    """The file's signature and its content without surrounding whitespace (a final
+    newline); empty or unreadable is a ConfigError naming the setting."""
+    try:
+        seen = _signature(file.path)
+        secret = Path(file.path).read_text().strip()
+    except OSError as e:
+        raise ConfigError(file.setting, f"{file.path} cannot be read ({e.strerror})") from e
+    except UnicodeDecodeError as e:  # its message quotes a byte of the secret: not shown
+        raise ConfigError(file.setting, f"{file.path} is not UTF-8 text") from e
+    if not secret:
+        raise ConfigError(file.setting, f"{file.path} is empty")
+    return seen, secret
 
 
 class BulkClient:
@@ -215,24 +347,21 @@ class BulkClient:
     def __init__(self, settings: ElasticsearchSettings) -> None:
         self._settings = settings
         self._tls = tls_context(settings)  # now: bad TLS files stop start-up
+        self._credentials = Credentials(settings)  # and credentials that would be dropped
         self._base = settings.url.rstrip("/")
-        self._headers = {"Accept": "application/json"}
-        api_key = _secret(settings.api_key_file) or settings.api_key
-        if api_key:
-            self._headers["Authorization"] = f"ApiKey {api_key}"
-        password = _secret(settings.password_file) or settings.password
-        if settings.username and not api_key:
-            token = base64.b64encode(f"{settings.username}:{password}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
         self._session: aiohttp.ClientSession | None = None
+
+    def credentials_refused(self) -> None:
+        """Items were refused for the setup (privileges among it): see the credentials
+        file again before the next request (a new key may carry the privileges)."""
+        self._credentials.refused()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            tls = self._tls if self._base.startswith("https://") else None
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=tls if tls is not None else False),
+                connector=aiohttp.TCPConnector(ssl=self._tls if self._tls is not None else False),
                 timeout=aiohttp.ClientTimeout(total=self._settings.timeout),
-                headers=self._headers,
+                headers={"Accept": "application/json"},
             )
         return self._session
 
@@ -261,6 +390,9 @@ class BulkClient:
     ) -> tuple[int, bytes]:
         """One request; (status, raw response body)."""
         headers = {"Content-Type": content_type} if body is not None else {}
+        authorization = self._credentials.header()
+        if authorization:
+            headers["Authorization"] = authorization
         try:
             async with self._client().request(
                 method, self._base + path, data=body, headers=headers
@@ -268,6 +400,8 @@ class BulkClient:
                 payload = await r.read()
                 if r.headers.get(PRODUCT_HEADER) != "Elasticsearch":
                     raise BackendError(f"{self._base} is not Elasticsearch (no {PRODUCT_HEADER})")
+                if r.status in (401, 403):
+                    self._credentials.refused()
                 return r.status, payload
         except (aiohttp.ClientError, TimeoutError) as e:
             raise BackendError(f"{type(e).__name__}: {e}") from e
@@ -275,11 +409,6 @@ class BulkClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-
-def _secret(path: str) -> str:
-    """A credential from a file (surrounding whitespace, e.g. a final newline, dropped)."""
-    return Path(path).read_text().strip() if path else ""
 
 
 def _decode(payload: bytes) -> Any:
@@ -403,6 +532,7 @@ class ElasticsearchSink:
                 example=next(iter(outcome.rejected.values())),
             )
         if outcome.setup:  # retried until fixed: someone has to fix it
+            self._client.credentials_refused()
             self._log.warning(
                 "es-setup",
                 "Elasticsearch refused documents for its setup (privileges, missing data "

@@ -5,7 +5,8 @@ then ``OTEL_EXPORTER_OTLP_LOGS_*``, then ``OTEL_EXPORTER_OTLP_*``, then the OTLP
 exporter specification's default. A bad value raises :class:`ConfigError` naming the
 variable it came from (one line, exit 2). The TLS files are loaded here too, into the
 target's context, so a file that is not PEM is such an error rather than a failure of
-every request.
+every request; so is a TLS file given for a plaintext endpoint, which would otherwise
+be ignored while records (and the headers' tokens) go out unencrypted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from flowscope.core.config import positive, readable_file
 from flowscope.core.errors import ConfigError
-from flowscope.exporter.settings import OtlpSettings, parse_endpoint, parse_headers
+from flowscope.exporter.settings import OtlpSettings, parse_endpoint, parse_headers, redacted
 from flowscope.exporter.tls import TlsFile, client_context, setting_name
 
 GRPC = "grpc"
@@ -42,8 +43,18 @@ class OtlpTarget:
     client_cert: str
     client_key: str
     timeout: float
-    # The files above loaded (when TLS is used or a file is set); the HTTP transport's.
+    # The files above loaded (when TLS is used); the HTTP transport's.
     ssl: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        """Without secrets: header names only, the URL without ``user:password@``."""
+        names = ", ".join(key for key, _ in self.headers)
+        return (
+            f"OtlpTarget(protocol={self.protocol!r}, url={redacted(self.url)!r}, "
+            f"tls={self.tls}, headers=[{names}], gzip={self.gzip}, ca_file={self.ca_file!r}, "
+            f"client_cert={self.client_cert!r}, client_key={self.client_key!r}, "
+            f"timeout={self.timeout})"
+        )
 
     @property
     def grpc_target(self) -> str:
@@ -130,27 +141,57 @@ def resolve(settings: OtlpSettings, env: Mapping[str, str]) -> OtlpTarget:
     if not endpoint:
         endpoint = DEFAULT_GRPC_ENDPOINT if protocol == GRPC else DEFAULT_HTTP_ENDPOINT
     url = _endpoint_url(endpoint, source, protocol, bool(insecure))
-    headers, _ = _pick(settings.headers, env, "HEADERS", parse_header_list)
-    if isinstance(headers, str):
-        headers = parse_header_list(headers)
+    headers = _headers(settings.headers, env, protocol)
     compression, _ = _pick(settings.compression, env, "COMPRESSION", _choice("gzip", "none"))
     timeout, _ = _pick(settings.timeout, env, "TIMEOUT", _milliseconds)
     ca = _file(settings.ca_file, env, "CERTIFICATE", "ca_file")
     cert = _file(settings.client_cert, env, "CLIENT_CERTIFICATE", "client_cert")
     key = _file(settings.client_key, env, "CLIENT_KEY", "client_key")
     tls = url.startswith("https://")
+    context = client_context(ca, cert, key) if tls or ca.path or cert.path or key.path else None
+    if not tls:
+        _refuse_plaintext_with_tls_files((ca, cert, key), url)
     return OtlpTarget(
         protocol=protocol,
         url=url,
         tls=tls,
-        headers=headers or (),
+        headers=headers,
         gzip=(compression or "gzip") == "gzip",
         ca_file=ca.path,
         client_cert=cert.path,
         client_key=key.path,
         timeout=timeout or 10.0,
-        ssl=client_context(ca, cert, key) if tls or ca.path or cert.path or key.path else None,
+        ssl=context,
     )
+
+
+def _headers(setting: str, env: Mapping[str, str], protocol: str) -> tuple[tuple[str, str], ...]:
+    """The header list; for gRPC without binary (``-bin``) metadata, whose values must
+    be bytes: a text value there failed every export."""
+    headers, source = _pick(setting, env, "HEADERS", parse_header_list)
+    if isinstance(headers, str):  # the flowscope setting (checked when loaded, unless built)
+        source = setting_name("otlp", "headers")
+        try:
+            headers = parse_header_list(headers)
+        except ValueError as e:
+            raise ConfigError(source, str(e)) from e
+    for key, _ in headers or ():
+        if protocol == GRPC and key.endswith("-bin"):
+            raise ConfigError(source, f"{key!r} would be binary gRPC metadata: not supported")
+    return headers or ()
+
+
+def _refuse_plaintext_with_tls_files(files: tuple[TlsFile, ...], url: str) -> None:
+    """TLS files set while the endpoint is plaintext (``http://``, or no scheme with
+    ``insecure``) would be loaded and never used: refused, naming the first one."""
+    for tls_file in files:
+        if tls_file.path:
+            raise ConfigError(
+                tls_file.setting,
+                f"a TLS file is set but the OTLP endpoint is plaintext ({redacted(url)}): "
+                "use an https:// endpoint (or, for gRPC without a scheme, insecure false), "
+                "or unset the TLS files",
+            )
 
 
 def _milliseconds(text: str) -> float:

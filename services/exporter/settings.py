@@ -13,14 +13,17 @@ position, and a URL is shown without its ``user:password@`` part.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flowscope.core.config import positive, readable_file, section, setting
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
 
 SINK_NAMES = ("stdout", "otlp", "elasticsearch")
+HEADER_NAME = re.compile(r"[0-9a-z_.-]+")  # lower case: keys are lowered when parsed
+HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
 def parse_sinks(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -81,13 +84,30 @@ def parse_http_url(value: str) -> str:
 
 
 def parse_headers(value: str) -> str:
-    """``key=value,key2=value2`` as in ``OTEL_EXPORTER_OTLP_HEADERS``.
+    """``key=value,key2=value2`` as in ``OTEL_EXPORTER_OTLP_HEADERS`` (values URL-encoded).
 
-    A bad item is named by its position, never shown: it is often a bare token.
+    Every item must be sendable by both transports, or each export would fail at the
+    first request: a name of letters, digits, ``-``, ``_`` and ``.`` (gRPC metadata's
+    rule, within HTTP's), a decoded value of printable ASCII (no line break: no header
+    injection). A bad item is named by its position, never shown: it is often a bare
+    token.
     """
     for position, item in enumerate(value.split(","), 1):
-        if item.strip() and "=" not in item:
+        if not item.strip():
+            continue
+        key, equals, encoded = item.partition("=")
+        if not equals:
             raise ValueError(f"item {position} of the header list is not key=value")
+        if not HEADER_NAME.fullmatch(key.strip().lower()):
+            raise ValueError(
+                f"item {position} of the header list has no header name before '=' "
+                "(letters, digits, '-', '_', '.')"
+            )
+        if not HEADER_VALUE.fullmatch(unquote(encoded.strip())):
+            raise ValueError(
+                f"item {position} of the header list has a value with a character other "
+                "than printable ASCII (a line break, a tab, ...) once URL-decoded"
+            )
     return value
 
 

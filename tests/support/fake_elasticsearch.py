@@ -49,6 +49,7 @@ class FakeElasticsearch:
         self.item_statuses: Counter[int] = Counter()
         self.api_key = api_key
         self.basic_auth: tuple[str, str] | None = None  # (user, password) required when set
+        self.refused = 0  # requests answered 401 (missing or wrong credentials)
         self.scheme = "http"
         self._inject: deque[int] = deque()
         self._runner: web.AppRunner | None = None
@@ -100,6 +101,7 @@ class FakeElasticsearch:
     @web.middleware
     async def _product_header(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not self._authorized(request.headers.get("Authorization", "")):
+            self.refused += 1
             response: web.StreamResponse = _json(
                 {
                     "error": {

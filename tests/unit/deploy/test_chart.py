@@ -613,3 +613,33 @@ def test_apparmor_profile_mistakes_fail_the_install() -> None:
         _collector_pod({"collector": {"appArmor": {"profile": "unconfined"}}})
     with pytest.raises(TemplateFailure, match=r"Localhost needs collector\.appArmor\.localhost"):
         _collector_pod({"collector": {"appArmor": {"profile": "Localhost"}}})
+
+
+@pytest.mark.parametrize(
+    ("auth", "problem"),
+    [
+        ({"apiKeyKey": "k", "usernameKey": "u", "passwordKey": "p"}, "not both"),
+        ({"usernameKey": "u"}, "go together"),
+        ({"passwordKey": "p"}, "go together"),
+    ],
+)
+def test_elasticsearch_credentials_the_exporter_would_refuse_fail_the_install(
+    auth: dict[str, str], problem: str
+) -> None:
+    es = {"url": "https://es:9200", "auth": {"existingSecret": "es-auth", **auth}}
+    with pytest.raises(TemplateFailure, match=problem):
+        rendered({"exporter": {"sinks": "elasticsearch", "elasticsearch": es}})
+
+
+@pytest.mark.parametrize("auth", [{"apiKeyKey": "k"}, {"usernameKey": "u", "passwordKey": "p"}])
+def test_elasticsearch_credentials_from_the_secret(auth: dict[str, str]) -> None:
+    es = {"url": "https://es:9200", "auth": {"existingSecret": "es-auth", **auth}}
+    objects = rendered({"exporter": {"sinks": "elasticsearch", "elasticsearch": es}})
+    env = env_of(rendered_container(objects, "exporter"))
+    names = {"apiKeyKey": "API_KEY", "usernameKey": "USERNAME", "passwordKey": "PASSWORD"}
+    for key, suffix in names.items():
+        variable = env.get(f"FLOWSCOPE_ELASTICSEARCH_{suffix}")
+        if key in auth:
+            assert variable["secretKeyRef"] == {"name": "es-auth", "key": auth[key]}
+        else:
+            assert variable is None
