@@ -44,7 +44,8 @@ def settings_reference() -> str:
         out.append("|---|---|---|---|")
         for flag, env, default, doc in config.describe(cls):
             shown = f"`{_cell(default)}`" if default else ""
-            out.append(f"| `{flag}` | `{env}` | {shown} | {_cell(doc)} |")
+            named = f"`{flag}`" if flag.startswith("--") else flag  # "(no flag: secret)"
+            out.append(f"| {named} | `{env}` | {shown} | {_cell(doc)} |")
         out.append("")
     return "\n".join(out)
 

@@ -22,7 +22,6 @@ import contextlib
 import fnmatch
 import logging
 import os
-import re
 import sys
 import time
 from collections import deque
@@ -32,7 +31,7 @@ from typing import Any, TextIO
 
 import orjson
 from flowscope.core import codec, messaging, subjects
-from flowscope.core.config import section, setting
+from flowscope.core.config import section, setting, without_secrets
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.messaging import NatsSettings
@@ -506,7 +505,8 @@ async def connect(nats: NatsSettings, rt: Runtime) -> NATS:
         async with asyncio.timeout(timeout):
             nc = await messaging.connect(nats, "observe", rt.registry, retry=False)
     except TimeoutError as e:
-        raise StartupError("nats", f"cannot connect to {nats.url} within {timeout:g} s") from e
+        shown = without_secrets(nats.url)
+        raise StartupError("nats", f"cannot connect to {shown} within {timeout:g} s") from e
     rt.stack.push_async_callback(messaging.close, nc)
     rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
     return nc
@@ -528,11 +528,6 @@ async def observe(rt: Runtime, settings: Settings, out: TextIO) -> None:
     print(f"observing {', '.join(patterns)} on {without_secrets(settings.nats.url)} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)  # fmt: skip
     rt.spawn(rt.wait_stopping(), "observe")
-
-
-def without_secrets(urls: str) -> str:
-    """NATS URL(s) for display: any ``user:password@`` / ``token@`` part left out."""
-    return ",".join(re.sub(r"//[^/@]*@", "//", url) for url in urls.split(","))
 
 
 def main(settings: Settings) -> int:

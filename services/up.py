@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 from flowscope.core import logs
-from flowscope.core.config import section, setting
+from flowscope.core.config import section, setting, without_secrets
 from flowscope.core.errors import ConfigError, StartupError
 from flowscope.core.messaging import parse_urls
 from flowscope.core.runtime import RuntimeSettings
@@ -277,9 +277,10 @@ async def _wait_ready(pipeline: Pipeline, limit: float, stop: asyncio.Event) -> 
 def _summary(pipeline: Pipeline, reports: dict[str, dict], sinks: list[Sink]) -> str:
     checks = reports.get("collector", {}).get("checks", {})
     detail = checks.get("collector", {}).get("detail", "") if isinstance(checks, dict) else ""
+    shown = [f"{s.name}={without_secrets(s.target)}" if s.target else s.name for s in sinks]
     return (
-        f"flowscope up: ready; nats {pipeline.nats_url}; {detail or 'interfaces: unknown'}; "
-        f"sinks {', '.join(str(s) for s in sinks)}; Ctrl-C to stop"
+        f"flowscope up: ready; nats {without_secrets(pipeline.nats_url)}; "
+        f"{detail or 'interfaces: unknown'}; sinks {', '.join(shown)}; Ctrl-C to stop"
     )
 
 

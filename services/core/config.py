@@ -5,7 +5,9 @@ of precedence: a command-line flag (``--nats-url``), a ``FLOWSCOPE_*`` environme
 variable (``FLOWSCOPE_NATS_URL``), the YAML file given by ``--config`` /
 ``FLOWSCOPE_CONFIG`` (``nats: {url: ...}``), or the field's default. Nested dataclasses
 are sections; a section declared with ``section(..., flat=True)`` adds its fields
-without a prefix (the runtime settings every service shares).
+without a prefix (the runtime settings every service shares). A secret (a password, a
+token) has no flag: any user sees a process's command line (``ps``), so credentials
+come only from the environment or from files.
 
 A bad value raises :class:`~flowscope.core.errors.ConfigError` naming the setting as the
 user wrote it (flag, variable or file key); the CLI turns that into one line and exit 2.
@@ -44,6 +46,7 @@ def setting(
     ``parse`` receives the raw value (a string from flags/environment, or whatever YAML
     produced) after the type conversion and raises ``ValueError`` with a short reason.
     ``short`` is an optional one-letter flag alias (``-o``) for interactive commands.
+    ``secret``: a credential, never a flag (see :func:`add_arguments`).
     """
     meta = {"doc": doc, "parse": parse, "choices": choices, "secret": secret, "short": short}
     return field(default=default, metadata=meta)
@@ -216,7 +219,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
-    """Add one flag per setting of ``cls`` (and ``--config``) to ``parser``."""
+    """Add one flag per setting of ``cls`` (and ``--config``) to ``parser``.
+
+    A secret gets no usable flag: its flag is hidden and refuses the value with one
+    line naming where the secret belongs (see :class:`_SecretFlag`).
+    """
     parser.add_argument(
         "--config",
         dest="__config",
@@ -224,12 +231,20 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         metavar="FILE",
         help=f"YAML settings file (env {ENV_PREFIX}CONFIG)",
     )
-    for leaf in leaves(cls):
+    all_leaves = list(leaves(cls))
+    names = {leaf.name for leaf in all_leaves}
+    for leaf in all_leaves:
+        if leaf.secret:
+            parser.add_argument(
+                leaf.flag,
+                action=_SecretFlag,
+                help=argparse.SUPPRESS,
+                where=_secret_sources(leaf, names),
+            )
+            continue
         default = "(unset)" if leaf.default in (None, "", ()) else leaf.default
         if isinstance(leaf.default, tuple) and leaf.default:
             default = ",".join(leaf.default)
-        if leaf.secret and leaf.default:
-            default = "(set)"
         flags = (leaf.flag,) if leaf.short is None else (leaf.short, leaf.flag)
         parser.add_argument(
             *flags,
@@ -237,6 +252,33 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
             default=argparse.SUPPRESS,
             metavar=leaf.name.rsplit(".", 1)[-1].upper(),
             help=f"{leaf.doc} [env {leaf.env}; default {default}]",
+        )
+
+
+def _secret_sources(leaf: Leaf, names: set[str]) -> str:
+    """Where a secret may come from: its variable, and its ``*_file`` setting if any."""
+    sources = [leaf.env]
+    if f"{leaf.name}_file" in names:
+        sources.append(f"{env_name(leaf.name + '_file')} / {flag_name(leaf.name + '_file')}")
+    return " or ".join(sources)
+
+
+class _SecretFlag(argparse.Action):
+    """The flag a secret would have had: refused without repeating the value.
+
+    Left out of the parser, argparse's "unrecognized arguments" error would print the
+    secret back; and a prefix of another flag would silently match.
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, where: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, **kwargs)
+        self.where = where
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        raise ConfigError(
+            self.option_strings[0],
+            f"a secret is not taken from the command line (any user sees it in ps); "
+            f"set {self.where}",
         )
 
 
@@ -306,11 +348,28 @@ def _build(cls: type[T], values: Mapping[tuple[str, ...], Any], path: tuple[str,
 
 
 def describe(cls: type[Any]) -> list[tuple[str, str, str, str]]:
-    """(flag, environment variable, default, doc) for every setting: the reference table."""
+    """(flag, environment variable, default, doc) for every setting: the reference table.
+
+    A secret has no flag: its flag column says so."""
     rows = []
     for leaf in leaves(cls):
         default = "" if leaf.default in (None, ()) else str(leaf.default)
         if isinstance(leaf.default, tuple):
             default = ",".join(leaf.default)
-        rows.append((leaf.flag, leaf.env, default, leaf.doc))
+        flag = "(no flag: secret)" if leaf.secret else leaf.flag
+        rows.append((flag, leaf.env, default, leaf.doc))
     return rows
+
+
+def without_secrets(urls: str) -> str:
+    """URL(s), comma-separated, for logs and error lines: any ``user:password@`` or
+    ``token@`` part left out. Every place that shows a configured URL uses this."""
+    return ",".join(_without_userinfo(url) for url in urls.split(","))
+
+
+def _without_userinfo(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{netloc.rpartition('@')[2]}{slash}{path}"

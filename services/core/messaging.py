@@ -1,9 +1,11 @@
 """The NATS connection every service uses, and the JetStream streams of DESIGN.md.
 
 ``connect`` reconnects forever with capped backoff and counts disconnects; it supports
-user/password, token, a credentials (JWT/NKey) file and TLS with a CA and a client
-certificate — secrets come only from files or the environment. ``ensure_streams``
-creates the streams idempotently (or updates their retention when they exist).
+user/password, token, a credentials (JWT/NKey) file, an NKey seed file and TLS with a
+CA and a client certificate — secrets come only from files or the environment, and URLs
+are shown without their credentials. TLS, once configured, is TLS or no connection.
+``ensure_streams`` creates the streams idempotently (or updates their retention when
+they exist).
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ import ssl
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import nats
+import nkeys
 from flowscope.core import subjects
-from flowscope.core.config import readable_file, setting
+from flowscope.core.config import readable_file, setting, without_secrets
 from flowscope.core.errors import ConfigError, ConnectionLostError, StartupError
 from flowscope.core.runtime import first_of
+from flowscope.core.tls import TlsFile, client_context, setting_name
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
@@ -42,13 +47,30 @@ def parse_urls(value: str) -> str:
         raise ValueError("no URL given")
     for url in urls:
         parts = urlsplit(url)
+        shown = repr(without_secrets(url))
         if parts.scheme not in _SCHEMES or not parts.hostname:
-            raise ValueError(f"{url!r} is not a NATS URL (nats://host:port)")
+            raise ValueError(f"{shown} is not a NATS URL (nats://host:port)")
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError as e:
-            raise ValueError(f"{url!r} has a bad port") from e
+            raise ValueError(f"{shown} has a bad port") from e
     return ",".join(urls)
+
+
+def nkey_seed_file(value: str) -> str:
+    """A readable file holding an NKey seed: checked at start-up, as nats-py reads it only
+    when it connects (a bad one was retried for ever); the error never shows what it holds."""
+    readable_file(value)
+    if not value:
+        return value
+    seed = bytearray(Path(value).read_bytes().strip())
+    try:
+        nkeys.from_seed(seed).wipe()
+    except Exception as e:  # nkeys raises its own errors, and binascii's
+        raise ValueError(f"{value} does not hold an NKey seed") from e
+    finally:
+        seed[:] = bytes(len(seed))
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +81,32 @@ class NatsSettings:
         "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated", parse=parse_urls
     )
     user: str = setting("", "user name for user/password authentication")
-    password: str = setting("", "password (prefer the environment variable)", secret=True)
-    token: str = setting("", "authentication token (prefer the environment variable)", secret=True)
+    password: str = setting("", "password (environment or YAML file only)", secret=True)
+    token: str = setting("", "authentication token (environment or YAML file only)", secret=True)
     creds_file: str = setting("", "NATS credentials file (JWT + NKey seed)", parse=readable_file)
-    tls_ca: str = setting("", "CA bundle to verify the server (enables TLS)", parse=readable_file)
-    tls_cert: str = setting("", "client certificate for mutual TLS", parse=readable_file)
-    tls_key: str = setting("", "client certificate's private key", parse=readable_file)
+    nkey_seed_file: str = setting(
+        "", "file holding a user's NKey seed (SU...), for a server that lists the user's "
+        "public NKey (no JWT)", parse=nkey_seed_file,
+    )  # fmt: skip
+    tls_ca: str = setting(
+        "", "CA bundle to verify the server (enables TLS: a server that does not offer TLS "
+        "is refused)", parse=readable_file,
+    )  # fmt: skip
+    tls_cert: str = setting(
+        "", "client certificate for mutual TLS (PEM; set tls_key with it)", parse=readable_file
+    )
+    tls_key: str = setting(
+        "", "client certificate's unencrypted private key (PEM; set tls_cert with it)",
+        parse=readable_file,
+    )  # fmt: skip
+    tls_server_name: str = setting(
+        "", "name the server's certificate must carry (enables TLS; empty: the URL's host), "
+        "for a URL by address or through a tunnel",
+    )  # fmt: skip
+    tls_handshake_first: bool = setting(
+        False, "TLS handshake before the server's INFO (enables TLS); only for a server "
+        "configured with tls { handshake_first: true }, which refuses other clients",
+    )  # fmt: skip
     connect_timeout: float = setting(5.0, "seconds to wait for one connection attempt")
     reconnect_wait_max: float = setting(
         5.0, "upper bound in seconds of the backoff between reconnection attempts"
@@ -102,21 +144,70 @@ class NatsMetrics:
 
 
 def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
-    """TLS context from the CA / client certificate settings (None: plain TCP)."""
+    """TLS context from the CA / client certificate settings (None: plain TCP).
+
+    Any TLS setting, or a ``tls://`` / ``wss://`` URL, enables TLS; the files are checked
+    here (both or neither of certificate and key, PEM, an unencrypted key of its
+    certificate), a bad one a :class:`ConfigError` naming its setting.
+    """
     wants_tls = (
         settings.tls_ca
         or settings.tls_cert
+        or settings.tls_key
+        or settings.tls_handshake_first
+        or settings.tls_server_name
         or any(u.startswith(("tls://", "wss://")) for u in settings.url.split(","))
     )
     if not wants_tls:
         return None
-    try:
-        ctx = ssl.create_default_context(cafile=settings.tls_ca or None)
-        if settings.tls_cert:
-            ctx.load_cert_chain(settings.tls_cert, settings.tls_key or None)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError("nats.tls_*", f"cannot load TLS files: {e}") from e
-    return ctx
+    return client_context(
+        *(TlsFile(getattr(settings, n), setting_name("nats", n)) for n in _TLS_FILES)
+    )
+
+
+_TLS_FILES = ("tls_ca", "tls_cert", "tls_key")
+
+
+class TlsNotOfferedError(NatsError):
+    """A server did not offer TLS although TLS is configured: nothing was sent to it."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        super().__init__(server)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.server} did not offer TLS, which is configured (tls:// URL or "
+            "FLOWSCOPE_NATS_TLS_*): not connecting without it"
+        )
+
+
+class _TlsOnlyClient(NATS):
+    """nats-py's client, refusing a plaintext connection when TLS is configured.
+
+    nats-py upgrades a connection to TLS only when the server's INFO says
+    ``tls_required``; otherwise it sends CONNECT — password or token included — in
+    clear, whatever the URL's scheme or the SSL context given: a server without TLS, or
+    a man in the middle removing the flag, got the credentials. nats-py has no option
+    for this, so this one override: ``_process_connect_init`` hands the INFO of every
+    connection (first or reconnection, ``initial_connection=True``) to ``_process_info``
+    before it decides on TLS and before CONNECT; raising there ends that attempt with
+    nothing sent. Connections that are TLS before the INFO (``wss://``, handshake
+    first) pass.
+    """
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and "tls" in self.options and not self._will_be_tls(info):
+            assert self._current_server is not None  # set before any INFO is read
+            raise TlsNotOfferedError(without_secrets(self._current_server.uri.geturl()))
+        await super()._process_info(info, initial_connection)
+
+    def _will_be_tls(self, info: dict[str, Any]) -> bool:
+        assert self._current_server is not None
+        scheme = self._current_server.uri.scheme
+        if scheme == "wss" or self.options["tls_handshake_first"]:
+            return True  # already TLS when the INFO arrives
+        return bool(info.get("tls_required")) and scheme != "ws"
 
 
 def connect_options(
@@ -126,7 +217,7 @@ def connect_options(
     closing: Callable[[], bool] = lambda: False,
     lost: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``nats.connect`` (split out so tests can inspect them).
+    """Keyword arguments for nats-py's ``connect`` (split out so tests can inspect them).
 
     ``closing``: whether :func:`close` is closing the client (the service stopping) when
     nats-py reports the disconnection: that is neither a warning nor counted.
@@ -176,11 +267,21 @@ def connect_options(
         opts["user"], opts["password"] = settings.user, settings.password
     if settings.token:
         opts["token"] = settings.token
+    if settings.creds_file and settings.nkey_seed_file:
+        raise ConfigError(
+            setting_name("nats", "nkey_seed_file"),
+            f"set it or {setting_name('nats', 'creds_file')}, not both",
+        )
     if settings.creds_file:
         opts["user_credentials"] = settings.creds_file
+    if settings.nkey_seed_file:
+        opts["nkeys_seed"] = settings.nkey_seed_file
     tls = tls_context(settings)
     if tls is not None:
         opts["tls"] = tls
+        opts["tls_handshake_first"] = settings.tls_handshake_first
+        if settings.tls_server_name:
+            opts["tls_hostname"] = settings.tls_server_name
     return opts
 
 
@@ -203,25 +304,30 @@ async def connect(
         settings, name, metrics, lambda: bool(client) and client[0] in _closing, lost.set
     )
     opts.update(allow_reconnect=False, max_reconnect_attempts=1)
+    shown = without_secrets(settings.url)
     delay = 0.1
     while True:
         try:
-            nc = await nats.connect(**opts)
+            nc = _TlsOnlyClient()
+            await nc.connect(**opts)
             nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1)
             client.append(nc)
             _lost[nc] = lost
             break
+        except TlsNotOfferedError as e:  # configuration, not reachability: no retry
+            raise StartupError("nats", str(e)) from e
         except Exception as e:  # nats-py raises a variety of errors for "unreachable"
             if not retry:
-                raise StartupError("nats", f"cannot connect to {settings.url}: {e}") from e
+                raise StartupError("nats", f"cannot connect to {shown}: {e}") from e
             log.warning(
                 "NATS unreachable; retrying",
-                extra={"url": settings.url, "error": str(e) or type(e).__name__, "retry_in": delay},
+                extra={"url": shown, "error": str(e) or type(e).__name__, "retry_in": delay},
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.reconnect_wait_max)
     metrics.connected.set(1)
-    log.info("NATS connected", extra={"url": nc.connected_url.netloc if nc.connected_url else ""})
+    url = without_secrets(nc.connected_url.geturl()) if nc.connected_url else ""
+    log.info("NATS connected", extra={"url": url})
     return nc
 
 

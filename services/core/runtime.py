@@ -48,8 +48,9 @@ class RuntimeSettings:
     log_format: str = setting("json", "log format on stderr", choices=("json", "text"))
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
     http_address: str = setting(
-        "0.0.0.0:9090",
-        "host:port serving /metrics, /healthz and /readyz (empty: no HTTP endpoint)",
+        ":9090",
+        "host:port serving /metrics, /healthz and /readyz (no host or [::]: every address of "
+        "both families, IPv4 alone without IPv6; 0.0.0.0: IPv4 only; empty: no HTTP endpoint)",
         parse=_address,
     )
     drain_timeout: float = setting(

@@ -300,8 +300,8 @@ class Credentials:
 def _check_credentials(settings: ElasticsearchSettings) -> None:
     """Refuse credentials that would be sent in part or not at all."""
 
-    def name(setting: str) -> str:
-        return setting_name("elasticsearch", setting)
+    def name(setting: str) -> str:  # the secrets themselves have no flag
+        return setting_name("elasticsearch", setting, flag=setting not in ("password", "api_key"))
 
     password = "password_file" if settings.password_file else "password"
     api_key = "api_key_file" if settings.api_key_file else "api_key"

@@ -170,7 +170,7 @@ def _headers(setting: str, env: Mapping[str, str], protocol: str) -> tuple[tuple
     be bytes: a text value there failed every export."""
     headers, source = _pick(setting, env, "HEADERS", parse_header_list)
     if isinstance(headers, str):  # the flowscope setting (checked when loaded, unless built)
-        source = setting_name("otlp", "headers")
+        source = setting_name("otlp", "headers", flag=False)
         try:
             headers = parse_header_list(headers)
         except ValueError as e:

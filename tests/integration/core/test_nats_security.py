@@ -1,0 +1,242 @@
+"""NATS security against real nats-servers: TLS once configured is TLS or no
+connection (nothing, above all no password, is sent to a server that does not offer
+it), handshake-first TLS, and URLs shown without their credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flowscope.core import messaging
+from flowscope.core.errors import ConfigError, StartupError
+from flowscope.core.messaging import NatsSettings
+from prometheus_client import CollectorRegistry
+
+from tests.support import nats_jwt, nats_server
+from tests.support.otlp_receivers import TlsFiles, make_tls
+
+SECRET = "S3cretPW"
+AUTH = ["--user", "alice", "--pass", SECRET]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsFiles, TlsFiles]:
+    return make_tls(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def plain_server() -> Iterator[nats_server.NatsServer]:
+    """A server with a password and no TLS, tracing every command it reads (``-V``)."""
+    server = nats_server.start(extra=[*AUTH, "-V"])
+    yield server
+    server.close()
+
+
+def tls_server(
+    server: TlsFiles, port: int = -1, store: str | None = None
+) -> nats_server.NatsServer:
+    return nats_server.start(
+        port=port, store_dir=store,
+        extra=[*AUTH, "--tls", "--tlscert", str(server.cert), "--tlskey", str(server.key)],
+    )  # fmt: skip
+
+
+def received_connect(server: nats_server.NatsServer) -> bool:
+    return re.search(r"<<- \[CONNECT", Path(server.log_path).read_text()) is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("scheme", ["tls", "nats"])
+@pytest.mark.parametrize("retry", [False, True])
+async def test_tls_configured_refuses_a_server_that_does_not_offer_it(
+    plain_server: nats_server.NatsServer,
+    pki: tuple[TlsFiles, TlsFiles],
+    scheme: str,
+    retry: bool,
+) -> None:
+    """A ``tls://`` URL or a CA asks for TLS: a server whose INFO does not (one without
+    TLS, or a man in the middle that removed the flag) gets no CONNECT, and start-up
+    stops with one line saying why (not retried: the server answered)."""
+    settings = NatsSettings(
+        url=f"{scheme}://127.0.0.1:{plain_server.port}", user="alice", password=SECRET,
+        tls_ca=str(pki[0].ca), connect_timeout=2,
+    )  # fmt: skip
+    async with asyncio.timeout(20):  # the old client connected, or retried for ever
+        with pytest.raises(StartupError, match="did not offer TLS") as e:
+            await messaging.connect(settings, "test", CollectorRegistry(), retry=retry)
+    assert "\n" not in str(e.value)
+    assert not received_connect(plain_server)
+
+
+async def test_a_reconnection_refuses_a_server_without_tls(
+    pki: tuple[TlsFiles, TlsFiles], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same check on every reconnection: a plaintext server on the TLS server's
+    address never receives the password; the client keeps trying."""
+    caplog.set_level(logging.WARNING, logger="flowscope.nats")
+    port = _free_port()
+    secure = tls_server(pki[0], port, str(tmp_path / "tls"))
+    settings = NatsSettings(
+        url=f"tls://127.0.0.1:{port}", user="alice", password=SECRET, tls_ca=str(pki[0].ca),
+        reconnect_wait_max=0.2, connect_timeout=2,
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    nc = await messaging.connect(settings, "test", registry, retry=False)
+    secure.close()
+    plain = nats_server.start(port=port, store_dir=str(tmp_path / "plain"), extra=[*AUTH, "-V"])
+    try:
+        for _ in range(150):  # the client retries every 0.2 s
+            if any("did not offer TLS" in str(getattr(r, "error", "")) for r in caplog.records):
+                break
+            await asyncio.sleep(0.1)
+        assert any("did not offer TLS" in str(getattr(r, "error", "")) for r in caplog.records)
+        assert not received_connect(plain)
+        assert not nc.is_connected
+    finally:
+        await messaging.close(nc)
+        plain.close()
+
+
+async def test_handshake_first_tls(pki: tuple[TlsFiles, TlsFiles], tmp_path: Path) -> None:
+    """``tls_handshake_first`` reaches a server configured with ``handshake_first``
+    (which waits for the client's TLS handshake before its INFO)."""
+    server_files = pki[0]
+    conf = tmp_path / "nats.conf"
+    conf.write_text(
+        f'tls {{\n  cert_file: "{server_files.cert}"\n  key_file: "{server_files.key}"\n'
+        "  handshake_first: true\n}\n"
+    )
+    server = nats_server.start(store_dir=str(tmp_path / "js"), extra=["-c", str(conf)])
+    try:
+        settings = NatsSettings(
+            url=f"nats://127.0.0.1:{server.port}", tls_ca=str(server_files.ca),
+            tls_handshake_first=True, connect_timeout=2,
+        )  # fmt: skip
+        nc = await messaging.connect(settings, "test", CollectorRegistry(), retry=False)
+        sub = await nc.subscribe("t")
+        await nc.publish("t", b"handshake first")
+        assert (await sub.next_msg(timeout=10)).data == b"handshake first"
+        await messaging.close(nc)
+    finally:
+        server.close()
+
+
+def _no_secret_in(records: list[logging.LogRecord]) -> None:
+    for record in records:
+        assert SECRET not in record.getMessage()
+        assert SECRET not in repr(vars(record))
+
+
+async def test_url_credentials_stay_out_of_logs_and_errors(
+    plain_server: nats_server.NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flowscope.nats")
+    url = f"nats://alice:{SECRET}@127.0.0.1:{plain_server.port}"
+    nc = await messaging.connect(NatsSettings(url=url), "test", CollectorRegistry())
+    await messaging.close(nc)
+    connected = [r for r in caplog.records if r.getMessage() == "NATS connected"]
+    assert [getattr(r, "url", None) for r in connected] == [f"nats://127.0.0.1:{plain_server.port}"]
+    closed = NatsSettings(
+        url=f"nats://alice:{SECRET}@127.0.0.1:{_free_port()}", connect_timeout=1,
+        reconnect_wait_max=0.1,
+    )  # fmt: skip
+    with pytest.raises(TimeoutError):  # retries, logging each attempt
+        async with asyncio.timeout(2):
+            await messaging.connect(closed, "test", CollectorRegistry())
+    assert any(r.getMessage() == "NATS unreachable; retrying" for r in caplog.records)
+    with pytest.raises(StartupError) as e:
+        await messaging.connect(closed, "test", CollectorRegistry(), retry=False)
+    assert SECRET not in str(e.value) and "127.0.0.1" in str(e.value)
+    _no_secret_in(caplog.records)
+
+
+def _flowscope(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowscope.cli", command],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def test_observe_error_line_shows_no_credentials() -> None:
+    port = _free_port()
+    r = _flowscope(
+        "observe",
+        {"FLOWSCOPE_NATS_URL": f"nats://alice:{SECRET}@127.0.0.1:{port}",
+         "FLOWSCOPE_NATS_CONNECT_TIMEOUT": "1"},
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert SECRET not in r.stderr
+    assert f"cannot connect to nats://127.0.0.1:{port}" in r.stderr.splitlines()[-1]
+
+
+def test_a_service_stops_with_exit_2_when_its_server_does_not_offer_tls(
+    plain_server: nats_server.NatsServer, pki: tuple[TlsFiles, TlsFiles]
+) -> None:
+    r = _flowscope(
+        "exporter",
+        {"FLOWSCOPE_NATS_URL": f"tls://127.0.0.1:{plain_server.port}",
+         "FLOWSCOPE_NATS_USER": "alice", "FLOWSCOPE_NATS_PASSWORD": SECRET,
+         "FLOWSCOPE_NATS_TLS_CA": str(pki[0].ca), "FLOWSCOPE_HTTP_ADDRESS": "127.0.0.1:0"},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "did not offer TLS" in r.stderr.splitlines()[-1]
+    assert not received_connect(plain_server)
+
+
+async def test_tls_server_name(pki: tuple[TlsFiles, TlsFiles], tmp_path: Path) -> None:
+    """The certificate is checked against ``tls_server_name`` instead of the URL's host
+    (the test server's certificate names 127.0.0.1 and localhost)."""
+    server = tls_server(pki[0], store=str(tmp_path / "js"))
+    try:
+        settings = NatsSettings(
+            url=f"nats://127.0.0.1:{server.port}", user="alice", password=SECRET,
+            tls_ca=str(pki[0].ca), tls_server_name="localhost", connect_timeout=2,
+        )  # fmt: skip
+        nc = await messaging.connect(settings, "test", CollectorRegistry(), retry=False)
+        await messaging.close(nc)
+        other = dataclasses.replace(settings, tls_server_name="elsewhere.example")
+        with pytest.raises(StartupError, match=r"elsewhere\.example"):
+            await messaging.connect(other, "test", CollectorRegistry(), retry=False)
+    finally:
+        server.close()
+
+
+async def test_nkey_seed_file(tmp_path: Path) -> None:
+    """A server that lists a user's public NKey: the seed file signs its nonce; another
+    user's seed is refused; a seed file with a creds file is one configuration error."""
+    user = nats_jwt.keypair(nats_jwt.nkeys.PREFIX_BYTE_USER)
+    stranger = nats_jwt.keypair(nats_jwt.nkeys.PREFIX_BYTE_USER)
+    for name, key in (("user.nk", user), ("stranger.nk", stranger)):
+        (tmp_path / name).write_bytes(key.seed)
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f"authorization {{\n  users = [ {{ nkey: {user.public_key.decode()} }} ]\n}}\n")
+    server = nats_server.start(store_dir=str(tmp_path / "js"), extra=["-c", str(conf)])
+    try:
+        settings = NatsSettings(url=server.url, nkey_seed_file=str(tmp_path / "user.nk"))
+        nc = await messaging.connect(settings, "test", CollectorRegistry(), retry=False)
+        assert nc.is_connected
+        await messaging.close(nc)
+        refused = NatsSettings(
+            url=server.url, nkey_seed_file=str(tmp_path / "stranger.nk"), connect_timeout=1
+        )
+        with pytest.raises(StartupError, match="cannot connect"):
+            await messaging.connect(refused, "test", CollectorRegistry(), retry=False)
+        both = dataclasses.replace(settings, creds_file=str(tmp_path / "user.nk"))
+        with pytest.raises(ConfigError, match="FLOWSCOPE_NATS_CREDS_FILE"):
+            await messaging.connect(both, "test", CollectorRegistry(), retry=False)
+    finally:
+        server.close()
