@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 from flowscope.core import logs
-from flowscope.core.config import section, setting, without_secrets
+from flowscope.core.config import positive, section, setting, without_secrets
 from flowscope.core.errors import ConfigError, StartupError
 from flowscope.core.messaging import parse_urls
 from flowscope.core.runtime import RuntimeSettings
@@ -93,7 +93,9 @@ class Settings:
         "elasticsearch)",
     )
     ready_timeout: float = setting(
-        120.0, "seconds to wait for every service to be ready (BPF compilation takes a while)"
+        120.0,
+        "seconds to wait for every service to be ready (BPF compilation takes a while)",
+        parse=positive,
     )
 
 

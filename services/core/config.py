@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -181,11 +182,14 @@ def _convert(hint: Any, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is not a number")
         try:
-            return hint(value)
+            number = hint(value)
         except (TypeError, ValueError):
             raise ValueError(
                 f"{value!r} is not {'an integer' if hint is int else 'a number'}"
             ) from None
+        if not math.isfinite(number):  # nan passes every comparison, inf every bound
+            raise ValueError(f"{value!r} is not a finite number")
+        return number
     if hint is str:
         if isinstance(value, (dict, list)):
             raise ValueError("expected a string")

@@ -81,6 +81,10 @@ def test_tuple_from_env_and_bool() -> None:
         ({"FLOWSCOPE_DRAIN_TIMEOUT": "-1"}, "FLOWSCOPE_DRAIN_TIMEOUT"),
         ({"FLOWSCOPE_HTTP_ADDRESS": "nowhere"}, "FLOWSCOPE_HTTP_ADDRESS"),
         ({"FLOWSCOPE_NATS_TLS_CA": "/nonexistent/ca.pem"}, "FLOWSCOPE_NATS_TLS_CA"),
+        # nan passes every comparison (nan <= 0 is False), inf every upper bound
+        ({"FLOWSCOPE_DRAIN_TIMEOUT": "nan"}, "FLOWSCOPE_DRAIN_TIMEOUT"),
+        ({"FLOWSCOPE_RATIO": "inf"}, "FLOWSCOPE_RATIO"),
+        ({"FLOWSCOPE_RATIO": "-Infinity"}, "FLOWSCOPE_RATIO"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], names: str) -> None:
@@ -120,3 +124,10 @@ def test_describe_lists_every_setting() -> None:
     rows = config.describe(Sample)
     assert ("--inner-names", "FLOWSCOPE_INNER_NAMES", "a", "names") in rows
     assert len(rows) == len(list(config.leaves(Sample)))
+
+
+def test_non_finite_numbers_in_a_file_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("ratio: .nan\n")
+    with pytest.raises(ConfigError, match="not a finite number"):
+        config.load(Sample, {}, env={"FLOWSCOPE_CONFIG": str(f)})

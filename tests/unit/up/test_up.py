@@ -104,3 +104,10 @@ def test_each_child_gets_its_own_loopback_address_and_the_runtime_settings() -> 
     assert env["FLOWSCOPE_DRAIN_TIMEOUT"] == "3.0"
     with pytest.raises(ConfigError, match="drain-timeout"):
         settings("--drain-timeout", "0")  # the services' own check, kept
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan"])
+def test_a_ready_timeout_that_cannot_elapse_is_refused(value: str) -> None:
+    """Before: accepted, and every service started before `not ready within -5 s`."""
+    with pytest.raises(ConfigError, match="--ready-timeout"):
+        settings("--ready-timeout", value)
