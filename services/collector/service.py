@@ -120,7 +120,8 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     rt.spawn(watcher.run(rt.stopping), "link-watching")
     rt.spawn(producing.run(producers_done), "producing")
     rt.spawn(publisher.run(producers_done, settings.runtime.drain_timeout / 2), "publishing")
-    rt.health.set("collector", True, f"{attached} interfaces attached")
+    noun = "interface" if attached == 1 else "interfaces"
+    rt.health.set("collector", True, f"{attached} {noun} attached")
     log.info("collector started", extra={"node": node, "interfaces": attached})
 
 
