@@ -181,7 +181,8 @@ def compile_filters(filters: Filters) -> Callable[[Record], bool]:
     checks: list[Callable[[Record], bool]] = []
     f = filters
     if f.namespace:
-        checks.append(_either(lambda r, s: r.get(f"{s}.k8s.namespace.name") in f.namespace))
+        tokens = {subjects.token(namespace) for namespace in f.namespace}
+        checks.append(_either(lambda r, s: endpoint_token(r, s) in tokens))
     if f.pod:
         checks.append(_either(lambda r, s: _name_matches(
             f.pod, r.get(f"{s}.k8s.namespace.name"), r.get(f"{s}.k8s.pod.name"))))  # fmt: skip
@@ -197,6 +198,25 @@ def compile_filters(filters: Filters) -> Callable[[Record], bool]:
     if f.node:
         checks.append(lambda r: _node_matches(f.node, r))
     return lambda record: all(check(record) for check in checks)
+
+
+# Endpoint kinds that are not in a namespace → their subject token (the enricher's
+# identities: a pod or service is published under its namespace, these under the token).
+_KIND_TOKENS = {
+    "node": subjects.NODE_TOKEN,
+    "host": subjects.HOST_TOKEN,
+    "external": subjects.EXTERNAL_TOKEN,
+}
+
+
+def endpoint_token(record: Record, side: str) -> str | None:
+    """The subject token the enricher publishes this endpoint under, so that
+    ``--namespace _host`` keeps the records its subscription to ``*._host`` receives."""
+    kind = record.get(f"{side}.kind")
+    if isinstance(kind, str) and kind in _KIND_TOKENS:
+        return _KIND_TOKENS[kind]
+    namespace = record.get(f"{side}.k8s.namespace.name")
+    return subjects.token(namespace) if isinstance(namespace, str) else None
 
 
 def _domain_matches(patterns: Iterable[str], domain: Any) -> bool:
@@ -463,7 +483,11 @@ async def replay_then_follow(nc: NATS, patterns: list[str], viewer: Viewer, coun
         log.warning(f"no JetStream stream {subjects.STREAM_FLOWS}: nothing to replay")
         await follow_core(nc, patterns, viewer)
         return
-    viewer.show(await newest_records(js, patterns, viewer, count, state.first_seq, state.last_seq))
+    # An empty stream reports first_seq 0, which no consumer accepts as a start: nothing
+    # to replay, follow from the next sequence.
+    if state.messages:
+        first, last = state.first_seq, state.last_seq
+        viewer.show(await newest_records(js, patterns, viewer, count, first, last))
 
     async def handle(msg: Msg) -> None:
         if first_match(patterns, msg.subject) >= 0:

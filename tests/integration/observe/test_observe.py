@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from flowscope.core import codec, messaging, subjects
+from flowscope.core import codec, messaging, records, subjects
 
 from tests.support import flows, nats_server
 from tests.support.flows import external, flow, pod
@@ -234,6 +234,63 @@ async def test_last_larger_than_the_stream_replays_everything(
         got = [orjson.loads(line) for line in await obs.lines(2)]
         assert await obs.interrupt() == 0
     assert got == records
+
+
+async def test_last_on_an_empty_stream_follows_live(nats_srv: NatsServer, nc: Any) -> None:
+    """Regression: an empty stream reports first_seq 0, which the server refuses as a
+    consumer start; observe died with a traceback instead of following live."""
+    js = await _fresh_flows_stream(nc)
+    async with observe(nats_srv, "--last", "5", "-o", "json") as obs:
+        live = flow(CART, PG)
+        b = flows.batch(live)
+        await js.publish(flows.subject_of(live), b.body, headers=b.headers)
+        got = [orjson.loads(line) for line in await obs.lines(1)]
+        assert await obs.interrupt() == 0
+    assert got == [live]
+
+
+HOST = records.Endpoint("10.226.0.10", 40000, "host")
+NODE = records.Endpoint("10.0.0.1", 10250, "node", {"k8s.node.name": "node-a"})
+EXTERNAL = external("203.0.113.9", 443)
+# (record, subject token of source, of destination), as the enricher publishes them
+NON_POD = [
+    (flow(HOST, EXTERNAL), subjects.HOST_TOKEN, subjects.EXTERNAL_TOKEN),
+    (flow(NODE, PG), subjects.NODE_TOKEN, "db"),
+    (flow(CART, PG), "shop", "db"),
+    (flow(CART, EXTERNAL), "shop", subjects.EXTERNAL_TOKEN),
+]
+RESERVED_CASES = {
+    subjects.HOST_TOKEN: (HOST, [0]),
+    subjects.EXTERNAL_TOKEN: (EXTERNAL, [0, 3]),
+    subjects.NODE_TOKEN: (NODE, [1]),
+}
+
+
+@pytest.mark.parametrize("token", RESERVED_CASES)
+async def test_namespace_filter_with_a_reserved_token_shows_its_endpoints(
+    nats_srv: NatsServer, nc: Any, token: str
+) -> None:
+    """Regression: ``--namespace _host`` subscribed to the ``_host`` subjects, then
+    dropped every record there because such endpoints have no namespace key."""
+    endpoint, expected = RESERVED_CASES[token]
+    async with observe(nats_srv, "-o", "json", "--namespace", token) as obs:
+        for record, src, dst in NON_POD:
+            b = flows.batch(record)
+            await nc.publish(subjects.flows(src, dst), b.body, headers=b.headers)
+        # One sentinel per subscription (``token.*``, ``*.token``), each FIFO.
+        sentinel_a = flow(endpoint, pod("zz", "sentinel-a", "10.9.9.8", 1))
+        sentinel_b = flow(pod("zz", "sentinel-b", "10.9.9.9", 2), endpoint)
+        for record, subject in ((sentinel_a, f"{token}.zz"), (sentinel_b, f"zz.{token}")):
+            b = flows.batch(record)
+            await nc.publish(f"{subjects.FLOWS}.{subject}", b.body, headers=b.headers)
+        await messaging.flush(nc)
+        lines = await obs.until("sentinel")
+        lines += await obs.until("sentinel")
+        assert await obs.interrupt() == 0
+    shown = [orjson.loads(line) for line in lines if "sentinel" not in line]
+    assert sorted(shown, key=orjson.dumps) == sorted(
+        (NON_POD[i][0] for i in expected), key=orjson.dumps
+    )
 
 
 async def test_bad_messages_are_skipped_with_one_warning(nats_srv: NatsServer, nc: Any) -> None:
