@@ -9,18 +9,7 @@ import pytest
 from flowscope.core import serving
 from prometheus_client import CollectorRegistry
 
-
-def healthz(host: str, port: int) -> bool:
-    """Whether GET /healthz answers 200 at (host, port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect((host, port))
-            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-            return sock.recv(64).split(b" ")[1] == b"200"
-    except OSError:
-        return False
+from tests.support.probing import healthz
 
 
 async def reachable(address: str) -> dict[str, bool]:

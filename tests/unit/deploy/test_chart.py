@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tests.support.chart_templates import (
     values_keys,
 )
 from tests.support.deploying import REPO, cap_eff, env_names, settings_class, subcommands
+from tests.support.probing import healthz
 
 CHART = REPO / "deploy" / "helm" / "flowscope"
 TEMPLATES = sorted((CHART / "templates").glob("*.yaml"))
@@ -539,18 +539,6 @@ def test_no_elasticsearch_url_needed_without_the_sink() -> None:
     assert "FLOWSCOPE_ELASTICSEARCH_URL" not in env
 
 
-def _healthz(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect((host, port))
-            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-            return sock.recv(64).split(b" ")[1] == b"200"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("component", COMPONENT_TEMPLATES)
 async def test_http_address_answers_ipv4_and_ipv6(component: str) -> None:
     """The kubelet probes (and Prometheus scrapes) the pod IP, which is IPv6 in an
@@ -565,7 +553,7 @@ async def test_http_address_answers_ipv4_and_ipv6(component: str) -> None:
         f"[{host}]:0" if ":" in host else f"{host}:0", CollectorRegistry(), serving.Health()
     )
     try:
-        answers = [await asyncio.to_thread(_healthz, h, free) for h in ("127.0.0.1", "::1")]
+        answers = [await asyncio.to_thread(healthz, h, free) for h in ("127.0.0.1", "::1")]
     finally:
         await runner.cleanup()
     assert answers == [True, True]
