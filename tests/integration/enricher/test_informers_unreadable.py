@@ -5,6 +5,7 @@ that skips it would have it — it is not served as if nothing had changed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,18 @@ async def fake(tmp_path: Path) -> AsyncIterator[tuple[FakeKube, Any]]:
         yield kube, api
 
 
+@contextlib.asynccontextmanager
+async def watching(fake: tuple[FakeKube, Any], resource: str) -> AsyncIterator[Setup]:
+    """An informer of ``resource`` past its first LIST, watching; stopped afterwards."""
+    kube, api = fake
+    setup = Setup(kube, api, resource)
+    try:
+        await eventually(lambda: kube.watch_count(resource) == 1, within=10)
+        yield setup
+    finally:
+        await setup.stop()
+
+
 def unreadable_pod(name: str, ip: str) -> dict[str, Any]:
     pod = cluster.pod(name, ips=(ip,))
     pod["spec"] = "not an object"
@@ -68,11 +81,9 @@ def unreadable_pod(name: str, ip: str) -> dict[str, Any]:
 async def test_unreadable_modified_pod_counts_as_deleted_with_the_grace(
     fake: tuple[FakeKube, Any],
 ) -> None:
-    kube, api = fake
+    kube, _ = fake
     kube.add("pods", cluster.pod("p1", ips=("10.1.0.1",)))
-    setup = Setup(kube, api, "pods")
-    try:
-        await eventually(lambda: kube.watch_count("pods") == 1, within=10)
+    async with watching(fake, "pods") as setup:
         kube.modify("pods", unreadable_pod("p1", "10.1.0.1"))
         await setup.events("MODIFIED", 1)
         assert setup.metric("odd_objects") == 1
@@ -84,18 +95,14 @@ async def test_unreadable_modified_pod_counts_as_deleted_with_the_grace(
         setup.clock.now += GRACE + 1
         setup.inventory.sweep()
         assert ("shop", "p1") not in setup.inventory.stores["pods"]
-    finally:
-        await setup.stop()
 
 
 async def test_unreadable_modified_pod_resolves_only_for_the_grace(
     fake: tuple[FakeKube, Any],
 ) -> None:
-    kube, api = fake
+    kube, _ = fake
     kube.add("pods", cluster.pod("p1", ips=("10.1.0.1",)))
-    setup = Setup(kube, api, "pods")
-    try:
-        await eventually(lambda: kube.watch_count("pods") == 1, within=10)
+    async with watching(fake, "pods") as setup:
         kube.modify("pods", unreadable_pod("p1", "10.1.0.1"))
         await setup.events("MODIFIED", 1)
         setup.clock.now += GRACE + 1
@@ -105,16 +112,12 @@ async def test_unreadable_modified_pod_resolves_only_for_the_grace(
         kube.modify("pods", cluster.pod("p1", ips=("10.1.0.1",)))
         await setup.events("MODIFIED", 2)
         assert setup.inventory.resolve("10.1.0.1").meta["k8s.pod.name"] == "p1"
-    finally:
-        await setup.stop()
 
 
 async def test_unreadable_deleted_event_still_deletes(fake: tuple[FakeKube, Any]) -> None:
-    kube, api = fake
+    kube, _ = fake
     kube.add("services", cluster.service("db", cluster_ips=("10.96.0.10",)))
-    setup = Setup(kube, api, "services")
-    try:
-        await eventually(lambda: kube.watch_count("services") == 1, within=10)
+    async with watching(fake, "services") as setup:
         odd = cluster.service("db", cluster_ips=("10.96.0.10",))
         odd["spec"] = ["not", "an", "object"]
         kube.objects["services"][("shop", "db")] = odd  # its last state, as the event carries
@@ -125,18 +128,14 @@ async def test_unreadable_deleted_event_still_deletes(fake: tuple[FakeKube, Any]
         setup.inventory.sweep()
         assert setup.kind_of("10.96.0.10") == "external"
         assert setup.inventory.count("services") == 0
-    finally:
-        await setup.stop()
 
 
 async def test_event_naming_no_object_changes_nothing_but_is_counted(
     fake: tuple[FakeKube, Any],
 ) -> None:
-    kube, api = fake
+    kube, _ = fake
     kube.add("pods", cluster.pod("p1", ips=("10.1.0.1",)))
-    setup = Setup(kube, api, "pods")
-    try:
-        await eventually(lambda: kube.watch_count("pods") == 1, within=10)
+    async with watching(fake, "pods") as setup:
         nameless = unreadable_pod("p1", "10.1.0.1")
         nameless["metadata"]["name"] = {"odd": True}
         nameless["metadata"]["resourceVersion"] = str(kube.version + 1)
@@ -146,5 +145,3 @@ async def test_event_naming_no_object_changes_nothing_but_is_counted(
         assert setup.metric("odd_objects") == 1
         assert setup.inventory.stores["pods"][("shop", "p1")].deleted_at == 0.0
         assert setup.inventory.resolve("10.1.0.1").meta["k8s.pod.name"] == "p1"
-    finally:
-        await setup.stop()
