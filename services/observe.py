@@ -200,21 +200,12 @@ def compile_filters(filters: Filters) -> Callable[[Record], bool]:
     return lambda record: all(check(record) for check in checks)
 
 
-# Endpoint kinds that are not in a namespace → their subject token (the enricher's
-# identities: a pod or service is published under its namespace, these under the token).
-_KIND_TOKENS = {
-    "node": subjects.NODE_TOKEN,
-    "host": subjects.HOST_TOKEN,
-    "external": subjects.EXTERNAL_TOKEN,
-}
-
-
 def endpoint_token(record: Record, side: str) -> str | None:
     """The subject token the enricher publishes this endpoint under, so that
     ``--namespace _host`` keeps the records its subscription to ``*._host`` receives."""
     kind = record.get(f"{side}.kind")
-    if isinstance(kind, str) and kind in _KIND_TOKENS:
-        return _KIND_TOKENS[kind]
+    if isinstance(kind, str) and kind in subjects.KIND_TOKENS:
+        return subjects.KIND_TOKENS[kind]
     namespace = record.get(f"{side}.k8s.namespace.name")
     return subjects.token(namespace) if isinstance(namespace, str) else None
 

@@ -27,6 +27,8 @@ DLQ_ALL = f"{PREFIX}.dlq.>"
 NODE_TOKEN = "_node"
 HOST_TOKEN = "_host"
 EXTERNAL_TOKEN = "_external"
+# An endpoint's kind → its token (a pod's or a service's is its namespace's token).
+KIND_TOKENS = {"node": NODE_TOKEN, "host": HOST_TOKEN, "external": EXTERNAL_TOKEN}
 
 # Header carrying the reason on dead-lettered messages.
 DLQ_REASON_HEADER = "Flowscope-Dlq-Reason"
