@@ -368,12 +368,15 @@ def describe(cls: type[Any]) -> list[tuple[str, str, str, str]]:
 def without_secrets(urls: str) -> str:
     """URL(s), comma-separated, for logs and error lines: any ``user:password@`` or
     ``token@`` part left out. Every place that shows a configured URL uses this."""
-    return ",".join(_without_userinfo(url) for url in urls.split(","))
+    return ",".join(without_userinfo(url) for url in urls.split(","))
 
 
-def _without_userinfo(url: str) -> str:
+def without_userinfo(url: str, mark: str = "") -> str:
+    """One URL with its ``user:password@`` (or ``token@``) part replaced by ``mark``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
     netloc, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{netloc.rpartition('@')[2]}{slash}{path}"
+    if "@" in netloc:
+        netloc = mark + netloc.rpartition("@")[2]
+    return f"{scheme}{sep}{netloc}{slash}{path}"

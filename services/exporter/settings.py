@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from flowscope.core.config import positive, readable_file, section, setting
+from flowscope.core.config import positive, readable_file, section, setting, without_userinfo
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
 
@@ -40,13 +40,7 @@ def parse_sinks(value: tuple[str, ...]) -> tuple[str, ...]:
 
 def redacted(url: str) -> str:
     """``url`` with any ``user:password@`` replaced by ``***@`` (for logs and errors)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return f"{scheme}{sep}{netloc}{slash}{path}"
+    return without_userinfo(url, "***@")
 
 
 def parse_endpoint(value: str) -> str:
