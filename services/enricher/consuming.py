@@ -431,8 +431,7 @@ class Pipeline:
             self.metrics.records_in.labels("socket").inc(len(records))
         else:  # an answer's lifetime runs from when it was stored (a replay reads it late)
             age = datetime.datetime.now(datetime.UTC) - msg.metadata.timestamp
-            with self.enricher.names.received_ago(age.total_seconds()):
-                self.enricher.learn_dns(records)
+            self.enricher.learn_dns(records, age.total_seconds())
 
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)

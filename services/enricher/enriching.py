@@ -354,8 +354,9 @@ class Enricher:
             event["dst"] = self._address(event["dst"], "raw.socket", i, "dst")[0]
         return event
 
-    def learn_dns(self, records: Iterable[Any]) -> list[tuple[Any, RecordError]]:
-        """Remember the names clients resolved; returns the bad records."""
+    def learn_dns(self, records: Iterable[Any], age: float = 0.0) -> list[tuple[Any, RecordError]]:
+        """Remember the names clients resolved, received ``age`` seconds ago
+        (:meth:`NameCache.learn`); returns the bad records."""
         bad = []
         for i, record in enumerate(records):
             try:
@@ -369,7 +370,7 @@ class Enricher:
             if answers:
                 # a dual-stack pod may ask over IPv4 and connect over IPv6: learned for both
                 others = self.resolver.other_addresses(client)
-                self.names.learn(client, dns.qname, answers, others)
+                self.names.learn(client, dns.qname, answers, others, age)
         return bad
 
     def _address_answers(self, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ naming its address after the question would be wrong.
 
 Lifetimes follow the answers' TTLs clamped to ``[ttl_min, ttl_max]``: the floor because
 clients keep using an address past a tiny TTL, the cap to bound staleness. A lifetime
-runs from when the answer was received (:meth:`NameCache.received_ago`), not from when it
+runs from when the answer was received (``NameCache.learn``'s ``age``), not from when it
 is learned: a replica that starts replays minutes of answers at once, and one whose
 lifetime had run out by then must not name the flows of now, nor outlive a newer answer.
 A lookup hit extends an entry to at least ``ttl_min`` from now, so a long-lived
@@ -51,10 +51,9 @@ answers this address" per address until then (flowcore.c, ``unanswered``).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -87,7 +86,6 @@ class NameCache:
         self._entries: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
         self._answers: dict[str, int] = {}  # address → entries whose address it is
         self.generation = 0  # bumped when an address gets its first entry
-        self._age = 0.0  # seconds since the answers being learned were received
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -95,31 +93,23 @@ class NameCache:
     def clamp(self, ttl: float) -> float:
         return min(max(ttl, self.ttl_min), self.ttl_max)
 
-    @contextlib.contextmanager
-    def received_ago(self, age: float) -> Iterator[None]:
-        """Within: the answers learned were received ``age`` seconds ago (a message
-        read from the raw stream after it was stored), so their lifetimes run from then.
-        A negative age (the stream's clock ahead of this one) counts as now: a lifetime
-        is never lengthened."""
-        self._age = max(age, 0.0)
-        try:
-            yield
-        finally:
-            self._age = 0.0
-
     def learn(
         self,
         client: str,
         qname: str,
         answers: Sequence[Mapping[str, Any]],
         also: Iterable[str] = (),
+        age: float = 0.0,
     ) -> int:
         """Remember every address answer on ``qname``'s CNAME chain for ``client``
         (and each of ``also``: the client's other addresses) under ``qname``; returns
         how many answers (not those that ran out before they were read: see the module).
-        ``answers``: the exchange's, its CNAME answers included."""
+        ``answers``: the exchange's, its CNAME answers included. ``age``: seconds since
+        they were received (a message read from the raw stream after it was stored), so
+        their lifetimes run from then; a negative age (the stream's clock ahead of this
+        one) counts as now: a lifetime is never lengthened."""
         now = self._clock()
-        received = now - self._age
+        received = now - max(age, 0.0)
         name = qname.rstrip(".").lower()
         if not name:
             return 0
