@@ -37,12 +37,12 @@ import orjson
 from aiohttp.abc import AbstractStreamWriter
 from flowscope.core.errors import ConfigError
 from flowscope.core.logs import RateLimitedLog
+from flowscope.core.tls import TlsFile, client_context, setting_name
 from flowscope.exporter import ecs
 from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.retrying import Backoff, Stopper
 from flowscope.exporter.settings import ElasticsearchSettings
 from flowscope.exporter.sink import ExportResult, Kind, Record
-from flowscope.exporter.tls import TlsFile, client_context, setting_name
 
 log = logging.getLogger("flowscope.exporter.elasticsearch")
 

@@ -19,8 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 from flowscope.core.config import positive, readable_file
 from flowscope.core.errors import ConfigError
+from flowscope.core.tls import TlsFile, client_context, setting_name
 from flowscope.exporter.settings import OtlpSettings, parse_endpoint, parse_headers, redacted
-from flowscope.exporter.tls import TlsFile, client_context, setting_name
 
 GRPC = "grpc"
 HTTP = "http/protobuf"
