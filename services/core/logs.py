@@ -33,13 +33,38 @@ class JsonFormatter(logging.Formatter):
 JsonFormatter.converter = time.gmtime  # type: ignore[assignment]
 
 
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: msg key=value ...``: the ``extra=`` fields JSON lines carry
+    (which URL, what error, when the retry comes) are part of the line here too."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = [
+            f"{key}={_text_value(value)}"
+            for key, value in record.__dict__.items()
+            if key not in _RESERVED and not key.startswith("_")
+        ]
+        if not fields:
+            return line
+        head, newline, rest = line.partition("\n")  # a traceback stays below the line
+        return f"{head} {' '.join(fields)}{newline}{rest}"
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return repr(text) if not text or any(c.isspace() or c in "='\"" for c in text) else text
+
+
 def configure(fmt: str = "json", level: str = "info") -> None:
     """Send all logs to stderr in ``fmt`` (``json`` or ``text``) at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -216,6 +216,7 @@ def connect_options(
     metrics: NatsMetrics,
     closing: Callable[[], bool] = lambda: False,
     lost: Callable[[], None] = lambda: None,
+    reported: Callable[[Exception], bool] = lambda e: False,
 ) -> dict[str, Any]:
     """Keyword arguments for nats-py's ``connect`` (split out so tests can inspect them).
 
@@ -224,6 +225,8 @@ def connect_options(
     ``lost``: called when nats-py closes the client by itself, which it does for good
     on most of the server's ``-ERR`` lines (an ``Authorization Violation`` after the
     server's users changed, an expired JWT): nothing reconnects it after that.
+    ``reported``: whether the caller names this error itself instead of a warning of its
+    own (:func:`connect`'s first connection: its retry line or start-up error names it).
     """
 
     async def disconnected() -> None:
@@ -241,7 +244,8 @@ def connect_options(
 
     async def error(e: Exception) -> None:
         metrics.errors.inc()
-        log.warning("NATS error", extra={"error": str(e) or type(e).__name__})
+        if not reported(e):
+            log.warning("NATS error", extra={"error": _text(e)})
 
     async def closed() -> None:
         metrics.connected.set(0)
@@ -300,28 +304,51 @@ async def connect(
     # client reconnects by itself without limit.
     client: list[NATS] = []
     lost = asyncio.Event()
+    # What went wrong in an attempt, as nats-py reported it to the error callback: it
+    # raises "no servers available" once every server failed, which names no cause.
+    causes: list[Exception] = []
+
+    def reported(e: Exception) -> bool:
+        if client:
+            return False
+        causes.append(e)
+        return True
+
     opts = connect_options(
-        settings, name, metrics, lambda: bool(client) and client[0] in _closing, lost.set
+        settings,
+        name,
+        metrics,
+        lambda: bool(client) and client[0] in _closing,
+        lost.set,
+        reported,
     )
-    opts.update(allow_reconnect=False, max_reconnect_attempts=1)
+    # One attempt per round tries each server twice (nats-py's least), back to back: the
+    # wait between rounds is this loop's, the one its retry line announces.
+    opts.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0)
     shown = without_secrets(settings.url)
     delay = 0.1
     while True:
+        causes.clear()
         try:
             nc = _TlsOnlyClient()
             await nc.connect(**opts)
-            nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1)
+            nc.options.update(
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=settings.reconnect_wait_max,
+            )
             client.append(nc)
             _lost[nc] = lost
             break
         except TlsNotOfferedError as e:  # configuration, not reachability: no retry
             raise StartupError("nats", str(e)) from e
         except Exception as e:  # nats-py raises a variety of errors for "unreachable"
+            cause = _text(causes[-1] if causes else e)
             if not retry:
-                raise StartupError("nats", f"cannot connect to {shown}: {e}") from e
+                raise StartupError("nats", f"cannot connect to {shown}: {cause}") from e
             log.warning(
                 "NATS unreachable; retrying",
-                extra={"url": shown, "error": str(e) or type(e).__name__, "retry_in": delay},
+                extra={"url": shown, "error": cause, "retry_in": delay},
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.reconnect_wait_max)
@@ -329,6 +356,10 @@ async def connect(
     url = without_secrets(nc.connected_url.geturl()) if nc.connected_url else ""
     log.info("NATS connected", extra={"url": url})
     return nc
+
+
+def _text(e: BaseException) -> str:
+    return str(e) or type(e).__name__
 
 
 async def flush(nc: NATS, flush_timeout: int = 2) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +130,50 @@ async def test_user_password_and_token_auth() -> None:
         await nc.close()
     finally:
         server.close()
+
+
+async def test_a_first_connection_that_fails_names_its_cause_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: "nats: no servers available for connection" (the cause only in two bare
+    "NATS error" warnings), and 5 s (the reconnect wait) between the two attempts."""
+    server = nats_server.start(extra=["--user", "flow", "--pass", "s3cret"])
+    try:
+        bad = NatsSettings(url=server.url, user="flow", password="wrong", reconnect_wait_max=30)
+        with (
+            caplog.at_level(logging.WARNING, logger="flowscope.nats"),
+            pytest.raises(StartupError, match="Authorization Violation"),
+        ):
+            await asyncio.wait_for(
+                messaging.connect(bad, "test", CollectorRegistry(), retry=False), 20
+            )
+        assert [r.getMessage() for r in caplog.records] == []
+    finally:
+        server.close()
+
+
+async def test_retries_name_the_cause_and_wait_what_they_announce(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as unused:  # bound, never listening: connections refused
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        settings = NatsSettings(url=f"nats://127.0.0.1:{port}", reconnect_wait_max=30)
+        with caplog.at_level(logging.WARNING, logger="flowscope.nats"):
+            task = asyncio.ensure_future(messaging.connect(settings, "test", CollectorRegistry()))
+            for _ in range(200):
+                if len(caplog.records) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    retries = [r for r in caplog.records if r.getMessage() == "NATS unreachable; retrying"]
+    # 0.1 + 0.2 s announced; before, each attempt also slept the 30 s reconnect wait
+    assert len(retries) >= 3, [r.getMessage() for r in caplog.records]
+    assert all("Connect call failed" in r.error for r in retries)  # type: ignore[attr-defined]
+    assert [r.retry_in for r in retries[:3]] == [0.1, 0.2, 0.4]  # type: ignore[attr-defined]
+    assert all(r.getMessage() != "NATS error" for r in caplog.records)
 
 
 async def test_creds_file_auth_in_operator_mode(tmp_path: Path) -> None:

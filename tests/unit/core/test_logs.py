@@ -1,0 +1,43 @@
+"""Log lines in text format carry the same fields as JSON lines."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+from flowscope.core.logs import JsonFormatter, TextFormatter
+
+
+def record(msg: str, **extra: object) -> logging.LogRecord:
+    r = logging.makeLogRecord({"name": "flowscope.nats", "levelname": "WARNING", "msg": msg})
+    r.__dict__.update(extra)
+    return r
+
+
+def test_text_lines_carry_the_extra_fields() -> None:
+    """Before: "NATS unreachable; retrying" alone (which URL, what error: only in JSON)."""
+    r = record(
+        "NATS unreachable; retrying",
+        url="nats://127.0.0.1:4222",
+        error="[Errno 111] Connect call failed ('127.0.0.1', 4222)",
+        retry_in=0.4,
+        empty="",
+    )
+    line = TextFormatter().format(r)
+    assert line.endswith(
+        "WARNING flowscope.nats: NATS unreachable; retrying url=nats://127.0.0.1:4222 "
+        "error=\"[Errno 111] Connect call failed ('127.0.0.1', 4222)\" retry_in=0.4 empty=''"
+    )
+    assert orjson.loads(JsonFormatter().format(r))["url"] == "nats://127.0.0.1:4222"
+
+
+def test_a_traceback_stays_below_the_line_with_its_fields() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        r = record("failed", step="drain")
+        r.exc_info = sys.exc_info()
+    first, *rest = TextFormatter().format(r).splitlines()
+    assert first.endswith("failed step=drain")
+    assert rest[-1] == "ValueError: boom"
