@@ -35,7 +35,7 @@ from flowscope.core.config import section, setting, without_secrets
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.messaging import NatsSettings
-from flowscope.core.records import validate_flow
+from flowscope.core.records import TRANSPORTS, transport_name, validate_flow
 from flowscope.core.runtime import Runtime, RuntimeSettings, run
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -61,8 +61,26 @@ def _ports(values: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(ports)
 
 
-def _lowercase(values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(v.lower() for v in values)
+# What network.transport holds for each keyword or number a user may type (Hubble's
+# spelling of ICMPv6 included): the keyword, or the number as text when IANA has none
+# that flowscope names.
+_TRANSPORT_WORDS = {
+    **{name: name for name in TRANSPORTS.values()},
+    **{str(number): transport_name(number) for number in range(256)},
+    "icmpv6": "ipv6-icmp",
+}
+
+
+def _transports(values: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for value in (v.lower() for v in values):
+        if value not in _TRANSPORT_WORDS:
+            raise ValueError(
+                f"{value!r} is no transport: an IANA keyword (tcp, udp, icmp, ipv6-icmp, "
+                "sctp, gre, ...) or a protocol number 0-255"
+            )
+        out.append(_TRANSPORT_WORDS[value])
+    return tuple(out)
 
 
 def _non_negative(value: int) -> int:
@@ -89,7 +107,9 @@ class Filters:
     )
     port: tuple[int, ...] = setting((), "port of either endpoint", parse=_ports)
     protocol: tuple[str, ...] = setting(
-        (), "transport keyword: tcp, udp, icmp, ipv6-icmp, sctp", parse=_lowercase
+        (),
+        "transport keyword (tcp, udp, icmp, ipv6-icmp, sctp, ...) or protocol number",
+        parse=_transports,
     )
     node: tuple[str, ...] = setting(
         (), "node that observed the flow, or the node of either endpoint's pod"

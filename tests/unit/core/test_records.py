@@ -122,6 +122,18 @@ def test_non_objects_give_record_error(data: object) -> None:
 def test_helpers() -> None:
     assert records.transport_name(58) == "ipv6-icmp"
     assert records.transport_name(250) == "250"
+
+
+@pytest.mark.parametrize(
+    ("number", "keyword"),
+    [(0, "hopopt"), (4, "ipv4"), (41, "ipv6"), (89, "ospfigp"), (103, "pim"), (112, "vrrp"),
+     (115, "l2tp"), (136, "udplite"), (143, "ethernet"), (61, "61"), (114, "114"),
+     (253, "253"), (255, "255")],
+)  # fmt: skip
+def test_every_iana_keyword_names_its_transport(number: int, keyword: str) -> None:
+    """Before: only 9 protocols were named; IP-in-IP (Calico's encapsulation) and VRRP
+    (keepalived) came out as "4" and "112" though IANA names them."""
+    assert records.transport_name(number) == keyword
     assert records.tcp_flag_tags(0x12) == ["SYN", "ACK"]
     assert records.tcp_flag_tags(0xFF) == list(records.TCP_FLAG_NAMES)
 

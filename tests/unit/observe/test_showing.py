@@ -93,6 +93,8 @@ RECORDS = {
         ({"node": "n2"}, {"cart→web tcp"}),
         ({"node": "n1"}, {"cart→dns udp", "cart→web tcp"}),  # the pod's node
         ({"namespace": "shop", "protocol": "udp"}, {"cart→dns udp"}),
+        ({"protocol": "17"}, {"cart→dns udp"}),  # a number is its keyword
+        ({"protocol": "icmpv6,58"}, set()),
     ],
 )
 def test_filters(flags: dict[str, str], expected: set[str]) -> None:
@@ -104,8 +106,15 @@ def test_bad_filter_values_are_one_line_exit_2(capsys: pytest.CaptureFixture[str
     assert cli_main(["observe", "--port", "70000"]) == 2
     assert cli_main(["observe", "-o", "yaml"]) == 2
     assert cli_main(["observe", "--last", "-1"]) == 2
+    assert cli_main(["observe", "--protocol", "tcp,foo"]) == 2  # before: shows nothing
+    assert cli_main(["observe", "--protocol", "256"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("flowscope: invalid setting") for line in err)
+    assert len(err) == 5 and all(line.startswith("flowscope: invalid setting") for line in err)
+    assert "'foo' is no transport" in err[3] and "ipv6-icmp" in err[3]
+
+
+def test_a_transport_is_compared_in_the_records_spelling() -> None:
+    assert filters(protocol="TCP,17,icmpv6,200").protocol == ("tcp", "udp", "ipv6-icmp", "200")
 
 
 @pytest.mark.parametrize(
