@@ -7,9 +7,12 @@ setting ends the process with one line naming it and exit status 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowscope import __version__
@@ -46,6 +49,35 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Variables Kubernetes sets for each Service of the pod's namespace (service links): a
+# Service named flowscope-nats gives FLOWSCOPE_NATS_SERVICE_HOST, FLOWSCOPE_NATS_PORT, ...
+_SERVICE_LINK = re.compile(
+    r"_SERVICE_HOST$|_SERVICE_PORT(_\w+)?$|_PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?$"
+)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One line per ``FLOWSCOPE_*`` variable that no command reads (a misspelt setting
+    would otherwise leave its default in force without a word), naming the nearest
+    setting's variable when one is close."""
+    known = {config.ENV_PREFIX + "CONFIG"}
+    for settings_module, _, _ in COMMANDS.values():
+        settings_cls = importlib.import_module(settings_module).Settings
+        known.update(leaf.env for leaf in config.leaves(settings_cls))
+    prefix = config.ENV_PREFIX
+    suffixes = [name[len(prefix) :] for name in known]
+    lines = []
+    for name in sorted(env):
+        if not name.startswith(prefix) or name in known:
+            continue
+        if _SERVICE_LINK.search(name):
+            continue
+        near = difflib.get_close_matches(name[len(prefix) :], suffixes, n=1, cutoff=0.75)
+        hint = f"; did you mean {prefix}{near[0]}?" if near else ""
+        lines.append(f"{name} is not a flowscope setting and is ignored{hint}")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = config.OneLineParser(
         prog="flowscope",
@@ -73,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings_module, main_module, _ = COMMANDS[ns.command]
         args: dict[str, Any] = {k: v for k, v in vars(ns).items() if k != "command"}
         settings = config.load(importlib.import_module(settings_module).Settings, args)
+        for line in unknown_variables(os.environ):
+            print(f"flowscope: warning: {line}", file=sys.stderr)
         return int(importlib.import_module(main_module).main(settings))
     except (ConfigError, StartupError) as e:
         print(f"flowscope: {e}", file=sys.stderr)

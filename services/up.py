@@ -38,11 +38,21 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from flowscope.collector import settings as collector_settings
 from flowscope.core import logs
-from flowscope.core.config import positive, section, setting, without_secrets
+from flowscope.core.config import (
+    ENV_PREFIX,
+    leaves,
+    positive,
+    section,
+    setting,
+    without_secrets,
+)
 from flowscope.core.errors import ConfigError, StartupError
 from flowscope.core.messaging import parse_urls
 from flowscope.core.runtime import RuntimeSettings
+from flowscope.enricher import settings as enricher_settings
+from flowscope.exporter import settings as exporter_settings
 
 log = logging.getLogger("flowscope.up")
 
@@ -211,7 +221,10 @@ async def _start_nats(workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
 def _child_env(
     name: str, settings: Settings, nats_url: str, port: int, sinks: list[Sink]
 ) -> dict[str, str]:
-    env = dict(os.environ)
+    # The child gets the FLOWSCOPE_* variables it reads: any other was named once, by
+    # `flowscope up` itself (flowscope.cli), and three children would name it again.
+    reads = _READS[name]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) or k in reads}
     env["FLOWSCOPE_NATS_URL"] = nats_url
     env["FLOWSCOPE_HTTP_ADDRESS"] = f"127.0.0.1:{port}"
     env["FLOWSCOPE_LOG_FORMAT"] = settings.runtime.log_format
@@ -231,6 +244,17 @@ def _child_env(
         if settings.elasticsearch_url:
             env["FLOWSCOPE_ELASTICSEARCH_URL"] = settings.elasticsearch_url
     return env
+
+
+def _reads(settings_cls: type[Any]) -> frozenset[str]:
+    return frozenset({ENV_PREFIX + "CONFIG", *(leaf.env for leaf in leaves(settings_cls))})
+
+
+_READS = {
+    "collector": _reads(collector_settings.Settings),
+    "enricher": _reads(enricher_settings.Settings),
+    "exporter": _reads(exporter_settings.Settings),
+}
 
 
 async def _spawn(name: str, settings: Settings, nats_url: str, sinks: list[Sink]) -> Child:

@@ -2,7 +2,7 @@
 
 Tests under tests/integration are marked ``integration``; under tests/privileged,
 ``privileged``. A privileged test skips when not root or without BPF — except when
-FLOWSCOPE_REQUIRE_PRIVILEGED=1 (set by the test command under CI), where that skip
+FS_TESTS_REQUIRE_PRIVILEGED=1 (set by the test command under CI), where that skip
 becomes a failure saying why.
 """
 
@@ -49,7 +49,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     problem = privileged_problem()
     if problem is None:
         return
-    if os.environ.get("FLOWSCOPE_REQUIRE_PRIVILEGED") == "1":
+    if os.environ.get("FS_TESTS_REQUIRE_PRIVILEGED") == "1":
         pytest.fail(f"privileged tier required (CI) but cannot run: {problem}", pytrace=False)
     pytest.skip(f"privileged tier skipped: {problem}")
 

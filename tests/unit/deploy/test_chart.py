@@ -631,3 +631,11 @@ def test_elasticsearch_credentials_from_the_secret(auth: dict[str, str]) -> None
             assert variable["secretKeyRef"] == {"name": "es-auth", "key": auth[key]}
         else:
             assert variable is None
+
+
+def test_no_service_link_variables_reach_the_flowscope_settings() -> None:
+    """A Service named flowscope-nats in the namespace would give every pod
+    FLOWSCOPE_NATS_PORT=tcp://... (Kubernetes' service links) among its settings."""
+    workloads = [o for o in rendered() if o["kind"] in ("Deployment", "DaemonSet")]
+    assert len(workloads) == 3
+    assert all(w["spec"]["template"]["spec"]["enableServiceLinks"] is False for w in workloads)

@@ -111,3 +111,23 @@ def test_a_ready_timeout_that_cannot_elapse_is_refused(value: str) -> None:
     """Before: accepted, and every service started before `not ready within -5 s`."""
     with pytest.raises(ConfigError, match="--ready-timeout"):
         settings("--ready-timeout", value)
+
+
+def test_each_child_gets_the_flowscope_variables_it_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`flowscope up` names an unknown FLOWSCOPE_* variable once (flowscope.cli); before,
+    each of its three children named it again."""
+    monkeypatch.setenv("FLOWSCOPE_NATS_URLS", "nats://elsewhere:4222")  # misspelt
+    monkeypatch.setenv("FLOWSCOPE_JOIN_SOCKET_GRACE", "60")  # the enricher's
+    monkeypatch.setenv("FLOWSCOPE_CONFIG", "/etc/flowscope.yaml")
+    monkeypatch.setenv("HOME", "/root")
+    chosen, sinks = settings(), [up.Sink("stdout")]
+    enricher = up._child_env("enricher", chosen, "nats://127.0.0.1:1", 9, sinks)
+    collector = up._child_env("collector", chosen, "nats://127.0.0.1:1", 9, sinks)
+    assert enricher["FLOWSCOPE_JOIN_SOCKET_GRACE"] == "60"
+    assert "FLOWSCOPE_JOIN_SOCKET_GRACE" not in collector
+    for env in (enricher, collector):
+        assert "FLOWSCOPE_NATS_URLS" not in env
+        assert env["FLOWSCOPE_CONFIG"] == "/etc/flowscope.yaml" and env["HOME"] == "/root"
+    assert not cli.unknown_variables(enricher) and not cli.unknown_variables(collector)
