@@ -7,7 +7,9 @@ cleanup does not. After a crash (SIGKILL) the next start finds filters carrying 
 priority/handle or name on every interface and removes them before attaching anew.
 
 The clsact qdisc itself is left in place: it is harmless when empty, and another
-program (a CNI, for example) may have added filters to it meanwhile.
+program (a CNI, for example) may have added filters to it meanwhile. Another program may
+also take flowscope's filters away (delete the clsact qdisc, flush a hook): link watching
+sees the TC event and :meth:`Attacher.repair` attaches again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flowscope.core.errors import FlowscopeError
+from flowscope.core.logs import RateLimitedLog
 from flowscope.core.netlink import Netlink
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -52,6 +55,8 @@ class Attaching(Protocol):
 
     def detach(self, ifindex: int) -> bool: ...
 
+    def repair(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool: ...
+
     def forget(self, ifindex: int) -> None: ...
 
 
@@ -69,6 +74,11 @@ class Attacher:
     # operation at a time, and none after detach_all (its filters would outlive the run).
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _detached: bool = field(default=False, init=False)
+    # A program that removes every foreign filter as it reconciles would meet each
+    # repair with another removal: one line per interface a minute, not one per round.
+    _repaired: RateLimitedLog = field(
+        default_factory=lambda: RateLimitedLog(log, interval=60.0), init=False, repr=False
+    )
 
     def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
         """Add clsact (if missing) and both filters; False if the interface vanished.
@@ -121,6 +131,30 @@ class Attacher:
                 return False
             self._remove_ours(ifindex)
         log.info("detached", extra={"ifname": name, "ifindex": ifindex})
+        return True
+
+    def repair(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
+        """Attach an attached interface again if its filters are no longer both there;
+        True when it did.
+
+        Another program deleting the clsact qdisc (a CNI cleaning up, ``tc qdisc del``) or
+        flushing a hook takes flowscope's filters with it, and the interface would count
+        nothing until the collector restarts. :class:`AttachError` as for :meth:`attach`
+        (then the interface is no longer tracked as attached).
+        """
+        with self._lock:
+            if self._detached or ifindex not in self.attached or self._intact(ifindex):
+                return False
+            self._remove_ours(ifindex)  # the other hook's filter, if only one was flushed
+            del self.attached[ifindex]
+            if not self._attach(ifindex, ifname, ethernet):
+                return False
+        self._repaired.warning(
+            ifname,
+            "TC filters removed by another program; attached again",
+            ifname=ifname,
+            ifindex=ifindex,
+        )
         return True
 
     def forget(self, ifindex: int) -> None:
@@ -205,6 +239,11 @@ class Attacher:
             classid=1,
             direct_action=True,
         )
+
+    def _intact(self, ifindex: int) -> bool:
+        """Both of this attacher's filters are on the interface."""
+        ours = (FILTER_PRIO, FILTER_HANDLE)
+        return all(ours in self._our_filters(ifindex, parent) for _direction, parent in HOOKS)
 
     def _remove_ours(self, ifindex: int) -> bool:
         removed = False

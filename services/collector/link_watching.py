@@ -3,7 +3,11 @@
 The watcher subscribes to RTNLGRP_LINK *before* listing the existing links, so no
 interface created in between is missed; each RTM_NEWLINK for an interface not yet
 attached and selected by the include/exclude patterns is attached at once (well within
-the 1 s the issue asks), each RTM_DELLINK forgotten (its filters vanish with it).
+the 1 s the issue asks), each RTM_DELLINK forgotten (its filters vanish with it). The
+socket also hears TC events (RTNLGRP_TC): when another program deletes the clsact qdisc
+of an attached interface or removes filters from its hooks, flowscope's filters may
+have gone with it, and the interface is attached again (else it would count nothing
+until a restart).
 
 Devices stacked on another (macvlan, ipvlan, VLAN over their lower device; a bond or team
 over its slaves) are skipped while a device under them is attached, and loopback is never
@@ -26,12 +30,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flowscope.collector.attaching import AttachError, Attaching
+from flowscope.collector.attaching import (
+    PARENT_EGRESS,
+    PARENT_INGRESS,
+    TC_H_INGRESS,
+    AttachError,
+    Attaching,
+)
 from flowscope.collector.metrics import CollectorMetrics
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.netlink import Netlink
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTMGRP_LINK, RTMGRP_TC
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 log = logging.getLogger("flowscope.collector.link_watching")
@@ -96,6 +106,27 @@ def link_event(msg: Any) -> LinkEvent | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FiltersRemoved:
+    """An RTM_DELQDISC of the qdisc where clsact hangs, or an RTM_DELTFILTER on a clsact
+    hook: flowscope's filters on interface ``index`` may be gone."""
+
+    index: int
+
+
+WatchedEvent = LinkEvent | FiltersRemoved | None
+
+
+def watched_event(msg: Any) -> WatchedEvent:
+    """The one conversion of a message read from the watcher's socket."""
+    event = msg.get("event")
+    if event == "RTM_DELQDISC" and msg.get("parent") == TC_H_INGRESS:
+        return FiltersRemoved(msg["index"])
+    if event == "RTM_DELTFILTER" and msg.get("parent") in (PARENT_INGRESS, PARENT_EGRESS):
+        return FiltersRemoved(msg["index"])
+    return link_event(msg)
+
+
 def listed_links() -> list[LinkEvent]:
     """The links there are now, as RTM_NEWLINK events (one netlink dump)."""
     with Netlink() as ipr:
@@ -103,7 +134,7 @@ def listed_links() -> list[LinkEvent]:
 
 
 def link_events_socket(receive_buffer: int = 1 << 20) -> socket.socket:
-    """A non-blocking NETLINK_ROUTE socket subscribed to RTNLGRP_LINK.
+    """A non-blocking NETLINK_ROUTE socket subscribed to RTNLGRP_LINK and RTNLGRP_TC.
 
     A plain socket read with ``recv`` and parsed by pyroute2's marshal: the same in
     pyroute2 0.8 and 0.9, and never blocking the event loop for more. Events beyond
@@ -112,7 +143,7 @@ def link_events_socket(receive_buffer: int = 1 << 20) -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.bind((0, RTMGRP_LINK))
+        sock.bind((0, RTMGRP_LINK | RTMGRP_TC))
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -156,8 +187,11 @@ class LinkWatcher:
         return len(self._attached)
 
     def resync(self) -> None:
-        """List the links again: attach what is new, forget what vanished unseen."""
+        """List the links again: attach what is new, forget what vanished unseen, and
+        attach again where filters were removed unseen."""
         self._resync(listed_links())
+        for index in sorted(self._attached):
+            self.repair(FiltersRemoved(index))
 
     def _resync(self, events: list[LinkEvent]) -> None:
         present = {e.index for e in events}
@@ -167,8 +201,8 @@ class LinkWatcher:
             self.apply(event)
 
     def apply(self, event: LinkEvent | None) -> None:
-        """Attach a new selected interface, forget a removed one; then reconsider the
-        devices stacked on it."""
+        """Attach a new selected interface, detach one renamed out of the selection,
+        forget a removed one; then reconsider the devices stacked on it."""
         if event is None:
             return
         before = self._links.pop(event.index, None)
@@ -180,6 +214,11 @@ class LinkWatcher:
                 self._uppers.add(event.index)
             if event.index not in self._attached and not self._stacked_on_attached(event):
                 self._attach(event)
+            elif event.index in self._attached and not self._selection.wants(
+                event.name, event.kind
+            ):  # renamed to a name the patterns leave out (udev, a CNI's final name)
+                self._attacher.detach(event.index)
+                self._attached.discard(event.index)
         elif event.index in self._attached:
             self._attached.discard(event.index)
             self._attacher.forget(event.index)
@@ -192,6 +231,19 @@ class LinkWatcher:
         ):  # not on every state change: an upper that failed to attach is not retried
             self._restack(event.index, old_master)
         self._metrics.interfaces_attached.set(len(self._attached))
+
+    def repair(self, event: FiltersRemoved) -> None:
+        """Attach an attached interface again if another program removed its filters."""
+        link = self._links.get(event.index)
+        if event.index not in self._attached or link is None:
+            return
+        try:
+            self._attacher.repair(link.index, link.name, link.link_type in ETHERNET_TYPES)
+        except (AttachError, NetlinkError) as e:
+            self._attached.discard(link.index)  # counts nothing now; listed as an error
+            self._metrics.attach_errors.inc()
+            self._metrics.interfaces_attached.set(len(self._attached))
+            log.warning("cannot attach again", extra={"ifname": link.name, "error": str(e)})
 
     def _attach(self, event: LinkEvent) -> None:
         if not self._selection.wants(event.name, event.kind):
@@ -283,7 +335,7 @@ class LinkWatcher:
         finally:
             loop.remove_reader(fd)
 
-    async def catch_up(self, events: list[LinkEvent | None], overflowed: bool = False) -> None:
+    async def catch_up(self, events: list[WatchedEvent], overflowed: bool = False) -> None:
         """Apply ``events`` in order, then list the links again if some were lost.
 
         On a worker thread: the event loop goes on meanwhile. One catch-up at a time (the
@@ -291,15 +343,18 @@ class LinkWatcher:
         """
         await asyncio.to_thread(self._catch_up, events, overflowed)
 
-    def _catch_up(self, events: list[LinkEvent | None], overflowed: bool) -> None:
+    def _catch_up(self, events: list[WatchedEvent], overflowed: bool) -> None:
         for event in events:
-            self.apply(event)
+            if isinstance(event, FiltersRemoved):
+                self.repair(event)
+            else:
+                self.apply(event)
         if overflowed:  # the listing is newer than every event read before it
             self.resync()
 
-    def _pending_events(self) -> tuple[list[LinkEvent | None], bool]:
-        """The link events waiting on the socket; True if the kernel dropped some (ENOBUFS)."""
-        events: list[LinkEvent | None] = []
+    def _pending_events(self) -> tuple[list[WatchedEvent], bool]:
+        """The events waiting on the socket; True if the kernel dropped some (ENOBUFS)."""
+        events: list[WatchedEvent] = []
         overflowed = False
         assert self._events is not None
         while True:
@@ -312,7 +367,7 @@ class LinkWatcher:
                 self._metrics.link_event_overflows.inc()
                 overflowed = True
                 continue
-            events.extend(link_event(msg) for msg in self._marshal.parse(data))
+            events.extend(watched_event(msg) for msg in self._marshal.parse(data))
 
     def close(self) -> None:
         if self._events is not None:

@@ -36,6 +36,9 @@ class RecordingAttacher:
         self.attached[ifindex] = ifname
         return True
 
+    def repair(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
+        return False  # nothing is really attached: nothing to take away
+
     def forget(self, ifindex: int) -> None:
         self.forgotten.append(self.attached.pop(ifindex))
 

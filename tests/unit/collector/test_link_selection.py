@@ -6,9 +6,17 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 
-from flowscope.collector.link_watching import InterfaceSelection, LinkEvent, LinkWatcher
+from flowscope.collector.attaching import AttachError
+from flowscope.collector.link_watching import (
+    FiltersRemoved,
+    InterfaceSelection,
+    LinkEvent,
+    LinkWatcher,
+    watched_event,
+)
 from flowscope.collector.metrics import CollectorMetrics
 from prometheus_client import CollectorRegistry
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 
 def test_default_selection_is_everything_but_lo_and_bridges() -> None:
@@ -30,6 +38,7 @@ class RecordingAttacher:
     forgotten: list[int] = field(default_factory=list)
     detached: list[int] = field(default_factory=list)
     on: set[int] = field(default_factory=set)
+    repaired: list[str] = field(default_factory=list)
 
     def attach(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
         self.attached.append(ifname if ethernet else f"{ifname} (ip)")
@@ -41,6 +50,13 @@ class RecordingAttacher:
     def detach(self, ifindex: int) -> bool:
         self.detached.append(ifindex)
         self.on.discard(ifindex)
+        return True
+
+    def repair(self, ifindex: int, ifname: str, ethernet: bool = True) -> bool:
+        self.repaired.append(ifname if ethernet else f"{ifname} (ip)")
+        if ifname == "ifb0":
+            self.on.discard(ifindex)
+            raise AttachError(ifname, "it has an 'ingress' qdisc where clsact goes; left alone")
         return True
 
     def forget(self, ifindex: int) -> None:
@@ -182,3 +198,52 @@ def test_a_team_listed_after_its_slaves_is_skipped() -> None:
     watcher.apply(LinkEvent(True, 4, "team0", "team"))
     watcher.apply(LinkEvent(True, 4, "team0", "team"))  # a state change: nothing new
     assert attacher.attached == ["eth0"]
+
+
+def tc_message(event: str, index: int, parent: int) -> tcmsg:
+    msg = tcmsg()
+    msg["index"], msg["parent"], msg["event"] = index, parent, event
+    return msg
+
+
+def test_tc_deletions_on_clsact_are_filter_losses() -> None:
+    """The clsact qdisc deleted, or filters removed from one of its hooks."""
+    assert watched_event(tc_message("RTM_DELQDISC", 3, 0xFFFFFFF1)) == FiltersRemoved(3)
+    assert watched_event(tc_message("RTM_DELTFILTER", 4, 0xFFFFFFF2)) == FiltersRemoved(4)
+    assert watched_event(tc_message("RTM_DELTFILTER", 5, 0xFFFFFFF3)) == FiltersRemoved(5)
+    assert watched_event(tc_message("RTM_DELQDISC", 3, 0xFFFFFFFF)) is None  # the root qdisc
+    assert watched_event(tc_message("RTM_DELTFILTER", 3, 0x10000)) is None  # under 1:
+    assert watched_event(tc_message("RTM_NEWQDISC", 3, 0xFFFFFFF1)) is None
+    assert watched_event(tc_message("RTM_NEWTFILTER", 3, 0xFFFFFFF2)) is None
+
+
+async def test_attached_interfaces_whose_filters_were_removed_are_repaired() -> None:
+    watcher, attacher = watching()
+    watcher.apply(LinkEvent(True, 2, "eth0", ""))
+    watcher.apply(LinkEvent(True, 3, "wg0", "wireguard", 65534))
+    watcher.apply(LinkEvent(True, 4, "cni0", "bridge"))  # not attached
+    watcher.apply(LinkEvent(True, 5, "ifb0", ""))
+    await watcher.catch_up([FiltersRemoved(2), FiltersRemoved(3), FiltersRemoved(4),
+                            FiltersRemoved(9), FiltersRemoved(5)])  # fmt: skip
+    assert attacher.repaired == ["eth0", "wg0 (ip)", "ifb0"]
+    # Could not be attached again: counted, no longer attached, not tried again.
+    assert watcher._metrics.attach_errors._value.get() == 1
+    assert attached_gauge(watcher) == 2 and attacher.on == {2, 3}
+    await watcher.catch_up([FiltersRemoved(5)])
+    assert attacher.repaired == ["eth0", "wg0 (ip)", "ifb0"]
+
+
+def test_renamed_interfaces_follow_the_patterns() -> None:
+    """A rename is an RTM_NEWLINK of a known index: out of the selection it is detached
+    (a device stacked on it is then attached), back in it is attached again."""
+    watcher, attacher = watching(InterfaceSelection(exclude=("lo", "skip*")))
+    watcher.apply(LinkEvent(True, 2, "eth0", ""))
+    watcher.apply(LinkEvent(True, 3, "eth0.7", "vlan", lower=2))
+    assert attacher.on == {2}
+    watcher.apply(LinkEvent(True, 2, "skip0", ""))
+    assert attacher.detached == [2] and attacher.on == {3}
+    watcher.apply(LinkEvent(True, 2, "skip0", ""))  # a state change: nothing new
+    assert attacher.detached == [2] and attacher.attached == ["eth0", "eth0.7"]
+    watcher.apply(LinkEvent(True, 2, "eth0", ""))
+    assert attacher.on == {2} and attacher.detached == [2, 3]
+    assert attached_gauge(watcher) == 1
