@@ -135,7 +135,7 @@ struct dns_event {
 #define FS_SOCK_CONNECT 1 /* TCP client side, established */
 #define FS_SOCK_ACCEPT 2  /* TCP server side, established */
 #define FS_SOCK_UDP 3     /* UDP socket sent to or received from a peer (once per peer) */
-#define FS_SOCK_CLOSE 4   /* TCP connection reported before went to CLOSE */
+#define FS_SOCK_CLOSE 4   /* TCP connection reported before went to CLOSE; UDP socket that reported a peer released (remote unspecified) */
 
 /* One socket-owner event (ring buffer "socket_events"); 96 bytes, no implicit padding.
  * Addresses are in network byte order, IPv4 in the first 4 bytes; ports in host order.

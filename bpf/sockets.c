@@ -22,9 +22,9 @@
  * is sent at establishment with the listener's owner.
  *
  * Tunables, passed by user space as -D flags: FS_OWNERS_MAX, FS_LISTENERS_MAX,
- * FS_UDP_PEERS_MAX, FS_PENDING_MAX (map sizes), FS_RINGBUF_PAGES (power of two),
- * FS_ACCEPT_HOOK (0/1), FS_ACCEPT_ARGS (inet_csk_accept's argument count: 2 since
- * Linux 6.10, 4 before).
+ * FS_UDP_PEERS_MAX, FS_UDP_LOCALS_MAX, FS_PENDING_MAX (map sizes), FS_RINGBUF_PAGES
+ * (power of two), FS_ACCEPT_HOOK (0/1), FS_ACCEPT_ARGS (inet_csk_accept's argument
+ * count: 2 since Linux 6.10, 4 before).
  */
 #include "flowscope_abi.h"
 
@@ -36,6 +36,11 @@
 #endif
 #ifndef FS_UDP_PEERS_MAX
 #define FS_UDP_PEERS_MAX 65536
+#endif
+/* Open UDP sockets that reported a peer (udp_locals: 8-byte key, 20-byte value). One
+ * evicted by newer ones closes without a `close` event (user space's LRU forgets it). */
+#ifndef FS_UDP_LOCALS_MAX
+#define FS_UDP_LOCALS_MAX 65536
 #endif
 #ifndef FS_PENDING_MAX
 #define FS_PENDING_MAX 16384
@@ -115,6 +120,15 @@ struct fs_peer_key {
     u32 pad;
 };
 
+/* A UDP socket's local end as its first `udp` event reported it, for the `close` sent at
+ * its release (which cannot read src_ip4/6 or src_port). */
+struct fs_udp_local {
+    u8 addr[16];
+    u16 port;
+    u8 family;
+    u8 pad;
+};
+
 /* LRU maps: a socket whose release we miss (or that outlives a full map) ages out
  * instead of filling the map for good. */
 BPF_TABLE("lru_hash", u64, struct fs_owner, owners, FS_OWNERS_MAX);
@@ -122,6 +136,8 @@ BPF_TABLE("lru_hash", struct fs_listener_key, struct fs_listener, listeners, FS_
 /* Socket cookie -> the listener key it bound: release cannot read the bound address. */
 BPF_TABLE("lru_hash", u64, struct fs_listener_key, bound, FS_LISTENERS_MAX);
 BPF_TABLE("lru_hash", struct fs_peer_key, u8, udp_peers, FS_UDP_PEERS_MAX);
+/* Socket cookie -> its local end, from its first `udp` event until its release. */
+BPF_TABLE("lru_hash", u64, struct fs_udp_local, udp_locals, FS_UDP_LOCALS_MAX);
 /* Established server-side connections not yet accept()ed, as ready-made events. */
 BPF_TABLE("lru_hash", u64, struct fs_socket_event, pending_accepts, FS_PENDING_MAX);
 BPF_RINGBUF_OUTPUT(socket_events, FS_RINGBUF_PAGES);
@@ -293,6 +309,27 @@ int fs_so_bind6(struct bpf_sock *ctx)
     return on_post_bind(ctx, &key);
 }
 
+/* A UDP socket that reported a peer is closed: one `close` naming its local end as its
+ * first `udp` event did (remote unspecified), so user space can forget the socket's
+ * entries. One that never reported a peer has nothing to forget: no event. */
+static __always_inline void udp_release(struct bpf_sock *ctx, u64 cookie)
+{
+    struct fs_udp_local *found = udp_locals.lookup(&cookie);
+    if (!found)
+        return;
+    struct fs_udp_local local = *found;
+    udp_locals.delete(&cookie);
+    struct fs_owner *o = owners.lookup(&cookie);
+    struct fs_socket_event *e =
+        reserve_event(FS_SOCK_CLOSE, FS_IPPROTO_UDP, cookie, bpf_get_netns_cookie(ctx), o);
+    if (!e)
+        return;
+    e->family = local.family;
+    __builtin_memcpy(e->saddr, local.addr, 16);
+    e->sport = local.port;
+    socket_events.ringbuf_submit(e, 0);
+}
+
 /* close() of the last reference. A TCP connection still open keeps its owner until the
  * CLOSE state callback (which runs after this, from tcp_close or a timer). */
 int fs_so_release(struct bpf_sock *ctx)
@@ -308,6 +345,8 @@ int fs_so_release(struct bpf_sock *ctx)
             remove_binder(&key, cookie);
             bound.delete(&cookie);
         }
+    } else {
+        udp_release(ctx, cookie); /* before the owner it reports is forgotten */
     }
     if (ctx->protocol == FS_IPPROTO_UDP || ctx->state == FS_TCP_CLOSE ||
         ctx->state == FS_TCP_LISTEN)
@@ -615,6 +654,11 @@ static __always_inline int udp_peer(struct __sk_buff *skb, int egress)
     __builtin_memcpy(e->daddr, egress ? daddr : saddr, 16);
     e->sport = bpf_ntohs(egress ? ports[0] : ports[1]);
     e->dport = key.port;
+    /* The socket's local end for its close: the first report's (insert never replaces,
+     * and this path runs once per peer, not per packet). */
+    struct fs_udp_local local = {.port = e->sport, .family = family};
+    __builtin_memcpy(local.addr, e->saddr, 16);
+    udp_locals.insert(&cookie, &local);
     socket_events.ringbuf_submit(e, 0);
     return 1; /* 1 = let the packet pass: this program only watches */
 }

@@ -10,11 +10,19 @@ reports to the backend pod instead. Memory is bounded: the
 table is an LRU (a flow hit refreshes an entry, so long-lived connections keep their
 process), and a closed socket is forgotten ``grace`` seconds after its close event.
 
+A UDP socket's close names its local end only (remote unspecified: the kernel sends one
+per socket, not per peer), so it expires every UDP entry of that local end: the exact
+ones its ``udp`` events made, found through a fourth index (local end → those keys, which
+follows the table: an entry leaving the table leaves the index), and the local-end one.
+
 Events can arrive out of order: a start-up snapshot's connect may be published after the
 live close of the same socket. A close with no entry is remembered for ``grace`` seconds
 (at most ``max_entries`` of them, oldest dropped first), and the connect or accept it
 names, arriving within that time, starts out closed: its grace runs from the close, so
-it is forgotten on the close's schedule instead of living on until the LRU drops it.
+it is forgotten on the close's schedule instead of living on until the LRU drops it. For
+a UDP close that is the local-end entry only: an exact entry learned after it may be a
+new socket on the reused port (the kernel reports each peer of a socket once, so one
+closed wrongly would stay unnamed for good); a late one is left to the LRU.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from dataclasses import dataclass, field
 
 SocketKey = tuple[str, int, str, int, str, int]
 LocalKey = tuple[str, int, str, int]
+UDP = 17  # IANA protocol number
 
 
 @dataclass(slots=True)
@@ -58,6 +67,9 @@ class SocketTable:
         # local end → the full key of the last connect event from it (in _sockets while
         # that entry is; no entry of its own towards the bound)
         self._dialled: dict[LocalKey, SocketKey] = {}
+        # UDP local end → its exact keys: every UDP key of _sockets, while it is there
+        # (what a UDP close expires; within the table's bound)
+        self._udp_ends: dict[LocalKey, set[SocketKey]] = {}
         # (forget at, arrival, key, owner), a heap: a close applied late (see the module)
         # may be due before closes that came after it
         self._closing: list[tuple[float, int, SocketKey, SocketOwner]] = []
@@ -82,6 +94,8 @@ class SocketTable:
         if _unconnected(event["dst"]):
             self._put(self._locals, key[:4], owner)
         else:
+            if key[1] == UDP:  # indexed first: _put may evict this very key (bound 1)
+                self._udp_ends.setdefault(key[:4], set()).add(key)
             self._put(self._sockets, key, owner)
             if owner.event == "connect":
                 self._dialled[key[:4]] = key
@@ -136,7 +150,7 @@ class SocketTable:
             _, _, key, owner = heapq.heappop(self._closing)
             if self._sockets.get(key) is owner:
                 del self._sockets[key]
-                self._undial(key)
+                self._forget(key)
                 gone += 1
             elif self._locals.get(key[:4]) is owner:
                 del self._locals[key[:4]]
@@ -147,16 +161,35 @@ class SocketTable:
         """Start the grace of the socket a close names: its exact entry only. A close
         is sent for a TCP connection (local → remote); with no entry for it (its
         ``accept`` missed or evicted) it must not expire the listener that answers for
-        the local end — every other connection to that port joins through it. A close
+        the local end — every other connection to that port joins through it. A UDP
+        close (remote unspecified) names every UDP entry of its local end. A close
         that finds no entry is remembered for the one it names (see the module)."""
-        owner = self._locals.get(key[:4]) if _unconnected(key[4]) else self._sockets.get(key)
-        if owner is None:
+        if _unconnected(key[4]):
+            found = self._local_entries(key)
+        else:
+            owner = self._sockets.get(key)
+            found = [] if owner is None else [(key, owner)]
+        if not found:
             early = self._closed_early
             early.setdefault(_table_key(key), self._clock())
             if len(early) > self._max:
                 early.popitem(last=False)
-        elif not owner.closed_at:
-            self._closes(key, owner, self._clock())
+            return
+        now = self._clock()
+        for entry_key, owner in found:
+            if not owner.closed_at:
+                self._closes(entry_key, owner, now)
+
+    def _local_entries(self, key: SocketKey) -> list[tuple[SocketKey, SocketOwner]]:
+        """The entries a close with an unspecified remote names: its local end's and,
+        for UDP, the exact ones of that local end (the kernel closes a UDP socket once,
+        whatever peers it reported)."""
+        owner = self._locals.get(key[:4])
+        found = [] if owner is None else [(key, owner)]
+        if key[1] == UDP:
+            sockets = self._sockets
+            found += [(exact, sockets[exact]) for exact in self._udp_ends.get(key[:4], ())]
+        return found
 
     def _closes(self, key: SocketKey, owner: SocketOwner, closed_at: float) -> None:
         """``owner``, the entry for ``key``, was closed at ``closed_at``: its grace."""
@@ -169,14 +202,19 @@ class SocketTable:
         table.move_to_end(key)
         while len(self._sockets) + len(self._locals) > self._max:
             if len(self._sockets) >= len(self._locals):
-                self._undial(self._sockets.popitem(last=False)[0])
+                self._forget(self._sockets.popitem(last=False)[0])
             else:
                 self._locals.popitem(last=False)
 
-    def _undial(self, key: SocketKey) -> None:
-        """Forget the local end's dialled remote if it is the entry ``key`` just gone."""
+    def _forget(self, key: SocketKey) -> None:
+        """Drop the entry ``key``, just gone from ``_sockets``, from the other indexes."""
         if self._dialled.get(key[:4]) == key:
             del self._dialled[key[:4]]
+        if key[1] == UDP:
+            ends = self._udp_ends[key[:4]]
+            ends.discard(key)
+            if not ends:
+                del self._udp_ends[key[:4]]
 
 
 def _table_key(key: SocketKey) -> tuple:
