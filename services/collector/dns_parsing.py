@@ -28,16 +28,24 @@ Contract details (also in docs/collector-sockets.md):
   than its first segment keeps the answers that segment holds and is ``truncated``.
 - When the capture was cut short (the IP header says the packet is longer than the
   bytes we got), the answers that fit are kept and ``truncated`` is set; the header and
-  question must be complete. A packet that is short by its own lengths is an error.
+  question must be complete. A packet that is short by its own lengths is an error. The
+  first IP fragment of a longer UDP datagram is cut short the same way (up to the UDP
+  length), and so is a message with TC set (the server cut it, and may have left the
+  counts as they were).
+- The response code includes the EDNS extension (RFC 6891) when the OPT record is in the
+  bytes we have.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from flowscope.core.errors import CodecError
 from flowscope.core.records import DnsAnswer, RawDns
@@ -48,6 +56,8 @@ PROTO_UDP = 17
 RCODE_NAMES = {
     0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
     6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 11: "DSOTYPENI",
+    16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
+    22: "BADTRUNC", 23: "BADCOOKIE",
 }  # fmt: skip
 QTYPE_NAMES = {
     1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT",
@@ -63,7 +73,10 @@ QTYPE_NAMES = {
 TYPE_A = 1
 TYPE_CNAME = 5
 TYPE_AAAA = 28
+TYPE_OPT = 41
 CLASS_IN = 1
+FLAG_TC = 0x0200  # the server cut the message to fit the transport (RFC 1035 §4.1.1)
+IPV4_MORE_FRAGMENTS = 0x2000
 
 MAX_LABEL = 63
 MAX_NAME_WIRE = 255  # RFC 1035 §2.3.4, including length bytes and the root's 0
@@ -71,6 +84,8 @@ MAX_NAME_WIRE = 255  # RFC 1035 §2.3.4, including length bytes and the root's 0
 MAX_EXTENSION_HEADERS = 8
 IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_FRAGMENT, IPV6_DEST_OPTS, IPV6_AH = 0, 43, 44, 60, 51
 IPV6_SKIPPED = frozenset({IPV6_HOP_BY_HOP, IPV6_ROUTING, IPV6_DEST_OPTS, IPV6_AH})
+
+T = TypeVar("T")
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
@@ -178,12 +193,15 @@ def _parse_ipv4(data: bytes) -> _Segment:
         raise DnsParseError("bad-ipv4-length", f"header {header_len}, total {total_len}")
     if len(data) < header_len:
         raise DnsParseError("short-ip", "IPv4 options cut off")
-    if int.from_bytes(data[6:8], "big") & 0x1FFF:
+    fragment = int.from_bytes(data[6:8], "big")
+    if fragment & 0x1FFF:
         raise DnsParseError("ip-fragment", "not the first fragment")
     src = str(ipaddress.IPv4Address(data[12:16]))
     dst = str(ipaddress.IPv4Address(data[16:20]))
     payload = data[header_len:total_len]
-    return _parse_transport(data[9], src, dst, payload, max(0, total_len - len(data)))
+    missing = max(0, total_len - len(data))
+    more = bool(fragment & IPV4_MORE_FRAGMENTS)
+    return _parse_transport(data[9], src, dst, payload, missing, more)
 
 
 def _parse_ipv6(data: bytes) -> _Segment:
@@ -194,21 +212,26 @@ def _parse_ipv6(data: bytes) -> _Segment:
     dst = str(ipaddress.IPv6Address(data[24:40]))
     missing = max(0, 40 + payload_len - len(data))
     payload = data[40 : 40 + payload_len]
-    next_header = data[6]
+    next_header, more = data[6], False
     for _ in range(MAX_EXTENSION_HEADERS):
         if next_header not in IPV6_SKIPPED and next_header != IPV6_FRAGMENT:
-            return _parse_transport(next_header, src, dst, payload, missing)
-        next_header, payload = _skip_extension(next_header, payload)
+            return _parse_transport(next_header, src, dst, payload, missing, more)
+        next_header, payload, more = _skip_extension(next_header, payload, more)
     raise DnsParseError("ipv6-extensions", f"more than {MAX_EXTENSION_HEADERS} headers")
 
 
-def _skip_extension(kind: int, payload: bytes) -> tuple[int, bytes]:
-    """Skip one IPv6 extension header; returns (next header, rest)."""
+def _skip_extension(kind: int, payload: bytes, more: bool) -> tuple[int, bytes, bool]:
+    """Skip one IPv6 extension header; returns (next header, rest, more fragments).
+
+    ``more``: an earlier fragment header said more fragments follow.
+    """
     if len(payload) < 8:
         raise DnsParseError("short-ip", "IPv6 extension header cut off")
     if kind == IPV6_FRAGMENT:
-        if int.from_bytes(payload[2:4], "big") & 0xFFF8:
+        fragment = int.from_bytes(payload[2:4], "big")
+        if fragment & 0xFFF8:
             raise DnsParseError("ip-fragment", "not the first fragment")
+        more = more or bool(fragment & 1)
         size = 8
     elif kind == IPV6_AH:
         size = (payload[1] + 2) * 4  # AH counts 4-byte words (RFC 4302)
@@ -216,21 +239,26 @@ def _skip_extension(kind: int, payload: bytes) -> tuple[int, bytes]:
         size = (payload[1] + 1) * 8
     if len(payload) < size:
         raise DnsParseError("short-ip", "IPv6 extension header cut off")
-    return payload[0], payload[size:]
+    return payload[0], payload[size:], more
 
 
-def _parse_transport(proto: int, src: str, dst: str, payload: bytes, missing: int) -> _Segment:
+def _parse_transport(
+    proto: int, src: str, dst: str, payload: bytes, missing: int, more: bool
+) -> _Segment:
+    """``more``: the packet is the first fragment of a longer datagram."""
     if proto == PROTO_UDP:
-        return _parse_udp(src, dst, payload, missing)
+        return _parse_udp(src, dst, payload, missing, more)
     if proto == PROTO_TCP:
         return _parse_tcp(src, dst, payload, missing)
     raise DnsParseError("bad-transport", f"IP protocol {proto}")
 
 
-def _parse_udp(src: str, dst: str, payload: bytes, missing: int) -> _Segment:
+def _parse_udp(src: str, dst: str, payload: bytes, missing: int, more: bool) -> _Segment:
     if len(payload) < 8:
         raise DnsParseError("short-udp", f"{len(payload)} bytes")
     sport, dport, length = struct.unpack_from("!HHH", payload)
+    if more:  # the rest of the datagram is in later fragments: cut, as by a short capture
+        missing = max(missing, length - len(payload))
     if length < 8 or (length > len(payload) and not missing):
         raise DnsParseError("bad-udp-length", str(length))
     return _Segment(src, sport, dst, dport, PROTO_UDP, payload[8:length], missing)
@@ -361,11 +389,17 @@ def _follow(segment: _Segment, start: int | None) -> int | None:
 
 
 def parse_message(msg: bytes, cut: bool = False) -> DnsMessage:
-    """Parse a DNS message (RFC 1035). ``cut``: the capture ended before the message did."""
+    """Parse a DNS message (RFC 1035). ``cut``: the capture ended before the message did.
+
+    A message with TC set is read as cut too: the server says it dropped what did not
+    fit, and some servers leave the section counts as they were.
+    """
     msg = bytes(msg)  # slices of a bytearray/memoryview would not make addresses
     if len(msg) < _HEADER.size:
         raise DnsParseError("short-dns", f"{len(msg)} bytes of header")
-    ident, flags, qdcount, ancount, _, _ = _HEADER.unpack_from(msg)
+    ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
+    tc = bool(flags & FLAG_TC)
+    cut = cut or tc
     if flags >> 11 & 0xF not in (0, 1, 2, 4, 5, 6):  # QUERY, IQUERY, STATUS, NOTIFY, UPDATE, DSO
         raise DnsParseError("bad-opcode", str(flags >> 11 & 0xF))
     offset = _HEADER.size
@@ -377,32 +411,68 @@ def parse_message(msg: bytes, cut: bool = False) -> DnsMessage:
         if i == 0:
             qname, qtype = name, qtype_name(int.from_bytes(msg[offset : offset + 2], "big"))
         offset += 4
-    answers, truncated = _read_answers(msg, offset, ancount, cut)
+    answers, after = _read_answers(msg, offset, ancount, cut)
+    rcode = flags & 0xF
+    # The sections after the answers are read only for the OPT record: if they are
+    # malformed, the answers stand and so does the header's code.
+    if after is not None:
+        with contextlib.suppress(DnsParseError):
+            rcode |= _extended_rcode(msg, after, nscount, arcount, cut) << 4
+    truncated = tc or after is None
     return DnsMessage(
-        ident, bool(flags & 0x8000), rcode_name(flags & 0xF), qname, qtype, answers, truncated
+        ident, bool(flags & 0x8000), rcode_name(rcode), qname, qtype, answers, truncated
     )
 
 
 def _read_answers(
     msg: bytes, offset: int, count: int, cut: bool
-) -> tuple[tuple[DnsAnswer, ...], bool]:
-    """Answers of the types flowscope keeps; stops quietly where a cut capture ends."""
+) -> tuple[tuple[DnsAnswer, ...], int | None]:
+    """Answers of the types flowscope keeps, and the offset after them (None where a cut
+    message ended first: it stops there quietly)."""
     answers: list[DnsAnswer] = []
     for _ in range(count):
-        if offset >= len(msg) and cut:
-            return tuple(answers), True
-        try:
-            answer, offset = _read_record(msg, offset)
-        except DnsParseError as error:
-            if cut and error.reason.startswith("short"):
-                return tuple(answers), True
-            raise
+        record = _read_cut(msg, offset, cut, _read_record)
+        if record is None:
+            return tuple(answers), None
+        answer, offset = record
         if answer is not None:
             answers.append(answer)
-    return tuple(answers), False
+    return tuple(answers), offset
 
 
-def _read_record(msg: bytes, offset: int) -> tuple[DnsAnswer | None, int]:
+def _extended_rcode(msg: bytes, offset: int, nscount: int, arcount: int, cut: bool) -> int:
+    """The upper 8 bits of the response code, from the EDNS OPT record in the additional
+    section (RFC 6891 §6.1.3: BADVERS, BADCOOKIE); 0 without one, or where a cut
+    message ends before it. The authority records before it are read to be skipped."""
+    for _ in range(nscount):
+        record = _read_cut(msg, offset, cut, _record)
+        if record is None:
+            return 0
+        offset = record[-1]
+    for _ in range(arcount):
+        record = _read_cut(msg, offset, cut, _record)
+        if record is None:
+            return 0
+        _, rtype, _, ttl, _, offset = record
+        if rtype == TYPE_OPT:
+            return ttl >> 24
+    return 0
+
+
+def _read_cut(msg: bytes, offset: int, cut: bool, read: Callable[[bytes, int], T]) -> T | None:
+    """``read(msg, offset)``, or None where a cut message ends before the record does."""
+    if offset >= len(msg) and cut:
+        return None
+    try:
+        return read(msg, offset)
+    except DnsParseError as error:
+        if cut and error.reason.startswith("short"):
+            return None
+        raise
+
+
+def _record(msg: bytes, offset: int) -> tuple[str, int, int, int, int, int]:
+    """One resource record: owner, type, class, TTL as sent, start and end of its data."""
     name, offset = read_name(msg, offset)
     if offset + _RR_FIXED.size > len(msg):
         raise DnsParseError("short-dns", "record header cut off")
@@ -411,6 +481,11 @@ def _read_record(msg: bytes, offset: int) -> tuple[DnsAnswer | None, int]:
     end = start + rdlength
     if end > len(msg):
         raise DnsParseError("short-dns", "record data cut off")
+    return name, rtype, rclass, ttl, start, end
+
+
+def _read_record(msg: bytes, offset: int) -> tuple[DnsAnswer | None, int]:
+    name, rtype, rclass, ttl, start, end = _record(msg, offset)
     if ttl & 0x80000000:
         ttl = 0  # RFC 2181 §8
     if rclass != CLASS_IN or rtype not in (TYPE_A, TYPE_AAAA, TYPE_CNAME):
@@ -578,6 +653,7 @@ class DnsExchanges:
             self._forget(key)
             self.counts.answered += 1
         latency = max(0, ts_unix_ns - query.time_ns)
+        packet = _with_question(packet, query.packet)
         return _event(self.observer, packet, query.time_ns, latency, response=True)
 
     def expire(self, now_ns: int) -> list[RawDns]:
@@ -635,6 +711,16 @@ class DnsExchanges:
         keys.remove(key)
         if not keys:
             del self._by_client[client]
+
+
+def _with_question(response: DnsPacket, query: DnsPacket) -> DnsPacket:
+    """The response, with its query's question when it has none: FORMERR, REFUSED, …
+    responses may leave the question section out, and the exchange asked one."""
+    if response.message.qname:  # "" only without a question ("." is the root)
+        return response
+    asked = query.message
+    message = replace(response.message, qname=asked.qname, qtype=asked.qtype)
+    return replace(response, message=message)
 
 
 def _event(observer: str, packet: DnsPacket, time_ns: int, latency: int, response: bool) -> RawDns:

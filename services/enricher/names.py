@@ -110,7 +110,7 @@ class NameCache:
         one) counts as now: a lifetime is never lengthened."""
         now = self._clock()
         received = now - max(age, 0.0)
-        name = qname.rstrip(".").lower()
+        name = _plain(qname)
         if not name:
             return 0
         try:
@@ -217,5 +217,12 @@ def _chain(name: str, answers: Iterable[Mapping[str, Any]]) -> set[str]:
 
 
 def _plain(name: Any) -> str:
-    """A DNS name as a question is kept: lower-cased, no trailing dot ("" if not a str)."""
-    return name.rstrip(".").lower() if isinstance(name, str) else ""
+    """A DNS name as a question is kept: lower-cased, without its trailing dot ("" if not
+    a str). Only a dot that ends the name goes: in ``a\\.`` (the collector's rendering
+    of the one label ``a.``) the dot is escaped, part of the label, and stays."""
+    if not isinstance(name, str):
+        return ""
+    name = name.lower()
+    if name.endswith(".") and (len(name) - 1 - len(name[:-1].rstrip("\\"))) % 2 == 0:
+        return name[:-1]
+    return name
