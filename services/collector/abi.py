@@ -137,10 +137,16 @@ FLOW_VALUE = struct.Struct(struct_format(FlowValue))
 
 
 def layout(struct: type[Any]) -> tuple[int, tuple[tuple[str, int, int], ...]]:
-    """(size, ((field, offset, size), ...)) of a ctypes structure."""
+    """(size, ((field, offset, size), ...)) of a ctypes structure.
+
+    bcc spells the compiler's padding out as fields (``__pad_end`` after a byte array
+    whose length is not a multiple of the struct's alignment); ctypes pads the same bytes
+    without naming them. The size covers them in both, so they are left out here.
+    """
     fields = tuple(
         (name, getattr(struct, name).offset, getattr(struct, name).size)
         for name, *_ in struct._fields_
+        if not name.startswith("__pad")
     )
     return ct.sizeof(struct), fields
 
