@@ -32,11 +32,13 @@ from flowscope.core.errors import StartupError
 #     (systemd driver: a scope per container)
 #   <parent>.slice:cri-containerd:<id>, …:crio:<id>, …:docker:<id>
 #     (containerd/CRI-O with the systemd driver but a nested, non-systemd cgroup tree)
-#   <id>  under /kubepods/…/pod<uid>/ or /docker/ (cgroupfs driver)
-# conmon's scope (crio-conmon-<id>.scope) holds CRI-O's monitor process, not the
-# container, and is deliberately not matched.
+#   <id>  under /kubepods/…/pod<uid>/ or /docker/ (containerd and Docker, cgroupfs driver)
+#   crio-<id>, libpod-<id>  (CRI-O and podman, cgroupfs driver: they keep their prefix)
+# conmon's cgroup (crio-conmon-<id>[.scope], libpod-conmon-<id>.scope) holds the runtime's
+# monitor process, not the container, and is deliberately not matched.
 _COMPONENT = re.compile(
     r"^(?:(?:cri-containerd|crio|docker|libpod)-(?P<scope>[0-9a-f]{64})\.scope"
+    r"|(?:crio|libpod)-(?P<cgroupfs>[0-9a-f]{64})"
     r"|.*:(?:cri-containerd|crio|docker):(?P<colon>[0-9a-f]{64})"
     r"|(?P<bare>[0-9a-f]{64}))$"
 )
@@ -54,7 +56,7 @@ def container_id_from_path(path: str) -> str:
     for component in reversed(path.strip("/").split("/")):
         match = _COMPONENT.match(component)
         if match:
-            return match.group("scope") or match.group("colon") or match.group("bare")
+            return next(group for group in match.groups() if group)
     return ""
 
 

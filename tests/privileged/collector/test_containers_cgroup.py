@@ -1,4 +1,5 @@
-"""A real cgroup named like a containerd scope: the kernel's cgroup id resolves to it."""
+"""Real cgroups named as the runtimes name them: the kernel's cgroup id of a process moved
+into one resolves to its container (or to none, for a runtime's monitor)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,33 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
 """
 
 
-@pytest.fixture
-def scope() -> Iterator[tuple[Path, str]]:
-    """A containerd-style scope under a cgroup of this test's own, removed afterwards."""
+# (leaf, a sibling or None, whether the leaf is the container) under a test cgroup; {id}
+# is the container id.
+LAYOUTS = {
+    "containerd-systemd": (
+        "kubepods.slice/kubepods-podtest.slice/cri-containerd-{id}.scope",
+        None,
+        True,
+    ),
+    "crio-cgroupfs": ("kubepods/burstable/podtest/crio-{id}", "crio-conmon-{id}", True),
+    "crio-cgroupfs-conmon": ("kubepods/burstable/podtest/crio-conmon-{id}", "crio-{id}", False),
+    "podman-cgroupfs": ("libpod_parent/libpod-{id}", "conmon", True),
+}
+
+
+@pytest.fixture(params=sorted(LAYOUTS))
+def scope(request: pytest.FixtureRequest) -> Iterator[tuple[Path, str]]:
+    """A runtime-named leaf (and its sibling) under a cgroup of this test's own, removed
+    afterwards; yields the leaf and the container id the resolver must answer."""
+    leaf_path, sibling, is_container = LAYOUTS[request.param]
     container = secrets.token_hex(32)
     top = Path(find_cgroup2_root()) / f"flowscope-csock-{os.getpid()}"
-    leaf = top / "kubepods.slice" / f"kubepods-podtest.slice/cri-containerd-{container}.scope"
+    leaf = top / leaf_path.format(id=container)
     leaf.mkdir(parents=True)
+    if sibling:
+        (leaf.parent / sibling.format(id=container)).mkdir()
     try:
-        yield leaf, container
+        yield leaf, container if is_container else ""
     finally:
         for directory in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
             if directory.is_dir():

@@ -63,6 +63,35 @@ def test_not_containers(path: str) -> None:
     assert container_id_from_path(path) == ""
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        # CRI-O, cgroupfs driver: <pod cgroup>/crio-<id>, no systemd scope (minikube's
+        # default for CRI-O)
+        f"/kubepods/burstable/{POD.replace('_', '-')}/crio-{CID}",
+        f"/kubepods/{POD.replace('_', '-')}/crio-{CID}",
+        # podman, cgroupfs manager: <parent>/libpod-<id>
+        f"/libpod_parent/libpod-{CID}",
+    ],
+    ids=["crio-burstable", "crio-guaranteed", "podman"],
+)
+def test_cgroupfs_forms_with_a_runtime_prefix(path: str) -> None:
+    assert container_id_from_path(path) == CID
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        # conmon next to the container, both drivers, and podman's conmon scope
+        f"/kubepods/burstable/{POD.replace('_', '-')}/crio-conmon-{CID}",
+        f"/machine.slice/libpod-conmon-{CID}.scope",
+        f"/kubepods/{POD.replace('_', '-')}/crio-{CID}x",
+    ],
+)
+def test_monitors_next_to_containers_are_not_containers(path: str) -> None:
+    assert container_id_from_path(path) == ""
+
+
 def test_deepest_match_wins() -> None:
     assert container_id_from_path(f"/docker/{OTHER}/docker/{CID}") == CID
 
@@ -116,6 +145,23 @@ def test_resolver_finds_a_container_started_just_after_a_scan(tmp_path: Path) ->
         cgroup_id_of(tmp_path / b): OTHER
     }
     assert resolver.counts.scans == 2
+
+
+def test_resolver_on_a_crio_cgroupfs_pod(tmp_path: Path) -> None:
+    """A CRI-O pod with the cgroupfs driver: sandbox, container and the container's
+    conmon side by side in the pod cgroup; conmon is no container."""
+    pod = f"kubepods/burstable/{POD.replace('_', '-')}"
+    container, conmon, sandbox = (
+        f"{pod}/crio-{CID}",
+        f"{pod}/crio-conmon-{CID}",
+        f"{pod}/crio-{OTHER}",
+    )
+    ids = make_tree(tmp_path, container, conmon, sandbox)
+    resolver = ContainerResolver(root=str(tmp_path), clock=FakeClock())
+    assert resolver.container_id(ids[conmon]) == ""
+    assert resolver.container_id(ids[container]) == CID
+    assert resolver.container_id(ids[sandbox]) == OTHER
+    assert resolver.counts.scans == 1
 
 
 def test_resolver_rescans_are_bounded_under_a_flood_of_unknown_ids(tmp_path: Path) -> None:
