@@ -15,8 +15,9 @@ Per flow, in order:
    socket event does (``connect`` on one end, ``accept`` on the other), else the
    collector's orientation with ``flow.direction = unknown``; swapping the ends swaps
    the forward and reverse counters;
-4. cross-node dedup (see :func:`merge_owner`): of the two reports of one connection,
-   keep exactly one, chosen by a rule both reports agree on without coordination;
+4. cross-node dedup (see :func:`merge_owner`): of the reports of one connection by
+   several nodes' collectors, keep exactly one, chosen by a rule every report agrees on
+   without coordination;
 5. DNS names: the destination's name as resolved by the source, and vice versa.
 """
 
@@ -126,12 +127,21 @@ def check(
 
 
 def merge_owner(src: tuple[str, int], dst: tuple[str, int], src_home: str, dst_home: str) -> str:
-    """The node whose report of a cross-node connection is kept: direction-free.
+    """The node whose report of a connection is kept ('' when no end's home is known):
+    direction-free.
 
-    Both collectors see the same 5-tuple, possibly oriented differently; ordering the
-    two (address, port) ends makes the choice the same for both reports, so every
-    replica, with no coordination, keeps one report and drops the other.
+    An end's home node sees every packet of it (a pod's on its veth, a node's on its
+    own interfaces), so with one home known, or both ends at home on one node, that
+    node's report is the one kept (a pod → outside connection also counted by the node
+    it leaves through, an egress gateway). Two homes both see the connection, as the
+    same 5-tuple, possibly oriented differently; ordering the two (address, port) ends
+    makes the choice the same for both reports, so every replica, with no
+    coordination, keeps one report and drops the other.
     """
+    if not src_home:
+        return dst_home
+    if not dst_home or src_home == dst_home:
+        return src_home
     return src_home if src <= dst else dst_home
 
 
@@ -581,13 +591,8 @@ class Enricher:
             direction = _UNKNOWN
 
         src_home, dst_home = src_id.home, dst_id.home
-        if (
-            src_home
-            and dst_home
-            and src_home != dst_home
-            and self.observers.active(src_home, at)
-            and self.observers.active(dst_home, at)
-            and merge_owner((src, sport), (dst, dport), src_home, dst_home) != observer
+        if (src_home or dst_home) and self._duplicate(
+            observer, at, (src, sport), (dst, dport), src_home, dst_home
         ):
             return None
 
@@ -620,6 +625,20 @@ class Enricher:
             src_proc, dst_proc, dst_name, src_name,
         )  # fmt: skip
         return f"{subjects.FLOWS}.{src_id.token}.{dst_id.token}", record
+
+    def _duplicate(
+        self, observer: str, at: int, src: tuple[str, int], dst: tuple[str, int],
+        src_home: str, dst_home: str,
+    ) -> bool:  # fmt: skip
+        """Whether this report is another node's copy of one its :func:`merge_owner`
+        reports: only while every known home runs a collector at the report's time
+        (:class:`Observers`), so a report is never dropped for a node that sends none."""
+        if merge_owner(src, dst, src_home, dst_home) == observer:
+            return False
+        active = self.observers.active
+        return (not src_home or active(src_home, at)) and (
+            not dst_home or dst_home == src_home or active(dst_home, at)
+        )
 
     # ------------------------------------------------------------ DNAT'ed flows
 

@@ -1687,6 +1687,66 @@ render(Batch *b, PyObject *subject, const Raw *r, const char *cid, PyObject *dir
  * the observer's newest time, which the Python path sets alike, and LRU positions) */
 #define DEFERRED 3
 
+/* enriching.merge_owner: the node whose report is kept, or NULL (no home known).
+ * Borrowed; -1 in *error when a comparison failed. */
+static PyObject *
+merge_owner(PyObject *src, long sport, PyObject *dst, long dport, PyObject *src_home,
+            PyObject *dst_home, int *error)
+{
+    int truthy_s = truthy(src_home), truthy_d = truthy(dst_home);
+    if (truthy_s < 0 || truthy_d < 0)
+        goto failed;
+    if (!truthy_s)
+        return truthy_d ? dst_home : NULL;
+    if (!truthy_d)
+        return src_home;
+    int same = PyObject_RichCompareBool(src_home, dst_home, Py_EQ);
+    if (same < 0)
+        goto failed;
+    if (same)
+        return src_home;
+    /* (src, sport) <= (dst, dport) picks the source's node */
+    int order = src == dst ? 0 : PyUnicode_Compare(src, dst);
+    if (order == -1 && PyErr_Occurred())
+        goto failed;
+    return (order == 0 ? sport <= dport : order < 0) ? src_home : dst_home;
+failed:
+    *error = -1;
+    return NULL;
+}
+
+/* Enricher._duplicate: 1 when this report is another node's copy of the one its
+ * merge owner reports (every known home active at `at`), 0 when kept, -1 error. */
+static int
+duplicate(Batch *b, PyObject *observer, long long at, PyObject *src, long sport,
+          PyObject *dst, long dport, PyObject *src_home, PyObject *dst_home)
+{
+    int error = 0;
+    PyObject *owner = merge_owner(src, sport, dst, dport, src_home, dst_home, &error);
+    if (owner == NULL)
+        return error;
+    int other = PyObject_RichCompareBool(owner, observer, Py_NE);
+    if (other <= 0)
+        return other;
+    /* not src_home or active(src_home); not dst_home or dst_home == src_home or active */
+    int known_s = truthy(src_home), known_d = truthy(dst_home);
+    if (known_s < 0 || known_d < 0)
+        return -1;
+    if (known_s) {
+        int a = active(b, src_home, at);
+        if (a <= 0)
+            return a;
+    }
+    if (!known_d)
+        return 1;
+    if (known_s) {
+        int same = PyObject_RichCompareBool(dst_home, src_home, Py_EQ);
+        if (same != 0)
+            return same;
+    }
+    return active(b, dst_home, at);
+}
+
 /* Enricher._flow for a record read_raw accepted: 1 a line was added, 0 a dropped
  * duplicate, DEFERRED, -1 error. */
 static int
@@ -1784,37 +1844,14 @@ enrich(Batch *b, Raw *r)
         }
     }
 
-    /* cross-node dedup (enriching.merge_owner) */
-    PyObject *src_home = src_end.home, *dst_home = dst_end.home;
-    int truthy_s = truthy(src_home), truthy_d = truthy(dst_home);
-    if (truthy_s < 0 || truthy_d < 0)
+    /* cross-node dedup (Enricher._duplicate) */
+    int dropped = duplicate(b, r->observer, at, src, sport, dst, dport, src_end.home,
+                            dst_end.home);
+    if (dropped < 0)
         goto done;
-    if (truthy_s && truthy_d) {
-        int differ = PyObject_RichCompareBool(src_home, dst_home, Py_NE);
-        if (differ < 0)
-            goto done;
-        if (differ) {
-            int a = active(b, src_home, at);
-            if (a < 0)
-                goto done;
-            if (a && (a = active(b, dst_home, at)) < 0)
-                goto done;
-            if (a) {
-                /* merge_owner: (src, sport) <= (dst, dport) picks the source's node */
-                int order = src == dst ? 0 : PyUnicode_Compare(src, dst);
-                if (order == -1 && PyErr_Occurred())
-                    goto done;
-                int first = order == 0 ? sport <= dport : order < 0;
-                int other = PyObject_RichCompareBool(first ? src_home : dst_home, r->observer,
-                                                     Py_NE);
-                if (other < 0)
-                    goto done;
-                if (other) {
-                    result = 0;
-                    goto done;
-                }
-            }
-        }
+    if (dropped) {
+        result = 0;
+        goto done;
     }
 
     dst_nj = name_json(b, src, dst, dst_slot, r->probes);

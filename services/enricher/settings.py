@@ -94,8 +94,8 @@ class JoinSettings:
     observer_ttl: float = setting(
         300.0,
         "seconds, in the events' own times, a node counts as running a collector around "
-        "each of its raw events (cross-node dedup only drops a report when both nodes have "
-        "collectors)",
+        "each of its raw events (cross-node dedup only drops a report while every known "
+        "home node of its ends has a collector)",
         parse=positive,
     )
 
