@@ -413,3 +413,69 @@ def test_sigkilled_tracer_leaves_nothing_attached(namespaces: None) -> None:
         os.close(root_fd)
         if proc.poll() is None:
             proc.kill()
+
+
+# ---------------------------------------------------------------- UDP close
+# A UDP socket that reported a peer is closed with one event naming its local end (as its
+# `udp` events did) and its owner; a socket that never reported one sends nothing.
+
+UDP_CLOSE_SERVER = """
+import socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ':' in addr else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port))
+print('ready', flush=True)
+data, peer = s.recvfrom(100); s.sendto(data, peer); s.close()
+sys.stdin.readline()
+"""
+# A socket bound but never used, closed first; then one that sends, receives and closes.
+# Prints both local ports; the release hook runs in close(), so the first socket's close
+# (if it had one) would be in the ring buffer before the second's.
+UDP_CLOSE_CLIENT = """
+import socket, sys
+local, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+family = socket.AF_INET6 if ':' in addr else socket.AF_INET
+silent = socket.socket(family, socket.SOCK_DGRAM)
+silent.bind((local, 0)); silent_port = silent.getsockname()[1]; silent.close()
+c = socket.socket(family, socket.SOCK_DGRAM)
+c.sendto(b'ping', (addr, port)); c.recvfrom(100)
+used_port = c.getsockname()[1]; c.close()
+print(silent_port, used_port, flush=True)
+sys.stdin.readline()
+"""
+
+
+def local_end(e: RawSocket) -> tuple[str, int]:
+    return (e.src, e.sport)
+
+
+@pytest.mark.parametrize(
+    ("client_addr", "server_addr", "unspecified"), [(V4_A, V4_B, "0.0.0.0"), (V6_A, V6_B, "::")]
+)
+def test_udp_close_names_the_local_end_and_owner_of_a_socket_that_reported(
+    tracer: SocketTracer, client_addr: str, server_addr: str, unspecified: str
+) -> None:
+    tracer.poll(0)  # whatever earlier tests left
+    port = 5000 + os.getpid() % 1000 + (1 if ":" in client_addr else 0)
+    server, ready = start(NS_B, UDP_CLOSE_SERVER, server_addr, str(port))
+    assert ready == "ready"
+    client, ports = start(NS_A, UDP_CLOSE_CLIENT, client_addr, server_addr, str(port))
+    silent_port, used_port = map(int, ports.split())
+    client_end, server_end = (client_addr, used_port), (server_addr, port)
+
+    def both_closed(events: list[RawSocket]) -> bool:
+        closed = {local_end(e) for e in events if e.event == "close" and e.proto == 17}
+        return {client_end, server_end} <= closed
+
+    events = collect(tracer, both_closed)
+    finish(client, server)
+    udp = {local_end(e): e for e in events if e.event == "udp" and e.proto == 17}
+    for end, owner in ((client_end, client), (server_end, server)):
+        (close,) = [e for e in events if e.event == "close" and local_end(e) == end]
+        assert (close.proto, close.dst, close.dport) == (17, unspecified, 0)
+        assert (close.pid, close.comm, close.tid) == (owner.pid, owner.comm, owner.pid)
+        assert close.netns == udp[end].netns and close.netns
+        assert close.cgroup_id == udp[end].cgroup_id
+        assert close.time_ns >= udp[end].time_ns  # after the socket's last report
+    # The bound socket that never reported a peer was closed first: nothing for it.
+    assert not [e for e in events if e.sport == silent_port and e.src == client_addr]
