@@ -7,6 +7,12 @@ Library errors are chained as ``__cause__`` by the code that raises these.
 from __future__ import annotations
 
 
+def described(error: BaseException) -> str:
+    """An exception as a log field or message: its text, or its type's name when it has
+    none (``TimeoutError()``, ``ConnectionResetError()``)."""
+    return str(error) or type(error).__name__
+
+
 class FlowscopeError(Exception):
     """Base of every error flowscope raises on purpose."""
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import nkeys
 from flowscope.core import subjects
 from flowscope.core.config import readable_file, setting, without_secrets
-from flowscope.core.errors import ConfigError, ConnectionLostError, StartupError
+from flowscope.core.errors import ConfigError, ConnectionLostError, StartupError, described
 from flowscope.core.runtime import first_of
 from flowscope.core.tls import TlsFile, client_context, setting_name
 from nats.aio.client import Client as NATS
@@ -245,7 +245,7 @@ def connect_options(
     async def error(e: Exception) -> None:
         metrics.errors.inc()
         if not reported(e):
-            log.warning("NATS error", extra={"error": _text(e)})
+            log.warning("NATS error", extra={"error": described(e)})
 
     async def closed() -> None:
         metrics.connected.set(0)
@@ -343,7 +343,7 @@ async def connect(
         except TlsNotOfferedError as e:  # configuration, not reachability: no retry
             raise StartupError("nats", str(e)) from e
         except Exception as e:  # nats-py raises a variety of errors for "unreachable"
-            cause = _text(causes[-1] if causes else e)
+            cause = described(causes[-1] if causes else e)
             if not retry:
                 raise StartupError("nats", f"cannot connect to {shown}: {cause}") from e
             log.warning(
@@ -356,10 +356,6 @@ async def connect(
     url = without_secrets(nc.connected_url.geturl()) if nc.connected_url else ""
     log.info("NATS connected", extra={"url": url})
     return nc
-
-
-def _text(e: BaseException) -> str:
-    return str(e) or type(e).__name__
 
 
 async def flush(nc: NATS, flush_timeout: int = 2) -> None:
@@ -397,7 +393,7 @@ async def until_lost(nc: NATS, stopping: asyncio.Event) -> None:
     await first_of(lost.wait(), stopping.wait())
     if lost.is_set() and not stopping.is_set():
         error = nc.last_error
-        problem = (str(error) or type(error).__name__) if error else "closed by the client"
+        problem = described(error) if error else "closed by the client"
         raise ConnectionLostError("NATS", problem)
 
 
@@ -417,11 +413,11 @@ async def close(nc: NATS, flush_timeout: int = 2) -> None:
     try:
         await flush(nc, flush_timeout)
     except Exception as e:  # timeout, no connection, closed: what close meets too
-        error = str(e) or type(e).__name__
+        error = described(e)
     try:
         await nc.close()
     except Exception as e:
-        error = error or str(e) or type(e).__name__
+        error = error or described(e)
     if error:
         log.warning("NATS closed without a final flush", extra={"error": error})
 

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
-from flowscope.core.errors import FlowscopeError
+from flowscope.core.errors import FlowscopeError, described
 from flowscope.core.logs import RateLimitedLog
 from flowscope.enricher import objects
 from flowscope.enricher.inventory import Inventory, Obj, named_key, object_key
@@ -232,7 +232,7 @@ class Informer:
                 self.metrics.informer_errors.labels(name).inc()
                 self.health.failed(name, e.problem if isinstance(e, ApiError) else "")
                 self.bad_log.warning(f"api-{name}", "Kubernetes API request failed",
-                                     resource=name, error=str(e) or type(e).__name__)  # fmt: skip
+                                     resource=name, error=described(e))  # fmt: skip
                 await _sleep_unless_stopped(backoff, stopping)
                 backoff = min(backoff * 2, self.settings.backoff_max)
 
