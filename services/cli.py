@@ -60,10 +60,9 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """One line per ``FLOWSCOPE_*`` variable that no command reads (a misspelt setting
     would otherwise leave its default in force without a word), naming the nearest
     setting's variable when one is close."""
-    known = {config.ENV_PREFIX + "CONFIG"}
-    for settings_module, _, _ in COMMANDS.values():
-        settings_cls = importlib.import_module(settings_module).Settings
-        known.update(leaf.env for leaf in config.leaves(settings_cls))
+    known = frozenset().union(
+        *(config.variables(importlib.import_module(m).Settings) for m, _, _ in COMMANDS.values())
+    )
     prefix = config.ENV_PREFIX
     suffixes = [name[len(prefix) :] for name in known]
     lines = []

@@ -42,10 +42,10 @@ from flowscope.collector import settings as collector_settings
 from flowscope.core import logs
 from flowscope.core.config import (
     ENV_PREFIX,
-    leaves,
     positive,
     section,
     setting,
+    variables,
     without_secrets,
 )
 from flowscope.core.errors import ConfigError, StartupError
@@ -246,14 +246,10 @@ def _child_env(
     return env
 
 
-def _reads(settings_cls: type[Any]) -> frozenset[str]:
-    return frozenset({ENV_PREFIX + "CONFIG", *(leaf.env for leaf in leaves(settings_cls))})
-
-
 _READS = {
-    "collector": _reads(collector_settings.Settings),
-    "enricher": _reads(enricher_settings.Settings),
-    "exporter": _reads(exporter_settings.Settings),
+    "collector": variables(collector_settings.Settings),
+    "enricher": variables(enricher_settings.Settings),
+    "exporter": variables(exporter_settings.Settings),
 }
 
 

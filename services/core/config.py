@@ -81,6 +81,12 @@ class Leaf:
         return env_name(self.name)
 
 
+def variables(cls: type[Any]) -> frozenset[str]:
+    """The environment variables :func:`load` reads for a settings class: one per
+    setting, and ``FLOWSCOPE_CONFIG``."""
+    return frozenset({ENV_PREFIX + "CONFIG", *(leaf.env for leaf in leaves(cls))})
+
+
 def flag_name(dotted: str) -> str:
     """The command-line flag of a setting by its dotted name: ``--nats-url``."""
     return "--" + dotted.replace(".", "-").replace("_", "-")
