@@ -14,15 +14,18 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).parents[3]  # the child imports tests.support from here
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare and sysctl")
 
 CHILD = r"""
 import asyncio, ctypes, json, socket, struct, sys
 from flowscope.core import serving
 from prometheus_client import CollectorRegistry
+from tests.support.probing import healthz
 
 # seccomp: socket(AF_INET6, ...) -> EAFNOSUPPORT, everything else allowed.
 ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
@@ -46,17 +49,6 @@ def no_ipv6_sockets(machine):
     fbuf = ctypes.create_string_buffer(fprog)
     assert libc.prctl(22, 2, ctypes.addressof(fbuf), 0, 0) == 0, ctypes.get_errno()
 
-def healthz(host, port):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect((host, port))
-            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-            return sock.recv(64).split(b" ")[1] == b"200"
-    except OSError:
-        return False
-
 async def main():
     runner, port = await serving.start(":0", CollectorRegistry(), serving.Health())
     try:
@@ -73,7 +65,7 @@ print(json.dumps(asyncio.run(main())))
 def run_child(prefix: list[str], *args: str) -> dict[str, bool]:
     done = subprocess.run(
         [*prefix, sys.executable, "-c", CHILD, *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result: dict[str, bool] = json.loads(done.stdout.splitlines()[-1])
