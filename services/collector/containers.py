@@ -28,18 +28,19 @@ from pathlib import Path
 from flowscope.core.errors import StartupError
 
 # One path component naming a container, for each runtime and cgroup driver:
-#   cri-containerd-<id>.scope, crio-<id>.scope, docker-<id>.scope, libpod-<id>.scope
-#     (systemd driver: a scope per container)
-#   <parent>.slice:cri-containerd:<id>, …:crio:<id>, …:docker:<id>
+#   cri-containerd-<id>.scope, crio-<id>.scope, docker-<id>.scope, libpod-<id>.scope,
+#   nerdctl-<id>.scope  (systemd driver: a scope per container; nerdctl asks runc for
+#     "system.slice:nerdctl:<id>", which runc's systemd driver names nerdctl-<id>.scope)
+#   <parent>.slice:cri-containerd:<id>, …:crio:<id>, …:docker:<id>, …:nerdctl:<id>
 #     (containerd/CRI-O with the systemd driver but a nested, non-systemd cgroup tree)
 #   <id>  under /kubepods/…/pod<uid>/ or /docker/ (containerd and Docker, cgroupfs driver)
 #   crio-<id>, libpod-<id>  (CRI-O and podman, cgroupfs driver: they keep their prefix)
 # conmon's cgroup (crio-conmon-<id>[.scope], libpod-conmon-<id>.scope) holds the runtime's
 # monitor process, not the container, and is deliberately not matched.
 _COMPONENT = re.compile(
-    r"^(?:(?:cri-containerd|crio|docker|libpod)-(?P<scope>[0-9a-f]{64})\.scope"
+    r"^(?:(?:cri-containerd|crio|docker|libpod|nerdctl)-(?P<scope>[0-9a-f]{64})\.scope"
     r"|(?:crio|libpod)-(?P<cgroupfs>[0-9a-f]{64})"
-    r"|.*:(?:cri-containerd|crio|docker):(?P<colon>[0-9a-f]{64})"
+    r"|.*:(?:cri-containerd|crio|docker|nerdctl):(?P<colon>[0-9a-f]{64})"
     r"|(?P<bare>[0-9a-f]{64}))$"
 )
 CGROUP2_MAGIC_FSTYPE = "cgroup2"

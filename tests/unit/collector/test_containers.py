@@ -36,6 +36,12 @@ POD = "pod0c8e3a41_2b7d_4e0f_9a55_1f2e3d4c5b6a"
         f"/docker/{CID}",
         # podman
         f"/machine.slice/libpod-{CID}.scope",
+        # nerdctl, systemd driver, rootful and rootless (runc names the scope
+        # "system.slice:nerdctl:<id>" asks for); cgroupfs: /<namespace>/<id>
+        f"/system.slice/nerdctl-{CID}.scope",
+        f"/user.slice/user-1000.slice/user@1000.service/user.slice/nerdctl-{CID}.scope",
+        f"/system.slice:nerdctl:{CID}",
+        f"/default/{CID}",
         # a cgroup the container made below its own scope still belongs to it
         f"/kubepods.slice/cri-containerd-{CID}.scope/init.scope",
         f"/docker/{CID}/child/grandchild",
