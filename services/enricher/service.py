@@ -30,7 +30,7 @@ from flowscope.enricher.metrics import Metrics
 from flowscope.enricher.names import NameCache
 from flowscope.enricher.processes import SocketTable
 from flowscope.enricher.settings import Settings
-from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, resources
+from flowscope.enricher.watching import ApiHealth, Informer, Pulse, WatchSettings, resources
 
 log = logging.getLogger("flowscope.enricher")
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -253,10 +253,15 @@ def _start_informers(
     k8s = settings.kubernetes
     watch = WatchSettings(k8s.page_size, k8s.watch_timeout, k8s.resync_backoff_max)
     rt.health.set("kubernetes", False, "first LIST of every resource pending")
+    informers = []
     for resource in resources(k8s.label_keys):
         inventory.expected.add(resource.name)
         informer = Informer(api, resource, inventory, metrics, api_health, watch)
         rt.spawn(informer.run(rt.stopping), f"informer-{resource.name}")
+        informers.append(informer)
+    if k8s.probe_interval > 0:
+        pulse = Pulse(api, api_health, informers, k8s.probe_interval)
+        rt.spawn(pulse.run(rt.stopping), "kubernetes-pulse")
 
 
 async def _start_work(

@@ -47,6 +47,14 @@ class KubernetesSettings:
         "is renewed from the last resourceVersion (the API server's own default is 30-60 min)",
         parse=at_least_one,
     )
+    probe_interval: float = setting(
+        10.0,
+        "seconds between two GET /version asking whether the API still answers (also "
+        "the wait for the answer): an API gone silent shows as stale that soon instead "
+        "of after a quiet WATCH's timeout, and its watches are renewed when it answers "
+        "again; 0: never ask",
+        parse=not_negative,
+    )
     page_size: int = setting(
         500,
         "objects per LIST page (`limit`); bounds the memory of one response",

@@ -20,6 +20,11 @@ One :class:`Informer` per resource keeps the :class:`Inventory` current:
   exponential backoff; meanwhile the last known metadata keeps serving and
   :class:`ApiHealth` reports how stale it is — from the last word heard from the API,
   which also covers an API gone silent behind a partition (no error to notice).
+- A :class:`Pulse` asks the API for ``/version`` every few seconds, so an API gone
+  silent is noticed within seconds rather than after a quiet WATCH's silence limit
+  (minutes), and when it answers again every open WATCH is renewed from its
+  resourceVersion: a stream whose connection died in the partition would otherwise hang
+  until its read timeout, missing every change meanwhile.
 
 Requests go through kubernetes-asyncio's ``ApiClient`` (its configuration, TLS and
 authentication), with the body read raw and parsed by orjson straight into the slim
@@ -118,6 +123,10 @@ class ApiHealth:
 
     clock: Callable[[], float] = time.monotonic
     heard: dict[str, float] = field(default_factory=dict)
+    # The :class:`Pulse`: when the API last answered it, and since when it has not (None:
+    # answering). While it does not, an informer that has heard nothing since is stale.
+    answered: float = float("-inf")
+    unanswered_since: float | None = None
     limits: dict[str, float] = field(default_factory=dict)
     failing: set[str] = field(default_factory=set)
     # failing resource → what the API answered instead (e.g. a 403 where RBAC lacks the
@@ -147,14 +156,37 @@ class ApiHealth:
         readiness detail: what an operator must fix); "" when there are none."""
         return "; ".join(f"{r}: {self.refused[r]}" for r in sorted(self.refused))
 
+    def pulse_answered(self) -> bool:
+        """The API answered the pulse; True when it had stopped answering (a recovery)."""
+        self.answered = self.clock()
+        recovered = self.unanswered_since is not None
+        self.unanswered_since = None
+        return recovered
+
+    def pulse_unanswered(self) -> bool:
+        """The pulse got no answer; True when it is the first since the API answered."""
+        if self.unanswered_since is None:
+            self.unanswered_since = self.clock()
+            return True
+        return False
+
     def staleness(self) -> float:
-        """Seconds since the stalest informer last heard from the API (0: none is)."""
+        """Seconds since the stalest informer last heard from the API (0: none is).
+
+        An informer stale only because the pulse goes unanswered counts from the later of
+        its last word and the pulse's last answer: a quiet WATCH's metadata was as good
+        as the API's when the API last answered."""
         now = self.clock()
-        stale = [now - at for r, at in self.heard.items() if self._stale(r, now - at)]
+        stale = [now - self._stale_since(r, at, now) for r, at in self.heard.items()]
         return max(stale, default=0.0)
 
-    def _stale(self, resource: str, silent_for: float) -> bool:
-        return resource in self.failing or silent_for > self.limits[resource]
+    def _stale_since(self, resource: str, heard: float, now: float) -> float:
+        """Since when ``resource`` is stale; ``now`` when it is not."""
+        if resource in self.failing or now - heard > self.limits[resource]:
+            return heard
+        if self.unanswered_since is not None and heard < self.unanswered_since:
+            return max(heard, self.answered)
+        return now
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +203,57 @@ class WatchSettings:
         ``watch_timeout`` (plus a margin for a busy server); a stream silent for longer
         is given up as dead (its read timeout) and the metadata counts as stale."""
         return self.watch_timeout + max(2.0, self.watch_timeout / 10)
+
+
+class Pulse:
+    """GET ``/version`` every ``interval`` seconds (waiting as long for the answer): is
+    the API answering? Its answers feed :class:`ApiHealth`; when the API answers again
+    after it did not, every informer renews its WATCH (:meth:`Informer.renew`).
+
+    ``/version`` is readable by any client (the ``system:public-info-viewer`` role), so
+    it needs no RBAC rule; any HTTP answer below 500 counts as an answer (a 401 or 403
+    still proves the API is there), a 5xx (a load balancer without a backend) does not.
+    """
+
+    def __init__(
+        self, api: Any, health: ApiHealth, informers: list[Informer], interval: float
+    ) -> None:
+        self.api = api
+        self.health = health
+        self.informers = informers
+        self.interval = interval
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            problem = await self.ask()
+            if not problem:
+                if self.health.pulse_answered():
+                    log.info("Kubernetes API answering again; watches renewed")
+                    for informer in self.informers:
+                        informer.renew()
+            elif self.health.pulse_unanswered():
+                log.warning("Kubernetes API not answering; serving last known metadata",
+                            extra={"error": problem})  # fmt: skip
+            await _sleep_unless_stopped(self.interval, stopping)
+
+    async def ask(self) -> str:
+        """One pulse: "" when the API answered, else what went wrong."""
+        try:
+            resp = await self.api.call_api(
+                "/version",
+                "GET",
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self.interval,
+            )
+            try:
+                await resp.read()
+            finally:
+                resp.release()
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            return described(e)
+        return f"/version answered HTTP {resp.status}" if resp.status >= 500 else ""
 
 
 class Informer:
@@ -204,7 +287,12 @@ class Informer:
         # 410s since the last watch event applied: from the second on, LIST after a
         # backoff (BACKOFF_FIRST doubling up to backoff_max), not at once.
         self.expired_in_a_row = 0
+        self._renewing = asyncio.Event()  # set: end the open WATCH, resume from version
         health.expect(resource.name, settings.silence_limit)
+
+    def renew(self) -> None:
+        """End the open WATCH (if any) and open another from the resourceVersion held."""
+        self._renewing.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         backoff = BACKOFF_FIRST
@@ -216,7 +304,8 @@ class Informer:
                     self.metrics.informer_synced.labels(name).set(1)
                     self.synced.set()
                 opened = time.monotonic()
-                await _until_stopped(self._watch(self.version), stopping)
+                self._renewing.clear()  # a renewal asked before this WATCH is this WATCH
+                await _until_stopped(self._watch(self.version), stopping, self._renewing)
                 if time.monotonic() - opened > 1.0:
                     backoff = BACKOFF_FIRST
                 else:  # a server ending every stream at once must not make this spin
@@ -400,14 +489,16 @@ async def _sleep_unless_stopped(seconds: float, stopping: asyncio.Event) -> None
         await asyncio.wait_for(stopping.wait(), seconds)
 
 
-async def _until_stopped(work: Coroutine[Any, Any, None], stopping: asyncio.Event) -> None:
-    """Run ``work`` until it ends or ``stopping`` is set (a quiet WATCH may last minutes)."""
+async def _until_stopped(work: Coroutine[Any, Any, None], *stopping: asyncio.Event) -> None:
+    """Run ``work`` until it ends or one of ``stopping`` is set (a quiet WATCH may last
+    minutes)."""
     task = asyncio.ensure_future(work)
-    stop = asyncio.ensure_future(stopping.wait())
+    stops = [asyncio.ensure_future(event.wait()) for event in stopping]
     try:
-        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((task, *stops), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stop.cancel()
+        for stop in stops:
+            stop.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

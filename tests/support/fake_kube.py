@@ -19,7 +19,10 @@ What a client sees is what an API server sends:
   back on the same port (the API unreachable, then recovered).
 - :meth:`FakeKube.go_silent` / :meth:`FakeKube.speak_again`: the API silent (a network
   partition, a frozen server) — connections are accepted, nothing comes back — then
-  answering again.
+  answering again. :meth:`FakeKube.partition` is the same, except that the streams
+  open when it starts never send again (their connections died in it: the server's side
+  was reset, and its RST lost), as after a real partition.
+- ``GET /version`` answers the server's version (silent too while the API is).
 - Requests must carry ``Authorization: Bearer <token>`` (the token in the kubeconfig
   :meth:`FakeKube.write_kubeconfig` writes), else ``401``.
 - :meth:`FakeKube.forbid` / :meth:`FakeKube.allow`: a resource's requests answered
@@ -96,6 +99,7 @@ class Watcher:
     resource: str
     bookmarks: bool
     queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    dead: bool = False  # its connection died in a partition: it never sends again
 
 
 class FakeKube:
@@ -128,6 +132,7 @@ class FakeKube:
         app = web.Application()
         for kind in KINDS:
             app.router.add_get(kind.path, self._collection(kind))
+        app.router.add_get("/version", self._version)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -205,6 +210,13 @@ class FakeKube:
         """Answer the requests held while silent, and stream again."""
         self._speaking.set()
 
+    def partition(self) -> None:
+        """Silent as :meth:`go_silent`; the streams open now never send again, even
+        after :meth:`speak_again` (the client must give them up and WATCH anew)."""
+        for watcher in self.watchers:
+            watcher.dead = True
+        self.go_silent()
+
     def forbid(self, resource: str) -> None:
         """Refuse every new request for ``resource`` (403), as when the client's RBAC role
         lacks it; open WATCH streams are ended (a WATCH asked again is refused)."""
@@ -251,6 +263,12 @@ class FakeKube:
             return self._list(kind, request)
 
         return handle
+
+    async def _version(self, request: web.Request) -> web.Response:
+        self.requests.append(("version", dict(request.query)))
+        await self._speaking.wait()
+        return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0",
+                                  "platform": "linux/amd64"})  # fmt: skip
 
     def _list(self, kind: Kind, request: web.Request) -> web.Response:
         limit = int(request.query.get("limit") or 0)
@@ -316,6 +334,8 @@ class FakeKube:
             except TimeoutError:
                 line = None
             await self._speaking.wait()
+            while watcher.dead and line != b"":  # only the test's stop() ends it
+                line = await watcher.queue.get()
             if line is None:  # the server ends the watch (timeoutSeconds, or the test)
                 with contextlib.suppress(ConnectionError):
                     await response.write_eof()

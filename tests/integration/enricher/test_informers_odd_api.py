@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from flowscope.enricher.inventory import Inventory
 from flowscope.enricher.metrics import Metrics
-from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, resources
+from flowscope.enricher.watching import ApiHealth, Informer, Pulse, WatchSettings, resources
 from prometheus_client import CollectorRegistry
 
 from tests.integration.enricher.conftest import kube_api
@@ -53,14 +53,15 @@ class Clock:
 
 
 class Setup:
-    def __init__(self, fake: OddKube, api: Any) -> None:
+    def __init__(self, fake: OddKube, api: Any, watch_timeout: int = 1) -> None:
         self.fake = fake
         self.clock = Clock()
         self.inventory = Inventory(deleted_grace=60)
         self.registry = CollectorRegistry()
         self.health = ApiHealth(clock=self.clock)
-        # A WATCH asks for 1 s: a healthy stream says something at least every second.
-        settings = WatchSettings(page_size=100, watch_timeout=1, backoff_max=0.3)
+        # A WATCH asks for 1 s by default: a healthy stream says something at least
+        # every second.
+        settings = WatchSettings(page_size=100, watch_timeout=watch_timeout, backoff_max=0.3)
         self.informer = Informer(api, PODS, self.inventory, Metrics.create(self.registry),
                                  self.health, settings)  # fmt: skip
         self.stopping = asyncio.Event()
@@ -114,6 +115,51 @@ async def test_silent_api_staleness_counts_from_the_last_word_and_recovers(
         assert setup.health.staleness() == 0.0
     finally:
         await stop(setup)
+
+
+async def test_a_partition_is_stale_within_a_pulse_and_dead_watches_are_renewed_after(
+    fake: tuple[OddKube, Any],
+) -> None:
+    kube, api = fake
+    kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
+    setup = Setup(kube, api, watch_timeout=300)  # a quiet WATCH is healthy for 330 s
+    pulse = Pulse(api, setup.health, [setup.informer], 0.2)
+    pulsing = asyncio.create_task(pulse.run(setup.stopping))
+    try:
+        await eventually(lambda: kube.watch_count("pods") == 1, within=10)
+        setup.clock.now = 50.0
+        kube.bookmark()  # the informer's last word, at 50
+        await eventually(lambda: setup.metric("informer_events", type="BOOKMARK") == 1, within=10)
+        setup.clock.now = 60.0
+        await eventually(lambda: setup.health.answered == 60.0, within=10)  # the pulse's
+        kube.partition()
+        setup.clock.now = 100.0
+        # Noticed by the pulse, not after the WATCH's 330 s of allowed quiet; counted
+        # from the API's last answer, at 60 (later than the informer's last word).
+        await eventually(lambda: setup.health.staleness() == 40.0, within=10)
+        assert setup.name_of("10.1.0.1") == "p0"  # last known metadata still served
+        kube.speak_again()
+        await eventually(lambda: setup.health.staleness() == 0.0, within=10)
+        # The stream open before the partition is dead: only a renewed WATCH sees this.
+        kube.add("pods", cluster.pod("back", ips=("10.1.0.2",)))
+        await eventually(lambda: setup.name_of("10.1.0.2") == "back", within=10)
+        assert setup.watches()[-1]["resourceVersion"] == setup.watches()[0]["resourceVersion"]
+    finally:
+        await stop(setup)
+        await asyncio.wait_for(pulsing, 5)
+
+
+async def test_the_pulse_counts_any_answer_below_500_and_no_answer_as_its_problem(
+    fake: tuple[OddKube, Any], tmp_path: Path
+) -> None:
+    kube, api = fake
+    pulse = Pulse(api, ApiHealth(), [], 0.2)
+    assert await pulse.ask() == ""
+    kube.go_silent()
+    assert "Timeout" in await pulse.ask()
+    kube.speak_again()
+    await kube.stop()
+    assert "Connect call failed" in await pulse.ask() or "Cannot connect" in await pulse.ask()
 
 
 @pytest.mark.parametrize(
