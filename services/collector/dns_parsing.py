@@ -21,11 +21,12 @@ Contract details (also in docs/collector-sockets.md):
   for bytes outside printable ASCII; the root is ``.``.
 - A TCP segment without payload (handshake, bare ACK) carries no DNS message: the parser
   returns ``None`` for it rather than an error. Alone, :func:`parse_packet` reads a TCP
-  segment as starting with the 2-byte length prefix of a message; with a
-  :class:`TcpStreams` (as :class:`DnsExchanges` uses it) only segments where a message
-  starts are parsed, and the others (continuations of a longer message, retransmits)
-  return ``None`` and are counted as ``tcp_skipped``. No reassembly: a message longer
-  than its first segment keeps the answers that segment holds and is ``truncated``.
+  segment as starting with the 2-byte length prefix of a message and returns its first
+  message; :class:`DnsExchanges` tracks each stream (:class:`TcpStreams`), parses only
+  segments where a message starts, from there, and every message that starts in them
+  (pipelined queries or responses); the others (continuations of a longer message,
+  retransmits) are counted as ``tcp_skipped``. No reassembly: a message longer than its
+  first segment keeps the answers that segment holds and is ``truncated``.
 - When the capture was cut short (the IP header says the packet is longer than the
   bytes we got), the answers that fit are kept and ``truncated`` is set; the header and
   question must be complete. A packet that is short by its own lengths is an error. The
@@ -43,7 +44,7 @@ import ipaddress
 import re
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -156,20 +157,20 @@ class _Segment:
 # ---------------------------------------------------------------- IP and transport
 
 
-def parse_packet(data: bytes, streams: TcpStreams | None = None) -> DnsPacket | None:
+def parse_packet(data: bytes) -> DnsPacket | None:
     """Parse captured bytes (from the IP header on) into a DNS packet.
 
-    Returns ``None`` for a TCP segment without payload, and, given ``streams``, for a
-    TCP segment where no message starts; raises :class:`DnsParseError` for anything
-    malformed.
+    A TCP segment is read as starting with a message's length prefix, and only its first
+    message is returned (:class:`DnsExchanges` reads them all). Returns ``None`` for a
+    TCP segment without payload; raises :class:`DnsParseError` for anything malformed.
     """
     segment = _parse_ip(bytes(data))
     if segment.proto == PROTO_TCP:
-        message = _parse_tcp_message(segment, streams)
-        if message is None:
-            return None
-    else:
-        message = parse_message(segment.payload, segment.cut)
+        return next(_tcp_packets(segment, None), None)
+    return _packet(segment, parse_message(segment.payload, segment.cut))
+
+
+def _packet(segment: _Segment, message: DnsMessage) -> DnsPacket:
     return DnsPacket(segment.src, segment.sport, segment.dst, segment.dport, segment.proto, message)
 
 
@@ -274,37 +275,41 @@ def _parse_tcp(src: str, dst: str, payload: bytes, missing: int) -> _Segment:
     return _Segment(src, sport, dst, dport, PROTO_TCP, payload[header_len:], missing, seq)
 
 
-def _parse_tcp_message(segment: _Segment, streams: TcpStreams | None) -> DnsMessage | None:
-    """The first DNS message that starts in a TCP segment, if one does.
+def _tcp_packets(segment: _Segment, streams: TcpStreams | None) -> Iterator[DnsPacket]:
+    """Every DNS message that starts in a TCP segment: a client may pipeline several
+    queries in one segment, and a server their responses (RFC 7766 §6.2.1.1).
 
-    A message whose header or question continues in the next segment cannot be reported
-    (no reassembly), but neither is it malformed: it is skipped like a continuation.
+    Without ``streams`` the segment is read from its start. A message whose header or
+    question continues in the next segment cannot be reported (no reassembly), but
+    neither is it malformed: the first one is skipped like a continuation. A later one is
+    dropped quietly even where the capture cut it: where it starts is up to the sender,
+    not the capture length, which promises the first message's header and question only.
+    Each message moves on by at least its 2-byte prefix, so the loop is bounded.
     """
     if not segment.payload and not segment.missing:
-        return None  # handshake or bare ACK
+        return  # handshake or bare ACK
     offset = 0 if streams is None else streams.message_offset(segment)
     if offset is None:
-        return None
-    body, cut = _tcp_message(segment.payload[offset:], segment.cut)
-    try:
-        return parse_message(body, cut)
-    except DnsParseError as error:
-        if segment.cut or not cut or not error.reason.startswith("short"):
-            raise
-    if streams is not None:
-        streams.counts.tcp_skipped += 1
-    return None
-
-
-def _tcp_message(payload: bytes, cut: bool) -> tuple[bytes, bool]:
-    """The DNS message at the start of ``payload`` (after its 2-byte length)."""
-    if len(payload) < 2:
+        return
+    payload, first = segment.payload, True
+    if len(payload) < offset + 2:  # only without streams: they skip such a segment
         raise DnsParseError("short-tcp-dns", "length prefix cut off")
-    length = int.from_bytes(payload[:2], "big")
-    body = payload[2 : 2 + length]
-    # Shorter than its prefix: the capture was cut, or the message continues in later
-    # segments we do not reassemble. Either way keep what the bytes hold.
-    return body, cut or len(body) < length
+    while offset + 2 <= len(payload):
+        length = int.from_bytes(payload[offset : offset + 2], "big")
+        body = payload[offset + 2 : offset + 2 + length]
+        # Shorter than its prefix: the capture was cut, or the message continues in
+        # later segments we do not reassemble. Either way keep what the bytes hold.
+        cut = segment.cut or len(body) < length
+        try:
+            message = parse_message(body, cut)
+        except DnsParseError as error:
+            if not cut or not error.reason.startswith("short") or (first and segment.cut):
+                raise
+            if first and streams is not None:
+                streams.counts.tcp_skipped += 1
+            return
+        yield _packet(segment, message)
+        offset, first = offset + 2 + length, False
 
 
 # ---------------------------------------------------------------- TCP streams
@@ -615,7 +620,7 @@ class DnsExchanges:
     query, and is counted as ``translated``.
 
     TCP: only segments where a message starts are parsed (:class:`TcpStreams`, as many
-    directions remembered as queries pending).
+    directions remembered as queries pending), and every message that starts in them.
     """
 
     observer: str
@@ -629,17 +634,29 @@ class DnsExchanges:
     def __post_init__(self) -> None:
         self._streams = TcpStreams(self.counts, self.max_pending)
 
-    def observe(self, data: bytes, ts_unix_ns: int) -> RawDns | None:
-        """Take one captured packet; returns an event when it completes an exchange.
+    def observe(self, data: bytes, ts_unix_ns: int, out: list[RawDns]) -> None:
+        """Take one captured packet; appends to ``out`` the events its messages complete
+        (a TCP segment may carry several).
 
-        Raises :class:`DnsParseError` for a malformed packet (the caller counts it).
+        Raises :class:`DnsParseError` for a malformed packet (the caller counts it); the
+        events of messages before a malformed one in the same segment are in ``out``.
         """
-        packet = parse_packet(data, self._streams)
-        if packet is None:
-            return None
-        if not packet.message.is_response:
+        segment = _parse_ip(bytes(data))
+        if segment.proto == PROTO_TCP:
+            for packet in _tcp_packets(segment, self._streams):
+                self._take(packet, ts_unix_ns, out)
+        else:  # one message, read without a generator: the common path stays as lean
+            message = parse_message(segment.payload, segment.cut)
+            self._take(_packet(segment, message), ts_unix_ns, out)
+
+    def _take(self, packet: DnsPacket, ts_unix_ns: int, out: list[RawDns]) -> None:
+        if packet.message.is_response:
+            out.append(self._answer(packet, ts_unix_ns))
+        else:
             self._remember(packet, ts_unix_ns)
-            return None
+
+    def _answer(self, packet: DnsPacket, ts_unix_ns: int) -> RawDns:
+        """The event for a response: paired with its query when one is pending."""
         key = (packet.dst, packet.dport, packet.src, packet.sport, packet.message.id, packet.proto)
         query = self._pending.pop(key, None)
         if query is None:

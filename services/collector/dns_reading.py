@@ -3,7 +3,8 @@
 The ring buffer callback only copies ``data[:cap_len]`` (bcc's pointer is valid during
 the callback alone); parsing happens afterwards, in the event loop, through the
 :class:`DnsObserver` seam (``dns_parsing.DnsExchanges``). A packet the parser rejects is
-counted in ``flowscope_collector_dns_parse_errors_total``, logged rate-limited, skipped.
+counted in ``flowscope_collector_dns_parse_errors_total``, logged rate-limited, skipped
+(the events of messages before the bad one in the same TCP segment are delivered).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ EXPIRE_INTERVAL = 1.0  # s between expiries of queries that got no response
 class DnsObserver(Protocol):
     """What the DNS parser offers (flowscope.collector.dns_parsing.DnsExchanges)."""
 
-    def observe(self, data: bytes, ts_unix_ns: int) -> RawDns | None: ...
+    def observe(self, data: bytes, ts_unix_ns: int, out: list[RawDns]) -> None: ...
 
     def expire(self, now_ns: int) -> list[RawDns]: ...
 
@@ -95,17 +96,16 @@ class DnsReader:
         if not batch:
             return []
         offset = monotonic_to_realtime_offset()
-        out = []
+        out: list[RawDns] = []
         for packet in batch:
             try:
-                record = self._observer.observe(packet.data, packet.ts_mono_ns + offset)
+                self._observer.observe(packet.data, packet.ts_mono_ns + offset, out)
             except self._parse_errors as e:
                 self._metrics.dns_parse_errors.inc()
                 self._bad.warning(
                     "dns-parse-error", "captured DNS packet does not parse; skipped",
                     error=str(e), ifindex=packet.ifindex, length=packet.pkt_len,
                 )  # fmt: skip
-                continue
             except Exception as e:
                 # A parser bug, triggered by a packet from the wire: crashing would let
                 # anyone stop the collector with one packet. Count it, log it loudly.
@@ -114,9 +114,6 @@ class DnsReader:
                     "dns-parser-bug", "DNS parser failed unexpectedly; packet skipped",
                     error=repr(e), packet=packet.data[:64].hex(),
                 )  # fmt: skip
-                continue
-            if record is not None:
-                out.append(record)
         return out
 
     async def run(self, stopping: asyncio.Event) -> None:

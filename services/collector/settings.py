@@ -110,7 +110,7 @@ class DnsSettings:
     capture_bytes: int = setting(
         512,
         "bytes copied per DNS packet from its IP header on; 512 holds a classic UDP "
-        "answer, longer packets are parsed as truncated",
+        "answer; of a longer packet only the answers that fit are kept",
         parse=_between(64, 4096),
     )
     ring_buffer_pages: int = setting(

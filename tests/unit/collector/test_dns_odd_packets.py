@@ -7,6 +7,7 @@ import struct
 
 import pytest
 from flowscope.collector.dns_parsing import DnsExchanges, DnsParseError, parse_message, parse_packet
+from flowscope.core.records import RawDns
 
 from tests.unit.collector import packet_building as pb
 
@@ -72,10 +73,12 @@ def test_response_without_question_is_reported_with_the_query_question() -> None
     is the one the client asked."""
     exchanges = DnsExchanges("node")
     ask = pb.ipv4(CLIENT4, SERVER4, 17, pb.udp(40000, 53, pb.query("asked.example", "AAAA", 1)))
-    assert exchanges.observe(ask, 10) is None
+    events: list[RawDns] = []
+    exchanges.observe(ask, 10, events)
+    assert events == []
     refused = pb.ipv4(SERVER4, CLIENT4, 17, pb.udp(53, 40000, header(0x8185, qd=0)))
-    event = exchanges.observe(refused, 25)
-    assert event is not None
+    exchanges.observe(refused, 25, events)
+    (event,) = events
     reported = (event.qname, event.qtype, event.rcode, event.latency_ns)
     assert reported == ("asked.example", "AAAA", "REFUSED", 15)
 

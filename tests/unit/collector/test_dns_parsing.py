@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import struct
 
 import pytest
@@ -41,6 +43,19 @@ def udp4(message: bytes, to_server: bool = True, options: bytes = b"") -> bytes:
     if not to_server:
         src, dst, sport, dport = dst, src, dport, sport
     return pb.ipv4(src, dst, 17, pb.udp(sport, dport, message), options)
+
+
+def events_of(exchanges: DnsExchanges, data: bytes, ts: int) -> list[RawDns]:
+    out: list[RawDns] = []
+    exchanges.observe(data, ts, out)
+    return out
+
+
+def observe(exchanges: DnsExchanges, data: bytes, ts: int) -> RawDns | None:
+    """The event a packet with one DNS message completes, if any."""
+    events = events_of(exchanges, data, ts)
+    assert len(events) <= 1
+    return events[0] if events else None
 
 
 def answers_of(packet: DnsPacket | None) -> list[dict]:
@@ -149,10 +164,10 @@ def test_tcp_response_in_many_segments_is_one_event(mss: int) -> None:
     parse as bogus messages or fail mid-record) are skipped, not errors."""
     exchanges = DnsExchanges("n")
     query = pb.tcp_dns(pb.query("big.example", ident=77))
-    assert exchanges.observe(tcp4(CLIENT4, SERVER4, 41000, 53, query, 1000), 10) is None
+    assert observe(exchanges, tcp4(CLIENT4, SERVER4, 41000, 53, query, 1000), 10) is None
     message = pb.response("big.example", BIG_ANSWERS, ident=77)
     segments = response_segments(pb.tcp_dns(message), mss, isn=2**32 - 700)  # wraps
-    events = [exchanges.observe(segment, 20 + i) for i, segment in enumerate(segments)]
+    events = [observe(exchanges, segment, 20 + i) for i, segment in enumerate(segments)]
     found = [e for e in events if e is not None]
     assert len(found) == 1 and found[0].id == 77 and found[0].latency_ns == 10
     assert found[0].qname == "big.example" and found[0].answers
@@ -171,7 +186,7 @@ def test_tcp_stream_follows_length_prefixes_across_segments() -> None:
     def ids_of(bounds: list[tuple[int, int]]) -> tuple[list[int], int]:
         exchanges = DnsExchanges("n")
         events = [
-            exchanges.observe(tcp4(SERVER4, CLIENT4, 53, 41000, stream[a:b], 5000 + a), 1)
+            observe(exchanges, tcp4(SERVER4, CLIENT4, 53, 41000, stream[a:b], 5000 + a), 1)
             for a, b in bounds
         ]
         return [e.id for e in events if e is not None], exchanges.counts.tcp_skipped
@@ -186,9 +201,79 @@ def test_tcp_new_connection_on_the_same_ports_starts_a_message() -> None:
     exchanges = DnsExchanges("n")
     message = pb.tcp_dns(pb.response("t.example", ANSWERS, ident=5))
     for isn in (100, 3_000_000_000):
-        event = exchanges.observe(tcp4(SERVER4, CLIENT4, 53, 41000, message, isn), 1)
+        event = observe(exchanges, tcp4(SERVER4, CLIENT4, 53, 41000, message, isn), 1)
         assert event is not None and event.id == 5
     assert exchanges.counts.tcp_skipped == 0
+
+
+def pipelined(messages: list[bytes]) -> bytes:
+    return b"".join(pb.tcp_dns(message) for message in messages)
+
+
+def test_tcp_pipelined_queries_and_responses_in_one_segment_are_each_paired() -> None:
+    """RFC 7766 §6.2.1.1: a client may send several queries in one segment and the
+    server answer them in one, in any order. Every message is paired, and the stream's
+    next message start is still known."""
+    exchanges = DnsExchanges("n")
+    queries = pipelined([pb.query(f"q{i}.example", ident=i) for i in (1, 2, 3)])
+    assert events_of(exchanges, tcp4(CLIENT4, SERVER4, 41000, 53, queries, 100), 10) == []
+    assert exchanges.pending() == 3
+    responses = pipelined([pb.response(f"q{i}.example", ANSWERS, ident=i) for i in (2, 3, 1)])
+    events = events_of(exchanges, tcp4(SERVER4, CLIENT4, 53, 41000, responses, 7000), 25)
+    assert [(e.id, e.qname, e.latency_ns, e.answers) for e in events] == [
+        (i, f"q{i}.example", 15, KEPT) for i in (2, 3, 1)
+    ]
+    assert exchanges.pending() == 0 and exchanges.counts.answered == 3
+    later = pb.tcp_dns(pb.response("q4.example", ANSWERS, ident=4))
+    (event,) = events_of(
+        exchanges, tcp4(SERVER4, CLIENT4, 53, 41000, later, 7000 + len(responses)), 30
+    )
+    assert event.id == 4 and exchanges.counts.tcp_skipped == 0
+
+
+@pytest.mark.parametrize(("into_second", "ids"), [(200, [1, 2, 3]), (14, [1, 3])])
+def test_tcp_later_message_cut_by_the_segment_end_keeps_what_it_holds(
+    into_second: int, ids: list[int]
+) -> None:
+    """The last message of a segment continues in the next one: the answers it has in
+    this segment are kept (nothing, when its question continues); the next segment is
+    parsed from the message after it."""
+    first = pb.tcp_dns(pb.response("a.example", ANSWERS, ident=1))
+    second = pb.tcp_dns(pb.response("b.example", BIG_ANSWERS, ident=2))
+    stream = first + second + pb.tcp_dns(pb.response("c.example", ANSWERS, ident=3))
+    split = len(first) + into_second
+    exchanges = DnsExchanges("n")
+    events = events_of(exchanges, tcp4(SERVER4, CLIENT4, 53, 41000, stream[:split], 5000), 1)
+    rest = tcp4(SERVER4, CLIENT4, 53, 41000, stream[split:], 5000 + split)
+    events += events_of(exchanges, rest, 2)
+    assert [e.id for e in events] == ids and exchanges.counts.tcp_skipped == 0
+    if 2 in ids:
+        kept = [a["data"] for a in events[1].answers]
+        assert 0 < len(kept) < len(BIG_ANSWERS)
+        assert kept == [data for *_, data in BIG_ANSWERS[: len(kept)]]
+
+
+@pytest.mark.parametrize("ends_in", ["answers", "question", "prefix"])
+def test_capture_ending_inside_a_later_message_is_not_an_error(ends_in: str) -> None:
+    """The capture length promises the first message's header and question, not a later
+    one's: a later message it cuts keeps the answers it holds, or is dropped."""
+    first = pb.tcp_dns(pb.response("a.example", ANSWERS, ident=1))
+    second = pb.tcp_dns(pb.response("b.example", ANSWERS, ident=2))
+    captured = len(first) + {"answers": 90, "question": 16, "prefix": 1}[ends_in]
+    whole = tcp4(SERVER4, CLIENT4, 53, 41000, first + second, 5000)
+    events = events_of(DnsExchanges("n"), whole[: 40 + captured], 1)
+    assert [e.id for e in events] == ([1, 2] if ends_in == "answers" else [1])
+    if ends_in == "answers":
+        assert 0 < len(events[1].answers) < len(KEPT)
+
+
+def test_a_malformed_later_message_is_an_error_after_the_earlier_events() -> None:
+    first = pb.tcp_dns(pb.response("a.example", ANSWERS, ident=1))
+    bad = pb.tcp_dns(header(an=1) + b"\x01a\x00\x00\x01\x00\x01" + b"\xc0\x0c")
+    out: list[RawDns] = []
+    with pytest.raises(DnsParseError):
+        DnsExchanges("n").observe(tcp4(SERVER4, CLIENT4, 53, 41000, first + bad, 5000), 1, out)
+    assert [e.id for e in out] == [1]
 
 
 def test_rcode_and_qtype_names() -> None:
@@ -403,6 +488,33 @@ def test_fuzz_random_dns_in_valid_headers(message: bytes, shape: str) -> None:
     parse_or_reject(data)
 
 
+TCP_PIECES = [
+    pb.tcp_dns(pb.response("c.d", ANSWERS, ident=1)),
+    pb.tcp_dns(pb.query("c.d", ident=2)),
+    pb.tcp_dns(pb.response("big.example", BIG_ANSWERS[:40], ident=3)),
+]
+
+
+@FUZZ
+@given(
+    st.lists(st.one_of(st.sampled_from(TCP_PIECES), st.binary(max_size=40)), max_size=6),
+    st.lists(st.integers(0, 1500), max_size=4),
+    st.integers(40, 1500),
+)
+def test_fuzz_tcp_streams_through_exchanges(pieces: list[bytes], cuts: list[int], cap: int) -> None:
+    """A stream of messages and garbage, cut into segments anywhere and captured up to
+    ``cap`` bytes: events that round-trip, or DnsParseError; nothing else."""
+    stream = b"".join(pieces)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    exchanges = DnsExchanges("n")
+    for a, b in itertools.pairwise(bounds):
+        out: list[RawDns] = []
+        with contextlib.suppress(DnsParseError):
+            exchanges.observe(tcp4(SERVER4, CLIENT4, 53, 41000, stream[a:b], 9 + a)[:cap], 1, out)
+        for record in out:
+            assert RawDns.from_wire(record.to_wire()) == record
+
+
 VALID = [
     udp4(pb.query("www.example.com")),
     udp4(pb.response("www.example.com", ANSWERS), to_server=False),
@@ -442,9 +554,9 @@ def test_fuzz_mutated_valid_packets(data: bytes) -> None:
 
 def test_query_then_response_gives_latency() -> None:
     exchanges = DnsExchanges("node-1")
-    assert exchanges.observe(udp4(pb.query("www.example.com", ident=9)), 1_000) is None
-    event = exchanges.observe(
-        udp4(pb.response("www.example.com", ANSWERS, ident=9), to_server=False), 4_500
+    assert observe(exchanges, udp4(pb.query("www.example.com", ident=9)), 1_000) is None
+    event = observe(
+        exchanges, udp4(pb.response("www.example.com", ANSWERS, ident=9), to_server=False), 4_500
     )
     assert event == RawDns(
         observer="node-1", time_ns=1_000, id=9, qname="www.example.com", qtype="A",
@@ -456,7 +568,7 @@ def test_query_then_response_gives_latency() -> None:
 
 def test_response_without_query() -> None:
     exchanges = DnsExchanges("n")
-    event = exchanges.observe(udp4(pb.response("x.example", [], ident=3), to_server=False), 77)
+    event = observe(exchanges, udp4(pb.response("x.example", [], ident=3), to_server=False), 77)
     assert event is not None and event.latency_ns == 0 and event.time_ns == 77
     assert event.client == CLIENT4 and event.server == SERVER4
     assert exchanges.counts.unmatched == 1
@@ -464,17 +576,17 @@ def test_response_without_query() -> None:
 
 def test_response_with_other_id_does_not_match() -> None:
     exchanges = DnsExchanges("n")
-    exchanges.observe(udp4(pb.query("x.example", ident=1)), 10)
-    event = exchanges.observe(udp4(pb.response("x.example", [], ident=2), to_server=False), 20)
+    observe(exchanges, udp4(pb.query("x.example", ident=1)), 10)
+    event = observe(exchanges, udp4(pb.response("x.example", [], ident=2), to_server=False), 20)
     assert event is not None and event.latency_ns == 0
     assert exchanges.pending() == 1
 
 
 def test_retransmitted_query_keeps_first_time() -> None:
     exchanges = DnsExchanges("n")
-    exchanges.observe(udp4(pb.query("r.example", ident=5)), 100)
-    exchanges.observe(udp4(pb.query("r.example", ident=5)), 300)
-    event = exchanges.observe(udp4(pb.response("r.example", [], ident=5), to_server=False), 400)
+    observe(exchanges, udp4(pb.query("r.example", ident=5)), 100)
+    observe(exchanges, udp4(pb.query("r.example", ident=5)), 300)
+    event = observe(exchanges, udp4(pb.response("r.example", [], ident=5), to_server=False), 400)
     assert event is not None and event.latency_ns == 300
     assert exchanges.counts.retransmits == 1
 
@@ -482,19 +594,19 @@ def test_retransmitted_query_keeps_first_time() -> None:
 def test_pending_table_is_bounded_oldest_evicted() -> None:
     exchanges = DnsExchanges("n", max_pending=3)
     for ident in range(5):
-        exchanges.observe(udp4(pb.query("e.example", ident=ident)), ident)
+        observe(exchanges, udp4(pb.query("e.example", ident=ident)), ident)
     assert exchanges.pending() == 3
     assert exchanges.counts.evicted == 2
-    oldest = exchanges.observe(udp4(pb.response("e.example", [], ident=0), to_server=False), 9)
+    oldest = observe(exchanges, udp4(pb.response("e.example", [], ident=0), to_server=False), 9)
     assert oldest is not None and oldest.latency_ns == 0
-    kept = exchanges.observe(udp4(pb.response("e.example", [], ident=4), to_server=False), 9)
+    kept = observe(exchanges, udp4(pb.response("e.example", [], ident=4), to_server=False), 9)
     assert kept is not None and kept.latency_ns == 5
 
 
 def test_expire_emits_unanswered_queries() -> None:
     exchanges = DnsExchanges("n", timeout_ns=1_000)
-    exchanges.observe(udp4(pb.query("slow.example", ident=1)), 0)
-    exchanges.observe(udp4(pb.query("slow.example", ident=2)), 600)
+    observe(exchanges, udp4(pb.query("slow.example", ident=1)), 0)
+    observe(exchanges, udp4(pb.query("slow.example", ident=2)), 600)
     assert exchanges.expire(999) == []
     (event,) = exchanges.expire(1_000)
     assert (event.id, event.rcode, event.answers, event.latency_ns) == (1, "", [], 0)
@@ -510,11 +622,11 @@ def test_response_from_the_dnat_backend_pairs_with_the_query() -> None:
     """kube-proxy DNATs the Service address after TC ingress: the query is seen going to
     the Service, the response coming from the DNS pod. One event, the client's view."""
     exchanges = DnsExchanges("n")
-    exchanges.observe(udp4(pb.query("svc.example", ident=7)), 1_000)
+    observe(exchanges, udp4(pb.query("svc.example", ident=7)), 1_000)
     response = pb.ipv4(
         BACKEND4, CLIENT4, 17, pb.udp(5353, 40000, pb.response("svc.example", ANSWERS, ident=7))
     )
-    event = exchanges.observe(response, 1_800)
+    event = observe(exchanges, response, 1_800)
     assert event is not None
     assert (event.client, event.client_port, event.server, event.server_port) == (
         CLIENT4,
@@ -534,11 +646,11 @@ def test_response_from_the_dnat_backend_pairs_with_the_query() -> None:
 
 def test_translated_pairing_needs_the_same_client_port_id_and_transport() -> None:
     exchanges = DnsExchanges("n")
-    exchanges.observe(udp4(pb.query("svc.example", ident=7)), 1_000)
+    observe(exchanges, udp4(pb.query("svc.example", ident=7)), 1_000)
     for sport, dport, ident, proto in [(53, 40001, 7, 17), (53, 40000, 8, 17)]:
         message = pb.response("svc.example", [], ident=ident)
-        event = exchanges.observe(
-            pb.ipv4(BACKEND4, CLIENT4, proto, pb.udp(sport, dport, message)), 2_000
+        event = observe(
+            exchanges, pb.ipv4(BACKEND4, CLIENT4, proto, pb.udp(sport, dport, message)), 2_000
         )
         assert event is not None and event.latency_ns == 0 and event.server == BACKEND4
     assert exchanges.counts.unmatched == 2 and exchanges.pending() == 1
@@ -546,13 +658,13 @@ def test_translated_pairing_needs_the_same_client_port_id_and_transport() -> Non
 
 def test_exact_server_wins_over_an_older_translated_candidate() -> None:
     exchanges = DnsExchanges("n")
-    exchanges.observe(udp4(pb.query("a.example", ident=4)), 100)  # to SERVER4
+    observe(exchanges, udp4(pb.query("a.example", ident=4)), 100)  # to SERVER4
     other = pb.ipv4(CLIENT4, BACKEND4, 17, pb.udp(40000, 53, pb.query("a.example", ident=4)))
-    exchanges.observe(other, 200)  # the same question to a second server
+    observe(exchanges, other, 200)  # the same question to a second server
     answer = pb.ipv4(
         BACKEND4, CLIENT4, 17, pb.udp(53, 40000, pb.response("a.example", [], ident=4))
     )
-    event = exchanges.observe(answer, 500)
+    event = observe(exchanges, answer, 500)
     assert event is not None and (event.server, event.latency_ns) == (BACKEND4, 300)
     assert exchanges.counts.translated == 0
     (left,) = exchanges.expire(10**12)
@@ -561,7 +673,7 @@ def test_exact_server_wins_over_an_older_translated_candidate() -> None:
 
 def test_observe_raises_parse_error_for_bad_packet() -> None:
     with pytest.raises(DnsParseError):
-        DnsExchanges("n").observe(b"\x45garbage", 0)
+        observe(DnsExchanges("n"), b"\x45garbage", 0)
 
 
 @st.composite
@@ -599,7 +711,7 @@ def test_pairing_properties(items: list[tuple[bytes, int, bool | None]], max_pen
     emitted: list[RawDns] = []
     for data, ts, is_response in items:
         try:
-            event = exchanges.observe(data, ts)
+            event = observe(exchanges, data, ts)
         except DnsParseError:
             assert is_response is None
             continue

@@ -25,12 +25,14 @@ class Observer:
 
     counts = ExchangeCounts()
 
-    def observe(self, data: bytes, ts_unix_ns: int) -> RawDns | None:
+    def observe(self, data: bytes, ts_unix_ns: int, out: list[RawDns]) -> None:
         if data[:1] == b"e":
             raise ParseError("bad")
         if data[:1] == b"b":
             raise IndexError("parser bug")
-        return RawDns("n", ts_unix_ns, 1, "x.test", "A", "NOERROR", "10.0.0.1", 1, "10.0.0.2", 53)
+        out.append(
+            RawDns("n", ts_unix_ns, 1, "x.test", "A", "NOERROR", "10.0.0.1", 1, "10.0.0.2", 53)
+        )
 
     def expire(self, now_ns: int) -> list[RawDns]:
         return []
