@@ -603,6 +603,36 @@ def test_apparmor_profile_mistakes_fail_the_install() -> None:
         _collector_pod({"collector": {"appArmor": {"profile": "Localhost"}}})
 
 
+def test_the_collector_names_its_seccomp_profile_so_the_kubelet_default_does_not_decide() -> None:
+    security = _collector_pod()["spec"]["containers"][0]["securityContext"]
+    assert security["seccompProfile"] == {"type": "Unconfined"}
+
+
+@pytest.mark.parametrize(
+    ("seccomp", "field"),
+    [
+        ({"profile": "RuntimeDefault"}, {"type": "RuntimeDefault"}),
+        ({"profile": "Localhost", "localhostProfile": "profiles/flowscope.json"},
+         {"type": "Localhost", "localhostProfile": "profiles/flowscope.json"}),
+        ({"profile": ""}, None),
+    ],
+)  # fmt: skip
+def test_the_collector_seccomp_profile_is_chosen_by_value(
+    seccomp: dict[str, str], field: dict[str, str] | None
+) -> None:
+    security = _collector_pod({"collector": {"seccomp": seccomp}})["spec"]["containers"][0][
+        "securityContext"
+    ]
+    assert security.get("seccompProfile") == field
+
+
+def test_seccomp_profile_mistakes_fail_the_install() -> None:
+    with pytest.raises(TemplateFailure, match=r"collector\.seccomp\.profile must be"):
+        _collector_pod({"collector": {"seccomp": {"profile": "runtime/default"}}})
+    with pytest.raises(TemplateFailure, match=r"Localhost needs collector\.seccomp\.localhost"):
+        _collector_pod({"collector": {"seccomp": {"profile": "Localhost"}}})
+
+
 @pytest.mark.parametrize(
     ("auth", "problem"),
     [

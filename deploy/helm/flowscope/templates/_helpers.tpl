@@ -222,6 +222,25 @@ appArmorProfile:
 {{- end }}
 {{- end }}
 
+{{/* The collector container's seccompProfile (values: collector.seccomp). */}}
+{{- define "flowscope.collectorSeccompProfile" -}}
+{{- with .Values.collector.seccomp }}
+{{- if and .profile (not (has .profile (list "RuntimeDefault" "Unconfined" "Localhost"))) }}
+{{- fail (printf "collector.seccomp.profile must be RuntimeDefault, Unconfined, Localhost or empty, not %q" .profile) }}
+{{- end }}
+{{- if and (eq .profile "Localhost") (not .localhostProfile) }}
+{{- fail "collector.seccomp.profile Localhost needs collector.seccomp.localhostProfile (a profile's path under the kubelet's seccomp directory)" }}
+{{- end }}
+{{- if .profile }}
+seccompProfile:
+  type: {{ .profile }}
+  {{- if eq .profile "Localhost" }}
+  localhostProfile: {{ .localhostProfile | quote }}
+  {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The same profile as the beta annotation's value, for clusters before 1.30. */}}
 {{- define "flowscope.collectorAppArmorAnnotation" -}}
 {{- with .Values.collector.appArmor }}
