@@ -371,6 +371,7 @@ typedef struct {
     LineAt *at;
     Py_ssize_t n, at_cap;
     SubjectAt *per;    /* per subject, in the order of `subjects` */
+    Py_ssize_t last;   /* the subject of the last line (lines_trim) */
     PyObject *subjects; /* list of str: each subject once, in the order of its first line */
     PyObject *index;    /* dict: subject → its index in `subjects` */
 } Lines;
@@ -448,6 +449,7 @@ lines_reserve(Lines *l, PyObject *subject, Py_ssize_t len)
         l->cap = cap;
     }
     SubjectAt *per = &l->per[s];
+    l->last = s;
     l->at[l->n] = (LineAt){.offset = l->used, .len = len, .next = -1};
     if (per->last >= 0)
         l->at[per->last].next = l->n;
@@ -459,6 +461,16 @@ lines_reserve(Lines *l, PyObject *subject, Py_ssize_t len)
     char *o = l->buf + l->used;
     l->used += len;
     return o;
+}
+
+/* The last line lines_reserve made room for, `extra` bytes shorter (it was given room
+ * for the longest it could be). */
+static void
+lines_trim(Lines *l, Py_ssize_t extra)
+{
+    l->used -= extra;
+    l->at[l->n - 1].len -= extra;
+    l->per[l->last].bytes -= extra;
 }
 
 /* Lines.lines(): {subject: [line, ...]} — what the Python path's dict would hold. */
@@ -618,6 +630,7 @@ typedef struct Slot {
     Py_ssize_t unanswered;
     int answered; /* an entry answered this address once (name_json) */
     uint8_t len, alen;
+    uint8_t key_canonical; /* key is the canonical str's text (merge_owner compares keys) */
     char key[KEY_MAX + 1];
     uint8_t packed[16];    /* the entry's packed bytes, alen of them */
 } Slot;
@@ -1561,12 +1574,26 @@ static const char digit_pairs[201] =
     "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
     "8081828384858687888990919293949596979899";
 
-/* Decimal text of v into buf (at least 21 bytes); returns its length. */
+#define INT_MAX_TEXT 20 /* "-9223372036854775808" */
+
+/* Decimal text of v into buf (room for INT_MAX_TEXT bytes), written in place from its
+ * last digit (no copy of a scratch text: a call per number); returns its length. */
 static Py_ssize_t
 format_int(long long v, char *buf)
 {
-    char tmp[24], *p = tmp + sizeof tmp;
+    static const unsigned long long powers[20] = {
+        1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL,
+        100000000ULL, 1000000000ULL, 10000000000ULL, 100000000000ULL, 1000000000000ULL,
+        10000000000000ULL, 100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
+        100000000000000000ULL, 1000000000000000000ULL, 10000000000000000000ULL};
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    /* floor(log10(u)) from the bit length (1233 / 4096 ~ log10(2)), off by one at most */
+    int t = ((64 - __builtin_clzll(u | 1)) * 1233) >> 12;
+    Py_ssize_t digits = u < 10 ? 1 : t + 1 - (u < powers[t]);
+    Py_ssize_t len = (v < 0) + digits;
+    char *p = buf + len;
+    if (v < 0)
+        buf[0] = '-';
     while (u >= 100) {
         unsigned r = (unsigned)(u % 100);
         u /= 100;
@@ -1579,19 +1606,13 @@ format_int(long long v, char *buf)
     } else {
         *--p = (char)('0' + u);
     }
-    Py_ssize_t len = 0, n = tmp + sizeof tmp - p;
-    if (v < 0)
-        buf[len++] = '-';
-    memcpy(buf + len, p, (size_t)n);
-    return len + n;
+    return len;
 }
 
 typedef struct {
     const char *data;
     Py_ssize_t len;
 } Piece;
-
-#define LIT(s) {s, (Py_ssize_t)(sizeof(s) - 1)}
 
 /* A line of `total` bytes joined from n pieces, added under `subject`: to the batch's
  * Lines (flow_body), else as a bytes object to its lines dict. 0, or -1: an error. */
@@ -1619,8 +1640,40 @@ emit(Batch *b, PyObject *subject, const Piece *pieces, int n, Py_ssize_t total)
     return rc;
 }
 
-/* The record's line, as render_line writes it, emitted under `subject`; pieces of bytes
- * objects are borrowed. */
+/* Room for a line of `most` bytes at most under `subject`: in the batch's Lines
+ * (flow_body), else in a new bytes object *line. NULL: an error. */
+static char *
+line_open(Batch *b, PyObject *subject, Py_ssize_t most, PyObject **line)
+{
+    if (b->rendered != NULL)
+        return lines_reserve(b->rendered, subject, most);
+    if ((*line = PyBytes_FromStringAndSize(NULL, most)) == NULL)
+        return NULL;
+    return PyBytes_AS_STRING(*line);
+}
+
+/* line_open's line, `len` of its `most` bytes written, added. 0, or -1: an error. */
+static int
+line_close(Batch *b, PyObject *subject, PyObject *line, Py_ssize_t len, Py_ssize_t most)
+{
+    if (line == NULL) {
+        lines_trim(b->rendered, most - len);
+        return 0;
+    }
+    if (_PyBytes_Resize(&line, len) < 0) /* frees it on failure */
+        return -1;
+    int rc = bucket_append(b->lines, subject, line);
+    Py_DECREF(line);
+    return rc;
+}
+
+/* At least what render's literal texts add up to (329 bytes with every optional one) */
+#define RENDER_TEXT 512
+
+/* The record's line, as render_line writes it, emitted under `subject`: written in
+ * place — the literal texts by copies of a known size, the integers by format_int —
+ * into room for the longest it can be, then trimmed (pieces joined by a memcpy call
+ * each were ~40 calls a line). */
 static int
 render(Batch *b, PyObject *subject, const Raw *r, const char *cid, PyObject *direction_json, PyObject *reason_json,
        PyObject *network_json, PyObject *observer_json, long sport, long dport,
@@ -1628,57 +1681,74 @@ render(Batch *b, PyObject *subject, const Raw *r, const char *cid, PyObject *dir
        PyObject *dst_json, PyObject *src_proc_json, PyObject *dst_proc_json,
        PyObject *dst_name_json, PyObject *src_name_json)
 {
-    char nums[8][24];
-    long long values[8] = {r->start_ns, r->end_ns, sport, dport, fwd_b, fwd_p, rev_b, rev_p};
-    Py_ssize_t lens[8];
-    for (int i = 0; i < 8; i++)
-        lens[i] = format_int(values[i], nums[i]);
     PyObject *transport = PyList_GET_ITEM(transports, r->proto);
     PyObject *flags = r->proto == TCP ? PyList_GET_ITEM(flag_tags, r->flags & 0xFF) : NULL;
-#define B(o) {PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o)}
-#define N(i) {nums[i], lens[i]}
-    Piece pieces[42] = { /* 30 here, then at most 12 below */
-        LIT("{\"flow.community_id\":\""), {cid, CID_LEN},
-        LIT("\",\"flow.start_ns\":"), N(0),
-        LIT(",\"flow.end_ns\":"), N(1),
-        LIT(",\"flow.end_reason\":"), B(reason_json),
-        LIT(",\"flow.direction\":"), B(direction_json),
-        LIT(",\"network.type\":"), B(network_json),
-        LIT(",\"network.transport\":"), B(transport),
-        LIT(",\"source.port\":"), N(2),
-        LIT(",\"destination.port\":"), N(3),
-        LIT(",\"flow.bytes.delta\":"), N(4),
-        LIT(",\"flow.packets.delta\":"), N(5),
-        LIT(",\"flow.reverse.bytes.delta\":"), N(6),
-        LIT(",\"flow.reverse.packets.delta\":"), N(7),
-        LIT(",\"observer.node.name\":"), B(observer_json),
-    };
-    int n = 30;
+    PyObject *parts[] = {reason_json, direction_json, network_json, transport, observer_json,
+                         flags, src_json, dst_json, src_proc_json, dst_proc_json,
+                         dst_name_json, src_name_json};
+    Py_ssize_t most = RENDER_TEXT + CID_LEN + 8 * INT_MAX_TEXT;
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (parts[i] != NULL)
+            most += PyBytes_GET_SIZE(parts[i]);
+    PyObject *line = NULL;
+    char *start = line_open(b, subject, most, &line), *o = start;
+    if (start == NULL)
+        return -1;
+#define PUT(s) (memcpy(o, s, sizeof(s) - 1), o += sizeof(s) - 1)
+#define PUT_B(x) (memcpy(o, PyBytes_AS_STRING(x), (size_t)PyBytes_GET_SIZE(x)), o += PyBytes_GET_SIZE(x))
+#define PUT_N(v) (o += format_int(v, o))
+    PUT("{\"flow.community_id\":\"");
+    memcpy(o, cid, CID_LEN);
+    o += CID_LEN;
+    PUT("\",\"flow.start_ns\":");
+    PUT_N(r->start_ns);
+    PUT(",\"flow.end_ns\":");
+    PUT_N(r->end_ns);
+    PUT(",\"flow.end_reason\":");
+    PUT_B(reason_json);
+    PUT(",\"flow.direction\":");
+    PUT_B(direction_json);
+    PUT(",\"network.type\":");
+    PUT_B(network_json);
+    PUT(",\"network.transport\":");
+    PUT_B(transport);
+    PUT(",\"source.port\":");
+    PUT_N(sport);
+    PUT(",\"destination.port\":");
+    PUT_N(dport);
+    PUT(",\"flow.bytes.delta\":");
+    PUT_N(fwd_b);
+    PUT(",\"flow.packets.delta\":");
+    PUT_N(fwd_p);
+    PUT(",\"flow.reverse.bytes.delta\":");
+    PUT_N(rev_b);
+    PUT(",\"flow.reverse.packets.delta\":");
+    PUT_N(rev_p);
+    PUT(",\"observer.node.name\":");
+    PUT_B(observer_json);
     if (flags != NULL)
-        pieces[n++] = (Piece)B(flags);
-    pieces[n++] = (Piece)LIT(",");
-    pieces[n++] = (Piece)B(src_json);
-    pieces[n++] = (Piece)LIT(",");
-    pieces[n++] = (Piece)B(dst_json);
+        PUT_B(flags);
+    PUT(",");
+    PUT_B(src_json);
+    PUT(",");
+    PUT_B(dst_json);
     if (src_proc_json != NULL)
-        pieces[n++] = (Piece)B(src_proc_json);
+        PUT_B(src_proc_json);
     if (dst_proc_json != NULL)
-        pieces[n++] = (Piece)B(dst_proc_json);
+        PUT_B(dst_proc_json);
     if (dst_name_json != NULL) {
-        pieces[n++] = (Piece)LIT(",\"destination.domain\":");
-        pieces[n++] = (Piece)B(dst_name_json);
+        PUT(",\"destination.domain\":");
+        PUT_B(dst_name_json);
     }
     if (src_name_json != NULL) {
-        pieces[n++] = (Piece)LIT(",\"source.domain\":");
-        pieces[n++] = (Piece)B(src_name_json);
+        PUT(",\"source.domain\":");
+        PUT_B(src_name_json);
     }
-    pieces[n++] = (Piece)LIT("}\n");
-#undef B
-#undef N
-    Py_ssize_t total = 0;
-    for (int i = 0; i < n; i++)
-        total += pieces[i].len;
-    return emit(b, subject, pieces, n, total);
+    PUT("}\n");
+#undef PUT
+#undef PUT_B
+#undef PUT_N
+    return line_close(b, subject, line, o - start, most);
 }
 
 /* ------------------------------------------------------------------ one record */
@@ -1691,7 +1761,7 @@ render(Batch *b, PyObject *subject, const Raw *r, const char *cid, PyObject *dir
  * Borrowed; -1 in *error when a comparison failed. */
 static PyObject *
 merge_owner(PyObject *src, long sport, PyObject *dst, long dport, PyObject *src_home,
-            PyObject *dst_home, int *error)
+            PyObject *dst_home, const Slot *src_slot, const Slot *dst_slot, int *error)
 {
     int truthy_s = truthy(src_home), truthy_d = truthy(dst_home);
     if (truthy_s < 0 || truthy_d < 0)
@@ -1705,8 +1775,19 @@ merge_owner(PyObject *src, long sport, PyObject *dst, long dport, PyObject *src_
         goto failed;
     if (same)
         return src_home;
-    /* (src, sport) <= (dst, dport) picks the source's node */
-    int order = src == dst ? 0 : PyUnicode_Compare(src, dst);
+    /* (src, sport) <= (dst, dport) picks the source's node; the slots' keys, in the
+     * cache, order as their ASCII str do (the str's text was a cache miss per record) */
+    int order;
+    if (src == dst)
+        order = 0;
+    else if (src_slot != NULL && dst_slot != NULL && src_slot->key_canonical &&
+             dst_slot->key_canonical) {
+        int n = Py_MIN(src_slot->len, dst_slot->len);
+        order = memcmp(src_slot->key, dst_slot->key, (size_t)n);
+        if (order == 0)
+            order = src_slot->len < dst_slot->len ? -1 : src_slot->len > dst_slot->len;
+    } else
+        order = PyUnicode_Compare(src, dst);
     if (order == -1 && PyErr_Occurred())
         goto failed;
     return (order == 0 ? sport <= dport : order < 0) ? src_home : dst_home;
@@ -1719,10 +1800,12 @@ failed:
  * merge owner reports (every known home active at `at`), 0 when kept, -1 error. */
 static int
 duplicate(Batch *b, PyObject *observer, long long at, PyObject *src, long sport,
-          PyObject *dst, long dport, PyObject *src_home, PyObject *dst_home)
+          PyObject *dst, long dport, PyObject *src_home, PyObject *dst_home,
+          const Slot *src_slot, const Slot *dst_slot)
 {
     int error = 0;
-    PyObject *owner = merge_owner(src, sport, dst, dport, src_home, dst_home, &error);
+    PyObject *owner = merge_owner(src, sport, dst, dport, src_home, dst_home, src_slot,
+                                  dst_slot, &error);
     if (owner == NULL)
         return error;
     int other = PyObject_RichCompareBool(owner, observer, Py_NE);
@@ -1846,7 +1929,7 @@ enrich(Batch *b, Raw *r)
 
     /* cross-node dedup (Enricher._duplicate) */
     int dropped = duplicate(b, r->observer, at, src, sport, dst, dport, src_end.home,
-                            dst_end.home);
+                            dst_end.home, src_slot, dst_slot);
     if (dropped < 0)
         goto done;
     if (dropped) {
@@ -2316,6 +2399,26 @@ static const struct {
 #undef KEY
 };
 
+/* memcmp(p, key, n) == 0 for a key text (6 to 13 bytes): two overlapping loads each
+ * instead of a call per key (13 or more a line); a text outside 4 to 16 bytes, which
+ * two loads do not cover, is compared by memcmp */
+static inline int
+key_at(const char *p, const char *key, Py_ssize_t n)
+{
+    uint64_t a, b, c, d;
+    if (n < 4 || n > 16)
+        return memcmp(p, key, (size_t)n) == 0;
+    if (n < 8) {
+        uint32_t w, x, y, z;
+        memcpy(&w, p, 4), memcpy(&x, key, 4);
+        memcpy(&y, p + n - 4, 4), memcpy(&z, key + n - 4, 4);
+        return w == x && y == z;
+    }
+    memcpy(&a, p, 8), memcpy(&b, key, 8);
+    memcpy(&c, p + n - 8, 8), memcpy(&d, key + n - 8, 8);
+    return a == b && c == d;
+}
+
 static int
 plain(const char *p, const char *end, Line *l)
 {
@@ -2328,7 +2431,7 @@ plain(const char *p, const char *end, Line *l)
          * the same field either way */
         int next = f + 1;
         Py_ssize_t n = key_texts[next].len;
-        if (n > 0 && end - p > n && memcmp(p, key_texts[next].text, (size_t)n) == 0) {
+        if (n > 0 && end - p > n && key_at(p, key_texts[next].text, n)) {
             f = next;
             p += n;
         } else {
@@ -2392,12 +2495,35 @@ static uint64_t slots_moved; /* counts growths and clears: a Slot pointer is sta
  * from (held, so that another one can never have the same address) */
 static PyObject *slots_addresses, *slots_resolver, *slots_answers;
 
+/* A text's hash, never 0: its bytes 8 at a time (FNV-1a's byte at a time was ~2 % of a
+ * record), the last 1 to 7 in one word read as overlapping loads, then mixed as
+ * MurmurHash3's finalizer does (the table takes the low bits). */
 static uint64_t
 text_hash(const char *s, Py_ssize_t n)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (Py_ssize_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, w;
+    for (; n >= 8; s += 8, n -= 8) {
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
+    if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, s, 4);
+        memcpy(&hi, s + n - 4, 4);
+        w = (uint64_t)lo | (uint64_t)hi << 32;
+    } else if (n > 0) {
+        w = (uint64_t)(unsigned char)s[0] | (uint64_t)(unsigned char)s[n / 2] << 8 |
+            (uint64_t)(unsigned char)s[n - 1] << 16;
+    } else {
+        w = 0;
+    }
+    h ^= w;
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 33;
+    h *= 0xC4CEB9FE1A85EC53ULL;
+    h ^= h >> 33;
     return h | 1;
 }
 
@@ -2459,6 +2585,9 @@ table_insert(uint64_t h, const char *s, Py_ssize_t n, PyObject *entry, PyObject 
     slots[j].answered = 0;
     slots[j].len = (uint8_t)n;
     memcpy(slots[j].key, s, (size_t)n);
+    slots[j].key_canonical = PyUnicode_IS_COMPACT_ASCII(canonical) &&
+                             PyUnicode_GET_LENGTH(canonical) == n &&
+                             memcmp(PyUnicode_DATA(canonical), s, (size_t)n) == 0;
     slots[j].alen = (uint8_t)PyBytes_GET_SIZE(packed);
     memcpy(slots[j].packed, PyBytes_AS_STRING(packed), slots[j].alen);
     slots_used++;
@@ -2641,7 +2770,7 @@ look_near(Batch *b, Line *l)
         touch_span(slot->canonical, 1);
         PyObject *json = k == 0 ? slot->kept.source_json : slot->kept.destination_json;
         if (slot->kept.ident != NULL && json != NULL)
-            touch_span(PyBytes_AS_STRING(json), 256);
+            touch_span(json, offsetof(PyBytesObject, ob_sval) + 256); /* its size, too */
     }
     /* A name hit is a chain of misses: the OrderedDict's index and entry, the key, the
      * entry's list, its items, the expiry's float and the JSON. The probe is made here,
