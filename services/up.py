@@ -322,6 +322,27 @@ async def _stop_children(pipeline: Pipeline, grace: float) -> list[int | None]:
     return statuses
 
 
+async def _until_one_ends(
+    pipeline: Pipeline, nats_proc: asyncio.subprocess.Process | None, stop: asyncio.Event
+) -> list[str]:
+    """Wait for Ctrl-C / SIGTERM or for a child or up's own nats-server to end; returns
+    what ended unasked ("enricher exited with status 1"), [] when asked to stop. Every
+    process runs in a session of its own, so none ends unasked but by a crash or a signal
+    from elsewhere — either way the pipeline no longer runs, which is what to say."""
+    processes = [(c.name, c.process) for c in pipeline.children]
+    if nats_proc is not None:
+        processes.append(("nats-server", nats_proc))
+    waits = [asyncio.ensure_future(process.wait()) for _, process in processes]
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
+    for waiting in (*waits, stopper):
+        waiting.cancel()
+    if stop.is_set():
+        return []
+    return [f"{name} exited with status {process.returncode}"
+            for name, process in processes if process.returncode is not None]  # fmt: skip
+
+
 async def _run(settings: Settings, workdir: Path, sinks: list[Sink]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -332,6 +353,7 @@ async def _run(settings: Settings, workdir: Path, sinks: list[Sink]) -> int:
     if not nats_url:
         nats_proc, nats_url = await _start_nats(workdir)
     pipeline = Pipeline(nats_url)
+    crashed: list[str] = []
     try:
         # Order follows the data path's consumers first, so streams exist before data.
         for name in ("exporter", "enricher", "collector"):
@@ -339,13 +361,9 @@ async def _run(settings: Settings, workdir: Path, sinks: list[Sink]) -> int:
         reports = await _wait_ready(pipeline, settings.ready_timeout, stop)
         if not stop.is_set():
             print(_summary(pipeline, reports, sinks), file=sys.stderr, flush=True)
-        waits = [asyncio.ensure_future(c.process.wait()) for c in pipeline.children]
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([*waits, stopper], return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        crashed = [c.name for c in pipeline.children if c.process.returncode not in (None, 0)]
+        crashed = await _until_one_ends(pipeline, nats_proc, stop)
         if crashed:
-            log.error(f"stopping: {', '.join(crashed)} exited")
+            log.error(f"stopping: {', '.join(crashed)}")
     finally:
         # Collector first (it flushes its last flows and removes its filters), then the
         # enricher and the exporter drain what is in flight; NATS last.

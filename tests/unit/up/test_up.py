@@ -1,8 +1,12 @@
 """``flowscope up`` ignores nothing it is told: the HTTP address it cannot honour and a
-sink setting the exporter would not use are refused (exit 2), and the ready line names
-the sinks the exporter really runs."""
+sink setting the exporter would not use are refused (exit 2), the ready line names
+the sinks the exporter really runs, and a process of the pipeline that ends unasked
+(its nats-server included) is named."""
 
 from __future__ import annotations
+
+import asyncio
+import sys
 
 import pytest
 from flowscope import cli, up
@@ -131,3 +135,46 @@ def test_each_child_gets_the_flowscope_variables_it_reads(
         assert "FLOWSCOPE_NATS_URLS" not in env
         assert env["FLOWSCOPE_CONFIG"] == "/etc/flowscope.yaml" and env["HOME"] == "/root"
     assert not cli.unknown_variables(enricher) and not cli.unknown_variables(collector)
+
+
+# ---------------------------------------------------------------- processes ending
+
+
+async def _process(code: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+
+
+async def test_the_nats_server_ending_unasked_stops_the_pipeline_and_is_named() -> None:
+    service = await _process("import time; time.sleep(60)")
+    nats = await _process("import sys; sys.exit(3)")
+    pipeline = up.Pipeline("nats://127.0.0.1:4222", [up.Child("enricher", service, 0)])
+    try:
+        ended = await asyncio.wait_for(up._until_one_ends(pipeline, nats, asyncio.Event()), 30)
+        assert ended == ["nats-server exited with status 3"]
+    finally:
+        service.kill()
+        await service.wait()
+
+
+async def test_a_child_ending_even_with_status_0_unasked_is_named() -> None:
+    service = await _process("pass")
+    nats = await _process("import time; time.sleep(60)")
+    pipeline = up.Pipeline("nats://127.0.0.1:4222", [up.Child("exporter", service, 0)])
+    try:
+        ended = await asyncio.wait_for(up._until_one_ends(pipeline, nats, asyncio.Event()), 30)
+        assert ended == ["exporter exited with status 0"]
+    finally:
+        nats.kill()
+        await nats.wait()
+
+
+async def test_asked_to_stop_nothing_is_named() -> None:
+    service = await _process("import time; time.sleep(60)")
+    stop = asyncio.Event()
+    stop.set()
+    pipeline = up.Pipeline("nats://127.0.0.1:4222", [up.Child("collector", service, 0)])
+    try:
+        assert await asyncio.wait_for(up._until_one_ends(pipeline, None, stop), 30) == []
+    finally:
+        service.kill()
+        await service.wait()
