@@ -11,7 +11,9 @@ request that fails (peer down, 429/5xx, 401/403 while credentials are being fixe
 retried, never dead-lettered: those records are fine, the backend is not.
 
 Like the official client, every response must carry ``X-Elastic-Product:
-Elasticsearch``; a peer without it is treated as unavailable.
+Elasticsearch``; a peer without it is treated as unavailable. So is a redirect, which
+is not followed: the records (and, to the same origin, the credentials) would go to
+wherever it points, plaintext ``http://`` included.
 
 TLS (CA, client certificate and key for mutual TLS) is loaded when the sink is built,
 before any connection: a file that is not PEM, or one set for an ``http://`` URL (it
@@ -27,7 +29,7 @@ import io
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from flowscope.core.tls import TlsFile, client_context, setting_name
 from flowscope.exporter import ecs
 from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.retrying import Backoff, Stopper
-from flowscope.exporter.settings import ElasticsearchSettings
+from flowscope.exporter.settings import ElasticsearchSettings, parse_secret, redacted
 from flowscope.exporter.sink import ExportResult, Kind, Record
 
 log = logging.getLogger("flowscope.exporter.elasticsearch")
@@ -63,6 +65,7 @@ ITEM_STATUS = b'"status":'  # once per item of such an answer
 # status, by error type.
 SETUP_STATUSES = frozenset({401, 403, 404})
 SETUP_ERRORS = frozenset({"security_exception", "index_not_found_exception"})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})  # those aiohttp would follow
 
 
 class BackendError(Exception):
@@ -327,15 +330,18 @@ def _signature(path: str) -> tuple[int, int, int, int]:
 
 
 def _read_secret(file: SecretFile) -> tuple[tuple[int, int, int, int], str]:
-    """The file's signature and its content without surrounding whitespace (a final
-    newline); empty or unreadable is a ConfigError naming the setting."""
+    """The file's signature and its content as :func:`parse_secret` takes it (without
+    a final newline); empty, unreadable, or with a control character inside is a
+    ConfigError naming the setting."""
     try:
         seen = _signature(file.path)
-        secret = Path(file.path).read_text().strip()
+        secret = parse_secret(Path(file.path).read_text())
     except OSError as e:
         raise ConfigError(file.setting, f"{file.path} cannot be read ({e.strerror})") from e
     except UnicodeDecodeError as e:  # its message quotes a byte of the secret: not shown
         raise ConfigError(file.setting, f"{file.path} is not UTF-8 text") from e
+    except ValueError as e:
+        raise ConfigError(file.setting, f"{file.path}: {e}") from e
     if not secret:
         raise ConfigError(file.setting, f"{file.path} is empty")
     return seen, secret
@@ -395,9 +401,11 @@ class BulkClient:
             headers["Authorization"] = authorization
         try:
             async with self._client().request(
-                method, self._base + path, data=body, headers=headers
+                method, self._base + path, data=body, headers=headers, allow_redirects=False
             ) as r:
                 payload = await r.read()
+                if r.status in REDIRECTS:
+                    raise BackendError(_redirected(self._base, r.status, r.headers))
                 if r.headers.get(PRODUCT_HEADER) != "Elasticsearch":
                     raise BackendError(f"{self._base} is not Elasticsearch (no {PRODUCT_HEADER})")
                 if r.status in (401, 403):
@@ -409,6 +417,16 @@ class BulkClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _redirected(base: str, status: int, headers: Mapping[str, str]) -> str:
+    """The error of a redirect: where it points, and what to change."""
+    location = redacted(headers.get("Location", "(no Location)"))
+    return (
+        f"{base} answered {status} redirecting to {location}: redirects are not followed "
+        f"(the records would go there); set {setting_name('elasticsearch', 'url')} to "
+        "the final URL"
+    )
 
 
 def _decode(payload: bytes) -> Any:

@@ -12,7 +12,10 @@ the answer per the OTLP specification:
   503, 504 are retryable, honouring ``Retry-After``; connection errors too, and a 2xx
   whose body is not an ``ExportLogsServiceResponse`` (a proxy's page: whether the
   receiver got the records is unknown, and at least once means sending again).
-- Anything else is permanent: the records are dead-lettered.
+- Anything else is permanent: the records are dead-lettered. That includes an HTTP
+  redirect, which is not followed (aiohttp would, taking the headers' tokens and the
+  records to wherever it points, plaintext ``http://`` included); the error names
+  where it pointed, so the endpoint can be set to it.
 - A record the encoder cannot carry (an integer outside int64, see
   ``otlp_encoding.OutOfRangeError``) is left out of the request and dead-lettered alone.
 - A ``partial_success`` with rejected log records is logged and counted, not retried;
@@ -59,6 +62,7 @@ RETRYABLE_GRPC = frozenset(
     }
 )
 RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})  # those aiohttp would follow
 GZIP_LEVEL = 1  # flows compress ~10x even at level 1; higher levels cost CPU, gain little
 
 
@@ -167,10 +171,14 @@ class HttpTransport:
     async def send(self, body: bytes) -> Outcome:
         data = gzip_compress(body) if self._target.gzip else body
         try:
-            async with self._client().post(self._target.url, data=data, headers=self._headers) as r:
+            async with self._client().post(
+                self._target.url, data=data, headers=self._headers, allow_redirects=False
+            ) as r:
                 payload = await r.read()
                 if 200 <= r.status < 300:
                     return _decoded(r.status, payload, r.content_type)
+                if r.status in REDIRECTS:
+                    return Outcome(error=_redirected(r.status, r.headers.get("Location", "")))
                 error = f"HTTP {r.status}: {_http_reason(payload)}"
                 if r.status in RETRYABLE_HTTP:
                     hint = parse_retry_after(r.headers.get("Retry-After"))
@@ -198,6 +206,15 @@ def _decoded(status: int, payload: bytes, content_type: str) -> Outcome:
         error = f"HTTP {status} with a body that is not an OTLP response: {start!r}"
         return Outcome(retry=True, error=error, unreadable=True)
     return Outcome(response=response)
+
+
+def _redirected(status: int, location: str) -> str:
+    """A redirect's error (permanent: not among the retryable answers)."""
+    where = redacted(location) if location else "(no Location)"
+    return (
+        f"HTTP {status} redirecting to {where}: redirects are not followed; "
+        "set the OTLP endpoint to the final URL"
+    )
 
 
 def gzip_compress(body: bytes) -> bytes:

@@ -136,7 +136,7 @@ def resolve(settings: OtlpSettings, env: Mapping[str, str]) -> OtlpTarget:
     if protocol == "http/json":
         raise ConfigError("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json is not supported")
     insecure, _ = _pick(settings.insecure, env, "INSECURE", _bool)
-    endpoint, source = _pick(settings.endpoint, env, "ENDPOINT", parse_endpoint)
+    endpoint, source = _endpoint(settings.endpoint, env)
     protocol = protocol or _protocol_for(endpoint)
     if not endpoint:
         endpoint = DEFAULT_GRPC_ENDPOINT if protocol == GRPC else DEFAULT_HTTP_ENDPOINT
@@ -163,6 +163,18 @@ def resolve(settings: OtlpSettings, env: Mapping[str, str]) -> OtlpTarget:
         timeout=timeout or 10.0,
         ssl=context,
     )
+
+
+def _endpoint(setting: str, env: Mapping[str, str]) -> tuple[str | None, str]:
+    """The endpoint and where it came from; the flowscope setting is checked again (it
+    was when loaded, unless built): credentials in it would be sent as basic auth."""
+    endpoint, source = _pick(setting, env, "ENDPOINT", parse_endpoint)
+    if source == "flowscope setting":
+        try:
+            parse_endpoint(endpoint)
+        except ValueError as e:
+            raise ConfigError(setting_name("otlp", "endpoint"), str(e)) from e
+    return endpoint, source
 
 
 def _headers(setting: str, env: Mapping[str, str], protocol: str) -> tuple[tuple[str, str], ...]:

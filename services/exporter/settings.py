@@ -8,7 +8,8 @@ Checks that need several settings at once (TLS files loaded together into a cont
 happen when the sink's configuration is built, still before any I/O.
 
 Error messages never repeat a secret: a malformed header item is named by its
-position, and a URL is shown without its ``user:password@`` part.
+position, and a URL is shown without its ``user:password@`` part. Credentials in a URL
+are refused, not used: a URL is logged, and may come from a flag, which ps shows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from flowscope.core.runtime import RuntimeSettings
 SINK_NAMES = ("stdout", "otlp", "elasticsearch")
 HEADER_NAME = re.compile(r"[0-9a-z_.-]+")  # lower case: keys are lowered when parsed
 HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def parse_sinks(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -44,12 +46,22 @@ def redacted(url: str) -> str:
 
 
 def parse_endpoint(value: str) -> str:
-    """An OTLP endpoint: ``scheme://host:port[/path]`` or ``host:port`` (gRPC)."""
+    """An OTLP endpoint: ``scheme://host:port[/path]`` or ``host:port`` (gRPC).
+
+    ``user:password@`` is refused rather than sent as basic authentication (aiohttp's
+    way with it): credentials go in the headers, which are a secret setting.
+    """
     if not value:
         return value
     has_scheme = "://" in value
     parts = urlsplit(value if has_scheme else f"//{value}")
     shown = repr(redacted(value))
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"{shown}: credentials in the endpoint are refused (URLs are logged, flags "
+            "shown by ps): send them as a header with FLOWSCOPE_OTLP_HEADERS or "
+            "OTEL_EXPORTER_OTLP_HEADERS (authorization=Basic%20<base64 of user:password>)"
+        )
     if has_scheme and parts.scheme not in ("http", "https"):
         raise ValueError(f"{shown}: scheme must be http or https")
     if not parts.hostname:
@@ -103,6 +115,19 @@ def parse_headers(value: str) -> str:
                 "than printable ASCII (a line break, a tab, ...) once URL-decoded"
             )
     return value
+
+
+def parse_secret(value: str) -> str:
+    """A credential without surrounding whitespace (the final newline a Secret made with
+    ``kubectl create secret --from-file`` holds), and no control character left inside:
+    such a value cannot be sent in a header, or is not the credential. Never shown."""
+    secret = value.strip()
+    if CONTROL.search(secret):
+        raise ValueError(
+            "the value has a control character (a line break, a tab, ...) inside it; "
+            "only surrounding whitespace is removed"
+        )
+    return secret
 
 
 def optional_positive(value: float | None) -> float | None:
@@ -164,10 +189,12 @@ class ElasticsearchSettings:
 
     url: str = setting("http://localhost:9200", "Elasticsearch URL", parse=parse_http_url)
     username: str = setting("", "user for basic authentication")
-    password: str = setting("", "password for basic auth (use the environment)", secret=True)
+    password: str = setting(
+        "", "password for basic auth (use the environment)", parse=parse_secret, secret=True
+    )
     api_key: str = setting(
         "", "API key (base64 id:key, as Elasticsearch returns it; use the environment)",
-        secret=True,
+        parse=parse_secret, secret=True,
     )  # fmt: skip
     password_file: str = setting(
         "", "file holding the password (a mounted Secret); wins over password",

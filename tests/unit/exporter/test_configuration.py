@@ -177,6 +177,39 @@ def test_otlp_endpoint_errors_do_not_echo_credentials() -> None:
 
 
 @pytest.mark.parametrize(
+    "var",
+    ["FLOWSCOPE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"],
+)
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://alice:hunter2@collector:4318",
+        "http://hunter2@collector:4318/v1/logs",
+        "alice:hunter2@collector:4317",  # gRPC, no scheme
+    ],
+)
+def test_otlp_endpoint_with_credentials_is_refused_pointing_to_the_headers(
+    var: str, endpoint: str
+) -> None:
+    """Before, aiohttp sent ``user:password@`` as Basic auth: a password taken from a
+    flag (which ps shows) or from a URL that is logged."""
+    env = {var: endpoint}
+    with pytest.raises(ConfigError) as e:
+        resolve(load(env).otlp, env)
+    assert var in str(e.value)
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in str(e.value)  # where credentials go instead
+    assert "hunter2" not in str(e.value)
+
+
+def test_a_built_otlp_endpoint_with_credentials_is_refused_too() -> None:
+    """Settings built in code skip the loader's parsers: resolving checks again."""
+    with pytest.raises(ConfigError) as e:
+        resolve(OtlpSettings(endpoint="https://alice:hunter2@collector:4318"), {})
+    assert "FLOWSCOPE_OTLP_ENDPOINT" in str(e.value)
+    assert "hunter2" not in str(e.value)
+
+
+@pytest.mark.parametrize(
     ("env", "named"),
     [
         ({"FLOWSCOPE_OTLP_TIMEOUT": "0"}, "FLOWSCOPE_OTLP_TIMEOUT"),
@@ -314,6 +347,11 @@ def test_a_ca_file_that_is_not_pem_exits_2_with_one_line(
         ({"FLOWSCOPE_SINKS": "otlp", "OTEL_EXPORTER_OTLP_HEADERS": "api-key=1,hunter2"},
          "OTEL_EXPORTER_OTLP_HEADERS"),
         ({"FLOWSCOPE_OTLP_HEADERS": "hunter2"}, "FLOWSCOPE_OTLP_HEADERS"),
+        ({"FLOWSCOPE_SINKS": "elasticsearch", "FLOWSCOPE_ELASTICSEARCH_API_KEY": "hunter2\x01x\n"},
+         "FLOWSCOPE_ELASTICSEARCH_API_KEY"),
+        ({"FLOWSCOPE_SINKS": "elasticsearch", "FLOWSCOPE_ELASTICSEARCH_USERNAME": "elastic",
+          "FLOWSCOPE_ELASTICSEARCH_PASSWORD": "hunter2\r\nX-Injected: 1"},
+         "FLOWSCOPE_ELASTICSEARCH_PASSWORD"),
     ],
 )  # fmt: skip
 def test_bad_secrets_exit_2_without_printing_them(env: dict[str, str], named: str) -> None:
@@ -321,3 +359,36 @@ def test_bad_secrets_exit_2_without_printing_them(env: dict[str, str], named: st
     assert proc.returncode == 2, proc.stderr
     assert named in proc.stderr
     assert "hunter2" not in proc.stderr + proc.stdout
+
+
+def test_otlp_endpoint_flag_with_credentials_exits_2_without_printing_them() -> None:
+    """A flag is visible to every user in ps: the password must not be used from it."""
+    args = ["--sinks", "otlp", "--otlp-endpoint", "https://alice:hunter2@collector:4318"]
+    proc = run_exporter(args, {})
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--otlp-endpoint" in proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("name", ["api_key", "password"])
+def test_elasticsearch_secrets_from_the_environment_lose_surrounding_whitespace(
+    name: str,
+) -> None:
+    """A Secret made with ``kubectl create secret --from-file`` ends in a newline; a
+    ``*_file`` secret was already stripped, the same value from a variable was not and
+    failed every request ("Forbidden control character") while start-up went on."""
+    s = load({f"FLOWSCOPE_ELASTICSEARCH_{name.upper()}": " c2VjcmV0\n"})
+    assert getattr(s.elasticsearch, name) == "c2VjcmV0"
+
+
+@pytest.mark.parametrize("name", ["api_key", "password"])
+@pytest.mark.parametrize("inside", ["\n", "\r\nX-Injected: 1", "\t", "\x00", "\x7f"])
+def test_elasticsearch_secrets_with_a_control_character_inside_are_refused_unechoed(
+    name: str, inside: str
+) -> None:
+    var = f"FLOWSCOPE_ELASTICSEARCH_{name.upper()}"
+    with pytest.raises(ConfigError) as e:
+        load({var: f"hunter2{inside}more"})
+    assert var in str(e.value)
+    assert "hunter2" not in str(e.value)

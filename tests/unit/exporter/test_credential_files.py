@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from flowscope.core.errors import ConfigError
 from flowscope.exporter.ecs import EcsMapper
 from flowscope.exporter.elasticsearch import BackendError, ElasticsearchSink
 from flowscope.exporter.metrics import ExporterMetrics
@@ -111,4 +112,39 @@ async def test_an_unreadable_credential_file_keeps_the_last_value(tmp_path: Path
         await es.stop()
     assert not result.deferred and not second.deferred
     assert len(es.stored(FLOWS)) == 2
+    assert es.refused == 0
+
+
+@pytest.mark.parametrize("setting", ["api_key_file", "password_file"])
+def test_a_credential_file_with_a_control_character_inside_stops_start_up(
+    setting: str, tmp_path: Path
+) -> None:
+    """The final newline is removed; one inside could not be sent (an API key: aiohttp
+    refused every request, "Forbidden control character") or is not the password."""
+    secret = tmp_path / "secret"
+    secret.write_text("hunter2\nX-Injected: 1\n")
+    user = {"username": "elastic"} if setting == "password_file" else {}
+    with pytest.raises(ConfigError) as e:
+        es_sink("http://127.0.0.1:9", **{setting: str(secret)}, **user)
+    assert f"FLOWSCOPE_ELASTICSEARCH_{setting.upper()}" in e.value.setting
+    assert "hunter2" not in str(e.value)
+
+
+async def test_a_credential_file_rotated_to_a_control_character_keeps_the_last_value(
+    tmp_path: Path,
+) -> None:
+    es = await FakeElasticsearch(api_key="cmlnaHQ=").start()
+    key_file = tmp_path / "api-key"
+    key_file.write_text("cmlnaHQ=\n")
+    sink = es_sink(es.url, api_key_file=str(key_file))
+    try:
+        await sink.start()
+        key_file.write_text("cmlnaHQ=\nX-Injected: 1\n")
+        result = await asyncio.wait_for(sink.export(Kind.FLOW, [flow(1)]), 10)
+    finally:
+        await sink.shutdown()
+        await sink.close()
+        await es.stop()
+    assert not result.deferred
+    assert len(es.stored(FLOWS)) == 1
     assert es.refused == 0

@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from flowscope.core import config
 from flowscope.exporter.ecs import EcsMapper, document_id
-from flowscope.exporter.elasticsearch import Buffers, ElasticsearchSink
+from flowscope.exporter.elasticsearch import BackendError, Buffers, ElasticsearchSink
 from flowscope.exporter.metrics import ExporterMetrics
-from flowscope.exporter.settings import ElasticsearchSettings
+from flowscope.exporter.settings import ElasticsearchSettings, Settings
 from flowscope.exporter.sink import Kind
 from prometheus_client import CollectorRegistry
 
@@ -225,6 +226,25 @@ async def test_api_key_is_sent(es: FakeElasticsearch, tmp_path: Path) -> None:
     await wrong.close()
 
 
+async def test_api_key_from_the_environment_with_a_final_newline_is_sent(
+    es: FakeElasticsearch,
+) -> None:
+    """As a Secret made with ``kubectl create secret --from-file`` reaches the variable;
+    before, aiohttp refused every request ("Forbidden control character")."""
+    es.api_key = "c2VjcmV0"
+    env = {"FLOWSCOPE_ELASTICSEARCH_URL": es.url, "FLOWSCOPE_ELASTICSEARCH_API_KEY": "c2VjcmV0\n"}
+    settings = config.load(Settings, {}, env).elasticsearch
+    sink = ElasticsearchSink(settings, EcsMapper("c1"), ExporterMetrics.create(CollectorRegistry()))
+    try:
+        await sink.start()
+        result = await sink.export(Kind.FLOW, [flow(1)])
+    finally:
+        await sink.close()
+    assert not result.deferred and not result.rejected
+    assert len(es.stored(FLOWS)) == 1
+    assert es.refused == 0
+
+
 async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     """A hand-written peer on a free loopback port; clean up with ``runner.cleanup()``."""
     runner = web.AppRunner(app)
@@ -317,3 +337,29 @@ def test_fake_filters_responses_as_elasticsearch_does() -> None:
         ],
     }
     assert filtered(answer, [["nothing"]]) is None
+
+
+async def test_redirects_are_not_followed(es: FakeElasticsearch) -> None:
+    """Before, a 307 to another origin (here plaintext, another port) got the records:
+    a redirect is an unavailable backend naming where it points, retried like one."""
+    elsewhere = es.url
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(elsewhere + request.path_qs)
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", redirect)
+    runner, port = await serve(app)
+    sink, _ = make_sink(f"http://127.0.0.1:{port}", api_key="c2VjcmV0")
+    try:
+        with pytest.raises(BackendError, match=f"redirect.*{elsewhere}/"):
+            await sink.start()
+        export = asyncio.create_task(sink.export(Kind.FLOW, [flow(1)]))
+        await asyncio.sleep(0.3)
+        await sink.shutdown()
+        result = await asyncio.wait_for(export, 5)
+    finally:
+        await sink.close()
+        await runner.cleanup()
+    assert result.deferred == {0}
+    assert es.bulk_requests == 0 and not es.templates

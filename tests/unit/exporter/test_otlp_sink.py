@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.otlp import OtlpSink, parse_retry_after
 from flowscope.exporter.otlp_config import resolve
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.support.otlp_receivers import Answer, GrpcReceiver, HttpReceiver
 from tests.unit.exporter.sample import dns, flow
+from tests.unit.exporter.test_elasticsearch_sink import serve
 from tests.unit.exporter.test_otlp_encoding import plain
 
 
@@ -342,3 +344,30 @@ async def test_unencodable_records_are_rejected_not_deferred_at_shutdown() -> No
     result = await asyncio.wait_for(export, 5)
     await sink.close()
     assert result.deferred == {0} and list(result.rejected) == [1]
+
+
+async def test_http_redirects_are_not_followed(http_receiver: HttpReceiver) -> None:
+    """Before, aiohttp followed a 307 wherever it pointed (another origin, plaintext
+    http) with the headers' tokens and the records. A redirect is not among the
+    retryable answers: the batch is refused, the error naming where it pointed."""
+    elsewhere = f"{http_receiver.endpoint}/v1/logs"
+
+    async def redirect(_: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(elsewhere)
+
+    app = web.Application()
+    app.router.add_post("/v1/logs", redirect)
+    runner, port = await serve(app)
+    sink, metrics = make_sink(
+        f"http://127.0.0.1:{port}/v1/logs", "http/protobuf", headers="x-api-key=TOPSECRET"
+    )
+    try:
+        result = await sink.export(Kind.FLOW, [flow(1), flow(2)])
+    finally:
+        await sink.close()
+        await runner.cleanup()
+    assert not http_receiver.received.attempts
+    assert set(result.rejected) == {0, 1} and not result.deferred
+    assert result.rejected[0].startswith("HTTP 307")
+    assert elsewhere in result.rejected[0]
+    assert count(metrics.retried) == 0

@@ -7,6 +7,7 @@ exit 2), never repeating a secret.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -163,7 +164,9 @@ def test_otlp_tls_files_with_a_tls_endpoint_are_used(tls_files: TlsFiles) -> Non
 
 def test_otlp_target_repr_shows_no_secret() -> None:
     env = {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20hunter2"}
-    target = resolve(OtlpSettings(endpoint="https://user:hunter2@collector:4318"), env)
+    target = resolve(OtlpSettings(endpoint="https://collector:4318"), env)
+    # Refused in the endpoint since; the repr would hide such a URL's credentials still.
+    target = dataclasses.replace(target, url="https://user:hunter2@collector:4318")
     assert "hunter2" not in repr(target)
     assert "authorization" in repr(target)
     assert "collector:4318" in repr(target)
