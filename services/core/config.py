@@ -297,13 +297,32 @@ def _read_yaml(path: str) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError("--config", f"{path} is not UTF-8 text (byte {e.start + 1})") from e
     except yaml.YAMLError as e:
-        raise ConfigError("--config", f"{path} is not valid YAML: {e}") from e
+        raise ConfigError("--config", f"{path} is not valid YAML: {_yaml_problem(e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError("--config", f"{path} must hold a mapping of settings")
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What PyYAML found wrong and where, in one line. Not PyYAML's own message: that
+    quotes the lines around the error, and the file may hold a secret (the NATS
+    password) while a start-up error goes to the logs."""
+    if isinstance(error, yaml.reader.ReaderError):
+        return f"{error.reason} (character {error.position + 1})"
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if not problem or mark is None:
+        return "a syntax error"
+    where = f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and start is not None:
+        where += f" ({context} at line {start.line + 1}, column {start.column + 1})"
+    return where
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import weakref
 from collections.abc import Callable
@@ -41,7 +42,12 @@ _SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 def parse_urls(value: str) -> str:
-    """Validate a comma-separated list of NATS URLs (``nats://host:port``)."""
+    """Validate a comma-separated list of NATS URLs (``nats://host:port``).
+
+    ``user:password@`` or ``token@`` is refused rather than used, wherever the URL comes
+    from: a flag is in ``ps`` for any user (a secret's own flag is refused for that),
+    and a URL appears in logs and error lines. The credentials have their settings.
+    """
     urls = [u.strip() for u in value.split(",") if u.strip()]
     if not urls:
         raise ValueError("no URL given")
@@ -54,7 +60,62 @@ def parse_urls(value: str) -> str:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError as e:
             raise ValueError(f"{shown} has a bad port") from e
+        if "@" in parts.netloc:
+            raise ValueError(
+                f"credentials in the URL {shown} are refused (URLs show in ps and logs): "
+                "set FLOWSCOPE_NATS_USER and FLOWSCOPE_NATS_PASSWORD, or FLOWSCOPE_NATS_TOKEN"
+            )
     return ",".join(urls)
+
+
+_CREDS_JWT = b"BEGIN NATS USER JWT"
+_CREDS_SEED = b"BEGIN USER NKEY SEED"
+_JWT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def creds_file(value: str) -> str:
+    """A readable credentials file with a user JWT and a user NKey seed, checked at
+    start-up as nats-py reads it: nats-py reads it only when it connects, and loops for
+    ever past the end of a file without a JWT (full CPU, deaf to SIGTERM), and fails
+    every attempt, retried for ever, without a seed. The error never shows what the
+    file holds."""
+    readable_file(value)
+    if not value:
+        return value
+    text = bytearray(Path(value).read_bytes())
+    seed = _line_after(text, _CREDS_SEED)
+    try:
+        if not _JWT.fullmatch(_line_after(text, _CREDS_JWT)):
+            raise ValueError(
+                f"{value} holds no NATS user JWT (a JWT on the line after "
+                "-----BEGIN NATS USER JWT-----)"
+            )
+        if not _is_user_seed(seed):
+            raise ValueError(
+                f"{value} holds no user NKey seed (SU... on the line after "
+                "-----BEGIN USER NKEY SEED-----)"
+            )
+    finally:
+        seed[:] = bytes(len(seed))
+        text[:] = bytes(len(text))
+    return value
+
+
+def _line_after(text: bytearray, marker: bytes) -> bytearray:
+    """The line after the first line holding ``marker``, without its line feed, as
+    nats-py takes it (empty when there is no such line, or it does not end)."""
+    at = text.find(marker)
+    start = text.find(b"\n", at) + 1 if at >= 0 else 0
+    end = text.find(b"\n", start) if start else -1
+    return text[start:end] if end >= 0 else bytearray()
+
+
+def _is_user_seed(seed: bytearray) -> bool:
+    try:
+        prefix, _ = nkeys.decode_seed(seed)
+    except Exception:  # nkeys raises its own errors, and binascii's
+        return False
+    return bool(prefix == nkeys.PREFIX_BYTE_USER)
 
 
 def nkey_seed_file(value: str) -> str:
@@ -83,7 +144,7 @@ class NatsSettings:
     user: str = setting("", "user name for user/password authentication")
     password: str = setting("", "password (environment or YAML file only)", secret=True)
     token: str = setting("", "authentication token (environment or YAML file only)", secret=True)
-    creds_file: str = setting("", "NATS credentials file (JWT + NKey seed)", parse=readable_file)
+    creds_file: str = setting("", "NATS credentials file (JWT + NKey seed)", parse=creds_file)
     nkey_seed_file: str = setting(
         "", "file holding a user's NKey seed (SU...), for a server that lists the user's "
         "public NKey (no JWT)", parse=nkey_seed_file,

@@ -175,12 +175,46 @@ def test_observe_error_line_shows_no_credentials() -> None:
     port = _free_port()
     r = _flowscope(
         "observe",
-        {"FLOWSCOPE_NATS_URL": f"nats://alice:{SECRET}@127.0.0.1:{port}",
-         "FLOWSCOPE_NATS_CONNECT_TIMEOUT": "1"},
+        {"FLOWSCOPE_NATS_URL": f"nats://127.0.0.1:{port}", "FLOWSCOPE_NATS_USER": "alice",
+         "FLOWSCOPE_NATS_PASSWORD": SECRET, "FLOWSCOPE_NATS_CONNECT_TIMEOUT": "1"},
     )  # fmt: skip
     assert r.returncode == 2
     assert SECRET not in r.stderr
     assert f"cannot connect to nats://127.0.0.1:{port}" in r.stderr.splitlines()[-1]
+
+
+def test_credentials_in_the_nats_url_stop_start_up_unused(
+    plain_server: nats_server.NatsServer,
+) -> None:
+    """A password in the URL would be in ``ps`` (a flag) and is refused as its own flag
+    is: one line naming the setting and the variables to use, exit 2, nothing sent."""
+    url = f"nats://alice:{SECRET}@127.0.0.1:{plain_server.port}"
+    r = subprocess.run(
+        [sys.executable, "-m", "flowscope.cli", "exporter", "--nats-url", url],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "FLOWSCOPE_HTTP_ADDRESS": "127.0.0.1:0"},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.splitlines()[-1]
+    assert "--nats-url" in line and "FLOWSCOPE_NATS_PASSWORD" in line
+    assert SECRET not in r.stderr
+    assert not received_connect(plain_server)
+
+
+def test_a_creds_file_without_its_jwt_stops_start_up(tmp_path: Path) -> None:
+    """nats-py loops for ever past the end of a creds file without a JWT section (full
+    CPU, deaf to SIGTERM): the file is checked at start-up, one line and exit 2."""
+    creds = nats_jwt.trust(tmp_path).creds_file
+    text = creds.read_text()
+    seed = text.split("-----BEGIN USER NKEY SEED-----\n")[1].split("\n")[0]
+    creds.write_text(text[text.index("****") :])
+    r = _flowscope(
+        "exporter",
+        {"FLOWSCOPE_NATS_CREDS_FILE": str(creds), "FLOWSCOPE_HTTP_ADDRESS": "127.0.0.1:0"},
+    )
+    assert r.returncode == 2, r.stderr
+    assert "FLOWSCOPE_NATS_CREDS_FILE" in r.stderr.splitlines()[-1]
+    assert seed not in r.stderr
 
 
 def test_a_service_stops_with_exit_2_when_its_server_does_not_offer_tls(

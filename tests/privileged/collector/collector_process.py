@@ -35,6 +35,7 @@ class CollectorProcess:
     node: str = "testnode"
     extra: list[str] = field(default_factory=list)
     launcher: list[str] = field(default_factory=list)  # e.g. setpriv ... to drop a capability
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
     proc: subprocess.Popen[bytes] | None = None
     log_path: str = ""
     http_port: int = 0
@@ -50,7 +51,8 @@ class CollectorProcess:
             "--publish-batch-max-delay", "0.2", "--drain-timeout", "5",
             *self.extra,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=fd, stderr=fd)
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen(args, stdout=fd, stderr=fd, env=env)
         os.close(fd)
         try:
             self.wait_log("collector started")
@@ -128,10 +130,12 @@ def nats_inside(node: Node) -> Iterator[nats_server.NatsServer]:
 
 
 @contextlib.contextmanager
-def collector_inside(node: Node, nats_url: str) -> Iterator[CollectorProcess]:
+def collector_inside(
+    node: Node, nats_url: str, env: dict[str, str] | None = None
+) -> Iterator[CollectorProcess]:
     """``flowscope collector`` for ``node``, started inside it; stopped afterwards."""
     with node.inside():
-        proc = CollectorProcess(nats_url, node.host).start()
+        proc = CollectorProcess(nats_url, node.host, env=env or {}).start()
     try:
         yield proc
     finally:

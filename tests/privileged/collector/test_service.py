@@ -248,8 +248,8 @@ def test_exits_with_the_reason_when_nats_closes_the_connection_for_good(
     with node.inside():
         server = nats_server.start(store_dir=str(tmp_path / "js"), extra=["-c", str(conf)])
     try:
-        url = server.url.replace("nats://", "nats://flow:one@")
-        with collector_inside(node, url) as proc:
+        login = {"FLOWSCOPE_NATS_USER": "flow", "FLOWSCOPE_NATS_PASSWORD": "one"}
+        with collector_inside(node, server.url, login) as proc:
             conf.write_text("authorization { users = [ {user: flow, password: two} ] }\n")
             server.process.send_signal(signal.SIGHUP)  # nats-server reloads its configuration
             assert proc.proc is not None

@@ -120,6 +120,31 @@ def test_file_problems(tmp_path: Path) -> None:
         config.load(Sample, {"__config": str(typed)}, env={})
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('nats:\n  url: nats://h:4222\n  password: "Hunter2\n  user: alice\n', "line 3, column 13"),
+        ("nats:\n  password: Hunter2\n  - x\n", "line 3, column 3"),
+        ("nats:\n  password: Hunter2\n\tuser: alice\n", "line 3, column 1"),
+        ("nats:\n  password: Hunter2\x00\n", "character 26"),
+        (b"nats:\n  password: \xffHunter2\n", "byte 19"),
+    ],
+)
+def test_a_yaml_error_is_one_line_without_the_file_s_text(
+    tmp_path: Path, text: str | bytes, where: str
+) -> None:
+    """PyYAML's message quotes the lines around the error: a secret in the file (the
+    NATS password) would reach the logs; the error says what and where, no more. A file
+    that is not UTF-8 is one such line too, not a traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError) as e:
+        config.load(Sample, {"__config": str(bad)}, env={})
+    message = str(e.value)
+    assert "Hunter2" not in message and "\n" not in message
+    assert str(bad) in message and where in message
+
+
 def test_describe_lists_every_setting() -> None:
     rows = config.describe(Sample)
     assert ("--inner-names", "FLOWSCOPE_INNER_NAMES", "a", "names") in rows

@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import nkeys
 import pytest
 from flowscope import up
 from flowscope.cli import COMMANDS, build_parser
 from flowscope.core import config
 from flowscope.core.errors import ConfigError
-from flowscope.core.messaging import nkey_seed_file, parse_urls
+from flowscope.core.messaging import creds_file, nkey_seed_file, parse_urls
+
+from tests.support import nats_jwt
 
 SECRET_FLAGS = {
     "--nats-password": "FLOWSCOPE_NATS_PASSWORD",
@@ -102,3 +105,99 @@ def test_a_file_without_an_nkey_seed_is_refused_without_showing_it(tmp_path: Pat
         nkey_seed_file(str(bad))
     assert str(bad) in str(e.value) and "Hunter2" not in str(e.value)
     assert nkey_seed_file("") == ""
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "nats://alice:S3cret@127.0.0.1:4222",
+        "nats://S3cret@127.0.0.1:4222",  # a token
+        "nats://127.0.0.1:4222,tls://bob:S3cret@h2:4222",
+    ],
+)
+def test_credentials_in_a_nats_url_are_refused_without_showing_them(url: str) -> None:
+    with pytest.raises(ValueError) as e:
+        parse_urls(url)
+    assert "S3cret" not in str(e.value) and "\n" not in str(e.value)
+    assert "FLOWSCOPE_NATS_PASSWORD" in str(e.value) and "FLOWSCOPE_NATS_TOKEN" in str(e.value)
+
+
+@pytest.mark.parametrize("command", ["exporter", "up"])
+def test_a_password_in_the_nats_url_flag_is_refused(command: str) -> None:
+    module = importlib.import_module(COMMANDS[command][0])
+    ns = build_parser().parse_args([command, "--nats-url", "nats://alice:S3cret@h:4222"])
+    args = {k: v for k, v in vars(ns).items() if k != "command"}
+    with pytest.raises(ConfigError) as e:
+        config.load(module.Settings, args, env={})
+    assert e.value.setting == "--nats-url" and "S3cret" not in str(e.value)
+
+
+def test_a_password_in_the_nats_url_variable_or_file_is_refused(tmp_path: Path) -> None:
+    from flowscope.exporter.settings import Settings
+
+    env = {"FLOWSCOPE_NATS_URL": "nats://alice:S3cret@h:4222"}
+    with pytest.raises(ConfigError, match="FLOWSCOPE_NATS_URL"):
+        config.load(Settings, {}, env=env)
+    f = tmp_path / "s.yaml"
+    f.write_text("nats:\n  url: nats://alice:S3cret@h:4222\n")
+    with pytest.raises(ConfigError, match=r"nats\.url") as e:
+        config.load(Settings, {"__config": str(f)}, env={})
+    assert "S3cret" not in str(e.value)
+
+
+def _creds_parts() -> tuple[str, str]:
+    """A well-formed creds file's text cut before its seed section: (JWT half, seed half)."""
+    user = nats_jwt.keypair(nkeys.PREFIX_BYTE_USER)
+    account = nats_jwt.keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    user_jwt = nats_jwt.encode(account, user.public_key.decode(), "u", {"type": "user"})
+    text = nats_jwt.creds(user_jwt, user)
+    jwt_half, mark, seed_half = text.partition("****")
+    return jwt_half, mark + seed_half
+
+
+def test_a_well_formed_creds_file_is_accepted(tmp_path: Path) -> None:
+    jwt_half, seed_half = _creds_parts()
+    good = tmp_path / "good.creds"
+    good.write_text(jwt_half + seed_half)
+    assert creds_file(str(good)) == str(good)
+    assert creds_file("") == ""
+
+
+@pytest.mark.parametrize(
+    "case", ["seed half only", "JWT half only", "not a creds file", "empty JWT",
+             "account seed", "seed line cut", "CRLF line ends"],
+)  # fmt: skip
+def test_a_malformed_creds_file_is_refused_without_showing_it(tmp_path: Path, case: str) -> None:
+    """nats-py reads the file only as it connects: without a JWT section it loops for
+    ever at the end of the file (full CPU, deaf to SIGTERM); without a seed it fails
+    every attempt, retried for ever. Both are a start-up error naming the file."""
+    jwt_half, seed_half = _creds_parts()
+    account_seed = nats_jwt.keypair(nkeys.PREFIX_BYTE_ACCOUNT).seed.decode()
+    user_seed = seed_half.split("-----\n")[1].split("\n")[0]
+    text = {
+        "seed half only": seed_half,
+        "JWT half only": jwt_half,
+        "not a creds file": "Hunter2\n",
+        "empty JWT": "-----BEGIN NATS USER JWT-----\n\n" + seed_half,
+        "account seed": jwt_half + seed_half.replace(user_seed, account_seed),
+        "seed line cut": jwt_half + seed_half.split(user_seed)[0] + user_seed,
+        "CRLF line ends": (jwt_half + seed_half).replace("\n", "\r\n"),
+    }[case]
+    bad = tmp_path / "bad.creds"
+    bad.write_text(text)
+    with pytest.raises(ValueError) as e:
+        creds_file(str(bad))
+    message = str(e.value)
+    assert str(bad) in message and "\n" not in message
+    for secret in ("Hunter2", user_seed, account_seed, jwt_half.split("\n")[1]):
+        assert secret not in message
+
+
+def test_a_malformed_creds_file_names_its_setting(tmp_path: Path) -> None:
+    from flowscope.exporter.settings import Settings
+
+    bad = tmp_path / "bad.creds"
+    bad.write_text(_creds_parts()[1])
+    with pytest.raises(ConfigError) as e:
+        config.load(Settings, {}, env={"FLOWSCOPE_NATS_CREDS_FILE": str(bad)})
+    assert e.value.setting == "FLOWSCOPE_NATS_CREDS_FILE"
