@@ -12,7 +12,10 @@ were submitted whichever publish fails (a socket's ``close`` is never stored bef
 that the oldest messages are dropped and their records counted — a failing NATS never
 blocks the kernel drain (which only waits in :meth:`Publisher.catch_up` while sending
 succeeds), nothing crashes on a publish error, and sending resumes by itself when NATS
-answers again.
+answers again. NATS may come back without its streams (its JetStream store lost, a fresh
+server): then no stream answers a publish, and the publisher recreates the streams
+(``messaging.ensure_streams``, as at start-up; one attempt for all kinds, with backoff)
+before the failed message's retry.
 
 Every message gets a ``Nats-Msg-Id`` when it is sealed (node, kind, a random id of this
 publisher, a sequence number), the same on every retry: JetStream stores it once. Retries
@@ -37,7 +40,7 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +49,7 @@ from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.messaging import MSG_ID_HEADER
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 log = logging.getLogger("flowscope.collector.publishing")
 
@@ -55,6 +59,9 @@ HEADER_ROOM = 512  # bytes kept free under max_payload for the headers
 PUBLISH_TIMEOUT = 5.0
 RETRY_MAX = 2.0
 RETRY_PACE = 0.05  # s between send attempts while messages wait after a failed publish
+# What a publish raises when no stream takes its subject: nats-py's "no responders", or
+# the JetStream API's "stream not found" (404).
+NO_STREAM = (NoStreamResponseError, NotFoundError)
 
 
 class JetStreamPublisher(Protocol):
@@ -97,9 +104,21 @@ class Publisher:
     """Bounded, batching, never-crashing publisher of raw records."""
 
     def __init__(
-        self, js: JetStreamPublisher, node: str, limits: PublishLimits, metrics: CollectorMetrics
+        self,
+        js: JetStreamPublisher,
+        node: str,
+        limits: PublishLimits,
+        metrics: CollectorMetrics,
+        ensure_streams: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``ensure_streams`` creates the streams (``messaging.ensure_streams``): run again
+        when a publish finds none, else the publisher waits for someone else to."""
         self._js = js
+        self._ensure_streams = ensure_streams
+        self._streams_lock = asyncio.Lock()  # one recreation at a time, for every kind
+        self._streams_generation = 0  # recreations so far
+        self._streams_failures = 0  # consecutive failed recreations: their backoff grows
+        self._streams_next = 0.0  # time.monotonic() before which none is tried again
         self._limits = limits
         self._metrics = metrics
         self._lanes = {kind: _Lane(kind, SUBJECTS[kind](node)) for kind in SCHEMAS}
@@ -283,6 +302,7 @@ class Publisher:
         left = end - time.monotonic()
         if left <= 0:
             return False
+        generation = self._streams_generation
         try:
             await self._js.publish(
                 lane.subject, batch.body, timeout=min(PUBLISH_TIMEOUT, left), headers=batch.headers
@@ -292,6 +312,8 @@ class Publisher:
             self._failed_log.warning(
                 f"publish-failed-{lane.kind}", "publish failed; will retry", error=repr(e)
             )
+            if isinstance(e, NO_STREAM):
+                await self._recreate_streams(generation, e, end)
             lane.failures += 1
             backoff = min(RETRY_MAX, 0.05 * 2**lane.failures, end - time.monotonic())
             await asyncio.sleep(max(0.0, backoff))
@@ -301,6 +323,40 @@ class Publisher:
         self._metrics.publish_bytes.labels(lane.kind).inc(len(batch.body))
         self._metrics.publish_records.labels(lane.kind).inc(batch.count)
         return True
+
+    async def _recreate_streams(self, generation: int, error: Exception, end: float) -> None:
+        """Create the streams again after a publish found none (``generation``: the
+        recreations counted when it started), unless another kind's failure already did
+        since or the last attempt failed less than its backoff ago. Runs by ``end``; the
+        caller then retries the publish as after any failure.
+
+        Logged once per loss of the streams (the attempts failing meanwhile rate-limited).
+        """
+        if self._ensure_streams is None:
+            return
+        async with self._streams_lock:
+            now = time.monotonic()
+            if generation != self._streams_generation or now < self._streams_next or now >= end:
+                return
+            if not self._streams_failures:
+                log.warning(
+                    "no stream answers a publish (NATS lost its streams?); recreating them",
+                    extra={"error": repr(error)},
+                )
+            try:
+                async with asyncio.timeout(None if math.isinf(end) else end - now):
+                    await self._ensure_streams()
+            except Exception as e:  # NATS away again, JetStream not ready, the deadline
+                self._streams_failures += 1
+                backoff = min(RETRY_MAX, 0.05 * 2**self._streams_failures)
+                self._streams_next = time.monotonic() + backoff
+                self._failed_log.warning(
+                    "recreate-streams", "recreating the streams failed; will retry", error=repr(e)
+                )
+                return
+            self._streams_failures = 0
+            self._streams_generation += 1
+            log.warning("streams recreated; publishing resumes")
 
     async def _sleep(self, stopping: asyncio.Event) -> None:
         """Until woken (a batch started or sealed), stopping, or the next thing is due.

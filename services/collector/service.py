@@ -8,7 +8,8 @@ selected interfaces and watch for new ones → root tasks:
 - ``producing``: drains the flow map every active timeout, reads DNS packets and socket
   events; on stop it detaches the filters, drains one
   last time with ``forced_end`` and tells the publisher it is done;
-- ``publishing``: batches to ``flowscope.raw.<kind>.<node>`` and flushes at the end.
+- ``publishing``: batches to ``flowscope.raw.<kind>.<node>`` (recreating the streams if
+  NATS comes back without them) and flushes at the end.
 
 Calls that may take long and cannot be split (compiling, attaching) run in worker
 threads so the event loop keeps serving metrics and NATS. Draining and socket events run
@@ -112,7 +113,13 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     attached = await asyncio.to_thread(
         watcher.start, functools.partial(remove_leftovers, attacher, metrics)
     )
-    publisher = Publisher(js, node, publish_limits(settings, nc.max_payload), metrics)
+    publisher = Publisher(
+        js,
+        node,
+        publish_limits(settings, nc.max_payload),
+        metrics,
+        ensure_streams=functools.partial(ensure_streams, js, settings.nats),
+    )
     producers_done = asyncio.Event()
     producing = Producing(rt, settings, node, program, attacher, publisher, metrics)
     await producing.open_socket_tracing(node)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -235,4 +236,40 @@ async def test_records_unsent_when_cancelled_at_shutdown_are_counted(tmp_path: P
     finally:
         task.cancel()
         await messaging.close(nc)  # nats-py's close raises while it holds unsent commands
+        server.close()
+
+
+async def test_publishing_resumes_when_nats_comes_back_without_its_streams(
+    tmp_path: Path,
+) -> None:
+    """nats-server restarted on an empty store (a lost volume): no stream answers a raw
+    publish any more. The publisher recreates the streams and publishes on, in order,
+    losing none of the records it still held."""
+    store = tmp_path / "js"
+    server = nats_server.start(store_dir=str(store))
+    port = server.port
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    js = nc.jetstream()
+    settings = NatsSettings()
+    await ensure_streams(js, settings)
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    limits = PublishLimits(batch_max_records=10, batch_max_delay=0.05)
+    publisher = Publisher(
+        js, "n1", limits, metrics, ensure_streams=lambda: ensure_streams(js, settings)
+    )
+    try:
+        async with running(publisher):
+            publisher.submit("sockets", [{"seq": 0}])
+            await eventually(lambda: publisher.buffered_records() == 0, within=10)
+            server.stop()
+            shutil.rmtree(store)
+            publisher.submit("sockets", [{"seq": i} for i in range(1, 6)])
+            server = nats_server.start(port=port, store_dir=str(store))
+            publisher.submit("sockets", [{"seq": i} for i in range(6, 11)])
+            await eventually(lambda: publisher.buffered_records() == 0, within=30)
+        records = await stored_records(js, subjects.raw_sockets("n1"))
+        assert [r["seq"] for r in records] == list(range(1, 11))  # seq 0 went with the store
+        assert metrics.publish_records.labels("sockets")._value.get() == 11
+    finally:
+        await nc.close()
         server.close()

@@ -10,6 +10,7 @@ from typing import Any
 from flowscope.collector.metrics import CollectorMetrics
 from flowscope.collector.publishing import Publisher, PublishLimits
 from flowscope.core.messaging import MSG_ID_HEADER
+from nats.js.errors import NoStreamResponseError
 from prometheus_client import CollectorRegistry
 
 from tests.support.waiting import eventually
@@ -107,3 +108,46 @@ async def test_flush_attempts_end_by_the_deadline_and_the_rest_is_counted() -> N
     assert js.timeouts and max(js.timeouts) <= 0.3
     assert metrics.publish_dropped.labels("flows", "shutdown")._value.get() == 5
     assert metrics.publish_records.labels("flows")._value.get() == 0
+
+
+class StreamlessJetStream(FakeJetStream):
+    """No stream answers (nats-py's NoStreamResponseError) until ``ensure_streams`` ran;
+    its first ``broken`` runs fail."""
+
+    def __init__(self, broken: int = 0) -> None:
+        super().__init__()
+        self.broken = broken
+        self.ensured = 0  # ensure_streams calls
+        self.streams = False
+
+    async def ensure_streams(self) -> None:
+        self.ensured += 1
+        await asyncio.sleep(0.01)
+        if self.ensured <= self.broken:
+            raise TimeoutError("nats: timeout")
+        self.streams = True
+
+    async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        if not self.streams:
+            await asyncio.sleep(0.01)
+            raise NoStreamResponseError
+        return await super().publish(subject, payload, **kwargs)
+
+
+async def test_streams_lost_by_nats_are_recreated_once_for_every_kind() -> None:
+    """Every kind's publish finds no stream at once: the streams are recreated once (a
+    failed attempt retried with backoff), and each kind's messages are stored in order."""
+    js = StreamlessJetStream(broken=2)
+    metrics = CollectorMetrics.create(CollectorRegistry())
+    limits = PublishLimits(batch_max_records=1, batch_max_delay=0.01)
+    pub = Publisher(js, "n1", limits, metrics, ensure_streams=js.ensure_streams)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pub.run(stop, drain_deadline=5))
+    for kind in ("flows", "sockets", "dns"):
+        pub.submit_lines(kind, [b'{"%s":1}\n' % kind.encode(), b'{"%s":2}\n' % kind.encode()])
+    await eventually(lambda: pub.buffered_records() == 0, within=10)
+    stop.set()
+    await task
+    assert js.ensured == 3  # two failed attempts, then one that worked for all kinds
+    for kind in (b"flows", b"sockets", b"dns"):
+        assert [p for p in js.stored if kind in p] == [b'{"%s":1}\n' % kind, b'{"%s":2}\n' % kind]
