@@ -52,6 +52,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 log = logging.getLogger("flowscope.enricher")
 COMPONENT = "enricher"
@@ -60,6 +61,8 @@ HANDLERS = 8  # raw batches awaiting their publish acknowledgements at once, per
 PUBLISH_TIMEOUT = 10.0  # seconds for JetStream to acknowledge one raw batch's output
 ATOMIC_RETRY = 60.0  # seconds without atomic batches after a stream refused them
 DONE = "done"  # how the last message's Nats-Msg-Id ends: the raw batch's marker
+LOST_CHECK = 5.0  # seconds of idle fetching between asking whether a work consumer exists
+FEED_CHECK = 2.0  # seconds between asking whether the state feeds' consumers exist
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,56 +487,204 @@ async def work_subscription(
     )
 
 
-async def state_feed(
-    js: JetStreamContext, pipeline: Pipeline, lookback: float
-) -> tuple[list[Any], asyncio.Event]:
-    """This replica's ordered consumers of socket and DNS events; event set when caught up.
+class WorkConsumer:
+    """One kind's shared durable pull consumer, made again when the server loses it.
+
+    A nats-server restarted on an empty store has neither the raw stream nor the
+    consumers; fetching then fails until this replica makes them again (the streams
+    through ``make_streams``, idempotent, so several kinds or replicas may race)."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        work: Work,
+        settings: ConsumerSettings,
+        make_streams: Callable[[], Awaitable[None]],
+        report: Callable[[str, bool], None],
+    ) -> None:
+        self._js = js
+        self.work = work
+        self._settings = settings
+        self._make_streams = make_streams
+        self._report = report  # (kind, subscribed)
+        self.durable = f"{settings.durable}-{work.suffix}"
+        self.sub: JetStreamContext.PullSubscription | None = None
+
+    async def subscribe(self) -> None:
+        old, self.sub = self.sub, await work_subscription(self._js, self.work, self._settings)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+
+    async def gone(self) -> bool:
+        """Whether the server says this consumer (or its stream) does not exist."""
+        try:
+            await self._js.consumer_info(subjects.STREAM_RAW, self.durable)
+        except NotFoundError:
+            return True
+        except NatsError:  # cannot tell (NATS away): treat as a disconnection
+            return False
+        return False
+
+    async def restore(self, stopping: asyncio.Event) -> None:
+        """Make the streams and this consumer again, backing off up to 10 s between
+        tries, until it is done or the service stops. Logged once each way."""
+        kind = self.work.kind
+        self._report(kind, False)
+        log.warning("work consumer gone; making streams and consumer again", extra={"kind": kind})
+        delay = 0.5
+        while not stopping.is_set():
+            try:
+                await self._make_streams()
+                await self.subscribe()
+            except NatsError:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            log.info("work consumer subscribed again", extra={"kind": kind})
+            self._report(kind, True)
+            return
+
+
+class StateFeeds:
+    """This replica's ordered consumers of socket and DNS events, kept alive.
+
+    nats-py rebuilds an ordered consumer itself after a gap or a reconnection, asking
+    for ``BY_START_SEQUENCE`` from the last sequence it delivered but keeping the rest
+    of the first request: a feed first opened ``BY_START_TIME`` is refused for good
+    (err_code 10094, "optional start time is also set"). So each feed is opened by
+    sequence — the first stored at or after ``lookback`` seconds ago, asked of the
+    server — and :meth:`keep` reopens, from the last sequence learned, a feed whose
+    consumer the server no longer has (a restart lost it, or nats-py could not rebuild
+    it), or every feed from the start of a raw stream made anew (sequences restart).
 
     Caught up means every feed has handed over its last pending message (or had none
     when it was subscribed). Both feeds count as behind until then — also the second
     while the first, subscribed and replaying already, reaches its end — and a feed
     whose last message came before its subscription's ``num_pending`` was read is not
     put behind again by that older figure."""
-    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=lookback)
-    caught_up = asyncio.Event()
-    feeds = (f"{subjects.RAW_SOCKETS}.>", f"{subjects.RAW_DNS}.>")
-    remaining = dict.fromkeys(feeds, True)
-    ended: set[str] = set()
 
-    def callback_for(subject: str) -> Callable[[Msg], Awaitable[None]]:
+    SUBJECTS = (f"{subjects.RAW_SOCKETS}.>", f"{subjects.RAW_DNS}.>")
+
+    def __init__(self, js: JetStreamContext, pipeline: Pipeline) -> None:
+        self._js = js
+        self._pipeline = pipeline
+        self.caught_up = asyncio.Event()
+        self._remaining = dict.fromkeys(self.SUBJECTS, True)
+        self._ended: set[str] = set()
+        self._subs: dict[str, JetStreamContext.PushSubscription] = {}
+        self._next: dict[str, int] = {}  # per feed: the stream sequence to reopen at
+        self._stream_created: datetime.datetime | None = None
+
+    async def start(self, lookback: float) -> None:
+        """Subscribe both feeds from ``lookback`` seconds ago."""
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=lookback)
+        self._stream_created = (await self._js.stream_info(subjects.STREAM_RAW)).created
+        for subject in self.SUBJECTS:
+            sub = await self._open(subject, await self._first_since(subject, since))
+            info = await sub.consumer_info()
+            self._remaining[subject] = subject not in self._ended and (info.num_pending or 0) > 0
+        if not any(self._remaining.values()):
+            self.caught_up.set()
+
+    async def keep(self) -> bool:
+        """Reopen the feeds the server lost; True when both are subscribed again.
+
+        False while the raw stream is missing or a feed cannot be reopened; a server
+        that cannot answer (NATS away) leaves the feeds as they are: nats-py rebuilds
+        them once reconnected, and the next call checks."""
+        try:
+            created = (await self._js.stream_info(subjects.STREAM_RAW)).created
+        except NotFoundError:
+            return False
+        except NatsError:
+            return True
+        if created != self._stream_created:  # a new stream: everything in it is new
+            self._stream_created = created
+            self._next = dict.fromkeys(self.SUBJECTS, 1)
+            lost = list(self.SUBJECTS)
+        else:
+            lost = [s for s in self.SUBJECTS if await self._gone(self._subs[s])]
+        for subject in lost:
+            try:
+                await self._open(subject, self._next[subject])
+            except NatsError:
+                return False
+            log.warning("state feed subscribed again", extra={"subject": subject})
+        return True
+
+    async def close(self) -> None:
+        for sub in self._subs.values():
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _open(self, subject: str, start: int) -> JetStreamContext.PushSubscription:
+        """An ordered consumer of ``subject`` from stream sequence ``start``, replacing
+        the feed's previous one. No start time: see the class's docstring."""
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        sub = await self._js.subscribe(
+            subject, stream=subjects.STREAM_RAW, cb=self._callback_for(subject),
+            ordered_consumer=True, config=config,
+        )  # fmt: skip
+        old = self._subs.get(subject)
+        self._subs[subject] = sub
+        self._next.setdefault(subject, start)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        return sub
+
+    async def _first_since(self, subject: str, since: datetime.datetime) -> int:
+        """The stream sequence to read ``subject`` from to get everything stored since
+        then: the server's answer for a throwaway consumer starting at that time."""
+        probe = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=since,  # type: ignore[arg-type]
+            filter_subject=subject,
+            ack_policy=AckPolicy.NONE,
+            mem_storage=True,
+            inactive_threshold=5.0,
+        )
+        info = await self._js.add_consumer(subjects.STREAM_RAW, probe)
+        with contextlib.suppress(NatsError):
+            await self._js.delete_consumer(subjects.STREAM_RAW, info.name)
+        return (info.delivered.stream_seq if info.delivered else 0) + 1
+
+    async def _gone(self, sub: JetStreamContext.PushSubscription) -> bool:
+        try:
+            await sub.consumer_info()
+        except NotFoundError:
+            return True
+        except NatsError:  # cannot tell (NATS away)
+            return False
+        return False
+
+    def _callback_for(self, subject: str) -> Callable[[Msg], Awaitable[None]]:
         async def on_message(msg: Msg) -> None:
-            pipeline.learn(msg)
+            self._pipeline.learn(msg)
+            self._next[subject] = msg.metadata.sequence.stream + 1
             if msg.metadata.num_pending == 0:
-                ended.add(subject)
-                remaining[subject] = False
-                if not any(remaining.values()):
-                    caught_up.set()
+                self._ended.add(subject)
+                self._remaining[subject] = False
+                if not any(self._remaining.values()):
+                    self.caught_up.set()
 
         return on_message
 
-    subs = []
-    for subject in feeds:
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=start,  # type: ignore[arg-type]
-        )
-        sub = await js.subscribe(
-            subject, stream=subjects.STREAM_RAW, cb=callback_for(subject),
-            ordered_consumer=True, config=config,
-        )  # fmt: skip
-        info = await sub.consumer_info()
-        remaining[subject] = subject not in ended and (info.num_pending or 0) > 0
-        subs.append(sub)
-    if not any(remaining.values()):
-        caught_up.set()
-    return subs, caught_up
+
+async def state_feed(js: JetStreamContext, pipeline: Pipeline, lookback: float) -> StateFeeds:
+    """This replica's state feeds, subscribed from ``lookback`` seconds ago."""
+    feeds = StateFeeds(js, pipeline)
+    await feeds.start(lookback)
+    return feeds
 
 
 # ---------------------------------------------------------------- loops
 
 
 async def work_loop(
-    sub: JetStreamContext.PullSubscription,
+    consumer: WorkConsumer,
     kind: str,
     pipeline: Pipeline,
     settings: ConsumerSettings,
@@ -549,12 +700,22 @@ async def work_loop(
     queue: asyncio.Queue[tuple[float, Msg] | None] = asyncio.Queue(maxsize=settings.batch * 2)
 
     async def fetch() -> None:
+        checked = time.monotonic()
         while not stopping.is_set():
+            assert consumer.sub is not None
             try:
-                msgs = await sub.fetch(settings.batch, timeout=0.5)
+                msgs = await consumer.sub.fetch(settings.batch, timeout=0.5)
             except (NatsTimeoutError, TimeoutError):
+                # An idle consumer and a lost one look alike: ask now and then.
+                if time.monotonic() - checked > LOST_CHECK and await consumer.gone():
+                    await consumer.restore(stopping)
+                checked = time.monotonic()
                 continue
-            except NatsError as e:  # disconnected: the client reconnects by itself
+            except NatsError as e:
+                if await consumer.gone():
+                    await consumer.restore(stopping)
+                    continue
+                # disconnected: the client reconnects by itself
                 pipeline.bad_log.warning("fetch", "fetching raw messages failed", error=repr(e))
                 await asyncio.sleep(0.5)
                 continue
@@ -583,6 +744,29 @@ async def work_loop(
         await asyncio.gather(*running)
 
     await asyncio.gather(fetch(), process())
+
+
+async def feed_loop(
+    feeds: StateFeeds,
+    report: Callable[[bool], None],
+    stopping: asyncio.Event,
+    interval: float = FEED_CHECK,
+) -> None:
+    """Keep the state feeds subscribed (:meth:`StateFeeds.keep`); report each change:
+    while a feed is lost, socket and DNS events are not learned and new flows lose
+    their process and names."""
+    alive = True
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval)
+        if stopping.is_set():
+            return
+        now = await feeds.keep()
+        if now != alive:
+            log.log(logging.INFO if now else logging.WARNING,
+                    "state feeds subscribed" if now else "state feeds lost; subscribing again")  # fmt: skip
+            report(now)
+        alive = now
 
 
 async def upkeep_loop(

@@ -187,9 +187,15 @@ async def body(rt: Runtime, settings: Settings) -> None:
     rt.health.set("consumers", False, "waiting for join state and metadata")
 
     rt.health.set("state", False, "replaying socket and DNS events")
-    state_subs, caught_up = await consuming.state_feed(js, pipeline, join.state_lookback)
-    for sub in state_subs:
-        rt.stack.push_async_callback(_unsubscribe, sub)
+    feeds = await consuming.state_feed(js, pipeline, join.state_lookback)
+    rt.stack.push_async_callback(feeds.close)
+    caught_up = feeds.caught_up
+
+    def report_feeds(alive: bool) -> None:
+        detail = "socket and DNS feeds subscribed again" if alive else "socket or DNS feed lost"
+        rt.health.set("state", alive, detail)
+
+    rt.spawn(consuming.feed_loop(feeds, report_feeds, rt.stopping), "state-feeds")
     api_health = ApiHealth()
     if api is not None and inventory is not None:
         _start_informers(rt, settings, api, inventory, metrics, api_health)
@@ -287,11 +293,21 @@ async def _start_work(
             await _warm(inventory, pipeline.enricher)  # the cluster's identities, first
             release_free_memory()
     c = settings.consumer
+    lost: set[str] = set()
+
+    def report(kind: str, subscribed: bool) -> None:
+        (lost.discard if subscribed else lost.add)(kind)
+        detail = f"making lost consumers again: {', '.join(sorted(lost))}" if lost else "consuming"
+        rt.health.set("consumers", not lost, detail)
+
     loops = []
     for work in consuming.WORK:
-        sub = await consuming.work_subscription(js, work, c)
+        consumer = consuming.WorkConsumer(
+            js, work, c, lambda: messaging.ensure_streams(js, settings.nats), report
+        )
+        await consumer.subscribe()
         hold = settings.join.merge_window if work.kind == "flow" else 0.0
-        loops.append(consuming.work_loop(sub, work.kind, pipeline, c, hold, rt.stopping))
+        loops.append(consuming.work_loop(consumer, work.kind, pipeline, c, hold, rt.stopping))
     rt.health.set("consumers", True, "consuming")
     await asyncio.gather(*loops)
 
@@ -348,8 +364,3 @@ async def _refresh_local(resolver: Resolver, stopping: asyncio.Event) -> None:
             await asyncio.wait_for(stopping.wait(), 30)
         with contextlib.suppress(OSError):
             resolver.update(await asyncio.to_thread(local.local_addresses))
-
-
-async def _unsubscribe(sub: Any) -> None:
-    with contextlib.suppress(Exception):
-        await sub.unsubscribe()

@@ -1,9 +1,11 @@
 """The NATS server restarts mid-stream: the enricher reconnects and carries on, losing
-nothing; a connection nats-py closes for good stops it."""
+nothing, its state feeds subscribed again; restarted on an empty store, the enricher
+makes its streams and consumers again; a connection nats-py closes for good stops it."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 from pathlib import Path
 
@@ -11,12 +13,16 @@ import nats
 import nats.errors
 import pytest
 from flowscope.core import codec, subjects
+from flowscope.enricher import consuming
+from nats.aio.client import Client as NATS
 
 from tests.integration.enricher.conftest import (
+    Collected,
     collect,
     make_settings,
     publish_raw,
     raw_flow,
+    raw_socket,
     start_replica,
 )
 from tests.support import nats_server
@@ -47,6 +53,84 @@ async def test_enricher_survives_a_nats_restart() -> None:
                     await asyncio.sleep(0.2)
         await out.wait_for(lambda recs: {r["source.port"] for r in recs} == {1, 3}, within=30)
         assert not replica.task.done()
+        await client.close()
+    finally:
+        assert await replica.stop() == 0
+        server.close()
+
+
+async def publish_when_stored(nc: NATS, schema: codec.Schema, subject: str, recs: list) -> None:
+    """Publish a raw batch once the server stores it (reconnected, the stream there)."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await publish_raw(nc, schema, subject, recs)
+                return
+            except nats.errors.Error:
+                await asyncio.sleep(0.2)
+
+
+async def joined_pid(nc: NATS, out: Collected, sport: int) -> int | None:
+    """Publish a socket event of pid ``sport`` and flows of its connection until one comes
+    out joined to it (its ``source.process.pid``); None if none within 30 tries."""
+    event = raw_socket("node-r", "connect", "198.51.100.7", sport, "192.0.2.9", 443, sport, "app")
+    await publish_when_stored(nc, codec.RAW_SOCKET, subjects.raw_sockets("node-r"), [event])
+    flow = raw_flow("node-r", "198.51.100.7", "192.0.2.9", sport, 443)
+    for _ in range(30):
+        seen = len(out.records)
+        await publish_when_stored(nc, codec.RAW_FLOW, subjects.raw_flows("node-r"), [flow])
+        records = await out.wait_for(lambda recs, seen=seen: len(recs) > seen, within=30)
+        if records[-1].get("source.process.pid") == sport:
+            return sport
+        await asyncio.sleep(0.5)
+    return None
+
+
+async def test_state_feeds_survive_a_nats_restart() -> None:
+    """nats-py rebuilds an ordered consumer after a restart from its last sequence but
+    with the first request's start time, which the server refuses (err_code 10094):
+    the socket feed must come back, or flows after the restart lose their process."""
+    server = nats_server.start()
+    port, store = server.port, server.store_dir
+    replica = start_replica(make_settings(server.url, **{"nats.reconnect_wait_max": 0.2}))
+    try:
+        await replica.ready()
+        client = await nats.connect(server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+        out = await collect(client, subjects.FLOWS_ALL, codec.FLOW)
+        assert await joined_pid(client, out, 41000) == 41000
+        server.stop()  # same store and port
+        server = nats_server.start(port=port, store_dir=store)
+        assert await joined_pid(client, out, 42000) == 42000
+        await replica.ready()
+        await client.close()
+    finally:
+        assert await replica.stop() == 0
+        server.close()
+
+
+async def test_enricher_consumes_again_after_nats_lost_its_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nats-server restarted on an empty store: no streams, no consumers. The enricher
+    makes them again (saying so once per consumer), enriches the flows published then,
+    and learns the socket events of the new raw stream."""
+    server = nats_server.start()
+    port, store = server.port, server.store_dir
+    replica = start_replica(make_settings(server.url, **{"nats.reconnect_wait_max": 0.2}))
+    try:
+        await replica.ready()
+        client = await nats.connect(server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+        out = await collect(client, subjects.FLOWS_ALL, codec.FLOW)
+        assert await joined_pid(client, out, 41000) == 41000
+        server.stop()
+        shutil.rmtree(store)
+        server = nats_server.start(port=port, store_dir=store)
+        assert await joined_pid(client, out, 42000) == 42000
+        await replica.ready()
+        lines = [r.getMessage() for r in caplog.records]
+        gone = [line for line in lines if line.startswith("work consumer gone")]
+        assert len(gone) == len(consuming.WORK)
+        assert len([line for line in lines if line == "state feed subscribed again"]) == 2
         await client.close()
     finally:
         assert await replica.stop() == 0

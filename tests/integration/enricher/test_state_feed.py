@@ -47,11 +47,39 @@ async def test_caught_up_only_once_both_feeds_are_replayed(clean_nc: NATS) -> No
     enricher = Enricher(LocalResolver(frozenset()), SocketTable(100, 30),
                         NameCache(60, 3600, 100_000), Observers(300))  # fmt: skip
     pipeline = Pipeline(clean_nc, enricher, Metrics.create(CollectorRegistry()))
-    subs, caught_up = await consuming.state_feed(js, pipeline, 300)
+    feeds = await consuming.state_feed(js, pipeline, 300)
     try:
-        await asyncio.wait_for(caught_up.wait(), 30)
+        await asyncio.wait_for(feeds.caught_up.wait(), 30)
         assert len(enricher.names) == BATCHES * PER_BATCH
         assert len(enricher.sockets) == 1
     finally:
-        for sub in subs:
-            await sub.unsubscribe()
+        await feeds.close()
+
+
+async def test_feeds_are_lost_with_their_stream_and_come_back_with_it(clean_nc: NATS) -> None:
+    """The raw stream deleted under the feeds (a server restarted on an empty store):
+    they are reported lost until the stream is made again, then read the new stream
+    from its start (its sequences restarted)."""
+    js = clean_nc.jetstream()
+    settings = NatsSettings(url=clean_nc.connected_url.geturl())
+    await messaging.ensure_streams(js, settings)
+    enricher = Enricher(LocalResolver(frozenset()), SocketTable(100, 30),
+                        NameCache(60, 3600, 100), Observers(300))  # fmt: skip
+    pipeline = Pipeline(clean_nc, enricher, Metrics.create(CollectorRegistry()))
+    feeds = await consuming.state_feed(js, pipeline, 300)
+    try:
+        await asyncio.wait_for(feeds.caught_up.wait(), 30)
+        assert await feeds.keep()
+        await js.delete_stream(subjects.STREAM_RAW)
+        assert not await feeds.keep()
+        await messaging.ensure_streams(js, settings)
+        await publish_raw(clean_nc, codec.RAW_SOCKET, subjects.raw_sockets("n1"),
+                          [raw_socket("n1", "connect", "10.9.0.1", 4000, "10.9.0.2", 80, 7, "app")])  # fmt: skip
+        assert await feeds.keep()
+        for _ in range(200):  # delivered to the feed's callback asynchronously
+            if len(enricher.sockets):
+                break
+            await asyncio.sleep(0.05)
+        assert len(enricher.sockets) == 1
+    finally:
+        await feeds.close()
