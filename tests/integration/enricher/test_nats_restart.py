@@ -86,34 +86,15 @@ async def joined_pid(nc: NATS, out: Collected, sport: int) -> int | None:
     return None
 
 
-async def test_state_feeds_survive_a_nats_restart() -> None:
-    """nats-py rebuilds an ordered consumer after a restart from its last sequence but
-    with the first request's start time, which the server refuses (err_code 10094):
-    the socket feed must come back, or flows after the restart lose their process."""
-    server = nats_server.start()
-    port, store = server.port, server.store_dir
-    replica = start_replica(make_settings(server.url, **{"nats.reconnect_wait_max": 0.2}))
-    try:
-        await replica.ready()
-        client = await nats.connect(server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
-        out = await collect(client, subjects.FLOWS_ALL, codec.FLOW)
-        assert await joined_pid(client, out, 41000) == 41000
-        server.stop()  # same store and port
-        server = nats_server.start(port=port, store_dir=store)
-        assert await joined_pid(client, out, 42000) == 42000
-        await replica.ready()
-        await client.close()
-    finally:
-        assert await replica.stop() == 0
-        server.close()
-
-
-async def test_enricher_consumes_again_after_nats_lost_its_store(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("store_lost", [False, True], ids=["same-store", "store-lost"])
+async def test_the_enricher_carries_on_after_a_nats_restart(
+    store_lost: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """nats-server restarted on an empty store: no streams, no consumers. The enricher
-    makes them again (saying so once per consumer), enriches the flows published then,
-    and learns the socket events of the new raw stream."""
+    """Same store: nats-py rebuilds an ordered consumer from its last sequence but with
+    the first request's start time, which the server refuses (err_code 10094); the socket
+    feed must come back, or flows after the restart lose their process. Store lost: no
+    streams, no consumers; the enricher makes them again (saying so once per consumer),
+    enriches the flows published then, and learns the socket events of the new stream."""
     server = nats_server.start()
     port, store = server.port, server.store_dir
     replica = start_replica(make_settings(server.url, **{"nats.reconnect_wait_max": 0.2}))
@@ -122,15 +103,17 @@ async def test_enricher_consumes_again_after_nats_lost_its_store(
         client = await nats.connect(server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
         out = await collect(client, subjects.FLOWS_ALL, codec.FLOW)
         assert await joined_pid(client, out, 41000) == 41000
-        server.stop()
-        shutil.rmtree(store)
+        server.stop()  # same port
+        if store_lost:
+            shutil.rmtree(store)
         server = nats_server.start(port=port, store_dir=store)
         assert await joined_pid(client, out, 42000) == 42000
         await replica.ready()
-        lines = [r.getMessage() for r in caplog.records]
-        gone = [line for line in lines if line.startswith("work consumer gone")]
-        assert len(gone) == len(consuming.WORK)
-        assert len([line for line in lines if line == "state feed subscribed again"]) == 2
+        if store_lost:
+            lines = [r.getMessage() for r in caplog.records]
+            gone = [line for line in lines if line.startswith("work consumer gone")]
+            assert len(gone) == len(consuming.WORK)
+            assert len([line for line in lines if line == "state feed subscribed again"]) == 2
         await client.close()
     finally:
         assert await replica.stop() == 0
