@@ -51,26 +51,11 @@ def parse_endpoint(value: str) -> str:
     ``user:password@`` is refused rather than sent as basic authentication (aiohttp's
     way with it): credentials go in the headers, which are a secret setting.
     """
-    if not value:
-        return value
-    has_scheme = "://" in value
-    parts = urlsplit(value if has_scheme else f"//{value}")
-    shown = repr(redacted(value))
-    if "@" in parts.netloc:
-        raise ValueError(
-            f"{shown}: credentials in the endpoint are refused (URLs are logged, flags "
-            "shown by ps): send them as a header with FLOWSCOPE_OTLP_HEADERS or "
-            "OTEL_EXPORTER_OTLP_HEADERS (authorization=Basic%20<base64 of user:password>)"
-        )
-    if has_scheme and parts.scheme not in ("http", "https"):
-        raise ValueError(f"{shown}: scheme must be http or https")
-    if not parts.hostname:
-        raise ValueError(f"{shown} has no host")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as e:
-        raise ValueError(f"{shown} has a bad port") from e
-    return value
+    return _endpoint(
+        value,
+        "send them as a header with FLOWSCOPE_OTLP_HEADERS or OTEL_EXPORTER_OTLP_HEADERS "
+        "(authorization=Basic%20<base64 of user:password>)",
+    )
 
 
 def parse_http_url(value: str) -> str:
@@ -81,12 +66,33 @@ def parse_http_url(value: str) -> str:
     """
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"{redacted(value)!r} is not an http:// or https:// URL")
-    if "@" in value.partition("://")[2].partition("/")[0]:
+    return _endpoint(
+        value, "set username with password or password_file, or api_key / api_key_file"
+    )
+
+
+def _endpoint(value: str, credentials_go: str) -> str:
+    """``value`` checked as an endpoint (empty: none); ``credentials_go`` says where
+    credentials go instead of the URL, which is logged and, as a flag, shown by ps."""
+    if not value:
+        return value
+    has_scheme = "://" in value
+    parts = urlsplit(value if has_scheme else f"//{value}")
+    shown = repr(redacted(value))
+    if "@" in parts.netloc:
         raise ValueError(
-            "credentials in the URL are refused (URLs are logged): set username with "
-            "password or password_file, or api_key / api_key_file, instead"
+            f"{shown}: credentials in the URL are refused (URLs are logged, flags shown "
+            f"by ps): {credentials_go}"
         )
-    return parse_endpoint(value)
+    if has_scheme and parts.scheme not in ("http", "https"):
+        raise ValueError(f"{shown}: scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"{shown} has no host")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise ValueError(f"{shown} has a bad port") from e
+    return value
 
 
 def parse_headers(value: str) -> str:
