@@ -15,7 +15,7 @@ import logging
 import re
 import ssl
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -499,6 +499,19 @@ def stream_config(spec: subjects.StreamSpec, settings: NatsSettings) -> StreamCo
         # 0: the server's default (two minutes); the window may not exceed max_age.
         duplicate_window=settings.stream_max_age if spec.dedup_whole_retention else 0,
     )
+
+
+async def consumer_missing(info: Awaitable[Any]) -> bool:
+    """Whether the server says a consumer (or its stream) does not exist, asked by
+    ``info`` (a ``consumer_info`` call). False when it cannot tell (NATS away): that is
+    a disconnection, which the client recovers from by itself, not a loss."""
+    try:
+        await info
+    except NotFoundError:
+        return True
+    except Exception:
+        return False
+    return False
 
 
 async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:

@@ -518,13 +518,9 @@ class WorkConsumer:
 
     async def gone(self) -> bool:
         """Whether the server says this consumer (or its stream) does not exist."""
-        try:
-            await self._js.consumer_info(subjects.STREAM_RAW, self.durable)
-        except NotFoundError:
-            return True
-        except NatsError:  # cannot tell (NATS away): treat as a disconnection
-            return False
-        return False
+        return await messaging.consumer_missing(
+            self._js.consumer_info(subjects.STREAM_RAW, self.durable)
+        )
 
     async def restore(self, stopping: asyncio.Event) -> None:
         """Make the streams and this consumer again, backing off up to 10 s between
@@ -605,7 +601,11 @@ class StateFeeds:
             self._next = dict.fromkeys(self.SUBJECTS, 1)
             lost = list(self.SUBJECTS)
         else:
-            lost = [s for s in self.SUBJECTS if await self._gone(self._subs[s])]
+            lost = [
+                s
+                for s in self.SUBJECTS
+                if await messaging.consumer_missing(self._subs[s].consumer_info())
+            ]
         for subject in lost:
             try:
                 await self._open(subject, self._next[subject])
@@ -650,15 +650,6 @@ class StateFeeds:
         with contextlib.suppress(NatsError):
             await self._js.delete_consumer(subjects.STREAM_RAW, info.name)
         return (info.delivered.stream_seq if info.delivered else 0) + 1
-
-    async def _gone(self, sub: JetStreamContext.PushSubscription) -> bool:
-        try:
-            await sub.consumer_info()
-        except NotFoundError:
-            return True
-        except NatsError:  # cannot tell (NATS away)
-            return False
-        return False
 
     def _callback_for(self, subject: str) -> Callable[[Msg], Awaitable[None]]:
         async def on_message(msg: Msg) -> None:

@@ -38,7 +38,7 @@ import nats.js.errors
 from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError, RecordError
 from flowscope.core.logs import RateLimitedLog
-from flowscope.core.messaging import dead_letter
+from flowscope.core.messaging import consumer_missing, dead_letter
 from flowscope.core.records import validate_dns, validate_flow
 from flowscope.core.runtime import first_of
 from flowscope.exporter.metrics import ExporterMetrics
@@ -416,7 +416,9 @@ class SinkLane:
         except nats.errors.Error as e:
             # A deleted consumer answers like a brief disconnection (no responders):
             # ask the server which it is once the connection is up.
-            if self._nc.is_connected and await self._consumer_gone(source):
+            if self._nc.is_connected and await consumer_missing(
+                self._js.consumer_info(source.stream, durable_name(self.sink.name))
+            ):
                 log.warning(
                     "consumer gone; subscribing again",
                     extra={"sink": self.sink.name, "stream": source.stream, "error": str(e)},
@@ -427,16 +429,6 @@ class SinkLane:
             await asyncio.sleep(min(wait, 0.5))
             return []
         return msgs
-
-    async def _consumer_gone(self, source: Source) -> bool:
-        """Whether the server says this sink's consumer (or its stream) does not exist."""
-        try:
-            await self._js.consumer_info(source.stream, durable_name(self.sink.name))
-        except nats.js.errors.NotFoundError:
-            return True
-        except Exception:  # cannot tell (NATS away): treat as a disconnection
-            return False
-        return False
 
     async def _watch_lag(self, source: Source) -> None:
         """Publish the consumer's lag: messages not yet delivered plus delivered but not
