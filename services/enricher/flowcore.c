@@ -1609,37 +1609,6 @@ format_int(long long v, char *buf)
     return len;
 }
 
-typedef struct {
-    const char *data;
-    Py_ssize_t len;
-} Piece;
-
-/* A line of `total` bytes joined from n pieces, added under `subject`: to the batch's
- * Lines (flow_body), else as a bytes object to its lines dict. 0, or -1: an error. */
-static int
-emit(Batch *b, PyObject *subject, const Piece *pieces, int n, Py_ssize_t total)
-{
-    PyObject *line = NULL;
-    char *o;
-    if (b->rendered != NULL) {
-        if ((o = lines_reserve(b->rendered, subject, total)) == NULL)
-            return -1;
-    } else {
-        if ((line = PyBytes_FromStringAndSize(NULL, total)) == NULL)
-            return -1;
-        o = PyBytes_AS_STRING(line);
-    }
-    for (int i = 0; i < n; i++) {
-        memcpy(o, pieces[i].data, (size_t)pieces[i].len);
-        o += pieces[i].len;
-    }
-    if (line == NULL)
-        return 0;
-    int rc = bucket_append(b->lines, subject, line);
-    Py_DECREF(line);
-    return rc;
-}
-
 /* Room for a line of `most` bytes at most under `subject`: in the batch's Lines
  * (flow_body), else in a new bytes object *line. NULL: an error. */
 static char *
@@ -2032,8 +2001,12 @@ python_path(Batch *b, PyObject *raw, Py_ssize_t i)
         if (b->rendered == NULL) {
             rc = bucket_append(b->lines, subject, line);
         } else if (PyBytes_CheckExact(line)) {
-            Piece piece = {PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line)};
-            rc = emit(b, subject, &piece, 1, piece.len);
+            Py_ssize_t n = PyBytes_GET_SIZE(line);
+            char *o = lines_reserve(b->rendered, subject, n);
+            if (o != NULL) {
+                memcpy(o, PyBytes_AS_STRING(line), (size_t)n);
+                rc = 0;
+            }
         } else {
             PyErr_SetString(PyExc_TypeError, "_flow must render a line as bytes");
         }
