@@ -44,13 +44,7 @@ async def test_enricher_survives_a_nats_restart() -> None:
         server.stop()  # same store and port: JetStream state survives, like a pod restart
         server = nats_server.start(port=port, store_dir=store)
         second = [raw_flow("node-r", "127.0.0.1", "192.0.2.9", 3, 2)]
-        async with asyncio.timeout(30):  # the test's own client reconnects, too
-            while True:
-                try:
-                    await publish_raw(client, codec.RAW_FLOW, flows, second)
-                    break
-                except nats.errors.Error:
-                    await asyncio.sleep(0.2)
+        await publish_when_stored(client, codec.RAW_FLOW, flows, second)  # it reconnects, too
         await out.wait_for(lambda recs: {r["source.port"] for r in recs} == {1, 3}, within=30)
         assert not replica.task.done()
         await client.close()
