@@ -22,7 +22,8 @@ What a client sees is what an API server sends:
   answering again. :meth:`FakeKube.partition` is the same, except that the streams
   open when it starts never send again (their connections died in it: the server's side
   was reset, and its RST lost), as after a real partition.
-- ``GET /version`` answers the server's version (silent too while the API is).
+- ``GET /version`` answers the server's version, or the Status of ``version_status`` when
+  the test sets another code (silent too while the API is).
 - Requests must carry ``Authorization: Bearer <token>`` (the token in the kubeconfig
   :meth:`FakeKube.write_kubeconfig` writes), else ``401``.
 - :meth:`FakeKube.forbid` / :meth:`FakeKube.allow`: a resource's requests answered
@@ -121,6 +122,7 @@ class FakeKube:
         self.expire_after_first_page = False  # the next LIST's continue token expires
         self.end_watches_at_once = False  # every WATCH ends right after its backlog
         self.forbidden: set[str] = set()  # resources whose requests RBAC refuses (403)
+        self.version_status = 200  # what GET /version answers (a 503: no API behind a proxy)
         self._speaking = asyncio.Event()  # cleared: silent
         self._speaking.set()
         self._runner: web.AppRunner | None = None
@@ -267,6 +269,9 @@ class FakeKube:
     async def _version(self, request: web.Request) -> web.Response:
         self.requests.append(("version", dict(request.query)))
         await self._speaking.wait()
+        if self.version_status != 200:
+            body = status(self.version_status, "Failure", f"HTTP {self.version_status}")
+            return web.json_response(body, status=self.version_status)
         return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0",
                                   "platform": "linux/amd64"})  # fmt: skip
 
