@@ -580,7 +580,12 @@ class StateFeeds:
         for subject in self.SUBJECTS:
             sub = await self._open(subject, await self._first_since(subject, since))
             info = await sub.consumer_info()
-            self._remaining[subject] = subject not in self._ended and (info.num_pending or 0) > 0
+            # Behind while the server holds messages for it, or has sent some the callback
+            # has not handed over yet: num_pending counts only those not sent, and the
+            # whole backlog may be in this client's buffer when the answer comes back.
+            sent = info.delivered.consumer_seq if info.delivered else 0
+            behind = (info.num_pending or 0) > 0 or (sent or 0) > 0
+            self._remaining[subject] = subject not in self._ended and behind
         if not any(self._remaining.values()):
             self.caught_up.set()
 
