@@ -49,10 +49,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from flowscope.core.errors import CodecError
-from flowscope.core.records import DnsAnswer, RawDns
-
-PROTO_TCP = 6
-PROTO_UDP = 17
+from flowscope.core.records import TCP, UDP, DnsAnswer, RawDns
 
 RCODE_NAMES = {
     0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
@@ -165,7 +162,7 @@ def parse_packet(data: bytes) -> DnsPacket | None:
     TCP segment without payload; raises :class:`DnsParseError` for anything malformed.
     """
     segment = _parse_ip(bytes(data))
-    if segment.proto == PROTO_TCP:
+    if segment.proto == TCP:
         return next(_tcp_packets(segment, None), None)
     return _packet(segment, parse_message(segment.payload, segment.cut))
 
@@ -247,9 +244,9 @@ def _parse_transport(
     proto: int, src: str, dst: str, payload: bytes, missing: int, more: bool
 ) -> _Segment:
     """``more``: the packet is the first fragment of a longer datagram."""
-    if proto == PROTO_UDP:
+    if proto == UDP:
         return _parse_udp(src, dst, payload, missing, more)
-    if proto == PROTO_TCP:
+    if proto == TCP:
         return _parse_tcp(src, dst, payload, missing)
     raise DnsParseError("bad-transport", f"IP protocol {proto}")
 
@@ -262,7 +259,7 @@ def _parse_udp(src: str, dst: str, payload: bytes, missing: int, more: bool) -> 
         missing = max(missing, length - len(payload))
     if length < 8 or (length > len(payload) and not missing):
         raise DnsParseError("bad-udp-length", str(length))
-    return _Segment(src, sport, dst, dport, PROTO_UDP, payload[8:length], missing)
+    return _Segment(src, sport, dst, dport, UDP, payload[8:length], missing)
 
 
 def _parse_tcp(src: str, dst: str, payload: bytes, missing: int) -> _Segment:
@@ -272,7 +269,7 @@ def _parse_tcp(src: str, dst: str, payload: bytes, missing: int) -> _Segment:
     header_len = (payload[12] >> 4) * 4
     if header_len < 20 or header_len > len(payload):
         raise DnsParseError("bad-tcp-offset", str(header_len))
-    return _Segment(src, sport, dst, dport, PROTO_TCP, payload[header_len:], missing, seq)
+    return _Segment(src, sport, dst, dport, TCP, payload[header_len:], missing, seq)
 
 
 def _tcp_packets(segment: _Segment, streams: TcpStreams | None) -> Iterator[DnsPacket]:
@@ -642,7 +639,7 @@ class DnsExchanges:
         events of messages before a malformed one in the same segment are in ``out``.
         """
         segment = _parse_ip(bytes(data))
-        if segment.proto == PROTO_TCP:
+        if segment.proto == TCP:
             for packet in _tcp_packets(segment, self._streams):
                 self._take(packet, ts_unix_ns, out)
         else:  # one message, read without a generator: the common path stays as lean

@@ -37,23 +37,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 from flowscope.collector import abi
 from flowscope.collector.cache_reading import last_words, merge_chunk
-from flowscope.core.records import RawFlow
+from flowscope.core.records import ICMP_COUNTERPART, RawFlow
 
 if TYPE_CHECKING:
     from flowscope.collector.nat_pairing import NatPairing
 
-TCP = 6
-ICMP = 1
-ICMPV6 = 58
 TCP_FIN = 0x01
 TCP_RST = 0x04
 TRIM_AFTER_BYTES = 8 << 20  # a paired drain that read this much returns the heap it freed
-
-_ICMP_PAIRED = {
-    ICMP: {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17},
-    ICMPV6: {128: 129, 129: 128, 130: 131, 131: 130, 133: 134, 134: 133,
-             135: 136, 136: 135, 139: 140, 140: 139, 144: 145, 145: 144},
-}  # fmt: skip
 
 
 def monotonic_to_realtime_offset(samples: int = 5) -> int:
@@ -121,7 +112,7 @@ def _icmp_ports(proto: int, sport: int, dport: int) -> tuple[int, int]:
     For request/reply pairs the kernel stored the counterpart type, not the code; the
     code of those messages is 0 by definition, and Community ID ignores it anyway.
     """
-    if _ICMP_PAIRED[proto].get(sport) == dport:
+    if ICMP_COUNTERPART[proto].get(sport) == dport:
         return sport, 0
     return sport, dport
 
@@ -210,7 +201,7 @@ def raw_flow_wire(
         dst, dport = text(key[K_ADDR_LO], family), key[K_PORT_LO]
         packets, nbytes = value[V_PKT1], value[V_BYTES1]
         rpackets, rbytes = value[V_PKT0], value[V_BYTES0]
-    if proto in _ICMP_PAIRED:
+    if proto in ICMP_COUNTERPART:
         sport, dport = _icmp_ports(proto, sport, dport)
     flags = value[V_FLAGS] & 0xFF
     tick_ns, origin = ctx.tick_ns, ctx.mono_origin_ns
@@ -566,7 +557,7 @@ class Drainer:
             else:
                 src, sport, dst, dport = hi, port_hi, lo, port_lo
                 packets, nbytes, rpackets, rbytes = pkt1, bytes1, pkt0, bytes0
-            if proto in _ICMP_PAIRED:
+            if proto in ICMP_COUNTERPART:
                 sport, dport = _icmp_ports(proto, sport, dport)
             # Times are ticks, and a chunk's entries share few: each is converted and
             # printed once (19-digit ints were a fifth of the formatting).

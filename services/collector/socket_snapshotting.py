@@ -44,10 +44,10 @@ from flowscope.collector.metrics import SocketSnapshotMetrics
 from flowscope.collector.socket_tracing import AF_INET, AF_INET6, address_text
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
+from flowscope.core.records import TCP, UDP
 
 log = logging.getLogger(__name__)
 
-TCP, UDP = 6, 17
 # (file under /proc/<pid>/net, address family, IP protocol)
 TABLES = (("tcp", AF_INET, TCP), ("tcp6", AF_INET6, TCP), ("udp", AF_INET, UDP),
           ("udp6", AF_INET6, UDP))  # fmt: skip

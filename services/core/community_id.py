@@ -14,11 +14,7 @@ import hashlib
 import ipaddress
 import struct
 
-ICMP = 1
-TCP = 6
-UDP = 17
-ICMPV6 = 58
-SCTP = 132
+from flowscope.core.records import ICMP, ICMP_COUNTERPART, ICMPV6, SCTP, TCP, UDP
 
 _PORTED = frozenset({TCP, UDP, SCTP})
 
@@ -30,18 +26,10 @@ _INPUT = {
     (16, True): struct.Struct("!H16s16sBxHH"), (16, False): struct.Struct("!H16s16sBx"),
 }  # fmt: skip
 
-# request ↔ reply pairs; any other type is a one-way message and is never reordered.
-_ICMP4_COUNTERPART = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
-_ICMP6_COUNTERPART = {
-    128: 129, 129: 128, 130: 131, 131: 130, 133: 134, 134: 133,
-    135: 136, 136: 135, 139: 140, 140: 139, 144: 145, 145: 144,
-}  # fmt: skip
-
 
 def _icmp_ports(proto: int, icmp_type: int, icmp_code: int) -> tuple[int, int, bool]:
     """(sport, dport, one_way) for an ICMP message of this type and code."""
-    table = _ICMP4_COUNTERPART if proto == ICMP else _ICMP6_COUNTERPART
-    counterpart = table.get(icmp_type)
+    counterpart = ICMP_COUNTERPART[proto].get(icmp_type)
     if counterpart is None:
         return icmp_type, icmp_code, True
     return icmp_type, counterpart, False

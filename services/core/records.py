@@ -28,6 +28,17 @@ ENDPOINT_KINDS = ("pod", "service", "node", "host", "external")
 TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")  # bit 0 .. bit 7
 SOCKET_EVENTS = ("connect", "accept", "udp", "close")
 
+# IANA protocol numbers flowscope treats specially.
+ICMP, TCP, UDP, ICMPV6, SCTP = 1, 6, 17, 58, 132
+# ICMP request ↔ reply types, per protocol (Community ID v1's table): the collector keys
+# both directions of an exchange as one flow by them, Community ID orders by them. Any
+# other type is a one-way message.
+ICMP_COUNTERPART = {
+    ICMP: {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17},
+    ICMPV6: {128: 129, 129: 128, 130: 131, 131: 130, 133: 134, 134: 133,
+             135: 136, 136: 135, 139: 140, 140: 139, 144: 145, 145: 144},
+}  # fmt: skip
+
 # IANA protocol numbers → lowercase keywords (network.transport): the registry's
 # "Keyword" column (https://www.iana.org/assignments/protocol-numbers). Numbers it gives
 # no keyword (61, 63, 68, 99, 114: "any ..."; 148-252 unassigned; 253-255) are absent.

@@ -38,7 +38,10 @@ from flowscope.core.errors import RecordError
 from flowscope.core.records import (
     DIRECTIONS,
     END_REASONS,
+    ICMP,
+    ICMPV6,
     SOCKET_EVENTS,
+    TCP,
     RawDns,
     tcp_flag_tags,
     transport_name,
@@ -53,8 +56,7 @@ except ImportError:  # pragma: no cover - a build without a C compiler
     _flowcore = None  # type: ignore[assignment]
 NATIVE_AVAILABLE = _flowcore is not None
 
-TCP = 6
-ICMP_PROTOS = frozenset({1, 58})  # ports carry ICMP type/code: reported as 0
+ICMP_PROTOS = frozenset({ICMP, ICMPV6})  # ports carry ICMP type/code: reported as 0
 MAX_ADDRESSES = 200_000  # canonical-address cache bound
 MAX_CIDS = 65_536  # Community ID cache bound (5-tuples; ~12 MB when full)
 FINAL_REASONS = frozenset({"idle_timeout", "end_of_flow_detected", "forced_end"})  # last report

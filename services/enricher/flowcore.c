@@ -267,7 +267,7 @@ sha1_short(const uint8_t *msg, size_t len, uint8_t out[20])
 
 #define CID_LEN 30 /* "1:" + base64 of 20 bytes (28 characters, one '=') */
 
-/* ICMP request ↔ reply types (community_id._ICMP4_COUNTERPART / _ICMP6_COUNTERPART). */
+/* ICMP request ↔ reply types (records.ICMP_COUNTERPART). */
 static int
 icmp_counterpart(int proto, long type)
 {

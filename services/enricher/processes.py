@@ -34,9 +34,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flowscope.core.records import UDP
+
 SocketKey = tuple[str, int, str, int, str, int]
 LocalKey = tuple[str, int, str, int]
-UDP = 17  # IANA protocol number
 
 
 @dataclass(slots=True)

@@ -14,12 +14,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from flowscope.core.community_id import (
-    _ICMP4_COUNTERPART,
-    _ICMP6_COUNTERPART,
-    community_id,
-    community_id_packed,
-)
+from flowscope.core.community_id import community_id, community_id_packed
+from flowscope.core.records import ICMP_COUNTERPART
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,7 +55,7 @@ def _reference(proto: int, saddr: str, daddr: str, sport: int, dport: int, seed:
     src, dst = ipaddress.ip_address(saddr).packed, ipaddress.ip_address(daddr).packed
     one_way = False
     if proto in (1, 58):
-        pairs = _ICMP4_COUNTERPART if proto == 1 else _ICMP6_COUNTERPART
+        pairs = ICMP_COUNTERPART[proto]
         if sport in pairs:
             dport = pairs[sport]
         else:
