@@ -11,6 +11,7 @@ they exist).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import ssl
@@ -75,30 +76,93 @@ _JWT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 def creds_file(value: str) -> str:
     """A readable credentials file with a user JWT and a user NKey seed, checked at
-    start-up as nats-py reads it: nats-py reads it only when it connects, and loops for
-    ever past the end of a file without a JWT (full CPU, deaf to SIGTERM), and fails
-    every attempt, retried for ever, without a seed. The error never shows what the
-    file holds."""
+    start-up as at each connection (:func:`_creds_callbacks`). The error never shows
+    what the file holds."""
     readable_file(value)
-    if not value:
-        return value
-    text = bytearray(Path(value).read_bytes())
+    if value:
+        _, seed = _read_creds(value)
+        seed[:] = bytes(len(seed))
+    return value
+
+
+def _read_creds(path: str) -> tuple[bytes, bytearray]:
+    """The user JWT and user NKey seed of a creds file, found as nats-py finds them; a
+    ``ValueError`` naming the file when either is missing or malformed: nats-py loops
+    for ever past the end of a file without a JWT (full CPU, deaf to SIGTERM), and
+    fails every attempt without a seed. The caller wipes the seed."""
+    text = bytearray(Path(path).read_bytes())
     seed = _line_after(text, _CREDS_SEED)
     try:
-        if not _JWT.fullmatch(_line_after(text, _CREDS_JWT)):
+        jwt = bytes(_line_after(text, _CREDS_JWT))
+        if not _JWT.fullmatch(jwt):
             raise ValueError(
-                f"{value} holds no NATS user JWT (a JWT on the line after "
+                f"{path} holds no NATS user JWT (a JWT on the line after "
                 "-----BEGIN NATS USER JWT-----)"
             )
         if not _is_user_seed(seed):
             raise ValueError(
-                f"{value} holds no user NKey seed (SU... on the line after "
+                f"{path} holds no user NKey seed (SU... on the line after "
                 "-----BEGIN USER NKEY SEED-----)"
             )
-    finally:
+    except ValueError:
         seed[:] = bytes(len(seed))
+        raise
+    finally:
         text[:] = bytes(len(text))
-    return value
+    return jwt, seed
+
+
+class CredsFileError(NatsError):
+    """The creds file, read for a (re)connection, is unreadable or malformed: that
+    attempt fails, and the next one reads the file again."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(problem)
+
+    def __str__(self) -> str:
+        return f"{setting_name('nats', 'creds_file')}: {self.problem}"
+
+
+def _creds_callbacks(path: str) -> dict[str, Any]:
+    """nats-py's ``user_jwt_cb`` and ``signature_cb`` for a creds file, in place of its
+    path (``user_credentials``).
+
+    Given the path, nats-py reads the file at every connection and reconnection without
+    checking it: replaced under a running service by a malformed one (a bad rotation),
+    it hung the service at its next reconnection (see :func:`_read_creds`). Each
+    callback reads the file anew, so a rotated file is used from the next connection,
+    and checks it as start-up does. A bad file fails that attempt with a
+    :class:`CredsFileError`, a nats-py error, which its reconnection loop reports and
+    carries on from (any other exception ends the loop for good); the next attempt
+    reads the file again. Nothing of it is kept between connections: no last good seed
+    stays in memory, as none does with nats-py's own reading.
+    """
+
+    def read() -> tuple[bytes, bytearray]:
+        try:
+            return _read_creds(path)
+        except ValueError as e:
+            raise CredsFileError(str(e)) from e
+        except OSError as e:
+            raise CredsFileError(f"cannot read {path}: {e.strerror}") from e
+
+    def user_jwt() -> bytes:
+        jwt, seed = read()
+        seed[:] = bytes(len(seed))
+        return jwt
+
+    def signature(nonce: str) -> bytes:
+        _, seed = read()
+        try:
+            key = nkeys.from_seed(seed)
+            signed = key.sign(nonce.encode())
+            key.wipe()
+        finally:
+            seed[:] = bytes(len(seed))
+        return base64.b64encode(signed)
+
+    return {"user_jwt_cb": user_jwt, "signature_cb": signature}
 
 
 def _line_after(text: bytearray, marker: bytes) -> bytearray:
@@ -338,7 +402,7 @@ def connect_options(
             f"set it or {setting_name('nats', 'creds_file')}, not both",
         )
     if settings.creds_file:
-        opts["user_credentials"] = settings.creds_file
+        opts.update(_creds_callbacks(settings.creds_file))
     if settings.nkey_seed_file:
         opts["nkeys_seed"] = settings.nkey_seed_file
     tls = tls_context(settings)
@@ -404,12 +468,13 @@ async def connect(
         except TlsNotOfferedError as e:  # configuration, not reachability: no retry
             raise StartupError("nats", str(e)) from e
         except Exception as e:  # nats-py raises a variety of errors for "unreachable"
-            cause = described(causes[-1] if causes else e)
+            cause = causes[-1] if causes else e
             if not retry:
-                raise StartupError("nats", f"cannot connect to {shown}: {cause}") from e
+                raise StartupError("nats", f"cannot connect to {shown}: {described(cause)}") from e
+            message, fields = _retry_line(cause)
             log.warning(
-                "NATS unreachable; retrying",
-                extra={"url": shown, "error": cause, "retry_in": delay},
+                message,
+                extra={"url": shown, "error": described(cause), "retry_in": delay, **fields},
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.reconnect_wait_max)
@@ -417,6 +482,21 @@ async def connect(
     url = without_secrets(nc.connected_url.geturl()) if nc.connected_url else ""
     log.info("NATS connected", extra={"url": url})
     return nc
+
+
+def _retry_line(cause: Exception) -> tuple[str, dict[str, str]]:
+    """What :func:`connect` logs before it tries again: the message and its own fields.
+
+    A certificate that failed verification (wrong CA, wrong server name) comes from a
+    server that answered: not "unreachable", and the settings that decide it are named.
+    It is retried all the same, as Kubernetes agents do: during a certificate rotation
+    the server may present the new certificate before, or the old one after, this
+    client's CA bundle matches it (the bundle is read once, at start-up).
+    """
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        names = ", ".join(setting_name("nats", n) for n in ("tls_ca", "tls_server_name"))
+        return "NATS server's TLS certificate not verified; retrying", {"settings": names}
+    return "NATS unreachable; retrying", {}
 
 
 async def flush(nc: NATS, flush_timeout: int = 2) -> None:

@@ -274,3 +274,37 @@ async def test_nkey_seed_file(tmp_path: Path) -> None:
             await messaging.connect(both, "test", CollectorRegistry(), retry=False)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("mismatch", ["CA", "server name"])
+async def test_a_certificate_not_verified_at_start_up_is_retried_saying_so(
+    pki: tuple[TlsFiles, TlsFiles],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    mismatch: str,
+) -> None:
+    """The server answered: a wrong CA or server name is not "unreachable". It is
+    retried (a Secret may be rotated in place), each line saying that the certificate
+    was not verified, why, and which settings decide it."""
+    caplog.set_level(logging.WARNING, logger="flowscope.nats")
+    server = tls_server(pki[0], store=str(tmp_path / "js"))
+    other_ca = make_tls(tmp_path)[0].ca
+    settings = NatsSettings(
+        url=f"tls://127.0.0.1:{server.port}", user="alice", password=SECRET,
+        tls_ca=str(other_ca if mismatch == "CA" else pki[0].ca),
+        tls_server_name="" if mismatch == "CA" else "elsewhere.example",
+        connect_timeout=2, reconnect_wait_max=0.1,
+    )  # fmt: skip
+    try:
+        with pytest.raises(TimeoutError):  # retried until the test gives up
+            async with asyncio.timeout(2):
+                await messaging.connect(settings, "test", CollectorRegistry())
+    finally:
+        server.close()
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries
+    for record in retries:
+        assert record.getMessage() == "NATS server's TLS certificate not verified; retrying"
+        assert "certificate verify failed" in getattr(record, "error", "")
+        assert "FLOWSCOPE_NATS_TLS_CA" in getattr(record, "settings", "")
+        assert "FLOWSCOPE_NATS_TLS_SERVER_NAME" in getattr(record, "settings", "")

@@ -8,8 +8,10 @@ lines and errors) goes through ``without_secrets``.
 
 from __future__ import annotations
 
+import base64
 import importlib
 from pathlib import Path
+from typing import Any
 
 import nkeys
 import pytest
@@ -17,7 +19,16 @@ from flowscope import up
 from flowscope.cli import COMMANDS, build_parser
 from flowscope.core import config
 from flowscope.core.errors import ConfigError
-from flowscope.core.messaging import creds_file, nkey_seed_file, parse_urls
+from flowscope.core.messaging import (
+    NatsMetrics,
+    NatsSettings,
+    connect_options,
+    creds_file,
+    nkey_seed_file,
+    parse_urls,
+)
+from nats.errors import Error as NatsError
+from prometheus_client import CollectorRegistry
 
 from tests.support import nats_jwt
 
@@ -201,3 +212,46 @@ def test_a_malformed_creds_file_names_its_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         config.load(Settings, {}, env={"FLOWSCOPE_NATS_CREDS_FILE": str(bad)})
     assert e.value.setting == "FLOWSCOPE_NATS_CREDS_FILE"
+
+
+def _connection_credentials(path: Path) -> Any:
+    """What a connection (first or reconnection) sends for a creds file: the nonce
+    signature and the JWT, as nats-py asks its callbacks for them."""
+    settings = NatsSettings(creds_file=str(path))
+    opts = connect_options(settings, "test", NatsMetrics.create(CollectorRegistry()))
+    assert "user_credentials" not in opts  # nats-py would read the file unchecked
+    return opts["signature_cb"]("nonce"), opts["user_jwt_cb"]()
+
+
+def test_each_connection_reads_the_creds_file_anew(tmp_path: Path) -> None:
+    """A rotated creds file is used from the next (re)connection on."""
+    creds = tmp_path / "user.creds"
+    for _ in range(2):
+        user = nats_jwt.keypair(nkeys.PREFIX_BYTE_USER)
+        account = nats_jwt.keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+        user_jwt = nats_jwt.encode(account, user.public_key.decode(), "u", {"type": "user"})
+        creds.write_text(nats_jwt.creds(user_jwt, user))
+        signature, jwt = _connection_credentials(creds)
+        assert bytes(jwt) == user_jwt.encode()
+        assert user.verify(b"nonce", base64.b64decode(signature))
+
+
+@pytest.mark.parametrize("case", ["seed half only", "JWT half only", "not a creds file"])
+def test_a_creds_file_made_malformed_fails_the_connection_naming_its_setting(
+    tmp_path: Path, case: str
+) -> None:
+    """Replaced under a running service (a bad rotation), the file is checked again at
+    each connection: nats-py looped for ever on a file without a JWT (full CPU, deaf to
+    SIGTERM). The attempt fails with a nats-py error, which its reconnection loop
+    reports and carries on from, naming the setting and not what the file holds."""
+    jwt_half, seed_half = _creds_parts()
+    text = {"seed half only": seed_half, "JWT half only": jwt_half, "not a creds file": "Hunter2\n"}
+    creds = tmp_path / "user.creds"
+    creds.write_text(text[case])
+    with pytest.raises(NatsError) as e:
+        _connection_credentials(creds)
+    message = str(e.value)
+    assert "FLOWSCOPE_NATS_CREDS_FILE" in message and "\n" not in message
+    user_seed = seed_half.split("-----\n")[1].split("\n")[0]
+    for secret in ("Hunter2", user_seed, jwt_half.split("\n")[1]):
+        assert secret not in message
