@@ -19,7 +19,9 @@ TLS (CA, client certificate and key for mutual TLS) is loaded when the sink is b
 before any connection: a file that is not PEM, or one set for an ``http://`` URL (it
 would be ignored), stops start-up (:func:`tls_context`). So do credentials that would
 not all be sent (:class:`Credentials`); a credential file is read again when it changes,
-so a fixed or rotated Secret is used without a restart.
+so a fixed or rotated Secret is used without a restart. Credentials with an ``http://``
+URL are a start-up warning, not an error: they go out unencrypted with every request,
+which only a loopback or same-pod Elasticsearch makes harmless (:func:`warn_plaintext`).
 """
 
 from __future__ import annotations
@@ -226,6 +228,28 @@ def tls_context(settings: ElasticsearchSettings) -> ssl.SSLContext | None:
     return context
 
 
+def warn_plaintext(settings: ElasticsearchSettings) -> None:
+    """One warning when credentials are set and the URL is plaintext ``http://``, as
+    Elastic's clients and Beats give: naming the settings, never a secret."""
+    if settings.url.startswith("https://"):
+        return
+    given = [
+        setting_name("elasticsearch", name, flag=name not in ("password", "api_key"))
+        for name in ("api_key_file", "api_key", "username", "password_file", "password")
+        if getattr(settings, name)
+    ]
+    if given:
+        log.warning(
+            "Elasticsearch credentials go unencrypted: the URL is plaintext http://; use "
+            "https:// unless Elasticsearch is on this host or in this pod",
+            extra={
+                "setting": setting_name("elasticsearch", "url"),
+                "credentials": ", ".join(given),
+                "url": redacted(settings.url),
+            },
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SecretFile:
     """A configured credential file (empty path: not set) and the setting naming it."""
@@ -354,6 +378,7 @@ class BulkClient:
         self._settings = settings
         self._tls = tls_context(settings)  # now: bad TLS files stop start-up
         self._credentials = Credentials(settings)  # and credentials that would be dropped
+        warn_plaintext(settings)
         self._base = settings.url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
 

@@ -6,11 +6,14 @@ exporter specification's default. A bad value raises :class:`ConfigError` naming
 variable it came from (one line, exit 2). The TLS files are loaded here too, into the
 target's context, so a file that is not PEM is such an error rather than a failure of
 every request; so is a TLS file given for a plaintext endpoint, which would otherwise
-be ignored while records (and the headers' tokens) go out unencrypted.
+be ignored while records (and the headers' tokens) go out unencrypted. Headers with a
+plaintext endpoint are a warning, not an error (a collector on this host or in this pod
+is a legitimate set-up): it names the headers, never their values.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +24,8 @@ from flowscope.core.config import positive, readable_file
 from flowscope.core.errors import ConfigError
 from flowscope.core.tls import TlsFile, client_context, setting_name
 from flowscope.exporter.settings import OtlpSettings, parse_endpoint, parse_headers, redacted
+
+log = logging.getLogger("flowscope.exporter.otlp")
 
 GRPC = "grpc"
 HTTP = "http/protobuf"
@@ -110,9 +115,14 @@ def parse_header_list(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def _endpoint_url(endpoint: str, source: str, protocol: str, insecure: bool) -> str:
-    """Normalise an endpoint; the generic variable gets ``/v1/logs`` appended for HTTP."""
+    """Normalise an endpoint; the generic variable gets ``/v1/logs`` appended for HTTP.
+
+    The scheme is lower-cased (it is case-insensitive): ``HTTPS://`` was taken for
+    plaintext, so the HTTP transport skipped certificate checks and gRPC used none."""
     if "://" not in endpoint:
         endpoint = ("http://" if insecure else "https://") + endpoint
+    scheme, separator, rest = endpoint.partition("://")
+    endpoint = scheme.lower() + separator + rest
     if protocol == HTTP:
         path = urlsplit(endpoint).path
         if source == "OTEL_EXPORTER_OTLP_ENDPOINT" or path in ("", "/"):
@@ -141,7 +151,7 @@ def resolve(settings: OtlpSettings, env: Mapping[str, str]) -> OtlpTarget:
     if not endpoint:
         endpoint = DEFAULT_GRPC_ENDPOINT if protocol == GRPC else DEFAULT_HTTP_ENDPOINT
     url = _endpoint_url(endpoint, source, protocol, bool(insecure))
-    headers = _headers(settings.headers, env, protocol)
+    headers, headers_source = _headers(settings.headers, env, protocol)
     compression, _ = _pick(settings.compression, env, "COMPRESSION", _choice("gzip", "none"))
     timeout, _ = _pick(settings.timeout, env, "TIMEOUT", _milliseconds)
     ca = _file(settings.ca_file, env, "CERTIFICATE", "ca_file")
@@ -151,6 +161,7 @@ def resolve(settings: OtlpSettings, env: Mapping[str, str]) -> OtlpTarget:
     context = client_context(ca, cert, key) if tls or ca.path or cert.path or key.path else None
     if not tls:
         _refuse_plaintext_with_tls_files((ca, cert, key), url)
+        _warn_plaintext_headers(headers, headers_source, url)
     return OtlpTarget(
         protocol=protocol,
         url=url,
@@ -177,9 +188,11 @@ def _endpoint(setting: str, env: Mapping[str, str]) -> tuple[str | None, str]:
     return endpoint, source
 
 
-def _headers(setting: str, env: Mapping[str, str], protocol: str) -> tuple[tuple[str, str], ...]:
-    """The header list; for gRPC without binary (``-bin``) metadata, whose values must
-    be bytes: a text value there failed every export."""
+def _headers(
+    setting: str, env: Mapping[str, str], protocol: str
+) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The header list and where it came from; for gRPC without binary (``-bin``)
+    metadata, whose values must be bytes: a text value there failed every export."""
     headers, source = _pick(setting, env, "HEADERS", parse_header_list)
     if isinstance(headers, str):  # the flowscope setting (checked when loaded, unless built)
         source = setting_name("otlp", "headers", flag=False)
@@ -190,7 +203,19 @@ def _headers(setting: str, env: Mapping[str, str], protocol: str) -> tuple[tuple
     for key, _ in headers or ():
         if protocol == GRPC and key.endswith("-bin"):
             raise ConfigError(source, f"{key!r} would be binary gRPC metadata: not supported")
-    return headers or ()
+    return headers or (), source
+
+
+def _warn_plaintext_headers(headers: tuple[tuple[str, str], ...], source: str, url: str) -> None:
+    """One start-up warning: the headers (tokens, often) go out unencrypted with every
+    export. Names only: a value is a secret."""
+    if headers:
+        names = ", ".join(dict.fromkeys(key for key, _ in headers))
+        log.warning(
+            "OTLP headers go unencrypted: the endpoint is plaintext (http://, or insecure "
+            "gRPC); use TLS unless the collector is on this host or in this pod",
+            extra={"setting": source, "headers": names, "url": redacted(url)},
+        )
 
 
 def _refuse_plaintext_with_tls_files(files: tuple[TlsFile, ...], url: str) -> None:

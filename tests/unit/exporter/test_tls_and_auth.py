@@ -64,6 +64,35 @@ async def test_otlp_grpc_mutual_tls(tls: tuple[TlsFiles, TlsFiles]) -> None:
     assert len(receiver.received.log_records) == 1
 
 
+async def test_otlp_an_upper_case_https_scheme_is_tls_verified(
+    tls: tuple[TlsFiles, TlsFiles],
+) -> None:
+    """Schemes are case-insensitive. Before, ``HTTPS://`` was taken for plaintext: over
+    HTTP the collector's certificate was not checked (an untrusted one was accepted),
+    gRPC used no TLS at all, and TLS files for it were refused as set for plaintext."""
+    server, client = tls
+    receiver = await HttpReceiver().start(tls=server)
+    try:
+        endpoint = receiver.endpoint.replace("https://", "HTTPS://")
+        untrusting, _ = make_sink(endpoint, "http/protobuf")  # system roots only
+        assert (await export_or_give_up(untrusting)).deferred == {0}
+        trusting, _ = make_sink(endpoint, "http/protobuf", ca_file=str(server.ca))
+        assert not (await export_or_give_up(trusting)).deferred
+    finally:
+        await receiver.stop()
+    assert len(receiver.received.log_records) == 1
+    grpc_receiver = await GrpcReceiver().start(tls=server)
+    try:
+        sink, _ = make_sink(
+            grpc_receiver.endpoint.replace("https://", "HTTPS://"), "grpc",
+            ca_file=str(client.ca), client_cert=str(client.cert), client_key=str(client.key),
+        )  # fmt: skip
+        assert not (await export_or_give_up(sink)).deferred
+    finally:
+        await grpc_receiver.stop()
+    assert len(grpc_receiver.received.log_records) == 1
+
+
 def es_sink(url: str, **settings: object) -> ElasticsearchSink:
     metrics = ExporterMetrics.create(CollectorRegistry())
     return ElasticsearchSink(
