@@ -109,6 +109,11 @@ def key_value(key: str, value: Any) -> bytes:
     return _field(0x0A, key.encode()) + _field(0x12, any_value(value))
 
 
+# Encodings longer than this are made afresh, not cached: the values that recur (names,
+# kinds, label values; a DNS name has at most 253 characters) are far shorter.
+MAX_CACHED = 1024
+
+
 class AttributeCache(dict[Any, bytes]):
     """Encoded ``attributes`` fields of one record key, by value — values of one type
     only (str, bool or int), so that equal-but-different values (``1``/``True``) never
@@ -123,8 +128,9 @@ class AttributeCache(dict[Any, bytes]):
 
     def __missing__(self, value: Any) -> bytes:
         encoded = self.fresh(value)
-        self.budget.spend()
-        self[value] = encoded
+        if len(encoded) <= MAX_CACHED:
+            self.budget.spend(encoded)
+            self[value] = encoded
         return encoded
 
     def fresh(self, value: Any) -> bytes:
@@ -250,20 +256,27 @@ Encoders = tuple["AttributeCache | Uncached", ...]
 
 
 class CacheBudget:
-    """The total number of cached encodings across all keys: past the limit every
-    cache is emptied (crude but bounded; what recurs is cached again)."""
+    """What the cached encodings of all keys hold, in bytes — each charged its
+    encoding twice (the value it is cached by is about as long) and ``ENTRY_COST`` for
+    the objects and the dict's slot: past the limit every cache is emptied (crude but
+    bounded; what recurs is cached again). Bytes rather than entries: values come from
+    records anyone allowed to publish flows writes, and a count bounded 1 000 values of
+    128 KB at 260 MB."""
+
+    ENTRY_COST = 150
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.caches: list[dict[Any, bytes]] = []
 
-    def spend(self) -> None:
-        self.used += 1
+    def spend(self, encoded: bytes) -> None:
+        cost = self.ENTRY_COST + 2 * len(encoded)
+        self.used += cost
         if self.used > self.limit:
             for cache in self.caches:
                 cache.clear()
-            self.used = 1
+            self.used = cost
 
 
 # Keys whose string values are unique per flow: caching them would only evict the rest.
@@ -281,7 +294,7 @@ class LogsEncoder:
     straightforward encoding the tests compare it with, byte for byte.
     """
 
-    CACHE_LIMIT = 200_000  # cached attribute encodings, all keys together
+    CACHE_BYTES = 48 << 20  # cached attribute encodings, all keys together (CacheBudget)
     SHAPE_LIMIT = 10_000  # shapes remembered; label keys are user data, so bounded
 
     def __init__(self, resource_attributes: Mapping[str, Any]) -> None:
@@ -291,7 +304,7 @@ class LogsEncoder:
         self._scope = _field(
             0x0A, _field(0x0A, SCOPE_NAME.encode()) + _field(0x12, __version__.encode())
         )
-        self._budget = CacheBudget(self.CACHE_LIMIT)
+        self._budget = CacheBudget(self.CACHE_BYTES)
         self._encoders: dict[tuple[str, type], AttributeCache | Uncached] = {}
         self._shapes: dict[tuple[str, ...], tuple[tuple[type, ...], Encoders]] = {}
         self._event = {
@@ -333,6 +346,10 @@ class LogsEncoder:
     def cached_entries(self) -> int:
         """Attribute encodings held in the caches now."""
         return sum(len(cache) for cache in self._budget.caches)
+
+    def cached_bytes(self) -> int:
+        """What the caches hold now, as :class:`CacheBudget` charges it."""
+        return self._budget.used
 
     def _attributes(self, record: Record) -> bytes:
         values = tuple(record.values())

@@ -111,11 +111,24 @@ def test_cached_encoding_is_identical_to_fresh_encoding() -> None:
 
 def test_cache_stays_bounded() -> None:
     class Small(LogsEncoder):
-        CACHE_LIMIT = 100
+        CACHE_BYTES = 20_000
 
     encoder = Small({})
     encoder.encode(Kind.FLOW, [flow(i, **{"x.id": f"v{i}"}) for i in range(500)], 1)
-    assert 0 < encoder.cached_entries() <= 100
+    assert 0 < encoder.cached_entries() < 500
+    assert 0 < encoder.cached_bytes() <= 20_000
+
+
+def test_cache_bounds_bytes_not_only_entries() -> None:
+    """Long distinct values (anyone allowed to publish flows writes them) held 128 KB an
+    entry under an entry count: 1 000 of them kept 260 MB after the batches were sent."""
+    encoder = LogsEncoder({})
+    big = [flow(i, **{"x.id": f"{i:06d}" + "x" * 131_072}) for i in range(400)]
+    plain = LogsEncoder({}).encode(Kind.FLOW, big, 1)
+    assert encoder.encode(Kind.FLOW, big, 1) == plain
+    held = sum(len(v) for cache in encoder._budget.caches for v in cache.values())
+    assert held < 1 << 20
+    assert encoder.cached_bytes() <= LogsEncoder.CACHE_BYTES
 
 
 def test_varint_matches_protobuf() -> None:
@@ -125,7 +138,7 @@ def test_varint_matches_protobuf() -> None:
 
 
 class TinyCaches(LogsEncoder):
-    CACHE_LIMIT = 7  # caches emptied every few records: refilling must not change bytes
+    CACHE_BYTES = 1_500  # caches emptied every few records: refilling must not change bytes
 
 
 @settings(max_examples=150, deadline=None)
