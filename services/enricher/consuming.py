@@ -555,6 +555,14 @@ class StateFeeds:
     consumer the server no longer has (a restart lost it, or nats-py could not rebuild
     it), or every feed from the start of a raw stream made anew (sequences restart).
 
+    nats-py rebuilds from the last sequence *it* delivered on that subscription: none
+    yet — a feed opened past events older than the lookback, NATS restarted before a
+    new one came — and it asks for sequence 1, the whole stream again. Each
+    subscription therefore skips messages below the sequence it was opened at (learning
+    them would bring back stale sockets and names), and :meth:`keep` also reopens a feed
+    whose consumer now starts below that sequence, rather than let it read through the
+    stream (a day of it by default) only to skip it.
+
     Caught up means every feed has handed over its last pending message (or had none
     when it was subscribed). Both feeds count as behind until then — also the second
     while the first, subscribed and replaying already, reaches its end — and a feed
@@ -571,6 +579,7 @@ class StateFeeds:
         self._ended: set[str] = set()
         self._subs: dict[str, JetStreamContext.PushSubscription] = {}
         self._next: dict[str, int] = {}  # per feed: the stream sequence to reopen at
+        self._start: dict[str, int] = {}  # per feed: the sequence its subscription opened at
         self._stream_created: datetime.datetime | None = None
 
     async def start(self, lookback: float) -> None:
@@ -606,11 +615,7 @@ class StateFeeds:
             self._next = dict.fromkeys(self.SUBJECTS, 1)
             lost = list(self.SUBJECTS)
         else:
-            lost = [
-                s
-                for s in self.SUBJECTS
-                if await messaging.consumer_missing(self._subs[s].consumer_info())
-            ]
+            lost = [s for s in self.SUBJECTS if await self._lost(s)]
         for subject in lost:
             try:
                 await self._open(subject, self._next[subject])
@@ -618,6 +623,18 @@ class StateFeeds:
                 return False
             log.warning("state feed subscribed again", extra={"subject": subject})
         return True
+
+    async def _lost(self, subject: str) -> bool:
+        """Whether the server no longer has the feed's consumer, or has it starting
+        below the feed's subscription (rebuilt by nats-py from sequence 1: see the
+        class's docstring). False when the server cannot tell (NATS away)."""
+        try:
+            info = await self._subs[subject].consumer_info()
+        except NotFoundError:
+            return True
+        except Exception:
+            return False
+        return (info.config.opt_start_seq or 0) < self._start[subject]
 
     async def close(self) -> None:
         for sub in self._subs.values():
@@ -629,11 +646,12 @@ class StateFeeds:
         the feed's previous one. No start time: see the class's docstring."""
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
         sub = await self._js.subscribe(
-            subject, stream=subjects.STREAM_RAW, cb=self._callback_for(subject),
+            subject, stream=subjects.STREAM_RAW, cb=self._callback_for(subject, start),
             ordered_consumer=True, config=config,
         )  # fmt: skip
         old = self._subs.get(subject)
         self._subs[subject] = sub
+        self._start[subject] = start
         self._next.setdefault(subject, start)
         if old is not None:
             with contextlib.suppress(Exception):
@@ -656,10 +674,15 @@ class StateFeeds:
             await self._js.delete_consumer(subjects.STREAM_RAW, info.name)
         return (info.delivered.stream_seq if info.delivered else 0) + 1
 
-    def _callback_for(self, subject: str) -> Callable[[Msg], Awaitable[None]]:
+    def _callback_for(self, subject: str, start: int) -> Callable[[Msg], Awaitable[None]]:
+        """The callback of a subscription opened at ``start``: what it gets from below
+        ``start`` (a rebuild by nats-py from sequence 1) is not learned."""
+
         async def on_message(msg: Msg) -> None:
-            self._pipeline.learn(msg)
-            self._next[subject] = msg.metadata.sequence.stream + 1
+            sequence = msg.metadata.sequence.stream
+            if sequence >= start:
+                self._pipeline.learn(msg)
+                self._next[subject] = sequence + 1
             if msg.metadata.num_pending == 0:
                 self._ended.add(subject)
                 self._remaining[subject] = False
