@@ -8,7 +8,9 @@ the remote a connected socket dialled (:meth:`SocketTable.dialled`): a client's 
 connected to a Service address, whose connection a node without the client's DNAT
 reports to the backend pod instead. Memory is bounded: the
 table is an LRU (a flow hit refreshes an entry, so long-lived connections keep their
-process), and a closed socket is forgotten ``grace`` seconds after its close event.
+process), and a closed socket is forgotten ``grace`` seconds after its close event. The
+closes awaiting their grace stay within twice the bound however many sockets close in
+one grace: an evicted or replaced entry's pending close is dropped with it (lazily).
 
 A UDP socket's close names its local end only (remote unspecified: the kernel sends one
 per socket, not per peer), so it expires every UDP entry of that local end: the exact
@@ -72,7 +74,9 @@ class SocketTable:
         # (what a UDP close expires; within the table's bound)
         self._udp_ends: dict[LocalKey, set[SocketKey]] = {}
         # (forget at, arrival, key, owner), a heap: a close applied late (see the module)
-        # may be due before closes that came after it
+        # may be due before closes that came after it. An item whose entry was evicted or
+        # replaced is stale (expire() skips it); the stale ones are dropped when the heap
+        # outgrows twice the bound, so it holds at most that many items and owners
         self._closing: list[tuple[float, int, SocketKey, SocketOwner]] = []
         self._arrivals = itertools.count()
         # table key (as _sockets or _locals has it) → when a close with no entry came
@@ -197,6 +201,22 @@ class SocketTable:
         owner.closed_at = closed_at
         entry = (closed_at + self._grace, next(self._arrivals), key, owner)
         heapq.heappush(self._closing, entry)
+        if len(self._closing) > 2 * self._max:
+            self._drop_stale_closes()
+
+    def _drop_stale_closes(self) -> None:
+        """Keep only the pending closes of entries the table still holds. Without this
+        the heap would grow with the close rate (one item per close until its grace
+        ends, each keeping its owner) rather than with the bound: each held entry has at
+        most one item, so at most ``max_entries`` remain, and the next rebuild is that
+        many closes away."""
+        sockets, locals_ = self._sockets, self._locals
+        self._closing = [
+            entry
+            for entry in self._closing
+            if sockets.get(entry[2]) is entry[3] or locals_.get(entry[2][:4]) is entry[3]
+        ]
+        heapq.heapify(self._closing)
 
     def _put(self, table: OrderedDict, key: tuple, owner: SocketOwner) -> None:
         table[key] = owner
