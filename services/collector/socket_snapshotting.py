@@ -510,8 +510,9 @@ class SocketSnapshot:
             return {}
 
     def _describe(self, pid: int, cgroups: dict[int, tuple[int, str]]) -> Owner:
-        try:
-            comm = (self.proc / str(pid) / "comm").read_text().rstrip("\n")
+        try:  # any bytes a task named itself (prctl), decoded as the tracer decodes them
+            name = (self.proc / str(pid) / "comm").read_bytes().rstrip(b"\n")
+            comm = name.decode("utf-8", errors="replace")
         except OSError:  # exited after its fds were read: the socket went with it, or not
             comm = ""
         cgroup_id, container = cgroups.get(pid, (0, ""))

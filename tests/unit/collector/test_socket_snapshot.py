@@ -296,6 +296,19 @@ def test_snapshot_names_owners_lowest_pid_first(tmp_path: Path) -> None:
 
 
 @little_endian
+def test_a_comm_that_is_not_utf8_is_read_as_the_tracer_reads_it(tmp_path: Path) -> None:
+    """A task may name itself with any bytes (prctl PR_SET_NAME); the snapshot read
+    ``comm`` as UTF-8 text and raised UnicodeDecodeError for the whole snapshot."""
+    host = FakeHost(tmp_path)
+    host.process(300, "pod", "server", [787702, 787704])
+    host.tables(300, tcp=TCP4)
+    (host.proc / "300" / "comm").write_bytes(b"srv\xff\xfe\n")
+    snapshot, _ = host.snapshot()
+    comms = {r["comm"] for r in snapshot.take()}
+    assert comms == {b"srv\xff\xfe".decode("utf-8", errors="replace")}
+
+
+@little_endian
 def test_malformed_lines_are_counted_and_the_rest_reported(tmp_path: Path) -> None:
     host = FakeHost(tmp_path)
     host.process(200, "pod", "client", [787703])
