@@ -807,6 +807,7 @@ async def upkeep_loop(
         sweep()
         enricher = pipeline.enricher
         enricher.sockets.expire()
+        enricher.observers.expire()
         metrics.sockets.set(len(enricher.sockets))
         metrics.names.set(len(enricher.names))
         metrics.observers.set(len(enricher.observers))

@@ -23,9 +23,12 @@ Per flow, in order:
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from socket import AF_INET, inet_pton
@@ -76,6 +79,10 @@ _FLOW_REQUIRED = (
 _FLOW_OPTIONAL = (
     ("tcp_flags", int), ("initiator", bool), ("ifindex", int), ("nat_dst", str), ("nat_dport", int),
 )  # fmt: skip
+# a raw record's observer is a node's name: a DNS subdomain (every node costs memory in
+# Observers, the socket table's keys and each record rendered)
+MAX_NODE_NAME = 253
+OBSERVER_FAULT = f"observer must be a node name (1 to {MAX_NODE_NAME} characters)"
 PID_MAX = 2**32 - 1  # process and thread ids are 32-bit in the kernel (and in bpf/)
 MAX_NAT_IDENTITIES = 10_000  # backend identities with the dialled Service's name
 _SOCKET_REQUIRED = (
@@ -89,6 +96,14 @@ _DNS_REQUIRED = (
 )  # fmt: skip
 _DNS_OPTIONAL = (("proto", int), ("latency_ns", int), ("answers", list))
 _ANSWER_REQUIRED = (("name", str), ("type", str), ("ttl", int), ("data", str))
+# Lengths of raw strings the join state keeps (docs/records.md): its bounds count entries,
+# which bounds memory only if each entry's strings are bounded too. Each is the longest
+# the collector writes; a longer string is a bad record.
+MAX_COMM = 16  # the kernel's char[16] up to its NUL; an undecodable byte is one U+FFFD
+MAX_CONTAINER_ID = 128  # the collector's are 64 hex digits (collector/containers.py)
+# the DNS parser's longest name: 255 wire octets are at most 250 of a name's in 4 labels
+# (63, 63, 63, 61), each octet written \DDD at worst, and 3 dots
+MAX_DNS_NAME = 4 * 250 + 3
 
 
 def check_dns(record: Any, index: int) -> RawDns:
@@ -97,9 +112,15 @@ def check_dns(record: Any, index: int) -> RawDns:
     if not (0 <= record["client_port"] <= 65535 and 0 <= record["server_port"] <= 65535
             and 0 <= record.get("proto", 17) <= 255):  # fmt: skip
         raise RecordError("raw.dns", index, "proto or port out of range")
+    if len(record["qname"]) > MAX_DNS_NAME:
+        raise RecordError("raw.dns", index, f"qname longer than {MAX_DNS_NAME} characters")
     answers = record.get("answers", [])
     for answer in answers:
         check(answer, "dns.answer", index, _ANSWER_REQUIRED)
+        if len(answer["name"]) > MAX_DNS_NAME or len(answer["data"]) > MAX_DNS_NAME:
+            raise RecordError(
+                "raw.dns", index, f"answer name or data longer than {MAX_DNS_NAME} characters"
+            )
     return RawDns(
         record["observer"], record["time_ns"], record["id"], record["qname"], record["qtype"],
         record["rcode"], record["client"], record["client_port"], record["server"],
@@ -125,6 +146,8 @@ def check(
     for key, kind in optional:
         if key in record and type(record[key]) is not kind:
             raise RecordError(schema, index, f"{key} must be {kind.__name__}")
+    if required[0][0] == "observer" and not 0 < len(record["observer"]) <= MAX_NODE_NAME:
+        raise RecordError(schema, index, OBSERVER_FAULT)  # a raw record's node name
     return record
 
 
@@ -204,6 +227,11 @@ class Output:
         )
 
 
+MINUTE_NS = 60 * 10**9
+HISTORY = 1_500  # minutes of events kept per node (a day and some)
+MAX_OBSERVERS = 10_000  # nodes kept (Kubernetes supports 5,000 a cluster): ≤ ~65 MB of minutes
+
+
 class Observers:
     """Nodes known to run a collector, by the times of their raw events.
 
@@ -222,19 +250,35 @@ class Observers:
     does not make a node's current reports look inactive. Only minutes wholly within
     ``ttl`` of the report count (the minutes shorten ``ttl`` by up to one, never
     lengthen it). Up to ``HISTORY`` minutes a node (a day: the raw stream's default
-    retention), the oldest forgotten first. With no event of the node found within
-    ``ttl`` of a report (a clock far off, a hostile time, a report older than what is
-    kept) the node is not active, which keeps both reports of a connection: duplicated,
-    never lost. Times are unix nanoseconds, held in
+    retention), the oldest forgotten first, in an ascending array of 32-bit ints (4
+    bytes a minute: 6 KB for a full day, where a set of ints took 170 KB). With no event
+    of the node found within ``ttl`` of a report (a clock far off, a hostile time, a
+    report older than what is kept) the node is not active, which keeps both reports of
+    a connection: duplicated, never lost. Times are unix nanoseconds, held in
     ``[0, MAX_TIME_NS]``.
+
+    Memory is bounded by forgetting, which only ever makes a node not active (both
+    reports kept): :meth:`expire` forgets what no report of the last ``HISTORY`` minutes
+    is judged by (a node gone from the cluster, minutes older than that), and at most
+    ``max_nodes`` nodes are kept — observer names are a raw record's input — those with
+    the oldest newest events forgotten first.
     """
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.time_ns) -> None:
-        """``clock``: unix nanoseconds, for :meth:`saw` without an event time."""
+    def __init__(
+        self,
+        ttl: float,
+        clock: Callable[[], float] = time.time_ns,
+        max_nodes: int = MAX_OBSERVERS,
+    ) -> None:
+        """``clock``: unix nanoseconds, for :meth:`saw` without an event time and for
+        :meth:`expire`."""
         self.ttl_ns = math.ceil(ttl * 1e9)  # an int: a time's distance is compared exactly
         self._clock = clock
+        self._max_nodes = max_nodes
         self.seen: dict[str, int] = {}  # node → its newest event time (unix ns)
-        self.minutes: dict[str, set[int]] = {}  # node → minutes with events
+        # node → minutes with events, ascending ('i': a minute of a time in
+        # [0, MAX_TIME_NS] is below 2^28)
+        self.minutes: dict[str, array[int]] = {}
 
     def saw(self, node: str, at: int | None = None) -> None:
         """An event of ``node`` at ``at`` (unix ns; the clock's now when None)."""
@@ -245,15 +289,50 @@ class Observers:
         self.in_minute(node, at // MINUTE_NS)
 
     def in_minute(self, node: str, minute: int) -> None:
-        """``node`` had an event in ``minute`` (of event time)."""
+        """``node`` had an event in ``minute`` (of event time); ``node``'s newest event
+        is in ``seen`` (set first, by every caller)."""
         minutes = self.minutes.get(node)
         if minutes is None:
-            minutes = self.minutes[node] = set()
-        elif minute in minutes:
-            return
-        minutes.add(minute)
+            minutes = self.minutes[node] = array("i")
+            if len(self.seen) > self._max_nodes:
+                self._forget_oldest(node)
+        if not minutes or minute > minutes[-1]:
+            minutes.append(minute)  # the common case: a node's next minute
+        else:
+            i = bisect_left(minutes, minute)
+            if minutes[i] == minute:
+                return
+            minutes.insert(i, minute)
         if len(minutes) > HISTORY:
-            minutes.discard(min(minutes))
+            del minutes[0]
+
+    def _forget_oldest(self, keep: str) -> None:
+        """Forget the nodes with the oldest newest events down to ``max_nodes`` less a
+        tenth (a flood of new names costs one partial sort per tenth, not a scan per
+        name), never ``keep``: the node being added."""
+        seen = self.seen
+        count = len(seen) - self._max_nodes + self._max_nodes // 10
+        oldest = heapq.nsmallest(count + 1, seen, key=seen.__getitem__)
+        for node in [n for n in oldest if n != keep][:count]:
+            del seen[node]
+            self.minutes.pop(node, None)
+
+    def expire(self, now: int | None = None) -> None:
+        """Forget what no report of the last ``HISTORY`` minutes before ``now`` (unix
+        ns; the clock's when None) is judged by: the nodes with no event within ``ttl``
+        of that window (their reports' time has passed: a node gone for good, an
+        autoscaled one), and the others' minutes before it. Such a report is judged as
+        before; an older one finds the node not active (both reports kept)."""
+        now = int(self._clock()) if now is None else now
+        oldest = now - HISTORY * MINUTE_NS - self.ttl_ns  # no report's ttl reaches below
+        first = oldest // MINUTE_NS + 1  # the first minute wholly after it (see active)
+        seen, all_minutes = self.seen, self.minutes
+        for node in [node for node, at in seen.items() if at <= oldest]:
+            del seen[node]
+            all_minutes.pop(node, None)
+        for minutes in all_minutes.values():
+            if minutes and minutes[0] < first:
+                del minutes[: bisect_left(minutes, first)]
 
     def active(self, node: str, at: int) -> bool:
         """Whether ``node`` ran a collector at ``at`` (unix ns, the report's time): its
@@ -265,19 +344,14 @@ class Observers:
         at = event_time(at)
         if abs(at - seen) < self.ttl_ns:
             return True
-        minutes = self.minutes.get(node, ())
-        first = (at - self.ttl_ns) // MINUTE_NS + 1
-        last = (at + self.ttl_ns) // MINUTE_NS - 1
-        if last - first < len(minutes):
-            return any(m in minutes for m in range(first, last + 1))
-        return any(first <= m <= last for m in minutes)
+        minutes = self.minutes.get(node)
+        if not minutes:
+            return False
+        i = bisect_left(minutes, (at - self.ttl_ns) // MINUTE_NS + 1)
+        return i < len(minutes) and minutes[i] <= (at + self.ttl_ns) // MINUTE_NS - 1
 
     def __len__(self) -> int:
         return len(self.seen)
-
-
-MINUTE_NS = 60 * 10**9
-HISTORY = 1_500  # minutes of events kept per node (a day and some)
 
 
 MAX_TIME_NS = 2**63 - 1  # event times beyond (or before 0) are held at the bound
@@ -361,6 +435,12 @@ class Enricher:
             # the kernel's ids are 32-bit; a larger one would fail every flow it joins
             # when the record is rendered (orjson writes at most 64-bit integers)
             raise RecordError("raw.socket", i, "pid or tid out of range")
+        if len(event["comm"]) > MAX_COMM:
+            raise RecordError("raw.socket", i, f"comm longer than {MAX_COMM} characters")
+        if len(event.get("container_id", "")) > MAX_CONTAINER_ID:
+            raise RecordError(
+                "raw.socket", i, f"container_id longer than {MAX_CONTAINER_ID} characters"
+            )
         event["src"] = self._address(event["src"], "raw.socket", i, "src")[0]
         if event["dst"]:
             event["dst"] = self._address(event["dst"], "raw.socket", i, "dst")[0]
@@ -521,6 +601,8 @@ class Enricher:
             and type(raw.get("ifindex", 0)) is int
         ):  # fmt: skip
             check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
+        if not 0 < len(observer) <= MAX_NODE_NAME:
+            raise RecordError("raw.flow", i, OBSERVER_FAULT)
         if reason not in END_REASONS:
             raise RecordError("raw.flow", i, f"unknown end_reason {reason!r}")
         if not (
@@ -546,7 +628,7 @@ class Enricher:
         if at > seen.get(observer, -1):
             seen[observer] = at
         minutes = observers.minutes.get(observer)
-        if minutes is None or at // MINUTE_NS not in minutes:
+        if not minutes or minutes[-1] != at // MINUTE_NS:  # else its newest minute
             observers.in_minute(observer, at // MINUTE_NS)
         resolve = self.resolver.resolve
         lookups = tally.lookups

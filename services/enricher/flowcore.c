@@ -44,10 +44,12 @@
  *                              address's slot keeps "unanswered" until it moves)
  *   enricher.observers.seen / ttl_ns      dict node → its newest event time (unix ns, an
  *                              int in [0, 2^63)); a report is judged at its end_ns
- *   enricher.observers.minutes             dict node → set of minutes (event time // 60 s)
- *                              it had events in: added to through Observers.in_minute
- *                              (which bounds them), read by Observers.active when the
- *                              newest event is not within ttl_ns
+ *   enricher.observers.in_minute           a node's minute (event time // 60 s), called
+ *                              when the (observer, minute) pair changes in a batch: it
+ *                              keeps Observers.minutes (an array, bounded, never read
+ *                              here) and may forget other nodes (Observers' node bound);
+ *                              Observers.active reads the minutes when the newest event
+ *                              is not within ttl_ns
  * Only CPython's documented C API is used (_PyBytes_Resize, underscore and all, is in the
  * reference manual: frame_atomic trims its buffer with it).
  */
@@ -88,7 +90,7 @@ static PyObject *subject_cache;   /* source token → {destination token → sub
 static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_out,
     *s_dedup_dropped, *s_process_hits, *s_dns_hits, *s_dns_misses, *s_lookups, *s_addresses,
     *s_resolver, *s_resolve, *s_cache, *s_sockets, *s_sockets_table, *s_locals, *s_names,
-    *s_entries, *s_lookup, *s_observers, *s_seen, *s_minutes, *s_in_minute, *s_ttl, *s_active,
+    *s_entries, *s_lookup, *s_observers, *s_seen, *s_in_minute, *s_ttl, *s_active,
     *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
     *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address, *s_answers,
@@ -577,11 +579,10 @@ typedef struct {
     PyObject *seen;              /* Observers.seen */
     PyObject *observers_active;  /* bound Observers.active: when seen is not within ttl */
     long long observer_ttl_ns;   /* Observers.ttl_ns */
-    PyObject *minutes;           /* Observers.minutes */
     PyObject *in_minute;         /* bound Observers.in_minute */
-    /* the (observer, minute) last found in or added to minutes: the records of a raw
-     * batch are one node's and minutes apart at most, so minutes is asked once or twice
-     * a batch (forgotten when the Python path ran: it may have added and evicted) */
+    /* the (observer, minute) last given to in_minute: the records of a raw batch are
+     * one node's and minutes apart at most, so it is called once or twice a batch
+     * (forgotten when the Python path ran: it may have added and evicted) */
     PyObject *minute_node;
     long long minute_last;
     double ttl_min;              /* NameCache.ttl_min */
@@ -742,6 +743,15 @@ packed_bytes(Raw *r)
 
 #define GET(key) PyDict_GetItemWithError(raw, key)
 
+#define MAX_NODE_NAME 253 /* enriching.MAX_NODE_NAME: longer (or empty) is a bad record */
+
+/* Whether an observer of n characters may be a node's name (else: the Python path). */
+static int
+node_name_length(Py_ssize_t n)
+{
+    return n > 0 && n <= MAX_NODE_NAME;
+}
+
 /* Read and check one raw record. 1: this core handles it; 0: the Python path does;
  * -1: error. Nothing is changed either way. */
 static int
@@ -763,7 +773,8 @@ read_raw(Batch *b, PyObject *raw, Raw *r)
     r->dst_text = GET(k_dst);
     if (PyErr_Occurred())
         return -1;
-    if (r->observer == NULL || !PyUnicode_CheckExact(r->observer) || r->reason == NULL ||
+    if (r->observer == NULL || !PyUnicode_CheckExact(r->observer) ||
+        !node_name_length(PyUnicode_GET_LENGTH(r->observer)) || r->reason == NULL ||
         !PyUnicode_CheckExact(r->reason) || r->src_text == NULL ||
         !PyUnicode_CheckExact(r->src_text) || r->dst_text == NULL ||
         !PyUnicode_CheckExact(r->dst_text))
@@ -1168,28 +1179,21 @@ observe_newest(Batch *b, PyObject *observer, long long at)
 
 #define MINUTE_NS 60000000000LL /* enriching.MINUTE_NS */
 
-/* The observer's minute (Observers.saw): added to observers.minutes[observer] through
- * Observers.in_minute when it is not there. */
+/* The observer's minute (Observers.saw): given to Observers.in_minute, which adds it to
+ * observers.minutes[observer] when it is not there, unless it was the last one given. */
 static int
 observe_minute(Batch *b, PyObject *observer, long long minute)
 {
     if (observer == b->minute_node && minute == b->minute_last)
         return 0;
-    PyObject *minutes = PyDict_GetItemWithError(b->minutes, observer);
-    if (minutes == NULL && PyErr_Occurred())
-        return -1;
     PyObject *m = PyLong_FromLongLong(minute);
     if (m == NULL)
         return -1;
-    int known = minutes != NULL && PySet_CheckExact(minutes) ? PySet_Contains(minutes, m) : 0;
-    if (known == 0) {
-        PyObject *added = PyObject_CallFunctionObjArgs(b->in_minute, observer, m, NULL);
-        known = added == NULL ? -1 : 1;
-        Py_XDECREF(added);
-    }
+    PyObject *added = PyObject_CallFunctionObjArgs(b->in_minute, observer, m, NULL);
     Py_DECREF(m);
-    if (known < 0)
+    if (added == NULL)
         return -1;
+    Py_DECREF(added);
     Py_XSETREF(b->minute_node, Py_NewRef(observer));
     b->minute_last = minute;
     return 0;
@@ -2122,7 +2126,6 @@ release(Batch *b)
     Py_CLEAR(b->names_lookup);
     Py_CLEAR(b->seen);
     Py_CLEAR(b->observers_active);
-    Py_CLEAR(b->minutes);
     Py_CLEAR(b->in_minute);
     Py_CLEAR(b->minute_node);
     for (int i = 0; i < b->json_used; i++) {
@@ -2156,7 +2159,6 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
         (b->seen = attr2(enricher, s_observers, s_seen)) == NULL ||
         (ttl = attr2(enricher, s_observers, s_ttl)) == NULL ||
         (b->observers_active = attr2(enricher, s_observers, s_active)) == NULL ||
-        (b->minutes = attr2(enricher, s_observers, s_minutes)) == NULL ||
         (b->in_minute = attr2(enricher, s_observers, s_in_minute)) == NULL ||
         (ttl_min = attr2(enricher, s_names, s_ttl_min)) == NULL)
         goto fail;
@@ -2176,8 +2178,7 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
     if (require_dict(b->addresses, "_addresses") < 0 || require_dict(b->sockets, "_sockets") < 0 ||
         require_dict(b->locals, "_locals") < 0 || require_dict(b->dialled, "_dialled") < 0 ||
         require_dict(b->entries, "_entries") < 0 || require_dict(b->answers, "_answers") < 0 ||
-        require_dict(b->seen, "observers.seen") < 0 ||
-        require_dict(b->minutes, "observers.minutes") < 0)
+        require_dict(b->seen, "observers.seen") < 0)
         goto fail;
     b->names_generation = PyLong_AsSsize_t(names_generation);
     if (b->names_generation == -1 && PyErr_Occurred())
@@ -2835,6 +2836,8 @@ static int
 read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
           PyObject **last_reason)
 {
+    if (!node_name_length(l->len[F_OBSERVER])) /* plain ASCII: a byte a character */
+        return 0;
     Observer *o = observer_of(l->at[F_OBSERVER], l->len[F_OBSERVER]);
     if (o != NULL)
         h->observer = Py_NewRef(o->text);
@@ -3779,7 +3782,6 @@ PyInit__flowcore(void)
     INTERN(s_lookup, "lookup");
     INTERN(s_observers, "observers");
     INTERN(s_seen, "seen");
-    INTERN(s_minutes, "minutes");
     INTERN(s_in_minute, "in_minute");
     INTERN(s_ttl, "ttl_ns");
     INTERN(s_active, "active");
