@@ -363,6 +363,23 @@ struct contribution {
     __u8  dir;              /* FLOWSCOPE_DIR_* of the packet relative to the key */
 };
 
+/* The wire packets one skb stands for. A GSO/GRO super-packet stands for gso_segs, each
+ * with its own headers (added back by the callers). One built from a virtio-net header
+ * (a tap, a virtio-net NIC receiving a guest's TSO, AF_PACKET with PACKET_VNET_HDR:
+ * SKB_GSO_DODGY) has gso_segs 0 until it is segmented, only gso_size set, at TC ingress
+ * and egress alike: its segments are counted as the kernel's qdisc_pkt_len_init does,
+ * the L4 payload in gso_size pieces (TCP and UDP GSO: hdr_len includes the L4 header). */
+static __always_inline __u64 wire_segments(struct __sk_buff *skb, const struct contribution *c)
+{
+    __u32 segs = skb->gso_segs;
+    if (segs > 1)
+        return segs;
+    __u32 size = skb->gso_size;
+    if (segs == 0 && size != 0 && c->ip_len > c->hdr_len)
+        return (c->ip_len - c->hdr_len + size - 1) / size;
+    return 1;
+}
+
 static __always_inline void account(struct __sk_buff *skb, struct flow_key *key,
                                     const struct contribution *c)
 {
@@ -373,8 +390,7 @@ static __always_inline void account(struct __sk_buff *skb, struct flow_key *key,
      * idle_timeout is seconds. User space converts ticks with struct clock_pair. DNS
      * events keep bpf_ktime_get_ns: their latency is measured in microseconds. */
     __u64 now = bpf_jiffies64();
-    /* A GSO/GRO super-packet stands for gso_segs wire packets, each with its own headers. */
-    __u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+    __u64 segs = wire_segments(skb, c);
     __u64 bytes = c->ip_len + (segs - 1) * c->hdr_len;
     __u8 dir = c->dir;
 
@@ -506,7 +522,7 @@ static __always_inline void account_cached(struct __sk_buff *skb, struct flow_ke
         return;
     }
     __u64 now = bpf_jiffies64();
-    __u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+    __u64 segs = wire_segments(skb, c);
     __u64 bytes = c->ip_len + (segs - 1) * c->hdr_len;
     __u8 dir = c->dir & 1;
     const __u64 *a = (const __u64 *)key, *b = (const __u64 *)&s->key;

@@ -14,6 +14,9 @@ over its slaves) are skipped while a device under them is attached, and loopback
 attached: each packet through them would be counted twice (docs/collector.md, "No double
 counting on a node"). Stacks change (a slave enslaved after its bond was attached, the
 last slave released), so the devices stacked on a link are reconsidered when it changes.
+A veth pair with both ends in this namespace (Cilium's cilium_host/cilium_net) is handled
+as a stack too: the end with the lower index counts as stacked on its peer, so only one
+end is attached (a packet sent out of one end is received by the other: counted twice).
 
 Events are read on the event loop (the socket never blocks); attaching, forgetting and
 listing run on a worker thread, so a burst of new interfaces (each attach is three netlink
@@ -86,6 +89,20 @@ class LinkEvent:
     link_type: int = 1  # ARPHRD_*
     lower: int = 0  # IFLA_LINK when that device is in this namespace (a veth's: its peer)
     master: int = 0  # IFLA_MASTER: the bond, team or bridge this device is enslaved to
+
+    @property
+    def under(self) -> int:
+        """The one device this one counts as stacked on (0: none): a linked kind's lower
+        device, or a veth's peer in this namespace when the peer has the higher index.
+
+        Of such a pair the end with the higher index is attached: NAME in ``ip link add
+        NAME type veth peer name PEER`` (the kernel registers the peer first), the end a
+        CNI gives the address and routes (cilium_host), so packets forwarded into the
+        pair pass only its egress, where forwarded packets are not counted.
+        """
+        if self.kind in LINKED_KINDS or (self.kind == "veth" and self.lower > self.index):
+            return self.lower
+        return 0
 
 
 def link_event(msg: Any) -> LinkEvent | None:
@@ -167,7 +184,7 @@ class LinkWatcher:
         self._metrics = metrics
         self._attached: set[int] = set()
         self._links: dict[int, LinkEvent] = {}  # present links as last seen
-        self._uppers: set[int] = set()  # those of a stacking kind (LINKED_ or MASTER_KINDS)
+        self._uppers: set[int] = set()  # those stacked on another (`under`) or a MASTER_KIND
         self._events: socket.socket | None = None
         self._marshal = MarshalRtnl()
         self._unsupported = RateLimitedLog(log, interval=3600.0)
@@ -210,13 +227,15 @@ class LinkWatcher:
         self._uppers.discard(event.index)
         if event.added:
             self._links[event.index] = event
-            if event.kind in LINKED_KINDS | MASTER_KINDS:
+            if event.kind in MASTER_KINDS or event.under:
                 self._uppers.add(event.index)
             if event.index not in self._attached and not self._stacked_on_attached(event):
                 self._attach(event)
-            elif event.index in self._attached and not self._selection.wants(
-                event.name, event.kind
-            ):  # renamed to a name the patterns leave out (udev, a CNI's final name)
+            elif event.index in self._attached and (
+                not self._selection.wants(event.name, event.kind)
+                or self._stacked_on_attached(event)
+            ):  # renamed to a name the patterns leave out (udev, a CNI's final name), or a
+                # veth whose peer was not known yet when it was created
                 self._attacher.detach(event.index)
                 self._attached.discard(event.index)
         elif event.index in self._attached:
@@ -228,6 +247,7 @@ class LinkWatcher:
             or not event.added
             or was_attached != (event.index in self._attached)
             or old_master != event.master
+            or before.lower != event.lower
         ):  # not on every state change: an upper that failed to attach is not retried
             self._restack(event.index, old_master)
         self._metrics.interfaces_attached.set(len(self._attached))
@@ -289,8 +309,7 @@ class LinkWatcher:
 
     def _stacked_on(self, index: int) -> set[int]:
         """The present devices stacked directly on ``index``."""
-        found = {u for u in self._uppers if self._links[u].lower == index
-                 and self._links[u].kind in LINKED_KINDS}  # fmt: skip
+        found = {u for u in self._uppers if self._links[u].under == index}
         link = self._links.get(index)
         master = self._links.get(link.master) if link is not None else None
         if master is not None and master.kind in MASTER_KINDS:
@@ -299,11 +318,9 @@ class LinkWatcher:
 
     def _lowers(self, event: LinkEvent) -> set[int]:
         """The present devices ``event``'s device is stacked on."""
-        if event.kind in LINKED_KINDS:
-            return {event.lower} & self._links.keys()
         if event.kind in MASTER_KINDS:
             return {i for i, link in self._links.items() if link.master == event.index}
-        return set()
+        return {event.under} & self._links.keys()
 
     def _stacked_on_attached(self, event: LinkEvent, seen: frozenset[int] = frozenset()) -> bool:
         """A device under ``event``'s, however deep, has the programs: its packets are

@@ -70,13 +70,13 @@ async def watch(node: Node) -> dict[str, Any]:
     seen["at_start"] = watcher.start(before_attaching)
     seen["listed"] = sorted(attacher.attached.values())
     async with running(watcher):
-        await asyncio.to_thread(
-            node.hx, "ip", "link", "add", "lwa", "type", "veth", "peer", "name", "lwb"
-        )
+        for name in ("lwa", "lwb"):
+            await asyncio.to_thread(node.hx, "ip", "tuntap", "add", name, "mode", "tap")
         await eventually(lambda: len(attacher.attached) == 4, 5, "lwa and lwb attached")
         seen["after_add"] = sorted(attacher.attached.values())
         seen["gauge"] = metrics.interfaces_attached._value.get()
-        await asyncio.to_thread(node.hx, "ip", "link", "del", "lwa")  # takes lwb with it
+        for name in ("lwa", "lwb"):
+            await asyncio.to_thread(node.hx, "ip", "link", "del", name)
         await eventually(lambda: len(attacher.forgotten) == 2, 5, "lwa and lwb forgotten")
         seen["forgotten"] = sorted(attacher.forgotten)
         seen["left"] = sorted(attacher.attached.values())
@@ -89,7 +89,7 @@ async def overflow(node: Node) -> dict[str, Any]:
     # The smallest receive buffer the kernel allows: a burst of new links overflows it.
     watcher = LinkWatcher(attacher, InterfaceSelection(), metrics, receive_buffer=1)
     watcher.start()
-    burst = "".join(f"link add ov{i}a type veth peer name ov{i}b\n" for i in range(10))
+    burst = "".join(f"tuntap add ov{i}{end} mode tap\n" for i in range(10) for end in "ab")
     # While the watcher is not reading yet: the events pile up, then the kernel drops some.
     await asyncio.to_thread(
         subprocess.run, ["ip", "-n", node.host, "-batch", "-"], input=burst, text=True, check=True
@@ -121,7 +121,9 @@ def in_node(node: Node, coroutine: Callable[[Node], Coroutine[Any, Any, T]]) -> 
 def test_links_listed_at_start_then_added_and_deleted_reach_the_watcher() -> None:
     with Node(tag=f"lw{os.getpid()}", ipv6=False).built(pods=0) as node:
         # Present before the watcher starts: found by listing, not by events.
-        node.hx("ip", "link", "add", "lwp", "type", "veth", "peer", "name", "lwq")
+        # Taps, not a veth pair: of a pair inside the namespace one end is attached.
+        node.hx("ip", "tuntap", "add", "lwp", "mode", "tap")
+        node.hx("ip", "tuntap", "add", "lwq", "mode", "tap")
         seen = in_node(node, watch)
     # lo is excluded and br0 is a bridge; only the node's own links, none of the test host's.
     assert seen["at_start"] == 2 and seen["listed"] == ["lwp", "lwq"]

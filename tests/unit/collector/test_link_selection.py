@@ -158,14 +158,15 @@ def test_devices_stacked_on_an_attached_lower_are_skipped() -> None:
 
 
 def test_pod_veths_are_attached_as_before() -> None:
-    """A veth's IFLA_LINK is its peer (here, or in a pod's namespace): not a stack."""
+    """A veth's IFLA_LINK is its peer: in a pod's namespace, not a stack; both ends here,
+    one end attached (test_link_selection_veth_pairs.py)."""
     watcher, attacher = watching()
     watcher.apply(LinkEvent(True, 2, "eth0", ""))
     watcher.apply(LinkEvent(True, 5, "veth5", "veth", lower=0))  # peer in a pod
     watcher.apply(LinkEvent(True, 6, "vetha", "veth", lower=7))  # both ends here
     watcher.apply(LinkEvent(True, 7, "vethb", "veth", lower=6))
     watcher.apply(LinkEvent(True, 8, "veth8", "veth", master=4))  # a bridge port
-    assert attacher.on == {2, 5, 6, 7, 8}
+    assert attacher.on == {2, 5, 7, 8}
 
 
 def test_a_device_stacked_on_an_excluded_lower_is_attached() -> None:
