@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +31,7 @@ import yaml
 from flowscope.core.errors import ConfigError
 
 ENV_PREFIX = "FLOWSCOPE_"
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 T = TypeVar("T")
 
 
@@ -159,6 +161,19 @@ def readable_file(value: str) -> str:
     except OSError as e:
         raise ValueError(f"cannot read {value}: {e.strerror}") from e
     return value
+
+
+def parse_secret(value: str) -> str:
+    """A credential without surrounding whitespace (the final newline a Secret made with
+    ``kubectl create secret --from-file`` holds), and no control character left inside:
+    such a value cannot be sent in a header, or is not the credential. Never shown."""
+    secret = value.strip()
+    if CONTROL.search(secret):
+        raise ValueError(
+            "the value has a control character (a line break, a tab, ...) inside it; "
+            "only surrounding whitespace is removed"
+        )
+    return secret
 
 
 # ---------------------------------------------------------------- conversion

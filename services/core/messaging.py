@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import nkeys
 from flowscope.core import subjects
-from flowscope.core.config import readable_file, setting, without_secrets
+from flowscope.core.config import parse_secret, readable_file, setting, without_secrets
 from flowscope.core.errors import ConfigError, ConnectionLostError, StartupError, described
 from flowscope.core.runtime import first_of
 from flowscope.core.tls import TlsFile, client_context, setting_name
@@ -205,9 +205,14 @@ class NatsSettings:
     url: str = setting(
         "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated", parse=parse_urls
     )
-    user: str = setting("", "user name for user/password authentication")
-    password: str = setting("", "password (environment or YAML file only)", secret=True)
-    token: str = setting("", "authentication token (environment or YAML file only)", secret=True)
+    user: str = setting("", "user name for user/password authentication", parse=parse_secret)
+    password: str = setting(
+        "", "password (environment or YAML file only)", parse=parse_secret, secret=True
+    )
+    token: str = setting(
+        "", "authentication token (environment or YAML file only)", parse=parse_secret,
+        secret=True,
+    )  # fmt: skip
     creds_file: str = setting("", "NATS credentials file (JWT + NKey seed)", parse=creds_file)
     nkey_seed_file: str = setting(
         "", "file holding a user's NKey seed (SU...), for a server that lists the user's "

@@ -39,13 +39,14 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractStreamWriter
+from flowscope.core.config import parse_secret
 from flowscope.core.errors import ConfigError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.tls import TlsFile, client_context, setting_name
 from flowscope.exporter import ecs
 from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.retrying import Backoff, Stopper
-from flowscope.exporter.settings import ElasticsearchSettings, parse_secret, redacted
+from flowscope.exporter.settings import ElasticsearchSettings, redacted
 from flowscope.exporter.sink import ExportResult, Kind, Record
 
 log = logging.getLogger("flowscope.exporter.elasticsearch")

@@ -18,14 +18,20 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from flowscope.core.config import positive, readable_file, section, setting, without_userinfo
+from flowscope.core.config import (
+    parse_secret,
+    positive,
+    readable_file,
+    section,
+    setting,
+    without_userinfo,
+)
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
 
 SINK_NAMES = ("stdout", "otlp", "elasticsearch")
 HEADER_NAME = re.compile(r"[0-9a-z_.-]+")  # lower case: keys are lowered when parsed
 HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def parse_sinks(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -123,19 +129,6 @@ def parse_headers(value: str) -> str:
     return value
 
 
-def parse_secret(value: str) -> str:
-    """A credential without surrounding whitespace (the final newline a Secret made with
-    ``kubectl create secret --from-file`` holds), and no control character left inside:
-    such a value cannot be sent in a header, or is not the credential. Never shown."""
-    secret = value.strip()
-    if CONTROL.search(secret):
-        raise ValueError(
-            "the value has a control character (a line break, a tab, ...) inside it; "
-            "only surrounding whitespace is removed"
-        )
-    return secret
-
-
 def optional_positive(value: float | None) -> float | None:
     """Unset (None: another source or a default decides), or a number greater than 0."""
     return value if value is None else positive(value)
@@ -194,7 +187,7 @@ class ElasticsearchSettings:
     """Elasticsearch ``_bulk`` export into data streams (``--elasticsearch-*``)."""
 
     url: str = setting("http://localhost:9200", "Elasticsearch URL", parse=parse_http_url)
-    username: str = setting("", "user for basic authentication")
+    username: str = setting("", "user for basic authentication", parse=parse_secret)
     password: str = setting(
         "", "password for basic auth (use the environment)", parse=parse_secret, secret=True
     )

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flowscope.core import messaging
+from flowscope.core import config, messaging
 from flowscope.core.errors import ConfigError, StartupError
 from flowscope.core.messaging import NatsSettings
 from prometheus_client import CollectorRegistry
@@ -308,3 +308,25 @@ async def test_a_certificate_not_verified_at_start_up_is_retried_saying_so(
         assert "certificate verify failed" in getattr(record, "error", "")
         assert "FLOWSCOPE_NATS_TLS_CA" in getattr(record, "settings", "")
         assert "FLOWSCOPE_NATS_TLS_SERVER_NAME" in getattr(record, "settings", "")
+
+
+@pytest.mark.parametrize("auth", ["user/password", "token"])
+async def test_credentials_from_a_secret_file_with_a_final_newline_connect(auth: str) -> None:
+    """Each value of a Secret made with ``kubectl create secret --from-file`` ends in its
+    file's newline when ``secretKeyRef`` passes it as a variable; before, it was sent as
+    part of the credential and the server refused it ("Authorization Violation")."""
+    from flowscope.exporter.settings import Settings
+
+    if auth == "token":
+        extra, env = ["--auth", SECRET], {"FLOWSCOPE_NATS_TOKEN": f"{SECRET}\n"}
+    else:
+        extra = AUTH
+        env = {"FLOWSCOPE_NATS_USER": "alice\n", "FLOWSCOPE_NATS_PASSWORD": f"{SECRET}\n"}
+    server = nats_server.start(extra=extra)
+    try:
+        settings = config.load(Settings, {}, {"FLOWSCOPE_NATS_URL": server.url, **env}).nats
+        nc = await messaging.connect(settings, "test", CollectorRegistry(), retry=False)
+        assert nc.is_connected
+        await messaging.close(nc)
+    finally:
+        server.close()

@@ -156,6 +156,34 @@ def test_a_password_in_the_nats_url_variable_or_file_is_refused(tmp_path: Path) 
     assert "S3cret" not in str(e.value)
 
 
+@pytest.mark.parametrize("name", ["user", "password", "token"])
+def test_nats_credentials_lose_surrounding_whitespace(name: str, tmp_path: Path) -> None:
+    """A Secret made with ``kubectl create secret --from-file`` reaches the variable
+    with its file's final newline; before, it was sent and NATS refused every component
+    ("Authorization Violation")."""
+    from flowscope.exporter.settings import Settings
+
+    env = {f"FLOWSCOPE_NATS_{name.upper()}": " Hunter2\n"}
+    assert getattr(config.load(Settings, {}, env=env).nats, name) == "Hunter2"
+    f = tmp_path / "s.yaml"
+    f.write_text(f"nats:\n  {name}: 'Hunter2\n\n'\n")
+    assert getattr(config.load(Settings, {"__config": str(f)}, env={}).nats, name) == "Hunter2"
+
+
+@pytest.mark.parametrize("name", ["user", "password", "token"])
+@pytest.mark.parametrize("inside", ["\n", "\r\nPUB x 1", "\t", "\x00", "\x7f"])
+def test_nats_credentials_with_a_control_character_inside_are_refused_unechoed(
+    name: str, inside: str
+) -> None:
+    from flowscope.exporter.settings import Settings
+
+    var = f"FLOWSCOPE_NATS_{name.upper()}"
+    with pytest.raises(ConfigError) as e:
+        config.load(Settings, {}, env={var: f"Hunter2{inside}more"})
+    assert e.value.setting == var
+    assert "Hunter2" not in str(e.value)
+
+
 def _creds_parts() -> tuple[str, str]:
     """A well-formed creds file's text cut before its seed section: (JWT half, seed half)."""
     user = nats_jwt.keypair(nkeys.PREFIX_BYTE_USER)

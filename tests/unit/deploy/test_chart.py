@@ -33,7 +33,10 @@ COMPONENT_TEMPLATES = {
     "exporter": "exporter-deployment.yaml",
 }
 COLLECTOR_CAPS = ["NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH"]
-HOST_PATHS = ["/sys/fs/bpf", "/sys/fs/cgroup", "/lib/modules", "/usr/src"]
+# Not /sys/fs/bpf: the collector pins nothing (bcc loads by fd, pyroute2 attaches the
+# TC programs by fd), and the node's BPF filesystem holds other tools' pinned maps and
+# programs (Cilium's), which CAP_SYS_ADMIN would let it open.
+HOST_PATHS = ["/sys/fs/cgroup", "/lib/modules", "/usr/src"]
 # The enricher's watched resources as the issue lists them; used only while the
 # enricher's own list (flowscope.enricher.watching.resources) is not importable.
 DOCUMENTED_WATCHES = {
@@ -251,23 +254,32 @@ def test_cluster_role_grants_exactly_what_the_enricher_watches() -> None:
     role = document("ClusterRole")
     granted = set()
     for rule in role["rules"]:
-        assert rule["verbs"] == ["get", "list", "watch"]
+        assert rule["verbs"] == ["list", "watch"]  # collections only: no get by name
         granted |= {(group, r) for group in rule["apiGroups"] for r in rule["resources"]}
     assert granted == _watched_resources()
-    binding = document("ClusterRoleBinding")
-    assert binding["roleRef"]["kind"] == "ClusterRole"
+    objects = rendered()
+    (binding,) = [o for o in objects if o["kind"] == "ClusterRoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+        "name": "flowscope-enricher",
+    }  # fmt: skip
     (subject,) = binding["subjects"]
-    assert subject["kind"] == "ServiceAccount"
-    assert subject["name"] == f"{PLACEHOLDER}-enricher"
-    enricher = documents(CHART / "templates" / COMPONENT_TEMPLATES["enricher"])[0]
-    assert enricher["spec"]["template"]["spec"]["serviceAccountName"] == f"{PLACEHOLDER}-enricher"
+    assert subject == {
+        "kind": "ServiceAccount",
+        "name": "flowscope-enricher",
+        "namespace": "flowscope",
+    }
+    enricher = next(o for o in objects if o["metadata"]["name"] == "flowscope-enricher"
+                    and o["kind"] == "Deployment")  # fmt: skip
+    assert enricher["spec"]["template"]["spec"]["serviceAccountName"] == "flowscope-enricher"
 
 
 def test_only_the_enricher_gets_an_api_token() -> None:
-    accounts = documents(CHART / "templates" / "serviceaccounts.yaml")
-    tokens = {a["metadata"]["name"].rsplit("-", 1)[1]: a["automountServiceAccountToken"]
-              for a in accounts}  # fmt: skip
-    assert tokens == {"collector": False, "enricher": True, "exporter": False}
+    accounts = [o for o in rendered() if o["kind"] == "ServiceAccount"]
+    tokens = {a["metadata"]["name"]: a["automountServiceAccountToken"] for a in accounts}
+    assert tokens == {
+        "flowscope-collector": False, "flowscope-enricher": True, "flowscope-exporter": False,
+    }  # fmt: skip
 
 
 def test_optional_objects_are_behind_their_switches(values: dict[str, Any]) -> None:
@@ -361,6 +373,51 @@ def rendered_container(objects: list[dict[str, Any]], component: str) -> dict[st
     return dict(c)
 
 
+# Helm's longest release name: 53 characters (a Secret of its own is named after it).
+LONG_RELEASE = "observability-platform-production-europe-west1-blue-a"
+DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+EVERY_OBJECT = {
+    "serviceMonitor": {"enabled": True},
+    "networkPolicy": {"enabled": True},
+    "podDisruptionBudget": {"enabled": True},
+    "enricher": {"replicas": 2},
+    "exporter": {"replicas": 2},
+}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        EVERY_OBJECT,
+        {**EVERY_OBJECT, "nameOverride": "n" * 63},
+        {**EVERY_OBJECT, "fullnameOverride": "f" * 70},
+    ],
+    ids=["chart name", "long nameOverride", "long fullnameOverride"],
+)
+def test_a_long_release_name_renders_names_kubernetes_accepts(values: dict[str, Any]) -> None:
+    """A Service name is a DNS label (63 characters); before, "<fullname>-<component>-metrics"
+    grew past it from a 36-character release name on and the install failed. Every name
+    stays within 63 (a pod's is its controller's plus a suffix Kubernetes cuts to fit),
+    distinct per kind, and each reference still finds its object."""
+    assert len(LONG_RELEASE) == 53
+    rendered_text = render(CHART, values, release=LONG_RELEASE)
+    objects = [d for name, text in rendered_text.items() if name.endswith(".yaml")
+               for d in yaml.safe_load_all(text) if d]  # fmt: skip
+    names: dict[str, set[str]] = {}
+    for o in objects:
+        name = o["metadata"]["name"]
+        assert len(name) <= 63 and DNS_LABEL.fullmatch(name), (o["kind"], name)
+        assert name not in names.setdefault(o["kind"], set()), (o["kind"], name)
+        names[o["kind"]].add(name)
+    assert len(names["Service"]) == 3
+    for o in objects:
+        if o["kind"] in ("Deployment", "DaemonSet"):
+            assert o["spec"]["template"]["spec"]["serviceAccountName"] in names["ServiceAccount"]
+        if o["kind"] == "ClusterRoleBinding":
+            assert o["roleRef"]["name"] in names["ClusterRole"]
+            assert o["subjects"][0]["name"] in names["ServiceAccount"]
+
+
 def env_of(c: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
 
@@ -387,6 +444,24 @@ def test_collector_capabilities_pass_its_own_start_up_check() -> None:
     granted = rendered_container(rendered(), "collector")["securityContext"]["capabilities"]
     mask = cap_eff(granted["add"])
     assert checks.missing_capabilities(mask, "5.10.0-21-amd64", 64 << 10) == []
+
+
+def test_otlp_insecure_is_described_as_what_it_does(values: dict[str, Any]) -> None:
+    """It only chooses for an endpoint without a scheme: an https:// endpoint stays TLS.
+    Before, its comment promised "plain-text connection to the collector" outright."""
+    from flowscope.exporter import otlp_config
+
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip() == 'insecure: ""')
+    comment = " ".join(line.strip().lstrip("# ") for line in lines[at - 2 : at])
+    assert "without a scheme" in comment and "scheme wins" in comment
+    for endpoint, tls in (("https://otel-collector.observability:4317", True),
+                          ("otel-collector.observability:4317", False)):  # fmt: skip
+        otlp = {"endpoint": endpoint, "insecure": True}
+        env = env_of(rendered_container(rendered({"exporter": {"otlp": otlp}}), "exporter"))
+        given = {k: v for k, v in env.items() if k.startswith("FLOWSCOPE_OTLP_")}
+        settings = config.load(settings_class("exporter"), {}, env=given)
+        assert otlp_config.resolve(settings.otlp, {}).tls is tls
 
 
 STREAM_ENV = ("FLOWSCOPE_NATS_STREAM_MAX_AGE", "FLOWSCOPE_NATS_STREAM_MAX_BYTES",

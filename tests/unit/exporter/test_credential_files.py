@@ -12,11 +12,12 @@ import os
 from pathlib import Path
 
 import pytest
+from flowscope.core import config
 from flowscope.core.errors import ConfigError
 from flowscope.exporter.ecs import EcsMapper
 from flowscope.exporter.elasticsearch import BackendError, ElasticsearchSink
 from flowscope.exporter.metrics import ExporterMetrics
-from flowscope.exporter.settings import ElasticsearchSettings
+from flowscope.exporter.settings import ElasticsearchSettings, Settings
 from flowscope.exporter.sink import Kind
 from prometheus_client import CollectorRegistry
 
@@ -134,3 +135,37 @@ def test_a_credential_file_with_a_control_character_inside_stops_start_up(
         es_sink("http://127.0.0.1:9", **{setting: str(secret)}, **user)
     assert f"FLOWSCOPE_ELASTICSEARCH_{setting.upper()}" in e.value.setting
     assert "hunter2" not in str(e.value)
+
+
+async def test_a_username_from_the_environment_with_a_final_newline_authenticates() -> None:
+    """``usernameKey`` and ``passwordKey`` of one Secret made with ``kubectl create secret
+    --from-file`` both end in a newline; before, the password lost it and the username
+    kept it, so Elasticsearch refused every request (401)."""
+    es = await FakeElasticsearch().start()
+    es.basic_auth = ("elastic", "s3cret")
+    env = {
+        "FLOWSCOPE_ELASTICSEARCH_URL": es.url,
+        "FLOWSCOPE_ELASTICSEARCH_USERNAME": "elastic\n",
+        "FLOWSCOPE_ELASTICSEARCH_PASSWORD": "s3cret\n",
+    }
+    settings = config.load(Settings, {}, env).elasticsearch
+    sink = es_sink(es.url, username=settings.username, password=settings.password)
+    try:
+        await sink.start()
+        result = await sink.export(Kind.FLOW, [flow(1)])
+    finally:
+        await sink.close()
+        await es.stop()
+    assert settings.username == "elastic"
+    assert not result.deferred and not result.rejected
+    assert len(es.stored(FLOWS)) == 1
+    assert es.refused == 0
+
+
+@pytest.mark.parametrize("inside", ["\n", "\r\nX-Injected: 1", "\t", "\x00"])
+def test_a_username_with_a_control_character_inside_stops_start_up(inside: str) -> None:
+    var = "FLOWSCOPE_ELASTICSEARCH_USERNAME"
+    with pytest.raises(ConfigError) as e:
+        config.load(Settings, {}, {var: f"elastic{inside}more"})
+    assert e.value.setting == var
+    assert "elastic" not in e.value.problem

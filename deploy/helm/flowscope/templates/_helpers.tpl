@@ -21,6 +21,17 @@ Names, labels and the settings every flowscope container shares.
 {{- end }}
 {{- end }}
 
+{{/*
+The name of one component's objects, "<fullname>-<component>": call with (dict "root" $
+"component" "collector"). The fullname is cut to 45 characters so that the longest name
+built on it, the Service "<…>-collector-metrics", keeps within the 63 characters of a DNS
+label; the component stays whole, so no two components' names can become one. A release
+whose fullname is longer could not install before, so no installed name changes.
+*/}}
+{{- define "flowscope.componentName" -}}
+{{- printf "%s-%s" (include "flowscope.fullname" .root | trunc 45 | trimSuffix "-") .component }}
+{{- end }}
+
 {{/* Labels on every object. */}}
 {{- define "flowscope.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
