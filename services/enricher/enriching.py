@@ -322,8 +322,15 @@ class Observers:
         ns; the clock's when None) is judged by: the nodes with no event within ``ttl``
         of that window (their reports' time has passed: a node gone for good, an
         autoscaled one), and the others' minutes before it. Such a report is judged as
-        before; an older one finds the node not active (both reports kept)."""
+        before; an older one finds the node not active (both reports kept).
+
+        ``now`` is never later than the newest event seen: when every node's events are
+        older than the clock's day (a stream read long after, data from another day),
+        the nodes are judged against each other, not forgotten all at once every call
+        and their connections' reports kept twice."""
         now = int(self._clock()) if now is None else now
+        if self.seen:
+            now = min(now, max(self.seen.values()))
         oldest = now - HISTORY * MINUTE_NS - self.ttl_ns  # no report's ttl reaches below
         first = oldest // MINUTE_NS + 1  # the first minute wholly after it (see active)
         seen, all_minutes = self.seen, self.minutes
