@@ -79,10 +79,7 @@ _FLOW_REQUIRED = (
 _FLOW_OPTIONAL = (
     ("tcp_flags", int), ("initiator", bool), ("ifindex", int), ("nat_dst", str), ("nat_dport", int),
 )  # fmt: skip
-# a raw record's observer is a node's name: a DNS subdomain (every node costs memory in
-# Observers, the socket table's keys and each record rendered)
-MAX_NODE_NAME = 253
-OBSERVER_FAULT = f"observer must be a node name (1 to {MAX_NODE_NAME} characters)"
+MAX_NODE_NAME = 253  # a raw record's observer: a node's name, a DNS subdomain
 PID_MAX = 2**32 - 1  # process and thread ids are 32-bit in the kernel (and in bpf/)
 MAX_NAT_IDENTITIES = 10_000  # backend identities with the dialled Service's name
 _SOCKET_REQUIRED = (
@@ -109,6 +106,7 @@ MAX_DNS_NAME = 4 * 250 + 3
 def check_dns(record: Any, index: int) -> RawDns:
     """A checked raw DNS exchange (the fast equivalent of ``RawDns.from_wire``)."""
     check(record, "raw.dns", index, _DNS_REQUIRED, _DNS_OPTIONAL)
+    check_observer(record["observer"], "raw.dns", index)
     if not (0 <= record["client_port"] <= 65535 and 0 <= record["server_port"] <= 65535
             and 0 <= record.get("proto", 17) <= 255):  # fmt: skip
         raise RecordError("raw.dns", index, "proto or port out of range")
@@ -146,9 +144,16 @@ def check(
     for key, kind in optional:
         if key in record and type(record[key]) is not kind:
             raise RecordError(schema, index, f"{key} must be {kind.__name__}")
-    if required[0][0] == "observer" and not 0 < len(record["observer"]) <= MAX_NODE_NAME:
-        raise RecordError(schema, index, OBSERVER_FAULT)  # a raw record's node name
     return record
+
+
+def check_observer(observer: str, schema: str, index: int) -> None:
+    """A raw record's observer is a node's name, 1 to ``MAX_NODE_NAME`` characters:
+    every node costs memory in Observers, the socket table's keys and each record."""
+    if not 0 < len(observer) <= MAX_NODE_NAME:
+        raise RecordError(
+            schema, index, f"observer must be a node name (1 to {MAX_NODE_NAME} characters)"
+        )
 
 
 def merge_owner(src: tuple[str, int], dst: tuple[str, int], src_home: str, dst_home: str) -> str:
@@ -433,6 +438,7 @@ class Enricher:
     def _socket(self, record: Any, i: int) -> dict[str, Any]:
         """A checked socket event with canonical addresses."""
         event = check(record, "raw.socket", i, _SOCKET_REQUIRED, _SOCKET_OPTIONAL)
+        check_observer(event["observer"], "raw.socket", i)
         if event["event"] not in SOCKET_EVENTS:
             raise RecordError("raw.socket", i, f"unknown event {event['event']!r}")
         if not (0 <= event["proto"] <= 255 and 0 <= event["sport"] <= 65535
@@ -608,8 +614,7 @@ class Enricher:
             and type(raw.get("ifindex", 0)) is int
         ):  # fmt: skip
             check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
-        if not 0 < len(observer) <= MAX_NODE_NAME:
-            raise RecordError("raw.flow", i, OBSERVER_FAULT)
+        check_observer(observer, "raw.flow", i)
         if reason not in END_REASONS:
             raise RecordError("raw.flow", i, f"unknown end_reason {reason!r}")
         if not (
