@@ -586,17 +586,20 @@ def stream_config(spec: subjects.StreamSpec, settings: NatsSettings) -> StreamCo
     )
 
 
-async def consumer_missing(info: Awaitable[Any]) -> bool:
+async def consumer_missing(
+    info: Awaitable[Any], replaced: Callable[[Any], bool] = lambda found: False
+) -> bool:
     """Whether the server says a consumer (or its stream) does not exist, asked by
-    ``info`` (a ``consumer_info`` call). False when it cannot tell (NATS away): that is
-    a disconnection, which the client recovers from by itself, not a loss."""
+    ``info`` (a ``consumer_info`` call), or has one that ``replaced`` says is not the
+    one asked for (given its ConsumerInfo). False when it cannot tell (NATS away): that
+    is a disconnection, which the client recovers from by itself, not a loss."""
     try:
-        await info
+        found = await info
     except NotFoundError:
         return True
     except Exception:
         return False
-    return False
+    return replaced(found)
 
 
 async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:

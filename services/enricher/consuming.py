@@ -628,13 +628,11 @@ class StateFeeds:
         """Whether the server no longer has the feed's consumer, or has it starting
         below the feed's subscription (rebuilt by nats-py from sequence 1: see the
         class's docstring). False when the server cannot tell (NATS away)."""
-        try:
-            info = await self._subs[subject].consumer_info()
-        except NotFoundError:
-            return True
-        except Exception:
-            return False
-        return (info.config.opt_start_seq or 0) < self._start[subject]
+        start = self._start[subject]
+        return await messaging.consumer_missing(
+            self._subs[subject].consumer_info(),
+            lambda found: (found.config.opt_start_seq or 0) < start,
+        )
 
     async def close(self) -> None:
         for sub in self._subs.values():
