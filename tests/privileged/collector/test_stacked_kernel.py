@@ -14,14 +14,13 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from flowscope.collector.attaching import Attacher
-from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
 from flowscope.collector.link_watching import InterfaceSelection, LinkWatcher
-from flowscope.collector.loading import FlowProgramConfig, load_flow_program
+from flowscope.collector.loading import FlowProgramConfig
 from flowscope.collector.metrics import CollectorMetrics
 from prometheus_client import CollectorRegistry
 
 from tests.privileged.collector.node import TRAFFIC, Node, sh
+from tests.privileged.collector.programs import attached
 
 PEER_ADDRESS, HOST_ADDRESS = "10.57.0.2", "10.57.0.1"
 
@@ -59,18 +58,12 @@ def echo(server: socket.socket, count: int) -> None:
 
 def test_a_macvlan_and_its_lower_device_count_each_packet_once(node: Node) -> None:
     metrics = CollectorMetrics.create(CollectorRegistry())
-    with node.inside():
-        program = load_flow_program(FlowProgramConfig(max_flows=1024))
-        attacher = Attacher(program.ingress_fd, program.egress_fd,
-                            ingress_ip_fd=program.ingress_ip_fd,
-                            egress_ip_fd=program.egress_ip_fd)  # fmt: skip
+    with attached(node, FlowProgramConfig(max_flows=1024), ()) as kernel:
+        attacher = kernel.attacher
         watcher = LinkWatcher(attacher, InterfaceSelection(), metrics)
         try:
             watcher.start()
             assert sorted(attacher.attached.values()) == ["low0"]
-            drainer = Drainer(BatchReader(program.flows.map_fd, 4096),
-                              TickClock(program.clock_pair), "n", 3.0, DirectionMemory(16),
-                              cache=program.cache)  # fmt: skip
             server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             server.bind((HOST_ADDRESS, 7777))
             server.settimeout(5)
@@ -83,11 +76,8 @@ def test_a_macvlan_and_its_lower_device_count_each_packet_once(node: Node) -> No
             )  # fmt: skip
             replying.join(10)
             server.close()
-            (flow,) = [f for f in drainer.drain().flows if f.proto == 17]
+            (flow,) = [f for f in kernel.drainer.drain().flows if f.proto == 17]
         finally:
             watcher.close()
-            attacher.detach_all()
-            attacher.close()
-            program.close()
     assert (flow.packets, flow.rpackets) == (10, 10)
     assert (flow.bytes, flow.rbytes) == (1280, 1280)

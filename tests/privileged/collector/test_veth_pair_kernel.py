@@ -15,14 +15,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from flowscope.collector.attaching import Attacher
-from flowscope.collector.draining import BatchReader, DirectionMemory, Drainer, TickClock
 from flowscope.collector.link_watching import InterfaceSelection, LinkWatcher
-from flowscope.collector.loading import FlowProgramConfig, load_flow_program
+from flowscope.collector.loading import FlowProgramConfig
 from flowscope.collector.metrics import CollectorMetrics
 from prometheus_client import CollectorRegistry
 
 from tests.privileged.collector.node import Node
+from tests.privileged.collector.programs import attached
 
 
 @pytest.fixture
@@ -46,11 +45,8 @@ def add_pair(node: Node) -> None:
 
 def test_a_veth_pair_inside_the_namespace_counts_each_packet_once(node: Node) -> None:
     metrics = CollectorMetrics.create(CollectorRegistry())
-    with node.inside():
-        program = load_flow_program(FlowProgramConfig(max_flows=1024))
-        attacher = Attacher(program.ingress_fd, program.egress_fd,
-                            ingress_ip_fd=program.ingress_ip_fd,
-                            egress_ip_fd=program.egress_ip_fd)  # fmt: skip
+    with attached(node, FlowProgramConfig(max_flows=1024), ()) as kernel:
+        attacher = kernel.attacher
         watcher = LinkWatcher(attacher, InterfaceSelection(), metrics)
         try:
             watcher.start()
@@ -59,9 +55,6 @@ def test_a_veth_pair_inside_the_namespace_counts_each_packet_once(node: Node) ->
             ends = {name: attacher.ipr.link_lookup(ifname=name)[0] for name in ("va", "vb")}
             assert ends["va"] > ends["vb"]
             assert sorted(attacher.attached.values()) == ["va", "veth10"]
-            drainer = Drainer(BatchReader(program.flows.map_fd, 4096),
-                              TickClock(program.clock_pair), "n", 3.0, DirectionMemory(16),
-                              cache=program.cache)  # fmt: skip
             sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             for _ in range(10):
                 sender.sendto(b"x" * 100, ("10.251.0.9", 9991))  # out of va
@@ -70,12 +63,9 @@ def test_a_veth_pair_inside_the_namespace_counts_each_packet_once(node: Node) ->
             (pod,) = node.pods
             node.run(pod, "udp-spray", "10.251.0.9", "9993", "10")  # forwarded out of va
             time.sleep(0.2)
-            flows = drainer.drain().flows
+            flows = kernel.drainer.drain().flows
         finally:
             watcher.close()
-            attacher.detach_all()
-            attacher.close()
-            program.close()
     counted = {f.dport: (f.packets, f.bytes) for f in flows if f.proto == 17}
     forwarded = {port: (1, 60) for port in range(9993, 10003)}
     assert counted == {9991: (10, 1280), 9992: (10, 1280), **forwarded}
