@@ -101,6 +101,13 @@ MAX_CONTAINER_ID = 128  # the collector's are 64 hex digits (collector/container
 # the DNS parser's longest name: 255 wire octets are at most 250 of a name's in 4 labels
 # (63, 63, 63, 61), each octet written \DDD at worst, and 3 dots
 MAX_DNS_NAME = 4 * 250 + 3
+# qtype, rcode and an answer's type: the parser writes a mnemonic (10 characters at most:
+# NSEC3PARAM), TYPE<n> or RCODE<n> (9: TYPE65535, RCODE4095); room for mnemonics to come
+MAX_DNS_CODE = 16
+# the parser's answers per message: one is 12 octets at least (root owner, type, class,
+# TTL, length, a CNAME to the root) after the 12-octet header, in at most 65 535 octets
+MAX_DNS_ANSWERS = (65_535 - 12) // 12
+MAX_DNS_TTL = 2**31 - 1  # RFC 2181 §8: the parser writes a TTL with the top bit set as 0
 
 
 def check_dns(record: Any, index: int) -> RawDns:
@@ -110,21 +117,40 @@ def check_dns(record: Any, index: int) -> RawDns:
     if not (0 <= record["client_port"] <= 65535 and 0 <= record["server_port"] <= 65535
             and 0 <= record.get("proto", 17) <= 255):  # fmt: skip
         raise RecordError("raw.dns", index, "proto or port out of range")
+    if not (0 <= record["id"] <= 65535 and record.get("latency_ns", 0) >= 0):
+        raise RecordError("raw.dns", index, "id or latency_ns out of range")
     if len(record["qname"]) > MAX_DNS_NAME:
         raise RecordError("raw.dns", index, f"qname longer than {MAX_DNS_NAME} characters")
+    if len(record["qtype"]) > MAX_DNS_CODE or len(record["rcode"]) > MAX_DNS_CODE:
+        raise RecordError("raw.dns", index, f"qtype or rcode longer than {MAX_DNS_CODE} characters")
     answers = record.get("answers", [])
-    for answer in answers:
-        check(answer, "dns.answer", index, _ANSWER_REQUIRED)
-        if len(answer["name"]) > MAX_DNS_NAME or len(answer["data"]) > MAX_DNS_NAME:
-            raise RecordError(
-                "raw.dns", index, f"answer name or data longer than {MAX_DNS_NAME} characters"
-            )
+    check_answers(answers, index)
     return RawDns(
         record["observer"], record["time_ns"], record["id"], record["qname"], record["qtype"],
         record["rcode"], record["client"], record["client_port"], record["server"],
         record["server_port"], record.get("proto", 17), record.get("latency_ns", 0),
         [{k: a[k] for k in ("name", "type", "ttl", "data")} for a in answers],
     )  # fmt: skip
+
+
+def check_answers(answers: list[Any], index: int) -> None:
+    """A raw DNS exchange's answers: at most as many as the parser takes from one message
+    (every answer is learned, a name cache entry each, and copied to the DNS record),
+    each shaped and bounded as the parser writes it."""
+    if len(answers) > MAX_DNS_ANSWERS:
+        raise RecordError("raw.dns", index, f"more than {MAX_DNS_ANSWERS} answers")
+    for answer in answers:
+        check(answer, "dns.answer", index, _ANSWER_REQUIRED)
+        if len(answer["name"]) > MAX_DNS_NAME or len(answer["data"]) > MAX_DNS_NAME:
+            raise RecordError(
+                "raw.dns", index, f"answer name or data longer than {MAX_DNS_NAME} characters"
+            )
+        if len(answer["type"]) > MAX_DNS_CODE:
+            raise RecordError(
+                "raw.dns", index, f"answer type longer than {MAX_DNS_CODE} characters"
+            )
+        if not 0 <= answer["ttl"] <= MAX_DNS_TTL:
+            raise RecordError("raw.dns", index, f"answer ttl out of range (0 to {MAX_DNS_TTL})")
 
 
 def check(
