@@ -13,6 +13,32 @@ def described(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+PROBLEM_COPIES = 8  # distinct problems of one message dead-lettered apart; the rest share
+
+
+def grouped(keys: list[str], apart: int = PROBLEM_COPIES) -> list[list[int]]:
+    """The places of ``keys`` grouped by key, in order of first appearance: the first
+    ``apart`` distinct keys a group each, the places of every later key one more group.
+    For dead-letter copies, one per group: each copy's reason is then true of what it
+    holds, and a batch whose problems each name a value (4 000 bad addresses, an
+    Elasticsearch error naming each document) still makes at most ``apart + 1``."""
+    groups: dict[str, list[int]] = {}
+    rest: list[int] = []
+    for i, key in enumerate(keys):
+        if key in groups or len(groups) < apart:
+            groups.setdefault(key, []).append(i)
+        else:
+            rest.append(i)
+    return [*groups.values(), rest] if rest else list(groups.values())
+
+
+def listed(reasons: list[str], most: int = 8) -> str:
+    """Distinct reasons as one: the first ``most``, then how many more."""
+    distinct = list(dict.fromkeys(reasons))
+    more = [f"and {len(distinct) - most} more"] if len(distinct) > most else []
+    return "; ".join(distinct[:most] + more)
+
+
 class FlowscopeError(Exception):
     """Base of every error flowscope raises on purpose."""
 
@@ -76,14 +102,16 @@ class RecordError(CodecError):
     def summary(errors: list[RecordError], most: int = 8) -> str:
         """One reason for several bad records of one batch (a dead-letter copy's header):
         each problem once, with the places of the records that have it (the first
-        ``most`` of them)."""
+        ``most`` of them); the first ``most`` problems, then how many more."""
         by_problem: dict[str, list[int]] = {}
         for e in errors:
             by_problem.setdefault(e.problem, []).append(e.index)
         parts = []
-        for problem, places in by_problem.items():
+        for problem, places in list(by_problem.items())[:most]:
             listed = ", ".join(f"#{i}" for i in places[:most])
             more = f" and {len(places) - most} more" if len(places) > most else ""
             noun = "record" if len(places) == 1 else "records"
             parts.append(f"{noun} {listed}{more}: {problem}")
+        if len(by_problem) > most:
+            parts.append(f"and {len(by_problem) - most} more problems")
         return f"bad-record: {errors[0].schema} " + "; ".join(parts)

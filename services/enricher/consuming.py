@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 from flowscope.core import codec, messaging, subjects
-from flowscope.core.errors import CodecError, RecordError
+from flowscope.core.errors import CodecError, RecordError, grouped
 from flowscope.core.logs import RateLimitedLog
 from flowscope.enricher.enriching import Enricher, Output
 from flowscope.enricher.metrics import Metrics
@@ -372,8 +372,11 @@ class Pipeline:
         the server's limit (a record re-encoded can be longer than it came: ``1e9``
         becomes ``1000000000.0``), one set of copies per distinct problem so that each
         copy's reason is true of every record in it, each stored once however often the
-        raw batch comes back (its id: the raw message and the copy's place). False if
-        one was not stored: the raw batch is then redelivered."""
+        raw batch comes back (its id: the raw message and the copy's place). Problems
+        past the first ``PROBLEM_COPIES`` (those naming a value: 4 000 records with 4 000
+        different bad addresses) share one more set, whose reason lists its problems,
+        so that one raw batch never becomes thousands of copies. False if one was not
+        stored: the raw batch is then redelivered."""
         first = bad[0][1]
         if msg.metadata.num_delivered == 1:
             self.metrics.bad_records.labels(kind).inc(len(bad))
@@ -388,10 +391,7 @@ class Pipeline:
             copies = [(dict(msg.headers or {}), msg.data, RecordError.summary(errors))]
         else:
             copies = []
-            by_problem: dict[str, list[int]] = {}
-            for i, (_, error) in enumerate(bad):
-                by_problem.setdefault(error.problem, []).append(i)
-            for places in by_problem.values():
+            for places in grouped([error.problem for _, error in bad]):
                 start = 0
                 for chunk in codec.chunk_lines(schema, [lines[i] for i in places], limit):
                     errors = [bad[i][1] for i in places[start : start + chunk.count]]

@@ -36,7 +36,7 @@ from typing import TypeVar
 import nats.errors
 import nats.js.errors
 from flowscope.core import codec, subjects
-from flowscope.core.errors import CodecError, RecordError
+from flowscope.core.errors import CodecError, RecordError, grouped, listed
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.messaging import consumer_missing, dead_letter
 from flowscope.core.records import validate_dns, validate_flow
@@ -465,14 +465,14 @@ class SinkLane:
                 self._metrics.bad_messages.labels(self.sink.name).inc()
                 await self._ack_settled(source.kind, msg)
             return
-        good = []
+        good, bad = [], []
         for i, record in enumerate(records):
             try:
                 good.append(source.validate(record, i))
             except RecordError as e:
-                msg_id = f"{stream_position(msg)}:{i}"  # one copy for all sinks, as above
-                if not await self._dead_letter_records(source.kind, msg, [record], str(e), msg_id):
-                    return  # not dead-lettered: leave the whole message for redelivery
+                bad.append((i, record, e))
+        if bad and not await self._dead_letter_invalid(source.kind, msg, bad):
+            return  # not dead-lettered: leave the whole message for redelivery
         if good:
             batch.add(msg, good, whole=len(good) == len(records))
         else:
@@ -584,21 +584,37 @@ class SinkLane:
         self._positions[kind].settled(msg)
         await _ack(msg)
 
+    async def _dead_letter_invalid(
+        self, kind: Kind, msg: Msg, bad: list[tuple[int, Record, RecordError]]
+    ) -> bool:
+        """Dead-letter the records of ``msg`` that break the contract: one copy per
+        distinct problem (see ``grouped``), each reason naming the places of the records
+        it holds. Every sink finds the same: a copy's id names the message and its first
+        record's index, so the DLQ stores one for all sinks. False if one was not stored."""
+        for places in grouped([error.problem for _, _, error in bad]):
+            first = bad[places[0]][0]
+            records = [bad[p][1] for p in places]
+            reason = RecordError.summary([bad[p][2] for p in places])
+            msg_id = f"{stream_position(msg)}:{first}"
+            if not await self._dead_letter_records(kind, msg, records, reason, msg_id):
+                return False
+        return True
+
     async def _dead_letter_refused(
         self, kind: Kind, msg: Msg, refused: dict[int, tuple[Record, str]]
     ) -> bool:
         """Dead-letter the records of ``msg`` this sink's backend refused, with why (keyed
         by their index in the message): one copy per distinct reason, so each record
-        keeps its own. This sink's verdict (another sink may refuse the same message):
+        keeps its own, but at most ``PROBLEM_COPIES`` apart (see ``grouped``): the rest
+        share one whose reason lists theirs. This sink's verdict (another sink may refuse the same message):
         a copy's id names the sink and the index of its first record, the same however
         often the message comes back. False if a copy was not stored."""
-        by_reason: dict[str, list[int]] = {}
-        for i, (_, reason) in refused.items():
-            by_reason.setdefault(reason, []).append(i)
-        for reason, indices in by_reason.items():
-            msg_id = f"{stream_position(msg)}:{self.sink.name}:{indices[0]}"
-            records = [refused[i][0] for i in indices]
-            labelled = f"{self.sink.name}: {reason}"
+        indices = list(refused)
+        reasons = [refused[i][1] for i in indices]
+        for places in grouped(reasons):
+            msg_id = f"{stream_position(msg)}:{self.sink.name}:{indices[places[0]]}"
+            records = [refused[indices[p]][0] for p in places]
+            labelled = f"{self.sink.name}: {listed([reasons[p] for p in places])}"
             if not await self._dead_letter_records(kind, msg, records, labelled, msg_id):
                 return False
         return True

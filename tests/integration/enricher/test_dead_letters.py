@@ -186,3 +186,24 @@ async def test_each_dead_letter_copy_names_the_problem_of_every_record_in_it(
     }
     assert registry.get_sample_value("flowscope_enricher_bad_records_total", {"kind": "flow"}) == 3
     await p.publisher.close()
+
+
+async def test_a_batch_of_records_with_many_problems_makes_few_copies(small_nc: NATS) -> None:
+    """20 bad records, each naming its own bad address: one copy for each of the first 8
+    problems, one more for the other 12 records whose reason lists the first 8 of theirs
+    (before: 20 copies — a raw batch of 4 000 made 4 000)."""
+    batch = [raw_flow("n1", f"bad-{i}", "192.0.2.1", i, 80) for i in range(20)]
+    encoded = codec.encode(codec.RAW_FLOW, batch)
+    (msg,) = await fetched(small_nc, subjects.raw_flows("n1"), encoded.headers, encoded.body)
+    p, registry = pipeline(small_nc)
+    await p.publisher.start()
+    await p.handle("flow", msg)
+    copies = await dead_letters(small_nc)
+    held = [[r["sport"] for r in codec.decode(codec.RAW_FLOW, c.headers, c.data)] for c in copies]
+    assert held == [[i] for i in range(8)] + [list(range(8, 20))]
+    reasons = [c.headers[subjects.DLQ_REASON_HEADER] for c in copies]
+    assert reasons[0] == "bad-record: raw.flow record #0: src is not an IP address: 'bad-0'"
+    assert reasons[8].startswith("bad-record: raw.flow record #8: src is not an IP address")
+    assert reasons[8].endswith("'bad-15'; and 4 more problems")
+    assert registry.get_sample_value("flowscope_enricher_bad_records_total", {"kind": "flow"}) == 20
+    await p.publisher.close()

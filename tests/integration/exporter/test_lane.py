@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 from flowscope.core import codec, messaging, subjects
 from flowscope.core.messaging import NatsSettings
+from flowscope.core.records import FLOW_REQUIRED
 from flowscope.exporter.consuming import SinkLane, durable_name
 from flowscope.exporter.ecs import EcsMapper, document_id
 from flowscope.exporter.elasticsearch import ElasticsearchSink
@@ -340,6 +341,16 @@ async def test_each_refused_record_is_dead_lettered_with_its_own_reason(
 
 
 @dataclass
+class AcceptingSink(StubSink):
+    """Stores every record it is given."""
+
+    name: str = "accepting"
+
+    async def export(self, kind: Kind, records: Sequence[Record]) -> ExportResult:
+        return ExportResult()
+
+
+@dataclass
 class PartlyConfirmingSink(StubSink):
     """Refuses the first record, and says two more were not stored anew (as an OTLP
     partial_success or an Elasticsearch 409 does)."""
@@ -417,3 +428,66 @@ async def test_a_lane_subscribes_again_when_its_consumer_is_gone(
     finally:
         await lane.stop()
     assert lane_counter(lane, "consumers_resubscribed_total", sink.name) >= 2
+
+
+async def test_many_refused_records_of_one_message_share_dead_letter_copies(
+    nc: NATS, streams: None
+) -> None:
+    """Elasticsearch names each document in its reason, so 20 refused records had 20
+    reasons, and one message became 20 copies. The first 8 reasons keep a copy each;
+    the other 12 records share one more, whose reason lists theirs."""
+    es = await FakeElasticsearch().start()
+    records = [flow(i, **{"source.address": f"bad-{i}"}) for i in range(20)]
+    await publish_flows(nc, records)  # one message
+    metrics = ExporterMetrics.create(CollectorRegistry())
+    sink = ElasticsearchSink(ElasticsearchSettings(url=es.url), EcsMapper(), metrics, (0.05, 0.2))
+    lane = Lane(sink, nc, BatchSettings(max_delay=0.05, ack_wait=3.0))
+    try:
+        await eventually(lambda: all_acked(nc, "elasticsearch"), what="the message acked")
+    finally:
+        await lane.stop()
+        await es.stop()
+    held = []
+    for dead in await dead_letters(nc):
+        assert dead.headers is not None
+        starts = [r["flow.start_ns"] for r in codec.decode(codec.FLOW, dead.headers, dead.data)]
+        held.append((starts, dead.headers[subjects.DLQ_REASON_HEADER]))
+    assert [len(starts) for starts, _ in held] == [1] * 8 + [12]
+    assert sorted(s for starts, _ in held for s in starts) == [r["flow.start_ns"] for r in records]
+    for starts, reason in held[:8]:
+        (start,) = starts
+        assert reason.count("failed to parse field [source.ip]") == 1
+        (record,) = [r for r in records if r["flow.start_ns"] == start]
+        assert document_id(Kind.FLOW, record) in reason
+    shared = held[8][1]
+    assert shared.startswith("elasticsearch: ")
+    assert shared.count("failed to parse field [source.ip]") == 8  # of its 12 reasons
+    assert shared.endswith("; and 4 more")
+    assert lane_counter(lane, "records_dead_lettered_total", "elasticsearch") == 20
+
+
+async def test_records_of_one_message_with_many_problems_share_dead_letter_copies(
+    nc: NATS, streams: None
+) -> None:
+    """Invalid records, each missing a different key: a copy for each of the first 8
+    problems, one more for the rest, every record kept; the same copies whichever sink
+    finds them (ids from the message and the copy's first record)."""
+    keys = sorted(FLOW_REQUIRED)[:12]
+    records = [{k: v for k, v in flow(i).items() if k != key} for i, key in enumerate(keys)]
+    await publish_flows(nc, [flow(100), *records])  # one message, a good record first
+    lane = Lane(AcceptingSink(), nc, BatchSettings(max_delay=0.05, ack_wait=3.0))
+    try:
+        await eventually(lambda: all_acked(nc, "accepting"), what="the message acked")
+    finally:
+        await lane.stop()
+    copies = await dead_letters(nc)
+    held = [codec.decode(codec.FLOW, c.headers, c.data) for c in copies if c.headers]
+    assert [len(h) for h in held] == [1] * 8 + [4]
+    assert [r for h in held for r in h] == records
+    reasons = [c.headers[subjects.DLQ_REASON_HEADER] for c in copies if c.headers]
+    assert reasons[:8] == [f"bad-record: flow record #{i + 1}: missing key {k!r}"
+                           for i, k in enumerate(keys[:8])]  # fmt: skip
+    assert reasons[8] == "bad-record: flow " + "; ".join(
+        f"record #{i + 9}: missing key {k!r}" for i, k in enumerate(keys[8:])
+    )
+    assert lane_counter(lane, "records_exported_total", "accepting") == 1
