@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from pathlib import Path
 from typing import Any
 
+import nkeys
 import pytest
 import yaml
 from flowscope.core import config, serving
 from prometheus_client import CollectorRegistry
 
+from tests.support import nats_jwt
 from tests.support.chart_templates import (
     PLACEHOLDER,
     TemplateError,
@@ -425,10 +428,45 @@ def env_of(c: dict[str, Any]) -> dict[str, Any]:
 def volumes_of(objects: list[dict[str, Any]], component: str) -> dict[str, dict[str, Any]]:
     (workload,) = [
         o for o in objects
-        if o["kind"] == "Deployment"
+        if o["kind"] in ("Deployment", "DaemonSet")
         and o["metadata"]["labels"]["app.kubernetes.io/component"] == component
     ]  # fmt: skip
     return {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"] or []}
+
+
+def kubelet_env(
+    objects: list[dict[str, Any]], component: str, secrets: dict[str, dict[str, str]], root: Path
+) -> dict[str, str]:
+    """The container's environment as the kubelet gives it: ``secretKeyRef`` values from
+    ``secrets`` (Secret name → key → value), and each Secret volume's items written
+    under ``root`` at its mount path, where the variables that point into the mount are
+    redirected (so the settings can open the files). A key the Secret lacks is a
+    KeyError, as it is a pod that cannot start."""
+    container = rendered_container(objects, component)
+    volumes = volumes_of(objects, component)
+    mounts: dict[str, Path] = {}
+    for mount in container["volumeMounts"] or []:
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        data = secrets[secret["secretName"]]
+        target = root / mount["mountPath"].lstrip("/")
+        for item in secret.get("items") or [{"key": k, "path": k} for k in data]:
+            (target / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (target / item["path"]).write_text(data[item["key"]])
+        mounts[mount["mountPath"] + "/"] = target
+    env = {}
+    for variable in container["env"]:
+        if "value" in variable:
+            value = variable["value"]
+            for at, target in mounts.items():
+                if value.startswith(at):
+                    value = str(target / value[len(at) :])
+            env[variable["name"]] = value
+        elif "secretKeyRef" in variable["valueFrom"]:
+            ref = variable["valueFrom"]["secretKeyRef"]
+            env[variable["name"]] = secrets[ref["name"]][ref["key"]]
+    return env
 
 
 def test_chart_renders_with_its_defaults() -> None:
@@ -714,6 +752,11 @@ def test_seccomp_profile_mistakes_fail_the_install() -> None:
         ({"apiKeyKey": "k", "usernameKey": "u", "passwordKey": "p"}, "not both"),
         ({"usernameKey": "u"}, "go together"),
         ({"passwordKey": "p"}, "go together"),
+        ({"passwordFileKey": "p"}, "go together"),
+        ({"apiKeyFileKey": "k", "usernameKey": "u", "passwordKey": "p"}, "not both"),
+        ({"apiKeyKey": "k", "usernameKey": "u", "passwordFileKey": "p"}, "not both"),
+        ({"usernameKey": "u", "passwordKey": "p", "passwordFileKey": "p"}, "not both"),
+        ({"apiKeyKey": "k", "apiKeyFileKey": "k"}, "not both"),
     ],
 )
 def test_elasticsearch_credentials_the_exporter_would_refuse_fail_the_install(
@@ -744,3 +787,83 @@ def test_no_service_link_variables_reach_the_flowscope_settings() -> None:
     workloads = [o for o in rendered() if o["kind"] in ("Deployment", "DaemonSet")]
     assert len(workloads) == 3
     assert all(w["spec"]["template"]["spec"]["enableServiceLinks"] is False for w in workloads)
+
+
+@pytest.mark.parametrize("component", COMPONENT_TEMPLATES)
+def test_nats_nkey_seed_is_mounted_from_the_secret(component: str, tmp_path: Path) -> None:
+    """Before, no value set FLOWSCOPE_NATS_NKEY_SEED_FILE, and extraEnv could name a file
+    but not mount it: a server authenticating users by NKey was out of the chart's reach."""
+    seed = nats_jwt.keypair(nkeys.PREFIX_BYTE_USER).seed.decode()
+    objects = rendered(
+        {"nats": {"auth": {"existingSecret": "nats-auth", "nkeySeedKey": "user.nk"}}}
+    )
+    container = rendered_container(objects, component)
+    assert env_of(container)["FLOWSCOPE_NATS_NKEY_SEED_FILE"] == "/etc/flowscope/nats-auth/user.nk"
+    assert "FLOWSCOPE_NATS_CREDS_FILE" not in env_of(container)
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "nats-auth"]
+    assert mount == {"name": "nats-auth", "mountPath": "/etc/flowscope/nats-auth", "readOnly": True}
+    assert volumes_of(objects, component)["nats-auth"]["secret"] == {
+        "secretName": "nats-auth", "items": [{"key": "user.nk", "path": "user.nk"}],
+    }  # fmt: skip
+    env = kubelet_env(objects, component, {"nats-auth": {"user.nk": seed + "\n"}}, tmp_path)
+    nats_env = {k: v for k, v in env.items() if k.startswith("FLOWSCOPE_NATS_")}
+    settings = config.load(settings_class(component), {}, env=nats_env)
+    assert Path(settings.nats.nkey_seed_file).read_text().strip() == seed
+
+
+def test_nats_creds_file_and_nkey_seed_together_fail_the_install() -> None:
+    """The services refuse both (one would be ignored)."""
+    auth = {"existingSecret": "nats-auth", "credsKey": "u.creds", "nkeySeedKey": "u.nk"}
+    with pytest.raises(TemplateFailure, match=r"nats\.auth: set either credsKey or nkeySeedKey"):
+        rendered({"nats": {"auth": auth}})
+
+
+ES_SECRET = {"username": "flowscope", "password": "s3cret\n", "api-key": "aWQ6a2V5\n"}
+
+
+@pytest.mark.parametrize(
+    ("auth", "variable", "header"),
+    [
+        ({"usernameKey": "username", "passwordFileKey": "password"},
+         "FLOWSCOPE_ELASTICSEARCH_PASSWORD_FILE",
+         "Basic " + base64.b64encode(b"flowscope:s3cret").decode()),
+        ({"apiKeyFileKey": "api-key"}, "FLOWSCOPE_ELASTICSEARCH_API_KEY_FILE", "ApiKey aWQ6a2V5"),
+    ],
+)  # fmt: skip
+def test_elasticsearch_credential_files_are_mounted_from_the_secret(
+    auth: dict[str, str], variable: str, header: str, tmp_path: Path
+) -> None:
+    """A credential read from a file is read again when the Secret changes (a rotated
+    password without a restart); before, no value could mount one."""
+    from flowscope.exporter import elasticsearch
+
+    es = {"url": "https://es:9200", "auth": {"existingSecret": "es-auth", **auth}}
+    objects = rendered({"exporter": {"sinks": "elasticsearch", "elasticsearch": es}})
+    exporter = rendered_container(objects, "exporter")
+    key = auth.get("passwordFileKey") or auth["apiKeyFileKey"]
+    given = {k: v for k, v in env_of(exporter).items() if k.startswith("FLOWSCOPE_ELASTICSEARCH_")}
+    assert given[variable] == f"/etc/flowscope/elasticsearch-auth/{key}"
+    assert not {"FLOWSCOPE_ELASTICSEARCH_PASSWORD", "FLOWSCOPE_ELASTICSEARCH_API_KEY"} & set(given)
+    (mount,) = [m for m in exporter["volumeMounts"] if m["name"] == "elasticsearch-auth"]
+    assert mount == {
+        "name": "elasticsearch-auth", "mountPath": "/etc/flowscope/elasticsearch-auth",
+        "readOnly": True,
+    }  # fmt: skip
+    assert volumes_of(objects, "exporter")["elasticsearch-auth"]["secret"] == {
+        "secretName": "es-auth", "items": [{"key": key, "path": key}],
+    }  # fmt: skip
+    env = kubelet_env(objects, "exporter", {"es-auth": ES_SECRET}, tmp_path)
+    es_env = {k: v for k, v in env.items() if k.startswith("FLOWSCOPE_ELASTICSEARCH_")}
+    settings = config.load(settings_class("exporter"), {}, env=es_env)
+    assert getattr(
+        settings.elasticsearch, variable.removeprefix("FLOWSCOPE_ELASTICSEARCH_").lower()
+    )
+    assert elasticsearch.Credentials(settings.elasticsearch).header() == header
+
+
+def test_no_credential_files_mounted_without_their_keys() -> None:
+    es = {"url": "https://es:9200", "auth": {"existingSecret": "es-auth", "apiKeyKey": "k"}}
+    objects = rendered({"exporter": {"sinks": "elasticsearch", "elasticsearch": es},
+                        "nats": {"auth": {"existingSecret": "nats-auth", "tokenKey": "t"}}})  # fmt: skip
+    assert volumes_of(objects, "exporter") == {}
+    assert not {n for n in env_of(rendered_container(objects, "exporter")) if n.endswith("_FILE")}

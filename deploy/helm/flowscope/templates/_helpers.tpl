@@ -122,9 +122,17 @@ so probes and scrapes reach the pod IP in IPv4-only, IPv6-only and dual-stack cl
       name: {{ .root.Values.nats.auth.existingSecret }}
       key: {{ .root.Values.nats.auth.tokenKey }}
 {{- end }}
+{{- /* The services refuse both (one of them would be ignored). */}}
+{{- if and .root.Values.nats.auth.credsKey .root.Values.nats.auth.nkeySeedKey }}
+{{- fail "nats.auth: set either credsKey or nkeySeedKey, not both" }}
+{{- end }}
 {{- if .root.Values.nats.auth.credsKey }}
 - name: FLOWSCOPE_NATS_CREDS_FILE
   value: /etc/flowscope/nats-auth/{{ .root.Values.nats.auth.credsKey }}
+{{- end }}
+{{- if .root.Values.nats.auth.nkeySeedKey }}
+- name: FLOWSCOPE_NATS_NKEY_SEED_FILE
+  value: /etc/flowscope/nats-auth/{{ .root.Values.nats.auth.nkeySeedKey }}
 {{- end }}
 {{- end }}
 {{- if .root.Values.nats.tls.existingSecret }}
@@ -156,7 +164,7 @@ naming it).
 
 {{/* Volume mounts for NATS credentials and TLS files (pairs with flowscope.natsVolumes). */}}
 {{- define "flowscope.natsVolumeMounts" -}}
-{{- if and .Values.nats.auth.existingSecret .Values.nats.auth.credsKey }}
+{{- if and .Values.nats.auth.existingSecret (or .Values.nats.auth.credsKey .Values.nats.auth.nkeySeedKey) }}
 - name: nats-auth
   mountPath: /etc/flowscope/nats-auth
   readOnly: true
@@ -170,18 +178,34 @@ naming it).
 
 {{/* Volumes for NATS credentials and TLS files. */}}
 {{- define "flowscope.natsVolumes" -}}
-{{- if and .Values.nats.auth.existingSecret .Values.nats.auth.credsKey }}
+{{- with .Values.nats.auth }}
+{{- if and .existingSecret (or .credsKey .nkeySeedKey) }}
 - name: nats-auth
   secret:
-    secretName: {{ .Values.nats.auth.existingSecret }}
+    secretName: {{ .existingSecret }}
     items:
-      - key: {{ .Values.nats.auth.credsKey }}
-        path: {{ .Values.nats.auth.credsKey }}
+      {{- range $key := list .credsKey .nkeySeedKey }}
+      {{- if $key }}
+      - key: {{ $key }}
+        path: {{ $key }}
+      {{- end }}
+      {{- end }}
+{{- end }}
 {{- end }}
 {{- if .Values.nats.tls.existingSecret }}
 - name: nats-tls
   secret:
     secretName: {{ .Values.nats.tls.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/*
+The key of exporter.elasticsearch.auth.existingSecret that the exporter reads as a file
+(passwordFileKey or apiKeyFileKey: the exporter's template refuses both), or nothing.
+*/}}
+{{- define "flowscope.elasticsearchAuthFile" -}}
+{{- with .Values.exporter.elasticsearch.auth }}
+{{- if .existingSecret }}{{ .passwordFileKey | default .apiKeyFileKey }}{{ end }}
 {{- end }}
 {{- end }}
 
