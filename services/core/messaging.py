@@ -16,7 +16,8 @@ import logging
 import re
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from flowscope.core.errors import ConfigError, ConnectionLostError, StartupError
 from flowscope.core.runtime import first_of
 from flowscope.core.tls import TlsFile, client_context, setting_name
 from nats.aio.client import Client as NATS
+from nats.errors import AuthorizationError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -112,16 +114,32 @@ def _read_creds(path: str) -> tuple[bytes, bytearray]:
     return jwt, seed
 
 
-class CredsFileError(NatsError):
-    """The creds file, read for a (re)connection, is unreadable or malformed: that
-    attempt fails, and the next one reads the file again."""
+class CredentialsFileError(NatsError):
+    """A credentials file (``setting``: ``creds_file`` or ``nkey_seed_file``), read for a
+    (re)connection, is unreadable or malformed: that attempt fails, and the next one
+    reads the file again."""
 
-    def __init__(self, problem: str) -> None:
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
         self.problem = problem
         super().__init__(problem)
 
     def __str__(self) -> str:
-        return f"{setting_name('nats', 'creds_file')}: {self.problem}"
+        return f"{setting_name('nats', self.setting)}: {self.problem}"
+
+
+@contextmanager
+def _checked(setting: str, path: str) -> Iterator[None]:
+    """Turn a bad credentials file, read for a connection, into a
+    :class:`CredentialsFileError`: a nats-py error, which its reconnection loop reports
+    and carries on from (any other exception ends that loop for good, silently). The
+    problem names the file, never what it holds."""
+    try:
+        yield
+    except ValueError as e:
+        raise CredentialsFileError(setting, str(e)) from e
+    except OSError as e:
+        raise CredentialsFileError(setting, f"cannot read {path}: {e.strerror}") from e
 
 
 def _creds_callbacks(path: str) -> dict[str, Any]:
@@ -132,20 +150,14 @@ def _creds_callbacks(path: str) -> dict[str, Any]:
     checking it: replaced under a running service by a malformed one (a bad rotation),
     it hung the service at its next reconnection (see :func:`_read_creds`). Each
     callback reads the file anew, so a rotated file is used from the next connection,
-    and checks it as start-up does. A bad file fails that attempt with a
-    :class:`CredsFileError`, a nats-py error, which its reconnection loop reports and
-    carries on from (any other exception ends the loop for good); the next attempt
-    reads the file again. Nothing of it is kept between connections: no last good seed
-    stays in memory, as none does with nats-py's own reading.
+    and checks it as start-up does; a bad file fails that attempt (:func:`_checked`).
+    Nothing of it is kept between connections: no last good seed stays in memory, as
+    none does with nats-py's own reading.
     """
 
     def read() -> tuple[bytes, bytearray]:
-        try:
+        with _checked("creds_file", path):
             return _read_creds(path)
-        except ValueError as e:
-            raise CredsFileError(str(e)) from e
-        except OSError as e:
-            raise CredsFileError(f"cannot read {path}: {e.strerror}") from e
 
     def user_jwt() -> bytes:
         jwt, seed = read()
@@ -183,19 +195,35 @@ def _is_user_seed(seed: bytearray) -> bool:
 
 
 def nkey_seed_file(value: str) -> str:
-    """A readable file holding an NKey seed: checked at start-up, as nats-py reads it only
-    when it connects (a bad one was retried for ever); the error never shows what it holds."""
+    """A readable file holding an NKey seed, checked at start-up as at each connection
+    (:func:`_seed_signature`); the error never shows what it holds."""
     readable_file(value)
-    if not value:
-        return value
-    seed = bytearray(Path(value).read_bytes().strip())
-    try:
-        nkeys.from_seed(seed).wipe()
-    except Exception as e:  # nkeys raises its own errors, and binascii's
-        raise ValueError(f"{value} does not hold an NKey seed") from e
-    finally:
-        seed[:] = bytes(len(seed))
+    if value:
+        _seed_key(value).wipe()
     return value
+
+
+def _seed_key(path: str) -> nkeys.KeyPair:
+    """The key pair of the NKey seed file ``path``; a ``ValueError`` naming the file when
+    it holds no seed. The caller wipes the key."""
+    seed = bytearray(Path(path).read_bytes().strip())
+    try:
+        return nkeys.from_seed(seed)
+    except Exception as e:  # nkeys raises its own errors, and binascii's
+        seed[:] = bytes(len(seed))
+        raise ValueError(f"{path} does not hold an NKey seed") from e
+
+
+def _seed_signature(path: str, nonce: str) -> tuple[str, bytes]:
+    """The public NKey of the seed file ``path`` and its signature of a server's
+    ``nonce`` (base64), the file read and checked anew: a bad one is a
+    :class:`CredentialsFileError` (:func:`_checked`)."""
+    with _checked("nkey_seed_file", path):
+        key = _seed_key(path)
+    try:
+        return key.public_key.decode(), base64.b64encode(key.sign(nonce.encode()))
+    finally:
+        key.wipe()
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,10 +340,11 @@ class TlsNotOfferedError(NatsError):
         )
 
 
-class _TlsOnlyClient(NATS):
-    """nats-py's client, refusing a plaintext connection when TLS is configured.
+class _Client(NATS):
+    """nats-py's client, refusing a plaintext connection when TLS is configured, and
+    reading an NKey seed file checked at each connection.
 
-    nats-py upgrades a connection to TLS only when the server's INFO says
+    TLS: nats-py upgrades a connection to TLS only when the server's INFO says
     ``tls_required``; otherwise it sends CONNECT — password or token included — in
     clear, whatever the URL's scheme or the SSL context given: a server without TLS, or
     a man in the middle removing the flag, got the credentials. nats-py has no option
@@ -339,6 +368,27 @@ class _TlsOnlyClient(NATS):
             return True  # already TLS when the INFO arrives
         return bool(info.get("tls_required")) and scheme != "ws"
 
+    def _setup_nkeys_seed_connect(self) -> None:
+        """Sign each connection's nonce with the seed file as it is then.
+
+        nats-py (``nkeys_seed``) reads the file unchecked at each connection: one made
+        malformed under a running service (emptied, a bad rotation) raised an nkeys
+        error that ended its reconnection loop silently, the client left disconnected
+        for good and not closed; and it sends the public NKey it derived once, so a
+        rotated seed was refused for ever. Here each CONNECT reads and checks the file
+        (a bad one fails that attempt only, :func:`_seed_signature`) and names the
+        public key of the seed that signed: nats-py's ``_connect_command`` calls
+        ``_signature_cb`` before it reads ``_public_nkey``.
+        """
+        path = self._nkeys_seed
+        assert path  # nats-py calls this only with nkeys_seed, which connect_options sets
+
+        def signature(nonce: str) -> bytes:
+            self._public_nkey, signed = _seed_signature(path, nonce)
+            return signed
+
+        self._signature_cb = signature
+
 
 def connect_options(
     settings: NatsSettings,
@@ -357,6 +407,8 @@ def connect_options(
     server's users changed, an expired JWT): nothing reconnects it after that.
     ``reported``: whether the caller names this error itself instead of a warning of its
     own (:func:`connect`'s first connection: its retry line or start-up error names it).
+    A reconnection refused for its credentials (the server restarted with other users)
+    is retried by nats-py; its warning says so and names the settings in use.
     """
 
     async def disconnected() -> None:
@@ -374,7 +426,11 @@ def connect_options(
 
     async def error(e: Exception) -> None:
         metrics.errors.inc()
-        if not reported(e):
+        if reported(e):
+            return
+        if _refused(e):
+            log.warning(_REFUSED, extra={"error": described(e), **_credentials(settings)})
+        else:
             log.warning("NATS error", extra={"error": described(e)})
 
     async def closed() -> None:
@@ -460,7 +516,7 @@ async def connect(
     while True:
         causes.clear()
         try:
-            nc = _TlsOnlyClient()
+            nc = _Client()
             await nc.connect(**opts)
             nc.options.update(
                 allow_reconnect=True,
@@ -476,7 +532,7 @@ async def connect(
             cause = causes[-1] if causes else e
             if not retry:
                 raise StartupError("nats", f"cannot connect to {shown}: {described(cause)}") from e
-            message, fields = _retry_line(cause)
+            message, fields = _retry_line(cause, settings)
             log.warning(
                 message,
                 extra={"url": shown, "error": described(cause), "retry_in": delay, **fields},
@@ -489,19 +545,48 @@ async def connect(
     return nc
 
 
-def _retry_line(cause: Exception) -> tuple[str, dict[str, str]]:
+def _retry_line(cause: Exception, settings: NatsSettings) -> tuple[str, dict[str, str]]:
     """What :func:`connect` logs before it tries again: the message and its own fields.
 
-    A certificate that failed verification (wrong CA, wrong server name) comes from a
-    server that answered: not "unreachable", and the settings that decide it are named.
-    It is retried all the same, as Kubernetes agents do: during a certificate rotation
-    the server may present the new certificate before, or the old one after, this
-    client's CA bundle matches it (the bundle is read once, at start-up).
+    A certificate that failed verification (wrong CA, wrong server name) or refused
+    credentials come from a server that answered, and a credentials file that cannot be
+    used from no server at all: not "unreachable", and the settings that decide it are
+    named (never their values). Each is retried all the same, as Kubernetes agents do:
+    a Secret may be rotated into place — during a certificate rotation the server may
+    present the new certificate before, or the old one after, this client's CA bundle
+    matches it (the bundle is read once, at start-up); the credentials files are read
+    at each attempt.
     """
     if isinstance(cause, ssl.SSLCertVerificationError):
         names = ", ".join(setting_name("nats", n) for n in ("tls_ca", "tls_server_name"))
         return "NATS server's TLS certificate not verified; retrying", {"settings": names}
+    if isinstance(cause, CredentialsFileError):
+        names = setting_name("nats", cause.setting)
+        return "NATS credentials file not usable; retrying", {"settings": names}
+    if _refused(cause):
+        return f"{_REFUSED}; retrying", _credentials(settings)
     return "NATS unreachable; retrying", {}
+
+
+_REFUSED = "NATS server refused the credentials"
+# nats-server's -ERR texts for credentials it does not accept; nats-py raises them as
+# plain errors while it connects, and as AuthorizationError on a connection.
+_REFUSALS = ("authorization violation", "authentication expired", "authentication revoked")
+_CREDENTIALS = ("user", "password", "token", "creds_file", "nkey_seed_file")
+
+
+def _refused(error: Exception) -> bool:
+    """Whether the server refused this client's credentials (or their absence)."""
+    text = str(error).lower()
+    return isinstance(error, AuthorizationError) or (
+        isinstance(error, NatsError) and any(r in text for r in _REFUSALS)
+    )
+
+
+def _credentials(settings: NatsSettings) -> dict[str, str]:
+    """The ``settings`` log field of a refusal: the variables of the credentials in use."""
+    used = [setting_name("nats", n, flag=False) for n in _CREDENTIALS if getattr(settings, n)]
+    return {"settings": ", ".join(used) or "none (no NATS credentials are set)"}
 
 
 async def flush(nc: NATS, flush_timeout: int = 2) -> None:

@@ -330,3 +330,138 @@ async def test_credentials_from_a_secret_file_with_a_final_newline_connect(auth:
         await messaging.close(nc)
     finally:
         server.close()
+
+
+def _nkey_server(tmp_path: Path, user: nats_jwt.nkeys.KeyPair) -> nats_server.NatsServer:
+    conf = tmp_path / "nkey.conf"
+    conf.write_text(f"authorization {{\n  users = [ {{ nkey: {user.public_key.decode()} }} ]\n}}\n")
+    return nats_server.start(store_dir=str(tmp_path / "js"), extra=["-c", str(conf)])
+
+
+@pytest.mark.parametrize(
+    "refused",
+    ["wrong password", "unknown user", "wrong token", "unknown NKey", "no credentials"],
+)
+async def test_credentials_refused_at_start_up_are_retried_saying_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, refused: str
+) -> None:
+    """The server answered: refused credentials are a Secret to fix, not a network. They
+    are retried (a Secret may be rotated into place), each line saying so and naming the
+    settings in use, never their values."""
+    caplog.set_level(logging.WARNING, logger="flowscope.nats")
+    stranger = nats_jwt.keypair(nats_jwt.nkeys.PREFIX_BYTE_USER)
+    (tmp_path / "stranger.nk").write_bytes(stranger.seed)
+    if refused == "unknown NKey":
+        server = _nkey_server(tmp_path, nats_jwt.keypair(nats_jwt.nkeys.PREFIX_BYTE_USER))
+    else:
+        extra = ["--auth", SECRET] if refused == "wrong token" else AUTH
+        server = nats_server.start(store_dir=str(tmp_path / "js"), extra=extra)
+    credentials, names = {
+        "wrong password": ({"user": "alice", "password": "Hunter2"}, "FLOWSCOPE_NATS_USER, "
+                           "FLOWSCOPE_NATS_PASSWORD"),
+        "unknown user": ({"user": "bob", "password": SECRET}, "FLOWSCOPE_NATS_USER, "
+                         "FLOWSCOPE_NATS_PASSWORD"),
+        "wrong token": ({"token": "Hunter2"}, "FLOWSCOPE_NATS_TOKEN"),
+        "unknown NKey": ({"nkey_seed_file": str(tmp_path / "stranger.nk")},
+                         "FLOWSCOPE_NATS_NKEY_SEED_FILE"),
+        "no credentials": ({}, "none (no NATS credentials are set)"),
+    }[refused]  # fmt: skip
+    settings = NatsSettings(
+        url=server.url, connect_timeout=2, reconnect_wait_max=0.1, **credentials
+    )
+    try:
+        with pytest.raises(TimeoutError):  # retried until the test gives up
+            async with asyncio.timeout(2):
+                await messaging.connect(settings, "test", CollectorRegistry())
+    finally:
+        server.close()
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries
+    for record in retries:
+        assert record.getMessage() == "NATS server refused the credentials; retrying"
+        assert "Authorization Violation" in getattr(record, "error", "")
+        assert getattr(record, "settings", "") == names
+    for record in caplog.records:
+        assert "Hunter2" not in repr(vars(record)) and stranger.seed.decode() not in repr(
+            vars(record)
+        )
+
+
+async def test_credentials_refused_after_a_server_restart_are_logged_as_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server restarted with another password refuses each reconnection: the client
+    keeps trying, each warning saying the credentials were refused and by which
+    settings, and reconnects once they are accepted again."""
+    caplog.set_level(logging.INFO, logger="flowscope.nats")
+    port = _free_port()
+    server = nats_server.start(port=port, store_dir=str(tmp_path / "a"), extra=AUTH)
+    settings = NatsSettings(
+        url=server.url, user="alice", password=SECRET, connect_timeout=2,
+        reconnect_wait_max=0.2,
+    )  # fmt: skip
+    nc = await messaging.connect(settings, "test", CollectorRegistry(), retry=False)
+    server.close()
+    other = ["--user", "alice", "--pass", "Changed1"]
+    server = nats_server.start(port=port, store_dir=str(tmp_path / "b"), extra=other)
+    try:
+        refusals: list[logging.LogRecord] = []
+        for _ in range(150):  # the client retries every 0.2 s
+            refusals = [
+                r for r in caplog.records if r.getMessage() == "NATS server refused the credentials"
+            ]
+            if len(refusals) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(refusals) >= 2, [r.getMessage() for r in caplog.records]
+        assert all(
+            getattr(r, "settings", "") == "FLOWSCOPE_NATS_USER, FLOWSCOPE_NATS_PASSWORD"
+            for r in refusals
+        )
+        assert not nc.is_closed
+        server.close()
+        server = nats_server.start(port=port, store_dir=str(tmp_path / "c"), extra=AUTH)
+        for _ in range(150):
+            if nc.is_connected:
+                break
+            await asyncio.sleep(0.1)
+        assert nc.is_connected
+        _no_secret_in(caplog.records)
+    finally:
+        await messaging.close(nc)
+        server.close()
+
+
+async def test_an_nkey_seed_file_made_malformed_before_connecting_is_retried_saying_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file passed the start-up check, then broke (a bad rotation) before the first
+    connection: no server was at fault. Each attempt reads it anew, its retry line naming
+    the setting, not what the file holds; the good seed put back connects."""
+    caplog.set_level(logging.WARNING, logger="flowscope.nats")
+    user = nats_jwt.keypair(nats_jwt.nkeys.PREFIX_BYTE_USER)
+    seed = tmp_path / "user.nk"
+    seed.write_text("Hunter2\n")
+    server = _nkey_server(tmp_path, user)
+    settings = NatsSettings(
+        url=server.url, nkey_seed_file=str(seed), connect_timeout=2, reconnect_wait_max=0.1
+    )
+    try:
+        task = asyncio.ensure_future(messaging.connect(settings, "test", CollectorRegistry()))
+        for _ in range(100):
+            if any("retrying" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        seed.write_bytes(user.seed)
+        async with asyncio.timeout(20):
+            nc = await task
+        await messaging.close(nc)
+    finally:
+        server.close()
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries
+    for record in retries:
+        assert record.getMessage() == "NATS credentials file not usable; retrying"
+        assert "does not hold an NKey seed" in getattr(record, "error", "")
+        assert "FLOWSCOPE_NATS_NKEY_SEED_FILE" in getattr(record, "settings", "")
+        assert "Hunter2" not in repr(vars(record))

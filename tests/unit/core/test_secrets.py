@@ -17,7 +17,7 @@ import nkeys
 import pytest
 from flowscope import up
 from flowscope.cli import COMMANDS, build_parser
-from flowscope.core import config
+from flowscope.core import config, messaging
 from flowscope.core.errors import ConfigError
 from flowscope.core.messaging import (
     NatsMetrics,
@@ -116,6 +116,40 @@ def test_a_file_without_an_nkey_seed_is_refused_without_showing_it(tmp_path: Pat
         nkey_seed_file(str(bad))
     assert str(bad) in str(e.value) and "Hunter2" not in str(e.value)
     assert nkey_seed_file("") == ""
+
+
+def test_each_connection_signs_with_the_nkey_seed_file_as_it_is_then(tmp_path: Path) -> None:
+    """A rotated seed signs from the next (re)connection on, under its own public key
+    (nats-py sent the public key it derived once, at connect)."""
+    seed = tmp_path / "user.nk"
+    for _ in range(2):
+        user = nats_jwt.keypair(nkeys.PREFIX_BYTE_USER)
+        seed.write_bytes(user.seed + b"\n")
+        public, signature = messaging._seed_signature(str(seed), "nonce")
+        assert public == user.public_key.decode()
+        assert user.verify(b"nonce", base64.b64decode(signature))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "emptied", "removed", "a directory"])
+def test_an_nkey_seed_file_made_malformed_fails_the_connection_naming_its_setting(
+    tmp_path: Path, damage: str
+) -> None:
+    """Replaced under a running service, the file is checked at each connection: an
+    nkeys error ended nats-py's reconnection loop silently. The attempt fails with a
+    nats-py error, which that loop reports and carries on from, naming the setting and
+    not what the file holds."""
+    seed = tmp_path / "user.nk"
+    if damage == "garbage":
+        seed.write_text("SUnotaseedHunter2\n")
+    elif damage == "emptied":
+        seed.write_text("")
+    elif damage == "a directory":
+        seed.mkdir()
+    with pytest.raises(NatsError) as e:
+        messaging._seed_signature(str(seed), "nonce")
+    message = str(e.value)
+    assert "FLOWSCOPE_NATS_NKEY_SEED_FILE" in message and str(seed) in message
+    assert "Hunter2" not in message and "\n" not in message
 
 
 @pytest.mark.parametrize(
