@@ -31,6 +31,7 @@ from flowscope.core.serving import Health
 from prometheus_client import CollectorRegistry
 
 T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 log = logging.getLogger("flowscope.runtime")
 
@@ -72,6 +73,7 @@ class Runtime:
     health: Health = field(default_factory=Health)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int = 0
+    signalled: bool = False  # SIGTERM or SIGINT received: the process is to end
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _first_done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -142,6 +144,8 @@ async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
         await _drain(rt)
         crashed += _crashed(rt, cancelled_ok=True)
         log.info("stopped", extra={"service": name})
+        if rt.signalled:
+            _ignore_late_signals()
         return 1 if crashed else 0
     return 0  # pragma: no cover - unreachable, keeps mypy happy
 
@@ -184,6 +188,7 @@ def _install_signals(rt: Runtime) -> None:
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
+        rt.signalled = True
         if rt.stopping.is_set():
             log.warning("second signal: hard stop")
             for task in rt._tasks:
@@ -192,9 +197,21 @@ def _install_signals(rt: Runtime) -> None:
         log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
         rt.stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig)
+
+
+def _ignore_late_signals() -> None:
+    """Stopped on a signal, with nothing left to drain: ignore SIGTERM and SIGINT from now
+    on. Closing the loop gives them back their default action, and the interpreter
+    takes a while to exit after it: a second SIGTERM then (a supervisor's, or a user's
+    impatient one) killed a process that had stopped cleanly, exit status 143 instead of 0."""
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def run(name: str, settings: RuntimeSettings, body: Body) -> int:

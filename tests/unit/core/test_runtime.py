@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import urllib.request
+from collections.abc import Iterator
 
+import pytest
 from flowscope.core import runtime
 from flowscope.core.errors import StartupError
 from flowscope.core.runtime import Runtime, RuntimeSettings
@@ -14,7 +18,17 @@ from flowscope.core.runtime import Runtime, RuntimeSettings
 QUIET = RuntimeSettings(http_address="", drain_timeout=0.5)
 
 
-async def test_sigterm_drains_root_tasks() -> None:
+@pytest.fixture
+def stop_signals() -> Iterator[None]:
+    """The test process's SIGTERM and SIGINT actions, given back after a test that signals
+    itself (a service stopped on a signal ignores later ones)."""
+    before = {sig: signal.getsignal(sig) for sig in runtime.STOP_SIGNALS}
+    yield
+    for sig, action in before.items():
+        signal.signal(sig, action)
+
+
+async def test_sigterm_drains_root_tasks(stop_signals: None) -> None:
     drained: list[str] = []
     released: list[str] = []
 
@@ -32,6 +46,43 @@ async def test_sigterm_drains_root_tasks() -> None:
     assert await runtime.serve("test", QUIET, body) == 0
     assert drained == ["worker"]
     assert released == ["second", "first"]  # reverse order
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # stopped: later ones ignored
+
+
+# A service stopped by SIGTERM that then lingers (the interpreter's exit takes a while
+# after the loop is closed: here, a second), reporting run()'s status as its exit status.
+LINGERING = """
+import asyncio, sys, time
+from flowscope.core import runtime
+
+async def body(rt):
+    async def waits():
+        await rt.stopping.wait()
+    rt.spawn(waits(), "waits")
+    print("serving", flush=True)
+
+status = runtime.run("t", runtime.RuntimeSettings(http_address="", log_level="error"), body)
+print("stopped", flush=True)
+time.sleep(1)
+sys.exit(status)
+"""
+
+
+def test_a_signal_after_the_stop_does_not_kill_the_process() -> None:
+    """Before, closing the loop gave SIGTERM back its default action: a second SIGTERM
+    after a clean stop killed the process (exit status -15, 143 in a pod) instead of 0."""
+    child = subprocess.Popen([sys.executable, "-c", LINGERING], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline() == "serving\n"
+        child.send_signal(signal.SIGTERM)
+        assert child.stdout.readline() == "stopped\n"
+        child.send_signal(signal.SIGTERM)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=30) == 0
+    finally:
+        child.kill()
+        child.wait()
 
 
 async def test_a_root_task_ending_stops_the_others() -> None:
