@@ -15,11 +15,21 @@ One :class:`Informer` per resource keeps the :class:`Inventory` current:
   exponential backoff below when the LIST before it led to a 410 too without a single
   watch event applied in between (an API server that expires every version it hands
   out must not be re-LISTed in a loop).
+- An ``ERROR`` event with a 504 Status whose cause is ``ResourceVersionTooLarge`` means
+  the server is behind the resourceVersion held (etcd restored from an older backup, or
+  its watch cache lagging): a WATCH from it will not succeed before the server catches
+  up — after a restore, perhaps never, and then from a history missing every change
+  since the backup — so LIST again as after a 410 (with the same backoff), as client-go's
+  reflector does. So does an ``ERROR`` event of any other Status once
+  :data:`WATCH_ERRORS_MAX` in a row have come from one resourceVersion: a server that
+  cannot watch from it will not start to by being asked again.
 - Any other failure (connection refused, 5xx, a LIST or a line of odd shape, a stream
   silent past :attr:`WatchSettings.silence_limit`) is counted and retried with capped
   exponential backoff; meanwhile the last known metadata keeps serving and
   :class:`ApiHealth` reports how stale it is — from the last word heard from the API,
-  which also covers an API gone silent behind a partition (no error to notice).
+  which also covers an API gone silent behind a partition (no error to notice). A WATCH
+  answered 200 whose stream then fails before a single event (an ``ERROR`` event first,
+  a broken stream) is no word: a server that errs on every WATCH must not look fresh.
 - A :class:`Pulse` asks the API for ``/version`` every few seconds, so an API gone
   silent is noticed within seconds rather than after a quiet WATCH's silence limit
   (minutes), and when it answers again every open WATCH is renewed from its
@@ -65,8 +75,17 @@ class ApiError(FlowscopeError):
         super().__init__(f"{resource}: {problem}")
 
 
+class Unwatchable(ApiError):
+    """A WATCH error that only a LIST gets past; ``reason`` labels the relists metric."""
+
+    def __init__(self, resource: str, reason: str, problem: str) -> None:
+        self.reason = reason
+        super().__init__(resource, problem)
+
+
 BACKOFF_FIRST = 0.2  # seconds: the first backoff, doubled each time up to backoff_max
 STATUS_MAX = 4096  # bytes of an error answer read for its Status (a Status is far smaller)
+WATCH_ERRORS_MAX = 3  # ERROR events in a row from one resourceVersion before a LIST
 
 
 class Convert(Protocol):
@@ -116,9 +135,11 @@ class ApiHealth:
 
     A healthy informer hears something at least every ``silence_limit`` seconds (a LIST
     answered, a WATCH opened, an event or BOOKMARK, the server ending the stream at its
-    timeout). So an informer is stale while its requests fail, or once its last word is
-    older than that — the API silent behind a partition raises no error for a while —
-    and staleness counts from its last word either way, not from when that was noticed.
+    timeout); a WATCH opened whose stream fails before its first event is retracted
+    (:meth:`retract`): it brought nothing. So an informer is stale while its requests
+    fail, or once its last word is older than that — the API silent behind a partition
+    raises no error for a while — and staleness counts from its last word either way,
+    not from when that was noticed.
     """
 
     clock: Callable[[], float] = time.monotonic
@@ -138,10 +159,20 @@ class ApiHealth:
         self.heard[resource] = self.clock()
         self.limits[resource] = silence_limit
 
-    def heard_from(self, resource: str) -> None:
-        self.heard[resource] = self.clock()
+    def heard_from(self, resource: str) -> float:
+        """``resource`` heard from the API; returns when it was before (for :meth:`retract`)."""
+        now = self.clock()
+        before = self.heard.get(resource, now)
+        self.heard[resource] = now
         self.failing.discard(resource)
         self.refused.pop(resource, None)
+        return before
+
+    def retract(self, resource: str, before: float) -> None:
+        """The last word heard was no progress after all (a WATCH answered 200 whose
+        stream then failed before a single event): ``resource`` was last heard from at
+        ``before`` (what :meth:`heard_from` returned)."""
+        self.heard[resource] = before
 
     def failed(self, resource: str, answer: str = "") -> None:
         """A request failed: ``answer`` is what the API answered, "" when nothing came."""
@@ -284,9 +315,13 @@ class Informer:
         # The resourceVersion to resume from: advanced by every applied event, so a
         # stream that breaks resumes where it stopped (None: LIST first).
         self.version: str | None = None
-        # 410s since the last watch event applied: from the second on, LIST after a
-        # backoff (BACKOFF_FIRST doubling up to backoff_max), not at once.
-        self.expired_in_a_row = 0
+        # Re-LISTs (410s, too large versions, repeated ERRORs) since the last watch event
+        # applied: from the second on, LIST after a backoff (BACKOFF_FIRST doubling up to
+        # backoff_max), not at once.
+        self.relists_in_a_row = 0
+        # ERROR events (not 410) in a row from the resourceVersion held: at
+        # WATCH_ERRORS_MAX, LIST again.
+        self.watch_errors = 0
         self._renewing = asyncio.Event()  # set: end the open WATCH, resume from version
         health.expect(resource.name, settings.silence_limit)
 
@@ -301,6 +336,7 @@ class Informer:
             try:
                 if self.version is None:
                     self.version = await self._list()
+                    self.watch_errors = 0
                     self.metrics.informer_synced.labels(name).set(1)
                     self.synced.set()
                 opened = time.monotonic()
@@ -312,22 +348,34 @@ class Informer:
                     await _sleep_unless_stopped(backoff, stopping)
                     backoff = min(backoff * 2, self.settings.backoff_max)
             except Expired:
-                self.metrics.relists.labels(name, "expired").inc()
-                self.version = None
-                self.expired_in_a_row += 1
-                if self.expired_in_a_row > 1:  # LIST, WATCH, 410 again: nothing gained
-                    await _sleep_unless_stopped(self._expired_backoff(), stopping)
+                await self._relist("expired", stopping)
+            except Unwatchable as e:
+                self._failed(e)
+                await self._relist(e.reason, stopping)
             except (aiohttp.ClientError, OSError, TimeoutError, ApiError, self._client_error) as e:
-                self.metrics.informer_errors.labels(name).inc()
-                self.health.failed(name, e.problem if isinstance(e, ApiError) else "")
-                self.bad_log.warning(f"api-{name}", "Kubernetes API request failed",
-                                     resource=name, error=described(e))  # fmt: skip
+                self._failed(e)
                 await _sleep_unless_stopped(backoff, stopping)
                 backoff = min(backoff * 2, self.settings.backoff_max)
 
-    def _expired_backoff(self) -> float:
-        """The wait before the next LIST after consecutive 410s (from the second on)."""
-        doublings = min(self.expired_in_a_row - 2, 32)
+    def _failed(self, e: Exception) -> None:
+        name = self.resource.name
+        self.metrics.informer_errors.labels(name).inc()
+        self.health.failed(name, e.problem if isinstance(e, ApiError) else "")
+        self.bad_log.warning(f"api-{name}", "Kubernetes API request failed",
+                             resource=name, error=described(e))  # fmt: skip
+
+    async def _relist(self, reason: str, stopping: asyncio.Event) -> None:
+        """Drop the resourceVersion: LIST next — after a backoff when the LIST before it
+        led here too with no watch event applied in between (nothing gained)."""
+        self.metrics.relists.labels(self.resource.name, reason).inc()
+        self.version = None
+        self.relists_in_a_row += 1
+        if self.relists_in_a_row > 1:
+            await _sleep_unless_stopped(self._relist_backoff(), stopping)
+
+    def _relist_backoff(self) -> float:
+        """The wait before the next LIST after consecutive re-LISTs (from the second on)."""
+        doublings = min(self.relists_in_a_row - 2, 32)
         return float(min(BACKOFF_FIRST * 2**doublings, self.settings.backoff_max))
 
     async def _request(self, query: list[tuple[str, Any]], read_timeout: float) -> Any:
@@ -408,7 +456,11 @@ class Informer:
         return obj
 
     async def _watch(self, version: str) -> None:
-        """One WATCH stream from ``version``; each applied event advances ``self.version``."""
+        """One WATCH stream from ``version``; each applied event advances ``self.version``.
+
+        The WATCH answered counts as a word from the API until its stream fails before
+        a single event applied (an ERROR event first, a broken stream): then it is
+        retracted. A stream ended by this side (a renewal, stopping) keeps it."""
         query: list[tuple[str, Any]] = [
             ("watch", "true"),
             ("allowWatchBookmarks", "true"),
@@ -425,22 +477,34 @@ class Informer:
                 raise Expired(f"{name}: resourceVersion {version} expired")
             if resp.status != 200:
                 raise await self._refusal("WATCH", resp)
-            self.health.heard_from(name)
-            buffer = b""
+            before = self.health.heard_from(name)
+            await self._stream(resp, version, before)
+            self.health.heard_from(name)  # the server ended the stream (its timeout)
+        finally:
+            resp.release()
+
+    async def _stream(self, resp: Any, version: str, before: float) -> None:
+        """Apply a WATCH stream's events, each heard from the API, until it ends; when it
+        fails before one is applied, the WATCH answered was no word (heard ``before``)."""
+        name = self.resource.name
+        applied = False
+        buffer = b""
+        try:
             async for chunk in resp.content.iter_any():
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        event = _json(line, name)
-                        self.health.heard_from(name)
-                        self.version = self._apply(event, version)
+                        self.version = self._apply(_json(line, name), version)
                         version = self.version
-            # A partial last line (stream broken mid-event) is dropped: the event was not
-            # applied, so resuming from ``version`` receives it again.
-            self.health.heard_from(name)  # the server ended the stream (its timeout)
-        finally:
-            resp.release()
+                        applied = True
+                        self.health.heard_from(name)
+        except Exception:
+            if not applied:
+                self.health.retract(name, before)
+            raise
+        # A partial last line (stream broken mid-event) is dropped: the event was not
+        # applied, so resuming from ``version`` receives it again.
 
     def _apply(self, event: Mapping[str, Any], version: str) -> str:
         """Apply one watch event; returns the resourceVersion to resume from."""
@@ -449,17 +513,15 @@ class Informer:
         if not isinstance(obj, Mapping):
             raise ApiError(self.resource.name, f"watch event without object: {kind}")
         if kind == "ERROR":
-            code = obj.get("code")
-            if code == 410:
-                raise Expired(f"{self.resource.name}: {obj.get('message', 'expired')}")
-            raise ApiError(self.resource.name, f"watch ERROR {code}: {obj.get('message')}")
+            raise self._error_event(obj)
         name = self.resource.name
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
         new_version = meta.get("resourceVersion")
         if not isinstance(new_version, str) or not new_version:
             new_version = version  # an odd version must not become the resume point
-        self.expired_in_a_row = 0  # the version is good: a 410 after this relists at once
+        self.relists_in_a_row = 0  # the version is good: a 410 after this relists at once
+        self.watch_errors = 0
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             converted = self._convert(obj)
             if converted is None:
@@ -473,6 +535,22 @@ class Informer:
         self.metrics.informer_events.labels(name, str(kind)).inc()
         self.metrics.informer_objects.labels(name).set(self.inventory.count(name))
         return new_version
+
+    def _error_event(self, status: Mapping[str, Any]) -> Exception:
+        """What an ERROR event's Status means: 410, the version expired; 504 too large,
+        the server behind it; any other, an error retried — until it is the
+        WATCH_ERRORS_MAX-th in a row from the same version."""
+        name = self.resource.name
+        code = status.get("code")
+        if code == 410:
+            return Expired(f"{name}: {status.get('message', 'expired')}")
+        problem = f"watch ERROR {code}: {status.get('message')}"
+        if _too_large(status):
+            return Unwatchable(name, "too_large", problem)
+        self.watch_errors += 1
+        if self.watch_errors >= WATCH_ERRORS_MAX:
+            return Unwatchable(name, "watch_errors", problem)
+        return ApiError(name, problem)
 
     def _unreadable(self, obj: Mapping[str, Any]) -> None:
         """An event's object did not convert (counted): the version held is outdated and
@@ -520,6 +598,22 @@ def _envelope(page: Mapping[str, Any], resource: str) -> tuple[list[Any], str, s
     if not isinstance(token, str) or not isinstance(version, str):
         raise ApiError(resource, "LIST answer of odd shape (continue, resourceVersion)")
     return items, token, version
+
+
+def _too_large(status: Mapping[str, Any]) -> bool:
+    """A Status saying the resourceVersion asked for is newer than the server's: a 504
+    whose cause is ``ResourceVersionTooLarge`` or, from servers older than that cause,
+    whose message says so (as client-go's ``isTooLargeResourceVersionError``)."""
+    if status.get("code") != 504:
+        return False
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, Mapping) else None
+    if isinstance(causes, list) and any(
+        isinstance(c, Mapping) and c.get("reason") == "ResourceVersionTooLarge" for c in causes
+    ):
+        return True
+    message = status.get("message")
+    return isinstance(message, str) and "Too large resource version" in message
 
 
 def _status_text(body: bytes) -> str:

@@ -12,7 +12,14 @@ What a client sees is what an API server sends:
   events after N, then new ones as the test makes changes. ``allowWatchBookmarks``
   enables BOOKMARK events (:meth:`FakeKube.bookmark`); ``timeoutSeconds`` ends the
   stream. A resourceVersion older than the last :meth:`FakeKube.compact` gets an ERROR
-  event with a ``410 Expired`` Status.
+  event with a ``410 Expired`` Status; one newer than the server's gets an ERROR event
+  with the ``504 Timeout`` Status whose cause is ``ResourceVersionTooLarge``, as the
+  watch cache sends (after waiting up to 3 s for itself to catch up; the fake answers
+  at once).
+- :meth:`FakeKube.snapshot` / :meth:`FakeKube.restore`: etcd backed up, then restored
+  from that backup — objects and resourceVersion back as they were (a client's newer
+  resourceVersion is now "too large"), history gone, open streams ended (the API
+  servers restart on the restored etcd).
 - :meth:`FakeKube.end_watches` ends every open stream cleanly;
   :meth:`FakeKube.break_watches` writes half an event line and drops the connection.
 - :meth:`FakeKube.stop` / :meth:`FakeKube.start` take the server away and bring it
@@ -79,6 +86,27 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
     """A ``meta/v1 Status`` object."""
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}  # fmt: skip
+
+
+def too_large(since: int, current: int) -> dict[str, Any]:
+    """The Status of a WATCH from a resourceVersion the server has not reached
+    (``storage.NewTooLargeResourceVersionError``): a ``504 Timeout`` whose cause says
+    ``ResourceVersionTooLarge``."""
+    body = status(
+        504, "Timeout", f"Timeout: Too large resource version: {since}, current: {current}"
+    )
+    body["details"] = {"causes": [{"reason": "ResourceVersionTooLarge",
+                                   "message": "Too large resource version"}],
+                       "retryAfterSeconds": 1}  # fmt: skip
+    return body
+
+
+@dataclass(frozen=True)
+class Backup:
+    """What :meth:`FakeKube.snapshot` saved: the resourceVersion and every object."""
+
+    version: int
+    objects: dict[str, dict[tuple[str, str], dict[str, Any]]]
 
 
 def forbidden(kind: Kind, request: web.Request) -> dict[str, Any]:
@@ -189,6 +217,21 @@ class FakeKube:
         self.compacted = self.version + 1
         for events in self.history.values():
             events.clear()
+
+    def snapshot(self) -> Backup:
+        """Back etcd up: the resourceVersion and objects as they are now."""
+        return Backup(self.version, copy.deepcopy(self.objects))
+
+    def restore(self, backup: Backup) -> None:
+        """Restore etcd from ``backup``: the objects and resourceVersion as they were, no
+        history (a WATCH from an older version gets 410, from a newer one 504 too large),
+        and open streams ended, as the API servers restart on it."""
+        self.version = backup.version
+        self.objects = copy.deepcopy(backup.objects)
+        for events in self.history.values():
+            events.clear()
+        self.compacted = backup.version
+        self.end_watches()
 
     def expire_continue_tokens(self) -> None:
         self._expired_tokens |= set(self._snapshots)
@@ -313,6 +356,10 @@ class FakeKube:
         if since and since < self.compacted:
             expired = status(410, "Expired", f"too old resource version: {since}")
             await response.write(_line("ERROR", expired))
+            await response.write_eof()
+            return response
+        if since > self.version:
+            await response.write(_line("ERROR", too_large(since, self.version)))
             await response.write_eof()
             return response
         watcher = Watcher(kind.resource, bookmarks)
