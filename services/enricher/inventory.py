@@ -9,12 +9,18 @@ pod, a re-created Service) keeps what the new one does not claim — its other a
 its container ids — for the rest of its grace; a pod replaced by another of the same name
 (another uid) without a DELETED event (a re-LIST) is deleted by the replacement.
 
-A finished pod (phase Succeeded or Failed) keeps its address in its status while the
-address goes to a new pod: it never takes an address from a running pod, and holds a
-free one only for ``deleted_grace`` after it was first seen finished.
-A terminating pod (deletionTimestamp set, still Running) never takes an address from a
-running pod either (its address may be released before its object goes); it holds a free
-one until it is deleted, then for its grace.
+A running pod takes its addresses from any other pod (among running pods, the last
+upserted wins). A pod not running — deleted, terminating (deletionTimestamp set: its
+address may be released before its object goes) or finished (phase Succeeded or Failed:
+its address stays in its status while it goes to a new pod) — takes only a free address,
+or one an earlier version of itself holds: a pod holding it has had it since, whether it
+still runs or not. A finished pod holds a free one only for ``deleted_grace`` after it was
+first seen finished; a terminating one until it is deleted, then for its grace.
+
+An address that a pod, a node and a Service may all hold (pods and nodes share a subnet
+with the AWS VPC and Azure CNIs; a node's address may be a load-balancer IP) resolves to
+the first of them, in that order, that is live — neither deleted nor a pod not running —
+else the first of them: the live one's claim is the newer.
 
 Resolved identities are cached per address (and per container id). A change drops only
 the entries it can affect — a cluster's pods, slices and controllers change several times
@@ -31,13 +37,14 @@ probe for a cached one. What an identity reads, and so what must drop it:
 - for a pod, every controller its owner chain looks up: a controller change drops the
   entries of every pod whose chain passes through it (found through owner → referrer
   indexes);
-- the end of a finished pod's grace drops the addresses it lets go of.
+- the end of a finished pod's grace drops the addresses it lets go of;
+- a delete drops the addresses the deleted pod, node or Service shares with an object
+  of another kind (the live one outranks it now).
 
 An upsert of an object equal to the stored one (a status-only update: the slim objects
 keep none of the status) that leaves every index as it was changes nothing and drops
-nothing. A delete changes no identity either (deleted objects stay indexed for their
-grace; ``deleted_at`` is read only when a later upsert claims an address, which then
-drops its addresses itself).
+nothing. A delete changes no other identity (deleted objects stay indexed for their
+grace).
 
 Identities are built ahead of the flows that ask for them (:meth:`Inventory.warm`): every
 address an object brings or a change drops goes *cold*, and the enricher's warming task
@@ -53,12 +60,12 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 from flowscope.core import subjects
 from flowscope.core.records import LABEL_PREFIX, OWNER_KEYS
 from flowscope.enricher.identities import Identity, external, identity
-from flowscope.enricher.objects import EndpointSlice, Node, Pod, Service, Workload
+from flowscope.enricher.objects import EndpointSlice, Node, OwnerRef, Pod, Service, Workload
 
 MAX_CACHED = 100_000  # identities cached (external addresses are unbounded)
 MAX_WARM = MAX_CACHED // 2  # identities built ahead fill the cache up to this
@@ -75,6 +82,18 @@ WORKLOAD_RESOURCES = {
     "CronJob": "cronjobs",
 }
 RESOURCE_KINDS = {resource: kind for kind, resource in WORKLOAD_RESOURCES.items()}
+# Controller kind → the API groups serving it: a kind of another group is a custom
+# resource (a Volcano batch.volcano.sh Job, an OpenKruise apps.kruise.io StatefulSet).
+# extensions served ReplicaSets, Deployments and DaemonSets before Kubernetes 1.16, and
+# owner references written then keep it.
+WORKLOAD_GROUPS = {
+    "ReplicaSet": ("apps", "extensions"),
+    "Deployment": ("apps", "extensions"),
+    "StatefulSet": ("apps",),
+    "DaemonSet": ("apps", "extensions"),
+    "Job": ("batch",),
+    "CronJob": ("batch",),
+}
 # The workload chains (DESIGN.md): a pod's controller of one of the kinds above, then
 # only ReplicaSet → Deployment and Job → CronJob. Any other owner (a Node owning a static
 # pod, an operator's custom resource owning a ReplicaSet) is not a workload: the chain
@@ -201,7 +220,10 @@ class Inventory:
         now = self._clock()
         obj.deleted_at = now
         self._graveyard.append((now + self._grace, resource, key, obj))
-        # No identity reads ``deleted_at`` and no index changes: nothing cached is stale.
+        # No index changes: only an address that another kind's object holds too is
+        # resolved otherwise now (to that one, when live: see _holder).
+        if isinstance(obj, Pod | Service | Node):
+            self._forget_addresses(self._shared(obj.ips))
 
     def replace(self, resource: str, objs: Iterable[Obj]) -> None:
         """A full LIST: upsert everything, delete (with grace) what is gone."""
@@ -314,6 +336,12 @@ class Inventory:
                     if not cids:
                         del self._cached_containers[address]
 
+    def _shared(self, addresses: Iterable[str]) -> list[str]:
+        """Those of ``addresses`` that more than one of the pod, node and Service indexes
+        hold (whose identity the liveness of each holder decides, see :meth:`_holder`)."""
+        indexes = (self._pod_ips, self._node_ips, self._service_ips)
+        return [ip for ip in addresses if sum(ip in index for index in indexes) > 1]
+
     def _pods_below(self, top: Key) -> list[Pod]:
         """Every pod whose owner chain looks ``top`` up (and a few more past the chain's
         depth limit, which costs only a rebuild)."""
@@ -335,10 +363,10 @@ class Inventory:
                 running = _running(obj)
                 for ip in obj.ips:
                     current = self._pod_ips.get(ip)
-                    # A running pod owns its address over a deleted, terminating or
-                    # finished one (the address may well be its now); among running pods,
-                    # the last upserted.
-                    if current is None or running or not _running(current):
+                    # A running pod owns its address over any other (the address may well
+                    # be its now; among running pods, the last upserted). One not running
+                    # takes only a free address or its own: another holder is newer.
+                    if running or current is None or _same_pod(current, obj):
                         self._pod_ips[ip] = obj
             for cid in obj.container_ids:
                 self._containers[cid] = obj
@@ -393,7 +421,8 @@ class Inventory:
     # ------------------------------------------------------------ lookups
 
     def resolve(self, address: str) -> Identity:
-        """The identity of an address: pod, node, service, or external, in that order."""
+        """The identity of an address: pod, node, service, or external, in that order,
+        live objects first (see :meth:`_holder`)."""
         found = self._cache.get(address)
         if found is None:
             found = self._build(address)
@@ -452,13 +481,13 @@ class Inventory:
     def other_addresses(self, address: str) -> tuple[str, ...]:
         """The other addresses of the pod holding ``address`` that it (that pod, by uid)
         still holds: a dual-stack pod's names are learned for each of them."""
-        pod = self._pod_ips.get(address)
-        if pod is None or len(pod.ips) < 2:
+        pod = self._holder(address)
+        if not isinstance(pod, Pod) or len(pod.ips) < 2:
             return ()
-        held = self._pod_ips.get
+        held = self._holder
         return tuple(
             ip for ip in pod.ips
-            if ip != address and (holder := held(ip)) is not None and holder.uid == pod.uid
+            if ip != address and isinstance(holder := held(ip), Pod) and holder.uid == pod.uid
         )  # fmt: skip
 
     def _build_container(self, container_id: str) -> Identity | None:
@@ -475,22 +504,37 @@ class Inventory:
             found.elsewhere = {ip: self._pod_identity(pod, ip, container) for ip in pod.ips[1:]}
         return found
 
+    def _holder(self, address: str) -> Pod | Node | Service | None:
+        """The object an address is: the first of the pod, node and Service holding it that
+        is live (neither deleted nor a pod not running), else the first of them. A live
+        object's claim is the newer: the address of a pod that ended, or of a deleted
+        node, may be a new node's or a load-balancer IP now.
+
+        A node's address is the node's even when a live Service lists it as an external or
+        load-balancer IP (k3s ServiceLB puts node addresses there): its hostNetwork pods
+        are told apart by the container id only on a node identity. No ClusterIP is ever
+        a node's address."""
+        first: Pod | Node | Service | None = None
+        for held in (self._pod_ips, self._node_ips, self._service_ips):
+            holder = held.get(address)
+            if holder is not None:
+                if _live(holder):
+                    return holder
+                if first is None:
+                    first = holder
+        return first
+
     def _build(self, address: str) -> Identity:
-        pod = self._pod_ips.get(address)
-        if pod is not None:
-            return self._pod_identity(pod, address, pod.containers[0] if pod.containers else "")
-        # A node's address is the node's even when a Service lists it as an external or
-        # load-balancer IP (k3s ServiceLB puts node addresses there): its hostNetwork pods
-        # are told apart by the container id only on a node identity. No ClusterIP is
-        # ever a node's address.
-        node = self._node_ips.get(address)
-        if node is not None:
-            meta = {"k8s.node.name": node.name}
-            return identity("node", subjects.NODE_TOKEN, node.name, address, meta)
-        service = self._service_ips.get(address)
-        if service is not None:
-            meta = {"k8s.namespace.name": service.namespace, "k8s.service.name": service.name}
-            return identity("service", service.namespace, "", address, meta)
+        holder = self._holder(address)
+        if isinstance(holder, Pod):
+            container = holder.containers[0] if holder.containers else ""
+            return self._pod_identity(holder, address, container)
+        if isinstance(holder, Node):
+            meta = {"k8s.node.name": holder.name}
+            return identity("node", subjects.NODE_TOKEN, holder.name, address, meta)
+        if isinstance(holder, Service):
+            meta = {"k8s.namespace.name": holder.namespace, "k8s.service.name": holder.name}
+            return identity("service", holder.namespace, "", address, meta)
         return external(address)
 
     def _pod_identity(self, pod: Pod, address: str, container: str) -> Identity:
@@ -521,7 +565,7 @@ class Inventory:
         as the workload, into ``meta``: the pod itself when its owner is no workload."""
         kind, name = "Pod", pod.name
         ref = pod.owner
-        if ref is not None and ref.kind in WORKLOAD_RESOURCES:
+        if _workload(ref):
             kind, name = ref.kind, ref.name
             meta[OWNER_KEYS[kind]] = name
             parent = CHAIN_PARENTS.get(kind)
@@ -529,7 +573,7 @@ class Inventory:
                 store = self.stores.get(WORKLOAD_RESOURCES[kind])
                 owner = store.get((kind, pod.namespace, name)) if store is not None else None
                 up = owner.owner if owner is not None else None
-                if up is not None and up.kind == parent:
+                if _workload(up) and up.kind == parent:
                     kind, name = up.kind, up.name
                     meta[OWNER_KEYS[kind]] = name
         meta["k8s.workload.kind"] = kind
@@ -541,10 +585,33 @@ def _running(pod: Pod) -> bool:
     return not pod.deleted_at and not pod.terminating and not pod.finished
 
 
+def _live(obj: Pod | Node | Service) -> bool:
+    """Whether an object's claim on its addresses is current: not deleted, and for a pod,
+    running (see _holder)."""
+    return _running(obj) if isinstance(obj, Pod) else not obj.deleted_at
+
+
+def _same_pod(one: Pod, other: Pod) -> bool:
+    """Whether two versions are of the same pod (its name may be another pod's later)."""
+    return (one.uid, one.name, one.namespace) == (other.uid, other.name, other.namespace)
+
+
+def _workload(ref: OwnerRef | None) -> TypeGuard[OwnerRef]:
+    """Whether an owner reference names a watched controller: a kind of WORKLOAD_GROUPS in
+    one of its groups (a reference without apiVersion, which the API server never serves,
+    is taken by its kind)."""
+    if ref is None:
+        return False
+    groups = WORKLOAD_GROUPS.get(ref.kind)
+    return groups is not None and (ref.group is None or ref.group in groups)
+
+
 def _owner_key(obj: Pod | Workload) -> Key | None:
     """The store key (kind, namespace, name) of the controller owning ``obj``: the key the
-    owner chain looks up, and the owner → referrer indexes are kept under."""
-    return None if obj.owner is None else (obj.owner.kind, obj.namespace, obj.owner.name)
+    owner chain looks up, and the owner → referrer indexes are kept under (None when the
+    owner is no watched controller: no chain looks it up)."""
+    ref = obj.owner
+    return (ref.kind, obj.namespace, ref.name) if _workload(ref) else None
 
 
 def _built_at(found: Identity) -> list[str]:

@@ -38,10 +38,17 @@ class OddObject(FlowscopeError):
 
 @dataclass(slots=True)
 class OwnerRef:
-    """The controlling owner of an object: kind and name (same namespace)."""
+    """The controlling owner of an object: kind, name (same namespace) and API group.
+
+    The group tells a built-in controller from a custom resource of the same kind (a
+    Volcano ``batch.volcano.sh`` Job, an OpenKruise ``apps.kruise.io`` StatefulSet).
+    """
 
     kind: str
     name: str
+    # its apiVersion's group ("" for the core group's "v1"); None when the reference has
+    # no apiVersion (the API server requires one: only hand-made objects lack it)
+    group: str | None
 
 
 @dataclass(slots=True)
@@ -107,27 +114,35 @@ class EndpointSlice:
     An endpoint's address alone does not say whose it is: the apiserver's ``kubernetes``
     slice lists the control-plane nodes' addresses, a hostNetwork pod's endpoint lists its
     node's, a stale one an address since given to another pod. ``targets`` keeps, beside
-    each address, the pod its endpoint's ``targetRef`` names (see :meth:`selects`).
+    each address, the pod its endpoint's ``targetRef`` names (see :meth:`selects`). One
+    address may have several endpoints: the EndpointSlice controller keys them by address
+    and targetRef, so a terminating pod's endpoint and that of the new pod given its
+    address are both listed; each (address, target) pair is kept once.
     """
 
     namespace: str
     name: str
     service: str
-    addresses: tuple[str, ...]
-    # per address: the name of the pod its targetRef names in this namespace; "" when the
-    # endpoint has no targetRef; ELSEWHERE when it names anything else
+    addresses: tuple[str, ...]  # per endpoint address (an address repeats per target)
+    # beside each of addresses: the name of the pod its endpoint's targetRef names in this
+    # namespace; "" when the endpoint has no targetRef; ELSEWHERE when it names anything else
     targets: tuple[str, ...]
     deleted_at: float = 0.0
 
     def selects(self, pod: Pod, address: str) -> bool:
-        """Whether the endpoint at ``address`` (one of :attr:`addresses`) is ``pod``'s: its
+        """Whether an endpoint at ``address`` (one of :attr:`addresses`) is ``pod``'s: its
         targetRef names the pod; or it has none and the pod is in this namespace and not
         hostNetwork (a hostNetwork pod shares its address with its node and every other
         hostNetwork pod there, so only a targetRef can name it)."""
         if pod.namespace != self.namespace:
             return False
-        target = self.targets[self.addresses.index(address)]
-        return target == pod.name if target else not pod.host_network
+        at = -1
+        for _ in range(self.addresses.count(address)):  # almost always once
+            at = self.addresses.index(address, at + 1)
+            target = self.targets[at]
+            if target == pod.name if target else not pod.host_network:
+                return True
+        return False
 
 
 def name_from_json(obj: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -183,7 +198,9 @@ def _owner(meta: Mapping[str, Any]) -> OwnerRef | None:
     if not refs:
         return None
     ref = next((r for r in refs if r.get("controller")), refs[0])
-    return OwnerRef(_intern(ref["kind"]), ref["name"])
+    api = ref.get("apiVersion")
+    group = _intern(api.rpartition("/")[0]) if isinstance(api, str) and api else None
+    return OwnerRef(_intern(ref["kind"]), ref["name"], group)
 
 
 def strip_container_id(raw: str) -> str:
@@ -289,7 +306,7 @@ def endpointslice_from_json(
     if not isinstance(service, str) or not service:
         raise OddObject("EndpointSlice", f"label {SERVICE_NAME_LABEL} missing")
     namespace = _intern(str(meta.get("namespace") or "default"))
-    targets: dict[str, str] = {}  # address → its endpoint's target (the first endpoint's)
+    endpoints: dict[tuple[str, str], None] = {}  # (address, its endpoint's target), once
     # An FQDN slice (addressType FQDN) lists names, not addresses: nothing to index.
     if obj.get("addressType") != "FQDN":
         for ep in _items(obj.get("endpoints")):
@@ -298,8 +315,10 @@ def endpointslice_from_json(
                 for address in _addresses(
                     _strings(ep.get("addresses")), "endpoints.addresses", skipped
                 ):
-                    targets.setdefault(address, target)
-    return EndpointSlice(namespace, meta["name"], service, tuple(targets), tuple(targets.values()))
+                    endpoints[address, target] = None
+    addresses = tuple(address for address, _ in endpoints)
+    targets = tuple(target for _, target in endpoints)
+    return EndpointSlice(namespace, meta["name"], service, addresses, targets)
 
 
 def _target(ref: Any, namespace: str) -> str:

@@ -25,7 +25,11 @@ def make(clock: Clock | None = None) -> Inventory:
 
 
 def add_pod(inv: Inventory, **kw: object) -> None:
-    inv.upsert("pods", objects.pod_from_json(cluster.pod(**kw), LABELS))  # type: ignore[arg-type]
+    raw = cluster.pod(**kw)  # type: ignore[arg-type]
+    for ref in raw["metadata"].get("ownerReferences", ()):
+        if ref["kind"] in ("Job", "CronJob"):  # cluster.pod says apps/v1 for every kind
+            ref["apiVersion"] = "batch/v1"
+    inv.upsert("pods", objects.pod_from_json(raw, LABELS))
 
 
 def test_pod_with_full_owner_chain_labels_and_service() -> None:

@@ -45,6 +45,18 @@ workload_owners = st.one_of(st.none(), owner_refs, owner_refs, owner_refs)
 some_addresses = st.lists(st.sampled_from(ADDRESSES), max_size=2, unique=True).map(tuple)
 
 
+def grouped(draw: st.DrawFn, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with its owner reference's apiVersion: mostly its kind's built-in one, else
+    none or a custom resource's (which is no workload)."""
+    for ref in raw["metadata"].get("ownerReferences", ()):
+        builtin = "batch/v1" if ref["kind"] in ("Job", "CronJob") else "apps/v1"
+        api = draw(st.sampled_from((builtin, builtin, None, "example.com/v1")))
+        ref.pop("apiVersion", None)
+        if api is not None:
+            ref["apiVersion"] = api
+    return raw
+
+
 @st.composite
 def pods(draw: st.DrawFn) -> tuple[str, Obj]:
     containers = draw(st.sampled_from((("main",), ("main", "side"))))
@@ -63,7 +75,9 @@ def pods(draw: st.DrawFn) -> tuple[str, Obj]:
         uid=draw(st.sampled_from(("u0", "u0", "u1"))),  # mostly the same pod again
     )
     raw["status"]["phase"] = draw(st.sampled_from(("Running", "Running", "Succeeded", "Failed")))
-    return "pods", objects.pod_from_json(raw, LABELS)
+    if draw(st.integers(0, 3)) == 0:
+        raw["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return "pods", objects.pod_from_json(grouped(draw, raw), LABELS)
 
 
 @st.composite
@@ -85,8 +99,10 @@ def nodes(draw: st.DrawFn) -> tuple[str, Obj]:
 def slices(draw: st.DrawFn) -> tuple[str, Obj]:
     # endpoints whose targetRef names one of the pods, or no pod
     targets = st.lists(st.sampled_from(POD_NAMES), max_size=2).map(tuple)
+    # an address may be listed twice (an old pod's endpoint and the new pod's)
+    addresses = st.lists(st.sampled_from(ADDRESSES), max_size=3).map(tuple)
     raw = cluster.endpointslice(draw(st.sampled_from(("e0", "e1", "e2"))),
-                                draw(st.sampled_from(("s0", "s1"))), draw(some_addresses),
+                                draw(st.sampled_from(("s0", "s1"))), draw(addresses),
                                 draw(namespaces), draw(targets))  # fmt: skip
     return "endpointslices", objects.endpointslice_from_json(raw)
 
@@ -96,7 +112,7 @@ def workloads(draw: st.DrawFn) -> tuple[str, Obj]:
     kind = draw(owner_kinds)
     raw = cluster.workload(kind, draw(st.sampled_from(OWNER_NAMES)), draw(namespaces),
                            owner=draw(workload_owners))  # fmt: skip
-    return WORKLOAD_RESOURCES[kind], objects.workload_from_json(kind)(raw)
+    return WORKLOAD_RESOURCES[kind], objects.workload_from_json(kind)(grouped(draw, raw))
 
 
 any_object = st.one_of(pods(), services(), nodes(), slices(), workloads())

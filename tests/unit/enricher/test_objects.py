@@ -20,7 +20,7 @@ def test_pod_keeps_addresses_containers_owner_and_allowed_labels() -> None:
     assert pod.containers == ("main", "sidecar")
     assert pod.container_ids == {"abc": "sidecar"}  # containerd:// stripped
     assert pod.labels == {"app": "web"}
-    assert pod.owner == objects.OwnerRef("ReplicaSet", "web-5d")
+    assert pod.owner == objects.OwnerRef("ReplicaSet", "web-5d", "apps")
     assert (pod.namespace, pod.node, pod.host_network) == ("shop", "node-1", False)
 
 
@@ -36,7 +36,7 @@ def test_controller_owner_preferred_over_others() -> None:
         {"kind": "Something", "name": "other"},
         {"kind": "Job", "name": "nightly-123", "controller": True},
     ]
-    assert objects.pod_from_json(raw, ()).owner == objects.OwnerRef("Job", "nightly-123")
+    assert objects.pod_from_json(raw, ()).owner == objects.OwnerRef("Job", "nightly-123", None)
 
 
 def test_service_addresses_include_cluster_external_and_lb_but_not_headless() -> None:
