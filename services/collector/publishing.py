@@ -14,8 +14,8 @@ blocks the kernel drain (which only waits in :meth:`Publisher.catch_up` while se
 succeeds), nothing crashes on a publish error, and sending resumes by itself when NATS
 answers again. NATS may come back without its streams (its JetStream store lost, a fresh
 server): then no stream answers a publish, and the publisher recreates the streams
-(``messaging.ensure_streams``, as at start-up; one attempt for all kinds, with backoff)
-before the failed message's retry.
+(``messaging.ensure_streams``, as at start-up, through a ``messaging.StreamKeeper``: one
+attempt for all kinds, with backoff) before the failed message's retry.
 
 Every message gets a ``Nats-Msg-Id`` when it is sealed (node, kind, a random id of this
 publisher, a sequence number), the same on every retry: JetStream stores it once. Retries
@@ -48,8 +48,7 @@ from flowscope.collector.metrics import CollectorMetrics
 from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError
 from flowscope.core.logs import RateLimitedLog
-from flowscope.core.messaging import MSG_ID_HEADER
-from nats.js.errors import NoStreamResponseError, NotFoundError
+from flowscope.core.messaging import MSG_ID_HEADER, NO_STREAM, StreamKeeper
 
 log = logging.getLogger("flowscope.collector.publishing")
 
@@ -59,9 +58,6 @@ HEADER_ROOM = 512  # bytes kept free under max_payload for the headers
 PUBLISH_TIMEOUT = 5.0
 RETRY_MAX = 2.0
 RETRY_PACE = 0.05  # s between send attempts while messages wait after a failed publish
-# What a publish raises when no stream takes its subject: nats-py's "no responders", or
-# the JetStream API's "stream not found" (404).
-NO_STREAM = (NoStreamResponseError, NotFoundError)
 
 
 class JetStreamPublisher(Protocol):
@@ -114,11 +110,7 @@ class Publisher:
         """``ensure_streams`` creates the streams (``messaging.ensure_streams``): run again
         when a publish finds none, else the publisher waits for someone else to."""
         self._js = js
-        self._ensure_streams = ensure_streams
-        self._streams_lock = asyncio.Lock()  # one recreation at a time, for every kind
-        self._streams_generation = 0  # recreations so far
-        self._streams_failures = 0  # consecutive failed recreations: their backoff grows
-        self._streams_next = 0.0  # time.monotonic() before which none is tried again
+        self._streams = StreamKeeper(ensure_streams)  # one recreation for every kind
         self._limits = limits
         self._metrics = metrics
         self._lanes = {kind: _Lane(kind, SUBJECTS[kind](node)) for kind in SCHEMAS}
@@ -302,7 +294,7 @@ class Publisher:
         left = end - time.monotonic()
         if left <= 0:
             return False
-        generation = self._streams_generation
+        generation = self._streams.generation
         try:
             await self._js.publish(
                 lane.subject, batch.body, timeout=min(PUBLISH_TIMEOUT, left), headers=batch.headers
@@ -313,7 +305,7 @@ class Publisher:
                 f"publish-failed-{lane.kind}", "publish failed; will retry", error=repr(e)
             )
             if isinstance(e, NO_STREAM):
-                await self._recreate_streams(generation, e, end)
+                await self._streams.recreate(generation, e, end)
             lane.failures += 1
             backoff = min(RETRY_MAX, 0.05 * 2**lane.failures, end - time.monotonic())
             await asyncio.sleep(max(0.0, backoff))
@@ -323,40 +315,6 @@ class Publisher:
         self._metrics.publish_bytes.labels(lane.kind).inc(len(batch.body))
         self._metrics.publish_records.labels(lane.kind).inc(batch.count)
         return True
-
-    async def _recreate_streams(self, generation: int, error: Exception, end: float) -> None:
-        """Create the streams again after a publish found none (``generation``: the
-        recreations counted when it started), unless another kind's failure already did
-        since or the last attempt failed less than its backoff ago. Runs by ``end``; the
-        caller then retries the publish as after any failure.
-
-        Logged once per loss of the streams (the attempts failing meanwhile rate-limited).
-        """
-        if self._ensure_streams is None:
-            return
-        async with self._streams_lock:
-            now = time.monotonic()
-            if generation != self._streams_generation or now < self._streams_next or now >= end:
-                return
-            if not self._streams_failures:
-                log.warning(
-                    "no stream answers a publish (NATS lost its streams?); recreating them",
-                    extra={"error": repr(error)},
-                )
-            try:
-                async with asyncio.timeout(None if math.isinf(end) else end - now):
-                    await self._ensure_streams()
-            except Exception as e:  # NATS away again, JetStream not ready, the deadline
-                self._streams_failures += 1
-                backoff = min(RETRY_MAX, 0.05 * 2**self._streams_failures)
-                self._streams_next = time.monotonic() + backoff
-                self._failed_log.warning(
-                    "recreate-streams", "recreating the streams failed; will retry", error=repr(e)
-                )
-                return
-            self._streams_failures = 0
-            self._streams_generation += 1
-            log.warning("streams recreated; publishing resumes")
 
     async def _sleep(self, stopping: asyncio.Event) -> None:
         """Until woken (a batch started or sealed), stopping, or the next thing is due.

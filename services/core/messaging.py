@@ -5,7 +5,7 @@ user/password, token, a credentials (JWT/NKey) file, an NKey seed file and TLS w
 CA and a client certificate — secrets come only from files or the environment, and URLs
 are shown without their credentials. TLS, once configured, is TLS or no connection.
 ``ensure_streams`` creates the streams idempotently (or updates their retention when
-they exist).
+they exist); a :class:`StreamKeeper` runs it again when a publish finds no stream.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import re
 import ssl
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ import nkeys
 from flowscope.core import subjects
 from flowscope.core.config import parse_secret, readable_file, setting, without_secrets
 from flowscope.core.errors import ConfigError, ConnectionLostError, StartupError, described
+from flowscope.core.logs import RateLimitedLog
 from flowscope.core.runtime import first_of
 from flowscope.core.tls import TlsFile, client_context, setting_name
 from nats.aio.client import Client as NATS
@@ -34,7 +37,7 @@ from nats.errors import AuthorizationError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 MSG_ID_HEADER = "Nats-Msg-Id"  # JetStream drops a message whose id it already stored
@@ -701,6 +704,76 @@ async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
             except BadRequestError:
                 pass  # another replica created it meanwhile: update below
         await js.update_stream(config)
+
+
+# What a JetStream publish raises when no stream captures its subject: nats-py's "no
+# responders" (a 503: what nats-server answers for a stream deleted, or lost with its
+# store), or the JetStream API's "stream not found" (404).
+NO_STREAM = (NoStreamResponseError, NotFoundError)
+RECREATE_AFTER = 2.0  # seconds at least between two attempts to make the streams again
+RECREATE_MAX = 10.0  # seconds at most between two failed attempts (the backoff's cap)
+
+
+class StreamKeeper:
+    """Makes the streams again (``ensure``: :func:`ensure_streams`, the configuration of
+    start-up) after a publish found none: an operator deleted one (``nats stream rm``),
+    or NATS came back without its store. Until then every publish to it fails, and
+    nothing else would make it again while the service runs.
+
+    One keeper serves every publisher of a service: publishes
+    failing at once make one attempt, not one each, and attempts come at least
+    RECREATE_AFTER seconds apart, failed ones backing off up to RECREATE_MAX, so that
+    replicas retrying their work do not hammer a server that cannot create streams.
+    """
+
+    def __init__(self, ensure: Callable[[], Awaitable[None]] | None) -> None:
+        self._ensure = ensure  # None: the streams are someone else's to make
+        self._lock = asyncio.Lock()
+        self.generation = 0  # recreations so far
+        self._failures = 0  # consecutive failed attempts: their backoff grows
+        self._next = 0.0  # time.monotonic() before which none is tried
+        self._failed_log = RateLimitedLog(log)
+
+    async def recreate(self, generation: int, error: Exception, end: float = math.inf) -> bool:
+        """Make the streams again after a publish failed with ``error`` because no
+        stream captured its subject (:data:`NO_STREAM`, or the like) — unless they were
+        made since it started (``generation``: :attr:`generation` then) or the last attempt is too
+        recent. Runs by ``end`` (``time.monotonic()``). True when the streams were made
+        again since ``generation``; the caller retries its publish either way.
+
+        Logged once per loss of the streams (the failed attempts meanwhile rate-limited).
+        """
+        if self._ensure is None:
+            return False
+        async with self._lock:
+            now = time.monotonic()
+            if generation != self.generation:
+                return True
+            if now < self._next or now >= end:
+                return False
+            if not self._failures:
+                log.warning(
+                    "no stream answers a publish (deleted, or NATS lost its store?); "
+                    "making the streams again",
+                    extra={"error": repr(error)},
+                )
+            try:
+                async with asyncio.timeout(None if math.isinf(end) else end - now):
+                    await self._ensure()
+            except Exception as e:  # NATS away again, JetStream not ready, the deadline
+                self._failures += 1
+                backoff = min(RECREATE_MAX, RECREATE_AFTER * 2 ** (self._failures - 1))
+                self._next = time.monotonic() + backoff
+                self._failed_log.warning(
+                    "recreate-streams", "making the streams again failed; will retry",
+                    error=repr(e), retry_in=backoff,
+                )  # fmt: skip
+                return False
+            self._failures = 0
+            self._next = time.monotonic() + RECREATE_AFTER
+            self.generation += 1
+            log.warning("streams made again; publishing resumes")
+            return True
 
 
 async def dead_letter(

@@ -42,6 +42,7 @@ from flowscope.enricher.publishing import (
     MSG_ID_HEADER,
     AckedPublisher,
     Message,
+    NoStreamError,
     PublishError,
     cancel_all,
 )
@@ -82,9 +83,22 @@ WORK = (
 
 
 class Pipeline:
-    """Decoding, enriching, publishing and acknowledging raw messages."""
+    """Decoding, enriching, publishing and acknowledging raw messages.
 
-    def __init__(self, nc: NATS, enricher: Enricher, metrics: Metrics) -> None:
+    A stream that is missing when its records are published (deleted, or lost with the
+    server's store) is made again through ``streams`` (``messaging.StreamKeeper``), the
+    raw batch redelivered meanwhile; ``report`` is told (ready, detail) whether every
+    stream this pipeline publishes to took its last publish, for ``/readyz``.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        enricher: Enricher,
+        metrics: Metrics,
+        streams: messaging.StreamKeeper | None = None,
+        report: Callable[[bool, str], None] = lambda *_: None,
+    ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.enricher = enricher
@@ -92,6 +106,9 @@ class Pipeline:
         self.bad_log = RateLimitedLog(log)
         self.max_bytes = max(nc.max_payload - PAYLOAD_HEADROOM, 1024)
         self.publisher = AckedPublisher(nc)
+        self.streams = streams or messaging.StreamKeeper(None)
+        self._report = report
+        self._missing: set[str] = set()  # streams whose last publish found none
         # monotonic time from which atomic batches are used (inf: never; see use_atomic)
         self.atomic_after = math.inf
         # the output's last message carries the raw batch's marker id (see _publish); off
@@ -159,12 +176,16 @@ class Pipeline:
         refused messages go one by one, JetStream dropping those stored already.
         """
         raw_id = raw_message_id(msg.metadata)
+        stream = subjects.STREAM_FLOWS if schema is codec.FLOW else subjects.STREAM_DNS
+        generation = self.streams.generation
         try:
             if msg.metadata.num_delivered > 1 and await self._marked(schema, output, raw_id):
+                self._found(stream)
                 return True
             if self.atomic_after <= time.monotonic():
                 refused = await self._publish_framed(schema, output, raw_id)
                 if refused is True:
+                    self._found(stream)
                     return True
                 messages = self._messages(schema, output, raw_id)
                 if isinstance(refused, PublishError):
@@ -182,8 +203,34 @@ class Pipeline:
                     "a crash can now store a record twice", error=str(e),
                 )  # fmt: skip
             self.bad_log.warning("publish", "publishing enriched records failed", error=repr(e))
+            await self._no_stream(stream, e, generation)
             return False
+        self._found(stream)
         return True
+
+    async def _no_stream(self, stream: str, error: Exception, generation: int) -> None:
+        """After a publish to ``stream`` failed with ``error``: if no stream captured it,
+        report not ready and make the streams again (``generation``: the keeper's when
+        the publish started)."""
+        if not isinstance(error, (NoStreamError, *messaging.NO_STREAM)):
+            return
+        if stream not in self._missing:
+            self._missing.add(stream)
+            self._report_streams()
+        await self.streams.recreate(generation, error)
+
+    def _found(self, stream: str) -> None:
+        """A publish to ``stream`` was stored: ready again if it was missing."""
+        if stream in self._missing:
+            self._missing.discard(stream)
+            self._report_streams()
+
+    def _report_streams(self) -> None:
+        if not self._missing:
+            self._report(True, "publishing")
+            return
+        missing = ", ".join(sorted(self._missing))
+        self._report(False, f"{missing} missing: nothing published; making the streams again")
 
     async def _publish_framed(
         self, schema: codec.Schema, output: Output, raw_id: str
@@ -410,11 +457,14 @@ class Pipeline:
     async def _dead(self, copy: Awaitable[bool]) -> bool:
         """Await a dead-letter copy through JetStream: True once stored (counted when new:
         a redelivered message's copy is a duplicate), False if it was not."""
+        generation = self.streams.generation
         try:
             new = await asyncio.wait_for(copy, PUBLISH_TIMEOUT)
         except Exception as e:  # DLQ stream away, timeout, a refusal: redelivered later
             self.bad_log.warning("dlq", "dead-letter copy not stored", error=repr(e))
+            await self._no_stream(subjects.STREAM_DLQ, e, generation)
             return False
+        self._found(subjects.STREAM_DLQ)
         if new:
             self.metrics.dead_lettered.inc()
         return True

@@ -100,6 +100,14 @@ class PublishError(FlowscopeError):
         super().__init__(f"publish to {subject} failed: {problem}")
 
 
+class NoStreamError(PublishError):
+    """No stream captures the subject (the server's 503 "no responders"): deleted, or
+    lost with the server's store. Nothing else is wrong with the message."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(subject, "no stream captures the subject")
+
+
 class AckedPublisher:
     """Publishes to JetStream; :meth:`publish` returns a future of the stream's ack."""
 
@@ -340,7 +348,7 @@ class AckedPublisher:
         subject, future = entry
         status = (msg.headers or {}).get("Status")
         if status == "503":
-            future.set_exception(PublishError(subject, "no stream captures the subject"))
+            future.set_exception(NoStreamError(subject))
         elif status is not None or b'"error"' in msg.data:
             problem = msg.data.decode(errors="replace")[:200] or f"status {status}"
             future.set_exception(PublishError(subject, problem, _error_code(msg.data)))

@@ -179,7 +179,13 @@ async def body(rt: Runtime, settings: Settings) -> None:
     rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
     js = nc.jetstream()
     await messaging.ensure_streams(js, settings.nats)
-    pipeline = consuming.Pipeline(nc, enricher, metrics)
+    rt.health.set("publishing", True, "publishing")
+
+    def report_streams(ready: bool, detail: str) -> None:
+        rt.health.set("publishing", ready, detail)
+
+    streams = messaging.StreamKeeper(lambda: messaging.ensure_streams(js, settings.nats))
+    pipeline = consuming.Pipeline(nc, enricher, metrics, streams, report_streams)
     await pipeline.publisher.start()
     if not await pipeline.use_atomic():
         log.info("output streams do not allow atomic batches: one ack per message")

@@ -15,8 +15,9 @@ A consumer created again while the lane runs (deleted by an operator or the serv
 starts after the last message the lane settled, not from the oldest one the stream
 holds (see :class:`Position`); from the oldest when the stream itself was created again.
 
-A sink that raises (a bug) or a dead-letter stream that cannot store a refused record
-never makes the lane go round in a loop: the batch is retried after the lane's
+A dead-letter stream found missing is made again (``messaging.StreamKeeper``). A sink
+that raises (a bug) or a dead-letter stream that cannot store a refused record never
+makes the lane go round in a loop: the batch is retried after the lane's
 backoff (``batch.retry_initial`` doubling up to ``batch.retry_max``). So is subscribing,
 at start and whenever a consumer is gone (deleted, or its stream created again).
 """
@@ -38,7 +39,7 @@ import nats.js.errors
 from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError, RecordError, grouped, listed
 from flowscope.core.logs import RateLimitedLog
-from flowscope.core.messaging import consumer_missing, dead_letter
+from flowscope.core.messaging import NO_STREAM, StreamKeeper, consumer_missing, dead_letter
 from flowscope.core.records import validate_dns, validate_flow
 from flowscope.core.runtime import first_of
 from flowscope.exporter.metrics import ExporterMetrics
@@ -217,10 +218,12 @@ class SinkLane:
         metrics: ExporterMetrics,
         stopping: asyncio.Event,
         on_ready: Callable[[str, bool, str], None] = lambda *_: None,
+        streams: StreamKeeper | None = None,
     ) -> None:
         self.sink = sink
         self._js = js
         self._nc = nc
+        self._streams = streams or StreamKeeper(None)  # makes a missing DLQ stream again
         self._batch = batch
         self._metrics = metrics
         self._stopping = stopping
@@ -639,13 +642,19 @@ class SinkLane:
     ) -> bool:
         """Dead-letter through JetStream, de-duplicated by ``msg_id`` (see
         ``dead_letter``); False if the stream did not confirm it. ``records`` (refused
-        by the backend) are counted, failed and dead-lettered, if this copy was stored."""
+        by the backend) are counted, failed and dead-lettered, if this copy was stored.
+
+        A DLQ stream that is missing (deleted, lost with the server's store) is made
+        again, as at start-up, before the message comes back."""
+        generation = self._streams.generation
         try:
             stored = await dead_letter(
                 self._nc, DLQ_COMPONENT, subject, headers, body, reason, msg_id
             )
         except Exception as e:  # NATS gone for now: the message is not acked, so not lost
-            self._bad.warning("dlq-failed", "cannot dead-letter; will retry", error=str(e))
+            self._bad.warning("dlq-failed", "cannot dead-letter; will retry", error=repr(e))
+            if isinstance(e, NO_STREAM):
+                await self._streams.recreate(generation, e)
             return False
         if stored:
             self._metrics.dead_lettered.labels(self.sink.name).inc(records)

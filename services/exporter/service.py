@@ -65,8 +65,11 @@ def body_for(settings: Settings, env: Mapping[str, str] | None = None) -> runtim
         rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
         js = nc.jetstream()
         await messaging.ensure_streams(js, settings.nats)
+        streams = messaging.StreamKeeper(lambda: messaging.ensure_streams(js, settings.nats))
         for sink in sinks:
-            lane = SinkLane(sink, js, nc, settings.batch, metrics, rt.stopping, _health(rt))
+            lane = SinkLane(
+                sink, js, nc, settings.batch, metrics, rt.stopping, _health(rt), streams
+            )
             rt.spawn(lane.run(), f"sink-{sink.name}")
 
     return body
