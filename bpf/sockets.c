@@ -3,10 +3,9 @@
  * The rule that keeps pids honest: the owner (pid, tid, comm, cgroup) is read ONLY in
  * hooks that run in the owning process's context (the socket(), bind(), connect(),
  * sendmsg() and recvmsg() system calls) and stored by socket cookie. Hooks that see the
- * full 5-tuple but may run in softirq (sock_ops establishment and state callbacks, the
- * cgroup skb hooks) never call bpf_get_current_*: they look the owner up by cookie, or
- * for a connection accepted from a listener by (netns, local address, local port) of the
- * listener.
+ * full 5-tuple but may run in softirq (the sock_ops callbacks, the cgroup skb hooks)
+ * never call bpf_get_current_*: they look the owner up by cookie, or for a connection
+ * accepted from a listener by (netns, local address, local port) of the listener.
  * When no owner is known the event carries pid 0, never the interrupted task.
  *
  * Only UAPI contexts (bpf_sock_addr, bpf_sock, bpf_sock_ops, __sk_buff) and helpers are
@@ -160,14 +159,28 @@ static __always_inline void current_owner(struct fs_owner *o, u64 netns)
     bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
+/* The same task name: two 8-byte words rather than a byte loop. */
+static __always_inline int same_comm(const char *a, const char *b)
+{
+    u64 a0, a1, b0, b1;
+    __builtin_memcpy(&a0, a, 8);
+    __builtin_memcpy(&a1, a + 8, 8);
+    __builtin_memcpy(&b0, b, 8);
+    __builtin_memcpy(&b1, b + 8, 8);
+    return a0 == b0 && a1 == b1;
+}
+
 /* Record the current task as the owner of a socket; skip the map write when the same
- * thread already owns it (sendmsg runs this for every unconnected UDP datagram). */
+ * thread already owns it under the same name (sendmsg runs this for every unconnected
+ * UDP datagram). The name is compared too: exec() keeps the tid but renames the task,
+ * and a socket inherited across it must be reported with the new program's name. */
 static __always_inline void remember(u64 cookie, u64 netns, struct fs_owner *out)
 {
     struct fs_owner o = {};
     current_owner(&o, netns);
     struct fs_owner *old = owners.lookup(&cookie);
-    if (!old || old->tid != o.tid || old->cgroup_id != o.cgroup_id)
+    if (!old || old->tid != o.tid || old->cgroup_id != o.cgroup_id ||
+        !same_comm(old->comm, o.comm))
         owners.update(&cookie, &o);
     if (out)
         __builtin_memcpy(out, &o, sizeof(o));
@@ -477,24 +490,38 @@ static __always_inline void on_passive(struct bpf_sock_ops *ctx, u64 cookie, u64
 }
 #endif
 
-/* Established. Runs in softirq for the server side: no bpf_get_current_* here. */
-static __always_inline void on_established(struct bpf_sock_ops *ctx, u8 kind)
+/* The client side's `connect`: sent when the SYN goes out (TCP_CONNECT_CB, called by
+ * tcp_connect() after the local address and port are chosen), so an attempt that is
+ * refused or never answered is attributed too. Established (ACTIVE_ESTABLISHED_CB)
+ * sends it only for a connection whose SYN left before the programs were attached: the
+ * state-callback flag, set here, tells the two apart. The owner comes from the map, as
+ * in every sock_ops callback. */
+static __always_inline void on_active(struct bpf_sock_ops *ctx, int established)
+{
+    if (established && (ctx->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
+        return; /* reported when its SYN was sent */
+    u64 cookie = fs_socket_cookie(ctx);
+    u64 netns = bpf_get_netns_cookie(ctx);
+    /* Ask for state callbacks on this socket only, so CLOSE is reported for
+     * connections we reported (a failed attempt's too) and no others. */
+    bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    struct fs_owner *o = owners.lookup(&cookie);
+    struct fs_socket_event *e = reserve_event(FS_SOCK_CONNECT, FS_IPPROTO_TCP, cookie, netns, o);
+    if (!e)
+        return;
+    tuple_from_ops(e, ctx);
+    socket_events.ringbuf_submit(e, 0);
+}
+
+/* Server side established. Runs in softirq: no bpf_get_current_* here. */
+static __always_inline void on_established(struct bpf_sock_ops *ctx)
 {
     u64 cookie = fs_socket_cookie(ctx);
     u64 netns = bpf_get_netns_cookie(ctx);
     /* Ask for state callbacks on this socket only, so CLOSE is reported for
      * connections we reported and no others. */
     bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-    if (kind == FS_SOCK_ACCEPT) {
-        on_passive(ctx, cookie, netns);
-        return;
-    }
-    struct fs_owner *o = owners.lookup(&cookie);
-    struct fs_socket_event *e = reserve_event(kind, FS_IPPROTO_TCP, cookie, netns, o);
-    if (!e)
-        return;
-    tuple_from_ops(e, ctx);
-    socket_events.ringbuf_submit(e, 0);
+    on_passive(ctx, cookie, netns);
 }
 
 static __always_inline void on_close(struct bpf_sock_ops *ctx)
@@ -524,11 +551,14 @@ static __always_inline void on_close(struct bpf_sock_ops *ctx)
 int fs_so_ops(struct bpf_sock_ops *ctx)
 {
     switch (ctx->op) {
+    case BPF_SOCK_OPS_TCP_CONNECT_CB:
+        on_active(ctx, 0);
+        break;
     case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-        on_established(ctx, FS_SOCK_CONNECT);
+        on_active(ctx, 1);
         break;
     case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-        on_established(ctx, FS_SOCK_ACCEPT);
+        on_established(ctx);
         break;
     case BPF_SOCK_OPS_STATE_CB:
         if (ctx->args[1] == FS_TCP_CLOSE)
