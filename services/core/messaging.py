@@ -170,12 +170,9 @@ def _creds_callbacks(path: str) -> dict[str, Any]:
     def signature(nonce: str) -> bytes:
         _, seed = read()
         try:
-            key = nkeys.from_seed(seed)
-            signed = key.sign(nonce.encode())
-            key.wipe()
+            return _signed(nkeys.from_seed(seed), nonce)
         finally:
             seed[:] = bytes(len(seed))
-        return base64.b64encode(signed)
 
     return {"user_jwt_cb": user_jwt, "signature_cb": signature}
 
@@ -223,8 +220,14 @@ def _seed_signature(path: str, nonce: str) -> tuple[str, bytes]:
     :class:`CredentialsFileError` (:func:`_checked`)."""
     with _checked("nkey_seed_file", path):
         key = _seed_key(path)
+    return key.public_key.decode(), _signed(key, nonce)
+
+
+def _signed(key: nkeys.KeyPair, nonce: str) -> bytes:
+    """A server's ``nonce`` signed by ``key`` (base64), as CONNECT carries it; the key is
+    wiped after."""
     try:
-        return key.public_key.decode(), base64.b64encode(key.sign(nonce.encode()))
+        return base64.b64encode(key.sign(nonce.encode()))
     finally:
         key.wipe()
 

@@ -609,9 +609,9 @@ class SinkLane:
         """Dead-letter the records of ``msg`` this sink's backend refused, with why (keyed
         by their index in the message): one copy per distinct reason, so each record
         keeps its own, but at most ``PROBLEM_COPIES`` apart (see ``grouped``): the rest
-        share one whose reason lists theirs. This sink's verdict (another sink may refuse the same message):
-        a copy's id names the sink and the index of its first record, the same however
-        often the message comes back. False if a copy was not stored."""
+        share one whose reason lists theirs. This sink's verdict (another sink may refuse
+        the same message): a copy's id names the sink and the index of its first record,
+        the same however often the message comes back. False if a copy was not stored."""
         indices = list(refused)
         reasons = [refused[i][1] for i in indices]
         for places in grouped(reasons):
