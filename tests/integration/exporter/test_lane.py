@@ -310,17 +310,10 @@ async def test_dead_letters_of_a_recreated_stream_are_not_taken_for_duplicates(
     assert len({m.headers[messaging.MSG_ID_HEADER] for m in dead if m.headers}) == 2
 
 
-async def test_each_refused_record_is_dead_lettered_with_its_own_reason(
-    nc: NATS, streams: None
-) -> None:
-    """Before, the refused records of one message went to the DLQ as one copy labelled
-    with the first record's reason."""
+async def refused_by_elasticsearch(nc: NATS, records: list[Record]) -> Lane:
+    """``records`` published as one message and taken by an Elasticsearch sink's lane
+    (the fake refusing what it would) until the message is acked; the stopped lane."""
     es = await FakeElasticsearch().start()
-    records = [
-        flow(1),
-        flow(2, **{"source.address": "bad-src"}),
-        flow(3, **{"destination.address": "bad-dst"}),
-    ]
     await publish_flows(nc, records)  # one message
     metrics = ExporterMetrics.create(CollectorRegistry())
     sink = ElasticsearchSink(ElasticsearchSettings(url=es.url), EcsMapper(), metrics, (0.05, 0.2))
@@ -330,6 +323,20 @@ async def test_each_refused_record_is_dead_lettered_with_its_own_reason(
     finally:
         await lane.stop()
         await es.stop()
+    return lane
+
+
+async def test_each_refused_record_is_dead_lettered_with_its_own_reason(
+    nc: NATS, streams: None
+) -> None:
+    """Before, the refused records of one message went to the DLQ as one copy labelled
+    with the first record's reason."""
+    records = [
+        flow(1),
+        flow(2, **{"source.address": "bad-src"}),
+        flow(3, **{"destination.address": "bad-dst"}),
+    ]
+    await refused_by_elasticsearch(nc, records)
     copies = {}
     for dead in await dead_letters(nc):
         assert dead.headers is not None
@@ -436,17 +443,8 @@ async def test_many_refused_records_of_one_message_share_dead_letter_copies(
     """Elasticsearch names each document in its reason, so 20 refused records had 20
     reasons, and one message became 20 copies. The first 8 reasons keep a copy each;
     the other 12 records share one more, whose reason lists theirs."""
-    es = await FakeElasticsearch().start()
     records = [flow(i, **{"source.address": f"bad-{i}"}) for i in range(20)]
-    await publish_flows(nc, records)  # one message
-    metrics = ExporterMetrics.create(CollectorRegistry())
-    sink = ElasticsearchSink(ElasticsearchSettings(url=es.url), EcsMapper(), metrics, (0.05, 0.2))
-    lane = Lane(sink, nc, BatchSettings(max_delay=0.05, ack_wait=3.0))
-    try:
-        await eventually(lambda: all_acked(nc, "elasticsearch"), what="the message acked")
-    finally:
-        await lane.stop()
-        await es.stop()
+    lane = await refused_by_elasticsearch(nc, records)
     held = []
     for dead in await dead_letters(nc):
         assert dead.headers is not None
