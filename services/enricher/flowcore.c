@@ -45,11 +45,12 @@
  *   enricher.observers.seen / ttl_ns      dict node → its newest event time (unix ns, an
  *                              int in [0, 2^63)); a report is judged at its end_ns
  *   enricher.observers.in_minute           a node's minute (event time // 60 s), called
- *                              when the (observer, minute) pair changes in a batch: it
- *                              keeps Observers.minutes (an array, bounded, never read
- *                              here) and may forget other nodes (Observers' node bound);
- *                              Observers.active reads the minutes when the newest event
- *                              is not within ttl_ns
+ *                              unless Observers.minutes[node] (an array('i'), bounded)
+ *                              already ends with it — read here through the buffer
+ *                              protocol: a batch's records may come from many nodes —
+ *                              it keeps the minutes and may forget other nodes
+ *                              (Observers' node bound); Observers.active reads the
+ *                              minutes when the newest event is not within ttl_ns
  * Only CPython's documented C API is used (_PyBytes_Resize, underscore and all, is in the
  * reference manual: frame_atomic trims its buffer with it).
  */
@@ -90,7 +91,7 @@ static PyObject *subject_cache;   /* source token → {destination token → sub
 static PyObject *s_flow, *s_tally, *s_lines, *s_bad, *s_records_in, *s_records_out,
     *s_dedup_dropped, *s_process_hits, *s_dns_hits, *s_dns_misses, *s_lookups, *s_addresses,
     *s_resolver, *s_resolve, *s_cache, *s_sockets, *s_sockets_table, *s_locals, *s_names,
-    *s_entries, *s_lookup, *s_observers, *s_seen, *s_in_minute, *s_ttl, *s_active,
+    *s_entries, *s_lookup, *s_observers, *s_seen, *s_in_minute, *s_minutes, *s_ttl, *s_active,
     *s_ttl_min, *s_refine, *s_move_to_end,
     *s_kind, *s_token, *s_home, *s_source_json, *s_destination_json, *s_event, *s_json,
     *s_container_id, *s_connect, *s_accept, *s_generation, *s_known_address, *s_answers,
@@ -580,6 +581,7 @@ typedef struct {
     PyObject *observers_active;  /* bound Observers.active: when seen is not within ttl */
     long long observer_ttl_ns;   /* Observers.ttl_ns */
     PyObject *in_minute;         /* bound Observers.in_minute */
+    PyObject *minutes;           /* Observers.minutes: node → array('i') of minutes */
     /* the (observer, minute) last given to in_minute: the records of a raw batch are
      * one node's and minutes apart at most, so it is called once or twice a batch
      * (forgotten when the Python path ran: it may have added and evicted) */
@@ -1179,13 +1181,40 @@ observe_newest(Batch *b, PyObject *observer, long long at)
 
 #define MINUTE_NS 60000000000LL /* enriching.MINUTE_NS */
 
+/* Whether observers.minutes[observer] ends with `minute` (Observers.in_minute would find
+ * it there and change nothing): 1 yes; 0 no, or not the array('i') Observers keeps
+ * (in_minute is asked then); -1 an error. */
+static int
+minute_is_last(Batch *b, PyObject *observer, long long minute)
+{
+    PyObject *minutes = PyDict_GetItemWithError(b->minutes, observer);
+    if (minutes == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_buffer view;
+    if (PyObject_GetBuffer(minutes, &view, PyBUF_FORMAT) < 0) {
+        PyErr_Clear(); /* not a buffer: in_minute decides */
+        return 0;
+    }
+    Py_ssize_t n = view.itemsize == (Py_ssize_t)sizeof(int) && view.format != NULL &&
+                           strcmp(view.format, "i") == 0
+                       ? view.len / (Py_ssize_t)sizeof(int)
+                       : 0;
+    int last = n > 0 && ((const int *)view.buf)[n - 1] == minute;
+    PyBuffer_Release(&view);
+    return last;
+}
+
 /* The observer's minute (Observers.saw): given to Observers.in_minute, which adds it to
- * observers.minutes[observer] when it is not there, unless it was the last one given. */
+ * observers.minutes[observer] when it is not there, unless it was the last one given
+ * or is the last there. */
 static int
 observe_minute(Batch *b, PyObject *observer, long long minute)
 {
     if (observer == b->minute_node && minute == b->minute_last)
         return 0;
+    int last = minute_is_last(b, observer, minute);
+    if (last != 0)
+        return last < 0 ? -1 : 0;
     PyObject *m = PyLong_FromLongLong(minute);
     if (m == NULL)
         return -1;
@@ -2127,6 +2156,7 @@ release(Batch *b)
     Py_CLEAR(b->seen);
     Py_CLEAR(b->observers_active);
     Py_CLEAR(b->in_minute);
+    Py_CLEAR(b->minutes);
     Py_CLEAR(b->minute_node);
     for (int i = 0; i < b->json_used; i++) {
         Py_CLEAR(b->json_keys[i]);
@@ -2160,6 +2190,7 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
         (ttl = attr2(enricher, s_observers, s_ttl)) == NULL ||
         (b->observers_active = attr2(enricher, s_observers, s_active)) == NULL ||
         (b->in_minute = attr2(enricher, s_observers, s_in_minute)) == NULL ||
+        (b->minutes = attr2(enricher, s_observers, s_minutes)) == NULL ||
         (ttl_min = attr2(enricher, s_names, s_ttl_min)) == NULL)
         goto fail;
     /* a resolver without an identity cache is asked every time */
@@ -2178,7 +2209,8 @@ prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
     if (require_dict(b->addresses, "_addresses") < 0 || require_dict(b->sockets, "_sockets") < 0 ||
         require_dict(b->locals, "_locals") < 0 || require_dict(b->dialled, "_dialled") < 0 ||
         require_dict(b->entries, "_entries") < 0 || require_dict(b->answers, "_answers") < 0 ||
-        require_dict(b->seen, "observers.seen") < 0)
+        require_dict(b->seen, "observers.seen") < 0 ||
+        require_dict(b->minutes, "observers.minutes") < 0)
         goto fail;
     b->names_generation = PyLong_AsSsize_t(names_generation);
     if (b->names_generation == -1 && PyErr_Occurred())
@@ -3783,6 +3815,7 @@ PyInit__flowcore(void)
     INTERN(s_observers, "observers");
     INTERN(s_seen, "seen");
     INTERN(s_in_minute, "in_minute");
+    INTERN(s_minutes, "minutes");
     INTERN(s_ttl, "ttl_ns");
     INTERN(s_active, "active");
     INTERN(s_ttl_min, "ttl_min");

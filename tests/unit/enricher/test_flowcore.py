@@ -877,6 +877,24 @@ def test_a_backlog_older_than_the_ttl_is_merged_by_the_events_around_it() -> Non
     assert (older.tally.records_out, older.tally.dedup_dropped) == (2, 0)
 
 
+def test_a_batch_from_many_observers_keeps_each_nodes_minutes() -> None:
+    """A raw batch whose records come from several nodes, minutes interleaved and out of
+    order (the compiled core skips Observers.in_minute when the node's minutes already
+    end with that minute): the same minutes as the Python path, node by node."""
+    twins = Twins()
+    minute = 60 * 10**9
+    ends = [(NODE_1, 5), (NODE_2, 5), (NODE_1, 5), (NODE_3, 7), (NODE_1, 6), (NODE_2, 5),
+            (NODE_1, 5), (NODE_3, 6), (NODE_2, 9), (NODE_2, 8), (NODE_1, 6), (NODE_3, 7)]  # fmt: skip
+    batch = [flow(node, A, OUT4, 40000 + i, 443, end_ns=EVENT_NS + m * minute)
+             for i, (node, m) in enumerate(ends)]  # fmt: skip
+    twins.flows(batch)
+    twins.flows(batch[::-1])
+    base = EVENT_NS // minute
+    minutes = {node: list(m) for node, m in twins.native.enricher.observers.minutes.items()}
+    assert minutes == {NODE_1: [base + 5, base + 6], NODE_2: [base + 5, base + 8, base + 9],
+                       NODE_3: [base + 6, base + 7]}  # fmt: skip
+
+
 def test_observers_keep_a_bounded_history() -> None:
     observers = Observers(300.0)
     minute = 60 * 10**9
