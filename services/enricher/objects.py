@@ -23,6 +23,9 @@ CONTAINER_ID_PREFIXES = ("containerd://", "docker://", "cri-o://", "crio://")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ELSEWHERE = "/"  # an endpoint's target that is no pod of the slice's namespace (never a name)
 FINISHED_PHASES = ("Succeeded", "Failed")  # a pod that will not run again
+# The container kubectl picks when none is named (logs, exec); service meshes set it on
+# the pods they inject (a sidecar may come first in the spec: linkerd-proxy does).
+DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
 
 _intern = sys.intern
 
@@ -61,7 +64,10 @@ class Pod:
     node: str
     host_network: bool
     ips: tuple[str, ...]
-    containers: tuple[str, ...]  # container names in spec order
+    # container names in spec order, but the default container (DEFAULT_CONTAINER's
+    # annotation, when it names one of them) first: the one a flow without a socket
+    # event naming its container is given
+    containers: tuple[str, ...]
     container_ids: dict[str, str]  # runtime container id (no prefix) → container name
     labels: dict[str, str]  # only the allow-listed keys
     owner: OwnerRef | None
@@ -228,6 +234,10 @@ def pod_from_json(
         for c in _items(spec.get("containers"))
         if isinstance(c, Mapping) and isinstance(c.get("name"), str)
     )
+    default = _object(meta.get("annotations")).get(DEFAULT_CONTAINER)
+    if default in containers[1:]:
+        at = containers.index(default)
+        containers = (containers[at], *containers[:at], *containers[at + 1 :])
     ids: dict[str, str] = {}
     for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
         for cs in _items(status.get(key)):

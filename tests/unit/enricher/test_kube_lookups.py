@@ -152,3 +152,38 @@ def test_dual_stack_pod_refined_keeps_the_services_of_the_flows_address() -> Non
         cluster.endpointslice("web6-x", "web6b", (V6,), pods=("web",))))  # fmt: skip
     rec = only(e, [flow("node-1", PEER6, V6, 40000, 80)])
     assert rec["destination.k8s.service.name"] == "web6b"
+
+
+# ---------------------------------------------------------------- default container
+
+
+def meshed(name: str, ip: str, default: Any) -> tuple[str, Any]:
+    """A pod whose mesh put its proxy ahead of the application in the spec, annotated
+    with ``default`` as its default container (None: no annotation)."""
+    raw = cluster.pod(name, ips=(ip,), containers=("linkerd-proxy", "app", "log-shipper"))
+    if default is not None:
+        raw["metadata"]["annotations"] = {objects.DEFAULT_CONTAINER: default}
+    return "pods", raw
+
+
+def test_a_flow_without_a_socket_event_names_the_pods_default_container() -> None:
+    """kubectl's default-container annotation picks the container a flow is given when
+    no socket event names one; one naming no container of the pod, or not a string, is
+    ignored (kubectl warns and takes the first), as is its absence."""
+    pods = {"10.1.0.11": "app", "10.1.0.12": "log-shipper", "10.1.0.13": "nope",
+            "10.1.0.14": ["app"], "10.1.0.15": None}  # fmt: skip
+    inv = inventory(*(meshed(f"p{i}", ip, d) for i, (ip, d) in enumerate(pods.items())))
+    e = enricher(inv)
+    names = [only(e, [flow("node-1", B, ip, 40000 + i, 80)])["destination.k8s.container.name"]
+             for i, ip in enumerate(pods)]  # fmt: skip
+    assert names == ["app", "log-shipper", "linkerd-proxy", "linkerd-proxy", "linkerd-proxy"]
+    # a socket event naming the proxy's container id still names the proxy
+    raw = cluster.pod("q", ips=("10.1.0.16",), containers=("linkerd-proxy", "app"),
+                      container_ids={"cproxy": "linkerd-proxy", "capp": "app"})  # fmt: skip
+    raw["metadata"]["annotations"] = {objects.DEFAULT_CONTAINER: "app"}
+    inv.upsert("pods", objects.pod_from_json(raw, ()))
+    e.learn_sockets([sock("node-1", "accept", "10.1.0.16", 15006, B, 41000, 9, "cproxy")])
+    rec = only(e, [flow("node-1", B, "10.1.0.16", 41000, 15006)])
+    assert rec["destination.k8s.container.name"] == "linkerd-proxy"
+    assert only(e, [flow("node-1", B, "10.1.0.16", 41001, 80)])[
+        "destination.k8s.container.name"] == "app"  # fmt: skip
