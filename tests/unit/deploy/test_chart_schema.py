@@ -20,7 +20,7 @@ from flowscope.core import config
 from flowscope.core.errors import ConfigError
 from flowscope.exporter.settings import SINK_NAMES
 
-from tests.support.chart_templates import TemplateFailure, render_objects
+from tests.support.chart_templates import TemplateFailure, render_objects, value_paths
 from tests.support.deploying import REPO, settings_class
 
 CHART = REPO / "deploy" / "helm" / "flowscope"
@@ -332,3 +332,190 @@ DOCUMENTED = [
 def test_every_documented_alternative_passes_and_renders(values: dict[str, Any]) -> None:
     assert problems(values) == []
     assert render_objects(CHART, values)
+
+
+# ---------------------------------------------------------------- unknown keys
+#
+# Helm ignores a value no template reads, so a misspelt key (`exporter.elastcsearch.url`)
+# installed the defaults while its author believed it configured. Every object whose keys
+# the chart defines is closed (`additionalProperties: false`); the maps handed to
+# Kubernetes whole stay free-form, and so does `nats`, shared with the subchart's values.
+
+# Objects with keys of their own that stay open: `nats` also holds the subchart's values.
+OPEN_OBJECTS = {("nats",)}
+# Free-form maps not handed to Kubernetes whole: `extraEnv` becomes variables (its
+# values are typed), `global` is Helm's, shared with subcharts and set on a subchart.
+FREE_FORM_OWN = {"extraEnv", "global"}
+TEMPLATES = sorted((CHART / "templates").glob("*"))
+_PASSED_THROUGH = re.compile(
+    r"toYaml \$?\.Values\.([\w.]+)|with \$?\.Values\.([\w.]+) -?\}\}\s*\{\{-? toYaml \. "
+)
+_SET = re.compile(r"--set ([\w.]+)=(\S+)")
+
+
+def resolved(node: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        return dict(SCHEMA["definitions"][node["$ref"].rsplit("/", 1)[1]])
+    return node
+
+
+def schema_objects(
+    node: dict[str, Any] = SCHEMA, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    """(path, node) of every object the schema describes, nested ones included."""
+    node = resolved(node)
+    own = [(path, node)] if node.get("type") == "object" else []
+    children = node.get("properties", {}).items()
+    return own + [found for key, child in children for found in schema_objects(child, (*path, key))]
+
+
+CLOSED = [path for path, node in schema_objects() if node.get("additionalProperties") is False]
+FREE_FORM = [path for path, node in schema_objects() if "properties" not in node]
+
+
+def accepts_key(path: tuple[str, ...]) -> bool:
+    """Whether the schema lets a values file hold ``path`` (whatever its value)."""
+    node: dict[str, Any] = SCHEMA
+    for key in path:
+        node = resolved(node)
+        if key not in node.get("properties", {}):
+            # A free-form map or open object takes anything below it.
+            return node.get("additionalProperties") is not False
+        node = node["properties"][key]
+    return True
+
+
+def key_paths(values: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in values.items():
+        out.append((*path, key))
+        if isinstance(value, dict):
+            out += key_paths(value, (*path, key))
+    return out
+
+
+def default(path: tuple[str, ...]) -> Any:
+    value: Any = DEFAULTS
+    for key in path:
+        value = value[key]
+    return value
+
+
+def misspelt(key: str) -> str:
+    """The key with its second letter dropped (`elasticsearch` → `elsticsearch`)."""
+    return key[0] + key[2:]
+
+
+def unexpected(path: tuple[str, ...], key: str) -> str:
+    return f"{'.'.join(path)}: Additional properties are not allowed ('{key}' was unexpected)"
+
+
+def test_every_object_the_chart_defines_keys_for_is_closed() -> None:
+    """Only the free-form maps and `nats` take keys the schema does not list."""
+    open_with_keys = [
+        path for path, node in schema_objects()
+        if "properties" in node and node.get("additionalProperties") is not False
+    ]  # fmt: skip
+    assert sorted(open_with_keys) == sorted(OPEN_OBJECTS)
+    assert len(CLOSED) >= 20
+
+
+@pytest.mark.parametrize("path", key_paths(DEFAULTS), ids=".".join)
+def test_every_key_of_values_yaml_is_accepted(path: tuple[str, ...]) -> None:
+    """Alone in a values file, and over the defaults, as Helm merges it."""
+    assert accepts_key(path)
+    alone = nested(path, default(path))
+    assert sorted(e.message for e in jsonschema.Draft7Validator(SCHEMA).iter_errors(alone)) == []
+    assert problems(alone) == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted({p for t in TEMPLATES for p in value_paths(t.read_text())}),
+    ids=".".join,
+)
+def test_every_value_a_template_reads_is_accepted(path: tuple[str, ...]) -> None:
+    assert accepts_key(path)
+
+
+@pytest.mark.parametrize("path", CLOSED, ids=lambda p: ".".join(p) or "(root)")
+def test_a_closed_object_refuses_an_unknown_key_naming_it(path: tuple[str, ...]) -> None:
+    assert problems(nested((*path, "unknownKey"), "x")) == [unexpected(path, "unknownKey")]
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [(path, key) for path in CLOSED for key in resolved(schema_node(path) or SCHEMA)["properties"]],
+    ids=lambda v: ".".join(v) if isinstance(v, tuple) else v,
+)
+def test_a_misspelt_key_is_refused_naming_it(path: tuple[str, ...], key: str) -> None:
+    """Before, `exporter.elastcsearch.url` and the like installed the defaults."""
+    typo = misspelt(key)
+    assert typo not in resolved(schema_node(path) or SCHEMA)["properties"]
+    value = default((*path, key)) if (*path, key) in key_paths(DEFAULTS) else "x"
+    assert problems(nested((*path, typo), value)) == [unexpected(path, typo)]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"exporter": {"elastcsearch": {"url": "https://es.logging:9200"}}},
+         unexpected(("exporter",), "elastcsearch")),
+        ({"collector": {"resourcess": {"limits": {"memory": "2Gi"}}}},
+         unexpected(("collector",), "resourcess")),
+        ({"clustrName": "prod-eu1"}, unexpected((), "clustrName")),
+        ({"nats": {"auth": {"existingSecert": "nats-auth"}}},
+         unexpected(("nats", "auth"), "existingSecert")),
+    ],
+    ids=["exporter.elastcsearch", "collector.resourcess", "clustrName", "nats.auth.existingSecert"],
+)  # fmt: skip
+def test_the_reported_typos_fail_the_install(values: dict[str, Any], message: str) -> None:
+    assert problems(values) == [message]
+
+
+def test_free_form_maps_are_the_ones_handed_to_kubernetes_whole() -> None:
+    """A map the templates render with toYaml is Kubernetes' to check, key by key."""
+    found = {
+        tuple((m.group(1) or m.group(2)).split("."))
+        for t in TEMPLATES
+        for m in _PASSED_THROUGH.finditer(t.read_text())
+    }
+    maps = {p for p in FREE_FORM if p[-1] not in FREE_FORM_OWN}
+    assert maps == {p for p in found if resolved(schema_node(p) or {}).get("type") == "object"}
+    assert len(maps) >= 10
+
+
+@pytest.mark.parametrize("path", FREE_FORM, ids=".".join)
+def test_a_free_form_map_accepts_any_key(path: tuple[str, ...]) -> None:
+    keys = {"example.com/any-key": "x", "nvidia.com/gpu": "1", "Any_Name": "true"}
+    assert problems(nested(path, keys)) == []
+
+
+def test_free_form_lists_and_the_subchart_values_accept_anything() -> None:
+    anything = [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}]
+    assert problems({
+        "collector": {"tolerations": anything}, "enricher": {"tolerations": anything},
+        "exporter": {"tolerations": anything},
+        "networkPolicy": {"metricsFrom": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]},
+        "nats": {"natsBox": {"enabled": False}, "global": {"labels": {"a": "b"}},
+                 "config": {"cluster": {"enabled": True}}, "podTemplate": {"x": 1}},
+        "global": {"imageRegistry": "registry.example"},
+    }) == []  # fmt: skip
+
+
+def test_a_parent_charts_condition_is_accepted() -> None:
+    """As a subchart installed on ``condition: flowscope.enabled``, the chart is given
+    ``enabled`` among its values."""
+    assert problems({"enabled": True}) == []
+    assert problems({"enabled": "yes"}) != []
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [m.group(0) for f in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+     for m in _SET.finditer(f.read_text())],
+)  # fmt: skip
+def test_every_documented_set_flag_is_accepted(flag: str) -> None:
+    found = _SET.fullmatch(flag)
+    assert found
+    assert problems(nested(tuple(found.group(1).split(".")), yaml.safe_load(found.group(2)))) == []
