@@ -6,10 +6,13 @@ a comma-separated list inside one filter is ORed. Where a filter is part of the 
 (the namespace), the subscription is narrowed on the server; everything else is checked
 here, on the decoded record.
 
-``--last N`` first replays the newest N matching records from the ``FLOWSCOPE_FLOWS``
-JetStream stream, reading backwards in growing windows of stream sequences, then follows
-live from the sequence after the replay's snapshot — so no record is missed or printed
-twice between the replay and the live view.
+Like ``hubble observe``, ``--last N`` prints the newest N matching records from the
+``FLOWSCOPE_FLOWS`` JetStream stream and exits; with ``--follow`` it then follows the
+stream from the sequence after the replay's snapshot — so no record is missed or printed
+twice between the replay and the live view. The replay reads backwards in growing windows
+of stream sequences. Without ``--last``, observe follows live until stopped (where
+``hubble observe`` would print a recent window and exit): a live view is what a bare
+``flowscope observe`` is for.
 
 A message that does not decode, or a record that breaks the contract, is skipped with a
 rate-limited warning on stderr; observe keeps going.
@@ -130,8 +133,14 @@ class Settings:
     )  # fmt: skip
     last: int = setting(
         0,
-        "replay the newest N matching records from JetStream before following live (0: live only)",
+        "print the newest N matching records from JetStream and exit (0: follow live only)",
         parse=_non_negative,
+    )
+    follow: bool = setting(
+        False,
+        "with --last: keep following live after the replay (without --last, observe always "
+        "follows)",
+        short="-f",
     )
     color: str = setting(
         "auto",
@@ -518,8 +527,13 @@ async def newest_records(
     return list(found)
 
 
-async def replay_then_follow(nc: NATS, patterns: list[str], viewer: Viewer, count: int) -> None:
-    """``--last N``: replay from JetStream, then follow the stream from where it ended."""
+async def replay(nc: NATS, patterns: list[str], viewer: Viewer, count: int, follow: bool) -> None:
+    """``--last N``: show the newest N records from JetStream; with ``follow``, then
+    follow the stream from where the replay ended.
+
+    Without the stream there is nothing to print: one line and exit 2 (``StartupError``),
+    or, when following, a warning and the live view — there is still something to show.
+    """
     js = nc.jetstream()
     try:
         state = (await js.stream_info(subjects.STREAM_FLOWS)).state
@@ -529,6 +543,8 @@ async def replay_then_follow(nc: NATS, patterns: list[str], viewer: Viewer, coun
         missing = f"JetStream stream {subjects.STREAM_FLOWS}"
         if isinstance(e, ServiceUnavailableError):
             missing = "JetStream on the server"
+        if not follow:
+            raise StartupError("replay", f"no {missing}: nothing to replay") from e
         log.warning(f"no {missing}: nothing to replay")
         await follow_core(nc, patterns, viewer)
         return
@@ -537,6 +553,8 @@ async def replay_then_follow(nc: NATS, patterns: list[str], viewer: Viewer, coun
     if state.messages:
         first, last = state.first_seq, state.last_seq
         viewer.show(await newest_records(js, patterns, viewer, count, first, last))
+    if not follow:
+        return
 
     async def handle(msg: Msg) -> None:
         if first_match(patterns, msg.subject) >= 0:
@@ -586,18 +604,22 @@ async def connect(nats: NatsSettings, rt: Runtime) -> NATS:
 
 
 async def observe(rt: Runtime, settings: Settings, out: TextIO) -> None:
-    """Connect, subscribe (after an optional replay) and show flows until stopped."""
+    """Connect, then print a replay and stop (``--last`` alone), or subscribe (after a
+    replay with ``--last N --follow``) and show flows until stopped."""
     nc = await connect(settings.nats, rt)
     patterns = subscription_subjects(settings.filters)
     viewer = build_viewer(settings, out, rt)
     watch_pipe(out, viewer, rt)
     try:
         if settings.last:
-            await replay_then_follow(nc, patterns, viewer, settings.last)
+            await replay(nc, patterns, viewer, settings.last, settings.follow)
         else:
             await follow_core(nc, patterns, viewer)
     except TimeoutError as e:
         raise StartupError("replay", f"JetStream did not answer: {e!r}") from e
+    if settings.last and not settings.follow:
+        rt.stop()  # everything asked for is printed: exit 0
+        return
     await messaging.flush(nc)  # the server has our subscriptions before we say we are ready
     print(f"observing {', '.join(patterns)} on {without_secrets(settings.nats.url)} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)  # fmt: skip
@@ -605,7 +627,8 @@ async def observe(rt: Runtime, settings: Settings, out: TextIO) -> None:
 
 
 def main(settings: Settings) -> int:
-    """Show flows until Ctrl-C / SIGTERM; exit 0, or 2 when NATS cannot be reached."""
+    """Show flows until Ctrl-C / SIGTERM, or a ``--last`` replay; exit 0, or 2 when NATS
+    (or, for a replay alone, its stream) cannot be reached."""
     runtime = RuntimeSettings(
         log_format="text", log_level="warning", http_address="", drain_timeout=2.0
     )

@@ -271,13 +271,25 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         if isinstance(leaf.default, tuple) and leaf.default:
             default = ",".join(leaf.default)
         flags = (leaf.flag,) if leaf.short is None else (leaf.short, leaf.flag)
+        # A yes/no setting's flag alone means yes (``observe -f``, as hubble's); a value
+        # after it is still read (``--follow false``). No command takes positionals.
+        alone = {"nargs": "?", "const": "true"} if _is_bool(leaf.hint) else {}
         parser.add_argument(
             *flags,
             dest=leaf.name,
             default=argparse.SUPPRESS,
             metavar=leaf.name.rsplit(".", 1)[-1].upper(),
             help=f"{leaf.doc} [env {leaf.env}; default {default}]",
+            **alone,
         )
+
+
+def _is_bool(hint: Any) -> bool:
+    """Whether a setting's type is ``bool`` or ``bool | None``."""
+    return hint is bool or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType)
+        and set(typing.get_args(hint)) == {bool, type(None)}
+    )
 
 
 def _secret_sources(leaf: Leaf, names: set[str]) -> str:

@@ -95,10 +95,12 @@ class Observer:
 
 
 @contextlib.asynccontextmanager
-async def observe(server: NatsServer, *args: str) -> AsyncIterator[Observer]:
+async def observe(
+    server: NatsServer, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[Observer]:
     proc = await asyncio.create_subprocess_exec(
         FLOWSCOPE, "observe", "--nats-url", server.url, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env or _env(),
     )  # fmt: skip
     observer = Observer(proc)
     try:
@@ -108,6 +110,31 @@ async def observe(server: NatsServer, *args: str) -> AsyncIterator[Observer]:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@dataclass
+class Finished:
+    """A `flowscope observe` that ended by itself: its status, stdout lines and stderr."""
+
+    code: int
+    lines: list[str]
+    stderr: str
+
+
+async def observe_once(server: NatsServer, *args: str) -> Finished:
+    """Run observe expecting it to end by itself (``--last N`` without ``--follow``)."""
+    proc = await asyncio.create_subprocess_exec(
+        FLOWSCOPE, "observe", "--nats-url", server.url, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return Finished(proc.returncode, out.decode().splitlines(), err.decode())
 
 
 async def publish(nc: Any, *records: dict[str, Any]) -> None:
@@ -212,7 +239,9 @@ async def test_last_replays_newest_matching_records_then_follows_live(
         b = flows.batch(record)
         await js.publish(flows.subject_of(record), b.body, headers=b.headers)
 
-    async with observe(nats_srv, "--last", "3", "--namespace", "shop", "-o", "json") as obs:
+    async with observe(
+        nats_srv, "--last", "3", "--follow", "true", "--namespace", "shop", "-o", "json"
+    ) as obs:
         replayed = [orjson.loads(line) for line in await obs.lines(3)]
         live = flow(CART, INVENTORY, sent=99)
         b = flows.batch(live)
@@ -223,7 +252,21 @@ async def test_last_replays_newest_matching_records_then_follows_live(
     assert followed == [live]
 
 
-async def test_last_larger_than_the_stream_replays_everything(
+async def test_last_prints_the_newest_records_and_exits(nats_srv: NatsServer, nc: Any) -> None:
+    """Regression: like ``hubble observe --last N``, ``--last`` alone prints and exits 0;
+    it used to go on following live until Ctrl-C."""
+    js = await _fresh_flows_stream(nc)
+    records = [flow(CART, PG, sent=i) for i in range(1, 6)]
+    for record in records:
+        b = flows.batch(record)
+        await js.publish(flows.subject_of(record), b.body, headers=b.headers)
+    done = await observe_once(nats_srv, "--last", "3", "-o", "json")
+    assert done.code == 0, done.stderr
+    assert [orjson.loads(line) for line in done.lines] == records[2:]
+    assert "observing" not in done.stderr, done.stderr
+
+
+async def test_last_larger_than_the_stream_prints_everything_and_exits(
     nats_srv: NatsServer, nc: Any
 ) -> None:
     js = await _fresh_flows_stream(nc)
@@ -231,17 +274,55 @@ async def test_last_larger_than_the_stream_replays_everything(
     for record in records:
         b = flows.batch(record)
         await js.publish(flows.subject_of(record), b.body, headers=b.headers)
-    async with observe(nats_srv, "--last", "50", "-o", "json") as obs:
-        got = [orjson.loads(line) for line in await obs.lines(2)]
+    done = await observe_once(nats_srv, "--last", "50", "-o", "json")
+    assert done.code == 0, done.stderr
+    assert [orjson.loads(line) for line in done.lines] == records
+
+
+async def test_last_on_an_empty_stream_prints_nothing_and_exits(
+    nats_srv: NatsServer, nc: Any
+) -> None:
+    await _fresh_flows_stream(nc)
+    done = await observe_once(nats_srv, "--last", "5")
+    assert (done.code, done.lines) == (0, []), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("jetstream", [True, False], ids=["no stream", "no JetStream"])
+async def test_last_without_the_stream_is_one_line_and_exit_2(jetstream: bool) -> None:
+    """Nothing to print and nothing to follow: one line naming what is missing."""
+    server = nats_server.start(jetstream=jetstream)
+    try:
+        done = await observe_once(server, "--last", "5")
+    finally:
+        server.close()
+    missing = "JetStream stream FLOWSCOPE_FLOWS" if jetstream else "JetStream on the server"
+    assert (done.code, done.lines) == (2, []), done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.endswith(f"replay failed: no {missing}: nothing to replay"), line
+
+
+async def test_follow_from_its_variable_replays_then_follows(nats_srv: NatsServer, nc: Any) -> None:
+    js = await _fresh_flows_stream(nc)
+    old = flow(CART, PG, sent=1)
+    b = flows.batch(old)
+    await js.publish(flows.subject_of(old), b.body, headers=b.headers)
+    env = _env(FLOWSCOPE_FOLLOW="true")
+    async with observe(nats_srv, "--last", "5", "-o", "json", env=env) as obs:
+        replayed = [orjson.loads(line) for line in await obs.lines(1)]
+        live = flow(PAY, INVENTORY, sent=2)
+        b = flows.batch(live)
+        await js.publish(flows.subject_of(live), b.body, headers=b.headers)
+        followed = [orjson.loads(line) for line in await obs.lines(1)]
         assert await obs.interrupt() == 0
-    assert got == records
+    assert (replayed, followed) == ([old], [live])
 
 
 async def test_last_on_an_empty_stream_follows_live(nats_srv: NatsServer, nc: Any) -> None:
     """Regression: an empty stream reports first_seq 0, which the server refuses as a
     consumer start; observe died with a traceback instead of following live."""
     js = await _fresh_flows_stream(nc)
-    async with observe(nats_srv, "--last", "5", "-o", "json") as obs:
+    async with observe(nats_srv, "--last", "5", "-f", "-o", "json") as obs:
         live = flow(CART, PG)
         b = flows.batch(live)
         await js.publish(flows.subject_of(live), b.body, headers=b.headers)
@@ -250,14 +331,14 @@ async def test_last_on_an_empty_stream_follows_live(nats_srv: NatsServer, nc: An
     assert got == [live]
 
 
-async def test_last_without_jetstream_warns_and_follows_live() -> None:
+async def test_last_and_follow_without_jetstream_warns_and_follows_live() -> None:
     """Regression: against a nats-server without JetStream, ``stream_info`` raised
     ServiceUnavailableError (not NotFoundError) and observe died with a traceback."""
     server = nats_server.start(jetstream=False)
     try:
         nc = await nats.connect(server.url)
         try:
-            async with observe(server, "--last", "5", "-o", "json") as obs:
+            async with observe(server, "--last", "5", "--follow", "1", "-o", "json") as obs:
                 live = flow(CART, PG)
                 await publish(nc, live)
                 got = [orjson.loads(line) for line in await obs.lines(1)]

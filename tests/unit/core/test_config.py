@@ -156,3 +156,23 @@ def test_non_finite_numbers_in_a_file_are_refused(tmp_path: Path) -> None:
     f.write_text("ratio: .nan\n")
     with pytest.raises(ConfigError, match="not a finite number"):
         config.load(Sample, {}, env={"FLOWSCOPE_CONFIG": str(f)})
+
+
+@pytest.mark.parametrize(
+    ("argv", "enabled"),
+    [([], False), (["--inner-enabled"], True), (["--inner-enabled", "false"], False),
+     (["--inner-enabled", "yes"], True), (["--inner-enabled", "--ratio", "0.1"], True)],
+)  # fmt: skip
+def test_a_yes_no_flag_alone_means_yes(argv: list[str], enabled: bool) -> None:
+    """As hubble's ``-f``: the flag without a value turns the setting on."""
+    parser = config.OneLineParser()
+    config.add_arguments(parser, Sample)
+    s = config.load(Sample, vars(parser.parse_args(argv)), env={})
+    assert s.inner.enabled is enabled
+
+
+def test_only_yes_no_flags_stand_alone() -> None:
+    parser = config.OneLineParser()
+    config.add_arguments(parser, Sample)
+    with pytest.raises(ConfigError, match="--label"):
+        parser.parse_args(["--label"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from flowscope.cli import build_parser
 from flowscope.cli import main as cli_main
 from flowscope.core import config, records
 from flowscope.observe import (
@@ -212,3 +213,12 @@ def test_banner_url_leaves_credentials_out() -> None:
         without_secrets("nats://u:secret@h:4222,tls://tok@h2:4222") == "nats://h:4222,tls://h2:4222"
     )
     assert without_secrets("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def test_follow_comes_from_its_short_flag_or_its_variable() -> None:
+    """``-f`` like ``hubble observe -f``; a setting like every other, so also a variable."""
+    ns = build_parser().parse_args(["observe", "--last", "3", "-f", "true"])
+    args = {name: value for name, value in vars(ns).items() if name != "command"}
+    assert config.load(Settings, args, env={}).follow
+    assert config.load(Settings, {}, env={"FLOWSCOPE_FOLLOW": "yes"}).follow
+    assert not config.load(Settings, {}, env={}).follow
