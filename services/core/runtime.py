@@ -2,9 +2,10 @@
 
 ``run(name, settings, body)``: signals only set a flag; ``body`` sets up resources on the
 runtime's exit stack and starts *root tasks*. If any root task ends — returns or raises —
-the service stops. Stopping means: the ``stopping`` event is set, root tasks get
-``drain_timeout`` seconds to finish their work (flush, ack), then the rest are cancelled,
-and resources are released in reverse order of acquisition.
+the service stops. Stopping means: the ``stopping`` event is set (``/readyz`` answers
+503 from then on, ``/healthz`` still 200), root tasks get ``drain_timeout`` seconds to
+finish their work (flush, ack), then the rest are cancelled, and resources are released
+in reverse order of acquisition.
 
 Exit status: 0 after a signal or a clean end, 1 when a root task crashed (logged with its
 traceback: bugs crash loudly) or failed with a :class:`FlowscopeError` (one line: a
@@ -85,7 +86,10 @@ class Runtime:
         return task
 
     def stop(self) -> None:
-        """Ask the service to stop (what SIGTERM does)."""
+        """Ask the service to stop (what SIGTERM does). Not ready from now on, while
+        ``/healthz`` stays ok: Kubernetes takes the pod out of its Service's endpoints
+        during the drain instead of routing work to a process about to exit."""
+        self.health.set("stopping", False, "draining: finishing in-flight work, then exiting")
         self.stopping.set()
         self._first_done.set()
 
@@ -140,7 +144,7 @@ async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
             return 0
         await rt._first_done.wait()
         crashed = _crashed(rt)
-        rt.stopping.set()
+        rt.stop()
         await _drain(rt)
         crashed += _crashed(rt, cancelled_ok=True)
         log.info("stopped", extra={"service": name})

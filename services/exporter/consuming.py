@@ -19,7 +19,8 @@ A dead-letter stream found missing is made again (``messaging.StreamKeeper``). A
 that raises (a bug) or a dead-letter stream that cannot store a refused record never
 makes the lane go round in a loop: the batch is retried after the lane's
 backoff (``batch.retry_initial`` doubling up to ``batch.retry_max``). So is subscribing,
-at start and whenever a consumer is gone (deleted, or its stream created again).
+at start and whenever a consumer is gone (deleted, or its stream created again); a
+stream found missing meanwhile reports the sink not ready (``/readyz``) until it is back.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ T = TypeVar("T")
 DLQ_COMPONENT = "exporter"
 FETCH_MESSAGES = 64  # messages per pull request (each holds a batch of records)
 CRASH_LOG_INTERVAL = 10.0  # seconds between two tracebacks of a sink that keeps raising
+STREAM_NOT_FOUND = 10059  # JetStream err_code: no stream of that name
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +242,7 @@ class SinkLane:
         # Each consumer's ack_wait as the server has it: keep-alives are timed from it.
         self._ack_wait = dict.fromkeys(Kind, batch.ack_wait)
         self._positions = {kind: Position() for kind in Kind}
+        self._missing: set[str] = set()  # streams read that subscribing found missing
         # Writes whole NDJSON bodies, validated, as they came (the stdout sink)
         self._export_lines: Callable[[Kind, list[bytes], int], Awaitable[ExportResult]] | None
         self._export_lines = getattr(sink, "export_lines", None)
@@ -344,15 +347,39 @@ class SinkLane:
         backoff = Backoff(self._batch.retry_initial, self._batch.retry_max)
         while not self._done():
             try:
-                return await self._subscribe(source)
+                sub = await self._subscribe(source)
             except Exception as e:  # no stream (yet), JetStream away: try again
+                if _stream_not_found(e):
+                    self._stream_found(source.stream, False)
                 delay = backoff.next_delay()
                 where = {"sink": self.sink.name, "stream": source.stream}
                 log.warning(
                     "cannot subscribe; retrying", extra={**where, "error": str(e), "delay": delay}
                 )
                 await first_of(asyncio.sleep(delay), self._stopping.wait(), self._closed.wait())
+                continue
+            self._stream_found(source.stream, True)
+            return sub
         return None
+
+    def _stream_found(self, stream: str, found: bool) -> None:
+        """Whether ``stream`` exists, as subscribing to it found: the sink is reported
+        not ready while a stream it reads is missing (deleted, or lost with the
+        server's store), as nothing of it reaches the sink until it is made again (by
+        the enricher, as its publishes find it missing)."""
+        if found == (stream not in self._missing):
+            return
+        if found:
+            self._missing.discard(stream)
+        else:
+            self._missing.add(stream)
+        if not self._missing:
+            self._on_ready(self.sink.name, True, "")
+            return
+        missing = ", ".join(sorted(self._missing))
+        self._on_ready(
+            self.sink.name, False, f"{missing} missing: nothing to consume until made again"
+        )
 
     async def _subscribe(self, source: Source) -> JetStreamContext.PullSubscription:
         """Create the durable consumer, or bring an existing one's ``ack_wait`` and
@@ -665,6 +692,11 @@ class SinkLane:
         """Wait for exports under way (the sink was told to stop retrying)."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _stream_not_found(error: Exception) -> bool:
+    """Whether JetStream answered that the stream does not exist (not: is away)."""
+    return isinstance(error, nats.js.errors.NotFoundError) and error.err_code == STREAM_NOT_FOUND
 
 
 async def _ack(msg: Msg) -> None:

@@ -162,3 +162,36 @@ async def test_http_endpoint_serves_metrics_health_ready() -> None:
     assert seen["/readyz"][0] == 200
     assert seen["/healthz"][0] == 200
     assert b"flowscope_test_things_total 3.0" in seen["/metrics"][1]
+
+
+async def test_readyz_says_draining_after_sigterm_while_healthz_stays_ok(
+    stop_signals: None,
+) -> None:
+    """Before, /readyz answered 200 for the whole drain: an orchestrator kept a pod that
+    was going away in its Service's endpoints."""
+    settings = RuntimeSettings(http_address="127.0.0.1:0", drain_timeout=60)
+    seen: dict[str, tuple[int, bytes]] = {}
+
+    def get(port: int, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    async def draining(rt: Runtime) -> None:
+        """In-flight work that finishes once the endpoint has been probed mid-drain."""
+        seen["before"] = await asyncio.to_thread(get, rt.http_port, "/readyz")
+        os.kill(os.getpid(), signal.SIGTERM)
+        await rt.stopping.wait()
+        for path in ("/readyz", "/healthz"):
+            seen[path] = await asyncio.to_thread(get, rt.http_port, path)
+
+    async def body(rt: Runtime) -> None:
+        rt.spawn(draining(rt), "draining")
+
+    assert await runtime.serve("test", settings, body) == 0
+    assert seen["before"][0] == 200
+    status, report = seen["/readyz"]
+    assert status == 503 and b"draining" in report
+    assert seen["/healthz"][0] == 200
