@@ -133,16 +133,18 @@ def test_startup_error_exits_2(capsys) -> None:  # type: ignore[no-untyped-def]
     assert err == ["flowscope test: start-up check capabilities failed: CAP_BPF missing"]
 
 
+def get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of a GET on the runtime's HTTP endpoint, errors included."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 async def test_http_endpoint_serves_metrics_health_ready() -> None:
     settings = RuntimeSettings(http_address="127.0.0.1:0", drain_timeout=0.5)
     seen: dict[str, tuple[int, bytes]] = {}
-
-    def get(port: int, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
 
     async def probe(rt: Runtime) -> None:
         rt.health.set("informers", False, "syncing")
@@ -171,13 +173,6 @@ async def test_readyz_says_draining_after_sigterm_while_healthz_stays_ok(
     was going away in its Service's endpoints."""
     settings = RuntimeSettings(http_address="127.0.0.1:0", drain_timeout=60)
     seen: dict[str, tuple[int, bytes]] = {}
-
-    def get(port: int, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
 
     async def draining(rt: Runtime) -> None:
         """In-flight work that finishes once the endpoint has been probed mid-drain."""
