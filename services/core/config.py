@@ -273,7 +273,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         flags = (leaf.flag,) if leaf.short is None else (leaf.short, leaf.flag)
         # A yes/no setting's flag alone means yes (``observe -f``, as hubble's); a value
         # after it is still read (``--follow false``). No command takes positionals.
-        alone = {"nargs": "?", "const": "true"} if _is_bool(leaf.hint) else {}
+        alone: dict[str, Any] = {"nargs": "?", "const": "true"} if _is_bool(leaf.hint) else {}
         parser.add_argument(
             *flags,
             dest=leaf.name,
