@@ -3,7 +3,6 @@ WATCH → 410 loop backs off instead of re-LISTing as fast as the server answers
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -12,18 +11,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from flowscope.enricher.inventory import Inventory
-from flowscope.enricher.metrics import Metrics
-from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, resources
-from prometheus_client import CollectorRegistry
 
 from tests.integration.enricher.conftest import kube_api
+from tests.integration.enricher.informers import Setup
 from tests.support import fake_kube
 from tests.support.fake_kube import FakeKube, Kind
 from tests.support.waiting import eventually
 from tests.unit.enricher import cluster
 
-PODS = next(r for r in resources(()) if r.name == "pods")
 BACKOFF_MAX = 0.8
 
 
@@ -56,22 +51,6 @@ class ExpiringKube(FakeKube):
         return response
 
 
-class Setup:
-    def __init__(self, fake: ExpiringKube, api: Any) -> None:
-        self.fake = fake
-        self.inventory = Inventory(deleted_grace=60)
-        self.registry = CollectorRegistry()
-        settings = WatchSettings(page_size=100, watch_timeout=30, backoff_max=BACKOFF_MAX)
-        self.informer = Informer(api, PODS, self.inventory, Metrics.create(self.registry),
-                                 ApiHealth(), settings)  # fmt: skip
-        self.stopping = asyncio.Event()
-        self.task = asyncio.create_task(self.informer.run(self.stopping))
-
-    def relists(self) -> float:
-        labels = {"resource": "pods", "reason": "expired"}
-        return self.registry.get_sample_value("flowscope_enricher_relists_total", labels) or 0.0
-
-
 @pytest.fixture
 async def fake(tmp_path: Path) -> AsyncIterator[tuple[ExpiringKube, Any]]:
     kube = ExpiringKube()
@@ -85,10 +64,11 @@ async def test_consecutive_410s_back_off_and_a_watch_event_resets_them(
     kube, api = fake
     kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
     kube.expiring = 5
-    setup = Setup(kube, api)
+    setup = Setup(kube, api, watch_timeout=30, backoff_max=BACKOFF_MAX)
     try:
         await eventually(lambda: kube.watch_count("pods") == 1, within=20)  # the 6th WATCH
-        assert setup.relists() == 5 and len(kube.list_times) == 6  # one LIST per 410
+        # one LIST per 410
+        assert setup.metric("relists", reason="expired") == 5 and len(kube.list_times) == 6
         gaps = [b - a for a, b in zip(kube.list_times, kube.list_times[1:], strict=False)]
         # The first 410 is LISTed again at once; from the second on, after the backoff.
         waits = [0.2, 0.4, 0.8, BACKOFF_MAX]
@@ -101,7 +81,6 @@ async def test_consecutive_410s_back_off_and_a_watch_event_resets_them(
         await eventually(lambda: len(kube.list_times) == 7, within=10)
         assert kube.list_times[-1] - kube.expired_times[-1] < BACKOFF_MAX / 2
         await eventually(lambda: kube.watch_count("pods") == 1, within=10)
-        assert setup.relists() == 6 and len(kube.list_times) == 7
+        assert setup.metric("relists", reason="expired") == 6 and len(kube.list_times) == 7
     finally:
-        setup.stopping.set()
-        await asyncio.wait_for(setup.task, 5)
+        await setup.stop()

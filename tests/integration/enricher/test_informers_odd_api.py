@@ -11,17 +11,13 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from flowscope.enricher.inventory import Inventory
-from flowscope.enricher.metrics import Metrics
-from flowscope.enricher.watching import ApiHealth, Informer, Pulse, WatchSettings, resources
-from prometheus_client import CollectorRegistry
+from flowscope.enricher.watching import ApiHealth, Pulse
 
 from tests.integration.enricher.conftest import kube_api
+from tests.integration.enricher.informers import Setup
 from tests.support.fake_kube import FakeKube, Kind
 from tests.support.waiting import eventually
 from tests.unit.enricher import cluster
-
-PODS = next(r for r in resources(("app",)) if r.name == "pods")
 
 
 class OddKube(FakeKube):
@@ -42,53 +38,12 @@ class OddKube(FakeKube):
             watcher.queue.put_nowait(line + b"\n")
 
 
-class Clock:
-    """The staleness clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Setup:
-    def __init__(self, fake: OddKube, api: Any, watch_timeout: int = 1) -> None:
-        self.fake = fake
-        self.clock = Clock()
-        self.inventory = Inventory(deleted_grace=60)
-        self.registry = CollectorRegistry()
-        self.health = ApiHealth(clock=self.clock)
-        # A WATCH asks for 1 s by default: a healthy stream says something at least
-        # every second.
-        settings = WatchSettings(page_size=100, watch_timeout=watch_timeout, backoff_max=0.3)
-        self.informer = Informer(api, PODS, self.inventory, Metrics.create(self.registry),
-                                 self.health, settings)  # fmt: skip
-        self.stopping = asyncio.Event()
-        self.task = asyncio.create_task(self.informer.run(self.stopping))
-
-    def metric(self, name: str, **labels: str) -> float:
-        sample = f"flowscope_enricher_{name}_total"
-        return self.registry.get_sample_value(sample, {"resource": "pods", **labels}) or 0.0
-
-    def name_of(self, ip: str) -> str | None:
-        return self.inventory.resolve(ip).source.get("source.k8s.pod.name")
-
-    def watches(self) -> list[dict[str, str]]:
-        return [q for r, q in self.fake.requests if r == "pods" and q.get("watch") == "true"]
-
-
 @pytest.fixture
 async def fake(tmp_path: Path) -> AsyncIterator[tuple[OddKube, Any]]:
     kube = OddKube()
     async with kube_api(kube, tmp_path) as api:
         yield kube, api
         kube.speak_again()
-
-
-async def stop(setup: Setup) -> None:
-    setup.stopping.set()
-    await asyncio.wait_for(setup.task, 5)  # also raises what ended the informer
 
 
 async def test_silent_api_staleness_counts_from_the_last_word_and_recovers(
@@ -114,7 +69,7 @@ async def test_silent_api_staleness_counts_from_the_last_word_and_recovers(
         await eventually(lambda: setup.name_of("10.1.0.2") == "back", within=10)
         assert setup.health.staleness() == 0.0
     finally:
-        await stop(setup)
+        await setup.stop()
 
 
 async def test_a_partition_is_stale_within_a_pulse_and_dead_watches_are_renewed_after(
@@ -145,7 +100,7 @@ async def test_a_partition_is_stale_within_a_pulse_and_dead_watches_are_renewed_
         await eventually(lambda: setup.name_of("10.1.0.2") == "back", within=10)
         assert setup.watches()[-1]["resourceVersion"] == setup.watches()[0]["resourceVersion"]
     finally:
-        await stop(setup)
+        await setup.stop()
         await asyncio.wait_for(pulsing, 5)
 
 
@@ -203,7 +158,7 @@ async def test_odd_list_envelope_is_an_api_error_retried(
         assert setup.name_of("10.1.0.1") == "p0"
         assert setup.health.staleness() == 0.0
     finally:
-        await stop(setup)
+        await setup.stop()
 
 
 @pytest.mark.parametrize(
@@ -223,7 +178,7 @@ async def test_odd_watch_line_is_an_api_error_retried(
         kube.add("pods", cluster.pod("after", ips=("10.1.0.3",)))
         await eventually(lambda: setup.name_of("10.1.0.3") == "after", within=10)
     finally:
-        await stop(setup)
+        await setup.stop()
 
 
 async def test_odd_resource_version_in_an_event_keeps_the_resume_point(
@@ -245,4 +200,4 @@ async def test_odd_resource_version_in_an_event_keeps_the_resume_point(
         await eventually(lambda: setup.name_of("10.1.0.5") == "after", within=10)
         assert setup.metric("informer_errors") == 0
     finally:
-        await stop(setup)
+        await setup.stop()

@@ -13,29 +13,15 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from flowscope.enricher.inventory import Inventory
-from flowscope.enricher.metrics import Metrics
-from flowscope.enricher.watching import ApiHealth, Informer, WatchSettings, resources
-from prometheus_client import CollectorRegistry
 
 from tests.integration.enricher.conftest import kube_api
+from tests.integration.enricher.informers import Setup
 from tests.support import fake_kube
 from tests.support.fake_kube import FakeKube, Kind
 from tests.support.waiting import eventually
 from tests.unit.enricher import cluster
 
-PODS = next(r for r in resources(("app",)) if r.name == "pods")
 GRACE = 60.0
-
-
-class Clock:
-    """The staleness and grace clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ErroringKube(FakeKube):
@@ -63,37 +49,6 @@ class ErroringKube(FakeKube):
         await response.write(orjson.dumps({"type": "ERROR", "object": self.error}) + b"\n")
         await response.write_eof()
         return response
-
-
-class Setup:
-    def __init__(self, fake: FakeKube, api: Any) -> None:
-        self.fake = fake
-        self.clock = Clock()
-        self.inventory = Inventory(deleted_grace=GRACE, clock=self.clock)
-        self.registry = CollectorRegistry()
-        self.health = ApiHealth(clock=self.clock)
-        settings = WatchSettings(page_size=100, watch_timeout=30, backoff_max=0.3)
-        self.informer = Informer(api, PODS, self.inventory, Metrics.create(self.registry),
-                                 self.health, settings)  # fmt: skip
-        self.stopping = asyncio.Event()
-        self.task = asyncio.create_task(self.informer.run(self.stopping))
-
-    def metric(self, name: str, **labels: str) -> float:
-        sample = f"flowscope_enricher_{name}_total"
-        return self.registry.get_sample_value(sample, {"resource": "pods", **labels}) or 0.0
-
-    def name_of(self, ip: str) -> str | None:
-        return self.inventory.resolve(ip).source.get("source.k8s.pod.name")
-
-    def lists(self) -> int:
-        return sum(1 for r, q in self.fake.requests if r == "pods" and "watch" not in q)
-
-    def watches(self) -> list[dict[str, str]]:
-        return [q for r, q in self.fake.requests if r == "pods" and q.get("watch") == "true"]
-
-    async def stop(self) -> None:
-        self.stopping.set()
-        await asyncio.wait_for(self.task, 5)
 
 
 @pytest.fixture
@@ -130,7 +85,7 @@ async def test_etcd_restored_from_a_backup_relists_once_and_recovers(
     kube.add("pods", cluster.pod("lost-a", ips=("10.1.0.2",)))  # gone in the restore
     kube.add("pods", cluster.pod("lost-b", ips=("10.1.0.3",)))
     kube.add("pods", cluster.pod("lost-c", ips=("10.1.0.4",)))
-    setup = Setup(kube, api)
+    setup = Setup(kube, api, watch_timeout=30, deleted_grace=GRACE)
     try:
         await eventually(lambda: kube.watch_count("pods") == 1, within=10)
         held = kube.version  # the informer's resourceVersion: above the backup's
@@ -163,7 +118,8 @@ async def test_a_watch_error_repeated_from_one_version_relists_and_is_no_word_he
     kube, api = fake
     kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
     kube.error = fake_kube.status(500, "InternalError", "etcdserver: no leader")
-    setup = Setup(kube, api)  # the LIST is heard at 0 on the clock
+    # the LIST is heard at 0 on the clock
+    setup = Setup(kube, api, watch_timeout=30, deleted_grace=GRACE)
     try:
         await asyncio.wait_for(setup.informer.synced.wait(), 10)
         setup.clock.now = 50.0
