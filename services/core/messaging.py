@@ -713,6 +713,15 @@ async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
 # responders" (a 503: what nats-server answers for a stream deleted, or lost with its
 # store), or the JetStream API's "stream not found" (404).
 NO_STREAM = (NoStreamResponseError, NotFoundError)
+STREAM_NOT_FOUND = 10059  # the JetStream API's err_code: no stream of that name
+
+
+def stream_not_found(error: Exception) -> bool:
+    """Whether the JetStream API answered that the stream does not exist (not: that
+    JetStream or NATS is away)."""
+    return isinstance(error, NotFoundError) and error.err_code == STREAM_NOT_FOUND
+
+
 RECREATE_AFTER = 2.0  # seconds at least between two attempts to make the streams again
 RECREATE_MAX = 10.0  # seconds at most between two failed attempts (the backoff's cap)
 

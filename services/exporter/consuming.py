@@ -40,7 +40,13 @@ import nats.js.errors
 from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError, RecordError, grouped, listed
 from flowscope.core.logs import RateLimitedLog
-from flowscope.core.messaging import NO_STREAM, StreamKeeper, consumer_missing, dead_letter
+from flowscope.core.messaging import (
+    NO_STREAM,
+    StreamKeeper,
+    consumer_missing,
+    dead_letter,
+    stream_not_found,
+)
 from flowscope.core.records import validate_dns, validate_flow
 from flowscope.core.runtime import first_of
 from flowscope.exporter.metrics import ExporterMetrics
@@ -58,7 +64,6 @@ T = TypeVar("T")
 DLQ_COMPONENT = "exporter"
 FETCH_MESSAGES = 64  # messages per pull request (each holds a batch of records)
 CRASH_LOG_INTERVAL = 10.0  # seconds between two tracebacks of a sink that keeps raising
-STREAM_NOT_FOUND = 10059  # JetStream err_code: no stream of that name
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +354,7 @@ class SinkLane:
             try:
                 sub = await self._subscribe(source)
             except Exception as e:  # no stream (yet), JetStream away: try again
-                if _stream_not_found(e):
+                if stream_not_found(e):
                     self._stream_found(source.stream, False)
                 delay = backoff.next_delay()
                 where = {"sink": self.sink.name, "stream": source.stream}
@@ -692,11 +697,6 @@ class SinkLane:
         """Wait for exports under way (the sink was told to stop retrying)."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-def _stream_not_found(error: Exception) -> bool:
-    """Whether JetStream answered that the stream does not exist (not: is away)."""
-    return isinstance(error, nats.js.errors.NotFoundError) and error.err_code == STREAM_NOT_FOUND
 
 
 async def _ack(msg: Msg) -> None:
