@@ -276,6 +276,23 @@ async def test_nkey_seed_file(tmp_path: Path) -> None:
         server.close()
 
 
+async def _retried_until_given_up(settings: NatsSettings, server: nats_server.NatsServer) -> None:
+    """Connect to ``server`` until the test gives up (2 s: the client retries), then stop it."""
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(2):
+                await messaging.connect(settings, "test", CollectorRegistry())
+    finally:
+        server.close()
+
+
+def _retries(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The log's retry lines: at least one."""
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries
+    return retries
+
+
 @pytest.mark.parametrize("mismatch", ["CA", "server name"])
 async def test_a_certificate_not_verified_at_start_up_is_retried_saying_so(
     pki: tuple[TlsFiles, TlsFiles],
@@ -295,15 +312,8 @@ async def test_a_certificate_not_verified_at_start_up_is_retried_saying_so(
         tls_server_name="" if mismatch == "CA" else "elsewhere.example",
         connect_timeout=2, reconnect_wait_max=0.1,
     )  # fmt: skip
-    try:
-        with pytest.raises(TimeoutError):  # retried until the test gives up
-            async with asyncio.timeout(2):
-                await messaging.connect(settings, "test", CollectorRegistry())
-    finally:
-        server.close()
-    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
-    assert retries
-    for record in retries:
+    await _retried_until_given_up(settings, server)
+    for record in _retries(caplog):
         assert record.getMessage() == "NATS server's TLS certificate not verified; retrying"
         assert "certificate verify failed" in getattr(record, "error", "")
         assert "FLOWSCOPE_NATS_TLS_CA" in getattr(record, "settings", "")
@@ -369,15 +379,8 @@ async def test_credentials_refused_at_start_up_are_retried_saying_so(
     settings = NatsSettings(
         url=server.url, connect_timeout=2, reconnect_wait_max=0.1, **credentials
     )
-    try:
-        with pytest.raises(TimeoutError):  # retried until the test gives up
-            async with asyncio.timeout(2):
-                await messaging.connect(settings, "test", CollectorRegistry())
-    finally:
-        server.close()
-    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
-    assert retries
-    for record in retries:
+    await _retried_until_given_up(settings, server)
+    for record in _retries(caplog):
         assert record.getMessage() == "NATS server refused the credentials; retrying"
         assert "Authorization Violation" in getattr(record, "error", "")
         assert getattr(record, "settings", "") == names
@@ -458,9 +461,7 @@ async def test_an_nkey_seed_file_made_malformed_before_connecting_is_retried_say
         await messaging.close(nc)
     finally:
         server.close()
-    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
-    assert retries
-    for record in retries:
+    for record in _retries(caplog):
         assert record.getMessage() == "NATS credentials file not usable; retrying"
         assert "does not hold an NKey seed" in getattr(record, "error", "")
         assert "FLOWSCOPE_NATS_NKEY_SEED_FILE" in getattr(record, "settings", "")
