@@ -190,13 +190,19 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for a setting typed ``X | None``; ``(hint, False)`` otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return inner, True
+    return hint, False
+
+
 def _convert(hint: Any, value: Any) -> Any:
+    hint, optional = _unwrap_optional(hint)
+    if optional and (value is None or value == ""):
+        return None
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or value == "":
-            return None
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        origin = typing.get_origin(hint)
     if hint is bool:
         return _bool(value)
     if hint in (int, float):
@@ -286,10 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
 
 def _is_bool(hint: Any) -> bool:
     """Whether a setting's type is ``bool`` or ``bool | None``."""
-    return hint is bool or (
-        typing.get_origin(hint) in (typing.Union, types.UnionType)
-        and set(typing.get_args(hint)) == {bool, type(None)}
-    )
+    return _unwrap_optional(hint)[0] is bool
 
 
 def _secret_sources(leaf: Leaf, names: set[str]) -> str:
