@@ -16,10 +16,11 @@ import ipaddress
 import logging
 import mmap
 import os
+import resource
 import select
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -144,13 +145,19 @@ _address_text = functools.lru_cache(maxsize=16384)(address_text)
 
 
 def socket_wire(
-    event: tuple[Any, ...], observer: str, realtime_offset_ns: int, container_id: str
+    event: tuple[Any, ...],
+    observer: str,
+    realtime_offset_ns: int,
+    container_id: str,
+    process_name: bytes | None = None,
 ) -> dict[str, Any]:
     """The one conversion from the kernel's struct to the raw socket record.
 
     Returns the ``raw.socket`` wire dict — exactly ``RawSocket.to_wire()``'s keys, order
     and types (property-tested) — because that is what gets published;
-    :func:`to_raw_socket` gives the value object.
+    :func:`to_raw_socket` gives the value object. ``process_name`` replaces the event's
+    ``comm`` (the calling thread's name) with its process's name when the caller knows
+    it (see :class:`ProcessNames`).
     """
     name = SOCKET_EVENT_NAMES.get(event[E_EVENT])
     if name is None:
@@ -168,7 +175,9 @@ def socket_wire(
         "pid": event[E_PID],
         "tid": event[E_TID],
         # char[16] as ctypes reads it: up to the first NUL.
-        "comm": event[E_COMM].split(b"\0", 1)[0].decode("utf-8", errors="replace"),
+        "comm": (process_name or event[E_COMM])
+        .split(b"\0", 1)[0]
+        .decode("utf-8", errors="replace"),
         "cgroup_id": event[E_CGROUP],
         "container_id": container_id,
         "netns": event[E_NETNS],
@@ -180,6 +189,7 @@ def socket_lines(
     observer: str,
     realtime_offset_ns: int,
     container_ids: Callable[[Iterable[int]], dict[int, str]],
+    process_name: Callable[[int], bytes | None] | None = None,
 ) -> tuple[list[bytes], list[tuple[Any, ...]]]:
     """Every event of one read as its ``raw.socket`` NDJSON line (newline included).
 
@@ -188,7 +198,10 @@ def socket_lines(
     b"\\n"`` (property-tested), written out in one loop into one ``bytes`` template
     instead of a dict per event encoded afterwards: each cgroup is resolved once per
     read (``container_ids`` maps the distinct ids to container ids; id 0 is "" here),
-    each distinct ``comm`` and container id encoded once.
+    each distinct ``comm`` and container id encoded once. ``process_name`` (pid → the
+    process's name, None when not known) names the process of an event made by a thread
+    other than the main one, whose ``comm`` is the thread's own name (``grpc-worker-3``);
+    it is asked once per read and thread, and the ``comm`` stays when it gives None.
     """
     cgroups = set(map(itemgetter(E_CGROUP), events))
     cgroups.discard(0)
@@ -217,11 +230,14 @@ def socket_lines(
             continue
         owner = owners.get((pid, tid, comm, cgroup, netns))
         if owner is None:
-            command = comms.get(comm)
+            task = comm
+            if tid != pid and pid and process_name is not None:
+                task = process_name(pid) or comm
+            command = comms.get(task)
             if command is None:
                 # char[16] as ctypes reads it: up to the first NUL.
-                text = comm.split(b"\0", 1)[0].decode("utf-8", errors="replace")
-                command = comms[comm] = orjson.dumps(text)
+                text = task.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+                command = comms[task] = orjson.dumps(text)
             owner = owners[pid, tid, comm, cgroup, netns] = _SOCKET_OWNER % (
                 pid, tid, command, cgroup, containers[cgroup], netns,
             )  # fmt: skip
@@ -249,6 +265,107 @@ _EVENT_JSON = {kind: orjson.dumps(name) for kind, name in SOCKET_EVENT_NAMES.ite
 def _address_json(family: int, raw: bytes) -> bytes:
     """:func:`address_text` as a JSON string (ASCII: nothing to escape), remembered."""
     return b'"%s"' % address_text(family, raw).encode()
+
+
+# ---------------------------------------------------------------- process names
+
+# Inode number of the initial PID namespace (PROC_PID_INIT_INO, include/linux/proc_ns.h).
+_INIT_PID_NS = 0xEFFFFFFC
+
+
+class ProcessNames:
+    """pid → its process's name: ``/proc/<pid>/comm``, the main thread's name (what
+    OpenTelemetry's ``process.executable.name`` is on Linux), read once per process.
+
+    The hooks can only name the calling thread (``bpf_get_current_comm``; the main
+    thread's name is in ``task_struct``, which the BPF code does not read, DESIGN.md), and
+    Java, Go and gRPC programs name their worker threads. At 50 000 events a second /proc
+    cannot be read per event, nor per read and process: names are remembered, for at
+    most ``size`` processes, the least recently used forgotten first.
+
+    A remembered name must not outlive its process: the pid goes to whichever process
+    the kernel gives it next, possibly in the same container (same cgroup and network
+    namespace, so keying by those would not tell them apart), and a start time read to
+    check would cost the /proc read a hit is there to save. So each entry holds a pidfd
+    of its process, registered in an epoll set; a pidfd becomes readable when its
+    process exits, and :meth:`forget_exited` drops those entries with one ``epoll_wait``.
+    Called after the ring buffer's events were taken, it drops the entry of every process
+    whose pid an event of the read could carry for a new process (the old one exited
+    before the new one got the pid, so before its event). The cost: an fd per entry, so
+    ``size`` is at most a quarter of the fd limit.
+
+    Pids in the events are the initial PID namespace's; ``proc`` shows the namespace
+    this process is in (the collector runs with hostPID). Anywhere else nothing is
+    looked up: the events keep their threads' names. Nothing here raises on a process
+    that exited or cannot be read: the caller keeps the thread's name (None).
+    """
+
+    def __init__(self, proc: Path = Path("/proc"), size: int = 4096) -> None:
+        self.proc = proc
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.size = size if soft == resource.RLIM_INFINITY else max(1, min(size, soft // 4))
+        self.enabled = _in_initial_pid_namespace(proc)
+        self._names: OrderedDict[int, tuple[int, bytes]] = OrderedDict()  # pid → pidfd, name
+        self._pids: dict[int, int] = {}  # pidfd → pid
+        self._exits: select.epoll | None = None  # created with the first entry
+
+    def __call__(self, pid: int) -> bytes | None:
+        """The name of process ``pid`` (without the newline), or None if not known."""
+        entry = self._names.get(pid)
+        if entry is not None:
+            self._names.move_to_end(pid)
+            return entry[1]
+        return self._read(pid) if self.enabled else None
+
+    def forget_exited(self) -> None:
+        """Drop the names of processes that exited since the last call."""
+        while self._exits is not None and (ready := self._exits.poll(0)):
+            for fd, _ in ready:
+                self._forget(self._pids[fd])
+
+    def close(self) -> None:
+        """Forget everything and release the fds (the object may be used again)."""
+        for pid in list(self._names):
+            self._forget(pid)
+        if self._exits is not None:
+            self._exits.close()
+            self._exits = None
+
+    def _read(self, pid: int) -> bytes | None:
+        # The pidfd first: the name read after it is its process's, or a later holder's
+        # of the pid — then the pidfd is readable already and the next call forgets it.
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # exited already (ESRCH), or no pidfd_open (Linux < 5.3)
+            return None
+        try:
+            name = (self.proc / str(pid) / "comm").read_bytes().removesuffix(b"\n")
+            if self._exits is None:
+                self._exits = select.epoll()
+            self._exits.register(pidfd, select.EPOLLIN)
+        except OSError:  # exited meanwhile, or /proc refuses (hidepid)
+            os.close(pidfd)
+            return None
+        if len(self._names) >= self.size:
+            self._forget(next(iter(self._names)))
+        self._names[pid] = (pidfd, name)
+        self._pids[pidfd] = pid
+        return name
+
+    def _forget(self, pid: int) -> None:
+        pidfd, _ = self._names.pop(pid)
+        del self._pids[pidfd]
+        if self._exits is not None:
+            self._exits.unregister(pidfd)
+        os.close(pidfd)
+
+
+def _in_initial_pid_namespace(proc: Path) -> bool:
+    """Whether ``proc`` shows this process in the initial PID namespace."""
+    try:
+        return os.stat(proc / "self" / "ns" / "pid").st_ino == _INIT_PID_NS
+    except OSError:
+        return False
 
 
 def _decoded(lines: list[bytes]) -> list[dict[str, Any]]:
@@ -331,6 +448,7 @@ class SocketTracer:
         self._offset_ns = realtime_offset_ns()
         self._bad_log = RateLimitedLog(log)
         self._metrics = SocketTracerMetrics.create(registry)
+        self._process_names = ProcessNames()
 
     def open(self) -> None:
         """Compile, check the ABI, attach every program. Raises StartupError.
@@ -398,8 +516,13 @@ class SocketTracer:
             events = [event for data in raw if (event := self._decode(data)) is not None]
         self._offset_ns = realtime_offset_ns()  # follows clock steps (NTP) between polls
         self._count_lost()
+        self._process_names.forget_exited()  # after taking the events: see ProcessNames
         lines, odd = socket_lines(
-            events, self.observer, self._offset_ns, self.containers.container_ids
+            events,
+            self.observer,
+            self._offset_ns,
+            self.containers.container_ids,
+            self._process_names,
         )
         kinds = Counter(map(itemgetter(E_EVENT), events))
         for event in odd:  # socket_wire names what is wrong with it
@@ -427,6 +550,7 @@ class SocketTracer:
         if self._cgroup_fd >= 0:
             os.close(self._cgroup_fd)
             self._cgroup_fd = -1
+        self._process_names.close()
 
     # ------------------------------------------------------------ open() steps
 
