@@ -626,14 +626,10 @@ class SinkLane:
         distinct problem (see ``grouped``), each reason naming the places of the records
         it holds. Every sink finds the same: a copy's id names the message and its first
         record's index, so the DLQ stores one for all sinks. False if one was not stored."""
-        for places in grouped([error.problem for _, _, error in bad]):
-            first = bad[places[0]][0]
-            records = [bad[p][1] for p in places]
-            reason = RecordError.summary([bad[p][2] for p in places])
-            msg_id = f"{stream_position(msg)}:{first}"
-            if not await self._dead_letter_records(kind, msg, records, reason, msg_id):
-                return False
-        return True
+        keyed = {i: (record, error.problem) for i, record, error in bad}
+        return await self._dead_letter_grouped(
+            kind, msg, keyed, lambda places: RecordError.summary([bad[p][2] for p in places])
+        )
 
     async def _dead_letter_refused(
         self, kind: Kind, msg: Msg, refused: dict[int, tuple[Record, str]]
@@ -644,13 +640,34 @@ class SinkLane:
         share one whose reason lists theirs. This sink's verdict (another sink may refuse
         the same message): a copy's id names the sink and the index of its first record,
         the same however often the message comes back. False if a copy was not stored."""
-        indices = list(refused)
-        reasons = [refused[i][1] for i in indices]
-        for places in grouped(reasons):
-            msg_id = f"{stream_position(msg)}:{self.sink.name}:{indices[places[0]]}"
-            records = [refused[indices[p]][0] for p in places]
-            labelled = f"{self.sink.name}: {listed([reasons[p] for p in places])}"
-            if not await self._dead_letter_records(kind, msg, records, labelled, msg_id):
+        reasons = [reason for _, reason in refused.values()]
+        sink = self.sink.name
+        return await self._dead_letter_grouped(
+            kind,
+            msg,
+            refused,
+            lambda places: f"{sink}: {listed([reasons[p] for p in places])}",
+            owner=f"{sink}:",
+        )
+
+    async def _dead_letter_grouped(
+        self,
+        kind: Kind,
+        msg: Msg,
+        keyed: dict[int, tuple[Record, str]],
+        reason: Callable[[list[int]], str],
+        owner: str = "",
+    ) -> bool:
+        """Dead-letter records of ``msg`` (keyed by their index in it, each with its
+        grouping key), one copy per group (see ``grouped``), in order; ``reason`` gives
+        a copy's reason from the places in ``keyed`` of the records it holds. A copy's id
+        is the message's stream position, ``owner`` (empty: every sink's) and the index
+        of its first record. Stops at the first copy not stored: False."""
+        indices = list(keyed)
+        for places in grouped([key for _, key in keyed.values()]):
+            msg_id = f"{stream_position(msg)}:{owner}{indices[places[0]]}"
+            records = [keyed[indices[p]][0] for p in places]
+            if not await self._dead_letter_records(kind, msg, records, reason(places), msg_id):
                 return False
         return True
 
