@@ -30,7 +30,7 @@ from flowscope.core import subjects
 from flowscope.core.config import parse_secret, readable_file, setting, without_secrets
 from flowscope.core.errors import ConfigError, ConnectionLostError, StartupError, described
 from flowscope.core.logs import RateLimitedLog
-from flowscope.core.runtime import first_of
+from flowscope.core.runtime import Runtime, first_of, unless_stopped
 from flowscope.core.tls import TlsFile, client_context, setting_name
 from nats.aio.client import Client as NATS
 from nats.errors import AuthorizationError
@@ -657,6 +657,23 @@ async def close(nc: NATS, flush_timeout: int = 2) -> None:
         error = error or described(e)
     if error:
         log.warning("NATS closed without a final flush", extra={"error": error})
+
+
+async def connect_service(
+    rt: Runtime, settings: NatsSettings, name: str
+) -> tuple[NATS, JetStreamContext, StreamKeeper] | None:
+    """A service's connection once NATS answers, or None when the service is told to
+    stop first; closed as the service stops, its loss stopping the service
+    (:func:`until_lost`); the streams made, and a :class:`StreamKeeper` to make them
+    again with the same settings."""
+    nc = await unless_stopped(rt, connect(settings, name, rt.registry))
+    if nc is None:
+        return None
+    rt.stack.push_async_callback(close, nc)
+    rt.spawn(until_lost(nc, rt.stopping), "nats")
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    return nc, js, StreamKeeper(lambda: ensure_streams(js, settings))
 
 
 def stream_config(spec: subjects.StreamSpec, settings: NatsSettings) -> StreamConfig:

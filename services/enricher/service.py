@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from flowscope.core import messaging
 from flowscope.core.errors import ConfigError, StartupError
-from flowscope.core.runtime import Runtime, first_of, run, serve, unless_stopped
+from flowscope.core.runtime import Runtime, first_of, run, serve
 from flowscope.enricher import consuming, local
 from flowscope.enricher.enriching import Enricher, Observers
 from flowscope.enricher.identities import Resolver
@@ -172,19 +172,15 @@ async def body(rt: Runtime, settings: Settings) -> None:
         resolver = local.LocalResolver(await asyncio.to_thread(local.local_addresses))
     join = settings.join
     enricher = build_enricher(settings, resolver)
-    nc = await unless_stopped(rt, messaging.connect(settings.nats, "enricher", rt.registry))
-    if nc is None:
+    connection = await messaging.connect_service(rt, settings.nats, "enricher")
+    if connection is None:
         return  # SIGTERM while NATS was still unreachable
-    rt.stack.push_async_callback(messaging.close, nc)
-    rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
-    js = nc.jetstream()
-    await messaging.ensure_streams(js, settings.nats)
+    nc, js, streams = connection
     rt.health.set("publishing", True, "publishing")
 
     def report_streams(ready: bool, detail: str) -> None:
         rt.health.set("publishing", ready, detail)
 
-    streams = messaging.StreamKeeper(lambda: messaging.ensure_streams(js, settings.nats))
     pipeline = consuming.Pipeline(nc, enricher, metrics, streams, report_streams)
     await pipeline.publisher.start()
     if not await pipeline.use_atomic():

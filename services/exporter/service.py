@@ -56,16 +56,10 @@ def body_for(settings: Settings, env: Mapping[str, str] | None = None) -> runtim
         sinks = build_sinks(settings, metrics, otlp_target)
         for sink in sinks:  # released even if stopped before its lane runs (closing twice is fine)
             rt.stack.push_async_callback(sink.close)
-        nc = await runtime.unless_stopped(
-            rt, messaging.connect(settings.nats, "exporter", rt.registry)
-        )
-        if nc is None:
+        connection = await messaging.connect_service(rt, settings.nats, "exporter")
+        if connection is None:
             return  # SIGTERM while NATS was still unreachable
-        rt.stack.push_async_callback(messaging.close, nc)
-        rt.spawn(messaging.until_lost(nc, rt.stopping), "nats")
-        js = nc.jetstream()
-        await messaging.ensure_streams(js, settings.nats)
-        streams = messaging.StreamKeeper(lambda: messaging.ensure_streams(js, settings.nats))
+        nc, js, streams = connection
         for sink in sinks:
             lane = SinkLane(
                 sink, js, nc, settings.batch, metrics, rt.stopping, _health(rt), streams
