@@ -205,13 +205,20 @@ def nkey_seed_file(value: str) -> str:
 
 def _seed_key(path: str) -> nkeys.KeyPair:
     """The key pair of the NKey seed file ``path``; a ``ValueError`` naming the file when
-    it holds no seed. The caller wipes the key."""
+    it holds no seed, or one that is not a user's: an account or operator seed signs
+    the nonce all the same, and the server's refusal of its public key would be retried
+    for ever. The caller wipes the key."""
     seed = bytearray(Path(path).read_bytes().strip())
     try:
-        return nkeys.from_seed(seed)
+        key = nkeys.from_seed(seed)
     except Exception as e:  # nkeys raises its own errors, and binascii's
         seed[:] = bytes(len(seed))
         raise ValueError(f"{path} does not hold an NKey seed") from e
+    if not _is_user_seed(seed):
+        seed[:] = bytes(len(seed))
+        key.wipe()
+        raise ValueError(f"{path} holds an NKey seed that is not a user's (SU...)")
+    return key
 
 
 def _seed_signature(path: str, nonce: str) -> tuple[str, bytes]:
