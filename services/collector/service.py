@@ -216,12 +216,17 @@ class Producing:
 
     async def open_socket_tracing(self, node: str) -> None:
         """Compile and attach the socket-owner programs (StartupError on failure)."""
-        accept_hook = self._settings.sockets.accept_hook
-        tracer = SocketTracer(node, ContainerResolver(), self._rt.registry, accept_hook=accept_hook)
+        sockets = self._settings.sockets
+        tracer = SocketTracer(
+            node,
+            ContainerResolver(),
+            self._rt.registry,
+            accept_hook=sockets.accept_hook,
+            snapshot_max=sockets.snapshot_max_sockets if sockets.snapshot else 0,
+        )
         await asyncio.to_thread(tracer.open)
         self._rt.stack.callback(tracer.close)
         self._sockets = tracer
-        sockets = self._settings.sockets
         if sockets.snapshot:
             limits = SnapshotLimits(sockets.snapshot_max_sockets, sockets.snapshot_timeout)
             metrics = SocketSnapshotMetrics.create(self._rt.registry)
@@ -289,6 +294,8 @@ class Producing:
         buffer is half full, so a node with many connections does not overflow it.
         """
         records = await asyncio.to_thread(snapshot.take)
+        if self._sockets is not None:  # one map update each: off the event loop
+            await asyncio.to_thread(self._sockets.watch_closes, records)
         for start in range(0, len(records), SNAPSHOT_CHUNK):
             self._publisher.submit("sockets", records[start : start + SNAPSHOT_CHUNK])
             await self._publisher.catch_up("sockets")

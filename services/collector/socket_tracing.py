@@ -30,13 +30,13 @@ from typing import Any
 import flowscope.bpf
 import orjson
 import prometheus_client
-from flowscope.collector.abi import SOCKET_EVENT, SOCKET_EVENT_NAMES, SocketEvent
+from flowscope.collector.abi import SOCK_CLOSE, SOCKET_EVENT, SOCKET_EVENT_NAMES, SocketEvent
 from flowscope.collector.containers import ContainerResolver, find_cgroup2_root
 from flowscope.collector.metrics import SocketTracerMetrics
 from flowscope.collector.ring_reading import RingReader, record_stride, supported
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
-from flowscope.core.records import RawSocket
+from flowscope.core.records import TCP, RawSocket
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,16 @@ ACCEPT_MODES = (
     ("fexit inet_csk_accept/2", ["-DFS_ACCEPT_HOOK=1", "-DFS_ACCEPT_ARGS=2"]),  # Linux >= 6.10
     ("fexit inet_csk_accept/4", ["-DFS_ACCEPT_HOOK=1", "-DFS_ACCEPT_ARGS=4"]),  # older
     ("listener owner at establishment", ["-DFS_ACCEPT_HOOK=0"]),  # no fexit
+)
+
+# The tracepoint that reports the close of connections the start-up snapshot found, and
+# where bcc reads its format (it generates the context struct from it while compiling).
+SNAPSHOT_TRACEPOINT = b"sock:inet_sock_set_state"
+SNAPSHOT_PROGRAM = b"fs_so_snapshot_close"
+SNAPSHOT_MAP = b"snapshot_closes"
+TRACEFS_FORMATS = (
+    Path("/sys/kernel/tracing/events/sock/inet_sock_set_state/format"),
+    Path("/sys/kernel/debug/tracing/events/sock/inet_sock_set_state/format"),
 )
 
 # Type names clang reports for the ring buffer's struct (bcc's derivation) → size.
@@ -380,6 +390,12 @@ def to_raw_socket(
     return RawSocket(**socket_wire(event, observer, realtime_offset_ns, container_id))
 
 
+def _mapped(address: str) -> bytes:
+    """An address's 16 bytes as the state tracepoint gives them (IPv4 as IPv4-mapped)."""
+    ip = ipaddress.ip_address(address)
+    return (ip if ip.version == 6 else ipaddress.IPv6Address(f"::ffff:{ip}")).packed
+
+
 def realtime_offset_ns() -> int:
     """unix time minus CLOCK_MONOTONIC (bpf_ktime_get_ns's clock), sampled now."""
     return time.time_ns() - time.monotonic_ns()
@@ -429,6 +445,7 @@ class SocketTracer:
         ringbuf_pages: int = 512,
         owners_max: int = 65536,
         accept_hook: bool = False,
+        snapshot_max: int = 0,
     ) -> None:
         self.observer = observer
         self.containers = containers
@@ -436,6 +453,9 @@ class SocketTracer:
         self.ringbuf_pages = ringbuf_pages
         self.owners_max = owners_max
         self.accept_hook = accept_hook
+        self.snapshot_max = snapshot_max  # 0: no start-up snapshot, no closes for it
+        self.snapshot_closes = False  # whether open() attached the tracepoint
+        self._snapshot_compiled = False
         self.program_ids: list[int] = []
         self.accept_mode = ""  # which of ACCEPT_MODES open() could use
         self._bpf: Any = None
@@ -461,6 +481,7 @@ class SocketTracer:
             self._bpf = self._compile()
             check_layout(self._derived_fields())
             self._attach_all()
+            self._attach_snapshot_closes()
             self._open_ring()
         except BaseException:
             self.close()
@@ -573,6 +594,15 @@ class SocketTracer:
             f"-DFS_RINGBUF_PAGES={self.ringbuf_pages}",
             f"-DFS_OWNERS_MAX={self.owners_max}",
         ]
+        if self.snapshot_max and any(path.exists() for path in TRACEFS_FORMATS):
+            cflags += ["-DFS_SNAPSHOT_CLOSES=1", f"-DFS_SNAPSHOT_MAX={self.snapshot_max}"]
+            self._snapshot_compiled = True
+        elif self.snapshot_max:
+            log.warning(
+                "no tracefs format for %s: connections found by the socket snapshot get no "
+                "close event (their processes are forgotten by LRU eviction)",
+                SNAPSHOT_TRACEPOINT.decode(),
+            )
         problems = []
         modes = ACCEPT_MODES if self.accept_hook else ACCEPT_MODES[-1:]
         for mode, flags in modes:
@@ -617,6 +647,52 @@ class SocketTracer:
                     "bpf-attach", f"{program.name} to the cgroup v2 root: {error}"
                 ) from error
             self._metrics.programs_attached.inc()
+
+    def _attach_snapshot_closes(self) -> None:
+        """Attach the snapshot connections' close tracepoint; without it (an older
+        kernel, a refused perf event) those connections get no close: logged, not fatal."""
+        if not self._snapshot_compiled:
+            return
+        try:
+            self._bpf.attach_tracepoint(tp=SNAPSHOT_TRACEPOINT, fn_name=SNAPSHOT_PROGRAM)
+        except Exception as error:  # bcc raises bare Exception for load/attach failures
+            log.warning(
+                "%s not attached (%s): connections found by the socket snapshot get no "
+                "close event (their processes are forgotten by LRU eviction)",
+                SNAPSHOT_TRACEPOINT.decode(),
+                error,
+            )
+            return
+        self.snapshot_closes = True
+
+    def watch_closes(self, records: Iterable[dict[str, Any]]) -> int:
+        """Have the kernel send a ``close`` for each TCP connection of the snapshot's
+        ``records`` (raw.socket wire dicts) when it ends; returns how many it watches."""
+        if not self.snapshot_closes:
+            return 0
+        table = self._bpf[SNAPSHOT_MAP]
+        watched = 0
+        for record in records:
+            if record["proto"] != TCP:
+                continue
+            key, event = table.Key(), table.Leaf()
+            saddr, daddr = _mapped(record["src"]), _mapped(record["dst"])
+            ctypes.memmove(key.saddr, saddr, 16)
+            ctypes.memmove(key.daddr, daddr, 16)
+            key.sport, key.dport = record["sport"], record["dport"]
+            ctypes.memmove(event.saddr, saddr, 16)
+            ctypes.memmove(event.daddr, daddr, 16)
+            event.sport, event.dport = record["sport"], record["dport"]
+            event.family, event.proto, event.event = AF_INET6, TCP, SOCK_CLOSE
+            event.pid, event.cgroup_id, event.netns = (
+                record["pid"],
+                record["cgroup_id"],
+                record["netns"],
+            )
+            event.comm = record["comm"].encode()[:15]
+            table[key] = event
+            watched += 1
+        return watched
 
     def _load(self, program: Program) -> int:
         try:

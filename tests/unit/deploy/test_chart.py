@@ -39,7 +39,7 @@ COLLECTOR_CAPS = ["NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE", "DAC_R
 # Not /sys/fs/bpf: the collector pins nothing (bcc loads by fd, pyroute2 attaches the
 # TC programs by fd), and the node's BPF filesystem holds other tools' pinned maps and
 # programs (Cilium's), which CAP_SYS_ADMIN would let it open.
-HOST_PATHS = ["/sys/fs/cgroup", "/lib/modules", "/usr/src"]
+HOST_PATHS = ["/sys/fs/cgroup", "/lib/modules", "/usr/src", "/sys/kernel/tracing"]
 # The enricher's watched resources as the issue lists them; used only while the
 # enricher's own list (flowscope.enricher.watching.resources) is not importable.
 DOCUMENTED_WATCHES = {

@@ -28,7 +28,7 @@ COLLECTOR_CAPS = ["NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE", "DAC_R
 # Not /sys/fs/bpf: the collector pins nothing (bcc loads by fd, pyroute2 attaches the
 # TC programs by fd), and the node's BPF filesystem holds other tools' pinned maps and
 # programs (Cilium's), which CAP_SYS_ADMIN would let it open.
-HOST_MOUNTS = ["/sys/fs/cgroup", "/lib/modules", "/usr/src"]
+HOST_MOUNTS = ["/sys/fs/cgroup", "/lib/modules", "/usr/src", "/sys/kernel/tracing"]
 
 
 @pytest.fixture(scope="module")
