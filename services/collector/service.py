@@ -50,7 +50,7 @@ from flowscope.collector.settings import Settings
 from flowscope.collector.socket_snapshotting import SnapshotLimits, SocketSnapshot
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core import runtime
-from flowscope.core.messaging import close, connect, ensure_streams, until_lost
+from flowscope.core.messaging import connect_service, ensure_streams
 from flowscope.core.records import RawDns
 
 log = logging.getLogger("flowscope.collector")
@@ -99,15 +99,10 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
             "every drain, so no flow will end with idle_timeout"
         )
     metrics = CollectorMetrics.create(rt.registry)
-    nc = await runtime.unless_stopped(
-        rt, connect(settings.nats, "collector", rt.registry, retry=True)
-    )
-    if nc is None:
+    connection = await connect_service(rt, settings.nats, "collector")
+    if connection is None:
         return  # SIGTERM while NATS was still unreachable: nothing to drain
-    rt.stack.push_async_callback(close, nc)
-    rt.spawn(until_lost(nc, rt.stopping), "nats")
-    js = nc.jetstream()
-    await ensure_streams(js, settings.nats)
+    nc, js, _ = connection
 
     program, attacher, watcher = await start_kernel(rt, settings, metrics)
     attached = await asyncio.to_thread(
