@@ -24,6 +24,7 @@ from flowscope.collector.socket_tracing import SocketTracer
 
 from tests.privileged.collector.node import Node, Pod
 from tests.privileged.collector.test_socket_snapshot import (
+    ClientServer,
     connect_once,
     four_tuple,
     nats_in_snap_node,  # noqa: F401 (fixture)
@@ -59,7 +60,7 @@ def snap_node() -> Iterator[Node]:
         yield built
 
 
-class Held:
+class Held(ClientServer):
     """A TCP connection from the first pod to the second, open until :meth:`close`."""
 
     def __init__(self, node: Node, port: int) -> None:
@@ -78,16 +79,6 @@ class Held:
              self.server_pod.ip4, str(port)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-
-    @staticmethod
-    def _line(proc: subprocess.Popen[str]) -> str:
-        assert proc.stdout is not None
-        return proc.stdout.readline().strip()
-
-    def close(self) -> None:
-        for proc in (self.client, self.server):
-            if proc.poll() is None:
-                proc.communicate("done\n", timeout=10)
 
 
 def closes(records: list[dict[str, Any]], ends: set[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -84,7 +84,25 @@ def nats_in_snap_node(snap_node: Node) -> Iterator[nats_server.NatsServer]:
         yield server
 
 
-class Peers:
+class ClientServer:
+    """A client and a server process, each printing lines and closing what it holds
+    when a line arrives on its stdin."""
+
+    client: subprocess.Popen[str]
+    server: subprocess.Popen[str]
+
+    @staticmethod
+    def _line(proc: subprocess.Popen[str]) -> str:
+        assert proc.stdout is not None
+        return proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        for proc in (self.client, self.server):
+            if proc.poll() is None:
+                proc.communicate("done\n", timeout=10)
+
+
+class Peers(ClientServer):
     """A server pod process and a client pod process with connections between them."""
 
     def __init__(self, node: Node) -> None:
@@ -103,16 +121,6 @@ class Peers:
             ["ip", "netns", "exec", pod.ns, sys.executable, "-c", script, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
-
-    @staticmethod
-    def _line(proc: subprocess.Popen[str]) -> str:
-        assert proc.stdout is not None
-        return proc.stdout.readline().strip()
-
-    def close(self) -> None:
-        for proc in (self.client, self.server):
-            if proc.poll() is None:
-                proc.communicate("done\n", timeout=10)
 
 
 @pytest.fixture
