@@ -80,6 +80,21 @@ async def dead_letters(nc: NATS) -> list[RawStreamMsg]:
     return [await js.get_msg(subjects.STREAM_DLQ, seq) for seq in range(1, n + 1)]
 
 
+async def handled_flow(
+    nc: NATS, headers: dict[str, str], body: bytes
+) -> tuple[list[RawStreamMsg], CollectorRegistry]:
+    """One raw flow message on node n1's subject, fetched and handled by a new pipeline:
+    the dead-letter copies it made, and the pipeline's metrics."""
+    (msg,) = await fetched(nc, subjects.raw_flows("n1"), headers, body)
+    p, registry = pipeline(nc)
+    await p.publisher.start()
+    try:
+        await p.handle("flow", msg)
+    finally:
+        await p.publisher.close()
+    return await dead_letters(nc), registry
+
+
 @pytest.mark.parametrize("short", [240, 100])
 async def test_an_undecodable_message_near_the_limit_is_dead_lettered(
     small_nc: NATS, short: int
@@ -90,11 +105,7 @@ async def test_an_undecodable_message_near_the_limit_is_dead_lettered(
     even that is not enough (100), the body is cut and its length given in a header."""
     body = b"x" * (MAX_PAYLOAD - short) + b"\n"
     headers = {codec.SCHEMA_HEADER: codec.RAW_FLOW.header, codec.COUNT_HEADER: "1"}
-    (msg,) = await fetched(small_nc, subjects.raw_flows("n1"), headers, body)
-    p, registry = pipeline(small_nc)
-    await p.publisher.start()
-    await p.handle("flow", msg)
-    (copy,) = await dead_letters(small_nc)
+    (copy,), registry = await handled_flow(small_nc, headers, body)
     assert copy.headers[subjects.DLQ_SUBJECT_HEADER] == subjects.raw_flows("n1")
     reason = copy.headers.get(subjects.DLQ_REASON_HEADER, "")
     assert reason.startswith("malformed") or "malformed".startswith(reason)
@@ -106,7 +117,6 @@ async def test_an_undecodable_message_near_the_limit_is_dead_lettered(
         assert body.startswith(copy.data) and len(copy.data) > MAX_PAYLOAD - 500
     assert registry.get_sample_value("flowscope_enricher_dead_lettered_total") == 1
     assert small_nc.is_connected
-    await p.publisher.close()
 
 
 async def test_bad_records_that_grow_when_encoded_are_dead_lettered_in_pieces(
@@ -120,11 +130,7 @@ async def test_bad_records_that_grow_when_encoded_are_dead_lettered_in_pieces(
         rec = orjson.dumps({**raw_flow("n1", "127.0.0.1", "192.0.2.1", i, 2), "bytes": "x"})
         lines.append(rec[:-1] + b',"pad":[' + b",".join([b"1e9"] * 3000) + b"]}\n")
     headers = {codec.SCHEMA_HEADER: codec.RAW_FLOW.header, codec.COUNT_HEADER: "4"}
-    (msg,) = await fetched(small_nc, subjects.raw_flows("n1"), headers, b"".join(lines))
-    p, registry = pipeline(small_nc)
-    await p.publisher.start()
-    await p.handle("flow", msg)
-    copies = await dead_letters(small_nc)
+    copies, registry = await handled_flow(small_nc, headers, b"".join(lines))
     assert len(copies) > 1
     records = [r for c in copies for r in codec.decode(codec.RAW_FLOW, c.headers, c.data)]
     assert [r["sport"] for r in records] == [0, 1, 2, 3]
@@ -132,7 +138,6 @@ async def test_bad_records_that_grow_when_encoded_are_dead_lettered_in_pieces(
     assert registry.get_sample_value("flowscope_enricher_bad_records_total", {"kind": "flow"}) == 4
     info = await small_nc.jetstream().consumer_info(subjects.STREAM_RAW, "t")
     assert info.num_ack_pending == 0 and info.ack_floor.stream_seq == 1
-    await p.publisher.close()
 
 
 async def test_a_redelivered_batchs_bad_records_are_stored_once(small_nc: NATS) -> None:
@@ -169,11 +174,7 @@ async def test_each_dead_letter_copy_names_the_problem_of_every_record_in_it(
         good[1],
     ]
     encoded = codec.encode(codec.RAW_FLOW, batch)
-    (msg,) = await fetched(small_nc, subjects.raw_flows("n1"), encoded.headers, encoded.body)
-    p, registry = pipeline(small_nc)
-    await p.publisher.start()
-    await p.handle("flow", msg)
-    copies = await dead_letters(small_nc)
+    copies, registry = await handled_flow(small_nc, encoded.headers, encoded.body)
     held = {
         c.headers[subjects.DLQ_REASON_HEADER]: [
             r["sport"] for r in codec.decode(codec.RAW_FLOW, c.headers, c.data)
@@ -185,7 +186,6 @@ async def test_each_dead_letter_copy_names_the_problem_of_every_record_in_it(
         "bad-record: raw.flow record #2: unknown end_reason 'teleport'": [2],
     }
     assert registry.get_sample_value("flowscope_enricher_bad_records_total", {"kind": "flow"}) == 3
-    await p.publisher.close()
 
 
 async def test_a_batch_of_records_with_many_problems_makes_few_copies(small_nc: NATS) -> None:
@@ -194,11 +194,7 @@ async def test_a_batch_of_records_with_many_problems_makes_few_copies(small_nc: 
     (before: 20 copies — a raw batch of 4 000 made 4 000)."""
     batch = [raw_flow("n1", f"bad-{i}", "192.0.2.1", i, 80) for i in range(20)]
     encoded = codec.encode(codec.RAW_FLOW, batch)
-    (msg,) = await fetched(small_nc, subjects.raw_flows("n1"), encoded.headers, encoded.body)
-    p, registry = pipeline(small_nc)
-    await p.publisher.start()
-    await p.handle("flow", msg)
-    copies = await dead_letters(small_nc)
+    copies, registry = await handled_flow(small_nc, encoded.headers, encoded.body)
     held = [[r["sport"] for r in codec.decode(codec.RAW_FLOW, c.headers, c.data)] for c in copies]
     assert held == [[i] for i in range(8)] + [list(range(8, 20))]
     reasons = [c.headers[subjects.DLQ_REASON_HEADER] for c in copies]
@@ -206,4 +202,3 @@ async def test_a_batch_of_records_with_many_problems_makes_few_copies(small_nc: 
     assert reasons[8].startswith("bad-record: raw.flow record #8: src is not an IP address")
     assert reasons[8].endswith("'bad-15'; and 4 more problems")
     assert registry.get_sample_value("flowscope_enricher_bad_records_total", {"kind": "flow"}) == 20
-    await p.publisher.close()
