@@ -7,7 +7,7 @@ ready, until a restart's ensure_streams. Now the streams are made again, as at s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 import pytest
@@ -73,23 +73,36 @@ async def raw_settled(nc: NATS) -> bool:
     return not info.num_ack_pending and not info.num_pending
 
 
+async def made_again(
+    replica: Replica, nc: NATS, stream: str, publish: Callable[[], Awaitable[object]]
+) -> set[str]:
+    """Delete ``stream``, then ``publish`` a raw batch whose result goes there; once the
+    stream holds a message again, the raw batch is settled and the enricher is ready
+    again: the details its ``publishing`` check gave meanwhile."""
+    await nc.jetstream().delete_stream(stream)
+    unready = Unready(replica)
+    try:
+        await publish()
+        await eventually(lambda: stored(nc, stream), what=f"a message stored in {stream}")
+        await eventually(lambda: raw_settled(nc), what="the raw batch settled")
+        await eventually(lambda: replica.rt.health.ready, what="ready again")
+    finally:
+        unready.stop()
+    return unready.details
+
+
 async def test_a_deleted_output_stream_is_made_again_and_readyz_says_why_meanwhile(
     running: tuple[Replica, NATS],
 ) -> None:
     replica, nc = running
     js = nc.jetstream()
     before = (await js.stream_info(subjects.STREAM_FLOWS)).config
-    await js.delete_stream(subjects.STREAM_FLOWS)
-    unready = Unready(replica)
     flow = raw_flow("node-a", "127.0.0.1", "192.0.2.9", 4242, 443)
-    try:
-        await publish_raw(nc, codec.RAW_FLOW, subjects.raw_flows("node-a"), [flow])
-        await eventually(lambda: stored(nc, subjects.STREAM_FLOWS), what="the flow stored")
-        await eventually(lambda: raw_settled(nc), what="the raw batch acked")
-        await eventually(lambda: replica.rt.health.ready, what="ready again")
-    finally:
-        unready.stop()
-    assert any(subjects.STREAM_FLOWS in detail for detail in unready.details)
+    details = await made_again(
+        replica, nc, subjects.STREAM_FLOWS,
+        lambda: publish_raw(nc, codec.RAW_FLOW, subjects.raw_flows("node-a"), [flow]),
+    )  # fmt: skip
+    assert any(subjects.STREAM_FLOWS in detail for detail in details)
     after = (await js.stream_info(subjects.STREAM_FLOWS)).config
     assert (after.subjects, after.max_age, after.max_bytes, after.duplicate_window) == (
         before.subjects, before.max_age, before.max_bytes, before.duplicate_window
@@ -104,16 +117,11 @@ async def test_a_deleted_dead_letter_stream_is_made_again_for_a_bad_raw_batch(
 ) -> None:
     replica, nc = running
     js = nc.jetstream()
-    await js.delete_stream(subjects.STREAM_DLQ)
-    unready = Unready(replica)
     headers = codec.encode(codec.RAW_FLOW, []).headers
-    try:
-        await js.publish(subjects.raw_flows("node-a"), b"garbage\n", headers=headers)
-        await eventually(lambda: stored(nc, subjects.STREAM_DLQ), what="the copy stored")
-        await eventually(lambda: raw_settled(nc), what="the raw batch settled")
-        await eventually(lambda: replica.rt.health.ready, what="ready again")
-    finally:
-        unready.stop()
-    assert any(subjects.STREAM_DLQ in detail for detail in unready.details)
+    details = await made_again(
+        replica, nc, subjects.STREAM_DLQ,
+        lambda: js.publish(subjects.raw_flows("node-a"), b"garbage\n", headers=headers),
+    )  # fmt: skip
+    assert any(subjects.STREAM_DLQ in detail for detail in details)
     dead = await js.get_msg(subjects.STREAM_DLQ, 1)
     assert dead.data == b"garbage\n"
