@@ -40,7 +40,7 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,12 +105,13 @@ class Publisher:
         node: str,
         limits: PublishLimits,
         metrics: CollectorMetrics,
-        ensure_streams: Callable[[], Awaitable[None]] | None = None,
+        streams: StreamKeeper | None = None,
     ) -> None:
-        """``ensure_streams`` creates the streams (``messaging.ensure_streams``): run again
-        when a publish finds none, else the publisher waits for someone else to."""
+        """``streams`` makes the streams again (the service's keeper, whose ensure is
+        ``messaging.ensure_streams``) when a publish finds none, one recreation for every
+        kind; None: the publisher waits for someone else to."""
         self._js = js
-        self._streams = StreamKeeper(ensure_streams)  # one recreation for every kind
+        self._streams = streams or StreamKeeper(None)
         self._limits = limits
         self._metrics = metrics
         self._lanes = {kind: _Lane(kind, SUBJECTS[kind](node)) for kind in SCHEMAS}

@@ -50,7 +50,7 @@ from flowscope.collector.settings import Settings
 from flowscope.collector.socket_snapshotting import SnapshotLimits, SocketSnapshot
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core import runtime
-from flowscope.core.messaging import connect_service, ensure_streams
+from flowscope.core.messaging import connect_service
 from flowscope.core.records import RawDns
 
 log = logging.getLogger("flowscope.collector")
@@ -102,7 +102,7 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     connection = await connect_service(rt, settings.nats, "collector")
     if connection is None:
         return  # SIGTERM while NATS was still unreachable: nothing to drain
-    nc, js, _ = connection
+    nc, js, streams = connection
 
     program, attacher, watcher = await start_kernel(rt, settings, metrics)
     attached = await asyncio.to_thread(
@@ -113,7 +113,7 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
         node,
         publish_limits(settings, nc.max_payload),
         metrics,
-        ensure_streams=functools.partial(ensure_streams, js, settings.nats),
+        streams,
     )
     producers_done = asyncio.Event()
     producing = Producing(rt, settings, node, program, attacher, publisher, metrics)

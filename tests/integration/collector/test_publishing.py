@@ -254,9 +254,8 @@ async def test_publishing_resumes_when_nats_comes_back_without_its_streams(
     await ensure_streams(js, settings)
     metrics = CollectorMetrics.create(CollectorRegistry())
     limits = PublishLimits(batch_max_records=10, batch_max_delay=0.05)
-    publisher = Publisher(
-        js, "n1", limits, metrics, ensure_streams=lambda: ensure_streams(js, settings)
-    )
+    streams = messaging.StreamKeeper(lambda: ensure_streams(js, settings))
+    publisher = Publisher(js, "n1", limits, metrics, streams)
     try:
         async with running(publisher):
             publisher.submit("sockets", [{"seq": 0}])

@@ -9,7 +9,7 @@ from typing import Any
 
 from flowscope.collector.metrics import CollectorMetrics
 from flowscope.collector.publishing import Publisher, PublishLimits
-from flowscope.core.messaging import MSG_ID_HEADER
+from flowscope.core.messaging import MSG_ID_HEADER, StreamKeeper
 from nats.js.errors import NoStreamResponseError
 from prometheus_client import CollectorRegistry
 
@@ -140,7 +140,7 @@ async def test_streams_lost_by_nats_are_recreated_once_for_every_kind() -> None:
     js = StreamlessJetStream(broken=2)
     metrics = CollectorMetrics.create(CollectorRegistry())
     limits = PublishLimits(batch_max_records=1, batch_max_delay=0.01)
-    pub = Publisher(js, "n1", limits, metrics, ensure_streams=js.ensure_streams)
+    pub = Publisher(js, "n1", limits, metrics, StreamKeeper(js.ensure_streams))
     stop = asyncio.Event()
     task = asyncio.create_task(pub.run(stop, drain_deadline=5))
     for kind in ("flows", "sockets", "dns"):
