@@ -627,8 +627,9 @@ class SinkLane:
         it holds. Every sink finds the same: a copy's id names the message and its first
         record's index, so the DLQ stores one for all sinks. False if one was not stored."""
         keyed = {i: (record, error.problem) for i, record, error in bad}
+        errors = {i: error for i, _, error in bad}
         return await self._dead_letter_grouped(
-            kind, msg, keyed, lambda places: RecordError.summary([bad[p][2] for p in places])
+            kind, msg, keyed, lambda group: RecordError.summary([errors[i] for i in group])
         )
 
     async def _dead_letter_refused(
@@ -640,13 +641,12 @@ class SinkLane:
         share one whose reason lists theirs. This sink's verdict (another sink may refuse
         the same message): a copy's id names the sink and the index of its first record,
         the same however often the message comes back. False if a copy was not stored."""
-        reasons = [reason for _, reason in refused.values()]
         sink = self.sink.name
         return await self._dead_letter_grouped(
             kind,
             msg,
             refused,
-            lambda places: f"{sink}: {listed([reasons[p] for p in places])}",
+            lambda group: f"{sink}: {listed([refused[i][1] for i in group])}",
             owner=f"{sink}:",
         )
 
@@ -660,14 +660,15 @@ class SinkLane:
     ) -> bool:
         """Dead-letter records of ``msg`` (keyed by their index in it, each with its
         grouping key), one copy per group (see ``grouped``), in order; ``reason`` gives
-        a copy's reason from the places in ``keyed`` of the records it holds. A copy's id
-        is the message's stream position, ``owner`` (empty: every sink's) and the index
-        of its first record. Stops at the first copy not stored: False."""
+        a copy's reason from the indices of the records it holds. A copy's id is the
+        message's stream position, ``owner`` (empty: every sink's) and the index of its
+        first record. Stops at the first copy not stored: False."""
         indices = list(keyed)
         for places in grouped([key for _, key in keyed.values()]):
-            msg_id = f"{stream_position(msg)}:{owner}{indices[places[0]]}"
-            records = [keyed[indices[p]][0] for p in places]
-            if not await self._dead_letter_records(kind, msg, records, reason(places), msg_id):
+            group = [indices[p] for p in places]
+            msg_id = f"{stream_position(msg)}:{owner}{group[0]}"
+            records = [keyed[i][0] for i in group]
+            if not await self._dead_letter_records(kind, msg, records, reason(group), msg_id):
                 return False
         return True
 
