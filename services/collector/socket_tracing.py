@@ -11,17 +11,22 @@ kept honest, is explained in ``bpf/sockets.c`` and docs/collector-sockets.md.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import ipaddress
+import itertools
 import logging
 import mmap
 import os
 import resource
 import select
 import socket
+import struct
+import sys
+import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -36,10 +41,11 @@ from flowscope.collector.metrics import SocketTracerMetrics
 from flowscope.collector.ring_reading import RingReader, record_stride, supported
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
-from flowscope.core.records import TCP, RawSocket
+from flowscope.core.records import TCP, UDP, RawSocket
 
 log = logging.getLogger(__name__)
 
+PROC = Path("/proc")  # processes as the collector sees them (hostPID: the node's)
 PROGRAM_PREFIX = "fs_so_"  # every program of bpf/sockets.c; recognisable in bpftool
 RING_BUFFER = b"socket_events"
 LOST_COUNTER = b"socket_lost"
@@ -421,6 +427,232 @@ def _c_size(ctype: str) -> int:
     return size * int(count.rstrip("]")) if count else size
 
 
+# ---------------------------------------------------------------- socket lookups
+
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLMSG_ERROR, NLM_F_REQUEST = 4, 20, 2, 1
+SO_NETNS_COOKIE = 71  # asm-generic/socket.h, Linux >= 5.14
+CLONE_NEWNET = 0x40000000
+_NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
+_DIAG_REQUEST = struct.Struct("=BBBBI")  # inet_diag_req_v2 up to its id: family, protocol, states
+_DIAG_ID = struct.Struct("!HH16s16s")  # inet_diag_sockid: sport, dport (network order), src, dst
+_DIAG_COOKIE = struct.Struct("=II")  # the id's cookie, low word first
+_NO_COOKIE = b"\xff" * 8  # INET_DIAG_NOCOOKIE: look up by tuple only
+# TCP states (include/net/tcp_states.h) of a socket with a peer and, usually, an fd: the
+# ones the snapshot reports (socket_snapshotting) and in which SocketLookup finds one
+# still there. TIME_WAIT and SYN_RECV entries are not full sockets (inode 0, no owner)
+# and are left out (a connection that reached TIME_WAIT or CLOSE has had its close); a
+# connection in SYN_SENT is reported because the hook's `connect` event at establishment
+# would otherwise have no owner (connect() ran before the hooks).
+TCP_ESTABLISHED, TCP_SYN_SENT, TCP_LISTEN = 1, 2, 10
+TCP_CONNECTED = frozenset({TCP_ESTABLISHED, TCP_SYN_SENT, 4, 5, 8, 9, 11})
+# (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING: the connection still carries data)
+UDP_CONNECTED = TCP_ESTABLISHED  # what connect() on a UDP socket sets sk_state to
+_CONNECTED = {TCP: TCP_CONNECTED, UDP: frozenset({UDP_CONNECTED})}
+
+
+class SocketLookup:
+    """Exact socket lookups in one network namespace (``NETLINK_SOCK_DIAG``): is the
+    socket of a snapshot record still there, and what is its cookie.
+
+    The snapshot reads ``/proc`` text tables, which show neither cookies nor a socket
+    that closed since; these one-socket queries are made for the snapshot's records
+    only, once or twice each. A netlink socket answers for the namespace it was made in,
+    so :meth:`in_namespace` makes it in a thread that joins the namespace and ends.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._seq = 0
+
+    @classmethod
+    def in_namespace(cls, namespace: Path) -> SocketLookup:
+        """A lookup in the network namespace at ``namespace`` (``/proc/<pid>/ns/net``).
+
+        ``setns`` moves only the calling thread (and needs CAP_SYS_ADMIN), so the socket
+        is made in a thread of its own that ends with it; the socket keeps the namespace.
+        Raises OSError.
+        """
+        made: list[socket.socket | OSError] = []
+
+        def inside() -> None:
+            try:
+                fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if _libc().setns(fd, CLONE_NEWNET) != 0:
+                        code = ctypes.get_errno()
+                        raise OSError(code, f"setns {namespace}: {os.strerror(code)}")
+                finally:
+                    os.close(fd)
+                made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG))
+            except OSError as error:
+                made.append(error)
+
+        thread = threading.Thread(target=inside, name="sock-diag-netns")
+        thread.start()
+        thread.join()
+        if isinstance(made[0], OSError):
+            raise made[0]
+        made[0].settimeout(1.0)  # the kernel answers at once; never hang a start-up
+        return cls(made[0])
+
+    def netns_cookie(self) -> int:
+        """The namespace's cookie (what the hooks report as ``netns``)."""
+        raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+        return int.from_bytes(raw, sys.byteorder)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def cookie(self, record: dict[str, Any]) -> int | None:
+        """The cookie of the socket ``record`` (a snapshot ``raw.socket`` wire dict)
+        names, None when it is no longer there with its peer. Raises OSError.
+
+        An IPv4 tuple is asked as IPv4, then as IPv4-mapped IPv6 (a dual-stack UDP socket
+        answers only the latter). The kernel may answer with another socket (a listener,
+        a TIME_WAIT entry, a wildcard UDP socket on the port): only the exact tuple in a
+        connected state counts.
+        """
+        proto, wanted = record["proto"], _tuple_of(record)
+        for family, local, remote in _diag_forms(record["src"], record["dst"]):
+            found = self._query(proto, family, local, record["sport"], remote, record["dport"])
+            if found is None or found[1] not in _CONNECTED[proto]:
+                continue
+            lport, rport, src, dst = _DIAG_ID.unpack_from(found, 4)
+            if (address_text(found[0], src), lport, address_text(found[0], dst), rport) == wanted:
+                low, high = _DIAG_COOKIE.unpack_from(found, 4 + _DIAG_ID.size + 4)
+                return low | high << 32
+        return None
+
+    def _query(
+        self, proto: int, family: int, local: bytes, lport: int, remote: bytes, rport: int
+    ) -> bytes | None:
+        """One SOCK_DIAG_BY_FAMILY lookup: the reply's inet_diag_msg, None for ENOENT."""
+        if proto == UDP:  # udp_diag reads the id as the packet's, not the socket's, ends
+            local, lport, remote, rport = remote, rport, local, lport
+        body = (
+            _DIAG_REQUEST.pack(family, proto, 0, 0, 0xFFFFFFFF)
+            + _DIAG_ID.pack(lport, rport, local, remote)
+            + bytes(4)  # interface: any
+            + _NO_COOKIE
+        )
+        self._seq += 1
+        header = _NLMSG.pack(
+            _NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, self._seq, 0
+        )
+        self._sock.send(header + body)
+        reply = self._sock.recv(8192)
+        while _NLMSG.unpack_from(reply)[3] != self._seq:  # a late answer to a timed-out one
+            reply = self._sock.recv(8192)
+        if _NLMSG.unpack_from(reply)[1] == NLMSG_ERROR:
+            code = -int.from_bytes(reply[16:20], sys.byteorder, signed=True)
+            if code == errno.ENOENT:
+                return None
+            raise OSError(code, f"sock_diag: {os.strerror(code)}")
+        return reply[_NLMSG.size :]
+
+
+def _tuple_of(record: dict[str, Any]) -> tuple[str, int, str, int]:
+    return record["src"], record["sport"], record["dst"], record["dport"]
+
+
+def _diag_forms(src: str, dst: str) -> list[tuple[int, bytes, bytes]]:
+    """(family, local, remote) as sock_diag takes them (16-byte fields)."""
+    if ":" in src:
+        return [(AF_INET6, socket.inet_pton(socket.AF_INET6, src),
+                 socket.inet_pton(socket.AF_INET6, dst))]  # fmt: skip
+    return [(AF_INET, socket.inet_pton(socket.AF_INET, src) + _ZERO_96,
+             socket.inet_pton(socket.AF_INET, dst) + _ZERO_96),
+            (AF_INET6, _mapped(src), _mapped(dst))]  # fmt: skip
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def snapshot_close(record: dict[str, Any], now_ns: int = 0) -> SocketEvent:
+    """The ``close`` of a socket a snapshot record names, with the record's owner: for
+    TCP its 4-tuple (IPv4-mapped, as the tracepoint keys it), for UDP its local end and
+    an unspecified remote (what fs_so_release sends). ``tid`` 0, as the record's."""
+    event = SocketEvent()
+    event.time_ns = now_ns
+    event.proto, event.event = record["proto"], SOCK_CLOSE
+    event.sport = record["sport"]
+    if record["proto"] == TCP:
+        event.family = AF_INET6
+        ctypes.memmove(event.saddr, _mapped(record["src"]), 16)
+        ctypes.memmove(event.daddr, _mapped(record["dst"]), 16)
+        event.dport = record["dport"]
+    else:
+        family, local, _ = _diag_forms(record["src"], record["dst"])[0]
+        event.family = family
+        ctypes.memmove(event.saddr, local, 16)
+    event.pid, event.cgroup_id, event.netns = record["pid"], record["cgroup_id"], record["netns"]
+    event.comm = record["comm"].encode()[:15]
+    return event
+
+
+BPF_NOEXIST = 1  # bpf_map_update_elem flag: only if the key is not there
+
+
+def _lookup_for(netns: int, records: list[dict[str, Any]]) -> SocketLookup | None:
+    """A lookup in the namespace whose cookie is ``netns``, entered through one of the
+    records' processes or, when none is still in it (a connection often closes because
+    its process exited), any process in it; checked by cookie (a pid may be reused, and
+    a process may hold a socket of another namespace). None if none is found, and for
+    cookie 0 (unknown: a kernel before 5.14), which nothing can be checked against."""
+    if not netns:
+        return None
+    owners = sorted({record["pid"] for record in records})
+    tried: set[int] = set()
+    for pid in itertools.chain(owners, _process_ids()):
+        path = PROC / str(pid) / "ns" / "net"
+        try:
+            inode = os.stat(path).st_ino
+            if inode in tried:
+                continue
+            tried.add(inode)
+            lookup = SocketLookup.in_namespace(path)
+        except OSError:
+            continue
+        try:
+            if lookup.netns_cookie() == netns:
+                return lookup
+        except OSError:
+            pass
+        lookup.close()
+    return None
+
+
+def _process_ids() -> Iterator[int]:
+    """Every process id, ascending; /proc is listed only when the first is asked for."""
+    yield from sorted(int(name) for name in os.listdir(PROC) if name.isdigit())
+
+
+def _cookie(lookup: SocketLookup, record: dict[str, Any]) -> int | None:
+    """The socket's cookie; None: gone; -1: the lookup failed."""
+    try:
+        return lookup.cookie(record)
+    except OSError:
+        return -1
+
+
+def _gone(lookup: SocketLookup, record: dict[str, Any], cookie: int | None) -> bool:
+    """Whether the socket (with ``cookie``, if known) is no longer there; a failed
+    lookup does not say so."""
+    found = _cookie(lookup, record)
+    return found is None or (cookie is not None and found not in (cookie, -1))
+
+
+def _deleted(table: Any, key: Any) -> bool:
+    """Delete ``key``; whether it was there (the kernel may have deleted it first)."""
+    try:
+        del table[key]
+    except KeyError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- the tracer
 
 
@@ -462,6 +694,8 @@ class SocketTracer:
         self._cgroup_fd = -1
         self._links: list[int] = []
         self._raw: list[bytes] = []  # bcc callback path: copied records
+        # closes sent from user space (watch_closes, in a worker thread): read first
+        self._late: deque[tuple[Any, ...]] = deque()
         self._ring: RingReader | None = None  # mmap path (x86): see ring_reading
         self._ring_poll: select.poll | None = None
         self._lost_seen = 0
@@ -511,6 +745,8 @@ class SocketTracer:
 
     def _wait(self, timeout_ms: int) -> None:
         """Until events are there or ``timeout_ms`` passed (bcc path: reads them too)."""
+        if self._late:
+            timeout_ms = 0
         if self._ring_poll is None:
             self._bpf.ring_buffer_poll(timeout_ms)
         elif timeout_ms and self._ring is not None and not self._ring.available():
@@ -535,6 +771,8 @@ class SocketTracer:
         else:
             raw, self._raw = self._raw, []
             events = [event for data in raw if (event := self._decode(data)) is not None]
+        if self._late:  # popleft: watch_closes may append meanwhile
+            events[:0] = [self._late.popleft() for _ in range(len(self._late))]
         self._offset_ns = realtime_offset_ns()  # follows clock steps (NTP) between polls
         self._count_lost()
         self._process_names.forget_exited()  # after taking the events: see ProcessNames
@@ -666,33 +904,95 @@ class SocketTracer:
         self.snapshot_closes = True
 
     def watch_closes(self, records: Iterable[dict[str, Any]]) -> int:
-        """Have the kernel send a ``close`` for each TCP connection of the snapshot's
-        ``records`` (raw.socket wire dicts) when it ends; returns how many it watches."""
-        if not self.snapshot_closes:
-            return 0
-        table = self._bpf[SNAPSHOT_MAP]
-        watched = 0
-        for record in records:
-            if record["proto"] != TCP:
-                continue
-            key, event = table.Key(), table.Leaf()
-            saddr, daddr = _mapped(record["src"]), _mapped(record["dst"])
-            ctypes.memmove(key.saddr, saddr, 16)
-            ctypes.memmove(key.daddr, daddr, 16)
-            key.sport, key.dport = record["sport"], record["dport"]
-            ctypes.memmove(event.saddr, saddr, 16)
-            ctypes.memmove(event.daddr, daddr, 16)
-            event.sport, event.dport = record["sport"], record["dport"]
-            event.family, event.proto, event.event = AF_INET6, TCP, SOCK_CLOSE
-            event.pid, event.cgroup_id, event.netns = (
-                record["pid"],
-                record["cgroup_id"],
-                record["netns"],
+        """Have the kernel send a ``close`` for each connection of the snapshot's
+        ``records`` (raw.socket wire dicts) when it ends; returns how many it watches.
+
+        A TCP connection's close is prepared under its 4-tuple in ``snapshot_closes``
+        (the state tracepoint sends it). A connected UDP socket is found by its tuple
+        (:class:`SocketLookup`) for its cookie, under which its owner and local end go
+        into ``owners`` and ``udp_locals``: fs_so_release then closes it as a socket the
+        hooks reported. Each socket is then looked up again: one that closed since the
+        snapshot read it, before its entry was written, had nothing to send its close;
+        its entry is removed and its close read with the next events (unless the kernel
+        removed the entry first and sent the close itself). Sockets of a namespace that
+        cannot be looked up (no CAP_SYS_ADMIN, no process left in it) keep their TCP
+        entries unchecked and their UDP ones are not watched (logged once).
+        """
+        if self._bpf is None:
+            raise RuntimeError("SocketTracer.watch_closes() before open()")
+        wanted = [
+            r for r in records if r["proto"] == UDP or (r["proto"] == TCP and self.snapshot_closes)
+        ]
+        groups: dict[int, list[dict[str, Any]]] = {}
+        for record in wanted:
+            groups.setdefault(record["netns"], []).append(record)
+        watched, unchecked = 0, 0
+        for netns, group in groups.items():
+            lookup = _lookup_for(netns, group)
+            unchecked += len(group) if lookup is None else 0
+            try:
+                watched += sum(self._watch(record, lookup) for record in group)
+            finally:
+                if lookup is not None:
+                    lookup.close()
+        if unchecked:
+            log.warning(
+                "%d sockets of the snapshot could not be looked up (their network namespace "
+                "could not be entered): closed ones may get no close event",
+                unchecked,
             )
-            event.comm = record["comm"].encode()[:15]
-            table[key] = event
-            watched += 1
         return watched
+
+    def _watch(self, record: dict[str, Any], lookup: SocketLookup | None) -> int:
+        """Watch one record's socket (see :meth:`watch_closes`); 1 if watched, else 0."""
+        if record["proto"] == TCP:
+            table = self._bpf[SNAPSHOT_MAP]
+            key = table.Key()
+            ctypes.memmove(key.saddr, _mapped(record["src"]), 16)
+            ctypes.memmove(key.daddr, _mapped(record["dst"]), 16)
+            key.sport, key.dport = record["sport"], record["dport"]
+            table[key] = table.Leaf.from_buffer_copy(snapshot_close(record))
+            if lookup is not None and _gone(lookup, record, None) and _deleted(table, key):
+                self._send_late(record)
+            return 1
+        if lookup is None:
+            return 0
+        cookie = _cookie(lookup, record)
+        if cookie is None:  # closed before it could be watched
+            self._send_late(record)
+            return 0
+        if cookie < 0:  # the lookup failed: as before, no close
+            return 0
+        self._watch_udp(cookie, record)
+        if _gone(lookup, record, cookie) and _deleted(self._bpf[b"udp_locals"], cookie):
+            _deleted(self._bpf[b"owners"], cookie)
+            self._send_late(record)
+        return 1
+
+    def _watch_udp(self, cookie: int, record: dict[str, Any]) -> None:
+        """The socket's owner and local end under its cookie, unless the hooks put them
+        there first (a datagram since start-up: theirs are as good, and newer)."""
+        from bcc.libbcc import lib
+
+        owners, locals_ = self._bpf[b"owners"], self._bpf[b"udp_locals"]
+        owner = owners.Leaf()
+        owner.pid, owner.cgroup_id, owner.netns = (
+            record["pid"],
+            record["cgroup_id"],
+            record["netns"],
+        )
+        owner.comm = record["comm"].encode()[:15]
+        close = snapshot_close(record)
+        local = locals_.Leaf()
+        ctypes.memmove(local.addr, close.saddr, 16)
+        local.port, local.family = close.sport, close.family
+        for table, leaf in ((owners, owner), (locals_, local)):
+            key = table.Key(cookie)
+            lib.bpf_update_elem(table.map_fd, ctypes.byref(key), ctypes.byref(leaf), BPF_NOEXIST)
+
+    def _send_late(self, record: dict[str, Any]) -> None:
+        """Queue the record's close for the next read (bpf_ktime_get_ns's clock)."""
+        self._late.append(decode_event(bytes(snapshot_close(record, time.monotonic_ns()))))
 
     def _load(self, program: Program) -> int:
         try:
