@@ -23,14 +23,11 @@ docs/collector-sockets.md.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import os
 import socket
 import struct
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -41,7 +38,16 @@ from typing import Any
 from flowscope.collector.checks import CAP_SYS_PTRACE, effective_capabilities
 from flowscope.collector.containers import container_id_from_path, find_cgroup2_root, walk_cgroups
 from flowscope.collector.metrics import SocketSnapshotMetrics
-from flowscope.collector.socket_tracing import AF_INET, AF_INET6, address_text
+from flowscope.collector.socket_tracing import (
+    AF_INET,
+    AF_INET6,
+    TCP_CONNECTED,
+    TCP_LISTEN,
+    UDP_CONNECTED,
+    address_text,
+    in_network_namespace,
+    netns_cookie_of,
+)
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.records import TCP, UDP
@@ -52,22 +58,12 @@ log = logging.getLogger(__name__)
 TABLES = (("tcp", AF_INET, TCP), ("tcp6", AF_INET6, TCP), ("udp", AF_INET, UDP),
           ("udp6", AF_INET6, UDP))  # fmt: skip
 
-# TCP states (include/net/tcp_states.h) of a socket with a peer and, usually, an fd.
-# TIME_WAIT and SYN_RECV entries are not full sockets (inode 0, no owner) and are left
-# out; a connection in SYN_SENT is reported because the hook's `connect` event at
-# establishment would otherwise have no owner (connect() ran before the hooks).
-TCP_ESTABLISHED, TCP_SYN_SENT, TCP_LISTEN = 1, 2, 10
-TCP_CONNECTED = frozenset({TCP_ESTABLISHED, TCP_SYN_SENT, 4, 5, 8, 9, 11})
-# (FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING: the connection still carries data)
-UDP_CONNECTED = TCP_ESTABLISHED  # what connect() on a UDP socket sets sk_state to
 WILDCARDS = ("0.0.0.0", "::")
 
 # A line of /proc/net/{tcp,udp}{,6} after split(): sl, local, remote, st, tx:rx, tr:when,
 # retrnsmt, uid, timeout, inode, ... (tcp and udp agree up to the inode).
 _MIN_FIELDS = 10
 _ADDRESS_HEX = {AF_INET: 8, AF_INET6: 32}
-CLONE_NEWNET = 0x40000000
-SO_NETNS_COOKIE = 71  # asm-generic/socket.h, Linux >= 5.14
 # errors reasons: processes whose fd directory could not be listed / whose fds not read
 FD_LIST_DENIED, FD_READ_DENIED = "fd_list_denied", "fd_read_denied"
 _CONSEQUENCE = "their connections that existed before the collector started are not reported"
@@ -283,38 +279,16 @@ def fd_sockets(proc: Path, pid: int) -> Iterator[int]:
 def netns_cookie(namespace: Path) -> int:
     """The cookie of the network namespace at ``namespace`` (a ``/proc/<pid>/ns/net``
     file), as the BPF hooks report it; 0 when it cannot be had (kernel before 5.14, no
-    CAP_SYS_ADMIN, the process exited).
+    CAP_SYS_ADMIN, the process exited)."""
 
-    ``setns`` moves only the calling thread, so it runs in a thread of its own that ends
-    right after: the worker threads of the event loop never change namespace.
-    """
-    cookie = [0]
+    def probe() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            return netns_cookie_of(sock)
 
-    def inside() -> None:
-        try:
-            fd = os.open(namespace, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            if _libc().setns(fd, CLONE_NEWNET) != 0:
-                return
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-                raw = probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
-            cookie[0] = int.from_bytes(raw, sys.byteorder)  # a __u64 in host order
-        except OSError:
-            return
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=inside, name="netns-cookie")
-    thread.start()
-    thread.join()
-    return cookie[0]
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+    try:
+        return in_network_namespace(namespace, probe)
+    except OSError:
+        return 0
 
 
 def cgroups_by_pid(root: str) -> dict[int, tuple[int, str]]:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import flowscope.bpf
 import orjson
@@ -45,6 +45,7 @@ from flowscope.core.records import TCP, UDP, RawSocket
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 PROC = Path("/proc")  # processes as the collector sees them (hostPID: the node's)
 PROGRAM_PREFIX = "fs_so_"  # every program of bpf/sockets.c; recognisable in bpftool
 RING_BUFFER = b"socket_events"
@@ -467,38 +468,17 @@ class SocketLookup:
     @classmethod
     def in_namespace(cls, namespace: Path) -> SocketLookup:
         """A lookup in the network namespace at ``namespace`` (``/proc/<pid>/ns/net``).
-
-        ``setns`` moves only the calling thread (and needs CAP_SYS_ADMIN), so the socket
-        is made in a thread of its own that ends with it; the socket keeps the namespace.
-        Raises OSError.
-        """
-        made: list[socket.socket | OSError] = []
-
-        def inside() -> None:
-            try:
-                fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    if _libc().setns(fd, CLONE_NEWNET) != 0:
-                        code = ctypes.get_errno()
-                        raise OSError(code, f"setns {namespace}: {os.strerror(code)}")
-                finally:
-                    os.close(fd)
-                made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG))
-            except OSError as error:
-                made.append(error)
-
-        thread = threading.Thread(target=inside, name="sock-diag-netns")
-        thread.start()
-        thread.join()
-        if isinstance(made[0], OSError):
-            raise made[0]
-        made[0].settimeout(1.0)  # the kernel answers at once; never hang a start-up
-        return cls(made[0])
+        Raises OSError (entering it needs CAP_SYS_ADMIN)."""
+        sock = in_network_namespace(
+            namespace,
+            lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG),
+        )
+        sock.settimeout(1.0)  # the kernel answers at once; never hang a start-up
+        return cls(sock)
 
     def netns_cookie(self) -> int:
         """The namespace's cookie (what the hooks report as ``netns``)."""
-        raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
-        return int.from_bytes(raw, sys.byteorder)
+        return netns_cookie_of(self._sock)
 
     def close(self) -> None:
         self._sock.close()
@@ -563,6 +543,44 @@ def _diag_forms(src: str, dst: str) -> list[tuple[int, bytes, bytes]]:
     return [(AF_INET, socket.inet_pton(socket.AF_INET, src) + _ZERO_96,
              socket.inet_pton(socket.AF_INET, dst) + _ZERO_96),
             (AF_INET6, _mapped(src), _mapped(dst))]  # fmt: skip
+
+
+def in_network_namespace(namespace: Path, make: Callable[[], _T]) -> _T:
+    """What ``make()`` returns when run in the network namespace at ``namespace`` (a
+    ``/proc/<pid>/ns/net`` file): a socket it makes keeps that namespace. Raises OSError
+    (``setns`` needs CAP_SYS_ADMIN; the process may have exited).
+
+    ``setns`` moves only the calling thread, so ``make`` runs in a thread of its own that
+    ends right after: the event loop's threads never change namespace.
+    """
+    made: list[_T | OSError] = []
+
+    def inside() -> None:
+        try:
+            fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc().setns(fd, CLONE_NEWNET) != 0:
+                    code = ctypes.get_errno()
+                    raise OSError(code, f"setns {namespace}: {os.strerror(code)}")
+            finally:
+                os.close(fd)
+            made.append(make())
+        except OSError as error:
+            made.append(error)
+
+    thread = threading.Thread(target=inside, name="in-netns")
+    thread.start()
+    thread.join()
+    if isinstance(made[0], OSError):
+        raise made[0]
+    return made[0]
+
+
+def netns_cookie_of(sock: socket.socket) -> int:
+    """The cookie of the network namespace ``sock`` was made in, as the BPF hooks report
+    it (Linux >= 5.14). Raises OSError."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+    return int.from_bytes(raw, sys.byteorder)  # a __u64 in host order
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from flowscope.collector.containers import find_cgroup2_root
-from flowscope.collector.socket_snapshotting import SO_NETNS_COOKIE
+from flowscope.collector.socket_tracing import SO_NETNS_COOKIE
 from flowscope.core import codec, subjects
 
 from tests.privileged.collector.collector_process import CollectorProcess, nats_inside
