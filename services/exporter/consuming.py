@@ -1,15 +1,17 @@
 """One durable JetStream pull consumer per sink and stream, batching into the sink.
 
-Each sink gets its own durable consumer (``flowscope-exporter-<sink>``) on each of the
-two streams it reads (``FLOWSCOPE_FLOWS``, ``FLOWSCOPE_DNS``), so each sink moves at its
-own pace: a sink that is down stops fetching (its in-flight bound is reached) while the
-others go on. Messages are decoded, records validated, and accumulated into a batch
-until ``max_records`` or ``max_delay``; the batch goes to the sink; when the sink
-answers, each message is acked if every one of its records was delivered or
-dead-lettered, and nak'ed (redelivered) if any was deferred. While a batch waits on a
-slow or absent backend, its messages — and those fetched with it that wait for the
-next batch — are kept alive with ``in_progress`` so JetStream does not redeliver them
-behind our back (they would be exported twice).
+Each sink gets its own durable consumer (``<consumer.durable>-<sink>``, by default
+``flowscope-exporter-<sink>``) on each of the two streams it reads (``FLOWSCOPE_FLOWS``,
+``FLOWSCOPE_DNS``), so each sink moves at its own pace: a sink that is down stops
+fetching (its in-flight bound is reached) while the others go on. Replicas of one
+exporter share the name, so they split the records between them; another exporter
+that must get every record too needs another name. Messages are decoded, records
+validated, and accumulated into a batch until ``max_records`` or ``max_delay``; the
+batch goes to the sink; when the sink answers, each message is acked if every one of
+its records was delivered or dead-lettered, and nak'ed (redelivered) if any was
+deferred. While a batch waits on a slow or absent backend, its messages — and those
+fetched with it that wait for the next batch — are kept alive with ``in_progress`` so
+JetStream does not redeliver them behind our back (they would be exported twice).
 
 A consumer created again while the lane runs (deleted by an operator or the server)
 starts after the last message the lane settled, not from the oldest one the stream
@@ -51,7 +53,7 @@ from flowscope.core.records import validate_dns, validate_flow
 from flowscope.core.runtime import first_of
 from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.retrying import Backoff
-from flowscope.exporter.settings import BatchSettings
+from flowscope.exporter.settings import DEFAULT_DURABLE, BatchSettings
 from flowscope.exporter.sink import ExportResult, Kind, Record, Sink, SinkClosedError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -93,8 +95,9 @@ def stream_position(msg: Msg) -> str:
     return f"{metadata.stream}:{metadata.sequence.stream}:{stored_us}"
 
 
-def durable_name(sink: str) -> str:
-    return f"flowscope-exporter-{sink}"
+def durable_name(sink: str, durable: str = DEFAULT_DURABLE) -> str:
+    """The durable consumer ``sink`` reads through (on each stream), of base ``durable``."""
+    return f"{durable}-{sink}"
 
 
 @dataclass(slots=True)
@@ -226,8 +229,10 @@ class SinkLane:
         stopping: asyncio.Event,
         on_ready: Callable[[str, bool, str], None] = lambda *_: None,
         streams: StreamKeeper | None = None,
+        durable: str = DEFAULT_DURABLE,
     ) -> None:
         self.sink = sink
+        self.consumer_name = durable_name(sink.name, durable)
         self._js = js
         self._nc = nc
         self._streams = streams or StreamKeeper(None)  # makes a missing DLQ stream again
@@ -394,7 +399,7 @@ class SinkLane:
         A consumer created anew starts after what this lane settled of the same stream
         (see :class:`Position`), else from the oldest message; an existing one keeps
         where it started (JetStream refuses to change it)."""
-        name = durable_name(self.sink.name)
+        name = self.consumer_name
         start = self._start(source, await self._js.stream_info(source.stream))
         config = ConsumerConfig(
             name=name,
@@ -452,7 +457,7 @@ class SinkLane:
             # A deleted consumer answers like a brief disconnection (no responders):
             # ask the server which it is once the connection is up.
             if self._nc.is_connected and await consumer_missing(
-                self._js.consumer_info(source.stream, durable_name(self.sink.name))
+                self._js.consumer_info(source.stream, self.consumer_name)
             ):
                 log.warning(
                     "consumer gone; subscribing again",
@@ -470,7 +475,7 @@ class SinkLane:
         yet acked — everything this sink has not confirmed. Asked of the server, so it
         keeps growing while the sink is stuck and its consumer no longer fetches."""
         gauge = self._metrics.lag.labels(self.sink.name, source.stream)
-        name = durable_name(self.sink.name)
+        name = self.consumer_name
         while True:
             with contextlib.suppress(Exception):  # NATS away: keep the last figure
                 info = await self._js.consumer_info(source.stream, name)

@@ -62,7 +62,15 @@ def body_for(settings: Settings, env: Mapping[str, str] | None = None) -> runtim
         nc, js, streams = connection
         for sink in sinks:
             lane = SinkLane(
-                sink, js, nc, settings.batch, metrics, rt.stopping, _health(rt), streams
+                sink,
+                js,
+                nc,
+                settings.batch,
+                metrics,
+                rt.stopping,
+                _health(rt),
+                streams,
+                durable=settings.consumer.durable,
             )
             rt.spawn(lane.run(), f"sink-{sink.name}")
 
