@@ -18,7 +18,7 @@ import re
 import ssl
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,39 @@ MSG_ID_HEADER = "Nats-Msg-Id"  # JetStream drops a message whose id it already s
 log = logging.getLogger("flowscope.nats")
 
 _SCHEMES = ("nats", "tls", "ws", "wss")
+# What nats-server refuses in a consumer name (it names a subject token and a directory).
+NOT_IN_CONSUMER_NAME = re.compile(r"[\s.*>/\\\x00-\x1f\x7f]")
+MAX_CONSUMER_NAME = 255  # bytes; nats-server refuses a longer consumer name
+
+
+def durable_base(suffixes: Iterable[str]) -> Callable[[str], str]:
+    """The parse of a setting naming durable consumers ``<base>-<suffix>``, one per suffix.
+
+    A bad name is refused at start-up rather than by the server at the first
+    subscription, where it would be retried for ever: not empty, none of whitespace,
+    ``.``, ``*``, ``>``, ``/``, ``\\`` or a control character, and short enough for the
+    longest ``<base>-<suffix>`` to fit.
+    """
+    longest_suffix = max(len(suffix.encode()) for suffix in suffixes)
+
+    def parse(value: str) -> str:
+        if not value:
+            raise ValueError("empty: the durable consumers need a name")
+        bad = NOT_IN_CONSUMER_NAME.search(value)
+        if bad:
+            raise ValueError(
+                f"{value!r} is not a JetStream consumer name: it holds {bad.group()!r} "
+                "(no whitespace, '.', '*', '>', '/', '\\' or control character)"
+            )
+        longest = len(value.encode()) + 1 + longest_suffix
+        if longest > MAX_CONSUMER_NAME:
+            raise ValueError(
+                f"too long: the consumer names <durable>-<suffix> may have "
+                f"{MAX_CONSUMER_NAME} bytes, {longest} with this one"
+            )
+        return value
+
+    return parse
 
 
 def parse_urls(value: str) -> str:

@@ -5,14 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowscope.core.config import at_least_one, not_negative, positive, section, setting
-from flowscope.core.messaging import NatsSettings
+from flowscope.core.messaging import NatsSettings, durable_base
 from flowscope.core.runtime import RuntimeSettings
 
-
-def _durable(value: str) -> str:
-    if not value or any(c in value for c in ".*> \t"):
-        raise ValueError(f"{value!r} is not a JetStream consumer name")
-    return value
+# The work kinds' durable consumers, <consumer.durable>-<suffix> (consuming.WORK's).
+DURABLE_SUFFIXES = ("flows", "dns", "sockets")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +112,7 @@ class ConsumerSettings:
     durable: str = setting(
         "enricher",
         "durable consumer name shared by all replicas (suffixed -flows, -dns and -sockets)",
-        parse=_durable,
+        parse=durable_base(DURABLE_SUFFIXES),
     )
     batch: int = setting(64, "raw messages fetched per pull request", parse=at_least_one)
     ack_wait: float = setting(

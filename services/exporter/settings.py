@@ -26,16 +26,13 @@ from flowscope.core.config import (
     setting,
     without_userinfo,
 )
-from flowscope.core.messaging import NatsSettings
+from flowscope.core.messaging import NatsSettings, durable_base
 from flowscope.core.runtime import RuntimeSettings
 
 SINK_NAMES = ("stdout", "otlp", "elasticsearch")
 HEADER_NAME = re.compile(r"[0-9a-z_.-]+")  # lower case: keys are lowered when parsed
 HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 DEFAULT_DURABLE = "flowscope-exporter"  # the name every release before the setting used
-# What nats-server refuses in a consumer name (it names a subject token and a directory).
-NOT_IN_CONSUMER_NAME = re.compile(r"[\s.*>/\\\x00-\x1f\x7f]")
-MAX_CONSUMER_NAME = 255  # bytes; nats-server refuses a longer consumer name
 
 
 def parse_sinks(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -47,30 +44,6 @@ def parse_sinks(value: tuple[str, ...]) -> tuple[str, ...]:
             raise ValueError(f"unknown sink {name!r} (known: {', '.join(SINK_NAMES)})")
     if len(set(value)) != len(value):
         raise ValueError("a sink is named twice")
-    return value
-
-
-def parse_durable(value: str) -> str:
-    """A base the durable consumer names ``<value>-<sink>`` can be made of.
-
-    Refused here rather than by the server at the first subscription, where the lane
-    would retry it for ever: not empty, none of whitespace, ``.``, ``*``, ``>``, ``/``,
-    ``\\`` or a control character, and short enough for the longest sink's name to fit.
-    """
-    if not value:
-        raise ValueError("empty: the durable consumers need a name")
-    bad = NOT_IN_CONSUMER_NAME.search(value)
-    if bad:
-        raise ValueError(
-            f"{value!r} is not a JetStream consumer name: it holds {bad.group()!r} "
-            "(no whitespace, '.', '*', '>', '/', '\\' or control character)"
-        )
-    longest = len(value.encode()) + 1 + max(len(name) for name in SINK_NAMES)
-    if longest > MAX_CONSUMER_NAME:
-        raise ValueError(
-            f"too long: the consumer names <durable>-<sink> may have {MAX_CONSUMER_NAME} "
-            f"bytes, {longest} with this one"
-        )
     return value
 
 
@@ -298,7 +271,7 @@ class ConsumerSettings:
         "durable consumer name, suffixed -<sink>: replicas of one exporter share it (and "
         "split the records); exporters that must each get every record (two releases on "
         "one NATS, a debugging exporter) need different ones",
-        parse=parse_durable,
+        parse=durable_base(SINK_NAMES),
     )
 
 

@@ -35,7 +35,10 @@ def test_setting_names_and_environment_variables() -> None:
 @pytest.mark.parametrize(
     "env",
     [{"FLOWSCOPE_KUBERNETES_MODE": "cloud"}, {"FLOWSCOPE_CONSUMER_BATCH": "0"},
-     {"FLOWSCOPE_JOIN_DNS_TTL_MAX": "0"}, {"FLOWSCOPE_CONSUMER_DURABLE": "a>b"}],
+     {"FLOWSCOPE_JOIN_DNS_TTL_MAX": "0"}, {"FLOWSCOPE_CONSUMER_DURABLE": "a>b"},
+     # nats-server refuses these consumer names too (a directory name; 255 bytes with -sockets)
+     {"FLOWSCOPE_CONSUMER_DURABLE": "a/b"}, {"FLOWSCOPE_CONSUMER_DURABLE": "a\\b"},
+     {"FLOWSCOPE_CONSUMER_DURABLE": "a\nb"}, {"FLOWSCOPE_CONSUMER_DURABLE": "e" * 248}],
 )  # fmt: skip
 def test_bad_values_name_the_setting(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as e:
