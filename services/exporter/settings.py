@@ -268,9 +268,10 @@ class ConsumerSettings:
 
     durable: str = setting(
         DEFAULT_DURABLE,
-        "durable consumer name, suffixed by sink (-stdout, -otlp, -elasticsearch): replicas of one exporter share it (and "
-        "split the records); exporters that must each get every record (two releases on "
-        "one NATS, a debugging exporter) need different ones",
+        "durable consumer name, suffixed by sink (-stdout, -otlp, -elasticsearch): "
+        "replicas of one exporter share it (and split the records); exporters that must "
+        "each get every record (two releases on one NATS, a debugging exporter) need "
+        "different ones",
         parse=durable_base(SINK_NAMES),
     )
 
