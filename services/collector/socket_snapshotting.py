@@ -47,6 +47,7 @@ from flowscope.collector.socket_tracing import (
     address_text,
     in_network_namespace,
     netns_cookie_of,
+    process_ids,
 )
 from flowscope.core.errors import CodecError, StartupError
 from flowscope.core.logs import RateLimitedLog
@@ -230,11 +231,6 @@ def snapshot_wire(
 
 
 # ---------------------------------------------------------------- reading /proc
-
-
-def process_ids(proc: Path) -> list[int]:
-    """Every process (thread-group) id under ``proc``, ascending."""
-    return sorted(int(name) for name in os.listdir(proc) if name.isdigit())
 
 
 def namespaces(proc: Path, pids: Iterable[int]) -> dict[int, list[int]]:

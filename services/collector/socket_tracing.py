@@ -623,7 +623,7 @@ def _lookup_for(netns: int, records: list[dict[str, Any]]) -> SocketLookup | Non
         return None
     owners = sorted({record["pid"] for record in records})
     tried: set[int] = set()
-    for pid in itertools.chain(owners, _process_ids()):
+    for pid in itertools.chain(owners, _every_process()):
         path = PROC / str(pid) / "ns" / "net"
         try:
             inode = os.stat(path).st_ino
@@ -642,9 +642,14 @@ def _lookup_for(netns: int, records: list[dict[str, Any]]) -> SocketLookup | Non
     return None
 
 
-def _process_ids() -> Iterator[int]:
-    """Every process id, ascending; /proc is listed only when the first is asked for."""
-    yield from sorted(int(name) for name in os.listdir(PROC) if name.isdigit())
+def process_ids(proc: Path) -> list[int]:
+    """Every process (thread-group) id under ``proc``, ascending."""
+    return sorted(int(name) for name in os.listdir(proc) if name.isdigit())
+
+
+def _every_process() -> Iterator[int]:
+    """process_ids(PROC), with /proc listed only when the first is asked for."""
+    yield from process_ids(PROC)
 
 
 def _cookie(lookup: SocketLookup, record: dict[str, Any]) -> int | None:
