@@ -34,7 +34,7 @@ bench/enricher_publish.py (320 messages of 3.4 KB, client CPU per message): an a
 batch 12.1 → 3.7 µs, one ack each 14.2 → 11.1 µs. Over TCP the write goes to the
 socket's transport at once rather than through nats-py's pending list and flusher,
 which copied a raw batch's ~1.1 MB output (with other batches') once more onto fresh
-pages (docs/performance.md).
+pages (docs/performance-history.md).
 
 A raw batch's lines as the compiled core rendered them (``_flowcore.Lines``) are not
 even joined: :func:`gather_lines` frames them as a ``_flowcore.Frame`` — the messages'
@@ -286,7 +286,7 @@ class AckedPublisher:
         writes of one turn of the event loop go out together, at its end, as the
         flusher grouped them: written one by one as each batch was framed, the
         enrichment between them measured slower by about what the copies saved
-        (docs/performance.md).
+        (docs/performance-history.md).
 
         nats-py internals (2.x, checked by :func:`_writable` at start): ``_transport``,
         its pending list ``_pending`` / ``_pending_data_size`` (what ``_flusher`` writes
