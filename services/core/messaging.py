@@ -456,6 +456,32 @@ def connect_options(
     A reconnection refused for its credentials (the server restarted with other users)
     is retried by nats-py; its warning says so and names the settings in use.
     """
+    opts: dict[str, Any] = {
+        "servers": settings.url.split(","),
+        "name": f"flowscope-{name}",
+        "connect_timeout": settings.connect_timeout,
+        "reconnect_time_wait": settings.reconnect_wait_max,
+        "max_reconnect_attempts": -1,
+        "allow_reconnect": True,
+        **_event_callbacks(settings, metrics, closing, lost, reported),
+        # Buffer publishes while reconnecting (bytes); beyond it publish raises and the
+        # caller's bounded buffer takes over.
+        "pending_size": 8 * 1024 * 1024,
+    }
+    opts.update(_auth_options(settings))
+    opts.update(_tls_options(settings))
+    return opts
+
+
+def _event_callbacks(
+    settings: NatsSettings,
+    metrics: NatsMetrics,
+    closing: Callable[[], bool],
+    lost: Callable[[], None],
+    reported: Callable[[Exception], bool],
+) -> dict[str, Any]:
+    """nats-py's ``disconnected_cb``, ``reconnected_cb``, ``error_cb`` and ``closed_cb``:
+    the connection's metrics and log lines (arguments: :func:`connect_options`)."""
 
     async def disconnected() -> None:
         metrics.connected.set(0)
@@ -484,21 +510,18 @@ def connect_options(
         if not closing():
             lost()
 
-    opts: dict[str, Any] = {
-        "servers": settings.url.split(","),
-        "name": f"flowscope-{name}",
-        "connect_timeout": settings.connect_timeout,
-        "reconnect_time_wait": settings.reconnect_wait_max,
-        "max_reconnect_attempts": -1,
-        "allow_reconnect": True,
+    return {
         "disconnected_cb": disconnected,
         "reconnected_cb": reconnected,
         "error_cb": error,
         "closed_cb": closed,
-        # Buffer publishes while reconnecting (bytes); beyond it publish raises and the
-        # caller's bounded buffer takes over.
-        "pending_size": 8 * 1024 * 1024,
     }
+
+
+def _auth_options(settings: NatsSettings) -> dict[str, Any]:
+    """nats-py's options for the credentials that are set: user and password, token,
+    creds file or NKey seed file (not both: a :class:`ConfigError`)."""
+    opts: dict[str, Any] = {}
     if settings.user:
         opts["user"], opts["password"] = settings.user, settings.password
     if settings.token:
@@ -512,12 +535,17 @@ def connect_options(
         opts.update(_creds_callbacks(settings.creds_file))
     if settings.nkey_seed_file:
         opts["nkeys_seed"] = settings.nkey_seed_file
+    return opts
+
+
+def _tls_options(settings: NatsSettings) -> dict[str, Any]:
+    """nats-py's TLS options (:func:`tls_context`); none for plain TCP."""
     tls = tls_context(settings)
-    if tls is not None:
-        opts["tls"] = tls
-        opts["tls_handshake_first"] = settings.tls_handshake_first
-        if settings.tls_server_name:
-            opts["tls_hostname"] = settings.tls_server_name
+    if tls is None:
+        return {}
+    opts: dict[str, Any] = {"tls": tls, "tls_handshake_first": settings.tls_handshake_first}
+    if settings.tls_server_name:
+        opts["tls_hostname"] = settings.tls_server_name
     return opts
 
 
@@ -531,9 +559,6 @@ async def connect(
     :func:`until_lost` turns into the service's stop.
     """
     metrics = NatsMetrics.create(registry)
-    # A bounded initial attempt (nats-py would otherwise loop silently forever on an
-    # unreachable server); our loop below retries with logging. Once connected, the
-    # client reconnects by itself without limit.
     client: list[NATS] = []
     lost = asyncio.Event()
     # What went wrong in an attempt, as nats-py reported it to the error callback: it
@@ -554,24 +579,35 @@ async def connect(
         lost.set,
         reported,
     )
+    nc = await _first_connection(settings, opts, causes, retry)
+    client.append(nc)
+    _lost[nc] = lost
+    metrics.connected.set(1)
+    url = without_secrets(nc.connected_url.geturl()) if nc.connected_url else ""
+    log.info("NATS connected", extra={"url": url})
+    return nc
+
+
+async def _first_connection(
+    settings: NatsSettings, opts: dict[str, Any], causes: list[Exception], retry: bool
+) -> NATS:
+    """:func:`connect`'s first connection. With ``retry``, rounds of attempts until one
+    succeeds, each failed round logged (:func:`_retry_line`) and followed by a capped
+    backoff; without, a failed round is a :class:`StartupError`. ``causes``: what
+    nats-py reported to ``opts``' error callback during a round (``reported`` of
+    :func:`connect_options`), cleared before each."""
+    # A bounded initial attempt (nats-py would otherwise loop silently forever on an
+    # unreachable server); our loop below retries with logging. Once connected, the
+    # client reconnects by itself without limit.
     # One attempt per round tries each server twice (nats-py's least), back to back: the
     # wait between rounds is this loop's, the one its retry line announces.
-    opts.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0)
+    opts = dict(opts, allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0)
     shown = without_secrets(settings.url)
     delay = 0.1
     while True:
         causes.clear()
         try:
-            nc = _Client()
-            await nc.connect(**opts)
-            nc.options.update(
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=settings.reconnect_wait_max,
-            )
-            client.append(nc)
-            _lost[nc] = lost
-            break
+            return await _connect_round(settings, opts)
         except TlsNotOfferedError as e:  # configuration, not reachability: no retry
             raise StartupError("nats", str(e)) from e
         except Exception as e:  # nats-py raises a variety of errors for "unreachable"
@@ -585,9 +621,18 @@ async def connect(
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.reconnect_wait_max)
-    metrics.connected.set(1)
-    url = without_secrets(nc.connected_url.geturl()) if nc.connected_url else ""
-    log.info("NATS connected", extra={"url": url})
+
+
+async def _connect_round(settings: NatsSettings, opts: dict[str, Any]) -> NATS:
+    """One round of attempts (``opts``); the client, connected, then reconnects by itself
+    forever."""
+    nc = _Client()
+    await nc.connect(**opts)
+    nc.options.update(
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=settings.reconnect_wait_max,
+    )
     return nc
 
 

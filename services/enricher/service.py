@@ -31,6 +31,7 @@ from flowscope.enricher.names import NameCache
 from flowscope.enricher.processes import SocketTable
 from flowscope.enricher.settings import Settings
 from flowscope.enricher.watching import ApiHealth, Informer, Pulse, WatchSettings, resources
+from nats.aio.client import Client as NATS
 
 log = logging.getLogger("flowscope.enricher")
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -55,9 +56,9 @@ def keep_freed_memory() -> bool:
     top over twice that back to the kernel as soon as it is free, to take it again
     for the next batch. Fixed thresholds (32 MB for mappings, 64 MB kept at the top)
     keep that memory in the heap; the periodic :func:`release_free_memory` still
-    returns it every 30 s. Measured end to end (docs/performance.md: the same settings
-    through glibc's environment variables, 2 alternating pairs): 6 to 15 % less CPU per
-    raw batch, most of it inside the compiled core; resident memory unchanged.
+    returns it every 30 s. Measured end to end (docs/performance-history.md: the same
+    settings through glibc's environment variables, 2 alternating pairs): 6 to 15 % less
+    CPU per raw batch, most of it inside the compiled core; resident memory unchanged.
     """
     mallopt = _glibc("mallopt")
     if mallopt is None:
@@ -155,13 +156,43 @@ async def kube_client(settings: Settings) -> Any | None:
 async def body(rt: Runtime, settings: Settings) -> None:
     """Set everything up on the runtime's stack and start the root tasks."""
     rt.health.set("consumers", False, "starting")
+    _check_ack_wait(settings)
+    metrics = Metrics.create(rt.registry)
+    api, inventory, resolver = await _metadata_source(rt, settings)
+    enricher = build_enricher(settings, resolver)
+    connection = await messaging.connect_service(rt, settings.nats, "enricher")
+    if connection is None:
+        return  # SIGTERM while NATS was still unreachable
+    nc, js, streams = connection
+    pipeline = await _start_pipeline(rt, nc, enricher, metrics, streams)
+    rt.health.set("consumers", False, "waiting for join state and metadata")
+    caught_up = await _start_state_feeds(rt, js, pipeline, settings.join.state_lookback)
+    api_health = ApiHealth()
+    if api is not None and inventory is not None:
+        _start_informers(rt, settings, api, inventory, metrics, api_health)
+        rt.spawn(_keep_warm(inventory, enricher, rt.stopping), "identities")
+    else:
+        rt.spawn(_refresh_local(resolver, rt.stopping), "local-addresses")
+    rt.spawn(_start_work(rt, settings, pipeline, js, caught_up, inventory), "work")
+    _start_upkeep(rt, settings, pipeline, metrics, inventory, api_health)
+
+
+def _check_ack_wait(settings: Settings) -> None:
+    """Refuse an ack wait within 1 s of the merge window: flow batches are held that long
+    before their ack, so every one would be redelivered."""
     if settings.consumer.ack_wait <= settings.join.merge_window + 1:
         raise ConfigError(
             "--consumer-ack-wait",
             f"{settings.consumer.ack_wait}s must exceed the merge window "
             f"({settings.join.merge_window}s) by more than 1s, or every batch is redelivered",
         )
-    metrics = Metrics.create(rt.registry)
+
+
+async def _metadata_source(
+    rt: Runtime, settings: Settings
+) -> tuple[Any | None, Inventory | None, Resolver]:
+    """The Kubernetes API client (closed as the service stops) and the inventory its
+    informers fill, or (local mode) neither; and the resolver over either."""
     api = await kube_client(settings)
     inventory: Inventory | None = None
     resolver: Resolver
@@ -170,12 +201,18 @@ async def body(rt: Runtime, settings: Settings) -> None:
         resolver = inventory = Inventory(settings.kubernetes.deleted_grace)
     else:
         resolver = local.LocalResolver(await asyncio.to_thread(local.local_addresses))
-    join = settings.join
-    enricher = build_enricher(settings, resolver)
-    connection = await messaging.connect_service(rt, settings.nats, "enricher")
-    if connection is None:
-        return  # SIGTERM while NATS was still unreachable
-    nc, js, streams = connection
+    return api, inventory, resolver
+
+
+async def _start_pipeline(
+    rt: Runtime,
+    nc: NATS,
+    enricher: Enricher,
+    metrics: Metrics,
+    streams: messaging.StreamKeeper,
+) -> consuming.Pipeline:
+    """The pipeline, its publisher started (closed as the service stops) and its
+    streams' state reported as the ``publishing`` check."""
     rt.health.set("publishing", True, "publishing")
 
     def report_streams(ready: bool, detail: str) -> None:
@@ -186,25 +223,37 @@ async def body(rt: Runtime, settings: Settings) -> None:
     if not await pipeline.use_atomic():
         log.info("output streams do not allow atomic batches: one ack per message")
     rt.stack.push_async_callback(pipeline.publisher.close)
-    rt.health.set("consumers", False, "waiting for join state and metadata")
+    return pipeline
 
+
+async def _start_state_feeds(
+    rt: Runtime, js: Any, pipeline: consuming.Pipeline, lookback: float
+) -> asyncio.Event:
+    """Subscribe the socket and DNS feeds (closed as the service stops) and spawn the
+    root task that keeps them subscribed, reported as the ``state`` check; returns the
+    event set once their replay has caught up."""
     rt.health.set("state", False, "replaying socket and DNS events")
-    feeds = await consuming.state_feed(js, pipeline, join.state_lookback)
+    feeds = await consuming.state_feed(js, pipeline, lookback)
     rt.stack.push_async_callback(feeds.close)
-    caught_up = feeds.caught_up
 
     def report_feeds(alive: bool) -> None:
         detail = "socket and DNS feeds subscribed again" if alive else "socket or DNS feed lost"
         rt.health.set("state", alive, detail)
 
     rt.spawn(consuming.feed_loop(feeds, report_feeds, rt.stopping), "state-feeds")
-    api_health = ApiHealth()
-    if api is not None and inventory is not None:
-        _start_informers(rt, settings, api, inventory, metrics, api_health)
-        rt.spawn(_keep_warm(inventory, enricher, rt.stopping), "identities")
-    else:
-        rt.spawn(_refresh_local(resolver, rt.stopping), "local-addresses")
-    rt.spawn(_start_work(rt, settings, pipeline, js, caught_up, inventory), "work")
+    return feeds.caught_up
+
+
+def _start_upkeep(
+    rt: Runtime,
+    settings: Settings,
+    pipeline: consuming.Pipeline,
+    metrics: Metrics,
+    inventory: Inventory | None,
+    api_health: ApiHealth,
+) -> None:
+    """Spawn the upkeep root task (every 2 s): consumer lag, expiries, the sweep of
+    deleted objects, freed memory every 30 s, the Kubernetes gauges and check."""
     sweep = inventory.sweep if inventory is not None else (lambda: 0)
 
     ticks = itertools.count()
@@ -217,20 +266,28 @@ async def body(rt: Runtime, settings: Settings) -> None:
         metrics.staleness.set(staleness)
         if inventory is not None:
             metrics.identities.set(inventory.cached)
-            # What the API refuses (a 403 where RBAC lacks a resource) is what to fix.
-            refused = api_health.refusals()
-            if inventory.ready:
-                # Still ready: the last known metadata keeps serving; the detail says how old.
-                why = "refusing" if refused else "unreachable"
-                detail = f"API {why} for {staleness:.0f}s; serving last known metadata"
-                detail += f"; {refused}" if refused else ""
-                rt.health.set("kubernetes", True, detail if staleness > 0 else "synced")
-            else:
-                pending = "first LIST of every resource pending"
-                rt.health.set("kubernetes", False, f"{pending}; {refused}" if refused else pending)
+            _report_kubernetes(rt, inventory, api_health, staleness)
 
     durables = {w.kind: f"{settings.consumer.durable}-{w.suffix}" for w in consuming.WORK}
     rt.spawn(consuming.upkeep_loop(pipeline, durables, chores, rt.stopping, 2.0), "upkeep")
+
+
+def _report_kubernetes(
+    rt: Runtime, inventory: Inventory, api_health: ApiHealth, staleness: float
+) -> None:
+    """The ``kubernetes`` check: synced, serving metadata ``staleness`` seconds old, or
+    waiting for the first LISTs; with what the API refuses."""
+    # What the API refuses (a 403 where RBAC lacks a resource) is what to fix.
+    refused = api_health.refusals()
+    if inventory.ready:
+        # Still ready: the last known metadata keeps serving; the detail says how old.
+        why = "refusing" if refused else "unreachable"
+        detail = f"API {why} for {staleness:.0f}s; serving last known metadata"
+        detail += f"; {refused}" if refused else ""
+        rt.health.set("kubernetes", True, detail if staleness > 0 else "synced")
+    else:
+        pending = "first LIST of every resource pending"
+        rt.health.set("kubernetes", False, f"{pending}; {refused}" if refused else pending)
 
 
 def build_enricher(settings: Settings, resolver: Resolver) -> Enricher:
