@@ -179,34 +179,50 @@ class Pipeline:
         stream = subjects.STREAM_FLOWS if schema is codec.FLOW else subjects.STREAM_DNS
         generation = self.streams.generation
         try:
-            if msg.metadata.num_delivered > 1 and await self._marked(schema, output, raw_id):
+            messages = await self._left_one_by_one(schema, output, msg, raw_id)
+            if messages is None:  # stored already, or now in one atomic batch
                 self._found(stream)
                 return True
-            if self.atomic_after <= time.monotonic():
-                refused = await self._publish_framed(schema, output, raw_id)
-                if refused is True:
-                    self._found(stream)
-                    return True
-                messages = self._messages(schema, output, raw_id)
-                if isinstance(refused, PublishError):
-                    messages = await self._refused(refused, messages, messages)
-                else:
-                    messages = await self._publish_atomic(messages)
-            else:
-                messages = self._messages(schema, output, raw_id)
             await self._publish_each(messages)
         except Exception as e:  # timeouts, no stream, stream errors: retry the batch
-            if isinstance(e, PublishError) and e.unexpected:
-                self.markers = False  # (the stream stored the question: see __init__)
-                self.bad_log.warning(
-                    "markers-off", "the stream stored a question: raw batch markers off, "
-                    "a crash can now store a record twice", error=str(e),
-                )  # fmt: skip
-            self.bad_log.warning("publish", "publishing enriched records failed", error=repr(e))
-            await self._no_stream(stream, e, generation)
+            await self._publish_failed(stream, e, generation)
             return False
         self._found(stream)
         return True
+
+    async def _left_one_by_one(
+        self, schema: codec.Schema, output: Output, msg: Msg, raw_id: str
+    ) -> list[Message] | None:
+        """:meth:`_publish` up to its one-by-one step: the messages left for it, or None
+        when the whole output is stored — by an earlier attempt (a redelivered raw batch
+        whose marker is stored), or now, framed as one atomic batch. With atomic batches
+        off, all of :meth:`_messages`; else what atomic batches left (:meth:`_refused`).
+        Errors are raised."""
+        if msg.metadata.num_delivered > 1 and await self._marked(schema, output, raw_id):
+            return None
+        if self.atomic_after <= time.monotonic():
+            refused = await self._publish_framed(schema, output, raw_id)
+            if refused is True:
+                return None
+            messages = self._messages(schema, output, raw_id)
+            if isinstance(refused, PublishError):
+                return await self._refused(refused, messages, messages)
+            return await self._publish_atomic(messages)
+        return self._messages(schema, output, raw_id)
+
+    async def _publish_failed(self, stream: str, error: Exception, generation: int) -> None:
+        """After publishing a raw batch's output to ``stream`` failed with ``error``
+        (``generation``: the stream keeper's when it started): markers off if the stream
+        stored the question whether one is stored, logged, the streams made again if
+        none captured it (:meth:`_no_stream`)."""
+        if isinstance(error, PublishError) and error.unexpected:
+            self.markers = False  # (the stream stored the question: see __init__)
+            self.bad_log.warning(
+                "markers-off", "the stream stored a question: raw batch markers off, "
+                "a crash can now store a record twice", error=str(error),
+            )  # fmt: skip
+        self.bad_log.warning("publish", "publishing enriched records failed", error=repr(error))
+        await self._no_stream(stream, error, generation)
 
     async def _no_stream(self, stream: str, error: Exception, generation: int) -> None:
         """After a publish to ``stream`` failed with ``error``: if no stream captured it,
@@ -765,52 +781,77 @@ async def work_loop(
     finished (anything left unacked is redelivered after ``ack_wait``).
     """
     queue: asyncio.Queue[tuple[float, Msg] | None] = asyncio.Queue(maxsize=settings.batch * 2)
+    await asyncio.gather(
+        _fetch_work(consumer, pipeline, settings, hold, queue, stopping),
+        _handle_work(queue, kind, pipeline),
+    )
 
-    async def fetch() -> None:
-        checked = time.monotonic()
-        while not stopping.is_set():
-            assert consumer.sub is not None
-            try:
-                msgs = await consumer.sub.fetch(settings.batch, timeout=0.5)
-            except (NatsTimeoutError, TimeoutError):
-                # An idle consumer and a lost one look alike: ask now and then.
-                if time.monotonic() - checked > LOST_CHECK and await consumer.gone():
-                    await consumer.restore(stopping)
-                checked = time.monotonic()
-                continue
-            except NatsError as e:
-                if await consumer.gone():
-                    await consumer.restore(stopping)
-                    continue
-                # disconnected: the client reconnects by itself
-                pipeline.bad_log.warning("fetch", "fetching raw messages failed", error=repr(e))
-                await asyncio.sleep(0.5)
-                continue
-            due = time.monotonic() + hold
-            for msg in msgs:
-                await queue.put((due, msg))
-        await queue.put(None)
 
-    async def process() -> None:
-        # Enriching is synchronous, so batches are enriched in arrival order; up to
-        # HANDLERS of them wait for their publish acknowledgements at the same time.
-        slots = asyncio.Semaphore(HANDLERS)
-        running: set[asyncio.Task[None]] = set()
-        while (item := await queue.get()) is not None:
-            due, msg = item
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await slots.acquire()
-            for task in [t for t in running if t.done()]:
-                running.discard(task)
-                task.result()  # a bug in handling crashes the service loudly
-            task = asyncio.create_task(pipeline.handle(kind, msg))
-            task.add_done_callback(lambda _: slots.release())
-            running.add(task)
-        await asyncio.gather(*running)
+async def _fetch_work(
+    consumer: WorkConsumer,
+    pipeline: Pipeline,
+    settings: ConsumerSettings,
+    hold: float,
+    queue: asyncio.Queue[tuple[float, Msg] | None],
+    stopping: asyncio.Event,
+) -> None:
+    """:func:`work_loop`'s fetching: each message into ``queue`` with the time it is due
+    (``hold`` seconds after it arrived), until stopping; then None, the end."""
+    checked = time.monotonic()
+    while not stopping.is_set():
+        assert consumer.sub is not None
+        try:
+            msgs = await consumer.sub.fetch(settings.batch, timeout=0.5)
+        except (NatsTimeoutError, TimeoutError):
+            # An idle consumer and a lost one look alike: ask now and then.
+            if time.monotonic() - checked > LOST_CHECK and await consumer.gone():
+                await consumer.restore(stopping)
+            checked = time.monotonic()
+            continue
+        except NatsError as e:
+            await _fetch_failed(consumer, pipeline, e, stopping)
+            continue
+        due = time.monotonic() + hold
+        for msg in msgs:
+            await queue.put((due, msg))
+    await queue.put(None)
 
-    await asyncio.gather(fetch(), process())
+
+async def _fetch_failed(
+    consumer: WorkConsumer, pipeline: Pipeline, error: NatsError, stopping: asyncio.Event
+) -> None:
+    """After a fetch failed with ``error``: the consumer made again if the server lost
+    it; else logged, and a pause before the next fetch."""
+    if await consumer.gone():
+        await consumer.restore(stopping)
+        return
+    # disconnected: the client reconnects by itself
+    pipeline.bad_log.warning("fetch", "fetching raw messages failed", error=repr(error))
+    await asyncio.sleep(0.5)
+
+
+async def _handle_work(
+    queue: asyncio.Queue[tuple[float, Msg] | None], kind: str, pipeline: Pipeline
+) -> None:
+    """:func:`work_loop`'s handling: each queued message once it is due, until the end
+    (None); then waits for those still being handled."""
+    # Enriching is synchronous, so batches are enriched in arrival order; up to
+    # HANDLERS of them wait for their publish acknowledgements at the same time.
+    slots = asyncio.Semaphore(HANDLERS)
+    running: set[asyncio.Task[None]] = set()
+    while (item := await queue.get()) is not None:
+        due, msg = item
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        for task in [t for t in running if t.done()]:
+            running.discard(task)
+            task.result()  # a bug in handling crashes the service loudly
+        task = asyncio.create_task(pipeline.handle(kind, msg))
+        task.add_done_callback(lambda _: slots.release())
+        running.add(task)
+    await asyncio.gather(*running)
 
 
 async def feed_loop(

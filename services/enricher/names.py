@@ -117,9 +117,23 @@ class NameCache:
             form = kept_json(name)
         except orjson.JSONEncodeError:  # a lone surrogate: no record could carry it
             return 0
+        return self._learn_answers(name, form, answers, (client, *also), received, now)
+
+    def _learn_answers(
+        self,
+        name: str,
+        form: bytes,
+        answers: Sequence[Mapping[str, Any]],
+        clients: tuple[str, ...],
+        received: float,
+        now: float,
+    ) -> int:
+        """:meth:`learn` for the question ``name`` (``form``: its JSON), for each of
+        ``clients``: the address answers on its chain still valid ``now``, their lifetimes
+        run from ``received``. One loop with no call per answer (only a new entry makes
+        one): this runs for every DNS record."""
         learned = 0
-        entries, counts = self._entries, self._answers
-        clients = (client, *also)
+        entries = self._entries
         chain: set[str] | None = None  # walked when an answer's owner is not the question
         for answer in answers:
             if answer.get("type") not in ADDRESS_TYPES:
@@ -139,13 +153,7 @@ class NameCache:
                 key = (asker, address)
                 entry = entries.get(key)
                 if entry is None:
-                    count = counts.get(address, 0)
-                    if not count:
-                        self.generation += 1
-                    counts[address] = count + 1
-                    entries[key] = entry = [name, expiry, form, False]
-                    if len(entries) > self.max_entries:
-                        self._evict(entry)
+                    self._add_entry(key, name, expiry, form)
                     continue
                 # another name's entry that outlives this answer stays (see the module);
                 # else updated in place: the entry stays the one under its key (the class)
@@ -154,6 +162,20 @@ class NameCache:
                 entries.move_to_end(key)
             learned += 1
         return learned
+
+    def _add_entry(self, key: tuple[str, str], name: str, expiry: float, form: bytes) -> None:
+        """A new, unmarked entry under ``key`` (client, address): counted for its address
+        (its first bumps ``generation``), then the table bounded (:meth:`_evict`)."""
+        address = key[1]
+        counts = self._answers
+        count = counts.get(address, 0)
+        if not count:
+            self.generation += 1
+        counts[address] = count + 1
+        entries = self._entries
+        entries[key] = entry = [name, expiry, form, False]
+        if len(entries) > self.max_entries:
+            self._evict(entry)
 
     def _evict(self, new: list[Any]) -> None:
         """Drop one entry: the first unused one from the oldest end that is not ``new``,
