@@ -182,6 +182,58 @@ def check_observer(observer: str, schema: str, index: int) -> None:
         )
 
 
+# A raw flow's fields, as _flow_fields returns them: observer, proto, src, dst, sport,
+# dport, start_ns, end_ns, end_reason, bytes, packets, rbytes, rpackets, tcp_flags,
+# initiator, nat_dst (None when absent); a tuple: one allocation, unpacked by the caller
+_FlowFields = tuple[str, int, str, str, int, int, int, int, str, int, int, int, int, int, bool, Any]
+_Owner = SocketOwner | None  # an end's process, when the socket events name it
+_Dialled = tuple[str, int] | None  # (Service address, port) a DNAT'ed flow's client dialled
+
+
+def _flow_fields(raw: Any, i: int) -> _FlowFields:
+    """A raw flow's fields in ``_FlowFields``' order, checked (:func:`check`, fast): keys
+    are read once and type-checked in one expression; only a record failing that goes
+    through :func:`check` for a precise error. ``nat_dst`` (None when absent) is checked
+    with ``nat_dport`` by ``Enricher._nat``."""
+    try:
+        observer: str = raw["observer"]
+        proto: int = raw["proto"]
+        src_text: str = raw["src"]
+        dst_text: str = raw["dst"]
+        sport: int = raw["sport"]
+        dport: int = raw["dport"]
+        start_ns, end_ns, reason = raw["start_ns"], raw["end_ns"], raw["end_reason"]
+        fwd_b, fwd_p, rev_b, rev_p = raw["bytes"], raw["packets"], raw["rbytes"], raw["rpackets"]
+        flags = raw.get("tcp_flags", 0)
+        initiator = raw.get("initiator", False)
+        nat_dst = raw.get("nat_dst")  # set on a DNAT'ed flow (see _nat_ends)
+    except (KeyError, TypeError, AttributeError):
+        check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
+        raise  # check always raises for such a record
+    if not (
+        type(observer) is str and type(proto) is int and type(src_text) is str
+        and type(dst_text) is str and type(sport) is int and type(dport) is int
+        and type(start_ns) is int and type(end_ns) is int and type(reason) is str
+        and type(fwd_b) is int and type(fwd_p) is int and type(rev_b) is int
+        and type(rev_p) is int and type(flags) is int and type(initiator) is bool
+        and type(raw.get("ifindex", 0)) is int
+    ):  # fmt: skip
+        check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
+    # the values in one expression too (check_observer's rule inline: a call per record
+    # saved); the checks in their order, for the first fault's error, only when it fails
+    if not (
+        0 < len(observer) <= MAX_NODE_NAME and reason in END_REASONS
+        and 0 <= proto <= 255 and 0 <= sport <= 65535 and 0 <= dport <= 65535
+        and 0 <= flags <= 255 and fwd_b >= 0 and fwd_p >= 0 and rev_b >= 0 and rev_p >= 0
+    ):  # fmt: skip
+        check_observer(observer, "raw.flow", i)
+        if reason not in END_REASONS:
+            raise RecordError("raw.flow", i, f"unknown end_reason {reason!r}")
+        raise RecordError("raw.flow", i, "proto, port, flag or counter out of range")
+    return (observer, proto, src_text, dst_text, sport, dport, start_ns, end_ns, reason,
+            fwd_b, fwd_p, rev_b, rev_p, flags, initiator, nat_dst)  # fmt: skip
+
+
 def merge_owner(src: tuple[str, int], dst: tuple[str, int], src_home: str, dst_home: str) -> str:
     """The node whose report of a connection is kept ('' when no end's home is known):
     direction-free.
@@ -572,12 +624,30 @@ class Enricher:
         if self.native and render is render_line:
             # The same loop in C: the common record's lookups, Community ID and line;
             # any other record (bad, NAT'ed, an address not seen yet, …) goes through
-            # _flow below, in order, so the output is this loop's.
+            # _flow, in order, so the output is _enrich_flows's.
             if body is None:
                 _flowcore.flow_lines(self, records, now, out)
             elif not _flowcore.flow_body(self, *body, now, out):
                 return False
-            records = ()
+        else:
+            self._enrich_flows(records, now, render, by_subject, out)
+        if not ready:  # nothing is known to be external before the first full sync
+            lookups["unknown"] += lookups["external"]
+            lookups["external"] = 0
+        tally.process_misses = 2 * (tally.records_in - len(out.bad)) - tally.process_hits
+        return True
+
+    def _enrich_flows(
+        self,
+        records: Iterable[Any],
+        now: float,
+        render: Render,
+        by_subject: dict[str, list[Any]],
+        out: Output,
+    ) -> None:
+        """The Python path of :meth:`_flows`: each record through :meth:`_flow`, in order,
+        into ``by_subject``, its bad records and its tally."""
+        tally = out.tally
         flow = self._flow
         for i, record in enumerate(records):
             tally.records_in += 1
@@ -596,58 +666,57 @@ class Enricher:
             else:
                 bucket.append(wire)
             tally.records_out += 1
-        if not ready:  # nothing is known to be external before the first full sync
-            lookups["unknown"] += lookups["external"]
-            lookups["external"] = 0
-        tally.process_misses = 2 * (tally.records_in - len(out.bad)) - tally.process_hits
-        return True
 
     def _flow(
         self, raw: Any, i: int, now: float, tally: Tally, render: Render
     ) -> tuple[str, Any] | None:
         """One raw flow → (subject, rendered record), or None when it is a dropped duplicate.
 
-        The hot path, kept in one function on purpose (a call costs about as much as
-        a lookup here): keys are read once and type-checked in one expression; only a
-        record failing that goes through :func:`check` for a precise error.
+        The hot path, in steps that hand their values on as locals and tuples (no object
+        per record); a call costs about as much as a lookup here, so the short parts
+        (orienting, dedup, rendering) stay inline.
         """
-        try:
-            observer: str = raw["observer"]
-            proto: int = raw["proto"]
-            src_text: str = raw["src"]
-            dst_text: str = raw["dst"]
-            sport: int = raw["sport"]
-            dport: int = raw["dport"]
-            start_ns, end_ns, reason = raw["start_ns"], raw["end_ns"], raw["end_reason"]
-            fwd_b, fwd_p, rev_b, rev_p = (
-                raw["bytes"],
-                raw["packets"],
-                raw["rbytes"],
-                raw["rpackets"],
-            )
-            flags = raw.get("tcp_flags", 0)
-            initiator = raw.get("initiator", False)
-            nat_dst = raw.get("nat_dst")  # set on a DNAT'ed flow (see _nat_ends)
-        except (KeyError, TypeError, AttributeError):
-            check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
-            raise  # check always raises for such a record
-        if not (
-            type(observer) is str and type(proto) is int and type(src_text) is str
-            and type(dst_text) is str and type(sport) is int and type(dport) is int
-            and type(start_ns) is int and type(end_ns) is int and type(reason) is str
-            and type(fwd_b) is int and type(fwd_p) is int and type(rev_b) is int
-            and type(rev_p) is int and type(flags) is int and type(initiator) is bool
-            and type(raw.get("ifindex", 0)) is int
-        ):  # fmt: skip
-            check(raw, "raw.flow", i, _FLOW_REQUIRED, _FLOW_OPTIONAL)
-        check_observer(observer, "raw.flow", i)
-        if reason not in END_REASONS:
-            raise RecordError("raw.flow", i, f"unknown end_reason {reason!r}")
-        if not (
-            0 <= proto <= 255 and 0 <= sport <= 65535 and 0 <= dport <= 65535
-            and 0 <= flags <= 255 and fwd_b >= 0 and fwd_p >= 0 and rev_b >= 0 and rev_p >= 0
-        ):  # fmt: skip
-            raise RecordError("raw.flow", i, "proto, port, flag or counter out of range")
+        (observer, proto, src_text, dst_text, sport, dport, start_ns, end_ns, reason, fwd_b,
+         fwd_p, rev_b, rev_p, flags, initiator, nat_dst) = _flow_fields(raw, i)  # fmt: skip
+        src, dst, network, src_packed, dst_packed = self._flow_addresses(src_text, dst_text, i)
+        # (Service address, port) the client dialled, and the backend's address
+        nat = None if nat_dst is None else self._nat(raw, i)
+        at = self._saw_report(observer, end_ns)
+        src_id, dst_id, src_proc, dst_proc, nat, backend = self._join_ends(
+            observer, proto, src, sport, dst, dport, nat, tally
+        )
+        direction = _FORWARD
+        if initiator or _initiated(src_proc, dst_proc):
+            pass
+        elif _initiated(dst_proc, src_proc):
+            src, dst, sport, dport = dst, src, dport, sport
+            src_packed, dst_packed = dst_packed, src_packed
+            src_id, dst_id, src_proc, dst_proc = dst_id, src_id, dst_proc, src_proc
+            fwd_b, fwd_p, rev_b, rev_p = rev_b, rev_p, fwd_b, fwd_p
+        else:
+            direction = _UNKNOWN
+        src_home, dst_home = src_id.home, dst_id.home
+        if (src_home or dst_home) and self._duplicate(
+            observer, at, (src, sport), (dst, dport), src_home, dst_home
+        ):
+            return None
+        src_id, dst_id, src_name, dst_name = self._domains(
+            nat, now, src, dst, src_id, dst_id, backend, tally
+        )
+        cid = self._community_id(proto, src, dst, sport, dport, src_packed, dst_packed, reason)
+        ported = proto not in ICMP_PROTOS
+        record = render(
+            cid, start_ns, end_ns, reason, direction, network, proto, sport if ported else 0,
+            dport if ported else 0, fwd_b, fwd_p, rev_b, rev_p, observer, flags, src_id, dst_id,
+            src_proc, dst_proc, dst_name, src_name,
+        )  # fmt: skip
+        return f"{subjects.FLOWS}.{src_id.token}.{dst_id.token}", record
+
+    def _flow_addresses(
+        self, src_text: str, dst_text: str, i: int
+    ) -> tuple[str, str, str, bytes, bytes]:
+        """(source, destination, network.type, source bytes, destination bytes) of a raw
+        flow's two addresses (:meth:`_address`); RecordError when they are of two families."""
         addresses = self._addresses
         src_found = addresses.get(src_text) or self._address(src_text, "raw.flow", i, "src")
         dst_found = addresses.get(dst_text) or self._address(dst_text, "raw.flow", i, "dst")
@@ -655,11 +724,12 @@ class Enricher:
         dst, dst_network, dst_packed = dst_found
         if dst_network != network:
             raise RecordError("raw.flow", i, "src and dst are of different address families")
-        # (Service address, port) the client dialled, and the backend's address
-        nat = None if nat_dst is None else self._nat(raw, i)
-        backend = dst
-        # the observer's event (Observers.saw, inline); the report is judged at its
-        # own end time
+        return src, dst, network, src_packed, dst_packed
+
+    def _saw_report(self, observer: str, end_ns: int) -> int:
+        """The observer's event at the report's end time, as :meth:`Observers.saw` takes
+        it (inline: no call when it falls in the node's newest minute); returns that time
+        (:func:`event_time`), at which the report is judged."""
         at = end_ns if 0 <= end_ns <= MAX_TIME_NS else event_time(end_ns)
         observers = self.observers
         seen = observers.seen
@@ -668,6 +738,18 @@ class Enricher:
         minutes = observers.minutes.get(observer)
         if not minutes or minutes[-1] != at // MINUTE_NS:  # else its newest minute
             observers.in_minute(observer, at // MINUTE_NS)
+        return at
+
+    def _join_ends(
+        self, observer: str, proto: int, src: str, sport: int, dst: str, dport: int,
+        nat: _Dialled, tally: Tally,
+    ) -> tuple[Identity, Identity, _Owner, _Owner, _Dialled, str]:  # fmt: skip
+        """(source identity, destination identity, source process, destination process,
+        ``nat``, the backend's address) of a flow's ends as reported: each end resolved,
+        its process found on the reporting node, else on the end's own node (else,
+        DNAT'ed, by the Service the client dialled), and its identity refined by that
+        process's container (:meth:`_refine`). ``nat`` is also found here when the
+        backend's node reports the connection (:meth:`_dialled_ends`)."""
         resolve = self.resolver.resolve
         lookups = tally.lookups
         src_id = resolve(src)
@@ -683,41 +765,47 @@ class Enricher:
         dst_proc = find(observer, proto, dst, dport, src, sport)
         if dst_proc is None and dst_id.home and dst_id.home != observer:
             dst_proc = find(dst_id.home, proto, dst, dport, src, sport)
+        backend = dst
         if nat is None and (src_proc is None or dst_proc is None) and self.sockets.dialling:
             # the backend's node reports a connection the client's node DNAT'ed
-            if src_proc is None and (
-                via := self._via(observer, src_id, dst_id, proto, src, sport, dst)
-            ):
-                nat, src_proc = via
-            elif dst_proc is None and (
-                via := self._via(observer, dst_id, src_id, proto, dst, dport, src)
-            ):
-                nat, dst_proc = via
-                backend = src
+            nat, src_proc, dst_proc, backend = self._dialled_ends(
+                observer, proto, src, sport, dst, dport, src_id, dst_id, src_proc, dst_proc
+            )
         if src_proc is not None:
             tally.process_hits += 1
             src_id = self._refine(src_id, src_proc)
         if dst_proc is not None:
             tally.process_hits += 1
             dst_id = self._refine(dst_id, dst_proc)
+        return src_id, dst_id, src_proc, dst_proc, nat, backend
 
-        direction = _FORWARD
-        if initiator or _initiated(src_proc, dst_proc):
-            pass
-        elif _initiated(dst_proc, src_proc):
-            src, dst, sport, dport = dst, src, dport, sport
-            src_packed, dst_packed = dst_packed, src_packed
-            src_id, dst_id, src_proc, dst_proc = dst_id, src_id, dst_proc, src_proc
-            fwd_b, fwd_p, rev_b, rev_p = rev_b, rev_p, fwd_b, fwd_p
-        else:
-            direction = _UNKNOWN
-
-        src_home, dst_home = src_id.home, dst_id.home
-        if (src_home or dst_home) and self._duplicate(
-            observer, at, (src, sport), (dst, dport), src_home, dst_home
+    def _dialled_ends(
+        self, observer: str, proto: int, src: str, sport: int, dst: str, dport: int,
+        src_id: Identity, dst_id: Identity, src_proc: _Owner, dst_proc: _Owner,
+    ) -> tuple[_Dialled, _Owner, _Owner, str]:  # fmt: skip
+        """((Service address, port) or None, source process, destination process, the
+        backend's address) of a flow not known to be DNAT'ed with an end's process not
+        found: the backend's node reports a connection the client's node DNAT'ed when
+        one end's socket dialled a Service (:meth:`_via`)."""
+        if src_proc is None and (
+            via := self._via(observer, src_id, dst_id, proto, src, sport, dst)
         ):
-            return None
+            nat, src_proc = via
+            return nat, src_proc, dst_proc, dst
+        if dst_proc is None and (
+            via := self._via(observer, dst_id, src_id, proto, dst, dport, src)
+        ):
+            nat, dst_proc = via
+            return nat, src_proc, dst_proc, src
+        return None, src_proc, dst_proc, dst
 
+    def _domains(
+        self, nat: _Dialled, now: float, src: str, dst: str, src_id: Identity,
+        dst_id: Identity, backend: str, tally: Tally,
+    ) -> tuple[Identity, Identity, str | None, str | None]:  # fmt: skip
+        """(source identity, destination identity, source domain, destination domain):
+        each end's name as the other end resolved it (a DNAT'ed flow's: :meth:`_nat_ends`);
+        a destination domain found is a DNS hit."""
         lookup = self.names.lookup
         if nat is None:
             dst_name = lookup(src, dst, now)
@@ -730,7 +818,14 @@ class Enricher:
             tally.dns_hits += 1
         else:
             tally.dns_misses += 1
-        ported = proto not in ICMP_PROTOS
+        return src_id, dst_id, src_name, dst_name
+
+    def _community_id(
+        self, proto: int, src: str, dst: str, sport: int, dport: int, src_packed: bytes,
+        dst_packed: bytes, reason: str,
+    ) -> str:  # fmt: skip
+        """The flow's Community ID, remembered per oriented 5-tuple while the flow is open
+        (``_cids``) and forgotten with its final report."""
         cids = self._cids
         cid = cids.get(key := (proto, src, dst, sport, dport))
         if cid is None:
@@ -741,12 +836,7 @@ class Enricher:
                 cids[key] = cid
         elif reason in FINAL_REASONS:
             del cids[key]  # the connection is over: this was its last report
-        record = render(
-            cid, start_ns, end_ns, reason, direction, network, proto, sport if ported else 0,
-            dport if ported else 0, fwd_b, fwd_p, rev_b, rev_p, observer, flags, src_id, dst_id,
-            src_proc, dst_proc, dst_name, src_name,
-        )  # fmt: skip
-        return f"{subjects.FLOWS}.{src_id.token}.{dst_id.token}", record
+        return cid
 
     def _duplicate(
         self, observer: str, at: int, src: tuple[str, int], dst: tuple[str, int],
@@ -883,22 +973,7 @@ class Enricher:
             dns.server_port, tally,
         )  # fmt: skip
         client_id = self._refine(client_id, proc)
-        wire: dict[str, Any] = {
-            "time_ns": dns.time_ns,
-            "dns.id": dns.id,
-            "dns.question.name": dns.qname,
-            "dns.question.type": dns.qtype,
-            "dns.response_code": dns.rcode,
-            "dns.answers": dns.answers,
-            "dns.latency_ns": dns.latency_ns,
-            "observer.node.name": dns.observer,
-            "source.port": dns.client_port,
-            "destination.port": dns.server_port,
-        }
-        wire.update(client_id.source)
-        wire.update(server_id.destination)
-        if proc is not None:
-            _put_process(wire, "source.", proc)
+        wire = _dns_wire(dns, client_id, server_id, proc)
         return subjects.dns(client_id.token), wire
 
     # ------------------------------------------------------------ joins
@@ -985,6 +1060,30 @@ class Enricher:
             at = found.elsewhere.get(ident.address) if found.elsewhere else None
             found = at or _readdressed(found, ident.address)
         return found
+
+
+def _dns_wire(
+    dns: RawDns, client_id: Identity, server_id: Identity, proc: SocketOwner | None
+) -> dict[str, Any]:
+    """A DNS record as a wire dict: the exchange, the client as the source (with its
+    process, when known) and the server as the destination."""
+    wire: dict[str, Any] = {
+        "time_ns": dns.time_ns,
+        "dns.id": dns.id,
+        "dns.question.name": dns.qname,
+        "dns.question.type": dns.qtype,
+        "dns.response_code": dns.rcode,
+        "dns.answers": dns.answers,
+        "dns.latency_ns": dns.latency_ns,
+        "observer.node.name": dns.observer,
+        "source.port": dns.client_port,
+        "destination.port": dns.server_port,
+    }
+    wire.update(client_id.source)
+    wire.update(server_id.destination)
+    if proc is not None:
+        _put_process(wire, "source.", proc)
+    return wire
 
 
 def _initiated(this: SocketOwner | None, other: SocketOwner | None) -> bool:
