@@ -30,7 +30,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -465,6 +465,19 @@ class Drainer:
         may sit in any two chunks; then each chunk is rendered without the entries the
         pairing holds back, and those last, resolved. Cached flows are merged into the
         chunks (or appended as chunks of their own) before the pairing sees them."""
+        chunks, read = yield from self._read_whole_map(cached)
+        chunks.extend(_cached_chunks(cached))
+        if not chunks:
+            return
+        yield from self._render_paired(pairing, chunks, self._context(forced))
+        if read >= TRIM_AFTER_BYTES:
+            _return_freed_heap()
+
+    def _read_whole_map(
+        self, cached: dict[bytes, tuple[Any, ...]]
+    ) -> Generator[list[bytes], None, tuple[list[tuple[bytes, bytes]], int]]:
+        """Every chunk of the map as raw bytes, cached flows merged in, yielding an empty
+        step after each; returns (the chunks, how many bytes they hold)."""
         chunks = []
         read = 0
         words = last_words(cached)
@@ -475,10 +488,13 @@ class Drainer:
             chunks.append((keys, values))
             read += len(keys) + len(values)
             yield []
-        chunks.extend(_cached_chunks(cached))
-        if not chunks:
-            return
-        ctx = self._context(forced)
+        return chunks, read
+
+    def _render_paired(
+        self, pairing: NatPairing, chunks: list[tuple[bytes, bytes]], ctx: DrainContext
+    ) -> Iterator[list[bytes]]:
+        """Each chunk's lines without the entries the pairing holds back (emptying
+        ``chunks``), then the held ones, resolved."""
         held_at = pairing.candidates(chunks)
         chunks.reverse()  # popped from the end: each chunk's bytes freed once rendered
         held_at.reverse()
@@ -491,12 +507,6 @@ class Drainer:
                 yield self.render_chunk(keys, values, ctx)
         if pairing.held:
             yield pairing.resolve(self.memory, ctx)
-        if read >= TRIM_AFTER_BYTES:
-            # glibc keeps the freed chunk buffers in its heap (its mmap threshold rose
-            # when the first were freed): ~10 MB more resident after a 250k-entry drain
-            # without this; malloc_trim takes ~2.5 ms then.
-            with contextlib.suppress(OSError, AttributeError):
-                ct.CDLL(None).malloc_trim(0)
 
     def _context(self, forced: bool) -> DrainContext:
         base_tick, base_ns = self.clock.pair()
@@ -519,14 +529,14 @@ class Drainer:
         :class:`DirectionMemory` applied entry by entry (property-tested), written out
         in one loop into one ``bytes`` template: building the wire dict and encoding it
         took ~1.3 µs per flow, the template ~0.8, and the function calls per entry (two
-        address texts, the end reason, the direction) were a third of the old loop.
+        address texts, the end reason, the direction) were a third of the old loop:
+        hence one flat loop, with no step of its own per entry.
         """
         key_size = abi.FLOW_KEY.size
         memory = self.memory
         resolve, remembered = memory.resolve, memory.known
         by_family, address = ctx.names.by_family, ctx.names.json
-        # The observer is the same in every line: part of the template (``%`` escaped).
-        template = b'{"observer":' + orjson.dumps(ctx.observer).replace(b"%", b"%%") + _FLOW_REST
+        template = _flow_line_template(ctx.observer)
         offset, tick_ns, origin = ctx.offset_ns, ctx.tick_ns, ctx.mono_origin_ns
         forced, now, idle = ctx.forced, ctx.now_mono_ns, ctx.idle_ns
         reasons = (b'"active_timeout"', b'"idle_timeout"')
@@ -581,6 +591,12 @@ class Drainer:
         return out
 
 
+def _flow_line_template(observer: str) -> bytes:
+    """:data:`_FLOW_REST` behind the observer, which is the same in every line of a
+    drain: part of the template (``%`` escaped)."""
+    return b'{"observer":' + orjson.dumps(observer).replace(b"%", b"%%") + _FLOW_REST
+
+
 def _cached_chunks(
     cached: dict[bytes, tuple[Any, ...]], chunk: int = 4096
 ) -> Iterator[tuple[bytes, bytes]]:
@@ -591,6 +607,15 @@ def _cached_chunks(
     for at in range(0, len(items), chunk):
         part = items[at : at + chunk]
         yield b"".join(key for key, _ in part), b"".join(pack(*value) for _, value in part)
+
+
+def _return_freed_heap() -> None:
+    """Give the heap a large paired drain freed back to the system (best effort)."""
+    # glibc keeps the freed chunk buffers in its heap (its mmap threshold rose
+    # when the first were freed): ~10 MB more resident after a 250k-entry drain
+    # without this; malloc_trim takes ~2.5 ms then.
+    with contextlib.suppress(OSError, AttributeError):
+        ct.CDLL(None).malloc_trim(0)
 
 
 # raw_flow_wire()'s dict as orjson writes it, plus the newline (key order: RawFlow's).

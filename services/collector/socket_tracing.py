@@ -214,16 +214,14 @@ def socket_lines(
     family — for the caller to count). Byte for byte ``orjson.dumps(socket_wire(...)) +
     b"\\n"`` (property-tested), written out in one loop into one ``bytes`` template
     instead of a dict per event encoded afterwards: each cgroup is resolved once per
-    read (``container_ids`` maps the distinct ids to container ids; id 0 is "" here),
-    each distinct ``comm`` and container id encoded once. ``process_name`` (pid → the
-    process's name, None when not known) names the process of an event made by a thread
-    other than the main one, whose ``comm`` is the thread's own name (``grpc-worker-3``);
-    it is asked once per read and thread, and the ``comm`` stays when it gives None.
+    read (:func:`_container_json`), each distinct ``comm`` and container id encoded once.
+    ``process_name`` (pid → the process's name, None when not known) names the process
+    of an event made by a thread other than the main one, whose ``comm`` is the thread's
+    own name (``grpc-worker-3``); it is asked once per read and thread, and the ``comm``
+    stays when it gives None. One flat loop on purpose: no function call per event or
+    per thread (only its set-up is done in steps of its own).
     """
-    cgroups = set(map(itemgetter(E_CGROUP), events))
-    cgroups.discard(0)
-    containers = {cgroup: orjson.dumps(c) for cgroup, c in container_ids(cgroups).items()}
-    containers[0] = b'""'
+    containers = _container_json(events, container_ids)
     comms: dict[bytes, bytes] = {}
     # The line's end — the owner: pid, tid, comm, cgroup, container, netns — is the same
     # for all of one thread's events: written once per read and thread (one lookup
@@ -233,8 +231,7 @@ def socket_lines(
     seen4: dict[bytes, bytes] = {}
     seen6: dict[bytes, bytes] = {}
     names, address = _EVENT_JSON, _address_json
-    # The observer is the same in every line: part of the template (``%`` escaped).
-    head = b'{"observer":' + orjson.dumps(observer).replace(b"%", b"%%") + _SOCKET_HEAD
+    head = _socket_line_template(observer)
     out: list[bytes] = []
     odd: list[tuple[Any, ...]] = []
     append = out.append
@@ -267,6 +264,24 @@ def socket_lines(
             dst = seen[daddr] = address(family, daddr)
         append(head % (time_ns + realtime_offset_ns, name, proto, src, sport, dst, dport, owner))
     return out, odd
+
+
+def _container_json(
+    events: list[tuple[Any, ...]], container_ids: Callable[[Iterable[int]], dict[int, str]]
+) -> dict[int, bytes]:
+    """Cgroup id → container id as JSON text, for the events' cgroups: ``container_ids``
+    maps the distinct ids (once per read) to container ids; id 0 is "" here."""
+    cgroups = set(map(itemgetter(E_CGROUP), events))
+    cgroups.discard(0)
+    containers = {cgroup: orjson.dumps(c) for cgroup, c in container_ids(cgroups).items()}
+    containers[0] = b'""'
+    return containers
+
+
+def _socket_line_template(observer: str) -> bytes:
+    """:data:`_SOCKET_HEAD` behind the observer, which is the same in every line: part of
+    the template (``%`` escaped)."""
+    return b'{"observer":' + orjson.dumps(observer).replace(b"%", b"%%") + _SOCKET_HEAD
 
 
 # socket_wire()'s dict as orjson writes it, plus the newline (key order: RawSocket's).
