@@ -1832,106 +1832,246 @@ duplicate(Batch *b, PyObject *observer, long long at, PyObject *src, long sport,
     return active(b, dst_home, at);
 }
 
+/* enrich's view of one record: its two ends in the order the line reports them (swapped
+ * when the destination opened the connection), each end's identity and the process
+ * behind it. Borrowed from the Raw, but for the Ends (see end_clear) and the processes
+ * (new references, NULL: none known). */
+typedef struct {
+    PyObject *src, *dst, *sport_obj, *dport_obj;
+    const uint8_t *src_bytes, *dst_bytes;
+    Slot *src_slot, *dst_slot;
+    long sport, dport;
+    long long fwd_b, fwd_p, rev_b, rev_p;
+    End src_end, dst_end;
+    PyObject *src_proc, *dst_proc;
+    PyObject *direction; /* forward or unknown (borrowed) */
+    long long at;        /* the observer's newest event: the record's end time */
+} Flow;
+
+/* The JSON parts of a record's line that are not its ends', and its subject: new
+ * references, NULL when absent (or not made yet). */
+typedef struct {
+    PyObject *src_pj, *dst_pj;           /* the processes' keys (process_part) */
+    PyObject *dst_nj, *src_nj;           /* the ends' DNS names */
+    PyObject *reason_j, *dir_j, *net_j, *obs_j;
+    PyObject *subject;
+} Parts;
+
+/* Both ends' identities, each end's kind counted (resolve_at). */
+static inline int
+resolve_ends(Batch *b, const Raw *r, Flow *f)
+{
+    /* the ends borrow what their slots keep; one address at both ends: one slot, which
+     * the destination's end_at may refill, so the source's End is owned then */
+    int two_slots = r->src_slot != r->dst_slot;
+    if (resolve_at(b, r->src_slot, f->src, &f->src_end, two_slots) < 0 ||
+        resolve_at(b, r->dst_slot, f->dst, &f->dst_end, 1) < 0)
+        return -1;
+    return 0;
+}
+
+/* The process behind each end (find_end), or NULL: none known. */
+static inline int
+find_procs(Batch *b, const Raw *r, Flow *f)
+{
+    f->src_proc = find_end(b, r->observer, f->src_end.home, r->proto_obj, f->src,
+                           f->sport_obj, f->dst, f->dport_obj);
+    if (f->src_proc == NULL && PyErr_Occurred())
+        return -1;
+    f->dst_proc = find_end(b, r->observer, f->dst_end.home, r->proto_obj, f->dst,
+                           f->dport_obj, f->src, f->sport_obj);
+    if (f->dst_proc == NULL && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+/* DEFERRED when an end with no process found dialled from a third node (dialled_end),
+ * its lookups uncounted; else 0, or -1 error. */
+static inline int
+via_dialled(Batch *b, const Raw *r, const Flow *f)
+{
+    if ((f->src_proc != NULL && f->dst_proc != NULL) || PyDict_GET_SIZE(b->dialled) == 0)
+        return 0;
+    int via = f->src_proc == NULL ? dialled_end(b, r->observer, f->src_end.home,
+                                                f->dst_end.home, r->proto_obj, f->src,
+                                                f->sport_obj)
+                                  : 0;
+    if (via == 0 && f->dst_proc == NULL)
+        via = dialled_end(b, r->observer, f->dst_end.home, f->src_end.home, r->proto_obj,
+                          f->dst, f->dport_obj);
+    if (via < 0)
+        return -1;
+    if (!via)
+        return 0;
+    /* the Python path: its lookups are counted there */
+    b->kind_counts[f->src_end.kind]--;
+    b->kind_counts[f->dst_end.kind]--;
+    return DEFERRED;
+}
+
+/* Each end with a process found, counted and refined: a refined identity has its own
+ * parts (a hostNetwork pod's home, not its node's). */
+static inline int
+refine_ends(Batch *b, Flow *f)
+{
+    if (f->src_proc != NULL) {
+        b->process_hits++;
+        if (refine(b, &f->src_end, f->src_proc) < 0)
+            return -1;
+    }
+    if (f->dst_proc != NULL) {
+        b->process_hits++;
+        if (refine(b, &f->dst_end, f->dst_proc) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The ends exchanged, with all they carry (their counters too). */
+static inline void
+flow_swap(Flow *f)
+{
+    PyObject *t;
+    t = f->src, f->src = f->dst, f->dst = t;
+    const uint8_t *u = f->src_bytes;
+    f->src_bytes = f->dst_bytes, f->dst_bytes = u;
+    Slot *v = f->src_slot;
+    f->src_slot = f->dst_slot, f->dst_slot = v;
+    t = f->sport_obj, f->sport_obj = f->dport_obj, f->dport_obj = t;
+    End e = f->src_end;
+    f->src_end = f->dst_end, f->dst_end = e;
+    t = f->src_proc, f->src_proc = f->dst_proc, f->dst_proc = t;
+    long p = f->sport;
+    f->sport = f->dport, f->dport = p;
+    long long c;
+    c = f->fwd_b, f->fwd_b = f->rev_b, f->rev_b = c;
+    c = f->fwd_p, f->fwd_p = f->rev_p, f->rev_p = c;
+}
+
+/* The flow's direction: forward when the record says its source initiated it or the
+ * socket events do; when they say the destination did, forward with the ends swapped;
+ * else unknown. */
+static inline int
+orient(const Raw *r, Flow *f)
+{
+    f->direction = forward;
+    int forward_known = r->initiator;
+    if (!forward_known && (forward_known = initiated(f->src_proc, f->dst_proc)) < 0)
+        return -1;
+    if (forward_known)
+        return 0;
+    int reverse = initiated(f->dst_proc, f->src_proc);
+    if (reverse < 0)
+        return -1;
+    if (reverse) /* the destination opened it: swap the ends */
+        flow_swap(f);
+    else
+        f->direction = unknown;
+    return 0;
+}
+
+/* The name each end knows the other by (name_json), the destination's hit or miss
+ * counted. */
+static inline int
+name_parts(Batch *b, const Raw *r, const Flow *f, Parts *p)
+{
+    p->dst_nj = name_json(b, f->src, f->dst, f->dst_slot, r->probes);
+    if (p->dst_nj == NULL && PyErr_Occurred())
+        return -1;
+    p->src_nj = name_json(b, f->dst, f->src, f->src_slot, r->probes);
+    if (p->src_nj == NULL && PyErr_Occurred())
+        return -1;
+    if (p->dst_nj != NULL)
+        b->dns_hits++;
+    else
+        b->dns_misses++;
+    return 0;
+}
+
+/* The processes' parts, the JSON of the record's texts, and the line's subject. */
+static inline int
+line_parts(Batch *b, const Raw *r, const Flow *f, Parts *p)
+{
+    if (f->src_proc != NULL && (p->src_pj = process_part(f->src_proc, 0)) == NULL)
+        return -1;
+    if (f->dst_proc != NULL && (p->dst_pj = process_part(f->dst_proc, 1)) == NULL)
+        return -1;
+    if ((p->reason_j = json_cached(b, r->reason)) == NULL ||
+        (p->dir_j = json_cached(b, f->direction)) == NULL ||
+        (p->net_j = json_cached(b, r->network)) == NULL ||
+        (p->obs_j = r->observer_json != NULL ? Py_NewRef(r->observer_json)
+                                             : json_cached(b, r->observer)) == NULL)
+        return -1;
+    if ((p->subject = subject_of(f->src_end.token, f->dst_end.token)) == NULL)
+        return -1;
+    return 0;
+}
+
+/* render with the flow's ends and parts; ICMP's ports carry its type and code: 0. */
+static inline int
+render_flow(Batch *b, const Raw *r, const Flow *f, const Parts *p, const char *cid)
+{
+    int ported = r->proto != ICMP && r->proto != ICMPV6;
+    return render(b, p->subject, r, cid, p->dir_j, p->reason_j, p->net_j, p->obs_j,
+                  ported ? f->sport : 0, ported ? f->dport : 0, f->fwd_b, f->fwd_p, f->rev_b,
+                  f->rev_p, f->src_end.source_json, f->dst_end.destination_json, p->src_pj,
+                  p->dst_pj, p->dst_nj, p->src_nj);
+}
+
+/* What enrich holds, released (in the order it always was). */
+static inline void
+enrich_release(PyObject *held[4], Flow *f, Parts *p)
+{
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(held[i]);
+    end_clear(&f->src_end);
+    end_clear(&f->dst_end);
+    Py_XDECREF(f->src_proc);
+    Py_XDECREF(f->dst_proc);
+    Py_XDECREF(p->src_pj);
+    Py_XDECREF(p->dst_pj);
+    Py_XDECREF(p->dst_nj);
+    Py_XDECREF(p->src_nj);
+    Py_XDECREF(p->reason_j);
+    Py_XDECREF(p->dir_j);
+    Py_XDECREF(p->net_j);
+    Py_XDECREF(p->obs_j);
+    Py_XDECREF(p->subject);
+}
+
 /* Enricher._flow for a record read_raw accepted: 1 a line was added, 0 a dropped
  * duplicate, DEFERRED, -1 error. */
 static int
 enrich(Batch *b, Raw *r)
 {
     int result = -1;
-    End src_end = {0}, dst_end = {0};
-    PyObject *src_proc = NULL, *dst_proc = NULL;
-    PyObject *src_pj = NULL, *dst_pj = NULL;
-    PyObject *dst_nj = NULL, *src_nj = NULL, *reason_j = NULL, *dir_j = NULL, *net_j = NULL;
-    PyObject *obs_j = NULL, *subject = NULL;
-
+    Parts p = {0};
     /* The address cache's entries are held while Python code runs (resolve, _refine,
      * names.lookup): none of it touches that cache, but nothing here relies on it. */
     PyObject *held[4] = {Py_NewRef(r->src), Py_NewRef(r->dst), Py_XNewRef(r->src_packed),
                          Py_XNewRef(r->dst_packed)};
-    PyObject *src = r->src, *dst = r->dst, *sport_obj = r->sport_obj, *dport_obj = r->dport_obj;
-    const uint8_t *src_bytes = r->src_bytes, *dst_bytes = r->dst_bytes;
-    Slot *src_slot = r->src_slot, *dst_slot = r->dst_slot;
+    Flow f = {.src = r->src, .dst = r->dst, .sport_obj = r->sport_obj,
+              .dport_obj = r->dport_obj, .src_bytes = r->src_bytes,
+              .dst_bytes = r->dst_bytes, .src_slot = r->src_slot, .dst_slot = r->dst_slot,
+              .sport = r->sport, .dport = r->dport, .fwd_b = r->fwd_b, .fwd_p = r->fwd_p,
+              .rev_b = r->rev_b, .rev_p = r->rev_p};
     /* the observer's newest event; the report is judged at its own end time */
-    long long at = event_time(r->end_ns);
-    if (observe(b, r->observer, at) < 0)
+    f.at = event_time(r->end_ns);
+    if (observe(b, r->observer, f.at) < 0)
         goto done;
-    long sport = r->sport, dport = r->dport;
-    long long fwd_b = r->fwd_b, fwd_p = r->fwd_p, rev_b = r->rev_b, rev_p = r->rev_p;
-
-    /* the ends borrow what their slots keep; one address at both ends: one slot, which
-     * the destination's end_at may refill, so the source's End is owned then */
-    int two_slots = r->src_slot != r->dst_slot;
-    if (resolve_at(b, r->src_slot, src, &src_end, two_slots) < 0 ||
-        resolve_at(b, r->dst_slot, dst, &dst_end, 1) < 0)
+    if (resolve_ends(b, r, &f) < 0 || find_procs(b, r, &f) < 0)
         goto done;
-    src_proc = find_end(b, r->observer, src_end.home, r->proto_obj, src, sport_obj, dst,
-                        dport_obj);
-    if (src_proc == NULL && PyErr_Occurred())
+    int via = via_dialled(b, r, &f);
+    if (via != 0) { /* -1 or DEFERRED */
+        result = via;
         goto done;
-    dst_proc = find_end(b, r->observer, dst_end.home, r->proto_obj, dst, dport_obj, src,
-                        sport_obj);
-    if (dst_proc == NULL && PyErr_Occurred())
-        goto done;
-    if ((src_proc == NULL || dst_proc == NULL) && PyDict_GET_SIZE(b->dialled) > 0) {
-        int via = src_proc == NULL ? dialled_end(b, r->observer, src_end.home, dst_end.home,
-                                                 r->proto_obj, src, sport_obj)
-                                   : 0;
-        if (via == 0 && dst_proc == NULL)
-            via = dialled_end(b, r->observer, dst_end.home, src_end.home, r->proto_obj, dst,
-                              dport_obj);
-        if (via < 0)
-            goto done;
-        if (via) { /* the Python path: its lookups are counted there */
-            b->kind_counts[src_end.kind]--;
-            b->kind_counts[dst_end.kind]--;
-            result = DEFERRED;
-            goto done;
-        }
     }
-    /* a refined identity has its own parts (a hostNetwork pod's home, not its node's) */
-    if (src_proc != NULL) {
-        b->process_hits++;
-        if (refine(b, &src_end, src_proc) < 0)
-            goto done;
-    }
-    if (dst_proc != NULL) {
-        b->process_hits++;
-        if (refine(b, &dst_end, dst_proc) < 0)
-            goto done;
-    }
-
-    PyObject *direction = forward;
-    int forward_known = r->initiator;
-    if (!forward_known && (forward_known = initiated(src_proc, dst_proc)) < 0)
+    if (refine_ends(b, &f) < 0 || orient(r, &f) < 0)
         goto done;
-    if (!forward_known) {
-        int reverse = initiated(dst_proc, src_proc);
-        if (reverse < 0)
-            goto done;
-        if (reverse) { /* the destination opened it: swap the ends */
-            PyObject *t;
-            t = src, src = dst, dst = t;
-            const uint8_t *u = src_bytes;
-            src_bytes = dst_bytes, dst_bytes = u;
-            Slot *v = src_slot;
-            src_slot = dst_slot, dst_slot = v;
-            t = sport_obj, sport_obj = dport_obj, dport_obj = t;
-            End e = src_end;
-            src_end = dst_end, dst_end = e;
-            t = src_proc, src_proc = dst_proc, dst_proc = t;
-            long p = sport;
-            sport = dport, dport = p;
-            long long c;
-            c = fwd_b, fwd_b = rev_b, rev_b = c;
-            c = fwd_p, fwd_p = rev_p, rev_p = c;
-        } else {
-            direction = unknown;
-        }
-    }
 
     /* cross-node dedup (Enricher._duplicate) */
-    int dropped = duplicate(b, r->observer, at, src, sport, dst, dport, src_end.home,
-                            dst_end.home, src_slot, dst_slot);
+    int dropped = duplicate(b, r->observer, f.at, f.src, f.sport, f.dst, f.dport,
+                            f.src_end.home, f.dst_end.home, f.src_slot, f.dst_slot);
     if (dropped < 0)
         goto done;
     if (dropped) {
@@ -1939,55 +2079,15 @@ enrich(Batch *b, Raw *r)
         goto done;
     }
 
-    dst_nj = name_json(b, src, dst, dst_slot, r->probes);
-    if (dst_nj == NULL && PyErr_Occurred())
+    if (name_parts(b, r, &f, &p) < 0)
         goto done;
-    src_nj = name_json(b, dst, src, src_slot, r->probes);
-    if (src_nj == NULL && PyErr_Occurred())
-        goto done;
-    if (dst_nj != NULL)
-        b->dns_hits++;
-    else
-        b->dns_misses++;
-
     char cid[CID_LEN];
-    community_id((int)r->proto, src_bytes, dst_bytes, r->alen,
-                 sport, dport, cid);
-    int ported = r->proto != ICMP && r->proto != ICMPV6;
-
-    if (src_proc != NULL && (src_pj = process_part(src_proc, 0)) == NULL)
-        goto done;
-    if (dst_proc != NULL && (dst_pj = process_part(dst_proc, 1)) == NULL)
-        goto done;
-    if ((reason_j = json_cached(b, r->reason)) == NULL ||
-        (dir_j = json_cached(b, direction)) == NULL ||
-        (net_j = json_cached(b, r->network)) == NULL ||
-        (obs_j = r->observer_json != NULL ? Py_NewRef(r->observer_json)
-                                          : json_cached(b, r->observer)) == NULL)
-        goto done;
-    if ((subject = subject_of(src_end.token, dst_end.token)) == NULL)
-        goto done;
-    if (render(b, subject, r, cid, dir_j, reason_j, net_j, obs_j, ported ? sport : 0,
-               ported ? dport : 0, fwd_b, fwd_p, rev_b, rev_p, src_end.source_json,
-               dst_end.destination_json, src_pj, dst_pj, dst_nj, src_nj) < 0)
+    community_id((int)r->proto, f.src_bytes, f.dst_bytes, r->alen, f.sport, f.dport, cid);
+    if (line_parts(b, r, &f, &p) < 0 || render_flow(b, r, &f, &p, cid) < 0)
         goto done;
     result = 1;
 done:
-    for (int i = 0; i < 4; i++)
-        Py_XDECREF(held[i]);
-    end_clear(&src_end);
-    end_clear(&dst_end);
-    Py_XDECREF(src_proc);
-    Py_XDECREF(dst_proc);
-    Py_XDECREF(src_pj);
-    Py_XDECREF(dst_pj);
-    Py_XDECREF(dst_nj);
-    Py_XDECREF(src_nj);
-    Py_XDECREF(reason_j);
-    Py_XDECREF(dir_j);
-    Py_XDECREF(net_j);
-    Py_XDECREF(obs_j);
-    Py_XDECREF(subject);
+    enrich_release(held, &f, &p);
     return result;
 }
 
@@ -3041,6 +3141,201 @@ done:
     return result;
 }
 
+/* flow_body's raw body and what it reads of it ahead of any state: its n lines, line i
+ * from starts[i] (starts[n]: the body's end); a plain line read into lines[which[i]]
+ * (used of room), any other one into dicts[i] (which[i] -1). */
+typedef struct {
+    const char *data, *end;
+    Py_ssize_t n, room, used;
+    Line *lines;
+    PyObject **dicts;
+    const char **starts;
+    int32_t *which; /* its Line, or -1 */
+} Body;
+
+/* flow_body's arguments checked, the body's text into body->data and ->end and the line
+ * count asked for into *expected; -1 with an exception when they are not usable. */
+static inline int
+body_args(PyObject *const *args, Py_ssize_t nargs, Body *body, Py_ssize_t *expected)
+{
+    if (nargs != 5 || !PyBytes_Check(args[1]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "flow_body(enricher, body: bytes, lines: int, now, out)");
+        return -1;
+    }
+    *expected = PyLong_AsSsize_t(args[2]);
+    if (*expected == -1 && PyErr_Occurred())
+        return -1;
+    if (render_line == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_flowcore.configure() was not called");
+        return -1;
+    }
+    body->data = PyBytes_AS_STRING(args[1]);
+    body->end = body->data + PyBytes_GET_SIZE(args[1]);
+    if (body->data == body->end || body->end[-1] != '\n') {
+        PyErr_SetString(PyExc_ValueError, "a body of lines, each ending in a newline");
+        return -1;
+    }
+    return 0;
+}
+
+/* The number of newlines in [data, end). */
+static inline Py_ssize_t
+line_count(const char *data, const char *end)
+{
+    Py_ssize_t n = 0;
+    for (const char *p = data; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* The body's arrays for its n lines; -1 with MemoryError. */
+static inline int
+body_alloc(Body *body)
+{
+    Py_ssize_t n = body->n;
+    /* A plain line holds every required key: at least MIN_PLAIN bytes. So a body of
+     * tiny lines (orjson's dicts, as codec.decode would make) cannot make the core ask
+     * for a Line per line: 20 bytes per line, a Line (~400) per plain one. */
+    body->room = Py_MIN(n, (body->end - body->data) / MIN_PLAIN + 1);
+    body->lines = PyMem_Malloc((size_t)body->room * sizeof(Line));
+    body->dicts = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    body->starts = PyMem_Malloc((size_t)(n + 1) * sizeof(char *));
+    body->which = PyMem_Malloc((size_t)n * sizeof(int32_t));
+    if (body->lines == NULL || body->dicts == NULL || body->starts == NULL ||
+        body->which == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* Every line read before any state is touched: a plain one as a Line (with its
+ * addresses' hashes, not looked at yet), any other by orjson.loads. 1, or 0 when a line
+ * is not a JSON object, or -1 error. */
+static inline int
+body_read(Body *body)
+{
+    const char *p = body->data;
+    for (Py_ssize_t i = 0; i < body->n; i++) {
+        const char *nl = memchr(p, '\n', (size_t)(body->end - p));
+        body->starts[i] = p;
+        body->which[i] = -1;
+        if (body->used < body->room && plain(p, nl, &body->lines[body->used])) {
+            Line *l = &body->lines[body->used];
+            l->hash[0] = text_hash(l->at[F_SRC], l->len[F_SRC]);
+            l->hash[1] = text_hash(l->at[F_DST], l->len[F_DST]);
+            l->moved = NOT_LOOKED;
+            l->probe[0] = l->probe[1] = (Probe){0};
+            body->which[i] = (int32_t)body->used++;
+        }
+        else if ((body->dicts[i] = loads_line(p, nl - p)) == NULL) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
+        p = nl + 1;
+    }
+    body->starts[body->n] = body->end;
+    return 1;
+}
+
+/* The batch's view of the enricher (prepare) with its _known_address when it has one,
+ * and the address table and the name ways for its state. */
+static inline int
+body_prepare(Batch *b, PyObject *enricher, PyObject *out, Lines *rendered)
+{
+    if (prepare(b, enricher, out, rendered) < 0)
+        return -1;
+    b->known_address = PyObject_GetAttr(enricher, s_known_address);
+    if (b->known_address == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+    }
+    table_for(b);
+    if (b->entries != name_ways_entries)
+        name_ways_reset(b->entries);
+    return 0;
+}
+
+/* The look-ahead for record i (see LOOK_FAR): at a group's first record the slots and
+ * name ways of the group LOOK_FAR on and the probes of the group LOOK_NEAR on; at each
+ * record the entries' items of the next two. */
+static inline void
+look_ahead(Batch *b, const Body *body, Py_ssize_t i)
+{
+    Py_ssize_t n = body->n;
+    const int32_t *which = body->which;
+    Line *lines = body->lines;
+    if (i % LOOK_GROUP == 0) {
+        for (Py_ssize_t j = i + LOOK_FAR; j < i + LOOK_FAR + LOOK_GROUP && j < n; j++)
+            if (which[j] >= 0)
+                look_far(&lines[which[j]]);
+        for (Py_ssize_t j = i + LOOK_NEAR; j < i + LOOK_NEAR + LOOK_GROUP && j < n; j++)
+            if (which[j] >= 0)
+                look_near(b, &lines[which[j]]);
+    }
+    if (i + 2 < n && which[i + 2] >= 0)
+        look_items(&lines[which[i + 2]], 1);
+    if (i + 1 < n && which[i + 1] >= 0)
+        look_items(&lines[which[i + 1]], 2);
+}
+
+/* dicts[i] for plain line i, which the Python path takes: its orjson dict; -1 error. */
+static inline int
+load_plain(Body *body, Py_ssize_t i)
+{
+    const char *p = body->starts[i];
+    if ((body->dicts[i] = loads_line(p, body->starts[i + 1] - p - 1)) != NULL)
+        return 0;
+    if (!PyErr_Occurred()) /* a plain line is a JSON object */
+        PyErr_SetString(PyExc_SystemError, "flow_body: a plain line did not load");
+    return -1;
+}
+
+/* Record i of the body, looked ahead for, read and enriched here or by the Python path,
+ * its Line's probes released: 1 a line, 0 a dropped duplicate, 2 a bad record, -1
+ * error. */
+static inline int
+body_record(Batch *b, Body *body, Py_ssize_t i, PyObject **last_observer,
+            PyObject **last_reason)
+{
+    Raw r;
+    Held held = {0};
+    int rc;
+    b->n_in++;
+    look_ahead(b, body, i);
+    if (body->dicts[i] != NULL) {
+        rc = read_raw(b, body->dicts[i], &r);
+    } else {
+        rc = read_line(b, &body->lines[body->which[i]], &r, &held, last_observer,
+                       last_reason);
+        if (rc == 0 && load_plain(body, i) < 0)
+            rc = -1;
+    }
+    rc = rc > 0 ? enrich(b, &r) : rc == 0 ? DEFERRED : rc;
+    if (rc == DEFERRED && body->dicts[i] == NULL && load_plain(body, i) < 0)
+        rc = -1;
+    if (rc == DEFERRED)
+        rc = python_path(b, body->dicts[i], i);
+    let_go(&held);
+    if (body->which[i] >= 0)
+        probes_release(&body->lines[body->which[i]]);
+    return rc;
+}
+
+/* The body's dicts and probes released, and its arrays freed. */
+static inline void
+body_free(Body *body)
+{
+    for (Py_ssize_t i = 0; body->dicts != NULL && i < body->n; i++)
+        Py_XDECREF(body->dicts[i]);
+    for (Py_ssize_t i = 0; body->lines != NULL && i < body->used; i++)
+        probes_release(&body->lines[i]);
+    PyMem_Free(body->lines);
+    PyMem_Free(body->dicts);
+    PyMem_Free(body->starts);
+    PyMem_Free(body->which);
+}
+
 /* flow_body(enricher, body, lines, now, out): flow_lines on a raw batch's NDJSON body
  * (bytes, ending in a newline) of `lines` lines (-1: any number). False, with nothing
  * done, when it has another number of lines or a line is not a JSON object: the caller
@@ -3048,116 +3343,30 @@ done:
 static PyObject *
 flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5 || !PyBytes_Check(args[1]) || !PyLong_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "flow_body(enricher, body: bytes, lines: int, now, out)");
+    Body body = {0};
+    Py_ssize_t expected;
+    if (body_args(args, nargs, &body, &expected) < 0)
         return NULL;
-    }
-    Py_ssize_t expected = PyLong_AsSsize_t(args[2]);
-    if (expected == -1 && PyErr_Occurred())
-        return NULL;
-    if (render_line == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "_flowcore.configure() was not called");
-        return NULL;
-    }
-    const char *data = PyBytes_AS_STRING(args[1]), *end = data + PyBytes_GET_SIZE(args[1]);
-    if (data == end || end[-1] != '\n') {
-        PyErr_SetString(PyExc_ValueError, "a body of lines, each ending in a newline");
-        return NULL;
-    }
-    Py_ssize_t n = 0;
-    for (const char *p = data; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
-        n++;
-    if (expected >= 0 && n != expected)
+    body.n = line_count(body.data, body.end);
+    if (expected >= 0 && body.n != expected)
         Py_RETURN_FALSE;
-    /* A plain line holds every required key: at least MIN_PLAIN bytes. So a body of
-     * tiny lines (orjson's dicts, as codec.decode would make) cannot make the core ask
-     * for a Line per line: 20 bytes per line, a Line (~400) per plain one. */
-    Py_ssize_t room = Py_MIN(n, (end - data) / MIN_PLAIN + 1), used = 0;
-    Line *lines = PyMem_Malloc((size_t)room * sizeof(Line));
-    PyObject **dicts = PyMem_Calloc((size_t)n, sizeof(PyObject *));
-    const char **starts = PyMem_Malloc((size_t)(n + 1) * sizeof(char *));
-    int32_t *which = PyMem_Malloc((size_t)n * sizeof(int32_t)); /* its Line, or -1 */
     Batch b = {.now = args[3]};
     PyObject *last_observer = NULL, *last_reason = NULL, *result = NULL;
     Lines *rendered = NULL;
-    if (lines == NULL || dicts == NULL || starts == NULL || which == NULL) {
-        PyErr_NoMemory();
+    if (body_alloc(&body) < 0)
+        goto done;
+    int read = body_read(&body);
+    if (read <= 0) {
+        if (read == 0)
+            result = Py_NewRef(Py_False);
         goto done;
     }
-    /* every line read before any state is touched */
-    const char *p = data;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        starts[i] = p;
-        which[i] = -1;
-        if (used < room && plain(p, nl, &lines[used])) {
-            Line *l = &lines[used];
-            l->hash[0] = text_hash(l->at[F_SRC], l->len[F_SRC]);
-            l->hash[1] = text_hash(l->at[F_DST], l->len[F_DST]);
-            l->moved = NOT_LOOKED;
-            l->probe[0] = l->probe[1] = (Probe){0};
-            which[i] = (int32_t)used++;
-        }
-        else if ((dicts[i] = loads_line(p, nl - p)) == NULL) {
-            if (!PyErr_Occurred())
-                result = Py_NewRef(Py_False);
-            goto done;
-        }
-        p = nl + 1;
-    }
-    starts[n] = end;
     /* the enriched lines: ~4 times the raw bytes (grown if not enough), one per record */
-    if ((rendered = lines_new(4 * (end - data) + 65536, n)) == NULL ||
-        prepare(&b, args[0], args[4], rendered) < 0)
+    if ((rendered = lines_new(4 * (body.end - body.data) + 65536, body.n)) == NULL ||
+        body_prepare(&b, args[0], args[4], rendered) < 0)
         goto done;
-    b.known_address = PyObject_GetAttr(args[0], s_known_address);
-    if (b.known_address == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            goto done;
-        PyErr_Clear();
-    }
-    table_for(&b);
-    if (b.entries != name_ways_entries)
-        name_ways_reset(b.entries);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Raw r;
-        Held held = {0};
-        int rc;
-        b.n_in++;
-        if (i % LOOK_GROUP == 0) {
-            for (Py_ssize_t j = i + LOOK_FAR; j < i + LOOK_FAR + LOOK_GROUP && j < n; j++)
-                if (which[j] >= 0)
-                    look_far(&lines[which[j]]);
-            for (Py_ssize_t j = i + LOOK_NEAR; j < i + LOOK_NEAR + LOOK_GROUP && j < n; j++)
-                if (which[j] >= 0)
-                    look_near(&b, &lines[which[j]]);
-        }
-        if (i + 2 < n && which[i + 2] >= 0)
-            look_items(&lines[which[i + 2]], 1);
-        if (i + 1 < n && which[i + 1] >= 0)
-            look_items(&lines[which[i + 1]], 2);
-        if (dicts[i] != NULL) {
-            rc = read_raw(&b, dicts[i], &r);
-        } else {
-            rc = read_line(&b, &lines[which[i]], &r, &held, &last_observer, &last_reason);
-            if (rc == 0 && (dicts[i] = loads_line(starts[i], starts[i + 1] - starts[i] - 1)) == NULL) {
-                if (!PyErr_Occurred()) /* a plain line is a JSON object */
-                    PyErr_SetString(PyExc_SystemError, "flow_body: a plain line did not load");
-                rc = -1;
-            }
-        }
-        rc = rc > 0 ? enrich(&b, &r) : rc == 0 ? DEFERRED : rc;
-        if (rc == DEFERRED && dicts[i] == NULL &&
-            (dicts[i] = loads_line(starts[i], starts[i + 1] - starts[i] - 1)) == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_SystemError, "flow_body: a plain line did not load");
-            rc = -1;
-        }
-        if (rc == DEFERRED)
-            rc = python_path(&b, dicts[i], i);
-        let_go(&held);
-        if (which[i] >= 0)
-            probes_release(&lines[which[i]]);
+    for (Py_ssize_t i = 0; i < body.n; i++) {
+        int rc = body_record(&b, &body, i, &last_observer, &last_reason);
         if (rc < 0)
             goto done;
         counted(&b, rc);
@@ -3167,14 +3376,7 @@ flow_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     result = Py_NewRef(Py_True);
 done:
     Py_XDECREF(rendered);
-    for (Py_ssize_t i = 0; dicts != NULL && i < n; i++)
-        Py_XDECREF(dicts[i]);
-    for (Py_ssize_t i = 0; lines != NULL && i < used; i++)
-        probes_release(&lines[i]);
-    PyMem_Free(lines);
-    PyMem_Free(dicts);
-    PyMem_Free(starts);
-    PyMem_Free(which);
+    body_free(&body);
     Py_XDECREF(last_observer);
     Py_XDECREF(last_reason);
     release(&b);
