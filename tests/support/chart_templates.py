@@ -382,6 +382,16 @@ def _fail(message: str) -> Any:
     raise TemplateFailure(message)
 
 
+def _len(value: Any) -> int:
+    """Go's builtin len: a string's length in bytes (Go holds strings as UTF-8, so
+    ``len "é"`` is 2), a list's or map's in items; Go refuses anything else."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, (list, dict)):
+        return len(value)
+    raise TemplateError(f"len of {'nil pointer' if value is None else 'type ' + _kind(value)}")
+
+
 def _indent(n: Any, text: str) -> str:
     pad = " " * _to_int(n)
     return "\n".join(pad + line for line in str(text).split("\n"))
@@ -418,6 +428,7 @@ _FUNCTIONS: dict[str, Any] = {
     "hasKey": lambda mapping, key: key in mapping,
     "dict": lambda *kv: dict(zip(kv[::2], kv[1::2], strict=True)),
     "list": lambda *items: list(items),
+    "len": _len,
     "int": _to_int,
     "int64": _to_int,
     "float64": _to_float,
