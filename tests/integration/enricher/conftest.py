@@ -17,6 +17,7 @@ from flowscope.enricher import service
 from flowscope.enricher.settings import Settings
 from nats.aio.client import Client as NATS
 
+from tests.integration.enricher.informers import Setup
 from tests.support.fake_kube import FakeKube
 from tests.support.nats_server import NatsServer
 
@@ -33,6 +34,17 @@ async def kube_api(kube: FakeKube, tmp_path: Path) -> AsyncIterator[Any]:
         kube.end_watches()
         await api.close()
         await kube.stop()
+
+
+@contextlib.asynccontextmanager
+async def informing(kube: FakeKube, api: Any, **options: Any) -> AsyncIterator[Setup]:
+    """An informer of pods over ``kube`` (a :class:`Setup` built with ``options``) for the
+    block, stopped after it; what ended the informer is raised there."""
+    setup = Setup(kube, api, **options)
+    try:
+        yield setup
+    finally:
+        await setup.stop()
 
 
 def make_settings(url: str, **overrides: Any) -> Settings:

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.integration.enricher.conftest import kube_api
-from tests.integration.enricher.informers import Setup
+from tests.integration.enricher.conftest import informing, kube_api
 from tests.support import fake_kube
 from tests.support.fake_kube import FakeKube, Kind
 from tests.support.waiting import eventually
@@ -64,8 +63,7 @@ async def test_consecutive_410s_back_off_and_a_watch_event_resets_them(
     kube, api = fake
     kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
     kube.expiring = 5
-    setup = Setup(kube, api, watch_timeout=30, backoff_max=BACKOFF_MAX)
-    try:
+    async with informing(kube, api, watch_timeout=30, backoff_max=BACKOFF_MAX) as setup:
         await eventually(lambda: kube.watch_count("pods") == 1, within=20)  # the 6th WATCH
         # one LIST per 410
         assert setup.metric("relists", reason="expired") == 5 and len(kube.list_times) == 6
@@ -82,5 +80,3 @@ async def test_consecutive_410s_back_off_and_a_watch_event_resets_them(
         assert kube.list_times[-1] - kube.expired_times[-1] < BACKOFF_MAX / 2
         await eventually(lambda: kube.watch_count("pods") == 1, within=10)
         assert setup.metric("relists", reason="expired") == 6 and len(kube.list_times) == 7
-    finally:
-        await setup.stop()

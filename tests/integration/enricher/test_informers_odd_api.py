@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from flowscope.enricher.watching import ApiHealth, Pulse
 
-from tests.integration.enricher.conftest import kube_api
+from tests.integration.enricher.conftest import informing, kube_api
 from tests.integration.enricher.informers import Setup
 from tests.support.fake_kube import FakeKube, Kind
 from tests.support.waiting import eventually
@@ -51,8 +51,7 @@ async def test_silent_api_staleness_counts_from_the_last_word_and_recovers(
 ) -> None:
     kube, api = fake
     kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
-    setup = Setup(kube, api)
-    try:
+    async with informing(kube, api) as setup:
         await eventually(lambda: kube.watch_count("pods") == 1, within=10)
         kube.bookmark()  # the last word from the API, heard at 0 on the staleness clock
         await eventually(lambda: setup.metric("informer_events", type="BOOKMARK") == 1, within=10)
@@ -68,8 +67,6 @@ async def test_silent_api_staleness_counts_from_the_last_word_and_recovers(
         kube.add("pods", cluster.pod("back", ips=("10.1.0.2",)))
         await eventually(lambda: setup.name_of("10.1.0.2") == "back", within=10)
         assert setup.health.staleness() == 0.0
-    finally:
-        await setup.stop()
 
 
 async def test_a_partition_is_stale_within_a_pulse_and_dead_watches_are_renewed_after(
@@ -77,6 +74,8 @@ async def test_a_partition_is_stale_within_a_pulse_and_dead_watches_are_renewed_
 ) -> None:
     kube, api = fake
     kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
+    # Not informing(): the pulse runs until the informer's stopping event, so the informer
+    # is stopped first and the pulse awaited after.
     setup = Setup(kube, api, watch_timeout=300)  # a quiet WATCH is healthy for 330 s
     pulse = Pulse(api, setup.health, [setup.informer], 0.2)
     pulsing = asyncio.create_task(pulse.run(setup.stopping))
@@ -151,14 +150,11 @@ async def test_odd_list_envelope_is_an_api_error_retried(
     kube, api = fake
     kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
     kube.odd_lists = [envelope, envelope]
-    setup = Setup(kube, api)
-    try:
+    async with informing(kube, api) as setup:
         await asyncio.wait_for(setup.informer.synced.wait(), 10)  # the third LIST is fine
         assert setup.metric("informer_errors") == 2
         assert setup.name_of("10.1.0.1") == "p0"
         assert setup.health.staleness() == 0.0
-    finally:
-        await setup.stop()
 
 
 @pytest.mark.parametrize(
@@ -170,23 +166,19 @@ async def test_odd_watch_line_is_an_api_error_retried(
     fake: tuple[OddKube, Any], line: bytes
 ) -> None:
     kube, api = fake
-    setup = Setup(kube, api)
-    try:
+    async with informing(kube, api) as setup:
         await eventually(lambda: kube.watch_count("pods") == 1, within=10)
         kube.send_line(line)
         await eventually(lambda: setup.metric("informer_errors") >= 1, within=10)
         kube.add("pods", cluster.pod("after", ips=("10.1.0.3",)))
         await eventually(lambda: setup.name_of("10.1.0.3") == "after", within=10)
-    finally:
-        await setup.stop()
 
 
 async def test_odd_resource_version_in_an_event_keeps_the_resume_point(
     fake: tuple[OddKube, Any],
 ) -> None:
     kube, api = fake
-    setup = Setup(kube, api)
-    try:
+    async with informing(kube, api) as setup:
         await eventually(lambda: kube.watch_count("pods") == 1, within=10)
         version = str(kube.version)
         odd = cluster.pod("odd-version", ips=("10.1.0.4",))
@@ -199,5 +191,3 @@ async def test_odd_resource_version_in_an_event_keeps_the_resume_point(
         kube.add("pods", cluster.pod("after", ips=("10.1.0.5",)))
         await eventually(lambda: setup.name_of("10.1.0.5") == "after", within=10)
         assert setup.metric("informer_errors") == 0
-    finally:
-        await setup.stop()

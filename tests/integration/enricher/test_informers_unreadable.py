@@ -48,6 +48,11 @@ class Setup:
     def kind_of(self, ip: str) -> str:
         return self.inventory.resolve(ip).kind
 
+    def sweep_after_grace(self) -> None:
+        """Move the clock past the deletion grace and sweep the inventory."""
+        self.clock.now += GRACE + 1
+        self.inventory.sweep()
+
     async def stop(self) -> None:
         self.stopping.set()
         await asyncio.wait_for(self.task, 5)
@@ -78,22 +83,30 @@ def unreadable_pod(name: str, ip: str) -> dict[str, Any]:
     return pod
 
 
-async def test_unreadable_modified_pod_counts_as_deleted_with_the_grace(
-    fake: tuple[FakeKube, Any],
-) -> None:
+@contextlib.asynccontextmanager
+async def p1_made_unreadable(fake: tuple[FakeKube, Any]) -> AsyncIterator[Setup]:
+    """Pod p1 at 10.1.0.1, watched, then MODIFIED into a version that does not convert
+    (the informer has counted that event)."""
     kube, _ = fake
     kube.add("pods", cluster.pod("p1", ips=("10.1.0.1",)))
     async with watching(fake, "pods") as setup:
         kube.modify("pods", unreadable_pod("p1", "10.1.0.1"))
         await setup.events("MODIFIED", 1)
+        yield setup
+
+
+async def test_unreadable_modified_pod_counts_as_deleted_with_the_grace(
+    fake: tuple[FakeKube, Any],
+) -> None:
+    kube, _ = fake
+    async with p1_made_unreadable(fake) as setup:
         assert setup.metric("odd_objects") == 1
         # Deleted: a live pod given the address takes it at once ...
         kube.add("pods", cluster.pod("p2", ips=("10.1.0.1",)))
         await setup.events("ADDED", 1)
         assert setup.inventory.resolve("10.1.0.1").meta["k8s.pod.name"] == "p2"
         # ... and the unreadable one is forgotten after the grace.
-        setup.clock.now += GRACE + 1
-        setup.inventory.sweep()
+        setup.sweep_after_grace()
         assert ("shop", "p1") not in setup.inventory.stores["pods"]
 
 
@@ -101,12 +114,8 @@ async def test_unreadable_modified_pod_resolves_only_for_the_grace(
     fake: tuple[FakeKube, Any],
 ) -> None:
     kube, _ = fake
-    kube.add("pods", cluster.pod("p1", ips=("10.1.0.1",)))
-    async with watching(fake, "pods") as setup:
-        kube.modify("pods", unreadable_pod("p1", "10.1.0.1"))
-        await setup.events("MODIFIED", 1)
-        setup.clock.now += GRACE + 1
-        setup.inventory.sweep()
+    async with p1_made_unreadable(fake) as setup:
+        setup.sweep_after_grace()
         assert setup.kind_of("10.1.0.1") == "external"
         # A readable version later brings it back.
         kube.modify("pods", cluster.pod("p1", ips=("10.1.0.1",)))
@@ -124,8 +133,7 @@ async def test_unreadable_deleted_event_still_deletes(fake: tuple[FakeKube, Any]
         kube.delete("services", "shop", "db")
         await setup.events("DELETED", 1)
         assert setup.kind_of("10.96.0.10") == "service"  # within the grace
-        setup.clock.now += GRACE + 1
-        setup.inventory.sweep()
+        setup.sweep_after_grace()
         assert setup.kind_of("10.96.0.10") == "external"
         assert setup.inventory.count("services") == 0
 

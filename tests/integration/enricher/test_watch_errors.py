@@ -14,8 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.integration.enricher.conftest import kube_api
-from tests.integration.enricher.informers import Setup
+from tests.integration.enricher.conftest import informing, kube_api
 from tests.support import fake_kube
 from tests.support.fake_kube import FakeKube, Kind
 from tests.support.waiting import eventually
@@ -85,8 +84,7 @@ async def test_etcd_restored_from_a_backup_relists_once_and_recovers(
     kube.add("pods", cluster.pod("lost-a", ips=("10.1.0.2",)))  # gone in the restore
     kube.add("pods", cluster.pod("lost-b", ips=("10.1.0.3",)))
     kube.add("pods", cluster.pod("lost-c", ips=("10.1.0.4",)))
-    setup = Setup(kube, api, watch_timeout=30, deleted_grace=GRACE)
-    try:
+    async with informing(kube, api, watch_timeout=30, deleted_grace=GRACE) as setup:
         await eventually(lambda: kube.watch_count("pods") == 1, within=10)
         held = kube.version  # the informer's resourceVersion: above the backup's
         kube.restore(backup)
@@ -108,8 +106,6 @@ async def test_etcd_restored_from_a_backup_relists_once_and_recovers(
         kube.add("pods", cluster.pod("later", ips=("10.1.0.10",)))  # watched again
         await eventually(lambda: setup.name_of("10.1.0.10") == "later", within=10)
         assert setup.metric("relists", reason="too_large") == 1
-    finally:
-        await setup.stop()
 
 
 async def test_a_watch_error_repeated_from_one_version_relists_and_is_no_word_heard(
@@ -119,8 +115,7 @@ async def test_a_watch_error_repeated_from_one_version_relists_and_is_no_word_he
     kube.add("pods", cluster.pod("p0", ips=("10.1.0.1",)))
     kube.error = fake_kube.status(500, "InternalError", "etcdserver: no leader")
     # the LIST is heard at 0 on the clock
-    setup = Setup(kube, api, watch_timeout=30, deleted_grace=GRACE)
-    try:
+    async with informing(kube, api, watch_timeout=30, deleted_grace=GRACE) as setup:
         await asyncio.wait_for(setup.informer.synced.wait(), 10)
         setup.clock.now = 50.0
         kube.let_one()  # answered 200, then its ERROR: nothing learnt since the LIST
@@ -141,5 +136,3 @@ async def test_a_watch_error_repeated_from_one_version_relists_and_is_no_word_he
         kube.add("pods", cluster.pod("after", ips=("10.1.0.3",)))
         await eventually(lambda: setup.name_of("10.1.0.3") == "after", within=10)
         assert setup.metric("relists", reason="watch_errors") == 1
-    finally:
-        await setup.stop()
