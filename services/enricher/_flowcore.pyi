@@ -37,16 +37,21 @@ class Lines:
     def lines(self) -> dict[str, list[bytes]]: ...
     def __len__(self) -> int: ...
 
+def merge_lines(parts: list[Lines] | tuple[Lines, ...]) -> Lines:
+    """A new Lines of the parts' lines, part after part (one part or more)."""
+
 def frame_atomic(
     lines: dict[str, list[bytes]] | Lines,
     head: bytes,
     msg_id: bytes,
     marks: bytes,
     commit: bytes,
-    last_id: bytes,
+    last_id: bytes | tuple[bytes, ...],
     reply: str,
     max_body: int,
-) -> tuple[bytes, int, int] | None: ...
+) -> tuple[bytes, int, int] | None:
+    """``last_id``: the end of the commit's id after ``msg_id``, or a tuple of k ids: the
+    last k messages' ids in full (None when there are fewer than k messages)."""
 
 class Frame:
     """frame_atomic's bytes of a Lines, gathered where they are, to be sent."""
@@ -61,7 +66,7 @@ def gather_atomic(
     msg_id: bytes,
     marks: bytes,
     commit: bytes,
-    last_id: bytes,
+    last_id: bytes | tuple[bytes, ...],
     reply: str,
     max_body: int,
 ) -> tuple[Frame, int, int] | None: ...

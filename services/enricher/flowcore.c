@@ -416,6 +416,29 @@ lines_dealloc(Lines *l)
     PyObject_Free(l);
 }
 
+/* The index of `subject` in l's subjects, added when it is new; -1: an error. */
+static Py_ssize_t
+lines_subject(Lines *l, PyObject *subject)
+{
+    PyObject *found = PyDict_GetItemWithError(l->index, subject);
+    if (found != NULL)
+        return PyLong_AsSsize_t(found);
+    if (PyErr_Occurred())
+        return -1;
+    if (!PyUnicode_CheckExact(subject)) {
+        PyErr_SetString(PyExc_TypeError, "a subject must be a str");
+        return -1;
+    }
+    Py_ssize_t s = PyList_GET_SIZE(l->subjects);
+    PyObject *number = PyLong_FromSsize_t(s);
+    int rc = number == NULL ? -1 : PyDict_SetItem(l->index, subject, number);
+    Py_XDECREF(number);
+    if (rc < 0 || PyList_Append(l->subjects, subject) < 0)
+        return -1;
+    l->per[s] = (SubjectAt){.first = -1, .last = -1};
+    return s;
+}
+
 /* Room for one more line of `len` bytes under `subject`: where to write it, or NULL. */
 static char *
 lines_reserve(Lines *l, PyObject *subject, Py_ssize_t len)
@@ -424,25 +447,9 @@ lines_reserve(Lines *l, PyObject *subject, Py_ssize_t len)
         PyErr_SetString(PyExc_SystemError, "Lines: more lines than records");
         return NULL;
     }
-    Py_ssize_t s;
-    PyObject *found = PyDict_GetItemWithError(l->index, subject);
-    if (found != NULL) {
-        s = PyLong_AsSsize_t(found);
-    } else {
-        if (PyErr_Occurred())
-            return NULL;
-        if (!PyUnicode_CheckExact(subject)) {
-            PyErr_SetString(PyExc_TypeError, "a subject must be a str");
-            return NULL;
-        }
-        s = PyList_GET_SIZE(l->subjects);
-        PyObject *number = PyLong_FromSsize_t(s);
-        int rc = number == NULL ? -1 : PyDict_SetItem(l->index, subject, number);
-        Py_XDECREF(number);
-        if (rc < 0 || PyList_Append(l->subjects, subject) < 0)
-            return NULL;
-        l->per[s] = (SubjectAt){.first = -1, .last = -1};
-    }
+    Py_ssize_t s = lines_subject(l, subject);
+    if (s < 0)
+        return NULL;
     if (l->used + len > l->cap) {
         Py_ssize_t cap = Py_MAX(l->cap * 2, l->used + len);
         char *buf = PyMem_Realloc(l->buf, (size_t)cap);
@@ -549,6 +556,73 @@ static PyTypeObject LinesType = {
     .tp_getset = lines_getset,
     .tp_as_sequence = &lines_sequence,
 };
+
+/* Append all of `part`'s lines to `l` (sized for them): its buffer in one copy (its
+ * lines lie in it in order), then each subject's chain linked onto l's. */
+static int
+lines_append(Lines *l, const Lines *part)
+{
+    Py_ssize_t base_n = l->n, base_at = l->used;
+    memcpy(l->buf + base_at, part->buf, (size_t)part->used);
+    l->used += part->used;
+    l->n += part->n;
+    for (Py_ssize_t s = 0; s < PyList_GET_SIZE(part->subjects); s++) {
+        Py_ssize_t m = lines_subject(l, PyList_GET_ITEM(part->subjects, s));
+        if (m < 0)
+            return -1;
+        SubjectAt *per = &l->per[m];
+        for (Py_ssize_t i = part->per[s].first; i >= 0; i = part->at[i].next) {
+            Py_ssize_t at = base_n + i;
+            l->at[at] = (LineAt){part->at[i].offset + base_at, part->at[i].len, -1};
+            if (per->last >= 0)
+                l->at[per->last].next = at;
+            else
+                per->first = at;
+            per->last = at;
+            if (at == l->n - 1)
+                l->last = m;
+        }
+        per->count += part->per[s].count;
+        per->bytes += part->per[s].bytes;
+    }
+    return 0;
+}
+
+/* merge_lines(parts): a new Lines of the parts' lines, part after part (see the method
+ * table). The parts are held in a tuple while they are read. */
+static PyObject *
+merge_lines(PyObject *module, PyObject *arg)
+{
+    PyObject *parts = NULL;
+    Lines *merged = NULL;
+    if ((PyList_Check(arg) || PyTuple_Check(arg)) && (parts = PySequence_Tuple(arg)) == NULL)
+        return NULL;
+    Py_ssize_t bytes = 0, lines = 0, subjects = 0, k = 0;
+    Py_ssize_t n = parts == NULL ? 0 : PyTuple_GET_SIZE(parts);
+    for (; k < n && Py_IS_TYPE(PyTuple_GET_ITEM(parts, k), &LinesType); k++) {
+        const Lines *part = (const Lines *)PyTuple_GET_ITEM(parts, k);
+        bytes += part->used;
+        lines += part->n;
+        subjects += PyList_GET_SIZE(part->subjects);
+    }
+    if (n == 0 || k < n) {
+        PyErr_SetString(PyExc_TypeError, "merge_lines(parts: list[Lines] | tuple[Lines, ...]): "
+                                         "one Lines or more");
+        goto done;
+    }
+    /* lines_new sizes the per-subject array by lines: each subject has one at least */
+    if ((merged = lines_new(bytes, Py_MAX(lines, subjects))) == NULL)
+        goto done;
+    merged->last = -1;
+    for (k = 0; k < n; k++)
+        if (lines_append(merged, (Lines *)PyTuple_GET_ITEM(parts, k)) < 0) {
+            Py_CLEAR(merged);
+            break;
+        }
+done:
+    Py_XDECREF(parts);
+    return (PyObject *)merged;
+}
 
 /* ------------------------------------------------------------------ one batch */
 
@@ -3462,10 +3536,14 @@ framed_body(const Framed *f, Py_ssize_t s, char *o)
 
 /* The header text around a message's count, subject and batch sequence (made and
  * checked by the caller), the end of the commit's message id, and the commit's reply
- * subject. */
+ * subject; or, for the last tail_n messages, their message ids in full (tail: a tuple
+ * of bytes, else NULL), each written after msg_id's first key_len bytes — the text up
+ * to the id header's value. */
 typedef struct {
     const char *head, *msg_id, *marks, *commit, *last_id, *reply;
     Py_ssize_t head_len, msg_id_len, marks_len, commit_len, last_id_len, reply_len;
+    PyObject *tail;
+    Py_ssize_t tail_n, tail_room, key_len; /* tail_room: the longest tail id */
 } FrameText;
 
 static const char nats_line[] = "NATS/1.0\r\n";
@@ -3476,7 +3554,7 @@ static Py_ssize_t
 framed_head_room(const FrameText *t, Py_ssize_t subject_len)
 {
     return 64 + 2 * subject_len + t->reply_len + NATS_LINE_LEN + t->head_len + t->msg_id_len +
-           t->marks_len + t->commit_len + t->last_id_len + 3 * 24;
+           t->marks_len + t->commit_len + t->last_id_len + t->tail_room + 3 * 24;
 }
 
 /* Message i (1-based) of n, subject s: its HPUB line and header block up to the body,
@@ -3490,9 +3568,14 @@ framed_head(const Framed *f, Py_ssize_t s, Py_ssize_t n, const FrameText *t, cha
     Py_ssize_t subj_len = PyUnicode_GET_LENGTH(subject);
     char count_text[24], seq_text[24], size_text[24], total_text[24];
     Py_ssize_t count_len = format_int(count, count_text), seq_len = format_int(i, seq_text);
-    Py_ssize_t id_len = i == n ? t->last_id_len : subj_len + 2; /* <subject>:0 */
-    Py_ssize_t head_size = NATS_LINE_LEN + t->head_len + count_len + t->msg_id_len + id_len +
-                           t->marks_len + seq_len + 2 + (i == n ? t->commit_len : 0) + 2;
+    Py_ssize_t tail_at = i - (n - t->tail_n); /* 1..tail_n: the message has a tail id */
+    PyObject *own = t->tail != NULL && tail_at > 0 ? PyTuple_GET_ITEM(t->tail, tail_at - 1)
+                                                   : NULL;
+    Py_ssize_t id_len = own != NULL ? t->key_len + PyBytes_GET_SIZE(own)
+                                    : t->msg_id_len + (i == n ? t->last_id_len
+                                                              : subj_len + 2); /* <subject>:0 */
+    Py_ssize_t head_size = NATS_LINE_LEN + t->head_len + count_len + id_len + t->marks_len +
+                           seq_len + 2 + (i == n ? t->commit_len : 0) + 2;
     Py_ssize_t size_len = format_int(head_size, size_text);
     Py_ssize_t total_len = format_int(head_size + body, total_text);
     o = put(o, "HPUB ", 5);
@@ -3508,10 +3591,14 @@ framed_head(const Framed *f, Py_ssize_t s, Py_ssize_t n, const FrameText *t, cha
     o = put(o, nats_line, NATS_LINE_LEN);
     o = put(o, t->head, t->head_len);
     o = put(o, count_text, count_len);
-    o = put(o, t->msg_id, t->msg_id_len);
-    if (i == n) {
+    if (own != NULL) {
+        o = put(o, t->msg_id, t->key_len);
+        o = put(o, PyBytes_AS_STRING(own), PyBytes_GET_SIZE(own));
+    } else if (i == n) {
+        o = put(o, t->msg_id, t->msg_id_len);
         o = put(o, t->last_id, t->last_id_len);
     } else {
+        o = put(o, t->msg_id, t->msg_id_len);
         o = put(o, subj, subj_len);
         o = put(o, ":0", 2);
     }
@@ -3521,6 +3608,36 @@ framed_head(const Framed *f, Py_ssize_t s, Py_ssize_t n, const FrameText *t, cha
     if (i == n)
         o = put(o, t->commit, t->commit_len);
     return put(o, "\r\n", 2);
+}
+
+/* last_id as tail ids (a tuple of one bytes object or more): their number, and in
+ * *room the longest one's length; 0 when it is bytes, -1 when it is neither. */
+static Py_ssize_t
+tail_ids(PyObject *last_id, Py_ssize_t *room)
+{
+    *room = 0;
+    if (PyBytes_Check(last_id))
+        return 0;
+    if (!PyTuple_Check(last_id) || PyTuple_GET_SIZE(last_id) == 0)
+        return -1;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(last_id); k++) {
+        PyObject *id = PyTuple_GET_ITEM(last_id, k);
+        if (!PyBytes_Check(id))
+            return -1;
+        *room = Py_MAX(*room, PyBytes_GET_SIZE(id));
+    }
+    return PyTuple_GET_SIZE(last_id);
+}
+
+/* The length of msg_id's text up to its header's value: through its first ": " (a
+ * header key has no colon); -1: none. */
+static Py_ssize_t
+id_key_length(const char *msg_id, Py_ssize_t len)
+{
+    for (Py_ssize_t k = 0; k + 1 < len; k++)
+        if (msg_id[k] == ':' && msg_id[k + 1] == ' ')
+            return k + 2;
+    return -1;
 }
 
 /* The arguments of frame_atomic and gather_atomic, checked: 1 the messages are of the
@@ -3533,13 +3650,15 @@ framed_args(const char *name, PyObject *const *args, Py_ssize_t nargs, int lines
             Py_ssize_t *body_bytes)
 {
     int lines = nargs == 8 && Py_IS_TYPE(args[0], &LinesType);
+    Py_ssize_t tail_room, tail_n = nargs == 8 ? tail_ids(args[5], &tail_room) : -1;
     if (nargs != 8 || !(lines || (!lines_only && PyDict_CheckExact(args[0]))) ||
         !PyBytes_Check(args[1]) || !PyBytes_Check(args[2]) || !PyBytes_Check(args[3]) ||
-        !PyBytes_Check(args[4]) || !PyBytes_Check(args[5]) || !PyUnicode_Check(args[6]) ||
+        !PyBytes_Check(args[4]) || tail_n < 0 || !PyUnicode_Check(args[6]) ||
         !PyLong_Check(args[7])) {
         PyErr_Format(PyExc_TypeError,
                      "%s(lines: %s, head: bytes, msg_id: bytes, marks: bytes, commit: bytes, "
-                     "last_id: bytes, reply: str, max_body: int)",
+                     "last_id: bytes | tuple[bytes, ...] (one or more), reply: str, "
+                     "max_body: int)",
                      name, lines_only ? "Lines" : "Lines | dict");
         return -1;
     }
@@ -3553,17 +3672,26 @@ framed_args(const char *name, PyObject *const *args, Py_ssize_t nargs, int lines
         .msg_id = PyBytes_AS_STRING(args[2]), .msg_id_len = PyBytes_GET_SIZE(args[2]),
         .marks = PyBytes_AS_STRING(args[3]), .marks_len = PyBytes_GET_SIZE(args[3]),
         .commit = PyBytes_AS_STRING(args[4]), .commit_len = PyBytes_GET_SIZE(args[4]),
-        .last_id = PyBytes_AS_STRING(args[5]), .last_id_len = PyBytes_GET_SIZE(args[5]),
         .reply = (const char *)PyUnicode_1BYTE_DATA(args[6]),
         .reply_len = PyUnicode_GET_LENGTH(args[6]),
     };
+    if (tail_n == 0) {
+        t->last_id = PyBytes_AS_STRING(args[5]);
+        t->last_id_len = PyBytes_GET_SIZE(args[5]);
+    } else {
+        t->tail = args[5];
+        t->tail_n = tail_n;
+        t->tail_room = tail_room;
+        if ((t->key_len = id_key_length(t->msg_id, t->msg_id_len)) < 0)
+            return 0;
+    }
     *f = (Framed){0};
     if (lines)
         f->rendered = (Lines *)args[0];
     else if ((f->items = PyDict_Items(args[0])) == NULL)
         return -1;
     *n = f->rendered != NULL ? PyList_GET_SIZE(f->rendered->subjects) : PyList_GET_SIZE(f->items);
-    if (*n == 0) /* nothing to publish: not a batch */
+    if (*n == 0 || *n < t->tail_n) /* nothing to publish: not a batch; too few messages */
         return 0;
     *heads_room = *body_bytes = 0;
     for (Py_ssize_t s = 0; s < *n; s++) {
@@ -3586,10 +3714,15 @@ framed_args(const char *name, PyObject *const *args, Py_ssize_t nargs, int lines
  * and the last one, the commit, with the id ending `last_id` instead of the subject
  *   NATS/1.0\r\n<head><count><msg_id><last_id><marks><n>\r\n<commit>\r\n<body>\r\n
  * `head`, `msg_id`, `marks`, `commit` are the header text around the count, the subject
- * and the batch sequence, made (and checked) by the caller. Returns (data, messages,
- * body bytes), or None when a message is not of that plain shape (a subject that is not
- * printable ASCII without spaces, a subject's lines over max_body or none, no subject
- * at all): the caller then builds the messages in Python. */
+ * and the batch sequence, made (and checked) by the caller. `last_id` may instead be a
+ * tuple of k ids (bytes, made and checked by the caller): the last k messages' ids in
+ * full, the k-th the commit's — msg_id's text up to its header's value (through its
+ * first ": "), then the id:
+ *   NATS/1.0\r\n<head><count>\r\nNats-Msg-Id: <tail id><marks><n>\r\n...
+ * Returns (data, messages, body bytes), or None when a message is not of that plain
+ * shape (a subject that is not printable ASCII without spaces, a subject's lines over
+ * max_body or none, no subject at all, fewer messages than tail ids, tail ids with a
+ * msg_id without ": "): the caller then builds the messages in Python. */
 static PyObject *
 frame_atomic(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -3738,7 +3871,8 @@ static PyTypeObject FrameType = {
 };
 
 /* gather_atomic(lines, head, msg_id, marks, commit, last_id, reply, max_body): frame_atomic
- * of a Lines, as a Frame: (Frame, messages, body bytes), or None as frame_atomic. */
+ * of a Lines (last_id: bytes or tail ids, as there), as a Frame: (Frame, messages, body
+ * bytes), or None as frame_atomic. */
 static PyObject *
 gather_atomic(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -3961,9 +4095,14 @@ static PyMethodDef methods[] = {
     {"learn_addresses", (PyCFunction)(void (*)(void))learn_addresses, METH_FASTCALL,
      "learn_addresses(enricher, texts, out): addresses into the address table, with "
      "their cached identities."},
+    {"merge_lines", merge_lines, METH_O,
+     "merge_lines(parts): a new Lines of the parts' lines (a list or tuple of Lines, one or\n"
+     "more), part after part, each in its order under its subject; subjects in the order\n"
+     "of their first line. The parts are not changed."},
     {"frame_atomic", (PyCFunction)(void (*)(void))frame_atomic, METH_FASTCALL,
      "frame_atomic(lines, head, msg_id, marks, commit, last_id, reply, max_body): a raw\n"
-     "batch's flow lines as one atomic batch's HPUB commands, or None (see flowcore.c)."},
+     "batch's flow lines as one atomic batch's HPUB commands, or None (see flowcore.c);\n"
+     "last_id: the commit's id after msg_id, or a tuple of the last messages' ids in full."},
     {"gather_atomic", (PyCFunction)(void (*)(void))gather_atomic, METH_FASTCALL,
      "gather_atomic(lines, head, msg_id, marks, commit, last_id, reply, max_body):\n"
      "frame_atomic of a Lines as a Frame, sent from where the lines are, or None (see\n"
