@@ -55,10 +55,21 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+try:  # merges several raw batches' lines for one publish (flowcore.c, merge_lines)
+    from flowscope.enricher import _flowcore
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _flowcore = None  # type: ignore[assignment]
+
 log = logging.getLogger("flowscope.enricher")
 COMPONENT = "enricher"
 PAYLOAD_HEADROOM = 4096  # bytes left for headers under the server's max payload
 HANDLERS = 8  # raw batches awaiting their publish acknowledgements at once, per kind
+GROUP_MAX = 8  # raw flow batches due together published as one atomic batch, at most
+# raw records in such a group, at most: two raw batches of the collector's 1 000. Larger
+# groups cut nats-server's CPU further but cost the enricher more than they save it: a
+# frame of several MB is more than the socket takes at once, and its rest is copied
+# twice onto fresh pages (docs/performance.md, "Raw batches published together")
+GROUP_RECORDS = 2048
 PUBLISH_TIMEOUT = 10.0  # seconds for JetStream to acknowledge one raw batch's output
 ATOMIC_RETRY = 60.0  # seconds without atomic batches after a stream refused them
 DONE = "done"  # how the last message's Nats-Msg-Id ends: the raw batch's marker
@@ -80,6 +91,7 @@ WORK = (
     Work("dns", f"{subjects.RAW_DNS}.>", "dns"),
     Work("socket", f"{subjects.RAW_SOCKETS}.>", "sockets"),
 )
+SCHEMAS = {"flow": codec.RAW_FLOW, "dns": codec.RAW_DNS, "socket": codec.RAW_SOCKET}
 
 
 class Pipeline:
@@ -119,25 +131,59 @@ class Pipeline:
 
     async def handle(self, kind: str, msg: Msg) -> None:
         """Process one raw work message to completion: publish, then ack (or DLQ + term)."""
-        schema = {"flow": codec.RAW_FLOW, "dns": codec.RAW_DNS, "socket": codec.RAW_SOCKET}[kind]
         if msg.metadata.num_delivered > 1:
             self.metrics.redelivered.labels(kind).inc()
-        try:
-            if kind == "flow":  # decoded by the enricher (its compiled core reads lines)
-                output = self.enricher.flow_batch(msg.headers, msg.data)
-            else:
-                records = codec.decode(schema, msg.headers, msg.data)
-        except CodecError as e:
-            await self._reject(kind, msg, e)
+        output = await self._enrich(kind, msg)
+        if output is None:
             return
         if kind == "flow":
             published = await self._publish(codec.FLOW, output, msg)
         elif kind == "dns":
-            output = self.enricher.dns(records)
             published = await self._publish(codec.DNS, output, msg)
         else:
-            output = Output(bad=self.enricher.check_sockets(records))
             published = True
+        await self._settle_output(kind, msg, output, published)
+
+    async def handle_flows(self, msgs: list[Msg]) -> None:
+        """Several raw flow batches due at once (:func:`_group`), to completion: each
+        enriched in order, their outputs published as *one* atomic batch
+        (:meth:`_publish_group`), then each acked. A subject's records of the whole group
+        go in one message, so nats-server stores and delivers fewer messages than the
+        batches would take one by one (docs/enricher.md, "Raw batches published
+        together"). A redelivered batch takes :meth:`handle`'s way."""
+        group: list[tuple[Msg, Output]] = []
+        for msg in msgs:
+            if msg.metadata.num_delivered > 1:  # its marker is asked first: on its own
+                await self.handle("flow", msg)
+            elif (output := await self._enrich("flow", msg)) is not None:
+                group.append((msg, output))
+        if len(group) > 1 and (published := await self._publish_group(group)) is not None:
+            results = [published] * len(group)
+        else:  # not as one: each its own way, as handle publishes it
+            results = await asyncio.gather(
+                *(self._publish(codec.FLOW, output, msg) for msg, output in group)
+            )
+        for (msg, output), stored in zip(group, results, strict=True):
+            await self._settle_output("flow", msg, output, stored)
+
+    async def _enrich(self, kind: str, msg: Msg) -> Output | None:
+        """A raw work message's output; None when it cannot be decoded (dead-lettered
+        and terminated by :meth:`_reject`)."""
+        schema = SCHEMAS[kind]
+        try:
+            if kind == "flow":  # decoded by the enricher (its compiled core reads lines)
+                return self.enricher.flow_batch(msg.headers, msg.data)
+            records = codec.decode(schema, msg.headers, msg.data)
+        except CodecError as e:
+            await self._reject(kind, msg, e)
+            return None
+        if kind == "dns":
+            return self.enricher.dns(records)
+        return Output(bad=self.enricher.check_sockets(records))
+
+    async def _settle_output(self, kind: str, msg: Msg, output: Output, published: bool) -> None:
+        """After a raw message's output was published (or not): counted, its bad records
+        dead-lettered, acked; nak'ed for a redelivery when either did not happen."""
         if not published:
             await _settle(msg.nak(delay=1.0), "nak", self)
             return
@@ -148,10 +194,51 @@ class Pipeline:
             self.metrics.add_flows(output.tally)
         elif kind == "dns":
             self.metrics.add_dns(output.tally)
-        if output.bad and not await self._dead_letter_records(kind, schema, msg, output.bad):
+        if output.bad and not await self._dead_letter_records(kind, SCHEMAS[kind], msg, output.bad):
             await _settle(msg.nak(delay=1.0), "nak", self)
             return
         await _settle(msg.ack(), "ack", self)
+
+    async def _publish_group(self, group: list[tuple[Msg, Output]]) -> bool | None:
+        """Fresh raw flow batches' outputs as one atomic batch: their lines merged by
+        subject (``merge_lines``), each content message's ``Nats-Msg-Id`` under the first
+        batch's id and the group's size, and the last k messages — one per batch —
+        carrying the k batches' markers (see :meth:`_publish`), so a batch redelivered
+        alone finds its own. True once stored; False when the outcome is not known (a
+        timeout, no stream: the batches are redelivered and ask for their markers);
+        None, nothing stored, when the group cannot go as one — markers or atomic
+        batches off, an output the core did not render, fewer subjects than batches,
+        more than :data:`ATOMIC_MAX`, a message over the size limit, the stream's refusal
+        — and each batch is then published on its own."""
+        if _flowcore is None or not self.markers or self.atomic_after > time.monotonic():
+            return None
+        parts = [output.rendered for _, output in group]
+        if any(
+            output.by_subject or part is None
+            for (_, output), part in zip(group, parts, strict=True)
+        ):
+            return None
+        ids = [raw_message_id(msg.metadata) for msg, _ in group]
+        prefix = f"{msg_id_prefix(codec.FLOW, ids[0])}{len(ids)}:"
+        markers = tuple(msg_id_prefix(codec.FLOW, raw_id) + DONE for raw_id in ids)
+        stream, generation = subjects.STREAM_FLOWS, self.streams.generation
+        try:
+            future = await self.publisher.publish_lines_atomic(
+                _flowcore.merge_lines(parts), codec.FLOW.header, prefix, markers, self.max_bytes
+            )
+            if future is None:
+                return None
+            await asyncio.wait_for(future, PUBLISH_TIMEOUT)
+        except PublishError as e:
+            if e.code:  # refused: nothing of it was stored
+                return None
+            await self._publish_failed(stream, e, generation)
+            return False
+        except Exception as e:  # timeouts, no stream: every batch of it comes back
+            await self._publish_failed(stream, e, generation)
+            return False
+        self._found(stream)
+        return True
 
     async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> bool:
         """Publish every subject's records to JetStream; True once all are stored.
@@ -834,12 +921,20 @@ async def _handle_work(
     queue: asyncio.Queue[tuple[float, Msg] | None], kind: str, pipeline: Pipeline
 ) -> None:
     """:func:`work_loop`'s handling: each queued message once it is due, until the end
-    (None); then waits for those still being handled."""
+    (None); then waits for those still being handled. Raw flow batches that are due
+    together — a backlog, a burst, a replica catching up — go to
+    :meth:`Pipeline.handle_flows` as one group (:func:`_group`)."""
     # Enriching is synchronous, so batches are enriched in arrival order; up to
-    # HANDLERS of them wait for their publish acknowledgements at the same time.
+    # HANDLERS of them (or of their groups) wait for their publish acknowledgements at
+    # the same time.
     slots = asyncio.Semaphore(HANDLERS)
     running: set[asyncio.Task[None]] = set()
-    while (item := await queue.get()) is not None:
+    later: tuple[float, Msg] | None = None  # taken from the queue before it was due
+    ended = False
+    while not ended:
+        item, later = later or await queue.get(), None
+        if item is None:
+            break
         due, msg = item
         delay = due - time.monotonic()
         if delay > 0:
@@ -848,10 +943,45 @@ async def _handle_work(
         for task in [t for t in running if t.done()]:
             running.discard(task)
             task.result()  # a bug in handling crashes the service loudly
-        task = asyncio.create_task(pipeline.handle(kind, msg))
+        group = [msg]
+        if kind == "flow":
+            taken = _group(group, queue)
+            ended = taken is _END
+            later = None if ended else taken
+        work = pipeline.handle(kind, msg) if len(group) == 1 else pipeline.handle_flows(group)
+        task = asyncio.create_task(work)
         task.add_done_callback(lambda _: slots.release())
         running.add(task)
     await asyncio.gather(*running)
+
+
+_END: Any = object()  # _group's answer when it took the queue's end
+
+
+def _group(group: list[Msg], queue: asyncio.Queue[tuple[float, Msg] | None]) -> Any:
+    """Add to ``group`` (one raw flow batch, due) the queued batches due now, in order,
+    up to :data:`GROUP_MAX` batches of :data:`GROUP_RECORDS` records in all (by their
+    ``Flowscope-Count``; a batch without one goes alone). Returns the item taken from
+    the queue but left out — not due yet, or one too many — to be handled next (None:
+    none; ``_END``: the queue's end)."""
+    records = _records(group[0])
+    while len(group) < GROUP_MAX and not queue.empty():
+        item = queue.get_nowait()
+        if item is None:
+            return _END
+        count = _records(item[1])
+        if item[0] > time.monotonic() or records + count > GROUP_RECORDS:
+            return item
+        group.append(item[1])
+        records += count
+    return None
+
+
+def _records(msg: Msg) -> int:
+    """A raw batch's record count as its header gives it; :data:`GROUP_RECORDS` when it
+    gives none (that batch goes alone)."""
+    count = (msg.headers or {}).get(codec.COUNT_HEADER, "")
+    return int(count) if count.isdigit() and len(count) < 10 else GROUP_RECORDS
 
 
 async def feed_loop(

@@ -218,23 +218,26 @@ class AckedPublisher:
 
     async def publish_lines_atomic(
         self, lines: dict[str, list[bytes]] | _flowcore.Lines, schema: str, msg_id: str,
-        last_id: str | None, max_body: int,
+        last_id: str | tuple[str, ...] | None, max_body: int,
     ) -> asyncio.Future[bytes] | None:  # fmt: skip
         """A raw batch's flow lines (subject → NDJSON lines, or the compiled core's
         ``Lines``) as one atomic batch, one message per subject with the headers
         ``Pipeline._messages`` gives them (``Nats-Msg-Id``: ``msg_id`` + subject +
         ``:0``, the last one's ``msg_id`` + ``last_id`` unless that is None), framed by
         the enricher's compiled core: the bytes :meth:`publish_atomic` writes for those
-        messages. None, nothing sent, when that does not apply — no
-        compiled core, encoding off, more than :data:`ATOMIC_MAX` subjects, a header
-        value ``publish`` would change, a subject or size the core leaves to Python —
-        and the caller builds the messages."""
+        messages. ``last_id`` a tuple of k ids (the markers of k raw batches published
+        together): the last k messages' ids are those, in full. None, nothing sent, when
+        that does not apply — no compiled core, encoding off, more than
+        :data:`ATOMIC_MAX` subjects (or fewer than k), a header value ``publish`` would
+        change, a subject or size the core leaves to Python — and the caller builds the
+        messages."""
         if _flowcore is None or not self._writes or not 0 < len(lines) <= ATOMIC_MAX:
             return None
         last = next(reversed(lines)) if isinstance(lines, dict) else lines.subjects[-1]
         if last_id is None:
             last_id = f"{last}:0"
-        if not all(map(_value_as_given, (schema, msg_id, msg_id + last_id))):
+        ids = last_id if isinstance(last_id, tuple) else (msg_id + last_id,)
+        if not all(map(_value_as_given, (schema, msg_id, *ids))):
             return None
         reply, future = self._expect(last)
         texts = (schema, msg_id, last_id, uuid.uuid4().hex, reply,
@@ -357,8 +360,8 @@ class AckedPublisher:
 
 
 def gather_lines(
-    lines: _flowcore.Lines, schema: str, msg_id: str, last_id: str, batch_id: str, reply: str,
-    max_body: int,
+    lines: _flowcore.Lines, schema: str, msg_id: str, last_id: str | tuple[str, ...],
+    batch_id: str, reply: str, max_body: int,
 ) -> tuple[_flowcore.Frame, int, int] | None:  # fmt: skip
     """:func:`frame_lines` of the compiled core's ``Lines``, the bytes gathered where
     they are rather than joined: (frame, messages, body bytes); ``frame.rest()`` gives
@@ -370,22 +373,22 @@ def gather_lines(
 
 
 def _frame_texts(
-    schema: str, msg_id: str, last_id: str, batch_id: str
-) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    schema: str, msg_id: str, last_id: str | tuple[str, ...], batch_id: str
+) -> tuple[bytes, bytes, bytes, bytes, bytes | tuple[bytes, ...]]:
     """The header text around a message's count, subject and sequence, the commit, and
-    the end of the commit's message id."""
+    the end of the commit's message id (or the last messages' whole ids)."""
     return (
         f"{SCHEMA_HEADER}: {schema}\r\n{COUNT_HEADER}: ".encode(),
         f"\r\n{MSG_ID_HEADER}: {msg_id}".encode(),
         f"\r\n{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: ".encode(),
         f"{BATCH_COMMIT}: 1\r\n".encode(),
-        last_id.encode(),
+        tuple(i.encode() for i in last_id) if isinstance(last_id, tuple) else last_id.encode(),
     )
 
 
 def frame_lines(
-    lines: dict[str, list[bytes]] | _flowcore.Lines, schema: str, msg_id: str, last_id: str,
-    batch_id: str, reply: str, max_body: int,
+    lines: dict[str, list[bytes]] | _flowcore.Lines, schema: str, msg_id: str,
+    last_id: str | tuple[str, ...], batch_id: str, reply: str, max_body: int,
 ) -> tuple[bytes, int, int] | None:  # fmt: skip
     """(data, messages, body bytes) of ``lines`` as one atomic batch — one message per
     subject, headers schema, count, ``Nats-Msg-Id`` ``msg_id`` + subject + ``:0`` (the
