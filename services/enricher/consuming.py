@@ -238,6 +238,7 @@ class Pipeline:
             await self._publish_failed(stream, e, generation)
             return False
         self._found(stream)
+        self.metrics.grouped_batches.inc(len(group))
         return True
 
     async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> bool:

@@ -25,6 +25,7 @@ class Metrics:
     bad_messages: Counter  # by reason
     dead_lettered: Counter
     redelivered: Counter  # by kind
+    grouped_batches: Counter  # raw flow batches published together with others
     informer_synced: Gauge  # by resource
     informer_events: Counter  # by resource, type
     informer_objects: Gauge  # by resource
@@ -73,6 +74,11 @@ class Metrics:
                 "redelivered",
                 "raw messages handled again after another replica died or timed out",
                 ("kind",),
+            ),
+            grouped_batches=counter(
+                "grouped_batches",
+                "raw flow batches whose output was published in one atomic batch with other "
+                "batches due at the same time",
             ),
             informer_synced=gauge(
                 "informer_synced", "1 once a resource's first full LIST is applied", ("resource",)

@@ -84,6 +84,12 @@ async def _pipeline(nc: NATS, atomic: bool = True) -> Pipeline:
     return pipeline
 
 
+def _grouped(pipeline: Pipeline) -> float:
+    """``flowscope_enricher_grouped_batches_total`` of the pipeline's registry."""
+    (family,) = pipeline.metrics.grouped_batches.collect()
+    return next(x.value for x in family.samples if x.name.endswith("_total"))
+
+
 async def _stored(js: JetStreamContext) -> list[tuple[str, str, int]]:
     """(subject, Nats-Msg-Id, records) of every message in the flows stream, in order."""
     count = (await js.stream_info(subjects.STREAM_FLOWS)).state.messages
@@ -119,6 +125,7 @@ async def test_batches_due_together_are_one_message_per_subject(nc: NATS) -> Non
     assert [msg_id for _, msg_id, _ in stored[-3:]] == [_marker(m) for m in msgs]
     first = raw_message_id(msgs[0].metadata)
     assert stored[0][1] == f"enricher:flow:{first}:3:{stored[0][0]}:0"
+    assert _grouped(pipeline) == 3
     await pipeline.publisher.close()
 
 
@@ -151,6 +158,7 @@ async def test_more_batches_than_subjects_go_one_by_one(nc: NATS) -> None:
     stored = await _stored(nc.jetstream())
     assert [msg_id for _, msg_id, _ in stored] == [_marker(m) for m in msgs]
     assert sum(records for _, _, records in stored) == 15
+    assert _grouped(pipeline) == 0
     await pipeline.publisher.close()
 
 
