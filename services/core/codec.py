@@ -18,6 +18,7 @@ from flowscope.core.errors import CodecError, SchemaMismatchError
 
 SCHEMA_HEADER = "Flowscope-Schema"
 COUNT_HEADER = "Flowscope-Count"
+MAX_COUNT_DIGITS = 18  # a Flowscope-Count header: a record count fits a signed 64-bit integer
 LONG_LINE = 128  # bytes a line on average from which decode_body counts lines by find
 
 
@@ -146,9 +147,20 @@ def framed(expected: Schema, headers: Mapping[str, str] | None, body: bytes) -> 
     core, which reads the lines and counts them, is left only the lines to check)."""
     if (headers or {}).get(SCHEMA_HEADER) != expected.header or not body.endswith(b"\n"):
         return None
-    count = (headers or {}).get(COUNT_HEADER)
-    if count is None:
+    if COUNT_HEADER not in (headers or {}):
         return -1
+    return stated_count(headers)
+
+
+def stated_count(headers: Mapping[str, str] | None) -> int | None:
+    """The record count a message's ``Flowscope-Count`` header states: a plain decimal
+    (0-9 only, no sign, space or leading zero) of at most :data:`MAX_COUNT_DIGITS`
+    digits; None when there is no header or it states no such count. The bound is not
+    only a count's: ``int`` refuses a text of over 4 300 digits with a ValueError, which
+    is not a :class:`CodecError` and would escape the callers' handling of bad input."""
+    count = (headers or {}).get(COUNT_HEADER)
+    if count is None or len(count) > MAX_COUNT_DIGITS:
+        return None
     return int(count) if count.isascii() and count.isdigit() and count == str(int(count)) else None
 
 

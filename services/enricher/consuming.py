@@ -981,8 +981,8 @@ def _group(group: list[Msg], queue: asyncio.Queue[tuple[float, Msg] | None]) -> 
 def _records(msg: Msg) -> int:
     """A raw batch's record count as its header gives it; :data:`GROUP_RECORDS` when it
     gives none (that batch goes alone)."""
-    count = (msg.headers or {}).get(codec.COUNT_HEADER, "")
-    return int(count) if count.isdigit() and len(count) < 10 else GROUP_RECORDS
+    count = codec.stated_count(msg.headers)
+    return GROUP_RECORDS if count is None else count
 
 
 async def feed_loop(

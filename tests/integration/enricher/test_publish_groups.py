@@ -196,8 +196,8 @@ async def test_an_undecodable_batch_in_a_group_is_dead_lettered_the_rest_grouped
 async def test_batches_due_together_are_grouped_up_to_group_records(nc: NATS) -> None:
     """The work loop's grouping (``_group``): batches due now, in order, until
     GROUP_RECORDS records or GROUP_MAX batches; a batch not due yet, or one too many, is
-    handed back to be handled next; a batch without a count goes alone; the queue's end
-    is reported."""
+    handed back to be handled next; a batch without a count it states (none, or a
+    hostile one) goes alone; the queue's end is reported."""
     half = GROUP_RECORDS // 2
     now = time.monotonic()
     queue: asyncio.Queue[tuple[float, Msg] | None] = asyncio.Queue()
@@ -216,11 +216,14 @@ async def test_batches_due_together_are_grouped_up_to_group_records(nc: NATS) ->
     queue.put_nowait((now + 60, msgs[1]))  # not due yet
     group = [msgs[0]]
     assert _group(group, queue) == (now + 60, msgs[1]) and group == [msgs[0]]
-    uncounted = _raw(nc, 70, _spread(70))
-    uncounted.headers = {codec.SCHEMA_HEADER: "raw.flow/1"}
-    queue.put_nowait((now, uncounted))
-    group = [msgs[0]]
-    assert _group(group, queue) == (now, uncounted) and group == [msgs[0]]
+    for count in (None, "\u00b2", "7" * 5000, "-1"):  # none, a digit not 0-9, int()'s limit
+        uncounted = _raw(nc, 70, _spread(70))
+        uncounted.headers = {codec.SCHEMA_HEADER: "raw.flow/1"}
+        if count is not None:
+            uncounted.headers[codec.COUNT_HEADER] = count
+        queue.put_nowait((now, uncounted))
+        group = [msgs[0]]
+        assert _group(group, queue) == (now, uncounted) and group == [msgs[0]]
     queue.put_nowait(None)
     group = [msgs[0]]
     assert _group(group, queue) is _END and group == [msgs[0]]

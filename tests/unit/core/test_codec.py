@@ -101,6 +101,12 @@ def test_count_mismatch() -> None:
         ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "+2"}, b"{}\n{}\n", None),
         ({"Flowscope-Schema": "flow/1", "Flowscope-Count": " 2"}, b"{}\n{}\n", None),
         ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "²"}, b"{}\n", None),  # a digit, not 0-9
+        (
+            {"Flowscope-Schema": "flow/1", "Flowscope-Count": "1" * 5000},
+            b"{}\n",
+            None,
+        ),  # int()'s limit
+        ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "1" * 19}, b"{}\n", None),
         ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "1"}, b"{}", None),  # no newline
         ({"Flowscope-Schema": "flow/1", "Flowscope-Count": "0"}, b"", None),
         ({"Flowscope-Schema": "flow/2", "Flowscope-Count": "1"}, b"{}\n", None),

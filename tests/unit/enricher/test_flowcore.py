@@ -651,6 +651,7 @@ def test_message_bodies_read_by_the_compiled_core() -> None:
         ({**headers, codec.COUNT_HEADER: "2"}, body),  # the count is wrong
         ({**headers, codec.COUNT_HEADER: "03"}, body),
         ({**headers, codec.COUNT_HEADER: "\u00b3"}, body),  # a digit, not 0-9
+        ({**headers, codec.COUNT_HEADER: "3" * 5000}, body),  # int() refuses it: ValueError
         ({**headers, codec.COUNT_HEADER: "4"}, body),
         ({**headers, codec.SCHEMA_HEADER: codec.RAW_DNS.header}, body),
         ({}, body),
