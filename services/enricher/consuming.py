@@ -45,6 +45,7 @@ from flowscope.enricher.publishing import (
     NoStreamError,
     PublishError,
     cancel_all,
+    merge_lines,
 )
 from flowscope.enricher.settings import ConsumerSettings
 from nats.aio.client import Client as NATS
@@ -54,11 +55,6 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-
-try:  # merges several raw batches' lines for one publish (flowcore.c, merge_lines)
-    from flowscope.enricher import _flowcore
-except ImportError:  # pragma: no cover - a build without a C compiler
-    _flowcore = None  # type: ignore[assignment]
 
 log = logging.getLogger("flowscope.enricher")
 COMPONENT = "enricher"
@@ -210,31 +206,25 @@ class Pipeline:
         batches off, an output the core did not render, fewer subjects than batches,
         more than :data:`ATOMIC_MAX`, a message over the size limit, the stream's refusal
         — and each batch is then published on its own."""
-        if _flowcore is None or not self.markers or self.atomic_after > time.monotonic():
+        if not self.markers or self.atomic_after > time.monotonic():
             return None
-        parts = [output.rendered for _, output in group]
-        if any(
-            output.by_subject or part is None
-            for (_, output), part in zip(group, parts, strict=True)
-        ):
+        if any(output.by_subject or output.rendered is None for _, output in group):
             return None
         ids = [raw_message_id(msg.metadata) for msg, _ in group]
         prefix = f"{msg_id_prefix(codec.FLOW, ids[0])}{len(ids)}:"
-        markers = tuple(msg_id_prefix(codec.FLOW, raw_id) + DONE for raw_id in ids)
+        markers = tuple(marker_id(codec.FLOW, raw_id) for raw_id in ids)
         stream, generation = subjects.STREAM_FLOWS, self.streams.generation
         try:
+            merged = merge_lines([output.rendered for _, output in group])
             future = await self.publisher.publish_lines_atomic(
-                _flowcore.merge_lines(parts), codec.FLOW.header, prefix, markers, self.max_bytes
+                merged, codec.FLOW.header, prefix, markers, self.max_bytes
             )
             if future is None:
                 return None
             await asyncio.wait_for(future, PUBLISH_TIMEOUT)
-        except PublishError as e:
-            if e.code:  # refused: nothing of it was stored
-                return None
-            await self._publish_failed(stream, e, generation)
-            return False
         except Exception as e:  # timeouts, no stream: every batch of it comes back
+            if isinstance(e, PublishError) and e.code:  # refused: nothing of it was stored
+                return None
             await self._publish_failed(stream, e, generation)
             return False
         self._found(stream)
@@ -469,7 +459,7 @@ class Pipeline:
             subject = next(iter([*output.by_subject, *output.lines]), None)
         if subject is None:
             return False
-        stored = self.publisher.stored(subject, msg_id_prefix(schema, raw_id) + DONE, schema.header)
+        stored = self.publisher.stored(subject, marker_id(schema, raw_id), schema.header)
         return await asyncio.wait_for(stored, PUBLISH_TIMEOUT)
 
     async def _publish_each(self, messages: list[Message]) -> None:
@@ -609,6 +599,11 @@ def msg_id_prefix(schema: codec.Schema, raw_id: str) -> str:
     chunk number follow): the raw message's :func:`raw_message_id`, so that a
     redelivered raw message's output is the same ids and JetStream stores it once."""
     return f"enricher:{schema.name}:{raw_id}:"
+
+
+def marker_id(schema: codec.Schema, raw_id: str) -> str:
+    """The ``Nats-Msg-Id`` of a raw message's *marker* (see :meth:`Pipeline._publish`)."""
+    return msg_id_prefix(schema, raw_id) + DONE
 
 
 async def _settle(reply: Awaitable[None], what: str, pipeline: Pipeline) -> None:
@@ -930,10 +925,9 @@ async def _handle_work(
     # the same time.
     slots = asyncio.Semaphore(HANDLERS)
     running: set[asyncio.Task[None]] = set()
-    later: tuple[float, Msg] | None = None  # taken from the queue before it was due
-    ended = False
-    while not ended:
-        item, later = later or await queue.get(), None
+    ahead: Any = _NOTHING  # a queue item _group took but left for the next turn
+    while True:
+        item, ahead = await queue.get() if ahead is _NOTHING else ahead, _NOTHING
         if item is None:
             break
         due, msg = item
@@ -946,9 +940,7 @@ async def _handle_work(
             task.result()  # a bug in handling crashes the service loudly
         group = [msg]
         if kind == "flow":
-            taken = _group(group, queue)
-            ended = taken is _END
-            later = None if ended else taken
+            ahead = _group(group, queue)
         work = pipeline.handle(kind, msg) if len(group) == 1 else pipeline.handle_flows(group)
         task = asyncio.create_task(work)
         task.add_done_callback(lambda _: slots.release())
@@ -956,26 +948,26 @@ async def _handle_work(
     await asyncio.gather(*running)
 
 
-_END: Any = object()  # _group's answer when it took the queue's end
+_NOTHING: Any = object()  # _group took no queue item it did not add
 
 
 def _group(group: list[Msg], queue: asyncio.Queue[tuple[float, Msg] | None]) -> Any:
     """Add to ``group`` (one raw flow batch, due) the queued batches due now, in order,
     up to :data:`GROUP_MAX` batches of :data:`GROUP_RECORDS` records in all (by their
-    ``Flowscope-Count``; a batch without one goes alone). Returns the item taken from
-    the queue but left out — not due yet, or one too many — to be handled next (None:
-    none; ``_END``: the queue's end)."""
+    ``Flowscope-Count``; a batch without one goes alone). Returns the queue item it
+    took but left out, to be handled next — a batch not due yet or one too many, or
+    None, the queue's end — or ``_NOTHING``."""
     records = _records(group[0])
     while len(group) < GROUP_MAX and not queue.empty():
         item = queue.get_nowait()
         if item is None:
-            return _END
+            return item
         count = _records(item[1])
         if item[0] > time.monotonic() or records + count > GROUP_RECORDS:
             return item
         group.append(item[1])
         records += count
-    return None
+    return _NOTHING
 
 
 def _records(msg: Msg) -> int:

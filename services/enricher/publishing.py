@@ -372,6 +372,13 @@ def gather_lines(
     return _flowcore.gather_atomic(lines, *texts, reply, max_body)
 
 
+def merge_lines(parts: list[_flowcore.Lines]) -> _flowcore.Lines:
+    """Several raw batches' rendered lines as one ``Lines``, part after part, to go out
+    as one atomic batch (flowcore.c, ``merge_lines``): only the compiled core renders
+    ``Lines``, so it is there when they are."""
+    return _flowcore.merge_lines(parts)
+
+
 def _frame_texts(
     schema: str, msg_id: str, last_id: str | tuple[str, ...], batch_id: str
 ) -> tuple[bytes, bytes, bytes, bytes, bytes | tuple[bytes, ...]]:

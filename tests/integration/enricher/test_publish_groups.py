@@ -11,27 +11,20 @@ from typing import Any
 
 import nats
 import pytest
-from flowscope.core import codec, messaging, subjects
-from flowscope.core.messaging import NatsSettings
+from flowscope.core import codec, subjects
 from flowscope.enricher.consuming import (
-    _END,
+    _NOTHING,
     GROUP_MAX,
     GROUP_RECORDS,
     Pipeline,
     _group,
     raw_message_id,
 )
-from flowscope.enricher.enriching import Enricher, Observers
-from flowscope.enricher.local import LocalResolver
-from flowscope.enricher.metrics import Metrics
-from flowscope.enricher.names import NameCache
-from flowscope.enricher.processes import SocketTable
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
-from prometheus_client import CollectorRegistry
 
+from tests.integration.enricher.test_publishing import _pipeline as publishing_pipeline
 from tests.support import nats_server
 
 HOST = "10.0.0.1"  # this "machine's" address: its ends are `host`, the rest `external`
@@ -70,18 +63,7 @@ def _marker(msg: Msg) -> str:
 
 
 async def _pipeline(nc: NATS, atomic: bool = True) -> Pipeline:
-    js = nc.jetstream()
-    if atomic:
-        await messaging.ensure_streams(js, NatsSettings(url=nc.connected_url.geturl()))
-    else:
-        for spec in subjects.STREAMS:
-            await js.add_stream(StreamConfig(name=spec.name, subjects=list(spec.subjects)))
-    enricher = Enricher(LocalResolver(frozenset({HOST})), SocketTable(10, 1), NameCache(1, 2, 10),
-                        Observers(60))  # fmt: skip
-    pipeline = Pipeline(nc, enricher, Metrics.create(CollectorRegistry()))
-    await pipeline.publisher.start()
-    assert await pipeline.use_atomic() is atomic
-    return pipeline
+    return await publishing_pipeline(nc, atomic, frozenset({HOST}))
 
 
 def _grouped(pipeline: Pipeline) -> float:
@@ -211,7 +193,7 @@ async def test_batches_due_together_are_grouped_up_to_group_records(nc: NATS) ->
     for msg in small[1:]:
         queue.put_nowait((now, msg))
     group = [small[0]]
-    assert _group(group, queue) is None and group == small[:GROUP_MAX]  # GROUP_MAX at most
+    assert _group(group, queue) is _NOTHING and group == small[:GROUP_MAX]  # GROUP_MAX at most
     queue.get_nowait()  # (the one left over)
     queue.put_nowait((now + 60, msgs[1]))  # not due yet
     group = [msgs[0]]
@@ -226,7 +208,7 @@ async def test_batches_due_together_are_grouped_up_to_group_records(nc: NATS) ->
         assert _group(group, queue) == (now, uncounted) and group == [msgs[0]]
     queue.put_nowait(None)
     group = [msgs[0]]
-    assert _group(group, queue) is _END and group == [msgs[0]]
+    assert _group(group, queue) is None and group == [msgs[0]]  # the end, taken
 
 
 async def test_a_group_of_one_is_published_on_its_own(nc: NATS) -> None:
