@@ -114,15 +114,16 @@ def _raw_id(sequence: int) -> str:
     return raw_message_id(_raw_message(NATS(), sequence).metadata)
 
 
-async def _pipeline(nc: NATS, atomic: bool) -> Pipeline:
-    """A started pipeline over fresh output streams, with or without atomic batches."""
+async def _pipeline(nc: NATS, atomic: bool, local: frozenset[str] = frozenset()) -> Pipeline:
+    """A started pipeline over fresh output streams, with or without atomic batches, its
+    enricher in local mode (``local``: this machine's addresses)."""
     js = nc.jetstream()
     if atomic:
         await messaging.ensure_streams(js, NatsSettings(url=nc.connected_url.geturl()))
     else:
         for spec in subjects.STREAMS:
             await js.add_stream(StreamConfig(name=spec.name, subjects=list(spec.subjects)))
-    enricher = Enricher(LocalResolver(frozenset()), SocketTable(10, 1), NameCache(1, 2, 10),
+    enricher = Enricher(LocalResolver(local), SocketTable(10, 1), NameCache(1, 2, 10),
                         Observers(1))  # fmt: skip
     pipeline = Pipeline(nc, enricher, Metrics.create(CollectorRegistry()))
     await pipeline.publisher.start()

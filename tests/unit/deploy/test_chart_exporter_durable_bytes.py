@@ -9,25 +9,15 @@ exporter's template counts bytes (Go's ``len``) and fails the install instead.
 from __future__ import annotations
 
 import pytest
-from flowscope.core import config
-from flowscope.core.errors import ConfigError
 from flowscope.core.messaging import MAX_CONSUMER_NAME
-from flowscope.exporter.settings import SINK_NAMES, Settings
+from flowscope.exporter.settings import SINK_NAMES
 
 from tests.support.chart_templates import TemplateFailure, render_objects
-from tests.unit.deploy.test_chart_exporter_durable import PATH, VARIABLE, exporter_env
+from tests.unit.deploy.test_chart_exporter_durable import PATH, VARIABLE, exporter_env, loads
 from tests.unit.deploy.test_chart_schema import CHART, nested, problems
 
 # The service's rule: <durable>-<longest sink> within the server's limit.
 LIMIT = MAX_CONSUMER_NAME - len("-") - max(len(sink.encode()) for sink in SINK_NAMES)
-
-
-def exporter_loads(value: str) -> bool:
-    try:
-        config.load(Settings, {}, {VARIABLE: value})
-    except ConfigError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize(
@@ -40,7 +30,7 @@ def test_a_name_over_the_byte_limit_fails_the_install_naming_it(value: str) -> N
     is what stops them, before the exporter could."""
     assert len(value.encode()) > LIMIT
     assert not problems(nested(PATH, value))
-    assert not exporter_loads(value)
+    assert not loads(value)
     message = rf"^exporter\.consumer\.durable has {len(value.encode())} bytes .* at most {LIMIT},"
     with pytest.raises(TemplateFailure, match=message):
         render_objects(CHART, nested(PATH, value))
@@ -55,4 +45,4 @@ def test_a_name_within_the_byte_limit_reaches_the_exporter(value: str) -> None:
     assert len(value.encode()) <= LIMIT
     assert not problems(nested(PATH, value))
     assert exporter_env(nested(PATH, value))[VARIABLE] == value
-    assert exporter_loads(value)
+    assert loads(value)
