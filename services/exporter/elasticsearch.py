@@ -93,6 +93,7 @@ class BulkOutcome:
     retry: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
     setup: str = ""  # the reason of a setup refusal among ``retry`` (one, for the log)
+    unreadable: int = 0  # items among ``retry`` that are no ``{action: {status, …}}``
 
 
 @dataclass(slots=True)
@@ -188,17 +189,21 @@ def action_prefix(index: str) -> bytes:
 def classify(response: dict[str, Any]) -> BulkOutcome:
     """Sort a ``_bulk`` response's items by what to do next."""
     outcome = BulkOutcome()
-    for i, item in enumerate(response.get("items", ())):
-        result = next(iter(item.values()))
-        status = result.get("status", 0)
+    for i, item in enumerate(response["items"]):
+        status, result = _item_result(item)
         if status in (200, 201):
             outcome.stored += 1
         elif status == 409:
             outcome.already += 1
+        elif status == 0:  # what became of the record is unknown: send it again
+            outcome.retry.append(i)
+            outcome.unreadable += 1
         elif status == 429 or status >= 500:
             outcome.retry.append(i)
         else:
-            error = result.get("error") or {}
+            error = result.get("error")
+            if not isinstance(error, dict):
+                error = {"reason": error or ""}
             reason = f"{status} {error.get('type', '')}: {error.get('reason', '')}"
             if status in SETUP_STATUSES or error.get("type") in SETUP_ERRORS:
                 outcome.retry.append(i)
@@ -206,6 +211,16 @@ def classify(response: dict[str, Any]) -> BulkOutcome:
             else:
                 outcome.rejected[i] = reason
     return outcome
+
+
+def _item_result(item: Any) -> tuple[int, dict[str, Any]]:
+    """An item's status and result; status 0 for an item that is not
+    ``{action: {"status": <int>, …}}``, which a proxy or another product may answer (it
+    raised, and the batch was retried as a sink's bug until the answer changed)."""
+    result = next(iter(item.values()), None) if isinstance(item, dict) else None
+    if not isinstance(result, dict) or type(result.get("status")) is not int:
+        return 0, {}
+    return result["status"], result
 
 
 def tls_context(settings: ElasticsearchSettings) -> ssl.SSLContext | None:
@@ -415,7 +430,9 @@ class BulkClient:
         response = _decode(payload)
         if status != 200 or not isinstance(response, dict):
             raise BackendError(f"_bulk answered {status}: {_reason(response)}")
-        return BulkAnswer(len(response.get("items", ())), response)
+        if not isinstance(response.get("items"), list):
+            raise BackendError(f"_bulk answered {status} without items: {_reason(response)}")
+        return BulkAnswer(len(response["items"]), response)
 
     async def _send(
         self, method: str, path: str, body: bytes | BulkBody | None, content_type: str
@@ -565,6 +582,10 @@ class ElasticsearchSink:
         if answer.response is None or answer.response.get("errors") is False:
             return []  # every item stored: no need to walk them
         outcome = classify(answer.response)
+        if outcome.unreadable:
+            self._log.warning(
+                "es-unreadable", "_bulk answered items without a status; retrying them"
+            )
         self._metrics.already_stored.labels(self.name).inc(outcome.already)
         result.unconfirmed += outcome.already
         for i, reason in outcome.rejected.items():

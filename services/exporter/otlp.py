@@ -11,13 +11,15 @@ the answer per the OTLP specification:
   ``ExportLogsServiceResponse`` (protobuf, or JSON when the receiver says so). 429, 502,
   503, 504 are retryable, honouring ``Retry-After``; connection errors too, and a 2xx
   whose body is not an ``ExportLogsServiceResponse`` (a proxy's page: whether the
-  receiver got the records is unknown, and at least once means sending again).
+  receiver got the records is unknown, and at least once means sending again); so is
+  a gRPC OK whose message is not one.
 - Anything else is permanent: the records are dead-lettered. That includes an HTTP
   redirect, which is not followed (aiohttp would, taking the headers' tokens and the
   records to wherever it points, plaintext ``http://`` included); the error names
   where it pointed, so the endpoint can be set to it.
-- A record the encoder cannot carry (an integer outside int64, see
-  ``otlp_encoding.OutOfRangeError``) is left out of the request and dead-lettered alone.
+- A record the encoder cannot carry (an integer outside int64, a value nested too
+  deeply, see ``otlp_encoding.UnencodableError``) is left out of the request and
+  dead-lettered alone.
 - A ``partial_success`` with rejected log records is logged and counted, not retried;
   one with only an ``error_message`` (a warning from the receiver) is logged.
 """
@@ -113,14 +115,14 @@ class GrpcTransport:
             self._channel = grpc.aio.secure_channel(target.grpc_target, creds)
         else:
             self._channel = grpc.aio.insecure_channel(target.grpc_target)
-        # No request serializer: the encoder already produced the protobuf bytes.
-        self._export = self._channel.unary_unary(
-            EXPORT_METHOD, response_deserializer=ExportLogsServiceResponse.FromString
-        )
+        # No request serializer: the encoder already produced the protobuf bytes. No
+        # response deserializer either: grpc's swallows a decoding error and answers None,
+        # which read as a refusal without a reason and dead-lettered the batch.
+        self._export = self._channel.unary_unary(EXPORT_METHOD)
 
     async def send(self, body: bytes) -> Outcome:
         try:
-            response = await self._export(
+            payload = await self._export(
                 body,
                 timeout=self._target.timeout,
                 metadata=self._target.headers or None,
@@ -128,7 +130,12 @@ class GrpcTransport:
             )
         except grpc.aio.AioRpcError as e:
             return _grpc_outcome(e)
-        return Outcome(response=response)
+        try:
+            return Outcome(response=ExportLogsServiceResponse.FromString(payload))
+        except DecodeError:  # as an HTTP 2xx with such a body: unknown, so sent again
+            start = payload[:80].decode("utf-8", "replace")
+            error = f"gRPC OK with a body that is not an OTLP response: {start!r}"
+            return Outcome(retry=True, error=error, unreadable=True)
 
     async def close(self) -> None:
         await self._channel.close()

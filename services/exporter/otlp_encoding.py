@@ -10,7 +10,8 @@ list → array_value, object → kvlist_value).
 
 An integer outside int64 (the record contract allows any JSON integer, counters are
 u64) cannot be an ``int_value``: the record is left out of the request and reported,
-so the OTLP sink dead-letters it naming the key (:class:`OutOfRangeError`).
+so the OTLP sink dead-letters it naming the key (:class:`OutOfRangeError`). So is a
+record with a value nested deeper than the encoder recurses (:class:`TooDeepError`).
 
 The bytes are written by hand rather than through the generated message classes: the
 records are flat and their keys and most string values repeat, so encoding each
@@ -39,7 +40,12 @@ _pack_double = struct.Struct("<d").pack
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
-class OutOfRangeError(ValueError):
+class UnencodableError(ValueError):
+    """A record value OTLP (or this encoder) cannot carry: the record is left out of the
+    request and dead-lettered, naming the attribute."""
+
+
+class OutOfRangeError(UnencodableError):
     """An integer OTLP cannot carry: ``AnyValue.int_value`` is int64, so 2**63 and up
     would arrive as a negative number.
 
@@ -50,6 +56,13 @@ class OutOfRangeError(ValueError):
     (``long``) refuses the same record, so both sinks agree: it is in the DLQ, with the
     key, for someone to look at — no real counter gets there (2**63 bytes is 8 EiB).
     """
+
+
+class TooDeepError(UnencodableError):
+    """A value nested deeper than the encoder's recursion reaches. The contract leaves
+    unknown keys free, and the decoder accepts lists or objects 1,024 deep: raised as
+    a RecursionError, it made every export of the batch fail, the record's neighbours
+    with it, for as long as the message came back."""
 
 
 def varint(value: int) -> bytes:
@@ -321,7 +334,7 @@ class LogsEncoder:
     ) -> bytes:
         """One request holding every record as a LogRecord of one resource and scope.
 
-        A record OTLP cannot carry (:class:`OutOfRangeError`) is left out and its index
+        A record OTLP cannot carry (:class:`UnencodableError`) is left out and its index
         and reason put in ``rejected``; without ``rejected`` the error is raised."""
         observed = b"\x59" + _pack_fixed64(observed_ns)
         event = self._event[kind]
@@ -330,7 +343,7 @@ class LogsEncoder:
         for i, record in enumerate(records):
             try:
                 body = self._attributes(record)
-            except OutOfRangeError as e:
+            except UnencodableError as e:
                 if rejected is None:
                     raise
                 rejected[i] = f"cannot encode as OTLP: {e}"
@@ -413,6 +426,8 @@ def _attribute(key: str, value: Any) -> bytes:
         return _field(0x32, key_value(key, value))
     except OutOfRangeError as e:
         raise OutOfRangeError(f"attribute {key}: {e}") from None
+    except RecursionError:  # only nested values recurse, and all of them come here
+        raise TooDeepError(f"attribute {key}: nested too deeply") from None
 
 
 def resource_attributes(cluster_name: str) -> dict[str, str]:
