@@ -14,7 +14,8 @@
  * where it entered. Bridge master devices are not attached by default (user space),
  * since a frame reaching the host through a bridge port crosses the port and the bridge.
  *
- * Constants (-D): MAX_FLOWS, FLOW_CACHE_SLOTS, DNS_PORT, DNS_CAPTURE_LEN, DNS_RINGBUF_PAGES.
+ * Constants (-D): MAX_FLOWS, FLOW_CACHE_SLOTS, DNS_PORT, DNS_CAPTURE_LEN, DNS_RINGBUF_PAGES,
+ * TUNNEL_PORT_0 .. TUNNEL_PORT_3 (UDP ports of VXLAN or Geneve tunnels; 0: none).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -269,6 +270,67 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct packet *p)
     }
     }
     p->has_ports = 0;   /* unknown protocol or truncated header: addresses only */
+}
+
+static __always_inline int tunnel_port(__u16 port)
+{
+    return port != 0 && (port == TUNNEL_PORT_0 || port == TUNNEL_PORT_1 ||
+                         port == TUNNEL_PORT_2 || port == TUNNEL_PORT_3);
+}
+
+/* The headers a UDP tunnel repeats in every wire segment of a super-packet besides the
+ * outer IP and UDP ones: its own header, the inner Ethernet, IP and L4 headers. The
+ * stack segments a TCP super-packet sent over a VXLAN or Geneve device only after
+ * encapsulating it (SKB_GSO_UDP_TUNNEL), or a NIC does; GRO builds the same on receipt.
+ * `__sk_buff` has no gso_type, so the headers after the UDP one tell: Geneve (RFC 8926)
+ * has version 0 and a protocol type (Ethernet 0x6558, or IPv4 / IPv6 directly) in
+ * bytes 2-3, then 4 x opt_len bytes of options after its 8; VXLAN (RFC 7348) has the
+ * I flag (0x08) in byte 0 and reserved zeros in bytes 2-3, then Ethernet. Anything else
+ * adds nothing (counted as before: outer headers only). `off`: the tunnel header. */
+static __always_inline __u32 tunnel_headers(struct __sk_buff *skb, __u32 off)
+{
+    __u8 t[8];
+    if (LOAD(skb, off, t, sizeof(t)) < 0)
+        return 0;
+    __u16 type = ((__u16)t[2] << 8) | t[3];
+    __u32 inner = off + 8;
+    if (t[0] >> 6 == 0 && (type == ETH_P_TEB || type == ETH_P_IP || type == ETH_P_IPV6))
+        inner += (t[0] & 0x3f) * 4;         /* Geneve, with its options */
+    else if ((t[0] & 0x08) && type == 0)
+        type = ETH_P_TEB;                   /* VXLAN: Ethernet follows */
+    else
+        return 0;
+    if (type == ETH_P_TEB) {
+        __be16 l3;
+        if (LOAD(skb, inner + 12, &l3, sizeof(l3)) < 0)
+            return 0;
+        type = bpf_ntohs(l3);
+        inner += ETH_HLEN_;
+    }
+    __u8 ip[10];
+    if (LOAD(skb, inner, ip, sizeof(ip)) < 0)
+        return 0;
+    __u32 l4 = inner;
+    __u8 proto;
+    if (type == ETH_P_IP && ip[0] >> 4 == 4 && (ip[0] & 0x0f) >= 5) {
+        l4 += (ip[0] & 0x0f) * 4;
+        proto = ip[9];
+    } else if (type == ETH_P_IPV6 && ip[0] >> 4 == 6) {
+        l4 += 40;                           /* extension headers: neither TCP nor UDP below */
+        proto = ip[6];
+    } else {
+        return 0;
+    }
+    __u32 l4_len = 0;
+    if (proto == IPPROTO_TCP) {
+        __u8 doff;
+        if (LOAD(skb, l4 + 12, &doff, sizeof(doff)) < 0)
+            return 0;
+        l4_len = (doff >> 4) * 4;
+    } else if (proto == IPPROTO_UDP) {
+        l4_len = 8;
+    }
+    return l4 - off + l4_len;
 }
 
 /* -1 / 0 / 1 as (a_addr, a_port) compares with (b_addr, b_port); any total order works. */
@@ -634,6 +696,9 @@ static __always_inline int handle_general(struct __sk_buff *skb, __u8 direction,
         return TC_ACT_UNSPEC;   /* ARP, LLDP, …: not IP, not a flow */
     }
     parse_l4(skb, &p);
+    /* a tunnel's super-packet: each wire segment repeats the inner headers too */
+    if (p.proto == IPPROTO_UDP && p.has_ports && tunnel_port(p.dport) && skb->gso_size != 0)
+        p.hdr_len += tunnel_headers(skb, p.l4_off + 8);
     struct flow_key key = {};
     struct contribution c = {
         .ip_len = p.ip_len, .hdr_len = p.hdr_len, .proto = p.proto,
@@ -670,6 +735,8 @@ static __always_inline int count_common(struct __sk_buff *skb, __u8 *ip, __u8 *l
     __u16 dport = bpf_ntohs(*(__u16 *)(l4 + 2));
     if (sport == DNS_PORT || dport == DNS_PORT)
         return 0;           /* DNS packets are also copied: the general path does both */
+    if (proto == IPPROTO_UDP && tunnel_port(dport) && skb->gso_size != 0)
+        return 0;           /* a tunnel's super-packet: the general path reads its inner headers */
     struct flow_key key = {};
     __u64 swap;             /* all ones when the destination endpoint is the lower one */
     if (family == FLOWSCOPE_AF_INET) {

@@ -21,6 +21,8 @@ EGRESS_FUNC = "flowscope_egress"
 # Variants for devices without an Ethernet header (tun, WireGuard, IP-in-IP).
 INGRESS_IP_FUNC = "flowscope_ingress_ip"
 EGRESS_IP_FUNC = "flowscope_egress_ip"
+# How many UDP tunnel ports bpf/flows.c compares with (TUNNEL_PORT_0 .. 3).
+TUNNEL_PORTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +34,12 @@ class FlowProgramConfig:
     dns_port: int = 53
     dns_capture_len: int = 512
     dns_ringbuf_pages: int = 64
+    tunnel_ports: tuple[int, ...] = (4789, 8472, 6081)  # at most TUNNEL_PORTS
 
     def cflags(self) -> list[str]:
+        if len(self.tunnel_ports) > TUNNEL_PORTS:
+            raise ValueError(f"at most {TUNNEL_PORTS} tunnel ports")
+        ports = self.tunnel_ports + (0,) * (TUNNEL_PORTS - len(self.tunnel_ports))
         return [
             f"-I{bpf_dir()}",
             f"-DMAX_FLOWS={self.max_flows}",
@@ -41,6 +47,7 @@ class FlowProgramConfig:
             f"-DDNS_PORT={self.dns_port}",
             f"-DDNS_CAPTURE_LEN={self.dns_capture_len}",
             f"-DDNS_RINGBUF_PAGES={self.dns_ringbuf_pages}",
+            *(f"-DTUNNEL_PORT_{i}={port}" for i, port in enumerate(ports)),
         ]
 
 

@@ -81,6 +81,7 @@ def program_config(settings: Settings) -> FlowProgramConfig:
         dns_port=settings.dns.port,
         dns_capture_len=settings.dns.capture_bytes,
         dns_ringbuf_pages=settings.dns.ring_buffer_pages,
+        tunnel_ports=settings.flows.tunnel_ports,
     )
 
 

@@ -33,6 +33,14 @@ def _power_of_two_or_zero(value: int) -> int:
     return _power_of_two(value)
 
 
+def _ports(value: tuple[int, ...]) -> tuple[int, ...]:
+    if len(value) > 4:  # loading.TUNNEL_PORTS: the flow program compares with four
+        raise ValueError("at most 4 ports")
+    for port in value:
+        _between(1, 65535)(port)
+    return value
+
+
 def _patterns(value: tuple[str, ...]) -> tuple[str, ...]:
     for pattern in value:
         fnmatch.translate(pattern)  # any text is a valid glob; keeps the intent explicit
@@ -90,6 +98,14 @@ class FlowSettings:
         "without a flow-map lookup. 0 turns the cache off (also done, with one log line, "
         "where membarrier(MEMBARRIER_CMD_GLOBAL) is unavailable)",
         parse=_power_of_two_or_zero,
+    )
+    tunnel_ports: tuple[int, ...] = setting(
+        (4789, 8472, 6081),
+        "UDP ports of VXLAN and Geneve tunnels (comma-separated, at most 4): IANA's "
+        "VXLAN, Linux's and flannel's / Cilium's VXLAN, Geneve. A tunnel's super-packet "
+        "is counted with the inner headers each wire segment repeats (docs/collector.md, "
+        "Bytes); empty: none",
+        parse=_ports,
     )
     nat_pairing: bool = setting(
         True,

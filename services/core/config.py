@@ -225,7 +225,10 @@ def _convert(hint: Any, value: Any) -> Any:
         return Path(str(value))
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-        return tuple(str(i).strip() for i in items if str(i).strip())
+        texts = [str(i).strip() for i in items if str(i).strip()]
+        if typing.get_args(hint)[0] is int:
+            return tuple(_convert(int, text) for text in texts)
+        return tuple(texts)
     raise TypeError(f"unsupported setting type {hint}")  # a bug in a settings class
 
 
@@ -275,7 +278,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
             continue
         default = "(unset)" if leaf.default in (None, "", ()) else leaf.default
         if isinstance(leaf.default, tuple) and leaf.default:
-            default = ",".join(leaf.default)
+            default = ",".join(map(str, leaf.default))
         flags = (leaf.flag,) if leaf.short is None else (leaf.short, leaf.flag)
         # A yes/no setting's flag alone means yes (``observe -f``, as hubble's); a value
         # after it is still read (``--follow false``). No command takes positionals.
@@ -414,7 +417,7 @@ def describe(cls: type[Any]) -> list[tuple[str, str, str, str]]:
     for leaf in leaves(cls):
         default = "" if leaf.default in (None, ()) else str(leaf.default)
         if isinstance(leaf.default, tuple):
-            default = ",".join(leaf.default)
+            default = ",".join(map(str, leaf.default))
         flag = "(no flag: secret)" if leaf.secret else leaf.flag
         rows.append((flag, leaf.env, default, leaf.doc))
     return rows

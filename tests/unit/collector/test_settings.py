@@ -22,8 +22,34 @@ def test_defaults() -> None:
     slots = 1024 if membarrier_global_available() else 0
     assert program_config(s).cflags()[1:] == [
         "-DMAX_FLOWS=65536", f"-DFLOW_CACHE_SLOTS={slots}", "-DDNS_PORT=53",
-        "-DDNS_CAPTURE_LEN=512", "-DDNS_RINGBUF_PAGES=64",
+        "-DDNS_CAPTURE_LEN=512", "-DDNS_RINGBUF_PAGES=64", "-DTUNNEL_PORT_0=4789",
+        "-DTUNNEL_PORT_1=8472", "-DTUNNEL_PORT_2=6081", "-DTUNNEL_PORT_3=0",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "ports"),
+    [("4789", (4789,)), (" 1, 65535 ,8472,6081", (1, 65535, 8472, 6081)), ("", ())],
+)
+def test_tunnel_ports_reach_the_program_four_at_most(value: str, ports: tuple[int, ...]) -> None:
+    s = config.load(Settings, {}, {"FLOWSCOPE_FLOWS_TUNNEL_PORTS": value})
+    assert s.flows.tunnel_ports == ports
+    padded = ports + (0,) * (4 - len(ports))
+    assert program_config(s).cflags()[-4:] == [
+        f"-DTUNNEL_PORT_{i}={p}" for i, p in enumerate(padded)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("x", "'x' is not an integer"), ("1,2,3,4,5", "at most 4 ports"),
+     ("0", "must be between 1 and 65535"), ("4789,70000", "must be between 1 and 65535"),
+     ("1.5", "'1.5' is not an integer")],
+)  # fmt: skip
+def test_bad_tunnel_ports_stop_start_up_naming_the_setting(value: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config.load(Settings, {}, {"FLOWSCOPE_FLOWS_TUNNEL_PORTS": value})
+    assert str(raised.value) == f"invalid setting FLOWSCOPE_FLOWS_TUNNEL_PORTS: {reason}"
 
 
 @pytest.mark.parametrize("value", ["3", "-1", "2097152"])
