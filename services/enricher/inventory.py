@@ -17,6 +17,10 @@ or one an earlier version of itself holds: a pod holding it has had it since, wh
 still runs or not. A finished pod holds a free one only for ``deleted_grace`` after it was
 first seen finished; a terminating one until it is deleted, then for its grace.
 
+An address several Services, or several nodes, list (a shared load-balancer IP) is the
+last indexed one's; when that one stops listing it, or is deleted, the last indexed of the
+others takes it over (a live one first).
+
 An address that a pod, a node and a Service may all hold (pods and nodes share a subnet
 with the AWS VPC and Azure CNIs; a node's address may be a load-balancer IP) resolves to
 the first of them, in that order, that is live — neither deleted nor a pod not running —
@@ -39,12 +43,13 @@ probe for a cached one. What an identity reads, and so what must drop it:
   indexes);
 - the end of a finished pod's grace drops the addresses it lets go of;
 - a delete drops the addresses the deleted pod, node or Service shares with an object
-  of another kind (the live one outranks it now).
+  of another kind (the live one outranks it now), and those a deleted Service or node
+  hands over to a live one of its kind listing them too.
 
 An upsert of an object equal to the stored one (a status-only update: the slim objects
 keep none of the status) that leaves every index as it was changes nothing and drops
-nothing. A delete changes no other identity (deleted objects stay indexed for their
-grace).
+nothing. A delete changes no identity but those above (deleted objects stay indexed for
+their grace).
 
 Identities are built ahead of the flows that ask for them (:meth:`Inventory.warm`): every
 address an object brings or a change drops goes *cold*, and the enricher's warming task
@@ -133,6 +138,12 @@ class Inventory:
         self._containers: dict[str, Pod] = {}
         self._service_ips: dict[str, Service] = {}
         self._node_ips: dict[str, Node] = {}
+        # Address → every Service (node) listing it, by id, in the order indexed: the one
+        # _service_ips (_node_ips) names, and those that take the address over when it
+        # goes. Several may list one address (Services sharing a load-balancer IP, as
+        # MetalLB's allow-shared-ip does; nodes behind one NAT given one ExternalIP).
+        self._service_holders: dict[str, dict[int, Service]] = {}
+        self._node_holders: dict[str, dict[int, Node]] = {}
         self._slice_ips: dict[str, dict[Key, EndpointSlice]] = {}  # pod ip → {slice key: slice}
         # (grace end, resource, key, deleted object), in time order: each is forgotten at
         # its grace end, whether still stored or replaced by a new one (buried)
@@ -220,10 +231,32 @@ class Inventory:
         now = self._clock()
         obj.deleted_at = now
         self._graveyard.append((now + self._grace, resource, key, obj))
-        # No index changes: only an address that another kind's object holds too is
-        # resolved otherwise now (to that one, when live: see _holder).
+        # Deleted objects stay indexed: only an address that another kind's object holds
+        # too is resolved otherwise now (to that one, when live: see _holder), and one a
+        # live Service or node of the same kind lists too is that one's now.
         if isinstance(obj, Pod | Service | Node):
             self._forget_addresses(self._shared(obj.ips))
+        if isinstance(obj, Service | Node):
+            self._forget_addresses(self._hand_over(obj))
+
+    def _hand_over(self, obj: Service | Node) -> list[str]:
+        """Give the addresses a deleted Service or node is indexed at to a live one of its
+        kind listing them too (the live claim is the newer); returns those addresses."""
+        index, holders = self._listings(obj)
+        moved = []
+        for ip in obj.ips:
+            if index.get(ip) is obj:
+                successor = _successor(holders.get(ip, {}), obj)
+                if successor is not None and not successor.deleted_at:
+                    index[ip] = successor
+                    moved.append(ip)
+        return moved
+
+    def _listings(self, obj: Service | Node) -> tuple[dict[str, Any], dict[str, dict[int, Any]]]:
+        """The address index of ``obj``'s kind, and its every-holder index."""
+        if isinstance(obj, Service):
+            return self._service_ips, self._service_holders
+        return self._node_ips, self._node_holders
 
     def replace(self, resource: str, objs: Iterable[Obj]) -> None:
         """A full LIST: upsert everything, delete (with grace) what is gone."""
@@ -375,12 +408,13 @@ class Inventory:
         elif isinstance(obj, Workload):
             if (owner := _owner_key(obj)) is not None:
                 self._owned_workloads.setdefault(owner, set()).add(object_key("", obj))
-        elif isinstance(obj, Service):
+        elif isinstance(obj, Service | Node):
+            index, holders = self._listings(obj)
             for ip in obj.ips:
-                self._service_ips[ip] = obj
-        elif isinstance(obj, Node):
-            for ip in obj.ips:
-                self._node_ips[ip] = obj
+                index[ip] = obj
+                listing = holders.setdefault(ip, {})
+                listing.pop(id(obj), None)  # indexed again: the last indexed
+                listing[id(obj)] = obj
         elif isinstance(obj, EndpointSlice):
             key = (obj.namespace, obj.name)
             for ip in obj.addresses:
@@ -405,10 +439,8 @@ class Inventory:
                     children.discard(object_key("", obj))
                     if not children:
                         del self._owned_workloads[owner]
-        elif isinstance(obj, Service):
-            _drop(self._service_ips, obj.ips, obj)
-        elif isinstance(obj, Node):
-            _drop(self._node_ips, obj.ips, obj)
+        elif isinstance(obj, Service | Node):
+            _drop(*self._listings(obj), obj)
         elif isinstance(obj, EndpointSlice):
             key = (obj.namespace, obj.name)
             for ip in obj.addresses:
@@ -619,7 +651,24 @@ def _built_at(found: Identity) -> list[str]:
     return [found.address, *(found.elsewhere or ())]
 
 
-def _drop(index: dict[str, Any], ips: tuple[str, ...], obj: Any) -> None:
-    for ip in ips:
+def _drop(index: dict[str, Any], holders: dict[str, dict[int, Any]], obj: Service | Node) -> None:
+    """Unindex a Service or node: each address it is indexed at goes to another listing
+    it (see _successor), if any."""
+    for ip in obj.ips:
+        listing = holders.get(ip, {})
+        if listing.pop(id(obj), None) is not None and not listing:
+            del holders[ip]
         if index.get(ip) is obj:
-            del index[ip]
+            successor = _successor(listing, obj)
+            if successor is None:
+                del index[ip]
+            else:
+                index[ip] = successor
+
+
+def _successor(listing: dict[int, Any], leaving: Service | Node) -> Service | Node | None:
+    """Who of ``listing`` (the Services or nodes listing one address) takes it over from
+    ``leaving``: the last indexed live one, else the last indexed one."""
+    others = [obj for obj in listing.values() if obj is not leaving]
+    live = [obj for obj in others if not obj.deleted_at]
+    return (live or others or [None])[-1]

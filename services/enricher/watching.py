@@ -13,8 +13,8 @@ One :class:`Informer` per resource keeps the :class:`Inventory` current:
 - An ``ERROR`` event with a 410 Status (``Expired``/``Gone``), or a 410 response, means
   the resourceVersion is too old: LIST again — at once the first time, after the capped
   exponential backoff below when the LIST before it led to a 410 too without a single
-  watch event applied in between (an API server that expires every version it hands
-  out must not be re-LISTed in a loop).
+  watch event with a resourceVersion applied in between (an API server that expires
+  every version it hands out must not be re-LISTed in a loop).
 - An ``ERROR`` event with a 504 Status whose cause is ``ResourceVersionTooLarge`` means
   the server is behind the resourceVersion held (etcd restored from an older backup, or
   its watch cache lagging): a WATCH from it will not succeed before the server catches
@@ -519,9 +519,13 @@ class Informer:
         meta = meta if isinstance(meta, Mapping) else {}
         new_version = meta.get("resourceVersion")
         if not isinstance(new_version, str) or not new_version:
-            new_version = version  # an odd version must not become the resume point
-        self.relists_in_a_row = 0  # the version is good: a 410 after this relists at once
-        self.watch_errors = 0
+            # An odd version must not become the resume point, nor count as progress: a
+            # server sending a BOOKMARK without one before each 410 would be re-LISTed
+            # without a pause.
+            new_version = version
+        else:
+            self.relists_in_a_row = 0  # the version is good: a 410 after this relists at once
+            self.watch_errors = 0
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             converted = self._convert(obj)
             if converted is None:
