@@ -18,11 +18,15 @@ MAX_CACHED = 100_000
 
 
 def local_addresses() -> frozenset[str]:
-    """Every address configured on this machine's interfaces (canonical text)."""
+    """Every address configured on this machine's interfaces (canonical text).
+
+    ``IFA_LOCAL`` first: on a point-to-point address (a tunnel, PPP) it is this end and
+    ``IFA_ADDRESS`` the peer's; elsewhere they are one address, or (IPv6) only
+    ``IFA_ADDRESS`` is sent."""
     found: set[str] = set()
     with Netlink() as ip:
         for addr in ip.get_addr():
-            text = addr.get_attr("IFA_ADDRESS") or addr.get_attr("IFA_LOCAL")
+            text = addr.get_attr("IFA_LOCAL") or addr.get_attr("IFA_ADDRESS")
             if text:
                 found.add(str(ipaddress.ip_address(text.split("%")[0])))
     return frozenset(found)
