@@ -9,8 +9,9 @@ user-space half: :func:`parse_packet` turns those bytes into a :class:`DnsPacket
 The bytes are attacker-controlled. Every way they can be wrong raises
 :class:`DnsParseError` and nothing else, and every loop is bounded by the input length
 or a constant: names follow compression pointers only strictly backwards (so loops are
-impossible), labels are at most 63 bytes and names at most 255 wire bytes, and section
-counts are checked against the bytes that remain.
+impossible), labels are at most 63 bytes and names at most 255 wire bytes, section
+counts are checked against the bytes that remain, and a name already read in a message
+is not read again (``Known``), so the work is linear in the message's length.
 
 Contract details (also in docs/collector-sockets.md):
 
@@ -406,20 +407,21 @@ def parse_message(msg: bytes, cut: bool = False) -> DnsMessage:
         raise DnsParseError("bad-opcode", str(flags >> 11 & 0xF))
     offset = _HEADER.size
     qname, qtype = "", ""
+    known: Known = {}
     for i in range(qdcount):
-        name, offset = read_name(msg, offset)
+        name, offset = read_name(msg, offset, known)
         if offset + 4 > len(msg):
             raise DnsParseError("short-dns", "question cut off")
         if i == 0:
             qname, qtype = name, qtype_name(int.from_bytes(msg[offset : offset + 2], "big"))
         offset += 4
-    answers, after = _read_answers(msg, offset, ancount, cut)
+    answers, after = _read_answers(msg, offset, ancount, cut, known)
     rcode = flags & 0xF
     # The sections after the answers are read only for the OPT record: if they are
     # malformed, the answers stand and so does the header's code.
     if after is not None:
         with contextlib.suppress(DnsParseError):
-            rcode |= _extended_rcode(msg, after, nscount, arcount, cut) << 4
+            rcode |= _extended_rcode(msg, after, nscount, arcount, cut, known) << 4
     truncated = tc or after is None
     return DnsMessage(
         ident, bool(flags & 0x8000), rcode_name(rcode), qname, qtype, answers, truncated
@@ -427,13 +429,13 @@ def parse_message(msg: bytes, cut: bool = False) -> DnsMessage:
 
 
 def _read_answers(
-    msg: bytes, offset: int, count: int, cut: bool
+    msg: bytes, offset: int, count: int, cut: bool, known: Known
 ) -> tuple[tuple[DnsAnswer, ...], int | None]:
     """Answers of the types flowscope keeps, and the offset after them (None where a cut
     message ended first: it stops there quietly)."""
     answers: list[DnsAnswer] = []
     for _ in range(count):
-        record = _read_cut(msg, offset, cut, _read_record)
+        record = _read_cut(msg, offset, cut, known, _read_record)
         if record is None:
             return tuple(answers), None
         answer, offset = record
@@ -442,17 +444,19 @@ def _read_answers(
     return tuple(answers), offset
 
 
-def _extended_rcode(msg: bytes, offset: int, nscount: int, arcount: int, cut: bool) -> int:
+def _extended_rcode(
+    msg: bytes, offset: int, nscount: int, arcount: int, cut: bool, known: Known
+) -> int:
     """The upper 8 bits of the response code, from the EDNS OPT record in the additional
     section (RFC 6891 §6.1.3: BADVERS, BADCOOKIE); 0 without one, or where a cut
     message ends before it. The authority records before it are read to be skipped."""
     for _ in range(nscount):
-        record = _read_cut(msg, offset, cut, _record)
+        record = _read_cut(msg, offset, cut, known, _record)
         if record is None:
             return 0
         offset = record[-1]
     for _ in range(arcount):
-        record = _read_cut(msg, offset, cut, _record)
+        record = _read_cut(msg, offset, cut, known, _record)
         if record is None:
             return 0
         _, rtype, _, ttl, _, offset = record
@@ -461,21 +465,24 @@ def _extended_rcode(msg: bytes, offset: int, nscount: int, arcount: int, cut: bo
     return 0
 
 
-def _read_cut(msg: bytes, offset: int, cut: bool, read: Callable[[bytes, int], T]) -> T | None:
-    """``read(msg, offset)``, or None where a cut message ends before the record does."""
+def _read_cut(
+    msg: bytes, offset: int, cut: bool, known: Known, read: Callable[[bytes, int, Known], T]
+) -> T | None:
+    """``read(msg, offset, known)``, or None where a cut message ends before the record
+    does."""
     if offset >= len(msg) and cut:
         return None
     try:
-        return read(msg, offset)
+        return read(msg, offset, known)
     except DnsParseError as error:
         if cut and error.reason.startswith("short"):
             return None
         raise
 
 
-def _record(msg: bytes, offset: int) -> tuple[str, int, int, int, int, int]:
+def _record(msg: bytes, offset: int, known: Known) -> tuple[str, int, int, int, int, int]:
     """One resource record: owner, type, class, TTL as sent, start and end of its data."""
-    name, offset = read_name(msg, offset)
+    name, offset = read_name(msg, offset, known)
     if offset + _RR_FIXED.size > len(msg):
         raise DnsParseError("short-dns", "record header cut off")
     rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(msg, offset)
@@ -486,18 +493,18 @@ def _record(msg: bytes, offset: int) -> tuple[str, int, int, int, int, int]:
     return name, rtype, rclass, ttl, start, end
 
 
-def _read_record(msg: bytes, offset: int) -> tuple[DnsAnswer | None, int]:
-    name, rtype, rclass, ttl, start, end = _record(msg, offset)
+def _read_record(msg: bytes, offset: int, known: Known) -> tuple[DnsAnswer | None, int]:
+    name, rtype, rclass, ttl, start, end = _record(msg, offset, known)
     if ttl & 0x80000000:
         ttl = 0  # RFC 2181 §8
     if rclass != CLASS_IN or rtype not in (TYPE_A, TYPE_AAAA, TYPE_CNAME):
         return None, end
-    return DnsAnswer(name, qtype_name(rtype), ttl, _rdata(msg, rtype, start, end)), end
+    return DnsAnswer(name, qtype_name(rtype), ttl, _rdata(msg, rtype, start, end, known)), end
 
 
-def _rdata(msg: bytes, rtype: int, start: int, end: int) -> str:
+def _rdata(msg: bytes, rtype: int, start: int, end: int, known: Known) -> str:
     if rtype == TYPE_CNAME:
-        target, after = read_name(msg, start)
+        target, after = read_name(msg, start, known)
         if after != end:
             raise DnsParseError("bad-rdata", "CNAME length does not match its name")
         return target
@@ -509,37 +516,77 @@ def _rdata(msg: bytes, rtype: int, start: int, end: int) -> str:
     return str(ipaddress.IPv6Address(msg[start:end]))
 
 
-def read_name(msg: bytes, offset: int) -> tuple[str, int]:
+# What reading a name from an offset of one message gave: its presentation form ("" for
+# the root), the wire bytes of its labels, the offset after it, and the target of the
+# pointer that ends the labels from there (None: the root does) with their wire bytes.
+_Read = tuple[str, int, int, int | None, int]
+Known = dict[int, _Read]  # the names read so far in one message, by where they start
+
+
+def read_name(msg: bytes, offset: int, known: Known | None = None) -> tuple[str, int]:
     """Read a possibly compressed name at ``offset``; returns (name, offset after it).
 
     A compression pointer must point strictly before the start of the labels that led
-    to it, so every jump lowers the position and a loop cannot exist; together with the
-    255-byte name limit this bounds the work by the message length.
+    to it, so every jump lowers the position and a loop cannot exist. ``known`` (filled
+    in here) holds what names already read in the same message gave from each label and
+    pointer on: a name that reaches one takes the rest from there, as reading on would
+    (its first pointer checked against this name's start). Without it a message whose
+    names all point to one 127-label name, or to the end of a chain of pointers, costs
+    work in the square of its length; with it each byte is read at most once.
     """
-    labels: list[str] = []
+    known = {} if known is None else known
+    read: list[tuple[int, str, int]] = []  # each label and pointer: offset, text, wire bytes
     wire_len = 0
     floor = offset  # the next pointer must point below this
-    end: int | None = None  # where the name ends in the record that holds it
-    while True:
+    while (rest := known.get(offset)) is None:
         if offset >= len(msg):
             raise DnsParseError("short-name", f"name runs past the end at {offset}")
         length = msg[offset]
         if length & 0xC0 == 0xC0:
             target = _pointer_target(msg, offset, floor)
-            end = offset + 2 if end is None else end
+            read.append((offset, "", 0))
             offset = floor = target
             continue
         if length & 0xC0:
             raise DnsParseError("bad-label", f"label type {length & 0xC0:#x}")
         if length == 0:
-            return _name_text(labels), offset + 1 if end is None else end
+            rest = known[offset] = ("", 0, offset + 1, None, 0)
+            break
         wire_len += length + 1
         if wire_len + 1 > MAX_NAME_WIRE:
             raise DnsParseError("long-name", f"over {MAX_NAME_WIRE} bytes")
         if offset + 1 + length > len(msg):
             raise DnsParseError("short-name", "label cut off")
-        labels.append(_label_text(msg[offset + 1 : offset + 1 + length]))
+        read.append((offset, _label_text(msg[offset + 1 : offset + 1 + length]), length + 1))
         offset += 1 + length
+    _check_rest(rest, wire_len, floor, offset)
+    text, _, end, _, _ = _remember(msg, read, rest, known)
+    return text or ".", end
+
+
+def _check_rest(rest: _Read, wire_len: int, floor: int, offset: int) -> None:
+    """Raise what reading on from ``offset`` would have, where a name read before says
+    the labels from there end in a pointer that does not go back, or are too long."""
+    _, wire, _, target, run_wire = rest
+    bad_pointer = target is not None and target >= floor  # reading on would stop there
+    if wire_len + (run_wire if bad_pointer else wire) + 1 > MAX_NAME_WIRE:
+        raise DnsParseError("long-name", f"over {MAX_NAME_WIRE} bytes")
+    if bad_pointer:
+        raise DnsParseError("bad-pointer", f"pointer after {offset} to {target} does not go back")
+
+
+def _remember(msg: bytes, read: list[tuple[int, str, int]], rest: _Read, known: Known) -> _Read:
+    """The name from the first of ``read`` on (``rest`` after them); what it gives from
+    each of them on is remembered in ``known``."""
+    text, wire, end, target, run_wire = rest
+    for start, label, size in reversed(read):
+        if size:
+            text = f"{label}.{text}" if text else label
+            wire, run_wire = wire + size, run_wire + size
+        else:  # a pointer ends the labels before it, up to the previous pointer
+            end, target, run_wire = start + 2, (msg[start] & 0x3F) << 8 | msg[start + 1], 0
+        known[start] = (text, wire, end, target, run_wire)
+    return text, wire, end, target, run_wire
 
 
 def _pointer_target(msg: bytes, offset: int, floor: int) -> int:
@@ -564,10 +611,6 @@ def _label_text(label: bytes) -> str:
         else:
             out.append(f"\\{byte:03d}")
     return "".join(out)
-
-
-def _name_text(labels: list[str]) -> str:
-    return ".".join(labels) if labels else "."
 
 
 # ---------------------------------------------------------------- query/response pairing
