@@ -88,16 +88,22 @@ class Transport(Protocol):
 
 
 def retry_delay(trailers: Sequence[tuple[str, str | bytes]] | None) -> float | None:
-    """The delay of a ``google.rpc.RetryInfo`` in ``grpc-status-details-bin``, if any."""
+    """The delay of a ``google.rpc.RetryInfo`` in ``grpc-status-details-bin``, if any.
+
+    Details that do not parse (no ``Status``, a RetryInfo that is none) count as
+    absent: the answer is handled by its code alone, as one without details."""
     for key, value in trailers or ():
         if key != "grpc-status-details-bin" or not isinstance(value, bytes):
             continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+        try:
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    info = error_details_pb2.RetryInfo()
+                    detail.Unpack(info)
+                    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+        except DecodeError:
+            return None
     return None
 
 
@@ -231,11 +237,14 @@ def gzip_compress(body: bytes) -> bytes:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After``: delay seconds or an HTTP date; None when absent or unreadable."""
+    """``Retry-After``: delay seconds or an HTTP date; None when absent or unreadable.
+    Seconds are ASCII digits (RFC 9110): ``isdigit`` alone also takes ``²``, which
+    ``float`` refuses."""
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    seconds = value.strip()
+    if seconds.isascii() and seconds.isdigit():
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
