@@ -57,13 +57,11 @@ Record = dict[str, Any]
 # ---------------------------------------------------------------- settings
 
 
-def _ports(values: tuple[str, ...]) -> tuple[int, ...]:
-    ports = []
+def _ports(values: tuple[int, ...]) -> tuple[int, ...]:
     for value in values:
-        if not value.isdigit() or not 0 <= int(value) <= 65535:
-            raise ValueError(f"{value!r} is not a port (0-65535)")
-        ports.append(int(value))
-    return tuple(ports)
+        if not 0 <= value <= 65535:
+            raise ValueError(f"{value} is not a port (0-65535)")
+    return values
 
 
 # What network.transport holds for each keyword or number a user may type (Hubble's
