@@ -106,9 +106,13 @@ class LinkEvent:
 
 
 def link_event(msg: Any) -> LinkEvent | None:
-    """The one conversion of a pyroute2 link message; None for other messages."""
+    """The one conversion of a pyroute2 link message; None for other messages.
+
+    A bridge announces its ports on the same group with messages of family AF_BRIDGE
+    and no link kind: its RTM_DELLINK means the port left the bridge, not that the
+    interface is gone (the interface's own messages are AF_UNSPEC)."""
     event = msg.get("event")
-    if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+    if event not in ("RTM_NEWLINK", "RTM_DELLINK") or msg.get("family") != socket.AF_UNSPEC:
         return None
     info = msg.get_attr("IFLA_LINKINFO")
     kind = (info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""

@@ -49,6 +49,7 @@ from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError
 from flowscope.core.logs import RateLimitedLog
 from flowscope.core.messaging import MSG_ID_HEADER, NO_STREAM, StreamKeeper
+from nats.errors import MaxPayloadError
 
 log = logging.getLogger("flowscope.collector.publishing")
 
@@ -113,6 +114,9 @@ class Publisher:
         self._js = js
         self._streams = streams or StreamKeeper(None)
         self._limits = limits
+        # Message bodies are sealed under this; lowered when NATS comes back with a
+        # smaller max_payload than the one it had when the collector connected.
+        self._body_limit = limits.max_payload - HEADER_ROOM
         self._metrics = metrics
         self._lanes = {kind: _Lane(kind, SUBJECTS[kind](node)) for kind in SCHEMAS}
         # Restarted, the collector counts from 0 again: the random part keeps its ids
@@ -223,10 +227,9 @@ class Publisher:
     def _seal(self, lane: _Lane) -> None:
         """Join the pending lines into messages under max payload, into the outbox."""
         lines, lane.pending = lane.pending, []
-        limit = self._limits.max_payload - HEADER_ROOM
         for start in range(0, len(lines), self._limits.batch_max_records):
             for batch in self._join(
-                lane.kind, lines[start : start + self._limits.batch_max_records], limit
+                lane.kind, lines[start : start + self._limits.batch_max_records], self._body_limit
             ):
                 lane.outbox.append(self._identified(lane, batch))
                 lane.outbox_bytes += len(batch.body)
@@ -300,6 +303,10 @@ class Publisher:
             await self._js.publish(
                 lane.subject, batch.body, timeout=min(PUBLISH_TIMEOUT, left), headers=batch.headers
             )
+        except MaxPayloadError:
+            self._metrics.publish_errors.labels(lane.kind).inc()
+            self._split_refused(lane, batch)
+            return False
         except Exception as e:  # nats-py: timeouts, no responders, disconnected, ...
             self._metrics.publish_errors.labels(lane.kind).inc()
             self._failed_log.warning(
@@ -316,6 +323,29 @@ class Publisher:
         self._metrics.publish_bytes.labels(lane.kind).inc(len(batch.body))
         self._metrics.publish_records.labels(lane.kind).inc(batch.count)
         return True
+
+    def _split_refused(self, lane: _Lane, batch: codec.Batch) -> None:
+        """Put the records of ``batch``, which the client refused as larger than the
+        server's max_payload, back at the head of the outbox in smaller messages.
+
+        NATS came back with a smaller max_payload than the one the messages were sealed
+        for: every retry would be refused the same way, and the kind would publish
+        nothing any more. The client does not say the new limit; halving the body (and
+        keeping the header room under it) reaches it in a few refusals, and later
+        messages are sealed that small. A record refused alone is counted as too large.
+        """
+        self._body_limit = min(self._body_limit, len(batch.body) // 2 - HEADER_ROOM)
+        log.warning(
+            "a message was refused as too large for NATS; sending its records again smaller",
+            extra={"kind": lane.kind, "bytes": len(batch.body), "limit": self._body_limit},
+        )
+        lane.outbox.popleft()  # ``batch``: the message being sent is never dropped
+        lane.outbox_bytes -= len(batch.body)
+        lines = batch.body.splitlines(keepends=True)
+        parts = [self._identified(lane, b) for b in self._join(lane.kind, lines, self._body_limit)]
+        lane.outbox.extendleft(reversed(parts))
+        lane.outbox_bytes += sum(len(b.body) for b in parts)
+        self._metrics.publish_buffered_bytes.labels(lane.kind).set(lane.outbox_bytes)
 
     async def _sleep(self, stopping: asyncio.Event) -> None:
         """Until woken (a batch started or sealed), stopping, or the next thing is due.
