@@ -525,9 +525,10 @@ class Pipeline:
             f"bad-{kind}-record", "raw records dead-lettered", subject=msg.subject,
             count=len(bad), reason=str(first),
         )  # fmt: skip
-        lines = [orjson.dumps(record) + b"\n" for record, _ in bad]
+        lines = _encoded([record for record, _ in bad])
         limit = max(1024, self.nc.max_payload - PAYLOAD_HEADROOM)
-        if max(map(len, lines)) > limit:  # one record alone does not fit: the batch as it came
+        # a record alone too long for any message, or one orjson cannot write: the batch as it came
+        if lines is None or max(map(len, lines)) > limit:
             errors = [error for _, error in bad]
             copies = [(dict(msg.headers or {}), msg.data, RecordError.summary(errors))]
         else:
@@ -579,6 +580,16 @@ class Pipeline:
         else:  # an answer's lifetime runs from when it was stored (a replay reads it late)
             age = datetime.datetime.now(datetime.UTC) - msg.metadata.timestamp
             self.enricher.learn_dns(records, age.total_seconds())
+
+
+def _encoded(records: list[Any]) -> list[bytes] | None:
+    """Bad records as NDJSON lines again, or None when orjson cannot write one: it reads
+    lists and objects nested up to 1 024 deep but writes at most 254 levels, so a record
+    read from a raw batch is not always one it can write."""
+    try:
+        return [orjson.dumps(record) + b"\n" for record in records]
+    except orjson.JSONEncodeError:
+        return None
 
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
