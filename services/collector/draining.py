@@ -235,22 +235,43 @@ def raw_flow(
 
 @dataclass(slots=True)
 class DirectionMemory:
-    """Bounded memory of flows whose initiator was seen: canonical key → forward dir."""
+    """Bounded memory of flows whose initiator was seen: canonical key → forward dir.
+
+    A RST ends a connection; a FIN closes one direction only, and the other may go on
+    sending (a half-close), or its own FIN and the last ACK fall into the next interval.
+    So a flow whose interval had a FIN is still known in the next drain (``closing``):
+    seen there without a FIN or RST it is live again, else it is forgotten after it.
+    """
 
     capacity: int
-    # Read (truthiness) by the drain's loop: while empty, no entry needs resolve().
+    # Read (truthiness) by the drain's loop: while both are empty, no entry needs resolve().
     known: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
+    # Flows whose FIN the previous drain saw; those of this drain (``_closed``) follow.
+    closing: dict[bytes, int] = field(default_factory=dict)
+    _closed: dict[bytes, int] = field(default_factory=dict)
+
+    def next_drain(self) -> None:
+        """Start a drain: the flows the last one saw a FIN of are known for this one only."""
+        self.closing, self._closed = self._closed, {}
 
     def resolve(self, ident: bytes, value: tuple[Any, ...], ended: bool) -> tuple[int, bool]:
-        """(forward direction, initiator known) for this interval's entry (``ident``: key bytes)."""
+        """(forward direction, initiator known) for this interval's entry (``ident``: key
+        bytes); ``ended``: FIN or RST seen, or the shutdown drain."""
         if value[V_INIT]:
             fwd, is_known = int(value[V_FWD]), True
         elif ident in self.known:
             fwd, is_known = self.known[ident], True
+        elif ident in self.closing:
+            fwd, is_known = self.closing[ident], True
         else:
             return int(value[V_FWD]), False
+        self.closing.pop(ident, None)
         if ended:
             self.known.pop(ident, None)
+            if not value[V_FLAGS] & TCP_RST:
+                self._closed[ident] = fwd
+                if len(self._closed) > self.capacity:
+                    del self._closed[next(iter(self._closed))]
         else:
             self.known[ident] = fwd
             self.known.move_to_end(ident)
@@ -435,6 +456,7 @@ class Drainer:
         it: :meth:`FlowCache.advance` waits for a grace period, the collector runs it in a
         worker thread), the retired half is read, and each cached flow is added to its map
         entry of this drain, or rendered after the map's entries when it has none."""
+        self.memory.next_drain()
         cached: dict[bytes, tuple[Any, ...]] = {}
         if self.cache is not None:
             if not self.cache.pending:
@@ -534,7 +556,7 @@ class Drainer:
         """
         key_size = abi.FLOW_KEY.size
         memory = self.memory
-        resolve, remembered = memory.resolve, memory.known
+        resolve, remembered, closing = memory.resolve, memory.known, memory.closing
         by_family, address = ctx.names.by_family, ctx.names.json
         template = _flow_line_template(ctx.observer)
         offset, tick_ns, origin = ctx.offset_ns, ctx.tick_ns, ctx.mono_origin_ns
@@ -553,7 +575,7 @@ class Drainer:
             addr_lo, addr_hi, port_lo, port_hi, proto, family, _ = key
             first, last, pkt0, pkt1, bytes0, bytes1, flags, ifindex, fwd, init, _ = value
             flags &= 0xFF
-            if init or remembered:  # else: forward as the kernel saw it, initiator unknown
+            if init or remembered or closing:  # else: as the kernel saw it, initiator unknown
                 ended = forced or bool(flags & (TCP_FIN | TCP_RST))
                 fwd, initiator = resolve(keys[at : at + key_size], value, ended)
             else:

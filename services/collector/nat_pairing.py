@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import not_
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from flowscope.collector import abi
@@ -90,6 +90,9 @@ log = logging.getLogger("flowscope.collector.nat_pairing")
 PreEnd = tuple[int, int, int, int]
 # An end exactly: (proto, family, packed address as in the key: 16 bytes, port).
 End = tuple[int, int, bytes, int]
+# An address exactly: (family, packed address as in the key).
+Address = tuple[int, bytes]
+K = TypeVar("K")
 # A NAT'ed client flow's replies as the TC hooks count them, before they are un-NATed:
 # (sending end, receiving end) — conntrack's reply tuple.
 Replies = tuple[End, End]
@@ -299,7 +302,7 @@ def _held(key_bytes: bytes, value_bytes: bytes, memory: DirectionMemory, ctx: Dr
     (the same direction-memory step, the same definition: ``raw_flow_wire``)."""
     key = abi.FLOW_KEY.unpack(key_bytes)
     value = abi.FLOW_VALUE.unpack(value_bytes)
-    if value[V_INIT] or memory.known:
+    if value[V_INIT] or memory.known or memory.closing:
         ended = ctx.forced or bool(value[V_FLAGS] & (TCP_FIN | TCP_RST))
         fwd, initiator = memory.resolve(key_bytes, value, ended)
     else:
@@ -357,6 +360,11 @@ class NatPairing:
     # connections' answers.
     _dialled: OrderedDict[int, int] = field(default_factory=OrderedDict)
     _masqueraded: OrderedDict[int, int] = field(default_factory=OrderedDict)
+    # The same addresses whole, (family, address as in the key), for the exact stage: an
+    # IPv6 address's first 8 bytes are its /64, which other pods, nodes or Services
+    # share, and a lone flow from or to one of those is not worth a lookup.
+    _dialled_exact: OrderedDict[Address, int] = field(default_factory=OrderedDict)
+    _masqueraded_exact: OrderedDict[Address, int] = field(default_factory=OrderedDict)
     # Entries held back in the current drain: (key bytes, value bytes).
     held: list[tuple[bytes, bytes]] = field(default_factory=list)
     _failures: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, 300.0))
@@ -489,9 +497,9 @@ class NatPairing:
             return False
         if any(y is not h for y in by_receiver.get(h.sender, ())):
             return True
-        if _address_key(h.receiver) in self._dialled:
+        if h.receiver[1:3] in self._dialled_exact:
             return True  # to a DNAT'ed address: its replies may be in another drain
-        if h.receiver not in sending and _address_key(h.sender) in self._masqueraded:
+        if h.receiver not in sending and h.sender[1:3] in self._masqueraded_exact:
             return True  # from an SNAT'ed client, its replies not in this drain
         cached = self.cache.get(h.orig())
         return cached is not None and cached[0] is not None
@@ -499,12 +507,10 @@ class NatPairing:
     def _expire(self, now: int) -> None:
         """Drop answers older than the TTL from the least recently used end: memory
         follows the connections of the last seconds, not the LRU bound."""
-        for known in (self._dialled, self._masqueraded):
-            while known:
-                address, seen = next(iter(known.items()))
-                if now - seen <= KNOWN_TTL_NS:
-                    break
-                del known[address]
+        _expire_known(self._dialled, now)
+        _expire_known(self._masqueraded, now)
+        _expire_known(self._dialled_exact, now)
+        _expire_known(self._masqueraded_exact, now)
         cache = self.cache
         while cache:
             orig, (_, verified) = next(iter(cache.items()))
@@ -582,8 +588,10 @@ class NatPairing:
             self._by_reply[replies] = orig
             if replies[0] != service:  # DNAT: the client dialled this address
                 _note(self._dialled, _address_key(service), now)
+                _note(self._dialled_exact, (service[1], service[2]), now)
             if replies[1] != client:  # SNAT: this client's source was translated
                 _note(self._masqueraded, _address_key(client), now)
+                _note(self._masqueraded_exact, (client[1], client[2]), now)
         while len(self.cache) > self.capacity:
             self._forget(next(iter(self.cache)))
 
@@ -652,7 +660,16 @@ class NatPairing:
         return orjson.dumps(wire) + b"\n"
 
 
-def _note(known: OrderedDict[int, int], address: int, now: int) -> None:
+def _expire_known(known: OrderedDict[K, int], now: int) -> None:
+    """Drop the NAT'ed addresses no answer named for KNOWN_TTL_NS (oldest first)."""
+    while known:
+        address, seen = next(iter(known.items()))
+        if now - seen <= KNOWN_TTL_NS:
+            return
+        del known[address]
+
+
+def _note(known: OrderedDict[K, int], address: K, now: int) -> None:
     """Remember a NAT'ed address as of ``now`` (most recent last; the oldest beyond
     KNOWN_MAX dropped)."""
     known[address] = now
