@@ -26,6 +26,7 @@ import fcntl
 import fnmatch
 import logging
 import os
+import re
 import stat
 import sys
 import time
@@ -253,6 +254,21 @@ def _node_matches(nodes: tuple[str, ...], record: Record) -> bool:
 
 # ---------------------------------------------------------------- rendering
 
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would not show as itself escaped
+    (``\\x1b``, ``\\u202e``): pod, process and DNS names come from whoever runs the
+    workload, and one holding ESC or a C1 control could otherwise retitle, clear or
+    rewrite the user's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# What orjson writes unescaped that a terminal may take as a control: DEL and the C1
+# controls (U+009B is CSI); it escapes C0 itself. Outside strings its output is ASCII.
+_JSON_CONTROLS = re.compile("[\x7f-\x9f]")
+
 _ANSI = {"time": "2", "source": "32", "destination": "36", "flags": "33", "reset": "31"}
 
 
@@ -324,7 +340,7 @@ def endpoint_label(record: Record, side: str) -> str:
     if domain:
         label += f" ({domain})"
     process = _process(record, side)
-    return f"{label} {process}" if process else label
+    return printable(f"{label} {process}" if process else label)
 
 
 def _process(record: Record, side: str) -> str:
@@ -354,18 +370,20 @@ def render_line(record: Record, palette: Palette) -> str:
     )
     sent = human_bytes(record.get("flow.bytes.delta", 0))
     back = human_bytes(record.get("flow.reverse.bytes.delta", 0))
-    tail = [str(record.get("network.transport", "?")), f"{sent} {palette.arrow} {back} back"]
+    transport = printable(str(record.get("network.transport", "?")))
+    tail = [transport, f"{sent} {palette.arrow} {back} back"]
     flags = record.get("flow.tcp.flags.tags")
     if flags:
         role = "reset" if "RST" in flags else "flags"
-        tail.append(palette.paint(role, ",".join(str(f) for f in flags)))
-    tail.append(f"on {record.get('observer.node.name', '?')}")
+        tail.append(palette.paint(role, printable(",".join(str(f) for f in flags))))
+    tail.append(printable(f"on {record.get('observer.node.name', '?')}"))
     return head + "  " + "  ".join(tail)
 
 
 def render_json(record: Record, palette: Palette) -> str:
-    """The record exactly as received, one JSON object per line."""
-    return orjson.dumps(record).decode()
+    """The record as received, one JSON object per line; DEL and C1 controls escaped
+    (``\\u009b``), which JSON reads back as the same string."""
+    return _JSON_CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", orjson.dumps(record).decode())
 
 
 # ---------------------------------------------------------------- showing
@@ -388,14 +406,16 @@ class Viewer:
         try:
             batch = codec.decode(codec.FLOW, headers, body)
         except CodecError as e:
-            self.warnings.warning("bad-message", f"skipped a message on {subject}: {e}")
+            self.warnings.warning("bad-message", printable(f"skipped a message on {subject}: {e}"))
             return []
         kept = []
         for index, record in enumerate(batch):
             try:
                 validate_flow(record, index)
             except CodecError as e:
-                self.warnings.warning("bad-record", f"skipped a record on {subject}: {e}")
+                self.warnings.warning(
+                    "bad-record", printable(f"skipped a record on {subject}: {e}")
+                )
                 continue
             if self.keep(record):
                 kept.append(record)

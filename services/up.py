@@ -5,8 +5,8 @@ It starts a ``nats-server`` with JetStream in a temporary directory (from the
 enricher and the exporter as child processes of the same ``flowscope`` command. Enriched
 NDJSON goes to stdout (the exporter's stdout sink), logs go to stderr. The collector
 reports flows every 2 s here (5 s in a cluster) unless FLOWSCOPE_FLOWS_* say otherwise. Once every service
-answers ``/readyz`` it prints one summary line to stderr. SIGINT/SIGTERM are passed to
-the children, which drain and remove what they attached; ``up`` exits 0 when they did.
+answers ``/readyz`` it prints one summary line to stderr. SIGINT/SIGTERM/SIGHUP are passed
+to the children, which drain and remove what they attached; ``up`` exits 0 when they did.
 
 Nothing the user sets is silently ignored: each child gets its own free loopback port for
 ``/metrics``, ``/healthz`` and ``/readyz`` (three services cannot share one address), so
@@ -346,7 +346,9 @@ async def _until_one_ends(
 async def _run(settings: Settings, workdir: Path, sinks: list[Sink]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: the terminal closing would otherwise end `up` alone, its children (in
+    # sessions of their own) left running with the collector's filters attached.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     nats_proc = None
     nats_url = settings.nats_url
