@@ -236,7 +236,7 @@ def test_collector_daemonset_privileges_and_host_views() -> None:
 def test_collector_runs_on_every_node(values: dict[str, Any]) -> None:
     assert values["collector"]["tolerations"] == [{"operator": "Exists"}]
     text = (CHART / "templates" / "collector-daemonset.yaml").read_text()
-    assert "priorityClassName: {{ .Values.collector.priorityClassName }}" in text
+    assert "priorityClassName: {{ .Values.collector.priorityClassName | quote }}" in text
     assert values["collector"]["resources"]["limits"]["memory"]
 
 

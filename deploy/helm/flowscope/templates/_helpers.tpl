@@ -105,22 +105,22 @@ so probes and scrapes reach the pod IP in IPv4-only, IPv6-only and dual-stack cl
 - name: FLOWSCOPE_NATS_USER
   valueFrom:
     secretKeyRef:
-      name: {{ .root.Values.nats.auth.existingSecret }}
-      key: {{ .root.Values.nats.auth.userKey }}
+      name: {{ .root.Values.nats.auth.existingSecret | quote }}
+      key: {{ .root.Values.nats.auth.userKey | quote }}
 {{- end }}
 {{- if .root.Values.nats.auth.passwordKey }}
 - name: FLOWSCOPE_NATS_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .root.Values.nats.auth.existingSecret }}
-      key: {{ .root.Values.nats.auth.passwordKey }}
+      name: {{ .root.Values.nats.auth.existingSecret | quote }}
+      key: {{ .root.Values.nats.auth.passwordKey | quote }}
 {{- end }}
 {{- if .root.Values.nats.auth.tokenKey }}
 - name: FLOWSCOPE_NATS_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ .root.Values.nats.auth.existingSecret }}
-      key: {{ .root.Values.nats.auth.tokenKey }}
+      name: {{ .root.Values.nats.auth.existingSecret | quote }}
+      key: {{ .root.Values.nats.auth.tokenKey | quote }}
 {{- end }}
 {{- /* The services refuse both (one of them would be ignored). */}}
 {{- if and .root.Values.nats.auth.credsKey .root.Values.nats.auth.nkeySeedKey }}
@@ -182,12 +182,12 @@ naming it).
 {{- if and .existingSecret (or .credsKey .nkeySeedKey) }}
 - name: nats-auth
   secret:
-    secretName: {{ .existingSecret }}
+    secretName: {{ .existingSecret | quote }}
     items:
       {{- range $key := list .credsKey .nkeySeedKey }}
       {{- if $key }}
-      - key: {{ $key }}
-        path: {{ $key }}
+      - key: {{ $key | quote }}
+        path: {{ $key | quote }}
       {{- end }}
       {{- end }}
 {{- end }}
@@ -195,7 +195,7 @@ naming it).
 {{- if .Values.nats.tls.existingSecret }}
 - name: nats-tls
   secret:
-    secretName: {{ .Values.nats.tls.existingSecret }}
+    secretName: {{ .Values.nats.tls.existingSecret | quote }}
 {{- end }}
 {{- end }}
 
