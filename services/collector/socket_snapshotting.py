@@ -135,6 +135,8 @@ def parse_address(text: str, family: int) -> tuple[str, int]:
     address, sep, port = text.partition(":")
     if not sep or len(address) != _ADDRESS_HEX[family] or len(port) != 4:
         raise ValueError(f"address {text!r}")
+    if not (address + port).isalnum():  # int() also takes a sign: no word or port is negative
+        raise ValueError(f"address {text!r}")
     return _address(address, family), int(port, 16)
 
 
@@ -153,6 +155,8 @@ def _parse_fields(fields: list[str], family: int, proto: int) -> TableEntry:
     remote, rport = parse_address(fields[2], family)
     if len(fields[3]) != 2:
         raise ValueError(f"state {fields[3]!r}")
+    if not fields[9].isdigit():
+        raise ValueError(f"inode {fields[9]!r}")
     return TableEntry(proto, local, lport, remote, rport, int(fields[3], 16), int(fields[9]))
 
 

@@ -370,6 +370,8 @@ class ProcessNames:
             pidfd = os.pidfd_open(pid)
         except OSError:  # exited already (ESRCH), or no pidfd_open (Linux < 5.3)
             return None
+        except OverflowError:  # beyond pid_t: no process has it (a broken event)
+            return None
         try:
             name = (self.proc / str(pid) / "comm").read_bytes().removesuffix(b"\n")
             if self._exits is None:
