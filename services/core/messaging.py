@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import math
+import random
 import re
 import ssl
 import time
@@ -37,7 +39,12 @@ from nats.errors import AuthorizationError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 MSG_ID_HEADER = "Nats-Msg-Id"  # JetStream drops a message whose id it already stored
@@ -608,9 +615,10 @@ async def _first_connection(
         causes.clear()
         try:
             return await _connect_round(settings, opts)
-        except TlsNotOfferedError as e:  # configuration, not reachability: no retry
-            raise StartupError("nats", str(e)) from e
         except Exception as e:  # nats-py raises a variety of errors for "unreachable"
+            not_tls = [c for c in (*causes, e) if isinstance(c, TlsNotOfferedError)]
+            if not_tls:  # configuration, not reachability: no retry
+                raise StartupError("nats", str(not_tls[0])) from e
             cause = causes[-1] if causes else e
             if not retry:
                 raise StartupError("nats", f"cannot connect to {shown}: {described(cause)}") from e
@@ -624,14 +632,33 @@ async def _first_connection(
 
 
 async def _connect_round(settings: NatsSettings, opts: dict[str, Any]) -> NATS:
-    """One round of attempts (``opts``); the client, connected, then reconnects by itself
-    forever."""
+    """One round of attempts (``opts``), from each server in turn in a random order (as
+    nats-py shuffles its pool); the client, connected, then reconnects by itself forever.
+
+    Without reconnection nats-py's first connection gives up on its pool as soon as one
+    server fails the handshake (refused credentials, no INFO in time, a bad
+    certificate): with several URLs, the others were not tried. With it, nats-py waits
+    for ever to close a connection whose TLS handshake failed. So each attempt starts
+    the pool, in the same order, from another server.
+    """
+    servers = random.sample(opts["servers"], len(opts["servers"]))
+    *others, last = [servers[first:] + servers[:first] for first in range(len(servers))]
+    for pool in others:
+        with contextlib.suppress(Exception):  # the next pool starts from another server
+            return await _connected(settings, opts, pool)
+    return await _connected(settings, opts, last)
+
+
+async def _connected(settings: NatsSettings, opts: dict[str, Any], pool: list[str]) -> NATS:
+    """A client connected from the first server of ``pool`` (else the next nats-py
+    reaches), that then reconnects by itself forever."""
     nc = _Client()
-    await nc.connect(**opts)
+    await nc.connect(**dict(opts, servers=pool, dont_randomize=True))
     nc.options.update(
         allow_reconnect=True,
         max_reconnect_attempts=-1,
         reconnect_time_wait=settings.reconnect_wait_max,
+        dont_randomize=False,
     )
     return nc
 
@@ -757,8 +784,23 @@ async def connect_service(
     rt.stack.push_async_callback(close, nc)
     rt.spawn(until_lost(nc, rt.stopping), "nats")
     js = nc.jetstream()
-    await ensure_streams(js, settings)
+    try:
+        await ensure_streams(js, settings)
+    except ServiceUnavailableError as e:
+        raise StartupError("nats", _no_jetstream(nc, e)) from e
     return nc, js, StreamKeeper(lambda: ensure_streams(js, settings))
+
+
+def _no_jetstream(nc: NATS, error: ServiceUnavailableError) -> str:
+    """The start-up error's problem when JetStream does not answer (503: nats-py's "no
+    responders", or the server's own description): the server, without JetStream, or
+    the account without it, cannot run a service, which no retry changes."""
+    url = without_secrets(nc.connected_url.geturl()) if nc.connected_url else "NATS"
+    why = error.description or "no responders"
+    return (
+        f"JetStream is not available on {url} ({why}): start nats-server with JetStream "
+        "(-js, or jetstream {} in its configuration), enabled for this account"
+    )
 
 
 def stream_config(spec: subjects.StreamSpec, settings: NatsSettings) -> StreamConfig:
