@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -71,6 +73,41 @@ def configure(fmt: str = "json", level: str = "info") -> None:
     # Libraries are chatty at INFO about reconnects we report ourselves.
     logging.getLogger("nats").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [f for f in server.filters if not isinstance(f, BadRequests)]
+    server.addFilter(BadRequests())
+
+
+class BadRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a header over 8 KB, a bad request line) at
+    ERROR with a traceback, once per request, though it only answers 400: any client that
+    reaches /metrics could fill the log. Such a record becomes one warning line without
+    the traceback, at most one per ``interval`` (with how many were suppressed, as
+    :class:`RateLimitedLog` does); any other record of that logger, a handler's own crash
+    among them, passes as it is."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        now = self._clock()
+        if self._last is not None and now - self._last < self._interval:
+            self._suppressed += 1
+            return False
+        self._last = now
+        record.msg = f"{record.getMessage()}: answered {error.code} ({type(error).__name__})"
+        record.args = ()
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+        record.suppressed, self._suppressed = self._suppressed, 0
+        return True
 
 
 class RateLimitedLog:
