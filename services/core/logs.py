@@ -29,7 +29,24 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        try:
+            return orjson.dumps(out, default=str).decode()
+        except orjson.JSONEncodeError:  # a value orjson refuses: the line all the same
+            return orjson.dumps({key: _plain(value) for key, value in out.items()}).decode()
+
+
+def _plain(value: Any) -> Any:
+    """A log field orjson can write: a str with a lone surrogate (bytes decoded with
+    surrogateescape) escaped, an int beyond 64 bits or a value holding either as its
+    text. Refused, the whole line was lost, and logging's "--- Logging error ---"
+    traceback broke the JSON stream."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    try:
+        orjson.dumps(value, default=str)
+        return value
+    except orjson.JSONEncodeError:
+        return _plain(str(value))
 
 
 JsonFormatter.converter = time.gmtime  # type: ignore[assignment]

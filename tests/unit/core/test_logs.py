@@ -41,3 +41,17 @@ def test_a_traceback_stays_below_the_line_with_its_fields() -> None:
     first, *rest = TextFormatter().format(r).splitlines()
     assert first.endswith("failed step=drain")
     assert rest[-1] == "ValueError: boom"
+
+
+def test_a_field_orjson_refuses_still_gives_one_json_line() -> None:
+    """A name decoded with surrogateescape, an int beyond 64 bits, a dict with int keys:
+    the line is written with those values as text, not lost."""
+    record = logging.LogRecord("t", logging.WARNING, "", 0, "bad name %s", ("a\udcffb",), None)
+    record.name_seen = "x\udcfe"
+    record.count = 1 << 70
+    record.by_port = {53: "dns"}
+    line = JsonFormatter().format(record)
+    parsed = orjson.loads(line)
+    assert parsed["msg"] == "bad name a\\udcffb" and parsed["name_seen"] == "x\\udcfe"
+    assert parsed["count"] == str(1 << 70) and parsed["by_port"] == "{53: 'dns'}"
+    assert parsed["level"] == "warning" and "\n" not in line
