@@ -279,6 +279,32 @@ def _signed(key: nkeys.KeyPair, nonce: str) -> bytes:
         key.wipe()
 
 
+# What nats-server takes in a stream's configuration: it refuses any other value when
+# the stream is created or updated, which every service does at start-up and would then
+# retry for ever (a crash loop) instead of stopping on one line naming the setting.
+MIN_MAX_AGE = 0.1  # seconds (100 ms); 0 is no limit
+MAX_MAX_AGE = 9_223_372_036  # seconds: nanoseconds in a signed 64-bit integer
+MAX_REPLICAS = 5
+
+
+def stream_max_age(value: float) -> float:
+    """A stream's retention in seconds as nats-server takes it: 0 (unlimited), or from
+    MIN_MAX_AGE to MAX_MAX_AGE (a larger one overflows its nanoseconds)."""
+    if value != 0 and not MIN_MAX_AGE <= value <= MAX_MAX_AGE:
+        raise ValueError(
+            f"must be 0 (unlimited) or from {MIN_MAX_AGE} to {MAX_MAX_AGE} seconds "
+            "(nats-server refuses a stream's max_age outside)"
+        )
+    return value
+
+
+def stream_replicas(value: int) -> int:
+    """A stream's replicas as nats-server takes them: 0 (its default, 1) to MAX_REPLICAS."""
+    if not 0 <= value <= MAX_REPLICAS:
+        raise ValueError(f"must be from 0 to {MAX_REPLICAS} (nats-server's limit)")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class NatsSettings:
     """How to reach NATS (``--nats-*``, ``FLOWSCOPE_NATS_*``, ``nats:`` in YAML)."""
@@ -323,12 +349,15 @@ class NatsSettings:
         5.0, "upper bound in seconds of the backoff between reconnection attempts"
     )
     stream_max_age: float = setting(
-        86400.0, "seconds JetStream keeps messages (bounded retention; 1 day)"
-    )
+        86400.0, "seconds JetStream keeps messages (bounded retention; 1 day; 0: unlimited, "
+        "else 0.1 to 9223372036)", parse=stream_max_age,
+    )  # fmt: skip
     stream_max_bytes: int = setting(
         1 << 30, "bytes each flowscope stream may hold before discarding the oldest (1 GiB)"
     )
-    stream_replicas: int = setting(1, "JetStream stream replicas (3 in a clustered NATS)")
+    stream_replicas: int = setting(
+        1, "JetStream stream replicas (3 in a clustered NATS; at most 5)", parse=stream_replicas
+    )
 
 
 @dataclass(slots=True)
@@ -952,18 +981,57 @@ async def dead_letter(
     The original's ``Nats-*`` headers are dropped: they describe how it was published
     (``Nats-Msg-Id``, ``Nats-Batch-Id`` of an atomic batch, expected-last checks) and
     would make the server treat this copy as part of that publish (a broken batch,
-    a duplicate) instead of storing it.
+    a duplicate) instead of storing it. So are the original's other headers that the
+    copy cannot carry (:func:`_copied_headers`), their number in DLQ_DROPPED_HEADER.
     """
-    out = {k: v for k, v in (headers or {}).items() if not k.lower().startswith("nats-")}
-    out[subjects.DLQ_SUBJECT_HEADER] = subject
-    if msg_id:
-        out[MSG_ID_HEADER] = msg_id
-    body = _fit(out, body, reason[:1024], nc.max_payload)
+    reason = reason[:1024]
+    own = {subjects.DLQ_SUBJECT_HEADER: subject, **({MSG_ID_HEADER: msg_id} if msg_id else {})}
+    out = _copied_headers(headers or {}, own, reason, body, nc.max_payload)
+    body = _fit(out, body, reason, nc.max_payload)
     if not msg_id:
         await nc.publish(subjects.dlq(component), body, headers=out)
         return True
     ack = await nc.jetstream().publish(subjects.dlq(component), body, headers=out)
     return not ack.duplicate
+
+
+# On a dead-letter copy: how many of the original's headers (other than its Nats-* ones)
+# it does not carry. A count, not their names: a refused name may hold any character
+# but a line break (no list of them reads back unambiguously), and the names of headers
+# dropped for their size could fill the copy themselves.
+DLQ_DROPPED_HEADER = "Flowscope-Dlq-Dropped-Headers"
+# A header name nats-py sends: an RFC 7230 token. It refuses to publish a message with
+# any other (BadHeaderError), while nats-server stores what a client writing the
+# protocol itself sends (``Bad/Key: x``): copied, such a header made every copy of its
+# message fail, the message redelivered for ever.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _copied_headers(
+    original: dict[str, str], own: dict[str, str], reason: str, body: bytes, limit: int
+) -> dict[str, str]:
+    """The headers of a dead-letter copy but its reason: the original's, then ``own``
+    (the DLQ contract's: subject, message id).
+
+    Left out: the original's ``Nats-*`` headers, those nats-py would refuse to send, and
+    all the others when they leave no room under ``limit`` (the server's max_payload)
+    for the contract's headers — the whole reason, and the original body's length should
+    the body be cut: an original may take nearly all of max_payload with its headers,
+    which its copy could not keep and stay under the limit (a larger message makes the
+    server close the connection, and the message came back after each restart).
+    """
+    copyable = {k: v for k, v in original.items() if not k.lower().startswith("nats-")}
+    out = {k: v for k, v in copyable.items() if _HEADER_NAME.fullmatch(k.strip())}
+    widest = {
+        subjects.DLQ_REASON_HEADER: reason,
+        subjects.DLQ_TRUNCATED_HEADER: str(len(body)),
+        DLQ_DROPPED_HEADER: str(len(copyable)),
+    }
+    if header_size({**out, **own, **widest}) > limit:
+        out = {}
+    if len(out) < len(copyable):
+        own = {**own, DLQ_DROPPED_HEADER: str(len(copyable) - len(out))}
+    return {**out, **own}
 
 
 def _fit(headers: dict[str, str], body: bytes, reason: str, limit: int) -> bytes:
