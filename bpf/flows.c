@@ -382,7 +382,11 @@ static __always_inline void add_to(struct flow_value *v, __u8 proto, __u8 tcp_fl
             v->initiator = 1;
         }
     }
-    v->last_tick = now;
+    /* `now` was read before the lookup: another CPU may have created or updated the
+     * entry with a later tick since. Written as it is, last_tick went back before
+     * first_tick (a record's end_ns before its start_ns). */
+    if (now > v->last_tick)
+        v->last_tick = now;
 }
 
 /* The flow map the programs count into (see `flows`). */
