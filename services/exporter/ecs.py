@@ -361,6 +361,21 @@ _SIDE_TYPES = {
     "container.id": "keyword",
     **{v: "keyword" for v in SIDE_FIELDS.values() if v.startswith("kubernetes.")},
 }
+# Contract keys ECS has no field for (kept as flowscope.<key>). Mapped here, not left to
+# the first document of each backing index that has them: a record of another version
+# that the contract lets through (TCP flags as numbers, one `source.k8s.workload` key)
+# would fix their type, or make one of them a leaf where another needs an object, and
+# Elasticsearch refused every ordinary flow record after it until the next rollover.
+FLOWSCOPE_KEYWORDS = (
+    "flow.end_reason",
+    "flow.direction",
+    "flow.tcp.flags.tags",
+    *(
+        f"{side}.{key}"
+        for side in ("source", "destination")
+        for key in ("kind", "k8s.workload.kind", "k8s.workload.name")
+    ),
+)
 FIELD_TYPES = {
     "@timestamp": "date_nanos",
     "event.kind": "keyword",
@@ -389,6 +404,7 @@ FIELD_TYPES = {
     "dns.answers.ttl": "long",
     "dns.answers.data": "keyword",
     **{f"{side}.{k}": t for side in ("source", "destination") for k, t in _SIDE_TYPES.items()},
+    **{f"flowscope.{key}": "keyword" for key in FLOWSCOPE_KEYWORDS},
 }
 
 

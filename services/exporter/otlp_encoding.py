@@ -319,6 +319,7 @@ class LogsEncoder:
         )
         self._budget = CacheBudget(self.CACHE_BYTES)
         self._encoders: dict[tuple[str, type], AttributeCache | Uncached] = {}
+        self._resets = 0  # times the encoder table was emptied (full)
         self._shapes: dict[tuple[str, ...], tuple[tuple[type, ...], Encoders]] = {}
         self._event = {
             k: _field(0x62, n.encode()) + _attribute("event.name", n)
@@ -376,7 +377,14 @@ class LogsEncoder:
         self, shape: tuple[str, ...], values: tuple[Any, ...]
     ) -> tuple[tuple[type, ...], Encoders]:
         types = tuple(map(type, values))
+        resets = self._resets
         learned = (types, tuple(map(self._encoder, shape, types)))
+        if self._resets != resets:
+            # The table was emptied on the way: the encoders made before are no longer
+            # the table's, nor their caches the budget's. Remembered, they grew with
+            # every new value for as long as the shape was used; the next record of
+            # the shape learns it again.
+            return learned
         if len(self._shapes) >= self.SHAPE_LIMIT:
             self._shapes.clear()
         self._shapes[shape] = learned
@@ -391,6 +399,7 @@ class LogsEncoder:
                 self._shapes.clear()
                 self._budget.caches.clear()
                 self._budget.used = 0
+                self._resets += 1
             encoder = self._encoders[(key, t)] = self._new_encoder(key, t)
         return encoder
 
