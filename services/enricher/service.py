@@ -14,13 +14,14 @@ import gc
 import itertools
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from flowscope.core import messaging
-from flowscope.core.errors import ConfigError, StartupError
+from flowscope.core.errors import ConfigError, StartupError, described
 from flowscope.core.runtime import Runtime, first_of, run, serve
 from flowscope.enricher import consuming, local
 from flowscope.enricher.enriching import Enricher, Observers
@@ -36,6 +37,9 @@ from nats.aio.client import Client as NATS
 log = logging.getLogger("flowscope.enricher")
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 WARM_SLICE = 256  # identities built ahead per turn of the event loop (~1.3 ms)
+# Seconds between two readings of a kubeconfig's credentials (client-go reads a tokenFile
+# again as often; kubernetes-asyncio's in-cluster configuration reads its token so itself).
+CREDENTIALS_EVERY = 60.0
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -124,8 +128,15 @@ def in_cluster(env: dict[str, str] | None = None) -> bool:
     return bool(env.get("KUBERNETES_SERVICE_HOST")) and IN_CLUSTER_TOKEN.is_file()
 
 
-async def kube_client(settings: Settings) -> Any | None:
-    """A kubernetes-asyncio ApiClient, or None for local mode (per ``kubernetes.mode``)."""
+async def kube_client(
+    settings: Settings, *, credentials_every: float = CREDENTIALS_EVERY
+) -> Any | None:
+    """A kubernetes-asyncio ApiClient, or None for local mode (per ``kubernetes.mode``).
+
+    A kubeconfig's credentials are read again every ``credentials_every`` seconds
+    (:func:`_rereading`): the loader reads them once, and a rotated token — a
+    ``tokenFile`` rewritten, an exec plugin's token expired — was answered 401 for ever.
+    """
     mode = settings.kubernetes.mode
     if mode == "local":
         return None
@@ -142,15 +153,37 @@ async def kube_client(settings: Settings) -> Any | None:
     configuration = client.Configuration()
     try:
         if path is not None:
-            await config.load_kube_config(
+            loader = await config.load_kube_config(
                 config_file=path, client_configuration=configuration, persist_config=False
             )
+            configuration.refresh_api_key_hook = _rereading(loader, credentials_every)
         else:
             config.load_incluster_config(client_configuration=configuration)
     except Exception as e:  # the loader raises several types for a bad file
         raise ConfigError("--kubeconfig", f"cannot load Kubernetes configuration: {e}") from e
     log.info("Kubernetes metadata from the API", extra={"server": configuration.host})
     return client.ApiClient(configuration)
+
+
+def _rereading(loader: Any, every: float) -> Callable[[Any], Awaitable[None]]:
+    """The client's hook before each request: the kubeconfig's credentials set again from
+    ``loader`` when ``every`` seconds have passed since the last time (a ``tokenFile``
+    read anew, an expired exec plugin token asked for again). A reading that fails keeps
+    the credentials held: the requests go on, answered 401 if those are no longer good."""
+    due = time.monotonic() + every
+
+    async def refresh(configuration: Any) -> None:
+        nonlocal due
+        if time.monotonic() < due:
+            return
+        due = time.monotonic() + every
+        try:
+            await loader.load_and_set(configuration)
+        except Exception as e:  # the loader raises several types (a file gone, a plugin failing)
+            log.warning("cannot read the kubeconfig's credentials again; keeping the last",
+                        extra={"error": described(e)})  # fmt: skip
+
+    return refresh
 
 
 async def body(rt: Runtime, settings: Settings) -> None:
@@ -321,6 +354,9 @@ def _start_informers(
     informers = []
     for resource in resources(k8s.label_keys):
         inventory.expected.add(resource.name)
+        # 0 until its first full LIST: a resource still pending (a slow API, RBAC lacking
+        # it) is a series to alert on, not an absent one.
+        metrics.informer_synced.labels(resource.name).set(0)
         informer = Informer(api, resource, inventory, metrics, api_health, watch)
         rt.spawn(informer.run(rt.stopping), f"informer-{resource.name}")
         informers.append(informer)
