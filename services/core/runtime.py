@@ -5,7 +5,8 @@ runtime's exit stack and starts *root tasks*. If any root task ends — returns 
 the service stops. Stopping means: the ``stopping`` event is set (``/readyz`` answers
 503 from then on, ``/healthz`` still 200), root tasks get ``drain_timeout`` seconds to
 finish their work (flush, ack), then the rest are cancelled, and resources are released
-in reverse order of acquisition.
+in reverse order of acquisition. A stop while ``body`` is still starting gives it the
+same deadline, then cancels it; a second signal cancels everything at once.
 
 Exit status: 0 after a signal or a clean end, 1 when a root task crashed (logged with its
 traceback: bugs crash loudly) or failed with a :class:`FlowscopeError` (one line: a
@@ -76,6 +77,7 @@ class Runtime:
     http_port: int = 0
     signalled: bool = False  # SIGTERM or SIGINT received: the process is to end
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _starting: asyncio.Future[None] | None = None  # the body, once started
     _first_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -138,12 +140,12 @@ async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
             stack.push_async_callback(runner.cleanup)
         # Not ready until the body has set everything up (and its own checks say so).
         rt.health.set("started", False, "starting")
-        await body(rt)
+        crashed = await _start(rt, body)
         rt.health.set("started", True, "started")
-        if not rt._tasks:
-            return 0
+        if not rt._tasks and not rt._first_done.is_set():
+            return 0  # nothing to run, nothing to stop
         await rt._first_done.wait()
-        crashed = _crashed(rt)
+        crashed += _crashed(rt)
         rt.stop()
         await _drain(rt)
         crashed += _crashed(rt, cancelled_ok=True)
@@ -152,6 +154,31 @@ async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
             _ignore_late_signals()
         return 1 if crashed else 0
     return 0  # pragma: no cover - unreachable, keeps mypy happy
+
+
+async def _start(rt: Runtime, body: Body) -> int:
+    """Run ``body``, raising what it raises; returns how many root tasks failed meanwhile.
+    Told to stop first (a signal, a root task ending), it has the drain deadline to notice
+    (:func:`unless_stopped`), then is cancelled, as a second signal cancels it at once: a
+    start-up blocked on a peer that never answers otherwise kept the process running
+    until the orchestrator's SIGKILL."""
+    crashed = 0
+    rt._starting = starting = asyncio.ensure_future(body(rt))
+    ended = asyncio.ensure_future(rt._first_done.wait())
+    try:
+        await asyncio.wait({starting, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            crashed = _crashed(rt)
+            rt.stop()
+            await asyncio.wait({starting}, timeout=rt.settings.drain_timeout)
+            starting.cancel()
+            await asyncio.wait({starting})
+        if not starting.cancelled():
+            starting.result()
+        return crashed
+    finally:
+        ended.cancel()
+        starting.cancel()
 
 
 def _crashed(rt: Runtime, cancelled_ok: bool = False) -> int:
@@ -195,8 +222,9 @@ def _install_signals(rt: Runtime) -> None:
         rt.signalled = True
         if rt.stopping.is_set():
             log.warning("second signal: hard stop")
-            for task in rt._tasks:
-                task.cancel()
+            for task in [*rt._tasks, rt._starting]:
+                if task is not None:
+                    task.cancel()
             return
         log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
         rt.stop()
