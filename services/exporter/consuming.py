@@ -10,8 +10,9 @@ validated, and accumulated into a batch until ``max_records`` or ``max_delay``; 
 batch goes to the sink; when the sink answers, each message is acked if every one of
 its records was delivered or dead-lettered, and nak'ed (redelivered) if any was
 deferred. While a batch waits on a slow or absent backend, its messages — and those
-fetched with it that wait for the next batch — are kept alive with ``in_progress`` so
-JetStream does not redeliver them behind our back (they would be exported twice).
+fetched with it that wait for the next batch, and those of a batch still filling — are
+kept alive with ``in_progress`` so JetStream does not redeliver them behind our back
+(they would be exported twice).
 
 A consumer created again while the lane runs (deleted by an operator or the server)
 starts after the last message the lane settled, not from the oldest one the stream
@@ -237,12 +238,13 @@ class Batch:
     records: list[Record] = field(default_factory=list)
     spans: list[tuple[Msg, int, int]] = field(default_factory=list)  # msg, first, count
     opened: float = 0.0
+    touched: float = 0.0  # when its messages were last kept alive (in_progress)
     bodies: list[bytes] | None = None
 
     def add(self, msg: Msg, records: list[Record], whole: bool) -> None:
         """Add a message's valid ``records``; ``whole``: they are all its records."""
         if not self.spans:
-            self.opened = time.monotonic()
+            self.opened = self.touched = time.monotonic()
         self.spans.append((msg, len(self.records), len(records)))
         self.records.extend(records)
         if self.bodies is not None:
@@ -347,8 +349,9 @@ class SinkLane:
         try:
             while not self._done():
                 timeout = self._batch.max_delay
-                if batch.spans:
-                    timeout = max(0.01, batch.opened + self._batch.max_delay - time.monotonic())
+                if batch.spans:  # waking in time to keep its messages alive too
+                    due = batch.opened + self._batch.max_delay - time.monotonic()
+                    timeout = max(0.01, min(due, self._ack_wait[source.kind] / 3))
                 msgs = await self._fetch(sub, min(timeout, 1.0), source)
                 if msgs is None:  # the consumer is gone
                     renewed = await self._resubscribe(source, sub)
@@ -367,6 +370,8 @@ class SinkLane:
                 if batch.records and time.monotonic() - batch.opened >= self._batch.max_delay:
                     await self._submit(source.kind, batch)  # waited long enough
                     batch = self._batch_of()
+                else:
+                    await self._keep_open_alive(source.kind, batch)
             log.debug("consumer draining", extra={"sink": self.sink.name, "stream": source.stream})
             if batch.spans and not self._closed.is_set():
                 await self._submit(source.kind, batch)  # flush the partial batch on drain
@@ -374,6 +379,14 @@ class SinkLane:
             watcher.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # the durable consumer stays on the server
+
+    async def _keep_open_alive(self, kind: Kind, batch: Batch) -> None:
+        """Tell JetStream every ack_wait/3 that the messages of a batch still filling
+        are in work: with ``max_delay`` at or above ``ack_wait`` they were redelivered
+        while the batch waited for more, taken into it again, and exported twice."""
+        if batch.spans and time.monotonic() - batch.touched >= self._ack_wait[kind] / 3:
+            await _touch(batch.messages)
+            batch.touched = time.monotonic()
 
     def _batch_of(self) -> Batch:
         """A new, empty batch (collecting message bodies for a sink that takes them)."""
