@@ -203,28 +203,32 @@ def _convert(hint: Any, value: Any) -> Any:
     if optional and (value is None or value == ""):
         return None
     origin = typing.get_origin(hint)
+    if isinstance(value, (dict, list)) and origin is not tuple:
+        raise ValueError("expected one value, not a list or a mapping")
     if hint is bool:
         return _bool(value)
     if hint in (int, float):
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is not a number")
+        if str(value).strip().lower().lstrip("+-") in (".nan", ".inf"):  # YAML's spellings
+            raise ValueError(f"{value!r} is not a finite number")
         try:
             number = hint(value)
         except (TypeError, ValueError):
             raise ValueError(
                 f"{value!r} is not {'an integer' if hint is int else 'a number'}"
             ) from None
-        if not math.isfinite(number):  # nan passes every comparison, inf every bound
+        if hint is float and not math.isfinite(number):  # nan and inf pass every bound check
             raise ValueError(f"{value!r} is not a finite number")
         return number
     if hint is str:
-        if isinstance(value, (dict, list)):
-            raise ValueError("expected a string")
         return str(value)
     if hint is Path:
         return Path(str(value))
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        if any(isinstance(item, (dict, list)) for item in items):
+            raise ValueError("expected a list of values, not of lists or mappings")
         texts = [str(i).strip() for i in items if str(i).strip()]
         if typing.get_args(hint)[0] is int:
             return tuple(_convert(int, text) for text in texts)
@@ -325,16 +329,56 @@ class _SecretFlag(argparse.Action):
         )
 
 
+class _TextLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with every scalar read as the text written.
+
+    YAML 1.1 would turn a password ``012345`` into 5349, ``yes`` into True, ``12:30:00``
+    into 45000 and an empty value into None, and give ``1.5`` to a whole-number setting:
+    as text, a value in the file is converted exactly as the same text in its
+    environment variable (a null, ``~`` or nothing, as the variable set empty). A key given twice in one mapping is refused: PyYAML keeps the
+    last, so a second ``nats:`` section would silently drop the first.
+    """
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key, _ in node.value:
+            if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+                continue
+            if key.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"found key {key.value!r} twice", problem_mark=key.start_mark
+                )
+            seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
+
+def _text(loader: _TextLoader, node: yaml.ScalarNode) -> str:
+    return str(loader.construct_scalar(node))
+
+
+def _empty(loader: _TextLoader, node: yaml.ScalarNode) -> str:
+    """YAML's null (``null``, ``~``, nothing): as an empty variable, not the text
+    ``null`` (which a string setting would take as its value)."""
+    return ""
+
+
+for _tag in ("bool", "int", "float", "timestamp"):
+    _TextLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _text)
+_TextLoader.add_constructor("tag:yaml.org,2002:null", _empty)
+
+
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(), Loader=_TextLoader)
     except OSError as e:
         raise ConfigError("--config", f"cannot read {path}: {e.strerror}") from e
     except UnicodeDecodeError as e:
         raise ConfigError("--config", f"{path} is not UTF-8 text (byte {e.start + 1})") from e
     except yaml.YAMLError as e:
         raise ConfigError("--config", f"{path} is not valid YAML: {_yaml_problem(e)}") from e
-    if data is None:
+    except RecursionError as e:  # PyYAML composes nested lists and mappings recursively
+        raise ConfigError("--config", f"{path} nests lists or mappings too deeply") from e
+    if data in (None, ""):
         return {}
     if not isinstance(data, dict):
         raise ConfigError("--config", f"{path} must hold a mapping of settings")
@@ -358,14 +402,23 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return where
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(
+    data: Mapping[Any, Any], where: str, known: frozenset[str], prefix: str = ""
+) -> dict[str, Any]:
+    """The file's settings by dotted name. Each key is checked on the way down, so that
+    aliases (a mapping holding itself, a "billion laughs" of mappings) stop at the first
+    key that names no setting or section instead of being expanded without end."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}".replace("-", "_")
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
+        if name in known:
             out[name] = value
+        elif not any(setting.startswith(name + ".") for setting in known):
+            raise ConfigError(f"{where}: {name}", "unknown setting")
+        elif isinstance(value, dict):
+            out.update(_flatten(value, where, known, name + "."))
+        elif value != "":  # empty: a section whose every setting is commented out
+            raise ConfigError(f"{where}: {name}", "a section, expected a mapping of settings")
     return out
 
 
@@ -376,12 +429,9 @@ def load(
     args = dict(args or {})
     env = os.environ if env is None else env
     config_path = args.pop("__config", None) or env.get(ENV_PREFIX + "CONFIG")
-    from_file = _flatten(_read_yaml(config_path)) if config_path else {}
     all_leaves = list(leaves(cls))
-    known = {leaf.name for leaf in all_leaves}
-    for key in from_file:
-        if key not in known:
-            raise ConfigError(f"{config_path}: {key}", "unknown setting")
+    known = frozenset(leaf.name for leaf in all_leaves)
+    from_file = _flatten(_read_yaml(config_path), config_path, known) if config_path else {}
     values: dict[tuple[str, ...], Any] = {}
     for leaf in all_leaves:
         if leaf.name in args and args[leaf.name] is not None:
