@@ -1,7 +1,8 @@
 """The collector service: `flowscope collector`.
 
-Start-up: checks (exit 2 on failure) → NATS (retrying, logged) → compile and load the
-flow program (ABI checked) → remove filters a crashed earlier run left → attach to the
+Start-up: checks (exit 2 on failure) → the network namespace claimed (waiting while
+another collector runs there) → NATS (retrying, logged) → compile and load the flow
+program (ABI checked) → remove filters a crashed earlier run left → attach to the
 selected interfaces and watch for new ones → root tasks:
 
 - ``link-watching``: attaches new interfaces, forgets removed ones;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -50,6 +52,7 @@ from flowscope.collector.settings import Settings
 from flowscope.collector.socket_snapshotting import SnapshotLimits, SocketSnapshot
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core import runtime
+from flowscope.core.errors import StartupError
 from flowscope.core.messaging import connect_service
 from flowscope.core.records import RawDns
 
@@ -58,6 +61,10 @@ log = logging.getLogger("flowscope.collector")
 SOCKET_READ_PAUSE = 0.05  # s after a read that found socket events: they gather meanwhile
 SOCKET_IDLE_WAIT = 1.0  # s at most between reads while none arrive (the lost-event count)
 SNAPSHOT_CHUNK = 1000  # snapshot records submitted between waits for the publisher
+# An abstract unix socket name: abstract names are per network namespace, like TC filters,
+# and the kernel frees one when its process ends however it ends (SIGKILL, OOM kill).
+INSTANCE_NAME = b"\0flowscope-collector"
+INSTANCE_RETRY = 1.0  # s between attempts to claim the namespace while another collector runs
 
 
 def node_name(settings: Settings, env: dict[str, str] | None = None) -> str:
@@ -93,6 +100,10 @@ def main(settings: Settings) -> int:
 async def body(rt: runtime.Runtime, settings: Settings) -> None:
     """Acquire everything on the runtime's exit stack and start the root tasks."""
     checks.run_all()
+    claim = await claim_namespace(rt)
+    if claim is None:
+        return  # SIGTERM while another collector still ran here: nothing was started
+    rt.stack.callback(claim.close)  # first in, last out: after the filters are removed
     node = node_name(settings)
     if settings.flows.idle_timeout >= settings.flows.active_timeout:
         log.warning(
@@ -126,6 +137,44 @@ async def body(rt: runtime.Runtime, settings: Settings) -> None:
     noun = "interface" if attached == 1 else "interfaces"
     rt.health.set("collector", True, f"{attached} {noun} attached")
     log.info("collector started", extra={"node": node, "interfaces": attached})
+
+
+async def claim_namespace(rt: runtime.Runtime) -> socket.socket | None:
+    """Bind :data:`INSTANCE_NAME`, waiting while another collector holds it; None when
+    told to stop first.
+
+    Two collectors in one network namespace (a DaemonSet's surge update, a second
+    deployment) use the same filter priority and handle: the second removed the first's
+    filters as leftovers of a crashed run, and whichever stopped first removed the
+    other's. The second now starts once the first has stopped and removed its filters
+    (it releases the name last), and takes over.
+    """
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if bound(claim):
+            return claim
+        log.warning("another collector runs in this network namespace; waiting for it to stop")
+        while not rt.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rt.stopping.wait(), INSTANCE_RETRY)
+            if not rt.stopping.is_set() and bound(claim):
+                return claim
+    except BaseException:
+        claim.close()
+        raise
+    claim.close()
+    return None
+
+
+def bound(claim: socket.socket) -> bool:
+    """Bind ``claim`` to :data:`INSTANCE_NAME`; False while another process holds it."""
+    try:
+        claim.bind(INSTANCE_NAME)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return False
+        raise StartupError("instance", f"cannot bind {INSTANCE_NAME!r}: {e}") from e
+    return True
 
 
 async def start_kernel(
