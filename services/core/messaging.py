@@ -1020,8 +1020,9 @@ DLQ_DROPPED_HEADER = "Flowscope-Dlq-Dropped-Headers"
 # A header name nats-py sends: an RFC 7230 token. It refuses to publish a message with
 # any other (BadHeaderError), while nats-server stores what a client writing the
 # protocol itself sends (``Bad/Key: x``): copied, such a header made every copy of its
-# message fail, the message redelivered for ever.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# message fail, the message redelivered for ever. (The enricher's own framing checks
+# keys with it too.)
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _copied_headers(
@@ -1038,7 +1039,7 @@ def _copied_headers(
     server close the connection, and the message came back after each restart).
     """
     copyable = {k: v for k, v in original.items() if not k.lower().startswith("nats-")}
-    out = {k: v for k, v in copyable.items() if _HEADER_NAME.fullmatch(k.strip())}
+    out = {k: v for k, v in copyable.items() if HEADER_NAME.fullmatch(k.strip())}
     widest = {
         subjects.DLQ_REASON_HEADER: reason,
         subjects.DLQ_TRUNCATED_HEADER: str(len(body)),

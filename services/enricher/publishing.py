@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -56,7 +55,7 @@ from typing import Any
 import orjson
 from flowscope.core.codec import COUNT_HEADER, SCHEMA_HEADER
 from flowscope.core.errors import FlowscopeError
-from flowscope.core.messaging import MSG_ID_HEADER
+from flowscope.core.messaging import HEADER_NAME, MSG_ID_HEADER
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -82,7 +81,6 @@ BATCH_HEADERS = frozenset((BATCH_ID, BATCH_SEQUENCE, BATCH_COMMIT))
 
 Message = tuple[str, bytes, dict[str, str]]  # subject, body, headers
 CRLF = b"\r\n"
-HEADER_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's check of a header key
 
 
 class PublishError(FlowscopeError):
@@ -449,7 +447,7 @@ def encode(
             head = f"NATS/1.0\r\n{own}{marks}{n}\r\n{commit}\r\n".encode()
         size = len(head)
         out += f"HPUB {subject} {reply} {size} {size + len(body)}\r\n".encode(), head, body, CRLF
-    if not all(map(HEADER_KEY.fullmatch, keys)):
+    if not all(map(HEADER_NAME.fullmatch, keys)):
         return None
     if batch_id is not None and not keys.isdisjoint(BATCH_HEADERS):
         return None  # (publish_atomic's dict merge would put ours in their place)
