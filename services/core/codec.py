@@ -64,15 +64,47 @@ class Batch:
 
 def encode(schema: Schema, records: Iterable[Mapping[str, Any]]) -> Batch:
     """Encode records (wire dicts) as one NDJSON batch."""
-    lines = [orjson.dumps(r) for r in records]
-    body = b"\n".join(lines) + b"\n" if lines else b""
-    return Batch(body, _headers(schema, len(lines)), len(lines))
+    lines = encode_lines(records)
+    return Batch(b"".join(lines), _headers(schema, len(lines)), len(lines))
 
 
 def encode_lines(records: Iterable[Mapping[str, Any]]) -> list[bytes]:
     """Each record as its NDJSON line (newline included), as :func:`encode_chunks` writes
-    it; :func:`chunk_lines` batches them."""
-    return [orjson.dumps(r) + b"\n" for r in records]
+    it; :func:`chunk_lines` batches them. A record nested deeper than orjson writes (254
+    levels: the decoder reads 1 024, and the contract leaves unknown keys free) is
+    written by :func:`deep_json`, the same text: orjson's "Recursion limit reached"
+    stopped the exporter re-encoding such a record (for stdout, for a dead-letter copy)."""
+    records = records if isinstance(records, list) else list(records)
+    try:
+        return [orjson.dumps(r) + b"\n" for r in records]
+    except orjson.JSONEncodeError:  # too deep (or not JSON at all: raised again below)
+        return [deep_json(r) + b"\n" for r in records]
+
+
+def deep_json(value: object) -> bytes:
+    """``orjson.dumps(value)`` without orjson's depth limit: the same compact text,
+    lists and objects written here with a stack of their own instead of recursion,
+    everything else by orjson. ``todo`` holds values still to write and punctuation
+    (bytes: a decoded record holds none)."""
+    out: list[bytes] = []
+    todo: list[object] = [value]
+    while todo:
+        item = todo.pop()
+        if type(item) is bytes:
+            out.append(item)
+        elif type(item) is list:
+            parts: list[object] = [b"["]
+            for i, element in enumerate(item):
+                parts += [b"," if i else b"", element]
+            todo += reversed([*parts, b"]"])
+        elif type(item) is dict:
+            parts = [b"{"]
+            for i, (key, element) in enumerate(item.items()):
+                parts += [(b"," if i else b"") + orjson.dumps(key) + b":", element]
+            todo += reversed([*parts, b"}"])
+        else:
+            out.append(orjson.dumps(item))
+    return b"".join(out)
 
 
 def encode_chunks(

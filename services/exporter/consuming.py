@@ -40,7 +40,6 @@ from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
-import orjson
 from flowscope.core import codec, subjects
 from flowscope.core.errors import CodecError, RecordError, grouped, listed
 from flowscope.core.logs import RateLimitedLog
@@ -68,42 +67,6 @@ T = TypeVar("T")
 DLQ_COMPONENT = "exporter"
 FETCH_MESSAGES = 64  # messages per pull request (each holds a batch of records)
 CRASH_LOG_INTERVAL = 10.0  # seconds between two tracebacks of a sink that keeps raising
-
-
-def ndjson(records: list[Record]) -> bytes:
-    """``records`` as NDJSON, as ``codec.encode_lines`` writes them — also a record
-    nested deeper than orjson writes (254 levels: the decoder reads 1,024, and the
-    contract leaves unknown keys free), which orjson refuses (see :func:`deep_json`)."""
-    try:
-        return b"".join(codec.encode_lines(records))
-    except TypeError:  # orjson: "Recursion limit reached"
-        return b"".join(deep_json(record) + b"\n" for record in records)
-
-
-def deep_json(value: object) -> bytes:
-    """``orjson.dumps(value)`` without orjson's depth limit: the same compact text,
-    lists and objects written here with a stack of their own instead of recursion,
-    everything else by orjson. ``todo`` holds values still to write and punctuation
-    (bytes: a decoded record holds none)."""
-    out: list[bytes] = []
-    todo: list[object] = [value]
-    while todo:
-        item = todo.pop()
-        if type(item) is bytes:
-            out.append(item)
-        elif type(item) is list:
-            parts: list[object] = [b"["]
-            for i, element in enumerate(item):
-                parts += [b"," if i else b"", element]
-            todo += reversed([*parts, b"]"])
-        elif type(item) is dict:
-            parts = [b"{"]
-            for i, (key, element) in enumerate(item.items()):
-                parts += [(b"," if i else b"") + orjson.dumps(key) + b":", element]
-            todo += reversed([*parts, b"}"])
-        else:
-            out.append(orjson.dumps(item))
-    return b"".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +211,7 @@ class Batch:
         self.spans.append((msg, len(self.records), len(records)))
         self.records.extend(records)
         if self.bodies is not None:
-            self.bodies.append(msg.data if whole else ndjson(records))
+            self.bodies.append(msg.data if whole else b"".join(codec.encode_lines(records)))
 
     @property
     def messages(self) -> Iterator[Msg]:
@@ -731,10 +694,9 @@ class SinkLane:
         self, kind: Kind, msg: Msg, records: list[Record], reason: str, msg_id: str
     ) -> bool:
         """Publish refused records to the DLQ (with the original subject); False if that failed."""
-        schema = codec.FLOW if kind is Kind.FLOW else codec.DNS
-        headers = {codec.SCHEMA_HEADER: schema.header, codec.COUNT_HEADER: str(len(records))}
+        encoded = codec.encode(codec.FLOW if kind is Kind.FLOW else codec.DNS, records)
         return await self._publish_dead(
-            msg.subject, headers, ndjson(records), reason, msg_id, len(records)
+            msg.subject, encoded.headers, encoded.body, reason, msg_id, len(records)
         )
 
     async def _publish_dead(

@@ -1,5 +1,5 @@
-"""The lane's own JSON writer for records nested deeper than orjson writes: the same
-text as ``orjson.dumps`` wherever orjson can write it, any depth the decoder reads."""
+"""codec's JSON writer for records nested deeper than orjson writes: the same text as
+``orjson.dumps`` wherever orjson can write it, any depth the decoder reads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 from flowscope.core import codec
-from flowscope.exporter.consuming import deep_json, ndjson
+from flowscope.core.codec import deep_json
 from hypothesis import given, settings
 
 from tests.unit.exporter.strategies import flow_records, json_values
@@ -22,4 +22,6 @@ def test_deep_json_writes_what_orjson_writes(value: Any) -> None:
 def test_records_nested_as_deep_as_the_decoder_reads_are_written() -> None:
     text = b'{"a":1,"x.deep":' + b'[{"k":' * 510 + b"[]" + b"}]" * 510 + b"}"
     [record] = codec.decode_body(text + b"\n")  # 1,022 levels: the most it reads
-    assert ndjson([{"b": 2}, record]) == b'{"b":2}\n' + text + b"\n"
+    lines = [b'{"b":2}\n', text + b"\n"]
+    assert codec.encode_lines([{"b": 2}, record]) == lines
+    assert codec.encode(codec.FLOW, iter([{"b": 2}, record])).body == b"".join(lines)
