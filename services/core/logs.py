@@ -95,6 +95,31 @@ def configure(fmt: str = "json", level: str = "info") -> None:
     server.addFilter(BadRequests())
 
 
+class Throttle:
+    """Lets one event per key through per ``interval`` seconds, and says how many of that
+    key it held back since: what :class:`RateLimitedLog` and :class:`BadRequests` log."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def admit(self, key: str) -> int | None:
+        """How many events of ``key`` were held back since the last one let through, or
+        None: this one is held back too."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        if len(self._last) > 10_000:  # bounded: forget the oldest keys
+            for old in list(self._last)[:5_000]:
+                del self._last[old]
+        return self._suppressed.pop(key, 0)
+
+
 class BadRequests(logging.Filter):
     """aiohttp logs a request it cannot parse (a header over 8 KB, a bad request line) at
     ERROR with a traceback, once per request, though it only answers 400: any client that
@@ -105,25 +130,20 @@ class BadRequests(logging.Filter):
 
     def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._interval = interval
-        self._clock = clock
-        self._last: float | None = None
-        self._suppressed = 0
+        self._throttle = Throttle(interval, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if not isinstance(error, HttpProcessingError):
             return True
-        now = self._clock()
-        if self._last is not None and now - self._last < self._interval:
-            self._suppressed += 1
+        suppressed = self._throttle.admit("bad-request")
+        if suppressed is None:
             return False
-        self._last = now
         record.msg = f"{record.getMessage()}: answered {error.code} ({type(error).__name__})"
         record.args = ()
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info = record.exc_text = None
-        record.suppressed, self._suppressed = self._suppressed, 0
+        record.suppressed = suppressed
         return True
 
 
@@ -136,19 +156,9 @@ class RateLimitedLog:
 
     def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
         self._logger = logger
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._throttle = Throttle(interval)
 
     def warning(self, key: str, msg: str, **context: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if len(self._last) > 10_000:  # bounded: forget the oldest keys
-            for old in list(self._last)[:5_000]:
-                del self._last[old]
-        self._logger.warning(msg, extra={**context, "kind": key, "suppressed": suppressed})
+        suppressed = self._throttle.admit(key)
+        if suppressed is not None:
+            self._logger.warning(msg, extra={**context, "kind": key, "suppressed": suppressed})

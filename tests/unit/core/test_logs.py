@@ -55,3 +55,13 @@ def test_a_field_orjson_refuses_still_gives_one_json_line() -> None:
     assert parsed["msg"] == "bad name a\\udcffb" and parsed["name_seen"] == "x\\udcfe"
     assert parsed["count"] == str(1 << 70) and parsed["by_port"] == "{53: 'dns'}"
     assert parsed["level"] == "warning" and "\n" not in line
+
+
+def test_the_throttle_counts_each_key_apart() -> None:
+    from flowscope.core.logs import Throttle
+
+    now = [0.0]
+    throttle = Throttle(10.0, clock=lambda: now[0])
+    assert [throttle.admit(k) for k in ("a", "a", "b", "a")] == [0, None, 0, None]
+    now[0] = 10.0
+    assert (throttle.admit("a"), throttle.admit("b")) == (2, 0)
