@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -88,35 +88,48 @@ def vnet_super_packet(
     return vnet + ETHERNET + ip, segments, len(ip) + (segments - 1) * headers
 
 
-def test_super_packets_without_a_segment_count_count_wire_segments(tap_node: Node) -> None:
-    """Received from a tap (TC ingress) and sent through AF_PACKET (TC egress): TCP, UDP
-    GSO, and IPv4 options (the general parser)."""
+def through_a_tap(
+    node: Node, super_packet: Callable[[int], tuple[bytes, int, int]], sports: list[int]
+) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """Each ``super_packet(sport)`` (virtio_net_hdr + frame, wire packets, IP bytes)
+    written into a tap (TC ingress), and ``super_packet(sport + 100)`` sent out of it
+    through AF_PACKET (TC egress); (what the program counted per source port, what the
+    wire carries)."""
     from flowscope.collector.loading import FlowProgramConfig
 
-    with tap_node.inside():
+    with node.inside():
         tap = os.open("/dev/net/tun", os.O_RDWR)
     try:
         flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
         fcntl.ioctl(tap, TUNSETIFF, struct.pack("16sH22x", b"tap0", flags))
-        tap_node.hx("ip", "link", "set", "tap0", "up")
-        with attached(tap_node, FlowProgramConfig(max_flows=1024), ["tap0"]) as kernel:
-            with tap_node.inside():
+        node.hx("ip", "link", "set", "tap0", "up")
+        with attached(node, FlowProgramConfig(max_flows=1024), ["tap0"]) as kernel:
+            with node.inside():
                 sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
             sender.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             sender.bind(("tap0", 0))
             expected = {}
-            cases = [(40000, 5000, GSO_TCPV4, b""), (40001, 3500, GSO_UDP_L4, b""),
-                     (40002, 2500, GSO_TCPV4, b"\x01\x01\x01\x01")]  # fmt: skip
-            for sport, payload, gso_type, options in cases:
-                packet, segments, size = vnet_super_packet(sport, payload, gso_type, options)
+            for sport in sports:
+                packet, segments, size = super_packet(sport)
                 os.write(tap, packet)  # received: TC ingress
-                packet, _, _ = vnet_super_packet(sport + 100, payload, gso_type, options)
-                sender.send(packet)  # sent by this host: TC egress
+                sender.send(super_packet(sport + 100)[0])  # sent by this host: TC egress
                 expected[sport] = expected[sport + 100] = (segments, size)
             sender.close()
             time.sleep(0.2)
             flows = kernel.drainer.drain().flows
     finally:
         os.close(tap)
-    counted = {f.sport: (f.packets, f.bytes) for f in flows if f.sport in expected}
+    return {f.sport: (f.packets, f.bytes) for f in flows if f.sport in expected}, expected
+
+
+def test_super_packets_without_a_segment_count_count_wire_segments(tap_node: Node) -> None:
+    """Received from a tap (TC ingress) and sent through AF_PACKET (TC egress): TCP, UDP
+    GSO, and IPv4 options (the general parser)."""
+    cases = {40000: (5000, GSO_TCPV4, b""), 40001: (3500, GSO_UDP_L4, b""),
+             40002: (2500, GSO_TCPV4, b"\x01\x01\x01\x01")}  # fmt: skip
+
+    def super_packet(sport: int) -> tuple[bytes, int, int]:
+        return vnet_super_packet(sport, *cases[sport % 100 + 40000])
+
+    counted, expected = through_a_tap(tap_node, super_packet, list(cases))
     assert counted == expected

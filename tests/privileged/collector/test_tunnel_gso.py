@@ -15,9 +15,7 @@ tunnel's packets equal the inner flow's, and its bytes the inner flow's plus 50 
 
 from __future__ import annotations
 
-import fcntl
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -28,6 +26,13 @@ import pytest
 
 from tests.privileged.collector.node import TRAFFIC, Node, finish, sh, wait_listening
 from tests.privileged.collector.programs import attached
+from tests.privileged.collector.test_gso import (
+    ETHERNET,
+    GSO_TCPV4,
+    GSO_UDP_L4,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    through_a_tap,
+)
 from tests.unit.collector import packet_building as pb
 
 ENCAPSULATION = 20 + 8 + 8 + 14
@@ -101,9 +106,7 @@ def test_vxlan_super_packets_count_every_segments_headers(node: Node, port: int)
 # IPv4 and IPv6 TCP, and around inner UDP GSO. Such a super-packet has no segment count
 # yet (SKB_GSO_DODGY): the kernel splits the inner L4 payload in gso_size pieces, every
 # piece behind a copy of all the headers before it (qdisc_pkt_len_init computes the same).
-TUNSETIFF, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x400454CA, 0x0002, 0x1000, 0x4000
-NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4 = 1, 1, 4, 5
-ETHERNET = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
+GSO_TCPV6 = 4  # virtio_net_hdr's gso_type
 INNER_ETHERNET = b"\x02\x00\x00\x00\x00\x03\x02\x00\x00\x00\x00\x04"
 GENEVE_OPTION = struct.pack("!HBB", 0x0102, 0x80, 1) + b"\x00\x00\x00\x07"  # 8 bytes
 
@@ -138,7 +141,15 @@ def tunnel_super_packet(
     headers = len(outer) - payload  # outer IP + UDP + tunnel + inner Ethernet, IP, L4
     segments = -(-payload // 1000)
     csum_start = 14 + headers - l4_len
-    vnet = struct.pack("<BBHHHH", NEEDS_CSUM, gso_type, 14 + headers, 1000, csum_start, csum_offset)
+    vnet = struct.pack(
+        "<BBHHHH",
+        VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type,
+        14 + headers,
+        1000,
+        csum_start,
+        csum_offset,
+    )
     return vnet + ETHERNET + outer, segments, len(outer) + (segments - 1) * headers
 
 
@@ -150,34 +161,14 @@ def tap_node() -> Iterator[Node]:
 
 def test_tunnel_super_packets_without_a_segment_count(tap_node: Node) -> None:
     """Received from a tap (TC ingress) and sent through AF_PACKET (TC egress)."""
-    from flowscope.collector.loading import FlowProgramConfig
+    cases = [("geneve", 6081, "tcp"), ("geneve", 6081, "tcp6"), ("vxlan", 4789, "tcp"),
+             ("vxlan", 8472, "udp"), ("vxlan", 4789, "tcp6")]  # fmt: skip
 
-    with tap_node.inside():
-        tap = os.open("/dev/net/tun", os.O_RDWR)
-    try:
-        fcntl.ioctl(
-            tap, TUNSETIFF, struct.pack("16sH22x", b"tap0", IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
-        )
-        tap_node.hx("ip", "link", "set", "tap0", "up")
-        with attached(tap_node, FlowProgramConfig(max_flows=1024), ["tap0"]) as kernel:
-            with tap_node.inside():
-                sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            sender.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR
-            sender.bind(("tap0", 0))
-            expected = {}
-            cases = [("geneve", 6081, "tcp"), ("geneve", 6081, "tcp6"), ("vxlan", 4789, "tcp"),
-                     ("vxlan", 8472, "udp"), ("vxlan", 4789, "tcp6")]  # fmt: skip
-            for n, (kind, port, inner) in enumerate(cases):
-                sport = 41000 + n
-                packet, segments, size = tunnel_super_packet(kind, port, sport, inner, 4500)
-                os.write(tap, packet)  # received: TC ingress
-                packet, _, _ = tunnel_super_packet(kind, port, sport + 100, inner, 4500)
-                sender.send(packet)  # sent by this host: TC egress
-                expected[sport] = expected[sport + 100] = (segments, size)
-            sender.close()
-            time.sleep(0.2)
-            flows = kernel.drainer.drain().flows
-    finally:
-        os.close(tap)
-    counted = {f.sport: (f.packets, f.bytes) for f in flows if f.sport in expected}
+    def super_packet(sport: int) -> tuple[bytes, int, int]:
+        kind, port, inner = cases[sport % 100]
+        return tunnel_super_packet(kind, port, sport, inner, 4500)
+
+    counted, expected = through_a_tap(
+        tap_node, super_packet, [41000 + n for n in range(len(cases))]
+    )
     assert counted == expected

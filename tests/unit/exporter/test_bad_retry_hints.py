@@ -16,6 +16,7 @@ from google.rpc import code_pb2, status_pb2
 
 from tests.unit.exporter.sample import flow
 from tests.unit.exporter.test_elasticsearch_sink import serve
+from tests.unit.exporter.test_odd_answers import export_to_grpc
 from tests.unit.exporter.test_otlp_sink import count, make_sink
 
 
@@ -76,20 +77,7 @@ async def grpc_export(
             )
         return b""
 
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "opentelemetry.proto.collector.logs.v1.LogsService",
-        {"Export": grpc.unary_unary_rpc_method_handler(export)},
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    sink, metrics = make_sink(f"http://127.0.0.1:{port}", "grpc")
-    try:
-        result = await sink.export(Kind.FLOW, [flow(0), flow(1)])
-    finally:
-        await sink.close()
-        await server.stop(None)
+    result, metrics = await export_to_grpc(export)
     return result, len(attempts), metrics
 
 

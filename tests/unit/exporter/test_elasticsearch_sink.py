@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,14 @@ from flowscope.exporter.ecs import EcsMapper, document_id
 from flowscope.exporter.elasticsearch import BackendError, Buffers, ElasticsearchSink
 from flowscope.exporter.metrics import ExporterMetrics
 from flowscope.exporter.settings import ElasticsearchSettings, Settings
-from flowscope.exporter.sink import Kind
+from flowscope.exporter.sink import ExportResult, Kind
 from prometheus_client import CollectorRegistry
 
 from tests.support.fake_elasticsearch import FakeElasticsearch, filtered
 from tests.unit.exporter.sample import dns, flow
 
 FLOWS = "logs-flowscope.flows-default"
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 @pytest.fixture
@@ -254,6 +255,28 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
+def bulk_answer(answer: dict[str, Any]) -> web.Response:
+    """A ``_bulk`` answer as Elasticsearch writes it: compact, with its product header."""
+    return web.Response(
+        body=orjson.dumps(answer),
+        content_type="application/json",
+        headers={"X-Elastic-Product": "Elasticsearch"},
+    )
+
+
+async def export_to_bulk(bulk: Handler, records: list[dict[str, Any]]) -> ExportResult:
+    """Export ``records`` with a sink whose ``_bulk`` requests ``bulk`` answers."""
+    app = web.Application()
+    app.router.add_post("/_bulk", bulk)
+    runner, port = await serve(app)
+    sink, _ = make_sink(f"http://127.0.0.1:{port}")
+    try:
+        return await sink.export(Kind.FLOW, records)
+    finally:
+        await sink.close()
+        await runner.cleanup()
+
+
 async def test_a_peer_that_is_not_elasticsearch_is_refused() -> None:
     async def info(_: web.Request) -> web.Response:
         return web.json_response({"version": {"number": "8.0.0"}})  # no X-Elastic-Product
@@ -278,22 +301,9 @@ async def test_an_answer_with_another_item_count_is_retried_whole() -> None:
     async def bulk(request: web.Request) -> web.Response:
         sent.append((await request.read()).count(b"\n") // 2)
         items = 1 if len(sent) == 1 else sent[-1]
-        answer = {"errors": False, "items": [{"create": {"status": 201}}] * items}
-        return web.Response(  # compact, as Elasticsearch writes it
-            body=orjson.dumps(answer),
-            content_type="application/json",
-            headers={"X-Elastic-Product": "Elasticsearch"},
-        )
+        return bulk_answer({"errors": False, "items": [{"create": {"status": 201}}] * items})
 
-    app = web.Application()
-    app.router.add_post("/_bulk", bulk)
-    runner, port = await serve(app)
-    sink, _ = make_sink(f"http://127.0.0.1:{port}")
-    try:
-        result = await sink.export(Kind.FLOW, [flow(i) for i in range(3)])
-    finally:
-        await sink.close()
-        await runner.cleanup()
+    result = await export_to_bulk(bulk, [flow(i) for i in range(3)])
     assert sent == [3, 3]
     assert not result.rejected and not result.deferred
 

@@ -3,6 +3,7 @@ that were fine: each is now one record refused, or the batch sent again."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -10,14 +11,15 @@ import orjson
 import pytest
 from aiohttp import web
 from flowscope.core import codec, records
-from flowscope.exporter.sink import Kind
+from flowscope.exporter.metrics import ExporterMetrics
+from flowscope.exporter.sink import ExportResult, Kind
 
 from tests.support.otlp_receivers import HttpReceiver
 from tests.unit.exporter.sample import flow
-from tests.unit.exporter.test_elasticsearch_sink import make_sink as make_es_sink
-from tests.unit.exporter.test_elasticsearch_sink import serve
+from tests.unit.exporter.test_elasticsearch_sink import bulk_answer, export_to_bulk
 from tests.unit.exporter.test_otlp_sink import count, make_sink
 
+GrpcExport = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 DEPTH = 800  # the decoder accepts 1,024 levels; the encoder's recursion reached ~450
 
 
@@ -46,14 +48,8 @@ async def test_a_value_nested_too_deeply_is_refused_alone() -> None:
     assert ports == [flow(0)["source.port"], flow(2)["source.port"]]
 
 
-async def test_a_grpc_ok_with_an_unreadable_message_is_sent_again() -> None:
-    """As an HTTP 2xx with a body that is no OTLP response: retried and counted, not
-    dead-lettered (grpc's own deserializer answered None, read as a refusal)."""
-    answers = [b"\xff\xff\xff", b""]  # not a protobuf message; then an empty response
-
-    def export(request: bytes, context: grpc.ServicerContext) -> bytes:
-        return answers.pop(0) if answers else b""
-
+async def export_to_grpc(export: GrpcExport) -> tuple[ExportResult, ExporterMetrics]:
+    """Export two flows with a gRPC sink whose Export calls ``export`` answers."""
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
         "opentelemetry.proto.collector.logs.v1.LogsService",
@@ -64,10 +60,21 @@ async def test_a_grpc_ok_with_an_unreadable_message_is_sent_again() -> None:
     await server.start()
     sink, metrics = make_sink(f"http://127.0.0.1:{port}", "grpc")
     try:
-        result = await sink.export(Kind.FLOW, [flow(0), flow(1)])
+        return await sink.export(Kind.FLOW, [flow(0), flow(1)]), metrics
     finally:
         await sink.close()
         await server.stop(None)
+
+
+async def test_a_grpc_ok_with_an_unreadable_message_is_sent_again() -> None:
+    """As an HTTP 2xx with a body that is no OTLP response: retried and counted, not
+    dead-lettered (grpc's own deserializer answered None, read as a refusal)."""
+    answers = [b"\xff\xff\xff", b""]  # not a protobuf message; then an empty response
+
+    async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return answers.pop(0) if answers else b""
+
+    result, metrics = await export_to_grpc(export)
     assert not result.rejected and not result.deferred
     assert answers == []
     assert count(metrics.bad_responses) == 1
@@ -91,21 +98,9 @@ async def test_a_bulk_item_without_a_status_is_sent_again(item: Any) -> None:
         answer = {"errors": True, "items": [stored, item]} if len(sent) == 1 else None
         if answer is None:
             answer = {"errors": False, "items": [stored] * sent[-1]}
-        return web.Response(
-            body=orjson.dumps(answer),
-            content_type="application/json",
-            headers={"X-Elastic-Product": "Elasticsearch"},
-        )
+        return bulk_answer(answer)
 
-    app = web.Application()
-    app.router.add_post("/_bulk", bulk)
-    runner, port = await serve(app)
-    sink, _ = make_es_sink(f"http://127.0.0.1:{port}")
-    try:
-        result = await sink.export(Kind.FLOW, [flow(0), flow(1)])
-    finally:
-        await sink.close()
-        await runner.cleanup()
+    result = await export_to_bulk(bulk, [flow(0), flow(1)])
     assert sent == [2, 1]
     assert not result.rejected and not result.deferred
 
@@ -114,19 +109,7 @@ async def test_a_refusal_whose_error_is_text_is_dead_lettered_with_it() -> None:
     async def bulk(request: web.Request) -> web.Response:
         await request.read()
         answer = {"errors": True, "items": [{"create": {"status": 400, "error": "bad doc"}}]}
-        return web.Response(
-            body=orjson.dumps(answer),
-            content_type="application/json",
-            headers={"X-Elastic-Product": "Elasticsearch"},
-        )
+        return bulk_answer(answer)
 
-    app = web.Application()
-    app.router.add_post("/_bulk", bulk)
-    runner, port = await serve(app)
-    sink, _ = make_es_sink(f"http://127.0.0.1:{port}")
-    try:
-        result = await sink.export(Kind.FLOW, [flow(0)])
-    finally:
-        await sink.close()
-        await runner.cleanup()
+    result = await export_to_bulk(bulk, [flow(0)])
     assert result.rejected == {0: "400 : bad doc"}
