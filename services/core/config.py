@@ -403,23 +403,43 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
 
 def _flatten(
-    data: Mapping[Any, Any], where: str, known: frozenset[str], prefix: str = ""
+    data: Mapping[Any, Any],
+    where: str,
+    known: frozenset[str],
+    prefix: str = "",
+    written: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The file's settings by dotted name. Each key is checked on the way down, so that
     aliases (a mapping holding itself, a "billion laughs" of mappings) stop at the first
-    key that names no setting or section instead of being expanded without end."""
+    key that names no setting or section instead of being expanded without end.
+
+    ``written`` maps each dotted name found so far to its keys as the file writes them
+    (``nats: tls-ca``). ``tls-ca`` and ``tls_ca``, or ``nats.url`` beside
+    ``nats: {url: ...}``, name one setting, and the later silently won: a setting
+    reached twice is refused, as a key given twice is."""
+    written = {} if written is None else written
     out: dict[str, Any] = {}
     for key, value in data.items():
+        spelt = f"{written.get(prefix, '')}{key}"
         name = f"{prefix}{key}".replace("-", "_")
         if name in known:
+            _once(name, spelt, written, where)
             out[name] = value
         elif not any(setting.startswith(name + ".") for setting in known):
             raise ConfigError(f"{where}: {name}", "unknown setting")
         elif isinstance(value, dict):
-            out.update(_flatten(value, where, known, name + "."))
+            written[name + "."] = spelt + ": "
+            out.update(_flatten(value, where, known, name + ".", written))
         elif value != "":  # empty: a section whose every setting is commented out
             raise ConfigError(f"{where}: {name}", "a section, expected a mapping of settings")
     return out
+
+
+def _once(name: str, spelt: str, written: dict[str, str], where: str) -> None:
+    """Remember how the file writes setting ``name``; refuse it written a second time."""
+    if name in written:
+        raise ConfigError(f"{where}: {name}", f"given twice, as {written[name]} and as {spelt}")
+    written[name] = spelt
 
 
 def load(
@@ -484,7 +504,19 @@ def without_userinfo(url: str, mark: str = "") -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    netloc, slash, path = rest.partition("/")
+    at = _userinfo_end(rest)
+    return f"{scheme}{sep}{mark}{rest[at + 1 :]}" if at >= 0 else url
+
+
+def _userinfo_end(rest: str) -> int:
+    """Where the ``@`` ending the user information is in ``rest`` (the URL after its
+    scheme), or -1. The authority ends at the first ``/`` (an ``@`` in the path is not
+    credentials), unless what comes before it is no ``host[:port]``: a password is not
+    always percent-encoded (base64 holds ``/``), and ``user:Zm9v/YmFy@host`` showed it."""
+    netloc = rest.partition("/")[0]
     if "@" in netloc:
-        netloc = mark + netloc.rpartition("@")[2]
-    return f"{scheme}{sep}{netloc}{slash}{path}"
+        return netloc.rindex("@")
+    _, colon, port = netloc.rpartition(":")
+    if not colon or port.isdigit() or netloc.endswith("]"):
+        return -1
+    return rest.rfind("@")
