@@ -6,7 +6,11 @@ the service stops. Stopping means: the ``stopping`` event is set (``/readyz`` an
 503 from then on, ``/healthz`` still 200), root tasks get ``drain_timeout`` seconds to
 finish their work (flush, ack), then the rest are cancelled, and resources are released
 in reverse order of acquisition. A stop while ``body`` is still starting gives it the
-same deadline, then cancels it; a second signal cancels everything at once.
+same deadline, then cancels it; a second signal cancels everything at once. A process
+still running ``drain_timeout`` seconds after that deadline (a worker thread blocked in a
+write to a pipe nobody reads, a task that ignores its cancellation) is ended at once with
+exit status 1: the interpreter otherwise waits for such threads with no limit, and
+ignores late signals (:func:`_ignore_late_signals`), so only SIGKILL ended it.
 
 Exit status: 0 after a signal or a clean end, 1 when a root task crashed (logged with its
 traceback: bugs crash loudly) or failed with a :class:`FlowscopeError` (one line: a
@@ -18,14 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from aiohttp import web
 from flowscope.core import logs, serving
 from flowscope.core.config import positive, setting
 from flowscope.core.errors import ConfigError, FlowscopeError, StartupError
@@ -58,7 +66,8 @@ class RuntimeSettings:
     )
     drain_timeout: float = setting(
         10.0,
-        "seconds to finish in-flight work after SIGTERM before a hard stop; below "
+        "seconds to finish in-flight work after SIGTERM before it is cancelled; a process "
+        "still running as long again after that exits at once with status 1; below half "
         "Kubernetes' default 30 s grace period so the drain completes",
         parse=positive,
     )
@@ -79,6 +88,7 @@ class Runtime:
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _starting: asyncio.Future[None] | None = None  # the body, once started
     _first_done: asyncio.Event = field(default_factory=asyncio.Event)
+    _on_stop: Callable[[], None] | None = None  # run() arms the hard stop with it
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Start a root task: when it ends, for any reason, the service stops."""
@@ -92,6 +102,8 @@ class Runtime:
         ``/healthz`` stays ok: Kubernetes takes the pod out of its Service's endpoints
         during the drain instead of routing work to a process about to exit."""
         self.health.set("stopping", False, "draining: finishing in-flight work, then exiting")
+        if not self.stopping.is_set() and self._on_stop is not None:
+            self._on_stop()
         self.stopping.set()
         self._first_done.set()
 
@@ -128,15 +140,16 @@ async def first_of(*aws: Awaitable[object]) -> None:
             task.cancel()
 
 
-async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
-    """Run a service body to completion inside the event loop; returns the exit status."""
+async def serve(
+    name: str, settings: RuntimeSettings, body: Body, on_stop: Callable[[], None] | None = None
+) -> int:
+    """Run a service body to completion inside the event loop; returns the exit status.
+    ``on_stop`` runs once, when the service begins to stop."""
     async with AsyncExitStack() as stack:
-        rt = Runtime(name, settings, stack)
+        rt = Runtime(name, settings, stack, _on_stop=on_stop)
         _install_signals(rt)
         if settings.http_address:
-            runner, rt.http_port = await serving.start(
-                settings.http_address, rt.registry, rt.health
-            )
+            runner, rt.http_port = await _serve_http(rt)
             stack.push_async_callback(runner.cleanup)
         # Not ready until the body has set everything up (and its own checks say so).
         rt.health.set("started", False, "starting")
@@ -154,6 +167,18 @@ async def serve(name: str, settings: RuntimeSettings, body: Body) -> int:
             _ignore_late_signals()
         return 1 if crashed else 0
     return 0  # pragma: no cover - unreachable, keeps mypy happy
+
+
+async def _serve_http(rt: Runtime) -> tuple[web.AppRunner, int]:
+    """Start the HTTP endpoint; an address that cannot be listened on (in use, not this
+    machine's, a name that does not resolve) is one line naming the setting, exit
+    status 2, not a traceback."""
+    address = rt.settings.http_address
+    try:
+        return await serving.start(address, rt.registry, rt.health)
+    except OSError as e:
+        problem = f"cannot listen on {address!r} (--http-address, FLOWSCOPE_HTTP_ADDRESS): {e}"
+        raise StartupError("http_address", problem) from e
 
 
 async def _start(rt: Runtime, body: Body) -> int:
@@ -246,11 +271,41 @@ def _ignore_late_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _arm_hard_stop(after: float) -> None:
+    """End the process ``after`` seconds from now, whatever it is doing then (a daemon
+    timer: a process that ends by itself first is not held back by it)."""
+
+    def expire() -> None:
+        # The line is written from another thread, waited for a moment only: stderr may
+        # be the very pipe nobody reads.
+        said = threading.Thread(target=_say_hard_stop, args=(after,), daemon=True)
+        said.start()
+        said.join(1.0)
+        os._exit(1)
+
+    timer = threading.Timer(after, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def _say_hard_stop(after: float) -> None:
+    threads = sorted(t.name for t in threading.enumerate() if not t.daemon)
+    log.error(
+        f"still running {after:g} s after the stop began; exiting without finishing",
+        extra={"threads": threads},
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
 def run(name: str, settings: RuntimeSettings, body: Body) -> int:
-    """Entry point for a service: configure logs, run the loop, map errors to exit codes."""
+    """Entry point for a service: configure logs, run the loop, map errors to exit codes.
+    Once the service begins to stop, it has twice ``drain_timeout`` to end, whatever
+    holds it: the drain deadline, then as long again for cancelled work and clean-up."""
     logs.configure(settings.log_format, settings.log_level)
+    hard_stop = functools.partial(_arm_hard_stop, 2 * settings.drain_timeout)
     try:
-        return asyncio.run(serve(name, settings, body))
+        return asyncio.run(serve(name, settings, body, on_stop=hard_stop))
     except (ConfigError, StartupError) as e:
         print(f"flowscope {name}: {e}", file=sys.stderr)
         return 2
