@@ -267,6 +267,13 @@ class SinkLane:
                     for source in SOURCES:
                         group.create_task(self._consume(source))
                     group.create_task(self._shutdown_when_stopping())
+        except asyncio.CancelledError:
+            # The drain deadline passed: exports still under way (a backend that never
+            # answers, a stdout pipe nobody reads) are abandoned, not awaited; their
+            # messages are not acked, so they are redelivered.
+            for task in self._tasks:
+                task.cancel()
+            raise
         finally:
             log.debug("lane settling", extra={"sink": self.sink.name, "exports": len(self._tasks)})
             try:
