@@ -318,14 +318,16 @@ class BatchReader:
             return  # the retired map is still to be drained: swapping would bring it back
         active = self._map_id(0)
         spare = self._maps[1] if active == self._maps[0] else self._maps[0]
-        old, new = self._map_fd(active), self._map_fd(spare)
+        old = self._map_fd(active)
         try:
-            self._set_active(new)
-        except OSError:
-            os.close(old)
+            new = self._map_fd(spare)
+            try:
+                self._set_active(new)
+            finally:
+                os.close(new)
+        except BaseException:
+            os.close(old)  # nothing was retired: the next drain opens it again
             raise
-        finally:
-            os.close(new)
         self._retired = old
 
     def chunks(self) -> Iterator[tuple[bytes, bytes]]:
