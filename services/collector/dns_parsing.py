@@ -26,8 +26,11 @@ Contract details (also in docs/collector-sockets.md):
   message; :class:`DnsExchanges` tracks each stream (:class:`TcpStreams`), parses only
   segments where a message starts, from there, and every message that starts in them
   (pipelined queries or responses); the others (continuations of a longer message,
-  retransmits) are counted as ``tcp_skipped``. No reassembly: a message longer than its
-  first segment keeps the answers that segment holds and is ``truncated``.
+  retransmits) are counted as ``tcp_skipped``. A length prefix that ends its segment
+  (sent alone, or after pipelined messages) is kept and put back in front of the
+  segment that starts right after it. No reassembly: a message longer than its first
+  segment keeps the answers that segment holds and is ``truncated``; a prefix split
+  across segments, or a header and question that continue in the next, lose the track.
 - When the capture was cut short (the IP header says the packet is longer than the
   bytes we got), the answers that fit are kept and ``truncated`` is set; the header and
   question must be complete. A packet that is short by its own lengths is an error. The
@@ -286,9 +289,10 @@ def _tcp_packets(segment: _Segment, streams: TcpStreams | None) -> Iterator[DnsP
     """
     if not segment.payload and not segment.missing:
         return  # handshake or bare ACK
-    offset = 0 if streams is None else streams.message_offset(segment)
-    if offset is None:
+    start = (segment, 0) if streams is None else streams.message_start(segment)
+    if start is None:
         return
+    segment, offset = start
     payload, first = segment.payload, True
     if len(payload) < offset + 2:  # only without streams: they skip such a segment
         raise DnsParseError("short-tcp-dns", "length prefix cut off")
@@ -326,6 +330,7 @@ StreamKey = tuple[str, int, str, int]  # src, sport, dst, dport: one direction
 class _Stream:
     next: int | None  # sequence number where the next message starts; None: track lost
     end: int  # sequence number just after the last segment seen
+    prefix: bytes = b""  # a length prefix that ended the last segment, its message after it
 
 
 @dataclass(slots=True)
@@ -343,28 +348,44 @@ class TcpStreams:
     shows a new connection on the same 4-tuple. At most ``max_streams`` directions are
     remembered, the least recently seen forgotten first (its next segment is then taken
     to start a message, like a first one).
+
+    A sender that writes the length prefix with its own send() on a TCP_NODELAY socket
+    puts it in a segment alone, or at the end of a segment of pipelined messages, and
+    the message in the next segment. A prefix that ends its segment exactly
+    is kept, and the segment that starts just after it (its sequence number says so,
+    unambiguously) is read with the prefix put back in front. A prefix split across two
+    segments, or a header and question that continue in a later segment, are not
+    reassembled.
     """
 
     counts: ExchangeCounts
     max_streams: int = 10000
     _streams: OrderedDict[StreamKey, _Stream] = field(default_factory=OrderedDict)
 
-    def message_offset(self, segment: _Segment) -> int | None:
-        """Offset in the captured payload where a message starts, or None (counted)."""
+    def message_start(self, segment: _Segment) -> tuple[_Segment, int] | None:
+        """The segment to read (with a kept prefix put back in front) and the offset in
+        its payload where a message starts; None when none starts there (counted,
+        unless the segment ends in a prefix kept for the next one)."""
         key = (segment.src, segment.sport, segment.dst, segment.dport)
         stream = self._streams.pop(key, None)
         first: int | None = segment.seq
-        if stream is not None and _near(segment.seq, stream.end):
+        if stream is not None and stream.prefix and segment.seq == stream.end:
+            first = segment.seq = (segment.seq - len(stream.prefix)) % SEQ_MOD
+            segment.payload = stream.prefix + segment.payload
+        elif stream is not None and _near(segment.seq, stream.end):
             first = stream.next
         end = (segment.seq + len(segment.payload) + segment.missing) % SEQ_MOD
-        self._streams[key] = _Stream(_follow(segment, first), end)
+        after, prefix = _follow(segment, first)
+        self._streams[key] = _Stream(after, end, prefix)
         while len(self._streams) > self.max_streams:
             self._streams.popitem(last=False)
         offset = None if first is None else (first - segment.seq) % SEQ_MOD
         if offset is None or offset + 2 > len(segment.payload):
             self.counts.tcp_skipped += 1
             return None
-        return offset
+        if offset + 2 == len(segment.payload) and self._streams[key].prefix:
+            return None  # a bare prefix: its message is read from the next segment
+        return segment, offset
 
 
 def _near(seq: int, end: int) -> bool:
@@ -372,20 +393,24 @@ def _near(seq: int, end: int) -> bool:
     return distance <= SAME_CONNECTION or distance >= SEQ_MOD - SAME_CONNECTION
 
 
-def _follow(segment: _Segment, start: int | None) -> int | None:
-    """Where the first message after this segment starts, following length prefixes.
+def _follow(segment: _Segment, start: int | None) -> tuple[int | None, bytes]:
+    """Where the first message after this segment starts, following length prefixes,
+    and the prefix that ends the segment exactly when its message starts right after.
 
     ``start`` is where a message starts (in this segment or later). Each step moves on
     by at least 2 bytes, so the loop is bounded by the segment's length.
     """
     if start is None:
-        return None
+        return None, b""
     size = len(segment.payload) + segment.missing
+    length, after = 0, 0  # the last prefix read: its value, and where it ends
     while (offset := (start - segment.seq) % SEQ_MOD) < size:
         if offset + 2 > len(segment.payload):
-            return None  # the prefix was not captured, or continues in the next segment
-        start = (start + 2 + int.from_bytes(segment.payload[offset : offset + 2], "big")) % SEQ_MOD
-    return start
+            return None, b""  # the prefix was not captured, or continues in the next segment
+        length, after = int.from_bytes(segment.payload[offset : offset + 2], "big"), offset + 2
+        start = (start + 2 + length) % SEQ_MOD
+    kept = length > 0 and after == size == len(segment.payload)
+    return start, segment.payload[-2:] if kept else b""
 
 
 # ---------------------------------------------------------------- DNS message
