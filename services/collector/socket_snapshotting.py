@@ -9,7 +9,10 @@ start-up, after the hooks are attached, as ordinary ``raw.socket`` records:
 1. group the node's processes by network namespace (``/proc/<pid>/ns/net`` inode);
 2. per namespace, read the TCP and UDP tables of one of its processes
    (``/proc/<pid>/net/{tcp,tcp6,udp,udp6}``: no ``setns`` needed, the kernel shows the
-   tables of that process's namespace) — connected sockets and TCP listeners;
+   tables of that process's namespace) — connected sockets and TCP listeners — and the
+   namespace's cookie, both through that process's open ``/proc/<pid>`` directory and
+   namespace, so that neither comes from another namespace when the process exits or its
+   pid is reused meanwhile;
 3. find each socket's owner: the lowest pid with an fd that is ``socket:[<inode>]``
    (``/proc/<pid>/fd``; needs CAP_SYS_PTRACE for other users' processes);
 4. the owner's ``comm``, and its cgroup v2 id from one walk of the cgroup tree reading
@@ -68,6 +71,7 @@ _ADDRESS_HEX = {AF_INET: 8, AF_INET6: 32}
 # errors reasons: processes whose fd directory could not be listed / whose fds not read
 FD_LIST_DENIED, FD_READ_DENIED = "fd_list_denied", "fd_read_denied"
 _CONSEQUENCE = "their connections that existed before the collector started are not reported"
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class SnapshotParseError(CodecError):
@@ -278,8 +282,8 @@ def fd_sockets(proc: Path, pid: int) -> Iterator[int]:
 
 def netns_cookie(namespace: Path) -> int:
     """The cookie of the network namespace at ``namespace`` (a ``/proc/<pid>/ns/net``
-    file), as the BPF hooks report it; 0 when it cannot be had (kernel before 5.14, no
-    CAP_SYS_ADMIN, the process exited)."""
+    file, or ``/proc/self/fd/<n>`` of one already open), as the BPF hooks report it; 0
+    when it cannot be had (kernel before 5.14, no CAP_SYS_ADMIN, the process exited)."""
 
     def probe() -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -390,15 +394,13 @@ class SocketSnapshot:
         result = SnapshotResult()
         now_ns = time.time_ns()
         found: list[tuple[str, TableEntry, int]] = []  # (event, entry, netns cookie)
-        for pids in namespaces(self.proc, process_ids(self.proc)).values():
+        for inode, pids in namespaces(self.proc, process_ids(self.proc)).items():
             # Past the limit, the namespaces not read yet are not counted: "at least".
             if time.monotonic() > deadline or len(found) > self.limits.max_sockets:
                 result.timed_out = len(found) <= self.limits.max_sockets
                 break
-            sockets = self._namespace_sockets(pids, result)
-            if sockets:
-                cookie = netns_cookie(self.proc / str(pids[0]) / "ns" / "net")
-                found += [(event, entry, cookie) for event, entry in sockets]
+            sockets, cookie = self._namespace_sockets(inode, pids, result)
+            found += [(event, entry, cookie) for event, entry in sockets]
         if len(found) > self.limits.max_sockets:
             result.skipped["limit"] += len(found) - self.limits.max_sockets
             found = found[: self.limits.max_sockets]
@@ -416,32 +418,71 @@ class SocketSnapshot:
         return result
 
     def _namespace_sockets(
-        self, pids: list[int], result: SnapshotResult
-    ) -> list[tuple[str, TableEntry]]:
-        """The connected sockets of one namespace, read through its first live process."""
+        self, inode: int, pids: list[int], result: SnapshotResult
+    ) -> tuple[list[tuple[str, TableEntry]], int]:
+        """The connected sockets of namespace ``inode`` and its cookie (0 when it has no
+        sockets), read through the first of ``pids`` still in it.
+
+        Each process is read through its ``/proc/<pid>`` directory opened first: once the
+        process exits, the kernel refuses every lookup under that open directory, even
+        when the pid has gone to a new process (of another namespace, perhaps), where
+        ``/proc/<pid>/…`` paths would lead to the new one.
+        """
         for pid in pids:
             try:
-                entries = [
-                    entry
-                    for table, family, proto in TABLES
-                    for entry in self._read_table(pid, table, family, proto, result)
-                ]
-            except OSError as error:
-                if (self.proc / str(pid)).exists():  # not merely exited meanwhile
-                    result.errors["unreadable"] += 1
-                    self._bad_log.warning("unreadable", f"socket snapshot: {error}")
+                process = os.open(self.proc / str(pid), _DIRECTORY)
+            except OSError:  # exited
                 continue
-            return list(socket_kinds(entries))
-        return []
+            try:
+                found = self._read_namespace(process, inode, result)
+            finally:
+                os.close(process)
+            if found is not None:
+                return found
+        return [], 0
+
+    def _read_namespace(
+        self, process: int, inode: int, result: SnapshotResult
+    ) -> tuple[list[tuple[str, TableEntry]], int] | None:
+        """:meth:`_namespace_sockets` through one open ``/proc/<pid>`` directory; None when
+        that process is no longer in namespace ``inode`` or its tables cannot be read.
+
+        The namespace is opened before the tables are read and checked to be the one
+        listed (the pid may have been reused before its directory was opened), and the
+        cookie is read through that open namespace, which outlives the process.
+        """
+        try:
+            namespace = os.open("ns/net", os.O_RDONLY | os.O_CLOEXEC, dir_fd=process)
+        except OSError:  # exited
+            return None
+        try:
+            if os.fstat(namespace).st_ino != inode:  # another process, or it moved
+                return None
+            entries = [
+                entry
+                for table, family, proto in TABLES
+                for entry in self._read_table(process, table, family, proto, result)
+            ]
+            sockets = list(socket_kinds(entries))
+            cookie = netns_cookie(Path(f"/proc/self/fd/{namespace}")) if sockets else 0
+            return sockets, cookie
+        except OSError as error:
+            if _alive(process):  # not merely exited meanwhile
+                result.errors["unreadable"] += 1
+                self._bad_log.warning("unreadable", f"socket snapshot: {error}")
+            return None
+        finally:
+            os.close(namespace)
 
     def _read_table(
-        self, pid: int, table: str, family: int, proto: int, result: SnapshotResult
+        self, process: int, table: str, family: int, proto: int, result: SnapshotResult
     ) -> list[TableEntry]:
-        path = self.proc / str(pid) / "net" / table
+        """One table of the process whose ``/proc/<pid>`` directory is open as ``process``."""
         try:
-            text = path.read_text()
+            with open(f"net/{table}", opener=functools.partial(_open_at, process)) as file:
+                text = file.read()
         except FileNotFoundError:
-            if family == AF_INET6 and (self.proc / str(pid)).exists():
+            if family == AF_INET6 and _alive(process):
                 return []  # no IPv6 in this kernel
             raise
         entries, errors = parse_table(text, table, family, proto)
@@ -491,3 +532,18 @@ class SocketSnapshot:
             comm = ""
         cgroup_id, container = cgroups.get(pid, (0, ""))
         return Owner(pid, comm, cgroup_id, container)
+
+
+def _open_at(directory: int, path: str, flags: int) -> int:
+    """``open()``'s opener for ``path`` relative to the open ``directory``."""
+    return os.open(path, flags, dir_fd=directory)
+
+
+def _alive(process: int) -> bool:
+    """Whether the process of an open ``/proc/<pid>`` directory still runs (the kernel
+    refuses lookups under it once the process has exited)."""
+    try:
+        os.stat("comm", dir_fd=process)
+    except OSError:
+        return False
+    return True
