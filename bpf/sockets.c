@@ -28,7 +28,8 @@
  * reported: user space writes its owner and local end under its cookie.
  *
  * Tunables, passed by user space as -D flags: FS_OWNERS_MAX, FS_LISTENERS_MAX,
- * FS_UDP_PEERS_MAX, FS_UDP_LOCALS_MAX, FS_PENDING_MAX, FS_SNAPSHOT_MAX (map sizes),
+ * FS_UDP_PEERS_MAX, FS_UDP_LOCALS_MAX, FS_DIALLING_MAX, FS_PENDING_MAX, FS_SNAPSHOT_MAX
+ * (map sizes),
  * FS_RINGBUF_PAGES (power of two), FS_ACCEPT_HOOK (0/1), FS_ACCEPT_ARGS
  * (inet_csk_accept's argument count: 2 since Linux 6.10, 4 before),
  * FS_SNAPSHOT_CLOSES (0/1).
@@ -48,6 +49,10 @@
  * evicted by newer ones closes without a `close` event (user space's LRU forgets it). */
 #ifndef FS_UDP_LOCALS_MAX
 #define FS_UDP_LOCALS_MAX 65536
+#endif
+/* Connections dialled within one round trip (dialling: 8-byte key, 1-byte value). */
+#ifndef FS_DIALLING_MAX
+#define FS_DIALLING_MAX 8192
 #endif
 #ifndef FS_PENDING_MAX
 #define FS_PENDING_MAX 16384
@@ -151,6 +156,10 @@ BPF_TABLE("lru_hash", u64, struct fs_listener_key, bound, FS_LISTENERS_MAX);
 BPF_TABLE("lru_hash", struct fs_peer_key, u8, udp_peers, FS_UDP_PEERS_MAX);
 /* Socket cookie -> its local end, from its first `udp` event until its release. */
 BPF_TABLE("lru_hash", u64, struct fs_udp_local, udp_locals, FS_UDP_LOCALS_MAX);
+/* Sockets whose SYN was reported (TCP_CONNECT_CB), so that a simultaneous open's
+ * passive callback is not taken for an accepted connection. Never deleted: the entry is
+ * needed for one round trip, and cookies are not reused, so the LRU's aging is enough. */
+BPF_TABLE("lru_hash", u64, u8, dialling, FS_DIALLING_MAX);
 /* Established server-side connections not yet accept()ed, as ready-made events. */
 BPF_TABLE("lru_hash", u64, struct fs_socket_event, pending_accepts, FS_PENDING_MAX);
 #if FS_SNAPSHOT_CLOSES
@@ -539,6 +548,10 @@ static __always_inline void on_active(struct bpf_sock_ops *ctx, int established)
     /* Ask for state callbacks on this socket only, so CLOSE is reported for
      * connections we reported (a failed attempt's too) and no others. */
     bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    if (!established) {
+        u8 one = 1;
+        dialling.update(&cookie, &one); /* for a simultaneous open: see on_established */
+    }
     struct fs_owner *o = owners.lookup(&cookie);
     struct fs_socket_event *e = reserve_event(FS_SOCK_CONNECT, FS_IPPROTO_TCP, cookie, netns, o);
     if (!e)
@@ -547,10 +560,19 @@ static __always_inline void on_active(struct bpf_sock_ops *ctx, int established)
     socket_events.ringbuf_submit(e, 0);
 }
 
-/* Server side established. Runs in softirq: no bpf_get_current_* here. */
+/* Server side established. Runs in softirq: no bpf_get_current_* here. A socket in
+ * `dialling` sent a SYN we reported: this is a simultaneous open (a TCP self-connect,
+ * whose SYN reaches the socket itself, or two clients dialling each other), which the
+ * kernel establishes through the passive callback. No listener is involved: its
+ * `connect` stands, and an `accept` (pid 0 for a kernel-chosen port) would replace that
+ * owner in the enricher, which keeps a 5-tuple's last event. The state-callback flag
+ * alone cannot tell: another sock_ops program (a second collector) may have set it on
+ * an accepted socket just before this one runs; it only spares the lookup. */
 static __always_inline void on_established(struct bpf_sock_ops *ctx)
 {
     u64 cookie = fs_socket_cookie(ctx);
+    if ((ctx->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG) && dialling.lookup(&cookie))
+        return;
     u64 netns = bpf_get_netns_cookie(ctx);
     /* Ask for state callbacks on this socket only, so CLOSE is reported for
      * connections we reported and no others. */
