@@ -13,9 +13,15 @@ closes awaiting their grace stay within twice the bound however many sockets clo
 one grace: an evicted or replaced entry's pending close is dropped with it (lazily).
 
 A UDP socket's close names its local end only (remote unspecified: the kernel sends one
-per socket, not per peer), so it expires every UDP entry of that local end: the exact
+per socket, not per peer), so it expires the UDP entries of that local end: the exact
 ones its ``udp`` events made, found through a fourth index (local end → those keys, which
 follows the table: an entry leaving the table leaves the index), and the local-end one.
+Several sockets may share a local end (``SO_REUSEPORT``: a server's workers), and each
+reports its own peers once: so of the exact entries, a close expires those whose owner
+is the close's (its pid) or unknown (pid 0: a peer reported before the socket's owner
+was), leaving a live worker's entries alone — the others only when none is (the owner
+recorded at the close may not be the one its events named: then the socket cannot be
+told from the others, and all go as its own would).
 
 Events can arrive out of order: a start-up snapshot's connect may be published after the
 live close of the same socket. A close with no entry is remembered for ``grace`` seconds
@@ -92,7 +98,7 @@ class SocketTable:
             event["dst"], event["dport"],
         )  # fmt: skip
         if event["event"] == "close":
-            self._close(key)
+            self._close(key, event["pid"])
             return
         owner = SocketOwner(event["pid"], event["comm"], event.get("container_id", ""),
                             event["event"])  # fmt: skip
@@ -162,15 +168,16 @@ class SocketTable:
                 gone += 1
         return gone
 
-    def _close(self, key: SocketKey) -> None:
+    def _close(self, key: SocketKey, pid: int) -> None:
         """Start the grace of the socket a close names: its exact entry only. A close
         is sent for a TCP connection (local → remote); with no entry for it (its
         ``accept`` missed or evicted) it must not expire the listener that answers for
         the local end — every other connection to that port joins through it. A UDP
-        close (remote unspecified) names every UDP entry of its local end. A close
-        that finds no entry is remembered for the one it names (see the module)."""
+        close (remote unspecified) names the UDP entries of its local end that are
+        its socket's (``pid``: the close's owner; see the module). A close that finds
+        no entry is remembered for the one it names (see the module)."""
         if _unconnected(key[4]):
-            found = self._local_entries(key)
+            found = self._local_entries(key, pid)
         else:
             owner = self._sockets.get(key)
             found = [] if owner is None else [(key, owner)]
@@ -185,15 +192,18 @@ class SocketTable:
             if not owner.closed_at:
                 self._closes(entry_key, owner, now)
 
-    def _local_entries(self, key: SocketKey) -> list[tuple[SocketKey, SocketOwner]]:
+    def _local_entries(self, key: SocketKey, pid: int) -> list[tuple[SocketKey, SocketOwner]]:
         """The entries a close with an unspecified remote names: its local end's and,
         for UDP, the exact ones of that local end (the kernel closes a UDP socket once,
-        whatever peers it reported)."""
+        whatever peers it reported) whose owner is ``pid``, the close's, or unknown —
+        all of them when none is (a local end shared by several sockets: see the
+        module)."""
         owner = self._locals.get(key[:4])
         found = [] if owner is None else [(key, owner)]
         if key[1] == UDP:
             sockets = self._sockets
-            found += [(exact, sockets[exact]) for exact in self._udp_ends.get(key[:4], ())]
+            exact = [(each, sockets[each]) for each in self._udp_ends.get(key[:4], ())]
+            found += [item for item in exact if item[1].pid in (pid, 0)] or exact
         return found
 
     def _closes(self, key: SocketKey, owner: SocketOwner, closed_at: float) -> None:
