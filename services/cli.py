@@ -1,7 +1,8 @@
 """The ``flowscope`` command: one subcommand per service, plus ``up``.
 
 Settings are parsed here, at the edge, into each service's settings object; a bad
-setting ends the process with one line naming it and exit status 2.
+setting ends the process with one line naming it and exit status 2; a Ctrl-C before the
+command handles signals itself, one line and exit status 130.
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StartupError) as e:
         print(f"flowscope: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C before the command handles it itself (imports, settings, `up` until its
+        # signal handlers are in place): nothing runs yet, so one line, no traceback, and
+        # the status a shell gives an interrupted command.
+        print("flowscope: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

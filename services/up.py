@@ -359,6 +359,8 @@ async def _run(settings: Settings, workdir: Path, sinks: list[Sink]) -> int:
     try:
         # Order follows the data path's consumers first, so streams exist before data.
         for name in ("exporter", "enricher", "collector"):
+            if stop.is_set():  # Ctrl-C while starting: start nothing more, only to stop it
+                break
             pipeline.children.append(await _spawn(name, settings, nats_url, sinks))
         reports = await _wait_ready(pipeline, settings.ready_timeout, stop)
         if not stop.is_set():
