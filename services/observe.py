@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import orjson
 from flowscope.core import codec, messaging, subjects
 from flowscope.core.config import section, setting, without_secrets
 from flowscope.core.errors import CodecError, StartupError
@@ -382,8 +381,11 @@ def render_line(record: Record, palette: Palette) -> str:
 
 def render_json(record: Record, palette: Palette) -> str:
     """The record as received, one JSON object per line; DEL and C1 controls escaped
-    (``\\u009b``), which JSON reads back as the same string."""
-    return _JSON_CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", orjson.dumps(record).decode())
+    (``\\u009b``), which JSON reads back as the same string. Written as the codec writes
+    records: one nested deeper than orjson writes (254 levels; the codec reads 1 024)
+    ended a replay with a traceback and lost the rest of a live batch."""
+    (line,) = codec.encode_lines([record])
+    return _JSON_CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", line[:-1].decode())
 
 
 # ---------------------------------------------------------------- showing
