@@ -34,8 +34,10 @@ those ends are held back and rendered at the end of the drain; every other entry
 rendered by :meth:`Drainer.render_chunk` exactly as without pairing. Of the held ones,
 a flow that another goes to the source end of is looked up (X for DNAT, Y for SNAT: the
 kernel finds an entry by either direction and answers with both tuples), in one batch;
-answers are cached while the flow lasts, 20 s at most. One-way flows that share no end
-with another one-way flow (the collector benchmark's workload) cause no lookup.
+answers are cached while the flow lasts, 20 s at most, and asked again when a drain
+contradicts one (the client's end gets replies, none from the end the answer names).
+One-way flows that share no end with another one-way flow (the collector benchmark's
+workload) cause no lookup.
 """
 
 from __future__ import annotations
@@ -464,7 +466,8 @@ class NatPairing:
         now = ctx.now_mono_ns
         self._expire(now)
         self._learn([h.orig() for h in held if h.proto in PORTED
-                     and self._worth_asking(h, by_receiver, sending, now)], now)  # fmt: skip
+                     and self._worth_asking(h, by_receiver, sending, now)],
+                    by_receiver, now)  # fmt: skip
         lines = []
         for client in held:
             replies = None if client.used else self._nat_of(client.orig(), now)
@@ -522,12 +525,14 @@ class NatPairing:
         cached = self.cache.get(orig)
         return cached is not None and now - cached[1] <= self.ttl_ns
 
-    def _learn(self, tuples: list[CtTuple], now: int) -> None:
+    def _learn(self, tuples: list[CtTuple], by_receiver: dict[End, list[Held]], now: int) -> None:
         """Ask conntrack, in one batch, about the tuples without an answer younger than
-        ANSWER_TTL_NS. The kernel finds an entry by either direction: a tuple that is an
-        entry's reply direction (the replies' half of an SNAT, asked because the client's
-        half went to its source) teaches the entry's original tuple, the client's."""
-        ask = list(dict.fromkeys(t for t in tuples if not self._fresh(t, now)))
+        ANSWER_TTL_NS, or whose answer this drain contradicts. The kernel finds an entry
+        by either direction: a tuple that is an entry's reply direction (the replies'
+        half of an SNAT, asked because the client's half went to its source) teaches the
+        entry's original tuple, the client's."""
+        ask = list(dict.fromkeys(t for t in tuples if not self._fresh(t, now)
+                                 or self._contradicted(t, by_receiver)))  # fmt: skip
         answers = self._ask(ask) if ask else None
         if answers is None:  # conntrack failed: nothing learnt, nothing cached
             return
@@ -538,6 +543,19 @@ class NatPairing:
                     self._remember(answer.orig, replies, now)
                     continue
             self._remember(asked, _replies_of(asked, answer), now)
+
+    def _contradicted(self, orig: CtTuple, by_receiver: dict[End, list[Held]]) -> bool:
+        """A held one-way flow goes to the end the cached replies go to, and none comes
+        from the end they come from: the entry was replaced since the answer (kube-proxy
+        deletes a UDP Service's entries when its backend goes, and the client's next
+        datagram from the same socket gets a new entry, often another backend). Joined
+        from the old answer, the requests would name the gone backend and the new one's
+        replies stay one-way until the TTL."""
+        replies = self.cache[orig][0]
+        if replies is None:
+            return False
+        senders = {y.sender for y in by_receiver.get(replies[1], ())}
+        return bool(senders) and replies[0] not in senders
 
     def _nat_of(self, orig: CtTuple, now: int) -> Replies | None:
         """The replies' ends of a client's tuple that conntrack said was NAT'ed, from an
