@@ -22,9 +22,10 @@ The kernel answers each GET with one ``IPCTNL_MSG_CT_NEW`` message, or an
 ``NLMSG_ERROR`` (``ENOENT``: no entry). Requests are sent in batches (many netlink
 messages in one datagram, answered in order) so a drain with many candidates costs a
 few system calls, not one round trip each. ctnetlink needs ``CAP_NET_ADMIN`` in the
-socket's network namespace, which the collector has; without it every request fails
-with ``EPERM`` (:class:`ConntrackUnavailable`: asking again is pointless). A request
-that times out or whose answers the kernel dropped (``ENOBUFS``) fails alone
+socket's network namespace, which the collector has; without it the kernel refuses a
+whole datagram with one ``EPERM`` answer, to its first request, and answers none of
+the others (:class:`ConntrackUnavailable` at that answer: asking again is pointless). A
+request that times out or whose answers the kernel dropped (``ENOBUFS``) fails alone
 (:class:`ConntrackFailed`): the socket is replaced, and the next request may succeed.
 """
 
@@ -293,6 +294,8 @@ class Conntrack:
             sock.send(request)
             while not wanted <= by_seq.keys():
                 for answer in decode_messages(sock.recv(RECV_BUFFER)):
+                    if answer.errno in REFUSED:  # the kernel answers no other request
+                        raise ConntrackUnavailable(answer.errno, "ctnetlink refused the request")
                     by_seq[answer.seq] = answer  # stale answers of a timed-out batch: ignored
         except OSError as e:  # TimeoutError included
             err = e.errno or errno.ETIMEDOUT
@@ -300,11 +303,7 @@ class Conntrack:
                 raise ConntrackUnavailable(err, "ctnetlink request") from e
             self._discard()  # late or partial answers must not meet the next batch
             raise ConntrackFailed(err, "ctnetlink request") from e
-        out = [by_seq[(base + i) & 0x7FFFFFFF] for i in range(len(origs))]
-        for answer in out:
-            if answer.errno in REFUSED:
-                raise ConntrackUnavailable(answer.errno, "ctnetlink refused the request")
-        return out
+        return [by_seq[(base + i) & 0x7FFFFFFF] for i in range(len(origs))]
 
     def _reopen(self) -> socket.socket:
         self._sock = self._open()
