@@ -35,11 +35,12 @@ from flowscope.core.logs import RateLimitedLog
 from flowscope.core.runtime import Runtime, first_of, unless_stopped
 from flowscope.core.tls import TlsFile, client_context, setting_name
 from nats.aio.client import Client as NATS
-from nats.errors import AuthorizationError
+from nats.errors import AuthorizationError, SlowConsumerError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import (
+    APIError,
     BadRequestError,
     NoStreamResponseError,
     NotFoundError,
@@ -517,7 +518,12 @@ def _event_callbacks(
     reported: Callable[[Exception], bool],
 ) -> dict[str, Any]:
     """nats-py's ``disconnected_cb``, ``reconnected_cb``, ``error_cb`` and ``closed_cb``:
-    the connection's metrics and log lines (arguments: :func:`connect_options`)."""
+    the connection's metrics and log lines (arguments: :func:`connect_options`).
+
+    nats-py reports a subscription that falls behind once per message it drops: those
+    are counted each, logged rate-limited (a warning per message flooded the log with
+    thousands of lines a second, ``flowscope observe``'s stderr with them)."""
+    limited = RateLimitedLog(log)
 
     async def disconnected() -> None:
         metrics.connected.set(0)
@@ -536,7 +542,12 @@ def _event_callbacks(
         metrics.errors.inc()
         if reported(e):
             return
-        if _refused(e):
+        if isinstance(e, SlowConsumerError):
+            limited.warning(
+                "slow-consumer", "NATS subscription fell behind: messages dropped",
+                subject=e.subject, error=described(e),
+            )  # fmt: skip
+        elif _refused(e):
             log.warning(_REFUSED, extra={"error": described(e), **_credentials(settings)})
         else:
             log.warning("NATS error", extra={"error": described(e)})
@@ -834,6 +845,8 @@ async def connect_service(
         await ensure_streams(js, settings)
     except ServiceUnavailableError as e:
         raise StartupError("nats", _no_jetstream(nc, e)) from e
+    except StreamRefusedError as e:
+        raise StartupError("nats", str(e)) from e
     return nc, js, StreamKeeper(lambda: ensure_streams(js, settings))
 
 
@@ -883,20 +896,66 @@ async def consumer_missing(
     return replaced(found)
 
 
+STREAM_NAME_IN_USE = 10058  # err_code: a stream of that name exists (with another config)
+
+
+class StreamRefusedError(NatsError):
+    """nats-server refused to create or update a flowscope stream (``action``) for a
+    reason no retry changes (``error``, its JetStream API error): a stream of that name
+    left with a configuration the server does not change (another retention or storage,
+    as an earlier version or an operator made it), or another stream capturing its
+    subjects. A nats-py error, so that a service running on retries it as before."""
+
+    def __init__(self, stream: str, action: str, error: APIError) -> None:
+        self.stream = stream
+        self.action = action
+        self.error = error
+        super().__init__(stream)
+
+    def __str__(self) -> str:
+        return (
+            f"nats-server refused to {self.action} stream {self.stream}: "
+            f"{self.error.description} (err_code {self.error.err_code}): a stream made "
+            "otherwise (by hand, by an earlier version) is in the way; change or remove it "
+            "(nats stream edit, nats stream rm)"
+        )
+
+
 async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
-    """Create every flowscope stream, or update its limits if it exists (idempotent)."""
+    """Create every flowscope stream, or update its limits if it exists (idempotent).
+
+    A refusal other than JetStream being unavailable is a :class:`StreamRefusedError`:
+    before, one for subjects another stream captures was followed by an update of a
+    stream that does not exist, the start-up ending on a traceback of "stream not
+    found", and one for an existing stream's retention on a traceback too."""
     for spec in subjects.STREAMS:
         config = stream_config(spec, settings)
         try:
             await js.stream_info(spec.name)
         except NotFoundError:
-            try:
-                await js.add_stream(config)
-                log.info("stream created", extra={"stream": spec.name})
+            if await _created(js, config):
                 continue
-            except BadRequestError:
-                pass  # another replica created it meanwhile: update below
-        await js.update_stream(config)
+        try:
+            await js.update_stream(config)
+        except ServiceUnavailableError:
+            raise
+        except APIError as e:
+            raise StreamRefusedError(spec.name, "update", e) from e
+
+
+async def _created(js: JetStreamContext, config: StreamConfig) -> bool:
+    """Create a stream; False when another replica created it meanwhile (its name in
+    use: it is to be updated)."""
+    try:
+        await js.add_stream(config)
+    except ServiceUnavailableError:
+        raise
+    except APIError as e:
+        if isinstance(e, BadRequestError) and e.err_code == STREAM_NAME_IN_USE:
+            return False
+        raise StreamRefusedError(str(config.name), "create", e) from e
+    log.info("stream created", extra={"stream": config.name})
+    return True
 
 
 # What a JetStream publish raises when no stream captures its subject: nats-py's "no
