@@ -510,9 +510,8 @@ def test_stream_limits_reach_every_component_identically() -> None:
     """Each component creates or updates every stream from its own settings, so the
     limits must be the same everywhere, and must load as the numbers given (Helm's
     float64 values would otherwise arrive as 1.073741824e+10, which is no int)."""
-    objects = rendered(
-        {"nats": {"stream": {"maxAge": 1209600, "maxBytes": 10737418240, "replicas": 3}}}
-    )
+    stream = {"maxAge": 1209600, "maxBytes": 10737418240, "replicas": 3}
+    objects = rendered({"nats": {"stream": stream, "config": {"cluster": {"enabled": True}}}})
     loaded = {}
     for component in COMPONENT_TEMPLATES:
         env = env_of(rendered_container(objects, component))

@@ -91,9 +91,12 @@ def leaf(component: str, variable: str) -> config.Leaf:
 
 def takes_effect(path: tuple[str, ...], value: Any) -> bool:
     """The value reaches its setting and the service loads it; or it is "", which
-    leaves the service's default in force."""
+    leaves the service's default in force. The bundled NATS is a cluster of five, so that
+    any stream replicas nats-server takes fit it."""
     component, variable = SETTING_VALUES[path]
-    values = merged({"exporter": {"elasticsearch": {"url": "http://es:9200"}}}, nested(path, value))
+    base = {"exporter": {"elasticsearch": {"url": "http://es:9200"}},
+            "nats": {"config": {"cluster": {"enabled": True, "replicas": 5}}}}  # fmt: skip
+    values = merged(base, nested(path, value))
     try:
         objects = render_objects(CHART, values)
     except TemplateFailure:

@@ -86,6 +86,7 @@ component only would be reverted by the next start of another.
 so probes and scrapes reach the pod IP in IPv4-only, IPv6-only and dual-stack clusters. */}}
 - name: FLOWSCOPE_HTTP_ADDRESS
   value: {{ printf ":%v" .port | quote }}
+{{- include "flowscope.checkBundledNats" .root }}
 {{- with .root.Values.nats.stream }}
 {{- if ne (toString .maxAge) "" }}
 - name: FLOWSCOPE_NATS_STREAM_MAX_AGE
@@ -146,6 +147,31 @@ so probes and scrapes reach the pod IP in IPv4-only, IPv6-only and dual-stack cl
 {{- end }}
 {{- else if .root.Values.nats.tls.clientCertificate }}
 {{- fail "nats.tls.clientCertificate needs nats.tls.existingSecret (the Secret holding ca.crt, tls.crt and tls.key)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails the install when the bundled NATS could not hold flowscope's streams, which every
+component makes at start-up and stops without: JetStream off, or nats.stream.replicas
+above the servers it runs (each replica of a stream lives on a server of its own; the
+subchart runs one unless nats.config.cluster.enabled, then nats.config.cluster.replicas).
+An external NATS is the operator's to size.
+*/}}
+{{- define "flowscope.checkBundledNats" -}}
+{{- if .Values.nats.enabled }}
+{{- if not .Values.nats.config.jetstream.enabled }}
+{{- fail "nats.config.jetstream.enabled is false: flowscope's streams need JetStream (or set nats.enabled=false and nats.externalUrl)" }}
+{{- end }}
+{{- /* Without "_": Go reads "0_3" as no number (0) where the service reads 3. */}}
+{{- $replicas := float64 (replace "_" "" (trim (toString .Values.nats.stream.replicas))) }}
+{{- with .Values.nats.config.cluster }}
+{{- if and (gt $replicas 1.0) (not .enabled) }}
+{{- fail (printf "nats.stream.replicas %v needs nats.config.cluster.enabled: the bundled NATS is otherwise one server, which refuses a stream with more than one replica" $replicas) }}
+{{- end }}
+{{- if and .enabled (gt $replicas (float64 .replicas)) }}
+{{- fail (printf "nats.stream.replicas %v exceeds nats.config.cluster.replicas %v: each replica of a stream needs a NATS server of its own" $replicas .replicas) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
