@@ -8,7 +8,9 @@ index privilege is reported per item) and 404 (``index_not_found_exception``: a 
 stream that cannot be created yet). Any other 4xx (``document_parsing_exception``, …) is
 the document's fault: the record is dead-lettered with Elasticsearch's reason. A whole
 request that fails (peer down, 429/5xx, 401/403 while credentials are being fixed) is
-retried, never dead-lettered: those records are fine, the backend is not.
+retried, never dead-lettered: those records are fine, the backend is not. A request too
+large for it (413, over ``http.max_content_length`` or a proxy's limit) is sent again in
+halves, as Beats does; a record too large on its own is dead-lettered.
 
 Like the official client, every response must carry ``X-Elastic-Product:
 Elasticsearch``; a peer without it is treated as unavailable. So is a redirect, which
@@ -73,6 +75,12 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})  # those aiohttp would follow
 
 class BackendError(Exception):
     """The whole request failed in a way worth retrying (unreachable, 5xx, not ES, ...)."""
+
+
+class TooLarge(BackendError):
+    """413: the body is over the request size Elasticsearch (``http.max_content_length``,
+    100 MB by default) or a proxy in front of it accepts. Sent again as it was, it is
+    refused again for ever: a bulk is split, a single document refused."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -449,6 +457,8 @@ class BulkClient:
                 payload = await r.read()
                 if r.status in REDIRECTS:
                     raise BackendError(_redirected(self._base, r.status, r.headers))
+                if r.status == 413:  # whoever answers it (ES, a proxy): the body is too large
+                    raise TooLarge(payload[:200].decode("utf-8", "replace") or "413")
                 if r.headers.get(PRODUCT_HEADER) != "Elasticsearch":
                     raise BackendError(f"{self._base} is not Elasticsearch (no {PRODUCT_HEADER})")
                 if r.status in (401, 403):
@@ -573,6 +583,8 @@ class ElasticsearchSink:
         """One ``_bulk`` of the pending records; returns those to send again."""
         try:
             answer = await self._client.bulk(lines.select(pending))
+        except TooLarge as e:
+            return await self._halves(lines, pending, result, e)
         except BackendError as e:
             self._log.warning("es-unavailable", "Elasticsearch unavailable; retrying", error=str(e))
             return pending
@@ -605,6 +617,23 @@ class ElasticsearchSink:
                 example=outcome.setup,
             )
         return [pending[i] for i in outcome.retry]
+
+    async def _halves(
+        self, lines: BulkLines, pending: list[int], result: ExportResult, error: TooLarge
+    ) -> list[int]:
+        """A ``_bulk`` answered 413: each half is sent on its own (splitting again as
+        needed); a record that is too large alone can never be stored, so it is refused
+        (dead-lettered). Returns the records to send again."""
+        if len(pending) == 1:
+            result.rejected[pending[0]] = (
+                "413 document too large: alone it is over the request size Elasticsearch "
+                f"accepts (http.max_content_length): {error}"
+            )
+            self._log.warning("es-too-large", "document too large for _bulk", error=str(error))
+            return []
+        middle = len(pending) // 2
+        first = await self._attempt(lines, pending[:middle], result)
+        return first + await self._attempt(lines, pending[middle:], result)
 
     async def force_flush(self) -> None:
         return None
