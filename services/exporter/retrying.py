@@ -3,8 +3,11 @@
 Both remote sinks retry transient failures the way the OTLP specification asks:
 exponential backoff with jitter (each delay drawn from the upper half of its step,
 [d/2, d], so a retry never comes sooner than half the step), unless the server names a delay (gRPC RetryInfo,
-HTTP Retry-After), which is honoured instead. Waiting ends early when the sink shuts
-down, so a drain never sits out a long backoff.
+HTTP Retry-After), which is honoured instead — but never shorter than the first step:
+a receiver answering "retry after 0 s" (or an HTTP date already past) for as long as
+it is overloaded was sent thousands of requests a second. A hint of 0 names no pace at
+all, so the backoff's own delay is used. Waiting ends early when the sink shuts down,
+so a drain never sits out a long backoff.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ class Backoff:
     attempt: int = 0
 
     def next_delay(self, server_hint: float | None = None) -> float:
-        """The delay before the next attempt; a server's hint wins (up to 5 minutes)."""
+        """The delay before the next attempt; a server's hint above 0 wins (at least
+        ``initial``, up to 5 minutes)."""
         ceiling = min(self.maximum, self.initial * 2.0 ** min(self.attempt, MAX_DOUBLINGS))
         self.attempt += 1
-        if server_hint is not None and server_hint >= 0:
-            return min(server_hint, SERVER_HINT_LIMIT)
+        if server_hint is not None and server_hint > 0:
+            return max(min(server_hint, SERVER_HINT_LIMIT), self.initial)
         return random.uniform(ceiling / 2, ceiling)
 
     def reset(self) -> None:
