@@ -32,6 +32,26 @@ HTTP = "http/protobuf"
 DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
 DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
 LOGS_PATH = "/v1/logs"
+# Headers the transports write themselves: the request's framing and encoding, HTTP's
+# hop-by-hop controls, and gRPC's reserved ``grpc-*`` names. Given as extra headers they
+# broke every export: a ``content-length`` cut the body (the receiver took the first
+# bytes as an empty request: records lost) or raised, ``transfer-encoding`` was a 400
+# (every record dead-lettered), a ``grpc-status`` raised in grpc.
+TRANSPORT_HEADERS = frozenset(
+    {
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "expect",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 T = TypeVar("T")
 
 
@@ -191,7 +211,8 @@ def _endpoint(setting: str, env: Mapping[str, str]) -> tuple[str | None, str]:
 def _headers(
     setting: str, env: Mapping[str, str], protocol: str
 ) -> tuple[tuple[tuple[str, str], ...], str]:
-    """The header list and where it came from; for gRPC without binary (``-bin``)
+    """The header list and where it came from; without the transports' own headers
+    (:data:`TRANSPORT_HEADERS`, ``grpc-*``), and for gRPC without binary (``-bin``)
     metadata, whose values must be bytes: a text value there failed every export."""
     headers, source = _pick(setting, env, "HEADERS", parse_header_list)
     if isinstance(headers, str):  # the flowscope setting (checked when loaded, unless built)
@@ -201,6 +222,10 @@ def _headers(
         except ValueError as e:
             raise ConfigError(source, str(e)) from e
     for key, _ in headers or ():
+        if key in TRANSPORT_HEADERS or key.startswith("grpc-"):
+            raise ConfigError(
+                source, f"{key!r} is written by the transport itself: not an extra header"
+            )
         if protocol == GRPC and key.endswith("-bin"):
             raise ConfigError(source, f"{key!r} would be binary gRPC metadata: not supported")
     return headers or (), source
