@@ -438,6 +438,15 @@ static __always_inline void tuple_from_ops(struct fs_socket_event *e, struct bpf
     e->dport = bpf_ntohl(ctx->remote_port); /* network order, in the upper half */
 }
 
+/* A TCP connection reported with no owner known (pid 0) still gets an owners entry,
+ * with pid 0: on_close reports only connections that have one (see there). Insert only,
+ * so an owner written meanwhile in process context stands. */
+static __always_inline void remember_unknown(u64 cookie, u64 netns)
+{
+    struct fs_owner none = {.netns = netns};
+    owners.insert(&cookie, &none);
+}
+
 static __always_inline void owner_into(struct fs_socket_event *e, struct fs_owner *o)
 {
     e->pid = o->pid;
@@ -525,6 +534,8 @@ static __always_inline void on_passive(struct bpf_sock_ops *ctx, u64 cookie, u64
     struct fs_owner *o = listener_owner(ctx, netns);
     if (o)
         owners.update(&cookie, o); /* the accepted socket's owner, for its close */
+    else
+        remember_unknown(cookie, netns);
     struct fs_socket_event *e = reserve_event(FS_SOCK_ACCEPT, FS_IPPROTO_TCP, cookie, netns, o);
     if (!e)
         return;
@@ -553,6 +564,8 @@ static __always_inline void on_active(struct bpf_sock_ops *ctx, int established)
         dialling.update(&cookie, &one); /* for a simultaneous open: see on_established */
     }
     struct fs_owner *o = owners.lookup(&cookie);
+    if (!o)
+        remember_unknown(cookie, netns); /* SYN before attach, or a kernel socket */
     struct fs_socket_event *e = reserve_event(FS_SOCK_CONNECT, FS_IPPROTO_TCP, cookie, netns, o);
     if (!e)
         return;
@@ -600,6 +613,15 @@ static __always_inline void forget_snapshot(struct fs_socket_event *e)
 static __always_inline void forget_snapshot(struct fs_socket_event *e) {}
 #endif
 
+/* The CLOSE state callback runs for every socket whose state-callback flag is set, and
+ * the flag is the socket's, not this program's: another sock_ops program on the cgroup
+ * (a second collector, a CNI) may set it on connections this one never reported, such
+ * as the start-up snapshot's. So a close is sent only for a connection reported here:
+ * one waiting in pending_accepts, or one with an owners entry (every reported
+ * connection has one, pid 0 when the owner is unknown). Any other is left to the state
+ * tracepoint, which sends the snapshot's prepared close if it has one. A connection
+ * whose owners entry was evicted (more than FS_OWNERS_MAX open sockets) closes without
+ * an event. */
 static __always_inline void on_close(struct bpf_sock_ops *ctx)
 {
     u64 cookie = fs_socket_cookie(ctx);
@@ -615,6 +637,8 @@ static __always_inline void on_close(struct bpf_sock_ops *ctx)
         return;
     }
     struct fs_owner *o = owners.lookup(&cookie);
+    if (!o)
+        return; /* not reported here */
     struct fs_socket_event *e =
         reserve_event(FS_SOCK_CLOSE, FS_IPPROTO_TCP, cookie, bpf_get_netns_cookie(ctx), o);
     if (e) {

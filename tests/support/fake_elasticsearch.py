@@ -116,7 +116,7 @@ class FakeElasticsearch:
             try:
                 response = await handler(request)
             except web.HTTPException as e:  # aiohttp's own errors (413, 404, 405) too
-                response = e
+                response = web.Response(status=e.status, text=e.text, headers=e.headers)
         response.headers.update(PRODUCT)
         return response
 
