@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
+
 
 class Netlink:
     """``IPRoute``'s methods, each run on one dedicated thread; answers as lists.
@@ -25,6 +27,11 @@ class Netlink:
     A method's answer that is an iterator (pyroute2 returns generators for dumps when
     its ``nlm_generator`` option is set) is read to the end on that thread, so no netlink
     I/O happens elsewhere.
+
+    A dump the kernel marks interrupted (``NLM_F_DUMP_INTR``: a link or address came or
+    went while it ran) is asked for again, up to :data:`DUMP_ATTEMPTS` times: pyroute2
+    0.8 raises ``NetlinkDumpInterrupted`` for it, and a listing of links or addresses
+    must not fail because the node changed meanwhile (0.9 returns what it read).
     """
 
     def __init__(self) -> None:
@@ -67,6 +74,18 @@ class Netlink:
         self.close()
 
 
+# Attempts at one dump. A veth added and deleted without pause interrupted 80% of the
+# dumps of 120 links, up to 9 in a row (300 listings); a dump of them takes ~1 ms.
+DUMP_ATTEMPTS = 100
+
+
 def _materialised(method: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    answer = method(*args, **kwargs)
-    return list(answer) if isinstance(answer, Iterator) else answer
+    attempts_left = DUMP_ATTEMPTS
+    while True:
+        try:
+            answer = method(*args, **kwargs)
+            return list(answer) if isinstance(answer, Iterator) else answer
+        except NetlinkDumpInterrupted:
+            attempts_left -= 1
+            if not attempts_left:
+                raise
