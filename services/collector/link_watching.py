@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,13 +111,17 @@ def link_event(msg: Any) -> LinkEvent | None:
 
     A bridge announces its ports on the same group with messages of family AF_BRIDGE
     and no link kind: its RTM_DELLINK means the port left the bridge, not that the
-    interface is gone (the interface's own messages are AF_UNSPEC)."""
+    interface is gone (the interface's own messages are AF_UNSPEC).
+
+    A name is any bytes but '/', ':' and blanks, and pyroute2 hands one that is not UTF-8
+    over as bytes: decoded as ``os.fsdecode`` does (as ``socket.if_nameindex`` and the
+    environment the patterns come from are), so the patterns can match it."""
     event = msg.get("event")
     if event not in ("RTM_NEWLINK", "RTM_DELLINK") or msg.get("family") != socket.AF_UNSPEC:
         return None
     info = msg.get_attr("IFLA_LINKINFO")
     kind = (info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
-    name = msg.get_attr("IFLA_IFNAME") or ""
+    name = os.fsdecode(msg.get_attr("IFLA_IFNAME") or "")
     index = msg["index"]
     lower = msg.get_attr("IFLA_LINK") or 0
     if lower == index or msg.get_attr("IFLA_LINK_NETNSID") is not None:
