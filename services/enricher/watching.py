@@ -34,7 +34,8 @@ One :class:`Informer` per resource keeps the :class:`Inventory` current:
   silent is noticed within seconds rather than after a quiet WATCH's silence limit
   (minutes), and when it answers again every open WATCH is renewed from its
   resourceVersion: a stream whose connection died in the partition would otherwise hang
-  until its read timeout, missing every change meanwhile.
+  until its read timeout, missing every change meanwhile; an informer waiting out a
+  backoff (grown while the API was away) tries again at once too.
 
 Requests go through kubernetes-asyncio's ``ApiClient`` (its configuration, TLS and
 authentication), with the body read raw and parsed by orjson straight into the slim
@@ -326,7 +327,8 @@ class Informer:
         health.expect(resource.name, settings.silence_limit)
 
     def renew(self) -> None:
-        """End the open WATCH (if any) and open another from the resourceVersion held."""
+        """End the open WATCH (if any), or the backoff waited out, and open another WATCH
+        from the resourceVersion held (or LIST, when none is)."""
         self._renewing.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -345,7 +347,7 @@ class Informer:
                 if time.monotonic() - opened > 1.0:
                     backoff = BACKOFF_FIRST
                 else:  # a server ending every stream at once must not make this spin
-                    await _sleep_unless_stopped(backoff, stopping)
+                    await self._pause(backoff, stopping)
                     backoff = min(backoff * 2, self.settings.backoff_max)
             except Expired:
                 await self._relist("expired", stopping)
@@ -354,8 +356,16 @@ class Informer:
                 await self._relist(e.reason, stopping)
             except (aiohttp.ClientError, OSError, TimeoutError, ApiError, self._client_error) as e:
                 self._failed(e)
-                await _sleep_unless_stopped(backoff, stopping)
+                await self._pause(backoff, stopping)
                 backoff = min(backoff * 2, self.settings.backoff_max)
+
+    async def _pause(self, seconds: float, stopping: asyncio.Event) -> None:
+        """Wait out a backoff — unless stopped, or a renewal is asked: the API answers again
+        after it did not, and a backoff grown meanwhile (up to backoff_max) would keep this
+        informer away that much longer. The renewal is taken (cleared) here: one attempt at
+        once, not a backoff skipped for ever."""
+        await _until_stopped(asyncio.sleep(seconds), stopping, self._renewing)
+        self._renewing.clear()
 
     def _failed(self, e: Exception) -> None:
         name = self.resource.name
@@ -371,7 +381,7 @@ class Informer:
         self.version = None
         self.relists_in_a_row += 1
         if self.relists_in_a_row > 1:
-            await _sleep_unless_stopped(self._relist_backoff(), stopping)
+            await self._pause(self._relist_backoff(), stopping)
 
     def _relist_backoff(self) -> float:
         """The wait before the next LIST after consecutive re-LISTs (from the second on)."""
