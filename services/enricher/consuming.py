@@ -54,7 +54,8 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServerError
+from prometheus_client import Counter
 
 log = logging.getLogger("flowscope.enricher")
 COMPONENT = "enricher"
@@ -488,8 +489,8 @@ class Pipeline:
         return True
 
     async def _reject(self, kind: str, msg: Msg, error: CodecError) -> None:
-        """A raw message that cannot be decoded: count, log, dead-letter, terminate."""
-        self.metrics.bad_messages.labels(error.reason).inc()
+        """A raw message that cannot be decoded: log, dead-letter (counted once its copy
+        is stored: :meth:`_dead`), terminate."""
         self.bad_log.warning(
             f"bad-{kind}-message",
             "raw message dead-lettered",
@@ -501,7 +502,7 @@ class Pipeline:
             self.nc, COMPONENT, msg.subject, msg.headers, msg.data, str(error),
             msg_id=f"enricher:dlq:{raw_message_id(msg.metadata)}",
         )  # fmt: skip
-        if not await self._dead(copy):
+        if not await self._dead(copy, self.metrics.bad_messages.labels(error.reason), 1):
             await _settle(msg.nak(delay=1.0), "nak", self)
             return
         await _settle(msg.term(), "term", self)
@@ -517,10 +518,8 @@ class Pipeline:
         past the first ``PROBLEM_COPIES`` (those naming a value: 4 000 records with 4 000
         different bad addresses) share one more set, whose reason lists its problems,
         so that one raw batch never becomes thousands of copies. False if one was not
-        stored: the raw batch is then redelivered."""
+        stored: the raw batch is then redelivered. Counted by copy (:meth:`_dead`)."""
         first = bad[0][1]
-        if msg.metadata.num_delivered == 1:
-            self.metrics.bad_records.labels(kind).inc(len(bad))
         self.bad_log.warning(
             f"bad-{kind}-record", "raw records dead-lettered", subject=msg.subject,
             count=len(bad), reason=str(first),
@@ -530,28 +529,34 @@ class Pipeline:
         # a record alone too long for any message, or one orjson cannot write: the batch as it came
         if lines is None or max(map(len, lines)) > limit:
             errors = [error for _, error in bad]
-            copies = [(dict(msg.headers or {}), msg.data, RecordError.summary(errors))]
+            copies = [(dict(msg.headers or {}), msg.data, RecordError.summary(errors), len(bad))]
         else:
             copies = []
             for places in grouped([error.problem for _, error in bad]):
                 start = 0
                 for chunk in codec.chunk_lines(schema, [lines[i] for i in places], limit):
                     errors = [bad[i][1] for i in places[start : start + chunk.count]]
-                    copies.append((chunk.headers, chunk.body, RecordError.summary(errors)))
+                    copies.append(
+                        (chunk.headers, chunk.body, RecordError.summary(errors), chunk.count)
+                    )
                     start += chunk.count
         raw_id = raw_message_id(msg.metadata)
-        for n, (headers, body, reason) in enumerate(copies):
+        bad_records = self.metrics.bad_records.labels(kind)
+        for n, (headers, body, reason, count) in enumerate(copies):
             copy = messaging.dead_letter(
                 self.nc, COMPONENT, msg.subject, headers, body, reason,
                 msg_id=f"enricher:dlq:{raw_id}:{n}",
             )  # fmt: skip
-            if not await self._dead(copy):
+            if not await self._dead(copy, bad_records, count):
                 return False
         return True
 
-    async def _dead(self, copy: Awaitable[bool]) -> bool:
-        """Await a dead-letter copy through JetStream: True once stored (counted when new:
-        a redelivered message's copy is a duplicate), False if it was not."""
+    async def _dead(self, copy: Awaitable[bool], bad: Counter, count: int) -> bool:
+        """Await a dead-letter copy of ``count`` bad items through JetStream: True once
+        stored, False if it was not. A copy stored anew counts in ``dead_lettered`` and
+        its items in ``bad``; a redelivered message's copy is a duplicate, counted
+        nowhere. So each bad item counts once, whichever delivery stored its copy —
+        not on every delivery, nor only on the first, which may have failed before."""
         generation = self.streams.generation
         try:
             new = await asyncio.wait_for(copy, PUBLISH_TIMEOUT)
@@ -562,6 +567,7 @@ class Pipeline:
         self._found(subjects.STREAM_DLQ)
         if new:
             self.metrics.dead_lettered.inc()
+            bad.inc(count)
         return True
 
     # ------------------------------------------------------------ state
@@ -632,7 +638,14 @@ async def _settle(reply: Awaitable[None], what: str, pipeline: Pipeline) -> None
 async def work_subscription(
     js: JetStreamContext, work: Work, settings: ConsumerSettings
 ) -> JetStreamContext.PullSubscription:
-    """Bind to (creating if needed) the shared durable pull consumer for one kind."""
+    """Bind to the shared durable pull consumer for one kind, made or updated first.
+
+    ``pull_subscribe`` alone binds to a durable that exists as it is: one made by an
+    earlier deployment kept its ``ack_wait`` and ``max_ack_pending`` for ever (a longer
+    merge window had every raw flow batch redelivered while held). The server creates
+    the consumer or updates those; a durable of that name made otherwise, which it will
+    not change (another deliver policy: err_code 10012, as a 500), is bound as it is,
+    with a warning; ``pull_subscribe`` meets any other refusal again."""
     durable = f"{settings.durable}-{work.suffix}"
     config = ConsumerConfig(
         durable_name=durable,
@@ -642,6 +655,13 @@ async def work_subscription(
         filter_subject=work.subject,
         deliver_policy=DeliverPolicy.ALL,
     )
+    try:
+        await js.add_consumer(subjects.STREAM_RAW, config)
+    except (BadRequestError, ServerError) as e:
+        log.warning(
+            "work consumer not updated to the consumer settings; consuming it as it is",
+            extra={"consumer": durable, "error": e.description},
+        )
     return await js.pull_subscribe(
         work.subject, durable=durable, stream=subjects.STREAM_RAW, config=config
     )
