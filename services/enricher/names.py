@@ -8,6 +8,20 @@ exchange's CNAME answers lead to from it. An address record for any other owner 
 records a server added, or injected ones) answered no question of the client's, and
 naming its address after the question would be wrong.
 
+A chain can also span messages: a server may answer with the CNAME alone (an
+authoritative server whose CNAME leads out of its zone, a forwarder that does not chase
+it), and the client then asks for the target itself. So an exchange whose chain has
+CNAME answers but no address answer leaves, per client, an alias: each name its chain
+leads to → the name the client asked (``_aliases``). A later question for such a name
+is learned under the name the alias holds, as if one message had answered the whole
+chain. An alias holds the name first asked, never another alias, so a lookup takes one
+step and a CNAME loop across messages ends there. Its lifetime is the chain's shortest
+CNAME TTL, clamped like an address answer's and run from when it was received; it
+counts for a question received while it was valid (so a replay folds as the live
+messages did, even an alias that ran out before it was read). The aliases are one LRU
+bounded by ``max_entries`` too. A question the client asks for such a name on its own,
+while the alias lasts, is taken for the chain's.
+
 Lifetimes follow the answers' TTLs clamped to ``[ttl_min, ttl_max]``: the floor because
 clients keep using an address past a tiny TTL, the cap to bound staleness. A lifetime
 runs from when the answer was received (``NameCache.learn``'s ``age``), not from when it
@@ -85,6 +99,8 @@ class NameCache:
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
         self._answers: dict[str, int] = {}  # address → entries whose address it is
+        # (client, CNAME target) → (the name the client asked, expiry): see the module
+        self._aliases: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self.generation = 0  # bumped when an address gets its first entry
 
     def __len__(self) -> int:
@@ -102,25 +118,77 @@ class NameCache:
         age: float = 0.0,
     ) -> int:
         """Remember every address answer on ``qname``'s CNAME chain for ``client``
-        (and each of ``also``: the client's other addresses) under ``qname``; returns
-        how many answers (not those that ran out before they were read: see the module).
+        (and each of ``also``: the client's other addresses) under ``qname``, or under
+        the name the client asked when a CNAME it received earlier led to ``qname``;
+        returns how many answers (not those that ran out before they were read: see the
+        module). A chain with no address answer leaves its aliases (see the module).
         ``answers``: the exchange's, its CNAME answers included. ``age``: seconds since
         they were received (a message read from the raw stream after it was stored), so
         their lifetimes run from then; a negative age (the stream's clock ahead of this
         one) counts as now: a lifetime is never lengthened."""
         now = self._clock()
         received = now - max(age, 0.0)
-        name = _plain(qname)
-        if not name:
+        question = _plain(qname)
+        if not question:
             return 0
+        name = self._asked(client, question, received) if self._aliases else question
         try:
             form = kept_json(name)
         except orjson.JSONEncodeError:  # a lone surrogate: no record could carry it
             return 0
-        return self._learn_answers(name, form, answers, (client, *also), received, now)
+        clients = (client, *also)
+        learned = self._learn_answers(question, name, form, answers, clients, received, now)
+        if not learned:
+            self._learn_aliases(question, name, answers, clients, received)
+        return learned
+
+    def _asked(self, client: str, question: str, received: float) -> str:
+        """The name ``client`` asked that a CNAME it received led to ``question`` (an
+        alias valid when the question was ``received``), else ``question``. One that ran
+        out stays until the bound evicts it: a replay may still read a question received
+        while it was valid."""
+        key = (client, question)
+        alias = self._aliases.get(key)
+        if alias is None or alias[1] < received:
+            return question
+        self._aliases.move_to_end(key)
+        return alias[0]
+
+    def _learn_aliases(
+        self,
+        question: str,
+        name: str,
+        answers: Sequence[Mapping[str, Any]],
+        clients: tuple[str, ...],
+        received: float,
+    ) -> None:
+        """An alias (see the module) for each of ``clients`` from each name the CNAME
+        answers lead to from ``question`` to ``name``, the name asked: when none of
+        the chain's names has an address answer (the client asks for the target next)."""
+        chain = _chain(question, answers)
+        ttls: list[int] = []
+        for answer in answers:
+            owner = _plain(answer.get("name"))
+            if owner not in chain:
+                continue
+            kind = answer.get("type")
+            if kind in ADDRESS_TYPES:
+                return
+            if kind == "CNAME":
+                ttl = answer.get("ttl", 0)
+                ttls.append(ttl if isinstance(ttl, int) else 0)
+        expiry = received + self.clamp(min(ttls, default=0))
+        aliases = self._aliases
+        for target in sorted(chain - {question, name}):  # sorted: replicas evict alike
+            for asker in clients:
+                aliases[(asker, target)] = (name, expiry)
+                aliases.move_to_end((asker, target))
+        while len(aliases) > self.max_entries:
+            aliases.popitem(last=False)
 
     def _learn_answers(
         self,
+        question: str,
         name: str,
         form: bytes,
         answers: Sequence[Mapping[str, Any]],
@@ -128,10 +196,10 @@ class NameCache:
         received: float,
         now: float,
     ) -> int:
-        """:meth:`learn` for the question ``name`` (``form``: its JSON), for each of
-        ``clients``: the address answers on its chain still valid ``now``, their lifetimes
-        run from ``received``. One loop with no call per answer (only a new entry makes
-        one): this runs for every DNS record."""
+        """:meth:`learn` for ``question`` under ``name`` (``form``: its JSON), for each
+        of ``clients``: the address answers on the question's chain still valid ``now``,
+        their lifetimes run from ``received``. One loop with no call per answer (only a
+        new entry makes one): this runs for every DNS record."""
         learned = 0
         entries = self._entries
         chain: set[str] | None = None  # walked when an answer's owner is not the question
@@ -139,9 +207,9 @@ class NameCache:
             if answer.get("type") not in ADDRESS_TYPES:
                 continue
             owner = answer.get("name")
-            if owner != name:
+            if owner != question:
                 if chain is None:
-                    chain = _chain(name, answers)
+                    chain = _chain(question, answers)
                 if _plain(owner) not in chain:
                     continue
             address = str(answer.get("data", ""))

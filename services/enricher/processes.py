@@ -105,11 +105,13 @@ class SocketTable:
         if _unconnected(event["dst"]):
             self._put(self._locals, key[:4], owner)
         else:
-            if key[1] == UDP:  # indexed first: _put may evict this very key (bound 1)
+            # indexed first: _put may evict this very key (bound 1), and its _forget
+            # then takes it out of the indexes again
+            if key[1] == UDP:
                 self._udp_ends.setdefault(key[:4], set()).add(key)
-            self._put(self._sockets, key, owner)
             if owner.event == "connect":
                 self._dialled[key[:4]] = key
+            self._put(self._sockets, key, owner)
         if self._closed_early:
             closed_at = self._closed_early.pop(_table_key(key), None)
             if closed_at is not None:

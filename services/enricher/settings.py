@@ -88,7 +88,10 @@ class JoinSettings:
         3600.0, "seconds: cap of a DNS answer's lifetime in the name cache", parse=positive
     )
     dns_max_entries: int = setting(
-        200_000, "(client, address) → name entries kept (second-chance bound)", parse=at_least_one
+        200_000,
+        "(client, address) → name entries kept (second-chance bound); as many CNAME "
+        "aliases (a chain answered across messages) again at most",
+        parse=at_least_one,
     )
     state_lookback: float = setting(
         300.0,
