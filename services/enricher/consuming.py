@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import enum
 import logging
 import math
 import time
@@ -45,6 +46,7 @@ from flowscope.enricher.publishing import (
     NoStreamError,
     PublishError,
     cancel_all,
+    duplicate,
     merge_lines,
 )
 from flowscope.enricher.settings import ConsumerSettings
@@ -89,6 +91,22 @@ WORK = (
     Work("socket", f"{subjects.RAW_SOCKETS}.>", "sockets"),
 )
 SCHEMAS = {"flow": codec.RAW_FLOW, "dns": codec.RAW_DNS, "socket": codec.RAW_SOCKET}
+
+
+class Published(enum.Enum):
+    """How publishing a raw batch's output ended; false when it is not known to be stored.
+
+    A raw batch's metrics count with the attempt that stores its output anew — in
+    JetStream terms, its marker (see :meth:`Pipeline._publish`): an attempt that finds
+    the output stored by an earlier one (whose ack was lost, or which is still going)
+    counts nothing, so that a batch counts once however often it comes back."""
+
+    NOT = "not stored"  # the raw batch is nak'ed and comes back
+    NEW = "stored anew"  # by this attempt: it counts the batch
+    BEFORE = "stored before"  # by an earlier attempt, which counted it
+
+    def __bool__(self) -> bool:
+        return self is not Published.NOT
 
 
 class Pipeline:
@@ -138,7 +156,7 @@ class Pipeline:
         elif kind == "dns":
             published = await self._publish(codec.DNS, output, msg)
         else:
-            published = True
+            published = Published.NEW
         await self._settle_output(kind, msg, output, published)
 
     async def handle_flows(self, msgs: list[Msg]) -> None:
@@ -154,6 +172,7 @@ class Pipeline:
                 await self.handle("flow", msg)
             elif (output := await self._enrich("flow", msg)) is not None:
                 group.append((msg, output))
+        results: list[Published]
         if len(group) > 1 and (published := await self._publish_group(group)) is not None:
             results = [published] * len(group)
         else:  # not as one: each its own way, as handle publishes it
@@ -178,12 +197,24 @@ class Pipeline:
             return self.enricher.dns(records)
         return Output(bad=self.enricher.check_sockets(records))
 
-    async def _settle_output(self, kind: str, msg: Msg, output: Output, published: bool) -> None:
-        """After a raw message's output was published (or not): counted, its bad records
-        dead-lettered, acked; nak'ed for a redelivery when either did not happen."""
+    async def _settle_output(
+        self, kind: str, msg: Msg, output: Output, published: Published
+    ) -> None:
+        """After a raw message's output was published (or not): counted if this attempt
+        stored it (see :class:`Published`), its bad records dead-lettered, acked; nak'ed
+        for a redelivery when either did not happen."""
         if not published:
             await _settle(msg.nak(delay=1.0), "nak", self)
             return
+        if published is Published.NEW:
+            self._count(kind, output)
+        if output.bad and not await self._dead_letter_records(kind, SCHEMAS[kind], msg, output.bad):
+            await _settle(msg.nak(delay=1.0), "nak", self)
+            return
+        await _settle(msg.ack(), "ack", self)
+
+    def _count(self, kind: str, output: Output) -> None:
+        """Fold a raw batch's tally into the metrics."""
         if output.oversize:  # enriched but not published
             output.tally.records_out -= output.oversize
             self.metrics.oversize_records.labels(kind).inc(output.oversize)
@@ -191,18 +222,15 @@ class Pipeline:
             self.metrics.add_flows(output.tally)
         elif kind == "dns":
             self.metrics.add_dns(output.tally)
-        if output.bad and not await self._dead_letter_records(kind, SCHEMAS[kind], msg, output.bad):
-            await _settle(msg.nak(delay=1.0), "nak", self)
-            return
-        await _settle(msg.ack(), "ack", self)
 
-    async def _publish_group(self, group: list[tuple[Msg, Output]]) -> bool | None:
+    async def _publish_group(self, group: list[tuple[Msg, Output]]) -> Published | None:
         """Fresh raw flow batches' outputs as one atomic batch: their lines merged by
         subject (``merge_lines``), each content message's ``Nats-Msg-Id`` under the first
         batch's id and the group's size, and the last k messages — one per batch —
         carrying the k batches' markers (see :meth:`_publish`), so a batch redelivered
-        alone finds its own. True once stored; False when the outcome is not known (a
-        timeout, no stream: the batches are redelivered and ask for their markers);
+        alone finds its own. NEW once stored (an atomic batch holding a stored id is
+        refused, so all of it is new); NOT when the outcome is not known (a timeout, no
+        stream: the batches are redelivered and ask for their markers);
         None, nothing stored, when the group cannot go as one — markers or atomic
         batches off, an output the core did not render, fewer subjects than batches,
         more than :data:`ATOMIC_MAX`, a message over the size limit, the stream's refusal
@@ -227,13 +255,14 @@ class Pipeline:
             if isinstance(e, PublishError) and e.code:  # refused: nothing of it was stored
                 return None
             await self._publish_failed(stream, e, generation)
-            return False
+            return Published.NOT
         self._found(stream)
         self.metrics.grouped_batches.inc(len(group))
-        return True
+        return Published.NEW
 
-    async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> bool:
-        """Publish every subject's records to JetStream; True once all are stored.
+    async def _publish(self, schema: codec.Schema, output: Output, msg: Msg) -> Published:
+        """Publish every subject's records to JetStream; true once all are stored (NEW
+        when this attempt stored the marker, BEFORE when an earlier one had).
 
         With atomic batches (:meth:`use_atomic`) a raw batch's output goes out as one
         batch per :data:`ATOMIC_MAX` messages, acknowledged once; otherwise, and for a
@@ -252,40 +281,39 @@ class Pipeline:
         acknowledged. A redelivered raw batch, and a batch refused for a duplicate id,
         ask the stream whether the marker is stored (:meth:`AckedPublisher.stored`): if
         it is, an earlier attempt stored the whole output, whatever it held; if not, the
-        refused messages go one by one, JetStream dropping those stored already.
+        refused messages go one by one, JetStream dropping those stored already, and the
+        marker's ack says whether it was one of them.
         """
         raw_id = raw_message_id(msg.metadata)
         stream = subjects.STREAM_FLOWS if schema is codec.FLOW else subjects.STREAM_DNS
         generation = self.streams.generation
         try:
-            messages = await self._left_one_by_one(schema, output, msg, raw_id)
-            if messages is None:  # stored already, or now in one atomic batch
-                self._found(stream)
-                return True
-            await self._publish_each(messages)
+            left = await self._left_one_by_one(schema, output, msg, raw_id)
+            published = left if isinstance(left, Published) else await self._publish_each(left)
         except Exception as e:  # timeouts, no stream, stream errors: retry the batch
             await self._publish_failed(stream, e, generation)
-            return False
+            return Published.NOT
         self._found(stream)
-        return True
+        return published
 
     async def _left_one_by_one(
         self, schema: codec.Schema, output: Output, msg: Msg, raw_id: str
-    ) -> list[Message] | None:
-        """:meth:`_publish` up to its one-by-one step: the messages left for it, or None
-        when the whole output is stored — by an earlier attempt (a redelivered raw batch
-        whose marker is stored), or now, framed as one atomic batch. With atomic batches
-        off, all of :meth:`_messages`; else what atomic batches left (:meth:`_refused`).
-        Errors are raised."""
+    ) -> list[Message] | Published:
+        """:meth:`_publish` up to its one-by-one step: the messages left for it, or how
+        the whole output came to be stored — BEFORE, by an earlier attempt (a redelivered
+        raw batch whose marker is stored, an atomic batch refused for it); NEW, now in
+        atomic batches. With atomic batches off, all of :meth:`_messages`; else what
+        atomic batches left (:meth:`_refused`). Errors are raised."""
         if msg.metadata.num_delivered > 1 and await self._marked(schema, output, raw_id):
-            return None
+            return Published.BEFORE
         if self.atomic_after <= time.monotonic():
             refused = await self._publish_framed(schema, output, raw_id)
             if refused is True:
-                return None
+                return Published.NEW
             messages = self._messages(schema, output, raw_id)
             if isinstance(refused, PublishError):
-                return await self._refused(refused, messages, messages)
+                left = await self._refused(refused, messages, messages)
+                return Published.BEFORE if left is None else left
             return await self._publish_atomic(messages)
         return self._messages(schema, output, raw_id)
 
@@ -396,8 +424,10 @@ class Pipeline:
             )  # fmt: skip
         return fitting
 
-    async def _publish_atomic(self, messages: list[Message]) -> list[Message]:
-        """Publish as atomic batches; returns the messages still to publish one by one.
+    async def _publish_atomic(self, messages: list[Message]) -> list[Message] | Published:
+        """Publish as atomic batches; returns the messages still to publish one by one,
+        or how all of them came to be stored: NEW, by these batches; BEFORE, a batch
+        refused for a duplicate id found the marker stored by an earlier attempt.
 
         The last batch, which holds the marker (see :meth:`_publish`), goes once the
         others are stored, and one by one after them when one of them was refused. A
@@ -424,16 +454,19 @@ class Pipeline:
                     continue
                 if not isinstance(result, PublishError) or not result.code:
                     raise result
-                left.extend(await self._refused(result, group, messages))
-        return left
+                refused = await self._refused(result, group, messages)
+                if refused is None:
+                    return Published.BEFORE
+                left.extend(refused)
+        return left or Published.NEW
 
     async def _refused(
         self, refusal: PublishError, group: list[Message], output: list[Message]
-    ) -> list[Message]:
+    ) -> list[Message] | None:
         """What to publish one by one of an atomic batch the stream refused (nothing of it
-        was stored): nothing when it was refused for a duplicate id and the output's
-        marker (its last message's id) is stored — an earlier attempt stored it all;
-        else the whole batch. The refusals seen besides duplicates: more than 50 batches
+        was stored): None, nothing, when it was refused for a duplicate id and the
+        output's marker (its last message's id) is stored — an earlier attempt stored it
+        all; else the whole batch. The refusals seen besides duplicates: more than 50 batches
         in flight on the stream (many replicas at once); a batch larger than the
         server's limit. A stream that does not allow atomic batches (changed behind our
         back) turns them off for a minute."""
@@ -446,7 +479,7 @@ class Pipeline:
                 subject, headers[MSG_ID_HEADER], headers[codec.SCHEMA_HEADER]
             )
             if await asyncio.wait_for(stored, PUBLISH_TIMEOUT):
-                return []
+                return None
         return group
 
     async def _marked(self, schema: codec.Schema, output: Output, raw_id: str) -> bool:
@@ -463,19 +496,22 @@ class Pipeline:
         stored = self.publisher.stored(subject, marker_id(schema, raw_id), schema.header)
         return await asyncio.wait_for(stored, PUBLISH_TIMEOUT)
 
-    async def _publish_each(self, messages: list[Message]) -> None:
+    async def _publish_each(self, messages: list[Message]) -> Published:
         """Publish one by one, pipelined; the last message (the marker, see
-        :meth:`_publish`) once the others are acknowledged."""
+        :meth:`_publish`) once the others are acknowledged. BEFORE when the stream held
+        the last one already (an earlier attempt stored the output), else NEW."""
         parts = [messages[:-1], messages[-1:]] if self.markers else [messages]
+        answers: list[bytes] = []
         for part in parts:
             if not part:
                 continue
             acks = await self.publisher.publish_each(part)
             try:
-                await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
+                answers = await asyncio.wait_for(asyncio.gather(*acks), PUBLISH_TIMEOUT)
             except BaseException:
                 cancel_all(acks)
                 raise
+        return Published.BEFORE if answers and duplicate(answers[-1]) else Published.NEW
 
     async def use_atomic(self) -> bool:
         """Publish atomic batches when both output streams allow them (nats-server

@@ -167,7 +167,7 @@ class AckedPublisher:
             if e.code == WRONG_LAST_MSG_ID:
                 return False
             raise
-        if orjson.loads(answer).get("duplicate") is True:
+        if duplicate(answer):
             return True
         raise PublishError(subject, f"the stream stored the question for {msg_id}", unexpected=True)
 
@@ -498,6 +498,13 @@ def _writable(nc: NATS) -> bool:
         hasattr(nc, name)
         for name in ("_flush_queue", "_transport", "_pending", "_pending_data_size")
     )
+
+
+def duplicate(ack: bytes) -> bool:
+    """Whether a PubAck says the stream held the message's ``Nats-Msg-Id`` already and
+    stored nothing. (An atomic batch holding a stored id is refused instead:
+    :data:`ATOMIC_DUPLICATE`.)"""
+    return orjson.loads(ack).get("duplicate") is True
 
 
 def _error_code(body: bytes) -> int:
