@@ -225,10 +225,13 @@ def _flow_fields(raw: Any, i: int) -> _FlowFields:
         0 < len(observer) <= MAX_NODE_NAME and reason in END_REASONS
         and 0 <= proto <= 255 and 0 <= sport <= 65535 and 0 <= dport <= 65535
         and 0 <= flags <= 255 and fwd_b >= 0 and fwd_p >= 0 and rev_b >= 0 and rev_p >= 0
+        and 0 <= start_ns <= end_ns
     ):  # fmt: skip
         check_observer(observer, "raw.flow", i)
         if reason not in END_REASONS:
             raise RecordError("raw.flow", i, f"unknown end_reason {reason!r}")
+        if not 0 <= start_ns <= end_ns:  # the compiled core hands such a record here
+            raise RecordError("raw.flow", i, "start_ns negative or after end_ns")
         raise RecordError("raw.flow", i, "proto, port, flag or counter out of range")
     return (observer, proto, src_text, dst_text, sport, dport, start_ns, end_ns, reason,
             fwd_b, fwd_p, rev_b, rev_p, flags, initiator, nat_dst)  # fmt: skip

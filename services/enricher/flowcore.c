@@ -753,6 +753,15 @@ small_int(PyObject *obj, long lo, long hi, long *out)
 }
 
 /* An exact int that fits in 64 bits (and is >= 0 when `counter`). */
+/* A report's first and last packet times: unix ns, not negative, the last not before
+ * the first (enriching._flow_fields: such a record is a bad one, dead-lettered; an
+ * "end" before the "start" gave a negative event.duration downstream). */
+static inline int
+ordered_times(long long start_ns, long long end_ns)
+{
+    return start_ns >= 0 && end_ns >= start_ns;
+}
+
 static int
 wide_int(PyObject *obj, int counter, long long *out)
 {
@@ -865,6 +874,8 @@ read_raw(Batch *b, PyObject *raw, Raw *r)
         !wide_int(GET(k_bytes), 1, &r->fwd_b) || !wide_int(GET(k_packets), 1, &r->fwd_p) ||
         !wide_int(GET(k_rbytes), 1, &r->rev_b) || !wide_int(GET(k_rpackets), 1, &r->rev_p))
         return PyErr_Occurred() ? -1 : 0;
+    if (!ordered_times(r->start_ns, r->end_ns))
+        return 0; /* a bad record: the Python path names it */
     r->flags = 0;
     if ((v = GET(k_tcp_flags)) != NULL) {
         if (!small_int(v, 0, 255, &r->flags))
@@ -3042,7 +3053,8 @@ static int
 read_line(Batch *b, const Line *l, Raw *r, Held *h, PyObject **last_observer,
           PyObject **last_reason)
 {
-    if (!node_name_length(l->len[F_OBSERVER])) /* plain ASCII: a byte a character */
+    if (!node_name_length(l->len[F_OBSERVER]) || /* plain ASCII: a byte a character */
+        !ordered_times(l->value[F_START_NS], l->value[F_END_NS]))
         return 0;
     Observer *o = observer_of(l->at[F_OBSERVER], l->len[F_OBSERVER]);
     if (o != NULL)

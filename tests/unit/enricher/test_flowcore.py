@@ -524,11 +524,11 @@ def test_counters_timestamps_and_flags_at_their_limits() -> None:
     big = (0, 1, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**100)
     batch = [
         flow(NODE_1, A, B, 40000, 80, bytes=n, packets=n, rbytes=n, rpackets=n,
-             start_ns=-n, end_ns=n, tcp_flags=n % 256)
+             start_ns=n, end_ns=n, tcp_flags=n % 256)
         for n in big
     ]  # fmt: skip
     batch += [flow(NODE_1, A, B, 1, 2, tcp_flags=bits) for bits in range(256)]
-    batch += [flow(NODE_1, A, B, 1, 2, start_ns=-(2**70), ifindex=-(2**70))]
+    batch += [flow(NODE_1, A, B, 1, 2, start_ns=2**70, end_ns=2**70, ifindex=-(2**70))]
     out = twins.flows(batch)
     assert out.tally.records_out == len(batch)
 
@@ -873,8 +873,9 @@ def test_a_backlog_older_than_the_ttl_is_merged_by_the_events_around_it() -> Non
                         flow(NODE_1, A, B, 40000, 80, end_ns=old)])  # fmt: skip
     assert (both.tally.records_out, both.tally.dedup_dropped) == (1, 1)
     # an hour further back than anything either node sent: not live, both kept
-    older = twins.flows([flow(NODE_2, B, A, 80, 40001, end_ns=old - 3600 * second),
-                         flow(NODE_1, A, B, 40001, 80, end_ns=old - 3600 * second)])  # fmt: skip
+    back = {"start_ns": old - 3610 * second, "end_ns": old - 3600 * second}
+    older = twins.flows([flow(NODE_2, B, A, 80, 40001, **back),
+                         flow(NODE_1, A, B, 40001, 80, **back)])  # fmt: skip
     assert (older.tally.records_out, older.tally.dedup_dropped) == (2, 0)
 
 
