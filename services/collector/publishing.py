@@ -58,6 +58,10 @@ SUBJECTS = {"flows": subjects.raw_flows, "sockets": subjects.raw_sockets, "dns":
 HEADER_ROOM = 512  # bytes kept free under max_payload for the headers
 PUBLISH_TIMEOUT = 5.0
 RETRY_MAX = 2.0
+# Doublings of the retry backoff counted at most: 0.05 s * 2**6 is past RETRY_MAX, and
+# 2**1024 is no float (after ~1024 failures in a row, a NATS away for half an hour or
+# more, computing the backoff raised OverflowError and the publisher task died).
+RETRY_DOUBLINGS = 6
 RETRY_PACE = 0.05  # s between send attempts while messages wait after a failed publish
 
 
@@ -315,7 +319,8 @@ class Publisher:
             if isinstance(e, NO_STREAM):
                 await self._streams.recreate(generation, e, end)
             lane.failures += 1
-            backoff = min(RETRY_MAX, 0.05 * 2**lane.failures, end - time.monotonic())
+            doublings = min(lane.failures, RETRY_DOUBLINGS)
+            backoff = min(RETRY_MAX, 0.05 * 2**doublings, end - time.monotonic())
             await asyncio.sleep(max(0.0, backoff))
             return False
         lane.failures = 0
