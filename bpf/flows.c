@@ -278,27 +278,56 @@ static __always_inline int tunnel_port(__u16 port)
                          port == TUNNEL_PORT_2 || port == TUNNEL_PORT_3);
 }
 
-/* The headers a UDP tunnel repeats in every wire segment of a super-packet besides the
- * outer IP and UDP ones: its own header, the inner Ethernet, IP and L4 headers. The
- * stack segments a TCP super-packet sent over a VXLAN or Geneve device only after
- * encapsulating it (SKB_GSO_UDP_TUNNEL), or a NIC does; GRO builds the same on receipt.
- * `__sk_buff` has no gso_type, so the headers after the UDP one tell: Geneve (RFC 8926)
- * has version 0 and a protocol type (Ethernet 0x6558, or IPv4 / IPv6 directly) in
- * bytes 2-3, then 4 x opt_len bytes of options after its 8; VXLAN (RFC 7348) has the
- * I flag (0x08) in byte 0 and reserved zeros in bytes 2-3, then Ethernet. Anything else
- * adds nothing (counted as before: outer headers only). `off`: the tunnel header. */
-static __always_inline __u32 tunnel_headers(struct __sk_buff *skb, __u32 off)
+/* Where the inner headers of a UDP tunnel's super-packet begin (0: not a tunnel header
+ * this knows), and their `type`. The stack segments a TCP super-packet sent over a VXLAN
+ * or Geneve device only after encapsulating it (SKB_GSO_UDP_TUNNEL), or a NIC does; GRO
+ * builds the same on receipt. `__sk_buff` has no gso_type, so the headers after the UDP
+ * one tell: Geneve (RFC 8926) has version 0 and a protocol type (Ethernet 0x6558, or
+ * IPv4 / IPv6 directly) in bytes 2-3, then 4 x opt_len bytes of options after its 8;
+ * VXLAN (RFC 7348) has the I flag (0x08) in byte 0 and reserved zeros in bytes 2-3,
+ * then Ethernet. `off`: the tunnel header. */
+static __always_inline __u32 udp_tunnel_inner(struct __sk_buff *skb, __u32 off, __u16 *type)
 {
     __u8 t[8];
     if (LOAD(skb, off, t, sizeof(t)) < 0)
         return 0;
-    __u16 type = ((__u16)t[2] << 8) | t[3];
-    __u32 inner = off + 8;
-    if (t[0] >> 6 == 0 && (type == ETH_P_TEB || type == ETH_P_IP || type == ETH_P_IPV6))
-        inner += (t[0] & 0x3f) * 4;         /* Geneve, with its options */
-    else if ((t[0] & 0x08) && type == 0)
-        type = ETH_P_TEB;                   /* VXLAN: Ethernet follows */
-    else
+    *type = ((__u16)t[2] << 8) | t[3];
+    if (t[0] >> 6 == 0 && (*type == ETH_P_TEB || *type == ETH_P_IP || *type == ETH_P_IPV6))
+        return off + 8 + (t[0] & 0x3f) * 4;     /* Geneve, with its options */
+    if ((t[0] & 0x08) && *type == 0) {
+        *type = ETH_P_TEB;                      /* VXLAN: Ethernet follows */
+        return off + 8;
+    }
+    return 0;
+}
+
+/* The same for an IP tunnel's super-packet (SKB_GSO_IPXIP4/6, SKB_GSO_GRE: the stack's
+ * GSO over an ipip, sit, ip6tnl or GRE device, or GRO on receipt, as in Calico's IPIP
+ * mode): IPv4 or IPv6 right after the outer IP header (protocol 4 or 41), or GRE (RFC
+ * 2784, 2890: version 0, no routing; 4 bytes, 4 more each for checksum, key and sequence
+ * number) before IPv4, IPv6 or Ethernet (gretap). `off`: the header after the outer IP. */
+static __always_inline __u32 ip_tunnel_inner(struct __sk_buff *skb, __u32 off, __u8 proto,
+                                             __u16 *type)
+{
+    if (proto == IPPROTO_IPIP || proto == IPPROTO_IPV6) {
+        *type = proto == IPPROTO_IPIP ? ETH_P_IP : ETH_P_IPV6;
+        return off;
+    }
+    __u8 g[4];
+    if (proto != IPPROTO_GRE || LOAD(skb, off, g, sizeof(g)) < 0 || (g[0] & 0x40) || (g[1] & 0x07))
+        return 0;
+    *type = ((__u16)g[2] << 8) | g[3];
+    return off + 4 + ((g[0] >> 7) & 1) * 4 + ((g[0] >> 5) & 1) * 4 + ((g[0] >> 4) & 1) * 4;
+}
+
+/* The headers every wire segment of a tunnel's super-packet repeats besides the outer IP
+ * and L4 ones: the tunnel's own header from `off` on, then from `inner` the inner
+ * Ethernet header (`type` ETH_P_TEB), IPv4 / IPv6 and TCP / UDP header. Anything else
+ * adds nothing (counted as before: outer headers only). */
+static __always_inline __u32 tunnel_headers(struct __sk_buff *skb, __u32 off, __u32 inner,
+                                            __u16 type)
+{
+    if (inner == 0)
         return 0;
     if (type == ETH_P_TEB) {
         __be16 l3;
@@ -701,8 +730,17 @@ static __always_inline int handle_general(struct __sk_buff *skb, __u8 direction,
     }
     parse_l4(skb, &p);
     /* a tunnel's super-packet: each wire segment repeats the inner headers too */
-    if (p.proto == IPPROTO_UDP && p.has_ports && tunnel_port(p.dport) && skb->gso_size != 0)
-        p.hdr_len += tunnel_headers(skb, p.l4_off + 8);
+    if (skb->gso_size != 0) {
+        __u32 off = p.l4_off, inner = 0;
+        __u16 type = 0;
+        if (p.proto == IPPROTO_UDP && p.has_ports && tunnel_port(p.dport)) {
+            off += 8;
+            inner = udp_tunnel_inner(skb, off, &type);
+        } else if (!p.has_ports) {
+            inner = ip_tunnel_inner(skb, off, p.proto, &type);
+        }
+        p.hdr_len += tunnel_headers(skb, off, inner, type);
+    }
     struct flow_key key = {};
     struct contribution c = {
         .ip_len = p.ip_len, .hdr_len = p.hdr_len, .proto = p.proto,

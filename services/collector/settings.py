@@ -9,6 +9,17 @@ from flowscope.core.config import positive, section, setting
 from flowscope.core.messaging import NatsSettings
 from flowscope.core.runtime import RuntimeSettings
 
+# dns.capture_bytes at least: IPv6 (40) + TCP with all 40 option bytes (60) + TCP's length
+# prefix (2) + the DNS header (12) leave 142 bytes for the question, a name of up to 138
+# (IPv4 and UDP: 212). A packet whose question is cut off does not parse: at the 64
+# accepted before, every query for a name of a Kubernetes Service was a parse error.
+DNS_CAPTURE_MIN = 256
+# publish.buffer_bytes at least. A drain submits its flows 4096 at a time (~1.2 MB, 2.4 MB
+# with IPv6 addresses and a long node name) and waits only while the buffer is more than
+# half full (Publisher.catch_up); a sealed batch that does not fit beside that is dropped
+# at once, NATS healthy or not (at 64 KiB, all 1000 records of a default batch were).
+BUFFER_MIN = 8 * 1024 * 1024
+
 
 def _between(low: int, high: int):  # type: ignore[no-untyped-def]
     def check(value: int) -> int:
@@ -126,8 +137,11 @@ class DnsSettings:
     capture_bytes: int = setting(
         512,
         "bytes copied per DNS packet from its IP header on; 512 holds a classic UDP "
-        "answer; of a longer packet only the answers that fit are kept",
-        parse=_between(64, 4096),
+        "answer; of a longer packet only the answers that fit are kept. At least "
+        f"{DNS_CAPTURE_MIN}: the IP, UDP or TCP and DNS headers (114 bytes at most without "
+        "IPv6 extension headers) and the question must fit, or the packet is only counted "
+        "as a parse error",
+        parse=_between(DNS_CAPTURE_MIN, 4096),
     )
     ring_buffer_pages: int = setting(
         64,
@@ -184,8 +198,11 @@ class PublishSettings:
     buffer_bytes: int = setting(
         32 * 1024 * 1024,
         "encoded bytes held per kind while NATS is down or slow; beyond it the oldest "
-        "batches are dropped and counted (flowscope_collector_publish_dropped_records_total)",
-        parse=_between(1024, 1 << 34),
+        "batches are dropped and counted (flowscope_collector_publish_dropped_records_total). "
+        f"At least {BUFFER_MIN >> 20} MiB: a drain hands over 4096 flows at once, which "
+        "must fit beside the half of the buffer it waits at, or they are dropped while "
+        "NATS works",
+        parse=_between(BUFFER_MIN, 1 << 34),
     )
 
 
