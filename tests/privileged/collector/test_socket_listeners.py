@@ -23,6 +23,8 @@ from flowscope.collector.containers import ContainerResolver
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core.records import RawSocket
 
+from tests.privileged.collector.test_socket_tracing import ip
+
 NS = f"fb4l{os.getpid()}"
 V6_1, V6_2 = "fd00:fb4::1", "fd00:fb4::2"
 
@@ -56,10 +58,6 @@ c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 print(c.getsockname()[1], flush=True)
 c.sendall(b'hello'); c.recv(100); c.close()
 """
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")

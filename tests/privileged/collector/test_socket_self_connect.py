@@ -25,6 +25,8 @@ from flowscope.collector.containers import ContainerResolver
 from flowscope.collector.socket_tracing import SocketTracer
 from flowscope.core.records import RawSocket
 
+from tests.privileged.collector.test_socket_tracing import ip
+
 NS = f"selfc{os.getpid()}"
 
 # argv: port, "bound" (bind to the port first) or "ephemeral" (the kernel chooses it:
@@ -41,10 +43,6 @@ print(s.getsockname()[1], s.getpeername()[1], flush=True)
 s.sendall(b'x'); s.recv(1); s.close()
 sys.stdin.readline()
 """
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
